@@ -1,0 +1,115 @@
+"""Storage plumbing: the engine, sessions, and named units of work with an outbox.
+
+A unit of work is one transaction with a name (for logs and metrics) and a list
+of events that leave only after it commits, from one place; on rollback they are
+dropped. SQLite allows one writer at a time, so in this process its write
+transactions queue on a lock instead of failing with "database is locked".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from threadline.metrics import TRANSACTION_SECONDS
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[Sequence[Any]], Awaitable[None]]
+
+
+async def _publish_nothing(events: Sequence[Any]) -> None:
+    return None
+
+
+def _sqlite_pragmas(dbapi_connection: Any, connection_record: ConnectionPoolEntry) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def make_engine(database_url: str) -> AsyncEngine:
+    if database_url.startswith("sqlite"):
+        engine = create_async_engine(database_url, pool_size=8, max_overflow=8)
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_async_engine(
+        database_url,
+        pool_size=10,
+        max_overflow=10,
+        pool_pre_ping=True,
+        connect_args={"server_settings": {"application_name": "threadline", "timezone": "UTC"}},
+    )
+
+
+class UnitOfWork:
+    """One named transaction and the events it will publish once committed."""
+
+    def __init__(self, name: str, session: AsyncSession) -> None:
+        self.name = name
+        self.session = session
+        self.events: list[Any] = []
+
+    def emit(self, event: Any) -> None:
+        """Queue an event; it is published after commit, or dropped on rollback."""
+        self.events.append(event)
+
+
+class Database:
+    def __init__(self, engine: AsyncEngine, publish: Publish = _publish_nothing) -> None:
+        self.engine = engine
+        self.sessions = async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+        self.publish = publish
+        self.is_sqlite = engine.dialect.name == "sqlite"
+        self.is_postgres = engine.dialect.name == "postgresql"
+        self._write_lock = asyncio.Lock() if self.is_sqlite else None
+
+    @property
+    def sync_engine(self) -> Engine:
+        return self.engine.sync_engine
+
+    @asynccontextmanager
+    async def transaction(self, name: str) -> AsyncIterator[UnitOfWork]:
+        """Run one unit of work; commit on success, then publish what it emitted."""
+        started = time.perf_counter()
+        if self._write_lock is not None:
+            await self._write_lock.acquire()
+        try:
+            async with self.sessions() as session, session.begin():
+                uow = UnitOfWork(name, session)
+                yield uow
+        finally:
+            if self._write_lock is not None:
+                self._write_lock.release()
+            TRANSACTION_SECONDS.labels(name).observe(time.perf_counter() - started)
+        if uow.events:
+            try:
+                await self.publish(uow.events)
+            except Exception:
+                # The events are in the log already; subscribers fill the gap from it.
+                log.exception("publishing events of %s failed", name)
+
+    @asynccontextmanager
+    async def reading(self) -> AsyncIterator[AsyncSession]:
+        """A session for queries; it never commits."""
+        async with self.sessions() as session:
+            yield session
+
+    async def ping(self) -> None:
+        async with self.engine.connect() as conn:
+            await conn.exec_driver_sql("SELECT 1")
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()

@@ -1,0 +1,73 @@
+"""Domain errors: what went wrong, as a code that clients switch on.
+
+Services raise these; the GraphQL layer maps each to ``extensions.code`` in one
+extension, and masks anything else as INTERNAL_SERVER_ERROR.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, ClassVar
+
+
+class ErrorCode(StrEnum):
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    FORBIDDEN = "FORBIDDEN"
+    NOT_FOUND = "NOT_FOUND"
+    BAD_USER_INPUT = "BAD_USER_INPUT"
+    CONFLICT = "CONFLICT"
+    RATE_LIMITED = "RATE_LIMITED"
+    PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
+    NOT_IMPLEMENTED = "NOT_IMPLEMENTED"
+    INTERNAL_SERVER_ERROR = "INTERNAL_SERVER_ERROR"
+
+
+class DomainError(Exception):
+    """Base of every error a client may see; ``extensions`` add structured fields."""
+
+    code: ClassVar[ErrorCode] = ErrorCode.INTERNAL_SERVER_ERROR
+
+    def __init__(self, message: str, **extensions: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.extensions = extensions
+
+
+class Unauthenticated(DomainError):
+    code = ErrorCode.UNAUTHENTICATED
+
+
+class Forbidden(DomainError):
+    code = ErrorCode.FORBIDDEN
+
+
+class NotFound(DomainError):
+    code = ErrorCode.NOT_FOUND
+
+
+class BadInput(DomainError):
+    code = ErrorCode.BAD_USER_INPUT
+
+
+class Conflict(DomainError):
+    code = ErrorCode.CONFLICT
+
+
+class PayloadTooLarge(DomainError):
+    code = ErrorCode.PAYLOAD_TOO_LARGE
+
+
+class NotAvailableYet(DomainError):
+    """A contract field whose implementation has not landed yet."""
+
+    code = ErrorCode.NOT_IMPLEMENTED
+
+
+class RateLimited(DomainError):
+    code = ErrorCode.RATE_LIMITED
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        # Whole seconds, rounded up, so that a client that waits that long gets through.
+        seconds = max(1, int(-(-retry_after // 1)))
+        super().__init__(message, retryAfter=seconds)
+        self.retry_after = seconds

@@ -1,0 +1,22 @@
+"""Prometheus metrics: what operators graph and alert on, served at /metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+TRANSACTION_SECONDS = Histogram(
+    "threadline_transaction_seconds",
+    "Duration of named database units of work.",
+    ["name"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+GRAPHQL_OPERATIONS = Counter(
+    "threadline_graphql_operations_total", "GraphQL operations executed.", ["kind"]
+)
+GRAPHQL_ERRORS = Counter("threadline_graphql_errors_total", "GraphQL errors by code.", ["code"])
+WEBSOCKET_CONNECTIONS = Gauge("threadline_websocket_connections", "Open WebSocket connections.")
+ACTIVE_SUBSCRIPTIONS = Gauge("threadline_subscriptions", "Active GraphQL subscriptions.")
+EVENTS_PUBLISHED = Counter("threadline_events_published_total", "Events published to the broker.")
+EVENTS_DELIVERED = Counter("threadline_events_delivered_total", "Event frames sent to subscribers.")
+BROKER_RECONNECTS = Counter("threadline_broker_reconnects_total", "Broker reconnections to Redis.")
+WEBHOOKS = Counter("threadline_webhooks_total", "Clerk webhooks by outcome.", ["outcome"])

@@ -1,0 +1,56 @@
+"""Threads (chat rooms) and their participants with roles and receipt markers."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from threadline.models.base import Base, RoleColumn, ThreadRole, id_column, utcnow
+
+
+class Thread(Base):
+    __tablename__ = "threads"
+
+    id: Mapped[uuid.UUID] = id_column()
+    title: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str | None] = mapped_column(Text)
+    is_direct: Mapped[bool] = mapped_column(Boolean, default=False)
+    # "smaller-id:larger-id" for direct threads: the unique key that makes
+    # createDirectThread return one thread even under concurrent calls.
+    direct_key: Mapped[str | None] = mapped_column(String(80), unique=True)
+    created_by_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL")
+    )
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_message_at: Mapped[datetime | None]
+    # Ordering key of "my threads": the newest message, or creation.
+    last_activity_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    # The newest event's seq; bumped under the row lock to hand out the next one.
+    last_seq: Mapped[int] = mapped_column(Integer, default=0)
+    deleted_at: Mapped[datetime | None]
+
+
+class ThreadParticipant(Base):
+    __tablename__ = "thread_participants"
+
+    thread_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("threads.id", ondelete="CASCADE"), primary_key=True
+    )
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    role: Mapped[str] = mapped_column(RoleColumn, default=ThreadRole.MEMBER.value)
+    joined_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_read_seq: Mapped[int] = mapped_column(Integer, default=0)
+    last_delivered_seq: Mapped[int] = mapped_column(Integer, default=0)
+    muted: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    __table_args__ = (Index("ix_thread_participants_user_id_thread_id", "user_id", "thread_id"),)
+
+    @property
+    def thread_role(self) -> ThreadRole:
+        return ThreadRole(self.role)
