@@ -1,7 +1,15 @@
 """Storage: the tables, one module per aggregate. Importing this registers them all."""
 
 from threadline.models.attachment import Attachment
-from threadline.models.base import Base, SystemRole, ThreadRole, new_id, utcnow
+from threadline.models.base import (
+    AttachmentKind,
+    Base,
+    NotificationKind,
+    SystemRole,
+    ThreadRole,
+    new_id,
+    utcnow,
+)
 from threadline.models.event import ThreadEvent
 from threadline.models.message import Message, MessageEdit, Reaction
 from threadline.models.notification import Notification
@@ -12,11 +20,13 @@ from threadline.models.webhook import WebhookDelivery
 
 __all__ = [
     "Attachment",
+    "AttachmentKind",
     "Base",
     "EndedClerkSession",
     "Message",
     "MessageEdit",
     "Notification",
+    "NotificationKind",
     "Reaction",
     "Session",
     "SystemRole",

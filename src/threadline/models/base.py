@@ -34,6 +34,21 @@ class ThreadRole(StrEnum):
     MEMBER = "MEMBER"
 
 
+class NotificationKind(StrEnum):
+    MENTION = "MENTION"
+    REPLY = "REPLY"
+    REACTION = "REACTION"
+    ADDED_TO_THREAD = "ADDED_TO_THREAD"
+
+
+class AttachmentKind(StrEnum):
+    IMAGE = "IMAGE"
+    VIDEO = "VIDEO"
+    AUDIO = "AUDIO"
+    DOCUMENT = "DOCUMENT"
+    OTHER = "OTHER"
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 

@@ -1,0 +1,55 @@
+# syntax=docker/dockerfile:1
+# The threadline server image: `threadline serve` as a non-root user; `threadline migrate`
+# and the other CLI commands run from the same image (see docker-compose.yml).
+
+# --- build: the package and its dependencies into a virtual environment -------------
+FROM python:3.11-slim AS build
+
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PYTHONDONTWRITEBYTECODE=1
+
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+
+WORKDIR /build
+# Metadata first; the source after, so that the layer above stays cached.
+COPY pyproject.toml README.md ./
+COPY src ./src
+# A regular (not editable) install: the image does not need the source tree afterwards.
+RUN pip install . \
+    && python -c "import threadline.config"
+
+# --- runtime: the virtual environment, no build files --------------------------------
+FROM python:3.11-slim AS runtime
+
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    UPLOAD_DIR=/data/uploads
+
+RUN groupadd --system --gid 10001 threadline \
+    && useradd --system --uid 10001 --gid threadline --home-dir /app --no-create-home \
+       --shell /usr/sbin/nologin threadline \
+    && mkdir -p /app /data/uploads \
+    && chown threadline:threadline /app /data/uploads
+
+COPY --from=build /opt/venv /opt/venv
+
+# The working directory belongs to the app user, so that the embedded default
+# (SQLite in ./threadline.db) also works for a quick `docker run` without PostgreSQL.
+WORKDIR /app
+# Numeric, so that a platform can verify the user is not root without reading /etc/passwd.
+USER 10001:10001
+
+# Attachment files outlive the container; a named volume mounted here starts out
+# owned by the app user, as this directory is.
+VOLUME ["/data/uploads"]
+
+EXPOSE 8000
+
+# No curl in the slim image: ask /healthz with the standard library.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4).status != 200)"]
+
+CMD ["threadline", "serve", "--host", "0.0.0.0", "--port", "8000"]

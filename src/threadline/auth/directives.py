@@ -1,0 +1,122 @@
+"""@authenticated, @hasRole and @threadRole: permission checks that print as directives.
+
+Each permission instance carries its own schema directive, so that the printed
+schema reads ``@threadRole(role: ADMIN)`` exactly as the contract writes it. The
+rules themselves live in services/permissions.py; this module only enforces them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import strawberry
+from strawberry.permission import BasePermission, PermissionExtension
+from strawberry.schema_directive import Location
+
+from threadline.schema.enums import SystemRole, ThreadRole
+from threadline.schema.context import Context
+from threadline.services import permissions
+
+
+@strawberry.schema_directive(
+    locations=[Location.FIELD_DEFINITION],
+    name="authenticated",
+    description="The caller must be signed in.",
+)
+class AuthenticatedDirective:
+    pass
+
+
+@strawberry.schema_directive(
+    locations=[Location.FIELD_DEFINITION],
+    name="hasRole",
+    description="The caller's system role must be at least `role` (OWNER > ADMIN > MEMBER).",
+)
+class HasRoleDirective:
+    role: SystemRole
+
+
+@strawberry.schema_directive(
+    locations=[Location.FIELD_DEFINITION],
+    name="threadRole",
+    description=(
+        "The caller's role in the thread that the field's `threadId` argument names "
+        "(or that the `messageId` / `attachmentId` argument's message belongs to) must "
+        "be at least `role`. A system OWNER has OWNER rights in every thread and a "
+        "system ADMIN has ADMIN rights in every thread."
+    ),
+)
+class ThreadRoleDirective:
+    role: ThreadRole
+
+
+_AUTHENTICATED = AuthenticatedDirective()
+
+
+class IsAuthenticated(BasePermission):
+    _schema_directive = _AUTHENTICATED
+
+    async def has_permission(self, source: Any, info: strawberry.Info, **kwargs: Any) -> bool:
+        context: Context = info.context
+        await context.viewer()  # raises UNAUTHENTICATED
+        return True
+
+
+class HasSystemRole(BasePermission):
+    def __init__(self, role: SystemRole) -> None:
+        self.role = role
+        self._schema_directive = HasRoleDirective(role=role)  # type: ignore[misc]
+
+    async def has_permission(self, source: Any, info: strawberry.Info, **kwargs: Any) -> bool:
+        context: Context = info.context
+        permissions.require_system_role(await context.viewer(), self.role)
+        return True
+
+
+def _thread_argument(kwargs: dict[str, Any]) -> tuple[str, Any]:
+    for name in ("threadId", "thread_id"):
+        if name in kwargs:
+            return "thread", kwargs[name]
+    for name in ("messageId", "message_id"):
+        if name in kwargs:
+            return "message", kwargs[name]
+    for name in ("attachmentId", "attachment_id"):
+        if name in kwargs:
+            return "attachment", kwargs[name]
+    data = kwargs.get("input")
+    thread_id = getattr(data, "thread_id", None)
+    if thread_id is not None:
+        return "thread", thread_id
+    raise RuntimeError("@threadRole on a field without a thread, message or attachment id")
+
+
+class HasThreadRole(BasePermission):
+    def __init__(self, role: ThreadRole) -> None:
+        self.role = role
+        self._schema_directive = ThreadRoleDirective(role=role)  # type: ignore[misc]
+
+    async def has_permission(self, source: Any, info: strawberry.Info, **kwargs: Any) -> bool:
+        context: Context = info.context
+        viewer = await context.viewer()
+        session = await context.session()
+        kind, value = _thread_argument(kwargs)
+        if kind == "thread":
+            access = await permissions.access_thread(session, viewer, value, self.role)
+        elif kind == "message":
+            _, access = await permissions.access_message(session, viewer, value, self.role)
+        else:
+            access = await permissions.access_attachment(session, viewer, value, self.role)
+        context.access[access.thread.id] = access
+        return True
+
+
+def authenticated() -> PermissionExtension:
+    return PermissionExtension([IsAuthenticated()])
+
+
+def has_role(role: SystemRole) -> PermissionExtension:
+    return PermissionExtension([HasSystemRole(role)])
+
+
+def thread_role(role: ThreadRole) -> PermissionExtension:
+    return PermissionExtension([HasThreadRole(role)])

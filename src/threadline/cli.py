@@ -1,0 +1,153 @@
+"""The threadline command: serve, migrate, token, users set-role, seed."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from threadline.config import ConfigError, Settings, load_settings
+from threadline.models import SystemRole
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        print(f"threadline: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _migrate(settings: Settings) -> None:
+    from threadline.migrate import upgrade_to_head
+
+    if settings.sqlite_path is not None:
+        settings.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+    upgrade_to_head(settings.database_url)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    settings = _settings()
+    if settings.is_sqlite:
+        # The embedded default migrates itself; PostgreSQL deployments run `migrate`.
+        _migrate(settings)
+    if args.workers > 1 and not settings.redis_url:
+        print("threadline: --workers > 1 needs REDIS_URL (events must cross processes)", file=sys.stderr)
+        return 2
+    uvicorn.run(
+        "threadline.asgi:app",
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level=args.log_level,
+        ws_per_message_deflate=args.ws_per_message_deflate,
+        proxy_headers=True,
+        lifespan="on",
+    )
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    _migrate(_settings())
+    print("database is at the newest revision")
+    return 0
+
+
+async def _with_db(settings: Settings, name: str, work: object) -> object:
+    from threadline.db import Database, make_engine
+
+    db = Database(make_engine(settings.database_url))
+    try:
+        async with db.transaction(name) as uow:
+            return await work(uow)  # type: ignore[operator]
+    finally:
+        await db.dispose()
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from threadline.auth.tokens import mint_dev_token
+    from threadline.services.users import ensure_dev_user
+
+    settings = _settings()
+    secret = settings.resolve_dev_secret()
+    if secret is None:
+        print("threadline: development tokens are off (Clerk keys are set, or production)", file=sys.stderr)
+        return 2
+    if settings.is_sqlite:
+        _migrate(settings)
+    user = asyncio.run(_with_db(settings, "cli_token", lambda uow: ensure_dev_user(uow, args.username)))
+    print(mint_dev_token(secret, user.clerk_id, args.username, ttl_seconds=args.ttl))  # type: ignore[attr-defined]
+    return 0
+
+
+def cmd_set_role(args: argparse.Namespace) -> int:
+    from threadline.errors import DomainError
+    from threadline.services.users import set_role_by_username
+
+    settings = _settings()
+    role = SystemRole(args.role.upper())
+    try:
+        asyncio.run(_with_db(settings, "cli_set_role", lambda uow: set_role_by_username(uow, args.username, role)))
+    except DomainError as exc:
+        print(f"threadline: {exc.message}", file=sys.stderr)
+        return 1
+    print(f"{args.username} is now {role.value}")
+    return 0
+
+
+def cmd_seed(args: argparse.Namespace) -> int:
+    from threadline.seed import seed
+
+    settings = _settings()
+    if settings.is_sqlite:
+        _migrate(settings)
+    summary = asyncio.run(seed(settings))
+    print(summary)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="threadline", description="Threadline chat backend")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="serve the API (migrates an embedded SQLite database first)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--log-level", default="info")
+    serve.add_argument(
+        "--ws-per-message-deflate",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="WebSocket compression (off: it costs CPU and memory per connection)",
+    )
+    serve.set_defaults(func=cmd_serve)
+
+    migrate = sub.add_parser("migrate", help="upgrade the database to the newest revision")
+    migrate.set_defaults(func=cmd_migrate)
+
+    token = sub.add_parser("token", help="print a development token for USERNAME (created if new)")
+    token.add_argument("username")
+    token.add_argument("--ttl", type=int, default=86400, help="lifetime in seconds")
+    token.set_defaults(func=cmd_token)
+
+    users = sub.add_parser("users", help="manage users")
+    users_sub = users.add_subparsers(dest="users_command", required=True)
+    set_role = users_sub.add_parser("set-role", help="set a user's system role")
+    set_role.add_argument("username")
+    set_role.add_argument("role", choices=["owner", "admin", "member", "OWNER", "ADMIN", "MEMBER"])
+    set_role.set_defaults(func=cmd_set_role)
+
+    seed_cmd = sub.add_parser("seed", help="create demo users, threads and messages")
+    seed_cmd.set_defaults(func=cmd_seed)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))

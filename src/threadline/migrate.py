@@ -1,0 +1,114 @@
+"""Running the package's own Alembic migrations, and what schema comparison must ignore.
+
+The revisions ship inside the package (``threadline/migrations``), so an installed
+threadline can bring any database to the current schema with ``upgrade_to_head(url)``;
+the repository's ``alembic.ini`` points the ``alembic`` command at the same folder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Column
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
+
+if TYPE_CHECKING:
+    from alembic.runtime.environment import NameFilterParentNames, NameFilterType
+    from sqlalchemy.engine import Connection
+    from sqlalchemy.schema import SchemaItem
+
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+
+# Full-text search objects that the revisions create by hand, outside the models:
+# a generated tsvector column and its GIN index on PostgreSQL, an FTS5 table on SQLite.
+SEARCH_VECTOR_COLUMN = "search_vector"
+SEARCH_VECTOR_INDEX = "ix_messages_search_vector"
+SEARCH_FTS_TABLE = "messages_fts"
+
+
+def include_name(
+    name: str | None, type_: NameFilterType, parent_names: NameFilterParentNames
+) -> bool:
+    """Skip, before reflection, the FTS5 table and the shadow tables SQLite keeps for it."""
+    if type_ == "table" and name is not None:
+        return name != SEARCH_FTS_TABLE and not name.startswith(f"{SEARCH_FTS_TABLE}_")
+    if type_ == "index":
+        return name != SEARCH_VECTOR_INDEX
+    return True
+
+
+def include_object(
+    object_: SchemaItem,
+    name: str | None,
+    type_: NameFilterType,
+    reflected: bool,
+    compare_to: SchemaItem | None,
+) -> bool:
+    """Skip the search column and its index, which exist in the database but not the models."""
+    if type_ == "column" and name == SEARCH_VECTOR_COLUMN:
+        return not (isinstance(object_, Column) and object_.table.name == "messages")
+    if type_ == "index":
+        return name != SEARCH_VECTOR_INDEX
+    return True
+
+
+def alembic_config(database_url: str) -> Config:
+    """An Alembic configuration for the packaged migrations against one database."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("path_separator", "os")
+    # The value goes through configparser interpolation: a literal % must be doubled.
+    config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
+    return config
+
+
+def _refuse_inside_running_loop(name: str) -> None:
+    # env.py drives the async engine with asyncio.run(), which a running loop forbids.
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    raise RuntimeError(f"{name}() blocks; inside an event loop, await {name}_async() instead")
+
+
+def upgrade_to_head(database_url: str) -> None:
+    """Migrate the database to the newest revision; call it where no event loop runs."""
+    _refuse_inside_running_loop("upgrade_to_head")
+    command.upgrade(alembic_config(database_url), "head")
+
+
+async def upgrade_to_head_async(database_url: str) -> None:
+    """Migrate the database to the newest revision from async code, in a worker thread."""
+    await asyncio.to_thread(upgrade_to_head, database_url)
+
+
+def head_revision() -> str | None:
+    """The newest revision the package ships."""
+    return ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head()
+
+
+def _revision_of(connection: Connection) -> str | None:
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+async def current_revision_async(database_url: str) -> str | None:
+    """The revision the database is at, or None if it has never been migrated."""
+    engine = create_async_engine(database_url, poolclass=NullPool)
+    try:
+        async with engine.connect() as connection:
+            return await connection.run_sync(_revision_of)
+    finally:
+        await engine.dispose()
+
+
+def current_revision(database_url: str) -> str | None:
+    """The revision the database is at, or None; call it where no event loop runs."""
+    _refuse_inside_running_loop("current_revision")
+    return asyncio.run(current_revision_async(database_url))

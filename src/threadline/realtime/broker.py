@@ -1,0 +1,350 @@
+"""The app's one pub/sub object: broadcaster's ``Broadcast`` with bounded fan-out.
+
+Owns the local subscribers of every channel (one backend subscription per
+channel however many of them share it), their bounded queues, and what a
+subscriber is told when it falls behind (``SubscriberOverflow``), when Redis has
+come back (``RECONNECTED``: catch up from the event log) and when the broker
+shuts down (``BrokerClosed``). Messages are opaque strings: nothing is parsed here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from enum import Enum
+from typing import Any, Final, final
+
+from broadcaster import Broadcast, BroadcastBackend, Event
+from broadcaster._backends.memory import MemoryBackend
+
+from threadline.realtime.redis_backend import (
+    BrokerError,
+    BrokerUnavailable,
+    ConnectionRestored,
+    RedisBackend,
+)
+
+__all__ = [
+    "RECONNECTED",
+    "Broker",
+    "BrokerClosed",
+    "BrokerError",
+    "BrokerUnavailable",
+    "Reconnected",
+    "Subscriber",
+    "SubscriberOverflow",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class SubscriberOverflow(BrokerError):  # noqa: N818
+    """The subscriber fell more than ``queue_limit`` messages behind and was
+    dropped; it should resume from the event log (``afterSeq``)."""
+
+
+class BrokerClosed(BrokerError):  # noqa: N818
+    """The broker is not connected: not yet, or no longer (shutting down)."""
+
+
+@final
+class Reconnected:
+    """Yielded by a subscriber after the broker's Redis connection came back.
+
+    Messages published while Redis was unreachable are lost to pub/sub: on
+    this marker a subscriber refetches what it missed from the event log.
+    There is one instance, ``RECONNECTED``.
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "RECONNECTED"
+
+
+RECONNECTED: Final = Reconnected()
+
+
+class _End(Enum):
+    OVERFLOW = "overflow"
+    CLOSED = "closed"
+    LEFT = "left"
+
+
+@final
+class Subscriber:
+    """What ``Broker.subscribe`` yields: iterate it for messages (published
+    strings) and ``RECONNECTED`` markers. One task iterates a subscriber.
+
+    Iteration raises ``SubscriberOverflow`` once the subscriber is more than the
+    broker's ``queue_limit`` behind, ``BrokerClosed`` when the broker
+    disconnects, and stops when the ``subscribe`` block is left.
+    """
+
+    __slots__ = ("_buffer", "_end", "_limit", "_waiter", "channels")
+
+    def __init__(self, channels: tuple[str, ...], limit: int) -> None:
+        self.channels = channels
+        self._limit = limit
+        self._buffer: deque[str | Reconnected] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._end: _End | None = None
+
+    @property
+    def pending(self) -> int:
+        """How many messages wait to be read."""
+        return len(self._buffer)
+
+    def __aiter__(self) -> AsyncIterator[str | Reconnected]:
+        return self
+
+    async def __anext__(self) -> str | Reconnected:
+        while True:
+            if self._end is not None:
+                raise self._end_error()
+            if self._buffer:
+                return self._buffer.popleft()
+            if self._waiter is not None:
+                raise RuntimeError("a Subscriber is iterated by one task at a time")
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiter = waiter
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+
+    def _push(self, item: str | Reconnected) -> None:
+        # The fan-out hot path: called once per subscriber per message, never awaits.
+        if self._end is not None:
+            return
+        if len(self._buffer) >= self._limit:
+            self._buffer.clear()  # the subscriber refetches; drop the memory now
+            self._finish(_End.OVERFLOW)
+            return
+        self._buffer.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _finish(self, end: _End) -> None:
+        if self._end is None:
+            self._end = end
+            waiter = self._waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+    def _end_error(self) -> BaseException:
+        if self._end is _End.OVERFLOW:
+            return SubscriberOverflow(
+                f"subscriber of {', '.join(self.channels)} fell more than "
+                f"{self._limit} messages behind"
+            )
+        if self._end is _End.CLOSED:
+            return BrokerClosed("the broker disconnected")
+        return StopAsyncIteration()
+
+
+class _Channel:
+    """The local subscribers of one channel, and whether the backend has
+    confirmed the subscription (later joiners wait for the first one's)."""
+
+    __slots__ = ("ready", "subscribers")
+
+    def __init__(self) -> None:
+        self.subscribers: set[Subscriber] = set()
+        self.ready = asyncio.Event()
+
+
+class _Relay(Broadcast):
+    """broadcaster's ``Broadcast`` with its listener replaced: every backend event
+    goes to one callback (the broker's bounded fan-out) instead of unbounded
+    per-subscriber queues filled with ``await queue.put``."""
+
+    def __init__(self, backend: BroadcastBackend, deliver: Callable[[Event], None]) -> None:
+        super().__init__(backend=backend)
+        self._deliver = deliver
+
+    @property
+    def backend(self) -> BroadcastBackend:
+        return self._backend
+
+    @property
+    def listener_failure(self) -> str | None:
+        """Why the listener stopped, if it did: the broker is then deaf."""
+        task: asyncio.Task[None] | None = getattr(self, "_listener_task", None)
+        if task is None or not task.done():
+            return None
+        if task.cancelled():
+            return "listener cancelled"
+        return f"listener crashed: {task.exception()!r}"
+
+    async def _listener(self) -> None:
+        next_published, deliver = self._backend.next_published, self._deliver
+        while True:
+            deliver(await next_published())
+
+    async def disconnect(self) -> None:
+        # Broadcast.disconnect re-raises a crashed listener's error before closing
+        # the backend; shutting down must close the backend regardless.
+        task: asyncio.Task[None] | None = getattr(self, "_listener_task", None)
+        if task is not None:
+            task.cancel()
+            await asyncio.wait([task])
+            if not task.cancelled() and task.exception() is not None:
+                logger.error("broker listener had crashed", exc_info=task.exception())
+        await self._backend.disconnect()
+
+
+class Broker:
+    """Publish strings to channels and subscribe to them, in one process (no
+    ``redis_url``) or across processes through Redis.
+
+    ``subscribe`` returns once the subscription is live: a message published
+    after that reaches the subscriber, unless Redis is down (then the subscriber
+    gets ``RECONNECTED`` when it is back). ``publish`` never waits for
+    subscribers; it raises ``BrokerUnavailable`` quickly when Redis is down.
+    """
+
+    def __init__(self, redis_url: str | None, *, queue_limit: int = 1000) -> None:
+        if queue_limit < 1:
+            raise ValueError("queue_limit must be at least 1")
+        # broadcaster's in-memory backend has none of its Redis backend's
+        # problems: subscribing is synchronous, and its queue is drained by our
+        # listener, which never blocks.
+        backend: BroadcastBackend = (
+            RedisBackend(redis_url) if redis_url else MemoryBackend("memory://")
+        )
+        self._relay = _Relay(backend, self._deliver)
+        self._queue_limit = queue_limit
+        self._channels: dict[str, _Channel] = {}
+        self._subscribers: set[Subscriber] = set()
+        self._state = "new"
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Connect the backend and start delivering. With Redis unreachable this
+        returns after a short wait; ``health()`` then says so and the backend
+        keeps reconnecting."""
+        if self._state == "connected":
+            return
+        if self._state == "closed":
+            raise BrokerClosed("a disconnected broker cannot be reused")
+        await self._relay.connect()
+        self._state = "connected"
+
+    async def disconnect(self) -> None:
+        """Stop: every live subscriber's iteration raises ``BrokerClosed``."""
+        if self._state != "connected":
+            self._state = "closed"
+            return
+        self._state = "closed"
+        for subscriber in self._subscribers:
+            subscriber._finish(_End.CLOSED)
+        await self._relay.disconnect()
+
+    # -- publish and subscribe ---------------------------------------------------
+
+    async def publish(self, channel: str, message: str) -> None:
+        if self._state != "connected":
+            raise BrokerClosed("the broker is not connected")
+        await self._relay.publish(channel, message)
+
+    def subscribe(self, channel: str) -> AbstractAsyncContextManager[Subscriber]:
+        return self.subscribe_many((channel,))
+
+    @asynccontextmanager
+    async def subscribe_many(self, channels: Iterable[str]) -> AsyncIterator[Subscriber]:
+        """One subscriber for several channels: it gets messages from all of
+        them, interleaved in arrival order, and one ``RECONNECTED`` marker per
+        reconnection."""
+        names = tuple(dict.fromkeys(channels))
+        if not names:
+            raise ValueError("subscribe to at least one channel")
+        if self._state != "connected":
+            raise BrokerClosed("the broker is not connected")
+        subscriber = Subscriber(names, self._queue_limit)
+        self._subscribers.add(subscriber)
+        try:
+            for name in names:
+                await self._join(name, subscriber)
+            yield subscriber
+        finally:
+            subscriber._finish(_End.LEFT)
+            self._subscribers.discard(subscriber)
+            await self._leave(names, subscriber)
+
+    async def _join(self, name: str, subscriber: Subscriber) -> None:
+        channel = self._channels.get(name)
+        if channel is not None:
+            channel.subscribers.add(subscriber)
+            await channel.ready.wait()
+            return
+        channel = self._channels[name] = _Channel()
+        channel.subscribers.add(subscriber)
+        try:
+            await self._relay.backend.subscribe(name)
+        finally:
+            channel.ready.set()
+
+    async def _leave(self, names: tuple[str, ...], subscriber: Subscriber) -> None:
+        for name in names:
+            channel = self._channels.get(name)
+            if channel is not None:
+                channel.subscribers.discard(subscriber)
+        if self._state != "connected":
+            return
+        cancelled = False
+        for name in names:
+            channel = self._channels.get(name)
+            if channel is None or channel.subscribers:
+                continue
+            # Forgetting the channel and (inside the backend call, before its first
+            # await) sending UNSUBSCRIBE happen in one step: a new subscriber of the
+            # same name after this point sends its SUBSCRIBE after our UNSUBSCRIBE.
+            del self._channels[name]
+            try:
+                await self._relay.backend.unsubscribe(name)
+            except asyncio.CancelledError:
+                # Finish releasing the other channels, then let the cancellation on.
+                cancelled = True
+        if cancelled:
+            raise asyncio.CancelledError
+
+    def _deliver(self, event: Event) -> None:
+        if type(event) is ConnectionRestored:
+            for subscriber in self._subscribers:
+                subscriber._push(RECONNECTED)
+            return
+        channel = self._channels.get(event.channel)
+        if channel is None:
+            return
+        message = event.message
+        for subscriber in channel.subscribers:
+            subscriber._push(message)
+
+    # -- health ------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        """For ``/readyz``: backend, connected, reconnects, last_error, and the
+        local channel and subscriber counts."""
+        backend = self._relay.backend
+        if isinstance(backend, RedisBackend):
+            report = backend.health()
+        else:
+            report = {"backend": "memory", "connected": True, "reconnects": 0, "last_error": None}
+        failure = self._relay.listener_failure
+        if failure is not None:
+            report["last_error"] = failure
+        report["connected"] = bool(report["connected"]) and self._state == "connected"
+        report["connected"] = report["connected"] and failure is None
+        report["channels"] = len(self._channels)
+        report["subscribers"] = len(self._subscribers)
+        return report
+
+    @property
+    def is_healthy(self) -> bool:
+        return bool(self.health()["connected"])

@@ -1,0 +1,110 @@
+"""Channel names and wire encoding of what crosses processes through the broker.
+
+One channel per thread for its logged events, one per thread for ephemeral
+activity, one per user for things addressed to them, one per user for
+presence, and one for ending sessions. A message in a thread is one publish,
+whatever the number of members.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, Protocol
+
+import orjson
+
+from threadline.metrics import EVENTS_PUBLISHED
+from threadline.services.events import ActivityEvent, EventKind, LoggedEvent, UserEvent
+
+SESSIONS_CHANNEL = "sessions"
+
+
+class Publisher(Protocol):
+    async def publish(self, channel: str, message: str) -> None: ...
+
+
+def thread_channel(thread_id: uuid.UUID | str) -> str:
+    return f"thread:{thread_id}"
+
+
+def activity_channel(thread_id: uuid.UUID | str) -> str:
+    return f"activity:{thread_id}"
+
+
+def user_channel(user_id: uuid.UUID | str) -> str:
+    return f"user:{user_id}"
+
+
+def presence_channel(user_id: uuid.UUID | str) -> str:
+    return f"presence:{user_id}"
+
+
+def encode_logged(event: LoggedEvent) -> str:
+    return orjson.dumps(
+        {
+            "t": str(event.thread_id),
+            "s": event.seq,
+            "k": event.kind.value,
+            "p": event.payload,
+            "a": str(event.actor_id) if event.actor_id else None,
+            "at": event.at.isoformat(),
+        }
+    ).decode()
+
+
+def decode_logged(raw: str) -> LoggedEvent:
+    data: dict[str, Any] = orjson.loads(raw)
+    return LoggedEvent(
+        uuid.UUID(data["t"]),
+        int(data["s"]),
+        EventKind(data["k"]),
+        data["p"],
+        uuid.UUID(data["a"]) if data.get("a") else None,
+        datetime.fromisoformat(data["at"]),
+    )
+
+
+def encode_activity(event: ActivityEvent) -> str:
+    return orjson.dumps(
+        {"t": str(event.thread_id), "k": event.kind, "u": str(event.user_id), "d": event.data}
+    ).decode()
+
+
+def decode_activity(raw: str) -> ActivityEvent:
+    data = orjson.loads(raw)
+    return ActivityEvent(uuid.UUID(data["t"]), data["k"], uuid.UUID(data["u"]), data["d"])
+
+
+def encode_user_event(event: UserEvent) -> str:
+    return orjson.dumps({"u": str(event.user_id), "k": event.kind, "d": event.data}).decode()
+
+
+def decode_user_event(raw: str) -> UserEvent:
+    data = orjson.loads(raw)
+    return UserEvent(uuid.UUID(data["u"]), data["k"], data["d"])
+
+
+def route(event: object) -> tuple[str, str]:
+    if isinstance(event, LoggedEvent):
+        return thread_channel(event.thread_id), encode_logged(event)
+    if isinstance(event, ActivityEvent):
+        return activity_channel(event.thread_id), encode_activity(event)
+    if isinstance(event, UserEvent):
+        return user_channel(event.user_id), encode_user_event(event)
+    raise TypeError(f"cannot publish {type(event).__name__}")
+
+
+async def publish_all(broker: Publisher, events: Sequence[object]) -> None:
+    """Publish committed events in order; the first failure is raised after trying all."""
+    failure: Exception | None = None
+    for event in events:
+        channel, message = route(event)
+        try:
+            await broker.publish(channel, message)
+            EVENTS_PUBLISHED.inc()
+        except Exception as exc:  # the log has logged events; subscribers fill gaps
+            failure = failure or exc
+    if failure is not None:
+        raise failure

@@ -1,0 +1,143 @@
+"""Presence: ONLINE while a user has a live connection anywhere, AWAY on request.
+
+Each connection holds a lease that its keep-alive renews; a user is ONLINE while
+any lease is unexpired, so a process killed with -9 stops counting once its
+leases run out. With Redis the leases live there (one sorted set per user), so
+every process gives the same answer; without it, in this process.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import orjson
+import redis.asyncio as aioredis
+
+from threadline.realtime.channels import Publisher, presence_channel
+from threadline.services.states import PresenceStatus
+
+LEASE_SECONDS = 20.0
+
+
+@dataclass(frozen=True)
+class PresenceState:
+    status: PresenceStatus
+    last_seen_at: datetime | None
+
+
+def _ts(value: float | None) -> datetime | None:
+    return datetime.fromtimestamp(value, UTC) if value else None
+
+
+class PresenceTracker:
+    def __init__(
+        self,
+        redis_url: str | None,
+        publisher: Publisher,
+        *,
+        clock: Callable[[], float] = time.time,
+        lease_seconds: float = LEASE_SECONDS,
+    ) -> None:
+        self._redis = aioredis.Redis.from_url(redis_url) if redis_url else None
+        self._publisher = publisher
+        self._clock = clock
+        self.lease_seconds = lease_seconds
+        self._leases: dict[uuid.UUID, dict[str, float]] = {}
+        self._away: set[uuid.UUID] = set()
+        self._seen: dict[uuid.UUID, float] = {}
+
+    async def aclose(self) -> None:
+        if self._redis is not None:
+            await self._redis.aclose()
+
+    # -- leases
+
+    async def renew(self, user_id: uuid.UUID, connection_id: str) -> None:
+        """Start or extend a connection's lease; announce when the user comes online."""
+        before = await self.get(user_id)
+        now = self._clock()
+        expiry = now + self.lease_seconds
+        if self._redis is not None:
+            key = f"presence:leases:{user_id}"
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.zadd(key, {connection_id: expiry})
+                pipe.zremrangebyscore(key, 0, now)
+                pipe.expire(key, int(self.lease_seconds * 3))
+                pipe.set(f"presence:seen:{user_id}", now)
+                await pipe.execute()
+        else:
+            self._leases.setdefault(user_id, {})[connection_id] = expiry
+            self._seen[user_id] = now
+        if before.status is PresenceStatus.OFFLINE:
+            await self._announce(user_id)
+
+    async def release(self, user_id: uuid.UUID, connection_id: str) -> None:
+        now = self._clock()
+        if self._redis is not None:
+            await self._redis.zrem(f"presence:leases:{user_id}", connection_id)
+            await self._redis.set(f"presence:seen:{user_id}", now)
+        else:
+            self._leases.get(user_id, {}).pop(connection_id, None)
+            self._seen[user_id] = now
+        if (await self.get(user_id)).status is PresenceStatus.OFFLINE:
+            await self._announce(user_id)
+
+    async def _live_leases(self, user_id: uuid.UUID) -> int:
+        now = self._clock()
+        if self._redis is not None:
+            return int(await self._redis.zcount(f"presence:leases:{user_id}", now, "+inf"))
+        leases = self._leases.get(user_id, {})
+        for conn, expiry in list(leases.items()):
+            if expiry <= now:
+                del leases[conn]
+        return len(leases)
+
+    # -- state
+
+    async def get(self, user_id: uuid.UUID, stored_seen: datetime | None = None) -> PresenceState:
+        live = await self._live_leases(user_id)
+        if self._redis is not None:
+            away = bool(await self._redis.exists(f"presence:away:{user_id}"))
+            raw = await self._redis.get(f"presence:seen:{user_id}")
+            seen = float(raw) if raw else None
+        else:
+            away = user_id in self._away
+            seen = self._seen.get(user_id)
+        last_seen = _ts(seen) or stored_seen
+        if not live:
+            return PresenceState(PresenceStatus.OFFLINE, last_seen)
+        status = PresenceStatus.AWAY if away else PresenceStatus.ONLINE
+        return PresenceState(status, _ts(self._clock()))
+
+    async def set_status(self, user_id: uuid.UUID, status: PresenceStatus) -> PresenceState:
+        """AWAY or ONLINE by the user's choice; OFFLINE hides nothing but clears AWAY."""
+        away = status is PresenceStatus.AWAY
+        if self._redis is not None:
+            if away:
+                await self._redis.set(f"presence:away:{user_id}", 1)
+            else:
+                await self._redis.delete(f"presence:away:{user_id}")
+        elif away:
+            self._away.add(user_id)
+        else:
+            self._away.discard(user_id)
+        await self._announce(user_id)
+        return await self.get(user_id)
+
+    async def _announce(self, user_id: uuid.UUID) -> None:
+        state = await self.get(user_id)
+        message = orjson.dumps(
+            {
+                "u": str(user_id),
+                "s": state.status.value,
+                "seen": state.last_seen_at.isoformat() if state.last_seen_at else None,
+            }
+        ).decode()
+        try:
+            await self._publisher.publish(presence_channel(user_id), message)
+        except Exception:  # presence is best effort; the next renewal corrects it
+            return

@@ -1,0 +1,203 @@
+"""Per-user rate limits as moving windows, shared by all processes through Redis.
+
+Owns the limits themselves (what each action may do per window) and their
+bookkeeping: in process memory without ``REDIS_URL``, in Redis with it. Callers
+say which action a user takes; over the limit they get ``RateLimited``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Mapping
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Any, Final
+
+from limits import RateLimitItem, parse
+from limits.aio.storage import MemoryStorage, RedisStorage, Storage
+from limits.aio.strategies import MovingWindowRateLimiter
+from limits.errors import StorageError
+from redis.asyncio import ConnectionPool
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from threadline.errors import RateLimited
+
+logger = logging.getLogger(__name__)
+
+
+class Action(StrEnum):
+    """What a user does that costs them a place in a window."""
+
+    SEND_MESSAGE = "send_message"
+    SET_TYPING = "set_typing"
+    UPLOAD = "upload"
+    MUTATION = "mutation"
+    WS_CONNECT = "ws_connect"
+
+
+DEFAULT_LIMITS: Final[Mapping[Action, str]] = MappingProxyType(
+    {
+        Action.SEND_MESSAGE: "20/2 seconds",
+        Action.SET_TYPING: "2/second",
+        Action.UPLOAD: "10/minute",
+        Action.MUTATION: "30/second",
+        Action.WS_CONNECT: "10/minute",
+    }
+)
+
+# Counted per connection by the WebSocket layer, not in a window: it is a
+# ceiling on live state, not on a rate.
+MAX_SUBSCRIPTIONS_PER_CONNECTION: Final = 100
+
+_REFUSALS: Final[Mapping[Action, str]] = MappingProxyType(
+    {
+        Action.SEND_MESSAGE: "You are sending messages too fast",
+        Action.SET_TYPING: "Typing updates are too frequent",
+        Action.UPLOAD: "Too many uploads",
+        Action.MUTATION: "Too many requests",
+        Action.WS_CONNECT: "Too many new connections",
+    }
+)
+
+# Redis answers in well under a millisecond on a working deployment; a limiter
+# that waited longer would slow every mutation more than it protects anything.
+_REDIS_TIMEOUT_SECONDS: Final = 0.5
+# One immediate retry survives a pooled connection that Redis closed (a restart);
+# redis-py's default of three retries with exponential backoff would hold a
+# request for seconds while Redis is down.
+_REDIS_RETRIES: Final = 1
+# After Redis fails, calls skip it for this long, so an unreachable Redis costs one
+# timeout per interval rather than one per call.
+_SKIP_REDIS_AFTER_FAILURE_SECONDS: Final = 1.0
+# While Redis stays down, one warning per interval (with a count) instead of one
+# per call, which would flood the log exactly when operators need to read it.
+_WARN_INTERVAL_SECONDS: Final = 60.0
+
+_STORAGE_ERRORS: Final = (StorageError, RedisError, OSError)
+
+
+class RateLimiter:
+    """Moving-window limits per action and user key.
+
+    Without ``redis_url`` the windows live in this process (one-process
+    deployments, tests); with it they live in Redis, so every process counts
+    against the same windows. ``limits`` overrides some or all of
+    ``DEFAULT_LIMITS`` with strings such as ``"20/2 seconds"``. If Redis cannot be
+    reached the limiter lets calls through and logs a warning: limits protect the
+    service, and refusing everything would be the outage they exist to prevent.
+    """
+
+    def __init__(
+        self,
+        redis_url: str | None,
+        *,
+        enabled: bool = True,
+        limits: Mapping[Action, str] | None = None,
+        key_prefix: str = "threadline:ratelimit",
+    ) -> None:
+        self._enabled = enabled
+        # Parsed now, so that a bad limit string stops the process at start-up.
+        self._items: dict[Action, RateLimitItem] = {
+            action: parse(text) for action, text in {**DEFAULT_LIMITS, **(limits or {})}.items()
+        }
+        self._pool: ConnectionPool[Any] | None = None
+        self._storage: Storage
+        if redis_url is None:
+            self._storage = MemoryStorage()
+        else:
+            self._pool = ConnectionPool.from_url(
+                redis_url,
+                socket_connect_timeout=_REDIS_TIMEOUT_SECONDS,
+                socket_timeout=_REDIS_TIMEOUT_SECONDS,
+                retry=Retry(NoBackoff(), _REDIS_RETRIES),
+            )
+            # The connections come from our pool (timeouts, retries, closed by us);
+            # the URI only selects the redis-py bridge rather than coredis.
+            options: dict[str, Any] = {"connection_pool": self._pool}
+            self._storage = RedisStorage(
+                "async+redis://",
+                wrap_exceptions=True,
+                implementation="redispy",
+                key_prefix=key_prefix,
+                **options,
+            )
+        self._strategy = MovingWindowRateLimiter(self._storage)
+        self._skip_storage_until = 0.0
+        self._last_warning_at: float | None = None
+        self._unchecked_since_warning = 0
+
+    async def hit(self, action: Action, key: str) -> None:
+        """Count one ``action`` by ``key`` (a user id); raise ``RateLimited`` if over."""
+        if not self._enabled:
+            return
+        if time.monotonic() < self._skip_storage_until:
+            self._unchecked_since_warning += 1
+            return
+        item = self._items[action]
+        try:
+            if await self._strategy.hit(item, action.value, key):
+                self._note_storage_ok()
+                return
+            stats = await self._strategy.get_window_stats(item, action.value, key)
+        except _STORAGE_ERRORS as exc:
+            self._note_storage_failed(exc)
+            return
+        self._note_storage_ok()
+        # A moving window's reset time is when its oldest entry leaves it: the
+        # moment the next call fits. Rounded up so that waiting that long is enough.
+        seconds = max(1, math.ceil(stats.reset_time - time.time()))
+        raise RateLimited(f"{_REFUSALS[action]}; try again in {seconds} s.", retry_after=seconds)
+
+    async def healthy(self) -> bool:
+        """Whether the windows can be read and written now (always, in memory)."""
+        try:
+            return bool(await self._storage.check())
+        except _STORAGE_ERRORS:
+            return False
+
+    async def aclose(self) -> None:
+        """Close the Redis connections, or stop the in-memory expiry task."""
+        if self._pool is not None:
+            await self._pool.disconnect()
+        elif isinstance(self._storage, MemoryStorage) and self._storage.timer is not None:
+            # The storage schedules a task to drop expired entries; left pending it
+            # would be destroyed with the event loop, with a warning.
+            self._storage.timer.cancel()
+            await asyncio.gather(self._storage.timer, return_exceptions=True)
+
+    def _note_storage_failed(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        self._skip_storage_until = now + _SKIP_REDIS_AFTER_FAILURE_SECONDS
+        self._unchecked_since_warning += 1
+        cause = exc.storage_error if isinstance(exc, StorageError) else exc
+        if self._last_warning_at is None:
+            logger.warning(
+                "Rate limit storage unreachable (%s); letting calls through unchecked", cause
+            )
+        elif now - self._last_warning_at >= _WARN_INTERVAL_SECONDS:
+            logger.warning(
+                "Rate limit storage still unreachable (%s); %d calls let through unchecked "
+                "since the last warning",
+                cause,
+                self._unchecked_since_warning,
+            )
+        else:
+            return
+        self._last_warning_at = now
+        self._unchecked_since_warning = 0
+
+    def _note_storage_ok(self) -> None:
+        if self._last_warning_at is None:
+            return
+        logger.info(
+            "Rate limit storage reachable again; %d calls went through unchecked "
+            "since the last warning",
+            self._unchecked_since_warning,
+        )
+        self._last_warning_at = None
+        self._unchecked_since_warning = 0

@@ -1,0 +1,108 @@
+"""Typing indicators: announced at once, expired 6 seconds after the last ``true``.
+
+A second ``true`` inside the window announces nothing new; the expiry sends
+``isTyping: false`` even when the client goes silent. The last ``true`` time is
+shared through Redis when configured, so a timer in one process never ends a
+typing spell that another process has extended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+
+import redis.asyncio as aioredis
+
+from threadline.realtime.channels import Publisher, encode_activity, activity_channel
+from threadline.services.events import ActivityEvent
+
+TYPING_SECONDS = 6.0
+
+
+class TypingTracker:
+    def __init__(
+        self,
+        redis_url: str | None,
+        publisher: Publisher,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        window: float = TYPING_SECONDS,
+    ) -> None:
+        self._redis = aioredis.Redis.from_url(redis_url) if redis_url else None
+        self._publisher = publisher
+        self._clock = clock if redis_url is None else time.time
+        self.window = window
+        self._last_true: dict[tuple[uuid.UUID, uuid.UUID], float] = {}
+        self._timers: dict[tuple[uuid.UUID, uuid.UUID], asyncio.TimerHandle] = {}
+
+    async def aclose(self) -> None:
+        for handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+        if self._redis is not None:
+            await self._redis.aclose()
+
+    def _key(self, thread_id: uuid.UUID, user_id: uuid.UUID) -> str:
+        return f"typing:{thread_id}:{user_id}"
+
+    async def _get_last(self, key: tuple[uuid.UUID, uuid.UUID]) -> float | None:
+        if self._redis is not None:
+            raw = await self._redis.get(self._key(*key))
+            return float(raw) if raw else None
+        return self._last_true.get(key)
+
+    async def _set_last(self, key: tuple[uuid.UUID, uuid.UUID], value: float | None) -> None:
+        if self._redis is not None:
+            if value is None:
+                await self._redis.delete(self._key(*key))
+            else:
+                await self._redis.set(self._key(*key), value, ex=int(self.window * 2) + 1)
+        elif value is None:
+            self._last_true.pop(key, None)
+        else:
+            self._last_true[key] = value
+
+    async def set(self, thread_id: uuid.UUID, user_id: uuid.UUID, is_typing: bool) -> None:
+        key = (thread_id, user_id)
+        now = self._clock()
+        last = await self._get_last(key)
+        active = last is not None and now - last < self.window
+        if is_typing:
+            await self._set_last(key, now)
+            self._schedule(key, self.window)
+            if not active:
+                await self._announce(thread_id, user_id, True)
+        elif active:
+            await self._set_last(key, None)
+            self._cancel(key)
+            await self._announce(thread_id, user_id, False)
+
+    def _cancel(self, key: tuple[uuid.UUID, uuid.UUID]) -> None:
+        handle = self._timers.pop(key, None)
+        if handle is not None:
+            handle.cancel()
+
+    def _schedule(self, key: tuple[uuid.UUID, uuid.UUID], delay: float) -> None:
+        self._cancel(key)
+        loop = asyncio.get_running_loop()
+        self._timers[key] = loop.call_later(
+            delay, lambda: loop.create_task(self._expire(key))
+        )
+
+    async def _expire(self, key: tuple[uuid.UUID, uuid.UUID]) -> None:
+        self._timers.pop(key, None)
+        last = await self._get_last(key)
+        if last is None:
+            return
+        remaining = self.window - (self._clock() - last)
+        if remaining > 0.05:  # extended elsewhere: wait for the new deadline
+            self._schedule(key, remaining)
+            return
+        await self._set_last(key, None)
+        await self._announce(key[0], key[1], False)
+
+    async def _announce(self, thread_id: uuid.UUID, user_id: uuid.UUID, typing: bool) -> None:
+        event = ActivityEvent(thread_id, "typing", user_id, {"is_typing": typing})
+        await self._publisher.publish(activity_channel(thread_id), encode_activity(event))

@@ -1,0 +1,91 @@
+"""Per-operation DataLoaders: every field that fans out is batched through one.
+
+A page of 50 messages asks for authors, reactions, attachments, parents, reply
+counts, edits and receipt markers once each, not 50 times.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, TypeVar
+
+from strawberry.dataloader import DataLoader
+
+from threadline import models
+from threadline.services import messages, receipts, threads, users
+from threadline.services.messages import ReactionGroup
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from threadline.schema.context import Context
+
+K = uuid.UUID
+V = TypeVar("V")
+
+
+class Loaders:
+    def __init__(self, context: Context) -> None:
+        self._context = context
+        self.user = self._one(users.users_by_ids)
+        self.message = self._one(messages.messages_by_ids)
+        self.thread = DataLoader[K, models.Thread | None](self._threads)
+        self.my_participation = DataLoader[K, models.ThreadParticipant | None](self._mine)
+        self.reply_count = self._many(messages.reply_counts, 0)
+        self.attachments = self._many(messages.attachments_of, [])
+        self.edits = self._many(messages.edits_of, [])
+        self.reactions = DataLoader[K, list[ReactionGroup]](self._reactions)
+        self.markers = self._many(receipts.markers_of, [])
+        self.last_message = self._one(messages.last_messages)
+        self.pinned = self._many(messages.pinned_of, [])
+        self.unread_count = DataLoader[K, int](self._unread)
+
+    async def _session(self) -> AsyncSession:
+        return await self._context.session()
+
+    def _one(
+        self, fetch: Callable[[AsyncSession, Sequence[K]], Awaitable[dict[K, V]]]
+    ) -> DataLoader[K, V | None]:
+        async def load(keys: list[K]) -> list[V | None]:
+            found = await fetch(await self._session(), keys)
+            return [found.get(k) for k in keys]
+
+        return DataLoader(load)
+
+    def _many(
+        self, fetch: Callable[[AsyncSession, Sequence[K]], Awaitable[dict[K, V]]], empty: V
+    ) -> DataLoader[K, V]:
+        async def load(keys: list[K]) -> list[V]:
+            found = await fetch(await self._session(), keys)
+            return [found.get(k, empty) for k in keys]
+
+        return DataLoader(load)
+
+    async def _threads(self, keys: list[K]) -> list[models.Thread | None]:
+        # Threads the operation already checked access to are known: no query.
+        known = {tid: a.thread for tid, a in self._context.access.items()}
+        missing = [k for k in keys if k not in known]
+        if missing:
+            known.update(await threads.threads_by_ids(await self._session(), missing))
+        return [known.get(k) for k in keys]
+
+    async def _mine(self, keys: list[K]) -> list[models.ThreadParticipant | None]:
+        viewer = await self._context.viewer()
+        known = {tid: a.participant for tid, a in self._context.access.items()}
+        missing = [k for k in keys if k not in known]
+        if missing:
+            known.update(await threads.participations(await self._session(), viewer.id, missing))
+        return [known.get(k) for k in keys]
+
+    async def _reactions(self, keys: list[K]) -> list[list[ReactionGroup]]:
+        people: dict[uuid.UUID, models.User] = {}
+        groups = await messages.reaction_groups(await self._session(), keys, people)
+        for user_id, user in people.items():
+            self.user.prime(user_id, user)
+        return [groups.get(k, []) for k in keys]
+
+    async def _unread(self, keys: list[K]) -> list[int]:
+        viewer = await self._context.viewer()
+        counts = await receipts.unread_counts(await self._session(), viewer, keys)
+        return [counts.get(k, 0) for k in keys]

@@ -1,0 +1,214 @@
+"""Queries and mutations about messages: history, replies, search, reactions, receipts."""
+
+from __future__ import annotations
+
+import uuid
+
+import strawberry
+from strawberry import ID, Info
+from strawberry.file_uploads import Upload
+
+from threadline import models
+from threadline.auth.directives import authenticated, thread_role
+from threadline.errors import NotAvailableYet
+from threadline.realtime.rate_limits import Action
+from threadline.resolvers import operations as op
+from threadline.schema.connections import PageInfo, edges, page_args, page_info
+from threadline.schema.enums import ThreadRole
+from threadline.schema.inputs import SendMessageInput
+from threadline.schema.types import (
+    AttachmentType,
+    MessageConnection,
+    MessageEdge,
+    MessageType,
+    ThreadType,
+    UserConnection,
+    UserEdge,
+    UserType,
+)
+from threadline.services import messages, receipts, search
+from threadline.services.pagination import PageRequest, encode_cursor
+from threadline.services.permissions import parse_id
+
+
+def _connection(page: object) -> MessageConnection:
+    return MessageConnection(
+        edges=edges(page, MessageEdge, MessageType.of),  # type: ignore[arg-type]
+        page_info=page_info(page),  # type: ignore[arg-type]
+    )
+
+
+async def thread_messages(
+    info: Info, thread: models.Thread, request: PageRequest
+) -> MessageConnection:
+    page = await messages.thread_messages(await op.session(info), thread.id, request)
+    await _delivered(info, thread.id, page.items)
+    return _connection(page)
+
+
+async def _delivered(info: Info, thread_id: uuid.UUID, rows: list[models.Message]) -> None:
+    """Fetching messages delivers them: move the viewer's marker if it is behind."""
+    if not rows:
+        return
+    ctx = op.context(info)
+    mine = await ctx.loaders.my_participation.load(thread_id)
+    newest = max(m.seq for m in rows)
+    if mine is not None and mine.last_delivered_seq < newest:
+        await receipts.mark_delivered(ctx.runtime.db, mine.user_id, thread_id, newest)
+
+
+async def replies(info: Info, parent: models.Message, request: PageRequest) -> MessageConnection:
+    page = await messages.replies(await op.session(info), parent, request)
+    return _connection(page)
+
+
+async def read_by(
+    info: Info, message: models.Message, first: int | None, after: str | None
+) -> UserConnection:
+    request = page_args(first, after)
+    markers = await op.context(info).loaders.markers.load(message.thread_id)
+    ids = receipts.readers(message, markers)
+    start = 0
+    if request.after:
+        key = request.after_key()
+        start = next((i + 1 for i, uid in enumerate(ids) if [str(uid)] == key), len(ids))
+    chosen = ids[start : start + request.size]
+    rows = await op.context(info).loaders.user.load_many(chosen)
+    users = [r for r in rows if r is not None]
+    cursors = [encode_cursor([str(u.id)]) for u in users]
+    return UserConnection(
+        edges=[UserEdge(cursor=c, node=UserType.of(u)) for c, u in zip(cursors, users, strict=True)],
+        page_info=PageInfo(
+            has_next_page=start + request.size < len(ids),
+            has_previous_page=start > 0,
+            start_cursor=cursors[0] if cursors else None,
+            end_cursor=cursors[-1] if cursors else None,
+        ),
+    )
+
+
+@strawberry.type
+class MessageQueries:
+    @strawberry.field(extensions=[thread_role(ThreadRole.MEMBER)])
+    async def messages(
+        self,
+        info: Info,
+        thread_id: ID,
+        first: int | None = None,
+        after: str | None = None,
+        last: int | None = None,
+        before: str | None = None,
+    ) -> MessageConnection:
+        thread = op.checked_access(info, thread_id).thread
+        return await thread_messages(info, thread, page_args(first, after, last, before))
+
+    @strawberry.field(extensions=[thread_role(ThreadRole.MEMBER)])
+    async def message(self, info: Info, message_id: ID) -> MessageType:
+        row = await messages.get_message(await op.session(info), parse_id(message_id, "Message"))
+        return MessageType.of(row)
+
+    @strawberry.field(
+        description="Full-text search over messages in threads the signed-in user is in.",
+        extensions=[authenticated()],
+    )
+    async def search_messages(
+        self,
+        info: Info,
+        query: str,
+        thread_id: ID | None = None,
+        first: int | None = None,
+        after: str | None = None,
+    ) -> MessageConnection:
+        page = await search.search_messages(
+            await op.session(info),
+            await op.viewer(info),
+            query,
+            parse_id(thread_id, "Thread") if thread_id is not None else None,
+            page_args(first, after),
+        )
+        return _connection(page)
+
+
+@strawberry.type
+class MessageMutations:
+    @strawberry.mutation(extensions=[thread_role(ThreadRole.MEMBER)])
+    async def send_message(self, info: Info, input: SendMessageInput) -> MessageType:
+        viewer = await op.limit(info, Action.SEND_MESSAGE)
+        ctx = op.context(info)
+        message = await messages.send_message(
+            ctx.runtime.db,
+            viewer,
+            op.checked_access(info, input.thread_id),
+            input.body,
+            parent_id=input.parent_id,
+            client_id=input.client_id,
+            attachment_ids=input.attachment_ids or [],
+        )
+        ctx.after_write()
+        return MessageType.of(message)
+
+    @strawberry.mutation(
+        description="Only the author may edit. The previous body is kept as a MessageEdit.",
+        extensions=[thread_role(ThreadRole.MEMBER)],
+    )
+    async def edit_message(self, info: Info, message_id: ID, body: str) -> MessageType:
+        async with op.writing(info, "edit_message") as (uow, viewer):
+            row = await messages.edit_message(uow, viewer, message_id, body)
+        return MessageType.of(row)
+
+    @strawberry.mutation(
+        description="The author, or a thread ADMIN (moderation), may delete.",
+        extensions=[thread_role(ThreadRole.MEMBER)],
+    )
+    async def delete_message(self, info: Info, message_id: ID) -> MessageType:
+        async with op.writing(info, "delete_message") as (uow, viewer):
+            row = await messages.delete_message(uow, viewer, message_id)
+        return MessageType.of(row)
+
+    @strawberry.mutation(extensions=[thread_role(ThreadRole.ADMIN)])
+    async def pin_message(self, info: Info, message_id: ID, pinned: bool) -> MessageType:
+        async with op.writing(info, "pin_message") as (uow, viewer):
+            row = await messages.pin_message(uow, viewer, message_id, pinned)
+        return MessageType.of(row)
+
+    @strawberry.mutation(
+        description="Adding the same emoji twice is a no-op.",
+        extensions=[thread_role(ThreadRole.MEMBER)],
+    )
+    async def add_reaction(self, info: Info, message_id: ID, emoji: str) -> MessageType:
+        async with op.writing(info, "add_reaction") as (uow, viewer):
+            row = await messages.add_reaction(uow, viewer, message_id, emoji)
+        return MessageType.of(row)
+
+    @strawberry.mutation(extensions=[thread_role(ThreadRole.MEMBER)])
+    async def remove_reaction(self, info: Info, message_id: ID, emoji: str) -> MessageType:
+        async with op.writing(info, "remove_reaction") as (uow, viewer):
+            row = await messages.remove_reaction(uow, viewer, message_id, emoji)
+        return MessageType.of(row)
+
+    @strawberry.mutation(
+        description="Upload a file to attach to a later sendMessage.",
+        extensions=[thread_role(ThreadRole.MEMBER)],
+    )
+    async def upload_attachment(self, info: Info, thread_id: ID, file: Upload) -> AttachmentType:
+        raise NotAvailableYet("uploadAttachment is not available yet")
+
+    @strawberry.mutation(
+        description="Moves the caller's read marker forward (never back) and returns the thread.",
+        extensions=[thread_role(ThreadRole.MEMBER)],
+    )
+    async def mark_read(self, info: Info, thread_id: ID, seq: int) -> ThreadType:
+        access = op.checked_access(info, thread_id)
+        async with op.writing(info, "mark_read") as (uow, viewer):
+            await receipts.mark_read(uow, viewer, access, seq)
+        return ThreadType.of(access.thread)
+
+    @strawberry.mutation(
+        description="Announces that the caller starts or stops typing; expires by itself.",
+        extensions=[thread_role(ThreadRole.MEMBER)],
+    )
+    async def set_typing(self, info: Info, thread_id: ID, is_typing: bool) -> bool:
+        viewer = await op.limit(info, Action.SET_TYPING)
+        access = op.checked_access(info, thread_id)
+        await op.context(info).runtime.typing.set(access.thread.id, viewer.id, is_typing)
+        return True

@@ -1,0 +1,134 @@
+"""Queries and mutations about users, the signed-in user and their sessions."""
+
+from __future__ import annotations
+
+import strawberry
+from strawberry import ID, Info
+
+from threadline.auth.directives import authenticated, has_role
+from threadline.errors import NotFound
+from threadline.resolvers import operations as op
+from threadline.schema.connections import edges, page_args, page_info
+from threadline.schema.enums import PresenceStatus, SystemRole
+from threadline.schema.inputs import UpdateMeInput
+from threadline.schema.types import (
+    AttachmentType,
+    MessageType,
+    Node,
+    NotificationType,
+    PresenceType,
+    SessionType,
+    ThreadType,
+    UserConnection,
+    UserEdge,
+    UserType,
+)
+from threadline.services import users
+from threadline.services.permissions import access_attachment, access_thread, parse_id
+
+
+@strawberry.type
+class UserQueries:
+    @strawberry.field(description="The signed-in user.", extensions=[authenticated()])
+    async def me(self, info: Info) -> UserType:
+        return UserType.of(await op.viewer(info))
+
+    @strawberry.field(extensions=[authenticated()])
+    async def user(self, info: Info, id: ID) -> UserType | None:
+        try:
+            return UserType.of(await users.get_user(await op.session(info), id))
+        except NotFound:
+            return None
+
+    @strawberry.field(
+        description="Users whose username or display name contains `search`.",
+        extensions=[authenticated()],
+    )
+    async def users(
+        self,
+        info: Info,
+        search: str | None = None,
+        first: int | None = None,
+        after: str | None = None,
+    ) -> UserConnection:
+        page = await users.search_users(await op.session(info), search, page_args(first, after))
+        return UserConnection(edges=edges(page, UserEdge, UserType.of), page_info=page_info(page))
+
+    @strawberry.field(extensions=[authenticated()])
+    async def node(self, info: Info, id: ID) -> Node | None:
+        return await _node(info, id)
+
+    @strawberry.field(extensions=[authenticated()])
+    async def my_sessions(self, info: Info) -> list[SessionType]:
+        rows = await users.sessions_of(await op.session(info), await op.viewer(info))
+        return [SessionType.of(r) for r in rows]
+
+
+async def _node(info: Info, raw_id: str) -> Node | None:
+    """Any object by id, if the viewer may see it; ids are UUIDs, unique across tables."""
+    try:
+        node_id = parse_id(raw_id)
+    except NotFound:
+        return None
+    viewer = await op.viewer(info)
+    session = await op.session(info)
+    loaders = op.context(info).loaders
+    user = await loaders.user.load(node_id)
+    if user is not None:
+        return UserType.of(user)
+    try:
+        access = await access_thread(session, viewer, node_id)
+        return ThreadType.of(access.thread)
+    except NotFound:
+        pass
+    message = await loaders.message.load(node_id)
+    if message is not None:
+        try:
+            await access_thread(session, viewer, message.thread_id)
+            return MessageType.of(message)
+        except NotFound:
+            return None
+    try:
+        await access_attachment(session, viewer, node_id)
+        from threadline.models import Attachment
+
+        row = await session.get(Attachment, node_id)
+        return AttachmentType.of(row) if row is not None else None
+    except NotFound:
+        pass
+    from threadline.services import notifications
+
+    notification = await notifications.get_notification(session, viewer, node_id)
+    if notification is not None:
+        return NotificationType.of(notification)
+    for row in await users.sessions_of(session, viewer):
+        if row.id == node_id:
+            return SessionType.of(row)
+    return None
+
+
+@strawberry.type
+class UserMutations:
+    @strawberry.mutation(extensions=[authenticated()])
+    async def update_me(self, info: Info, input: UpdateMeInput) -> UserType:
+        async with op.writing(info, "update_me") as (uow, viewer):
+            user = await users.update_me(
+                uow,
+                viewer,
+                display_name=input.display_name if input.display_name else None,
+                preferences=input.preferences,
+                set_preferences=input.preferences is not strawberry.UNSET,
+            )
+        return UserType.of(user)
+
+    @strawberry.mutation(extensions=[has_role(SystemRole.OWNER)])
+    async def set_user_role(self, info: Info, user_id: ID, role: SystemRole) -> UserType:
+        async with op.writing(info, "set_user_role") as (uow, viewer):
+            user = await users.set_user_role(uow, viewer, user_id, role)
+        return UserType.of(user)
+
+    @strawberry.mutation(extensions=[authenticated()])
+    async def set_presence(self, info: Info, status: PresenceStatus) -> PresenceType:
+        viewer = await op.limit(info, op.Action.MUTATION)
+        state = await op.context(info).runtime.presence.set_status(viewer.id, status)
+        return PresenceType(status=state.status, last_seen_at=state.last_seen_at)

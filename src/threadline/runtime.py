@@ -1,0 +1,132 @@
+"""The process's long-lived parts, built once from Settings and handed to everything.
+
+No service locator: the GraphQL context carries this one object, and each
+resolver takes from it what it needs (database, broker, verifier, limiter).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import quote
+
+from sqlalchemy import select
+
+from threadline.auth.tokens import Identity, TokenVerifier
+from threadline.config import Settings
+from threadline.db import Database, make_engine
+from threadline.errors import Unauthenticated
+from threadline.models import Attachment, User
+from threadline.realtime.broker import Broker
+from threadline.realtime.channels import publish_all
+from threadline.realtime.presence import PresenceTracker
+from threadline.realtime.rate_limits import RateLimiter
+from threadline.realtime.typing import TypingTracker
+from threadline.services import clerk_sync
+
+log = logging.getLogger(__name__)
+
+# A signed-in user is looked up at most this often per token session, per process.
+VIEWER_CACHE_SECONDS = 5.0
+VIEWER_CACHE_SIZE = 10_000
+ATTACHMENT_URL_SECONDS = 3600
+
+
+class Runtime:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.broker = Broker(settings.redis_url)
+        self.db = Database(make_engine(settings.database_url), publish=self._publish)
+        self.verifier = TokenVerifier(settings)
+        self.rate_limiter = RateLimiter(settings.redis_url, enabled=settings.rate_limits)
+        self.presence = PresenceTracker(settings.redis_url, self.broker)
+        self.typing = TypingTracker(settings.redis_url, self.broker)
+        self._viewers: OrderedDict[tuple[str, str | None], tuple[float, User]] = OrderedDict()
+        secret = settings.resolve_dev_secret() or (
+            settings.clerk_webhook_secret.get_secret_value() if settings.clerk_webhook_secret else ""
+        )
+        # Attachment URLs are signed with a key derived from configured secrets.
+        self._url_key = hashlib.sha256(("threadline-url:" + secret + settings.database_url).encode()).digest()
+
+    async def start(self) -> None:
+        await self.broker.connect()
+
+    async def stop(self) -> None:
+        await self.typing.aclose()
+        await self.presence.aclose()
+        await self.rate_limiter.aclose()
+        await self.verifier.aclose()
+        await self.broker.disconnect()
+        await self.db.dispose()
+
+    async def _publish(self, events: Sequence[Any]) -> None:
+        await publish_all(self.broker, events)
+
+    # -- identity
+
+    async def authenticate(self, token: str) -> tuple[Identity, User]:
+        """The verified identity behind a bearer token and its local user."""
+        identity = await self.verifier.verify(token)
+        key = (identity.clerk_id, identity.session_id)
+        cached = self._viewers.get(key)
+        now = time.monotonic()
+        if cached is not None and now - cached[0] < VIEWER_CACHE_SECONDS:
+            return identity, cached[1]
+        user = await self._load_viewer(identity)
+        self._viewers[key] = (now, user)
+        self._viewers.move_to_end(key)
+        while len(self._viewers) > VIEWER_CACHE_SIZE:
+            self._viewers.popitem(last=False)
+        return identity, user
+
+    async def _load_viewer(self, identity: Identity) -> User:
+        async with self.db.reading() as session:
+            if identity.session_id and await clerk_sync.is_session_ended(
+                session, identity.session_id
+            ):
+                raise Unauthenticated("This session has ended: sign in again")
+            user = await session.scalar(select(User).where(User.clerk_id == identity.clerk_id))
+        if user is not None and user.deleted_at is not None:
+            raise Unauthenticated("This user was deleted")
+        if user is None or _wants_profile(user, identity):
+            async with self.db.transaction("user_for_identity") as uow:
+                user = await clerk_sync.user_for_identity(uow, identity)
+        return user
+
+    def forget_viewers(self, clerk_user_ids: Sequence[str] = (), sessions: Sequence[str] = ()) -> None:
+        for key in list(self._viewers):
+            if key[0] in clerk_user_ids or key[1] in sessions:
+                del self._viewers[key]
+
+    # -- attachments
+
+    def sign(self, path: str, expires: int) -> str:
+        return hmac.new(self._url_key, f"{path}:{expires}".encode(), hashlib.sha256).hexdigest()
+
+    def signed_attachment_url(self, row: Attachment, *, now: float | None = None) -> str:
+        expires = int((now or time.time()) + ATTACHMENT_URL_SECONDS)
+        path = f"/attachments/{row.id}/{quote(row.filename)}"
+        return f"{path}?exp={expires}&sig={self.sign(path, expires)}"
+
+    def verify_signature(self, path: str, expires: int, signature: str, *, now: float | None = None) -> bool:
+        if expires < (now or time.time()):
+            return False
+        return hmac.compare_digest(self.sign(path, expires), signature)
+
+
+def _wants_profile(user: User, identity: Identity) -> bool:
+    """A placeholder profile that the token's claims can fill in."""
+    return user.clerk_updated_at is None and (
+        (identity.name is not None and user.display_name == clerk_sync.PLACEHOLDER_NAME)
+        or (identity.username is not None and user.username is None)
+    )
+
+
+def new_connection_id() -> str:
+    return uuid.uuid4().hex

@@ -1,0 +1,108 @@
+"""The per-operation context: who is calling, with which services and loaders.
+
+The viewer is resolved lazily, once per operation: queries that need no
+identity cost no token check.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from threadline.errors import Unauthenticated
+
+if TYPE_CHECKING:
+    from threadline.auth.tokens import Identity
+    from threadline.models import User
+    from threadline.resolvers.loaders import Loaders
+    from threadline.runtime import Runtime
+    from threadline.services.permissions import ThreadAccess
+
+
+@dataclass
+class Context:
+    runtime: Runtime
+    # The raw bearer token, or None; verified on first use.
+    token: str | None = None
+    user_agent: str | None = None
+    # The WebSocket of a subscription connection, and its connection_init payload.
+    connection: Any = None
+    connection_params: Any = None
+    _viewer: User | None = None
+    _identity: Identity | None = None
+    _session: AsyncSession | None = None
+    _loaders: Loaders | None = None
+    # Thread accesses checked by @threadRole in this operation, by thread id.
+    access: dict[uuid.UUID, ThreadAccess] = field(default_factory=dict)
+    response_headers: dict[str, str] = field(default_factory=dict)
+    _retired: list[AsyncSession] = field(default_factory=list)
+
+    async def viewer(self) -> User:
+        """The signed-in user; UNAUTHENTICATED when the token is missing or bad."""
+        if self._viewer is None:
+            if not self.token:
+                raise Unauthenticated("Sign in: send `Authorization: Bearer <token>`")
+            self._identity, self._viewer = await self.runtime.authenticate(self.token)
+        return self._viewer
+
+    def set_viewer(self, identity: Identity, user: User) -> None:
+        self._identity, self._viewer = identity, user
+
+    @property
+    def viewer_or_none(self) -> User | None:
+        return self._viewer
+
+    @property
+    def identity(self) -> Identity | None:
+        return self._identity
+
+    async def session(self) -> AsyncSession:
+        """The operation's read session, opened on first use and closed at the end."""
+        if self._session is None:
+            self._session = self.runtime.db.sessions()
+        return self._session
+
+    @property
+    def loaders(self) -> Loaders:
+        if self._loaders is None:
+            from threadline.resolvers.loaders import Loaders
+
+            self._loaders = Loaders(self)
+        return self._loaders
+
+    def after_write(self) -> None:
+        """Forget what was read before a mutation: loaders, accesses and the session.
+
+        Rows read earlier stay usable (detached, attributes loaded); later reads
+        go to a fresh session and see what the mutation committed.
+        """
+        self._loaders = None
+        self.access.clear()
+        if self._session is not None:
+            self._retired.append(self._session)
+            self._session = None
+
+    async def close(self) -> None:
+        for session in [*self._retired, self._session]:
+            if session is not None:
+                await session.close()
+        self._session = None
+        self._retired.clear()
+
+    def fork(self) -> Context:
+        """A context for one operation: shared identity, its own session and loaders.
+
+        Over WebSocket strawberry hands every operation of a connection the same
+        context object; sessions and loaders must not be shared between them.
+        """
+        return Context(
+            runtime=self.runtime,
+            token=self.token,
+            user_agent=self.user_agent,
+            connection=self.connection,
+            _viewer=self._viewer,
+            _identity=self._identity,
+        )

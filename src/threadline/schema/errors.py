@@ -1,0 +1,66 @@
+"""One place that turns exceptions into GraphQL errors with ``extensions.code``.
+
+Domain errors keep their message and structured fields; parse and validation
+errors are BAD_USER_INPUT; anything else is masked as INTERNAL_SERVER_ERROR and
+logged with its traceback (never shown to the client).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from graphql import ExecutionResult as GraphQLExecutionResult
+from graphql.error import GraphQLError
+from strawberry.extensions import SchemaExtension
+from strawberry.types.execution import ExecutionResult
+
+from threadline.errors import DomainError, ErrorCode
+from threadline.metrics import GRAPHQL_ERRORS
+
+log = logging.getLogger("threadline.graphql")
+
+
+def shape_error(error: GraphQLError) -> GraphQLError:
+    original = error.original_error
+    # Strawberry wraps some errors once more; unwrap to the domain error.
+    while isinstance(original, GraphQLError) and original.original_error is not None:
+        original = original.original_error
+    if isinstance(original, DomainError):
+        code, message, extra = original.code, original.message, dict(original.extensions)
+    elif original is None:
+        code, message, extra = ErrorCode.BAD_USER_INPUT, error.message, {}
+        if error.extensions and "code" in error.extensions:
+            return error
+    else:
+        log.error("unexpected error at %s", error.path, exc_info=original)
+        code, message, extra = ErrorCode.INTERNAL_SERVER_ERROR, "Internal server error", {}
+    GRAPHQL_ERRORS.labels(code.value).inc()
+    return GraphQLError(
+        message,
+        nodes=error.nodes,
+        source=error.source,
+        positions=error.positions,
+        path=error.path,
+        original_error=None,
+        extensions={**extra, "code": code.value},
+    )
+
+
+def _shape_result(result: Any) -> None:
+    if isinstance(result, (GraphQLExecutionResult, ExecutionResult)) and result.errors:
+        result.errors = [shape_error(e) for e in result.errors]
+
+
+class ErrorCodes(SchemaExtension):
+    def on_operation(self) -> Iterator[None]:
+        self._streamed = False
+        yield
+        if not self._streamed:
+            _shape_result(self.execution_context.result)
+
+    def on_stream_result(self, result: Any) -> Iterator[None]:
+        self._streamed = True
+        _shape_result(result)
+        yield None

@@ -1,0 +1,179 @@
+"""GraphQL types of what subscriptions deliver: thread events, activity, presence, viewer events.
+
+Thread events are built from the logged payload, so that rendering one costs no
+query for the message itself; users resolve through the operation's loaders.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+import strawberry
+from strawberry import ID, Info, Private
+
+from threadline.schema.enums import ThreadRole
+from threadline.schema.scalars import DateTime
+from threadline.schema.types import (
+    MessageType,
+    NotificationType,
+    PresenceType,
+    ReactionGroupType,
+    ThreadType,
+    UserType,
+    user_or_none,
+)
+
+
+async def _user(info: Info, user_id: uuid.UUID | None) -> UserType | None:
+    if user_id is None:
+        return None
+    return user_or_none(await info.context.loaders.user.load(user_id))
+
+
+@strawberry.interface(
+    name="ThreadEvent", description="Something that happened in a thread and is kept in its event log."
+)
+class ThreadEventType:
+    actor_id: Private[uuid.UUID | None]
+    thread_id: ID
+    seq: int = strawberry.field(
+        description="Strictly increasing within the thread, no gaps in what a subscriber gets."
+    )
+    at: DateTime
+
+    @strawberry.field
+    async def actor(self, info: Info) -> UserType | None:
+        return await _user(info, self.actor_id)
+
+
+@strawberry.type(name="MessageCreated")
+class MessageCreated(ThreadEventType):
+    message: MessageType
+
+
+@strawberry.type(name="MessageEdited")
+class MessageEdited(ThreadEventType):
+    message: MessageType
+
+
+@strawberry.type(name="MessageDeleted")
+class MessageDeleted(ThreadEventType):
+    message_id: ID
+
+
+@strawberry.type(name="ReactionChanged")
+class ReactionChanged(ThreadEventType):
+    message_id: ID
+    emoji: str
+    added: bool
+    reactions: list[ReactionGroupType]
+
+
+@strawberry.type(name="MessagePinned")
+class MessagePinned(ThreadEventType):
+    message: MessageType
+    pinned: bool
+
+
+@strawberry.type(name="ParticipantChanged")
+class ParticipantChanged(ThreadEventType):
+    user_id: Private[uuid.UUID]
+    role: ThreadRole | None = strawberry.field(description="Null when the user left or was removed.")
+
+    @strawberry.field
+    async def user(self, info: Info) -> UserType:
+        row = await info.context.loaders.user.load(self.user_id)
+        assert row is not None
+        return UserType.of(row)
+
+
+@strawberry.type(name="ThreadUpdated")
+class ThreadUpdated(ThreadEventType):
+    thread: ThreadType
+
+
+@strawberry.type(name="ThreadDeleted")
+class ThreadDeleted(ThreadEventType):
+    pass
+
+
+@strawberry.type(name="TypingChanged")
+class TypingChanged:
+    user_id: Private[uuid.UUID]
+    thread_id: ID
+    is_typing: bool
+
+    @strawberry.field
+    async def user(self, info: Info) -> UserType:
+        row = await info.context.loaders.user.load(self.user_id)
+        assert row is not None
+        return UserType.of(row)
+
+
+@strawberry.type(name="ReceiptChanged")
+class ReceiptChanged:
+    user_id: Private[uuid.UUID]
+    thread_id: ID
+    last_read_seq: int
+    last_delivered_seq: int
+
+    @strawberry.field
+    async def user(self, info: Info) -> UserType:
+        row = await info.context.loaders.user.load(self.user_id)
+        assert row is not None
+        return UserType.of(row)
+
+
+ThreadActivity = Annotated[
+    TypingChanged | ReceiptChanged,
+    strawberry.union(
+        "ThreadActivity", description="Ephemeral thread activity: never stored in the event log, never replayed."
+    ),
+]
+
+
+@strawberry.type(name="PresenceChanged")
+class PresenceChanged:
+    user: UserType
+    presence: PresenceType
+
+
+@strawberry.type(name="ThreadActivityForViewer")
+class ThreadActivityForViewer:
+    thread: ThreadType = strawberry.field(
+        description="The thread, with its lastMessage, lastSeq and unreadCount as of now."
+    )
+
+
+@strawberry.type(name="NotificationCreated")
+class NotificationCreated:
+    notification: NotificationType
+
+
+@strawberry.type(name="ThreadMembershipChanged")
+class ThreadMembershipChanged:
+    thread: ThreadType | None
+    thread_id: ID
+    role: ThreadRole | None = strawberry.field(
+        description="Null when the signed-in user left or was removed."
+    )
+
+
+ViewerEvent = Annotated[
+    ThreadActivityForViewer | NotificationCreated | ThreadMembershipChanged,
+    strawberry.union(
+        "ViewerEvent", description="Everything addressed to the signed-in user, across all of their threads."
+    ),
+]
+
+EVENT_TYPES = (
+    MessageCreated,
+    MessageEdited,
+    MessageDeleted,
+    ReactionChanged,
+    MessagePinned,
+    ParticipantChanged,
+    ThreadUpdated,
+    ThreadDeleted,
+)

@@ -1,0 +1,60 @@
+"""The strawberry Schema: root types merged from the resolver modules, plus extensions."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import strawberry
+from strawberry.extensions import (
+    MaxAliasesLimiter,
+    MaxTokensLimiter,
+    ParserCache,
+    QueryDepthLimiter,
+    ValidationCache,
+)
+from strawberry.extensions.disable_introspection import DisableIntrospection
+from strawberry.schema.config import StrawberryConfig
+from strawberry.tools import merge_types
+
+from threadline.resolvers.messages import MessageMutations, MessageQueries
+from threadline.resolvers.notifications import NotificationMutations, NotificationQueries
+from threadline.resolvers.threads import ThreadMutations, ThreadQueries
+from threadline.resolvers.users import UserMutations, UserQueries
+from threadline.schema.errors import ErrorCodes
+from threadline.schema.events import EVENT_TYPES
+from threadline.schema.operation_scope import OperationScope
+from threadline.schema.scalars import DateTime
+from threadline.schema.types import AttachmentType, NotificationType, SessionType
+from threadline.subscriptions.root import Subscription
+
+MAX_DEPTH = 12
+MAX_ALIASES = 15
+MAX_TOKENS = 5000
+
+Query = merge_types("Query", (UserQueries, ThreadQueries, MessageQueries, NotificationQueries))
+Mutation = merge_types(
+    "Mutation", (ThreadMutations, MessageMutations, UserMutations, NotificationMutations)
+)
+
+
+def build_schema(*, production: bool = False) -> strawberry.Schema:
+    extensions: list[object] = [
+        OperationScope,
+        ErrorCodes,
+        ParserCache(maxsize=256),
+        ValidationCache(maxsize=256),
+        QueryDepthLimiter(max_depth=MAX_DEPTH),
+        MaxAliasesLimiter(max_alias_count=MAX_ALIASES),
+        MaxTokensLimiter(max_token_count=MAX_TOKENS),
+    ]
+    if production:
+        extensions.append(DisableIntrospection)
+    return strawberry.Schema(
+        query=Query,
+        mutation=Mutation,
+        subscription=Subscription,
+        types=[*EVENT_TYPES, AttachmentType, NotificationType, SessionType],
+        extensions=extensions,  # type: ignore[arg-type]
+        scalar_overrides={datetime: DateTime},  # type: ignore[dict-item]
+        config=StrawberryConfig(auto_camel_case=True),
+    )

@@ -1,0 +1,523 @@
+"""GraphQL object types for users, threads, messages and notifications.
+
+Each type wraps a storage row; fields that fan out go through the operation's
+DataLoaders, so that a page of messages costs a fixed number of queries.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import strawberry
+from strawberry import ID, Info, Private
+
+from threadline import models
+from threadline.schema.connections import PageInfo, page_args
+from threadline.schema.enums import (
+    AttachmentKind,
+    MessageStatus,
+    NotificationKind,
+    PresenceStatus,
+    SystemRole,
+    ThreadRole,
+)
+from threadline.schema.scalars import JSON, DateTime
+from threadline.services import messages as message_service
+from threadline.services import receipts
+from threadline.services.permissions import effective_thread_role
+
+if TYPE_CHECKING:
+    from threadline.schema.context import Context
+
+
+def _ctx(info: Info) -> Context:
+    return info.context  # type: ignore[no-any-return]
+
+
+@strawberry.interface(name="Node")
+class Node:
+    id: ID
+
+
+@strawberry.type(name="Presence")
+class PresenceType:
+    status: PresenceStatus
+    last_seen_at: DateTime | None
+
+
+@strawberry.type(name="User")
+class UserType(Node):
+    row: Private[models.User]
+    id: ID
+    clerk_id: str = strawberry.field(description="The Clerk user id: the source of truth for identity.")
+    username: str | None
+    display_name: str
+    image_url: str | None
+    role: SystemRole
+    deleted_at: DateTime | None = strawberry.field(
+        description="Set when the user was deleted in Clerk; their messages stay, anonymised."
+    )
+    created_at: DateTime
+
+    @classmethod
+    def of(cls, row: models.User) -> UserType:
+        return cls(
+            row=row,
+            id=ID(str(row.id)),
+            clerk_id=row.clerk_id,
+            username=row.username,
+            display_name=row.display_name,
+            image_url=row.image_url,
+            role=row.system_role,
+            deleted_at=row.deleted_at,
+            created_at=row.created_at,
+        )
+
+    @strawberry.field
+    async def presence(self, info: Info) -> PresenceType:
+        state = await _ctx(info).runtime.presence.get(self.row.id, self.row.last_seen_at)
+        return PresenceType(status=state.status, last_seen_at=state.last_seen_at)
+
+    @strawberry.field(description="Null unless this is the signed-in user.")
+    async def preferences(self, info: Info) -> JSON | None:
+        viewer = _ctx(info).viewer_or_none
+        if viewer is None or viewer.id != self.row.id:
+            return None
+        return self.row.preferences or {}
+
+
+def user_or_none(row: models.User | None) -> UserType | None:
+    return UserType.of(row) if row is not None else None
+
+
+@strawberry.type(name="UserEdge")
+class UserEdge:
+    cursor: str
+    node: UserType
+
+
+@strawberry.type(name="UserConnection")
+class UserConnection:
+    edges: list[UserEdge]
+    page_info: PageInfo
+
+
+@strawberry.type(name="ThreadParticipant")
+class ParticipantType:
+    row: Private[models.ThreadParticipant]
+    role: ThreadRole
+    joined_at: DateTime
+    last_read_seq: int
+    last_delivered_seq: int
+
+    @classmethod
+    def of(cls, row: models.ThreadParticipant) -> ParticipantType:
+        return cls(
+            row=row,
+            role=row.thread_role,
+            joined_at=row.joined_at,
+            last_read_seq=row.last_read_seq,
+            last_delivered_seq=row.last_delivered_seq,
+        )
+
+    @strawberry.field
+    async def user(self, info: Info) -> UserType:
+        row = await _ctx(info).loaders.user.load(self.row.user_id)
+        assert row is not None
+        return UserType.of(row)
+
+
+@strawberry.type(name="ParticipantEdge")
+class ParticipantEdge:
+    cursor: str
+    node: ParticipantType
+
+
+@strawberry.type(name="ParticipantConnection")
+class ParticipantConnection:
+    edges: list[ParticipantEdge]
+    page_info: PageInfo
+    total_count: int
+
+
+@strawberry.type(name="Thread")
+class ThreadType(Node):
+    row: Private[models.Thread]
+    id: ID
+    title: str
+    description: str | None
+    is_direct: bool = strawberry.field(description="A direct conversation between exactly two users.")
+    created_at: DateTime
+    updated_at: DateTime
+    last_message_at: DateTime | None
+    last_seq: int = strawberry.field(
+        description="The sequence number of the newest event in this thread (0 when empty)."
+    )
+
+    @classmethod
+    def of(cls, row: models.Thread) -> ThreadType:
+        return cls(
+            row=row,
+            id=ID(str(row.id)),
+            title=row.title,
+            description=row.description,
+            is_direct=row.is_direct,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+            last_message_at=row.last_message_at,
+            last_seq=row.last_seq,
+        )
+
+    async def _mine(self, info: Info) -> models.ThreadParticipant | None:
+        return await _ctx(info).loaders.my_participation.load(self.row.id)
+
+    @strawberry.field
+    async def created_by(self, info: Info) -> UserType | None:
+        if self.row.created_by_id is None:
+            return None
+        return user_or_none(await _ctx(info).loaders.user.load(self.row.created_by_id))
+
+    @strawberry.field
+    async def last_message(self, info: Info) -> MessageType | None:
+        row = await _ctx(info).loaders.last_message.load(self.row.id)
+        return MessageType.of(row) if row is not None else None
+
+    @strawberry.field(description="The signed-in user's effective role (system roles inherited).")
+    async def my_role(self, info: Info) -> ThreadRole:
+        viewer = await _ctx(info).viewer()
+        mine = await self._mine(info)
+        role = effective_thread_role(viewer.system_role, mine.thread_role if mine else None)
+        return role or ThreadRole.MEMBER
+
+    @strawberry.field(description="Messages after the signed-in user's read marker, not counting their own.")
+    async def unread_count(self, info: Info) -> int:
+        return await _ctx(info).loaders.unread_count.load(self.row.id)
+
+    @strawberry.field(description="The signed-in user's read marker.")
+    async def last_read_seq(self, info: Info) -> int:
+        mine = await self._mine(info)
+        return mine.last_read_seq if mine else 0
+
+    @strawberry.field
+    async def muted(self, info: Info) -> bool:
+        mine = await self._mine(info)
+        return bool(mine and mine.muted)
+
+    @strawberry.field
+    async def participants(
+        self, info: Info, first: int | None = None, after: str | None = None
+    ) -> ParticipantConnection:
+        from threadline.resolvers import threads as thread_resolvers
+
+        return await thread_resolvers.participants(info, self.row, first, after)
+
+    @strawberry.field
+    async def messages(
+        self,
+        info: Info,
+        first: int | None = None,
+        after: str | None = None,
+        last: int | None = None,
+        before: str | None = None,
+    ) -> MessageConnection:
+        from threadline.resolvers import messages as message_resolvers
+
+        return await message_resolvers.thread_messages(
+            info, self.row, page_args(first, after, last, before)
+        )
+
+    @strawberry.field
+    async def pinned_messages(self, info: Info) -> list[MessageType]:
+        rows = await _ctx(info).loaders.pinned.load(self.row.id)
+        return [MessageType.of(r) for r in rows]
+
+
+@strawberry.type(name="ThreadEdge")
+class ThreadEdge:
+    cursor: str
+    node: ThreadType
+
+
+@strawberry.type(name="ThreadConnection")
+class ThreadConnection:
+    edges: list[ThreadEdge]
+    page_info: PageInfo
+
+
+@strawberry.type(name="MessageEdit")
+class MessageEditType:
+    row: Private[models.MessageEdit]
+    id: ID
+    previous_body: str = strawberry.field(description="The body as it was before this edit.")
+    edited_at: DateTime
+
+    @strawberry.field
+    async def edited_by(self, info: Info) -> UserType | None:
+        if self.row.edited_by_id is None:
+            return None
+        return user_or_none(await _ctx(info).loaders.user.load(self.row.edited_by_id))
+
+
+@strawberry.type(name="ReactionGroup")
+class ReactionGroupType:
+    group: Private[message_service.ReactionGroup]
+    emoji: str
+    count: int
+
+    @strawberry.field
+    async def reacted_by_me(self, info: Info) -> bool:
+        viewer = await _ctx(info).viewer()
+        return viewer.id in self.group.user_ids
+
+    @strawberry.field(description="Up to the first 20 users who reacted with this emoji.")
+    async def users(self, info: Info) -> list[UserType]:
+        rows = await _ctx(info).loaders.user.load_many(self.group.first_user_ids)
+        return [UserType.of(r) for r in rows if r is not None]
+
+
+def reaction_groups(groups: list[message_service.ReactionGroup]) -> list[ReactionGroupType]:
+    return [ReactionGroupType(group=g, emoji=g.emoji, count=g.count) for g in groups]
+
+
+@strawberry.type(name="Attachment")
+class AttachmentType(Node):
+    row: Private[models.Attachment]
+    id: ID
+    filename: str
+    content_type: str = strawberry.field(description="Detected from the file's content, not taken from the client.")
+    size: int
+    kind: AttachmentKind
+    width: int | None
+    height: int | None
+    created_at: DateTime
+
+    @classmethod
+    def of(cls, row: models.Attachment) -> AttachmentType:
+        return cls(
+            row=row,
+            id=ID(str(row.id)),
+            filename=row.filename,
+            content_type=row.content_type,
+            size=row.size,
+            kind=AttachmentKind(row.kind),
+            width=row.width,
+            height=row.height,
+            created_at=row.created_at,
+        )
+
+    @strawberry.field(description="A signed, expiring URL to download the file.")
+    def url(self, info: Info) -> str:
+        return _ctx(info).runtime.signed_attachment_url(self.row)
+
+    @strawberry.field
+    async def uploaded_by(self, info: Info) -> UserType | None:
+        if self.row.uploaded_by_id is None:
+            return None
+        return user_or_none(await _ctx(info).loaders.user.load(self.row.uploaded_by_id))
+
+    @strawberry.field(description="Null until a message uses it.")
+    async def message(self, info: Info) -> MessageType | None:
+        if self.row.message_id is None:
+            return None
+        row = await _ctx(info).loaders.message.load(self.row.message_id)
+        return MessageType.of(row) if row is not None else None
+
+
+@strawberry.type(name="Message")
+class MessageType(Node):
+    row: Private[models.Message]
+    id: ID
+    seq: int = strawberry.field(
+        description="Position in the thread's event log; strictly increasing, never reused."
+    )
+    body: str = strawberry.field(description="Plain text. Empty when the message is deleted.")
+    client_id: str | None = strawberry.field(description="The client's idempotency key, echoed back.")
+    edited_at: DateTime | None
+    deleted_at: DateTime | None
+    pinned: bool
+    created_at: DateTime
+
+    @classmethod
+    def of(cls, row: models.Message) -> MessageType:
+        deleted = row.deleted_at is not None
+        return cls(
+            row=row,
+            id=ID(str(row.id)),
+            seq=row.seq,
+            body="" if deleted else row.body,
+            client_id=row.client_id,
+            edited_at=row.edited_at,
+            deleted_at=row.deleted_at,
+            pinned=row.pinned,
+            created_at=row.created_at,
+        )
+
+    @strawberry.field
+    async def thread(self, info: Info) -> ThreadType:
+        row = await _ctx(info).loaders.thread.load(self.row.thread_id)
+        assert row is not None
+        return ThreadType.of(row)
+
+    @strawberry.field(description="Null when the author was deleted.")
+    async def author(self, info: Info) -> UserType | None:
+        if self.row.author_id is None:
+            return None
+        row = await _ctx(info).loaders.user.load(self.row.author_id)
+        if row is None or row.deleted_at is not None:
+            return None
+        return UserType.of(row)
+
+    @strawberry.field(description="The message this one replies to (threaded conversation).")
+    async def parent(self, info: Info) -> MessageType | None:
+        if self.row.parent_id is None:
+            return None
+        row = await _ctx(info).loaders.message.load(self.row.parent_id)
+        return MessageType.of(row) if row is not None else None
+
+    @strawberry.field
+    async def reply_count(self, info: Info) -> int:
+        return await _ctx(info).loaders.reply_count.load(self.row.id)
+
+    @strawberry.field
+    async def replies(
+        self,
+        info: Info,
+        first: int | None = None,
+        after: str | None = None,
+        last: int | None = None,
+        before: str | None = None,
+    ) -> MessageConnection:
+        from threadline.resolvers import messages as message_resolvers
+
+        return await message_resolvers.replies(info, self.row, page_args(first, after, last, before))
+
+    @strawberry.field
+    async def attachments(self, info: Info) -> list[AttachmentType]:
+        if self.row.deleted_at is not None:
+            return []
+        rows = await _ctx(info).loaders.attachments.load(self.row.id)
+        return [AttachmentType.of(r) for r in rows]
+
+    @strawberry.field
+    async def reactions(self, info: Info) -> list[ReactionGroupType]:
+        if self.row.deleted_at is not None:
+            return []
+        return reaction_groups(await _ctx(info).loaders.reactions.load(self.row.id))
+
+    @strawberry.field(description="Earlier versions, oldest first.")
+    async def edits(self, info: Info) -> list[MessageEditType]:
+        if self.row.deleted_at is not None:
+            return []
+        rows = await _ctx(info).loaders.edits.load(self.row.id)
+        return [
+            MessageEditType(row=r, id=ID(str(r.id)), previous_body=r.previous_body, edited_at=r.edited_at)
+            for r in rows
+        ]
+
+    @strawberry.field
+    async def mentions(self, info: Info) -> list[UserType]:
+        if self.row.deleted_at is not None or not self.row.mention_ids:
+            return []
+        ids = message_service.mention_uuids(self.row)
+        rows = await _ctx(info).loaders.user.load_many(ids)
+        return [UserType.of(r) for r in rows if r is not None and r.deleted_at is None]
+
+    @strawberry.field
+    async def status(self, info: Info) -> MessageStatus:
+        markers = await _ctx(info).loaders.markers.load(self.row.thread_id)
+        return receipts.message_status(self.row, markers)
+
+    @strawberry.field
+    async def read_by(
+        self, info: Info, first: int | None = None, after: str | None = None
+    ) -> UserConnection:
+        from threadline.resolvers import messages as message_resolvers
+
+        return await message_resolvers.read_by(info, self.row, first, after)
+
+
+@strawberry.type(name="MessageEdge")
+class MessageEdge:
+    cursor: str
+    node: MessageType
+
+
+@strawberry.type(name="MessageConnection")
+class MessageConnection:
+    edges: list[MessageEdge]
+    page_info: PageInfo
+
+
+@strawberry.type(name="Notification")
+class NotificationType(Node):
+    row: Private[models.Notification]
+    id: ID
+    kind: NotificationKind
+    read_at: DateTime | None
+    created_at: DateTime
+
+    @classmethod
+    def of(cls, row: models.Notification) -> NotificationType:
+        return cls(
+            row=row,
+            id=ID(str(row.id)),
+            kind=NotificationKind(row.kind),
+            read_at=row.read_at,
+            created_at=row.created_at,
+        )
+
+    @strawberry.field
+    async def actor(self, info: Info) -> UserType | None:
+        if self.row.actor_id is None:
+            return None
+        return user_or_none(await _ctx(info).loaders.user.load(self.row.actor_id))
+
+    @strawberry.field
+    async def thread(self, info: Info) -> ThreadType | None:
+        if self.row.thread_id is None:
+            return None
+        row = await _ctx(info).loaders.thread.load(self.row.thread_id)
+        return ThreadType.of(row) if row is not None and row.deleted_at is None else None
+
+    @strawberry.field
+    async def message(self, info: Info) -> MessageType | None:
+        if self.row.message_id is None:
+            return None
+        row = await _ctx(info).loaders.message.load(self.row.message_id)
+        return MessageType.of(row) if row is not None else None
+
+
+@strawberry.type(name="NotificationEdge")
+class NotificationEdge:
+    cursor: str
+    node: NotificationType
+
+
+@strawberry.type(name="NotificationConnection")
+class NotificationConnection:
+    edges: list[NotificationEdge]
+    page_info: PageInfo
+    unread_count: int
+
+
+@strawberry.type(
+    name="Session", description="A live WebSocket connection (or a recent one) of the signed-in user."
+)
+class SessionType(Node):
+    id: ID
+    clerk_session_id: str | None = strawberry.field(description="The Clerk session id (the token's `sid`).")
+    user_agent: str | None
+    connected_at: DateTime
+    last_seen_at: DateTime
+    disconnected_at: DateTime | None
+
+    @classmethod
+    def of(cls, row: models.Session) -> SessionType:
+        return cls(
+            id=ID(str(row.id)),
+            clerk_session_id=row.clerk_session_id,
+            user_agent=row.user_agent,
+            connected_at=row.connected_at,
+            last_seen_at=row.last_seen_at,
+            disconnected_at=row.disconnected_at,
+        )

@@ -1,0 +1,263 @@
+"""Clerk as the source of identity: users from tokens and webhooks, ended sessions.
+
+Clerk owns who a user is (id, username, name, picture); the local ``User`` row keeps
+what the app adds. These functions apply what Clerk says to that row, inside the
+caller's unit of work, and tolerate Clerk's retries, reordering and concurrency.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any, cast
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.engine import CursorResult
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from threadline.auth.tokens import Identity
+from threadline.db import UnitOfWork
+from threadline.errors import BadInput, Unauthenticated
+from threadline.models import EndedClerkSession, Session, SystemRole, User, WebhookDelivery, utcnow
+
+PLACEHOLDER_NAME = "New user"
+DELETED_NAME = "Deleted user"
+WEBHOOK_RETENTION = timedelta(days=7)
+
+_NAME_LENGTH = 255
+_URL_LENGTH = 2048
+_REASON_LENGTH = 32
+
+
+async def user_for_identity(uow: UnitOfWork, identity: Identity) -> User:
+    """The user a verified token speaks for, created on first sight.
+
+    Clerk does not promise that ``user.created`` arrives, or arrives first, so a valid
+    token is enough to create the user. A deleted user is refused.
+    """
+    user = await _user_by_clerk_id(uow.session, identity.clerk_id)
+    if user is None:
+        user = await _insert_user(
+            uow.session,
+            User(
+                clerk_id=identity.clerk_id,
+                username=_clip(identity.username, _NAME_LENGTH),
+                display_name=_display_name(identity.name, identity.username),
+                image_url=_clip(identity.image_url, _URL_LENGTH),
+                preferences={},
+            ),
+        )
+    if user.deleted_at is not None:
+        raise Unauthenticated("this account has been deleted")
+    if user.clerk_updated_at is None:
+        _fill_in_from_token(user, identity)
+    return user
+
+
+async def apply_user_event(uow: UnitOfWork, data: Mapping[str, Any]) -> User | None:
+    """Upsert the user of a ``user.created`` or ``user.updated`` event.
+
+    Svix retries and does not keep order, so the event is applied only when its
+    ``updated_at`` is newer than the last one applied. Returns None for a deleted user,
+    whom a late event must not bring back.
+    """
+    clerk_id = _clerk_id(data)
+    user = await _user_by_clerk_id(uow.session, clerk_id)
+    if user is None:
+        created = User(clerk_id=clerk_id, preferences={})
+        _apply_profile(created, data)
+        user = await _insert_user(uow.session, created)
+        if user is created:
+            return user
+    if user.deleted_at is not None:
+        return None
+    updated_at = _millis(data.get("updated_at"))
+    stored = user.clerk_updated_at
+    if stored is not None and (updated_at is None or updated_at <= stored):
+        return user
+    _apply_profile(user, data)
+    await uow.session.flush()
+    return user
+
+
+async def delete_user(uow: UnitOfWork, data: Mapping[str, Any]) -> User | None:
+    """Soft-delete and anonymise the user of a ``user.deleted`` event.
+
+    Their messages keep pointing at the row and show no author; their sessions are
+    closed. For a user never seen, a deleted row is still written, so that a late
+    ``user.created`` or a still-valid token cannot create them; None is returned.
+    """
+    clerk_id = _clerk_id(data)
+    now = utcnow()
+    user = await _user_by_clerk_id(uow.session, clerk_id)
+    if user is None:
+        tombstone = User(clerk_id=clerk_id, preferences={}, deleted_at=now)
+        _anonymise(tombstone)
+        user = await _insert_user(uow.session, tombstone)
+        if user is tombstone:
+            return None
+    if user.deleted_at is None:
+        user.deleted_at = now
+        _anonymise(user)
+    await uow.session.execute(
+        update(Session)
+        .where(Session.user_id == user.id, Session.disconnected_at.is_(None))
+        .values(disconnected_at=now)
+    )
+    await uow.session.flush()
+    return user
+
+
+async def end_clerk_session(
+    uow: UnitOfWork, data: Mapping[str, Any], reason: str
+) -> EndedClerkSession:
+    """Record that a Clerk session ended, and close its open WebSocket sessions.
+
+    Idempotent: a second event for the same session keeps the first record.
+    """
+    clerk_session_id = _clerk_id(data)
+    user_id = _text(data.get("user_id"))
+    now = utcnow()
+    ended = await uow.session.get(EndedClerkSession, clerk_session_id)
+    if ended is None:
+        ended = EndedClerkSession(
+            clerk_session_id=clerk_session_id,
+            clerk_user_id=_clip(user_id, _NAME_LENGTH),
+            reason=reason[:_REASON_LENGTH],
+            ended_at=now,
+        )
+        try:
+            async with uow.session.begin_nested():
+                uow.session.add(ended)
+        except IntegrityError:
+            # Another event for this session (ended, then removed) committed first.
+            ended = await uow.session.get(EndedClerkSession, clerk_session_id)
+            if ended is None:
+                raise
+    await uow.session.execute(
+        update(Session)
+        .where(
+            Session.clerk_session_id == clerk_session_id,
+            Session.disconnected_at.is_(None),
+        )
+        .values(disconnected_at=now)
+    )
+    return ended
+
+
+async def is_session_ended(session: AsyncSession, clerk_session_id: str) -> bool:
+    """Whether Clerk said this session ended: its tokens are refused from then on."""
+    found = await session.scalar(
+        select(EndedClerkSession.clerk_session_id).where(
+            EndedClerkSession.clerk_session_id == clerk_session_id
+        )
+    )
+    return found is not None
+
+
+async def prune_webhook_deliveries(
+    uow: UnitOfWork,
+    older_than: timedelta = WEBHOOK_RETENTION,
+    *,
+    now: datetime | None = None,
+) -> int:
+    """Forget delivered Svix ids older than ``older_than``; returns how many."""
+    cutoff = (now or utcnow()) - older_than
+    result = await uow.session.execute(
+        delete(WebhookDelivery).where(WebhookDelivery.received_at < cutoff)
+    )
+    return cast("CursorResult[Any]", result).rowcount
+
+
+async def _user_by_clerk_id(session: AsyncSession, clerk_id: str) -> User | None:
+    return await session.scalar(select(User).where(User.clerk_id == clerk_id))
+
+
+async def _insert_user(session: AsyncSession, user: User) -> User:
+    """Insert ``user``, or return the row a concurrent first request inserted meanwhile.
+
+    The savepoint keeps the caller's transaction usable after the unique key refuses
+    the second insert.
+    """
+    try:
+        async with session.begin_nested():
+            session.add(user)
+    except IntegrityError:
+        existing = await _user_by_clerk_id(session, user.clerk_id)
+        if existing is None:
+            raise
+        return existing
+    return user
+
+
+def _fill_in_from_token(user: User, identity: Identity) -> None:
+    # Until a webhook has spoken, the token's claims fill gaps but never overwrite.
+    if user.username is None and identity.username is not None:
+        user.username = _clip(identity.username, _NAME_LENGTH)
+    if user.image_url is None and identity.image_url is not None:
+        user.image_url = _clip(identity.image_url, _URL_LENGTH)
+    if user.display_name == PLACEHOLDER_NAME and (identity.name or identity.username):
+        user.display_name = _display_name(identity.name, identity.username)
+
+
+def _apply_profile(user: User, data: Mapping[str, Any]) -> None:
+    username = _clip(_text(data.get("username")), _NAME_LENGTH)
+    full_name = " ".join(
+        part for part in (_text(data.get("first_name")), _text(data.get("last_name"))) if part
+    )
+    user.username = username
+    user.display_name = _display_name(full_name, username)
+    user.image_url = _clip(_text(data.get("image_url")), _URL_LENGTH)
+    role = _role(data.get("public_metadata"))
+    if role is not None:
+        user.role = role.value
+    user.clerk_updated_at = _millis(data.get("updated_at"))
+
+
+def _anonymise(user: User) -> None:
+    user.display_name = DELETED_NAME
+    user.username = None
+    user.image_url = None
+    user.preferences = {}
+
+
+def _display_name(name: str | None, username: str | None) -> str:
+    # Never the e-mail address: every other user would see it.
+    chosen = (name or "").strip() or (username or "").strip() or PLACEHOLDER_NAME
+    return chosen[:_NAME_LENGTH]
+
+
+def _role(metadata: object) -> SystemRole | None:
+    if not isinstance(metadata, Mapping):
+        return None
+    value = metadata.get("role")
+    if not isinstance(value, str):
+        return None
+    try:
+        return SystemRole(value.strip().upper())
+    except ValueError:
+        return None
+
+
+def _clerk_id(data: Mapping[str, Any]) -> str:
+    value = _text(data.get("id"))
+    if value is None or len(value) > _NAME_LENGTH:
+        raise BadInput("the event's data has no valid id")
+    return value
+
+
+def _millis(value: object) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return value
+
+
+def _text(value: object) -> str | None:
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    return None
+
+
+def _clip(value: str | None, length: int) -> str | None:
+    return value[:length] if value is not None else None

@@ -1,0 +1,165 @@
+"""The thread event log: seq allocation, appending events, replay, and outgoing events.
+
+Every change clients must not miss appends one ``ThreadEvent`` row with the
+thread's next seq in the same transaction as the change; the row is queued on
+the unit of work and published only after commit. Ephemeral activity (typing,
+receipts) and per-user events are queued the same way but never stored.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from threadline.db import UnitOfWork
+from threadline.models import Message, Thread, ThreadEvent, utcnow
+
+
+class EventKind(StrEnum):
+    MESSAGE_CREATED = "MessageCreated"
+    MESSAGE_EDITED = "MessageEdited"
+    MESSAGE_DELETED = "MessageDeleted"
+    REACTION_CHANGED = "ReactionChanged"
+    MESSAGE_PINNED = "MessagePinned"
+    PARTICIPANT_CHANGED = "ParticipantChanged"
+    THREAD_UPDATED = "ThreadUpdated"
+    THREAD_DELETED = "ThreadDeleted"
+
+
+@dataclass(frozen=True)
+class LoggedEvent:
+    """A committed thread event, as stored and as published."""
+
+    thread_id: uuid.UUID
+    seq: int
+    kind: EventKind
+    payload: dict[str, Any]
+    actor_id: uuid.UUID | None
+    at: datetime
+
+
+@dataclass(frozen=True)
+class ActivityEvent:
+    """Ephemeral thread activity: typing or receipts; never stored."""
+
+    thread_id: uuid.UUID
+    kind: str  # "typing" | "receipt"
+    user_id: uuid.UUID
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class UserEvent:
+    """Something addressed to one user: a notification or a membership change."""
+
+    user_id: uuid.UUID
+    kind: str  # "notification" | "membership"
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+def message_payload(message: Message) -> dict[str, Any]:
+    """What subscribers render for a message, so that no event costs a query each."""
+    return {
+        "id": str(message.id),
+        "thread_id": str(message.thread_id),
+        "seq": message.seq,
+        "author_id": str(message.author_id) if message.author_id else None,
+        "body": message.body,
+        "client_id": message.client_id,
+        "parent_id": str(message.parent_id) if message.parent_id else None,
+        "mention_ids": list(message.mention_ids or []),
+        "pinned": message.pinned,
+        "created_at": message.created_at.isoformat(),
+        "edited_at": message.edited_at.isoformat() if message.edited_at else None,
+        "deleted_at": message.deleted_at.isoformat() if message.deleted_at else None,
+    }
+
+
+def message_from_payload(data: dict[str, Any]) -> Message:
+    """A detached Message rebuilt from an event payload (never added to a session)."""
+
+    def when(value: str | None) -> datetime | None:
+        return datetime.fromisoformat(value) if value else None
+
+    created = when(data["created_at"])
+    assert created is not None
+    return Message(
+        id=uuid.UUID(data["id"]),
+        thread_id=uuid.UUID(data["thread_id"]),
+        seq=data["seq"],
+        author_id=uuid.UUID(data["author_id"]) if data.get("author_id") else None,
+        body=data["body"],
+        client_id=data.get("client_id"),
+        parent_id=uuid.UUID(data["parent_id"]) if data.get("parent_id") else None,
+        mention_ids=list(data.get("mention_ids") or []),
+        pinned=bool(data.get("pinned")),
+        created_at=created,
+        edited_at=when(data.get("edited_at")),
+        deleted_at=when(data.get("deleted_at")),
+    )
+
+
+async def allocate_seq(
+    session: AsyncSession, thread_id: uuid.UUID, *, message_at: datetime | None = None
+) -> int:
+    """Bump the thread's last_seq and return it.
+
+    The UPDATE takes the thread row's lock until commit, so concurrent writers in
+    one thread queue here: no two get the same seq and a rollback leaves no gap.
+    """
+    values: dict[str, Any] = {"last_seq": Thread.last_seq + 1}
+    if message_at is not None:
+        values.update(last_message_at=message_at, last_activity_at=message_at)
+    result = await session.execute(
+        update(Thread).where(Thread.id == thread_id).values(**values).returning(Thread.last_seq)
+    )
+    return int(result.scalar_one())
+
+
+async def append_event(
+    uow: UnitOfWork,
+    thread_id: uuid.UUID,
+    kind: EventKind,
+    payload: dict[str, Any],
+    actor_id: uuid.UUID | None,
+    *,
+    seq: int | None = None,
+    at: datetime | None = None,
+) -> LoggedEvent:
+    """Append one event (allocating its seq unless the caller did) and queue it."""
+    if seq is None:
+        seq = await allocate_seq(uow.session, thread_id)
+    at = at or utcnow()
+    await uow.session.execute(
+        insert(ThreadEvent).values(
+            thread_id=thread_id, seq=seq, kind=kind.value, payload=payload, actor_id=actor_id, at=at
+        )
+    )
+    event = LoggedEvent(thread_id, seq, kind, payload, actor_id, at)
+    uow.emit(event)
+    return event
+
+
+def logged(row: ThreadEvent) -> LoggedEvent:
+    return LoggedEvent(
+        row.thread_id, row.seq, EventKind(row.kind), dict(row.payload), row.actor_id, row.at
+    )
+
+
+async def events_after(
+    session: AsyncSession, thread_id: uuid.UUID, after_seq: int, limit: int = 500
+) -> list[LoggedEvent]:
+    """Stored events with seq > after_seq, in order: what a resuming client missed."""
+    rows = await session.scalars(
+        select(ThreadEvent)
+        .where(ThreadEvent.thread_id == thread_id, ThreadEvent.seq > after_seq)
+        .order_by(ThreadEvent.seq)
+        .limit(limit)
+    )
+    return [logged(r) for r in rows]

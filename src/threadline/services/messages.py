@@ -1,0 +1,492 @@
+"""Messages: sending (idempotent by clientId), replies, edits, deletion, pins, reactions.
+
+The public functions validate and authorize; the writes record the thread event
+in the same transaction. ``sendMessage`` is the hot path: it uses Core
+statements and one UPDATE that both locks the thread row and hands out the seq.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy import and_, delete, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from threadline.db import Database, UnitOfWork
+from threadline.errors import BadInput, Conflict, Forbidden, NotFound
+from threadline.models import (
+    Attachment,
+    Message,
+    MessageEdit,
+    Reaction,
+    ThreadParticipant,
+    ThreadRole,
+    User,
+    utcnow,
+)
+from threadline.services import notifications
+from threadline.services.events import EventKind, allocate_seq, append_event, message_payload
+from threadline.services.pagination import Page, PageRequest, int_key, make_page
+from threadline.services.permissions import ThreadAccess, access_message, parse_id
+from threadline.services.text_rules import (
+    MAX_DISTINCT_REACTIONS,
+    check_emoji,
+    clean_body,
+    mentioned_usernames,
+)
+
+MAX_ATTACHMENTS = 10
+MAX_CLIENT_ID = 255
+REACTION_USERS_SHOWN = 20
+
+
+class _DuplicateClientId(Exception):
+    """Another transaction stored this clientId first; retry to return its message."""
+
+
+@dataclass
+class ReactionGroup:
+    emoji: str
+    count: int = 0
+    first_user_ids: list[uuid.UUID] = field(default_factory=list)
+    user_ids: set[uuid.UUID] = field(default_factory=set)
+
+
+def mention_uuids(message: Message) -> list[uuid.UUID]:
+    return [uuid.UUID(m) for m in message.mention_ids or []]
+
+
+def _insert(session: AsyncSession, table: type[Message] | type[Reaction]) -> postgresql.Insert:
+    dialect = session.get_bind().dialect.name
+    module = postgresql if dialect == "postgresql" else sqlite
+    return module.insert(table)  # type: ignore[return-value]
+
+
+async def _by_client_id(
+    session: AsyncSession, thread_id: uuid.UUID, author_id: uuid.UUID, client_id: str
+) -> Message | None:
+    return await session.scalar(
+        select(Message).where(
+            Message.thread_id == thread_id,
+            Message.author_id == author_id,
+            Message.client_id == client_id,
+        )
+    )
+
+
+async def _mentions(
+    session: AsyncSession, thread_id: uuid.UUID, body: str
+) -> list[tuple[uuid.UUID, bool]]:
+    """(user id, muted) of participants the body @-mentions."""
+    names = {n.lower() for n in mentioned_usernames(body)}
+    if not names:
+        return []
+    rows = await session.execute(
+        select(User.id, ThreadParticipant.muted)
+        .join(ThreadParticipant, ThreadParticipant.user_id == User.id)
+        .where(
+            ThreadParticipant.thread_id == thread_id,
+            func.lower(User.username).in_(names),
+            User.deleted_at.is_(None),
+        )
+    )
+    return [(r[0], bool(r[1])) for r in rows]
+
+
+async def send_message(
+    db: Database,
+    actor: User,
+    access: ThreadAccess,
+    body: str,
+    *,
+    parent_id: str | None = None,
+    client_id: str | None = None,
+    attachment_ids: Sequence[str] = (),
+) -> Message:
+    """Store a message, or return the first one sent with the same clientId.
+
+    A concurrent retry that loses the race on the clientId key rolls back (its
+    seq with it, so no gap) and runs again, finding the winner's message.
+    """
+    for _ in range(3):
+        try:
+            async with db.transaction("send_message") as uow:
+                message, _created = await _write_message(
+                    uow,
+                    actor,
+                    access,
+                    body,
+                    parent_id=parent_id,
+                    client_id=client_id,
+                    attachment_ids=attachment_ids,
+                )
+            return message
+        except _DuplicateClientId:
+            continue
+    raise Conflict("clientId is being used by a concurrent send; retry")
+
+
+async def _write_message(
+    uow: UnitOfWork,
+    actor: User,
+    access: ThreadAccess,
+    body: str,
+    *,
+    parent_id: str | None,
+    client_id: str | None,
+    attachment_ids: Sequence[str],
+) -> tuple[Message, bool]:
+    """Precondition: the actor may post in the thread (``access``). Writes one message."""
+    session = uow.session
+    thread_id = access.thread.id
+    if client_id is not None:
+        client_id = client_id.strip()
+        if not client_id or len(client_id) > MAX_CLIENT_ID:
+            raise BadInput(f"`clientId` must be 1 to {MAX_CLIENT_ID} characters")
+        existing = await _by_client_id(session, thread_id, actor.id, client_id)
+        if existing is not None:
+            return existing, False
+    attachment_uuids = list(dict.fromkeys(parse_id(a, "Attachment") for a in attachment_ids))
+    if len(attachment_uuids) > MAX_ATTACHMENTS:
+        raise BadInput(f"At most {MAX_ATTACHMENTS} attachments per message")
+    text = clean_body(body, has_attachments=bool(attachment_uuids))
+    parent: Message | None = None
+    if parent_id is not None:
+        parent = await session.get(Message, parse_id(parent_id, "Message"))
+        if parent is None or parent.thread_id != thread_id:
+            raise NotFound("Parent message not found")
+        if parent.deleted_at is not None:
+            raise Conflict("Cannot reply to a deleted message")
+    if attachment_uuids:
+        await _check_attachments(session, actor, thread_id, attachment_uuids)
+    mentioned = await _mentions(session, thread_id, text) if "@" in text else []
+
+    now = utcnow()
+    seq = await allocate_seq(session, thread_id, message_at=now)
+    message_id = uuid.uuid4()
+    values = {
+        "id": message_id,
+        "thread_id": thread_id,
+        "seq": seq,
+        "author_id": actor.id,
+        "body": text,
+        "client_id": client_id,
+        "parent_id": parent.id if parent else None,
+        "mention_ids": [str(uid) for uid, _ in mentioned],
+        "pinned": False,
+        "created_at": now,
+    }
+    statement = _insert(session, Message).values(**values)
+    if client_id is not None:
+        statement = statement.on_conflict_do_nothing(
+            index_elements=["thread_id", "author_id", "client_id"]
+        )
+    inserted = (await session.execute(statement.returning(Message.id))).first()
+    if inserted is None:
+        raise _DuplicateClientId
+    message = Message(**values)
+    message.edited_at = None
+    message.deleted_at = None
+    if attachment_uuids:
+        await session.execute(
+            update(Attachment)
+            .where(Attachment.id.in_(attachment_uuids))
+            .values(message_id=message_id)
+        )
+    await append_event(
+        uow, thread_id, EventKind.MESSAGE_CREATED, message_payload(message), actor.id, seq=seq, at=now
+    )
+    await notifications.notify_message(uow, actor, message, parent, mentioned)
+    return message, True
+
+
+async def _check_attachments(
+    session: AsyncSession, actor: User, thread_id: uuid.UUID, ids: list[uuid.UUID]
+) -> None:
+    rows = list(await session.scalars(select(Attachment).where(Attachment.id.in_(ids))))
+    found = {a.id: a for a in rows}
+    for aid in ids:
+        a = found.get(aid)
+        if a is None or a.uploaded_by_id != actor.id or a.thread_id != thread_id:
+            raise NotFound("Attachment not found", attachmentId=str(aid))
+        if a.message_id is not None:
+            raise Conflict("Attachment already used by another message", attachmentId=str(aid))
+
+
+async def edit_message(uow: UnitOfWork, actor: User, message_id: str, body: str) -> Message:
+    message, _ = await access_message(uow.session, actor, message_id, for_update=True)
+    if message.author_id != actor.id:
+        raise Forbidden("Only the author may edit a message")
+    if message.deleted_at is not None:
+        raise Conflict("A deleted message cannot be edited")
+    has_attachments = bool(
+        await uow.session.scalar(
+            select(func.count()).select_from(Attachment).where(Attachment.message_id == message.id)
+        )
+    )
+    text = clean_body(body, has_attachments=has_attachments)
+    if text == message.body:
+        return message
+    now = utcnow()
+    uow.session.add(
+        MessageEdit(
+            message_id=message.id, previous_body=message.body, edited_by_id=actor.id, edited_at=now
+        )
+    )
+    message.body = text
+    message.edited_at = now
+    mentioned = await _mentions(uow.session, message.thread_id, text) if "@" in text else []
+    message.mention_ids = [str(uid) for uid, _ in mentioned]
+    await uow.session.flush()
+    await append_event(
+        uow, message.thread_id, EventKind.MESSAGE_EDITED, message_payload(message), actor.id
+    )
+    return message
+
+
+async def delete_message(uow: UnitOfWork, actor: User, message_id: str) -> Message:
+    message, access = await access_message(uow.session, actor, message_id, for_update=True)
+    if message.author_id != actor.id and not access.at_least(ThreadRole.ADMIN):
+        raise Forbidden("Only the author or a thread ADMIN may delete a message")
+    if message.deleted_at is not None:
+        return message
+    message.deleted_at = utcnow()
+    message.body = ""
+    message.mention_ids = []
+    message.pinned = False
+    message.pinned_at = None
+    await uow.session.flush()
+    await append_event(
+        uow, message.thread_id, EventKind.MESSAGE_DELETED, {"message_id": str(message.id)}, actor.id
+    )
+    return message
+
+
+async def pin_message(uow: UnitOfWork, actor: User, message_id: str, pinned: bool) -> Message:
+    message, _ = await access_message(
+        uow.session, actor, message_id, ThreadRole.ADMIN, for_update=True
+    )
+    if message.deleted_at is not None:
+        raise Conflict("A deleted message cannot be pinned")
+    if message.pinned == pinned:
+        return message
+    message.pinned = pinned
+    message.pinned_at = utcnow() if pinned else None
+    await uow.session.flush()
+    await append_event(
+        uow,
+        message.thread_id,
+        EventKind.MESSAGE_PINNED,
+        {"message": message_payload(message), "pinned": pinned},
+        actor.id,
+    )
+    return message
+
+
+async def _reactable(uow: UnitOfWork, actor: User, message_id: str) -> Message:
+    message, _ = await access_message(uow.session, actor, message_id, for_update=True)
+    if message.deleted_at is not None:
+        raise Conflict("A deleted message takes no reactions")
+    return message
+
+
+async def add_reaction(uow: UnitOfWork, actor: User, message_id: str, emoji: str) -> Message:
+    emoji = check_emoji(emoji)
+    message = await _reactable(uow, actor, message_id)
+    session = uow.session
+    kinds = set(await session.scalars(select(Reaction.emoji).where(Reaction.message_id == message.id).distinct()))
+    if emoji not in kinds and len(kinds) >= MAX_DISTINCT_REACTIONS:
+        raise BadInput(f"At most {MAX_DISTINCT_REACTIONS} different emoji per message")
+    statement = (
+        _insert(session, Reaction)
+        .values(id=uuid.uuid4(), message_id=message.id, user_id=actor.id, emoji=emoji, created_at=utcnow())
+        .on_conflict_do_nothing(index_elements=["message_id", "user_id", "emoji"])
+        .returning(Reaction.id)
+    )
+    if (await session.execute(statement)).first() is not None:
+        await _reaction_changed(uow, actor, message, emoji, added=True)
+        await notifications.notify_reaction(uow, actor, message)
+    return message
+
+
+async def remove_reaction(uow: UnitOfWork, actor: User, message_id: str, emoji: str) -> Message:
+    emoji = check_emoji(emoji)
+    message = await _reactable(uow, actor, message_id)
+    result = await uow.session.execute(
+        delete(Reaction)
+        .where(
+            Reaction.message_id == message.id,
+            Reaction.user_id == actor.id,
+            Reaction.emoji == emoji,
+        )
+        .returning(Reaction.id)
+    )
+    if result.first() is not None:
+        await _reaction_changed(uow, actor, message, emoji, added=False)
+    return message
+
+
+async def _reaction_changed(
+    uow: UnitOfWork, actor: User, message: Message, emoji: str, *, added: bool
+) -> None:
+    groups = (await reaction_groups(uow.session, [message.id])).get(message.id, [])
+    await append_event(
+        uow,
+        message.thread_id,
+        EventKind.REACTION_CHANGED,
+        {
+            "message_id": str(message.id),
+            "emoji": emoji,
+            "added": added,
+            "reactions": [
+                {
+                    "emoji": g.emoji,
+                    "count": g.count,
+                    "first_user_ids": [str(u) for u in g.first_user_ids],
+                    "user_ids": [str(u) for u in g.user_ids],
+                }
+                for g in groups
+            ],
+        },
+        actor.id,
+    )
+
+
+# ---------------------------------------------------------------- reading
+
+
+async def _page_by_seq(
+    session: AsyncSession, condition: object, request: PageRequest
+) -> Page[Message]:
+    after, before = int_key(request.after_key()), int_key(request.before_key())
+    query = select(Message).where(condition)  # type: ignore[arg-type]
+    if after is not None:
+        query = query.where(Message.seq > after)
+    if before is not None:
+        query = query.where(Message.seq < before)
+    order = Message.seq.desc() if request.backwards else Message.seq.asc()
+    rows = list(await session.scalars(query.order_by(order).limit(request.size + 1)))
+    return make_page(rows, request, lambda m: [m.seq])
+
+
+async def thread_messages(
+    session: AsyncSession, thread_id: uuid.UUID, request: PageRequest
+) -> Page[Message]:
+    return await _page_by_seq(session, Message.thread_id == thread_id, request)
+
+
+async def replies(session: AsyncSession, parent: Message, request: PageRequest) -> Page[Message]:
+    condition = and_(Message.thread_id == parent.thread_id, Message.parent_id == parent.id)
+    return await _page_by_seq(session, condition, request)
+
+
+async def get_message(session: AsyncSession, message_id: uuid.UUID) -> Message:
+    message = await session.get(Message, message_id)
+    if message is None:
+        raise NotFound("Message not found")
+    return message
+
+
+async def messages_by_ids(
+    session: AsyncSession, ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, Message]:
+    rows = await session.scalars(select(Message).where(Message.id.in_(set(ids))))
+    return {m.id: m for m in rows}
+
+
+async def reply_counts(session: AsyncSession, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, int]:
+    rows = await session.execute(
+        select(Message.parent_id, func.count())
+        .where(Message.parent_id.in_(set(ids)), Message.deleted_at.is_(None))
+        .group_by(Message.parent_id)
+    )
+    return {r[0]: int(r[1]) for r in rows}
+
+
+async def reaction_groups(
+    session: AsyncSession, ids: Sequence[uuid.UUID], users: dict[uuid.UUID, User] | None = None
+) -> dict[uuid.UUID, list[ReactionGroup]]:
+    """Reactions grouped by emoji in order of first use; fills ``users`` when given."""
+    query = (
+        select(Reaction.message_id, Reaction.emoji, Reaction.user_id)
+        .where(Reaction.message_id.in_(set(ids)))
+        .order_by(Reaction.message_id, Reaction.created_at, Reaction.id)
+    )
+    if users is not None:
+        query = query.add_columns(User).join(User, User.id == Reaction.user_id)
+    grouped: dict[uuid.UUID, dict[str, ReactionGroup]] = defaultdict(dict)
+    for row in await session.execute(query):
+        message_id, emoji, user_id = row[0], row[1], row[2]
+        if users is not None:
+            users[user_id] = row[3]
+        group = grouped[message_id].setdefault(emoji, ReactionGroup(emoji))
+        group.count += 1
+        group.user_ids.add(user_id)
+        if len(group.first_user_ids) < REACTION_USERS_SHOWN:
+            group.first_user_ids.append(user_id)
+    return {mid: list(groups.values()) for mid, groups in grouped.items()}
+
+
+async def edits_of(
+    session: AsyncSession, ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, list[MessageEdit]]:
+    rows = await session.scalars(
+        select(MessageEdit)
+        .where(MessageEdit.message_id.in_(set(ids)))
+        .order_by(MessageEdit.message_id, MessageEdit.edited_at, MessageEdit.id)
+    )
+    out: dict[uuid.UUID, list[MessageEdit]] = defaultdict(list)
+    for edit in rows:
+        out[edit.message_id].append(edit)
+    return out
+
+
+async def attachments_of(
+    session: AsyncSession, ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, list[Attachment]]:
+    rows = await session.scalars(
+        select(Attachment)
+        .where(Attachment.message_id.in_(set(ids)))
+        .order_by(Attachment.created_at, Attachment.id)
+    )
+    out: dict[uuid.UUID, list[Attachment]] = defaultdict(list)
+    for attachment in rows:
+        assert attachment.message_id is not None
+        out[attachment.message_id].append(attachment)
+    return out
+
+
+async def last_messages(
+    session: AsyncSession, thread_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, Message]:
+    """The newest live message of each thread, in one query."""
+    newest = (
+        select(Message.thread_id, func.max(Message.seq).label("seq"))
+        .where(Message.thread_id.in_(set(thread_ids)), Message.deleted_at.is_(None))
+        .group_by(Message.thread_id)
+        .subquery()
+    )
+    rows = await session.scalars(
+        select(Message).join(
+            newest, and_(Message.thread_id == newest.c.thread_id, Message.seq == newest.c.seq)
+        )
+    )
+    return {m.thread_id: m for m in rows}
+
+
+async def pinned_of(
+    session: AsyncSession, thread_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, list[Message]]:
+    rows = await session.scalars(
+        select(Message)
+        .where(Message.thread_id.in_(set(thread_ids)), Message.pinned.is_(True))
+        .order_by(Message.pinned_at.desc(), Message.seq.desc())
+    )
+    out: dict[uuid.UUID, list[Message]] = defaultdict(list)
+    for m in rows:
+        out[m.thread_id].append(m)
+    return out

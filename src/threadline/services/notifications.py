@@ -1,0 +1,164 @@
+"""Notifications: who is told about mentions, replies, reactions and being added.
+
+Nobody is notified of their own action, and a muted thread notifies no one.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from threadline.db import UnitOfWork
+from threadline.errors import BadInput
+from threadline.models import (
+    Message,
+    Notification,
+    NotificationKind,
+    Thread,
+    ThreadParticipant,
+    User,
+    utcnow,
+)
+from threadline.services.events import UserEvent
+from threadline.services.pagination import Page, PageRequest, make_page
+from threadline.services.permissions import parse_id
+
+MAX_IDS = 500
+
+
+async def _muted(session: AsyncSession, thread_id: uuid.UUID, users: Iterable[uuid.UUID]) -> set[uuid.UUID]:
+    ids = set(users)
+    if not ids:
+        return set()
+    rows = await session.scalars(
+        select(ThreadParticipant.user_id).where(
+            ThreadParticipant.thread_id == thread_id,
+            ThreadParticipant.user_id.in_(ids),
+            ThreadParticipant.muted.is_(True),
+        )
+    )
+    return set(rows)
+
+
+def _create(
+    uow: UnitOfWork,
+    user_id: uuid.UUID,
+    kind: NotificationKind,
+    actor: User,
+    thread_id: uuid.UUID,
+    message_id: uuid.UUID | None,
+) -> None:
+    notification = Notification(
+        id=uuid.uuid4(),
+        user_id=user_id,
+        kind=kind.value,
+        actor_id=actor.id,
+        thread_id=thread_id,
+        message_id=message_id,
+        created_at=utcnow(),
+    )
+    uow.session.add(notification)
+    uow.emit(UserEvent(user_id, "notification", {"notification_id": str(notification.id)}))
+
+
+async def notify_added(
+    uow: UnitOfWork, actor: User, thread: Thread, user_ids: Sequence[uuid.UUID]
+) -> None:
+    for user_id in user_ids:
+        if user_id != actor.id:
+            _create(uow, user_id, NotificationKind.ADDED_TO_THREAD, actor, thread.id, None)
+    await uow.session.flush()
+
+
+async def notify_message(
+    uow: UnitOfWork,
+    actor: User,
+    message: Message,
+    parent: Message | None,
+    mentioned: Sequence[tuple[uuid.UUID, bool]],
+) -> None:
+    """MENTION for each mentioned participant, REPLY for the parent's author (once each)."""
+    told: set[uuid.UUID] = {actor.id}
+    for user_id, muted in mentioned:
+        if user_id not in told and not muted:
+            _create(uow, user_id, NotificationKind.MENTION, actor, message.thread_id, message.id)
+        told.add(user_id)
+    if parent is not None and parent.author_id is not None and parent.author_id not in told:
+        if not await _muted(uow.session, message.thread_id, [parent.author_id]):
+            _create(
+                uow, parent.author_id, NotificationKind.REPLY, actor, message.thread_id, message.id
+            )
+    if len(told) > 1 or parent is not None:
+        await uow.session.flush()
+
+
+async def notify_reaction(uow: UnitOfWork, actor: User, message: Message) -> None:
+    author = message.author_id
+    if author is None or author == actor.id:
+        return
+    if await _muted(uow.session, message.thread_id, [author]):
+        return
+    _create(uow, author, NotificationKind.REACTION, actor, message.thread_id, message.id)
+    await uow.session.flush()
+
+
+async def notifications_of(
+    session: AsyncSession, viewer: User, unread_only: bool, request: PageRequest
+) -> tuple[Page[Notification], int]:
+    if request.backwards:
+        raise BadInput("Notifications page forwards only: use `first` and `after`")
+    query = select(Notification).where(Notification.user_id == viewer.id)
+    if unread_only:
+        query = query.where(Notification.read_at.is_(None))
+    after = request.after_key()
+    if after is not None:
+        from datetime import datetime
+
+        try:
+            at, nid = datetime.fromisoformat(after[0]), uuid.UUID(after[1])
+        except (TypeError, ValueError, IndexError):
+            raise BadInput("Invalid cursor") from None
+        query = query.where(
+            (Notification.created_at < at)
+            | ((Notification.created_at == at) & (Notification.id < nid))
+        )
+    rows = list(
+        await session.scalars(
+            query.order_by(Notification.created_at.desc(), Notification.id.desc()).limit(
+                request.size + 1
+            )
+        )
+    )
+    unread = await session.scalar(
+        select(func.count())
+        .select_from(Notification)
+        .where(Notification.user_id == viewer.id, Notification.read_at.is_(None))
+    )
+    page = make_page(rows, request, lambda n: [n.created_at.isoformat(), str(n.id)])
+    return page, int(unread or 0)
+
+
+async def mark_read(
+    uow: UnitOfWork, viewer: User, ids: Sequence[str] | None, everything: bool
+) -> int:
+    """Mark the viewer's notifications read; returns how many changed."""
+    if not everything and not ids:
+        raise BadInput("Give `ids` or `all: true`")
+    statement = update(Notification).where(
+        Notification.user_id == viewer.id, Notification.read_at.is_(None)
+    )
+    if not everything:
+        assert ids is not None
+        if len(ids) > MAX_IDS:
+            raise BadInput(f"At most {MAX_IDS} ids at once")
+        statement = statement.where(Notification.id.in_([parse_id(i, "Notification") for i in ids]))
+    result = await uow.session.execute(statement.values(read_at=utcnow()).returning(Notification.id))
+    return len(result.all())
+
+
+async def get_notification(session: AsyncSession, viewer: User, notification_id: uuid.UUID) -> Notification | None:
+    row = await session.get(Notification, notification_id)
+    return row if row is not None and row.user_id == viewer.id else None

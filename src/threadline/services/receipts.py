@@ -1,0 +1,145 @@
+"""Read and delivery receipts: markers that only move forward, unread counts, status.
+
+A message's status is what its author sees: READ when every other participant
+has read past it, DELIVERED when every other participant has had it pushed or
+fetched, else SENT.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import and_, func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from threadline.db import Database, UnitOfWork
+from threadline.models import Message, ThreadParticipant, User
+from threadline.services.events import ActivityEvent
+from threadline.services.permissions import ThreadAccess
+from threadline.services.states import MessageStatus
+
+
+@dataclass(frozen=True)
+class Marker:
+    user_id: uuid.UUID
+    last_read_seq: int
+    last_delivered_seq: int
+
+
+def message_status(message: Message, markers: Sequence[Marker]) -> MessageStatus:
+    others = [m for m in markers if m.user_id != message.author_id]
+    if not others:
+        return MessageStatus.SENT
+    if all(m.last_read_seq >= message.seq for m in others):
+        return MessageStatus.READ
+    if all(max(m.last_delivered_seq, m.last_read_seq) >= message.seq for m in others):
+        return MessageStatus.DELIVERED
+    return MessageStatus.SENT
+
+
+def readers(message: Message, markers: Sequence[Marker]) -> list[uuid.UUID]:
+    """Participants other than the author who read past the message, by user id."""
+    return sorted(
+        m.user_id
+        for m in markers
+        if m.user_id != message.author_id and m.last_read_seq >= message.seq
+    )
+
+
+async def markers_of(
+    session: AsyncSession, thread_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, list[Marker]]:
+    rows = await session.execute(
+        select(
+            ThreadParticipant.thread_id,
+            ThreadParticipant.user_id,
+            ThreadParticipant.last_read_seq,
+            ThreadParticipant.last_delivered_seq,
+        ).where(ThreadParticipant.thread_id.in_(set(thread_ids)))
+    )
+    out: dict[uuid.UUID, list[Marker]] = defaultdict(list)
+    for thread_id, user_id, read, delivered in rows:
+        out[thread_id].append(Marker(user_id, read, delivered))
+    return out
+
+
+async def unread_counts(
+    session: AsyncSession, viewer: User, thread_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, int]:
+    """Messages after the viewer's read marker, not their own, not deleted."""
+    rows = await session.execute(
+        select(Message.thread_id, func.count())
+        .join(
+            ThreadParticipant,
+            and_(
+                ThreadParticipant.thread_id == Message.thread_id,
+                ThreadParticipant.user_id == viewer.id,
+            ),
+        )
+        .where(
+            Message.thread_id.in_(set(thread_ids)),
+            Message.seq > ThreadParticipant.last_read_seq,
+            Message.deleted_at.is_(None),
+            (Message.author_id != viewer.id) | Message.author_id.is_(None),
+        )
+        .group_by(Message.thread_id)
+    )
+    return {r[0]: int(r[1]) for r in rows}
+
+
+def _receipt(participant: ThreadParticipant) -> ActivityEvent:
+    return ActivityEvent(
+        participant.thread_id,
+        "receipt",
+        participant.user_id,
+        {
+            "last_read_seq": participant.last_read_seq,
+            "last_delivered_seq": participant.last_delivered_seq,
+        },
+    )
+
+
+async def mark_read(uow: UnitOfWork, actor: User, access: ThreadAccess, seq: int) -> None:
+    """Move the actor's read marker forward to ``seq`` (clamped to the thread's last)."""
+    participant = await uow.session.get(
+        ThreadParticipant, (access.thread.id, actor.id), with_for_update=True
+    )
+    if participant is None:
+        return  # a system admin looking in keeps no markers
+    target = min(max(seq, 0), access.thread.last_seq)
+    if target <= participant.last_read_seq:
+        return
+    participant.last_read_seq = target
+    participant.last_delivered_seq = max(participant.last_delivered_seq, target)
+    await uow.session.flush()
+    uow.emit(_receipt(participant))
+
+
+async def mark_delivered(
+    db: Database, user_id: uuid.UUID, thread_id: uuid.UUID, seq: int
+) -> None:
+    """Move a delivered marker forward; a no-op write when it is there already."""
+    async with db.transaction("mark_delivered") as uow:
+        result = await uow.session.execute(
+            update(ThreadParticipant)
+            .where(
+                ThreadParticipant.thread_id == thread_id,
+                ThreadParticipant.user_id == user_id,
+                ThreadParticipant.last_delivered_seq < seq,
+            )
+            .values(last_delivered_seq=seq)
+            .returning(ThreadParticipant.last_read_seq)
+        )
+        row = result.first()
+        if row is not None:
+            uow.emit(
+                ActivityEvent(
+                    thread_id,
+                    "receipt",
+                    user_id,
+                    {"last_read_seq": int(row[0]), "last_delivered_seq": seq},
+                )
+            )

@@ -1,0 +1,85 @@
+"""Full-text search over messages in the caller's threads.
+
+PostgreSQL ranks a generated tsvector column (english configuration, GIN index)
+against ``websearch_to_tsquery``; SQLite uses the FTS5 table the migration keeps
+in step with messages (porter stemmer, bm25 rank). Deleted messages never match.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+from sqlalchemy import Float, column, func, literal_column, select, text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from threadline.errors import BadInput
+from threadline.models import Message, Thread, ThreadParticipant, User
+from threadline.services.pagination import Page, PageRequest, make_page
+
+MAX_QUERY = 200
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def _fts5_query(query: str) -> str:
+    """Plain words, each quoted, so that FTS5 syntax in user input is inert."""
+    words = _WORD.findall(query)
+    return " ".join('"' + w.replace('"', "") + '"' for w in words)
+
+
+async def search_messages(
+    session: AsyncSession,
+    viewer: User,
+    query: str,
+    thread_id: uuid.UUID | None,
+    request: PageRequest,
+) -> Page[Message]:
+    text_query = query.strip()
+    if not text_query or len(text_query) > MAX_QUERY:
+        raise BadInput(f"`query` must be 1 to {MAX_QUERY} characters")
+    if request.backwards:
+        raise BadInput("Search pages forwards only: use `first` and `after`")
+    offset = 0
+    after = request.after_key()
+    if after is not None:
+        if len(after) != 1 or not isinstance(after[0], int) or after[0] < 0:
+            raise BadInput("Invalid cursor")
+        offset = after[0]
+    mine = select(ThreadParticipant.thread_id).where(ThreadParticipant.user_id == viewer.id)
+    live_threads = select(Thread.id).where(Thread.deleted_at.is_(None))
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        tsquery = func.websearch_to_tsquery(literal_column("'english'"), text_query)
+        vector = column("search_vector")
+        rank = func.ts_rank_cd(vector, tsquery)
+        statement = select(Message).where(vector.op("@@")(tsquery))
+    else:
+        fts = _fts5_query(text_query)
+        if not fts:
+            return make_page([], request, lambda m: [0])
+        matches = (
+            select(
+                literal_column("rowid").label("rid"),
+                literal_column("bm25(messages_fts)", Float).label("score"),
+            )
+            .select_from(text("messages_fts"))
+            .where(text("messages_fts MATCH :q").bindparams(q=fts))
+            .subquery()
+        )
+        rank = -matches.c.score
+        statement = select(Message).join(matches, literal_column("messages.rowid") == matches.c.rid)
+    statement = statement.where(
+        Message.deleted_at.is_(None),
+        Message.thread_id.in_(mine),
+        Message.thread_id.in_(live_threads),
+    )
+    if thread_id is not None:
+        statement = statement.where(Message.thread_id == thread_id)
+    statement = (
+        statement.order_by(rank.desc(), Message.created_at.desc(), Message.id)
+        .offset(offset)
+        .limit(request.size + 1)
+    )
+    rows = list(await session.scalars(statement))
+    positions = {id(m): offset + i + 1 for i, m in enumerate(rows)}
+    return make_page(rows, request, lambda m: [positions[id(m)]])

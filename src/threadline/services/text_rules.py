@@ -1,0 +1,161 @@
+"""Rules for text that users type: bodies, titles, descriptions, names, emoji, mentions.
+
+Each rule is a pure function that returns the cleaned value or raises ``BadInput``;
+services call them before they store anything, so every path (GraphQL, CLI, seed)
+stores text that was cleaned the same way.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from typing import Final
+
+import emoji
+
+from threadline.errors import BadInput
+
+MAX_BODY_CHARS: Final = 4000
+MAX_TITLE_CHARS: Final = 200
+MAX_DESCRIPTION_CHARS: Final = 2000
+MAX_DISPLAY_NAME_CHARS: Final = 100
+MAX_DISTINCT_REACTIONS: Final = 20
+
+# Every line break spelling becomes "\n": browsers submit textareas with CRLF, and
+# NEL (a C1 control) or U+2028/U+2029 would otherwise be dropped or kept as odd
+# separators, merging or splitting lines differently on each client.
+_LINE_BREAKS: Final = re.compile("\r\n|[\r\x85\u2028\u2029]")
+
+# Explicit bidi embeddings, overrides and isolates (LRE, RLE, PDF, LRO, RLO, LRI,
+# RLI, FSI, PDI) reorder everything after them, so a message can display as
+# something other than what it contains ("Trojan Source", CVE-2021-42574: a file
+# named "invoice\u202efdp.exe" shows as "invoiceexe.pdf"), and an unterminated one
+# leaks into the client's surrounding UI. Keyboards do not type them; clients are
+# expected to lay each message out with dir="auto". The implicit marks LRM, RLM
+# and ALM stay: they only settle the direction of neutral characters next to them,
+# which mixed Hebrew/Arabic and Latin text needs.
+_BIDI_CONTROLS: Final = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+# U+FEFF is a byte-order mark that pasted text drags along; as a zero-width
+# no-break space it is deprecated in favour of U+2060.
+_ALSO_REMOVED: Final = _BIDI_CONTROLS | {"\ufeff"}
+
+_KEPT_CONTROLS: Final = frozenset("\n\t")
+
+# Trimmed at both ends besides whitespace: invisible characters that mean nothing
+# at an edge, so that a body of nothing but them counts as empty. ZWJ and ZWNJ stay
+# inside text (emoji sequences, Persian and Indic scripts need them).
+_EDGE_INVISIBLES: Final = "\u200b\u200c\u200d\u2060"
+_TRIM: Final = re.compile(rf"^[\s{_EDGE_INVISIBLES}]+|[\s{_EDGE_INVISIBLES}]+$")
+
+# Tabs and line breaks, with the spaces around them, become one space in one-line
+# fields (titles, names) so a pasted multi-line value still reads as one line.
+_LINE_WHITESPACE: Final = re.compile(r"[ \t\n]*[\t\n][ \t\n]*")
+
+# A mention is "@" plus a Clerk username (letters, digits, "_", "-", "."). The "@"
+# must not follow a username character, "@" or "/", which would make it part of an
+# e-mail address ("a@b.com") or a URL path ("https://host/@alice"); the username
+# must not be followed by "@" ("@alice@example.com" is an address). The possessive
+# "*+" stops the engine from backtracking to a shorter name that dodges that check.
+_MENTION: Final = re.compile(r"(?<![\w.@/-])@(\w[\w.-]*+)(?!@)")
+
+
+def _remove_invisible_controls(text: str) -> str:
+    """Drop C0/C1 controls except newline and tab, bidi controls, BOMs, lone surrogates.
+
+    Lone surrogates (category Cs) can arrive through JSON "\\ud800" escapes; they
+    cannot be encoded as UTF-8, so the database would refuse the whole message.
+    NUL (a Cc) is also refused by PostgreSQL text columns.
+    """
+    return "".join(
+        char
+        for char in text
+        if char in _KEPT_CONTROLS
+        or (char not in _ALSO_REMOVED and unicodedata.category(char) not in ("Cc", "Cs"))
+    )
+
+
+def _clean(raw: str) -> str:
+    """The cleaning every text field shares: line breaks, controls, NFC, trimming."""
+    text = _LINE_BREAKS.sub("\n", raw)
+    # Controls go before NFC, so that a base letter and a combining mark that a
+    # control separated compose ("e\x00\u0301" becomes "é").
+    text = _remove_invisible_controls(text)
+    text = unicodedata.normalize("NFC", text)
+    return _TRIM.sub("", text)
+
+
+def _check_length(text: str, what: str, maximum: int) -> str:
+    # Length is in code points, the unit the contract's limits are stated in.
+    if len(text) > maximum:
+        raise BadInput(f"{what} is too long: {len(text)} characters, at most {maximum}.")
+    return text
+
+
+def _clean_one_line(raw: str, what: str, maximum: int) -> str:
+    text = _LINE_WHITESPACE.sub(" ", _clean(raw))
+    if not text:
+        raise BadInput(f"{what} must not be empty.")
+    return _check_length(text, what, maximum)
+
+
+def clean_body(raw: str, *, has_attachments: bool = False) -> str:
+    """A message body: cleaned, 1 to 4000 characters; empty only with attachments."""
+    text = _clean(raw)
+    if not text and not has_attachments:
+        raise BadInput("Message body must not be empty unless the message has attachments.")
+    return _check_length(text, "Message body", MAX_BODY_CHARS)
+
+
+def clean_title(raw: str) -> str:
+    """A thread title: one line, 1 to 200 characters."""
+    return _clean_one_line(raw, "Title", MAX_TITLE_CHARS)
+
+
+def clean_description(raw: str | None) -> str | None:
+    """A thread description: up to 2000 characters, lines kept; empty means none."""
+    if raw is None:
+        return None
+    text = _clean(raw)
+    if not text:
+        return None
+    return _check_length(text, "Description", MAX_DESCRIPTION_CHARS)
+
+
+def clean_display_name(raw: str) -> str:
+    """A user's display name: one line, 1 to 100 characters."""
+    return _clean_one_line(raw, "Display name", MAX_DISPLAY_NAME_CHARS)
+
+
+def check_emoji(raw: str) -> str:
+    """One emoji for a reaction, returned in its fully-qualified form.
+
+    Valid means one of the emoji (including sequences: ZWJ families, skin tones,
+    flags, keycaps) that Unicode recommends for general interchange, as listed
+    by the ``emoji`` package; skin-tone and hair components alone are refused.
+    Unqualified spellings such as "❤" (no U+FE0F) are returned fully qualified
+    ("❤️"), so that both count as the same reaction on a message.
+    """
+    candidate = _clean(raw)
+    data = emoji.EMOJI_DATA.get(candidate)
+    if data is None or data["status"] == emoji.STATUS["component"]:
+        raise BadInput(f"Not a single emoji: {raw!r}.")
+    canonical = emoji.emojize(data["en"], language="en")
+    # The name maps back to the fully-qualified spelling; keep the input if the
+    # package's tables ever disagree with themselves.
+    return canonical if canonical in emoji.EMOJI_DATA else candidate
+
+
+def mentioned_usernames(body: str) -> list[str]:
+    """The usernames ``@mentioned`` in a body, as written, once each, in order.
+
+    Whether a name belongs to a user in the thread, and how case is matched, is
+    for the caller to decide.
+    """
+    seen: dict[str, None] = {}
+    for match in _MENTION.finditer(body):
+        # A full stop after a name ends the sentence, not the name.
+        name = match.group(1).rstrip(".")
+        if name:
+            seen.setdefault(name, None)
+    return list(seen)

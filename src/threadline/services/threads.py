@@ -1,0 +1,405 @@
+"""Threads and participants: creating, updating, membership and roles.
+
+Role rules that no directive expresses live here: nobody grants a role above
+their own, and the last OWNER can neither leave nor be demoted or removed.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from threadline.db import UnitOfWork
+from threadline.errors import BadInput, Conflict, Forbidden, NotFound
+from threadline.models import Thread, ThreadParticipant, ThreadRole, User, utcnow
+from threadline.services import notifications
+from threadline.services.events import EventKind, UserEvent, append_event
+from threadline.services.pagination import Page, PageRequest, make_page
+from threadline.services.permissions import (
+    ThreadAccess,
+    access_thread,
+    parse_id,
+    thread_role_at_least,
+)
+from threadline.services.text_rules import clean_description, clean_title
+
+MAX_INITIAL_PARTICIPANTS = 500
+
+
+async def _live_users(session: AsyncSession, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, User]:
+    if not ids:
+        return {}
+    rows = await session.scalars(select(User).where(User.id.in_(ids), User.deleted_at.is_(None)))
+    return {u.id: u for u in rows}
+
+
+def _membership(user_id: uuid.UUID, thread_id: uuid.UUID, role: ThreadRole | None) -> UserEvent:
+    return UserEvent(
+        user_id, "membership", {"thread_id": str(thread_id), "role": role.value if role else None}
+    )
+
+
+async def create_thread(
+    uow: UnitOfWork,
+    actor: User,
+    title: str,
+    description: str | None = None,
+    participant_ids: Sequence[str] = (),
+) -> Thread:
+    clean = clean_title(title)
+    ids = list(dict.fromkeys(parse_id(p, "User") for p in participant_ids))
+    if len(ids) > MAX_INITIAL_PARTICIPANTS:
+        raise BadInput(f"At most {MAX_INITIAL_PARTICIPANTS} participants at creation")
+    users = await _live_users(uow.session, [i for i in ids if i != actor.id])
+    missing = [i for i in ids if i != actor.id and i not in users]
+    if missing:
+        raise NotFound("User not found", userId=str(missing[0]))
+    now = utcnow()
+    thread = Thread(
+        title=clean,
+        description=clean_description(description),
+        created_by_id=actor.id,
+        created_at=now,
+        updated_at=now,
+        last_activity_at=now,
+    )
+    uow.session.add(thread)
+    await uow.session.flush()
+    uow.session.add(ThreadParticipant(thread_id=thread.id, user_id=actor.id, role="OWNER"))
+    uow.emit(_membership(actor.id, thread.id, ThreadRole.OWNER))
+    for user_id in users:
+        uow.session.add(ThreadParticipant(thread_id=thread.id, user_id=user_id, role="MEMBER"))
+        uow.emit(_membership(user_id, thread.id, ThreadRole.MEMBER))
+    await uow.session.flush()
+    await notifications.notify_added(uow, actor, thread, list(users))
+    return thread
+
+
+def _direct_key(a: uuid.UUID, b: uuid.UUID) -> str:
+    low, high = sorted((str(a), str(b)))
+    return f"{low}:{high}"
+
+
+async def create_direct_thread(uow: UnitOfWork, actor: User, user_id: str) -> Thread:
+    """The one direct thread of two users; concurrent calls get the same thread."""
+    other_id = parse_id(user_id, "User")
+    if other_id == actor.id:
+        raise BadInput("A direct thread needs another user")
+    other = (await _live_users(uow.session, [other_id])).get(other_id)
+    if other is None:
+        raise NotFound("User not found")
+    key = _direct_key(actor.id, other_id)
+    existing = await uow.session.scalar(select(Thread).where(Thread.direct_key == key))
+    if existing is not None and existing.deleted_at is None:
+        return existing
+    now = utcnow()
+    try:
+        async with uow.session.begin_nested():
+            if existing is not None:
+                # A deleted direct thread gives its key up for a fresh one.
+                existing.direct_key = None
+                await uow.session.flush()
+            thread = Thread(
+                title=f"{actor.display_name} & {other.display_name}"[:200],
+                is_direct=True,
+                direct_key=key,
+                created_by_id=actor.id,
+                created_at=now,
+                updated_at=now,
+                last_activity_at=now,
+            )
+            uow.session.add(thread)
+            await uow.session.flush()
+            uow.session.add_all(
+                [
+                    ThreadParticipant(thread_id=thread.id, user_id=actor.id, role="OWNER"),
+                    ThreadParticipant(thread_id=thread.id, user_id=other_id, role="OWNER"),
+                ]
+            )
+            await uow.session.flush()
+    except IntegrityError:
+        winner = await uow.session.scalar(select(Thread).where(Thread.direct_key == key))
+        if winner is None:
+            raise
+        return winner
+    uow.emit(_membership(actor.id, thread.id, ThreadRole.OWNER))
+    uow.emit(_membership(other_id, thread.id, ThreadRole.OWNER))
+    await notifications.notify_added(uow, actor, thread, [other_id])
+    return thread
+
+
+async def update_thread(
+    uow: UnitOfWork,
+    actor: User,
+    thread_id: str,
+    *,
+    title: str | None = None,
+    description: str | None = None,
+    set_description: bool = False,
+) -> Thread:
+    access = await access_thread(uow.session, actor, thread_id, ThreadRole.ADMIN)
+    thread = access.thread
+    changed = False
+    if title is not None:
+        clean = clean_title(title)
+        changed |= clean != thread.title
+        thread.title = clean
+    if set_description:
+        clean_desc = clean_description(description)
+        changed |= clean_desc != thread.description
+        thread.description = clean_desc
+    if changed:
+        thread.updated_at = utcnow()
+        await uow.session.flush()
+        await append_event(uow, thread.id, EventKind.THREAD_UPDATED, _thread_payload(thread), actor.id)
+        await uow.session.refresh(thread, ["last_seq"])
+    return thread
+
+
+def _thread_payload(thread: Thread) -> dict[str, object]:
+    return {
+        "id": str(thread.id),
+        "title": thread.title,
+        "description": thread.description,
+        "updated_at": thread.updated_at.isoformat(),
+    }
+
+
+async def delete_thread(uow: UnitOfWork, actor: User, thread_id: str) -> uuid.UUID:
+    access = await access_thread(uow.session, actor, thread_id, ThreadRole.OWNER)
+    thread = access.thread
+    thread.deleted_at = utcnow()
+    thread.direct_key = None
+    await uow.session.flush()
+    await append_event(uow, thread.id, EventKind.THREAD_DELETED, {"id": str(thread.id)}, actor.id)
+    for user_id in await participant_ids(uow.session, thread.id):
+        uow.emit(_membership(user_id, thread.id, None))
+    return thread.id
+
+
+async def participant_ids(session: AsyncSession, thread_id: uuid.UUID) -> list[uuid.UUID]:
+    rows = await session.scalars(
+        select(ThreadParticipant.user_id).where(ThreadParticipant.thread_id == thread_id)
+    )
+    return list(rows)
+
+
+async def _participant(
+    session: AsyncSession, thread_id: uuid.UUID, user_id: uuid.UUID
+) -> ThreadParticipant | None:
+    return await session.get(ThreadParticipant, (thread_id, user_id))
+
+
+async def _owner_count(session: AsyncSession, thread_id: uuid.UUID) -> int:
+    return int(
+        await session.scalar(
+            select(func.count())
+            .select_from(ThreadParticipant)
+            .where(
+                ThreadParticipant.thread_id == thread_id,
+                ThreadParticipant.role == ThreadRole.OWNER.value,
+            )
+        )
+        or 0
+    )
+
+
+async def _participant_changed(
+    uow: UnitOfWork, actor: User, thread: Thread, user_id: uuid.UUID, role: ThreadRole | None
+) -> None:
+    await append_event(
+        uow,
+        thread.id,
+        EventKind.PARTICIPANT_CHANGED,
+        {"user_id": str(user_id), "role": role.value if role else None},
+        actor.id,
+    )
+    uow.emit(_membership(user_id, thread.id, role))
+
+
+def _no_grant_above(access: ThreadAccess, role: ThreadRole) -> None:
+    if not thread_role_at_least(access.role, role):
+        raise Forbidden("You cannot grant a role above your own")
+
+
+async def add_participant(
+    uow: UnitOfWork, actor: User, thread_id: str, user_id: str, role: ThreadRole
+) -> ThreadParticipant:
+    access = await access_thread(uow.session, actor, thread_id, ThreadRole.ADMIN, for_update=True)
+    if access.thread.is_direct:
+        raise Conflict("A direct thread has exactly two participants")
+    _no_grant_above(access, role)
+    uid = parse_id(user_id, "User")
+    if not (await _live_users(uow.session, [uid])):
+        raise NotFound("User not found")
+    if await _participant(uow.session, access.thread.id, uid) is not None:
+        raise Conflict("Already a participant: use setParticipantRole to change the role")
+    participant = ThreadParticipant(
+        thread_id=access.thread.id,
+        user_id=uid,
+        role=role.value,
+        joined_at=utcnow(),
+        last_read_seq=0,
+        last_delivered_seq=0,
+        muted=False,
+    )
+    uow.session.add(participant)
+    await uow.session.flush()
+    await _participant_changed(uow, actor, access.thread, uid, role)
+    await notifications.notify_added(uow, actor, access.thread, [uid])
+    return participant
+
+
+async def remove_participant(
+    uow: UnitOfWork, actor: User, thread_id: str, user_id: str
+) -> uuid.UUID:
+    access = await access_thread(uow.session, actor, thread_id, ThreadRole.ADMIN, for_update=True)
+    uid = parse_id(user_id, "User")
+    participant = await _participant(uow.session, access.thread.id, uid)
+    if participant is None:
+        raise NotFound("Participant not found")
+    if uid != actor.id:
+        _no_grant_above(access, participant.thread_role)
+    await _drop(uow, actor, access.thread, participant)
+    return uid
+
+
+async def _drop(
+    uow: UnitOfWork, actor: User, thread: Thread, participant: ThreadParticipant
+) -> None:
+    if (
+        participant.thread_role is ThreadRole.OWNER
+        and await _owner_count(uow.session, thread.id) <= 1
+    ):
+        raise Conflict("The last OWNER cannot leave: make someone else OWNER first")
+    user_id = participant.user_id
+    await uow.session.delete(participant)
+    await uow.session.flush()
+    await _participant_changed(uow, actor, thread, user_id, None)
+
+
+async def leave_thread(uow: UnitOfWork, actor: User, thread_id: str) -> uuid.UUID:
+    access = await access_thread(uow.session, actor, thread_id, ThreadRole.MEMBER, for_update=True)
+    if access.participant is None:
+        raise NotFound("Participant not found")
+    await _drop(uow, actor, access.thread, access.participant)
+    return access.thread.id
+
+
+async def set_participant_role(
+    uow: UnitOfWork, actor: User, thread_id: str, user_id: str, role: ThreadRole
+) -> ThreadParticipant:
+    access = await access_thread(uow.session, actor, thread_id, ThreadRole.OWNER, for_update=True)
+    uid = parse_id(user_id, "User")
+    participant = await _participant(uow.session, access.thread.id, uid)
+    if participant is None:
+        raise NotFound("Participant not found")
+    if participant.thread_role is role:
+        return participant
+    if (
+        participant.thread_role is ThreadRole.OWNER
+        and await _owner_count(uow.session, access.thread.id) <= 1
+    ):
+        raise Conflict("The last OWNER cannot be demoted: make someone else OWNER first")
+    participant.role = role.value
+    await uow.session.flush()
+    await _participant_changed(uow, actor, access.thread, uid, role)
+    return participant
+
+
+async def mute_thread(uow: UnitOfWork, actor: User, thread_id: str, muted: bool) -> Thread:
+    access = await access_thread(uow.session, actor, thread_id, ThreadRole.MEMBER)
+    if access.participant is None:
+        raise Conflict("Only participants can mute a thread")
+    access.participant.muted = muted
+    await uow.session.flush()
+    return access.thread
+
+
+async def threads_of(
+    session: AsyncSession, actor: User, search: str | None, request: PageRequest
+) -> Page[Thread]:
+    """The actor's threads, most recently active first."""
+    if request.backwards:
+        raise BadInput("Threads page forwards only: use `first` and `after`")
+    query = (
+        select(Thread)
+        .join(ThreadParticipant, ThreadParticipant.thread_id == Thread.id)
+        .where(ThreadParticipant.user_id == actor.id, Thread.deleted_at.is_(None))
+    )
+    if search and search.strip():
+        pattern = "%" + search.strip().lower().replace("\\", "\\\\").replace("%", "\\%") + "%"
+        query = query.where(func.lower(Thread.title).like(pattern, escape="\\"))
+    after = request.after_key()
+    if after is not None:
+        if len(after) != 2:
+            raise BadInput("Invalid cursor")
+        from datetime import datetime
+
+        try:
+            at, tid = datetime.fromisoformat(after[0]), uuid.UUID(after[1])
+        except (TypeError, ValueError):
+            raise BadInput("Invalid cursor") from None
+        query = query.where(
+            or_(
+                Thread.last_activity_at < at,
+                (Thread.last_activity_at == at) & (Thread.id < tid),
+            )
+        )
+    query = query.order_by(Thread.last_activity_at.desc(), Thread.id.desc()).limit(
+        request.size + 1
+    )
+    rows = list(await session.scalars(query))
+    return make_page(rows, request, lambda t: [t.last_activity_at.isoformat(), str(t.id)])
+
+
+async def participants_page(
+    session: AsyncSession, thread_id: uuid.UUID, request: PageRequest
+) -> tuple[Page[ThreadParticipant], int]:
+    if request.backwards:
+        raise BadInput("Participants page forwards only: use `first` and `after`")
+    query = select(ThreadParticipant).where(ThreadParticipant.thread_id == thread_id)
+    after = request.after_key()
+    if after is not None:
+        try:
+            query = query.where(ThreadParticipant.user_id > uuid.UUID(str(after[0])))
+        except (ValueError, IndexError):
+            raise BadInput("Invalid cursor") from None
+    rows = list(
+        await session.scalars(query.order_by(ThreadParticipant.user_id).limit(request.size + 1))
+    )
+    total = await session.scalar(
+        select(func.count())
+        .select_from(ThreadParticipant)
+        .where(ThreadParticipant.thread_id == thread_id)
+    )
+    return make_page(rows, request, lambda p: [str(p.user_id)]), int(total or 0)
+
+
+async def get_thread(session: AsyncSession, thread_id: uuid.UUID) -> Thread:
+    thread = await session.get(Thread, thread_id)
+    if thread is None or thread.deleted_at is not None:
+        raise NotFound("Thread not found")
+    return thread
+
+
+async def threads_by_ids(
+    session: AsyncSession, ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, Thread]:
+    rows = await session.scalars(select(Thread).where(Thread.id.in_(set(ids))))
+    return {t.id: t for t in rows}
+
+
+async def participations(
+    session: AsyncSession, user_id: uuid.UUID, thread_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, ThreadParticipant]:
+    rows = await session.scalars(
+        select(ThreadParticipant).where(
+            ThreadParticipant.user_id == user_id, ThreadParticipant.thread_id.in_(set(thread_ids))
+        )
+    )
+    return {p.thread_id: p for p in rows}

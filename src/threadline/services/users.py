@@ -1,0 +1,153 @@
+"""Users as the app sees them: lookup, search, profile and role changes."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from threadline.db import UnitOfWork
+from threadline.errors import BadInput, Conflict, NotFound
+from threadline.models import Session, SystemRole, User
+from threadline.services.pagination import Page, PageRequest, make_page
+from threadline.services.permissions import parse_id, require_system_role
+from threadline.services.text_rules import clean_display_name
+
+DEV_CLERK_PREFIX = "dev_"
+MAX_PREFERENCES_BYTES = 16_384
+
+
+async def get_user(session: AsyncSession, user_id: str | uuid.UUID) -> User:
+    user = await session.get(User, parse_id(user_id, "User"))
+    if user is None:
+        raise NotFound("User not found")
+    return user
+
+
+async def users_by_ids(session: AsyncSession, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, User]:
+    if not ids:
+        return {}
+    rows = await session.scalars(select(User).where(User.id.in_(set(ids))))
+    return {u.id: u for u in rows}
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+async def search_users(
+    session: AsyncSession, search: str | None, request: PageRequest
+) -> Page[User]:
+    """Live users whose username or display name contains ``search``, by name."""
+    if request.backwards:
+        raise BadInput("Users page forwards only: use `first` and `after`")
+    query = select(User).where(User.deleted_at.is_(None))
+    if search and search.strip():
+        pattern = f"%{_escape_like(search.strip().lower())}%"
+        query = query.where(
+            or_(
+                func.lower(User.username).like(pattern, escape="\\"),
+                func.lower(User.display_name).like(pattern, escape="\\"),
+            )
+        )
+    after = request.after_key()
+    if after is not None:
+        if len(after) != 2 or not all(isinstance(v, str) for v in after):
+            raise BadInput("Invalid cursor")
+        query = query.where(
+            or_(
+                User.display_name > after[0],
+                (User.display_name == after[0]) & (User.id > uuid.UUID(after[1])),
+            )
+        )
+    query = query.order_by(User.display_name, User.id).limit(request.size + 1)
+    rows = list(await session.scalars(query))
+    return make_page(rows, request, lambda u: [u.display_name, str(u.id)])
+
+
+async def update_me(
+    uow: UnitOfWork,
+    actor: User,
+    *,
+    display_name: str | None = None,
+    preferences: Any = None,
+    set_preferences: bool = False,
+) -> User:
+    user = await uow.session.get(User, actor.id)
+    if user is None:
+        raise NotFound("User not found")
+    if display_name is not None:
+        user.display_name = clean_display_name(display_name)
+    if set_preferences:
+        if not isinstance(preferences, dict):
+            raise BadInput("`preferences` must be a JSON object")
+        if len(orjson.dumps(preferences)) > MAX_PREFERENCES_BYTES:
+            raise BadInput(f"`preferences` must be at most {MAX_PREFERENCES_BYTES} bytes")
+        user.preferences = preferences
+    await uow.session.flush()
+    return user
+
+
+async def set_user_role(
+    uow: UnitOfWork, actor: User, user_id: str | uuid.UUID, role: SystemRole
+) -> User:
+    require_system_role(actor, SystemRole.OWNER)
+    user = await get_user(uow.session, user_id)
+    if user.deleted_at is not None:
+        raise NotFound("User not found")
+    if user.id == actor.id and role is not SystemRole.OWNER:
+        await _ensure_another_owner(uow.session, user.id)
+    user.role = role.value
+    await uow.session.flush()
+    return user
+
+
+async def _ensure_another_owner(session: AsyncSession, user_id: uuid.UUID) -> None:
+    others = await session.scalar(
+        select(func.count())
+        .select_from(User)
+        .where(User.role == SystemRole.OWNER.value, User.id != user_id, User.deleted_at.is_(None))
+    )
+    if not others:
+        raise Conflict("The last system OWNER cannot step down")
+
+
+async def set_role_by_username(uow: UnitOfWork, username: str, role: SystemRole) -> User:
+    """The CLI's bootstrap: no actor, the operator's shell is the authority."""
+    user = await uow.session.scalar(
+        select(User).where(User.username == username, User.deleted_at.is_(None))
+    )
+    if user is None:
+        raise NotFound(f"No user named {username!r}")
+    user.role = role.value
+    await uow.session.flush()
+    return user
+
+
+async def ensure_dev_user(uow: UnitOfWork, username: str) -> User:
+    """The user behind a development token, created on first use."""
+    name = username.strip()
+    if not name or len(name) > 64 or not all(c.isalnum() or c in "_-." for c in name):
+        raise BadInput("A username is 1 to 64 letters, digits, '_', '-' or '.'")
+    clerk_id = DEV_CLERK_PREFIX + name
+    user = await uow.session.scalar(select(User).where(User.clerk_id == clerk_id))
+    if user is None:
+        user = User(clerk_id=clerk_id, username=name, display_name=name)
+        uow.session.add(user)
+        await uow.session.flush()
+    return user
+
+
+async def sessions_of(session: AsyncSession, actor: User, limit: int = 50) -> list[Session]:
+    rows = await session.scalars(
+        select(Session)
+        .where(Session.user_id == actor.id)
+        .order_by(Session.connected_at.desc())
+        .limit(limit)
+    )
+    return list(rows)

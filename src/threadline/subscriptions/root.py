@@ -1,0 +1,57 @@
+"""The Subscription root type: each field delegates to its own module."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+
+import strawberry
+from strawberry import ID, Info
+
+from threadline.auth.directives import authenticated, thread_role
+from threadline.schema.enums import ThreadRole
+from threadline.schema.events import PresenceChanged, ThreadActivity, ThreadEventType, ViewerEvent
+from threadline.subscriptions import activity, presence, thread_events, viewer
+
+
+@strawberry.type
+class Subscription:
+    @strawberry.subscription(
+        description=(
+            "The thread's events in `seq` order, with no gaps. With `afterSeq`, first "
+            "replays every stored event after it, then goes on live: a client that "
+            "reconnects with the last seq it saw misses nothing and sees nothing twice."
+        ),
+        extensions=[thread_role(ThreadRole.MEMBER)],
+    )
+    async def thread_events(
+        self, info: Info, thread_id: ID, after_seq: int | None = None
+    ) -> AsyncGenerator[ThreadEventType, None]:
+        async for event in thread_events.stream(info, thread_id, after_seq):
+            yield event
+
+    @strawberry.subscription(
+        description="Typing and read receipts in a thread.",
+        extensions=[thread_role(ThreadRole.MEMBER)],
+    )
+    async def thread_activity(
+        self, info: Info, thread_id: ID
+    ) -> AsyncGenerator[ThreadActivity, None]:
+        async for event in activity.stream(info, thread_id):
+            yield event
+
+    @strawberry.subscription(
+        description=(
+            "The current presence of each user first, then every change (at most 200 users)."
+        ),
+        extensions=[authenticated()],
+    )
+    async def presence(
+        self, info: Info, user_ids: list[ID]
+    ) -> AsyncGenerator[PresenceChanged, None]:
+        async for event in presence.stream(info, user_ids):
+            yield event
+
+    @strawberry.subscription(extensions=[authenticated()])
+    async def viewer_events(self, info: Info) -> AsyncGenerator[ViewerEvent, None]:
+        async for event in viewer.stream(info):
+            yield event

@@ -1,0 +1,239 @@
+"""Test harness: a real server per test, on PostgreSQL + Redis or SQLite + in-memory.
+
+``THREADLINE_TEST_BACKEND`` picks the backend (``postgres`` or ``sqlite``, default
+sqlite). The schema is migrated once per session; each test starts from empty
+tables (PostgreSQL: TRUNCATE; SQLite: a fresh copy of the migrated file) and a
+flushed Redis database. Clients are real: httpx over TCP and WebSocket clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from threadline.app import create_app
+from threadline.auth.tokens import mint_dev_token
+from threadline.config import Settings
+from threadline.migrate import upgrade_to_head
+from threadline.models import Base
+
+BACKEND = os.environ.get("THREADLINE_TEST_BACKEND", "sqlite")
+PG_BASE = "postgresql+asyncpg://postgres@127.0.0.1:5432"
+REDIS_BASE = "redis://127.0.0.1:6379"
+DEV_SECRET = "test-dev-secret-" + "x" * 32
+SESSION_DB = f"tl_test_{os.getpid()}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _pg_admin(sql: str) -> None:
+    engine = create_async_engine(f"{PG_BASE}/postgres", isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text(sql))
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def migrated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The migrated template: a PostgreSQL database, or a SQLite file to copy."""
+    if BACKEND == "postgres":
+        asyncio.run(_pg_admin(f"DROP DATABASE IF EXISTS {SESSION_DB} WITH (FORCE)"))
+        asyncio.run(_pg_admin(f"CREATE DATABASE {SESSION_DB}"))
+        url = f"{PG_BASE}/{SESSION_DB}"
+        upgrade_to_head(url)
+        yield url
+        asyncio.run(_pg_admin(f"DROP DATABASE IF EXISTS {SESSION_DB} WITH (FORCE)"))
+    else:
+        path = tmp_path_factory.mktemp("template") / "template.db"
+        upgrade_to_head(f"sqlite+aiosqlite:///{path}")
+        yield str(path)
+
+
+async def _truncate(url: str) -> None:
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as conn:
+            names = ", ".join(t.name for t in Base.metadata.sorted_tables)
+            await conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture
+async def database_url(migrated: str, tmp_path: Path) -> str:
+    if BACKEND == "postgres":
+        await _truncate(migrated)
+        return migrated
+    target = tmp_path / "threadline.db"
+    shutil.copy(migrated, target)
+    return f"sqlite+aiosqlite:///{target}"
+
+
+@pytest.fixture
+async def redis_url() -> AsyncIterator[str | None]:
+    if BACKEND != "postgres":
+        yield None
+        return
+    import redis.asyncio as aioredis
+
+    url = f"{REDIS_BASE}/14"
+    client = aioredis.Redis.from_url(url)
+    await client.flushdb()
+    yield url
+    await client.flushdb()
+    await client.aclose()
+
+
+@pytest.fixture
+def settings(database_url: str, redis_url: str | None, tmp_path: Path) -> Settings:
+    return Settings(
+        database_url=database_url,
+        redis_url=redis_url,
+        dev_auth_secret=DEV_SECRET,  # type: ignore[arg-type]
+        upload_dir=tmp_path / "uploads",
+        clerk_webhook_secret="whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",  # type: ignore[arg-type]
+        _env_file=None,  # type: ignore[call-arg]
+    )
+
+
+@dataclass
+class Server:
+    base: str
+    app: Any
+    server: uvicorn.Server
+    task: asyncio.Task[None]
+
+    @property
+    def ws_url(self) -> str:
+        return self.base.replace("http", "ws", 1) + "/graphql"
+
+    @property
+    def runtime(self) -> Any:
+        return self.app.state.runtime
+
+
+async def start_server(settings: Settings) -> Server:
+    app = create_app(settings)
+    port = free_port()
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", ws_per_message_deflate=False, lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    for _ in range(200):
+        if server.started:
+            break
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.02)
+    else:
+        raise RuntimeError("test server did not start")
+    return Server(f"http://127.0.0.1:{port}", app, server, task)
+
+
+async def stop_server(server: Server) -> None:
+    server.server.should_exit = True
+    try:
+        await asyncio.wait_for(server.task, 10)
+    except TimeoutError:
+        server.server.force_exit = True
+        await asyncio.wait_for(server.task, 5)
+
+
+@pytest.fixture
+async def server(settings: Settings) -> AsyncIterator[Server]:
+    running = await start_server(settings)
+    yield running
+    await stop_server(running)
+
+
+class GraphQLError(AssertionError):
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        super().__init__(errors)
+        self.errors = errors
+
+    @property
+    def code(self) -> str | None:
+        return self.errors[0].get("extensions", {}).get("code")
+
+
+def token_for(username: str) -> str:
+    return mint_dev_token(DEV_SECRET, f"dev_{username}", username)
+
+
+@dataclass
+class Api:
+    """A signed-in (or anonymous) GraphQL client over real HTTP."""
+
+    http: httpx.AsyncClient
+    token: str | None = None
+    username: str | None = None
+    id: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    async def raw(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+        headers = {"authorization": f"Bearer {self.token}"} if self.token else {}
+        response = await self.http.post(
+            "/graphql", json={"query": query, "variables": variables or {}}, headers=headers
+        )
+        body: dict[str, Any] = response.json()
+        return body
+
+    async def gql(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+        body = await self.raw(query, variables)
+        if body.get("errors"):
+            raise GraphQLError(body["errors"])
+        data: dict[str, Any] = body["data"]
+        return data
+
+    async def error(self, query: str, variables: dict[str, Any] | None = None) -> str | None:
+        """The first error's code; fails when the operation succeeded."""
+        body = await self.raw(query, variables)
+        assert body.get("errors"), f"expected an error, got {body}"
+        code: str | None = body["errors"][0].get("extensions", {}).get("code")
+        return code
+
+
+class Clients:
+    def __init__(self, http: httpx.AsyncClient) -> None:
+        self.http = http
+        self.anonymous = Api(http)
+
+    async def user(self, username: str) -> Api:
+        api = Api(self.http, token_for(username), username)
+        api.id = (await api.gql("{ me { id } }"))["me"]["id"]
+        return api
+
+
+@pytest.fixture
+async def http(server: Server) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=server.base, timeout=30) as client:
+        yield client
+
+
+@pytest.fixture
+async def clients(http: httpx.AsyncClient) -> Clients:
+    return Clients(http)
+
+
+def unique(prefix: str = "x") -> str:
+    return f"{prefix}{uuid.uuid4().hex[:8]}"

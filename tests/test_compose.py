@@ -1,0 +1,128 @@
+"""docker-compose.yml: the services a deployment needs, wired in order, configured by name.
+
+Plain functions with no fixtures: these tests read files and need no database.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from threadline.config import Settings
+
+COMPOSE_FILE = Path(__file__).resolve().parent.parent / "docker-compose.yml"
+REQUIRED_SERVICES = {"postgres", "redis", "migrate", "app", "backup"}
+SETTINGS_NAMES = {name.upper() for name in Settings.model_fields}
+
+# Shapes of real secrets: Clerk keys, Svix webhook secrets, PEM blocks.
+LITERAL_SECRET = re.compile(
+    r"sk_(live|test)_[A-Za-z0-9]{8,}|whsec_[A-Za-z0-9+/=]{8,}|-----BEGIN [A-Z ]*PRIVATE KEY"
+)
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|_KEY$")
+# "${NAME}", "${NAME:-default}", "${NAME:?message}" and their forms without the colon.
+INTERPOLATION = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*(?::?[-?][^}]*)?\}")
+# scheme://user:password@host: the password part.
+URL_PASSWORD = re.compile(r"://[^:/@\s]+:([^@\s]+)@")
+
+
+def _compose() -> dict[str, Any]:
+    loaded = yaml.safe_load(COMPOSE_FILE.read_text())
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+def _service(name: str) -> dict[str, Any]:
+    service = _compose()["services"][name]
+    assert isinstance(service, dict)
+    return service
+
+
+def _environment(service: dict[str, Any]) -> dict[str, str]:
+    """A service's environment as a mapping, from either of compose's two spellings."""
+    environment = service.get("environment") or {}
+    if isinstance(environment, list):
+        pairs = (entry.split("=", 1) for entry in environment)
+        return {pair[0]: pair[1] if len(pair) > 1 else "" for pair in pairs}
+    return {str(name): "" if value is None else str(value) for name, value in environment.items()}
+
+
+def _strings(node: object) -> list[str]:
+    """Every string in the parsed file, keys and values."""
+    if isinstance(node, dict):
+        return [s for key, value in node.items() for s in _strings(key) + _strings(value)]
+    if isinstance(node, list):
+        return [s for item in node for s in _strings(item)]
+    return [node] if isinstance(node, str) else []
+
+
+def _is_only_interpolation(value: str) -> bool:
+    return INTERPOLATION.fullmatch(value) is not None
+
+
+def test_the_deployment_has_database_cache_migration_app_and_backup_services() -> None:
+    assert set(_compose()["services"]) >= REQUIRED_SERVICES
+
+
+def test_app_and_migrate_are_configured_only_with_settings_names() -> None:
+    for name in ("app", "migrate"):
+        unknown = set(_environment(_service(name))) - SETTINGS_NAMES
+        assert not unknown, f"{name} sets variables that Settings does not read: {sorted(unknown)}"
+
+
+def test_app_runs_in_production_against_postgresql_and_redis() -> None:
+    environment = _environment(_service("app"))
+    assert environment["THREADLINE_ENV"] == "production"
+    assert environment["DATABASE_URL"].startswith("postgresql+asyncpg://")
+    assert environment["REDIS_URL"].startswith("redis://")
+    assert environment["CLERK_JWKS_URL"] or environment.get("CLERK_JWT_KEY")
+
+
+def test_migrate_and_app_share_one_image() -> None:
+    app, migrate = _service("app"), _service("migrate")
+    assert app["image"] == migrate["image"]
+    assert app.get("build") == migrate.get("build")
+    assert migrate["command"] == ["threadline", "migrate"]
+    assert _environment(migrate)["DATABASE_URL"] == _environment(app)["DATABASE_URL"]
+
+
+def test_app_starts_after_a_successful_migration_and_healthy_redis() -> None:
+    depends_on = _service("app")["depends_on"]
+    assert depends_on["migrate"]["condition"] == "service_completed_successfully"
+    assert depends_on["redis"]["condition"] == "service_healthy"
+
+
+def test_migration_waits_for_a_healthy_database() -> None:
+    assert _service("migrate")["depends_on"]["postgres"]["condition"] == "service_healthy"
+
+
+def test_database_and_cache_have_healthchecks() -> None:
+    for name in ("postgres", "redis"):
+        assert _service(name)["healthcheck"]["test"], f"{name} has no healthcheck"
+
+
+def test_backups_dump_the_database_and_read_the_uploads_volume_read_only() -> None:
+    backup = _service("backup")
+    assert backup["image"] == _service("postgres")["image"]
+    script = " ".join(_strings(backup.get("command")) + _strings(backup.get("entrypoint")))
+    assert "pg_dump -Fc" in script
+    volumes = [str(volume) for volume in backup["volumes"]]
+    assert any(volume.startswith("backups:") for volume in volumes)
+    assert any(volume.startswith("uploads:") and volume.endswith(":ro") for volume in volumes)
+    assert any(volume.startswith("uploads:") for volume in _service("app")["volumes"])
+
+
+def test_no_literal_secret_appears_in_the_compose_file() -> None:
+    text = COMPOSE_FILE.read_text()
+    assert not LITERAL_SECRET.search(text), "a literal secret is in docker-compose.yml"
+
+
+def test_secret_variables_come_from_the_environment() -> None:
+    for name, service in _compose()["services"].items():
+        for variable, value in _environment(service).items():
+            if SECRET_NAME.search(variable) and value:
+                assert _is_only_interpolation(value), f"{name}: {variable} is not ${{...}}"
+            for password in URL_PASSWORD.findall(value):
+                assert _is_only_interpolation(password), f"{name}: {variable} has a password"

@@ -1,0 +1,72 @@
+"""The signed-in user: tokens from the CLI, `me`, profile updates and system roles."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from tests.conftest import Clients, Server
+
+ME = "{ me { id username displayName role preferences } }"
+
+
+async def test_me_returns_the_user_behind_a_development_token(clients: Clients) -> None:
+    alice = await clients.user("alice")
+    me = (await alice.gql(ME))["me"]
+    assert me["username"] == "alice"
+    assert me["role"] == "MEMBER"
+    assert me["preferences"] == {}
+
+
+async def test_me_without_a_token_is_unauthenticated(clients: Clients) -> None:
+    assert await clients.anonymous.error(ME) == "UNAUTHENTICATED"
+
+
+async def test_a_bad_token_is_unauthenticated(clients: Clients) -> None:
+    clients.anonymous.token = "not-a-jwt"
+    assert await clients.anonymous.error(ME) == "UNAUTHENTICATED"
+
+
+async def test_cli_token_signs_in_as_that_user(server: Server, clients: Clients) -> None:
+    settings = server.runtime.settings
+    env = {
+        **os.environ,
+        "DATABASE_URL": settings.database_url,
+        "DEV_AUTH_SECRET": settings.dev_auth_secret.get_secret_value(),
+    }
+    env.pop("REDIS_URL", None)
+    out = subprocess.run(
+        [sys.executable, "-m", "threadline", "token", "carol"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    clients.anonymous.token = out.stdout.strip().splitlines()[-1]
+    me = (await clients.anonymous.gql(ME))["me"]
+    assert me["username"] == "carol"
+
+
+async def test_update_me_changes_display_name_and_preferences(clients: Clients) -> None:
+    alice = await clients.user("alice")
+    data = await alice.gql(
+        'mutation { updateMe(input: {displayName: "  Alice A. ", preferences: {theme: "dark"}}) '
+        "{ displayName preferences } }"
+    )
+    assert data["updateMe"] == {"displayName": "Alice A.", "preferences": {"theme": "dark"}}
+
+
+async def test_preferences_are_hidden_from_other_users(clients: Clients) -> None:
+    alice, bob = await clients.user("alice"), await clients.user("bob")
+    await alice.gql('mutation { updateMe(input: {preferences: {secret: 1}}) { id } }')
+    seen = await bob.gql("query($id: ID!) { user(id: $id) { preferences } }", {"id": alice.id})
+    assert seen["user"]["preferences"] is None
+
+
+async def test_users_search_finds_by_username_and_display_name(clients: Clients) -> None:
+    alice = await clients.user("alice")
+    await clients.user("bob")
+    found = await alice.gql('{ users(search: "bo") { edges { node { username } } } }')
+    assert [e["node"]["username"] for e in found["users"]["edges"]] == ["bob"]

@@ -1,0 +1,275 @@
+"""Per-user moving-window rate limits, in memory and in a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
+
+import pytest
+import redis.asyncio
+
+from threadline.errors import ErrorCode, RateLimited
+from threadline.realtime.rate_limits import (
+    DEFAULT_LIMITS,
+    MAX_SUBSCRIPTIONS_PER_CONNECTION,
+    Action,
+    RateLimiter,
+)
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+MakeLimiter = Callable[..., RateLimiter]
+
+
+@pytest.fixture(
+    params=[
+        pytest.param(None, id="memory"),
+        pytest.param(REDIS_URL, id="redis", marks=pytest.mark.redis_only),
+    ]
+)
+async def make_limiter(request: pytest.FixtureRequest) -> AsyncIterator[MakeLimiter]:
+    """Builds limiters on one storage; with Redis, all under a prefix of this test's own."""
+    redis_url: str | None = request.param
+    prefix = f"test:ratelimit:{uuid.uuid4().hex}"
+    made: list[RateLimiter] = []
+
+    def make(*, limits: Mapping[Action, str] | None = None, enabled: bool = True) -> RateLimiter:
+        limiter = RateLimiter(redis_url, enabled=enabled, limits=limits, key_prefix=prefix)
+        made.append(limiter)
+        return limiter
+
+    yield make
+    for limiter in made:
+        await limiter.aclose()
+    if redis_url is not None:
+        await delete_redis_keys(prefix)
+
+
+async def delete_redis_keys(prefix: str) -> None:
+    """Remove what a test left in Redis (windows expire anyway, uploads only after a minute)."""
+    async with redis.asyncio.Redis.from_url(REDIS_URL) as client:
+        async for key in client.scan_iter(match=f"{prefix}:*"):
+            await client.delete(key)
+
+
+def closed_port() -> int:
+    """A local TCP port that nothing listens on."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+async def hit_times(limiter: RateLimiter, action: Action, key: str, times: int) -> None:
+    for _ in range(times):
+        await limiter.hit(action, key)
+
+
+def test_defaults_match_the_contract() -> None:
+    assert dict(DEFAULT_LIMITS) == {
+        Action.SEND_MESSAGE: "20/2 seconds",
+        Action.SET_TYPING: "2/second",
+        Action.UPLOAD: "10/minute",
+        Action.MUTATION: "30/second",
+        Action.WS_CONNECT: "10/minute",
+    }
+    assert MAX_SUBSCRIPTIONS_PER_CONNECTION == 100
+
+
+async def test_21st_message_in_2_seconds_is_refused_with_retry_after(
+    make_limiter: MakeLimiter,
+) -> None:
+    limiter = make_limiter()
+    await hit_times(limiter, Action.SEND_MESSAGE, "user_a", 20)
+
+    with pytest.raises(RateLimited) as raised:
+        await limiter.hit(Action.SEND_MESSAGE, "user_a")
+
+    # All 20 were sent just now, so the oldest leaves the window in just under 2 s.
+    assert raised.value.code is ErrorCode.RATE_LIMITED
+    assert raised.value.retry_after == 2
+    assert raised.value.extensions == {"retryAfter": 2}
+    assert "2 s" in raised.value.message
+
+
+async def test_window_moves_so_the_oldest_hit_frees_one_place(
+    make_limiter: MakeLimiter,
+) -> None:
+    limiter = make_limiter(limits={Action.MUTATION: "2/2 seconds"})
+    await limiter.hit(Action.MUTATION, "user_a")  # t = 0
+    await asyncio.sleep(1.1)
+    await limiter.hit(Action.MUTATION, "user_a")  # t = 1.1
+
+    with pytest.raises(RateLimited) as raised:
+        await limiter.hit(Action.MUTATION, "user_a")
+    # Until the hit at t = 0 leaves (t = 2), not a whole window from now.
+    assert raised.value.retry_after == 1
+
+    await asyncio.sleep(1.0)  # t = 2.1: the first hit has left, the second has not
+    await limiter.hit(Action.MUTATION, "user_a")
+    # A fixed window would have started afresh at t = 2 and let this one through.
+    with pytest.raises(RateLimited):
+        await limiter.hit(Action.MUTATION, "user_a")
+
+
+async def test_each_user_has_their_own_window(make_limiter: MakeLimiter) -> None:
+    limiter = make_limiter()
+    await hit_times(limiter, Action.SEND_MESSAGE, "user_a", 20)
+    with pytest.raises(RateLimited):
+        await limiter.hit(Action.SEND_MESSAGE, "user_a")
+
+    await hit_times(limiter, Action.SEND_MESSAGE, "user_b", 20)
+
+
+async def test_each_action_has_its_own_window(make_limiter: MakeLimiter) -> None:
+    limiter = make_limiter()
+    await hit_times(limiter, Action.SET_TYPING, "user_a", 2)
+    with pytest.raises(RateLimited):
+        await limiter.hit(Action.SET_TYPING, "user_a")
+
+    await hit_times(limiter, Action.SEND_MESSAGE, "user_a", 20)
+    await hit_times(limiter, Action.MUTATION, "user_a", 30)
+
+
+async def test_overriding_one_limit_keeps_the_other_defaults(make_limiter: MakeLimiter) -> None:
+    limiter = make_limiter(limits={Action.UPLOAD: "1/minute"})
+    await limiter.hit(Action.UPLOAD, "user_a")
+    with pytest.raises(RateLimited) as raised:
+        await limiter.hit(Action.UPLOAD, "user_a")
+    assert 59 <= raised.value.retry_after <= 60
+
+    await hit_times(limiter, Action.SET_TYPING, "user_a", 2)
+    with pytest.raises(RateLimited):
+        await limiter.hit(Action.SET_TYPING, "user_a")
+
+
+async def test_disabled_limiter_never_refuses(make_limiter: MakeLimiter) -> None:
+    limiter = make_limiter(enabled=False, limits={Action.MUTATION: "1/minute"})
+    await hit_times(limiter, Action.MUTATION, "user_a", 50)
+    await hit_times(limiter, Action.SEND_MESSAGE, "user_a", 50)
+
+
+async def test_healthy_when_the_storage_answers(make_limiter: MakeLimiter) -> None:
+    assert await make_limiter().healthy()
+
+
+def test_a_bad_limit_is_refused_when_the_limiter_is_built() -> None:
+    with pytest.raises(ValueError):
+        RateLimiter(None, limits={Action.UPLOAD: "lots per fortnight"})
+
+
+@pytest.mark.redis_only
+async def test_two_processes_on_one_redis_share_the_window() -> None:
+    prefix = f"test:ratelimit:{uuid.uuid4().hex}"
+    first = RateLimiter(REDIS_URL, key_prefix=prefix)
+    second = RateLimiter(REDIS_URL, key_prefix=prefix)
+    try:
+        await hit_times(first, Action.SEND_MESSAGE, "user_a", 10)
+        await hit_times(second, Action.SEND_MESSAGE, "user_a", 10)
+        with pytest.raises(RateLimited):
+            await first.hit(Action.SEND_MESSAGE, "user_a")
+        with pytest.raises(RateLimited):
+            await second.hit(Action.SEND_MESSAGE, "user_a")
+    finally:
+        await first.aclose()
+        await second.aclose()
+        await delete_redis_keys(prefix)
+
+
+async def test_redis_down_lets_calls_through_and_warns_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    limiter = RateLimiter(
+        f"redis://127.0.0.1:{closed_port()}/0", limits={Action.MUTATION: "3/second"}
+    )
+    caplog.set_level(logging.WARNING, logger="threadline.realtime.rate_limits")
+    started = time.perf_counter()
+    try:
+        await hit_times(limiter, Action.MUTATION, "user_a", 100)
+        assert not await limiter.healthy()
+    finally:
+        await limiter.aclose()
+
+    assert time.perf_counter() - started < 1.0
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "unreachable" in warnings[0].getMessage()
+
+
+class RedisHop:
+    """A TCP hop in front of the test Redis, which a test takes down and brings back."""
+
+    def __init__(self) -> None:
+        self.port = closed_port()
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def up(self) -> None:
+        self._server = await asyncio.start_server(self._forward, "127.0.0.1", self.port)
+
+    async def down(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        for writer in self._writers:
+            writer.close()
+        self._writers.clear()
+
+    async def _forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", 6379)
+        self._writers |= {writer, upstream_writer}
+        await asyncio.gather(
+            self._pipe(reader, upstream_writer), self._pipe(upstream_reader, writer)
+        )
+
+    @staticmethod
+    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except OSError:
+            pass
+        finally:
+            writer.close()
+
+
+@pytest.mark.redis_only
+async def test_limits_resume_counting_when_redis_comes_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    hop = RedisHop()
+    await hop.up()
+    prefix = f"test:ratelimit:{uuid.uuid4().hex}"
+    limiter = RateLimiter(
+        f"redis://127.0.0.1:{hop.port}/0",
+        limits={Action.MUTATION: "2/minute"},
+        key_prefix=prefix,
+    )
+    caplog.set_level(logging.INFO, logger="threadline.realtime.rate_limits")
+    try:
+        await hit_times(limiter, Action.MUTATION, "user_a", 2)
+
+        await hop.down()
+        await hit_times(limiter, Action.MUTATION, "user_a", 5)
+        assert not await limiter.healthy()
+
+        await hop.up()
+        # After a failure the limiter leaves Redis alone for a second.
+        await asyncio.sleep(1.05)
+        assert await limiter.healthy()
+        # The two hits counted before the outage are still in Redis's window.
+        with pytest.raises(RateLimited):
+            await limiter.hit(Action.MUTATION, "user_a")
+    finally:
+        await limiter.aclose()
+        await hop.down()
+        await delete_redis_keys(prefix)
+    messages = [record.getMessage() for record in caplog.records]
+    assert any("unreachable" in message for message in messages)
+    assert any("reachable again" in message for message in messages)

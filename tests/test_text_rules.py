@@ -1,0 +1,246 @@
+"""The rules for user text: sanitising, lengths, emoji and mentions, as tables."""
+
+from __future__ import annotations
+
+import emoji
+import pytest
+
+from threadline.errors import BadInput, ErrorCode
+from threadline.services.text_rules import (
+    MAX_DISTINCT_REACTIONS,
+    check_emoji,
+    clean_body,
+    clean_description,
+    clean_display_name,
+    clean_title,
+    mentioned_usernames,
+)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        pytest.param("hello", "hello", id="plain text unchanged"),
+        pytest.param("e\u0301", "\u00e9", id="NFC composes e + combining acute"),
+        pytest.param("Ame\u0301lie", "Am\u00e9lie", id="NFC inside a word"),
+        pytest.param("e\x00\u0301", "\u00e9", id="control between letter and mark, then NFC"),
+        pytest.param("a\x00b\x07c\x1bd\x7fe", "abcde", id="C0 controls and DEL removed"),
+        pytest.param("a\x80b\x9fc", "abc", id="C1 controls removed"),
+        pytest.param("a\x0bb\x0cc", "abc", id="vertical tab and form feed removed"),
+        pytest.param("line one\nline two", "line one\nline two", id="newline kept"),
+        pytest.param("col\tcol", "col\tcol", id="tab kept"),
+        pytest.param("a\r\nb", "a\nb", id="CRLF becomes newline"),
+        pytest.param("a\rb", "a\nb", id="lone CR becomes newline"),
+        pytest.param("a\u2028b\u2029c\x85d", "a\nb\nc\nd", id="Unicode line breaks and NEL"),
+        pytest.param("  \t hi \n ", "hi", id="surrounding whitespace trimmed"),
+        pytest.param("\u3000hi\u00a0", "hi", id="Unicode spaces trimmed"),
+        pytest.param("\u200bhi\u200b\u2060", "hi", id="zero-width characters at the edges trimmed"),
+        pytest.param("a  \n\n  b", "a  \n\n  b", id="inner whitespace kept"),
+        pytest.param(
+            "invoice\u202efdp.exe", "invoicefdp.exe", id="bidi override removed (Trojan Source)"
+        ),
+        pytest.param("a\u202ab\u202cc\u2066d\u2069", "abcd", id="bidi embeddings, isolates out"),
+        pytest.param(
+            "\u05e9\u05dc\u05d5\u05dd\u200f!", "\u05e9\u05dc\u05d5\u05dd\u200f!", id="RLM kept"
+        ),
+        pytest.param("\ufeffhi", "hi", id="byte-order mark removed"),
+        pytest.param("a\ud800b", "ab", id="lone surrogate removed"),
+        pytest.param("👨\u200d👩\u200d👧 family", "👨\u200d👩\u200d👧 family", id="ZWJ kept"),
+        pytest.param(
+            "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645",
+            "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645",
+            id="ZWNJ kept",
+        ),
+        pytest.param(
+            "🏴\U000e0067\U000e0062\U000e0073\U000e0063\U000e0074\U000e007f",
+            "🏴󠁧󠁢󠁳󠁣󠁴󠁿",
+            id="tag flag kept",
+        ),
+        pytest.param("x" * 4000, "x" * 4000, id="4000 characters accepted"),
+        pytest.param(" " + "x" * 4000 + " ", "x" * 4000, id="length counted after trimming"),
+        pytest.param("😀" * 4000, "😀" * 4000, id="length in code points, not UTF-16 or bytes"),
+    ],
+)
+def test_clean_body_sanitises(raw: str, expected: str) -> None:
+    assert clean_body(raw) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "message_part"),
+    [
+        pytest.param("", "empty", id="empty"),
+        pytest.param("   \n\t  ", "empty", id="whitespace only"),
+        pytest.param("\x00\x01\u202e", "empty", id="controls only"),
+        pytest.param("\u200b\u200d", "empty", id="zero-width only"),
+        pytest.param("x" * 4001, "4001 characters, at most 4000", id="4001 characters"),
+        pytest.param("e\u0301" * 4001, "4001 characters", id="over 4000 after NFC"),
+    ],
+)
+def test_clean_body_refuses(raw: str, message_part: str) -> None:
+    with pytest.raises(BadInput) as raised:
+        clean_body(raw)
+    assert raised.value.code is ErrorCode.BAD_USER_INPUT
+    assert message_part in raised.value.message
+
+
+@pytest.mark.parametrize("raw", ["", "  \n ", "\x00"])
+def test_clean_body_allows_empty_with_attachments(raw: str) -> None:
+    assert clean_body(raw, has_attachments=True) == ""
+
+
+def test_clean_body_with_attachments_still_limits_length() -> None:
+    with pytest.raises(BadInput):
+        clean_body("x" * 4001, has_attachments=True)
+
+
+def test_clean_body_counts_length_after_nfc() -> None:
+    # 4000 "é" typed as e + combining acute are 8000 code points before NFC.
+    assert clean_body("e\u0301" * 4000) == "\u00e9" * 4000
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        pytest.param("Weekly sync", "Weekly sync", id="plain"),
+        pytest.param("  Weekly sync  ", "Weekly sync", id="trimmed"),
+        pytest.param("Weekly\nsync", "Weekly sync", id="newline becomes a space"),
+        pytest.param("Weekly \r\n\t sync", "Weekly sync", id="line break run becomes one space"),
+        pytest.param("Weekly\tsync", "Weekly sync", id="tab becomes a space"),
+        pytest.param("Caf\u0065\u0301", "Caf\u00e9", id="NFC"),
+        pytest.param("a\x00b", "ab", id="controls removed"),
+        pytest.param("t" * 200, "t" * 200, id="200 characters accepted"),
+    ],
+)
+def test_clean_title_accepts(raw: str, expected: str) -> None:
+    assert clean_title(raw) == expected
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pytest.param("", id="empty"),
+        pytest.param(" \n\t ", id="whitespace only"),
+        pytest.param("t" * 201, id="201 characters"),
+    ],
+)
+def test_clean_title_refuses(raw: str) -> None:
+    with pytest.raises(BadInput):
+        clean_title(raw)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        pytest.param(None, None, id="none stays none"),
+        pytest.param("", None, id="empty becomes none"),
+        pytest.param("  \n ", None, id="whitespace becomes none"),
+        pytest.param(" About\nthis thread ", "About\nthis thread", id="lines kept, trimmed"),
+        pytest.param("d" * 2000, "d" * 2000, id="2000 characters accepted"),
+    ],
+)
+def test_clean_description(raw: str | None, expected: str | None) -> None:
+    assert clean_description(raw) == expected
+
+
+def test_clean_description_refuses_2001_characters() -> None:
+    with pytest.raises(BadInput, match="at most 2000"):
+        clean_description("d" * 2001)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        pytest.param(" Ada Lovelace ", "Ada Lovelace", id="trimmed"),
+        pytest.param("Ada\nLovelace", "Ada Lovelace", id="one line"),
+        pytest.param("Zoe\u0308", "Zo\u00eb", id="NFC"),
+        pytest.param("n" * 100, "n" * 100, id="100 characters accepted"),
+    ],
+)
+def test_clean_display_name_accepts(raw: str, expected: str) -> None:
+    assert clean_display_name(raw) == expected
+
+
+@pytest.mark.parametrize("raw", ["", "   ", "\u202e", "n" * 101])
+def test_clean_display_name_refuses(raw: str) -> None:
+    with pytest.raises(BadInput):
+        clean_display_name(raw)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        pytest.param("👍", "👍", id="simple"),
+        pytest.param(" 👍 ", "👍", id="trimmed"),
+        pytest.param("👍🏽", "👍🏽", id="skin tone modifier"),
+        pytest.param("👨\u200d👩\u200d👧", "👨\u200d👩\u200d👧", id="ZWJ family"),
+        pytest.param("🏳️\u200d🌈", "🏳️\u200d🌈", id="ZWJ flag"),
+        pytest.param("🇫🇷", "🇫🇷", id="regional indicator flag"),
+        pytest.param("🏴󠁧󠁢󠁳󠁣󠁴󠁿", "🏴󠁧󠁢󠁳󠁣󠁴󠁿", id="tag sequence flag"),
+        pytest.param("1️⃣", "1️⃣", id="keycap"),
+        pytest.param("1\u20e3", "1️⃣", id="keycap without VS16 is qualified"),
+        pytest.param("❤️", "❤️", id="heart with VS16"),
+        pytest.param("❤", "❤️", id="heart without VS16 is qualified"),
+        pytest.param("👁\u200d🗨", "👁️\u200d🗨️", id="minimally qualified ZWJ sequence"),
+        pytest.param("\U0001fae9", "\U0001fae9", id="recent emoji (Unicode 16)"),
+        pytest.param("👍\u202e", "👍", id="controls cleaned before the check"),
+    ],
+)
+def test_check_emoji_accepts_one_emoji(raw: str, expected: str) -> None:
+    cleaned = check_emoji(raw)
+    assert cleaned == expected
+    assert emoji.EMOJI_DATA[cleaned]["status"] == emoji.STATUS["fully_qualified"]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pytest.param("", id="empty"),
+        pytest.param("   ", id="whitespace"),
+        pytest.param("ab", id="letters"),
+        pytest.param("a", id="one letter"),
+        pytest.param("1", id="plain digit"),
+        pytest.param("#", id="plain hash"),
+        pytest.param(":)", id="emoticon"),
+        pytest.param(":thumbs_up:", id="shortcode"),
+        pytest.param("👍👍", id="two emoji"),
+        pytest.param("👍a", id="emoji and letter"),
+        pytest.param("🏽", id="skin tone modifier alone"),
+        pytest.param("🦰", id="hair component alone"),
+        pytest.param("🇫", id="lone regional indicator"),
+    ],
+)
+def test_check_emoji_refuses(raw: str) -> None:
+    with pytest.raises(BadInput) as raised:
+        check_emoji(raw)
+    assert raised.value.code is ErrorCode.BAD_USER_INPUT
+
+
+def test_at_most_twenty_distinct_reactions() -> None:
+    assert MAX_DISTINCT_REACTIONS == 20
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        pytest.param("no mentions here", [], id="none"),
+        pytest.param("@alice", ["alice"], id="alone"),
+        pytest.param("hi @alice and @bob", ["alice", "bob"], id="two, in order"),
+        pytest.param("@bob then @alice then @bob", ["bob", "alice"], id="de-duplicated"),
+        pytest.param("@Alice and @alice", ["Alice", "alice"], id="case kept as written"),
+        pytest.param(
+            "@ada_l @ada-l @ada.l @ada99", ["ada_l", "ada-l", "ada.l", "ada99"], id="chars"
+        ),
+        pytest.param("thanks @alice.", ["alice"], id="full stop after a name"),
+        pytest.param("@alice, @bob! @carol? (@dan)", ["alice", "bob", "carol", "dan"], id="punct"),
+        pytest.param("mail a@b.com", [], id="inside an e-mail address"),
+        pytest.param("mail alice@example.com", [], id="e-mail address"),
+        pytest.param("@alice@example.com", [], id="e-mail address after @"),
+        pytest.param("see https://social.example/@alice", [], id="inside a URL"),
+        pytest.param("@ alone", [], id="bare @"),
+        pytest.param("@@alice", [], id="double @"),
+        pytest.param("line\n@alice\t@bob", ["alice", "bob"], id="after newline and tab"),
+        pytest.param("@Zo\u00eb", ["Zo\u00eb"], id="non-ASCII letters"),
+    ],
+)
+def test_mentioned_usernames(body: str, expected: list[str]) -> None:
+    assert mentioned_usernames(body) == expected
