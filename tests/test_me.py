@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
-import subprocess
 import sys
 
 from tests.conftest import Clients, Server
@@ -36,15 +36,18 @@ async def test_cli_token_signs_in_as_that_user(server: Server, clients: Clients)
         "DEV_AUTH_SECRET": settings.dev_auth_secret.get_secret_value(),
     }
     env.pop("REDIS_URL", None)
-    out = subprocess.run(
-        [sys.executable, "-m", "threadline", "token", "carol"],
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "threadline",
+        "token",
+        "carol",
         env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
+        stdout=asyncio.subprocess.PIPE,
     )
-    clients.anonymous.token = out.stdout.strip().splitlines()[-1]
+    stdout, _ = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0
+    clients.anonymous.token = stdout.decode().strip().splitlines()[-1]
     me = (await clients.anonymous.gql(ME))["me"]
     assert me["username"] == "carol"
 
@@ -60,7 +63,7 @@ async def test_update_me_changes_display_name_and_preferences(clients: Clients) 
 
 async def test_preferences_are_hidden_from_other_users(clients: Clients) -> None:
     alice, bob = await clients.user("alice"), await clients.user("bob")
-    await alice.gql('mutation { updateMe(input: {preferences: {secret: 1}}) { id } }')
+    await alice.gql("mutation { updateMe(input: {preferences: {secret: 1}}) { id } }")
     seen = await bob.gql("query($id: ID!) { user(id: $id) { preferences } }", {"id": alice.id})
     assert seen["user"]["preferences"] is None
 

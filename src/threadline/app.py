@@ -42,7 +42,9 @@ async def readyz(request: Request) -> Response:
         health = runtime.broker.health()
         checks["redis"] = "ok" if runtime.broker.is_healthy else f"down: {health.get('last_error')}"
         ok = ok and runtime.broker.is_healthy
-    return JSONResponse({"status": "ok" if ok else "unavailable", **checks}, status_code=200 if ok else 503)
+    return JSONResponse(
+        {"status": "ok" if ok else "unavailable", **checks}, status_code=200 if ok else 503
+    )
 
 
 async def metrics(request: Request) -> Response:
@@ -70,7 +72,12 @@ def create_app(settings: Settings) -> Starlette:
                 CORSMiddleware,
                 allow_origins=settings.cors_origins,
                 allow_methods=["GET", "POST", "OPTIONS"],
-                allow_headers=["authorization", "content-type", "apollo-require-preflight", "x-apollo-operation-name"],
+                allow_headers=[
+                    "authorization",
+                    "content-type",
+                    "apollo-require-preflight",
+                    "x-apollo-operation-name",
+                ],
                 allow_credentials=True,
             )
         )

@@ -36,7 +36,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # The embedded default migrates itself; PostgreSQL deployments run `migrate`.
         _migrate(settings)
     if args.workers > 1 and not settings.redis_url:
-        print("threadline: --workers > 1 needs REDIS_URL (events must cross processes)", file=sys.stderr)
+        print(
+            "threadline: --workers > 1 needs REDIS_URL (events must cross processes)",
+            file=sys.stderr,
+        )
         return 2
     uvicorn.run(
         "threadline.asgi:app",
@@ -75,11 +78,16 @@ def cmd_token(args: argparse.Namespace) -> int:
     settings = _settings()
     secret = settings.resolve_dev_secret()
     if secret is None:
-        print("threadline: development tokens are off (Clerk keys are set, or production)", file=sys.stderr)
+        print(
+            "threadline: development tokens are off (Clerk keys are set, or production)",
+            file=sys.stderr,
+        )
         return 2
     if settings.is_sqlite:
         _migrate(settings)
-    user = asyncio.run(_with_db(settings, "cli_token", lambda uow: ensure_dev_user(uow, args.username)))
+    user = asyncio.run(
+        _with_db(settings, "cli_token", lambda uow: ensure_dev_user(uow, args.username))
+    )
     print(mint_dev_token(secret, user.clerk_id, args.username, ttl_seconds=args.ttl))  # type: ignore[attr-defined]
     return 0
 
@@ -91,7 +99,11 @@ def cmd_set_role(args: argparse.Namespace) -> int:
     settings = _settings()
     role = SystemRole(args.role.upper())
     try:
-        asyncio.run(_with_db(settings, "cli_set_role", lambda uow: set_role_by_username(uow, args.username, role)))
+        asyncio.run(
+            _with_db(
+                settings, "cli_set_role", lambda uow: set_role_by_username(uow, args.username, role)
+            )
+        )
     except DomainError as exc:
         print(f"threadline: {exc.message}", file=sys.stderr)
         return 1
@@ -114,7 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="threadline", description="Threadline chat backend")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="serve the API (migrates an embedded SQLite database first)")
+    serve = sub.add_parser(
+        "serve", help="serve the API (migrates an embedded SQLite database first)"
+    )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1)
@@ -148,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     args = build_parser().parse_args(argv)
     return int(args.func(args))

@@ -16,7 +16,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./threadline.db"
-DEV_SECRET_FILENAME = ".threadline-dev-secret"
+DEV_SECRET_FILENAME = ".threadline-dev-secret"  # noqa: S105 - a file name, not a secret
 
 
 class Environment(StrEnum):
@@ -107,7 +107,8 @@ class Settings(BaseSettings):
                 )
             if not self.clerk_enabled:
                 raise ConfigError(
-                    "THREADLINE_ENV=production needs Clerk keys: set CLERK_JWKS_URL or CLERK_JWT_KEY"
+                    "THREADLINE_ENV=production needs Clerk keys: "
+                    "set CLERK_JWKS_URL or CLERK_JWT_KEY"
                 )
 
     def resolve_dev_secret(self) -> str | None:

@@ -115,9 +115,13 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
             c
             for c in list(self.connections)
             if c.identity is not None
-            and (c.identity.session_id in clerk_session_ids or c.identity.clerk_id in clerk_user_ids)
+            and (
+                c.identity.session_id in clerk_session_ids or c.identity.clerk_id in clerk_user_ids
+            )
         ]
-        await asyncio.gather(*(self._close(c, CLOSE_SESSION_ENDED, "Session ended") for c in doomed))
+        await asyncio.gather(
+            *(self._close(c, CLOSE_SESSION_ENDED, "Session ended") for c in doomed)
+        )
 
     async def _close(self, context: Context, code: int, reason: str) -> None:
         self.connections.discard(context)
@@ -128,5 +132,6 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
             log.debug("socket already closed", exc_info=True)
 
     async def close_connections(self) -> None:
-        await asyncio.gather(*(self._close(c, 1001, "Server shutting down") for c in list(self.connections)))
-
+        await asyncio.gather(
+            *(self._close(c, 1001, "Server shutting down") for c in list(self.connections))
+        )

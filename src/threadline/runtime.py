@@ -49,10 +49,14 @@ class Runtime:
         self.typing = TypingTracker(settings.redis_url, self.broker)
         self._viewers: OrderedDict[tuple[str, str | None], tuple[float, User]] = OrderedDict()
         secret = settings.resolve_dev_secret() or (
-            settings.clerk_webhook_secret.get_secret_value() if settings.clerk_webhook_secret else ""
+            settings.clerk_webhook_secret.get_secret_value()
+            if settings.clerk_webhook_secret
+            else ""
         )
         # Attachment URLs are signed with a key derived from configured secrets.
-        self._url_key = hashlib.sha256(("threadline-url:" + secret + settings.database_url).encode()).digest()
+        self._url_key = hashlib.sha256(
+            ("threadline-url:" + secret + settings.database_url).encode()
+        ).digest()
 
     async def start(self) -> None:
         await self.broker.connect()
@@ -99,7 +103,9 @@ class Runtime:
                 user = await clerk_sync.user_for_identity(uow, identity)
         return user
 
-    def forget_viewers(self, clerk_user_ids: Sequence[str] = (), sessions: Sequence[str] = ()) -> None:
+    def forget_viewers(
+        self, clerk_user_ids: Sequence[str] = (), sessions: Sequence[str] = ()
+    ) -> None:
         for key in list(self._viewers):
             if key[0] in clerk_user_ids or key[1] in sessions:
                 del self._viewers[key]
@@ -114,7 +120,9 @@ class Runtime:
         path = f"/attachments/{row.id}/{quote(row.filename)}"
         return f"{path}?exp={expires}&sig={self.sign(path, expires)}"
 
-    def verify_signature(self, path: str, expires: int, signature: str, *, now: float | None = None) -> bool:
+    def verify_signature(
+        self, path: str, expires: int, signature: str, *, now: float | None = None
+    ) -> bool:
         if expires < (now or time.time()):
             return False
         return hmac.compare_digest(self.sign(path, expires), signature)

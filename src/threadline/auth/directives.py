@@ -13,8 +13,8 @@ import strawberry
 from strawberry.permission import BasePermission, PermissionExtension
 from strawberry.schema_directive import Location
 
-from threadline.schema.enums import SystemRole, ThreadRole
 from threadline.schema.context import Context
+from threadline.schema.enums import SystemRole, ThreadRole
 from threadline.services import permissions
 
 
@@ -65,7 +65,7 @@ class IsAuthenticated(BasePermission):
 class HasSystemRole(BasePermission):
     def __init__(self, role: SystemRole) -> None:
         self.role = role
-        self._schema_directive = HasRoleDirective(role=role)  # type: ignore[misc]
+        self._schema_directive = HasRoleDirective(role=role)
 
     async def has_permission(self, source: Any, info: strawberry.Info, **kwargs: Any) -> bool:
         context: Context = info.context
@@ -93,7 +93,7 @@ def _thread_argument(kwargs: dict[str, Any]) -> tuple[str, Any]:
 class HasThreadRole(BasePermission):
     def __init__(self, role: ThreadRole) -> None:
         self.role = role
-        self._schema_directive = ThreadRoleDirective(role=role)  # type: ignore[misc]
+        self._schema_directive = ThreadRoleDirective(role=role)
 
     async def has_permission(self, source: Any, info: strawberry.Info, **kwargs: Any) -> bool:
         context: Context = info.context

@@ -41,12 +41,12 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-class SubscriberOverflow(BrokerError):  # noqa: N818
+class SubscriberOverflow(BrokerError):
     """The subscriber fell more than ``queue_limit`` messages behind and was
     dropped; it should resume from the event log (``afterSeq``)."""
 
 
-class BrokerClosed(BrokerError):  # noqa: N818
+class BrokerClosed(BrokerError):
     """The broker is not connected: not yet, or no longer (shutting down)."""
 
 
@@ -339,8 +339,9 @@ class Broker:
         failure = self._relay.listener_failure
         if failure is not None:
             report["last_error"] = failure
-        report["connected"] = bool(report["connected"]) and self._state == "connected"
-        report["connected"] = report["connected"] and failure is None
+        report["connected"] = (
+            bool(report["connected"]) and self._state == "connected" and failure is None
+        )
         report["channels"] = len(self._channels)
         report["subscribers"] = len(self._subscribers)
         return report

@@ -52,7 +52,7 @@ class PresenceTracker:
 
     async def aclose(self) -> None:
         if self._redis is not None:
-            await self._redis.aclose()
+            await self._redis.aclose()  # type: ignore[attr-defined]
 
     # -- leases
 

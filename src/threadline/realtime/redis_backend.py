@@ -40,7 +40,7 @@ class BrokerError(Exception):
     ``threadline.errors``, hence their N818 exemptions."""
 
 
-class BrokerUnavailable(BrokerError):  # noqa: N818
+class BrokerUnavailable(BrokerError):
     """Redis did not take a publish. The message is lost to pub/sub only: the
     event log in the database still has it, and subscribers fill gaps from there."""
 
@@ -279,8 +279,12 @@ class RedisBackend(BroadcastBackend):
                 kind = reply[0]
                 if kind == b"message":
                     # RESP2 without decode_responses: channel and payload are bytes.
+                    # "replace": a stray non-UTF-8 publish must not cost everyone a
+                    # reconnection; our own messages are always valid text.
                     channel, payload = cast(bytes, reply[1]), cast(bytes, reply[2])
-                    await events.put(Event(channel.decode(), payload.decode()))
+                    await events.put(
+                        Event(channel.decode(errors="replace"), payload.decode(errors="replace"))
+                    )
                     batch += 1
                     if batch == _READ_BATCH:
                         batch = 0

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import redis.asyncio as aioredis
 
-from threadline.realtime.channels import Publisher, encode_activity, activity_channel
+from threadline.realtime.channels import Publisher, activity_channel, encode_activity
 from threadline.services.events import ActivityEvent
 
 TYPING_SECONDS = 6.0
@@ -42,7 +42,7 @@ class TypingTracker:
             handle.cancel()
         self._timers.clear()
         if self._redis is not None:
-            await self._redis.aclose()
+            await self._redis.aclose()  # type: ignore[attr-defined]
 
     def _key(self, thread_id: uuid.UUID, user_id: uuid.UUID) -> str:
         return f"typing:{thread_id}:{user_id}"
@@ -87,9 +87,7 @@ class TypingTracker:
     def _schedule(self, key: tuple[uuid.UUID, uuid.UUID], delay: float) -> None:
         self._cancel(key)
         loop = asyncio.get_running_loop()
-        self._timers[key] = loop.call_later(
-            delay, lambda: loop.create_task(self._expire(key))
-        )
+        self._timers[key] = loop.call_later(delay, lambda: loop.create_task(self._expire(key)))
 
     async def _expire(self, key: tuple[uuid.UUID, uuid.UUID]) -> None:
         self._timers.pop(key, None)

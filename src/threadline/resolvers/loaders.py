@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from strawberry.dataloader import DataLoader
 
@@ -32,13 +32,15 @@ class Loaders:
         self.message = self._one(messages.messages_by_ids)
         self.thread = DataLoader[K, models.Thread | None](self._threads)
         self.my_participation = DataLoader[K, models.ThreadParticipant | None](self._mine)
-        self.reply_count = self._many(messages.reply_counts, 0)
-        self.attachments = self._many(messages.attachments_of, [])
-        self.edits = self._many(messages.edits_of, [])
+        self.reply_count: DataLoader[K, int] = self._many(messages.reply_counts, 0)
+        self.attachments: DataLoader[K, list[models.Attachment]] = self._many(
+            messages.attachments_of, []
+        )
+        self.edits: DataLoader[K, list[models.MessageEdit]] = self._many(messages.edits_of, [])
         self.reactions = DataLoader[K, list[ReactionGroup]](self._reactions)
-        self.markers = self._many(receipts.markers_of, [])
+        self.markers: DataLoader[K, list[receipts.Marker]] = self._many(receipts.markers_of, [])
         self.last_message = self._one(messages.last_messages)
-        self.pinned = self._many(messages.pinned_of, [])
+        self.pinned: DataLoader[K, list[models.Message]] = self._many(messages.pinned_of, [])
         self.unread_count = DataLoader[K, int](self._unread)
 
     async def _session(self) -> AsyncSession:
@@ -54,8 +56,8 @@ class Loaders:
         return DataLoader(load)
 
     def _many(
-        self, fetch: Callable[[AsyncSession, Sequence[K]], Awaitable[dict[K, V]]], empty: V
-    ) -> DataLoader[K, V]:
+        self, fetch: Callable[[AsyncSession, Sequence[K]], Awaitable[dict[K, Any]]], empty: Any
+    ) -> DataLoader[K, Any]:
         async def load(keys: list[K]) -> list[V]:
             found = await fetch(await self._session(), keys)
             return [found.get(k, empty) for k in keys]

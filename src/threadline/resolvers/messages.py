@@ -77,7 +77,9 @@ async def read_by(
     users = [r for r in rows if r is not None]
     cursors = [encode_cursor([str(u.id)]) for u in users]
     return UserConnection(
-        edges=[UserEdge(cursor=c, node=UserType.of(u)) for c, u in zip(cursors, users, strict=True)],
+        edges=[
+            UserEdge(cursor=c, node=UserType.of(u)) for c, u in zip(cursors, users, strict=True)
+        ],
         page_info=PageInfo(
             has_next_page=start + request.size < len(ids),
             has_previous_page=start > 0,

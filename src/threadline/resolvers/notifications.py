@@ -23,7 +23,10 @@ class NotificationQueries:
         after: str | None = None,
     ) -> NotificationConnection:
         page, unread = await notifications.notifications_of(
-            await op.session(info), await op.viewer(info), bool(unread_only), page_args(first, after)
+            await op.session(info),
+            await op.viewer(info),
+            bool(unread_only),
+            page_args(first, after),
         )
         return NotificationConnection(
             edges=edges(page, NotificationEdge, NotificationType.of),

@@ -6,8 +6,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
-from strawberry import Info
 from sqlalchemy.ext.asyncio import AsyncSession
+from strawberry import Info
 
 from threadline.db import UnitOfWork
 from threadline.models import User

@@ -55,7 +55,9 @@ class ThreadQueries:
         page = await threads.threads_of(
             await op.session(info), await op.viewer(info), search, page_args(first, after)
         )
-        return ThreadConnection(edges=edges(page, ThreadEdge, ThreadType.of), page_info=page_info(page))
+        return ThreadConnection(
+            edges=edges(page, ThreadEdge, ThreadType.of), page_info=page_info(page)
+        )
 
 
 @strawberry.type
@@ -87,7 +89,9 @@ class ThreadMutations:
                 viewer,
                 thread_id,
                 title=input.title if input.title is not strawberry.UNSET else None,
-                description=input.description if input.description is not strawberry.UNSET else None,
+                description=input.description
+                if input.description is not strawberry.UNSET
+                else None,
                 set_description=input.description is not strawberry.UNSET,
             )
         return ThreadType.of(thread)

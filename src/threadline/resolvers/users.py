@@ -92,8 +92,8 @@ async def _node(info: Info, raw_id: str) -> Node | None:
         await access_attachment(session, viewer, node_id)
         from threadline.models import Attachment
 
-        row = await session.get(Attachment, node_id)
-        return AttachmentType.of(row) if row is not None else None
+        attachment = await session.get(Attachment, node_id)
+        return AttachmentType.of(attachment) if attachment is not None else None
     except NotFound:
         pass
     from threadline.services import notifications

@@ -38,4 +38,6 @@ def page_info(page: Page[Any]) -> PageInfo:
 
 
 def edges(page: Page[R], edge: Callable[..., E], wrap: Callable[[R], N]) -> list[E]:
-    return [edge(cursor=c, node=wrap(item)) for c, item in zip(page.cursors, page.items, strict=True)]
+    return [
+        edge(cursor=c, node=wrap(item)) for c, item in zip(page.cursors, page.items, strict=True)
+    ]

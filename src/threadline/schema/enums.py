@@ -15,7 +15,9 @@ strawberry.enum(SystemRole, name="SystemRole")
 strawberry.enum(ThreadRole, name="ThreadRole")
 strawberry.enum(PresenceStatus, name="PresenceStatus")
 strawberry.enum(
-    MessageStatus, name="MessageStatus", description="Delivery state of a message, as its author sees it."
+    MessageStatus,
+    name="MessageStatus",
+    description="Delivery state of a message, as its author sees it.",
 )
 strawberry.enum(AttachmentKind, name="AttachmentKind")
 strawberry.enum(NotificationKind, name="NotificationKind")

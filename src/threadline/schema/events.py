@@ -7,13 +7,13 @@ query for the message itself; users resolve through the operation's loaders.
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Annotated
 
 import strawberry
 from strawberry import ID, Info, Private
 
 from threadline.schema.enums import ThreadRole
-from threadline.schema.scalars import DateTime
 from threadline.schema.types import (
     MessageType,
     NotificationType,
@@ -32,7 +32,8 @@ async def _user(info: Info, user_id: uuid.UUID | None) -> UserType | None:
 
 
 @strawberry.interface(
-    name="ThreadEvent", description="Something that happened in a thread and is kept in its event log."
+    name="ThreadEvent",
+    description="Something that happened in a thread and is kept in its event log.",
 )
 class ThreadEventType:
     actor_id: Private[uuid.UUID | None]
@@ -40,7 +41,7 @@ class ThreadEventType:
     seq: int = strawberry.field(
         description="Strictly increasing within the thread, no gaps in what a subscriber gets."
     )
-    at: DateTime
+    at: datetime
 
     @strawberry.field
     async def actor(self, info: Info) -> UserType | None:
@@ -79,7 +80,9 @@ class MessagePinned(ThreadEventType):
 @strawberry.type(name="ParticipantChanged")
 class ParticipantChanged(ThreadEventType):
     user_id: Private[uuid.UUID]
-    role: ThreadRole | None = strawberry.field(description="Null when the user left or was removed.")
+    role: ThreadRole | None = strawberry.field(
+        description="Null when the user left or was removed."
+    )
 
     @strawberry.field
     async def user(self, info: Info) -> UserType:
@@ -128,7 +131,8 @@ class ReceiptChanged:
 ThreadActivity = Annotated[
     TypingChanged | ReceiptChanged,
     strawberry.union(
-        "ThreadActivity", description="Ephemeral thread activity: never stored in the event log, never replayed."
+        "ThreadActivity",
+        description="Ephemeral thread activity: never stored in the event log, never replayed.",
     ),
 ]
 
@@ -163,7 +167,8 @@ class ThreadMembershipChanged:
 ViewerEvent = Annotated[
     ThreadActivityForViewer | NotificationCreated | ThreadMembershipChanged,
     strawberry.union(
-        "ViewerEvent", description="Everything addressed to the signed-in user, across all of their threads."
+        "ViewerEvent",
+        description="Everything addressed to the signed-in user, across all of their threads.",
     ),
 ]
 

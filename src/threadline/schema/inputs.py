@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import strawberry
 from strawberry import ID
-
-from threadline.schema.scalars import JSON
+from strawberry.scalars import JSON
 
 
 @strawberry.input(name="CreateThreadInput")

@@ -10,7 +10,7 @@ from threadline.schema.context import Context
 
 
 class OperationScope(SchemaExtension):
-    async def on_operation(self) -> AsyncIterator[None]:  # type: ignore[override]
+    async def on_operation(self) -> AsyncIterator[None]:
         shared = self.execution_context.context
         own = shared.fork() if isinstance(shared, Context) else None
         if own is not None:

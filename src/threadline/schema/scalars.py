@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, NewType
+from typing import Any
 
 import strawberry
 
@@ -29,18 +29,8 @@ def parse_datetime(value: Any) -> datetime:
 
 
 DateTime = strawberry.scalar(
-    NewType("DateTime", datetime),
     name="DateTime",
     description="An ISO-8601 date and time, always in UTC, e.g. 2026-11-24T10:15:30.123Z.",
     serialize=serialize_datetime,
     parse_value=parse_datetime,
 )
-
-JSON = strawberry.scalar(
-    NewType("JSON", object),
-    name="JSON",
-    description="Free-form JSON (user preferences).",
-    serialize=lambda v: v,
-    parse_value=lambda v: v,
-)
-

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 import strawberry
 from strawberry.extensions import (
@@ -38,14 +39,14 @@ Mutation = merge_types(
 
 
 def build_schema(*, production: bool = False) -> strawberry.Schema:
-    extensions: list[object] = [
+    extensions: list[Any] = [
         OperationScope,
         ErrorCodes,
-        ParserCache(maxsize=256),
-        ValidationCache(maxsize=256),
-        QueryDepthLimiter(max_depth=MAX_DEPTH),
-        MaxAliasesLimiter(max_alias_count=MAX_ALIASES),
-        MaxTokensLimiter(max_token_count=MAX_TOKENS),
+        lambda: ParserCache(maxsize=256),
+        lambda: ValidationCache(maxsize=256),
+        lambda: QueryDepthLimiter(max_depth=MAX_DEPTH),
+        lambda: MaxAliasesLimiter(max_alias_count=MAX_ALIASES),
+        lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),
     ]
     if production:
         extensions.append(DisableIntrospection)
@@ -54,7 +55,6 @@ def build_schema(*, production: bool = False) -> strawberry.Schema:
         mutation=Mutation,
         subscription=Subscription,
         types=[*EVENT_TYPES, AttachmentType, NotificationType, SessionType],
-        extensions=extensions,  # type: ignore[arg-type]
-        scalar_overrides={datetime: DateTime},  # type: ignore[dict-item]
-        config=StrawberryConfig(auto_camel_case=True),
+        extensions=extensions,
+        config=StrawberryConfig(auto_camel_case=True, scalar_map={datetime: DateTime}),
     )

@@ -6,10 +6,12 @@ DataLoaders, so that a page of messages costs a fixed number of queries.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 import strawberry
 from strawberry import ID, Info, Private
+from strawberry.scalars import JSON
 
 from threadline import models
 from threadline.schema.connections import PageInfo, page_args
@@ -21,7 +23,6 @@ from threadline.schema.enums import (
     SystemRole,
     ThreadRole,
 )
-from threadline.schema.scalars import JSON, DateTime
 from threadline.services import messages as message_service
 from threadline.services import receipts
 from threadline.services.permissions import effective_thread_role
@@ -42,22 +43,24 @@ class Node:
 @strawberry.type(name="Presence")
 class PresenceType:
     status: PresenceStatus
-    last_seen_at: DateTime | None
+    last_seen_at: datetime | None
 
 
 @strawberry.type(name="User")
 class UserType(Node):
     row: Private[models.User]
     id: ID
-    clerk_id: str = strawberry.field(description="The Clerk user id: the source of truth for identity.")
+    clerk_id: str = strawberry.field(
+        description="The Clerk user id: the source of truth for identity."
+    )
     username: str | None
     display_name: str
     image_url: str | None
     role: SystemRole
-    deleted_at: DateTime | None = strawberry.field(
+    deleted_at: datetime | None = strawberry.field(
         description="Set when the user was deleted in Clerk; their messages stay, anonymised."
     )
-    created_at: DateTime
+    created_at: datetime
 
     @classmethod
     def of(cls, row: models.User) -> UserType:
@@ -83,7 +86,7 @@ class UserType(Node):
         viewer = _ctx(info).viewer_or_none
         if viewer is None or viewer.id != self.row.id:
             return None
-        return self.row.preferences or {}
+        return JSON(self.row.preferences or {})
 
 
 def user_or_none(row: models.User | None) -> UserType | None:
@@ -106,7 +109,7 @@ class UserConnection:
 class ParticipantType:
     row: Private[models.ThreadParticipant]
     role: ThreadRole
-    joined_at: DateTime
+    joined_at: datetime
     last_read_seq: int
     last_delivered_seq: int
 
@@ -146,10 +149,12 @@ class ThreadType(Node):
     id: ID
     title: str
     description: str | None
-    is_direct: bool = strawberry.field(description="A direct conversation between exactly two users.")
-    created_at: DateTime
-    updated_at: DateTime
-    last_message_at: DateTime | None
+    is_direct: bool = strawberry.field(
+        description="A direct conversation between exactly two users."
+    )
+    created_at: datetime
+    updated_at: datetime
+    last_message_at: datetime | None
     last_seq: int = strawberry.field(
         description="The sequence number of the newest event in this thread (0 when empty)."
     )
@@ -189,7 +194,9 @@ class ThreadType(Node):
         role = effective_thread_role(viewer.system_role, mine.thread_role if mine else None)
         return role or ThreadRole.MEMBER
 
-    @strawberry.field(description="Messages after the signed-in user's read marker, not counting their own.")
+    @strawberry.field(
+        description="Messages after the signed-in user's read marker, not counting their own."
+    )
     async def unread_count(self, info: Info) -> int:
         return await _ctx(info).loaders.unread_count.load(self.row.id)
 
@@ -249,7 +256,7 @@ class MessageEditType:
     row: Private[models.MessageEdit]
     id: ID
     previous_body: str = strawberry.field(description="The body as it was before this edit.")
-    edited_at: DateTime
+    edited_at: datetime
 
     @strawberry.field
     async def edited_by(self, info: Info) -> UserType | None:
@@ -284,12 +291,14 @@ class AttachmentType(Node):
     row: Private[models.Attachment]
     id: ID
     filename: str
-    content_type: str = strawberry.field(description="Detected from the file's content, not taken from the client.")
+    content_type: str = strawberry.field(
+        description="Detected from the file's content, not taken from the client."
+    )
     size: int
     kind: AttachmentKind
     width: int | None
     height: int | None
-    created_at: DateTime
+    created_at: datetime
 
     @classmethod
     def of(cls, row: models.Attachment) -> AttachmentType:
@@ -331,11 +340,13 @@ class MessageType(Node):
         description="Position in the thread's event log; strictly increasing, never reused."
     )
     body: str = strawberry.field(description="Plain text. Empty when the message is deleted.")
-    client_id: str | None = strawberry.field(description="The client's idempotency key, echoed back.")
-    edited_at: DateTime | None
-    deleted_at: DateTime | None
+    client_id: str | None = strawberry.field(
+        description="The client's idempotency key, echoed back."
+    )
+    edited_at: datetime | None
+    deleted_at: datetime | None
     pinned: bool
-    created_at: DateTime
+    created_at: datetime
 
     @classmethod
     def of(cls, row: models.Message) -> MessageType:
@@ -389,7 +400,9 @@ class MessageType(Node):
     ) -> MessageConnection:
         from threadline.resolvers import messages as message_resolvers
 
-        return await message_resolvers.replies(info, self.row, page_args(first, after, last, before))
+        return await message_resolvers.replies(
+            info, self.row, page_args(first, after, last, before)
+        )
 
     @strawberry.field
     async def attachments(self, info: Info) -> list[AttachmentType]:
@@ -410,7 +423,9 @@ class MessageType(Node):
             return []
         rows = await _ctx(info).loaders.edits.load(self.row.id)
         return [
-            MessageEditType(row=r, id=ID(str(r.id)), previous_body=r.previous_body, edited_at=r.edited_at)
+            MessageEditType(
+                row=r, id=ID(str(r.id)), previous_body=r.previous_body, edited_at=r.edited_at
+            )
             for r in rows
         ]
 
@@ -453,8 +468,8 @@ class NotificationType(Node):
     row: Private[models.Notification]
     id: ID
     kind: NotificationKind
-    read_at: DateTime | None
-    created_at: DateTime
+    read_at: datetime | None
+    created_at: datetime
 
     @classmethod
     def of(cls, row: models.Notification) -> NotificationType:
@@ -501,15 +516,18 @@ class NotificationConnection:
 
 
 @strawberry.type(
-    name="Session", description="A live WebSocket connection (or a recent one) of the signed-in user."
+    name="Session",
+    description="A live WebSocket connection (or a recent one) of the signed-in user.",
 )
 class SessionType(Node):
     id: ID
-    clerk_session_id: str | None = strawberry.field(description="The Clerk session id (the token's `sid`).")
+    clerk_session_id: str | None = strawberry.field(
+        description="The Clerk session id (the token's `sid`)."
+    )
     user_agent: str | None
-    connected_at: DateTime
-    last_seen_at: DateTime
-    disconnected_at: DateTime | None
+    connected_at: datetime
+    last_seen_at: datetime
+    disconnected_at: datetime | None
 
     @classmethod
     def of(cls, row: models.Session) -> SessionType:

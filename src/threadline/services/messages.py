@@ -63,7 +63,8 @@ def mention_uuids(message: Message) -> list[uuid.UUID]:
 def _insert(session: AsyncSession, table: type[Message] | type[Reaction]) -> postgresql.Insert:
     dialect = session.get_bind().dialect.name
     module = postgresql if dialect == "postgresql" else sqlite
-    return module.insert(table)  # type: ignore[return-value]
+    statement: postgresql.Insert = module.insert(table)
+    return statement
 
 
 async def _by_client_id(
@@ -198,7 +199,13 @@ async def _write_message(
             .values(message_id=message_id)
         )
     await append_event(
-        uow, thread_id, EventKind.MESSAGE_CREATED, message_payload(message), actor.id, seq=seq, at=now
+        uow,
+        thread_id,
+        EventKind.MESSAGE_CREATED,
+        message_payload(message),
+        actor.id,
+        seq=seq,
+        at=now,
     )
     await notifications.notify_message(uow, actor, message, parent, mentioned)
     return message, True
@@ -298,12 +305,22 @@ async def add_reaction(uow: UnitOfWork, actor: User, message_id: str, emoji: str
     emoji = check_emoji(emoji)
     message = await _reactable(uow, actor, message_id)
     session = uow.session
-    kinds = set(await session.scalars(select(Reaction.emoji).where(Reaction.message_id == message.id).distinct()))
+    kinds = set(
+        await session.scalars(
+            select(Reaction.emoji).where(Reaction.message_id == message.id).distinct()
+        )
+    )
     if emoji not in kinds and len(kinds) >= MAX_DISTINCT_REACTIONS:
         raise BadInput(f"At most {MAX_DISTINCT_REACTIONS} different emoji per message")
     statement = (
         _insert(session, Reaction)
-        .values(id=uuid.uuid4(), message_id=message.id, user_id=actor.id, emoji=emoji, created_at=utcnow())
+        .values(
+            id=uuid.uuid4(),
+            message_id=message.id,
+            user_id=actor.id,
+            emoji=emoji,
+            created_at=utcnow(),
+        )
         .on_conflict_do_nothing(index_elements=["message_id", "user_id", "emoji"])
         .returning(Reaction.id)
     )
@@ -404,7 +421,7 @@ async def reply_counts(session: AsyncSession, ids: Sequence[uuid.UUID]) -> dict[
         .where(Message.parent_id.in_(set(ids)), Message.deleted_at.is_(None))
         .group_by(Message.parent_id)
     )
-    return {r[0]: int(r[1]) for r in rows}
+    return {r[0]: int(r[1]) for r in rows if r[0] is not None}
 
 
 async def reaction_groups(
@@ -422,7 +439,7 @@ async def reaction_groups(
     for row in await session.execute(query):
         message_id, emoji, user_id = row[0], row[1], row[2]
         if users is not None:
-            users[user_id] = row[3]
+            users[user_id] = row.User
         group = grouped[message_id].setdefault(emoji, ReactionGroup(emoji))
         group.count += 1
         group.user_ids.add(user_id)

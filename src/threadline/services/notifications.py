@@ -29,7 +29,9 @@ from threadline.services.permissions import parse_id
 MAX_IDS = 500
 
 
-async def _muted(session: AsyncSession, thread_id: uuid.UUID, users: Iterable[uuid.UUID]) -> set[uuid.UUID]:
+async def _muted(
+    session: AsyncSession, thread_id: uuid.UUID, users: Iterable[uuid.UUID]
+) -> set[uuid.UUID]:
     ids = set(users)
     if not ids:
         return set()
@@ -86,11 +88,13 @@ async def notify_message(
         if user_id not in told and not muted:
             _create(uow, user_id, NotificationKind.MENTION, actor, message.thread_id, message.id)
         told.add(user_id)
-    if parent is not None and parent.author_id is not None and parent.author_id not in told:
-        if not await _muted(uow.session, message.thread_id, [parent.author_id]):
-            _create(
-                uow, parent.author_id, NotificationKind.REPLY, actor, message.thread_id, message.id
-            )
+    if (
+        parent is not None
+        and parent.author_id is not None
+        and parent.author_id not in told
+        and not await _muted(uow.session, message.thread_id, [parent.author_id])
+    ):
+        _create(uow, parent.author_id, NotificationKind.REPLY, actor, message.thread_id, message.id)
     if len(told) > 1 or parent is not None:
         await uow.session.flush()
 
@@ -155,10 +159,14 @@ async def mark_read(
         if len(ids) > MAX_IDS:
             raise BadInput(f"At most {MAX_IDS} ids at once")
         statement = statement.where(Notification.id.in_([parse_id(i, "Notification") for i in ids]))
-    result = await uow.session.execute(statement.values(read_at=utcnow()).returning(Notification.id))
+    result = await uow.session.execute(
+        statement.values(read_at=utcnow()).returning(Notification.id)
+    )
     return len(result.all())
 
 
-async def get_notification(session: AsyncSession, viewer: User, notification_id: uuid.UUID) -> Notification | None:
+async def get_notification(
+    session: AsyncSession, viewer: User, notification_id: uuid.UUID
+) -> Notification | None:
     row = await session.get(Notification, notification_id)
     return row if row is not None and row.user_id == viewer.id else None

@@ -118,9 +118,7 @@ async def mark_read(uow: UnitOfWork, actor: User, access: ThreadAccess, seq: int
     uow.emit(_receipt(participant))
 
 
-async def mark_delivered(
-    db: Database, user_id: uuid.UUID, thread_id: uuid.UUID, seq: int
-) -> None:
+async def mark_delivered(db: Database, user_id: uuid.UUID, thread_id: uuid.UUID, seq: int) -> None:
     """Move a delivered marker forward; a no-op write when it is there already."""
     async with db.transaction("mark_delivered") as uow:
         result = await uow.session.execute(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from typing import Any
 
 from sqlalchemy import Float, column, func, literal_column, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -50,8 +51,8 @@ async def search_messages(
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
         tsquery = func.websearch_to_tsquery(literal_column("'english'"), text_query)
-        vector = column("search_vector")
-        rank = func.ts_rank_cd(vector, tsquery)
+        vector: Any = column("search_vector")
+        rank: Any = func.ts_rank_cd(vector, tsquery)
         statement = select(Message).where(vector.op("@@")(tsquery))
     else:
         fts = _fts5_query(text_query)

@@ -155,7 +155,9 @@ async def update_thread(
     if changed:
         thread.updated_at = utcnow()
         await uow.session.flush()
-        await append_event(uow, thread.id, EventKind.THREAD_UPDATED, _thread_payload(thread), actor.id)
+        await append_event(
+            uow, thread.id, EventKind.THREAD_UPDATED, _thread_payload(thread), actor.id
+        )
         await uow.session.refresh(thread, ["last_seq"])
     return thread
 
@@ -350,9 +352,7 @@ async def threads_of(
                 (Thread.last_activity_at == at) & (Thread.id < tid),
             )
         )
-    query = query.order_by(Thread.last_activity_at.desc(), Thread.id.desc()).limit(
-        request.size + 1
-    )
+    query = query.order_by(Thread.last_activity_at.desc(), Thread.id.desc()).limit(request.size + 1)
     rows = list(await session.scalars(query))
     return make_page(rows, request, lambda t: [t.last_activity_at.isoformat(), str(t.id)])
 

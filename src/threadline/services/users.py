@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
-
 from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
