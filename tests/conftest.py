@@ -111,6 +111,8 @@ def settings(database_url: str, redis_url: str | None, tmp_path: Path) -> Settin
         dev_auth_secret=DEV_SECRET,  # type: ignore[arg-type]
         upload_dir=tmp_path / "uploads",
         clerk_webhook_secret="whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",  # type: ignore[arg-type]
+        # Tests send faster than people; test_rate_limits_http turns the limits on.
+        rate_limits=False,
         _env_file=None,  # type: ignore[call-arg]
     )
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import strawberry
@@ -21,16 +21,20 @@ from strawberry.exceptions import ConnectionRejectionError
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
 from strawberry.types.unset import UnsetType
 
-from threadline.errors import Unauthenticated
+from threadline.errors import RateLimited, Unauthenticated
 from threadline.metrics import WEBSOCKET_CONNECTIONS
-from threadline.realtime.rate_limits import MAX_SUBSCRIPTIONS_PER_CONNECTION
-from threadline.runtime import Runtime
-from threadline.schema.context import Context
+from threadline.realtime.rate_limits import MAX_SUBSCRIPTIONS_PER_CONNECTION, Action
+from threadline.runtime import Runtime, new_connection_id
+from threadline.schema.context import ConnectionState, Context
+from threadline.services import sessions
 
 log = logging.getLogger(__name__)
 
 CLOSE_SESSION_ENDED = 4401
 CLOSE_REFUSED = 4403
+CLOSE_TOO_MANY = 4429
+# Presence leases last 20 s; renewing every 8 s survives one missed renewal.
+LEASE_RENEW_SECONDS = 8.0
 
 
 def bearer(value: str | None) -> str | None:
@@ -87,11 +91,61 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
             identity, user = await self.runtime.authenticate(token)
         except Unauthenticated as exc:
             raise ConnectionRejectionError({"message": exc.message}) from None
+        try:
+            await self.runtime.rate_limiter.hit(Action.WS_CONNECT, str(user.id))
+        except RateLimited:
+            await context.connection.close(code=CLOSE_TOO_MANY, reason="Too many new connections")
+            raise ConnectionRejectionError({"message": "Too many new connections"}) from None
         context.token = token
         context.set_viewer(identity, user)
+        state = ConnectionState(new_connection_id())
+        context.state = state
+        async with self.runtime.db.transaction("open_session") as uow:
+            state.session_id = await sessions.open_session(
+                uow, user, identity.session_id, context.user_agent
+            )
+        await self.runtime.presence.renew(user.id, state.connection_id)
+        state.tasks.append(asyncio.create_task(self._keep_alive(context)))
         self.connections.add(context)
         WEBSOCKET_CONNECTIONS.set(len(self.connections))
         return None
+
+    async def _keep_alive(self, context: Context) -> None:
+        """Renew the presence lease and the session row; close a socket whose token is stale."""
+        runtime = self.runtime
+        state, identity, user = context.state, context.identity, context.viewer_or_none
+        assert state is not None and identity is not None and user is not None
+        while True:
+            await asyncio.sleep(LEASE_RENEW_SECONDS)
+            expired_for = (datetime.now(UTC) - identity.expires_at).total_seconds()
+            if expired_for > runtime.settings.ws_reauth_seconds:
+                await self._close(
+                    context, CLOSE_REFUSED, "Token expired: reconnect with a fresh one"
+                )
+                return
+            try:
+                await runtime.presence.renew(user.id, state.connection_id)
+                if state.session_id is not None:
+                    async with runtime.db.transaction("touch_session") as uow:
+                        await sessions.touch_session(uow, state.session_id)
+            except Exception:
+                log.warning("keep-alive of a connection failed", exc_info=True)
+
+    async def _disconnected(self, context: Context) -> None:
+        self.connections.discard(context)
+        WEBSOCKET_CONNECTIONS.set(len(self.connections))
+        state, user = context.state, context.viewer_or_none
+        if state is None or user is None:
+            return
+        for task in state.tasks:
+            task.cancel()
+        try:
+            await self.runtime.presence.release(user.id, state.connection_id)
+            if state.session_id is not None:
+                async with self.runtime.db.transaction("close_session") as uow:
+                    await sessions.close_session(uow, state.session_id)
+        except Exception:
+            log.warning("closing a connection's session failed", exc_info=True)
 
     async def run(self, request: Any, context: Any = None, root_value: Any = None) -> Any:
         from strawberry.types.unset import UNSET
@@ -104,9 +158,8 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
             )
         finally:
             if isinstance(request, WebSocket):
-                for ctx in [c for c in self.connections if c.connection is request]:
-                    self.connections.discard(ctx)
-                WEBSOCKET_CONNECTIONS.set(len(self.connections))
+                for ctx in [c for c in list(self.connections) if c.connection is request]:
+                    await self._disconnected(ctx)
 
     async def end_sessions(self, clerk_session_ids: list[str], clerk_user_ids: list[str]) -> None:
         """Close the live sockets of ended Clerk sessions and deleted users (4401)."""
@@ -124,8 +177,6 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
         )
 
     async def _close(self, context: Context, code: int, reason: str) -> None:
-        self.connections.discard(context)
-        WEBSOCKET_CONNECTIONS.set(len(self.connections))
         try:
             await context.connection.close(code=code, reason=reason)
         except Exception:  # already gone

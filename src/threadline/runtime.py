@@ -24,7 +24,9 @@ from threadline.db import Database, make_engine
 from threadline.errors import Unauthenticated
 from threadline.models import Attachment, User
 from threadline.realtime.broker import Broker
+from threadline.realtime.caches import TTLCache
 from threadline.realtime.channels import publish_all
+from threadline.realtime.deliveries import DeliveryTracker
 from threadline.realtime.presence import PresenceTracker
 from threadline.realtime.rate_limits import RateLimiter
 from threadline.realtime.typing import TypingTracker
@@ -36,6 +38,8 @@ log = logging.getLogger(__name__)
 VIEWER_CACHE_SECONDS = 5.0
 VIEWER_CACHE_SIZE = 10_000
 ATTACHMENT_URL_SECONDS = 3600
+# Users rendered into events are shared across subscribers for this long.
+USER_CACHE_SECONDS = 2.0
 
 
 class Runtime:
@@ -47,6 +51,8 @@ class Runtime:
         self.rate_limiter = RateLimiter(settings.redis_url, enabled=settings.rate_limits)
         self.presence = PresenceTracker(settings.redis_url, self.broker)
         self.typing = TypingTracker(settings.redis_url, self.broker)
+        self.user_cache: TTLCache[uuid.UUID, User] = TTLCache(USER_CACHE_SECONDS, 50_000)
+        self.deliveries = DeliveryTracker(self.db)
         self._viewers: OrderedDict[tuple[str, str | None], tuple[float, User]] = OrderedDict()
         secret = settings.resolve_dev_secret() or (
             settings.clerk_webhook_secret.get_secret_value()
@@ -60,8 +66,10 @@ class Runtime:
 
     async def start(self) -> None:
         await self.broker.connect()
+        self.deliveries.start()
 
     async def stop(self) -> None:
+        await self.deliveries.stop()
         await self.typing.aclose()
         await self.presence.aclose()
         await self.rate_limiter.aclose()

@@ -28,7 +28,7 @@ V = TypeVar("V")
 class Loaders:
     def __init__(self, context: Context) -> None:
         self._context = context
-        self.user = self._one(users.users_by_ids)
+        self.user = DataLoader[K, models.User | None](self._users)
         self.message = self._one(messages.messages_by_ids)
         self.thread = DataLoader[K, models.Thread | None](self._threads)
         self.my_participation = DataLoader[K, models.ThreadParticipant | None](self._mine)
@@ -63,6 +63,19 @@ class Loaders:
             return [found.get(k, empty) for k in keys]
 
         return DataLoader(load)
+
+    async def _users(self, keys: list[K]) -> list[models.User | None]:
+        # A short-lived cache shared by the process: one event fanned out to many
+        # subscribers looks its author up once.
+        cache = self._context.runtime.user_cache
+        known = {k: u for k in keys if (u := cache.get(k)) is not None}
+        missing = [k for k in keys if k not in known]
+        if missing:
+            found = await users.users_by_ids(await self._session(), missing)
+            for user_id, user in found.items():
+                cache.put(user_id, user)
+            known.update(found)
+        return [known.get(k) for k in keys]
 
     async def _threads(self, keys: list[K]) -> list[models.Thread | None]:
         # Threads the operation already checked access to are known: no query.

@@ -23,6 +23,14 @@ if TYPE_CHECKING:
 
 
 @dataclass
+class ConnectionState:
+    connection_id: str
+    session_id: uuid.UUID | None = None
+    subscriptions: int = 0
+    tasks: list[Any] = field(default_factory=list)
+
+
+@dataclass(eq=False)
 class Context:
     runtime: Runtime
     # The raw bearer token, or None; verified on first use.
@@ -31,6 +39,8 @@ class Context:
     # The WebSocket of a subscription connection, and its connection_init payload.
     connection: Any = None
     connection_params: Any = None
+    # Per-connection state shared by every operation of one WebSocket.
+    state: ConnectionState | None = None
     _viewer: User | None = None
     _identity: Identity | None = None
     _session: AsyncSession | None = None
@@ -85,6 +95,11 @@ class Context:
             self._retired.append(self._session)
             self._session = None
 
+    async def renew(self) -> None:
+        """Between two events of a subscription: fresh loaders, no session held open."""
+        await self.close()
+        self._loaders = None
+
     async def close(self) -> None:
         for session in [*self._retired, self._session]:
             if session is not None:
@@ -103,6 +118,7 @@ class Context:
             token=self.token,
             user_agent=self.user_agent,
             connection=self.connection,
+            state=self.state,
             _viewer=self._viewer,
             _identity=self._identity,
         )

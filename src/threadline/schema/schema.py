@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any
 
 import strawberry
+from graphql import GraphQLError
 from strawberry.extensions import (
     MaxAliasesLimiter,
     MaxTokensLimiter,
@@ -38,6 +39,12 @@ Mutation = merge_types(
 )
 
 
+class ThreadlineSchema(strawberry.Schema):
+    def process_errors(self, errors: list[GraphQLError], execution_context: Any = None) -> None:
+        # Domain errors are answers, not faults; ErrorCodes logs the unexpected ones.
+        return None
+
+
 def build_schema(*, production: bool = False) -> strawberry.Schema:
     extensions: list[Any] = [
         OperationScope,
@@ -50,7 +57,7 @@ def build_schema(*, production: bool = False) -> strawberry.Schema:
     ]
     if production:
         extensions.append(DisableIntrospection)
-    return strawberry.Schema(
+    return ThreadlineSchema(
         query=Query,
         mutation=Mutation,
         subscription=Subscription,

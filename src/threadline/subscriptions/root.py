@@ -2,15 +2,41 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import TypeVar
 
 import strawberry
 from strawberry import ID, Info
 
 from threadline.auth.directives import authenticated, thread_role
+from threadline.errors import RateLimited
+from threadline.metrics import ACTIVE_SUBSCRIPTIONS
+from threadline.realtime.rate_limits import MAX_SUBSCRIPTIONS_PER_CONNECTION
 from threadline.schema.enums import ThreadRole
 from threadline.schema.events import PresenceChanged, ThreadActivity, ThreadEventType, ViewerEvent
 from threadline.subscriptions import activity, presence, thread_events, viewer
+
+T = TypeVar("T")
+
+
+async def _counted(info: Info, source: AsyncIterator[T]) -> AsyncIterator[T]:
+    """Hold one of the connection's subscription slots while the stream runs."""
+    state = info.context.state
+    if state is not None:
+        if state.subscriptions >= MAX_SUBSCRIPTIONS_PER_CONNECTION:
+            raise RateLimited(
+                f"At most {MAX_SUBSCRIPTIONS_PER_CONNECTION} subscriptions per connection",
+                retry_after=1,
+            )
+        state.subscriptions += 1
+    ACTIVE_SUBSCRIPTIONS.inc()
+    try:
+        async for item in source:
+            yield item
+    finally:
+        ACTIVE_SUBSCRIPTIONS.dec()
+        if state is not None:
+            state.subscriptions -= 1
 
 
 @strawberry.type
@@ -26,7 +52,7 @@ class Subscription:
     async def thread_events(
         self, info: Info, thread_id: ID, after_seq: int | None = None
     ) -> AsyncGenerator[ThreadEventType, None]:
-        async for event in thread_events.stream(info, thread_id, after_seq):
+        async for event in _counted(info, thread_events.stream(info, thread_id, after_seq)):
             yield event
 
     @strawberry.subscription(
@@ -36,7 +62,7 @@ class Subscription:
     async def thread_activity(
         self, info: Info, thread_id: ID
     ) -> AsyncGenerator[ThreadActivity, None]:
-        async for event in activity.stream(info, thread_id):
+        async for event in _counted(info, activity.stream(info, thread_id)):
             yield event
 
     @strawberry.subscription(
@@ -48,10 +74,10 @@ class Subscription:
     async def presence(
         self, info: Info, user_ids: list[ID]
     ) -> AsyncGenerator[PresenceChanged, None]:
-        async for event in presence.stream(info, user_ids):
+        async for event in _counted(info, presence.stream(info, user_ids)):
             yield event
 
     @strawberry.subscription(extensions=[authenticated()])
     async def viewer_events(self, info: Info) -> AsyncGenerator[ViewerEvent, None]:
-        async for event in viewer.stream(info):
+        async for event in _counted(info, viewer.stream(info)):
             yield event

@@ -1,0 +1,41 @@
+"""Small in-process caches with a time to live, for hot read paths."""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from typing import Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class TTLCache(Generic[K, V]):
+    def __init__(
+        self, ttl: float, size: int, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.ttl = ttl
+        self.size = size
+        self._clock = clock
+        self._items: OrderedDict[K, tuple[float, V]] = OrderedDict()
+
+    def get(self, key: K) -> V | None:
+        item = self._items.get(key)
+        if item is None:
+            return None
+        if self._clock() - item[0] >= self.ttl:
+            del self._items[key]
+            return None
+        return item[1]
+
+    def put(self, key: K, value: V) -> None:
+        self._items[key] = (self._clock(), value)
+        self._items.move_to_end(key)
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
+
+    def discard(self, predicate: Callable[[K, V], bool]) -> None:
+        for key, (_, value) in list(self._items.items()):
+            if predicate(key, value):
+                del self._items[key]

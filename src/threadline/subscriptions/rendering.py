@@ -1,0 +1,92 @@
+"""Turning logged events into GraphQL event objects, with no query for the event itself.
+
+The payload carries the message; users come through the operation's loader,
+backed by the runtime's shared short-lived user cache, so that one event fanned
+out to many subscribers costs one user lookup per process, not one each.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from strawberry import ID
+
+from threadline.models import Thread
+from threadline.schema.enums import ThreadRole
+from threadline.schema.events import (
+    MessageCreated,
+    MessageDeleted,
+    MessageEdited,
+    MessagePinned,
+    ParticipantChanged,
+    ReactionChanged,
+    ThreadDeleted,
+    ThreadEventType,
+    ThreadUpdated,
+)
+from threadline.schema.types import MessageType, ThreadType, reaction_groups
+from threadline.services.events import EventKind, LoggedEvent, message_from_payload
+from threadline.services.messages import ReactionGroup
+
+
+def _groups(raw: list[dict[str, Any]]) -> list[ReactionGroup]:
+    return [
+        ReactionGroup(
+            emoji=g["emoji"],
+            count=int(g["count"]),
+            first_user_ids=[uuid.UUID(u) for u in g["first_user_ids"]],
+            user_ids={uuid.UUID(u) for u in g["user_ids"]},
+        )
+        for g in raw
+    ]
+
+
+def render(event: LoggedEvent, thread: Thread | None = None) -> ThreadEventType:
+    common: dict[str, Any] = {
+        "actor_id": event.actor_id,
+        "thread_id": ID(str(event.thread_id)),
+        "seq": event.seq,
+        "at": event.at,
+    }
+    p = event.payload
+    kind = event.kind
+    if kind is EventKind.MESSAGE_CREATED:
+        return MessageCreated(**common, message=MessageType.of(message_from_payload(p)))
+    if kind is EventKind.MESSAGE_EDITED:
+        return MessageEdited(**common, message=MessageType.of(message_from_payload(p)))
+    if kind is EventKind.MESSAGE_DELETED:
+        return MessageDeleted(**common, message_id=ID(p["message_id"]))
+    if kind is EventKind.REACTION_CHANGED:
+        return ReactionChanged(
+            **common,
+            message_id=ID(p["message_id"]),
+            emoji=p["emoji"],
+            added=bool(p["added"]),
+            reactions=reaction_groups(_groups(p["reactions"])),
+        )
+    if kind is EventKind.MESSAGE_PINNED:
+        return MessagePinned(
+            **common, message=MessageType.of(message_from_payload(p["message"])), pinned=p["pinned"]
+        )
+    if kind is EventKind.PARTICIPANT_CHANGED:
+        return ParticipantChanged(
+            **common,
+            user_id=uuid.UUID(p["user_id"]),
+            role=ThreadRole(p["role"]) if p.get("role") else None,
+        )
+    if kind is EventKind.THREAD_UPDATED:
+        assert thread is not None
+        return ThreadUpdated(**common, thread=ThreadType.of(thread))
+    return ThreadDeleted(**common)
+
+
+def ends_subscription(event: LoggedEvent, viewer_id: uuid.UUID) -> bool:
+    """After this event the viewer may no longer follow the thread."""
+    if event.kind is EventKind.THREAD_DELETED:
+        return True
+    return (
+        event.kind is EventKind.PARTICIPANT_CHANGED
+        and event.payload.get("user_id") == str(viewer_id)
+        and event.payload.get("role") is None
+    )

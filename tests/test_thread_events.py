@@ -1,0 +1,125 @@
+"""threadEvents over a real graphql-transport-ws connection: order, resume, removal, auth."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import websockets
+
+from tests import factories
+from tests.conftest import Clients, Server
+from tests.wsclient import GraphQLWS
+
+EVENTS = """
+subscription($t: ID!, $after: Int) {
+  threadEvents(threadId: $t, afterSeq: $after) {
+    __typename seq threadId actor { username }
+    ... on MessageCreated { message { id body author { username } } }
+    ... on ParticipantChanged { user { username } role }
+  }
+}
+"""
+ACTIVITY = """
+subscription($t: ID!) { threadActivity(threadId: $t) {
+  __typename ... on TypingChanged { isTyping user { username } } } }
+"""
+
+
+async def test_live_messages_arrive_in_seq_order(server: Server, clients: Clients) -> None:
+    alice, bob = await clients.user("alice"), await clients.user("bob")
+    tid = await factories.thread(alice, bob)
+    ws = await GraphQLWS.connect(server.ws_url, bob.token)
+    await ws.subscribe(EVENTS, {"t": tid})
+    await asyncio.sleep(0.2)
+    for i in range(10):
+        await factories.send(alice, tid, f"m{i}")
+    got = [(await ws.next())["payload"]["data"]["threadEvents"] for _ in range(10)]
+    assert [e["seq"] for e in got] == list(range(1, 11))
+    assert [e["message"]["body"] for e in got] == [f"m{i}" for i in range(10)]
+    assert got[0]["message"]["author"]["username"] == "alice"
+    await ws.close()
+
+
+async def test_resume_with_after_seq_delivers_exactly_what_was_missed(
+    server: Server, clients: Clients
+) -> None:
+    alice, bob = await clients.user("alice"), await clients.user("bob")
+    tid = await factories.thread(alice, bob)
+    await factories.send(alice, tid, "seen")
+    for i in range(50):
+        await factories.send(alice, tid, f"missed {i}")
+    ws = await GraphQLWS.connect(server.ws_url, bob.token)
+    await ws.subscribe(EVENTS, {"t": tid, "after": 1})
+    got = [(await ws.next())["payload"]["data"]["threadEvents"] for _ in range(50)]
+    assert [e["seq"] for e in got] == list(range(2, 52))
+    await factories.send(alice, tid, "live")
+    live = (await ws.next())["payload"]["data"]["threadEvents"]
+    assert (live["seq"], live["message"]["body"]) == (52, "live")
+    with pytest.raises(TimeoutError):
+        await ws.next(timeout=0.5)
+    await ws.close()
+
+
+async def test_a_removed_participant_stops_receiving(server: Server, clients: Clients) -> None:
+    alice, bob = await clients.user("alice"), await clients.user("bob")
+    tid = await factories.thread(alice, bob)
+    ws = await GraphQLWS.connect(server.ws_url, bob.token)
+    await ws.subscribe(EVENTS, {"t": tid})
+    await asyncio.sleep(0.2)
+    await alice.gql(
+        "mutation($t: ID!, $u: ID!) { removeParticipant(threadId: $t, userId: $u) }",
+        {"t": tid, "u": bob.id},
+    )
+    event = (await ws.next())["payload"]["data"]["threadEvents"]
+    assert event["__typename"] == "ParticipantChanged" and event["role"] is None
+    assert (await ws.next())["type"] == "complete"
+    await factories.send(alice, tid, "after removal")
+    with pytest.raises(TimeoutError):
+        await ws.next(timeout=0.5)
+    await ws.close()
+
+
+async def test_an_outsider_cannot_subscribe(server: Server, clients: Clients) -> None:
+    alice, mallory = await clients.user("alice"), await clients.user("mallory")
+    tid = await factories.thread(alice)
+    ws = await GraphQLWS.connect(server.ws_url, mallory.token)
+    await ws.subscribe(EVENTS, {"t": tid})
+    message = await ws.next()
+    assert message["type"] in {"error", "next"}
+    errors = message["payload"] if message["type"] == "error" else message["payload"]["errors"]
+    assert errors[0]["extensions"]["code"] == "NOT_FOUND"
+    await ws.close()
+
+
+async def test_a_bad_token_closes_the_socket_with_4403(server: Server) -> None:
+    conn = await websockets.connect(server.ws_url, subprotocols=["graphql-transport-ws"])  # type: ignore[list-item]
+    await conn.send('{"type":"connection_init","payload":{"authorization":"Bearer nope"}}')
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        await asyncio.wait_for(conn.recv(), 10)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4403
+
+
+async def test_typing_is_announced_and_expires_by_itself(server: Server, clients: Clients) -> None:
+    alice, bob = await clients.user("alice"), await clients.user("bob")
+    tid = await factories.thread(alice, bob)
+    server.runtime.typing.window = 0.5  # the 6 s window, shortened for the test
+    ws = await GraphQLWS.connect(server.ws_url, bob.token)
+    await ws.subscribe(ACTIVITY, {"t": tid})
+    await asyncio.sleep(0.2)
+    typing = "mutation($t: ID!) { setTyping(threadId: $t, isTyping: true) }"
+    await alice.gql(typing, {"t": tid})
+    await alice.gql(typing, {"t": tid})  # inside the window: nothing new
+    first = (await ws.next())["payload"]["data"]["threadActivity"]
+    assert (first["isTyping"], first["user"]["username"]) == (True, "alice")
+    second = (await ws.next(timeout=3))["payload"]["data"]["threadActivity"]
+    assert second["isTyping"] is False
+    await ws.close()
+
+
+async def test_my_sessions_lists_the_live_connection(server: Server, clients: Clients) -> None:
+    alice = await clients.user("alice")
+    ws = await GraphQLWS.connect(server.ws_url, alice.token)
+    sessions = (await alice.gql("{ mySessions { id disconnectedAt } }"))["mySessions"]
+    assert len(sessions) == 1 and sessions[0]["disconnectedAt"] is None
+    await ws.close()
