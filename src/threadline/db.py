@@ -59,6 +59,35 @@ def make_engine(database_url: str) -> AsyncEngine:
     )
 
 
+class SharedReadSession(AsyncSession):
+    """A read session that concurrent tasks of one operation may share.
+
+    An AsyncSession runs one statement at a time and fails, rather than waits,
+    when a second one starts meanwhile; GraphQL resolves sibling fields and
+    DataLoader batches as concurrent tasks, so here each statement takes its turn.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._turn = asyncio.Lock()
+
+    async def execute(self, *args: Any, **kwargs: Any) -> Any:  # also serves scalars()
+        async with self._turn:
+            return await super().execute(*args, **kwargs)
+
+    async def scalar(self, *args: Any, **kwargs: Any) -> Any:
+        async with self._turn:
+            return await super().scalar(*args, **kwargs)
+
+    async def get(self, *args: Any, **kwargs: Any) -> Any:
+        async with self._turn:
+            return await super().get(*args, **kwargs)
+
+    async def refresh(self, *args: Any, **kwargs: Any) -> None:
+        async with self._turn:
+            await super().refresh(*args, **kwargs)
+
+
 class UnitOfWork:
     """One named transaction and the events it will publish once committed."""
 
@@ -76,6 +105,9 @@ class Database:
     def __init__(self, engine: AsyncEngine, publish: Publish = _publish_nothing) -> None:
         self.engine = engine
         self.sessions = async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+        self.shared_sessions = async_sessionmaker(
+            engine, class_=SharedReadSession, expire_on_commit=False, autoflush=False
+        )
         self.publish = publish
         self.is_sqlite = engine.dialect.name == "sqlite"
         self.is_postgres = engine.dialect.name == "postgresql"
@@ -102,9 +134,9 @@ class Database:
         if uow.events:
             try:
                 await self.publish(uow.events)
-            except Exception:
+            except Exception as exc:
                 # The events are in the log already; subscribers fill the gap from it.
-                log.exception("publishing events of %s failed", name)
+                log.warning("publishing events of %s failed: %s", name, exc)
 
     @asynccontextmanager
     async def reading(self) -> AsyncIterator[AsyncSession]:

@@ -13,6 +13,7 @@ import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 import strawberry
 from starlette.requests import Request
 from starlette.websockets import WebSocket
@@ -23,6 +24,7 @@ from strawberry.types.unset import UnsetType
 
 from threadline.errors import RateLimited, Unauthenticated
 from threadline.metrics import WEBSOCKET_CONNECTIONS
+from threadline.realtime.channels import SESSIONS_CHANNEL
 from threadline.realtime.rate_limits import MAX_SUBSCRIPTIONS_PER_CONNECTION, Action
 from threadline.runtime import Runtime, new_connection_id
 from threadline.schema.context import ConnectionState, Context
@@ -162,6 +164,32 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
                     await self._disconnected(ctx)
 
     async def end_sessions(self, clerk_session_ids: list[str], clerk_user_ids: list[str]) -> None:
+        """Tell every process to close these sessions' sockets (the webhook's hook)."""
+        message = orjson.dumps({"sessions": clerk_session_ids, "users": clerk_user_ids}).decode()
+        try:
+            await self.runtime.broker.publish(SESSIONS_CHANNEL, message)
+        except Exception:
+            log.warning("could not broadcast ended sessions; closing local ones", exc_info=True)
+            await self._close_sessions(clerk_session_ids, clerk_user_ids)
+
+    async def listen_for_ended_sessions(self) -> None:
+        """Runs for the process's lifetime: closes local sockets of sessions ended anywhere."""
+        while True:
+            try:
+                async with self.runtime.broker.subscribe(SESSIONS_CHANNEL) as subscriber:
+                    async for item in subscriber:
+                        if isinstance(item, str):
+                            data = orjson.loads(item)
+                            await self._close_sessions(data["sessions"], data["users"])
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("ended-sessions listener restarting", exc_info=True)
+                await asyncio.sleep(1)
+
+    async def _close_sessions(
+        self, clerk_session_ids: list[str], clerk_user_ids: list[str]
+    ) -> None:
         """Close the live sockets of ended Clerk sessions and deleted users (4401)."""
         self.runtime.forget_viewers(clerk_user_ids, clerk_session_ids)
         doomed = [

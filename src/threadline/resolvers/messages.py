@@ -54,7 +54,8 @@ async def _delivered(info: Info, thread_id: uuid.UUID, rows: list[models.Message
     mine = await ctx.loaders.my_participation.load(thread_id)
     newest = max(m.seq for m in rows)
     if mine is not None and mine.last_delivered_seq < newest:
-        await receipts.mark_delivered(ctx.runtime.db, mine.user_id, thread_id, newest)
+        db, user_id = ctx.runtime.db, mine.user_id
+        ctx.after_close(lambda: receipts.mark_delivered(db, user_id, thread_id, newest))
 
 
 async def replies(info: Info, parent: models.Message, request: PageRequest) -> MessageConnection:
@@ -137,6 +138,7 @@ class MessageMutations:
     async def send_message(self, info: Info, input: SendMessageInput) -> MessageType:
         viewer = await op.limit(info, Action.SEND_MESSAGE)
         ctx = op.context(info)
+        await ctx.before_write()
         message = await messages.send_message(
             ctx.runtime.db,
             viewer,

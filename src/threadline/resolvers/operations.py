@@ -50,6 +50,7 @@ async def writing(
     """One named, rate-limited transaction; the operation's loaders start afresh after it."""
     ctx = context(info)
     user = await limit(info, action)
+    await ctx.before_write()
     async with ctx.runtime.db.transaction(name) as uow:
         yield uow, user
     ctx.after_write()

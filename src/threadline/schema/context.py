@@ -6,13 +6,17 @@ identity cost no token check.
 
 from __future__ import annotations
 
+import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from threadline.errors import Unauthenticated
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from threadline.auth.tokens import Identity
@@ -49,6 +53,8 @@ class Context:
     access: dict[uuid.UUID, ThreadAccess] = field(default_factory=dict)
     response_headers: dict[str, str] = field(default_factory=dict)
     _retired: list[AsyncSession] = field(default_factory=list)
+    # Writes that wait until this operation's read connection is back in the pool.
+    _deferred: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     async def viewer(self) -> User:
         """The signed-in user; UNAUTHENTICATED when the token is missing or bad."""
@@ -72,7 +78,7 @@ class Context:
     async def session(self) -> AsyncSession:
         """The operation's read session, opened on first use and closed at the end."""
         if self._session is None:
-            self._session = self.runtime.db.sessions()
+            self._session = self.runtime.db.shared_sessions()
         return self._session
 
     @property
@@ -82,6 +88,27 @@ class Context:
 
             self._loaders = Loaders(self)
         return self._loaders
+
+    async def before_write(self) -> None:
+        """Give the read session's connection back before a write takes another.
+
+        A request that holds one pooled connection while it waits for a second
+        deadlocks once concurrent requests have taken the whole pool. Rows read
+        so far stay usable (detached, attributes loaded).
+        """
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def after_close(self, work: Callable[[], Awaitable[None]]) -> None:
+        """Run ``work`` (a write) once this operation has closed its read session.
+
+        A query cannot give its read connection back while sibling fields still
+        use it; a write that took a second connection meanwhile would deadlock
+        once concurrent requests hold the whole pool. It runs before the response
+        is sent, so the caller's next request sees it.
+        """
+        self._deferred.append(work)
 
     def after_write(self) -> None:
         """Forget what was read before a mutation: loaders, accesses and the session.
@@ -106,6 +133,12 @@ class Context:
                 await session.close()
         self._session = None
         self._retired.clear()
+        deferred, self._deferred = self._deferred, []
+        for work in deferred:
+            try:
+                await work()
+            except Exception:
+                log.exception("a write deferred to the end of an operation failed")
 
     def fork(self) -> Context:
         """A context for one operation: shared identity, its own session and loaders.

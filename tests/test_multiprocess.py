@@ -1,0 +1,250 @@
+"""Several `threadline serve` processes on one PostgreSQL and one Redis behave as one server.
+
+These start real server processes (and, for the restart test, their own
+redis-server), so they run on the PostgreSQL backend only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import httpx
+import jwt
+import pytest
+import websockets
+from svix.webhooks import Webhook
+
+from tests import factories
+from tests.conftest import BACKEND, DEV_SECRET, Api, free_port, token_for
+from tests.test_thread_events import EVENTS
+from tests.wsclient import GraphQLWS
+from threadline.config import Settings
+
+pytestmark = pytest.mark.skipif(BACKEND != "postgres", reason="needs PostgreSQL and Redis")
+
+WEBHOOK_SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+@dataclass
+class Process:
+    base: str
+    proc: asyncio.subprocess.Process
+
+    @property
+    def ws_url(self) -> str:
+        return self.base.replace("http", "ws", 1) + "/graphql"
+
+
+async def spawn(settings: Settings, redis_url: str) -> Process:
+    port = free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": settings.database_url,
+        "REDIS_URL": redis_url,
+        "DEV_AUTH_SECRET": DEV_SECRET,
+        "RATE_LIMITS": "off",
+        "CLERK_WEBHOOK_SECRET": WEBHOOK_SECRET,
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "threadline",
+        "serve",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        env=env,
+    )
+    base = f"http://127.0.0.1:{port}"
+    async with httpx.AsyncClient() as http:
+        for _ in range(150):
+            with contextlib.suppress(httpx.HTTPError):
+                if (await http.get(f"{base}/healthz")).status_code == 200:
+                    return Process(base, proc)
+            await asyncio.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("server process did not start")
+
+
+async def stop(process: Process) -> None:
+    if process.proc.returncode is None:
+        process.proc.terminate()
+        try:
+            await asyncio.wait_for(process.proc.wait(), 10)
+        except TimeoutError:
+            process.proc.kill()
+            await process.proc.wait()
+
+
+@pytest.fixture
+async def two(settings: Settings, redis_url: str) -> AsyncIterator[tuple[Process, Process]]:
+    a, b = await asyncio.gather(spawn(settings, redis_url), spawn(settings, redis_url))
+    yield a, b
+    await asyncio.gather(stop(a), stop(b))
+
+
+async def signed_in(http: httpx.AsyncClient, username: str, token: str | None = None) -> Api:
+    api = Api(http, token or token_for(username), username)
+    api.id = (await api.gql("{ me { id } }"))["me"]["id"]
+    return api
+
+
+async def test_a_subscriber_on_one_process_sees_messages_sent_through_another(
+    two: tuple[Process, Process],
+) -> None:
+    a, b = two
+    async with httpx.AsyncClient(base_url=b.base, timeout=30) as http:
+        alice, bob = await signed_in(http, "alice"), await signed_in(http, "bob")
+        tid = await factories.thread(alice, bob)
+        ws = await GraphQLWS.connect(a.ws_url, bob.token)
+        await ws.subscribe(EVENTS, {"t": tid})
+        await asyncio.sleep(0.3)
+        started = time.perf_counter()
+        for i in range(30):
+            await factories.send(alice, tid, f"via b {i}")
+        got = [(await ws.next())["payload"]["data"]["threadEvents"]["seq"] for _ in range(30)]
+        elapsed = time.perf_counter() - started
+        assert got == list(range(1, 31))
+        print(f"30 messages sent on one process, received on the other in {elapsed:.2f} s")
+        await ws.close()
+
+
+async def test_presence_is_the_same_on_every_process(two: tuple[Process, Process]) -> None:
+    a, b = two
+    query = "query($u: ID!) { user(id: $u) { presence { status } } }"
+    async with httpx.AsyncClient(base_url=b.base, timeout=30) as http:
+        alice, bob = await signed_in(http, "alice"), await signed_in(http, "bob")
+        ws = await GraphQLWS.connect(a.ws_url, bob.token)
+        seen = await alice.gql(query, {"u": bob.id})
+        assert seen["user"]["presence"]["status"] == "ONLINE"
+        await ws.close()
+        for _ in range(50):
+            seen = await alice.gql(query, {"u": bob.id})
+            if seen["user"]["presence"]["status"] == "OFFLINE":
+                break
+            await asyncio.sleep(0.1)
+        assert seen["user"]["presence"]["status"] == "OFFLINE"
+
+
+async def test_presence_ends_within_30_seconds_when_the_process_is_killed(
+    two: tuple[Process, Process],
+) -> None:
+    a, b = two
+    query = "query($u: ID!) { user(id: $u) { presence { status } } }"
+    async with httpx.AsyncClient(base_url=b.base, timeout=30) as http:
+        alice, bob = await signed_in(http, "alice"), await signed_in(http, "bob")
+        ws = await GraphQLWS.connect(a.ws_url, bob.token)
+        assert (await alice.gql(query, {"u": bob.id}))["user"]["presence"]["status"] == "ONLINE"
+        a.proc.send_signal(signal.SIGKILL)
+        killed = time.perf_counter()
+        status = "ONLINE"
+        while time.perf_counter() - killed < 30 and status != "OFFLINE":
+            await asyncio.sleep(0.5)
+            status = (await alice.gql(query, {"u": bob.id}))["user"]["presence"]["status"]
+        print(f"OFFLINE {time.perf_counter() - killed:.1f} s after kill -9")
+        assert status == "OFFLINE"
+        with contextlib.suppress(Exception):
+            await ws.close()
+
+
+async def test_an_ended_clerk_session_closes_its_sockets_on_every_process(
+    two: tuple[Process, Process],
+) -> None:
+    a, b = two
+    now = int(time.time())
+    claims = {
+        "sub": "dev_bob",
+        "sid": "sess_bob_1",
+        "username": "bob",
+        "iat": now,
+        "exp": now + 600,
+    }
+    bob_token = jwt.encode(claims, DEV_SECRET, algorithm="HS256")
+    async with httpx.AsyncClient(base_url=b.base, timeout=30) as http:
+        await signed_in(http, "bob", bob_token)
+        ws = await GraphQLWS.connect(a.ws_url, bob_token)
+        body = '{"type":"session.ended","data":{"id":"sess_bob_1","user_id":"dev_bob"}}'
+        msg_id = "msg_end_1"
+        sent_at = datetime.now(UTC)
+        signature = Webhook(WEBHOOK_SECRET).sign(msg_id, sent_at, body)
+        headers = {
+            "svix-id": msg_id,
+            "svix-timestamp": str(int(sent_at.timestamp())),
+            "svix-signature": signature,
+            "content-type": "application/json",
+        }
+        started = time.perf_counter()
+        assert (
+            await http.post("/webhooks/clerk", content=body, headers=headers)
+        ).status_code == 200
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.conn.recv(), 5)
+        took = time.perf_counter() - started
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
+        assert took < 1.0, took
+        refused = await Api(http, bob_token).raw("{ me { id } }")
+        assert refused["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
+
+
+async def test_events_committed_while_redis_was_down_still_reach_the_subscriber(
+    settings: Settings,
+) -> None:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed")
+    port = free_port()
+    redis_url = f"redis://127.0.0.1:{port}/0"
+
+    async def start_redis() -> asyncio.subprocess.Process:
+        proc = await asyncio.create_subprocess_exec(
+            binary,
+            "--port",
+            str(port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            stdout=asyncio.subprocess.DEVNULL,
+        )
+        await asyncio.sleep(0.3)
+        return proc
+
+    redis_proc = await start_redis()
+    server = await spawn(settings, redis_url)
+    try:
+        async with httpx.AsyncClient(base_url=server.base, timeout=30) as http:
+            alice, bob = await signed_in(http, "alice"), await signed_in(http, "bob")
+            tid = await factories.thread(alice, bob)
+            ws = await GraphQLWS.connect(server.ws_url, bob.token)
+            await ws.subscribe(EVENTS, {"t": tid})
+            await asyncio.sleep(0.3)
+            for i in range(20):
+                await factories.send(alice, tid, f"before {i}")
+            redis_proc.kill()
+            await redis_proc.wait()
+            for i in range(20):  # mutations still succeed: the event log has them
+                await factories.send(alice, tid, f"during {i}")
+            redis_proc = await start_redis()
+            await asyncio.sleep(1)
+            for i in range(20):
+                await factories.send(alice, tid, f"after {i}")
+            seqs = []
+            while len(seqs) < 60:
+                seqs.append((await ws.next(timeout=15))["payload"]["data"]["threadEvents"]["seq"])
+            assert seqs == list(range(1, 61))
+            await ws.close()
+    finally:
+        await stop(server)
+        if redis_proc.returncode is None:
+            redis_proc.kill()
+            await redis_proc.wait()
