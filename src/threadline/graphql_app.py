@@ -20,6 +20,10 @@ from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
+from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
+    BaseGraphQLTransportWSHandler,
+    Operation,
+)
 from strawberry.types.unset import UnsetType
 
 from threadline.errors import RateLimited, Unauthenticated
@@ -29,6 +33,7 @@ from threadline.realtime.rate_limits import MAX_SUBSCRIPTIONS_PER_CONNECTION, Ac
 from threadline.runtime import Runtime, new_connection_id
 from threadline.schema.context import ConnectionState, Context
 from threadline.services import sessions
+from threadline.subscriptions.broadcast import CURRENT_SINK, DirectSink, FrameRenderer
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +63,23 @@ def token_from_params(params: Any) -> str | None:
     return bearer(auth) if isinstance(auth, str) else None
 
 
+class TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
+    """graphql-transport-ws, with a direct frame sink for broadcast subscriptions."""
+
+    async def run_operation(self, operation: Operation[Context, None]) -> None:
+        websocket = self.context.connection
+
+        async def send_text(text: str) -> None:
+            if not operation.completed:
+                await websocket.send_text(text)
+
+        CURRENT_SINK.set(DirectSink(operation.id, send_text))
+        await super().run_operation(operation)
+
+
 class ThreadlineGraphQL(GraphQL[Context, None]):
+    graphql_transport_ws_handler_class = TransportWSHandler
+
     def __init__(self, schema: strawberry.Schema, runtime: Runtime) -> None:
         super().__init__(
             schema,
@@ -70,6 +91,7 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
             allowed_origins=runtime.settings.cors_origins,
         )
         self.runtime = runtime
+        runtime.frames = FrameRenderer(lambda: Context(runtime=runtime))
         self.connections: set[Context] = set()
 
     async def get_context(self, request: Request | WebSocket, response: Any) -> Context:

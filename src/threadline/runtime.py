@@ -25,12 +25,13 @@ from threadline.errors import Unauthenticated
 from threadline.models import Attachment, User
 from threadline.realtime.broker import Broker
 from threadline.realtime.caches import TTLCache
-from threadline.realtime.channels import publish_all
+from threadline.realtime.channels import decode_logged, publish_all
 from threadline.realtime.deliveries import DeliveryTracker
 from threadline.realtime.presence import PresenceTracker
 from threadline.realtime.rate_limits import RateLimiter
 from threadline.realtime.typing import TypingTracker
 from threadline.services import clerk_sync
+from threadline.services.events import LoggedEvent
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,10 @@ class Runtime:
         self.typing = TypingTracker(settings.redis_url, self.broker)
         self.user_cache: TTLCache[uuid.UUID, User] = TTLCache(USER_CACHE_SECONDS, 50_000)
         self.deliveries = DeliveryTracker(self.db)
+        # Set by the GraphQL layer: renders broadcast subscription frames once per event.
+        self.frames: Any = None
+        # Every subscriber of a thread receives the same published string: decode it once.
+        self._decoded: TTLCache[str, LoggedEvent] = TTLCache(10.0, 1024)
         self._viewers: OrderedDict[tuple[str, str | None], tuple[float, User]] = OrderedDict()
         secret = settings.resolve_dev_secret() or (
             settings.clerk_webhook_secret.get_secret_value()
@@ -79,6 +84,13 @@ class Runtime:
 
     async def _publish(self, events: Sequence[Any]) -> None:
         await publish_all(self.broker, events)
+
+    def decoded(self, raw: str) -> LoggedEvent:
+        event = self._decoded.get(raw)
+        if event is None:
+            event = decode_logged(raw)
+            self._decoded.put(raw, event)
+        return event
 
     # -- identity
 

@@ -27,14 +27,16 @@ from threadline.schema.types import (
     UserType,
 )
 from threadline.services import messages, receipts, search
-from threadline.services.pagination import PageRequest, encode_cursor
+from threadline.services.pagination import Page, PageRequest, encode_cursor
 from threadline.services.permissions import parse_id
 
 
-def _connection(page: object) -> MessageConnection:
+def _connection(info: Info, page: Page[models.Message]) -> MessageConnection:
+    # A reply's parent is usually on the same page: known rows cost no query.
+    op.context(info).loaders.message.prime_many({m.id: m for m in page.items})
     return MessageConnection(
-        edges=edges(page, MessageEdge, MessageType.of),  # type: ignore[arg-type]
-        page_info=page_info(page),  # type: ignore[arg-type]
+        edges=edges(page, MessageEdge, MessageType.of),
+        page_info=page_info(page),
     )
 
 
@@ -43,7 +45,7 @@ async def thread_messages(
 ) -> MessageConnection:
     page = await messages.thread_messages(await op.session(info), thread.id, request)
     await _delivered(info, thread.id, page.items)
-    return _connection(page)
+    return _connection(info, page)
 
 
 async def _delivered(info: Info, thread_id: uuid.UUID, rows: list[models.Message]) -> None:
@@ -60,7 +62,7 @@ async def _delivered(info: Info, thread_id: uuid.UUID, rows: list[models.Message
 
 async def replies(info: Info, parent: models.Message, request: PageRequest) -> MessageConnection:
     page = await messages.replies(await op.session(info), parent, request)
-    return _connection(page)
+    return _connection(info, page)
 
 
 async def read_by(
@@ -129,7 +131,7 @@ class MessageQueries:
             parse_id(thread_id, "Thread") if thread_id is not None else None,
             page_args(first, after),
         )
-        return _connection(page)
+        return _connection(info, page)
 
 
 @strawberry.type

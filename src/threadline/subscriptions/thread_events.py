@@ -8,21 +8,85 @@ seq. A participant removed from the thread gets that event, then the end.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 
 from strawberry import Info
 
 from threadline.errors import BadInput, Conflict
+from threadline.metrics import EVENTS_DELIVERED
 from threadline.realtime.broker import RECONNECTED, SubscriberOverflow
-from threadline.realtime.channels import decode_logged, thread_channel
+from threadline.realtime.channels import thread_channel
+from threadline.runtime import Runtime
 from threadline.schema.context import Context
 from threadline.schema.events import ThreadEventType
 from threadline.services.events import EventKind, LoggedEvent, events_after
 from threadline.services.permissions import parse_id
 from threadline.services.threads import get_thread
+from threadline.subscriptions.broadcast import CURRENT_SINK, viewer_independent
 from threadline.subscriptions.rendering import ends_subscription, render
 
 REPLAY_BATCH = 500
+
+
+async def _from_log(runtime: Runtime, thread_id: uuid.UUID, after: int) -> list[LoggedEvent]:
+    async with runtime.db.reading() as session:
+        return await events_after(session, thread_id, after, REPLAY_BATCH)
+
+
+async def ordered_events(
+    runtime: Runtime, thread_id: uuid.UUID, viewer_id: uuid.UUID, last: int
+) -> AsyncIterator[LoggedEvent]:
+    """Every event after ``last`` in seq order, replayed then live, never twice."""
+    async with runtime.broker.subscribe(thread_channel(thread_id)) as subscriber:
+
+        async def fill() -> AsyncIterator[LoggedEvent]:
+            nonlocal last
+            while True:
+                batch = await _from_log(runtime, thread_id, last)
+                for event in batch:
+                    last = event.seq
+                    yield event
+                if len(batch) < REPLAY_BATCH:
+                    return
+
+        async for event in fill():
+            yield event
+            if ends_subscription(event, viewer_id):
+                return
+        try:
+            async for item in subscriber:
+                if item is RECONNECTED:
+                    source = fill()
+                else:
+                    event = runtime.decoded(str(item))
+                    if event.seq <= last:
+                        continue
+                    if event.seq != last + 1:
+                        source = fill()
+                    else:
+                        last = event.seq
+                        yield event
+                        if ends_subscription(event, viewer_id):
+                            return
+                        continue
+                async for filled in source:
+                    yield filled
+                    if ends_subscription(filled, viewer_id):
+                        return
+        except SubscriberOverflow:
+            raise Conflict(
+                "This subscription fell too far behind: subscribe again with afterSeq",
+                afterSeq=last,
+            ) from None
+
+
+async def _rendered(runtime: Runtime, event: LoggedEvent) -> ThreadEventType:
+    thread = None
+    if event.kind is EventKind.THREAD_UPDATED:
+        async with runtime.db.reading() as session:
+            thread = await get_thread(session, event.thread_id)
+    return render(event, thread)
 
 
 async def stream(
@@ -35,52 +99,23 @@ async def stream(
     runtime = ctx.runtime
     if after_seq is not None and after_seq < 0:
         raise BadInput("`afterSeq` must be 0 or more")
-    last = access.thread.last_seq if after_seq is None else after_seq
+    start = access.thread.last_seq if after_seq is None else after_seq
     await ctx.close()  # no session held open between events
-
-    async def from_log() -> AsyncIterator[LoggedEvent]:
-        nonlocal last
-        while True:
-            async with runtime.db.reading() as session:
-                batch = await events_after(session, tid, last, REPLAY_BATCH)
-            for event in batch:
-                yield event
-            if len(batch) < REPLAY_BATCH:
-                return
-
-    async def emit(event: LoggedEvent) -> ThreadEventType:
-        nonlocal last
-        last = event.seq
+    events = ordered_events(runtime, tid, viewer.id, start)
+    sink = CURRENT_SINK.get()
+    if sink is not None and viewer_independent(info):
+        # Broadcast: render once per event for all subscribers, write the frame here.
+        op_key = runtime.frames.operation_key(info)
+        async for event in events:
+            payload = await runtime.frames.render(
+                info, op_key, (event.thread_id, event.seq), lambda e=event: _rendered(runtime, e)
+            )
+            runtime.deliveries.delivered(viewer.id, tid, event.seq)
+            await sink.send_text(sink.frame(payload))
+            EVENTS_DELIVERED.inc()
+        return
+    async for event in events:
         await ctx.renew()
         runtime.deliveries.delivered(viewer.id, tid, event.seq)
-        thread = None
-        if event.kind is EventKind.THREAD_UPDATED:
-            async with runtime.db.reading() as session:
-                thread = await get_thread(session, tid)
-        return render(event, thread)
-
-    async with runtime.broker.subscribe(thread_channel(tid)) as subscriber:
-        async for event in from_log():
-            yield await emit(event)
-            if ends_subscription(event, viewer.id):
-                return
-        try:
-            async for item in subscriber:
-                if item is RECONNECTED:
-                    pending = [e async for e in from_log()]
-                else:
-                    event = decode_logged(str(item))
-                    if event.seq <= last:
-                        continue
-                    pending = [event] if event.seq == last + 1 else [e async for e in from_log()]
-                for event in pending:
-                    if event.seq <= last:
-                        continue
-                    yield await emit(event)
-                    if ends_subscription(event, viewer.id):
-                        return
-        except SubscriberOverflow:
-            raise Conflict(
-                "This subscription fell too far behind: subscribe again with afterSeq",
-                afterSeq=last,
-            ) from None
+        EVENTS_DELIVERED.inc()
+        yield await _rendered(runtime, event)

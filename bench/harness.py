@@ -1,0 +1,162 @@
+"""Shared set-up of the benchmark scripts: a fresh PostgreSQL database, a server process, tokens.
+
+Benchmarks are scripts, not tests: they print numbers and clean up after themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+PG = os.environ.get("PG", "postgresql://postgres@127.0.0.1:5432")
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/6")
+SECRET = "bench-dev-secret-" + "k" * 32
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def summary(name: str, millis: list[float]) -> str:
+    return (
+        f"{name}: n={len(millis)} p50={percentile(millis, 0.5):.2f} ms "
+        f"p99={percentile(millis, 0.99):.2f} ms mean={statistics.fmean(millis):.2f} ms"
+    )
+
+
+def token(username: str) -> str:
+    from threadline.auth.tokens import mint_dev_token
+
+    return mint_dev_token(SECRET, f"dev_{username}", username, ttl_seconds=7200)
+
+
+@dataclass
+class Server:
+    base: str
+    proc: asyncio.subprocess.Process
+    database_url: str
+
+    @property
+    def ws_url(self) -> str:
+        return self.base.replace("http", "ws", 1) + "/graphql"
+
+    def rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        return 0
+
+
+@contextlib.asynccontextmanager
+async def database() -> AsyncIterator[tuple[str, str]]:
+    """A fresh, migrated database: (asyncpg DSN, SQLAlchemy URL)."""
+    name = f"bench_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(f"{PG}/postgres")
+    await admin.execute(f"CREATE DATABASE {name}")
+    await admin.close()
+    dsn = f"{PG}/{name}"
+    url = "postgresql+asyncpg://" + dsn.removeprefix("postgresql://")
+    from threadline.migrate import upgrade_to_head_async
+
+    await upgrade_to_head_async(url)
+    try:
+        yield dsn, url
+    finally:
+        admin = await asyncpg.connect(f"{PG}/postgres")
+        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await admin.close()
+
+
+@contextlib.asynccontextmanager
+async def server(
+    database_url: str, *, redis: bool = True, pin: str | None = "0"
+) -> AsyncIterator[Server]:
+    """`threadline serve` on its own core (taskset), like a deployment would run it."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "DEV_AUTH_SECRET": SECRET,
+        "RATE_LIMITS": "off",
+    }
+    if redis:
+        env["REDIS_URL"] = REDIS_URL
+    else:
+        env.pop("REDIS_URL", None)
+    command = [
+        sys.executable,
+        "-m",
+        "threadline",
+        "serve",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
+    if pin is not None and (os.cpu_count() or 1) >= 2:
+        command = ["taskset", "-c", pin, *command]
+    proc = await asyncio.create_subprocess_exec(*command, env=env)
+    base = f"http://127.0.0.1:{port}"
+    async with httpx.AsyncClient() as http:
+        for _ in range(300):
+            with contextlib.suppress(httpx.HTTPError):
+                if (await http.get(f"{base}/healthz")).status_code == 200:
+                    break
+            await asyncio.sleep(0.1)
+        else:
+            proc.kill()
+            raise RuntimeError("server did not start")
+    pid_proc = proc
+    if pin is not None:
+        # taskset execs python, so the pid is the server's own.
+        pass
+    try:
+        yield Server(base, pid_proc, database_url)
+    finally:
+        proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), 10)
+        except TimeoutError:
+            proc.kill()
+
+
+async def gql(
+    http: httpx.AsyncClient, tok: str, query: str, variables: dict[str, object] | None = None
+) -> dict:  # type: ignore[type-arg]
+    response = await http.post(
+        "/graphql",
+        json={"query": query, "variables": variables or {}},
+        headers={"authorization": f"Bearer {tok}"},
+    )
+    body = response.json()
+    if body.get("errors"):
+        raise RuntimeError(body["errors"])
+    return body["data"]  # type: ignore[no-any-return]
+
+
+def cores_line() -> str:
+    return f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}"
+
+
+def now_ms() -> float:
+    return time.perf_counter() * 1000

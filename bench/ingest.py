@@ -1,0 +1,97 @@
+"""Ingest: persisted sendMessage calls per second over HTTP on PostgreSQL, 16 concurrent
+senders in 16 threads, against a bare asyncpg pool doing single-row INSERT ... RETURNING
+at the same concurrency, in the same run.
+
+usage: .venv/bin/python bench/ingest.py [--senders 16] [--seconds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+
+import asyncpg
+import httpx
+
+from bench.harness import cores_line, database, gql, server, token
+
+SEND = "mutation($i: SendMessageInput!) { sendMessage(input: $i) { id seq } }"
+
+
+async def threadline_rate(base: str, senders: int, seconds: float) -> tuple[float, int]:
+    limits = httpx.Limits(max_connections=senders, max_keepalive_connections=senders)
+    async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as http:
+        toks = [token(f"sender{i}") for i in range(senders)]
+        threads = []
+        for tok in toks:
+            data = await gql(
+                http, tok, 'mutation { createThread(input: {title: "ingest"}) { id } }'
+            )
+            threads.append(data["createThread"]["id"])
+        for tok, tid in zip(toks, threads, strict=True):  # warm-up
+            for _ in range(20):
+                await gql(http, tok, SEND, {"i": {"threadId": tid, "body": "warm"}})
+        done = 0
+        deadline = time.perf_counter() + seconds
+
+        async def sender(tok: str, tid: str) -> None:
+            nonlocal done
+            while time.perf_counter() < deadline:
+                await gql(http, tok, SEND, {"i": {"threadId": tid, "body": f"message {done}"}})
+                done += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(sender(t, tid) for t, tid in zip(toks, threads, strict=True)))
+        return done / (time.perf_counter() - started), done
+
+
+async def asyncpg_rate(dsn: str, senders: int, seconds: float) -> float:
+    pool = await asyncpg.create_pool(dsn, min_size=senders, max_size=senders)
+    async with pool.acquire() as conn:
+        await conn.execute(
+            "create table if not exists raw_ingest (id bigserial primary key, thread int not null,"
+            " body text not null, created_at timestamptz not null default now())"
+        )
+    done = 0
+    deadline = time.perf_counter() + seconds
+
+    async def sender(k: int) -> None:
+        nonlocal done
+        while time.perf_counter() < deadline:
+            await pool.fetchrow(
+                "insert into raw_ingest (thread, body) values ($1, $2) returning id, created_at",
+                k,
+                f"message {done}",
+            )
+            done += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(sender(k) for k in range(senders)))
+    rate = done / (time.perf_counter() - started)
+    await pool.close()
+    return rate
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--senders", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=10)
+    args = parser.parse_args()
+    print(cores_line())
+    async with database() as (dsn, url):
+        async with server(url) as srv:
+            rate, done = await threadline_rate(srv.base, args.senders, args.seconds)
+        conn = await asyncpg.connect(dsn)
+        stored = await conn.fetchval("select count(*) from messages where body like 'message %'")
+        await conn.close()
+        print(
+            f"threadline sendMessage over HTTP: {rate:.0f}/s ({done} acknowledged, {stored} stored)"
+        )
+        floor = await asyncpg_rate(dsn, args.senders, args.seconds)
+        print(f"bare asyncpg INSERT ... RETURNING: {floor:.0f}/s")
+        print(f"ratio {rate / floor:.2f} (target >= 0.3)")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
