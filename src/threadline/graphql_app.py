@@ -42,6 +42,8 @@ CLOSE_REFUSED = 4403
 CLOSE_TOO_MANY = 4429
 # Presence leases last 20 s; renewing every 8 s survives one missed renewal.
 LEASE_RENEW_SECONDS = 8.0
+# The session row's last_seen_at is a coarse record: once a minute per socket.
+SESSION_TOUCH_EVERY = 8
 
 
 def bearer(value: str | None) -> str | None:
@@ -139,8 +141,10 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
         runtime = self.runtime
         state, identity, user = context.state, context.identity, context.viewer_or_none
         assert state is not None and identity is not None and user is not None
+        beat = 0
         while True:
             await asyncio.sleep(LEASE_RENEW_SECONDS)
+            beat += 1
             expired_for = (datetime.now(UTC) - identity.expires_at).total_seconds()
             if expired_for > runtime.settings.ws_reauth_seconds:
                 await self._close(
@@ -149,7 +153,7 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
                 return
             try:
                 await runtime.presence.renew(user.id, state.connection_id)
-                if state.session_id is not None:
+                if state.session_id is not None and beat % SESSION_TOUCH_EVERY == 0:
                     async with runtime.db.transaction("touch_session") as uow:
                         await sessions.touch_session(uow, state.session_id)
             except Exception:

@@ -13,7 +13,7 @@ import logging
 import uuid
 
 from threadline.db import Database
-from threadline.services.receipts import mark_delivered
+from threadline.services.receipts import mark_delivered_many
 
 log = logging.getLogger(__name__)
 FLUSH_SECONDS = 1.0
@@ -51,5 +51,4 @@ class DeliveryTracker:
 
     async def flush(self) -> None:
         pending, self._pending = self._pending, {}
-        for (user_id, thread_id), seq in pending.items():
-            await mark_delivered(self._db, user_id, thread_id, seq)
+        await mark_delivered_many(self._db, pending)

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import Integer, Uuid, and_, column, func, select, update, values
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from threadline.db import Database, UnitOfWork
@@ -119,25 +119,45 @@ async def mark_read(uow: UnitOfWork, actor: User, access: ThreadAccess, seq: int
 
 
 async def mark_delivered(db: Database, user_id: uuid.UUID, thread_id: uuid.UUID, seq: int) -> None:
-    """Move a delivered marker forward; a no-op write when it is there already."""
-    async with db.transaction("mark_delivered") as uow:
-        result = await uow.session.execute(
-            update(ThreadParticipant)
-            .where(
-                ThreadParticipant.thread_id == thread_id,
-                ThreadParticipant.user_id == user_id,
-                ThreadParticipant.last_delivered_seq < seq,
-            )
-            .values(last_delivered_seq=seq)
-            .returning(ThreadParticipant.last_read_seq)
+    """Move one delivered marker forward; a no-op write when it is there already."""
+    await mark_delivered_many(db, {(user_id, thread_id): seq})
+
+
+async def mark_delivered_many(
+    db: Database, markers: Mapping[tuple[uuid.UUID, uuid.UUID], int]
+) -> None:
+    """Move many delivered markers forward in one statement; announce those that moved."""
+    if not markers:
+        return
+    rows = [(thread_id, user_id, seq) for (user_id, thread_id), seq in markers.items()]
+    wanted = values(
+        column("thread_id", Uuid()),
+        column("user_id", Uuid()),
+        column("seq", Integer()),
+        name="wanted",
+    ).data(rows)
+    statement = (
+        update(ThreadParticipant)
+        .where(
+            ThreadParticipant.thread_id == wanted.c.thread_id,
+            ThreadParticipant.user_id == wanted.c.user_id,
+            ThreadParticipant.last_delivered_seq < wanted.c.seq,
         )
-        row = result.first()
-        if row is not None:
+        .values(last_delivered_seq=wanted.c.seq)
+        .returning(
+            ThreadParticipant.thread_id,
+            ThreadParticipant.user_id,
+            ThreadParticipant.last_read_seq,
+            ThreadParticipant.last_delivered_seq,
+        )
+    )
+    async with db.transaction("mark_delivered") as uow:
+        for thread_id, user_id, read, delivered in await uow.session.execute(statement):
             uow.emit(
                 ActivityEvent(
                     thread_id,
                     "receipt",
                     user_id,
-                    {"last_read_seq": int(row[0]), "last_delivered_seq": seq},
+                    {"last_read_seq": int(read), "last_delivered_seq": int(delivered)},
                 )
             )
