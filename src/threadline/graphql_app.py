@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 CLOSE_SESSION_ENDED = 4401
 CLOSE_REFUSED = 4403
 CLOSE_TOO_MANY = 4429
+SEND_TIMEOUT_SECONDS = 10.0
+PING_SECONDS = 15.0
 # Presence leases last 20 s; renewing every 8 s survives one missed renewal.
 LEASE_RENEW_SECONDS = 8.0
 # The session row's last_seen_at is a coarse record: once a minute per socket.
@@ -68,12 +70,34 @@ def token_from_params(params: Any) -> str | None:
 class TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
     """graphql-transport-ws, with a direct frame sink for broadcast subscriptions."""
 
+    async def handle(self) -> None:
+        pinger = asyncio.create_task(self._ping())
+        try:
+            await super().handle()
+        finally:
+            pinger.cancel()
+
+    async def _ping(self) -> None:
+        """Server pings (strawberry sends none): they keep idle proxies from cutting the socket."""
+        while True:
+            await asyncio.sleep(PING_SECONDS)
+            if self.connection_acknowledged:
+                try:
+                    await asyncio.wait_for(
+                        self.send_message({"type": "ping"}), SEND_TIMEOUT_SECONDS
+                    )
+                except Exception:
+                    return
+
     async def run_operation(self, operation: Operation[Context, None]) -> None:
         websocket = self.context.connection
 
         async def send_text(text: str) -> None:
-            if not operation.completed:
-                await websocket.send_text(text)
+            if operation.completed:
+                return
+            # A peer that stopped reading raises TimeoutError here, and the stream
+            # ends with a resume error instead of buffering for it.
+            await asyncio.wait_for(websocket.send_text(text), SEND_TIMEOUT_SECONDS)
 
         CURRENT_SINK.set(DirectSink(operation.id, send_text))
         await super().run_operation(operation)
@@ -88,6 +112,8 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
             graphql_ide=None if runtime.settings.is_production else "graphiql",
             subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL),
             connection_init_wait_timeout=timedelta(seconds=10),
+            keep_alive=True,  # the legacy graphql-ws protocol's "ka" messages
+            keep_alive_interval=PING_SECONDS,
             # The app refuses the 101st subscription with a coded error; this is a backstop.
             max_subscriptions_per_connection=MAX_SUBSCRIPTIONS_PER_CONNECTION + 10,
             allowed_origins=runtime.settings.cors_origins,

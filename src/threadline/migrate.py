@@ -8,6 +8,7 @@ the repository's ``alembic.ini`` points the ``alembic`` command at the same fold
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,6 +26,11 @@ if TYPE_CHECKING:
     from sqlalchemy.schema import SchemaItem
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+
+# Alembic keeps the running migration in module globals (alembic.context, alembic.op),
+# so two commands in one process at once would act on each other's connections.
+# Between processes, env.py locks the database itself.
+_ALEMBIC_COMMAND_LOCK = threading.Lock()
 
 # Full-text search objects that the revisions create by hand, outside the models:
 # a generated tsvector column and its GIN index on PostgreSQL, an FTS5 table on SQLite.
@@ -81,7 +87,8 @@ def _refuse_inside_running_loop(name: str) -> None:
 def upgrade_to_head(database_url: str) -> None:
     """Migrate the database to the newest revision; call it where no event loop runs."""
     _refuse_inside_running_loop("upgrade_to_head")
-    command.upgrade(alembic_config(database_url), "head")
+    with _ALEMBIC_COMMAND_LOCK:
+        command.upgrade(alembic_config(database_url), "head")
 
 
 async def upgrade_to_head_async(database_url: str) -> None:

@@ -47,6 +47,9 @@ if config.config_file_name is not None:
 
 target_metadata = Base.metadata
 
+# The PostgreSQL advisory lock that serialises migrations of one database.
+MIGRATION_LOCK_KEY = 0x7468_7264_6C6E  # "thrdln"
+
 
 def database_url() -> str:
     return config.get_main_option("sqlalchemy.url") or Settings().database_url
@@ -87,6 +90,9 @@ def do_run_migrations(connection: Connection) -> None:
         include_object=include_object,
     )
     with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            # Other processes migrating the same database wait here, then find it done.
+            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})")
         context.run_migrations()
 
 
@@ -94,8 +100,10 @@ def _driver_leaves_transactions_to_us(dbapi_connection: Any, record: ConnectionP
     dbapi_connection.isolation_level = None
 
 
-def _begin(connection: Connection) -> None:
-    connection.exec_driver_sql("BEGIN")
+def _begin_immediate(connection: Connection) -> None:
+    # IMMEDIATE takes the write lock up front: a second migrator waits for the first
+    # instead of both reading "not migrated" and one failing on its first write.
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def make_migration_engine(url: str) -> AsyncEngine:
@@ -107,10 +115,12 @@ def make_migration_engine(url: str) -> AsyncEngine:
     ourselves makes a failed SQLite migration roll back whole instead of leaving a
     half-built schema that the next attempt trips over.
     """
-    engine = create_async_engine(url, poolclass=NullPool)
-    if is_sqlite(url):
-        event.listen(engine.sync_engine, "connect", _driver_leaves_transactions_to_us)
-        event.listen(engine.sync_engine, "begin", _begin)
+    if not is_sqlite(url):
+        return create_async_engine(url, poolclass=NullPool)
+    # A second migrator waits for the first's write lock up to this many seconds.
+    engine = create_async_engine(url, poolclass=NullPool, connect_args={"timeout": 120})
+    event.listen(engine.sync_engine, "connect", _driver_leaves_transactions_to_us)
+    event.listen(engine.sync_engine, "begin", _begin_immediate)
     return engine
 
 

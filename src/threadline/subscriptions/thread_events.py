@@ -9,7 +9,8 @@ seq. A participant removed from the thread gets that event, then the end.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
 
 from strawberry import Info
 
@@ -36,7 +37,7 @@ async def _from_log(runtime: Runtime, thread_id: uuid.UUID, after: int) -> list[
 
 async def ordered_events(
     runtime: Runtime, thread_id: uuid.UUID, viewer_id: uuid.UUID, last: int
-) -> AsyncIterator[LoggedEvent]:
+) -> AsyncGenerator[LoggedEvent, None]:
     """Every event after ``last`` in seq order, replayed then live, never twice."""
     async with runtime.broker.subscribe(thread_channel(thread_id)) as subscriber:
 
@@ -101,21 +102,33 @@ async def stream(
         raise BadInput("`afterSeq` must be 0 or more")
     start = access.thread.last_seq if after_seq is None else after_seq
     await ctx.close()  # no session held open between events
-    events = ordered_events(runtime, tid, viewer.id, start)
     sink = CURRENT_SINK.get()
-    if sink is not None and viewer_independent(info):
-        # Broadcast: render once per event for all subscribers, write the frame here.
-        op_key = runtime.frames.operation_key(info)
+    # aclosing: the broker subscription ends with the stream, also when a send fails.
+    async with aclosing(ordered_events(runtime, tid, viewer.id, start)) as events:
+        if sink is not None and viewer_independent(info):
+            # Broadcast: render once per event for all subscribers, write the frame here.
+            op_key = runtime.frames.operation_key(info)
+            sent = start
+            async for event in events:
+                payload = await runtime.frames.render(
+                    info,
+                    op_key,
+                    (event.thread_id, event.seq),
+                    lambda e=event: _rendered(runtime, e),
+                )
+                try:
+                    await sink.send_text(sink.frame(payload))
+                except TimeoutError:
+                    raise Conflict(
+                        "This subscriber stopped reading: subscribe again with afterSeq",
+                        afterSeq=sent,
+                    ) from None
+                sent = event.seq
+                runtime.deliveries.delivered(viewer.id, tid, event.seq)
+                EVENTS_DELIVERED.inc()
+            return
         async for event in events:
-            payload = await runtime.frames.render(
-                info, op_key, (event.thread_id, event.seq), lambda e=event: _rendered(runtime, e)
-            )
+            await ctx.renew()
             runtime.deliveries.delivered(viewer.id, tid, event.seq)
-            await sink.send_text(sink.frame(payload))
             EVENTS_DELIVERED.inc()
-        return
-    async for event in events:
-        await ctx.renew()
-        runtime.deliveries.delivered(viewer.id, tid, event.seq)
-        EVENTS_DELIVERED.inc()
-        yield await _rendered(runtime, event)
+            yield await _rendered(runtime, event)
