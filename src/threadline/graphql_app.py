@@ -19,11 +19,13 @@ from starlette.requests import Request
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
+from strawberry.http import GraphQLHTTPResponse
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
     Operation,
 )
+from strawberry.types import ExecutionResult
 from strawberry.types.unset import UnsetType
 
 from threadline.errors import RateLimited, Unauthenticated
@@ -32,6 +34,7 @@ from threadline.realtime.channels import SESSIONS_CHANNEL
 from threadline.realtime.rate_limits import MAX_SUBSCRIPTIONS_PER_CONNECTION, Action
 from threadline.runtime import Runtime, new_connection_id
 from threadline.schema.context import ConnectionState, Context
+from threadline.schema.errors import shape_error
 from threadline.services import sessions
 from threadline.subscriptions.broadcast import CURRENT_SINK, DirectSink, FrameRenderer
 
@@ -121,6 +124,18 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
         self.runtime = runtime
         runtime.frames = FrameRenderer(lambda: Context(runtime=runtime))
         self.connections: set[Context] = set()
+
+    async def process_result(
+        self, request: Request, result: ExecutionResult
+    ) -> GraphQLHTTPResponse:
+        # Errors raised before the operation starts (syntax, token limit) skip the
+        # extensions; they get their code here.
+        if result.errors:
+            result.errors = [
+                e if e.extensions and "code" in e.extensions else shape_error(e)
+                for e in result.errors
+            ]
+        return await super().process_result(request, result)
 
     async def get_context(self, request: Request | WebSocket, response: Any) -> Context:
         if isinstance(request, WebSocket):

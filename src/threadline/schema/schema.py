@@ -8,6 +8,7 @@ from typing import Any
 import strawberry
 from graphql import GraphQLError
 from strawberry.extensions import (
+    AddValidationRules,
     MaxAliasesLimiter,
     MaxTokensLimiter,
     ParserCache,
@@ -33,6 +34,13 @@ MAX_DEPTH = 12
 MAX_ALIASES = 15
 MAX_TOKENS = 5000
 
+# The depth and alias rules are classes made by these limiters; they are made once so
+# that the validation cache (keyed by the rules too) hits across requests.
+DOCUMENT_RULES = [
+    *QueryDepthLimiter(max_depth=MAX_DEPTH).validation_rules,
+    *MaxAliasesLimiter(max_alias_count=MAX_ALIASES).validation_rules,
+]
+
 Query = merge_types("Query", (UserQueries, ThreadQueries, MessageQueries, NotificationQueries))
 Mutation = merge_types(
     "Mutation", (ThreadMutations, MessageMutations, UserMutations, NotificationMutations)
@@ -51,8 +59,7 @@ def build_schema(*, production: bool = False) -> strawberry.Schema:
         ErrorCodes,
         lambda: ParserCache(maxsize=256),
         lambda: ValidationCache(maxsize=256),
-        lambda: QueryDepthLimiter(max_depth=MAX_DEPTH),
-        lambda: MaxAliasesLimiter(max_alias_count=MAX_ALIASES),
+        lambda: AddValidationRules(DOCUMENT_RULES),
         lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),
     ]
     if production:
