@@ -100,7 +100,8 @@ class TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
                 return
             # A peer that stopped reading raises TimeoutError here, and the stream
             # ends with a resume error instead of buffering for it.
-            await asyncio.wait_for(websocket.send_text(text), SEND_TIMEOUT_SECONDS)
+            async with asyncio.timeout(SEND_TIMEOUT_SECONDS):  # no task per send
+                await websocket.send_text(text)
 
         CURRENT_SINK.set(DirectSink(operation.id, send_text))
         await super().run_operation(operation)

@@ -57,34 +57,47 @@ class PresenceTracker:
     # -- leases
 
     async def renew(self, user_id: uuid.UUID, connection_id: str) -> None:
-        """Start or extend a connection's lease; announce when the user comes online."""
-        before = await self.get(user_id)
+        """Start or extend a connection's lease; announce when the user comes online.
+
+        One Redis round trip: this runs for every connection every few seconds.
+        """
         now = self._clock()
         expiry = now + self.lease_seconds
         if self._redis is not None:
             key = f"presence:leases:{user_id}"
             async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.zadd(key, {connection_id: expiry})
                 pipe.zremrangebyscore(key, 0, now)
+                pipe.zcount(key, now, "+inf")
+                pipe.zadd(key, {connection_id: expiry})
                 pipe.expire(key, int(self.lease_seconds * 3))
                 pipe.set(f"presence:seen:{user_id}", now)
-                await pipe.execute()
+                pipe.exists(f"presence:away:{user_id}")
+                _, live_before, *_, away = await pipe.execute()
         else:
-            self._leases.setdefault(user_id, {})[connection_id] = expiry
+            leases = self._leases.setdefault(user_id, {})
+            live_before = sum(1 for e in leases.values() if e > now)
+            leases[connection_id] = expiry
             self._seen[user_id] = now
-        if before.status is PresenceStatus.OFFLINE:
-            await self._announce(user_id)
+            away = user_id in self._away
+        if not live_before:
+            status = PresenceStatus.AWAY if away else PresenceStatus.ONLINE
+            await self._publish(user_id, PresenceState(status, _ts(now)))
 
     async def release(self, user_id: uuid.UUID, connection_id: str) -> None:
         now = self._clock()
         if self._redis is not None:
-            await self._redis.zrem(f"presence:leases:{user_id}", connection_id)
-            await self._redis.set(f"presence:seen:{user_id}", now)
+            key = f"presence:leases:{user_id}"
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.zrem(key, connection_id)
+                pipe.set(f"presence:seen:{user_id}", now)
+                pipe.zcount(key, now, "+inf")
+                *_, live = await pipe.execute()
         else:
             self._leases.get(user_id, {}).pop(connection_id, None)
             self._seen[user_id] = now
-        if (await self.get(user_id)).status is PresenceStatus.OFFLINE:
-            await self._announce(user_id)
+            live = await self._live_leases(user_id)
+        if not live:
+            await self._publish(user_id, PresenceState(PresenceStatus.OFFLINE, _ts(now)))
 
     async def _live_leases(self, user_id: uuid.UUID) -> int:
         now = self._clock()
@@ -129,7 +142,9 @@ class PresenceTracker:
         return await self.get(user_id)
 
     async def _announce(self, user_id: uuid.UUID) -> None:
-        state = await self.get(user_id)
+        await self._publish(user_id, await self.get(user_id))
+
+    async def _publish(self, user_id: uuid.UUID, state: PresenceState) -> None:
         message = orjson.dumps(
             {
                 "u": str(user_id),
