@@ -1,24 +1,31 @@
 """viewerEvents: what concerns the signed-in user across all of their threads.
 
-It listens on the user's own channel (notifications, membership) and on the
-channels of the user's threads, shared in-process with every other subscriber
-of those threads: a message in a 200-member thread is one publish.
+It listens on the user's own channel (notifications, membership) for its whole
+life, and on the channels of the user's threads, shared in-process with every
+other subscriber of those threads: a message in a 200-member thread is one
+publish. When the membership changes, only the thread subscription is swapped,
+so nothing addressed to the user is lost meanwhile.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
+from typing import Any
 
 from strawberry import ID, Info
 
-from threadline.realtime.broker import RECONNECTED
+from threadline.errors import Conflict
+from threadline.realtime.broker import RECONNECTED, Subscriber
 from threadline.realtime.channels import (
-    decode_logged,
     decode_user_event,
     thread_channel,
     user_channel,
 )
+from threadline.runtime import Runtime
 from threadline.schema.context import Context
 from threadline.schema.enums import ThreadRole
 from threadline.schema.events import (
@@ -31,22 +38,73 @@ from threadline.schema.types import NotificationType, ThreadType
 from threadline.services import notifications, threads
 from threadline.services.pagination import PageRequest
 
-MAX_THREADS = 100  # a viewer follows the most recent threads live
+MAX_THREADS = 100  # a viewer follows their most recently active threads live
+QUEUE_LIMIT = 1000
+
+
+class _Feed:
+    """Pumps broker subscriptions into one bounded queue."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def pump(self, subscriber: Subscriber) -> None:
+        try:
+            async for item in subscriber:
+                if self.queue.qsize() >= QUEUE_LIMIT:
+                    raise Conflict("viewerEvents fell too far behind: subscribe again")
+                self.queue.put_nowait(item)
+        except Exception as exc:  # handed to the reader, which raises it
+            self.queue.put_nowait(exc)
+
+
+class _ThreadWatch:
+    """The current subscription to the viewer's thread channels, swappable."""
+
+    def __init__(self, runtime: Runtime, feed: _Feed) -> None:
+        self.runtime = runtime
+        self.feed = feed
+        self.thread_ids: set[uuid.UUID] = set()
+        self._cm: AbstractAsyncContextManager[Subscriber] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def follow(self, viewer: Any) -> None:
+        await self.stop()
+        async with self.runtime.db.reading() as session:
+            page = await threads.threads_of(session, viewer, None, PageRequest(first=MAX_THREADS))
+        self.thread_ids = {t.id for t in page.items}
+        if not self.thread_ids:
+            return
+        self._cm = self.runtime.broker.subscribe_many([thread_channel(t) for t in self.thread_ids])
+        subscriber = await self._cm.__aenter__()
+        self._task = asyncio.create_task(self.feed.pump(subscriber))
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._cm is not None:
+            await self._cm.__aexit__(None, None, None)
+            self._cm = None
 
 
 async def stream(info: Info) -> AsyncIterator[ViewerEvent]:
     ctx: Context = info.context
     viewer = await ctx.viewer()
     runtime = ctx.runtime
-    while True:
-        async with runtime.db.reading() as session:
-            page = await threads.threads_of(session, viewer, None, PageRequest(first=MAX_THREADS))
-        thread_ids = {t.id for t in page.items}
-        await ctx.close()
-        channels = [user_channel(viewer.id), *(thread_channel(t) for t in thread_ids)]
-        resubscribe = False
-        async with runtime.broker.subscribe_many(channels) as subscriber:
-            async for item in subscriber:
+    feed = _Feed()
+    watch = _ThreadWatch(runtime, feed)
+    await ctx.close()
+    async with runtime.broker.subscribe(user_channel(viewer.id)) as mine:
+        own = asyncio.create_task(feed.pump(mine))
+        try:
+            await watch.follow(viewer)
+            while True:
+                item = await feed.queue.get()
+                if isinstance(item, Exception):
+                    raise item
                 if item is RECONNECTED:
                     continue
                 raw = str(item)
@@ -54,24 +112,25 @@ async def stream(info: Info) -> AsyncIterator[ViewerEvent]:
                 if raw.startswith('{"u"'):
                     event = decode_user_event(raw)
                     if event.kind == "notification":
-                        yielded = await _notification(ctx, uuid.UUID(event.data["notification_id"]))
-                        if yielded is not None:
-                            yield yielded
+                        created = await _notification(ctx, uuid.UUID(event.data["notification_id"]))
+                        if created is not None:
+                            yield created
                     else:
+                        await watch.follow(viewer)
                         yield await _membership(ctx, event.data)
-                        resubscribe = True
-                        break
-                else:
-                    logged = decode_logged(raw)
-                    if logged.thread_id in thread_ids:
-                        session = await ctx.session()
-                        thread = await threads.threads_by_ids(session, [logged.thread_id])
-                        if logged.thread_id in thread:
-                            yield ThreadActivityForViewer(
-                                thread=ThreadType.of(thread[logged.thread_id])
-                            )
-        if not resubscribe:
-            return
+                    continue
+                logged = runtime.decoded(raw)
+                if logged.thread_id not in watch.thread_ids:
+                    continue
+                found = await threads.threads_by_ids(await ctx.session(), [logged.thread_id])
+                thread = found.get(logged.thread_id)
+                if thread is not None and thread.deleted_at is None:
+                    yield ThreadActivityForViewer(thread=ThreadType.of(thread))
+        finally:
+            own.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await own
+            await watch.stop()
 
 
 async def _notification(ctx: Context, notification_id: uuid.UUID) -> NotificationCreated | None:
