@@ -233,6 +233,8 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
 
     async def end_sessions(self, clerk_session_ids: list[str], clerk_user_ids: list[str]) -> None:
         """Tell every process to close these sessions' sockets (the webhook's hook)."""
+        # This process forgets them before the webhook answers: read-your-writes.
+        self.runtime.forget_viewers(clerk_user_ids, clerk_session_ids)
         message = orjson.dumps({"sessions": clerk_session_ids, "users": clerk_user_ids}).decode()
         try:
             await self.runtime.broker.publish(SESSIONS_CHANNEL, message)

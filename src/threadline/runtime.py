@@ -129,6 +129,9 @@ class Runtime:
         for key in list(self._viewers):
             if key[0] in clerk_user_ids or key[1] in sessions:
                 del self._viewers[key]
+        if clerk_user_ids:
+            gone = set(clerk_user_ids)
+            self.user_cache.discard(lambda _, user: user.clerk_id in gone)
 
     # -- attachments
 

@@ -122,8 +122,6 @@ async def _apply(uow: UnitOfWork, event_type: str, data: Mapping[str, Any]) -> _
 
 
 async def _sessions_ended(request: Request, applied: _Applied) -> None:
-    if applied.deleted_users:
-        _forget_cached_users(request, applied.deleted_users)
     hook: SessionsEndedHook | None = getattr(request.app.state, "on_sessions_ended", None)
     if hook is None:
         return
@@ -133,16 +131,6 @@ async def _sessions_ended(request: Request, applied: _Applied) -> None:
         # The change is committed: a 5xx would only make Svix redeliver an event that
         # is now a duplicate, so the failure is logged and the delivery acknowledged.
         log.exception("closing the sockets of ended Clerk sessions failed")
-
-
-def _forget_cached_users(request: Request, clerk_user_ids: list[str]) -> None:
-    # The process shares loaded users for a few seconds; a deleted one must show as
-    # deleted (messages with no author) at once, not when that cache expires.
-    runtime = getattr(request.app.state, "runtime", None)
-    cache = getattr(runtime, "user_cache", None)
-    if cache is not None:
-        gone = set(clerk_user_ids)
-        cache.discard(lambda _key, user: user.clerk_id in gone)
 
 
 async def _read_body(request: Request) -> bytes | None:
