@@ -54,7 +54,9 @@ def make_engine(database_url: str) -> AsyncEngine:
         database_url,
         pool_size=10,
         max_overflow=10,
-        pool_pre_ping=True,
+        # No pre-ping: it costs a round trip per checkout; dead connections are
+        # replaced when they fail, and recycled before servers time them out.
+        pool_recycle=1800,
         connect_args={"server_settings": {"application_name": "threadline", "timezone": "UTC"}},
     )
 

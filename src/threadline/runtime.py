@@ -39,6 +39,10 @@ log = logging.getLogger(__name__)
 VIEWER_CACHE_SECONDS = 5.0
 VIEWER_CACHE_SIZE = 10_000
 ATTACHMENT_URL_SECONDS = 3600
+# A verified token is trusted again without a signature check for this long
+# (never past its expiry plus the leeway the verifier allows).
+VERIFIED_TOKEN_SECONDS = 30.0
+TOKEN_LEEWAY = 5.0
 # Users rendered into events are shared across subscribers for this long.
 USER_CACHE_SECONDS = 2.0
 
@@ -58,6 +62,7 @@ class Runtime:
         self.frames: Any = None
         # Every subscriber of a thread receives the same published string: decode it once.
         self._decoded: TTLCache[str, LoggedEvent] = TTLCache(10.0, 1024)
+        self._verified: TTLCache[str, Identity] = TTLCache(VERIFIED_TOKEN_SECONDS, 20_000)
         self._viewers: OrderedDict[tuple[str, str | None], tuple[float, User]] = OrderedDict()
         secret = settings.resolve_dev_secret() or (
             settings.clerk_webhook_secret.get_secret_value()
@@ -96,7 +101,12 @@ class Runtime:
 
     async def authenticate(self, token: str) -> tuple[Identity, User]:
         """The verified identity behind a bearer token and its local user."""
-        identity = await self.verifier.verify(token)
+        identity = self._verified.get(token)
+        if identity is None or identity.expires_at.timestamp() + TOKEN_LEEWAY < time.time():
+            identity = await self.verifier.verify(token)
+            # The same token string always verifies to the same claims: the
+            # signature check (pure CPU) is done once, until the token expires.
+            self._verified.put(token, identity)
         key = (identity.clerk_id, identity.session_id)
         cached = self._viewers.get(key)
         now = time.monotonic()
