@@ -24,7 +24,10 @@ query($t: ID!) { thread(threadId: $t) { messages(last: 50) { edges { node {
   parent { author { id } } replyCount edits { id } mentions { id }
   readBy(first: 3) { edges { node { id } } } } } } } }
 """
-THREADS = "{ threads(first: 20) { edges { node { id title lastSeq unreadCount lastMessage { body } } } } }"
+THREADS = (
+    "{ threads(first: 20) { edges { node {"
+    " id title lastSeq unreadCount lastMessage { body } } } } }"
+)
 
 
 async def seed(dsn: str, messages: int, threads: int) -> uuid.UUID:
@@ -180,7 +183,8 @@ async def main() -> None:
         t0 = now_ms()
         big = await seed(dsn, args.messages, args.threads)
         print(
-            f"seeded {args.messages} messages and {args.threads} threads in {(now_ms() - t0) / 1000:.1f} s"
+            f"seeded {args.messages} messages and {args.threads} threads "
+            f"in {(now_ms() - t0) / 1000:.1f} s"
         )
         async with (
             server(url, redis=False) as srv,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -288,9 +289,36 @@ async def test_sqlite_messages_fts_follows_inserts_edits_and_deletes(sqlite_url:
             )
 
 
-async def test_concurrent_upgrades_of_one_database_both_succeed(empty_database_url: str) -> None:
-    # Several app processes may start at once, each migrating before it serves.
+# --- several migrators at once ---
+
+
+async def test_concurrent_upgrades_in_one_process_take_turns(empty_database_url: str) -> None:
     await asyncio.gather(*(upgrade_to_head_async(empty_database_url) for _ in range(3)))
 
+    assert await current_revision_async(empty_database_url) == head_revision()
+    assert await schema_differences(empty_database_url) == []
+
+
+async def test_concurrent_upgrades_from_separate_processes_take_turns(
+    empty_database_url: str,
+) -> None:
+    # Several app processes may start at once, each migrating before it serves.
+    script = (
+        "import sys; from threadline.migrate import upgrade_to_head; upgrade_to_head(sys.argv[1])"
+    )
+    processes = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-c", script, empty_database_url, stderr=asyncio.subprocess.PIPE
+        )
+        for _ in range(3)
+    ]
+    results = [await process.communicate() for process in processes]
+
+    failures = [
+        stderr.decode()
+        for process, (_, stderr) in zip(processes, results, strict=True)
+        if process.returncode
+    ]
+    assert failures == []
     assert await current_revision_async(empty_database_url) == head_revision()
     assert await schema_differences(empty_database_url) == []

@@ -126,9 +126,7 @@ class UserMutations:
         async with op.writing(info, "set_user_role") as (uow, viewer):
             user = await users.set_user_role(uow, viewer, user_id, role)
         # The process's caches would show the old role for a few seconds: drop it now.
-        runtime = op.context(info).runtime
-        runtime.forget_viewers(clerk_user_ids=[user.clerk_id])
-        runtime.user_cache.discard(lambda user_id, _row: user_id == user.id)
+        op.context(info).runtime.forget_viewers(clerk_user_ids=[user.clerk_id])
         return UserType.of(user)
 
     @strawberry.mutation(extensions=[authenticated()])

@@ -1,0 +1,304 @@
+"""Messages: idempotent, gap-free sending; replies, edits, deletion, pins, paging, text rules."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from tests import factories
+from tests.conftest import Api, Clients
+
+MESSAGE = """
+query($m: ID!) {
+  message(messageId: $m) {
+    id seq body editedAt deletedAt pinned replyCount
+    author { id } parent { id }
+    edits { previousBody editedBy { id } }
+    reactions { emoji count }
+  }
+}
+"""
+LAST_SEQ = "query($t: ID!) { thread(threadId: $t) { lastSeq } }"
+HISTORY = """
+query($t: ID!, $first: Int, $after: String, $last: Int, $before: String) {
+  messages(threadId: $t, first: $first, after: $after, last: $last, before: $before) {
+    edges { node { seq body } }
+    pageInfo { hasNextPage hasPreviousPage startCursor endCursor }
+  }
+}
+"""
+EDIT = (
+    "mutation($m: ID!, $b: String!) { editMessage(messageId: $m, body: $b) { id body editedAt } }"
+)
+DELETE = """
+mutation($m: ID!) {
+  deleteMessage(messageId: $m) { id body deletedAt reactions { emoji } edits { previousBody } }
+}
+"""
+PIN = "mutation($m: ID!, $p: Boolean!) { pinMessage(messageId: $m, pinned: $p) { id pinned } }"
+PINNED = "query($t: ID!) { thread(threadId: $t) { pinnedMessages { id } } }"
+REACT = "mutation($m: ID!, $e: String!) { addReaction(messageId: $m, emoji: $e) { id } }"
+ADD = """
+mutation($t: ID!, $u: ID!, $r: ThreadRole) {
+  addParticipant(threadId: $t, userId: $u, role: $r) { role }
+}
+"""
+
+
+async def last_seq(api: Api, thread_id: str) -> int:
+    return int((await api.gql(LAST_SEQ, {"t": thread_id}))["thread"]["lastSeq"])
+
+
+async def history(api: Api, thread_id: str, **page: Any) -> dict[str, Any]:
+    data = await api.gql(HISTORY, {"t": thread_id, **page})
+    result: dict[str, Any] = data["messages"]
+    return result
+
+
+def seqs(connection: dict[str, Any]) -> list[int]:
+    return [e["node"]["seq"] for e in connection["edges"]]
+
+
+# ---------------------------------------------------------------- sending
+
+
+async def test_send_message_stores_a_cleaned_body_at_the_next_seq(clients: Clients) -> None:
+    alice, bob = await clients.user("alice"), await clients.user("bob")
+    thread_id = await factories.thread(alice, bob)
+    before = await last_seq(alice, thread_id)
+    sent = await factories.send(alice, thread_id, "  Cafe\u0301\x07 au lait \n", clientId="c-1")
+    assert sent["body"] == "Café au lait"
+    assert sent["seq"] == before + 1
+    assert sent["clientId"] == "c-1"
+    seen = (await bob.gql(MESSAGE, {"m": sent["id"]}))["message"]
+    assert seen["author"] == {"id": alice.id}
+    assert seen["body"] == "Café au lait"
+    assert await last_seq(bob, thread_id) == before + 1
+
+
+async def test_a_reply_names_its_parent_and_counts_on_it(clients: Clients) -> None:
+    alice, bob = await clients.user("alice"), await clients.user("bob")
+    thread_id = await factories.thread(alice, bob)
+    parent = await factories.send(alice, thread_id, "question")
+    reply = await factories.send(bob, thread_id, "answer", parentId=parent["id"])
+    assert (await alice.gql(MESSAGE, {"m": reply["id"]}))["message"]["parent"] == {
+        "id": parent["id"]
+    }
+    assert (await alice.gql(MESSAGE, {"m": parent["id"]}))["message"]["replyCount"] == 1
+
+
+async def test_a_reply_to_a_message_of_another_thread_is_not_found(clients: Clients) -> None:
+    alice = await clients.user("alice")
+    here, elsewhere = await factories.thread(alice), await factories.thread(alice)
+    parent = await factories.send(alice, elsewhere, "over there")
+    code = await alice.error(
+        factories.SEND, {"i": {"threadId": here, "body": "hi", "parentId": parent["id"]}}
+    )
+    assert code == "NOT_FOUND"
+    assert (await history(alice, here))["edges"] == []
+
+
+async def test_sending_to_someone_elses_thread_is_not_found(clients: Clients) -> None:
+    alice, eve = await clients.user("alice"), await clients.user("eve")
+    thread_id = await factories.thread(alice)
+    code = await eve.error(factories.SEND, {"i": {"threadId": thread_id, "body": "hi"}})
+    assert code == "NOT_FOUND"
+
+
+async def test_twenty_concurrent_sends_with_one_client_id_store_one_message(
+    clients: Clients,
+) -> None:
+    alice = await clients.user("alice")
+    thread_id = await factories.thread(alice)
+    before = await last_seq(alice, thread_id)
+    results = await asyncio.gather(
+        *(factories.send(alice, thread_id, "once", clientId="same-key") for _ in range(20))
+    )
+    assert len({r["id"] for r in results}) == 1
+    assert {r["seq"] for r in results} == {before + 1}
+    assert await last_seq(alice, thread_id) == before + 1
+    assert seqs(await history(alice, thread_id)) == [before + 1]
+
+
+async def test_fifty_concurrent_senders_get_seqs_without_gaps_or_duplicates(
+    clients: Clients,
+) -> None:
+    people = [await clients.user(f"user{i:02}") for i in range(50)]
+    thread_id = await factories.thread(people[0], *people[1:])
+    before = await last_seq(people[0], thread_id)
+    results = await asyncio.gather(
+        *(factories.send(p, thread_id, f"from {p.username}") for p in people)
+    )
+    expected = list(range(before + 1, before + 51))
+    assert sorted(r["seq"] for r in results) == expected
+    assert await last_seq(people[0], thread_id) == before + 50
+    assert seqs(await history(people[0], thread_id, first=100)) == expected
+
+
+# ---------------------------------------------------------------- editing and deleting
+
+
+async def test_only_the_author_may_edit_and_edits_keep_earlier_bodies_oldest_first(
+    clients: Clients,
+) -> None:
+    alice, bob = await clients.user("alice"), await clients.user("bob")
+    thread_id = await factories.thread(alice, bob)
+    sent = await factories.send(bob, thread_id, "first")
+    assert await alice.error(EDIT, {"m": sent["id"], "b": "owner edit"}) == "FORBIDDEN"
+    edited = (await bob.gql(EDIT, {"m": sent["id"], "b": "second"}))["editMessage"]
+    assert edited["body"] == "second"
+    assert edited["editedAt"] is not None
+    await bob.gql(EDIT, {"m": sent["id"], "b": "third"})
+    seen = (await alice.gql(MESSAGE, {"m": sent["id"]}))["message"]
+    assert seen["body"] == "third"
+    assert seen["editedAt"] is not None
+    assert seen["edits"] == [
+        {"previousBody": "first", "editedBy": {"id": bob.id}},
+        {"previousBody": "second", "editedBy": {"id": bob.id}},
+    ]
+
+
+async def test_an_edit_follows_the_body_rules(clients: Clients) -> None:
+    alice = await clients.user("alice")
+    thread_id = await factories.thread(alice)
+    sent = await factories.send(alice, thread_id, "first")
+    assert await alice.error(EDIT, {"m": sent["id"], "b": "  \x00 "}) == "BAD_USER_INPUT"
+    assert (await alice.gql(MESSAGE, {"m": sent["id"]}))["message"]["edits"] == []
+
+
+async def test_the_author_may_delete_and_the_message_keeps_its_place_with_nothing_in_it(
+    clients: Clients,
+) -> None:
+    alice, bob = await clients.user("alice"), await clients.user("bob")
+    thread_id = await factories.thread(alice, bob)
+    sent = await factories.send(bob, thread_id, "oops")
+    await bob.gql(EDIT, {"m": sent["id"], "b": "oops, edited"})
+    await alice.gql(REACT, {"m": sent["id"], "e": "👍"})
+    deleted = (await bob.gql(DELETE, {"m": sent["id"]}))["deleteMessage"]
+    assert deleted["body"] == ""
+    assert deleted["deletedAt"] is not None
+    assert deleted["reactions"] == []
+    assert deleted["edits"] == []
+    seen = (await alice.gql(MESSAGE, {"m": sent["id"]}))["message"]
+    assert (seen["body"], seen["reactions"], seen["edits"]) == ("", [], [])
+    assert seqs(await history(alice, thread_id)) == [sent["seq"]]
+
+
+async def test_a_thread_admin_may_delete_anyones_message_and_a_member_may_not(
+    clients: Clients,
+) -> None:
+    alice, bob, carol = (
+        await clients.user("alice"),
+        await clients.user("bob"),
+        await clients.user("carol"),
+    )
+    thread_id = await factories.thread(alice, bob)
+    await alice.gql(ADD, {"t": thread_id, "u": carol.id, "r": "ADMIN"})
+    sent = await factories.send(alice, thread_id, "the owner speaks")
+    assert await bob.error(DELETE, {"m": sent["id"]}) == "FORBIDDEN"
+    by_admin = (await carol.gql(DELETE, {"m": sent["id"]}))["deleteMessage"]
+    assert by_admin["deletedAt"] is not None
+
+
+async def test_pin_message_is_for_thread_admins_and_lists_in_pinned_messages(
+    clients: Clients,
+) -> None:
+    alice, bob = await clients.user("alice"), await clients.user("bob")
+    thread_id = await factories.thread(alice, bob)
+    sent = await factories.send(bob, thread_id, "important")
+    assert await bob.error(PIN, {"m": sent["id"], "p": True}) == "FORBIDDEN"
+    assert (await alice.gql(PIN, {"m": sent["id"], "p": True}))["pinMessage"]["pinned"] is True
+    assert (await bob.gql(PINNED, {"t": thread_id}))["thread"]["pinnedMessages"] == [
+        {"id": sent["id"]}
+    ]
+    await alice.gql(PIN, {"m": sent["id"], "p": False})
+    assert (await bob.gql(PINNED, {"t": thread_id}))["thread"]["pinnedMessages"] == []
+
+
+# ---------------------------------------------------------------- paging
+
+
+async def test_history_pages_forwards_and_backwards_over_250_messages_without_loss(
+    clients: Clients,
+) -> None:
+    alice = await clients.user("alice")
+    thread_id = await factories.thread(alice)
+    for i in range(250):
+        await factories.send(alice, thread_id, f"m{i}")
+    everything = list(range(1, 251))
+
+    forwards: list[list[int]] = []
+    after = None
+    while True:
+        page = await history(alice, thread_id, first=100, after=after)
+        forwards.append(seqs(page))
+        if not page["pageInfo"]["hasNextPage"]:
+            break
+        after = page["pageInfo"]["endCursor"]
+    assert [len(p) for p in forwards] == [100, 100, 50]
+    assert [s for p in forwards for s in p] == everything
+
+    backwards: list[list[int]] = []
+    before = None
+    while True:
+        page = await history(alice, thread_id, last=100, before=before)
+        backwards.append(seqs(page))
+        if not page["pageInfo"]["hasPreviousPage"]:
+            break
+        before = page["pageInfo"]["startCursor"]
+    assert [len(p) for p in backwards] == [100, 100, 50]
+    assert [s for p in reversed(backwards) for s in p] == everything
+
+
+async def test_a_page_of_more_than_100_is_bad_input(clients: Clients) -> None:
+    alice = await clients.user("alice")
+    thread_id = await factories.thread(alice)
+    variables = {"t": thread_id, "first": 101}
+    assert await alice.error(HISTORY, variables) == "BAD_USER_INPUT"
+    variables = {"t": thread_id, "last": 101}
+    assert await alice.error(HISTORY, variables) == "BAD_USER_INPUT"
+
+
+# ---------------------------------------------------------------- text rules, through the API
+
+
+@pytest.mark.parametrize(
+    ("typed", "stored"),
+    [
+        ("Cafe\u0301", "Café"),  # NFC
+        ("a\x00b\x07c\x1bd\x7fe", "abcde"),  # control characters removed
+        ("line one\n\tindented", "line one\n\tindented"),  # newline and tab kept
+        ("  \n padded \t\n ", "padded"),  # surrounding whitespace trimmed
+        ("x" * 4000, "x" * 4000),  # the longest body
+    ],
+)
+async def test_bodies_are_stored_cleaned(clients: Clients, typed: str, stored: str) -> None:
+    alice = await clients.user("alice")
+    thread_id = await factories.thread(alice)
+    sent = await factories.send(alice, thread_id, typed)
+    assert sent["body"] == stored
+    assert (await alice.gql(MESSAGE, {"m": sent["id"]}))["message"]["body"] == stored
+
+
+@pytest.mark.parametrize("body", ["", "   \n\t ", "\x00\x07", "x" * 4001])
+async def test_an_empty_or_too_long_body_is_bad_input_and_nothing_is_stored(
+    clients: Clients, body: str
+) -> None:
+    alice = await clients.user("alice")
+    thread_id = await factories.thread(alice)
+    before = await last_seq(alice, thread_id)
+    code = await alice.error(factories.SEND, {"i": {"threadId": thread_id, "body": body}})
+    assert code == "BAD_USER_INPUT"
+    assert await last_seq(alice, thread_id) == before
+    assert (await history(alice, thread_id))["edges"] == []
+
+
+async def test_a_title_of_201_characters_is_bad_input_and_200_is_fine(clients: Clients) -> None:
+    alice = await clients.user("alice")
+    create = factories.CREATE_THREAD
+    assert await alice.error(create, {"i": {"title": "t" * 201}}) == "BAD_USER_INPUT"
+    assert await alice.error(create, {"i": {"title": " \x07 "}}) == "BAD_USER_INPUT"
+    made = await alice.gql(create, {"i": {"title": "t" * 200}})
+    assert made["createThread"]["title"] == "t" * 200
