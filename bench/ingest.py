@@ -12,38 +12,36 @@ import asyncio
 import time
 
 import asyncpg
-import httpx
 
-from bench.harness import cores_line, database, gql, server, token
+from bench.harness import RawHTTP, cores_line, database, server, token
 
 SEND = "mutation($i: SendMessageInput!) { sendMessage(input: $i) { id seq } }"
 
 
 async def threadline_rate(base: str, senders: int, seconds: float) -> tuple[float, int]:
-    limits = httpx.Limits(max_connections=senders, max_keepalive_connections=senders)
-    async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as http:
-        toks = [token(f"sender{i}") for i in range(senders)]
-        threads = []
-        for tok in toks:
-            data = await gql(
-                http, tok, 'mutation { createThread(input: {title: "ingest"}) { id } }'
-            )
-            threads.append(data["createThread"]["id"])
-        for tok, tid in zip(toks, threads, strict=True):  # warm-up
-            for _ in range(20):
-                await gql(http, tok, SEND, {"i": {"threadId": tid, "body": "warm"}})
-        done = 0
-        deadline = time.perf_counter() + seconds
+    clients = [RawHTTP(base, token(f"sender{i}")) for i in range(senders)]
+    threads = []
+    for client in clients:
+        data = await client.gql('mutation { createThread(input: {title: "ingest"}) { id } }')
+        threads.append(data["createThread"]["id"])
+    for client, tid in zip(clients, threads, strict=True):  # warm-up
+        for _ in range(20):
+            await client.gql(SEND, {"i": {"threadId": tid, "body": "warm"}})
+    done = 0
+    deadline = time.perf_counter() + seconds
 
-        async def sender(tok: str, tid: str) -> None:
-            nonlocal done
-            while time.perf_counter() < deadline:
-                await gql(http, tok, SEND, {"i": {"threadId": tid, "body": f"message {done}"}})
-                done += 1
+    async def sender(client: RawHTTP, tid: str) -> None:
+        nonlocal done
+        while time.perf_counter() < deadline:
+            await client.gql(SEND, {"i": {"threadId": tid, "body": f"message {done}"}})
+            done += 1
 
-        started = time.perf_counter()
-        await asyncio.gather(*(sender(t, tid) for t, tid in zip(toks, threads, strict=True)))
-        return done / (time.perf_counter() - started), done
+    started = time.perf_counter()
+    await asyncio.gather(*(sender(c, tid) for c, tid in zip(clients, threads, strict=True)))
+    rate = done / (time.perf_counter() - started)
+    for client in clients:
+        await client.close()
+    return rate, done
 
 
 async def asyncpg_rate(dsn: str, senders: int, seconds: float) -> float:

@@ -402,3 +402,38 @@ async def test_thread_role_directive_allows_exactly_the_roles_at_or_above_it(
         assert body["data"][field]
     else:
         assert body["errors"][0]["extensions"]["code"] == "FORBIDDEN"
+
+
+# ------------------------------------------- who may send (checked inside the write)
+
+
+async def test_a_system_admin_may_send_in_a_thread_they_are_not_in(
+    server: Server, clients: Clients
+) -> None:
+    alice, root = await clients.user("alice"), await clients.user("root")
+    thread_id = await factories.thread(alice)
+    assert await root.error(factories.SEND, {"i": {"threadId": thread_id, "body": "x"}}) == (
+        "NOT_FOUND"
+    )
+    await promote(server, root, "ADMIN")
+    sent = await factories.send(root, thread_id, "moderator here", clientId="m-1")
+    assert sent["seq"] == 1
+    again = await factories.send(root, thread_id, "moderator here", clientId="m-1")
+    assert again["id"] == sent["id"]
+
+
+async def test_a_removed_participant_or_a_deleted_thread_takes_no_more_messages(
+    clients: Clients,
+) -> None:
+    alice, bob = await clients.user("alice"), await clients.user("bob")
+    thread_id = await factories.thread(alice, bob)
+    first = await factories.send(bob, thread_id, "still here", clientId="b-1")
+    await alice.gql(REMOVE, {"t": thread_id, "u": bob.id})
+    for body, extra in (("gone", {}), ("still here", {"clientId": "b-1"})):
+        variables = {"i": {"threadId": thread_id, "body": body, **extra}}
+        assert await bob.error(factories.SEND, variables) == "NOT_FOUND"
+    await alice.gql(DELETE, {"t": thread_id})
+    assert await alice.error(factories.SEND, {"i": {"threadId": thread_id, "body": "x"}}) == (
+        "NOT_FOUND"
+    )
+    assert first["seq"] >= 1

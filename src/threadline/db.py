@@ -52,7 +52,10 @@ def make_engine(database_url: str) -> AsyncEngine:
         return engine
     return create_async_engine(
         database_url,
-        pool_size=10,
+        # A connection opened past pool_size is closed again when returned, so a
+        # pool smaller than the usual concurrency reconnects (TLS probe, auth,
+        # codec set-up) over and over; keep the steady state inside pool_size.
+        pool_size=20,
         max_overflow=10,
         # No pre-ping: it costs a round trip per checkout; dead connections are
         # replaced when they fail, and recycled before servers time them out.
@@ -106,13 +109,21 @@ class UnitOfWork:
 class Database:
     def __init__(self, engine: AsyncEngine, publish: Publish = _publish_nothing) -> None:
         self.engine = engine
-        self.sessions = async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
-        self.shared_sessions = async_sessionmaker(
-            engine, class_=SharedReadSession, expire_on_commit=False, autoflush=False
-        )
-        self.publish = publish
         self.is_sqlite = engine.dialect.name == "sqlite"
         self.is_postgres = engine.dialect.name == "postgresql"
+        # Under READ COMMITTED every statement takes its own snapshot anyway, so a
+        # read session in autocommit sees the same rows and saves BEGIN and ROLLBACK.
+        read_engine = (
+            engine.execution_options(isolation_level="AUTOCOMMIT") if self.is_postgres else engine
+        )
+        self.sessions = async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+        self.read_sessions = async_sessionmaker(
+            read_engine, expire_on_commit=False, autoflush=False
+        )
+        self.shared_sessions = async_sessionmaker(
+            read_engine, class_=SharedReadSession, expire_on_commit=False, autoflush=False
+        )
+        self.publish = publish
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
 
     @property
@@ -134,16 +145,38 @@ class Database:
                 self._write_lock.release()
             TRANSACTION_SECONDS.labels(name).observe(time.perf_counter() - started)
         if uow.events:
-            try:
-                await self.publish(uow.events)
-            except Exception as exc:
-                # The events are in the log already; subscribers fill the gap from it.
-                log.warning("publishing events of %s failed: %s", name, exc)
+            await self.publish_committed(name, uow.events)
+
+    async def publish_committed(self, name: str, events: Sequence[Any]) -> None:
+        """Publish what a committed write emitted; a failure is logged, never raised."""
+        try:
+            await self.publish(events)
+        except Exception as exc:
+            # The events are in the log already; subscribers fill the gap from it.
+            log.warning("publishing events of %s failed: %s", name, exc)
+
+    @asynccontextmanager
+    async def driver_connection(self, name: str) -> AsyncIterator[Any]:
+        """A pooled asyncpg connection for one self-contained PostgreSQL statement.
+
+        A single statement is atomic and commits on its own, so a hot write costs
+        one round trip instead of BEGIN, several statements and COMMIT, and none
+        of the ORM's per-statement work.
+        """
+        if not self.is_postgres:
+            raise RuntimeError("driver_connection is for PostgreSQL only")
+        started = time.perf_counter()
+        try:
+            async with self.engine.connect() as conn:
+                raw = await conn.get_raw_connection()
+                yield raw.driver_connection
+        finally:
+            TRANSACTION_SECONDS.labels(name).observe(time.perf_counter() - started)
 
     @asynccontextmanager
     async def reading(self) -> AsyncIterator[AsyncSession]:
         """A session for queries; it never commits."""
-        async with self.sessions() as session:
+        async with self.read_sessions() as session:
             yield session
 
     async def ping(self) -> None:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from threadline.config import Settings
 from threadline.db import Database, make_engine
-from threadline.models import ThreadRole
 from threadline.services import messages, threads
-from threadline.services.permissions import access_thread
 from threadline.services.users import ensure_dev_user
 
 DEMO_USERS = ("alice", "bob", "carol")
@@ -32,9 +30,7 @@ async def seed(settings: Settings) -> str:
         ]
         count = 0
         for author, thread_id, body in lines:
-            async with db.reading() as session:
-                access = await access_thread(session, author, thread_id, ThreadRole.MEMBER)
-            await messages.send_message(db, author, access, body, client_id=f"seed-{count}")
+            await messages.send_message(db, author, thread_id, body, client_id=f"seed-{count}")
             count += 1
         return f"seeded users {', '.join(DEMO_USERS)}; 2 threads; {count} messages"
     finally:

@@ -91,13 +91,19 @@ def _thread_argument(kwargs: dict[str, Any]) -> tuple[str, Any]:
 
 
 class HasThreadRole(BasePermission):
-    def __init__(self, role: ThreadRole) -> None:
+    def __init__(self, role: ThreadRole, *, checked_by_write: bool = False) -> None:
         self.role = role
+        # The service checks this same role inside its write transaction (with
+        # permissions.access_thread or the equivalent condition in one statement);
+        # checking here too would only add a query.
+        self.checked_by_write = checked_by_write
         self._schema_directive = ThreadRoleDirective(role=role)
 
     async def has_permission(self, source: Any, info: strawberry.Info, **kwargs: Any) -> bool:
         context: Context = info.context
         viewer = await context.viewer()
+        if self.checked_by_write:
+            return True
         session = await context.session()
         kind, value = _thread_argument(kwargs)
         if kind == "thread":
@@ -118,5 +124,5 @@ def has_role(role: SystemRole) -> PermissionExtension:
     return PermissionExtension([HasSystemRole(role)])
 
 
-def thread_role(role: ThreadRole) -> PermissionExtension:
-    return PermissionExtension([HasThreadRole(role)])
+def thread_role(role: ThreadRole, *, checked_by_write: bool = False) -> PermissionExtension:
+    return PermissionExtension([HasThreadRole(role, checked_by_write=checked_by_write)])

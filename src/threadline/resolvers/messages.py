@@ -136,7 +136,9 @@ class MessageQueries:
 
 @strawberry.type
 class MessageMutations:
-    @strawberry.mutation(extensions=[thread_role(ThreadRole.MEMBER)])
+    # The write itself checks the role, under the lock that orders the thread's
+    # messages: the same rule as the directive, in one round trip, and race-free.
+    @strawberry.mutation(extensions=[thread_role(ThreadRole.MEMBER, checked_by_write=True)])
     async def send_message(self, info: Info, input: SendMessageInput) -> MessageType:
         viewer = await op.limit(info, Action.SEND_MESSAGE)
         ctx = op.context(info)
@@ -144,7 +146,7 @@ class MessageMutations:
         message = await messages.send_message(
             ctx.runtime.db,
             viewer,
-            op.checked_access(info, input.thread_id),
+            input.thread_id,
             input.body,
             parent_id=input.parent_id,
             client_id=input.client_id,

@@ -12,6 +12,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import orjson
 from sqlalchemy import and_, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -29,9 +30,21 @@ from threadline.models import (
     utcnow,
 )
 from threadline.services import notifications
-from threadline.services.events import EventKind, allocate_seq, append_event, message_payload
+from threadline.services.events import (
+    EventKind,
+    LoggedEvent,
+    allocate_seq,
+    append_event,
+    message_payload,
+)
 from threadline.services.pagination import Page, PageRequest, int_key, make_page
-from threadline.services.permissions import ThreadAccess, access_message, parse_id
+from threadline.services.permissions import (
+    ThreadAccess,
+    access_message,
+    access_thread,
+    effective_thread_role,
+    parse_id,
+)
 from threadline.services.text_rules import (
     MAX_DISTINCT_REACTIONS,
     check_emoji,
@@ -101,7 +114,7 @@ async def _mentions(
 async def send_message(
     db: Database,
     actor: User,
-    access: ThreadAccess,
+    thread_id: str | uuid.UUID,
     body: str,
     *,
     parent_id: str | None = None,
@@ -110,12 +123,21 @@ async def send_message(
 ) -> Message:
     """Store a message, or return the first one sent with the same clientId.
 
+    The sender must be able to see the thread with at least MEMBER; the check is
+    made inside the write, so a participant removed meanwhile cannot slip through.
+
     A concurrent retry that loses the race on the clientId key rolls back (its
     seq with it, so no gap) and runs again, finding the winner's message.
     """
+    tid = parse_id(thread_id, "Thread")
+    if db.is_postgres and parent_id is None and not attachment_ids:
+        message = await _send_plain_postgres(db, actor, tid, body, client_id)
+        if message is not None:
+            return message
     for _ in range(3):
         try:
             async with db.transaction("send_message") as uow:
+                access = await access_thread(uow.session, actor, tid, ThreadRole.MEMBER)
                 message, _created = await _write_message(
                     uow,
                     actor,
@@ -129,6 +151,90 @@ async def send_message(
         except _DuplicateClientId:
             continue
     raise Conflict("clientId is being used by a concurrent send; retry")
+
+
+# One statement stores a plain message on PostgreSQL. Locking the thread row
+# queues concurrent senders (each reads the seq its predecessor committed); the
+# sender's right to post is checked again under that lock; the message, its event
+# and the thread's seq and activity are written together or not at all. When it
+# stores nothing (a clientId seen before, a thread the sender may not post in),
+# the general path runs and returns the first message or says why.
+_SEND_PLAIN_POSTGRES = """
+WITH m AS (
+    INSERT INTO messages (id, thread_id, seq, author_id, body, client_id, parent_id,
+                          mention_ids, pinned, created_at)
+    SELECT $1, t.id, t.last_seq + 1, $2, $3, $4, NULL, '[]', false, $5
+    FROM threads t
+    WHERE t.id = $6 AND t.deleted_at IS NULL
+      AND ($7 OR EXISTS (SELECT 1 FROM thread_participants p
+                         WHERE p.thread_id = t.id AND p.user_id = $2))
+    FOR UPDATE OF t
+    ON CONFLICT (thread_id, author_id, client_id) DO NOTHING
+    RETURNING seq
+), bumped AS (
+    UPDATE threads SET last_seq = m.seq, last_message_at = $5, last_activity_at = $5
+    FROM m WHERE threads.id = $6
+), logged AS (
+    INSERT INTO thread_events (thread_id, seq, kind, payload, actor_id, at)
+    SELECT $6, m.seq, $8, $9::jsonb || jsonb_build_object('seq', m.seq), $2, $5 FROM m
+)
+SELECT seq FROM m
+"""
+
+
+async def _send_plain_postgres(
+    db: Database, actor: User, thread_id: uuid.UUID, body: str, client_id: str | None
+) -> Message | None:
+    """The hot path: a message without parent, attachments or mentions, in one round trip.
+
+    None when it stored nothing or the message needs the general path.
+    """
+    if client_id is not None:
+        client_id = client_id.strip()
+        if not client_id or len(client_id) > MAX_CLIENT_ID:
+            raise BadInput(f"`clientId` must be 1 to {MAX_CLIENT_ID} characters")
+    text = clean_body(body, has_attachments=False)
+    if "@" in text:  # mentions notify: the general path handles them
+        return None
+    now = utcnow()
+    message = Message(
+        id=uuid.uuid4(),
+        thread_id=thread_id,
+        seq=0,
+        author_id=actor.id,
+        body=text,
+        client_id=client_id,
+        parent_id=None,
+        mention_ids=[],
+        pinned=False,
+        created_at=now,
+        edited_at=None,
+        deleted_at=None,
+    )
+    payload = message_payload(message)
+    del payload["seq"]  # the statement fills it in
+    system_grant = effective_thread_role(actor.system_role, None) is not None
+    async with db.driver_connection("send_message") as conn:
+        seq = await conn.fetchval(
+            _SEND_PLAIN_POSTGRES,
+            message.id,
+            actor.id,
+            text,
+            client_id,
+            now,
+            message.thread_id,
+            system_grant,
+            EventKind.MESSAGE_CREATED.value,
+            orjson.dumps(payload).decode(),
+        )
+    if seq is None:
+        return None
+    message.seq = payload["seq"] = seq
+    await db.publish_committed(
+        "send_message",
+        [LoggedEvent(message.thread_id, seq, EventKind.MESSAGE_CREATED, payload, actor.id, now)],
+    )
+    return message
 
 
 async def _write_message(
