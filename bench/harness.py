@@ -90,9 +90,9 @@ async def database() -> AsyncIterator[tuple[str, str]]:
 
 @contextlib.asynccontextmanager
 async def server(
-    database_url: str, *, redis: bool = True, pin: str | None = "0"
+    database_url: str, *, redis: bool = True, pin: str | None = "0", workers: int = 1
 ) -> AsyncIterator[Server]:
-    """`threadline serve` on its own core (taskset), like a deployment would run it."""
+    """`threadline serve`, by default one process on its own core (taskset)."""
     port = free_port()
     env = {
         **os.environ,
@@ -113,6 +113,8 @@ async def server(
         str(port),
         "--log-level",
         "warning",
+        "--workers",
+        str(workers),
     ]
     if pin is not None and (os.cpu_count() or 1) >= 2:
         command = ["taskset", "-c", pin, *command]

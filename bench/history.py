@@ -1,7 +1,7 @@
 """History latency: p50/p99 of a rich page of 50 messages in a 100k-message thread,
 and of `threads(first: 20)` for a user in 500 threads, over HTTP on PostgreSQL.
 
-usage: .venv/bin/python bench/history.py [--messages 100000] [--threads 500] [--requests 300]
+usage: .venv/bin/python -m bench.history [--messages 100000] [--threads 500] [--requests 300]
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
-import httpx
 
-from bench.harness import cores_line, database, gql, now_ms, server, summary, token
+from bench.harness import RawHTTP, cores_line, database, now_ms, server, summary, token
 
 PAGE = """
 query($t: ID!) { thread(threadId: $t) { messages(last: 50) { edges { node {
@@ -159,15 +158,13 @@ async def seed(dsn: str, messages: int, threads: int) -> uuid.UUID:
     return big
 
 
-async def measure(
-    http: httpx.AsyncClient, tok: str, query: str, variables: dict[str, object], n: int
-) -> list[float]:
+async def measure(client: RawHTTP, query: str, variables: dict[str, object], n: int) -> list[float]:
     for _ in range(20):
-        await gql(http, tok, query, variables)
+        await client.gql(query, variables)
     out = []
     for _ in range(n):
         t0 = now_ms()
-        await gql(http, tok, query, variables)
+        await client.gql(query, variables)
         out.append(now_ms() - t0)
     return out
 
@@ -186,21 +183,19 @@ async def main() -> None:
             f"seeded {args.messages} messages and {args.threads} threads "
             f"in {(now_ms() - t0) / 1000:.1f} s"
         )
-        async with (
-            server(url, redis=False) as srv,
-            httpx.AsyncClient(base_url=srv.base, timeout=30) as http,
-        ):
-            tok = token("alice")
-            page = await measure(http, tok, PAGE, {"t": str(big)}, args.requests)
+        async with server(url, redis=False) as srv:
+            client = RawHTTP(srv.base, token("alice"))
+            page = await measure(client, PAGE, {"t": str(big)}, args.requests)
             print(
                 summary(
                     "messages(last: 50) with authors, reactions, parents, edits, mentions, readBy",
                     page,
                 )
             )
-            threads = await measure(http, tok, THREADS, {}, args.requests)
+            threads = await measure(client, THREADS, {}, args.requests)
             print(summary(f"threads(first: 20) for a user in {args.threads} threads", threads))
             print("target: p50 < 15 ms and p99 < 40 ms for both")
+            await client.close()
 
 
 if __name__ == "__main__":

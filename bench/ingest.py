@@ -2,7 +2,7 @@
 senders in 16 threads, against a bare asyncpg pool doing single-row INSERT ... RETURNING
 at the same concurrency, in the same run.
 
-usage: .venv/bin/python bench/ingest.py [--senders 16] [--seconds 10]
+usage: .venv/bin/python -m bench.ingest [--senders 16] [--seconds 10] [--workers 1]
 """
 
 from __future__ import annotations
@@ -75,10 +75,17 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--senders", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument(
+        "--workers", type=int, default=1, help="server processes (more than 1: not pinned)"
+    )
     args = parser.parse_args()
     print(cores_line())
     async with database() as (dsn, url):
-        async with server(url) as srv:
+        pin = "0" if args.workers == 1 else None
+        async with server(url, pin=pin, workers=args.workers) as srv:
+            print(
+                f"server: {args.workers} process(es), {'pinned to core 0' if pin else 'not pinned'}"
+            )
             rate, done = await threadline_rate(srv.base, args.senders, args.seconds)
         conn = await asyncpg.connect(dsn)
         stored = await conn.fetchval("select count(*) from messages where body like 'message %'")

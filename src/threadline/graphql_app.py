@@ -126,6 +126,11 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
         runtime.frames = FrameRenderer(lambda: Context(runtime=runtime))
         self.connections: set[Context] = set()
 
+    def encode_json(self, data: object) -> bytes:
+        # Responses are plain JSON values; orjson writes a page of 50 messages
+        # several times faster than the standard library.
+        return orjson.dumps(data)
+
     async def process_result(
         self, request: Request, result: ExecutionResult
     ) -> GraphQLHTTPResponse:

@@ -23,6 +23,7 @@ from threadline.schema.enums import (
     SystemRole,
     ThreadRole,
 )
+from threadline.schema.resolving import many_now_or_later, now_or_later
 from threadline.services import messages as message_service
 from threadline.services import receipts
 from threadline.services.permissions import effective_thread_role
@@ -277,13 +278,43 @@ class ReactionGroupType:
         return viewer.id in self.group.user_ids
 
     @strawberry.field(description="Up to the first 20 users who reacted with this emoji.")
-    async def users(self, info: Info) -> list[UserType]:
-        rows = await _ctx(info).loaders.user.load_many(self.group.first_user_ids)
-        return [UserType.of(r) for r in rows if r is not None]
+    def users(self, info: Info) -> list[UserType]:
+        return many_now_or_later(  # type: ignore[return-value]
+            _ctx(info).loaders.user, self.group.first_user_ids, _known_users
+        )
 
 
 def reaction_groups(groups: list[message_service.ReactionGroup]) -> list[ReactionGroupType]:
     return [ReactionGroupType(group=g, emoji=g.emoji, count=g.count) for g in groups]
+
+
+def _live_user(row: models.User | None) -> UserType | None:
+    return UserType.of(row) if row is not None and row.deleted_at is None else None
+
+
+def _known_users(rows: list[models.User | None]) -> list[UserType]:
+    return [UserType.of(r) for r in rows if r is not None]
+
+
+def _present_users(rows: list[models.User | None]) -> list[UserType]:
+    return [UserType.of(r) for r in rows if r is not None and r.deleted_at is None]
+
+
+def _message_or_none(row: models.Message | None) -> MessageType | None:
+    return MessageType.of(row) if row is not None else None
+
+
+def _attachments(rows: list[models.Attachment]) -> list[AttachmentType]:
+    return [AttachmentType.of(r) for r in rows]
+
+
+def _edits(rows: list[models.MessageEdit]) -> list[MessageEditType]:
+    return [
+        MessageEditType(
+            row=r, id=ID(str(r.id)), previous_body=r.previous_body, edited_at=r.edited_at
+        )
+        for r in rows
+    ]
 
 
 @strawberry.type(name="Attachment")
@@ -369,25 +400,28 @@ class MessageType(Node):
         assert row is not None
         return ThreadType.of(row)
 
+    # The fields below that fan out are plain functions: they answer at once
+    # when the page resolver loaded their batch, and await the loader otherwise.
+
     @strawberry.field(description="Null when the author was deleted.")
-    async def author(self, info: Info) -> UserType | None:
+    def author(self, info: Info) -> UserType | None:
         if self.row.author_id is None:
             return None
-        row = await _ctx(info).loaders.user.load(self.row.author_id)
-        if row is None or row.deleted_at is not None:
-            return None
-        return UserType.of(row)
+        return now_or_later(  # type: ignore[return-value]
+            _ctx(info).loaders.user, self.row.author_id, _live_user
+        )
 
     @strawberry.field(description="The message this one replies to (threaded conversation).")
-    async def parent(self, info: Info) -> MessageType | None:
+    def parent(self, info: Info) -> MessageType | None:
         if self.row.parent_id is None:
             return None
-        row = await _ctx(info).loaders.message.load(self.row.parent_id)
-        return MessageType.of(row) if row is not None else None
+        return now_or_later(  # type: ignore[return-value]
+            _ctx(info).loaders.message, self.row.parent_id, _message_or_none
+        )
 
     @strawberry.field
-    async def reply_count(self, info: Info) -> int:
-        return await _ctx(info).loaders.reply_count.load(self.row.id)
+    def reply_count(self, info: Info) -> int:
+        return now_or_later(_ctx(info).loaders.reply_count, self.row.id, int)  # type: ignore[return-value]
 
     @strawberry.field
     async def replies(
@@ -405,50 +439,50 @@ class MessageType(Node):
         )
 
     @strawberry.field
-    async def attachments(self, info: Info) -> list[AttachmentType]:
+    def attachments(self, info: Info) -> list[AttachmentType]:
         if self.row.deleted_at is not None:
             return []
-        rows = await _ctx(info).loaders.attachments.load(self.row.id)
-        return [AttachmentType.of(r) for r in rows]
+        return now_or_later(  # type: ignore[return-value]
+            _ctx(info).loaders.attachments, self.row.id, _attachments
+        )
 
     @strawberry.field
-    async def reactions(self, info: Info) -> list[ReactionGroupType]:
+    def reactions(self, info: Info) -> list[ReactionGroupType]:
         if self.row.deleted_at is not None:
             return []
-        return reaction_groups(await _ctx(info).loaders.reactions.load(self.row.id))
+        return now_or_later(  # type: ignore[return-value]
+            _ctx(info).loaders.reactions, self.row.id, reaction_groups
+        )
 
     @strawberry.field(description="Earlier versions, oldest first.")
-    async def edits(self, info: Info) -> list[MessageEditType]:
+    def edits(self, info: Info) -> list[MessageEditType]:
         if self.row.deleted_at is not None:
             return []
-        rows = await _ctx(info).loaders.edits.load(self.row.id)
-        return [
-            MessageEditType(
-                row=r, id=ID(str(r.id)), previous_body=r.previous_body, edited_at=r.edited_at
-            )
-            for r in rows
-        ]
+        return now_or_later(_ctx(info).loaders.edits, self.row.id, _edits)  # type: ignore[return-value]
 
     @strawberry.field
-    async def mentions(self, info: Info) -> list[UserType]:
+    def mentions(self, info: Info) -> list[UserType]:
         if self.row.deleted_at is not None or not self.row.mention_ids:
             return []
         ids = message_service.mention_uuids(self.row)
-        rows = await _ctx(info).loaders.user.load_many(ids)
-        return [UserType.of(r) for r in rows if r is not None and r.deleted_at is None]
+        return many_now_or_later(_ctx(info).loaders.user, ids, _present_users)  # type: ignore[return-value]
 
     @strawberry.field
-    async def status(self, info: Info) -> MessageStatus:
-        markers = await _ctx(info).loaders.markers.load(self.row.thread_id)
-        return receipts.message_status(self.row, markers)
+    def status(self, info: Info) -> MessageStatus:
+        row = self.row
+        return now_or_later(  # type: ignore[return-value]
+            _ctx(info).loaders.markers,
+            row.thread_id,
+            lambda markers: receipts.message_status(row, markers),
+        )
 
     @strawberry.field
-    async def read_by(
+    def read_by(
         self, info: Info, first: int | None = None, after: str | None = None
     ) -> UserConnection:
         from threadline.resolvers import messages as message_resolvers
 
-        return await message_resolvers.read_by(info, self.row, first, after)
+        return message_resolvers.read_by(info, self.row, first, after)  # type: ignore[return-value]
 
 
 @strawberry.type(name="MessageEdge")

@@ -16,6 +16,7 @@ import orjson
 from sqlalchemy import and_, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from threadline.db import Database, UnitOfWork
 from threadline.errors import BadInput, Conflict, Forbidden, NotFound
@@ -24,6 +25,7 @@ from threadline.models import (
     Message,
     MessageEdit,
     Reaction,
+    Thread,
     ThreadParticipant,
     ThreadRole,
     User,
@@ -586,18 +588,22 @@ async def attachments_of(
 async def last_messages(
     session: AsyncSession, thread_ids: Sequence[uuid.UUID]
 ) -> dict[uuid.UUID, Message]:
-    """The newest live message of each thread, in one query."""
-    newest = (
-        select(Message.thread_id, func.max(Message.seq).label("seq"))
-        .where(Message.thread_id.in_(set(thread_ids)), Message.deleted_at.is_(None))
-        .group_by(Message.thread_id)
-        .subquery()
+    """The newest live message of each thread, in one query.
+
+    Each thread's newest is found by walking its (thread, seq) index backwards
+    and stopping at the first live message, however long the thread is.
+    """
+    candidate = aliased(Message)
+    newest_id = (
+        select(candidate.id)
+        .where(candidate.thread_id == Thread.id, candidate.deleted_at.is_(None))
+        .order_by(candidate.seq.desc())
+        .limit(1)
+        .correlate(Thread)
+        .scalar_subquery()
     )
-    rows = await session.scalars(
-        select(Message).join(
-            newest, and_(Message.thread_id == newest.c.thread_id, Message.seq == newest.c.seq)
-        )
-    )
+    newest_ids = select(newest_id).where(Thread.id.in_(set(thread_ids)))
+    rows = await session.scalars(select(Message).where(Message.id.in_(newest_ids)))
     return {m.thread_id: m for m in rows}
 
 
