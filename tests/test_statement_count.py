@@ -127,3 +127,43 @@ async def test_the_first_fetch_that_moves_the_delivered_marker_also_costs_a_fixe
     print(f"\nfirst fetch, statements for 50 messages: {counts[0]}, for 5 messages: {counts[1]}")
     assert counts[0] <= MAX_STATEMENTS
     assert counts[0] == counts[1]
+
+
+FIELDS = """
+  author { id } reactions { emoji count users { id } } attachments { id }
+  parent { author { id } } replyCount edits { previousBody } mentions { id }
+  status readBy(first: 2) { edges { node { id } } pageInfo { hasNextPage } }
+"""
+PLAIN = (
+    "query($t: ID!) { messages(threadId: $t, last: 50) { edges { node { seq " + FIELDS + "} } } }"
+)
+FRAGMENTS = (
+    "query($t: ID!) { messages(threadId: $t, last: 50) { edges { node { seq ...Rich } } } }"
+    " fragment Rich on Message { ... on Message { " + FIELDS + " } }"
+)
+ONE = "query($m: ID!) { message(messageId: $m) { seq " + FIELDS + " } }"
+
+
+async def test_a_page_answers_the_same_through_fragments_and_message_by_message(
+    clients: Clients,
+) -> None:
+    """Fields answer from the batches the page loaded up front, or load their own
+    when reached another way (fragments, a single message): the same data either way."""
+    people = [await clients.user(name) for name in ("alice", "bob", "carol")]
+    thread_id = await conversation(people, 12)
+    viewer = people[1]
+    plain = (await viewer.gql(PLAIN, {"t": thread_id}))["messages"]["edges"]
+    through_fragments = (await viewer.gql(FRAGMENTS, {"t": thread_id}))["messages"]["edges"]
+    assert through_fragments == plain
+    history = await viewer.gql(
+        "query($t: ID!) { messages(threadId: $t, last: 50) { edges { node { id } } } }",
+        {"t": thread_id},
+    )
+    one_by_one = [
+        {"node": (await viewer.gql(ONE, {"m": e["node"]["id"]}))["message"]}
+        for e in history["messages"]["edges"]
+    ]
+    assert one_by_one == plain
+    assert any(e["node"]["reactions"] for e in plain)
+    assert any(e["node"]["readBy"]["edges"] for e in plain)
+    assert any(e["node"]["parent"] for e in plain)
