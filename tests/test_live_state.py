@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
+import pytest
+import websockets
+
 from tests import factories
-from tests.conftest import Clients, Server
+from tests.conftest import DEV_SECRET, Clients, Server
 from tests.wsclient import GraphQLWS
+from threadline.auth.tokens import mint_dev_token
 
 PRESENCE = """
 subscription($u: [ID!]!) { presence(userIds: $u) { user { username } presence { status } } }
@@ -91,3 +96,64 @@ async def test_receipts_are_announced_when_markers_move(server: Server, clients:
     assert receipt["user"]["username"] == "bob"
     assert receipt["lastReadSeq"] == receipt["lastDeliveredSeq"] == sent["seq"]
     await ws.close()
+
+
+# -------------------------------------- the maintenance beat (every 8 s in service)
+
+
+USER_PRESENCE = "query($u: ID!) { user(id: $u) { presence { status } } }"
+
+
+async def test_the_beat_renews_leases_so_a_long_connection_stays_online(
+    server: Server, clients: Clients
+) -> None:
+    alice, bob = await clients.user("alice"), await clients.user("bob")
+    server.runtime.presence.lease_seconds = 1.0  # the 20 s lease, shortened for the test
+    bob_ws = await GraphQLWS.connect(server.ws_url, bob.token)
+    for _ in range(3):  # 1.8 s in all: the first lease alone would have lapsed
+        await asyncio.sleep(0.6)
+        await server.app.state.graphql._maintain(touch_sessions=False)
+    status = (await alice.gql(USER_PRESENCE, {"u": bob.id}))["user"]["presence"]["status"]
+    assert status == "ONLINE"
+    await bob_ws.close()
+    await asyncio.sleep(1.2)
+    status = (await alice.gql(USER_PRESENCE, {"u": bob.id}))["user"]["presence"]["status"]
+    assert status == "OFFLINE"
+
+
+async def test_the_beat_touches_sessions_and_closes_sockets_whose_token_went_stale(
+    server: Server, clients: Clients
+) -> None:
+    alice = await clients.user("alice")
+    ws = await GraphQLWS.connect(server.ws_url, alice.token)
+    before = (await alice.gql("{ mySessions { lastSeenAt } }"))["mySessions"][0]["lastSeenAt"]
+    await asyncio.sleep(0.05)
+    await server.app.state.graphql._maintain(touch_sessions=True)
+    after = (await alice.gql("{ mySessions { lastSeenAt } }"))["mySessions"][0]["lastSeenAt"]
+    assert after > before
+
+    # A token that expired longer ago than WS_REAUTH_SECONDS (here 0) closes with 4403.
+    server.runtime.settings.ws_reauth_seconds = 0
+    short = mint_dev_token(DEV_SECRET, "dev_alice", "alice", ttl_seconds=1)
+    stale = await GraphQLWS.connect(server.ws_url, short)
+    await asyncio.sleep(1.5)
+    await server.app.state.graphql._maintain(touch_sessions=False)
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        await stale.next(timeout=5)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4403
+    await ws.close()
+
+
+async def test_the_server_pings_every_open_graphql_transport_ws_socket(
+    server: Server, clients: Clients
+) -> None:
+    alice = await clients.user("alice")
+    ws = await GraphQLWS.connect(server.ws_url, alice.token)
+    handlers = list(server.app.state.graphql.pinged)
+    assert len(handlers) == 1
+    await asyncio.gather(*(h.ping() for h in handlers))  # what every other beat does
+    message = json.loads(await asyncio.wait_for(ws.conn.recv(), 5))
+    assert message == {"type": "ping"}
+    await ws.close()
+    await asyncio.sleep(0.2)
+    assert not server.app.state.graphql.pinged

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -61,13 +60,17 @@ def create_app(settings: Settings) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await runtime.start()
-        listener = asyncio.create_task(graphql.listen_for_ended_sessions())
+        background = [
+            asyncio.create_task(graphql.listen_for_ended_sessions()),
+            asyncio.create_task(graphql.maintain_connections()),
+        ]
         try:
             yield
         finally:
-            listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await listener
+            for task in background:
+                task.cancel()
+            # Bounded: a cancellation swallowed inside a driver must not hang shutdown.
+            await asyncio.wait(background, timeout=5)
             await graphql.close_connections()
             await runtime.stop()
 
@@ -103,4 +106,5 @@ def create_app(settings: Settings) -> Starlette:
     app.state.runtime = runtime
     app.state.db = runtime.db
     app.state.on_sessions_ended = graphql.end_sessions
+    app.state.graphql = graphql
     return app

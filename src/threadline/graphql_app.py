@@ -9,7 +9,9 @@ operation runs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -44,9 +46,10 @@ CLOSE_SESSION_ENDED = 4401
 CLOSE_REFUSED = 4403
 CLOSE_TOO_MANY = 4429
 SEND_TIMEOUT_SECONDS = 10.0
-PING_SECONDS = 15.0
 # Presence leases last 20 s; renewing every 8 s survives one missed renewal.
 LEASE_RENEW_SECONDS = 8.0
+# Server pings go out every other beat.
+PING_SECONDS = 2 * LEASE_RENEW_SECONDS
 # The session row's last_seen_at is a coarse record: once a minute per socket.
 SESSION_TOUCH_EVERY = 8
 
@@ -74,23 +77,19 @@ class TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
     """graphql-transport-ws, with a direct frame sink for broadcast subscriptions."""
 
     async def handle(self) -> None:
-        pinger = asyncio.create_task(self._ping())
+        # Pinged by ThreadlineGraphQL's maintenance beat while it is open: no task per socket.
+        pinged: set[TransportWSHandler] = self.view.pinged  # type: ignore[attr-defined]
+        pinged.add(self)
         try:
             await super().handle()
         finally:
-            pinger.cancel()
+            pinged.discard(self)
 
-    async def _ping(self) -> None:
-        """Server pings (strawberry sends none): they keep idle proxies from cutting the socket."""
-        while True:
-            await asyncio.sleep(PING_SECONDS)
-            if self.connection_acknowledged:
-                try:
-                    await asyncio.wait_for(
-                        self.send_message({"type": "ping"}), SEND_TIMEOUT_SECONDS
-                    )
-                except Exception:
-                    return
+    async def ping(self) -> None:
+        """A server ping (strawberry sends none): it keeps idle proxies from cutting the socket."""
+        if self.connection_acknowledged:
+            with contextlib.suppress(Exception):  # a dead peer is closed by its reader
+                await asyncio.wait_for(self.send_message({"type": "ping"}), SEND_TIMEOUT_SECONDS)
 
     async def run_operation(self, operation: Operation[Context, None]) -> None:
         websocket = self.context.connection
@@ -125,6 +124,8 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
         self.runtime = runtime
         runtime.frames = FrameRenderer(lambda: Context(runtime=runtime))
         self.connections: set[Context] = set()
+        self.pinged: set[TransportWSHandler] = set()
+        self._pings: asyncio.Future[list[None]] | None = None
 
     def encode_json(self, data: object) -> bytes:
         # Responses are plain JSON values; orjson writes a page of 50 messages
@@ -178,33 +179,54 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
                 uow, user, identity.session_id, context.user_agent
             )
         await self.runtime.presence.renew(user.id, state.connection_id)
-        state.tasks.append(asyncio.create_task(self._keep_alive(context)))
         self.connections.add(context)
         WEBSOCKET_CONNECTIONS.set(len(self.connections))
         return None
 
-    async def _keep_alive(self, context: Context) -> None:
-        """Renew the presence lease and the session row; close a socket whose token is stale."""
-        runtime = self.runtime
-        state, identity, user = context.state, context.identity, context.viewer_or_none
-        assert state is not None and identity is not None and user is not None
+    async def maintain_connections(self) -> None:
+        """Runs for the process's lifetime: every few seconds, for all sockets at once,
+        close those whose token is stale, renew presence leases in one Redis pipeline
+        and, less often, touch the session rows in one UPDATE.
+
+        One loop instead of a task per socket: idle connections cost less memory and
+        2000 of them cost a few round trips per beat, not 2000.
+        """
         beat = 0
         while True:
             await asyncio.sleep(LEASE_RENEW_SECONDS)
             beat += 1
-            expired_for = (datetime.now(UTC) - identity.expires_at).total_seconds()
-            if expired_for > runtime.settings.ws_reauth_seconds:
-                await self._close(
-                    context, CLOSE_REFUSED, "Token expired: reconnect with a fresh one"
-                )
-                return
             try:
-                await runtime.presence.renew(user.id, state.connection_id)
-                if state.session_id is not None and beat % SESSION_TOUCH_EVERY == 0:
-                    async with runtime.db.transaction("touch_session") as uow:
-                        await sessions.touch_session(uow, state.session_id)
+                if beat % 2 == 0 and self.pinged:
+                    # Apart from the beat: a peer that stopped reading delays only its ping.
+                    pings = asyncio.gather(*(handler.ping() for handler in list(self.pinged)))
+                    self._pings = pings
+                await self._maintain(touch_sessions=beat % SESSION_TOUCH_EVERY == 0)
+            except asyncio.CancelledError:
+                raise
             except Exception:
-                log.warning("keep-alive of a connection failed", exc_info=True)
+                log.warning("connection maintenance failed; retrying next beat", exc_info=True)
+
+    async def _maintain(self, *, touch_sessions: bool) -> None:
+        runtime = self.runtime
+        now = datetime.now(UTC)
+        leases: list[tuple[uuid.UUID, str]] = []
+        session_ids: list[uuid.UUID] = []
+        for context in list(self.connections):
+            state, identity, user = context.state, context.identity, context.viewer_or_none
+            if state is None or identity is None or user is None:
+                continue
+            if (now - identity.expires_at).total_seconds() > runtime.settings.ws_reauth_seconds:
+                # Not awaited here: one slow peer must not hold up the others' leases.
+                reason = "Token expired: reconnect with a fresh one"
+                state.tasks.append(asyncio.create_task(self._close(context, CLOSE_REFUSED, reason)))
+                continue
+            leases.append((user.id, state.connection_id))
+            if state.session_id is not None:
+                session_ids.append(state.session_id)
+        await runtime.presence.renew_many(leases)
+        if touch_sessions and session_ids:
+            async with runtime.db.transaction("touch_sessions") as uow:
+                await sessions.touch_sessions(uow, session_ids)
 
     async def _disconnected(self, context: Context) -> None:
         self.connections.discard(context)

@@ -17,6 +17,7 @@ from threadline.services.receipts import mark_delivered_many
 
 log = logging.getLogger(__name__)
 FLUSH_SECONDS = 1.0
+STOP_SECONDS = 5.0
 
 
 class DeliveryTracker:
@@ -25,6 +26,7 @@ class DeliveryTracker:
         self._interval = interval
         self._pending: dict[tuple[uuid.UUID, uuid.UUID], int] = {}
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     def delivered(self, user_id: uuid.UUID, thread_id: uuid.UUID, seq: int) -> None:
         key = (user_id, thread_id)
@@ -32,18 +34,24 @@ class DeliveryTracker:
             self._pending[key] = seq
 
     def start(self) -> None:
+        self._stopping = asyncio.Event()
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
+        # Asked to stop, not cancelled: a cancellation that lands inside a flush can
+        # be swallowed by the database driver, and the loop would then never end.
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            self._stopping.set()
+            await asyncio.wait({self._task}, timeout=STOP_SECONDS)
+            if not self._task.done():
+                self._task.cancel()
         await self.flush()
 
     async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._interval):
+                    await self._stopping.wait()
             try:
                 await self.flush()
             except Exception:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -18,9 +18,12 @@ import orjson
 import redis.asyncio as aioredis
 
 from threadline.realtime.channels import Publisher, presence_channel
+from threadline.realtime.redis_pool import redis_pool
 from threadline.services.states import PresenceStatus
 
 LEASE_SECONDS = 20.0
+# Leases renewed per Redis pipeline by renew_many.
+RENEW_BATCH = 500
 
 
 @dataclass(frozen=True)
@@ -42,7 +45,7 @@ class PresenceTracker:
         clock: Callable[[], float] = time.time,
         lease_seconds: float = LEASE_SECONDS,
     ) -> None:
-        self._redis = aioredis.Redis.from_url(redis_url) if redis_url else None
+        self._redis = aioredis.Redis(connection_pool=redis_pool(redis_url)) if redis_url else None
         self._publisher = publisher
         self._clock = clock
         self.lease_seconds = lease_seconds
@@ -82,6 +85,33 @@ class PresenceTracker:
         if not live_before:
             status = PresenceStatus.AWAY if away else PresenceStatus.ONLINE
             await self._publish(user_id, PresenceState(status, _ts(now)))
+
+    async def renew_many(self, leases: Sequence[tuple[uuid.UUID, str]]) -> None:
+        """Extend many connections' leases (user id, connection id) in few round trips."""
+        if self._redis is None:
+            for user_id, connection_id in leases:
+                await self.renew(user_id, connection_id)
+            return
+        now = self._clock()
+        expiry = now + self.lease_seconds
+        for start in range(0, len(leases), RENEW_BATCH):
+            batch = leases[start : start + RENEW_BATCH]
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for user_id, connection_id in batch:
+                    key = f"presence:leases:{user_id}"
+                    pipe.zremrangebyscore(key, 0, now)
+                    pipe.zcount(key, now, "+inf")
+                    pipe.zadd(key, {connection_id: expiry})
+                    pipe.expire(key, int(self.lease_seconds * 3))
+                    pipe.set(f"presence:seen:{user_id}", now)
+                    pipe.exists(f"presence:away:{user_id}")
+                replies = await pipe.execute()
+            # A lease that lapsed (Redis was down, the loop was late) comes back: say so.
+            for i, (user_id, _) in enumerate(batch):
+                live_before, away = replies[i * 6 + 1], replies[i * 6 + 5]
+                if not live_before:
+                    status = PresenceStatus.AWAY if away else PresenceStatus.ONLINE
+                    await self._publish(user_id, PresenceState(status, _ts(now)))
 
     async def release(self, user_id: uuid.UUID, connection_id: str) -> None:
         now = self._clock()

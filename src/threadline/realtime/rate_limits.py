@@ -26,6 +26,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from threadline.errors import RateLimited
+from threadline.realtime.redis_pool import redis_pool
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ class RateLimiter:
         if redis_url is None:
             self._storage = MemoryStorage()
         else:
-            self._pool = ConnectionPool.from_url(
+            self._pool = redis_pool(
                 redis_url,
                 socket_connect_timeout=_REDIS_TIMEOUT_SECONDS,
                 socket_timeout=_REDIS_TIMEOUT_SECONDS,

@@ -24,6 +24,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from threadline.metrics import BROKER_RECONNECTS
+from threadline.realtime.redis_pool import redis_pool
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ class RedisBackend(BroadcastBackend):
         """
         if self._runner is not None:
             return
-        self._publish_pool = ConnectionPool.from_url(
+        self._publish_pool = redis_pool(
             self._url,
             socket_connect_timeout=self._connect_timeout,
             socket_timeout=self._publish_timeout,

@@ -16,6 +16,7 @@ from collections.abc import Callable
 import redis.asyncio as aioredis
 
 from threadline.realtime.channels import Publisher, activity_channel, encode_activity
+from threadline.realtime.redis_pool import redis_pool
 from threadline.services.events import ActivityEvent
 
 TYPING_SECONDS = 6.0
@@ -30,7 +31,7 @@ class TypingTracker:
         clock: Callable[[], float] = time.monotonic,
         window: float = TYPING_SECONDS,
     ) -> None:
-        self._redis = aioredis.Redis.from_url(redis_url) if redis_url else None
+        self._redis = aioredis.Redis(connection_pool=redis_pool(redis_url)) if redis_url else None
         self._publisher = publisher
         self._clock = clock if redis_url is None else time.time
         self.window = window

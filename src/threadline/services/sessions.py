@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 
 from sqlalchemy import update
 
@@ -26,10 +27,14 @@ async def open_session(
     return row.id
 
 
-async def touch_session(uow: UnitOfWork, session_id: uuid.UUID) -> None:
-    await uow.session.execute(
-        update(Session).where(Session.id == session_id).values(last_seen_at=utcnow())
-    )
+async def touch_sessions(uow: UnitOfWork, session_ids: Sequence[uuid.UUID]) -> None:
+    """Mark live connections as seen now, in one statement per thousand."""
+    now = utcnow()
+    for start in range(0, len(session_ids), 1000):
+        chunk = session_ids[start : start + 1000]
+        await uow.session.execute(
+            update(Session).where(Session.id.in_(chunk)).values(last_seen_at=now)
+        )
 
 
 async def close_session(uow: UnitOfWork, session_id: uuid.UUID) -> None:

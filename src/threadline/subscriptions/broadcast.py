@@ -138,7 +138,9 @@ class FrameRenderer:
 
     def operation_key(self, info: Info) -> tuple[Any, ...]:
         """What makes two subscriptions render alike: the operation and its variables."""
-        variables = orjson.dumps(_inputs(info), option=orjson.OPT_SORT_KEYS, default=str)
+        # Decoded: orjson's bytes keep their whole write buffer (about 4 KB), and this
+        # key lives as long as the subscription.
+        variables = orjson.dumps(_inputs(info), option=orjson.OPT_SORT_KEYS, default=str).decode()
         return (_Same(info._raw_info.operation), variables)
 
     async def render(
