@@ -22,7 +22,9 @@ class GraphQLWS:
         client = cls(conn)
         payload = {"authorization": f"Bearer {token}"} if token else {}
         await conn.send(json.dumps({"type": "connection_init", "payload": payload}))
-        message = json.loads(await asyncio.wait_for(conn.recv(), 10))
+        raw = await asyncio.wait_for(conn.recv(), 10)
+        assert isinstance(raw, str), f"a binary frame: {raw!r}"
+        message = json.loads(raw)
         assert message["type"] == "connection_ack", message
         return client
 
@@ -42,7 +44,9 @@ class GraphQLWS:
     async def next(self, timeout: float = 10) -> dict[str, Any]:
         """The next `next`/`error` message, answering pings on the way."""
         while True:
-            message = json.loads(await asyncio.wait_for(self.conn.recv(), timeout))
+            raw = await asyncio.wait_for(self.conn.recv(), timeout)
+            assert isinstance(raw, str), f"a binary frame: {raw!r}"  # graphql-ws reads text
+            message = json.loads(raw)
             if message["type"] == "ping":
                 await self.conn.send(json.dumps({"type": "pong"}))
                 continue

@@ -127,10 +127,11 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
         self.pinged: set[TransportWSHandler] = set()
         self._pings: asyncio.Future[list[None]] | None = None
 
-    def encode_json(self, data: object) -> bytes:
-        # Responses are plain JSON values; orjson writes a page of 50 messages
-        # several times faster than the standard library.
-        return orjson.dumps(data)
+    def encode_json(self, data: object) -> str:
+        # orjson writes a page of 50 messages several times faster than the standard
+        # library. Text, not bytes: strawberry sends bytes as binary WebSocket frames,
+        # which graphql-ws clients do not read.
+        return orjson.dumps(data).decode()
 
     async def process_result(
         self, request: Request, result: ExecutionResult
