@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
@@ -60,58 +61,60 @@ class PresenceTracker:
     # -- leases
 
     async def renew(self, user_id: uuid.UUID, connection_id: str) -> None:
-        """Start or extend a connection's lease; announce when the user comes online.
+        """Start or extend a connection's lease; announce when the user comes online."""
+        await self.renew_many([(user_id, connection_id)])
 
-        One Redis round trip: this runs for every connection every few seconds.
+    async def renew_many(self, leases: Sequence[tuple[uuid.UUID, str]]) -> None:
+        """Start or extend connections' leases (user id, connection id); announce each
+        user who had no live lease before (newly connected, or back after a lapse).
+
+        One Redis round trip per RENEW_BATCH leases: the maintenance beat renews
+        every connection of the process every few seconds.
         """
         now = self._clock()
-        expiry = now + self.lease_seconds
-        if self._redis is not None:
-            key = f"presence:leases:{user_id}"
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.zremrangebyscore(key, 0, now)
-                pipe.zcount(key, now, "+inf")
-                pipe.zadd(key, {connection_id: expiry})
-                pipe.expire(key, int(self.lease_seconds * 3))
-                pipe.set(f"presence:seen:{user_id}", now)
-                pipe.exists(f"presence:away:{user_id}")
-                _, live_before, *_, away = await pipe.execute()
+        if self._redis is None:
+            came_back = self._renew_in_memory(leases, now)
         else:
-            leases = self._leases.setdefault(user_id, {})
-            live_before = sum(1 for e in leases.values() if e > now)
-            leases[connection_id] = expiry
-            self._seen[user_id] = now
-            away = user_id in self._away
-        if not live_before:
+            came_back = await self._renew_in_redis(self._redis, leases, now)
+        for user_id, away in came_back:
             status = PresenceStatus.AWAY if away else PresenceStatus.ONLINE
             await self._publish(user_id, PresenceState(status, _ts(now)))
 
-    async def renew_many(self, leases: Sequence[tuple[uuid.UUID, str]]) -> None:
-        """Extend many connections' leases (user id, connection id) in few round trips."""
-        if self._redis is None:
-            for user_id, connection_id in leases:
-                await self.renew(user_id, connection_id)
-            return
-        now = self._clock()
-        expiry = now + self.lease_seconds
+    def _renew_in_memory(
+        self, leases: Sequence[tuple[uuid.UUID, str]], now: float
+    ) -> list[tuple[uuid.UUID, bool]]:
+        """(user id, away) of each user who had no live lease before."""
+        came_back = []
+        for user_id, connection_id in leases:
+            held = self._leases.setdefault(user_id, {})
+            if not any(e > now for e in held.values()):
+                came_back.append((user_id, user_id in self._away))
+            held[connection_id] = now + self.lease_seconds
+            self._seen[user_id] = now
+        return came_back
+
+    async def _renew_in_redis(
+        self, redis: aioredis.Redis[Any], leases: Sequence[tuple[uuid.UUID, str]], now: float
+    ) -> list[tuple[uuid.UUID, bool]]:
+        came_back = []
         for start in range(0, len(leases), RENEW_BATCH):
             batch = leases[start : start + RENEW_BATCH]
-            async with self._redis.pipeline(transaction=False) as pipe:
+            # MULTI: each user's count-then-add is atomic against other processes.
+            async with redis.pipeline(transaction=True) as pipe:
                 for user_id, connection_id in batch:
                     key = f"presence:leases:{user_id}"
                     pipe.zremrangebyscore(key, 0, now)
                     pipe.zcount(key, now, "+inf")
-                    pipe.zadd(key, {connection_id: expiry})
+                    pipe.zadd(key, {connection_id: now + self.lease_seconds})
                     pipe.expire(key, int(self.lease_seconds * 3))
                     pipe.set(f"presence:seen:{user_id}", now)
                     pipe.exists(f"presence:away:{user_id}")
                 replies = await pipe.execute()
-            # A lease that lapsed (Redis was down, the loop was late) comes back: say so.
             for i, (user_id, _) in enumerate(batch):
                 live_before, away = replies[i * 6 + 1], replies[i * 6 + 5]
                 if not live_before:
-                    status = PresenceStatus.AWAY if away else PresenceStatus.ONLINE
-                    await self._publish(user_id, PresenceState(status, _ts(now)))
+                    came_back.append((user_id, bool(away)))
+        return came_back
 
     async def release(self, user_id: uuid.UUID, connection_id: str) -> None:
         now = self._clock()
