@@ -88,11 +88,13 @@ async def _prefetch(info: Info, rows: list[models.Message]) -> None:
             size = page_args(int(str(first)) if str(first).isdigit() else None, None).size
         except BadInput:  # the field itself will say so
             return
+        if after is not None:
+            return
+        thread_ids = list({m.thread_id for m in rows})  # loaded above: no query
+        markers = dict(zip(thread_ids, await loaders.markers.load_many(thread_ids), strict=True))
         readers: set[uuid.UUID] = set()
         for m in rows:
-            markers = loaders.markers.cache_map.get(m.thread_id)
-            if markers is not None and markers.done() and after is None:
-                readers.update(receipts.readers(m, markers.result())[:size])
+            readers.update(receipts.readers(m, markers[m.thread_id])[:size])
         if readers:
             await loaders.user.load_many(sorted(readers))
 

@@ -132,6 +132,10 @@ async def send_message(
     seq with it, so no gap) and runs again, finding the winner's message.
     """
     tid = parse_id(thread_id, "Thread")
+    if client_id is not None:  # checked once, for either path
+        client_id = client_id.strip()
+        if not client_id or len(client_id) > MAX_CLIENT_ID:
+            raise BadInput(f"`clientId` must be 1 to {MAX_CLIENT_ID} characters")
     if db.is_postgres and parent_id is None and not attachment_ids:
         message = await _send_plain_postgres(db, actor, tid, body, client_id)
         if message is not None:
@@ -191,10 +195,6 @@ async def _send_plain_postgres(
 
     None when it stored nothing or the message needs the general path.
     """
-    if client_id is not None:
-        client_id = client_id.strip()
-        if not client_id or len(client_id) > MAX_CLIENT_ID:
-            raise BadInput(f"`clientId` must be 1 to {MAX_CLIENT_ID} characters")
     text = clean_body(body, has_attachments=False)
     if "@" in text:  # mentions notify: the general path handles them
         return None
@@ -253,9 +253,6 @@ async def _write_message(
     session = uow.session
     thread_id = access.thread.id
     if client_id is not None:
-        client_id = client_id.strip()
-        if not client_id or len(client_id) > MAX_CLIENT_ID:
-            raise BadInput(f"`clientId` must be 1 to {MAX_CLIENT_ID} characters")
         existing = await _by_client_id(session, thread_id, actor.id, client_id)
         if existing is not None:
             return existing, False
