@@ -230,6 +230,9 @@ class Clients:
         api.id = (await api.gql("{ me { id } }"))["me"]["id"]
         return api
 
+    async def users(self, *usernames: str) -> list[Api]:
+        return [await self.user(name) for name in usernames]
+
 
 @pytest.fixture
 async def http(server: Server) -> AsyncIterator[httpx.AsyncClient]:

@@ -137,11 +137,7 @@ async def mutate(alice: Api, bob: Api, carol: Api, tid: str) -> None:
 async def test_first_query_plus_events_equals_a_fresh_query(
     server: Server, clients: Clients
 ) -> None:
-    alice, bob, carol = (
-        await clients.user("alice"),
-        await clients.user("bob"),
-        await clients.user("carol"),
-    )
+    alice, bob, carol = await clients.users("alice", "bob", "carol")
     tid = await factories.thread(alice, bob)
     await factories.send(alice, tid, "before the subscription")
     initial = (await alice.gql(STATE, {"t": tid}))["thread"]

@@ -189,11 +189,7 @@ async def test_the_author_may_delete_and_the_message_keeps_its_place_with_nothin
 async def test_a_thread_admin_may_delete_anyones_message_and_a_member_may_not(
     clients: Clients,
 ) -> None:
-    alice, bob, carol = (
-        await clients.user("alice"),
-        await clients.user("bob"),
-        await clients.user("carol"),
-    )
+    alice, bob, carol = await clients.users("alice", "bob", "carol")
     thread_id = await factories.thread(alice, bob)
     await alice.gql(ADD, {"t": thread_id, "u": carol.id, "r": "ADMIN"})
     sent = await factories.send(alice, thread_id, "the owner speaks")

@@ -35,11 +35,7 @@ def kinds(box: dict[str, Any]) -> list[str]:
 async def test_a_mention_of_a_participant_fills_mentions_and_notifies_them(
     clients: Clients,
 ) -> None:
-    alice, bob, carol = (
-        await clients.user("alice"),
-        await clients.user("bob"),
-        await clients.user("carol"),
-    )
+    alice, bob, carol = await clients.users("alice", "bob", "carol")
     thread_id = await factories.thread(alice, bob)
     # carol is not in the thread: naming her mentions nobody.
     sent = await factories.send(alice, thread_id, "@bob and @carol, look")
@@ -93,11 +89,7 @@ async def test_a_reaction_notifies_the_author(clients: Clients) -> None:
 
 
 async def test_being_added_to_a_thread_notifies_the_new_participant(clients: Clients) -> None:
-    alice, bob, carol = (
-        await clients.user("alice"),
-        await clients.user("bob"),
-        await clients.user("carol"),
-    )
+    alice, bob, carol = await clients.users("alice", "bob", "carol")
     thread_id = await factories.thread(alice, bob)
     await alice.gql(ADD, {"t": thread_id, "u": carol.id})
     for added in (bob, carol):

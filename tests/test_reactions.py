@@ -45,11 +45,7 @@ async def test_adding_the_same_emoji_twice_counts_once(clients: Clients) -> None
 async def test_reacted_by_me_is_true_for_the_reactor_only_and_users_lists_them_all(
     clients: Clients,
 ) -> None:
-    alice, bob, carol = (
-        await clients.user("alice"),
-        await clients.user("bob"),
-        await clients.user("carol"),
-    )
+    alice, bob, carol = await clients.users("alice", "bob", "carol")
     thread_id = await factories.thread(alice, bob, carol)
     message = await factories.send(alice, thread_id)
     await bob.gql(ADD, {"m": message["id"], "e": "🎉"})

@@ -76,11 +76,7 @@ async def test_status_goes_from_sent_to_delivered_to_read(clients: Clients) -> N
 async def test_read_needs_every_other_participant_and_read_by_lists_those_who_did(
     clients: Clients,
 ) -> None:
-    alice, bob, carol = (
-        await clients.user("alice"),
-        await clients.user("bob"),
-        await clients.user("carol"),
-    )
+    alice, bob, carol = await clients.users("alice", "bob", "carol")
     thread_id = await factories.thread(alice, bob, carol)
     sent = await factories.send(alice, thread_id, "all hands")
     await bob.gql(MARK_READ, {"t": thread_id, "s": sent["seq"]})

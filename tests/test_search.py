@@ -74,11 +74,7 @@ async def test_search_input_with_query_syntax_is_taken_as_plain_words(clients: C
 
 
 async def test_other_peoples_threads_never_appear(clients: Clients) -> None:
-    alice, bob, eve = (
-        await clients.user("alice"),
-        await clients.user("bob"),
-        await clients.user("eve"),
-    )
+    alice, bob, eve = await clients.users("alice", "bob", "eve")
     shared = await factories.thread(alice, bob)
     secret = await factories.thread(eve)
     await factories.send(alice, shared, "budget for the offsite")

@@ -96,7 +96,7 @@ async def count_page(server: Server, viewer: Api, thread_id: str) -> list[str]:
 async def test_a_page_of_50_messages_costs_the_same_few_statements_as_a_page_of_5(
     server: Server, clients: Clients
 ) -> None:
-    people = [await clients.user(name) for name in ("alice", "bob", "carol")]
+    people = await clients.users("alice", "bob", "carol")
     big = await conversation(people, 50)
     small = await conversation(people, 5)
 
@@ -113,7 +113,7 @@ async def test_a_page_of_50_messages_costs_the_same_few_statements_as_a_page_of_
 async def test_the_first_fetch_that_moves_the_delivered_marker_also_costs_a_fixed_number(
     server: Server, clients: Clients
 ) -> None:
-    people = [await clients.user(name) for name in ("alice", "bob", "carol")]
+    people = await clients.users("alice", "bob", "carol")
     big = await conversation(people, 50)
     small = await conversation(people, 5)
     counts = []
@@ -149,7 +149,7 @@ async def test_a_page_answers_the_same_through_fragments_and_message_by_message(
 ) -> None:
     """Fields answer from the batches the page loaded up front, or load their own
     when reached another way (fragments, a single message): the same data either way."""
-    people = [await clients.user(name) for name in ("alice", "bob", "carol")]
+    people = await clients.users("alice", "bob", "carol")
     thread_id = await conversation(people, 12)
     viewer = people[1]
     plain = (await viewer.gql(PLAIN, {"t": thread_id}))["messages"]["edges"]

@@ -72,10 +72,6 @@ async def promote(server: Server, api: Api, role: str) -> None:
     server.runtime.forget_viewers(clerk_user_ids=[f"dev_{api.username}"])
 
 
-async def sign_in(clients: Clients, *names: str) -> list[Api]:
-    return [await clients.user(name) for name in names]
-
-
 def roles_by_user(thread: dict[str, Any]) -> dict[str, str]:
     return {e["node"]["user"]["id"]: e["node"]["role"] for e in thread["participants"]["edges"]}
 
@@ -91,7 +87,7 @@ async def role_in(api: Api, thread_id: str, user: Api) -> str | None:
 async def test_create_thread_makes_the_caller_owner_and_the_others_members(
     clients: Clients,
 ) -> None:
-    alice, bob, carol = await sign_in(clients, "alice", "bob", "carol")
+    alice, bob, carol = await clients.users("alice", "bob", "carol")
     data = await alice.gql(
         CREATE,
         {"i": {"title": "  Plans ", "description": "Q3", "participantIds": [bob.id, carol.id]}},
@@ -160,7 +156,7 @@ async def test_update_thread_is_allowed_to_a_thread_admin(clients: Clients) -> N
 async def test_update_thread_is_forbidden_to_a_member_and_not_found_for_an_outsider(
     clients: Clients,
 ) -> None:
-    alice, bob, eve = await sign_in(clients, "alice", "bob", "eve")
+    alice, bob, eve = await clients.users("alice", "bob", "eve")
     thread_id = await factories.thread(alice, bob)
     assert await bob.error(UPDATE, {"t": thread_id, "i": {"title": "No"}}) == "FORBIDDEN"
     assert await eve.error(UPDATE, {"t": thread_id, "i": {"title": "No"}}) == "NOT_FOUND"
@@ -198,7 +194,7 @@ async def test_adding_someone_twice_is_a_conflict(clients: Clients) -> None:
 
 
 async def test_an_admin_cannot_grant_a_role_above_their_own(clients: Clients) -> None:
-    alice, bob, carol = await sign_in(clients, "alice", "bob", "carol")
+    alice, bob, carol = await clients.users("alice", "bob", "carol")
     thread_id = await factories.thread(alice)
     await alice.gql(ADD, {"t": thread_id, "u": bob.id, "r": "ADMIN"})
     assert await bob.error(ADD, {"t": thread_id, "u": carol.id, "r": "OWNER"}) == "FORBIDDEN"
@@ -213,7 +209,7 @@ async def test_remove_participant_takes_the_thread_away_from_them(clients: Clien
 
 
 async def test_a_member_cannot_remove_anyone(clients: Clients) -> None:
-    alice, bob, carol = await sign_in(clients, "alice", "bob", "carol")
+    alice, bob, carol = await clients.users("alice", "bob", "carol")
     thread_id = await factories.thread(alice, bob, carol)
     assert await bob.error(REMOVE, {"t": thread_id, "u": carol.id}) == "FORBIDDEN"
 
@@ -346,7 +342,7 @@ async def test_a_system_owner_acts_as_thread_owner_and_may_delete_any_thread(
 
 
 async def test_set_user_role_needs_a_system_owner(server: Server, clients: Clients) -> None:
-    member, admin, target = await sign_in(clients, "member", "admin", "target")
+    member, admin, target = await clients.users("member", "admin", "target")
     await promote(server, admin, "ADMIN")
     assert await member.error(SET_USER_ROLE, {"u": target.id, "r": "ADMIN"}) == "FORBIDDEN"
     assert await admin.error(SET_USER_ROLE, {"u": target.id, "r": "ADMIN"}) == "FORBIDDEN"
@@ -355,7 +351,7 @@ async def test_set_user_role_needs_a_system_owner(server: Server, clients: Clien
 async def test_a_role_set_by_a_system_owner_takes_effect_at_once(
     server: Server, clients: Clients
 ) -> None:
-    root, alice, bob = await sign_in(clients, "root", "alice", "bob")
+    root, alice, bob = await clients.users("root", "alice", "bob")
     await promote(server, root, "OWNER")
     not_bobs = await factories.thread(alice)
     shared = await factories.thread(alice, bob)
