@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from threadline.app import create_app
 from threadline.auth.tokens import mint_dev_token
+from threadline.cli import WEBSOCKET_IMPLEMENTATION
 from threadline.config import Settings
 from threadline.migrate import upgrade_to_head
 from threadline.models import Base
@@ -141,6 +142,7 @@ async def start_server(settings: Settings) -> Server:
         host="127.0.0.1",
         port=port,
         log_level="warning",
+        ws=WEBSOCKET_IMPLEMENTATION,
         ws_per_message_deflate=False,
         lifespan="on",
     )

@@ -11,6 +11,11 @@ from collections.abc import Sequence
 from threadline.config import ConfigError, Settings, load_settings
 from threadline.models import SystemRole
 
+# uvicorn's sans-I/O WebSocket protocol: a connection costs no task of its own (the
+# legacy one keeps three), keep-alive pings are timers, and a frame is written to
+# the transport at once unless the peer stopped reading.
+WEBSOCKET_IMPLEMENTATION = "websockets-sansio"
+
 
 def _settings() -> Settings:
     try:
@@ -47,6 +52,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=args.port,
         workers=args.workers,
         log_level=args.log_level,
+        ws=args.ws,
         ws_per_message_deflate=args.ws_per_message_deflate,
         proxy_headers=True,
         lifespan="on",
@@ -138,6 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=False,
         help="WebSocket compression (off: it costs CPU and memory per connection)",
+    )
+    serve.add_argument(
+        "--ws",
+        default=WEBSOCKET_IMPLEMENTATION,
+        choices=["websockets-sansio", "websockets", "wsproto"],
+        help="uvicorn's WebSocket implementation (default: %(default)s, which needs no"
+        " task per connection and writes frames without waiting)",
     )
     serve.set_defaults(func=cmd_serve)
 
