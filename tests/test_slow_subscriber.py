@@ -10,7 +10,7 @@ import websockets
 
 from tests import factories
 from tests.conftest import Clients, Server
-from threadline import graphql_app
+from threadline.subscriptions import fanout
 
 # Twelve copies of the body per event: ~48 KB frames, so that a few hundred events
 # exceed what the kernel buffers for a socket.
@@ -24,7 +24,7 @@ BIG = (
 async def test_a_subscriber_that_never_reads_is_ended_with_a_resume_signal(
     server: Server, clients: Clients, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(graphql_app, "SEND_TIMEOUT_SECONDS", 1.0)
+    monkeypatch.setattr(fanout, "SEND_TIMEOUT_SECONDS", 1.0)
     server.runtime.broker._queue_limit = 50
     alice, bob = await clients.user("alice"), await clients.user("bob")
     tid = await factories.thread(alice, bob)

@@ -39,6 +39,7 @@ from threadline.schema.context import ConnectionState, Context
 from threadline.schema.errors import shape_error
 from threadline.services import sessions
 from threadline.subscriptions.broadcast import CURRENT_SINK, DirectSink, FrameRenderer
+from threadline.subscriptions.fanout import Fanout
 
 log = logging.getLogger(__name__)
 
@@ -92,17 +93,8 @@ class TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
                 await asyncio.wait_for(self.send_message({"type": "ping"}), SEND_TIMEOUT_SECONDS)
 
     async def run_operation(self, operation: Operation[Context, None]) -> None:
-        websocket = self.context.connection
-
-        async def send_text(text: str) -> None:
-            if operation.completed:
-                return
-            # A peer that stopped reading raises TimeoutError here, and the stream
-            # ends with a resume error instead of buffering for it.
-            async with asyncio.timeout(SEND_TIMEOUT_SECONDS):  # no task per send
-                await websocket.send_text(text)
-
-        CURRENT_SINK.set(DirectSink(operation.id, send_text))
+        # No timeout on these writes: the fan-out bounds a write that has to wait.
+        CURRENT_SINK.set(DirectSink(operation, self.context.connection.send_text))
         await super().run_operation(operation)
 
 
@@ -123,6 +115,7 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
         )
         self.runtime = runtime
         runtime.frames = FrameRenderer(lambda: Context(runtime=runtime))
+        runtime.fanout = Fanout(runtime)
         self.connections: set[Context] = set()
         self.pinged: set[TransportWSHandler] = set()
         self._pings: asyncio.Future[list[None]] | None = None

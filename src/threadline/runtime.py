@@ -58,8 +58,10 @@ class Runtime:
         self.typing = TypingTracker(settings.redis_url, self.broker)
         self.user_cache: TTLCache[uuid.UUID, User] = TTLCache(USER_CACHE_SECONDS, 50_000)
         self.deliveries = DeliveryTracker(self.db)
-        # Set by the GraphQL layer: renders broadcast subscription frames once per event.
+        # Set by the GraphQL layer: renders broadcast subscription frames once per
+        # event, and writes them to every local subscriber of a thread.
         self.frames: Any = None
+        self.fanout: Any = None
         # Every subscriber of a thread receives the same published string: decode it once.
         self._decoded: TTLCache[str, LoggedEvent] = TTLCache(10.0, 1024)
         self._verified: TTLCache[str, Identity] = TTLCache(VERIFIED_TOKEN_SECONDS, 20_000)

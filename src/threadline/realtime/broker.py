@@ -223,6 +223,11 @@ class Broker:
         self._subscribers: set[Subscriber] = set()
         self._state = "new"
 
+    @property
+    def queue_limit(self) -> int:
+        """How far behind a subscriber may fall before it is dropped."""
+        return self._queue_limit
+
     # -- lifecycle ---------------------------------------------------------------
 
     async def connect(self) -> None:

@@ -2,7 +2,8 @@
 
 A busy thread pushes many events to each subscriber; writing a row per push
 would cost more than the push. The newest pushed seq per (user, thread) is kept
-here and flushed in the background.
+here and flushed in the background. Sources that keep their own positions (the
+live fan-out, which would otherwise report every write) are asked at each flush.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections.abc import Callable, Iterable
 
 from threadline.db import Database
 from threadline.services.receipts import mark_delivered_many
@@ -27,6 +29,11 @@ class DeliveryTracker:
         self._pending: dict[tuple[uuid.UUID, uuid.UUID], int] = {}
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        self._sources: list[Callable[[], Iterable[tuple[uuid.UUID, uuid.UUID, int]]]] = []
+
+    def add_source(self, source: Callable[[], Iterable[tuple[uuid.UUID, uuid.UUID, int]]]) -> None:
+        """``source()`` yields (user, thread, seq) pushed since it was last asked."""
+        self._sources.append(source)
 
     def delivered(self, user_id: uuid.UUID, thread_id: uuid.UUID, seq: int) -> None:
         key = (user_id, thread_id)
@@ -58,5 +65,8 @@ class DeliveryTracker:
                 log.exception("flushing delivered markers failed")
 
     async def flush(self) -> None:
+        for source in self._sources:
+            for user_id, thread_id, seq in source():
+                self.delivered(user_id, thread_id, seq)
         pending, self._pending = self._pending, {}
         await mark_delivered_many(self._db, pending)

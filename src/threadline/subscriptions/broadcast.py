@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import orjson
@@ -26,9 +26,13 @@ from graphql import (
     InlineFragmentNode,
     SelectionSetNode,
     Undefined,
+    VariableNode,
+    Visitor,
+    visit,
 )
 from graphql.execution import Executor
 from strawberry import Info
+from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import Operation
 
 from threadline.realtime.caches import TTLCache
 from threadline.schema.errors import shape_error
@@ -40,14 +44,25 @@ VIEWER_FIELDS = frozenset(
 
 
 class DirectSink:
-    """Where a graphql-transport-ws operation's frames go when sent directly."""
+    """Where a graphql-transport-ws operation's frames go when written directly.
 
-    __slots__ = ("_prefix", "operation_id", "send_text")
+    ``send_text`` writes one frame to the socket; it may wait when the peer
+    stops reading, and the caller bounds that wait. ``closed`` is true once the
+    client completed the operation (its task is being cancelled).
+    """
 
-    def __init__(self, operation_id: str, send_text: Callable[[str], Awaitable[None]]) -> None:
-        self.operation_id = operation_id
+    __slots__ = ("_operation", "_prefix", "send_text")
+
+    def __init__(
+        self, operation: Operation[Any, Any], send_text: Callable[[str], Coroutine[Any, Any, None]]
+    ) -> None:
+        self._operation = operation
         self.send_text = send_text
-        self._prefix = '{"id":' + orjson.dumps(operation_id).decode() + ',"type":"next","payload":'
+        self._prefix = '{"id":' + orjson.dumps(operation.id).decode() + ',"type":"next","payload":'
+
+    @property
+    def closed(self) -> bool:
+        return bool(self._operation.completed)
 
     def frame(self, payload: str) -> str:
         return self._prefix + payload + "}"
@@ -110,6 +125,56 @@ class _Same:
         return isinstance(other, _Same) and other.obj is self.obj
 
 
+def _start_only_variables(info: Info) -> set[str]:
+    """Variables that only say where the stream starts (the root field's ``afterSeq``).
+
+    They do not change a frame, so subscribers that differ only in them share one
+    rendering (clients resuming from different points are the usual case).
+    """
+    raw = info._raw_info
+    uses: dict[str, int] = {}
+
+    class Count(Visitor):
+        def enter_variable(self, node: VariableNode, *_: Any) -> None:
+            uses[node.name.value] = uses.get(node.name.value, 0) + 1
+
+    for definition in (raw.operation, *raw.fragments.values()):
+        visit(definition.selection_set, Count())
+    start_only = set()
+    for field_node in raw.field_nodes:
+        for argument in field_node.arguments or ():
+            value = argument.value
+            if (
+                argument.name.value == "afterSeq"
+                and isinstance(value, VariableNode)
+                and uses.get(value.name.value) == 1
+            ):
+                start_only.add(value.name.value)
+    return start_only
+
+
+class OperationTemplate:
+    """What a broadcast subscription's frames depend on: its operation and variables.
+
+    Taken from the first subscriber's ``info`` without keeping its context (and so
+    its socket) alive; two subscriptions with equal keys render alike.
+    """
+
+    __slots__ = ("document", "key", "schema", "variables")
+
+    def __init__(self, info: Info) -> None:
+        raw = info._raw_info
+        self.schema = raw.schema
+        self.document = DocumentNode(definitions=(raw.operation, *raw.fragments.values()))
+        self.variables = _inputs(info)
+        skip = _start_only_variables(info)
+        rendered_by = {k: v for k, v in self.variables.items() if k not in skip}
+        # Decoded: orjson's bytes keep their whole write buffer (about 4 KB), and this
+        # key lives as long as the subscription.
+        encoded = orjson.dumps(rendered_by, option=orjson.OPT_SORT_KEYS, default=str).decode()
+        self.key: tuple[Any, ...] = (_Same(raw.operation), encoded)
+
+
 class FrameRenderer:
     """Executes a subscription's selection once per event and keeps the JSON payload."""
 
@@ -119,39 +184,29 @@ class FrameRenderer:
         self._executors: TTLCache[tuple[Any, ...], Executor[Any]] = TTLCache(300.0, 512)
         self._rendering: dict[tuple[Any, ...], asyncio.Future[str]] = {}
 
-    def _executor(self, info: Info, key: tuple[Any, ...]) -> Executor[Any]:
-        executor = self._executors.get(key)
+    def _executor(self, template: OperationTemplate) -> Executor[Any]:
+        executor = self._executors.get(template.key)
         if executor is None:
-            raw = info._raw_info
-            document = DocumentNode(definitions=(raw.operation, *raw.fragments.values()))
             built = Executor.build(
-                raw.schema,
-                document,
-                raw_variable_values=_inputs(info),
+                template.schema,
+                template.document,
+                raw_variable_values=template.variables,
                 context_value=self._make_context(),
             )
             if not isinstance(built, Executor):
                 raise RuntimeError(f"cannot build a broadcast executor: {built}")
             executor = built
-            self._executors.put(key, executor)
+            self._executors.put(template.key, executor)
         return executor
-
-    def operation_key(self, info: Info) -> tuple[Any, ...]:
-        """What makes two subscriptions render alike: the operation and its variables."""
-        # Decoded: orjson's bytes keep their whole write buffer (about 4 KB), and this
-        # key lives as long as the subscription.
-        variables = orjson.dumps(_inputs(info), option=orjson.OPT_SORT_KEYS, default=str).decode()
-        return (_Same(info._raw_info.operation), variables)
 
     async def render(
         self,
-        info: Info,
-        op_key: tuple[Any, ...],
+        template: OperationTemplate,
         event_key: tuple[Any, ...],
         make_event: Callable[[], Awaitable[Any]],
     ) -> str:
         """The JSON payload of this operation for this event, computed once."""
-        key = (*op_key, *event_key)
+        key = (*template.key, *event_key)
         cached = self._frames.get(key)
         if cached is not None:
             return cached
@@ -161,7 +216,7 @@ class FrameRenderer:
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._rendering[key] = future
         try:
-            text = await self._execute(self._executor(info, op_key), await make_event())
+            text = await self._execute(self._executor(template), await make_event())
             self._frames.put(key, text)
             future.set_result(text)
             return text

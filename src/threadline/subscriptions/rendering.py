@@ -8,7 +8,7 @@ out to many subscribers costs one user lookup per process, not one each.
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, Final, Literal
 
 from strawberry import ID
 
@@ -81,12 +81,19 @@ def render(event: LoggedEvent, thread: Thread | None = None) -> ThreadEventType:
     return ThreadDeleted(**common)
 
 
+EVERYONE: Final = "everyone"
+
+
+def who_stops(event: LoggedEvent) -> uuid.UUID | Literal["everyone"] | None:
+    """Whose subscriptions end after this event: nobody, one removed user, or everyone."""
+    if event.kind is EventKind.THREAD_DELETED:
+        return EVERYONE
+    if event.kind is EventKind.PARTICIPANT_CHANGED and event.payload.get("role") is None:
+        return uuid.UUID(event.payload["user_id"])
+    return None
+
+
 def ends_subscription(event: LoggedEvent, viewer_id: uuid.UUID) -> bool:
     """After this event the viewer may no longer follow the thread."""
-    if event.kind is EventKind.THREAD_DELETED:
-        return True
-    return (
-        event.kind is EventKind.PARTICIPANT_CHANGED
-        and event.payload.get("user_id") == str(viewer_id)
-        and event.payload.get("role") is None
-    )
+    stops = who_stops(event)
+    return stops is not None and stops in (EVERYONE, viewer_id)

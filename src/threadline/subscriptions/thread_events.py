@@ -24,13 +24,13 @@ from threadline.schema.events import ThreadEventType
 from threadline.services.events import EventKind, LoggedEvent, events_after
 from threadline.services.permissions import parse_id
 from threadline.services.threads import get_thread
-from threadline.subscriptions.broadcast import CURRENT_SINK, viewer_independent
+from threadline.subscriptions.broadcast import CURRENT_SINK, OperationTemplate, viewer_independent
 from threadline.subscriptions.rendering import ends_subscription, render
 
 REPLAY_BATCH = 500
 
 
-async def _from_log(runtime: Runtime, thread_id: uuid.UUID, after: int) -> list[LoggedEvent]:
+async def from_log(runtime: Runtime, thread_id: uuid.UUID, after: int) -> list[LoggedEvent]:
     async with runtime.db.reading() as session:
         return await events_after(session, thread_id, after, REPLAY_BATCH)
 
@@ -44,7 +44,7 @@ async def ordered_events(
         async def fill() -> AsyncIterator[LoggedEvent]:
             nonlocal last
             while True:
-                batch = await _from_log(runtime, thread_id, last)
+                batch = await from_log(runtime, thread_id, last)
                 for event in batch:
                     last = event.seq
                     yield event
@@ -82,7 +82,7 @@ async def ordered_events(
             ) from None
 
 
-async def _rendered(runtime: Runtime, event: LoggedEvent) -> ThreadEventType:
+async def rendered(runtime: Runtime, event: LoggedEvent) -> ThreadEventType:
     thread = None
     if event.kind is EventKind.THREAD_UPDATED:
         async with runtime.db.reading() as session:
@@ -103,32 +103,16 @@ async def stream(
     start = access.thread.last_seq if after_seq is None else after_seq
     await ctx.close()  # no session held open between events
     sink = CURRENT_SINK.get()
+    if sink is not None and viewer_independent(info):
+        # Broadcast: the process's fan-out renders once per event for all local
+        # subscribers of this operation and writes the frames to the sockets.
+        template = OperationTemplate(info)
+        await runtime.fanout.follow(template, tid, viewer.id, start, access.thread.last_seq, sink)
+        return
     # aclosing: the broker subscription ends with the stream, also when a send fails.
     async with aclosing(ordered_events(runtime, tid, viewer.id, start)) as events:
-        if sink is not None and viewer_independent(info):
-            # Broadcast: render once per event for all subscribers, write the frame here.
-            op_key = runtime.frames.operation_key(info)
-            sent = start
-            async for event in events:
-                payload = await runtime.frames.render(
-                    info,
-                    op_key,
-                    (event.thread_id, event.seq),
-                    lambda e=event: _rendered(runtime, e),
-                )
-                try:
-                    await sink.send_text(sink.frame(payload))
-                except TimeoutError:
-                    raise Conflict(
-                        "This subscriber stopped reading: subscribe again with afterSeq",
-                        afterSeq=sent,
-                    ) from None
-                sent = event.seq
-                runtime.deliveries.delivered(viewer.id, tid, event.seq)
-                EVENTS_DELIVERED.inc()
-            return
         async for event in events:
             await ctx.renew()
             runtime.deliveries.delivered(viewer.id, tid, event.seq)
             EVENTS_DELIVERED.inc()
-            yield await _rendered(runtime, event)
+            yield await rendered(runtime, event)

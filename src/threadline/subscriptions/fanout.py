@@ -1,0 +1,379 @@
+"""Live fan-out of broadcast threadEvents subscriptions, without a task wake-up per socket.
+
+Local subscribers of the same operation and variables on one thread form a
+group. The group has one broker subscription and one pump: it follows the
+thread's events in seq order (gap fills and broker reconnects included, see
+``ordered_events``), renders each event once, and offers the frame to every
+member. A member that is caught up, and whose socket takes the frame without
+waiting, gets it written right there by the pump. A member that is still
+replaying from the log, or whose socket pushed back, gets the frame queued
+(bounded) and its own task writes it. So a busy thread costs one write per
+subscriber per event and nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections import deque
+from collections.abc import Coroutine, Generator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from threadline.errors import Conflict
+from threadline.metrics import EVENTS_DELIVERED
+from threadline.runtime import Runtime
+from threadline.services.events import LoggedEvent
+from threadline.subscriptions.broadcast import DirectSink, OperationTemplate
+from threadline.subscriptions.rendering import EVERYONE, ends_subscription, who_stops
+from threadline.subscriptions.thread_events import from_log, ordered_events, rendered
+
+log = logging.getLogger(__name__)
+
+# A socket that has not taken a frame for this long is given up on (resume error).
+SEND_TIMEOUT_SECONDS = 10.0
+# The pump follows the thread for the group, not for a viewer: no removal ends it.
+_NOBODY = uuid.UUID(int=0)
+
+
+class Resume:
+    """Finishes a coroutine that ``start`` ran up to its first suspension."""
+
+    __slots__ = ("_coro", "_waiting_on")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], waiting_on: Any) -> None:
+        self._coro = coro
+        self._waiting_on = waiting_on
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        # The same hand-over ``await`` does: pass on what the coroutine waits for,
+        # and send back (or throw in) what the awaiting task gets.
+        coro, waiting_on = self._coro, self._waiting_on
+        while True:
+            try:
+                received = yield waiting_on
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:
+                try:
+                    waiting_on = coro.throw(exc)
+                except StopIteration:
+                    return
+            else:
+                try:
+                    waiting_on = coro.send(received)
+                except StopIteration:
+                    return
+
+    def close(self) -> None:
+        self._coro.close()
+
+
+def start(coro: Coroutine[Any, Any, Any]) -> Resume | None:
+    """Run ``coro`` until it first waits: None if it finished without waiting.
+
+    A socket write normally completes without waiting (the transport buffers
+    it); only a peer that stopped reading makes it wait. The caller then hands
+    the returned ``Resume`` to a task of that subscriber, so that one slow
+    socket never holds up the others.
+    """
+    try:
+        waiting_on = coro.send(None)
+    except StopIteration:
+        return None
+    return Resume(coro, waiting_on)
+
+
+@dataclass(eq=False, slots=True)
+class Member:
+    """One subscription in a group: where its frames go and how far it got."""
+
+    runtime: Runtime
+    group: Group
+    viewer_id: uuid.UUID
+    sink: DirectSink
+    # The newest seq handed to the socket, and the newest it has taken.
+    last: int
+    delivered: int = 0
+    # What the delivery tracker was last told (it asks at each flush).
+    reported: int = 0
+    backlog: deque[tuple[LoggedEvent, str]] = field(default_factory=deque)
+    # While its own task writes (catching up, or a write that waits), the pump queues.
+    busy: bool = True
+    pending: tuple[Resume, int] | None = None
+    waiting_on_socket: bool = False
+    finished: bool = False
+    failure: BaseException | None = None
+    _wake: asyncio.Future[None] | None = None
+
+    def __post_init__(self) -> None:
+        self.delivered = self.reported = self.last
+
+    # -- called by the pump (never awaits)
+
+    def offer(self, event: LoggedEvent, payload: str, stops: object) -> bool:
+        """Take the group's next event: True when it was written to the socket now.
+
+        ``stops`` is ``who_stops(event)``, worked out once for all members.
+        """
+        seq = event.seq
+        if self.finished or seq <= self.last:
+            return False
+        if self.busy or seq != self.last + 1:
+            if len(self.backlog) >= self.group.backlog_limit:
+                self.backlog.clear()  # the client refetches with afterSeq: drop the memory now
+                self.fail(self._resume_error("fell too far behind"))
+                return False
+            self.backlog.append((event, payload))
+            self.wake()
+            return False
+        sink = self.sink
+        if sink.closed:
+            return False
+        try:
+            waiting = start(sink.send_text(sink.frame(payload)))
+        except Exception as exc:  # the socket is gone: its connection is being torn down
+            self.fail(exc)
+            return False
+        self.last = seq
+        if waiting is not None:
+            self.busy = True
+            self.pending = (waiting, seq)
+            self.wake()
+            return False
+        self.delivered = seq
+        if stops is not None and stops in (EVERYONE, self.viewer_id):
+            self.finish()
+        return True
+
+    def wake(self) -> None:
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
+
+    def finish(self) -> None:
+        self.finished = True
+        self.wake()
+
+    def fail(self, error: BaseException) -> None:
+        if self.failure is None:
+            self.failure = error
+        self.finish()
+
+    def unreported(self) -> int | None:
+        """The delivered seq the tracker has not been told yet, if any (and now it has)."""
+        if self.delivered <= self.reported:
+            return None
+        self.reported = self.delivered
+        return self.delivered
+
+    # -- the member's own task
+
+    async def run(self) -> None:
+        """Catch up from the log, then write whatever the pump could not; return at the end."""
+        try:
+            while True:
+                if self.pending is not None:
+                    waiting, seq = self.pending
+                    self.pending = None
+                    await self._finish_write(waiting, seq)
+                if self.failure is not None:
+                    raise self.failure
+                if self.finished:
+                    return
+                if await self._step():
+                    continue
+                self.busy = False
+                self._wake = asyncio.get_running_loop().create_future()
+                try:
+                    await self._wake
+                finally:
+                    self._wake = None
+                    self.busy = True
+        finally:
+            if self.pending is not None:
+                self.pending[0].close()
+                self.pending = None
+            final = self.unreported()
+            if final is not None:
+                self.runtime.deliveries.delivered(self.viewer_id, self.group.thread_id, final)
+
+    async def _step(self) -> bool:
+        """Write the next event this member lacks, if it has one: False when caught up."""
+        backlog = self.backlog
+        while backlog and backlog[0][0].seq <= self.last:
+            backlog.popleft()
+        if backlog and backlog[0][0].seq == self.last + 1:
+            event, payload = backlog.popleft()
+            await self._write(event, payload)
+            return True
+        if self.last >= self.group.position and not backlog:
+            return False
+        # Events the pump offered before this member joined, or a gap before the
+        # queued ones: they are in the log (events are published after commit).
+        events = await from_log(self.runtime, self.group.thread_id, self.last)
+        if not events:
+            return False
+        for event in events:
+            if self.finished:
+                break
+            await self._write(event, await self.group.render(event))
+        return True
+
+    async def _write(self, event: LoggedEvent, payload: str) -> None:
+        if self.sink.closed:
+            self.finish()
+            return
+        waiting = start(self.sink.send_text(self.sink.frame(payload)))
+        self.last = event.seq
+        if waiting is not None:
+            await self._finish_write(waiting, event.seq)
+        self.delivered = event.seq
+        EVENTS_DELIVERED.inc()
+        if ends_subscription(event, self.viewer_id):
+            self.finish()
+
+    async def _finish_write(self, waiting: Resume, seq: int) -> None:
+        self.waiting_on_socket = True
+        try:
+            async with asyncio.timeout(SEND_TIMEOUT_SECONDS):
+                await waiting
+        except TimeoutError:
+            self.last = seq - 1
+            raise self._resume_error("stopped reading") from None
+        finally:
+            self.waiting_on_socket = False
+        self.delivered = seq
+
+    def _resume_error(self, why: str) -> Conflict:
+        return Conflict(f"This subscriber {why}: subscribe again with afterSeq", afterSeq=self.last)
+
+
+class Group:
+    """The local subscribers of one operation on one thread, and their pump."""
+
+    def __init__(
+        self,
+        hub: Fanout,
+        key: tuple[Any, ...],
+        thread_id: uuid.UUID,
+        template: OperationTemplate,
+        position: int,
+    ) -> None:
+        self.hub = hub
+        self.key = key
+        self.thread_id = thread_id
+        self.template = template
+        # The newest seq the pump has offered to the members.
+        self.position = position
+        self.members: set[Member] = set()
+        self.backlog_limit = hub.runtime.broker.queue_limit
+        self._task: asyncio.Task[None] | None = None
+
+    def begin(self) -> None:
+        self._task = asyncio.create_task(self._pump(), name=f"fanout {self.thread_id}")
+
+    async def render(self, event: LoggedEvent) -> str:
+        runtime = self.hub.runtime
+        payload: str = await runtime.frames.render(
+            self.template,
+            (event.thread_id, event.seq),
+            lambda: rendered(runtime, event),
+        )
+        return payload
+
+    async def _pump(self) -> None:
+        runtime = self.hub.runtime
+        try:
+            async for event in ordered_events(runtime, self.thread_id, _NOBODY, self.position):
+                payload = await self.render(event)
+                self.position = event.seq
+                stops = who_stops(event)
+                written = 0
+                for member in list(self.members):
+                    written += member.offer(event, payload, stops)
+                if written:
+                    EVENTS_DELIVERED.inc(written)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the pump itself fell behind, or the broker closed
+            log.info("fan-out of thread %s stopped: %r", self.thread_id, exc)
+            self._fail_all(exc)
+        finally:
+            # Ended normally only after ThreadDeleted, which ends each member as it
+            # writes it (some may still be catching up to it).
+            self.hub.forget(self)
+
+    def _fail_all(self, cause: Exception) -> None:
+        for member in list(self.members):
+            error = member._resume_error("was cut off")
+            error.__cause__ = cause
+            member.fail(error)
+
+    def leave(self, member: Member) -> None:
+        self.members.discard(member)
+        if not self.members:
+            self.hub.forget(self)
+            if self._task is not None and not self._task.done():
+                self._task.cancel()
+
+
+class Fanout:
+    """The groups of this process, by (thread, operation, variables)."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self._groups: dict[tuple[Any, ...], Group] = {}
+        runtime.deliveries.add_source(self._delivered_since_asked)
+
+    def _delivered_since_asked(self) -> Iterator[tuple[uuid.UUID, uuid.UUID, int]]:
+        for group in list(self._groups.values()):
+            for member in list(group.members):
+                seq = member.unreported()
+                if seq is not None:
+                    yield member.viewer_id, group.thread_id, seq
+
+    async def follow(
+        self,
+        template: OperationTemplate,
+        thread_id: uuid.UUID,
+        viewer_id: uuid.UUID,
+        after: int,
+        newest: int,
+        sink: DirectSink,
+    ) -> None:
+        """Send this subscription every event after ``after`` until it ends.
+
+        ``newest`` is the thread's last seq as read before this call: a new group
+        follows the thread from there, and the member replays what it asked for
+        before that from the log itself.
+
+        Raises CONFLICT with ``afterSeq`` when the subscriber falls too far behind
+        or stops reading; returns after an event that ends it (removed, deleted).
+        """
+        key = (thread_id, *template.key)
+        group = self._groups.get(key)
+        if group is None:
+            group = self._groups[key] = Group(self, key, thread_id, template, newest)
+            group.begin()
+        member = Member(self.runtime, group, viewer_id, sink, after)
+        group.members.add(member)
+        try:
+            await member.run()
+        finally:
+            group.leave(member)
+
+    def forget(self, group: Group) -> None:
+        if self._groups.get(group.key) is group:
+            del self._groups[group.key]
+
+    @property
+    def group_count(self) -> int:
+        return len(self._groups)
+
+    def stats(self) -> dict[str, int]:
+        """Groups, members, and members whose socket is not taking frames right now."""
+        members = [m for g in self._groups.values() for m in g.members]
+        waiting = sum(1 for m in members if m.pending is not None or m.waiting_on_socket)
+        return {"groups": len(self._groups), "members": len(members), "waiting": waiting}

@@ -1,0 +1,169 @@
+"""Live fan-out: subscribers of one operation share one pump, and none holds up another."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+import websockets
+
+from tests import factories
+from tests.conftest import Clients, Server
+from tests.wsclient import GraphQLWS
+from threadline.subscriptions import fanout
+from threadline.subscriptions.fanout import start
+
+EVENTS = """
+subscription($t: ID!, $after: Int) {
+  threadEvents(threadId: $t, afterSeq: $after) {
+    __typename seq ... on MessageCreated { message { body } }
+    ... on ParticipantChanged { role }
+  }
+}
+"""
+
+
+async def _seqs(ws: GraphQLWS, count: int) -> list[int]:
+    return [(await ws.next())["payload"]["data"]["threadEvents"]["seq"] for _ in range(count)]
+
+
+async def test_subscribers_of_one_operation_share_a_group_and_each_get_every_event(
+    server: Server, clients: Clients
+) -> None:
+    alice, bob, carol = await clients.users("alice", "bob", "carol")
+    tid = await factories.thread(alice, bob, carol)
+    sockets = [await GraphQLWS.connect(server.ws_url, api.token) for api in (alice, bob, carol)]
+    for ws in sockets:
+        await ws.subscribe(EVENTS, {"t": tid})
+    await asyncio.sleep(0.2)
+    for i in range(5):
+        await factories.send(alice, tid, f"m{i}")
+    # A late joiner asking for everything replays 1..5 from the log, then goes live.
+    late = await GraphQLWS.connect(server.ws_url, bob.token)
+    await late.subscribe(EVENTS, {"t": tid, "after": 0})
+    assert await _seqs(late, 5) == [1, 2, 3, 4, 5]
+    for i in range(5, 10):
+        await factories.send(alice, tid, f"m{i}")
+    for ws in sockets:
+        assert await _seqs(ws, 10) == list(range(1, 11))
+    assert await _seqs(late, 5) == [6, 7, 8, 9, 10]
+    # afterSeq only says where a stream starts: all four share one rendering and pump.
+    assert server.runtime.fanout.group_count == 1
+    for ws in [*sockets, late]:
+        await ws.close()
+    for _ in range(50):
+        if server.runtime.fanout.group_count == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert server.runtime.fanout.group_count == 0  # the last one out stops the pump
+
+
+async def test_removing_one_member_ends_only_that_subscription(
+    server: Server, clients: Clients
+) -> None:
+    alice, bob, carol = await clients.users("alice", "bob", "carol")
+    tid = await factories.thread(alice, bob, carol)
+    bob_ws = await GraphQLWS.connect(server.ws_url, bob.token)
+    carol_ws = await GraphQLWS.connect(server.ws_url, carol.token)
+    await bob_ws.subscribe(EVENTS, {"t": tid})
+    await carol_ws.subscribe(EVENTS, {"t": tid})
+    await asyncio.sleep(0.2)
+    await alice.gql(
+        "mutation($t: ID!, $u: ID!) { removeParticipant(threadId: $t, userId: $u) }",
+        {"t": tid, "u": bob.id},
+    )
+    assert (await bob_ws.next())["payload"]["data"]["threadEvents"]["role"] is None
+    assert (await bob_ws.next())["type"] == "complete"
+    assert (await carol_ws.next())["payload"]["data"]["threadEvents"]["role"] is None
+    await factories.send(alice, tid, "still here")
+    event = (await carol_ws.next())["payload"]["data"]["threadEvents"]
+    assert event["message"]["body"] == "still here"
+    with pytest.raises(TimeoutError):
+        await bob_ws.next(timeout=0.3)
+    await bob_ws.close()
+    await carol_ws.close()
+
+
+async def test_a_subscriber_that_stops_reading_does_not_hold_up_the_others(
+    server: Server, clients: Clients, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fanout, "SEND_TIMEOUT_SECONDS", 30.0)
+    # Twelve copies of the body per frame (~48 KB): bob's socket fills up quickly.
+    big = (
+        "subscription($t: ID!) { threadEvents(threadId: $t) { seq ... on MessageCreated { "
+        + " ".join(f"b{i}: message {{ body }}" for i in range(12))
+        + " } } }"
+    )
+    alice, bob, carol = await clients.users("alice", "bob", "carol")
+    tid = await factories.thread(alice, bob, carol)
+    # bob's client reads nothing: the server's writes to him soon have to wait.
+    stalled = await websockets.connect(
+        server.ws_url,
+        subprotocols=["graphql-transport-ws"],  # type: ignore[list-item]
+        max_queue=1,
+        compression=None,
+    )
+    await stalled.send(json.dumps({"type": "connection_init", "payload": {"token": bob.token}}))
+    assert json.loads(await stalled.recv())["type"] == "connection_ack"
+    query = {"query": big, "variables": {"t": tid}}
+    await stalled.send(json.dumps({"id": "1", "type": "subscribe", "payload": query}))
+    carol_ws = await GraphQLWS.connect(server.ws_url, carol.token)
+    await carol_ws.subscribe(big, {"t": tid})
+    await asyncio.sleep(0.2)
+    body = "y" * 4000
+    for _ in range(150):  # about 7 MB for bob, more than the socket buffers take
+        await factories.send(alice, tid, body)
+    # carol has them all well before bob's 30 s write timeout could free the pump...
+    assert await asyncio.wait_for(_seqs(carol_ws, 150), 10) == list(range(1, 151))
+    # ...while a write to bob is waiting (so the case above really happened).
+    assert server.runtime.fanout.stats()["waiting"] == 1
+    await carol_ws.close()
+    await stalled.close()
+
+
+async def test_start_runs_a_coroutine_until_it_waits_and_resume_finishes_it() -> None:
+    steps: list[str] = []
+
+    async def quick() -> None:
+        steps.append("quick")
+
+    assert start(quick()) is None and steps == ["quick"]
+
+    gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def slow() -> None:
+        steps.append("waiting")
+        await gate
+        steps.append("done")
+
+    waiting = start(slow())
+    assert waiting is not None and steps[-1] == "waiting"
+    task = asyncio.ensure_future(_await(waiting))
+    await asyncio.sleep(0)
+    assert not task.done()
+    gate.set_result(None)
+    await task
+    assert steps[-1] == "done"
+
+    cancelled: list[bool] = []
+
+    async def cancellable() -> None:
+        try:
+            await asyncio.get_running_loop().create_future()
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+
+    waiting = start(cancellable())
+    assert waiting is not None
+    task = asyncio.ensure_future(_await(waiting))
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert cancelled == [True]
+
+
+async def _await(waiting: fanout.Resume) -> None:
+    await waiting
