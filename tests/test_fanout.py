@@ -7,12 +7,14 @@ import json
 
 import pytest
 import websockets
+from websockets.frames import Frame, Opcode
 
 from tests import factories
 from tests.conftest import Clients, Server
 from tests.wsclient import GraphQLWS
 from threadline.subscriptions import fanout
 from threadline.subscriptions.fanout import start
+from threadline.subscriptions.raw_frames import text_frame
 
 EVENTS = """
 subscription($t: ID!, $after: Int) {
@@ -48,8 +50,9 @@ async def test_subscribers_of_one_operation_share_a_group_and_each_get_every_eve
     for ws in sockets:
         assert await _seqs(ws, 10) == list(range(1, 11))
     assert await _seqs(late, 5) == [6, 7, 8, 9, 10]
-    # afterSeq only says where a stream starts: all four share one rendering and pump.
-    assert server.runtime.fanout.group_count == 1
+    # afterSeq only says where a stream starts: all four share one rendering and pump,
+    # and uvicorn's sans-I/O sockets take the frame bytes directly.
+    assert server.runtime.fanout.stats() == {"groups": 1, "members": 4, "raw": 4, "waiting": 0}
     for ws in [*sockets, late]:
         await ws.close()
     for _ in range(50):
@@ -167,3 +170,9 @@ async def test_start_runs_a_coroutine_until_it_waits_and_resume_finishes_it() ->
 
 async def _await(waiting: fanout.Resume) -> None:
     await waiting
+
+
+@pytest.mark.parametrize("size", [0, 125, 126, 65535, 65536, 70000])
+def test_a_raw_text_frame_is_what_the_websockets_library_would_send(size: int) -> None:
+    payload = ("é" * size).encode()[:size]
+    assert text_frame(payload) == Frame(Opcode.TEXT, payload).serialize(mask=False)

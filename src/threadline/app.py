@@ -21,6 +21,7 @@ from threadline.config import Settings
 from threadline.graphql_app import ThreadlineGraphQL
 from threadline.runtime import Runtime
 from threadline.schema.schema import build_schema
+from threadline.subscriptions.raw_frames import RawSocketMiddleware
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ def create_app(settings: Settings) -> Starlette:
             await graphql.close_connections()
             await runtime.stop()
 
-    middleware = []
+    middleware = [Middleware(RawSocketMiddleware)]
     if settings.cors_origins:
         middleware.append(
             Middleware(

@@ -38,6 +38,7 @@ from threadline.runtime import Runtime, new_connection_id
 from threadline.schema.context import ConnectionState, Context
 from threadline.schema.errors import shape_error
 from threadline.services import sessions
+from threadline.subscriptions import raw_frames
 from threadline.subscriptions.broadcast import CURRENT_SINK, DirectSink, FrameRenderer
 from threadline.subscriptions.fanout import Fanout
 
@@ -94,7 +95,9 @@ class TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
 
     async def run_operation(self, operation: Operation[Context, None]) -> None:
         # No timeout on these writes: the fan-out bounds a write that has to wait.
-        CURRENT_SINK.set(DirectSink(operation, self.context.connection.send_text))
+        websocket = self.context.connection
+        raw = websocket.scope.get(raw_frames.SCOPE_KEY)
+        CURRENT_SINK.set(DirectSink(operation, websocket.send_text, raw))
         await super().run_operation(operation)
 
 

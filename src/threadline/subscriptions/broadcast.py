@@ -36,6 +36,7 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import Ope
 
 from threadline.realtime.caches import TTLCache
 from threadline.schema.errors import shape_error
+from threadline.subscriptions.raw_frames import RawSocket
 
 # Fields whose value depends on the viewer, or that act for the viewer.
 VIEWER_FIELDS = frozenset(
@@ -46,26 +47,31 @@ VIEWER_FIELDS = frozenset(
 class DirectSink:
     """Where a graphql-transport-ws operation's frames go when written directly.
 
-    ``send_text`` writes one frame to the socket; it may wait when the peer
-    stops reading, and the caller bounds that wait. ``closed`` is true once the
-    client completed the operation (its task is being cancelled).
+    ``send_text`` writes one frame through ASGI; it may wait when the peer stops
+    reading, and the caller bounds that wait. ``raw``, when the server allows it,
+    takes ready-made frame bytes without waiting (see ``raw_frames``). ``closed``
+    is true once the client completed the operation (its task is being cancelled).
     """
 
-    __slots__ = ("_operation", "_prefix", "send_text")
+    __slots__ = ("_operation", "prefix", "raw", "send_text")
 
     def __init__(
-        self, operation: Operation[Any, Any], send_text: Callable[[str], Coroutine[Any, Any, None]]
+        self,
+        operation: Operation[Any, Any],
+        send_text: Callable[[str], Coroutine[Any, Any, None]],
+        raw: RawSocket | None = None,
     ) -> None:
         self._operation = operation
         self.send_text = send_text
-        self._prefix = '{"id":' + orjson.dumps(operation.id).decode() + ',"type":"next","payload":'
+        self.raw = raw
+        self.prefix = '{"id":' + orjson.dumps(operation.id).decode() + ',"type":"next","payload":'
 
     @property
     def closed(self) -> bool:
         return bool(self._operation.completed)
 
     def frame(self, payload: str) -> str:
-        return self._prefix + payload + "}"
+        return self.prefix + payload + "}"
 
 
 CURRENT_SINK: contextvars.ContextVar[DirectSink | None] = contextvars.ContextVar(

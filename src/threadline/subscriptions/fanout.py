@@ -26,6 +26,7 @@ from threadline.metrics import EVENTS_DELIVERED
 from threadline.runtime import Runtime
 from threadline.services.events import LoggedEvent
 from threadline.subscriptions.broadcast import DirectSink, OperationTemplate
+from threadline.subscriptions.raw_frames import text_frame
 from threadline.subscriptions.rendering import EVERYONE, ends_subscription, who_stops
 from threadline.subscriptions.thread_events import from_log, ordered_events, rendered
 
@@ -113,10 +114,13 @@ class Member:
 
     # -- called by the pump (never awaits)
 
-    def offer(self, event: LoggedEvent, payload: str, stops: object) -> bool:
+    def offer(
+        self, event: LoggedEvent, payload: str, stops: object, frames: dict[str, bytes]
+    ) -> bool:
         """Take the group's next event: True when it was written to the socket now.
 
-        ``stops`` is ``who_stops(event)``, worked out once for all members.
+        ``stops`` is ``who_stops(event)`` and ``frames`` the event's frame bytes by
+        operation-id prefix, both worked out once for all members.
         """
         seq = event.seq
         if self.finished or seq <= self.last:
@@ -132,6 +136,15 @@ class Member:
         sink = self.sink
         if sink.closed:
             return False
+        raw = sink.raw
+        if raw is not None:
+            frame = frames.get(sink.prefix)
+            if frame is None:
+                frame = frames[sink.prefix] = text_frame(sink.frame(payload).encode())
+            if raw.try_write(frame):
+                self._sent(seq, stops)
+                return True
+        # Through ASGI: the socket is pushing back (the write will wait), or no raw path.
         try:
             waiting = start(sink.send_text(sink.frame(payload)))
         except Exception as exc:  # the socket is gone: its connection is being torn down
@@ -143,10 +156,13 @@ class Member:
             self.pending = (waiting, seq)
             self.wake()
             return False
-        self.delivered = seq
+        self._sent(seq, stops)
+        return True
+
+    def _sent(self, seq: int, stops: object) -> None:
+        self.last = self.delivered = seq
         if stops is not None and stops in (EVERYONE, self.viewer_id):
             self.finish()
-        return True
 
     def wake(self) -> None:
         if self._wake is not None and not self._wake.done():
@@ -290,9 +306,10 @@ class Group:
                 payload = await self.render(event)
                 self.position = event.seq
                 stops = who_stops(event)
+                frames: dict[str, bytes] = {}
                 written = 0
                 for member in list(self.members):
-                    written += member.offer(event, payload, stops)
+                    written += member.offer(event, payload, stops, frames)
                 if written:
                     EVENTS_DELIVERED.inc(written)
         except asyncio.CancelledError:
@@ -373,7 +390,12 @@ class Fanout:
         return len(self._groups)
 
     def stats(self) -> dict[str, int]:
-        """Groups, members, and members whose socket is not taking frames right now."""
+        """Groups, members, members written to without ASGI, and members whose
+        socket is not taking frames right now."""
         members = [m for g in self._groups.values() for m in g.members]
-        waiting = sum(1 for m in members if m.pending is not None or m.waiting_on_socket)
-        return {"groups": len(self._groups), "members": len(members), "waiting": waiting}
+        return {
+            "groups": len(self._groups),
+            "members": len(members),
+            "raw": sum(1 for m in members if m.sink.raw is not None),
+            "waiting": sum(1 for m in members if m.pending is not None or m.waiting_on_socket),
+        }
