@@ -176,3 +176,37 @@ async def _await(waiting: fanout.Resume) -> None:
 def test_a_raw_text_frame_is_what_the_websockets_library_would_send(size: int) -> None:
     payload = ("é" * size).encode()[:size]
     assert text_frame(payload) == Frame(Opcode.TEXT, payload).serialize(mask=False)
+
+
+async def test_a_connection_holds_at_most_100_subscriptions_and_a_slot_frees_when_one_ends(
+    server: Server, clients: Clients
+) -> None:
+    alice, bob = await clients.users("alice", "bob")
+    tid = await factories.thread(alice, bob)
+    ws = await GraphQLWS.connect(server.ws_url, bob.token)
+    for _ in range(100):
+        await ws.subscribe(EVENTS, {"t": tid})
+    for _ in range(100):  # each one is live, with its frames written by the fan-out
+        if server.runtime.fanout.stats()["members"] == 100:
+            break
+        await asyncio.sleep(0.05)
+    assert server.runtime.fanout.stats()["members"] == 100
+    over = await ws.subscribe(EVENTS, {"t": tid})
+    refused = await ws.next()
+    assert refused["id"] == over and refused["type"] in {"error", "next"}
+    errors = refused["payload"] if refused["type"] == "error" else refused["payload"]["errors"]
+    assert errors[0]["extensions"]["code"] == "RATE_LIMITED"
+    await ws.conn.send(json.dumps({"id": "1", "type": "complete"}))
+    for _ in range(100):
+        if server.runtime.fanout.stats()["members"] == 99:
+            break
+        await asyncio.sleep(0.05)
+    again = await ws.subscribe(EVENTS, {"t": tid})
+    await factories.send(alice, tid, "hello")
+    while True:  # the refused one's complete, and the others' frames, come first
+        message = await ws.next()
+        if message["id"] == again:
+            break
+    assert message["type"] == "next", message
+    assert message["payload"]["data"]["threadEvents"]["message"]["body"] == "hello"
+    await ws.close()

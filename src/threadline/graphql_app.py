@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 import strawberry
+from graphql import GraphQLError
 from starlette.requests import Request
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
@@ -30,7 +31,7 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
 from strawberry.types import ExecutionResult
 from strawberry.types.unset import UnsetType
 
-from threadline.errors import RateLimited, Unauthenticated
+from threadline.errors import DomainError, RateLimited, Unauthenticated
 from threadline.metrics import WEBSOCKET_CONNECTIONS
 from threadline.realtime.channels import SESSIONS_CHANNEL
 from threadline.realtime.rate_limits import MAX_SUBSCRIPTIONS_PER_CONNECTION, Action
@@ -99,6 +100,28 @@ class TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
         raw = websocket.scope.get(raw_frames.SCOPE_KEY)
         CURRENT_SINK.set(DirectSink(operation, websocket.send_text, raw))
         await super().run_operation(operation)
+
+    async def _send_result_stream(
+        self, operation: Operation[Context, None], result_source: Any
+    ) -> None:
+        await super()._send_result_stream(operation, result_source)
+        sink = CURRENT_SINK.get()
+        if sink is None or sink.detached is None:
+            return
+        # The resolver detached: close the finished GraphQL stream now, which frees
+        # its execution state, and run the subscription on in this task.
+        await result_source.aclose()
+        rest, sink.detached = sink.detached, None
+        try:
+            await rest()
+        except DomainError as exc:
+            error = shape_error(GraphQLError(exc.message, original_error=exc))
+            await operation.send_operation_message(
+                {"id": operation.id, "type": "error", "payload": [error.formatted]}
+            )
+        finally:
+            for release in sink.on_end:
+                release()
 
 
 class ThreadlineGraphQL(GraphQL[Context, None]):

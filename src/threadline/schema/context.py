@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from threadline.services.permissions import ThreadAccess
 
 
-@dataclass
+@dataclass(slots=True)
 class ConnectionState:
     connection_id: str
     session_id: uuid.UUID | None = None
@@ -34,7 +34,8 @@ class ConnectionState:
     tasks: list[Any] = field(default_factory=list)
 
 
-@dataclass(eq=False)
+# Slots: a live WebSocket keeps one per connection, and strawberry sets only declared fields.
+@dataclass(eq=False, slots=True)
 class Context:
     runtime: Runtime
     # The raw bearer token, or None; verified on first use.

@@ -51,9 +51,15 @@ class DirectSink:
     reading, and the caller bounds that wait. ``raw``, when the server allows it,
     takes ready-made frame bytes without waiting (see ``raw_frames``). ``closed``
     is true once the client completed the operation (its task is being cancelled).
+
+    A resolver that writes its frames itself can ``detach``: its GraphQL stream then
+    ends without completing the operation, and the transport runs ``rest`` in the
+    operation's task instead, so that strawberry's and graphql-core's per-operation
+    state is freed while the subscription lives on. ``on_end`` callbacks run when
+    it finally ends.
     """
 
-    __slots__ = ("_operation", "prefix", "raw", "send_text")
+    __slots__ = ("_operation", "detached", "on_end", "prefix", "raw", "send_text")
 
     def __init__(
         self,
@@ -65,6 +71,11 @@ class DirectSink:
         self.send_text = send_text
         self.raw = raw
         self.prefix = '{"id":' + orjson.dumps(operation.id).decode() + ',"type":"next","payload":'
+        self.detached: Callable[[], Coroutine[Any, Any, None]] | None = None
+        self.on_end: list[Callable[[], None]] = []
+
+    def detach(self, rest: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        self.detached = rest
 
     @property
     def closed(self) -> bool:
@@ -131,6 +142,17 @@ class _Same:
         return isinstance(other, _Same) and other.obj is self.obj
 
 
+class _VariableUses(Visitor):
+    """Counts how often each variable is used in the selection sets visited."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.uses: dict[str, int] = {}
+
+    def enter_variable(self, node: VariableNode, *_: Any) -> None:
+        self.uses[node.name.value] = self.uses.get(node.name.value, 0) + 1
+
+
 def _start_only_variables(info: Info) -> set[str]:
     """Variables that only say where the stream starts (the root field's ``afterSeq``).
 
@@ -138,14 +160,9 @@ def _start_only_variables(info: Info) -> set[str]:
     rendering (clients resuming from different points are the usual case).
     """
     raw = info._raw_info
-    uses: dict[str, int] = {}
-
-    class Count(Visitor):
-        def enter_variable(self, node: VariableNode, *_: Any) -> None:
-            uses[node.name.value] = uses.get(node.name.value, 0) + 1
-
+    counter = _VariableUses()
     for definition in (raw.operation, *raw.fragments.values()):
-        visit(definition.selection_set, Count())
+        visit(definition.selection_set, counter)
     start_only = set()
     for field_node in raw.field_nodes:
         for argument in field_node.arguments or ():
@@ -153,7 +170,7 @@ def _start_only_variables(info: Info) -> set[str]:
             if (
                 argument.name.value == "afterSeq"
                 and isinstance(value, VariableNode)
-                and uses.get(value.name.value) == 1
+                and counter.uses.get(value.name.value) == 1
             ):
                 start_only.add(value.name.value)
     return start_only

@@ -18,7 +18,7 @@ import logging
 import uuid
 from collections import deque
 from collections.abc import Coroutine, Generator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from threadline.errors import Conflict
@@ -100,7 +100,8 @@ class Member:
     delivered: int = 0
     # What the delivery tracker was last told (it asks at each flush).
     reported: int = 0
-    backlog: deque[tuple[LoggedEvent, str]] = field(default_factory=deque)
+    # Made on first use: most members never need one, and an empty deque is 600 bytes.
+    backlog: deque[tuple[LoggedEvent, str]] | None = None
     # While its own task writes (catching up, or a write that waits), the pump queues.
     busy: bool = True
     pending: tuple[Resume, int] | None = None
@@ -126,8 +127,10 @@ class Member:
         if self.finished or seq <= self.last:
             return False
         if self.busy or seq != self.last + 1:
-            if len(self.backlog) >= self.group.backlog_limit:
-                self.backlog.clear()  # the client refetches with afterSeq: drop the memory now
+            if self.backlog is None:
+                self.backlog = deque()
+            elif len(self.backlog) >= self.group.backlog_limit:
+                self.backlog = None  # the client refetches with afterSeq: drop the memory now
                 self.fail(self._resume_error("fell too far behind"))
                 return False
             self.backlog.append((event, payload))
@@ -186,6 +189,14 @@ class Member:
 
     # -- the member's own task
 
+    async def run_until_done(self) -> None:
+        """Raises CONFLICT with ``afterSeq`` when the subscriber falls too far behind
+        or stops reading; returns after an event that ends it (removed, deleted)."""
+        try:
+            await self.run()
+        finally:
+            self.group.leave(self)
+
     async def run(self) -> None:
         """Catch up from the log, then write whatever the pump could not; return at the end."""
         try:
@@ -218,12 +229,13 @@ class Member:
     async def _step(self) -> bool:
         """Write the next event this member lacks, if it has one: False when caught up."""
         backlog = self.backlog
-        while backlog and backlog[0][0].seq <= self.last:
-            backlog.popleft()
-        if backlog and backlog[0][0].seq == self.last + 1:
-            event, payload = backlog.popleft()
-            await self._write(event, payload)
-            return True
+        if backlog is not None:
+            while backlog and backlog[0][0].seq <= self.last:
+                backlog.popleft()
+            if backlog and backlog[0][0].seq == self.last + 1:
+                event, payload = backlog.popleft()
+                await self._write(event, payload)
+                return True
         if self.last >= self.group.position and not backlog:
             return False
         # Events the pump offered before this member joined, or a gap before the
@@ -351,7 +363,7 @@ class Fanout:
                 if seq is not None:
                     yield member.viewer_id, group.thread_id, seq
 
-    async def follow(
+    def join(
         self,
         template: OperationTemplate,
         thread_id: uuid.UUID,
@@ -359,15 +371,13 @@ class Fanout:
         after: int,
         newest: int,
         sink: DirectSink,
-    ) -> None:
-        """Send this subscription every event after ``after`` until it ends.
+    ) -> Member:
+        """A member that will send this subscription every event after ``after``.
 
         ``newest`` is the thread's last seq as read before this call: a new group
         follows the thread from there, and the member replays what it asked for
-        before that from the log itself.
-
-        Raises CONFLICT with ``afterSeq`` when the subscriber falls too far behind
-        or stops reading; returns after an event that ends it (removed, deleted).
+        before that from the log itself. The pump may write to it at once; its
+        ``run_until_done`` does the rest.
         """
         key = (thread_id, *template.key)
         group = self._groups.get(key)
@@ -376,10 +386,7 @@ class Fanout:
             group.begin()
         member = Member(self.runtime, group, viewer_id, sink, after)
         group.members.add(member)
-        try:
-            await member.run()
-        finally:
-            group.leave(member)
+        return member
 
     def forget(self, group: Group) -> None:
         if self._groups.get(group.key) is group:

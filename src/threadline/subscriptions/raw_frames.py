@@ -73,5 +73,7 @@ class RawSocketMiddleware:
         if scope["type"] == "websocket" and WebSocketsSansIOProtocol is not None:
             protocol = getattr(send, "__self__", None)
             if isinstance(protocol, WebSocketsSansIOProtocol):
-                scope = {**scope, SCOPE_KEY: RawSocket(protocol)}
+                # Set in place, as Starlette sets its own keys: a copy of the scope
+                # would live as long as the connection beside the original.
+                scope[SCOPE_KEY] = RawSocket(protocol)
         await self.app(scope, receive, send)

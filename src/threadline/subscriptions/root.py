@@ -15,6 +15,7 @@ from threadline.realtime.rate_limits import MAX_SUBSCRIPTIONS_PER_CONNECTION
 from threadline.schema.enums import ThreadRole
 from threadline.schema.events import PresenceChanged, ThreadActivity, ThreadEventType, ViewerEvent
 from threadline.subscriptions import activity, presence, thread_events, viewer
+from threadline.subscriptions.broadcast import CURRENT_SINK
 
 T = TypeVar("T")
 
@@ -30,13 +31,24 @@ async def _counted(info: Info, source: AsyncIterator[T]) -> AsyncIterator[T]:
             )
         state.subscriptions += 1
     ACTIVE_SUBSCRIPTIONS.inc()
-    try:
-        async for item in source:
-            yield item
-    finally:
+
+    def release() -> None:
         ACTIVE_SUBSCRIPTIONS.dec()
         if state is not None:
             state.subscriptions -= 1
+
+    handed_over = False
+    try:
+        async for item in source:
+            yield item
+        sink = CURRENT_SINK.get()
+        if sink is not None and sink.detached is not None:
+            # The subscription goes on outside this stream: it holds the slot until it ends.
+            sink.on_end.append(release)
+            handed_over = True
+    finally:
+        if not handed_over:
+            release()
 
 
 @strawberry.type

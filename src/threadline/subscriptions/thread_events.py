@@ -105,9 +105,11 @@ async def stream(
     sink = CURRENT_SINK.get()
     if sink is not None and viewer_independent(info):
         # Broadcast: the process's fan-out renders once per event for all local
-        # subscribers of this operation and writes the frames to the sockets.
+        # subscribers of this operation and writes the frames to the sockets. The
+        # subscription detaches from this stream, which ends here without a frame.
         template = OperationTemplate(info)
-        await runtime.fanout.follow(template, tid, viewer.id, start, access.thread.last_seq, sink)
+        member = runtime.fanout.join(template, tid, viewer.id, start, access.thread.last_seq, sink)
+        sink.detach(member.run_until_done)
         return
     # aclosing: the broker subscription ends with the stream, also when a send fails.
     async with aclosing(ordered_events(runtime, tid, viewer.id, start)) as events:
