@@ -210,3 +210,32 @@ async def test_a_connection_holds_at_most_100_subscriptions_and_a_slot_frees_whe
     assert message["type"] == "next", message
     assert message["payload"]["data"]["threadEvents"]["message"]["body"] == "hello"
     await ws.close()
+
+
+async def test_a_pump_that_falls_behind_catches_up_from_the_log_without_cutting_anyone_off(
+    server: Server, clients: Clients
+) -> None:
+    alice, bob, carol = await clients.users("alice", "bob", "carol")
+    tid = await factories.thread(alice, bob, carol)
+    # The pump's broker queue holds one message, and rendering is slow for a while:
+    # a burst of sends overflows it.
+    server.runtime.broker._queue_limit = 1
+    sockets = [await GraphQLWS.connect(server.ws_url, api.token) for api in (bob, carol)]
+    for ws in sockets:
+        await ws.subscribe(EVENTS, {"t": tid})
+    await asyncio.sleep(0.3)
+    frames = server.runtime.frames
+    render = frames.render
+
+    async def slow_render(*args: object, **kwargs: object) -> str:
+        await asyncio.sleep(0.02)
+        return await render(*args, **kwargs)  # type: ignore[no-any-return]
+
+    frames.render = slow_render
+    await asyncio.gather(*(factories.send(alice, tid, f"burst {i}") for i in range(30)))
+    frames.render = render
+    for ws in sockets:
+        assert await _seqs(ws, 30) == list(range(1, 31))
+    assert server.runtime.fanout.stats()["members"] == 2
+    for ws in sockets:
+        await ws.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 import websockets
@@ -123,3 +124,61 @@ async def test_my_sessions_lists_the_live_connection(server: Server, clients: Cl
     sessions = (await alice.gql("{ mySessions { id disconnectedAt } }"))["mySessions"]
     assert len(sessions) == 1 and sessions[0]["disconnectedAt"] is None
     await ws.close()
+
+
+async def test_the_legacy_graphql_ws_protocol_streams_events_in_order(
+    server: Server, clients: Clients
+) -> None:
+    alice, bob = await clients.users("alice", "bob")
+    tid = await factories.thread(alice, bob)
+    conn = await websockets.connect(server.ws_url, subprotocols=["graphql-ws"])  # type: ignore[list-item]
+    assert conn.subprotocol == "graphql-ws"
+    init = {"type": "connection_init", "payload": {"authorization": f"Bearer {bob.token}"}}
+    await conn.send(json.dumps(init))
+    assert json.loads(await asyncio.wait_for(conn.recv(), 10))["type"] == "connection_ack"
+    start = {"type": "start", "id": "7", "payload": {"query": EVENTS, "variables": {"t": tid}}}
+    await conn.send(json.dumps(start))
+    await asyncio.sleep(0.2)
+    for i in range(3):
+        await factories.send(alice, tid, f"old {i}")
+    got = []
+    while len(got) < 3:
+        message = json.loads(await asyncio.wait_for(conn.recv(), 10))
+        if message["type"] == "ka":
+            continue
+        assert (message["type"], message["id"]) == ("data", "7"), message
+        got.append(message["payload"]["data"]["threadEvents"])
+    assert [(e["seq"], e["message"]["body"]) for e in got] == [
+        (1, "old 0"),
+        (2, "old 1"),
+        (3, "old 2"),
+    ]
+    await conn.close()
+
+
+async def test_a_viewer_dependent_selection_is_rendered_for_each_subscriber(
+    server: Server, clients: Clients
+) -> None:
+    alice, bob = await clients.users("alice", "bob")
+    tid = await factories.thread(alice, bob)
+    query = """
+    subscription($t: ID!) { threadEvents(threadId: $t) {
+      seq ... on ReactionChanged { reactions { emoji reactedByMe } } } }
+    """
+    sockets = {
+        name: await GraphQLWS.connect(server.ws_url, api.token)
+        for name, api in [("alice", alice), ("bob", bob)]
+    }
+    for ws in sockets.values():
+        await ws.subscribe(query, {"t": tid})
+    await asyncio.sleep(0.2)
+    message = await factories.send(alice, tid, "react to me")
+    await bob.gql(
+        'mutation($m: ID!) { addReaction(messageId: $m, emoji: "👍") { id } }', {"m": message["id"]}
+    )
+    for name, ws in sockets.items():
+        await ws.next()  # the message itself
+        reactions = (await ws.next())["payload"]["data"]["threadEvents"]["reactions"]
+        assert reactions == [{"emoji": "👍", "reactedByMe": name == "bob"}]
+    for ws in sockets.values():
+        await ws.close()

@@ -314,7 +314,10 @@ class Group:
     async def _pump(self) -> None:
         runtime = self.hub.runtime
         try:
-            async for event in ordered_events(runtime, self.thread_id, _NOBODY, self.position):
+            events = ordered_events(
+                runtime, self.thread_id, _NOBODY, self.position, refill_when_behind=True
+            )
+            async for event in events:
                 payload = await self.render(event)
                 self.position = event.seq
                 stops = who_stops(event)
@@ -326,7 +329,7 @@ class Group:
                     EVENTS_DELIVERED.inc(written)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # the pump itself fell behind, or the broker closed
+        except Exception as exc:  # the broker closed, or rendering failed
             log.info("fan-out of thread %s stopped: %r", self.thread_id, exc)
             self._fail_all(exc)
         finally:

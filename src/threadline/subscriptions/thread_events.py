@@ -8,6 +8,7 @@ seq. A participant removed from the thread gets that event, then the end.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
@@ -28,6 +29,7 @@ from threadline.subscriptions.broadcast import CURRENT_SINK, OperationTemplate, 
 from threadline.subscriptions.rendering import ends_subscription, render
 
 REPLAY_BATCH = 500
+log = logging.getLogger(__name__)
 
 
 async def from_log(runtime: Runtime, thread_id: uuid.UUID, after: int) -> list[LoggedEvent]:
@@ -36,50 +38,65 @@ async def from_log(runtime: Runtime, thread_id: uuid.UUID, after: int) -> list[L
 
 
 async def ordered_events(
-    runtime: Runtime, thread_id: uuid.UUID, viewer_id: uuid.UUID, last: int
+    runtime: Runtime,
+    thread_id: uuid.UUID,
+    viewer_id: uuid.UUID,
+    last: int,
+    *,
+    refill_when_behind: bool = False,
 ) -> AsyncGenerator[LoggedEvent, None]:
-    """Every event after ``last`` in seq order, replayed then live, never twice."""
-    async with runtime.broker.subscribe(thread_channel(thread_id)) as subscriber:
+    """Every event after ``last`` in seq order, replayed then live, never twice.
 
-        async def fill() -> AsyncIterator[LoggedEvent]:
-            nonlocal last
-            while True:
-                batch = await from_log(runtime, thread_id, last)
-                for event in batch:
-                    last = event.seq
-                    yield event
-                if len(batch) < REPLAY_BATCH:
-                    return
+    A reader that falls more than the broker's queue behind gets CONFLICT with the
+    ``afterSeq`` to resume from; with ``refill_when_behind`` it subscribes again
+    and catches up from the log instead (the fan-out's pump, which must not cut
+    off every subscriber of a thread because it was briefly slow).
+    """
+    while True:
+        async with runtime.broker.subscribe(thread_channel(thread_id)) as subscriber:
 
-        async for event in fill():
-            yield event
-            if ends_subscription(event, viewer_id):
-                return
-        try:
-            async for item in subscriber:
-                if item is RECONNECTED:
-                    source = fill()
-                else:
-                    event = runtime.decoded(str(item))
-                    if event.seq <= last:
-                        continue
-                    if event.seq != last + 1:
-                        source = fill()
-                    else:
+            async def fill() -> AsyncIterator[LoggedEvent]:
+                nonlocal last
+                while True:
+                    batch = await from_log(runtime, thread_id, last)
+                    for event in batch:
                         last = event.seq
                         yield event
-                        if ends_subscription(event, viewer_id):
-                            return
-                        continue
-                async for filled in source:
-                    yield filled
-                    if ends_subscription(filled, viewer_id):
+                    if len(batch) < REPLAY_BATCH:
                         return
-        except SubscriberOverflow:
-            raise Conflict(
-                "This subscription fell too far behind: subscribe again with afterSeq",
-                afterSeq=last,
-            ) from None
+
+            async for event in fill():
+                yield event
+                if ends_subscription(event, viewer_id):
+                    return
+            try:
+                async for item in subscriber:
+                    if item is RECONNECTED:
+                        source = fill()
+                    else:
+                        event = runtime.decoded(str(item))
+                        if event.seq <= last:
+                            continue
+                        if event.seq != last + 1:
+                            source = fill()
+                        else:
+                            last = event.seq
+                            yield event
+                            if ends_subscription(event, viewer_id):
+                                return
+                            continue
+                    async for filled in source:
+                        yield filled
+                        if ends_subscription(filled, viewer_id):
+                            return
+                return  # the broker subscription ended
+            except SubscriberOverflow:
+                if not refill_when_behind:
+                    raise Conflict(
+                        "This subscription fell too far behind: subscribe again with afterSeq",
+                        afterSeq=last,
+                    ) from None
+        log.info("thread %s: reader fell behind; catching up from the log", thread_id)
 
 
 async def rendered(runtime: Runtime, event: LoggedEvent) -> ThreadEventType:
