@@ -179,6 +179,8 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
 
     async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
         token = token_from_params(context.connection_params)
+        # Nothing else reads the payload, and a live socket would keep it (a JWT, ~1 KB).
+        context.connection_params = None
         if token is None:
             raise ConnectionRejectionError({"message": "Sign in: send a token in connection_init"})
         try:
@@ -190,6 +192,9 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
         except RateLimited:
             await context.connection.close(code=CLOSE_TOO_MANY, reason="Too many new connections")
             raise ConnectionRejectionError({"message": "Too many new connections"}) from None
+        raw = context.connection.scope.get(raw_frames.SCOPE_KEY)
+        if raw is not None:
+            raw.forget_handshake()
         context.token = token
         context.set_viewer(identity, user)
         state = ConnectionState(new_connection_id())

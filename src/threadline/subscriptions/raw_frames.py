@@ -62,6 +62,17 @@ class RawSocket:
         protocol.transport.write(frame)
         return True
 
+    def forget_handshake(self) -> None:
+        """Let go of the upgrade request and response (headers and all, about 4 KB).
+
+        uvicorn keeps both for the connection's life, but reads them only until the
+        handshake is complete; an idle subscribed socket is mostly such leftovers.
+        """
+        protocol = self._protocol
+        if protocol.handshake_complete and hasattr(protocol, "response"):
+            protocol.request = None
+            protocol.response = None
+
 
 class RawSocketMiddleware:
     """Puts a ``RawSocket`` in the scope of WebSocket connections that can have one."""
