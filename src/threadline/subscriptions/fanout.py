@@ -395,10 +395,6 @@ class Fanout:
         if self._groups.get(group.key) is group:
             del self._groups[group.key]
 
-    @property
-    def group_count(self) -> int:
-        return len(self._groups)
-
     def stats(self) -> dict[str, int]:
         """Groups, members, members written to without ASGI, and members whose
         socket is not taking frames right now."""
