@@ -136,20 +136,10 @@ class Member:
             self.backlog.append((event, payload))
             self.wake()
             return False
-        sink = self.sink
-        if sink.closed:
+        if self.sink.closed:
             return False
-        raw = sink.raw
-        if raw is not None:
-            frame = frames.get(sink.prefix)
-            if frame is None:
-                frame = frames[sink.prefix] = text_frame(sink.frame(payload).encode())
-            if raw.try_write(frame):
-                self._sent(seq, stops)
-                return True
-        # Through ASGI: the socket is pushing back (the write will wait), or no raw path.
         try:
-            waiting = start(sink.send_text(sink.frame(payload)))
+            waiting = self._send(payload, frames)
         except Exception as exc:  # the socket is gone: its connection is being torn down
             self.fail(exc)
             return False
@@ -161,6 +151,21 @@ class Member:
             return False
         self._sent(seq, stops)
         return True
+
+    def _send(self, payload: str, frames: dict[str, bytes]) -> Resume | None:
+        """Hand one frame to the socket: as ready-made bytes when it takes them now,
+        else through ASGI (then a ``Resume`` if that write has to wait).
+
+        ``frames`` caches the bytes by operation-id prefix for one event.
+        """
+        sink = self.sink
+        if sink.raw is not None:
+            frame = frames.get(sink.prefix)
+            if frame is None:
+                frame = frames[sink.prefix] = text_frame(sink.frame(payload).encode())
+            if sink.raw.try_write(frame):
+                return None
+        return start(sink.send_text(sink.frame(payload)))
 
     def _sent(self, seq: int, stops: object) -> None:
         self.last = self.delivered = seq
@@ -189,16 +194,13 @@ class Member:
 
     # -- the member's own task
 
-    async def run_until_done(self) -> None:
-        """Raises CONFLICT with ``afterSeq`` when the subscriber falls too far behind
-        or stops reading; returns after an event that ends it (removed, deleted)."""
-        try:
-            await self.run()
-        finally:
-            self.group.leave(self)
-
     async def run(self) -> None:
-        """Catch up from the log, then write whatever the pump could not; return at the end."""
+        """Catch up from the log, then write whatever the pump could not, until the end.
+
+        Raises CONFLICT with ``afterSeq`` when the subscriber falls too far behind or
+        stops reading; returns after an event that ends it (removed, deleted). Either
+        way it leaves the group.
+        """
         try:
             while True:
                 if self.pending is not None:
@@ -225,6 +227,7 @@ class Member:
             final = self.unreported()
             if final is not None:
                 self.runtime.deliveries.delivered(self.viewer_id, self.group.thread_id, final)
+            self.group.leave(self)
 
     async def _step(self) -> bool:
         """Write the next event this member lacks, if it has one: False when caught up."""
@@ -253,7 +256,7 @@ class Member:
         if self.sink.closed:
             self.finish()
             return
-        waiting = start(self.sink.send_text(self.sink.frame(payload)))
+        waiting = self._send(payload, {})
         self.last = event.seq
         if waiting is not None:
             await self._finish_write(waiting, event.seq)
@@ -380,7 +383,7 @@ class Fanout:
         ``newest`` is the thread's last seq as read before this call: a new group
         follows the thread from there, and the member replays what it asked for
         before that from the log itself. The pump may write to it at once; its
-        ``run_until_done`` does the rest.
+        ``run`` does the rest.
         """
         key = (thread_id, *template.key)
         group = self._groups.get(key)

@@ -126,7 +126,7 @@ async def stream(
         # subscription detaches from this stream, which ends here without a frame.
         template = OperationTemplate(info)
         member = runtime.fanout.join(template, tid, viewer.id, start, access.thread.last_seq, sink)
-        sink.detach(member.run_until_done)
+        sink.detach(member.run)
         return
     # aclosing: the broker subscription ends with the stream, also when a send fails.
     async with aclosing(ordered_events(runtime, tid, viewer.id, start)) as events:
