@@ -36,3 +36,32 @@ async def test_more_than_5000_tokens_are_refused(clients: Clients) -> None:
     query = "{ me { " + "id " * 5000 + "} }"
     body = await alice.raw(query)
     assert body["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+
+
+async def test_a_repeated_document_is_answered_the_same_from_the_cache(clients: Clients) -> None:
+    """The second time, parse and validation come from the cache: same answers, refusals too."""
+    alice = await clients.user("alice")
+    too_deep = nested(13)
+    unknown = "{ me { id nonsense } }"
+    broken = "{ me { id "
+    for _ in range(2):
+        body = await alice.raw(too_deep)
+        assert "depth" in body["errors"][0]["message"]
+        body = await alice.raw(unknown)
+        assert "nonsense" in body["errors"][0]["message"]
+        assert body["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+        body = await alice.raw(broken)
+        assert "Syntax Error" in body["errors"][0]["message"]
+        assert (await alice.gql("{ me { username } }"))["me"]["username"] == "alice"
+
+
+def test_the_document_cache_is_bounded() -> None:
+    from graphql import parse
+
+    from threadline.schema.documents import DocumentCache
+
+    cache = DocumentCache(maxsize=2)
+    for text in ("{ a }", "{ b }", "{ c }"):
+        cache.put(text, parse(text), [])
+    assert len(cache) == 2
+    assert cache.get("{ a }") is None and cache.get("{ c }") is not None

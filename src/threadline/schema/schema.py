@@ -7,14 +7,7 @@ from typing import Any
 
 import strawberry
 from graphql import GraphQLError
-from strawberry.extensions import (
-    AddValidationRules,
-    MaxAliasesLimiter,
-    MaxTokensLimiter,
-    ParserCache,
-    QueryDepthLimiter,
-    ValidationCache,
-)
+from strawberry.extensions import MaxAliasesLimiter, QueryDepthLimiter
 from strawberry.extensions.disable_introspection import DisableIntrospection
 from strawberry.schema.config import StrawberryConfig
 from strawberry.tools import merge_types
@@ -23,6 +16,8 @@ from threadline.resolvers.messages import MessageMutations, MessageQueries
 from threadline.resolvers.notifications import NotificationMutations, NotificationQueries
 from threadline.resolvers.threads import ThreadMutations, ThreadQueries
 from threadline.resolvers.users import UserMutations, UserQueries
+from threadline.schema import lean_resolvers
+from threadline.schema.documents import DocumentCache, Documents
 from threadline.schema.errors import ErrorCodes
 from threadline.schema.events import EVENT_TYPES
 from threadline.schema.operation_scope import OperationScope
@@ -33,9 +28,11 @@ from threadline.subscriptions.root import Subscription
 MAX_DEPTH = 12
 MAX_ALIASES = 15
 MAX_TOKENS = 5000
+# Distinct operation texts kept parsed and validated (clients send a fixed set).
+DOCUMENT_CACHE_SIZE = 256
 
 # The depth and alias rules are classes made by these limiters; they are made once so
-# that the validation cache (keyed by the rules too) hits across requests.
+# that the document cache (keyed by the rules too) hits across requests.
 DOCUMENT_RULES = [
     *QueryDepthLimiter(max_depth=MAX_DEPTH).validation_rules,
     *MaxAliasesLimiter(max_alias_count=MAX_ALIASES).validation_rules,
@@ -54,17 +51,15 @@ class ThreadlineSchema(strawberry.Schema):
 
 
 def build_schema(*, production: bool = False) -> strawberry.Schema:
+    documents = DocumentCache(maxsize=DOCUMENT_CACHE_SIZE)
     extensions: list[Any] = [
         OperationScope,
         ErrorCodes,
-        lambda: ParserCache(maxsize=256),
-        lambda: ValidationCache(maxsize=256),
-        lambda: AddValidationRules(DOCUMENT_RULES),
-        lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),
+        lambda: Documents(documents, rules=DOCUMENT_RULES, max_tokens=MAX_TOKENS),
     ]
     if production:
         extensions.append(DisableIntrospection)
-    return ThreadlineSchema(
+    schema = ThreadlineSchema(
         query=Query,
         mutation=Mutation,
         subscription=Subscription,
@@ -72,3 +67,5 @@ def build_schema(*, production: bool = False) -> strawberry.Schema:
         extensions=extensions,
         config=StrawberryConfig(auto_camel_case=True, scalar_map={datetime: DateTime}),
     )
+    lean_resolvers.install(schema)
+    return schema
