@@ -244,3 +244,22 @@ def test_at_most_twenty_distinct_reactions() -> None:
 )
 def test_mentioned_usernames(body: str, expected: list[str]) -> None:
     assert mentioned_usernames(body) == expected
+
+
+def test_invisible_controls_are_exactly_the_categories_the_rule_names() -> None:
+    """Over every code point: Cc (but tab and newline), Cs, bidi controls and BOM go."""
+    import unicodedata
+
+    from threadline.services.text_rules import _remove_invisible_controls
+
+    every = "".join(chr(i) for i in range(0x110000))
+    kept = "".join(
+        c
+        for c in every
+        if c in "\n\t"
+        or (
+            unicodedata.category(c) not in ("Cc", "Cs")
+            and c not in "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\ufeff"
+        )
+    )
+    assert _remove_invisible_controls(every) == kept
