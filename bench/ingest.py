@@ -13,13 +13,14 @@ import time
 
 import asyncpg
 
-from bench.harness import RawHTTP, cores_line, database, server, token
+from bench.harness import RawHTTP, Server, cores_line, database, server, token
 
 SEND = "mutation($i: SendMessageInput!) { sendMessage(input: $i) { id seq } }"
 
 
-async def threadline_rate(base: str, senders: int, seconds: float) -> tuple[float, int]:
-    clients = [RawHTTP(base, token(f"sender{i}")) for i in range(senders)]
+async def threadline_rate(srv: Server, senders: int, seconds: float) -> tuple[float, int, float]:
+    """(sends/s, sends acknowledged, server CPU seconds per send)."""
+    clients = [RawHTTP(srv.base, token(f"sender{i}")) for i in range(senders)]
     threads = []
     for client in clients:
         data = await client.gql('mutation { createThread(input: {title: "ingest"}) { id } }')
@@ -36,12 +37,13 @@ async def threadline_rate(base: str, senders: int, seconds: float) -> tuple[floa
             await client.gql(SEND, {"i": {"threadId": tid, "body": f"message {done}"}})
             done += 1
 
-    started = time.perf_counter()
+    started, cpu_before = time.perf_counter(), srv.cpu_seconds()
     await asyncio.gather(*(sender(c, tid) for c, tid in zip(clients, threads, strict=True)))
     rate = done / (time.perf_counter() - started)
+    cpu_per_send = (srv.cpu_seconds() - cpu_before) / max(done, 1)
     for client in clients:
         await client.close()
-    return rate, done
+    return rate, done, cpu_per_send
 
 
 async def asyncpg_rate(dsn: str, senders: int, seconds: float) -> float:
@@ -86,12 +88,13 @@ async def main() -> None:
             print(
                 f"server: {args.workers} process(es), {'pinned to core 0' if pin else 'not pinned'}"
             )
-            rate, done = await threadline_rate(srv.base, args.senders, args.seconds)
+            rate, done, cpu_per_send = await threadline_rate(srv, args.senders, args.seconds)
         conn = await asyncpg.connect(dsn)
         stored = await conn.fetchval("select count(*) from messages where body like 'message %'")
         await conn.close()
         print(
-            f"threadline sendMessage over HTTP: {rate:.0f}/s ({done} acknowledged, {stored} stored)"
+            f"threadline sendMessage over HTTP: {rate:.0f}/s ({done} acknowledged, {stored} stored;"
+            f" server CPU {cpu_per_send * 1e6:.0f} us per send)"
         )
         floor = await asyncpg_rate(dsn, args.senders, args.seconds)
         print(f"bare asyncpg INSERT ... RETURNING: {floor:.0f}/s")
