@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import pytest
@@ -276,6 +277,22 @@ async def test_bodies_are_stored_cleaned(clients: Clients, typed: str, stored: s
     sent = await factories.send(alice, thread_id, typed)
     assert sent["body"] == stored
     assert (await alice.gql(MESSAGE, {"m": sent["id"]}))["message"]["body"] == stored
+
+
+async def test_a_lone_surrogate_escape_in_the_request_is_removed(clients: Clients) -> None:
+    """JSON may carry "\\ud800", which no UTF-8 text column can store: it is dropped."""
+    alice = await clients.user("alice")
+    thread_id = await factories.thread(alice)
+    document = {
+        "query": factories.SEND,
+        "variables": {"i": {"threadId": thread_id, "body": "a\ud800b"}},
+    }
+    response = await alice.http.post(
+        "/graphql",
+        content=json.dumps(document),  # ASCII, with the surrogate as an escape
+        headers={"authorization": f"Bearer {alice.token}", "content-type": "application/json"},
+    )
+    assert response.json()["data"]["sendMessage"]["body"] == "ab"
 
 
 @pytest.mark.parametrize("body", ["", "   \n\t ", "\x00\x07", "x" * 4001])

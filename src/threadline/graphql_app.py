@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -145,6 +146,15 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
         self.connections: set[Context] = set()
         self.pinged: set[TransportWSHandler] = set()
         self._pings: asyncio.Future[list[None]] | None = None
+
+    def decode_json(self, data: str | bytes) -> object:
+        # orjson reads a request several times faster; what it refuses and the
+        # standard library takes (lone surrogate escapes, which the text rules then
+        # strip, and NaN) is read the standard way.
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return json.loads(data)
 
     def encode_json(self, data: object) -> str:
         # orjson writes a page of 50 messages several times faster than the standard
