@@ -42,6 +42,8 @@ class Loaders:
         self.last_message = self._one(messages.last_messages)
         self.pinned: DataLoader[K, list[models.Message]] = self._many(messages.pinned_of, [])
         self.unread_count = DataLoader[K, int](self._unread)
+        # The GraphQL User objects built in this operation, by user id (types.user_type).
+        self.user_types: dict[K, Any] = {}
 
     async def _session(self) -> AsyncSession:
         return await self._context.session()

@@ -27,10 +27,10 @@ from threadline.schema.types import (
     ThreadType,
     UserConnection,
     UserEdge,
-    UserType,
+    user_type,
 )
 from threadline.services import messages, receipts, search
-from threadline.services.pagination import Page, PageRequest, encode_cursor
+from threadline.services.pagination import Page, PageRequest, id_cursor
 from threadline.services.permissions import parse_id
 
 
@@ -140,10 +140,11 @@ def read_by(
 
         def connection(rows: list[models.User | None]) -> UserConnection:
             users = [r for r in rows if r is not None]
-            cursors = [encode_cursor([str(u.id)]) for u in users]
+            cursors = [id_cursor(u.id) for u in users]
+            built = loaders.user_types
             return UserConnection(
                 edges=[
-                    UserEdge(cursor=c, node=UserType.of(u))
+                    UserEdge(cursor=c, node=user_type(built, u))
                     for c, u in zip(cursors, users, strict=True)
                 ],
                 page_info=PageInfo(

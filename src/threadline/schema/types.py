@@ -6,7 +6,9 @@ DataLoaders, so that a page of messages costs a fixed number of queries.
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
+from functools import partial
 from typing import TYPE_CHECKING
 
 import strawberry
@@ -279,8 +281,9 @@ class ReactionGroupType:
 
     @strawberry.field(description="Up to the first 20 users who reacted with this emoji.")
     def users(self, info: Info) -> list[UserType]:
+        loaders = _ctx(info).loaders
         return many_now_or_later(  # type: ignore[return-value]
-            _ctx(info).loaders.user, self.group.first_user_ids, _known_users
+            loaders.user, self.group.first_user_ids, partial(_known_users, loaders.user_types)
         )
 
 
@@ -288,16 +291,28 @@ def reaction_groups(groups: list[message_service.ReactionGroup]) -> list[Reactio
     return [ReactionGroupType(group=g, emoji=g.emoji, count=g.count) for g in groups]
 
 
-def _live_user(row: models.User | None) -> UserType | None:
-    return UserType.of(row) if row is not None and row.deleted_at is None else None
+def user_type(built: dict[uuid.UUID, UserType], row: models.User) -> UserType:
+    """The operation's one UserType of a row: a page shows the same people many times."""
+    found = built.get(row.id)
+    if found is None:
+        found = built[row.id] = UserType.of(row)
+    return found
 
 
-def _known_users(rows: list[models.User | None]) -> list[UserType]:
-    return [UserType.of(r) for r in rows if r is not None]
+def _live_user(built: dict[uuid.UUID, UserType], row: models.User | None) -> UserType | None:
+    return user_type(built, row) if row is not None and row.deleted_at is None else None
 
 
-def _present_users(rows: list[models.User | None]) -> list[UserType]:
-    return [UserType.of(r) for r in rows if r is not None and r.deleted_at is None]
+def _known_users(
+    built: dict[uuid.UUID, UserType], rows: list[models.User | None]
+) -> list[UserType]:
+    return [user_type(built, r) for r in rows if r is not None]
+
+
+def _present_users(
+    built: dict[uuid.UUID, UserType], rows: list[models.User | None]
+) -> list[UserType]:
+    return [user_type(built, r) for r in rows if r is not None and r.deleted_at is None]
 
 
 def _message_or_none(row: models.Message | None) -> MessageType | None:
@@ -407,8 +422,9 @@ class MessageType(Node):
     def author(self, info: Info) -> UserType | None:
         if self.row.author_id is None:
             return None
+        loaders = _ctx(info).loaders
         return now_or_later(  # type: ignore[return-value]
-            _ctx(info).loaders.user, self.row.author_id, _live_user
+            loaders.user, self.row.author_id, partial(_live_user, loaders.user_types)
         )
 
     @strawberry.field(description="The message this one replies to (threaded conversation).")
@@ -465,7 +481,10 @@ class MessageType(Node):
         if self.row.deleted_at is not None or not self.row.mention_ids:
             return []
         ids = message_service.mention_uuids(self.row)
-        return many_now_or_later(_ctx(info).loaders.user, ids, _present_users)  # type: ignore[return-value]
+        loaders = _ctx(info).loaders
+        return many_now_or_later(  # type: ignore[return-value]
+            loaders.user, ids, partial(_present_users, loaders.user_types)
+        )
 
     @strawberry.field
     def status(self, info: Info) -> MessageStatus:

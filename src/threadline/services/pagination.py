@@ -9,7 +9,9 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import uuid
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Generic, TypeVar
 
 from threadline.errors import BadInput
@@ -22,6 +24,13 @@ T = TypeVar("T")
 def encode_cursor(key: list[Any]) -> str:
     raw = json.dumps(key, separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+@lru_cache(maxsize=4096)
+def id_cursor(item_id: uuid.UUID) -> str:
+    """The cursor of an item keyed by its id alone (readBy's users): the same people
+    appear on every message of a page, and in every page."""
+    return encode_cursor([str(item_id)])
 
 
 def decode_cursor(cursor: str) -> list[Any]:
