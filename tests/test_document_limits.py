@@ -65,3 +65,16 @@ def test_the_document_cache_is_bounded() -> None:
         cache.put(text, parse(text), [])
     assert len(cache) == 2
     assert cache.get("{ a }") is None and cache.get("{ c }") is not None
+
+
+async def test_production_refuses_introspection_every_time() -> None:
+    from threadline.schema.schema import build_schema
+
+    query = "{ __schema { queryType { name } } }"
+    production, development = build_schema(production=True), build_schema()
+    for _ in range(2):  # the second answer comes from the document cache
+        refused = await production.execute(query)
+        assert refused.errors and "introspection" in refused.errors[0].message.lower()
+        allowed = await development.execute(query)
+        assert allowed.errors is None
+        assert allowed.data == {"__schema": {"queryType": {"name": "Query"}}}

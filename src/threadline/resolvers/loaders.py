@@ -7,7 +7,7 @@ counts, edits and receipt markers once each, not 50 times.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from strawberry.dataloader import DataLoader
@@ -44,6 +44,18 @@ class Loaders:
         self.unread_count = DataLoader[K, int](self._unread)
         # The GraphQL User objects built in this operation, by user id (types.user_type).
         self.user_types: dict[K, Any] = {}
+
+    @staticmethod
+    async def preload(loader: DataLoader[K, Any], keys: Iterable[K]) -> None:
+        """Fill a loader's cache for these keys with one call of its batch function.
+
+        What ``load_many`` would fetch, without a pending future and a wake-up per
+        key: a page preloads hundreds of keys, and its fields then read the cache.
+        """
+        missing = [k for k in dict.fromkeys(keys) if loader.cache_map.get(k) is None]
+        if missing:
+            values = await loader.load_fn(missing)
+            loader.prime_many(dict(zip(missing, values, strict=True)))
 
     async def _session(self) -> AsyncSession:
         return await self._context.session()

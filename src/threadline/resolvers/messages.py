@@ -63,21 +63,23 @@ async def _prefetch(info: Info, rows: list[models.Message]) -> None:
         people.update(
             uid for m in rows if m.deleted_at is None for uid in messages.mention_uuids(m)
         )
+    preload = loaders.preload
     if people:
-        jobs.append(loaders.user.load_many(sorted(people)))
+        jobs.append(preload(loaders.user, sorted(people)))
     if "parent" in wanted:
-        jobs.append(loaders.message.load_many({m.parent_id for m in rows if m.parent_id}))
+        jobs.append(preload(loaders.message, {m.parent_id for m in rows if m.parent_id}))
     if "replyCount" in wanted:
-        jobs.append(loaders.reply_count.load_many([m.id for m in rows]))
+        jobs.append(preload(loaders.reply_count, [m.id for m in rows]))
     for name, loader in (
         ("attachments", loaders.attachments),
         ("edits", loaders.edits),
         ("reactions", loaders.reactions),
     ):
         if name in wanted:
-            jobs.append(loader.load_many(live))
+            jobs.append(preload(loader, live))
+    thread_ids = list({m.thread_id for m in rows})
     if "status" in wanted or "readBy" in wanted:
-        jobs.append(loaders.markers.load_many({m.thread_id for m in rows}))
+        jobs.append(preload(loaders.markers, thread_ids))
     await asyncio.gather(*jobs)
     read_by = wanted.get("readBy")
     if read_by is not None:
@@ -90,13 +92,12 @@ async def _prefetch(info: Info, rows: list[models.Message]) -> None:
             return
         if after is not None:
             return
-        thread_ids = list({m.thread_id for m in rows})  # loaded above: no query
         markers = dict(zip(thread_ids, await loaders.markers.load_many(thread_ids), strict=True))
         readers: set[uuid.UUID] = set()
         for m in rows:
             readers.update(receipts.readers(m, markers[m.thread_id])[:size])
         if readers:
-            await loaders.user.load_many(sorted(readers))
+            await preload(loaders.user, sorted(readers))
 
 
 async def thread_messages(

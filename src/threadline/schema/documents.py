@@ -1,20 +1,21 @@
 """Each distinct operation text is parsed and validated once per process.
 
-One extension instead of strawberry's four (parser cache, token limit, extra
-validation rules, validation cache): strawberry runs every extension's hooks on
-every request, and a cache hit here is a single dictionary lookup for both the
-document and its validation errors.
+The document and its validation errors are put on the execution context before
+strawberry's parse and validation steps, which then have nothing to do: a cache
+hit is one dictionary lookup, with no hooks of their own to run. A text that does
+not parse is left to strawberry, which reports the syntax error (and the token
+limit) the usual way; such texts are not cached.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from graphql import ASTValidationRule, DocumentNode, GraphQLError, parse
-from strawberry.extensions import SchemaExtension
 from strawberry.schema.schema import validate_document
+from strawberry.types import ExecutionContext
 
 
 class DocumentCache:
@@ -40,8 +41,8 @@ class DocumentCache:
         return len(self._entries)
 
 
-class Documents(SchemaExtension):
-    """Token limit and extra rules for every operation; parse and validate from the cache."""
+class Documents:
+    """The limits every operation gets, and the cache that spares re-parsing."""
 
     def __init__(
         self,
@@ -53,37 +54,24 @@ class Documents(SchemaExtension):
         self.cache = cache
         self.rules = tuple(rules)
         self.max_tokens = max_tokens
-        self._key: Any = None
-        self._hit: tuple[DocumentNode, list[GraphQLError]] | None = None
 
-    def on_operation(self) -> Iterator[None]:
-        context = self.execution_context
+    def prepare(self, context: ExecutionContext) -> None:
+        """Before strawberry parses: the token limit, our rules, and a known document."""
         context.parse_options["max_tokens"] = self.max_tokens
         context.validation_rules = (*context.validation_rules, *self.rules)
-        yield
-
-    def on_parse(self) -> Iterator[None]:
-        context = self.execution_context
-        if context.graphql_document is None and context.query:
-            self._key = (context.query, context.validation_rules)
-            self._hit = self.cache.get(self._key)
-            if self._hit is not None:
-                context.graphql_document = self._hit[0]
-            else:
-                # Syntax errors and the token limit raise here, and are not cached.
-                context.graphql_document = parse(context.query, **context.parse_options)
-        yield
-
-    def on_validate(self) -> Iterator[None]:
-        context = self.execution_context
-        if self._hit is not None:
-            context.pre_execution_errors = self._hit[1]
-        elif context.graphql_document is not None and context.pre_execution_errors is None:
-            # strawberry's validation: graphql-core's rules plus strawberry's own.
-            errors = validate_document(
-                context.schema._schema, context.graphql_document, context.validation_rules
-            )
-            context.pre_execution_errors = errors
-            if self._key is not None:
-                self.cache.put(self._key, context.graphql_document, errors)
-        yield
+        if context.graphql_document is not None or not context.query:
+            return
+        key = (context.query, context.validation_rules)
+        entry = self.cache.get(key)
+        if entry is None:
+            try:
+                document = parse(context.query, **context.parse_options)
+            except GraphQLError:
+                return  # strawberry parses it again and reports the error
+            # strawberry's validation: graphql-core's rules, ours, and strawberry's own.
+            errors = validate_document(context.schema._schema, document, context.validation_rules)
+            entry = (document, errors)
+            self.cache.put(key, document, errors)
+        context.graphql_document = entry[0]
+        # A copy: strawberry replaces or extends the list on the context.
+        context.pre_execution_errors = list(entry[1])

@@ -8,12 +8,10 @@ logged with its traceback (never shown to the client).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 from graphql import ExecutionResult as GraphQLExecutionResult
 from graphql.error import GraphQLError
-from strawberry.extensions import SchemaExtension
 from strawberry.types.execution import ExecutionResult
 
 from threadline.errors import DomainError, ErrorCode
@@ -48,19 +46,7 @@ def shape_error(error: GraphQLError) -> GraphQLError:
     )
 
 
-def _shape_result(result: Any) -> None:
+def shape_result(result: Any) -> None:
+    """Give every error of an execution result its code (OperationScope calls this)."""
     if isinstance(result, (GraphQLExecutionResult, ExecutionResult)) and result.errors:
         result.errors = [shape_error(e) for e in result.errors]
-
-
-class ErrorCodes(SchemaExtension):
-    def on_operation(self) -> Iterator[None]:
-        self._streamed = False
-        yield
-        if not self._streamed:
-            _shape_result(self.execution_context.result)
-
-    def on_stream_result(self, result: Any) -> Iterator[None]:
-        self._streamed = True
-        _shape_result(result)
-        yield None

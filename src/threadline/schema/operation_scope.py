@@ -1,22 +1,47 @@
-"""Gives each operation its own context and closes its database session at the end."""
+"""The one schema extension: what every operation gets before and after it runs.
+
+Before: its own context (forked from the request's or the socket's), the document
+limits and the parsed, validated document from the cache. After: errors shaped
+with ``extensions.code``, then the operation's database session closed.
+
+One extension rather than one per concern: strawberry builds a context manager
+per extension and lifecycle hook on every request, which cost more than the
+work the hooks do.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 from strawberry.extensions import SchemaExtension
 
 from threadline.schema.context import Context
+from threadline.schema.documents import Documents
+from threadline.schema.errors import shape_result
 
 
 class OperationScope(SchemaExtension):
+    def __init__(self, documents: Documents) -> None:
+        self.documents = documents
+        self._streamed = False
+
     async def on_operation(self) -> AsyncIterator[None]:
-        shared = self.execution_context.context
+        execution = self.execution_context
+        self.documents.prepare(execution)
+        shared = execution.context
         own = shared.fork() if isinstance(shared, Context) else None
         if own is not None:
-            self.execution_context.context = own
+            execution.context = own
         try:
             yield
+            if not self._streamed:
+                shape_result(execution.result)
         finally:
             if own is not None:
                 await own.close()
+
+    def on_stream_result(self, result: Any) -> Iterator[None]:
+        self._streamed = True
+        shape_result(result)
+        yield None

@@ -6,9 +6,8 @@ from datetime import datetime
 from typing import Any
 
 import strawberry
-from graphql import GraphQLError
+from graphql import GraphQLError, NoSchemaIntrospectionCustomRule
 from strawberry.extensions import MaxAliasesLimiter, QueryDepthLimiter
-from strawberry.extensions.disable_introspection import DisableIntrospection
 from strawberry.schema.config import StrawberryConfig
 from strawberry.tools import merge_types
 
@@ -18,7 +17,6 @@ from threadline.resolvers.threads import ThreadMutations, ThreadQueries
 from threadline.resolvers.users import UserMutations, UserQueries
 from threadline.schema import lean_resolvers
 from threadline.schema.documents import DocumentCache, Documents
-from threadline.schema.errors import ErrorCodes
 from threadline.schema.events import EVENT_TYPES
 from threadline.schema.operation_scope import OperationScope
 from threadline.schema.scalars import DateTime
@@ -46,25 +44,22 @@ Mutation = merge_types(
 
 class ThreadlineSchema(strawberry.Schema):
     def process_errors(self, errors: list[GraphQLError], execution_context: Any = None) -> None:
-        # Domain errors are answers, not faults; ErrorCodes logs the unexpected ones.
+        # Domain errors are answers, not faults; shape_error logs the unexpected ones.
         return None
 
 
 def build_schema(*, production: bool = False) -> strawberry.Schema:
-    documents = DocumentCache(maxsize=DOCUMENT_CACHE_SIZE)
-    extensions: list[Any] = [
-        OperationScope,
-        ErrorCodes,
-        lambda: Documents(documents, rules=DOCUMENT_RULES, max_tokens=MAX_TOKENS),
-    ]
-    if production:
-        extensions.append(DisableIntrospection)
+    # Production refuses introspection: one more validation rule, cached like the rest.
+    rules = [*DOCUMENT_RULES, *([NoSchemaIntrospectionCustomRule] if production else [])]
+    documents = Documents(
+        DocumentCache(maxsize=DOCUMENT_CACHE_SIZE), rules=rules, max_tokens=MAX_TOKENS
+    )
     schema = ThreadlineSchema(
         query=Query,
         mutation=Mutation,
         subscription=Subscription,
         types=[*EVENT_TYPES, AttachmentType, NotificationType, SessionType],
-        extensions=extensions,
+        extensions=[lambda: OperationScope(documents)],
         config=StrawberryConfig(auto_camel_case=True, scalar_map={datetime: DateTime}),
     )
     lean_resolvers.install(schema)

@@ -45,9 +45,7 @@ _KEPT_CONTROLS: Final = frozenset("\n\t")
 # All of category Cc (U+0000-U+001F, U+007F-U+009F) but the kept tab and newline,
 # all of Cs (surrogates), and the above: one pass of the regex engine.
 _INVISIBLE_CONTROLS: Final = re.compile(
-    "[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff"
-    + "".join(sorted(_ALSO_REMOVED))
-    + "]"
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff" + "".join(sorted(_ALSO_REMOVED)) + "]"
 )
 
 # Trimmed at both ends besides whitespace: invisible characters that mean nothing
