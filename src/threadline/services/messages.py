@@ -530,21 +530,20 @@ async def reply_counts(session: AsyncSession, ids: Sequence[uuid.UUID]) -> dict[
 
 
 async def reaction_groups(
-    session: AsyncSession, ids: Sequence[uuid.UUID], users: dict[uuid.UUID, User] | None = None
+    session: AsyncSession, ids: Sequence[uuid.UUID]
 ) -> dict[uuid.UUID, list[ReactionGroup]]:
-    """Reactions grouped by emoji in order of first use; fills ``users`` when given."""
+    """Reactions grouped by emoji in order of first use.
+
+    Only ids: the few people who react on a page are loaded once, by the caller,
+    not once per reaction row.
+    """
     query = (
         select(Reaction.message_id, Reaction.emoji, Reaction.user_id)
         .where(Reaction.message_id.in_(set(ids)))
         .order_by(Reaction.message_id, Reaction.created_at, Reaction.id)
     )
-    if users is not None:
-        query = query.add_columns(User).join(User, User.id == Reaction.user_id)
     grouped: dict[uuid.UUID, dict[str, ReactionGroup]] = defaultdict(dict)
-    for row in await session.execute(query):
-        message_id, emoji, user_id = row[0], row[1], row[2]
-        if users is not None:
-            users[user_id] = row.User
+    for message_id, emoji, user_id in await session.execute(query):
         group = grouped[message_id].setdefault(emoji, ReactionGroup(emoji))
         group.count += 1
         group.user_ids.add(user_id)
