@@ -71,6 +71,12 @@ def make_engine(database_url: str) -> AsyncEngine:
     )
 
 
+async def _nothing_to_reset(connection: asyncpg.Connection) -> None:
+    """These connections only run self-contained statements: no cursors, LISTENs,
+    locks or SETs outlive one. asyncpg's default reset is a round trip per release
+    (an open transaction is still rolled back before this runs)."""
+
+
 class SharedReadSession(AsyncSession):
     """A read session that concurrent tasks of one operation may share.
 
@@ -194,6 +200,7 @@ class Database:
                     max_size=DRIVER_POOL_SIZE,
                     max_inactive_connection_lifetime=DRIVER_POOL_IDLE_SECONDS,
                     server_settings=SERVER_SETTINGS,
+                    reset=_nothing_to_reset,
                 )
             return self._driver_pool
 

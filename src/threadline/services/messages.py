@@ -199,7 +199,7 @@ async def _send_plain_postgres(
     if "@" in text:  # mentions notify: the general path handles them
         return None
     now = utcnow()
-    message = Message(
+    message = Message.as_stored(
         id=uuid.uuid4(),
         thread_id=thread_id,
         seq=0,
@@ -209,6 +209,7 @@ async def _send_plain_postgres(
         parent_id=None,
         mention_ids=[],
         pinned=False,
+        pinned_at=None,
         created_at=now,
         edited_at=None,
         deleted_at=None,
