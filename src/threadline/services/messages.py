@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import orjson
-from sqlalchemy import and_, delete, func, select, update
+from sqlalchemy import and_, bindparam, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
@@ -514,19 +514,40 @@ async def get_message(session: AsyncSession, message_id: uuid.UUID) -> Message:
     return message
 
 
+# The batch reads a page makes are built once: SQLAlchemy then skips building the
+# statement and its cache key on every request; the ids are one expanding parameter.
+_MESSAGES_BY_IDS = select(Message).where(Message.id.in_(bindparam("ids", expanding=True)))
+_REPLY_COUNTS = (
+    select(Message.parent_id, func.count())
+    .where(Message.parent_id.in_(bindparam("ids", expanding=True)), Message.deleted_at.is_(None))
+    .group_by(Message.parent_id)
+)
+_REACTIONS = (
+    select(Reaction.message_id, Reaction.emoji, Reaction.user_id)
+    .where(Reaction.message_id.in_(bindparam("ids", expanding=True)))
+    .order_by(Reaction.message_id, Reaction.created_at, Reaction.id)
+)
+_EDITS = (
+    select(MessageEdit)
+    .where(MessageEdit.message_id.in_(bindparam("ids", expanding=True)))
+    .order_by(MessageEdit.message_id, MessageEdit.edited_at, MessageEdit.id)
+)
+_ATTACHMENTS = (
+    select(Attachment)
+    .where(Attachment.message_id.in_(bindparam("ids", expanding=True)))
+    .order_by(Attachment.created_at, Attachment.id)
+)
+
+
 async def messages_by_ids(
     session: AsyncSession, ids: Sequence[uuid.UUID]
 ) -> dict[uuid.UUID, Message]:
-    rows = await session.scalars(select(Message).where(Message.id.in_(set(ids))))
+    rows = await session.scalars(_MESSAGES_BY_IDS, {"ids": list(set(ids))})
     return {m.id: m for m in rows}
 
 
 async def reply_counts(session: AsyncSession, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, int]:
-    rows = await session.execute(
-        select(Message.parent_id, func.count())
-        .where(Message.parent_id.in_(set(ids)), Message.deleted_at.is_(None))
-        .group_by(Message.parent_id)
-    )
+    rows = await session.execute(_REPLY_COUNTS, {"ids": list(set(ids))})
     return {r[0]: int(r[1]) for r in rows if r[0] is not None}
 
 
@@ -538,13 +559,8 @@ async def reaction_groups(
     Only ids: the few people who react on a page are loaded once, by the caller,
     not once per reaction row.
     """
-    query = (
-        select(Reaction.message_id, Reaction.emoji, Reaction.user_id)
-        .where(Reaction.message_id.in_(set(ids)))
-        .order_by(Reaction.message_id, Reaction.created_at, Reaction.id)
-    )
     grouped: dict[uuid.UUID, dict[str, ReactionGroup]] = defaultdict(dict)
-    for message_id, emoji, user_id in await session.execute(query):
+    for message_id, emoji, user_id in await session.execute(_REACTIONS, {"ids": list(set(ids))}):
         group = grouped[message_id].setdefault(emoji, ReactionGroup(emoji))
         group.count += 1
         group.user_ids.add(user_id)
@@ -556,11 +572,7 @@ async def reaction_groups(
 async def edits_of(
     session: AsyncSession, ids: Sequence[uuid.UUID]
 ) -> dict[uuid.UUID, list[MessageEdit]]:
-    rows = await session.scalars(
-        select(MessageEdit)
-        .where(MessageEdit.message_id.in_(set(ids)))
-        .order_by(MessageEdit.message_id, MessageEdit.edited_at, MessageEdit.id)
-    )
+    rows = await session.scalars(_EDITS, {"ids": list(set(ids))})
     out: dict[uuid.UUID, list[MessageEdit]] = defaultdict(list)
     for edit in rows:
         out[edit.message_id].append(edit)
@@ -570,11 +582,7 @@ async def edits_of(
 async def attachments_of(
     session: AsyncSession, ids: Sequence[uuid.UUID]
 ) -> dict[uuid.UUID, list[Attachment]]:
-    rows = await session.scalars(
-        select(Attachment)
-        .where(Attachment.message_id.in_(set(ids)))
-        .order_by(Attachment.created_at, Attachment.id)
-    )
+    rows = await session.scalars(_ATTACHMENTS, {"ids": list(set(ids))})
     out: dict[uuid.UUID, list[Attachment]] = defaultdict(list)
     for attachment in rows:
         assert attachment.message_id is not None

@@ -12,7 +12,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Integer, Uuid, column, func, select, update, values
+from sqlalchemy import Integer, Uuid, bindparam, column, func, select, update, values
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.dml import ReturningUpdate
 
@@ -48,17 +48,19 @@ def readers(message: Message, markers: Sequence[Marker]) -> list[uuid.UUID]:
     return sorted(m.user_id for m in markers if m.user_id != author and m.last_read_seq >= seq)
 
 
+# Built once (a page reads it every time): no statement or cache key to rebuild.
+_MARKERS = select(
+    ThreadParticipant.thread_id,
+    ThreadParticipant.user_id,
+    ThreadParticipant.last_read_seq,
+    ThreadParticipant.last_delivered_seq,
+).where(ThreadParticipant.thread_id.in_(bindparam("ids", expanding=True)))
+
+
 async def markers_of(
     session: AsyncSession, thread_ids: Sequence[uuid.UUID]
 ) -> dict[uuid.UUID, list[Marker]]:
-    rows = await session.execute(
-        select(
-            ThreadParticipant.thread_id,
-            ThreadParticipant.user_id,
-            ThreadParticipant.last_read_seq,
-            ThreadParticipant.last_delivered_seq,
-        ).where(ThreadParticipant.thread_id.in_(set(thread_ids)))
-    )
+    rows = await session.execute(_MARKERS, {"ids": list(set(thread_ids))})
     out: dict[uuid.UUID, list[Marker]] = defaultdict(list)
     for thread_id, user_id, read, delivered in rows:
         out[thread_id].append(Marker(user_id, read, delivered))
