@@ -34,9 +34,8 @@ Publish = Callable[[Sequence[Any]], Awaitable[None]]
 
 SERVER_SETTINGS = {"application_name": "threadline", "timezone": "UTC"}
 # Hot single statements (sendMessage) use their own asyncpg pool, beside the
-# engine's 20 + 10; idle ones close after a while.
+# engine's 20 + 10. Idle ones stay open: closing them would cost a timer per use.
 DRIVER_POOL_SIZE = 10
-DRIVER_POOL_IDLE_SECONDS = 300.0
 
 
 async def _publish_nothing(events: Sequence[Any]) -> None:
@@ -198,7 +197,7 @@ class Database:
                     url.render_as_string(hide_password=False),
                     min_size=0,
                     max_size=DRIVER_POOL_SIZE,
-                    max_inactive_connection_lifetime=DRIVER_POOL_IDLE_SECONDS,
+                    max_inactive_connection_lifetime=0,
                     server_settings=SERVER_SETTINGS,
                     reset=_nothing_to_reset,
                 )

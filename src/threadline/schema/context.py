@@ -52,7 +52,6 @@ class Context:
     _loaders: Loaders | None = None
     # Thread accesses checked by @threadRole in this operation, by thread id.
     access: dict[uuid.UUID, ThreadAccess] = field(default_factory=dict)
-    response_headers: dict[str, str] = field(default_factory=dict)
     _retired: list[AsyncSession] = field(default_factory=list)
     # Writes that wait until this operation's read connection is back in the pool.
     _deferred: list[Callable[[], Awaitable[None]]] = field(default_factory=list)

@@ -30,8 +30,11 @@ class OperationScope(SchemaExtension):
         execution = self.execution_context
         self.documents.prepare(execution)
         shared = execution.context
-        own = shared.fork() if isinstance(shared, Context) else None
-        if own is not None:
+        own: Context | None = None
+        if isinstance(shared, Context):
+            # A socket's operations share its context: each gets its own session
+            # and loaders. An HTTP request's context is already its own.
+            own = shared.fork() if shared.connection is not None else shared
             execution.context = own
         try:
             yield
