@@ -52,6 +52,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=args.port,
         workers=args.workers,
         log_level=args.log_level,
+        # uvicorn formats each access line (client address, quoted path) before
+        # the logger drops it: off unless the level would show it.
+        access_log=args.log_level.lower() in ("trace", "debug", "info"),
         ws=args.ws,
         ws_per_message_deflate=args.ws_per_message_deflate,
         proxy_headers=True,
