@@ -496,9 +496,24 @@ async def _page_by_seq(
     return make_page(rows, request, lambda m: [m.seq])
 
 
+# A thread's newest or oldest messages, the page every client opens with.
+_THREAD_EDGE = {
+    backwards: select(Message)
+    .where(Message.thread_id == bindparam("thread_id"))
+    .order_by(Message.seq.desc() if backwards else Message.seq.asc())
+    .limit(bindparam("size"))
+    for backwards in (False, True)
+}
+
+
 async def thread_messages(
     session: AsyncSession, thread_id: uuid.UUID, request: PageRequest
 ) -> Page[Message]:
+    if request.after is None and request.before is None:
+        query = _THREAD_EDGE[request.backwards]
+        params = {"thread_id": thread_id, "size": request.size + 1}
+        rows = list(await session.scalars(query, params))
+        return make_page(rows, request, lambda m: [m.seq])
     return await _page_by_seq(session, Message.thread_id == thread_id, request)
 
 

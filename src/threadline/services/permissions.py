@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from threadline.errors import Forbidden, NotFound
@@ -66,6 +66,19 @@ class ThreadAccess:
         return thread_role_at_least(self.role, minimum)
 
 
+# Every operation on a thread starts here: the statement is built once.
+_ACCESS = (
+    select(Thread, ThreadParticipant)
+    .outerjoin(
+        ThreadParticipant,
+        (ThreadParticipant.thread_id == Thread.id)
+        & (ThreadParticipant.user_id == bindparam("user_id")),
+    )
+    .where(Thread.id == bindparam("thread_id"), Thread.deleted_at.is_(None))
+)
+_ACCESS_FOR_UPDATE = _ACCESS.with_for_update(of=Thread)
+
+
 async def access_thread(
     session: AsyncSession,
     actor: User,
@@ -80,17 +93,8 @@ async def access_thread(
     when the actor sees it but lacks the role.
     """
     tid = parse_id(thread_id, "Thread")
-    query = (
-        select(Thread, ThreadParticipant)
-        .outerjoin(
-            ThreadParticipant,
-            (ThreadParticipant.thread_id == Thread.id) & (ThreadParticipant.user_id == actor.id),
-        )
-        .where(Thread.id == tid, Thread.deleted_at.is_(None))
-    )
-    if for_update:
-        query = query.with_for_update(of=Thread)
-    row = (await session.execute(query)).first()
+    query = _ACCESS_FOR_UPDATE if for_update else _ACCESS
+    row = (await session.execute(query, {"thread_id": tid, "user_id": actor.id})).first()
     if row is None:
         raise NotFound("Thread not found")
     thread, participant = row
