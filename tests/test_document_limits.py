@@ -56,15 +56,21 @@ async def test_a_repeated_document_is_answered_the_same_from_the_cache(clients: 
 
 
 def test_the_document_cache_is_bounded() -> None:
+    import math
+
     from graphql import parse
 
-    from threadline.schema.documents import DocumentCache
+    from threadline.realtime.caches import TTLCache
 
-    cache = DocumentCache(maxsize=2)
+    cache: TTLCache[str, object] = TTLCache(math.inf, 2)
     for text in ("{ a }", "{ b }", "{ c }"):
-        cache.put(text, parse(text), [])
+        cache.put(text, (parse(text), []))
     assert len(cache) == 2
     assert cache.get("{ a }") is None and cache.get("{ c }") is not None
+    # Least recently used goes first: "{ b }" is read, so "{ c }" is evicted by "{ d }".
+    assert cache.get("{ b }") is not None
+    cache.put("{ d }", (parse("{ d }"), []))
+    assert cache.get("{ c }") is None and cache.get("{ b }") is not None
 
 
 async def test_production_refuses_introspection_every_time() -> None:

@@ -1,4 +1,9 @@
-"""Small in-process caches with a time to live, for hot read paths."""
+"""Small in-process caches with a time to live, for hot read paths.
+
+Bounded least-recently-used: a hit moves an entry to the back of the line, so a
+burst of new keys pushes out the cold ones first. The time to live still counts
+from ``put``.
+"""
 
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ class TTLCache(Generic[K, V]):
         if self._clock() - item[0] >= self.ttl:
             del self._items[key]
             return None
+        self._items.move_to_end(key)
         return item[1]
 
     def put(self, key: K, value: V) -> None:
@@ -34,6 +40,9 @@ class TTLCache(Generic[K, V]):
         self._items.move_to_end(key)
         while len(self._items) > self.size:
             self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._items)
 
     def discard(self, predicate: Callable[[K, V], bool]) -> None:
         for key, (_, value) in list(self._items.items()):

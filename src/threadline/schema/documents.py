@@ -9,7 +9,6 @@ limit) the usual way; such texts are not cached.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,28 +16,10 @@ from graphql import ASTValidationRule, DocumentNode, GraphQLError, parse
 from strawberry.schema.schema import validate_document
 from strawberry.types import ExecutionContext
 
+from threadline.realtime.caches import TTLCache
 
-class DocumentCache:
-    """A bounded LRU of (operation text, rules) -> (document, validation errors)."""
-
-    def __init__(self, maxsize: int) -> None:
-        self.maxsize = maxsize
-        self._entries: OrderedDict[Any, tuple[DocumentNode, list[GraphQLError]]] = OrderedDict()
-
-    def get(self, key: Any) -> tuple[DocumentNode, list[GraphQLError]] | None:
-        entry = self._entries.get(key)
-        if entry is not None:
-            self._entries.move_to_end(key)
-        return entry
-
-    def put(self, key: Any, document: DocumentNode, errors: list[GraphQLError]) -> None:
-        self._entries[key] = (document, errors)
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.maxsize:
-            self._entries.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._entries)
+# (operation text, validation rules) -> (document, validation errors)
+DocumentCache = TTLCache[tuple[str, Any], tuple[DocumentNode, list[GraphQLError]]]
 
 
 class Documents:
@@ -71,7 +52,7 @@ class Documents:
             # strawberry's validation: graphql-core's rules, ours, and strawberry's own.
             errors = validate_document(context.schema._schema, document, context.validation_rules)
             entry = (document, errors)
-            self.cache.put(key, document, errors)
+            self.cache.put(key, entry)
         context.graphql_document = entry[0]
         # A copy: strawberry replaces or extends the list on the context.
         context.pre_execution_errors = list(entry[1])

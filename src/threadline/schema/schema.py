@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Any
 
@@ -11,12 +12,13 @@ from strawberry.extensions import MaxAliasesLimiter, QueryDepthLimiter
 from strawberry.schema.config import StrawberryConfig
 from strawberry.tools import merge_types
 
+from threadline.realtime.caches import TTLCache
 from threadline.resolvers.messages import MessageMutations, MessageQueries
 from threadline.resolvers.notifications import NotificationMutations, NotificationQueries
 from threadline.resolvers.threads import ThreadMutations, ThreadQueries
 from threadline.resolvers.users import UserMutations, UserQueries
 from threadline.schema import lean_resolvers
-from threadline.schema.documents import DocumentCache, Documents
+from threadline.schema.documents import Documents
 from threadline.schema.events import EVENT_TYPES
 from threadline.schema.operation_scope import OperationScope
 from threadline.schema.scalars import DateTime
@@ -52,7 +54,7 @@ def build_schema(*, production: bool = False) -> strawberry.Schema:
     # Production refuses introspection: one more validation rule, cached like the rest.
     rules = [*DOCUMENT_RULES, *([NoSchemaIntrospectionCustomRule] if production else [])]
     documents = Documents(
-        DocumentCache(maxsize=DOCUMENT_CACHE_SIZE), rules=rules, max_tokens=MAX_TOKENS
+        TTLCache(math.inf, DOCUMENT_CACHE_SIZE), rules=rules, max_tokens=MAX_TOKENS
     )
     schema = ThreadlineSchema(
         query=Query,
