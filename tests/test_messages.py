@@ -315,3 +315,42 @@ async def test_a_title_of_201_characters_is_bad_input_and_200_is_fine(clients: C
     assert await alice.error(create, {"i": {"title": " \x07 "}}) == "BAD_USER_INPUT"
     made = await alice.gql(create, {"i": {"title": "t" * 200}})
     assert made["createThread"]["title"] == "t" * 200
+
+
+REPLIES = """
+query($m: ID!, $first: Int, $after: String, $last: Int, $before: String) {
+  message(messageId: $m) {
+    replies(first: $first, after: $after, last: $last, before: $before) {
+      edges { cursor node { body } } pageInfo { hasNextPage hasPreviousPage }
+    }
+  }
+}
+"""
+
+
+async def test_replies_page_both_ways_without_other_messages(clients: Clients) -> None:
+    alice = await clients.user("alice")
+    thread_id = await factories.thread(alice)
+    parent = await factories.send(alice, thread_id, "parent")
+    other = await factories.send(alice, thread_id, "other parent")
+    for i in range(5):
+        await factories.send(alice, thread_id, f"reply {i}", parentId=parent["id"])
+        await factories.send(alice, thread_id, f"elsewhere {i}", parentId=other["id"])
+    await factories.send(alice, thread_id, "not a reply")
+
+    def page(data: dict[str, Any]) -> tuple[list[str], dict[str, bool]]:
+        replies = data["message"]["replies"]
+        return [e["node"]["body"] for e in replies["edges"]], replies["pageInfo"]
+
+    first = await alice.gql(REPLIES, {"m": parent["id"], "first": 3})
+    bodies, info = page(first)
+    assert bodies == ["reply 0", "reply 1", "reply 2"] and info["hasNextPage"] is True
+    after = first["message"]["replies"]["edges"][-1]["cursor"]
+    bodies, info = page(await alice.gql(REPLIES, {"m": parent["id"], "first": 3, "after": after}))
+    assert bodies == ["reply 3", "reply 4"] and info["hasNextPage"] is False
+    last = await alice.gql(REPLIES, {"m": parent["id"], "last": 2})
+    bodies, info = page(last)
+    assert bodies == ["reply 3", "reply 4"] and info["hasPreviousPage"] is True
+    before = last["message"]["replies"]["edges"][0]["cursor"]
+    bodies, _ = page(await alice.gql(REPLIES, {"m": parent["id"], "last": 5, "before": before}))
+    assert bodies == ["reply 0", "reply 1", "reply 2"]

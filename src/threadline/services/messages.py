@@ -7,13 +7,15 @@ statements and one UPDATE that both locks the thread row and hands out the seq.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
-from sqlalchemy import and_, bindparam, delete, func, select, update
+from sqlalchemy import Select, bindparam, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
@@ -482,44 +484,51 @@ async def _reaction_changed(
 # ---------------------------------------------------------------- reading
 
 
+# Pages by seq of a thread's messages or of a message's replies. Every shape
+# (which cursors are given, which direction) is a statement built once, with the
+# thread, parent, cursors and size as parameters.
+_SEQ_PAGE_BASES = {
+    "thread": select(Message).where(Message.thread_id == bindparam("thread_id")),
+    "replies": select(Message).where(
+        Message.thread_id == bindparam("thread_id"), Message.parent_id == bindparam("parent_id")
+    ),
+}
+
+
+@functools.cache
+def _seq_page_statement(base: str, after: bool, before: bool, backwards: bool) -> Select[Any]:
+    query = _SEQ_PAGE_BASES[base]
+    if after:
+        query = query.where(Message.seq > bindparam("after"))
+    if before:
+        query = query.where(Message.seq < bindparam("before"))
+    order = Message.seq.desc() if backwards else Message.seq.asc()
+    return query.order_by(order).limit(bindparam("size"))
+
+
 async def _page_by_seq(
-    session: AsyncSession, condition: object, request: PageRequest
+    session: AsyncSession, base: str, params: dict[str, Any], request: PageRequest
 ) -> Page[Message]:
     after, before = int_key(request.after_key()), int_key(request.before_key())
-    query = select(Message).where(condition)  # type: ignore[arg-type]
+    query = _seq_page_statement(base, after is not None, before is not None, request.backwards)
+    values = {**params, "size": request.size + 1}
     if after is not None:
-        query = query.where(Message.seq > after)
+        values["after"] = after
     if before is not None:
-        query = query.where(Message.seq < before)
-    order = Message.seq.desc() if request.backwards else Message.seq.asc()
-    rows = list(await session.scalars(query.order_by(order).limit(request.size + 1)))
+        values["before"] = before
+    rows = list(await session.scalars(query, values))
     return make_page(rows, request, lambda m: [m.seq])
-
-
-# A thread's newest or oldest messages, the page every client opens with.
-_THREAD_EDGE = {
-    backwards: select(Message)
-    .where(Message.thread_id == bindparam("thread_id"))
-    .order_by(Message.seq.desc() if backwards else Message.seq.asc())
-    .limit(bindparam("size"))
-    for backwards in (False, True)
-}
 
 
 async def thread_messages(
     session: AsyncSession, thread_id: uuid.UUID, request: PageRequest
 ) -> Page[Message]:
-    if request.after is None and request.before is None:
-        query = _THREAD_EDGE[request.backwards]
-        params = {"thread_id": thread_id, "size": request.size + 1}
-        rows = list(await session.scalars(query, params))
-        return make_page(rows, request, lambda m: [m.seq])
-    return await _page_by_seq(session, Message.thread_id == thread_id, request)
+    return await _page_by_seq(session, "thread", {"thread_id": thread_id}, request)
 
 
 async def replies(session: AsyncSession, parent: Message, request: PageRequest) -> Page[Message]:
-    condition = and_(Message.thread_id == parent.thread_id, Message.parent_id == parent.id)
-    return await _page_by_seq(session, condition, request)
+    params = {"thread_id": parent.thread_id, "parent_id": parent.id}
+    return await _page_by_seq(session, "replies", params, request)
 
 
 async def get_message(session: AsyncSession, message_id: uuid.UUID) -> Message:
