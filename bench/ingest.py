@@ -10,12 +10,34 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from collections.abc import Awaitable, Callable, Sequence
 
 import asyncpg
 
 from bench.harness import RawHTTP, Server, cores_line, database, server, token
 
 SEND = "mutation($i: SendMessageInput!) { sendMessage(input: $i) { id seq } }"
+
+
+async def saturate(
+    seconds: float, requests: Sequence[Callable[[int], Awaitable[object]]]
+) -> tuple[int, float]:
+    """Run each request back to back until the deadline, all of them concurrently.
+
+    Each gets the number done so far (for distinct bodies). (done, seconds taken).
+    """
+    done = 0
+    deadline = time.perf_counter() + seconds
+
+    async def loop(request: Callable[[int], Awaitable[object]]) -> None:
+        nonlocal done
+        while time.perf_counter() < deadline:
+            await request(done)
+            done += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(loop(r) for r in requests))
+    return done, time.perf_counter() - started
 
 
 async def threadline_rate(srv: Server, senders: int, seconds: float) -> tuple[float, int, float]:
@@ -28,22 +50,18 @@ async def threadline_rate(srv: Server, senders: int, seconds: float) -> tuple[fl
     for client, tid in zip(clients, threads, strict=True):  # warm-up
         for _ in range(20):
             await client.gql(SEND, {"i": {"threadId": tid, "body": "warm"}})
-    done = 0
-    deadline = time.perf_counter() + seconds
 
-    async def sender(client: RawHTTP, tid: str) -> None:
-        nonlocal done
-        while time.perf_counter() < deadline:
-            await client.gql(SEND, {"i": {"threadId": tid, "body": f"message {done}"}})
-            done += 1
+    def sender(client: RawHTTP, tid: str) -> Callable[[int], Awaitable[object]]:
+        return lambda n: client.gql(SEND, {"i": {"threadId": tid, "body": f"message {n}"}})
 
-    started, cpu_before = time.perf_counter(), srv.cpu_seconds()
-    await asyncio.gather(*(sender(c, tid) for c, tid in zip(clients, threads, strict=True)))
-    rate = done / (time.perf_counter() - started)
+    cpu_before = srv.cpu_seconds()
+    done, took = await saturate(
+        seconds, [sender(c, tid) for c, tid in zip(clients, threads, strict=True)]
+    )
     cpu_per_send = (srv.cpu_seconds() - cpu_before) / max(done, 1)
     for client in clients:
         await client.close()
-    return rate, done, cpu_per_send
+    return done / took, done, cpu_per_send
 
 
 async def stack_rate(srv: Server, senders: int, seconds: float) -> tuple[float, float]:
@@ -53,22 +71,16 @@ async def stack_rate(srv: Server, senders: int, seconds: float) -> tuple[float, 
     query = "{ me { id } }"
     for client in clients:
         await client.gql(query)
-    done = 0
-    deadline = time.perf_counter() + seconds
 
-    async def asker(client: RawHTTP) -> None:
-        nonlocal done
-        while time.perf_counter() < deadline:
-            await client.gql(query)
-            done += 1
+    def asker(client: RawHTTP) -> Callable[[int], Awaitable[object]]:
+        return lambda _: client.gql(query)
 
-    started, cpu_before = time.perf_counter(), srv.cpu_seconds()
-    await asyncio.gather(*(asker(c) for c in clients))
-    rate = done / (time.perf_counter() - started)
+    cpu_before = srv.cpu_seconds()
+    done, took = await saturate(seconds, [asker(c) for c in clients])
     cpu = (srv.cpu_seconds() - cpu_before) / max(done, 1)
     for client in clients:
         await client.close()
-    return rate, cpu
+    return done / took, cpu
 
 
 async def asyncpg_rate(dsn: str, senders: int, seconds: float) -> float:
@@ -78,24 +90,17 @@ async def asyncpg_rate(dsn: str, senders: int, seconds: float) -> float:
             "create table if not exists raw_ingest (id bigserial primary key, thread int not null,"
             " body text not null, created_at timestamptz not null default now())"
         )
-    done = 0
-    deadline = time.perf_counter() + seconds
 
-    async def sender(k: int) -> None:
-        nonlocal done
-        while time.perf_counter() < deadline:
-            await pool.fetchrow(
-                "insert into raw_ingest (thread, body) values ($1, $2) returning id, created_at",
-                k,
-                f"message {done}",
-            )
-            done += 1
+    def sender(k: int) -> Callable[[int], Awaitable[object]]:
+        return lambda n: pool.fetchrow(
+            "insert into raw_ingest (thread, body) values ($1, $2) returning id, created_at",
+            k,
+            f"message {n}",
+        )
 
-    started = time.perf_counter()
-    await asyncio.gather(*(sender(k) for k in range(senders)))
-    rate = done / (time.perf_counter() - started)
+    done, took = await saturate(seconds, [sender(k) for k in range(senders)])
     await pool.close()
-    return rate
+    return done / took
 
 
 async def main() -> None:
