@@ -20,6 +20,7 @@ from starlette.routing import Route, WebSocketRoute
 from threadline.auth.webhooks import clerk_webhook
 from threadline.config import Settings
 from threadline.graphql_app import ThreadlineGraphQL
+from threadline.graphql_post import GraphQLPost
 from threadline.runtime import Runtime
 from threadline.schema.schema import build_schema
 from threadline.subscriptions.raw_frames import RawSocketMiddleware
@@ -57,7 +58,8 @@ async def metrics(request: Request) -> Response:
 def create_app(settings: Settings) -> Starlette:
     settings.check()
     runtime = Runtime(settings)
-    graphql = ThreadlineGraphQL(build_schema(production=settings.is_production), runtime)
+    schema = build_schema(production=settings.is_production)
+    graphql = ThreadlineGraphQL(schema, runtime)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -97,6 +99,7 @@ def create_app(settings: Settings) -> Starlette:
                 allow_credentials=True,
             )
         )
+    middleware.append(Middleware(GraphQLPost, view=graphql, known=schema.known_operations))
     app = Starlette(
         routes=[
             Route("/graphql", graphql, methods=["GET", "POST"]),

@@ -18,13 +18,12 @@ from typing import Any
 
 import orjson
 import strawberry
-from cross_web import AsyncHTTPRequestAdapter
 from graphql import GraphQLError
 from starlette.requests import Request
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
-from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData
+from strawberry.http import GraphQLHTTPResponse
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
@@ -148,33 +147,6 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
         self.pinged: set[TransportWSHandler] = set()
         self._pings: asyncio.Future[list[None]] | None = None
 
-    async def parse_http_body(
-        self, request: AsyncHTTPRequestAdapter
-    ) -> GraphQLRequestData | list[GraphQLRequestData]:
-        # The common request, a JSON POST that wants one JSON answer, is read here
-        # without strawberry's content negotiation (an e-mail header parser per
-        # request); anything else, or anything malformed, goes the general way.
-        content_type = request.content_type or ""
-        accept = request.headers.get("accept") or ""
-        if (
-            request.method == "POST"
-            and (content_type == "application/json" or content_type.startswith("application/json;"))
-            and "multipart/" not in accept
-            and "text/event-stream" not in accept
-        ):
-            data = self.parse_json(await request.get_body())
-            if isinstance(data, dict):
-                query, variables = data.get("query"), data.get("variables")
-                name, extensions = data.get("operationName"), data.get("extensions")
-                if (
-                    isinstance(query, str | None)
-                    and isinstance(variables, dict | None)
-                    and isinstance(name, str | None)
-                    and isinstance(extensions, dict | None)
-                ):
-                    return GraphQLRequestData(query, variables, name, extensions, "http")
-        return await super().parse_http_body(request)
-
     def decode_json(self, data: str | bytes) -> object:
         # orjson reads a request several times faster; what it refuses and the
         # standard library takes (lone surrogate escapes, which the text rules then
@@ -209,11 +181,12 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
                 user_agent=request.headers.get("user-agent"),
                 connection=request,
             )
-        return Context(
-            runtime=self.runtime,
-            token=bearer(request.headers.get("authorization")),
-            user_agent=request.headers.get("user-agent"),
+        return self.http_context(
+            request.headers.get("authorization"), request.headers.get("user-agent")
         )
+
+    def http_context(self, authorization: str | None, user_agent: str | None) -> Context:
+        return Context(runtime=self.runtime, token=bearer(authorization), user_agent=user_agent)
 
     async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
         token = token_from_params(context.connection_params)

@@ -12,7 +12,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from graphql import ASTValidationRule, DocumentNode, GraphQLError, parse
+from graphql import (
+    ASTValidationRule,
+    DocumentNode,
+    GraphQLError,
+    GraphQLSchema,
+    parse,
+    specified_rules,
+)
 from strawberry.schema.schema import validate_document
 from strawberry.types import ExecutionContext
 
@@ -35,6 +42,14 @@ class Documents:
         self.cache = cache
         self.rules = tuple(rules)
         self.max_tokens = max_tokens
+        # The rules strawberry's execution context starts with, then ours: what
+        # prepare() validates with, so known() shares its cache entries.
+        self._default_rules = (*specified_rules, *self.rules)
+
+    def known(self, query: str, schema: GraphQLSchema) -> DocumentNode | None:
+        """The document of a text that parses and is valid (cached), or None."""
+        entry = self._entry(query, self._default_rules, schema)
+        return entry[0] if entry is not None and not entry[1] else None
 
     def prepare(self, context: ExecutionContext) -> None:
         """Before strawberry parses: the token limit, our rules, and a known document."""
@@ -42,17 +57,26 @@ class Documents:
         context.validation_rules = (*context.validation_rules, *self.rules)
         if context.graphql_document is not None or not context.query:
             return
-        key = (context.query, context.validation_rules)
-        entry = self.cache.get(key)
+        entry = self._entry(context.query, context.validation_rules, context.schema._schema)
         if entry is None:
-            try:
-                document = parse(context.query, **context.parse_options)
-            except GraphQLError:
-                return  # strawberry parses it again and reports the error
-            # strawberry's validation: graphql-core's rules, ours, and strawberry's own.
-            errors = validate_document(context.schema._schema, document, context.validation_rules)
-            entry = (document, errors)
-            self.cache.put(key, entry)
+            return  # strawberry parses it again and reports the error
         context.graphql_document = entry[0]
         # A copy: strawberry replaces or extends the list on the context.
         context.pre_execution_errors = list(entry[1])
+
+    def _entry(
+        self, query: str, rules: tuple[type[ASTValidationRule], ...], schema: GraphQLSchema
+    ) -> tuple[DocumentNode, list[GraphQLError]] | None:
+        """(document, validation errors), cached; None for a text that does not parse."""
+        key = (query, rules)
+        entry = self.cache.get(key)
+        if entry is None:
+            try:
+                document = parse(query, max_tokens=self.max_tokens)
+            except GraphQLError:
+                return None
+            # strawberry's validation: graphql-core's rules, ours, and strawberry's own.
+            errors = validate_document(schema, document, rules)
+            entry = (document, errors)
+            self.cache.put(key, entry)
+        return entry

@@ -20,6 +20,7 @@ from threadline.resolvers.users import UserMutations, UserQueries
 from threadline.schema import lean_resolvers
 from threadline.schema.documents import Documents
 from threadline.schema.events import EVENT_TYPES
+from threadline.schema.known_operations import KnownOperations
 from threadline.schema.operation_scope import OperationScope
 from threadline.schema.scalars import DateTime
 from threadline.schema.types import AttachmentType, NotificationType, SessionType
@@ -45,12 +46,14 @@ Mutation = merge_types(
 
 
 class ThreadlineSchema(strawberry.Schema):
+    known_operations: KnownOperations
+
     def process_errors(self, errors: list[GraphQLError], execution_context: Any = None) -> None:
         # Domain errors are answers, not faults; shape_error logs the unexpected ones.
         return None
 
 
-def build_schema(*, production: bool = False) -> strawberry.Schema:
+def build_schema(*, production: bool = False) -> ThreadlineSchema:
     # Production refuses introspection: one more validation rule, cached like the rest.
     rules = [*DOCUMENT_RULES, *([NoSchemaIntrospectionCustomRule] if production else [])]
     documents = Documents(
@@ -65,4 +68,5 @@ def build_schema(*, production: bool = False) -> strawberry.Schema:
         config=StrawberryConfig(auto_camel_case=True, scalar_map={datetime: DateTime}),
     )
     lean_resolvers.install(schema)
+    schema.known_operations = KnownOperations(schema, documents)
     return schema

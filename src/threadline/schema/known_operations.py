@@ -1,0 +1,71 @@
+"""Executing a valid operation sent as a JSON POST, beside strawberry's Schema.execute.
+
+Strawberry's Schema.execute builds, for every request, an execution context, the
+extension instances, a runner with a context manager per lifecycle hook, and a
+middleware manager, before graphql-core runs. For a document parsed and validated
+by the document cache, with our one extension and no resolve middleware, all
+that amounts to what OperationScope does around the call: here it is done
+directly. A text that does not parse or is not valid, or an operation name the
+text does not settle, is left to strawberry, which answers it the usual way.
+A subscription gets a clear refusal (strawberry would run it as a query).
+"""
+
+from __future__ import annotations
+
+from inspect import isawaitable
+from typing import Any
+
+from graphql import GraphQLError, OperationType, execute, get_operation_ast
+from strawberry.execution import optimized_is_awaitable
+from strawberry.types import ExecutionResult
+
+from threadline.schema.context import Context
+from threadline.schema.documents import Documents
+from threadline.schema.errors import shape_error, shape_result
+
+OVER_HTTP = "Subscriptions are served over WebSocket (graphql-transport-ws), not HTTP POST"
+
+
+class KnownOperations:
+    def __init__(self, schema: Any, documents: Documents) -> None:
+        """``schema``: the strawberry schema, whose one extension is OperationScope."""
+        # Operation directives would run as an extension strawberry adds per request.
+        assert not schema.directives, "known operations skip strawberry's directive extension"
+        self.graphql_schema = schema._schema
+        self.documents = documents
+
+    async def execute(
+        self,
+        query: str,
+        variables: dict[str, Any] | None,
+        operation_name: str | None,
+        context: Context,
+    ) -> ExecutionResult | None:
+        """The result, or None (nothing run, ``context`` untouched) for strawberry to take.
+
+        ``context`` is a request's own (not a socket's shared one), and is closed here.
+        """
+        document = self.documents.known(query, self.graphql_schema)
+        if document is None:
+            return None
+        operation = get_operation_ast(document, operation_name)
+        if operation is None:
+            return None
+        if operation.operation is OperationType.SUBSCRIPTION:
+            await context.close()
+            return ExecutionResult(data=None, errors=[shape_error(GraphQLError(OVER_HTTP))])
+        try:
+            result = execute(
+                self.graphql_schema,
+                document,
+                context_value=context,
+                variable_values=variables,
+                operation_name=operation_name,
+                is_awaitable=optimized_is_awaitable,  # type: ignore[arg-type]
+            )
+            if isawaitable(result):
+                result = await result
+            shape_result(result)
+        finally:
+            await context.close()
+        return ExecutionResult(data=result.data, errors=result.errors)
