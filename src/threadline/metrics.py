@@ -10,6 +10,12 @@ TRANSACTION_SECONDS = Histogram(
     ["name"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
+BATCH_ITEMS = Histogram(
+    "threadline_batch_items",
+    "Items stored or sent together by one round trip (see threadline.batching).",
+    ["name"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+)
 GRAPHQL_OPERATIONS = Counter(
     "threadline_graphql_operations_total", "GraphQL operations executed.", ["kind"]
 )

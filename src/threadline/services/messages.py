@@ -1,8 +1,10 @@
 """Messages: sending (idempotent by clientId), replies, edits, deletion, pins, reactions.
 
 The public functions validate and authorize; the writes record the thread event
-in the same transaction. ``sendMessage`` is the hot path: it uses Core
-statements and one UPDATE that both locks the thread row and hands out the seq.
+in the same transaction. ``sendMessage`` is the hot path: on PostgreSQL a plain
+message is stored by a statement shared with concurrent sends (``plain_sends``);
+the general path uses Core statements and one UPDATE that both locks the thread
+row and hands out the seq.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from threadline.services.permissions import (
     effective_thread_role,
     parse_id,
 )
+from threadline.services.plain_sends import PlainSend, plain_sends
 from threadline.services.text_rules import (
     MAX_DISTINCT_REACTIONS,
     check_emoji,
@@ -161,39 +164,10 @@ async def send_message(
     raise Conflict("clientId is being used by a concurrent send; retry")
 
 
-# One statement stores a plain message on PostgreSQL. Locking the thread row
-# queues concurrent senders (each reads the seq its predecessor committed); the
-# sender's right to post is checked again under that lock; the message, its event
-# and the thread's seq and activity are written together or not at all. When it
-# stores nothing (a clientId seen before, a thread the sender may not post in),
-# the general path runs and returns the first message or says why.
-_SEND_PLAIN_POSTGRES = """
-WITH m AS (
-    INSERT INTO messages (id, thread_id, seq, author_id, body, client_id, parent_id,
-                          mention_ids, pinned, created_at)
-    SELECT $1, t.id, t.last_seq + 1, $2, $3, $4, NULL, '[]', false, $5
-    FROM threads t
-    WHERE t.id = $6 AND t.deleted_at IS NULL
-      AND ($7 OR EXISTS (SELECT 1 FROM thread_participants p
-                         WHERE p.thread_id = t.id AND p.user_id = $2))
-    FOR UPDATE OF t
-    ON CONFLICT (thread_id, author_id, client_id) DO NOTHING
-    RETURNING seq
-), bumped AS (
-    UPDATE threads SET last_seq = m.seq, last_message_at = $5, last_activity_at = $5
-    FROM m WHERE threads.id = $6
-), logged AS (
-    INSERT INTO thread_events (thread_id, seq, kind, payload, actor_id, at)
-    SELECT $6, m.seq, $8, $9::jsonb || jsonb_build_object('seq', m.seq), $2, $5 FROM m
-)
-SELECT seq FROM m
-"""
-
-
 async def _send_plain_postgres(
     db: Database, actor: User, thread_id: uuid.UUID, body: str, client_id: str | None
 ) -> Message | None:
-    """The hot path: a message without parent, attachments or mentions, in one round trip.
+    """The hot path: a message without parent, attachments or mentions (see plain_sends).
 
     None when it stored nothing or the message needs the general path.
     """
@@ -218,20 +192,18 @@ async def _send_plain_postgres(
     )
     payload = message_payload(message)
     del payload["seq"]  # the statement fills it in
-    system_grant = effective_thread_role(actor.system_role, None) is not None
-    async with db.driver_connection("send_message") as conn:
-        seq = await conn.fetchval(
-            _SEND_PLAIN_POSTGRES,
-            message.id,
-            actor.id,
-            text,
-            client_id,
-            now,
-            message.thread_id,
-            system_grant,
-            EventKind.MESSAGE_CREATED.value,
-            orjson.dumps(payload).decode(),
+    seq = await plain_sends(db).store(
+        PlainSend(
+            id=message.id,
+            thread_id=thread_id,
+            author_id=actor.id,
+            body=text,
+            client_id=client_id,
+            at=now,
+            granted=effective_thread_role(actor.system_role, None) is not None,
+            payload=orjson.dumps(payload).decode(),
         )
+    )
     if seq is None:
         return None
     message.seq = payload["seq"] = seq

@@ -1,0 +1,73 @@
+"""Group work that arrives while earlier work is on its way: one round trip for many.
+
+A request submits its item and waits. If no batch is running, its item goes at
+once, alone: nobody waits for company. Items submitted while a batch is running
+go together in the next one. Under load the round trips per item fall; a lone
+caller pays nothing extra.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
+
+from threadline.metrics import BATCH_ITEMS
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class Batcher(Generic[T, R]):
+    """``run(items)`` answers each item in order; if it raises, every item of it does."""
+
+    def __init__(
+        self, run: Callable[[Sequence[T]], Awaitable[Sequence[R]]], *, max_size: int, name: str
+    ) -> None:
+        """``name``: the task's name and the ``threadline_batch_items`` label."""
+        self._run = run
+        self._max_size = max_size
+        self._name = name
+        self._sizes = BATCH_ITEMS.labels(name)
+        self._waiting: list[tuple[T, asyncio.Future[R]]] = []
+        self._runner: asyncio.Task[None] | None = None
+
+    async def submit(self, item: T) -> R:
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._waiting.append((item, future))
+        if self._runner is None:
+            self._runner = asyncio.create_task(self._drain(), name=self._name)
+        # A caller that stops waiting leaves its item in the batch: it may be done already.
+        return await future
+
+    async def _drain(self) -> None:
+        try:
+            while self._waiting:
+                batch = self._waiting[: self._max_size]
+                del self._waiting[: self._max_size]
+                await self._answer(batch)
+        finally:
+            self._runner = None
+            if self._waiting:  # cancelled at shutdown: nobody is left hanging
+                for _, future in self._waiting:
+                    future.cancel()
+                self._waiting.clear()
+
+    async def _answer(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
+        self._sizes.observe(len(batch))
+        try:
+            results = await self._run([item for item, _ in batch])
+            if len(results) != len(batch):
+                raise RuntimeError(f"{self._name}: {len(results)} answers for {len(batch)} items")
+        except asyncio.CancelledError:
+            for _, future in batch:
+                future.cancel()
+            raise
+        except Exception as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, future), result in zip(batch, results, strict=False):
+            if not future.done():
+                future.set_result(result)
