@@ -46,18 +46,38 @@ MARK_READ = "mutation($t: ID!, $s: Int!) { markRead(threadId: $t, seq: $s) { id 
 
 @contextmanager
 def statements_of(server: Server) -> Iterator[list[str]]:
-    """The SQL statements the server runs while the block runs."""
+    """The SQL statements the server runs while the block runs.
+
+    Those SQLAlchemy runs, and on PostgreSQL also those run on a pooled
+    connection's asyncpg driver directly (the page's batch reads, BEGIN and
+    COMMIT): asyncpg logs its own queries but not SQLAlchemy's prepared ones, so
+    nothing is counted twice.
+    """
     seen: list[str] = []
+    hooked: list[Any] = []
 
     def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
         seen.append(statement)
 
+    def logged(query: Any) -> None:
+        seen.append(query.query)
+
+    def checkout(dbapi_connection: Any, *_: Any) -> None:
+        driver = getattr(dbapi_connection, "driver_connection", None)
+        if hasattr(driver, "add_query_logger"):
+            driver.add_query_logger(logged)
+            hooked.append(driver)
+
     engine = server.runtime.db.engine.sync_engine
     event.listen(engine, "before_cursor_execute", record)
+    event.listen(engine.pool, "checkout", checkout)
     try:
         yield seen
     finally:
         event.remove(engine, "before_cursor_execute", record)
+        event.remove(engine.pool, "checkout", checkout)
+        for driver in hooked:
+            driver.remove_query_logger(logged)
 
 
 async def conversation(people: list[Api], size: int) -> str:

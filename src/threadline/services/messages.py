@@ -22,7 +22,15 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
-from threadline.db import Database, UnitOfWork
+from threadline.db import (
+    Database,
+    UnitOfWork,
+    dialect_of,
+    driver_fetch,
+    entities_by_ids,
+    is_postgres,
+    rows_by_ids,
+)
 from threadline.errors import BadInput, Conflict, Forbidden, NotFound
 from threadline.models import (
     Attachment,
@@ -35,6 +43,7 @@ from threadline.models import (
     User,
     utcnow,
 )
+from threadline.models.base import StoredRows
 from threadline.services import notifications
 from threadline.services.events import (
     EventKind,
@@ -482,7 +491,14 @@ async def _page_by_seq(
     session: AsyncSession, base: str, params: dict[str, Any], request: PageRequest
 ) -> Page[Message]:
     after, before = int_key(request.after_key()), int_key(request.before_key())
-    query = _seq_page_statement(base, after is not None, before is not None, request.backwards)
+    has_after, has_before = after is not None, before is not None
+    if is_postgres(session):
+        sql = _seq_page_sql(base, has_after, has_before, request.backwards)
+        args = [*params.values(), *[k for k in (after, before) if k is not None]]
+        records = await driver_fetch(session, sql, *args, request.size + 1)
+        rows: list[Message] = _MESSAGE_ROWS.build(records, dialect_of(session))
+        return make_page(rows, request, lambda m: [m.seq])
+    query = _seq_page_statement(base, has_after, has_before, request.backwards)
     values = {**params, "size": request.size + 1}
     if after is not None:
         values["after"] = after
@@ -490,6 +506,47 @@ async def _page_by_seq(
         values["before"] = before
     rows = list(await session.scalars(query, values))
     return make_page(rows, request, lambda m: [m.seq])
+
+
+# The same pages and batch reads as SQL of our own, run on PostgreSQL by the driver
+# (db.driver_fetch): a page makes eight of them, and SQLAlchemy's work per
+# statement and per loaded row cost more than the reads. Lists of ids are one
+# array parameter.
+_MESSAGE_ROWS = StoredRows(Message)
+_EDIT_ROWS = StoredRows(MessageEdit)
+_ATTACHMENT_ROWS = StoredRows(Attachment)
+# (S608: what is interpolated is the models' own column names, never input.)
+_MESSAGES_BY_IDS_SQL = f"SELECT {_MESSAGE_ROWS.columns} FROM messages WHERE id = ANY($1::uuid[])"  # noqa: S608
+_EDITS_SQL = (
+    f"SELECT {_EDIT_ROWS.columns} FROM message_edits"  # noqa: S608
+    " WHERE message_id = ANY($1::uuid[]) ORDER BY message_id, edited_at, id"
+)
+_REPLY_COUNTS_SQL = (
+    "SELECT parent_id, count(*) FROM messages"
+    " WHERE parent_id = ANY($1::uuid[]) AND deleted_at IS NULL GROUP BY parent_id"
+)
+_REACTIONS_SQL = (
+    "SELECT message_id, emoji, user_id FROM reactions WHERE message_id = ANY($1::uuid[])"
+    " ORDER BY message_id, created_at, id"
+)
+_ATTACHMENTS_SQL = (
+    f"SELECT {_ATTACHMENT_ROWS.columns} FROM attachments"  # noqa: S608
+    " WHERE message_id = ANY($1::uuid[]) ORDER BY created_at, id"
+)
+
+
+@functools.cache
+def _seq_page_sql(base: str, after: bool, before: bool, backwards: bool) -> str:
+    """``params`` of the base in order (thread, then parent), the cursors given, the size."""
+    where = ["thread_id = $1"] + (["parent_id = $2"] if base == "replies" else [])
+    if after:
+        where.append(f"seq > ${len(where) + 1}")
+    if before:
+        where.append(f"seq < ${len(where) + 1}")
+    return (
+        f"SELECT {_MESSAGE_ROWS.columns} FROM messages WHERE {' AND '.join(where)}"  # noqa: S608
+        f" ORDER BY seq {'DESC' if backwards else 'ASC'} LIMIT ${len(where) + 1}"
+    )
 
 
 async def thread_messages(
@@ -538,12 +595,14 @@ _ATTACHMENTS = (
 async def messages_by_ids(
     session: AsyncSession, ids: Sequence[uuid.UUID]
 ) -> dict[uuid.UUID, Message]:
-    rows = await session.scalars(_MESSAGES_BY_IDS, {"ids": list(set(ids))})
+    rows = await entities_by_ids(
+        session, _MESSAGES_BY_IDS, _MESSAGE_ROWS, _MESSAGES_BY_IDS_SQL, ids
+    )
     return {m.id: m for m in rows}
 
 
 async def reply_counts(session: AsyncSession, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, int]:
-    rows = await session.execute(_REPLY_COUNTS, {"ids": list(set(ids))})
+    rows = await rows_by_ids(session, _REPLY_COUNTS, _REPLY_COUNTS_SQL, ids)
     return {r[0]: int(r[1]) for r in rows if r[0] is not None}
 
 
@@ -556,7 +615,8 @@ async def reaction_groups(
     not once per reaction row.
     """
     grouped: dict[uuid.UUID, dict[str, ReactionGroup]] = defaultdict(dict)
-    for message_id, emoji, user_id in await session.execute(_REACTIONS, {"ids": list(set(ids))}):
+    rows = await rows_by_ids(session, _REACTIONS, _REACTIONS_SQL, ids)
+    for message_id, emoji, user_id in rows:
         group = grouped[message_id].setdefault(emoji, ReactionGroup(emoji))
         group.count += 1
         group.user_ids.add(user_id)
@@ -568,7 +628,7 @@ async def reaction_groups(
 async def edits_of(
     session: AsyncSession, ids: Sequence[uuid.UUID]
 ) -> dict[uuid.UUID, list[MessageEdit]]:
-    rows = await session.scalars(_EDITS, {"ids": list(set(ids))})
+    rows = await entities_by_ids(session, _EDITS, _EDIT_ROWS, _EDITS_SQL, ids)
     out: dict[uuid.UUID, list[MessageEdit]] = defaultdict(list)
     for edit in rows:
         out[edit.message_id].append(edit)
@@ -578,7 +638,7 @@ async def edits_of(
 async def attachments_of(
     session: AsyncSession, ids: Sequence[uuid.UUID]
 ) -> dict[uuid.UUID, list[Attachment]]:
-    rows = await session.scalars(_ATTACHMENTS, {"ids": list(set(ids))})
+    rows = await entities_by_ids(session, _ATTACHMENTS, _ATTACHMENT_ROWS, _ATTACHMENTS_SQL, ids)
     out: dict[uuid.UUID, list[Attachment]] = defaultdict(list)
     for attachment in rows:
         assert attachment.message_id is not None

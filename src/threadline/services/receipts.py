@@ -16,7 +16,7 @@ from sqlalchemy import Integer, Uuid, bindparam, column, func, select, update, v
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.dml import ReturningUpdate
 
-from threadline.db import Database, UnitOfWork
+from threadline.db import Database, UnitOfWork, rows_by_ids
 from threadline.models import Message, ThreadParticipant, User
 from threadline.services.events import ActivityEvent
 from threadline.services.permissions import ThreadAccess
@@ -56,11 +56,16 @@ _MARKERS = select(
     ThreadParticipant.last_delivered_seq,
 ).where(ThreadParticipant.thread_id.in_(bindparam("ids", expanding=True)))
 
+_MARKERS_SQL = (  # on PostgreSQL, run by the driver: see db.rows_by_ids
+    "SELECT thread_id, user_id, last_read_seq, last_delivered_seq"
+    " FROM thread_participants WHERE thread_id = ANY($1::uuid[])"
+)
+
 
 async def markers_of(
     session: AsyncSession, thread_ids: Sequence[uuid.UUID]
 ) -> dict[uuid.UUID, list[Marker]]:
-    rows = await session.execute(_MARKERS, {"ids": list(set(thread_ids))})
+    rows = await rows_by_ids(session, _MARKERS, _MARKERS_SQL, thread_ids)
     out: dict[uuid.UUID, list[Marker]] = defaultdict(list)
     for thread_id, user_id, read, delivered in rows:
         out[thread_id].append(Marker(user_id, read, delivered))
