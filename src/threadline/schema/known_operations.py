@@ -5,7 +5,8 @@ extension instances, a runner with a context manager per lifecycle hook, and a
 middleware manager, before graphql-core runs. For a document parsed and validated
 by the document cache, with our one extension and no resolve middleware, all
 that amounts to what OperationScope does around the call: here it is done
-directly. A text that does not parse or is not valid, or an operation name the
+directly, with plain scalar fields read by the executor (``plain_leaves``). A
+text that does not parse or is not valid, or an operation name the
 text does not settle, is left to strawberry, which answers it the usual way.
 A subscription gets a clear refusal (strawberry would run it as a query).
 """
@@ -19,6 +20,7 @@ from graphql import GraphQLError, OperationType, execute, get_operation_ast
 from strawberry.execution import optimized_is_awaitable
 from strawberry.types import ExecutionResult
 
+from threadline.schema import plain_leaves
 from threadline.schema.context import Context
 from threadline.schema.documents import Documents
 from threadline.schema.errors import shape_error, shape_result
@@ -33,6 +35,7 @@ class KnownOperations:
         assert not schema.directives, "known operations skip strawberry's directive extension"
         self.graphql_schema = schema._schema
         self.documents = documents
+        self.executor_class = plain_leaves.executor_class(plain_leaves.plain_leaves(schema))
 
     async def execute(
         self,
@@ -62,6 +65,7 @@ class KnownOperations:
                 variable_values=variables,
                 operation_name=operation_name,
                 is_awaitable=optimized_is_awaitable,  # type: ignore[arg-type]
+                executor_class=self.executor_class,
             )
             if isawaitable(result):
                 result = await result
