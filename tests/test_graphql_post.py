@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 
 from tests.conftest import Clients, Server, start_server, stop_server, token_for
 from threadline.config import Settings
@@ -150,3 +151,22 @@ async def test_cors_headers_on_the_direct_path(settings: Settings) -> None:
             assert "access-control-allow-origin" not in other.headers
     finally:
         await stop_server(server)
+
+
+async def test_operations_are_counted_by_kind_on_either_path(clients: Clients) -> None:
+    ann = await clients.user("ann")
+
+    def count(kind: str) -> float:
+        labels = {"kind": kind}
+        return REGISTRY.get_sample_value("threadline_graphql_operations_total", labels) or 0.0
+
+    before = count("query"), count("mutation")
+    await ann.gql("{ me { id } }")  # a JSON POST: the direct path
+    got = await clients.http.get(
+        "/graphql",
+        params={"query": "{ me { id } }"},
+        headers={"authorization": f"Bearer {ann.token}"},
+    )  # strawberry's view
+    assert got.json()["data"]["me"]["id"] == ann.id
+    await ann.gql('mutation { createThread(input: {title: "counted"}) { id } }')
+    assert (count("query"), count("mutation")) == (before[0] + 2, before[1] + 1)

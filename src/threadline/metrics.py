@@ -17,7 +17,9 @@ BATCH_ITEMS = Histogram(
     buckets=(1, 2, 4, 8, 16, 32, 64, 128),
 )
 GRAPHQL_OPERATIONS = Counter(
-    "threadline_graphql_operations_total", "GraphQL operations executed.", ["kind"]
+    "threadline_graphql_operations_total",
+    "GraphQL operations executed, by kind (query, mutation, subscription).",
+    ["kind"],
 )
 GRAPHQL_ERRORS = Counter("threadline_graphql_errors_total", "GraphQL errors by code.", ["code"])
 WEBSOCKET_CONNECTIONS = Gauge("threadline_websocket_connections", "Open WebSocket connections.")

@@ -11,11 +11,13 @@ work the hooks do.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from strawberry.extensions import SchemaExtension
 
+from threadline.metrics import GRAPHQL_OPERATIONS
 from threadline.schema.context import Context
 from threadline.schema.documents import Documents
 from threadline.schema.errors import shape_result
@@ -29,6 +31,10 @@ class OperationScope(SchemaExtension):
     async def on_operation(self) -> AsyncIterator[None]:
         execution = self.execution_context
         self.documents.prepare(execution)
+        if execution.graphql_document is not None and not execution.pre_execution_errors:
+            # (a name the document lacks is strawberry's 400, counted as nothing)
+            with contextlib.suppress(RuntimeError):
+                GRAPHQL_OPERATIONS.labels(execution.operation_type.value).inc()
         shared = execution.context
         own: Context | None = None
         if isinstance(shared, Context):
