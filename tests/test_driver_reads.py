@@ -13,7 +13,12 @@ from tests import factories
 from tests.conftest import BACKEND, Clients, Server
 from tests.test_graphql_post import as_strawberry_would
 from threadline.db import dialect_of, driver_fetch
-from threadline.models import Attachment, Message, MessageEdit, User
+from threadline.models import (
+    Attachment,
+    Message,
+    MessageEdit,
+    User,
+)
 from threadline.models.base import StoredRows
 from threadline.schema.plain_leaves import plain_leaves
 from threadline.schema.schema import build_schema

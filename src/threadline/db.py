@@ -141,11 +141,21 @@ async def rows_by_ids(
 async def entities_by_ids(
     session: AsyncSession, statement: Executable, rows: StoredRows, sql: str, ids: Iterable[Any]
 ) -> Iterable[Any]:
-    """The same for instances of a mapped class; ``sql`` selects ``rows.columns``."""
+    """The same for instances of a mapped class; ``sql`` selects ``rows.columns``.
+
+    Through the driver only for an operation's read session: its instances are
+    not in the session, which a write session's flush would need.
+    """
     values = list(set(ids))
-    if is_postgres(session):
+    if is_postgres_read(session):
         return rows.build(await driver_fetch(session, sql, values), dialect_of(session))
     return await session.scalars(statement, {"ids": values})
+
+
+def is_postgres_read(session: AsyncSession) -> bool:
+    """An operation's read session on PostgreSQL: what it reads is never written back,
+    so rows may come from the driver (``StoredRows``), outside the session."""
+    return isinstance(session, SharedReadSession) and is_postgres(session)
 
 
 def dialect_of(session: AsyncSession) -> Dialect:

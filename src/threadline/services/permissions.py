@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from threadline.db import dialect_of, driver_fetch, is_postgres_read
 from threadline.errors import Forbidden, NotFound
 from threadline.models import Message, SystemRole, Thread, ThreadParticipant, ThreadRole, User
+from threadline.models.base import StoredRows
 
 _THREAD_RANK = {ThreadRole.MEMBER: 1, ThreadRole.ADMIN: 2, ThreadRole.OWNER: 3}
 _SYSTEM_RANK = {SystemRole.MEMBER: 1, SystemRole.ADMIN: 2, SystemRole.OWNER: 3}
@@ -77,6 +79,15 @@ _ACCESS = (
     .where(Thread.id == bindparam("thread_id"), Thread.deleted_at.is_(None))
 )
 _ACCESS_FOR_UPDATE = _ACCESS.with_for_update(of=Thread)
+# The same read by the driver, for an operation's read session (db.is_postgres_read).
+_THREAD_ROWS = StoredRows(Thread, "t")
+_PARTICIPANT_ROWS = StoredRows(ThreadParticipant, "p")
+_THREAD_COLUMNS = len(Thread.__table__.columns)
+_ACCESS_SQL = (
+    f"SELECT {_THREAD_ROWS.columns}, {_PARTICIPANT_ROWS.columns} FROM threads t"  # noqa: S608
+    " LEFT JOIN thread_participants p ON p.thread_id = t.id AND p.user_id = $2"
+    " WHERE t.id = $1 AND t.deleted_at IS NULL"
+)
 
 
 async def access_thread(
@@ -93,11 +104,14 @@ async def access_thread(
     when the actor sees it but lacks the role.
     """
     tid = parse_id(thread_id, "Thread")
-    query = _ACCESS_FOR_UPDATE if for_update else _ACCESS
-    row = (await session.execute(query, {"thread_id": tid, "user_id": actor.id})).first()
-    if row is None:
+    if not for_update and is_postgres_read(session):
+        found = await _access_by_driver(session, tid, actor.id)
+    else:
+        query = _ACCESS_FOR_UPDATE if for_update else _ACCESS
+        found = (await session.execute(query, {"thread_id": tid, "user_id": actor.id})).first()
+    if found is None:
         raise NotFound("Thread not found")
-    thread, participant = row
+    thread, participant = found
     role = effective_thread_role(
         actor.system_role, participant.thread_role if participant is not None else None
     )
@@ -107,6 +121,21 @@ async def access_thread(
     if not access.at_least(at_least):
         raise Forbidden(f"This needs the thread role {at_least.value} or higher")
     return access
+
+
+async def _access_by_driver(
+    session: AsyncSession, thread_id: uuid.UUID, user_id: uuid.UUID
+) -> tuple[Thread, ThreadParticipant | None] | None:
+    records = await driver_fetch(session, _ACCESS_SQL, thread_id, user_id)
+    if not records:
+        return None
+    record, dialect = records[0], dialect_of(session)
+    (thread,) = _THREAD_ROWS.build([record[:_THREAD_COLUMNS]], dialect)
+    mine = record[_THREAD_COLUMNS:]
+    if mine[0] is None:  # no participant row: the first column is its thread_id, never null
+        return thread, None
+    (participant,) = _PARTICIPANT_ROWS.build([mine], dialect)
+    return thread, participant
 
 
 async def thread_id_of_message(session: AsyncSession, message_id: str | uuid.UUID) -> uuid.UUID:

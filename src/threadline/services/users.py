@@ -7,12 +7,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
-from sqlalchemy import func, or_, select
+from sqlalchemy import bindparam, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from threadline.db import UnitOfWork
+from threadline.db import UnitOfWork, entities_by_ids
 from threadline.errors import BadInput, Conflict, NotFound
 from threadline.models import Session, SystemRole, User
+from threadline.models.base import StoredRows
 from threadline.services.pagination import Page, PageRequest, make_page
 from threadline.services.permissions import parse_id, require_system_role
 from threadline.services.text_rules import clean_display_name
@@ -28,10 +29,15 @@ async def get_user(session: AsyncSession, user_id: str | uuid.UUID) -> User:
     return user
 
 
+_USERS_BY_IDS = select(User).where(User.id.in_(bindparam("ids", expanding=True)))
+_USER_ROWS = StoredRows(User)
+_USERS_BY_IDS_SQL = f"SELECT {_USER_ROWS.columns} FROM users WHERE id = ANY($1::uuid[])"  # noqa: S608
+
+
 async def users_by_ids(session: AsyncSession, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, User]:
     if not ids:
         return {}
-    rows = await session.scalars(select(User).where(User.id.in_(set(ids))))
+    rows = await entities_by_ids(session, _USERS_BY_IDS, _USER_ROWS, _USERS_BY_IDS_SQL, ids)
     return {u.id: u for u in rows}
 
 
