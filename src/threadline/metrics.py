@@ -21,6 +21,10 @@ GRAPHQL_OPERATIONS = Counter(
     "GraphQL operations executed, by kind (query, mutation, subscription).",
     ["kind"],
 )
+# Bound once: a label lookup per request costs a lock and a dictionary of tuples.
+OPERATIONS_BY_KIND = {
+    kind: GRAPHQL_OPERATIONS.labels(kind) for kind in ("query", "mutation", "subscription")
+}
 GRAPHQL_ERRORS = Counter("threadline_graphql_errors_total", "GraphQL errors by code.", ["code"])
 WEBSOCKET_CONNECTIONS = Gauge("threadline_websocket_connections", "Open WebSocket connections.")
 ACTIVE_SUBSCRIPTIONS = Gauge("threadline_subscriptions", "Active GraphQL subscriptions.")

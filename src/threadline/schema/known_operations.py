@@ -20,7 +20,7 @@ from graphql import GraphQLError, OperationType, execute, get_operation_ast
 from strawberry.execution import optimized_is_awaitable
 from strawberry.types import ExecutionResult
 
-from threadline.metrics import GRAPHQL_OPERATIONS
+from threadline.metrics import OPERATIONS_BY_KIND
 from threadline.schema import plain_leaves
 from threadline.schema.context import Context
 from threadline.schema.documents import Documents
@@ -55,7 +55,7 @@ class KnownOperations:
         operation = get_operation_ast(document, operation_name)
         if operation is None:
             return None
-        GRAPHQL_OPERATIONS.labels(operation.operation.value).inc()
+        OPERATIONS_BY_KIND[operation.operation.value].inc()
         if operation.operation is OperationType.SUBSCRIPTION:
             await context.close()
             return ExecutionResult(data=None, errors=[shape_error(GraphQLError(OVER_HTTP))])

@@ -17,7 +17,7 @@ from typing import Any
 
 from strawberry.extensions import SchemaExtension
 
-from threadline.metrics import GRAPHQL_OPERATIONS
+from threadline.metrics import OPERATIONS_BY_KIND
 from threadline.schema.context import Context
 from threadline.schema.documents import Documents
 from threadline.schema.errors import shape_result
@@ -34,7 +34,7 @@ class OperationScope(SchemaExtension):
         if execution.graphql_document is not None and not execution.pre_execution_errors:
             # (a name the document lacks is strawberry's 400, counted as nothing)
             with contextlib.suppress(RuntimeError):
-                GRAPHQL_OPERATIONS.labels(execution.operation_type.value).inc()
+                OPERATIONS_BY_KIND[execution.operation_type.value].inc()
         shared = execution.context
         own: Context | None = None
         if isinstance(shared, Context):
