@@ -3,11 +3,12 @@
 Strawberry's view serves every kind of request (GET, multipart uploads, batches,
 streams, GraphiQL) and builds a Request, an adapter, a sub-response and a Response
 for each; below it Starlette routes and wraps the call twice more. For one JSON
-operation that wants one JSON answer that is about a third of the request's CPU.
-This handler reads such a request itself and runs it through the same view
-methods (context, execution, result shaping, encoding); anything else, and any
-body that is not a well-formed operation, goes on to the app unchanged, with the
-body it has already read replayed.
+operation that wants one JSON answer that was over a third of a small request's
+CPU. This handler reads such a request itself, builds the view's context, runs
+the operation through KnownOperations (or, for what that leaves, the view's own
+execute_single) and shapes and encodes the result with the view's methods.
+Anything else, and any body that is not a well-formed operation, goes on to the
+app unchanged, with the body it has already read replayed.
 
 It sits inside the CORS middleware, so browsers get the same headers either way.
 """
