@@ -148,8 +148,16 @@ async def entities_by_ids(
     """
     values = list(set(ids))
     if is_postgres_read(session):
-        return rows.build(await driver_fetch(session, sql, values), dialect_of(session))
+        return await driver_entities(session, rows, sql, values)
     return await session.scalars(statement, {"ids": values})
+
+
+async def driver_entities(
+    session: AsyncSession, rows: StoredRows, sql: str, *args: Any
+) -> list[Any]:
+    """Instances of ``rows``'s class from ``sql``, which selects ``rows.columns``, run by
+    the driver. For an operation's read session only (``is_postgres_read``)."""
+    return rows.build(await driver_fetch(session, sql, *args), dialect_of(session))
 
 
 def is_postgres_read(session: AsyncSession) -> bool:

@@ -133,16 +133,17 @@ class StoredRows:
         self.columns = ", ".join(f"{prefix}{c.name}" for c in table.columns)
         mapper = model.__mapper__
         self._keys = [mapper.get_property_by_column(c).key for c in table.columns]
-        self._processors: dict[str, list[Any]] = {}
+        # Per dialect name: (attribute key, result processor or None) per column.
+        self._layouts: dict[str, list[tuple[str, Any]]] = {}
 
     def build(self, records: Iterable[Sequence[Any]], dialect: Dialect) -> list[Any]:
-        processors = self._processors.get(dialect.name)
-        if processors is None:
-            processors = self._processors[dialect.name] = [
+        layout = self._layouts.get(dialect.name)
+        if layout is None:
+            processors = [
                 c.type.dialect_impl(dialect).result_processor(dialect, None)
                 for c in self.model.__table__.columns
             ]
-        layout = list(zip(self._keys, processors, strict=True))
+            layout = self._layouts[dialect.name] = list(zip(self._keys, processors, strict=True))
         new = self.model.__mapper__.class_manager.new_instance
         out = []
         for record in records:

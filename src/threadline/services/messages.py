@@ -25,10 +25,9 @@ from sqlalchemy.orm import aliased
 from threadline.db import (
     Database,
     UnitOfWork,
-    dialect_of,
-    driver_fetch,
+    driver_entities,
     entities_by_ids,
-    is_postgres,
+    is_postgres_read,
     rows_by_ids,
 )
 from threadline.errors import BadInput, Conflict, Forbidden, NotFound
@@ -492,11 +491,12 @@ async def _page_by_seq(
 ) -> Page[Message]:
     after, before = int_key(request.after_key()), int_key(request.before_key())
     has_after, has_before = after is not None, before is not None
-    if is_postgres(session):
+    if is_postgres_read(session):
         sql = _seq_page_sql(base, has_after, has_before, request.backwards)
         args = [*params.values(), *[k for k in (after, before) if k is not None]]
-        records = await driver_fetch(session, sql, *args, request.size + 1)
-        rows: list[Message] = _MESSAGE_ROWS.build(records, dialect_of(session))
+        rows: list[Message] = await driver_entities(
+            session, _MESSAGE_ROWS, sql, *args, request.size + 1
+        )
         return make_page(rows, request, lambda m: [m.seq])
     query = _seq_page_statement(base, has_after, has_before, request.backwards)
     values = {**params, "size": request.size + 1}
