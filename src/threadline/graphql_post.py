@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from threadline.schema.known_operations import KnownOperations
 
 JSON_HEADERS = [(b"content-type", b"application/json")]
+_TEXT_HEADERS = [(b"content-type", b"text/plain; charset=utf-8")]
 
 
 def request_data_from_json(data: object) -> GraphQLRequestData | None:
@@ -136,10 +137,7 @@ class GraphQLPost:
         response = await view.process_result(None, result)  # type: ignore[arg-type]
         if result.errors:
             view._handle_errors(result.errors, response)
-        await _respond(send, 200, view.encode_json(response).encode(), JSON_HEADERS)
-
-
-_TEXT_HEADERS = [(b"content-type", b"text/plain; charset=utf-8")]
+        await _respond(send, 200, view.encode_json_bytes(response), JSON_HEADERS)
 
 
 def _route_path(scope: Scope) -> str:
