@@ -142,7 +142,7 @@ async def test_concurrent_sends_in_many_threads_are_numbered_per_thread_without_
 async def test_an_existing_client_id_among_concurrent_sends_stores_it_once_and_the_rest(
     clients: Clients,
 ) -> None:
-    alice, bob = await clients.user("alice"), await clients.user("bob")
+    alice, bob = await clients.users("alice", "bob")
     thread_id = await factories.thread(alice, bob)
     first = await factories.send(alice, thread_id, "original", clientId="retry-me")
     results = await asyncio.gather(

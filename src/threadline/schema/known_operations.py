@@ -55,10 +55,10 @@ class KnownOperations:
         operation = get_operation_ast(document, operation_name)
         if operation is None:
             return None
-        OPERATIONS_BY_KIND[operation.operation.value].inc()
         if operation.operation is OperationType.SUBSCRIPTION:
             await context.close()
             return ExecutionResult(data=None, errors=[shape_error(GraphQLError(OVER_HTTP))])
+        OPERATIONS_BY_KIND[operation.operation.value].inc()
         try:
             result = execute(
                 self.graphql_schema,
