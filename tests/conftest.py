@@ -9,6 +9,7 @@ flushed Redis database. Clients are real: httpx over TCP and WebSocket clients.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import shutil
 import socket
@@ -89,14 +90,39 @@ async def database_url(migrated: str, tmp_path: Path) -> str:
     return f"sqlite+aiosqlite:///{target}"
 
 
+# Redis databases 1..15 are handed out to pytest processes (xdist workers, or test
+# runs of several checkouts on one machine) with a lock file each, so that no run
+# flushes another's keys. Channel names hold random thread and user ids, so pub/sub,
+# which ignores database numbers, does not cross runs either.
+REDIS_DATABASES = range(1, 16)
+
+
+@pytest.fixture(scope="session")
+def redis_database() -> Iterator[int]:
+    folder = Path(os.environ.get("TMPDIR", "/tmp"))
+    for number in REDIS_DATABASES:
+        handle = (folder / f"threadline-test-redis-{number}.lock").open("w")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            continue
+        try:
+            yield number
+        finally:
+            handle.close()
+        return
+    raise RuntimeError(f"all Redis test databases {REDIS_DATABASES} are taken by other runs")
+
+
 @pytest.fixture
-async def redis_url() -> AsyncIterator[str | None]:
+async def redis_url(redis_database: int) -> AsyncIterator[str | None]:
     if BACKEND != "postgres":
         yield None
         return
     import redis.asyncio as aioredis
 
-    url = f"{REDIS_BASE}/14"
+    url = f"{REDIS_BASE}/{redis_database}"
     client = aioredis.Redis.from_url(url)
     await client.flushdb()
     yield url

@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     rate_limits: bool = True
     ws_reauth_seconds: int = Field(default=900, ge=0)
+    public_url: str | None = None
+    max_request_bytes: int = Field(default=1_048_576, gt=0)
+    attachment_url_seconds: int = Field(default=3600, gt=0)
+    max_query_cost: int = Field(default=50_000, gt=0)
 
     @field_validator("clerk_authorized_parties", "cors_origins", mode="before")
     @classmethod
@@ -64,7 +68,7 @@ class Settings(BaseSettings):
             return value.strip().lower() == "on"
         return value
 
-    @field_validator("redis_url", "clerk_jwks_url", "clerk_issuer", mode="before")
+    @field_validator("redis_url", "clerk_jwks_url", "clerk_issuer", "public_url", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value

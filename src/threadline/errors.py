@@ -18,6 +18,7 @@ class ErrorCode(StrEnum):
     CONFLICT = "CONFLICT"
     RATE_LIMITED = "RATE_LIMITED"
     PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
+    QUERY_TOO_COSTLY = "QUERY_TOO_COSTLY"
     NOT_IMPLEMENTED = "NOT_IMPLEMENTED"
     INTERNAL_SERVER_ERROR = "INTERNAL_SERVER_ERROR"
 
@@ -55,6 +56,20 @@ class Conflict(DomainError):
 
 class PayloadTooLarge(DomainError):
     code = ErrorCode.PAYLOAD_TOO_LARGE
+
+
+class QueryTooCostly(DomainError):
+    """A document whose estimated cost is over the limit, refused before it runs."""
+
+    code = ErrorCode.QUERY_TOO_COSTLY
+
+    def __init__(self, cost: int, max_cost: int) -> None:
+        super().__init__(
+            f"the query's estimated cost {cost} is over the limit of {max_cost}; "
+            "ask for smaller pages or fewer nested connections",
+            cost=cost,
+            maxCost=max_cost,
+        )
 
 
 class NotAvailableYet(DomainError):

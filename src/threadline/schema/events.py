@@ -145,8 +145,12 @@ class PresenceChanged:
 
 @strawberry.type(name="ThreadActivityForViewer")
 class ThreadActivityForViewer:
-    thread: ThreadType = strawberry.field(
-        description="The thread, with its lastMessage, lastSeq and unreadCount as of now."
+    thread: ThreadType | None = strawberry.field(
+        description=(
+            "The thread, with its lastMessage, lastSeq and unreadCount as of now. Never "
+            "null in practice; nullable so that it merges with "
+            "`ThreadMembershipChanged.thread` in one selection without an alias."
+        )
     )
 
 
