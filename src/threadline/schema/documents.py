@@ -5,28 +5,52 @@ strawberry's parse and validation steps, which then have nothing to do: a cache
 hit is one dictionary lookup, with no hooks of their own to run. A text that does
 not parse is left to strawberry, which reports the syntax error (and the token
 limit) the usual way; such texts are not cached.
+
+The estimated cost (``query_cost``) is checked here too, before anything runs. It
+depends on the operation and on the variables that give page sizes, so each
+document keeps the costs it has computed by (operation name, those values).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from graphql import (
     ASTValidationRule,
     DocumentNode,
+    FragmentDefinitionNode,
     GraphQLError,
     GraphQLSchema,
+    OperationDefinitionNode,
+    get_operation_ast,
     parse,
     specified_rules,
 )
 from strawberry.schema.schema import validate_document
 from strawberry.types import ExecutionContext
 
+from threadline.errors import QueryTooCostly
 from threadline.realtime.caches import TTLCache
+from threadline.schema.query_cost import CostModel
 
-# (operation text, validation rules) -> (document, validation errors)
-DocumentCache = TTLCache[tuple[str, Any], tuple[DocumentNode, list[GraphQLError]]]
+# Costs kept per document (distinct operation names and page-size values).
+COSTS_PER_DOCUMENT = 64
+
+
+@dataclass(slots=True)
+class KnownDocument:
+    """A parsed document, its validation errors, and the costs computed for it."""
+
+    document: DocumentNode
+    errors: list[GraphQLError]
+    page_variables: tuple[str, ...] | None = None
+    costs: dict[tuple[Any, ...], int] = field(default_factory=dict)
+
+
+# (operation text, validation rules) -> the document and what is known of it
+DocumentCache = TTLCache[tuple[str, Any], KnownDocument]
 
 
 class Documents:
@@ -38,18 +62,59 @@ class Documents:
         *,
         rules: Sequence[type[ASTValidationRule]],
         max_tokens: int,
+        max_cost: int,
     ) -> None:
         self.cache = cache
         self.rules = tuple(rules)
         self.max_tokens = max_tokens
+        self.max_cost = max_cost
+        self._cost_model: CostModel | None = None
         # The rules strawberry's execution context starts with, then ours: what
         # prepare() validates with, so known() shares its cache entries.
         self._default_rules = (*specified_rules, *self.rules)
 
-    def known(self, query: str, schema: GraphQLSchema) -> DocumentNode | None:
-        """The document of a text that parses and is valid (cached), or None."""
+    def known(self, query: str, schema: GraphQLSchema) -> KnownDocument | None:
+        """A text that parses and is valid (cached), or None."""
         entry = self._entry(query, self._default_rules, schema)
-        return entry[0] if entry is not None and not entry[1] else None
+        return entry if entry is not None and not entry.errors else None
+
+    def over_cost(
+        self,
+        entry: KnownDocument,
+        operation: OperationDefinitionNode,
+        variables: Mapping[str, Any] | None,
+        schema: GraphQLSchema,
+    ) -> GraphQLError | None:
+        """QUERY_TOO_COSTLY for an operation whose estimated cost is over the limit."""
+        model = self._cost_model
+        if model is None or model.schema is not schema:
+            model = self._cost_model = CostModel(schema)
+        if entry.page_variables is None:
+            entry.page_variables = model.page_variables(entry.document.definitions)
+        values = variables or {}
+        key = (
+            operation.name.value if operation.name else None,
+            *(_hashable(values.get(name)) for name in entry.page_variables),
+        )
+        cost = entry.costs.get(key)
+        if cost is None:
+            fragments = {
+                d.name.value: d
+                for d in entry.document.definitions
+                if isinstance(d, FragmentDefinitionNode)
+            }
+            cost = model.cost(operation, fragments, variables)
+            if len(entry.costs) >= COSTS_PER_DOCUMENT:
+                entry.costs.clear()
+            entry.costs[key] = cost
+        if cost <= self.max_cost:
+            return None
+        refusal = QueryTooCostly(cost, self.max_cost)
+        return GraphQLError(
+            refusal.message,
+            original_error=refusal,
+            extensions={**refusal.extensions, "code": refusal.code.value},
+        )
 
     def prepare(self, context: ExecutionContext) -> None:
         """Before strawberry parses: the token limit, our rules, and a known document."""
@@ -60,14 +125,22 @@ class Documents:
         entry = self._entry(context.query, context.validation_rules, context.schema._schema)
         if entry is None:
             return  # strawberry parses it again and reports the error
-        context.graphql_document = entry[0]
+        context.graphql_document = entry.document
         # A copy: strawberry replaces or extends the list on the context.
-        context.pre_execution_errors = list(entry[1])
+        context.pre_execution_errors = list(entry.errors)
+        if entry.errors:
+            return
+        operation = get_operation_ast(entry.document, context.operation_name)
+        if operation is None:
+            return  # no such operation, or the name is missing: strawberry says which
+        refusal = self.over_cost(entry, operation, context.variables, context.schema._schema)
+        if refusal is not None:
+            context.pre_execution_errors = [refusal]
 
     def _entry(
         self, query: str, rules: tuple[type[ASTValidationRule], ...], schema: GraphQLSchema
-    ) -> tuple[DocumentNode, list[GraphQLError]] | None:
-        """(document, validation errors), cached; None for a text that does not parse."""
+    ) -> KnownDocument | None:
+        """The document and its validation errors, cached; None for a text that does not parse."""
         key = (query, rules)
         entry = self.cache.get(key)
         if entry is None:
@@ -76,7 +149,12 @@ class Documents:
             except GraphQLError:
                 return None
             # strawberry's validation: graphql-core's rules, ours, and strawberry's own.
-            errors = validate_document(schema, document, rules)
-            entry = (document, errors)
+            entry = KnownDocument(document, validate_document(schema, document, rules))
             self.cache.put(key, entry)
         return entry
+
+
+def _hashable(value: object) -> object:
+    """A variable's value as part of a cost key (a page size is an int or null)."""
+    plain = value is None or (isinstance(value, int) and not isinstance(value, bool))
+    return value if plain else repr(value)

@@ -49,15 +49,20 @@ class KnownOperations:
 
         ``context`` is a request's own (not a socket's shared one), and is closed here.
         """
-        document = self.documents.known(query, self.graphql_schema)
-        if document is None:
+        known = self.documents.known(query, self.graphql_schema)
+        if known is None:
             return None
+        document = known.document
         operation = get_operation_ast(document, operation_name)
         if operation is None:
             return None
         if operation.operation is OperationType.SUBSCRIPTION:
             await context.close()
             return ExecutionResult(data=None, errors=[shape_error(GraphQLError(OVER_HTTP))])
+        refusal = self.documents.over_cost(known, operation, variables, self.graphql_schema)
+        if refusal is not None:  # refused before it runs: not counted as executed
+            await context.close()
+            return ExecutionResult(data=None, errors=[shape_error(refusal)])
         OPERATIONS_BY_KIND[operation.operation.value].inc()
         try:
             result = execute(

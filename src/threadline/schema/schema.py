@@ -29,6 +29,8 @@ from threadline.subscriptions.root import Subscription
 MAX_DEPTH = 12
 MAX_ALIASES = 15
 MAX_TOKENS = 5000
+# Settings.max_query_cost's default (MAX_QUERY_COST), for schemas built without settings.
+MAX_COST = 50_000
 # Distinct operation texts kept parsed and validated (clients send a fixed set).
 DOCUMENT_CACHE_SIZE = 256
 
@@ -53,11 +55,14 @@ class ThreadlineSchema(strawberry.Schema):
         return None
 
 
-def build_schema(*, production: bool = False) -> ThreadlineSchema:
+def build_schema(*, production: bool = False, max_query_cost: int = MAX_COST) -> ThreadlineSchema:
     # Production refuses introspection: one more validation rule, cached like the rest.
     rules = [*DOCUMENT_RULES, *([NoSchemaIntrospectionCustomRule] if production else [])]
     documents = Documents(
-        TTLCache(math.inf, DOCUMENT_CACHE_SIZE), rules=rules, max_tokens=MAX_TOKENS
+        TTLCache(math.inf, DOCUMENT_CACHE_SIZE),
+        rules=rules,
+        max_tokens=MAX_TOKENS,
+        max_cost=max_query_cost,
     )
     schema = ThreadlineSchema(
         query=Query,

@@ -1,0 +1,226 @@
+"""The estimated cost of an operation, counted before it runs (CONTRACT.md, document limits).
+
+A selected field costs how many times it may be resolved: the product of the
+multipliers along its path. A connection (a field that takes ``first`` or
+``last``, read from the schema) multiplies what is under it by its page size:
+the argument's value, from a literal or a variable, else the page maximum (100).
+Lists under a connection (its ``edges``) are that page and add nothing. Other
+lists (reactions, attachments, mentions, edits, pinned messages, a reaction's
+users) multiply by LIST_ITEMS: they are short by design, capped where they can
+grow (20 emoji per message, 20 users per reaction, 10 attachments).
+
+Fragments count as if inlined, and fields selected twice under one response
+key count once, as the executor merges them. Under an interface or union the
+costliest possible type counts. ``@skip``/``@include`` are not read: a field
+that may run is counted. Introspection's ``__schema``/``__type`` count 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from graphql import (
+    FieldNode,
+    FragmentDefinitionNode,
+    FragmentSpreadNode,
+    GraphQLList,
+    GraphQLNamedType,
+    GraphQLNonNull,
+    GraphQLObjectType,
+    GraphQLSchema,
+    InlineFragmentNode,
+    IntValueNode,
+    OperationDefinitionNode,
+    SelectionSetNode,
+    VariableNode,
+    get_named_type,
+    is_abstract_type,
+    value_from_ast_untyped,
+)
+
+from threadline.services.pagination import MAX_PAGE
+
+PAGE_ARGUMENTS = ("first", "last")
+# What a list that is not a connection counts as (see the module docstring).
+LIST_ITEMS = 10
+
+
+@dataclass(frozen=True, slots=True)
+class _FieldRule:
+    """How a field multiplies what is selected under it."""
+
+    page_arguments: tuple[str, ...] = ()  # a connection: its page size
+    list_items: int = 1  # a list that is not a connection's page
+
+
+class CostModel:
+    """The multipliers of every field, taken from the schema once."""
+
+    def __init__(
+        self, schema: GraphQLSchema, *, page_max: int = MAX_PAGE, list_items: int = LIST_ITEMS
+    ) -> None:
+        self.schema = schema
+        self.page_max = page_max
+        # The types connections return: their lists (edges) are the page itself.
+        page_types = {
+            get_named_type(field.type).name
+            for type_ in schema.type_map.values()
+            if isinstance(type_, GraphQLObjectType)
+            for field in type_.fields.values()
+            if any(name in field.args for name in PAGE_ARGUMENTS)
+        }
+        self.rules: dict[tuple[str, str], _FieldRule] = {}
+        for type_ in schema.type_map.values():
+            if not isinstance(type_, GraphQLObjectType) or type_.name.startswith("__"):
+                continue
+            for name, field in type_.fields.items():
+                pages = tuple(a for a in PAGE_ARGUMENTS if a in field.args)
+                output = (
+                    field.type.of_type if isinstance(field.type, GraphQLNonNull) else field.type
+                )
+                is_list = isinstance(output, GraphQLList)
+                items = list_items if is_list and type_.name not in page_types else 1
+                if pages or items != 1:
+                    self.rules[type_.name, name] = _FieldRule(pages, items)
+        self.plain = _FieldRule()
+
+    def page_variables(self, document: Iterable[Any]) -> tuple[str, ...]:
+        """The variables a document's page sizes come from: what a cost depends on."""
+        found: dict[str, None] = {}
+        stack = [d.selection_set for d in document if getattr(d, "selection_set", None)]
+        while stack:
+            for selection in stack.pop().selections:
+                if isinstance(selection, FieldNode):
+                    for argument in selection.arguments or ():
+                        if argument.name.value in PAGE_ARGUMENTS and isinstance(
+                            argument.value, VariableNode
+                        ):
+                            found[argument.value.name.value] = None
+                if getattr(selection, "selection_set", None) is not None:
+                    stack.append(selection.selection_set)
+        return tuple(found)
+
+    def cost(
+        self,
+        operation: OperationDefinitionNode,
+        fragments: Mapping[str, FragmentDefinitionNode],
+        variables: Mapping[str, Any] | None,
+    ) -> int:
+        root = self.schema.get_root_type(operation.operation)
+        if root is None:
+            return 0
+        values = _variable_values(operation, variables)
+        return _Walk(self, fragments, values).selections(root, [operation.selection_set], 1)
+
+
+def _variable_values(
+    operation: OperationDefinitionNode, variables: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """The variables' values as the operation will see them: given, else their defaults."""
+    values: dict[str, Any] = {}
+    for definition in operation.variable_definitions or ():
+        name = definition.variable.name.value
+        if variables is not None and name in variables:
+            values[name] = variables[name]
+        elif definition.default_value is not None:
+            values[name] = value_from_ast_untyped(definition.default_value)
+    return values
+
+
+class _Walk:
+    def __init__(
+        self,
+        model: CostModel,
+        fragments: Mapping[str, FragmentDefinitionNode],
+        variables: Mapping[str, Any],
+    ) -> None:
+        self.model = model
+        self.fragments = fragments
+        self.variables = variables
+
+    def selections(
+        self, parent: GraphQLNamedType, selection_sets: list[SelectionSetNode], multiplier: int
+    ) -> int:
+        if is_abstract_type(parent):
+            # One object of one type at a time: the costliest type counts.
+            possible = self.model.schema.get_possible_types(parent)
+            return max((self._object(t, selection_sets, multiplier) for t in possible), default=0)
+        if isinstance(parent, GraphQLObjectType):
+            return self._object(parent, selection_sets, multiplier)
+        return 0
+
+    def _object(
+        self, type_: GraphQLObjectType, selection_sets: list[SelectionSetNode], multiplier: int
+    ) -> int:
+        fields: dict[str, list[FieldNode]] = {}
+        for selection_set in selection_sets:
+            self._collect(type_, selection_set, fields, set())
+        total = 0
+        for nodes in fields.values():
+            name = nodes[0].name.value
+            total += multiplier
+            field = type_.fields.get(name)
+            if field is None:  # __typename, __schema, __type: no multiplying lists below
+                continue
+            below = [n.selection_set for n in nodes if n.selection_set is not None]
+            if below:
+                rule = self.model.rules.get((type_.name, name), self.model.plain)
+                factor = self._page_size(rule, nodes[0]) if rule.page_arguments else 1
+                inner = multiplier * factor * rule.list_items
+                total += self.selections(get_named_type(field.type), below, inner)
+        return total
+
+    def _collect(
+        self,
+        type_: GraphQLObjectType,
+        selection_set: SelectionSetNode,
+        fields: dict[str, list[FieldNode]],
+        spread: set[str],
+    ) -> None:
+        """The fields selected on ``type_``, by response key, fragments inlined."""
+        for selection in selection_set.selections:
+            if isinstance(selection, FieldNode):
+                key = selection.alias.value if selection.alias else selection.name.value
+                fields.setdefault(key, []).append(selection)
+            elif isinstance(selection, InlineFragmentNode):
+                condition = selection.type_condition
+                if condition is None or self._applies(condition.name.value, type_):
+                    self._collect(type_, selection.selection_set, fields, spread)
+            elif isinstance(selection, FragmentSpreadNode):
+                name = selection.name.value
+                fragment = self.fragments.get(name)
+                if fragment is None or name in spread:
+                    continue
+                spread.add(name)
+                if self._applies(fragment.type_condition.name.value, type_):
+                    self._collect(type_, fragment.selection_set, fields, spread)
+
+    def _applies(self, condition: str, type_: GraphQLObjectType) -> bool:
+        if condition == type_.name:
+            return True
+        named = self.model.schema.get_type(condition)
+        return (
+            named is not None
+            and is_abstract_type(named)
+            and self.model.schema.is_sub_type(named, type_)
+        )
+
+    def _page_size(self, rule: _FieldRule, node: FieldNode) -> int:
+        """The largest page the field's arguments ask for; the maximum when unset."""
+        page_max = self.model.page_max
+        given = {a.name.value: a.value for a in node.arguments or ()}
+        sizes = []
+        for name in rule.page_arguments:
+            value = given.get(name)
+            if isinstance(value, IntValueNode):
+                size: Any = int(value.value)
+            elif isinstance(value, VariableNode):
+                size = self.variables.get(value.name.value)
+            else:  # absent or null
+                size = None
+            if isinstance(size, int) and not isinstance(size, bool):
+                sizes.append(min(max(size, 0), page_max))
+        # Unset means the server's choice: count the most it may choose.
+        return max(sizes) if sizes else page_max
