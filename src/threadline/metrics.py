@@ -32,3 +32,7 @@ EVENTS_PUBLISHED = Counter("threadline_events_published_total", "Events publishe
 EVENTS_DELIVERED = Counter("threadline_events_delivered_total", "Event frames sent to subscribers.")
 BROKER_RECONNECTS = Counter("threadline_broker_reconnects_total", "Broker reconnections to Redis.")
 WEBHOOKS = Counter("threadline_webhooks_total", "Clerk webhooks by outcome.", ["outcome"])
+PRESENCE_UNAVAILABLE = Counter(
+    "threadline_presence_unavailable_total",
+    "Presence reads answered OFFLINE because Redis failed.",
+)

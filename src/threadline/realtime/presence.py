@@ -8,6 +8,7 @@ every process gives the same answer; without it, in this process.
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -17,14 +18,20 @@ from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
+from threadline.metrics import PRESENCE_UNAVAILABLE
 from threadline.realtime.channels import Publisher, presence_channel
 from threadline.realtime.redis_pool import redis_pool
 from threadline.services.states import PresenceStatus
 
+log = logging.getLogger(__name__)
+
 LEASE_SECONDS = 20.0
 # Leases renewed per Redis pipeline by renew_many.
 RENEW_BATCH = 500
+# Users whose presence get_many reads per Redis pipeline.
+READ_BATCH = 1000
 
 
 @dataclass(frozen=True)
@@ -145,19 +152,69 @@ class PresenceTracker:
     # -- state
 
     async def get(self, user_id: uuid.UUID, stored_seen: datetime | None = None) -> PresenceState:
-        live = await self._live_leases(user_id)
-        if self._redis is not None:
-            away = bool(await self._redis.exists(f"presence:away:{user_id}"))
-            raw = await self._redis.get(f"presence:seen:{user_id}")
-            seen = float(raw) if raw else None
+        return (await self.get_many([(user_id, stored_seen)]))[0]
+
+    async def get_many(
+        self, users: Sequence[tuple[uuid.UUID, datetime | None]], *, best_effort: bool = False
+    ) -> list[PresenceState]:
+        """The state of each (user id, last seen as stored), in order.
+
+        With Redis, one round trip for the lot (per READ_BATCH users): a page of
+        users reads its presence in one pipeline, not three commands per user.
+        ``best_effort``: when Redis fails, each user is OFFLINE as last stored
+        (logged and counted) rather than the read failing, so that a page that
+        shows presence still answers.
+        """
+        try:
+            return await self._get_many(users)
+        except (RedisError, OSError) as exc:
+            if not best_effort:
+                raise
+            # The class only: a Redis error's text may name the server.
+            log.warning("presence unavailable (%s): users shown OFFLINE", type(exc).__name__)
+            PRESENCE_UNAVAILABLE.inc()
+            return [PresenceState(PresenceStatus.OFFLINE, seen) for _, seen in users]
+
+    async def _get_many(
+        self, users: Sequence[tuple[uuid.UUID, datetime | None]]
+    ) -> list[PresenceState]:
+        now = self._clock()
+        if self._redis is None:
+            found = [
+                (await self._live_leases(u), u in self._away, self._seen.get(u)) for u, _ in users
+            ]
         else:
-            away = user_id in self._away
-            seen = self._seen.get(user_id)
-        last_seen = _ts(seen) or stored_seen
-        if not live:
-            return PresenceState(PresenceStatus.OFFLINE, last_seen)
-        status = PresenceStatus.AWAY if away else PresenceStatus.ONLINE
-        return PresenceState(status, _ts(self._clock()))
+            found = []
+            for start in range(0, len(users), READ_BATCH):
+                found.extend(
+                    await self._read_in_redis(self._redis, users[start : start + READ_BATCH], now)
+                )
+        states = []
+        for (_, stored_seen), (live, away, seen) in zip(users, found, strict=True):
+            if not live:
+                states.append(PresenceState(PresenceStatus.OFFLINE, _ts(seen) or stored_seen))
+            else:
+                status = PresenceStatus.AWAY if away else PresenceStatus.ONLINE
+                states.append(PresenceState(status, _ts(now)))
+        return states
+
+    async def _read_in_redis(
+        self,
+        redis: aioredis.Redis[Any],
+        users: Sequence[tuple[uuid.UUID, datetime | None]],
+        now: float,
+    ) -> list[tuple[int, bool, float | None]]:
+        """(live leases, away, last seen) per user, in one pipeline (no MULTI: reads only)."""
+        async with redis.pipeline(transaction=False) as pipe:
+            for user_id, _ in users:
+                pipe.zcount(f"presence:leases:{user_id}", now, "+inf")
+            pipe.mget([f"presence:away:{u}" for u, _ in users])
+            pipe.mget([f"presence:seen:{u}" for u, _ in users])
+            *live, away, seen = await pipe.execute()
+        return [
+            (int(n), a is not None, float(s) if s else None)
+            for n, a, s in zip(live, away, seen, strict=True)
+        ]
 
     async def set_status(self, user_id: uuid.UUID, status: PresenceStatus) -> PresenceState:
         """AWAY or ONLINE by the user's choice; OFFLINE hides nothing but clears AWAY."""

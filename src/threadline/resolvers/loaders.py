@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from strawberry.dataloader import DataLoader
 
 from threadline import models
+from threadline.realtime.presence import PresenceState
 from threadline.services import messages, receipts, threads, users
 from threadline.services.messages import ReactionGroup
 
@@ -42,6 +44,8 @@ class Loaders:
         self.last_message = self._one(messages.last_messages)
         self.pinned: DataLoader[K, list[models.Message]] = self._many(messages.pinned_of, [])
         self.unread_count = DataLoader[K, int](self._unread)
+        # By (user id, last seen as stored): a page's presence in one Redis round trip.
+        self.presence = DataLoader[tuple[K, datetime | None], PresenceState](self._presence)
         # The GraphQL User objects built in this operation, by user id (types.user_type).
         self.user_types: dict[K, Any] = {}
 
@@ -113,6 +117,10 @@ class Loaders:
         shown = {uid for found in groups.values() for g in found for uid in g.first_user_ids}
         await self.preload(self.user, sorted(shown))
         return [groups.get(k, []) for k in keys]
+
+    async def _presence(self, keys: list[tuple[K, datetime | None]]) -> list[PresenceState]:
+        # Best effort: without Redis, users show OFFLINE and the rest of the page stands.
+        return await self._context.runtime.presence.get_many(keys, best_effort=True)
 
     async def _unread(self, keys: list[K]) -> list[int]:
         viewer = await self._context.viewer()

@@ -81,7 +81,7 @@ class UserType(Node):
 
     @strawberry.field
     async def presence(self, info: Info) -> PresenceType:
-        state = await _ctx(info).runtime.presence.get(self.row.id, self.row.last_seen_at)
+        state = await _ctx(info).loaders.presence.load((self.row.id, self.row.last_seen_at))
         return PresenceType(status=state.status, last_seen_at=state.last_seen_at)
 
     @strawberry.field(description="Null unless this is the signed-in user.")

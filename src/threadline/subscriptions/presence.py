@@ -30,23 +30,29 @@ async def stream(info: Info, user_ids: Sequence[str]) -> AsyncIterator[PresenceC
         people = await users_by_ids(session, ids)
     await ctx.close()
 
-    async def current(user_id: uuid.UUID) -> PresenceChanged:
-        user = people[user_id]
-        state = await runtime.presence.get(user_id, user.last_seen_at)
-        return PresenceChanged(
-            user=UserType.of(user),
-            presence=PresenceType(status=state.status, last_seen_at=state.last_seen_at),
+    async def current(user_ids: Sequence[uuid.UUID]) -> list[PresenceChanged]:
+        """Each user's state now, read in one go."""
+        known = [people[u] for u in user_ids if u in people]
+        states = await runtime.presence.get_many(
+            [(u.id, u.last_seen_at) for u in known], best_effort=True
         )
+        return [
+            PresenceChanged(
+                user=UserType.of(user),
+                presence=PresenceType(status=state.status, last_seen_at=state.last_seen_at),
+            )
+            for user, state in zip(known, states, strict=True)
+        ]
 
     channels = [presence_channel(u) for u in ids if u in people]
     async with runtime.broker.subscribe_many(channels) as subscriber:
-        for user_id in ids:
-            if user_id in people:
-                yield await current(user_id)
+        for change in await current(ids):
+            yield change
         async for item in subscriber:
             if item is RECONNECTED:
-                for user_id in people:
-                    yield await current(user_id)
+                for change in await current(list(people)):
+                    yield change
                 continue
             data = orjson.loads(str(item))
-            yield await current(uuid.UUID(data["u"]))
+            for change in await current([uuid.UUID(data["u"])]):
+                yield change
