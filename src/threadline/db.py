@@ -18,6 +18,7 @@ from typing import Any
 import asyncpg
 from sqlalchemy import event
 from sqlalchemy.engine import Dialect, Engine
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -27,6 +28,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.sql import Executable
 
+from threadline.errors import Unavailable
 from threadline.metrics import TRANSACTION_SECONDS
 from threadline.models.base import StoredRows
 
@@ -53,23 +55,76 @@ def _sqlite_pragmas(dbapi_connection: Any, connection_record: ConnectionPoolEntr
     cursor.close()
 
 
+# Lost connections (failover, pg_terminate_backend, a restart), as asyncpg reports them.
+_SERVER_GONE = (
+    asyncpg.PostgresConnectionError,  # SQLSTATE class 08, ConnectionDoesNotExistError among them
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.CannotConnectNowError,
+)
+# asyncpg's InterfaceError for a closed connection: "connection is closed", "the
+# underlying connection is closed", and a pool's connection closed while held
+# ("connection has been released back to the pool": the pool let it go on close).
+_CLOSED_WORDS = ("closed", "released back to the pool")
+WRITE_LOST = (
+    "The database connection was lost; the change may not have been saved. "
+    "Retry (sendMessage with the same clientId is applied once)."
+)
+READ_LOST = "The database is unavailable; retry shortly."
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it wraps) says the database connection is gone."""
+    seen: BaseException | None = exc
+    for _ in range(4):  # SQLAlchemy -> its adapter -> asyncpg
+        if seen is None:
+            return False
+        if isinstance(seen, DBAPIError) and seen.connection_invalidated:
+            return True
+        if isinstance(seen, _SERVER_GONE):
+            return True
+        if isinstance(seen, asyncpg.InterfaceError) and any(
+            words in str(seen) for words in _CLOSED_WORDS
+        ):
+            return True
+        if isinstance(seen, OSError) and not isinstance(seen, TimeoutError):
+            return True
+        seen = seen.orig if isinstance(seen, DBAPIError) else seen.__cause__
+    return False
+
+
+def _replace_closed(dbapi_connection: Any, *_: Any) -> None:
+    """At checkout, a pooled connection the server has closed is replaced.
+
+    asyncpg marks a connection closed as soon as the server ends it (failover,
+    pg_terminate_backend, a restart), so this costs no round trip, unlike
+    pool_pre_ping (a BEGIN, a statement and a ROLLBACK on every checkout).
+    SQLAlchemy retries the checkout with a fresh connection.
+    """
+    driver = getattr(dbapi_connection, "driver_connection", None)
+    if driver is not None and driver.is_closed():
+        raise DisconnectionError("the server closed this pooled connection")
+
+
 def make_engine(database_url: str) -> AsyncEngine:
     if database_url.startswith("sqlite"):
         engine = create_async_engine(database_url, pool_size=8, max_overflow=8)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
-    return create_async_engine(
+    engine = create_async_engine(
         database_url,
         # A connection opened past pool_size is closed again when returned, so a
         # pool smaller than the usual concurrency reconnects (TLS probe, auth,
         # codec set-up) over and over; keep the steady state inside pool_size.
         pool_size=20,
         max_overflow=10,
-        # No pre-ping: it costs a round trip per checkout; dead connections are
-        # replaced when they fail, and recycled before servers time them out.
+        # No pre-ping (see _replace_closed); connections the server closed are
+        # replaced at checkout, and recycled before servers time them out.
         pool_recycle=1800,
         connect_args={"server_settings": SERVER_SETTINGS},
     )
+    event.listen(engine.sync_engine.pool, "checkout", _replace_closed)
+    return engine
 
 
 async def _nothing_to_reset(connection: asyncpg.Connection) -> None:
@@ -78,7 +133,40 @@ async def _nothing_to_reset(connection: asyncpg.Connection) -> None:
     (an open transaction is still rolled back before this runs)."""
 
 
-class SharedReadSession(AsyncSession):
+class ReadSession(AsyncSession):
+    """A session that only reads: a statement that meets a lost connection runs
+    once more on a fresh one, then fails with UNAVAILABLE.
+
+    On PostgreSQL read sessions run in autocommit (see Database), so each
+    statement stands alone and running it again reads what it would have read.
+    """
+
+    async def execute(self, *args: Any, **kwargs: Any) -> Any:  # also serves scalars()
+        return await self._again_if_lost(super().execute, *args, **kwargs)
+
+    async def scalar(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._again_if_lost(super().scalar, *args, **kwargs)
+
+    async def get(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._again_if_lost(super().get, *args, **kwargs)
+
+    async def _again_if_lost(
+        self, call: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any
+    ) -> Any:
+        for attempt in range(2):
+            try:
+                return await call(*args, **kwargs)
+            except Exception as exc:
+                if not connection_lost(exc):
+                    raise
+                # Gives the dead connection up; the next statement checks out another.
+                await self.invalidate()
+                if attempt:
+                    raise Unavailable(READ_LOST) from exc
+        raise AssertionError("unreachable")
+
+
+class SharedReadSession(ReadSession):
     """A read session that concurrent tasks of one operation may share.
 
     An AsyncSession runs one statement at a time and fails, rather than waits,
@@ -116,7 +204,7 @@ async def driver_fetch(session: AsyncSession, sql: str, *args: Any) -> list[asyn
     """
     if isinstance(session, SharedReadSession):
         async with session._turn:
-            return await _driver_fetch(session, sql, args)
+            return await session._again_if_lost(_driver_fetch, session, sql, args)  # type: ignore[no-any-return]
     return await _driver_fetch(session, sql, args)
 
 
@@ -201,7 +289,7 @@ class Database:
         )
         self.sessions = async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
         self.read_sessions = async_sessionmaker(
-            read_engine, expire_on_commit=False, autoflush=False
+            read_engine, class_=ReadSession, expire_on_commit=False, autoflush=False
         )
         self.shared_sessions = async_sessionmaker(
             read_engine, class_=SharedReadSession, expire_on_commit=False, autoflush=False
@@ -225,6 +313,11 @@ class Database:
             async with self.sessions() as session, session.begin():
                 uow = UnitOfWork(name, session)
                 yield uow
+        except Exception as exc:
+            # Never retried here: a write whose connection died may have committed.
+            if connection_lost(exc):
+                raise Unavailable(WRITE_LOST) from exc
+            raise
         finally:
             if self._write_lock is not None:
                 self._write_lock.release()
@@ -255,8 +348,14 @@ class Database:
         started = time.perf_counter()
         pool = self._driver_pool or await self._open_driver_pool()
         try:
+            # asyncpg replaces a connection the server closed when it is acquired.
             async with pool.acquire() as conn:
                 yield conn
+        except Exception as exc:
+            # Never retried here: a statement whose connection died may have committed.
+            if connection_lost(exc):
+                raise Unavailable(WRITE_LOST) from exc
+            raise
         finally:
             TRANSACTION_SECONDS.labels(name).observe(time.perf_counter() - started)
 

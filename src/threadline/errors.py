@@ -19,6 +19,7 @@ class ErrorCode(StrEnum):
     RATE_LIMITED = "RATE_LIMITED"
     PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
     QUERY_TOO_COSTLY = "QUERY_TOO_COSTLY"
+    UNAVAILABLE = "UNAVAILABLE"
     NOT_IMPLEMENTED = "NOT_IMPLEMENTED"
     INTERNAL_SERVER_ERROR = "INTERNAL_SERVER_ERROR"
 
@@ -70,6 +71,20 @@ class QueryTooCostly(DomainError):
             cost=cost,
             maxCost=max_cost,
         )
+
+
+class Unavailable(DomainError):
+    """The database connection was lost (failover, a killed backend) during the work.
+
+    Reads are retried once before this; a write is never retried, as it may have
+    been applied: the client may retry (sendMessage with the same clientId is
+    applied once).
+    """
+
+    code = ErrorCode.UNAVAILABLE
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message, retryAfter=retry_after)
 
 
 class NotAvailableYet(DomainError):
