@@ -222,6 +222,11 @@ async def test_costs_follow_the_page_sizes_fragments_count_as_inlined(
         assert await cost(alice, inlined, {"t": "x", "n": 5}) == 2 + 5 * 48  # cached per value
         # Unset (or null) counts the page maximum, 100; aliases count separately.
         assert await cost(alice, inlined, {"t": "x"}) == 2 + 100 * 48
+        # A variable's default when it is not sent; null is unset.
+        by_default = "query($n: Int = 7) { threads(first: $n) { edges { node { id } } } }"
+        assert await cost(alice, by_default) == 1 + 7 * 3
+        assert await cost(alice, by_default, {"n": None}) == 1 + 100 * 3
+        assert await cost(alice, by_default) == 1 + 7 * 3
         assert await cost(alice, "{ a: threads(first: 3) { edges { node { id } } } }") == 10
         assert await cost(alice, "{ a: threads { edges { node { id } } } b: me { id } }") == 303
     finally:

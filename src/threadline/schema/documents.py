@@ -94,7 +94,7 @@ class Documents:
         values = variables or {}
         key = (
             operation.name.value if operation.name else None,
-            *(_hashable(values.get(name)) for name in entry.page_variables),
+            *(_hashable(values[n]) if n in values else _ABSENT for n in entry.page_variables),
         )
         cost = entry.costs.get(key)
         if cost is None:
@@ -152,6 +152,10 @@ class Documents:
             entry = KnownDocument(document, validate_document(schema, document, rules))
             self.cache.put(key, entry)
         return entry
+
+
+# A variable not sent (its default applies), apart from one sent as null.
+_ABSENT = ("absent",)
 
 
 def _hashable(value: object) -> object:
