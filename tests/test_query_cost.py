@@ -10,6 +10,7 @@ the cost of any operation in its error: that is how costs are compared here.
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from typing import Any
 
@@ -77,14 +78,17 @@ async def test_the_issues_query_is_refused_before_it_runs_in_milliseconds(
     alice = await clients.user("alice")
     await factories.thread(alice)
     timings = []
-    for _ in range(3):  # the first is parsed and costed, the others come from the cache
+    for _ in range(10):  # the first is parsed and costed, the others come from the cache
         started = time.perf_counter()
         body = await alice.raw(ISSUE_QUERY)
         timings.append((time.perf_counter() - started) * 1000)
         extensions = refusal(body)
         assert extensions["maxCost"] == 50_000
         assert extensions["cost"] > 100_000_000
-    print(f"\nissue query refused in {', '.join(f'{t:.1f}' for t in timings)} ms (wall, HTTP)")
+    print(
+        f"\nissue query refused (wall, over HTTP): first {timings[0]:.1f} ms, "
+        f"then median {statistics.median(timings[1:]):.1f} ms, max {max(timings[1:]):.1f} ms"
+    )
     # The issue asks for under 50 ms; the margin is for a loaded 2-core machine.
     assert max(timings) < 500
 
