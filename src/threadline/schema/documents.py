@@ -78,6 +78,13 @@ class Documents:
         entry = self._entry(query, self._default_rules, schema)
         return entry if entry is not None and not entry.errors else None
 
+    def cost_model(self, schema: GraphQLSchema) -> CostModel:
+        """The schema's field multipliers, read from it once (build_schema does it at start-up)."""
+        model = self._cost_model
+        if model is None or model.schema is not schema:
+            model = self._cost_model = CostModel(schema)
+        return model
+
     def over_cost(
         self,
         entry: KnownDocument,
@@ -86,9 +93,7 @@ class Documents:
         schema: GraphQLSchema,
     ) -> GraphQLError | None:
         """QUERY_TOO_COSTLY for an operation whose estimated cost is over the limit."""
-        model = self._cost_model
-        if model is None or model.schema is not schema:
-            model = self._cost_model = CostModel(schema)
+        model = self.cost_model(schema)
         if entry.page_variables is None:
             entry.page_variables = model.page_variables(entry.document.definitions)
         values = variables or {}

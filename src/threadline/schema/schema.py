@@ -74,4 +74,5 @@ def build_schema(*, production: bool = False, max_query_cost: int = MAX_COST) ->
     )
     lean_resolvers.install(schema)
     schema.known_operations = KnownOperations(schema, documents)
+    documents.cost_model(schema._schema)
     return schema
