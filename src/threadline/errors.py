@@ -19,7 +19,6 @@ class ErrorCode(StrEnum):
     RATE_LIMITED = "RATE_LIMITED"
     PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
     QUERY_TOO_COSTLY = "QUERY_TOO_COSTLY"
-    NOT_IMPLEMENTED = "NOT_IMPLEMENTED"
     INTERNAL_SERVER_ERROR = "INTERNAL_SERVER_ERROR"
 
 
@@ -70,12 +69,6 @@ class QueryTooCostly(DomainError):
             cost=cost,
             maxCost=max_cost,
         )
-
-
-class NotAvailableYet(DomainError):
-    """A contract field whose implementation has not landed yet."""
-
-    code = ErrorCode.NOT_IMPLEMENTED
 
 
 class RateLimited(DomainError):
