@@ -88,6 +88,8 @@ OLE_STREAMS = {
     "Book": "application/vnd.ms-excel",
     "PowerPoint Document": "application/vnd.ms-powerpoint",
 }
+# Text that browsers render as documents: refused even when puremagic names it.
+MARKUP = {"text/html", "text/xml", "text/xsl", "text/x-sgml"}
 ZIP_MAGIC = b"PK\x03\x04"
 OLE_MAGIC = bytes.fromhex("d0cf11e0a1b11ae1")
 
@@ -114,7 +116,8 @@ def detect(file: BinaryIO) -> Detected:
     if head.startswith(OLE_MAGIC):
         return Detected(_office_ole(head), AttachmentKind.DOCUMENT)
     found = _signature(head)
-    if found is None:
+    if found is None or (found.startswith("text/") and found not in MARKUP):
+        # puremagic has no signature for text, but names some by their first bytes.
         return Detected(_plain_text(head), AttachmentKind.DOCUMENT)
     if found in IMAGES:
         width, height = _image_size(file, found)
