@@ -122,15 +122,25 @@ async def unreachable(
     """(id, storage key) of attachments to delete: unused for UNUSED_LIFETIME, or of a
     deleted message or thread. Locked on PostgreSQL, so a concurrent send waits."""
     cutoff = (now or utcnow()) - UNUSED_LIFETIME
-    deleted_messages = select(Message.id).where(Message.deleted_at.is_not(None))
-    deleted_threads = select(Thread.id).where(Thread.deleted_at.is_not(None))
+    # Correlated: each attachment looks up its own message and thread by primary key,
+    # instead of the statement listing every deleted message of the deployment.
+    message_deleted = (
+        select(Message.id)
+        .where(Message.id == Attachment.message_id, Message.deleted_at.is_not(None))
+        .exists()
+    )
+    thread_deleted = (
+        select(Thread.id)
+        .where(Thread.id == Attachment.thread_id, Thread.deleted_at.is_not(None))
+        .exists()
+    )
     statement = (
         select(Attachment.id, Attachment.storage_key)
         .where(
             or_(
                 (Attachment.message_id.is_(None)) & (Attachment.created_at < cutoff),
-                Attachment.message_id.in_(deleted_messages),
-                Attachment.thread_id.in_(deleted_threads),
+                message_deleted,
+                thread_deleted,
             )
         )
         .limit(limit)
