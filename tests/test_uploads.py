@@ -237,3 +237,49 @@ async def test_an_upload_is_sent_in_a_message_once(clients: Clients) -> None:
         {"i": {"threadId": tid, "body": "mine", "attachmentIds": [b["id"]]}},
     )
     assert stolen == "NOT_FOUND"
+
+
+@pytest.mark.parametrize(
+    ("fields", "files"),
+    [
+        ({"operations": "{not json", "map": '{"0": ["variables.file"]}'}, True),
+        ({"operations": '{"query": "{ me { id } }"}', "map": "[1, 2"}, True),
+        ({"operations": '{"query": "{ me { id } }"}', "map": '{"0": ["variables.file"]}'}, False),
+        ({"map": '{"0": ["variables.file"]}'}, True),
+    ],
+)
+async def test_a_malformed_multipart_request_is_a_client_error(
+    clients: Clients, settings: Settings, fields: dict[str, str], files: bool
+) -> None:
+    alice = await clients.user("alice")
+    response = await alice.http.post(
+        "/graphql",
+        data=fields,
+        files={"0": ("a.png", image(), "image/png")} if files else {"x": ("x", b"")},
+        headers={"authorization": f"Bearer {alice.token}", "apollo-require-preflight": "1"},
+    )
+    assert response.status_code == 400, response.text
+    assert stored_files(settings.upload_dir) == []
+
+
+async def test_an_upload_mapped_onto_another_argument_is_refused(clients: Clients) -> None:
+    import json
+
+    alice = await clients.user("alice")
+    tid = await factories.thread(alice)
+    from tests.uploads import UPLOAD
+
+    response = await alice.http.post(
+        "/graphql",
+        data={
+            "operations": json.dumps({"query": UPLOAD, "variables": {"t": None, "file": None}}),
+            "map": json.dumps({"0": ["variables.t"], "1": ["variables.file"]}),
+        },
+        files={"0": ("a.png", image(), "image/png"), "1": ("b.png", image(), "image/png")},
+        headers={"authorization": f"Bearer {alice.token}", "apollo-require-preflight": "1"},
+    )
+    body = response.json()
+    assert body["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT", body
+    # The same class of input over JSON: a value the ID scalar cannot take.
+    assert await alice.error(UPLOAD, {"t": {"not": "an id"}, "file": None}) == "BAD_USER_INPUT"
+    assert tid
