@@ -6,6 +6,7 @@ handed the one ``Settings`` object that ``create_app`` or the CLI built.
 
 from __future__ import annotations
 
+import os
 import secrets
 from enum import StrEnum
 from functools import cached_property
@@ -164,8 +165,14 @@ class Settings(BaseSettings):
             return path.read_text().strip()
         folder.mkdir(parents=True, exist_ok=True)
         secret = secrets.token_urlsafe(48)
-        path.write_text(secret)
-        path.chmod(0o600)
+        try:
+            # Created exclusively and private from the start: when several processes
+            # start at once, the first one's secret is everyone's.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return path.read_text().strip()
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secret)
         return secret
 
 
