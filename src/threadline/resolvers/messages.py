@@ -273,17 +273,21 @@ class MessageMutations:
         if not isinstance(upload, UploadFile):
             # The Upload scalar takes any variable value; only a multipart file part is one.
             raise BadInput("`file` must be a file part of a multipart request (the upload spec)")
-        viewer = await op.limit(info, Action.UPLOAD)
-        ctx = op.context(info)
-        await ctx.before_write()
-        row = await attachments.upload_attachment(
-            ctx.runtime.db,
-            ctx.runtime.storage,
-            viewer,
-            thread_id,
-            upload,
-            max_bytes=ctx.runtime.settings.max_upload_bytes,
-        )
+        try:
+            viewer = await op.limit(info, Action.UPLOAD)
+            ctx = op.context(info)
+            await ctx.before_write()
+            row = await attachments.upload_attachment(
+                ctx.runtime.db,
+                ctx.runtime.storage,
+                viewer,
+                thread_id,
+                upload,
+                max_bytes=ctx.runtime.settings.max_upload_bytes,
+            )
+        finally:
+            # The spooled copy's disk space goes now, not whenever the form is collected.
+            await upload.close()
         ctx.after_write()
         return AttachmentType.of(row)
 
