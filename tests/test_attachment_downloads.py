@@ -173,6 +173,7 @@ async def test_a_deleted_messages_attachment_is_no_longer_served(clients: Client
     )
     async with httpx.AsyncClient() as plain:
         assert (await plain.get(got["url"])).status_code == 404
+    assert (await alice.gql(NODE_URL, {"id": got["id"]}))["node"] is None
 
 
 @pytest.fixture
