@@ -36,6 +36,7 @@ BACKEND = os.environ.get("THREADLINE_TEST_BACKEND", "sqlite")
 PG_BASE = "postgresql+asyncpg://postgres@127.0.0.1:5432"
 REDIS_BASE = "redis://127.0.0.1:6379"
 DEV_SECRET = "test-dev-secret-" + "x" * 32
+SIGNING_SECRET = "test-signing-secret-" + "y" * 32
 SESSION_DB = f"tl_test_{os.getpid()}"
 
 
@@ -136,6 +137,7 @@ def settings(database_url: str, redis_url: str | None, tmp_path: Path) -> Settin
         database_url=database_url,
         redis_url=redis_url,
         dev_auth_secret=DEV_SECRET,  # type: ignore[arg-type]
+        attachment_signing_secret=SIGNING_SECRET,  # type: ignore[arg-type]
         upload_dir=tmp_path / "uploads",
         clerk_webhook_secret="whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",  # type: ignore[arg-type]
         # Tests send faster than people; test_rate_limits_http turns the limits on.

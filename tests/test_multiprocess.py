@@ -24,7 +24,7 @@ import websockets
 from svix.webhooks import Webhook
 
 from tests import factories
-from tests.conftest import BACKEND, DEV_SECRET, Api, free_port, token_for
+from tests.conftest import BACKEND, DEV_SECRET, SIGNING_SECRET, Api, free_port, token_for
 from tests.test_thread_events import EVENTS
 from tests.wsclient import GraphQLWS
 from threadline.config import Settings
@@ -51,6 +51,7 @@ async def spawn(settings: Settings, redis_url: str) -> Process:
         "DATABASE_URL": settings.database_url,
         "REDIS_URL": redis_url,
         "DEV_AUTH_SECRET": DEV_SECRET,
+        "ATTACHMENT_SIGNING_SECRET": SIGNING_SECRET,
         "RATE_LIMITS": "off",
         "CLERK_WEBHOOK_SECRET": WEBHOOK_SECRET,
     }

@@ -23,7 +23,9 @@ from threadline.graphql_app import ThreadlineGraphQL
 from threadline.graphql_post import GraphQLPost
 from threadline.runtime import Runtime
 from threadline.schema.schema import build_schema
+from threadline.services import retention
 from threadline.subscriptions.raw_frames import RawSocketMiddleware
+from threadline.uploads.routes import download
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,7 @@ def create_app(settings: Settings) -> Starlette:
         background = [
             asyncio.create_task(graphql.listen_for_ended_sessions()),
             asyncio.create_task(graphql.maintain_connections()),
+            asyncio.create_task(retention.sweep_forever(runtime.db, runtime.storage)),
         ]
         try:
             yield
@@ -105,6 +108,7 @@ def create_app(settings: Settings) -> Starlette:
             Route("/graphql", graphql, methods=["GET", "POST"]),
             WebSocketRoute("/graphql", graphql),
             Route("/webhooks/clerk", clerk_webhook, methods=["POST"]),
+            Route("/attachments/{attachment_id}/{filename}", download, methods=["GET", "HEAD"]),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/metrics", metrics),

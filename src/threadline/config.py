@@ -6,6 +6,7 @@ handed the one ``Settings`` object that ``create_app`` or the CLI built.
 
 from __future__ import annotations
 
+import os
 import secrets
 from enum import StrEnum
 from functools import cached_property
@@ -17,6 +18,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./threadline.db"
 DEV_SECRET_FILENAME = ".threadline-dev-secret"  # noqa: S105 - a file name, not a secret
+SIGNING_SECRET_FILENAME = ".threadline-signing-secret"  # noqa: S105 - a file name, not a secret
 
 
 class Environment(StrEnum):
@@ -54,6 +56,8 @@ class Settings(BaseSettings):
     public_url: str | None = None
     max_request_bytes: int = Field(default=1_048_576, gt=0)
     attachment_url_seconds: int = Field(default=3600, gt=0)
+    # The HMAC key of signed attachment URLs; required in production.
+    attachment_signing_secret: SecretStr | None = None
     max_query_cost: int = Field(default=50_000, gt=0)
 
     @field_validator("clerk_authorized_parties", "cors_origins", mode="before")
@@ -73,7 +77,13 @@ class Settings(BaseSettings):
     def _blank_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("clerk_jwt_key", "clerk_webhook_secret", "dev_auth_secret", mode="before")
+    @field_validator(
+        "clerk_jwt_key",
+        "clerk_webhook_secret",
+        "dev_auth_secret",
+        "attachment_signing_secret",
+        mode="before",
+    )
     @classmethod
     def _blank_secret_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
@@ -114,6 +124,13 @@ class Settings(BaseSettings):
                     "THREADLINE_ENV=production needs Clerk keys: "
                     "set CLERK_JWKS_URL or CLERK_JWT_KEY"
                 )
+            if self.attachment_signing_secret is None:
+                raise ConfigError(
+                    "THREADLINE_ENV=production needs ATTACHMENT_SIGNING_SECRET "
+                    "(a long random string) to sign attachment URLs"
+                )
+            if len(self.attachment_signing_secret.get_secret_value()) < 32:
+                raise ConfigError("ATTACHMENT_SIGNING_SECRET must be at least 32 characters")
 
     def resolve_dev_secret(self) -> str | None:
         """The HS256 secret for development tokens, generated and kept on first use.
@@ -125,14 +142,37 @@ class Settings(BaseSettings):
             return None
         if self.dev_auth_secret is not None:
             return self.dev_auth_secret.get_secret_value()
+        return self._kept_secret(DEV_SECRET_FILENAME)
+
+    def resolve_signing_secret(self) -> str:
+        """The HMAC key material of attachment URLs.
+
+        Production requires ATTACHMENT_SIGNING_SECRET (``check``); in development one
+        is generated and kept like the development token secret, so that URLs stay
+        valid across restarts and every process of one deployment agrees on it.
+        """
+        if self.attachment_signing_secret is not None:
+            return self.attachment_signing_secret.get_secret_value()
+        if self.is_production:
+            raise ConfigError("THREADLINE_ENV=production needs ATTACHMENT_SIGNING_SECRET")
+        return self._kept_secret(SIGNING_SECRET_FILENAME)
+
+    def _kept_secret(self, filename: str) -> str:
+        """A random secret kept beside the SQLite file (or in the working directory)."""
         folder = self.sqlite_path.parent if self.sqlite_path else Path(".")
-        path = folder / DEV_SECRET_FILENAME
+        path = folder / filename
         if path.exists():
             return path.read_text().strip()
         folder.mkdir(parents=True, exist_ok=True)
         secret = secrets.token_urlsafe(48)
-        path.write_text(secret)
-        path.chmod(0o600)
+        try:
+            # Created exclusively and private from the start: when several processes
+            # start at once, the first one's secret is everyone's.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return path.read_text().strip()
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secret)
         return secret
 
 

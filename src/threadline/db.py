@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
-from sqlalchemy import event
+from sqlalchemy import event, func, select
 from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.ext.asyncio import (
@@ -275,6 +275,19 @@ class UnitOfWork:
     def emit(self, event: Any) -> None:
         """Queue an event; it is published after commit, or dropped on rollback."""
         self.events.append(event)
+
+
+async def try_transaction_lock(uow: UnitOfWork, key: int) -> bool:
+    """Whether this transaction won the deployment-wide lock ``key`` (held until it ends).
+
+    PostgreSQL: a transaction-level advisory lock, which works behind PgBouncer in
+    transaction mode (a session-level one would stay with a pooled server
+    connection). SQLite serves one process, whose writes are serialised anyway.
+    """
+    if not is_postgres(uow.session):
+        return True
+    won = await uow.session.scalar(select(func.pg_try_advisory_xact_lock(key)))
+    return bool(won)
 
 
 class Database:

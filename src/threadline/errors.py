@@ -20,7 +20,6 @@ class ErrorCode(StrEnum):
     PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
     QUERY_TOO_COSTLY = "QUERY_TOO_COSTLY"
     UNAVAILABLE = "UNAVAILABLE"
-    NOT_IMPLEMENTED = "NOT_IMPLEMENTED"
     INTERNAL_SERVER_ERROR = "INTERNAL_SERVER_ERROR"
 
 
@@ -85,12 +84,6 @@ class Unavailable(DomainError):
 
     def __init__(self, message: str, retry_after: int = 1) -> None:
         super().__init__(message, retryAfter=retry_after)
-
-
-class NotAvailableYet(DomainError):
-    """A contract field whose implementation has not landed yet."""
-
-    code = ErrorCode.NOT_IMPLEMENTED
 
 
 class RateLimited(DomainError):

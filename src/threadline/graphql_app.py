@@ -18,8 +18,10 @@ from typing import Any
 
 import orjson
 import strawberry
+from cross_web import AsyncHTTPRequestAdapter, HTTPException
 from graphql import GraphQLError
 from starlette.requests import Request
+from starlette.types import Scope
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
@@ -46,6 +48,8 @@ from threadline.subscriptions.fanout import Fanout
 
 log = logging.getLogger(__name__)
 
+# Either header, non-empty, lets a multipart (upload) request through: see parse_multipart.
+CSRF_HEADERS = ("apollo-require-preflight", "x-apollo-operation-name")
 CLOSE_SESSION_ENDED = 4401
 CLOSE_REFUSED = 4403
 CLOSE_TOO_MANY = 4429
@@ -56,6 +60,18 @@ LEASE_RENEW_SECONDS = 8.0
 PING_SECONDS = 2 * LEASE_RENEW_SECONDS
 # The session row's last_seen_at is a coarse record: once a minute per socket.
 SESSION_TOUCH_EVERY = 8
+
+
+def origin_of(scope: Scope) -> str | None:
+    """scheme://host of an HTTP or WebSocket request, from its Host header."""
+    host = next((value for name, value in scope["headers"] if name == b"host"), None)
+    if host is None:
+        server = scope.get("server")
+        if not server:
+            return None
+        host = f"{server[0]}:{server[1]}".encode()
+    scheme = {"ws": "http", "wss": "https"}.get(scope["scheme"], scope["scheme"])
+    return f"{scheme}://{host.decode('latin-1')}"
 
 
 def bearer(value: str | None) -> str | None:
@@ -139,6 +155,7 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
             # The app refuses the 101st subscription with a coded error; this is a backstop.
             max_subscriptions_per_connection=MAX_SUBSCRIPTIONS_PER_CONNECTION + 10,
             allowed_origins=runtime.settings.cors_origins,
+            multipart_uploads_enabled=True,
         )
         self.runtime = runtime
         runtime.frames = FrameRenderer(lambda: Context(runtime=runtime))
@@ -183,14 +200,33 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
             return Context(
                 runtime=self.runtime,
                 user_agent=request.headers.get("user-agent"),
+                origin=origin_of(request.scope),
                 connection=request,
             )
         return self.http_context(
-            request.headers.get("authorization"), request.headers.get("user-agent")
+            request.headers.get("authorization"),
+            request.headers.get("user-agent"),
+            origin_of(request.scope),
         )
 
-    def http_context(self, authorization: str | None, user_agent: str | None) -> Context:
-        return Context(runtime=self.runtime, token=bearer(authorization), user_agent=user_agent)
+    def http_context(
+        self, authorization: str | None, user_agent: str | None, origin: str | None = None
+    ) -> Context:
+        return Context(
+            runtime=self.runtime, token=bearer(authorization), user_agent=user_agent, origin=origin
+        )
+
+    async def parse_multipart(self, request: AsyncHTTPRequestAdapter) -> dict[str, str]:
+        # A multipart form is a "simple" request that browsers send cross-site without
+        # a preflight; a custom header forces one (CORS then decides), as Apollo Server.
+        # Checked before the body is parsed, so a refused upload is never buffered.
+        if not any(request.headers.get(name, "").strip() for name in CSRF_HEADERS):
+            raise HTTPException(
+                400,
+                "This multipart request needs a non-empty `Apollo-Require-Preflight` "
+                "or `X-Apollo-Operation-Name` header (CSRF protection)",
+            )
+        return await super().parse_multipart(request)
 
     async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
         token = token_from_params(context.connection_params)

@@ -21,6 +21,8 @@ from cross_web import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from strawberry.http import GraphQLRequestData
 
+from threadline.graphql_app import origin_of
+
 if TYPE_CHECKING:
     from threadline.graphql_app import ThreadlineGraphQL
     from threadline.schema.known_operations import KnownOperations
@@ -106,14 +108,19 @@ class GraphQLPost:
         if request_data is None:
             await self.app(scope, _replay(body, receive), send)
             return
-        await self._answer(request_data, authorization, user_agent, send)
+        await self._answer(request_data, authorization, user_agent, origin_of(scope), send)
 
     async def _answer(
-        self, request_data: GraphQLRequestData, authorization: bytes, user_agent: bytes, send: Send
+        self,
+        request_data: GraphQLRequestData,
+        authorization: bytes,
+        user_agent: bytes,
+        origin: str | None,
+        send: Send,
     ) -> None:
         view = self.view
         context = view.http_context(
-            authorization.decode("latin-1") or None, user_agent.decode("latin-1") or None
+            authorization.decode("latin-1") or None, user_agent.decode("latin-1") or None, origin
         )
         query = request_data.query
         result = None

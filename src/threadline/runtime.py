@@ -6,15 +6,12 @@ resolver takes from it what it needs (database, broker, verifier, limiter).
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import quote
 
 from sqlalchemy import select
 
@@ -32,13 +29,14 @@ from threadline.realtime.rate_limits import RateLimiter
 from threadline.realtime.typing import TypingTracker
 from threadline.services import clerk_sync
 from threadline.services.events import LoggedEvent
+from threadline.uploads.signing import UrlSigner
+from threadline.uploads.storage import LocalStorage, Storage
 
 log = logging.getLogger(__name__)
 
 # A signed-in user is looked up at most this often per token session, per process.
 VIEWER_CACHE_SECONDS = 5.0
 VIEWER_CACHE_SIZE = 10_000
-ATTACHMENT_URL_SECONDS = 3600
 # A verified token is trusted again without a signature check for this long
 # (never past its expiry plus the leeway the verifier allows).
 VERIFIED_TOKEN_SECONDS = 30.0
@@ -66,15 +64,10 @@ class Runtime:
         self._decoded: TTLCache[str, LoggedEvent] = TTLCache(10.0, 1024)
         self._verified: TTLCache[str, Identity] = TTLCache(VERIFIED_TOKEN_SECONDS, 20_000)
         self._viewers: OrderedDict[tuple[str, str | None], tuple[float, User]] = OrderedDict()
-        secret = settings.resolve_dev_secret() or (
-            settings.clerk_webhook_secret.get_secret_value()
-            if settings.clerk_webhook_secret
-            else ""
+        self.storage: Storage = LocalStorage(settings.upload_dir)
+        self.url_signer = UrlSigner(
+            settings.resolve_signing_secret(), settings.attachment_url_seconds
         )
-        # Attachment URLs are signed with a key derived from configured secrets.
-        self._url_key = hashlib.sha256(
-            ("threadline-url:" + secret + settings.database_url).encode()
-        ).digest()
 
     async def start(self) -> None:
         await self.broker.connect()
@@ -147,20 +140,10 @@ class Runtime:
 
     # -- attachments
 
-    def sign(self, path: str, expires: int) -> str:
-        return hmac.new(self._url_key, f"{path}:{expires}".encode(), hashlib.sha256).hexdigest()
-
-    def signed_attachment_url(self, row: Attachment, *, now: float | None = None) -> str:
-        expires = int((now or time.time()) + ATTACHMENT_URL_SECONDS)
-        path = f"/attachments/{row.id}/{quote(row.filename)}"
-        return f"{path}?exp={expires}&sig={self.sign(path, expires)}"
-
-    def verify_signature(
-        self, path: str, expires: int, signature: str, *, now: float | None = None
-    ) -> bool:
-        if expires < (now or time.time()):
-            return False
-        return hmac.compare_digest(self.sign(path, expires), signature)
+    def attachment_url(self, row: Attachment, request_origin: str | None) -> str:
+        """The signed download URL, on PUBLIC_URL or else the request's own origin."""
+        origin = self.settings.public_url or request_origin or ""
+        return self.url_signer.url(row.id, row.filename, origin)
 
 
 def _wants_profile(user: User, identity: Identity) -> bool:

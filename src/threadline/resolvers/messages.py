@@ -7,12 +7,13 @@ import uuid
 from collections.abc import Awaitable
 
 import strawberry
+from starlette.datastructures import UploadFile
 from strawberry import ID, Info
 from strawberry.file_uploads import Upload
 
 from threadline import models
 from threadline.auth.directives import authenticated, thread_role
-from threadline.errors import BadInput, NotAvailableYet
+from threadline.errors import BadInput
 from threadline.realtime.rate_limits import Action
 from threadline.resolvers import operations as op
 from threadline.schema.connections import PageInfo, edges, page_args, page_info
@@ -29,7 +30,7 @@ from threadline.schema.types import (
     UserEdge,
     user_type,
 )
-from threadline.services import messages, receipts, search
+from threadline.services import attachments, messages, receipts, search
 from threadline.services.pagination import Page, PageRequest, id_cursor
 from threadline.services.permissions import parse_id
 
@@ -268,7 +269,27 @@ class MessageMutations:
         extensions=[thread_role(ThreadRole.MEMBER)],
     )
     async def upload_attachment(self, info: Info, thread_id: ID, file: Upload) -> AttachmentType:
-        raise NotAvailableYet("uploadAttachment is not available yet")
+        upload: object = file
+        if not isinstance(upload, UploadFile):
+            # The Upload scalar takes any variable value; only a multipart file part is one.
+            raise BadInput("`file` must be a file part of a multipart request (the upload spec)")
+        try:
+            viewer = await op.limit(info, Action.UPLOAD)
+            ctx = op.context(info)
+            await ctx.before_write()
+            row = await attachments.upload_attachment(
+                ctx.runtime.db,
+                ctx.runtime.storage,
+                viewer,
+                thread_id,
+                upload,
+                max_bytes=ctx.runtime.settings.max_upload_bytes,
+            )
+        finally:
+            # The spooled copy's disk space goes now, not whenever the form is collected.
+            await upload.close()
+        ctx.after_write()
+        return AttachmentType.of(row)
 
     @strawberry.mutation(
         description="Moves the caller's read marker forward (never back) and returns the thread.",

@@ -23,7 +23,7 @@ from threadline.schema.types import (
     UserEdge,
     UserType,
 )
-from threadline.services import users
+from threadline.services import attachments, users
 from threadline.services.permissions import access_attachment, access_thread, parse_id
 
 
@@ -90,9 +90,8 @@ async def _node(info: Info, raw_id: str) -> Node | None:
             return None
     try:
         await access_attachment(session, viewer, node_id)
-        from threadline.models import Attachment
-
-        attachment = await session.get(Attachment, node_id)
+        # Of a deleted message or thread: gone for everyone, whatever the access.
+        attachment = await attachments.downloadable(session, node_id)
         return AttachmentType.of(attachment) if attachment is not None else None
     except NotFound:
         pass

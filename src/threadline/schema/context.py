@@ -41,6 +41,8 @@ class Context:
     # The raw bearer token, or None; verified on first use.
     token: str | None = None
     user_agent: str | None = None
+    # scheme://host the request came to: where absolute URLs point without PUBLIC_URL.
+    origin: str | None = None
     # The WebSocket of a subscription connection, and its connection_init payload.
     connection: Any = None
     connection_params: Any = None
@@ -150,6 +152,7 @@ class Context:
             runtime=self.runtime,
             token=self.token,
             user_agent=self.user_agent,
+            origin=self.origin,
             connection=self.connection,
             state=self.state,
             _viewer=self._viewer,

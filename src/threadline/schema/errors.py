@@ -27,7 +27,9 @@ def shape_error(error: GraphQLError) -> GraphQLError:
         original = original.original_error
     if isinstance(original, DomainError):
         code, message, extra = original.code, original.message, dict(original.extensions)
-    elif original is None:
+    elif original is None or isinstance(original, GraphQLError):
+        # graphql-core's own refusals (a variable value a scalar cannot coerce, such
+        # as a file or an object for an ID) are the client's input, not our fault.
         code, message, extra = ErrorCode.BAD_USER_INPUT, error.message, {}
         if error.extensions and "code" in error.extensions:
             return error

@@ -362,7 +362,8 @@ class AttachmentType(Node):
 
     @strawberry.field(description="A signed, expiring URL to download the file.")
     def url(self, info: Info) -> str:
-        return _ctx(info).runtime.signed_attachment_url(self.row)
+        ctx = _ctx(info)
+        return ctx.runtime.attachment_url(self.row, ctx.origin)
 
     @strawberry.field
     async def uploaded_by(self, info: Info) -> UserType | None:

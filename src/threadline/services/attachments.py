@@ -1,0 +1,155 @@
+"""Attachments: who may upload, what is accepted, and what is downloadable.
+
+An upload is copied into storage while it is counted (over ``max_bytes`` it is
+cut off and deleted), its type is decided from the bytes (``content_types``),
+and only then is the row written; whatever step refuses it, nothing is kept.
+Attachments that nothing may reach any more (unused for a day, or of a deleted
+message or thread) are found here and removed by the retention sweep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime, timedelta
+from typing import BinaryIO, Protocol
+
+from sqlalchemy import delete, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from threadline.db import Database
+from threadline.errors import PayloadTooLarge
+from threadline.models import Attachment, Message, Thread, ThreadRole, User, utcnow
+from threadline.services import content_types
+from threadline.services.permissions import access_thread
+from threadline.uploads.storage import CHUNK_BYTES, Storage, TooLarge
+
+log = logging.getLogger(__name__)
+
+# An upload that no message uses within this long is deleted.
+UNUSED_LIFETIME = timedelta(hours=24)
+
+
+class UploadSource(Protocol):
+    """What the transport hands over: a seekable file the client sent (Starlette's
+    UploadFile has this shape) with the name the client gave it."""
+
+    filename: str | None
+    file: BinaryIO
+
+    async def read(self, size: int = -1) -> bytes: ...
+
+    async def seek(self, offset: int) -> None: ...
+
+
+async def upload_attachment(
+    db: Database,
+    storage: Storage,
+    actor: User,
+    thread_id: str,
+    source: UploadSource,
+    *,
+    max_bytes: int,
+) -> Attachment:
+    """Store a file for a later sendMessage in ``thread_id``; the actor must be a participant.
+
+    PAYLOAD_TOO_LARGE past ``max_bytes``, BAD_USER_INPUT for a refused type; in
+    every refusal the stored bytes are deleted and no row is written.
+    """
+    try:
+        stored = await storage.save(_chunks(source), max_bytes=max_bytes)
+    except TooLarge:
+        raise PayloadTooLarge(
+            f"The file is larger than {max_bytes} bytes", maxBytes=max_bytes
+        ) from None
+    try:
+        detected = await asyncio.to_thread(content_types.detect, source.file)
+        async with db.transaction("upload_attachment") as uow:
+            access = await access_thread(uow.session, actor, thread_id, ThreadRole.MEMBER)
+            row = Attachment(
+                id=uuid.uuid4(),
+                thread_id=access.thread.id,
+                uploaded_by_id=actor.id,
+                filename=content_types.display_name(source.filename),
+                content_type=detected.content_type,
+                size=stored.size,
+                kind=detected.kind.value,
+                width=detected.width,
+                height=detected.height,
+                storage_key=stored.key,
+                created_at=utcnow(),
+            )
+            uow.session.add(row)
+    except BaseException:
+        # Shielded: a cancelled request must not leave its file behind either.
+        with contextlib.suppress(Exception):
+            await asyncio.shield(storage.delete(stored.key))
+        raise
+    return row
+
+
+async def _chunks(source: UploadSource) -> AsyncIterator[bytes]:
+    await source.seek(0)
+    while chunk := await source.read(CHUNK_BYTES):
+        yield chunk
+
+
+async def downloadable(session: AsyncSession, attachment_id: uuid.UUID) -> Attachment | None:
+    """The attachment if it may still be served: not of a deleted message or thread."""
+    row = await session.get(Attachment, attachment_id)
+    if row is None:
+        return None
+    thread_deleted = await session.scalar(
+        select(Thread.deleted_at).where(Thread.id == row.thread_id)
+    )
+    if thread_deleted is not None:
+        return None
+    if row.message_id is not None:
+        message_deleted = await session.scalar(
+            select(Message.deleted_at).where(Message.id == row.message_id)
+        )
+        if message_deleted is not None:
+            return None
+    return row
+
+
+async def unreachable(
+    session: AsyncSession, *, now: datetime | None = None, limit: int = 500
+) -> Sequence[tuple[uuid.UUID, str]]:
+    """(id, storage key) of attachments to delete: unused for UNUSED_LIFETIME, or of a
+    deleted message or thread. Locked on PostgreSQL, so a concurrent send waits."""
+    cutoff = (now or utcnow()) - UNUSED_LIFETIME
+    # Correlated: each attachment looks up its own message and thread by primary key,
+    # instead of the statement listing every deleted message of the deployment.
+    message_deleted = (
+        select(Message.id)
+        .where(Message.id == Attachment.message_id, Message.deleted_at.is_not(None))
+        .exists()
+    )
+    thread_deleted = (
+        select(Thread.id)
+        .where(Thread.id == Attachment.thread_id, Thread.deleted_at.is_not(None))
+        .exists()
+    )
+    statement = (
+        select(Attachment.id, Attachment.storage_key)
+        .where(
+            or_(
+                (Attachment.message_id.is_(None)) & (Attachment.created_at < cutoff),
+                message_deleted,
+                thread_deleted,
+            )
+        )
+        .limit(limit)
+    )
+    if session.bind is not None and session.bind.dialect.name == "postgresql":
+        statement = statement.with_for_update(of=Attachment, skip_locked=True)
+    return [(row.id, row.storage_key) for row in await session.execute(statement)]
+
+
+async def forget(session: AsyncSession, ids: Sequence[uuid.UUID]) -> None:
+    if ids:
+        await session.execute(delete(Attachment).where(Attachment.id.in_(ids)))

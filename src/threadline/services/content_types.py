@@ -1,0 +1,246 @@
+"""What an uploaded file is, decided from its bytes alone.
+
+The client's content type and file extension are ignored: puremagic reads the
+signature, zip containers are opened to tell office documents from other
+archives, OLE files are told apart by their stream names, Pillow reads image
+sizes, and text is text when its first bytes decode as UTF-8 and do not look
+like markup. Only the contract's kinds are accepted: images, video, audio, PDF,
+plain text and common office documents. Everything else, notably executables,
+HTML and SVG, is refused.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+import zipfile
+from dataclasses import dataclass
+from typing import BinaryIO
+
+import puremagic
+from PIL import Image
+
+from threadline.errors import BadInput
+from threadline.models import AttachmentKind
+
+HEAD_BYTES = 64 * 1024
+MAX_FILENAME = 200
+
+IMAGES = {
+    "image/png",
+    "image/jpeg",
+    "image/gif",
+    "image/webp",
+    "image/bmp",
+    "image/avif",
+    "image/heic",
+    "image/heif",
+}
+# Formats phones send that Pillow may not read without a plugin: kept without a size.
+IMAGES_WITHOUT_SIZE = {"image/avif", "image/heic", "image/heif"}
+VIDEO = {
+    "video/mp4",
+    "video/webm",
+    "video/quicktime",
+    "video/x-matroska",
+    "video/3gpp",
+    "video/x-msvideo",
+}
+AUDIO = {
+    "audio/mpeg",
+    "audio/ogg",
+    "audio/wav",
+    "audio/flac",
+    "audio/aac",
+    "audio/mp4",
+    "audio/webm",
+}
+# puremagic's names for the same formats, spelled as browsers expect them.
+ALIASES = {
+    "application/ogg": "audio/ogg",
+    "audio/wave": "audio/wav",
+    "audio/x-wav": "audio/wav",
+    "audio/x-flac": "audio/flac",
+    "application/x-matroska": "video/x-matroska",
+    "image/x-ms-bmp": "image/bmp",
+    "image/jpg": "image/jpeg",
+    "audio/x-m4a": "audio/mp4",
+    "audio/m4a": "audio/mp4",
+    "audio/mp3": "audio/mpeg",
+    "video/x-m4v": "video/mp4",
+    "video/x-msvideo": "video/x-msvideo",
+}
+PDF = "application/pdf"
+TEXT = "text/plain"
+WORD = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
+EXCEL = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+POWERPOINT = "application/vnd.openxmlformats-officedocument.presentationml.presentation"
+# Office Open XML: the part folder inside the zip says which application wrote it.
+OOXML_PARTS = {"word/": WORD, "xl/": EXCEL, "ppt/": POWERPOINT}
+ODF_TYPES = {
+    "application/vnd.oasis.opendocument.text",
+    "application/vnd.oasis.opendocument.spreadsheet",
+    "application/vnd.oasis.opendocument.presentation",
+}
+# Legacy binary Office files (OLE): the name of the main stream, as UTF-16LE.
+OLE_STREAMS = {
+    "WordDocument": "application/msword",
+    "Workbook": "application/vnd.ms-excel",
+    "Book": "application/vnd.ms-excel",
+    "PowerPoint Document": "application/vnd.ms-powerpoint",
+}
+# Text that browsers render as documents: refused even when puremagic names it.
+MARKUP = {"text/html", "text/xml", "text/xsl", "text/x-sgml"}
+ZIP_MAGIC = b"PK\x03\x04"
+OLE_MAGIC = bytes.fromhex("d0cf11e0a1b11ae1")
+
+
+@dataclass(frozen=True, slots=True)
+class Detected:
+    content_type: str
+    kind: AttachmentKind
+    width: int | None = None
+    height: int | None = None
+
+
+def detect(file: BinaryIO) -> Detected:
+    """The content type, kind and image size of a seekable file; BadInput if refused.
+
+    Blocking (it reads the file): run it in a worker thread.
+    """
+    file.seek(0)
+    head = file.read(HEAD_BYTES)
+    if not head:
+        raise BadInput("The file is empty")
+    if head.startswith(ZIP_MAGIC):
+        return Detected(_office_zip(file), AttachmentKind.DOCUMENT)
+    if head.startswith(OLE_MAGIC):
+        return Detected(_office_ole(head), AttachmentKind.DOCUMENT)
+    found = _signature(head)
+    if found is None or (found.startswith("text/") and found not in MARKUP):
+        # puremagic has no signature for text, but names some by their first bytes.
+        return Detected(_plain_text(head), AttachmentKind.DOCUMENT)
+    if found in IMAGES:
+        width, height = _image_size(file, found)
+        return Detected(found, AttachmentKind.IMAGE, width, height)
+    if found in VIDEO:
+        return Detected(found, AttachmentKind.VIDEO)
+    if found in AUDIO:
+        return Detected(found, AttachmentKind.AUDIO)
+    if found == PDF:
+        return Detected(found, AttachmentKind.DOCUMENT)
+    raise _refused(found)
+
+
+def _signature(head: bytes) -> str | None:
+    """puremagic's best guess, or None when no signature matches (maybe text).
+
+    A match with no MIME type (an ELF binary, for one) is still a match: refused.
+    """
+    try:
+        matches = puremagic.magic_string(head)
+    except (puremagic.PureError, ValueError):
+        return None
+    if not matches:
+        return None
+    best = max(matches, key=lambda m: m.confidence)
+    mime = str(best.mime_type or "").lower()
+    return ALIASES.get(mime, mime) or f"an unknown binary format ({best.name or 'unnamed'})"
+
+
+def _office_zip(file: BinaryIO) -> str:
+    """An OOXML or ODF document told by its parts; any other archive is refused."""
+    try:
+        file.seek(0)
+        with zipfile.ZipFile(file) as archive:
+            names = archive.namelist()
+            if "mimetype" in names:
+                # A bounded read: the entry may be a decompression bomb.
+                with archive.open("mimetype") as entry:
+                    declared = entry.read(100).decode("ascii", "replace").strip()
+                if declared in ODF_TYPES:
+                    return declared
+            if "[Content_Types].xml" in names:
+                for prefix, content_type in OOXML_PARTS.items():
+                    if any(name.startswith(prefix) for name in names):
+                        return content_type
+    except Exception:  # any parser failure on untrusted bytes (zipfile raises many kinds)
+        raise BadInput("The file is a damaged or unsupported archive") from None
+    raise _refused("a zip archive")
+
+
+def _office_ole(head: bytes) -> str:
+    for stream, content_type in OLE_STREAMS.items():
+        if stream.encode("utf-16-le") in head:
+            return content_type
+    raise _refused("an OLE compound file that is not a Word, Excel or PowerPoint document")
+
+
+def _plain_text(head: bytes) -> str:
+    """text/plain when the first bytes are UTF-8 text that no browser would take for markup."""
+    text = head.decode("utf-8", errors="ignore") if _utf8_prefix(head) else None
+    if text is None or "\x00" in text:
+        raise _refused("an unknown binary format")
+    start = text.lstrip("\ufeff \t\r\n\f").lower()
+    if start.startswith("<"):
+        # HTML, SVG and XML without a signature puremagic knows: browsers sniff these.
+        raise _refused("markup (HTML, SVG or XML)")
+    if start.startswith("#!"):
+        raise _refused("an executable script")
+    controls = sum(
+        1 for ch in text if unicodedata.category(ch) == "Cc" and ch not in "\t\n\r\f\x1b"
+    )
+    if controls > len(text) // 100:
+        raise _refused("an unknown binary format")
+    return TEXT
+
+
+def _utf8_prefix(head: bytes) -> bool:
+    """Valid UTF-8, allowing a character cut off at the end of the sample."""
+    for cut in range(4):
+        try:
+            head[: len(head) - cut].decode("utf-8")
+        except UnicodeDecodeError:
+            if len(head) < HEAD_BYTES:  # the whole file: no cut-off character
+                return False
+            continue
+        return True
+    return False
+
+
+def _image_size(file: BinaryIO, content_type: str) -> tuple[int | None, int | None]:
+    file.seek(0)
+    try:
+        with Image.open(file) as image:
+            width, height = image.size
+    except Exception as exc:  # any parser failure on untrusted bytes
+        if content_type in IMAGES_WITHOUT_SIZE:
+            return None, None
+        if isinstance(exc, Image.DecompressionBombError):
+            raise BadInput("The image has too many pixels") from None
+        raise BadInput("The file is not a readable image") from None
+    return int(width), int(height)
+
+
+def _refused(what: str) -> BadInput:
+    return BadInput(
+        f"This file type is not accepted ({what}): send images, video, audio, PDF, "
+        "plain text or office documents"
+    )
+
+
+def display_name(raw: str | None, fallback: str = "file") -> str:
+    """A file name safe to show and to put in a header: no path, no control characters,
+    NFC, at most MAX_FILENAME characters (the extension kept)."""
+    name = unicodedata.normalize("NFC", raw or "")
+    name = name.replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(ch for ch in name if unicodedata.category(ch)[0] not in {"C", "Z"} or ch == " ")
+    name = " ".join(name.split()).strip(" .")
+    if not name:
+        return fallback
+    if len(name) > MAX_FILENAME:
+        stem, dot, ext = name.rpartition(".")
+        if dot and 0 < len(ext) <= 16:
+            name = stem[: MAX_FILENAME - len(ext) - 1].rstrip(" .") + "." + ext
+        else:
+            name = name[:MAX_FILENAME]
+    return name

@@ -1,0 +1,1 @@
+"""Attachment files: where their bytes live (storage) and how they are served (routes)."""

@@ -1,0 +1,105 @@
+"""GET and HEAD /attachments/{id}/{filename}?exp=..&sig=..: signed downloads.
+
+The signature and expiry are checked before anything is read (403 otherwise);
+the file is streamed from storage with headers that stop a browser from
+running it (nosniff, a sandboxing CSP, a download unless it is media), cached
+privately until the URL expires, and a single byte range is honoured so video
+players can seek.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Final, Literal
+from urllib.parse import quote
+
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response, StreamingResponse
+
+from threadline.runtime import Runtime
+from threadline.services import attachments
+
+INLINE_PREFIXES = ("image/", "video/", "audio/")
+# The file is data, never a document: no scripts, no plugins, no framing.
+CONTENT_SECURITY_POLICY = "default-src 'none'; sandbox; frame-ancestors 'none'"
+UNSATISFIABLE: Final = "unsatisfiable"
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+
+
+async def download(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    attachment_id = request.path_params["attachment_id"]
+    filename = request.path_params["filename"]
+    left = runtime.url_signer.check(
+        attachment_id,
+        filename,
+        request.query_params.get("exp", ""),
+        request.query_params.get("sig", ""),
+    )
+    if left is None:
+        return PlainTextResponse("This link is invalid or has expired", status_code=403)
+    try:
+        aid = uuid.UUID(attachment_id)
+    except ValueError:
+        return PlainTextResponse("Not found", status_code=404)
+    async with runtime.db.reading() as session:
+        row = await attachments.downloadable(session, aid)
+    size = await runtime.storage.size(row.storage_key) if row is not None else None
+    if row is None or size is None:
+        return PlainTextResponse("Not found", status_code=404)
+
+    content_type = row.content_type
+    if content_type.startswith("text/"):
+        content_type += "; charset=utf-8"
+    disposition = "inline" if row.content_type.startswith(INLINE_PREFIXES) else "attachment"
+    headers = {
+        "content-type": content_type,
+        "content-disposition": f"{disposition}; filename*=UTF-8''{quote(row.filename, safe='')}",
+        "x-content-type-options": "nosniff",
+        "content-security-policy": CONTENT_SECURITY_POLICY,
+        "cache-control": f"private, max-age={left}",
+        "referrer-policy": "no-referrer",
+        "accept-ranges": "bytes",
+    }
+    start, end, status = 0, size, 200
+    wanted = _byte_range(request.headers.get("range"), size)
+    if wanted == UNSATISFIABLE:
+        return Response(
+            status_code=416,
+            headers={**headers, "content-range": f"bytes */{size}", "content-length": "0"},
+        )
+    if wanted is not None:
+        start, end = wanted
+        status = 206
+        headers["content-range"] = f"bytes {start}-{end - 1}/{size}"
+    headers["content-length"] = str(end - start)
+    if request.method == "HEAD":
+        return Response(status_code=status, headers=headers)
+    return StreamingResponse(
+        runtime.storage.read(row.storage_key, start, end), status_code=status, headers=headers
+    )
+
+
+def _byte_range(header: str | None, size: int) -> tuple[int, int] | Literal["unsatisfiable"] | None:
+    """(start, end exclusive) of one ``bytes=`` range; None serves the whole file
+    (no header, several ranges or one we do not understand, as RFC 9110 allows)."""
+    if not header:
+        return None
+    match = _RANGE.fullmatch(header.strip())
+    if match is None:
+        return None
+    first, last = match.groups()
+    if not first and not last:
+        return None
+    if not first:  # the last N bytes
+        length = int(last)
+        if length == 0:
+            return UNSATISFIABLE
+        return max(0, size - length), size
+    start = int(first)
+    if last and int(last) < start:
+        return None  # not a valid range: ignored
+    if start >= size:
+        return UNSATISFIABLE
+    return start, size if not last else min(size, int(last) + 1)

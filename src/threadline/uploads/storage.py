@@ -1,0 +1,126 @@
+"""Where attachment bytes live: the ``Storage`` interface and a local directory.
+
+Services talk to ``Storage`` only, by opaque keys that the storage generates, so
+an object store (S3-compatible: ``save`` as a multipart upload, ``read`` as a
+ranged GET, ``delete`` as DELETE) can replace the directory without touching
+them. Nothing here knows about HTTP or GraphQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+# Big enough that a 25 MiB file is a few hundred thread hops, small enough to hold.
+CHUNK_BYTES = 256 * 1024
+
+
+class TooLarge(Exception):
+    """The stream went past ``max_bytes``; what was written is already deleted."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredFile:
+    key: str
+    size: int
+
+
+class Storage(Protocol):
+    async def save(self, chunks: AsyncIterator[bytes], *, max_bytes: int) -> StoredFile:
+        """Store the stream under a new key, counting as it goes.
+
+        Raises TooLarge (having deleted the partial file) once more than
+        ``max_bytes`` arrived; on any other failure nothing is left either.
+        """
+        ...
+
+    async def size(self, key: str) -> int | None:
+        """The stored size, or None when the key does not exist."""
+        ...
+
+    def read(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """The bytes ``start`` to ``end`` (exclusive; None: to the end), in chunks."""
+        ...
+
+    async def delete(self, key: str) -> None:
+        """Remove the file; a key that is already gone is not an error."""
+        ...
+
+
+class LocalStorage:
+    """Files under one directory, named by random keys (``ab/abcdef...``).
+
+    A file is written under a temporary name and renamed into place when
+    complete, so a reader never sees half a file. Blocking file calls run in
+    worker threads so the event loop keeps serving.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+
+    def _path(self, key: str) -> Path:
+        # Keys come from save(); anything else (a tampered row) must not escape root.
+        if not key or "/" not in key or ".." in key or key.startswith("/"):
+            raise ValueError("not a storage key")
+        return self.root / key
+
+    async def save(self, chunks: AsyncIterator[bytes], *, max_bytes: int) -> StoredFile:
+        name = secrets.token_hex(16)
+        key = f"{name[:2]}/{name}"
+        final = self._path(key)
+        partial = final.with_name(final.name + ".partial")
+        await asyncio.to_thread(final.parent.mkdir, parents=True, exist_ok=True)
+        handle = await asyncio.to_thread(partial.open, "xb")
+        size = 0
+        try:
+            try:
+                async for chunk in chunks:
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise TooLarge(f"more than {max_bytes} bytes")
+                    await asyncio.to_thread(handle.write, chunk)
+            finally:
+                await asyncio.to_thread(handle.close)
+            await asyncio.to_thread(os.replace, partial, final)
+        except BaseException:
+            # Not awaited in a thread: this must also run when the task is cancelled.
+            with contextlib.suppress(OSError):
+                partial.unlink(missing_ok=True)
+            raise
+        return StoredFile(key, size)
+
+    async def size(self, key: str) -> int | None:
+        try:
+            stat = await asyncio.to_thread(self._path(key).stat)
+        except (OSError, ValueError):
+            return None
+        return stat.st_size
+
+    async def read(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        handle = await asyncio.to_thread(self._path(key).open, "rb")
+        try:
+            await asyncio.to_thread(handle.seek, start)
+            left = None if end is None else max(0, end - start)
+            while left is None or left > 0:
+                want = CHUNK_BYTES if left is None else min(CHUNK_BYTES, left)
+                chunk = await asyncio.to_thread(handle.read, want)
+                if not chunk:
+                    return
+                if left is not None:
+                    left -= len(chunk)
+                yield chunk
+        finally:
+            await asyncio.to_thread(handle.close)
+
+    async def delete(self, key: str) -> None:
+        try:
+            path = self._path(key)
+        except ValueError:
+            return
+        await asyncio.to_thread(path.unlink, missing_ok=True)
