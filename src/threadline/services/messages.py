@@ -281,11 +281,16 @@ async def _write_message(
     message.edited_at = None
     message.deleted_at = None
     if attachment_uuids:
-        await session.execute(
+        claimed = await session.execute(
             update(Attachment)
-            .where(Attachment.id.in_(attachment_uuids))
+            .where(Attachment.id.in_(attachment_uuids), Attachment.message_id.is_(None))
             .values(message_id=message_id)
         )
+        # The clean-up may have swept an unused upload since the check above (it
+        # locks what it deletes, so this update waited for it): refuse the whole
+        # message rather than store it without the file.
+        if claimed.rowcount != len(attachment_uuids):  # type: ignore[attr-defined]
+            raise NotFound("Attachment not found (unused uploads expire after 24 hours)")
     await append_event(
         uow,
         thread_id,
