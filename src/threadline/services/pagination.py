@@ -21,7 +21,7 @@ from functools import lru_cache
 from typing import Any, Generic, TypeVar
 
 from threadline.errors import BadInput
-from threadline.services.text_rules import has_unstorable_chars
+from threadline.services.text_rules import has_unencodable_chars
 
 MAX_PAGE = 100
 DEFAULT_PAGE = 20
@@ -111,7 +111,7 @@ def time_id_key(key: list[Any]) -> tuple[datetime, uuid.UUID]:
 
 def text_id_key(key: list[Any]) -> tuple[str, uuid.UUID]:
     """A key of (text, id): lists ordered by a name."""
-    if len(key) != 2 or not isinstance(key[0], str) or has_unstorable_chars(key[0]):
+    if len(key) != 2 or not isinstance(key[0], str) or has_unencodable_chars(key[0]):
         raise BadInput("Invalid cursor")
     return key[0], _id(key[1])
 
