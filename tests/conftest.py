@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import logging
 import os
 import shutil
 import socket
@@ -273,6 +274,39 @@ async def http(server: Server) -> AsyncIterator[httpx.AsyncClient]:
 @pytest.fixture
 async def clients(http: httpx.AsyncClient) -> Clients:
     return Clients(http)
+
+
+class ServerErrors(logging.Handler):
+    """Every record the server logs at ERROR or with a traceback while a test runs.
+
+    The server runs in the test's process; uvicorn's own loggers do not propagate
+    to the root logger, so the handler sits on both.
+    """
+
+    LOGGERS = ("", "uvicorn")
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno >= logging.ERROR or record.exc_info:
+            self.records.append(record)
+
+    def text(self) -> str:
+        return "\n".join(self.format(r) for r in self.records)
+
+
+@pytest.fixture
+def server_errors() -> Iterator[ServerErrors]:
+    handler = ServerErrors()
+    for name in ServerErrors.LOGGERS:
+        logging.getLogger(name).addHandler(handler)
+    try:
+        yield handler
+    finally:
+        for name in ServerErrors.LOGGERS:
+            logging.getLogger(name).removeHandler(handler)
 
 
 def unique(prefix: str = "x") -> str:

@@ -152,6 +152,39 @@ async def test_a_token_for_another_authorized_party_is_unauthenticated(
     await assert_refused(http, clerk_token(private_key, azp="https://evil.example"))
 
 
+async def test_a_token_whose_authorized_party_is_a_list_is_unauthenticated(
+    http: httpx.AsyncClient, private_key: rsa.RSAPrivateKey
+) -> None:
+    # Validly signed: only the claim's shape is wrong, and that is no server error.
+    await assert_refused(http, clerk_token(private_key, azp=[PARTY]))
+    await assert_refused(http, clerk_token(private_key, azp={"party": PARTY}))
+
+
+def signed_raw_token(key: rsa.RSAPrivateKey, payload: bytes) -> str:
+    """An RS256 token over payload bytes that no JSON encoder would write."""
+    header = b64url(json.dumps({"alg": "RS256", "typ": "JWT", "kid": "ins_test"}).encode())
+    signing_input = f"{header}.{b64url(payload)}".encode()
+    algorithm = jwt.algorithms.RSAAlgorithm(jwt.algorithms.RSAAlgorithm.SHA256)
+    return f"{signing_input.decode()}.{b64url(algorithm.sign(signing_input, key))}"
+
+
+async def test_a_validly_signed_token_nested_past_the_parser_is_unauthenticated(
+    http: httpx.AsyncClient, private_key: rsa.RSAPrivateKey
+) -> None:
+    now = int(time.time())
+    deep = b'{"sub":"user_deep","azp":"' + PARTY.encode() + b'","exp":' + str(now + 60).encode()
+    deep += b',"x":' + b"[" * 50_000 + b"]" * 50_000 + b"}"
+    await assert_refused(http, signed_raw_token(private_key, deep))
+
+
+async def test_claims_with_nul_and_lone_surrogates_are_cleaned_not_stored_raw(
+    http: httpx.AsyncClient, private_key: rsa.RSAPrivateKey
+) -> None:
+    token = clerk_token(private_key, name="Gra\x00ce \ud800Hopper", username="gr\x00ace\udfff")
+    me = (await api(http, token).gql(ME))["me"]
+    assert (me["displayName"], me["username"]) == ("Grace Hopper", "grace")
+
+
 async def test_a_token_without_an_authorized_party_is_unauthenticated(
     http: httpx.AsyncClient, private_key: rsa.RSAPrivateKey
 ) -> None:
@@ -237,7 +270,8 @@ async def test_a_websocket_with_a_good_clerk_token_gets_connection_ack(
 
 
 @pytest.mark.parametrize(
-    "kind", ["garbage", "development", "wrong party", "expired", "pending", "missing"]
+    "kind",
+    ["garbage", "development", "wrong party", "party list", "expired", "pending", "missing"],
 )
 async def test_a_websocket_with_a_bad_token_is_closed_with_4403(
     clerk_server: Server, private_key: rsa.RSAPrivateKey, kind: str
@@ -246,6 +280,7 @@ async def test_a_websocket_with_a_bad_token_is_closed_with_4403(
         "garbage": "not-a-jwt",
         "development": mint_dev_token(DEV_SECRET, "dev_alice", "alice"),
         "wrong party": clerk_token(private_key, azp="https://evil.example"),
+        "party list": clerk_token(private_key, azp=[PARTY]),
         "expired": clerk_token(private_key, exp=int(time.time()) - 30),
         "pending": clerk_token(private_key, sts="pending"),
     }

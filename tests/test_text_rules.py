@@ -8,11 +8,14 @@ import pytest
 from threadline.errors import BadInput, ErrorCode
 from threadline.services.text_rules import (
     MAX_DISTINCT_REACTIONS,
+    check_client_id,
     check_emoji,
     clean_body,
     clean_description,
     clean_display_name,
+    clean_search,
     clean_title,
+    has_unstorable_chars,
     mentioned_usernames,
 )
 
@@ -263,3 +266,58 @@ def test_invisible_controls_are_exactly_the_categories_the_rule_names() -> None:
         )
     )
     assert _remove_invisible_controls(every) == kept
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        pytest.param("c-1", "c-1", id="plain"),
+        pytest.param("  c-1\n", "c-1", id="trimmed"),
+        pytest.param(
+            "é-\u202e-ü", "é-\u202e-ü", id="kept as given otherwise (no NFC, no bidi removal)"
+        ),
+        pytest.param("x" * 255, "x" * 255, id="255 characters"),
+    ],
+)
+def test_check_client_id_accepts(raw: str, expected: str) -> None:
+    assert check_client_id(raw) == expected
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pytest.param("", id="empty"),
+        pytest.param("  \t", id="blank"),
+        pytest.param("x" * 256, id="256 characters"),
+        pytest.param("a\x00b", id="NUL"),
+        pytest.param("a\x07b", id="C0 control"),
+        pytest.param("a\x85b", id="C1 control"),
+        pytest.param("a\tb", id="tab inside"),
+        pytest.param("a\ud800b", id="lone high surrogate"),
+        pytest.param("\udfff", id="lone low surrogate"),
+    ],
+)
+def test_check_client_id_refuses(raw: str) -> None:
+    with pytest.raises(BadInput) as refused:
+        check_client_id(raw)
+    assert refused.value.code is ErrorCode.BAD_USER_INPUT
+
+
+def test_unstorable_characters_are_exactly_controls_and_surrogates() -> None:
+    import unicodedata
+
+    for i in range(0x110000):
+        c = chr(i)
+        assert has_unstorable_chars(c) is (unicodedata.category(c) in ("Cc", "Cs")), hex(i)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        pytest.param(None, "", id="none"),
+        pytest.param(" a\x00b\ud800 ", "ab", id="NUL and surrogates dropped"),
+        pytest.param("e\u0301", "\u00e9", id="NFC, as stored text"),
+    ],
+)
+def test_clean_search(raw: str | None, expected: str) -> None:
+    assert clean_search(raw) == expected

@@ -4,22 +4,30 @@ A request submits its item and waits. If no batch is running, its item goes at
 once, alone: nobody waits for company. Items submitted while a batch is running
 go together in the next one. Under load the round trips per item fall; a lone
 caller pays nothing extra.
+
+A batch never couples its items' fates: when the shared run fails, each item is
+run again alone, so an item that cannot be done fails itself and nobody else.
+``run`` must therefore leave nothing behind when it raises (one statement, or
+one transaction).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
 from threadline.metrics import BATCH_ITEMS
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 
 class Batcher(Generic[T, R]):
-    """``run(items)`` answers each item in order; if it raises, every item of it does."""
+    """``run(items)`` answers each item in order; if it raises, each item is run alone."""
 
     def __init__(
         self, run: Callable[[Sequence[T]], Awaitable[Sequence[R]]], *, max_size: int, name: str
@@ -64,9 +72,20 @@ class Batcher(Generic[T, R]):
                 future.cancel()
             raise
         except Exception as exc:
-            for _, future in batch:
+            if len(batch) == 1:
+                _, future = batch[0]
                 if not future.done():
                     future.set_exception(exc)
+                return
+            # Which item failed it is unknown: each goes again on its own (at once,
+            # side by side), and only the one that fails alone gets an error.
+            log.warning(
+                "%s: a batch of %d failed (%s); running its items one by one",
+                self._name,
+                len(batch),
+                type(exc).__name__,
+            )
+            await asyncio.gather(*(self._answer([entry]) for entry in batch))
             return
         for (_, future), result in zip(batch, results, strict=False):
             if not future.done():

@@ -171,7 +171,16 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
         try:
             return orjson.loads(data)
         except orjson.JSONDecodeError:
+            pass
+        try:
             return json.loads(data)
+        # Every way a body can be unreadable is a JSONDecodeError, which the view
+        # answers with 400: nested past the parser's depth (RecursionError), bytes
+        # that are not UTF-8 (UnicodeDecodeError).
+        except json.JSONDecodeError:
+            raise
+        except (ValueError, RecursionError) as error:
+            raise json.JSONDecodeError(f"unreadable JSON ({type(error).__name__})", "", 0) from None
 
     def encode_json(self, data: object) -> str:
         # Text, not bytes: strawberry sends bytes as binary WebSocket frames, which
@@ -181,7 +190,12 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
     def encode_json_bytes(self, data: object) -> bytes:
         # orjson writes a page of 50 messages several times faster than the standard
         # library. An HTTP body is bytes: graphql_post sends these as they are.
-        return orjson.dumps(data)
+        try:
+            return orjson.dumps(data)
+        except orjson.JSONEncodeError:
+            # An answer that quotes input orjson cannot write (a lone surrogate in an
+            # error message) is written by the standard library, which escapes it.
+            return json.dumps(data, separators=(",", ":")).encode()
 
     async def process_result(
         self, request: Request, result: ExecutionResult

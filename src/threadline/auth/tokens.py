@@ -25,6 +25,7 @@ from pydantic import SecretStr
 
 from threadline.config import ConfigError, Settings
 from threadline.errors import Unauthenticated
+from threadline.services.text_rules import clean_external_text
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +202,8 @@ class TokenVerifier:
     async def _clerk_key(self, token: str) -> Any:
         try:
             header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError:
+        # A header nested past the JSON parser's depth raises RecursionError.
+        except (jwt.PyJWTError, RecursionError):
             raise Unauthenticated("token is malformed") from None
         # Checked before any key lookup, so a forged HS256 or "none" token costs no fetch.
         if header.get("alg") != CLERK_ALGORITHM:
@@ -244,7 +246,8 @@ class TokenVerifier:
             party = claims.get("azp")
             if party is None:
                 raise Unauthenticated("token names no authorized party (azp)")
-            if party not in self._parties:
+            # A list or object is no party (and cannot be looked up in a set).
+            if not isinstance(party, str) or party not in self._parties:
                 raise Unauthenticated("token was issued for another authorized party")
         # A pending session has sign-in tasks left: it must not act as the user yet.
         if claims.get("sts") == "pending":
@@ -259,7 +262,7 @@ def _decode(token: str, key: Any, algorithm: str, kind: str) -> dict[str, Any]:
         raise Unauthenticated(f"{kind} must be signed with {algorithm}") from None
     except jwt.InvalidSignatureError:
         raise Unauthenticated("token signature is invalid") from None
-    except jwt.PyJWTError:
+    except (jwt.PyJWTError, RecursionError):
         raise Unauthenticated("token is malformed") from None
     if not isinstance(claims, dict):
         raise Unauthenticated("token is malformed")
@@ -282,9 +285,10 @@ def _time_claim(claims: Mapping[str, Any], name: str, *, required: bool) -> floa
 
 def _text_claim(claims: Mapping[str, Any], name: str) -> str | None:
     value = claims.get(name)
-    if isinstance(value, str) and value.strip():
-        return value.strip()
-    return None
+    if not isinstance(value, str):
+        return None
+    # Claims are JSON: they may carry NUL or lone surrogates, which no column takes.
+    return clean_external_text(value) or None
 
 
 def mint_dev_token(

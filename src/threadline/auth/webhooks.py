@@ -25,6 +25,7 @@ from threadline.errors import BadInput
 from threadline.metrics import WEBHOOKS
 from threadline.models import WebhookDelivery
 from threadline.services import clerk_sync
+from threadline.services.text_rules import has_unstorable_chars
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +111,9 @@ async def _apply_once(
 
 async def _apply(uow: UnitOfWork, event_type: str, data: Mapping[str, Any]) -> _Applied:
     if event_type in USER_UPSERTS:
-        await clerk_sync.apply_user_event(uow, data)
-        return _Applied("applied")
+        # A late or repeated update changes nothing, and says so.
+        changed = await clerk_sync.apply_user_event(uow, data)
+        return _Applied("applied" if changed else "ignored")
     if event_type == "user.deleted":
         await clerk_sync.delete_user(uow, data)
         return _Applied("applied", deleted_users=[str(data["id"])])
@@ -147,12 +149,16 @@ async def _read_body(request: Request) -> bytes | None:
 def _parse_event(body: bytes) -> tuple[str, Mapping[str, Any]] | None:
     try:
         event = json.loads(body)
-    except ValueError:
+    # A validly signed body can still be nested past the parser's depth.
+    except (ValueError, RecursionError):
         return None
     if not isinstance(event, dict):
         return None
     event_type, data = event.get("type"), event.get("data")
     if not isinstance(event_type, str) or not event_type or not isinstance(data, dict):
+        return None
+    # The type is stored with the delivery's id, even when unknown.
+    if has_unstorable_chars(event_type):
         return None
     return event_type, data
 

@@ -25,7 +25,10 @@ def parse_datetime(value: Any) -> datetime:
         raise BadInput(f"Invalid DateTime: {value!r}") from None
     if parsed.tzinfo is None:
         raise BadInput("DateTime must carry a time zone (use Z for UTC)")
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:  # year 1 east of UTC, or year 9999 west of it
+        raise BadInput(f"DateTime out of range: {value!r}") from None
 
 
 DateTime = strawberry.scalar(

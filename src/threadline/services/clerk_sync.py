@@ -20,6 +20,7 @@ from threadline.auth.tokens import Identity
 from threadline.db import UnitOfWork
 from threadline.errors import BadInput, Unauthenticated
 from threadline.models import EndedClerkSession, Session, SystemRole, User, WebhookDelivery, utcnow
+from threadline.services.text_rules import clean_external_text, has_unstorable_chars
 
 PLACEHOLDER_NAME = "New user"
 DELETED_NAME = "Deleted user"
@@ -28,6 +29,8 @@ WEBHOOK_RETENTION = timedelta(days=7)
 _NAME_LENGTH = 255
 _URL_LENGTH = 2048
 _REASON_LENGTH = 32
+# 9999-12-31T23:59:59.999Z in milliseconds: also well inside a 64-bit column.
+_MAX_MILLIS = 253_402_300_799_999
 
 
 async def user_for_identity(uow: UnitOfWork, identity: Identity) -> User:
@@ -55,30 +58,30 @@ async def user_for_identity(uow: UnitOfWork, identity: Identity) -> User:
     return user
 
 
-async def apply_user_event(uow: UnitOfWork, data: Mapping[str, Any]) -> User | None:
-    """Upsert the user of a ``user.created`` or ``user.updated`` event.
+async def apply_user_event(uow: UnitOfWork, data: Mapping[str, Any]) -> bool:
+    """Upsert the user of a ``user.created`` or ``user.updated`` event; whether it did.
 
     Svix retries and does not keep order, so the event is applied only when its
-    ``updated_at`` is newer than the last one applied. Returns None for a deleted user,
-    whom a late event must not bring back.
+    ``updated_at`` is newer than the last one applied; a late one is not applied
+    (False). Neither is any event for a deleted user, whom it must not bring back.
     """
     clerk_id = _clerk_id(data)
+    updated_at = _millis(data.get("updated_at"))  # refused before anything is written
     user = await _user_by_clerk_id(uow.session, clerk_id)
     if user is None:
         created = User(clerk_id=clerk_id, preferences={})
         _apply_profile(created, data)
         user = await _insert_user(uow.session, created)
         if user is created:
-            return user
+            return True
     if user.deleted_at is not None:
-        return None
-    updated_at = _millis(data.get("updated_at"))
+        return False
     stored = user.clerk_updated_at
     if stored is not None and (updated_at is None or updated_at <= stored):
-        return user
+        return False
     _apply_profile(user, data)
     await uow.session.flush()
-    return user
+    return True
 
 
 async def delete_user(uow: UnitOfWork, data: Mapping[str, Any]) -> User | None:
@@ -241,21 +244,29 @@ def _role(metadata: object) -> SystemRole | None:
 
 
 def _clerk_id(data: Mapping[str, Any]) -> str:
-    value = _text(data.get("id"))
-    if value is None or len(value) > _NAME_LENGTH:
+    # An id is refused, not cleaned: a cleaned id would be another user's.
+    value = data.get("id")
+    if not isinstance(value, str):
+        raise BadInput("the event's data has no valid id")
+    value = value.strip()
+    if not value or len(value) > _NAME_LENGTH or has_unstorable_chars(value):
         raise BadInput("the event's data has no valid id")
     return value
 
 
 def _millis(value: object) -> int | None:
+    """Clerk's times are milliseconds since the epoch; one past year 9999 is no time."""
     if isinstance(value, bool) or not isinstance(value, int):
         return None
+    if not 0 <= value <= _MAX_MILLIS:
+        raise BadInput("the event's updated_at is out of range")
     return value
 
 
 def _text(value: object) -> str | None:
-    if isinstance(value, str) and value.strip():
-        return value.strip()
+    # Clerk's JSON may carry NUL or lone surrogates, which no column takes.
+    if isinstance(value, str):
+        return clean_external_text(value) or None
     return None
 
 

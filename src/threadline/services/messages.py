@@ -62,13 +62,13 @@ from threadline.services.permissions import (
 from threadline.services.plain_sends import PlainSend, plain_sends
 from threadline.services.text_rules import (
     MAX_DISTINCT_REACTIONS,
+    check_client_id,
     check_emoji,
     clean_body,
     mentioned_usernames,
 )
 
 MAX_ATTACHMENTS = 10
-MAX_CLIENT_ID = 255
 REACTION_USERS_SHOWN = 20
 
 
@@ -145,10 +145,8 @@ async def send_message(
     seq with it, so no gap) and runs again, finding the winner's message.
     """
     tid = parse_id(thread_id, "Thread")
-    if client_id is not None:  # checked once, for either path
-        client_id = client_id.strip()
-        if not client_id or len(client_id) > MAX_CLIENT_ID:
-            raise BadInput(f"`clientId` must be 1 to {MAX_CLIENT_ID} characters")
+    if client_id is not None:  # checked once, for either path, before anything is batched
+        client_id = check_client_id(client_id)
     if db.is_postgres and parent_id is None and not attachment_ids:
         message = await _send_plain_postgres(db, actor, tid, body, client_id)
         if message is not None:

@@ -23,7 +23,7 @@ from threadline.models import (
     utcnow,
 )
 from threadline.services.events import UserEvent
-from threadline.services.pagination import Page, PageRequest, make_page
+from threadline.services.pagination import Page, PageRequest, make_page, time_id_key
 from threadline.services.permissions import parse_id
 
 MAX_IDS = 500
@@ -119,12 +119,7 @@ async def notifications_of(
         query = query.where(Notification.read_at.is_(None))
     after = request.after_key()
     if after is not None:
-        from datetime import datetime
-
-        try:
-            at, nid = datetime.fromisoformat(after[0]), uuid.UUID(after[1])
-        except (TypeError, ValueError, IndexError):
-            raise BadInput("Invalid cursor") from None
+        at, nid = time_id_key(after)
         query = query.where(
             (Notification.created_at < at)
             | ((Notification.created_at == at) & (Notification.id < nid))

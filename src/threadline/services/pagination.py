@@ -2,6 +2,11 @@
 
 A cursor is the position key of an item (for messages its seq), encoded so that
 clients treat it as opaque. A page holds at most 100 items.
+
+Cursors come back from clients, so decoding one trusts nothing: its size and
+nesting are bounded, and each part of its key is checked for type and range by
+the ``*_key`` readers here before it reaches a query. Whatever is wrong with a
+cursor is one ``BadInput("Invalid cursor")``.
 """
 
 from __future__ import annotations
@@ -11,13 +16,20 @@ import binascii
 import json
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, Generic, TypeVar
 
 from threadline.errors import BadInput
+from threadline.services.text_rules import has_unencodable_chars
 
 MAX_PAGE = 100
 DEFAULT_PAGE = 20
+# Our longest cursor is a 255-character display name, every character escaped
+# as JSON (up to 12 bytes each), and an id, in base64: well under this.
+MAX_CURSOR_CHARS = 8192
+# Positions (seq, offsets) are 32-bit integer columns on PostgreSQL.
+MAX_POSITION = 2**31 - 1
 T = TypeVar("T")
 
 
@@ -34,10 +46,14 @@ def id_cursor(item_id: uuid.UUID) -> str:
 
 
 def decode_cursor(cursor: str) -> list[Any]:
+    if len(cursor) > MAX_CURSOR_CHARS:
+        raise BadInput("Invalid cursor")
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         value = json.loads(base64.urlsafe_b64decode(padded.encode()))
-    except (ValueError, binascii.Error, UnicodeDecodeError):
+    # ValueError covers bad base64, UTF-8 and JSON (and a lone surrogate that
+    # .encode() refuses); RecursionError a key nested thousands deep.
+    except (ValueError, binascii.Error, RecursionError):
         raise BadInput("Invalid cursor") from None
     if not isinstance(value, list):
         raise BadInput("Invalid cursor")
@@ -78,11 +94,62 @@ class PageRequest:
 
 
 def int_key(key: list[Any] | None) -> int | None:
+    """A key of one position (a seq, an offset): an integer from 0 to ``MAX_POSITION``."""
     if key is None:
         return None
-    if len(key) != 1 or not isinstance(key[0], int):
+    if len(key) != 1:
         raise BadInput("Invalid cursor")
-    return int(key[0])
+    return _position(key[0])
+
+
+def time_id_key(key: list[Any]) -> tuple[datetime, uuid.UUID]:
+    """A key of (timezone-aware ISO time, id): newest-first lists of threads, notifications."""
+    if len(key) != 2:
+        raise BadInput("Invalid cursor")
+    return _time(key[0]), _id(key[1])
+
+
+def text_id_key(key: list[Any]) -> tuple[str, uuid.UUID]:
+    """A key of (text, id): lists ordered by a name."""
+    if len(key) != 2 or not isinstance(key[0], str) or has_unencodable_chars(key[0]):
+        raise BadInput("Invalid cursor")
+    return key[0], _id(key[1])
+
+
+def id_key(key: list[Any]) -> uuid.UUID:
+    """A key of one id."""
+    if len(key) != 1:
+        raise BadInput("Invalid cursor")
+    return _id(key[0])
+
+
+def _position(value: object) -> int:
+    # bool is an int to Python, and a larger number overflows the column.
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_POSITION:
+        raise BadInput("Invalid cursor")
+    return value
+
+
+def _id(value: object) -> uuid.UUID:
+    if not isinstance(value, str):
+        raise BadInput("Invalid cursor")
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise BadInput("Invalid cursor") from None
+
+
+def _time(value: object) -> datetime:
+    if not isinstance(value, str):
+        raise BadInput("Invalid cursor")
+    try:
+        parsed = datetime.fromisoformat(value)
+        if parsed.tzinfo is None:  # a naive time has no place on the time line
+            raise ValueError(value)
+        # Moving an extreme time (year 1 or 9999) to UTC can leave the calendar.
+        return parsed.astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise BadInput("Invalid cursor") from None
 
 
 @dataclass(frozen=True)

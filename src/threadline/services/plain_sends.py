@@ -14,6 +14,9 @@ who may not post) is left out and answered None: the general path then says
 why. A clientId that exists already makes the whole statement fail on the
 unique key, storing nothing (so no seq is skipped): every row of that batch is
 then answered None and takes the general path, which returns the first message.
+Any other failure of the statement stores nothing either, and the batcher runs
+each send of it alone, so that one send's failure never fails another's. Input is
+validated before a send joins a batch (``messages.send_message``).
 """
 
 from __future__ import annotations

@@ -16,7 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from threadline.errors import BadInput
 from threadline.models import Message, Thread, ThreadParticipant, User
-from threadline.services.pagination import Page, PageRequest, make_page
+from threadline.services.pagination import Page, PageRequest, int_key, make_page
+from threadline.services.text_rules import clean_search
 
 MAX_QUERY = 200
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -35,7 +36,7 @@ async def search_messages(
     thread_id: uuid.UUID | None,
     request: PageRequest,
 ) -> Page[Message]:
-    text_query = query.strip()
+    text_query = clean_search(query)
     if not text_query or len(text_query) > MAX_QUERY:
         raise BadInput(f"`query` must be 1 to {MAX_QUERY} characters")
     if request.backwards:
@@ -43,9 +44,7 @@ async def search_messages(
     offset = 0
     after = request.after_key()
     if after is not None:
-        if len(after) != 1 or not isinstance(after[0], int) or after[0] < 0:
-            raise BadInput("Invalid cursor")
-        offset = after[0]
+        offset = int_key(after) or 0
     mine = select(ThreadParticipant.thread_id).where(ThreadParticipant.user_id == viewer.id)
     live_threads = select(Thread.id).where(Thread.deleted_at.is_(None))
     dialect = session.get_bind().dialect.name

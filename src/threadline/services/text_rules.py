@@ -20,6 +20,7 @@ MAX_TITLE_CHARS: Final = 200
 MAX_DESCRIPTION_CHARS: Final = 2000
 MAX_DISPLAY_NAME_CHARS: Final = 100
 MAX_DISTINCT_REACTIONS: Final = 20
+MAX_CLIENT_ID_CHARS: Final = 255
 
 # Every line break spelling becomes "\n": browsers submit textareas with CRLF, and
 # NEL (a C1 control) or U+2028/U+2029 would otherwise be dropped or kept as odd
@@ -76,6 +77,27 @@ def _remove_invisible_controls(text: str) -> str:
     return _INVISIBLE_CONTROLS.sub("", text)
 
 
+# What no text column can hold or no encoder can write: NUL and the other C0/C1
+# controls, and lone surrogates (JSON's "\\ud800" escapes decode to them; UTF-8,
+# asyncpg's encoder and sqlite3 refuse them).
+_UNSTORABLE: Final = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+# The part of that no JSON document can hold anywhere: PostgreSQL's jsonb refuses
+# \u0000, and no encoder writes a lone surrogate.
+_UNENCODABLE: Final = re.compile("[\x00\ud800-\udfff]")
+
+
+def has_unencodable_chars(text: str) -> bool:
+    """Whether ``text`` holds NUL or a lone surrogate, which no stored JSON may hold."""
+    return _UNENCODABLE.search(text) is not None
+
+
+def has_unstorable_chars(text: str) -> bool:
+    """Whether ``text`` holds a control character or a lone surrogate (see ``_UNSTORABLE``)."""
+    return _UNSTORABLE.search(text) is not None
+
+
 def _clean(raw: str) -> str:
     """The cleaning every text field shares: line breaks, controls, NFC, trimming."""
     text = _LINE_BREAKS.sub("\n", raw)
@@ -126,6 +148,34 @@ def clean_description(raw: str | None) -> str | None:
 def clean_display_name(raw: str) -> str:
     """A user's display name: one line, 1 to 100 characters."""
     return _clean_one_line(raw, "Display name", MAX_DISPLAY_NAME_CHARS)
+
+
+def check_client_id(raw: str) -> str:
+    """A sendMessage ``clientId``: an opaque key, trimmed, 1 to 255 characters.
+
+    Refused rather than cleaned: removing a character would turn it into another
+    client's key. Controls (NUL included) and lone surrogates are refused, because
+    PostgreSQL and the driver's encoder would fail the statement that stores it.
+    """
+    text = raw.strip()
+    if not text or len(text) > MAX_CLIENT_ID_CHARS:
+        raise BadInput(f"`clientId` must be 1 to {MAX_CLIENT_ID_CHARS} characters")
+    if has_unstorable_chars(text):
+        raise BadInput("`clientId` must not contain control characters or lone surrogates")
+    return text
+
+
+def clean_search(raw: str | None) -> str:
+    """Search text, cleaned like user text so that it matches what was stored; may be ""."""
+    return _clean(raw) if raw else ""
+
+
+def clean_external_text(raw: str) -> str:
+    """Text from another system (Clerk's names, token claims), cleaned like user text.
+
+    No length rule: the caller clips to its column. May return "".
+    """
+    return _clean(raw)
 
 
 def check_emoji(raw: str) -> str:

@@ -18,14 +18,14 @@ from threadline.errors import BadInput, Conflict, Forbidden, NotFound
 from threadline.models import Thread, ThreadParticipant, ThreadRole, User, utcnow
 from threadline.services import notifications
 from threadline.services.events import EventKind, UserEvent, append_event
-from threadline.services.pagination import Page, PageRequest, make_page
+from threadline.services.pagination import Page, PageRequest, id_key, make_page, time_id_key
 from threadline.services.permissions import (
     ThreadAccess,
     access_thread,
     parse_id,
     thread_role_at_least,
 )
-from threadline.services.text_rules import clean_description, clean_title
+from threadline.services.text_rules import clean_description, clean_search, clean_title
 
 MAX_INITIAL_PARTICIPANTS = 500
 
@@ -333,19 +333,13 @@ async def threads_of(
         .join(ThreadParticipant, ThreadParticipant.thread_id == Thread.id)
         .where(ThreadParticipant.user_id == actor.id, Thread.deleted_at.is_(None))
     )
-    if search and search.strip():
-        pattern = "%" + search.strip().lower().replace("\\", "\\\\").replace("%", "\\%") + "%"
+    search = clean_search(search)
+    if search:
+        pattern = "%" + search.lower().replace("\\", "\\\\").replace("%", "\\%") + "%"
         query = query.where(func.lower(Thread.title).like(pattern, escape="\\"))
     after = request.after_key()
     if after is not None:
-        if len(after) != 2:
-            raise BadInput("Invalid cursor")
-        from datetime import datetime
-
-        try:
-            at, tid = datetime.fromisoformat(after[0]), uuid.UUID(after[1])
-        except (TypeError, ValueError):
-            raise BadInput("Invalid cursor") from None
+        at, tid = time_id_key(after)
         query = query.where(
             or_(
                 Thread.last_activity_at < at,
@@ -365,10 +359,7 @@ async def participants_page(
     query = select(ThreadParticipant).where(ThreadParticipant.thread_id == thread_id)
     after = request.after_key()
     if after is not None:
-        try:
-            query = query.where(ThreadParticipant.user_id > uuid.UUID(str(after[0])))
-        except (ValueError, IndexError):
-            raise BadInput("Invalid cursor") from None
+        query = query.where(ThreadParticipant.user_id > id_key(after))
     rows = list(
         await session.scalars(query.order_by(ThreadParticipant.user_id).limit(request.size + 1))
     )

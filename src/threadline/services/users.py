@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -14,12 +15,19 @@ from threadline.db import UnitOfWork, entities_by_ids
 from threadline.errors import BadInput, Conflict, NotFound
 from threadline.models import Session, SystemRole, User
 from threadline.models.base import StoredRows
-from threadline.services.pagination import Page, PageRequest, make_page
+from threadline.services.pagination import Page, PageRequest, make_page, text_id_key
 from threadline.services.permissions import parse_id, require_system_role
-from threadline.services.text_rules import clean_display_name
+from threadline.services.text_rules import (
+    clean_display_name,
+    clean_search,
+    has_unencodable_chars,
+)
 
 DEV_CLERK_PREFIX = "dev_"
 MAX_PREFERENCES_BYTES = 16_384
+MAX_PREFERENCES_DEPTH = 32
+# orjson writes, and both databases keep, integers of 64 bits.
+_JSON_INTS = range(-(2**63), 2**63)
 
 
 async def get_user(session: AsyncSession, user_id: str | uuid.UUID) -> User:
@@ -52,8 +60,9 @@ async def search_users(
     if request.backwards:
         raise BadInput("Users page forwards only: use `first` and `after`")
     query = select(User).where(User.deleted_at.is_(None))
-    if search and search.strip():
-        pattern = f"%{_escape_like(search.strip().lower())}%"
+    search = clean_search(search)
+    if search:
+        pattern = f"%{_escape_like(search.lower())}%"
         query = query.where(
             or_(
                 func.lower(User.username).like(pattern, escape="\\"),
@@ -62,13 +71,9 @@ async def search_users(
         )
     after = request.after_key()
     if after is not None:
-        if len(after) != 2 or not all(isinstance(v, str) for v in after):
-            raise BadInput("Invalid cursor")
+        name, uid = text_id_key(after)
         query = query.where(
-            or_(
-                User.display_name > after[0],
-                (User.display_name == after[0]) & (User.id > uuid.UUID(after[1])),
-            )
+            or_(User.display_name > name, (User.display_name == name) & (User.id > uid))
         )
     query = query.order_by(User.display_name, User.id).limit(request.size + 1)
     rows = list(await session.scalars(query))
@@ -91,11 +96,43 @@ async def update_me(
     if set_preferences:
         if not isinstance(preferences, dict):
             raise BadInput("`preferences` must be a JSON object")
+        _check_json(preferences, "`preferences`", 1)
         if len(orjson.dumps(preferences)) > MAX_PREFERENCES_BYTES:
             raise BadInput(f"`preferences` must be at most {MAX_PREFERENCES_BYTES} bytes")
         user.preferences = preferences
     await uow.session.flush()
     return user
+
+
+def _check_json(value: object, what: str, depth: int) -> None:
+    """Refuse what the databases or the JSON encoder cannot keep, before it is stored.
+
+    Variables may arrive through the standard library's parser, which takes NaN,
+    lone surrogate escapes and numbers of any size; nesting is bounded so that
+    neither the encoder nor this walk runs out of stack.
+    """
+    if depth > MAX_PREFERENCES_DEPTH:
+        raise BadInput(f"{what} is nested more than {MAX_PREFERENCES_DEPTH} deep")
+    if value is None or isinstance(value, bool):
+        return
+    if isinstance(value, str):
+        if has_unencodable_chars(value):
+            raise BadInput(f"{what} must not contain NUL or lone surrogates")
+    elif isinstance(value, int):
+        if value not in _JSON_INTS:
+            raise BadInput(f"{what} holds an integer outside 64 bits")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise BadInput(f"{what} holds a number that JSON cannot write")
+    elif isinstance(value, list):
+        for item in value:
+            _check_json(item, what, depth + 1)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_json(key, what, depth + 1)
+            _check_json(item, what, depth + 1)
+    else:
+        raise BadInput(f"{what} must be JSON")
 
 
 async def set_user_role(
