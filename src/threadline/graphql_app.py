@@ -14,21 +14,19 @@ import json
 import logging
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import strawberry
 from graphql import GraphQLError
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
-from strawberry.http import GraphQLHTTPResponse
+from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
-from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
-    BaseGraphQLTransportWSHandler,
-    Operation,
-)
+from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import Operation
 from strawberry.types import ExecutionResult
 from strawberry.types.unset import UnsetType
 
@@ -39,10 +37,15 @@ from threadline.realtime.rate_limits import MAX_SUBSCRIPTIONS_PER_CONNECTION, Ac
 from threadline.runtime import Runtime, new_connection_id
 from threadline.schema.context import ConnectionState, Context
 from threadline.schema.errors import shape_error
+from threadline.schema.known_operations import refused_over_http
 from threadline.services import sessions
 from threadline.subscriptions import raw_frames
 from threadline.subscriptions.broadcast import CURRENT_SINK, DirectSink, FrameRenderer
 from threadline.subscriptions.fanout import Fanout
+from threadline.ws_protocol import LegacyProtocol, RefusedConnection, TransportProtocol
+
+if TYPE_CHECKING:
+    from cross_web import AsyncHTTPRequestAdapter
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +80,7 @@ def token_from_params(params: Any) -> str | None:
     return bearer(auth) if isinstance(auth, str) else None
 
 
-class TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
+class TransportWSHandler(TransportProtocol):
     """graphql-transport-ws, with a direct frame sink for broadcast subscriptions."""
 
     async def handle(self) -> None:
@@ -127,6 +130,7 @@ class TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
 
 class ThreadlineGraphQL(GraphQL[Context, None]):
     graphql_transport_ws_handler_class = TransportWSHandler
+    graphql_ws_handler_class = LegacyProtocol
 
     def __init__(self, schema: strawberry.Schema, runtime: Runtime) -> None:
         super().__init__(
@@ -178,6 +182,27 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
             ]
         return await super().process_result(request, result)
 
+    async def execute_single(
+        self,
+        request: Request,
+        request_adapter: AsyncHTTPRequestAdapter,
+        sub_response: Response,
+        context: Context,
+        root_value: None,
+        request_data: GraphQLRequestData,
+    ) -> ExecutionResult:
+        # Strawberry would run a subscription sent over GET (or a POST that its own
+        # handler left to this view) as a query: refuse it as graphql_post does.
+        known = getattr(self.schema, "known_operations", None)
+        if known is not None and known.is_subscription(
+            request_data.query, request_data.operation_name
+        ):
+            await context.close()
+            return refused_over_http()
+        return await super().execute_single(
+            request, request_adapter, sub_response, context, root_value, request_data
+        )
+
     async def get_context(self, request: Request | WebSocket, response: Any) -> Context:
         if isinstance(request, WebSocket):
             return Context(
@@ -205,8 +230,8 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
         try:
             await self.runtime.rate_limiter.hit(Action.WS_CONNECT, str(user.id))
         except RateLimited:
-            await context.connection.close(code=CLOSE_TOO_MANY, reason="Too many new connections")
-            raise ConnectionRejectionError({"message": "Too many new connections"}) from None
+            # Closed by the protocol handler, once, with this code.
+            raise RefusedConnection(CLOSE_TOO_MANY, "Too many new connections") from None
         raw = context.connection.scope.get(raw_frames.SCOPE_KEY)
         if raw is not None:
             raw.forget_handshake()
