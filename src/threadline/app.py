@@ -72,6 +72,7 @@ def create_app(settings: Settings) -> Starlette:
         background = [
             asyncio.create_task(graphql.listen_for_ended_sessions()),
             asyncio.create_task(graphql.maintain_connections()),
+            asyncio.create_task(runtime.presence.keep_alive()),
         ]
         try:
             yield

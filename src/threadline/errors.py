@@ -20,6 +20,7 @@ class ErrorCode(StrEnum):
     PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
     QUERY_TOO_COSTLY = "QUERY_TOO_COSTLY"
     NOT_IMPLEMENTED = "NOT_IMPLEMENTED"
+    SERVICE_UNAVAILABLE = "SERVICE_UNAVAILABLE"
     INTERNAL_SERVER_ERROR = "INTERNAL_SERVER_ERROR"
 
 
@@ -83,6 +84,20 @@ class RateLimited(DomainError):
 
     def __init__(self, message: str, retry_after: float) -> None:
         # Whole seconds, rounded up, so that a client that waits that long gets through.
+        seconds = max(1, int(-(-retry_after // 1)))
+        super().__init__(message, retryAfter=seconds)
+        self.retry_after = seconds
+
+
+class ServiceUnavailable(DomainError):
+    """A dependency the operation needs (Redis, for presence and typing) is down.
+
+    Nothing was changed; the client retries after ``retryAfter`` seconds.
+    """
+
+    code = ErrorCode.SERVICE_UNAVAILABLE
+
+    def __init__(self, message: str, retry_after: float = 1) -> None:
         seconds = max(1, int(-(-retry_after // 1)))
         super().__init__(message, retryAfter=seconds)
         self.retry_after = seconds

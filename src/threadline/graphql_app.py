@@ -243,9 +243,12 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
             state.session_id = await sessions.open_session(
                 uow, user, identity.session_id, context.user_agent
             )
-        await self.runtime.presence.renew(user.id, state.connection_id)
+        # Registered before anything else can fail: whatever happens next, the
+        # socket's end (run's finally) finds it and closes the session row.
         self.connections.add(context)
         WEBSOCKET_CONNECTIONS.set(len(self.connections))
+        # Never fails for want of Redis: the lease is then written on the next beat.
+        await self.runtime.presence.renew(user.id, state.connection_id)
         return None
 
     async def maintain_connections(self) -> None:
@@ -301,13 +304,17 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
             return
         for task in state.tasks:
             task.cancel()
+        # The session row first, on its own: it must close whatever presence does.
         try:
-            await self.runtime.presence.release(user.id, state.connection_id)
             if state.session_id is not None:
                 async with self.runtime.db.transaction("close_session") as uow:
                     await sessions.close_session(uow, state.session_id)
         except Exception:
             log.warning("closing a connection's session failed", exc_info=True)
+        try:
+            await self.runtime.presence.release(user.id, state.connection_id)
+        except Exception:
+            log.warning("releasing a connection's presence failed", exc_info=True)
 
     async def run(self, request: Any, context: Any = None, root_value: Any = None) -> Any:
         from strawberry.types.unset import UNSET
