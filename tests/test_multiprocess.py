@@ -161,6 +161,14 @@ async def test_presence_subscribers_see_offline_within_seconds_when_the_process_
         assert status == "OFFLINE"
         # The heartbeat lapses after 4 s and is checked every second; slack for a busy machine.
         assert took < 10, took
+        # The killed process's socket is gone: its session row is closed by the survivor.
+        sessions_query = "{ mySessions { disconnectedAt } }"
+        for _ in range(50):
+            rows = (await bob.gql(sessions_query))["mySessions"]
+            if all(row["disconnectedAt"] for row in rows):
+                break
+            await asyncio.sleep(0.1)
+        assert rows and all(row["disconnectedAt"] for row in rows), rows
         await watcher.close()
         with contextlib.suppress(Exception):
             await ws.close()

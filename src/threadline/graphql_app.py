@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +35,7 @@ from threadline.errors import DomainError, RateLimited, Unauthenticated
 from threadline.metrics import WEBSOCKET_CONNECTIONS
 from threadline.realtime.channels import SESSIONS_CHANNEL
 from threadline.realtime.rate_limits import MAX_SUBSCRIPTIONS_PER_CONNECTION, Action
-from threadline.runtime import Runtime, new_connection_id
+from threadline.runtime import Runtime
 from threadline.schema.context import ConnectionState, Context
 from threadline.schema.errors import shape_error
 from threadline.schema.known_operations import refused_over_http
@@ -147,6 +148,7 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
         self.runtime = runtime
         runtime.frames = FrameRenderer(lambda: Context(runtime=runtime))
         runtime.fanout = Fanout(runtime)
+        runtime.presence.on_reaped = self._close_reaped_sessions
         self.connections: set[Context] = set()
         self.pinged: set[TransportWSHandler] = set()
         self._pings: asyncio.Future[list[None]] | None = None
@@ -237,12 +239,14 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
             raw.forget_handshake()
         context.token = token
         context.set_viewer(identity, user)
-        state = ConnectionState(new_connection_id())
-        context.state = state
         async with self.runtime.db.transaction("open_session") as uow:
-            state.session_id = await sessions.open_session(
+            session_id = await sessions.open_session(
                 uow, user, identity.session_id, context.user_agent
             )
+        # The presence lease is named after the session row, so that a process that
+        # reaps a dead one's leases can close its rows too (_close_reaped_sessions).
+        state = ConnectionState(session_id.hex, session_id)
+        context.state = state
         # Registered before anything else can fail: whatever happens next, the
         # socket's end (run's finally) finds it and closes the session row.
         self.connections.add(context)
@@ -315,6 +319,16 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
             await self.runtime.presence.release(user.id, state.connection_id)
         except Exception:
             log.warning("releasing a connection's presence failed", exc_info=True)
+
+    async def _close_reaped_sessions(self, connection_ids: Sequence[str]) -> None:
+        """Close the session rows of a killed process's sockets (its leases were reaped)."""
+        ids = []
+        for connection_id in connection_ids:
+            with contextlib.suppress(ValueError):
+                ids.append(uuid.UUID(hex=connection_id))
+        if ids:
+            async with self.runtime.db.transaction("close_reaped_sessions") as uow:
+                await sessions.close_sessions(uow, ids)
 
     async def run(self, request: Any, context: Any = None, root_value: Any = None) -> Any:
         from strawberry.types.unset import UNSET

@@ -23,7 +23,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -99,6 +99,9 @@ class PresenceTracker:
         self._seen: dict[uuid.UUID, float] = {}
         self._skip_redis_until = 0.0
         self._warned_at: float | None = None
+        # Told the connection ids of a dead process's reaped leases (its sockets are
+        # gone: the GraphQL layer closes their session rows).
+        self.on_reaped: Callable[[Sequence[str]], Awaitable[None]] | None = None
 
     async def aclose(self) -> None:
         if self._redis is not None:
@@ -318,6 +321,8 @@ class PresenceTracker:
             log.info("presence: process %s stopped; %d users now offline", process_id, len(gone))
         for user_id in gone:
             await self._publish(user_id, PresenceState(PresenceStatus.OFFLINE, _ts(now)))
+        if held and self.on_reaped is not None:
+            await self.on_reaped([c for ids in by_user.values() for c in ids])
 
     # -- state
 
