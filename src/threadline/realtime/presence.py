@@ -253,15 +253,20 @@ class PresenceTracker:
         the leases of processes whose heartbeat lapsed, removed with OFFLINE announced."""
         if self._redis is None:
             return
+        this = asyncio.current_task()
         while True:
             try:
                 await self._heartbeat(self._redis)
             except asyncio.CancelledError:
                 raise
-            except _REDIS_ERRORS as exc:
-                self._failed(exc)
-            except Exception:
-                log.warning("presence heartbeat failed; retrying", exc_info=True)
+            except Exception as exc:
+                if this is not None and this.cancelling():
+                    # The Redis client turned our cancellation into an error of its own.
+                    raise asyncio.CancelledError from exc
+                if isinstance(exc, _REDIS_ERRORS):
+                    self._failed(exc)
+                else:
+                    log.warning("presence heartbeat failed; retrying", exc_info=True)
             await asyncio.sleep(HEARTBEAT_SECONDS)
 
     async def _heartbeat(self, redis: aioredis.Redis[Any]) -> None:
