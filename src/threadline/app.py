@@ -75,6 +75,7 @@ def create_app(settings: Settings) -> Starlette:
             asyncio.create_task(graphql.listen_for_ended_sessions()),
             asyncio.create_task(graphql.maintain_connections()),
             asyncio.create_task(retention.sweep_forever(runtime.db, runtime.storage)),
+            asyncio.create_task(runtime.presence.keep_alive()),
         ]
         try:
             yield

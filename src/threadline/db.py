@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.sql import Executable
 
-from threadline.errors import Unavailable
+from threadline.errors import ServiceUnavailable
 from threadline.metrics import TRANSACTION_SECONDS
 from threadline.models.base import StoredRows
 
@@ -135,7 +135,7 @@ async def _nothing_to_reset(connection: asyncpg.Connection) -> None:
 
 class ReadSession(AsyncSession):
     """A session that only reads: a statement that meets a lost connection runs
-    once more on a fresh one, then fails with UNAVAILABLE.
+    once more on a fresh one, then fails with SERVICE_UNAVAILABLE.
 
     On PostgreSQL read sessions run in autocommit (see Database), so each
     statement stands alone and running it again reads what it would have read.
@@ -162,7 +162,7 @@ class ReadSession(AsyncSession):
                 # Gives the dead connection up; the next statement checks out another.
                 await self.invalidate()
                 if attempt:
-                    raise Unavailable(READ_LOST) from exc
+                    raise ServiceUnavailable(READ_LOST) from exc
         raise AssertionError("unreachable")
 
 
@@ -329,7 +329,7 @@ class Database:
         except Exception as exc:
             # Never retried here: a write whose connection died may have committed.
             if connection_lost(exc):
-                raise Unavailable(WRITE_LOST) from exc
+                raise ServiceUnavailable(WRITE_LOST) from exc
             raise
         finally:
             if self._write_lock is not None:
@@ -367,7 +367,7 @@ class Database:
         except Exception as exc:
             # Never retried here: a statement whose connection died may have committed.
             if connection_lost(exc):
-                raise Unavailable(WRITE_LOST) from exc
+                raise ServiceUnavailable(WRITE_LOST) from exc
             raise
         finally:
             TRANSACTION_SECONDS.labels(name).observe(time.perf_counter() - started)

@@ -19,7 +19,7 @@ class ErrorCode(StrEnum):
     RATE_LIMITED = "RATE_LIMITED"
     PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
     QUERY_TOO_COSTLY = "QUERY_TOO_COSTLY"
-    UNAVAILABLE = "UNAVAILABLE"
+    SERVICE_UNAVAILABLE = "SERVICE_UNAVAILABLE"
     INTERNAL_SERVER_ERROR = "INTERNAL_SERVER_ERROR"
 
 
@@ -72,25 +72,25 @@ class QueryTooCostly(DomainError):
         )
 
 
-class Unavailable(DomainError):
-    """The database connection was lost (failover, a killed backend) during the work.
-
-    Reads are retried once before this; a write is never retried, as it may have
-    been applied: the client may retry (sendMessage with the same clientId is
-    applied once).
-    """
-
-    code = ErrorCode.UNAVAILABLE
-
-    def __init__(self, message: str, retry_after: int = 1) -> None:
-        super().__init__(message, retryAfter=retry_after)
-
-
 class RateLimited(DomainError):
     code = ErrorCode.RATE_LIMITED
 
     def __init__(self, message: str, retry_after: float) -> None:
         # Whole seconds, rounded up, so that a client that waits that long gets through.
+        seconds = max(1, int(-(-retry_after // 1)))
+        super().__init__(message, retryAfter=seconds)
+        self.retry_after = seconds
+
+
+class ServiceUnavailable(DomainError):
+    """A dependency the operation needs (Redis, for presence and typing) is down.
+
+    Nothing was changed; the client retries after ``retryAfter`` seconds.
+    """
+
+    code = ErrorCode.SERVICE_UNAVAILABLE
+
+    def __init__(self, message: str, retry_after: float = 1) -> None:
         seconds = max(1, int(-(-retry_after // 1)))
         super().__init__(message, retryAfter=seconds)
         self.retry_after = seconds

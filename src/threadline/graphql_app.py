@@ -13,24 +13,23 @@ import contextlib
 import json
 import logging
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import strawberry
 from cross_web import AsyncHTTPRequestAdapter, HTTPException
 from graphql import GraphQLError
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import Scope
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
-from strawberry.http import GraphQLHTTPResponse
+from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
-from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
-    BaseGraphQLTransportWSHandler,
-    Operation,
-)
+from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import Operation
 from strawberry.types import ExecutionResult
 from strawberry.types.unset import UnsetType
 
@@ -38,13 +37,18 @@ from threadline.errors import DomainError, RateLimited, Unauthenticated
 from threadline.metrics import WEBSOCKET_CONNECTIONS
 from threadline.realtime.channels import SESSIONS_CHANNEL
 from threadline.realtime.rate_limits import MAX_SUBSCRIPTIONS_PER_CONNECTION, Action
-from threadline.runtime import Runtime, new_connection_id
+from threadline.runtime import Runtime
 from threadline.schema.context import ConnectionState, Context
 from threadline.schema.errors import shape_error
+from threadline.schema.known_operations import refused_over_http
 from threadline.services import sessions
 from threadline.subscriptions import raw_frames
 from threadline.subscriptions.broadcast import CURRENT_SINK, DirectSink, FrameRenderer
 from threadline.subscriptions.fanout import Fanout
+from threadline.ws_protocol import LegacyProtocol, RefusedConnection, TransportProtocol
+
+if TYPE_CHECKING:
+    from cross_web import AsyncHTTPRequestAdapter
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +97,7 @@ def token_from_params(params: Any) -> str | None:
     return bearer(auth) if isinstance(auth, str) else None
 
 
-class TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
+class TransportWSHandler(TransportProtocol):
     """graphql-transport-ws, with a direct frame sink for broadcast subscriptions."""
 
     async def handle(self) -> None:
@@ -143,6 +147,7 @@ class TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
 
 class ThreadlineGraphQL(GraphQL[Context, None]):
     graphql_transport_ws_handler_class = TransportWSHandler
+    graphql_ws_handler_class = LegacyProtocol
 
     def __init__(self, schema: strawberry.Schema, runtime: Runtime) -> None:
         super().__init__(
@@ -160,6 +165,7 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
         self.runtime = runtime
         runtime.frames = FrameRenderer(lambda: Context(runtime=runtime))
         runtime.fanout = Fanout(runtime)
+        runtime.presence.on_reaped = self._close_reaped_sessions
         self.connections: set[Context] = set()
         self.pinged: set[TransportWSHandler] = set()
         self._pings: asyncio.Future[list[None]] | None = None
@@ -209,6 +215,27 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
             ]
         return await super().process_result(request, result)
 
+    async def execute_single(
+        self,
+        request: Request,
+        request_adapter: AsyncHTTPRequestAdapter,
+        sub_response: Response,
+        context: Context,
+        root_value: None,
+        request_data: GraphQLRequestData,
+    ) -> ExecutionResult:
+        # Strawberry would run a subscription sent over GET (or a POST that its own
+        # handler left to this view) as a query: refuse it as graphql_post does.
+        known = getattr(self.schema, "known_operations", None)
+        if known is not None and known.is_subscription(
+            request_data.query, request_data.operation_name
+        ):
+            await context.close()
+            return refused_over_http()
+        return await super().execute_single(
+            request, request_adapter, sub_response, context, root_value, request_data
+        )
+
     async def get_context(self, request: Request | WebSocket, response: Any) -> Context:
         if isinstance(request, WebSocket):
             return Context(
@@ -255,22 +282,27 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
         try:
             await self.runtime.rate_limiter.hit(Action.WS_CONNECT, str(user.id))
         except RateLimited:
-            await context.connection.close(code=CLOSE_TOO_MANY, reason="Too many new connections")
-            raise ConnectionRejectionError({"message": "Too many new connections"}) from None
+            # Closed by the protocol handler, once, with this code.
+            raise RefusedConnection(CLOSE_TOO_MANY, "Too many new connections") from None
         raw = context.connection.scope.get(raw_frames.SCOPE_KEY)
         if raw is not None:
             raw.forget_handshake()
         context.token = token
         context.set_viewer(identity, user)
-        state = ConnectionState(new_connection_id())
-        context.state = state
         async with self.runtime.db.transaction("open_session") as uow:
-            state.session_id = await sessions.open_session(
+            session_id = await sessions.open_session(
                 uow, user, identity.session_id, context.user_agent
             )
-        await self.runtime.presence.renew(user.id, state.connection_id)
+        # The presence lease is named after the session row, so that a process that
+        # reaps a dead one's leases can close its rows too (_close_reaped_sessions).
+        state = ConnectionState(session_id.hex, session_id)
+        context.state = state
+        # Registered before anything else can fail: whatever happens next, the
+        # socket's end (run's finally) finds it and closes the session row.
         self.connections.add(context)
         WEBSOCKET_CONNECTIONS.set(len(self.connections))
+        # Never fails for want of Redis: the lease is then written on the next beat.
+        await self.runtime.presence.renew(user.id, state.connection_id)
         return None
 
     async def maintain_connections(self) -> None:
@@ -326,13 +358,27 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
             return
         for task in state.tasks:
             task.cancel()
+        # The session row first, on its own: it must close whatever presence does.
         try:
-            await self.runtime.presence.release(user.id, state.connection_id)
             if state.session_id is not None:
                 async with self.runtime.db.transaction("close_session") as uow:
                     await sessions.close_session(uow, state.session_id)
         except Exception:
             log.warning("closing a connection's session failed", exc_info=True)
+        try:
+            await self.runtime.presence.release(user.id, state.connection_id)
+        except Exception:
+            log.warning("releasing a connection's presence failed", exc_info=True)
+
+    async def _close_reaped_sessions(self, connection_ids: Sequence[str]) -> None:
+        """Close the session rows of a killed process's sockets (its leases were reaped)."""
+        ids = []
+        for connection_id in connection_ids:
+            with contextlib.suppress(ValueError):
+                ids.append(uuid.UUID(hex=connection_id))
+        if ids:
+            async with self.runtime.db.transaction("close_reaped_sessions") as uow:
+                await sessions.close_sessions(uow, ids)
 
     async def run(self, request: Any, context: Any = None, root_value: Any = None) -> Any:
         from strawberry.types.unset import UNSET

@@ -152,7 +152,3 @@ def _wants_profile(user: User, identity: Identity) -> bool:
         (identity.name is not None and user.display_name == clerk_sync.PLACEHOLDER_NAME)
         or (identity.username is not None and user.username is None)
     )
-
-
-def new_connection_id() -> str:
-    return uuid.uuid4().hex

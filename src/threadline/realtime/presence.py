@@ -1,28 +1,41 @@
 """Presence: ONLINE while a user has a live connection anywhere, AWAY on request.
 
 Each connection holds a lease that its keep-alive renews; a user is ONLINE while
-any lease is unexpired, so a process killed with -9 stops counting once its
-leases run out. With Redis the leases live there (one sorted set per user), so
-every process gives the same answer; without it, in this process.
+any lease is unexpired. With Redis the leases live there (one sorted set per
+user), so every process gives the same answer; without it, in this process.
+
+A process killed with -9 cannot release its leases. Each process therefore
+keeps a heartbeat key of a few seconds and a hash of the leases it holds; every
+process checks the others' heartbeats each second, and the first to see one
+lapse removes that process's leases and announces OFFLINE for each of its users
+left with none. A process that finds itself removed (a long stall, or a Redis
+that restarted empty) writes its leases back at once.
+
+With Redis unreachable nothing here fails a connection: leases are kept in this
+process and written on the next renewal, reads answer from what this process
+knows (its own connections), and only the user's explicit writes (AWAY) are
+refused with SERVICE_UNAVAILABLE.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from threadline.errors import ServiceUnavailable
 from threadline.metrics import PRESENCE_UNAVAILABLE
 from threadline.realtime.channels import Publisher, presence_channel
-from threadline.realtime.redis_pool import redis_pool
+from threadline.realtime.redis_pool import fail_fast_pool
 from threadline.services.states import PresenceStatus
 
 log = logging.getLogger(__name__)
@@ -32,6 +45,27 @@ LEASE_SECONDS = 20.0
 RENEW_BATCH = 500
 # Users whose presence get_many reads per Redis pipeline.
 READ_BATCH = 1000
+# A process renews its heartbeat this often; one silent for PROCESS_TTL_SECONDS is
+# dead. Four missed beats: a busy event loop is not mistaken for a dead process.
+HEARTBEAT_SECONDS = 1.0
+PROCESS_TTL_SECONDS = 4.0
+# After Redis fails, reads skip it for this long: an outage costs one failed
+# attempt per interval, not one per presence field.
+SKIP_REDIS_SECONDS = 1.0
+# While Redis stays down, one warning per interval instead of one per call.
+WARN_INTERVAL_SECONDS = 60.0
+
+PROCESSES_KEY: Final = "presence:processes"
+_REDIS_ERRORS: Final = (RedisError, OSError, TimeoutError)
+
+
+def _heartbeat_key(process_id: str) -> str:
+    return f"presence:process:{process_id}"
+
+
+def _held_key(process_id: str) -> str:
+    """A process's leases: connection id -> user id."""
+    return f"presence:process:{process_id}:leases"
 
 
 @dataclass(frozen=True)
@@ -53,17 +87,56 @@ class PresenceTracker:
         clock: Callable[[], float] = time.time,
         lease_seconds: float = LEASE_SECONDS,
     ) -> None:
-        self._redis = aioredis.Redis(connection_pool=redis_pool(redis_url)) if redis_url else None
+        self._redis = (
+            aioredis.Redis(connection_pool=fail_fast_pool(redis_url)) if redis_url else None
+        )
         self._publisher = publisher
         self._clock = clock
         self.lease_seconds = lease_seconds
+        self.process_id = uuid.uuid4().hex
+        # This process's own connections (with Redis: a copy of what it wrote there),
+        # the AWAY users and last-seen times it knows: the whole state without Redis,
+        # and what a read answers while Redis is unreachable.
         self._leases: dict[uuid.UUID, dict[str, float]] = {}
         self._away: set[uuid.UUID] = set()
         self._seen: dict[uuid.UUID, float] = {}
+        self._skip_redis_until = 0.0
+        self._warned_at: float | None = None
+        # Told the connection ids of a dead process's reaped leases (its sockets are
+        # gone: the GraphQL layer closes their session rows).
+        self.on_reaped: Callable[[Sequence[str]], Awaitable[None]] | None = None
 
     async def aclose(self) -> None:
         if self._redis is not None:
+            # A clean stop leaves nothing for the other processes to reap.
+            try:
+                await self._redis.srem(PROCESSES_KEY, self.process_id)
+                await self._redis.delete(
+                    _heartbeat_key(self.process_id), _held_key(self.process_id)
+                )
+            except _REDIS_ERRORS:
+                pass
             await self._redis.aclose()  # type: ignore[attr-defined]
+
+    # -- Redis health
+
+    def _usable(self) -> aioredis.Redis[Any] | None:
+        """The Redis client, unless it failed a moment ago."""
+        if self._redis is None or time.monotonic() < self._skip_redis_until:
+            return None
+        return self._redis
+
+    def _failed(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        self._skip_redis_until = now + SKIP_REDIS_SECONDS
+        if self._warned_at is None or now - self._warned_at >= WARN_INTERVAL_SECONDS:
+            self._warned_at = now
+            log.warning("presence: Redis unreachable (%s); answering from this process", exc)
+
+    def _recovered(self) -> None:
+        if self._warned_at is not None:
+            self._warned_at = None
+            log.info("presence: Redis reachable again")
 
     # -- leases
 
@@ -76,13 +149,21 @@ class PresenceTracker:
         user who had no live lease before (newly connected, or back after a lapse).
 
         One Redis round trip per RENEW_BATCH leases: the maintenance beat renews
-        every connection of the process every few seconds.
+        every connection of the process every few seconds. Never fails for want of
+        Redis: the leases are kept here and written by the next renewal.
         """
         now = self._clock()
-        if self._redis is None:
-            came_back = self._renew_in_memory(leases, now)
-        else:
-            came_back = await self._renew_in_redis(self._redis, leases, now)
+        came_back = self._renew_in_memory(leases, now)
+        if self._redis is not None:
+            redis = self._usable()
+            if redis is None:
+                return
+            try:
+                came_back = await self._renew_in_redis(redis, leases, now)
+            except _REDIS_ERRORS as exc:
+                self._failed(exc)
+                return
+            self._recovered()
         for user_id, away in came_back:
             status = PresenceStatus.AWAY if away else PresenceStatus.ONLINE
             await self._publish(user_id, PresenceState(status, _ts(now)))
@@ -104,6 +185,7 @@ class PresenceTracker:
         self, redis: aioredis.Redis[Any], leases: Sequence[tuple[uuid.UUID, str]], now: float
     ) -> list[tuple[uuid.UUID, bool]]:
         came_back = []
+        held_key = _held_key(self.process_id)
         for start in range(0, len(leases), RENEW_BATCH):
             batch = leases[start : start + RENEW_BATCH]
             # MULTI: each user's count-then-add is atomic against other processes.
@@ -116,38 +198,139 @@ class PresenceTracker:
                     pipe.expire(key, int(self.lease_seconds * 3))
                     pipe.set(f"presence:seen:{user_id}", now)
                     pipe.exists(f"presence:away:{user_id}")
+                    pipe.hset(held_key, connection_id, str(user_id))
+                pipe.expire(held_key, int(self.lease_seconds * 3))
                 replies = await pipe.execute()
             for i, (user_id, _) in enumerate(batch):
-                live_before, away = replies[i * 6 + 1], replies[i * 6 + 5]
+                live_before, away = replies[i * 7 + 1], replies[i * 7 + 5]
                 if not live_before:
                     came_back.append((user_id, bool(away)))
         return came_back
 
     async def release(self, user_id: uuid.UUID, connection_id: str) -> None:
+        """End a connection's lease; announce OFFLINE when it was the user's last.
+
+        Never fails for want of Redis: its lease there then runs out by itself.
+        """
         now = self._clock()
-        if self._redis is not None:
-            key = f"presence:leases:{user_id}"
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.zrem(key, connection_id)
-                pipe.set(f"presence:seen:{user_id}", now)
-                pipe.zcount(key, now, "+inf")
-                *_, live = await pipe.execute()
-        else:
-            self._leases.get(user_id, {}).pop(connection_id, None)
+        held = self._leases.get(user_id, {})
+        held.pop(connection_id, None)
+        if not held:
+            self._leases.pop(user_id, None)
+        if self._redis is None or user_id in self._leases:
             self._seen[user_id] = now
-            live = await self._live_leases(user_id)
+        else:
+            # Redis keeps last-seen times; this copy only covers users connected here.
+            self._seen.pop(user_id, None)
+        if self._redis is None:
+            live = self._live_here(user_id, now)
+        else:
+            redis = self._usable()
+            if redis is None:
+                return
+            key = f"presence:leases:{user_id}"
+            try:
+                async with redis.pipeline(transaction=True) as pipe:
+                    pipe.zrem(key, connection_id)
+                    pipe.hdel(_held_key(self.process_id), connection_id)
+                    pipe.set(f"presence:seen:{user_id}", now)
+                    pipe.zcount(key, now, "+inf")
+                    *_, live = await pipe.execute()
+            except _REDIS_ERRORS as exc:
+                self._failed(exc)
+                return
         if not live:
             await self._publish(user_id, PresenceState(PresenceStatus.OFFLINE, _ts(now)))
 
-    async def _live_leases(self, user_id: uuid.UUID) -> int:
-        now = self._clock()
-        if self._redis is not None:
-            return int(await self._redis.zcount(f"presence:leases:{user_id}", now, "+inf"))
+    def _live_here(self, user_id: uuid.UUID, now: float) -> int:
         leases = self._leases.get(user_id, {})
         for conn, expiry in list(leases.items()):
             if expiry <= now:
                 del leases[conn]
         return len(leases)
+
+    # -- dead processes
+
+    async def keep_alive(self) -> None:
+        """Runs for the process's lifetime (with Redis): this process's heartbeat, and
+        the leases of processes whose heartbeat lapsed, removed with OFFLINE announced."""
+        if self._redis is None:
+            return
+        this = asyncio.current_task()
+        while True:
+            try:
+                await self._heartbeat(self._redis)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if this is not None and this.cancelling():
+                    # The Redis client turned our cancellation into an error of its own.
+                    raise asyncio.CancelledError from exc
+                if isinstance(exc, _REDIS_ERRORS):
+                    self._failed(exc)
+                else:
+                    log.warning("presence heartbeat failed; retrying", exc_info=True)
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+
+    async def _heartbeat(self, redis: aioredis.Redis[Any]) -> None:
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.set(_heartbeat_key(self.process_id), 1, px=int(PROCESS_TTL_SECONDS * 1000))
+            pipe.sadd(PROCESSES_KEY, self.process_id)
+            pipe.smembers(PROCESSES_KEY)
+            _, added, members = await pipe.execute()
+        self._recovered()
+        if added:
+            # New, or removed by another process (a stall, Redis restarted empty):
+            # write this process's leases back now rather than at the next renewal.
+            await self._restore()
+        others = [m.decode() if isinstance(m, bytes) else str(m) for m in members]
+        others = [m for m in others if m != self.process_id]
+        if not others:
+            return
+        async with redis.pipeline(transaction=False) as pipe:
+            for other in others:
+                pipe.exists(_heartbeat_key(other))
+            alive = await pipe.execute()
+        for other, beating in zip(others, alive, strict=True):
+            # SREM answers 1 to one process only: that one reaps.
+            if not beating and await redis.srem(PROCESSES_KEY, other):
+                await self.reap(other)
+
+    async def _restore(self) -> None:
+        now = self._clock()
+        leases = [(u, c) for u, held in self._leases.items() for c, e in held.items() if e > now]
+        if leases:
+            await self.renew_many(leases)
+
+    async def reap(self, process_id: str) -> None:
+        """Remove a dead process's leases; announce OFFLINE for users left with none."""
+        assert self._redis is not None
+        redis = self._redis
+        held_key = _held_key(process_id)
+        held: dict[Any, Any] = await redis.hgetall(held_key)
+        by_user: dict[uuid.UUID, list[str]] = {}
+        for connection, user in held.items():
+            connection_id = connection.decode() if isinstance(connection, bytes) else connection
+            raw_user = user.decode() if isinstance(user, bytes) else user
+            by_user.setdefault(uuid.UUID(raw_user), []).append(connection_id)
+        now = self._clock()
+        gone: list[uuid.UUID] = []
+        for start in range(0, len(by_user), RENEW_BATCH):
+            users = list(by_user)[start : start + RENEW_BATCH]
+            async with redis.pipeline(transaction=True) as pipe:
+                for user_id in users:
+                    key = f"presence:leases:{user_id}"
+                    pipe.zrem(key, *by_user[user_id])
+                    pipe.zcount(key, now, "+inf")
+                replies = await pipe.execute()
+            gone += [u for i, u in enumerate(users) if not replies[i * 2 + 1]]
+        await redis.delete(held_key)
+        if held:
+            log.info("presence: process %s stopped; %d users now offline", process_id, len(gone))
+        for user_id in gone:
+            await self._publish(user_id, PresenceState(PresenceStatus.OFFLINE, _ts(now)))
+        if held and self.on_reaped is not None:
+            await self.on_reaped([c for ids in by_user.values() for c in ids])
 
     # -- state
 
@@ -155,48 +338,36 @@ class PresenceTracker:
         return (await self.get_many([(user_id, stored_seen)]))[0]
 
     async def get_many(
-        self, users: Sequence[tuple[uuid.UUID, datetime | None]], *, best_effort: bool = False
+        self, users: Sequence[tuple[uuid.UUID, datetime | None]]
     ) -> list[PresenceState]:
         """The state of each (user id, last seen as stored), in order.
 
         With Redis, one round trip for the lot (per READ_BATCH users): a page of
         users reads its presence in one pipeline, not three commands per user.
-        ``best_effort``: when Redis fails, each user is OFFLINE as last stored
-        (logged and counted) rather than the read failing, so that a page that
-        shows presence still answers.
+        With Redis unreachable, as far as this process knows (its own sockets), so
+        that a page that shows presence still answers.
         """
-        try:
-            return await self._get_many(users)
-        except (RedisError, OSError) as exc:
-            if not best_effort:
-                raise
-            # The class only: a Redis error's text may name the server.
-            log.warning("presence unavailable (%s): users shown OFFLINE", type(exc).__name__)
-            PRESENCE_UNAVAILABLE.inc()
-            return [PresenceState(PresenceStatus.OFFLINE, seen) for _, seen in users]
-
-    async def _get_many(
-        self, users: Sequence[tuple[uuid.UUID, datetime | None]]
-    ) -> list[PresenceState]:
         now = self._clock()
-        if self._redis is None:
-            found = [
-                (await self._live_leases(u), u in self._away, self._seen.get(u)) for u, _ in users
-            ]
-        else:
-            found = []
-            for start in range(0, len(users), READ_BATCH):
-                found.extend(
-                    await self._read_in_redis(self._redis, users[start : start + READ_BATCH], now)
-                )
-        states = []
-        for (_, stored_seen), (live, away, seen) in zip(users, found, strict=True):
-            if not live:
-                states.append(PresenceState(PresenceStatus.OFFLINE, _ts(seen) or stored_seen))
+        redis = self._usable() if self._redis is not None else None
+        if redis is not None:
+            found: list[tuple[int, bool, float | None]] = []
+            try:
+                for start in range(0, len(users), READ_BATCH):
+                    batch = users[start : start + READ_BATCH]
+                    found.extend(await self._read_in_redis(redis, batch, now))
+            except _REDIS_ERRORS as exc:
+                self._failed(exc)
+                PRESENCE_UNAVAILABLE.inc()
             else:
-                status = PresenceStatus.AWAY if away else PresenceStatus.ONLINE
-                states.append(PresenceState(status, _ts(now)))
-        return states
+                return [
+                    PresenceState(PresenceStatus.OFFLINE, _ts(seen) or stored_seen)
+                    if not live
+                    else PresenceState(
+                        PresenceStatus.AWAY if away else PresenceStatus.ONLINE, _ts(now)
+                    )
+                    for (_, stored_seen), (live, away, seen) in zip(users, found, strict=True)
+                ]
+        return [self._state_here(user_id, stored_seen, now) for user_id, stored_seen in users]
 
     async def _read_in_redis(
         self,
@@ -216,15 +387,37 @@ class PresenceTracker:
             for n, a, s in zip(live, away, seen, strict=True)
         ]
 
+    def _state_here(
+        self, user_id: uuid.UUID, stored_seen: datetime | None, now: float
+    ) -> PresenceState:
+        if not self._live_here(user_id, now):
+            return PresenceState(
+                PresenceStatus.OFFLINE, _ts(self._seen.get(user_id)) or stored_seen
+            )
+        status = PresenceStatus.AWAY if user_id in self._away else PresenceStatus.ONLINE
+        return PresenceState(status, _ts(now))
+
     async def set_status(self, user_id: uuid.UUID, status: PresenceStatus) -> PresenceState:
-        """AWAY or ONLINE by the user's choice; OFFLINE hides nothing but clears AWAY."""
+        """AWAY or ONLINE by the user's choice; OFFLINE hides nothing but clears AWAY.
+
+        With Redis unreachable: SERVICE_UNAVAILABLE, and nothing changes.
+        """
         away = status is PresenceStatus.AWAY
         if self._redis is not None:
-            if away:
-                await self._redis.set(f"presence:away:{user_id}", 1)
-            else:
-                await self._redis.delete(f"presence:away:{user_id}")
-        elif away:
+            redis = self._usable()
+            if redis is None:
+                raise ServiceUnavailable("Presence cannot be changed right now; try again shortly")
+            try:
+                if away:
+                    await redis.set(f"presence:away:{user_id}", 1)
+                else:
+                    await redis.delete(f"presence:away:{user_id}")
+            except _REDIS_ERRORS as exc:
+                self._failed(exc)
+                raise ServiceUnavailable(
+                    "Presence cannot be changed right now; try again shortly"
+                ) from None
+        if away:
             self._away.add(user_id)
         else:
             self._away.discard(user_id)

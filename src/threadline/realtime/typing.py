@@ -3,23 +3,32 @@
 A second ``true`` inside the window announces nothing new; the expiry sends
 ``isTyping: false`` even when the client goes silent. The last ``true`` time is
 shared through Redis when configured, so a timer in one process never ends a
-typing spell that another process has extended.
+typing spell that another process has extended. With Redis unreachable a
+``setTyping`` is SERVICE_UNAVAILABLE (nobody could be told) and changes nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import Callable
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
+from threadline.errors import ServiceUnavailable
+from threadline.realtime.broker import BrokerError
 from threadline.realtime.channels import Publisher, activity_channel, encode_activity
-from threadline.realtime.redis_pool import redis_pool
+from threadline.realtime.redis_pool import fail_fast_pool
 from threadline.services.events import ActivityEvent
 
+log = logging.getLogger(__name__)
+
 TYPING_SECONDS = 6.0
+# Redis (typing state) or the broker (announcing it) unreachable.
+_UNREACHABLE = (RedisError, OSError, TimeoutError, BrokerError)
 
 
 class TypingTracker:
@@ -31,7 +40,9 @@ class TypingTracker:
         clock: Callable[[], float] = time.monotonic,
         window: float = TYPING_SECONDS,
     ) -> None:
-        self._redis = aioredis.Redis(connection_pool=redis_pool(redis_url)) if redis_url else None
+        self._redis = (
+            aioredis.Redis(connection_pool=fail_fast_pool(redis_url)) if redis_url else None
+        )
         self._publisher = publisher
         self._clock = clock if redis_url is None else time.time
         self.window = window
@@ -66,6 +77,14 @@ class TypingTracker:
             self._last_true[key] = value
 
     async def set(self, thread_id: uuid.UUID, user_id: uuid.UUID, is_typing: bool) -> None:
+        try:
+            await self._set(thread_id, user_id, is_typing)
+        except _UNREACHABLE:
+            raise ServiceUnavailable(
+                "Typing cannot be announced right now; try again shortly"
+            ) from None
+
+    async def _set(self, thread_id: uuid.UUID, user_id: uuid.UUID, is_typing: bool) -> None:
         key = (thread_id, user_id)
         now = self._clock()
         last = await self._get_last(key)
@@ -92,6 +111,13 @@ class TypingTracker:
 
     async def _expire(self, key: tuple[uuid.UUID, uuid.UUID]) -> None:
         self._timers.pop(key, None)
+        try:
+            await self._expire_now(key)
+        except _UNREACHABLE as exc:
+            # Its Redis key expires by itself; subscribers resubscribe after an outage.
+            log.warning("typing expiry not announced: %s", exc)
+
+    async def _expire_now(self, key: tuple[uuid.UUID, uuid.UUID]) -> None:
         last = await self._get_last(key)
         if last is None:
             return

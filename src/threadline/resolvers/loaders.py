@@ -119,8 +119,8 @@ class Loaders:
         return [groups.get(k, []) for k in keys]
 
     async def _presence(self, keys: list[tuple[K, datetime | None]]) -> list[PresenceState]:
-        # Best effort: without Redis, users show OFFLINE and the rest of the page stands.
-        return await self._context.runtime.presence.get_many(keys, best_effort=True)
+        # Without Redis, as far as this process knows; the rest of the page stands.
+        return await self._context.runtime.presence.get_many(keys)
 
     async def _unread(self, keys: list[K]) -> list[int]:
         viewer = await self._context.viewer()

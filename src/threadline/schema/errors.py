@@ -12,6 +12,7 @@ from typing import Any
 
 from graphql import ExecutionResult as GraphQLExecutionResult
 from graphql.error import GraphQLError
+from strawberry.schema.exceptions import InvalidOperationTypeError
 from strawberry.types.execution import ExecutionResult
 
 from threadline.errors import DomainError, ErrorCode
@@ -27,6 +28,13 @@ def shape_error(error: GraphQLError) -> GraphQLError:
         original = original.original_error
     if isinstance(original, DomainError):
         code, message, extra = original.code, original.message, dict(original.extensions)
+    elif isinstance(original, InvalidOperationTypeError):
+        # A client's choice of transport, not a fault: e.g. a query over the legacy
+        # graphql-ws subprotocol, which serves subscriptions only.
+        kind = original.operation_type.value
+        code, message, extra = ErrorCode.BAD_USER_INPUT, f"A {kind} is not served here", {}
+        if kind != "subscription":
+            message += ": send it over HTTP or graphql-transport-ws"
     elif original is None or isinstance(original, GraphQLError):
         # graphql-core's own refusals (a variable value a scalar cannot coerce, such
         # as a file or an object for an ID) are the client's input, not our fault.

@@ -26,7 +26,7 @@ from threadline.schema.context import Context
 from threadline.schema.documents import Documents
 from threadline.schema.errors import shape_error, shape_result
 
-OVER_HTTP = "Subscriptions are served over WebSocket (graphql-transport-ws), not HTTP POST"
+OVER_HTTP = "Subscriptions are served over WebSocket (graphql-transport-ws), not HTTP"
 
 
 class KnownOperations:
@@ -37,6 +37,14 @@ class KnownOperations:
         self.graphql_schema = schema._schema
         self.documents = documents
         self.executor_class = plain_leaves.executor_class(plain_leaves.plain_leaves(schema))
+
+    def is_subscription(self, query: str | None, operation_name: str | None) -> bool:
+        """Whether a valid text's chosen operation is a subscription (False when unsure)."""
+        known = self.documents.known(query, self.graphql_schema) if query else None
+        if known is None:
+            return False
+        operation = get_operation_ast(known.document, operation_name)
+        return operation is not None and operation.operation is OperationType.SUBSCRIPTION
 
     async def execute(
         self,
@@ -58,7 +66,7 @@ class KnownOperations:
             return None
         if operation.operation is OperationType.SUBSCRIPTION:
             await context.close()
-            return ExecutionResult(data=None, errors=[shape_error(GraphQLError(OVER_HTTP))])
+            return refused_over_http()
         refusal = self.documents.over_cost(known, operation, variables, self.graphql_schema)
         if refusal is not None:  # refused before it runs: not counted as executed
             await context.close()
@@ -80,3 +88,8 @@ class KnownOperations:
         finally:
             await context.close()
         return ExecutionResult(data=result.data, errors=result.errors)
+
+
+def refused_over_http() -> ExecutionResult:
+    """A subscription sent over HTTP (GET or POST): a clear BAD_USER_INPUT."""
+    return ExecutionResult(data=None, errors=[shape_error(GraphQLError(OVER_HTTP))])

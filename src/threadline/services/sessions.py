@@ -38,9 +38,16 @@ async def touch_sessions(uow: UnitOfWork, session_ids: Sequence[uuid.UUID]) -> N
 
 
 async def close_session(uow: UnitOfWork, session_id: uuid.UUID) -> None:
+    await close_sessions(uow, [session_id])
+
+
+async def close_sessions(uow: UnitOfWork, session_ids: Sequence[uuid.UUID]) -> None:
+    """Mark connections as gone now (those still open), in one statement per thousand."""
     now = utcnow()
-    await uow.session.execute(
-        update(Session)
-        .where(Session.id == session_id, Session.disconnected_at.is_(None))
-        .values(last_seen_at=now, disconnected_at=now)
-    )
+    for start in range(0, len(session_ids), 1000):
+        chunk = session_ids[start : start + 1000]
+        await uow.session.execute(
+            update(Session)
+            .where(Session.id.in_(chunk), Session.disconnected_at.is_(None))
+            .values(last_seen_at=now, disconnected_at=now)
+        )

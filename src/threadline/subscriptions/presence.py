@@ -33,9 +33,7 @@ async def stream(info: Info, user_ids: Sequence[str]) -> AsyncIterator[PresenceC
     async def current(user_ids: Sequence[uuid.UUID]) -> list[PresenceChanged]:
         """Each user's state now, read in one go."""
         known = [people[u] for u in user_ids if u in people]
-        states = await runtime.presence.get_many(
-            [(u.id, u.last_seen_at) for u in known], best_effort=True
-        )
+        states = await runtime.presence.get_many([(u.id, u.last_seen_at) for u in known])
         return [
             PresenceChanged(
                 user=UserType.of(user),

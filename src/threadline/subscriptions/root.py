@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from typing import TypeVar
 
 import strawberry
@@ -12,6 +12,7 @@ from threadline.auth.directives import authenticated, thread_role
 from threadline.errors import RateLimited
 from threadline.metrics import ACTIVE_SUBSCRIPTIONS
 from threadline.realtime.rate_limits import MAX_SUBSCRIPTIONS_PER_CONNECTION
+from threadline.schema.context import ConnectionState
 from threadline.schema.enums import ThreadRole
 from threadline.schema.events import PresenceChanged, ThreadActivity, ThreadEventType, ViewerEvent
 from threadline.subscriptions import activity, presence, thread_events, viewer
@@ -20,35 +21,79 @@ from threadline.subscriptions.broadcast import CURRENT_SINK
 T = TypeVar("T")
 
 
-async def _counted(info: Info, source: AsyncIterator[T]) -> AsyncIterator[T]:
-    """Hold one of the connection's subscription slots while the stream runs."""
-    state = info.context.state
-    if state is not None:
-        if state.subscriptions >= MAX_SUBSCRIPTIONS_PER_CONNECTION:
+class _Slot:
+    """One of the connection's subscription places, given back exactly once."""
+
+    __slots__ = ("held", "state")
+
+    def __init__(self, state: ConnectionState | None) -> None:
+        self.state = state
+        self.held = True
+        if state is not None:
+            state.subscriptions += 1
+        ACTIVE_SUBSCRIPTIONS.inc()
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            ACTIVE_SUBSCRIPTIONS.dec()
+            if self.state is not None:
+                self.state.subscriptions -= 1
+
+
+class _Counted(AsyncIterator[T]):
+    """A subscription stream that holds one slot while it runs.
+
+    The slot is claimed when the resolver is called, before the stream starts, so
+    that a subscribe over the limit is refused as the operation's `error` message
+    (a source-stream error) rather than as a result; and it is given back even if
+    the stream is closed before it ever started.
+    """
+
+    __slots__ = ("_slot", "_source", "_started", "_stream")
+
+    def __init__(self, info: Info, source: AsyncIterator[T]) -> None:
+        state: ConnectionState | None = info.context.state
+        if state is not None and state.subscriptions >= MAX_SUBSCRIPTIONS_PER_CONNECTION:
             raise RateLimited(
                 f"At most {MAX_SUBSCRIPTIONS_PER_CONNECTION} subscriptions per connection",
                 retry_after=1,
             )
-        state.subscriptions += 1
-    ACTIVE_SUBSCRIPTIONS.inc()
+        self._slot = _Slot(state)
+        self._source = source
+        self._started = False
+        self._stream = self._run()
 
-    def release() -> None:
-        ACTIVE_SUBSCRIPTIONS.dec()
-        if state is not None:
-            state.subscriptions -= 1
+    def __aiter__(self) -> _Counted[T]:
+        return self
 
-    handed_over = False
-    try:
-        async for item in source:
-            yield item
-        sink = CURRENT_SINK.get()
-        if sink is not None and sink.detached is not None:
-            # The subscription goes on outside this stream: it holds the slot until it ends.
-            sink.on_end.append(release)
-            handed_over = True
-    finally:
-        if not handed_over:
-            release()
+    def __anext__(self) -> Awaitable[T]:
+        self._started = True
+        return self._stream.__anext__()
+
+    async def aclose(self) -> None:
+        try:
+            await self._stream.aclose()
+        finally:
+            if not self._started:
+                self._slot.release()
+                aclose = getattr(self._source, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+
+    async def _run(self) -> AsyncGenerator[T, None]:
+        handed_over = False
+        try:
+            async for item in self._source:
+                yield item
+            sink = CURRENT_SINK.get()
+            if sink is not None and sink.detached is not None:
+                # The subscription goes on outside this stream: it holds the slot until it ends.
+                sink.on_end.append(self._slot.release)
+                handed_over = True
+        finally:
+            if not handed_over:
+                self._slot.release()
 
 
 @strawberry.type
@@ -63,19 +108,15 @@ class Subscription:
     )
     async def thread_events(
         self, info: Info, thread_id: ID, after_seq: int | None = None
-    ) -> AsyncGenerator[ThreadEventType, None]:
-        async for event in _counted(info, thread_events.stream(info, thread_id, after_seq)):
-            yield event
+    ) -> AsyncIterator[ThreadEventType]:
+        return _Counted(info, thread_events.stream(info, thread_id, after_seq))
 
     @strawberry.subscription(
         description="Typing and read receipts in a thread.",
         extensions=[thread_role(ThreadRole.MEMBER)],
     )
-    async def thread_activity(
-        self, info: Info, thread_id: ID
-    ) -> AsyncGenerator[ThreadActivity, None]:
-        async for event in _counted(info, activity.stream(info, thread_id)):
-            yield event
+    async def thread_activity(self, info: Info, thread_id: ID) -> AsyncIterator[ThreadActivity]:
+        return _Counted(info, activity.stream(info, thread_id))
 
     @strawberry.subscription(
         description=(
@@ -83,13 +124,9 @@ class Subscription:
         ),
         extensions=[authenticated()],
     )
-    async def presence(
-        self, info: Info, user_ids: list[ID]
-    ) -> AsyncGenerator[PresenceChanged, None]:
-        async for event in _counted(info, presence.stream(info, user_ids)):
-            yield event
+    async def presence(self, info: Info, user_ids: list[ID]) -> AsyncIterator[PresenceChanged]:
+        return _Counted(info, presence.stream(info, user_ids))
 
     @strawberry.subscription(extensions=[authenticated()])
-    async def viewer_events(self, info: Info) -> AsyncGenerator[ViewerEvent, None]:
-        async for event in _counted(info, viewer.stream(info)):
-            yield event
+    async def viewer_events(self, info: Info) -> AsyncIterator[ViewerEvent]:
+        return _Counted(info, viewer.stream(info))

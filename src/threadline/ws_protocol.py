@@ -1,0 +1,195 @@
+"""Both WebSocket subprotocols held to the contract at their edges.
+
+strawberry's handlers leave a few client mistakes to crash the socket (1006 and a
+traceback) and answer some refusals with codes of their own. Here, for
+graphql-transport-ws and the legacy graphql-ws alike: a refused connection
+closes once, with the refusal's code (4403 by default, 4429 over the connection
+limit); a message that is not a well-formed operation closes with 4400; an
+operation past the per-connection ceiling gets a RATE_LIMITED error and the
+connection stays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from graphql import GraphQLError, GraphQLFormattedError
+from strawberry.exceptions import ConnectionRejectionError
+from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
+    BaseGraphQLTransportWSHandler,
+)
+from strawberry.subscriptions.protocols.graphql_transport_ws.types import ErrorMessage
+from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
+from strawberry.subscriptions.protocols.graphql_ws.types import (
+    ErrorMessage as LegacyErrorMessage,
+)
+from strawberry.types.unset import UnsetType
+
+from threadline.errors import RateLimited
+from threadline.schema.context import Context
+from threadline.schema.errors import shape_error
+
+log = logging.getLogger(__name__)
+
+CLOSE_BAD_MESSAGE = 4400
+CLOSE_REFUSED = 4403
+
+
+class RefusedConnection(ConnectionRejectionError):
+    """A refusal at connection_init that closes with a code of its own (4429, ...)."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__({"message": reason})
+        self.code = code
+        self.reason = reason
+
+
+def _refusal(exc: ConnectionRejectionError) -> tuple[int, str]:
+    if isinstance(exc, RefusedConnection):
+        return exc.code, exc.reason
+    return CLOSE_REFUSED, "Forbidden"
+
+
+def malformed(message: Any, *, operation: bool) -> str | None:
+    """Why ``message`` is not a well-formed operation message (None if it is).
+
+    ``operation``: a subscribe/start, whose payload must be a GraphQL request;
+    otherwise only the id is checked (complete/stop).
+    """
+    op_id = message.get("id")
+    if not isinstance(op_id, str) or not op_id:
+        return "The operation id must be a non-empty string"
+    if not operation:
+        return None
+    payload = message.get("payload")
+    if not isinstance(payload, dict):
+        return "The payload must be an object with a query"
+    if not isinstance(payload.get("query"), str):
+        return "The payload's query must be a string"
+    for key, kind in (("variables", dict), ("operationName", str), ("extensions", dict)):
+        if payload.get(key) is not None and not isinstance(payload[key], kind):
+            return f"The payload's {key} must be {'an object' if kind is dict else 'a string'}"
+    return None
+
+
+def over_the_limit(limit: int) -> GraphQLFormattedError:
+    """The coded error for an operation past the connection's ceiling."""
+    refusal = RateLimited(f"At most {limit} operations at once on one connection", retry_after=1)
+    return shape_error(GraphQLError(refusal.message, original_error=refusal)).formatted
+
+
+class TransportProtocol(BaseGraphQLTransportWSHandler[Context, None]):
+    """graphql-transport-ws (the graphql-ws library, Apollo Client 3+, urql)."""
+
+    async def handle_message(self, message: Any) -> None:
+        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+            await self.handle_invalid_message("A message must be an object with a type")
+            return
+        kind = message["type"]
+        if kind in ("subscribe", "complete"):
+            reason = malformed(message, operation=kind == "subscribe")
+            if reason is not None:
+                await self.handle_invalid_message(reason)
+                return
+        await super().handle_message(message)  # type: ignore[arg-type]
+
+    async def handle_connection_init(self, message: Any) -> None:
+        # strawberry's, except that a refusal closes once, with the refusal's code.
+        if self.connection_timed_out:
+            return
+        if self.connection_init_timeout_task:
+            self.connection_init_timeout_task.cancel()
+        payload = message.get("payload", {})
+        if not isinstance(payload, dict):
+            await self.websocket.close(code=CLOSE_BAD_MESSAGE, reason="Invalid payload")
+            return
+        if self.connection_init_received:
+            await self.websocket.close(code=4429, reason="Too many initialisation requests")
+            return
+        self.connection_init_received = True
+        self.context.connection_params = payload
+        try:
+            ack = await self.view.on_ws_connect(self.context)
+        except ConnectionRejectionError as exc:
+            await self.websocket.close(*_refusal(exc))
+            return
+        if isinstance(ack, UnsetType) or ack is None:
+            await self.send_message({"type": "connection_ack"})
+        else:
+            await self.send_message({"type": "connection_ack", "payload": ack})
+        self.connection_acknowledged = True
+
+    async def handle_subscribe(self, message: Any) -> None:
+        limit = self.max_subscriptions_per_connection
+        if (
+            self.connection_acknowledged
+            and message["id"] not in self.operations
+            and limit is not None
+            and len(self.operations) >= limit
+        ):
+            # strawberry's own refusal here carries no code.
+            error: ErrorMessage = {
+                "id": message["id"],
+                "type": "error",
+                "payload": [over_the_limit(limit)],
+            }
+            await self.send_message(error)
+            return
+        await super().handle_subscribe(message)
+
+
+class LegacyProtocol(BaseGraphQLWSHandler[Context, None]):
+    """The legacy graphql-ws subprotocol (subscriptions-transport-ws)."""
+
+    async def handle_message(self, message: Any) -> None:
+        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+            await self.websocket.close(CLOSE_BAD_MESSAGE, "A message must be an object with a type")
+            return
+        kind = message["type"]
+        if kind in ("start", "stop"):
+            reason = malformed(message, operation=kind == "start")
+            if reason is not None:
+                await self.websocket.close(CLOSE_BAD_MESSAGE, reason)
+                return
+        await super().handle_message(message)  # type: ignore[arg-type]
+
+    async def handle_connection_init(self, message: Any) -> None:
+        # strawberry's, except that a refusal closes with 4403 (or its own code), not 1011.
+        payload = message.get("payload")
+        if payload is not None and not isinstance(payload, dict):
+            await self.send_message({"type": "connection_error"})
+            await self.websocket.close(CLOSE_BAD_MESSAGE, "Invalid payload")
+            return
+        self.context.connection_params = payload
+        try:
+            ack = await self.view.on_ws_connect(self.context)
+        except ConnectionRejectionError as exc:
+            await self.send_message({"type": "connection_error", "payload": exc.payload})
+            await self.websocket.close(*_refusal(exc))
+            return
+        if isinstance(ack, UnsetType) or ack is None:
+            await self.send_message({"type": "connection_ack"})
+        else:
+            await self.send_message({"type": "connection_ack", "payload": ack})
+        self.connection_acknowledged = True
+        if self.keep_alive:
+            self.keep_alive_task = asyncio.create_task(self.handle_keep_alive())
+
+    async def handle_start(self, message: Any) -> None:
+        limit = self.max_subscriptions_per_connection
+        if (
+            self.connection_acknowledged
+            and message["id"] not in self.tasks
+            and limit is not None
+            and len(self.tasks) >= limit
+        ):
+            legacy_error: LegacyErrorMessage = {
+                "type": "error",
+                "id": message["id"],
+                "payload": over_the_limit(limit),
+            }
+            await self.send_message(legacy_error)
+            return
+        await super().handle_start(message)

@@ -1,0 +1,94 @@
+"""Presence across processes: a process whose heartbeat lapses has its users
+announced OFFLINE by another, and writes its leases back when it beats again.
+
+Two trackers on the test's Redis database stand for two processes; stopping one's
+heartbeat stands for a killed (or stalled) process. PostgreSQL + Redis backend only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+
+import orjson
+import pytest
+
+from tests.conftest import BACKEND
+from threadline.realtime.presence import PresenceTracker
+from threadline.services.states import PresenceStatus
+
+pytestmark = pytest.mark.skipif(BACKEND != "postgres", reason="needs Redis")
+
+
+class Recorder:
+    """A publisher that keeps what presence announces: (user id, status)."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str]] = []
+        self.changed = asyncio.Event()
+
+    async def publish(self, channel: str, message: str) -> None:
+        data = orjson.loads(message)
+        self.seen.append((data["u"], data["s"]))
+        self.changed.set()
+
+    async def until(self, user_id: uuid.UUID, status: str, timeout: float = 15) -> None:
+        async with asyncio.timeout(timeout):
+            while (str(user_id), status) not in self.seen:
+                self.changed.clear()
+                await self.changed.wait()
+
+
+@pytest.fixture
+async def trackers(redis_url: str) -> AsyncIterator[tuple[PresenceTracker, PresenceTracker]]:
+    first, second = PresenceTracker(redis_url, Recorder()), PresenceTracker(redis_url, Recorder())
+    yield first, second
+    await first.aclose()
+    await second.aclose()
+
+
+async def stopped(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.wait_for(task, 5)
+
+
+async def test_a_lapsed_process_is_reaped_and_comes_back_when_it_beats_again(
+    trackers: tuple[PresenceTracker, PresenceTracker],
+) -> None:
+    a, b = trackers
+    watcher: Recorder = b._publisher  # type: ignore[assignment]
+    user, other = uuid.uuid4(), uuid.uuid4()
+    reaped: list[str] = []
+
+    async def on_reaped(connection_ids: object) -> None:
+        reaped.extend(connection_ids)  # type: ignore[call-overload]
+
+    b.on_reaped = on_reaped
+    beating_a = asyncio.create_task(a.keep_alive())
+    beating_b = asyncio.create_task(b.keep_alive())
+    try:
+        await a.renew(user, "conn-a")
+        await a.renew(other, "conn-a2")
+        await b.renew(other, "conn-b")  # `other` is also connected to b
+        assert (await b.get(user)).status is PresenceStatus.ONLINE
+
+        await stopped(beating_a)  # a dies (or stalls longer than its heartbeat)
+        await watcher.until(user, "OFFLINE")
+        assert (await b.get(user)).status is PresenceStatus.OFFLINE
+        # Still connected through b: not announced, still ONLINE.
+        assert (str(other), "OFFLINE") not in watcher.seen
+        assert (await b.get(other)).status is PresenceStatus.ONLINE
+        assert sorted(reaped) == ["conn-a", "conn-a2"]
+
+        # a was only stalled: its next beat finds it was removed and writes its leases back.
+        announced: Recorder = a._publisher  # type: ignore[assignment]
+        announced.seen.clear()
+        beating_a = asyncio.create_task(a.keep_alive())
+        await announced.until(user, "ONLINE")
+        assert (await b.get(user)).status is PresenceStatus.ONLINE
+    finally:
+        await stopped(beating_a)
+        await stopped(beating_b)
