@@ -20,7 +20,7 @@ from tests import factories
 from tests.conftest import BACKEND, Api, Clients
 from threadline.config import Settings
 from threadline.db import Database, driver_fetch, make_engine
-from threadline.errors import Unavailable
+from threadline.errors import ServiceUnavailable
 
 pytestmark = [
     pytest.mark.postgres_only,
@@ -135,7 +135,7 @@ async def test_a_write_whose_connection_is_killed_fails_cleanly_and_is_not_appli
 ) -> None:
     db = Database(make_engine(settings.database_url))
     try:
-        with pytest.raises(Unavailable) as refused:
+        with pytest.raises(ServiceUnavailable) as refused:
             async with db.transaction("doomed") as uow:
                 await uow.session.execute(text("CREATE TEMPORARY TABLE probe (n int)"))
                 await uow.session.execute(
@@ -151,7 +151,7 @@ async def test_a_write_whose_connection_is_killed_fails_cleanly_and_is_not_appli
             )
         assert changed == 0
         # The driver's pool: a statement on a connection killed while held.
-        with pytest.raises(Unavailable):
+        with pytest.raises(ServiceUnavailable):
             async with db.driver_connection("doomed") as conn:
                 await conn.fetchval("SELECT 1")
                 await kill_server_connections(settings)
