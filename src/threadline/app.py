@@ -58,7 +58,7 @@ async def metrics(request: Request) -> Response:
 def create_app(settings: Settings) -> Starlette:
     settings.check()
     runtime = Runtime(settings)
-    schema = build_schema(production=settings.is_production)
+    schema = build_schema(settings)
     graphql = ThreadlineGraphQL(schema, runtime)
 
     @asynccontextmanager

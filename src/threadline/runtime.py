@@ -28,7 +28,7 @@ from threadline.realtime.caches import TTLCache
 from threadline.realtime.channels import decode_logged, publish_all
 from threadline.realtime.deliveries import DeliveryTracker
 from threadline.realtime.presence import PresenceTracker
-from threadline.realtime.rate_limits import RateLimiter
+from threadline.realtime.rate_limits import RateLimiter, windows_as_limits
 from threadline.realtime.typing import TypingTracker
 from threadline.services import clerk_sync
 from threadline.services.events import LoggedEvent
@@ -38,7 +38,6 @@ log = logging.getLogger(__name__)
 # A signed-in user is looked up at most this often per token session, per process.
 VIEWER_CACHE_SECONDS = 5.0
 VIEWER_CACHE_SIZE = 10_000
-ATTACHMENT_URL_SECONDS = 3600
 # A verified token is trusted again without a signature check for this long
 # (never past its expiry plus the leeway the verifier allows).
 VERIFIED_TOKEN_SECONDS = 30.0
@@ -53,7 +52,11 @@ class Runtime:
         self.broker = Broker(settings.redis_url)
         self.db = Database(make_engine(settings.database_url), publish=self._publish)
         self.verifier = TokenVerifier(settings)
-        self.rate_limiter = RateLimiter(settings.redis_url, enabled=settings.rate_limits)
+        self.rate_limiter = RateLimiter(
+            settings.redis_url,
+            enabled=settings.rate_limits,
+            limits=windows_as_limits(settings.rate_limit_windows()),
+        )
         self.presence = PresenceTracker(settings.redis_url, self.broker)
         self.typing = TypingTracker(settings.redis_url, self.broker)
         self.user_cache: TTLCache[uuid.UUID, User] = TTLCache(USER_CACHE_SECONDS, 50_000)
@@ -151,7 +154,7 @@ class Runtime:
         return hmac.new(self._url_key, f"{path}:{expires}".encode(), hashlib.sha256).hexdigest()
 
     def signed_attachment_url(self, row: Attachment, *, now: float | None = None) -> str:
-        expires = int((now or time.time()) + ATTACHMENT_URL_SECONDS)
+        expires = int((now or time.time()) + self.settings.attachment_url_seconds)
         path = f"/attachments/{row.id}/{quote(row.filename)}"
         return f"{path}?exp={expires}&sig={self.sign(path, expires)}"
 

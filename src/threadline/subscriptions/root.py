@@ -11,7 +11,6 @@ from strawberry import ID, Info
 from threadline.auth.directives import authenticated, thread_role
 from threadline.errors import RateLimited
 from threadline.metrics import ACTIVE_SUBSCRIPTIONS
-from threadline.realtime.rate_limits import MAX_SUBSCRIPTIONS_PER_CONNECTION
 from threadline.schema.enums import ThreadRole
 from threadline.schema.events import PresenceChanged, ThreadActivity, ThreadEventType, ViewerEvent
 from threadline.subscriptions import activity, presence, thread_events, viewer
@@ -24,9 +23,10 @@ async def _counted(info: Info, source: AsyncIterator[T]) -> AsyncIterator[T]:
     """Hold one of the connection's subscription slots while the stream runs."""
     state = info.context.state
     if state is not None:
-        if state.subscriptions >= MAX_SUBSCRIPTIONS_PER_CONNECTION:
+        ceiling = info.context.runtime.settings.max_subscriptions_per_connection
+        if state.subscriptions >= ceiling:
             raise RateLimited(
-                f"At most {MAX_SUBSCRIPTIONS_PER_CONNECTION} subscriptions per connection",
+                f"At most {ceiling} subscriptions per connection",
                 retry_after=1,
             )
         state.subscriptions += 1
