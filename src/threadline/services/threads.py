@@ -25,6 +25,7 @@ from threadline.services.permissions import (
     parse_id,
     thread_role_at_least,
 )
+from threadline.services.search import contains_text
 from threadline.services.text_rules import clean_description, clean_title
 
 MAX_INITIAL_PARTICIPANTS = 500
@@ -334,8 +335,7 @@ async def threads_of(
         .where(ThreadParticipant.user_id == actor.id, Thread.deleted_at.is_(None))
     )
     if search and search.strip():
-        pattern = "%" + search.strip().lower().replace("\\", "\\\\").replace("%", "\\%") + "%"
-        query = query.where(func.lower(Thread.title).like(pattern, escape="\\"))
+        query = query.where(contains_text(Thread.title, search))
     after = request.after_key()
     if after is not None:
         if len(after) != 2:
