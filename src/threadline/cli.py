@@ -83,6 +83,7 @@ async def _with_db(settings: Settings, name: str, work: object) -> object:
 
 def cmd_token(args: argparse.Namespace) -> int:
     from threadline.auth.tokens import mint_dev_token
+    from threadline.errors import DomainError
     from threadline.services.users import ensure_dev_user
 
     settings = _settings()
@@ -95,9 +96,13 @@ def cmd_token(args: argparse.Namespace) -> int:
         return 2
     if settings.is_sqlite:
         _migrate(settings)
-    user = asyncio.run(
-        _with_db(settings, "cli_token", lambda uow: ensure_dev_user(uow, args.username))
-    )
+    try:
+        user = asyncio.run(
+            _with_db(settings, "cli_token", lambda uow: ensure_dev_user(uow, args.username))
+        )
+    except DomainError as exc:
+        print(f"threadline: {exc.message}", file=sys.stderr)
+        return 1
     print(mint_dev_token(secret, user.clerk_id, args.username, ttl_seconds=args.ttl))  # type: ignore[attr-defined]
     return 0
 
