@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import logging
 import os
 import shutil
 import socket
@@ -144,6 +145,40 @@ def settings(database_url: str, redis_url: str | None, tmp_path: Path) -> Settin
     )
 
 
+class TracebackRecorder(logging.Handler):
+    """Keeps every record that carries a traceback (exc_info), at WARNING or above."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info and record.exc_info[1] is not None:
+            self.records.append(record)
+
+    def summary(self) -> str:
+        return "; ".join(
+            f"{r.name}: {r.getMessage()} ({type(r.exc_info[1]).__name__})"
+            for r in self.records
+            if r.exc_info
+        )
+
+
+@pytest.fixture(autouse=True)
+def no_unexpected_server_tracebacks(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test whose server logged a traceback fails, unless it is marked
+    ``expect_server_errors`` (it provokes one on purpose)."""
+    recorder = TracebackRecorder()
+    root = logging.getLogger()
+    root.addHandler(recorder)
+    try:
+        yield
+    finally:
+        root.removeHandler(recorder)
+    if recorder.records and request.node.get_closest_marker("expect_server_errors") is None:
+        pytest.fail(f"the server logged traceback(s): {recorder.summary()}")
+
+
 @dataclass
 class Server:
     base: str
@@ -171,6 +206,9 @@ async def start_server(settings: Settings) -> Server:
         ws=WEBSOCKET_IMPLEMENTATION,
         ws_per_message_deflate=False,
         lifespan="on",
+        # No logging config of uvicorn's own: its records reach the root logger, where
+        # pytest and the traceback check below see them.
+        log_config=None,
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
