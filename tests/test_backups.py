@@ -317,3 +317,20 @@ async def test_the_backup_and_restore_commands(
     done = await asyncio.to_thread(run, empty_target, "restore", str(folder))
     assert done.returncode == 0, done.stderr
     assert "23 messages, 2 files" in done.stdout
+
+
+async def test_a_database_that_cannot_be_copied_is_a_clear_error_and_leaves_no_folder(
+    tmp_path: Path,
+) -> None:
+    if BACKEND == "postgres":
+        url = f"postgresql+asyncpg://postgres:hunter2@127.0.0.1:5432/tl_missing_{uuid.uuid4().hex}"
+        expected = "does not exist"
+    else:
+        (tmp_path / "garbage.db").write_bytes(b"not a database" * 100)
+        url = f"sqlite+aiosqlite:///{tmp_path / 'garbage.db'}"
+        expected = "not a database"
+    parent = tmp_path / "backups"
+    with pytest.raises(BackupError, match=expected) as raised:
+        await create_backup(settings_for(url, tmp_path / "uploads", None), parent)
+    assert "hunter2" not in str(raised.value)
+    assert list(parent.iterdir()) == []

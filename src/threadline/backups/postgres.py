@@ -21,6 +21,7 @@ from urllib.parse import quote, urlencode
 
 from sqlalchemy import text
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -141,6 +142,10 @@ class PostgresDatabase:
                     return await work(connection)
         except OSError as exc:
             raise BackupError(f"cannot reach PostgreSQL: {exc.strerror or exc}") from exc
+        except SQLAlchemyError as exc:
+            # The driver's own message, without SQLAlchemy's statement and link.
+            detail = scrub(str(getattr(exc, "orig", None) or exc), self.database_url)
+            raise BackupError(f"PostgreSQL: {detail}") from exc
         finally:
             await engine.dispose()
 

@@ -13,6 +13,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import TypeVar
 
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -40,6 +41,8 @@ async def _on_file(path: Path, work: Callable[[AsyncConnection], Awaitable[T]]) 
     try:
         async with engine.connect() as connection:
             return await work(connection)
+    except SQLAlchemyError as exc:
+        raise BackupError(f"SQLite {path}: {getattr(exc, 'orig', None) or exc}") from exc
     finally:
         await engine.dispose()
 
