@@ -295,13 +295,14 @@ async def test_the_backup_and_restore_commands(
             **os.environ,
             "DATABASE_URL": target.database_url,
             "UPLOAD_DIR": str(target.upload_dir),
-            "PYTHONPATH": "src",
+            "PYTHONPATH": str(Path(__file__).resolve().parent.parent / "src"),
         }
         return subprocess.run(
             [sys.executable, "-m", "threadline", *args],
             capture_output=True,
             text=True,
             env=environment,
+            cwd=tmp_path,
             timeout=120,
             check=False,
         )
