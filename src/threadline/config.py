@@ -36,7 +36,7 @@ _WINDOW = re.compile(r"\s*([1-9][0-9]*)\s*/\s*([1-9][0-9]*)\s*")
 
 
 def parse_window(text: str) -> tuple[int, int]:
-    """ "N/SECONDS" as (N, SECONDS); ValueError when it is not two positive integers."""
+    """Parse "N/SECONDS" into (N, SECONDS); ValueError unless both are positive integers."""
     match = _WINDOW.fullmatch(text)
     if match is None:
         raise ValueError(f"{text!r} is not N/SECONDS (two positive integers, e.g. 20/2)")
