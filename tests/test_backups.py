@@ -37,6 +37,7 @@ from tests.conftest import (
 )
 from threadline.backups import BackupError, create_backup, prune_backups, restore_backup
 from threadline.backups.manifest import MANIFEST, PREFIX
+from threadline.backups.postgres import find_tool, libpq_target, scrub
 from threadline.config import Settings
 from threadline.models import Attachment
 
@@ -335,3 +336,33 @@ async def test_a_database_that_cannot_be_copied_is_a_clear_error_and_leaves_no_f
         await create_backup(settings_for(url, tmp_path / "uploads", None), parent)
     assert "hunter2" not in str(raised.value)
     assert list(parent.iterdir()) == []
+
+
+def fake_tool(folder: Path, major: int) -> None:
+    """A stand-in pg_dump that answers --version as the real one of that major does."""
+    folder.mkdir(parents=True)
+    tool = folder / "pg_dump"
+    tool.write_text(f"#!/bin/sh\necho 'pg_dump (PostgreSQL) {major}.3 (Debian {major}.3-1)'\n")
+    tool.chmod(0o755)
+
+
+def test_pg_dump_is_the_servers_major_version_or_the_oldest_newer_one(tmp_path: Path) -> None:
+    for major in (14, 16, 17):
+        fake_tool(tmp_path / str(major) / "bin", major)
+    folders = [f"{tmp_path}/*/bin"]
+    assert find_tool("pg_dump", 16, folders, use_path=False) == f"{tmp_path}/16/bin/pg_dump"
+    assert find_tool("pg_dump", 15, folders, use_path=False) == f"{tmp_path}/16/bin/pg_dump"
+    with pytest.raises(BackupError, match="no pg_dump for PostgreSQL 18 or newer") as raised:
+        find_tool("pg_dump", 18, folders, use_path=False)
+    assert "17/bin/pg_dump (17)" in str(raised.value)
+
+
+def test_pg_tools_get_a_libpq_url_without_the_password_and_the_password_apart() -> None:
+    url = (
+        "postgresql+asyncpg://threadline:s3cr%40t@db.internal:6432/chat"
+        "?ssl=require&prepared_statement_cache_size=0"
+    )
+    libpq, environment = libpq_target(url)
+    assert libpq == "postgresql://threadline@db.internal:6432/chat?sslmode=require"
+    assert environment["PGPASSWORD"] == "s3cr@t"
+    assert scrub("FATAL: password s3cr@t rejected", url) == "FATAL: password *** rejected"

@@ -14,7 +14,7 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import quote, urlencode
@@ -76,14 +76,16 @@ def _tool_major(path: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def find_tool(name: str, server_major: int) -> str:
+def find_tool(
+    name: str, server_major: int, folders: Sequence[str] = TOOL_FOLDERS, *, use_path: bool = True
+) -> str:
     """The client tool of the server's major version, else the oldest newer one.
 
     pg_dump refuses a server newer than itself, and pg_restore an archive newer
     than itself; a newer tool handles older servers and archives.
     """
-    candidates = {path for folder in TOOL_FOLDERS for path in glob.glob(f"{folder}/{name}")}
-    on_path = shutil.which(name)
+    candidates = {path for folder in folders for path in glob.glob(f"{folder}/{name}")}
+    on_path = shutil.which(name) if use_path else None
     if on_path:
         candidates.add(on_path)
     usable: list[tuple[int, str]] = []
