@@ -28,11 +28,27 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     UPLOAD_DIR=/data/uploads
 
+# pg_dump and pg_restore for `threadline backup` and `restore`, of the major version of
+# docker-compose.yml's postgres image: a pg_dump older than the server refuses to dump it.
+ARG PG_CLIENT_MAJOR=16
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates curl \
+    && install -d /usr/share/postgresql-common/pgdg \
+    && curl -fsSL -o /usr/share/postgresql-common/pgdg/apt.postgresql.org.asc \
+       https://www.postgresql.org/media/keys/ACCC4CF8.asc \
+    && echo "deb [signed-by=/usr/share/postgresql-common/pgdg/apt.postgresql.org.asc]" \
+       "https://apt.postgresql.org/pub/repos/apt $(. /etc/os-release && echo "$VERSION_CODENAME")-pgdg main" \
+       > /etc/apt/sources.list.d/pgdg.list \
+    && apt-get update \
+    && apt-get install -y --no-install-recommends "postgresql-client-${PG_CLIENT_MAJOR}" \
+    && apt-get purge -y curl && apt-get autoremove -y && rm -rf /var/lib/apt/lists/*
+
+# /backups: where the compose file's backup service mounts its volume (writable by the app user).
 RUN groupadd --system --gid 10001 threadline \
     && useradd --system --uid 10001 --gid threadline --home-dir /app --no-create-home \
        --shell /usr/sbin/nologin threadline \
-    && mkdir -p /app /data/uploads \
-    && chown threadline:threadline /app /data/uploads
+    && mkdir -p /app /data/uploads /backups \
+    && chown threadline:threadline /app /data/uploads /backups
 
 COPY --from=build /opt/venv /opt/venv
 

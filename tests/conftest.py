@@ -174,6 +174,9 @@ async def start_server(settings: Settings) -> Server:
         ws=WEBSOCKET_IMPLEMENTATION,
         ws_per_message_deflate=False,
         lifespan="on",
+        # No logging config of uvicorn's own: its records reach the root logger, where
+        # pytest and the traceback check below see them.
+        log_config=None,
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
@@ -296,9 +299,18 @@ class ServerErrors(logging.Handler):
     def text(self) -> str:
         return "\n".join(self.format(r) for r in self.records)
 
+    def tracebacks(self) -> list[logging.LogRecord]:
+        return [
+            r
+            for r in self.records
+            if r.levelno >= logging.WARNING and r.exc_info and r.exc_info[1] is not None
+        ]
 
-@pytest.fixture
-def server_errors() -> Iterator[ServerErrors]:
+
+@pytest.fixture(autouse=True)
+def server_errors(request: pytest.FixtureRequest) -> Iterator[ServerErrors]:
+    """What the server logged; a test whose server logged a traceback fails, unless it
+    is marked ``expect_server_errors`` (it provokes one on purpose)."""
     handler = ServerErrors()
     for name in ServerErrors.LOGGERS:
         logging.getLogger(name).addHandler(handler)
@@ -307,6 +319,14 @@ def server_errors() -> Iterator[ServerErrors]:
     finally:
         for name in ServerErrors.LOGGERS:
             logging.getLogger(name).removeHandler(handler)
+    tracebacks = handler.tracebacks()
+    if tracebacks and request.node.get_closest_marker("expect_server_errors") is None:
+        summary = "; ".join(
+            f"{r.name}: {r.getMessage()} ({type(r.exc_info[1]).__name__})"
+            for r in tracebacks
+            if r.exc_info
+        )
+        pytest.fail(f"the server logged traceback(s): {summary}")
 
 
 def unique(prefix: str = "x") -> str:

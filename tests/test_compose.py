@@ -14,6 +14,7 @@ import yaml
 from threadline.config import Settings
 
 COMPOSE_FILE = Path(__file__).resolve().parent.parent / "docker-compose.yml"
+DOCKERFILE = COMPOSE_FILE.with_name("Dockerfile")
 REQUIRED_SERVICES = {"postgres", "redis", "migrate", "app", "backup"}
 SETTINGS_NAMES = {name.upper() for name in Settings.model_fields}
 
@@ -103,15 +104,28 @@ def test_database_and_cache_have_healthchecks() -> None:
         assert _service(name)["healthcheck"]["test"], f"{name} has no healthcheck"
 
 
-def test_backups_dump_the_database_and_read_the_uploads_volume_read_only() -> None:
-    backup = _service("backup")
-    assert backup["image"] == _service("postgres")["image"]
+def test_backups_run_threadline_backup_on_the_app_database_and_read_uploads_read_only() -> None:
+    backup, app = _service("backup"), _service("app")
+    assert backup["image"] == app["image"] and backup.get("build") == app.get("build")
     script = " ".join(_strings(backup.get("command")) + _strings(backup.get("entrypoint")))
-    assert "pg_dump -Fc" in script
+    assert "threadline backup /backups --keep" in script
+    assert "pg_dump" not in script  # the command does it, from one snapshot with the files
+    environment = _environment(backup)
+    assert environment["DATABASE_URL"] == _environment(app)["DATABASE_URL"]
+    assert environment["UPLOAD_DIR"] == _environment(app)["UPLOAD_DIR"]
     volumes = [str(volume) for volume in backup["volumes"]]
-    assert any(volume.startswith("backups:") for volume in volumes)
-    assert any(volume.startswith("uploads:") and volume.endswith(":ro") for volume in volumes)
-    assert any(volume.startswith("uploads:") for volume in _service("app")["volumes"])
+    assert "backups:/backups" in volumes
+    assert f"uploads:{environment['UPLOAD_DIR']}:ro" in volumes
+    assert any(volume.startswith("uploads:") for volume in app["volumes"])
+    assert backup["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+
+
+def test_the_image_carries_the_pg_dump_of_the_database_services_major_version() -> None:
+    postgres_major = _service("postgres")["image"].split(":")[1].split(".")[0]
+    dockerfile = DOCKERFILE.read_text()
+    assert f"ARG PG_CLIENT_MAJOR={postgres_major}\n" in dockerfile
+    assert '"postgresql-client-${PG_CLIENT_MAJOR}"' in dockerfile
+    assert "/backups" in dockerfile  # the volume's mount point, owned by the app user
 
 
 def test_no_literal_secret_appears_in_the_compose_file() -> None:

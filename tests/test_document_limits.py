@@ -1,8 +1,11 @@
-"""Document limits: depth at most 12, at most 15 aliases, at most 5000 tokens."""
+"""Document limits: depth at most 12, at most 15 aliases, at most 5000 tokens (settings)."""
 
 from __future__ import annotations
 
-from tests.conftest import Clients
+import httpx
+
+from tests.conftest import Api, Clients, start_server, stop_server, token_for
+from threadline.config import Settings
 
 
 def nested(depth: int) -> str:
@@ -84,3 +87,21 @@ async def test_production_refuses_introspection_every_time() -> None:
         allowed = await development.execute(query)
         assert allowed.errors is None
         assert allowed.data == {"__schema": {"queryType": {"name": "Query"}}}
+
+
+async def test_the_document_limits_are_settings(settings: Settings) -> None:
+    strict = settings.model_copy(update={"max_query_depth": 5, "max_aliases": 2, "max_tokens": 40})
+    running = await start_server(strict)
+    try:
+        async with httpx.AsyncClient(base_url=running.base) as http:
+            alice = Api(http, token_for("alice"), "alice")
+            assert "depth" in (await alice.raw(nested(6)))["errors"][0]["message"]
+            assert (await alice.raw(nested(5)))["errors"][0]["extensions"]["code"] == "NOT_FOUND"
+            three = "{ " + " ".join(f"a{i}: me {{ id }}" for i in range(3)) + " }"
+            body = await alice.raw(three)
+            assert body["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+            assert len(await alice.gql("{ a: me { id } b: me { id } }")) == 2
+            body = await alice.raw("{ me { " + "id " * 40 + "} }")
+            assert "token" in body["errors"][0]["message"].lower()
+    finally:
+        await stop_server(running)

@@ -11,11 +11,12 @@ from collections.abc import AsyncIterator, Callable, Mapping
 
 import pytest
 import redis.asyncio
+from limits import parse
 
+from threadline.config import Settings
 from threadline.errors import ErrorCode, RateLimited
 from threadline.realtime.rate_limits import (
     DEFAULT_LIMITS,
-    MAX_SUBSCRIPTIONS_PER_CONNECTION,
     Action,
     RateLimiter,
 )
@@ -70,14 +71,18 @@ async def hit_times(limiter: RateLimiter, action: Action, key: str, times: int) 
 
 
 def test_defaults_match_the_contract() -> None:
-    assert dict(DEFAULT_LIMITS) == {
-        Action.SEND_MESSAGE: "20/2 seconds",
-        Action.SET_TYPING: "2/second",
-        Action.UPLOAD: "10/minute",
-        Action.MUTATION: "30/second",
-        Action.WS_CONNECT: "10/minute",
+    def window(text: str) -> tuple[int, int]:
+        item = parse(text)
+        return item.amount, item.get_expiry()
+
+    assert {action: window(text) for action, text in DEFAULT_LIMITS.items()} == {
+        Action.SEND_MESSAGE: (20, 2),
+        Action.SET_TYPING: (2, 1),
+        Action.UPLOAD: (10, 60),
+        Action.MUTATION: (30, 1),
+        Action.WS_CONNECT: (10, 60),
     }
-    assert MAX_SUBSCRIPTIONS_PER_CONNECTION == 100
+    assert Settings.model_construct().max_subscriptions_per_connection == 100
 
 
 async def test_21st_message_in_2_seconds_is_refused_with_retry_after(

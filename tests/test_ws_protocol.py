@@ -17,7 +17,6 @@ from websockets.asyncio.client import ClientConnection
 
 from tests.conftest import Clients, Server, start_server, stop_server, token_for
 from threadline.config import Settings
-from threadline.realtime.rate_limits import MAX_SUBSCRIPTIONS_PER_CONNECTION
 
 TRANSPORT = "graphql-transport-ws"
 LEGACY = "graphql-ws"
@@ -146,7 +145,7 @@ async def test_a_subscribe_past_the_limit_is_rate_limited_and_the_connection_sta
     alice = await clients.user("alice")
     assert alice.token is not None
     conn = await acked(server.ws_url, protocol, alice.token)
-    for i in range(MAX_SUBSCRIPTIONS_PER_CONNECTION):
+    for i in range(server.runtime.settings.max_subscriptions_per_connection):
         await conn.send(subscribe(protocol, str(i), {"query": VIEWER}))
     await asyncio.sleep(0.5)
     await conn.send(subscribe(protocol, "over", {"query": VIEWER}))

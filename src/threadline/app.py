@@ -60,7 +60,7 @@ async def metrics(request: Request) -> Response:
 def create_app(settings: Settings) -> Starlette:
     settings.check()
     runtime = Runtime(settings)
-    schema = build_schema(production=settings.is_production, max_query_cost=settings.max_query_cost)
+    schema = build_schema(settings)
     graphql = ThreadlineGraphQL(schema, runtime)
 
     @asynccontextmanager

@@ -1,4 +1,4 @@
-"""The threadline command: serve, migrate, token, users set-role, seed."""
+"""The threadline command: serve, migrate, token, users set-role, seed, backup, restore."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import asyncio
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from threadline.config import ConfigError, Settings, load_settings
 from threadline.models import SystemRole
@@ -82,6 +83,7 @@ async def _with_db(settings: Settings, name: str, work: object) -> object:
 
 def cmd_token(args: argparse.Namespace) -> int:
     from threadline.auth.tokens import mint_dev_token
+    from threadline.errors import DomainError
     from threadline.services.users import ensure_dev_user
 
     settings = _settings()
@@ -94,9 +96,13 @@ def cmd_token(args: argparse.Namespace) -> int:
         return 2
     if settings.is_sqlite:
         _migrate(settings)
-    user = asyncio.run(
-        _with_db(settings, "cli_token", lambda uow: ensure_dev_user(uow, args.username))
-    )
+    try:
+        user = asyncio.run(
+            _with_db(settings, "cli_token", lambda uow: ensure_dev_user(uow, args.username))
+        )
+    except DomainError as exc:
+        print(f"threadline: {exc.message}", file=sys.stderr)
+        return 1
     print(mint_dev_token(secret, user.clerk_id, args.username, ttl_seconds=args.ttl))  # type: ignore[attr-defined]
     return 0
 
@@ -128,6 +134,38 @@ def cmd_seed(args: argparse.Namespace) -> int:
         _migrate(settings)
     summary = asyncio.run(seed(settings))
     print(summary)
+    return 0
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from threadline.backups import BackupError, create_backup
+
+    settings = _settings()
+    try:
+        path, manifest = asyncio.run(create_backup(settings, args.dir, keep=args.keep))
+    except BackupError as exc:
+        print(f"threadline: backup failed: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"wrote {path}: database {manifest.database_bytes} bytes, {len(manifest.files)} files "
+        f"({manifest.file_bytes} bytes) in {manifest.seconds:.2f} s"
+    )
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from threadline.backups import BackupError, restore_backup
+
+    settings = _settings()
+    try:
+        manifest = asyncio.run(restore_backup(settings, args.backup, force=args.force))
+    except BackupError as exc:
+        print(f"threadline: restore failed: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"restored {args.backup} (made {manifest.created_at}): "
+        f"{manifest.counts.get('messages', 0)} messages, {len(manifest.files)} files"
+    )
     return 0
 
 
@@ -174,6 +212,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     seed_cmd = sub.add_parser("seed", help="create demo users, threads and messages")
     seed_cmd.set_defaults(func=cmd_seed)
+
+    backup = sub.add_parser(
+        "backup", help="write a consistent backup (database and upload files) into DIR"
+    )
+    backup.add_argument("dir", type=Path)
+    backup.add_argument(
+        "--keep", type=int, default=7, help="backups to keep in DIR (default: %(default)s)"
+    )
+    backup.set_defaults(func=cmd_backup)
+
+    restore = sub.add_parser("restore", help="restore BACKUP into an empty deployment")
+    restore.add_argument("backup", type=Path)
+    restore.add_argument(
+        "--force", action="store_true", help="replace a database or upload folder that has data"
+    )
+    restore.set_defaults(func=cmd_restore)
     return parser
 
 

@@ -7,13 +7,14 @@ handed the one ``Settings`` object that ``create_app`` or the CLI built.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./threadline.db"
@@ -28,6 +29,20 @@ class Environment(StrEnum):
 
 class ConfigError(Exception):
     """The configuration cannot work; the message says why in one line."""
+
+
+# The actions with a per-user moving window (CONTRACT.md's limits), each set by
+# RATE_LIMIT_<ACTION> as "N/SECONDS": at most N calls in any SECONDS-long window.
+RATE_LIMITED_ACTIONS = ("send_message", "set_typing", "upload", "mutation", "ws_connect")
+_WINDOW = re.compile(r"\s*([1-9][0-9]*)\s*/\s*([1-9][0-9]*)\s*")
+
+
+def parse_window(text: str) -> tuple[int, int]:
+    """Parse "N/SECONDS" into (N, SECONDS); ValueError unless both are positive integers."""
+    match = _WINDOW.fullmatch(text)
+    if match is None:
+        raise ValueError(f"{text!r} is not N/SECONDS (two positive integers, e.g. 20/2)")
+    return int(match.group(1)), int(match.group(2))
 
 
 def _split_commas(value: object) -> object:
@@ -59,11 +74,27 @@ class Settings(BaseSettings):
     # The HMAC key of signed attachment URLs; required in production.
     attachment_signing_secret: SecretStr | None = None
     max_query_cost: int = Field(default=50_000, gt=0)
+    # The contract's limits; the defaults are CONTRACT.md's, here and nowhere else.
+    rate_limit_send_message: str = "20/2"
+    rate_limit_set_typing: str = "2/1"
+    rate_limit_upload: str = "10/60"
+    rate_limit_mutation: str = "30/1"
+    rate_limit_ws_connect: str = "10/60"
+    max_subscriptions_per_connection: int = Field(default=100, gt=0)
+    max_query_depth: int = Field(default=12, gt=0)
+    max_aliases: int = Field(default=15, ge=0)
+    max_tokens: int = Field(default=5000, gt=0)
 
     @field_validator("clerk_authorized_parties", "cors_origins", mode="before")
     @classmethod
     def _comma_list(cls, value: object) -> object:
         return _split_commas(value)
+
+    @field_validator(*(f"rate_limit_{action}" for action in RATE_LIMITED_ACTIONS))
+    @classmethod
+    def _window(cls, value: str) -> str:
+        count, seconds = parse_window(value)
+        return f"{count}/{seconds}"
 
     @field_validator("rate_limits", mode="before")
     @classmethod
@@ -87,6 +118,13 @@ class Settings(BaseSettings):
     @classmethod
     def _blank_secret_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    def rate_limit_windows(self) -> dict[str, tuple[int, int]]:
+        """(calls, seconds) per rate-limited action name."""
+        return {
+            action: parse_window(getattr(self, f"rate_limit_{action}"))
+            for action in RATE_LIMITED_ACTIONS
+        }
 
     @property
     def is_production(self) -> bool:
@@ -178,6 +216,19 @@ class Settings(BaseSettings):
 
 def load_settings(**overrides: object) -> Settings:
     """Build and check the settings; overrides are for tests and the CLI."""
-    settings = Settings(**overrides)  # type: ignore[arg-type]
+    try:
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
     settings.check()
     return settings
+
+
+def _describe(exc: ValidationError) -> str:
+    """One line per bad variable, by its environment name, without pydantic's copy of the
+    value (a secret's value must not reach a terminal or a log)."""
+    problems = []
+    for error in exc.errors(include_input=False, include_url=False):
+        name = str(error["loc"][0]).upper() if error["loc"] else "configuration"
+        problems.append(f"{name}: {error['msg']}")
+    return "; ".join(problems)

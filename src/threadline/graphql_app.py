@@ -36,7 +36,7 @@ from strawberry.types.unset import UnsetType
 from threadline.errors import DomainError, RateLimited, Unauthenticated
 from threadline.metrics import WEBSOCKET_CONNECTIONS
 from threadline.realtime.channels import SESSIONS_CHANNEL
-from threadline.realtime.rate_limits import MAX_SUBSCRIPTIONS_PER_CONNECTION, Action
+from threadline.realtime.rate_limits import Action
 from threadline.runtime import Runtime
 from threadline.schema.context import ConnectionState, Context
 from threadline.schema.errors import shape_error
@@ -158,7 +158,7 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
             keep_alive=True,  # the legacy graphql-ws protocol's "ka" messages
             keep_alive_interval=PING_SECONDS,
             # The app refuses the 101st subscription with a coded error; this is a backstop.
-            max_subscriptions_per_connection=MAX_SUBSCRIPTIONS_PER_CONNECTION + 10,
+            max_subscriptions_per_connection=runtime.settings.max_subscriptions_per_connection + 10,
             allowed_origins=runtime.settings.cors_origins,
             multipart_uploads_enabled=True,
         )

@@ -25,7 +25,7 @@ from threadline.realtime.caches import TTLCache
 from threadline.realtime.channels import decode_logged, publish_all
 from threadline.realtime.deliveries import DeliveryTracker
 from threadline.realtime.presence import PresenceTracker
-from threadline.realtime.rate_limits import RateLimiter
+from threadline.realtime.rate_limits import RateLimiter, windows_as_limits
 from threadline.realtime.typing import TypingTracker
 from threadline.services import clerk_sync
 from threadline.services.events import LoggedEvent
@@ -51,7 +51,11 @@ class Runtime:
         self.broker = Broker(settings.redis_url)
         self.db = Database(make_engine(settings.database_url), publish=self._publish)
         self.verifier = TokenVerifier(settings)
-        self.rate_limiter = RateLimiter(settings.redis_url, enabled=settings.rate_limits)
+        self.rate_limiter = RateLimiter(
+            settings.redis_url,
+            enabled=settings.rate_limits,
+            limits=windows_as_limits(settings.rate_limit_windows()),
+        )
         self.presence = PresenceTracker(settings.redis_url, self.broker)
         self.typing = TypingTracker(settings.redis_url, self.broker)
         self.user_cache: TTLCache[uuid.UUID, User] = TTLCache(USER_CACHE_SECONDS, 50_000)

@@ -1,13 +1,27 @@
-"""Demo data for a first look: a few users, two threads and some messages."""
+"""Demo data for a first look: a few users, two threads and some messages.
+
+Seeding again adds nothing: the users and the direct thread are found again, the
+"General" thread is alice's existing one, and the messages carry client ids.
+"""
 
 from __future__ import annotations
 
 from threadline.config import Settings
 from threadline.db import Database, make_engine
+from threadline.models import Thread, User
 from threadline.services import messages, threads
+from threadline.services.pagination import PageRequest
 from threadline.services.users import ensure_dev_user
 
 DEMO_USERS = ("alice", "bob", "carol")
+GENERAL = "General"
+
+
+async def _general_of(db: Database, alice: User) -> Thread | None:
+    """The "General" thread an earlier seed made for alice, if there is one."""
+    async with db.reading() as session:
+        page = await threads.threads_of(session, alice, GENERAL, PageRequest(first=100))
+    return next((thread for thread in page.items if thread.title == GENERAL), None)
 
 
 async def seed(settings: Settings) -> str:
@@ -16,10 +30,12 @@ async def seed(settings: Settings) -> str:
         async with db.transaction("seed_users") as uow:
             people = [await ensure_dev_user(uow, name) for name in DEMO_USERS]
         alice, bob, carol = people
+        general = await _general_of(db, alice)
         async with db.transaction("seed_threads") as uow:
-            general = await threads.create_thread(
-                uow, alice, "General", "Everyone's room", [str(bob.id), str(carol.id)]
-            )
+            if general is None:
+                general = await threads.create_thread(
+                    uow, alice, GENERAL, "Everyone's room", [str(bob.id), str(carol.id)]
+                )
             direct = await threads.create_direct_thread(uow, alice, str(bob.id))
         lines = [
             (alice, general.id, "Welcome to Threadline, @bob and @carol!"),

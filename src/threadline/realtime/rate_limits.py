@@ -1,8 +1,9 @@
 """Per-user rate limits as moving windows, shared by all processes through Redis.
 
-Owns the limits themselves (what each action may do per window) and their
-bookkeeping: in process memory without ``REDIS_URL``, in Redis with it. Callers
-say which action a user takes; over the limit they get ``RateLimited``.
+Owns the actions and the bookkeeping of their windows (how many calls each may
+make per window is a setting, ``RATE_LIMIT_<ACTION>``): in process memory
+without ``REDIS_URL``, in Redis with it. Callers say which action a user takes;
+over the limit they get ``RateLimited``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from threadline.config import Settings
 from threadline.errors import RateLimited
 from threadline.realtime.redis_pool import redis_pool
 
@@ -41,19 +43,17 @@ class Action(StrEnum):
     WS_CONNECT = "ws_connect"
 
 
-DEFAULT_LIMITS: Final[Mapping[Action, str]] = MappingProxyType(
-    {
-        Action.SEND_MESSAGE: "20/2 seconds",
-        Action.SET_TYPING: "2/second",
-        Action.UPLOAD: "10/minute",
-        Action.MUTATION: "30/second",
-        Action.WS_CONNECT: "10/minute",
+def windows_as_limits(windows: Mapping[str, tuple[int, int]]) -> dict[Action, str]:
+    """Settings' (calls, seconds) per action name, in the ``limits`` library's notation."""
+    return {
+        Action(name): f"{count}/{seconds} seconds" for name, (count, seconds) in windows.items()
     }
-)
 
-# Counted per connection by the WebSocket layer, not in a window: it is a
-# ceiling on live state, not on a rate.
-MAX_SUBSCRIPTIONS_PER_CONNECTION: Final = 100
+
+# The contract's defaults, as Settings holds them (RATE_LIMIT_<ACTION>).
+DEFAULT_LIMITS: Final[Mapping[Action, str]] = MappingProxyType(
+    windows_as_limits(Settings.model_construct().rate_limit_windows())
+)
 
 _REFUSALS: Final[Mapping[Action, str]] = MappingProxyType(
     {
@@ -88,7 +88,8 @@ class RateLimiter:
     Without ``redis_url`` the windows live in this process (one-process
     deployments, tests); with it they live in Redis, so every process counts
     against the same windows. ``limits`` overrides some or all of
-    ``DEFAULT_LIMITS`` with strings such as ``"20/2 seconds"``. If Redis cannot be
+    ``DEFAULT_LIMITS`` with strings such as ``"20/2 seconds"`` (the runtime passes
+    the settings' windows). If Redis cannot be
     reached the limiter lets calls through and logs a warning: limits protect the
     service, and refusing everything would be the outage they exist to prevent.
     """

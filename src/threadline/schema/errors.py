@@ -2,12 +2,15 @@
 
 Domain errors keep their message and structured fields; parse and validation
 errors are BAD_USER_INPUT; anything else is masked as INTERNAL_SERVER_ERROR and
-logged with its traceback (never shown to the client).
+logged with its traceback (never shown to the client). The masked error carries a
+short random ``errorId`` that the log line carries too, so that a user's report
+leads an operator to the traceback.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 from typing import Any
 
 from graphql import ExecutionResult as GraphQLExecutionResult
@@ -42,8 +45,10 @@ def shape_error(error: GraphQLError) -> GraphQLError:
         if error.extensions and "code" in error.extensions:
             return error
     else:
-        log.error("unexpected error at %s", error.path, exc_info=original)
-        code, message, extra = ErrorCode.INTERNAL_SERVER_ERROR, "Internal server error", {}
+        error_id = secrets.token_hex(6)
+        log.error("unexpected error %s at %s", error_id, error.path, exc_info=original)
+        code, message = ErrorCode.INTERNAL_SERVER_ERROR, f"Internal server error ({error_id})"
+        extra = {"errorId": error_id}
     GRAPHQL_ERRORS.labels(code.value).inc()
     return GraphQLError(
         message,

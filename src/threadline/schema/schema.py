@@ -12,6 +12,7 @@ from strawberry.extensions import MaxAliasesLimiter, QueryDepthLimiter
 from strawberry.schema.config import StrawberryConfig
 from strawberry.tools import merge_types
 
+from threadline.config import Settings
 from threadline.realtime.caches import TTLCache
 from threadline.resolvers.messages import MessageMutations, MessageQueries
 from threadline.resolvers.notifications import NotificationMutations, NotificationQueries
@@ -26,20 +27,8 @@ from threadline.schema.scalars import DateTime
 from threadline.schema.types import AttachmentType, NotificationType, SessionType
 from threadline.subscriptions.root import Subscription
 
-MAX_DEPTH = 12
-MAX_ALIASES = 15
-MAX_TOKENS = 5000
-# Settings.max_query_cost's default (MAX_QUERY_COST), for schemas built without settings.
-MAX_COST = 50_000
 # Distinct operation texts kept parsed and validated (clients send a fixed set).
 DOCUMENT_CACHE_SIZE = 256
-
-# The depth and alias rules are classes made by these limiters; they are made once so
-# that the document cache (keyed by the rules too) hits across requests.
-DOCUMENT_RULES = [
-    *QueryDepthLimiter(max_depth=MAX_DEPTH).validation_rules,
-    *MaxAliasesLimiter(max_alias_count=MAX_ALIASES).validation_rules,
-]
 
 Query = merge_types("Query", (UserQueries, ThreadQueries, MessageQueries, NotificationQueries))
 Mutation = merge_types(
@@ -55,14 +44,25 @@ class ThreadlineSchema(strawberry.Schema):
         return None
 
 
-def build_schema(*, production: bool = False, max_query_cost: int = MAX_COST) -> ThreadlineSchema:
-    # Production refuses introspection: one more validation rule, cached like the rest.
-    rules = [*DOCUMENT_RULES, *([NoSchemaIntrospectionCustomRule] if production else [])]
+def build_schema(
+    settings: Settings | None = None, *, production: bool | None = None
+) -> ThreadlineSchema:
+    """The schema with the settings' document limits (the defaults without settings)."""
+    settings = settings or Settings.model_construct()
+    production = settings.is_production if production is None else production
+    # The depth and alias rules are classes made by these limiters; they are made once
+    # per schema so that the document cache (keyed by the rules too) hits across requests.
+    rules = [
+        *QueryDepthLimiter(max_depth=settings.max_query_depth).validation_rules,
+        *MaxAliasesLimiter(max_alias_count=settings.max_aliases).validation_rules,
+        # Production refuses introspection: one more validation rule, cached like the rest.
+        *([NoSchemaIntrospectionCustomRule] if production else []),
+    ]
     documents = Documents(
         TTLCache(math.inf, DOCUMENT_CACHE_SIZE),
         rules=rules,
-        max_tokens=MAX_TOKENS,
-        max_cost=max_query_cost,
+        max_tokens=settings.max_tokens,
+        max_cost=settings.max_query_cost,
     )
     schema = ThreadlineSchema(
         query=Query,

@@ -1,4 +1,5 @@
-"""Full-text search over messages in the caller's threads.
+"""Full-text search over messages in the caller's threads, and the substring match
+that user and thread searches share.
 
 PostgreSQL ranks a generated tsvector column (english configuration, GIN index)
 against ``websearch_to_tsquery``; SQLite uses the FTS5 table the migration keeps
@@ -11,7 +12,16 @@ import re
 import uuid
 from typing import Any
 
-from sqlalchemy import Float, column, func, literal_column, select, text
+from sqlalchemy import (
+    ColumnElement,
+    Float,
+    SQLColumnExpression,
+    column,
+    func,
+    literal_column,
+    select,
+    text,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from threadline.errors import BadInput
@@ -21,6 +31,12 @@ from threadline.services.text_rules import clean_search
 
 MAX_QUERY = 200
 _WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def contains_text(target: SQLColumnExpression[Any], search: str) -> ColumnElement[bool]:
+    """Case-insensitive "contains ``search``", with LIKE's ``%`` and ``_`` taken literally."""
+    escaped = search.strip().lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return func.lower(target).like(f"%{escaped}%", escape="\\")
 
 
 def _fts5_query(query: str) -> str:

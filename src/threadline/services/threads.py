@@ -25,6 +25,7 @@ from threadline.services.permissions import (
     parse_id,
     thread_role_at_least,
 )
+from threadline.services.search import contains_text
 from threadline.services.text_rules import clean_description, clean_search, clean_title
 
 MAX_INITIAL_PARTICIPANTS = 500
@@ -335,8 +336,7 @@ async def threads_of(
     )
     search = clean_search(search)
     if search:
-        pattern = "%" + search.lower().replace("\\", "\\\\").replace("%", "\\%") + "%"
-        query = query.where(func.lower(Thread.title).like(pattern, escape="\\"))
+        query = query.where(contains_text(Thread.title, search))
     after = request.after_key()
     if after is not None:
         at, tid = time_id_key(after)

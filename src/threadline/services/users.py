@@ -17,6 +17,7 @@ from threadline.models import Session, SystemRole, User
 from threadline.models.base import StoredRows
 from threadline.services.pagination import Page, PageRequest, make_page, text_id_key
 from threadline.services.permissions import parse_id, require_system_role
+from threadline.services.search import contains_text
 from threadline.services.text_rules import (
     clean_display_name,
     clean_search,
@@ -49,10 +50,6 @@ async def users_by_ids(session: AsyncSession, ids: Sequence[uuid.UUID]) -> dict[
     return {u.id: u for u in rows}
 
 
-def _escape_like(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
 async def search_users(
     session: AsyncSession, search: str | None, request: PageRequest
 ) -> Page[User]:
@@ -62,12 +59,8 @@ async def search_users(
     query = select(User).where(User.deleted_at.is_(None))
     search = clean_search(search)
     if search:
-        pattern = f"%{_escape_like(search.lower())}%"
         query = query.where(
-            or_(
-                func.lower(User.username).like(pattern, escape="\\"),
-                func.lower(User.display_name).like(pattern, escape="\\"),
-            )
+            or_(contains_text(User.username, search), contains_text(User.display_name, search))
         )
     after = request.after_key()
     if after is not None:

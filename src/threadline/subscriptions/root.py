@@ -11,7 +11,6 @@ from strawberry import ID, Info
 from threadline.auth.directives import authenticated, thread_role
 from threadline.errors import RateLimited
 from threadline.metrics import ACTIVE_SUBSCRIPTIONS
-from threadline.realtime.rate_limits import MAX_SUBSCRIPTIONS_PER_CONNECTION
 from threadline.schema.context import ConnectionState
 from threadline.schema.enums import ThreadRole
 from threadline.schema.events import PresenceChanged, ThreadActivity, ThreadEventType, ViewerEvent
@@ -54,9 +53,10 @@ class _Counted(AsyncIterator[T]):
 
     def __init__(self, info: Info, source: AsyncIterator[T]) -> None:
         state: ConnectionState | None = info.context.state
-        if state is not None and state.subscriptions >= MAX_SUBSCRIPTIONS_PER_CONNECTION:
+        ceiling = info.context.runtime.settings.max_subscriptions_per_connection
+        if state is not None and state.subscriptions >= ceiling:
             raise RateLimited(
-                f"At most {MAX_SUBSCRIPTIONS_PER_CONNECTION} subscriptions per connection",
+                f"At most {ceiling} subscriptions per connection",
                 retry_after=1,
             )
         self._slot = _Slot(state)

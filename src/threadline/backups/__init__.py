@@ -1,0 +1,252 @@
+"""Backups: the database and the upload files it references, as one consistent folder.
+
+``create_backup`` copies the database (pg_dump from one snapshot, or SQLite's
+backup API), then exactly the files that the copied attachment rows name, and
+writes the manifest last; ``restore_backup`` brings a backup into an empty
+deployment; ``prune_backups`` keeps the newest N folders this module made.
+No GraphQL, no HTTP: the CLI and tests call these directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+import logging
+import os
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Protocol
+
+from alembic.script import ScriptDirectory
+from alembic.util import CommandError
+
+from threadline.backups.manifest import (
+    PREFIX,
+    UPLOADS,
+    BackupError,
+    Manifest,
+    StoredFile,
+    copy_file,
+    is_backup,
+    key_path,
+    remove_tree,
+)
+from threadline.backups.postgres import PostgresDatabase
+from threadline.backups.rows import Facts
+from threadline.backups.sqlite import SqliteDatabase
+from threadline.config import Settings
+from threadline.migrate import MIGRATIONS_DIR, head_revision, upgrade_to_head_async
+
+__all__ = ["BackupError", "Manifest", "create_backup", "prune_backups", "restore_backup"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_KEEP = 7
+
+
+class DumpableDatabase(Protocol):
+    """What a backup needs from a database engine; one class per engine."""
+
+    backend: str
+    file_name: str
+
+    async def dump(self, target: Path) -> Facts: ...
+    async def holds_rows(self) -> bool: ...
+    async def facts(self) -> Facts: ...
+    async def restore(self, source: Path) -> None: ...
+
+
+def database_of(settings: Settings) -> DumpableDatabase:
+    if settings.is_sqlite:
+        if settings.sqlite_path is None:
+            raise BackupError("an in-memory SQLite database cannot be backed up or restored")
+        return SqliteDatabase(settings.sqlite_path)
+    if settings.database_url.startswith("postgresql"):
+        return PostgresDatabase(settings.database_url)
+    raise BackupError("DATABASE_URL is neither PostgreSQL nor SQLite")
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("threadline")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _new_folder(parent: Path) -> Path:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    name, number = f"{PREFIX}{stamp}", 1
+    while (parent / name).exists() or (parent / f"{name}.partial").exists():
+        number += 1
+        name = f"{PREFIX}{stamp}-{number}"
+    return parent / name
+
+
+def _start(parent: Path) -> Path:
+    parent.mkdir(parents=True, exist_ok=True)
+    work = _new_folder(parent)
+    work = work.with_name(work.name + ".partial")
+    work.mkdir()
+    return work
+
+
+def _copy_files(
+    upload_dir: Path, work: Path, keys: list[str]
+) -> tuple[dict[str, StoredFile], list[str]]:
+    """Copy the named files; (what was copied, keys whose file was gone)."""
+    files: dict[str, StoredFile] = {}
+    missing: list[str] = []
+    for key in keys:
+        source = key_path(upload_dir, key)
+        try:
+            files[key] = copy_file(source, key_path(work / UPLOADS, key))
+        except FileNotFoundError:
+            missing.append(key)
+    return files, missing
+
+
+def _finish(work: Path, manifest: Manifest, keep: int) -> Path:
+    manifest.write(work)
+    final = work.with_name(work.name.removesuffix(".partial"))
+    os.replace(work, final)
+    prune_backups(work.parent, keep)
+    return final
+
+
+async def create_backup(
+    settings: Settings, parent: Path, *, keep: int = DEFAULT_KEEP
+) -> tuple[Path, Manifest]:
+    """Write one backup folder under ``parent``, then prune to the newest ``keep``.
+
+    Consistency: the attachment rows are read from the same state the database
+    copy holds, and exactly the files they name are copied. An upload that
+    commits after the snapshot is in neither; a file whose row is in the
+    snapshot is complete (uploads write the file before the row). A file deleted
+    after the snapshot (the sweeper's unused attachments) is recorded as missing.
+    """
+    if keep < 1:
+        raise BackupError("--keep must be at least 1")
+    database = database_of(settings)
+    started = time.monotonic()
+    # File work runs in a thread: a server in this process keeps serving meanwhile.
+    work = await asyncio.to_thread(_start, parent)
+    try:
+        facts = await database.dump(work / database.file_name)
+        files, missing = await asyncio.to_thread(
+            _copy_files, settings.upload_dir, work, facts.storage_keys
+        )
+        if missing:
+            log.warning(
+                "backup: %d attachment file(s) named in the snapshot were gone (deleted "
+                "since); their rows are restored without files",
+                len(missing),
+            )
+        manifest = Manifest(
+            backend=database.backend,
+            database_file=database.file_name,
+            database_bytes=(work / database.file_name).stat().st_size,
+            schema_revision=facts.revision,
+            threadline_version=_version(),
+            counts=facts.counts,
+            files=files,
+            missing_files=missing,
+        )
+        manifest.seconds = round(time.monotonic() - started, 3)
+        final = await asyncio.to_thread(_finish, work, manifest, keep)
+    except BaseException:
+        remove_tree(work)
+        raise
+    return final, manifest
+
+
+def prune_backups(parent: Path, keep: int) -> list[Path]:
+    """Delete all but the newest ``keep`` backups in ``parent``; only folders we made."""
+    ours = [path for path in parent.iterdir() if is_backup(path)]
+    ours.sort(key=lambda path: (Manifest.read(path).created_at, path.name))
+    removed = ours[:-keep] if keep > 0 else ours
+    for path in removed:
+        remove_tree(path)
+        log.info("backup: removed %s (keeping the newest %d)", path, keep)
+    return removed
+
+
+def _known_revision(revision: str | None) -> None:
+    if revision is None:
+        return
+    try:
+        known = ScriptDirectory(str(MIGRATIONS_DIR)).get_revision(revision)
+    except CommandError:
+        known = None
+    if known is None:
+        raise BackupError(
+            f"the backup's schema revision {revision} is unknown to this threadline "
+            "(made by a newer version?): restore it with that version or newer"
+        )
+
+
+def _upload_dir_has_files(folder: Path) -> bool:
+    return folder.exists() and any(path.is_file() for path in folder.rglob("*"))
+
+
+def _resolve(path: Path) -> Path:
+    """The backup folder; a folder of backups is refused with the newest one's name."""
+    if is_backup(path):
+        return path
+    if path.is_dir():
+        inside = sorted((p for p in path.iterdir() if is_backup(p)), key=lambda p: p.name)
+        if inside:
+            raise BackupError(f"{path} holds backups; name one, e.g. {inside[-1]}")
+    return path  # Manifest.read says what is wrong with it
+
+
+def _check_backup(folder: Path, manifest: Manifest) -> None:
+    dump = folder / manifest.database_file
+    if not dump.is_file():
+        raise BackupError(f"{dump} is missing: the backup is incomplete")
+    for key, entry in manifest.files.items():
+        stored = key_path(folder / UPLOADS, key)
+        if not stored.is_file() or stored.stat().st_size != entry.bytes:
+            raise BackupError(f"the backup's copy of attachment file {key!r} is missing or damaged")
+
+
+def _restore_files(folder: Path, manifest: Manifest, upload_dir: Path) -> None:
+    for key, entry in manifest.files.items():
+        restored = copy_file(key_path(folder / UPLOADS, key), key_path(upload_dir, key))
+        if restored.sha256 != entry.sha256:
+            raise BackupError(f"attachment file {key!r} in the backup does not match its checksum")
+
+
+async def restore_backup(settings: Settings, path: Path, *, force: bool = False) -> Manifest:
+    """Bring a backup's database and files into this deployment, then migrate to head.
+
+    Refuses a database that has rows, or an upload folder that has files, unless
+    ``force``; the server must not be running against the target meanwhile.
+    """
+    folder = await asyncio.to_thread(_resolve, path)
+    manifest = await asyncio.to_thread(Manifest.read, folder)
+    database = database_of(settings)
+    if manifest.backend != database.backend:
+        raise BackupError(
+            f"the backup is of a {manifest.backend} database; DATABASE_URL is {database.backend}"
+        )
+    _known_revision(manifest.schema_revision)
+    await asyncio.to_thread(_check_backup, folder, manifest)
+    if not force:
+        if await database.holds_rows():
+            raise BackupError("the database is not empty; restore with --force to replace it")
+        if await asyncio.to_thread(_upload_dir_has_files, settings.upload_dir):
+            raise BackupError(
+                f"the upload folder {settings.upload_dir} is not empty; "
+                "restore with --force to replace its files"
+            )
+    await database.restore(folder / manifest.database_file)
+    await asyncio.to_thread(_restore_files, folder, manifest, settings.upload_dir)
+    if manifest.schema_revision != head_revision():
+        await upgrade_to_head_async(settings.database_url)
+    else:
+        # Same schema: the restored rows must be exactly the backed-up ones.
+        counts = (await database.facts()).counts
+        if counts != manifest.counts:
+            raise BackupError(f"restored row counts {counts} differ from the backup's")
+    return manifest

@@ -1,0 +1,121 @@
+"""What a backup folder holds and how it is recognised: the manifest and the file copies.
+
+A backup is one folder named ``threadline-backup-<UTC time>`` with the database
+(``database.dump`` or ``database.sqlite``), the upload files its attachment rows name
+(under ``uploads/``, by storage key) and ``manifest.json``, written last: a folder
+without a readable manifest of this format was not made by us, or not finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+FORMAT = "threadline-backup"
+FORMAT_VERSION = 1
+PREFIX = "threadline-backup-"
+MANIFEST = "manifest.json"
+UPLOADS = "uploads"
+CHUNK = 1 << 20
+
+
+class BackupError(Exception):
+    """A backup or restore cannot go on; the message says why in one line."""
+
+
+@dataclass
+class StoredFile:
+    bytes: int
+    sha256: str
+
+
+@dataclass
+class Manifest:
+    backend: str  # "postgresql" or "sqlite"
+    database_file: str
+    database_bytes: int
+    schema_revision: str | None
+    threadline_version: str
+    counts: dict[str, int]
+    files: dict[str, StoredFile] = field(default_factory=dict)
+    # Keys that a row of the snapshot names but whose file was gone (deleted meanwhile).
+    missing_files: list[str] = field(default_factory=list)
+    created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+    seconds: float = 0.0
+
+    @property
+    def file_bytes(self) -> int:
+        return sum(entry.bytes for entry in self.files.values())
+
+    def write(self, folder: Path) -> None:
+        body = {"format": FORMAT, "format_version": FORMAT_VERSION, **asdict(self)}
+        temporary = folder / (MANIFEST + ".partial")
+        temporary.write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
+        os.replace(temporary, folder / MANIFEST)
+
+    @classmethod
+    def read(cls, folder: Path) -> Manifest:
+        """The folder's manifest; BackupError if it is not a finished backup of ours."""
+        try:
+            body: dict[str, Any] = json.loads((folder / MANIFEST).read_text())
+        except (OSError, ValueError) as exc:
+            raise BackupError(
+                f"{folder} is not a threadline backup (no readable {MANIFEST})"
+            ) from exc
+        if not isinstance(body, dict) or body.get("format") != FORMAT:
+            raise BackupError(f"{folder} is not a threadline backup (unknown manifest format)")
+        if body.get("format_version") != FORMAT_VERSION:
+            raise BackupError(
+                f"{folder} has backup format version {body.get('format_version')}; "
+                f"this threadline reads version {FORMAT_VERSION}"
+            )
+        try:
+            files = {key: StoredFile(**entry) for key, entry in body.pop("files").items()}
+            body.pop("format")
+            body.pop("format_version")
+            return cls(files=files, **body)
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise BackupError(f"{folder}/{MANIFEST} is damaged: {exc}") from exc
+
+
+def is_backup(folder: Path) -> bool:
+    if not (folder.is_dir() and folder.name.startswith(PREFIX)):
+        return False
+    try:
+        Manifest.read(folder)
+    except BackupError:
+        return False
+    return True
+
+
+def key_path(root: Path, key: str) -> Path:
+    """Where a storage key lives under a root; a key that would leave the root is refused."""
+    parts = PurePosixPath(key).parts
+    if not key or PurePosixPath(key).is_absolute() or any(p in ("..", ".", "") for p in parts):
+        raise BackupError(f"attachment storage key {key!r} is not a plain relative path")
+    return root.joinpath(*parts)
+
+
+def copy_file(source: Path, target: Path) -> StoredFile:
+    """Copy under a temporary name, then rename: a half-copied file never has the real name."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(target.name + ".partial")
+    digest = hashlib.sha256()
+    size = 0
+    with source.open("rb") as reader, temporary.open("wb") as writer:
+        while chunk := reader.read(CHUNK):
+            digest.update(chunk)
+            writer.write(chunk)
+            size += len(chunk)
+    os.replace(temporary, target)
+    return StoredFile(bytes=size, sha256=digest.hexdigest())
+
+
+def remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)

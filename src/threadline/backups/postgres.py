@@ -1,0 +1,205 @@
+"""PostgreSQL: pg_dump's custom format from one exported snapshot, and pg_restore.
+
+The client tools are found by the server's major version (a pg_dump older than the
+server refuses to dump it). The password goes to them in the environment, never
+on the command line or into a message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import logging
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import quote, urlencode
+
+from sqlalchemy import text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
+from sqlalchemy.pool import NullPool
+
+from threadline.backups.manifest import BackupError
+from threadline.backups.rows import Facts, holds_rows, read_facts
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Where distributions put each major version's client tools, besides PATH.
+TOOL_FOLDERS = (
+    "/usr/lib/postgresql/*/bin",  # Debian, Ubuntu
+    "/usr/pgsql-*/bin",  # RHEL, Fedora (PGDG)
+    "/opt/homebrew/opt/postgresql@*/bin",
+    "/usr/local/opt/postgresql@*/bin",
+)
+# libpq parameters that may ride along in the URL's query; driver options do not.
+LIBPQ_PARAMETERS = {"sslmode", "sslrootcert", "sslcert", "sslkey", "connect_timeout", "host"}
+VERSION = re.compile(r"\(PostgreSQL\)\s+(\d+)")
+
+
+def libpq_target(database_url: str) -> tuple[str, dict[str, str]]:
+    """A libpq URL without the password, and the environment that carries the password."""
+    url: URL = make_url(database_url)
+    netloc = quote(url.username or "", safe="")
+    netloc = f"{netloc}@" if netloc else ""
+    netloc += url.host or ""
+    if url.port:
+        netloc += f":{url.port}"
+    query = {k: str(v) for k, v in url.query.items() if k in LIBPQ_PARAMETERS}
+    if "ssl" in url.query and "sslmode" not in query:  # asyncpg's spelling
+        query["sslmode"] = str(url.query["ssl"])
+    libpq = f"postgresql://{netloc}/{quote(url.database or '', safe='')}"
+    if query:
+        libpq += "?" + urlencode(query)
+    environment = {**os.environ}
+    environment.pop("PGPASSWORD", None)
+    if url.password:
+        environment["PGPASSWORD"] = str(url.password)
+    return libpq, environment
+
+
+def _tool_major(path: str) -> int | None:
+    try:
+        done = subprocess.run(  # noqa: S603 - a path we found, no shell
+            [path, "--version"], capture_output=True, text=True, timeout=10, check=False
+        )
+    except OSError:
+        return None
+    match = VERSION.search(done.stdout)
+    return int(match.group(1)) if match else None
+
+
+def find_tool(
+    name: str, server_major: int, folders: Sequence[str] = TOOL_FOLDERS, *, use_path: bool = True
+) -> str:
+    """The client tool of the server's major version, else the oldest newer one.
+
+    pg_dump refuses a server newer than itself, and pg_restore an archive newer
+    than itself; a newer tool handles older servers and archives.
+    """
+    candidates = {path for folder in folders for path in glob.glob(f"{folder}/{name}")}
+    on_path = shutil.which(name) if use_path else None
+    if on_path:
+        candidates.add(on_path)
+    usable: list[tuple[int, str]] = []
+    seen: list[str] = []
+    for path in sorted(candidates):
+        major = _tool_major(path)
+        seen.append(f"{path} ({major or '?'})")
+        if major is not None and major >= server_major:
+            usable.append((major, path))
+    if not usable:
+        found = ", ".join(seen) or "none"
+        raise BackupError(
+            f"no {name} for PostgreSQL {server_major} or newer (found: {found}); "
+            f"install the PostgreSQL {server_major} client tools"
+        )
+    return min(usable)[1]
+
+
+def scrub(message: str, database_url: str) -> str:
+    """A tool's message with the password taken out, should it ever echo one."""
+    password = make_url(database_url).password
+    return message.replace(str(password), "***") if password else message
+
+
+async def _run(command: list[str], environment: dict[str, str], database_url: str) -> None:
+    process = await asyncio.create_subprocess_exec(
+        *command,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        env=environment,
+    )
+    _, stderr = await process.communicate()
+    if process.returncode != 0:
+        lines = stderr.decode(errors="replace").strip().splitlines()
+        detail = scrub(" / ".join(lines[-3:]), database_url) or f"exit {process.returncode}"
+        raise BackupError(f"{Path(command[0]).name} failed: {detail}")
+
+
+class PostgresDatabase:
+    backend = "postgresql"
+    file_name = "database.dump"
+
+    def __init__(self, database_url: str) -> None:
+        self.database_url = database_url
+
+    async def _on_connection(
+        self, work: Callable[[AsyncConnection], Awaitable[T]], **options: object
+    ) -> T:
+        engine = create_async_engine(self.database_url, poolclass=NullPool)
+        try:
+            async with engine.connect() as connection:
+                if options:
+                    connection = await connection.execution_options(**options)
+                async with connection.begin():
+                    return await work(connection)
+        except OSError as exc:
+            raise BackupError(f"cannot reach PostgreSQL: {exc.strerror or exc}") from exc
+        except SQLAlchemyError as exc:
+            # The driver's own message, without SQLAlchemy's statement and link.
+            detail = scrub(str(getattr(exc, "orig", None) or exc), self.database_url)
+            raise BackupError(f"PostgreSQL: {detail}") from exc
+        finally:
+            await engine.dispose()
+
+    async def _server_major(self, connection: AsyncConnection) -> int:
+        number = (await connection.execute(text("SHOW server_version_num"))).scalar_one()
+        return int(number) // 10000
+
+    async def dump(self, target: Path) -> Facts:
+        """pg_dump from the snapshot this transaction exports, and the facts read in it.
+
+        The rows read here and the dump are the same state of the database: a
+        repeatable-read transaction exports its snapshot and pg_dump imports it.
+        """
+
+        async def in_snapshot(connection: AsyncConnection) -> Facts:
+            snapshot = (await connection.execute(text("SELECT pg_export_snapshot()"))).scalar_one()
+            facts = await read_facts(connection)
+            tool = find_tool("pg_dump", await self._server_major(connection))
+            libpq, environment = libpq_target(self.database_url)
+            command = [tool, "--format=custom", f"--snapshot={snapshot}", f"--file={target}"]
+            # The exporting transaction stays open until pg_dump is done with it.
+            await _run([*command, f"--dbname={libpq}"], environment, self.database_url)
+            return facts
+
+        return await self._on_connection(
+            in_snapshot, isolation_level="REPEATABLE READ", postgresql_readonly=True
+        )
+
+    async def holds_rows(self) -> bool:
+        return await self._on_connection(holds_rows)
+
+    async def facts(self) -> Facts:
+        return await self._on_connection(read_facts)
+
+    async def restore(self, source: Path) -> None:
+        """pg_restore in one transaction; objects of the dump that exist are replaced."""
+
+        async def major(connection: AsyncConnection) -> int:
+            return await self._server_major(connection)
+
+        tool = find_tool("pg_restore", await self._on_connection(major))
+        libpq, environment = libpq_target(self.database_url)
+        command = [
+            tool,
+            "--single-transaction",
+            "--exit-on-error",
+            "--clean",
+            "--if-exists",
+            # The backup may come from a deployment with other role names.
+            "--no-owner",
+            "--no-privileges",
+            f"--dbname={libpq}",
+            str(source),
+        ]
+        await _run(command, environment, self.database_url)

@@ -1,0 +1,368 @@
+"""Backups: a populated deployment backed up and restored into an empty one answers alike.
+
+The restore goes into a new database (PostgreSQL: a new database name; SQLite: a new
+file) and a new upload folder, and a second server on them answers a page of messages
+as the first did; the attachment files are the same bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import insert, select
+
+from tests import factories
+from tests.conftest import (
+    BACKEND,
+    DEV_SECRET,
+    PG_BASE,
+    Api,
+    Clients,
+    Server,
+    _pg_admin,
+    start_server,
+    stop_server,
+)
+from threadline.backups import BackupError, create_backup, prune_backups, restore_backup
+from threadline.backups.manifest import MANIFEST, PREFIX
+from threadline.backups.postgres import find_tool, libpq_target, scrub
+from threadline.config import Settings
+from threadline.models import Attachment
+
+EDIT = "mutation($m: ID!, $b: String!) { editMessage(messageId: $m, body: $b) { id } }"
+REACT = "mutation($m: ID!, $e: String!) { addReaction(messageId: $m, emoji: $e) { id } }"
+PAGE = """
+query($t: ID!) { thread(threadId: $t) { id title lastSeq
+  messages(last: 50) {
+    pageInfo { hasPreviousPage hasNextPage startCursor endCursor }
+    edges { cursor node {
+      id seq body clientId editedAt deletedAt pinned createdAt replyCount
+      author { id username displayName }
+      parent { id }
+      edits { id previousBody editedAt editedBy { username } }
+      reactions { emoji count reactedByMe users { username } }
+      attachments { id filename contentType size kind width height uploadedBy { username } }
+      mentions { username }
+    } }
+  } } }
+"""
+
+
+def settings_for(database_url: str, upload_dir: Path, redis_url: str | None) -> Settings:
+    return Settings(
+        database_url=database_url,
+        redis_url=redis_url,
+        dev_auth_secret=DEV_SECRET,  # type: ignore[arg-type]
+        upload_dir=upload_dir,
+        rate_limits=False,
+        _env_file=None,  # type: ignore[call-arg]
+    )
+
+
+@pytest.fixture
+async def empty_target(tmp_path: Path, settings: Settings) -> AsyncIterator[Settings]:
+    """Settings of an empty deployment: a database never migrated, an absent upload folder."""
+    if BACKEND == "postgres":
+        name = f"tl_restore_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+        await _pg_admin(f"CREATE DATABASE {name}")
+        yield settings_for(f"{PG_BASE}/{name}", tmp_path / "restored-uploads", settings.redis_url)
+        await _pg_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    else:
+        url = f"sqlite+aiosqlite:///{tmp_path / 'restored.db'}"
+        yield settings_for(url, tmp_path / "restored-uploads", None)
+
+
+async def add_attachment(
+    server: Server,
+    settings: Settings,
+    api: Api,
+    thread_id: str,
+    data: bytes,
+    filename: str,
+    size: tuple[int, int] | None = None,
+) -> str:
+    """An uploaded, unused attachment: its file under the upload folder, then its row."""
+    attachment_id = uuid.uuid4()
+    key = f"{thread_id}/{attachment_id.hex}"
+    path = settings.upload_dir / thread_id / attachment_id.hex
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    async with server.runtime.db.transaction("test_attach") as uow:
+        await uow.session.execute(
+            insert(Attachment).values(
+                id=attachment_id,
+                thread_id=uuid.UUID(thread_id),
+                uploaded_by_id=uuid.UUID(api.id),
+                message_id=None,
+                filename=filename,
+                content_type="image/png" if size else "application/pdf",
+                size=len(data),
+                kind="IMAGE" if size else "DOCUMENT",
+                width=size[0] if size else None,
+                height=size[1] if size else None,
+                storage_key=key,
+                created_at=datetime.now(UTC),
+            )
+        )
+    return str(attachment_id)
+
+
+async def populate(server: Server, settings: Settings, clients: Clients) -> tuple[Api, str]:
+    alice, bob = await clients.users("alice", "bob")
+    thread_id = await factories.thread(alice, bob, title="Backed up")
+    first = await factories.send(alice, thread_id, "hello @bob", clientId="c-1")
+    await alice.gql(EDIT, {"m": first["id"], "b": "hello again @bob"})
+    await alice.gql(EDIT, {"m": first["id"], "b": "hello a third time @bob"})
+    await bob.gql(REACT, {"m": first["id"], "e": "👍"})
+    await alice.gql(REACT, {"m": first["id"], "e": "👍"})
+    await bob.gql(REACT, {"m": first["id"], "e": "🚀"})
+    await factories.send(bob, thread_id, "a reply", parentId=first["id"])
+    report = os.urandom(300_000)
+    photo = os.urandom(40_000)
+    attachments = [
+        await add_attachment(server, settings, alice, thread_id, report, "report.pdf"),
+        await add_attachment(server, settings, alice, thread_id, photo, "a.png", (640, 480)),
+    ]
+    await factories.send(alice, thread_id, "two files", attachmentIds=attachments)
+    for n in range(20):
+        await factories.send(bob if n % 2 else alice, thread_id, f"message {n}")
+    # A file that no row names is not part of the deployment's data.
+    stray = settings.upload_dir / "stray" / "leftover.bin"
+    stray.parent.mkdir(parents=True, exist_ok=True)
+    stray.write_bytes(b"not referenced")
+    return alice, thread_id
+
+
+async def stored_files(server: Server, upload_dir: Path) -> dict[str, bytes]:
+    async with server.runtime.db.reading() as session:
+        keys = (await session.scalars(select(Attachment.storage_key))).all()
+    return {key: (upload_dir / key).read_bytes() for key in keys}
+
+
+async def test_a_restored_backup_answers_a_page_of_messages_and_serves_the_same_files(
+    server: Server, settings: Settings, clients: Clients, empty_target: Settings, tmp_path: Path
+) -> None:
+    alice, thread_id = await populate(server, settings, clients)
+    before = await alice.gql(PAGE, {"t": thread_id})
+    files_before = await stored_files(server, settings.upload_dir)
+
+    started = time.monotonic()
+    folder, manifest = await create_backup(settings, tmp_path / "backups")
+    backup_seconds = time.monotonic() - started
+    assert folder.name.startswith(PREFIX) and (folder / MANIFEST).is_file()
+    assert set(manifest.files) == set(files_before)  # exactly the referenced files
+    assert not (folder / "uploads" / "stray").exists()
+    assert manifest.counts["messages"] == 23 and manifest.counts["attachments"] == 2
+    assert manifest.counts["message_edits"] == 2 and manifest.counts["reactions"] == 3
+
+    started = time.monotonic()
+    await restore_backup(empty_target, folder)
+    restore_seconds = time.monotonic() - started
+    restored = await start_server(empty_target)
+    try:
+        async with httpx.AsyncClient(base_url=restored.base, timeout=30) as http:
+            api = Api(http, alice.token, "alice")
+            after = await api.gql(PAGE, {"t": thread_id})
+        files_after = await stored_files(restored, empty_target.upload_dir)
+    finally:
+        await stop_server(restored)
+    assert after == before
+    nodes = [edge["node"] for edge in after["thread"]["messages"]["edges"]]
+    assert any(n["edits"] for n in nodes) and any(n["reactions"] for n in nodes)
+    assert any(n["attachments"] for n in nodes)
+    assert files_after == files_before
+    print(
+        f"\n[{BACKEND}] backup {backup_seconds:.2f} s: database {manifest.database_bytes} bytes, "
+        f"{len(manifest.files)} files {manifest.file_bytes} bytes; restore {restore_seconds:.2f} s"
+    )
+
+
+async def test_restore_refuses_a_deployment_with_data_unless_forced(
+    server: Server, settings: Settings, clients: Clients, tmp_path: Path
+) -> None:
+    alice, thread_id = await populate(server, settings, clients)
+    folder, _ = await create_backup(settings, tmp_path / "backups")
+    with pytest.raises(BackupError, match="database is not empty"):
+        await restore_backup(settings, folder)
+    await factories.send(alice, thread_id, "after the backup")
+    await stop_server(server)  # restoring under a running server is not supported
+    manifest = await restore_backup(settings, folder, force=True)
+    again = await start_server(settings)
+    try:
+        async with httpx.AsyncClient(base_url=again.base, timeout=30) as http:
+            page = await Api(http, alice.token, "alice").gql(PAGE, {"t": thread_id})
+    finally:
+        await stop_server(again)
+    bodies = [edge["node"]["body"] for edge in page["thread"]["messages"]["edges"]]
+    assert "after the backup" not in bodies
+    assert len(bodies) == manifest.counts["messages"]
+
+
+async def test_restore_refuses_an_upload_folder_with_files(
+    server: Server, settings: Settings, clients: Clients, empty_target: Settings, tmp_path: Path
+) -> None:
+    await populate(server, settings, clients)
+    folder, _ = await create_backup(settings, tmp_path / "backups")
+    (empty_target.upload_dir / "someone").mkdir(parents=True)
+    (empty_target.upload_dir / "someone" / "file").write_bytes(b"x")
+    with pytest.raises(BackupError, match=r"upload folder .* is not empty"):
+        await restore_backup(empty_target, folder)
+
+
+async def test_a_backup_is_consistent_while_uploads_go_on(
+    server: Server, settings: Settings, clients: Clients, empty_target: Settings, tmp_path: Path
+) -> None:
+    alice, thread_id = await populate(server, settings, clients)
+    stop = asyncio.Event()
+
+    async def keep_uploading() -> int:
+        count = 0
+        while not stop.is_set():
+            await add_attachment(server, settings, alice, thread_id, os.urandom(5000), "x.pdf")
+            count += 1
+            await asyncio.sleep(0)
+        return count
+
+    uploader = asyncio.create_task(keep_uploading())
+    await asyncio.sleep(0.2)
+    folder, manifest = await create_backup(settings, tmp_path / "backups")
+    stop.set()
+    uploaded = await uploader
+    assert uploaded > 0
+    # Every row in the copy has its file in the backup, and no file without a row is in it.
+    assert not manifest.missing_files
+    assert len(manifest.files) == manifest.counts["attachments"]
+    await restore_backup(empty_target, folder)
+    restored = await start_server(empty_target)
+    try:
+        files = await stored_files(restored, empty_target.upload_dir)
+    finally:
+        await stop_server(restored)
+    assert set(files) == set(manifest.files)
+
+
+async def test_old_backups_are_pruned_and_folders_of_others_are_left_alone(
+    server: Server, settings: Settings, clients: Clients, tmp_path: Path
+) -> None:
+    await populate(server, settings, clients)
+    parent = tmp_path / "backups"
+    foreign = parent / f"{PREFIX}not-ours"
+    foreign.mkdir(parents=True)
+    (parent / "notes.txt").write_text("keep me")
+    made = [(await create_backup(settings, parent, keep=2))[0] for _ in range(3)]
+    assert sorted(p.name for p in parent.iterdir()) == sorted(
+        [foreign.name, "notes.txt", made[1].name, made[2].name]
+    )
+    assert prune_backups(parent, 1) == [made[1]]
+
+
+async def test_restore_refuses_a_backup_of_an_unknown_schema_or_with_a_damaged_file(
+    server: Server, settings: Settings, clients: Clients, empty_target: Settings, tmp_path: Path
+) -> None:
+    await populate(server, settings, clients)
+    folder, manifest = await create_backup(settings, tmp_path / "backups")
+    key = next(iter(manifest.files))
+    (folder / "uploads" / key).write_bytes(b"truncated")
+    with pytest.raises(BackupError, match="missing or damaged"):
+        await restore_backup(empty_target, folder)
+    body: dict[str, Any] = json.loads((folder / MANIFEST).read_text())
+    body["schema_revision"] = "ffffffffffff"
+    (folder / MANIFEST).write_text(json.dumps(body))
+    with pytest.raises(BackupError, match="unknown to this threadline"):
+        await restore_backup(empty_target, folder)
+    with pytest.raises(BackupError, match="holds backups; name one"):
+        await restore_backup(empty_target, folder.parent)
+
+
+async def test_the_backup_and_restore_commands(
+    server: Server, settings: Settings, clients: Clients, empty_target: Settings, tmp_path: Path
+) -> None:
+    await populate(server, settings, clients)
+
+    def run(target: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+        environment = {
+            **os.environ,
+            "DATABASE_URL": target.database_url,
+            "UPLOAD_DIR": str(target.upload_dir),
+            "PYTHONPATH": str(Path(__file__).resolve().parent.parent / "src"),
+        }
+        return subprocess.run(
+            [sys.executable, "-m", "threadline", *args],
+            capture_output=True,
+            text=True,
+            env=environment,
+            cwd=tmp_path,
+            timeout=120,
+            check=False,
+        )
+
+    parent = tmp_path / "backups"
+    made = await asyncio.to_thread(run, settings, "backup", str(parent), "--keep", "1")
+    assert made.returncode == 0, made.stderr
+    assert "wrote" in made.stdout and "2 files" in made.stdout
+    (folder,) = list(parent.iterdir())
+    refused = await asyncio.to_thread(run, settings, "restore", str(folder))
+    assert refused.returncode == 1
+    assert "database is not empty" in refused.stderr and "Traceback" not in refused.stderr
+    done = await asyncio.to_thread(run, empty_target, "restore", str(folder))
+    assert done.returncode == 0, done.stderr
+    assert "23 messages, 2 files" in done.stdout
+
+
+async def test_a_database_that_cannot_be_copied_is_a_clear_error_and_leaves_no_folder(
+    tmp_path: Path,
+) -> None:
+    if BACKEND == "postgres":
+        url = f"postgresql+asyncpg://postgres:hunter2@127.0.0.1:5432/tl_missing_{uuid.uuid4().hex}"
+        expected = "does not exist"
+    else:
+        (tmp_path / "garbage.db").write_bytes(b"not a database" * 100)
+        url = f"sqlite+aiosqlite:///{tmp_path / 'garbage.db'}"
+        expected = "not a database"
+    parent = tmp_path / "backups"
+    with pytest.raises(BackupError, match=expected) as raised:
+        await create_backup(settings_for(url, tmp_path / "uploads", None), parent)
+    assert "hunter2" not in str(raised.value)
+    assert list(parent.iterdir()) == []
+
+
+def fake_tool(folder: Path, major: int) -> None:
+    """A stand-in pg_dump that answers --version as the real one of that major does."""
+    folder.mkdir(parents=True)
+    tool = folder / "pg_dump"
+    tool.write_text(f"#!/bin/sh\necho 'pg_dump (PostgreSQL) {major}.3 (Debian {major}.3-1)'\n")
+    tool.chmod(0o755)
+
+
+def test_pg_dump_is_the_servers_major_version_or_the_oldest_newer_one(tmp_path: Path) -> None:
+    for major in (14, 16, 17):
+        fake_tool(tmp_path / str(major) / "bin", major)
+    folders = [f"{tmp_path}/*/bin"]
+    assert find_tool("pg_dump", 16, folders, use_path=False) == f"{tmp_path}/16/bin/pg_dump"
+    assert find_tool("pg_dump", 15, folders, use_path=False) == f"{tmp_path}/16/bin/pg_dump"
+    with pytest.raises(BackupError, match="no pg_dump for PostgreSQL 18 or newer") as raised:
+        find_tool("pg_dump", 18, folders, use_path=False)
+    assert "17/bin/pg_dump (17)" in str(raised.value)
+
+
+def test_pg_tools_get_a_libpq_url_without_the_password_and_the_password_apart() -> None:
+    url = (
+        "postgresql+asyncpg://threadline:s3cr%40t@db.internal:6432/chat"
+        "?ssl=require&prepared_statement_cache_size=0"
+    )
+    libpq, environment = libpq_target(url)
+    assert libpq == "postgresql://threadline@db.internal:6432/chat?sslmode=require"
+    assert environment["PGPASSWORD"] == "s3cr@t"
+    assert scrub("FATAL: password s3cr@t rejected", url) == "FATAL: password *** rejected"

@@ -1,0 +1,89 @@
+"""The commands operators run: seed (twice), migrate, token, users set-role."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import BACKEND, PG_BASE, Api, _pg_admin, token_for
+from tests.deployment import threadline
+from threadline.config import Settings
+from threadline.migrate import current_revision_async, head_revision
+
+
+async def test_seeding_twice_adds_no_duplicate_demo_data(
+    settings: Settings, http: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    for _ in range(2):
+        done = threadline("seed", database_url=settings.database_url, tmp_path=tmp_path)
+        assert done.returncode == 0, done.stderr
+    alice = Api(http, token_for("alice"), "alice")
+    data = await alice.gql(
+        "{ threads(first: 50) { edges { node { title isDirect"
+        " messages(first: 50) { edges { node { body } } } } } } }"
+    )
+    threads = {
+        ("direct" if e["node"]["isDirect"] else e["node"]["title"]): [
+            m["node"]["body"] for m in e["node"]["messages"]["edges"]
+        ]
+        for e in data["threads"]["edges"]
+    }
+    assert len(data["threads"]["edges"]) == 2
+    assert len(threads["General"]) == 3 and threads["direct"] == ["Lunch at noon?", "Sure."]
+    users = await alice.gql('{ users(search: "", first: 50) { edges { node { username } } } }')
+    names = sorted(e["node"]["username"] for e in users["users"]["edges"])
+    assert names == ["alice", "bob", "carol"]
+
+
+@pytest.fixture
+async def fresh_database_url(tmp_path: Path) -> AsyncIterator[str]:
+    """A database nothing has touched."""
+    if BACKEND == "postgres":
+        name = f"tl_fresh_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+        await _pg_admin(f"CREATE DATABASE {name}")
+        yield f"{PG_BASE}/{name}"
+        await _pg_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    else:
+        yield f"sqlite+aiosqlite:///{tmp_path / 'data' / 'fresh.db'}"
+
+
+async def test_migrate_brings_a_fresh_database_to_the_newest_revision_and_can_run_again(
+    fresh_database_url: str, tmp_path: Path
+) -> None:
+    for _ in range(2):
+        done = threadline("migrate", database_url=fresh_database_url, tmp_path=tmp_path)
+        assert done.returncode == 0, done.stderr
+        assert "newest revision" in done.stdout
+    assert await current_revision_async(fresh_database_url) == head_revision()
+
+
+async def test_users_set_role_makes_an_owner_and_refuses_unknown_users_and_roles(
+    settings: Settings, http: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    url = settings.database_url
+    made = threadline("token", "alice", database_url=url, tmp_path=tmp_path)
+    assert made.returncode == 0, made.stderr
+    done = threadline("users", "set-role", "alice", "owner", database_url=url, tmp_path=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "alice is now OWNER" in done.stdout
+    me = await Api(http, made.stdout.strip(), "alice").gql("{ me { role } }")
+    assert me["me"]["role"] == "OWNER"
+
+    nobody = threadline("users", "set-role", "nobody", "admin", database_url=url, tmp_path=tmp_path)
+    assert nobody.returncode == 1 and "Traceback" not in nobody.stderr
+    assert nobody.stderr.startswith("threadline: ")
+    bad_role = threadline("users", "set-role", "alice", "king", database_url=url, tmp_path=tmp_path)
+    assert bad_role.returncode == 2 and "invalid choice" in bad_role.stderr
+
+
+def test_a_bad_username_for_a_token_is_a_message_not_a_traceback(
+    settings: Settings, tmp_path: Path
+) -> None:
+    done = threadline("token", "no spaces", database_url=settings.database_url, tmp_path=tmp_path)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr and "username" in done.stderr
