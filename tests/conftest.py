@@ -29,6 +29,7 @@ from threadline.app import create_app
 from threadline.auth.tokens import mint_dev_token
 from threadline.cli import WEBSOCKET_IMPLEMENTATION
 from threadline.config import Settings
+from threadline.http_protocol import protocol_class
 from threadline.migrate import upgrade_to_head
 from threadline.models import Base
 
@@ -169,6 +170,7 @@ async def start_server(settings: Settings) -> Server:
         port=port,
         log_level="warning",
         ws=WEBSOCKET_IMPLEMENTATION,
+        http=protocol_class(settings.http_header_timeout_seconds),
         ws_per_message_deflate=False,
         lifespan="on",
     )

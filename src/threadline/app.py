@@ -21,6 +21,7 @@ from threadline.auth.webhooks import clerk_webhook
 from threadline.config import Settings
 from threadline.graphql_app import ThreadlineGraphQL
 from threadline.graphql_post import GraphQLPost
+from threadline.http_limits import BodyLimits
 from threadline.runtime import Runtime
 from threadline.schema.schema import build_schema
 from threadline.subscriptions.raw_frames import RawSocketMiddleware
@@ -99,6 +100,17 @@ def create_app(settings: Settings) -> Starlette:
                 allow_credentials=True,
             )
         )
+    # Inside CORS only, so that browsers can read its 413 and 408 answers; before
+    # every route and the JSON-POST handler, which reads bodies itself.
+    middleware.append(
+        Middleware(
+            BodyLimits,
+            max_request_bytes=settings.max_request_bytes,
+            max_upload_bytes=settings.max_upload_bytes,
+            body_timeout_seconds=settings.http_body_timeout_seconds,
+            body_min_bytes_per_second=settings.http_body_min_bytes_per_second,
+        )
+    )
     middleware.append(Middleware(GraphQLPost, view=graphql, known=schema.known_operations))
     app = Starlette(
         routes=[

@@ -56,6 +56,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # the logger drops it: off unless the level would show it.
         access_log=args.log_level.lower() in ("trace", "debug", "info"),
         ws=args.ws,
+        # uvicorn's httptools protocol with a deadline and a size limit on request heads.
+        http="threadline.asgi:http_protocol",
         ws_per_message_deflate=args.ws_per_message_deflate,
         proxy_headers=True,
         lifespan="on",

@@ -55,6 +55,11 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(default=1_048_576, gt=0)
     attachment_url_seconds: int = Field(default=3600, gt=0)
     max_query_cost: int = Field(default=50_000, gt=0)
+    # Slow clients (http_limits, http_protocol): a request head must be complete within
+    # this long; a body may pause this long, and beyond that must average the rate.
+    http_header_timeout_seconds: float = Field(default=10.0, gt=0)
+    http_body_timeout_seconds: float = Field(default=10.0, gt=0)
+    http_body_min_bytes_per_second: int = Field(default=8192, ge=0)
 
     @field_validator("clerk_authorized_parties", "cors_origins", mode="before")
     @classmethod

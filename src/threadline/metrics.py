@@ -32,3 +32,8 @@ EVENTS_PUBLISHED = Counter("threadline_events_published_total", "Events publishe
 EVENTS_DELIVERED = Counter("threadline_events_delivered_total", "Event frames sent to subscribers.")
 BROKER_RECONNECTS = Counter("threadline_broker_reconnects_total", "Broker reconnections to Redis.")
 WEBHOOKS = Counter("threadline_webhooks_total", "Clerk webhooks by outcome.", ["outcome"])
+HTTP_REQUESTS_CUT_OFF = Counter(
+    "threadline_http_requests_cut_off_total",
+    "Requests answered before they were read in full: too large (413, 431) or too slow (408).",
+    ["status"],
+)
