@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest, start_http_server
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -56,6 +56,28 @@ async def metrics(request: Request) -> Response:
     return PlainTextResponse(generate_latest().decode(), media_type=CONTENT_TYPE_LATEST)
 
 
+@asynccontextmanager
+async def metrics_listener(settings: Settings) -> AsyncIterator[None]:
+    """/metrics on a port of its own while the app runs, when METRICS names one."""
+    address = settings.metrics_address
+    if address is None:
+        yield
+        return
+    host, port = address
+    try:
+        httpd, _ = start_http_server(port, addr=host)
+    except OSError as exc:
+        # With --workers N the first process holds the port; the others serve on.
+        log.warning("metrics not served on %s:%s: %s", host, port, exc.strerror)
+        yield
+        return
+    try:
+        yield
+    finally:
+        await asyncio.to_thread(httpd.shutdown)
+        httpd.server_close()
+
+
 def create_app(settings: Settings) -> Starlette:
     settings.check()
     runtime = Runtime(settings)
@@ -75,7 +97,8 @@ def create_app(settings: Settings) -> Starlette:
             asyncio.create_task(graphql.maintain_connections()),
         ]
         try:
-            yield
+            async with metrics_listener(settings):
+                yield
         finally:
             for task in background:
                 task.cancel()
@@ -119,7 +142,7 @@ def create_app(settings: Settings) -> Starlette:
             Route("/webhooks/clerk", clerk_webhook, methods=["POST"]),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
-            Route("/metrics", metrics),
+            *([Route("/metrics", metrics)] if settings.metrics_on_app else []),
         ],
         middleware=middleware,
         lifespan=lifespan,
