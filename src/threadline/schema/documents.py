@@ -4,7 +4,8 @@ The document and its validation errors are put on the execution context before
 strawberry's parse and validation steps, which then have nothing to do: a cache
 hit is one dictionary lookup, with no hooks of their own to run. A text that does
 not parse is left to strawberry, which reports the syntax error (and the token
-limit) the usual way; such texts are not cached.
+limit) the usual way; such texts are not cached. In production, validation errors
+name nothing the caller did not send: no "Did you mean ...?" suggestions.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ from graphql import (
     GraphQLSchema,
     parse,
     specified_rules,
+    validate,
 )
-from strawberry.schema.schema import validate_document
+from strawberry.schema.validation_rules.maybe_null import MaybeNullValidationRule
+from strawberry.schema.validation_rules.one_of import OneOfInputValidationRule
 from strawberry.types import ExecutionContext
 
 from threadline.realtime.caches import TTLCache
@@ -38,10 +41,12 @@ class Documents:
         *,
         rules: Sequence[type[ASTValidationRule]],
         max_tokens: int,
+        hide_suggestions: bool = False,
     ) -> None:
         self.cache = cache
         self.rules = tuple(rules)
         self.max_tokens = max_tokens
+        self.hide_suggestions = hide_suggestions
         # The rules strawberry's execution context starts with, then ours: what
         # prepare() validates with, so known() shares its cache entries.
         self._default_rules = (*specified_rules, *self.rules)
@@ -75,8 +80,14 @@ class Documents:
                 document = parse(query, max_tokens=self.max_tokens)
             except GraphQLError:
                 return None
-            # strawberry's validation: graphql-core's rules, ours, and strawberry's own.
-            errors = validate_document(schema, document, rules)
+            # strawberry's validate_document (graphql-core's rules, ours, strawberry's
+            # own two), with graphql-core's knob for suggestions, which it does not pass.
+            errors = validate(
+                schema,
+                document,
+                (*rules, MaybeNullValidationRule, OneOfInputValidationRule),
+                hide_suggestions=self.hide_suggestions,
+            )
             entry = (document, errors)
             self.cache.put(key, entry)
         return entry

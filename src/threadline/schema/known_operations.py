@@ -68,6 +68,7 @@ class KnownOperations:
                 operation_name=operation_name,
                 is_awaitable=optimized_is_awaitable,  # type: ignore[arg-type]
                 executor_class=self.executor_class,
+                hide_suggestions=self.documents.hide_suggestions,
             )
             if isawaitable(result):
                 result = await result

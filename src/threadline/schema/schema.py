@@ -10,6 +10,7 @@ import strawberry
 from graphql import GraphQLError, NoSchemaIntrospectionCustomRule
 from strawberry.extensions import MaxAliasesLimiter, QueryDepthLimiter
 from strawberry.schema.config import StrawberryConfig
+from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 from strawberry.tools import merge_types
 
 from threadline.realtime.caches import TTLCache
@@ -53,11 +54,25 @@ class ThreadlineSchema(strawberry.Schema):
         return None
 
 
+class QuietExecutionContext(StrawberryGraphQLCoreExecutionContext):
+    """Variables coerced without "Did you mean ...?" suggestions, which name schema parts."""
+
+    @classmethod
+    def build(cls, *args: Any, **kwargs: Any) -> Any:
+        kwargs["hide_suggestions"] = True
+        return super().build(*args, **kwargs)
+
+
 def build_schema(*, production: bool = False) -> ThreadlineSchema:
     # Production refuses introspection: one more validation rule, cached like the rest.
+    # Nor do its errors suggest names (fields, arguments, types, enum values) to a caller
+    # who guesses: in validation (Documents) and in coercing variables (the executors).
     rules = [*DOCUMENT_RULES, *([NoSchemaIntrospectionCustomRule] if production else [])]
     documents = Documents(
-        TTLCache(math.inf, DOCUMENT_CACHE_SIZE), rules=rules, max_tokens=MAX_TOKENS
+        TTLCache(math.inf, DOCUMENT_CACHE_SIZE),
+        rules=rules,
+        max_tokens=MAX_TOKENS,
+        hide_suggestions=production,
     )
     schema = ThreadlineSchema(
         query=Query,
@@ -66,6 +81,7 @@ def build_schema(*, production: bool = False) -> ThreadlineSchema:
         types=[*EVENT_TYPES, AttachmentType, NotificationType, SessionType],
         extensions=[lambda: OperationScope(documents)],
         config=StrawberryConfig(auto_camel_case=True, scalar_map={datetime: DateTime}),
+        execution_context_class=QuietExecutionContext if production else None,
     )
     lean_resolvers.install(schema)
     schema.known_operations = KnownOperations(schema, documents)
