@@ -71,12 +71,12 @@ class Answer:
 
 
 async def exchange(
-    server: Server, head: bytes, pieces: Iterable[bytes] = (), pause: float = 0.0
+    base: str, head: bytes, pieces: Iterable[bytes] = (), pause: float = 0.0
 ) -> Answer:
     """Write a request head and body pieces on one connection while reading the answer;
     stop writing once the answer is in. The answer is everything read until the server
     closes the connection."""
-    port = int(server.base.rsplit(":", 1)[1])
+    port = int(base.rsplit(":", 1)[1])
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     started = time.perf_counter()
     answer = asyncio.create_task(asyncio.wait_for(reader.read(), 30))
@@ -136,7 +136,7 @@ async def test_a_declared_length_over_the_limit_is_refused_before_a_byte_is_read
 ) -> None:
     # With Expect: 100-continue the client waits: the answer comes with no body sent at all.
     head = post_head("/graphql", "application/json", "expect: 100-continue", length=10**9)
-    answer = await exchange(limited, head)
+    answer = await exchange(limited.base, head)
     assert_graphql_413(answer, MAX_REQUEST)
     assert b"100 Continue" not in answer.raw
 
@@ -155,14 +155,14 @@ async def test_a_chunked_body_is_cut_off_at_the_limit_and_its_operation_never_ru
             "/graphql", "application/json", f"authorization: Bearer {token_for('ann')}"
         )
         answer = await exchange(
-            limited, head, chunked(body[i : i + 1000] for i in range(0, len(body), 1000))
+            limited.base, head, chunked(body[i : i + 1000] for i in range(0, len(body), 1000))
         )
         assert_graphql_413(answer, MAX_REQUEST)
         assert await threads_of(http, "ann") == 0
         # The same operation without the padding runs: the limit was the only reason.
         operation["variables"] = {"t": "x"}
         small = json.dumps(operation).encode()
-        answer = await exchange(limited, head, chunked([small]))
+        answer = await exchange(limited.base, head, chunked([small]))
         assert answer.status == 200 and answer.json()["data"]["createThread"]["id"]
         assert await threads_of(http, "ann") == 1
 
@@ -240,18 +240,18 @@ async def test_multipart_bodies_have_the_upload_limit_and_a_graphql_shaped_413(
     body, content_type = multipart_upload(limit + 1)
     head = post_head("/webhooks/clerk", content_type)
     answer = await exchange(
-        limited, head, chunked(body[i : i + 8192] for i in range(0, len(body), 8192))
+        limited.base, head, chunked(body[i : i + 8192] for i in range(0, len(body), 8192))
     )
     assert_graphql_413(answer, limit)
     assert "upload" in answer.json()["errors"][0]["message"]
     # Declared up front, refused up front.
     head = post_head("/graphql", content_type, "apollo-require-preflight: true", length=limit + 1)
-    assert_graphql_413(await exchange(limited, head), limit)
+    assert_graphql_413(await exchange(limited.base, head), limit)
 
 
 async def test_a_body_that_stalls_gets_408_and_the_connection_closes(limited: Server) -> None:
     head = post_head("/graphql", "application/json", length=100)
-    answer = await exchange(limited, head, [b'{"query": '])
+    answer = await exchange(limited.base, head, [b'{"query": '])
     assert answer.status == 408
     assert answer.headers["connection"] == "close"
     assert answer.json()["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
@@ -265,21 +265,21 @@ async def test_a_body_trickled_below_the_minimum_rate_gets_408_though_it_never_s
     # the body has BODY_TIMEOUT plus a second per MIN_RATE bytes, which it overruns at
     # about 1 s.
     head = post_head("/webhooks/clerk", "application/json", length=MAX_REQUEST)
-    answer = await exchange(limited, head, (b"x" * 50 for _ in range(80)), pause=0.1)
+    answer = await exchange(limited.base, head, (b"x" * 50 for _ in range(80)), pause=0.1)
     assert answer.status == 408
     assert answer.sent < MAX_REQUEST
     assert answer.seconds < 6
 
 
 async def test_slow_and_oversized_request_heads_are_cut_off(limited: Server) -> None:
-    slow = await exchange(limited, b"POST /graphql HTTP/1.1\r\nhost: te")
+    slow = await exchange(limited.base, b"POST /graphql HTTP/1.1\r\nhost: te")
     assert slow.status == 408
     assert HEAD_TIMEOUT * 0.8 < slow.seconds < HEAD_TIMEOUT + 5
     # A connection that never sends a byte is closed without an answer.
-    idle = await exchange(limited, b"")
+    idle = await exchange(limited.base, b"")
     assert idle.raw == b""
     assert idle.seconds < HEAD_TIMEOUT + 5
-    huge = await exchange(limited, b"GET /healthz HTTP/1.1\r\nx-filler: " + b"f" * 100_000)
+    huge = await exchange(limited.base, b"GET /healthz HTTP/1.1\r\nx-filler: " + b"f" * 100_000)
     assert huge.status == 431
     # Keep-alive requests that arrive whole are untouched, however long the idle gaps
     # between them stay under uvicorn's keep-alive timeout.
