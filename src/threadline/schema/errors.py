@@ -27,7 +27,9 @@ def shape_error(error: GraphQLError) -> GraphQLError:
         original = original.original_error
     if isinstance(original, DomainError):
         code, message, extra = original.code, original.message, dict(original.extensions)
-    elif original is None:
+    elif original is None or (error.path is None and isinstance(original, GraphQLError)):
+        # The library's own request errors (syntax, validation, coercing variables,
+        # which wraps an error of its own): the caller's input, not a fault.
         code, message, extra = ErrorCode.BAD_USER_INPUT, error.message, {}
         if error.extensions and "code" in error.extensions:
             return error
