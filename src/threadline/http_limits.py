@@ -10,7 +10,8 @@ that pauses longer than ``HTTP_BODY_TIMEOUT_SECONDS``, or arrives slower on
 average than ``HTTP_BODY_MIN_BYTES_PER_SECOND`` beyond that first allowance, is
 answered 408. Only time spent waiting for the client counts, not time the app
 takes between reads. (Slow request heads are cut off by ``http_protocol``: the
-app is not called until a head is complete.)
+app is not called until a head is complete.) No timer per request: one sweep,
+scheduled while some body is being waited for, cuts off the overdue ones.
 
 Answers close the connection, so what the client still sends is not read. On
 /graphql, and for any multipart body, they are GraphQL-shaped JSON
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -37,6 +39,7 @@ log = logging.getLogger(__name__)
 MULTIPART_ALLOWANCE_BYTES = 64 * 1024
 _DISCONNECT: Message = {"type": "http.disconnect"}
 _MULTIPART = b"multipart/form-data"
+_TOO_SLOW = "The request body arrived too slowly"
 
 
 class BodyLimits:
@@ -58,6 +61,12 @@ class BodyLimits:
         self.body_timeout = body_timeout_seconds
         self.min_rate = body_min_bytes_per_second
         self.graphql_path = graphql_path
+        # Bodies whose app is waiting for the client's next bytes -> deadline (loop time).
+        self._waiting: dict[_Body, float] = {}
+        self._sweep: asyncio.TimerHandle | None = None
+        # Cut-offs are this late at most; a timer per receive cost more than the request's
+        # JSON decoding (about 5-10 us).
+        self._sweep_every = min(1.0, body_timeout_seconds / 4)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -97,6 +106,25 @@ class BodyLimits:
             # The app read a disconnect where its body was cut off; it has been answered.
             log.debug("after a cut-off body the app raised", exc_info=True)
 
+    def watch(self, body: _Body, deadline: float, loop: asyncio.AbstractEventLoop) -> None:
+        self._waiting[body] = deadline
+        if self._sweep is None:
+            self._sweep = loop.call_later(self._sweep_every, self._sweep_overdue, loop)
+
+    def unwatch(self, body: _Body) -> None:
+        del self._waiting[body]
+
+    def _sweep_overdue(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._sweep = None
+        if not self._waiting:
+            return
+        now = loop.time()
+        for body, deadline in self._waiting.items():
+            if deadline <= now and not body.timed_out and body.task is not None:
+                body.timed_out = True
+                body.task.cancel()  # the body's receive turns this into a 408
+        self._sweep = loop.call_later(self._sweep_every, self._sweep_overdue, loop)
+
     def graphql_shaped(self, scope: Scope, multipart: bool) -> bool:
         path: str = scope["path"]
         return multipart or path == scope.get("root_path", "") + self.graphql_path
@@ -116,6 +144,8 @@ class _Body:
         "received",
         "responded",
         "scope",
+        "task",
+        "timed_out",
         "waited",
     )
 
@@ -139,6 +169,8 @@ class _Body:
         self.done = False  # the whole body has been read
         self.cut_off = False
         self.responded = False  # the app has started its answer
+        self.task: asyncio.Task[Any] | None = None  # the one waiting in receive
+        self.timed_out = False
 
     async def receive(self) -> Message:
         if self.done:
@@ -149,16 +181,23 @@ class _Body:
         if guard.min_rate:
             allowed += self.received / guard.min_rate
         delay = min(guard.body_timeout, allowed - self.waited)
+        if delay <= 0:
+            await self._cut_off(408, _TOO_SLOW, {})
+            return _DISCONNECT
         loop = asyncio.get_running_loop()
         started = loop.time()
+        self.task = asyncio.current_task()
+        guard.watch(self, started + delay, loop)
         try:
-            if delay <= 0:
-                raise TimeoutError
-            async with asyncio.timeout(delay):
-                message = await self._receive()
-        except TimeoutError:
-            await self._cut_off(408, "The request body arrived too slowly", {})
+            message = await self._receive()
+        except asyncio.CancelledError:
+            # Ours (the sweep's), unless someone else cancelled the task too.
+            if not self.timed_out or self.task.uncancel() > 0:  # type: ignore[union-attr]
+                raise
+            await self._cut_off(408, _TOO_SLOW, {})
             return _DISCONNECT
+        finally:
+            guard.unwatch(self)
         self.waited += loop.time() - started
         if message["type"] != "http.request":
             self.done = True
