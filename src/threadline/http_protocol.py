@@ -108,21 +108,19 @@ def protocol_class(header_timeout_seconds: float) -> type[asyncio.Protocol]:
             cycle = self.cycle
             if cycle is not None and cycle.transport is self.transport:
                 # The cycle closes the connection after an answer with "connection: close".
-                cycle.transport = _CycleTransport(self)  # type: ignore[assignment]
+                cycle.transport = _CycleTransport(self, cycle)  # type: ignore[assignment]
 
         def eof_received(self) -> None:
             if self._lingering:  # the client has sent all it meant to: close now
                 self.transport.close()
             super().eof_received()
 
-        def close_after_answer(self) -> None:
+        def close_after_answer(self, cycle: Any) -> None:
             """Close once the answer is out; linger first if a request body is still coming."""
             transport = self.transport
-            cycle = self.cycle
             if (
                 transport.is_closing()
                 or self._lingering
-                or cycle is None
                 or not cycle.more_body
                 or not transport.can_write_eof()
             ):
@@ -148,11 +146,6 @@ def protocol_class(header_timeout_seconds: float) -> type[asyncio.Protocol]:
             self._head_timer = None
             if self.transport.is_closing() or not self._in_head:
                 return
-            cycle = self.cycle
-            if cycle is not None and not cycle.response_complete:
-                # A pipelined head is late while a response is under way: close after it.
-                cycle.keep_alive = False
-                return
             if not self._head_begun:  # opened and never used (a browser's preconnect)
                 self.transport.close()
                 return
@@ -161,6 +154,13 @@ def protocol_class(header_timeout_seconds: float) -> type[asyncio.Protocol]:
         def _refuse(self, answer: bytes, status: str) -> None:
             HTTP_REQUESTS_CUT_OFF.labels(status).inc()
             self._disarm()
+            cycle = self.cycle
+            if cycle is not None and not cycle.response_complete:
+                # A pipelined head, while a response is under way: no answer of ours in
+                # the middle of that one; read no more, and close after it.
+                cycle.keep_alive = False
+                self._lingering = True
+                return
             self.transport.write(answer)
             if self.transport.can_write_eof():
                 self._linger()
@@ -173,10 +173,11 @@ def protocol_class(header_timeout_seconds: float) -> type[asyncio.Protocol]:
 class _CycleTransport:
     """What uvicorn's request cycle uses of the transport, with a lingering close."""
 
-    __slots__ = ("_protocol",)
+    __slots__ = ("_cycle", "_protocol")
 
-    def __init__(self, protocol: Any) -> None:
+    def __init__(self, protocol: Any, cycle: Any) -> None:
         self._protocol = protocol
+        self._cycle = cycle
 
     def write(self, data: bytes) -> None:
         self._protocol.transport.write(data)
@@ -186,4 +187,4 @@ class _CycleTransport:
         return closing
 
     def close(self) -> None:
-        self._protocol.close_after_answer()
+        self._protocol.close_after_answer(self._cycle)
