@@ -171,6 +171,7 @@ async def start_server(settings: Settings) -> Server:
         log_level="warning",
         ws=WEBSOCKET_IMPLEMENTATION,
         http=protocol_class(settings.http_header_timeout_seconds),
+        ws_max_size=settings.max_request_bytes,
         ws_per_message_deflate=False,
         lifespan="on",
     )
