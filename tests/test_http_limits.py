@@ -17,8 +17,10 @@ from typing import Any
 
 import httpx
 import pytest
+import websockets
 
 from tests.conftest import Server, start_server, stop_server, token_for
+from tests.wsclient import GraphQLWS
 from threadline.config import Settings
 from threadline.http_limits import MULTIPART_ALLOWANCE_BYTES
 
@@ -27,6 +29,7 @@ MAX_UPLOAD = 16384
 BODY_TIMEOUT = 0.5
 MIN_RATE = 1000
 HEAD_TIMEOUT = 0.5
+ORIGIN = "https://app.example"
 
 
 @pytest.fixture
@@ -39,6 +42,7 @@ async def limited(settings: Settings) -> AsyncIterator[Server]:
                 "http_body_timeout_seconds": BODY_TIMEOUT,
                 "http_body_min_bytes_per_second": MIN_RATE,
                 "http_header_timeout_seconds": HEAD_TIMEOUT,
+                "cors_origins": [ORIGIN],
             }
         )
     )
@@ -305,3 +309,35 @@ async def test_a_client_that_sends_everything_before_reading_still_reads_the_413
         assert response.status_code == 413
         assert response.json()["errors"][0]["extensions"]["code"] == "PAYLOAD_TOO_LARGE"
         assert (await http.get("/healthz")).status_code == 200
+
+
+async def test_a_browser_can_read_the_413_of_a_cross_origin_request(limited: Server) -> None:
+    head = post_head("/graphql", "application/json", f"origin: {ORIGIN}", length=10**9)
+    answer = await exchange(limited.base, head)
+    assert_graphql_413(answer, MAX_REQUEST)
+    assert answer.headers["access-control-allow-origin"] == ORIGIN
+
+
+async def test_a_pipelined_request_whose_head_is_late_gets_408_after_the_first_answer(
+    limited: Server,
+) -> None:
+    pipelined = b"GET /healthz HTTP/1.1\r\nhost: test\r\n\r\nGET /healthz HTTP/1.1\r\nhost:"
+    answer = await exchange(limited.base, pipelined)
+    first, _, rest = answer.raw.partition(b"\r\n\r\n")
+    assert first.startswith(b"HTTP/1.1 200 ")
+    assert b"HTTP/1.1 408 " in rest
+
+
+async def test_a_websocket_message_over_the_limit_closes_the_socket_with_1009(
+    limited: Server,
+) -> None:
+    ws = await GraphQLWS.connect(limited.ws_url, token_for("ann"))
+    await ws.conn.send("x" * (MAX_REQUEST + 1))
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        await asyncio.wait_for(ws.conn.recv(), 10)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+    # Within the limit, the next socket works as ever.
+    ws = await GraphQLWS.connect(limited.ws_url, token_for("ann"))
+    await ws.subscribe("{ me { username } }")
+    assert (await ws.next())["payload"] == {"data": {"me": {"username": "ann"}}}
+    await ws.close()
