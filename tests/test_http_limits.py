@@ -22,7 +22,7 @@ import websockets
 from tests.conftest import Server, start_server, stop_server, token_for
 from tests.wsclient import GraphQLWS
 from threadline.config import Settings
-from threadline.http_limits import MULTIPART_ALLOWANCE_BYTES
+from threadline.http_limits import MULTIPART_ALLOWANCE_BYTES, BodyLimits
 
 MAX_REQUEST = 4096
 MAX_UPLOAD = 16384
@@ -341,3 +341,42 @@ async def test_a_websocket_message_over_the_limit_closes_the_socket_with_1009(
     await ws.subscribe("{ me { username } }")
     assert (await ws.next())["payload"] == {"data": {"me": {"username": "ann"}}}
     await ws.close()
+
+
+async def test_an_http2_body_without_a_length_is_counted_too() -> None:
+    # uvicorn speaks HTTP/1, where no length and no chunking means no body; under a server
+    # that speaks HTTP/2 such a body streams, and is counted like any other.
+    served: list[int] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            if not message.get("more_body"):
+                break
+        served.append(1)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    pieces = iter([b"x" * 1000] * 10)
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": next(pieces), "more_body": True}
+
+    answers: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        answers.append(message)
+
+    guard = BodyLimits(
+        app,
+        max_request_bytes=MAX_REQUEST,
+        max_upload_bytes=MAX_UPLOAD,
+        body_timeout_seconds=BODY_TIMEOUT,
+        body_min_bytes_per_second=MIN_RATE,
+    )
+    scope = {"type": "http", "http_version": "2", "path": "/graphql", "headers": []}
+    await guard(scope, receive, send)
+    assert answers[0]["status"] == 413
+    assert not served
