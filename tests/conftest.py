@@ -30,6 +30,7 @@ from threadline.app import create_app
 from threadline.auth.tokens import mint_dev_token
 from threadline.cli import WEBSOCKET_IMPLEMENTATION
 from threadline.config import Settings
+from threadline.http_protocol import protocol_class
 from threadline.migrate import upgrade_to_head
 from threadline.models import Base
 
@@ -172,6 +173,8 @@ async def start_server(settings: Settings) -> Server:
         port=port,
         log_level="warning",
         ws=WEBSOCKET_IMPLEMENTATION,
+        http=protocol_class(settings.http_header_timeout_seconds),
+        ws_max_size=settings.max_request_bytes,
         ws_per_message_deflate=False,
         lifespan="on",
         # No logging config of uvicorn's own: its records reach the root logger, where

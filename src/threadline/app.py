@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest, start_http_server
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -21,6 +21,7 @@ from threadline.auth.webhooks import clerk_webhook
 from threadline.config import Settings
 from threadline.graphql_app import ThreadlineGraphQL
 from threadline.graphql_post import GraphQLPost
+from threadline.http_limits import BodyLimits
 from threadline.runtime import Runtime
 from threadline.schema.schema import build_schema
 from threadline.services import retention
@@ -57,6 +58,28 @@ async def metrics(request: Request) -> Response:
     return PlainTextResponse(generate_latest().decode(), media_type=CONTENT_TYPE_LATEST)
 
 
+@asynccontextmanager
+async def metrics_listener(settings: Settings) -> AsyncIterator[None]:
+    """/metrics on a port of its own while the app runs, when METRICS names one."""
+    address = settings.metrics_address
+    if address is None:
+        yield
+        return
+    host, port = address
+    try:
+        httpd, _ = start_http_server(port, addr=host)
+    except OSError as exc:
+        # With --workers N the first process holds the port; the others serve on.
+        log.warning("metrics not served on %s:%s: %s", host, port, exc.strerror)
+        yield
+        return
+    try:
+        yield
+    finally:
+        await asyncio.to_thread(httpd.shutdown)
+        httpd.server_close()
+
+
 def create_app(settings: Settings) -> Starlette:
     settings.check()
     runtime = Runtime(settings)
@@ -78,7 +101,8 @@ def create_app(settings: Settings) -> Starlette:
             asyncio.create_task(runtime.presence.keep_alive()),
         ]
         try:
-            yield
+            async with metrics_listener(settings):
+                yield
         finally:
             for task in background:
                 task.cancel()
@@ -103,6 +127,17 @@ def create_app(settings: Settings) -> Starlette:
                 allow_credentials=True,
             )
         )
+    # Inside CORS only, so that browsers can read its 413 and 408 answers; before
+    # every route and the JSON-POST handler, which reads bodies itself.
+    middleware.append(
+        Middleware(
+            BodyLimits,
+            max_request_bytes=settings.max_request_bytes,
+            max_upload_bytes=settings.max_upload_bytes,
+            body_timeout_seconds=settings.http_body_timeout_seconds,
+            body_min_bytes_per_second=settings.http_body_min_bytes_per_second,
+        )
+    )
     middleware.append(Middleware(GraphQLPost, view=graphql, known=schema.known_operations))
     app = Starlette(
         routes=[
@@ -112,7 +147,7 @@ def create_app(settings: Settings) -> Starlette:
             Route("/attachments/{attachment_id}/{filename}", download, methods=["GET", "HEAD"]),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
-            Route("/metrics", metrics),
+            *([Route("/metrics", metrics)] if settings.metrics_on_app else []),
         ],
         middleware=middleware,
         lifespan=lifespan,

@@ -1,11 +1,15 @@
-"""The ASGI entry point uvicorn imports: the app built from the environment."""
+"""The ASGI entry point uvicorn imports: the app built from the environment,
+and the HTTP protocol uvicorn serves it with (``threadline serve`` names both)."""
 
 import gc
 
 from threadline.app import create_app
 from threadline.config import load_settings
+from threadline.http_protocol import protocol_class
 
-app = create_app(load_settings())
+settings = load_settings()
+app = create_app(settings)
+http_protocol = protocol_class(settings.http_header_timeout_seconds)
 
 # The schema, mappers and modules built above live as long as the process: keep
 # the cyclic collector from walking them again and again, and let it run less

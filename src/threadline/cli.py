@@ -57,7 +57,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # the logger drops it: off unless the level would show it.
         access_log=args.log_level.lower() in ("trace", "debug", "info"),
         ws=args.ws,
+        # uvicorn's httptools protocol with a deadline and a size limit on request heads.
+        http="threadline.asgi:http_protocol",
         ws_per_message_deflate=args.ws_per_message_deflate,
+        # A WebSocket message is a request too: bounded like a body (uvicorn's default is 16 MiB).
+        ws_max_size=settings.max_request_bytes,
         proxy_headers=True,
         lifespan="on",
     )

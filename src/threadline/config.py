@@ -84,6 +84,14 @@ class Settings(BaseSettings):
     max_query_depth: int = Field(default=12, gt=0)
     max_aliases: int = Field(default=15, ge=0)
     max_tokens: int = Field(default=5000, gt=0)
+    # Slow clients (http_limits, http_protocol): a request head must be complete within
+    # this long; a body may pause this long, and beyond that must average the rate.
+    http_header_timeout_seconds: float = Field(default=10.0, gt=0)
+    http_body_timeout_seconds: float = Field(default=10.0, gt=0)
+    http_body_min_bytes_per_second: int = Field(default=8192, ge=0)
+    # /metrics: "app" (on the main port), "off", or "[host:]port" (a listener of its own).
+    # Unset: on the app in development, off in production (it names routes and counts).
+    metrics: str | None = None
 
     @field_validator("clerk_authorized_parties", "cors_origins", mode="before")
     @classmethod
@@ -102,6 +110,23 @@ class Settings(BaseSettings):
         if isinstance(value, str) and value.strip().lower() in {"on", "off"}:
             return value.strip().lower() == "on"
         return value
+
+    @field_validator("metrics", mode="before")
+    @classmethod
+    def _metrics_target(cls, value: object) -> object:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        if not isinstance(value, str):
+            return value
+        target = value.strip().lower()
+        if target in {"app", "on", "off"}:
+            return "app" if target == "on" else target
+        host, _, port = target.rpartition(":")
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("METRICS must be app, off, or [host:]port (a port of its own)")
+        return f"{host or '0.0.0.0'}:{int(port)}"
 
     @field_validator("redis_url", "clerk_jwks_url", "clerk_issuer", "public_url", mode="before")
     @classmethod
@@ -129,6 +154,21 @@ class Settings(BaseSettings):
     @property
     def is_production(self) -> bool:
         return self.threadline_env is Environment.PRODUCTION
+
+    @property
+    def metrics_on_app(self) -> bool:
+        """/metrics on the main port: when asked for, or by default in development."""
+        if self.metrics is None:
+            return not self.is_production
+        return self.metrics == "app"
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        """(host, port) of a listener for /metrics alone, when METRICS names one."""
+        if self.metrics is None or self.metrics in {"app", "off"}:
+            return None
+        host, _, port = self.metrics.rpartition(":")
+        return host, int(port)
 
     @property
     def clerk_enabled(self) -> bool:

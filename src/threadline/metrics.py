@@ -36,3 +36,8 @@ PRESENCE_UNAVAILABLE = Counter(
     "threadline_presence_unavailable_total",
     "Presence reads answered OFFLINE because Redis failed.",
 )
+HTTP_REQUESTS_CUT_OFF = Counter(
+    "threadline_http_requests_cut_off_total",
+    "Requests answered before they were read in full: too large (413, 431) or too slow (408).",
+    ["status"],
+)

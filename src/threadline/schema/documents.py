@@ -8,7 +8,9 @@ limit) the usual way; such texts are not cached.
 
 The estimated cost (``query_cost``) is checked here too, before anything runs. It
 depends on the operation and on the variables that give page sizes, so each
-document keeps the costs it has computed by (operation name, those values).
+document keeps the costs it has computed by (operation name, those values). In
+production, validation errors name nothing the caller did not send: no "Did you
+mean ...?" suggestions.
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ from graphql import (
     get_operation_ast,
     parse,
     specified_rules,
+    validate,
 )
-from strawberry.schema.schema import validate_document
+from strawberry.schema.validation_rules.maybe_null import MaybeNullValidationRule
+from strawberry.schema.validation_rules.one_of import OneOfInputValidationRule
 from strawberry.types import ExecutionContext
 
 from threadline.errors import QueryTooCostly
@@ -63,12 +67,14 @@ class Documents:
         rules: Sequence[type[ASTValidationRule]],
         max_tokens: int,
         max_cost: int,
+        hide_suggestions: bool = False,
     ) -> None:
         self.cache = cache
         self.rules = tuple(rules)
         self.max_tokens = max_tokens
         self.max_cost = max_cost
         self._cost_model: CostModel | None = None
+        self.hide_suggestions = hide_suggestions
         # The rules strawberry's execution context starts with, then ours: what
         # prepare() validates with, so known() shares its cache entries.
         self._default_rules = (*specified_rules, *self.rules)
@@ -153,8 +159,15 @@ class Documents:
                 document = parse(query, max_tokens=self.max_tokens)
             except GraphQLError:
                 return None
-            # strawberry's validation: graphql-core's rules, ours, and strawberry's own.
-            entry = KnownDocument(document, validate_document(schema, document, rules))
+            # strawberry's validate_document (graphql-core's rules, ours, strawberry's
+            # own two), with graphql-core's knob for suggestions, which it does not pass.
+            errors = validate(
+                schema,
+                document,
+                (*rules, MaybeNullValidationRule, OneOfInputValidationRule),
+                hide_suggestions=self.hide_suggestions,
+            )
+            entry = KnownDocument(document, errors)
             self.cache.put(key, entry)
         return entry
 

@@ -6,9 +6,10 @@ middleware manager, before graphql-core runs. For a document parsed and validate
 by the document cache, with our one extension and no resolve middleware, all
 that amounts to what OperationScope does around the call: here it is done
 directly, with plain scalar fields read by the executor (``plain_leaves``). A
-text that does not parse or is not valid, or an operation name the
-text does not settle, is left to strawberry, which answers it the usual way.
-A subscription gets a clear refusal (strawberry would run it as a query).
+text that does not parse or is not valid, or an operation name the text lacks,
+is left to strawberry, which answers it the usual way. A subscription gets a
+clear refusal (strawberry would run it as a query), and so does a text of several
+operations without an operation name (the spec's request error).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from threadline.schema.context import Context
 from threadline.schema.documents import Documents
 from threadline.schema.errors import shape_error, shape_result
 
+# graphql-core's words for the GraphQL spec's GetOperation error.
+NAME_REQUIRED = "Must provide operation name if query contains multiple operations."
 OVER_HTTP = "Subscriptions are served over WebSocket (graphql-transport-ws), not HTTP"
 
 
@@ -63,6 +66,9 @@ class KnownOperations:
         document = known.document
         operation = get_operation_ast(document, operation_name)
         if operation is None:
+            if operation_name is None:  # several operations, none named
+                await context.close()
+                return ExecutionResult(data=None, errors=[shape_error(GraphQLError(NAME_REQUIRED))])
             return None
         if operation.operation is OperationType.SUBSCRIPTION:
             await context.close()
@@ -81,6 +87,7 @@ class KnownOperations:
                 operation_name=operation_name,
                 is_awaitable=optimized_is_awaitable,  # type: ignore[arg-type]
                 executor_class=self.executor_class,
+                hide_suggestions=self.documents.hide_suggestions,
             )
             if isawaitable(result):
                 result = await result

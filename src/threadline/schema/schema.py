@@ -10,6 +10,7 @@ import strawberry
 from graphql import GraphQLError, NoSchemaIntrospectionCustomRule
 from strawberry.extensions import MaxAliasesLimiter, QueryDepthLimiter
 from strawberry.schema.config import StrawberryConfig
+from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 from strawberry.tools import merge_types
 
 from threadline.config import Settings
@@ -44,6 +45,15 @@ class ThreadlineSchema(strawberry.Schema):
         return None
 
 
+class QuietExecutionContext(StrawberryGraphQLCoreExecutionContext):
+    """Variables coerced without "Did you mean ...?" suggestions, which name schema parts."""
+
+    @classmethod
+    def build(cls, *args: Any, **kwargs: Any) -> Any:
+        kwargs["hide_suggestions"] = True
+        return super().build(*args, **kwargs)
+
+
 def build_schema(
     settings: Settings | None = None, *, production: bool | None = None
 ) -> ThreadlineSchema:
@@ -63,6 +73,7 @@ def build_schema(
         rules=rules,
         max_tokens=settings.max_tokens,
         max_cost=settings.max_query_cost,
+        hide_suggestions=production,
     )
     schema = ThreadlineSchema(
         query=Query,
@@ -71,6 +82,7 @@ def build_schema(
         types=[*EVENT_TYPES, AttachmentType, NotificationType, SessionType],
         extensions=[lambda: OperationScope(documents)],
         config=StrawberryConfig(auto_camel_case=True, scalar_map={datetime: DateTime}),
+        execution_context_class=QuietExecutionContext if production else None,
     )
     lean_resolvers.install(schema)
     schema.known_operations = KnownOperations(schema, documents)
