@@ -147,6 +147,7 @@ async def test_an_item_that_fails_its_batch_fails_alone() -> None:
 
 
 @pytest.mark.postgres_only
+@pytest.mark.expect_server_errors
 @pytest.mark.skipif(BACKEND != "postgres", reason="the shared statement runs on PostgreSQL")
 async def test_a_send_that_fails_the_shared_statement_fails_no_other_send(
     server: Server,
