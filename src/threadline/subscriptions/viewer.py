@@ -72,7 +72,7 @@ class _ThreadWatch:
         await self.stop()
         async with self.runtime.db.reading() as session:
             page = await threads.threads_of(session, viewer, None, PageRequest(first=MAX_THREADS))
-        self.thread_ids = {t.id for t in page.items}
+        self.thread_ids = {a.thread.id for a in page.items}
         if not self.thread_ids:
             return
         self._cm = self.runtime.broker.subscribe_many([thread_channel(t) for t in self.thread_ids])
