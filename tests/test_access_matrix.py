@@ -19,7 +19,9 @@ outsider is checked not to carry anything of the thread's later content.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -29,8 +31,10 @@ import pytest
 from tests import factories
 from tests.conftest import Api, Clients, Server
 from tests.wsclient import GraphQLWS
-from threadline.models import SystemRole
+from threadline.errors import NotFound
+from threadline.models import SystemRole, User
 from threadline.services import users
+from threadline.services.permissions import access_thread, visible_threads
 
 ROLES = ("participant", "removed", "outsider", "admin")
 SECRET = "secret after removal"
@@ -545,6 +549,40 @@ async def test_access(server: Server, clients: Clients, path: str, role: str) ->
     w = await world(server, clients)
     run, expected = MATRIX[path]
     assert await run(w, role) == expected[ROLES.index(role)]
+
+
+async def test_the_batched_check_agrees_with_the_single_one(
+    server: Server, clients: Clients
+) -> None:
+    """permissions.visible_threads (what the loaders use) and access_thread decide
+    alike, through the ORM and, on PostgreSQL, through the driver's read path."""
+    w = await world(server, clients)
+    deleted = await factories.thread(w.alice, w.viewers["participant"])
+    await w.alice.gql("mutation($t: ID!) { deleteThread(threadId: $t) }", {"t": deleted})
+    others = await factories.thread(w.viewers["outsider"])
+    ids = [uuid.UUID(t) for t in (w.thread, deleted, others)]
+    theirs, main = uuid.UUID(others), uuid.UUID(w.thread)
+    expected = {
+        "owner": {main: "OWNER"},
+        "participant": {main: "MEMBER"},
+        "removed": {},
+        "outsider": {theirs: "OWNER"},
+        "admin": {main: "ADMIN", theirs: "ADMIN"},
+    }
+    db = server.runtime.db
+    for role, api in [("owner", w.alice), *w.viewers.items()]:
+        async with db.reading() as session:
+            actor = await session.get(User, uuid.UUID(api.id))
+        assert actor is not None
+        for sessions in (db.read_sessions, db.shared_sessions):  # ORM; driver on PostgreSQL
+            single: dict[uuid.UUID, str] = {}
+            for tid in ids:
+                async with sessions() as session:
+                    with contextlib.suppress(NotFound):
+                        single[tid] = (await access_thread(session, actor, tid)).role.value
+            async with sessions() as session:
+                batch = await visible_threads(session, actor, ids)
+            assert {t: a.role.value for t, a in batch.items()} == single == expected[role]
 
 
 # ---------------------------------------------------------------- after a removal
