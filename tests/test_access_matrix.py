@@ -24,6 +24,7 @@ import json
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -33,7 +34,9 @@ from tests.conftest import Api, Clients, Server
 from tests.wsclient import GraphQLWS
 from threadline.errors import NotFound
 from threadline.models import SystemRole, User
+from threadline.realtime.channels import encode_activity, encode_logged, is_logged_event
 from threadline.services import users
+from threadline.services.events import ActivityEvent, EventKind, LoggedEvent
 from threadline.services.permissions import access_thread, visible_threads
 
 ROLES = ("participant", "removed", "outsider", "admin")
@@ -614,6 +617,17 @@ async def test_messages_posted_after_a_removal_are_not_visible_to_the_removed(
         assert await carol.error(query, variables) == NOT_FOUND
     # They exist: the participant reads them.
     assert await messages(w, "participant") == VISIBLE_BODIES
+
+
+def test_thread_activity_tells_logged_events_from_activity_on_the_thread_channels() -> None:
+    thread, user = uuid.uuid4(), uuid.uuid4()
+    removed = LoggedEvent(
+        thread, 7, EventKind.PARTICIPANT_CHANGED, {"user_id": str(user), "role": None}, user,
+        datetime.now(UTC),
+    )  # fmt: skip
+    assert is_logged_event(encode_logged(removed))
+    for kind, data in (("typing", {"is_typing": True}), ("receipt", {"s": 1})):
+        assert not is_logged_event(encode_activity(ActivityEvent(thread, kind, user, data)))
 
 
 ACTIVITY = """subscription($t: ID!) { threadActivity(threadId: $t) {
