@@ -66,6 +66,15 @@ def decode_logged(raw: str) -> LoggedEvent:
     )
 
 
+def is_logged_event(raw: str) -> bool:
+    """Whether a message heard on a thread's channels is a logged event, not activity.
+
+    Both encodings open with the thread id (``{"t":"<36 characters>"``); a logged
+    event's next key is its seq ``"s"``, an activity's is its kind ``"k"``.
+    """
+    return raw.startswith(',"s":', 43)
+
+
 def encode_activity(event: ActivityEvent) -> str:
     return orjson.dumps(
         {"t": str(event.thread_id), "k": event.kind, "u": str(event.user_id), "d": event.data}

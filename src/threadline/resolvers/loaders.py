@@ -15,7 +15,7 @@ from strawberry.dataloader import DataLoader
 
 from threadline import models
 from threadline.realtime.presence import PresenceState
-from threadline.services import messages, receipts, threads, users
+from threadline.services import messages, permissions, receipts, threads, users
 from threadline.services.messages import ReactionGroup
 
 if TYPE_CHECKING:
@@ -32,6 +32,8 @@ class Loaders:
         self._context = context
         self.user = DataLoader[K, models.User | None](self._users)
         self.message = self._one(messages.messages_by_ids)
+        # Only threads the viewer may read now (permissions.grant): the door that
+        # every field leading into a thread, its messages or participants goes through.
         self.thread = DataLoader[K, models.Thread | None](self._threads)
         self.my_participation = DataLoader[K, models.ThreadParticipant | None](self._mine)
         self.reply_count: DataLoader[K, int] = self._many(messages.reply_counts, 0)
@@ -97,10 +99,22 @@ class Loaders:
 
     async def _threads(self, keys: list[K]) -> list[models.Thread | None]:
         # Threads the operation already checked access to are known: no query.
-        known = {tid: a.thread for tid, a in self._context.access.items()}
+        context = self._context
+        known = {tid: a.thread for tid, a in context.access.items()}
         missing = [k for k in keys if k not in known]
-        if missing:
-            known.update(await threads.threads_by_ids(await self._session(), missing))
+        shown = context.broadcast_thread
+        if shown is not None:
+            # A broadcast frame has no viewer: its subscribers were each checked
+            # for this one thread (and leave when removed); nothing else is shown.
+            if shown in missing:
+                row = (await threads.threads_by_ids(await self._session(), [shown])).get(shown)
+                if row is not None and row.deleted_at is None:
+                    known[shown] = row
+        elif missing:
+            viewer = await context.viewer()
+            found = await permissions.visible_threads(await self._session(), viewer, missing)
+            context.access.update(found)  # my_participation reads them too
+            known.update((tid, a.thread) for tid, a in found.items())
         return [known.get(k) for k in keys]
 
     async def _mine(self, keys: list[K]) -> list[models.ThreadParticipant | None]:

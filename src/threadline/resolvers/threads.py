@@ -55,8 +55,10 @@ class ThreadQueries:
         page = await threads.threads_of(
             await op.session(info), await op.viewer(info), search, page_args(first, after)
         )
+        op.context(info).access.update((a.thread.id, a) for a in page.items)
         return ThreadConnection(
-            edges=edges(page, ThreadEdge, ThreadType.of), page_info=page_info(page)
+            edges=edges(page, ThreadEdge, lambda a: ThreadType.of(a.thread)),
+            page_info=page_info(page),
         )
 
 

@@ -52,8 +52,12 @@ class Context:
     _identity: Identity | None = None
     _session: AsyncSession | None = None
     _loaders: Loaders | None = None
-    # Thread accesses checked by @threadRole in this operation, by thread id.
+    # Thread accesses checked in this operation (by @threadRole or the thread
+    # loader), by thread id; forgotten after a write and between subscription events.
     access: dict[uuid.UUID, ThreadAccess] = field(default_factory=dict)
+    # Set on the viewer-less context that renders a broadcast threadEvents frame:
+    # the one thread its subscribers were checked for (see loaders.thread).
+    broadcast_thread: uuid.UUID | None = None
     _retired: list[AsyncSession] = field(default_factory=list)
     # Writes that wait until this operation's read connection is back in the pool.
     _deferred: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
@@ -125,9 +129,11 @@ class Context:
             self._session = None
 
     async def renew(self) -> None:
-        """Between two events of a subscription: fresh loaders, no session held open."""
+        """Between two events of a subscription: fresh loaders, no session held open,
+        and access checked afresh (the viewer may have been removed meanwhile)."""
         await self.close()
         self._loaders = None
+        self.access.clear()
 
     async def close(self) -> None:
         for session in [*self._retired, self._session]:

@@ -16,6 +16,7 @@ from strawberry import ID, Info, Private
 from strawberry.scalars import JSON
 
 from threadline import models
+from threadline.errors import NotFound
 from threadline.schema.connections import PageInfo, page_args
 from threadline.schema.enums import (
     AttachmentKind,
@@ -36,6 +37,35 @@ if TYPE_CHECKING:
 
 def _ctx(info: Info) -> Context:
     return info.context  # type: ignore[no-any-return]
+
+
+# Every field that leads into a thread's content (the thread, its messages,
+# participants, pins, replies) reads it through these, at the moment it reads:
+# the operation's thread loader answers only threads the viewer may read now
+# (services.permissions.grant), so a removed participant, an outsider or a
+# deleted thread gets nothing, whichever object the path started from.
+
+
+async def readable_thread(info: Info, thread_id: uuid.UUID) -> models.Thread | None:
+    ctx = _ctx(info)
+    known = ctx.access.get(thread_id)  # checked in this operation already: no wait
+    if known is not None:
+        return known.thread
+    return await ctx.loaders.thread.load(thread_id)
+
+
+async def _thread_or_not_found(info: Info, thread_id: uuid.UUID) -> models.Thread:
+    thread = await readable_thread(info, thread_id)
+    if thread is None:
+        raise NotFound("Thread not found")
+    return thread
+
+
+async def _readable_message(info: Info, message_id: uuid.UUID) -> MessageType | None:
+    row = await _ctx(info).loaders.message.load(message_id)
+    if row is None or await readable_thread(info, row.thread_id) is None:
+        return None
+    return MessageType.of(row)
 
 
 @strawberry.interface(name="Node")
@@ -187,6 +217,8 @@ class ThreadType(Node):
 
     @strawberry.field
     async def last_message(self, info: Info) -> MessageType | None:
+        if await readable_thread(info, self.row.id) is None:
+            return None
         row = await _ctx(info).loaders.last_message.load(self.row.id)
         return MessageType.of(row) if row is not None else None
 
@@ -219,7 +251,8 @@ class ThreadType(Node):
     ) -> ParticipantConnection:
         from threadline.resolvers import threads as thread_resolvers
 
-        return await thread_resolvers.participants(info, self.row, first, after)
+        thread = await _thread_or_not_found(info, self.row.id)
+        return await thread_resolvers.participants(info, thread, first, after)
 
     @strawberry.field
     async def messages(
@@ -232,12 +265,14 @@ class ThreadType(Node):
     ) -> MessageConnection:
         from threadline.resolvers import messages as message_resolvers
 
+        thread = await _thread_or_not_found(info, self.row.id)
         return await message_resolvers.thread_messages(
-            info, self.row, page_args(first, after, last, before)
+            info, thread, page_args(first, after, last, before)
         )
 
     @strawberry.field
     async def pinned_messages(self, info: Info) -> list[MessageType]:
+        await _thread_or_not_found(info, self.row.id)
         rows = await _ctx(info).loaders.pinned.load(self.row.id)
         return [MessageType.of(r) for r in rows]
 
@@ -375,8 +410,7 @@ class AttachmentType(Node):
     async def message(self, info: Info) -> MessageType | None:
         if self.row.message_id is None:
             return None
-        row = await _ctx(info).loaders.message.load(self.row.message_id)
-        return MessageType.of(row) if row is not None else None
+        return await _readable_message(info, self.row.message_id)
 
 
 @strawberry.type(name="Message")
@@ -412,9 +446,7 @@ class MessageType(Node):
 
     @strawberry.field
     async def thread(self, info: Info) -> ThreadType:
-        row = await _ctx(info).loaders.thread.load(self.row.thread_id)
-        assert row is not None
-        return ThreadType.of(row)
+        return ThreadType.of(await _thread_or_not_found(info, self.row.thread_id))
 
     # The fields below that fan out are plain functions: they answer at once
     # when the page resolver loaded their batch, and await the loader otherwise.
@@ -432,9 +464,12 @@ class MessageType(Node):
     def parent(self, info: Info) -> MessageType | None:
         if self.row.parent_id is None:
             return None
-        return now_or_later(  # type: ignore[return-value]
-            _ctx(info).loaders.message, self.row.parent_id, _message_or_none
-        )
+        ctx = _ctx(info)
+        if self.row.thread_id in ctx.access:  # a checked thread: its page preloaded parents
+            return now_or_later(  # type: ignore[return-value]
+                ctx.loaders.message, self.row.parent_id, _message_or_none
+            )
+        return _readable_message(info, self.row.parent_id)  # type: ignore[return-value]
 
     @strawberry.field
     def reply_count(self, info: Info) -> int:
@@ -451,6 +486,7 @@ class MessageType(Node):
     ) -> MessageConnection:
         from threadline.resolvers import messages as message_resolvers
 
+        await _thread_or_not_found(info, self.row.thread_id)
         return await message_resolvers.replies(
             info, self.row, page_args(first, after, last, before)
         )
@@ -541,19 +577,24 @@ class NotificationType(Node):
             return None
         return user_or_none(await _ctx(info).loaders.user.load(self.row.actor_id))
 
+    # A notification stays its recipient's (kind, actor, time, read state), but its
+    # thread and message are null once they may no longer read the thread (removed,
+    # or it was deleted): the contract makes both fields nullable, as for a deleted
+    # thread, whereas leaving the notification out would make the list disagree with
+    # its unreadCount and hide ids that markNotificationsRead accepts.
+
     @strawberry.field
     async def thread(self, info: Info) -> ThreadType | None:
         if self.row.thread_id is None:
             return None
-        row = await _ctx(info).loaders.thread.load(self.row.thread_id)
-        return ThreadType.of(row) if row is not None and row.deleted_at is None else None
+        row = await readable_thread(info, self.row.thread_id)
+        return ThreadType.of(row) if row is not None else None
 
     @strawberry.field
     async def message(self, info: Info) -> MessageType | None:
         if self.row.message_id is None:
             return None
-        row = await _ctx(info).loaders.message.load(self.row.message_id)
-        return MessageType.of(row) if row is not None else None
+        return await _readable_message(info, self.row.message_id)
 
 
 @strawberry.type(name="NotificationEdge")

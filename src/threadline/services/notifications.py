@@ -1,6 +1,8 @@
 """Notifications: who is told about mentions, replies, reactions and being added.
 
-Nobody is notified of their own action, and a muted thread notifies no one.
+Nobody is notified of their own action, a muted thread notifies no one, and only
+someone who may read the thread now is told about its messages (a removed
+participant is not: ``permissions.readers``).
 """
 
 from __future__ import annotations
@@ -18,31 +20,22 @@ from threadline.models import (
     Notification,
     NotificationKind,
     Thread,
-    ThreadParticipant,
     User,
     utcnow,
 )
 from threadline.services.events import UserEvent
 from threadline.services.pagination import Page, PageRequest, make_page, time_id_key
-from threadline.services.permissions import parse_id
+from threadline.services.permissions import parse_id, readers
 
 MAX_IDS = 500
 
 
-async def _muted(
+async def _reachable(
     session: AsyncSession, thread_id: uuid.UUID, users: Iterable[uuid.UUID]
 ) -> set[uuid.UUID]:
-    ids = set(users)
-    if not ids:
-        return set()
-    rows = await session.scalars(
-        select(ThreadParticipant.user_id).where(
-            ThreadParticipant.thread_id == thread_id,
-            ThreadParticipant.user_id.in_(ids),
-            ThreadParticipant.muted.is_(True),
-        )
-    )
-    return set(rows)
+    """Those of ``users`` who may read the thread and have not muted it."""
+    found = await readers(session, thread_id, users)
+    return {uid for uid, mine in found.items() if mine is None or not mine.muted}
 
 
 def _create(
@@ -82,7 +75,10 @@ async def notify_message(
     parent: Message | None,
     mentioned: Sequence[tuple[uuid.UUID, bool]],
 ) -> None:
-    """MENTION for each mentioned participant, REPLY for the parent's author (once each)."""
+    """MENTION for each mentioned participant, REPLY for the parent's author (once each).
+
+    ``mentioned`` holds participants only (``messages._mentions``).
+    """
     told: set[uuid.UUID] = {actor.id}
     for user_id, muted in mentioned:
         if user_id not in told and not muted:
@@ -92,7 +88,7 @@ async def notify_message(
         parent is not None
         and parent.author_id is not None
         and parent.author_id not in told
-        and not await _muted(uow.session, message.thread_id, [parent.author_id])
+        and await _reachable(uow.session, message.thread_id, [parent.author_id])
     ):
         _create(uow, parent.author_id, NotificationKind.REPLY, actor, message.thread_id, message.id)
     if len(told) > 1 or parent is not None:
@@ -103,7 +99,7 @@ async def notify_reaction(uow: UnitOfWork, actor: User, message: Message) -> Non
     author = message.author_id
     if author is None or author == actor.id:
         return
-    if await _muted(uow.session, message.thread_id, [author]):
+    if not await _reachable(uow.session, message.thread_id, [author]):
         return
     _create(uow, author, NotificationKind.REACTION, actor, message.thread_id, message.id)
     await uow.session.flush()

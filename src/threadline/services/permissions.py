@@ -1,13 +1,17 @@
 """Who may do what: role order, inherited system roles, and fetch-and-authorize.
 
-``access_thread`` is the one place that decides whether a caller sees a thread:
-it returns the thread or raises one NotFound for "missing" and "not yours"
-alike, so that ids of other people's threads leak nothing.
+``grant`` is the one rule that decides whether a caller sees a thread, and every
+path to a thread's content reads through it at the moment it reads: one thread
+with ``access_thread`` (the thread, or one NotFound for "missing" and "not
+yours" alike, so that ids of other people's threads leak nothing), many at once
+with ``visible_threads`` (the GraphQL layer's loaders), the users who may read a
+thread with ``readers`` (who may be notified).
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sqlalchemy import bindparam, select
@@ -68,26 +72,42 @@ class ThreadAccess:
         return thread_role_at_least(self.role, minimum)
 
 
-# Every operation on a thread starts here: the statement is built once.
-_ACCESS = (
-    select(Thread, ThreadParticipant)
-    .outerjoin(
-        ThreadParticipant,
-        (ThreadParticipant.thread_id == Thread.id)
-        & (ThreadParticipant.user_id == bindparam("user_id")),
+def grant(
+    actor: User, thread: Thread, participant: ThreadParticipant | None
+) -> ThreadAccess | None:
+    """The rule: what ``actor`` may do in ``thread`` given their participant row, or
+    None when they may not see it at all (deleted, or neither participant nor a
+    system ADMIN/OWNER). A removed participant has no row, so sees nothing."""
+    if thread.deleted_at is not None:
+        return None
+    role = effective_thread_role(
+        actor.system_role, participant.thread_role if participant is not None else None
     )
-    .where(Thread.id == bindparam("thread_id"), Thread.deleted_at.is_(None))
+    return ThreadAccess(thread, participant, role) if role is not None else None
+
+
+# Every operation on a thread starts here: the statements are built once.
+_ACCESS_BASE = select(Thread, ThreadParticipant).outerjoin(
+    ThreadParticipant,
+    (ThreadParticipant.thread_id == Thread.id)
+    & (ThreadParticipant.user_id == bindparam("user_id")),
 )
+_ACCESS = _ACCESS_BASE.where(Thread.id == bindparam("thread_id"), Thread.deleted_at.is_(None))
 _ACCESS_FOR_UPDATE = _ACCESS.with_for_update(of=Thread)
-# The same read by the driver, for an operation's read session (db.is_postgres_read).
+_ACCESS_MANY = _ACCESS_BASE.where(
+    Thread.id.in_(bindparam("thread_ids", expanding=True)), Thread.deleted_at.is_(None)
+)
+# The same reads by the driver, for an operation's read session (db.is_postgres_read).
 _THREAD_ROWS = StoredRows(Thread, "t")
 _PARTICIPANT_ROWS = StoredRows(ThreadParticipant, "p")
 _THREAD_COLUMNS = len(Thread.__table__.columns)
-_ACCESS_SQL = (
+_ACCESS_SELECT = (
     f"SELECT {_THREAD_ROWS.columns}, {_PARTICIPANT_ROWS.columns} FROM threads t"  # noqa: S608
     " LEFT JOIN thread_participants p ON p.thread_id = t.id AND p.user_id = $2"
-    " WHERE t.id = $1 AND t.deleted_at IS NULL"
+    " WHERE t.deleted_at IS NULL AND "
 )
+_ACCESS_SQL = _ACCESS_SELECT + "t.id = $1"
+_ACCESS_MANY_SQL = _ACCESS_SELECT + "t.id = ANY($1)"
 
 
 async def access_thread(
@@ -104,38 +124,85 @@ async def access_thread(
     when the actor sees it but lacks the role.
     """
     tid = parse_id(thread_id, "Thread")
+    found: tuple[Thread, ThreadParticipant | None] | None
     if not for_update and is_postgres_read(session):
-        found = await _access_by_driver(session, tid, actor.id)
+        rows = await _access_by_driver(session, _ACCESS_SQL, tid, actor.id)
+        found = rows[0] if rows else None
     else:
         query = _ACCESS_FOR_UPDATE if for_update else _ACCESS
-        found = (await session.execute(query, {"thread_id": tid, "user_id": actor.id})).first()
-    if found is None:
+        row = (await session.execute(query, {"thread_id": tid, "user_id": actor.id})).first()
+        found = (row[0], row[1]) if row is not None else None
+    access = grant(actor, *found) if found is not None else None
+    if access is None:
         raise NotFound("Thread not found")
-    thread, participant = found
-    role = effective_thread_role(
-        actor.system_role, participant.thread_role if participant is not None else None
-    )
-    if role is None:
-        raise NotFound("Thread not found")
-    access = ThreadAccess(thread, participant, role)
     if not access.at_least(at_least):
         raise Forbidden(f"This needs the thread role {at_least.value} or higher")
     return access
 
 
+async def visible_threads(
+    session: AsyncSession, actor: User, thread_ids: Iterable[uuid.UUID]
+) -> dict[uuid.UUID, ThreadAccess]:
+    """The actor's access to each of these threads that they may see, in one read.
+
+    What ``access_thread`` decides for one thread, for many: the same statement
+    (an id list instead of one id) and the same rule (``grant``). A thread the
+    actor may not see is simply absent.
+    """
+    ids = list(set(thread_ids))
+    if not ids:
+        return {}
+    if is_postgres_read(session):
+        found = await _access_by_driver(session, _ACCESS_MANY_SQL, ids, actor.id)
+    else:
+        result = await session.execute(_ACCESS_MANY, {"thread_ids": ids, "user_id": actor.id})
+        found = [(thread, participant) for thread, participant in result]
+    accesses = (grant(actor, thread, participant) for thread, participant in found)
+    return {a.thread.id: a for a in accesses if a is not None}
+
+
+async def readers(
+    session: AsyncSession, thread_id: uuid.UUID, user_ids: Iterable[uuid.UUID]
+) -> dict[uuid.UUID, ThreadParticipant | None]:
+    """Which of these (live) users may read the thread now, with their participant row.
+
+    For whoever acts on their behalf without them asking (notifications): the
+    same rule as ``grant``, so a removed participant is told nothing more.
+    """
+    ids = list(set(user_ids))
+    thread = await session.get(Thread, thread_id)
+    if not ids or thread is None:
+        return {}
+    rows = await session.execute(
+        select(User, ThreadParticipant)
+        .outerjoin(
+            ThreadParticipant,
+            (ThreadParticipant.user_id == User.id) & (ThreadParticipant.thread_id == thread_id),
+        )
+        .where(User.id.in_(ids), User.deleted_at.is_(None))
+    )
+    return {
+        user.id: participant
+        for user, participant in rows
+        if grant(user, thread, participant) is not None
+    }
+
+
 async def _access_by_driver(
-    session: AsyncSession, thread_id: uuid.UUID, user_id: uuid.UUID
-) -> tuple[Thread, ThreadParticipant | None] | None:
-    records = await driver_fetch(session, _ACCESS_SQL, thread_id, user_id)
-    if not records:
-        return None
-    record, dialect = records[0], dialect_of(session)
-    (thread,) = _THREAD_ROWS.build([record[:_THREAD_COLUMNS]], dialect)
-    mine = record[_THREAD_COLUMNS:]
-    if mine[0] is None:  # no participant row: the first column is its thread_id, never null
-        return thread, None
-    (participant,) = _PARTICIPANT_ROWS.build([mine], dialect)
-    return thread, participant
+    session: AsyncSession, sql: str, thread_ids: object, user_id: uuid.UUID
+) -> list[tuple[Thread, ThreadParticipant | None]]:
+    records = await driver_fetch(session, sql, thread_ids, user_id)
+    dialect = dialect_of(session)
+    found: list[tuple[Thread, ThreadParticipant | None]] = []
+    for record in records:
+        (thread,) = _THREAD_ROWS.build([record[:_THREAD_COLUMNS]], dialect)
+        mine = record[_THREAD_COLUMNS:]
+        if mine[0] is None:  # no participant row: its first column, thread_id, is never null
+            found.append((thread, None))
+        else:
+            (participant,) = _PARTICIPANT_ROWS.build([mine], dialect)
+            found.append((thread, participant))
+    return found
 
 
 async def thread_id_of_message(session: AsyncSession, message_id: str | uuid.UUID) -> uuid.UUID:

@@ -22,6 +22,7 @@ from threadline.services.pagination import Page, PageRequest, id_key, make_page,
 from threadline.services.permissions import (
     ThreadAccess,
     access_thread,
+    grant,
     parse_id,
     thread_role_at_least,
 )
@@ -86,7 +87,11 @@ def _direct_key(a: uuid.UUID, b: uuid.UUID) -> str:
 
 
 async def create_direct_thread(uow: UnitOfWork, actor: User, user_id: str) -> Thread:
-    """The one direct thread of two users; concurrent calls get the same thread."""
+    """The one direct thread of two users; concurrent calls get the same thread.
+
+    A caller who had left it rejoins it (``_rejoin``) rather than getting it back
+    without being in it.
+    """
     other_id = parse_id(user_id, "User")
     if other_id == actor.id:
         raise BadInput("A direct thread needs another user")
@@ -96,7 +101,7 @@ async def create_direct_thread(uow: UnitOfWork, actor: User, user_id: str) -> Th
     key = _direct_key(actor.id, other_id)
     existing = await uow.session.scalar(select(Thread).where(Thread.direct_key == key))
     if existing is not None and existing.deleted_at is None:
-        return existing
+        return await _rejoin(uow, actor, existing)
     now = utcnow()
     try:
         async with uow.session.begin_nested():
@@ -131,6 +136,40 @@ async def create_direct_thread(uow: UnitOfWork, actor: User, user_id: str) -> Th
     uow.emit(_membership(other_id, thread.id, ThreadRole.OWNER))
     await notifications.notify_added(uow, actor, thread, [other_id])
     return thread
+
+
+async def _rejoin(uow: UnitOfWork, actor: User, thread: Thread) -> Thread:
+    """The existing direct thread, with the caller in it again if they had left it.
+
+    The contract returns the existing direct thread, and the pair has only the one:
+    so calling it again is a rejoin, recorded like any participant change (the other
+    user sees it), as a fresh participant (OWNER, as at creation; markers at 0) who
+    sees the conversation's history, theirs as much as the other's. Until then
+    they see nothing of it, messages sent meanwhile included. The other user, if
+    they left, is not pulled back in.
+    """
+    locked = await uow.session.scalar(
+        select(Thread).where(Thread.id == thread.id).with_for_update()
+    )
+    if locked is None or locked.deleted_at is not None:
+        raise NotFound("Thread not found")
+    if await _participant(uow.session, locked.id, actor.id) is not None:
+        return locked
+    uow.session.add(
+        ThreadParticipant(
+            thread_id=locked.id,
+            user_id=actor.id,
+            role=ThreadRole.OWNER.value,
+            joined_at=utcnow(),
+            last_read_seq=0,
+            last_delivered_seq=0,
+            muted=False,
+        )
+    )
+    await uow.session.flush()
+    await _participant_changed(uow, actor, locked, actor.id, ThreadRole.OWNER)
+    await uow.session.refresh(locked, ["last_seq"])
+    return locked
 
 
 async def update_thread(
@@ -325,12 +364,13 @@ async def mute_thread(uow: UnitOfWork, actor: User, thread_id: str, muted: bool)
 
 async def threads_of(
     session: AsyncSession, actor: User, search: str | None, request: PageRequest
-) -> Page[Thread]:
-    """The actor's threads, most recently active first."""
+) -> Page[ThreadAccess]:
+    """The actor's threads, most recently active first, with the actor's access to each
+    (read in the same statement, so the page's fields need no check of their own)."""
     if request.backwards:
         raise BadInput("Threads page forwards only: use `first` and `after`")
     query = (
-        select(Thread)
+        select(Thread, ThreadParticipant)
         .join(ThreadParticipant, ThreadParticipant.thread_id == Thread.id)
         .where(ThreadParticipant.user_id == actor.id, Thread.deleted_at.is_(None))
     )
@@ -347,8 +387,11 @@ async def threads_of(
             )
         )
     query = query.order_by(Thread.last_activity_at.desc(), Thread.id.desc()).limit(request.size + 1)
-    rows = list(await session.scalars(query))
-    return make_page(rows, request, lambda t: [t.last_activity_at.isoformat(), str(t.id)])
+    found = (grant(actor, thread, mine) for thread, mine in await session.execute(query))
+    rows = [access for access in found if access is not None]
+    return make_page(
+        rows, request, lambda a: [a.thread.last_activity_at.isoformat(), str(a.thread.id)]
+    )
 
 
 async def participants_page(

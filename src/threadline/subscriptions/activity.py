@@ -1,27 +1,69 @@
-"""threadActivity: typing and receipts of a thread, live only (never stored)."""
+"""threadActivity: typing and receipts of a thread, live only (never stored).
+
+The stream also hears the thread's logged events, for the signal that ends
+threadEvents (``rendering.ends_subscription``: the viewer removed, the thread
+deleted); on it, and after a broker reconnect that may have lost it, the
+viewer's access is checked again and the stream ends once it is gone.
+"""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 
 from strawberry import ID, Info
 
+from threadline.errors import NotFound
+from threadline.models import User
 from threadline.realtime.broker import RECONNECTED
-from threadline.realtime.channels import activity_channel, decode_activity
+from threadline.realtime.channels import (
+    activity_channel,
+    decode_activity,
+    is_logged_event,
+    thread_channel,
+)
+from threadline.runtime import Runtime
 from threadline.schema.context import Context
 from threadline.schema.events import ReceiptChanged, TypingChanged
-from threadline.services.permissions import parse_id
+from threadline.services.permissions import access_thread, parse_id
+from threadline.subscriptions.rendering import ends_subscription
+
+
+async def _may_follow(runtime: Runtime, viewer: User, thread_id: uuid.UUID) -> bool:
+    async with runtime.db.reading() as session:
+        try:
+            await access_thread(session, viewer, thread_id)
+        except NotFound:
+            return False
+    return True
 
 
 async def stream(info: Info, thread_id: str) -> AsyncIterator[TypingChanged | ReceiptChanged]:
     ctx: Context = info.context
     tid = parse_id(thread_id, "Thread")
+    viewer = await ctx.viewer()
+    runtime = ctx.runtime
     await ctx.close()
-    async with ctx.runtime.broker.subscribe(activity_channel(tid)) as subscriber:
+    channels = (activity_channel(tid), thread_channel(tid))
+    async with runtime.broker.subscribe_many(channels) as subscriber:
+        # A removal between @threadRole's check and the subscription was not heard.
+        if not await _may_follow(runtime, viewer, tid):
+            return
         async for item in subscriber:
             if item is RECONNECTED:
-                continue  # ephemeral: nothing to catch up on
-            event = decode_activity(str(item))
+                # Ephemeral: nothing to catch up on, except a removal meanwhile.
+                if not await _may_follow(runtime, viewer, tid):
+                    return
+                continue
+            raw = str(item)
+            if is_logged_event(raw):
+                logged = runtime.decoded(raw)
+                if ends_subscription(logged, viewer.id) and not await _may_follow(
+                    runtime, viewer, tid
+                ):
+                    return
+                continue
+            event = decode_activity(raw)
             await ctx.renew()
             if event.kind == "typing":
                 yield TypingChanged(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -253,6 +254,9 @@ class FrameRenderer:
     async def _execute(self, executor: Executor[Any], event: Any) -> str:
         per_event = executor.build_per_event_executor(event)
         context = self._make_context()
+        # Every subscriber of the frame was checked for this thread and leaves the
+        # group when removed: the frame may show that thread, and no other.
+        context.broadcast_thread = uuid.UUID(str(event.thread_id))
         per_event.context_value = context
         try:
             result = per_event.execute_operation(False)

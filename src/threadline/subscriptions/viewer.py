@@ -72,7 +72,7 @@ class _ThreadWatch:
         await self.stop()
         async with self.runtime.db.reading() as session:
             page = await threads.threads_of(session, viewer, None, PageRequest(first=MAX_THREADS))
-        self.thread_ids = {t.id for t in page.items}
+        self.thread_ids = {a.thread.id for a in page.items}
         if not self.thread_ids:
             return
         self._cm = self.runtime.broker.subscribe_many([thread_channel(t) for t in self.thread_ids])
@@ -122,9 +122,10 @@ async def stream(info: Info) -> AsyncIterator[ViewerEvent]:
                 logged = runtime.decoded(raw)
                 if logged.thread_id not in watch.thread_ids:
                     continue
-                found = await threads.threads_by_ids(await ctx.session(), [logged.thread_id])
-                thread = found.get(logged.thread_id)
-                if thread is not None and thread.deleted_at is None:
+                # Checked as it is read: an event may come in before the membership
+                # change that stops the watch (they travel on different channels).
+                thread = await ctx.loaders.thread.load(logged.thread_id)
+                if thread is not None:
                     yield ThreadActivityForViewer(thread=ThreadType.of(thread))
         finally:
             own.cancel()
@@ -142,11 +143,10 @@ async def _notification(ctx: Context, notification_id: uuid.UUID) -> Notificatio
 async def _membership(ctx: Context, data: dict[str, object]) -> ThreadMembershipChanged:
     thread_id = uuid.UUID(str(data["thread_id"]))
     role = ThreadRole(str(data["role"])) if data.get("role") else None
-    found = await threads.threads_by_ids(await ctx.session(), [thread_id])
-    row = found.get(thread_id)
-    visible = row is not None and row.deleted_at is None and role is not None
+    # Whether the thread shows is decided now, not by the (maybe stale) event.
+    row = await ctx.loaders.thread.load(thread_id) if role is not None else None
     return ThreadMembershipChanged(
-        thread=ThreadType.of(row) if visible and row is not None else None,
+        thread=ThreadType.of(row) if row is not None else None,
         thread_id=ID(str(thread_id)),
         role=role,
     )
