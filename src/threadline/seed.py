@@ -21,7 +21,7 @@ async def _general_of(db: Database, alice: User) -> Thread | None:
     """The "General" thread an earlier seed made for alice, if there is one."""
     async with db.reading() as session:
         page = await threads.threads_of(session, alice, GENERAL, PageRequest(first=100))
-    return next((thread for thread in page.items if thread.title == GENERAL), None)
+    return next((a.thread for a in page.items if a.thread.title == GENERAL), None)
 
 
 async def seed(settings: Settings) -> str:
