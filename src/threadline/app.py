@@ -24,6 +24,7 @@ from threadline.graphql_post import GraphQLPost
 from threadline.runtime import Runtime
 from threadline.schema.schema import build_schema
 from threadline.subscriptions.raw_frames import RawSocketMiddleware
+from threadline.web_routes import web_routes
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,7 @@ def create_app(settings: Settings) -> Starlette:
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/metrics", metrics),
+            *web_routes(settings),
         ],
         middleware=middleware,
         lifespan=lifespan,

@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(default=1_048_576, gt=0)
     attachment_url_seconds: int = Field(default=3600, gt=0)
     max_query_cost: int = Field(default=50_000, gt=0)
+    # Clerk's publishable key (pk_live_... / pk_test_...): how the web page signs in.
+    clerk_publishable_key: str | None = None
 
     @field_validator("clerk_authorized_parties", "cors_origins", mode="before")
     @classmethod
@@ -71,6 +73,11 @@ class Settings(BaseSettings):
     @field_validator("redis_url", "clerk_jwks_url", "clerk_issuer", "public_url", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("clerk_publishable_key", mode="before")
+    @classmethod
+    def _blank_key_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("clerk_jwt_key", "clerk_webhook_secret", "dev_auth_secret", mode="before")
