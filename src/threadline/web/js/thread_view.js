@@ -364,6 +364,7 @@ export class ThreadView {
   renderPinned() {
     const pinned = [...this.messages.values()].filter((m) => m.pinned && !m.deletedAt);
     this.pinButton.textContent = `📌 ${pinned.length}`;
+    this.pinButton.hidden = !pinned.length;
     this.pinButton.setAttribute("aria-label", `${pinned.length} pinned messages`);
     this.pinnedPanel.replaceChildren(el("ul", {}, pinned.map((m) => el("li", {},
       el("button", { type: "button", onclick: () => this.jumpTo(m) }, `${m.author?.displayName ?? "?"}: ${m.body}`)))));
