@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import io
 import os
+import re
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -130,7 +131,7 @@ async def test_two_users_chat_live_with_typing_reactions_replies_edits_and_unrea
     await alice.page.get_by_role("button", name="Create").click()
     await alice.composer("Message Launch").fill("Ship it today?")
     await alice.composer("Message Launch").press("Enter")
-    await expect(alice.message("Ship it today?")).not_to_have_class("pending")
+    await expect(alice.message("Ship it today?")).not_to_have_class(re.compile(r"\bpending\b"))
 
     # Bob's list shows it live, with an unread badge; opening it reads it.
     badge = bob.page.locator(".thread-list li", has_text="Launch").locator(".badge")
@@ -277,6 +278,108 @@ async def test_a_thread_of_50_renders_fast_and_1000_messages_scroll_in_under_50_
     assert render_ms < 300
     assert heap_mb < 50
     assert reader.errors == []
+
+
+async def test_a_send_lost_on_the_network_is_retried_with_the_same_client_id(
+    server: Server, browser: Any, clients: Clients, shots: Path
+) -> None:
+    alice_api, bob_api = await clients.users("alice", "bob")
+    tid = await factories.thread(alice_api, bob_api, title="Flaky")
+    alice = await sign_in(browser, server.base, "alice")
+    await open_thread(alice, "Flaky")
+    client_ids: list[str] = []
+
+    async def flaky_network(route: Any) -> None:
+        body = route.request.post_data_json
+        if "sendMessage" not in body["query"]:
+            await route.continue_()
+            return
+        client_ids.append(body["variables"]["i"]["clientId"])
+        if len(client_ids) == 2:
+            # The server stores it, but the answer never reaches the page.
+            await route.fetch()
+        await route.abort("internetdisconnected" if len(client_ids) == 1 else "connectionreset")
+
+    await alice.page.route("**/graphql", flaky_network)
+    await alice.composer("Message Flaky").fill("Are you there?")
+    await alice.composer("Message Flaky").press("Enter")
+    pending = alice.message("Are you there?")
+    await expect(pending.locator(".send-state")).to_have_text("Not sent. Retry")
+    await alice.shot(shots, "send-failed")
+    await pending.get_by_role("button", name="Retry").click()
+    # The live event of the stored message settles it, though its HTTP answer was lost.
+    await expect(alice.message("Are you there?")).to_have_count(1)
+    await expect(alice.message("Are you there?")).not_to_have_class(re.compile(r"\bpending\b"))
+    await expect(alice.message("Are you there?").locator(".send-state")).to_have_count(0)
+    assert len(client_ids) == 2 and client_ids[0] == client_ids[1]
+    page = await bob_api.gql(
+        "query($t: ID!) { messages(threadId: $t, last: 10) { edges { node { body clientId } } } }",
+        {"t": tid},
+    )
+    assert [e["node"] for e in page["messages"]["edges"]] == [
+        {"body": "Are you there?", "clientId": client_ids[0]}
+    ]
+    assert alice.errors == []
+
+
+async def test_direct_messages_mentions_pins_deletion_unreacting_and_presence(
+    server: Server, browser: Any, clients: Clients, shots: Path
+) -> None:
+    alice_api, bob_api = await clients.users("alice", "bob")
+    alice = await sign_in(browser, server.base, "alice")
+    bob = await sign_in(browser, server.base, "bob")
+
+    # A direct message from the dialog, with a completed @mention.
+    await alice.page.get_by_role("button", name="New message").click()
+    await alice.page.get_by_label("Find a person").fill("bo")
+    await alice.page.get_by_role("button", name="bob (@bob)").click()
+    await expect(alice.page.locator(".thread-header h2")).to_have_text("alice & bob")
+    box = alice.composer("Message alice & bob")
+    await box.press_sequentially("Hi @b")
+    await expect(alice.page.get_by_role("option", name="bob @bob")).to_have_attribute(
+        "aria-selected", "true"
+    )
+    await alice.shot(shots, "mention-autocomplete")
+    await box.press("Enter")
+    await expect(box).to_have_value("Hi @bob ")
+    await box.press_sequentially("look at this")
+    await box.press("Enter")
+    await open_thread(bob, "alice & bob")
+    await expect(bob.message("look at this").locator(".mention")).to_have_text("@bob")
+
+    # Reacting twice takes the reaction back; deleting shows a placeholder on both sides.
+    hi = bob.message("look at this")
+    await hi.hover()
+    await hi.get_by_role("button", name="Add reaction").click()
+    await hi.get_by_role("button", name="React with 👍").click()
+    await expect(alice.message("look at this").locator(".reaction")).to_have_text("👍 1")
+    await bob.message("look at this").locator(".reaction").click()
+    await expect(alice.message("look at this").locator(".reaction")).to_have_count(0)
+    mine = alice.message("look at this")
+    await mine.hover()
+    await mine.get_by_role("button", name="Delete").click()
+    await expect(bob.page.locator(".thread-main .msg.deleted")).to_have_text(
+        re.compile("This message was deleted.")
+    )
+
+    # The thread's OWNER pins; the other side sees the pinned list.
+    tid = await factories.thread(alice_api, bob_api, title="Team")
+    await factories.send(bob_api, tid, "Standup moves to 9:30")
+    await open_thread(alice, "Team")
+    await open_thread(bob, "Team")
+    note = alice.message("Standup moves to 9:30")
+    await note.hover()
+    await note.get_by_role("button", name="Pin").click()
+    await bob.page.get_by_role("button", name="1 pinned messages").click()
+    await expect(bob.page.locator("#pinned")).to_contain_text("bob: Standup moves to 9:30")
+    await bob.shot(shots, "pinned")
+
+    # Presence: Bob leaves, Alice's dot for him goes grey.
+    dot = alice.page.locator(f'.people [data-presence="{bob_api.id}"]')
+    await expect(dot).to_have_attribute("data-status", "ONLINE")
+    await bob.page.context.close()
+    await expect(dot).to_have_attribute("data-status", "OFFLINE", timeout=40_000)
+    assert alice.errors == []
 
 
 # ---------------------------------------------------------------- a restarted server

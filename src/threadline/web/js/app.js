@@ -59,8 +59,13 @@ async function main() {
   app.live.addEventListener("signedout", () => session.signOut());
   app.live.subscribe(Q.VIEWER_EVENTS, {}, {
     next: ({ viewerEvents: event }) => {
-      if (event.__typename === "ThreadMembershipChanged" && !event.role) app.threads.remove(event.threadId);
-      else if (event.thread) app.threads.upsert(event.thread);
+      if (event.__typename !== "ThreadMembershipChanged" || event.role) return event.thread && app.threads.upsert(event.thread);
+      app.threads.remove(event.threadId); // left, removed, or the thread was deleted
+      if (app.activeId === event.threadId) {
+        app.activeId = null;
+        app.view.close();
+        $("thread").replaceChildren(el("p", { class: "placeholder" }, "You are no longer in that thread."));
+      }
     },
   });
   app.live.start();

@@ -62,6 +62,7 @@ export class ThreadView {
     this.thread = thread;
     this.lastSeq = thread.lastSeq;
     this.readSeq = thread.lastReadSeq;
+    this.seenSeq = 0;
     this.messages = new Map();
     this.pending = new Map();
     this.typing = new Map();
@@ -276,7 +277,7 @@ export class ThreadView {
   onSeen(entries) {
     for (const entry of entries) {
       const seq = Number(entry.target.dataset.seq);
-      if (entry.isIntersecting && seq > (this.seenSeq ?? 0)) this.seenSeq = seq;
+      if (entry.isIntersecting && seq > this.seenSeq) this.seenSeq = seq;
     }
     this.markRead();
   }
@@ -284,7 +285,7 @@ export class ThreadView {
   async sendReadMarker() {
     if (!this.threadId || document.visibilityState !== "visible") return;
     // At the bottom everything is read, replies and reactions included.
-    const seq = Math.min(this.lastSeq, this.atBottom() ? this.lastSeq : this.seenSeq ?? 0);
+    const seq = Math.min(this.lastSeq, this.atBottom() ? this.lastSeq : this.seenSeq);
     if (seq <= this.readSeq) return;
     this.readSeq = seq;
     const data = await this.app.api.request(Q.MARK_READ, { t: this.threadId, s: seq }).catch(() => null);
