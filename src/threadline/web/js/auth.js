@@ -31,8 +31,10 @@ function developmentSignIn(screen) {
     sessionStorage.removeItem(TOKEN_KEY);
     location.reload();
   };
+  // An expired development token cannot be refreshed: back to the picker.
+  const session = (saved) => ({ getToken: async () => (storedToken() ? saved.token : signOut()), signOut });
   const saved = storedToken();
-  if (saved) return Promise.resolve({ getToken: async () => saved.token, signOut });
+  if (saved) return Promise.resolve(session(saved));
   return new Promise((resolve) => {
     const recent = JSON.parse(localStorage.getItem(RECENT_KEY) || "null") || DEMO_USERS;
     const input = el("input", { id: "dev-username", name: "username", required: true, autocomplete: "username", pattern: "[A-Za-z0-9_.\\-]{1,64}" });
@@ -52,7 +54,7 @@ function developmentSignIn(screen) {
       sessionStorage.setItem(TOKEN_KEY, JSON.stringify(body));
       const names = [username, ...recent.filter((n) => n !== username)].slice(0, 8);
       localStorage.setItem(RECENT_KEY, JSON.stringify(names));
-      resolve({ getToken: async () => body.token, signOut });
+      resolve(session(body));
     };
     screen.replaceChildren(
       el("h1", {}, "Threadline"),

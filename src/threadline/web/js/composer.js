@@ -97,10 +97,9 @@ export class Composer {
     this.uploads = [];
     this.chips.replaceChildren();
     this.onInput();
-    if (this.lastTyping) {
-      this.lastTyping = 0;
-      this.ctx.typing(false);
-    }
+    // No setTyping(false): receivers clear the indicator when the message arrives,
+    // which halves the calls under setTyping's rate limit.
+    this.lastTyping = 0;
     this.ctx.send(body, ids);
   }
 

@@ -222,7 +222,9 @@ export class ThreadView {
       if (parent) this.upsert({ ...parent, replyCount: parent.replyCount + 1 });
       if (this.panelParent === parentId) this.place(this.panelList, this.render(message, true), message.seq, false);
     }
-    if (!known && message.author?.id === this.app.me.id) this.updateSeen();
+    const author = message.author?.id;
+    if (!known && this.typing.delete(author)) this.renderTyping(); // their message ends their typing
+    if (!known && author === this.app.me.id) this.updateSeen();
     this.renderPinned();
   }
 
