@@ -181,6 +181,17 @@ async def test_two_users_chat_live_with_typing_reactions_replies_edits_and_unrea
     await edited.get_by_role("button", name="(edited)").click()
     await expect(edited.locator(".history")).to_contain_text("Ship it today?")
 
+    # Keyboard: the history is one tab stop; arrows move between messages, whose
+    # actions then show.
+    await alice.page.locator(".scroller").focus()
+    await alice.page.keyboard.press("ArrowUp")
+    await expect(alice.message("after the demo")).to_be_focused()
+    await alice.page.keyboard.press("ArrowUp")
+    await expect(alice.message("Ship it today at 5?")).to_be_focused()
+    await expect(
+        alice.message("Ship it today at 5?").get_by_role("button", name="Edit", exact=True)
+    ).to_be_visible()
+
     # Read receipts and presence.
     await expect(alice.message("Ship it today at 5?").locator(".seen")).to_have_text("Seen by bob")
     await expect(

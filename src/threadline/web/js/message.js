@@ -65,7 +65,7 @@ export function renderMessage(message, ctx) {
     class: `msg${mine ? " mine" : ""}${deleted ? " deleted" : ""}${message.pending ? " pending" : ""}`,
     id: ctx.inPanel ? null : `m-${message.id}`,
     dataset: { id: message.id, seq: message.seq ?? "", clientId: message.clientId ?? "" },
-    tabindex: "0", "aria-label": `${name}, ${fullTime(message.createdAt)}`,
+    tabindex: "-1", "aria-label": `${name}, ${fullTime(message.createdAt)}`,
   },
   el("header", {},
     message.author ? el("span", { class: "dot", dataset: { presence: message.author.id, status: ctx.presenceOf(message.author.id) }, "aria-hidden": "true" }) : null,

@@ -75,7 +75,8 @@ export class ThreadView {
     this.pinnedPanel = el("section", { id: "pinned", class: "pinned", hidden: true, "aria-label": "Pinned messages" });
     this.sentinel = el("div", { class: "sentinel", "aria-hidden": "true" });
     this.list = el("div", { class: "messages" });
-    this.scroller = el("div", { class: "scroller", role: "log", "aria-labelledby": "thread-title", "aria-busy": "true", tabindex: "0" }, this.sentinel, this.list);
+    this.scroller = el("div", { class: "scroller", role: "log", "aria-labelledby": "thread-title", "aria-busy": "true", tabindex: "0",
+      onkeydown: (e) => this.onLogKey(e) }, this.sentinel, this.list);
     this.typingLine = el("p", { class: "typing", "aria-live": "polite" });
     this.composer = new Composer(this.composerContext(null, `Message ${thread.title}`));
     this.peopleList = el("ul", { class: "people", "aria-label": "People" });
@@ -135,6 +136,16 @@ export class ThreadView {
       this.readObserver.unobserve(node);
       node.replaceWith(this.render(message, Boolean(node.closest(".replies"))));
     }
+  }
+
+  /** One tab stop for the whole history: arrow keys move between messages. */
+  onLogKey(event) {
+    const items = [...this.list.children];
+    const index = items.indexOf(event.target);
+    const step = { ArrowUp: -1, ArrowDown: 1 }[event.key];
+    if (!step || (index < 0 && event.target !== this.scroller)) return;
+    event.preventDefault();
+    items[index < 0 ? items.length - 1 : Math.max(0, Math.min(items.length - 1, index + step))]?.focus();
   }
 
   atBottom() {
