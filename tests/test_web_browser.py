@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import json
 import os
 import re
 import sys
@@ -391,6 +392,55 @@ async def test_direct_messages_mentions_pins_deletion_unreacting_and_presence(
     await bob.page.context.close()
     await expect(dot).to_have_attribute("data-status", "OFFLINE", timeout=40_000)
     assert alice.errors == []
+
+
+async def test_a_subscription_dropped_for_falling_behind_resumes_from_the_last_event_seen(
+    server: Server, browser: Any
+) -> None:
+    """live.js against a scripted server: CONFLICT then complete, as the server does for a
+    subscriber that fell too far behind, makes the client subscribe again with fresh
+    variables under a new id."""
+    page = await (await browser.new_context()).new_page()
+    sent: list[dict[str, Any]] = []
+
+    def scripted_server(ws: Any) -> None:
+        def on_message(raw: str | bytes) -> None:
+            message = json.loads(raw)
+            sent.append(message)
+            if message["type"] == "connection_init":
+                ws.send(json.dumps({"type": "connection_ack"}))
+            elif message["type"] == "subscribe" and message["id"] == "1":
+                behind = {"message": "fell behind", "extensions": {"code": "CONFLICT"}}
+                ws.send(json.dumps({"id": "1", "type": "next", "payload": {"data": {"seq": 7}}}))
+                ws.send(json.dumps({"id": "1", "type": "next", "payload": {"errors": [behind]}}))
+                ws.send(json.dumps({"id": "1", "type": "complete"}))
+
+        ws.on_message(on_message)
+
+    await page.route_web_socket("**/graphql", scripted_server)
+    await page.goto(server.base + "/")
+    await page.evaluate(
+        """async () => {
+            const { Live } = await import("/web/js/live.js");
+            const live = new Live(`ws://${location.host}/graphql`, async () => ({ token: "t" }));
+            window.seen = [];
+            let afterSeq = 0;
+            live.subscribe("subscription { x }", () => ({ afterSeq }), {
+                next: (data) => { window.seen.push(data); afterSeq = data.seq; },
+            });
+            live.start();
+        }"""
+    )
+    for _ in range(100):
+        if sum(m["type"] == "subscribe" for m in sent) >= 2:
+            break
+        await asyncio.sleep(0.05)
+    subscribes = [m for m in sent if m["type"] == "subscribe"]
+    assert [(m["id"], m["payload"]["variables"]) for m in subscribes] == [
+        ("1", {"afterSeq": 0}),
+        ("2", {"afterSeq": 7}),
+    ]
+    assert await page.evaluate("() => window.seen") == [{"seq": 7}]
 
 
 # ---------------------------------------------------------------- a restarted server
