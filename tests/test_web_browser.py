@@ -264,31 +264,33 @@ async def test_a_thread_of_50_renders_fast_and_1000_messages_scroll_in_under_50_
     assert await reader.page.locator(".thread-main .msg").count() == 50
 
     scroller = reader.page.locator(".scroller")
-    count = 50
+    cdp = await reader.page.context.new_cdp_session(reader.page)
+    count, peak = 50, 0.0
     while count < 1000:
         await scroller.evaluate("(s) => { s.scrollTop = 0; }")
         await reader.page.wait_for_function(
             "(n) => document.querySelectorAll('.thread-main .msg').length > n", arg=count
         )
         count = await reader.page.locator(".thread-main .msg").count()
+        # The heap as it is while scrolling, garbage included: the peak, not a best case.
+        peak = max(peak, (await cdp.send("Runtime.getHeapUsage"))["usedSize"])
     seqs = await reader.page.eval_on_selector_all(
         ".thread-main .msg", "(all) => all.map((m) => Number(m.dataset.seq))"
     )
     assert len(seqs) == 1000 and seqs == sorted(set(seqs))
 
-    cdp = await reader.page.context.new_cdp_session(reader.page)
     await cdp.send("HeapProfiler.collectGarbage")
     heap = await cdp.send("Runtime.getHeapUsage")
     dom = await cdp.send("Memory.getDOMCounters")
     await reader.shot(shots, "thousand-messages")
-    heap_mb = heap["usedSize"] / 1024 / 1024
+    mb = 1024 * 1024
     print(
         f"first render of a 50-message thread: {render_ms:.1f} ms after its data arrived; "
-        f"1000 messages scrolled in: JS heap {heap_mb:.1f} MB used "
-        f"({heap['totalSize'] / 1024 / 1024:.1f} MB allocated), {dom['nodes']} DOM nodes"
+        f"1000 messages scrolled in: JS heap at most {peak / mb:.1f} MB while scrolling, "
+        f"{heap['usedSize'] / mb:.1f} MB after a collection, {dom['nodes']} DOM nodes"
     )
     assert render_ms < 300
-    assert heap_mb < 50
+    assert peak < 50 * mb
     assert reader.errors == []
 
 
@@ -576,10 +578,10 @@ async def test_an_uploaded_image_shows_as_a_preview_for_the_other_user(
     await alice.composer("Message Design").press("Enter")
     preview = bob.message("Here it is").locator("img[alt='mockup.png']")
     await expect(preview).to_be_visible()
-    assert await preview.evaluate("(img) => img.complete && img.naturalWidth") == 320
-    await expect(bob.message("Here it is").locator("a.image")).to_have_attribute(
-        "href", preview_src := await preview.get_attribute("src") or ""
-    )
-    assert "sig=" in preview_src
+    # decode() waits for the bytes: the signed URL really serves the image.
+    assert await preview.evaluate("(img) => img.decode().then(() => img.naturalWidth)") == 320
+    source = await preview.get_attribute("src")
+    assert source and "sig=" in source
+    await expect(bob.message("Here it is").locator("a.image")).to_have_attribute("href", source)
     await bob.shot(shots, "two-users-chatting")
     await alice.shot(shots, "two-users-chatting-alice")
