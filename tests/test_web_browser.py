@@ -445,6 +445,19 @@ async def test_a_subscription_dropped_for_falling_behind_resumes_from_the_last_e
     assert await page.evaluate("() => window.seen") == [{"seq": 7}]
 
 
+async def test_a_token_the_server_refuses_sends_the_page_back_to_sign_in(
+    server: Server, browser: Any
+) -> None:
+    person = await sign_in(browser, server.base, "alice")
+    await person.page.evaluate(
+        """() => sessionStorage.setItem("threadline.devToken",
+            JSON.stringify({ token: "not-a-token", expiresAt: Date.now() / 1000 + 3600 }))"""
+    )
+    await person.page.reload()
+    await expect(person.page.get_by_label("Another user")).to_be_visible()
+    assert await person.page.evaluate("() => sessionStorage.length") == 0
+
+
 # ---------------------------------------------------------------- a restarted server
 
 

@@ -42,7 +42,12 @@ export class Api {
 		} catch {
 			throw new NetworkError(`HTTP ${response.status}`);
 		}
-		if (body.errors?.length) throw new GraphQLError(body.errors);
+		if (body.errors?.length) {
+			const error = new GraphQLError(body.errors);
+			// A token the server no longer accepts (expired, secret rotated): sign in again.
+			if (error.code === "UNAUTHENTICATED") this.onUnauthenticated?.();
+			throw error;
+		}
 		return body.data;
 	}
 

@@ -29,13 +29,14 @@ async function main() {
 	const config = JSON.parse($("config").textContent);
 	const session = await signIn(config, $("signin"));
 	app.api = new Api(session.getToken);
+	app.api.onUnauthenticated = () => session.signOut();
 	const scheme = location.protocol === "https:" ? "wss" : "ws";
 	// A function: every reconnect asks for a fresh token.
 	app.live = new Live(`${scheme}://${location.host}/graphql`, async () => ({ authorization: `Bearer ${await session.getToken()}` }));
 	try {
 		app.me = (await app.api.request(Q.ME)).me;
 	} catch (error) {
-		if (error instanceof GraphQLError && error.code === "UNAUTHENTICATED") return session.signOut();
+		if (error instanceof GraphQLError && error.code === "UNAUTHENTICATED") return; // signing out
 		$("signin").replaceChildren(el("p", { class: "error", role: "alert" }, `The server did not answer: ${error.message}`));
 		return;
 	}
