@@ -151,6 +151,10 @@ async def test_two_users_chat_live_with_typing_reactions_replies_edits_and_unrea
     await bob.composer("Message Launch").press("Enter")
     await expect(alice.message("after the demo")).to_contain_text("Yes\nafter the demo")
     await expect(alice.page.locator(".typing")).to_have_text("")
+    # Having sent, Bob's next words show as typing again.
+    await bob.composer("Message Launch").press_sequentially("ok")
+    await expect(alice.page.locator(".typing")).to_have_text("bob is typing…")
+    await bob.composer("Message Launch").fill("")
 
     # A reaction, with who reacted.
     shipped = bob.message("Ship it today?")

@@ -97,8 +97,8 @@ export class Composer {
 		this.uploads = [];
 		this.chips.replaceChildren();
 		this.onInput();
-		// No setTyping(false): receivers clear the indicator when the message arrives,
-		// which halves the calls under setTyping's rate limit.
+		// The server announces "typing" again only after it heard "stopped".
+		if (this.lastTyping) this.ctx.typing(false);
 		this.lastTyping = 0;
 		this.ctx.send(body, ids);
 	}
