@@ -20,10 +20,15 @@ from typing import Any
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from pydantic import SecretStr
 
 from tests import factories
-from tests.conftest import DEV_SECRET, Api, Clients, Server, free_port
-from threadline.config import Settings
+from tests.conftest import DEV_SECRET, Api, Clients, Server, free_port, start_server, stop_server
+from tests.test_clerk_tokens_http import clerk_token
+from tests.test_web_routes import FRONTEND_API, PUBLISHABLE_KEY
+from threadline.config import Environment, Settings
 
 CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.exists():
@@ -460,6 +465,52 @@ async def test_a_token_the_server_refuses_sends_the_page_back_to_sign_in(
     await person.page.reload()
     await expect(person.page.get_by_label("Another user")).to_be_visible()
     assert await person.page.evaluate("() => sessionStorage.length") == 0
+
+
+async def test_in_production_the_page_signs_in_with_clerk_whose_script_is_the_only_one_off_server(
+    settings: Settings, browser: Any
+) -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    production = settings.model_copy(
+        update={
+            "threadline_env": Environment.PRODUCTION,
+            "clerk_jwt_key": SecretStr(pem.decode()),
+            "dev_auth_secret": None,
+            "clerk_publishable_key": PUBLISHABLE_KEY,
+        }
+    )
+    running = await start_server(production)
+    try:
+        context = await browser.new_context(base_url=running.base)
+        token = clerk_token(key, sub="user_web", username="zoe", name="Zoe Clerk")
+        # Clerk's script, as the frontend API would serve it, reduced to what the page uses.
+        fake_clerk = (
+            "window.Clerk = { user: { id: 'user_web' }, load: async () => {},"
+            f" session: {{ getToken: async () => {json.dumps(token)} }},"
+            " addListener() {}, signOut: async () => {} };"
+        )
+        await context.route(
+            f"https://{FRONTEND_API}/**",
+            lambda route: route.fulfill(
+                body=fake_clerk,
+                content_type="application/javascript",
+                headers={"access-control-allow-origin": "*"},
+            ),
+        )
+        page = await context.new_page()
+        requests: list[str] = []
+        page.on("request", lambda request: requests.append(request.url))
+        await page.goto("/")
+        await expect(page.locator("#me")).to_have_text("Zoe Clerk")
+        await page.wait_for_function("() => window.threadline.metrics.connected === true")
+        assert [url for url in requests if not url.startswith(running.base + "/")] == [
+            f"https://{FRONTEND_API}/npm/@clerk/clerk-js@5/dist/clerk.browser.js"
+        ]
+    finally:
+        await stop_server(running)
 
 
 # ---------------------------------------------------------------- a restarted server
