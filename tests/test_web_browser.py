@@ -142,6 +142,8 @@ async def test_two_users_chat_live_with_typing_reactions_replies_edits_and_unrea
     # Bob's list shows it live, with an unread badge; opening it reads it.
     badge = bob.page.locator(".thread-list li", has_text="Launch").locator(".badge")
     await expect(badge).to_have_text("1")
+    preview = bob.page.locator(".thread-list li", has_text="Launch").locator(".preview")
+    await expect(preview).to_have_text("alice: Ship it today?")
     await bob.shot(shots, "unread-badge")
     await open_thread(bob, "Launch")
     await expect(bob.message("Ship it today?")).to_be_visible()
@@ -388,6 +390,8 @@ async def test_direct_messages_mentions_pins_deletion_unreacting_and_presence(
     # The thread's OWNER pins; the other side sees the pinned list.
     tid = await factories.thread(alice_api, bob_api, title="Team")
     await factories.send(bob_api, tid, "Standup moves to 9:30")
+    # Most recently active first.
+    await expect(bob.page.locator(".thread-list .title")).to_have_text(["# Team", "@ alice & bob"])
     await open_thread(alice, "Team")
     await open_thread(bob, "Team")
     note = alice.message("Standup moves to 9:30")
