@@ -56,6 +56,7 @@ CHROMIUM_ARGS = [
 DESKTOP = {"width": 1200, "height": 760}
 PHONE = {"width": 390, "height": 844}
 expect.set_options(timeout=20_000)
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="session")
@@ -255,6 +256,8 @@ async def test_the_first_load_requests_nothing_off_the_server_and_under_60_kb_of
     assert len(sizes) >= 8 and total < 60_000, sizes
 
 
+# Seeding 1000 messages over HTTP is slow on a busy machine.
+@pytest.mark.timeout(300)
 async def test_a_thread_of_50_renders_fast_and_1000_messages_scroll_in_under_50_mb_of_heap(
     server: Server, browser: Any, clients: Clients, shots: Path
 ) -> None:
@@ -555,6 +558,8 @@ async def stop(proc: asyncio.subprocess.Process) -> None:
             await proc.wait()
 
 
+# Two server processes start here, which is slow on a busy machine.
+@pytest.mark.timeout(300)
 async def test_the_page_reconnects_after_a_server_restart_and_loses_no_message(
     settings: Settings, redis_url: str | None, browser: Any, shots: Path
 ) -> None:
