@@ -33,7 +33,7 @@ from threadline.config import Environment, Settings
 CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.exists():
     pytest.skip(
-        "browser tests skipped: /usr/bin/chromium is missing (apt-get install -y chromium)",
+        f"browser tests skipped: {CHROMIUM} is missing (apt-get install -y chromium)",
         allow_module_level=True,
     )
 playwright_api = pytest.importorskip(
