@@ -213,6 +213,12 @@ async def test_two_users_chat_live_with_typing_reactions_replies_edits_and_unrea
     await alice.shot(shots, "chat-alice")
     await bob.shot(shots, "chat-bob")
 
+    # Deleting the reply takes it off the count.
+    reply = bob.page.locator(".replies .msg", has_text="Docs are ready too")
+    await reply.hover()
+    await reply.get_by_role("button", name="Delete").click()
+    await expect(alice.message("Ship it today at 5?").locator(".reply-count")).to_have_count(0)
+
     # The read marker moved as Bob saw the messages.
     bob_api = await clients.user("bob")
     listed = await bob_api.gql("{ threads(first: 5) { edges { node { title unreadCount } } } }")
@@ -403,6 +409,28 @@ async def test_direct_messages_mentions_pins_deletion_unreacting_and_presence(
     await bob.page.get_by_role("button", name="1 pinned messages").click()
     await expect(bob.page.locator("#pinned")).to_contain_text("bob: Standup moves to 9:30")
     await bob.shot(shots, "pinned")
+
+    # Someone added while the thread is open gets a presence dot that follows them.
+    carol_api = await clients.user("carol")
+    await alice_api.gql(
+        "mutation($t: ID!, $u: ID!) { addParticipant(threadId: $t, userId: $u) { role } }",
+        {"t": tid, "u": carol_api.id},
+    )
+    carol_dot = alice.page.locator(f'.people [data-presence="{carol_api.id}"]')
+    await expect(carol_dot).to_have_attribute("data-status", "OFFLINE")
+    await sign_in(browser, server.base, "carol")
+    await expect(carol_dot).to_have_attribute("data-status", "ONLINE")
+
+    # Removed from a thread he has open, Bob loses it from his list and his view.
+    temp = await factories.thread(alice_api, bob_api, title="Temp")
+    await open_thread(bob, "Temp")
+    await alice_api.gql(
+        "mutation($t: ID!, $u: ID!) { removeParticipant(threadId: $t, userId: $u) }",
+        {"t": temp, "u": bob_api.id},
+    )
+    await expect(bob.page.locator("#thread")).to_have_text("You are no longer in that thread.")
+    await expect(bob.page.locator(".thread-list button", has_text="Temp")).to_have_count(0)
+    await open_thread(bob, "Team")
 
     # Presence: Bob leaves, Alice's dot for him goes grey.
     dot = alice.page.locator(f'.people [data-presence="{bob_api.id}"]')

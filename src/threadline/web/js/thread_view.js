@@ -45,13 +45,18 @@ export class ThreadView {
 		this.unsubscribe = [
 			live.subscribe(Q.THREAD_EVENTS, () => ({ t: threadId, after: this.lastSeq }), sink((d) => this.onEvent(d.threadEvents))),
 			live.subscribe(Q.THREAD_ACTIVITY, { t: threadId }, sink((d) => this.onActivity(d.threadActivity))),
-			live.subscribe(Q.PRESENCE, { ids: [...this.people.keys()] }, sink((d) => this.setPresence(d.presence))),
 		];
+		this.watchPresence = () => {
+			this.presenceOff?.();
+			this.presenceOff = live.subscribe(Q.PRESENCE, { ids: [...this.people.keys()] }, sink((d) => this.setPresence(d.presence)));
+		};
+		this.watchPresence();
 	}
 
 	close() {
-		this.unsubscribe.forEach((stop) => stop());
+		[...this.unsubscribe, this.presenceOff].forEach((stop) => stop?.());
 		this.unsubscribe = [];
+		this.presenceOff = null;
 		this.readObserver.disconnect();
 		this.olderObserver.disconnect();
 		for (const t of this.typing?.values() ?? []) clearTimeout(t.timer);
@@ -195,9 +200,12 @@ export class ThreadView {
 			case "MessagePinned":
 				this.upsert(event.message);
 				break;
-			case "MessageDeleted":
+			case "MessageDeleted": {
+				const parent = this.messages.get(known?.parent?.id);
+				if (parent) this.upsert({ ...parent, replyCount: parent.replyCount - 1 });
 				if (known) this.upsert({ ...known, deletedAt: new Date().toISOString(), body: "", attachments: [], reactions: [] });
 				break;
+			}
 			case "ReactionChanged":
 				if (known) this.upsert({ ...known, reactions: event.reactions });
 				break;
@@ -205,6 +213,7 @@ export class ThreadView {
 				if (event.role) this.people.set(event.user.id, { user: event.user, role: event.role, lastReadSeq: 0, status: event.user.presence.status });
 				else this.people.delete(event.user.id);
 				this.renderPeople();
+				this.watchPresence(); // the new set of people
 				break;
 			case "ThreadUpdated":
 				this.title.textContent = event.thread.title;
