@@ -27,6 +27,7 @@ from threadline.schema.schema import build_schema
 from threadline.services import retention
 from threadline.subscriptions.raw_frames import RawSocketMiddleware
 from threadline.uploads.routes import download
+from threadline.web_routes import web_routes
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +149,7 @@ def create_app(settings: Settings) -> Starlette:
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             *([Route("/metrics", metrics)] if settings.metrics_on_app else []),
+            *web_routes(settings),
         ],
         middleware=middleware,
         lifespan=lifespan,

@@ -92,6 +92,8 @@ class Settings(BaseSettings):
     # /metrics: "app" (on the main port), "off", or "[host:]port" (a listener of its own).
     # Unset: on the app in development, off in production (it names routes and counts).
     metrics: str | None = None
+    # Clerk's publishable key (pk_live_... / pk_test_...): how the web page signs in.
+    clerk_publishable_key: str | None = None
 
     @field_validator("clerk_authorized_parties", "cors_origins", mode="before")
     @classmethod
@@ -131,6 +133,11 @@ class Settings(BaseSettings):
     @field_validator("redis_url", "clerk_jwks_url", "clerk_issuer", "public_url", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("clerk_publishable_key", mode="before")
+    @classmethod
+    def _blank_key_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator(

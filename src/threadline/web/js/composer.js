@@ -1,0 +1,184 @@
+// The message input: Enter sends, Shift+Enter adds a line, Up edits one's own last
+// message, @ completes mentions, files upload with progress before sending.
+import { btn, el, fileSize, randomId } from "./util.js";
+
+const TYPING_EVERY_MS = 3000;
+
+export class Composer {
+	/** ctx: {label, send(body, attachmentIds), edit(message, body), lastOwnMessage(),
+	 *        typing(on), upload(file, onProgress), candidates()} */
+	constructor(ctx) {
+		this.ctx = ctx;
+		this.editing = null;
+		this.uploads = []; // {id, file, attachment, error}
+		this.lastTyping = 0;
+		const id = randomId();
+		this.input = el("textarea", {
+			id: `composer-${id}`, rows: 1, placeholder: ctx.label, autocomplete: "off",
+			"aria-autocomplete": "list", "aria-controls": `mentions-${id}`,
+			onkeydown: (e) => this.onKey(e), oninput: () => this.onInput(),
+			onblur: () => setTimeout(() => this.closeMentions(), 150),
+		});
+		this.mentions = el("ul", { id: `mentions-${id}`, class: "mentions", role: "listbox", hidden: true, "aria-label": "Mention someone" });
+		this.editNote = el("p", { class: "edit-note", hidden: true },
+			"Editing your message (Escape cancels). ", btn({ onclick: () => this.cancelEdit() }, "Cancel"));
+		this.chips = el("ul", { class: "uploads", "aria-label": "Attachments" });
+		this.file = el("input", { type: "file", id: `file-${id}`, multiple: true, class: "visually-hidden",
+			onchange: () => { [...this.file.files].forEach((f) => this.upload(f)); this.file.value = ""; } });
+		this.sendButton = el("button", { type: "submit" }, "Send");
+		this.element = el("form", { class: "composer", onsubmit: (e) => { e.preventDefault(); this.submit(); } },
+			this.editNote, this.chips, this.mentions,
+			el("div", { class: "row" },
+				el("label", { for: this.file.id, class: "attach", title: "Attach files" }, "📎", el("span", { class: "visually-hidden" }, "Attach files")),
+				this.file,
+				el("label", { for: this.input.id, class: "visually-hidden" }, ctx.label),
+				this.input, this.sendButton));
+	}
+
+	focus() {
+		this.input.focus();
+	}
+
+	onKey(event) {
+		if (!this.mentions.hidden && this.mentionKey(event)) return;
+		if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+			event.preventDefault();
+			this.submit();
+		} else if (event.key === "ArrowUp" && !this.input.value && !this.editing) {
+			const message = this.ctx.lastOwnMessage();
+			if (message) {
+				event.preventDefault();
+				this.startEdit(message);
+			}
+		} else if (event.key === "Escape" && this.editing) {
+			this.cancelEdit();
+		}
+	}
+
+	onInput() {
+		this.input.style.height = "auto";
+		this.input.style.height = `${Math.min(this.input.scrollHeight, 160)}px`;
+		const now = Date.now();
+		if (this.input.value.trim() && !this.editing && now - this.lastTyping > TYPING_EVERY_MS) {
+			this.lastTyping = now;
+			this.ctx.typing(true);
+		}
+		this.updateMentions();
+	}
+
+	startEdit(message) {
+		this.editing = message;
+		this.input.value = message.body;
+		this.editNote.hidden = false;
+		this.sendButton.textContent = "Save";
+		this.focus();
+	}
+
+	cancelEdit() {
+		this.editing = null;
+		this.input.value = "";
+		this.editNote.hidden = true;
+		this.sendButton.textContent = "Send";
+		this.focus();
+	}
+
+	async submit() {
+		const body = this.input.value.trim();
+		if (this.editing) {
+			const message = this.editing;
+			if (body && body !== message.body) this.ctx.edit(message, body);
+			this.cancelEdit();
+			return;
+		}
+		if (this.uploads.some((u) => !u.attachment && !u.error)) return; // still uploading
+		const ids = this.uploads.filter((u) => u.attachment).map((u) => u.attachment.id);
+		if (!body && !ids.length) return;
+		this.input.value = "";
+		this.uploads = [];
+		this.chips.replaceChildren();
+		this.onInput();
+		// The server announces "typing" again only after it heard "stopped".
+		if (this.lastTyping) this.ctx.typing(false);
+		this.lastTyping = 0;
+		this.ctx.send(body, ids);
+	}
+
+	async upload(file) {
+		const entry = { file };
+		const progress = el("progress", { max: 1, value: 0, "aria-label": `Uploading ${file.name}` });
+		const remove = btn({ "aria-label": `Remove ${file.name}`, onclick: () => {
+			this.uploads = this.uploads.filter((u) => u !== entry);
+			chip.remove();
+			this.sendButton.disabled = this.uploads.some((u) => !u.attachment && !u.error);
+		} }, "×");
+		const chip = el("li", { class: "upload" }, `${file.name} (${fileSize(file.size)}) `, progress, remove);
+		this.uploads.push(entry);
+		this.chips.append(chip);
+		this.sendButton.disabled = true;
+		try {
+			entry.attachment = await this.ctx.upload(file, (fraction) => (progress.value = fraction));
+			progress.replaceWith(el("span", { class: "done" }, "✓"));
+		} catch (error) {
+			entry.error = error;
+			progress.replaceWith(el("span", { class: "error", role: "alert" }, ` not uploaded: ${error.message}`));
+		}
+		this.sendButton.disabled = this.uploads.some((u) => !u.attachment && !u.error);
+	}
+
+	// -- mentions
+
+	mentionQuery() {
+		const before = this.input.value.slice(0, this.input.selectionStart);
+		const match = /(?:^|\s)@([A-Za-z0-9_.-]*)$/.exec(before);
+		return match ? match[1].toLowerCase() : null;
+	}
+
+	updateMentions() {
+		const query = this.mentionQuery();
+		const matches = query === null ? [] : this.ctx.candidates()
+			.filter((u) => u.username && (u.username.toLowerCase().startsWith(query) || u.displayName.toLowerCase().startsWith(query)))
+			.slice(0, 6);
+		if (!matches.length) return this.closeMentions();
+		this.mentions.replaceChildren(...matches.map((user, i) => el("li", {
+			id: `${this.mentions.id}-${i}`, role: "option", "aria-selected": String(i === 0),
+			dataset: { username: user.username },
+			onmousedown: (e) => { e.preventDefault(); this.pickMention(user.username); },
+		}, `${user.displayName} `, el("small", {}, `@${user.username}`))));
+		this.mentions.hidden = false;
+		this.input.setAttribute("aria-expanded", "true");
+		this.input.setAttribute("aria-activedescendant", `${this.mentions.id}-0`);
+	}
+
+	closeMentions() {
+		this.mentions.hidden = true;
+		this.input.setAttribute("aria-expanded", "false");
+		this.input.removeAttribute("aria-activedescendant");
+	}
+
+	mentionKey(event) {
+		const options = [...this.mentions.children];
+		let index = options.findIndex((o) => o.getAttribute("aria-selected") === "true");
+		if (event.key === "ArrowDown" || event.key === "ArrowUp") {
+			index = (index + (event.key === "ArrowDown" ? 1 : options.length - 1)) % options.length;
+			options.forEach((o, i) => o.setAttribute("aria-selected", String(i === index)));
+			this.input.setAttribute("aria-activedescendant", options[index].id);
+		} else if (event.key === "Enter" || event.key === "Tab") {
+			this.pickMention(options[index].dataset.username);
+		} else if (event.key === "Escape") {
+			this.closeMentions();
+		} else {
+			return false;
+		}
+		event.preventDefault();
+		return true;
+	}
+
+	pickMention(username) {
+		const caret = this.input.selectionStart;
+		const before = this.input.value.slice(0, caret).replace(/@([A-Za-z0-9_.-]*)$/, `@${username} `);
+		this.input.value = before + this.input.value.slice(caret);
+		this.input.selectionStart = this.input.selectionEnd = before.length;
+		this.closeMentions();
+		this.focus();
+	}
+}

@@ -1,0 +1,688 @@
+"""The web client end to end, in headless Chromium (Debian's package) driven by Playwright.
+
+Two browser contexts are two users. Screenshots of the main states go to
+$THREADLINE_SCREENSHOTS, or to a `screenshots` folder under pytest's base temp dir.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import os
+import re
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from pydantic import SecretStr
+
+from tests import factories
+from tests.conftest import DEV_SECRET, Api, Clients, Server, free_port, start_server, stop_server
+from tests.test_clerk_tokens_http import clerk_token
+from tests.test_web_routes import FRONTEND_API, PUBLISHABLE_KEY
+from threadline.config import Environment, Settings
+
+CHROMIUM = Path("/usr/bin/chromium")
+if not CHROMIUM.exists():
+    pytest.skip(
+        f"browser tests skipped: {CHROMIUM} is missing (apt-get install -y chromium)",
+        allow_module_level=True,
+    )
+playwright_api = pytest.importorskip(
+    "playwright.async_api", reason="browser tests skipped: playwright is not installed"
+)
+async_playwright = playwright_api.async_playwright
+expect = playwright_api.expect
+
+# Background networking off: this machine's closed network refuses Chromium's own calls.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+DESKTOP = {"width": 1200, "height": 760}
+PHONE = {"width": 390, "height": 844}
+expect.set_options(timeout=20_000)
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = Path(
+        os.environ.get("THREADLINE_SCREENSHOTS") or tmp_path_factory.getbasetemp() / "screenshots"
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    async with async_playwright() as driver:
+        launched = await driver.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield launched
+        await launched.close()
+
+
+@dataclass
+class Person:
+    """One user's browser context and page, with what the page requested and threw."""
+
+    name: str
+    page: Any
+    requests: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def composer(self, label: str) -> Any:
+        return self.page.get_by_role("textbox", name=label, exact=True)
+
+    def message(self, text: str) -> Any:
+        return self.page.locator(".thread-main .msg", has_text=text)
+
+    async def shot(self, folder: Path, name: str) -> Path:
+        path = folder / f"{name}.png"
+        await self.page.screenshot(path=str(path))
+        return path
+
+
+async def sign_in(browser: Any, base: str, name: str, viewport: dict[str, int] = DESKTOP) -> Person:
+    context = await browser.new_context(viewport=viewport, base_url=base)
+    page = await context.new_page()
+    page.set_default_timeout(20_000)
+    person = Person(name, page)
+    page.on("request", lambda request: person.requests.append(request.url))
+    page.on("pageerror", lambda error: person.errors.append(str(error)))
+    page.on("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+    await page.goto("/")
+    await page.get_by_label("Another user").fill(name)
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.locator("#me")).to_have_text(name)
+    return person
+
+
+async def open_thread(person: Person, title: str) -> None:
+    await person.page.locator(".thread-list button", has_text=title).click()
+    await expect(person.page.locator(".thread-header h2")).to_have_text(title)
+
+
+UNNAMED_CONTROLS = """() => [...document.querySelectorAll('button, input, textarea, select')]
+  .filter((e) => e.offsetParent !== null || e.type === 'file')
+  .filter((e) => !(e.getAttribute('aria-label') || e.labels?.length || e.textContent.trim()
+                   || e.getAttribute('aria-labelledby') || e.title))
+  .map((e) => e.outerHTML.slice(0, 80))"""
+
+
+async def test_two_users_chat_live_with_typing_reactions_replies_edits_and_unread_badges(
+    server: Server, browser: Any, clients: Clients, shots: Path
+) -> None:
+    alice = await sign_in(browser, server.base, "alice")
+    bob = await sign_in(browser, server.base, "bob")
+
+    # Alice starts a thread with Bob from the dialog and writes.
+    await alice.page.get_by_role("button", name="New thread").click()
+    await alice.page.get_by_label("Title").fill("Launch")
+    await alice.page.get_by_label("Add people").fill("bob")
+    await alice.page.get_by_role("button", name="bob (@bob)").click()
+    await alice.page.get_by_role("button", name="Create").click()
+    await alice.composer("Message Launch").fill("Ship it today?")
+    await alice.composer("Message Launch").press("Enter")
+    await expect(alice.message("Ship it today?")).not_to_have_class(re.compile(r"\bpending\b"))
+
+    # Bob's list shows it live, with an unread badge; opening it reads it.
+    badge = bob.page.locator(".thread-list li", has_text="Launch").locator(".badge")
+    await expect(badge).to_have_text("1")
+    preview = bob.page.locator(".thread-list li", has_text="Launch").locator(".preview")
+    await expect(preview).to_have_text("alice: Ship it today?")
+    await bob.shot(shots, "unread-badge")
+    await open_thread(bob, "Launch")
+    await expect(bob.message("Ship it today?")).to_be_visible()
+    await expect(badge).to_have_count(0)
+
+    # Typing shows on the other side; Enter sends, Shift+Enter adds a line.
+    await bob.composer("Message Launch").press_sequentially("Yes")
+    await expect(alice.page.locator(".typing")).to_have_text("bob is typing…")
+    await alice.shot(shots, "typing-indicator")
+    await bob.composer("Message Launch").press("Shift+Enter")
+    await bob.composer("Message Launch").press_sequentially("after the demo")
+    await bob.composer("Message Launch").press("Enter")
+    await expect(alice.message("after the demo")).to_contain_text("Yes\nafter the demo")
+    await expect(alice.page.locator(".typing")).to_have_text("")
+    # Having sent, Bob's next words show as typing again.
+    await bob.composer("Message Launch").press_sequentially("ok")
+    await expect(alice.page.locator(".typing")).to_have_text("bob is typing…")
+    await bob.composer("Message Launch").fill("")
+
+    # A reaction, with who reacted.
+    shipped = bob.message("Ship it today?")
+    await shipped.hover()
+    await shipped.get_by_role("button", name="Add reaction").click()
+    await shipped.get_by_role("button", name="React with 🎉").click()
+    chip = alice.message("Ship it today?").locator(".reaction")
+    await expect(chip).to_have_text("🎉 1")
+    await expect(chip).to_have_attribute("title", "bob")
+    await expect(chip).to_have_attribute("aria-pressed", "false")
+
+    # A reply in the side panel; the count shows live on the other side.
+    await shipped.hover()
+    await shipped.get_by_role("button", name="Reply").click()
+    await bob.composer("Reply").fill("Docs are ready too")
+    await bob.composer("Reply").press("Enter")
+    replies = alice.message("Ship it today?").locator(".reply-count")
+    await expect(replies).to_have_text("1 reply")
+    await replies.click()
+    await expect(alice.page.locator(".replies .msg", has_text="Docs are ready too")).to_be_visible()
+
+    # Up edits one's own last message; the other side sees "(edited)" and the history.
+    await alice.composer("Message Launch").click()
+    await alice.composer("Message Launch").press("ArrowUp")
+    await expect(alice.composer("Message Launch")).to_have_value("Ship it today?")
+    await alice.composer("Message Launch").fill("Ship it today at 5?")
+    await alice.composer("Message Launch").press("Enter")
+    edited = bob.message("Ship it today at 5?")
+    await edited.get_by_role("button", name="(edited)").click()
+    await expect(edited.locator(".history")).to_contain_text("Ship it today?")
+
+    # Keyboard: the history is one tab stop; arrows move between messages, whose
+    # actions then show.
+    await alice.page.locator(".scroller").focus()
+    await alice.page.keyboard.press("ArrowUp")
+    await expect(alice.message("after the demo")).to_be_focused()
+    await alice.page.keyboard.press("ArrowUp")
+    await expect(alice.message("Ship it today at 5?")).to_be_focused()
+    await expect(
+        alice.message("Ship it today at 5?").get_by_role("button", name="Edit", exact=True)
+    ).to_be_visible()
+
+    # Read receipts and presence.
+    await expect(alice.message("Ship it today at 5?").locator(".seen")).to_have_text("Seen by bob")
+    await expect(
+        alice.page.locator(f'.people [data-presence="{(await clients.user("bob")).id}"]')
+    ).to_have_attribute("data-status", "ONLINE")
+    await alice.shot(shots, "chat-alice")
+    await bob.shot(shots, "chat-bob")
+
+    # Deleting the reply takes it off the count.
+    reply = bob.page.locator(".replies .msg", has_text="Docs are ready too")
+    await reply.hover()
+    await reply.get_by_role("button", name="Delete").click()
+    await expect(alice.message("Ship it today at 5?").locator(".reply-count")).to_have_count(0)
+
+    # The read marker moved as Bob saw the messages.
+    bob_api = await clients.user("bob")
+    listed = await bob_api.gql("{ threads(first: 5) { edges { node { title unreadCount } } } }")
+    assert listed["threads"]["edges"][0]["node"] == {"title": "Launch", "unreadCount": 0}
+
+    # Every control has an accessible name; no script error happened.
+    for person in (alice, bob):
+        assert await person.page.evaluate(UNNAMED_CONTROLS) == []
+        assert person.errors == []
+
+    # A phone-sized screen: one pane at a time, nothing wider than the screen.
+    phone = await sign_in(browser, server.base, "bob", viewport=PHONE)
+    await phone.shot(shots, "phone-thread-list")
+    await open_thread(phone, "Launch")
+    await expect(phone.message("Ship it today at 5?")).to_be_visible()
+    assert await phone.page.evaluate("document.documentElement.scrollWidth <= innerWidth")
+    await phone.shot(shots, "phone-thread")
+    print(f"screenshots in {shots}")
+
+
+async def test_the_first_load_requests_nothing_off_the_server_and_under_60_kb_of_script(
+    server: Server, browser: Any, clients: Clients
+) -> None:
+    alice, bob = await clients.users("alice", "bob")
+    await factories.send(alice, await factories.thread(alice, bob, title="Hello"), "hi")
+    context = await browser.new_context(viewport=DESKTOP)
+    page = await context.new_page()
+    requests: list[str] = []
+    scripts: list[Any] = []
+    page.on("request", lambda request: requests.append(request.url))
+    page.on("response", lambda r: scripts.append(r) if r.request.resource_type == "script" else 0)
+    await page.goto(server.base + "/")
+    await page.get_by_role("button", name="alice", exact=True).click()
+    await page.locator(".thread-list button", has_text="Hello").click()
+    await expect(page.locator(".thread-main .msg", has_text="hi")).to_be_visible()
+    off_server = [url for url in requests if not url.startswith(server.base + "/")]
+    assert off_server == [], off_server
+    sizes = {r.url.removeprefix(server.base): len(await r.body()) for r in scripts}
+    total = sum(sizes.values())
+    print(f"first load: {len(requests)} requests, all to {server.base}; JavaScript {total} bytes")
+    assert len(sizes) >= 8 and total < 60_000, sizes
+
+
+# Seeding 1000 messages over HTTP is slow on a busy machine.
+@pytest.mark.timeout(300)
+async def test_a_thread_of_50_renders_fast_and_1000_messages_scroll_in_under_50_mb_of_heap(
+    server: Server, browser: Any, clients: Clients, shots: Path
+) -> None:
+    alice, bob = await clients.users("alice", "bob")
+    tid = await factories.thread(alice, bob, title="Long")
+    for start in range(0, 1000, 25):
+        await asyncio.gather(
+            *(
+                factories.send(alice, tid, f"Message number {i}: a line of ordinary chat text.")
+                for i in range(start, start + 25)
+            )
+        )
+    reader = await sign_in(browser, server.base, "bob")
+    await open_thread(reader, "Long")
+    render_ms = await (
+        await reader.page.wait_for_function("() => window.threadline.metrics.threadRenderMs")
+    ).json_value()
+    assert await reader.page.locator(".thread-main .msg").count() == 50
+
+    scroller = reader.page.locator(".scroller")
+    cdp = await reader.page.context.new_cdp_session(reader.page)
+    count, peak = 50, 0.0
+    while count < 1000:
+        await scroller.evaluate("(s) => { s.scrollTop = 0; }")
+        await reader.page.wait_for_function(
+            "(n) => document.querySelectorAll('.thread-main .msg').length > n", arg=count
+        )
+        count = await reader.page.locator(".thread-main .msg").count()
+        # The heap as it is while scrolling, garbage included: the peak, not a best case.
+        peak = max(peak, (await cdp.send("Runtime.getHeapUsage"))["usedSize"])
+    seqs = await reader.page.eval_on_selector_all(
+        ".thread-main .msg", "(all) => all.map((m) => Number(m.dataset.seq))"
+    )
+    assert len(seqs) == 1000 and seqs == sorted(set(seqs))
+
+    await cdp.send("HeapProfiler.collectGarbage")
+    heap = await cdp.send("Runtime.getHeapUsage")
+    dom = await cdp.send("Memory.getDOMCounters")
+    await reader.shot(shots, "thousand-messages")
+    mb = 1024 * 1024
+    print(
+        f"first render of a 50-message thread: {render_ms:.1f} ms after its data arrived; "
+        f"1000 messages scrolled in: JS heap at most {peak / mb:.1f} MB while scrolling, "
+        f"{heap['usedSize'] / mb:.1f} MB after a collection, {dom['nodes']} DOM nodes"
+    )
+    assert render_ms < 300
+    assert peak < 50 * mb
+    assert reader.errors == []
+
+
+async def test_a_send_lost_on_the_network_is_retried_with_the_same_client_id(
+    server: Server, browser: Any, clients: Clients, shots: Path
+) -> None:
+    alice_api, bob_api = await clients.users("alice", "bob")
+    tid = await factories.thread(alice_api, bob_api, title="Flaky")
+    alice = await sign_in(browser, server.base, "alice")
+    await open_thread(alice, "Flaky")
+    client_ids: list[str] = []
+
+    async def flaky_network(route: Any) -> None:
+        body = route.request.post_data_json
+        if "sendMessage" not in body["query"]:
+            await route.continue_()
+            return
+        client_ids.append(body["variables"]["i"]["clientId"])
+        if len(client_ids) == 2:
+            # The server stores it, but the answer never reaches the page.
+            await route.fetch()
+        await route.abort("internetdisconnected" if len(client_ids) == 1 else "connectionreset")
+
+    await alice.page.route("**/graphql", flaky_network)
+    await alice.composer("Message Flaky").fill("Are you there?")
+    await alice.composer("Message Flaky").press("Enter")
+    pending = alice.message("Are you there?")
+    await expect(pending.locator(".send-state")).to_have_text("Not sent. Retry")
+    await alice.shot(shots, "send-failed")
+    await pending.get_by_role("button", name="Retry").click()
+    # The live event of the stored message settles it, though its HTTP answer was lost.
+    await expect(alice.message("Are you there?")).to_have_count(1)
+    await expect(alice.message("Are you there?")).not_to_have_class(re.compile(r"\bpending\b"))
+    await expect(alice.message("Are you there?").locator(".send-state")).to_have_count(0)
+    assert len(client_ids) == 2 and client_ids[0] == client_ids[1]
+    page = await bob_api.gql(
+        "query($t: ID!) { messages(threadId: $t, last: 10) { edges { node { body clientId } } } }",
+        {"t": tid},
+    )
+    assert [e["node"] for e in page["messages"]["edges"]] == [
+        {"body": "Are you there?", "clientId": client_ids[0]}
+    ]
+    assert alice.errors == []
+
+
+async def test_direct_messages_mentions_pins_deletion_unreacting_and_presence(
+    server: Server, browser: Any, clients: Clients, shots: Path
+) -> None:
+    alice_api, bob_api = await clients.users("alice", "bob")
+    alice = await sign_in(browser, server.base, "alice")
+    bob = await sign_in(browser, server.base, "bob")
+
+    # A direct message from the dialog, with a completed @mention.
+    await alice.page.get_by_role("button", name="New message").click()
+    await alice.page.get_by_label("Find a person").fill("bo")
+    await alice.page.get_by_role("button", name="bob (@bob)").click()
+    await expect(alice.page.locator(".thread-header h2")).to_have_text("alice & bob")
+    box = alice.composer("Message alice & bob")
+    await box.press_sequentially("Hi @b")
+    await expect(alice.page.get_by_role("option", name="bob @bob")).to_have_attribute(
+        "aria-selected", "true"
+    )
+    await alice.shot(shots, "mention-autocomplete")
+    await box.press("Enter")
+    await expect(box).to_have_value("Hi @bob ")
+    await box.press_sequentially("look at this")
+    await box.press("Enter")
+    await open_thread(bob, "alice & bob")
+    await expect(bob.message("look at this").locator(".mention")).to_have_text("@bob")
+
+    # Reacting twice takes the reaction back; deleting shows a placeholder on both sides.
+    hi = bob.message("look at this")
+    await hi.hover()
+    await hi.get_by_role("button", name="Add reaction").click()
+    await hi.get_by_role("button", name="React with 👍").click()
+    await expect(alice.message("look at this").locator(".reaction")).to_have_text("👍 1")
+    await bob.message("look at this").locator(".reaction").click()
+    await expect(alice.message("look at this").locator(".reaction")).to_have_count(0)
+    mine = alice.message("look at this")
+    await mine.hover()
+    await mine.get_by_role("button", name="Delete").click()
+    await expect(bob.page.locator(".thread-main .msg.deleted")).to_have_text(
+        re.compile("This message was deleted.")
+    )
+
+    # The thread's OWNER pins; the other side sees the pinned list.
+    tid = await factories.thread(alice_api, bob_api, title="Team")
+    await factories.send(bob_api, tid, "Standup moves to 9:30")
+    # Most recently active first.
+    await expect(bob.page.locator(".thread-list .title")).to_have_text(["# Team", "@ alice & bob"])
+    await open_thread(alice, "Team")
+    await open_thread(bob, "Team")
+    note = alice.message("Standup moves to 9:30")
+    await note.hover()
+    await note.get_by_role("button", name="Pin").click()
+    await bob.page.get_by_role("button", name="1 pinned messages").click()
+    await expect(bob.page.locator("#pinned")).to_contain_text("bob: Standup moves to 9:30")
+    await bob.shot(shots, "pinned")
+
+    # Someone added while the thread is open gets a presence dot that follows them.
+    carol_api = await clients.user("carol")
+    await alice_api.gql(
+        "mutation($t: ID!, $u: ID!) { addParticipant(threadId: $t, userId: $u) { role } }",
+        {"t": tid, "u": carol_api.id},
+    )
+    carol_dot = alice.page.locator(f'.people [data-presence="{carol_api.id}"]')
+    await expect(carol_dot).to_have_attribute("data-status", "OFFLINE")
+    await sign_in(browser, server.base, "carol")
+    await expect(carol_dot).to_have_attribute("data-status", "ONLINE")
+
+    # Removed from a thread he has open, Bob loses it from his list and his view.
+    temp = await factories.thread(alice_api, bob_api, title="Temp")
+    await open_thread(bob, "Temp")
+    await alice_api.gql(
+        "mutation($t: ID!, $u: ID!) { removeParticipant(threadId: $t, userId: $u) }",
+        {"t": temp, "u": bob_api.id},
+    )
+    await expect(bob.page.locator("#thread")).to_have_text("You are no longer in that thread.")
+    await expect(bob.page.locator(".thread-list button", has_text="Temp")).to_have_count(0)
+    await open_thread(bob, "Team")
+
+    # Presence: Bob leaves, Alice's dot for him goes grey.
+    dot = alice.page.locator(f'.people [data-presence="{bob_api.id}"]')
+    await expect(dot).to_have_attribute("data-status", "ONLINE")
+    await bob.page.context.close()
+    await expect(dot).to_have_attribute("data-status", "OFFLINE", timeout=40_000)
+    assert alice.errors == []
+
+
+async def test_a_subscription_dropped_for_falling_behind_resumes_from_the_last_event_seen(
+    server: Server, browser: Any
+) -> None:
+    """live.js against a scripted server: CONFLICT then complete, as the server does for a
+    subscriber that fell too far behind, makes the client subscribe again with fresh
+    variables under a new id."""
+    page = await (await browser.new_context()).new_page()
+    sent: list[dict[str, Any]] = []
+
+    def scripted_server(ws: Any) -> None:
+        def on_message(raw: str | bytes) -> None:
+            message = json.loads(raw)
+            sent.append(message)
+            if message["type"] == "connection_init":
+                ws.send(json.dumps({"type": "connection_ack"}))
+            elif message["type"] == "subscribe" and message["id"] == "1":
+                behind = {"message": "fell behind", "extensions": {"code": "CONFLICT"}}
+                ws.send(json.dumps({"id": "1", "type": "next", "payload": {"data": {"seq": 7}}}))
+                ws.send(json.dumps({"id": "1", "type": "next", "payload": {"errors": [behind]}}))
+                ws.send(json.dumps({"id": "1", "type": "complete"}))
+
+        ws.on_message(on_message)
+
+    await page.route_web_socket("**/graphql", scripted_server)
+    await page.goto(server.base + "/")
+    await page.evaluate(
+        """async () => {
+            const { Live } = await import("/web/js/live.js");
+            const live = new Live(`ws://${location.host}/graphql`, async () => ({ token: "t" }));
+            window.seen = [];
+            let afterSeq = 0;
+            live.subscribe("subscription { x }", () => ({ afterSeq }), {
+                next: (data) => { window.seen.push(data); afterSeq = data.seq; },
+            });
+            live.start();
+        }"""
+    )
+    for _ in range(100):
+        if sum(m["type"] == "subscribe" for m in sent) >= 2:
+            break
+        await asyncio.sleep(0.05)
+    subscribes = [m for m in sent if m["type"] == "subscribe"]
+    assert [(m["id"], m["payload"]["variables"]) for m in subscribes] == [
+        ("1", {"afterSeq": 0}),
+        ("2", {"afterSeq": 7}),
+    ]
+    assert await page.evaluate("() => window.seen") == [{"seq": 7}]
+
+
+async def test_a_token_the_server_refuses_sends_the_page_back_to_sign_in(
+    server: Server, browser: Any
+) -> None:
+    person = await sign_in(browser, server.base, "alice")
+    await person.page.evaluate(
+        """() => sessionStorage.setItem("threadline.devToken",
+            JSON.stringify({ token: "not-a-token", expiresAt: Date.now() / 1000 + 3600 }))"""
+    )
+    await person.page.reload()
+    await expect(person.page.get_by_label("Another user")).to_be_visible()
+    assert await person.page.evaluate("() => sessionStorage.length") == 0
+
+
+async def test_in_production_the_page_signs_in_with_clerk_whose_script_is_the_only_one_off_server(
+    settings: Settings, browser: Any
+) -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    production = settings.model_copy(
+        update={
+            "threadline_env": Environment.PRODUCTION,
+            "clerk_jwt_key": SecretStr(pem.decode()),
+            "dev_auth_secret": None,
+            "clerk_publishable_key": PUBLISHABLE_KEY,
+        }
+    )
+    running = await start_server(production)
+    try:
+        context = await browser.new_context(base_url=running.base)
+        token = clerk_token(key, sub="user_web", username="zoe", name="Zoe Clerk")
+        # Clerk's script, as the frontend API would serve it, reduced to what the page uses.
+        fake_clerk = (
+            "window.Clerk = { user: { id: 'user_web' }, load: async () => {},"
+            f" session: {{ getToken: async () => {json.dumps(token)} }},"
+            " addListener() {}, signOut: async () => {} };"
+        )
+        await context.route(
+            f"https://{FRONTEND_API}/**",
+            lambda route: route.fulfill(
+                body=fake_clerk,
+                content_type="application/javascript",
+                headers={"access-control-allow-origin": "*"},
+            ),
+        )
+        page = await context.new_page()
+        requests: list[str] = []
+        page.on("request", lambda request: requests.append(request.url))
+        await page.goto("/")
+        await expect(page.locator("#me")).to_have_text("Zoe Clerk")
+        await page.wait_for_function("() => window.threadline.metrics.connected === true")
+        assert [url for url in requests if not url.startswith(running.base + "/")] == [
+            f"https://{FRONTEND_API}/npm/@clerk/clerk-js@5/dist/clerk.browser.js"
+        ]
+    finally:
+        await stop_server(running)
+
+
+# ---------------------------------------------------------------- a restarted server
+
+
+async def spawn(settings: Settings, redis_url: str | None, port: int) -> asyncio.subprocess.Process:
+    env = {
+        **os.environ,
+        "DATABASE_URL": settings.database_url,
+        "DEV_AUTH_SECRET": DEV_SECRET,
+        "RATE_LIMITS": "off",
+        "UPLOAD_DIR": str(settings.upload_dir),
+    }
+    env.pop("REDIS_URL", None)
+    if redis_url:
+        env["REDIS_URL"] = redis_url
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "threadline", "serve", "--port", str(port), "--log-level", "warning",
+        env=env,
+    )  # fmt: skip
+    async with httpx.AsyncClient() as http:
+        for _ in range(300):
+            with contextlib.suppress(httpx.HTTPError):
+                if (await http.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200:
+                    return proc
+            await asyncio.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("threadline serve did not start")
+
+
+async def stop(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), 15)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+# Two server processes start here, which is slow on a busy machine.
+@pytest.mark.timeout(300)
+async def test_the_page_reconnects_after_a_server_restart_and_loses_no_message(
+    settings: Settings, redis_url: str | None, browser: Any, shots: Path
+) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = await spawn(settings, redis_url, port)
+    try:
+        async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+            alice = Api(
+                http, (await http.post("/dev/token", json={"username": "alice"})).json()["token"]
+            )
+            bob = await sign_in(browser, base, "bob")
+            bob_id = (
+                await Api(
+                    http, (await http.post("/dev/token", json={"username": "bob"})).json()["token"]
+                ).gql("{ me { id } }")
+            )["me"]["id"]
+            alice.id = (await alice.gql("{ me { id } }"))["me"]["id"]
+            tid = await factories.thread(alice, Api(http, id=bob_id), title="Ops")
+            await factories.send(alice, tid, "before the restart")
+            await expect(bob.page.locator(".thread-list button", has_text="Ops")).to_be_visible()
+            await open_thread(bob, "Ops")
+            await expect(bob.message("before the restart")).to_be_visible()
+
+            # While the server is down and back up, Bob's page stays away (its
+            # WebSocket is refused), and Alice sends: the page must resume from afterSeq.
+            away = True
+
+            async def route(ws: Any) -> None:
+                if away:
+                    await ws.close()
+                else:
+                    ws.connect_to_server()
+
+            await bob.page.context.route_web_socket("**/graphql", route)
+            await stop(proc)
+            await expect(bob.page.locator("#banner")).to_have_text("Connection lost. Reconnecting…")
+            await bob.shot(shots, "reconnecting")
+            proc = await spawn(settings, redis_url, port)
+            await factories.send(alice, tid, "sent while you were away")
+            away = False
+            await expect(bob.message("sent while you were away")).to_be_visible(timeout=30_000)
+            await expect(bob.page.locator("#banner")).to_be_hidden()
+            await factories.send(alice, tid, "and live again")
+            await expect(bob.message("and live again")).to_be_visible()
+            bodies = await bob.page.eval_on_selector_all(
+                ".thread-main .msg .body", "(all) => all.map((b) => b.textContent)"
+            )
+            assert bodies == ["before the restart", "sent while you were away", "and live again"]
+            assert bob.errors == []
+    finally:
+        await stop(proc)
+
+
+# ---------------------------------------------------------------- attachments
+
+
+def png(width: int = 320, height: int = 200) -> bytes:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), (59, 91, 219)).save(out, format="PNG")
+    return out.getvalue()
+
+
+async def test_an_uploaded_image_shows_as_a_preview_for_the_other_user(
+    server: Server, browser: Any, clients: Clients, shots: Path, tmp_path: Path
+) -> None:
+    alice_api, bob_api = await clients.users("alice", "bob")
+    tid = await factories.thread(alice_api, bob_api, title="Design")
+    first = await factories.send(alice_api, tid, "New header for the launch page?")
+    await bob_api.gql(
+        'mutation($m: ID!) { addReaction(messageId: $m, emoji: "😍") { id } }', {"m": first["id"]}
+    )
+    await factories.send(bob_api, tid, "Love the colours", parentId=first["id"])
+    await factories.send(bob_api, tid, "Can you send the mock-up?")
+    alice = await sign_in(browser, server.base, "alice")
+    bob = await sign_in(browser, server.base, "bob")
+    await open_thread(alice, "Design")
+    await open_thread(bob, "Design")
+
+    image = tmp_path / "mockup.png"
+    image.write_bytes(png())
+    await alice.page.locator(".thread-main input[type=file]").set_input_files(str(image))
+    outcome = alice.page.locator(".thread-main .uploads .done, .thread-main .uploads .error")
+    await expect(outcome).to_be_visible()
+    assert await outcome.get_attribute("class") == "done", await outcome.text_content()
+    await alice.composer("Message Design").fill("Here it is")
+    await alice.composer("Message Design").press("Enter")
+    preview = bob.message("Here it is").locator("img[alt='mockup.png']")
+    await expect(preview).to_be_visible()
+    # decode() waits for the bytes: the signed URL really serves the image.
+    assert await preview.evaluate("(img) => img.decode().then(() => img.naturalWidth)") == 320
+    source = await preview.get_attribute("src")
+    assert source and "sig=" in source
+    await expect(bob.message("Here it is").locator("a.image")).to_have_attribute("href", source)
+    await bob.shot(shots, "two-users-chatting")
+    await alice.shot(shots, "two-users-chatting-alice")
