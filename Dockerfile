@@ -13,11 +13,15 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /build
-# Metadata first; the source after, so that the layer above stays cached.
+# The locked runtime dependencies first (exact versions, hash-checked), in a layer that
+# stays cached until the lock changes; then the package itself, resolving nothing again.
+COPY requirements-runtime.lock ./
+RUN pip install --require-hashes -r requirements-runtime.lock
 COPY pyproject.toml README.md ./
 COPY src ./src
 # A regular (not editable) install: the image does not need the source tree afterwards.
-RUN pip install . \
+RUN pip install --no-deps . \
+    && pip check \
     && python -c "import threadline.config"
 
 # --- runtime: the virtual environment, no build files --------------------------------
