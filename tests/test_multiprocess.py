@@ -108,8 +108,8 @@ async def test_a_subscriber_on_one_process_sees_messages_sent_through_another(
         alice, bob = await signed_in(http, "alice"), await signed_in(http, "bob")
         tid = await factories.thread(alice, bob)
         ws = await GraphQLWS.connect(a.ws_url, bob.token)
-        await ws.subscribe(EVENTS, {"t": tid})
-        await asyncio.sleep(0.3)
+        # From seq 0: no wait for the other process to register it.
+        await ws.subscribe(EVENTS, {"t": tid, "after": 0})
         started = time.perf_counter()
         for i in range(30):
             await factories.send(alice, tid, f"via b {i}")
@@ -244,8 +244,7 @@ async def test_events_committed_while_redis_was_down_still_reach_the_subscriber(
             alice, bob = await signed_in(http, "alice"), await signed_in(http, "bob")
             tid = await factories.thread(alice, bob)
             ws = await GraphQLWS.connect(server.ws_url, bob.token)
-            await ws.subscribe(EVENTS, {"t": tid})
-            await asyncio.sleep(0.3)
+            await ws.subscribe(EVENTS, {"t": tid, "after": 0})
             for i in range(20):
                 await factories.send(alice, tid, f"before {i}")
             redis_proc.kill()
