@@ -185,3 +185,30 @@ async def test_a_viewer_dependent_selection_is_rendered_for_each_subscriber(
         assert reactions == [{"emoji": "👍", "reactedByMe": name == "bob"}]
     for ws in sockets.values():
         await ws.close()
+
+
+async def test_deleting_the_thread_sends_thread_deleted_then_ends_every_subscription(
+    server: Server, clients: Clients
+) -> None:
+    alice, bob = await clients.users("alice", "bob")
+    tid = await factories.thread(alice, bob)
+    await factories.send(alice, tid, "last words")
+    query = """subscription($t: ID!, $after: Int) { threadEvents(threadId: $t, afterSeq: $after) {
+      __typename seq threadId actor { username } at } }"""
+    sockets = [await GraphQLWS.connect(server.ws_url, api.token) for api in (alice, bob)]
+    for ws in sockets:
+        await ws.subscribe(query, {"t": tid, "after": 1})
+    await alice.gql("mutation($t: ID!) { deleteThread(threadId: $t) }", {"t": tid})
+    for ws in sockets:
+        event = (await ws.next())["payload"]["data"]["threadEvents"]
+        assert event["__typename"] == "ThreadDeleted"
+        assert (event["seq"], event["threadId"], event["actor"]) == (2, tid, {"username": "alice"})
+        assert (await ws.next())["type"] == "complete"
+    # The thread is gone: a new subscription is refused, a resuming one too.
+    again = await sockets[1].subscribe(query, {"t": tid, "after": 0})
+    refused = await sockets[1].next()
+    assert refused["id"] == again and refused["type"] in {"error", "next"}
+    errors = refused["payload"] if refused["type"] == "error" else refused["payload"]["errors"]
+    assert errors[0]["extensions"]["code"] == "NOT_FOUND"
+    for ws in sockets:
+        await ws.close()
