@@ -385,7 +385,8 @@ async def test_after_a_redis_restart_subscribers_get_the_marker_then_new_message
             started = time.monotonic()
             with pytest.raises(BrokerUnavailable):
                 await broker.publish(channel("a"), "lost")
-            assert time.monotonic() - started < 1.5
+            # The publish timeout is 1 s; the margin is for a loaded 2-core machine.
+            assert time.monotonic() - started < 3
 
             own_redis.start()
             # Backoff is capped at 2 s, so the broker is back within about that.
@@ -430,13 +431,13 @@ async def test_with_redis_unreachable_connect_returns_and_publish_fails_fast() -
     started = time.monotonic()
     await broker.connect()
     try:
-        assert time.monotonic() - started < 3
+        assert time.monotonic() - started < 5
         health = broker.health()
         assert health["connected"] is False
         assert "ConnectionError" in str(health["last_error"])
         started = time.monotonic()
         with pytest.raises(BrokerUnavailable, match="Redis unreachable"):
             await broker.publish("anything", "message")
-        assert time.monotonic() - started < 1.5
+        assert time.monotonic() - started < 3  # the 1 s publish timeout, with a margin
     finally:
         await broker.disconnect()

@@ -209,7 +209,7 @@ async def test_an_ended_clerk_session_closes_its_sockets_on_every_process(
             await asyncio.wait_for(ws.conn.recv(), 5)
         took = time.perf_counter() - started
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
-        assert took < 1.0, took
+        assert took < 3.0, took  # typically well under a second; margin for a loaded machine
         refused = await Api(http, bob_token).raw("{ me { id } }")
         assert refused["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
 
