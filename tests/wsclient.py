@@ -56,8 +56,9 @@ class GraphQLWS:
 
     async def until(self, ready: Callable[[], bool], timeout: float = 10) -> None:
         """Wait until `ready()` holds (the server has registered a subscription) or
-        the server answers an operation (a refusal: kept for `next`), polling instead
-        of sleeping a guessed time. Fails after `timeout` seconds."""
+        the server refuses or ends an operation (it never will be), polling instead
+        of sleeping a guessed time. Messages read meanwhile are kept for `next`.
+        Fails after `timeout` seconds."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while not ready():
@@ -69,7 +70,8 @@ class GraphQLWS:
                 continue
             if message is not None:
                 self._held.append(message)
-                return
+                if _ends_an_operation(message):
+                    return
 
     async def _answer(self, timeout: float) -> dict[str, Any] | None:
         """One message off the socket: an answer, or None for a ping (answered)."""
@@ -83,3 +85,11 @@ class GraphQLWS:
 
     async def close(self) -> None:
         await self.conn.close()
+
+
+def _ends_an_operation(message: dict[str, Any]) -> bool:
+    """`error`, `complete`, or a `next` that carries errors and no data (a refusal)."""
+    if message["type"] != "next":
+        return True
+    payload = message.get("payload") or {}
+    return bool(payload.get("errors")) and payload.get("data") is None
