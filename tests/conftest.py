@@ -95,8 +95,9 @@ async def database_url(migrated: str, tmp_path: Path) -> str:
 
 # Redis databases 1..15 are handed out to pytest processes (xdist workers, or test
 # runs of several checkouts on one machine) with a lock file each, so that no run
-# flushes another's keys. Channel names hold random thread and user ids, so pub/sub,
-# which ignores database numbers, does not cross runs either.
+# flushes another's keys. Pub/sub ignores database numbers: the Redis backend names
+# the channels of database N "dbN:...", so no run hears another's (fixed names such
+# as the ended-sessions channel included).
 REDIS_DATABASES = range(1, 16)
 
 

@@ -18,7 +18,6 @@ outsider is checked not to carry anything of the thread's later content.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import uuid
@@ -31,10 +30,17 @@ import pytest
 
 from tests import factories
 from tests.conftest import Api, Clients, Server
+from tests.live import new_listener
 from tests.wsclient import GraphQLWS
 from threadline.errors import NotFound
 from threadline.models import SystemRole, User
-from threadline.realtime.channels import encode_activity, encode_logged, is_logged_event
+from threadline.realtime.channels import (
+    activity_channel,
+    encode_activity,
+    encode_logged,
+    is_logged_event,
+    thread_channel,
+)
 from threadline.services import users
 from threadline.services.events import ActivityEvent, EventKind, LoggedEvent
 from threadline.services.permissions import access_thread, visible_threads
@@ -400,13 +406,17 @@ def code_or(payload: dict[str, Any], pick: Callable[[Any], Outcome]) -> Outcome:
     return pick(payload["data"])
 
 
+LAST_SEQ = "query($t: ID!) { thread(threadId: $t) { lastSeq } }"
+
+
 async def thread_events(w: World, role: str) -> Outcome:
-    query = """subscription($t: ID!) { threadEvents(threadId: $t) {
+    query = """subscription($t: ID!, $after: Int) { threadEvents(threadId: $t, afterSeq: $after) {
       seq ... on MessageCreated { message { body thread { participants { totalCount } } } } } }"""
+    last = (await w.alice.gql(LAST_SEQ, {"t": w.thread}))["thread"]["lastSeq"]
     ws = await GraphQLWS.connect(w.server.ws_url, w.viewers[role].token)
     try:
-        await ws.subscribe(query, {"t": w.thread})
-        await asyncio.sleep(0.3)
+        # From the thread's current seq: the next event is the one sent below.
+        await ws.subscribe(query, {"t": w.thread, "after": last})
         await factories.send(w.alice, w.thread, "live")
         payload = await first_message(ws)
         w.leaks(role, json.dumps(payload))
@@ -420,8 +430,9 @@ async def thread_activity(w: World, role: str) -> Outcome:
       __typename ... on TypingChanged { user { username } isTyping } } }"""
     ws = await GraphQLWS.connect(w.server.ws_url, w.viewers[role].token)
     try:
+        ready = new_listener(w.server, activity_channel(w.thread))
         await ws.subscribe(query, {"t": w.thread})
-        await asyncio.sleep(0.3)
+        await ws.until(ready)  # or refused
         await w.alice.gql(TYPING, {"t": w.thread})
         payload = await first_message(ws)
 
@@ -448,8 +459,10 @@ async def viewer_events(w: World, role: str) -> Outcome:
     sentinel = await factories.thread(w.alice, viewer, title="Sentinel")
     ws = await GraphQLWS.connect(w.server.ws_url, viewer.token)
     try:
+        # Ready once the stream follows the viewer's threads (the sentinel's among them).
+        ready = new_listener(w.server, thread_channel(sentinel))
         await ws.subscribe(VIEWER_EVENTS)
-        await asyncio.sleep(0.3)
+        await ws.until(ready)
         await factories.send(w.alice, w.thread, "live", parentId=w.own.get(role, w.root))
         await factories.send(w.alice, sentinel, "sentinel")
         seen: list[str] = []
@@ -640,8 +653,9 @@ async def test_thread_activity_ends_when_the_viewer_is_removed(
     alice, bob = await clients.users("alice", "bob")
     tid = await factories.thread(alice, bob)
     ws = await GraphQLWS.connect(server.ws_url, bob.token)
+    ready = new_listener(server, activity_channel(tid))
     await ws.subscribe(ACTIVITY, {"t": tid})
-    await asyncio.sleep(0.3)
+    await ws.until(ready)
     await alice.gql(TYPING, {"t": tid})
     assert (await ws.next())["payload"]["data"]["threadActivity"]["isTyping"] is True
     await alice.gql(REMOVE, {"t": tid, "u": bob.id})
@@ -661,8 +675,9 @@ async def test_thread_activity_of_a_removed_system_admin_goes_on(
     await promote(server, erin, SystemRole.ADMIN)
     tid = await factories.thread(alice, erin)
     ws = await GraphQLWS.connect(server.ws_url, erin.token)
+    ready = new_listener(server, activity_channel(tid))
     await ws.subscribe(ACTIVITY, {"t": tid})
-    await asyncio.sleep(0.3)
+    await ws.until(ready)
     await alice.gql(REMOVE, {"t": tid, "u": erin.id})
     await alice.gql(TYPING, {"t": tid})
     event = (await ws.next())["payload"]["data"]["threadActivity"]
@@ -678,8 +693,9 @@ async def test_viewer_events_stop_showing_a_thread_once_the_viewer_is_removed(
     mine = (await factories.send(carol, tid, "from carol"))["id"]
     sentinel = await factories.thread(alice, carol, title="Sentinel")
     ws = await GraphQLWS.connect(server.ws_url, carol.token)
+    ready = new_listener(server, thread_channel(sentinel))
     await ws.subscribe(VIEWER_EVENTS)
-    await asyncio.sleep(0.3)
+    await ws.until(ready)
     await alice.gql(REMOVE, {"t": tid, "u": carol.id})
     await factories.send(alice, tid, SECRET, parentId=mine)  # would notify a participant
     await alice.gql(REACT, {"m": mine, "e": "🎉"})

@@ -11,7 +11,9 @@ from websockets.frames import Frame, Opcode
 
 from tests import factories
 from tests.conftest import Clients, Server
+from tests.live import fanout_members, new_listener
 from tests.wsclient import GraphQLWS
+from threadline.realtime.channels import thread_channel
 from threadline.subscriptions import fanout
 from threadline.subscriptions.fanout import start
 from threadline.subscriptions.raw_frames import text_frame
@@ -38,7 +40,8 @@ async def test_subscribers_of_one_operation_share_a_group_and_each_get_every_eve
     sockets = [await GraphQLWS.connect(server.ws_url, api.token) for api in (alice, bob, carol)]
     for ws in sockets:
         await ws.subscribe(EVENTS, {"t": tid})
-    await asyncio.sleep(0.2)
+    for ws in sockets:
+        await ws.until(fanout_members(server, 3))
     for i in range(5):
         await factories.send(alice, tid, f"m{i}")
     # A late joiner asking for everything replays 1..5 from the log, then goes live.
@@ -71,7 +74,7 @@ async def test_removing_one_member_ends_only_that_subscription(
     carol_ws = await GraphQLWS.connect(server.ws_url, carol.token)
     await bob_ws.subscribe(EVENTS, {"t": tid})
     await carol_ws.subscribe(EVENTS, {"t": tid})
-    await asyncio.sleep(0.2)
+    await carol_ws.until(fanout_members(server, 2))
     await alice.gql(
         "mutation($t: ID!, $u: ID!) { removeParticipant(threadId: $t, userId: $u) }",
         {"t": tid, "u": bob.id},
@@ -113,7 +116,7 @@ async def test_a_subscriber_that_stops_reading_does_not_hold_up_the_others(
     await stalled.send(json.dumps({"id": "1", "type": "subscribe", "payload": query}))
     carol_ws = await GraphQLWS.connect(server.ws_url, carol.token)
     await carol_ws.subscribe(big, {"t": tid})
-    await asyncio.sleep(0.2)
+    await carol_ws.until(fanout_members(server, 2))
     body = "y" * 4000
     for _ in range(150):  # about 7 MB for bob, more than the socket buffers take
         await factories.send(alice, tid, body)
@@ -202,6 +205,7 @@ async def test_a_connection_holds_at_most_100_subscriptions_and_a_slot_frees_whe
             break
         await asyncio.sleep(0.05)
     again = await ws.subscribe(EVENTS, {"t": tid})
+    await ws.until(fanout_members(server, 100))
     await factories.send(alice, tid, "hello")
     while True:  # the refused one's complete, and the others' frames, come first
         message = await ws.next()
@@ -221,9 +225,14 @@ async def test_a_pump_that_falls_behind_catches_up_from_the_log_without_cutting_
     # a burst of sends overflows it.
     server.runtime.broker._queue_limit = 1
     sockets = [await GraphQLWS.connect(server.ws_url, api.token) for api in (bob, carol)]
+    pump_listens = new_listener(server, thread_channel(tid))
     for ws in sockets:
         await ws.subscribe(EVENTS, {"t": tid})
-    await asyncio.sleep(0.3)
+    # Both members joined, and the pump hears the thread live (so the burst overflows
+    # its broker queue rather than being read from the log at start).
+    both_members = fanout_members(server, 2)
+    for ws in sockets:
+        await ws.until(lambda: both_members() and pump_listens())
     frames = server.runtime.frames
     render = frames.render
 

@@ -11,8 +11,10 @@ import websockets
 
 from tests import factories
 from tests.conftest import DEV_SECRET, Clients, Server
+from tests.live import listening, new_listener, until
 from tests.wsclient import GraphQLWS
 from threadline.auth.tokens import mint_dev_token
+from threadline.realtime.channels import activity_channel, thread_channel, user_channel
 
 PRESENCE = """
 subscription($u: [ID!]!) { presence(userIds: $u) { user { username } presence { status } } }
@@ -60,8 +62,9 @@ async def test_viewer_events_follow_threads_notifications_and_membership(
 ) -> None:
     alice, bob = await clients.user("alice"), await clients.user("bob")
     ws = await GraphQLWS.connect(server.ws_url, bob.token)
+    ready = new_listener(server, user_channel(bob.id))
     await ws.subscribe(VIEWER)
-    await asyncio.sleep(0.2)
+    await ws.until(ready)
     tid = await factories.thread(alice, bob, title="Plans")
     seen: dict[str, Any] = {}
     while "ThreadMembershipChanged" not in seen or "NotificationCreated" not in seen:
@@ -70,7 +73,7 @@ async def test_viewer_events_follow_threads_notifications_and_membership(
     assert seen["ThreadMembershipChanged"]["role"] == "MEMBER"
     assert seen["ThreadMembershipChanged"]["joined"]["title"] == "Plans"
     assert seen["NotificationCreated"]["notification"]["kind"] == "ADDED_TO_THREAD"
-    await asyncio.sleep(0.3)  # the stream re-subscribes with the new thread
+    await ws.until(listening(server, thread_channel(tid)))  # the stream follows the new thread
     await factories.send(alice, tid, "lunch?")
     event = await data(ws, "viewerEvents")
     while event["__typename"] != "ThreadActivityForViewer":
@@ -86,8 +89,9 @@ async def test_receipts_are_announced_when_markers_move(server: Server, clients:
     tid = await factories.thread(alice, bob)
     sent = await factories.send(alice, tid, "read me")
     ws = await GraphQLWS.connect(server.ws_url, alice.token)
+    ready = new_listener(server, activity_channel(tid))
     await ws.subscribe(ACTIVITY, {"t": tid})
-    await asyncio.sleep(0.2)
+    await ws.until(ready)
     await bob.gql(
         "mutation($t: ID!, $s: Int!) { markRead(threadId: $t, seq: $s) { id } }",
         {"t": tid, "s": sent["seq"]},
@@ -155,5 +159,5 @@ async def test_the_server_pings_every_open_graphql_transport_ws_socket(
     message = json.loads(await asyncio.wait_for(ws.conn.recv(), 5))
     assert message == {"type": "ping"}
     await ws.close()
-    await asyncio.sleep(0.2)
-    assert not server.app.state.graphql.pinged
+    # The server's side of the close runs after the client's.
+    await until(lambda: not server.app.state.graphql.pinged)

@@ -90,6 +90,30 @@ async def test_a_reply_names_its_parent_and_counts_on_it(clients: Clients) -> No
     assert (await alice.gql(MESSAGE, {"m": parent["id"]}))["message"]["replyCount"] == 1
 
 
+async def test_deleted_replies_do_not_count_on_their_parent(clients: Clients) -> None:
+    # On PostgreSQL the count runs as the driver's own SQL, on SQLite as the
+    # SQLAlchemy statement: each backend's run checks its form.
+    alice, bob = await clients.user("alice"), await clients.user("bob")
+    thread_id = await factories.thread(alice, bob)
+    parent = await factories.send(alice, thread_id, "question")
+    replies = [
+        await factories.send(bob, thread_id, f"answer {i}", parentId=parent["id"]) for i in range(3)
+    ]
+    await bob.gql(DELETE, {"m": replies[1]["id"]})
+    assert (await alice.gql(MESSAGE, {"m": parent["id"]}))["message"]["replyCount"] == 2
+    page = await alice.gql(
+        "query($t: ID!) { thread(threadId: $t) { messages(last: 10) {"
+        " edges { node { id replyCount } } } } }",
+        {"t": thread_id},
+    )
+    counts = {e["node"]["id"]: e["node"]["replyCount"] for e in page["thread"]["messages"]["edges"]}
+    assert counts[parent["id"]] == 2
+    # Every reply deleted: no count at all, not a stale one.
+    for reply in (replies[0], replies[2]):
+        await bob.gql(DELETE, {"m": reply["id"]})
+    assert (await alice.gql(MESSAGE, {"m": parent["id"]}))["message"]["replyCount"] == 0
+
+
 async def test_a_reply_to_a_message_of_another_thread_is_not_found(clients: Clients) -> None:
     alice = await clients.user("alice")
     here, elsewhere = await factories.thread(alice), await factories.thread(alice)
@@ -185,6 +209,20 @@ async def test_the_author_may_delete_and_the_message_keeps_its_place_with_nothin
     seen = (await alice.gql(MESSAGE, {"m": sent["id"]}))["message"]
     assert (seen["body"], seen["reactions"], seen["edits"]) == ("", [], [])
     assert seqs(await history(alice, thread_id)) == [sent["seq"]]
+
+
+async def test_editing_a_deleted_message_is_a_conflict_and_changes_nothing(
+    clients: Clients,
+) -> None:
+    alice, bob = await clients.user("alice"), await clients.user("bob")
+    thread_id = await factories.thread(alice, bob)
+    sent = await factories.send(bob, thread_id, "gone soon")
+    await bob.gql(DELETE, {"m": sent["id"]})
+    last_seq = (await alice.gql(LAST_SEQ, {"t": thread_id}))["thread"]["lastSeq"]
+    assert await bob.error(EDIT, {"m": sent["id"], "b": "back from the dead"}) == "CONFLICT"
+    seen = (await alice.gql(MESSAGE, {"m": sent["id"]}))["message"]
+    assert (seen["body"], seen["editedAt"], seen["edits"]) == ("", None, [])
+    assert (await alice.gql(LAST_SEQ, {"t": thread_id}))["thread"]["lastSeq"] == last_seq
 
 
 async def test_a_thread_admin_may_delete_anyones_message_and_a_member_may_not(

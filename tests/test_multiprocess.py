@@ -108,8 +108,8 @@ async def test_a_subscriber_on_one_process_sees_messages_sent_through_another(
         alice, bob = await signed_in(http, "alice"), await signed_in(http, "bob")
         tid = await factories.thread(alice, bob)
         ws = await GraphQLWS.connect(a.ws_url, bob.token)
-        await ws.subscribe(EVENTS, {"t": tid})
-        await asyncio.sleep(0.3)
+        # From seq 0: no wait for the other process to register it.
+        await ws.subscribe(EVENTS, {"t": tid, "after": 0})
         started = time.perf_counter()
         for i in range(30):
             await factories.send(alice, tid, f"via b {i}")
@@ -209,7 +209,7 @@ async def test_an_ended_clerk_session_closes_its_sockets_on_every_process(
             await asyncio.wait_for(ws.conn.recv(), 5)
         took = time.perf_counter() - started
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
-        assert took < 1.0, took
+        assert took < 3.0, took  # typically well under a second; margin for a loaded machine
         refused = await Api(http, bob_token).raw("{ me { id } }")
         assert refused["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
 
@@ -244,8 +244,7 @@ async def test_events_committed_while_redis_was_down_still_reach_the_subscriber(
             alice, bob = await signed_in(http, "alice"), await signed_in(http, "bob")
             tid = await factories.thread(alice, bob)
             ws = await GraphQLWS.connect(server.ws_url, bob.token)
-            await ws.subscribe(EVENTS, {"t": tid})
-            await asyncio.sleep(0.3)
+            await ws.subscribe(EVENTS, {"t": tid, "after": 0})
             for i in range(20):
                 await factories.send(alice, tid, f"before {i}")
             redis_proc.kill()

@@ -199,7 +199,8 @@ async def test_redis_down_lets_calls_through_and_warns_once(
     finally:
         await limiter.aclose()
 
-    assert time.perf_counter() - started < 1.0
+    # No per-call wait on the dead Redis (100 calls); the margin is for a loaded machine.
+    assert time.perf_counter() - started < 3.0
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
     assert "unreachable" in warnings[0].getMessage()

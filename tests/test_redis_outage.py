@@ -165,8 +165,8 @@ async def test_redis_killed_mid_session_loses_no_send_and_no_socket(settings: Se
             assert alice.token is not None and bob.token is not None
             tid = await factories.thread(alice, bob)
             before = await GraphQLWS.connect(server.ws_url, bob.token)
-            await before.subscribe(EVENTS, {"t": tid})
-            await asyncio.sleep(0.3)
+            # From seq 0: no wait for the server to register it.
+            await before.subscribe(EVENTS, {"t": tid, "after": 0})
             await factories.send(alice, tid, "before")
             assert (await before.next())["payload"]["data"]["threadEvents"]["seq"] == 1
 

@@ -10,6 +10,7 @@ import websockets
 
 from tests import factories
 from tests.conftest import Clients, Server
+from tests.live import fanout_members, until
 from threadline.subscriptions import fanout
 
 # Twelve copies of the body per event: ~48 KB frames, so that a few hundred events
@@ -41,13 +42,13 @@ async def test_a_subscriber_that_never_reads_is_ended_with_a_resume_signal(
             {"id": "1", "type": "subscribe", "payload": {"query": BIG, "variables": {"t": tid}}}
         )
     )
-    await asyncio.sleep(0.2)
+    await until(fanout_members(server, 1))
     body = "x" * 4000
     for _ in range(300):  # ~14 MB of frames that bob never reads
         await factories.send(alice, tid, body)
-    await asyncio.sleep(2)
-    # The server gave up on bob: his subscription no longer holds a broker queue.
-    assert server.runtime.broker.health()["subscribers"] <= 1  # the ended-sessions listener
+    # The server gives up on bob (1 s without a frame taken): his subscription no
+    # longer holds a broker queue; only the ended-sessions listener is left.
+    await until(lambda: server.runtime.broker.health()["subscribers"] <= 1, timeout=20)
     # Reading now, bob gets what the kernel held, then the end: CONFLICT with the
     # afterSeq to resume from, which is exactly the last event he received.
     last_seen = 0

@@ -10,7 +10,9 @@ import websockets
 
 from tests import factories
 from tests.conftest import Clients, Server
+from tests.live import new_listener
 from tests.wsclient import GraphQLWS
+from threadline.realtime.channels import activity_channel
 
 EVENTS = """
 subscription($t: ID!, $after: Int) {
@@ -31,8 +33,8 @@ async def test_live_messages_arrive_in_seq_order(server: Server, clients: Client
     alice, bob = await clients.user("alice"), await clients.user("bob")
     tid = await factories.thread(alice, bob)
     ws = await GraphQLWS.connect(server.ws_url, bob.token)
-    await ws.subscribe(EVENTS, {"t": tid})
-    await asyncio.sleep(0.2)
+    # From the thread's lastSeq (0): nothing is lost while the server registers it.
+    await ws.subscribe(EVENTS, {"t": tid, "after": 0})
     for i in range(10):
         await factories.send(alice, tid, f"m{i}")
     got = [(await ws.next())["payload"]["data"]["threadEvents"] for _ in range(10)]
@@ -66,8 +68,7 @@ async def test_a_removed_participant_stops_receiving(server: Server, clients: Cl
     alice, bob = await clients.user("alice"), await clients.user("bob")
     tid = await factories.thread(alice, bob)
     ws = await GraphQLWS.connect(server.ws_url, bob.token)
-    await ws.subscribe(EVENTS, {"t": tid})
-    await asyncio.sleep(0.2)
+    await ws.subscribe(EVENTS, {"t": tid, "after": 0})
     await alice.gql(
         "mutation($t: ID!, $u: ID!) { removeParticipant(threadId: $t, userId: $u) }",
         {"t": tid, "u": bob.id},
@@ -108,8 +109,9 @@ async def test_typing_is_announced_and_expires_by_itself(server: Server, clients
     # lands inside it on a loaded machine.
     server.runtime.typing.window = 2.0
     ws = await GraphQLWS.connect(server.ws_url, bob.token)
+    ready = new_listener(server, activity_channel(tid))
     await ws.subscribe(ACTIVITY, {"t": tid})
-    await asyncio.sleep(0.2)
+    await ws.until(ready)
     typing = "mutation($t: ID!) { setTyping(threadId: $t, isTyping: true) }"
     await alice.gql(typing, {"t": tid})
     await alice.gql(typing, {"t": tid})  # inside the window: nothing new
@@ -138,9 +140,9 @@ async def test_the_legacy_graphql_ws_protocol_streams_events_in_order(
     init = {"type": "connection_init", "payload": {"authorization": f"Bearer {bob.token}"}}
     await conn.send(json.dumps(init))
     assert json.loads(await asyncio.wait_for(conn.recv(), 10))["type"] == "connection_ack"
-    start = {"type": "start", "id": "7", "payload": {"query": EVENTS, "variables": {"t": tid}}}
+    variables = {"t": tid, "after": 0}
+    start = {"type": "start", "id": "7", "payload": {"query": EVENTS, "variables": variables}}
     await conn.send(json.dumps(start))
-    await asyncio.sleep(0.2)
     for i in range(3):
         await factories.send(alice, tid, f"old {i}")
     got = []
@@ -164,7 +166,7 @@ async def test_a_viewer_dependent_selection_is_rendered_for_each_subscriber(
     alice, bob = await clients.users("alice", "bob")
     tid = await factories.thread(alice, bob)
     query = """
-    subscription($t: ID!) { threadEvents(threadId: $t) {
+    subscription($t: ID!) { threadEvents(threadId: $t, afterSeq: 0) {
       seq ... on ReactionChanged { reactions { emoji reactedByMe } } } }
     """
     sockets = {
@@ -173,7 +175,6 @@ async def test_a_viewer_dependent_selection_is_rendered_for_each_subscriber(
     }
     for ws in sockets.values():
         await ws.subscribe(query, {"t": tid})
-    await asyncio.sleep(0.2)
     message = await factories.send(alice, tid, "react to me")
     await bob.gql(
         'mutation($m: ID!) { addReaction(messageId: $m, emoji: "👍") { id } }', {"m": message["id"]}
@@ -183,4 +184,31 @@ async def test_a_viewer_dependent_selection_is_rendered_for_each_subscriber(
         reactions = (await ws.next())["payload"]["data"]["threadEvents"]["reactions"]
         assert reactions == [{"emoji": "👍", "reactedByMe": name == "bob"}]
     for ws in sockets.values():
+        await ws.close()
+
+
+async def test_deleting_the_thread_sends_thread_deleted_then_ends_every_subscription(
+    server: Server, clients: Clients
+) -> None:
+    alice, bob = await clients.users("alice", "bob")
+    tid = await factories.thread(alice, bob)
+    await factories.send(alice, tid, "last words")
+    query = """subscription($t: ID!, $after: Int) { threadEvents(threadId: $t, afterSeq: $after) {
+      __typename seq threadId actor { username } at } }"""
+    sockets = [await GraphQLWS.connect(server.ws_url, api.token) for api in (alice, bob)]
+    for ws in sockets:
+        await ws.subscribe(query, {"t": tid, "after": 1})
+    await alice.gql("mutation($t: ID!) { deleteThread(threadId: $t) }", {"t": tid})
+    for ws in sockets:
+        event = (await ws.next())["payload"]["data"]["threadEvents"]
+        assert event["__typename"] == "ThreadDeleted"
+        assert (event["seq"], event["threadId"], event["actor"]) == (2, tid, {"username": "alice"})
+        assert (await ws.next())["type"] == "complete"
+    # The thread is gone: a new subscription is refused, a resuming one too.
+    again = await sockets[1].subscribe(query, {"t": tid, "after": 0})
+    refused = await sockets[1].next()
+    assert refused["id"] == again and refused["type"] in {"error", "next"}
+    errors = refused["payload"] if refused["type"] == "error" else refused["payload"]["errors"]
+    assert errors[0]["extensions"]["code"] == "NOT_FOUND"
+    for ws in sockets:
         await ws.close()

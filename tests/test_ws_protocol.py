@@ -16,7 +16,9 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 from tests.conftest import Clients, Server, start_server, stop_server, token_for
+from tests.live import until
 from threadline.config import Settings
+from threadline.realtime.channels import user_channel
 
 TRANSPORT = "graphql-transport-ws"
 LEGACY = "graphql-ws"
@@ -106,7 +108,8 @@ async def test_a_connection_over_the_limit_closes_once_with_4429(
     assert await close_code(conn) == 4429
     for open_conn in accepted:
         await open_conn.close()
-    await asyncio.sleep(0.2)  # the server's side of the close runs after the client's
+    # The server's side of the close runs after the client's.
+    await until(lambda: not limited.app.state.graphql.connections)
     assert tracebacks(caplog) == []
 
 
@@ -145,9 +148,11 @@ async def test_a_subscribe_past_the_limit_is_rate_limited_and_the_connection_sta
     alice = await clients.user("alice")
     assert alice.token is not None
     conn = await acked(server.ws_url, protocol, alice.token)
-    for i in range(server.runtime.settings.max_subscriptions_per_connection):
+    ceiling = server.runtime.settings.max_subscriptions_per_connection
+    for i in range(ceiling):
         await conn.send(subscribe(protocol, str(i), {"query": VIEWER}))
-    await asyncio.sleep(0.5)
+    streams = server.runtime.broker.listeners
+    await until(lambda: len(streams(user_channel(alice.id))) == ceiling)
     await conn.send(subscribe(protocol, "over", {"query": VIEWER}))
     message = await receive(conn)
     assert message["type"] == "error", message
@@ -159,7 +164,7 @@ async def test_a_subscribe_past_the_limit_is_rate_limited_and_the_connection_sta
     # The connection stays: ending one subscription makes room for another.
     stop = "complete" if protocol == TRANSPORT else "stop"
     await conn.send(json.dumps({"id": "0", "type": stop}))
-    await asyncio.sleep(0.3)
+    await until(lambda: len(streams(user_channel(alice.id))) == ceiling - 1)
     presence = "subscription($u: [ID!]!) { presence(userIds: $u) { user { username } } }"
     await conn.send(
         subscribe(protocol, "again", {"query": presence, "variables": {"u": [alice.id]}})

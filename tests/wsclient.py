@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import websockets
@@ -15,6 +17,8 @@ class GraphQLWS:
     def __init__(self, conn: ClientConnection) -> None:
         self.conn = conn
         self._ids = itertools.count(1)
+        # Answers read while waiting in `until`, handed out first by `next`.
+        self._held: deque[dict[str, Any]] = deque()
 
     @classmethod
     async def connect(cls, url: str, token: str | None) -> GraphQLWS:
@@ -43,15 +47,49 @@ class GraphQLWS:
 
     async def next(self, timeout: float = 10) -> dict[str, Any]:
         """The next `next`/`error` message, answering pings on the way."""
+        if self._held:
+            return self._held.popleft()
         while True:
-            raw = await asyncio.wait_for(self.conn.recv(), timeout)
-            assert isinstance(raw, str), f"a binary frame: {raw!r}"  # graphql-ws reads text
-            message = json.loads(raw)
-            if message["type"] == "ping":
-                await self.conn.send(json.dumps({"type": "pong"}))
+            message = await self._answer(timeout)
+            if message is not None:
+                return message
+
+    async def until(self, ready: Callable[[], bool], timeout: float = 10) -> None:
+        """Wait until `ready()` holds (the server has registered a subscription) or
+        the server refuses or ends an operation (it never will be), polling instead
+        of sleeping a guessed time. Messages read meanwhile are kept for `next`.
+        Fails after `timeout` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not ready():
+            assert loop.time() < deadline, f"not ready within {timeout}s"
+            try:
+                # Cancelling recv() loses nothing (websockets' asyncio client).
+                message = await self._answer(0.01)
+            except TimeoutError:
                 continue
-            if message["type"] in {"next", "error", "complete"}:
-                return message  # type: ignore[no-any-return]
+            if message is not None:
+                self._held.append(message)
+                if _ends_an_operation(message):
+                    return
+
+    async def _answer(self, timeout: float) -> dict[str, Any] | None:
+        """One message off the socket: an answer, or None for a ping (answered)."""
+        raw = await asyncio.wait_for(self.conn.recv(), timeout)
+        assert isinstance(raw, str), f"a binary frame: {raw!r}"  # graphql-ws reads text
+        message: dict[str, Any] = json.loads(raw)
+        if message["type"] == "ping":
+            await self.conn.send(json.dumps({"type": "pong"}))
+            return None
+        return message if message["type"] in {"next", "error", "complete"} else None
 
     async def close(self) -> None:
         await self.conn.close()
+
+
+def _ends_an_operation(message: dict[str, Any]) -> bool:
+    """`error`, `complete`, or a `next` that carries errors and no data (a refusal)."""
+    if message["type"] != "next":
+        return True
+    payload = message.get("payload") or {}
+    return bool(payload.get("errors")) and payload.get("data") is None

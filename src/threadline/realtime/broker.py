@@ -333,6 +333,14 @@ class Broker:
 
     # -- health ------------------------------------------------------------------
 
+    def listeners(self, channel: str) -> frozenset[Subscriber]:
+        """The local subscribers of ``channel`` whose backend subscription is
+        confirmed: a message published from now on reaches them."""
+        state = self._channels.get(channel)
+        if state is None or not state.ready.is_set():
+            return frozenset()
+        return frozenset(state.subscribers)
+
     def health(self) -> dict[str, Any]:
         """For ``/readyz``: backend, connected, reconnects, last_error, and the
         local channel and subscriber counts."""

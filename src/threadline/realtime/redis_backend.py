@@ -81,6 +81,11 @@ class RedisBackend(BroadcastBackend):
     ) -> None:
         # BroadcastBackend.__init__ only raises NotImplementedError: not called.
         self._url = url
+        # Pub/sub ignores database numbers: a deployment on database N gets its
+        # channels under "dbN:" so that it hears no other deployment (or test run)
+        # sharing the server. Database 0 keeps plain names, as before.
+        self._namespace = channel_namespace(url)
+        self._namespace_bytes = len(self._namespace.encode())
         self._connect_timeout = connect_timeout
         self._publish_timeout = publish_timeout
         self._subscribe_timeout = subscribe_timeout
@@ -170,7 +175,9 @@ class RedisBackend(BroadcastBackend):
         # SUBSCRIBE, so a publish made after we return reaches this process.
         token, answered = self._new_barrier()
         try:
-            await self._send(connection, [("SUBSCRIBE", channel), ("PING", token)])
+            await self._send(
+                connection, [("SUBSCRIBE", self._namespace + channel), ("PING", token)]
+            )
             async with asyncio.timeout(self._subscribe_timeout):
                 await answered
         except (RedisError, OSError) as exc:
@@ -186,7 +193,7 @@ class RedisBackend(BroadcastBackend):
         if connection is None:
             return
         try:
-            await self._send(connection, [("UNSUBSCRIBE", channel)])
+            await self._send(connection, [("UNSUBSCRIBE", self._namespace + channel)])
         except (RedisError, OSError) as exc:
             # A broken connection has dropped every subscription anyway, and the
             # next one subscribes only the channels still wanted.
@@ -230,8 +237,9 @@ class RedisBackend(BroadcastBackend):
                 raise BrokerUnavailable("the Redis backend is not connected")
             async with asyncio.timeout(self._publish_timeout):
                 pipe = publisher.pipeline(transaction=False)
+                namespace = self._namespace
                 for channel, message, _ in batch:
-                    pipe.publish(channel, message)
+                    pipe.publish(namespace + channel, message)
                 await pipe.execute()
         except BrokerUnavailable as exc:
             failure = exc
@@ -281,7 +289,7 @@ class RedisBackend(BroadcastBackend):
             # missed messages: with none, the restored connection is not news.
             self._announce_ready = bool(self._channels)
             if self._channels:
-                commands.append(("SUBSCRIBE", *self._channels))
+                commands.append(("SUBSCRIBE", *(self._namespace + c for c in self._channels)))
             commands.append(("PING", self._ready_token))
             # The channel snapshot and this write happen with no await between
             # them, and from here on subscribe() writes on this connection too,
@@ -315,6 +323,7 @@ class RedisBackend(BroadcastBackend):
 
     async def _read(self, connection: AbstractConnection) -> None:
         events = self._events
+        cut = self._namespace_bytes
         batch = 0
         while True:
             reply = await connection.read_response()
@@ -325,7 +334,7 @@ class RedisBackend(BroadcastBackend):
                     # RESP2 without decode_responses: channel and payload are bytes.
                     # "replace": a stray non-UTF-8 publish must not cost everyone a
                     # reconnection; our own messages are always valid text.
-                    channel, payload = cast(bytes, reply[1]), cast(bytes, reply[2])
+                    channel, payload = cast(bytes, reply[1])[cut:], cast(bytes, reply[2])
                     await events.put(
                         Event(channel.decode(errors="replace"), payload.decode(errors="replace"))
                     )
@@ -417,6 +426,12 @@ class RedisBackend(BroadcastBackend):
         else:
             self._outage_logged = True
             logger.warning("Redis subscriber connection failed: %s", self._last_error)
+
+
+def channel_namespace(url: str) -> str:
+    """The prefix of every channel name for a Redis URL: "dbN:" for database N > 0."""
+    database = int(parse_url(url).get("db") or 0)
+    return f"db{database}:" if database else ""
 
 
 def _describe(exc: BaseException) -> str:

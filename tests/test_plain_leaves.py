@@ -1,0 +1,34 @@
+"""The plain-leaves executor answers a page's scalar fields itself, and answers them right."""
+
+from __future__ import annotations
+
+from tests import factories
+from tests.conftest import Clients, Server
+from threadline.schema.plain_leaves import plain_leaves
+
+PAGE = """
+query($t: ID!) { thread(threadId: $t) { messages(last: 10) {
+  edges { node { seq body clientId status } } } } }
+"""
+
+
+async def test_a_page_of_messages_has_its_scalar_fields_read_by_the_plain_leaves_executor(
+    server: Server, clients: Clients
+) -> None:
+    alice, bob = await clients.users("alice", "bob")
+    tid = await factories.thread(alice, bob)
+    for i in range(10):
+        await factories.send(alice, tid, f"m{i}", clientId=f"c{i}" if i % 2 else None)
+    schema = server.app.state.graphql.schema
+    executor = schema.known_operations.executor_class
+    # Of the selected fields, those with no resolver of their own (seq, clientId...).
+    plain = {"seq", "body", "clientId", "status"} & set(plain_leaves(schema)["Message"])
+    assert {"seq", "clientId"} <= plain
+    before = executor.answered
+    page = (await bob.gql(PAGE, {"t": tid}))["thread"]["messages"]["edges"]
+    # Each of them, for each of the 10 messages (the null clientIds included).
+    assert executor.answered - before == 10 * len(plain)
+    assert [e["node"] for e in page] == [
+        {"seq": i + 1, "body": f"m{i}", "clientId": f"c{i}" if i % 2 else None, "status": "SENT"}
+        for i in range(10)
+    ]
