@@ -11,7 +11,6 @@ import contextlib
 import os
 import shutil
 import signal
-import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from svix.webhooks import Webhook
 
 from tests import factories
 from tests.conftest import BACKEND, DEV_SECRET, SIGNING_SECRET, Api, free_port, token_for
+from tests.processes import spawn_serve
 from tests.test_thread_events import EVENTS
 from tests.wsclient import GraphQLWS
 from threadline.config import Settings
@@ -55,26 +55,8 @@ async def spawn(settings: Settings, redis_url: str) -> Process:
         "RATE_LIMITS": "off",
         "CLERK_WEBHOOK_SECRET": WEBHOOK_SECRET,
     }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "threadline",
-        "serve",
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-        env=env,
-    )
-    base = f"http://127.0.0.1:{port}"
-    async with httpx.AsyncClient() as http:
-        for _ in range(150):
-            with contextlib.suppress(httpx.HTTPError):
-                if (await http.get(f"{base}/healthz")).status_code == 200:
-                    return Process(base, proc)
-            await asyncio.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("server process did not start")
+    proc = await spawn_serve(port, env)
+    return Process(f"http://127.0.0.1:{port}", proc)
 
 
 async def stop(process: Process) -> None:

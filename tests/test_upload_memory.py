@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import json
 import os
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,6 +20,7 @@ import httpx
 import pytest
 
 from tests.conftest import DEV_SECRET, SIGNING_SECRET, free_port, token_for
+from tests.processes import spawn_serve
 from tests.uploads import UPLOAD, image
 from threadline.config import Settings
 
@@ -52,27 +52,9 @@ async def _serve(settings: Settings, tmp: Path) -> AsyncIterator[tuple[str, int]
         "TMPDIR": str(tmp / "spool"),
     }
     env.pop("REDIS_URL", None)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "threadline",
-        "serve",
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-        env=env,
-    )
+    proc = await spawn_serve(port, env)
     base = f"http://127.0.0.1:{port}"
     try:
-        async with httpx.AsyncClient() as http:
-            for _ in range(150):
-                with contextlib.suppress(httpx.HTTPError):
-                    if (await http.get(f"{base}/healthz")).status_code == 200:
-                        break
-                await asyncio.sleep(0.1)
-            else:
-                raise RuntimeError("server process did not start")
         yield base, proc.pid
     finally:
         proc.terminate()

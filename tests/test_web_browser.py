@@ -7,12 +7,10 @@ $THREADLINE_SCREENSHOTS, or to a `screenshots` folder under pytest's base temp d
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import json
 import os
 import re
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +24,7 @@ from pydantic import SecretStr
 
 from tests import factories
 from tests.conftest import DEV_SECRET, Api, Clients, Server, free_port, start_server, stop_server
+from tests.processes import spawn_serve
 from tests.test_clerk_tokens_http import clerk_token
 from tests.test_web_routes import FRONTEND_API, PUBLISHABLE_KEY
 from threadline.config import Environment, Settings
@@ -562,18 +561,7 @@ async def spawn(settings: Settings, redis_url: str | None, port: int) -> asyncio
     env.pop("REDIS_URL", None)
     if redis_url:
         env["REDIS_URL"] = redis_url
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "threadline", "serve", "--port", str(port), "--log-level", "warning",
-        env=env,
-    )  # fmt: skip
-    async with httpx.AsyncClient() as http:
-        for _ in range(300):
-            with contextlib.suppress(httpx.HTTPError):
-                if (await http.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200:
-                    return proc
-            await asyncio.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("threadline serve did not start")
+    return await spawn_serve(port, env)
 
 
 async def stop(proc: asyncio.subprocess.Process) -> None:
