@@ -35,7 +35,14 @@ from tests.conftest import (
     start_server,
     stop_server,
 )
-from threadline.backups import BackupError, create_backup, prune_backups, restore_backup
+from tests.deployment import threadline
+from threadline.backups import (
+    BackupError,
+    NotAFolder,
+    create_backup,
+    prune_backups,
+    restore_backup,
+)
 from threadline.backups.manifest import MANIFEST, PREFIX
 from threadline.backups.postgres import find_tool, libpq_target, scrub
 from threadline.config import Settings
@@ -319,6 +326,27 @@ async def test_the_backup_and_restore_commands(
     done = await asyncio.to_thread(run, empty_target, "restore", str(folder))
     assert done.returncode == 0, done.stderr
     assert "23 messages, 2 files" in done.stdout
+
+
+async def test_backup_into_a_path_that_is_a_file_is_one_line_and_exit_code_2(
+    settings: Settings, tmp_path: Path
+) -> None:
+    existing = tmp_path / "not-a-folder"
+    existing.write_bytes(b"keep me")
+    for target in (existing, existing / "below"):
+        with pytest.raises(NotAFolder, match="is not a folder"):
+            await create_backup(settings, target)
+        done = await asyncio.to_thread(
+            threadline, "backup", str(target), database_url=settings.database_url, tmp_path=tmp_path
+        )
+        assert done.returncode == 2, done.stderr
+        assert "Traceback" not in done.stderr
+        # Besides the INFO lines that alembic logs as it loads, one line says what is wrong.
+        said = [line for line in done.stderr.splitlines() if " INFO " not in line]
+        assert said == [
+            f"threadline: backup: {target} is not a folder (it or a folder above it is a file)"
+        ]
+    assert existing.read_bytes() == b"keep me"
 
 
 async def test_a_database_that_cannot_be_copied_is_a_clear_error_and_leaves_no_folder(

@@ -26,6 +26,7 @@ from threadline.backups.manifest import (
     UPLOADS,
     BackupError,
     Manifest,
+    NotAFolder,
     StoredFile,
     copy_file,
     is_backup,
@@ -38,7 +39,14 @@ from threadline.backups.sqlite import SqliteDatabase
 from threadline.config import Settings
 from threadline.migrate import MIGRATIONS_DIR, head_revision, upgrade_to_head_async
 
-__all__ = ["BackupError", "Manifest", "create_backup", "prune_backups", "restore_backup"]
+__all__ = [
+    "BackupError",
+    "Manifest",
+    "NotAFolder",
+    "create_backup",
+    "prune_backups",
+    "restore_backup",
+]
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +92,18 @@ def _new_folder(parent: Path) -> Path:
 
 
 def _start(parent: Path) -> Path:
-    parent.mkdir(parents=True, exist_ok=True)
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as exc:
+        raise NotAFolder(f"{parent} is not a folder (it or a folder above it is a file)") from exc
+    except OSError as exc:
+        raise BackupError(f"cannot create {parent}: {exc.strerror or exc}") from exc
     work = _new_folder(parent)
     work = work.with_name(work.name + ".partial")
-    work.mkdir()
+    try:
+        work.mkdir()
+    except OSError as exc:
+        raise BackupError(f"cannot write in {parent}: {exc.strerror or exc}") from exc
     return work
 
 

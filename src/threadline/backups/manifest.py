@@ -29,6 +29,10 @@ class BackupError(Exception):
     """A backup or restore cannot go on; the message says why in one line."""
 
 
+class NotAFolder(BackupError):
+    """The folder given to write backups into is a file: the operator's input is wrong."""
+
+
 @dataclass
 class StoredFile:
     bytes: int
