@@ -8,6 +8,7 @@ as the first did; the attachment files are the same bytes.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import subprocess
@@ -35,7 +36,16 @@ from tests.conftest import (
     start_server,
     stop_server,
 )
-from threadline.backups import BackupError, create_backup, prune_backups, restore_backup
+from tests.deployment import threadline
+from threadline.backups import (
+    BackupError,
+    Manifest,
+    NotAFolder,
+    create_backup,
+    database_of,
+    prune_backups,
+    restore_backup,
+)
 from threadline.backups.manifest import MANIFEST, PREFIX
 from threadline.backups.postgres import find_tool, libpq_target, scrub
 from threadline.config import Settings
@@ -286,6 +296,99 @@ async def test_restore_refuses_a_backup_of_an_unknown_schema_or_with_a_damaged_f
         await restore_backup(empty_target, folder.parent)
 
 
+def flip_one_byte(path: Path) -> bytes:
+    """Change one byte in the middle of a file, keeping its size; the original bytes."""
+    original = path.read_bytes()
+    damaged = bytearray(original)
+    damaged[len(damaged) // 2] ^= 0x01
+    path.write_bytes(bytes(damaged))
+    return original
+
+
+async def assert_untouched(target: Settings) -> None:
+    """The empty target is as it was: no table, no row, no upload folder."""
+    facts = await database_of(target).facts()
+    assert (facts.revision, facts.counts) == (None, {})
+    assert not target.upload_dir.exists()
+
+
+async def assert_restored(target: Settings, manifest: Manifest) -> None:
+    facts = await database_of(target).facts()
+    assert facts.counts == manifest.counts
+    restored = {key: (target.upload_dir / key).read_bytes() for key in manifest.files}
+    assert {key: hashlib.sha256(data).hexdigest() for key, data in restored.items()} == {
+        key: entry.sha256 for key, entry in manifest.files.items()
+    }
+    assert sorted(p.name for p in target.upload_dir.iterdir() if p.name.startswith(".")) == []
+
+
+@pytest.mark.parametrize("tampered", ["file", "dump"])
+async def test_a_restore_that_fails_a_checksum_changes_nothing_and_a_retry_works(
+    tampered: str,
+    server: Server,
+    settings: Settings,
+    clients: Clients,
+    empty_target: Settings,
+    tmp_path: Path,
+) -> None:
+    await populate(server, settings, clients)
+    folder, manifest = await create_backup(settings, tmp_path / "backups")
+    assert manifest.database_sha256 is not None
+    if tampered == "file":
+        # The last file: the others would be copied before it is met.
+        damaged = folder / "uploads" / sorted(manifest.files)[-1]
+    else:
+        damaged = folder / manifest.database_file
+    original = flip_one_byte(damaged)
+    with pytest.raises(BackupError, match="does not match its checksum"):
+        await restore_backup(empty_target, folder)
+    await assert_untouched(empty_target)
+
+    damaged.write_bytes(original)  # repaired: the retry needs no --force
+    await restore_backup(empty_target, folder)
+    await assert_restored(empty_target, manifest)
+
+
+async def test_a_restore_that_fails_after_the_database_was_restored_changes_nothing(
+    server: Server, settings: Settings, clients: Clients, empty_target: Settings, tmp_path: Path
+) -> None:
+    await populate(server, settings, clients)
+    folder, manifest = await create_backup(settings, tmp_path / "backups")
+    body: dict[str, Any] = json.loads((folder / MANIFEST).read_text())
+    body["counts"]["messages"] += 1  # checksums hold; the restored rows will not match
+    (folder / MANIFEST).write_text(json.dumps(body))
+    with pytest.raises(BackupError, match=r"row counts .* differ"):
+        await restore_backup(empty_target, folder)
+    await assert_untouched(empty_target)
+
+    body["counts"]["messages"] -= 1
+    (folder / MANIFEST).write_text(json.dumps(body))
+    await restore_backup(empty_target, folder)
+    await assert_restored(empty_target, manifest)
+
+
+async def test_a_manifest_of_format_1_without_the_database_checksum_is_still_restored(
+    server: Server, settings: Settings, clients: Clients, empty_target: Settings, tmp_path: Path
+) -> None:
+    await populate(server, settings, clients)
+    folder, manifest = await create_backup(settings, tmp_path / "backups")
+    body: dict[str, Any] = json.loads((folder / MANIFEST).read_text())
+    assert body["format_version"] == 2
+    body["format_version"] = 1
+    del body["database_sha256"]
+    (folder / MANIFEST).write_text(json.dumps(body))
+    # What it records is still checked: the database file's size.
+    dump = folder / manifest.database_file
+    original = dump.read_bytes()
+    dump.write_bytes(original + b"x")
+    with pytest.raises(BackupError, match="damaged"):
+        await restore_backup(empty_target, folder)
+    await assert_untouched(empty_target)
+    dump.write_bytes(original)
+    await restore_backup(empty_target, folder)
+    await assert_restored(empty_target, manifest)
+
+
 async def test_the_backup_and_restore_commands(
     server: Server, settings: Settings, clients: Clients, empty_target: Settings, tmp_path: Path
 ) -> None:
@@ -319,6 +422,27 @@ async def test_the_backup_and_restore_commands(
     done = await asyncio.to_thread(run, empty_target, "restore", str(folder))
     assert done.returncode == 0, done.stderr
     assert "23 messages, 2 files" in done.stdout
+
+
+async def test_backup_into_a_path_that_is_a_file_is_one_line_and_exit_code_2(
+    settings: Settings, tmp_path: Path
+) -> None:
+    existing = tmp_path / "not-a-folder"
+    existing.write_bytes(b"keep me")
+    for target in (existing, existing / "below"):
+        with pytest.raises(NotAFolder, match="is not a folder"):
+            await create_backup(settings, target)
+        done = await asyncio.to_thread(
+            threadline, "backup", str(target), database_url=settings.database_url, tmp_path=tmp_path
+        )
+        assert done.returncode == 2, done.stderr
+        assert "Traceback" not in done.stderr
+        # Besides the INFO lines that alembic logs as it loads, one line says what is wrong.
+        said = [line for line in done.stderr.splitlines() if " INFO " not in line]
+        assert said == [
+            f"threadline: backup: {target} is not a folder (it or a folder above it is a file)"
+        ]
+    assert existing.read_bytes() == b"keep me"
 
 
 async def test_a_database_that_cannot_be_copied_is_a_clear_error_and_leaves_no_folder(

@@ -460,6 +460,24 @@ async def test_user_deleted_closes_the_users_live_websocket_with_4401(
     assert ws.close_code == 4401
 
 
+async def test_user_deleted_for_an_unknown_or_already_deleted_user_is_ignored(
+    server: Server, http: httpx.AsyncClient, clients: Clients
+) -> None:
+    unknown = clerk_id()
+    response = await deliver(server, http, deleted_event(unknown))
+    assert (response.status_code, response.json()) == (200, {"status": "ignored"})
+    # The tombstone is still written: a late user.created does not bring them in.
+    late = user_event(unknown, updated_at=T0 + 5000)
+    assert (await deliver(server, http, late)).json() == {"status": "ignored"}
+
+    known = clerk_id()
+    await deliver(server, http, user_event(known))
+    first = await deliver(server, http, deleted_event(known))
+    assert first.json() == {"status": "applied"}
+    again = await deliver(server, http, deleted_event(known))
+    assert (again.status_code, again.json()) == (200, {"status": "ignored"})
+
+
 # ---------------------------------------------------------------- session.ended
 
 

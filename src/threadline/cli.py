@@ -142,11 +142,15 @@ def cmd_seed(args: argparse.Namespace) -> int:
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
-    from threadline.backups import BackupError, create_backup
+    from threadline.backups import BackupError, NotAFolder, create_backup
 
     settings = _settings()
     try:
         path, manifest = asyncio.run(create_backup(settings, args.dir, keep=args.keep))
+    except NotAFolder as exc:
+        # A wrong argument, like the other usage errors: exit 2.
+        print(f"threadline: backup: {exc}", file=sys.stderr)
+        return 2
     except BackupError as exc:
         print(f"threadline: backup failed: {exc}", file=sys.stderr)
         return 1

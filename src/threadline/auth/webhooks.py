@@ -115,7 +115,9 @@ async def _apply(uow: UnitOfWork, event_type: str, data: Mapping[str, Any]) -> _
         changed = await clerk_sync.apply_user_event(uow, data)
         return _Applied("applied" if changed else "ignored")
     if event_type == "user.deleted":
-        await clerk_sync.delete_user(uow, data)
+        # A user never seen (only a tombstone is written) or already deleted: nothing applied.
+        if await clerk_sync.delete_user(uow, data) is None:
+            return _Applied("ignored")
         return _Applied("applied", deleted_users=[str(data["id"])])
     if event_type in SESSION_ENDINGS:
         ended = await clerk_sync.end_clerk_session(uow, data, event_type)

@@ -14,20 +14,25 @@ import importlib.metadata
 import logging
 import os
 import time
+import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
+from sqlalchemy.engine import make_url
 
 from threadline.backups.manifest import (
     PREFIX,
     UPLOADS,
     BackupError,
     Manifest,
+    NotAFolder,
     StoredFile,
     copy_file,
+    file_sha256,
     is_backup,
     key_path,
     remove_tree,
@@ -38,7 +43,14 @@ from threadline.backups.sqlite import SqliteDatabase
 from threadline.config import Settings
 from threadline.migrate import MIGRATIONS_DIR, head_revision, upgrade_to_head_async
 
-__all__ = ["BackupError", "Manifest", "create_backup", "prune_backups", "restore_backup"]
+__all__ = [
+    "BackupError",
+    "Manifest",
+    "NotAFolder",
+    "create_backup",
+    "prune_backups",
+    "restore_backup",
+]
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +66,7 @@ class DumpableDatabase(Protocol):
     async def dump(self, target: Path) -> Facts: ...
     async def holds_rows(self) -> bool: ...
     async def facts(self) -> Facts: ...
-    async def restore(self, source: Path) -> None: ...
+    async def restore(self, source: Path, finish: Callable[[str], Awaitable[None]]) -> None: ...
 
 
 def database_of(settings: Settings) -> DumpableDatabase:
@@ -65,6 +77,14 @@ def database_of(settings: Settings) -> DumpableDatabase:
     if settings.database_url.startswith("postgresql"):
         return PostgresDatabase(settings.database_url)
     raise BackupError("DATABASE_URL is neither PostgreSQL nor SQLite")
+
+
+def database_at(database_url: str) -> DumpableDatabase:
+    """The engine class for a URL (a restore's scratch copy has no Settings of its own)."""
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite" and url.database:
+        return SqliteDatabase(Path(url.database))
+    return PostgresDatabase(database_url)
 
 
 def _version() -> str:
@@ -84,10 +104,18 @@ def _new_folder(parent: Path) -> Path:
 
 
 def _start(parent: Path) -> Path:
-    parent.mkdir(parents=True, exist_ok=True)
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as exc:
+        raise NotAFolder(f"{parent} is not a folder (it or a folder above it is a file)") from exc
+    except OSError as exc:
+        raise BackupError(f"cannot create {parent}: {exc.strerror or exc}") from exc
     work = _new_folder(parent)
     work = work.with_name(work.name + ".partial")
-    work.mkdir()
+    try:
+        work.mkdir()
+    except OSError as exc:
+        raise BackupError(f"cannot write in {parent}: {exc.strerror or exc}") from exc
     return work
 
 
@@ -133,6 +161,7 @@ async def create_backup(
     work = await asyncio.to_thread(_start, parent)
     try:
         facts = await database.dump(work / database.file_name)
+        dump_sha256 = await asyncio.to_thread(file_sha256, work / database.file_name)
         files, missing = await asyncio.to_thread(
             _copy_files, settings.upload_dir, work, facts.storage_keys
         )
@@ -146,6 +175,7 @@ async def create_backup(
             backend=database.backend,
             database_file=database.file_name,
             database_bytes=(work / database.file_name).stat().st_size,
+            database_sha256=dump_sha256,
             schema_revision=facts.revision,
             threadline_version=_version(),
             counts=facts.counts,
@@ -185,8 +215,20 @@ def _known_revision(revision: str | None) -> None:
         )
 
 
+# Restored files are staged here, inside the upload folder: one filesystem, so moving
+# them into place is a rename (beside it would be another volume under compose, where
+# the upload folder is a mount point and its parent is not writable by the app).
+STAGING_PREFIX = ".restore-"
+
+
 def _upload_dir_has_files(folder: Path) -> bool:
-    return folder.exists() and any(path.is_file() for path in folder.rglob("*"))
+    if not folder.exists():
+        return False
+    return any(
+        path.is_file()
+        for path in folder.rglob("*")
+        if not path.relative_to(folder).parts[0].startswith(STAGING_PREFIX)
+    )
 
 
 def _resolve(path: Path) -> Path:
@@ -201,27 +243,56 @@ def _resolve(path: Path) -> Path:
 
 
 def _check_backup(folder: Path, manifest: Manifest) -> None:
+    """Every checksum the manifest records, checked before anything of the target changes."""
     dump = folder / manifest.database_file
     if not dump.is_file():
         raise BackupError(f"{dump} is missing: the backup is incomplete")
+    if dump.stat().st_size != manifest.database_bytes:
+        raise BackupError(f"the backup's {manifest.database_file} is damaged (its size differs)")
+    # Version 1 manifests recorded no checksum of the database: their size is what is checked.
+    if manifest.database_sha256 is not None and file_sha256(dump) != manifest.database_sha256:
+        raise BackupError(f"the backup's {manifest.database_file} does not match its checksum")
     for key, entry in manifest.files.items():
         stored = key_path(folder / UPLOADS, key)
         if not stored.is_file() or stored.stat().st_size != entry.bytes:
             raise BackupError(f"the backup's copy of attachment file {key!r} is missing or damaged")
 
 
-def _restore_files(folder: Path, manifest: Manifest, upload_dir: Path) -> None:
-    for key, entry in manifest.files.items():
-        restored = copy_file(key_path(folder / UPLOADS, key), key_path(upload_dir, key))
-        if restored.sha256 != entry.sha256:
-            raise BackupError(f"attachment file {key!r} in the backup does not match its checksum")
+def _stage_files(folder: Path, manifest: Manifest, upload_dir: Path) -> Path:
+    """The backup's files copied and checked into a staging folder; the target is untouched."""
+    upload_dir.mkdir(parents=True, exist_ok=True)
+    for stale in upload_dir.glob(f"{STAGING_PREFIX}*"):
+        remove_tree(stale)  # left by a restore that was killed
+    staging = upload_dir / f"{STAGING_PREFIX}{uuid.uuid4().hex}"
+    staging.mkdir()
+    try:
+        for key, entry in manifest.files.items():
+            staged = copy_file(key_path(folder / UPLOADS, key), key_path(staging, key))
+            if staged != entry:
+                raise BackupError(
+                    f"attachment file {key!r} in the backup does not match its checksum"
+                )
+    except BaseException:
+        remove_tree(staging)
+        raise
+    return staging
+
+
+def _move_into_place(staging: Path, manifest: Manifest, upload_dir: Path) -> None:
+    for key in manifest.files:
+        target = key_path(upload_dir, key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(key_path(staging, key), target)
 
 
 async def restore_backup(settings: Settings, path: Path, *, force: bool = False) -> Manifest:
     """Bring a backup's database and files into this deployment, then migrate to head.
 
     Refuses a database that has rows, or an upload folder that has files, unless
-    ``force``; the server must not be running against the target meanwhile.
+    ``force``; the server must not be running against the target meanwhile. Every
+    checksum is verified before the target changes (the files in a staging folder);
+    the files move into place only once the database is restored, and a failure
+    leaves an empty target empty, so that a retry needs no ``force``.
     """
     folder = await asyncio.to_thread(_resolve, path)
     manifest = await asyncio.to_thread(Manifest.read, folder)
@@ -240,13 +311,36 @@ async def restore_backup(settings: Settings, path: Path, *, force: bool = False)
                 f"the upload folder {settings.upload_dir} is not empty; "
                 "restore with --force to replace its files"
             )
-    await database.restore(folder / manifest.database_file)
-    await asyncio.to_thread(_restore_files, folder, manifest, settings.upload_dir)
-    if manifest.schema_revision != head_revision():
-        await upgrade_to_head_async(settings.database_url)
-    else:
+    upload_dir_was_there = settings.upload_dir.exists()
+    try:
+        staging = await asyncio.to_thread(_stage_files, folder, manifest, settings.upload_dir)
+        try:
+            await database.restore(folder / manifest.database_file, _finisher(manifest))
+            await asyncio.to_thread(_move_into_place, staging, manifest, settings.upload_dir)
+        finally:
+            await asyncio.to_thread(remove_tree, staging)
+    except BaseException:
+        if not upload_dir_was_there:
+            await asyncio.to_thread(remove_tree, settings.upload_dir)
+        raise
+    return manifest
+
+
+def _finisher(manifest: Manifest) -> Callable[[str], Awaitable[None]]:
+    """What runs on the restored database before the restore counts as done.
+
+    SQLite runs it on the scratch copy before that replaces the target; PostgreSQL
+    after pg_restore committed, dropping what it restored into an empty database
+    should it fail.
+    """
+
+    async def finish(database_url: str) -> None:
+        if manifest.schema_revision != head_revision():
+            await upgrade_to_head_async(database_url)
+            return
         # Same schema: the restored rows must be exactly the backed-up ones.
-        counts = (await database.facts()).counts
+        counts = (await database_at(database_url).facts()).counts
         if counts != manifest.counts:
             raise BackupError(f"restored row counts {counts} differ from the backup's")
-    return manifest
+
+    return finish

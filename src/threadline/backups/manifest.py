@@ -18,7 +18,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 FORMAT = "threadline-backup"
-FORMAT_VERSION = 1
+# Version 2 adds the database file's checksum; version 1 manifests are still read.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 PREFIX = "threadline-backup-"
 MANIFEST = "manifest.json"
 UPLOADS = "uploads"
@@ -27,6 +29,10 @@ CHUNK = 1 << 20
 
 class BackupError(Exception):
     """A backup or restore cannot go on; the message says why in one line."""
+
+
+class NotAFolder(BackupError):
+    """The folder given to write backups into is a file: the operator's input is wrong."""
 
 
 @dataclass
@@ -48,6 +54,8 @@ class Manifest:
     missing_files: list[str] = field(default_factory=list)
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
     seconds: float = 0.0
+    # SHA-256 of the database file; None in version 1 manifests, which did not record it.
+    database_sha256: str | None = None
 
     @property
     def file_bytes(self) -> int:
@@ -70,10 +78,10 @@ class Manifest:
             ) from exc
         if not isinstance(body, dict) or body.get("format") != FORMAT:
             raise BackupError(f"{folder} is not a threadline backup (unknown manifest format)")
-        if body.get("format_version") != FORMAT_VERSION:
+        if body.get("format_version") not in READABLE_VERSIONS:
             raise BackupError(
                 f"{folder} has backup format version {body.get('format_version')}; "
-                f"this threadline reads version {FORMAT_VERSION}"
+                f"this threadline reads versions {', '.join(map(str, READABLE_VERSIONS))}"
             )
         try:
             files = {key: StoredFile(**entry) for key, entry in body.pop("files").items()}
@@ -115,6 +123,14 @@ def copy_file(source: Path, target: Path) -> StoredFile:
             size += len(chunk)
     os.replace(temporary, target)
     return StoredFile(bytes=size, sha256=digest.hexdigest())
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as reader:
+        while chunk := reader.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def remove_tree(path: Path) -> None:

@@ -27,6 +27,8 @@ from sqlalchemy.pool import NullPool
 
 from threadline.backups.manifest import BackupError
 from threadline.backups.rows import Facts, holds_rows, read_facts
+from threadline.migrate import upgrade_to_head_async
+from threadline.models import Base
 
 log = logging.getLogger(__name__)
 
@@ -182,8 +184,10 @@ class PostgresDatabase:
     async def facts(self) -> Facts:
         return await self._on_connection(read_facts)
 
-    async def restore(self, source: Path) -> None:
-        """pg_restore in one transaction; objects of the dump that exist are replaced."""
+    async def restore(self, source: Path, finish: Callable[[str], Awaitable[None]]) -> None:
+        """pg_restore in one transaction (objects of the dump that exist are replaced),
+        then ``finish``; if that fails, a database that was empty is made empty again.
+        """
 
         async def major(connection: AsyncConnection) -> int:
             return await self._server_major(connection)
@@ -202,4 +206,22 @@ class PostgresDatabase:
             f"--dbname={libpq}",
             str(source),
         ]
+        before = await self.facts()
         await _run(command, environment, self.database_url)
+        try:
+            await finish(self.database_url)
+        except BaseException:
+            # A forced restore has replaced the old tables already; an empty target
+            # gets back to empty, so that a retry needs no --force.
+            if not any(before.counts.values()):
+                await self._drop_restored(migrated=before.revision is not None)
+            raise
+
+    async def _drop_restored(self, *, migrated: bool) -> None:
+        async def drop(connection: AsyncConnection) -> None:
+            for name in ["alembic_version", *(t.name for t in Base.metadata.sorted_tables)]:
+                await connection.execute(text(f'DROP TABLE IF EXISTS "{name}" CASCADE'))
+
+        await self._on_connection(drop)
+        if migrated:  # it was migrated and unused: so it is again
+            await upgrade_to_head_async(self.database_url)

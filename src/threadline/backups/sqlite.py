@@ -7,7 +7,9 @@ writes; the facts (revision, counts, file keys) are then read from the copy itse
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
+import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import closing
 from pathlib import Path
@@ -34,6 +36,18 @@ def _copy(source: Path, target: Path) -> None:
         reader.backup(writer)
         # The backup is one self-contained file, not a WAL database with side files.
         writer.execute("PRAGMA journal_mode=DELETE")
+
+
+def _replace(scratch: Path, target: Path) -> None:
+    """Rename the restored copy over the target, which first gives up its WAL.
+
+    A WAL file left beside the target would be replayed into the new file, so the
+    target is switched to rollback journaling (which checkpoints and removes it).
+    """
+    if target.exists() and target.stat().st_size > 0:
+        with closing(sqlite3.connect(target, timeout=BUSY_TIMEOUT_SECONDS)) as old:
+            old.execute("PRAGMA journal_mode=DELETE")
+    os.replace(scratch, target)
 
 
 async def _on_file(path: Path, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
@@ -71,10 +85,20 @@ class SqliteDatabase:
     async def facts(self) -> Facts:
         return await _on_file(self.path, read_facts)
 
-    async def restore(self, source: Path) -> None:
-        """Copy the backup over the database file (the server must not be running)."""
+    async def restore(self, source: Path, finish: Callable[[str], Awaitable[None]]) -> None:
+        """Copy the backup into a scratch file, ``finish`` it there, then rename it over
+        the database file: until the rename the target is untouched, whatever fails.
+
+        The server must not be running against the target meanwhile.
+        """
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        scratch = self.path.with_name(f"{self.path.name}.restore-{uuid.uuid4().hex}")
         try:
-            await asyncio.to_thread(_copy, source, self.path)
+            await asyncio.to_thread(_copy, source, scratch)
+            await finish(f"sqlite+aiosqlite:///{scratch}")
+            await asyncio.to_thread(_replace, scratch, self.path)
         except sqlite3.Error as exc:
             raise BackupError(f"SQLite restore into {self.path} failed: {exc}") from exc
+        finally:
+            for leftover in (scratch, scratch.with_name(scratch.name + "-journal")):
+                leftover.unlink(missing_ok=True)

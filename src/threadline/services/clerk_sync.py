@@ -85,11 +85,12 @@ async def apply_user_event(uow: UnitOfWork, data: Mapping[str, Any]) -> bool:
 
 
 async def delete_user(uow: UnitOfWork, data: Mapping[str, Any]) -> User | None:
-    """Soft-delete and anonymise the user of a ``user.deleted`` event.
+    """Soft-delete and anonymise the user of a ``user.deleted`` event; the user, if it did.
 
     Their messages keep pointing at the row and show no author; their sessions are
     closed. For a user never seen, a deleted row is still written, so that a late
-    ``user.created`` or a still-valid token cannot create them; None is returned.
+    ``user.created`` or a still-valid token cannot create them; None is returned, as
+    for a user already deleted: no user of ours was deleted by this event.
     """
     clerk_id = _clerk_id(data)
     now = utcnow()
@@ -100,7 +101,8 @@ async def delete_user(uow: UnitOfWork, data: Mapping[str, Any]) -> User | None:
         user = await _insert_user(uow.session, tombstone)
         if user is tombstone:
             return None
-    if user.deleted_at is None:
+    deleted_now = user.deleted_at is None
+    if deleted_now:
         user.deleted_at = now
         _anonymise(user)
     await uow.session.execute(
@@ -109,7 +111,7 @@ async def delete_user(uow: UnitOfWork, data: Mapping[str, Any]) -> User | None:
         .values(disconnected_at=now)
     )
     await uow.session.flush()
-    return user
+    return user if deleted_now else None
 
 
 async def end_clerk_session(
