@@ -42,9 +42,9 @@ from threadline.schema.context import ConnectionState, Context
 from threadline.schema.errors import shape_error
 from threadline.schema.known_operations import refused_over_http
 from threadline.services import sessions
-from threadline.subscriptions import raw_frames
 from threadline.subscriptions.broadcast import CURRENT_SINK, DirectSink, FrameRenderer
 from threadline.subscriptions.fanout import Fanout
+from threadline.uvicorn_seam import raw_socket
 from threadline.ws_protocol import LegacyProtocol, RefusedConnection, TransportProtocol
 
 if TYPE_CHECKING:
@@ -118,7 +118,7 @@ class TransportWSHandler(TransportProtocol):
     async def run_operation(self, operation: Operation[Context, None]) -> None:
         # No timeout on these writes: the fan-out bounds a write that has to wait.
         websocket = self.context.connection
-        raw = websocket.scope.get(raw_frames.SCOPE_KEY)
+        raw = raw_socket(websocket.scope)
         CURRENT_SINK.set(DirectSink(operation, websocket.send_text, raw))
         await super().run_operation(operation)
 
@@ -284,7 +284,7 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
         except RateLimited:
             # Closed by the protocol handler, once, with this code.
             raise RefusedConnection(CLOSE_TOO_MANY, "Too many new connections") from None
-        raw = context.connection.scope.get(raw_frames.SCOPE_KEY)
+        raw = raw_socket(context.connection.scope)
         if raw is not None:
             raw.forget_handshake()
         context.token = token

@@ -37,7 +37,7 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import Ope
 
 from threadline.realtime.caches import TTLCache
 from threadline.schema.errors import shape_error
-from threadline.subscriptions.raw_frames import RawSocket
+from threadline.uvicorn_seam import RawSocket
 
 # Fields whose value depends on the viewer, or that act for the viewer.
 VIEWER_FIELDS = frozenset(
@@ -50,7 +50,7 @@ class DirectSink:
 
     ``send_text`` writes one frame through ASGI; it may wait when the peer stops
     reading, and the caller bounds that wait. ``raw``, when the server allows it,
-    takes ready-made frame bytes without waiting (see ``raw_frames``). ``closed``
+    takes ready-made frame bytes without waiting (see ``uvicorn_seam``). ``closed``
     is true once the client completed the operation (its task is being cancelled).
 
     A resolver that writes its frames itself can ``detach``: its GraphQL stream then
