@@ -12,9 +12,9 @@ from websockets.frames import Frame, Opcode
 from tests import factories
 from tests.conftest import Clients, Server
 from tests.wsclient import GraphQLWS
-from threadline.subscriptions import fanout
-from threadline.subscriptions.fanout import start
-from threadline.subscriptions.raw_frames import text_frame
+from threadline.realtime import fanout
+from threadline.realtime.fanout import start
+from threadline.realtime.sinks import text_frame
 
 EVENTS = """
 subscription($t: ID!, $after: Int) {
@@ -224,7 +224,7 @@ async def test_a_pump_that_falls_behind_catches_up_from_the_log_without_cutting_
     for ws in sockets:
         await ws.subscribe(EVENTS, {"t": tid})
     await asyncio.sleep(0.3)
-    frames = server.runtime.frames
+    frames = server.app.state.graphql.frames
     render = frames.render
 
     async def slow_render(*args: object, **kwargs: object) -> str:
