@@ -35,11 +35,7 @@ from strawberry import Info
 
 from threadline.realtime.caches import TTLCache
 from threadline.schema.errors import shape_error
-
-# Fields whose value depends on the viewer, or that act for the viewer.
-VIEWER_FIELDS = frozenset(
-    {"reactedByMe", "myRole", "unreadCount", "lastReadSeq", "muted", "preferences", "messages"}
-)
+from threadline.schema.viewer_fields import viewer_field_names
 
 
 def _names(
@@ -67,7 +63,8 @@ def viewer_independent(info: Info) -> bool:
     fields = set()
     for node in raw.field_nodes:
         fields |= _names(node.selection_set, raw.fragments, set())
-    return not (fields & VIEWER_FIELDS)
+    # The fields marked READS_VIEWER where they are declared (schema/viewer_fields.py).
+    return not (fields & viewer_field_names(info.schema))
 
 
 def _inputs(info: Info) -> dict[str, Any]:
