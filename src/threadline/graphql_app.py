@@ -136,15 +136,24 @@ class TransportWSHandler(TransportProtocol):
         try:
             await super().run_operation(operation)
         finally:
-            del self.roots[operation]
-            if self.root_value is root:
-                self.root_value = None
+            self._forget_root(operation)
+
+    def _forget_root(self, operation: Operation[Context, None]) -> OperationRoot | None:
+        # Let go of it as soon as the operation has started: an idle subscription
+        # should keep no more than its fan-out member.
+        root = self.roots.pop(operation, None) if self.roots is not None else None
+        if not self.roots:
+            self.roots = None
+        if root is not None and self.root_value is root:
+            self.root_value = None
+        return root
 
     async def _send_result_stream(
         self, operation: Operation[Context, None], result_source: Any
     ) -> None:
+        # The execution has its root value by now: the socket's attribute is free.
+        root = self._forget_root(operation)
         await super()._send_result_stream(operation, result_source)
-        root = self.roots.get(operation) if self.roots is not None else None
         sink = root.sink if root is not None else None
         if sink is None or sink.detached is None:
             return
