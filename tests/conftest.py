@@ -30,9 +30,9 @@ from threadline.app import create_app
 from threadline.auth.tokens import mint_dev_token
 from threadline.cli import WEBSOCKET_IMPLEMENTATION
 from threadline.config import Settings
-from threadline.http_protocol import protocol_class
 from threadline.migrate import upgrade_to_head
 from threadline.models import Base
+from threadline.uvicorn_seam import protocol_class
 
 BACKEND = os.environ.get("THREADLINE_TEST_BACKEND", "sqlite")
 PG_BASE = "postgresql+asyncpg://postgres@127.0.0.1:5432"

@@ -13,10 +13,10 @@ from tests import factories
 from tests.conftest import Clients, Server
 from tests.live import fanout_members, new_listener
 from tests.wsclient import GraphQLWS
+from threadline.realtime import fanout
 from threadline.realtime.channels import thread_channel
-from threadline.subscriptions import fanout
-from threadline.subscriptions.fanout import start
-from threadline.subscriptions.raw_frames import text_frame
+from threadline.realtime.fanout import start
+from threadline.realtime.sinks import text_frame
 
 EVENTS = """
 subscription($t: ID!, $after: Int) {
@@ -233,7 +233,7 @@ async def test_a_pump_that_falls_behind_catches_up_from_the_log_without_cutting_
     both_members = fanout_members(server, 2)
     for ws in sockets:
         await ws.until(lambda: both_members() and pump_listens())
-    frames = server.runtime.frames
+    frames = server.app.state.graphql.frames
     render = frames.render
 
     async def slow_render(*args: object, **kwargs: object) -> str:

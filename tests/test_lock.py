@@ -23,7 +23,7 @@ FULL_LOCK = ROOT / "requirements.lock"
 RUNTIME_LOCK = ROOT / "requirements-runtime.lock"
 PROJECT = "threadline (pyproject.toml)"
 # Libraries whose private names the fast paths use: pinned to one minor version each.
-MINOR_PINNED = ("strawberry-graphql", "graphql-core", "uvicorn", "sqlalchemy", "broadcaster")
+MINOR_PINNED = ("strawberry-graphql", "graphql-core", "uvicorn", "sqlalchemy")
 RELOCK = "pyproject.toml and the lock disagree: run scripts/lock (README: The locks)"
 
 

@@ -11,7 +11,7 @@ import websockets
 from tests import factories
 from tests.conftest import Clients, Server
 from tests.live import fanout_members, until
-from threadline.subscriptions import fanout
+from threadline.realtime import fanout
 
 # Twelve copies of the body per event: ~48 KB frames, so that a few hundred events
 # exceed what the kernel buffers for a socket.

@@ -25,8 +25,8 @@ from threadline.http_limits import BodyLimits
 from threadline.runtime import Runtime
 from threadline.schema.schema import build_schema
 from threadline.services import retention
-from threadline.subscriptions.raw_frames import RawSocketMiddleware
 from threadline.uploads.routes import download
+from threadline.uvicorn_seam import RawSocketMiddleware
 from threadline.web_routes import web_routes
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,8 @@ def create_app(settings: Settings) -> Starlette:
             await graphql.close_connections()
             await runtime.stop()
 
-    middleware = [Middleware(RawSocketMiddleware)]
+    # FAST_PATHS=off: no raw socket, every live frame goes through the ASGI send.
+    middleware = [Middleware(RawSocketMiddleware)] if settings.fast_paths else []
     if settings.cors_origins:
         middleware.append(
             Middleware(

@@ -5,7 +5,7 @@ import gc
 
 from threadline.app import create_app
 from threadline.config import load_settings
-from threadline.http_protocol import protocol_class
+from threadline.uvicorn_seam import protocol_class
 
 settings = load_settings()
 app = create_app(settings)

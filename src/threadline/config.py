@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=26_214_400, gt=0)
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     rate_limits: bool = True
+    # off: no fast path (live frames through the ordinary ASGI send, ...); answers are the same.
+    fast_paths: bool = True
     ws_reauth_seconds: int = Field(default=900, ge=0)
     public_url: str | None = None
     max_request_bytes: int = Field(default=1_048_576, gt=0)
@@ -84,7 +86,7 @@ class Settings(BaseSettings):
     max_query_depth: int = Field(default=12, gt=0)
     max_aliases: int = Field(default=15, ge=0)
     max_tokens: int = Field(default=5000, gt=0)
-    # Slow clients (http_limits, http_protocol): a request head must be complete within
+    # Slow clients (http_limits, uvicorn_seam): a request head must be complete within
     # this long; a body may pause this long, and beyond that must average the rate.
     http_header_timeout_seconds: float = Field(default=10.0, gt=0)
     http_body_timeout_seconds: float = Field(default=10.0, gt=0)
@@ -106,7 +108,7 @@ class Settings(BaseSettings):
         count, seconds = parse_window(value)
         return f"{count}/{seconds}"
 
-    @field_validator("rate_limits", mode="before")
+    @field_validator("rate_limits", "fast_paths", mode="before")
     @classmethod
     def _on_off(cls, value: object) -> object:
         if isinstance(value, str) and value.strip().lower() in {"on", "off"}:

@@ -37,14 +37,15 @@ from threadline.errors import DomainError, RateLimited, Unauthenticated
 from threadline.metrics import WEBSOCKET_CONNECTIONS
 from threadline.realtime.channels import SESSIONS_CHANNEL
 from threadline.realtime.rate_limits import Action
+from threadline.realtime.sinks import DirectSink
 from threadline.runtime import Runtime
 from threadline.schema.context import ConnectionState, Context
 from threadline.schema.errors import shape_error
 from threadline.schema.known_operations import refused_over_http
 from threadline.services import sessions
-from threadline.subscriptions import raw_frames
-from threadline.subscriptions.broadcast import CURRENT_SINK, DirectSink, FrameRenderer
-from threadline.subscriptions.fanout import Fanout
+from threadline.subscriptions.broadcast import FrameRenderer
+from threadline.subscriptions.live import OperationRoot
+from threadline.uvicorn_seam import raw_socket
 from threadline.ws_protocol import LegacyProtocol, RefusedConnection, TransportProtocol
 
 if TYPE_CHECKING:
@@ -98,7 +99,13 @@ def token_from_params(params: Any) -> str | None:
 
 
 class TransportWSHandler(TransportProtocol):
-    """graphql-transport-ws, with a direct frame sink for broadcast subscriptions."""
+    """graphql-transport-ws, with a direct frame sink for broadcast subscriptions.
+
+    Each operation's root value is its ``OperationRoot`` (sink and frame renderer):
+    the resolver finds it in ``info.root_value``, and ``_send_result_stream`` here.
+    """
+
+    roots: dict[Operation[Context, None], OperationRoot] | None = None
 
     async def handle(self) -> None:
         # Pinged by ThreadlineGraphQL's maintenance beat while it is open: no task per socket.
@@ -118,15 +125,36 @@ class TransportWSHandler(TransportProtocol):
     async def run_operation(self, operation: Operation[Context, None]) -> None:
         # No timeout on these writes: the fan-out bounds a write that has to wait.
         websocket = self.context.connection
-        raw = websocket.scope.get(raw_frames.SCOPE_KEY)
-        CURRENT_SINK.set(DirectSink(operation, websocket.send_text, raw))
-        await super().run_operation(operation)
+        sink = DirectSink(operation, websocket.send_text, raw_socket(websocket.scope))
+        root = OperationRoot(sink, self.view.frames)  # type: ignore[attr-defined]
+        if self.roots is None:
+            self.roots = {}
+        self.roots[operation] = root
+        # strawberry reads root_value as it starts the operation, before its first
+        # await: each operation gets its own, though the attribute is the socket's.
+        self.root_value = root  # type: ignore[assignment]
+        try:
+            await super().run_operation(operation)
+        finally:
+            self._forget_root(operation)
+
+    def _forget_root(self, operation: Operation[Context, None]) -> OperationRoot | None:
+        # Let go of it as soon as the operation has started: an idle subscription
+        # should keep no more than its fan-out member.
+        root = self.roots.pop(operation, None) if self.roots is not None else None
+        if not self.roots:
+            self.roots = None
+        if root is not None and self.root_value is root:
+            self.root_value = None
+        return root
 
     async def _send_result_stream(
         self, operation: Operation[Context, None], result_source: Any
     ) -> None:
+        # The execution has its root value by now: the socket's attribute is free.
+        root = self._forget_root(operation)
         await super()._send_result_stream(operation, result_source)
-        sink = CURRENT_SINK.get()
+        sink = root.sink if root is not None else None
         if sink is None or sink.detached is None:
             return
         # The resolver detached: close the finished GraphQL stream now, which frees
@@ -163,8 +191,8 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
             multipart_uploads_enabled=True,
         )
         self.runtime = runtime
-        runtime.frames = FrameRenderer(lambda: Context(runtime=runtime))
-        runtime.fanout = Fanout(runtime)
+        # Renders broadcast subscription frames once per event (see subscriptions.live).
+        self.frames = FrameRenderer(lambda: Context(runtime=runtime))
         runtime.presence.on_reaped = self._close_reaped_sessions
         self.connections: set[Context] = set()
         self.pinged: set[TransportWSHandler] = set()
@@ -284,7 +312,7 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
         except RateLimited:
             # Closed by the protocol handler, once, with this code.
             raise RefusedConnection(CLOSE_TOO_MANY, "Too many new connections") from None
-        raw = context.connection.scope.get(raw_frames.SCOPE_KEY)
+        raw = raw_socket(context.connection.scope)
         if raw is not None:
             raw.forget_handshake()
         context.token = token

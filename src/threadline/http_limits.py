@@ -9,7 +9,7 @@ bodies may have ``MAX_REQUEST_BYTES``; ``multipart/form-data`` bodies (uploads)
 that pauses longer than ``HTTP_BODY_TIMEOUT_SECONDS``, or arrives slower on
 average than ``HTTP_BODY_MIN_BYTES_PER_SECOND`` beyond that first allowance, is
 answered 408. Only time spent waiting for the client counts, not time the app
-takes between reads. (Slow request heads are cut off by ``http_protocol``: the
+takes between reads. (Slow request heads are cut off by ``uvicorn_seam``: the
 app is not called until a head is complete.) No timer per request: one sweep,
 scheduled while some body is being waited for, cuts off the overdue ones.
 

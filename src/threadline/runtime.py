@@ -22,13 +22,14 @@ from threadline.errors import Unauthenticated
 from threadline.models import Attachment, User
 from threadline.realtime.broker import Broker
 from threadline.realtime.caches import TTLCache
-from threadline.realtime.channels import decode_logged, publish_all
+from threadline.realtime.channels import publish_all
 from threadline.realtime.deliveries import DeliveryTracker
+from threadline.realtime.fanout import Fanout
 from threadline.realtime.presence import PresenceTracker
 from threadline.realtime.rate_limits import RateLimiter, windows_as_limits
+from threadline.realtime.thread_feed import ThreadFeed
 from threadline.realtime.typing import TypingTracker
 from threadline.services import clerk_sync
-from threadline.services.events import LoggedEvent
 from threadline.uploads.signing import UrlSigner
 from threadline.uploads.storage import LocalStorage, Storage
 
@@ -60,12 +61,9 @@ class Runtime:
         self.typing = TypingTracker(settings.redis_url, self.broker)
         self.user_cache: TTLCache[uuid.UUID, User] = TTLCache(USER_CACHE_SECONDS, 50_000)
         self.deliveries = DeliveryTracker(self.db)
-        # Set by the GraphQL layer: renders broadcast subscription frames once per
-        # event, and writes them to every local subscriber of a thread.
-        self.frames: Any = None
-        self.fanout: Any = None
-        # Every subscriber of a thread receives the same published string: decode it once.
-        self._decoded: TTLCache[str, LoggedEvent] = TTLCache(10.0, 1024)
+        # Live delivery: each thread's events in order, and their fan-out to local sockets.
+        self.feed = ThreadFeed(self.broker, self.db)
+        self.fanout = Fanout(self.feed, self.deliveries, self.broker.queue_limit)
         self._verified: TTLCache[str, Identity] = TTLCache(VERIFIED_TOKEN_SECONDS, 20_000)
         self._viewers: OrderedDict[tuple[str, str | None], tuple[float, User]] = OrderedDict()
         self.storage: Storage = LocalStorage(settings.upload_dir)
@@ -88,13 +86,6 @@ class Runtime:
 
     async def _publish(self, events: Sequence[Any]) -> None:
         await publish_all(self.broker, events)
-
-    def decoded(self, raw: str) -> LoggedEvent:
-        event = self._decoded.get(raw)
-        if event is None:
-            event = decode_logged(raw)
-            self._decoded.put(raw, event)
-        return event
 
     # -- identity
 

@@ -1,10 +1,18 @@
-"""The app's one pub/sub object: broadcaster's ``Broadcast`` with bounded fan-out.
+"""The app's one pub/sub object: a backend (Redis, or in-memory) and bounded fan-out.
 
 Owns the local subscribers of every channel (one backend subscription per
 channel however many of them share it), their bounded queues, and what a
 subscriber is told when it falls behind (``SubscriberOverflow``), when Redis has
 come back (``RECONNECTED``: catch up from the event log) and when the broker
 shuts down (``BrokerClosed``). Messages are opaque strings: nothing is parsed here.
+
+No broadcaster: its public API (``Broadcast.subscribe``) gives each subscriber an
+unbounded queue filled with ``await queue.put``, has no way to tell every
+subscriber that the connection came back (the cue to fill gaps from the log),
+lets a second subscriber of a channel return before the first one's SUBSCRIBE is
+confirmed, and reports a crashed listener only on ``disconnect``. Carrying bounded
+queues and gap fill over it would take its private listener; what it would still
+give us (a listener loop, an in-memory backend) is the dozen lines below.
 """
 
 from __future__ import annotations
@@ -12,18 +20,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from enum import Enum
-from typing import Any, Final, final
-
-from broadcaster import Broadcast, BroadcastBackend, Event
-from broadcaster._backends.memory import MemoryBackend
+from typing import Any, Final, Protocol, final
 
 from threadline.realtime.redis_backend import (
     BrokerError,
     BrokerUnavailable,
     ConnectionRestored,
+    Published,
     RedisBackend,
 )
 
@@ -158,44 +164,40 @@ class _Channel:
         self.ready = asyncio.Event()
 
 
-class _Relay(Broadcast):
-    """broadcaster's ``Broadcast`` with its listener replaced: every backend event
-    goes to one callback (the broker's bounded fan-out) instead of unbounded
-    per-subscriber queues filled with ``await queue.put``."""
+class Backend(Protocol):
+    """Where messages cross processes: ``RedisBackend``, or ``MemoryBackend`` in one process."""
 
-    def __init__(self, backend: BroadcastBackend, deliver: Callable[[Event], None]) -> None:
-        super().__init__(backend=backend)
-        self._deliver = deliver
+    async def connect(self) -> None: ...
+    async def disconnect(self) -> None: ...
+    async def subscribe(self, channel: str) -> None: ...
+    async def unsubscribe(self, channel: str) -> None: ...
+    async def publish(self, channel: str, message: str) -> None: ...
+    async def next_published(self) -> Published: ...
 
-    @property
-    def backend(self) -> BroadcastBackend:
-        return self._backend
 
-    @property
-    def listener_failure(self) -> str | None:
-        """Why the listener stopped, if it did: the broker is then deaf."""
-        task: asyncio.Task[None] | None = getattr(self, "_listener_task", None)
-        if task is None or not task.done():
-            return None
-        if task.cancelled():
-            return "listener cancelled"
-        return f"listener crashed: {task.exception()!r}"
+class MemoryBackend:
+    """One process: a publish is queued and handed on by the listener, as Redis would."""
 
-    async def _listener(self) -> None:
-        next_published, deliver = self._backend.next_published, self._deliver
-        while True:
-            deliver(await next_published())
+    def __init__(self) -> None:
+        self._published: asyncio.Queue[Published] = asyncio.Queue()
+
+    async def connect(self) -> None:
+        pass
 
     async def disconnect(self) -> None:
-        # Broadcast.disconnect re-raises a crashed listener's error before closing
-        # the backend; shutting down must close the backend regardless.
-        task: asyncio.Task[None] | None = getattr(self, "_listener_task", None)
-        if task is not None:
-            task.cancel()
-            await asyncio.wait([task])
-            if not task.cancelled() and task.exception() is not None:
-                logger.error("broker listener had crashed", exc_info=task.exception())
-        await self._backend.disconnect()
+        pass
+
+    async def subscribe(self, channel: str) -> None:
+        pass  # the broker drops messages of channels nobody here listens to
+
+    async def unsubscribe(self, channel: str) -> None:
+        pass
+
+    async def publish(self, channel: str, message: str) -> None:
+        self._published.put_nowait(Published(channel, message))
+
+    async def next_published(self) -> Published:
+        return await self._published.get()
 
 
 class Broker:
@@ -211,13 +213,8 @@ class Broker:
     def __init__(self, redis_url: str | None, *, queue_limit: int = 1000) -> None:
         if queue_limit < 1:
             raise ValueError("queue_limit must be at least 1")
-        # broadcaster's in-memory backend has none of its Redis backend's
-        # problems: subscribing is synchronous, and its queue is drained by our
-        # listener, which never blocks.
-        backend: BroadcastBackend = (
-            RedisBackend(redis_url) if redis_url else MemoryBackend("memory://")
-        )
-        self._relay = _Relay(backend, self._deliver)
+        self._backend: Backend = RedisBackend(redis_url) if redis_url else MemoryBackend()
+        self._listener: asyncio.Task[None] | None = None
         self._queue_limit = queue_limit
         self._channels: dict[str, _Channel] = {}
         self._subscribers: set[Subscriber] = set()
@@ -238,7 +235,8 @@ class Broker:
             return
         if self._state == "closed":
             raise BrokerClosed("a disconnected broker cannot be reused")
-        await self._relay.connect()
+        await self._backend.connect()
+        self._listener = asyncio.create_task(self._listen(), name="threadline-broker-listener")
         self._state = "connected"
 
     async def disconnect(self) -> None:
@@ -249,14 +247,36 @@ class Broker:
         self._state = "closed"
         for subscriber in self._subscribers:
             subscriber._finish(_End.CLOSED)
-        await self._relay.disconnect()
+        task, self._listener = self._listener, None
+        if task is not None:
+            task.cancel()
+            await asyncio.wait([task])
+            if not task.cancelled() and task.exception() is not None:
+                logger.error("broker listener had crashed", exc_info=task.exception())
+        await self._backend.disconnect()
+
+    async def _listen(self) -> None:
+        # Every backend message goes to the bounded fan-out, which never awaits.
+        next_published, deliver = self._backend.next_published, self._deliver
+        while True:
+            deliver(await next_published())
+
+    @property
+    def _listener_failure(self) -> str | None:
+        """Why the listener stopped, if it did: the broker is then deaf."""
+        task = self._listener
+        if task is None or not task.done():
+            return None
+        if task.cancelled():
+            return "listener cancelled"
+        return f"listener crashed: {task.exception()!r}"
 
     # -- publish and subscribe ---------------------------------------------------
 
     async def publish(self, channel: str, message: str) -> None:
         if self._state != "connected":
             raise BrokerClosed("the broker is not connected")
-        await self._relay.publish(channel, message)
+        await self._backend.publish(channel, message)
 
     def subscribe(self, channel: str) -> AbstractAsyncContextManager[Subscriber]:
         return self.subscribe_many((channel,))
@@ -291,7 +311,7 @@ class Broker:
         channel = self._channels[name] = _Channel()
         channel.subscribers.add(subscriber)
         try:
-            await self._relay.backend.subscribe(name)
+            await self._backend.subscribe(name)
         finally:
             channel.ready.set()
 
@@ -312,14 +332,14 @@ class Broker:
             # same name after this point sends its SUBSCRIBE after our UNSUBSCRIBE.
             del self._channels[name]
             try:
-                await self._relay.backend.unsubscribe(name)
+                await self._backend.unsubscribe(name)
             except asyncio.CancelledError:
                 # Finish releasing the other channels, then let the cancellation on.
                 cancelled = True
         if cancelled:
             raise asyncio.CancelledError
 
-    def _deliver(self, event: Event) -> None:
+    def _deliver(self, event: Published) -> None:
         if type(event) is ConnectionRestored:
             for subscriber in self._subscribers:
                 subscriber._push(RECONNECTED)
@@ -344,12 +364,12 @@ class Broker:
     def health(self) -> dict[str, Any]:
         """For ``/readyz``: backend, connected, reconnects, last_error, and the
         local channel and subscriber counts."""
-        backend = self._relay.backend
+        backend = self._backend
         if isinstance(backend, RedisBackend):
             report = backend.health()
         else:
             report = {"backend": "memory", "connected": True, "reconnects": 0, "last_error": None}
-        failure = self._relay.listener_failure
+        failure = self._listener_failure
         if failure is not None:
             report["last_error"] = failure
         report["connected"] = (

@@ -3,7 +3,7 @@
 Owns the subscriber connection (subscribed to every channel that has a local
 subscriber, re-subscribed after Redis comes back, with capped backoff), the
 publishing client with bounded timeouts, and the health that ``/readyz`` reports.
-It is a broadcaster ``BroadcastBackend``; ``broker.Broker`` is its only caller.
+It implements ``broker.Backend``; ``broker.Broker`` is its only caller.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import random
 from collections.abc import Iterable
 from typing import Any, Final, cast
 
-from broadcaster import BroadcastBackend, Event
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.connection import AbstractConnection, Connection, parse_url
 from redis.asyncio.retry import Retry
@@ -46,7 +45,17 @@ class BrokerUnavailable(BrokerError):
     event log in the database still has it, and subscribers fill gaps from there."""
 
 
-class ConnectionRestored(Event):
+class Published:
+    """One message heard on a channel, as a backend hands it to the broker."""
+
+    __slots__ = ("channel", "message")
+
+    def __init__(self, channel: str, message: str) -> None:
+        self.channel = channel
+        self.message = message
+
+
+class ConnectionRestored(Published):
     """A backend signal, not a message: the subscriber connection has just been
     established and every live channel is subscribed again. Whatever was published
     while there was no connection is lost to pub/sub."""
@@ -58,7 +67,7 @@ class ConnectionRestored(Event):
 CONNECTION_RESTORED: Final = ConnectionRestored()
 
 
-class RedisBackend(BroadcastBackend):
+class RedisBackend:
     """Redis pub/sub with no first-subscribe race, automatic reconnection and
     bounded timeouts.
 
@@ -79,7 +88,6 @@ class RedisBackend(BroadcastBackend):
         backoff_max: float = 2.0,
         max_pending: int = 10_000,
     ) -> None:
-        # BroadcastBackend.__init__ only raises NotImplementedError: not called.
         self._url = url
         # Pub/sub ignores database numbers: a deployment on database N gets its
         # channels under "dbN:" so that it hears no other deployment (or test run)
@@ -94,7 +102,7 @@ class RedisBackend(BroadcastBackend):
         self._backoff_max = backoff_max
         # Bounded so that a stalled event loop pushes back on the socket (Redis
         # then buffers, and drops us past its limit) instead of on our memory.
-        self._events: asyncio.Queue[Event] = asyncio.Queue(maxsize=max_pending)
+        self._events: asyncio.Queue[Published] = asyncio.Queue(maxsize=max_pending)
         self._channels: set[str] = set()
         self._barriers: dict[bytes, asyncio.Future[None]] = {}
         self._tokens = itertools.count(1)
@@ -164,7 +172,7 @@ class RedisBackend(BroadcastBackend):
             "last_error": self._last_error,
         }
 
-    # -- BroadcastBackend --------------------------------------------------------
+    # -- broker.Backend -----------------------------------------------------------
 
     async def subscribe(self, channel: str) -> None:
         self._channels.add(channel)
@@ -199,7 +207,7 @@ class RedisBackend(BroadcastBackend):
             # next one subscribes only the channels still wanted.
             logger.debug("UNSUBSCRIBE %s not sent: %s", channel, _describe(exc))
 
-    async def publish(self, channel: str, message: Any) -> None:
+    async def publish(self, channel: str, message: str) -> None:
         """Publish once Redis has taken the message.
 
         Publishes made while a batch is on its way go out together in the next
@@ -253,7 +261,7 @@ class RedisBackend(BroadcastBackend):
             else:
                 taken.set_exception(failure)
 
-    async def next_published(self) -> Event:
+    async def next_published(self) -> Published:
         return await self._events.get()
 
     # -- the subscriber connection ----------------------------------------------
@@ -336,7 +344,9 @@ class RedisBackend(BroadcastBackend):
                     # reconnection; our own messages are always valid text.
                     channel, payload = cast(bytes, reply[1])[cut:], cast(bytes, reply[2])
                     await events.put(
-                        Event(channel.decode(errors="replace"), payload.decode(errors="replace"))
+                        Published(
+                            channel.decode(errors="replace"), payload.decode(errors="replace")
+                        )
                     )
                     batch += 1
                     if batch == _READ_BATCH:

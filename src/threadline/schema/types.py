@@ -27,6 +27,7 @@ from threadline.schema.enums import (
     ThreadRole,
 )
 from threadline.schema.resolving import many_now_or_later, now_or_later
+from threadline.schema.viewer_fields import READS_VIEWER
 from threadline.services import messages as message_service
 from threadline.services import receipts
 from threadline.services.permissions import effective_thread_role
@@ -114,7 +115,7 @@ class UserType(Node):
         state = await _ctx(info).loaders.presence.load((self.row.id, self.row.last_seen_at))
         return PresenceType(status=state.status, last_seen_at=state.last_seen_at)
 
-    @strawberry.field(description="Null unless this is the signed-in user.")
+    @strawberry.field(description="Null unless this is the signed-in user.", metadata=READS_VIEWER)
     async def preferences(self, info: Info) -> JSON | None:
         viewer = _ctx(info).viewer_or_none
         if viewer is None or viewer.id != self.row.id:
@@ -222,7 +223,10 @@ class ThreadType(Node):
         row = await _ctx(info).loaders.last_message.load(self.row.id)
         return MessageType.of(row) if row is not None else None
 
-    @strawberry.field(description="The signed-in user's effective role (system roles inherited).")
+    @strawberry.field(
+        description="The signed-in user's effective role (system roles inherited).",
+        metadata=READS_VIEWER,
+    )
     async def my_role(self, info: Info) -> ThreadRole:
         viewer = await _ctx(info).viewer()
         mine = await self._mine(info)
@@ -230,17 +234,18 @@ class ThreadType(Node):
         return role or ThreadRole.MEMBER
 
     @strawberry.field(
-        description="Messages after the signed-in user's read marker, not counting their own."
+        description="Messages after the signed-in user's read marker, not counting their own.",
+        metadata=READS_VIEWER,
     )
     async def unread_count(self, info: Info) -> int:
         return await _ctx(info).loaders.unread_count.load(self.row.id)
 
-    @strawberry.field(description="The signed-in user's read marker.")
+    @strawberry.field(description="The signed-in user's read marker.", metadata=READS_VIEWER)
     async def last_read_seq(self, info: Info) -> int:
         mine = await self._mine(info)
         return mine.last_read_seq if mine else 0
 
-    @strawberry.field
+    @strawberry.field(metadata=READS_VIEWER)
     async def muted(self, info: Info) -> bool:
         mine = await self._mine(info)
         return bool(mine and mine.muted)
@@ -254,7 +259,8 @@ class ThreadType(Node):
         thread = await _thread_or_not_found(info, self.row.id)
         return await thread_resolvers.participants(info, thread, first, after)
 
-    @strawberry.field
+    # Acts for the viewer: fetching a page moves their delivered marker.
+    @strawberry.field(metadata=READS_VIEWER)
     async def messages(
         self,
         info: Info,
@@ -309,7 +315,7 @@ class ReactionGroupType:
     emoji: str
     count: int
 
-    @strawberry.field
+    @strawberry.field(metadata=READS_VIEWER)
     async def reacted_by_me(self, info: Info) -> bool:
         viewer = await _ctx(info).viewer()
         return viewer.id in self.group.user_ids

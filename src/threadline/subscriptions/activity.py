@@ -1,7 +1,7 @@
 """threadActivity: typing and receipts of a thread, live only (never stored).
 
 The stream also hears the thread's logged events, for the signal that ends
-threadEvents (``rendering.ends_subscription``: the viewer removed, the thread
+threadEvents (``thread_feed.ends_subscription``: the viewer removed, the thread
 deleted); on it, and after a broker reconnect that may have lost it, the
 viewer's access is checked again and the stream ends once it is gone.
 """
@@ -22,11 +22,11 @@ from threadline.realtime.channels import (
     is_logged_event,
     thread_channel,
 )
+from threadline.realtime.thread_feed import ends_subscription
 from threadline.runtime import Runtime
 from threadline.schema.context import Context
 from threadline.schema.events import ReceiptChanged, TypingChanged
 from threadline.services.permissions import access_thread, parse_id
-from threadline.subscriptions.rendering import ends_subscription
 
 
 async def _may_follow(runtime: Runtime, viewer: User, thread_id: uuid.UUID) -> bool:
@@ -57,7 +57,7 @@ async def stream(info: Info, thread_id: str) -> AsyncIterator[TypingChanged | Re
                 continue
             raw = str(item)
             if is_logged_event(raw):
-                logged = runtime.decoded(raw)
+                logged = runtime.feed.decoded(raw)
                 if ends_subscription(logged, viewer.id) and not await _may_follow(
                     runtime, viewer, tid
                 ):

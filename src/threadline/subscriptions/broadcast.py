@@ -13,9 +13,8 @@ subscriptions are the precedent).
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -33,62 +32,10 @@ from graphql import (
 )
 from graphql.execution import Executor
 from strawberry import Info
-from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import Operation
 
 from threadline.realtime.caches import TTLCache
 from threadline.schema.errors import shape_error
-from threadline.subscriptions.raw_frames import RawSocket
-
-# Fields whose value depends on the viewer, or that act for the viewer.
-VIEWER_FIELDS = frozenset(
-    {"reactedByMe", "myRole", "unreadCount", "lastReadSeq", "muted", "preferences", "messages"}
-)
-
-
-class DirectSink:
-    """Where a graphql-transport-ws operation's frames go when written directly.
-
-    ``send_text`` writes one frame through ASGI; it may wait when the peer stops
-    reading, and the caller bounds that wait. ``raw``, when the server allows it,
-    takes ready-made frame bytes without waiting (see ``raw_frames``). ``closed``
-    is true once the client completed the operation (its task is being cancelled).
-
-    A resolver that writes its frames itself can ``detach``: its GraphQL stream then
-    ends without completing the operation, and the transport runs ``rest`` in the
-    operation's task instead, so that strawberry's and graphql-core's per-operation
-    state is freed while the subscription lives on. ``on_end`` callbacks run when
-    it finally ends.
-    """
-
-    __slots__ = ("_operation", "detached", "on_end", "prefix", "raw", "send_text")
-
-    def __init__(
-        self,
-        operation: Operation[Any, Any],
-        send_text: Callable[[str], Coroutine[Any, Any, None]],
-        raw: RawSocket | None = None,
-    ) -> None:
-        self._operation = operation
-        self.send_text = send_text
-        self.raw = raw
-        self.prefix = '{"id":' + orjson.dumps(operation.id).decode() + ',"type":"next","payload":'
-        self.detached: Callable[[], Coroutine[Any, Any, None]] | None = None
-        self.on_end: list[Callable[[], None]] = []
-
-    def detach(self, rest: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        self.detached = rest
-
-    @property
-    def closed(self) -> bool:
-        return bool(self._operation.completed)
-
-    def frame(self, payload: str) -> str:
-        return self.prefix + payload + "}"
-
-
-CURRENT_SINK: contextvars.ContextVar[DirectSink | None] = contextvars.ContextVar(
-    "threadline_direct_sink", default=None
-)
+from threadline.schema.viewer_fields import viewer_field_names
 
 
 def _names(
@@ -116,7 +63,8 @@ def viewer_independent(info: Info) -> bool:
     fields = set()
     for node in raw.field_nodes:
         fields |= _names(node.selection_set, raw.fragments, set())
-    return not (fields & VIEWER_FIELDS)
+    # The fields marked READS_VIEWER where they are declared (schema/viewer_fields.py).
+    return not (fields & viewer_field_names(info.schema))
 
 
 def _inputs(info: Info) -> dict[str, Any]:

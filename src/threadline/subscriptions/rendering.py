@@ -8,11 +8,12 @@ out to many subscribers costs one user lookup per process, not one each.
 from __future__ import annotations
 
 import uuid
-from typing import Any, Final, Literal
+from typing import Any
 
 from strawberry import ID
 
 from threadline.models import Thread
+from threadline.runtime import Runtime
 from threadline.schema.enums import ThreadRole
 from threadline.schema.events import (
     MessageCreated,
@@ -28,6 +29,7 @@ from threadline.schema.events import (
 from threadline.schema.types import MessageType, ThreadType, reaction_groups
 from threadline.services.events import EventKind, LoggedEvent, message_from_payload
 from threadline.services.messages import ReactionGroup
+from threadline.services.threads import get_thread
 
 
 def _groups(raw: list[dict[str, Any]]) -> list[ReactionGroup]:
@@ -81,19 +83,10 @@ def render(event: LoggedEvent, thread: Thread | None = None) -> ThreadEventType:
     return ThreadDeleted(**common)
 
 
-EVERYONE: Final = "everyone"
-
-
-def who_stops(event: LoggedEvent) -> uuid.UUID | Literal["everyone"] | None:
-    """Whose subscriptions end after this event: nobody, one removed user, or everyone."""
-    if event.kind is EventKind.THREAD_DELETED:
-        return EVERYONE
-    if event.kind is EventKind.PARTICIPANT_CHANGED and event.payload.get("role") is None:
-        return uuid.UUID(event.payload["user_id"])
-    return None
-
-
-def ends_subscription(event: LoggedEvent, viewer_id: uuid.UUID) -> bool:
-    """After this event the viewer may no longer follow the thread."""
-    stops = who_stops(event)
-    return stops is not None and stops in (EVERYONE, viewer_id)
+async def rendered(runtime: Runtime, event: LoggedEvent) -> ThreadEventType:
+    """The GraphQL object of a logged event (a ThreadUpdated reads the thread as it is now)."""
+    thread = None
+    if event.kind is EventKind.THREAD_UPDATED:
+        async with runtime.db.reading() as session:
+            thread = await get_thread(session, event.thread_id)
+    return render(event, thread)

@@ -15,7 +15,7 @@ from threadline.schema.context import ConnectionState
 from threadline.schema.enums import ThreadRole
 from threadline.schema.events import PresenceChanged, ThreadActivity, ThreadEventType, ViewerEvent
 from threadline.subscriptions import activity, presence, thread_events, viewer
-from threadline.subscriptions.broadcast import CURRENT_SINK
+from threadline.subscriptions.live import operation_root
 
 T = TypeVar("T")
 
@@ -49,7 +49,7 @@ class _Counted(AsyncIterator[T]):
     the stream is closed before it ever started.
     """
 
-    __slots__ = ("_slot", "_source", "_started", "_stream")
+    __slots__ = ("_root", "_slot", "_source", "_started", "_stream")
 
     def __init__(self, info: Info, source: AsyncIterator[T]) -> None:
         state: ConnectionState | None = info.context.state
@@ -60,6 +60,7 @@ class _Counted(AsyncIterator[T]):
                 retry_after=1,
             )
         self._slot = _Slot(state)
+        self._root = operation_root(info)
         self._source = source
         self._started = False
         self._stream = self._run()
@@ -86,7 +87,7 @@ class _Counted(AsyncIterator[T]):
         try:
             async for item in self._source:
                 yield item
-            sink = CURRENT_SINK.get()
+            sink = self._root.sink if self._root is not None else None
             if sink is not None and sink.detached is not None:
                 # The subscription goes on outside this stream: it holds the slot until it ends.
                 sink.on_end.append(self._slot.release)

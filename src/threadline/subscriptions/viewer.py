@@ -119,7 +119,7 @@ async def stream(info: Info) -> AsyncIterator[ViewerEvent]:
                         await watch.follow(viewer)
                         yield await _membership(ctx, event.data)
                     continue
-                logged = runtime.decoded(raw)
+                logged = runtime.feed.decoded(raw)
                 if logged.thread_id not in watch.thread_ids:
                     continue
                 # Checked as it is read: an event may come in before the membership

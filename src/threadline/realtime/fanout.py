@@ -3,7 +3,8 @@
 Local subscribers of the same operation and variables on one thread form a
 group. The group has one broker subscription and one pump: it follows the
 thread's events in seq order (gap fills and broker reconnects included, see
-``ordered_events``), renders each event once, and offers the frame to every
+``ThreadFeed.ordered``), renders each event once (``FrameSource``: the GraphQL
+layer's rendering of one operation), and offers the frame to every
 member. A member that is caught up, and whose socket takes the frame without
 waiting, gets it written right there by the pump. A member that is still
 replaying from the log, or whose socket pushed back, gets the frame queued
@@ -17,18 +18,16 @@ import asyncio
 import logging
 import uuid
 from collections import deque
-from collections.abc import Coroutine, Generator, Iterator
+from collections.abc import Coroutine, Generator, Hashable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from threadline.errors import Conflict
 from threadline.metrics import EVENTS_DELIVERED
-from threadline.runtime import Runtime
+from threadline.realtime.deliveries import DeliveryTracker
+from threadline.realtime.sinks import DirectSink, text_frame
+from threadline.realtime.thread_feed import EVERYONE, ThreadFeed, ends_subscription, who_stops
 from threadline.services.events import LoggedEvent
-from threadline.subscriptions.broadcast import DirectSink, OperationTemplate
-from threadline.subscriptions.raw_frames import text_frame
-from threadline.subscriptions.rendering import EVERYONE, ends_subscription, who_stops
-from threadline.subscriptions.thread_events import from_log, ordered_events, rendered
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +35,17 @@ log = logging.getLogger(__name__)
 SEND_TIMEOUT_SECONDS = 10.0
 # The pump follows the thread for the group, not for a viewer: no removal ends it.
 _NOBODY = uuid.UUID(int=0)
+
+
+class FrameSource(Protocol):
+    """One operation's frames: the same ``key``, the same payload for an event."""
+
+    @property
+    def key(self) -> tuple[Hashable, ...]: ...
+
+    async def render(self, event: LoggedEvent) -> str:
+        """The operation's JSON payload for this event."""
+        ...
 
 
 class Resume:
@@ -91,7 +101,6 @@ def start(coro: Coroutine[Any, Any, Any]) -> Resume | None:
 class Member:
     """One subscription in a group: where its frames go and how far it got."""
 
-    runtime: Runtime
     group: Group
     viewer_id: uuid.UUID
     sink: DirectSink
@@ -226,7 +235,7 @@ class Member:
                 self.pending = None
             final = self.unreported()
             if final is not None:
-                self.runtime.deliveries.delivered(self.viewer_id, self.group.thread_id, final)
+                self.group.hub.deliveries.delivered(self.viewer_id, self.group.thread_id, final)
             self.group.leave(self)
 
     async def _step(self) -> bool:
@@ -243,7 +252,7 @@ class Member:
             return False
         # Events the pump offered before this member joined, or a gap before the
         # queued ones: they are in the log (events are published after commit).
-        events = await from_log(self.runtime, self.group.thread_id, self.last)
+        events = await self.group.hub.feed.from_log(self.group.thread_id, self.last)
         if not events:
             return False
         for event in events:
@@ -289,36 +298,29 @@ class Group:
         hub: Fanout,
         key: tuple[Any, ...],
         thread_id: uuid.UUID,
-        template: OperationTemplate,
+        source: FrameSource,
         position: int,
     ) -> None:
         self.hub = hub
         self.key = key
         self.thread_id = thread_id
-        self.template = template
+        self.source = source
         # The newest seq the pump has offered to the members.
         self.position = position
         self.members: set[Member] = set()
-        self.backlog_limit = hub.runtime.broker.queue_limit
+        self.backlog_limit = hub.backlog_limit
         self._task: asyncio.Task[None] | None = None
 
     def begin(self) -> None:
         self._task = asyncio.create_task(self._pump(), name=f"fanout {self.thread_id}")
 
     async def render(self, event: LoggedEvent) -> str:
-        runtime = self.hub.runtime
-        payload: str = await runtime.frames.render(
-            self.template,
-            (event.thread_id, event.seq),
-            lambda: rendered(runtime, event),
-        )
-        return payload
+        return await self.source.render(event)
 
     async def _pump(self) -> None:
-        runtime = self.hub.runtime
         try:
-            events = ordered_events(
-                runtime, self.thread_id, _NOBODY, self.position, refill_when_behind=True
+            events = self.hub.feed.ordered(
+                self.thread_id, _NOBODY, self.position, refill_when_behind=True
             )
             async for event in events:
                 payload = await self.render(event)
@@ -357,10 +359,13 @@ class Group:
 class Fanout:
     """The groups of this process, by (thread, operation, variables)."""
 
-    def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
+    def __init__(self, feed: ThreadFeed, deliveries: DeliveryTracker, backlog_limit: int) -> None:
+        self.feed = feed
+        self.deliveries = deliveries
+        # How far behind the pump a member may fall before it is cut off (afterSeq).
+        self.backlog_limit = backlog_limit
         self._groups: dict[tuple[Any, ...], Group] = {}
-        runtime.deliveries.add_source(self._delivered_since_asked)
+        deliveries.add_source(self._delivered_since_asked)
 
     def _delivered_since_asked(self) -> Iterator[tuple[uuid.UUID, uuid.UUID, int]]:
         for group in list(self._groups.values()):
@@ -371,7 +376,7 @@ class Fanout:
 
     def join(
         self,
-        template: OperationTemplate,
+        source: FrameSource,
         thread_id: uuid.UUID,
         viewer_id: uuid.UUID,
         after: int,
@@ -385,12 +390,12 @@ class Fanout:
         before that from the log itself. The pump may write to it at once; its
         ``run`` does the rest.
         """
-        key = (thread_id, *template.key)
+        key = (thread_id, *source.key)
         group = self._groups.get(key)
         if group is None:
-            group = self._groups[key] = Group(self, key, thread_id, template, newest)
+            group = self._groups[key] = Group(self, key, thread_id, source, newest)
             group.begin()
-        member = Member(self.runtime, group, viewer_id, sink, after)
+        member = Member(group, viewer_id, sink, after)
         group.members.add(member)
         return member
 

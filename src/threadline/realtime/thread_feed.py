@@ -1,0 +1,121 @@
+"""A thread's logged events in seq order: replayed from the log, then live, gap-free.
+
+A reader subscribes to the thread's channel before reading the log, so that
+nothing committed in between is missed; a live event that arrives early (a gap)
+or a broker reconnect triggers a fill from the log. Duplicates are dropped by
+seq. Every subscriber of a thread hears the same published string: it is
+decoded once per process.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Final, Literal
+
+from threadline.db import Database
+from threadline.errors import Conflict
+from threadline.realtime.broker import RECONNECTED, Broker, SubscriberOverflow
+from threadline.realtime.caches import TTLCache
+from threadline.realtime.channels import decode_logged, thread_channel
+from threadline.services.events import EventKind, LoggedEvent, events_after
+
+log = logging.getLogger(__name__)
+
+REPLAY_BATCH = 500
+EVERYONE: Final = "everyone"
+
+
+def who_stops(event: LoggedEvent) -> uuid.UUID | Literal["everyone"] | None:
+    """Whose subscriptions end after this event: nobody, one removed user, or everyone."""
+    if event.kind is EventKind.THREAD_DELETED:
+        return EVERYONE
+    if event.kind is EventKind.PARTICIPANT_CHANGED and event.payload.get("role") is None:
+        return uuid.UUID(event.payload["user_id"])
+    return None
+
+
+def ends_subscription(event: LoggedEvent, viewer_id: uuid.UUID) -> bool:
+    """After this event the viewer may no longer follow the thread."""
+    stops = who_stops(event)
+    return stops is not None and stops in (EVERYONE, viewer_id)
+
+
+class ThreadFeed:
+    def __init__(self, broker: Broker, db: Database) -> None:
+        self.broker = broker
+        self.db = db
+        self._decoded: TTLCache[str, LoggedEvent] = TTLCache(10.0, 1024)
+
+    def decoded(self, raw: str) -> LoggedEvent:
+        event = self._decoded.get(raw)
+        if event is None:
+            event = decode_logged(raw)
+            self._decoded.put(raw, event)
+        return event
+
+    async def from_log(self, thread_id: uuid.UUID, after: int) -> list[LoggedEvent]:
+        async with self.db.reading() as session:
+            return await events_after(session, thread_id, after, REPLAY_BATCH)
+
+    async def ordered(
+        self,
+        thread_id: uuid.UUID,
+        viewer_id: uuid.UUID,
+        last: int,
+        *,
+        refill_when_behind: bool = False,
+    ) -> AsyncGenerator[LoggedEvent, None]:
+        """Every event after ``last`` in seq order, replayed then live, never twice.
+
+        A reader that falls more than the broker's queue behind gets CONFLICT with the
+        ``afterSeq`` to resume from; with ``refill_when_behind`` it subscribes again
+        and catches up from the log instead (the fan-out's pump, which must not cut
+        off every subscriber of a thread because it was briefly slow).
+        """
+        while True:
+            async with self.broker.subscribe(thread_channel(thread_id)) as subscriber:
+
+                async def fill() -> AsyncIterator[LoggedEvent]:
+                    nonlocal last
+                    while True:
+                        batch = await self.from_log(thread_id, last)
+                        for event in batch:
+                            last = event.seq
+                            yield event
+                        if len(batch) < REPLAY_BATCH:
+                            return
+
+                async for event in fill():
+                    yield event
+                    if ends_subscription(event, viewer_id):
+                        return
+                try:
+                    async for item in subscriber:
+                        if item is RECONNECTED:
+                            source = fill()
+                        else:
+                            event = self.decoded(str(item))
+                            if event.seq <= last:
+                                continue
+                            if event.seq != last + 1:
+                                source = fill()
+                            else:
+                                last = event.seq
+                                yield event
+                                if ends_subscription(event, viewer_id):
+                                    return
+                                continue
+                        async for filled in source:
+                            yield filled
+                            if ends_subscription(filled, viewer_id):
+                                return
+                    return  # the broker subscription ended
+                except SubscriberOverflow:
+                    if not refill_when_behind:
+                        raise Conflict(
+                            "This subscription fell too far behind: subscribe again with afterSeq",
+                            afterSeq=last,
+                        ) from None
+            log.info("thread %s: reader fell behind; catching up from the log", thread_id)

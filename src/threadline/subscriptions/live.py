@@ -1,0 +1,56 @@
+"""What joins a graphql-transport-ws operation to the process's live fan-out.
+
+The transport hands each operation an ``OperationRoot`` as its GraphQL root
+value: the operation's direct sink and the process's frame renderer. A
+threadEvents resolver whose selection reads nothing of the viewer joins
+``realtime.fanout`` with a ``BroadcastFrames`` (its frames rendered once per
+event for every subscriber) and detaches from its GraphQL stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+
+from strawberry import Info
+
+from threadline.realtime.sinks import DirectSink
+from threadline.runtime import Runtime
+from threadline.services.events import LoggedEvent
+from threadline.subscriptions.broadcast import FrameRenderer, OperationTemplate
+from threadline.subscriptions.rendering import rendered
+
+
+class OperationRoot:
+    """The root value of one graphql-transport-ws operation."""
+
+    __slots__ = ("frames", "sink")
+
+    def __init__(self, sink: DirectSink, frames: FrameRenderer) -> None:
+        self.sink = sink
+        self.frames = frames
+
+
+def operation_root(info: Info) -> OperationRoot | None:
+    """The operation's root, when its transport can take frames directly."""
+    root = info.root_value
+    return root if isinstance(root, OperationRoot) else None
+
+
+class BroadcastFrames:
+    """A broadcast operation's frames, as the fan-out asks for them (``FrameSource``)."""
+
+    __slots__ = ("_frames", "_runtime", "key", "template")
+
+    def __init__(
+        self, template: OperationTemplate, frames: FrameRenderer, runtime: Runtime
+    ) -> None:
+        self.template = template
+        self.key: tuple[Hashable, ...] = template.key
+        self._frames = frames
+        self._runtime = runtime
+
+    async def render(self, event: LoggedEvent) -> str:
+        runtime = self._runtime
+        return await self._frames.render(
+            self.template, (event.thread_id, event.seq), lambda: rendered(runtime, event)
+        )

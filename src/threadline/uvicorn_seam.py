@@ -1,0 +1,316 @@
+"""The one module that reaches into uvicorn's internals, and checks at import that they are there.
+
+Two fast paths live here, each on names uvicorn does not promise to keep:
+
+- ``protocol_class``: uvicorn's HTTP protocol (httptools) with what it lacks against
+  slow and large requests. uvicorn arms its only timer, ``timeout_keep_alive``, after
+  a response; a connection that sends nothing, or its head a few bytes at a time, is
+  held for ever, and httptools keeps a head of any size in memory. Here a head must be
+  complete within ``HTTP_HEADER_TIMEOUT_SECONDS`` of the connection opening (or of a
+  read that left it unfinished) and within ``MAX_HEAD_BYTES``; otherwise 408 or 431
+  and close. Bodies are the ASGI app's business (``http_limits``). And a lingering
+  close: when an answer closes the connection while the client is still sending a
+  body (a 413 or 408), closing at once makes the kernel reset the connection and a
+  client that sends its whole body before it reads (httpx, requests) loses the
+  answer; instead the write side is shut and what still arrives is dropped, unparsed,
+  for up to ``LINGER_SECONDS``. uvicorn is told to use it by name
+  (``threadline.asgi:http_protocol``) or, in process, by the class.
+- ``RawSocketMiddleware``/``RawSocket``: live frames framed once and written straight
+  to the transport of uvicorn's sans-I/O WebSocket protocol, skipping per subscriber
+  the ASGI send chain (Starlette, uvicorn's send, websockets' framing). Phoenix's
+  "fastlane" is the precedent. A socket that is not open or pushes back is written
+  through ASGI as usual, so back-pressure and the close handshake stay uvicorn's;
+  ``FAST_PATHS=off`` leaves the middleware out and every frame goes through ASGI.
+
+Every private name used below is listed in ``_REQUIRED`` and checked at import: a
+uvicorn release that drops one fails start-up with one line saying which name and
+which version, instead of a crash on the first request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import uvicorn
+from starlette.types import ASGIApp, Receive, Scope, Send
+from uvicorn.protocols.http.flow_control import FlowControl
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from websockets.protocol import State
+
+from threadline.metrics import HTTP_REQUESTS_CUT_OFF
+
+try:
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+except ImportError:  # a uvicorn without it: ASGI sends only
+    WebSocketsSansIOProtocol = None  # type: ignore[assignment, misc]
+
+# The uvicorn these were written against and checked with.
+WRITTEN_FOR = "0.54"
+
+# nginx allows 4 x 8 KiB of headers, Node 16 KiB; a Clerk JWT and cookies fit well.
+MAX_HEAD_BYTES = 64 * 1024
+# Apache lingers 2 s; on a LAN that drains hundreds of megabytes.
+LINGER_SECONDS = 2.0
+
+# Class -> the names of its methods and instance attributes that this module uses.
+_REQUIRED: dict[type | None, tuple[str, ...]] = {
+    HttpToolsProtocol: (
+        "connection_made",
+        "connection_lost",
+        "data_received",
+        "eof_received",
+        "on_headers_complete",
+        "on_message_begin",
+        "cycle",
+        "transport",
+        "flow",
+        "loop",
+    ),
+    RequestResponseCycle: ("transport", "more_body", "response_complete", "keep_alive"),
+    FlowControl: ("resume_reading",),
+    WebSocketsSansIOProtocol: (
+        # ``send.__self__``: the ASGI send is this bound method of the protocol.
+        "send",
+        "close_sent",
+        "disconnected",
+        "writable",
+        "conn",
+        "transport",
+        "handshake_complete",
+        "request",
+        "response",
+    ),
+}
+
+
+def _has(cls: type, name: str) -> bool:
+    """A class attribute, or an instance attribute that one of its methods assigns."""
+    if hasattr(cls, name):
+        return True
+    for klass in cls.__mro__:
+        for member in vars(klass).values():
+            code = getattr(member, "__code__", None)
+            if code is not None and name in code.co_names:
+                return True
+    return False
+
+
+def check(required: dict[type | None, tuple[str, ...]] = _REQUIRED) -> None:
+    """Raise ImportError, in one line, for the first private name uvicorn no longer has."""
+    for cls, names in required.items():
+        if cls is None:
+            continue
+        for name in names:
+            if not _has(cls, name):
+                raise ImportError(
+                    f"uvicorn {uvicorn.__version__} broke threadline.uvicorn_seam: "
+                    f"{cls.__name__}.{name} is gone (written for uvicorn {WRITTEN_FOR}.x)"
+                )
+
+
+check()
+
+
+def _answer(status: int, phrase: str, message: str) -> bytes:
+    body = message.encode()
+    return (
+        f"HTTP/1.1 {status} {phrase}\r\n"
+        "content-type: text/plain; charset=utf-8\r\n"
+        f"content-length: {len(body)}\r\n"
+        "connection: close\r\n\r\n"
+    ).encode() + body
+
+
+_TIMED_OUT = _answer(408, "Request Timeout", "The request head arrived too slowly")
+_TOO_LARGE = _answer(431, "Request Header Fields Too Large", "The request head is too large")
+
+
+def protocol_class(header_timeout_seconds: float) -> type[asyncio.Protocol]:
+    """uvicorn's httptools protocol with a deadline and a size limit on request heads."""
+
+    class HeadLimitedProtocol(HttpToolsProtocol):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._in_head = True  # a head is expected (a new connection) or under way
+            self._head_begun = False  # a byte of it has arrived
+            self._head_bytes = 0
+            self._head_timer: asyncio.TimerHandle | None = None
+            self._lingering = False
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            if self._lingering:  # the rest of a body nobody reads
+                return
+            if self._in_head:
+                self._head_bytes += len(data)
+            super().data_received(data)
+            if not self._in_head or self.transport.is_closing():
+                return
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._refuse(_TOO_LARGE, "431")
+            elif self._head_timer is None:
+                # A head that arrives in one read costs no timer; one left unfinished gets one.
+                self._arm()
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            if not self._in_head:
+                # A keep-alive request: the read its head began in is not counted.
+                self._head_bytes = 0
+            self._in_head = self._head_begun = True
+
+        def on_headers_complete(self) -> None:
+            self._in_head = self._head_begun = False
+            self._disarm()
+            super().on_headers_complete()
+            cycle = self.cycle
+            if cycle is not None and cycle.transport is self.transport:
+                # The cycle closes the connection after an answer with "connection: close".
+                cycle.transport = _CycleTransport(self, cycle)  # type: ignore[assignment]
+
+        def eof_received(self) -> None:
+            if self._lingering:  # the client has sent all it meant to: close now
+                self.transport.close()
+            super().eof_received()
+
+        def close_after_answer(self, cycle: Any) -> None:
+            """Close once the answer is out; linger first if a request body is still coming."""
+            transport = self.transport
+            if (
+                transport.is_closing()
+                or self._lingering
+                or not cycle.more_body
+                or not transport.can_write_eof()
+            ):
+                transport.close()
+                return
+            self._linger()
+
+        def _linger(self) -> None:
+            self._lingering = True
+            self.transport.write_eof()
+            self.flow.resume_reading()
+            self.loop.call_later(LINGER_SECONDS, self.transport.close)
+
+        def _arm(self) -> None:
+            self._head_timer = self.loop.call_later(header_timeout_seconds, self._timed_out)
+
+        def _disarm(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _timed_out(self) -> None:
+            self._head_timer = None
+            if self.transport.is_closing() or not self._in_head:
+                return
+            if not self._head_begun:  # opened and never used (a browser's preconnect)
+                self.transport.close()
+                return
+            self._refuse(_TIMED_OUT, "408")
+
+        def _refuse(self, answer: bytes, status: str) -> None:
+            HTTP_REQUESTS_CUT_OFF.labels(status).inc()
+            self._disarm()
+            cycle = self.cycle
+            if cycle is not None and not cycle.response_complete:
+                # A pipelined head, while a response is under way: no answer of ours in
+                # the middle of that one; read no more, and close after it.
+                cycle.keep_alive = False
+                self._lingering = True
+                return
+            self.transport.write(answer)
+            if self.transport.can_write_eof():
+                self._linger()
+            else:
+                self.transport.close()
+
+    return HeadLimitedProtocol
+
+
+class _CycleTransport:
+    """What uvicorn's request cycle uses of the transport, with a lingering close."""
+
+    __slots__ = ("_cycle", "_protocol")
+
+    def __init__(self, protocol: Any, cycle: Any) -> None:
+        self._protocol = protocol
+        self._cycle = cycle
+
+    def write(self, data: bytes) -> None:
+        self._protocol.transport.write(data)
+
+    def is_closing(self) -> bool:
+        closing: bool = self._protocol.transport.is_closing()
+        return closing
+
+    def close(self) -> None:
+        self._protocol.close_after_answer(self._cycle)
+
+
+# -- live frames straight to the WebSocket transport
+
+SCOPE_KEY = "threadline.raw_socket"
+
+
+class RawSocket:
+    """The transport under one uvicorn sans-I/O WebSocket connection."""
+
+    __slots__ = ("_protocol",)
+
+    def __init__(self, protocol: Any) -> None:
+        self._protocol = protocol
+
+    def try_write(self, frame: bytes) -> bool:
+        """Write a whole frame now if the socket is open and taking data; else False."""
+        protocol = self._protocol
+        if (
+            protocol.close_sent
+            or protocol.disconnected
+            or not protocol.writable.is_set()
+            or protocol.conn.state is not State.OPEN
+        ):
+            return False
+        protocol.transport.write(frame)
+        return True
+
+    def forget_handshake(self) -> None:
+        """Let go of the upgrade request and response (headers and all, about 4 KB).
+
+        uvicorn keeps both for the connection's life, but reads them only until the
+        handshake is complete; an idle subscribed socket is mostly such leftovers.
+        """
+        protocol = self._protocol
+        if protocol.handshake_complete and hasattr(protocol, "response"):
+            protocol.request = None
+            protocol.response = None
+
+
+def raw_socket(scope: Scope) -> RawSocket | None:
+    """The connection's ``RawSocket``, if the middleware gave it one."""
+    raw: RawSocket | None = scope.get(SCOPE_KEY)
+    return raw
+
+
+class RawSocketMiddleware:
+    """Puts a ``RawSocket`` in the scope of WebSocket connections that can have one."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and WebSocketsSansIOProtocol is not None:
+            protocol = getattr(send, "__self__", None)
+            if isinstance(protocol, WebSocketsSansIOProtocol):
+                # Set in place, as Starlette sets its own keys: a copy of the scope
+                # would live as long as the connection beside the original.
+                scope[SCOPE_KEY] = RawSocket(protocol)
+        await self.app(scope, receive, send)

@@ -1,0 +1,78 @@
+"""The uvicorn seam: its private names are checked at import, and FAST_PATHS=off skips them."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from tests import factories
+from tests.conftest import Clients, Server, start_server, stop_server
+from tests.wsclient import GraphQLWS
+from threadline import uvicorn_seam
+from threadline.config import Settings
+
+EVENTS = "subscription($t: ID!) { threadEvents(threadId: $t) { seq } }"
+
+
+def test_every_private_name_the_seam_uses_is_in_the_installed_uvicorn() -> None:
+    uvicorn_seam.check()  # raises ImportError naming the first missing one
+
+
+def test_a_name_a_uvicorn_release_dropped_fails_in_one_line_naming_the_version() -> None:
+    class Protocol:
+        def __init__(self) -> None:
+            self.transport = None
+
+    uvicorn_seam.check({Protocol: ("transport",)})  # an attribute a method assigns counts
+    with pytest.raises(ImportError) as caught:
+        uvicorn_seam.check({Protocol: ("transport", "cycle")})
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "Protocol.cycle" in message
+    assert f"uvicorn {uvicorn_seam.uvicorn.__version__}" in message
+    assert uvicorn_seam.WRITTEN_FOR in message
+
+
+def test_fast_paths_settle_from_on_and_off() -> None:
+    assert Settings(fast_paths="off", _env_file=None).fast_paths is False  # type: ignore[arg-type, call-arg]
+    assert Settings(fast_paths="on", _env_file=None).fast_paths is True  # type: ignore[arg-type, call-arg]
+    assert Settings(_env_file=None).fast_paths is True  # type: ignore[call-arg]
+
+
+@pytest.fixture
+async def plain(settings: Settings) -> AsyncIterator[Server]:
+    running = await start_server(settings.model_copy(update={"fast_paths": False}))
+    yield running
+    await stop_server(running)
+
+
+async def _live_frames(server: Server) -> tuple[list[int], dict[str, int]]:
+    async with httpx.AsyncClient(base_url=server.base, timeout=30) as http:
+        alice, bob = await Clients(http).users("alice", "bob")
+        tid = await factories.thread(alice, bob)
+        ws = await GraphQLWS.connect(server.ws_url, bob.token)
+        await ws.subscribe(EVENTS, {"t": tid})
+        await asyncio.sleep(0.3)
+        for i in range(3):
+            await factories.send(alice, tid, f"m{i}")
+        seqs = [(await ws.next())["payload"]["data"]["threadEvents"]["seq"] for _ in range(3)]
+        stats = server.runtime.fanout.stats()
+        await ws.close()
+    return seqs, stats
+
+
+async def test_live_frames_are_written_to_the_raw_socket_by_default(server: Server) -> None:
+    seqs, stats = await _live_frames(server)
+    assert seqs == [1, 2, 3]
+    assert stats["raw"] == 1
+
+
+async def test_with_fast_paths_off_live_frames_go_through_asgi_and_arrive_alike(
+    plain: Server,
+) -> None:
+    seqs, stats = await _live_frames(plain)
+    assert seqs == [1, 2, 3]
+    assert stats["members"] == 1 and stats["raw"] == 0
