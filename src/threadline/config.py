@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=26_214_400, gt=0)
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     rate_limits: bool = True
+    # off: no driver fast paths (reads and the group-commit send go SQLAlchemy's general way).
+    fast_paths: bool = True
     ws_reauth_seconds: int = Field(default=900, ge=0)
     public_url: str | None = None
     max_request_bytes: int = Field(default=1_048_576, gt=0)
@@ -104,7 +106,7 @@ class Settings(BaseSettings):
         count, seconds = parse_window(value)
         return f"{count}/{seconds}"
 
-    @field_validator("rate_limits", mode="before")
+    @field_validator("rate_limits", "fast_paths", mode="before")
     @classmethod
     def _on_off(cls, value: object) -> object:
         if isinstance(value, str) and value.strip().lower() in {"on", "off"}:

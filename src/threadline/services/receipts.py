@@ -16,8 +16,9 @@ from sqlalchemy import Integer, Uuid, bindparam, column, func, select, update, v
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.dml import ReturningUpdate
 
-from threadline.db import Database, UnitOfWork, rows_by_ids
+from threadline.db import Database, UnitOfWork
 from threadline.models import Message, ThreadParticipant, User
+from threadline.models.queries import Query
 from threadline.services.events import ActivityEvent
 from threadline.services.permissions import ThreadAccess
 from threadline.services.states import MessageStatus
@@ -49,23 +50,20 @@ def readers(message: Message, markers: Sequence[Marker]) -> list[uuid.UUID]:
 
 
 # Built once (a page reads it every time): no statement or cache key to rebuild.
-_MARKERS = select(
-    ThreadParticipant.thread_id,
-    ThreadParticipant.user_id,
-    ThreadParticipant.last_read_seq,
-    ThreadParticipant.last_delivered_seq,
-).where(ThreadParticipant.thread_id.in_(bindparam("ids", expanding=True)))
-
-_MARKERS_SQL = (  # on PostgreSQL, run by the driver: see db.rows_by_ids
-    "SELECT thread_id, user_id, last_read_seq, last_delivered_seq"
-    " FROM thread_participants WHERE thread_id = ANY($1::uuid[])"
+_MARKERS = Query(
+    select(
+        ThreadParticipant.thread_id,
+        ThreadParticipant.user_id,
+        ThreadParticipant.last_read_seq,
+        ThreadParticipant.last_delivered_seq,
+    ).where(ThreadParticipant.thread_id.in_(bindparam("ids", expanding=True)))
 )
 
 
 async def markers_of(
     session: AsyncSession, thread_ids: Sequence[uuid.UUID]
 ) -> dict[uuid.UUID, list[Marker]]:
-    rows = await rows_by_ids(session, _MARKERS, _MARKERS_SQL, thread_ids)
+    rows = await _MARKERS.tuples(session, ids=list(set(thread_ids)))
     out: dict[uuid.UUID, list[Marker]] = defaultdict(list)
     for thread_id, user_id, read, delivered in rows:
         out[thread_id].append(Marker(user_id, read, delivered))
