@@ -188,14 +188,6 @@ async def readers(
     }
 
 
-async def thread_id_of_message(session: AsyncSession, message_id: str | uuid.UUID) -> uuid.UUID:
-    mid = parse_id(message_id, "Message")
-    thread_id = await session.scalar(select(Message.thread_id).where(Message.id == mid))
-    if thread_id is None:
-        raise NotFound("Message not found")
-    return thread_id
-
-
 async def access_message(
     session: AsyncSession,
     actor: User,
