@@ -9,12 +9,13 @@ from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import insert, select
+from sqlalchemy.orm.instrumentation import ClassManager
 
 from tests import factories
 from tests.conftest import BACKEND, Clients, Server
 from tests.test_graphql_post import as_strawberry_would
 from threadline.db import DRIVER_ENTITIES, DRIVER_ROWS
-from threadline.models import Attachment, Message, Thread, User
+from threadline.models import Attachment, Message, Thread, User, seam
 from threadline.models.queries import Query
 from threadline.schema.plain_leaves import plain_leaves
 from threadline.schema.schema import build_schema
@@ -142,3 +143,13 @@ async def test_plain_leaves_answer_as_strawberry_does(clients: Clients) -> None:
     assert [n["clientId"] for n in nodes] == ["c-1", None]
     assert nodes[0]["editedAt"] is not None and nodes[1]["editedAt"] is None
     assert nodes[0]["author"]["role"] == "MEMBER"
+
+
+async def test_the_seam_names_what_an_upgrade_of_sqlalchemy_took_away(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The import-time check finds every internal the fast paths need today, and
+    names one that a (simulated) upgrade removed."""
+    assert seam._missing() == []
+    monkeypatch.delattr(ClassManager, "new_instance")
+    assert seam._missing() == ["ClassManager.new_instance"]

@@ -30,7 +30,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 
 from threadline.errors import ServiceUnavailable
 from threadline.metrics import TRANSACTION_SECONDS
-from threadline.models.seam import driver_of
+from threadline.models.seam import driver_of, raw_driver_connection
 
 log = logging.getLogger(__name__)
 
@@ -214,9 +214,8 @@ async def driver_fetch(session: AsyncSession, sql: str, *args: Any) -> list[asyn
 
 
 async def _driver_fetch(session: AsyncSession, sql: str, args: Sequence[Any]) -> list[Any]:
-    connection = await session.connection()
-    raw = await connection.get_raw_connection()
-    records: list[Any] = await driver_of(raw).fetch(sql, *args)
+    driver = await raw_driver_connection(await session.connection())
+    records: list[Any] = await driver.fetch(sql, *args)
     return records
 
 

@@ -19,19 +19,23 @@ from typing import Any, cast
 
 from sqlalchemy import Column, any_, bindparam
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import operators
-from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import BinaryExpression, BindParameter, ClauseElement
 from sqlalchemy.sql.selectable import Select
 from sqlalchemy.sql.visitors import replacement_traverse
 
 from threadline.db import DRIVER_ENTITIES, DRIVER_ROWS, dialect_of, driver_fetch
-from threadline.models.seam import Processor, bind_processor, instance_factory, result_processor
+from threadline.models.seam import (
+    ASYNCPG,
+    Processor,
+    compile_for_asyncpg,
+    instance_factory,
+    value_reader,
+    value_writer,
+)
 
-_ASYNCPG = PGDialect_asyncpg()  # type: ignore[no-untyped-call]
 # Any statement's row shape.
 AnySelect = Select[*tuple[Any, ...]]
 
@@ -71,20 +75,16 @@ class DriverStatement:
 
     def __init__(self, statement: ClauseElement) -> None:
         driver_form = cast(ClauseElement, replacement_traverse(statement, {}, _ids_as_array))
-        compiled = cast(SQLCompiler, driver_form.compile(dialect=_ASYNCPG))
-        self.sql: str = compiled.string
-        self._params: list[tuple[str, BindParameter[Any]]] = [
-            (n, compiled.binds[n]) for n in compiled.positiontup or ()
-        ]
-        self._processors = [bind_processor(bind.type, _ASYNCPG) for _, bind in self._params]
+        self.sql, self._binds = compile_for_asyncpg(driver_form)
+        self._processors = [value_writer(bind.type, ASYNCPG) for bind in self._binds]
 
     def args(self, params: Mapping[str, Any]) -> list[Any]:
         args = []
-        for (name, bind), process in zip(self._params, self._processors, strict=True):
-            if name in params:
-                value = params[name]
+        for bind, process in zip(self._binds, self._processors, strict=True):
+            if bind.key in params:
+                value = params[bind.key]
             elif bind.required:
-                raise KeyError(f"{name!r} is a parameter of this statement")
+                raise KeyError(f"{bind.key!r} is a parameter of this statement")
             else:
                 value = bind.effective_value
             args.append(value if process is None or value is None else process(value))
@@ -135,7 +135,7 @@ class Query:
     def _build(self, records: Sequence[Sequence[Any]], dialect: Dialect) -> list[tuple[Any, ...]]:
         processors = self._results.get(dialect.name)
         if processors is None:
-            found = [result_processor(t, dialect) for t in self._types]
+            found = [value_reader(t, dialect) for t in self._types]
             # None when no column needs processing: records are used as they are.
             processors = self._results[dialect.name] = found if any(found) else None
         rows: Sequence[Sequence[Any]] = records
