@@ -36,7 +36,9 @@ def compile_for_asyncpg(statement: ClauseElement) -> tuple[str, list[BindParamet
 
 def _missing() -> list[str]:
     try:
-        probe = select(literal_column("1")).where(literal_column("a") == bindparam("x"))
+        probe: ClauseElement = select(literal_column("1")).where(
+            literal_column("a") == bindparam("x")
+        )
         sql, binds = compile_for_asyncpg(probe)
         if "$1" not in sql or [b.key for b in binds] != ["x"]:
             return ["asyncpg's numeric_dollar compilation with positiontup"]
