@@ -105,8 +105,8 @@ class Query:
         columns = list(statement.selected_columns)
         self._types = [c.type for c in columns]
         self._entities = _entity_layout(statement, columns)
-        # Per dialect name: processors of each column (None: no column has one).
-        self._results: dict[str, list[Processor] | None] = {}
+        # Per dialect name: processors of each column.
+        self._results: dict[str, list[Processor]] = {}
 
     async def tuples(self, session: AsyncSession, **params: Any) -> list[tuple[Any, ...]]:
         """Every row as a tuple (an entity as its instance, or None if outer-joined away)."""
@@ -135,26 +135,35 @@ class Query:
     def _build(self, records: Sequence[Sequence[Any]], dialect: Dialect) -> list[tuple[Any, ...]]:
         processors = self._results.get(dialect.name)
         if processors is None:
-            found = [value_reader(t, dialect) for t in self._types]
-            # None when no column needs processing: records are used as they are.
-            processors = self._results[dialect.name] = found if any(found) else None
-        rows: Sequence[Sequence[Any]] = records
-        if processors is not None:
-            rows = [
-                [v if p is None or v is None else p(v) for p, v in zip(processors, r, strict=True)]
-                for r in records
+            processors = self._results[dialect.name] = [
+                value_reader(t, dialect) for t in self._types
             ]
         if not self._entities:
-            return [tuple(r) for r in rows]
-        return [tuple(_instance(e, r) for e in self._entities) for r in rows]
+            if not any(processors):
+                return [tuple(r) for r in records]
+            return [
+                tuple(
+                    v if p is None or v is None else p(v)
+                    for p, v in zip(processors, r, strict=True)
+                )
+                for r in records
+            ]
+        layouts = [
+            (e, list(zip(e.keys, processors[e.start : e.stop], strict=True)))
+            for e in self._entities
+        ]
+        return [tuple(_instance(e, layout, r) for e, layout in layouts) for r in records]
 
 
-def _instance(entity: _Entity, values: Sequence[Any]) -> Any:
-    mine = values[entity.start : entity.stop]
+def _instance(entity: _Entity, layout: list[tuple[str, Processor]], record: Sequence[Any]) -> Any:
+    """The entity's instance from its run of columns in ``record``, as the ORM loads it."""
+    mine = record[entity.start : entity.stop]
     if all(mine[i] is None for i in entity.key_positions):
-        return None
+        return None  # outer-joined away
     instance = entity.factory()
-    instance.__dict__.update(zip(entity.keys, mine, strict=True))
+    values = instance.__dict__
+    for (key, process), value in zip(layout, mine, strict=True):
+        values[key] = value if process is None or value is None else process(value)
     return instance
 
 
