@@ -6,14 +6,26 @@ and the same rules must hold).
 from __future__ import annotations
 
 import asyncio
+import itertools
+import uuid
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 import pytest
 from prometheus_client import REGISTRY
+from sqlalchemy import delete
 
 from tests import factories
-from tests.conftest import BACKEND, Api, Clients
+from tests.conftest import BACKEND, Api, Clients, Server
 from threadline.batching import Batcher
+from threadline.db import DRIVER_ENTITIES, DRIVER_ROWS, Database, make_engine
+from threadline.errors import NotFound
+from threadline.models import SystemRole, Thread, ThreadParticipant, ThreadRole, User
+from threadline.models.sends import PlainSend, store_plain_sends
+from threadline.services.events import EventKind
+from threadline.services.messages import send_message, thread_messages
+from threadline.services.pagination import PageRequest
+from threadline.services.permissions import access_thread, posting_rights
 
 pytestmark = pytest.mark.asyncio
 
@@ -160,3 +172,121 @@ async def test_an_existing_client_id_among_concurrent_sends_stores_it_once_and_t
     assert "retried" not in bodies
     assert bodies.count("new key") == 1
     assert sum(b.startswith("plain ") for b in bodies) == 10
+
+
+# ------------------------------------------------- the fast path's rule is grant's rule
+
+PARTICIPANT_STATES = ["none", "removed", "MEMBER", "ADMIN", "OWNER", "muted"]
+
+
+@pytest.mark.skipif(BACKEND != "postgres", reason="the group-commit statement is PostgreSQL's")
+async def test_the_group_commit_statement_lets_post_exactly_whom_access_thread_lets_post(
+    server: Server,
+) -> None:
+    """Every system role x participant state (none, removed, each thread role, muted)
+    x live or deleted thread: the batched statement stores the send exactly when
+    ``access_thread(..., MEMBER)``, the general path's check, lets the sender in."""
+    db = server.runtime.db
+    cells = list(itertools.product(SystemRole, PARTICIPANT_STATES, (False, True)))
+    now = datetime.now(UTC)
+    async with db.transaction("world") as uow:
+        owner = User(clerk_id="dev_owner", username="owner", display_name="owner")
+        uow.session.add(owner)
+        senders = {}
+        for system_role in SystemRole:
+            name = f"sender_{system_role.value.lower()}"
+            senders[system_role] = User(
+                clerk_id=f"dev_{name}", username=name, display_name=name, role=system_role.value
+            )
+            uow.session.add(senders[system_role])
+        await uow.session.flush()
+        threads = {}
+        for system_role, state, deleted in cells:
+            thread = Thread(
+                title="cell", created_by_id=owner.id, deleted_at=now if deleted else None
+            )
+            uow.session.add(thread)
+            await uow.session.flush()
+            threads[system_role, state, deleted] = thread.id
+            uow.session.add(ThreadParticipant(thread_id=thread.id, user_id=owner.id, role="OWNER"))
+            if state != "none":
+                role = "MEMBER" if state in {"removed", "muted"} else state
+                uow.session.add(
+                    ThreadParticipant(
+                        thread_id=thread.id,
+                        user_id=senders[system_role].id,
+                        role=role,
+                        muted=state == "muted",
+                    )
+                )
+        await uow.session.flush()
+        for (system_role, state, _), thread_id in threads.items():
+            if state == "removed":
+                await uow.session.execute(
+                    delete(ThreadParticipant).where(
+                        ThreadParticipant.thread_id == thread_id,
+                        ThreadParticipant.user_id == senders[system_role].id,
+                    )
+                )
+    outcomes = {}
+    for (system_role, state, deleted), thread_id in threads.items():
+        sender = senders[system_role]
+        async with db.reading() as session:
+            try:
+                await access_thread(session, sender, thread_id, ThreadRole.MEMBER)
+                general = True
+            except NotFound:
+                general = False
+        granted, roles = posting_rights(sender.system_role)
+        send = PlainSend(
+            id=uuid.uuid4(),
+            thread_id=thread_id,
+            author_id=sender.id,
+            body="hi",
+            client_id=None,
+            at=datetime.now(UTC),
+            granted=granted,
+            roles=frozenset(roles),
+            payload="{}",
+        )
+        stored = await store_plain_sends(db, [send], EventKind.MESSAGE_CREATED.value)
+        outcomes[system_role.value, state, deleted] = general
+        assert (0 in stored) == general, (system_role, state, deleted)
+    # The matrix is not trivial: system OWNER/ADMIN post anywhere live, a MEMBER
+    # only where a participant (muted too), nobody in a deleted thread.
+    assert outcomes["MEMBER", "none", False] is False
+    assert outcomes["MEMBER", "removed", False] is False
+    assert outcomes["MEMBER", "muted", False] is True
+    assert outcomes["ADMIN", "none", False] is True
+    assert outcomes["OWNER", "removed", False] is True
+    assert not any(allowed for (_, _, deleted), allowed in outcomes.items() if deleted)
+
+
+async def test_with_fast_paths_off_sends_and_reads_go_the_general_way(
+    server: Server, clients: Clients
+) -> None:
+    """FAST_PATHS=off: no session reads through the driver, and a plain send takes
+    the general path's transaction, not the batched statement; both still work."""
+    alice, bob = await clients.users("alice", "bob")
+    thread_id = await factories.thread(alice, bob)
+    db = Database(make_engine(server.runtime.settings.database_url), fast_paths=False)
+    try:
+        for sessions in (db.sessions, db.read_sessions, db.shared_sessions):
+            async with sessions() as session:
+                assert not session.info[DRIVER_ROWS]
+                assert not session.info.get(DRIVER_ENTITIES)
+        async with db.reading() as session:
+            actor = await session.get(User, uuid.UUID(alice.id))
+        assert actor is not None
+        count_before, items_before = batches_of_sends()
+        sent = await send_message(db, actor, thread_id, "plain and simple")
+        assert batches_of_sends() == (count_before, items_before)
+        async with db.shared_sessions() as session:
+            page = await thread_messages(session, uuid.UUID(thread_id), PageRequest(last=5))
+        assert [(m.id, m.seq, m.body) for m in page.items] == [(sent.id, 1, "plain and simple")]
+    finally:
+        await db.dispose()
+    if BACKEND == "postgres":  # and on, the same send goes through the batcher
+        count_before, _ = batches_of_sends()
+        await factories.send(alice, thread_id, "fast")
+        assert batches_of_sends()[0] == count_before + 1

@@ -67,7 +67,8 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=26_214_400, gt=0)
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     rate_limits: bool = True
-    # off: no fast path (live frames through the ordinary ASGI send, ...); answers are the same.
+    # off: every fast path off (driver reads, the group-commit send, raw socket frames,
+    # direct execution); the answers are the same, only slower.
     fast_paths: bool = True
     ws_reauth_seconds: int = Field(default=900, ge=0)
     public_url: str | None = None

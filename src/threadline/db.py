@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
 from sqlalchemy import event, func, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.ext.asyncio import (
@@ -26,11 +27,10 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.pool import ConnectionPoolEntry
-from sqlalchemy.sql import Executable
 
 from threadline.errors import ServiceUnavailable
 from threadline.metrics import TRANSACTION_SECONDS
-from threadline.models.base import StoredRows
+from threadline.models.seam import driver_of, raw_driver_connection
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,11 @@ SERVER_SETTINGS = {"application_name": "threadline", "timezone": "UTC"}
 # Hot single statements (sendMessage) use their own asyncpg pool, beside the
 # engine's 20 + 10. Idle ones stay open: closing them would cost a timer per use.
 DRIVER_POOL_SIZE = 10
+# Session.info keys: the session's reads of plain columns (any session), or of
+# entities too (an operation's read session, never written back), may go through
+# the driver (models.queries). Set on PostgreSQL while FAST_PATHS is on.
+DRIVER_ROWS = "threadline.driver_rows"
+DRIVER_ENTITIES = "threadline.driver_entities"
 
 
 async def _publish_nothing(events: Sequence[Any]) -> None:
@@ -101,7 +106,7 @@ def _replace_closed(dbapi_connection: Any, *_: Any) -> None:
     pool_pre_ping (a BEGIN, a statement and a ROLLBACK on every checkout).
     SQLAlchemy retries the checkout with a fresh connection.
     """
-    driver = getattr(dbapi_connection, "driver_connection", None)
+    driver = driver_of(dbapi_connection)
     if driver is not None and driver.is_closed():
         raise DisconnectionError("the server closed this pooled connection")
 
@@ -198,9 +203,9 @@ class SharedReadSession(ReadSession):
 async def driver_fetch(session: AsyncSession, sql: str, *args: Any) -> list[asyncpg.Record]:
     """One PostgreSQL statement on the session's own asyncpg connection.
 
-    For the batch reads a page makes: SQLAlchemy's per-statement work (expanding
-    parameters, building the result, loading entities) cost several times the
-    driver's. Same connection, so the same transaction when there is one.
+    For the batch reads a page makes (``models.queries``): SQLAlchemy's
+    per-statement work cost several times the driver's. Same connection, so the
+    same transaction when there is one.
     """
     if isinstance(session, SharedReadSession):
         async with session._turn:
@@ -209,55 +214,22 @@ async def driver_fetch(session: AsyncSession, sql: str, *args: Any) -> list[asyn
 
 
 async def _driver_fetch(session: AsyncSession, sql: str, args: Sequence[Any]) -> list[Any]:
-    connection = await session.connection()
-    raw = await connection.get_raw_connection()
-    records: list[Any] = await raw.driver_connection.fetch(sql, *args)  # type: ignore[union-attr]
+    driver = await raw_driver_connection(await session.connection())
+    records: list[Any] = await driver.fetch(sql, *args)
     return records
-
-
-async def rows_by_ids(
-    session: AsyncSession, statement: Executable, sql: str, ids: Iterable[Any]
-) -> Iterable[Any]:
-    """A batch read of rows by ids: on PostgreSQL ``sql`` (the ids as $1, one array)
-    through the driver, elsewhere ``statement`` (the ids as the expanding "ids")."""
-    values = list(set(ids))
-    if is_postgres(session):
-        return await driver_fetch(session, sql, values)
-    return await session.execute(statement, {"ids": values})
-
-
-async def entities_by_ids(
-    session: AsyncSession, statement: Executable, rows: StoredRows, sql: str, ids: Iterable[Any]
-) -> Iterable[Any]:
-    """The same for instances of a mapped class; ``sql`` selects ``rows.columns``.
-
-    Through the driver only for an operation's read session: its instances are
-    not in the session, which a write session's flush would need.
-    """
-    values = list(set(ids))
-    if is_postgres_read(session):
-        return await driver_entities(session, rows, sql, values)
-    return await session.scalars(statement, {"ids": values})
-
-
-async def driver_entities(
-    session: AsyncSession, rows: StoredRows, sql: str, *args: Any
-) -> list[Any]:
-    """Instances of ``rows``'s class from ``sql``, which selects ``rows.columns``, run by
-    the driver. For an operation's read session only (``is_postgres_read``)."""
-    return rows.build(await driver_fetch(session, sql, *args), dialect_of(session))
-
-
-def is_postgres_read(session: AsyncSession) -> bool:
-    """An operation's read session on PostgreSQL: what it reads is never written back,
-    so rows may come from the driver (``StoredRows``), outside the session."""
-    return isinstance(session, SharedReadSession) and is_postgres(session)
 
 
 def dialect_of(session: AsyncSession) -> Dialect:
     bind = session.bind
     assert bind is not None, "sessions here are always bound to the engine"
     return bind.dialect
+
+
+def dialect_insert(session: AsyncSession, table: type[Any]) -> postgresql.Insert:
+    """An INSERT of the session's database's dialect: with ``on_conflict_do_nothing``."""
+    module = postgresql if is_postgres(session) else sqlite
+    statement: postgresql.Insert = module.insert(table)
+    return statement
 
 
 def is_postgres(session: AsyncSession) -> bool:
@@ -291,21 +263,32 @@ async def try_transaction_lock(uow: UnitOfWork, key: int) -> bool:
 
 
 class Database:
-    def __init__(self, engine: AsyncEngine, publish: Publish = _publish_nothing) -> None:
+    def __init__(
+        self, engine: AsyncEngine, publish: Publish = _publish_nothing, *, fast_paths: bool = True
+    ) -> None:
         self.engine = engine
         self.is_sqlite = engine.dialect.name == "sqlite"
         self.is_postgres = engine.dialect.name == "postgresql"
+        # The driver's fast paths: reads (models.queries) and the group-commit send.
+        self.fast_paths = fast_paths and self.is_postgres
+        rows = {DRIVER_ROWS: self.fast_paths}
         # Under READ COMMITTED every statement takes its own snapshot anyway, so a
         # read session in autocommit sees the same rows and saves BEGIN and ROLLBACK.
         read_engine = (
             engine.execution_options(isolation_level="AUTOCOMMIT") if self.is_postgres else engine
         )
-        self.sessions = async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+        self.sessions = async_sessionmaker(
+            engine, expire_on_commit=False, autoflush=False, info=rows
+        )
         self.read_sessions = async_sessionmaker(
-            read_engine, class_=ReadSession, expire_on_commit=False, autoflush=False
+            read_engine, class_=ReadSession, expire_on_commit=False, autoflush=False, info=rows
         )
         self.shared_sessions = async_sessionmaker(
-            read_engine, class_=SharedReadSession, expire_on_commit=False, autoflush=False
+            read_engine,
+            class_=SharedReadSession,
+            expire_on_commit=False,
+            autoflush=False,
+            info={**rows, DRIVER_ENTITIES: self.fast_paths},
         )
         self.publish = publish
         self._write_lock = asyncio.Lock() if self.is_sqlite else None

@@ -50,7 +50,11 @@ class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.broker = Broker(settings.redis_url)
-        self.db = Database(make_engine(settings.database_url), publish=self._publish)
+        self.db = Database(
+            make_engine(settings.database_url),
+            publish=self._publish,
+            fast_paths=settings.fast_paths,
+        )
         self.verifier = TokenVerifier(settings)
         self.rate_limiter = RateLimiter(
             settings.redis_url,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import uuid
-from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Self
@@ -13,6 +12,8 @@ from sqlalchemy import JSON, DateTime, MetaData, String, TypeDecorator, Uuid
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from threadline.models.seam import instance_factory
 
 # Named constraints, so that migrations can refer to them on every database.
 NAMING = {
@@ -103,7 +104,7 @@ class Base(DeclarativeBase):
         for adding to a session. Every column must be given.
         """
         assert columns.keys() == _column_keys(cls), "as_stored needs every column"
-        instance: Self = cls.__mapper__.class_manager.new_instance()
+        instance: Self = instance_factory(cls)()
         instance.__dict__.update(columns)
         return instance
 
@@ -115,41 +116,3 @@ def _column_keys(cls: type[Base]) -> frozenset[str]:
 
 def id_column() -> Mapped[uuid.UUID]:
     return mapped_column(Uuid(), primary_key=True, default=new_id)
-
-
-class StoredRows:
-    """Instances of a mapped class from driver records that hold all its columns.
-
-    For reads that a page makes many of on PostgreSQL (see ``db.driver_fetch``):
-    ``columns`` is the select list, in table order; each value goes through its
-    column type's own result processing, as SQLAlchemy's would; instances are
-    built as ``as_stored`` builds them. Read-only results: not in any session.
-    """
-
-    def __init__(self, model: type[Base], alias: str = "") -> None:
-        self.model = model
-        table = model.__table__
-        prefix = f"{alias}." if alias else ""
-        self.columns = ", ".join(f"{prefix}{c.name}" for c in table.columns)
-        mapper = model.__mapper__
-        self._keys = [mapper.get_property_by_column(c).key for c in table.columns]
-        # Per dialect name: (attribute key, result processor or None) per column.
-        self._layouts: dict[str, list[tuple[str, Any]]] = {}
-
-    def build(self, records: Iterable[Sequence[Any]], dialect: Dialect) -> list[Any]:
-        layout = self._layouts.get(dialect.name)
-        if layout is None:
-            processors = [
-                c.type.dialect_impl(dialect).result_processor(dialect, None)
-                for c in self.model.__table__.columns
-            ]
-            layout = self._layouts[dialect.name] = list(zip(self._keys, processors, strict=True))
-        new = self.model.__mapper__.class_manager.new_instance
-        out = []
-        for record in records:
-            instance = new()
-            values = instance.__dict__
-            for (key, process), value in zip(layout, record, strict=True):
-                values[key] = value if process is None or value is None else process(value)
-            out.append(instance)
-        return out

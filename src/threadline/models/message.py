@@ -2,10 +2,29 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    Select,
+    String,
+    Text,
+    UniqueConstraint,
+    column,
+    func,
+    literal_column,
+    select,
+    text,
+)
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from threadline.models.base import Base, id_column, utcnow
@@ -65,3 +84,39 @@ class Reaction(Base):
         UniqueConstraint("message_id", "user_id", "emoji"),
         Index("ix_reactions_message_id_created_at", "message_id", "created_at"),
     )
+
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def _fts5_query(query: str) -> str:
+    """Plain words, each quoted, so that FTS5 syntax in user input is inert."""
+    words = _WORD.findall(query)
+    return " ".join('"' + w.replace('"', "") + '"' for w in words)
+
+
+def full_text_match(session: AsyncSession, query: str) -> tuple[Select[Message], Any] | None:
+    """Messages matching ``query``, and their rank (higher first); None: no words.
+
+    PostgreSQL ranks a generated tsvector column (english configuration, GIN index)
+    against ``websearch_to_tsquery``; SQLite uses the FTS5 table the migration keeps
+    in step with messages (porter stemmer, bm25 rank).
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        tsquery = func.websearch_to_tsquery(literal_column("'english'"), query)
+        vector: Any = column("search_vector")
+        return select(Message).where(vector.op("@@")(tsquery)), func.ts_rank_cd(vector, tsquery)
+    fts = _fts5_query(query)
+    if not fts:
+        return None
+    matches = (
+        select(
+            literal_column("rowid").label("rid"),
+            literal_column("bm25(messages_fts)", Float).label("score"),
+        )
+        .select_from(text("messages_fts"))
+        .where(text("messages_fts MATCH :q").bindparams(q=fts))
+        .subquery()
+    )
+    statement = select(Message).join(matches, literal_column("messages.rowid") == matches.c.rid)
+    return statement, -matches.c.score

@@ -5,8 +5,21 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import (
+    Boolean,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    Uuid,
+    column,
+    update,
+    values,
+)
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.sql.dml import ReturningUpdate
 
 from threadline.models.base import Base, RoleColumn, ThreadRole, id_column, utcnow
 
@@ -54,3 +67,58 @@ class ThreadParticipant(Base):
     @property
     def thread_role(self) -> ThreadRole:
         return ThreadRole(self.role)
+
+
+def move_delivered(
+    engine: AsyncEngine, rows: list[tuple[uuid.UUID, uuid.UUID, int]]
+) -> list[ReturningUpdate[uuid.UUID, uuid.UUID, int, int]]:
+    """UPDATEs moving each (thread, user)'s delivered marker forward to seq, returning
+    the rows that moved: one set-based UPDATE, or on SQLite, which cannot name the
+    columns of a VALUES list, one per marker (it has one writer at a time anyway)."""
+    if engine.dialect.name == "sqlite":
+        return [_move_delivered(t, u, s) for t, u, s in rows]
+    return [_move_delivered_set_based(rows)]
+
+
+_MOVED = (
+    ThreadParticipant.thread_id,
+    ThreadParticipant.user_id,
+    ThreadParticipant.last_read_seq,
+    ThreadParticipant.last_delivered_seq,
+)
+
+
+def _move_delivered(
+    thread_id: uuid.UUID, user_id: uuid.UUID, seq: int
+) -> ReturningUpdate[uuid.UUID, uuid.UUID, int, int]:
+    return (
+        update(ThreadParticipant)
+        .where(
+            ThreadParticipant.thread_id == thread_id,
+            ThreadParticipant.user_id == user_id,
+            ThreadParticipant.last_delivered_seq < seq,
+        )
+        .values(last_delivered_seq=seq)
+        .returning(*_MOVED)
+    )
+
+
+def _move_delivered_set_based(
+    rows: list[tuple[uuid.UUID, uuid.UUID, int]],
+) -> ReturningUpdate[uuid.UUID, uuid.UUID, int, int]:
+    wanted = values(
+        column("thread_id", Uuid()),
+        column("user_id", Uuid()),
+        column("seq", Integer()),
+        name="wanted",
+    ).data(rows)
+    return (
+        update(ThreadParticipant)
+        .where(
+            ThreadParticipant.thread_id == wanted.c.thread_id,
+            ThreadParticipant.user_id == wanted.c.user_id,
+            ThreadParticipant.last_delivered_seq < wanted.c.seq,
+        )
+        .values(last_delivered_seq=wanted.c.seq)
+        .returning(*_MOVED)
+    )

@@ -144,9 +144,8 @@ async def unreachable(
             )
         )
         .limit(limit)
+        .with_for_update(of=Attachment, skip_locked=True)  # SQLite has no row locks: ignored
     )
-    if session.bind is not None and session.bind.dialect.name == "postgresql":
-        statement = statement.with_for_update(of=Attachment, skip_locked=True)
     return [(row.id, row.storage_key) for row in await session.execute(statement)]
 
 

@@ -10,6 +10,7 @@ row and hands out the seq.
 from __future__ import annotations
 
 import functools
+import itertools
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
@@ -17,19 +18,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from sqlalchemy import Select, bindparam, delete, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
-from threadline.db import (
-    Database,
-    UnitOfWork,
-    driver_entities,
-    entities_by_ids,
-    is_postgres_read,
-    rows_by_ids,
-)
+from threadline.db import Database, UnitOfWork, dialect_insert
 from threadline.errors import BadInput, Conflict, Forbidden, NotFound
 from threadline.models import (
     Attachment,
@@ -42,7 +35,7 @@ from threadline.models import (
     User,
     utcnow,
 )
-from threadline.models.base import StoredRows
+from threadline.models.queries import Query
 from threadline.services import notifications
 from threadline.services.events import (
     EventKind,
@@ -56,8 +49,8 @@ from threadline.services.permissions import (
     ThreadAccess,
     access_message,
     access_thread,
-    effective_thread_role,
     parse_id,
+    posting_rights,
 )
 from threadline.services.plain_sends import PlainSend, plain_sends
 from threadline.services.text_rules import (
@@ -86,13 +79,6 @@ class ReactionGroup:
 
 def mention_uuids(message: Message) -> list[uuid.UUID]:
     return [uuid.UUID(m) for m in message.mention_ids or []]
-
-
-def _insert(session: AsyncSession, table: type[Message] | type[Reaction]) -> postgresql.Insert:
-    dialect = session.get_bind().dialect.name
-    module = postgresql if dialect == "postgresql" else sqlite
-    statement: postgresql.Insert = module.insert(table)
-    return statement
 
 
 async def _by_client_id(
@@ -147,8 +133,8 @@ async def send_message(
     tid = parse_id(thread_id, "Thread")
     if client_id is not None:  # checked once, for either path, before anything is batched
         client_id = check_client_id(client_id)
-    if db.is_postgres and parent_id is None and not attachment_ids:
-        message = await _send_plain_postgres(db, actor, tid, body, client_id)
+    if db.fast_paths and parent_id is None and not attachment_ids:
+        message = await _send_plain(db, actor, tid, body, client_id)
         if message is not None:
             return message
     for _ in range(3):
@@ -170,7 +156,7 @@ async def send_message(
     raise Conflict("clientId is being used by a concurrent send; retry")
 
 
-async def _send_plain_postgres(
+async def _send_plain(
     db: Database, actor: User, thread_id: uuid.UUID, body: str, client_id: str | None
 ) -> Message | None:
     """The hot path: a message without parent, attachments or mentions (see plain_sends).
@@ -178,7 +164,7 @@ async def _send_plain_postgres(
     None when it stored nothing or the message needs the general path.
     """
     text = clean_body(body, has_attachments=False)
-    if "@" in text:  # mentions notify: the general path handles them
+    if mentioned_usernames(text):  # mentions notify: the general path handles them
         return None
     now = utcnow()
     message = Message.as_stored(
@@ -198,6 +184,7 @@ async def _send_plain_postgres(
     )
     payload = message_payload(message)
     del payload["seq"]  # the statement fills it in
+    granted, roles = posting_rights(actor.system_role)
     seq = await plain_sends(db).store(
         PlainSend(
             id=message.id,
@@ -206,7 +193,8 @@ async def _send_plain_postgres(
             body=text,
             client_id=client_id,
             at=now,
-            granted=effective_thread_role(actor.system_role, None) is not None,
+            granted=granted,
+            roles=frozenset(roles),
             payload=orjson.dumps(payload).decode(),
         )
     )
@@ -250,7 +238,7 @@ async def _write_message(
             raise Conflict("Cannot reply to a deleted message")
     if attachment_uuids:
         await _check_attachments(session, actor, thread_id, attachment_uuids)
-    mentioned = await _mentions(session, thread_id, text) if "@" in text else []
+    mentioned = await _mentions(session, thread_id, text)
 
     now = utcnow()
     seq = await allocate_seq(session, thread_id, message_at=now)
@@ -267,7 +255,7 @@ async def _write_message(
         "pinned": False,
         "created_at": now,
     }
-    statement = _insert(session, Message).values(**values)
+    statement = dialect_insert(session, Message).values(**values)
     if client_id is not None:
         statement = statement.on_conflict_do_nothing(
             index_elements=["thread_id", "author_id", "client_id"]
@@ -337,7 +325,7 @@ async def edit_message(uow: UnitOfWork, actor: User, message_id: str, body: str)
     )
     message.body = text
     message.edited_at = now
-    mentioned = await _mentions(uow.session, message.thread_id, text) if "@" in text else []
+    mentioned = await _mentions(uow.session, message.thread_id, text)
     message.mention_ids = [str(uid) for uid, _ in mentioned]
     await uow.session.flush()
     await append_event(
@@ -404,7 +392,7 @@ async def add_reaction(uow: UnitOfWork, actor: User, message_id: str, emoji: str
     if emoji not in kinds and len(kinds) >= MAX_DISTINCT_REACTIONS:
         raise BadInput(f"At most {MAX_DISTINCT_REACTIONS} different emoji per message")
     statement = (
-        _insert(session, Reaction)
+        dialect_insert(session, Reaction)
         .values(
             id=uuid.uuid4(),
             message_id=message.id,
@@ -479,77 +467,33 @@ _SEQ_PAGE_BASES = {
 
 
 @functools.cache
-def _seq_page_statement(base: str, after: bool, before: bool, backwards: bool) -> Select[Any]:
+def _seq_page(base: str, after: bool, before: bool, backwards: bool) -> Query:
     query = _SEQ_PAGE_BASES[base]
     if after:
         query = query.where(Message.seq > bindparam("after"))
     if before:
         query = query.where(Message.seq < bindparam("before"))
     order = Message.seq.desc() if backwards else Message.seq.asc()
-    return query.order_by(order).limit(bindparam("size"))
+    return Query(query.order_by(order).limit(bindparam("size")))
+
+
+# Built at import: each shape is compiled once (see models.queries).
+for _shape in itertools.product(_SEQ_PAGE_BASES, *[(False, True)] * 3):
+    _seq_page(*_shape)
 
 
 async def _page_by_seq(
     session: AsyncSession, base: str, params: dict[str, Any], request: PageRequest
 ) -> Page[Message]:
     after, before = int_key(request.after_key()), int_key(request.before_key())
-    has_after, has_before = after is not None, before is not None
-    if is_postgres_read(session):
-        sql = _seq_page_sql(base, has_after, has_before, request.backwards)
-        args = [*params.values(), *[k for k in (after, before) if k is not None]]
-        rows: list[Message] = await driver_entities(
-            session, _MESSAGE_ROWS, sql, *args, request.size + 1
-        )
-        return make_page(rows, request, lambda m: [m.seq])
-    query = _seq_page_statement(base, has_after, has_before, request.backwards)
+    query = _seq_page(base, after is not None, before is not None, request.backwards)
     values = {**params, "size": request.size + 1}
     if after is not None:
         values["after"] = after
     if before is not None:
         values["before"] = before
-    rows = list(await session.scalars(query, values))
+    rows: list[Message] = await query.scalars(session, **values)
     return make_page(rows, request, lambda m: [m.seq])
-
-
-# The same pages and batch reads as SQL of our own, run on PostgreSQL by the driver
-# (db.driver_fetch): a page makes eight of them, and SQLAlchemy's work per
-# statement and per loaded row cost more than the reads. Lists of ids are one
-# array parameter.
-_MESSAGE_ROWS = StoredRows(Message)
-_EDIT_ROWS = StoredRows(MessageEdit)
-_ATTACHMENT_ROWS = StoredRows(Attachment)
-# (S608: what is interpolated is the models' own column names, never input.)
-_MESSAGES_BY_IDS_SQL = f"SELECT {_MESSAGE_ROWS.columns} FROM messages WHERE id = ANY($1::uuid[])"  # noqa: S608
-_EDITS_SQL = (
-    f"SELECT {_EDIT_ROWS.columns} FROM message_edits"  # noqa: S608
-    " WHERE message_id = ANY($1::uuid[]) ORDER BY message_id, edited_at, id"
-)
-_REPLY_COUNTS_SQL = (
-    "SELECT parent_id, count(*) FROM messages"
-    " WHERE parent_id = ANY($1::uuid[]) AND deleted_at IS NULL GROUP BY parent_id"
-)
-_REACTIONS_SQL = (
-    "SELECT message_id, emoji, user_id FROM reactions WHERE message_id = ANY($1::uuid[])"
-    " ORDER BY message_id, created_at, id"
-)
-_ATTACHMENTS_SQL = (
-    f"SELECT {_ATTACHMENT_ROWS.columns} FROM attachments"  # noqa: S608
-    " WHERE message_id = ANY($1::uuid[]) ORDER BY created_at, id"
-)
-
-
-@functools.cache
-def _seq_page_sql(base: str, after: bool, before: bool, backwards: bool) -> str:
-    """``params`` of the base in order (thread, then parent), the cursors given, the size."""
-    where = ["thread_id = $1"] + (["parent_id = $2"] if base == "replies" else [])
-    if after:
-        where.append(f"seq > ${len(where) + 1}")
-    if before:
-        where.append(f"seq < ${len(where) + 1}")
-    return (
-        f"SELECT {_MESSAGE_ROWS.columns} FROM messages WHERE {' AND '.join(where)}"  # noqa: S608
-        f" ORDER BY seq {'DESC' if backwards else 'ASC'} LIMIT ${len(where) + 1}"
-    )
 
 
 async def thread_messages(
@@ -572,23 +516,23 @@ async def get_message(session: AsyncSession, message_id: uuid.UUID) -> Message:
 
 # The batch reads a page makes are built once: SQLAlchemy then skips building the
 # statement and its cache key on every request; the ids are one expanding parameter.
-_MESSAGES_BY_IDS = select(Message).where(Message.id.in_(bindparam("ids", expanding=True)))
-_REPLY_COUNTS = (
+_MESSAGES_BY_IDS = Query(select(Message).where(Message.id.in_(bindparam("ids", expanding=True))))
+_REPLY_COUNTS = Query(
     select(Message.parent_id, func.count())
     .where(Message.parent_id.in_(bindparam("ids", expanding=True)), Message.deleted_at.is_(None))
     .group_by(Message.parent_id)
 )
-_REACTIONS = (
+_REACTIONS = Query(
     select(Reaction.message_id, Reaction.emoji, Reaction.user_id)
     .where(Reaction.message_id.in_(bindparam("ids", expanding=True)))
     .order_by(Reaction.message_id, Reaction.created_at, Reaction.id)
 )
-_EDITS = (
+_EDITS = Query(
     select(MessageEdit)
     .where(MessageEdit.message_id.in_(bindparam("ids", expanding=True)))
     .order_by(MessageEdit.message_id, MessageEdit.edited_at, MessageEdit.id)
 )
-_ATTACHMENTS = (
+_ATTACHMENTS = Query(
     select(Attachment)
     .where(Attachment.message_id.in_(bindparam("ids", expanding=True)))
     .order_by(Attachment.created_at, Attachment.id)
@@ -598,14 +542,12 @@ _ATTACHMENTS = (
 async def messages_by_ids(
     session: AsyncSession, ids: Sequence[uuid.UUID]
 ) -> dict[uuid.UUID, Message]:
-    rows = await entities_by_ids(
-        session, _MESSAGES_BY_IDS, _MESSAGE_ROWS, _MESSAGES_BY_IDS_SQL, ids
-    )
+    rows = await _MESSAGES_BY_IDS.scalars(session, ids=list(set(ids)))
     return {m.id: m for m in rows}
 
 
 async def reply_counts(session: AsyncSession, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, int]:
-    rows = await rows_by_ids(session, _REPLY_COUNTS, _REPLY_COUNTS_SQL, ids)
+    rows = await _REPLY_COUNTS.tuples(session, ids=list(set(ids)))
     return {r[0]: int(r[1]) for r in rows if r[0] is not None}
 
 
@@ -618,7 +560,7 @@ async def reaction_groups(
     not once per reaction row.
     """
     grouped: dict[uuid.UUID, dict[str, ReactionGroup]] = defaultdict(dict)
-    rows = await rows_by_ids(session, _REACTIONS, _REACTIONS_SQL, ids)
+    rows = await _REACTIONS.tuples(session, ids=list(set(ids)))
     for message_id, emoji, user_id in rows:
         group = grouped[message_id].setdefault(emoji, ReactionGroup(emoji))
         group.count += 1
@@ -631,7 +573,7 @@ async def reaction_groups(
 async def edits_of(
     session: AsyncSession, ids: Sequence[uuid.UUID]
 ) -> dict[uuid.UUID, list[MessageEdit]]:
-    rows = await entities_by_ids(session, _EDITS, _EDIT_ROWS, _EDITS_SQL, ids)
+    rows = await _EDITS.scalars(session, ids=list(set(ids)))
     out: dict[uuid.UUID, list[MessageEdit]] = defaultdict(list)
     for edit in rows:
         out[edit.message_id].append(edit)
@@ -641,7 +583,7 @@ async def edits_of(
 async def attachments_of(
     session: AsyncSession, ids: Sequence[uuid.UUID]
 ) -> dict[uuid.UUID, list[Attachment]]:
-    rows = await entities_by_ids(session, _ATTACHMENTS, _ATTACHMENT_ROWS, _ATTACHMENTS_SQL, ids)
+    rows = await _ATTACHMENTS.scalars(session, ids=list(set(ids)))
     out: dict[uuid.UUID, list[Attachment]] = defaultdict(list)
     for attachment in rows:
         assert attachment.message_id is not None

@@ -11,16 +11,16 @@ thread with ``readers`` (who may be notified).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from threadline.db import dialect_of, driver_fetch, is_postgres_read
 from threadline.errors import Forbidden, NotFound
 from threadline.models import Message, SystemRole, Thread, ThreadParticipant, ThreadRole, User
-from threadline.models.base import StoredRows
+from threadline.models.queries import Query
 
 _THREAD_RANK = {ThreadRole.MEMBER: 1, ThreadRole.ADMIN: 2, ThreadRole.OWNER: 3}
 _SYSTEM_RANK = {SystemRole.MEMBER: 1, SystemRole.ADMIN: 2, SystemRole.OWNER: 3}
@@ -45,6 +45,19 @@ def effective_thread_role(
     if not candidates:
         return None
     return max(candidates, key=_THREAD_RANK.__getitem__)
+
+
+def may_post(system_role: SystemRole, participant_role: ThreadRole | None) -> bool:
+    """Whether a caller may send in a live thread: at least MEMBER there."""
+    role = effective_thread_role(system_role, participant_role)
+    return role is not None and thread_role_at_least(role, ThreadRole.MEMBER)
+
+
+def posting_rights(system_role: SystemRole) -> tuple[bool, frozenset[ThreadRole]]:
+    """``may_post`` as data that a batched statement checks under its lock: whether a
+    sender of this system role may post with no participant row, and with which
+    participant roles (``models.sends``)."""
+    return may_post(system_role, None), frozenset(r for r in ThreadRole if may_post(system_role, r))
 
 
 def require_system_role(actor: User, minimum: SystemRole) -> None:
@@ -92,22 +105,14 @@ _ACCESS_BASE = select(Thread, ThreadParticipant).outerjoin(
     (ThreadParticipant.thread_id == Thread.id)
     & (ThreadParticipant.user_id == bindparam("user_id")),
 )
-_ACCESS = _ACCESS_BASE.where(Thread.id == bindparam("thread_id"), Thread.deleted_at.is_(None))
-_ACCESS_FOR_UPDATE = _ACCESS.with_for_update(of=Thread)
-_ACCESS_MANY = _ACCESS_BASE.where(
-    Thread.id.in_(bindparam("thread_ids", expanding=True)), Thread.deleted_at.is_(None)
+_ACCESS_WHERE = _ACCESS_BASE.where(Thread.id == bindparam("thread_id"), Thread.deleted_at.is_(None))
+_ACCESS = Query(_ACCESS_WHERE)
+_ACCESS_FOR_UPDATE = _ACCESS_WHERE.with_for_update(of=Thread)
+_ACCESS_MANY = Query(
+    _ACCESS_BASE.where(
+        Thread.id.in_(bindparam("thread_ids", expanding=True)), Thread.deleted_at.is_(None)
+    )
 )
-# The same reads by the driver, for an operation's read session (db.is_postgres_read).
-_THREAD_ROWS = StoredRows(Thread, "t")
-_PARTICIPANT_ROWS = StoredRows(ThreadParticipant, "p")
-_THREAD_COLUMNS = len(Thread.__table__.columns)
-_ACCESS_SELECT = (
-    f"SELECT {_THREAD_ROWS.columns}, {_PARTICIPANT_ROWS.columns} FROM threads t"  # noqa: S608
-    " LEFT JOIN thread_participants p ON p.thread_id = t.id AND p.user_id = $2"
-    " WHERE t.deleted_at IS NULL AND "
-)
-_ACCESS_SQL = _ACCESS_SELECT + "t.id = $1"
-_ACCESS_MANY_SQL = _ACCESS_SELECT + "t.id = ANY($1)"
 
 
 async def access_thread(
@@ -124,15 +129,14 @@ async def access_thread(
     when the actor sees it but lacks the role.
     """
     tid = parse_id(thread_id, "Thread")
-    found: tuple[Thread, ThreadParticipant | None] | None
-    if not for_update and is_postgres_read(session):
-        rows = await _access_by_driver(session, _ACCESS_SQL, tid, actor.id)
-        found = rows[0] if rows else None
+    found: Sequence[Any] | None
+    if for_update:
+        params = {"thread_id": tid, "user_id": actor.id}
+        found = (await session.execute(_ACCESS_FOR_UPDATE, params)).first()
     else:
-        query = _ACCESS_FOR_UPDATE if for_update else _ACCESS
-        row = (await session.execute(query, {"thread_id": tid, "user_id": actor.id})).first()
-        found = (row[0], row[1]) if row is not None else None
-    access = grant(actor, *found) if found is not None else None
+        rows = await _ACCESS.tuples(session, thread_id=tid, user_id=actor.id)
+        found = rows[0] if rows else None
+    access = grant(actor, found[0], found[1]) if found is not None else None
     if access is None:
         raise NotFound("Thread not found")
     if not access.at_least(at_least):
@@ -152,11 +156,7 @@ async def visible_threads(
     ids = list(set(thread_ids))
     if not ids:
         return {}
-    if is_postgres_read(session):
-        found = await _access_by_driver(session, _ACCESS_MANY_SQL, ids, actor.id)
-    else:
-        result = await session.execute(_ACCESS_MANY, {"thread_ids": ids, "user_id": actor.id})
-        found = [(thread, participant) for thread, participant in result]
+    found = await _ACCESS_MANY.tuples(session, thread_ids=ids, user_id=actor.id)
     accesses = (grant(actor, thread, participant) for thread, participant in found)
     return {a.thread.id: a for a in accesses if a is not None}
 
@@ -186,31 +186,6 @@ async def readers(
         for user, participant in rows
         if grant(user, thread, participant) is not None
     }
-
-
-async def _access_by_driver(
-    session: AsyncSession, sql: str, thread_ids: object, user_id: uuid.UUID
-) -> list[tuple[Thread, ThreadParticipant | None]]:
-    records = await driver_fetch(session, sql, thread_ids, user_id)
-    dialect = dialect_of(session)
-    found: list[tuple[Thread, ThreadParticipant | None]] = []
-    for record in records:
-        (thread,) = _THREAD_ROWS.build([record[:_THREAD_COLUMNS]], dialect)
-        mine = record[_THREAD_COLUMNS:]
-        if mine[0] is None:  # no participant row: its first column, thread_id, is never null
-            found.append((thread, None))
-        else:
-            (participant,) = _PARTICIPANT_ROWS.build([mine], dialect)
-            found.append((thread, participant))
-    return found
-
-
-async def thread_id_of_message(session: AsyncSession, message_id: str | uuid.UUID) -> uuid.UUID:
-    mid = parse_id(message_id, "Message")
-    thread_id = await session.scalar(select(Message.thread_id).where(Message.id == mid))
-    if thread_id is None:
-        raise NotFound("Message not found")
-    return thread_id
 
 
 async def access_message(

@@ -12,12 +12,13 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Integer, Uuid, bindparam, column, func, select, update, values
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.sql.dml import ReturningUpdate
 
-from threadline.db import Database, UnitOfWork, rows_by_ids
+from threadline.db import Database, UnitOfWork
 from threadline.models import Message, ThreadParticipant, User
+from threadline.models.queries import Query
+from threadline.models.thread import move_delivered
 from threadline.services.events import ActivityEvent
 from threadline.services.permissions import ThreadAccess
 from threadline.services.states import MessageStatus
@@ -49,23 +50,20 @@ def readers(message: Message, markers: Sequence[Marker]) -> list[uuid.UUID]:
 
 
 # Built once (a page reads it every time): no statement or cache key to rebuild.
-_MARKERS = select(
-    ThreadParticipant.thread_id,
-    ThreadParticipant.user_id,
-    ThreadParticipant.last_read_seq,
-    ThreadParticipant.last_delivered_seq,
-).where(ThreadParticipant.thread_id.in_(bindparam("ids", expanding=True)))
-
-_MARKERS_SQL = (  # on PostgreSQL, run by the driver: see db.rows_by_ids
-    "SELECT thread_id, user_id, last_read_seq, last_delivered_seq"
-    " FROM thread_participants WHERE thread_id = ANY($1::uuid[])"
+_MARKERS = Query(
+    select(
+        ThreadParticipant.thread_id,
+        ThreadParticipant.user_id,
+        ThreadParticipant.last_read_seq,
+        ThreadParticipant.last_delivered_seq,
+    ).where(ThreadParticipant.thread_id.in_(bindparam("ids", expanding=True)))
 )
 
 
 async def markers_of(
     session: AsyncSession, thread_ids: Sequence[uuid.UUID]
 ) -> dict[uuid.UUID, list[Marker]]:
-    rows = await rows_by_ids(session, _MARKERS, _MARKERS_SQL, thread_ids)
+    rows = await _MARKERS.tuples(session, ids=list(set(thread_ids)))
     out: dict[uuid.UUID, list[Marker]] = defaultdict(list)
     for thread_id, user_id, read, delivered in rows:
         out[thread_id].append(Marker(user_id, read, delivered))
@@ -140,12 +138,7 @@ async def mark_delivered_many(
     if not markers:
         return
     rows = [(thread_id, user_id, seq) for (user_id, thread_id), seq in markers.items()]
-    if db.is_sqlite:
-        # SQLite cannot name the columns of a VALUES list: one UPDATE per marker,
-        # in one transaction (SQLite has one writer at a time anyway).
-        statements = [_move_delivered(t, u, s) for t, u, s in rows]
-    else:
-        statements = [_move_delivered_set_based(rows)]
+    statements = move_delivered(db.engine, rows)
     async with db.transaction("mark_delivered") as uow:
         for statement in statements:
             for thread_id, user_id, read, delivered in await uow.session.execute(statement):
@@ -157,47 +150,3 @@ async def mark_delivered_many(
                         {"last_read_seq": int(read), "last_delivered_seq": int(delivered)},
                     )
                 )
-
-
-_MOVED = (
-    ThreadParticipant.thread_id,
-    ThreadParticipant.user_id,
-    ThreadParticipant.last_read_seq,
-    ThreadParticipant.last_delivered_seq,
-)
-
-
-def _move_delivered(
-    thread_id: uuid.UUID, user_id: uuid.UUID, seq: int
-) -> ReturningUpdate[uuid.UUID, uuid.UUID, int, int]:
-    return (
-        update(ThreadParticipant)
-        .where(
-            ThreadParticipant.thread_id == thread_id,
-            ThreadParticipant.user_id == user_id,
-            ThreadParticipant.last_delivered_seq < seq,
-        )
-        .values(last_delivered_seq=seq)
-        .returning(*_MOVED)
-    )
-
-
-def _move_delivered_set_based(
-    rows: list[tuple[uuid.UUID, uuid.UUID, int]],
-) -> ReturningUpdate[uuid.UUID, uuid.UUID, int, int]:
-    wanted = values(
-        column("thread_id", Uuid()),
-        column("user_id", Uuid()),
-        column("seq", Integer()),
-        name="wanted",
-    ).data(rows)
-    return (
-        update(ThreadParticipant)
-        .where(
-            ThreadParticipant.thread_id == wanted.c.thread_id,
-            ThreadParticipant.user_id == wanted.c.user_id,
-            ThreadParticipant.last_delivered_seq < wanted.c.seq,
-        )
-        .values(last_delivered_seq=wanted.c.seq)
-        .returning(*_MOVED)
-    )

@@ -1,48 +1,31 @@
 """Full-text search over messages in the caller's threads, and the substring match
 that user and thread searches share.
 
-PostgreSQL ranks a generated tsvector column (english configuration, GIN index)
-against ``websearch_to_tsquery``; SQLite uses the FTS5 table the migration keeps
-in step with messages (porter stemmer, bm25 rank). Deleted messages never match.
+How each database matches and ranks is storage's (``models.message.full_text_match``).
+Deleted messages never match.
 """
 
 from __future__ import annotations
 
-import re
 import uuid
 from typing import Any
 
-from sqlalchemy import (
-    ColumnElement,
-    Float,
-    SQLColumnExpression,
-    column,
-    func,
-    literal_column,
-    select,
-    text,
-)
+from sqlalchemy import ColumnElement, SQLColumnExpression, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from threadline.errors import BadInput
 from threadline.models import Message, Thread, ThreadParticipant, User
+from threadline.models.message import full_text_match
 from threadline.services.pagination import Page, PageRequest, int_key, make_page
 from threadline.services.text_rules import clean_search
 
 MAX_QUERY = 200
-_WORD = re.compile(r"\w+", re.UNICODE)
 
 
 def contains_text(target: SQLColumnExpression[Any], search: str) -> ColumnElement[bool]:
     """Case-insensitive "contains ``search``", with LIKE's ``%`` and ``_`` taken literally."""
     escaped = search.strip().lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return func.lower(target).like(f"%{escaped}%", escape="\\")
-
-
-def _fts5_query(query: str) -> str:
-    """Plain words, each quoted, so that FTS5 syntax in user input is inert."""
-    words = _WORD.findall(query)
-    return " ".join('"' + w.replace('"', "") + '"' for w in words)
 
 
 async def search_messages(
@@ -63,27 +46,10 @@ async def search_messages(
         offset = int_key(after) or 0
     mine = select(ThreadParticipant.thread_id).where(ThreadParticipant.user_id == viewer.id)
     live_threads = select(Thread.id).where(Thread.deleted_at.is_(None))
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        tsquery = func.websearch_to_tsquery(literal_column("'english'"), text_query)
-        vector: Any = column("search_vector")
-        rank: Any = func.ts_rank_cd(vector, tsquery)
-        statement = select(Message).where(vector.op("@@")(tsquery))
-    else:
-        fts = _fts5_query(text_query)
-        if not fts:
-            return make_page([], request, lambda m: [0])
-        matches = (
-            select(
-                literal_column("rowid").label("rid"),
-                literal_column("bm25(messages_fts)", Float).label("score"),
-            )
-            .select_from(text("messages_fts"))
-            .where(text("messages_fts MATCH :q").bindparams(q=fts))
-            .subquery()
-        )
-        rank = -matches.c.score
-        statement = select(Message).join(matches, literal_column("messages.rowid") == matches.c.rid)
+    found = full_text_match(session, text_query)
+    if found is None:
+        return make_page([], request, lambda m: [0])
+    statement, rank = found
     statement = statement.where(
         Message.deleted_at.is_(None),
         Message.thread_id.in_(mine),

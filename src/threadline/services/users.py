@@ -11,10 +11,10 @@ import orjson
 from sqlalchemy import bindparam, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from threadline.db import UnitOfWork, entities_by_ids
+from threadline.db import UnitOfWork
 from threadline.errors import BadInput, Conflict, NotFound
 from threadline.models import Session, SystemRole, User
-from threadline.models.base import StoredRows
+from threadline.models.queries import Query
 from threadline.services.pagination import Page, PageRequest, make_page, text_id_key
 from threadline.services.permissions import parse_id, require_system_role
 from threadline.services.search import contains_text
@@ -38,15 +38,13 @@ async def get_user(session: AsyncSession, user_id: str | uuid.UUID) -> User:
     return user
 
 
-_USERS_BY_IDS = select(User).where(User.id.in_(bindparam("ids", expanding=True)))
-_USER_ROWS = StoredRows(User)
-_USERS_BY_IDS_SQL = f"SELECT {_USER_ROWS.columns} FROM users WHERE id = ANY($1::uuid[])"  # noqa: S608
+_USERS_BY_IDS = Query(select(User).where(User.id.in_(bindparam("ids", expanding=True))))
 
 
 async def users_by_ids(session: AsyncSession, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, User]:
     if not ids:
         return {}
-    rows = await entities_by_ids(session, _USERS_BY_IDS, _USER_ROWS, _USERS_BY_IDS_SQL, ids)
+    rows = await _USERS_BY_IDS.scalars(session, ids=list(set(ids)))
     return {u.id: u for u in rows}
 
 

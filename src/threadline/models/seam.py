@@ -1,0 +1,89 @@
+"""The one seam onto SQLAlchemy's internals: every name of it that is not public API.
+
+The driver fast paths (``models.queries``, ``models.sends``) build instances and
+values as SQLAlchemy's own loading would; what they need of its insides is here,
+checked at import, so that an upgrade that drops a name fails at start-up with one
+line naming it, not later inside a request. ``FAST_PATHS=off`` runs without them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, cast
+
+import sqlalchemy
+from sqlalchemy import bindparam, literal_column, select
+from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
+from sqlalchemy.engine import AdaptedConnection, Dialect
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.orm.instrumentation import ClassManager
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.elements import BindParameter, ClauseElement
+from sqlalchemy.types import TypeEngine
+
+# Written against this minor version; a newer one must pass test_driver_reads.
+WRITTEN_FOR = "2.1"
+
+Processor = Callable[[Any], Any] | None
+ASYNCPG = PGDialect_asyncpg()  # type: ignore[no-untyped-call]
+
+
+def compile_for_asyncpg(statement: ClauseElement) -> tuple[str, list[BindParameter[Any]]]:
+    """The SQL asyncpg takes (``$n`` parameters) and the bind parameter of each ``$n``."""
+    compiled = cast(SQLCompiler, statement.compile(dialect=ASYNCPG))
+    return compiled.string, [compiled.binds[name] for name in compiled.positiontup or ()]
+
+
+def _missing() -> list[str]:
+    try:
+        probe: ClauseElement = select(literal_column("1")).where(
+            literal_column("a") == bindparam("x")
+        )
+        sql, binds = compile_for_asyncpg(probe)
+        if "$1" not in sql or [b.key for b in binds] != ["x"]:
+            return ["asyncpg's numeric_dollar compilation with positiontup"]
+    except AttributeError as exc:
+        return [f"SQLCompiler.{exc.name}"]
+    needed = {
+        "ClassManager.new_instance": (ClassManager, "new_instance"),
+        "AdaptedConnection.driver_connection": (AdaptedConnection, "driver_connection"),
+        "AsyncConnection.get_raw_connection": (AsyncConnection, "get_raw_connection"),
+        "TypeEngine.dialect_impl": (TypeEngine, "dialect_impl"),
+        "TypeEngine.result_processor": (TypeEngine, "result_processor"),
+        "TypeEngine.bind_processor": (TypeEngine, "bind_processor"),
+    }
+    return [name for name, (owner, attribute) in needed.items() if not hasattr(owner, attribute)]
+
+
+if _gone := _missing():
+    raise ImportError(
+        f"SQLAlchemy {sqlalchemy.__version__} lacks {', '.join(_gone)} "
+        f"(threadline.models.seam was written for {WRITTEN_FOR}.x)"
+    )
+
+
+def instance_factory(model: type[Any]) -> Callable[[], Any]:
+    """What the ORM calls to make an instance it loads: no constructor, no change events."""
+    factory: Callable[[], Any] = model.__mapper__.class_manager.new_instance
+    return factory
+
+
+def driver_of(dbapi_connection: Any) -> Any:
+    """The driver's own connection (asyncpg's) under SQLAlchemy's adapted one, or None."""
+    return getattr(dbapi_connection, "driver_connection", None)
+
+
+async def raw_driver_connection(connection: AsyncConnection) -> Any:
+    """The driver's connection under a SQLAlchemy connection (checked out, so held)."""
+    raw = await connection.get_raw_connection()
+    return driver_of(raw)
+
+
+def value_reader(type_: TypeEngine[Any], dialect: Dialect) -> Processor:
+    """What SQLAlchemy does to a value of ``type_`` it reads (None: nothing)."""
+    return type_.dialect_impl(dialect).result_processor(dialect, None)
+
+
+def value_writer(type_: TypeEngine[Any], dialect: Dialect) -> Processor:
+    """What SQLAlchemy does to a value of ``type_`` before it sends it (None: nothing)."""
+    return type_.dialect_impl(dialect).bind_processor(dialect)

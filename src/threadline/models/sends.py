@@ -1,0 +1,134 @@
+"""The group-commit statement: many plain messages stored by one PostgreSQL statement.
+
+Written once in SQLAlchemy Core and compiled for asyncpg (``models.queries``). It
+locks the threads it writes to, in id order (two batches, of this process or
+another, never wait on each other in a circle), keeps the rows whose sender may
+post under that lock, numbers each thread's new messages from the seq it found,
+and writes the messages, their events and the threads' seq and activity, all or
+nothing. Who may post is not decided here: each row carries its sender's rights
+as ``permissions.posting_rights`` gives them (without a participant row, and with
+which participant roles); the statement only checks the row against them, and a
+live thread, as ``permissions.grant`` does.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, distinct_on
+from sqlalchemy.types import TypeEngine
+
+from threadline.db import Database
+from threadline.models.base import UTCDateTime
+from threadline.models.event import ThreadEvent
+from threadline.models.message import Message
+from threadline.models.queries import DriverStatement
+from threadline.models.thread import Thread, ThreadParticipant
+
+
+@dataclass(frozen=True, slots=True)
+class PlainSend:
+    """One plain message (no parent, attachments or mentions) to store."""
+
+    id: uuid.UUID
+    thread_id: uuid.UUID
+    author_id: uuid.UUID
+    body: str
+    client_id: str | None
+    at: datetime
+    # The sender's rights (permissions.posting_rights): may post with no participant
+    # row; the participant roles that may post.
+    granted: bool
+    roles: frozenset[str]
+    # The event's payload as JSON text, without its seq (the statement adds it).
+    payload: str
+
+
+# (parameter, column, type) of each send's field, one array parameter each.
+_FIELDS: list[tuple[str, str, TypeEngine[Any]]] = [
+    ("ids", "id", sa.Uuid()),
+    ("thread_ids", "thread_id", sa.Uuid()),
+    ("author_ids", "author_id", sa.Uuid()),
+    ("bodies", "body", sa.Text()),
+    ("client_ids", "client_id", sa.Text()),
+    ("ats", "at", UTCDateTime()),
+    ("granted", "granted", sa.Boolean()),
+    ("roles", "roles", sa.Text()),
+    ("payloads", "payload", sa.Text()),
+]
+# unnest(...) WITH ORDINALITY: a row per send, with its position n.
+_rows = sa.func.unnest(*(sa.bindparam(p, type_=ARRAY(t)) for p, _, t in _FIELDS))
+_sent = _rows.table_valued(*(sa.column(c, t) for _, c, t in _FIELDS), with_ordinality="n")
+_input = sa.select(_sent.render_derived("i")).cte("input")
+_locked = (
+    sa.select(Thread.id, Thread.last_seq)
+    .where(Thread.id.in_(sa.select(_input.c.thread_id)), Thread.deleted_at.is_(None))
+    .order_by(Thread.id)
+    .with_for_update()
+    .cte("locked")
+)
+_roles = sa.func.string_to_array(_input.c.roles, sa.literal_column("','"))
+_may_post = _input.c.granted | sa.exists().where(
+    ThreadParticipant.thread_id == _input.c.thread_id,
+    ThreadParticipant.user_id == _input.c.author_id,
+    ThreadParticipant.role == sa.any_(_roles),
+)
+_order = sa.func.row_number().over(partition_by=_input.c.thread_id, order_by=_input.c.n)
+_allowed = (
+    sa.select(_input, (_locked.c.last_seq + _order).label("seq"))
+    .join(_locked, _locked.c.id == _input.c.thread_id)
+    .where(_may_post)
+    .cte("allowed")
+)
+_new = _allowed.c
+_copied = ["id", "thread_id", "seq", "author_id", "body", "client_id"]
+_stored = sa.insert(Message).from_select(
+    [*_copied, "parent_id", "mention_ids", "pinned", "created_at"],
+    sa.select(
+        *(_new[c] for c in _copied), sa.null(), sa.literal_column("'[]'"), sa.false(), _new.at
+    ),
+)
+_last = (
+    sa.select(_new.thread_id, _new.seq, _new.at)
+    .ext(distinct_on(_new.thread_id))
+    .order_by(_new.thread_id, _new.seq.desc())
+    .subquery("last")
+)
+_bumped = (
+    sa.update(Thread)
+    .where(Thread.id == _last.c.thread_id)
+    .values(last_seq=_last.c.seq, last_message_at=_last.c.at, last_activity_at=_last.c.at)
+)
+_with_seq = sa.func.jsonb_build_object(sa.literal_column("'seq'"), _new.seq)
+_event = sa.cast(_new.payload, JSONB).op("||")(_with_seq)
+_kind = sa.bindparam("kind", type_=sa.Text())
+_logged = sa.insert(ThreadEvent).from_select(
+    ["thread_id", "seq", "kind", "payload", "actor_id", "at"],
+    sa.select(_new.thread_id, _new.seq, _kind, _event, _new.author_id, _new.at),
+)
+_ctes = (_stored.cte("stored"), _bumped.cte("bumped"), _logged.cte("logged"))
+STORE = DriverStatement(sa.select(_new.n, _new.seq).add_cte(*_ctes))
+
+
+async def store_plain_sends(db: Database, sends: Sequence[PlainSend], kind: str) -> dict[int, int]:
+    """Store what may be stored of ``sends``: {position in ``sends``: its seq}.
+
+    A row left out (thread gone, sender may not post) is absent. A clientId that
+    exists already fails the whole statement on the unique key, as a deadlock does:
+    nothing is stored and the answer is empty.
+    """
+    params: dict[str, Any] = {p: [getattr(s, c) for s in sends] for p, c, _ in _FIELDS}
+    params["roles"] = [",".join(sorted(s.roles)) for s in sends]
+    args = STORE.args({**params, "kind": kind})
+    try:
+        async with db.driver_connection("send_message") as conn:
+            stored = await conn.fetch(STORE.sql, *args)
+    except (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError):
+        return {}
+    return {n - 1: seq for n, seq in stored}
