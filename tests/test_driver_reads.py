@@ -20,7 +20,7 @@ from threadline.models import (
     User,
 )
 from threadline.models.base import StoredRows
-from threadline.schema.plain_leaves import plain_leaves
+from threadline.schema.engine.plain_leaves import plain_leaves
 from threadline.schema.schema import build_schema
 
 pytestmark = pytest.mark.asyncio

@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     # /metrics: "app" (on the main port), "off", or "[host:]port" (a listener of its own).
     # Unset: on the app in development, off in production (it names routes and counts).
     metrics: str | None = None
+    # Off: every operation runs on strawberry's own engine (schema/engine/), e.g. to
+    # check a library upgrade against the fast paths with the differential test.
+    fast_paths: bool = True
 
     @field_validator("clerk_authorized_parties", "cors_origins", mode="before")
     @classmethod
@@ -104,7 +107,7 @@ class Settings(BaseSettings):
         count, seconds = parse_window(value)
         return f"{count}/{seconds}"
 
-    @field_validator("rate_limits", mode="before")
+    @field_validator("rate_limits", "fast_paths", mode="before")
     @classmethod
     def _on_off(cls, value: object) -> object:
         if isinstance(value, str) and value.strip().lower() in {"on", "off"}:

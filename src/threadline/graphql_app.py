@@ -18,16 +18,14 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import orjson
-import strawberry
 from cross_web import AsyncHTTPRequestAdapter, HTTPException
 from graphql import GraphQLError
 from starlette.requests import Request
-from starlette.responses import Response
 from starlette.types import Scope
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
-from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData
+from strawberry.http import GraphQLHTTPResponse
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import Operation
 from strawberry.types import ExecutionResult
@@ -39,8 +37,9 @@ from threadline.realtime.channels import SESSIONS_CHANNEL
 from threadline.realtime.rate_limits import Action
 from threadline.runtime import Runtime
 from threadline.schema.context import ConnectionState, Context
+from threadline.schema.engine.internals import StreamHook
 from threadline.schema.errors import shape_error
-from threadline.schema.known_operations import refused_over_http
+from threadline.schema.schema import ThreadlineSchema
 from threadline.services import sessions
 from threadline.subscriptions import raw_frames
 from threadline.subscriptions.broadcast import CURRENT_SINK, DirectSink, FrameRenderer
@@ -97,7 +96,7 @@ def token_from_params(params: Any) -> str | None:
     return bearer(auth) if isinstance(auth, str) else None
 
 
-class TransportWSHandler(TransportProtocol):
+class TransportWSHandler(TransportProtocol, StreamHook):
     """graphql-transport-ws, with a direct frame sink for broadcast subscriptions."""
 
     async def handle(self) -> None:
@@ -122,10 +121,7 @@ class TransportWSHandler(TransportProtocol):
         CURRENT_SINK.set(DirectSink(operation, websocket.send_text, raw))
         await super().run_operation(operation)
 
-    async def _send_result_stream(
-        self, operation: Operation[Context, None], result_source: Any
-    ) -> None:
-        await super()._send_result_stream(operation, result_source)
+    async def after_stream(self, operation: Operation[Context, None], result_source: Any) -> None:
         sink = CURRENT_SINK.get()
         if sink is None or sink.detached is None:
             return
@@ -149,7 +145,7 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
     graphql_transport_ws_handler_class = TransportWSHandler
     graphql_ws_handler_class = LegacyProtocol
 
-    def __init__(self, schema: strawberry.Schema, runtime: Runtime) -> None:
+    def __init__(self, schema: ThreadlineSchema, runtime: Runtime) -> None:
         super().__init__(
             schema,
             graphql_ide=None if runtime.settings.is_production else "graphiql",
@@ -163,7 +159,7 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
             multipart_uploads_enabled=True,
         )
         self.runtime = runtime
-        runtime.frames = FrameRenderer(lambda: Context(runtime=runtime))
+        runtime.frames = FrameRenderer(lambda: Context(runtime=runtime), schema.runner)
         runtime.fanout = Fanout(runtime)
         runtime.presence.on_reaped = self._close_reaped_sessions
         self.connections: set[Context] = set()
@@ -214,27 +210,6 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
                 for e in result.errors
             ]
         return await super().process_result(request, result)
-
-    async def execute_single(
-        self,
-        request: Request,
-        request_adapter: AsyncHTTPRequestAdapter,
-        sub_response: Response,
-        context: Context,
-        root_value: None,
-        request_data: GraphQLRequestData,
-    ) -> ExecutionResult:
-        # Strawberry would run a subscription sent over GET (or a POST that its own
-        # handler left to this view) as a query: refuse it as graphql_post does.
-        known = getattr(self.schema, "known_operations", None)
-        if known is not None and known.is_subscription(
-            request_data.query, request_data.operation_name
-        ):
-            await context.close()
-            return refused_over_http()
-        return await super().execute_single(
-            request, request_adapter, sub_response, context, root_value, request_data
-        )
 
     async def get_context(self, request: Request | WebSocket, response: Any) -> Context:
         if isinstance(request, WebSocket):
