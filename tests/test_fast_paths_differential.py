@@ -13,17 +13,20 @@ other. Nothing is normalised: the two servers read the same rows.
 from __future__ import annotations
 
 import json
+from importlib.metadata import version
 from typing import Any
 
 import httpx
 import pytest
 from graphql import GraphQLObjectType
+from graphql.execution import Executor
 from prometheus_client import REGISTRY
 
 from tests import factories
 from tests.conftest import Api, Server, start_server, stop_server, token_for
 from tests.wsclient import GraphQLWS
 from threadline.config import Settings
+from threadline.schema.engine import internals
 from threadline.schema.engine.internals import graphql_schema
 
 pytestmark = pytest.mark.asyncio
@@ -600,3 +603,11 @@ def _lean_fields(server: Server) -> int:
         if isinstance(graphql_type, GraphQLObjectType)
         for field in graphql_type.fields.values()
     )
+
+
+async def test_a_missing_private_name_is_named_with_its_library_version() -> None:
+    with pytest.raises(internals.LibraryChanged) as raised:
+        internals._require("graphql-core", Executor, "gone_in_this_version", False)
+    message = str(raised.value)
+    assert "\n" not in message
+    assert f"graphql-core {version('graphql-core')} lacks Executor.gone_in_this_version" in message

@@ -154,7 +154,7 @@ class Documents:
                 document = parse(query, max_tokens=self.max_tokens)
             except GraphQLError:
                 return None
-            # strawberry's validate_document (graphql-core's rules, ours, strawberry's
+            # What strawberry validates with (graphql-core's rules, ours, strawberry's
             # own two), with graphql-core's knob for suggestions, which it does not pass.
             errors = validate(
                 schema,
