@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import strawberry
 from graphql import GraphQLObjectType
 from strawberry.types.arguments import convert_argument
 
@@ -67,3 +68,26 @@ def test_input_conversion_matches_strawberry(input_name: str, value: dict[str, A
         value, definition.origin, SCHEMA.schema_converter.scalar_registry, SCHEMA.config
     )
     assert convert(value) == expected
+
+
+def test_a_schema_with_exception_handlers_keeps_strawberrys_resolvers() -> None:
+    class Oops(Exception):
+        pass
+
+    @strawberry.type
+    class Refused:
+        reason: str
+
+    class Handler(strawberry.ExceptionHandler[Oops, Refused]):  # type: ignore[misc]
+        def handle(self, exception: Oops, *, field: Any, info: Any) -> Refused:
+            return Refused(reason="oops")
+
+    @strawberry.type
+    class Query:
+        @strawberry.field
+        def answer(self, n: int) -> int:
+            return n
+
+    assert lean_resolvers.install(strawberry.Schema(query=Query)) == 1
+    handled = strawberry.Schema(query=Query, types=[Refused], exception_handlers=[Handler()])
+    assert lean_resolvers.install(handled) == 0

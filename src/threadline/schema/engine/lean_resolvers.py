@@ -12,8 +12,8 @@ work can be decided once, when the schema is built, this does so:
   A check that answers anything but True hands the call back to strawberry's
   own resolver, which decides and words the refusal;
 - anything else (enums, custom input conversion, other extensions,
-  subscriptions) keeps strawberry's resolver untouched. An exception a resolver
-  raises reaches graphql-core either way, and the runner shapes it.
+  subscriptions, every field of a schema with exception handlers) keeps
+  strawberry's resolver untouched.
 """
 
 from __future__ import annotations
@@ -185,8 +185,14 @@ def lean_resolver(
 
 
 def install(schema: strawberry.Schema) -> int:
-    """Give every field that fits a lean resolver; returns how many fields got one."""
+    """Give every field that fits a lean resolver; returns how many fields got one.
+
+    None with exception handlers: strawberry wraps resolvers with them, a direct
+    call would not.
+    """
     count = 0
+    if schema.exception_handlers:
+        return count
     for graphql_type in graphql_schema(schema).type_map.values():
         if not isinstance(graphql_type, GraphQLObjectType) or graphql_type.name.startswith("__"):
             continue
