@@ -90,6 +90,23 @@ _require(
 )
 
 
+def lean_executor(strawberry_class: type[Executor[Any]]) -> type[Executor[Any]]:
+    """graphql-core's Executor building resolve infos as ``strawberry_class`` does.
+
+    strawberry's executor derives from graphql-core's IncrementalExecutor (for
+    @defer and @stream, which this schema does not declare), whose set-up costs
+    more than a small operation's resolvers; resolvers get the same infos from this.
+    """
+
+    class LeanExecutor(Executor[Any]):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self.operation_extensions = kwargs.pop("operation_extensions", None)
+            super().__init__(*args, **kwargs)
+
+    LeanExecutor.build_resolve_info = strawberry_class.build_resolve_info  # type: ignore[method-assign]
+    return LeanExecutor
+
+
 def graphql_schema(schema: strawberry.Schema) -> GraphQLSchema:
     """graphql-core's schema under strawberry's."""
     core: GraphQLSchema = schema._schema

@@ -44,7 +44,7 @@ from threadline.metrics import OPERATIONS_BY_KIND
 from threadline.schema.context import Context
 from threadline.schema.documents import Documents, KnownDocument
 from threadline.schema.engine import plain_leaves
-from threadline.schema.engine.internals import graphql_schema
+from threadline.schema.engine.internals import graphql_schema, lean_executor
 from threadline.schema.errors import shape_error, shape_result
 
 # graphql-core's words for the GraphQL spec's GetOperation error.
@@ -95,15 +95,17 @@ class OperationRunner:
         self.graphql_schema = graphql_schema(schema)
         self.documents = documents
         self.fast = fast
-        # strawberry's own executor class (it builds the resolve infos resolvers get);
-        # with fast paths, one that also reads plain leaves itself. strawberry runs it too.
-        base: type[Executor[Any]] = schema.execution_context_class or _strawberry_executor()
+        # strawberry's engine keeps its own executor class. The direct engine's builds
+        # the same resolve infos on graphql-core's plain Executor, and reads plain
+        # leaves itself; with FAST_PATHS=off, broadcast frames use strawberry's.
+        strawberry_class = schema.execution_context_class or _strawberry_executor()
         if fast:
             leaves = plain_leaves.plain_leaves(schema)
-            self.executor_class = plain_leaves.executor_class(leaves, base)
+            self.executor_class = plain_leaves.executor_class(
+                leaves, lean_executor(strawberry_class)
+            )
         else:
-            self.executor_class = base
-        schema.execution_context_class = self.executor_class
+            self.executor_class = strawberry_class
 
     def plan(
         self, query: str | None, variables: dict[str, Any] | None, operation_name: str | None
