@@ -18,7 +18,6 @@ from starlette.types import Message, Receive, Scope, Send
 from strawberry.exceptions import MissingQueryError
 from strawberry.http import GraphQLRequestData
 from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
-from strawberry.types.graphql import OperationType
 
 from threadline.graphql_app import origin_of
 from threadline.schema.engine.internals import handle_errors
@@ -53,10 +52,6 @@ def wants_one_json_answer(content_type: bytes, accept: bytes) -> bool:
         and b"multipart/" not in accept
         and b"text/event-stream" not in accept
     )
-
-
-# What strawberry's view allows over POST.
-_OVER_POST = OperationType.from_http("POST")
 
 
 class GraphQLPost:
@@ -109,7 +104,8 @@ class GraphQLPost:
                 variable_values=request_data.variables,
                 context_value=context,
                 operation_name=request_data.operation_name,
-                allowed_operation_types=_OVER_POST,
+                # None: every kind, as over POST (a subscription gets the runner's refusal).
+                allowed_operation_types=None,
                 operation_extensions=request_data.extensions,
             )
         # The view's plain-text 400s, worded as it words them.

@@ -166,13 +166,13 @@ def lean_resolver(
     if not checks:
 
         def resolve(source: Any, raw_info: GraphQLResolveInfo[Any], **kwargs: Any) -> Any:
-            info = make_info(raw_info)
+            info = make_info(_raw_info=raw_info)
             return call(source, info, python_kwargs(kwargs) if kwargs else {})
 
         return resolve
 
     async def resolve_checked(source: Any, raw_info: GraphQLResolveInfo[Any], **kwargs: Any) -> Any:
-        info = make_info(raw_info)
+        info = make_info(_raw_info=raw_info)
         converted = python_kwargs(kwargs)
         for check in checks:
             if await check.has_permission(source, info, **converted) is not True:

@@ -52,6 +52,8 @@ NAME_REQUIRED = "Must provide operation name if query contains multiple operatio
 OVER_HTTP = "Subscriptions are served over WebSocket (graphql-transport-ws), not HTTP"
 DIRECT, STRAWBERRY = "direct", "strawberry"
 _Result = TypeVar("_Result")
+# graphql-core's kinds as strawberry names what a transport allows.
+ALLOWED = {kind: Allowed(kind.value) for kind in OperationType}
 QUERY_AND_MUTATION = frozenset({OperationType.QUERY, OperationType.MUTATION})
 
 
@@ -143,8 +145,8 @@ class OperationRunner:
                 kind = operation.operation
                 if kind is OperationType.SUBSCRIPTION:
                     return refused_over_http()
-                if allowed is not None and Allowed(kind.value) not in allowed:
-                    raise InvalidOperationTypeError(Allowed(kind.value))  # the view's 400
+                if allowed is not None and ALLOWED[kind] not in allowed:
+                    raise InvalidOperationTypeError(ALLOWED[kind])  # the view's 400
                 if self.fast:
                     OPERATIONS_BY_KIND[kind.value, DIRECT].inc()
                     return await self._direct(
@@ -186,7 +188,7 @@ class OperationRunner:
                 return
             operation = plan.operation
             kind = operation.operation if operation is not None else None
-            if kind is not None and (allowed is None or Allowed(kind.value) in allowed):
+            if kind is not None and (allowed is None or ALLOWED[kind] in allowed):
                 if self.fast and kind in QUERY_AND_MUTATION:
                     OPERATIONS_BY_KIND[kind.value, DIRECT].inc()
                     yield await self._direct(
