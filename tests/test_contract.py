@@ -32,6 +32,7 @@ from graphql.language import (
 )
 
 from threadline.schema import schema as server_schema_module
+from threadline.schema.engine.internals import graphql_schema
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_CONTRACT = REPO_ROOT.parent / "shared" / "api" / "schema.graphql"
@@ -59,7 +60,7 @@ def printed_server_sdl() -> str:
 
 
 def server_schema() -> GraphQLSchema:
-    return server_schema_module.build_schema()._schema
+    return graphql_schema(server_schema_module.build_schema())
 
 
 def field_directives(document: DocumentNode) -> FieldDirectives:

@@ -17,7 +17,7 @@ from tests.test_graphql_post import as_strawberry_would
 from threadline.db import DRIVER_ENTITIES, DRIVER_ROWS
 from threadline.models import Attachment, Message, Thread, User, seam
 from threadline.models.queries import Query
-from threadline.schema.plain_leaves import plain_leaves
+from threadline.schema.engine.plain_leaves import plain_leaves
 from threadline.schema.schema import build_schema
 
 pytestmark = pytest.mark.asyncio

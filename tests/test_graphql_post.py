@@ -1,8 +1,9 @@
-"""JSON POSTs to /graphql: the direct handler (graphql_post, known_operations) answers
-exactly as strawberry's view does, and leaves it everything else.
+"""JSON POSTs to /graphql: the POST endpoint (graphql_post) answers exactly as
+strawberry's view does, and leaves it everything else.
 
-A valid text sent as a JSON POST runs through the known-operations path, the same
-text sent with GET through strawberry's view; for queries the answers must match.
+A valid text sent as a JSON POST runs through the POST endpoint, the same text sent
+with GET through strawberry's view; both reach the one operation runner, and for
+queries the answers must match.
 """
 
 from __future__ import annotations
@@ -153,20 +154,28 @@ async def test_cors_headers_on_the_direct_path(settings: Settings) -> None:
         await stop_server(server)
 
 
-async def test_operations_are_counted_by_kind_on_either_path(clients: Clients) -> None:
+async def test_operations_are_counted_by_kind_and_engine(server: Server, clients: Clients) -> None:
     ann = await clients.user("ann")
+    fast = server.runtime.settings.fast_paths  # FAST_PATHS=off: strawberry's engine only
 
-    def count(kind: str) -> float:
-        labels = {"kind": kind}
+    def count(kind: str, engine: str) -> float:
+        labels = {"kind": kind, "engine": engine}
         return REGISTRY.get_sample_value("threadline_graphql_operations_total", labels) or 0.0
 
-    before = count("query"), count("mutation")
-    await ann.gql("{ me { id } }")  # a JSON POST: the direct path
+    def counts() -> tuple[float, ...]:
+        return tuple(count(k, e) for k in ("query", "mutation") for e in ("direct", "strawberry"))
+
+    before = counts()
+    await ann.gql("{ me { id } }")  # a JSON POST: the direct engine (with fast paths)
     got = await clients.http.get(
         "/graphql",
         params={"query": "{ me { id } }"},
         headers={"authorization": f"Bearer {ann.token}"},
-    )  # strawberry's view
+    )  # GET: the same runner, the same engine
     assert got.json()["data"]["me"]["id"] == ann.id
     await ann.gql('mutation { createThread(input: {title: "counted"}) { id } }')
-    assert (count("query"), count("mutation")) == (before[0] + 2, before[1] + 1)
+    # A text that does not validate is strawberry's to answer, and is not counted.
+    assert await ann.error("{ me { nope } }") == "BAD_USER_INPUT"
+    after = counts()
+    expected = [2, 0, 1, 0] if fast else [0, 2, 0, 1]
+    assert [a - b for a, b in zip(after, before, strict=True)] == expected

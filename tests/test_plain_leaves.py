@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tests import factories
 from tests.conftest import Clients, Server
-from threadline.schema.plain_leaves import plain_leaves
+from threadline.schema.engine.plain_leaves import plain_leaves
 
 PAGE = """
 query($t: ID!) { thread(threadId: $t) { messages(last: 10) {
@@ -20,7 +20,7 @@ async def test_a_page_of_messages_has_its_scalar_fields_read_by_the_plain_leaves
     for i in range(10):
         await factories.send(alice, tid, f"m{i}", clientId=f"c{i}" if i % 2 else None)
     schema = server.app.state.graphql.schema
-    executor = schema.known_operations.executor_class
+    executor = schema.runner.executor_class
     # Of the selected fields, those with no resolver of their own (seq, clientId...).
     plain = {"seq", "body", "clientId", "status"} & set(plain_leaves(schema)["Message"])
     assert {"seq", "clientId"} <= plain

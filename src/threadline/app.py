@@ -130,7 +130,7 @@ def create_app(settings: Settings) -> Starlette:
             )
         )
     # Inside CORS only, so that browsers can read its 413 and 408 answers; before
-    # every route and the JSON-POST handler, which reads bodies itself.
+    # every route.
     middleware.append(
         Middleware(
             BodyLimits,
@@ -140,10 +140,11 @@ def create_app(settings: Settings) -> Starlette:
             body_min_bytes_per_second=settings.http_body_min_bytes_per_second,
         )
     )
-    middleware.append(Middleware(GraphQLPost, view=graphql, known=schema.known_operations))
     app = Starlette(
         routes=[
-            Route("/graphql", graphql, methods=["GET", "POST"]),
+            # JSON operations run on the POST endpoint; it hands the rest to the view.
+            Route("/graphql", GraphQLPost(graphql), methods=["POST"]),
+            Route("/graphql", graphql, methods=["GET"]),
             WebSocketRoute("/graphql", graphql),
             Route("/webhooks/clerk", clerk_webhook, methods=["POST"]),
             Route("/attachments/{attachment_id}/{filename}", download, methods=["GET", "HEAD"]),

@@ -18,16 +18,14 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import orjson
-import strawberry
 from cross_web import AsyncHTTPRequestAdapter, HTTPException
 from graphql import GraphQLError
 from starlette.requests import Request
-from starlette.responses import Response
 from starlette.types import Scope
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
-from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData
+from strawberry.http import GraphQLHTTPResponse
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import Operation
 from strawberry.types import ExecutionResult
@@ -40,8 +38,9 @@ from threadline.realtime.rate_limits import Action
 from threadline.realtime.sinks import DirectSink
 from threadline.runtime import Runtime
 from threadline.schema.context import ConnectionState, Context
+from threadline.schema.engine.internals import StreamHook
 from threadline.schema.errors import shape_error
-from threadline.schema.known_operations import refused_over_http
+from threadline.schema.schema import ThreadlineSchema
 from threadline.services import sessions
 from threadline.subscriptions.broadcast import FrameRenderer
 from threadline.subscriptions.live import OperationRoot
@@ -98,11 +97,11 @@ def token_from_params(params: Any) -> str | None:
     return bearer(auth) if isinstance(auth, str) else None
 
 
-class TransportWSHandler(TransportProtocol):
+class TransportWSHandler(TransportProtocol, StreamHook):
     """graphql-transport-ws, with a direct frame sink for broadcast subscriptions.
 
     Each operation's root value is its ``OperationRoot`` (sink and frame renderer):
-    the resolver finds it in ``info.root_value``, and ``_send_result_stream`` here.
+    the resolver finds it in ``info.root_value``, and the stream hooks here.
     """
 
     roots: dict[Operation[Context, None], OperationRoot] | None = None
@@ -148,13 +147,14 @@ class TransportWSHandler(TransportProtocol):
             self.root_value = None
         return root
 
-    async def _send_result_stream(
-        self, operation: Operation[Context, None], result_source: Any
-    ) -> None:
+    def before_stream(self, operation: Operation[Context, None]) -> OperationRoot | None:
         # The execution has its root value by now: the socket's attribute is free.
-        root = self._forget_root(operation)
-        await super()._send_result_stream(operation, result_source)
-        sink = root.sink if root is not None else None
+        return self._forget_root(operation)
+
+    async def after_stream(
+        self, operation: Operation[Context, None], result_source: Any, kept: Any
+    ) -> None:
+        sink = kept.sink if isinstance(kept, OperationRoot) else None
         if sink is None or sink.detached is None:
             return
         # The resolver detached: close the finished GraphQL stream now, which frees
@@ -177,7 +177,7 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
     graphql_transport_ws_handler_class = TransportWSHandler
     graphql_ws_handler_class = LegacyProtocol
 
-    def __init__(self, schema: strawberry.Schema, runtime: Runtime) -> None:
+    def __init__(self, schema: ThreadlineSchema, runtime: Runtime) -> None:
         super().__init__(
             schema,
             graphql_ide=None if runtime.settings.is_production else "graphiql",
@@ -192,7 +192,7 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
         )
         self.runtime = runtime
         # Renders broadcast subscription frames once per event (see subscriptions.live).
-        self.frames = FrameRenderer(lambda: Context(runtime=runtime))
+        self.frames = FrameRenderer(lambda: Context(runtime=runtime), schema.runner)
         runtime.presence.on_reaped = self._close_reaped_sessions
         self.connections: set[Context] = set()
         self.pinged: set[TransportWSHandler] = set()
@@ -242,27 +242,6 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
                 for e in result.errors
             ]
         return await super().process_result(request, result)
-
-    async def execute_single(
-        self,
-        request: Request,
-        request_adapter: AsyncHTTPRequestAdapter,
-        sub_response: Response,
-        context: Context,
-        root_value: None,
-        request_data: GraphQLRequestData,
-    ) -> ExecutionResult:
-        # Strawberry would run a subscription sent over GET (or a POST that its own
-        # handler left to this view) as a query: refuse it as graphql_post does.
-        known = getattr(self.schema, "known_operations", None)
-        if known is not None and known.is_subscription(
-            request_data.query, request_data.operation_name
-        ):
-            await context.close()
-            return refused_over_http()
-        return await super().execute_single(
-            request, request_adapter, sub_response, context, root_value, request_data
-        )
 
     async def get_context(self, request: Request | WebSocket, response: Any) -> Context:
         if isinstance(request, WebSocket):

@@ -1,31 +1,29 @@
-"""JSON POSTs to /graphql, the requests nearly every client sends, answered directly.
+"""POST /graphql, the route nearly every client's requests take.
 
 Strawberry's view serves every kind of request (GET, multipart uploads, batches,
 streams, GraphiQL) and builds a Request, an adapter, a sub-response and a Response
-for each; below it Starlette routes and wraps the call twice more. For one JSON
-operation that wants one JSON answer that was over a third of a small request's
-CPU. This handler reads such a request itself, builds the view's context, runs
-the operation through KnownOperations (or, for what that leaves, the view's own
-execute_single) and shapes and encodes the result with the view's methods.
-Anything else, and any body that is not a well-formed operation, goes on to the
-app unchanged, with the body it has already read replayed.
-
-It sits inside the CORS middleware, so browsers get the same headers either way.
+for each; for one JSON operation that wants one JSON answer that was over a third
+of a small request's CPU. This endpoint reads such a request itself, builds the
+view's context, hands the operation to the schema's one runner (as the view would)
+and shapes and encodes the result with the view's methods. Anything else (uploads,
+streams, a body that is not a well-formed operation) goes to the view unchanged,
+with the body already read replayed.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from cross_web import HTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
+from strawberry.exceptions import MissingQueryError
 from strawberry.http import GraphQLRequestData
+from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 
 from threadline.graphql_app import origin_of
+from threadline.schema.engine.internals import handle_errors
 
 if TYPE_CHECKING:
     from threadline.graphql_app import ThreadlineGraphQL
-    from threadline.schema.known_operations import KnownOperations
 
 JSON_HEADERS = [(b"content-type", b"application/json")]
 _TEXT_HEADERS = [(b"content-type", b"text/plain; charset=utf-8")]
@@ -56,35 +54,13 @@ def wants_one_json_answer(content_type: bytes, accept: bytes) -> bool:
     )
 
 
-class _PostAdapter:
-    """What the view's execute_single reads of the request: its method."""
-
-    method = "POST"
-
-
 class GraphQLPost:
-    """ASGI middleware: answers JSON POSTs to ``path``; the rest goes to ``app``.
+    """The ASGI endpoint of POST /graphql: JSON operations here, the rest to ``view``."""
 
-    An operation whose text is known and valid runs through ``known``; others
-    through ``view``, strawberry's.
-    """
-
-    def __init__(
-        self,
-        app: ASGIApp,
-        view: ThreadlineGraphQL,
-        known: KnownOperations,
-        path: str = "/graphql",
-    ) -> None:
-        self.app = app
+    def __init__(self, view: ThreadlineGraphQL) -> None:
         self.view = view
-        self.known = known
-        self.path = path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or _route_path(scope) != self.path:
-            await self.app(scope, receive, send)
-            return
         content_type = accept = authorization = user_agent = b""
         for name, value in scope["headers"]:
             if name == b"content-type":
@@ -96,7 +72,7 @@ class GraphQLPost:
             elif name == b"user-agent":
                 user_agent = value
         if not wants_one_json_answer(content_type, accept):
-            await self.app(scope, receive, send)
+            await self.view(scope, receive, send)
             return
         body = await _read_body(receive)
         if body is None:  # the client went away
@@ -106,7 +82,7 @@ class GraphQLPost:
         except ValueError:  # not JSON: the view answers that
             request_data = None
         if request_data is None:
-            await self.app(scope, _replay(body, receive), send)
+            await self.view(scope, _replay(body, receive), send)
             return
         await self._answer(request_data, authorization, user_agent, origin_of(scope), send)
 
@@ -122,35 +98,30 @@ class GraphQLPost:
         context = view.http_context(
             authorization.decode("latin-1") or None, user_agent.decode("latin-1") or None, origin
         )
-        query = request_data.query
-        result = None
-        if query:
-            result = await self.known.execute(
-                query, request_data.variables, request_data.operation_name, context
-            )
         try:
-            if result is None:
-                result = await view.execute_single(
-                    request=None,  # type: ignore[arg-type]  # it reads only the adapter
-                    request_adapter=_PostAdapter(),  # type: ignore[arg-type]
-                    sub_response=None,  # type: ignore[arg-type]
-                    context=context,
-                    root_value=None,
-                    request_data=request_data,
-                )
-        except HTTPException as exc:  # what the view answers with plain text
-            await _respond(send, exc.status_code, exc.reason.encode(), _TEXT_HEADERS)
+            result = await view.schema.execute(
+                request_data.query,
+                variable_values=request_data.variables,
+                context_value=context,
+                operation_name=request_data.operation_name,
+                # None: every kind, as over POST (a subscription gets the runner's refusal).
+                allowed_operation_types=None,
+                operation_extensions=request_data.extensions,
+            )
+        # The view's plain-text 400s, worded as it words them.
+        except CannotGetOperationTypeError as exc:
+            await _respond(send, 400, exc.as_http_error_reason().encode(), _TEXT_HEADERS)
+            return
+        except InvalidOperationTypeError as exc:
+            await _respond(send, 400, exc.as_http_error_reason("POST").encode(), _TEXT_HEADERS)
+            return
+        except MissingQueryError:
+            await _respond(send, 400, b"No GraphQL query found in the request", _TEXT_HEADERS)
             return
         response = await view.process_result(None, result)  # type: ignore[arg-type]
         if result.errors:
-            view._handle_errors(result.errors, response)
+            handle_errors(view, result.errors, response)
         await _respond(send, 200, view.encode_json_bytes(response), JSON_HEADERS)
-
-
-def _route_path(scope: Scope) -> str:
-    path: str = scope["path"]
-    root: str = scope.get("root_path", "")
-    return path[len(root) :] if root and path.startswith(root) else path
 
 
 async def _read_body(receive: Receive) -> bytes | None:

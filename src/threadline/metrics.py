@@ -18,12 +18,15 @@ BATCH_ITEMS = Histogram(
 )
 GRAPHQL_OPERATIONS = Counter(
     "threadline_graphql_operations_total",
-    "GraphQL operations executed, by kind (query, mutation, subscription).",
-    ["kind"],
+    "GraphQL operations executed, by kind (query, mutation, subscription) and by the "
+    "engine that answered (direct: the fast path; strawberry: strawberry's own).",
+    ["kind", "engine"],
 )
 # Bound once: a label lookup per request costs a lock and a dictionary of tuples.
 OPERATIONS_BY_KIND = {
-    kind: GRAPHQL_OPERATIONS.labels(kind) for kind in ("query", "mutation", "subscription")
+    (kind, engine): GRAPHQL_OPERATIONS.labels(kind, engine)
+    for kind in ("query", "mutation", "subscription")
+    for engine in ("direct", "strawberry")
 }
 GRAPHQL_ERRORS = Counter("threadline_graphql_errors_total", "GraphQL errors by code.", ["code"])
 WEBSOCKET_CONNECTIONS = Gauge("threadline_websocket_connections", "Open WebSocket connections.")

@@ -6,7 +6,8 @@ hit is one dictionary lookup, with no hooks of their own to run. A text that doe
 not parse is left to strawberry, which reports the syntax error (and the token
 limit) the usual way; such texts are not cached.
 
-The estimated cost (``query_cost``) is checked here too, before anything runs. It
+The estimated cost (``query_cost``) is computed here too; the operation runner
+checks it before anything runs. It
 depends on the operation and on the variables that give page sizes, so each
 document keeps the costs it has computed by (operation name, those values). In
 production, validation errors name nothing the caller did not send: no "Did you
@@ -26,7 +27,6 @@ from graphql import (
     GraphQLError,
     GraphQLSchema,
     OperationDefinitionNode,
-    get_operation_ast,
     parse,
     specified_rules,
     validate,
@@ -37,6 +37,7 @@ from strawberry.types import ExecutionContext
 
 from threadline.errors import QueryTooCostly
 from threadline.realtime.caches import TTLCache
+from threadline.schema.engine.internals import graphql_schema
 from threadline.schema.query_cost import CostModel
 
 # Costs kept per document (distinct operation names and page-size values).
@@ -128,25 +129,19 @@ class Documents:
         )
 
     def prepare(self, context: ExecutionContext) -> None:
-        """Before strawberry parses: the token limit, our rules, and a known document."""
+        """Before strawberry parses: the token limit, our rules, and a known document.
+
+        The operation runner has checked its cost before strawberry was called."""
         context.parse_options["max_tokens"] = self.max_tokens
         context.validation_rules = (*context.validation_rules, *self.rules)
         if context.graphql_document is not None or not context.query:
             return
-        entry = self._entry(context.query, context.validation_rules, context.schema._schema)
+        entry = self._entry(context.query, context.validation_rules, graphql_schema(context.schema))
         if entry is None:
             return  # strawberry parses it again and reports the error
         context.graphql_document = entry.document
         # A copy: strawberry replaces or extends the list on the context.
         context.pre_execution_errors = list(entry.errors)
-        if entry.errors:
-            return
-        operation = get_operation_ast(entry.document, context.operation_name)
-        if operation is None:
-            return  # no such operation, or the name is missing: strawberry says which
-        refusal = self.over_cost(entry, operation, context.variables, context.schema._schema)
-        if refusal is not None:
-            context.pre_execution_errors = [refusal]
 
     def _entry(
         self, query: str, rules: tuple[type[ASTValidationRule], ...], schema: GraphQLSchema
@@ -159,7 +154,7 @@ class Documents:
                 document = parse(query, max_tokens=self.max_tokens)
             except GraphQLError:
                 return None
-            # strawberry's validate_document (graphql-core's rules, ours, strawberry's
+            # What strawberry validates with (graphql-core's rules, ours, strawberry's
             # own two), with graphql-core's knob for suggestions, which it does not pass.
             errors = validate(
                 schema,

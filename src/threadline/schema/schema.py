@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import AsyncGenerator, Iterable
 from datetime import datetime
 from typing import Any
 
@@ -12,6 +13,8 @@ from strawberry.extensions import MaxAliasesLimiter, QueryDepthLimiter
 from strawberry.schema.config import StrawberryConfig
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 from strawberry.tools import merge_types
+from strawberry.types import ExecutionResult
+from strawberry.types.graphql import OperationType
 
 from threadline.config import Settings
 from threadline.realtime.caches import TTLCache
@@ -19,11 +22,11 @@ from threadline.resolvers.messages import MessageMutations, MessageQueries
 from threadline.resolvers.notifications import NotificationMutations, NotificationQueries
 from threadline.resolvers.threads import ThreadMutations, ThreadQueries
 from threadline.resolvers.users import UserMutations, UserQueries
-from threadline.schema import lean_resolvers
 from threadline.schema.documents import Documents
+from threadline.schema.engine import lean_resolvers
+from threadline.schema.engine.internals import graphql_schema
+from threadline.schema.engine.runner import CachedDocuments, OperationRunner
 from threadline.schema.events import EVENT_TYPES
-from threadline.schema.known_operations import KnownOperations
-from threadline.schema.operation_scope import OperationScope
 from threadline.schema.scalars import DateTime
 from threadline.schema.types import AttachmentType, NotificationType, SessionType
 from threadline.subscriptions.root import Subscription
@@ -38,7 +41,51 @@ Mutation = merge_types(
 
 
 class ThreadlineSchema(strawberry.Schema):
-    known_operations: KnownOperations
+    """strawberry's Schema whose entry points hand every operation to the one runner."""
+
+    runner: OperationRunner
+
+    async def execute(
+        self,
+        query: str | None,
+        variable_values: dict[str, Any] | None = None,
+        context_value: Any | None = None,
+        root_value: Any | None = None,
+        operation_name: str | None = None,
+        allowed_operation_types: Iterable[OperationType] | None = None,
+        operation_extensions: dict[str, Any] | None = None,
+    ) -> ExecutionResult:
+        return await self.runner.execute(
+            super().execute,
+            query,
+            variable_values,
+            context_value,
+            root_value,
+            operation_name,
+            allowed_operation_types,
+            operation_extensions,
+        )
+
+    async def stream(
+        self,
+        query: str | None,
+        variable_values: dict[str, Any] | None = None,
+        context_value: Any | None = None,
+        root_value: Any | None = None,
+        operation_name: str | None = None,
+        operation_extensions: dict[str, Any] | None = None,
+        allowed_operation_types: Iterable[OperationType] | None = None,
+    ) -> AsyncGenerator[Any, None]:
+        return self.runner.stream(
+            super().stream,
+            query,
+            variable_values,
+            context_value,
+            root_value,
+            operation_name,
+            allowed_operation_types,
+            operation_extensions,
+        )
 
     def process_errors(self, errors: list[GraphQLError], execution_context: Any = None) -> None:
         # Domain errors are answers, not faults; shape_error logs the unexpected ones.
@@ -80,11 +127,12 @@ def build_schema(
         mutation=Mutation,
         subscription=Subscription,
         types=[*EVENT_TYPES, AttachmentType, NotificationType, SessionType],
-        extensions=[lambda: OperationScope(documents)],
+        extensions=[lambda: CachedDocuments(documents)],
         config=StrawberryConfig(auto_camel_case=True, scalar_map={datetime: DateTime}),
         execution_context_class=QuietExecutionContext if production else None,
     )
-    lean_resolvers.install(schema)
-    schema.known_operations = KnownOperations(schema, documents)
-    documents.cost_model(schema._schema)
+    if settings.fast_paths:
+        lean_resolvers.install(schema)
+    schema.runner = OperationRunner(schema, documents, fast=settings.fast_paths)
+    documents.cost_model(graphql_schema(schema))
     return schema

@@ -20,7 +20,6 @@ from typing import Any
 import orjson
 from graphql import (
     DocumentNode,
-    ExecutionResult,
     FieldNode,
     FragmentSpreadNode,
     InlineFragmentNode,
@@ -34,7 +33,8 @@ from graphql.execution import Executor
 from strawberry import Info
 
 from threadline.realtime.caches import TTLCache
-from threadline.schema.errors import shape_error
+from threadline.schema.engine.internals import raw_info
+from threadline.schema.engine.runner import OperationRunner
 from threadline.schema.viewer_fields import viewer_field_names
 
 
@@ -59,7 +59,7 @@ def _names(
 
 
 def viewer_independent(info: Info) -> bool:
-    raw = info._raw_info
+    raw = raw_info(info)
     fields = set()
     for node in raw.field_nodes:
         fields |= _names(node.selection_set, raw.fragments, set())
@@ -69,7 +69,7 @@ def viewer_independent(info: Info) -> bool:
 
 def _inputs(info: Info) -> dict[str, Any]:
     """The operation's variables as the client sent them."""
-    values = info._raw_info.variable_values
+    values = raw_info(info).variable_values
     sources = getattr(values, "sources", None)
     if sources is None:  # strawberry hands resolvers the coerced dict
         return dict(values)  # type: ignore[arg-type]
@@ -108,7 +108,7 @@ def _start_only_variables(info: Info) -> set[str]:
     They do not change a frame, so subscribers that differ only in them share one
     rendering (clients resuming from different points are the usual case).
     """
-    raw = info._raw_info
+    raw = raw_info(info)
     counter = _VariableUses()
     for definition in (raw.operation, *raw.fragments.values()):
         visit(definition.selection_set, counter)
@@ -135,7 +135,7 @@ class OperationTemplate:
     __slots__ = ("document", "key", "schema", "variables")
 
     def __init__(self, info: Info) -> None:
-        raw = info._raw_info
+        raw = raw_info(info)
         self.schema = raw.schema
         self.document = DocumentNode(definitions=(raw.operation, *raw.fragments.values()))
         self.variables = _inputs(info)
@@ -150,8 +150,9 @@ class OperationTemplate:
 class FrameRenderer:
     """Executes a subscription's selection once per event and keeps the JSON payload."""
 
-    def __init__(self, make_context: Callable[[], Any]) -> None:
+    def __init__(self, make_context: Callable[[], Any], runner: OperationRunner) -> None:
         self._make_context = make_context
+        self._runner = runner
         self._frames: TTLCache[tuple[Any, ...], str] = TTLCache(30.0, 4096)
         self._executors: TTLCache[tuple[Any, ...], Executor[Any]] = TTLCache(300.0, 512)
         self._rendering: dict[tuple[Any, ...], asyncio.Future[str]] = {}
@@ -159,15 +160,9 @@ class FrameRenderer:
     def _executor(self, template: OperationTemplate) -> Executor[Any]:
         executor = self._executors.get(template.key)
         if executor is None:
-            built = Executor.build(
-                template.schema,
-                template.document,
-                raw_variable_values=template.variables,
-                context_value=self._make_context(),
+            executor = self._runner.frame_executor(
+                template.schema, template.document, template.variables, self._make_context()
             )
-            if not isinstance(built, Executor):
-                raise RuntimeError(f"cannot build a broadcast executor: {built}")
-            executor = built
             self._executors.put(template.key, executor)
         return executor
 
@@ -200,19 +195,8 @@ class FrameRenderer:
             del self._rendering[key]
 
     async def _execute(self, executor: Executor[Any], event: Any) -> str:
-        per_event = executor.build_per_event_executor(event)
         context = self._make_context()
         # Every subscriber of the frame was checked for this thread and leaves the
         # group when removed: the frame may show that thread, and no other.
         context.broadcast_thread = uuid.UUID(str(event.thread_id))
-        per_event.context_value = context
-        try:
-            result = per_event.execute_operation(False)
-            if not isinstance(result, ExecutionResult):
-                result = await result
-        finally:
-            await context.close()
-        payload: dict[str, Any] = {"data": result.data}
-        if result.errors:
-            payload["errors"] = [shape_error(e).formatted for e in result.errors]
-        return orjson.dumps(payload).decode()
+        return await self._runner.render_frame(executor, event, context)

@@ -11,8 +11,9 @@ work can be decided once, when the schema is built, this does so:
 - permission extensions run their checks before the call, as strawberry would.
   A check that answers anything but True hands the call back to strawberry's
   own resolver, which decides and words the refusal;
-- anything else (enums, custom input conversion, other extensions, exception
-  handlers, subscriptions) keeps strawberry's resolver untouched.
+- anything else (enums, custom input conversion, other extensions,
+  subscriptions, every field of a schema with exception handlers) keeps
+  strawberry's resolver untouched.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from strawberry.permission import BasePermission, PermissionExtension
 from strawberry.schema.config import StrawberryConfig
 from strawberry.types.base import StrawberryObjectDefinition
 from strawberry.types.field import StrawberryField
+
+from threadline.schema.engine.internals import graphql_schema, info_maker
 
 # The link from a graphql-core type or field back to its strawberry definition.
 BACKREF = "strawberry-definition"
@@ -143,7 +146,7 @@ def lean_resolver(
         return None
     takes_self = resolver.self_parameter is not None
     info_name = resolver.info_parameter.name if resolver.info_parameter else None
-    info_class = config.info_class
+    make_info = info_maker(config.info_class, field)
     strawberry_resolve = graphql_field.resolve
 
     def python_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -163,13 +166,13 @@ def lean_resolver(
     if not checks:
 
         def resolve(source: Any, raw_info: GraphQLResolveInfo[Any], **kwargs: Any) -> Any:
-            info = info_class(_raw_info=raw_info, _field=field)
+            info = make_info(_raw_info=raw_info)
             return call(source, info, python_kwargs(kwargs) if kwargs else {})
 
         return resolve
 
     async def resolve_checked(source: Any, raw_info: GraphQLResolveInfo[Any], **kwargs: Any) -> Any:
-        info = info_class(_raw_info=raw_info, _field=field)
+        info = make_info(_raw_info=raw_info)
         converted = python_kwargs(kwargs)
         for check in checks:
             if await check.has_permission(source, info, **converted) is not True:
@@ -182,9 +185,15 @@ def lean_resolver(
 
 
 def install(schema: strawberry.Schema) -> int:
-    """Give every field that fits a lean resolver; returns how many fields got one."""
+    """Give every field that fits a lean resolver; returns how many fields got one.
+
+    None with exception handlers: strawberry wraps resolvers with them, a direct
+    call would not.
+    """
     count = 0
-    for graphql_type in schema._schema.type_map.values():
+    if schema.exception_handlers:
+        return count
+    for graphql_type in graphql_schema(schema).type_map.values():
         if not isinstance(graphql_type, GraphQLObjectType) or graphql_type.name.startswith("__"):
             continue
         if graphql_type.name == "Subscription":

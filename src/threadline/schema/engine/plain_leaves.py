@@ -24,7 +24,8 @@ from graphql.execution.executor import Executor
 from graphql.pyutils import Undefined
 from strawberry.types.field import StrawberryField
 
-from threadline.schema.lean_resolvers import BACKREF
+from threadline.schema.engine.internals import graphql_schema, is_default_resolver
+from threadline.schema.engine.lean_resolvers import BACKREF
 
 
 class Leaf(NamedTuple):
@@ -38,14 +39,13 @@ def plain_leaves(schema: strawberry.Schema) -> dict[str, dict[str, Leaf]]:
     if schema.config.default_resolver is not getattr:
         return {}
     out: dict[str, dict[str, Leaf]] = {}
-    for graphql_type in schema._schema.type_map.values():
+    for graphql_type in graphql_schema(schema).type_map.values():
         if not isinstance(graphql_type, GraphQLObjectType) or graphql_type.name.startswith("__"):
             continue
         for name, graphql_field in graphql_type.fields.items():
             field = (graphql_field.extensions or {}).get(BACKREF)
             resolve = graphql_field.resolve
-            # strawberry marks the resolver it makes for a field with none of its own.
-            if not isinstance(field, StrawberryField) or not getattr(resolve, "_is_default", False):
+            if not isinstance(field, StrawberryField) or not is_default_resolver(resolve):
                 continue
             if graphql_field.args:
                 continue
@@ -60,8 +60,12 @@ def plain_leaves(schema: strawberry.Schema) -> dict[str, dict[str, Leaf]]:
     return out
 
 
-def executor_class(leaves: dict[str, dict[str, Leaf]]) -> type[Executor[Any]]:
-    class PlainLeavesExecutor(Executor[Any]):
+def executor_class(
+    leaves: dict[str, dict[str, Leaf]], base: type[Executor[Any]]
+) -> type[Executor[Any]]:
+    """``base`` (strawberry's executor, which builds its resolve infos) reading plain leaves."""
+
+    class PlainLeavesExecutor(base):  # type: ignore[valid-type]
         # Fields answered here, not by graphql-core: how a test (or a debugger) sees
         # that this executor runs at all. A plain int: one event loop increments it.
         answered: ClassVar[int] = 0

@@ -1,0 +1,301 @@
+"""The one operation runner: every GraphQL operation, on every path, runs through here.
+
+JSON POSTs, GET, multipart uploads and both WebSocket subprotocols reach it as
+``ThreadlineSchema.execute`` and ``.stream`` (strawberry's public entry points,
+which its view and socket handlers call); broadcast frames through ``frame_executor``
+and ``render_frame``. Around whichever engine runs, the work is done once, here:
+the operation's own context (a socket's is forked) and its close, the parsed and
+validated document from the cache, the limits (cost, several operations with no
+name, a subscription sent over HTTP), the counter by kind and engine, error
+shaping with ``extensions.code`` and ``process_errors``.
+
+Two engines answer. ``direct`` (the fast path, the default): a valid query or
+mutation runs on graphql-core with strawberry's executor class, plus plain leaves;
+strawberry's per-request machinery (extension runner, middleware manager,
+execution context) is skipped. ``strawberry``: everything else (texts that do not
+parse or are not valid, subscriptions, operation types a transport does not allow),
+and every operation with ``FAST_PATHS=off``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
+from inspect import isawaitable
+from typing import Any, TypeVar
+
+import orjson
+from graphql import ExecutionResult as GraphQLExecutionResult
+from graphql import (
+    GraphQLError,
+    OperationDefinitionNode,
+    OperationType,
+    execute,
+    get_operation_ast,
+)
+from graphql.execution import Executor
+from strawberry.execution import optimized_is_awaitable
+from strawberry.extensions import SchemaExtension
+from strawberry.schema.exceptions import InvalidOperationTypeError
+from strawberry.types import ExecutionResult
+from strawberry.types.execution import PreExecutionError
+from strawberry.types.graphql import OperationType as Allowed
+
+from threadline.metrics import OPERATIONS_BY_KIND
+from threadline.schema.context import Context
+from threadline.schema.documents import Documents, KnownDocument
+from threadline.schema.engine import plain_leaves
+from threadline.schema.engine.internals import graphql_schema, lean_executor
+from threadline.schema.errors import shape_error, shape_result
+
+# graphql-core's words for the GraphQL spec's GetOperation error.
+NAME_REQUIRED = "Must provide operation name if query contains multiple operations."
+OVER_HTTP = "Subscriptions are served over WebSocket (graphql-transport-ws), not HTTP"
+DIRECT, STRAWBERRY = "direct", "strawberry"
+_Result = TypeVar("_Result")
+# graphql-core's kinds as strawberry names what a transport allows.
+ALLOWED = {kind: Allowed(kind.value) for kind in OperationType}
+QUERY_AND_MUTATION = frozenset({OperationType.QUERY, OperationType.MUTATION})
+
+
+class CachedDocuments(SchemaExtension):
+    """Strawberry's engine gets the document from the cache (its public parse hook)."""
+
+    def __init__(self, documents: Documents) -> None:
+        self.documents = documents
+
+    def on_operation(self) -> Any:
+        self.documents.prepare(self.execution_context)
+        yield
+
+
+class Plan:
+    """A valid operation picked from a known document, or the refusal it gets instead."""
+
+    __slots__ = ("known", "operation", "refusal")
+
+    def __init__(
+        self,
+        known: KnownDocument | None,
+        operation: OperationDefinitionNode | None = None,
+        refusal: GraphQLError | None = None,
+    ) -> None:
+        self.known = known
+        self.operation = operation
+        self.refusal = refusal
+
+
+# A text that does not parse, is not valid, or lacks the named operation: strawberry says why.
+UNKNOWN = Plan(None)
+
+
+class OperationRunner:
+    def __init__(self, schema: Any, documents: Documents, *, fast: bool) -> None:
+        """``schema``: the strawberry schema, whose one extension is CachedDocuments."""
+        # Operation directives would run as an extension strawberry adds per request.
+        assert not schema.directives, "the direct engine skips strawberry's directive extension"
+        self.schema = schema
+        self.graphql_schema = graphql_schema(schema)
+        self.documents = documents
+        self.fast = fast
+        # strawberry's engine keeps its own executor class. The direct engine's builds
+        # the same resolve infos on graphql-core's plain Executor, and reads plain
+        # leaves itself; with FAST_PATHS=off, broadcast frames use strawberry's.
+        strawberry_class = schema.execution_context_class or _strawberry_executor()
+        if fast:
+            leaves = plain_leaves.plain_leaves(schema)
+            self.executor_class = plain_leaves.executor_class(
+                leaves, lean_executor(strawberry_class)
+            )
+        else:
+            self.executor_class = strawberry_class
+
+    def plan(
+        self, query: str | None, variables: dict[str, Any] | None, operation_name: str | None
+    ) -> Plan:
+        known = self.documents.known(query, self.graphql_schema) if query else None
+        if known is None:
+            return UNKNOWN
+        operation = get_operation_ast(known.document, operation_name)
+        if operation is None:
+            if operation_name is None:  # several operations, none named
+                return Plan(known, refusal=GraphQLError(NAME_REQUIRED))
+            return UNKNOWN
+        refusal = self.documents.over_cost(known, operation, variables, self.graphql_schema)
+        return Plan(known, operation, refusal)
+
+    async def execute(
+        self,
+        strawberry_execute: Callable[..., Awaitable[ExecutionResult]],
+        query: str | None,
+        variables: dict[str, Any] | None,
+        context: Any,
+        root_value: Any,
+        operation_name: str | None,
+        allowed: Iterable[Allowed] | None,
+        extensions: dict[str, Any] | None,
+    ) -> ExecutionResult:
+        """One operation with one answer (HTTP: JSON POST, GET, multipart)."""
+        plan = self.plan(query, variables, operation_name)
+        own = _own(context)
+        try:
+            if plan.refusal is not None:
+                return self._refused(plan.refusal)
+            operation = plan.operation
+            if operation is not None:
+                kind = operation.operation
+                if kind is OperationType.SUBSCRIPTION:
+                    return refused_over_http()
+                if allowed is not None and ALLOWED[kind] not in allowed:
+                    raise InvalidOperationTypeError(ALLOWED[kind])  # the view's 400
+                if self.fast:
+                    OPERATIONS_BY_KIND[kind.value, DIRECT].inc()
+                    return await self._direct(
+                        plan, variables, operation_name, own, root_value, extensions
+                    )
+                OPERATIONS_BY_KIND[kind.value, STRAWBERRY].inc()
+            result = await strawberry_execute(
+                query,
+                variable_values=variables,
+                context_value=own,
+                root_value=root_value,
+                operation_name=operation_name,
+                allowed_operation_types=allowed,
+                operation_extensions=extensions,
+            )
+            self._finish(result)
+            return result
+        finally:
+            if own is not None:
+                await own.close()
+
+    async def stream(
+        self,
+        strawberry_stream: Callable[..., Awaitable[AsyncGenerator[Any, None]]],
+        query: str | None,
+        variables: dict[str, Any] | None,
+        context: Any,
+        root_value: Any,
+        operation_name: str | None,
+        allowed: Iterable[Allowed] | None,
+        extensions: dict[str, Any] | None,
+    ) -> AsyncGenerator[Any, None]:
+        """One operation with a stream of answers (both WebSocket subprotocols)."""
+        plan = self.plan(query, variables, operation_name)
+        own = _own(context)
+        try:
+            if plan.refusal is not None:
+                yield PreExecutionError(data=None, errors=[shape_error(plan.refusal)])
+                return
+            operation = plan.operation
+            kind = operation.operation if operation is not None else None
+            if kind is not None and (allowed is None or ALLOWED[kind] in allowed):
+                if self.fast and kind in QUERY_AND_MUTATION:
+                    OPERATIONS_BY_KIND[kind.value, DIRECT].inc()
+                    yield await self._direct(
+                        plan, variables, operation_name, own, root_value, extensions
+                    )
+                    return
+                OPERATIONS_BY_KIND[kind.value, STRAWBERRY].inc()
+            source = await strawberry_stream(
+                query,
+                variable_values=variables,
+                context_value=own,
+                root_value=root_value,
+                operation_name=operation_name,
+                allowed_operation_types=allowed,
+                operation_extensions=extensions,
+            )
+            try:
+                async for result in source:
+                    self._finish(result)
+                    yield result
+            finally:
+                await source.aclose()
+        finally:
+            if own is not None:
+                await own.close()
+
+    async def _direct(
+        self,
+        plan: Plan,
+        variables: dict[str, Any] | None,
+        operation_name: str | None,
+        context: Any,
+        root_value: Any,
+        extensions: dict[str, Any] | None,
+    ) -> ExecutionResult:
+        assert plan.known is not None
+        result = execute(
+            self.graphql_schema,
+            plan.known.document,
+            root_value=root_value,
+            context_value=context,
+            variable_values=variables,
+            operation_name=operation_name,
+            is_awaitable=optimized_is_awaitable,  # type: ignore[arg-type]
+            executor_class=self.executor_class,
+            hide_suggestions=self.documents.hide_suggestions,
+            operation_extensions=extensions,  # strawberry's executor hands them to resolvers
+        )
+        if isawaitable(result):
+            result = await result
+        assert isinstance(result, GraphQLExecutionResult)  # no incremental delivery here
+        return self._finish(ExecutionResult(data=result.data, errors=result.errors))
+
+    def _refused(self, refusal: GraphQLError) -> ExecutionResult:
+        return ExecutionResult(data=None, errors=[shape_error(refusal)])
+
+    def _finish(self, result: _Result) -> _Result:
+        """Errors shaped (a code each), then the schema's process_errors, on every engine."""
+        errors = getattr(result, "errors", None)
+        if errors:
+            shape_result(result)
+            self.schema.process_errors(getattr(result, "errors", errors))
+        return result
+
+    def frame_executor(
+        self, schema: Any, document: Any, variables: dict[str, Any], context: Any
+    ) -> Executor[Any]:
+        """The executor a broadcast subscription's frames are rendered with (per event)."""
+        built = self.executor_class.build(
+            schema, document, raw_variable_values=variables, context_value=context
+        )
+        if not isinstance(built, Executor):
+            raise RuntimeError(f"cannot build a broadcast executor: {built}")
+        return built
+
+    async def render_frame(self, executor: Executor[Any], event: Any, context: Context) -> str:
+        """One event through a subscription's selection: the JSON payload of its frame."""
+        per_event = executor.build_per_event_executor(event)
+        per_event.context_value = context
+        try:
+            result = per_event.execute_operation(False)
+            if isawaitable(result):
+                result = await result
+        finally:
+            await context.close()
+        assert isinstance(result, GraphQLExecutionResult)
+        self._finish(result)
+        payload: dict[str, Any] = {"data": result.data}
+        if result.errors:
+            payload["errors"] = [e.formatted for e in result.errors]
+        return orjson.dumps(payload).decode()
+
+
+def _own(context: Any) -> Context | None:
+    """The operation's own context: a socket's operations share its context, each
+    gets its own session and loaders. An HTTP request's context is already its own."""
+    if not isinstance(context, Context):
+        return None
+    return context.fork() if context.connection is not None else context
+
+
+def _strawberry_executor() -> type[Executor[Any]]:
+    from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
+
+    return StrawberryGraphQLCoreExecutionContext
+
+
+def refused_over_http() -> ExecutionResult:
+    """A subscription sent over HTTP (GET or POST): a clear BAD_USER_INPUT."""
+    return ExecutionResult(data=None, errors=[shape_error(GraphQLError(OVER_HTTP))])
