@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 
 from tests import factories
-from tests.conftest import Api, Clients, Server
+from tests.conftest import BACKEND, Api, Clients, Server, start_server, stop_server, token_for
+from tests.deployment import closed_port, variant
 from tests.uploads import PREFLIGHT, UPLOAD, image, stored_files
 from threadline.config import Settings
 
@@ -231,3 +233,25 @@ async def test_one_file_used_twice_is_stored_twice_with_the_same_bytes(
         assert download.status_code == 200
         assert download.content == data
     assert len(stored_files(settings.upload_dir)) == 2
+
+
+async def test_an_upload_while_the_database_is_down_is_service_unavailable_not_a_crash(
+    settings: Settings, tmp_path: Path
+) -> None:
+    if BACKEND == "postgres":
+        url = f"postgresql+asyncpg://postgres@127.0.0.1:{closed_port()}/nowhere"
+    else:
+        url = f"sqlite+aiosqlite:///{tmp_path / 'missing-folder' / 'threadline.db'}"
+    running = await start_server(variant(settings, database_url=url))
+    try:
+        async with httpx.AsyncClient(base_url=running.base, timeout=30) as http:
+            alice = Api(http, token_for("alice"))
+            status, text = await _post_multipart(
+                alice,
+                {"operations": OPERATIONS, "map": '{"0": ["variables.file"]}'},
+                {"0": ("a.png", image(), "image/png")},
+            )
+    finally:
+        await stop_server(running)
+    assert status == 200, text
+    assert json.loads(text)["errors"][0]["extensions"]["code"] == "SERVICE_UNAVAILABLE", text

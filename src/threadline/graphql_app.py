@@ -33,7 +33,7 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import Ope
 from strawberry.types import ExecutionResult
 from strawberry.types.unset import UnsetType
 
-from threadline.errors import DomainError, RateLimited, Unauthenticated
+from threadline.errors import DomainError, RateLimited, ServiceUnavailable, Unauthenticated
 from threadline.metrics import WEBSOCKET_CONNECTIONS
 from threadline.realtime.channels import SESSIONS_CHANNEL
 from threadline.realtime.rate_limits import Action
@@ -294,8 +294,12 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
             if token is None:
                 raise Unauthenticated("Sign in: send `Authorization: Bearer <token>`")
             await self.runtime.authenticate(token)
-        except Unauthenticated as exc:
+        except DomainError as exc:  # UNAUTHENTICATED; SERVICE_UNAVAILABLE from storage
             raise RefusedUpload(exc) from None
+        except Exception as exc:  # the database is unreachable: nothing to do with the body
+            log.warning("checking an upload's token failed: %s", type(exc).__name__)
+            unavailable = ServiceUnavailable("Uploads are unavailable right now; try again shortly")
+            raise RefusedUpload(unavailable) from None
         try:
             form_data = await request.get_form_data()
         except ValueError as e:
