@@ -187,6 +187,30 @@ async def test_claims_with_nul_and_lone_surrogates_are_cleaned_not_stored_raw(
     assert (me["displayName"], me["username"]) == ("Grace Hopper", "grace")
 
 
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"sub": "user_\x00x"},
+        {"sub": "user_\ud800x"},
+        {"sub": "user_2abc\nx"},
+        {"sub": "user_" + "u" * 300},
+        {"sub": "u" * 40_000},  # under the 64 KiB request-head limit
+        {"sid": "sess_" + "s" * 300},
+        {"sid": "sess_\x00x"},
+    ],
+    ids=["nul-sub", "surrogate-sub", "newline-sub", "long-sub", "huge-sub", "long-sid", "nul-sid"],
+)
+async def test_a_signed_token_whose_ids_are_not_clerk_ids_is_unauthenticated(
+    http: httpx.AsyncClient, private_key: rsa.RSAPrivateKey, claims: dict[str, str]
+) -> None:
+    token = clerk_token(private_key, **claims)
+    await assert_refused(http, token)
+    # Nothing was stored for it: the only user is the one a good token makes.
+    viewer = api(http, clerk_token(private_key, "user_2abcViewer"))
+    found = await viewer.gql("{ users { edges { node { clerkId } } } }")
+    assert [e["node"]["clerkId"] for e in found["users"]["edges"]] == ["user_2abcViewer"]
+
+
 async def test_a_token_without_an_authorized_party_is_unauthenticated(
     http: httpx.AsyncClient, private_key: rsa.RSAPrivateKey
 ) -> None:
@@ -273,7 +297,18 @@ async def test_a_websocket_with_a_good_clerk_token_gets_connection_ack(
 
 @pytest.mark.parametrize(
     "kind",
-    ["garbage", "development", "wrong party", "party list", "expired", "pending", "missing"],
+    [
+        "garbage",
+        "development",
+        "wrong party",
+        "party list",
+        "expired",
+        "pending",
+        "missing",
+        "nul subject",
+        "long subject",
+        "long session",
+    ],
 )
 async def test_a_websocket_with_a_bad_token_is_closed_with_4403(
     clerk_server: Server, private_key: rsa.RSAPrivateKey, kind: str
@@ -285,6 +320,9 @@ async def test_a_websocket_with_a_bad_token_is_closed_with_4403(
         "party list": clerk_token(private_key, azp=[PARTY]),
         "expired": clerk_token(private_key, exp=int(time.time()) - 30),
         "pending": clerk_token(private_key, sts="pending"),
+        "nul subject": clerk_token(private_key, "user_\x00x"),
+        "long subject": clerk_token(private_key, "user_" + "u" * 300),
+        "long session": clerk_token(private_key, sid="sess_" + "s" * 300),
     }
     payload = {"authorization": f"Bearer {tokens[kind]}"} if kind in tokens else {}
     message, code = await ws_init(clerk_server, payload)

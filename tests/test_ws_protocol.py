@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -207,4 +209,38 @@ async def test_a_query_over_the_legacy_protocol_is_bad_user_input(
     assert message["type"] == "error", message
     assert message["payload"]["extensions"]["code"] == "BAD_USER_INPUT"
     await conn.close()
+    assert tracebacks(caplog) == []
+
+
+@pytest.mark.parametrize("protocol", [TRANSPORT, LEGACY])
+async def test_a_socket_that_never_sends_connection_init_closes_with_4408_in_both_protocols(
+    server: Server, clients: Clients, protocol: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The deadline is the view's (10 s in production); a short one keeps the test quick.
+    server.app.state.graphql.connection_init_wait_timeout = timedelta(seconds=1)
+    alice = await clients.user("alice")
+    assert alice.token is not None
+    idle = await opened(server.ws_url, protocol)
+    started = time.monotonic()
+    signed_in = await acked(server.ws_url, protocol, alice.token)
+    assert await close_code(idle, timeout=15) == 4408
+    assert time.monotonic() - started >= 0.9
+    # A socket that sent connection_init in time stays open past the deadline.
+    await asyncio.sleep(1.0)
+    await signed_in.send(subscribe(protocol, "1", {"query": VIEWER}))
+    await signed_in.close()
+    assert signed_in.close_code == 1000
+    assert tracebacks(caplog) == []
+
+
+@pytest.mark.parametrize("protocol", [TRANSPORT, LEGACY])
+@pytest.mark.parametrize(
+    "frame", ["not json", "{", b'{"type": "connection_init"}'], ids=["text", "cut", "binary"]
+)
+async def test_a_frame_that_is_not_json_text_closes_with_4400_in_both_protocols(
+    server: Server, protocol: str, frame: str | bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    conn = await opened(server.ws_url, protocol)
+    await conn.send(frame)
+    assert await close_code(conn) == 4400
     assert tracebacks(caplog) == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -37,6 +38,8 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
+    # Anyone may ask, so the answer is only "ok" or "down" per dependency; what went
+    # wrong (hosts, ports, driver messages) goes to the server log.
     runtime: Runtime = request.app.state.runtime
     checks: dict[str, Any] = {}
     ok = True
@@ -45,14 +48,26 @@ async def readyz(request: Request) -> Response:
         checks["database"] = "ok"
     except Exception as exc:
         ok = False
-        checks["database"] = f"down: {type(exc).__name__}"
+        checks["database"] = "down"
+        log.warning("readiness: the database is down: %s", _without_credentials(exc))
     if runtime.settings.redis_url:
-        health = runtime.broker.health()
-        checks["redis"] = "ok" if runtime.broker.is_healthy else f"down: {health.get('last_error')}"
-        ok = ok and runtime.broker.is_healthy
+        healthy = runtime.broker.is_healthy
+        checks["redis"] = "ok" if healthy else "down"
+        if not healthy:
+            detail = runtime.broker.health().get("last_error")
+            log.warning("readiness: Redis is down: %s", _without_credentials(detail))
+        ok = ok and healthy
     return JSONResponse(
         {"status": "ok" if ok else "unavailable", **checks}, status_code=200 if ok else 503
     )
+
+
+def _without_credentials(detail: object) -> str:
+    """A failure's description for the log, with any user:password@ of a URL masked."""
+    text = (
+        f"{type(detail).__name__}: {detail}" if isinstance(detail, BaseException) else str(detail)
+    )
+    return re.sub(r"://[^/@\s]*@", "://***@", text)
 
 
 async def metrics(request: Request) -> Response:

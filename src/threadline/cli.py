@@ -36,6 +36,9 @@ def _migrate(settings: Settings) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
+    from uvicorn.config import LOGGING_CONFIG
+
+    from threadline.access_log import log_config
 
     settings = _settings()
     if settings.is_sqlite:
@@ -56,6 +59,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # uvicorn formats each access line (client address, quoted path) before
         # the logger drops it: off unless the level would show it.
         access_log=args.log_level.lower() in ("trace", "debug", "info"),
+        # Paths without their query strings: a signed download URL is a credential.
+        log_config=log_config(LOGGING_CONFIG),
         ws=args.ws,
         # uvicorn's httptools protocol with a deadline and a size limit on request heads.
         http="threadline.asgi:http_protocol",

@@ -13,7 +13,7 @@ import contextlib
 import json
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +21,7 @@ import orjson
 from cross_web import AsyncHTTPRequestAdapter, HTTPException
 from graphql import GraphQLError
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import Scope
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
@@ -31,7 +32,7 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import Ope
 from strawberry.types import ExecutionResult
 from strawberry.types.unset import UnsetType
 
-from threadline.errors import DomainError, RateLimited, Unauthenticated
+from threadline.errors import DomainError, RateLimited, ServiceUnavailable, Unauthenticated
 from threadline.metrics import WEBSOCKET_CONNECTIONS
 from threadline.realtime.channels import SESSIONS_CHANNEL
 from threadline.realtime.rate_limits import Action
@@ -44,6 +45,7 @@ from threadline.schema.schema import ThreadlineSchema
 from threadline.services import sessions
 from threadline.subscriptions.broadcast import FrameRenderer
 from threadline.subscriptions.live import OperationRoot
+from threadline.uploads.multipart import MultipartError, place_files, text_field
 from threadline.uvicorn_seam import raw_socket
 from threadline.ws_protocol import LegacyProtocol, RefusedConnection, TransportProtocol
 
@@ -173,6 +175,26 @@ class TransportWSHandler(TransportProtocol, StreamHook):
                 release()
 
 
+class RefusedUpload(Exception):
+    """A multipart request refused before its body is read; answered GraphQL-shaped."""
+
+    def __init__(self, error: DomainError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+    def response(self, encode: Callable[[object], bytes]) -> Response:
+        body = {
+            "data": None,
+            "errors": [
+                shape_error(GraphQLError(self.error.message, original_error=self.error)).formatted
+            ],
+        }
+        # The body still coming is not read: the connection closes after the answer.
+        return Response(
+            encode(body), media_type="application/json", headers={"connection": "close"}
+        )
+
+
 class ThreadlineGraphQL(GraphQL[Context, None]):
     graphql_transport_ws_handler_class = TransportWSHandler
     graphql_ws_handler_class = LegacyProtocol
@@ -274,7 +296,29 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
                 "This multipart request needs a non-empty `Apollo-Require-Preflight` "
                 "or `X-Apollo-Operation-Name` header (CSRF protection)",
             )
-        return await super().parse_multipart(request)
+        # Only signed-in users upload: a refused caller's body is never read (nor spooled).
+        token = bearer(request.headers.get("authorization"))
+        try:
+            if token is None:
+                raise Unauthenticated("Sign in: send `Authorization: Bearer <token>`")
+            await self.runtime.authenticate(token)
+        except DomainError as exc:  # UNAUTHENTICATED; SERVICE_UNAVAILABLE from storage
+            raise RefusedUpload(exc) from None
+        except Exception as exc:  # the database is unreachable: nothing to do with the body
+            log.warning("checking an upload's token failed: %s", type(exc).__name__)
+            unavailable = ServiceUnavailable("Uploads are unavailable right now; try again shortly")
+            raise RefusedUpload(unavailable) from None
+        try:
+            form_data = await request.get_form_data()
+        except ValueError as e:
+            raise HTTPException(400, "Unable to parse the multipart body") from e
+        # strawberry's own placing crashes on a map that is not the spec's (HTTP 500).
+        try:
+            operations = self.parse_json(text_field(form_data.form, "operations"))
+            files_map = self.parse_json(text_field(form_data.form, "map"))
+            return place_files(operations, files_map, form_data.files)  # type: ignore[no-any-return]
+        except MultipartError as exc:
+            raise HTTPException(400, str(exc)) from None
 
     async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
         token = token_from_params(context.connection_params)
@@ -396,7 +440,13 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
                 context=UNSET if context is None else context,
                 root_value=UNSET if root_value is None else root_value,
             )
+        except RefusedUpload as refused:
+            return refused.response(self.encode_json_bytes)
         finally:
+            if isinstance(request, Request):
+                # An upload's spooled files go when its request ends (a file may fill
+                # several variables, so no single use may close it).
+                await request.close()
             if isinstance(request, WebSocket):
                 for ctx in [c for c in list(self.connections) if c.connection is request]:
                     await self._disconnected(ctx)

@@ -6,17 +6,24 @@ graphql-transport-ws and the legacy graphql-ws alike: a refused connection
 closes once, with the refusal's code (4403 by default, 4429 over the connection
 limit); a message that is not a well-formed operation closes with 4400; an
 operation past the per-connection ceiling gets a RATE_LIMITED error and the
-connection stays.
+connection stays. The legacy protocol gets graphql-transport-ws's connection_init
+deadline (4408) too: strawberry applies it to graphql-transport-ws only.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from contextlib import suppress
 from typing import Any
 
 from graphql import GraphQLError, GraphQLFormattedError
 from strawberry.exceptions import ConnectionRejectionError
+from strawberry.http.exceptions import (
+    NonJsonMessageReceived,
+    NonTextMessageReceived,
+    WebSocketDisconnected,
+)
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
 )
@@ -35,6 +42,7 @@ log = logging.getLogger(__name__)
 
 CLOSE_BAD_MESSAGE = 4400
 CLOSE_REFUSED = 4403
+CLOSE_INIT_TIMEOUT = 4408
 
 
 class RefusedConnection(ConnectionRejectionError):
@@ -143,6 +151,41 @@ class TransportProtocol(BaseGraphQLTransportWSHandler[Context, None]):
 class LegacyProtocol(BaseGraphQLWSHandler[Context, None]):
     """The legacy graphql-ws subprotocol (subscriptions-transport-ws)."""
 
+    connection_init_received = False
+
+    async def handle(self) -> None:
+        # strawberry's, except that a socket that sends no connection_init in time is
+        # closed (else an idle socket is held for ever) and a frame that is not JSON
+        # text closes with 4400 (strawberry skips it), as in graphql-transport-ws.
+        deadline = asyncio.create_task(self._close_without_init())
+        try:
+            try:
+                async for message in self.websocket.iter_json():
+                    await self.handle_message(message)
+            except NonTextMessageReceived:
+                await self.websocket.close(CLOSE_BAD_MESSAGE, "WebSocket message type must be text")
+            except NonJsonMessageReceived:
+                await self.websocket.close(
+                    CLOSE_BAD_MESSAGE, "WebSocket message must be valid JSON"
+                )
+        except WebSocketDisconnected:
+            pass
+        finally:
+            deadline.cancel()
+            with suppress(BaseException):
+                await deadline
+            if self.keep_alive_task:
+                self.keep_alive_task.cancel()
+                with suppress(BaseException):
+                    await self.keep_alive_task
+            await self.cleanup()
+
+    async def _close_without_init(self) -> None:
+        await asyncio.sleep(self.view.connection_init_wait_timeout.total_seconds())
+        if not self.connection_init_received:
+            with suppress(Exception):  # the peer may be gone already
+                await self.websocket.close(CLOSE_INIT_TIMEOUT, "Connection initialisation timeout")
+
     async def handle_message(self, message: Any) -> None:
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):
             await self.websocket.close(CLOSE_BAD_MESSAGE, "A message must be an object with a type")
@@ -157,6 +200,7 @@ class LegacyProtocol(BaseGraphQLWSHandler[Context, None]):
 
     async def handle_connection_init(self, message: Any) -> None:
         # strawberry's, except that a refusal closes with 4403 (or its own code), not 1011.
+        self.connection_init_received = True  # before the token check, which may be slow
         payload = message.get("payload")
         if payload is not None and not isinstance(payload, dict):
             await self.send_message({"type": "connection_error"})

@@ -37,6 +37,9 @@ JWKS_REFETCH_SECONDS = 30.0
 # Keys removed from the JWKS stop being trusted within this long.
 JWKS_MAX_AGE_SECONDS = 3600.0
 JWKS_TIMEOUT_SECONDS = 5.0
+# Clerk's ids are short ("user_2abc...", "sess_2abc...", ~32 characters); development
+# ids are "dev_" and a username of at most 64. Anything longer is no id of theirs.
+MAX_ID_LENGTH = 128
 
 # Time claims are checked here against the injected clock, issuer and party by Clerk's
 # rules; PyJWT checks the signature and the algorithm only.
@@ -228,11 +231,18 @@ class TokenVerifier:
         subject = claims.get("sub")
         if not isinstance(subject, str) or not subject:
             raise Unauthenticated("token has no subject (sub)")
+        if not _plausible_id(subject):
+            raise Unauthenticated("token's subject (sub) is not a user id")
+        session_id = claims.get("sid")
+        if not isinstance(session_id, str) or not session_id:
+            session_id = None
+        elif not _plausible_id(session_id):
+            raise Unauthenticated("token's session (sid) is not a session id")
         if self._clerk:
             self._check_clerk_claims(claims)
         return Identity(
             clerk_id=subject,
-            session_id=_text_claim(claims, "sid"),
+            session_id=session_id,
             expires_at=datetime.fromtimestamp(expires, UTC),
             username=_text_claim(claims, "username"),
             name=_text_claim(claims, "name"),
@@ -281,6 +291,19 @@ def _time_claim(claims: Mapping[str, Any], name: str, *, required: bool) -> floa
     if not math.isfinite(value) or not 0 <= value < 253402300800:
         raise Unauthenticated(f"token's {name} claim is not a time")
     return float(value)
+
+
+def _plausible_id(value: str) -> bool:
+    """An id as Clerk (or ``threadline token``) makes them: bounded, one printable word.
+
+    The ids become column values, cache and Redis keys and log fields: a NUL, a lone
+    surrogate or a few kilobytes would fail there, far from the token check.
+    """
+    return (
+        len(value) <= MAX_ID_LENGTH
+        and value.isprintable()
+        and not any(character.isspace() for character in value)
+    )
 
 
 def _text_claim(claims: Mapping[str, Any], name: str) -> str | None:

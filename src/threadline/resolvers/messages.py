@@ -273,21 +273,18 @@ class MessageMutations:
         if not isinstance(upload, UploadFile):
             # The Upload scalar takes any variable value; only a multipart file part is one.
             raise BadInput("`file` must be a file part of a multipart request (the upload spec)")
-        try:
-            viewer = await op.limit(info, Action.UPLOAD)
-            ctx = op.context(info)
-            await ctx.before_write()
-            row = await attachments.upload_attachment(
-                ctx.runtime.db,
-                ctx.runtime.storage,
-                viewer,
-                thread_id,
-                upload,
-                max_bytes=ctx.runtime.settings.max_upload_bytes,
-            )
-        finally:
-            # The spooled copy's disk space goes now, not whenever the form is collected.
-            await upload.close()
+        # Not closed here: one file may fill several variables (the request closes it).
+        viewer = await op.limit(info, Action.UPLOAD)
+        ctx = op.context(info)
+        await ctx.before_write()
+        row = await attachments.upload_attachment(
+            ctx.runtime.db,
+            ctx.runtime.storage,
+            viewer,
+            thread_id,
+            upload,
+            max_bytes=ctx.runtime.settings.max_upload_bytes,
+        )
         ctx.after_write()
         return AttachmentType.of(row)
 
