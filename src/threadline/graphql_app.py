@@ -275,6 +275,7 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
         context.connection_params = None
         if token is None:
             raise ConnectionRejectionError({"message": "Sign in: send a token in connection_init"})
+        forgotten = self.runtime.viewers_forgotten
         try:
             identity, user = await self.runtime.authenticate(token)
         except Unauthenticated as exc:
@@ -301,6 +302,14 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
         # socket's end (run's finally) finds it and closes the session row.
         self.connections.add(context)
         WEBSOCKET_CONNECTIONS.set(len(self.connections))
+        if self.runtime.viewers_forgotten != forgotten:
+            # A role change signalled before this socket was listed did not close it:
+            # the viewer it was authorized with may be older than the change.
+            try:
+                identity, user = await self.runtime.authenticate(token)
+            except Unauthenticated as exc:  # the run's end closes the session row
+                raise ConnectionRejectionError({"message": exc.message}) from None
+            context.set_viewer(identity, user)
         # Never fails for want of Redis: the lease is then written on the next beat.
         await self.runtime.presence.renew(user.id, state.connection_id)
         return None

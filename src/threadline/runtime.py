@@ -138,6 +138,11 @@ class Runtime:
                 user = await clerk_sync.user_for_identity(uow, identity)
         return user
 
+    @property
+    def viewers_forgotten(self) -> int:
+        """How many times forget_viewers ran: a viewer read before a change differs."""
+        return self._forgotten
+
     def forget_viewers(
         self,
         clerk_user_ids: Sequence[str] = (),
