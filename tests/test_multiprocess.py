@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import httpx
 import jwt
@@ -24,6 +25,7 @@ from svix.webhooks import Webhook
 
 from tests import factories
 from tests.conftest import BACKEND, DEV_SECRET, SIGNING_SECRET, Api, free_port, token_for
+from tests.deployment import threadline
 from tests.processes import spawn_serve
 from tests.test_thread_events import EVENTS
 from tests.wsclient import GraphQLWS
@@ -247,3 +249,30 @@ async def test_events_committed_while_redis_was_down_still_reach_the_subscriber(
         if redis_proc.returncode is None:
             redis_proc.kill()
             await redis_proc.wait()
+
+
+async def test_a_system_role_change_closes_the_users_sockets_on_every_process(
+    two: tuple[Process, Process], settings: Settings, redis_url: str, tmp_path: Path
+) -> None:
+    a, b = two
+    async with httpx.AsyncClient(base_url=b.base, timeout=30) as http:
+        alice, erin = await signed_in(http, "alice"), await signed_in(http, "erin")
+        made = threadline(
+            "users",
+            "set-role",
+            "alice",
+            "owner",
+            database_url=settings.database_url,
+            tmp_path=tmp_path,
+            REDIS_URL=redis_url,
+        )  # fmt: skip  (through Redis: both processes forget alice's cached role)
+        assert made.returncode == 0, made.stderr
+        ws = await GraphQLWS.connect(a.ws_url, erin.token)
+        started = time.perf_counter()
+        role = "mutation($u: ID!) { setUserRole(userId: $u, role: ADMIN) { role } }"
+        assert (await alice.gql(role, {"u": erin.id}))["setUserRole"]["role"] == "ADMIN"
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.conn.recv(), 5)
+        took = time.perf_counter() - started
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4403
+        print(f"setUserRole on one process closed the socket on the other in {took:.2f} s")

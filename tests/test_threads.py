@@ -142,6 +142,35 @@ async def test_a_direct_thread_with_oneself_is_bad_input(clients: Clients) -> No
     assert await alice.error(DIRECT, {"u": alice.id}) == "BAD_USER_INPUT"
 
 
+async def test_nobody_removes_a_direct_threads_member_so_no_removal_can_be_undone(
+    server: Server, clients: Clients
+) -> None:
+    """createDirectThread brings back whoever left; were the other member able to
+    remove them, that call would undo the removal. So members only leave."""
+    bob, carol, erin = await clients.users("bob", "carol", "erin")
+    await promote(server, erin, "OWNER")  # acts as thread OWNER everywhere
+    direct = (await carol.gql(DIRECT, {"u": bob.id}))["createDirectThread"]["id"]
+    for remover in (bob, erin):
+        body = await remover.raw(REMOVE, {"t": direct, "u": carol.id})
+        assert body["errors"][0]["extensions"]["code"] == "CONFLICT"
+        assert "can only leave" in body["errors"][0]["message"]
+    await factories.send(bob, direct, "still talking")
+    read = "query($t: ID!) { messages(threadId: $t) { edges { node { body } } } }"
+    edges = (await carol.gql(read, {"t": direct}))["messages"]["edges"]
+    assert [e["node"]["body"] for e in edges] == ["still talking"]
+    assert roles_by_user((await carol.gql(THREAD, {"t": direct}))["thread"]) == {
+        bob.id: "OWNER",
+        carol.id: "OWNER",
+    }
+    # Leaving stays open, by either mutation; createDirectThread then rejoins.
+    assert (await carol.gql(REMOVE, {"t": direct, "u": carol.id}))["removeParticipant"] == carol.id
+    assert await carol.error(THREAD, {"t": direct}) == "NOT_FOUND"
+    back = (await carol.gql(DIRECT, {"u": bob.id}))["createDirectThread"]
+    assert back == {"id": direct, "isDirect": True, "myRole": "OWNER"}
+    await bob.gql(LEAVE, {"t": direct})
+    assert await bob.error(THREAD, {"t": direct}) == "NOT_FOUND"
+
+
 # ---------------------------------------------------------------- updating and deleting
 
 

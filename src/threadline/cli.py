@@ -79,15 +79,26 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _with_db(settings: Settings, name: str, work: object) -> object:
+async def _with_db(settings: Settings, name: str, work: object, *, publish: bool = False) -> object:
     from threadline.db import Database, make_engine
+    from threadline.realtime.broker import Broker
+    from threadline.realtime.channels import publish_all
 
-    db = Database(make_engine(settings.database_url))
+    # With Redis, what the work emits reaches the running servers (a role change
+    # closes the user's sockets there); without it there is no channel to them.
+    broker = Broker(settings.redis_url) if publish and settings.redis_url else None
+    if broker is None:
+        db = Database(make_engine(settings.database_url))
+    else:
+        await broker.connect()
+        db = Database(make_engine(settings.database_url), publish=lambda e: publish_all(broker, e))
     try:
         async with db.transaction(name) as uow:
             return await work(uow)  # type: ignore[operator]
     finally:
         await db.dispose()
+        if broker is not None:
+            await broker.disconnect()
 
 
 def cmd_token(args: argparse.Namespace) -> int:
@@ -125,7 +136,10 @@ def cmd_set_role(args: argparse.Namespace) -> int:
     try:
         asyncio.run(
             _with_db(
-                settings, "cli_set_role", lambda uow: set_role_by_username(uow, args.username, role)
+                settings,
+                "cli_set_role",
+                lambda uow: set_role_by_username(uow, args.username, role),
+                publish=True,
             )
         )
     except DomainError as exc:

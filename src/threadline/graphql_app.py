@@ -34,7 +34,7 @@ from strawberry.types.unset import UnsetType
 
 from threadline.errors import DomainError, RateLimited, ServiceUnavailable, Unauthenticated
 from threadline.metrics import WEBSOCKET_CONNECTIONS
-from threadline.realtime.channels import SESSIONS_CHANNEL
+from threadline.realtime.channels import SESSIONS_CHANNEL, encode_sessions_signal
 from threadline.realtime.rate_limits import Action
 from threadline.realtime.sinks import DirectSink
 from threadline.runtime import Runtime
@@ -326,6 +326,7 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
         context.connection_params = None
         if token is None:
             raise ConnectionRejectionError({"message": "Sign in: send a token in connection_init"})
+        forgotten = self.runtime.viewers_forgotten
         try:
             identity, user = await self.runtime.authenticate(token)
         except Unauthenticated as exc:
@@ -352,6 +353,14 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
         # socket's end (run's finally) finds it and closes the session row.
         self.connections.add(context)
         WEBSOCKET_CONNECTIONS.set(len(self.connections))
+        if self.runtime.viewers_forgotten != forgotten:
+            # A role change signalled before this socket was listed did not close it:
+            # the viewer it was authorized with may be older than the change.
+            try:
+                identity, user = await self.runtime.authenticate(token)
+            except Unauthenticated as exc:  # the run's end closes the session row
+                raise ConnectionRejectionError({"message": exc.message}) from None
+            context.set_viewer(identity, user)
         # Never fails for want of Redis: the lease is then written on the next beat.
         await self.runtime.presence.renew(user.id, state.connection_id)
         return None
@@ -455,7 +464,7 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
         """Tell every process to close these sessions' sockets (the webhook's hook)."""
         # This process forgets them before the webhook answers: read-your-writes.
         self.runtime.forget_viewers(clerk_user_ids, clerk_session_ids)
-        message = orjson.dumps({"sessions": clerk_session_ids, "users": clerk_user_ids}).decode()
+        message = encode_sessions_signal(clerk_session_ids, clerk_user_ids)
         try:
             await self.runtime.broker.publish(SESSIONS_CHANNEL, message)
         except Exception:
@@ -471,6 +480,7 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
                         if isinstance(item, str):
                             data = orjson.loads(item)
                             await self._close_sessions(data["sessions"], data["users"])
+                            await self._reauthorize(data.get("reauthorize", []))
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -493,6 +503,22 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
         await asyncio.gather(
             *(self._close(c, CLOSE_SESSION_ENDED, "Session ended") for c in doomed)
         )
+
+    async def _reauthorize(self, user_ids: list[str]) -> None:
+        """Close these users' live sockets with 4403: their role changed, and what a
+        socket runs (its viewer, its streams' access) was decided with the old one.
+        The client reconnects with a fresh token, and every stream is checked anew."""
+        if not user_ids:
+            return
+        ids = {uuid.UUID(user_id) for user_id in user_ids}
+        self.runtime.forget_viewers(user_ids=ids)
+        doomed = [
+            c
+            for c in list(self.connections)
+            if c.viewer_or_none is not None and c.viewer_or_none.id in ids
+        ]
+        reason = "Your role changed: reconnect"
+        await asyncio.gather(*(self._close(c, CLOSE_REFUSED, reason) for c in doomed))
 
     async def _close(self, context: Context, code: int, reason: str) -> None:
         try:

@@ -10,7 +10,7 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from sqlalchemy import select
@@ -70,6 +70,7 @@ class Runtime:
         self.fanout = Fanout(self.feed, self.deliveries, self.broker.queue_limit)
         self._verified: TTLCache[str, Identity] = TTLCache(VERIFIED_TOKEN_SECONDS, 20_000)
         self._viewers: OrderedDict[tuple[str, str | None], tuple[float, User]] = OrderedDict()
+        self._forgotten = 0  # how many times forget_viewers ran
         self.storage: Storage = LocalStorage(settings.upload_dir)
         self.url_signer = UrlSigner(
             settings.resolve_signing_secret(), settings.attachment_url_seconds
@@ -106,7 +107,12 @@ class Runtime:
         now = time.monotonic()
         if cached is not None and now - cached[0] < VIEWER_CACHE_SECONDS:
             return identity, cached[1]
+        forgotten = self._forgotten
         user = await self._load_viewer(identity)
+        if forgotten != self._forgotten:
+            # Forgotten while it loaded (a role changed, committed before the signal):
+            # what was read may predate it; read again, after the signal.
+            return identity, await self._load_viewer(identity)
         self._viewers[key] = (now, user)
         self._viewers.move_to_end(key)
         while len(self._viewers) > VIEWER_CACHE_SIZE:
@@ -127,15 +133,26 @@ class Runtime:
                 user = await clerk_sync.user_for_identity(uow, identity)
         return user
 
+    @property
+    def viewers_forgotten(self) -> int:
+        """How many times forget_viewers ran: a viewer read before a change differs."""
+        return self._forgotten
+
     def forget_viewers(
-        self, clerk_user_ids: Sequence[str] = (), sessions: Sequence[str] = ()
+        self,
+        clerk_user_ids: Sequence[str] = (),
+        sessions: Sequence[str] = (),
+        user_ids: Collection[uuid.UUID] = (),
     ) -> None:
-        for key in list(self._viewers):
-            if key[0] in clerk_user_ids or key[1] in sessions:
+        self._forgotten += 1
+        for key, (_, user) in list(self._viewers.items()):
+            if key[0] in clerk_user_ids or key[1] in sessions or user.id in user_ids:
                 del self._viewers[key]
         if clerk_user_ids:
             gone = set(clerk_user_ids)
             self.user_cache.discard(lambda _, user: user.clerk_id in gone)
+        if user_ids:
+            self.user_cache.discard(lambda user_id, _: user_id in user_ids)
 
     # -- attachments
 

@@ -16,7 +16,13 @@ from typing import Any, Protocol
 import orjson
 
 from threadline.metrics import EVENTS_PUBLISHED
-from threadline.services.events import ActivityEvent, EventKind, LoggedEvent, UserEvent
+from threadline.services.events import (
+    ActivityEvent,
+    EventKind,
+    LoggedEvent,
+    SystemRoleChanged,
+    UserEvent,
+)
 
 SESSIONS_CHANNEL = "sessions"
 
@@ -95,6 +101,17 @@ def decode_user_event(raw: str) -> UserEvent:
     return UserEvent(uuid.UUID(data["u"]), data["k"], data["d"])
 
 
+def encode_sessions_signal(
+    sessions: Sequence[str] = (), users: Sequence[str] = (), reauthorize: Sequence[str] = ()
+) -> str:
+    """What SESSIONS_CHANNEL carries: Clerk sessions ended and users deleted, by Clerk
+    id (their sockets close for good); users whose sockets must reconnect (a role
+    changed), by local id (unique to the database, where a Clerk id may not be)."""
+    return orjson.dumps(
+        {"sessions": list(sessions), "users": list(users), "reauthorize": list(reauthorize)}
+    ).decode()
+
+
 def route(event: object) -> tuple[str, str]:
     if isinstance(event, LoggedEvent):
         return thread_channel(event.thread_id), encode_logged(event)
@@ -102,6 +119,8 @@ def route(event: object) -> tuple[str, str]:
         return activity_channel(event.thread_id), encode_activity(event)
     if isinstance(event, UserEvent):
         return user_channel(event.user_id), encode_user_event(event)
+    if isinstance(event, SystemRoleChanged):
+        return SESSIONS_CHANNEL, encode_sessions_signal(reauthorize=[str(event.user_id)])
     raise TypeError(f"cannot publish {type(event).__name__}")
 
 

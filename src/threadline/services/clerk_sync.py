@@ -20,6 +20,7 @@ from threadline.auth.tokens import Identity
 from threadline.db import UnitOfWork
 from threadline.errors import BadInput, Unauthenticated
 from threadline.models import EndedClerkSession, Session, SystemRole, User, WebhookDelivery, utcnow
+from threadline.services import users
 from threadline.services.text_rules import clean_external_text, has_unstorable_chars
 
 PLACEHOLDER_NAME = "New user"
@@ -71,6 +72,8 @@ async def apply_user_event(uow: UnitOfWork, data: Mapping[str, Any]) -> bool:
     if user is None:
         created = User(clerk_id=clerk_id, preferences={})
         _apply_profile(created, data)
+        # New: no socket of theirs is open yet, so nothing to tell.
+        created.role = (_role(data.get("public_metadata")) or SystemRole.MEMBER).value
         user = await _insert_user(uow.session, created)
         if user is created:
             return True
@@ -80,6 +83,9 @@ async def apply_user_event(uow: UnitOfWork, data: Mapping[str, Any]) -> bool:
     if stored is not None and (updated_at is None or updated_at <= stored):
         return False
     _apply_profile(user, data)
+    role = _role(data.get("public_metadata"))
+    if role is not None:
+        users.change_role(uow, user, role)
     await uow.session.flush()
     return True
 
@@ -214,9 +220,6 @@ def _apply_profile(user: User, data: Mapping[str, Any]) -> None:
     user.username = username
     user.display_name = _display_name(full_name, username)
     user.image_url = _clip(_text(data.get("image_url")), _URL_LENGTH)
-    role = _role(data.get("public_metadata"))
-    if role is not None:
-        user.role = role.value
     user.clerk_updated_at = _millis(data.get("updated_at"))
 
 

@@ -63,6 +63,15 @@ class UserEvent:
     data: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class SystemRoleChanged:
+    """A user's system role changed. Their open sockets were authorized with the old
+    one (a system ADMIN follows threads they are not in): every process closes them,
+    and each stream is checked anew when the client reconnects."""
+
+    user_id: uuid.UUID
+
+
 def message_payload(message: Message) -> dict[str, Any]:
     """What subscribers render for a message, so that no event costs a query each."""
     return {

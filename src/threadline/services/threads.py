@@ -1,7 +1,8 @@
 """Threads and participants: creating, updating, membership and roles.
 
 Role rules that no directive expresses live here: nobody grants a role above
-their own, and the last OWNER can neither leave nor be demoted or removed.
+their own, the last OWNER can neither leave nor be demoted or removed, and a
+direct thread's members can only leave it (never remove each other).
 """
 
 from __future__ import annotations
@@ -305,6 +306,10 @@ async def remove_participant(
     if participant is None:
         raise NotFound("Participant not found")
     if uid != actor.id:
+        if access.thread.is_direct:
+            # createDirectThread lets someone who left come back: a removal it would
+            # undo is no removal, so the only way out of a direct thread is leaving.
+            raise Conflict("A direct thread's members can only leave it")
         _no_grant_above(access, participant.thread_role)
     await _drop(uow, actor, access.thread, participant)
     return uid

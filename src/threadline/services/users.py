@@ -15,6 +15,7 @@ from threadline.db import UnitOfWork
 from threadline.errors import BadInput, Conflict, NotFound
 from threadline.models import Session, SystemRole, User
 from threadline.models.queries import Query
+from threadline.services.events import SystemRoleChanged
 from threadline.services.pagination import Page, PageRequest, make_page, text_id_key
 from threadline.services.permissions import parse_id, require_system_role
 from threadline.services.search import contains_text
@@ -135,9 +136,19 @@ async def set_user_role(
         raise NotFound("User not found")
     if user.id == actor.id and role is not SystemRole.OWNER:
         await _ensure_another_owner(uow.session, user.id)
-    user.role = role.value
+    change_role(uow, user, role)
     await uow.session.flush()
     return user
+
+
+def change_role(uow: UnitOfWork, user: User, role: SystemRole) -> None:
+    """Every change of a system role goes through here (setUserRole, the CLI, Clerk's
+    ``public_metadata.role``): after commit, every process closes the user's sockets,
+    whose streams were authorized with the old role."""
+    if user.role == role.value:
+        return
+    user.role = role.value
+    uow.emit(SystemRoleChanged(user.id))
 
 
 async def _ensure_another_owner(session: AsyncSession, user_id: uuid.UUID) -> None:
@@ -157,7 +168,7 @@ async def set_role_by_username(uow: UnitOfWork, username: str, role: SystemRole)
     )
     if user is None:
         raise NotFound(f"No user named {username!r}")
-    user.role = role.value
+    change_role(uow, user, role)
     await uow.session.flush()
     return user
 
