@@ -214,7 +214,7 @@ async def test_pin_message_is_for_thread_admins_and_lists_in_pinned_messages(
     assert (await bob.gql(PINNED, {"t": thread_id}))["thread"]["pinnedMessages"] == []
 
 
-async def test_a_thread_pins_at_most_100_messages_and_the_101st_is_a_conflict(
+async def test_a_thread_pins_at_most_max_pinned_messages_and_one_more_is_a_conflict(
     clients: Clients,
 ) -> None:
     from threadline.services.messages import MAX_PINNED

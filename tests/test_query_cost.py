@@ -191,9 +191,8 @@ async def test_costs_follow_the_page_sizes_fragments_count_as_inlined(
     strict, cost = await costs_on(settings)
     try:
         # thread 1, messages 1, 50 x (edges, node, 6 fields), 50 x 3 author fields,
-        # 50 x 20 reaction groups (at most 20 emoji) x 3,
-        # 50 x 10 readers x (edges, node, id, displayName)
-        assert await cost(alice, RICH_PAGE, {"t": "x"}) == 5552
+        # 50 x 10 reaction groups x 3, 50 x 10 readers x (edges, node, id, displayName)
+        assert await cost(alice, RICH_PAGE, {"t": "x"}) == 4052
         inlined = """
         query($t: ID!, $n: Int) {
           thread(threadId: $t) {
@@ -266,8 +265,8 @@ EDITS_ALIASED = (
 async def test_lists_count_at_the_bounds_the_services_enforce(
     clients: Clients, settings: Settings
 ) -> None:
+    from threadline.schema.query_cost import REACTIONS_COUNTED
     from threadline.services import messages, users
-    from threadline.services.text_rules import MAX_DISTINCT_REACTIONS
 
     alice = await clients.user("alice")
     strict, cost = await costs_on(settings)
@@ -280,12 +279,12 @@ async def test_lists_count_at_the_bounds_the_services_enforce(
         for field, bound in (
             ("attachments { id }", messages.MAX_ATTACHMENTS),
             ("mentions { id }", messages.MAX_MENTIONS),
-            ("reactions { emoji }", MAX_DISTINCT_REACTIONS),
+            ("reactions { emoji }", REACTIONS_COUNTED),
         ):
             assert await cost(alice, single % field, {"m": "x"}) == 2 + bound, field
         users_of = single % "reactions { users { id } }"
         assert await cost(alice, users_of, {"m": "x"}) == (
-            2 + MAX_DISTINCT_REACTIONS * (1 + messages.REACTION_USERS_SHOWN)
+            2 + REACTIONS_COUNTED * (1 + REACTIONS_COUNTED)
         )
         assert await cost(alice, "{ mySessions { id } }") == 1 + users.SESSIONS_SHOWN
     finally:

