@@ -99,6 +99,23 @@ async def test_a_tampered_url_is_forbidden(clients: Clients, server: Server) -> 
         assert (await plain.get(url)).status_code == 200
 
 
+async def test_exp_has_one_spelling_ascii_digits_without_a_leading_zero(
+    clients: Clients,
+) -> None:
+    alice = await clients.user("alice")
+    tid = await factories.thread(alice)
+    url = (await _sent(alice, tid, "a.png", image()))["url"]
+    exp = parse_qs(urlsplit(url).query)["exp"][0]
+    arabic_indic = exp.translate({ord(d): 0x0660 + int(d) for d in "0123456789"})
+    fullwidth = exp.translate({ord(d): 0xFF10 + int(d) for d in "0123456789"})
+    respelled = [arabic_indic, fullwidth, "0" + exp, "00" + exp, "+" + exp, f" {exp}", f"{exp} "]
+    async with httpx.AsyncClient() as plain:
+        for spelling in respelled:
+            response = await plain.get(_with(url, exp=spelling))
+            assert response.status_code == 403, spelling
+        assert (await plain.get(url)).status_code == 200
+
+
 async def test_an_expired_url_is_forbidden(clients: Clients, server: Server) -> None:
     alice = await clients.user("alice")
     tid = await factories.thread(alice)
@@ -149,6 +166,22 @@ async def test_head_and_byte_ranges(clients: Clients) -> None:
         assert ranged_head.headers["content-length"] == "100"
         several = await plain.get(url, headers={"range": "bytes=0-1,5-6"})
         assert (several.status_code, several.content) == (200, text)
+
+
+async def test_an_overlong_range_is_ignored_and_the_whole_file_served(clients: Clients) -> None:
+    alice = await clients.user("alice")
+    tid = await factories.thread(alice)
+    text = b"0123456789" * 100
+    url = (await _sent(alice, tid, "digits.txt", text))["url"]
+    huge = "9" * 5000  # past Python's int-from-string limit (4300 digits)
+    async with httpx.AsyncClient() as plain:
+        for value in (f"bytes={huge}-", f"bytes=0-{huge}", f"bytes=-{huge}", "bytes=0-" + "0" * 19):
+            response = await plain.get(url, headers={"range": value})
+            assert (response.status_code, response.content) == (200, text), value[:40]
+            assert "content-range" not in response.headers
+        # Just under the bound still parses: a start past the end is unsatisfiable.
+        beyond = await plain.get(url, headers={"range": "bytes=" + "9" * 18 + "-"})
+        assert beyond.status_code == 416
 
 
 async def test_a_removed_participant_gets_no_new_urls(clients: Clients) -> None:

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import io
+import tracemalloc
 import zipfile
 
 import pytest
 
-from tests.uploads import docx, elf, image, mp4_header, pdf, plain_zip
+from tests.uploads import docx, elf, image, many_entries_docx, mp4_header, pdf, plain_zip
 from threadline.errors import BadInput
 from threadline.models import AttachmentKind
-from threadline.services.content_types import detect, display_name
+from threadline.services.content_types import (
+    MAX_ZIP_ENTRIES,
+    WORD,
+    detect,
+    display_name,
+)
 
 
 def _zip(*entries: tuple[str, str]) -> bytes:
@@ -133,3 +139,35 @@ def test_an_archive_that_the_zip_reader_cannot_open_is_bad_input() -> None:
         data[field : field + 2] = (99).to_bytes(2, "little")
     with pytest.raises(BadInput):
         detect(io.BytesIO(bytes(data)))
+
+
+def test_a_zip64_archive_of_many_entries_is_refused_before_zipfile_reads_it() -> None:
+    data = many_entries_docx(70_000)  # over 65,535: the count is in the ZIP64 record
+    assert b"PK\x06\x06" in data[-200:]
+    tracemalloc.start()
+    try:
+        with pytest.raises(BadInput, match="too many entries"):
+            detect(io.BytesIO(data))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # zipfile's objects for 70,000 entries would take ~30 MiB; the directory read is ~3.
+    assert peak < 8 * 1024 * 1024, peak
+
+
+def test_an_end_record_that_understates_the_entries_does_not_hide_them() -> None:
+    data = bytearray(many_entries_docx(MAX_ZIP_ENTRIES + 1))
+    end = data.rfind(b"PK\x05\x06")
+    data[end + 8 : end + 12] = (3).to_bytes(2, "little") * 2  # entries on this disk, in all
+    with pytest.raises(BadInput, match="too many entries"):
+        detect(io.BytesIO(bytes(data)))
+
+
+def test_an_office_document_with_thousands_of_parts_is_accepted() -> None:
+    assert detect(io.BytesIO(many_entries_docx(MAX_ZIP_ENTRIES))).content_type == WORD
+
+
+def test_a_zip_without_an_end_record_is_bad_input() -> None:
+    data = docx()
+    with pytest.raises(BadInput, match="damaged"):
+        detect(io.BytesIO(data[: data.rfind(b"PK\x05\x06")]))

@@ -252,6 +252,76 @@ async def test_pin_message_is_for_thread_admins_and_lists_in_pinned_messages(
     assert (await bob.gql(PINNED, {"t": thread_id}))["thread"]["pinnedMessages"] == []
 
 
+async def test_a_thread_pins_at_most_max_pinned_messages_and_one_more_is_a_conflict(
+    clients: Clients,
+) -> None:
+    from threadline.services.messages import MAX_PINNED
+
+    alice = await clients.user("alice")
+    thread_id = await factories.thread(alice)
+    sent = [await factories.send(alice, thread_id, f"m{i}") for i in range(MAX_PINNED + 1)]
+    for message in sent[:MAX_PINNED]:
+        await alice.gql(PIN, {"m": message["id"], "p": True})
+    before = await last_seq(alice, thread_id)
+    body = await alice.raw(PIN, {"m": sent[-1]["id"], "p": True})
+    (error,) = body["errors"]
+    assert error["extensions"]["code"] == "CONFLICT"
+    assert f"at most {MAX_PINNED} pinned" in error["message"]
+    assert await last_seq(alice, thread_id) == before  # no event, no seq used
+    pinned = (await alice.gql(PINNED, {"t": thread_id}))["thread"]["pinnedMessages"]
+    assert len(pinned) == MAX_PINNED and {"id": sent[-1]["id"]} not in pinned
+    # Unpinning one makes room.
+    await alice.gql(PIN, {"m": sent[0]["id"], "p": False})
+    assert (await alice.gql(PIN, {"m": sent[-1]["id"], "p": True}))["pinMessage"]["pinned"]
+
+
+async def test_edits_answer_the_newest_50_oldest_first(clients: Clients) -> None:
+    from threadline.services.messages import EDITS_SHOWN
+
+    alice = await clients.user("alice")
+    thread_id = await factories.thread(alice)
+    sent = await factories.send(alice, thread_id, "v0")
+    edited = EDITS_SHOWN + 5
+    for i in range(1, edited + 1):
+        await alice.gql(EDIT, {"m": sent["id"], "b": f"v{i}"})
+    query = "query($m: ID!) { message(messageId: $m) { body edits { previousBody } } }"
+    got = (await alice.gql(query, {"m": sent["id"]}))["message"]
+    assert got["body"] == f"v{edited}"
+    assert [e["previousBody"] for e in got["edits"]] == [
+        f"v{i}" for i in range(edited - EDITS_SHOWN, edited)
+    ]
+    # The same through a page of history (the batched read).
+    page = (
+        "query($t: ID!) { messages(threadId: $t, last: 5) {"
+        " edges { node { edits { previousBody } } } } }"
+    )
+    (edge,) = (await alice.gql(page, {"t": thread_id}))["messages"]["edges"]
+    assert [e["previousBody"] for e in edge["node"]["edits"]] == [
+        e["previousBody"] for e in got["edits"]
+    ]
+
+
+async def test_a_message_mentions_at_most_50_people(clients: Clients) -> None:
+    from threadline.services.messages import MAX_MENTIONS
+
+    alice = await clients.user("alice")
+    others = await clients.users(*(f"user{i}" for i in range(MAX_MENTIONS + 1)))
+    thread_id = await factories.thread(alice, *others)
+    names = [f"@user{i}" for i in range(MAX_MENTIONS + 1)]
+    mentions = "mentions { id }"
+    send = f"""mutation($i: SendMessageInput!) {{ sendMessage(input: $i) {{ id {mentions} }} }}"""
+    too_many = {"i": {"threadId": thread_id, "body": " ".join(names)}}
+    body = await alice.raw(send, too_many)
+    assert body["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT", body
+    assert f"at most {MAX_MENTIONS}" in body["errors"][0]["message"]
+    enough = {"i": {"threadId": thread_id, "body": " ".join(names[:-1])}}
+    sent = (await alice.gql(send, enough))["sendMessage"]
+    assert len(sent["mentions"]) == MAX_MENTIONS
+    # An edit is held to the same bound.
+    edit = "mutation($m: ID!, $b: String!) { editMessage(messageId: $m, body: $b) { id } }"
+    assert await alice.error(edit, {"m": sent["id"], "b": " ".join(names)}) == "BAD_USER_INPUT"
+
+
 # ---------------------------------------------------------------- paging
 
 

@@ -249,3 +249,80 @@ async def test_the_cost_limit_is_a_setting(clients: Clients, settings: Settings)
         assert response.json() == {"data": {"threads": {"edges": []}}}
     finally:
         await stop_server(roomy)
+
+
+# Finding 1: lists that are not connections were counted as 10 items whatever they held.
+PINNED_IN_PINNED = """
+query($t: ID!) { thread(threadId: $t) { pinnedMessages { thread { pinnedMessages { id body } } } } }
+"""
+EDITS_ALIASED = (
+    "query($m: ID!) {"
+    + " ".join(f"m{i}: message(messageId: $m) {{ edits {{ previousBody }} }}" for i in range(15))
+    + "}"
+)
+
+
+async def test_lists_count_at_the_bounds_the_services_enforce(
+    clients: Clients, settings: Settings
+) -> None:
+    from threadline.schema.query_cost import REACTIONS_COUNTED
+    from threadline.services import messages, users
+
+    alice = await clients.user("alice")
+    strict, cost = await costs_on(settings)
+    try:
+        pins = messages.MAX_PINNED
+        # thread, pinnedMessages, pins x (thread, pinnedMessages), pins^2 x (id, body)
+        assert await cost(alice, PINNED_IN_PINNED, {"t": "x"}) == 2 + 2 * pins + 2 * pins**2
+        assert await cost(alice, EDITS_ALIASED, {"m": "x"}) == 15 * (2 + messages.EDITS_SHOWN)
+        single = "query($m: ID!) { message(messageId: $m) { %s } }"
+        for field, bound in (
+            ("attachments { id }", messages.MAX_ATTACHMENTS),
+            ("mentions { id }", messages.MAX_MENTIONS),
+            ("reactions { emoji }", REACTIONS_COUNTED),
+        ):
+            assert await cost(alice, single % field, {"m": "x"}) == 2 + bound, field
+        users_of = single % "reactions { users { id } }"
+        assert await cost(alice, users_of, {"m": "x"}) == (
+            2 + REACTIONS_COUNTED * (1 + REACTIONS_COUNTED)
+        )
+        assert await cost(alice, "{ mySessions { id } }") == 1 + users.SESSIONS_SHOWN
+    finally:
+        await stop_server(strict)
+
+
+async def test_pinned_messages_nested_three_deep_are_refused(clients: Clients) -> None:
+    alice = await clients.user("alice")
+    tid = await factories.thread(alice)
+    deeper = """
+    query($t: ID!) { thread(threadId: $t) { pinnedMessages { thread { pinnedMessages {
+      thread { pinnedMessages { id body } } } } } } }
+    """
+    response = await clients.http.post(
+        "/graphql",
+        json={"query": deeper, "variables": {"t": tid}},
+        headers={"authorization": f"Bearer {alice.token}"},
+    )
+    assert refusal(response.json())["cost"] > 50_000
+    # The attacker's two-deep shape is within the limit now that it is bounded.
+    assert (await alice.gql(PINNED_IN_PINNED, {"t": tid}))["thread"]["pinnedMessages"] == []
+
+
+async def test_subscriptions_count_their_lists_at_their_bounds(
+    clients: Clients, server: Server
+) -> None:
+    alice = await clients.user("alice")
+    tid = await factories.thread(alice)
+    selection = """
+    subscription($t: ID!) { threadEvents(threadId: $t) { seq ... on MessageCreated { message {
+      thread { pinnedMessages { thread { pinnedMessages { thread { pinnedMessages { id } } } } } }
+    } } } }
+    """
+    ws = await GraphQLWS.connect(server.ws_url, token_for("alice"))
+    try:
+        await ws.subscribe(selection, {"t": tid})
+        message = await ws.next()
+        assert message["type"] == "error", message
+        assert message["payload"][0]["extensions"]["code"] == "QUERY_TOO_COSTLY"
+    finally:
+        await ws.close()

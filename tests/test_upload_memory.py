@@ -21,7 +21,7 @@ import pytest
 
 from tests.conftest import DEV_SECRET, SIGNING_SECRET, free_port, token_for
 from tests.processes import spawn_serve
-from tests.uploads import UPLOAD, image
+from tests.uploads import PREFLIGHT, UPLOAD, image, many_entries_docx, plain_zip
 from threadline.config import Settings
 
 MIB = 1024 * 1024
@@ -154,3 +154,51 @@ async def test_a_100_mib_upload_is_refused_with_little_memory_and_nothing_kept(
         ]
         assert leftovers == []
     assert grown_mib < 10
+
+
+# The zip bomb that is never decompressed: ~250,000 empty entries in ~24 MB. zipfile
+# alone would build an object per entry (+143 MiB measured); the end record is read
+# first, and the upload refused from it.
+@pytest.mark.slow
+async def test_a_docx_of_250000_entries_is_refused_with_little_memory(
+    settings: Settings, tmp_path: Path
+) -> None:
+    data = await asyncio.to_thread(many_entries_docx, 250_000)
+    assert len(data) < LIMIT
+    async with _serve(settings, tmp_path) as (base, pid):
+        headers = {"authorization": f"Bearer {token_for('alice')}", **PREFLIGHT}
+        async with httpx.AsyncClient(base_url=base, timeout=120) as http:
+            created = await http.post(
+                "/graphql",
+                json={"query": 'mutation { createThread(input: {title: "Zip"}) { id } }'},
+                headers=headers,
+            )
+            tid = created.json()["data"]["createThread"]["id"]
+            operations = {"query": UPLOAD, "variables": {"t": tid, "file": None}}
+            form = {
+                "operations": json.dumps(operations),
+                "map": json.dumps({"0": ["variables.file"]}),
+            }
+            # Warm up the upload path with a small refused zip, so the measure is the bomb's.
+            small = await http.post(
+                "/graphql",
+                data=form,
+                files={"0": ("a.docx", plain_zip())},
+                headers=headers,
+            )
+            assert small.json()["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+            before = _kib(pid, "VmRSS")
+            await asyncio.to_thread(Path(f"/proc/{pid}/clear_refs").write_text, "5")
+            response = await http.post(
+                "/graphql",
+                data=form,
+                files={"0": ("report.docx", data, "application/zip")},
+                headers=headers,
+            )
+            peak = max(before, _kib(pid, "VmHWM"))
+    grown_mib = (peak - before) / 1024
+    print(f"server RSS {before / 1024:.1f} MiB before, peak +{grown_mib:.1f} MiB")
+    error = response.json()["errors"][0]
+    assert error["extensions"]["code"] == "BAD_USER_INPUT"
+    assert "too many entries" in error["message"]
+    assert grown_mib < 30

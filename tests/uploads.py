@@ -92,6 +92,20 @@ def docx() -> bytes:
     return out.getvalue()
 
 
+def many_entries_docx(entries: int) -> bytes:
+    """A .docx-looking zip of ``entries`` empty parts: a huge central directory.
+
+    Over 65,535 entries Python writes the ZIP64 end records.
+    """
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr("[Content_Types].xml", "<Types/>")
+        archive.writestr("word/document.xml", "<w:document/>")
+        for i in range(entries - 2):
+            archive.writestr(zipfile.ZipInfo(f"word/{i:x}"), b"")
+    return out.getvalue()
+
+
 def plain_zip() -> bytes:
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w") as archive:

@@ -4,10 +4,13 @@ A selected field costs how many times it may be resolved: the product of the
 multipliers along its path. A connection (a field that takes ``first`` or
 ``last``, read from the schema) multiplies what is under it by its page size:
 the argument's value, from a literal or a variable, else the page maximum (100).
-Lists under a connection (its ``edges``) are that page and add nothing. Other
-lists (reactions, attachments, mentions, edits, pinned messages, a reaction's
-users) multiply by LIST_ITEMS: they are short by design, capped where they can
-grow (20 emoji per message, 20 users per reaction, 10 attachments).
+Lists under a connection (its ``edges``) are that page and add nothing. Every
+other list of objects multiplies by its bound from LIST_BOUNDS, which names the
+constant the domain enforces (50 pinned messages, the newest 50 edits, 10
+attachments, ...): one source, so the count is what may really be resolved
+(reactions are the one exception, see LIST_BOUNDS). A list of objects
+with no bound there stops the model from being built, so a new one cannot slip in
+counted as short.
 
 Fragments count as if inlined, and fields selected twice under one response
 key count once, as the executor merges them. Under an interface or union the
@@ -37,14 +40,32 @@ from graphql import (
     VariableNode,
     get_named_type,
     is_abstract_type,
+    is_leaf_type,
     value_from_ast_untyped,
 )
 
+from threadline.services import messages, users
 from threadline.services.pagination import MAX_PAGE
+from threadline.services.text_rules import MAX_DISTINCT_REACTIONS
 
 PAGE_ARGUMENTS = ("first", "last")
-# What a list that is not a connection counts as (see the module docstring).
-LIST_ITEMS = 10
+REACTIONS_COUNTED = min(10, MAX_DISTINCT_REACTIONS, messages.REACTION_USERS_SHOWN)
+# The most items each list that is not a connection can hold, from the services
+# that enforce it (see the module docstring).
+LIST_BOUNDS: dict[tuple[str, str], int] = {
+    ("Thread", "pinnedMessages"): messages.MAX_PINNED,
+    ("Message", "edits"): messages.EDITS_SHOWN,
+    ("Message", "attachments"): messages.MAX_ATTACHMENTS,
+    ("Message", "mentions"): messages.MAX_MENTIONS,
+    # Known exception, under their bounds (20 emoji x 20 users): the web client's
+    # pages (web/js/queries.js: every reaction's users on 50 messages and the pins)
+    # would cost 148,061 at 20 x 20. Counting them at their bounds awaits a client
+    # that loads a reaction's users on demand; both lists are small objects, capped.
+    ("Message", "reactions"): REACTIONS_COUNTED,
+    ("ReactionChanged", "reactions"): REACTIONS_COUNTED,
+    ("ReactionGroup", "users"): REACTIONS_COUNTED,
+    ("Query", "mySessions"): users.SESSIONS_SHOWN,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +80,11 @@ class CostModel:
     """The multipliers of every field, taken from the schema once."""
 
     def __init__(
-        self, schema: GraphQLSchema, *, page_max: int = MAX_PAGE, list_items: int = LIST_ITEMS
+        self,
+        schema: GraphQLSchema,
+        *,
+        page_max: int = MAX_PAGE,
+        list_bounds: Mapping[tuple[str, str], int] = LIST_BOUNDS,
     ) -> None:
         self.schema = schema
         self.page_max = page_max
@@ -80,8 +105,16 @@ class CostModel:
                 output = (
                     field.type.of_type if isinstance(field.type, GraphQLNonNull) else field.type
                 )
-                is_list = isinstance(output, GraphQLList)
-                items = list_items if is_list and type_.name not in page_types else 1
+                items = 1
+                if (
+                    isinstance(output, GraphQLList)
+                    and type_.name not in page_types
+                    and not is_leaf_type(get_named_type(output))
+                ):
+                    bound = list_bounds.get((type_.name, name))
+                    if bound is None:
+                        raise ValueError(f"{type_.name}.{name} is a list with no known bound")
+                    items = bound
                 if pages or items != 1:
                     self.rules[type_.name, name] = _FieldRule(pages, items)
         self.plain = _FieldRule()

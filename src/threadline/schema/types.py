@@ -276,7 +276,9 @@ class ThreadType(Node):
             info, thread, page_args(first, after, last, before)
         )
 
-    @strawberry.field
+    @strawberry.field(
+        description=f"At most {message_service.MAX_PINNED}, most recently pinned first."
+    )
     async def pinned_messages(self, info: Info) -> list[MessageType]:
         await _thread_or_not_found(info, self.row.id)
         rows = await _ctx(info).loaders.pinned.load(self.row.id)
@@ -513,7 +515,10 @@ class MessageType(Node):
             _ctx(info).loaders.reactions, self.row.id, reaction_groups
         )
 
-    @strawberry.field(description="Earlier versions, oldest first.")
+    @strawberry.field(
+        description="Earlier versions, oldest first: the newest "
+        f"{message_service.EDITS_SHOWN} edits at most."
+    )
     def edits(self, info: Info) -> list[MessageEditType]:
         if self.row.deleted_at is not None:
             return []

@@ -11,6 +11,7 @@ HTML and SVG, is refused.
 
 from __future__ import annotations
 
+import struct
 import unicodedata
 import zipfile
 from dataclasses import dataclass
@@ -91,6 +92,20 @@ OLE_STREAMS = {
 # Text that browsers render as documents: refused even when puremagic names it.
 MARKUP = {"text/html", "text/xml", "text/xsl", "text/x-sgml"}
 ZIP_MAGIC = b"PK\x03\x04"
+# Office documents have tens to a few thousand parts. zipfile builds an object per
+# central-directory entry (~500 bytes each) before we can look at a name, so a zip
+# of a few hundred thousand empty entries costs hundreds of MiB: both are checked
+# from the End Of Central Directory record first (APPNOTE.TXT 4.3.12-4.3.16).
+MAX_ZIP_ENTRIES = 5000
+MAX_CENTRAL_DIRECTORY_BYTES = 2 * 1024 * 1024
+_EOCD = struct.Struct("<4s4H2LH")  # signature .. comment length: 22 bytes
+_EOCD_SIGNATURE = b"PK\x05\x06"
+_ZIP64_LOCATOR = struct.Struct("<4sLQL")  # 20 bytes, just before the EOCD
+_ZIP64_LOCATOR_SIGNATURE = b"PK\x06\x07"
+_ZIP64_EOCD = struct.Struct("<4sQ2H2L4Q")  # 56 bytes, just before the locator
+_ZIP64_EOCD_SIGNATURE = b"PK\x06\x06"
+_CENTRAL_HEADER = struct.Struct("<4s4B4HL2L5H2L")  # 46 bytes, then name, extra, comment
+_CENTRAL_HEADER_SIGNATURE = b"PK\x01\x02"
 OLE_MAGIC = bytes.fromhex("d0cf11e0a1b11ae1")
 
 
@@ -149,6 +164,7 @@ def _signature(head: bytes) -> str | None:
 
 def _office_zip(file: BinaryIO) -> str:
     """An OOXML or ODF document told by its parts; any other archive is refused."""
+    _check_central_directory(file)
     try:
         file.seek(0)
         with zipfile.ZipFile(file) as archive:
@@ -166,6 +182,62 @@ def _office_zip(file: BinaryIO) -> str:
     except Exception:  # any parser failure on untrusted bytes (zipfile raises many kinds)
         raise BadInput("The file is a damaged or unsupported archive") from None
     raise _refused("a zip archive")
+
+
+def _check_central_directory(file: BinaryIO) -> None:
+    """BadInput unless the central directory is small and lists few entries.
+
+    Read where zipfile will read it: the EOCD record in the last 22 + 65,535 bytes
+    (ZIP64: the record its locator points past), then the directory just before
+    them, whose entries are counted by walking their headers, so that an EOCD that
+    understates the count changes nothing.
+    """
+    size = file.seek(0, 2)
+    tail_start = max(0, size - _EOCD.size - 0xFFFF)
+    file.seek(tail_start)
+    tail = file.read()
+    at = tail.rfind(_EOCD_SIGNATURE)
+    while at >= 0 and at + _EOCD.size > len(tail):
+        at = tail.rfind(_EOCD_SIGNATURE, 0, at)
+    if at < 0:
+        raise BadInput("The file is a damaged or unsupported archive")
+    _, _, _, _, entries, directory_bytes, _, _ = _EOCD.unpack_from(tail, at)
+    directory_end = tail_start + at
+    if entries == 0xFFFF or directory_bytes == 0xFFFFFFFF:
+        locator_at = directory_end - _ZIP64_LOCATOR.size
+        record_at = locator_at - _ZIP64_EOCD.size
+        if record_at < 0:
+            raise BadInput("The file is a damaged or unsupported archive")
+        file.seek(record_at)
+        record = file.read(_ZIP64_EOCD.size + _ZIP64_LOCATOR.size)
+        if (
+            record[: len(_ZIP64_EOCD_SIGNATURE)] != _ZIP64_EOCD_SIGNATURE
+            or record[_ZIP64_EOCD.size :][:4] != _ZIP64_LOCATOR_SIGNATURE
+        ):
+            raise BadInput("The file is a damaged or unsupported archive")
+        entries, directory_bytes = _ZIP64_EOCD.unpack_from(record)[7:9]
+        directory_end = record_at
+    if entries > MAX_ZIP_ENTRIES or directory_bytes > MAX_CENTRAL_DIRECTORY_BYTES:
+        raise _too_many_entries()
+    if directory_bytes > directory_end:
+        raise BadInput("The file is a damaged or unsupported archive")
+    file.seek(directory_end - directory_bytes)
+    directory = file.read(directory_bytes)
+    offset = counted = 0
+    while offset + _CENTRAL_HEADER.size <= len(directory):
+        header = _CENTRAL_HEADER.unpack_from(directory, offset)
+        if header[0] != _CENTRAL_HEADER_SIGNATURE:
+            break  # zipfile will say what is wrong
+        counted += 1
+        if counted > MAX_ZIP_ENTRIES:
+            raise _too_many_entries()
+        offset += _CENTRAL_HEADER.size + header[12] + header[13] + header[14]
+
+
+def _too_many_entries() -> BadInput:
+    return BadInput(
+        f"The archive has too many entries for an office document (at most {MAX_ZIP_ENTRIES})"
+    )
 
 
 def _office_ole(head: bytes) -> str:

@@ -63,6 +63,12 @@ from threadline.services.text_rules import (
 
 MAX_ATTACHMENTS = 10
 REACTION_USERS_SHOWN = 20
+# Every list a message or thread shows is bounded here, and the query cost model
+# counts each at this bound (schema/query_cost.py), so a cheap-looking document
+# cannot fan out into millions of objects.
+MAX_PINNED = 50  # per thread; pinning one more is a CONFLICT (Slack allows 100)
+EDITS_SHOWN = 50  # Message.edits: the newest ones; older stay stored
+MAX_MENTIONS = 50  # distinct users one message may mention
 
 
 class _DuplicateClientId(Exception):
@@ -78,7 +84,7 @@ class ReactionGroup:
 
 
 def mention_uuids(message: Message) -> list[uuid.UUID]:
-    return [uuid.UUID(m) for m in message.mention_ids or []]
+    return [uuid.UUID(m) for m in (message.mention_ids or [])[:MAX_MENTIONS]]
 
 
 async def _by_client_id(
@@ -109,7 +115,10 @@ async def _mentions(
             User.deleted_at.is_(None),
         )
     )
-    return [(r[0], bool(r[1])) for r in rows]
+    found = [(r[0], bool(r[1])) for r in rows]
+    if len(found) > MAX_MENTIONS:
+        raise BadInput(f"A message may mention at most {MAX_MENTIONS} people")
+    return found
 
 
 async def send_message(
@@ -360,6 +369,19 @@ async def pin_message(uow: UnitOfWork, actor: User, message_id: str, pinned: boo
         raise Conflict("A deleted message cannot be pinned")
     if message.pinned == pinned:
         return message
+    # The seq's UPDATE locks the thread row first: concurrent pins count one at a time.
+    seq = await allocate_seq(uow.session, message.thread_id)
+    if pinned:
+        count = await uow.session.scalar(
+            select(func.count())
+            .select_from(Message)
+            .where(Message.thread_id == message.thread_id, Message.pinned.is_(True))
+        )
+        if (count or 0) >= MAX_PINNED:
+            raise Conflict(
+                f"A thread has at most {MAX_PINNED} pinned messages: unpin one first",
+                maxPinned=MAX_PINNED,
+            )
     message.pinned = pinned
     message.pinned_at = utcnow() if pinned else None
     await uow.session.flush()
@@ -369,6 +391,7 @@ async def pin_message(uow: UnitOfWork, actor: User, message_id: str, pinned: boo
         EventKind.MESSAGE_PINNED,
         {"message": message_payload(message), "pinned": pinned},
         actor.id,
+        seq=seq,
     )
     return message
 
@@ -527,10 +550,24 @@ _REACTIONS = Query(
     .where(Reaction.message_id.in_(bindparam("ids", expanding=True)))
     .order_by(Reaction.message_id, Reaction.created_at, Reaction.id)
 )
-_EDITS = Query(
-    select(MessageEdit)
+_NEWEST_EDITS = (
+    select(
+        MessageEdit,
+        func.row_number()
+        .over(
+            partition_by=MessageEdit.message_id,
+            order_by=(MessageEdit.edited_at.desc(), MessageEdit.id.desc()),
+        )
+        .label("newness"),
+    )
     .where(MessageEdit.message_id.in_(bindparam("ids", expanding=True)))
-    .order_by(MessageEdit.message_id, MessageEdit.edited_at, MessageEdit.id)
+    .subquery()
+)
+_EDITS_SHOWN = aliased(MessageEdit, _NEWEST_EDITS)
+_EDITS = Query(
+    select(_EDITS_SHOWN)
+    .where(_NEWEST_EDITS.c.newness <= EDITS_SHOWN)
+    .order_by(_EDITS_SHOWN.message_id, _EDITS_SHOWN.edited_at, _EDITS_SHOWN.id)
 )
 _ATTACHMENTS = Query(
     select(Attachment)
@@ -616,10 +653,25 @@ async def last_messages(
 async def pinned_of(
     session: AsyncSession, thread_ids: Sequence[uuid.UUID]
 ) -> dict[uuid.UUID, list[Message]]:
-    rows = await session.scalars(
-        select(Message)
+    # At most MAX_PINNED per thread even if older data holds more.
+    newest = (
+        select(
+            Message,
+            func.row_number()
+            .over(
+                partition_by=Message.thread_id,
+                order_by=(Message.pinned_at.desc(), Message.seq.desc()),
+            )
+            .label("newness"),
+        )
         .where(Message.thread_id.in_(set(thread_ids)), Message.pinned.is_(True))
-        .order_by(Message.pinned_at.desc(), Message.seq.desc())
+        .subquery()
+    )
+    pinned = aliased(Message, newest)
+    rows = await session.scalars(
+        select(pinned)
+        .where(newest.c.newness <= MAX_PINNED)
+        .order_by(pinned.pinned_at.desc(), pinned.seq.desc())
     )
     out: dict[uuid.UUID, list[Message]] = defaultdict(list)
     for m in rows:

@@ -28,6 +28,7 @@ from threadline.services.text_rules import (
 DEV_CLERK_PREFIX = "dev_"
 MAX_PREFERENCES_BYTES = 16_384
 MAX_PREFERENCES_DEPTH = 32
+SESSIONS_SHOWN = 50  # mySessions: the newest; the query cost model counts this many
 # orjson writes, and both databases keep, integers of 64 bits.
 _JSON_INTS = range(-(2**63), 2**63)
 
@@ -187,7 +188,9 @@ async def ensure_dev_user(uow: UnitOfWork, username: str) -> User:
     return user
 
 
-async def sessions_of(session: AsyncSession, actor: User, limit: int = 50) -> list[Session]:
+async def sessions_of(
+    session: AsyncSession, actor: User, limit: int = SESSIONS_SHOWN
+) -> list[Session]:
     rows = await session.scalars(
         select(Session)
         .where(Session.user_id == actor.id)

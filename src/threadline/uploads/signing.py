@@ -11,10 +11,15 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import time
 import uuid
 from collections.abc import Callable
 from urllib.parse import quote, urlencode
+
+# The one spelling expiry() produces: ASCII digits, no sign, no leading zero. str.isdigit()
+# would also take other scripts' digits ("١٢"), another spelling of the same signed URL.
+_EXPIRES = re.compile(r"[1-9][0-9]{0,11}")
 
 
 class UrlSigner:
@@ -45,7 +50,7 @@ class UrlSigner:
 
     def check(self, attachment_id: str, filename: str, expires: str, signature: str) -> int | None:
         """Seconds the URL has left when signature and expiry hold, else None."""
-        if not expires.isdigit() or len(expires) > 12:
+        if _EXPIRES.fullmatch(expires) is None:
             return None
         left = int(expires) - int(self.clock())
         if left <= 0:
