@@ -550,9 +550,10 @@ _REACTIONS = Query(
     .where(Reaction.message_id.in_(bindparam("ids", expanding=True)))
     .order_by(Reaction.message_id, Reaction.created_at, Reaction.id)
 )
+# Each message's newest EDITS_SHOWN edits, by rank within the message.
 _NEWEST_EDITS = (
     select(
-        MessageEdit,
+        MessageEdit.id,
         func.row_number()
         .over(
             partition_by=MessageEdit.message_id,
@@ -563,11 +564,12 @@ _NEWEST_EDITS = (
     .where(MessageEdit.message_id.in_(bindparam("ids", expanding=True)))
     .subquery()
 )
-_EDITS_SHOWN = aliased(MessageEdit, _NEWEST_EDITS)
 _EDITS = Query(
-    select(_EDITS_SHOWN)
-    .where(_NEWEST_EDITS.c.newness <= EDITS_SHOWN)
-    .order_by(_EDITS_SHOWN.message_id, _EDITS_SHOWN.edited_at, _EDITS_SHOWN.id)
+    select(MessageEdit)
+    .where(
+        MessageEdit.id.in_(select(_NEWEST_EDITS.c.id).where(_NEWEST_EDITS.c.newness <= EDITS_SHOWN))
+    )
+    .order_by(MessageEdit.message_id, MessageEdit.edited_at, MessageEdit.id)
 )
 _ATTACHMENTS = Query(
     select(Attachment)
