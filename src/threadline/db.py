@@ -372,8 +372,13 @@ class Database:
     @asynccontextmanager
     async def reading(self) -> AsyncIterator[AsyncSession]:
         """A session for queries; it never commits."""
-        async with self.read_sessions() as session:
+        session = self.read_sessions()
+        try:
             yield session
+        finally:
+            # Given back even when the operation is cancelled (its client went away):
+            # a cancelled reset is a traceback in SQLAlchemy's log and a lost connection.
+            await asyncio.shield(session.close())
 
     async def ping(self) -> None:
         async with self.engine.connect() as conn:

@@ -6,6 +6,7 @@ identity cost no token check.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -138,7 +139,8 @@ class Context:
     async def close(self) -> None:
         for session in [*self._retired, self._session]:
             if session is not None:
-                await session.close()
+                # Finished even if the operation is being cancelled (see Database.reading).
+                await asyncio.shield(session.close())
         self._session = None
         self._retired.clear()
         deferred, self._deferred = self._deferred, []

@@ -21,6 +21,7 @@ import strawberry
 from graphql import GraphQLResolveInfo, GraphQLSchema
 from graphql.execution import Executor
 from strawberry.http.async_base_view import AsyncBaseHTTPView
+from strawberry.http.exceptions import WebSocketDisconnected
 from strawberry.schema.schema_converter import GraphQLCoreConverter
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
@@ -141,7 +142,13 @@ class StreamHook(BaseGraphQLTransportWSHandler[Any, Any]):
 
     async def _send_result_stream(self, operation: Any, result_source: Any) -> None:
         kept = self.before_stream(operation)
-        await super()._send_result_stream(operation, result_source)
+        try:
+            await super()._send_result_stream(operation, result_source)
+        except WebSocketDisconnected:
+            # The client went away while a result was on its way: the end of the
+            # operation, not a failure of the worker (strawberry would log a traceback).
+            await result_source.aclose()
+            return
         await self.after_stream(operation, result_source, kept)
 
     def before_stream(self, operation: Any) -> Any:
