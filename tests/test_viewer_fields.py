@@ -13,9 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import graphql
+import pytest
 
 from tests import factories
 from tests.conftest import Clients
+from tests.deployment import variant
+from threadline.config import Settings
 from threadline.schema.schema import build_schema
 from threadline.schema.viewer_fields import viewer_field_names, viewer_fields
 
@@ -66,6 +69,12 @@ def _differences(
             _differences(x, y, typename, path, out)
     elif a != b:
         out.add(path)
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    # Every field four levels deep in one document: over the cost limit by design.
+    return variant(settings, max_query_cost=100_000_000)
 
 
 async def test_every_field_that_differs_between_two_viewers_is_marked(clients: Clients) -> None:
