@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Collection
 from contextlib import suppress
 from typing import Any
 
@@ -82,6 +83,22 @@ def malformed(message: Any, *, operation: bool) -> str | None:
     return None
 
 
+def limit_reached(
+    limit: int | None, acknowledged: bool, operation_id: object, running: Collection[object]
+) -> int | None:
+    """The connection's ceiling when a new operation (an id not running yet) would pass it."""
+    if acknowledged and operation_id not in running and limit is not None:
+        return limit if len(running) >= limit else None
+    return None
+
+
+def connection_ack(ack: object) -> dict[str, Any]:
+    """Both subprotocols' acknowledgement, with the payload ``on_ws_connect`` gave, if any."""
+    if isinstance(ack, UnsetType) or ack is None:
+        return {"type": "connection_ack"}
+    return {"type": "connection_ack", "payload": ack}
+
+
 def over_the_limit(limit: int) -> GraphQLFormattedError:
     """The coded error for an operation past the connection's ceiling."""
     refusal = RateLimited(f"At most {limit} operations at once on one connection", retry_after=1)
@@ -123,20 +140,17 @@ class TransportProtocol(BaseGraphQLTransportWSHandler[Context, None]):
         except ConnectionRejectionError as exc:
             await self.websocket.close(*_refusal(exc))
             return
-        if isinstance(ack, UnsetType) or ack is None:
-            await self.send_message({"type": "connection_ack"})
-        else:
-            await self.send_message({"type": "connection_ack", "payload": ack})
+        await self.send_message(connection_ack(ack))  # type: ignore[arg-type]
         self.connection_acknowledged = True
 
     async def handle_subscribe(self, message: Any) -> None:
-        limit = self.max_subscriptions_per_connection
-        if (
-            self.connection_acknowledged
-            and message["id"] not in self.operations
-            and limit is not None
-            and len(self.operations) >= limit
-        ):
+        limit = limit_reached(
+            self.max_subscriptions_per_connection,
+            self.connection_acknowledged,
+            message["id"],
+            self.operations,
+        )
+        if limit is not None:
             # strawberry's own refusal here carries no code.
             error: ErrorMessage = {
                 "id": message["id"],
@@ -213,22 +227,19 @@ class LegacyProtocol(BaseGraphQLWSHandler[Context, None]):
             await self.send_message({"type": "connection_error", "payload": exc.payload})
             await self.websocket.close(*_refusal(exc))
             return
-        if isinstance(ack, UnsetType) or ack is None:
-            await self.send_message({"type": "connection_ack"})
-        else:
-            await self.send_message({"type": "connection_ack", "payload": ack})
+        await self.send_message(connection_ack(ack))  # type: ignore[arg-type]
         self.connection_acknowledged = True
         if self.keep_alive:
             self.keep_alive_task = asyncio.create_task(self.handle_keep_alive())
 
     async def handle_start(self, message: Any) -> None:
-        limit = self.max_subscriptions_per_connection
-        if (
-            self.connection_acknowledged
-            and message["id"] not in self.tasks
-            and limit is not None
-            and len(self.tasks) >= limit
-        ):
+        limit = limit_reached(
+            self.max_subscriptions_per_connection,
+            self.connection_acknowledged,
+            message["id"],
+            self.tasks,
+        )
+        if limit is not None:
             legacy_error: LegacyErrorMessage = {
                 "type": "error",
                 "id": message["id"],
