@@ -4,6 +4,7 @@ it and serves the file safely, with HEAD and byte ranges."""
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import AsyncIterator
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -60,9 +61,11 @@ async def test_a_sent_image_downloads_inline_with_safe_headers(
     cache = headers["cache-control"]
     assert cache.startswith("private, max-age=")
     assert 1800 <= int(cache.split("=")[1]) <= 3600
-    # Bob, a participant, sees the same URL: it is stable within its window.
-    again = await bob.gql(MESSAGE_ATTACHMENTS, {"id": got["message"]})
+    # Stable within its window (client caches keep working); bob's URL is his own.
+    again = await alice.gql(MESSAGE_ATTACHMENTS, {"id": got["message"]})
     assert again["message"]["attachments"][0]["url"] == url
+    bobs = await bob.gql(MESSAGE_ATTACHMENTS, {"id": got["message"]})
+    assert bobs["message"]["attachments"][0]["url"] != url
 
 
 async def test_documents_and_text_download_as_attachments(clients: Clients) -> None:
@@ -90,6 +93,7 @@ async def test_a_tampered_url_is_forbidden(clients: Clients, server: Server) -> 
         _with(url, path=f"/attachments/{first['id']}/b.png"),
         url.split("?")[0],
         _with(url, exp="soon"),
+        _with(url, u=str(uuid.uuid4())),
     ]
     async with httpx.AsyncClient() as plain:
         for bad in forged:
@@ -195,6 +199,27 @@ async def test_a_removed_participant_gets_no_new_urls(clients: Clients) -> None:
     )
     assert (await bob.gql(NODE_URL, {"id": got["id"]}))["node"] is None
     assert await bob.error(MESSAGE_ATTACHMENTS, {"id": got["message"]}) == "NOT_FOUND"
+
+
+async def test_a_url_minted_before_its_viewer_was_removed_stops_working(
+    clients: Clients,
+) -> None:
+    alice, bob = await clients.users("alice", "bob")
+    tid = await factories.thread(alice, bob)
+    got = await _sent(alice, tid, "a.png", image())
+    bobs = (await bob.gql(NODE_URL, {"id": got["id"]}))["node"]["url"]
+    assert bobs != got["url"]  # each viewer gets a URL of their own
+    async with httpx.AsyncClient() as plain:
+        assert (await plain.get(bobs)).status_code == 200
+        await alice.gql(
+            "mutation($t: ID!, $u: ID!) { removeParticipant(threadId: $t, userId: $u) }",
+            {"t": tid, "u": bob.id},
+        )
+        # Checked when the file is read, not when the URL was minted: gone at once,
+        # long before the URL's expiry; alice's own URL still works.
+        assert (await plain.get(bobs)).status_code == 404
+        assert (await plain.head(bobs)).status_code == 404
+        assert (await plain.get(got["url"])).status_code == 200
 
 
 async def test_a_deleted_messages_attachment_is_no_longer_served(clients: Clients) -> None:

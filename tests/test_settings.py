@@ -18,7 +18,7 @@ async def test_signed_attachment_urls_live_as_long_as_the_setting_says(settings:
         signer = running.runtime.url_signer
         signer.clock = lambda: 1_000_000.0
         row = Attachment(id=uuid.uuid4(), filename="a b.pdf")
-        url = running.runtime.attachment_url(row, "http://example.test")
+        url = running.runtime.attachment_url(row, "http://example.test", uuid.uuid4())
     finally:
         await stop_server(running)
     # Minted at the start of a 30 s window (half the lifetime), valid 60 s from there.

@@ -40,10 +40,12 @@ def test_development_generates_one_secret_and_keeps_it(tmp_path: Path) -> None:
 def test_urls_signed_with_another_secret_do_not_verify() -> None:
     ours, theirs = UrlSigner("a" * 40, 3600), UrlSigner("b" * 40, 3600)
     expires = ours.expiry()
-    signature = theirs.signature("id", "a.png", expires)
-    assert ours.check("id", "a.png", str(expires), signature) is None
-    good = ours.signature("id", "a.png", expires)
-    assert ours.check("id", "a.png", str(expires), good) is not None
+    signature = theirs.signature("id", "a.png", expires, "viewer")
+    assert ours.check("id", "a.png", str(expires), signature, "viewer") is None
+    good = ours.signature("id", "a.png", expires, "viewer")
+    assert ours.check("id", "a.png", str(expires), good, "viewer") is not None
+    # Minted for one viewer: the same signature does not pass for another.
+    assert ours.check("id", "a.png", str(expires), good, "someone else") is None
 
 
 def test_a_url_stays_the_same_within_half_its_lifetime() -> None:

@@ -156,10 +156,12 @@ class Runtime:
 
     # -- attachments
 
-    def attachment_url(self, row: Attachment, request_origin: str | None) -> str:
-        """The signed download URL, on PUBLIC_URL or else the request's own origin."""
+    def attachment_url(
+        self, row: Attachment, request_origin: str | None, viewer: uuid.UUID
+    ) -> str:
+        """The viewer's signed download URL, on PUBLIC_URL or else the request's own origin."""
         origin = self.settings.public_url or request_origin or ""
-        return self.url_signer.url(row.id, row.filename, origin)
+        return self.url_signer.url(row.id, row.filename, origin, viewer)
 
 
 def _wants_profile(user: User, identity: Identity) -> bool:

@@ -403,10 +403,12 @@ class AttachmentType(Node):
             created_at=row.created_at,
         )
 
-    @strawberry.field(description="A signed, expiring URL to download the file.")
-    def url(self, info: Info) -> str:
+    @strawberry.field(
+        description="A signed, expiring URL to download the file.", metadata=READS_VIEWER
+    )
+    async def url(self, info: Info) -> str:
         ctx = _ctx(info)
-        return ctx.runtime.attachment_url(self.row, ctx.origin)
+        return ctx.runtime.attachment_url(self.row, ctx.origin, (await ctx.viewer()).id)
 
     @strawberry.field
     async def uploaded_by(self, info: Info) -> UserType | None:

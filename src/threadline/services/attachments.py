@@ -21,7 +21,7 @@ from sqlalchemy import delete, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from threadline.db import Database
-from threadline.errors import PayloadTooLarge
+from threadline.errors import NotFound, PayloadTooLarge
 from threadline.models import Attachment, Message, Thread, ThreadRole, User, utcnow
 from threadline.services import content_types
 from threadline.services.permissions import access_thread
@@ -114,6 +114,26 @@ async def downloadable(session: AsyncSession, attachment_id: uuid.UUID) -> Attac
         if message_deleted is not None:
             return None
     return row
+
+
+async def downloadable_by(
+    session: AsyncSession, attachment_id: uuid.UUID, viewer_id: uuid.UUID
+) -> Attachment | None:
+    """The attachment if it may still be served to this viewer: a live user who can
+    read its thread now (the one access check), and not of a deleted message."""
+    viewer = await session.get(User, viewer_id)
+    if viewer is None or viewer.deleted_at is not None:
+        return None
+    thread_id = await session.scalar(
+        select(Attachment.thread_id).where(Attachment.id == attachment_id)
+    )
+    if thread_id is None:
+        return None
+    try:
+        await access_thread(session, viewer, thread_id)
+    except NotFound:
+        return None
+    return await downloadable(session, attachment_id)
 
 
 async def unreachable(

@@ -1,10 +1,11 @@
-"""GET and HEAD /attachments/{id}/{filename}?exp=..&sig=..: signed downloads.
+"""GET and HEAD /attachments/{id}/{filename}?exp=..&sig=..&u=..: signed downloads.
 
-The signature and expiry are checked before anything is read (403 otherwise);
-the file is streamed from storage with headers that stop a browser from
-running it (nosniff, a sandboxing CSP, a download unless it is media), cached
-privately until the URL expires, and a single byte range is honoured so video
-players can seek.
+The signature and expiry are checked before anything is read (403 otherwise),
+then the viewer the URL was minted for must still see the attachment's thread
+(the one access check, at read time; 404 otherwise). The file is streamed from
+storage with headers that stop a browser from running it (nosniff, a sandboxing
+CSP, a download unless it is media), cached privately until the URL expires,
+and a single byte range is honoured so video players can seek.
 """
 
 from __future__ import annotations
@@ -33,20 +34,22 @@ async def download(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
     attachment_id = request.path_params["attachment_id"]
     filename = request.path_params["filename"]
+    viewer = request.query_params.get("u", "")
     left = runtime.url_signer.check(
         attachment_id,
         filename,
         request.query_params.get("exp", ""),
         request.query_params.get("sig", ""),
+        viewer,
     )
     if left is None:
         return PlainTextResponse("This link is invalid or has expired", status_code=403)
     try:
-        aid = uuid.UUID(attachment_id)
+        aid, viewer_id = uuid.UUID(attachment_id), uuid.UUID(viewer)
     except ValueError:
         return PlainTextResponse("Not found", status_code=404)
     async with runtime.db.reading() as session:
-        row = await attachments.downloadable(session, aid)
+        row = await attachments.downloadable_by(session, aid, viewer_id)
     size = await runtime.storage.size(row.storage_key) if row is not None else None
     if row is None or size is None:
         return PlainTextResponse("Not found", status_code=404)

@@ -1,9 +1,12 @@
 """Signed, expiring attachment URLs: minted for GraphQL, checked by the download route.
 
-The HMAC key is derived from ATTACHMENT_SIGNING_SECRET (generated and kept in
-development). Expiry times are rounded to a step of half the lifetime, so the
-same attachment gets the same URL for a while and client caches keep working;
-a URL is valid for at least half and at most all of ATTACHMENT_URL_SECONDS.
+A URL is minted for one viewer (``u``, inside the signature): the route checks
+that viewer's access to the thread when the file is read, so a URL handed out
+before its viewer was removed stops working at once, not at its expiry. The
+HMAC key is derived from ATTACHMENT_SIGNING_SECRET (generated and kept in
+development). Expiry times are rounded to a step of half the lifetime, so one
+viewer gets the same URL for a while and client caches keep working; a URL is
+valid for at least half and at most all of ATTACHMENT_URL_SECONDS.
 """
 
 from __future__ import annotations
@@ -36,26 +39,33 @@ class UrlSigner:
         now = int(self.clock())
         return now - now % self.step + self.seconds
 
-    def signature(self, attachment_id: uuid.UUID | str, filename: str, expires: int) -> str:
-        message = f"{attachment_id}\n{filename}\n{expires}".encode()
+    def signature(
+        self, attachment_id: uuid.UUID | str, filename: str, expires: int, viewer: str
+    ) -> str:
+        message = f"{attachment_id}\n{filename}\n{expires}\n{viewer}".encode()
         digest = hmac.new(self._key, message, hashlib.sha256).digest()
         return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
-    def url(self, attachment_id: uuid.UUID, filename: str, origin: str) -> str:
+    def url(
+        self, attachment_id: uuid.UUID, filename: str, origin: str, viewer: uuid.UUID
+    ) -> str:
         expires = self.expiry()
-        query = urlencode({"exp": expires, "sig": self.signature(attachment_id, filename, expires)})
+        signature = self.signature(attachment_id, filename, expires, str(viewer))
+        query = urlencode({"exp": expires, "sig": signature, "u": str(viewer)})
         return (
             f"{origin.rstrip('/')}/attachments/{attachment_id}/{quote(filename, safe='')}?{query}"
         )
 
-    def check(self, attachment_id: str, filename: str, expires: str, signature: str) -> int | None:
+    def check(
+        self, attachment_id: str, filename: str, expires: str, signature: str, viewer: str
+    ) -> int | None:
         """Seconds the URL has left when signature and expiry hold, else None."""
         if _EXPIRES.fullmatch(expires) is None:
             return None
         left = int(expires) - int(self.clock())
         if left <= 0:
             return None
-        expected = self.signature(attachment_id, filename, int(expires))
+        expected = self.signature(attachment_id, filename, int(expires), viewer)
         if not hmac.compare_digest(expected.encode(), signature.encode("utf-8", "replace")):
             return None
         return left
