@@ -156,9 +156,7 @@ class Runtime:
 
     # -- attachments
 
-    def attachment_url(
-        self, row: Attachment, request_origin: str | None, viewer: uuid.UUID
-    ) -> str:
+    def attachment_url(self, row: Attachment, request_origin: str | None, viewer: uuid.UUID) -> str:
         """The viewer's signed download URL, on PUBLIC_URL or else the request's own origin."""
         origin = self.settings.public_url or request_origin or ""
         return self.url_signer.url(row.id, row.filename, origin, viewer)

@@ -46,9 +46,7 @@ class UrlSigner:
         digest = hmac.new(self._key, message, hashlib.sha256).digest()
         return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
-    def url(
-        self, attachment_id: uuid.UUID, filename: str, origin: str, viewer: uuid.UUID
-    ) -> str:
+    def url(self, attachment_id: uuid.UUID, filename: str, origin: str, viewer: uuid.UUID) -> str:
         expires = self.expiry()
         signature = self.signature(attachment_id, filename, expires, str(viewer))
         query = urlencode({"exp": expires, "sig": signature, "u": str(viewer)})
