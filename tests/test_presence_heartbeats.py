@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from tests.conftest import BACKEND
-from threadline.realtime.presence import PresenceTracker
+from threadline.realtime.presence import HEARTBEAT_SECONDS, PROCESS_TTL_SECONDS, PresenceTracker
 from threadline.services.states import PresenceStatus
 
 pytestmark = pytest.mark.skipif(BACKEND != "postgres", reason="needs Redis")
@@ -89,6 +89,45 @@ async def test_a_lapsed_process_is_reaped_and_comes_back_when_it_beats_again(
         beating_a = asyncio.create_task(a.keep_alive())
         await announced.until(user, "ONLINE")
         assert (await b.get(user)).status is PresenceStatus.ONLINE
+    finally:
+        await stopped(beating_a)
+        await stopped(beating_b)
+
+
+async def test_after_an_outage_for_everyone_no_process_reaps_another_that_beats_again(
+    trackers: tuple[PresenceTracker, PresenceTracker],
+) -> None:
+    """Redis cut off from both for longer than a heartbeat's TTL (stood for by both
+    heartbeats stopping): the first back must not take the other for dead."""
+    a, b = trackers
+    watcher: Recorder = a._publisher  # type: ignore[assignment]
+    user = uuid.uuid4()
+    reaped: list[str] = []
+
+    async def on_reaped(connection_ids: object) -> None:
+        reaped.extend(connection_ids)  # type: ignore[call-overload]
+
+    a.on_reaped = on_reaped
+    beating_a = asyncio.create_task(a.keep_alive())
+    beating_b = asyncio.create_task(b.keep_alive())
+    try:
+        await b.renew(user, "conn-b")
+        await asyncio.sleep(PROCESS_TTL_SECONDS + 0.5)  # both past their first TTL
+        await stopped(beating_a)
+        await stopped(beating_b)
+        await asyncio.sleep(PROCESS_TTL_SECONDS + 1)  # every heartbeat key has lapsed
+        beating_a = asyncio.create_task(a.keep_alive())
+        await asyncio.sleep(HEARTBEAT_SECONDS * 1.5)  # a beats first, sees b lapsed
+        beating_b = asyncio.create_task(b.keep_alive())
+        await asyncio.sleep(PROCESS_TTL_SECONDS + 2 * HEARTBEAT_SECONDS)
+        assert reaped == []
+        assert (str(user), "OFFLINE") not in watcher.seen
+        assert (await a.get(user)).status is PresenceStatus.ONLINE
+
+        # b really gone this time: a, beating for a whole TTL now, reaps it.
+        await stopped(beating_b)
+        await watcher.until(user, "OFFLINE")
+        assert reaped == ["conn-b"]
     finally:
         await stopped(beating_a)
         await stopped(beating_b)

@@ -8,8 +8,10 @@ A process killed with -9 cannot release its leases. Each process therefore
 keeps a heartbeat key of a few seconds and a hash of the leases it holds; every
 process checks the others' heartbeats each second, and the first to see one
 lapse removes that process's leases and announces OFFLINE for each of its users
-left with none. A process that finds itself removed (a long stall, or a Redis
-that restarted empty) writes its leases back at once.
+left with none; a process only does so once it has itself beaten for a whole
+TTL, so an outage that silenced every process is not taken for their deaths.
+A process that finds itself removed (a long stall, or a Redis that restarted
+empty) writes its leases back at once.
 
 With Redis unreachable nothing here fails a connection: leases are kept in this
 process and written on the next renewal, reads answer from what this process
@@ -102,6 +104,10 @@ class PresenceTracker:
         self._seen: dict[uuid.UUID, float] = {}
         self._skip_redis_until = 0.0
         self._warned_at: float | None = None
+        # Monotonic times of the last heartbeat that reached Redis, and of the first of
+        # the unbroken run it ends (see _heartbeat).
+        self._last_beat: float | None = None
+        self._beating_since = 0.0
         # Told the connection ids of a dead process's reaped leases (its sockets are
         # gone: the GraphQL layer closes their session rows).
         self.on_reaped: Callable[[Sequence[str]], Awaitable[None]] | None = None
@@ -279,13 +285,20 @@ class PresenceTracker:
             pipe.smembers(PROCESSES_KEY)
             _, added, members = await pipe.execute()
         self._recovered()
+        now = time.monotonic()
+        if self._last_beat is None or now - self._last_beat > PROCESS_TTL_SECONDS:
+            self._beating_since = now
+        self._last_beat = now
         if added:
             # New, or removed by another process (a stall, Redis restarted empty):
             # write this process's leases back now rather than at the next renewal.
             await self._restore()
         others = [m.decode() if isinstance(m, bytes) else str(m) for m in members]
         others = [m for m in others if m != self.process_id]
-        if not others:
+        if not others or now - self._beating_since < PROCESS_TTL_SECONDS:
+            # Until this process has beaten for a whole TTL, another's lapsed beat may
+            # be the same outage this one just came out of (Redis paused or cut off
+            # for everyone): they get one TTL to beat again before they count as dead.
             return
         async with redis.pipeline(transaction=False) as pipe:
             for other in others:
