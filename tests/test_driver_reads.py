@@ -83,7 +83,7 @@ async def test_each_hot_query_compiled_for_the_driver_reads_what_the_orm_loads(
             *await session.scalars(select(Thread.id)),
         ]
     queries = Query.built
-    assert len(queries) >= 9 + 16  # the batch reads and every page shape
+    assert len(queries) >= 11 + 16 + 4  # the batch reads and every page shape
     compared = 0
     for query, user, size in itertools.product(queries, (alice, carol), (2, 100)):
         params = {
@@ -95,6 +95,9 @@ async def test_each_hot_query_compiled_for_the_driver_reads_what_the_orm_loads(
             "size": size,
             "after": 1,
             "before": 5,
+            "pattern": "%",
+            "at": datetime.now(UTC),
+            "after_id": max(ids),
         }
         async with db.shared_sessions() as session:  # the driver
             assert session.info[DRIVER_ENTITIES] and session.info[DRIVER_ROWS]

@@ -70,31 +70,32 @@ async def markers_of(
     return out
 
 
+# Counted per participant row, so that each count is a range scan of the
+# (thread, seq) index from the marker on, not a pass over the whole thread.
+_AFTER_MARKER = (
+    select(func.count())
+    .where(
+        Message.thread_id == ThreadParticipant.thread_id,
+        Message.seq > ThreadParticipant.last_read_seq,
+        Message.deleted_at.is_(None),
+        (Message.author_id != bindparam("user_id")) | Message.author_id.is_(None),
+    )
+    .correlate(ThreadParticipant)
+    .scalar_subquery()
+)
+_UNREAD = Query(
+    select(ThreadParticipant.thread_id, _AFTER_MARKER).where(
+        ThreadParticipant.user_id == bindparam("user_id"),
+        ThreadParticipant.thread_id.in_(bindparam("ids", expanding=True)),
+    )
+)
+
+
 async def unread_counts(
     session: AsyncSession, viewer: User, thread_ids: Sequence[uuid.UUID]
 ) -> dict[uuid.UUID, int]:
-    """Messages after the viewer's read marker, not their own, not deleted.
-
-    Counted per participant row, so that each count is a range scan of the
-    (thread, seq) index from the marker on, not a pass over the whole thread.
-    """
-    after_marker = (
-        select(func.count())
-        .where(
-            Message.thread_id == ThreadParticipant.thread_id,
-            Message.seq > ThreadParticipant.last_read_seq,
-            Message.deleted_at.is_(None),
-            (Message.author_id != viewer.id) | Message.author_id.is_(None),
-        )
-        .correlate(ThreadParticipant)
-        .scalar_subquery()
-    )
-    rows = await session.execute(
-        select(ThreadParticipant.thread_id, after_marker).where(
-            ThreadParticipant.user_id == viewer.id,
-            ThreadParticipant.thread_id.in_(set(thread_ids)),
-        )
-    )
+    """Messages after the viewer's read marker, not their own, not deleted."""
+    rows = await _UNREAD.tuples(session, user_id=viewer.id, ids=list(set(thread_ids)))
     return {r[0]: int(r[1]) for r in rows if r[1]}
 
 

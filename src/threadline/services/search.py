@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import ColumnElement, SQLColumnExpression, func, select
+from sqlalchemy import BindParameter, ColumnElement, SQLColumnExpression, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from threadline.errors import BadInput
@@ -22,10 +22,18 @@ from threadline.services.text_rules import clean_search
 MAX_QUERY = 200
 
 
-def contains_text(target: SQLColumnExpression[Any], search: str) -> ColumnElement[bool]:
-    """Case-insensitive "contains ``search``", with LIKE's ``%`` and ``_`` taken literally."""
+def contains_text(
+    target: SQLColumnExpression[Any], search: str | BindParameter[str]
+) -> ColumnElement[bool]:
+    """Case-insensitive "contains ``search``", with LIKE's ``%`` and ``_`` taken literally;
+    or, for a statement built once, a parameter that takes ``contains_pattern(search)``."""
+    pattern = search if isinstance(search, BindParameter) else contains_pattern(search)
+    return func.lower(target).like(pattern, escape="\\")
+
+
+def contains_pattern(search: str) -> str:
     escaped = search.strip().lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return func.lower(target).like(f"%{escaped}%", escape="\\")
+    return f"%{escaped}%"
 
 
 async def search_messages(

@@ -7,16 +7,20 @@ direct thread's members can only leave it (never remove each other).
 
 from __future__ import annotations
 
+import functools
+import itertools
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import bindparam, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from threadline.db import UnitOfWork
 from threadline.errors import BadInput, Conflict, Forbidden, NotFound
 from threadline.models import Thread, ThreadParticipant, ThreadRole, User, utcnow
+from threadline.models.queries import Query
 from threadline.services import notifications
 from threadline.services.events import EventKind, UserEvent, append_event
 from threadline.services.pagination import Page, PageRequest, id_key, make_page, time_id_key
@@ -27,7 +31,7 @@ from threadline.services.permissions import (
     parse_id,
     thread_role_at_least,
 )
-from threadline.services.search import contains_text
+from threadline.services.search import contains_pattern, contains_text
 from threadline.services.text_rules import clean_description, clean_search, clean_title
 
 MAX_INITIAL_PARTICIPANTS = 500
@@ -367,6 +371,35 @@ async def mute_thread(uow: UnitOfWork, actor: User, thread_id: str, muted: bool)
     return access.thread
 
 
+# The thread list's statement in each shape (a search, a cursor), built once with
+# the viewer, search pattern, cursor and size as parameters (see models.queries).
+_THREADS_BASE = (
+    select(Thread, ThreadParticipant)
+    .join(ThreadParticipant, ThreadParticipant.thread_id == Thread.id)
+    .where(ThreadParticipant.user_id == bindparam("user_id"), Thread.deleted_at.is_(None))
+)
+
+
+@functools.cache
+def _threads_page(search: bool, after: bool) -> Query:
+    query = _THREADS_BASE
+    if search:
+        query = query.where(contains_text(Thread.title, bindparam("pattern")))
+    if after:
+        query = query.where(
+            or_(
+                Thread.last_activity_at < bindparam("at"),
+                (Thread.last_activity_at == bindparam("at")) & (Thread.id < bindparam("after_id")),
+            )
+        )
+    order = (Thread.last_activity_at.desc(), Thread.id.desc())
+    return Query(query.order_by(*order).limit(bindparam("size")))
+
+
+for _shape in itertools.product((False, True), repeat=2):
+    _threads_page(*_shape)
+
+
 async def threads_of(
     session: AsyncSession, actor: User, search: str | None, request: PageRequest
 ) -> Page[ThreadAccess]:
@@ -374,25 +407,15 @@ async def threads_of(
     (read in the same statement, so the page's fields need no check of their own)."""
     if request.backwards:
         raise BadInput("Threads page forwards only: use `first` and `after`")
-    query = (
-        select(Thread, ThreadParticipant)
-        .join(ThreadParticipant, ThreadParticipant.thread_id == Thread.id)
-        .where(ThreadParticipant.user_id == actor.id, Thread.deleted_at.is_(None))
-    )
+    params: dict[str, Any] = {"user_id": actor.id, "size": request.size + 1}
     search = clean_search(search)
     if search:
-        query = query.where(contains_text(Thread.title, search))
+        params["pattern"] = contains_pattern(search)
     after = request.after_key()
     if after is not None:
-        at, tid = time_id_key(after)
-        query = query.where(
-            or_(
-                Thread.last_activity_at < at,
-                (Thread.last_activity_at == at) & (Thread.id < tid),
-            )
-        )
-    query = query.order_by(Thread.last_activity_at.desc(), Thread.id.desc()).limit(request.size + 1)
-    found = (grant(actor, thread, mine) for thread, mine in await session.execute(query))
+        params["at"], params["after_id"] = time_id_key(after)
+    query = _threads_page(bool(search), after is not None)
+    found = (grant(actor, thread, mine) for thread, mine in await query.tuples(session, **params))
     rows = [access for access in found if access is not None]
     return make_page(
         rows, request, lambda a: [a.thread.last_activity_at.isoformat(), str(a.thread.id)]
