@@ -264,7 +264,12 @@ async def try_transaction_lock(uow: UnitOfWork, key: int) -> bool:
 
 class Database:
     def __init__(
-        self, engine: AsyncEngine, publish: Publish = _publish_nothing, *, fast_paths: bool = True
+        self,
+        engine: AsyncEngine,
+        publish: Publish = _publish_nothing,
+        *,
+        fast_paths: bool = True,
+        replica: AsyncEngine | None = None,
     ) -> None:
         self.engine = engine
         self.is_sqlite = engine.dialect.name == "sqlite"
@@ -289,6 +294,22 @@ class Database:
             expire_on_commit=False,
             autoflush=False,
             info={**rows, DRIVER_ENTITIES: self.fast_paths},
+        )
+        # A hot standby (DATABASE_READ_URL): sessions for an operation's content reads,
+        # never for writes or access decisions (schema.context). Driver reads run on the
+        # session's own connection, so the replica needs no asyncpg pool of its own (that
+        # pool serves the group-commit send, a write).
+        self.replica = replica
+        self.replica_sessions = (
+            async_sessionmaker(
+                replica.execution_options(isolation_level="AUTOCOMMIT"),
+                class_=SharedReadSession,
+                expire_on_commit=False,
+                autoflush=False,
+                info={**rows, DRIVER_ENTITIES: self.fast_paths},
+            )
+            if replica is not None
+            else None
         )
         self.publish = publish
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
@@ -388,4 +409,6 @@ class Database:
         pool, self._driver_pool = self._driver_pool, None
         if pool is not None:
             await pool.close()
+        if self.replica is not None:
+            await self.replica.dispose()
         await self.engine.dispose()
