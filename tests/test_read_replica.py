@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from tests import factories, replica
-from tests.conftest import BACKEND, Api, Clients, Server, start_server, stop_server
+from tests.conftest import BACKEND, Api, Clients, Server, free_port, start_server, stop_server
 from tests.wsclient import GraphQLWS
 from threadline.config import ConfigError, Settings, load_settings
 
@@ -204,3 +204,19 @@ def test_a_read_url_needs_postgresql_on_both_sides() -> None:
             _env_file=None,
         )
     assert load_settings(database_read_url=" ", _env_file=None).database_read_url is None
+
+
+async def test_an_unreachable_replica_fails_one_query_then_queries_read_the_primary(
+    settings: Settings,
+) -> None:
+    if BACKEND != "postgres":
+        pytest.skip("read replicas are PostgreSQL hot standbys: not in the SQLite row")
+    nowhere = f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/nothing"
+    async for _, clients in _serve(settings.model_copy(update={"database_read_url": nowhere})):
+        alice = await clients.user("alice")
+        tid = await factories.thread(alice)
+        await factories.send(alice, tid, "written to the primary")
+        stranger = await clients.user("bob")  # no write of his own: he reads the replica
+        assert await stranger.error(THREADS) == "SERVICE_UNAVAILABLE"
+        assert await thread_ids(stranger) == []  # the primary, while the replica rests
+        assert await history(alice, tid) == ["written to the primary"]

@@ -108,7 +108,7 @@ class Context:
         """Whether this operation's content comes from the read replica, decided once:
         a query, a replica configured, and a viewer who has not written lately (or none)."""
         if self._on_replica is None:
-            replica = self.replica_ok and self.runtime.db.replica_sessions is not None
+            replica = self.replica_ok and self.runtime.db.replica_usable
             if replica and self.token:
                 try:
                     viewer = await self.viewer()
