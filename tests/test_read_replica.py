@@ -87,6 +87,17 @@ async def found(api: Api, query: str) -> list[str]:
     return [e["node"]["body"] for e in data["searchMessages"]["edges"]]
 
 
+async def reads_counted(clients: Clients) -> dict[str, float]:
+    """threadline_query_reads_total by database, from /metrics."""
+    text = (await clients.http.get("/metrics")).text
+    counted = {"replica": 0.0, "primary": 0.0}
+    for line in text.splitlines():
+        if line.startswith("threadline_query_reads_total{"):
+            labels, value = line.rsplit(" ", 1)
+            counted[labels.split('"')[1]] = float(value)
+    return counted
+
+
 async def on_standby(settings: Settings, sql: str, *args: object) -> Any:
     return await replica.on_standby(str(make_url(settings.database_url).database), sql, *args)
 
@@ -102,9 +113,14 @@ async def test_history_reads_the_replica_and_a_writer_reads_its_own_write(
         await factories.send(alice, tid, "during")
         # The standby has not replayed it, and bob (no recent write) reads the standby.
         assert await on_standby(replicated, "SELECT count(*) FROM messages") == 1
+        counted = await reads_counted(clients)
         assert await history(bob, tid) == ["before"]
         # alice wrote it a moment ago: her reads go to the primary.
         assert await history(alice, tid) == ["before", "during"]
+        assert await reads_counted(clients) == {
+            "replica": counted["replica"] + 1,
+            "primary": counted["primary"] + 1,
+        }
     await replica.caught_up()
     assert await history(bob, tid) == ["before", "during"]
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from threadline.errors import Unauthenticated
+from threadline.metrics import QUERY_READS
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,8 @@ class Context:
                     replica = not await self.runtime.recent_writers.recent(viewer.id)
             if self._on_replica is None:
                 self._on_replica = replica
+                if self.replica_ok and self.runtime.db.replica is not None:
+                    QUERY_READS.labels("replica" if replica else "primary").inc()
         return self._on_replica
 
     @asynccontextmanager
