@@ -226,3 +226,19 @@ async def test_an_unreachable_replica_fails_one_query_then_queries_read_the_prim
         assert await stranger.error(THREADS) == "SERVICE_UNAVAILABLE"
         assert await thread_ids(stranger) == []  # the primary, while the replica rests
         assert await history(alice, tid) == ["written to the primary"]
+
+
+async def test_a_mutation_reads_its_answer_from_the_primary(replicated: Settings) -> None:
+    react = """mutation($m: ID!) { addReaction(messageId: $m, emoji: "🎉") {
+      reactions { emoji count } } }"""
+    reactions = "query($m: ID!) { message(messageId: $m) { reactions { emoji count } } }"
+    # No window at all: only the mutation itself keeps its reads on the primary.
+    async for _, clients in _serve(replicated.model_copy(update={"read_after_write_seconds": 0})):
+        alice = await clients.user("alice")
+        tid = await factories.thread(alice)
+        message = await factories.send(alice, tid, "party")
+        async with replica.paused():
+            answer = await alice.gql(react, {"m": message["id"]})
+            assert answer["addReaction"]["reactions"] == [{"emoji": "🎉", "count": 1}]
+            later = await alice.gql(reactions, {"m": message["id"]})
+            assert later["message"]["reactions"] == []  # the paused standby
