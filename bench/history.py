@@ -2,6 +2,10 @@
 and of `threads(first: 20)` for a user in 500 threads, over HTTP on PostgreSQL.
 
 usage: .venv/bin/python -m bench.history [--messages 100000] [--threads 500] [--requests 300]
+                                         [--replica]
+
+--replica: the server reads through DATABASE_READ_URL from the hot standby of
+scripts/pg-replica (127.0.0.1:5433), once it has replayed the seeded rows.
 """
 
 from __future__ import annotations
@@ -9,7 +13,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -173,11 +179,28 @@ async def measure(
     return out, (srv.cpu_seconds() - cpu_before) * 1000 / n
 
 
+async def replica_of(dsn: str, url: str) -> str:
+    """The standby's URL for this database, once it has replayed everything seeded."""
+    primary = await asyncpg.connect(dsn)
+    target = await primary.fetchval("SELECT pg_current_wal_lsn()::text")
+    name = await primary.fetchval("SELECT current_database()")
+    await primary.close()
+    standby = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:5433/{name}")
+    deadline = time.monotonic() + 300
+    while not await standby.fetchval("SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn", target):
+        if time.monotonic() > deadline:
+            raise SystemExit("the standby on 127.0.0.1:5433 did not catch up in 300 s")
+        await asyncio.sleep(0.1)
+    await standby.close()
+    return url.replace(url.split("@", 1)[1].split("/", 1)[0], "127.0.0.1:5433", 1)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--messages", type=int, default=100_000)
     parser.add_argument("--threads", type=int, default=500)
     parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--replica", action="store_true")
     args = parser.parse_args()
     print(cores_line())
     async with database() as (dsn, url):
@@ -187,6 +210,9 @@ async def main() -> None:
             f"seeded {args.messages} messages and {args.threads} threads "
             f"in {(now_ms() - t0) / 1000:.1f} s"
         )
+        if args.replica:
+            os.environ["DATABASE_READ_URL"] = await replica_of(dsn, url)
+            print("reading from the standby on 127.0.0.1:5433 (DATABASE_READ_URL)")
         async with server(url, redis=False) as srv:
             client = RawHTTP(srv.base, token("alice"))
             page, page_cpu = await measure(srv, client, PAGE, {"t": str(big)}, args.requests)

@@ -32,3 +32,15 @@ def test_a_bad_limit_in_the_environment_stops_start_up_with_its_name() -> None:
     with pytest.raises(ConfigError, match="MAX_QUERY_DEPTH"):
         load_settings(max_query_depth=0, _env_file=None)
     assert load_settings(rate_limit_upload=" 5 / 30 ", _env_file=None).rate_limit_upload == "5/30"
+
+
+def test_a_read_url_needs_postgresql_on_both_sides() -> None:
+    with pytest.raises(ConfigError, match="DATABASE_READ_URL needs PostgreSQL"):
+        load_settings(database_read_url="postgresql+asyncpg://h/db", _env_file=None)
+    with pytest.raises(ConfigError, match="DATABASE_READ_URL needs PostgreSQL"):
+        load_settings(
+            database_url="postgresql+asyncpg://h/db",
+            database_read_url="sqlite+aiosqlite:///x.db",
+            _env_file=None,
+        )
+    assert load_settings(database_read_url=" ", _env_file=None).database_read_url is None

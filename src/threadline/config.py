@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
 
     database_url: str = DEFAULT_DATABASE_URL
+    # A hot standby of DATABASE_URL: query operations read content from it (db.Database);
+    # a user who wrote within READ_AFTER_WRITE_SECONDS reads the primary instead.
+    database_read_url: str | None = None
+    read_after_write_seconds: float = Field(default=5.0, ge=0)
     redis_url: str | None = None
     threadline_env: Environment = Environment.DEVELOPMENT
     clerk_jwks_url: str | None = None
@@ -133,7 +137,14 @@ class Settings(BaseSettings):
             raise ValueError("METRICS must be app, off, or [host:]port (a port of its own)")
         return f"{host or '0.0.0.0'}:{int(port)}"
 
-    @field_validator("redis_url", "clerk_jwks_url", "clerk_issuer", "public_url", mode="before")
+    @field_validator(
+        "redis_url",
+        "database_read_url",
+        "clerk_jwks_url",
+        "clerk_issuer",
+        "public_url",
+        mode="before",
+    )
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
@@ -202,6 +213,13 @@ class Settings(BaseSettings):
 
     def check(self) -> None:
         """Refuse configurations that cannot be right; raises ConfigError with one line."""
+        if self.database_read_url is not None and (
+            self.is_sqlite or not self.database_read_url.startswith("postgresql")
+        ):
+            raise ConfigError(
+                "DATABASE_READ_URL needs PostgreSQL for both it and DATABASE_URL "
+                "(postgresql+asyncpg://...): a replica is a hot standby of the primary"
+            )
         if self.is_production:
             if self.dev_auth_secret is not None:
                 raise ConfigError(

@@ -45,6 +45,11 @@ DRIVER_POOL_SIZE = 10
 # the driver (models.queries). Set on PostgreSQL while FAST_PATHS is on.
 DRIVER_ROWS = "threadline.driver_rows"
 DRIVER_ENTITIES = "threadline.driver_entities"
+# Session.info key: what to call when a read session gives up on a lost connection.
+ON_LOST = "threadline.on_lost"
+# A read replica that a query could not reach (twice) is left alone this long: queries
+# read the primary meanwhile, so a replica outage costs one failed query per process.
+REPLICA_REST_SECONDS = 5.0
 
 
 async def _publish_nothing(events: Sequence[Any]) -> None:
@@ -167,6 +172,8 @@ class ReadSession(AsyncSession):
                 # Gives the dead connection up; the next statement checks out another.
                 await self.invalidate()
                 if attempt:
+                    if (lost := self.info.get(ON_LOST)) is not None:
+                        lost()
                     raise ServiceUnavailable(READ_LOST) from exc
         raise AssertionError("unreachable")
 
@@ -264,7 +271,12 @@ async def try_transaction_lock(uow: UnitOfWork, key: int) -> bool:
 
 class Database:
     def __init__(
-        self, engine: AsyncEngine, publish: Publish = _publish_nothing, *, fast_paths: bool = True
+        self,
+        engine: AsyncEngine,
+        publish: Publish = _publish_nothing,
+        *,
+        fast_paths: bool = True,
+        replica: AsyncEngine | None = None,
     ) -> None:
         self.engine = engine
         self.is_sqlite = engine.dialect.name == "sqlite"
@@ -290,10 +302,40 @@ class Database:
             autoflush=False,
             info={**rows, DRIVER_ENTITIES: self.fast_paths},
         )
+        # A hot standby (DATABASE_READ_URL): sessions for an operation's content reads,
+        # never for writes or access decisions (schema.context). Driver reads run on the
+        # session's own connection, so the replica needs no asyncpg pool of its own (that
+        # pool serves the group-commit send, a write).
+        self.replica = replica
+        self.replica_sessions = (
+            async_sessionmaker(
+                replica.execution_options(isolation_level="AUTOCOMMIT"),
+                class_=SharedReadSession,
+                expire_on_commit=False,
+                autoflush=False,
+                info={**rows, DRIVER_ENTITIES: self.fast_paths, ON_LOST: self._replica_lost},
+            )
+            if replica is not None
+            else None
+        )
+        self._replica_rests_until = 0.0
         self.publish = publish
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
         self._driver_pool: asyncpg.Pool | None = None
         self._driver_pool_opening = asyncio.Lock()
+
+    @property
+    def replica_usable(self) -> bool:
+        """A replica is configured and not resting after a failure."""
+        return self.replica_sessions is not None and time.monotonic() >= self._replica_rests_until
+
+    def _replica_lost(self) -> None:
+        if time.monotonic() >= self._replica_rests_until:
+            log.warning(
+                "the read replica is unreachable: queries read the primary for %.0f s",
+                REPLICA_REST_SECONDS,
+            )
+        self._replica_rests_until = time.monotonic() + REPLICA_REST_SECONDS
 
     @property
     def sync_engine(self) -> Engine:
@@ -388,4 +430,6 @@ class Database:
         pool, self._driver_pool = self._driver_pool, None
         if pool is not None:
             await pool.close()
+        if self.replica is not None:
+            await self.replica.dispose()
         await self.engine.dispose()

@@ -35,6 +35,12 @@ EVENTS_PUBLISHED = Counter("threadline_events_published_total", "Events publishe
 EVENTS_DELIVERED = Counter("threadline_events_delivered_total", "Event frames sent to subscribers.")
 BROKER_RECONNECTS = Counter("threadline_broker_reconnects_total", "Broker reconnections to Redis.")
 WEBHOOKS = Counter("threadline_webhooks_total", "Clerk webhooks by outcome.", ["outcome"])
+QUERY_READS = Counter(
+    "threadline_query_reads_total",
+    "Query operations that read content, with DATABASE_READ_URL set, by where: replica, or "
+    "primary (a recent writer, a bad token, or a replica resting after a failure).",
+    ["database"],
+)
 PRESENCE_UNAVAILABLE = Counter(
     "threadline_presence_unavailable_total",
     "Presence reads answered OFFLINE because Redis failed.",

@@ -27,6 +27,7 @@ from threadline.realtime.deliveries import DeliveryTracker
 from threadline.realtime.fanout import Fanout
 from threadline.realtime.presence import PresenceTracker
 from threadline.realtime.rate_limits import RateLimiter, windows_as_limits
+from threadline.realtime.recent_writers import RecentWriters
 from threadline.realtime.thread_feed import ThreadFeed
 from threadline.realtime.typing import TypingTracker
 from threadline.services import clerk_sync
@@ -54,6 +55,12 @@ class Runtime:
             make_engine(settings.database_url),
             publish=self._publish,
             fast_paths=settings.fast_paths,
+            replica=make_engine(settings.database_read_url) if settings.database_read_url else None,
+        )
+        # Whose reads stay on the primary for a while after a write (with a replica only).
+        self.recent_writers = RecentWriters(
+            settings.redis_url if settings.database_read_url else None,
+            settings.read_after_write_seconds,
         )
         self.verifier = TokenVerifier(settings)
         self.rate_limiter = RateLimiter(
@@ -85,6 +92,7 @@ class Runtime:
         await self.typing.aclose()
         await self.presence.aclose()
         await self.rate_limiter.aclose()
+        await self.recent_writers.aclose()
         await self.verifier.aclose()
         await self.broker.disconnect()
         await self.db.dispose()

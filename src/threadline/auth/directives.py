@@ -104,14 +104,14 @@ class HasThreadRole(BasePermission):
         viewer = await context.viewer()
         if self.checked_by_write:
             return True
-        session = await context.session()
         kind, value = _thread_argument(kwargs)
-        if kind == "thread":
-            access = await permissions.access_thread(session, viewer, value, self.role)
-        elif kind == "message":
-            _, access = await permissions.access_message(session, viewer, value, self.role)
-        else:
-            access = await permissions.access_attachment(session, viewer, value, self.role)
+        async with context.checks() as session:  # the primary, even when content is not
+            if kind == "thread":
+                access = await permissions.access_thread(session, viewer, value, self.role)
+            elif kind == "message":
+                _, access = await permissions.access_message(session, viewer, value, self.role)
+            else:
+                access = await permissions.access_attachment(session, viewer, value, self.role)
         context.access[access.thread.id] = access
         return True
 

@@ -112,7 +112,8 @@ class Loaders:
                     known[shown] = row
         elif missing:
             viewer = await context.viewer()
-            found = await permissions.visible_threads(await self._session(), viewer, missing)
+            async with context.checks() as session:  # the primary, even when content is not
+                found = await permissions.visible_threads(session, viewer, missing)
             context.access.update(found)  # my_participation reads them too
             known.update((tid, a.thread) for tid, a in found.items())
         return [known.get(k) for k in keys]

@@ -201,7 +201,7 @@ class MessageQueries:
             parse_id(thread_id, "Thread") if thread_id is not None else None,
             page_args(first, after),
         )
-        return await _connection(info, page)
+        return await _connection(info, await op.visible_now(info, page, lambda m: m.thread_id))
 
 
 @strawberry.type

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 from strawberry import Info
@@ -13,8 +14,20 @@ from threadline.db import UnitOfWork
 from threadline.models import User
 from threadline.realtime.rate_limits import Action
 
-__all__ = ["Action", "checked_access", "context", "limit", "session", "viewer", "writing"]
+__all__ = [
+    "Action",
+    "checked_access",
+    "context",
+    "limit",
+    "session",
+    "viewer",
+    "visible_now",
+    "writing",
+]
+from threadline.services.pagination import Page, only
 from threadline.services.permissions import ThreadAccess, parse_id
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from threadline.schema.context import Context
@@ -41,6 +54,21 @@ async def limit(info: Info, action: Action) -> User:
     user = await viewer(info)
     await context(info).runtime.rate_limiter.hit(action, str(user.id))
     return user
+
+
+async def visible_now(info: Info, page: Page[T], thread_of: Callable[[T], uuid.UUID]) -> Page[T]:
+    """A page read on the replica, less what the viewer may no longer see.
+
+    The replica's own filter (participants) may lag: a user removed a moment ago
+    must not list the thread or find its messages. The thread loader decides on
+    the primary; off the replica the page was filtered there already.
+    """
+    ctx = context(info)
+    if not page.items or not await ctx.on_replica():
+        return page
+    ids = list(dict.fromkeys(thread_of(item) for item in page.items))
+    shown = {t.id for t in await ctx.loaders.thread.load_many(ids) if t is not None}
+    return only(page, lambda item: thread_of(item) in shown)
 
 
 @asynccontextmanager

@@ -55,9 +55,13 @@ class ThreadQueries:
         page = await threads.threads_of(
             await op.session(info), await op.viewer(info), search, page_args(first, after)
         )
-        op.context(info).access.update((a.thread.id, a) for a in page.items)
+        page = await op.visible_now(info, page, lambda a: a.thread.id)
+        # What the primary decided stands (visible_now); otherwise the page's own.
+        access = op.context(info).access
+        for a in page.items:
+            access.setdefault(a.thread.id, a)
         return ThreadConnection(
-            edges=edges(page, ThreadEdge, lambda a: ThreadType.of(a.thread)),
+            edges=edges(page, ThreadEdge, lambda a: ThreadType.of(access[a.thread.id].thread)),
             page_info=page_info(page),
         )
 

@@ -9,13 +9,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from threadline.errors import Unauthenticated
+from threadline.metrics import QUERY_READS
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,13 @@ class Context:
     # Set on the viewer-less context that renders a broadcast threadEvents frame:
     # the one thread its subscribers were checked for (see loaders.thread).
     broadcast_thread: uuid.UUID | None = None
+    # Set by the operation runner on a query: its content reads may go to the read
+    # replica (see on_replica); mutations and subscriptions read the primary only.
+    replica_ok: bool = False
+    _on_replica: bool | None = None
+    # Whether this operation wrote on the viewer's behalf: their reads stay on the
+    # primary for READ_AFTER_WRITE_SECONDS (marked in close, before the answer leaves).
+    _wrote: bool = False
     _retired: list[AsyncSession] = field(default_factory=list)
     # Writes that wait until this operation's read connection is back in the pool.
     _deferred: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
@@ -83,10 +92,55 @@ class Context:
         return self._identity
 
     async def session(self) -> AsyncSession:
-        """The operation's read session, opened on first use and closed at the end."""
+        """The operation's read session, opened on first use and closed at the end.
+
+        On the read replica when ``on_replica``: for content, never for deciding
+        who may see a thread (``checks``).
+        """
         if self._session is None:
-            self._session = self.runtime.db.shared_sessions()
+            replica = await self.on_replica()
+            if self._session is None:  # a sibling field may have opened it meanwhile
+                db = self.runtime.db
+                sessions = db.replica_sessions if replica else None
+                self._session = (sessions or db.shared_sessions)()
         return self._session
+
+    async def on_replica(self) -> bool:
+        """Whether this operation's content comes from the read replica, decided once:
+        a query, a replica configured, and a viewer who has not written lately (or none)."""
+        if self._on_replica is None:
+            replica = self.replica_ok and self.runtime.db.replica_usable
+            if replica and self.token:
+                try:
+                    viewer = await self.viewer()
+                except Unauthenticated:
+                    replica = False  # the fields that need a viewer will say so
+                else:
+                    replica = not await self.runtime.recent_writers.recent(viewer.id)
+            if self._on_replica is None:
+                self._on_replica = replica
+                if self.replica_ok and self.runtime.db.replica is not None:
+                    QUERY_READS.labels("replica" if replica else "primary").inc()
+        return self._on_replica
+
+    @asynccontextmanager
+    async def checks(self) -> AsyncIterator[AsyncSession]:
+        """A session for access decisions: always on the primary.
+
+        A lagging replica may still list someone just removed from a thread as a
+        participant; who may see what is read where it was written. Off the replica
+        this is the operation's own session. On it, a short-lived primary session:
+        an operation then never holds a primary connection while it waits for a
+        replica one, so the two pools cannot deadlock each other.
+        """
+        if not await self.on_replica():
+            yield await self.session()
+            return
+        session = self.runtime.db.shared_sessions()
+        try:
+            yield session
+        finally:
+            await asyncio.shield(session.close())
 
     @property
     def loaders(self) -> Loaders:
@@ -125,6 +179,8 @@ class Context:
         """
         self._loaders = None
         self.access.clear()
+        self._wrote = True
+        self._on_replica = False
         if self._session is not None:
             self._retired.append(self._session)
             self._session = None
@@ -143,6 +199,9 @@ class Context:
                 await asyncio.shield(session.close())
         self._session = None
         self._retired.clear()
+        if self._wrote and self._viewer is not None:
+            self._wrote = False
+            await self.runtime.recent_writers.wrote(self._viewer.id)
         deferred, self._deferred = self._deferred, []
         for work in deferred:
             try:

@@ -15,6 +15,7 @@ import base64
 import binascii
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -177,3 +178,11 @@ def make_page(
     else:
         has_next, has_previous = extra, request.after is not None
     return Page(rows, [encode_cursor(key(r)) for r in rows], has_next, has_previous)
+
+
+def only(page: Page[T], keep: Callable[[T], bool]) -> Page[T]:
+    """The page without the items ``keep`` refuses (their cursors go with them)."""
+    kept = [
+        (item, cursor) for item, cursor in zip(page.items, page.cursors, strict=True) if keep(item)
+    ]
+    return Page([i for i, _ in kept], [c for _, c in kept], page.has_next, page.has_previous)

@@ -145,6 +145,7 @@ class OperationRunner:
                 kind = operation.operation
                 if kind is OperationType.SUBSCRIPTION:
                     return refused_over_http()
+                _reads_for(own, kind)
                 if allowed is not None and ALLOWED[kind] not in allowed:
                     raise InvalidOperationTypeError(ALLOWED[kind])  # the view's 400
                 if self.fast:
@@ -189,6 +190,7 @@ class OperationRunner:
             operation = plan.operation
             kind = operation.operation if operation is not None else None
             if kind is not None and (allowed is None or ALLOWED[kind] in allowed):
+                _reads_for(own, kind)
                 if self.fast and kind in QUERY_AND_MUTATION:
                     OPERATIONS_BY_KIND[kind.value, DIRECT].inc()
                     yield await self._direct(
@@ -288,6 +290,13 @@ def _own(context: Any) -> Context | None:
     if not isinstance(context, Context):
         return None
     return context.fork() if context.connection is not None else context
+
+
+def _reads_for(context: Context | None, kind: OperationType) -> None:
+    """Only a query may read its content from the read replica: a mutation reads
+    what it wrote, a subscription's log reads must be gap-free."""
+    if context is not None:
+        context.replica_ok = kind is OperationType.QUERY
 
 
 def _strawberry_executor() -> type[Executor[Any]]:

@@ -1,0 +1,105 @@
+"""Who wrote lately: the users whose reads go to the primary, not the read replica.
+
+A client that has just changed something must see it in its next read, and a hot
+standby may not have replayed the change yet. So for READ_AFTER_WRITE_SECONDS
+after a user's write their query operations read the primary. The mark is kept in
+this process and, with ``REDIS_URL``, in Redis (a key per user that expires with
+the window), because the client's next request may reach another process. When
+Redis cannot answer, a user counts as a recent writer: reading the primary is
+always correct, only less spread out.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any, Final
+
+from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from threadline.realtime.caches import TTLCache
+from threadline.realtime.redis_pool import redis_pool
+
+log = logging.getLogger(__name__)
+
+KEY_PREFIX: Final = "threadline:wrote:"
+# Asked once per query operation: Redis answers in well under a millisecond, and a
+# request must not wait long for a hint whose safe default (the primary) is at hand.
+_REDIS_TIMEOUT_SECONDS: Final = 0.5
+# After a failure, Redis is skipped (everyone reads the primary) for this long.
+_SKIP_REDIS_SECONDS: Final = 1.0
+_LOCAL_SIZE: Final = 100_000
+
+
+class RecentWriters:
+    def __init__(self, redis_url: str | None, seconds: float) -> None:
+        self.seconds = seconds
+        self._local: TTLCache[uuid.UUID, bool] = TTLCache(seconds, _LOCAL_SIZE)
+        self._pool: ConnectionPool[Any] | None = None
+        self._redis: Redis[Any] | None = None
+        if redis_url is not None:
+            self._pool = redis_pool(
+                redis_url,
+                socket_connect_timeout=_REDIS_TIMEOUT_SECONDS,
+                socket_timeout=_REDIS_TIMEOUT_SECONDS,
+                retry=Retry(NoBackoff(), 1),
+            )
+            self._redis = Redis(connection_pool=self._pool)
+        self._skip_redis_until = 0.0
+        self._redis_down = False
+
+    async def wrote(self, user_id: uuid.UUID) -> None:
+        """Mark ``user_id`` as having just written (after the commit, before the answer)."""
+        if self.seconds <= 0:
+            return
+        self._local.put(user_id, True)
+        if self._redis is None or self._skipping():
+            return
+        try:
+            await self._redis.set(KEY_PREFIX + str(user_id), 1, px=int(self.seconds * 1000))
+        except (RedisError, OSError) as exc:
+            self._failed(exc)
+        else:
+            self._answered()
+
+    async def recent(self, user_id: uuid.UUID) -> bool:
+        """Whether ``user_id`` wrote within the window (so must read the primary)."""
+        if self.seconds <= 0:
+            return False
+        if self._local.get(user_id) is not None:
+            return True
+        if self._redis is None:
+            return False
+        if self._skipping():
+            return True
+        try:
+            found = await self._redis.exists(KEY_PREFIX + str(user_id))
+        except (RedisError, OSError) as exc:
+            self._failed(exc)
+            return True
+        self._answered()
+        return bool(found)
+
+    async def aclose(self) -> None:
+        if self._pool is not None:
+            await self._pool.disconnect()
+
+    def _skipping(self) -> bool:
+        return time.monotonic() < self._skip_redis_until
+
+    def _failed(self, exc: BaseException) -> None:
+        self._skip_redis_until = time.monotonic() + _SKIP_REDIS_SECONDS
+        if not self._redis_down:
+            self._redis_down = True
+            log.warning(
+                "Redis unreachable (%s): every query reads the primary until it is back", exc
+            )
+
+    def _answered(self) -> None:
+        if self._redis_down:
+            self._redis_down = False
+            log.info("Redis reachable again: queries read the replica again")
