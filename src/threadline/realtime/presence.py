@@ -408,16 +408,17 @@ class PresenceTracker:
         now: float,
     ) -> list[tuple[int, bool, float | None]]:
         """(live leases, away, last seen) per user, in one pipeline (no MULTI: reads only;
-        one MGET per user, whose keys share a slot)."""
+        no MGET, which a cluster pipeline refuses)."""
         async with redis.pipeline(transaction=False) as pipe:
             for user_id, _ in users:
                 leases, seen_key, away_key = _user_keys(self._prefix, user_id)
                 pipe.zcount(leases, now, "+inf")
-                pipe.mget([away_key, seen_key])
+                pipe.exists(away_key)
+                pipe.get(seen_key)
             replies = await pipe.execute()
         return [
-            (int(n), a is not None, float(s) if s else None)
-            for n, (a, s) in zip(replies[::2], replies[1::2], strict=True)
+            (int(n), bool(a), float(s) if s else None)
+            for n, a, s in zip(replies[::3], replies[1::3], replies[2::3], strict=True)
         ]
 
     def _state_here(
