@@ -4,7 +4,8 @@
 and a Redis Cluster with sharded pub/sub, or ``sqlite``, default sqlite). The schema
 is migrated once per session; each test starts from empty tables (PostgreSQL:
 TRUNCATE; SQLite: a fresh copy of the migrated file) and a flushed Redis database
-(on the cluster: keys and channels under a prefix of its own). Clients are real: httpx over TCP and WebSocket clients.
+(on the cluster: keys and channels under a prefix of its own). Clients are real:
+httpx over TCP and WebSocket clients.
 """
 
 from __future__ import annotations

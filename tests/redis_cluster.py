@@ -11,6 +11,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
@@ -69,13 +70,34 @@ class OwnCluster:
         os.kill(pid, signal.SIGKILL)
 
     async def master_of(self, name: str) -> int:
-        """The port of the master that serves a key or channel name."""
-        client: Any = RedisCluster.from_url(self.url)
+        return await master_of(self.url, name)
+
+    async def move_slot_of(self, name: str) -> int:
+        """Reshard: hand the (keyless) slot of ``name`` to another master; its port."""
+        slot = key_slot(name.encode())
+        source = await self.master_of(name)
+        target = next(port for port in self.ports if port != source)
+        nodes = {port: Redis(port=port) for port in self.ports}
         try:
-            slot = key_slot(name.encode())
-            for (start, end), owner in (await client.execute_command("CLUSTER SLOTS")).items():
-                if start <= slot <= end:
-                    return int(owner["primary"][1])
+            ids = {port: await node.execute_command("CLUSTER MYID") for port, node in nodes.items()}
+            await nodes[target].execute_command("CLUSTER SETSLOT", slot, "IMPORTING", ids[source])
+            await nodes[source].execute_command("CLUSTER SETSLOT", slot, "MIGRATING", ids[target])
+            for port in (target, source, *(p for p in self.ports if p not in {source, target})):
+                await nodes[port].execute_command("CLUSTER SETSLOT", slot, "NODE", ids[target])
         finally:
-            await client.aclose()
-        raise LookupError(f"no master serves slot {slot}")
+            for node in nodes.values():
+                await node.aclose()
+        return target
+
+
+async def master_of(url: str, name: str) -> int:
+    """The port of the master that serves a key or channel name."""
+    client: Any = RedisCluster.from_url(url)
+    slot = key_slot(name.encode())
+    try:
+        for (start, end), owner in (await client.execute_command("CLUSTER SLOTS")).items():
+            if start <= slot <= end:
+                return int(owner["primary"][1])
+    finally:
+        await client.aclose()
+    raise LookupError(f"no master serves slot {slot}")

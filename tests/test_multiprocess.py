@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 import jwt
 import pytest
+import redis.asyncio
 import websockets
 from svix.webhooks import Webhook
 
@@ -37,7 +38,7 @@ from tests.conftest import (
 )
 from tests.deployment import threadline
 from tests.processes import spawn_serve
-from tests.redis_cluster import OwnCluster
+from tests.redis_cluster import OwnCluster, master_of
 from tests.test_thread_events import EVENTS
 from tests.wsclient import GraphQLWS
 from threadline.config import Settings
@@ -325,3 +326,39 @@ async def test_a_system_role_change_closes_the_users_sockets_on_every_process(
         took = time.perf_counter() - started
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 4403
         print(f"setUserRole on one process closed the socket on the other in {took:.2f} s")
+
+
+@pytest.mark.skipif(not CLUSTER, reason="sharded pub/sub: the cluster row")
+async def test_each_process_holds_one_sharded_subscription_connection_per_shard(
+    two: tuple[Process, Process], settings: Settings, redis_url: str
+) -> None:
+    a, b = two
+    async with httpx.AsyncClient(base_url=b.base, timeout=30) as http:
+        alice, bob = await signed_in(http, "alice"), await signed_in(http, "bob")
+        # Threads until every master serves at least one of their channels.
+        threads: dict[str, int] = {}
+        while len(set(threads.values())) < 3 or len(threads) < 12:
+            tid = await factories.thread(alice, bob)
+            threads[tid] = await master_of(redis_url, f"{settings.redis_prefix}thread:{tid}")
+        sockets = [
+            await GraphQLWS.connect(a.ws_url, bob.token),
+            await GraphQLWS.connect(b.ws_url, alice.token),
+        ]
+        for ws in sockets:
+            for tid in threads:
+                await ws.subscribe(EVENTS, {"t": tid, "after": 0})
+        for tid in threads:
+            await factories.send(alice, tid, "to every shard")
+        for ws in sockets:
+            got = [(await ws.next())["payload"]["data"]["threadEvents"]["seq"] for _ in threads]
+            assert got == [1] * len(threads)
+        masters = sorted(set(threads.values()))
+        for port in masters:
+            async with redis.asyncio.Redis(port=port) as node:
+                names = [client["name"] for client in await node.client_list()]
+            for process in (a, b):
+                held = names.count(f"threadline-subscriber-{process.proc.pid}")
+                assert held == 1, (port, process.proc.pid, names)
+        print(f"{len(threads)} threads on {len(masters)} shards: one subscriber connection each")
+        for ws in sockets:
+            await ws.close()
