@@ -13,7 +13,7 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -238,28 +238,19 @@ async def test_events_committed_while_redis_was_down_still_reach_the_subscriber(
         return proc
 
     redis_proc = await start_redis()
+
+    async def outage(_: str) -> None:
+        redis_proc.kill()
+        await redis_proc.wait()
+
+    async def restart() -> None:
+        nonlocal redis_proc
+        redis_proc = await start_redis()
+        await asyncio.sleep(1)
+
     server = await spawn(settings, redis_url)
     try:
-        async with httpx.AsyncClient(base_url=server.base, timeout=30) as http:
-            alice, bob = await signed_in(http, "alice"), await signed_in(http, "bob")
-            tid = await factories.thread(alice, bob)
-            ws = await GraphQLWS.connect(server.ws_url, bob.token)
-            await ws.subscribe(EVENTS, {"t": tid, "after": 0})
-            for i in range(20):
-                await factories.send(alice, tid, f"before {i}")
-            redis_proc.kill()
-            await redis_proc.wait()
-            for i in range(20):  # mutations still succeed: the event log has them
-                await factories.send(alice, tid, f"during {i}")
-            redis_proc = await start_redis()
-            await asyncio.sleep(1)
-            for i in range(20):
-                await factories.send(alice, tid, f"after {i}")
-            seqs = []
-            while len(seqs) < 60:
-                seqs.append((await ws.next(timeout=15))["payload"]["data"]["threadEvents"]["seq"])
-            assert seqs == list(range(1, 61))
-            await ws.close()
+        await _every_seq_once_across(server, outage, restart)
     finally:
         await stop(server)
         if redis_proc.returncode is None:
@@ -272,33 +263,46 @@ async def _a_master_killed_and_restarted(settings: Settings, tmp_path: Path) -> 
     restarted; the process resubscribes on it and fills the gap from the log."""
     cluster = OwnCluster(tmp_path / "cluster")
     await cluster.start()
+
+    async def outage(tid: str) -> None:
+        cluster.kill(await cluster.master_of(f"{settings.redis_prefix}thread:{tid}"))
+
     server = await spawn(settings, cluster.url)
     try:
-        async with httpx.AsyncClient(base_url=server.base, timeout=30) as http:
-            alice, bob = await signed_in(http, "alice"), await signed_in(http, "bob")
-            tid = await factories.thread(alice, bob)
-            ws = await GraphQLWS.connect(server.ws_url, bob.token)
-            await ws.subscribe(EVENTS, {"t": tid, "after": 0})
-            for i in range(20):
-                await factories.send(alice, tid, f"before {i}")
-            port = await cluster.master_of(f"{settings.redis_prefix}thread:{tid}")
-            cluster.kill(port)
-            started = time.perf_counter()
-            for i in range(20):  # mutations still succeed: the event log has them
-                await factories.send(alice, tid, f"during {i}")
-            during = time.perf_counter() - started
-            await cluster.start()  # the killed master comes back with its slots
-            for i in range(20):
-                await factories.send(alice, tid, f"after {i}")
-            seqs = []
-            while len(seqs) < 60:
-                seqs.append((await ws.next(timeout=15))["payload"]["data"]["threadEvents"]["seq"])
-            assert seqs == list(range(1, 61))
-            print(f"20 sends with the thread's master down took {during:.2f} s")
-            await ws.close()
+        # The killed master comes back with its slots (its cluster config is kept).
+        await _every_seq_once_across(server, outage, cluster.start)
     finally:
         await stop(server)
         await cluster.stop()
+
+
+async def _every_seq_once_across(
+    server: Process,
+    outage: Callable[[str], Awaitable[None]],
+    restart: Callable[[], Awaitable[None]],
+) -> None:
+    """20 messages before an outage (given the thread id), 20 during, 20 after the
+    restart: the subscriber gets every seq once, in order."""
+    async with httpx.AsyncClient(base_url=server.base, timeout=30) as http:
+        alice, bob = await signed_in(http, "alice"), await signed_in(http, "bob")
+        tid = await factories.thread(alice, bob)
+        ws = await GraphQLWS.connect(server.ws_url, bob.token)
+        await ws.subscribe(EVENTS, {"t": tid, "after": 0})
+        for i in range(20):
+            await factories.send(alice, tid, f"before {i}")
+        await outage(tid)
+        started = time.perf_counter()
+        for i in range(20):  # mutations still succeed: the event log has them
+            await factories.send(alice, tid, f"during {i}")
+        print(f"20 sends during the outage took {time.perf_counter() - started:.2f} s")
+        await restart()
+        for i in range(20):
+            await factories.send(alice, tid, f"after {i}")
+        seqs = []
+        while len(seqs) < 60:
+            seqs.append((await ws.next(timeout=15))["payload"]["data"]["threadEvents"]["seq"])
+        assert seqs == list(range(1, 61))
+        await ws.close()
 
 
 async def test_a_system_role_change_closes_the_users_sockets_on_every_process(

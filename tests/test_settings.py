@@ -32,3 +32,15 @@ def test_a_bad_limit_in_the_environment_stops_start_up_with_its_name() -> None:
     with pytest.raises(ConfigError, match="MAX_QUERY_DEPTH"):
         load_settings(max_query_depth=0, _env_file=None)
     assert load_settings(rate_limit_upload=" 5 / 30 ", _env_file=None).rate_limit_upload == "5/30"
+
+
+def test_a_redis_cluster_needs_a_node_and_a_prefix_may_not_make_a_hash_tag() -> None:
+    with pytest.raises(ConfigError, match="REDIS_CLUSTER=on needs REDIS_URL"):
+        load_settings(redis_cluster="on", _env_file=None)
+    with pytest.raises(ConfigError, match=r"REDIS_PREFIX: .*braces"):
+        load_settings(redis_prefix="{deployment}:", _env_file=None)
+    clustered = load_settings(
+        redis_url="redis://127.0.0.1:7101/0", redis_cluster="on", redis_prefix="a:", _env_file=None
+    )
+    assert clustered.redis_cluster is True
+    assert clustered.redis_prefix == "a:"

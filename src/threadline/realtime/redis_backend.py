@@ -568,8 +568,8 @@ class SubscriberConnection:
     def _note_failure(self, exc: BaseException) -> None:
         self.last_error = _describe(exc)
         self.first_attempt.set()
-        if self._sharded:
-            self._trouble(exc)
+        if self._on_trouble is not None:
+            self._on_trouble()  # its slots may have moved (a failover)
         # One warning per outage; the retries that follow it would only be noise.
         if self._outage_logged:
             logger.debug("Redis subscriber connection attempt failed: %s", self.last_error)
