@@ -29,12 +29,12 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 import orjson
-from redis.exceptions import RedisError
 
 from threadline.errors import ServiceUnavailable
 from threadline.metrics import PRESENCE_UNAVAILABLE
 from threadline.realtime.channels import Publisher, presence_channel
 from threadline.realtime.redis_pool import (
+    REDIS_ERRORS,
     CommandClient,
     RedisTarget,
     as_target,
@@ -61,7 +61,7 @@ SKIP_REDIS_SECONDS = 1.0
 WARN_INTERVAL_SECONDS = 60.0
 
 PROCESSES_KEY: Final = "presence:processes"
-_REDIS_ERRORS: Final = (RedisError, OSError, TimeoutError)
+_REDIS_ERRORS: Final = REDIS_ERRORS
 
 # A user's keys carry their id as a hash tag ({...}): on a Redis Cluster they share
 # one slot, so that one script can read and write them together. A script, not

@@ -25,11 +25,10 @@ from limits.errors import StorageError
 from redis.asyncio import ConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
 
 from threadline.config import Settings
 from threadline.errors import RateLimited
-from threadline.realtime.redis_pool import RedisTarget, as_target, redis_pool
+from threadline.realtime.redis_pool import REDIS_ERRORS, RedisTarget, as_target, redis_pool
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +79,7 @@ _SKIP_REDIS_AFTER_FAILURE_SECONDS: Final = 1.0
 # per call, which would flood the log exactly when operators need to read it.
 _WARN_INTERVAL_SECONDS: Final = 60.0
 
-_STORAGE_ERRORS: Final = (StorageError, RedisError, OSError)
+_STORAGE_ERRORS: Final = (StorageError, *REDIS_ERRORS)
 
 
 class RateLimiter:

@@ -25,7 +25,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
 from threadline.metrics import BROKER_RECONNECTS
-from threadline.realtime.redis_pool import close_client, redis_pool
+from threadline.realtime.redis_pool import REDIS_ERRORS, close_client, redis_pool
 
 logger = logging.getLogger(__name__)
 
@@ -256,7 +256,7 @@ class RedisBackend:
                 await pipe.execute()
         except BrokerUnavailable as exc:
             failure = exc
-        except (RedisError, OSError, TimeoutError) as exc:
+        except REDIS_ERRORS as exc:
             failure = BrokerUnavailable(f"cannot publish: Redis unreachable ({_describe(exc)})")
         for _, _, taken in batch:
             if taken.done():

@@ -23,14 +23,18 @@ from urllib.parse import urlsplit, urlunsplit
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
-from redis.exceptions import RedisError
 
 from threadline.realtime.redis_backend import (
     ConnectionRestored,
     RedisBackend,
     SubscriberConnection,
 )
-from threadline.realtime.redis_pool import CommandClient, RedisTarget, command_client
+from threadline.realtime.redis_pool import (
+    REDIS_ERRORS,
+    CommandClient,
+    RedisTarget,
+    command_client,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +94,7 @@ class ClusterBackend(RedisBackend):
     async def _start_subscribers(self) -> None:
         try:
             await self._refresh()
-        except (RedisError, OSError, TimeoutError) as exc:
+        except REDIS_ERRORS as exc:
             logger.warning("Redis Cluster slot map unavailable: %s; retrying", exc)
         if self._slots is None:
             self._stale.set()
@@ -154,7 +158,7 @@ class ClusterBackend(RedisBackend):
             self._stale.clear()
             try:
                 await self._refresh()
-            except (RedisError, OSError, TimeoutError) as exc:
+            except REDIS_ERRORS as exc:
                 logger.debug("Redis Cluster slot map not read: %s", exc)
                 self._stale.set()
             except Exception:  # a bug must not stop the following

@@ -8,14 +8,19 @@ lease, that fails most of the releases. A blocking pool queues them instead.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Final, cast
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisClusterException, RedisError
 
 from threadline.config import Settings
+
+# What a command client raises when Redis cannot answer: the cluster client's own
+# exception (no reachable node, a slot no master serves) is not a RedisError.
+REDIS_ERRORS: Final = (RedisError, RedisClusterException, OSError, TimeoutError)
 
 MAX_CONNECTIONS = 64
 WAIT_SECONDS = 10.0

@@ -15,19 +15,23 @@ import time
 import uuid
 from collections.abc import Callable
 
-from redis.exceptions import RedisError
-
 from threadline.errors import ServiceUnavailable
 from threadline.realtime.broker import BrokerError
 from threadline.realtime.channels import Publisher, activity_channel, encode_activity
-from threadline.realtime.redis_pool import RedisTarget, as_target, close_client, fail_fast_client
+from threadline.realtime.redis_pool import (
+    REDIS_ERRORS,
+    RedisTarget,
+    as_target,
+    close_client,
+    fail_fast_client,
+)
 from threadline.services.events import ActivityEvent
 
 log = logging.getLogger(__name__)
 
 TYPING_SECONDS = 6.0
 # Redis (typing state) or the broker (announcing it) unreachable.
-_UNREACHABLE = (RedisError, OSError, TimeoutError, BrokerError)
+_UNREACHABLE = (*REDIS_ERRORS, BrokerError)
 
 
 class TypingTracker:
