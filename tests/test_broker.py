@@ -484,3 +484,27 @@ async def test_a_channel_whose_slot_moves_to_another_master_follows_it(
     finally:
         await broker.disconnect()
         await cluster.stop()
+
+
+@pytest.mark.skipif(not CLUSTER, reason="runs on the cluster row (a cluster of its own)")
+async def test_a_channel_subscribed_before_the_cluster_is_up_is_subscribed_when_it_is(
+    tmp_path: Path, channel: Callable[[str], str]
+) -> None:
+    cluster = OwnCluster(tmp_path / "cluster")  # its ports are chosen, nothing runs there yet
+    broker = Broker(RedisTarget(cluster.url, cluster=True))
+    await broker.connect()
+    try:
+        assert broker.health()["connected"] is False
+        assert "no slot map" in str(broker.health()["last_error"])
+        async with broker.subscribe(channel("early")) as subscriber:
+            await cluster.start()
+            assert await asyncio.wait_for(anext(subscriber), 15) is RECONNECTED
+            await broker.publish(channel("early"), "hello")
+            # A cluster still forming may move the channel once more: another marker.
+            while (item := await receive(subscriber)) is RECONNECTED:
+                pass
+            assert item == "hello"
+            assert broker.health()["connected"] is True
+    finally:
+        await broker.disconnect()
+        await cluster.stop()

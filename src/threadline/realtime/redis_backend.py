@@ -258,6 +258,8 @@ class RedisBackend:
             failure = exc
         except REDIS_ERRORS as exc:
             failure = BrokerUnavailable(f"cannot publish: Redis unreachable ({_describe(exc)})")
+        except Exception as exc:  # an odd state of the cluster client: lost to pub/sub only
+            failure = BrokerUnavailable(f"cannot publish: {_describe(exc)}")
         for _, _, taken in batch:
             if taken.done():
                 continue

@@ -20,6 +20,7 @@ import logging
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
@@ -44,10 +45,15 @@ REFRESH_INTERVAL_SECONDS = 0.5
 
 
 class SlotMap:
-    """Which master serves each of the cluster's 16384 slots, from CLUSTER SLOTS."""
+    """Which master serves each of the cluster's 16384 slots, from CLUSTER SLOTS
+    as one node answers it (an empty host there is that node's own)."""
 
-    def __init__(self, ranges: dict[tuple[int, int], dict[str, Any]]) -> None:
-        rows = sorted((int(a), int(b), tuple(owner["primary"])) for (a, b), owner in ranges.items())
+    def __init__(self, reply: list[Any], asked: str) -> None:
+        rows = []
+        for start, end, (host, port, *_), *_ in reply:
+            name = host.decode() if isinstance(host, bytes) else str(host)
+            rows.append((int(start), int(end), (name or asked, int(port))))
+        rows.sort()
         self._starts = [start for start, _, _ in rows]
         self._rows = rows
 
@@ -80,6 +86,7 @@ class ClusterBackend(RedisBackend):
         self._wanted: set[str] = set()
         self._assigned: dict[str, SubscriberConnection] = {}
         self._slots: SlotMap | None = None
+        self._slots_error: str | None = None
         self._stale = asyncio.Event()
         self._topology: asyncio.Task[None] | None = None
 
@@ -95,6 +102,7 @@ class ClusterBackend(RedisBackend):
         try:
             await self._refresh()
         except REDIS_ERRORS as exc:
+            self._slots_error = f"no slot map: {exc}"
             logger.warning("Redis Cluster slot map unavailable: %s; retrying", exc)
         if self._slots is None:
             self._stale.set()
@@ -118,6 +126,8 @@ class ClusterBackend(RedisBackend):
         report["backend"] = "redis-cluster"
         report["shards"] = len(self._shards)
         report["connected"] = report["connected"] and self._slots is not None
+        if self._slots is None:
+            report["last_error"] = self._slots_error
         return report
 
     # -- broker.Backend -----------------------------------------------------------
@@ -160,21 +170,38 @@ class ClusterBackend(RedisBackend):
                 await self._refresh()
             except REDIS_ERRORS as exc:
                 logger.debug("Redis Cluster slot map not read: %s", exc)
+                if self._slots is None:
+                    self._slots_error = f"no slot map: {exc}"
                 self._stale.set()
             except Exception:  # a bug must not stop the following
                 logger.exception("Redis Cluster slot map refresh failed")
                 self._stale.set()
             await asyncio.sleep(max(0.0, started + REFRESH_INTERVAL_SECONDS - loop.time()))
 
+    async def _read_slots(self) -> SlotMap:
+        """CLUSTER SLOTS from the configured node, else from a master we know.
+
+        Asked on a connection of our own: redis-py's cluster client keeps no usable
+        map after it met a cluster that was still forming."""
+        failure: BaseException = ConnectionError("no node to ask")
+        seeds = [self._target.url, *(self._node_url(*master) for master in self._shards)]
+        for url in dict.fromkeys(seeds):
+            try:
+                async with asyncio.timeout(self._connect_timeout):
+                    async with Redis.from_url(url, retry=Retry(NoBackoff(), 0)) as node:
+                        ask: Any = node.execute_command  # untyped in types-redis
+                        reply = await ask("CLUSTER SLOTS")
+            except REDIS_ERRORS as exc:
+                failure = exc
+                continue
+            if reply:
+                return SlotMap(reply, str(urlsplit(url).hostname))
+            failure = ConnectionError("the cluster serves no slot yet")
+        raise failure
+
     async def _refresh(self) -> None:
-        # Any: types-redis leaves the cluster client's commands untyped.
-        publisher: Any = self._publisher
-        if publisher is None:
-            return
-        async with asyncio.timeout(2 * self._connect_timeout):
-            ranges = await publisher.execute_command("CLUSTER SLOTS")
-        slots = SlotMap(ranges)
-        self._slots = slots
+        slots = await self._read_slots()
+        self._slots, self._slots_error = slots, None
         for master in slots.masters - self._shards.keys():
             host, port = master
             self._shards[master] = self._new_link(self._node_url(host, port))
@@ -192,18 +219,25 @@ class ClusterBackend(RedisBackend):
         for channel in self._wanted:
             owner = self._owner(channel)
             current = self._assigned.get(channel)
-            if owner is current or owner is None:
+            if owner is None:
+                self._stale.set()  # a slot no master serves yet: ask again shortly
+                continue
+            if owner is current:
                 continue
             if current is not None:
                 current.channels.discard(channel)
             self._assigned[channel] = owner
             moved.setdefault(owner, []).append(channel)
+        changed: set[str] = set()
         for link, channels in moved.items():
             await link.subscribe(*channels)
+            # A connection still being made announces its channels itself once up.
+            if link.ready.is_set():
+                changed.update(channels)
         if moved:
             logger.info("Redis Cluster: %d channels moved shard", sum(map(len, moved.values())))
-            changed = frozenset(c for channels in moved.values() for c in channels)
-            await self._events.put(ConnectionRestored(changed))
+        if changed:
+            await self._events.put(ConnectionRestored(frozenset(changed)))
 
     def _node_url(self, host: str, port: int) -> str:
         """The URL of one node: the configured URL's scheme and credentials, its address."""

@@ -78,7 +78,9 @@ def command_client(target: RedisTarget, **options: Any) -> CommandClient[Any]:
             max_connections=CLUSTER_MAX_CONNECTIONS_PER_NODE,
             # A master that is down leaves its slots unserved; the others still answer.
             require_full_coverage=False,
-            **options,
+            # Keep asking the configured node: redis-py otherwise replaces it with the
+            # nodes it last saw, none at all if it met a cluster still forming.
+            **{"dynamic_startup_nodes": False, **options},
         )
         return cast("CommandClient[Any]", cluster)
     return Redis(connection_pool=redis_pool(target.url, **options))
