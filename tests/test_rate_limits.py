@@ -96,16 +96,20 @@ async def test_21st_message_in_2_seconds_is_refused_with_retry_after(
     make_limiter: MakeLimiter,
 ) -> None:
     limiter = make_limiter()
+    started = time.monotonic()
     await hit_times(limiter, Action.SEND_MESSAGE, "user_a", 20)
 
     with pytest.raises(RateLimited) as raised:
         await limiter.hit(Action.SEND_MESSAGE, "user_a")
 
-    # All 20 were sent just now, so the oldest leaves the window in just under 2 s.
+    # All 20 were sent just now, so the oldest leaves the window in just under 2 s
+    # (in under 1 s if a loaded machine took over a second to send them).
+    seconds = 2 if time.monotonic() - started < 1 else raised.value.retry_after
     assert raised.value.code is ErrorCode.RATE_LIMITED
-    assert raised.value.retry_after == 2
-    assert raised.value.extensions == {"retryAfter": 2}
-    assert "2 s" in raised.value.message
+    assert seconds in {1, 2}
+    assert raised.value.retry_after == seconds
+    assert raised.value.extensions == {"retryAfter": seconds}
+    assert f"{seconds} s" in raised.value.message
 
 
 async def test_window_moves_so_the_oldest_hit_frees_one_place(
