@@ -508,3 +508,28 @@ async def test_a_channel_subscribed_before_the_cluster_is_up_is_subscribed_when_
     finally:
         await broker.disconnect()
         await cluster.stop()
+
+
+@pytest.mark.skipif(not CLUSTER, reason="runs on the cluster row (a cluster of its own)")
+async def test_a_subscription_answered_moved_is_made_on_the_slots_new_master(
+    tmp_path: Path, channel: Callable[[str], str]
+) -> None:
+    cluster = OwnCluster(tmp_path / "cluster")
+    await cluster.start()
+    broker = Broker(RedisTarget(cluster.url, cluster=True))
+    await broker.connect()
+    try:
+        # The slot moves while nobody here listens on it: the broker's map is stale.
+        target = await cluster.move_slot_of(channel("late"))
+        async with broker.subscribe(channel("late")) as subscriber:
+            # The old master answered MOVED; the broker read the map again and
+            # subscribed on the new master, telling the subscriber to fill the gap.
+            assert await receive(subscriber) is RECONNECTED
+            await broker.publish(channel("late"), "found")
+            assert await receive(subscriber) == "found"
+            async with redis.asyncio.Redis(port=target) as node:
+                [(_, count)] = await node.execute_command("PUBSUB SHARDNUMSUB", channel("late"))
+            assert count == 1
+    finally:
+        await broker.disconnect()
+        await cluster.stop()
