@@ -1,9 +1,11 @@
 """Test harness: a real server per test, on PostgreSQL + Redis or SQLite + in-memory.
 
-``THREADLINE_TEST_BACKEND`` picks the backend (``postgres`` or ``sqlite``, default
-sqlite). The schema is migrated once per session; each test starts from empty
-tables (PostgreSQL: TRUNCATE; SQLite: a fresh copy of the migrated file) and a
-flushed Redis database. Clients are real: httpx over TCP and WebSocket clients.
+``THREADLINE_TEST_BACKEND`` picks the backend (``postgres``, ``cluster``: PostgreSQL
+and a Redis Cluster with sharded pub/sub, or ``sqlite``, default sqlite). The schema
+is migrated once per session; each test starts from empty tables (PostgreSQL:
+TRUNCATE; SQLite: a fresh copy of the migrated file) and a flushed Redis database
+(on the cluster: keys and channels under a prefix of its own). Clients are real:
+httpx over TCP and WebSocket clients.
 """
 
 from __future__ import annotations
@@ -35,6 +37,10 @@ from threadline.models import Base
 from threadline.uvicorn_seam import protocol_class
 
 BACKEND = os.environ.get("THREADLINE_TEST_BACKEND", "sqlite")
+# The cluster row is the PostgreSQL row with a Redis Cluster (scripts/redis-cluster) for Redis.
+CLUSTER = BACKEND == "cluster"
+ON_POSTGRES = BACKEND in {"postgres", "cluster"}
+REDIS_CLUSTER_URL = os.environ.get("THREADLINE_TEST_REDIS_CLUSTER", "redis://127.0.0.1:7101/0")
 PG_BASE = "postgresql+asyncpg://postgres@127.0.0.1:5432"
 REDIS_BASE = "redis://127.0.0.1:6379"
 DEV_SECRET = "test-dev-secret-" + "x" * 32
@@ -60,7 +66,7 @@ async def _pg_admin(sql: str) -> None:
 @pytest.fixture(scope="session")
 def migrated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The migrated template: a PostgreSQL database, or a SQLite file to copy."""
-    if BACKEND == "postgres":
+    if ON_POSTGRES:
         asyncio.run(_pg_admin(f"DROP DATABASE IF EXISTS {SESSION_DB} WITH (FORCE)"))
         asyncio.run(_pg_admin(f"CREATE DATABASE {SESSION_DB}"))
         url = f"{PG_BASE}/{SESSION_DB}"
@@ -85,7 +91,7 @@ async def _truncate(url: str) -> None:
 
 @pytest.fixture
 async def database_url(migrated: str, tmp_path: Path) -> str:
-    if BACKEND == "postgres":
+    if ON_POSTGRES:
         await _truncate(migrated)
         return migrated
     target = tmp_path / "threadline.db"
@@ -120,7 +126,30 @@ def redis_database() -> Iterator[int]:
 
 
 @pytest.fixture
-async def redis_url(redis_database: int) -> AsyncIterator[str | None]:
+def redis_prefix() -> str:
+    """The key and channel prefix of this test's deployment on a shared Redis Cluster
+    (database 0 only): no test hears or sees another's."""
+    return f"t{uuid.uuid4().hex[:12]}:" if CLUSTER else ""
+
+
+async def delete_cluster_keys(url: str, prefix: str) -> None:
+    """Delete every key under ``prefix`` on each master of the cluster."""
+    from redis.asyncio.cluster import RedisCluster
+
+    client: Any = RedisCluster.from_url(url)
+    try:
+        async for key in client.scan_iter(match=f"{prefix}*", target_nodes=RedisCluster.PRIMARIES):
+            await client.delete(key)
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+async def redis_url(redis_database: int, redis_prefix: str) -> AsyncIterator[str | None]:
+    if CLUSTER:
+        yield REDIS_CLUSTER_URL
+        await delete_cluster_keys(REDIS_CLUSTER_URL, redis_prefix)
+        return
     if BACKEND != "postgres":
         yield None
         return
@@ -135,10 +164,14 @@ async def redis_url(redis_database: int) -> AsyncIterator[str | None]:
 
 
 @pytest.fixture
-def settings(database_url: str, redis_url: str | None, tmp_path: Path) -> Settings:
+def settings(
+    database_url: str, redis_url: str | None, redis_prefix: str, tmp_path: Path
+) -> Settings:
     return Settings(
         database_url=database_url,
         redis_url=redis_url,
+        redis_cluster=CLUSTER,
+        redis_prefix=redis_prefix,
         dev_auth_secret=DEV_SECRET,  # type: ignore[arg-type]
         attachment_signing_secret=SIGNING_SECRET,  # type: ignore[arg-type]
         upload_dir=tmp_path / "uploads",
@@ -335,3 +368,12 @@ def server_errors(request: pytest.FixtureRequest) -> Iterator[ServerErrors]:
 
 def unique(prefix: str = "x") -> str:
     return f"{prefix}{uuid.uuid4().hex[:8]}"
+
+
+def redis_environment(settings: Settings) -> dict[str, str]:
+    """The Redis variables of a `threadline serve` child process for these settings."""
+    return {
+        "REDIS_URL": settings.redis_url or "",
+        "REDIS_CLUSTER": "on" if settings.redis_cluster else "off",
+        "REDIS_PREFIX": settings.redis_prefix,
+    }

@@ -11,11 +11,14 @@ import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 
 import pytest
 import redis.asyncio
 from prometheus_client import REGISTRY
 
+from tests.conftest import CLUSTER, REDIS_CLUSTER_URL
+from tests.redis_cluster import OwnCluster, master_of
 from threadline.realtime.broker import (
     RECONNECTED,
     Broker,
@@ -25,8 +28,11 @@ from threadline.realtime.broker import (
     Subscriber,
     SubscriberOverflow,
 )
+from threadline.realtime.redis_pool import RedisTarget
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
+# On the cluster row, "redis" is the shared Redis Cluster with sharded pub/sub.
+REDIS: str | RedisTarget = RedisTarget(REDIS_CLUSTER_URL, cluster=True) if CLUSTER else REDIS_URL
 # Long enough for a loaded machine, short enough that a bug fails instead of hanging.
 RECEIVE = 2.0
 
@@ -36,12 +42,12 @@ MakeBroker = Callable[..., Broker]
 @pytest.fixture(
     params=[
         pytest.param(None, id="memory"),
-        pytest.param(REDIS_URL, id="redis", marks=pytest.mark.redis_only),
+        pytest.param(REDIS, id="redis", marks=pytest.mark.redis_only),
     ]
 )
 async def make_broker(request: pytest.FixtureRequest) -> AsyncIterator[MakeBroker]:
     """Builds unconnected brokers on one backend; disconnects them after the test."""
-    redis_url: str | None = request.param
+    redis_url: str | RedisTarget | None = request.param
     made: list[Broker] = []
 
     def make(*, queue_limit: int = 1000) -> Broker:
@@ -70,6 +76,12 @@ async def receive_count(subscriber: Subscriber, count: int) -> list[str | Reconn
 
 
 async def redis_subscriber_count(name: str, url: str = REDIS_URL) -> int:
+    if CLUSTER and url == REDIS_URL:
+        # Sharded subscriptions are counted by the master that serves the channel.
+        port = await master_of(REDIS_CLUSTER_URL, name)
+        async with redis.asyncio.Redis(port=port) as node:
+            [(_, count)] = await node.execute_command("PUBSUB SHARDNUMSUB", name)
+            return int(count)
     async with redis.asyncio.Redis.from_url(url) as client:
         [(_, count)] = await client.pubsub_numsub(name)
         return int(count)
@@ -146,7 +158,7 @@ async def test_a_subscriber_that_left_gets_nothing_more_and_the_others_carry_on(
 async def test_redis_sees_one_subscription_per_channel_until_the_last_subscriber_leaves(
     channel: Callable[[str], str],
 ) -> None:
-    broker = Broker(REDIS_URL)
+    broker = Broker(REDIS)
     await broker.connect()
     try:
         async with contextlib.AsyncExitStack() as stack:
@@ -167,6 +179,7 @@ async def test_redis_sees_one_subscription_per_channel_until_the_last_subscriber
 
 
 @pytest.mark.redis_only
+@pytest.mark.skipif(CLUSTER, reason="a Redis Cluster has database 0 only")
 async def test_deployments_on_different_redis_databases_do_not_hear_each_other(
     channel: Callable[[str], str],
 ) -> None:
@@ -288,7 +301,7 @@ async def test_health_describes_the_backend(make_broker: MakeBroker) -> None:
     broker = make_broker()
     await broker.connect()
     health = broker.health()
-    assert health["backend"] in {"memory", "redis"}
+    assert health["backend"] in {"memory", "redis", "redis-cluster"}
     assert health["connected"] is True
     assert health["reconnects"] == 0
     assert health["last_error"] is None
@@ -441,3 +454,82 @@ async def test_with_redis_unreachable_connect_returns_and_publish_fails_fast() -
         assert time.monotonic() - started < 3  # the 1 s publish timeout, with a margin
     finally:
         await broker.disconnect()
+
+
+# -- Redis Cluster -------------------------------------------------------------
+
+
+@pytest.mark.skipif(not CLUSTER, reason="runs on the cluster row (a cluster of its own)")
+async def test_a_channel_whose_slot_moves_to_another_master_follows_it(
+    tmp_path: Path, channel: Callable[[str], str]
+) -> None:
+    cluster = OwnCluster(tmp_path / "cluster")
+    await cluster.start()
+    broker = Broker(RedisTarget(cluster.url, cluster=True))
+    await broker.connect()
+    try:
+        async with broker.subscribe(channel("moving")) as subscriber:
+            await broker.publish(channel("moving"), "before")
+            assert await receive(subscriber) == "before"
+            target = await cluster.move_slot_of(channel("moving"))
+            # Redis unsubscribes the channel on its old master; the broker finds the
+            # new one, subscribes there, and tells the subscriber to fill the gap.
+            assert await receive(subscriber) is RECONNECTED
+            await broker.publish(channel("moving"), "after")
+            assert await receive(subscriber) == "after"
+            async with redis.asyncio.Redis(port=target) as node:
+                [(_, count)] = await node.execute_command("PUBSUB SHARDNUMSUB", channel("moving"))
+            assert count == 1
+            assert broker.health()["shards"] == 3
+    finally:
+        await broker.disconnect()
+        await cluster.stop()
+
+
+@pytest.mark.skipif(not CLUSTER, reason="runs on the cluster row (a cluster of its own)")
+async def test_a_channel_subscribed_before_the_cluster_is_up_is_subscribed_when_it_is(
+    tmp_path: Path, channel: Callable[[str], str]
+) -> None:
+    cluster = OwnCluster(tmp_path / "cluster")  # its ports are chosen, nothing runs there yet
+    broker = Broker(RedisTarget(cluster.url, cluster=True))
+    await broker.connect()
+    try:
+        assert broker.health()["connected"] is False
+        assert "no slot map" in str(broker.health()["last_error"])
+        async with broker.subscribe(channel("early")) as subscriber:
+            await cluster.start()
+            assert await asyncio.wait_for(anext(subscriber), 15) is RECONNECTED
+            await broker.publish(channel("early"), "hello")
+            # A cluster still forming may move the channel once more: another marker.
+            while (item := await receive(subscriber)) is RECONNECTED:
+                pass
+            assert item == "hello"
+            assert broker.health()["connected"] is True
+    finally:
+        await broker.disconnect()
+        await cluster.stop()
+
+
+@pytest.mark.skipif(not CLUSTER, reason="runs on the cluster row (a cluster of its own)")
+async def test_a_subscription_answered_moved_is_made_on_the_slots_new_master(
+    tmp_path: Path, channel: Callable[[str], str]
+) -> None:
+    cluster = OwnCluster(tmp_path / "cluster")
+    await cluster.start()
+    broker = Broker(RedisTarget(cluster.url, cluster=True))
+    await broker.connect()
+    try:
+        # The slot moves while nobody here listens on it: the broker's map is stale.
+        target = await cluster.move_slot_of(channel("late"))
+        async with broker.subscribe(channel("late")) as subscriber:
+            # The old master answered MOVED; the broker read the map again and
+            # subscribed on the new master, telling the subscriber to fill the gap.
+            assert await receive(subscriber) is RECONNECTED
+            await broker.publish(channel("late"), "found")
+            assert await receive(subscriber) == "found"
+            async with redis.asyncio.Redis(port=target) as node:
+                [(_, count)] = await node.execute_command("PUBSUB SHARDNUMSUB", channel("late"))
+            assert count == 1
+    finally:
+        await broker.disconnect()
+        await cluster.stop()

@@ -1,7 +1,8 @@
 """Several `threadline serve` processes on one PostgreSQL and one Redis behave as one server.
 
 These start real server processes (and, for the restart test, their own
-redis-server), so they run on the PostgreSQL backend only.
+redis-server, or their own Redis Cluster), so they run on the PostgreSQL backends
+only: with one Redis, and with a Redis Cluster (sharded pub/sub).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,18 +21,29 @@ from pathlib import Path
 import httpx
 import jwt
 import pytest
+import redis.asyncio
 import websockets
 from svix.webhooks import Webhook
 
 from tests import factories
-from tests.conftest import BACKEND, DEV_SECRET, SIGNING_SECRET, Api, free_port, token_for
+from tests.conftest import (
+    CLUSTER,
+    DEV_SECRET,
+    ON_POSTGRES,
+    SIGNING_SECRET,
+    Api,
+    free_port,
+    redis_environment,
+    token_for,
+)
 from tests.deployment import threadline
 from tests.processes import spawn_serve
+from tests.redis_cluster import OwnCluster, master_of
 from tests.test_thread_events import EVENTS
 from tests.wsclient import GraphQLWS
 from threadline.config import Settings
 
-pytestmark = pytest.mark.skipif(BACKEND != "postgres", reason="needs PostgreSQL and Redis")
+pytestmark = pytest.mark.skipif(not ON_POSTGRES, reason="needs PostgreSQL and Redis")
 
 WEBHOOK_SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
@@ -51,6 +63,7 @@ async def spawn(settings: Settings, redis_url: str) -> Process:
     env = {
         **os.environ,
         "DATABASE_URL": settings.database_url,
+        **redis_environment(settings),
         "REDIS_URL": redis_url,
         "DEV_AUTH_SECRET": DEV_SECRET,
         "ATTACHMENT_SIGNING_SECRET": SIGNING_SECRET,
@@ -199,8 +212,11 @@ async def test_an_ended_clerk_session_closes_its_sockets_on_every_process(
 
 
 async def test_events_committed_while_redis_was_down_still_reach_the_subscriber(
-    settings: Settings,
+    settings: Settings, tmp_path: Path
 ) -> None:
+    if CLUSTER:
+        await _a_master_killed_and_restarted(settings, tmp_path)
+        return
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.skip("redis-server is not installed")
@@ -222,33 +238,71 @@ async def test_events_committed_while_redis_was_down_still_reach_the_subscriber(
         return proc
 
     redis_proc = await start_redis()
+
+    async def outage(_: str) -> None:
+        redis_proc.kill()
+        await redis_proc.wait()
+
+    async def restart() -> None:
+        nonlocal redis_proc
+        redis_proc = await start_redis()
+        await asyncio.sleep(1)
+
     server = await spawn(settings, redis_url)
     try:
-        async with httpx.AsyncClient(base_url=server.base, timeout=30) as http:
-            alice, bob = await signed_in(http, "alice"), await signed_in(http, "bob")
-            tid = await factories.thread(alice, bob)
-            ws = await GraphQLWS.connect(server.ws_url, bob.token)
-            await ws.subscribe(EVENTS, {"t": tid, "after": 0})
-            for i in range(20):
-                await factories.send(alice, tid, f"before {i}")
-            redis_proc.kill()
-            await redis_proc.wait()
-            for i in range(20):  # mutations still succeed: the event log has them
-                await factories.send(alice, tid, f"during {i}")
-            redis_proc = await start_redis()
-            await asyncio.sleep(1)
-            for i in range(20):
-                await factories.send(alice, tid, f"after {i}")
-            seqs = []
-            while len(seqs) < 60:
-                seqs.append((await ws.next(timeout=15))["payload"]["data"]["threadEvents"]["seq"])
-            assert seqs == list(range(1, 61))
-            await ws.close()
+        await _every_seq_once_across(server, outage, restart)
     finally:
         await stop(server)
         if redis_proc.returncode is None:
             redis_proc.kill()
             await redis_proc.wait()
+
+
+async def _a_master_killed_and_restarted(settings: Settings, tmp_path: Path) -> None:
+    """The cluster's version: the master serving the thread's channel is killed and
+    restarted; the process resubscribes on it and fills the gap from the log."""
+    cluster = OwnCluster(tmp_path / "cluster")
+    await cluster.start()
+
+    async def outage(tid: str) -> None:
+        cluster.kill(await cluster.master_of(f"{settings.redis_prefix}thread:{tid}"))
+
+    server = await spawn(settings, cluster.url)
+    try:
+        # The killed master comes back with its slots (its cluster config is kept).
+        await _every_seq_once_across(server, outage, cluster.start)
+    finally:
+        await stop(server)
+        await cluster.stop()
+
+
+async def _every_seq_once_across(
+    server: Process,
+    outage: Callable[[str], Awaitable[None]],
+    restart: Callable[[], Awaitable[None]],
+) -> None:
+    """20 messages before an outage (given the thread id), 20 during, 20 after the
+    restart: the subscriber gets every seq once, in order."""
+    async with httpx.AsyncClient(base_url=server.base, timeout=30) as http:
+        alice, bob = await signed_in(http, "alice"), await signed_in(http, "bob")
+        tid = await factories.thread(alice, bob)
+        ws = await GraphQLWS.connect(server.ws_url, bob.token)
+        await ws.subscribe(EVENTS, {"t": tid, "after": 0})
+        for i in range(20):
+            await factories.send(alice, tid, f"before {i}")
+        await outage(tid)
+        started = time.perf_counter()
+        for i in range(20):  # mutations still succeed: the event log has them
+            await factories.send(alice, tid, f"during {i}")
+        print(f"20 sends during the outage took {time.perf_counter() - started:.2f} s")
+        await restart()
+        for i in range(20):
+            await factories.send(alice, tid, f"after {i}")
+        seqs = []
+        while len(seqs) < 60:
+            seqs.append((await ws.next(timeout=15))["payload"]["data"]["threadEvents"]["seq"])
+        assert seqs == list(range(1, 61))
+        await ws.close()
 
 
 async def test_a_system_role_change_closes_the_users_sockets_on_every_process(
@@ -264,7 +318,7 @@ async def test_a_system_role_change_closes_the_users_sockets_on_every_process(
             "owner",
             database_url=settings.database_url,
             tmp_path=tmp_path,
-            REDIS_URL=redis_url,
+            **{**redis_environment(settings), "REDIS_URL": redis_url},
         )  # fmt: skip  (through Redis: both processes forget alice's cached role)
         assert made.returncode == 0, made.stderr
         ws = await GraphQLWS.connect(a.ws_url, erin.token)
@@ -276,3 +330,39 @@ async def test_a_system_role_change_closes_the_users_sockets_on_every_process(
         took = time.perf_counter() - started
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 4403
         print(f"setUserRole on one process closed the socket on the other in {took:.2f} s")
+
+
+@pytest.mark.skipif(not CLUSTER, reason="sharded pub/sub: the cluster row")
+async def test_each_process_holds_one_sharded_subscription_connection_per_shard(
+    two: tuple[Process, Process], settings: Settings, redis_url: str
+) -> None:
+    a, b = two
+    async with httpx.AsyncClient(base_url=b.base, timeout=30) as http:
+        alice, bob = await signed_in(http, "alice"), await signed_in(http, "bob")
+        # Threads until every master serves at least one of their channels.
+        threads: dict[str, int] = {}
+        while len(set(threads.values())) < 3 or len(threads) < 12:
+            tid = await factories.thread(alice, bob)
+            threads[tid] = await master_of(redis_url, f"{settings.redis_prefix}thread:{tid}")
+        sockets = [
+            await GraphQLWS.connect(a.ws_url, bob.token),
+            await GraphQLWS.connect(b.ws_url, alice.token),
+        ]
+        for ws in sockets:
+            for tid in threads:
+                await ws.subscribe(EVENTS, {"t": tid, "after": 0})
+        for tid in threads:
+            await factories.send(alice, tid, "to every shard")
+        for ws in sockets:
+            got = [(await ws.next())["payload"]["data"]["threadEvents"]["seq"] for _ in threads]
+            assert got == [1] * len(threads)
+        masters = sorted(set(threads.values()))
+        for port in masters:
+            async with redis.asyncio.Redis(port=port) as node:
+                names = [client["name"] for client in await node.client_list()]
+            for process in (a, b):
+                held = names.count(f"threadline-subscriber-{process.proc.pid}")
+                assert held == 1, (port, process.proc.pid, names)
+        print(f"{len(threads)} threads on {len(masters)} shards: one subscriber connection each")
+        for ws in sockets:
+            await ws.close()

@@ -15,11 +15,13 @@ from collections.abc import AsyncIterator
 import orjson
 import pytest
 
-from tests.conftest import BACKEND
+from tests.conftest import ON_POSTGRES
+from threadline.config import Settings
 from threadline.realtime.presence import HEARTBEAT_SECONDS, PROCESS_TTL_SECONDS, PresenceTracker
+from threadline.realtime.redis_pool import settings_target
 from threadline.services.states import PresenceStatus
 
-pytestmark = pytest.mark.skipif(BACKEND != "postgres", reason="needs Redis")
+pytestmark = pytest.mark.skipif(not ON_POSTGRES, reason="needs Redis")
 
 
 class Recorder:
@@ -42,8 +44,9 @@ class Recorder:
 
 
 @pytest.fixture
-async def trackers(redis_url: str) -> AsyncIterator[tuple[PresenceTracker, PresenceTracker]]:
-    first, second = PresenceTracker(redis_url, Recorder()), PresenceTracker(redis_url, Recorder())
+async def trackers(settings: Settings) -> AsyncIterator[tuple[PresenceTracker, PresenceTracker]]:
+    redis = settings_target(settings)  # on the cluster row: under the test's prefix
+    first, second = PresenceTracker(redis, Recorder()), PresenceTracker(redis, Recorder())
     yield first, second
     await first.aclose()
     await second.aclose()

@@ -83,10 +83,12 @@ async def _with_db(settings: Settings, name: str, work: object, *, publish: bool
     from threadline.db import Database, make_engine
     from threadline.realtime.broker import Broker
     from threadline.realtime.channels import publish_all
+    from threadline.realtime.redis_pool import settings_target
 
     # With Redis, what the work emits reaches the running servers (a role change
     # closes the user's sockets there); without it there is no channel to them.
-    broker = Broker(settings.redis_url) if publish and settings.redis_url else None
+    redis = settings_target(settings)
+    broker = Broker(redis) if publish and redis else None
     if broker is None:
         db = Database(make_engine(settings.database_url))
     else:

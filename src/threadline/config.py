@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     database_read_url: str | None = None
     read_after_write_seconds: float = Field(default=5.0, ge=0)
     redis_url: str | None = None
+    # on: REDIS_URL names a node of a Redis Cluster (sharded pub/sub, slot-routed commands).
+    redis_cluster: bool = False
+    # Before every Redis key and channel name: deployments sharing one Redis keep apart.
+    redis_prefix: str = ""
     threadline_env: Environment = Environment.DEVELOPMENT
     clerk_jwks_url: str | None = None
     clerk_jwt_key: SecretStr | None = None
@@ -113,7 +117,15 @@ class Settings(BaseSettings):
         count, seconds = parse_window(value)
         return f"{count}/{seconds}"
 
-    @field_validator("rate_limits", "fast_paths", mode="before")
+    @field_validator("redis_prefix")
+    @classmethod
+    def _key_prefix(cls, value: str) -> str:
+        # Braces would make a hash tag of the prefix: every key in one cluster slot.
+        if re.search(r"[{}\s]", value):
+            raise ValueError("REDIS_PREFIX may not contain braces or whitespace")
+        return value
+
+    @field_validator("rate_limits", "fast_paths", "redis_cluster", mode="before")
     @classmethod
     def _on_off(cls, value: object) -> object:
         if isinstance(value, str) and value.strip().lower() in {"on", "off"}:
@@ -220,6 +232,8 @@ class Settings(BaseSettings):
                 "DATABASE_READ_URL needs PostgreSQL for both it and DATABASE_URL "
                 "(postgresql+asyncpg://...): a replica is a hot standby of the primary"
             )
+        if self.redis_cluster and not self.redis_url:
+            raise ConfigError("REDIS_CLUSTER=on needs REDIS_URL (any node of the cluster)")
         if self.is_production:
             if self.dev_auth_secret is not None:
                 raise ConfigError(

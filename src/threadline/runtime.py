@@ -28,6 +28,7 @@ from threadline.realtime.fanout import Fanout
 from threadline.realtime.presence import PresenceTracker
 from threadline.realtime.rate_limits import RateLimiter, windows_as_limits
 from threadline.realtime.recent_writers import RecentWriters
+from threadline.realtime.redis_pool import settings_target
 from threadline.realtime.thread_feed import ThreadFeed
 from threadline.realtime.typing import TypingTracker
 from threadline.services import clerk_sync
@@ -50,7 +51,8 @@ USER_CACHE_SECONDS = 2.0
 class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.broker = Broker(settings.redis_url)
+        redis = settings_target(settings)
+        self.broker = Broker(redis)
         self.db = Database(
             make_engine(settings.database_url),
             publish=self._publish,
@@ -59,17 +61,17 @@ class Runtime:
         )
         # Whose reads stay on the primary for a while after a write (with a replica only).
         self.recent_writers = RecentWriters(
-            settings.redis_url if settings.database_read_url else None,
+            redis if settings.database_read_url else None,
             settings.read_after_write_seconds,
         )
         self.verifier = TokenVerifier(settings)
         self.rate_limiter = RateLimiter(
-            settings.redis_url,
+            redis,
             enabled=settings.rate_limits,
             limits=windows_as_limits(settings.rate_limit_windows()),
         )
-        self.presence = PresenceTracker(settings.redis_url, self.broker)
-        self.typing = TypingTracker(settings.redis_url, self.broker)
+        self.presence = PresenceTracker(redis, self.broker)
+        self.typing = TypingTracker(redis, self.broker)
         self.user_cache: TTLCache[uuid.UUID, User] = TTLCache(USER_CACHE_SECONDS, 50_000)
         self.deliveries = DeliveryTracker(self.db)
         # Live delivery: each thread's events in order, and their fan-out to local sockets.

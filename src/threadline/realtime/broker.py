@@ -32,6 +32,8 @@ from threadline.realtime.redis_backend import (
     Published,
     RedisBackend,
 )
+from threadline.realtime.redis_cluster import ClusterBackend
+from threadline.realtime.redis_pool import RedisTarget, as_target
 
 __all__ = [
     "RECONNECTED",
@@ -200,6 +202,14 @@ class MemoryBackend:
         return await self._published.get()
 
 
+def _backend(target: RedisTarget | None) -> Backend:
+    if target is None:
+        return MemoryBackend()
+    if target.cluster:
+        return ClusterBackend(target)
+    return RedisBackend(target.url, prefix=target.prefix)
+
+
 class Broker:
     """Publish strings to channels and subscribe to them, in one process (no
     ``redis_url``) or across processes through Redis.
@@ -210,10 +220,10 @@ class Broker:
     subscribers; it raises ``BrokerUnavailable`` quickly when Redis is down.
     """
 
-    def __init__(self, redis_url: str | None, *, queue_limit: int = 1000) -> None:
+    def __init__(self, redis: str | RedisTarget | None, *, queue_limit: int = 1000) -> None:
         if queue_limit < 1:
             raise ValueError("queue_limit must be at least 1")
-        self._backend: Backend = RedisBackend(redis_url) if redis_url else MemoryBackend()
+        self._backend: Backend = _backend(as_target(redis))
         self._listener: asyncio.Task[None] | None = None
         self._queue_limit = queue_limit
         self._channels: dict[str, _Channel] = {}
@@ -341,7 +351,7 @@ class Broker:
 
     def _deliver(self, event: Published) -> None:
         if type(event) is ConnectionRestored:
-            for subscriber in self._subscribers:
+            for subscriber in self._restored(event.channels):
                 subscriber._push(RECONNECTED)
             return
         channel = self._channels.get(event.channel)
@@ -350,6 +360,17 @@ class Broker:
         message = event.message
         for subscriber in channel.subscribers:
             subscriber._push(message)
+
+    def _restored(self, names: frozenset[str] | None) -> set[Subscriber]:
+        """The subscribers of the channels a reconnection restored (None: all)."""
+        if names is None:
+            return self._subscribers
+        found: set[Subscriber] = set()
+        for name in names:
+            channel = self._channels.get(name)
+            if channel is not None:
+                found |= channel.subscribers
+        return found
 
     # -- health ------------------------------------------------------------------
 

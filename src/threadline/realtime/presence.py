@@ -31,13 +31,18 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 import orjson
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from threadline.errors import ServiceUnavailable
 from threadline.metrics import PRESENCE_UNAVAILABLE
 from threadline.realtime.channels import Publisher, presence_channel
-from threadline.realtime.redis_pool import fail_fast_pool
+from threadline.realtime.redis_pool import (
+    REDIS_ERRORS,
+    CommandClient,
+    RedisTarget,
+    as_target,
+    close_client,
+    fail_fast_client,
+)
 from threadline.services.states import PresenceStatus
 
 log = logging.getLogger(__name__)
@@ -58,16 +63,36 @@ SKIP_REDIS_SECONDS = 1.0
 WARN_INTERVAL_SECONDS = 60.0
 
 PROCESSES_KEY: Final = "presence:processes"
-_REDIS_ERRORS: Final = (RedisError, OSError, TimeoutError)
+_REDIS_ERRORS: Final = REDIS_ERRORS
+
+# A user's keys carry their id as a hash tag ({...}): on a Redis Cluster they share
+# one slot, so that one script can read and write them together. A script, not
+# MULTI: a cluster runs one per key slot, and a batch of users spans many slots.
+#
+# KEYS: leases, seen, away. ARGV: now, connection id, lease expiry, key lifetime.
+# Returns the live leases before this one and whether the user is AWAY: the
+# count-then-add is atomic against other processes.
+_RENEW: Final = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], 0, ARGV[1])
+local live = redis.call('ZCOUNT', KEYS[1], ARGV[1], '+inf')
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('SET', KEYS[2], ARGV[1])
+return {live, redis.call('EXISTS', KEYS[3])}
+"""
+# KEYS: leases, seen. ARGV: now, "1" to record last seen, the connection ids.
+# Returns the user's live leases left.
+_RELEASE: Final = """
+redis.call('ZREM', KEYS[1], unpack(ARGV, 3))
+if ARGV[2] == '1' then redis.call('SET', KEYS[2], ARGV[1]) end
+return redis.call('ZCOUNT', KEYS[1], ARGV[1], '+inf')
+"""
 
 
-def _heartbeat_key(process_id: str) -> str:
-    return f"presence:process:{process_id}"
-
-
-def _held_key(process_id: str) -> str:
-    """A process's leases: connection id -> user id."""
-    return f"presence:process:{process_id}:leases"
+def _user_keys(prefix: str, user_id: uuid.UUID | str) -> tuple[str, str, str]:
+    """A user's leases (sorted set: connection -> expiry), last seen and AWAY keys."""
+    base = f"{prefix}presence:{{{user_id}}}"
+    return f"{base}:leases", f"{base}:seen", f"{base}:away"
 
 
 @dataclass(frozen=True)
@@ -83,15 +108,15 @@ def _ts(value: float | None) -> datetime | None:
 class PresenceTracker:
     def __init__(
         self,
-        redis_url: str | None,
+        redis: str | RedisTarget | None,
         publisher: Publisher,
         *,
         clock: Callable[[], float] = time.time,
         lease_seconds: float = LEASE_SECONDS,
     ) -> None:
-        self._redis = (
-            aioredis.Redis(connection_pool=fail_fast_pool(redis_url)) if redis_url else None
-        )
+        target = as_target(redis)
+        self._redis = fail_fast_client(target) if target else None
+        self._prefix = target.prefix if target else ""
         self._publisher = publisher
         self._clock = clock
         self.lease_seconds = lease_seconds
@@ -116,17 +141,27 @@ class PresenceTracker:
         if self._redis is not None:
             # A clean stop leaves nothing for the other processes to reap.
             try:
-                await self._redis.srem(PROCESSES_KEY, self.process_id)
-                await self._redis.delete(
-                    _heartbeat_key(self.process_id), _held_key(self.process_id)
-                )
+                await self._redis.srem(self._processes_key, self.process_id)
+                await self._redis.delete(self._heartbeat_key(self.process_id))
+                await self._redis.delete(self._held_key(self.process_id))
             except _REDIS_ERRORS:
                 pass
-            await self._redis.aclose()  # type: ignore[attr-defined]
+            await close_client(self._redis)
+
+    @property
+    def _processes_key(self) -> str:
+        return self._prefix + PROCESSES_KEY
+
+    def _heartbeat_key(self, process_id: str) -> str:
+        return f"{self._prefix}presence:process:{process_id}"
+
+    def _held_key(self, process_id: str) -> str:
+        """A process's leases: connection id -> user id."""
+        return f"{self._prefix}presence:process:{process_id}:leases"
 
     # -- Redis health
 
-    def _usable(self) -> aioredis.Redis[Any] | None:
+    def _usable(self) -> CommandClient[Any] | None:
         """The Redis client, unless it failed a moment ago."""
         if self._redis is None or time.monotonic() < self._skip_redis_until:
             return None
@@ -188,30 +223,32 @@ class PresenceTracker:
         return came_back
 
     async def _renew_in_redis(
-        self, redis: aioredis.Redis[Any], leases: Sequence[tuple[uuid.UUID, str]], now: float
+        self, redis: CommandClient[Any], leases: Sequence[tuple[uuid.UUID, str]], now: float
     ) -> list[tuple[uuid.UUID, bool]]:
         came_back = []
-        held_key = _held_key(self.process_id)
+        held_key = self._held_key(self.process_id)
+        lifetime = int(self.lease_seconds * 3)
         for start in range(0, len(leases), RENEW_BATCH):
             batch = leases[start : start + RENEW_BATCH]
-            # MULTI: each user's count-then-add is atomic against other processes.
-            async with redis.pipeline(transaction=True) as pipe:
+            async with redis.pipeline(transaction=False) as pipe:
                 for user_id, connection_id in batch:
-                    key = f"presence:leases:{user_id}"
-                    pipe.zremrangebyscore(key, 0, now)
-                    pipe.zcount(key, now, "+inf")
-                    pipe.zadd(key, {connection_id: now + self.lease_seconds})
-                    pipe.expire(key, int(self.lease_seconds * 3))
-                    pipe.set(f"presence:seen:{user_id}", now)
-                    pipe.exists(f"presence:away:{user_id}")
-                    pipe.hset(held_key, connection_id, str(user_id))
-                pipe.expire(held_key, int(self.lease_seconds * 3))
+                    keys = _user_keys(self._prefix, user_id)
+                    expiry = now + self.lease_seconds
+                    pipe.eval(_RENEW, 3, *keys, now, connection_id, expiry, lifetime)
+                # The process's own record of its leases, for a reaper should it die.
+                pipe.hset(held_key, mapping={c: str(u) for u, c in batch})
+                pipe.expire(held_key, lifetime)
                 replies = await pipe.execute()
-            for i, (user_id, _) in enumerate(batch):
-                live_before, away = replies[i * 7 + 1], replies[i * 7 + 5]
+            for (user_id, _), (live_before, away) in zip(batch, replies, strict=False):
                 if not live_before:
                     came_back.append((user_id, bool(away)))
         return came_back
+
+    def _release_script(
+        self, pipe: Any, user_id: uuid.UUID, connections: Sequence[str], now: float, seen: bool
+    ) -> None:
+        leases, seen_key, _ = _user_keys(self._prefix, user_id)
+        pipe.eval(_RELEASE, 2, leases, seen_key, now, "1" if seen else "0", *connections)
 
     async def release(self, user_id: uuid.UUID, connection_id: str) -> None:
         """End a connection's lease; announce OFFLINE when it was the user's last.
@@ -234,14 +271,11 @@ class PresenceTracker:
             redis = self._usable()
             if redis is None:
                 return
-            key = f"presence:leases:{user_id}"
             try:
-                async with redis.pipeline(transaction=True) as pipe:
-                    pipe.zrem(key, connection_id)
-                    pipe.hdel(_held_key(self.process_id), connection_id)
-                    pipe.set(f"presence:seen:{user_id}", now)
-                    pipe.zcount(key, now, "+inf")
-                    *_, live = await pipe.execute()
+                async with redis.pipeline(transaction=False) as pipe:
+                    self._release_script(pipe, user_id, [connection_id], now, seen=True)
+                    pipe.hdel(self._held_key(self.process_id), connection_id)
+                    live, _ = await pipe.execute()
             except _REDIS_ERRORS as exc:
                 self._failed(exc)
                 return
@@ -278,11 +312,11 @@ class PresenceTracker:
                     log.warning("presence heartbeat failed; retrying", exc_info=True)
             await asyncio.sleep(HEARTBEAT_SECONDS)
 
-    async def _heartbeat(self, redis: aioredis.Redis[Any]) -> None:
+    async def _heartbeat(self, redis: CommandClient[Any]) -> None:
         async with redis.pipeline(transaction=False) as pipe:
-            pipe.set(_heartbeat_key(self.process_id), 1, px=int(PROCESS_TTL_SECONDS * 1000))
-            pipe.sadd(PROCESSES_KEY, self.process_id)
-            pipe.smembers(PROCESSES_KEY)
+            pipe.set(self._heartbeat_key(self.process_id), 1, px=int(PROCESS_TTL_SECONDS * 1000))
+            pipe.sadd(self._processes_key, self.process_id)
+            pipe.smembers(self._processes_key)
             _, added, members = await pipe.execute()
         self._recovered()
         now = time.monotonic()
@@ -302,11 +336,11 @@ class PresenceTracker:
             return
         async with redis.pipeline(transaction=False) as pipe:
             for other in others:
-                pipe.exists(_heartbeat_key(other))
+                pipe.exists(self._heartbeat_key(other))
             alive = await pipe.execute()
         for other, beating in zip(others, alive, strict=True):
             # SREM answers 1 to one process only: that one reaps.
-            if not beating and await redis.srem(PROCESSES_KEY, other):
+            if not beating and await redis.srem(self._processes_key, other):
                 await self.reap(other)
 
     async def _restore(self) -> None:
@@ -319,7 +353,7 @@ class PresenceTracker:
         """Remove a dead process's leases; announce OFFLINE for users left with none."""
         assert self._redis is not None
         redis = self._redis
-        held_key = _held_key(process_id)
+        held_key = self._held_key(process_id)
         held: dict[Any, Any] = await redis.hgetall(held_key)
         by_user: dict[uuid.UUID, list[str]] = {}
         for connection, user in held.items():
@@ -330,13 +364,11 @@ class PresenceTracker:
         gone: list[uuid.UUID] = []
         for start in range(0, len(by_user), RENEW_BATCH):
             users = list(by_user)[start : start + RENEW_BATCH]
-            async with redis.pipeline(transaction=True) as pipe:
+            async with redis.pipeline(transaction=False) as pipe:
                 for user_id in users:
-                    key = f"presence:leases:{user_id}"
-                    pipe.zrem(key, *by_user[user_id])
-                    pipe.zcount(key, now, "+inf")
+                    self._release_script(pipe, user_id, by_user[user_id], now, seen=False)
                 replies = await pipe.execute()
-            gone += [u for i, u in enumerate(users) if not replies[i * 2 + 1]]
+            gone += [u for u, live in zip(users, replies, strict=True) if not live]
         await redis.delete(held_key)
         if held:
             log.info("presence: process %s stopped; %d users now offline", process_id, len(gone))
@@ -384,20 +416,22 @@ class PresenceTracker:
 
     async def _read_in_redis(
         self,
-        redis: aioredis.Redis[Any],
+        redis: CommandClient[Any],
         users: Sequence[tuple[uuid.UUID, datetime | None]],
         now: float,
     ) -> list[tuple[int, bool, float | None]]:
-        """(live leases, away, last seen) per user, in one pipeline (no MULTI: reads only)."""
+        """(live leases, away, last seen) per user, in one pipeline (no MULTI: reads only;
+        no MGET, which a cluster pipeline refuses)."""
         async with redis.pipeline(transaction=False) as pipe:
             for user_id, _ in users:
-                pipe.zcount(f"presence:leases:{user_id}", now, "+inf")
-            pipe.mget([f"presence:away:{u}" for u, _ in users])
-            pipe.mget([f"presence:seen:{u}" for u, _ in users])
-            *live, away, seen = await pipe.execute()
+                leases, seen_key, away_key = _user_keys(self._prefix, user_id)
+                pipe.zcount(leases, now, "+inf")
+                pipe.exists(away_key)
+                pipe.get(seen_key)
+            replies = await pipe.execute()
         return [
-            (int(n), a is not None, float(s) if s else None)
-            for n, a, s in zip(live, away, seen, strict=True)
+            (int(n), bool(a), float(s) if s else None)
+            for n, a, s in zip(replies[::3], replies[1::3], replies[2::3], strict=True)
         ]
 
     def _state_here(
@@ -421,10 +455,11 @@ class PresenceTracker:
             if redis is None:
                 raise ServiceUnavailable("Presence cannot be changed right now; try again shortly")
             try:
+                away_key = _user_keys(self._prefix, user_id)[2]
                 if away:
-                    await redis.set(f"presence:away:{user_id}", 1)
+                    await redis.set(away_key, 1)
                 else:
-                    await redis.delete(f"presence:away:{user_id}")
+                    await redis.delete(away_key)
             except _REDIS_ERRORS as exc:
                 self._failed(exc)
                 raise ServiceUnavailable(

@@ -16,19 +16,19 @@ from collections.abc import Mapping
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 from limits import RateLimitItem, parse
-from limits.aio.storage import MemoryStorage, RedisStorage, Storage
+from limits.aio.storage import MemoryStorage, RedisClusterStorage, RedisStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.errors import StorageError
 from redis.asyncio import ConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
 
 from threadline.config import Settings
 from threadline.errors import RateLimited
-from threadline.realtime.redis_pool import redis_pool
+from threadline.realtime.redis_pool import REDIS_ERRORS, RedisTarget, as_target, redis_pool
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ _SKIP_REDIS_AFTER_FAILURE_SECONDS: Final = 1.0
 # per call, which would flood the log exactly when operators need to read it.
 _WARN_INTERVAL_SECONDS: Final = 60.0
 
-_STORAGE_ERRORS: Final = (StorageError, RedisError, OSError)
+_STORAGE_ERRORS: Final = (StorageError, *REDIS_ERRORS)
 
 
 class RateLimiter:
@@ -96,7 +96,7 @@ class RateLimiter:
 
     def __init__(
         self,
-        redis_url: str | None,
+        redis: str | RedisTarget | None,
         *,
         enabled: bool = True,
         limits: Mapping[Action, str] | None = None,
@@ -109,15 +109,27 @@ class RateLimiter:
         }
         self._pool: ConnectionPool[Any] | None = None
         self._storage: Storage
-        if redis_url is None:
+        target = as_target(redis)
+        timeouts: dict[str, Any] = {
+            "socket_connect_timeout": _REDIS_TIMEOUT_SECONDS,
+            "socket_timeout": _REDIS_TIMEOUT_SECONDS,
+            "retry": Retry(NoBackoff(), _REDIS_RETRIES),
+        }
+        if target is None:
             self._storage = MemoryStorage()
-        else:
-            self._pool = redis_pool(
-                redis_url,
-                socket_connect_timeout=_REDIS_TIMEOUT_SECONDS,
-                socket_timeout=_REDIS_TIMEOUT_SECONDS,
-                retry=Retry(NoBackoff(), _REDIS_RETRIES),
+        elif target.cluster:
+            # Each window is one key, its script's only one: any slot will do.
+            # limits builds this cluster client itself, from the node's address.
+            self._storage = RedisClusterStorage(
+                "async+redis+cluster://" + _address(target.url),
+                wrap_exceptions=True,
+                implementation="redispy",
+                key_prefix=target.key(key_prefix),
+                require_full_coverage=False,
+                **timeouts,
             )
+        else:
+            self._pool = redis_pool(target.url, **timeouts)
             # The connections come from our pool (timeouts, retries, closed by us);
             # the URI only selects the redis-py bridge rather than coredis.
             options: dict[str, Any] = {"connection_pool": self._pool}
@@ -125,7 +137,7 @@ class RateLimiter:
                 "async+redis://",
                 wrap_exceptions=True,
                 implementation="redispy",
-                key_prefix=key_prefix,
+                key_prefix=target.key(key_prefix),
                 **options,
             )
         self._strategy = MovingWindowRateLimiter(self._storage)
@@ -166,6 +178,10 @@ class RateLimiter:
         """Close the Redis connections, or stop the in-memory expiry task."""
         if self._pool is not None:
             await self._pool.disconnect()
+        elif isinstance(self._storage, RedisClusterStorage):
+            # limits has no close of its own: its bridge holds the client it built.
+            bridge: Any = self._storage.bridge
+            await bridge.storage.aclose()
         elif isinstance(self._storage, MemoryStorage) and self._storage.timer is not None:
             # The storage schedules a task to drop expired entries; left pending it
             # would be destroyed with the event loop, with a warning.
@@ -203,3 +219,8 @@ class RateLimiter:
         )
         self._last_warning_at = None
         self._unchecked_since_warning = 0
+
+
+def _address(url: str) -> str:
+    """The credentials and host:port of a Redis URL, as limits' cluster URI takes them."""
+    return urlsplit(url).netloc

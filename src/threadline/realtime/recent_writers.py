@@ -16,13 +16,17 @@ import time
 import uuid
 from typing import Any, Final
 
-from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
 
 from threadline.realtime.caches import TTLCache
-from threadline.realtime.redis_pool import redis_pool
+from threadline.realtime.redis_pool import (
+    REDIS_ERRORS,
+    CommandClient,
+    RedisTarget,
+    close_client,
+    command_client,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,19 +40,19 @@ _LOCAL_SIZE: Final = 100_000
 
 
 class RecentWriters:
-    def __init__(self, redis_url: str | None, seconds: float) -> None:
+    def __init__(self, redis: RedisTarget | None, seconds: float) -> None:
         self.seconds = seconds
         self._local: TTLCache[uuid.UUID, bool] = TTLCache(seconds, _LOCAL_SIZE)
-        self._pool: ConnectionPool[Any] | None = None
-        self._redis: Redis[Any] | None = None
-        if redis_url is not None:
-            self._pool = redis_pool(
-                redis_url,
+        self._redis: CommandClient[Any] | None = None
+        self._prefix = KEY_PREFIX
+        if redis is not None:
+            self._prefix = redis.key(KEY_PREFIX)
+            self._redis = command_client(
+                redis,
                 socket_connect_timeout=_REDIS_TIMEOUT_SECONDS,
                 socket_timeout=_REDIS_TIMEOUT_SECONDS,
                 retry=Retry(NoBackoff(), 1),
             )
-            self._redis = Redis(connection_pool=self._pool)
         self._skip_redis_until = 0.0
         self._redis_down = False
 
@@ -60,8 +64,8 @@ class RecentWriters:
         if self._redis is None or self._skipping():
             return
         try:
-            await self._redis.set(KEY_PREFIX + str(user_id), 1, px=int(self.seconds * 1000))
-        except (RedisError, OSError) as exc:
+            await self._redis.set(self._prefix + str(user_id), 1, px=int(self.seconds * 1000))
+        except REDIS_ERRORS as exc:
             self._failed(exc)
         else:
             self._answered()
@@ -77,16 +81,16 @@ class RecentWriters:
         if self._skipping():
             return True
         try:
-            found = await self._redis.exists(KEY_PREFIX + str(user_id))
-        except (RedisError, OSError) as exc:
+            found = await self._redis.exists(self._prefix + str(user_id))
+        except REDIS_ERRORS as exc:
             self._failed(exc)
             return True
         self._answered()
         return bool(found)
 
     async def aclose(self) -> None:
-        if self._pool is not None:
-            await self._pool.disconnect()
+        if self._redis is not None:
+            await close_client(self._redis)
 
     def _skipping(self) -> bool:
         return time.monotonic() < self._skip_redis_until

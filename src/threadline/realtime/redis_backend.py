@@ -1,4 +1,5 @@
-"""The Redis side of live fan-out: one resilient SUBSCRIBE connection per process.
+"""The Redis side of live fan-out: one resilient SUBSCRIBE connection per process
+(per shard, on a Redis Cluster: ``redis_cluster``).
 
 Owns the subscriber connection (subscribed to every channel that has a local
 subscriber, re-subscribed after Redis comes back, with capped backoff), the
@@ -12,18 +13,19 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import os
 import random
-from collections.abc import Iterable
-from typing import Any, Final, cast
+from collections.abc import Callable, Iterable
+from typing import Any, Final, NamedTuple, cast
 
-from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection, Connection, parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from threadline.metrics import BROKER_RECONNECTS
-from threadline.realtime.redis_pool import redis_pool
+from threadline.realtime.redis_pool import REDIS_ERRORS, close_client, redis_pool
 
 logger = logging.getLogger(__name__)
 
@@ -56,12 +58,16 @@ class Published:
 
 
 class ConnectionRestored(Published):
-    """A backend signal, not a message: the subscriber connection has just been
-    established and every live channel is subscribed again. Whatever was published
-    while there was no connection is lost to pub/sub."""
+    """A backend signal, not a message: a subscriber connection has just been
+    established and its channels are subscribed again. Whatever was published on
+    them while there was no connection is lost to pub/sub. ``channels``: the
+    channels concerned (one shard's, on a cluster), or None for every channel."""
 
-    def __init__(self) -> None:
+    __slots__ = ("channels",)
+
+    def __init__(self, channels: frozenset[str] | None = None) -> None:
         super().__init__(channel="", message="")
+        self.channels = channels
 
 
 CONNECTION_RESTORED: Final = ConnectionRestored()
@@ -74,12 +80,20 @@ class RedisBackend:
     ``subscribe`` returns once Redis has acknowledged the SUBSCRIBE (or at once
     while disconnected: the next connection subscribes the channel and sends
     ``CONNECTION_RESTORED``, which tells subscribers to catch up).
+
+    One server: one subscriber connection. ``ClusterBackend`` (``redis_cluster``)
+    keeps one per shard and publishes with SPUBLISH through the cluster client.
     """
+
+    # The publish command and whether subscriptions are sharded (SSUBSCRIBE).
+    publish_command: str = "PUBLISH"
+    sharded: bool = False
 
     def __init__(
         self,
         url: str,
         *,
+        prefix: str = "",
         connect_timeout: float = 1.0,
         publish_timeout: float = 1.0,
         subscribe_timeout: float = 2.0,
@@ -92,33 +106,17 @@ class RedisBackend:
         # Pub/sub ignores database numbers: a deployment on database N gets its
         # channels under "dbN:" so that it hears no other deployment (or test run)
         # sharing the server. Database 0 keeps plain names, as before.
-        self._namespace = channel_namespace(url)
-        self._namespace_bytes = len(self._namespace.encode())
+        self._namespace = prefix + channel_namespace(url)
         self._connect_timeout = connect_timeout
         self._publish_timeout = publish_timeout
-        self._subscribe_timeout = subscribe_timeout
-        self._ping_interval = ping_interval
-        self._backoff_initial = backoff_initial
-        self._backoff_max = backoff_max
+        self._timings = _Timings(
+            connect_timeout, subscribe_timeout, ping_interval, backoff_initial, backoff_max
+        )
         # Bounded so that a stalled event loop pushes back on the socket (Redis
         # then buffers, and drops us past its limit) instead of on our memory.
         self._events: asyncio.Queue[Published] = asyncio.Queue(maxsize=max_pending)
-        self._channels: set[str] = set()
-        self._barriers: dict[bytes, asyncio.Future[None]] = {}
-        self._tokens = itertools.count(1)
-        self._connection: AbstractConnection | None = None
-        self._ready = asyncio.Event()
-        self._ready_token = b""
-        self._announce_ready = False
-        self._first_attempt = asyncio.Event()
-        self._ever_ready = False
-        self._outage_logged = False
-        self._pong_pending = False
-        self._saw_data = False
-        self._reconnects = 0
-        self._last_error: str | None = None
-        self._runner: asyncio.Task[None] | None = None
-        self._publish_pool: ConnectionPool[Connection] | None = None
+        self._started = False
+        self._link: SubscriberConnection | None = None
         self._publisher: Redis[bytes] | None = None
         self._outbox: list[tuple[str, Any, asyncio.Future[None]]] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -126,86 +124,93 @@ class RedisBackend:
     # -- lifecycle ---------------------------------------------------------------
 
     async def connect(self) -> None:
-        """Start the connection loop and wait briefly for the first connection.
+        """Start the connection loop(s) and wait briefly for the first connection.
 
         Does not raise when Redis is unreachable: the process keeps serving,
         ``health()`` says what is wrong, and the loop keeps trying.
         """
-        if self._runner is not None:
+        if self._started:
             return
-        self._publish_pool = redis_pool(
-            self._url,
-            socket_connect_timeout=self._connect_timeout,
-            socket_timeout=self._publish_timeout,
-            # redis-py retries with backoff of its own by default; a publish must
-            # fail fast instead, so the caller can log it and move on.
-            retry=Retry(NoBackoff(), 0),
-        )
-        self._publisher = Redis(connection_pool=self._publish_pool)
-        self._runner = asyncio.create_task(self._run(), name="threadline-redis-subscriber")
+        self._started = True
+        self._publisher = self._open_publisher()
+        await self._start_subscribers()
+        links = self._links()
         try:
             async with asyncio.timeout(2 * self._connect_timeout):
-                await self._first_attempt.wait()
+                for link in links:
+                    await link.first_attempt.wait()
         except TimeoutError:
             pass
-        if not self._ready.is_set():
+        if not links or not all(link.ready.is_set() for link in links):
             logger.warning(
-                "Redis is not reachable yet (%s); retrying in the background", self._last_error
+                "Redis is not reachable yet (%s); retrying in the background",
+                self.health()["last_error"],
             )
 
+    def _open_publisher(self) -> Redis[bytes]:
+        return Redis(
+            connection_pool=redis_pool(
+                self._url,
+                socket_connect_timeout=self._connect_timeout,
+                socket_timeout=self._publish_timeout,
+                # redis-py retries with backoff of its own by default; a publish must
+                # fail fast instead, so the caller can log it and move on.
+                retry=Retry(NoBackoff(), 0),
+            )
+        )
+
+    async def _start_subscribers(self) -> None:
+        self._link = self._new_link(self._url)
+
+    def _new_link(self, url: str) -> SubscriberConnection:
+        link = SubscriberConnection(
+            url,
+            self._events,
+            self._namespace,
+            self._timings,
+            sharded=self.sharded,
+            on_trouble=self._trouble,
+        )
+        link.start()
+        return link
+
+    def _trouble(self) -> None:
+        """A shard reported trouble (sharded subscriptions only): one server has none."""
+
+    def _links(self) -> list[SubscriberConnection]:
+        return [self._link] if self._link is not None else []
+
     async def disconnect(self) -> None:
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            runner.cancel()
-            # asyncio.wait, unlike awaiting the task, does not re-raise its
-            # cancellation here, so our own caller's cancellation stays distinct.
-            await asyncio.wait([runner])
-        pool, self._publish_pool, self._publisher = self._publish_pool, None, None
-        if pool is not None:
-            await pool.disconnect()
+        self._started = False
+        await self._stop_subscribers()
+        publisher, self._publisher = self._publisher, None
+        if publisher is not None:
+            await close_client(publisher)
+
+    async def _stop_subscribers(self) -> None:
+        link, self._link = self._link, None
+        if link is not None:
+            await link.stop()
 
     def health(self) -> dict[str, Any]:
+        links = self._links()
+        errors = [link.last_error for link in links if link.last_error]
         return {
             "backend": "redis",
-            "connected": self._ready.is_set(),
-            "reconnects": self._reconnects,
-            "last_error": self._last_error,
+            "connected": bool(links) and all(link.ready.is_set() for link in links),
+            "reconnects": sum(link.reconnects for link in links),
+            "last_error": errors[0] if errors else None,
         }
 
     # -- broker.Backend -----------------------------------------------------------
 
     async def subscribe(self, channel: str) -> None:
-        self._channels.add(channel)
-        connection = self._connection
-        if connection is None:
-            return
-        # A PING after the SUBSCRIBE: its answer proves Redis processed the
-        # SUBSCRIBE, so a publish made after we return reaches this process.
-        token, answered = self._new_barrier()
-        try:
-            await self._send(
-                connection, [("SUBSCRIBE", self._namespace + channel), ("PING", token)]
-            )
-            async with asyncio.timeout(self._subscribe_timeout):
-                await answered
-        except (RedisError, OSError) as exc:
-            # The reader sees the same failure and reconnects; the reconnection
-            # subscribes this channel and tells its subscribers to catch up.
-            logger.warning("SUBSCRIBE %s not confirmed: %s", channel, _describe(exc))
-        finally:
-            self._barriers.pop(token, None)
+        if self._link is not None:
+            await self._link.subscribe(channel)
 
     async def unsubscribe(self, channel: str) -> None:
-        self._channels.discard(channel)
-        connection = self._connection
-        if connection is None:
-            return
-        try:
-            await self._send(connection, [("UNSUBSCRIBE", self._namespace + channel)])
-        except (RedisError, OSError) as exc:
-            # A broken connection has dropped every subscription anyway, and the
-            # next one subscribes only the channels still wanted.
-            logger.debug("UNSUBSCRIBE %s not sent: %s", channel, _describe(exc))
+        if self._link is not None:
+            await self._link.unsubscribe(channel)
 
     async def publish(self, channel: str, message: str) -> None:
         """Publish once Redis has taken the message.
@@ -245,14 +250,16 @@ class RedisBackend:
                 raise BrokerUnavailable("the Redis backend is not connected")
             async with asyncio.timeout(self._publish_timeout):
                 pipe = publisher.pipeline(transaction=False)
-                namespace = self._namespace
+                namespace, command = self._namespace, self.publish_command
                 for channel, message, _ in batch:
-                    pipe.publish(namespace + channel, message)
+                    pipe.execute_command(command, namespace + channel, message)
                 await pipe.execute()
         except BrokerUnavailable as exc:
             failure = exc
-        except (RedisError, OSError, TimeoutError) as exc:
+        except REDIS_ERRORS as exc:
             failure = BrokerUnavailable(f"cannot publish: Redis unreachable ({_describe(exc)})")
+        except Exception as exc:  # an odd state of the cluster client: lost to pub/sub only
+            failure = BrokerUnavailable(f"cannot publish: {_describe(exc)}")
         for _, _, taken in batch:
             if taken.done():
                 continue
@@ -264,12 +271,120 @@ class RedisBackend:
     async def next_published(self) -> Published:
         return await self._events.get()
 
-    # -- the subscriber connection ----------------------------------------------
+
+class _Timings(NamedTuple):
+    connect: float
+    subscribe: float
+    ping_interval: float
+    backoff_initial: float
+    backoff_max: float
+
+
+class SubscriberConnection:
+    """One subscriber connection to one Redis server (or cluster shard), kept up
+    forever: subscribed to its channels, re-subscribed after a reconnection (then
+    ``ConnectionRestored`` goes into the events queue), with capped backoff.
+
+    ``sharded``: SSUBSCRIBE, one channel per command (a cluster refuses channels of
+    several slots in one), and ``on_trouble`` is told when the shard no longer
+    serves a channel (a MOVED answer, or Redis unsubscribing it after a reshard)
+    or the connection failed (a failover may have moved its slots).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        events: asyncio.Queue[Published],
+        namespace: str,
+        timings: _Timings,
+        *,
+        sharded: bool = False,
+        on_trouble: Callable[[], None] | None = None,
+    ) -> None:
+        self.url = url
+        self.channels: set[str] = set()
+        self.ready = asyncio.Event()
+        self.first_attempt = asyncio.Event()
+        self.reconnects = 0
+        self.last_error: str | None = None
+        self._events = events
+        self._namespace = namespace
+        self._namespace_bytes = len(namespace.encode())
+        self._timings = timings
+        self._sharded = sharded
+        self._on_trouble = on_trouble
+        # Sharded pub/sub's commands and message kind are the plain ones with an S.
+        s = "S" if sharded else ""
+        self._subscribe, self._unsubscribe = f"{s}SUBSCRIBE", f"{s}UNSUBSCRIBE"
+        self._kind = f"{s}message".lower().encode()
+        self._barriers: dict[bytes, asyncio.Future[None]] = {}
+        self._tokens = itertools.count(1)
+        self._connection: AbstractConnection | None = None
+        self._ready_token = b""
+        self._announce: ConnectionRestored | None = None
+        self._ever_ready = False
+        self._outage_logged = False
+        self._pong_pending = False
+        self._saw_data = False
+        self._runner: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._runner = asyncio.create_task(self._run(), name="threadline-redis-subscriber")
+
+    async def stop(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            runner.cancel()
+            # asyncio.wait, unlike awaiting the task, does not re-raise its
+            # cancellation here, so our own caller's cancellation stays distinct.
+            await asyncio.wait([runner])
+
+    def _commands(self, command: str, channels: Iterable[str]) -> list[tuple[str | bytes, ...]]:
+        names = [self._namespace + c for c in channels]
+        if self._sharded:
+            return [(command, name) for name in names]
+        return [(command, *names)] if names else []
+
+    async def subscribe(self, *channels: str) -> None:
+        self.channels.update(channels)
+        connection = self._connection
+        if connection is None:
+            return
+        # A PING after the SUBSCRIBE: its answer proves Redis processed the
+        # SUBSCRIBE, so a publish made after we return reaches this process.
+        token, answered = self._new_barrier()
+        try:
+            await self._send(
+                connection, [*self._commands(self._subscribe, channels), ("PING", token)]
+            )
+            async with asyncio.timeout(self._timings.subscribe):
+                await answered
+        except (RedisError, OSError) as exc:
+            # The reader sees the same failure and reconnects; the reconnection
+            # subscribes this channel and tells its subscribers to catch up.
+            logger.warning("SUBSCRIBE %s not confirmed: %s", channels, _describe(exc))
+        finally:
+            self._barriers.pop(token, None)
+
+    async def unsubscribe(self, channel: str) -> None:
+        self.channels.discard(channel)
+        connection = self._connection
+        if connection is None:
+            return
+        try:
+            await self._send(connection, self._commands(self._unsubscribe, (channel,)))
+        except (RedisError, OSError) as exc:
+            # A broken connection has dropped every subscription anyway, and the
+            # next one subscribes only the channels still wanted.
+            logger.debug("UNSUBSCRIBE %s not sent: %s", channel, _describe(exc))
+
+    # -- the connection loop -----------------------------------------------------
 
     async def _run(self) -> None:
         """Keep one subscriber connection up, forever, with capped jittered backoff."""
         loop = asyncio.get_running_loop()
-        delay = self._backoff_initial
+        timings = self._timings
+        delay = timings.backoff_initial
         while True:
             started = loop.time()
             try:
@@ -280,24 +395,28 @@ class RedisBackend:
                 logger.exception("Redis subscriber connection failed unexpectedly")
                 self._note_failure(exc)
             # A connection that lived a while was not part of a flapping streak.
-            if loop.time() - started > self._backoff_max:
-                delay = self._backoff_initial
+            if loop.time() - started > timings.backoff_max:
+                delay = timings.backoff_initial
             await asyncio.sleep(delay / 2 + random.uniform(0, delay / 2))
-            delay = min(delay * 2, self._backoff_max)
+            delay = min(delay * 2, timings.backoff_max)
 
     async def _session(self) -> None:
         """One connection, from connect to failure (this returns only by raising)."""
         connection = self._new_connection()
         try:
-            async with asyncio.timeout(self._connect_timeout):
+            async with asyncio.timeout(self._timings.connect):
                 await connection.connect()
             self._ready_token, _ = self._new_barrier()
-            commands: list[tuple[str | bytes, ...]] = []
             # Only channels subscribed while there was no connection can have
             # missed messages: with none, the restored connection is not news.
-            self._announce_ready = bool(self._channels)
-            if self._channels:
-                commands.append(("SUBSCRIBE", *(self._namespace + c for c in self._channels)))
+            self._announce = None
+            if self.channels:
+                self._announce = (
+                    ConnectionRestored(frozenset(self.channels))
+                    if self._sharded
+                    else CONNECTION_RESTORED
+                )
+            commands = self._commands(self._subscribe, self.channels)
             commands.append(("PING", self._ready_token))
             # The channel snapshot and this write happen with no await between
             # them, and from here on subscribe() writes on this connection too,
@@ -319,7 +438,7 @@ class RedisBackend:
                 await asyncio.wait([reader, keepalive])
         finally:
             self._connection = None
-            self._ready.clear()
+            self.ready.clear()
             self._barriers.pop(self._ready_token, None)
             # Waiting subscribers go on: the next connection re-subscribes them.
             for waiter in self._barriers.values():
@@ -330,15 +449,23 @@ class RedisBackend:
                 await connection.disconnect(nowait=True)
 
     async def _read(self, connection: AbstractConnection) -> None:
-        events = self._events
+        events, kind_message = self._events, self._kind
         cut = self._namespace_bytes
         batch = 0
         while True:
-            reply = await connection.read_response()
+            try:
+                reply = await connection.read_response()
+            except ResponseError as exc:
+                # A shard answers MOVED (or CLUSTERDOWN) to a channel it does not
+                # serve; its other channels are fine: find the channel's owner.
+                if not self._sharded:
+                    raise
+                self._trouble(exc)
+                continue
             self._saw_data = True
             if type(reply) is list:
                 kind = reply[0]
-                if kind == b"message":
+                if kind == kind_message:
                     # RESP2 without decode_responses: channel and payload are bytes.
                     # "replace": a stray non-UTF-8 publish must not cost everyone a
                     # reconnection; our own messages are always valid text.
@@ -354,41 +481,53 @@ class RedisBackend:
                         await asyncio.sleep(0)
                 elif kind == b"pong":
                     await self._on_pong(cast(bytes, reply[1]))
-                # (un)subscribe acknowledgements need no handling: the PING
+                elif kind == b"sunsubscribe" and self._still_wanted(cast(bytes, reply[1])):
+                    # Redis unsubscribed us itself: the channel's slot moved away.
+                    self._trouble(ConnectionError("channel unsubscribed by a reshard"))
+                # Other (un)subscribe acknowledgements need no handling: the PING
                 # barriers after them say when Redis has processed them.
             elif isinstance(reply, bytes):
                 # PING outside subscribed mode (no channel yet) answers plainly.
                 await self._on_pong(reply)
+
+    def _still_wanted(self, wire_name: bytes) -> bool:
+        return wire_name[self._namespace_bytes :].decode(errors="replace") in self.channels
+
+    def _trouble(self, exc: BaseException) -> None:
+        logger.info("Redis shard %s: %s", self.url, _describe(exc))
+        if self._on_trouble is not None:
+            self._on_trouble()
 
     async def _on_pong(self, payload: bytes) -> None:
         self._pong_pending = False
         waiter = self._barriers.pop(payload, None)
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
-        if payload == self._ready_token and not self._ready.is_set():
+        if payload == self._ready_token and not self.ready.is_set():
             self._on_ready()
-            if self._announce_ready:
+            if self._announce is not None:
                 # Queued by the reader itself so that it comes before any message
                 # read after the re-subscription took effect.
-                await self._events.put(CONNECTION_RESTORED)
+                await self._events.put(self._announce)
 
     def _on_ready(self) -> None:
-        self._ready.set()
-        self._first_attempt.set()
+        self.ready.set()
+        self.first_attempt.set()
         self._outage_logged = False
         if self._ever_ready:
-            self._reconnects += 1
+            self.reconnects += 1
             BROKER_RECONNECTS.inc()
-            logger.info("Redis subscriber reconnected (%d channels)", len(self._channels))
+            logger.info("Redis subscriber reconnected (%d channels)", len(self.channels))
         self._ever_ready = True
 
     async def _keepalive(self, connection: AbstractConnection) -> None:
         """Fail the session when Redis stops answering: a dead peer that sent no
         reset (a network partition) would otherwise leave the reader waiting forever."""
+        interval = self._timings.ping_interval
         while True:
-            await asyncio.sleep(self._ping_interval)
+            await asyncio.sleep(interval)
             if self._pong_pending and not self._saw_data:
-                raise TimeoutError(f"no answer from Redis for {self._ping_interval:g} s")
+                raise TimeoutError(f"no answer from Redis for {interval:g} s")
             self._pong_pending, self._saw_data = True, False
             await self._send(connection, [("PING",)])
 
@@ -399,13 +538,13 @@ class RedisBackend:
         # the reader's back; the session loop alone decides when to reconnect.
         if not connection.is_connected:
             raise ConnectionError("the Redis subscriber connection is closed")
-        async with asyncio.timeout(self._connect_timeout):
+        async with asyncio.timeout(self._timings.connect):
             await connection.send_packed_command(
                 connection.pack_commands(commands), check_health=False
             )
 
     def _new_connection(self) -> AbstractConnection:
-        options: dict[str, Any] = dict(parse_url(self._url))
+        options: dict[str, Any] = dict(parse_url(self.url))
         connection_class = options.pop("connection_class", Connection)
         options.update(
             # RESP2 keeps pub/sub replies plain lists; bytes avoid decoding channel
@@ -414,10 +553,11 @@ class RedisBackend:
             protocol=2,
             decode_responses=False,
             socket_timeout=None,
-            socket_connect_timeout=self._connect_timeout,
+            socket_connect_timeout=self._timings.connect,
             health_check_interval=0,
             retry=Retry(NoBackoff(), 0),
-            client_name="threadline-subscriber",
+            # Named after the process, so that CLIENT LIST shows whose it is.
+            client_name=f"threadline-subscriber-{os.getpid()}",
         )
         return cast(AbstractConnection, connection_class(**options))
 
@@ -428,14 +568,16 @@ class RedisBackend:
         return token, waiter
 
     def _note_failure(self, exc: BaseException) -> None:
-        self._last_error = _describe(exc)
-        self._first_attempt.set()
+        self.last_error = _describe(exc)
+        self.first_attempt.set()
+        if self._on_trouble is not None:
+            self._on_trouble()  # its slots may have moved (a failover)
         # One warning per outage; the retries that follow it would only be noise.
         if self._outage_logged:
-            logger.debug("Redis subscriber connection attempt failed: %s", self._last_error)
+            logger.debug("Redis subscriber connection attempt failed: %s", self.last_error)
         else:
             self._outage_logged = True
-            logger.warning("Redis subscriber connection failed: %s", self._last_error)
+            logger.warning("Redis subscriber connection failed: %s", self.last_error)
 
 
 def channel_namespace(url: str) -> str:

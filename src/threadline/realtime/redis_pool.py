@@ -1,4 +1,4 @@
-"""Connection pools for Redis commands (not pub/sub): bounded, and waiting when full.
+"""Where Redis is and how to talk to it: one server or a cluster, and bounded pools.
 
 redis-py's default pool raises "Too many connections" past 100 checked-out
 connections; when 2000 sockets close at once, each releasing its presence
@@ -7,19 +7,61 @@ lease, that fails most of the releases. A blocking pool queues them instead.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Final, cast
 
-from redis.asyncio import BlockingConnectionPool
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisClusterException, RedisError
+
+from threadline.config import Settings
+
+# What a command client raises when Redis cannot answer: the cluster client's own
+# exception (no reachable node, a slot no master serves) is not a RedisError.
+REDIS_ERRORS: Final = (RedisError, RedisClusterException, OSError, TimeoutError)
 
 MAX_CONNECTIONS = 64
 WAIT_SECONDS = 10.0
+# A cluster client keeps a pool per node that refuses (rather than queues) past its
+# size: room for a burst of lease releases on each node.
+CLUSTER_MAX_CONNECTIONS_PER_NODE = 256
 # For commands that must not hold a request or a socket's set-up while Redis is
 # down: refused connections fail at once, a silent host within a second, and one
 # immediate retry survives a pooled connection that a Redis restart closed.
 CONNECT_TIMEOUT_SECONDS = 1.0
 COMMAND_TIMEOUT_SECONDS = 5.0
+
+# A RedisCluster has the same command methods as Redis (types-redis does not type
+# them on the cluster client yet), so both go by this one name.
+CommandClient = Redis
+
+
+@dataclass(frozen=True)
+class RedisTarget:
+    """A deployment's Redis: its URL (any node, for a cluster), whether it is a
+    Redis Cluster (REDIS_CLUSTER), and the prefix of every key and channel name
+    (REDIS_PREFIX: deployments or test runs sharing one Redis keep apart by it)."""
+
+    url: str
+    cluster: bool = False
+    prefix: str = ""
+
+    def key(self, name: str) -> str:
+        return self.prefix + name
+
+
+def settings_target(settings: Settings) -> RedisTarget | None:
+    """The deployment's Redis from REDIS_URL, REDIS_CLUSTER and REDIS_PREFIX."""
+    if not settings.redis_url:
+        return None
+    return RedisTarget(settings.redis_url, settings.redis_cluster, settings.redis_prefix)
+
+
+def as_target(redis: str | RedisTarget | None) -> RedisTarget | None:
+    """A target from a plain URL (one server, no prefix), or as given."""
+    return RedisTarget(redis) if isinstance(redis, str) else redis
 
 
 def redis_pool(url: str, **options: Any) -> BlockingConnectionPool[Any]:
@@ -28,11 +70,35 @@ def redis_pool(url: str, **options: Any) -> BlockingConnectionPool[Any]:
     )
 
 
-def fail_fast_pool(url: str) -> BlockingConnectionPool[Any]:
-    """A command pool that gives up quickly when Redis is unreachable."""
-    return redis_pool(
-        url,
+def command_client(target: RedisTarget, **options: Any) -> CommandClient[Any]:
+    """A client for commands (not pub/sub): pooled on one server, routed by slot on a cluster."""
+    if target.cluster:
+        cluster: RedisCluster[Any] = RedisCluster.from_url(
+            target.url,
+            max_connections=CLUSTER_MAX_CONNECTIONS_PER_NODE,
+            # A master that is down leaves its slots unserved; the others still answer.
+            require_full_coverage=False,
+            # Keep asking the configured node: redis-py otherwise replaces it with the
+            # nodes it last saw, none at all if it met a cluster still forming.
+            **{"dynamic_startup_nodes": False, **options},
+        )
+        return cast("CommandClient[Any]", cluster)
+    return Redis(connection_pool=redis_pool(target.url, **options))
+
+
+def fail_fast_client(target: RedisTarget) -> CommandClient[Any]:
+    """A command client that gives up quickly when Redis is unreachable."""
+    return command_client(
+        target,
         socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
         socket_timeout=COMMAND_TIMEOUT_SECONDS,
         retry=Retry(NoBackoff(), 1),
     )
+
+
+async def close_client(client: CommandClient[Any]) -> None:
+    """Close a command client and the connections of its pool(s)."""
+    if isinstance(client, RedisCluster):
+        await client.aclose()
+    else:
+        await client.aclose(close_connection_pool=True)  # type: ignore[attr-defined]

@@ -15,36 +15,39 @@ import time
 import uuid
 from collections.abc import Callable
 
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
-
 from threadline.errors import ServiceUnavailable
 from threadline.realtime.broker import BrokerError
 from threadline.realtime.channels import Publisher, activity_channel, encode_activity
-from threadline.realtime.redis_pool import fail_fast_pool
+from threadline.realtime.redis_pool import (
+    REDIS_ERRORS,
+    RedisTarget,
+    as_target,
+    close_client,
+    fail_fast_client,
+)
 from threadline.services.events import ActivityEvent
 
 log = logging.getLogger(__name__)
 
 TYPING_SECONDS = 6.0
 # Redis (typing state) or the broker (announcing it) unreachable.
-_UNREACHABLE = (RedisError, OSError, TimeoutError, BrokerError)
+_UNREACHABLE = (*REDIS_ERRORS, BrokerError)
 
 
 class TypingTracker:
     def __init__(
         self,
-        redis_url: str | None,
+        redis: str | RedisTarget | None,
         publisher: Publisher,
         *,
         clock: Callable[[], float] = time.monotonic,
         window: float = TYPING_SECONDS,
     ) -> None:
-        self._redis = (
-            aioredis.Redis(connection_pool=fail_fast_pool(redis_url)) if redis_url else None
-        )
+        target = as_target(redis)
+        self._redis = fail_fast_client(target) if target else None
+        self._prefix = target.prefix if target else ""
         self._publisher = publisher
-        self._clock = clock if redis_url is None else time.time
+        self._clock = clock if target is None else time.time
         self.window = window
         self._last_true: dict[tuple[uuid.UUID, uuid.UUID], float] = {}
         self._timers: dict[tuple[uuid.UUID, uuid.UUID], asyncio.TimerHandle] = {}
@@ -54,10 +57,10 @@ class TypingTracker:
             handle.cancel()
         self._timers.clear()
         if self._redis is not None:
-            await self._redis.aclose()  # type: ignore[attr-defined]
+            await close_client(self._redis)
 
     def _key(self, thread_id: uuid.UUID, user_id: uuid.UUID) -> str:
-        return f"typing:{thread_id}:{user_id}"
+        return f"{self._prefix}typing:{thread_id}:{user_id}"
 
     async def _get_last(self, key: tuple[uuid.UUID, uuid.UUID]) -> float | None:
         if self._redis is not None:

@@ -1,0 +1,247 @@
+"""Live fan-out over a Redis Cluster with sharded pub/sub (REDIS_CLUSTER=on).
+
+An event costs one SPUBLISH on the shard that owns its channel's slot, not a
+broadcast to every node. Each process holds one sharded subscriber connection per
+shard master (``SubscriberConnection``), subscribed to the channels of the slots
+that master serves. The slot map comes from CLUSTER SLOTS; it is read again when a
+shard says a channel is not its own (MOVED), when Redis unsubscribes a channel
+itself (its slot moved: a reshard), and when a shard's connection fails (a
+failover may have given its slots to another node). Channels whose owner changed
+move to the new owner's connection, and their subscribers are told to fill the
+gap from the event log (``ConnectionRestored`` for those channels), as after any
+reconnection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import logging
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.crc import key_slot
+
+from threadline.realtime.redis_backend import (
+    ConnectionRestored,
+    RedisBackend,
+    SubscriberConnection,
+)
+from threadline.realtime.redis_pool import (
+    REDIS_ERRORS,
+    CommandClient,
+    RedisTarget,
+    command_client,
+)
+
+logger = logging.getLogger(__name__)
+
+# Slot map reads after trouble are at least this far apart: a shard that is down
+# reports trouble on every reconnection attempt.
+REFRESH_INTERVAL_SECONDS = 0.5
+
+
+class SlotMap:
+    """Which master serves each of the cluster's 16384 slots, from CLUSTER SLOTS
+    as one node answers it (an empty host there is that node's own)."""
+
+    def __init__(self, reply: list[Any], asked: str) -> None:
+        rows = []
+        for start, end, (host, port, *_), *_ in reply:
+            name = host.decode() if isinstance(host, bytes) else str(host)
+            rows.append((int(start), int(end), (name or asked, int(port))))
+        rows.sort()
+        self._starts = [start for start, _, _ in rows]
+        self._rows = rows
+
+    @property
+    def masters(self) -> set[tuple[str, int]]:
+        return {(str(host), int(port)) for _, _, (host, port) in self._rows}
+
+    def master_of(self, name: str) -> tuple[str, int] | None:
+        """The (host, port) of the master serving a channel or key; None if unserved."""
+        slot = key_slot(name.encode())
+        i = bisect.bisect_right(self._starts, slot) - 1
+        if i < 0 or self._rows[i][1] < slot:
+            return None
+        host, port = self._rows[i][2]
+        return str(host), int(port)
+
+
+class ClusterBackend(RedisBackend):
+    """``RedisBackend`` over a Redis Cluster: SPUBLISH, and one SSUBSCRIBE
+    connection per shard master, kept in step with the slot map."""
+
+    publish_command = "SPUBLISH"
+    sharded = True
+
+    def __init__(self, target: RedisTarget, **options: Any) -> None:
+        super().__init__(target.url, prefix=target.prefix, **options)
+        self._target = target
+        self._shards: dict[tuple[str, int], SubscriberConnection] = {}
+        # Every channel wanted, and the shard connection each is subscribed on.
+        self._wanted: set[str] = set()
+        self._assigned: dict[str, SubscriberConnection] = {}
+        self._slots: SlotMap | None = None
+        self._slots_error: str | None = None
+        self._stale = asyncio.Event()
+        self._topology: asyncio.Task[None] | None = None
+
+    def _open_publisher(self) -> CommandClient[bytes]:
+        return command_client(
+            self._target,
+            socket_connect_timeout=self._connect_timeout,
+            socket_timeout=self._publish_timeout,
+            retry=Retry(NoBackoff(), 0),
+        )
+
+    async def _start_subscribers(self) -> None:
+        try:
+            await self._refresh()
+        except REDIS_ERRORS as exc:
+            self._slots_error = f"no slot map: {exc}"
+            logger.warning("Redis Cluster slot map unavailable: %s; retrying", exc)
+        if self._slots is None:
+            self._stale.set()
+        self._topology = asyncio.create_task(self._follow(), name="threadline-redis-slots")
+
+    def _links(self) -> list[SubscriberConnection]:
+        return list(self._shards.values())
+
+    async def _stop_subscribers(self) -> None:
+        topology, self._topology = self._topology, None
+        if topology is not None:
+            topology.cancel()
+            await asyncio.wait([topology])
+        shards, self._shards = self._shards, {}
+        self._assigned.clear()
+        for link in shards.values():
+            await link.stop()
+
+    def health(self) -> dict[str, Any]:
+        report = super().health()
+        report["backend"] = "redis-cluster"
+        report["shards"] = len(self._shards)
+        report["connected"] = report["connected"] and self._slots is not None
+        if self._slots is None:
+            report["last_error"] = self._slots_error
+        return report
+
+    # -- broker.Backend -----------------------------------------------------------
+
+    async def subscribe(self, channel: str) -> None:
+        self._wanted.add(channel)
+        link = self._owner(channel)
+        if link is None:
+            # No slot map yet: the first one assigns the channel and announces it.
+            self._stale.set()
+            return
+        self._assigned[channel] = link
+        await link.subscribe(channel)
+
+    async def unsubscribe(self, channel: str) -> None:
+        self._wanted.discard(channel)
+        link = self._assigned.pop(channel, None)
+        if link is not None:
+            await link.unsubscribe(channel)
+
+    # -- the slot map -------------------------------------------------------------
+
+    def _owner(self, channel: str) -> SubscriberConnection | None:
+        if self._slots is None:
+            return None
+        master = self._slots.master_of(self._namespace + channel)
+        return None if master is None else self._shards.get(master)
+
+    def _trouble(self) -> None:
+        self._stale.set()
+
+    async def _follow(self) -> None:
+        """Read the slot map again whenever a shard reports trouble."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._stale.wait()
+            started = loop.time()
+            self._stale.clear()
+            try:
+                await self._refresh()
+            except REDIS_ERRORS as exc:
+                logger.debug("Redis Cluster slot map not read: %s", exc)
+                if self._slots is None:
+                    self._slots_error = f"no slot map: {exc}"
+                self._stale.set()
+            except Exception:  # a bug must not stop the following
+                logger.exception("Redis Cluster slot map refresh failed")
+                self._stale.set()
+            await asyncio.sleep(max(0.0, started + REFRESH_INTERVAL_SECONDS - loop.time()))
+
+    async def _read_slots(self) -> SlotMap:
+        """CLUSTER SLOTS from the configured node, else from a master we know.
+
+        Asked on a connection of our own: redis-py's cluster client keeps no usable
+        map after it met a cluster that was still forming."""
+        failure: BaseException = ConnectionError("no node to ask")
+        seeds = [self._target.url, *(self._node_url(*master) for master in self._shards)]
+        for url in dict.fromkeys(seeds):
+            try:
+                async with asyncio.timeout(self._connect_timeout):
+                    async with Redis.from_url(url, retry=Retry(NoBackoff(), 0)) as node:
+                        ask: Any = node.execute_command  # untyped in types-redis
+                        reply = await ask("CLUSTER SLOTS")
+            except REDIS_ERRORS as exc:
+                failure = exc
+                continue
+            if reply:
+                return SlotMap(reply, str(urlsplit(url).hostname))
+            failure = ConnectionError("the cluster serves no slot yet")
+        raise failure
+
+    async def _refresh(self) -> None:
+        slots = await self._read_slots()
+        self._slots, self._slots_error = slots, None
+        for master in slots.masters - self._shards.keys():
+            host, port = master
+            self._shards[master] = self._new_link(self._node_url(host, port))
+        await self._reassign()
+        for master in self._shards.keys() - slots.masters:
+            link = self._shards[master]
+            if not any(owner is link for owner in self._assigned.values()):
+                del self._shards[master]
+                await link.stop()
+
+    async def _reassign(self) -> None:
+        """Move every wanted channel to its owner's connection; channels that moved
+        (or had none) may have missed messages: their subscribers fill the gap."""
+        moved: dict[SubscriberConnection, list[str]] = {}
+        for channel in self._wanted:
+            owner = self._owner(channel)
+            current = self._assigned.get(channel)
+            if owner is None:
+                self._stale.set()  # a slot no master serves yet: ask again shortly
+                continue
+            if owner is current:
+                continue
+            if current is not None:
+                current.channels.discard(channel)
+            self._assigned[channel] = owner
+            moved.setdefault(owner, []).append(channel)
+        changed: set[str] = set()
+        for link, channels in moved.items():
+            await link.subscribe(*channels)
+            # A connection still being made announces its channels itself once up.
+            if link.ready.is_set():
+                changed.update(channels)
+        if moved:
+            logger.info("Redis Cluster: %d channels moved shard", sum(map(len, moved.values())))
+        if changed:
+            await self._events.put(ConnectionRestored(frozenset(changed)))
+
+    def _node_url(self, host: str, port: int) -> str:
+        """The URL of one node: the configured URL's scheme and credentials, its address."""
+        parts = urlsplit(self._target.url)
+        credentials = parts.netloc.rpartition("@")[0]
+        netloc = f"{credentials}@{host}:{port}" if credentials else f"{host}:{port}"
+        return urlunsplit(parts._replace(netloc=netloc, path="/0"))
