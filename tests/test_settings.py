@@ -44,6 +44,8 @@ def test_a_read_url_needs_postgresql_on_both_sides() -> None:
             _env_file=None,
         )
     assert load_settings(database_read_url=" ", _env_file=None).database_read_url is None
+
+
 def test_a_redis_cluster_needs_a_node_and_a_prefix_may_not_make_a_hash_tag() -> None:
     with pytest.raises(ConfigError, match="REDIS_CLUSTER=on needs REDIS_URL"):
         load_settings(redis_cluster="on", _env_file=None)
