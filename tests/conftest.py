@@ -1,9 +1,11 @@
 """Test harness: a real server per test, on PostgreSQL + Redis or SQLite + in-memory.
 
 ``THREADLINE_TEST_BACKEND`` picks the backend (``postgres`` or ``sqlite``, default
-sqlite). The schema is migrated once per session; each test starts from empty
-tables (PostgreSQL: TRUNCATE; SQLite: a fresh copy of the migrated file) and a
-flushed Redis database. Clients are real: httpx over TCP and WebSocket clients.
+sqlite; ``pgbouncer`` is ``postgres`` with the app behind PgBouncer in transaction mode,
+which ``scripts/pgbouncer start`` runs on 127.0.0.1:6432). The schema is migrated once
+per session; each test starts from empty tables (PostgreSQL: TRUNCATE; SQLite: a fresh
+copy of the migrated file) and a flushed Redis database. Clients are real: httpx over
+TCP and WebSocket clients.
 """
 
 from __future__ import annotations
@@ -34,12 +36,35 @@ from threadline.migrate import upgrade_to_head
 from threadline.models import Base
 from threadline.uvicorn_seam import protocol_class
 
-BACKEND = os.environ.get("THREADLINE_TEST_BACKEND", "sqlite")
+RUN_BACKEND = os.environ.get("THREADLINE_TEST_BACKEND", "sqlite")
+# Behind PgBouncer everything holds that holds on PostgreSQL + Redis (BACKEND says
+# "postgres"): databases are made and emptied on PostgreSQL directly, and the app (and
+# every command a test runs) gets PgBouncer's address, DATABASE_POOLER and the direct URL.
+POOLED = RUN_BACKEND == "pgbouncer"
+BACKEND = "postgres" if POOLED else RUN_BACKEND
 PG_BASE = "postgresql+asyncpg://postgres@127.0.0.1:5432"
+PGBOUNCER_BASE = "postgresql+asyncpg://postgres@127.0.0.1:6432"
 REDIS_BASE = "redis://127.0.0.1:6379"
 DEV_SECRET = "test-dev-secret-" + "x" * 32
 SIGNING_SECRET = "test-signing-secret-" + "y" * 32
 SESSION_DB = f"tl_test_{os.getpid()}"
+
+
+def app_database_url(direct_url: str) -> str:
+    """The URL the app is given for a test database: PgBouncer's in a pooled run."""
+    return direct_url.replace(PG_BASE, PGBOUNCER_BASE, 1) if POOLED else direct_url
+
+
+def database_environment(database_url: str) -> dict[str, str]:
+    """The DATABASE_* variables of a process on ``database_url``: PgBouncer's address
+    brings the pooler setting and PostgreSQL's own address with it."""
+    if not database_url.startswith(PGBOUNCER_BASE):
+        return {"DATABASE_URL": database_url}
+    return {
+        "DATABASE_URL": database_url,
+        "DATABASE_POOLER": "pgbouncer",
+        "DATABASE_DIRECT_URL": database_url.replace(PGBOUNCER_BASE, PG_BASE, 1),
+    }
 
 
 def free_port() -> int:
@@ -137,7 +162,9 @@ async def redis_url(redis_database: int) -> AsyncIterator[str | None]:
 @pytest.fixture
 def settings(database_url: str, redis_url: str | None, tmp_path: Path) -> Settings:
     return Settings(
-        database_url=database_url,
+        database_url=app_database_url(database_url),
+        database_pooler="pgbouncer" if POOLED else "none",  # type: ignore[arg-type]
+        database_direct_url=database_url if POOLED else None,
         redis_url=redis_url,
         dev_auth_secret=DEV_SECRET,  # type: ignore[arg-type]
         attachment_signing_secret=SIGNING_SECRET,  # type: ignore[arg-type]

@@ -33,6 +33,7 @@ from tests.conftest import (
     Clients,
     Server,
     _pg_admin,
+    database_environment,
     start_server,
     stop_server,
 )
@@ -397,7 +398,7 @@ async def test_the_backup_and_restore_commands(
     def run(target: Settings, *args: str) -> subprocess.CompletedProcess[str]:
         environment = {
             **os.environ,
-            "DATABASE_URL": target.database_url,
+            **database_environment(target.database_url),
             "UPLOAD_DIR": str(target.upload_dir),
             "PYTHONPATH": str(Path(__file__).resolve().parent.parent / "src"),
         }

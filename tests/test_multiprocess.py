@@ -24,7 +24,15 @@ import websockets
 from svix.webhooks import Webhook
 
 from tests import factories
-from tests.conftest import BACKEND, DEV_SECRET, SIGNING_SECRET, Api, free_port, token_for
+from tests.conftest import (
+    BACKEND,
+    DEV_SECRET,
+    SIGNING_SECRET,
+    Api,
+    database_environment,
+    free_port,
+    token_for,
+)
 from tests.deployment import threadline
 from tests.processes import spawn_serve
 from tests.test_thread_events import EVENTS
@@ -50,7 +58,7 @@ async def spawn(settings: Settings, redis_url: str) -> Process:
     port = free_port()
     env = {
         **os.environ,
-        "DATABASE_URL": settings.database_url,
+        **database_environment(settings.database_url),
         "REDIS_URL": redis_url,
         "DEV_AUTH_SECRET": DEV_SECRET,
         "ATTACHMENT_SIGNING_SECRET": SIGNING_SECRET,

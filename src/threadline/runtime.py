@@ -51,7 +51,7 @@ class Runtime:
         self.settings = settings
         self.broker = Broker(settings.redis_url)
         self.db = Database(
-            make_engine(settings.database_url),
+            make_engine(settings.database_url, pooled=settings.pooled),
             publish=self._publish,
             fast_paths=settings.fast_paths,
         )
