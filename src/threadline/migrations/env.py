@@ -2,7 +2,8 @@
 
 The database URL is the ``sqlalchemy.url`` main option when the caller set one
 (``threadline.migrate.upgrade_to_head`` always does), else ``DATABASE_DIRECT_URL`` or
-``DATABASE_URL`` through ``Settings``. Autogenerate compares against ``threadline.models.Base.metadata``.
+``DATABASE_URL`` through ``Settings``. Autogenerate compares against
+``threadline.models.Base.metadata``.
 
 Full-text search lives in the database but not in the models, so comparison skips it
 (``threadline.migrate.include_name`` / ``include_object``):
