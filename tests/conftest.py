@@ -50,9 +50,15 @@ SIGNING_SECRET = "test-signing-secret-" + "y" * 32
 SESSION_DB = f"tl_test_{os.getpid()}"
 
 
-def app_database_url(direct_url: str) -> str:
-    """The URL the app is given for a test database: PgBouncer's in a pooled run."""
-    return direct_url.replace(PG_BASE, PGBOUNCER_BASE, 1) if POOLED else direct_url
+def database_settings(direct_url: str) -> dict[str, Any]:
+    """The database part of Settings for a test database: behind PgBouncer in a pooled run."""
+    if not POOLED or not direct_url.startswith(PG_BASE):
+        return {"database_url": direct_url}
+    return {
+        "database_url": direct_url.replace(PG_BASE, PGBOUNCER_BASE, 1),
+        "database_pooler": "pgbouncer",
+        "database_direct_url": direct_url,
+    }
 
 
 def database_environment(database_url: str) -> dict[str, str]:
@@ -162,9 +168,7 @@ async def redis_url(redis_database: int) -> AsyncIterator[str | None]:
 @pytest.fixture
 def settings(database_url: str, redis_url: str | None, tmp_path: Path) -> Settings:
     return Settings(
-        database_url=app_database_url(database_url),
-        database_pooler="pgbouncer" if POOLED else "none",  # type: ignore[arg-type]
-        database_direct_url=database_url if POOLED else None,
+        **database_settings(database_url),
         redis_url=redis_url,
         dev_auth_secret=DEV_SECRET,  # type: ignore[arg-type]
         attachment_signing_secret=SIGNING_SECRET,  # type: ignore[arg-type]

@@ -34,6 +34,7 @@ from tests.conftest import (
     Server,
     _pg_admin,
     database_environment,
+    database_settings,
     start_server,
     stop_server,
 )
@@ -73,7 +74,7 @@ query($t: ID!) { thread(threadId: $t) { id title lastSeq
 
 def settings_for(database_url: str, upload_dir: Path, redis_url: str | None) -> Settings:
     return Settings(
-        database_url=database_url,
+        **database_settings(database_url),
         redis_url=redis_url,
         dev_auth_secret=DEV_SECRET,  # type: ignore[arg-type]
         upload_dir=upload_dir,
