@@ -9,6 +9,7 @@ one. These tests run on the pgbouncer backend (scripts/pgbouncer, port 6432).
 from __future__ import annotations
 
 import asyncio
+from contextlib import nullcontext
 from datetime import datetime
 
 import asyncpg
@@ -48,23 +49,16 @@ async def statement_again_on_another_server_connection(engine: AsyncEngine) -> N
         await first.commit()
 
 
-async def test_without_the_setting_a_cached_statement_is_missing_on_the_next_server_connection(
-    settings: Settings,
+@pytest.mark.parametrize("pooled", [False, True])
+async def test_sqlalchemy_statements_run_on_any_server_connection_only_with_the_setting(
+    settings: Settings, pooled: bool
 ) -> None:
-    engine = make_engine(settings.database_url, pooled=False)
+    engine = make_engine(settings.database_url, pooled=pooled)
+    # Without it, the statement SQLAlchemy cached is missing on the other server connection.
+    fails = nullcontext() if pooled else pytest.raises(DBAPIError, match="does not exist")
     try:
-        with pytest.raises(DBAPIError, match="does not exist"):
+        with fails:
             await statement_again_on_another_server_connection(engine)
-    finally:
-        await engine.dispose()
-
-
-async def test_with_the_setting_sqlalchemy_statements_run_on_any_server_connection(
-    settings: Settings,
-) -> None:
-    engine = make_engine(settings.database_url, pooled=True)
-    try:
-        await statement_again_on_another_server_connection(engine)
     finally:
         await engine.dispose()
 
@@ -74,20 +68,14 @@ async def test_the_driver_pool_of_shared_sends_runs_on_any_server_connection_onl
     settings: Settings, pooled: bool
 ) -> None:
     db = Database(make_engine(settings.database_url, pooled=pooled))
-
-    async def again_on_another_server_connection() -> None:
-        async with db.driver_connection("first") as first, db.driver_connection("second") as second:
-            assert await first.fetchval("SELECT 1") == 1
-            async with second.transaction():
-                assert await second.fetchval("SELECT 2") == 2
-                assert await first.fetchval("SELECT 1") == 1
-
+    fails = nullcontext() if pooled else pytest.raises(asyncpg.InvalidSQLStatementNameError)
     try:
-        if pooled:
-            await again_on_another_server_connection()
-        else:
-            with pytest.raises(asyncpg.InvalidSQLStatementNameError):
-                await again_on_another_server_connection()
+        with fails:
+            async with db.driver_connection("first") as first, db.driver_connection("2") as second:
+                assert await first.fetchval("SELECT 1") == 1
+                async with second.transaction():
+                    assert await second.fetchval("SELECT 2") == 2
+                    assert await first.fetchval("SELECT 1") == 1
     finally:
         await db.dispose()
 

@@ -381,6 +381,7 @@ class Database:
                     max_inactive_connection_lifetime=0,
                     server_settings=SERVER_SETTINGS,
                     reset=_nothing_to_reset,
+                    # Off behind a pooler, as on the engine's connections; else asyncpg's default.
                     statement_cache_size=0 if self.pooled else 100,
                 )
             return self._driver_pool
