@@ -1,11 +1,12 @@
 """Test harness: a real server per test, on PostgreSQL + Redis or SQLite + in-memory.
 
-``THREADLINE_TEST_BACKEND`` picks the backend (``postgres``, ``cluster``: PostgreSQL
-and a Redis Cluster with sharded pub/sub, or ``sqlite``, default sqlite). The schema
-is migrated once per session; each test starts from empty tables (PostgreSQL:
-TRUNCATE; SQLite: a fresh copy of the migrated file) and a flushed Redis database
-(on the cluster: keys and channels under a prefix of its own). Clients are real:
-httpx over TCP and WebSocket clients.
+``THREADLINE_TEST_BACKEND`` picks the backend (``postgres``, ``sqlite``, default sqlite;
+``cluster``: PostgreSQL and a Redis Cluster with sharded pub/sub; ``pgbouncer``:
+``postgres`` with the app behind PgBouncer in transaction mode, which
+``scripts/pgbouncer start`` runs on 127.0.0.1:6432). The schema is migrated once per
+session; each test starts from empty tables (PostgreSQL: TRUNCATE; SQLite: a fresh copy
+of the migrated file) and a flushed Redis database (on the cluster: keys and channels
+under a prefix of its own). Clients are real: httpx over TCP and WebSocket clients.
 """
 
 from __future__ import annotations
@@ -36,16 +37,45 @@ from threadline.migrate import upgrade_to_head
 from threadline.models import Base
 from threadline.uvicorn_seam import protocol_class
 
-BACKEND = os.environ.get("THREADLINE_TEST_BACKEND", "sqlite")
+RUN_BACKEND = os.environ.get("THREADLINE_TEST_BACKEND", "sqlite")
+# Behind PgBouncer everything holds that holds on PostgreSQL + Redis (BACKEND says
+# "postgres"): databases are made and emptied on PostgreSQL directly, and the app (and
+# every command a test runs) gets PgBouncer's address, DATABASE_POOLER and the direct URL.
+POOLED = RUN_BACKEND == "pgbouncer"
+BACKEND = "postgres" if POOLED else RUN_BACKEND
 # The cluster row is the PostgreSQL row with a Redis Cluster (scripts/redis-cluster) for Redis.
 CLUSTER = BACKEND == "cluster"
 ON_POSTGRES = BACKEND in {"postgres", "cluster"}
 REDIS_CLUSTER_URL = os.environ.get("THREADLINE_TEST_REDIS_CLUSTER", "redis://127.0.0.1:7101/0")
 PG_BASE = "postgresql+asyncpg://postgres@127.0.0.1:5432"
+PGBOUNCER_BASE = "postgresql+asyncpg://postgres@127.0.0.1:6432"
 REDIS_BASE = "redis://127.0.0.1:6379"
 DEV_SECRET = "test-dev-secret-" + "x" * 32
 SIGNING_SECRET = "test-signing-secret-" + "y" * 32
 SESSION_DB = f"tl_test_{os.getpid()}"
+
+
+def database_settings(direct_url: str) -> dict[str, Any]:
+    """The database part of Settings for a test database: behind PgBouncer in a pooled run."""
+    if not POOLED or not direct_url.startswith(PG_BASE):
+        return {"database_url": direct_url}
+    return {
+        "database_url": direct_url.replace(PG_BASE, PGBOUNCER_BASE, 1),
+        "database_pooler": "pgbouncer",
+        "database_direct_url": direct_url,
+    }
+
+
+def database_environment(database_url: str) -> dict[str, str]:
+    """The DATABASE_* variables of a process on ``database_url``: PgBouncer's address
+    brings the pooler setting and PostgreSQL's own address with it."""
+    if not database_url.startswith(PGBOUNCER_BASE):
+        return {"DATABASE_URL": database_url}
+    return {
+        "DATABASE_URL": database_url,
+        "DATABASE_POOLER": "pgbouncer",
+        "DATABASE_DIRECT_URL": database_url.replace(PGBOUNCER_BASE, PG_BASE, 1),
+    }
 
 
 def free_port() -> int:
@@ -168,7 +198,7 @@ def settings(
     database_url: str, redis_url: str | None, redis_prefix: str, tmp_path: Path
 ) -> Settings:
     return Settings(
-        database_url=database_url,
+        **database_settings(database_url),
         redis_url=redis_url,
         redis_cluster=CLUSTER,
         redis_prefix=redis_prefix,

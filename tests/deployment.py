@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import DEV_SECRET
+from tests.conftest import DEV_SECRET, database_environment
 from threadline.config import Settings
 
 SRC = Path(__file__).resolve().parent.parent / "src"
@@ -34,7 +34,7 @@ def threadline(
     env = {
         **{k: v for k, v in os.environ.items() if k not in {"REDIS_URL", "THREADLINE_ENV"}},
         "PYTHONPATH": str(SRC),
-        "DATABASE_URL": database_url,
+        **database_environment(database_url),
         "DEV_AUTH_SECRET": DEV_SECRET,
         **environment,
     }

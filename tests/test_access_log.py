@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import websockets
 
-from tests.conftest import DEV_SECRET, SIGNING_SECRET, free_port
+from tests.conftest import DEV_SECRET, SIGNING_SECRET, database_environment, free_port
 from tests.deployment import SRC
 from threadline.config import Settings
 
@@ -25,7 +25,7 @@ async def test_serve_logs_request_paths_without_their_query_strings(
     env = {
         **{k: v for k, v in os.environ.items() if k not in {"REDIS_URL", "THREADLINE_ENV"}},
         "PYTHONPATH": str(SRC),
-        "DATABASE_URL": settings.database_url,
+        **database_environment(settings.database_url),
         "DEV_AUTH_SECRET": DEV_SECRET,
         "ATTACHMENT_SIGNING_SECRET": SIGNING_SECRET,
         "UPLOAD_DIR": str(tmp_path / "uploads"),

@@ -33,6 +33,8 @@ from tests.conftest import (
     Clients,
     Server,
     _pg_admin,
+    database_environment,
+    database_settings,
     start_server,
     stop_server,
 )
@@ -72,7 +74,7 @@ query($t: ID!) { thread(threadId: $t) { id title lastSeq
 
 def settings_for(database_url: str, upload_dir: Path, redis_url: str | None) -> Settings:
     return Settings(
-        database_url=database_url,
+        **database_settings(database_url),
         redis_url=redis_url,
         dev_auth_secret=DEV_SECRET,  # type: ignore[arg-type]
         upload_dir=upload_dir,
@@ -397,7 +399,7 @@ async def test_the_backup_and_restore_commands(
     def run(target: Settings, *args: str) -> subprocess.CompletedProcess[str]:
         environment = {
             **os.environ,
-            "DATABASE_URL": target.database_url,
+            **database_environment(target.database_url),
             "UPLOAD_DIR": str(target.upload_dir),
             "PYTHONPATH": str(Path(__file__).resolve().parent.parent / "src"),
         }

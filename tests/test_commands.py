@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import BACKEND, PG_BASE, Api, _pg_admin, token_for
+from tests.conftest import BACKEND, PG_BASE, Api, _pg_admin, database_settings, token_for
 from tests.deployment import threadline
 from threadline.config import Settings
 from threadline.migrate import current_revision_async, head_revision
@@ -56,7 +56,9 @@ async def test_migrate_brings_a_fresh_database_to_the_newest_revision_and_can_ru
     fresh_database_url: str, tmp_path: Path
 ) -> None:
     for _ in range(2):
-        done = threadline("migrate", database_url=fresh_database_url, tmp_path=tmp_path)
+        # Behind PgBouncer: DATABASE_URL is the pooler's, the migration goes to the direct URL.
+        url = database_settings(fresh_database_url)["database_url"]
+        done = threadline("migrate", database_url=url, tmp_path=tmp_path)
         assert done.returncode == 0, done.stderr
         assert "newest revision" in done.stdout
     assert await current_revision_async(fresh_database_url) == head_revision()

@@ -140,3 +140,22 @@ def test_secret_variables_come_from_the_environment() -> None:
                 assert _is_only_interpolation(value), f"{name}: {variable} is not ${{...}}"
             for password in URL_PASSWORD.findall(value):
                 assert _is_only_interpolation(password), f"{name}: {variable} has a password"
+
+
+def test_pgbouncer_is_an_optional_profile_in_transaction_mode_on_a_pinned_image() -> None:
+    pgbouncer = _service("pgbouncer")
+    assert pgbouncer["profiles"] == ["pgbouncer"]
+    assert _environment(pgbouncer)["POOL_MODE"] == "transaction"
+    _, _, tag = pgbouncer["image"].partition(":")
+    assert tag and tag != "latest"
+    # Without the profile the app does not wait for a service that never starts.
+    assert _service("app")["depends_on"]["pgbouncer"]["required"] is False
+
+
+def test_every_database_client_knows_the_pooler_and_postgresql_s_own_address() -> None:
+    for name in ("app", "migrate", "backup"):
+        environment = _environment(_service(name))
+        assert "@${DATABASE_HOST:-postgres}:5432/" in environment["DATABASE_URL"]
+        assert environment["DATABASE_POOLER"] == "${DATABASE_POOLER:-none}"
+        # Migrations and backups need a session of their own: past the pooler.
+        assert "@postgres:5432/" in environment["DATABASE_DIRECT_URL"]

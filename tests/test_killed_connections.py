@@ -4,6 +4,11 @@ Issue 11, item 6: the first use of each dead pooled connection was an
 INTERNAL_SERVER_ERROR. Now a dead connection is replaced when it is checked out,
 a read that meets one anyway is retried once, and a write that does says so
 with a code (UNAVAILABLE) and is never applied twice.
+
+Behind PgBouncer (the pgbouncer backend) the app's connections end at the pooler,
+which replaces a server connection PostgreSQL ended without the app noticing; what
+the app does see is the pooler dropping its connections (a pooler restart or
+failover), which its KILL command does here.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from sqlalchemy import text
+from sqlalchemy import make_url, text
 
 from tests import factories
 from tests.conftest import BACKEND, Api, Clients
@@ -44,6 +49,8 @@ ME = "{ me { username } }"
 
 
 async def kill_server_connections(settings: Settings) -> int:
+    if settings.pooled:
+        return await kill_pooler_connections(settings)
     dsn = settings.database_url.replace("postgresql+asyncpg", "postgresql", 1)
     conn = await asyncpg.connect(dsn)
     try:
@@ -52,6 +59,30 @@ async def kill_server_connections(settings: Settings) -> int:
         await conn.close()
     await asyncio.sleep(KILL_SETTLE)  # the backends exit after the signal
     return killed
+
+
+async def pooler_console(settings: Settings, command: str) -> str:
+    """One command on PgBouncer's admin console (simple queries only: psql)."""
+    url = make_url(settings.database_url)
+    process = await asyncio.create_subprocess_exec(
+        *("psql", "-h", str(url.host), "-p", str(url.port), "-U", "postgres", "-d", "pgbouncer"),
+        *("-Atc", command),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await process.communicate()
+    assert process.returncode == 0, f"{command} failed on PgBouncer's console"
+    return out.decode()
+
+
+async def kill_pooler_connections(settings: Settings) -> int:
+    """Drop the app's connections to the pooler and the pooler's to the database."""
+    database = make_url(settings.database_url).database
+    clients = await pooler_console(settings, "SHOW CLIENTS")
+    held = sum(1 for line in clients.splitlines() if line.split("|")[2:3] == [database])
+    await pooler_console(settings, f"KILL {database}")
+    await pooler_console(settings, f"RESUME {database}")  # KILL also holds new clients back
+    await asyncio.sleep(KILL_SETTLE)
+    return held
 
 
 async def busy(alice: Api, thread_id: str) -> None:
@@ -115,7 +146,7 @@ async def test_a_read_whose_held_connection_is_killed_runs_again_on_a_fresh_one(
     settings: Settings,
 ) -> None:
     """The race checkout cannot see: the connection dies while a read session holds it."""
-    db = Database(make_engine(settings.database_url))
+    db = Database(make_engine(settings.database_url, pooled=settings.pooled))
     try:
         session = db.shared_sessions()
         first = await session.scalar(text("SELECT pg_backend_pid()"))
@@ -133,7 +164,7 @@ async def test_a_read_whose_held_connection_is_killed_runs_again_on_a_fresh_one(
 async def test_a_write_whose_connection_is_killed_fails_cleanly_and_is_not_applied(
     settings: Settings,
 ) -> None:
-    db = Database(make_engine(settings.database_url))
+    db = Database(make_engine(settings.database_url, pooled=settings.pooled))
     try:
         with pytest.raises(ServiceUnavailable) as refused:
             async with db.transaction("doomed") as uow:

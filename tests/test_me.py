@@ -6,7 +6,7 @@ import asyncio
 import os
 import sys
 
-from tests.conftest import Clients, Server
+from tests.conftest import Clients, Server, database_environment
 
 ME = "{ me { id username displayName role preferences } }"
 
@@ -32,7 +32,7 @@ async def test_cli_token_signs_in_as_that_user(server: Server, clients: Clients)
     settings = server.runtime.settings
     env = {
         **os.environ,
-        "DATABASE_URL": settings.database_url,
+        **database_environment(settings.database_url),
         "DEV_AUTH_SECRET": settings.dev_auth_secret.get_secret_value(),
     }
     env.pop("REDIS_URL", None)

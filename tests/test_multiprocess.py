@@ -32,6 +32,7 @@ from tests.conftest import (
     ON_POSTGRES,
     SIGNING_SECRET,
     Api,
+    database_environment,
     free_port,
     redis_environment,
     token_for,
@@ -62,7 +63,7 @@ async def spawn(settings: Settings, redis_url: str) -> Process:
     port = free_port()
     env = {
         **os.environ,
-        "DATABASE_URL": settings.database_url,
+        **database_environment(settings.database_url),
         **redis_environment(settings),
         "REDIS_URL": redis_url,
         "DEV_AUTH_SECRET": DEV_SECRET,

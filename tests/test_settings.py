@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import start_server, stop_server
-from tests.deployment import variant
+from tests.deployment import threadline, variant
 from threadline.config import ConfigError, Settings, load_settings
 from threadline.models import Attachment
 
@@ -56,3 +57,47 @@ def test_a_redis_cluster_needs_a_node_and_a_prefix_may_not_make_a_hash_tag() -> 
     )
     assert clustered.redis_cluster is True
     assert clustered.redis_prefix == "a:"
+
+
+# A pooler's address that is never reached: the commands stop before connecting.
+POOLER_URL = "postgresql+asyncpg://threadline@pooler.invalid:6432/threadline"
+DIRECT_URL = "postgresql+asyncpg://threadline@postgres.invalid:5432/threadline"
+
+
+def test_the_pooler_setting_takes_known_poolers_for_postgresql_only() -> None:
+    with pytest.raises(ConfigError, match="DATABASE_POOLER"):
+        load_settings(database_url=POOLER_URL, database_pooler="odyssey", _env_file=None)
+    with pytest.raises(ConfigError, match="DATABASE_URL is SQLite"):
+        load_settings(database_pooler="pgbouncer", _env_file=None)
+    with pytest.raises(ConfigError, match="DATABASE_DIRECT_URL must be"):
+        load_settings(database_url=POOLER_URL, database_direct_url="mysql://x/y", _env_file=None)
+    pooled = load_settings(database_url=POOLER_URL, database_pooler=" PgBouncer ", _env_file=None)
+    assert pooled.pooled
+
+
+def test_sessions_of_their_own_go_to_the_direct_url_and_never_through_the_pooler() -> None:
+    plain = load_settings(database_url=DIRECT_URL, database_pooler="", _env_file=None)
+    assert not plain.pooled and plain.direct_database_url == DIRECT_URL
+    pooled = load_settings(
+        database_url=POOLER_URL,
+        database_pooler="pgbouncer",
+        database_direct_url=DIRECT_URL,
+        _env_file=None,
+    )
+    assert pooled.direct_database_url == DIRECT_URL
+    without = load_settings(database_url=POOLER_URL, database_pooler="pgbouncer", _env_file=None)
+    with pytest.raises(ConfigError, match="need DATABASE_DIRECT_URL"):
+        _ = without.direct_database_url
+
+
+@pytest.mark.parametrize(("command", "code"), [(["migrate"], 2), (["backup", "out"], 1)])
+def test_migrate_and_backup_behind_a_pooler_without_a_direct_url_say_so(
+    tmp_path: Path, command: list[str], code: int
+) -> None:
+    done = threadline(
+        *command, database_url=POOLER_URL, tmp_path=tmp_path, DATABASE_POOLER="pgbouncer"
+    )
+    assert done.returncode == code
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("threadline:") and "DATABASE_DIRECT_URL" in last, done.stderr
+    assert "Traceback" not in done.stderr

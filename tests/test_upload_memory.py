@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import DEV_SECRET, SIGNING_SECRET, free_port, token_for
+from tests.conftest import DEV_SECRET, SIGNING_SECRET, database_environment, free_port, token_for
 from tests.processes import spawn_serve
 from tests.uploads import PREFLIGHT, UPLOAD, image, many_entries_docx, plain_zip
 from threadline.config import Settings
@@ -42,7 +42,7 @@ async def _serve(settings: Settings, tmp: Path) -> AsyncIterator[tuple[str, int]
     (tmp / "spool").mkdir()
     env = {
         **os.environ,
-        "DATABASE_URL": settings.database_url,
+        **database_environment(settings.database_url),
         "DEV_AUTH_SECRET": DEV_SECRET,
         "ATTACHMENT_SIGNING_SECRET": SIGNING_SECRET,
         "RATE_LIMITS": "off",

@@ -23,7 +23,16 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from pydantic import SecretStr
 
 from tests import factories
-from tests.conftest import DEV_SECRET, Api, Clients, Server, free_port, start_server, stop_server
+from tests.conftest import (
+    DEV_SECRET,
+    Api,
+    Clients,
+    Server,
+    database_environment,
+    free_port,
+    start_server,
+    stop_server,
+)
 from tests.processes import spawn_serve
 from tests.test_clerk_tokens_http import clerk_token
 from tests.test_web_routes import FRONTEND_API, PUBLISHABLE_KEY
@@ -553,7 +562,7 @@ async def test_in_production_the_page_signs_in_with_clerk_whose_script_is_the_on
 async def spawn(settings: Settings, redis_url: str | None, port: int) -> asyncio.subprocess.Process:
     env = {
         **os.environ,
-        "DATABASE_URL": settings.database_url,
+        **database_environment(settings.database_url),
         "DEV_AUTH_SECRET": DEV_SECRET,
         "RATE_LIMITS": "off",
         "UPLOAD_DIR": str(settings.upload_dir),

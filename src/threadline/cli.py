@@ -31,7 +31,13 @@ def _migrate(settings: Settings) -> None:
 
     if settings.sqlite_path is not None:
         settings.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
-    upgrade_to_head(settings.database_url)
+    try:
+        # Past any pooler: a migration is one long transaction of DDL.
+        url = settings.direct_database_url
+    except ConfigError as exc:
+        print(f"threadline: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    upgrade_to_head(url)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -89,11 +95,12 @@ async def _with_db(settings: Settings, name: str, work: object, *, publish: bool
     # closes the user's sockets there); without it there is no channel to them.
     redis = settings_target(settings)
     broker = Broker(redis) if publish and redis else None
+    engine = make_engine(settings.database_url, pooled=settings.pooled)
     if broker is None:
-        db = Database(make_engine(settings.database_url))
+        db = Database(engine)
     else:
         await broker.connect()
-        db = Database(make_engine(settings.database_url), publish=lambda e: publish_all(broker, e))
+        db = Database(engine, publish=lambda e: publish_all(broker, e))
     try:
         async with db.transaction(name) as uow:
             return await work(uow)  # type: ignore[operator]

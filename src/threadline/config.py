@@ -27,6 +27,14 @@ class Environment(StrEnum):
     PRODUCTION = "production"
 
 
+class DatabasePooler(StrEnum):
+    """What sits between the app and PostgreSQL (DATABASE_POOLER)."""
+
+    NONE = "none"
+    # Transaction pooling: no prepared statement or session state outlives a transaction.
+    PGBOUNCER = "pgbouncer"
+
+
 class ConfigError(Exception):
     """The configuration cannot work; the message says why in one line."""
 
@@ -59,6 +67,9 @@ class Settings(BaseSettings):
     # a user who wrote within READ_AFTER_WRITE_SECONDS reads the primary instead.
     database_read_url: str | None = None
     read_after_write_seconds: float = Field(default=5.0, ge=0)
+    database_pooler: DatabasePooler = DatabasePooler.NONE
+    # PostgreSQL itself, past the pooler: migrations, backups and restores need a session.
+    database_direct_url: str | None = None
     redis_url: str | None = None
     # on: REDIS_URL names a node of a Redis Cluster (sharded pub/sub, slot-routed commands).
     redis_cluster: bool = False
@@ -149,12 +160,20 @@ class Settings(BaseSettings):
             raise ValueError("METRICS must be app, off, or [host:]port (a port of its own)")
         return f"{host or '0.0.0.0'}:{int(port)}"
 
+    @field_validator("database_pooler", mode="before")
+    @classmethod
+    def _pooler_name(cls, value: object) -> object:
+        if isinstance(value, str):
+            return value.strip().lower() or DatabasePooler.NONE
+        return value
+
     @field_validator(
         "redis_url",
         "database_read_url",
         "clerk_jwks_url",
         "clerk_issuer",
         "public_url",
+        "database_direct_url",
         mode="before",
     )
     @classmethod
@@ -212,6 +231,26 @@ class Settings(BaseSettings):
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
 
+    @property
+    def pooled(self) -> bool:
+        """DATABASE_URL reaches PostgreSQL through a transaction-mode pooler."""
+        return self.database_pooler is DatabasePooler.PGBOUNCER
+
+    @property
+    def direct_database_url(self) -> str:
+        """Where work that needs a session of its own connects: migrations, backups, restores.
+
+        DATABASE_DIRECT_URL when set, else DATABASE_URL unless that is a pooler's address.
+        """
+        if self.database_direct_url is not None:
+            return self.database_direct_url
+        if self.pooled:
+            raise ConfigError(
+                "DATABASE_POOLER=pgbouncer: migrations, backups and restores need "
+                "DATABASE_DIRECT_URL (PostgreSQL itself, not PgBouncer)"
+            )
+        return self.database_url
+
     @cached_property
     def sqlite_path(self) -> Path | None:
         """The database file of a file-backed SQLite URL, else None."""
@@ -234,6 +273,14 @@ class Settings(BaseSettings):
             )
         if self.redis_cluster and not self.redis_url:
             raise ConfigError("REDIS_CLUSTER=on needs REDIS_URL (any node of the cluster)")
+        if self.is_sqlite and (self.pooled or self.database_direct_url is not None):
+            raise ConfigError(
+                "DATABASE_POOLER and DATABASE_DIRECT_URL are for PostgreSQL: DATABASE_URL is SQLite"
+            )
+        if self.database_direct_url is not None and not self.database_direct_url.startswith(
+            "postgresql"
+        ):
+            raise ConfigError("DATABASE_DIRECT_URL must be a postgresql+asyncpg:// URL")
         if self.is_production:
             if self.dev_auth_secret is not None:
                 raise ConfigError(

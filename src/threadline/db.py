@@ -116,7 +116,17 @@ def _replace_closed(dbapi_connection: Any, *_: Any) -> None:
         raise DisconnectionError("the server closed this pooled connection")
 
 
-def make_engine(database_url: str) -> AsyncEngine:
+# Behind PgBouncer in transaction mode, consecutive transactions of one connection may
+# run on different server connections: no prepared statement may outlive its own. With
+# both caches off, asyncpg prepares every statement unnamed and binds it before its Sync,
+# so the pooler keeps the pair on one server connection and nothing is left behind.
+POOLED_CONNECT_ARGS = {"statement_cache_size": 0, "prepared_statement_cache_size": 0}
+# An execution option of our own on the engine: Database's driver pool follows it.
+POOLED = "threadline.pooled"
+
+
+def make_engine(database_url: str, *, pooled: bool = False) -> AsyncEngine:
+    """The app's engine; ``pooled``: DATABASE_URL is a transaction-mode pooler (PgBouncer)."""
     if database_url.startswith("sqlite"):
         engine = create_async_engine(database_url, pool_size=8, max_overflow=8)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
@@ -131,8 +141,12 @@ def make_engine(database_url: str) -> AsyncEngine:
         # No pre-ping (see _replace_closed); connections the server closed are
         # replaced at checkout, and recycled before servers time them out.
         pool_recycle=1800,
-        connect_args={"server_settings": SERVER_SETTINGS},
+        connect_args={
+            "server_settings": SERVER_SETTINGS,
+            **(POOLED_CONNECT_ARGS if pooled else {}),
+        },
     )
+    engine.sync_engine.update_execution_options(**{POOLED: pooled})
     event.listen(engine.sync_engine.pool, "checkout", _replace_closed)
     return engine
 
@@ -283,6 +297,7 @@ class Database:
         self.is_postgres = engine.dialect.name == "postgresql"
         # The driver's fast paths: reads (models.queries) and the group-commit send.
         self.fast_paths = fast_paths and self.is_postgres
+        self.pooled = bool(engine.sync_engine.get_execution_options().get(POOLED))
         rows = {DRIVER_ROWS: self.fast_paths}
         # Under READ COMMITTED every statement takes its own snapshot anyway, so a
         # read session in autocommit sees the same rows and saves BEGIN and ROLLBACK.
@@ -408,6 +423,8 @@ class Database:
                     max_inactive_connection_lifetime=0,
                     server_settings=SERVER_SETTINGS,
                     reset=_nothing_to_reset,
+                    # Off behind a pooler, as on the engine's connections; else asyncpg's default.
+                    statement_cache_size=0 if self.pooled else 100,
                 )
             return self._driver_pool
 

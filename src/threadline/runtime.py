@@ -54,10 +54,14 @@ class Runtime:
         redis = settings_target(settings)
         self.broker = Broker(redis)
         self.db = Database(
-            make_engine(settings.database_url),
+            make_engine(settings.database_url, pooled=settings.pooled),
             publish=self._publish,
             fast_paths=settings.fast_paths,
-            replica=make_engine(settings.database_read_url) if settings.database_read_url else None,
+            replica=(
+                make_engine(settings.database_read_url, pooled=settings.pooled)
+                if settings.database_read_url
+                else None
+            ),
         )
         # Whose reads stay on the primary for a while after a write (with a replica only).
         self.recent_writers = RecentWriters(

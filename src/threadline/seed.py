@@ -25,7 +25,7 @@ async def _general_of(db: Database, alice: User) -> Thread | None:
 
 
 async def seed(settings: Settings) -> str:
-    db = Database(make_engine(settings.database_url))
+    db = Database(make_engine(settings.database_url, pooled=settings.pooled))
     try:
         async with db.transaction("seed_users") as uow:
             people = [await ensure_dev_user(uow, name) for name in DEMO_USERS]

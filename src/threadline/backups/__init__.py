@@ -40,7 +40,7 @@ from threadline.backups.manifest import (
 from threadline.backups.postgres import PostgresDatabase
 from threadline.backups.rows import Facts
 from threadline.backups.sqlite import SqliteDatabase
-from threadline.config import Settings
+from threadline.config import ConfigError, Settings
 from threadline.migrate import MIGRATIONS_DIR, head_revision, upgrade_to_head_async
 
 __all__ = [
@@ -75,7 +75,11 @@ def database_of(settings: Settings) -> DumpableDatabase:
             raise BackupError("an in-memory SQLite database cannot be backed up or restored")
         return SqliteDatabase(settings.sqlite_path)
     if settings.database_url.startswith("postgresql"):
-        return PostgresDatabase(settings.database_url)
+        try:
+            # pg_dump imports a snapshot and sets up its session: past any pooler.
+            return PostgresDatabase(settings.direct_database_url)
+        except ConfigError as exc:
+            raise BackupError(str(exc)) from None
     raise BackupError("DATABASE_URL is neither PostgreSQL nor SQLite")
 
 

@@ -1,8 +1,9 @@
 """The Alembic environment: runs the packaged revisions on an async engine.
 
 The database URL is the ``sqlalchemy.url`` main option when the caller set one
-(``threadline.migrate.upgrade_to_head`` always does), else ``DATABASE_URL`` through
-``Settings``. Autogenerate compares against ``threadline.models.Base.metadata``.
+(``threadline.migrate.upgrade_to_head`` always does), else ``DATABASE_DIRECT_URL`` or
+``DATABASE_URL`` through ``Settings``. Autogenerate compares against
+``threadline.models.Base.metadata``.
 
 Full-text search lives in the database but not in the models, so comparison skips it
 (``threadline.migrate.include_name`` / ``include_object``):
@@ -52,7 +53,7 @@ MIGRATION_LOCK_KEY = 0x7468_7264_6C6E  # "thrdln"
 
 
 def database_url() -> str:
-    return config.get_main_option("sqlalchemy.url") or Settings().database_url
+    return config.get_main_option("sqlalchemy.url") or Settings().direct_database_url
 
 
 def is_sqlite(url: str) -> bool:
