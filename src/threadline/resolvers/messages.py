@@ -12,7 +12,7 @@ from strawberry import ID, Info
 from strawberry.file_uploads import Upload
 
 from threadline import models
-from threadline.auth.directives import authenticated, thread_role
+from threadline.schema.directives import authenticated, thread_role
 from threadline.errors import BadInput
 from threadline.realtime.rate_limits import Action
 from threadline.resolvers import operations as op

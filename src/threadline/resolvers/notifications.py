@@ -5,7 +5,7 @@ from __future__ import annotations
 import strawberry
 from strawberry import ID, Info
 
-from threadline.auth.directives import authenticated
+from threadline.schema.directives import authenticated
 from threadline.resolvers import operations as op
 from threadline.schema.connections import edges, page_args, page_info
 from threadline.schema.types import NotificationConnection, NotificationEdge, NotificationType

@@ -6,7 +6,7 @@ import strawberry
 from strawberry import ID, Info
 
 from threadline import models
-from threadline.auth.directives import authenticated, thread_role
+from threadline.schema.directives import authenticated, thread_role
 from threadline.resolvers import operations as op
 from threadline.schema.connections import edges, page_args, page_info
 from threadline.schema.enums import ThreadRole

@@ -5,7 +5,7 @@ from __future__ import annotations
 import strawberry
 from strawberry import ID, Info
 
-from threadline.auth.directives import authenticated, has_role
+from threadline.schema.directives import authenticated, has_role
 from threadline.errors import NotFound
 from threadline.resolvers import operations as op
 from threadline.schema.connections import edges, page_args, page_info

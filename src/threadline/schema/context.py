@@ -20,10 +20,10 @@ from threadline.errors import Unauthenticated
 log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
-    from threadline.auth.tokens import Identity
     from threadline.models import User
     from threadline.resolvers.loaders import Loaders
     from threadline.runtime import Runtime
+    from threadline.services.clerk_sync import Identity
     from threadline.services.permissions import ThreadAccess
 
 

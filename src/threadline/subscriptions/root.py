@@ -8,7 +8,7 @@ from typing import TypeVar
 import strawberry
 from strawberry import ID, Info
 
-from threadline.auth.directives import authenticated, thread_role
+from threadline.schema.directives import authenticated, thread_role
 from threadline.errors import RateLimited
 from threadline.metrics import ACTIVE_SUBSCRIPTIONS
 from threadline.schema.context import ConnectionState
