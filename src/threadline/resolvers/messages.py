@@ -12,11 +12,11 @@ from strawberry import ID, Info
 from strawberry.file_uploads import Upload
 
 from threadline import models
-from threadline.schema.directives import authenticated, thread_role
 from threadline.errors import BadInput
 from threadline.realtime.rate_limits import Action
 from threadline.resolvers import operations as op
 from threadline.schema.connections import PageInfo, edges, page_args, page_info
+from threadline.schema.directives import authenticated, thread_role
 from threadline.schema.enums import ThreadRole
 from threadline.schema.inputs import SendMessageInput
 from threadline.schema.resolving import many_now_or_later, now_or_later, selected_under, settled

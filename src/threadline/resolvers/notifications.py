@@ -5,9 +5,9 @@ from __future__ import annotations
 import strawberry
 from strawberry import ID, Info
 
-from threadline.schema.directives import authenticated
 from threadline.resolvers import operations as op
 from threadline.schema.connections import edges, page_args, page_info
+from threadline.schema.directives import authenticated
 from threadline.schema.types import NotificationConnection, NotificationEdge, NotificationType
 from threadline.services import notifications
 

@@ -6,9 +6,9 @@ import strawberry
 from strawberry import ID, Info
 
 from threadline import models
-from threadline.schema.directives import authenticated, thread_role
 from threadline.resolvers import operations as op
 from threadline.schema.connections import edges, page_args, page_info
+from threadline.schema.directives import authenticated, thread_role
 from threadline.schema.enums import ThreadRole
 from threadline.schema.inputs import CreateThreadInput, UpdateThreadInput
 from threadline.schema.types import (

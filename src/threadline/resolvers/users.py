@@ -5,10 +5,10 @@ from __future__ import annotations
 import strawberry
 from strawberry import ID, Info
 
-from threadline.schema.directives import authenticated, has_role
 from threadline.errors import NotFound
 from threadline.resolvers import operations as op
 from threadline.schema.connections import edges, page_args, page_info
+from threadline.schema.directives import authenticated, has_role
 from threadline.schema.enums import PresenceStatus, SystemRole
 from threadline.schema.inputs import UpdateMeInput
 from threadline.schema.types import (
