@@ -15,6 +15,7 @@ from tests import factories
 from tests.conftest import BACKEND, Clients, Server
 from tests.test_graphql_post import as_strawberry_would
 from threadline.db import DRIVER_ENTITIES, DRIVER_ROWS
+from threadline.graphql_app import ROOTS
 from threadline.models import Attachment, Message, Thread, User, seam
 from threadline.models.queries import Query
 from threadline.schema.engine.plain_leaves import plain_leaves
@@ -113,7 +114,7 @@ async def test_each_hot_query_compiled_for_the_driver_reads_what_the_orm_loads(
 
 
 async def test_plain_leaves_are_the_fields_without_resolver_or_extensions() -> None:
-    leaves = plain_leaves(build_schema())
+    leaves = plain_leaves(build_schema(ROOTS))
     assert {"id", "seq", "body", "pinned", "createdAt"} <= set(leaves["Message"])
     assert "author" not in leaves["Message"]  # an object
     assert "replyCount" not in leaves["Message"]  # has a resolver

@@ -215,7 +215,9 @@ async def driver_fetch(session: AsyncSession, sql: str, *args: Any) -> list[asyn
 
 async def _driver_fetch(session: AsyncSession, sql: str, args: Sequence[Any]) -> list[Any]:
     raw = await (await session.connection()).get_raw_connection()
-    records: list[Any] = await raw.driver_connection.fetch(sql, *args)
+    driver = raw.driver_connection
+    assert driver is not None, "a checked-out connection has the driver's under it"
+    records: list[Any] = await driver.fetch(sql, *args)
     return records
 
 
