@@ -140,30 +140,27 @@ class OperationRunner:
         try:
             if plan.refusal is not None:
                 return self._refused(plan.refusal)
-            operation = plan.operation
-            if operation is not None:
-                kind = operation.operation
+            if plan.operation is not None:
+                kind = plan.operation.operation
                 if kind is OperationType.SUBSCRIPTION:
                     return refused_over_http()
                 if allowed is not None and ALLOWED[kind] not in allowed:
                     raise InvalidOperationTypeError(ALLOWED[kind])  # the view's 400
-                if self.fast:
-                    OPERATIONS_BY_KIND[kind.value, DIRECT].inc()
-                    return await self._direct(
-                        plan, variables, operation_name, own, root_value, extensions
-                    )
-                OPERATIONS_BY_KIND[kind.value, STRAWBERRY].inc()
-            result = await strawberry_execute(
+            if self._engine(plan, allowed) == DIRECT:
+                return await self._direct(
+                    plan, variables, operation_name, own, root_value, extensions
+                )
+            result = await self._strawberry(
+                strawberry_execute,
                 query,
-                variable_values=variables,
-                context_value=own,
-                root_value=root_value,
-                operation_name=operation_name,
-                allowed_operation_types=allowed,
-                operation_extensions=extensions,
+                variables,
+                own,
+                root_value,
+                operation_name,
+                allowed,
+                extensions,
             )
-            self._finish(result)
-            return result
+            return self._finish(result)
         finally:
             if own is not None:
                 await own.close()
@@ -186,34 +183,67 @@ class OperationRunner:
             if plan.refusal is not None:
                 yield PreExecutionError(data=None, errors=[shape_error(plan.refusal)])
                 return
-            operation = plan.operation
-            kind = operation.operation if operation is not None else None
-            if kind is not None and (allowed is None or ALLOWED[kind] in allowed):
-                if self.fast and kind in QUERY_AND_MUTATION:
-                    OPERATIONS_BY_KIND[kind.value, DIRECT].inc()
-                    yield await self._direct(
-                        plan, variables, operation_name, own, root_value, extensions
-                    )
-                    return
-                OPERATIONS_BY_KIND[kind.value, STRAWBERRY].inc()
-            source = await strawberry_stream(
+            if self._engine(plan, allowed) == DIRECT:
+                yield await self._direct(
+                    plan, variables, operation_name, own, root_value, extensions
+                )
+                return
+            source = await self._strawberry(
+                strawberry_stream,
                 query,
-                variable_values=variables,
-                context_value=own,
-                root_value=root_value,
-                operation_name=operation_name,
-                allowed_operation_types=allowed,
-                operation_extensions=extensions,
+                variables,
+                own,
+                root_value,
+                operation_name,
+                allowed,
+                extensions,
             )
             try:
                 async for result in source:
-                    self._finish(result)
-                    yield result
+                    yield self._finish(result)
             finally:
                 await source.aclose()
         finally:
             if own is not None:
                 await own.close()
+
+    def _engine(self, plan: Plan, allowed: Iterable[Allowed] | None) -> str:
+        """The engine that answers a planned operation, counted by kind.
+
+        Strawberry's answers what is not known here or not allowed on the transport
+        (it says why) without a count, and subscriptions; ``direct`` valid queries
+        and mutations unless ``FAST_PATHS=off``.
+        """
+        if plan.operation is None:
+            return STRAWBERRY
+        kind = plan.operation.operation
+        if allowed is not None and ALLOWED[kind] not in allowed:
+            return STRAWBERRY
+        engine = DIRECT if self.fast and kind in QUERY_AND_MUTATION else STRAWBERRY
+        OPERATIONS_BY_KIND[kind.value, engine].inc()
+        return engine
+
+    def _strawberry(
+        self,
+        call: Callable[..., Awaitable[_Result]],
+        query: str | None,
+        variables: dict[str, Any] | None,
+        context: Context | None,
+        root_value: Any,
+        operation_name: str | None,
+        allowed: Iterable[Allowed] | None,
+        extensions: dict[str, Any] | None,
+    ) -> Awaitable[_Result]:
+        """Strawberry's own entry point (``execute`` or ``stream``) for one operation."""
+        return call(
+            query,
+            variable_values=variables,
+            context_value=context,
+            root_value=root_value,
+            operation_name=operation_name,
+            allowed_operation_types=allowed,
+            operation_extensions=extensions,
+        )
 
     async def _direct(
         self,
