@@ -24,7 +24,7 @@ from threadline.realtime.caches import TTLCache
 from threadline.schema.documents import Documents
 from threadline.schema.engine import lean_resolvers
 from threadline.schema.engine.internals import graphql_schema
-from threadline.schema.engine.runner import CachedDocuments, OperationRunner
+from threadline.schema.engine.runner import CachedDocuments, OperationRunner, Request
 from threadline.schema.events import EVENT_TYPES
 from threadline.schema.scalars import DateTime
 from threadline.schema.types import AttachmentType, NotificationType, SessionType
@@ -56,8 +56,7 @@ class ThreadlineSchema(strawberry.Schema):
         allowed_operation_types: Iterable[OperationType] | None = None,
         operation_extensions: dict[str, Any] | None = None,
     ) -> ExecutionResult:
-        return await self.runner.execute(
-            super().execute,
+        request = Request(
             query,
             variable_values,
             context_value,
@@ -66,6 +65,7 @@ class ThreadlineSchema(strawberry.Schema):
             allowed_operation_types,
             operation_extensions,
         )
+        return await self.runner.execute(super().execute, request)
 
     async def stream(
         self,
@@ -77,8 +77,7 @@ class ThreadlineSchema(strawberry.Schema):
         operation_extensions: dict[str, Any] | None = None,
         allowed_operation_types: Iterable[OperationType] | None = None,
     ) -> AsyncGenerator[Any, None]:
-        return self.runner.stream(
-            super().stream,
+        request = Request(
             query,
             variable_values,
             context_value,
@@ -87,6 +86,7 @@ class ThreadlineSchema(strawberry.Schema):
             allowed_operation_types,
             operation_extensions,
         )
+        return self.runner.stream(super().stream, request)
 
     def process_errors(self, errors: list[GraphQLError], execution_context: Any = None) -> None:
         # Domain errors are answers, not faults; shape_error logs the unexpected ones.

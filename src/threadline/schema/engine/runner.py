@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from inspect import isawaitable
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import orjson
 from graphql import ExecutionResult as GraphQLExecutionResult
@@ -88,6 +88,18 @@ class Plan:
 UNKNOWN = Plan(None)
 
 
+class Request(NamedTuple):
+    """One operation as strawberry's entry points (``execute``, ``stream``) take it."""
+
+    query: str | None
+    variables: dict[str, Any] | None
+    context: Any
+    root_value: Any
+    operation_name: str | None
+    allowed: Iterable[Allowed] | None
+    extensions: dict[str, Any] | None
+
+
 class OperationRunner:
     def __init__(self, schema: Any, documents: Documents, *, fast: bool) -> None:
         """``schema``: the strawberry schema, whose one extension is CachedDocuments."""
@@ -124,19 +136,11 @@ class OperationRunner:
         return Plan(known, operation, refusal)
 
     async def execute(
-        self,
-        strawberry_execute: Callable[..., Awaitable[ExecutionResult]],
-        query: str | None,
-        variables: dict[str, Any] | None,
-        context: Any,
-        root_value: Any,
-        operation_name: str | None,
-        allowed: Iterable[Allowed] | None,
-        extensions: dict[str, Any] | None,
+        self, strawberry_execute: Callable[..., Awaitable[ExecutionResult]], request: Request
     ) -> ExecutionResult:
         """One operation with one answer (HTTP: JSON POST, GET, multipart)."""
-        plan = self.plan(query, variables, operation_name)
-        own = _own(context)
+        plan = self.plan(request.query, request.variables, request.operation_name)
+        own = _own(request.context)
         try:
             if plan.refusal is not None:
                 return self._refused(plan.refusal)
@@ -144,23 +148,11 @@ class OperationRunner:
                 kind = plan.operation.operation
                 if kind is OperationType.SUBSCRIPTION:
                     return refused_over_http()
-                if allowed is not None and ALLOWED[kind] not in allowed:
+                if request.allowed is not None and ALLOWED[kind] not in request.allowed:
                     raise InvalidOperationTypeError(ALLOWED[kind])  # the view's 400
-            if self._engine(plan, allowed) == DIRECT:
-                return await self._direct(
-                    plan, variables, operation_name, own, root_value, extensions
-                )
-            result = await self._strawberry(
-                strawberry_execute,
-                query,
-                variables,
-                own,
-                root_value,
-                operation_name,
-                allowed,
-                extensions,
-            )
-            return self._finish(result)
+            if self._engine(plan, request.allowed) == DIRECT:
+                return await self._direct(plan, request, own)
+            return self._finish(await _strawberry(strawberry_execute, request, own))
         finally:
             if own is not None:
                 await own.close()
@@ -168,36 +160,19 @@ class OperationRunner:
     async def stream(
         self,
         strawberry_stream: Callable[..., Awaitable[AsyncGenerator[Any, None]]],
-        query: str | None,
-        variables: dict[str, Any] | None,
-        context: Any,
-        root_value: Any,
-        operation_name: str | None,
-        allowed: Iterable[Allowed] | None,
-        extensions: dict[str, Any] | None,
+        request: Request,
     ) -> AsyncGenerator[Any, None]:
         """One operation with a stream of answers (both WebSocket subprotocols)."""
-        plan = self.plan(query, variables, operation_name)
-        own = _own(context)
+        plan = self.plan(request.query, request.variables, request.operation_name)
+        own = _own(request.context)
         try:
             if plan.refusal is not None:
                 yield PreExecutionError(data=None, errors=[shape_error(plan.refusal)])
                 return
-            if self._engine(plan, allowed) == DIRECT:
-                yield await self._direct(
-                    plan, variables, operation_name, own, root_value, extensions
-                )
+            if self._engine(plan, request.allowed) == DIRECT:
+                yield await self._direct(plan, request, own)
                 return
-            source = await self._strawberry(
-                strawberry_stream,
-                query,
-                variables,
-                own,
-                root_value,
-                operation_name,
-                allowed,
-                extensions,
-            )
+            source = await _strawberry(strawberry_stream, request, own)
             try:
                 async for result in source:
                     yield self._finish(result)
@@ -223,49 +198,20 @@ class OperationRunner:
         OPERATIONS_BY_KIND[kind.value, engine].inc()
         return engine
 
-    def _strawberry(
-        self,
-        call: Callable[..., Awaitable[_Result]],
-        query: str | None,
-        variables: dict[str, Any] | None,
-        context: Context | None,
-        root_value: Any,
-        operation_name: str | None,
-        allowed: Iterable[Allowed] | None,
-        extensions: dict[str, Any] | None,
-    ) -> Awaitable[_Result]:
-        """Strawberry's own entry point (``execute`` or ``stream``) for one operation."""
-        return call(
-            query,
-            variable_values=variables,
-            context_value=context,
-            root_value=root_value,
-            operation_name=operation_name,
-            allowed_operation_types=allowed,
-            operation_extensions=extensions,
-        )
-
-    async def _direct(
-        self,
-        plan: Plan,
-        variables: dict[str, Any] | None,
-        operation_name: str | None,
-        context: Any,
-        root_value: Any,
-        extensions: dict[str, Any] | None,
-    ) -> ExecutionResult:
+    async def _direct(self, plan: Plan, request: Request, context: Any) -> ExecutionResult:
         assert plan.known is not None
         result = execute(
             self.graphql_schema,
             plan.known.document,
-            root_value=root_value,
+            root_value=request.root_value,
             context_value=context,
-            variable_values=variables,
-            operation_name=operation_name,
+            variable_values=request.variables,
+            operation_name=request.operation_name,
             is_awaitable=optimized_is_awaitable,  # type: ignore[arg-type]
             executor_class=self.executor_class,
             hide_suggestions=self.documents.hide_suggestions,
-            operation_extensions=extensions,  # strawberry's executor hands them to resolvers
+            # strawberry's executor hands them to resolvers
+            operation_extensions=request.extensions,
         )
         if isawaitable(result):
             result = await result
@@ -310,6 +256,21 @@ class OperationRunner:
         if result.errors:
             payload["errors"] = [e.formatted for e in result.errors]
         return orjson.dumps(payload).decode()
+
+
+def _strawberry(
+    call: Callable[..., Awaitable[_Result]], request: Request, context: Context | None
+) -> Awaitable[_Result]:
+    """Strawberry's own entry point (``execute`` or ``stream``) for one operation."""
+    return call(
+        request.query,
+        variable_values=request.variables,
+        context_value=context,
+        root_value=request.root_value,
+        operation_name=request.operation_name,
+        allowed_operation_types=request.allowed,
+        operation_extensions=request.extensions,
+    )
 
 
 def _own(context: Any) -> Context | None:
