@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
@@ -61,24 +62,31 @@ async def create_thread(
     missing = [i for i in ids if i != actor.id and i not in users]
     if missing:
         raise NotFound("User not found", userId=str(missing[0]))
+    roles = {actor.id: ThreadRole.OWNER} | dict.fromkeys(users, ThreadRole.MEMBER)
+    thread = await _new_thread(
+        uow, actor, roles, title=clean, description=clean_description(description)
+    )
+    for user_id, role in roles.items():
+        uow.emit(_membership(user_id, thread.id, role))
+    await notifications.notify_added(uow, actor, thread, list(users))
+    return thread
+
+
+async def _new_thread(
+    uow: UnitOfWork, actor: User, roles: dict[uuid.UUID, ThreadRole], **fields: Any
+) -> Thread:
+    """A thread the actor creates now, stored with its participants and their roles."""
     now = utcnow()
     thread = Thread(
-        title=clean,
-        description=clean_description(description),
-        created_by_id=actor.id,
-        created_at=now,
-        updated_at=now,
-        last_activity_at=now,
+        created_by_id=actor.id, created_at=now, updated_at=now, last_activity_at=now, **fields
     )
     uow.session.add(thread)
     await uow.session.flush()
-    uow.session.add(ThreadParticipant(thread_id=thread.id, user_id=actor.id, role="OWNER"))
-    uow.emit(_membership(actor.id, thread.id, ThreadRole.OWNER))
-    for user_id in users:
-        uow.session.add(ThreadParticipant(thread_id=thread.id, user_id=user_id, role="MEMBER"))
-        uow.emit(_membership(user_id, thread.id, ThreadRole.MEMBER))
+    uow.session.add_all(
+        ThreadParticipant(thread_id=thread.id, user_id=user_id, role=role.value)
+        for user_id, role in roles.items()
+    )
     await uow.session.flush()
-    await notifications.notify_added(uow, actor, thread, list(users))
     return thread
 
 
@@ -103,31 +111,20 @@ async def create_direct_thread(uow: UnitOfWork, actor: User, user_id: str) -> Th
     existing = await uow.session.scalar(select(Thread).where(Thread.direct_key == key))
     if existing is not None and existing.deleted_at is None:
         return await _rejoin(uow, actor, existing)
-    now = utcnow()
     try:
         async with uow.session.begin_nested():
             if existing is not None:
                 # A deleted direct thread gives its key up for a fresh one.
                 existing.direct_key = None
                 await uow.session.flush()
-            thread = Thread(
+            thread = await _new_thread(
+                uow,
+                actor,
+                dict.fromkeys((actor.id, other_id), ThreadRole.OWNER),
                 title=f"{actor.display_name} & {other.display_name}"[:200],
                 is_direct=True,
                 direct_key=key,
-                created_by_id=actor.id,
-                created_at=now,
-                updated_at=now,
-                last_activity_at=now,
             )
-            uow.session.add(thread)
-            await uow.session.flush()
-            uow.session.add_all(
-                [
-                    ThreadParticipant(thread_id=thread.id, user_id=actor.id, role="OWNER"),
-                    ThreadParticipant(thread_id=thread.id, user_id=other_id, role="OWNER"),
-                ]
-            )
-            await uow.session.flush()
     except IntegrityError:
         winner = await uow.session.scalar(select(Thread).where(Thread.direct_key == key))
         if winner is None:
