@@ -248,6 +248,26 @@ async def _owner_count(session: AsyncSession, thread_id: uuid.UUID) -> int:
     )
 
 
+async def _existing_participant(
+    session: AsyncSession, thread_id: uuid.UUID, user_id: uuid.UUID
+) -> ThreadParticipant:
+    participant = await _participant(session, thread_id, user_id)
+    if participant is None:
+        raise NotFound("Participant not found")
+    return participant
+
+
+async def _keep_an_owner(
+    session: AsyncSession, participant: ThreadParticipant, change: str
+) -> None:
+    """A thread always has an OWNER: its last one may not leave, be removed or step down."""
+    if (
+        participant.thread_role is ThreadRole.OWNER
+        and await _owner_count(session, participant.thread_id) <= 1
+    ):
+        raise Conflict(f"The last OWNER cannot {change}: make someone else OWNER first")
+
+
 async def _participant_changed(
     uow: UnitOfWork, actor: User, thread: Thread, user_id: uuid.UUID, role: ThreadRole | None
 ) -> None:
@@ -299,9 +319,7 @@ async def remove_participant(
 ) -> uuid.UUID:
     access = await access_thread(uow.session, actor, thread_id, ThreadRole.ADMIN, for_update=True)
     uid = parse_id(user_id, "User")
-    participant = await _participant(uow.session, access.thread.id, uid)
-    if participant is None:
-        raise NotFound("Participant not found")
+    participant = await _existing_participant(uow.session, access.thread.id, uid)
     if uid != actor.id:
         if access.thread.is_direct:
             # createDirectThread lets someone who left come back: a removal it would
@@ -315,11 +333,7 @@ async def remove_participant(
 async def _drop(
     uow: UnitOfWork, actor: User, thread: Thread, participant: ThreadParticipant
 ) -> None:
-    if (
-        participant.thread_role is ThreadRole.OWNER
-        and await _owner_count(uow.session, thread.id) <= 1
-    ):
-        raise Conflict("The last OWNER cannot leave: make someone else OWNER first")
+    await _keep_an_owner(uow.session, participant, "leave")
     user_id = participant.user_id
     await uow.session.delete(participant)
     await uow.session.flush()
@@ -339,16 +353,10 @@ async def set_participant_role(
 ) -> ThreadParticipant:
     access = await access_thread(uow.session, actor, thread_id, ThreadRole.OWNER, for_update=True)
     uid = parse_id(user_id, "User")
-    participant = await _participant(uow.session, access.thread.id, uid)
-    if participant is None:
-        raise NotFound("Participant not found")
+    participant = await _existing_participant(uow.session, access.thread.id, uid)
     if participant.thread_role is role:
         return participant
-    if (
-        participant.thread_role is ThreadRole.OWNER
-        and await _owner_count(uow.session, access.thread.id) <= 1
-    ):
-        raise Conflict("The last OWNER cannot be demoted: make someone else OWNER first")
+    await _keep_an_owner(uow.session, participant, "be demoted")
     participant.role = role.value
     await uow.session.flush()
     await _participant_changed(uow, actor, access.thread, uid, role)
