@@ -6,7 +6,7 @@ import strawberry
 from strawberry import ID, Info
 
 from threadline.resolvers import operations as op
-from threadline.schema.connections import edges, page_args, page_info
+from threadline.schema.connections import connection, page_args
 from threadline.schema.directives import authenticated, thread_role
 from threadline.schema.enums import ThreadRole
 from threadline.schema.inputs import CreateThreadInput, UpdateThreadInput
@@ -40,10 +40,7 @@ class ThreadQueries:
             await op.session(info), await op.viewer(info), search, page_args(first, after)
         )
         op.context(info).access.update((a.thread.id, a) for a in page.items)
-        return ThreadConnection(
-            edges=edges(page, ThreadEdge, lambda a: ThreadType.of(a.thread)),
-            page_info=page_info(page),
-        )
+        return connection(ThreadConnection, page, ThreadEdge, lambda a: ThreadType.of(a.thread))
 
 
 @strawberry.type

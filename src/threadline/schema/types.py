@@ -19,7 +19,7 @@ from strawberry.scalars import JSON
 
 from threadline import models
 from threadline.errors import BadInput, NotFound
-from threadline.schema.connections import PageInfo, edges, page_args, page_info
+from threadline.schema.connections import PageInfo, connection, page_args
 from threadline.schema.enums import (
     AttachmentKind,
     MessageStatus,
@@ -648,10 +648,8 @@ async def participants(
     page, total = await thread_service.participants_page(
         await _ctx(info).session(), thread.id, page_args(first, after)
     )
-    return ParticipantConnection(
-        edges=edges(page, ParticipantEdge, ParticipantType.of),
-        page_info=page_info(page),
-        total_count=total,
+    return connection(
+        ParticipantConnection, page, ParticipantEdge, ParticipantType.of, total_count=total
     )
 
 
@@ -659,10 +657,7 @@ async def message_connection(info: Info, page: Page[models.Message]) -> MessageC
     # A reply's parent is usually on the same page: known rows cost no query.
     _ctx(info).loaders.message.prime_many({m.id: m for m in page.items})
     await _prefetch(info, page.items)
-    return MessageConnection(
-        edges=edges(page, MessageEdge, MessageType.of),
-        page_info=page_info(page),
-    )
+    return connection(MessageConnection, page, MessageEdge, MessageType.of)
 
 
 async def _prefetch(info: Info, rows: list[models.Message]) -> None:

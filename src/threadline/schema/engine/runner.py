@@ -143,11 +143,11 @@ class OperationRunner:
         own = _own(request.context)
         try:
             if plan.refusal is not None:
-                return self._refused(plan.refusal)
+                return _refused(plan.refusal)
             if plan.operation is not None:
                 kind = plan.operation.operation
                 if kind is OperationType.SUBSCRIPTION:
-                    return refused_over_http()
+                    return _refused(GraphQLError(OVER_HTTP))  # a clear BAD_USER_INPUT
                 if request.allowed is not None and ALLOWED[kind] not in request.allowed:
                     raise InvalidOperationTypeError(ALLOWED[kind])  # the view's 400
             if self._engine(plan, request.allowed) == DIRECT:
@@ -218,9 +218,6 @@ class OperationRunner:
         assert isinstance(result, GraphQLExecutionResult)  # no incremental delivery here
         return self._finish(ExecutionResult(data=result.data, errors=result.errors))
 
-    def _refused(self, refusal: GraphQLError) -> ExecutionResult:
-        return ExecutionResult(data=None, errors=[shape_error(refusal)])
-
     def _finish(self, result: _Result) -> _Result:
         """Errors shaped (a code each), then the schema's process_errors, on every engine."""
         errors = getattr(result, "errors", None)
@@ -287,6 +284,5 @@ def _strawberry_executor() -> type[Executor[Any]]:
     return StrawberryGraphQLCoreExecutionContext
 
 
-def refused_over_http() -> ExecutionResult:
-    """A subscription sent over HTTP (GET or POST): a clear BAD_USER_INPUT."""
-    return ExecutionResult(data=None, errors=[shape_error(GraphQLError(OVER_HTTP))])
+def _refused(refusal: GraphQLError) -> ExecutionResult:
+    return ExecutionResult(data=None, errors=[shape_error(refusal)])
