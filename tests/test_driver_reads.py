@@ -14,6 +14,7 @@ from sqlalchemy.orm.instrumentation import ClassManager
 from tests import factories
 from tests.conftest import BACKEND, Clients, Server
 from tests.test_graphql_post import as_strawberry_would
+from threadline.config import Settings
 from threadline.db import DRIVER_ENTITIES, DRIVER_ROWS
 from threadline.graphql_app import ROOTS
 from threadline.models import Attachment, Message, Thread, User, seam
@@ -22,6 +23,13 @@ from threadline.schema.engine.plain_leaves import plain_leaves
 from threadline.schema.schema import build_schema
 
 pytestmark = pytest.mark.asyncio
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    # These tests are about the fast paths: on, whatever this run's FAST_PATHS says.
+    return settings.model_copy(update={"fast_paths": True})
+
 
 EDIT = "mutation($m: ID!, $b: String!) { editMessage(messageId: $m, body: $b) { id } }"
 DELETE = "mutation($m: ID!) { deleteMessage(messageId: $m) { id } }"
