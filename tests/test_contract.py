@@ -31,6 +31,7 @@ from graphql.language import (
     ObjectTypeExtensionNode,
 )
 
+from threadline.graphql_app import ROOTS
 from threadline.schema import schema as server_schema_module
 from threadline.schema.engine.internals import graphql_schema
 
@@ -56,11 +57,11 @@ def contract_sdl() -> str:
 
 @cache
 def printed_server_sdl() -> str:
-    return str(server_schema_module.build_schema())
+    return str(server_schema_module.build_schema(ROOTS))
 
 
 def server_schema() -> GraphQLSchema:
-    return graphql_schema(server_schema_module.build_schema())
+    return graphql_schema(server_schema_module.build_schema(ROOTS))
 
 
 def field_directives(document: DocumentNode) -> FieldDirectives:

@@ -77,10 +77,11 @@ def test_the_document_cache_is_bounded() -> None:
 
 
 async def test_production_refuses_introspection_every_time() -> None:
+    from threadline.graphql_app import ROOTS
     from threadline.schema.schema import build_schema
 
     query = "{ __schema { queryType { name } } }"
-    production, development = build_schema(production=True), build_schema()
+    production, development = build_schema(ROOTS, production=True), build_schema(ROOTS)
     for _ in range(2):  # the second answer comes from the document cache
         refused = await production.execute(query)
         assert refused.errors and "introspection" in refused.errors[0].message.lower()

@@ -14,13 +14,22 @@ from sqlalchemy.orm.instrumentation import ClassManager
 from tests import factories
 from tests.conftest import BACKEND, Clients, Server
 from tests.test_graphql_post import as_strawberry_would
+from threadline.config import Settings
 from threadline.db import DRIVER_ENTITIES, DRIVER_ROWS
+from threadline.graphql_app import ROOTS
 from threadline.models import Attachment, Message, Thread, User, seam
 from threadline.models.queries import Query
 from threadline.schema.engine.plain_leaves import plain_leaves
 from threadline.schema.schema import build_schema
 
 pytestmark = pytest.mark.asyncio
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    # These tests are about the fast paths: on, whatever this run's FAST_PATHS says.
+    return settings.model_copy(update={"fast_paths": True})
+
 
 EDIT = "mutation($m: ID!, $b: String!) { editMessage(messageId: $m, body: $b) { id } }"
 DELETE = "mutation($m: ID!) { deleteMessage(messageId: $m) { id } }"
@@ -116,7 +125,7 @@ async def test_each_hot_query_compiled_for_the_driver_reads_what_the_orm_loads(
 
 
 async def test_plain_leaves_are_the_fields_without_resolver_or_extensions() -> None:
-    leaves = plain_leaves(build_schema())
+    leaves = plain_leaves(build_schema(ROOTS))
     assert {"id", "seq", "body", "pinned", "createdAt"} <= set(leaves["Message"])
     assert "author" not in leaves["Message"]  # an object
     assert "replyCount" not in leaves["Message"]  # has a resolver

@@ -158,6 +158,8 @@ async def test_a_send_that_fails_the_shared_statement_fails_no_other_send(
 ) -> None:
     # A failure that no validation foresees: the database itself refuses one row.
     db = server.runtime.db
+    if not db.fast_paths:
+        pytest.skip("FAST_PATHS=off: no shared statement, every send is its own")
     owner = await clients.user("owner")
     thread_id = await factories.thread(owner)
     async with db.transaction("test") as uow:

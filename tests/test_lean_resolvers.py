@@ -10,11 +10,12 @@ import strawberry
 from graphql import GraphQLObjectType
 from strawberry.types.arguments import convert_argument
 
+from threadline.graphql_app import ROOTS
 from threadline.schema.engine import lean_resolvers
 from threadline.schema.engine.internals import graphql_schema
 from threadline.schema.schema import build_schema
 
-SCHEMA = build_schema()
+SCHEMA = build_schema(ROOTS)
 
 
 def _resolver_name(type_name: str, field_name: str) -> str:

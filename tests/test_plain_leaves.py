@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests import factories
 from tests.conftest import Clients, Server
+from threadline.config import Settings
 from threadline.schema.engine.plain_leaves import plain_leaves
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    # These tests are about the fast paths: on, whatever this run's FAST_PATHS says.
+    return settings.model_copy(update={"fast_paths": True})
+
 
 PAGE = """
 query($t: ID!) { thread(threadId: $t) { messages(last: 10) {

@@ -18,6 +18,7 @@ from sqlalchemy import delete
 from tests import factories
 from tests.conftest import BACKEND, Api, Clients, Server
 from threadline.batching import Batcher
+from threadline.config import Settings
 from threadline.db import DRIVER_ENTITIES, DRIVER_ROWS, Database, make_engine
 from threadline.errors import NotFound
 from threadline.models import SystemRole, Thread, ThreadParticipant, ThreadRole, User
@@ -28,6 +29,13 @@ from threadline.services.pagination import PageRequest
 from threadline.services.permissions import access_thread, posting_rights
 
 pytestmark = pytest.mark.asyncio
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    # These tests are about the fast paths: on, whatever this run's FAST_PATHS says.
+    return settings.model_copy(update={"fast_paths": True})
+
 
 REMOVE = "mutation($t: ID!, $u: ID!) { removeParticipant(threadId: $t, userId: $u) }"
 HISTORY = """

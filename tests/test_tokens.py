@@ -20,9 +20,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
-from threadline.auth.tokens import Identity, TokenVerifier, mint_dev_token
+from threadline.auth.tokens import TokenVerifier, mint_dev_token
 from threadline.config import ConfigError, Settings
 from threadline.errors import Unauthenticated
+from threadline.services.clerk_sync import Identity
 
 DEV_SECRET = "development-secret-for-tests-" + "x" * 40
 START = 1_750_000_000.0

@@ -19,6 +19,7 @@ from tests import factories
 from tests.conftest import Clients
 from tests.deployment import variant
 from threadline.config import Settings
+from threadline.graphql_app import ROOTS
 from threadline.schema.schema import build_schema
 from threadline.schema.viewer_fields import viewer_field_names, viewer_fields
 
@@ -107,7 +108,7 @@ async def test_every_field_that_differs_between_two_viewers_is_marked(clients: C
     _differences(alice_1, bob_1, "Thread", (), differing)
     differing -= unstable
 
-    marked = viewer_fields(build_schema())
+    marked = viewer_fields(build_schema(ROOTS))
     unmarked = [path for path in differing if not any(step in marked for step in path)]
     assert unmarked == [], f"viewer-dependent fields without READS_VIEWER: {unmarked}"
     # The comparison saw what it is for (else it would pass with no marks at all).
@@ -122,7 +123,7 @@ async def test_every_field_that_differs_between_two_viewers_is_marked(clients: C
 
 
 def test_the_broadcast_check_reads_the_marks_of_the_built_schema() -> None:
-    schema = build_schema()
+    schema = build_schema(ROOTS)
     names = viewer_field_names(schema)
     assert names == {field for _, field in viewer_fields(schema)}
     assert {"reactedByMe", "myRole", "preferences"} <= names

@@ -20,13 +20,13 @@ from starlette.routing import Route, WebSocketRoute
 
 from threadline.auth.webhooks import clerk_webhook
 from threadline.config import Settings
-from threadline.graphql_app import ThreadlineGraphQL
+from threadline.downloads import download
+from threadline.graphql_app import ROOTS, ThreadlineGraphQL
 from threadline.graphql_post import GraphQLPost
 from threadline.http_limits import BodyLimits
 from threadline.runtime import Runtime
 from threadline.schema.schema import build_schema
 from threadline.services import retention
-from threadline.uploads.routes import download
 from threadline.uvicorn_seam import RawSocketMiddleware
 from threadline.web_routes import web_routes
 
@@ -99,7 +99,7 @@ async def metrics_listener(settings: Settings) -> AsyncIterator[None]:
 def create_app(settings: Settings) -> Starlette:
     settings.check()
     runtime = Runtime(settings)
-    schema = build_schema(settings)
+    schema = build_schema(ROOTS, settings)
     graphql = ThreadlineGraphQL(schema, runtime)
 
     @asynccontextmanager

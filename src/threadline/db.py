@@ -30,7 +30,6 @@ from sqlalchemy.pool import ConnectionPoolEntry
 
 from threadline.errors import ServiceUnavailable
 from threadline.metrics import TRANSACTION_SECONDS
-from threadline.models.seam import driver_of, raw_driver_connection
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +110,8 @@ def _replace_closed(dbapi_connection: Any, *_: Any) -> None:
     pool_pre_ping (a BEGIN, a statement and a ROLLBACK on every checkout).
     SQLAlchemy retries the checkout with a fresh connection.
     """
-    driver = driver_of(dbapi_connection)
+    # SQLAlchemy's adapted connection names the driver's own (public API).
+    driver = getattr(dbapi_connection, "driver_connection", None)
     if driver is not None and driver.is_closed():
         raise DisconnectionError("the server closed this pooled connection")
 
@@ -235,7 +235,9 @@ async def driver_fetch(session: AsyncSession, sql: str, *args: Any) -> list[asyn
 
 
 async def _driver_fetch(session: AsyncSession, sql: str, args: Sequence[Any]) -> list[Any]:
-    driver = await raw_driver_connection(await session.connection())
+    raw = await (await session.connection()).get_raw_connection()
+    driver = raw.driver_connection
+    assert driver is not None, "a checked-out connection has the driver's under it"
     records: list[Any] = await driver.fetch(sql, *args)
     return records
 

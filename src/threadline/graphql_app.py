@@ -37,14 +37,16 @@ from threadline.metrics import WEBSOCKET_CONNECTIONS
 from threadline.realtime.channels import SESSIONS_CHANNEL, encode_sessions_signal
 from threadline.realtime.rate_limits import Action
 from threadline.realtime.sinks import DirectSink
+from threadline.resolvers import Mutation, Query
 from threadline.runtime import Runtime
 from threadline.schema.context import ConnectionState, Context
 from threadline.schema.engine.internals import StreamHook
 from threadline.schema.errors import shape_error
-from threadline.schema.schema import ThreadlineSchema
+from threadline.schema.schema import Roots, ThreadlineSchema
 from threadline.services import sessions
 from threadline.subscriptions.broadcast import FrameRenderer
 from threadline.subscriptions.live import OperationRoot
+from threadline.subscriptions.root import Subscription
 from threadline.uploads.multipart import MultipartError, place_files, text_field
 from threadline.uvicorn_seam import raw_socket
 from threadline.ws_protocol import LegacyProtocol, RefusedConnection, TransportProtocol
@@ -53,6 +55,9 @@ if TYPE_CHECKING:
     from cross_web import AsyncHTTPRequestAdapter
 
 log = logging.getLogger(__name__)
+
+# The API's root types: resolvers/ answer queries and mutations, subscriptions/ the rest.
+ROOTS = Roots(Query, Mutation, Subscription)
 
 # Either header, non-empty, lets a multipart (upload) request through: see parse_multipart.
 CSRF_HEADERS = ("apollo-require-preflight", "x-apollo-operation-name")

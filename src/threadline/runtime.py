@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from threadline.auth.tokens import Identity, TokenVerifier
+from threadline.auth.tokens import TokenVerifier
 from threadline.config import Settings
 from threadline.db import Database, make_engine
 from threadline.errors import Unauthenticated
@@ -32,6 +32,7 @@ from threadline.realtime.redis_pool import settings_target
 from threadline.realtime.thread_feed import ThreadFeed
 from threadline.realtime.typing import TypingTracker
 from threadline.services import clerk_sync
+from threadline.services.clerk_sync import Identity
 from threadline.uploads.signing import UrlSigner
 from threadline.uploads.storage import LocalStorage, Storage
 

@@ -13,7 +13,6 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,6 +24,7 @@ from pydantic import SecretStr
 
 from threadline.config import ConfigError, Settings
 from threadline.errors import Unauthenticated
+from threadline.services.clerk_sync import Identity
 from threadline.services.text_rules import clean_external_text
 
 log = logging.getLogger(__name__)
@@ -53,18 +53,6 @@ _SIGNATURE_ONLY: jwt.types.Options = {
     "verify_sub": False,
     "verify_jti": False,
 }
-
-
-@dataclass(frozen=True)
-class Identity:
-    """The verified caller, as the token describes them."""
-
-    clerk_id: str
-    session_id: str | None
-    expires_at: datetime
-    username: str | None
-    name: str | None
-    image_url: str | None
 
 
 class _JwksKeys:

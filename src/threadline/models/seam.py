@@ -14,8 +14,7 @@ from typing import Any, cast
 import sqlalchemy
 from sqlalchemy import bindparam, literal_column, select
 from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
-from sqlalchemy.engine import AdaptedConnection, Dialect
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm.instrumentation import ClassManager
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import BindParameter, ClauseElement
@@ -46,8 +45,6 @@ def _missing() -> list[str]:
         return [f"SQLCompiler.{exc.name}"]
     needed = {
         "ClassManager.new_instance": (ClassManager, "new_instance"),
-        "AdaptedConnection.driver_connection": (AdaptedConnection, "driver_connection"),
-        "AsyncConnection.get_raw_connection": (AsyncConnection, "get_raw_connection"),
         "TypeEngine.dialect_impl": (TypeEngine, "dialect_impl"),
         "TypeEngine.result_processor": (TypeEngine, "result_processor"),
         "TypeEngine.bind_processor": (TypeEngine, "bind_processor"),
@@ -66,17 +63,6 @@ def instance_factory(model: type[Any]) -> Callable[[], Any]:
     """What the ORM calls to make an instance it loads: no constructor, no change events."""
     factory: Callable[[], Any] = model.__mapper__.class_manager.new_instance
     return factory
-
-
-def driver_of(dbapi_connection: Any) -> Any:
-    """The driver's own connection (asyncpg's) under SQLAlchemy's adapted one, or None."""
-    return getattr(dbapi_connection, "driver_connection", None)
-
-
-async def raw_driver_connection(connection: AsyncConnection) -> Any:
-    """The driver's connection under a SQLAlchemy connection (checked out, so held)."""
-    raw = await connection.get_raw_connection()
-    return driver_of(raw)
 
 
 def value_reader(type_: TypeEngine[Any], dialect: Dialect) -> Processor:

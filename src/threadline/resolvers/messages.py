@@ -1,165 +1,33 @@
-"""Queries and mutations about messages: history, replies, search, reactions, receipts."""
+"""Queries and mutations about messages: history, search, reactions, receipts.
+
+The pages themselves (a thread's messages, replies, readBy) are built in schema/types.py,
+where the fields of Thread and Message answer them too.
+"""
 
 from __future__ import annotations
-
-import asyncio
-import uuid
-from collections.abc import Awaitable
 
 import strawberry
 from starlette.datastructures import UploadFile
 from strawberry import ID, Info
 from strawberry.file_uploads import Upload
 
-from threadline import models
-from threadline.auth.directives import authenticated, thread_role
 from threadline.errors import BadInput
 from threadline.realtime.rate_limits import Action
 from threadline.resolvers import operations as op
-from threadline.schema.connections import PageInfo, edges, page_args, page_info
+from threadline.schema.connections import page_args
+from threadline.schema.directives import authenticated, thread_role
 from threadline.schema.enums import ThreadRole
 from threadline.schema.inputs import SendMessageInput
-from threadline.schema.resolving import many_now_or_later, now_or_later, selected_under, settled
 from threadline.schema.types import (
     AttachmentType,
     MessageConnection,
-    MessageEdge,
     MessageType,
     ThreadType,
-    UserConnection,
-    UserEdge,
-    user_type,
+    message_connection,
+    thread_messages,
 )
 from threadline.services import attachments, messages, receipts, search
-from threadline.services.pagination import Page, PageRequest, id_cursor
 from threadline.services.permissions import parse_id
-
-
-async def _connection(info: Info, page: Page[models.Message]) -> MessageConnection:
-    # A reply's parent is usually on the same page: known rows cost no query.
-    op.context(info).loaders.message.prime_many({m.id: m for m in page.items})
-    await _prefetch(info, page.items)
-    return MessageConnection(
-        edges=edges(page, MessageEdge, MessageType.of),
-        page_info=page_info(page),
-    )
-
-
-async def _prefetch(info: Info, rows: list[models.Message]) -> None:
-    """Load the batch of every selected field of the page's messages up front.
-
-    The same batches the fields would ask for one by one, in one go: the fields
-    then answer at once instead of each awaiting its loader.
-    """
-    wanted = selected_under(info.selected_fields, info.field_name, "edges", "node")
-    if not rows or not wanted:
-        return
-    loaders = op.context(info).loaders
-    live = [m.id for m in rows if m.deleted_at is None]
-    jobs: list[Awaitable[object]] = []
-    people: set[uuid.UUID] = set()
-    if "author" in wanted:
-        people.update(m.author_id for m in rows if m.author_id is not None)
-    if "mentions" in wanted:
-        people.update(
-            uid for m in rows if m.deleted_at is None for uid in messages.mention_uuids(m)
-        )
-    preload = loaders.preload
-    if people:
-        jobs.append(preload(loaders.user, sorted(people)))
-    if "parent" in wanted:
-        jobs.append(preload(loaders.message, {m.parent_id for m in rows if m.parent_id}))
-    if "replyCount" in wanted:
-        jobs.append(preload(loaders.reply_count, [m.id for m in rows]))
-    for name, loader in (
-        ("attachments", loaders.attachments),
-        ("edits", loaders.edits),
-        ("reactions", loaders.reactions),
-    ):
-        if name in wanted:
-            jobs.append(preload(loader, live))
-    thread_ids = list({m.thread_id for m in rows})
-    if "status" in wanted or "readBy" in wanted:
-        jobs.append(preload(loaders.markers, thread_ids))
-    await asyncio.gather(*jobs)
-    read_by = wanted.get("readBy")
-    if read_by is not None:
-        # The readers each message's readBy page will show, in one more batch.
-        # (strawberry gives literal arguments as written: an Int arrives as text)
-        first, after = read_by.arguments.get("first"), read_by.arguments.get("after")
-        try:
-            size = page_args(int(str(first)) if str(first).isdigit() else None, None).size
-        except BadInput:  # the field itself will say so
-            return
-        if after is not None:
-            return
-        markers = dict(zip(thread_ids, await loaders.markers.load_many(thread_ids), strict=True))
-        readers: set[uuid.UUID] = set()
-        for m in rows:
-            readers.update(receipts.readers(m, markers[m.thread_id])[:size])
-        if readers:
-            await preload(loaders.user, sorted(readers))
-
-
-async def thread_messages(
-    info: Info, thread: models.Thread, request: PageRequest
-) -> MessageConnection:
-    page = await messages.thread_messages(await op.session(info), thread.id, request)
-    await _delivered(info, thread.id, page.items)
-    return await _connection(info, page)
-
-
-async def _delivered(info: Info, thread_id: uuid.UUID, rows: list[models.Message]) -> None:
-    """Fetching messages delivers them: move the viewer's marker if it is behind."""
-    if not rows:
-        return
-    ctx = op.context(info)
-    mine = await ctx.loaders.my_participation.load(thread_id)
-    newest = max(m.seq for m in rows)
-    if mine is not None and mine.last_delivered_seq < newest:
-        db, user_id = ctx.runtime.db, mine.user_id
-        ctx.after_close(lambda: receipts.mark_delivered(db, user_id, thread_id, newest))
-
-
-async def replies(info: Info, parent: models.Message, request: PageRequest) -> MessageConnection:
-    page = await messages.replies(await op.session(info), parent, request)
-    return await _connection(info, page)
-
-
-def read_by(
-    info: Info, message: models.Message, first: int | None, after: str | None
-) -> UserConnection | Awaitable[UserConnection]:
-    request = page_args(first, after)
-    loaders = op.context(info).loaders
-
-    def page_of(markers: list[receipts.Marker]) -> object:
-        ids = receipts.readers(message, markers)
-        start = 0
-        if request.after:
-            key = request.after_key()
-            start = next((i + 1 for i, uid in enumerate(ids) if [str(uid)] == key), len(ids))
-        chosen = ids[start : start + request.size]
-
-        def connection(rows: list[models.User | None]) -> UserConnection:
-            users = [r for r in rows if r is not None]
-            cursors = [id_cursor(u.id) for u in users]
-            built = loaders.user_types
-            return UserConnection(
-                edges=[
-                    UserEdge(cursor=c, node=user_type(built, u))
-                    for c, u in zip(cursors, users, strict=True)
-                ],
-                page_info=PageInfo(
-                    has_next_page=start + request.size < len(ids),
-                    has_previous_page=start > 0,
-                    start_cursor=cursors[0] if cursors else None,
-                    end_cursor=cursors[-1] if cursors else None,
-                ),
-            )
-
-        return many_now_or_later(loaders.user, chosen, connection)
-
-    return settled(now_or_later(loaders.markers, message.thread_id, page_of))  # type: ignore[no-any-return]
 
 
 @strawberry.type
@@ -201,7 +69,9 @@ class MessageQueries:
             parse_id(thread_id, "Thread") if thread_id is not None else None,
             page_args(first, after),
         )
-        return await _connection(info, await op.visible_now(info, page, lambda m: m.thread_id))
+        return await message_connection(
+            info, await op.visible_now(info, page, lambda m: m.thread_id)
+        )
 
 
 @strawberry.type

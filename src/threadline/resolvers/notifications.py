@@ -5,9 +5,9 @@ from __future__ import annotations
 import strawberry
 from strawberry import ID, Info
 
-from threadline.auth.directives import authenticated
 from threadline.resolvers import operations as op
-from threadline.schema.connections import edges, page_args, page_info
+from threadline.schema.connections import connection, page_args
+from threadline.schema.directives import authenticated
 from threadline.schema.types import NotificationConnection, NotificationEdge, NotificationType
 from threadline.services import notifications
 
@@ -28,10 +28,8 @@ class NotificationQueries:
             bool(unread_only),
             page_args(first, after),
         )
-        return NotificationConnection(
-            edges=edges(page, NotificationEdge, NotificationType.of),
-            page_info=page_info(page),
-            unread_count=unread,
+        return connection(
+            NotificationConnection, page, NotificationEdge, NotificationType.of, unread_count=unread
         )
 
 

@@ -5,34 +5,18 @@ from __future__ import annotations
 import strawberry
 from strawberry import ID, Info
 
-from threadline import models
-from threadline.auth.directives import authenticated, thread_role
 from threadline.resolvers import operations as op
-from threadline.schema.connections import edges, page_args, page_info
+from threadline.schema.connections import connection, page_args
+from threadline.schema.directives import authenticated, thread_role
 from threadline.schema.enums import ThreadRole
 from threadline.schema.inputs import CreateThreadInput, UpdateThreadInput
 from threadline.schema.types import (
-    ParticipantConnection,
-    ParticipantEdge,
     ParticipantType,
     ThreadConnection,
     ThreadEdge,
     ThreadType,
 )
 from threadline.services import threads
-
-
-async def participants(
-    info: Info, thread: models.Thread, first: int | None, after: str | None
-) -> ParticipantConnection:
-    page, total = await threads.participants_page(
-        await op.session(info), thread.id, page_args(first, after)
-    )
-    return ParticipantConnection(
-        edges=edges(page, ParticipantEdge, ParticipantType.of),
-        page_info=page_info(page),
-        total_count=total,
-    )
 
 
 @strawberry.type
@@ -60,9 +44,8 @@ class ThreadQueries:
         access = op.context(info).access
         for a in page.items:
             access.setdefault(a.thread.id, a)
-        return ThreadConnection(
-            edges=edges(page, ThreadEdge, lambda a: ThreadType.of(access[a.thread.id].thread)),
-            page_info=page_info(page),
+        return connection(
+            ThreadConnection, page, ThreadEdge, lambda a: ThreadType.of(access[a.thread.id].thread)
         )
 
 

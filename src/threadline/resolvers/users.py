@@ -5,10 +5,10 @@ from __future__ import annotations
 import strawberry
 from strawberry import ID, Info
 
-from threadline.auth.directives import authenticated, has_role
 from threadline.errors import NotFound
 from threadline.resolvers import operations as op
-from threadline.schema.connections import edges, page_args, page_info
+from threadline.schema.connections import connection, page_args
+from threadline.schema.directives import authenticated, has_role
 from threadline.schema.enums import PresenceStatus, SystemRole
 from threadline.schema.inputs import UpdateMeInput
 from threadline.schema.types import (
@@ -52,7 +52,7 @@ class UserQueries:
         after: str | None = None,
     ) -> UserConnection:
         page = await users.search_users(await op.session(info), search, page_args(first, after))
-        return UserConnection(edges=edges(page, UserEdge, UserType.of), page_info=page_info(page))
+        return connection(UserConnection, page, UserEdge, UserType.of)
 
     @strawberry.field(extensions=[authenticated()])
     async def node(self, info: Info, id: ID) -> Node | None:

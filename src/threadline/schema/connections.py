@@ -1,4 +1,4 @@
-"""Relay connection plumbing: PageInfo and turning a domain Page into edges."""
+"""Relay connection plumbing: PageInfo and turning a domain Page into a connection."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ import strawberry
 
 from threadline.services.pagination import Page, PageRequest
 
-E = TypeVar("E")
-N = TypeVar("N")
+C = TypeVar("C")
 R = TypeVar("R")
 
 
@@ -28,16 +27,24 @@ def page_args(
     return PageRequest(first=first, after=after, last=last, before=before)
 
 
-def page_info(page: Page[Any]) -> PageInfo:
-    return PageInfo(
-        has_next_page=page.has_next,
-        has_previous_page=page.has_previous,
-        start_cursor=page.cursors[0] if page.cursors else None,
-        end_cursor=page.cursors[-1] if page.cursors else None,
+def connection(
+    kind: Callable[..., C],
+    page: Page[R],
+    edge: Callable[..., Any],
+    node: Callable[[R], Any],
+    **more: Any,
+) -> C:
+    """A Relay connection of a page: an edge (cursor, node) per item, and its PageInfo."""
+    cursors = page.cursors
+    return kind(
+        edges=[
+            edge(cursor=c, node=node(item)) for c, item in zip(cursors, page.items, strict=True)
+        ],
+        page_info=PageInfo(
+            has_next_page=page.has_next,
+            has_previous_page=page.has_previous,
+            start_cursor=cursors[0] if cursors else None,
+            end_cursor=cursors[-1] if cursors else None,
+        ),
+        **more,
     )
-
-
-def edges(page: Page[R], edge: Callable[..., E], wrap: Callable[[R], N]) -> list[E]:
-    return [
-        edge(cursor=c, node=wrap(item)) for c, item in zip(page.cursors, page.items, strict=True)
-    ]

@@ -18,14 +18,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from threadline.errors import Unauthenticated
 from threadline.metrics import QUERY_READS
+from threadline.schema.loaders import Loaders
 
 log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
-    from threadline.auth.tokens import Identity
     from threadline.models import User
-    from threadline.resolvers.loaders import Loaders
     from threadline.runtime import Runtime
+    from threadline.services.clerk_sync import Identity
     from threadline.services.permissions import ThreadAccess
 
 
@@ -145,8 +145,6 @@ class Context:
     @property
     def loaders(self) -> Loaders:
         if self._loaders is None:
-            from threadline.resolvers.loaders import Loaders
-
             self._loaders = Loaders(self)
         return self._loaders
 

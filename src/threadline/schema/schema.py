@@ -1,43 +1,44 @@
-"""The strawberry Schema: root types merged from the resolver modules, plus extensions."""
+"""The strawberry Schema: given root types, our extensions, limits and engine.
+
+The root types are the layer above's (resolvers/, subscriptions/): graphql_app.py
+hands them in, so that schema/ (types, context, engine) imports neither.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import AsyncGenerator, Iterable
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import strawberry
 from graphql import GraphQLError, NoSchemaIntrospectionCustomRule
 from strawberry.extensions import MaxAliasesLimiter, QueryDepthLimiter
 from strawberry.schema.config import StrawberryConfig
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
-from strawberry.tools import merge_types
 from strawberry.types import ExecutionResult
 from strawberry.types.graphql import OperationType
 
 from threadline.config import Settings
 from threadline.realtime.caches import TTLCache
-from threadline.resolvers.messages import MessageMutations, MessageQueries
-from threadline.resolvers.notifications import NotificationMutations, NotificationQueries
-from threadline.resolvers.threads import ThreadMutations, ThreadQueries
-from threadline.resolvers.users import UserMutations, UserQueries
 from threadline.schema.documents import Documents
 from threadline.schema.engine import lean_resolvers
 from threadline.schema.engine.internals import graphql_schema
-from threadline.schema.engine.runner import CachedDocuments, OperationRunner
+from threadline.schema.engine.runner import CachedDocuments, OperationRunner, Request
 from threadline.schema.events import EVENT_TYPES
 from threadline.schema.scalars import DateTime
 from threadline.schema.types import AttachmentType, NotificationType, SessionType
-from threadline.subscriptions.root import Subscription
 
 # Distinct operation texts kept parsed and validated (clients send a fixed set).
 DOCUMENT_CACHE_SIZE = 256
 
-Query = merge_types("Query", (UserQueries, ThreadQueries, MessageQueries, NotificationQueries))
-Mutation = merge_types(
-    "Mutation", (ThreadMutations, MessageMutations, UserMutations, NotificationMutations)
-)
+
+class Roots(NamedTuple):
+    """The schema's root types."""
+
+    query: type
+    mutation: type
+    subscription: type
 
 
 class ThreadlineSchema(strawberry.Schema):
@@ -55,8 +56,7 @@ class ThreadlineSchema(strawberry.Schema):
         allowed_operation_types: Iterable[OperationType] | None = None,
         operation_extensions: dict[str, Any] | None = None,
     ) -> ExecutionResult:
-        return await self.runner.execute(
-            super().execute,
+        request = Request(
             query,
             variable_values,
             context_value,
@@ -65,6 +65,7 @@ class ThreadlineSchema(strawberry.Schema):
             allowed_operation_types,
             operation_extensions,
         )
+        return await self.runner.execute(super().execute, request)
 
     async def stream(
         self,
@@ -76,8 +77,7 @@ class ThreadlineSchema(strawberry.Schema):
         operation_extensions: dict[str, Any] | None = None,
         allowed_operation_types: Iterable[OperationType] | None = None,
     ) -> AsyncGenerator[Any, None]:
-        return self.runner.stream(
-            super().stream,
+        request = Request(
             query,
             variable_values,
             context_value,
@@ -86,6 +86,7 @@ class ThreadlineSchema(strawberry.Schema):
             allowed_operation_types,
             operation_extensions,
         )
+        return self.runner.stream(super().stream, request)
 
     def process_errors(self, errors: list[GraphQLError], execution_context: Any = None) -> None:
         # Domain errors are answers, not faults; shape_error logs the unexpected ones.
@@ -102,7 +103,7 @@ class QuietExecutionContext(StrawberryGraphQLCoreExecutionContext):
 
 
 def build_schema(
-    settings: Settings | None = None, *, production: bool | None = None
+    roots: Roots, settings: Settings | None = None, *, production: bool | None = None
 ) -> ThreadlineSchema:
     """The schema with the settings' document limits (the defaults without settings)."""
     settings = settings or Settings.model_construct()
@@ -123,9 +124,9 @@ def build_schema(
         hide_suggestions=production,
     )
     schema = ThreadlineSchema(
-        query=Query,
-        mutation=Mutation,
-        subscription=Subscription,
+        query=roots.query,
+        mutation=roots.mutation,
+        subscription=roots.subscription,
         types=[*EVENT_TYPES, AttachmentType, NotificationType, SessionType],
         extensions=[lambda: CachedDocuments(documents)],
         config=StrawberryConfig(auto_camel_case=True, scalar_map={datetime: DateTime}),

@@ -6,7 +6,9 @@ DataLoaders, so that a page of messages costs a fixed number of queries.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from collections.abc import Awaitable
 from datetime import datetime
 from functools import partial
 from typing import TYPE_CHECKING
@@ -16,8 +18,8 @@ from strawberry import ID, Info, Private
 from strawberry.scalars import JSON
 
 from threadline import models
-from threadline.errors import NotFound
-from threadline.schema.connections import PageInfo, page_args
+from threadline.errors import BadInput, NotFound
+from threadline.schema.connections import PageInfo, connection, page_args
 from threadline.schema.enums import (
     AttachmentKind,
     MessageStatus,
@@ -26,10 +28,12 @@ from threadline.schema.enums import (
     SystemRole,
     ThreadRole,
 )
-from threadline.schema.resolving import many_now_or_later, now_or_later
+from threadline.schema.resolving import many_now_or_later, now_or_later, selected_under, settled
 from threadline.schema.viewer_fields import READS_VIEWER
 from threadline.services import messages as message_service
 from threadline.services import receipts
+from threadline.services import threads as thread_service
+from threadline.services.pagination import Page, PageRequest, id_cursor
 from threadline.services.permissions import effective_thread_role
 
 if TYPE_CHECKING:
@@ -254,10 +258,8 @@ class ThreadType(Node):
     async def participants(
         self, info: Info, first: int | None = None, after: str | None = None
     ) -> ParticipantConnection:
-        from threadline.resolvers import threads as thread_resolvers
-
         thread = await _thread_or_not_found(info, self.row.id)
-        return await thread_resolvers.participants(info, thread, first, after)
+        return await participants(info, thread, first, after)
 
     # Acts for the viewer: fetching a page moves their delivered marker.
     @strawberry.field(metadata=READS_VIEWER)
@@ -269,12 +271,8 @@ class ThreadType(Node):
         last: int | None = None,
         before: str | None = None,
     ) -> MessageConnection:
-        from threadline.resolvers import messages as message_resolvers
-
         thread = await _thread_or_not_found(info, self.row.id)
-        return await message_resolvers.thread_messages(
-            info, thread, page_args(first, after, last, before)
-        )
+        return await thread_messages(info, thread, page_args(first, after, last, before))
 
     @strawberry.field(
         description=f"At most {message_service.MAX_PINNED}, most recently pinned first."
@@ -494,12 +492,8 @@ class MessageType(Node):
         last: int | None = None,
         before: str | None = None,
     ) -> MessageConnection:
-        from threadline.resolvers import messages as message_resolvers
-
         await _thread_or_not_found(info, self.row.thread_id)
-        return await message_resolvers.replies(
-            info, self.row, page_args(first, after, last, before)
-        )
+        return await replies(info, self.row, page_args(first, after, last, before))
 
     @strawberry.field
     def attachments(self, info: Info) -> list[AttachmentType]:
@@ -549,9 +543,7 @@ class MessageType(Node):
     def read_by(
         self, info: Info, first: int | None = None, after: str | None = None
     ) -> UserConnection:
-        from threadline.resolvers import messages as message_resolvers
-
-        return message_resolvers.read_by(info, self.row, first, after)  # type: ignore[return-value]
+        return read_by(info, self.row, first, after)  # type: ignore[return-value]
 
 
 @strawberry.type(name="MessageEdge")
@@ -647,3 +639,141 @@ class SessionType(Node):
             last_seen_at=row.last_seen_at,
             disconnected_at=row.disconnected_at,
         )
+
+
+# Pages a type's field answers (the root queries reuse the message pages).
+
+
+async def participants(
+    info: Info, thread: models.Thread, first: int | None, after: str | None
+) -> ParticipantConnection:
+    page, total = await thread_service.participants_page(
+        await _ctx(info).session(), thread.id, page_args(first, after)
+    )
+    return connection(
+        ParticipantConnection, page, ParticipantEdge, ParticipantType.of, total_count=total
+    )
+
+
+async def message_connection(info: Info, page: Page[models.Message]) -> MessageConnection:
+    # A reply's parent is usually on the same page: known rows cost no query.
+    _ctx(info).loaders.message.prime_many({m.id: m for m in page.items})
+    await _prefetch(info, page.items)
+    return connection(MessageConnection, page, MessageEdge, MessageType.of)
+
+
+async def _prefetch(info: Info, rows: list[models.Message]) -> None:
+    """Load the batch of every selected field of the page's messages up front.
+
+    The same batches the fields would ask for one by one, in one go: the fields
+    then answer at once instead of each awaiting its loader.
+    """
+    wanted = selected_under(info.selected_fields, info.field_name, "edges", "node")
+    if not rows or not wanted:
+        return
+    loaders = _ctx(info).loaders
+    live = [m.id for m in rows if m.deleted_at is None]
+    jobs: list[Awaitable[object]] = []
+    people: set[uuid.UUID] = set()
+    if "author" in wanted:
+        people.update(m.author_id for m in rows if m.author_id is not None)
+    if "mentions" in wanted:
+        people.update(
+            uid for m in rows if m.deleted_at is None for uid in message_service.mention_uuids(m)
+        )
+    preload = loaders.preload
+    if people:
+        jobs.append(preload(loaders.user, sorted(people)))
+    if "parent" in wanted:
+        jobs.append(preload(loaders.message, {m.parent_id for m in rows if m.parent_id}))
+    if "replyCount" in wanted:
+        jobs.append(preload(loaders.reply_count, [m.id for m in rows]))
+    for name, loader in (
+        ("attachments", loaders.attachments),
+        ("edits", loaders.edits),
+        ("reactions", loaders.reactions),
+    ):
+        if name in wanted:
+            jobs.append(preload(loader, live))
+    thread_ids = list({m.thread_id for m in rows})
+    if "status" in wanted or "readBy" in wanted:
+        jobs.append(preload(loaders.markers, thread_ids))
+    await asyncio.gather(*jobs)
+    read_by = wanted.get("readBy")
+    if read_by is not None:
+        # The readers each message's readBy page will show, in one more batch.
+        # (strawberry gives literal arguments as written: an Int arrives as text)
+        first, after = read_by.arguments.get("first"), read_by.arguments.get("after")
+        try:
+            size = page_args(int(str(first)) if str(first).isdigit() else None, None).size
+        except BadInput:  # the field itself will say so
+            return
+        if after is not None:
+            return
+        markers = dict(zip(thread_ids, await loaders.markers.load_many(thread_ids), strict=True))
+        readers: set[uuid.UUID] = set()
+        for m in rows:
+            readers.update(receipts.readers(m, markers[m.thread_id])[:size])
+        if readers:
+            await preload(loaders.user, sorted(readers))
+
+
+async def thread_messages(
+    info: Info, thread: models.Thread, request: PageRequest
+) -> MessageConnection:
+    page = await message_service.thread_messages(await _ctx(info).session(), thread.id, request)
+    await _delivered(info, thread.id, page.items)
+    return await message_connection(info, page)
+
+
+async def _delivered(info: Info, thread_id: uuid.UUID, rows: list[models.Message]) -> None:
+    """Fetching messages delivers them: move the viewer's marker if it is behind."""
+    if not rows:
+        return
+    ctx = _ctx(info)
+    mine = await ctx.loaders.my_participation.load(thread_id)
+    newest = max(m.seq for m in rows)
+    if mine is not None and mine.last_delivered_seq < newest:
+        db, user_id = ctx.runtime.db, mine.user_id
+        ctx.after_close(lambda: receipts.mark_delivered(db, user_id, thread_id, newest))
+
+
+async def replies(info: Info, parent: models.Message, request: PageRequest) -> MessageConnection:
+    page = await message_service.replies(await _ctx(info).session(), parent, request)
+    return await message_connection(info, page)
+
+
+def read_by(
+    info: Info, message: models.Message, first: int | None, after: str | None
+) -> UserConnection | Awaitable[UserConnection]:
+    request = page_args(first, after)
+    loaders = _ctx(info).loaders
+
+    def page_of(markers: list[receipts.Marker]) -> object:
+        ids = receipts.readers(message, markers)
+        start = 0
+        if request.after:
+            key = request.after_key()
+            start = next((i + 1 for i, uid in enumerate(ids) if [str(uid)] == key), len(ids))
+        chosen = ids[start : start + request.size]
+
+        def connection(rows: list[models.User | None]) -> UserConnection:
+            users = [r for r in rows if r is not None]
+            cursors = [id_cursor(u.id) for u in users]
+            built = loaders.user_types
+            return UserConnection(
+                edges=[
+                    UserEdge(cursor=c, node=user_type(built, u))
+                    for c, u in zip(cursors, users, strict=True)
+                ],
+                page_info=PageInfo(
+                    has_next_page=start + request.size < len(ids),
+                    has_previous_page=start > 0,
+                    start_cursor=cursors[0] if cursors else None,
+                    end_cursor=cursors[-1] if cursors else None,
+                ),
+            )
+
+        return many_now_or_later(loaders.user, chosen, connection)
+
+    return settled(now_or_later(loaders.markers, message.thread_id, page_of))  # type: ignore[no-any-return]

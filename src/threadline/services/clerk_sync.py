@@ -8,6 +8,7 @@ caller's unit of work, and tolerate Clerk's retries, reordering and concurrency.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
@@ -16,7 +17,6 @@ from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from threadline.auth.tokens import Identity
 from threadline.db import UnitOfWork
 from threadline.errors import BadInput, Unauthenticated
 from threadline.models import EndedClerkSession, Session, SystemRole, User, WebhookDelivery, utcnow
@@ -32,6 +32,18 @@ _URL_LENGTH = 2048
 _REASON_LENGTH = 32
 # 9999-12-31T23:59:59.999Z in milliseconds: also well inside a 64-bit column.
 _MAX_MILLIS = 253_402_300_799_999
+
+
+@dataclass(frozen=True)
+class Identity:
+    """The verified caller, as a verified token describes them (``auth.tokens``)."""
+
+    clerk_id: str
+    session_id: str | None
+    expires_at: datetime
+    username: str | None
+    name: str | None
+    image_url: str | None
 
 
 async def user_for_identity(uow: UnitOfWork, identity: Identity) -> User:

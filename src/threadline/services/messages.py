@@ -13,9 +13,9 @@ import functools
 import itertools
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import orjson
 from sqlalchemy import bindparam, delete, func, select, update
@@ -69,6 +69,8 @@ REACTION_USERS_SHOWN = 20
 MAX_PINNED = 50  # per thread; pinning one more is a CONFLICT (Slack allows 100)
 EDITS_SHOWN = 50  # Message.edits: the newest ones; older stay stored
 MAX_MENTIONS = 50  # distinct users one message may mention
+
+_Row = TypeVar("_Row")
 
 
 class _DuplicateClientId(Exception):
@@ -612,22 +614,16 @@ async def reaction_groups(
 async def edits_of(
     session: AsyncSession, ids: Sequence[uuid.UUID]
 ) -> dict[uuid.UUID, list[MessageEdit]]:
-    rows = await _EDITS.scalars(session, ids=list(set(ids)))
-    out: dict[uuid.UUID, list[MessageEdit]] = defaultdict(list)
-    for edit in rows:
-        out[edit.message_id].append(edit)
-    return out
+    rows: list[MessageEdit] = await _EDITS.scalars(session, ids=list(set(ids)))
+    return _grouped(rows, lambda edit: edit.message_id)
 
 
 async def attachments_of(
     session: AsyncSession, ids: Sequence[uuid.UUID]
 ) -> dict[uuid.UUID, list[Attachment]]:
-    rows = await _ATTACHMENTS.scalars(session, ids=list(set(ids)))
-    out: dict[uuid.UUID, list[Attachment]] = defaultdict(list)
-    for attachment in rows:
-        assert attachment.message_id is not None
-        out[attachment.message_id].append(attachment)
-    return out
+    rows: list[Attachment] = await _ATTACHMENTS.scalars(session, ids=list(set(ids)))
+    # Attached ones only: the statement reads them by message id.
+    return _grouped(rows, lambda attachment: cast(uuid.UUID, attachment.message_id))
 
 
 # Each thread's newest live message, found by walking its (thread, seq) index
@@ -679,7 +675,12 @@ async def pinned_of(
         .where(newest.c.newness <= MAX_PINNED)
         .order_by(pinned.pinned_at.desc(), pinned.seq.desc())
     )
-    out: dict[uuid.UUID, list[Message]] = defaultdict(list)
-    for m in rows:
-        out[m.thread_id].append(m)
+    return _grouped(rows, lambda m: m.thread_id)
+
+
+def _grouped(rows: Iterable[_Row], key: Callable[[_Row], uuid.UUID]) -> dict[uuid.UUID, list[_Row]]:
+    """Rows by the id they belong to (a message's, a thread's), in the order read."""
+    out: dict[uuid.UUID, list[_Row]] = defaultdict(list)
+    for row in rows:
+        out[key(row)].append(row)
     return out

@@ -65,24 +65,31 @@ async def create_thread(
     missing = [i for i in ids if i != actor.id and i not in users]
     if missing:
         raise NotFound("User not found", userId=str(missing[0]))
+    roles = {actor.id: ThreadRole.OWNER} | dict.fromkeys(users, ThreadRole.MEMBER)
+    thread = await _new_thread(
+        uow, actor, roles, title=clean, description=clean_description(description)
+    )
+    for user_id, role in roles.items():
+        uow.emit(_membership(user_id, thread.id, role))
+    await notifications.notify_added(uow, actor, thread, list(users))
+    return thread
+
+
+async def _new_thread(
+    uow: UnitOfWork, actor: User, roles: dict[uuid.UUID, ThreadRole], **fields: Any
+) -> Thread:
+    """A thread the actor creates now, stored with its participants and their roles."""
     now = utcnow()
     thread = Thread(
-        title=clean,
-        description=clean_description(description),
-        created_by_id=actor.id,
-        created_at=now,
-        updated_at=now,
-        last_activity_at=now,
+        created_by_id=actor.id, created_at=now, updated_at=now, last_activity_at=now, **fields
     )
     uow.session.add(thread)
     await uow.session.flush()
-    uow.session.add(ThreadParticipant(thread_id=thread.id, user_id=actor.id, role="OWNER"))
-    uow.emit(_membership(actor.id, thread.id, ThreadRole.OWNER))
-    for user_id in users:
-        uow.session.add(ThreadParticipant(thread_id=thread.id, user_id=user_id, role="MEMBER"))
-        uow.emit(_membership(user_id, thread.id, ThreadRole.MEMBER))
+    uow.session.add_all(
+        ThreadParticipant(thread_id=thread.id, user_id=user_id, role=role.value)
+        for user_id, role in roles.items()
+    )
     await uow.session.flush()
-    await notifications.notify_added(uow, actor, thread, list(users))
     return thread
 
 
@@ -107,31 +114,20 @@ async def create_direct_thread(uow: UnitOfWork, actor: User, user_id: str) -> Th
     existing = await uow.session.scalar(select(Thread).where(Thread.direct_key == key))
     if existing is not None and existing.deleted_at is None:
         return await _rejoin(uow, actor, existing)
-    now = utcnow()
     try:
         async with uow.session.begin_nested():
             if existing is not None:
                 # A deleted direct thread gives its key up for a fresh one.
                 existing.direct_key = None
                 await uow.session.flush()
-            thread = Thread(
+            thread = await _new_thread(
+                uow,
+                actor,
+                dict.fromkeys((actor.id, other_id), ThreadRole.OWNER),
                 title=f"{actor.display_name} & {other.display_name}"[:200],
                 is_direct=True,
                 direct_key=key,
-                created_by_id=actor.id,
-                created_at=now,
-                updated_at=now,
-                last_activity_at=now,
             )
-            uow.session.add(thread)
-            await uow.session.flush()
-            uow.session.add_all(
-                [
-                    ThreadParticipant(thread_id=thread.id, user_id=actor.id, role="OWNER"),
-                    ThreadParticipant(thread_id=thread.id, user_id=other_id, role="OWNER"),
-                ]
-            )
-            await uow.session.flush()
     except IntegrityError:
         winner = await uow.session.scalar(select(Thread).where(Thread.direct_key == key))
         if winner is None:
@@ -255,6 +251,26 @@ async def _owner_count(session: AsyncSession, thread_id: uuid.UUID) -> int:
     )
 
 
+async def _existing_participant(
+    session: AsyncSession, thread_id: uuid.UUID, user_id: uuid.UUID
+) -> ThreadParticipant:
+    participant = await _participant(session, thread_id, user_id)
+    if participant is None:
+        raise NotFound("Participant not found")
+    return participant
+
+
+async def _keep_an_owner(
+    session: AsyncSession, participant: ThreadParticipant, change: str
+) -> None:
+    """A thread always has an OWNER: its last one may not leave, be removed or step down."""
+    if (
+        participant.thread_role is ThreadRole.OWNER
+        and await _owner_count(session, participant.thread_id) <= 1
+    ):
+        raise Conflict(f"The last OWNER cannot {change}: make someone else OWNER first")
+
+
 async def _participant_changed(
     uow: UnitOfWork, actor: User, thread: Thread, user_id: uuid.UUID, role: ThreadRole | None
 ) -> None:
@@ -306,9 +322,7 @@ async def remove_participant(
 ) -> uuid.UUID:
     access = await access_thread(uow.session, actor, thread_id, ThreadRole.ADMIN, for_update=True)
     uid = parse_id(user_id, "User")
-    participant = await _participant(uow.session, access.thread.id, uid)
-    if participant is None:
-        raise NotFound("Participant not found")
+    participant = await _existing_participant(uow.session, access.thread.id, uid)
     if uid != actor.id:
         if access.thread.is_direct:
             # createDirectThread lets someone who left come back: a removal it would
@@ -322,11 +336,7 @@ async def remove_participant(
 async def _drop(
     uow: UnitOfWork, actor: User, thread: Thread, participant: ThreadParticipant
 ) -> None:
-    if (
-        participant.thread_role is ThreadRole.OWNER
-        and await _owner_count(uow.session, thread.id) <= 1
-    ):
-        raise Conflict("The last OWNER cannot leave: make someone else OWNER first")
+    await _keep_an_owner(uow.session, participant, "leave")
     user_id = participant.user_id
     await uow.session.delete(participant)
     await uow.session.flush()
@@ -346,16 +356,10 @@ async def set_participant_role(
 ) -> ThreadParticipant:
     access = await access_thread(uow.session, actor, thread_id, ThreadRole.OWNER, for_update=True)
     uid = parse_id(user_id, "User")
-    participant = await _participant(uow.session, access.thread.id, uid)
-    if participant is None:
-        raise NotFound("Participant not found")
+    participant = await _existing_participant(uow.session, access.thread.id, uid)
     if participant.thread_role is role:
         return participant
-    if (
-        participant.thread_role is ThreadRole.OWNER
-        and await _owner_count(uow.session, access.thread.id) <= 1
-    ):
-        raise Conflict("The last OWNER cannot be demoted: make someone else OWNER first")
+    await _keep_an_owner(uow.session, participant, "be demoted")
     participant.role = role.value
     await uow.session.flush()
     await _participant_changed(uow, actor, access.thread, uid, role)

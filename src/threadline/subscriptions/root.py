@@ -8,10 +8,10 @@ from typing import TypeVar
 import strawberry
 from strawberry import ID, Info
 
-from threadline.auth.directives import authenticated, thread_role
 from threadline.errors import RateLimited
 from threadline.metrics import ACTIVE_SUBSCRIPTIONS
 from threadline.schema.context import ConnectionState
+from threadline.schema.directives import authenticated, thread_role
 from threadline.schema.enums import ThreadRole
 from threadline.schema.events import PresenceChanged, ThreadActivity, ThreadEventType, ViewerEvent
 from threadline.subscriptions import activity, presence, thread_events, viewer

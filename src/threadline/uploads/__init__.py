@@ -1,1 +1,1 @@
-"""Attachment files: where their bytes live (storage) and how they are served (routes)."""
+"""Attachment files: where their bytes live (storage) and their signed URLs (signing)."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from inspect import isawaitable
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import orjson
 from graphql import ExecutionResult as GraphQLExecutionResult
@@ -88,6 +88,18 @@ class Plan:
 UNKNOWN = Plan(None)
 
 
+class Request(NamedTuple):
+    """One operation as strawberry's entry points (``execute``, ``stream``) take it."""
+
+    query: str | None
+    variables: dict[str, Any] | None
+    context: Any
+    root_value: Any
+    operation_name: str | None
+    allowed: Iterable[Allowed] | None
+    extensions: dict[str, Any] | None
+
+
 class OperationRunner:
     def __init__(self, schema: Any, documents: Documents, *, fast: bool) -> None:
         """``schema``: the strawberry schema, whose one extension is CachedDocuments."""
@@ -124,47 +136,23 @@ class OperationRunner:
         return Plan(known, operation, refusal)
 
     async def execute(
-        self,
-        strawberry_execute: Callable[..., Awaitable[ExecutionResult]],
-        query: str | None,
-        variables: dict[str, Any] | None,
-        context: Any,
-        root_value: Any,
-        operation_name: str | None,
-        allowed: Iterable[Allowed] | None,
-        extensions: dict[str, Any] | None,
+        self, strawberry_execute: Callable[..., Awaitable[ExecutionResult]], request: Request
     ) -> ExecutionResult:
         """One operation with one answer (HTTP: JSON POST, GET, multipart)."""
-        plan = self.plan(query, variables, operation_name)
-        own = _own(context)
+        plan = self.plan(request.query, request.variables, request.operation_name)
+        own = _own(request.context)
         try:
             if plan.refusal is not None:
-                return self._refused(plan.refusal)
-            operation = plan.operation
-            if operation is not None:
-                kind = operation.operation
+                return _refused(plan.refusal)
+            if plan.operation is not None:
+                kind = plan.operation.operation
                 if kind is OperationType.SUBSCRIPTION:
-                    return refused_over_http()
-                _reads_for(own, kind)
-                if allowed is not None and ALLOWED[kind] not in allowed:
+                    return _refused(GraphQLError(OVER_HTTP))  # a clear BAD_USER_INPUT
+                if request.allowed is not None and ALLOWED[kind] not in request.allowed:
                     raise InvalidOperationTypeError(ALLOWED[kind])  # the view's 400
-                if self.fast:
-                    OPERATIONS_BY_KIND[kind.value, DIRECT].inc()
-                    return await self._direct(
-                        plan, variables, operation_name, own, root_value, extensions
-                    )
-                OPERATIONS_BY_KIND[kind.value, STRAWBERRY].inc()
-            result = await strawberry_execute(
-                query,
-                variable_values=variables,
-                context_value=own,
-                root_value=root_value,
-                operation_name=operation_name,
-                allowed_operation_types=allowed,
-                operation_extensions=extensions,
-            )
-            self._finish(result)
-            return result
+            if self._engine(plan, request.allowed, own) == DIRECT:
+                return await self._direct(plan, request, own)
+            return self._finish(await _strawberry(strawberry_execute, request, own))
         finally:
             if own is not None:
                 await own.close()
@@ -172,80 +160,67 @@ class OperationRunner:
     async def stream(
         self,
         strawberry_stream: Callable[..., Awaitable[AsyncGenerator[Any, None]]],
-        query: str | None,
-        variables: dict[str, Any] | None,
-        context: Any,
-        root_value: Any,
-        operation_name: str | None,
-        allowed: Iterable[Allowed] | None,
-        extensions: dict[str, Any] | None,
+        request: Request,
     ) -> AsyncGenerator[Any, None]:
         """One operation with a stream of answers (both WebSocket subprotocols)."""
-        plan = self.plan(query, variables, operation_name)
-        own = _own(context)
+        plan = self.plan(request.query, request.variables, request.operation_name)
+        own = _own(request.context)
         try:
             if plan.refusal is not None:
                 yield PreExecutionError(data=None, errors=[shape_error(plan.refusal)])
                 return
-            operation = plan.operation
-            kind = operation.operation if operation is not None else None
-            if kind is not None and (allowed is None or ALLOWED[kind] in allowed):
-                _reads_for(own, kind)
-                if self.fast and kind in QUERY_AND_MUTATION:
-                    OPERATIONS_BY_KIND[kind.value, DIRECT].inc()
-                    yield await self._direct(
-                        plan, variables, operation_name, own, root_value, extensions
-                    )
-                    return
-                OPERATIONS_BY_KIND[kind.value, STRAWBERRY].inc()
-            source = await strawberry_stream(
-                query,
-                variable_values=variables,
-                context_value=own,
-                root_value=root_value,
-                operation_name=operation_name,
-                allowed_operation_types=allowed,
-                operation_extensions=extensions,
-            )
+            if self._engine(plan, request.allowed, own) == DIRECT:
+                yield await self._direct(plan, request, own)
+                return
+            source = await _strawberry(strawberry_stream, request, own)
             try:
                 async for result in source:
-                    self._finish(result)
-                    yield result
+                    yield self._finish(result)
             finally:
                 await source.aclose()
         finally:
             if own is not None:
                 await own.close()
 
-    async def _direct(
-        self,
-        plan: Plan,
-        variables: dict[str, Any] | None,
-        operation_name: str | None,
-        context: Any,
-        root_value: Any,
-        extensions: dict[str, Any] | None,
-    ) -> ExecutionResult:
+    def _engine(
+        self, plan: Plan, allowed: Iterable[Allowed] | None, context: Context | None
+    ) -> str:
+        """The engine that answers a planned operation, counted by kind, and where
+        the operation may read (``_reads_for``).
+
+        Strawberry's answers what is not known here or not allowed on the transport
+        (it says why) without a count, and subscriptions; ``direct`` valid queries
+        and mutations unless ``FAST_PATHS=off``.
+        """
+        if plan.operation is None:
+            return STRAWBERRY
+        kind = plan.operation.operation
+        if allowed is not None and ALLOWED[kind] not in allowed:
+            return STRAWBERRY
+        _reads_for(context, kind)
+        engine = DIRECT if self.fast and kind in QUERY_AND_MUTATION else STRAWBERRY
+        OPERATIONS_BY_KIND[kind.value, engine].inc()
+        return engine
+
+    async def _direct(self, plan: Plan, request: Request, context: Any) -> ExecutionResult:
         assert plan.known is not None
         result = execute(
             self.graphql_schema,
             plan.known.document,
-            root_value=root_value,
+            root_value=request.root_value,
             context_value=context,
-            variable_values=variables,
-            operation_name=operation_name,
+            variable_values=request.variables,
+            operation_name=request.operation_name,
             is_awaitable=optimized_is_awaitable,  # type: ignore[arg-type]
             executor_class=self.executor_class,
             hide_suggestions=self.documents.hide_suggestions,
-            operation_extensions=extensions,  # strawberry's executor hands them to resolvers
+            # strawberry's executor hands them to resolvers
+            operation_extensions=request.extensions,
         )
         if isawaitable(result):
             result = await result
         assert isinstance(result, GraphQLExecutionResult)  # no incremental delivery here
         return self._finish(ExecutionResult(data=result.data, errors=result.errors))
-
-    def _refused(self, refusal: GraphQLError) -> ExecutionResult:
-        return ExecutionResult(data=None, errors=[shape_error(refusal)])
 
     def _finish(self, result: _Result) -> _Result:
         """Errors shaped (a code each), then the schema's process_errors, on every engine."""
@@ -284,6 +259,21 @@ class OperationRunner:
         return orjson.dumps(payload).decode()
 
 
+def _strawberry(
+    call: Callable[..., Awaitable[_Result]], request: Request, context: Context | None
+) -> Awaitable[_Result]:
+    """Strawberry's own entry point (``execute`` or ``stream``) for one operation."""
+    return call(
+        request.query,
+        variable_values=request.variables,
+        context_value=context,
+        root_value=request.root_value,
+        operation_name=request.operation_name,
+        allowed_operation_types=request.allowed,
+        operation_extensions=request.extensions,
+    )
+
+
 def _own(context: Any) -> Context | None:
     """The operation's own context: a socket's operations share its context, each
     gets its own session and loaders. An HTTP request's context is already its own."""
@@ -305,6 +295,5 @@ def _strawberry_executor() -> type[Executor[Any]]:
     return StrawberryGraphQLCoreExecutionContext
 
 
-def refused_over_http() -> ExecutionResult:
-    """A subscription sent over HTTP (GET or POST): a clear BAD_USER_INPUT."""
-    return ExecutionResult(data=None, errors=[shape_error(GraphQLError(OVER_HTTP))])
+def _refused(refusal: GraphQLError) -> ExecutionResult:
+    return ExecutionResult(data=None, errors=[shape_error(refusal)])

@@ -53,8 +53,18 @@ class ThreadRoleDirective:
 _AUTHENTICATED = AuthenticatedDirective()
 
 
-class IsAuthenticated(BasePermission):
-    _schema_directive = _AUTHENTICATED
+class _Directed(BasePermission):
+    """A permission printed as the directive it carries (strawberry's public hook)."""
+
+    directive: object
+
+    @property
+    def schema_directive(self) -> object:
+        return self.directive
+
+
+class IsAuthenticated(_Directed):
+    directive = _AUTHENTICATED
 
     async def has_permission(self, source: Any, info: strawberry.Info, **kwargs: Any) -> bool:
         context: Context = info.context
@@ -62,10 +72,10 @@ class IsAuthenticated(BasePermission):
         return True
 
 
-class HasSystemRole(BasePermission):
+class HasSystemRole(_Directed):
     def __init__(self, role: SystemRole) -> None:
         self.role = role
-        self._schema_directive = HasRoleDirective(role=role)
+        self.directive = HasRoleDirective(role=role)
 
     async def has_permission(self, source: Any, info: strawberry.Info, **kwargs: Any) -> bool:
         context: Context = info.context
@@ -90,14 +100,14 @@ def _thread_argument(kwargs: dict[str, Any]) -> tuple[str, Any]:
     raise RuntimeError("@threadRole on a field without a thread, message or attachment id")
 
 
-class HasThreadRole(BasePermission):
+class HasThreadRole(_Directed):
     def __init__(self, role: ThreadRole, *, checked_by_write: bool = False) -> None:
         self.role = role
         # The service checks this same role inside its write transaction (with
         # permissions.access_thread or the equivalent condition in one statement);
         # checking here too would only add a query.
         self.checked_by_write = checked_by_write
-        self._schema_directive = ThreadRoleDirective(role=role)
+        self.directive = ThreadRoleDirective(role=role)
 
     async def has_permission(self, source: Any, info: strawberry.Info, **kwargs: Any) -> bool:
         context: Context = info.context
