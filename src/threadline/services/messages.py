@@ -630,25 +630,30 @@ async def attachments_of(
     return out
 
 
+# Each thread's newest live message: its (thread, seq) index walked backwards,
+# stopping at the first live one, however long the thread is. Built once: the
+# alias and its adapted columns cost more to build than the query takes to run.
+_CANDIDATE = aliased(Message)
+_NEWEST_ID = (
+    select(_CANDIDATE.id)
+    .where(_CANDIDATE.thread_id == Thread.id, _CANDIDATE.deleted_at.is_(None))
+    .order_by(_CANDIDATE.seq.desc())
+    .limit(1)
+    .correlate(Thread)
+    .scalar_subquery()
+)
+_LAST_MESSAGES = Query(
+    select(Message).where(
+        Message.id.in_(select(_NEWEST_ID).where(Thread.id.in_(bindparam("ids", expanding=True))))
+    )
+)
+
+
 async def last_messages(
     session: AsyncSession, thread_ids: Sequence[uuid.UUID]
 ) -> dict[uuid.UUID, Message]:
-    """The newest live message of each thread, in one query.
-
-    Each thread's newest is found by walking its (thread, seq) index backwards
-    and stopping at the first live message, however long the thread is.
-    """
-    candidate = aliased(Message)
-    newest_id = (
-        select(candidate.id)
-        .where(candidate.thread_id == Thread.id, candidate.deleted_at.is_(None))
-        .order_by(candidate.seq.desc())
-        .limit(1)
-        .correlate(Thread)
-        .scalar_subquery()
-    )
-    newest_ids = select(newest_id).where(Thread.id.in_(set(thread_ids)))
-    rows = await session.scalars(select(Message).where(Message.id.in_(newest_ids)))
+    """The newest live message of each thread, in one query."""
+    rows = await _LAST_MESSAGES.scalars(session, ids=list(set(thread_ids)))
     return {m.thread_id: m for m in rows}
 
 
