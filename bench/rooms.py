@@ -33,6 +33,7 @@ import contextlib
 import os
 import random
 import resource
+import signal
 import sys
 import time
 import uuid
@@ -253,7 +254,13 @@ class Load:
         pool = self.pools[random.choice(self.bases)]
         client = await pool.get()
         try:
-            return await client.gql(query, variables, tok)
+            try:
+                return await client.gql(query, variables, tok)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                # The server closed an idle keep-alive connection (after 5 s): once
+                # more on a fresh one, as an HTTP client does.
+                await client.close()
+                return await client.gql(query, variables, tok)
         except Exception:
             await client.close()  # a fresh connection for the next caller
             raise
@@ -265,7 +272,9 @@ class Load:
         author = random.choice(room.members)
         body = f"m{k} t={time.time():.6f}"
         try:
-            data = await self.call(SEND, {"i": {"threadId": room.id, "body": body}}, author.token)
+            # A clientId: a send retried on a fresh connection is stored once.
+            send = {"threadId": room.id, "body": body, "clientId": f"{self.spec['offset']}-{k}"}
+            data = await self.call(SEND, {"i": send}, author.token)
         except Exception as exc:
             self.counters.send_errors += 1
             self.counters.error(f"send: {exc!r}")
@@ -634,7 +643,11 @@ async def main() -> None:
     parser.add_argument("--loads", type=int, default=4, help="load processes")
     parser.add_argument("--server-cores", default="0", help="taskset list for the servers")
     parser.add_argument("--load-cores", default="1", help="taskset list for the load")
-    parser.add_argument("--redis", help="REDIS_URL of the servers (default: the harness's)")
+    parser.add_argument(
+        "--redis",
+        default="redis://127.0.0.1:6379/7",
+        help="REDIS_URL of the servers: a database of their own (presence sweeps a shared one)",
+    )
     parser.add_argument("--cluster", help="a Redis Cluster node URL: REDIS_CLUSTER=on")
     parser.add_argument("--pgbouncer", action="store_true", help="DATABASE_URL on port 6432")
     parser.add_argument("--p99-ms", type=float, default=250)
@@ -645,6 +658,11 @@ async def main() -> None:
         return
     if (os.cpu_count() or 1) < 2:
         args.server_cores = args.load_cores = None
+    # A TERM (timeout, a lead's kill) ends the run like Ctrl-C: servers, load
+    # processes and the database are cleaned up on the way out.
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     print(cores_line() + f"; database {PG}; load average {load_average()}")
     results = []
     for processes in [int(n) for n in args.servers.split(",")]:
