@@ -235,7 +235,7 @@ class Load:
             self.pools[base] = pool
         failed = 0
         gate = asyncio.Semaphore(
-            int(os.environ.get("ROOMS_GATE", "5"))
+            int(os.environ.get("ROOMS_GATE", "10"))
         )  # handshakes in flight per load process
 
         async def one(member: Member) -> None:
