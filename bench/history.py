@@ -214,7 +214,8 @@ async def floor_page(conn: asyncpg.Connection, thread_id: uuid.UUID) -> bytes:
     await conn.fetchrow(FLOOR_SQL["access"], thread_id, viewer["id"])
     rows = list(reversed(await conn.fetch(FLOOR_SQL["page"], thread_id)))[-50:]
     ids = [r["id"] for r in rows]
-    parents = {r["id"]: r["author_id"] for r in await conn.fetch(FLOOR_SQL["parents"], ids)}
+    parent_ids = list({r["parent_id"] for r in rows if r["parent_id"]})
+    parents = {r["id"]: r["author_id"] for r in await conn.fetch(FLOOR_SQL["parents"], parent_ids)}
     replies = dict(await conn.fetch(FLOOR_SQL["replies"], ids))
     reactions: dict[uuid.UUID, dict[str, list[uuid.UUID]]] = {}
     for mid, emoji, uid in await conn.fetch(FLOOR_SQL["reactions"], ids):
