@@ -27,6 +27,39 @@ REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/6")
 SECRET = "bench-dev-secret-" + "k" * 32
 
 
+# Columns of the rows the benchmarks seed by COPY, in the order their tuples give them.
+USER_COLUMNS = [
+    "id",
+    "clerk_id",
+    "username",
+    "display_name",
+    "role",
+    "preferences",
+    "created_at",
+    "updated_at",
+]
+THREAD_COLUMNS = [
+    "id",
+    "title",
+    "is_direct",
+    "created_by_id",
+    "created_at",
+    "updated_at",
+    "last_message_at",
+    "last_activity_at",
+    "last_seq",
+]
+PARTICIPANT_COLUMNS = [
+    "thread_id",
+    "user_id",
+    "role",
+    "joined_at",
+    "last_read_seq",
+    "last_delivered_seq",
+    "muted",
+]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

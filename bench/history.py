@@ -18,6 +18,9 @@ import asyncpg
 import orjson
 
 from bench.harness import (
+    PARTICIPANT_COLUMNS,
+    THREAD_COLUMNS,
+    USER_COLUMNS,
     RawHTTP,
     Server,
     cores_line,
@@ -52,16 +55,7 @@ async def seed(dsn: str, messages: int, threads: int) -> uuid.UUID:
         records=[
             (pid, f"dev_{name}", name, name, "MEMBER", "{}", now, now) for pid, name in people
         ],
-        columns=[
-            "id",
-            "clerk_id",
-            "username",
-            "display_name",
-            "role",
-            "preferences",
-            "created_at",
-            "updated_at",
-        ],
+        columns=USER_COLUMNS,
     )
     big = uuid.uuid4()
     thread_rows = [(big, "History", False, alice[0], now, now, now, now, messages)]
@@ -72,17 +66,7 @@ async def seed(dsn: str, messages: int, threads: int) -> uuid.UUID:
     await conn.copy_records_to_table(
         "threads",
         records=thread_rows,
-        columns=[
-            "id",
-            "title",
-            "is_direct",
-            "created_by_id",
-            "created_at",
-            "updated_at",
-            "last_message_at",
-            "last_activity_at",
-            "last_seq",
-        ],
+        columns=THREAD_COLUMNS,
     )
     participants = [
         (
@@ -100,15 +84,7 @@ async def seed(dsn: str, messages: int, threads: int) -> uuid.UUID:
     await conn.copy_records_to_table(
         "thread_participants",
         records=participants,
-        columns=[
-            "thread_id",
-            "user_id",
-            "role",
-            "joined_at",
-            "last_read_seq",
-            "last_delivered_seq",
-            "muted",
-        ],
+        columns=PARTICIPANT_COLUMNS,
     )
     rows, ids = [], []
     start = now - timedelta(seconds=messages)

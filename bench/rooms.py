@@ -46,7 +46,10 @@ import orjson
 import websockets
 
 from bench.harness import (
+    PARTICIPANT_COLUMNS,
     PG,
+    THREAD_COLUMNS,
+    USER_COLUMNS,
     RawHTTP,
     Server,
     cores_line,
@@ -340,8 +343,9 @@ class Load:
         for m in self.members:
             m.thread_delivered = m.viewer_delivered = 0
             m.closed_in_phase = m.ws is None
-        sent = self.counters
-        self.counters = Counters(first_error=sent.first_error, errors=sent.errors)
+        # In place: every connection's listener holds this object.
+        c = self.counters
+        c.__dict__.update(Counters(first_error=c.first_error, errors=c.errors).__dict__)
 
     def viewer_expected(self) -> int:
         return sum(m.room.top - m.room.base for m in self.members if not m.closed_in_phase)
@@ -435,7 +439,7 @@ async def seed(dsn: str, threads: int, members: int) -> list[tuple[str, list[str
             (uid, f"dev_{n}", n, n, "MEMBER", "{}", now, now)
             for uid, n in zip(ids, names, strict=True)
         ]
-        thread_rows.append((tid, f"Room {t}", False, ids[0], now, now, now, 1))
+        thread_rows.append((tid, f"Room {t}", False, ids[0], now, now, None, now, 1))
         # seq 1, "the room was named": what a first subscription replays.
         payload = {"id": str(tid), "title": f"Room {t}", "description": None, "updated_at": ""}
         events.append((tid, 1, "ThreadUpdated", orjson.dumps(payload).decode(), ids[0], now))
@@ -447,43 +451,17 @@ async def seed(dsn: str, threads: int, members: int) -> list[tuple[str, list[str
     await conn.copy_records_to_table(
         "users",
         records=users,
-        columns=[
-            "id",
-            "clerk_id",
-            "username",
-            "display_name",
-            "role",
-            "preferences",
-            "created_at",
-            "updated_at",
-        ],
+        columns=USER_COLUMNS,
     )
     await conn.copy_records_to_table(
         "threads",
         records=thread_rows,
-        columns=[
-            "id",
-            "title",
-            "is_direct",
-            "created_by_id",
-            "created_at",
-            "updated_at",
-            "last_activity_at",
-            "last_seq",
-        ],
+        columns=THREAD_COLUMNS,
     )
     await conn.copy_records_to_table(
         "thread_participants",
         records=participants,
-        columns=[
-            "thread_id",
-            "user_id",
-            "role",
-            "joined_at",
-            "last_read_seq",
-            "last_delivered_seq",
-            "muted",
-        ],
+        columns=PARTICIPANT_COLUMNS,
     )
     await conn.copy_records_to_table(
         "thread_events",
