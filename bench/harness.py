@@ -13,7 +13,7 @@ import statistics
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +25,39 @@ ROOT = Path(__file__).resolve().parent.parent
 PG = os.environ.get("PG", "postgresql://postgres@127.0.0.1:5432")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/6")
 SECRET = "bench-dev-secret-" + "k" * 32
+
+
+# Columns of the rows the benchmarks seed by COPY, in the order their tuples give them.
+USER_COLUMNS = [
+    "id",
+    "clerk_id",
+    "username",
+    "display_name",
+    "role",
+    "preferences",
+    "created_at",
+    "updated_at",
+]
+THREAD_COLUMNS = [
+    "id",
+    "title",
+    "is_direct",
+    "created_by_id",
+    "created_at",
+    "updated_at",
+    "last_message_at",
+    "last_activity_at",
+    "last_seq",
+]
+PARTICIPANT_COLUMNS = [
+    "thread_id",
+    "user_id",
+    "role",
+    "joined_at",
+    "last_read_seq",
+    "last_delivered_seq",
+    "muted",
+]
 
 
 def free_port() -> int:
@@ -103,9 +136,16 @@ async def database() -> AsyncIterator[tuple[str, str]]:
 
 @contextlib.asynccontextmanager
 async def server(
-    database_url: str, *, redis: bool = True, pin: str | None = "0", workers: int = 1
+    database_url: str,
+    *,
+    redis: bool = True,
+    pin: str | None = "0",
+    workers: int = 1,
+    extra_env: Mapping[str, str] | None = None,
 ) -> AsyncIterator[Server]:
-    """`threadline serve`, by default one process on its own core (taskset)."""
+    """`threadline serve`, by default one process on its own core (taskset).
+
+    `extra_env` is applied last (another REDIS_URL, REDIS_CLUSTER, a pooler)."""
     port = free_port()
     env = {
         **os.environ,
@@ -117,6 +157,7 @@ async def server(
         env["REDIS_URL"] = REDIS_URL
     else:
         env.pop("REDIS_URL", None)
+    env.update(extra_env or {})
     command = [
         sys.executable,
         "-m",
@@ -184,14 +225,16 @@ class RawHTTP:
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
 
-    async def post(self, path: str, document: dict[str, object]) -> dict:  # type: ignore[type-arg]
+    async def post(self, path: str, document: dict[str, object], tok: str | None = None) -> dict:  # type: ignore[type-arg]
+        """POST a JSON document; `tok` signs this one request in as someone else."""
         if self._writer is None:
             self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
         assert self._reader is not None
         body = orjson.dumps(document)
         head = (
             f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
-            f"Authorization: {self.auth}\r\nContent-Length: {len(body)}\r\n\r\n"
+            f"Authorization: {f'Bearer {tok}' if tok else self.auth}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
         )
         self._writer.write(head.encode() + body)
         status_line, *header_lines = (
@@ -209,8 +252,10 @@ class RawHTTP:
             raise RuntimeError(result["errors"])
         return result["data"]  # type: ignore[no-any-return]
 
-    async def gql(self, query: str, variables: dict[str, object] | None = None) -> dict:  # type: ignore[type-arg]
-        return await self.post("/graphql", {"query": query, "variables": variables or {}})
+    async def gql(
+        self, query: str, variables: dict[str, object] | None = None, tok: str | None = None
+    ) -> dict:  # type: ignore[type-arg]
+        return await self.post("/graphql", {"query": query, "variables": variables or {}}, tok)
 
     async def close(self) -> None:
         if self._writer is not None:

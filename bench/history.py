@@ -20,8 +20,22 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+import orjson
 
-from bench.harness import RawHTTP, Server, cores_line, database, now_ms, server, summary, token
+from bench.harness import (
+    PARTICIPANT_COLUMNS,
+    THREAD_COLUMNS,
+    USER_COLUMNS,
+    RawHTTP,
+    Server,
+    cores_line,
+    database,
+    now_ms,
+    percentile,
+    server,
+    summary,
+    token,
+)
 
 PAGE = """
 query($t: ID!) { thread(threadId: $t) { messages(last: 50) { edges { node {
@@ -46,16 +60,7 @@ async def seed(dsn: str, messages: int, threads: int) -> uuid.UUID:
         records=[
             (pid, f"dev_{name}", name, name, "MEMBER", "{}", now, now) for pid, name in people
         ],
-        columns=[
-            "id",
-            "clerk_id",
-            "username",
-            "display_name",
-            "role",
-            "preferences",
-            "created_at",
-            "updated_at",
-        ],
+        columns=USER_COLUMNS,
     )
     big = uuid.uuid4()
     thread_rows = [(big, "History", False, alice[0], now, now, now, now, messages)]
@@ -66,17 +71,7 @@ async def seed(dsn: str, messages: int, threads: int) -> uuid.UUID:
     await conn.copy_records_to_table(
         "threads",
         records=thread_rows,
-        columns=[
-            "id",
-            "title",
-            "is_direct",
-            "created_by_id",
-            "created_at",
-            "updated_at",
-            "last_message_at",
-            "last_activity_at",
-            "last_seq",
-        ],
+        columns=THREAD_COLUMNS,
     )
     participants = [
         (
@@ -94,15 +89,7 @@ async def seed(dsn: str, messages: int, threads: int) -> uuid.UUID:
     await conn.copy_records_to_table(
         "thread_participants",
         records=participants,
-        columns=[
-            "thread_id",
-            "user_id",
-            "role",
-            "joined_at",
-            "last_read_seq",
-            "last_delivered_seq",
-            "muted",
-        ],
+        columns=PARTICIPANT_COLUMNS,
     )
     rows, ids = [], []
     start = now - timedelta(seconds=messages)
@@ -195,6 +182,103 @@ async def replica_of(dsn: str, url: str) -> str:
     return url.replace(url.split("@", 1)[1].split("/", 1)[0], "127.0.0.1:5433", 1)
 
 
+# The floor: the same page's rows read with hand SQL of the app's reads (access,
+# the page, then one batch a kind, as the page's loaders do) on one asyncpg
+# connection, and encoded with orjson; no GraphQL, no HTTP.
+FLOOR_SQL = {
+    "viewer": "select id, role from users where clerk_id = $1",
+    "access": "select t.id, t.last_seq, p.role from threads t left join thread_participants p"
+    " on p.thread_id = t.id and p.user_id = $2 where t.id = $1 and t.deleted_at is null",
+    "page": "select id, seq, author_id, parent_id, mention_ids from messages"
+    " where thread_id = $1 order by seq desc limit 51",
+    "parents": "select id, author_id from messages where id = any($1::uuid[])",
+    "replies": "select parent_id, count(*) from messages where parent_id = any($1::uuid[])"
+    " and deleted_at is null group by parent_id",
+    "reactions": "select message_id, emoji, user_id from reactions"
+    " where message_id = any($1::uuid[]) order by message_id, created_at, id",
+    "edits": "select id, message_id from (select id, message_id, row_number() over (partition"
+    " by message_id order by edited_at desc, id desc) as newness from message_edits"
+    " where message_id = any($1::uuid[])) e where newness <= 50",
+    "attachments": "select id, message_id from attachments where message_id = any($1::uuid[])"
+    " order by created_at, id",
+    "markers": "select user_id, last_read_seq from thread_participants where thread_id = $1",
+    "users": "select id from users where id = any($1::uuid[])",
+}
+
+
+async def floor_page(conn: asyncpg.Connection, thread_id: uuid.UUID) -> bytes:
+    viewer = await conn.fetchrow(FLOOR_SQL["viewer"], "dev_alice")
+    await conn.fetchrow(FLOOR_SQL["access"], thread_id, viewer["id"])
+    rows = list(reversed(await conn.fetch(FLOOR_SQL["page"], thread_id)))[-50:]
+    ids = [r["id"] for r in rows]
+    parent_ids = list({r["parent_id"] for r in rows if r["parent_id"]})
+    parents = {r["id"]: r["author_id"] for r in await conn.fetch(FLOOR_SQL["parents"], parent_ids)}
+    replies = dict(await conn.fetch(FLOOR_SQL["replies"], ids))
+    reactions: dict[uuid.UUID, dict[str, list[uuid.UUID]]] = {}
+    for mid, emoji, uid in await conn.fetch(FLOOR_SQL["reactions"], ids):
+        reactions.setdefault(mid, {}).setdefault(emoji, []).append(uid)
+    edits: dict[uuid.UUID, list[uuid.UUID]] = {}
+    for eid, mid in await conn.fetch(FLOOR_SQL["edits"], ids):
+        edits.setdefault(mid, []).append(eid)
+    attachments: dict[uuid.UUID, list[uuid.UUID]] = {}
+    for aid, mid in await conn.fetch(FLOOR_SQL["attachments"], ids):
+        attachments.setdefault(mid, []).append(aid)
+    markers = await conn.fetch(FLOOR_SQL["markers"], thread_id)
+    people = {r["author_id"] for r in rows} | set(parents.values())
+    people |= {u for groups in reactions.values() for us in groups.values() for u in us}
+    mentions = {r["id"]: [uuid.UUID(m) for m in json.loads(r["mention_ids"])] for r in rows}
+    people |= {u for ms in mentions.values() for u in ms}
+    readers = {
+        r["id"]: sorted(
+            m["user_id"]
+            for m in markers
+            if m["user_id"] != r["author_id"] and m["last_read_seq"] >= r["seq"]
+        )[:3]
+        for r in rows
+    }
+    people |= {u for rs in readers.values() for u in rs}
+    known = {r["id"] for r in await conn.fetch(FLOOR_SQL["users"], list(people))}
+
+    def user(uid: uuid.UUID | None) -> dict[str, object] | None:
+        return {"id": str(uid)} if uid in known else None
+
+    edges = [
+        {
+            "node": {
+                "author": user(r["author_id"]),
+                "reactions": [
+                    {"emoji": e, "users": [user(u) for u in us]}
+                    for e, us in reactions.get(r["id"], {}).items()
+                ],
+                "attachments": [{"id": str(a)} for a in attachments.get(r["id"], [])],
+                "parent": {"author": user(parents.get(r["parent_id"]))} if r["parent_id"] else None,
+                "replyCount": replies.get(r["id"], 0),
+                "edits": [{"id": str(e)} for e in edits.get(r["id"], [])],
+                "mentions": [user(u) for u in mentions[r["id"]]],
+                "readBy": {"edges": [{"node": user(u)} for u in readers[r["id"]]]},
+            }
+        }
+        for r in rows
+    ]
+    return orjson.dumps({"data": {"thread": {"messages": {"edges": edges}}}})
+
+
+async def measure_floor(dsn: str, thread_id: uuid.UUID, n: int) -> tuple[list[float], float]:
+    """Latencies in ms of the floor's page, and its CPU per page in ms (this process)."""
+    conn = await asyncpg.connect(dsn)
+    for _ in range(20):
+        await floor_page(conn, thread_id)
+    out = []
+    cpu_before = time.process_time()
+    for _ in range(n):
+        t0 = now_ms()
+        await floor_page(conn, thread_id)
+        out.append(now_ms() - t0)
+    cpu = (time.process_time() - cpu_before) * 1000 / n
+    await conn.close()
+    return out, cpu
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--messages", type=int, default=100_000)
@@ -230,6 +314,15 @@ async def main() -> None:
             )
             print("target: p50 < 15 ms and p99 < 40 ms for both")
             await client.close()
+        floor, floor_cpu = await measure_floor(dsn, big, args.requests)
+        print(
+            summary("floor: the same page's rows by hand SQL on asyncpg + orjson", floor)
+            + f" CPU {floor_cpu:.2f} ms (this process)"
+        )
+        print(
+            f"app/floor: p50 {percentile(page, 0.5) / percentile(floor, 0.5):.1f}x,"
+            f" CPU per page {page_cpu / floor_cpu:.1f}x"
+        )
 
 
 if __name__ == "__main__":

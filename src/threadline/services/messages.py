@@ -644,6 +644,25 @@ _LAST_MESSAGES = Query(
 )
 
 
+# Each thread's newest live message: its (thread, seq) index walked backwards,
+# stopping at the first live one, however long the thread is. Built once: the
+# alias and its adapted columns cost more to build than the query takes to run.
+_CANDIDATE = aliased(Message)
+_NEWEST_ID = (
+    select(_CANDIDATE.id)
+    .where(_CANDIDATE.thread_id == Thread.id, _CANDIDATE.deleted_at.is_(None))
+    .order_by(_CANDIDATE.seq.desc())
+    .limit(1)
+    .correlate(Thread)
+    .scalar_subquery()
+)
+_LAST_MESSAGES = Query(
+    select(Message).where(
+        Message.id.in_(select(_NEWEST_ID).where(Thread.id.in_(bindparam("ids", expanding=True))))
+    )
+)
+
+
 async def last_messages(
     session: AsyncSession, thread_ids: Sequence[uuid.UUID]
 ) -> dict[uuid.UUID, Message]:

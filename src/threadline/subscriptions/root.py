@@ -10,7 +10,7 @@ from strawberry import ID, Info
 
 from threadline.errors import RateLimited
 from threadline.metrics import ACTIVE_SUBSCRIPTIONS
-from threadline.schema.context import ConnectionState
+from threadline.schema.context import ConnectionState, Context
 from threadline.schema.directives import authenticated, thread_role
 from threadline.schema.enums import ThreadRole
 from threadline.schema.events import PresenceChanged, ThreadActivity, ThreadEventType, ViewerEvent
@@ -49,7 +49,7 @@ class _Counted(AsyncIterator[T]):
     the stream is closed before it ever started.
     """
 
-    __slots__ = ("_root", "_slot", "_source", "_started", "_stream")
+    __slots__ = ("_context", "_root", "_slot", "_source", "_started", "_stream")
 
     def __init__(self, info: Info, source: AsyncIterator[T]) -> None:
         state: ConnectionState | None = info.context.state
@@ -60,6 +60,7 @@ class _Counted(AsyncIterator[T]):
                 retry_after=1,
             )
         self._slot = _Slot(state)
+        self._context: Context = info.context
         self._root = operation_root(info)
         self._source = source
         self._started = False
@@ -87,6 +88,11 @@ class _Counted(AsyncIterator[T]):
         try:
             async for item in self._source:
                 yield item
+                # The item's fields are resolved: give the read session's pooled
+                # connection back before the stream waits for its next event. Held
+                # while idle, it would take one connection per subscriber that has
+                # seen an event, and a full pool stops the process.
+                await self._context.renew()
             sink = self._root.sink if self._root is not None else None
             if sink is not None and sink.detached is not None:
                 # The subscription goes on outside this stream: it holds the slot until it ends.
