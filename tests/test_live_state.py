@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from tests.conftest import DEV_SECRET, Clients, Server
 from tests.live import listening, new_listener, until
 from tests.wsclient import GraphQLWS
 from threadline.auth.tokens import mint_dev_token
+from threadline.graphql_app import BEAT_TICKS
 from threadline.realtime.channels import activity_channel, thread_channel, user_channel
 
 PRESENCE = """
@@ -123,6 +125,27 @@ async def test_the_beat_renews_leases_so_a_long_connection_stays_online(
     await asyncio.sleep(1.2)
     status = (await alice.gql(USER_PRESENCE, {"u": bob.id}))["user"]["presence"]["status"]
     assert status == "OFFLINE"
+
+
+async def test_the_beats_ticks_share_the_sockets_out_each_renewed_once_a_beat(
+    server: Server, clients: Clients
+) -> None:
+    bob = await clients.user("bob")
+    sockets = [await GraphQLWS.connect(server.ws_url, bob.token) for _ in range(16)]
+    held = server.runtime.presence._leases[uuid.UUID(bob.id)]
+    assert len(held) == 16
+    renewed: list[set[str]] = []
+    for part in range(BEAT_TICKS):
+        before = dict(held)
+        await asyncio.sleep(0.01)  # the clock moves: a renewal changes the expiry
+        await server.app.state.graphql._maintain(part, touch_sessions=False)
+        renewed.append({c for c, expiry in held.items() if expiry != before[c]})
+    # Each socket in exactly one tick, none left out; not all in one burst.
+    assert sum(len(r) for r in renewed) == 16
+    assert set().union(*renewed) == set(held)
+    assert max(len(r) for r in renewed) < 16
+    for ws in sockets:
+        await ws.close()
 
 
 async def test_the_beat_touches_sessions_and_closes_sockets_whose_token_went_stale(
