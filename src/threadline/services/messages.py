@@ -626,24 +626,6 @@ async def attachments_of(
     return _grouped(rows, lambda attachment: cast(uuid.UUID, attachment.message_id))
 
 
-# Each thread's newest live message, found by walking its (thread, seq) index
-# backwards and stopping at the first live one, however long the thread is.
-_NEWEST = aliased(Message)
-_NEWEST_ID = (
-    select(_NEWEST.id)
-    .where(_NEWEST.thread_id == Thread.id, _NEWEST.deleted_at.is_(None))
-    .order_by(_NEWEST.seq.desc())
-    .limit(1)
-    .correlate(Thread)
-    .scalar_subquery()
-)
-_LAST_MESSAGES = Query(
-    select(Message).where(
-        Message.id.in_(select(_NEWEST_ID).where(Thread.id.in_(bindparam("ids", expanding=True))))
-    )
-)
-
-
 # Each thread's newest live message: its (thread, seq) index walked backwards,
 # stopping at the first live one, however long the thread is. Built once: the
 # alias and its adapted columns cost more to build than the query takes to run.
