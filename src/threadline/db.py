@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from threadline.errors import ServiceUnavailable
-from threadline.metrics import TRANSACTION_SECONDS
+from threadline.metrics import transaction_seconds
 
 log = logging.getLogger(__name__)
 
@@ -376,7 +376,7 @@ class Database:
         finally:
             if self._write_lock is not None:
                 self._write_lock.release()
-            TRANSACTION_SECONDS.labels(name).observe(time.perf_counter() - started)
+            transaction_seconds(name).observe(time.perf_counter() - started)
         if uow.events:
             await self.publish_committed(name, uow.events)
 
@@ -412,7 +412,7 @@ class Database:
                 raise ServiceUnavailable(WRITE_LOST) from exc
             raise
         finally:
-            TRANSACTION_SECONDS.labels(name).observe(time.perf_counter() - started)
+            transaction_seconds(name).observe(time.perf_counter() - started)
 
     async def _open_driver_pool(self) -> asyncpg.Pool:
         async with self._driver_pool_opening:

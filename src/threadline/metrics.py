@@ -10,6 +10,18 @@ TRANSACTION_SECONDS = Histogram(
     ["name"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
+_TRANSACTION_TIMERS: dict[str, Histogram] = {}
+
+
+def transaction_seconds(name: str) -> Histogram:
+    """TRANSACTION_SECONDS's child for ``name``, bound once: ``.labels()`` takes a lock
+    and builds a key on every call, and each send runs a unit of work."""
+    child = _TRANSACTION_TIMERS.get(name)
+    if child is None:
+        child = _TRANSACTION_TIMERS[name] = TRANSACTION_SECONDS.labels(name)
+    return child
+
+
 BATCH_ITEMS = Histogram(
     "threadline_batch_items",
     "Items stored or sent together by one round trip (see threadline.batching).",

@@ -30,6 +30,7 @@ which version, instead of a crash on the first request.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import uvicorn
@@ -239,14 +240,13 @@ def protocol_class(header_timeout_seconds: float) -> type[asyncio.Protocol]:
 class _CycleTransport:
     """What uvicorn's request cycle uses of the transport, with a lingering close."""
 
-    __slots__ = ("_cycle", "_protocol")
+    __slots__ = ("_cycle", "_protocol", "write")
 
     def __init__(self, protocol: Any, cycle: Any) -> None:
         self._protocol = protocol
         self._cycle = cycle
-
-    def write(self, data: bytes) -> None:
-        self._protocol.transport.write(data)
+        # The transport's own method: no frame of ours per write.
+        self.write: Callable[[bytes], None] = protocol.transport.write
 
     def is_closing(self) -> bool:
         closing: bool = self._protocol.transport.is_closing()
