@@ -83,9 +83,11 @@ def _tick_of(item: object) -> int:
     return (hash(item) * 0x9E3779B1 >> 11) % BEAT_TICKS
 
 
-def origin_of(scope: Scope) -> str | None:
-    """scheme://host of an HTTP or WebSocket request, from its Host header."""
-    host = next((value for name, value in scope["headers"] if name == b"host"), None)
+def origin_of(scope: Scope, host: bytes | None = None) -> str | None:
+    """scheme://host of an HTTP or WebSocket request, from its Host header (``host``
+    when the caller has read it already)."""
+    if host is None:
+        host = next((value for name, value in scope["headers"] if name == b"host"), None)
     if host is None:
         server = scope.get("server")
         if not server:

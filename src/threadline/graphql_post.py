@@ -62,8 +62,11 @@ class GraphQLPost:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         content_type = accept = authorization = user_agent = b""
+        host: bytes | None = None
         for name, value in scope["headers"]:
-            if name == b"content-type":
+            if name == b"host":
+                host = value
+            elif name == b"content-type":
                 content_type = value
             elif name == b"accept":
                 accept = value
@@ -84,7 +87,7 @@ class GraphQLPost:
         if request_data is None:
             await self.view(scope, _replay(body, receive), send)
             return
-        await self._answer(request_data, authorization, user_agent, origin_of(scope), send)
+        await self._answer(request_data, authorization, user_agent, origin_of(scope, host), send)
 
     async def _answer(
         self,

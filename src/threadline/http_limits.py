@@ -107,13 +107,9 @@ class BodyLimits:
             # The app read a disconnect where its body was cut off; it has been answered.
             log.debug("after a cut-off body the app raised", exc_info=True)
 
-    def watch(self, body: _Body, deadline: float, loop: asyncio.AbstractEventLoop) -> None:
-        self._waiting[body] = deadline
+    def ensure_sweep(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._sweep is None:
             self._sweep = loop.call_later(self._sweep_every, self._sweep_overdue, loop)
-
-    def unwatch(self, body: _Body) -> None:
-        del self._waiting[body]
 
     def _sweep_overdue(self, loop: asyncio.AbstractEventLoop) -> None:
         self._sweep = None
@@ -187,8 +183,12 @@ class _Body:
             return _DISCONNECT
         loop = asyncio.get_running_loop()
         started = loop.time()
-        self.task = asyncio.current_task()
-        guard.watch(self, started + delay, loop)
+        self.task = asyncio.current_task(loop)
+        # Watched while the app waits (inline: this runs for every request).
+        waiting = guard._waiting
+        waiting[self] = started + delay
+        if guard._sweep is None:
+            guard.ensure_sweep(loop)
         try:
             message = await self._receive()
         except asyncio.CancelledError:
@@ -198,7 +198,7 @@ class _Body:
             await self._cut_off(408, _TOO_SLOW, {})
             return _DISCONNECT
         finally:
-            guard.unwatch(self)
+            del waiting[self]
         self.waited += loop.time() - started
         if message["type"] != "http.request":
             self.done = True

@@ -64,10 +64,11 @@ class Runtime:
                 else None
             ),
         )
-        # Whose reads stay on the primary for a while after a write (with a replica only).
+        # Whose reads stay on the primary for a while after a write (with a replica only:
+        # without one nobody asks, so a write marks nothing).
         self.recent_writers = RecentWriters(
             redis if settings.database_read_url else None,
-            settings.read_after_write_seconds,
+            settings.read_after_write_seconds if settings.database_read_url else 0.0,
         )
         self.verifier = TokenVerifier(settings)
         self.rate_limiter = RateLimiter(

@@ -170,7 +170,8 @@ def protocol_class(header_timeout_seconds: float) -> type[asyncio.Protocol]:
 
         def on_headers_complete(self) -> None:
             self._in_head = self._head_begun = False
-            self._disarm()
+            if self._head_timer is not None:  # most heads arrive in one read: no timer
+                self._disarm()
             super().on_headers_complete()
             cycle = self.cycle
             if cycle is not None and cycle.transport is self.transport:

@@ -100,16 +100,19 @@ class Documents:
         schema: GraphQLSchema,
     ) -> GraphQLError | None:
         """QUERY_TOO_COSTLY for an operation whose estimated cost is over the limit."""
-        model = self.cost_model(schema)
-        if entry.page_variables is None:
-            entry.page_variables = model.page_variables(entry.document.definitions)
-        values = variables or {}
-        key = (
-            operation.name.value if operation.name else None,
-            *(_hashable(values[n]) if n in values else _ABSENT for n in entry.page_variables),
-        )
+        pages = entry.page_variables
+        if pages is None:
+            pages = self.cost_model(schema).page_variables(entry.document.definitions)
+            entry.page_variables = pages
+        name = operation.name.value if operation.name else None
+        if pages:
+            values = variables or {}
+            key = (name, *(_hashable(values[n]) if n in values else _ABSENT for n in pages))
+        else:  # the cost does not depend on the variables
+            key = (name,)
         cost = entry.costs.get(key)
         if cost is None:
+            model = self.cost_model(schema)
             fragments = {
                 d.name.value: d
                 for d in entry.document.definitions

@@ -54,7 +54,6 @@ DIRECT, STRAWBERRY = "direct", "strawberry"
 _Result = TypeVar("_Result")
 # graphql-core's kinds as strawberry names what a transport allows.
 ALLOWED = {kind: Allowed(kind.value) for kind in OperationType}
-QUERY_AND_MUTATION = frozenset({OperationType.QUERY, OperationType.MUTATION})
 
 
 class CachedDocuments(SchemaExtension):
@@ -186,7 +185,9 @@ class OperationRunner:
         self, plan: Plan, allowed: Iterable[Allowed] | None, context: Context | None
     ) -> str:
         """The engine that answers a planned operation, counted by kind, and where
-        the operation may read (``_reads_for``).
+        the operation may read: only a query may read its content from the read
+        replica (a mutation reads what it wrote, a subscription's log reads must be
+        gap-free).
 
         Strawberry's answers what is not known here or not allowed on the transport
         (it says why) without a count, and subscriptions; ``direct`` valid queries
@@ -197,8 +198,12 @@ class OperationRunner:
         kind = plan.operation.operation
         if allowed is not None and ALLOWED[kind] not in allowed:
             return STRAWBERRY
-        _reads_for(context, kind)
-        engine = DIRECT if self.fast and kind in QUERY_AND_MUTATION else STRAWBERRY
+        query = kind is OperationType.QUERY
+        if context is not None:
+            context.replica_ok = query
+        # Identity, not a frozenset: an Enum's __hash__ is a Python call per operation.
+        direct = query or kind is OperationType.MUTATION
+        engine = DIRECT if self.fast and direct else STRAWBERRY
         OPERATIONS_BY_KIND[kind.value, engine].inc()
         return engine
 
@@ -220,7 +225,8 @@ class OperationRunner:
         if isawaitable(result):
             result = await result
         assert isinstance(result, GraphQLExecutionResult)  # no incremental delivery here
-        return self._finish(ExecutionResult(data=result.data, errors=result.errors))
+        answer = ExecutionResult(data=result.data, errors=result.errors)
+        return self._finish(answer) if answer.errors else answer
 
     def _finish(self, result: _Result) -> _Result:
         """Errors shaped (a code each), then the schema's process_errors, on every engine."""
@@ -280,13 +286,6 @@ def _own(context: Any) -> Context | None:
     if not isinstance(context, Context):
         return None
     return context.fork() if context.connection is not None else context
-
-
-def _reads_for(context: Context | None, kind: OperationType) -> None:
-    """Only a query may read its content from the read replica: a mutation reads
-    what it wrote, a subscription's log reads must be gap-free."""
-    if context is not None:
-        context.replica_ok = kind is OperationType.QUERY
 
 
 def _strawberry_executor() -> type[Executor[Any]]:
