@@ -199,6 +199,8 @@ class _Body:
             return _DISCONNECT
         finally:
             del waiting[self]
+            # The task holds this body (through the app's frames): no cycle left behind.
+            self.task = None
         self.waited += loop.time() - started
         if message["type"] != "http.request":
             self.done = True

@@ -30,6 +30,7 @@ which version, instead of a crash on the first request.
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -245,7 +246,9 @@ class _CycleTransport:
 
     def __init__(self, protocol: Any, cycle: Any) -> None:
         self._protocol = protocol
-        self._cycle = cycle
+        # Weak: the cycle holds this as its transport, and a cycle of references
+        # would leave every finished request to the garbage collector.
+        self._cycle = weakref.ref(cycle)
         # The transport's own method: no frame of ours per write.
         self.write: Callable[[bytes], None] = protocol.transport.write
 
@@ -254,7 +257,9 @@ class _CycleTransport:
         return closing
 
     def close(self) -> None:
-        self._protocol.close_after_answer(self._cycle)
+        cycle = self._cycle()
+        if cycle is not None:  # it is: the cycle is the one closing
+            self._protocol.close_after_answer(cycle)
 
 
 # -- live frames straight to the WebSocket transport

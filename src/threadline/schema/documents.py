@@ -52,6 +52,9 @@ class KnownDocument:
     errors: list[GraphQLError]
     page_variables: tuple[str, ...] | None = None
     costs: dict[tuple[Any, ...], int] = field(default_factory=dict)
+    # The runner's plans, by operation name, of operations within the cost limit
+    # whatever their variables: nothing of those is worked out again per request.
+    plans: dict[str | None, Any] = field(default_factory=dict)
 
 
 # (operation text, validation rules) -> the document and what is known of it

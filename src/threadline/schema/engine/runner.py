@@ -126,13 +126,19 @@ class OperationRunner:
         known = self.documents.known(query, self.graphql_schema) if query else None
         if known is None:
             return UNKNOWN
+        cached: Plan | None = known.plans.get(operation_name)
+        if cached is not None:
+            return cached
         operation = get_operation_ast(known.document, operation_name)
         if operation is None:
             if operation_name is None:  # several operations, none named
                 return Plan(known, refusal=GraphQLError(NAME_REQUIRED))
             return UNKNOWN
         refusal = self.documents.over_cost(known, operation, variables, self.graphql_schema)
-        return Plan(known, operation, refusal)
+        plan = Plan(known, operation, refusal)
+        if refusal is None and not known.page_variables:  # () once over_cost has looked
+            known.plans[operation_name] = plan
+        return plan
 
     async def execute(
         self, strawberry_execute: Callable[..., Awaitable[ExecutionResult]], request: Request
@@ -219,8 +225,9 @@ class OperationRunner:
             is_awaitable=optimized_is_awaitable,  # type: ignore[arg-type]
             executor_class=self.executor_class,
             hide_suggestions=self.documents.hide_suggestions,
-            # strawberry's executor hands them to resolvers
-            operation_extensions=request.extensions,
+            # strawberry's executor hands them to resolvers. Only when sent: graphql-core
+            # passes unknown keywords down three calls, each matching them slowly.
+            **_custom_args(request.extensions),
         )
         if isawaitable(result):
             result = await result
@@ -286,6 +293,10 @@ def _own(context: Any) -> Context | None:
     if not isinstance(context, Context):
         return None
     return context.fork() if context.connection is not None else context
+
+
+def _custom_args(extensions: dict[str, Any] | None) -> dict[str, Any]:
+    return {"operation_extensions": extensions} if extensions else {}
 
 
 def _strawberry_executor() -> type[Executor[Any]]:
