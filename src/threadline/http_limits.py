@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import orjson
@@ -61,7 +62,7 @@ class BodyLimits:
         self.body_timeout = body_timeout_seconds
         self.min_rate = body_min_bytes_per_second
         self.graphql_path = graphql_path
-        # Bodies whose app is waiting for the client's next bytes -> deadline (loop time).
+        # Bodies whose app is waiting for the client's next bytes -> deadline (time.monotonic).
         self._waiting: dict[_Body, float] = {}
         self._sweep: asyncio.TimerHandle | None = None
         # Cut-offs are this late at most; a timer per receive cost more than the request's
@@ -115,7 +116,7 @@ class BodyLimits:
         self._sweep = None
         if not self._waiting:
             return
-        now = loop.time()
+        now = time.monotonic()
         for body, deadline in self._waiting.items():
             if deadline <= now and not body.timed_out and body.task is not None:
                 body.timed_out = True
@@ -182,7 +183,8 @@ class _Body:
             await self._cut_off(408, _TOO_SLOW, {})
             return _DISCONNECT
         loop = asyncio.get_running_loop()
-        started = loop.time()
+        # The monotonic clock itself (the loop's time() is a Python call around it).
+        started = time.monotonic()
         self.task = asyncio.current_task(loop)
         # Watched while the app waits (inline: this runs for every request).
         waiting = guard._waiting
@@ -201,7 +203,7 @@ class _Body:
             del waiting[self]
             # The task holds this body (through the app's frames): no cycle left behind.
             self.task = None
-        self.waited += loop.time() - started
+        self.waited += time.monotonic() - started
         if message["type"] != "http.request":
             self.done = True
             return message
