@@ -24,7 +24,7 @@ from threadline.db import Database
 from threadline.errors import NotFound, PayloadTooLarge
 from threadline.models import Attachment, Message, Thread, ThreadRole, User, utcnow
 from threadline.services import content_types
-from threadline.services.permissions import access_thread
+from threadline.services.permissions import access_attachment, access_thread
 from threadline.uploads.storage import CHUNK_BYTES, Storage, TooLarge
 
 log = logging.getLogger(__name__)
@@ -124,13 +124,8 @@ async def downloadable_by(
     viewer = await session.get(User, viewer_id)
     if viewer is None or viewer.deleted_at is not None:
         return None
-    thread_id = await session.scalar(
-        select(Attachment.thread_id).where(Attachment.id == attachment_id)
-    )
-    if thread_id is None:
-        return None
     try:
-        await access_thread(session, viewer, thread_id)
+        await access_attachment(session, viewer, attachment_id)
     except NotFound:
         return None
     return await downloadable(session, attachment_id)
