@@ -37,6 +37,7 @@ from threadline.metrics import PRESENCE_UNAVAILABLE
 from threadline.realtime.channels import Publisher, presence_channel
 from threadline.realtime.redis_pool import (
     REDIS_ERRORS,
+    Backoff,
     CommandClient,
     RedisTarget,
     as_target,
@@ -127,8 +128,7 @@ class PresenceTracker:
         self._leases: dict[uuid.UUID, dict[str, float]] = {}
         self._away: set[uuid.UUID] = set()
         self._seen: dict[uuid.UUID, float] = {}
-        self._skip_redis_until = 0.0
-        self._warned_at: float | None = None
+        self._backoff = Backoff(SKIP_REDIS_SECONDS, warn_every=WARN_INTERVAL_SECONDS)
         # Monotonic times of the last heartbeat that reached Redis, and of the first of
         # the unbroken run it ends (see _heartbeat).
         self._last_beat: float | None = None
@@ -163,20 +163,16 @@ class PresenceTracker:
 
     def _usable(self) -> CommandClient[Any] | None:
         """The Redis client, unless it failed a moment ago."""
-        if self._redis is None or time.monotonic() < self._skip_redis_until:
+        if self._redis is None or self._backoff.skipping():
             return None
         return self._redis
 
     def _failed(self, exc: BaseException) -> None:
-        now = time.monotonic()
-        self._skip_redis_until = now + SKIP_REDIS_SECONDS
-        if self._warned_at is None or now - self._warned_at >= WARN_INTERVAL_SECONDS:
-            self._warned_at = now
+        if self._backoff.failed():
             log.warning("presence: Redis unreachable (%s); answering from this process", exc)
 
     def _recovered(self) -> None:
-        if self._warned_at is not None:
-            self._warned_at = None
+        if self._backoff.answered():
             log.info("presence: Redis reachable again")
 
     # -- leases

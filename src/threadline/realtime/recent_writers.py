@@ -12,7 +12,6 @@ always correct, only less spread out.
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from typing import Any, Final
 
@@ -22,6 +21,7 @@ from redis.backoff import NoBackoff
 from threadline.realtime.caches import TTLCache
 from threadline.realtime.redis_pool import (
     REDIS_ERRORS,
+    Backoff,
     CommandClient,
     RedisTarget,
     close_client,
@@ -53,15 +53,14 @@ class RecentWriters:
                 socket_timeout=_REDIS_TIMEOUT_SECONDS,
                 retry=Retry(NoBackoff(), 1),
             )
-        self._skip_redis_until = 0.0
-        self._redis_down = False
+        self._backoff = Backoff(_SKIP_REDIS_SECONDS)
 
     async def wrote(self, user_id: uuid.UUID) -> None:
         """Mark ``user_id`` as having just written (after the commit, before the answer)."""
         if self.seconds <= 0:
             return
         self._local.put(user_id, True)
-        if self._redis is None or self._skipping():
+        if self._redis is None or self._backoff.skipping():
             return
         try:
             await self._redis.set(self._prefix + str(user_id), 1, px=int(self.seconds * 1000))
@@ -78,7 +77,7 @@ class RecentWriters:
             return True
         if self._redis is None:
             return False
-        if self._skipping():
+        if self._backoff.skipping():
             return True
         try:
             found = await self._redis.exists(self._prefix + str(user_id))
@@ -92,18 +91,12 @@ class RecentWriters:
         if self._redis is not None:
             await close_client(self._redis)
 
-    def _skipping(self) -> bool:
-        return time.monotonic() < self._skip_redis_until
-
     def _failed(self, exc: BaseException) -> None:
-        self._skip_redis_until = time.monotonic() + _SKIP_REDIS_SECONDS
-        if not self._redis_down:
-            self._redis_down = True
+        if self._backoff.failed():
             log.warning(
                 "Redis unreachable (%s): every query reads the primary until it is back", exc
             )
 
     def _answered(self) -> None:
-        if self._redis_down:
-            self._redis_down = False
+        if self._backoff.answered():
             log.info("Redis reachable again: queries read the replica again")

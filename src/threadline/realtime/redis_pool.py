@@ -7,6 +7,7 @@ lease, that fails most of the releases. A blocking pool queues them instead.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any, Final, cast
 
@@ -102,3 +103,35 @@ async def close_client(client: CommandClient[Any]) -> None:
         await client.aclose()
     else:
         await client.aclose(close_connection_pool=True)  # type: ignore[attr-defined]
+
+
+class Backoff:
+    """After a failed Redis call, skip Redis for ``skip_seconds`` (an outage costs one
+    failed attempt per interval, not one per call), and say when to warn: once per
+    outage, and again every ``warn_every`` seconds while it lasts when that is set."""
+
+    def __init__(self, skip_seconds: float, *, warn_every: float | None = None) -> None:
+        self.skip_seconds = skip_seconds
+        self.warn_every = warn_every
+        self._skip_until = 0.0
+        self._warned_at: float | None = None
+
+    def skipping(self) -> bool:
+        return time.monotonic() < self._skip_until
+
+    def failed(self) -> bool:
+        """Note a failure; True when the caller should warn now."""
+        now = time.monotonic()
+        self._skip_until = now + self.skip_seconds
+        due = self._warned_at is None or (
+            self.warn_every is not None and now - self._warned_at >= self.warn_every
+        )
+        if due:
+            self._warned_at = now
+        return due
+
+    def answered(self) -> bool:
+        """Note a success; True when it ends an outage (the caller says so)."""
+        was_down = self._warned_at is not None
+        self._warned_at = None
+        return was_down
