@@ -564,8 +564,10 @@ async def run_config(args: argparse.Namespace, processes: int) -> dict[str, Any]
             loads.append(await LoadProcess.start(spec, args.load_cores))
         try:
             t0 = time.monotonic()
+            connect_cpu0 = sum(s.cpu_seconds() for s in servers)
             opened = await asyncio.gather(*(load.answer() for load in loads))
             connect_seconds = time.monotonic() - t0
+            connect_cpu = sum(s.cpu_seconds() for s in servers) - connect_cpu0
             connected = sum(o["connected"] for o in opened)
             await asyncio.sleep(3)  # let the subscriptions settle before weighing the servers
             rss = [s.rss_kib() for s in servers]
@@ -589,6 +591,9 @@ async def run_config(args: argparse.Namespace, processes: int) -> dict[str, Any]
         "rate": args.rate,
         "seconds": args.seconds,
         "connectSeconds": round(connect_seconds, 1),
+        # Server CPU per connection opened (handshake, auth, session row, both
+        # subscriptions, the replay), with the upkeep of those already open.
+        "connectCpuMs": round(connect_cpu * 1000 / max(connected, 1), 2),
         **{k: v for k, v in total.items()},
         "lost": total["threadExpected"] - total["threadDelivered"],
         "p50": round(percentile(latencies, 0.5), 1) if latencies else None,

@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from threadline.app import create_app
 from threadline.auth.tokens import mint_dev_token
-from threadline.cli import WEBSOCKET_IMPLEMENTATION
+from threadline.cli import WEBSOCKET_IMPLEMENTATION, WS_PING_SECONDS
 from threadline.config import Settings
 from threadline.migrate import upgrade_to_head
 from threadline.models import Base
@@ -228,9 +228,11 @@ class Server:
         return self.app.state.runtime
 
 
-async def start_server(settings: Settings) -> Server:
+async def start_server(settings: Settings, **uvicorn_options: Any) -> Server:
     app = create_app(settings)
     port = free_port()
+    options: dict[str, Any] = {"ws_ping_interval": WS_PING_SECONDS}
+    options |= {"ws_ping_timeout": WS_PING_SECONDS, **uvicorn_options}
     config = uvicorn.Config(
         app,
         host="127.0.0.1",
@@ -244,6 +246,7 @@ async def start_server(settings: Settings) -> Server:
         # No logging config of uvicorn's own: its records reach the root logger, where
         # pytest and the traceback check below see them.
         log_config=None,
+        **options,
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())

@@ -91,6 +91,7 @@ async def test_each_hot_query_compiled_for_the_driver_reads_what_the_orm_loads(
             *await session.scalars(select(User.id)),
             *await session.scalars(select(Thread.id)),
         ]
+        clerk_ids = {u.id: u.clerk_id for u in await session.scalars(select(User))}
     queries = Query.built
     assert len(queries) >= 11 + 16 + 4  # the batch reads and every page shape
     compared = 0
@@ -107,6 +108,8 @@ async def test_each_hot_query_compiled_for_the_driver_reads_what_the_orm_loads(
             "pattern": "%",
             "at": datetime.now(UTC),
             "after_id": max(ids),
+            "clerk_id": clerk_ids[uuid.UUID(user.id)],
+            "clerk_session_id": "sess_none",
         }
         async with db.shared_sessions() as session:  # the driver
             assert session.info[DRIVER_ENTITIES] and session.info[DRIVER_ROWS]

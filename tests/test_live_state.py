@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import uuid
 from typing import Any
 
+import httpx
 import pytest
 import websockets
 
 from tests import factories
-from tests.conftest import DEV_SECRET, Clients, Server
-from tests.live import listening, new_listener, until
+from tests.conftest import DEV_SECRET, Clients, Server, start_server, stop_server
+from tests.live import listening, new_listener
 from tests.wsclient import GraphQLWS
 from threadline.auth.tokens import mint_dev_token
+from threadline.config import Settings
 from threadline.graphql_app import BEAT_TICKS
 from threadline.realtime.channels import activity_channel, thread_channel, user_channel
 
@@ -171,16 +174,65 @@ async def test_the_beat_touches_sessions_and_closes_sockets_whose_token_went_sta
     await ws.close()
 
 
-async def test_the_server_pings_every_open_graphql_transport_ws_socket(
-    server: Server, clients: Clients
+async def test_a_peer_that_stops_answering_pings_is_closed_and_goes_offline(
+    settings: Settings,
 ) -> None:
-    alice = await clients.user("alice")
-    ws = await GraphQLWS.connect(server.ws_url, alice.token)
-    handlers = list(server.app.state.graphql.pinged)
-    assert len(handlers) == 1
-    await asyncio.gather(*(h.ping() for h in handlers))  # what every other beat does
-    message = json.loads(await asyncio.wait_for(ws.conn.recv(), 5))
-    assert message == {"type": "ping"}
-    await ws.close()
-    # The server's side of the close runs after the client's.
-    await until(lambda: not server.app.state.graphql.pinged)
+    """uvicorn's WebSocket pings are the sockets' keep-alive: a peer whose network
+    path died answers none, and its socket, presence and session row end."""
+    server = await start_server(settings, ws_ping_interval=0.2, ws_ping_timeout=0.3)
+    try:
+        async with httpx.AsyncClient(base_url=server.base, timeout=30) as http:
+            alice, bob = await Clients(http).users("alice", "bob")
+            host, port = server.base.removeprefix("http://").split(":")
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(
+                b"GET /graphql HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                b"Sec-WebSocket-Protocol: graphql-transport-ws\r\n\r\n"
+            )
+            assert b" 101 " in await reader.readuntil(b"\r\n\r\n")
+            init = json.dumps({"type": "connection_init", "payload": {"token": bob.token}})
+            writer.write(masked_text_frame(init.encode()))
+            opcodes = []
+            # Read every frame, answer none: the pings go unanswered.
+            while frame := await read_frame(reader):
+                opcodes.append(frame[0])
+            assert 0x9 in opcodes  # a ping came
+            assert opcodes[-1] == 0x8  # then the server closed the socket
+            writer.close()
+            # The server's side of the close (session row, presence) runs after it.
+            for _ in range(100):
+                status = (await alice.gql(USER_PRESENCE, {"u": bob.id}))["user"]["presence"]
+                if status["status"] == "OFFLINE":
+                    break
+                await asyncio.sleep(0.05)
+            assert status["status"] == "OFFLINE"
+            assert not server.app.state.graphql.connections
+            sessions = (await bob.gql("{ mySessions { disconnectedAt } }"))["mySessions"]
+            assert sessions[0]["disconnectedAt"] is not None
+    finally:
+        await stop_server(server)
+
+
+def masked_text_frame(payload: bytes) -> bytes:
+    """One final text frame as a client sends it (masked; payload under 64 KiB)."""
+    mask = os.urandom(4)
+    size = (
+        bytes([0x80 | len(payload)]) if len(payload) < 126 else b"\xfe" + len(payload).to_bytes(2)
+    )
+    return b"\x81" + size + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+async def read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes] | None:
+    """(opcode, payload) of the server's next frame, or None at the end of the stream."""
+    try:
+        head = await asyncio.wait_for(reader.readexactly(2), 10)
+    except asyncio.IncompleteReadError:
+        return None
+    size = head[1] & 0x7F
+    if size == 126:
+        size = int.from_bytes(await reader.readexactly(2))
+    elif size == 127:
+        size = int.from_bytes(await reader.readexactly(8))
+    return head[0] & 0x0F, await reader.readexactly(size)

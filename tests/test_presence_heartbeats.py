@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
+import signal
 import uuid
 from collections.abc import AsyncIterator
 
 import orjson
 import pytest
 
-from tests.conftest import ON_POSTGRES
+from tests.conftest import ON_POSTGRES, free_port
 from threadline.config import Settings
 from threadline.realtime.presence import HEARTBEAT_SECONDS, PROCESS_TTL_SECONDS, PresenceTracker
 from threadline.realtime.redis_pool import settings_target
@@ -134,3 +136,52 @@ async def test_after_an_outage_for_everyone_no_process_reaps_another_that_beats_
     finally:
         await stopped(beating_a)
         await stopped(beating_b)
+
+
+async def test_what_redis_missed_while_paused_is_written_when_it_answers_again(
+    settings: Settings,
+) -> None:
+    """Leases last minutes (renewed rarely, so that 10,000 cost little): a release
+    that met Redis paused must not leave the user ONLINE until the lease runs out."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed")
+    port = free_port()
+    redis = await asyncio.create_subprocess_exec(
+        *(binary, "--port", str(port), "--save", "", "--appendonly", "no"),
+        stdout=asyncio.subprocess.DEVNULL,
+    )
+    await asyncio.sleep(0.3)
+    url = f"redis://127.0.0.1:{port}/0"
+    here, elsewhere = PresenceTracker(url, Recorder()), PresenceTracker(url, Recorder())
+    announced: Recorder = here._publisher  # type: ignore[assignment]
+    user = uuid.uuid4()
+    beating = asyncio.create_task(here.keep_alive())
+    try:
+        await here.renew(user, "conn")
+        assert (await elsewhere.get(user)).status is PresenceStatus.ONLINE
+        redis.send_signal(signal.SIGSTOP)
+        await here.release(user, "conn")  # times out: Redis still holds the lease
+        assert (str(user), "OFFLINE") not in announced.seen
+        redis.send_signal(signal.SIGCONT)
+        await announced.until(user, "OFFLINE", timeout=PROCESS_TTL_SECONDS + 5)
+        assert (await elsewhere.get(user)).status is PresenceStatus.OFFLINE
+
+        # The other way round: a lease taken while Redis was paused is written when it
+        # answers again, not at the lease's renewal a minute later.
+        later = uuid.uuid4()
+        redis.send_signal(signal.SIGSTOP)
+        await here.renew(later, "conn-2")
+        redis.send_signal(signal.SIGCONT)
+        for _ in range(int(PROCESS_TTL_SECONDS + 5) * 10):
+            if (await elsewhere.get(later)).status is PresenceStatus.ONLINE:
+                break
+            await asyncio.sleep(0.1)
+        assert (await elsewhere.get(later)).status is PresenceStatus.ONLINE
+    finally:
+        redis.send_signal(signal.SIGCONT)
+        await stopped(beating)
+        await here.aclose()
+        await elsewhere.aclose()
+        redis.kill()
+        await redis.wait()

@@ -16,6 +16,10 @@ from threadline.models import SystemRole
 # legacy one keeps three), keep-alive pings are timers, and a frame is written to
 # the transport at once unless the peer stopped reading.
 WEBSOCKET_IMPLEMENTATION = "websockets-sansio"
+# uvicorn's WebSocket ping frames, the only keep-alive of a graphql-transport-ws
+# socket: idle proxies see traffic, and a peer that does not answer in time
+# (a dead network path) is closed, ending its presence lease and session row.
+WS_PING_SECONDS = 20.0
 
 
 def _settings() -> Settings:
@@ -73,6 +77,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ws_per_message_deflate=args.ws_per_message_deflate,
         # A WebSocket message is a request too: bounded like a body (uvicorn's default is 16 MiB).
         ws_max_size=settings.max_request_bytes,
+        ws_ping_interval=WS_PING_SECONDS,
+        ws_ping_timeout=WS_PING_SECONDS,
         proxy_headers=True,
         lifespan="on",
     )

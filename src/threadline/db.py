@@ -40,8 +40,9 @@ SERVER_SETTINGS = {"application_name": "threadline", "timezone": "UTC"}
 # engine's 20 + 10. Idle ones stay open: closing them would cost a timer per use.
 DRIVER_POOL_SIZE = 10
 # Session.info keys: the session's reads of plain columns (any session), or of
-# entities too (an operation's read session, never written back), may go through
-# the driver (models.queries). Set on PostgreSQL while FAST_PATHS is on.
+# entities too (read sessions, never written back: their instances are detached
+# anyway once the session closes), may go through the driver (models.queries).
+# Set on PostgreSQL while FAST_PATHS is on.
 DRIVER_ROWS = "threadline.driver_rows"
 DRIVER_ENTITIES = "threadline.driver_entities"
 # Session.info key: what to call when a read session gives up on a lost connection.
@@ -310,7 +311,11 @@ class Database:
             engine, expire_on_commit=False, autoflush=False, info=rows
         )
         self.read_sessions = async_sessionmaker(
-            read_engine, class_=ReadSession, expire_on_commit=False, autoflush=False, info=rows
+            read_engine,
+            class_=ReadSession,
+            expire_on_commit=False,
+            autoflush=False,
+            info={**rows, DRIVER_ENTITIES: self.fast_paths},
         )
         self.shared_sessions = async_sessionmaker(
             read_engine,

@@ -65,16 +65,18 @@ CLOSE_SESSION_ENDED = 4401
 CLOSE_REFUSED = 4403
 CLOSE_TOO_MANY = 4429
 SEND_TIMEOUT_SECONDS = 10.0
-# Presence leases last 20 s; renewing every 8 s survives one missed renewal.
-LEASE_RENEW_SECONDS = 8.0
-# Server pings go out every other beat.
-PING_SECONDS = 2 * LEASE_RENEW_SECONDS
-# The session row's last_seen_at is a coarse record: once a minute per socket.
-SESSION_TOUCH_EVERY = 8
-# A beat's work (lease renewals, pings, session touches) is spread over this many
-# ticks, each socket in one of them: at 10,000 sockets, one burst a beat stalled the
-# event loop for over a second (bench.rooms' p99), eight small ones do not.
+# The maintenance beat: each socket's token is checked once a beat; its presence
+# lease is renewed (and its session row touched) every UPKEEP_EVERY beats.
+BEAT_SECONDS = 8.0
+# Leases last presence.LEASE_SECONDS (three minutes): renewing every 64 s survives
+# two missed renewals. A dead process's leases go sooner, by its lapsed heartbeat.
+UPKEEP_EVERY = 8
+# A beat's work is spread over this many ticks, each socket in one of them: at
+# 10,000 sockets one burst a beat stalled the event loop (bench.rooms' p99).
 BEAT_TICKS = 8
+# The legacy graphql-ws protocol's "ka" messages. graphql-transport-ws sockets get
+# uvicorn's WebSocket pings instead (cli.WS_PING_SECONDS), which also find dead peers.
+LEGACY_KEEP_ALIVE_SECONDS = 15.0
 
 
 def _tick_of(item: object) -> int:
@@ -124,21 +126,6 @@ class TransportWSHandler(TransportProtocol, StreamHook):
     """
 
     roots: dict[Operation[Context, None], OperationRoot] | None = None
-
-    async def handle(self) -> None:
-        # Pinged by ThreadlineGraphQL's maintenance beat while it is open: no task per socket.
-        pinged: set[TransportWSHandler] = self.view.pinged  # type: ignore[attr-defined]
-        pinged.add(self)
-        try:
-            await super().handle()
-        finally:
-            pinged.discard(self)
-
-    async def ping(self) -> None:
-        """A server ping (strawberry sends none): it keeps idle proxies from cutting the socket."""
-        if self.connection_acknowledged:
-            with contextlib.suppress(Exception):  # a dead peer is closed by its reader
-                await asyncio.wait_for(self.send_message({"type": "ping"}), SEND_TIMEOUT_SECONDS)
 
     async def run_operation(self, operation: Operation[Context, None]) -> None:
         # No timeout on these writes: the fan-out bounds a write that has to wait.
@@ -223,7 +210,7 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
             subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL),
             connection_init_wait_timeout=timedelta(seconds=10),
             keep_alive=True,  # the legacy graphql-ws protocol's "ka" messages
-            keep_alive_interval=PING_SECONDS,
+            keep_alive_interval=LEGACY_KEEP_ALIVE_SECONDS,
             # The app refuses the 101st subscription with a coded error; this is a backstop.
             max_subscriptions_per_connection=runtime.settings.max_subscriptions_per_connection + 10,
             allowed_origins=runtime.settings.cors_origins,
@@ -233,9 +220,9 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
         # Renders broadcast subscription frames once per event (see subscriptions.live).
         self.frames = FrameRenderer(lambda: Context(runtime=runtime), schema.runner)
         runtime.presence.on_reaped = self._close_reaped_sessions
-        self.connections: set[Context] = set()
-        self.pinged: set[TransportWSHandler] = set()
-        self._pings: asyncio.Future[list[None]] | None = None
+        # Live sockets by their WebSocket, and the same split over the beat's ticks.
+        self.connections: dict[object, Context] = {}
+        self._ticks: list[dict[object, Context]] = [{} for _ in range(BEAT_TICKS)]
 
     def decode_json(self, data: str | bytes) -> object:
         # orjson reads a request several times faster; what it refuses and the
@@ -358,18 +345,16 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
             raw.forget_handshake()
         context.token = token
         context.set_viewer(identity, user)
-        async with self.runtime.db.transaction("open_session") as uow:
-            session_id = await sessions.open_session(
-                uow, user, identity.session_id, context.user_agent
-            )
+        session_id = await sessions.open_session(
+            self.runtime.db, user, identity.session_id, context.user_agent
+        )
         # The presence lease is named after the session row, so that a process that
         # reaps a dead one's leases can close its rows too (_close_reaped_sessions).
         state = ConnectionState(session_id.hex, session_id)
         context.state = state
         # Registered before anything else can fail: whatever happens next, the
         # socket's end (run's finally) finds it and closes the session row.
-        self.connections.add(context)
-        WEBSOCKET_CONNECTIONS.set(len(self.connections))
+        self._register(context, state)
         if self.runtime.viewers_forgotten != forgotten:
             # A role change signalled before this socket was listed did not close it:
             # the viewer it was authorized with may be older than the change.
@@ -382,42 +367,45 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
         await self.runtime.presence.renew(user.id, state.connection_id)
         return None
 
+    def _register(self, context: Context, state: ConnectionState) -> None:
+        self.connections[context.connection] = context
+        self._ticks[_tick_of(state.connection_id)][context.connection] = context
+        WEBSOCKET_CONNECTIONS.set(len(self.connections))
+
     async def maintain_connections(self) -> None:
         """Runs for the process's lifetime: once a beat for every socket, close those
-        whose token is stale, renew presence leases in one Redis pipeline and, less
-        often, touch the session rows in one UPDATE; the sockets are split over the
-        beat's ticks (BEAT_TICKS), each tick serving its share.
+        whose token is stale; every UPKEEP_EVERY beats renew their presence leases in
+        Redis pipelines and touch their session rows in one UPDATE. The sockets are
+        split over the beat's ticks (BEAT_TICKS), each tick serving its share.
 
         One loop instead of a task per socket: idle connections cost less memory and
-        2000 of them cost a few round trips per beat, not 2000.
+        10,000 of them a few round trips a second, not 10,000.
         """
         tick = 0
         while True:
-            await asyncio.sleep(LEASE_RENEW_SECONDS / BEAT_TICKS)
+            await asyncio.sleep(BEAT_SECONDS / BEAT_TICKS)
             tick += 1
             beat, part = divmod(tick, BEAT_TICKS)
+            upkeep = beat % UPKEEP_EVERY == 0
             try:
-                due = [h for h in self.pinged if _tick_of(h) == part] if beat % 2 == 0 else []
-                if due:
-                    # Apart from the beat: a peer that stopped reading delays only its ping.
-                    self._pings = asyncio.gather(*(handler.ping() for handler in due))
-                await self._maintain(part, touch_sessions=beat % SESSION_TOUCH_EVERY == 0)
+                await self._maintain(part, renew=upkeep, touch_sessions=upkeep)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.warning("connection maintenance failed; retrying next beat", exc_info=True)
 
-    async def _maintain(self, part: int | None = None, *, touch_sessions: bool) -> None:
+    async def _maintain(
+        self, part: int | None = None, *, renew: bool = True, touch_sessions: bool
+    ) -> None:
         """The beat's work for the sockets of one tick (``part``), or for all of them."""
         runtime = self.runtime
         now = datetime.now(UTC)
         leases: list[tuple[uuid.UUID, str]] = []
         session_ids: list[uuid.UUID] = []
-        for context in list(self.connections):
+        sockets = self.connections if part is None else self._ticks[part]
+        for context in list(sockets.values()):
             state, identity, user = context.state, context.identity, context.viewer_or_none
             if state is None or identity is None or user is None:
-                continue
-            if part is not None and _tick_of(state.connection_id) != part:
                 continue
             if (now - identity.expires_at).total_seconds() > runtime.settings.ws_reauth_seconds:
                 # Not awaited here: one slow peer must not hold up the others' leases.
@@ -427,24 +415,28 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
             leases.append((user.id, state.connection_id))
             if state.session_id is not None:
                 session_ids.append(state.session_id)
-        await runtime.presence.renew_many(leases)
+        if renew:
+            await runtime.presence.renew_many(leases)
         if touch_sessions and session_ids:
-            async with runtime.db.transaction("touch_sessions") as uow:
-                await sessions.touch_sessions(uow, session_ids)
+            await sessions.touch_sessions(runtime.db, session_ids)
 
-    async def _disconnected(self, context: Context) -> None:
-        self.connections.discard(context)
+    async def _disconnected(self, websocket: object) -> None:
+        context = self.connections.pop(websocket, None)
+        if context is None:
+            return
         WEBSOCKET_CONNECTIONS.set(len(self.connections))
         state, user = context.state, context.viewer_or_none
-        if state is None or user is None:
+        if state is None:
+            return
+        self._ticks[_tick_of(state.connection_id)].pop(websocket, None)
+        if user is None:
             return
         for task in state.tasks:
             task.cancel()
         # The session row first, on its own: it must close whatever presence does.
         try:
             if state.session_id is not None:
-                async with self.runtime.db.transaction("close_session") as uow:
-                    await sessions.close_session(uow, state.session_id)
+                await sessions.close_session(self.runtime.db, state.session_id)
         except Exception:
             log.warning("closing a connection's session failed", exc_info=True)
         try:
@@ -459,8 +451,7 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
             with contextlib.suppress(ValueError):
                 ids.append(uuid.UUID(hex=connection_id))
         if ids:
-            async with self.runtime.db.transaction("close_reaped_sessions") as uow:
-                await sessions.close_sessions(uow, ids)
+            await sessions.close_sessions(self.runtime.db, ids)
 
     async def run(self, request: Any, context: Any = None, root_value: Any = None) -> Any:
         from strawberry.types.unset import UNSET
@@ -479,8 +470,7 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
                 # several variables, so no single use may close it).
                 await request.close()
             if isinstance(request, WebSocket):
-                for ctx in [c for c in list(self.connections) if c.connection is request]:
-                    await self._disconnected(ctx)
+                await self._disconnected(request)
 
     async def end_sessions(self, clerk_session_ids: list[str], clerk_user_ids: list[str]) -> None:
         """Tell every process to close these sessions' sockets (the webhook's hook)."""
@@ -516,7 +506,7 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
         self.runtime.forget_viewers(clerk_user_ids, clerk_session_ids)
         doomed = [
             c
-            for c in list(self.connections)
+            for c in list(self.connections.values())
             if c.identity is not None
             and (
                 c.identity.session_id in clerk_session_ids or c.identity.clerk_id in clerk_user_ids
@@ -536,7 +526,7 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
         self.runtime.forget_viewers(user_ids=ids)
         doomed = [
             c
-            for c in list(self.connections)
+            for c in list(self.connections.values())
             if c.viewer_or_none is not None and c.viewer_or_none.id in ids
         ]
         reason = "Your role changed: reconnect"
@@ -550,5 +540,5 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
 
     async def close_connections(self) -> None:
         await asyncio.gather(
-            *(self._close(c, 1001, "Server shutting down") for c in list(self.connections))
+            *(self._close(c, 1001, "Server shutting down") for c in list(self.connections.values()))
         )

@@ -13,8 +13,6 @@ from collections import OrderedDict
 from collections.abc import Collection, Sequence
 from typing import Any
 
-from sqlalchemy import select
-
 from threadline.auth.tokens import TokenVerifier
 from threadline.config import Settings
 from threadline.db import Database, make_engine
@@ -31,7 +29,7 @@ from threadline.realtime.recent_writers import RecentWriters
 from threadline.realtime.redis_pool import settings_target
 from threadline.realtime.thread_feed import ThreadFeed
 from threadline.realtime.typing import TypingTracker
-from threadline.services import clerk_sync
+from threadline.services import clerk_sync, users
 from threadline.services.clerk_sync import Identity
 from threadline.uploads.signing import UrlSigner
 from threadline.uploads.storage import LocalStorage, Storage
@@ -141,7 +139,7 @@ class Runtime:
                 session, identity.session_id
             ):
                 raise Unauthenticated("This session has ended: sign in again")
-            user = await session.scalar(select(User).where(User.clerk_id == identity.clerk_id))
+            user = await users.user_by_clerk_id(session, identity.clerk_id)
         if user is not None and user.deleted_at is not None:
             raise Unauthenticated("This user was deleted")
         if user is None or _wants_profile(user, identity):

@@ -26,7 +26,7 @@ from sqlalchemy.sql.elements import BinaryExpression, BindParameter, ClauseEleme
 from sqlalchemy.sql.selectable import Select
 from sqlalchemy.sql.visitors import replacement_traverse
 
-from threadline.db import DRIVER_ENTITIES, DRIVER_ROWS, dialect_of, driver_fetch
+from threadline.db import DRIVER_ENTITIES, DRIVER_ROWS, Database, dialect_of, driver_fetch
 from threadline.models.seam import (
     ASYNCPG,
     Processor,
@@ -197,3 +197,25 @@ def _entity_layout(statement: AnySelect, columns: list[Any]) -> list[_Entity]:
     if start != len(columns):
         raise ValueError("a Query's entities must be whole mapped tables")
     return layout
+
+
+class Write:
+    """One self-contained write (a single statement, atomic alone), written once.
+
+    On PostgreSQL with the fast paths on it runs on the driver's pool (one round trip:
+    no BEGIN and COMMIT, none of the ORM's per-statement work); anywhere else the
+    same statement runs in a transaction of its own. For writes that go with no other
+    (a WebSocket's session row: opened, touched, closed) and emit no event.
+    """
+
+    def __init__(self, statement: Any) -> None:
+        self.statement = statement
+        self.driver = DriverStatement(statement)
+
+    async def run(self, db: Database, name: str, **params: Any) -> None:
+        if db.fast_paths:
+            async with db.driver_connection(name) as conn:
+                await conn.execute(self.driver.sql, *self.driver.args(params))
+            return
+        async with db.transaction(name) as uow:
+            await uow.session.execute(self.statement, params)

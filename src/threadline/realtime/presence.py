@@ -48,7 +48,10 @@ from threadline.services.states import PresenceStatus
 
 log = logging.getLogger(__name__)
 
-LEASE_SECONDS = 20.0
+# A lease outlives its connection only when nothing released it: its process died
+# (reaped within PROCESS_TTL_SECONDS instead) or every process of the deployment
+# stopped at once. Long, so that renewing 10,000 of them costs little.
+LEASE_SECONDS = 180.0
 # Leases renewed per Redis pipeline by renew_many.
 RENEW_BATCH = 500
 # Users whose presence get_many reads per Redis pipeline.
@@ -128,6 +131,12 @@ class PresenceTracker:
         self._leases: dict[uuid.UUID, dict[str, float]] = {}
         self._away: set[uuid.UUID] = set()
         self._seen: dict[uuid.UUID, float] = {}
+        # Releases that Redis missed (it was down): written with the next heartbeat
+        # that reaches it, rather than left to the long lease's expiry.
+        self._unreleased: dict[uuid.UUID, set[str]] = {}
+        # Set when Redis fails: the next heartbeat that reaches it writes every lease
+        # of this process back (one opened meanwhile would wait for its renewal).
+        self._restore_due = False
         self._backoff = Backoff(SKIP_REDIS_SECONDS, warn_every=WARN_INTERVAL_SECONDS)
         # Monotonic times of the last heartbeat that reached Redis, and of the first of
         # the unbroken run it ends (see _heartbeat).
@@ -168,6 +177,7 @@ class PresenceTracker:
         return self._redis
 
     def _failed(self, exc: BaseException) -> None:
+        self._restore_due = True
         if self._backoff.failed():
             log.warning("presence: Redis unreachable (%s); answering from this process", exc)
 
@@ -266,6 +276,7 @@ class PresenceTracker:
         else:
             redis = self._usable()
             if redis is None:
+                self._unreleased.setdefault(user_id, set()).add(connection_id)
                 return
             try:
                 async with redis.pipeline(transaction=False) as pipe:
@@ -274,9 +285,31 @@ class PresenceTracker:
                     live, _ = await pipe.execute()
             except _REDIS_ERRORS as exc:
                 self._failed(exc)
+                self._unreleased.setdefault(user_id, set()).add(connection_id)
                 return
         if not live:
             await self._publish(user_id, PresenceState(PresenceStatus.OFFLINE, _ts(now)))
+
+    async def _release_missed(self, redis: CommandClient[Any]) -> None:
+        """The releases Redis missed while it was down, now; OFFLINE for users left
+        with no lease."""
+        missed, self._unreleased = self._unreleased, {}
+        now = self._clock()
+        users = list(missed)
+        try:
+            async with redis.pipeline(transaction=False) as pipe:
+                for user_id in users:
+                    self._release_script(pipe, user_id, sorted(missed[user_id]), now, seen=True)
+                held = [c for ids in missed.values() for c in ids]
+                pipe.hdel(self._held_key(self.process_id), *held)
+                replies = await pipe.execute()
+        except BaseException:
+            for user_id, ids in missed.items():
+                self._unreleased.setdefault(user_id, set()).update(ids)
+            raise
+        for user_id, live in zip(users, replies, strict=False):
+            if not live and user_id not in self._leases:
+                await self._publish(user_id, PresenceState(PresenceStatus.OFFLINE, _ts(now)))
 
     def _live_here(self, user_id: uuid.UUID, now: float) -> int:
         leases = self._leases.get(user_id, {})
@@ -306,6 +339,10 @@ class PresenceTracker:
                     self._failed(exc)
                 else:
                     log.warning("presence heartbeat failed; retrying", exc_info=True)
+            if this is not None and this.cancelling():
+                # Cancelled in a call that handled the client's error for it (a lease
+                # write is never fatal): stop all the same.
+                raise asyncio.CancelledError
             await asyncio.sleep(HEARTBEAT_SECONDS)
 
     async def _heartbeat(self, redis: CommandClient[Any]) -> None:
@@ -315,13 +352,17 @@ class PresenceTracker:
             pipe.smembers(self._processes_key)
             _, added, members = await pipe.execute()
         self._recovered()
+        if self._unreleased:
+            await self._release_missed(redis)
         now = time.monotonic()
         if self._last_beat is None or now - self._last_beat > PROCESS_TTL_SECONDS:
             self._beating_since = now
         self._last_beat = now
-        if added:
-            # New, or removed by another process (a stall, Redis restarted empty):
-            # write this process's leases back now rather than at the next renewal.
+        if added or self._restore_due:
+            # New, removed by another process (a stall, Redis restarted empty), or
+            # back from an outage: write this process's leases back now rather than
+            # at their next renewal, a minute away.
+            self._restore_due = False
             await self._restore()
         others = [m.decode() if isinstance(m, bytes) else str(m) for m in members]
         others = [m for m in others if m != self.process_id]

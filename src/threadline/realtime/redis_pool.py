@@ -134,4 +134,5 @@ class Backoff:
         """Note a success; True when it ends an outage (the caller says so)."""
         was_down = self._warned_at is not None
         self._warned_at = None
+        self._skip_until = 0.0  # it answered: no reason to skip it any longer
         return was_down

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from threadline.db import UnitOfWork
 from threadline.errors import BadInput, Unauthenticated
 from threadline.models import EndedClerkSession, Session, SystemRole, User, WebhookDelivery, utcnow
+from threadline.models.queries import Query
 from threadline.services import users
 from threadline.services.text_rules import clean_external_text, has_unstorable_chars
 
@@ -169,14 +170,17 @@ async def end_clerk_session(
     return ended
 
 
+# Asked at every connect and first request of a session token.
+_ENDED = Query(
+    select(EndedClerkSession.clerk_session_id).where(
+        EndedClerkSession.clerk_session_id == bindparam("clerk_session_id")
+    )
+)
+
+
 async def is_session_ended(session: AsyncSession, clerk_session_id: str) -> bool:
     """Whether Clerk said this session ended: its tokens are refused from then on."""
-    found = await session.scalar(
-        select(EndedClerkSession.clerk_session_id).where(
-            EndedClerkSession.clerk_session_id == clerk_session_id
-        )
-    )
-    return found is not None
+    return bool(await _ENDED.scalars(session, clerk_session_id=clerk_session_id))
 
 
 async def prune_webhook_deliveries(

@@ -14,11 +14,12 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from threadline.db import UnitOfWork
 from threadline.models import Message, Thread, ThreadEvent, utcnow
+from threadline.models.queries import Query
 
 
 class EventKind(StrEnum):
@@ -161,14 +162,18 @@ def logged(row: ThreadEvent) -> LoggedEvent:
     )
 
 
+# Every new subscription replays from here (a reconnect, from its afterSeq).
+_EVENTS_AFTER = Query(
+    select(ThreadEvent)
+    .where(ThreadEvent.thread_id == bindparam("thread_id"), ThreadEvent.seq > bindparam("after"))
+    .order_by(ThreadEvent.seq)
+    .limit(bindparam("size"))
+)
+
+
 async def events_after(
     session: AsyncSession, thread_id: uuid.UUID, after_seq: int, limit: int = 500
 ) -> list[LoggedEvent]:
     """Stored events with seq > after_seq, in order: what a resuming client missed."""
-    rows = await session.scalars(
-        select(ThreadEvent)
-        .where(ThreadEvent.thread_id == thread_id, ThreadEvent.seq > after_seq)
-        .order_by(ThreadEvent.seq)
-        .limit(limit)
-    )
+    rows = await _EVENTS_AFTER.scalars(session, thread_id=thread_id, after=after_seq, size=limit)
     return [logged(r) for r in rows]

@@ -1,53 +1,78 @@
-"""WebSocket session records: opened at connect, touched while alive, closed at the end."""
+"""WebSocket session records: opened at connect, touched while alive, closed at the end.
+
+Each is one statement standing alone, run on the driver where it can be (a socket
+opens and closes these at its connection rate: 10 a second on a busy process).
+"""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
 
-from sqlalchemy import update
+from sqlalchemy import bindparam, insert, update
 
-from threadline.db import UnitOfWork
+from threadline.db import Database
 from threadline.models import Session, User, utcnow
+from threadline.models.base import new_id
+from threadline.models.queries import Write
+
+_OPEN = Write(
+    insert(Session).values(
+        id=bindparam("id"),
+        user_id=bindparam("user_id"),
+        clerk_session_id=bindparam("clerk_session_id"),
+        user_agent=bindparam("user_agent"),
+        connected_at=bindparam("now"),
+        last_seen_at=bindparam("now"),
+    )
+)
+_TOUCH = Write(
+    update(Session)
+    .where(Session.id.in_(bindparam("ids", expanding=True)))
+    .values(last_seen_at=bindparam("now"))
+)
+_CLOSE = Write(
+    update(Session)
+    .where(Session.id.in_(bindparam("ids", expanding=True)), Session.disconnected_at.is_(None))
+    .values(last_seen_at=bindparam("now"), disconnected_at=bindparam("now"))
+)
+# Ids per statement: a bound list the server handles in one go.
+_CHUNK = 1000
 
 
 async def open_session(
-    uow: UnitOfWork, user: User, clerk_session_id: str | None, user_agent: str | None
+    db: Database, user: User, clerk_session_id: str | None, user_agent: str | None
 ) -> uuid.UUID:
-    now = utcnow()
-    row = Session(
+    session_id = new_id()
+    await _OPEN.run(
+        db,
+        "open_session",
+        id=session_id,
         user_id=user.id,
         clerk_session_id=clerk_session_id,
         user_agent=(user_agent or "")[:512] or None,
-        connected_at=now,
-        last_seen_at=now,
+        now=utcnow(),
     )
-    uow.session.add(row)
-    await uow.session.flush()
-    return row.id
+    return session_id
 
 
-async def touch_sessions(uow: UnitOfWork, session_ids: Sequence[uuid.UUID]) -> None:
-    """Mark live connections as seen now, in one statement per thousand."""
+async def touch_sessions(db: Database, session_ids: Sequence[uuid.UUID]) -> None:
+    """Mark live connections as seen now."""
     now = utcnow()
-    for start in range(0, len(session_ids), 1000):
-        chunk = session_ids[start : start + 1000]
-        await uow.session.execute(
-            update(Session).where(Session.id.in_(chunk)).values(last_seen_at=now)
+    for start in range(0, len(session_ids), _CHUNK):
+        await _TOUCH.run(
+            db, "touch_sessions", ids=list(session_ids[start : start + _CHUNK]), now=now
         )
 
 
-async def close_session(uow: UnitOfWork, session_id: uuid.UUID) -> None:
-    await close_sessions(uow, [session_id])
+async def close_session(db: Database, session_id: uuid.UUID) -> None:
+    await close_sessions(db, [session_id])
 
 
-async def close_sessions(uow: UnitOfWork, session_ids: Sequence[uuid.UUID]) -> None:
-    """Mark connections as gone now (those still open), in one statement per thousand."""
+async def close_sessions(db: Database, session_ids: Sequence[uuid.UUID]) -> None:
+    """Mark connections as gone now (those still open)."""
     now = utcnow()
-    for start in range(0, len(session_ids), 1000):
-        chunk = session_ids[start : start + 1000]
-        await uow.session.execute(
-            update(Session)
-            .where(Session.id.in_(chunk), Session.disconnected_at.is_(None))
-            .values(last_seen_at=now, disconnected_at=now)
+    for start in range(0, len(session_ids), _CHUNK):
+        await _CLOSE.run(
+            db, "close_session", ids=list(session_ids[start : start + _CHUNK]), now=now
         )

@@ -446,8 +446,11 @@ async def participants_page(
     return make_page(rows, request, lambda p: [str(p.user_id)]), int(total or 0)
 
 
+_THREADS_BY_IDS = Query(select(Thread).where(Thread.id.in_(bindparam("ids", expanding=True))))
+
+
 async def get_thread(session: AsyncSession, thread_id: uuid.UUID) -> Thread:
-    thread = await session.get(Thread, thread_id)
+    thread = (await threads_by_ids(session, [thread_id])).get(thread_id)
     if thread is None or thread.deleted_at is not None:
         raise NotFound("Thread not found")
     return thread
@@ -456,7 +459,7 @@ async def get_thread(session: AsyncSession, thread_id: uuid.UUID) -> Thread:
 async def threads_by_ids(
     session: AsyncSession, ids: Sequence[uuid.UUID]
 ) -> dict[uuid.UUID, Thread]:
-    rows = await session.scalars(select(Thread).where(Thread.id.in_(set(ids))))
+    rows = await _THREADS_BY_IDS.scalars(session, ids=list(set(ids)))
     return {t.id: t for t in rows}
 
 

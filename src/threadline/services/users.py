@@ -41,6 +41,7 @@ async def get_user(session: AsyncSession, user_id: str | uuid.UUID) -> User:
 
 
 _USERS_BY_IDS = Query(select(User).where(User.id.in_(bindparam("ids", expanding=True))))
+_USER_BY_CLERK_ID = Query(select(User).where(User.clerk_id == bindparam("clerk_id")))
 
 
 async def users_by_ids(session: AsyncSession, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, User]:
@@ -48,6 +49,12 @@ async def users_by_ids(session: AsyncSession, ids: Sequence[uuid.UUID]) -> dict[
         return {}
     rows = await _USERS_BY_IDS.scalars(session, ids=list(set(ids)))
     return {u.id: u for u in rows}
+
+
+async def user_by_clerk_id(session: AsyncSession, clerk_id: str) -> User | None:
+    """The local user of a Clerk user id (deleted ones too), if synced."""
+    found = await _USER_BY_CLERK_ID.scalars(session, clerk_id=clerk_id)
+    return found[0] if found else None
 
 
 async def search_users(

@@ -102,13 +102,31 @@ class _VariableUses(Visitor):
         self.uses[node.name.value] = self.uses.get(node.name.value, 0) + 1
 
 
-def _start_only_variables(info: Info) -> set[str]:
+# By the operation's node (kept alive here, so its id stays its own): the cached
+# document's nodes are the same objects for every subscriber that sent that text.
+_START_ONLY: dict[int, tuple[object, frozenset[str]]] = {}
+_START_ONLY_SIZE = 512
+
+
+def _start_only_variables(info: Info) -> frozenset[str]:
     """Variables that only say where the stream starts (the root field's ``afterSeq``).
 
     They do not change a frame, so subscribers that differ only in them share one
-    rendering (clients resuming from different points are the usual case).
+    rendering (clients resuming from different points are the usual case). Worked
+    out once per document: a walk of the whole operation, at every subscribe.
     """
     raw = raw_info(info)
+    known = _START_ONLY.get(id(raw.operation))
+    if known is not None and known[0] is raw.operation:
+        return known[1]
+    if len(_START_ONLY) >= _START_ONLY_SIZE:
+        _START_ONLY.clear()
+    found = _count_start_only(raw)
+    _START_ONLY[id(raw.operation)] = (raw.operation, found)
+    return found
+
+
+def _count_start_only(raw: Any) -> frozenset[str]:
     counter = _VariableUses()
     for definition in (raw.operation, *raw.fragments.values()):
         visit(definition.selection_set, counter)
@@ -122,7 +140,7 @@ def _start_only_variables(info: Info) -> set[str]:
                 and counter.uses.get(value.name.value) == 1
             ):
                 start_only.add(value.name.value)
-    return start_only
+    return frozenset(start_only)
 
 
 class OperationTemplate:
