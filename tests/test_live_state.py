@@ -20,6 +20,7 @@ from threadline.auth.tokens import mint_dev_token
 from threadline.config import Settings
 from threadline.graphql_app import BEAT_TICKS
 from threadline.realtime.channels import activity_channel, thread_channel, user_channel
+from threadline.services import sessions
 
 PRESENCE = """
 subscription($u: [ID!]!) { presence(userIds: $u) { user { username } presence { status } } }
@@ -161,6 +162,14 @@ async def test_the_beat_touches_sessions_and_closes_sockets_whose_token_went_sta
     await server.app.state.graphql._maintain(touch_sessions=True)
     after = (await alice.gql("{ mySessions { lastSeenAt } }"))["mySessions"][0]["lastSeenAt"]
     assert after > before
+    # A live socket's row closed by mistake (its process was reaped after a stall,
+    # then beat again) is open again after the next touch.
+    state = next(iter(server.app.state.graphql.connections.values())).state
+    await sessions.close_sessions(server.runtime.db, [state.session_id])
+    gone = "{ mySessions { disconnectedAt } }"
+    assert (await alice.gql(gone))["mySessions"][0]["disconnectedAt"] is not None
+    await server.app.state.graphql._maintain(touch_sessions=True)
+    assert (await alice.gql(gone))["mySessions"][0]["disconnectedAt"] is None
 
     # A token that expired longer ago than WS_REAUTH_SECONDS (here 0) closes with 4403.
     server.runtime.settings.ws_reauth_seconds = 0

@@ -187,10 +187,12 @@ class Context:
         """Between two events of a subscription: fresh loaders, no session held open,
         and access checked afresh (the viewer may have been removed meanwhile)."""
         await self.close()
-        self._loaders = None
         self.access.clear()
 
     async def close(self) -> None:
+        if self._loaders is not None:
+            self._loaders.drop()
+            self._loaders = None
         for session in [*self._retired, self._session]:
             if session is not None:
                 # Finished even if the operation is being cancelled (see Database.reading).

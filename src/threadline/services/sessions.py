@@ -26,10 +26,12 @@ _OPEN = Write(
         last_seen_at=bindparam("now"),
     )
 )
+# Only live sockets are touched: a row that says otherwise was closed by mistake
+# (its process was taken for dead after a long stall, and its leases reaped).
 _TOUCH = Write(
     update(Session)
     .where(Session.id.in_(bindparam("ids", expanding=True)))
-    .values(last_seen_at=bindparam("now"))
+    .values(last_seen_at=bindparam("now"), disconnected_at=None)
 )
 _CLOSE = Write(
     update(Session)
