@@ -64,6 +64,8 @@ _REQUIRED: dict[type | None, tuple[str, ...]] = {
         "eof_received",
         "on_headers_complete",
         "on_message_begin",
+        "handle_websocket_upgrade",
+        "parser",
         "cycle",
         "transport",
         "flow",
@@ -161,6 +163,13 @@ def protocol_class(header_timeout_seconds: float) -> type[asyncio.Protocol]:
             elif self._head_timer is None:
                 # A head that arrives in one read costs no timer; one left unfinished gets one.
                 self._arm()
+
+        def handle_websocket_upgrade(self) -> None:
+            super().handle_websocket_upgrade()
+            # The socket is the WebSocket protocol's now. The parser calls back into
+            # this object's methods: let it go, so that both are freed at once rather
+            # than left to the cyclic GC (a socket's worth of garbage per connect).
+            self.parser = None  # type: ignore[assignment]
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
