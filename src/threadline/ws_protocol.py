@@ -19,6 +19,7 @@ from contextlib import suppress
 from typing import Any
 
 from graphql import GraphQLError, GraphQLFormattedError
+from starlette.websockets import WebSocketDisconnected as ClosedForSending
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.http.exceptions import (
     NonJsonMessageReceived,
@@ -120,6 +121,14 @@ class TransportProtocol(BaseGraphQLTransportWSHandler[Context, None]):
                 return
         await super().handle_message(message)  # type: ignore[arg-type]
 
+    async def send_message(self, message: Any) -> None:
+        # The server's own close (shutdown's 1001, a 44xx) can come between an
+        # operation's end and its `complete`: starlette then refuses the send with a
+        # RuntimeError of its own, which strawberry does not expect (a worker
+        # traceback). The message has nowhere to go; the socket's end cleans up.
+        with suppress(ClosedForSending, WebSocketDisconnected):
+            await super().send_message(message)
+
     def forget_id(self, id: str) -> None:
         # strawberry's deletes, and raises when the client's `complete` for the same
         # id was handled a moment before the operation's own last message (a worker
@@ -146,7 +155,7 @@ class TransportProtocol(BaseGraphQLTransportWSHandler[Context, None]):
         except ConnectionRejectionError as exc:
             await self.websocket.close(*_refusal(exc))
             return
-        await self.send_message(connection_ack(ack))  # type: ignore[arg-type]
+        await self.send_message(connection_ack(ack))
         self.connection_acknowledged = True
 
     async def handle_subscribe(self, message: Any) -> None:

@@ -8,8 +8,9 @@ from typing import TypeVar
 import strawberry
 from strawberry import ID, Info
 
-from threadline.errors import RateLimited
+from threadline.errors import RateLimited, ServiceUnavailable
 from threadline.metrics import ACTIVE_SUBSCRIPTIONS
+from threadline.realtime.broker import BrokerClosed
 from threadline.schema.context import ConnectionState, Context
 from threadline.schema.directives import authenticated, thread_role
 from threadline.schema.enums import ThreadRole
@@ -98,6 +99,10 @@ class _Counted(AsyncIterator[T]):
                 # The subscription goes on outside this stream: it holds the slot until it ends.
                 sink.on_end.append(self._slot.release)
                 handed_over = True
+        except BrokerClosed as exc:
+            # The process is stopping (its broker closes after its sockets were told
+            # to): an expected end, not an internal error; the client reconnects.
+            raise ServiceUnavailable("The server is restarting: reconnect") from exc
         finally:
             if not handed_over:
                 self._slot.release()
