@@ -19,7 +19,12 @@ import pytest
 
 from tests.conftest import ON_POSTGRES, free_port
 from threadline.config import Settings
-from threadline.realtime.presence import HEARTBEAT_SECONDS, PROCESS_TTL_SECONDS, PresenceTracker
+from threadline.realtime.presence import (
+    HEARTBEAT_SECONDS,
+    PROCESS_TTL_SECONDS,
+    PresenceTracker,
+    _user_keys,
+)
 from threadline.realtime.redis_pool import settings_target
 from threadline.services.states import PresenceStatus
 
@@ -160,7 +165,14 @@ async def test_what_redis_missed_while_paused_is_written_when_it_answers_again(
     try:
         await here.renew(user, "conn")
         assert (await elsewhere.get(user)).status is PresenceStatus.ONLINE
+        # Another user's leases key holds a string: their release's script fails,
+        # which must not hold up this user's.
+        broken = uuid.uuid4()
+        await here.renew(broken, "conn-b")
+        assert elsewhere._redis is not None
+        await elsewhere._redis.set(_user_keys("", broken)[0], "not a sorted set")
         redis.send_signal(signal.SIGSTOP)
+        await here.release(broken, "conn-b")
         await here.release(user, "conn")  # times out: Redis still holds the lease
         assert (str(user), "OFFLINE") not in announced.seen
         redis.send_signal(signal.SIGCONT)

@@ -244,8 +244,13 @@ class PresenceTracker:
                 # The process's own record of its leases, for a reaper should it die.
                 pipe.hset(held_key, mapping={c: str(u) for u, c in batch})
                 pipe.expire(held_key, lifetime)
-                replies = await pipe.execute()
-            for (user_id, _), (live_before, away) in zip(batch, replies, strict=False):
+                # One user's failed script (a key of the wrong type) fails that lease only.
+                replies = await pipe.execute(raise_on_error=False)
+            for (user_id, _), reply in zip(batch, replies, strict=False):
+                if isinstance(reply, Exception):
+                    log.warning("presence: renewing a lease of %s failed: %s", user_id, reply)
+                    continue
+                live_before, away = reply
                 if not live_before:
                     came_back.append((user_id, bool(away)))
         return came_back
@@ -302,12 +307,17 @@ class PresenceTracker:
                     self._release_script(pipe, user_id, sorted(missed[user_id]), now, seen=True)
                 held = [c for ids in missed.values() for c in ids]
                 pipe.hdel(self._held_key(self.process_id), *held)
-                replies = await pipe.execute()
+                # One user's failed script (a key of the wrong type) must neither stop
+                # the others' releases nor keep them all queued, beat after beat.
+                replies = await pipe.execute(raise_on_error=False)
         except BaseException:
             for user_id, ids in missed.items():
                 self._unreleased.setdefault(user_id, set()).update(ids)
             raise
         for user_id, live in zip(users, replies, strict=False):
+            if isinstance(live, Exception):
+                log.warning("presence: a missed release of %s failed: %s", user_id, live)
+                continue
             if not live and user_id not in self._leases:
                 await self._publish(user_id, PresenceState(PresenceStatus.OFFLINE, _ts(now)))
 
@@ -404,8 +414,12 @@ class PresenceTracker:
             async with redis.pipeline(transaction=False) as pipe:
                 for user_id in users:
                     self._release_script(pipe, user_id, by_user[user_id], now, seen=False)
-                replies = await pipe.execute()
-            gone += [u for u, live in zip(users, replies, strict=True) if not live]
+                replies = await pipe.execute(raise_on_error=False)
+            for user_id, live in zip(users, replies, strict=True):
+                if isinstance(live, Exception):  # that user's keys only: the rest go on
+                    log.warning("presence: reaping the leases of %s failed: %s", user_id, live)
+                elif not live:
+                    gone.append(user_id)
         await redis.delete(held_key)
         if held:
             log.info("presence: process %s stopped; %d users now offline", process_id, len(gone))
