@@ -13,6 +13,9 @@ from tests.deployment import variant
 from tests.wsclient import GraphQLWS
 from threadline.config import Settings
 
+# The HTTP and WebSocket layers' origin check: the SQLite row of the test command skips it.
+pytestmark = pytest.mark.any_backend
+
 
 @pytest.fixture
 async def cors_server(settings: Settings) -> AsyncIterator[Server]:

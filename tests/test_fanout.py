@@ -12,7 +12,7 @@ from websockets.frames import Frame, Opcode
 from tests import factories
 from tests.conftest import Clients, Server
 from tests.live import fanout_members, new_listener
-from tests.wsclient import GraphQLWS
+from tests.wsclient import GraphQLWS, close_draining
 from threadline.realtime import fanout
 from threadline.realtime.channels import thread_channel
 from threadline.realtime.fanout import start
@@ -126,7 +126,7 @@ async def test_a_subscriber_that_stops_reading_does_not_hold_up_the_others(
     # ...while a write to bob is waiting (so the case above really happened).
     assert server.runtime.fanout.stats()["waiting"] == 1
     await carol_ws.close()
-    await stalled.close()
+    await close_draining(stalled)
 
 
 async def test_start_runs_a_coroutine_until_it_waits_and_resume_finishes_it() -> None:

@@ -24,6 +24,9 @@ from tests.wsclient import GraphQLWS
 from threadline.config import Settings
 from threadline.http_limits import MULTIPART_ALLOWANCE_BYTES, BodyLimits
 
+# Limits of the HTTP layer: the SQLite row of the test command skips it.
+pytestmark = pytest.mark.any_backend
+
 MAX_REQUEST = 4096
 MAX_UPLOAD = 16384
 BODY_TIMEOUT = 0.5

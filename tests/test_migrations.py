@@ -38,6 +38,9 @@ from threadline.migrate import (
 )
 from threadline.models import Base, Message, Thread
 
+# Parametrized over both dialects itself: the SQLite row of the test command skips it.
+pytestmark = pytest.mark.any_backend
+
 POSTGRES_ADMIN_URL = os.environ.get(
     "TEST_POSTGRES_ADMIN_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 )

@@ -19,16 +19,14 @@ import pytest
 
 from tests.conftest import ON_POSTGRES, free_port
 from threadline.config import Settings
-from threadline.realtime.presence import (
-    HEARTBEAT_SECONDS,
-    PROCESS_TTL_SECONDS,
-    PresenceTracker,
-    _user_keys,
-)
+from threadline.realtime.presence import Beat, PresenceTracker, _user_keys
 from threadline.realtime.redis_pool import settings_target
 from threadline.services.states import PresenceStatus
 
 pytestmark = pytest.mark.skipif(not ON_POSTGRES, reason="needs Redis")
+
+# The production ratios (a TTL of four beats) at a quarter of the time.
+FAST = Beat(every=0.25, ttl=1.0, command_timeout=1.0)
 
 
 class Recorder:
@@ -53,7 +51,8 @@ class Recorder:
 @pytest.fixture
 async def trackers(settings: Settings) -> AsyncIterator[tuple[PresenceTracker, PresenceTracker]]:
     redis = settings_target(settings)  # on the cluster row: under the test's prefix
-    first, second = PresenceTracker(redis, Recorder()), PresenceTracker(redis, Recorder())
+    first = PresenceTracker(redis, Recorder(), beat=FAST)
+    second = PresenceTracker(redis, Recorder(), beat=FAST)
     yield first, second
     await first.aclose()
     await second.aclose()
@@ -122,14 +121,14 @@ async def test_after_an_outage_for_everyone_no_process_reaps_another_that_beats_
     beating_b = asyncio.create_task(b.keep_alive())
     try:
         await b.renew(user, "conn-b")
-        await asyncio.sleep(PROCESS_TTL_SECONDS + 0.5)  # both past their first TTL
+        await asyncio.sleep(FAST.ttl + 0.5)  # both past their first TTL
         await stopped(beating_a)
         await stopped(beating_b)
-        await asyncio.sleep(PROCESS_TTL_SECONDS + 1)  # every heartbeat key has lapsed
+        await asyncio.sleep(FAST.ttl + 1)  # every heartbeat key has lapsed
         beating_a = asyncio.create_task(a.keep_alive())
-        await asyncio.sleep(HEARTBEAT_SECONDS * 1.5)  # a beats first, sees b lapsed
+        await asyncio.sleep(FAST.every * 1.5)  # a beats first, sees b lapsed
         beating_b = asyncio.create_task(b.keep_alive())
-        await asyncio.sleep(PROCESS_TTL_SECONDS + 2 * HEARTBEAT_SECONDS)
+        await asyncio.sleep(FAST.ttl + 2 * FAST.every)
         assert reaped == []
         assert (str(user), "OFFLINE") not in watcher.seen
         assert (await a.get(user)).status is PresenceStatus.ONLINE
@@ -158,7 +157,8 @@ async def test_what_redis_missed_while_paused_is_written_when_it_answers_again(
     )
     await asyncio.sleep(0.3)
     url = f"redis://127.0.0.1:{port}/0"
-    here, elsewhere = PresenceTracker(url, Recorder()), PresenceTracker(url, Recorder())
+    here = PresenceTracker(url, Recorder(), beat=FAST)
+    elsewhere = PresenceTracker(url, Recorder(), beat=FAST)
     announced: Recorder = here._publisher  # type: ignore[assignment]
     user = uuid.uuid4()
     beating = asyncio.create_task(here.keep_alive())
@@ -176,7 +176,7 @@ async def test_what_redis_missed_while_paused_is_written_when_it_answers_again(
         await here.release(user, "conn")  # times out: Redis still holds the lease
         assert (str(user), "OFFLINE") not in announced.seen
         redis.send_signal(signal.SIGCONT)
-        await announced.until(user, "OFFLINE", timeout=PROCESS_TTL_SECONDS + 5)
+        await announced.until(user, "OFFLINE", timeout=FAST.ttl + 5)
         assert (await elsewhere.get(user)).status is PresenceStatus.OFFLINE
 
         # The other way round: a lease taken while Redis was paused is written when it
@@ -185,7 +185,7 @@ async def test_what_redis_missed_while_paused_is_written_when_it_answers_again(
         redis.send_signal(signal.SIGSTOP)
         await here.renew(later, "conn-2")
         redis.send_signal(signal.SIGCONT)
-        for _ in range(int(PROCESS_TTL_SECONDS + 5) * 10):
+        for _ in range(int(FAST.ttl + 5) * 10):
             if (await elsewhere.get(later)).status is PresenceStatus.ONLINE:
                 break
             await asyncio.sleep(0.1)

@@ -23,6 +23,9 @@ from threadline.realtime.rate_limits import (
 )
 from threadline.realtime.redis_pool import RedisTarget
 
+# Parametrized over both limit stores itself: the SQLite row of the test command skips it.
+pytestmark = pytest.mark.any_backend
+
 REDIS_URL = "redis://127.0.0.1:6379/0"
 # On the cluster row, "redis" is the shared Redis Cluster.
 REDIS: str | RedisTarget = RedisTarget(REDIS_CLUSTER_URL, cluster=True) if CLUSTER else REDIS_URL

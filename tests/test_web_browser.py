@@ -64,7 +64,8 @@ CHROMIUM_ARGS = [
 DESKTOP = {"width": 1200, "height": 760}
 PHONE = {"width": 390, "height": 844}
 expect.set_options(timeout=20_000)
-pytestmark = pytest.mark.slow
+# The web client in Chromium: the SQLite row of the test command skips it.
+pytestmark = [pytest.mark.slow, pytest.mark.any_backend]
 
 
 @pytest.fixture(scope="session")

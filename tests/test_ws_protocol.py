@@ -22,6 +22,9 @@ from tests.live import until
 from threadline.config import Settings
 from threadline.realtime.channels import user_channel
 
+# The WebSocket protocol layer: the SQLite row of the test command skips it.
+pytestmark = pytest.mark.any_backend
+
 TRANSPORT = "graphql-transport-ws"
 LEGACY = "graphql-ws"
 VIEWER = "subscription { viewerEvents { __typename } }"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 from collections import deque
@@ -84,7 +85,26 @@ class GraphQLWS:
         return message if message["type"] in {"next", "error", "complete"} else None
 
     async def close(self) -> None:
-        await self.conn.close()
+        await close_draining(self.conn)
+
+
+async def close_draining(conn: ClientConnection) -> None:
+    """Close as a browser does: frames still arriving are read and dropped. Without
+    that, a full receive queue stops the client reading, so it never sees the
+    server's close frame and waits out its close timeout (10 s)."""
+
+    async def discard() -> None:
+        with contextlib.suppress(websockets.ConnectionClosed):
+            while True:
+                await conn.recv()
+
+    draining = asyncio.create_task(discard())
+    try:
+        await conn.close()
+    finally:
+        draining.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await draining
 
 
 def _ends_an_operation(message: dict[str, Any]) -> bool:

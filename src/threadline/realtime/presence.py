@@ -36,6 +36,7 @@ from threadline.errors import ServiceUnavailable
 from threadline.metrics import PRESENCE_UNAVAILABLE
 from threadline.realtime.channels import Publisher, presence_channel
 from threadline.realtime.redis_pool import (
+    COMMAND_TIMEOUT_SECONDS,
     REDIS_ERRORS,
     Backoff,
     CommandClient,
@@ -60,6 +61,18 @@ READ_BATCH = 1000
 # dead. Four missed beats: a busy event loop is not mistaken for a dead process.
 HEARTBEAT_SECONDS = 1.0
 PROCESS_TTL_SECONDS = 4.0
+
+
+@dataclass(frozen=True)
+class Beat:
+    """A tracker's heartbeat timing (tests run the same ratios faster)."""
+
+    every: float = HEARTBEAT_SECONDS
+    ttl: float = PROCESS_TTL_SECONDS
+    # How long one Redis command may take before the call counts as failed.
+    command_timeout: float = COMMAND_TIMEOUT_SECONDS
+
+
 # After Redis fails, reads skip it for this long: an outage costs one failed
 # attempt per interval, not one per presence field.
 SKIP_REDIS_SECONDS = 1.0
@@ -117,9 +130,11 @@ class PresenceTracker:
         *,
         clock: Callable[[], float] = time.time,
         lease_seconds: float = LEASE_SECONDS,
+        beat: Beat = Beat(),
     ) -> None:
         target = as_target(redis)
-        self._redis = fail_fast_client(target) if target else None
+        self._redis = fail_fast_client(target, beat.command_timeout) if target else None
+        self.beat = beat
         self._prefix = target.prefix if target else ""
         self._publisher = publisher
         self._clock = clock
@@ -353,11 +368,11 @@ class PresenceTracker:
                 # Cancelled in a call that handled the client's error for it (a lease
                 # write is never fatal): stop all the same.
                 raise asyncio.CancelledError
-            await asyncio.sleep(HEARTBEAT_SECONDS)
+            await asyncio.sleep(self.beat.every)
 
     async def _heartbeat(self, redis: CommandClient[Any]) -> None:
         async with redis.pipeline(transaction=False) as pipe:
-            pipe.set(self._heartbeat_key(self.process_id), 1, px=int(PROCESS_TTL_SECONDS * 1000))
+            pipe.set(self._heartbeat_key(self.process_id), 1, px=int(self.beat.ttl * 1000))
             pipe.sadd(self._processes_key, self.process_id)
             pipe.smembers(self._processes_key)
             _, added, members = await pipe.execute()
@@ -365,7 +380,7 @@ class PresenceTracker:
         if self._unreleased:
             await self._release_missed(redis)
         now = time.monotonic()
-        if self._last_beat is None or now - self._last_beat > PROCESS_TTL_SECONDS:
+        if self._last_beat is None or now - self._last_beat > self.beat.ttl:
             self._beating_since = now
         self._last_beat = now
         if added or self._restore_due:
@@ -376,7 +391,7 @@ class PresenceTracker:
             await self._restore()
         others = [m.decode() if isinstance(m, bytes) else str(m) for m in members]
         others = [m for m in others if m != self.process_id]
-        if not others or now - self._beating_since < PROCESS_TTL_SECONDS:
+        if not others or now - self._beating_since < self.beat.ttl:
             # Until this process has beaten for a whole TTL, another's lapsed beat may
             # be the same outage this one just came out of (Redis paused or cut off
             # for everyone): they get one TTL to beat again before they count as dead.

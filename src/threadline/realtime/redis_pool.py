@@ -87,12 +87,14 @@ def command_client(target: RedisTarget, **options: Any) -> CommandClient[Any]:
     return Redis(connection_pool=redis_pool(target.url, **options))
 
 
-def fail_fast_client(target: RedisTarget) -> CommandClient[Any]:
+def fail_fast_client(
+    target: RedisTarget, command_timeout: float = COMMAND_TIMEOUT_SECONDS
+) -> CommandClient[Any]:
     """A command client that gives up quickly when Redis is unreachable."""
     return command_client(
         target,
         socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
-        socket_timeout=COMMAND_TIMEOUT_SECONDS,
+        socket_timeout=command_timeout,
         retry=Retry(NoBackoff(), 1),
     )
 
