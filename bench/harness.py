@@ -16,10 +16,12 @@ import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
 import orjson
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
 PG = os.environ.get("PG", "postgresql://postgres@127.0.0.1:5432")
@@ -112,6 +114,41 @@ class Server:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
         return 0
+
+    async def gc_pauses(self) -> dict[tuple[str, float], float]:
+        """The server's GC pause histogram so far: (generation, bucket bound) -> count."""
+        async with httpx.AsyncClient() as http:
+            text = (await http.get(self.base + "/metrics", timeout=30)).text
+        return {
+            (sample.labels["generation"], float(sample.labels["le"])): sample.value
+            for family in text_string_to_metric_families(text)
+            if family.name == "threadline_gc_pause_seconds"
+            for sample in family.samples
+            if sample.name.endswith("_bucket")
+        }
+
+
+def gc_pause_summary(
+    before: list[dict[tuple[str, float], float]], after: list[dict[tuple[str, float], float]]
+) -> dict[str, Any]:
+    """Collections between two reads of each server's histogram, per generation: how
+    many, how many took over 100 ms, and the bound of the slowest one's bucket."""
+    summary: dict[str, Any] = {}
+    for generation in ("0", "1", "2"):
+        counts: dict[float, float] = {}
+        for old, new in zip(before, after, strict=True):
+            for (gen, bound), value in new.items():
+                if gen == generation:
+                    counts[bound] = counts.get(bound, 0) + value - old.get((gen, bound), 0)
+        total = counts.get(float("inf"), 0)
+        slow = total - counts.get(0.1, 0)
+        slowest = min((b for b, c in counts.items() if c == total), default=0.0)
+        summary[f"gen{generation}"] = {
+            "collections": int(total),
+            "over100ms": int(slow),
+            "slowestUnderS": slowest if total else None,
+        }
+    return summary
 
 
 @contextlib.asynccontextmanager

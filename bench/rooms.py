@@ -54,6 +54,7 @@ from bench.harness import (
     Server,
     cores_line,
     database,
+    gc_pause_summary,
     percentile,
     server,
     token,
@@ -572,12 +573,14 @@ async def run_config(args: argparse.Namespace, processes: int) -> dict[str, Any]
             await asyncio.sleep(3)  # let the subscriptions settle before weighing the servers
             rss = [s.rss_kib() for s in servers]
             await asyncio.gather(*(load.ask("warm") for load in loads))
+            gc_before = [await s.gc_pauses() for s in servers]
             cpu0 = sum(s.cpu_seconds() for s in servers)
             t1 = time.monotonic()
             parts = await asyncio.gather(*(load.ask("run") for load in loads))
             measured = time.monotonic() - t1
             cpu = sum(s.cpu_seconds() for s in servers) - cpu0
             rss_peak = [s.rss_kib() for s in servers]
+            gc_after = [await s.gc_pauses() for s in servers]
         finally:
             await asyncio.gather(*(load.stop() for load in loads))
     total = {k: sum(p[k] for p in parts) for k in parts[0] if isinstance(parts[0][k], int)}
@@ -606,6 +609,8 @@ async def run_config(args: argparse.Namespace, processes: int) -> dict[str, Any]
         "serverCpuSeconds": round(cpu, 2),
         "serverCpuUsPerDelivery": round(cpu * 1e6 / max(delivered, 1), 1),
         "deliveriesPerSecond": round(delivered / measured),
+        # The collector's pauses in the measured phase (every coroutine waits them out).
+        "gcPauses": gc_pause_summary(gc_before, gc_after),
         "firstError": next((p["firstError"] for p in parts if p["firstError"]), None),
         "loadAverage": load_average(),
         "wallSeconds": round(time.monotonic() - started, 1),

@@ -8,6 +8,7 @@ queries the answers must match.
 
 from __future__ import annotations
 
+import gc
 import json
 from typing import Any
 
@@ -179,3 +180,30 @@ async def test_operations_are_counted_by_kind_and_engine(server: Server, clients
     after = counts()
     expected = [2, 0, 1, 0] if fast else [0, 2, 0, 1]
     assert [a - b for a, b in zip(after, before, strict=True)] == expected
+
+
+async def test_an_answered_operation_leaves_nothing_for_the_cyclic_collector(
+    server: Server, clients: Clients
+) -> None:
+    """The direct engine's executor holds no reference cycle: it is freed when its
+    answer is out, not at the next collection (whose pauses every socket waits out)."""
+    runner = server.app.state.graphql.schema.runner
+    if not runner.fast:
+        pytest.skip("FAST_PATHS=off: strawberry's own executor")
+    ann = await clients.user("ann")
+    auth = {"authorization": f"Bearer {ann.token}"}
+    body = {"query": "{ me { id } threads(first: 5) { edges { node { id } } } }"}
+    assert (await post(clients.http, body, **auth)).status_code == 200
+
+    def executors() -> int:
+        return sum(1 for o in gc.get_objects() if isinstance(o, runner.executor_class))
+
+    gc.disable()
+    try:
+        gc.collect()
+        before = executors()
+        for _ in range(10):
+            assert (await post(clients.http, body, **auth)).status_code == 200
+        assert executors() == before
+    finally:
+        gc.enable()

@@ -4,12 +4,14 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 
 import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr, ValidationError
 
 from tests.conftest import free_port, start_server, stop_server
@@ -106,3 +108,25 @@ def test_metrics_values_are_checked_when_settings_are_read() -> None:
     for bad in ("yes", "70000", "host:", "9100:x"):
         with pytest.raises(ValidationError, match="METRICS"):
             read(bad)
+
+
+async def test_collector_pauses_are_timed_by_generation(settings: Settings) -> None:
+    server = await start_server(settings)
+    try:
+        async with httpx.AsyncClient(base_url=server.base, timeout=30) as http:
+
+            async def full_collections() -> float:
+                text = (await http.get("/metrics")).text
+                return next(
+                    sample.value
+                    for family in text_string_to_metric_families(text)
+                    if family.name == "threadline_gc_pause_seconds"
+                    for sample in family.samples
+                    if sample.name.endswith("_count") and sample.labels["generation"] == "2"
+                )
+
+            before = await full_collections()
+            gc.collect()
+            assert await full_collections() >= before + 1
+    finally:
+        await stop_server(server)

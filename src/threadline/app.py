@@ -24,6 +24,7 @@ from threadline.downloads import download
 from threadline.graphql_app import ROOTS, ThreadlineGraphQL
 from threadline.graphql_post import GraphQLPost
 from threadline.http_limits import BodyLimits
+from threadline.metrics import watch_gc_pauses
 from threadline.runtime import Runtime
 from threadline.schema.schema import build_schema
 from threadline.services import retention
@@ -110,6 +111,7 @@ def create_app(settings: Settings) -> Starlette:
         # requests allocate.
         gc.collect()
         gc.freeze()
+        watch_gc_pauses()
         background = [
             asyncio.create_task(graphql.listen_for_ended_sessions()),
             asyncio.create_task(graphql.maintain_connections()),

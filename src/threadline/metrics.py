@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import time
+
 from prometheus_client import Counter, Gauge, Histogram
 
 TRANSACTION_SECONDS = Histogram(
@@ -62,3 +65,26 @@ HTTP_REQUESTS_CUT_OFF = Counter(
     "Requests answered before they were read in full: too large (413, 431) or too slow (408).",
     ["status"],
 )
+GC_PAUSE_SECONDS = Histogram(
+    "threadline_gc_pause_seconds",
+    "Pauses of Python's cyclic garbage collector, by generation: every coroutine of the "
+    "process waits them out, so they bound send-to-receive latency from below.",
+    ["generation"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+_GC_PAUSES = [GC_PAUSE_SECONDS.labels(str(generation)) for generation in range(3)]
+_gc_started = 0.0
+
+
+def _time_gc(phase: str, info: dict[str, int]) -> None:
+    global _gc_started
+    if phase == "start":
+        _gc_started = time.perf_counter()
+    else:
+        _GC_PAUSES[info["generation"]].observe(time.perf_counter() - _gc_started)
+
+
+def watch_gc_pauses() -> None:
+    """Time each collection into GC_PAUSE_SECONDS (once per process)."""
+    if _time_gc not in gc.callbacks:
+        gc.callbacks.append(_time_gc)
