@@ -328,4 +328,9 @@ class RawSocketMiddleware:
                 # Set in place, as Starlette sets its own keys: a copy of the scope
                 # would live as long as the connection beside the original.
                 scope[SCOPE_KEY] = RawSocket(protocol)
-        await self.app(scope, receive, send)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            # The protocol holds the scope: without this, protocol -> scope -> RawSocket
+            # -> protocol is a cycle, and the connection's objects wait for the collector.
+            scope.pop(SCOPE_KEY, None)

@@ -341,6 +341,8 @@ class Group:
             # Ended normally only after ThreadDeleted, which ends each member as it
             # writes it (some may still be catching up to it).
             self.hub.forget(self)
+            # The ended task keeps this frame (its exception's traceback): no cycle back.
+            self._task = None
 
     def _fail_all(self, cause: Exception) -> None:
         for member in list(self.members):

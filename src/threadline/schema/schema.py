@@ -23,7 +23,7 @@ from threadline.config import Settings
 from threadline.realtime.caches import TTLCache
 from threadline.schema.documents import Documents
 from threadline.schema.engine import lean_resolvers
-from threadline.schema.engine.internals import graphql_schema
+from threadline.schema.engine.internals import freed_promptly, graphql_schema
 from threadline.schema.engine.runner import CachedDocuments, OperationRunner, Request
 from threadline.schema.events import EVENT_TYPES
 from threadline.schema.scalars import DateTime
@@ -102,6 +102,15 @@ class QuietExecutionContext(StrawberryGraphQLCoreExecutionContext):
         return super().build(*args, **kwargs)
 
 
+def _execution_class(production: bool, *, fast: bool) -> type[Any] | None:
+    """strawberry's executor, quiet in production; with the fast paths, one that
+    leaves no reference cycle to the collector (each subscription sets up one)."""
+    chosen = QuietExecutionContext if production else StrawberryGraphQLCoreExecutionContext
+    if fast:
+        return freed_promptly(chosen)
+    return chosen if production else None
+
+
 def build_schema(
     roots: Roots, settings: Settings | None = None, *, production: bool | None = None
 ) -> ThreadlineSchema:
@@ -130,7 +139,7 @@ def build_schema(
         types=[*EVENT_TYPES, AttachmentType, NotificationType, SessionType],
         extensions=[lambda: CachedDocuments(documents)],
         config=StrawberryConfig(auto_camel_case=True, scalar_map={datetime: DateTime}),
-        execution_context_class=QuietExecutionContext if production else None,
+        execution_context_class=_execution_class(production, fast=settings.fast_paths),
     )
     if settings.fast_paths:
         lean_resolvers.install(schema)

@@ -111,6 +111,18 @@ def lean_executor(strawberry_class: type[Executor[Any]]) -> type[Executor[Any]]:
     return LeanExecutor
 
 
+def freed_promptly(executor_class: type[Executor[Any]]) -> type[Executor[Any]]:
+    """``executor_class`` without the reference cycle of its helpers (_weak_helpers):
+    for strawberry's executor, which sets up each subscription."""
+
+    class FreedPromptly(executor_class):  # type: ignore[valid-type,misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.async_helpers = _weak_helpers(self)
+
+    return FreedPromptly
+
+
 def _weak_helpers(executor: Executor[Any]) -> GraphQLResolveInfoHelpers:
     """The resolvers' gather and track, reaching ``executor`` by a weak reference.
 
