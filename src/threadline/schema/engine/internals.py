@@ -115,7 +115,7 @@ def freed_promptly(executor_class: type[Executor[Any]]) -> type[Executor[Any]]:
     """``executor_class`` without the reference cycle of its helpers (_weak_helpers):
     for strawberry's executor, which sets up each subscription."""
 
-    class FreedPromptly(executor_class):  # type: ignore[valid-type,misc]
+    class FreedPromptly(executor_class):  # type: ignore[valid-type]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.async_helpers = _weak_helpers(self)
