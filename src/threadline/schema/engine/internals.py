@@ -101,19 +101,18 @@ def lean_executor(strawberry_class: type[Executor[Any]]) -> type[Executor[Any]]:
     more than a small operation's resolvers; resolvers get the same infos from this.
     """
 
-    class LeanExecutor(Executor[Any]):
+    class LeanExecutor(freed_promptly(Executor)):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             self.operation_extensions = kwargs.pop("operation_extensions", None)
             super().__init__(*args, **kwargs)
-            self.async_helpers = _weak_helpers(self)
 
-    LeanExecutor.build_resolve_info = strawberry_class.build_resolve_info  # type: ignore[method-assign]
+    LeanExecutor.build_resolve_info = strawberry_class.build_resolve_info
     return LeanExecutor
 
 
 def freed_promptly(executor_class: type[Executor[Any]]) -> type[Executor[Any]]:
     """``executor_class`` without the reference cycle of its helpers (_weak_helpers):
-    for strawberry's executor, which sets up each subscription."""
+    the lean executor's base, and strawberry's executor (it sets up subscriptions)."""
 
     class FreedPromptly(executor_class):  # type: ignore[valid-type]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
