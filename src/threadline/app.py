@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -21,6 +20,7 @@ from starlette.routing import Route, WebSocketRoute
 from threadline.auth.webhooks import clerk_webhook
 from threadline.config import Settings
 from threadline.downloads import download
+from threadline.gc_pacing import Pacer
 from threadline.graphql_app import ROOTS, ThreadlineGraphQL
 from threadline.graphql_post import GraphQLPost
 from threadline.http_limits import BodyLimits
@@ -106,13 +106,9 @@ def create_app(settings: Settings) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await runtime.start()
-        # What start-up built (modules, the schema, pools) lives as long as the
-        # process: out of the collector's sight, so collections only walk what
-        # requests allocate.
-        gc.collect()
-        gc.freeze()
         watch_gc_pauses()
         background = [
+            asyncio.create_task(Pacer().run()),
             asyncio.create_task(graphql.listen_for_ended_sessions()),
             asyncio.create_task(graphql.maintain_connections()),
             asyncio.create_task(retention.sweep_forever(runtime.db, runtime.storage)),

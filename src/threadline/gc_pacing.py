@@ -1,0 +1,92 @@
+"""When Python's cyclic garbage collector runs, in a process that holds many
+long-lived connections.
+
+CPython starts a young collection when allocations minus deallocations of
+tracked objects pass a threshold. A server that replaces closed connections with
+new ones frees old objects about as fast as it makes new ones, so that count
+barely moves while the youngest generation fills with the new connections'
+objects; the collection that finally runs walks hundreds of thousands of them at
+once (0.25-0.5 s at 10,000 connections, measured with bench.rooms), and every
+coroutine of the process waits for it. Its rule for full collections (survivors
+worth a quarter of the old generation) is met by churn alone, and a full pass
+over 10,000 connections takes seconds.
+
+So the clock paces the collector instead: the youngest generation is collected
+every fraction of a second, while it is small; every few seconds the middle one
+is, and what survives it is frozen (moved out of the collector's sight, which
+costs nothing). A full pass runs only when the heap has grown by a quarter over
+its lowest point since the last one: growth is how uncollected cycles among
+frozen objects show, and a heap that only churns is never walked in full.
+CPython's own thresholds stay on as a backstop for bursts that do not yield to
+the event loop.
+"""
+
+import asyncio
+import gc
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+# Request garbage dies by reference counting; few of a request's objects are in
+# cycles, so automatic young collections can be rare.
+BACKSTOP_THRESHOLDS = (20_000, 20, 20)
+
+_running = False
+
+
+@dataclass
+class Pacer:
+    young_every: float = 0.25
+    middle_every: float = 2.0
+    # Growth (in pymalloc blocks, which sys.getallocatedblocks counts in well
+    # under a millisecond) over the low point that calls for a full pass.
+    full_growth: float = 0.25
+    heap_size: Callable[[], int] = sys.getallocatedblocks
+    full_passes: int = 0
+    _last_middle: float = field(default=0.0, init=False)
+    _low: int = field(default=0, init=False)
+
+    def settle(self, now: float) -> None:
+        """Collect everything once and freeze it: what start-up built (modules,
+        the schema, pools) lives as long as the process."""
+        self._full_pass()
+        self._last_middle = now
+
+    def tick(self, now: float) -> None:
+        if not gc.isenabled():
+            return  # whoever disabled the collector (a debugger, a test) wants it still
+        gc.collect(0)
+        if now - self._last_middle < self.middle_every:
+            return
+        self._last_middle = now
+        gc.collect(1)
+        gc.freeze()
+        size = self.heap_size()
+        if size > self._low * (1 + self.full_growth):
+            self._full_pass()
+        else:
+            self._low = min(self._low, size)
+
+    def _full_pass(self) -> None:
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
+        self._low = self.heap_size()
+        self.full_passes += 1
+
+    async def run(self) -> None:
+        """Pace the collector until cancelled; one pacer per process (another
+        app's lifespan in the same process leaves it to the first)."""
+        global _running
+        if _running:
+            return
+        _running = True
+        gc.set_threshold(*BACKSTOP_THRESHOLDS)
+        self.settle(time.monotonic())
+        try:
+            while True:
+                await asyncio.sleep(self.young_every)
+                self.tick(time.monotonic())
+        finally:
+            _running = False
