@@ -79,7 +79,7 @@ def test_pacing_keeps_the_young_generations_small_under_churn() -> None:
 
 def test_a_heap_that_only_churns_is_never_walked_in_full() -> None:
     live = [Connection(n) for n in range(100_000)]
-    pacer = Pacer(middle_every=0.0, full_growth=0.05)
+    pacer = Pacer(middle_every=0.0, full_growth=0.05, full_every=0.0)
     pacer.settle(0.0)
     churn(live, 200, pacer)
     assert pacer.full_passes == 1
@@ -87,7 +87,7 @@ def test_a_heap_that_only_churns_is_never_walked_in_full() -> None:
 
 def test_frozen_cycles_are_reclaimed_once_they_grow_the_heap() -> None:
     growth = 0.05
-    pacer = Pacer(middle_every=0.0, full_growth=growth)
+    pacer = Pacer(middle_every=0.0, full_growth=growth, full_every=0.0)
     pacer.settle(0.0)
     # Each cycle is an instance and its __dict__: two pymalloc blocks at least.
     needed = int(sys.getallocatedblocks() * growth / 2)
@@ -118,6 +118,23 @@ def test_frozen_cycles_are_reclaimed_once_they_grow_the_heap() -> None:
     assert first() is None
     assert last() is None
     assert opened[-1].me is opened[-1]
+
+
+def test_a_full_pass_waits_for_its_interval_unless_the_heap_doubles() -> None:
+    heap = [1_000]
+    pacer = Pacer(middle_every=0.0, full_every=600.0, heap_size=lambda: heap[0])
+    pacer.settle(0.0)
+    heap[0] = 1_500  # half as much again: due, but not before ten minutes
+    pacer.tick(10.0)
+    assert pacer.full_passes == 1
+    pacer.tick(600.0)
+    assert pacer.full_passes == 2
+
+    heap[0] = 1_400  # lower than after that pass: the new low point
+    pacer.tick(601.0)
+    heap[0] = 2_900  # more than twice the low point: now
+    pacer.tick(602.0)
+    assert pacer.full_passes == 3
 
 
 def test_a_disabled_collector_is_left_alone() -> None:
