@@ -23,7 +23,7 @@ from threadline.config import Settings
 from threadline.realtime.caches import TTLCache
 from threadline.schema.documents import Documents
 from threadline.schema.engine import lean_resolvers
-from threadline.schema.engine.internals import freed_promptly, graphql_schema
+from threadline.schema.engine.internals import freed_promptly, graphql_schema, memo_per_event
 from threadline.schema.engine.runner import CachedDocuments, OperationRunner, Request
 from threadline.schema.events import EVENT_TYPES
 from threadline.schema.scalars import DateTime
@@ -102,13 +102,15 @@ class QuietExecutionContext(StrawberryGraphQLCoreExecutionContext):
         return super().build(*args, **kwargs)
 
 
-def _execution_class(production: bool, *, fast: bool) -> type[Any] | None:
-    """strawberry's executor, quiet in production; with the fast paths, one that
-    leaves no reference cycle to the collector (each subscription sets up one)."""
-    chosen = QuietExecutionContext if production else StrawberryGraphQLCoreExecutionContext
-    if fast:
-        return freed_promptly(chosen)
-    return chosen if production else None
+def _execution_class(production: bool, *, fast: bool) -> type[Any]:
+    """strawberry's executor, quiet in production, whose subscription events do not
+    accumulate; with the fast paths, one that also leaves no reference cycle to the
+    collector (each subscription sets up one)."""
+    strawberry_class = (
+        QuietExecutionContext if production else StrawberryGraphQLCoreExecutionContext
+    )
+    chosen = memo_per_event(strawberry_class)
+    return freed_promptly(chosen) if fast else chosen
 
 
 def build_schema(
