@@ -3,6 +3,8 @@ young generations stay small while long-lived objects are replaced, a heap that
 only churns is never walked in full, and cycles that were frozen are reclaimed
 once they grow the heap."""
 
+import asyncio
+import contextlib
 import gc
 import sys
 import weakref
@@ -10,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from threadline import gc_pacing
 from threadline.gc_pacing import BACKSTOP_THRESHOLDS, Pacer
 
 pytestmark = pytest.mark.any_backend
@@ -149,3 +152,22 @@ def test_a_disabled_collector_is_left_alone() -> None:
         gc.enable()
     pacer.tick(2.0)
     assert cycle() is None
+
+
+async def test_a_process_settles_once_however_often_an_app_starts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Tests start an app hundreds of times in one process; a full pass at each
+    # start walked the whole test process's heap.
+    monkeypatch.setattr(gc_pacing, "_settled", False)
+    monkeypatch.setattr(gc_pacing, "_running", False)
+    passes = []
+    for _ in range(3):
+        pacer = Pacer(young_every=0.01)
+        task = asyncio.create_task(pacer.run())
+        await asyncio.sleep(0.03)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        passes.append(pacer.full_passes)
+    assert passes == [1, 0, 0]

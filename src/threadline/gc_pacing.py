@@ -36,6 +36,9 @@ from dataclasses import dataclass, field
 BACKSTOP_THRESHOLDS = (20_000, 20, 20)
 
 _running = False
+# A process settles once: an app started again in it (tests start hundreds)
+# must not walk the whole heap each time.
+_settled = False
 
 
 @dataclass
@@ -59,6 +62,11 @@ class Pacer:
         the schema, pools) lives as long as the process."""
         self._full_pass(now)
         self._last_middle = now
+
+    def _resume(self, now: float) -> None:
+        """Pace from here without a full pass: the process settled before."""
+        self._low = self.heap_size()
+        self._last_full = self._last_middle = now
 
     def tick(self, now: float) -> None:
         if not gc.isenabled():
@@ -87,15 +95,25 @@ class Pacer:
     async def run(self) -> None:
         """Pace the collector until cancelled; one pacer per process (another
         app's lifespan in the same process leaves it to the first)."""
-        global _running
+        global _running, _settled
         if _running:
             return
         _running = True
         gc.set_threshold(*BACKSTOP_THRESHOLDS)
-        self.settle(time.monotonic())
+        now = time.monotonic()
+        if _settled:
+            self._resume(now)
+        else:
+            self.settle(now)
+            _settled = True
         try:
             while True:
                 await asyncio.sleep(self.young_every)
                 self.tick(time.monotonic())
         finally:
             _running = False
+
+
+# A process settles once: an app started again in it (tests start hundreds)
+# must not walk the whole heap each time.
+_settled = False
