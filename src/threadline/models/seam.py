@@ -72,4 +72,13 @@ def value_reader(type_: TypeEngine[Any], dialect: Dialect) -> Processor:
 
 def value_writer(type_: TypeEngine[Any], dialect: Dialect) -> Processor:
     """What SQLAlchemy does to a value of ``type_`` before it sends it (None: nothing)."""
-    return type_.dialect_impl(dialect).bind_processor(dialect)
+    impl = type_.dialect_impl(dialect)
+    # An array of values that need nothing is only copied into a new list (by a
+    # Python function per element); a group-commit send has eight such arrays.
+    if (
+        isinstance(impl, sqlalchemy.ARRAY)
+        and impl.dimensions in (None, 1)
+        and value_writer(impl.item_type, dialect) is None
+    ):
+        return list
+    return impl.bind_processor(dialect)

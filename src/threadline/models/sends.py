@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from functools import cache
+from typing import Any, NamedTuple
 
 import asyncpg
 import sqlalchemy as sa
@@ -32,9 +32,9 @@ from threadline.models.queries import DriverStatement
 from threadline.models.thread import Thread, ThreadParticipant
 
 
-@dataclass(frozen=True, slots=True)
-class PlainSend:
-    """One plain message (no parent, attachments or mentions) to store."""
+class PlainSend(NamedTuple):
+    """One plain message (no parent, attachments or mentions) to store; its fields
+    in the order of the statement's arrays (``_FIELDS``)."""
 
     id: uuid.UUID
     thread_id: uuid.UUID
@@ -50,7 +50,8 @@ class PlainSend:
     payload: str
 
 
-# (parameter, column, type) of each send's field, one array parameter each.
+# (parameter, column, type) of each send's field, one array parameter each, in
+# PlainSend's order.
 _FIELDS: list[tuple[str, str, TypeEngine[Any]]] = [
     ("ids", "id", sa.Uuid()),
     ("thread_ids", "thread_id", sa.Uuid()),
@@ -113,7 +114,14 @@ _logged = sa.insert(ThreadEvent).from_select(
     sa.select(_new.thread_id, _new.seq, _kind, _event, _new.author_id, _new.at),
 )
 _ctes = (_stored.cte("stored"), _bumped.cte("bumped"), _logged.cte("logged"))
+_PARAMETERS = [p for p, _, _ in _FIELDS]
+assert [c for _, c, _ in _FIELDS] == list(PlainSend._fields)
 STORE = DriverStatement(sa.select(_new.n, _new.seq).add_cte(*_ctes))
+
+
+@cache  # a handful of role sets, one per system role
+def _roles_text(roles: frozenset[str]) -> str:
+    return ",".join(sorted(roles))
 
 
 async def store_plain_sends(db: Database, sends: Sequence[PlainSend], kind: str) -> dict[int, int]:
@@ -123,8 +131,11 @@ async def store_plain_sends(db: Database, sends: Sequence[PlainSend], kind: str)
     exists already fails the whole statement on the unique key, as a deadlock does:
     nothing is stored and the answer is empty.
     """
-    params: dict[str, Any] = {p: [getattr(s, c) for s in sends] for p, c, _ in _FIELDS}
-    params["roles"] = [",".join(sorted(s.roles)) for s in sends]
+    if not sends:
+        return {}
+    # A column of values per field, in one pass (sends are tuples in _FIELDS' order).
+    params: dict[str, Any] = dict(zip(_PARAMETERS, zip(*sends, strict=True), strict=True))
+    params["roles"] = [_roles_text(roles) for roles in params["roles"]]
     args = STORE.args({**params, "kind": kind})
     try:
         async with db.driver_connection("send_message") as conn:

@@ -7,7 +7,7 @@ hands them in, so that schema/ (types, context, engine) imports neither.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncGenerator, Iterable
+from collections.abc import AsyncGenerator, Coroutine, Iterable
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -46,7 +46,7 @@ class ThreadlineSchema(strawberry.Schema):
 
     runner: OperationRunner
 
-    async def execute(
+    def execute(  # the runner's coroutine, not a coroutine around it
         self,
         query: str | None,
         variable_values: dict[str, Any] | None = None,
@@ -55,7 +55,7 @@ class ThreadlineSchema(strawberry.Schema):
         operation_name: str | None = None,
         allowed_operation_types: Iterable[OperationType] | None = None,
         operation_extensions: dict[str, Any] | None = None,
-    ) -> ExecutionResult:
+    ) -> Coroutine[Any, Any, ExecutionResult]:
         request = Request(
             query,
             variable_values,
@@ -65,7 +65,7 @@ class ThreadlineSchema(strawberry.Schema):
             allowed_operation_types,
             operation_extensions,
         )
-        return await self.runner.execute(super().execute, request)
+        return self.runner.execute(super().execute, request)
 
     async def stream(
         self,

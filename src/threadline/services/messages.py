@@ -205,7 +205,7 @@ async def _send_plain(
             client_id=client_id,
             at=now,
             granted=granted,
-            roles=frozenset(roles),
+            roles=roles,
             payload=orjson.dumps(payload).decode(),
         )
     )

@@ -10,6 +10,7 @@ thread with ``readers`` (who may be notified).
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -53,6 +54,7 @@ def may_post(system_role: SystemRole, participant_role: ThreadRole | None) -> bo
     return role is not None and thread_role_at_least(role, ThreadRole.MEMBER)
 
 
+@functools.cache  # three system roles; asked on every plain send
 def posting_rights(system_role: SystemRole) -> tuple[bool, frozenset[ThreadRole]]:
     """``may_post`` as data that a batched statement checks under its lock: whether a
     sender of this system role may post with no participant row, and with which

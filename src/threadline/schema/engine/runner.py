@@ -33,6 +33,7 @@ from graphql import (
     get_operation_ast,
 )
 from graphql.execution import Executor
+from graphql.pyutils import AwaitableOrValue
 from strawberry.execution import optimized_is_awaitable
 from strawberry.extensions import SchemaExtension
 from strawberry.schema.exceptions import InvalidOperationTypeError
@@ -156,7 +157,12 @@ class OperationRunner:
                 if request.allowed is not None and ALLOWED[kind] not in request.allowed:
                     raise InvalidOperationTypeError(ALLOWED[kind])  # the view's 400
             if self._engine(plan, request.allowed, own) == DIRECT:
-                return await self._direct(plan, request, own)
+                # Awaited here, not in a coroutine of its own: each layer of
+                # coroutines is crossed again at every wake-up (each database reply).
+                result = self._direct(plan, request, own)
+                if isawaitable(result):
+                    result = await result
+                return self._direct_answer(result)
             return self._finish(await _strawberry(strawberry_execute, request, own))
         finally:
             if own is not None:
@@ -175,7 +181,10 @@ class OperationRunner:
                 yield PreExecutionError(data=None, errors=[shape_error(plan.refusal)])
                 return
             if self._engine(plan, request.allowed, own) == DIRECT:
-                yield await self._direct(plan, request, own)
+                result = self._direct(plan, request, own)
+                if isawaitable(result):
+                    result = await result
+                yield self._direct_answer(result)
                 return
             source = await _strawberry(strawberry_stream, request, own)
             try:
@@ -213,9 +222,13 @@ class OperationRunner:
         OPERATIONS_BY_KIND[kind.value, engine].inc()
         return engine
 
-    async def _direct(self, plan: Plan, request: Request, context: Any) -> ExecutionResult:
+    def _direct(
+        self, plan: Plan, request: Request, context: Any
+    ) -> AwaitableOrValue[GraphQLExecutionResult]:
+        """graphql-core's execution of a planned operation: its result, or an awaitable
+        of it (``_direct_answer`` makes the answer)."""
         assert plan.known is not None
-        result = execute(
+        return execute(
             self.graphql_schema,
             plan.known.document,
             root_value=request.root_value,
@@ -229,8 +242,8 @@ class OperationRunner:
             # passes unknown keywords down three calls, each matching them slowly.
             **_custom_args(request.extensions),
         )
-        if isawaitable(result):
-            result = await result
+
+    def _direct_answer(self, result: Any) -> ExecutionResult:
         assert isinstance(result, GraphQLExecutionResult)  # no incremental delivery here
         answer = ExecutionResult(data=result.data, errors=result.errors)
         return self._finish(answer) if answer.errors else answer
