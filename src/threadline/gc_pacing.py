@@ -112,8 +112,3 @@ class Pacer:
                 self.tick(time.monotonic())
         finally:
             _running = False
-
-
-# A process settles once: an app started again in it (tests start hundreds)
-# must not walk the whole heap each time.
-_settled = False
