@@ -60,12 +60,10 @@ class Context:
     # Set on the viewer-less context that renders a broadcast threadEvents frame:
     # the one thread its subscribers were checked for (see loaders.thread).
     broadcast_thread: uuid.UUID | None = None
-    # Set by the operation runner on a query: its content reads may go to the read
-    # replica (see on_replica); mutations and subscriptions read the primary only.
+    # Set by the operation runner on a query: its content reads may go to the replica.
     replica_ok: bool = False
     _on_replica: bool | None = None
-    # Whether this operation wrote on the viewer's behalf: their reads stay on the
-    # primary for READ_AFTER_WRITE_SECONDS (marked in close, before the answer leaves).
+    # Wrote for the viewer: their reads stay on the primary a while (marked in close).
     _wrote: bool = False
     _retired: list[AsyncSession] = field(default_factory=list)
     # Writes that wait until this operation's read connection is back in the pool.

@@ -144,16 +144,11 @@ def _variable_values(
     return values
 
 
+@dataclass(slots=True)
 class _Walk:
-    def __init__(
-        self,
-        model: CostModel,
-        fragments: Mapping[str, FragmentDefinitionNode],
-        variables: Mapping[str, Any],
-    ) -> None:
-        self.model = model
-        self.fragments = fragments
-        self.variables = variables
+    model: CostModel
+    fragments: Mapping[str, FragmentDefinitionNode]
+    variables: Mapping[str, Any]
 
     def selections(
         self, parent: GraphQLNamedType, selection_sets: list[SelectionSetNode], multiplier: int

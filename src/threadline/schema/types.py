@@ -738,24 +738,14 @@ def read_by(
             key = request.after_key()
             start = next((i + 1 for i, uid in enumerate(ids) if [str(uid)] == key), len(ids))
         chosen = ids[start : start + request.size]
+        has_next = start + request.size < len(ids)
 
-        def connection(rows: list[models.User | None]) -> UserConnection:
+        def users_page(rows: list[models.User | None]) -> UserConnection:
             users = [r for r in rows if r is not None]
-            cursors = [id_cursor(u.id) for u in users]
-            built = loaders.user_types
-            return UserConnection(
-                edges=[
-                    UserEdge(cursor=c, node=user_type(built, u))
-                    for c, u in zip(cursors, users, strict=True)
-                ],
-                page_info=PageInfo(
-                    has_next_page=start + request.size < len(ids),
-                    has_previous_page=start > 0,
-                    start_cursor=cursors[0] if cursors else None,
-                    end_cursor=cursors[-1] if cursors else None,
-                ),
-            )
+            page = Page(users, [id_cursor(u.id) for u in users], has_next, start > 0)
+            node = partial(user_type, loaders.user_types)
+            return connection(UserConnection, page, UserEdge, node)
 
-        return many_now_or_later(loaders.user, chosen, connection)
+        return many_now_or_later(loaders.user, chosen, users_page)
 
     return settled(now_or_later(loaders.markers, message.thread_id, page_of))  # type: ignore[no-any-return]
