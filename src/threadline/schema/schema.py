@@ -33,8 +33,6 @@ DOCUMENT_CACHE_SIZE = 256
 
 
 class Roots(NamedTuple):
-    """The schema's root types."""
-
     query: type
     mutation: type
     subscription: type

@@ -16,6 +16,7 @@ from graphql import (
     GraphQLNonNull,
     GraphQLObjectType,
     GraphQLScalarType,
+    get_nullable_type,
 )
 from graphql.execution.executor import Executor
 from graphql.pyutils import Undefined
@@ -46,10 +47,8 @@ def plain_leaves(schema: strawberry.Schema) -> dict[str, dict[str, Leaf]]:
                 continue
             if graphql_field.args:
                 continue
-            kind = graphql_field.type
-            nullable = not isinstance(kind, GraphQLNonNull)
-            if isinstance(kind, GraphQLNonNull):
-                kind = kind.of_type
+            nullable = not isinstance(graphql_field.type, GraphQLNonNull)
+            kind = get_nullable_type(graphql_field.type)
             if isinstance(kind, GraphQLScalarType | GraphQLEnumType):
                 out.setdefault(graphql_type.name, {})[name] = Leaf(
                     field.python_name, kind, nullable
