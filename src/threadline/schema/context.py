@@ -1,7 +1,6 @@
 """The per-operation context: who is calling, with which services and loaders.
 
-The viewer is resolved lazily, once per operation: queries that need no
-identity cost no token check.
+The viewer is resolved lazily, once: queries that need no identity cost no token check.
 """
 
 from __future__ import annotations
@@ -61,12 +60,10 @@ class Context:
     # Set on the viewer-less context that renders a broadcast threadEvents frame:
     # the one thread its subscribers were checked for (see loaders.thread).
     broadcast_thread: uuid.UUID | None = None
-    # Set by the operation runner on a query: its content reads may go to the read
-    # replica (see on_replica); mutations and subscriptions read the primary only.
+    # Set by the operation runner on a query: its content reads may go to the replica.
     replica_ok: bool = False
     _on_replica: bool | None = None
-    # Whether this operation wrote on the viewer's behalf: their reads stay on the
-    # primary for READ_AFTER_WRITE_SECONDS (marked in close, before the answer leaves).
+    # Wrote for the viewer: their reads stay on the primary a while (marked in close).
     _wrote: bool = False
     _retired: list[AsyncSession] = field(default_factory=list)
     # Writes that wait until this operation's read connection is back in the pool.
@@ -92,11 +89,8 @@ class Context:
         return self._identity
 
     async def session(self) -> AsyncSession:
-        """The operation's read session, opened on first use and closed at the end.
-
-        On the read replica when ``on_replica``: for content, never for deciding
-        who may see a thread (``checks``).
-        """
+        """The operation's read session, opened on first use and closed at the end; on the
+        replica when ``on_replica`` (content only: access is decided by ``checks``)."""
         if self._session is None:
             replica = await self.on_replica()
             if self._session is None:  # a sibling field may have opened it meanwhile
@@ -125,13 +119,10 @@ class Context:
 
     @asynccontextmanager
     async def checks(self) -> AsyncIterator[AsyncSession]:
-        """A session for access decisions: always on the primary.
+        """A session for access decisions: always on the primary, where removals are written.
 
-        A lagging replica may still list someone just removed from a thread as a
-        participant; who may see what is read where it was written. Off the replica
-        this is the operation's own session. On it, a short-lived primary session:
-        an operation then never holds a primary connection while it waits for a
-        replica one, so the two pools cannot deadlock each other.
+        On the replica, a short-lived primary session: an operation never holds a primary
+        connection while it waits for a replica one, so the two pools cannot deadlock.
         """
         if not await self.on_replica():
             yield await self.session()
@@ -149,32 +140,20 @@ class Context:
         return self._loaders
 
     async def before_write(self) -> None:
-        """Give the read session's connection back before a write takes another.
-
-        A request that holds one pooled connection while it waits for a second
-        deadlocks once concurrent requests have taken the whole pool. Rows read
-        so far stay usable (detached, attributes loaded).
-        """
+        """Give the read session's connection back before a write takes another: holding
+        one while waiting for a second deadlocks once requests have taken the whole pool."""
         if self._session is not None:
             await self._session.close()
             self._session = None
 
     def after_close(self, work: Callable[[], Awaitable[None]]) -> None:
-        """Run ``work`` (a write) once this operation has closed its read session.
-
-        A query cannot give its read connection back while sibling fields still
-        use it; a write that took a second connection meanwhile would deadlock
-        once concurrent requests hold the whole pool. It runs before the response
-        is sent, so the caller's next request sees it.
-        """
+        """Run ``work`` (a write) once this operation has closed its read session, before
+        the response is sent: a query's sibling fields may still use its connection."""
         self._deferred.append(work)
 
     def after_write(self) -> None:
-        """Forget what was read before a mutation: loaders, accesses and the session.
-
-        Rows read earlier stay usable (detached, attributes loaded); later reads
-        go to a fresh session and see what the mutation committed.
-        """
+        """Forget what was read before a mutation: loaders, accesses and the session, so
+        that later reads see what it committed (rows read earlier stay usable)."""
         self._loaders = None
         self.access.clear()
         self._wrote = True
@@ -210,11 +189,8 @@ class Context:
                 log.exception("a write deferred to the end of an operation failed")
 
     def fork(self) -> Context:
-        """A context for one operation: shared identity, its own session and loaders.
-
-        Over WebSocket strawberry hands every operation of a connection the same
-        context object; sessions and loaders must not be shared between them.
-        """
+        """A context for one operation: shared identity, its own session and loaders
+        (strawberry hands every operation of a WebSocket the same context)."""
         return Context(
             runtime=self.runtime,
             token=self.token,

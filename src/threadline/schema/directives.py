@@ -1,8 +1,7 @@
 """@authenticated, @hasRole and @threadRole: permission checks that print as directives.
 
-Each permission instance carries its own schema directive, so that the printed
-schema reads ``@threadRole(role: ADMIN)`` exactly as the contract writes it. The
-rules themselves live in services/permissions.py; this module only enforces them.
+Each permission carries its schema directive, so that the printed schema reads
+``@threadRole(role: ADMIN)`` as the contract does; the rules live in services/permissions.py.
 """
 
 from __future__ import annotations
@@ -50,9 +49,6 @@ class ThreadRoleDirective:
     role: ThreadRole
 
 
-_AUTHENTICATED = AuthenticatedDirective()
-
-
 class _Directed(BasePermission):
     """A permission printed as the directive it carries (strawberry's public hook)."""
 
@@ -64,7 +60,7 @@ class _Directed(BasePermission):
 
 
 class IsAuthenticated(_Directed):
-    directive = _AUTHENTICATED
+    directive = AuthenticatedDirective()
 
     async def has_permission(self, source: Any, info: strawberry.Info, **kwargs: Any) -> bool:
         context: Context = info.context
@@ -84,15 +80,10 @@ class HasSystemRole(_Directed):
 
 
 def _thread_argument(kwargs: dict[str, Any]) -> tuple[str, Any]:
-    for name in ("threadId", "thread_id"):
-        if name in kwargs:
-            return "thread", kwargs[name]
-    for name in ("messageId", "message_id"):
-        if name in kwargs:
-            return "message", kwargs[name]
-    for name in ("attachmentId", "attachment_id"):
-        if name in kwargs:
-            return "attachment", kwargs[name]
+    for kind in ("thread", "message", "attachment"):
+        for name in (f"{kind}Id", f"{kind}_id"):
+            if name in kwargs:
+                return kind, kwargs[name]
     data = kwargs.get("input")
     thread_id = getattr(data, "thread_id", None)
     if thread_id is not None:

@@ -1,17 +1,10 @@
 """Each distinct operation text is parsed and validated once per process.
 
-The document and its validation errors are put on the execution context before
-strawberry's parse and validation steps, which then have nothing to do: a cache
-hit is one dictionary lookup, with no hooks of their own to run. A text that does
-not parse is left to strawberry, which reports the syntax error (and the token
-limit) the usual way; such texts are not cached.
-
-The estimated cost (``query_cost``) is computed here too; the operation runner
-checks it before anything runs. It
-depends on the operation and on the variables that give page sizes, so each
-document keeps the costs it has computed by (operation name, those values). In
-production, validation errors name nothing the caller did not send: no "Did you
-mean ...?" suggestions.
+The document and its errors go on the execution context before strawberry's parse and
+validation steps, which then have nothing to do. A text that does not parse is left to
+strawberry to report, uncached. The estimated cost (``query_cost``) is kept per document
+by operation name and page-size variables; in production, validation errors carry no
+"Did you mean ...?" suggestions.
 """
 
 from __future__ import annotations
@@ -89,7 +82,7 @@ class Documents:
         return entry if entry is not None and not entry.errors else None
 
     def cost_model(self, schema: GraphQLSchema) -> CostModel:
-        """The schema's field multipliers, read from it once (build_schema does it at start-up)."""
+        """The schema's field multipliers, read once (by build_schema, at start-up)."""
         model = self._cost_model
         if model is None or model.schema is not schema:
             model = self._cost_model = CostModel(schema)
@@ -135,9 +128,8 @@ class Documents:
         )
 
     def prepare(self, context: ExecutionContext) -> None:
-        """Before strawberry parses: the token limit, our rules, and a known document.
-
-        The operation runner has checked its cost before strawberry was called."""
+        """Before strawberry parses: the token limit, our rules, and a known document
+        (the operation runner has checked its cost already)."""
         context.parse_options["max_tokens"] = self.max_tokens
         context.validation_rules = (*context.validation_rules, *self.rules)
         if context.graphql_document is not None or not context.query:

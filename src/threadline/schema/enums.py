@@ -1,8 +1,5 @@
-"""The contract's enums, registered with strawberry once.
-
-The domain keeps plain ``StrEnum`` classes; this module makes those same classes
-GraphQL enums, so that values flow through without mapping.
-"""
+"""The contract's enums: the domain's own ``StrEnum`` classes registered with strawberry,
+so that values flow through without mapping."""
 
 from __future__ import annotations
 

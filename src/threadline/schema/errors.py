@@ -1,10 +1,8 @@
 """One place that turns exceptions into GraphQL errors with ``extensions.code``.
 
-Domain errors keep their message and structured fields; parse and validation
-errors are BAD_USER_INPUT; anything else is masked as INTERNAL_SERVER_ERROR and
-logged with its traceback (never shown to the client). The masked error carries a
-short random ``errorId`` that the log line carries too, so that a user's report
-leads an operator to the traceback.
+Domain errors keep their message and fields; parse and validation errors are
+BAD_USER_INPUT; anything else is INTERNAL_SERVER_ERROR, logged with its traceback and a
+random ``errorId`` that the client also gets, so that a user's report leads to the log.
 """
 
 from __future__ import annotations

@@ -1,7 +1,6 @@
 """GraphQL types of what subscriptions deliver: thread events, activity, presence, viewer events.
 
-Thread events are built from the logged payload, so that rendering one costs no
-query for the message itself; users resolve through the operation's loaders.
+Thread events are built from the logged payload: rendering one costs no message query.
 """
 
 from __future__ import annotations
@@ -21,14 +20,9 @@ from threadline.schema.types import (
     ReactionGroupType,
     ThreadType,
     UserType,
-    user_or_none,
+    load_existing_user,
+    load_user,
 )
-
-
-async def _user(info: Info, user_id: uuid.UUID | None) -> UserType | None:
-    if user_id is None:
-        return None
-    return user_or_none(await info.context.loaders.user.load(user_id))
 
 
 @strawberry.interface(
@@ -45,7 +39,7 @@ class ThreadEventType:
 
     @strawberry.field
     async def actor(self, info: Info) -> UserType | None:
-        return await _user(info, self.actor_id)
+        return await load_user(info, self.actor_id)
 
 
 @strawberry.type(name="MessageCreated")
@@ -86,9 +80,7 @@ class ParticipantChanged(ThreadEventType):
 
     @strawberry.field
     async def user(self, info: Info) -> UserType:
-        row = await info.context.loaders.user.load(self.user_id)
-        assert row is not None
-        return UserType.of(row)
+        return await load_existing_user(info, self.user_id)
 
 
 @strawberry.type(name="ThreadUpdated")
@@ -109,9 +101,7 @@ class TypingChanged:
 
     @strawberry.field
     async def user(self, info: Info) -> UserType:
-        row = await info.context.loaders.user.load(self.user_id)
-        assert row is not None
-        return UserType.of(row)
+        return await load_existing_user(info, self.user_id)
 
 
 @strawberry.type(name="ReceiptChanged")
@@ -123,9 +113,7 @@ class ReceiptChanged:
 
     @strawberry.field
     async def user(self, info: Info) -> UserType:
-        row = await info.context.loaders.user.load(self.user_id)
-        assert row is not None
-        return UserType.of(row)
+        return await load_existing_user(info, self.user_id)
 
 
 ThreadActivity = Annotated[

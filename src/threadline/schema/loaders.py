@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from strawberry.dataloader import DataLoader
 
@@ -25,14 +25,12 @@ if TYPE_CHECKING:
     from threadline.schema.context import Context
 
 K = uuid.UUID
-V = TypeVar("V")
 
 
 class Loaders:
-    """An operation's DataLoaders, each made on first use (most operations use two or
-    three of the fourteen), and dropped when the operation ends: they and their
-    batch functions refer to each other, and an operation's worth of such cycles,
-    left to the cyclic GC, made its pauses the p99 of a busy process."""
+    """An operation's DataLoaders, each made on first use, and dropped when the operation
+    ends: a loader and its batch function form a cycle, and an operation's worth of them
+    left to the cyclic GC made its pauses the p99 of a busy process."""
 
     def __init__(self, context: Context) -> None:
         self._context = context
@@ -52,7 +50,7 @@ class Loaders:
 
     @cached_property
     def message(self) -> DataLoader[K, models.Message | None]:
-        return self._one(messages.messages_by_ids)
+        return self._many(messages.messages_by_ids)
 
     @cached_property
     def thread(self) -> DataLoader[K, models.Thread | None]:
@@ -86,7 +84,7 @@ class Loaders:
 
     @cached_property
     def last_message(self) -> DataLoader[K, models.Message | None]:
-        return self._one(messages.last_messages)
+        return self._many(messages.last_messages)
 
     @cached_property
     def pinned(self) -> DataLoader[K, list[models.Message]]:
@@ -103,11 +101,8 @@ class Loaders:
 
     @staticmethod
     async def preload(loader: DataLoader[K, Any], keys: Iterable[K]) -> None:
-        """Fill a loader's cache for these keys with one call of its batch function.
-
-        What ``load_many`` would fetch, without a pending future and a wake-up per
-        key: a page preloads hundreds of keys, and its fields then read the cache.
-        """
+        """Fill a loader's cache for these keys with one call of its batch function:
+        ``load_many`` without a pending future and a wake-up per key (a page has hundreds)."""
         missing = [k for k in dict.fromkeys(keys) if loader.cache_map.get(k) is None]
         if missing:
             values = await loader.load_fn(missing)
@@ -116,19 +111,14 @@ class Loaders:
     async def _session(self) -> AsyncSession:
         return await self._context.session()
 
-    def _one(
-        self, fetch: Callable[[AsyncSession, Sequence[K]], Awaitable[dict[K, V]]]
-    ) -> DataLoader[K, V | None]:
-        async def load(keys: list[K]) -> list[V | None]:
-            found = await fetch(await self._session(), keys)
-            return [found.get(k) for k in keys]
-
-        return DataLoader(load)
-
     def _many(
-        self, fetch: Callable[[AsyncSession, Sequence[K]], Awaitable[dict[K, Any]]], empty: Any
+        self,
+        fetch: Callable[[AsyncSession, Sequence[K]], Awaitable[dict[K, Any]]],
+        empty: Any = None,
     ) -> DataLoader[K, Any]:
-        async def load(keys: list[K]) -> list[V]:
+        """A loader of ``fetch``'s answers by key, ``empty`` for a key it does not know."""
+
+        async def load(keys: list[K]) -> list[Any]:
             found = await fetch(await self._session(), keys)
             return [found.get(k, empty) for k in keys]
 

@@ -1,21 +1,13 @@
 """The estimated cost of an operation, counted before it runs (CONTRACT.md, document limits).
 
-A selected field costs how many times it may be resolved: the product of the
-multipliers along its path. A connection (a field that takes ``first`` or
-``last``, read from the schema) multiplies what is under it by its page size:
-the argument's value, from a literal or a variable, else the page maximum (100).
-Lists under a connection (its ``edges``) are that page and add nothing. Every
-other list of objects multiplies by its bound from LIST_BOUNDS, which names the
-constant the domain enforces (50 pinned messages, the newest 50 edits, 10
-attachments, ...): one source, so the count is what may really be resolved
-(reactions are the one exception, see LIST_BOUNDS). A list of objects
-with no bound there stops the model from being built, so a new one cannot slip in
-counted as short.
+A selected field costs the product of the multipliers along its path. A connection (a
+field taking ``first``/``last``) multiplies by its page size: the argument's value, else
+the page maximum; its ``edges`` add nothing. Every other list of objects multiplies by
+its bound in LIST_BOUNDS, the constant the domain enforces; a list with no bound there
+stops the model from being built, so a new one cannot slip in counted as short.
 
-Fragments count as if inlined, and fields selected twice under one response
-key count once, as the executor merges them. Under an interface or union the
-costliest possible type counts. ``@skip``/``@include`` are not read: a field
-that may run is counted. Introspection's ``__schema``/``__type`` count 1.
+Fragments count as inlined, fields merged under one response key once, an interface or
+union as its costliest type. ``@skip``/``@include`` are not read; ``__schema`` counts 1.
 """
 
 from __future__ import annotations
@@ -30,7 +22,6 @@ from graphql import (
     FragmentSpreadNode,
     GraphQLList,
     GraphQLNamedType,
-    GraphQLNonNull,
     GraphQLObjectType,
     GraphQLSchema,
     InlineFragmentNode,
@@ -39,6 +30,7 @@ from graphql import (
     SelectionSetNode,
     VariableNode,
     get_named_type,
+    get_nullable_type,
     is_abstract_type,
     is_leaf_type,
     value_from_ast_untyped,
@@ -50,8 +42,7 @@ from threadline.services.text_rules import MAX_DISTINCT_REACTIONS
 
 PAGE_ARGUMENTS = ("first", "last")
 REACTIONS_COUNTED = min(10, MAX_DISTINCT_REACTIONS, messages.REACTION_USERS_SHOWN)
-# The most items each list that is not a connection can hold, from the services
-# that enforce it (see the module docstring).
+# The most items each list that is not a connection can hold, from the services.
 LIST_BOUNDS: dict[tuple[str, str], int] = {
     ("Thread", "pinnedMessages"): messages.MAX_PINNED,
     ("Message", "edits"): messages.EDITS_SHOWN,
@@ -79,15 +70,8 @@ class _FieldRule:
 class CostModel:
     """The multipliers of every field, taken from the schema once."""
 
-    def __init__(
-        self,
-        schema: GraphQLSchema,
-        *,
-        page_max: int = MAX_PAGE,
-        list_bounds: Mapping[tuple[str, str], int] = LIST_BOUNDS,
-    ) -> None:
+    def __init__(self, schema: GraphQLSchema) -> None:
         self.schema = schema
-        self.page_max = page_max
         # The types connections return: their lists (edges) are the page itself.
         page_types = {
             get_named_type(field.type).name
@@ -102,16 +86,14 @@ class CostModel:
                 continue
             for name, field in type_.fields.items():
                 pages = tuple(a for a in PAGE_ARGUMENTS if a in field.args)
-                output = (
-                    field.type.of_type if isinstance(field.type, GraphQLNonNull) else field.type
-                )
+                output = get_nullable_type(field.type)
                 items = 1
                 if (
                     isinstance(output, GraphQLList)
                     and type_.name not in page_types
                     and not is_leaf_type(get_named_type(output))
                 ):
-                    bound = list_bounds.get((type_.name, name))
+                    bound = LIST_BOUNDS.get((type_.name, name))
                     if bound is None:
                         raise ValueError(f"{type_.name}.{name} is a list with no known bound")
                     items = bound
@@ -162,16 +144,11 @@ def _variable_values(
     return values
 
 
+@dataclass(slots=True)
 class _Walk:
-    def __init__(
-        self,
-        model: CostModel,
-        fragments: Mapping[str, FragmentDefinitionNode],
-        variables: Mapping[str, Any],
-    ) -> None:
-        self.model = model
-        self.fragments = fragments
-        self.variables = variables
+    model: CostModel
+    fragments: Mapping[str, FragmentDefinitionNode]
+    variables: Mapping[str, Any]
 
     def selections(
         self, parent: GraphQLNamedType, selection_sets: list[SelectionSetNode], multiplier: int
@@ -242,7 +219,6 @@ class _Walk:
 
     def _page_size(self, rule: _FieldRule, node: FieldNode) -> int:
         """The largest page the field's arguments ask for; the maximum when unset."""
-        page_max = self.model.page_max
         given = {a.name.value: a.value for a in node.arguments or ()}
         sizes = []
         for name in rule.page_arguments:
@@ -254,6 +230,6 @@ class _Walk:
             else:  # absent or null
                 size = None
             if isinstance(size, int) and not isinstance(size, bool):
-                sizes.append(min(max(size, 0), page_max))
+                sizes.append(min(max(size, 0), MAX_PAGE))
         # Unset means the server's choice: count the most it may choose.
-        return max(sizes) if sizes else page_max
+        return max(sizes) if sizes else MAX_PAGE

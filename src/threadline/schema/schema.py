@@ -1,8 +1,7 @@
 """The strawberry Schema: given root types, our extensions, limits and engine.
 
-The root types are the layer above's (resolvers/, subscriptions/): graphql_app.py
-hands them in, so that schema/ (types, context, engine) imports neither.
-"""
+graphql_app.py hands in the root types, so that schema/ imports neither resolvers/ nor
+subscriptions/."""
 
 from __future__ import annotations
 
@@ -34,8 +33,6 @@ DOCUMENT_CACHE_SIZE = 256
 
 
 class Roots(NamedTuple):
-    """The schema's root types."""
-
     query: type
     mutation: type
     subscription: type
@@ -104,8 +101,7 @@ class QuietExecutionContext(StrawberryGraphQLCoreExecutionContext):
 
 def _execution_class(production: bool, *, fast: bool) -> type[Any]:
     """strawberry's executor, quiet in production, whose subscription events do not
-    accumulate; with the fast paths, one that also leaves no reference cycle to the
-    collector (each subscription sets up one)."""
+    accumulate; with the fast paths, also without a reference cycle per subscription."""
     strawberry_class = (
         QuietExecutionContext if production else StrawberryGraphQLCoreExecutionContext
     )

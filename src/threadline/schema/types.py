@@ -1,7 +1,6 @@
 """GraphQL object types for users, threads, messages and notifications.
 
-Each type wraps a storage row; fields that fan out go through the operation's
-DataLoaders, so that a page of messages costs a fixed number of queries.
+Each wraps a storage row; fields that fan out go through the operation's DataLoaders.
 """
 
 from __future__ import annotations
@@ -44,11 +43,9 @@ def _ctx(info: Info) -> Context:
     return info.context  # type: ignore[no-any-return]
 
 
-# Every field that leads into a thread's content (the thread, its messages,
-# participants, pins, replies) reads it through these, at the moment it reads:
-# the operation's thread loader answers only threads the viewer may read now
-# (services.permissions.grant), so a removed participant, an outsider or a
-# deleted thread gets nothing, whichever object the path started from.
+# Every field that leads into a thread's content reads it through these, when it reads:
+# the thread loader answers only threads the viewer may read now (permissions.grant),
+# whichever object the path started from.
 
 
 async def readable_thread(info: Info, thread_id: uuid.UUID) -> models.Thread | None:
@@ -71,6 +68,19 @@ async def _readable_message(info: Info, message_id: uuid.UUID) -> MessageType | 
     if row is None or await readable_thread(info, row.thread_id) is None:
         return None
     return MessageType.of(row)
+
+
+async def load_user(info: Info, user_id: uuid.UUID | None) -> UserType | None:
+    if user_id is None:
+        return None
+    row = await _ctx(info).loaders.user.load(user_id)
+    return UserType.of(row) if row is not None else None
+
+
+async def load_existing_user(info: Info, user_id: uuid.UUID) -> UserType:
+    row = await _ctx(info).loaders.user.load(user_id)
+    assert row is not None
+    return UserType.of(row)
 
 
 @strawberry.interface(name="Node")
@@ -127,10 +137,6 @@ class UserType(Node):
         return JSON(self.row.preferences or {})
 
 
-def user_or_none(row: models.User | None) -> UserType | None:
-    return UserType.of(row) if row is not None else None
-
-
 @strawberry.type(name="UserEdge")
 class UserEdge:
     cursor: str
@@ -163,9 +169,7 @@ class ParticipantType:
 
     @strawberry.field
     async def user(self, info: Info) -> UserType:
-        row = await _ctx(info).loaders.user.load(self.row.user_id)
-        assert row is not None
-        return UserType.of(row)
+        return await load_existing_user(info, self.row.user_id)
 
 
 @strawberry.type(name="ParticipantEdge")
@@ -216,9 +220,7 @@ class ThreadType(Node):
 
     @strawberry.field
     async def created_by(self, info: Info) -> UserType | None:
-        if self.row.created_by_id is None:
-            return None
-        return user_or_none(await _ctx(info).loaders.user.load(self.row.created_by_id))
+        return await load_user(info, self.row.created_by_id)
 
     @strawberry.field
     async def last_message(self, info: Info) -> MessageType | None:
@@ -259,7 +261,12 @@ class ThreadType(Node):
         self, info: Info, first: int | None = None, after: str | None = None
     ) -> ParticipantConnection:
         thread = await _thread_or_not_found(info, self.row.id)
-        return await participants(info, thread, first, after)
+        page, total = await thread_service.participants_page(
+            await _ctx(info).session(), thread.id, page_args(first, after)
+        )
+        return connection(
+            ParticipantConnection, page, ParticipantEdge, ParticipantType.of, total_count=total
+        )
 
     # Acts for the viewer: fetching a page moves their delivered marker.
     @strawberry.field(metadata=READS_VIEWER)
@@ -304,9 +311,7 @@ class MessageEditType:
 
     @strawberry.field
     async def edited_by(self, info: Info) -> UserType | None:
-        if self.row.edited_by_id is None:
-            return None
-        return user_or_none(await _ctx(info).loaders.user.load(self.row.edited_by_id))
+        return await load_user(info, self.row.edited_by_id)
 
 
 @strawberry.type(name="ReactionGroup")
@@ -410,9 +415,7 @@ class AttachmentType(Node):
 
     @strawberry.field
     async def uploaded_by(self, info: Info) -> UserType | None:
-        if self.row.uploaded_by_id is None:
-            return None
-        return user_or_none(await _ctx(info).loaders.user.load(self.row.uploaded_by_id))
+        return await load_user(info, self.row.uploaded_by_id)
 
     @strawberry.field(description="Null until a message uses it.")
     async def message(self, info: Info) -> MessageType | None:
@@ -493,7 +496,9 @@ class MessageType(Node):
         before: str | None = None,
     ) -> MessageConnection:
         await _thread_or_not_found(info, self.row.thread_id)
-        return await replies(info, self.row, page_args(first, after, last, before))
+        request = page_args(first, after, last, before)
+        page = await message_service.replies(await _ctx(info).session(), self.row, request)
+        return await message_connection(info, page)
 
     @strawberry.field
     def attachments(self, info: Info) -> list[AttachmentType]:
@@ -578,15 +583,11 @@ class NotificationType(Node):
 
     @strawberry.field
     async def actor(self, info: Info) -> UserType | None:
-        if self.row.actor_id is None:
-            return None
-        return user_or_none(await _ctx(info).loaders.user.load(self.row.actor_id))
+        return await load_user(info, self.row.actor_id)
 
-    # A notification stays its recipient's (kind, actor, time, read state), but its
-    # thread and message are null once they may no longer read the thread (removed,
-    # or it was deleted): the contract makes both fields nullable, as for a deleted
-    # thread, whereas leaving the notification out would make the list disagree with
-    # its unreadCount and hide ids that markNotificationsRead accepts.
+    # Thread and message are null once the recipient may no longer read the thread:
+    # leaving the notification out would make the list disagree with its unreadCount
+    # and hide ids that markNotificationsRead accepts.
 
     @strawberry.field
     async def thread(self, info: Info) -> ThreadType | None:
@@ -644,17 +645,6 @@ class SessionType(Node):
 # Pages a type's field answers (the root queries reuse the message pages).
 
 
-async def participants(
-    info: Info, thread: models.Thread, first: int | None, after: str | None
-) -> ParticipantConnection:
-    page, total = await thread_service.participants_page(
-        await _ctx(info).session(), thread.id, page_args(first, after)
-    )
-    return connection(
-        ParticipantConnection, page, ParticipantEdge, ParticipantType.of, total_count=total
-    )
-
-
 async def message_connection(info: Info, page: Page[models.Message]) -> MessageConnection:
     # A reply's parent is usually on the same page: known rows cost no query.
     _ctx(info).loaders.message.prime_many({m.id: m for m in page.items})
@@ -663,11 +653,8 @@ async def message_connection(info: Info, page: Page[models.Message]) -> MessageC
 
 
 async def _prefetch(info: Info, rows: list[models.Message]) -> None:
-    """Load the batch of every selected field of the page's messages up front.
-
-    The same batches the fields would ask for one by one, in one go: the fields
-    then answer at once instead of each awaiting its loader.
-    """
+    """Load the batch of every selected field of the page's messages up front: the
+    fields then answer at once instead of each awaiting its loader."""
     wanted = selected_under(info.selected_fields, info.field_name, "edges", "node")
     if not rows or not wanted:
         return
@@ -738,11 +725,6 @@ async def _delivered(info: Info, thread_id: uuid.UUID, rows: list[models.Message
         ctx.after_close(lambda: receipts.mark_delivered(db, user_id, thread_id, newest))
 
 
-async def replies(info: Info, parent: models.Message, request: PageRequest) -> MessageConnection:
-    page = await message_service.replies(await _ctx(info).session(), parent, request)
-    return await message_connection(info, page)
-
-
 def read_by(
     info: Info, message: models.Message, first: int | None, after: str | None
 ) -> UserConnection | Awaitable[UserConnection]:
@@ -756,24 +738,14 @@ def read_by(
             key = request.after_key()
             start = next((i + 1 for i, uid in enumerate(ids) if [str(uid)] == key), len(ids))
         chosen = ids[start : start + request.size]
+        has_next = start + request.size < len(ids)
 
-        def connection(rows: list[models.User | None]) -> UserConnection:
+        def users_page(rows: list[models.User | None]) -> UserConnection:
             users = [r for r in rows if r is not None]
-            cursors = [id_cursor(u.id) for u in users]
-            built = loaders.user_types
-            return UserConnection(
-                edges=[
-                    UserEdge(cursor=c, node=user_type(built, u))
-                    for c, u in zip(cursors, users, strict=True)
-                ],
-                page_info=PageInfo(
-                    has_next_page=start + request.size < len(ids),
-                    has_previous_page=start > 0,
-                    start_cursor=cursors[0] if cursors else None,
-                    end_cursor=cursors[-1] if cursors else None,
-                ),
-            )
+            page = Page(users, [id_cursor(u.id) for u in users], has_next, start > 0)
+            node = partial(user_type, loaders.user_types)
+            return connection(UserConnection, page, UserEdge, node)
 
-        return many_now_or_later(loaders.user, chosen, connection)
+        return many_now_or_later(loaders.user, chosen, users_page)
 
     return settled(now_or_later(loaders.markers, message.thread_id, page_of))  # type: ignore[no-any-return]

@@ -1,10 +1,8 @@
 """Which fields read the viewer: marked where they are declared, collected from the schema.
 
-A live threadEvents frame is rendered once for every subscriber of an operation
-(``subscriptions.broadcast``) only when its selection reads nothing that depends
-on who is watching. A field whose value depends on the viewer, or that acts for
-the viewer, says so with ``metadata=READS_VIEWER``; ``viewer_field_names`` reads
-the marks back from the built schema, so there is no list to keep in step.
+A threadEvents frame is rendered once for all subscribers (``subscriptions.broadcast``)
+only when its selection reads no field marked ``metadata=READS_VIEWER`` (one that depends
+on or acts for the viewer); the marks are read back, so there is no list to keep in step.
 """
 
 from __future__ import annotations

@@ -1,11 +1,8 @@
 """Every private name of strawberry and graphql-core that Threadline uses, and nothing else.
 
-The fast paths (``runner``, ``plain_leaves``, ``lean_resolvers``) and a few seams
-of the transport reach into the libraries where they have no public hook. Each
-such name is used here and only here, and is checked when this module is
-imported: an upgrade that renames one fails at start-up with one line naming the
-library, its version and the name, rather than answering wrongly. With such an
-upgrade, run ``tests/test_fast_paths_differential.py`` (fast paths on and off).
+Each is checked when this module is imported, so that an upgrade that renames one fails
+at start-up naming the library, its version and the name, rather than answering wrongly.
+After such an upgrade, run ``tests/test_fast_paths_differential.py``.
 """
 
 from __future__ import annotations
@@ -35,7 +32,10 @@ class LibraryChanged(ImportError):
     """A private name the fast paths were written against is gone."""
 
 
-def _require(package: str, holder: object, name: str, found: bool) -> None:
+def _require(package: str, holder: object, name: str, found: bool | None = None) -> None:
+    """Fail at import when ``found`` is false (by default: ``holder.name`` is callable)."""
+    if found is None:
+        found = callable(getattr(holder, name, None))
     if not found:
         where = getattr(holder, "__qualname__", repr(holder))
         raise LibraryChanged(
@@ -55,50 +55,40 @@ def _source_mentions(function: Callable[..., Any], text: str) -> bool:
     return False
 
 
+_STRAWBERRY, _CORE = "strawberry-graphql", "graphql-core"
 _INFO_FIELDS = {f.name for f in dataclasses.fields(Info)}
-_require("strawberry-graphql", Info, "_raw_info", "_raw_info" in _INFO_FIELDS)
-_require("strawberry-graphql", Info, "_field", "_field" in _INFO_FIELDS)
+_require(_STRAWBERRY, Info, "_raw_info", "_raw_info" in _INFO_FIELDS)
+_require(_STRAWBERRY, Info, "_field", "_field" in _INFO_FIELDS)
 _require(
-    "strawberry-graphql",
+    _STRAWBERRY,
     strawberry.Schema.__init__,
     "_schema",
     _source_mentions(strawberry.Schema.__init__, "_schema"),
 )
 _require(
-    "strawberry-graphql",
+    _STRAWBERRY,
     GraphQLCoreConverter,
     "_is_default (on default resolvers)",
     _source_mentions(GraphQLCoreConverter.from_resolver, "_is_default"),
 )
+_require(_STRAWBERRY, BaseGraphQLTransportWSHandler, "_send_result_stream")
+_require(_STRAWBERRY, AsyncBaseHTTPView, "_handle_errors")
+_require(_CORE, Executor, "execute_field")
+_require(_CORE, Executor, "middleware_manager", "middleware_manager" in Executor.__annotations__)
 _require(
-    "strawberry-graphql",
-    BaseGraphQLTransportWSHandler,
-    "_send_result_stream",
-    callable(getattr(BaseGraphQLTransportWSHandler, "_send_result_stream", None)),
-)
-_require(
-    "strawberry-graphql",
-    AsyncBaseHTTPView,
-    "_handle_errors",
-    callable(getattr(AsyncBaseHTTPView, "_handle_errors", None)),
-)
-_require(
-    "graphql-core", Executor, "execute_field", callable(getattr(Executor, "execute_field", None))
-)
-_require(
-    "graphql-core",
+    _CORE,
     Executor,
-    "middleware_manager",
-    "middleware_manager" in getattr(Executor, "__annotations__", {}),
+    "_relevant_sub_fields",
+    _source_mentions(Executor.__init__, "_relevant_sub_fields")
+    and _source_mentions(Executor.collect_subfields, "_relevant_sub_fields"),
 )
 
 
 def lean_executor(strawberry_class: type[Executor[Any]]) -> type[Executor[Any]]:
     """graphql-core's Executor building resolve infos as ``strawberry_class`` does.
 
-    strawberry's executor derives from graphql-core's IncrementalExecutor (for
-    @defer and @stream, which this schema does not declare), whose set-up costs
-    more than a small operation's resolvers; resolvers get the same infos from this.
+    strawberry's derives from IncrementalExecutor (@defer, @stream: not declared here),
+    whose set-up costs more than a small operation's resolvers.
     """
 
     class LeanExecutor(freed_promptly(memo_per_event(Executor))):
@@ -110,22 +100,11 @@ def lean_executor(strawberry_class: type[Executor[Any]]) -> type[Executor[Any]]:
     return LeanExecutor
 
 
-_require(
-    "graphql-core",
-    Executor,
-    "_relevant_sub_fields",
-    _source_mentions(Executor.__init__, "_relevant_sub_fields")
-    and _source_mentions(Executor.collect_subfields, "_relevant_sub_fields"),
-)
-
-
 def memo_per_event(executor_class: type[Executor[Any]]) -> type[Executor[Any]]:
     """``executor_class`` whose subscription events each memoize their own subfields.
 
-    graphql-core's executor for an event is a shallow copy of the subscription's,
-    sharing its memo of collected subfields, keyed by the identity of each event's
-    field lists and holding them alive: a subscription grew by some 25 objects an
-    event until it ended (30 KB a message at 10,000 sockets, measured)."""
+    An event's executor is a shallow copy sharing the subscription's memo, which kept
+    each event's field lists alive (30 KB a message at 10,000 sockets, measured)."""
 
     class MemoPerEvent(executor_class):  # type: ignore[valid-type]
         def build_per_event_executor(self, payload: Any) -> Executor[Any]:
@@ -151,10 +130,8 @@ def freed_promptly(executor_class: type[Executor[Any]]) -> type[Executor[Any]]:
 def _weak_helpers(executor: Executor[Any]) -> GraphQLResolveInfoHelpers:
     """The resolvers' gather and track, reaching ``executor`` by a weak reference.
 
-    graphql-core binds them to the executor that holds them: a reference cycle
-    per operation, its ~50 objects left to the cyclic collector, whose pauses grow
-    with what it has to walk (10,000 sockets connecting). Without the cycle an
-    operation's executor is freed as soon as its answer is out."""
+    graphql-core binds them to their executor: a cycle of ~50 objects per operation
+    left to the cyclic collector, whose pauses grow with what it walks."""
     ref = weakref.ref(executor)
 
     def alive() -> Executor[Any]:
@@ -215,8 +192,7 @@ class StreamHook(BaseGraphQLTransportWSHandler[Any, Any]):
         await self.after_stream(operation, result_source, kept)
 
     def before_stream(self, operation: Any) -> Any:
-        """Runs as the operation's results start to be sent; what it answers goes to
-        ``after_stream``."""
+        """Runs as the operation's results start to be sent; its answer goes to after_stream."""
         return None
 
     async def after_stream(self, operation: Any, result_source: Any, kept: Any) -> None:

@@ -1,19 +1,11 @@
 """Direct resolver calls for the fields strawberry would wrap on every call.
 
-For each field with a resolver, strawberry converts the arguments through its
-type machinery and chains the field's extensions on every call. On a page of 50
-rich messages that wrapping costs more than the resolvers themselves, and on
-``sendMessage`` the input conversion alone is a tenth of the request. Where the
-work can be decided once, when the schema is built, this does so:
-
-- arguments convert with functions made from the GraphQL input types (scalars
-  pass through, as in strawberry; input objects become their Python classes);
-- permission extensions run their checks before the call, as strawberry would.
-  A check that answers anything but True hands the call back to strawberry's
-  own resolver, which decides and words the refusal;
-- anything else (enums, custom input conversion, other extensions,
-  subscriptions, every field of a schema with exception handlers) keeps
-  strawberry's resolver untouched.
+strawberry converts arguments and chains field extensions per call, which on a page of
+50 messages costs more than the resolvers. Decided once here instead: arguments convert
+with functions made from the input types, and permission checks run before the call
+(any answer but True hands the call back to strawberry's resolver, which words the
+refusal). Anything else (enums, custom conversion, other extensions, subscriptions,
+schemas with exception handlers) keeps strawberry's resolver.
 """
 
 from __future__ import annotations
@@ -52,10 +44,7 @@ def _same(value: Any) -> Any:
 
 
 def converter(graphql_type: GraphQLInputType, config: StrawberryConfig) -> Convert | None:
-    """GraphQL input value (as graphql-core coerced it) -> the value strawberry would pass.
-
-    None where strawberry's own conversion is needed.
-    """
+    """GraphQL input value -> the value strawberry would pass; None where only it can."""
     if isinstance(graphql_type, GraphQLNonNull):
         return converter(graphql_type.of_type, config)
     if isinstance(graphql_type, GraphQLScalarType):
@@ -187,8 +176,7 @@ def lean_resolver(
 def install(schema: strawberry.Schema) -> int:
     """Give every field that fits a lean resolver; returns how many fields got one.
 
-    None with exception handlers: strawberry wraps resolvers with them, a direct
-    call would not.
+    None with exception handlers: strawberry wraps resolvers with them, a direct call would not.
     """
     count = 0
     if schema.exception_handlers:

@@ -1,25 +1,17 @@
 """The one operation runner: every GraphQL operation, on every path, runs through here.
 
-JSON POSTs, GET, multipart uploads and both WebSocket subprotocols reach it as
-``ThreadlineSchema.execute`` and ``.stream`` (strawberry's public entry points,
-which its view and socket handlers call); broadcast frames through ``frame_executor``
-and ``render_frame``. Around whichever engine runs, the work is done once, here:
-the operation's own context (a socket's is forked) and its close, the parsed and
-validated document from the cache, the limits (cost, several operations with no
-name, a subscription sent over HTTP), the counter by kind and engine, error
-shaping with ``extensions.code`` and ``process_errors``.
-
-Two engines answer. ``direct`` (the fast path, the default): a valid query or
-mutation runs on graphql-core with strawberry's executor class, plus plain leaves;
-strawberry's per-request machinery (extension runner, middleware manager,
-execution context) is skipped. ``strawberry``: everything else (texts that do not
-parse or are not valid, subscriptions, operation types a transport does not allow),
-and every operation with ``FAST_PATHS=off``.
+HTTP and both WebSocket subprotocols reach it as ``ThreadlineSchema.execute`` and
+``.stream``, broadcast frames through ``frame_executor`` and ``render_frame``. Whichever
+engine runs, the context, cached document, limits, counter and error shaping are done
+here. ``direct`` (the default) runs a valid query or mutation on graphql-core, skipping
+strawberry's per-request machinery; ``strawberry`` runs everything else, and every
+operation with ``FAST_PATHS=off``.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from inspect import isawaitable
 from typing import Any, NamedTuple, TypeVar
 
@@ -68,20 +60,13 @@ class CachedDocuments(SchemaExtension):
         yield
 
 
+@dataclass(slots=True)
 class Plan:
     """A valid operation picked from a known document, or the refusal it gets instead."""
 
-    __slots__ = ("known", "operation", "refusal")
-
-    def __init__(
-        self,
-        known: KnownDocument | None,
-        operation: OperationDefinitionNode | None = None,
-        refusal: GraphQLError | None = None,
-    ) -> None:
-        self.known = known
-        self.operation = operation
-        self.refusal = refusal
+    known: KnownDocument | None
+    operation: OperationDefinitionNode | None = None
+    refusal: GraphQLError | None = None
 
 
 # A text that does not parse, is not valid, or lacks the named operation: strawberry says why.
@@ -109,17 +94,14 @@ class OperationRunner:
         self.graphql_schema = graphql_schema(schema)
         self.documents = documents
         self.fast = fast
-        # strawberry's engine keeps its own executor class. The direct engine's builds
-        # the same resolve infos on graphql-core's plain Executor, and reads plain
-        # leaves itself; with FAST_PATHS=off, broadcast frames use strawberry's.
-        strawberry_class = schema.execution_context_class or _strawberry_executor()
+        # The direct engine builds strawberry's resolve infos on graphql-core's plain
+        # Executor and reads plain leaves itself; with FAST_PATHS=off, strawberry's.
+        self.executor_class: type[Executor[Any]] = schema.execution_context_class
         if fast:
-            leaves = plain_leaves.plain_leaves(schema)
+            lean = lean_executor(self.executor_class)
             self.executor_class = plain_leaves.executor_class(
-                leaves, lean_executor(strawberry_class)
+                plain_leaves.plain_leaves(schema), lean
             )
-        else:
-            self.executor_class = strawberry_class
 
     def plan(
         self, query: str | None, variables: dict[str, Any] | None, operation_name: str | None
@@ -199,14 +181,11 @@ class OperationRunner:
     def _engine(
         self, plan: Plan, allowed: Iterable[Allowed] | None, context: Context | None
     ) -> str:
-        """The engine that answers a planned operation, counted by kind, and where
-        the operation may read: only a query may read its content from the read
-        replica (a mutation reads what it wrote, a subscription's log reads must be
-        gap-free).
+        """The engine that answers a planned operation, counted by kind; strawberry's
+        answers what is unknown or not allowed here (it says why), uncounted.
 
-        Strawberry's answers what is not known here or not allowed on the transport
-        (it says why) without a count, and subscriptions; ``direct`` valid queries
-        and mutations unless ``FAST_PATHS=off``.
+        Only a query may read from the replica: a mutation reads what it wrote, a
+        subscription's log reads must be gap-free.
         """
         if plan.operation is None:
             return STRAWBERRY
@@ -225,8 +204,7 @@ class OperationRunner:
     def _direct(
         self, plan: Plan, request: Request, context: Any
     ) -> AwaitableOrValue[GraphQLExecutionResult]:
-        """graphql-core's execution of a planned operation: its result, or an awaitable
-        of it (``_direct_answer`` makes the answer)."""
+        """graphql-core's execution of a planned operation (or an awaitable of it)."""
         assert plan.known is not None
         return execute(
             self.graphql_schema,
@@ -301,8 +279,7 @@ def _strawberry(
 
 
 def _own(context: Any) -> Context | None:
-    """The operation's own context: a socket's operations share its context, each
-    gets its own session and loaders. An HTTP request's context is already its own."""
+    """The operation's own context: a socket's operations share one, each forks it."""
     if not isinstance(context, Context):
         return None
     return context.fork() if context.connection is not None else context
@@ -310,12 +287,6 @@ def _own(context: Any) -> Context | None:
 
 def _custom_args(extensions: dict[str, Any] | None) -> dict[str, Any]:
     return {"operation_extensions": extensions} if extensions else {}
-
-
-def _strawberry_executor() -> type[Executor[Any]]:
-    from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
-
-    return StrawberryGraphQLCoreExecutionContext
 
 
 def _refused(refusal: GraphQLError) -> ExecutionResult:
