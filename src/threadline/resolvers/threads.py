@@ -72,16 +72,15 @@ class ThreadMutations:
     async def update_thread(
         self, info: Info, thread_id: ID, input: UpdateThreadInput
     ) -> ThreadType:
+        set_description = input.description is not strawberry.UNSET
         async with op.writing(info, "update_thread") as (uow, viewer):
             thread = await threads.update_thread(
                 uow,
                 viewer,
                 thread_id,
                 title=input.title if input.title is not strawberry.UNSET else None,
-                description=input.description
-                if input.description is not strawberry.UNSET
-                else None,
-                set_description=input.description is not strawberry.UNSET,
+                description=input.description if set_description else None,
+                set_description=set_description,
             )
         return ThreadType.of(thread)
 
