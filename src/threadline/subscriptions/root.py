@@ -89,10 +89,8 @@ class _Counted(AsyncIterator[T]):
         try:
             async for item in self._source:
                 yield item
-                # The item's fields are resolved: give the read session's pooled
-                # connection back before the stream waits for its next event. Held
-                # while idle, it would take one connection per subscriber that has
-                # seen an event, and a full pool stops the process.
+                # Resolved: give the read connection back before waiting for the next
+                # event (one held per idle subscriber would fill the pool).
                 await self._context.renew()
             sink = self._root.sink if self._root is not None else None
             if sink is not None and sink.detached is not None:
