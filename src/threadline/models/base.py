@@ -87,10 +87,7 @@ RoleColumn = String(16)
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
-    type_annotation_map: dict[Any, Any] = {
-        datetime: UTCDateTime(),
-        uuid.UUID: Uuid(),
-    }
+    type_annotation_map: dict[Any, Any] = {datetime: UTCDateTime(), uuid.UUID: Uuid()}
 
     @classmethod
     def as_stored(cls, **columns: Any) -> Self:

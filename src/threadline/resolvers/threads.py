@@ -10,12 +10,7 @@ from threadline.schema.connections import connection, page_args
 from threadline.schema.directives import authenticated, thread_role
 from threadline.schema.enums import ThreadRole
 from threadline.schema.inputs import CreateThreadInput, UpdateThreadInput
-from threadline.schema.types import (
-    ParticipantType,
-    ThreadConnection,
-    ThreadEdge,
-    ThreadType,
-)
+from threadline.schema.types import ParticipantType, ThreadConnection, ThreadEdge, ThreadType
 from threadline.services import threads
 
 

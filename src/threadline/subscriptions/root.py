@@ -56,10 +56,7 @@ class _Counted(AsyncIterator[T]):
         state: ConnectionState | None = info.context.state
         ceiling = info.context.runtime.settings.max_subscriptions_per_connection
         if state is not None and state.subscriptions >= ceiling:
-            raise RateLimited(
-                f"At most {ceiling} subscriptions per connection",
-                retry_after=1,
-            )
+            raise RateLimited(f"At most {ceiling} subscriptions per connection", retry_after=1)
         self._slot = _Slot(state)
         self._context: Context = info.context
         self._root = operation_root(info)

@@ -19,11 +19,7 @@ from strawberry import ID, Info
 
 from threadline.errors import Conflict
 from threadline.realtime.broker import RECONNECTED, Subscriber
-from threadline.realtime.channels import (
-    decode_user_event,
-    thread_channel,
-    user_channel,
-)
+from threadline.realtime.channels import decode_user_event, thread_channel, user_channel
 from threadline.runtime import Runtime
 from threadline.schema.context import Context
 from threadline.schema.enums import ThreadRole
