@@ -61,10 +61,7 @@ def new_id() -> uuid.UUID:
 
 
 class UTCDateTime(TypeDecorator[datetime]):
-    """Timestamps stored in UTC and always handed back timezone-aware.
-
-    SQLite keeps no zone, so a naive value read back is UTC by construction.
-    """
+    """Timestamps stored in UTC and handed back aware (SQLite's naive values are UTC)."""
 
     impl = DateTime(timezone=True)
     cache_ok = True
@@ -90,19 +87,12 @@ RoleColumn = String(16)
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
-    type_annotation_map: dict[Any, Any] = {
-        datetime: UTCDateTime(),
-        uuid.UUID: Uuid(),
-    }
+    type_annotation_map: dict[Any, Any] = {datetime: UTCDateTime(), uuid.UUID: Uuid()}
 
     @classmethod
     def as_stored(cls, **columns: Any) -> Self:
-        """An instance holding a row that a statement of our own just wrote.
-
-        Built as the ORM builds what it loads (no constructor, no change
-        tracking), which costs a fraction of ``cls(...)``: for results, never
-        for adding to a session. Every column must be given.
-        """
+        """A row a statement of ours just wrote, built as the ORM loads one (a fraction of
+        ``cls(...)``'s cost): for results, never for a session. Every column must be given."""
         assert columns.keys() == _column_keys(cls), "as_stored needs every column"
         instance: Self = instance_factory(cls)()
         instance.__dict__.update(columns)

@@ -86,27 +86,21 @@ class Reaction(Base):
     )
 
 
-_WORD = re.compile(r"\w+", re.UNICODE)
-
-
-def _fts5_query(query: str) -> str:
-    """Plain words, each quoted, so that FTS5 syntax in user input is inert."""
-    words = _WORD.findall(query)
-    return " ".join('"' + w.replace('"', "") + '"' for w in words)
+_WORD = re.compile(r"\w+")
 
 
 def full_text_match(session: AsyncSession, query: str) -> tuple[Select[Message], Any] | None:
     """Messages matching ``query``, and their rank (higher first); None: no words.
 
-    PostgreSQL ranks a generated tsvector column (english configuration, GIN index)
-    against ``websearch_to_tsquery``; SQLite uses the FTS5 table the migration keeps
-    in step with messages (porter stemmer, bm25 rank).
+    PostgreSQL: the generated tsvector column against ``websearch_to_tsquery``;
+    SQLite: the FTS5 table the migration keeps in step with messages (bm25 rank).
     """
     if session.get_bind().dialect.name == "postgresql":
         tsquery = func.websearch_to_tsquery(literal_column("'english'"), query)
         vector: Any = column("search_vector")
         return select(Message).where(vector.op("@@")(tsquery)), func.ts_rank_cd(vector, tsquery)
-    fts = _fts5_query(query)
+    # Each word quoted, so that FTS5 syntax in user input is inert (\w matches no quote).
+    fts = " ".join(f'"{word}"' for word in _WORD.findall(query))
     if not fts:
         return None
     matches = (

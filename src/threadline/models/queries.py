@@ -1,14 +1,10 @@
 """Hot reads written once: a SQLAlchemy statement, and the asyncpg SQL compiled from it.
 
-A page makes about eight batch reads, and on PostgreSQL SQLAlchemy's work per
-statement and per loaded row cost more than the reads themselves. So a ``Query``
-holds one Core/ORM statement and, compiled from it once at import, the SQL that
-asyncpg takes (``$n`` parameters; a list of ids, an expanding ``IN``, becomes
-``= ANY($n)``, one array parameter, so one prepared statement serves any count).
-Where the session allows (``DRIVER_ROWS``/``DRIVER_ENTITIES`` in its ``info``: set
-by ``db.Database`` on PostgreSQL while FAST_PATHS is on) that SQL runs on the
-session's own connection and rows are built as SQLAlchemy would build them
-(``models.seam``); anywhere else the statement itself runs through the session.
+On PostgreSQL SQLAlchemy's work per statement and row costs more than a page's
+batch reads themselves. Where the session allows (``DRIVER_ROWS``/``DRIVER_ENTITIES``
+in its ``info``, set by ``db.Database`` while FAST_PATHS is on) the compiled SQL runs
+on the session's connection and rows are built as the ORM builds them; anywhere
+else the statement runs through the session.
 """
 
 from __future__ import annotations
@@ -66,12 +62,9 @@ class _Entity:
 
 
 class DriverStatement:
-    """A SQLAlchemy statement compiled once to the SQL asyncpg takes, and its arguments.
-
-    The one way a statement of ours reaches the driver: ``sql`` has ``$n`` parameters
-    in the order ``args`` gives them, each value processed as SQLAlchemy would
-    before sending it (a list of ids for an expanding ``IN`` is one array).
-    """
+    """A statement compiled once to asyncpg's SQL (``$n`` parameters), and its arguments
+    processed as SQLAlchemy would. An expanding ``IN`` becomes ``= ANY($n)``: one
+    prepared statement serves any count of ids."""
 
     def __init__(self, statement: ClauseElement) -> None:
         driver_form = cast(ClauseElement, replacement_traverse(statement, {}, _ids_as_array))
@@ -200,12 +193,10 @@ def _entity_layout(statement: AnySelect, columns: list[Any]) -> list[_Entity]:
 
 
 class Write:
-    """One self-contained write (a single statement, atomic alone), written once.
+    """One self-contained write that emits no event (a WebSocket's session row).
 
-    On PostgreSQL with the fast paths on it runs on the driver's pool (one round trip:
-    no BEGIN and COMMIT, none of the ORM's per-statement work); anywhere else the
-    same statement runs in a transaction of its own. For writes that go with no other
-    (a WebSocket's session row: opened, touched, closed) and emit no event.
+    With the fast paths on it runs on the driver's pool in one round trip (no BEGIN
+    and COMMIT); anywhere else in a transaction of its own.
     """
 
     def __init__(self, statement: Any) -> None:

@@ -1,9 +1,8 @@
 """The one seam onto SQLAlchemy's internals: every name of it that is not public API.
 
-The driver fast paths (``models.queries``, ``models.sends``) build instances and
-values as SQLAlchemy's own loading would; what they need of its insides is here,
-checked at import, so that an upgrade that drops a name fails at start-up with one
-line naming it, not later inside a request. ``FAST_PATHS=off`` runs without them.
+The driver fast paths build instances and values as SQLAlchemy's loading would;
+what they need of its insides is checked here at import, so that an upgrade that
+drops a name fails at start-up naming it, not inside a request.
 """
 
 from __future__ import annotations

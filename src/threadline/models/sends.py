@@ -1,14 +1,10 @@
 """The group-commit statement: many plain messages stored by one PostgreSQL statement.
 
-Written once in SQLAlchemy Core and compiled for asyncpg (``models.queries``). It
-locks the threads it writes to, in id order (two batches, of this process or
-another, never wait on each other in a circle), keeps the rows whose sender may
-post under that lock, numbers each thread's new messages from the seq it found,
-and writes the messages, their events and the threads' seq and activity, all or
-nothing. Who may post is not decided here: each row carries its sender's rights
-as ``permissions.posting_rights`` gives them (without a participant row, and with
-which participant roles); the statement only checks the row against them, and a
-live thread, as ``permissions.grant`` does.
+It locks its threads in id order (so two batches never wait on each other in a
+circle), keeps the rows whose sender may post (checked against the rights each row
+carries, from ``permissions.posting_rights``, and a live thread, as
+``permissions.grant`` does), numbers each thread's new messages from the seq it
+found, and writes the messages, their events and the threads' seq, all or nothing.
 """
 
 from __future__ import annotations
@@ -33,8 +29,7 @@ from threadline.models.thread import Thread, ThreadParticipant
 
 
 class PlainSend(NamedTuple):
-    """One plain message (no parent, attachments or mentions) to store; its fields
-    in the order of the statement's arrays (``_FIELDS``)."""
+    """One plain message (no parent, attachments or mentions), fields in ``_FIELDS``' order."""
 
     id: uuid.UUID
     thread_id: uuid.UUID
@@ -42,16 +37,14 @@ class PlainSend(NamedTuple):
     body: str
     client_id: str | None
     at: datetime
-    # The sender's rights (permissions.posting_rights): may post with no participant
-    # row; the participant roles that may post.
+    # The sender's rights (permissions.posting_rights): without a participant row; by role.
     granted: bool
     roles: frozenset[str]
     # The event's payload as JSON text, without its seq (the statement adds it).
     payload: str
 
 
-# (parameter, column, type) of each send's field, one array parameter each, in
-# PlainSend's order.
+# (array parameter, column, type) of each of PlainSend's fields, in its order.
 _FIELDS: list[tuple[str, str, TypeEngine[Any]]] = [
     ("ids", "id", sa.Uuid()),
     ("thread_ids", "thread_id", sa.Uuid()),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
     Boolean,
@@ -77,20 +78,19 @@ def move_delivered(
     columns of a VALUES list, one per marker (it has one writer at a time anyway)."""
     if engine.dialect.name == "sqlite":
         return [_move_delivered(t, u, s) for t, u, s in rows]
-    return [_move_delivered_set_based(rows)]
-
-
-_MOVED = (
-    ThreadParticipant.thread_id,
-    ThreadParticipant.user_id,
-    ThreadParticipant.last_read_seq,
-    ThreadParticipant.last_delivered_seq,
-)
+    wanted = values(
+        column("thread_id", Uuid()),
+        column("user_id", Uuid()),
+        column("seq", Integer()),
+        name="wanted",
+    ).data(rows)
+    return [_move_delivered(wanted.c.thread_id, wanted.c.user_id, wanted.c.seq)]
 
 
 def _move_delivered(
-    thread_id: uuid.UUID, user_id: uuid.UUID, seq: int
+    thread_id: Any, user_id: Any, seq: Any
 ) -> ReturningUpdate[uuid.UUID, uuid.UUID, int, int]:
+    """Values, or the columns of a VALUES list."""
     return (
         update(ThreadParticipant)
         .where(
@@ -99,26 +99,10 @@ def _move_delivered(
             ThreadParticipant.last_delivered_seq < seq,
         )
         .values(last_delivered_seq=seq)
-        .returning(*_MOVED)
-    )
-
-
-def _move_delivered_set_based(
-    rows: list[tuple[uuid.UUID, uuid.UUID, int]],
-) -> ReturningUpdate[uuid.UUID, uuid.UUID, int, int]:
-    wanted = values(
-        column("thread_id", Uuid()),
-        column("user_id", Uuid()),
-        column("seq", Integer()),
-        name="wanted",
-    ).data(rows)
-    return (
-        update(ThreadParticipant)
-        .where(
-            ThreadParticipant.thread_id == wanted.c.thread_id,
-            ThreadParticipant.user_id == wanted.c.user_id,
-            ThreadParticipant.last_delivered_seq < wanted.c.seq,
+        .returning(
+            ThreadParticipant.thread_id,
+            ThreadParticipant.user_id,
+            ThreadParticipant.last_read_seq,
+            ThreadParticipant.last_delivered_seq,
         )
-        .values(last_delivered_seq=wanted.c.seq)
-        .returning(*_MOVED)
     )

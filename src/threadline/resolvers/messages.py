@@ -1,7 +1,6 @@
 """Queries and mutations about messages: history, search, reactions, receipts.
 
-The pages themselves (a thread's messages, replies, readBy) are built in schema/types.py,
-where the fields of Thread and Message answer them too.
+The pages themselves are built in schema/types.py, where Thread and Message fields use them too.
 """
 
 from __future__ import annotations
@@ -80,19 +79,16 @@ class MessageMutations:
     # messages: the same rule as the directive, in one round trip, and race-free.
     @strawberry.mutation(extensions=[thread_role(ThreadRole.MEMBER, checked_by_write=True)])
     async def send_message(self, info: Info, input: SendMessageInput) -> MessageType:
-        viewer = await op.limit(info, Action.SEND_MESSAGE)
-        ctx = op.context(info)
-        await ctx.before_write()
-        message = await messages.send_message(
-            ctx.runtime.db,
-            viewer,
-            input.thread_id,
-            input.body,
-            parent_id=input.parent_id,
-            client_id=input.client_id,
-            attachment_ids=input.attachment_ids or [],
-        )
-        ctx.after_write()
+        async with op.acting(info, Action.SEND_MESSAGE) as (ctx, viewer):
+            message = await messages.send_message(
+                ctx.runtime.db,
+                viewer,
+                input.thread_id,
+                input.body,
+                parent_id=input.parent_id,
+                client_id=input.client_id,
+                attachment_ids=input.attachment_ids or [],
+            )
         return MessageType.of(message)
 
     @strawberry.mutation(
@@ -144,18 +140,15 @@ class MessageMutations:
             # The Upload scalar takes any variable value; only a multipart file part is one.
             raise BadInput("`file` must be a file part of a multipart request (the upload spec)")
         # Not closed here: one file may fill several variables (the request closes it).
-        viewer = await op.limit(info, Action.UPLOAD)
-        ctx = op.context(info)
-        await ctx.before_write()
-        row = await attachments.upload_attachment(
-            ctx.runtime.db,
-            ctx.runtime.storage,
-            viewer,
-            thread_id,
-            upload,
-            max_bytes=ctx.runtime.settings.max_upload_bytes,
-        )
-        ctx.after_write()
+        async with op.acting(info, Action.UPLOAD) as (ctx, viewer):
+            row = await attachments.upload_attachment(
+                ctx.runtime.db,
+                ctx.runtime.storage,
+                viewer,
+                thread_id,
+                upload,
+                max_bytes=ctx.runtime.settings.max_upload_bytes,
+            )
         return AttachmentType.of(row)
 
     @strawberry.mutation(

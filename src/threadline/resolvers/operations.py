@@ -13,17 +13,6 @@ from strawberry import Info
 from threadline.db import UnitOfWork
 from threadline.models import User
 from threadline.realtime.rate_limits import Action
-
-__all__ = [
-    "Action",
-    "checked_access",
-    "context",
-    "limit",
-    "session",
-    "viewer",
-    "visible_now",
-    "writing",
-]
 from threadline.services.pagination import Page, only
 from threadline.services.permissions import ThreadAccess, parse_id
 
@@ -72,13 +61,19 @@ async def visible_now(info: Info, page: Page[T], thread_of: Callable[[T], uuid.U
 
 
 @asynccontextmanager
-async def writing(
-    info: Info, name: str, action: Action = Action.MUTATION
-) -> AsyncIterator[tuple[UnitOfWork, User]]:
-    """One named, rate-limited transaction; the operation's loaders start afresh after it."""
+async def acting(info: Info, action: Action) -> AsyncIterator[tuple[Context, User]]:
+    """A rate-limited write; the operation's loaders start afresh after it."""
     ctx = context(info)
     user = await limit(info, action)
     await ctx.before_write()
-    async with ctx.runtime.db.transaction(name) as uow:
-        yield uow, user
+    yield ctx, user
     ctx.after_write()
+
+
+@asynccontextmanager
+async def writing(
+    info: Info, name: str, action: Action = Action.MUTATION
+) -> AsyncIterator[tuple[UnitOfWork, User]]:
+    """One named, rate-limited transaction."""
+    async with acting(info, action) as (ctx, user), ctx.runtime.db.transaction(name) as uow:
+        yield uow, user

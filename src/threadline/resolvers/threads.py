@@ -10,12 +10,7 @@ from threadline.schema.connections import connection, page_args
 from threadline.schema.directives import authenticated, thread_role
 from threadline.schema.enums import ThreadRole
 from threadline.schema.inputs import CreateThreadInput, UpdateThreadInput
-from threadline.schema.types import (
-    ParticipantType,
-    ThreadConnection,
-    ThreadEdge,
-    ThreadType,
-)
+from threadline.schema.types import ParticipantType, ThreadConnection, ThreadEdge, ThreadType
 from threadline.services import threads
 
 
@@ -72,16 +67,15 @@ class ThreadMutations:
     async def update_thread(
         self, info: Info, thread_id: ID, input: UpdateThreadInput
     ) -> ThreadType:
+        set_description = input.description is not strawberry.UNSET
         async with op.writing(info, "update_thread") as (uow, viewer):
             thread = await threads.update_thread(
                 uow,
                 viewer,
                 thread_id,
                 title=input.title if input.title is not strawberry.UNSET else None,
-                description=input.description
-                if input.description is not strawberry.UNSET
-                else None,
-                set_description=input.description is not strawberry.UNSET,
+                description=input.description if set_description else None,
+                set_description=set_description,
             )
         return ThreadType.of(thread)
 

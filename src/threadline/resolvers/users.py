@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from contextlib import suppress
+
 import strawberry
 from strawberry import ID, Info
 
 from threadline.errors import NotFound
+from threadline.realtime.rate_limits import Action
 from threadline.resolvers import operations as op
 from threadline.schema.connections import connection, page_args
 from threadline.schema.directives import authenticated, has_role
@@ -76,11 +79,8 @@ async def _node(info: Info, raw_id: str) -> Node | None:
     user = await loaders.user.load(node_id)
     if user is not None:
         return UserType.of(user)
-    try:
-        access = await access_thread(session, viewer, node_id)
-        return ThreadType.of(access.thread)
-    except NotFound:
-        pass
+    with suppress(NotFound):
+        return ThreadType.of((await access_thread(session, viewer, node_id)).thread)
     message = await loaders.message.load(node_id)
     if message is not None:
         try:
@@ -88,13 +88,11 @@ async def _node(info: Info, raw_id: str) -> Node | None:
             return MessageType.of(message)
         except NotFound:
             return None
-    try:
+    with suppress(NotFound):
         await access_attachment(session, viewer, node_id)
         # Of a deleted message or thread: gone for everyone, whatever the access.
         attachment = await attachments.downloadable(session, node_id)
         return AttachmentType.of(attachment) if attachment is not None else None
-    except NotFound:
-        pass
     from threadline.services import notifications
 
     notification = await notifications.get_notification(session, viewer, node_id)
@@ -130,6 +128,6 @@ class UserMutations:
 
     @strawberry.mutation(extensions=[authenticated()])
     async def set_presence(self, info: Info, status: PresenceStatus) -> PresenceType:
-        viewer = await op.limit(info, op.Action.MUTATION)
+        viewer = await op.limit(info, Action.MUTATION)
         state = await op.context(info).runtime.presence.set_status(viewer.id, status)
         return PresenceType(status=state.status, last_seen_at=state.last_seen_at)

@@ -1,9 +1,8 @@
 """threadActivity: typing and receipts of a thread, live only (never stored).
 
-The stream also hears the thread's logged events, for the signal that ends
-threadEvents (``thread_feed.ends_subscription``: the viewer removed, the thread
-deleted); on it, and after a broker reconnect that may have lost it, the
-viewer's access is checked again and the stream ends once it is gone.
+It also hears the thread's logged events: on one that ends threadEvents (the viewer
+removed, the thread deleted), and after a broker reconnect that may have lost one,
+the viewer's access is checked again and the stream ends once it is gone.
 """
 
 from __future__ import annotations

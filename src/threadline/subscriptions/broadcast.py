@@ -1,13 +1,10 @@
 """Broadcast subscriptions: one execution per event, the same frame to every subscriber.
 
-Strawberry would run a subscription's selection set once per subscriber and
-event; for a thread with 200 subscribers that is almost all of the server's work.
-When a graphql-transport-ws subscription's selection reads nothing that depends
-on who is watching, its result for an event depends only on (operation,
-variables, event): it is computed once per process, serialised once, and written
-to each socket with that operation's id. Strawberry still parses, validates,
-limits and authorises the operation as usual (GraphQL-Ruby's "broadcast"
-subscriptions are the precedent).
+Strawberry would run a selection once per subscriber and event: with 200 subscribers
+almost all of the server's work. A selection that reads nothing of who is watching
+depends only on (operation, variables, event), so it is executed and serialised once
+per process (as GraphQL-Ruby's "broadcast" subscriptions); Strawberry still parses,
+validates, limits and authorises each operation.
 """
 
 from __future__ import annotations
@@ -102,9 +99,9 @@ class _VariableUses(Visitor):
         self.uses[node.name.value] = self.uses.get(node.name.value, 0) + 1
 
 
-# By the operation's node (kept alive here, so its id stays its own): the cached
-# document's nodes are the same objects for every subscriber that sent that text.
-_START_ONLY: dict[int, tuple[object, frozenset[str]]] = {}
+# By the operation's node: the cached document's nodes are the same objects for
+# every subscriber that sent that text.
+_START_ONLY: dict[_Same, frozenset[str]] = {}
 _START_ONLY_SIZE = 512
 
 
@@ -116,17 +113,12 @@ def _start_only_variables(info: Info) -> frozenset[str]:
     out once per document: a walk of the whole operation, at every subscribe.
     """
     raw = raw_info(info)
-    known = _START_ONLY.get(id(raw.operation))
-    if known is not None and known[0] is raw.operation:
-        return known[1]
+    operation = _Same(raw.operation)
+    known = _START_ONLY.get(operation)
+    if known is not None:
+        return known
     if len(_START_ONLY) >= _START_ONLY_SIZE:
         _START_ONLY.clear()
-    found = _count_start_only(raw)
-    _START_ONLY[id(raw.operation)] = (raw.operation, found)
-    return found
-
-
-def _count_start_only(raw: Any) -> frozenset[str]:
     counter = _VariableUses()
     for definition in (raw.operation, *raw.fragments.values()):
         visit(definition.selection_set, counter)
@@ -140,7 +132,8 @@ def _count_start_only(raw: Any) -> frozenset[str]:
                 and counter.uses.get(value.name.value) == 1
             ):
                 start_only.add(value.name.value)
-    return frozenset(start_only)
+    found = _START_ONLY[operation] = frozenset(start_only)
+    return found
 
 
 class OperationTemplate:
@@ -201,7 +194,13 @@ class FrameRenderer:
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._rendering[key] = future
         try:
-            text = await self._execute(self._executor(template), await make_event())
+            executor = self._executor(template)
+            event = await make_event()
+            context = self._make_context()
+            # Every subscriber of the frame was checked for this thread and leaves the
+            # group when removed: the frame may show that thread, and no other.
+            context.broadcast_thread = uuid.UUID(str(event.thread_id))
+            text = await self._runner.render_frame(executor, event, context)
             self._frames.put(key, text)
             future.set_result(text)
             return text
@@ -211,10 +210,3 @@ class FrameRenderer:
             raise
         finally:
             del self._rendering[key]
-
-    async def _execute(self, executor: Executor[Any], event: Any) -> str:
-        context = self._make_context()
-        # Every subscriber of the frame was checked for this thread and leaves the
-        # group when removed: the frame may show that thread, and no other.
-        context.broadcast_thread = uuid.UUID(str(event.thread_id))
-        return await self._runner.render_frame(executor, event, context)

@@ -1,15 +1,14 @@
 """What joins a graphql-transport-ws operation to the process's live fan-out.
 
-The transport hands each operation an ``OperationRoot`` as its GraphQL root
-value: the operation's direct sink and the process's frame renderer. A
-threadEvents resolver whose selection reads nothing of the viewer joins
-``realtime.fanout`` with a ``BroadcastFrames`` (its frames rendered once per
-event for every subscriber) and detaches from its GraphQL stream.
+The transport gives each operation an ``OperationRoot`` (its direct sink, the frame
+renderer) as root value; a broadcast threadEvents joins ``realtime.fanout`` with a
+``BroadcastFrames`` and detaches from its GraphQL stream.
 """
 
 from __future__ import annotations
 
 from collections.abc import Hashable
+from dataclasses import dataclass
 
 from strawberry import Info
 
@@ -20,14 +19,12 @@ from threadline.subscriptions.broadcast import FrameRenderer, OperationTemplate
 from threadline.subscriptions.rendering import rendered
 
 
+@dataclass(slots=True, eq=False)
 class OperationRoot:
     """The root value of one graphql-transport-ws operation."""
 
-    __slots__ = ("frames", "sink")
-
-    def __init__(self, sink: DirectSink, frames: FrameRenderer) -> None:
-        self.sink = sink
-        self.frames = frames
+    sink: DirectSink
+    frames: FrameRenderer
 
 
 def operation_root(info: Info) -> OperationRoot | None:

@@ -1,8 +1,7 @@
 """Turning logged events into GraphQL event objects, with no query for the event itself.
 
-The payload carries the message; users come through the operation's loader,
-backed by the runtime's shared short-lived user cache, so that one event fanned
-out to many subscribers costs one user lookup per process, not one each.
+The payload carries the message; users come through the loader, backed by the
+runtime's shared user cache: one lookup per process for an event, not per subscriber.
 """
 
 from __future__ import annotations

@@ -56,10 +56,7 @@ class _Counted(AsyncIterator[T]):
         state: ConnectionState | None = info.context.state
         ceiling = info.context.runtime.settings.max_subscriptions_per_connection
         if state is not None and state.subscriptions >= ceiling:
-            raise RateLimited(
-                f"At most {ceiling} subscriptions per connection",
-                retry_after=1,
-            )
+            raise RateLimited(f"At most {ceiling} subscriptions per connection", retry_after=1)
         self._slot = _Slot(state)
         self._context: Context = info.context
         self._root = operation_root(info)
@@ -89,10 +86,8 @@ class _Counted(AsyncIterator[T]):
         try:
             async for item in self._source:
                 yield item
-                # The item's fields are resolved: give the read session's pooled
-                # connection back before the stream waits for its next event. Held
-                # while idle, it would take one connection per subscriber that has
-                # seen an event, and a full pool stops the process.
+                # Resolved: give the read connection back before waiting for the next
+                # event (one held per idle subscriber would fill the pool).
                 await self._context.renew()
             sink = self._root.sink if self._root is not None else None
             if sink is not None and sink.detached is not None:

@@ -1,10 +1,8 @@
 """threadEvents: replay from the log after ``afterSeq``, then live, in seq order, gap-free.
 
-The order, gap fills and replay are ``realtime.thread_feed``'s. A subscription
-whose selection reads nothing of the viewer joins the process's fan-out (one
-rendering per event for all local subscribers, see ``subscriptions.live``); any
-other is executed per event here. A participant removed from the thread gets
-that event, then the end.
+A subscription whose selection reads nothing of the viewer joins the process's
+fan-out (``subscriptions.live``); any other is executed per event here. A
+participant removed from the thread gets that event, then the end.
 """
 
 from __future__ import annotations
@@ -38,8 +36,7 @@ async def stream(
     await ctx.close()  # no session held open between events
     root = operation_root(info)
     if root is not None and viewer_independent(info):
-        # Broadcast: the process's fan-out renders once per event for all local
-        # subscribers of this operation and writes the frames to the sockets. The
+        # The fan-out renders and writes this operation's frames from now on: the
         # subscription detaches from this stream, which ends here without a frame.
         frames = BroadcastFrames(OperationTemplate(info), root.frames, runtime)
         member = runtime.fanout.join(

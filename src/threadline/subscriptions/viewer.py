@@ -1,10 +1,9 @@
 """viewerEvents: what concerns the signed-in user across all of their threads.
 
-It listens on the user's own channel (notifications, membership) for its whole
-life, and on the channels of the user's threads, shared in-process with every
-other subscriber of those threads: a message in a 200-member thread is one
-publish. When the membership changes, only the thread subscription is swapped,
-so nothing addressed to the user is lost meanwhile.
+It listens on the user's own channel for its whole life, and on the channels of
+the user's threads (shared in-process: a message in a 200-member thread is one
+publish). A membership change swaps only the latter, so nothing addressed to the
+user is lost meanwhile.
 """
 
 from __future__ import annotations
@@ -20,11 +19,7 @@ from strawberry import ID, Info
 
 from threadline.errors import Conflict
 from threadline.realtime.broker import RECONNECTED, Subscriber
-from threadline.realtime.channels import (
-    decode_user_event,
-    thread_channel,
-    user_channel,
-)
+from threadline.realtime.channels import decode_user_event, thread_channel, user_channel
 from threadline.runtime import Runtime
 from threadline.schema.context import Context
 from threadline.schema.enums import ThreadRole
@@ -42,28 +37,23 @@ MAX_THREADS = 100  # a viewer follows their most recently active threads live
 QUEUE_LIMIT = 1000
 
 
-class _Feed:
-    """Pumps broker subscriptions into one bounded queue."""
-
-    def __init__(self) -> None:
-        self.queue: asyncio.Queue[Any] = asyncio.Queue()
-
-    async def pump(self, subscriber: Subscriber) -> None:
-        try:
-            async for item in subscriber:
-                if self.queue.qsize() >= QUEUE_LIMIT:
-                    raise Conflict("viewerEvents fell too far behind: subscribe again")
-                self.queue.put_nowait(item)
-        except Exception as exc:  # handed to the reader, which raises it
-            self.queue.put_nowait(exc)
+async def _pump(subscriber: Subscriber, queue: asyncio.Queue[Any]) -> None:
+    """Into the one bounded queue the stream reads."""
+    try:
+        async for item in subscriber:
+            if queue.qsize() >= QUEUE_LIMIT:
+                raise Conflict("viewerEvents fell too far behind: subscribe again")
+            queue.put_nowait(item)
+    except Exception as exc:  # handed to the reader, which raises it
+        queue.put_nowait(exc)
 
 
 class _ThreadWatch:
     """The current subscription to the viewer's thread channels, swappable."""
 
-    def __init__(self, runtime: Runtime, feed: _Feed) -> None:
+    def __init__(self, runtime: Runtime, queue: asyncio.Queue[Any]) -> None:
         self.runtime = runtime
-        self.feed = feed
+        self.queue = queue
         self.thread_ids: set[uuid.UUID] = set()
         self._cm: AbstractAsyncContextManager[Subscriber] | None = None
         self._task: asyncio.Task[None] | None = None
@@ -77,7 +67,7 @@ class _ThreadWatch:
             return
         self._cm = self.runtime.broker.subscribe_many([thread_channel(t) for t in self.thread_ids])
         subscriber = await self._cm.__aenter__()
-        self._task = asyncio.create_task(self.feed.pump(subscriber))
+        self._task = asyncio.create_task(_pump(subscriber, self.queue))
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -94,15 +84,15 @@ async def stream(info: Info) -> AsyncIterator[ViewerEvent]:
     ctx: Context = info.context
     viewer = await ctx.viewer()
     runtime = ctx.runtime
-    feed = _Feed()
-    watch = _ThreadWatch(runtime, feed)
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+    watch = _ThreadWatch(runtime, queue)
     await ctx.close()
     async with runtime.broker.subscribe(user_channel(viewer.id)) as mine:
-        own = asyncio.create_task(feed.pump(mine))
+        own = asyncio.create_task(_pump(mine, queue))
         try:
             await watch.follow(viewer)
             while True:
-                item = await feed.queue.get()
+                item = await queue.get()
                 if isinstance(item, Exception):
                     raise item
                 if item is RECONNECTED:
