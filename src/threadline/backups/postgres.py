@@ -1,15 +1,12 @@
 """PostgreSQL: pg_dump's custom format from one exported snapshot, and pg_restore.
 
-The client tools are found by the server's major version (a pg_dump older than the
-server refuses to dump it). The password goes to them in the environment, never
-on the command line or into a message.
+The password goes to the client tools in the environment, never on a command line or in a message.
 """
 
 from __future__ import annotations
 
 import asyncio
 import glob
-import logging
 import os
 import re
 import shutil
@@ -29,8 +26,6 @@ from threadline.backups.manifest import BackupError
 from threadline.backups.rows import Facts, holds_rows, read_facts
 from threadline.migrate import upgrade_to_head_async
 from threadline.models import Base
-
-log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -158,11 +153,8 @@ class PostgresDatabase:
         return int(number) // 10000
 
     async def dump(self, target: Path) -> Facts:
-        """pg_dump from the snapshot this transaction exports, and the facts read in it.
-
-        The rows read here and the dump are the same state of the database: a
-        repeatable-read transaction exports its snapshot and pg_dump imports it.
-        """
+        """pg_dump from the snapshot this repeatable-read transaction exports, and the
+        facts read in it: the same state of the database."""
 
         async def in_snapshot(connection: AsyncConnection) -> Facts:
             snapshot = (await connection.execute(text("SELECT pg_export_snapshot()"))).scalar_one()
@@ -189,10 +181,7 @@ class PostgresDatabase:
         then ``finish``; if that fails, a database that was empty is made empty again.
         """
 
-        async def major(connection: AsyncConnection) -> int:
-            return await self._server_major(connection)
-
-        tool = find_tool("pg_restore", await self._on_connection(major))
+        tool = find_tool("pg_restore", await self._on_connection(self._server_major))
         libpq, environment = libpq_target(self.database_url)
         command = [
             tool,
