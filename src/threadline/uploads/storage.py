@@ -32,19 +32,15 @@ class StoredFile:
 class Storage(Protocol):
     async def save(self, chunks: AsyncIterator[bytes], *, max_bytes: int) -> StoredFile:
         """Store the stream under a new key; TooLarge past ``max_bytes``, leaving nothing."""
-        ...
 
     async def size(self, key: str) -> int | None:
         """The stored size, or None when the key does not exist."""
-        ...
 
     def read(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         """The bytes ``start`` to ``end`` (exclusive; None: to the end), in chunks."""
-        ...
 
     async def delete(self, key: str) -> None:
         """Remove the file; a key that is already gone is not an error."""
-        ...
 
 
 class LocalStorage:
