@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from threadline.config import ConfigError, Settings, load_settings
 from threadline.models import SystemRole
@@ -22,12 +23,16 @@ WEBSOCKET_IMPLEMENTATION = "websockets-sansio"
 WS_PING_SECONDS = 20.0
 
 
+def _fail(message: str, code: int) -> NoReturn:
+    print(f"threadline: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
 def _settings() -> Settings:
     try:
         return load_settings()
     except ConfigError as exc:
-        print(f"threadline: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        _fail(str(exc), 2)
 
 
 def _migrate(settings: Settings) -> None:
@@ -39,8 +44,7 @@ def _migrate(settings: Settings) -> None:
         # Past any pooler: a migration is one long transaction of DDL.
         url = settings.direct_database_url
     except ConfigError as exc:
-        print(f"threadline: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        _fail(str(exc), 2)
     upgrade_to_head(url)
 
 
@@ -55,11 +59,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # The embedded default migrates itself; PostgreSQL deployments run `migrate`.
         _migrate(settings)
     if args.workers > 1 and not settings.redis_url:
-        print(
-            "threadline: --workers > 1 needs REDIS_URL (events must cross processes)",
-            file=sys.stderr,
-        )
-        return 2
+        _fail("--workers > 1 needs REDIS_URL (events must cross processes)", 2)
     uvicorn.run(
         "threadline.asgi:app",
         host=args.host,
@@ -91,7 +91,17 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _with_db(settings: Settings, name: str, work: object, *, publish: bool = False) -> object:
+def _run_work(settings: Settings, name: str, work: object, *, publish: bool = False) -> object:
+    """``work(uow)`` in one transaction; a DomainError exits 1 with its message."""
+    from threadline.errors import DomainError
+
+    try:
+        return asyncio.run(_with_db(settings, name, work, publish=publish))
+    except DomainError as exc:
+        _fail(exc.message, 1)
+
+
+async def _with_db(settings: Settings, name: str, work: object, *, publish: bool) -> object:
     from threadline.db import Database, make_engine
     from threadline.realtime.broker import Broker
     from threadline.realtime.channels import publish_all
@@ -118,48 +128,29 @@ async def _with_db(settings: Settings, name: str, work: object, *, publish: bool
 
 def cmd_token(args: argparse.Namespace) -> int:
     from threadline.auth.tokens import mint_dev_token
-    from threadline.errors import DomainError
     from threadline.services.users import ensure_dev_user
 
     settings = _settings()
     secret = settings.resolve_dev_secret()
     if secret is None:
-        print(
-            "threadline: development tokens are off (Clerk keys are set, or production)",
-            file=sys.stderr,
-        )
-        return 2
+        _fail("development tokens are off (Clerk keys are set, or production)", 2)
     if settings.is_sqlite:
         _migrate(settings)
-    try:
-        user = asyncio.run(
-            _with_db(settings, "cli_token", lambda uow: ensure_dev_user(uow, args.username))
-        )
-    except DomainError as exc:
-        print(f"threadline: {exc.message}", file=sys.stderr)
-        return 1
+    user = _run_work(settings, "cli_token", lambda uow: ensure_dev_user(uow, args.username))
     print(mint_dev_token(secret, user.clerk_id, args.username, ttl_seconds=args.ttl))  # type: ignore[attr-defined]
     return 0
 
 
 def cmd_set_role(args: argparse.Namespace) -> int:
-    from threadline.errors import DomainError
     from threadline.services.users import set_role_by_username
 
-    settings = _settings()
     role = SystemRole(args.role.upper())
-    try:
-        asyncio.run(
-            _with_db(
-                settings,
-                "cli_set_role",
-                lambda uow: set_role_by_username(uow, args.username, role),
-                publish=True,
-            )
-        )
-    except DomainError as exc:
-        print(f"threadline: {exc.message}", file=sys.stderr)
-        return 1
+    _run_work(
+        _settings(),
+        "cli_set_role",
+        lambda uow: set_role_by_username(uow, args.username, role),
+        publish=True,
+    )
     print(f"{args.username} is now {role.value}")
     return 0
 
@@ -170,8 +161,7 @@ def cmd_seed(args: argparse.Namespace) -> int:
     settings = _settings()
     if settings.is_sqlite:
         _migrate(settings)
-    summary = asyncio.run(seed(settings))
-    print(summary)
+    print(asyncio.run(seed(settings)))
     return 0
 
 
@@ -182,12 +172,9 @@ def cmd_backup(args: argparse.Namespace) -> int:
     try:
         path, manifest = asyncio.run(create_backup(settings, args.dir, keep=args.keep))
     except NotAFolder as exc:
-        # A wrong argument, like the other usage errors: exit 2.
-        print(f"threadline: backup: {exc}", file=sys.stderr)
-        return 2
+        _fail(f"backup: {exc}", 2)  # a wrong argument, like the other usage errors
     except BackupError as exc:
-        print(f"threadline: backup failed: {exc}", file=sys.stderr)
-        return 1
+        _fail(f"backup failed: {exc}", 1)
     print(
         f"wrote {path}: database {manifest.database_bytes} bytes, {len(manifest.files)} files "
         f"({manifest.file_bytes} bytes) in {manifest.seconds:.2f} s"
@@ -198,12 +185,10 @@ def cmd_backup(args: argparse.Namespace) -> int:
 def cmd_restore(args: argparse.Namespace) -> int:
     from threadline.backups import BackupError, restore_backup
 
-    settings = _settings()
     try:
-        manifest = asyncio.run(restore_backup(settings, args.backup, force=args.force))
+        manifest = asyncio.run(restore_backup(_settings(), args.backup, force=args.force))
     except BackupError as exc:
-        print(f"threadline: restore failed: {exc}", file=sys.stderr)
-        return 1
+        _fail(f"restore failed: {exc}", 1)
     print(
         f"restored {args.backup} (made {manifest.created_at}): "
         f"{manifest.counts.get('messages', 0)} messages, {len(manifest.files)} files"

@@ -1,8 +1,4 @@
-"""Settings: the environment variables of CONTRACT.md's configuration table, read once.
-
-Nothing else in the package reads ``os.environ``; everything that needs a setting is
-handed the one ``Settings`` object that ``create_app`` or the CLI built.
-"""
+"""Settings: CONTRACT.md's environment variables, read once; nothing else reads os.environ."""
 
 from __future__ import annotations
 
@@ -51,12 +47,6 @@ def parse_window(text: str) -> tuple[int, int]:
     if match is None:
         raise ValueError(f"{text!r} is not N/SECONDS (two positive integers, e.g. 20/2)")
     return int(match.group(1)), int(match.group(2))
-
-
-def _split_commas(value: object) -> object:
-    if isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
-    return value
 
 
 class Settings(BaseSettings):
@@ -120,7 +110,9 @@ class Settings(BaseSettings):
     @field_validator("clerk_authorized_parties", "cors_origins", mode="before")
     @classmethod
     def _comma_list(cls, value: object) -> object:
-        return _split_commas(value)
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
     @field_validator(*(f"rate_limit_{action}" for action in RATE_LIMITED_ACTIONS))
     @classmethod
@@ -174,18 +166,7 @@ class Settings(BaseSettings):
         "clerk_issuer",
         "public_url",
         "database_direct_url",
-        mode="before",
-    )
-    @classmethod
-    def _blank_is_unset(cls, value: object) -> object:
-        return None if isinstance(value, str) and not value.strip() else value
-
-    @field_validator("clerk_publishable_key", mode="before")
-    @classmethod
-    def _blank_key_is_unset(cls, value: object) -> object:
-        return None if isinstance(value, str) and not value.strip() else value
-
-    @field_validator(
+        "clerk_publishable_key",
         "clerk_jwt_key",
         "clerk_webhook_secret",
         "dev_auth_secret",
@@ -193,7 +174,7 @@ class Settings(BaseSettings):
         mode="before",
     )
     @classmethod
-    def _blank_secret_is_unset(cls, value: object) -> object:
+    def _blank_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
 
     def rate_limit_windows(self) -> dict[str, tuple[int, int]]:
@@ -238,10 +219,7 @@ class Settings(BaseSettings):
 
     @property
     def direct_database_url(self) -> str:
-        """Where work that needs a session of its own connects: migrations, backups, restores.
-
-        DATABASE_DIRECT_URL when set, else DATABASE_URL unless that is a pooler's address.
-        """
+        """Where migrations, backups and restores connect: never through a pooler."""
         if self.database_direct_url is not None:
             return self.database_direct_url
         if self.pooled:
@@ -300,11 +278,7 @@ class Settings(BaseSettings):
                 raise ConfigError("ATTACHMENT_SIGNING_SECRET must be at least 32 characters")
 
     def resolve_dev_secret(self) -> str | None:
-        """The HS256 secret for development tokens, generated and kept on first use.
-
-        It lives beside the SQLite file (or in the working directory) so that tokens
-        minted by ``threadline token`` keep working across restarts of ``serve``.
-        """
+        """The HS256 secret of development tokens, generated and kept on first use."""
         if self.clerk_enabled or self.is_production:
             return None
         if self.dev_auth_secret is not None:
@@ -312,12 +286,7 @@ class Settings(BaseSettings):
         return self._kept_secret(DEV_SECRET_FILENAME)
 
     def resolve_signing_secret(self) -> str:
-        """The HMAC key material of attachment URLs.
-
-        Production requires ATTACHMENT_SIGNING_SECRET (``check``); in development one
-        is generated and kept like the development token secret, so that URLs stay
-        valid across restarts and every process of one deployment agrees on it.
-        """
+        """The HMAC key of attachment URLs; kept like the development token secret."""
         if self.attachment_signing_secret is not None:
             return self.attachment_signing_secret.get_secret_value()
         if self.is_production:
@@ -325,7 +294,8 @@ class Settings(BaseSettings):
         return self._kept_secret(SIGNING_SECRET_FILENAME)
 
     def _kept_secret(self, filename: str) -> str:
-        """A random secret kept beside the SQLite file (or in the working directory)."""
+        """A random secret kept beside the SQLite file (or in the working directory), so that
+        tokens and URLs stay valid across restarts and every process agrees on it."""
         folder = self.sqlite_path.parent if self.sqlite_path else Path(".")
         path = folder / filename
         if path.exists():
@@ -354,8 +324,7 @@ def load_settings(**overrides: object) -> Settings:
 
 
 def _describe(exc: ValidationError) -> str:
-    """One line per bad variable, by its environment name, without pydantic's copy of the
-    value (a secret's value must not reach a terminal or a log)."""
+    """One line per bad variable, without its value (a secret must not reach a log)."""
     problems = []
     for error in exc.errors(include_input=False, include_url=False):
         name = str(error["loc"][0]).upper() if error["loc"] else "configuration"

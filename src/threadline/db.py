@@ -1,9 +1,7 @@
 """Storage plumbing: the engine, sessions, and named units of work with an outbox.
 
-A unit of work is one transaction with a name (for logs and metrics) and a list
-of events that leave only after it commits, from one place; on rollback they are
-dropped. SQLite allows one writer at a time, so in this process its write
-transactions queue on a lock instead of failing with "database is locked".
+A unit of work is one named transaction whose events are published only after it
+commits. SQLite's write transactions queue on a lock rather than fail as "locked".
 """
 
 from __future__ import annotations
@@ -13,12 +11,12 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 from sqlalchemy import event, func, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Dialect, Engine
+from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -39,10 +37,8 @@ SERVER_SETTINGS = {"application_name": "threadline", "timezone": "UTC"}
 # Hot single statements (sendMessage) use their own asyncpg pool, beside the
 # engine's 20 + 10. Idle ones stay open: closing them would cost a timer per use.
 DRIVER_POOL_SIZE = 10
-# Session.info keys: the session's reads of plain columns (any session), or of
-# entities too (read sessions, never written back: their instances are detached
-# anyway once the session closes), may go through the driver (models.queries).
-# Set on PostgreSQL while FAST_PATHS is on.
+# Session.info keys (PostgreSQL, FAST_PATHS on): reads of plain columns, or of entities too
+# (read sessions: never written back), may go through the driver (models.queries).
 DRIVER_ROWS = "threadline.driver_rows"
 DRIVER_ENTITIES = "threadline.driver_entities"
 # Session.info key: what to call when a read session gives up on a lost connection.
@@ -104,23 +100,15 @@ def connection_lost(exc: BaseException) -> bool:
 
 
 def _replace_closed(dbapi_connection: Any, *_: Any) -> None:
-    """At checkout, a pooled connection the server has closed is replaced.
-
-    asyncpg marks a connection closed as soon as the server ends it (failover,
-    pg_terminate_backend, a restart), so this costs no round trip, unlike
-    pool_pre_ping (a BEGIN, a statement and a ROLLBACK on every checkout).
-    SQLAlchemy retries the checkout with a fresh connection.
-    """
-    # SQLAlchemy's adapted connection names the driver's own (public API).
+    """At checkout, a pooled connection the server has closed is replaced (SQLAlchemy
+    retries with a fresh one). asyncpg knows without a round trip, unlike pool_pre_ping."""
     driver = getattr(dbapi_connection, "driver_connection", None)
     if driver is not None and driver.is_closed():
         raise DisconnectionError("the server closed this pooled connection")
 
 
-# Behind PgBouncer in transaction mode, consecutive transactions of one connection may
-# run on different server connections: no prepared statement may outlive its own. With
-# both caches off, asyncpg prepares every statement unnamed and binds it before its Sync,
-# so the pooler keeps the pair on one server connection and nothing is left behind.
+# Behind PgBouncer in transaction mode no prepared statement may outlive its transaction:
+# with both caches off asyncpg prepares each unnamed and binds it before its Sync.
 POOLED_CONNECT_ARGS = {"statement_cache_size": 0, "prepared_statement_cache_size": 0}
 # An execution option of our own on the engine: Database's driver pool follows it.
 POOLED = "threadline.pooled"
@@ -134,9 +122,8 @@ def make_engine(database_url: str, *, pooled: bool = False) -> AsyncEngine:
         return engine
     engine = create_async_engine(
         database_url,
-        # A connection opened past pool_size is closed again when returned, so a
-        # pool smaller than the usual concurrency reconnects (TLS probe, auth,
-        # codec set-up) over and over; keep the steady state inside pool_size.
+        # Connections past pool_size close when returned: keep the usual concurrency
+        # inside pool_size, or it reconnects (TLS, auth, codec set-up) over and over.
         pool_size=20,
         max_overflow=10,
         # No pre-ping (see _replace_closed); connections the server closed are
@@ -153,18 +140,13 @@ def make_engine(database_url: str, *, pooled: bool = False) -> AsyncEngine:
 
 
 async def _nothing_to_reset(connection: asyncpg.Connection) -> None:
-    """These connections only run self-contained statements: no cursors, LISTENs,
-    locks or SETs outlive one. asyncpg's default reset is a round trip per release
-    (an open transaction is still rolled back before this runs)."""
+    """No state outlives these connections' statements: asyncpg's default reset would be a
+    round trip per release (an open transaction is still rolled back before this runs)."""
 
 
 class ReadSession(AsyncSession):
-    """A session that only reads: a statement that meets a lost connection runs
-    once more on a fresh one, then fails with SERVICE_UNAVAILABLE.
-
-    On PostgreSQL read sessions run in autocommit (see Database), so each
-    statement stands alone and running it again reads what it would have read.
-    """
+    """A session that only reads: a statement that meets a lost connection runs once more
+    on a fresh one (safe: read sessions autocommit), then fails with SERVICE_UNAVAILABLE."""
 
     async def execute(self, *args: Any, **kwargs: Any) -> Any:  # also serves scalars()
         return await self._again_if_lost(super().execute, *args, **kwargs)
@@ -194,28 +176,18 @@ class ReadSession(AsyncSession):
 
 
 class SharedReadSession(ReadSession):
-    """A read session that concurrent tasks of one operation may share.
-
-    An AsyncSession runs one statement at a time and fails, rather than waits,
-    when a second one starts meanwhile; GraphQL resolves sibling fields and
-    DataLoader batches as concurrent tasks, so here each statement takes its turn.
-    """
+    """A read session that concurrent tasks of one operation (sibling fields, DataLoader
+    batches) may share: an AsyncSession fails, rather than waits, on a second statement."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._turn = asyncio.Lock()
 
-    async def execute(self, *args: Any, **kwargs: Any) -> Any:  # also serves scalars()
+    async def _again_if_lost(
+        self, call: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any
+    ) -> Any:
         async with self._turn:
-            return await super().execute(*args, **kwargs)
-
-    async def scalar(self, *args: Any, **kwargs: Any) -> Any:
-        async with self._turn:
-            return await super().scalar(*args, **kwargs)
-
-    async def get(self, *args: Any, **kwargs: Any) -> Any:
-        async with self._turn:
-            return await super().get(*args, **kwargs)
+            return await super()._again_if_lost(call, *args, **kwargs)
 
     async def refresh(self, *args: Any, **kwargs: Any) -> None:
         async with self._turn:
@@ -223,15 +195,10 @@ class SharedReadSession(ReadSession):
 
 
 async def driver_fetch(session: AsyncSession, sql: str, *args: Any) -> list[asyncpg.Record]:
-    """One PostgreSQL statement on the session's own asyncpg connection.
-
-    For the batch reads a page makes (``models.queries``): SQLAlchemy's
-    per-statement work cost several times the driver's. Same connection, so the
-    same transaction when there is one.
-    """
+    """One PostgreSQL statement on the session's own asyncpg connection (and transaction):
+    for a page's batch reads, where SQLAlchemy's per-statement work costs more than the driver's."""
     if isinstance(session, SharedReadSession):
-        async with session._turn:
-            return await session._again_if_lost(_driver_fetch, session, sql, args)  # type: ignore[no-any-return]
+        return await session._again_if_lost(_driver_fetch, session, sql, args)  # type: ignore[no-any-return]
     return await _driver_fetch(session, sql, args)
 
 
@@ -276,14 +243,23 @@ class UnitOfWork:
 async def try_transaction_lock(uow: UnitOfWork, key: int) -> bool:
     """Whether this transaction won the deployment-wide lock ``key`` (held until it ends).
 
-    PostgreSQL: a transaction-level advisory lock, which works behind PgBouncer in
-    transaction mode (a session-level one would stay with a pooled server
-    connection). SQLite serves one process, whose writes are serialised anyway.
+    Transaction-level, which works behind PgBouncer; SQLite's writes are serialised anyway.
     """
     if not is_postgres(uow.session):
         return True
     won = await uow.session.scalar(select(func.pg_try_advisory_xact_lock(key)))
     return bool(won)
+
+
+_Session = TypeVar("_Session", bound=AsyncSession)
+
+
+def _sessionmaker(
+    bind: AsyncEngine, class_: type[_Session], info: dict[str, Any]
+) -> async_sessionmaker[_Session]:
+    return async_sessionmaker(
+        bind, class_=class_, expire_on_commit=False, autoflush=False, info=info
+    )
 
 
 class Database:
@@ -301,41 +277,24 @@ class Database:
         # The driver's fast paths: reads (models.queries) and the group-commit send.
         self.fast_paths = fast_paths and self.is_postgres
         self.pooled = bool(engine.sync_engine.get_execution_options().get(POOLED))
-        rows = {DRIVER_ROWS: self.fast_paths}
+        reads: dict[str, Any] = {DRIVER_ROWS: self.fast_paths, DRIVER_ENTITIES: self.fast_paths}
         # Under READ COMMITTED every statement takes its own snapshot anyway, so a
         # read session in autocommit sees the same rows and saves BEGIN and ROLLBACK.
         read_engine = (
             engine.execution_options(isolation_level="AUTOCOMMIT") if self.is_postgres else engine
         )
-        self.sessions = async_sessionmaker(
-            engine, expire_on_commit=False, autoflush=False, info=rows
-        )
-        self.read_sessions = async_sessionmaker(
-            read_engine,
-            class_=ReadSession,
-            expire_on_commit=False,
-            autoflush=False,
-            info={**rows, DRIVER_ENTITIES: self.fast_paths},
-        )
-        self.shared_sessions = async_sessionmaker(
-            read_engine,
-            class_=SharedReadSession,
-            expire_on_commit=False,
-            autoflush=False,
-            info={**rows, DRIVER_ENTITIES: self.fast_paths},
-        )
-        # A hot standby (DATABASE_READ_URL): sessions for an operation's content reads,
-        # never for writes or access decisions (schema.context). Driver reads run on the
-        # session's own connection, so the replica needs no asyncpg pool of its own (that
-        # pool serves the group-commit send, a write).
+        self.sessions = _sessionmaker(engine, AsyncSession, {DRIVER_ROWS: self.fast_paths})
+        self.read_sessions = _sessionmaker(read_engine, ReadSession, reads)
+        self.shared_sessions = _sessionmaker(read_engine, SharedReadSession, reads)
+        # A hot standby (DATABASE_READ_URL): for an operation's content reads, never for
+        # writes or access decisions (schema.context). Driver reads use the session's
+        # connection, so it needs no asyncpg pool (that serves the group-commit send).
         self.replica = replica
         self.replica_sessions = (
-            async_sessionmaker(
+            _sessionmaker(
                 replica.execution_options(isolation_level="AUTOCOMMIT"),
-                class_=SharedReadSession,
-                expire_on_commit=False,
-                autoflush=False,
-                info={**rows, DRIVER_ENTITIES: self.fast_paths, ON_LOST: self._replica_lost},
+                SharedReadSession,
+                {**reads, ON_LOST: self._replica_lost},
             )
             if replica is not None
             else None
@@ -358,10 +317,6 @@ class Database:
                 REPLICA_REST_SECONDS,
             )
         self._replica_rests_until = time.monotonic() + REPLICA_REST_SECONDS
-
-    @property
-    def sync_engine(self) -> Engine:
-        return self.engine.sync_engine
 
     @asynccontextmanager
     async def transaction(self, name: str) -> AsyncIterator[UnitOfWork]:
@@ -397,11 +352,8 @@ class Database:
     async def driver_connection(self, name: str) -> AsyncIterator[asyncpg.Connection]:
         """A pooled asyncpg connection for one self-contained PostgreSQL statement.
 
-        A single statement is atomic and commits on its own, so a hot write costs
-        one round trip instead of BEGIN, several statements and COMMIT, and none
-        of the ORM's per-statement work. These come from a small asyncpg pool of
-        their own: checking one out of SQLAlchemy's pool costs more than the
-        statement's own client-side work.
+        A hot write then costs one round trip and none of the ORM's work; the pool is
+        asyncpg's own, as a checkout from SQLAlchemy's costs more than the statement.
         """
         if not self.is_postgres:
             raise RuntimeError("driver_connection is for PostgreSQL only")

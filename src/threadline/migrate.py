@@ -1,8 +1,6 @@
 """Running the package's own Alembic migrations, and what schema comparison must ignore.
 
-The revisions ship inside the package (``threadline/migrations``), so an installed
-threadline can bring any database to the current schema with ``upgrade_to_head(url)``;
-the repository's ``alembic.ini`` points the ``alembic`` command at the same folder.
+The revisions ship in ``threadline/migrations``; the repository's ``alembic.ini`` points there too.
 """
 
 from __future__ import annotations
@@ -22,7 +20,6 @@ from sqlalchemy.pool import NullPool
 
 if TYPE_CHECKING:
     from alembic.runtime.environment import NameFilterParentNames, NameFilterType
-    from sqlalchemy.engine import Connection
     from sqlalchemy.schema import SchemaItem
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
@@ -92,7 +89,7 @@ def upgrade_to_head(database_url: str) -> None:
 
 
 async def upgrade_to_head_async(database_url: str) -> None:
-    """Migrate the database to the newest revision from async code, in a worker thread."""
+    """``upgrade_to_head`` for async code, in a worker thread."""
     await asyncio.to_thread(upgrade_to_head, database_url)
 
 
@@ -101,16 +98,14 @@ def head_revision() -> str | None:
     return ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head()
 
 
-def _revision_of(connection: Connection) -> str | None:
-    return MigrationContext.configure(connection).get_current_revision()
-
-
 async def current_revision_async(database_url: str) -> str | None:
     """The revision the database is at, or None if it has never been migrated."""
     engine = create_async_engine(database_url, poolclass=NullPool)
     try:
         async with engine.connect() as connection:
-            return await connection.run_sync(_revision_of)
+            return await connection.run_sync(
+                lambda sync: MigrationContext.configure(sync).get_current_revision()
+            )
     finally:
         await engine.dispose()
 

@@ -44,10 +44,8 @@ async def seed(settings: Settings) -> str:
             (alice, direct.id, "Lunch at noon?"),
             (bob, direct.id, "Sure."),
         ]
-        count = 0
-        for author, thread_id, body in lines:
+        for count, (author, thread_id, body) in enumerate(lines):
             await messages.send_message(db, author, thread_id, body, client_id=f"seed-{count}")
-            count += 1
-        return f"seeded users {', '.join(DEMO_USERS)}; 2 threads; {count} messages"
+        return f"seeded users {', '.join(DEMO_USERS)}; 2 threads; {len(lines)} messages"
     finally:
         await db.dispose()

@@ -1,9 +1,6 @@
-"""Who is calling: verification of Clerk session tokens, and development tokens.
+"""Who is calling: Clerk's RS256 session tokens in Clerk mode, else HS256 development tokens.
 
-Clerk mode (CLERK_JWKS_URL or CLERK_JWT_KEY set) accepts RS256 tokens signed by one
-of Clerk's keys and nothing else. Development mode accepts HS256 tokens signed with
-the development secret, as minted by ``threadline token``. Every refusal is an
-``Unauthenticated`` whose message names the problem but never the token or a key.
+Every refusal is an ``Unauthenticated`` that names the problem, never the token or a key.
 """
 
 from __future__ import annotations
@@ -148,8 +145,7 @@ def _load_pem_key(secret: SecretStr) -> RSAPublicKey:
 class TokenVerifier:
     """Turns a bearer token into an ``Identity`` or raises ``Unauthenticated``.
 
-    In Clerk mode a CLERK_JWT_KEY, when set, is used without any network; otherwise
-    keys come from CLERK_JWKS_URL. Time is read from ``clock`` so tests need no sleeps.
+    CLERK_JWT_KEY, when set, needs no network; else keys come from CLERK_JWKS_URL.
     """
 
     def __init__(
@@ -282,11 +278,8 @@ def _time_claim(claims: Mapping[str, Any], name: str, *, required: bool) -> floa
 
 
 def _plausible_id(value: str) -> bool:
-    """An id as Clerk (or ``threadline token``) makes them: bounded, one printable word.
-
-    The ids become column values, cache and Redis keys and log fields: a NUL, a lone
-    surrogate or a few kilobytes would fail there, far from the token check.
-    """
+    """An id as Clerk (or ``threadline token``) makes them: bounded, one printable word;
+    ids become columns, keys and log fields, where a NUL or kilobytes would fail."""
     return (
         len(value) <= MAX_ID_LENGTH
         and value.isprintable()

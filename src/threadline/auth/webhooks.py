@@ -1,9 +1,7 @@
 """``POST /webhooks/clerk``: Clerk's user and session events, verified with Svix.
 
-The signature is checked on the raw body before anything is parsed. Each Svix
-message id is recorded in the same transaction as the change it carries, so a
-retried delivery is answered 200 and applied once. Live sockets of ended sessions
-and deleted users are closed after commit, through ``app.state.on_sessions_ended``.
+Each Svix message id is recorded in the transaction of its change, so a retried delivery
+is applied once; sockets of ended sessions close after commit (``on_sessions_ended``).
 """
 
 from __future__ import annotations

@@ -1,10 +1,7 @@
 """Backups: the database and the upload files it references, as one consistent folder.
 
-``create_backup`` copies the database (pg_dump from one snapshot, or SQLite's
-backup API), then exactly the files that the copied attachment rows name, and
-writes the manifest last; ``restore_backup`` brings a backup into an empty
-deployment; ``prune_backups`` keeps the newest N folders this module made.
-No GraphQL, no HTTP: the CLI and tests call these directly.
+``create_backup`` copies the database, then exactly the files its attachment rows name,
+and writes the manifest last; ``restore_backup`` brings a backup into an empty deployment.
 """
 
 from __future__ import annotations
@@ -18,7 +15,6 @@ import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
 
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
@@ -38,7 +34,6 @@ from threadline.backups.manifest import (
     remove_tree,
 )
 from threadline.backups.postgres import PostgresDatabase
-from threadline.backups.rows import Facts
 from threadline.backups.sqlite import SqliteDatabase
 from threadline.config import ConfigError, Settings
 from threadline.migrate import MIGRATIONS_DIR, head_revision, upgrade_to_head_async
@@ -57,19 +52,7 @@ log = logging.getLogger(__name__)
 DEFAULT_KEEP = 7
 
 
-class DumpableDatabase(Protocol):
-    """What a backup needs from a database engine; one class per engine."""
-
-    backend: str
-    file_name: str
-
-    async def dump(self, target: Path) -> Facts: ...
-    async def holds_rows(self) -> bool: ...
-    async def facts(self) -> Facts: ...
-    async def restore(self, source: Path, finish: Callable[[str], Awaitable[None]]) -> None: ...
-
-
-def database_of(settings: Settings) -> DumpableDatabase:
+def database_of(settings: Settings) -> SqliteDatabase | PostgresDatabase:
     if settings.is_sqlite:
         if settings.sqlite_path is None:
             raise BackupError("an in-memory SQLite database cannot be backed up or restored")
@@ -83,7 +66,7 @@ def database_of(settings: Settings) -> DumpableDatabase:
     raise BackupError("DATABASE_URL is neither PostgreSQL nor SQLite")
 
 
-def database_at(database_url: str) -> DumpableDatabase:
+def database_at(database_url: str) -> SqliteDatabase | PostgresDatabase:
     """The engine class for a URL (a restore's scratch copy has no Settings of its own)."""
     url = make_url(database_url)
     if url.get_backend_name() == "sqlite" and url.database:
@@ -98,24 +81,20 @@ def _version() -> str:
         return "unknown"
 
 
-def _new_folder(parent: Path) -> Path:
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    name, number = f"{PREFIX}{stamp}", 1
-    while (parent / name).exists() or (parent / f"{name}.partial").exists():
-        number += 1
-        name = f"{PREFIX}{stamp}-{number}"
-    return parent / name
-
-
 def _start(parent: Path) -> Path:
+    """A new ``<name>.partial`` folder under ``parent``, named by the time."""
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError) as exc:
         raise NotAFolder(f"{parent} is not a folder (it or a folder above it is a file)") from exc
     except OSError as exc:
         raise BackupError(f"cannot create {parent}: {exc.strerror or exc}") from exc
-    work = _new_folder(parent)
-    work = work.with_name(work.name + ".partial")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    name, number = f"{PREFIX}{stamp}", 1
+    while (parent / name).exists() or (parent / f"{name}.partial").exists():
+        number += 1
+        name = f"{PREFIX}{stamp}-{number}"
+    work = parent / f"{name}.partial"
     try:
         work.mkdir()
     except OSError as exc:
@@ -151,11 +130,8 @@ async def create_backup(
 ) -> tuple[Path, Manifest]:
     """Write one backup folder under ``parent``, then prune to the newest ``keep``.
 
-    Consistency: the attachment rows are read from the same state the database
-    copy holds, and exactly the files they name are copied. An upload that
-    commits after the snapshot is in neither; a file whose row is in the
-    snapshot is complete (uploads write the file before the row). A file deleted
-    after the snapshot (the sweeper's unused attachments) is recorded as missing.
+    The files copied are those the copy's attachment rows name (complete: uploads write
+    the file before the row); one deleted since the snapshot is recorded as missing.
     """
     if keep < 1:
         raise BackupError("--keep must be at least 1")
@@ -292,11 +268,9 @@ def _move_into_place(staging: Path, manifest: Manifest, upload_dir: Path) -> Non
 async def restore_backup(settings: Settings, path: Path, *, force: bool = False) -> Manifest:
     """Bring a backup's database and files into this deployment, then migrate to head.
 
-    Refuses a database that has rows, or an upload folder that has files, unless
-    ``force``; the server must not be running against the target meanwhile. Every
-    checksum is verified before the target changes (the files in a staging folder);
-    the files move into place only once the database is restored, and a failure
-    leaves an empty target empty, so that a retry needs no ``force``.
+    Refuses a target with rows or files unless ``force``; the server must not run meanwhile.
+    Checksums are verified before the target changes, files move into place once the
+    database is restored, and a failure leaves an empty target empty (a retry needs no force).
     """
     folder = await asyncio.to_thread(_resolve, path)
     manifest = await asyncio.to_thread(Manifest.read, folder)
@@ -331,12 +305,7 @@ async def restore_backup(settings: Settings, path: Path, *, force: bool = False)
 
 
 def _finisher(manifest: Manifest) -> Callable[[str], Awaitable[None]]:
-    """What runs on the restored database before the restore counts as done.
-
-    SQLite runs it on the scratch copy before that replaces the target; PostgreSQL
-    after pg_restore committed, dropping what it restored into an empty database
-    should it fail.
-    """
+    """What runs on the restored database (SQLite: its scratch copy) before the restore is done."""
 
     async def finish(database_url: str) -> None:
         if manifest.schema_revision != head_revision():

@@ -1,9 +1,6 @@
-"""What a backup folder holds and how it is recognised: the manifest and the file copies.
-
-A backup is one folder named ``threadline-backup-<UTC time>`` with the database
-(``database.dump`` or ``database.sqlite``), the upload files its attachment rows name
-(under ``uploads/``, by storage key) and ``manifest.json``, written last: a folder
-without a readable manifest of this format was not made by us, or not finished.
+"""A backup folder: ``threadline-backup-<UTC time>`` with the database, the upload files
+(under ``uploads/``, by storage key) and ``manifest.json``, written last: a folder without
+a readable manifest was not made by us, or not finished.
 """
 
 from __future__ import annotations
@@ -126,11 +123,8 @@ def copy_file(source: Path, target: Path) -> StoredFile:
 
 
 def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as reader:
-        while chunk := reader.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(reader, "sha256").hexdigest()
 
 
 def remove_tree(path: Path) -> None:

@@ -1,15 +1,12 @@
 """PostgreSQL: pg_dump's custom format from one exported snapshot, and pg_restore.
 
-The client tools are found by the server's major version (a pg_dump older than the
-server refuses to dump it). The password goes to them in the environment, never
-on the command line or into a message.
+The password goes to the client tools in the environment, never on a command line or in a message.
 """
 
 from __future__ import annotations
 
 import asyncio
 import glob
-import logging
 import os
 import re
 import shutil
@@ -29,8 +26,6 @@ from threadline.backups.manifest import BackupError
 from threadline.backups.rows import Facts, holds_rows, read_facts
 from threadline.migrate import upgrade_to_head_async
 from threadline.models import Base
-
-log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -112,21 +107,6 @@ def scrub(message: str, database_url: str) -> str:
     return message.replace(str(password), "***") if password else message
 
 
-async def _run(command: list[str], environment: dict[str, str], database_url: str) -> None:
-    process = await asyncio.create_subprocess_exec(
-        *command,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        env=environment,
-    )
-    _, stderr = await process.communicate()
-    if process.returncode != 0:
-        lines = stderr.decode(errors="replace").strip().splitlines()
-        detail = scrub(" / ".join(lines[-3:]), database_url) or f"exit {process.returncode}"
-        raise BackupError(f"{Path(command[0]).name} failed: {detail}")
-
-
 class PostgresDatabase:
     backend = "postgresql"
     file_name = "database.dump"
@@ -153,25 +133,38 @@ class PostgresDatabase:
         finally:
             await engine.dispose()
 
+    async def _run(self, tool: str, *arguments: str) -> None:
+        """Run a client tool on this database, the password in its environment."""
+        libpq, environment = libpq_target(self.database_url)
+        process = await asyncio.create_subprocess_exec(
+            tool,
+            f"--dbname={libpq}",
+            *arguments,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+            env=environment,
+        )
+        _, stderr = await process.communicate()
+        if process.returncode != 0:
+            lines = stderr.decode(errors="replace").strip().splitlines()[-3:]
+            detail = scrub(" / ".join(lines), self.database_url) or f"exit {process.returncode}"
+            raise BackupError(f"{Path(tool).name} failed: {detail}")
+
     async def _server_major(self, connection: AsyncConnection) -> int:
         number = (await connection.execute(text("SHOW server_version_num"))).scalar_one()
         return int(number) // 10000
 
     async def dump(self, target: Path) -> Facts:
-        """pg_dump from the snapshot this transaction exports, and the facts read in it.
-
-        The rows read here and the dump are the same state of the database: a
-        repeatable-read transaction exports its snapshot and pg_dump imports it.
-        """
+        """pg_dump from the snapshot this repeatable-read transaction exports, and the
+        facts read in it: the same state of the database."""
 
         async def in_snapshot(connection: AsyncConnection) -> Facts:
             snapshot = (await connection.execute(text("SELECT pg_export_snapshot()"))).scalar_one()
             facts = await read_facts(connection)
             tool = find_tool("pg_dump", await self._server_major(connection))
-            libpq, environment = libpq_target(self.database_url)
-            command = [tool, "--format=custom", f"--snapshot={snapshot}", f"--file={target}"]
             # The exporting transaction stays open until pg_dump is done with it.
-            await _run([*command, f"--dbname={libpq}"], environment, self.database_url)
+            await self._run(tool, "--format=custom", f"--snapshot={snapshot}", f"--file={target}")
             return facts
 
         return await self._on_connection(
@@ -188,13 +181,9 @@ class PostgresDatabase:
         """pg_restore in one transaction (objects of the dump that exist are replaced),
         then ``finish``; if that fails, a database that was empty is made empty again.
         """
-
-        async def major(connection: AsyncConnection) -> int:
-            return await self._server_major(connection)
-
-        tool = find_tool("pg_restore", await self._on_connection(major))
-        libpq, environment = libpq_target(self.database_url)
-        command = [
+        tool = find_tool("pg_restore", await self._on_connection(self._server_major))
+        before = await self.facts()
+        await self._run(
             tool,
             "--single-transaction",
             "--exit-on-error",
@@ -203,11 +192,8 @@ class PostgresDatabase:
             # The backup may come from a deployment with other role names.
             "--no-owner",
             "--no-privileges",
-            f"--dbname={libpq}",
             str(source),
-        ]
-        before = await self.facts()
-        await _run(command, environment, self.database_url)
+        )
         try:
             await finish(self.database_url)
         except BaseException:

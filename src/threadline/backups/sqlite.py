@@ -39,11 +39,8 @@ def _copy(source: Path, target: Path) -> None:
 
 
 def _replace(scratch: Path, target: Path) -> None:
-    """Rename the restored copy over the target, which first gives up its WAL.
-
-    A WAL file left beside the target would be replayed into the new file, so the
-    target is switched to rollback journaling (which checkpoints and removes it).
-    """
+    """Rename the restored copy over the target, which first gives up its WAL (else it
+    would be replayed into the new file) by switching to rollback journaling."""
     if target.exists() and target.stat().st_size > 0:
         with closing(sqlite3.connect(target, timeout=BUSY_TIMEOUT_SECONDS)) as old:
             old.execute("PRAGMA journal_mode=DELETE")
@@ -87,10 +84,7 @@ class SqliteDatabase:
 
     async def restore(self, source: Path, finish: Callable[[str], Awaitable[None]]) -> None:
         """Copy the backup into a scratch file, ``finish`` it there, then rename it over
-        the database file: until the rename the target is untouched, whatever fails.
-
-        The server must not be running against the target meanwhile.
-        """
+        the database file: until the rename the target is untouched, whatever fails."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         scratch = self.path.with_name(f"{self.path.name}.restore-{uuid.uuid4().hex}")
         try:

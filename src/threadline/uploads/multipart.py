@@ -1,11 +1,8 @@
-"""The GraphQL multipart request's ``map``: checked, then its files put in place.
+"""The GraphQL multipart request's ``map`` (github.com/jaydenseric/graphql-multipart-request-spec):
+file field names to the paths of ``null`` placeholders in ``operations``, checked, then filled.
 
-The spec (github.com/jaydenseric/graphql-multipart-request-spec): ``map`` is an
-object from a file field's name to the object paths (``variables.file``,
-``0.variables.files.1`` in a batch) of ``null`` placeholders in ``operations``.
-One file may fill several paths: each use then gets the same file object, which
-readers rewind, so every use reads the same bytes. Anything else is the client's
-mistake and gets a ``MultipartError`` that says which, never a crash.
+A file may fill several paths (one object, rewound by readers); any other mistake of the
+client is a ``MultipartError`` that says which.
 """
 
 from __future__ import annotations
@@ -47,20 +44,19 @@ def place_files(operations: Any, files_map: Any, files: Mapping[str, Any]) -> An
 
 def _placeholder(operations: dict[str, Any] | list[Any], path: str) -> tuple[Any, Any]:
     """The container and key of the null placeholder at ``path`` (dot-separated)."""
+    container: Any
+    key: Any
     where: Any = operations
-    keys = path.split(".")
-    for position, part in enumerate(keys):
+    for part in path.split("."):
         if isinstance(where, dict) and part in where:
-            key: Any = part
+            container, key = where, part
         elif isinstance(where, list) and part.isdecimal() and int(part) < len(where):
-            key = int(part)
+            container, key = where, int(part)
         else:
             raise MultipartError(f"The `map` path {path!r} leads to nothing in `operations`")
-        if position == len(keys) - 1:
-            if where[key] is not None:
-                raise MultipartError(
-                    f"The `map` path {path!r} must lead to a null placeholder in `operations`"
-                )
-            return where, key
-        where = where[key]
-    raise MultipartError(f"The `map` path {path!r} is empty")  # pragma: no cover - split gives 1+
+        where = container[key]
+    if where is not None:
+        raise MultipartError(
+            f"The `map` path {path!r} must lead to a null placeholder in `operations`"
+        )
+    return container, key

@@ -1,12 +1,8 @@
 """Signed, expiring attachment URLs: minted for GraphQL, checked by the download route.
 
-A URL is minted for one viewer (``u``, inside the signature): the route checks
-that viewer's access to the thread when the file is read, so a URL handed out
-before its viewer was removed stops working at once, not at its expiry. The
-HMAC key is derived from ATTACHMENT_SIGNING_SECRET (generated and kept in
-development). Expiry times are rounded to a step of half the lifetime, so one
-viewer gets the same URL for a while and client caches keep working; a URL is
-valid for at least half and at most all of ATTACHMENT_URL_SECONDS.
+A URL is for one viewer (``u``, signed), whose access the route checks on each read.
+Expiries are rounded to half the lifetime, so a viewer's URL (and client caches) stay
+the same for a while: a URL lives between half and all of ATTACHMENT_URL_SECONDS.
 """
 
 from __future__ import annotations

@@ -1,15 +1,13 @@
 """Where attachment bytes live: the ``Storage`` interface and a local directory.
 
-Services talk to ``Storage`` only, by opaque keys that the storage generates, so
-an object store (S3-compatible: ``save`` as a multipart upload, ``read`` as a
-ranged GET, ``delete`` as DELETE) can replace the directory without touching
-them. Nothing here knows about HTTP or GraphQL.
+Services use ``Storage`` only, by opaque keys, so an object store could replace the directory.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import secrets
 from collections.abc import AsyncIterator
@@ -33,33 +31,21 @@ class StoredFile:
 
 class Storage(Protocol):
     async def save(self, chunks: AsyncIterator[bytes], *, max_bytes: int) -> StoredFile:
-        """Store the stream under a new key, counting as it goes.
-
-        Raises TooLarge (having deleted the partial file) once more than
-        ``max_bytes`` arrived; on any other failure nothing is left either.
-        """
-        ...
+        """Store the stream under a new key; TooLarge past ``max_bytes``, leaving nothing."""
 
     async def size(self, key: str) -> int | None:
         """The stored size, or None when the key does not exist."""
-        ...
 
     def read(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         """The bytes ``start`` to ``end`` (exclusive; None: to the end), in chunks."""
-        ...
 
     async def delete(self, key: str) -> None:
         """Remove the file; a key that is already gone is not an error."""
-        ...
 
 
 class LocalStorage:
-    """Files under one directory, named by random keys (``ab/abcdef...``).
-
-    A file is written under a temporary name and renamed into place when
-    complete, so a reader never sees half a file. Blocking file calls run in
-    worker threads so the event loop keeps serving.
-    """
+    """Files under one directory, named by random keys (``ab/abcdef...``), renamed into
+    place when complete; blocking calls run in worker threads."""
 
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
@@ -106,14 +92,12 @@ class LocalStorage:
         handle = await asyncio.to_thread(self._path(key).open, "rb")
         try:
             await asyncio.to_thread(handle.seek, start)
-            left = None if end is None else max(0, end - start)
-            while left is None or left > 0:
-                want = CHUNK_BYTES if left is None else min(CHUNK_BYTES, left)
-                chunk = await asyncio.to_thread(handle.read, want)
+            left = math.inf if end is None else max(0, end - start)
+            while left > 0:
+                chunk = await asyncio.to_thread(handle.read, int(min(CHUNK_BYTES, left)))
                 if not chunk:
                     return
-                if left is not None:
-                    left -= len(chunk)
+                left -= len(chunk)
                 yield chunk
         finally:
             await asyncio.to_thread(handle.close)
