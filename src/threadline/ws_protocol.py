@@ -1,13 +1,10 @@
-"""Both WebSocket subprotocols held to the contract at their edges.
+"""Both WebSocket subprotocols held to the contract at their edges, where strawberry
+lets some client mistakes crash the socket or refuses with codes of its own.
 
-strawberry's handlers leave a few client mistakes to crash the socket (1006 and a
-traceback) and answer some refusals with codes of their own. Here, for
-graphql-transport-ws and the legacy graphql-ws alike: a refused connection
-closes once, with the refusal's code (4403 by default, 4429 over the connection
-limit); a message that is not a well-formed operation closes with 4400; an
-operation past the per-connection ceiling gets a RATE_LIMITED error and the
-connection stays. The legacy protocol gets graphql-transport-ws's connection_init
-deadline (4408) too: strawberry applies it to graphql-transport-ws only.
+For graphql-transport-ws and the legacy graphql-ws alike: a refused connection closes
+once, with the refusal's code (4403, 4429); a malformed operation message closes with
+4400; an operation past the per-connection ceiling gets a RATE_LIMITED error. The
+legacy protocol gets the connection_init deadline (4408) too.
 """
 
 from __future__ import annotations
@@ -29,14 +26,10 @@ from strawberry.http.exceptions import (
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
 )
-from strawberry.subscriptions.protocols.graphql_transport_ws.types import ErrorMessage
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
-from strawberry.subscriptions.protocols.graphql_ws.types import (
-    ErrorMessage as LegacyErrorMessage,
-)
 from strawberry.types.unset import UnsetType
 
-from threadline.errors import RateLimited
+from threadline.errors import DomainError, RateLimited
 from threadline.schema.context import Context
 from threadline.schema.errors import shape_error
 
@@ -63,11 +56,8 @@ def _refusal(exc: ConnectionRejectionError) -> tuple[int, str]:
 
 
 def malformed(message: Any, *, operation: bool) -> str | None:
-    """Why ``message`` is not a well-formed operation message (None if it is).
-
-    ``operation``: a subscribe/start, whose payload must be a GraphQL request;
-    otherwise only the id is checked (complete/stop).
-    """
+    """Why ``message`` is not a well-formed operation message (None if it is): the id,
+    and for an ``operation`` (subscribe/start) a GraphQL request as its payload."""
     op_id = message.get("id")
     if not isinstance(op_id, str) or not op_id:
         return "The operation id must be a non-empty string"
@@ -84,13 +74,19 @@ def malformed(message: Any, *, operation: bool) -> str | None:
     return None
 
 
-def limit_reached(
+def over_the_limit(
     limit: int | None, acknowledged: bool, operation_id: object, running: Collection[object]
-) -> int | None:
-    """The connection's ceiling when a new operation (an id not running yet) would pass it."""
-    if acknowledged and operation_id not in running and limit is not None:
-        return limit if len(running) >= limit else None
-    return None
+) -> GraphQLFormattedError | None:
+    """The coded error when a new operation (an id not running yet) would pass the
+    connection's ceiling (strawberry's own refusal carries no code)."""
+    if not acknowledged or operation_id in running or limit is None or len(running) < limit:
+        return None
+    return formatted(RateLimited(f"At most {limit} operations at once on one connection", 1))
+
+
+def formatted(error: DomainError) -> GraphQLFormattedError:
+    """A domain error as a coded GraphQL error."""
+    return shape_error(GraphQLError(error.message, original_error=error)).formatted
 
 
 def connection_ack(ack: object) -> dict[str, Any]:
@@ -98,12 +94,6 @@ def connection_ack(ack: object) -> dict[str, Any]:
     if isinstance(ack, UnsetType) or ack is None:
         return {"type": "connection_ack"}
     return {"type": "connection_ack", "payload": ack}
-
-
-def over_the_limit(limit: int) -> GraphQLFormattedError:
-    """The coded error for an operation past the connection's ceiling."""
-    refusal = RateLimited(f"At most {limit} operations at once on one connection", retry_after=1)
-    return shape_error(GraphQLError(refusal.message, original_error=refusal)).formatted
 
 
 class TransportProtocol(BaseGraphQLTransportWSHandler[Context, None]):
@@ -122,17 +112,15 @@ class TransportProtocol(BaseGraphQLTransportWSHandler[Context, None]):
         await super().handle_message(message)  # type: ignore[arg-type]
 
     async def send_message(self, message: Any) -> None:
-        # The server's own close (shutdown's 1001, a 44xx) can come between an
-        # operation's end and its `complete`: starlette then refuses the send with a
-        # RuntimeError of its own, which strawberry does not expect (a worker
-        # traceback). The message has nowhere to go; the socket's end cleans up.
+        # The server's own close (1001, a 44xx) can come between an operation's end and
+        # its `complete`: starlette then refuses the send with an error strawberry does
+        # not expect. The message has nowhere to go; the socket's end cleans up.
         with suppress(ClosedForSending, WebSocketDisconnected):
             await super().send_message(message)
 
     def forget_id(self, id: str) -> None:
-        # strawberry's deletes, and raises when the client's `complete` for the same
-        # id was handled a moment before the operation's own last message (a worker
-        # traceback in the browser tests): forgotten either way.
+        # strawberry's raises when the client's `complete` for the id came a moment
+        # before the operation's own last message.
         self.operations.pop(id, None)
 
     async def handle_connection_init(self, message: Any) -> None:
@@ -159,20 +147,14 @@ class TransportProtocol(BaseGraphQLTransportWSHandler[Context, None]):
         self.connection_acknowledged = True
 
     async def handle_subscribe(self, message: Any) -> None:
-        limit = limit_reached(
+        error = over_the_limit(
             self.max_subscriptions_per_connection,
             self.connection_acknowledged,
             message["id"],
             self.operations,
         )
-        if limit is not None:
-            # strawberry's own refusal here carries no code.
-            error: ErrorMessage = {
-                "id": message["id"],
-                "type": "error",
-                "payload": [over_the_limit(limit)],
-            }
-            await self.send_message(error)
+        if error is not None:
+            await self.send_message({"id": message["id"], "type": "error", "payload": [error]})
             return
         await super().handle_subscribe(message)
 
@@ -248,18 +230,13 @@ class LegacyProtocol(BaseGraphQLWSHandler[Context, None]):
             self.keep_alive_task = asyncio.create_task(self.handle_keep_alive())
 
     async def handle_start(self, message: Any) -> None:
-        limit = limit_reached(
+        error = over_the_limit(
             self.max_subscriptions_per_connection,
             self.connection_acknowledged,
             message["id"],
             self.tasks,
         )
-        if limit is not None:
-            legacy_error: LegacyErrorMessage = {
-                "type": "error",
-                "id": message["id"],
-                "payload": over_the_limit(limit),
-            }
-            await self.send_message(legacy_error)
+        if error is not None:
+            await self.send_message({"type": "error", "id": message["id"], "payload": error})
             return
         await super().handle_start(message)
