@@ -21,7 +21,7 @@ from threadline.auth.webhooks import clerk_webhook
 from threadline.config import Settings
 from threadline.downloads import download
 from threadline.gc_pacing import Pacer
-from threadline.graphql_app import ROOTS, ThreadlineGraphQL
+from threadline.graphql_app import CSRF_HEADERS, ROOTS, ThreadlineGraphQL
 from threadline.graphql_post import GraphQLPost
 from threadline.http_limits import BodyLimits
 from threadline.metrics import watch_gc_pauses
@@ -78,23 +78,20 @@ async def metrics(request: Request) -> Response:
 @asynccontextmanager
 async def metrics_listener(settings: Settings) -> AsyncIterator[None]:
     """/metrics on a port of its own while the app runs, when METRICS names one."""
-    address = settings.metrics_address
-    if address is None:
-        yield
-        return
-    host, port = address
-    try:
-        httpd, _ = start_http_server(port, addr=host)
-    except OSError as exc:
-        # With --workers N the first process holds the port; the others serve on.
-        log.warning("metrics not served on %s:%s: %s", host, port, exc.strerror)
-        yield
-        return
+    httpd = None
+    if settings.metrics_address is not None:
+        host, port = settings.metrics_address
+        try:
+            httpd, _ = start_http_server(port, addr=host)
+        except OSError as exc:
+            # With --workers N the first process holds the port; the others serve on.
+            log.warning("metrics not served on %s:%s: %s", host, port, exc.strerror)
     try:
         yield
     finally:
-        await asyncio.to_thread(httpd.shutdown)
-        httpd.server_close()
+        if httpd is not None:
+            await asyncio.to_thread(httpd.shutdown)
+            httpd.server_close()
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -133,12 +130,7 @@ def create_app(settings: Settings) -> Starlette:
                 CORSMiddleware,
                 allow_origins=settings.cors_origins,
                 allow_methods=["GET", "POST", "OPTIONS"],
-                allow_headers=[
-                    "authorization",
-                    "content-type",
-                    "apollo-require-preflight",
-                    "x-apollo-operation-name",
-                ],
+                allow_headers=["authorization", "content-type", *CSRF_HEADERS],
                 allow_credentials=True,
             )
         )

@@ -1,11 +1,8 @@
 """GET and HEAD /attachments/{id}/{filename}?exp=..&sig=..&u=..: signed downloads.
 
-The signature and expiry are checked before anything is read (403 otherwise),
-then the viewer the URL was minted for must still see the attachment's thread
-(the one access check, at read time; 404 otherwise). The file is streamed from
-storage with headers that stop a browser from running it (nosniff, a sandboxing
-CSP, a download unless it is media), cached privately until the URL expires,
-and a single byte range is honoured so video players can seek.
+Signature and expiry first (403), then the viewer the URL names must still see the
+attachment's thread (404). The file streams with headers that stop a browser running
+it, cached privately until the URL expires; one byte range is honoured (for seeking).
 """
 
 from __future__ import annotations
@@ -67,13 +64,13 @@ async def download(request: Request) -> Response:
         "referrer-policy": "no-referrer",
         "accept-ranges": "bytes",
     }
-    start, end, status = 0, size, 200
     wanted = _byte_range(request.headers.get("range"), size)
     if wanted == UNSATISFIABLE:
         return Response(
             status_code=416,
             headers={**headers, "content-range": f"bytes */{size}", "content-length": "0"},
         )
+    start, end, status = 0, size, 200
     if wanted is not None:
         start, end = wanted
         status = 206
