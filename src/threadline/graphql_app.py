@@ -322,7 +322,9 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
         context.state = state
         # Registered before anything else can fail: whatever happens next, the
         # socket's end (run's finally) finds it and closes the session row.
-        self._register(context, state)
+        self.connections[context.connection] = context
+        self._ticks[_tick_of(state.connection_id)][context.connection] = context
+        WEBSOCKET_CONNECTIONS.set(len(self.connections))
         if self.runtime.viewers_forgotten != forgotten:
             # A role change signalled before this socket was listed did not close it:
             # the viewer it was authorized with may be older than the change.
@@ -334,11 +336,6 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
         # Never fails for want of Redis: the lease is then written on the next beat.
         await self.runtime.presence.renew(user.id, state.connection_id)
         return None
-
-    def _register(self, context: Context, state: ConnectionState) -> None:
-        self.connections[context.connection] = context
-        self._ticks[_tick_of(state.connection_id)][context.connection] = context
-        WEBSOCKET_CONNECTIONS.set(len(self.connections))
 
     async def maintain_connections(self) -> None:
         """Runs for the process's lifetime: each beat, close sockets whose token is stale;

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Collection, Sequence
 from functools import partial
 
@@ -79,7 +78,9 @@ class Runtime:
         self.feed = ThreadFeed(self.broker, self.db)
         self.fanout = Fanout(self.feed, self.deliveries, self.broker.queue_limit)
         self._verified: TTLCache[str, Identity] = TTLCache(VERIFIED_TOKEN_SECONDS, 20_000)
-        self._viewers: OrderedDict[tuple[str, str | None], tuple[float, User]] = OrderedDict()
+        self._viewers: TTLCache[tuple[str, str | None], User] = TTLCache(
+            VIEWER_CACHE_SECONDS, VIEWER_CACHE_SIZE
+        )
         # How many times forget_viewers ran: a viewer read before a change differs.
         self.viewers_forgotten = 0
         self.storage: Storage = LocalStorage(settings.upload_dir)
@@ -113,19 +114,15 @@ class Runtime:
             self._verified.put(token, identity)
         key = (identity.clerk_id, identity.session_id)
         cached = self._viewers.get(key)
-        now = time.monotonic()
-        if cached is not None and now - cached[0] < VIEWER_CACHE_SECONDS:
-            return identity, cached[1]
+        if cached is not None:
+            return identity, cached
         forgotten = self.viewers_forgotten
         user = await self._load_viewer(identity)
         if forgotten != self.viewers_forgotten:
             # Forgotten while it loaded (a role changed, committed before the signal):
             # what was read may predate it; read again, after the signal.
             return identity, await self._load_viewer(identity)
-        self._viewers[key] = (now, user)
-        self._viewers.move_to_end(key)
-        while len(self._viewers) > VIEWER_CACHE_SIZE:
-            self._viewers.popitem(last=False)
+        self._viewers.put(key, user)
         return identity, user
 
     async def _load_viewer(self, identity: Identity) -> User:
@@ -149,9 +146,9 @@ class Runtime:
         user_ids: Collection[uuid.UUID] = (),
     ) -> None:
         self.viewers_forgotten += 1
-        for key, (_, user) in list(self._viewers.items()):
-            if key[0] in clerk_user_ids or key[1] in sessions or user.id in user_ids:
-                del self._viewers[key]
+        self._viewers.discard(
+            lambda key, user: key[0] in clerk_user_ids or key[1] in sessions or user.id in user_ids
+        )
         if clerk_user_ids:
             gone = set(clerk_user_ids)
             self.user_cache.discard(lambda _, user: user.clerk_id in gone)

@@ -55,13 +55,18 @@ def _refusal(exc: ConnectionRejectionError) -> tuple[int, str]:
     return CLOSE_REFUSED, "Forbidden"
 
 
-def malformed(message: Any, *, operation: bool) -> str | None:
-    """Why ``message`` is not a well-formed operation message (None if it is): the id,
-    and for an ``operation`` (subscribe/start) a GraphQL request as its payload."""
+def malformed(message: Any, start: str, stop: str) -> str | None:
+    """Why ``message`` is not well-formed (None if it is): an object with a type; for the
+    ``start`` and ``stop`` of an operation an id; for ``start`` a GraphQL request."""
+    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+        return "A message must be an object with a type"
+    kind = message["type"]
+    if kind != start and kind != stop:
+        return None
     op_id = message.get("id")
     if not isinstance(op_id, str) or not op_id:
         return "The operation id must be a non-empty string"
-    if not operation:
+    if kind == stop:
         return None
     payload = message.get("payload")
     if not isinstance(payload, dict):
@@ -100,16 +105,11 @@ class TransportProtocol(BaseGraphQLTransportWSHandler[Context, None]):
     """graphql-transport-ws (the graphql-ws library, Apollo Client 3+, urql)."""
 
     async def handle_message(self, message: Any) -> None:
-        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
-            await self.handle_invalid_message("A message must be an object with a type")
+        reason = malformed(message, "subscribe", "complete")
+        if reason is not None:
+            await self.handle_invalid_message(reason)
             return
-        kind = message["type"]
-        if kind in ("subscribe", "complete"):
-            reason = malformed(message, operation=kind == "subscribe")
-            if reason is not None:
-                await self.handle_invalid_message(reason)
-                return
-        await super().handle_message(message)  # type: ignore[arg-type]
+        await super().handle_message(message)
 
     async def send_message(self, message: Any) -> None:
         # The server's own close (1001, a 44xx) can come between an operation's end and
@@ -198,16 +198,11 @@ class LegacyProtocol(BaseGraphQLWSHandler[Context, None]):
                 await self.websocket.close(CLOSE_INIT_TIMEOUT, "Connection initialisation timeout")
 
     async def handle_message(self, message: Any) -> None:
-        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
-            await self.websocket.close(CLOSE_BAD_MESSAGE, "A message must be an object with a type")
+        reason = malformed(message, "start", "stop")
+        if reason is not None:
+            await self.websocket.close(CLOSE_BAD_MESSAGE, reason)
             return
-        kind = message["type"]
-        if kind in ("start", "stop"):
-            reason = malformed(message, operation=kind == "start")
-            if reason is not None:
-                await self.websocket.close(CLOSE_BAD_MESSAGE, reason)
-                return
-        await super().handle_message(message)  # type: ignore[arg-type]
+        await super().handle_message(message)
 
     async def handle_connection_init(self, message: Any) -> None:
         # strawberry's, except that a refusal closes with 4403 (or its own code), not 1011.
