@@ -7,7 +7,6 @@ import logging
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest, start_http_server
 from starlette.applications import Starlette
@@ -42,22 +41,18 @@ async def readyz(request: Request) -> Response:
     # Anyone may ask, so the answer is only "ok" or "down" per dependency; what went
     # wrong (hosts, ports, driver messages) goes to the server log.
     runtime: Runtime = request.app.state.runtime
-    checks: dict[str, Any] = {}
-    ok = True
+    checks = {"database": "ok"}
     try:
         await runtime.db.ping()
-        checks["database"] = "ok"
     except Exception as exc:
-        ok = False
         checks["database"] = "down"
         log.warning("readiness: the database is down: %s", _without_credentials(exc))
     if runtime.settings.redis_url:
-        healthy = runtime.broker.is_healthy
-        checks["redis"] = "ok" if healthy else "down"
-        if not healthy:
+        checks["redis"] = "ok" if runtime.broker.is_healthy else "down"
+        if checks["redis"] == "down":
             detail = runtime.broker.health().get("last_error")
             log.warning("readiness: Redis is down: %s", _without_credentials(detail))
-        ok = ok and healthy
+    ok = "down" not in checks.values()
     return JSONResponse(
         {"status": "ok" if ok else "unavailable", **checks}, status_code=200 if ok else 503
     )

@@ -50,10 +50,10 @@ class Batcher(Generic[T, R]):
                 await self._answer(batch)
         finally:
             self._runner = None
-            if self._waiting:  # cancelled at shutdown: nobody is left hanging
-                for _, future in self._waiting:
-                    future.cancel()
-                self._waiting.clear()
+            # Cancelled at shutdown: nobody is left hanging.
+            for _, future in self._waiting:
+                future.cancel()
+            self._waiting.clear()
 
     async def _answer(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
         self._sizes.observe(len(batch))

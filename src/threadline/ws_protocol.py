@@ -182,13 +182,11 @@ class LegacyProtocol(BaseGraphQLWSHandler[Context, None]):
         except WebSocketDisconnected:
             pass
         finally:
-            deadline.cancel()
-            with suppress(BaseException):
-                await deadline
-            if self.keep_alive_task:
-                self.keep_alive_task.cancel()
-                with suppress(BaseException):
-                    await self.keep_alive_task
+            for task in (deadline, self.keep_alive_task):
+                if task is not None:
+                    task.cancel()
+                    with suppress(BaseException):
+                        await task
             await self.cleanup()
 
     async def _close_without_init(self) -> None:
