@@ -49,19 +49,9 @@ class GraphQLPost:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         view = self.view
-        content_type = accept = authorization = user_agent = b""
-        host: bytes | None = None
-        for name, value in scope["headers"]:
-            if name == b"host":
-                host = value
-            elif name == b"content-type":
-                content_type = value
-            elif name == b"accept":
-                accept = value
-            elif name == b"authorization":
-                authorization = value
-            elif name == b"user-agent":
-                user_agent = value
+        headers: dict[bytes, bytes] = dict(scope["headers"])
+        content_type = headers.get(b"content-type", b"")
+        accept = headers.get(b"accept", b"")
         # A JSON body, and no multipart (incremental delivery) or event-stream answer.
         if not (
             (content_type == b"application/json" or content_type.startswith(b"application/json;"))
@@ -81,9 +71,9 @@ class GraphQLPost:
             await view(scope, _replay(body, receive), send)
             return
         context = view.http_context(
-            authorization.decode("latin-1") or None,
-            user_agent.decode("latin-1") or None,
-            origin_of(scope, host),
+            headers.get(b"authorization", b"").decode("latin-1") or None,
+            headers.get(b"user-agent", b"").decode("latin-1") or None,
+            origin_of(scope, headers.get(b"host")),
         )
         try:
             result = await view.schema.execute(

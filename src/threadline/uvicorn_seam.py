@@ -182,18 +182,15 @@ def protocol_class(header_timeout_seconds: float) -> type[asyncio.Protocol]:
 
         def close_after_answer(self, cycle: Any) -> None:
             """Close once the answer is out; linger first if a request body is still coming."""
-            transport = self.transport
-            if (
-                transport.is_closing()
-                or self._lingering
-                or not cycle.more_body
-                or not transport.can_write_eof()
-            ):
-                transport.close()
-                return
-            self._linger()
+            if self.transport.is_closing() or self._lingering or not cycle.more_body:
+                self.transport.close()
+            else:
+                self._linger()
 
         def _linger(self) -> None:
+            if not self.transport.can_write_eof():
+                self.transport.close()
+                return
             self._lingering = True
             self.transport.write_eof()
             self.flow.resume_reading()
@@ -227,10 +224,7 @@ def protocol_class(header_timeout_seconds: float) -> type[asyncio.Protocol]:
                 self._lingering = True
                 return
             self.transport.write(answer)
-            if self.transport.can_write_eof():
-                self._linger()
-            else:
-                self.transport.close()
+            self._linger()
 
     return HeadLimitedProtocol
 
