@@ -31,13 +31,10 @@ async def download(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
     attachment_id = request.path_params["attachment_id"]
     filename = request.path_params["filename"]
-    viewer = request.query_params.get("u", "")
+    query = request.query_params
+    viewer = query.get("u", "")
     left = runtime.url_signer.check(
-        attachment_id,
-        filename,
-        request.query_params.get("exp", ""),
-        request.query_params.get("sig", ""),
-        viewer,
+        attachment_id, filename, query.get("exp", ""), query.get("sig", ""), viewer
     )
     if left is None:
         return PlainTextResponse("This link is invalid or has expired", status_code=403)
@@ -86,9 +83,7 @@ async def download(request: Request) -> Response:
 def _byte_range(header: str | None, size: int) -> tuple[int, int] | Literal["unsatisfiable"] | None:
     """(start, end exclusive) of one ``bytes=`` range; None serves the whole file
     (no header, several ranges or one we do not understand, as RFC 9110 allows)."""
-    if not header:
-        return None
-    match = _RANGE.fullmatch(header.strip())
+    match = _RANGE.fullmatch(header.strip()) if header else None
     if match is None:
         return None
     first, last = match.groups()
