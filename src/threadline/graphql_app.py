@@ -133,8 +133,8 @@ class TransportWSHandler(TransportProtocol, StreamHook):
             self.before_stream(operation)
 
     def before_stream(self, operation: Operation[Context, None]) -> OperationRoot | None:
-        # The execution has its root value by now: let go of it (an idle subscription
-        # should keep no more than its fan-out member). Also the operation's end.
+        # Runs as results start (the execution has its root value by now) and at the
+        # operation's end: an idle subscription keeps no more than its fan-out member.
         root = self.roots.pop(operation, None) if self.roots is not None else None
         if not self.roots:
             self.roots = None
