@@ -1,9 +1,5 @@
-"""What ``threadline serve`` logs about requests: paths, never their query strings.
-
-A query string can carry a credential: a signed attachment URL's ``exp`` and ``sig``
-(valid for up to an hour), a token a WebSocket client put in its URL. uvicorn logs
-the full path of every request (``uvicorn.access``) and WebSocket handshake
-(``uvicorn.error``); the filter below cuts the query off before a line is written.
+"""What ``threadline serve`` logs about requests: paths, never their query strings,
+which can carry a credential (a signed attachment URL's ``sig``, a WebSocket token).
 """
 
 from __future__ import annotations
@@ -20,23 +16,16 @@ class WithoutQueryStrings(logging.Filter):
         # uvicorn passes the path as an argument ('%s - "%s %s HTTP/%s" %d'); the
         # client address ("1.2.3.4:5") and the method never start with "/".
         if isinstance(record.args, tuple):
-            record.args = tuple(_without_query(arg) for arg in record.args)
+            record.args = tuple(
+                arg.partition("?")[0] if isinstance(arg, str) and arg.startswith("/") else arg
+                for arg in record.args
+            )
         return True
 
 
-def _without_query(value: object) -> object:
-    if isinstance(value, str) and value.startswith("/"):
-        return value.partition("?")[0]
-    return value
-
-
 def log_config(uvicorn_config: dict[str, Any]) -> dict[str, Any]:
-    """uvicorn's logging configuration (``uvicorn.config.LOGGING_CONFIG``), with the
-    filter on each of its handlers.
-
-    A dictionary (not a filter added at run time) so that every ``--workers`` process
-    builds the same configuration.
-    """
+    """uvicorn's ``LOGGING_CONFIG`` with the filter on each handler (a dictionary, so
+    that every ``--workers`` process builds the same configuration)."""
     config = copy.deepcopy(uvicorn_config)
     config.setdefault("filters", {})["without_query_strings"] = {
         "()": f"{__name__}.{WithoutQueryStrings.__name__}"

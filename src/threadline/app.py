@@ -7,7 +7,6 @@ import logging
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest, start_http_server
 from starlette.applications import Starlette
@@ -21,7 +20,7 @@ from threadline.auth.webhooks import clerk_webhook
 from threadline.config import Settings
 from threadline.downloads import download
 from threadline.gc_pacing import Pacer
-from threadline.graphql_app import ROOTS, ThreadlineGraphQL
+from threadline.graphql_app import CSRF_HEADERS, ROOTS, ThreadlineGraphQL
 from threadline.graphql_post import GraphQLPost
 from threadline.http_limits import BodyLimits
 from threadline.metrics import watch_gc_pauses
@@ -42,22 +41,18 @@ async def readyz(request: Request) -> Response:
     # Anyone may ask, so the answer is only "ok" or "down" per dependency; what went
     # wrong (hosts, ports, driver messages) goes to the server log.
     runtime: Runtime = request.app.state.runtime
-    checks: dict[str, Any] = {}
-    ok = True
+    checks = {"database": "ok"}
     try:
         await runtime.db.ping()
-        checks["database"] = "ok"
     except Exception as exc:
-        ok = False
         checks["database"] = "down"
         log.warning("readiness: the database is down: %s", _without_credentials(exc))
     if runtime.settings.redis_url:
-        healthy = runtime.broker.is_healthy
-        checks["redis"] = "ok" if healthy else "down"
-        if not healthy:
+        checks["redis"] = "ok" if runtime.broker.is_healthy else "down"
+        if checks["redis"] == "down":
             detail = runtime.broker.health().get("last_error")
             log.warning("readiness: Redis is down: %s", _without_credentials(detail))
-        ok = ok and healthy
+    ok = "down" not in checks.values()
     return JSONResponse(
         {"status": "ok" if ok else "unavailable", **checks}, status_code=200 if ok else 503
     )
@@ -78,23 +73,20 @@ async def metrics(request: Request) -> Response:
 @asynccontextmanager
 async def metrics_listener(settings: Settings) -> AsyncIterator[None]:
     """/metrics on a port of its own while the app runs, when METRICS names one."""
-    address = settings.metrics_address
-    if address is None:
-        yield
-        return
-    host, port = address
-    try:
-        httpd, _ = start_http_server(port, addr=host)
-    except OSError as exc:
-        # With --workers N the first process holds the port; the others serve on.
-        log.warning("metrics not served on %s:%s: %s", host, port, exc.strerror)
-        yield
-        return
+    httpd = None
+    if settings.metrics_address is not None:
+        host, port = settings.metrics_address
+        try:
+            httpd, _ = start_http_server(port, addr=host)
+        except OSError as exc:
+            # With --workers N the first process holds the port; the others serve on.
+            log.warning("metrics not served on %s:%s: %s", host, port, exc.strerror)
     try:
         yield
     finally:
-        await asyncio.to_thread(httpd.shutdown)
-        httpd.server_close()
+        if httpd is not None:
+            await asyncio.to_thread(httpd.shutdown)
+            httpd.server_close()
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -133,12 +125,7 @@ def create_app(settings: Settings) -> Starlette:
                 CORSMiddleware,
                 allow_origins=settings.cors_origins,
                 allow_methods=["GET", "POST", "OPTIONS"],
-                allow_headers=[
-                    "authorization",
-                    "content-type",
-                    "apollo-require-preflight",
-                    "x-apollo-operation-name",
-                ],
+                allow_headers=["authorization", "content-type", *CSRF_HEADERS],
                 allow_credentials=True,
             )
         )

@@ -1,14 +1,9 @@
 """Group work that arrives while earlier work is on its way: one round trip for many.
 
-A request submits its item and waits. If no batch is running, its item goes at
-once, alone: nobody waits for company. Items submitted while a batch is running
-go together in the next one. Under load the round trips per item fall; a lone
-caller pays nothing extra.
-
-A batch never couples its items' fates: when the shared run fails, each item is
-run again alone, so an item that cannot be done fails itself and nobody else.
-``run`` must therefore leave nothing behind when it raises (one statement, or
-one transaction).
+An item submitted while no batch runs goes at once, alone; items submitted meanwhile
+go together in the next batch. When a batch fails each item is run again alone, so
+only an item that cannot be done fails: ``run`` must leave nothing behind when it
+raises (one statement, or one transaction).
 """
 
 from __future__ import annotations
@@ -32,10 +27,9 @@ class Batcher(Generic[T, R]):
     def __init__(
         self, run: Callable[[Sequence[T]], Awaitable[Sequence[R]]], *, max_size: int, name: str
     ) -> None:
-        """``name``: the task's name and the ``threadline_batch_items`` label."""
         self._run = run
         self._max_size = max_size
-        self._name = name
+        self._name = name  # the task's name and the threadline_batch_items label
         self._sizes = BATCH_ITEMS.labels(name)
         self._waiting: list[tuple[T, asyncio.Future[R]]] = []
         self._runner: asyncio.Task[None] | None = None
@@ -56,10 +50,10 @@ class Batcher(Generic[T, R]):
                 await self._answer(batch)
         finally:
             self._runner = None
-            if self._waiting:  # cancelled at shutdown: nobody is left hanging
-                for _, future in self._waiting:
-                    future.cancel()
-                self._waiting.clear()
+            # Cancelled at shutdown: nobody is left hanging.
+            for _, future in self._waiting:
+                future.cancel()
+            self._waiting.clear()
 
     async def _answer(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
         self._sizes.observe(len(batch))

@@ -1,11 +1,8 @@
 """GET and HEAD /attachments/{id}/{filename}?exp=..&sig=..&u=..: signed downloads.
 
-The signature and expiry are checked before anything is read (403 otherwise),
-then the viewer the URL was minted for must still see the attachment's thread
-(the one access check, at read time; 404 otherwise). The file is streamed from
-storage with headers that stop a browser from running it (nosniff, a sandboxing
-CSP, a download unless it is media), cached privately until the URL expires,
-and a single byte range is honoured so video players can seek.
+Signature and expiry first (403), then the viewer the URL names must still see the
+attachment's thread (404). The file streams with headers that stop a browser running
+it, cached privately until the URL expires; one byte range is honoured (for seeking).
 """
 
 from __future__ import annotations
@@ -34,13 +31,10 @@ async def download(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
     attachment_id = request.path_params["attachment_id"]
     filename = request.path_params["filename"]
-    viewer = request.query_params.get("u", "")
+    query = request.query_params
+    viewer = query.get("u", "")
     left = runtime.url_signer.check(
-        attachment_id,
-        filename,
-        request.query_params.get("exp", ""),
-        request.query_params.get("sig", ""),
-        viewer,
+        attachment_id, filename, query.get("exp", ""), query.get("sig", ""), viewer
     )
     if left is None:
         return PlainTextResponse("This link is invalid or has expired", status_code=403)
@@ -67,13 +61,13 @@ async def download(request: Request) -> Response:
         "referrer-policy": "no-referrer",
         "accept-ranges": "bytes",
     }
-    start, end, status = 0, size, 200
     wanted = _byte_range(request.headers.get("range"), size)
     if wanted == UNSATISFIABLE:
         return Response(
             status_code=416,
             headers={**headers, "content-range": f"bytes */{size}", "content-length": "0"},
         )
+    start, end, status = 0, size, 200
     if wanted is not None:
         start, end = wanted
         status = 206
@@ -89,9 +83,7 @@ async def download(request: Request) -> Response:
 def _byte_range(header: str | None, size: int) -> tuple[int, int] | Literal["unsatisfiable"] | None:
     """(start, end exclusive) of one ``bytes=`` range; None serves the whole file
     (no header, several ranges or one we do not understand, as RFC 9110 allows)."""
-    if not header:
-        return None
-    match = _RANGE.fullmatch(header.strip())
+    match = _RANGE.fullmatch(header.strip()) if header else None
     if match is None:
         return None
     first, last = match.groups()

@@ -1,11 +1,9 @@
-"""Domain errors: what went wrong, as a code that clients switch on.
-
-Services raise these; the GraphQL layer maps each to ``extensions.code`` in one
-extension, and masks anything else as INTERNAL_SERVER_ERROR.
-"""
+"""Domain errors: what went wrong, as a code that clients switch on (``extensions.code``);
+the GraphQL layer masks anything else as INTERNAL_SERVER_ERROR."""
 
 from __future__ import annotations
 
+import math
 from enum import StrEnum
 from typing import Any, ClassVar
 
@@ -72,25 +70,20 @@ class QueryTooCostly(DomainError):
         )
 
 
-class RateLimited(DomainError):
+class _RetryLater(DomainError):
+    def __init__(self, message: str, retry_after: float = 1) -> None:
+        # Whole seconds, rounded up, so that a client that waits that long gets through.
+        seconds = max(1, math.ceil(retry_after))
+        super().__init__(message, retryAfter=seconds)
+        self.retry_after = seconds
+
+
+class RateLimited(_RetryLater):
     code = ErrorCode.RATE_LIMITED
 
-    def __init__(self, message: str, retry_after: float) -> None:
-        # Whole seconds, rounded up, so that a client that waits that long gets through.
-        seconds = max(1, int(-(-retry_after // 1)))
-        super().__init__(message, retryAfter=seconds)
-        self.retry_after = seconds
 
-
-class ServiceUnavailable(DomainError):
-    """A dependency the operation needs (Redis, for presence and typing) is down.
-
-    Nothing was changed; the client retries after ``retryAfter`` seconds.
-    """
+class ServiceUnavailable(_RetryLater):
+    """A dependency the operation needs (Redis, for presence and typing) is down;
+    nothing was changed."""
 
     code = ErrorCode.SERVICE_UNAVAILABLE
-
-    def __init__(self, message: str, retry_after: float = 1) -> None:
-        seconds = max(1, int(-(-retry_after // 1)))
-        super().__init__(message, retryAfter=seconds)
-        self.retry_after = seconds

@@ -1,27 +1,15 @@
 """When Python's cyclic garbage collector runs, in a process that holds many
 long-lived connections.
 
-CPython starts a young collection when allocations minus deallocations of
-tracked objects pass a threshold. A server that replaces closed connections with
-new ones frees old objects about as fast as it makes new ones, so that count
-barely moves while the youngest generation fills with the new connections'
-objects; the collection that finally runs walks hundreds of thousands of them at
-once (0.25-0.5 s at 10,000 connections, measured with bench.rooms), and every
-coroutine of the process waits for it. Its rule for full collections (survivors
-worth a quarter of the old generation) is met by churn alone, and a full pass
-over 10,000 connections takes seconds.
+CPython counts allocations minus deallocations; a server replacing closed connections
+barely moves that count while the young generation fills, and the collection that
+finally runs stalls every coroutine (0.25-0.5 s at 10,000 connections, bench.rooms).
 
-So the clock paces the collector instead: the youngest generation is collected
-every fraction of a second, while it is small; every few seconds the middle one
-is, and what survives it is frozen (moved out of the collector's sight, which
-costs nothing). A full pass walks every object the process holds (about 0.3 ms
-per open socket), so it runs only when the heap has grown by a quarter over its
-lowest point since the last one and ten minutes have passed, or at once when
-the heap has doubled: growth is how uncollected cycles among frozen objects
-show, a heap that only churns is never walked in full, and one that grows (a
-connect storm, caches filling) is walked a few times, not at every quarter.
-CPython's own thresholds stay on as a backstop for bursts that do not yield to
-the event loop.
+So the clock paces the collector: the youngest generation every fraction of a second;
+every few seconds the middle one, freezing what survives. A full pass (about 0.3 ms per
+open socket) runs only when the heap has grown a quarter over its low point and ten
+minutes have passed, or at once when it has doubled: growth is how uncollected frozen
+cycles show. CPython's thresholds stay on as a backstop for bursts that do not yield.
 """
 
 import asyncio
@@ -58,15 +46,10 @@ class Pacer:
     _low: int = field(default=0, init=False)
 
     def settle(self, now: float) -> None:
-        """Collect everything once and freeze it: what start-up built (modules,
-        the schema, pools) lives as long as the process."""
+        """Collect everything once and freeze it: what start-up built lives as long as
+        the process."""
         self._full_pass(now)
         self._last_middle = now
-
-    def _resume(self, now: float) -> None:
-        """Pace from here without a full pass: the process settled before."""
-        self._low = self.heap_size()
-        self._last_full = self._last_middle = now
 
     def tick(self, now: float) -> None:
         if not gc.isenabled():
@@ -101,8 +84,9 @@ class Pacer:
         _running = True
         gc.set_threshold(*BACKSTOP_THRESHOLDS)
         now = time.monotonic()
-        if _settled:
-            self._resume(now)
+        if _settled:  # pace from here without a full pass
+            self._low = self.heap_size()
+            self._last_full = self._last_middle = now
         else:
             self.settle(now)
             _settled = True

@@ -1,9 +1,7 @@
 """The /graphql endpoint: strawberry's ASGI view with our context and WebSocket auth.
 
-Over HTTP the bearer token comes from the Authorization header and is checked
-when a field needs it. Over WebSocket it comes from the connection_init payload
-and is checked at once: a bad one closes the socket with 4403 before any
-operation runs.
+Over HTTP the Authorization header's token is checked when a field needs it; over
+WebSocket the connection_init token is checked at once (a bad one closes with 4403).
 """
 
 from __future__ import annotations
@@ -15,11 +13,10 @@ import logging
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from cross_web import AsyncHTTPRequestAdapter, HTTPException
-from graphql import GraphQLError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Scope
@@ -30,7 +27,7 @@ from strawberry.http import GraphQLHTTPResponse
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import Operation
 from strawberry.types import ExecutionResult
-from strawberry.types.unset import UnsetType
+from strawberry.types.unset import UNSET, UnsetType
 
 from threadline.errors import DomainError, RateLimited, ServiceUnavailable, Unauthenticated
 from threadline.metrics import WEBSOCKET_CONNECTIONS
@@ -49,10 +46,7 @@ from threadline.subscriptions.live import OperationRoot
 from threadline.subscriptions.root import Subscription
 from threadline.uploads.multipart import MultipartError, place_files, text_field
 from threadline.uvicorn_seam import raw_socket
-from threadline.ws_protocol import LegacyProtocol, RefusedConnection, TransportProtocol
-
-if TYPE_CHECKING:
-    from cross_web import AsyncHTTPRequestAdapter
+from threadline.ws_protocol import LegacyProtocol, RefusedConnection, TransportProtocol, formatted
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +58,6 @@ CSRF_HEADERS = ("apollo-require-preflight", "x-apollo-operation-name")
 CLOSE_SESSION_ENDED = 4401
 CLOSE_REFUSED = 4403
 CLOSE_TOO_MANY = 4429
-SEND_TIMEOUT_SECONDS = 10.0
 # The maintenance beat: each socket's token is checked once a beat; its presence
 # lease is renewed (and its session row touched) every UPKEEP_EVERY beats.
 BEAT_SECONDS = 8.0
@@ -80,8 +73,7 @@ LEGACY_KEEP_ALIVE_SECONDS = 15.0
 
 
 def _tick_of(item: object) -> int:
-    """The tick of the beat that serves ``item`` (mixed, so that neighbouring
-    addresses do not fall on one tick)."""
+    # Mixed, so that neighbouring addresses do not fall on one tick.
     return (hash(item) * 0x9E3779B1 >> 11) % BEAT_TICKS
 
 
@@ -119,11 +111,8 @@ def token_from_params(params: Any) -> str | None:
 
 
 class TransportWSHandler(TransportProtocol, StreamHook):
-    """graphql-transport-ws, with a direct frame sink for broadcast subscriptions.
-
-    Each operation's root value is its ``OperationRoot`` (sink and frame renderer):
-    the resolver finds it in ``info.root_value``, and the stream hooks here.
-    """
+    """graphql-transport-ws, with a direct frame sink for broadcast subscriptions: each
+    operation's root value is its ``OperationRoot`` (sink and frame renderer)."""
 
     roots: dict[Operation[Context, None], OperationRoot] | None = None
 
@@ -141,21 +130,17 @@ class TransportWSHandler(TransportProtocol, StreamHook):
         try:
             await super().run_operation(operation)
         finally:
-            self._forget_root(operation)
+            self.before_stream(operation)
 
-    def _forget_root(self, operation: Operation[Context, None]) -> OperationRoot | None:
-        # Let go of it as soon as the operation has started: an idle subscription
-        # should keep no more than its fan-out member.
+    def before_stream(self, operation: Operation[Context, None]) -> OperationRoot | None:
+        # Runs as results start (the execution has its root value by now) and at the
+        # operation's end: an idle subscription keeps no more than its fan-out member.
         root = self.roots.pop(operation, None) if self.roots is not None else None
         if not self.roots:
             self.roots = None
         if root is not None and self.root_value is root:
             self.root_value = None
         return root
-
-    def before_stream(self, operation: Operation[Context, None]) -> OperationRoot | None:
-        # The execution has its root value by now: the socket's attribute is free.
-        return self._forget_root(operation)
 
     async def after_stream(
         self, operation: Operation[Context, None], result_source: Any, kept: Any
@@ -170,9 +155,8 @@ class TransportWSHandler(TransportProtocol, StreamHook):
         try:
             await rest()
         except DomainError as exc:
-            error = shape_error(GraphQLError(exc.message, original_error=exc))
             await operation.send_operation_message(
-                {"id": operation.id, "type": "error", "payload": [error.formatted]}
+                {"id": operation.id, "type": "error", "payload": [formatted(exc)]}
             )
         finally:
             for release in sink.on_end:
@@ -185,18 +169,6 @@ class RefusedUpload(Exception):
     def __init__(self, error: DomainError) -> None:
         super().__init__(error.message)
         self.error = error
-
-    def response(self, encode: Callable[[object], bytes]) -> Response:
-        body = {
-            "data": None,
-            "errors": [
-                shape_error(GraphQLError(self.error.message, original_error=self.error)).formatted
-            ],
-        }
-        # The body still coming is not read: the connection closes after the answer.
-        return Response(
-            encode(body), media_type="application/json", headers={"connection": "close"}
-        )
 
 
 class ThreadlineGraphQL(GraphQL[Context, None]):
@@ -225,18 +197,16 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
         self._ticks: list[dict[object, Context]] = [{} for _ in range(BEAT_TICKS)]
 
     def decode_json(self, data: str | bytes) -> object:
-        # orjson reads a request several times faster; what it refuses and the
-        # standard library takes (lone surrogate escapes, which the text rules then
-        # strip, and NaN) is read the standard way.
+        # orjson is several times faster; what it refuses and the standard library
+        # takes (lone surrogate escapes, NaN) is read the standard way.
         try:
             return orjson.loads(data)
         except orjson.JSONDecodeError:
             pass
         try:
             return json.loads(data)
-        # Every way a body can be unreadable is a JSONDecodeError, which the view
-        # answers with 400: nested past the parser's depth (RecursionError), bytes
-        # that are not UTF-8 (UnicodeDecodeError).
+        # The view answers a JSONDecodeError with 400: so too a body nested past the
+        # parser's depth (RecursionError) or not UTF-8 (UnicodeDecodeError).
         except json.JSONDecodeError:
             raise
         except (ValueError, RecursionError) as error:
@@ -248,13 +218,11 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
         return self.encode_json_bytes(data).decode()
 
     def encode_json_bytes(self, data: object) -> bytes:
-        # orjson writes a page of 50 messages several times faster than the standard
-        # library. An HTTP body is bytes: graphql_post sends these as they are.
+        # orjson is several times faster; what it cannot write (a lone surrogate
+        # quoted in an error message) the standard library escapes.
         try:
             return orjson.dumps(data)
         except orjson.JSONEncodeError:
-            # An answer that quotes input orjson cannot write (a lone surrogate in an
-            # error message) is written by the standard library, which escapes it.
             return json.dumps(data, separators=(",", ":")).encode()
 
     async def process_result(
@@ -354,7 +322,9 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
         context.state = state
         # Registered before anything else can fail: whatever happens next, the
         # socket's end (run's finally) finds it and closes the session row.
-        self._register(context, state)
+        self.connections[context.connection] = context
+        self._ticks[_tick_of(state.connection_id)][context.connection] = context
+        WEBSOCKET_CONNECTIONS.set(len(self.connections))
         if self.runtime.viewers_forgotten != forgotten:
             # A role change signalled before this socket was listed did not close it:
             # the viewer it was authorized with may be older than the change.
@@ -367,20 +337,10 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
         await self.runtime.presence.renew(user.id, state.connection_id)
         return None
 
-    def _register(self, context: Context, state: ConnectionState) -> None:
-        self.connections[context.connection] = context
-        self._ticks[_tick_of(state.connection_id)][context.connection] = context
-        WEBSOCKET_CONNECTIONS.set(len(self.connections))
-
     async def maintain_connections(self) -> None:
-        """Runs for the process's lifetime: once a beat for every socket, close those
-        whose token is stale; every UPKEEP_EVERY beats renew their presence leases in
-        Redis pipelines and touch their session rows in one UPDATE. The sockets are
-        split over the beat's ticks (BEAT_TICKS), each tick serving its share.
-
-        One loop instead of a task per socket: idle connections cost less memory and
-        10,000 of them a few round trips a second, not 10,000.
-        """
+        """Runs for the process's lifetime: each beat, close sockets whose token is stale;
+        every UPKEEP_EVERY beats renew their leases and touch their session rows.
+        One loop, not a task per socket: 10,000 idle sockets cost a few round trips."""
         tick = 0
         while True:
             await asyncio.sleep(BEAT_SECONDS / BEAT_TICKS)
@@ -454,8 +414,6 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
             await sessions.close_sessions(self.runtime.db, ids)
 
     async def run(self, request: Any, context: Any = None, root_value: Any = None) -> Any:
-        from strawberry.types.unset import UNSET
-
         try:
             return await super().run(
                 request,
@@ -463,7 +421,9 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
                 root_value=UNSET if root_value is None else root_value,
             )
         except RefusedUpload as refused:
-            return refused.response(self.encode_json_bytes)
+            body = self.encode_json_bytes({"data": None, "errors": [formatted(refused.error)]})
+            # The body still coming is not read: the connection closes after the answer.
+            return Response(body, media_type="application/json", headers={"connection": "close"})
         finally:
             if isinstance(request, Request):
                 # An upload's spooled files go when its request ends (a file may fill
@@ -504,17 +464,14 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
     ) -> None:
         """Close the live sockets of ended Clerk sessions and deleted users (4401)."""
         self.runtime.forget_viewers(clerk_user_ids, clerk_session_ids)
-        doomed = [
-            c
-            for c in list(self.connections.values())
-            if c.identity is not None
-            and (
-                c.identity.session_id in clerk_session_ids or c.identity.clerk_id in clerk_user_ids
+
+        def ended(c: Context) -> bool:
+            identity = c.identity
+            return identity is not None and (
+                identity.session_id in clerk_session_ids or identity.clerk_id in clerk_user_ids
             )
-        ]
-        await asyncio.gather(
-            *(self._close(c, CLOSE_SESSION_ENDED, "Session ended") for c in doomed)
-        )
+
+        await self._close_where(ended, CLOSE_SESSION_ENDED, "Session ended")
 
     async def _reauthorize(self, user_ids: list[str]) -> None:
         """Close these users' live sockets with 4403: their role changed, and what a
@@ -524,13 +481,15 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
             return
         ids = {uuid.UUID(user_id) for user_id in user_ids}
         self.runtime.forget_viewers(user_ids=ids)
-        doomed = [
-            c
-            for c in list(self.connections.values())
-            if c.viewer_or_none is not None and c.viewer_or_none.id in ids
-        ]
-        reason = "Your role changed: reconnect"
-        await asyncio.gather(*(self._close(c, CLOSE_REFUSED, reason) for c in doomed))
+        await self._close_where(
+            lambda c: c.viewer_or_none is not None and c.viewer_or_none.id in ids,
+            CLOSE_REFUSED,
+            "Your role changed: reconnect",
+        )
+
+    async def _close_where(self, doomed: Callable[[Context], bool], code: int, reason: str) -> None:
+        sockets = [c for c in list(self.connections.values()) if doomed(c)]
+        await asyncio.gather(*(self._close(c, code, reason) for c in sockets))
 
     async def _close(self, context: Context, code: int, reason: str) -> None:
         try:
@@ -539,6 +498,4 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
             log.debug("socket already closed", exc_info=True)
 
     async def close_connections(self) -> None:
-        await asyncio.gather(
-            *(self._close(c, 1001, "Server shutting down") for c in list(self.connections.values()))
-        )
+        await self._close_where(lambda _: True, 1001, "Server shutting down")

@@ -1,13 +1,9 @@
 """POST /graphql, the route nearly every client's requests take.
 
-Strawberry's view serves every kind of request (GET, multipart uploads, batches,
-streams, GraphiQL) and builds a Request, an adapter, a sub-response and a Response
-for each; for one JSON operation that wants one JSON answer that was over a third
-of a small request's CPU. This endpoint reads such a request itself, builds the
-view's context, hands the operation to the schema's one runner (as the view would)
-and shapes and encodes the result with the view's methods. Anything else (uploads,
-streams, a body that is not a well-formed operation) goes to the view unchanged,
-with the body already read replayed.
+Strawberry's view builds a Request, an adapter, a sub-response and a Response for each
+request: over a third of a small request's CPU. A JSON operation that wants one JSON
+answer is run here with the view's context, runner and encoding; anything else goes to
+the view unchanged, with the body already read replayed.
 """
 
 from __future__ import annotations
@@ -45,15 +41,6 @@ def request_data_from_json(data: object) -> GraphQLRequestData | None:
     return None
 
 
-def wants_one_json_answer(content_type: bytes, accept: bytes) -> bool:
-    """A JSON body, and no multipart (incremental delivery) or event-stream answer asked for."""
-    return (
-        (content_type == b"application/json" or content_type.startswith(b"application/json;"))
-        and b"multipart/" not in accept
-        and b"text/event-stream" not in accept
-    )
-
-
 class GraphQLPost:
     """The ASGI endpoint of POST /graphql: JSON operations here, the rest to ``view``."""
 
@@ -61,45 +48,32 @@ class GraphQLPost:
         self.view = view
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        content_type = accept = authorization = user_agent = b""
-        host: bytes | None = None
-        for name, value in scope["headers"]:
-            if name == b"host":
-                host = value
-            elif name == b"content-type":
-                content_type = value
-            elif name == b"accept":
-                accept = value
-            elif name == b"authorization":
-                authorization = value
-            elif name == b"user-agent":
-                user_agent = value
-        if not wants_one_json_answer(content_type, accept):
-            await self.view(scope, receive, send)
+        view = self.view
+        headers: dict[bytes, bytes] = dict(scope["headers"])
+        content_type = headers.get(b"content-type", b"")
+        accept = headers.get(b"accept", b"")
+        # A JSON body, and no multipart (incremental delivery) or event-stream answer.
+        if not (
+            (content_type == b"application/json" or content_type.startswith(b"application/json;"))
+            and b"multipart/" not in accept
+            and b"text/event-stream" not in accept
+        ):
+            await view(scope, receive, send)
             return
         body = await _read_body(receive)
         if body is None:  # the client went away
             return
         try:
-            request_data = request_data_from_json(self.view.decode_json(body))
+            request_data = request_data_from_json(view.decode_json(body))
         except ValueError:  # not JSON: the view answers that
             request_data = None
         if request_data is None:
-            await self.view(scope, _replay(body, receive), send)
+            await view(scope, _replay(body, receive), send)
             return
-        await self._answer(request_data, authorization, user_agent, origin_of(scope, host), send)
-
-    async def _answer(
-        self,
-        request_data: GraphQLRequestData,
-        authorization: bytes,
-        user_agent: bytes,
-        origin: str | None,
-        send: Send,
-    ) -> None:
-        view = self.view
         context = view.http_context(
-            authorization.decode("latin-1") or None, user_agent.decode("latin-1") or None, origin
+            headers.get(b"authorization", b"").decode("latin-1") or None,
+            headers.get(b"user-agent", b"").decode("latin-1") or None,
+            origin_of(scope, headers.get(b"host")),
         )
         try:
             result = await view.schema.execute(
@@ -114,17 +88,15 @@ class GraphQLPost:
         # The view's plain-text 400s, worded as it words them.
         except CannotGetOperationTypeError as exc:
             await _respond(send, 400, exc.as_http_error_reason().encode(), _TEXT_HEADERS)
-            return
         except InvalidOperationTypeError as exc:
             await _respond(send, 400, exc.as_http_error_reason("POST").encode(), _TEXT_HEADERS)
-            return
         except MissingQueryError:
             await _respond(send, 400, b"No GraphQL query found in the request", _TEXT_HEADERS)
-            return
-        response = await view.process_result(None, result)  # type: ignore[arg-type]
-        if result.errors:
-            handle_errors(view, result.errors, response)
-        await _respond(send, 200, view.encode_json_bytes(response), JSON_HEADERS)
+        else:
+            response = await view.process_result(None, result)  # type: ignore[arg-type]
+            if result.errors:
+                handle_errors(view, result.errors, response)
+            await _respond(send, 200, view.encode_json_bytes(response), JSON_HEADERS)
 
 
 async def _read_body(receive: Receive) -> bytes | None:
@@ -139,14 +111,10 @@ async def _read_body(receive: Receive) -> bytes | None:
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
-    replayed = False
+    first: list[Message] = [{"type": "http.request", "body": body, "more_body": False}]
 
     async def again() -> Message:
-        nonlocal replayed
-        if not replayed:
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
+        return first.pop() if first else await receive()
 
     return again
 

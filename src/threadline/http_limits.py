@@ -1,23 +1,15 @@
 """Request bodies bounded and timed as they stream in, on every route, before anything buffers them.
 
-The one place where request sizes are enforced: a declared ``Content-Length`` over
-the limit is refused before a byte is read (no ``100 Continue`` is sent), and a
-body without one is counted chunk by chunk as the app reads it; the chunk that
-crosses the limit is answered 413 and never reaches the app. Non-multipart
-bodies may have ``MAX_REQUEST_BYTES``; ``multipart/form-data`` bodies (uploads)
-``MAX_UPLOAD_BYTES`` plus a small allowance for the form's other parts. A body
-that pauses longer than ``HTTP_BODY_TIMEOUT_SECONDS``, or arrives slower on
-average than ``HTTP_BODY_MIN_BYTES_PER_SECOND`` beyond that first allowance, is
-answered 408. Only time spent waiting for the client counts, not time the app
-takes between reads. (Slow request heads are cut off by ``uvicorn_seam``: the
-app is not called until a head is complete.) No timer per request: one sweep,
-scheduled while some body is being waited for, cuts off the overdue ones.
+A declared ``Content-Length`` over the limit is refused before a byte is read; otherwise
+the chunk that crosses it is answered 413 and never reaches the app. The limit is
+``MAX_REQUEST_BYTES``, or for ``multipart/form-data`` (uploads) ``MAX_UPLOAD_BYTES`` plus
+an allowance. A body that pauses longer than ``HTTP_BODY_TIMEOUT_SECONDS``, or arrives
+slower than ``HTTP_BODY_MIN_BYTES_PER_SECOND`` beyond that, is answered 408; only time
+spent waiting for the client counts. One sweep, not a timer per request, cuts them off.
 
-Answers close the connection, so what the client still sends is not read. On
-/graphql, and for any multipart body, they are GraphQL-shaped JSON
-(``extensions.code``) so that Apollo and urql clients can read them. Once a body
-is cut off the app reads a disconnect, and what it sends or raises after that
-is dropped.
+Answers close the connection; on /graphql and for multipart bodies they are GraphQL-shaped
+(``extensions.code``). After a cut-off the app reads a disconnect, and what it sends or
+raises is dropped.
 """
 
 from __future__ import annotations
@@ -41,6 +33,7 @@ MULTIPART_ALLOWANCE_BYTES = 64 * 1024
 _DISCONNECT: Message = {"type": "http.disconnect"}
 _MULTIPART = b"multipart/form-data"
 _TOO_SLOW = "The request body arrived too slowly"
+_GRAPHQL_PATH = "/graphql"
 
 
 class BodyLimits:
@@ -54,14 +47,12 @@ class BodyLimits:
         max_upload_bytes: int,
         body_timeout_seconds: float,
         body_min_bytes_per_second: int,
-        graphql_path: str = "/graphql",
     ) -> None:
         self.app = app
         self.max_request_bytes = max_request_bytes
         self.max_multipart_bytes = max_upload_bytes + MULTIPART_ALLOWANCE_BYTES
         self.body_timeout = body_timeout_seconds
         self.min_rate = body_min_bytes_per_second
-        self.graphql_path = graphql_path
         # Bodies whose app is waiting for the client's next bytes -> deadline (time.monotonic).
         self._waiting: dict[_Body, float] = {}
         self._sweep: asyncio.TimerHandle | None = None
@@ -95,9 +86,8 @@ class BodyLimits:
             if declared == 0:
                 await self.app(scope, receive, send)
                 return
-        limit = self.max_multipart_bytes if multipart else self.max_request_bytes
-        body = _Body(self, scope, receive, send, limit, multipart)
-        if declared is not None and declared > limit:
+        body = _Body(self, scope, receive, send, multipart)
+        if declared is not None and declared > body.limit:
             await body.refuse_too_large()
             return
         try:
@@ -107,10 +97,6 @@ class BodyLimits:
                 raise
             # The app read a disconnect where its body was cut off; it has been answered.
             log.debug("after a cut-off body the app raised", exc_info=True)
-
-    def ensure_sweep(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self._sweep is None:
-            self._sweep = loop.call_later(self._sweep_every, self._sweep_overdue, loop)
 
     def _sweep_overdue(self, loop: asyncio.AbstractEventLoop) -> None:
         self._sweep = None
@@ -122,10 +108,6 @@ class BodyLimits:
                 body.timed_out = True
                 body.task.cancel()  # the body's receive turns this into a 408
         self._sweep = loop.call_later(self._sweep_every, self._sweep_overdue, loop)
-
-    def graphql_shaped(self, scope: Scope, multipart: bool) -> bool:
-        path: str = scope["path"]
-        return multipart or path == scope.get("root_path", "") + self.graphql_path
 
 
 class _Body:
@@ -148,19 +130,13 @@ class _Body:
     )
 
     def __init__(
-        self,
-        guard: BodyLimits,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        limit: int,
-        multipart: bool,
+        self, guard: BodyLimits, scope: Scope, receive: Receive, send: Send, multipart: bool
     ) -> None:
         self.guard = guard
         self.scope = scope
         self._receive = receive
         self._send = send
-        self.limit = limit
+        self.limit = guard.max_multipart_bytes if multipart else guard.max_request_bytes
         self.multipart = multipart
         self.received = 0
         self.waited = 0.0  # seconds spent waiting for the client's bytes
@@ -190,7 +166,7 @@ class _Body:
         waiting = guard._waiting
         waiting[self] = started + delay
         if guard._sweep is None:
-            guard.ensure_sweep(loop)
+            guard._sweep = loop.call_later(guard._sweep_every, guard._sweep_overdue, loop)
         try:
             message = await self._receive()
         except asyncio.CancelledError:
@@ -232,7 +208,8 @@ class _Body:
         HTTP_REQUESTS_CUT_OFF.labels(str(status)).inc()
         if self.responded:  # too late to answer: the app finishes on a disconnect
             return
-        if self.guard.graphql_shaped(self.scope, self.multipart):
+        scope = self.scope
+        if self.multipart or scope["path"] == scope.get("root_path", "") + _GRAPHQL_PATH:
             code = ErrorCode.PAYLOAD_TOO_LARGE if status == 413 else ErrorCode.BAD_USER_INPUT
             error = {"message": message, "extensions": {"code": code.value, **extensions}}
             body = orjson.dumps({"errors": [error]})

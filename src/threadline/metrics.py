@@ -17,8 +17,7 @@ _TRANSACTION_TIMERS: dict[str, Histogram] = {}
 
 
 def transaction_seconds(name: str) -> Histogram:
-    """TRANSACTION_SECONDS's child for ``name``, bound once: ``.labels()`` takes a lock
-    and builds a key on every call, and each send runs a unit of work."""
+    """TRANSACTION_SECONDS's child for ``name``, bound once (``.labels()`` takes a lock)."""
     child = _TRANSACTION_TIMERS.get(name)
     if child is None:
         child = _TRANSACTION_TIMERS[name] = TRANSACTION_SECONDS.labels(name)

@@ -1,17 +1,13 @@
-"""The process's long-lived parts, built once from Settings and handed to everything.
-
-No service locator: the GraphQL context carries this one object, and each
-resolver takes from it what it needs (database, broker, verifier, limiter).
-"""
+"""The process's long-lived parts, built once from Settings; the GraphQL context
+carries this one object, and each resolver takes from it what it needs."""
 
 from __future__ import annotations
 
 import logging
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Collection, Sequence
-from typing import Any
+from functools import partial
 
 from threadline.auth.tokens import TokenVerifier
 from threadline.config import Settings
@@ -54,7 +50,7 @@ class Runtime:
         self.broker = Broker(redis)
         self.db = Database(
             make_engine(settings.database_url, pooled=settings.pooled),
-            publish=self._publish,
+            publish=partial(publish_all, self.broker),
             fast_paths=settings.fast_paths,
             replica=(
                 make_engine(settings.database_read_url, pooled=settings.pooled)
@@ -82,8 +78,11 @@ class Runtime:
         self.feed = ThreadFeed(self.broker, self.db)
         self.fanout = Fanout(self.feed, self.deliveries, self.broker.queue_limit)
         self._verified: TTLCache[str, Identity] = TTLCache(VERIFIED_TOKEN_SECONDS, 20_000)
-        self._viewers: OrderedDict[tuple[str, str | None], tuple[float, User]] = OrderedDict()
-        self._forgotten = 0  # how many times forget_viewers ran
+        self._viewers: TTLCache[tuple[str, str | None], User] = TTLCache(
+            VIEWER_CACHE_SECONDS, VIEWER_CACHE_SIZE
+        )
+        # How many times forget_viewers ran: a viewer read before a change differs.
+        self.viewers_forgotten = 0
         self.storage: Storage = LocalStorage(settings.upload_dir)
         self.url_signer = UrlSigner(
             settings.resolve_signing_secret(), settings.attachment_url_seconds
@@ -103,9 +102,6 @@ class Runtime:
         await self.broker.disconnect()
         await self.db.dispose()
 
-    async def _publish(self, events: Sequence[Any]) -> None:
-        await publish_all(self.broker, events)
-
     # -- identity
 
     async def authenticate(self, token: str) -> tuple[Identity, User]:
@@ -118,19 +114,15 @@ class Runtime:
             self._verified.put(token, identity)
         key = (identity.clerk_id, identity.session_id)
         cached = self._viewers.get(key)
-        now = time.monotonic()
-        if cached is not None and now - cached[0] < VIEWER_CACHE_SECONDS:
-            return identity, cached[1]
-        forgotten = self._forgotten
+        if cached is not None:
+            return identity, cached
+        forgotten = self.viewers_forgotten
         user = await self._load_viewer(identity)
-        if forgotten != self._forgotten:
+        if forgotten != self.viewers_forgotten:
             # Forgotten while it loaded (a role changed, committed before the signal):
             # what was read may predate it; read again, after the signal.
             return identity, await self._load_viewer(identity)
-        self._viewers[key] = (now, user)
-        self._viewers.move_to_end(key)
-        while len(self._viewers) > VIEWER_CACHE_SIZE:
-            self._viewers.popitem(last=False)
+        self._viewers.put(key, user)
         return identity, user
 
     async def _load_viewer(self, identity: Identity) -> User:
@@ -147,21 +139,16 @@ class Runtime:
                 user = await clerk_sync.user_for_identity(uow, identity)
         return user
 
-    @property
-    def viewers_forgotten(self) -> int:
-        """How many times forget_viewers ran: a viewer read before a change differs."""
-        return self._forgotten
-
     def forget_viewers(
         self,
         clerk_user_ids: Sequence[str] = (),
         sessions: Sequence[str] = (),
         user_ids: Collection[uuid.UUID] = (),
     ) -> None:
-        self._forgotten += 1
-        for key, (_, user) in list(self._viewers.items()):
-            if key[0] in clerk_user_ids or key[1] in sessions or user.id in user_ids:
-                del self._viewers[key]
+        self.viewers_forgotten += 1
+        self._viewers.discard(
+            lambda key, user: key[0] in clerk_user_ids or key[1] in sessions or user.id in user_ids
+        )
         if clerk_user_ids:
             gone = set(clerk_user_ids)
             self.user_cache.discard(lambda _, user: user.clerk_id in gone)

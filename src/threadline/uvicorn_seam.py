@@ -1,30 +1,18 @@
 """The one module that reaches into uvicorn's internals, and checks at import that they are there.
 
-Two fast paths live here, each on names uvicorn does not promise to keep:
+- ``protocol_class``: uvicorn's httptools protocol, which holds a slow request head for
+  ever and keeps a head of any size, with a deadline (``HTTP_HEADER_TIMEOUT_SECONDS``)
+  and a size limit (``MAX_HEAD_BYTES``): 408 or 431 and close. And a lingering close:
+  an answer that closes while a body is still coming (413, 408) shuts the write side
+  and drops what arrives for ``LINGER_SECONDS``, since an immediate close resets the
+  connection and clients that send before they read (httpx, requests) lose the answer.
+- ``RawSocketMiddleware``/``RawSocket``: live frames written straight to the transport
+  of uvicorn's sans-I/O WebSocket protocol, skipping the ASGI send chain per subscriber
+  (Phoenix's "fastlane"). A socket that is not open or pushes back is written through
+  ASGI; ``FAST_PATHS=off`` leaves the middleware out.
 
-- ``protocol_class``: uvicorn's HTTP protocol (httptools) with what it lacks against
-  slow and large requests. uvicorn arms its only timer, ``timeout_keep_alive``, after
-  a response; a connection that sends nothing, or its head a few bytes at a time, is
-  held for ever, and httptools keeps a head of any size in memory. Here a head must be
-  complete within ``HTTP_HEADER_TIMEOUT_SECONDS`` of the connection opening (or of a
-  read that left it unfinished) and within ``MAX_HEAD_BYTES``; otherwise 408 or 431
-  and close. Bodies are the ASGI app's business (``http_limits``). And a lingering
-  close: when an answer closes the connection while the client is still sending a
-  body (a 413 or 408), closing at once makes the kernel reset the connection and a
-  client that sends its whole body before it reads (httpx, requests) loses the
-  answer; instead the write side is shut and what still arrives is dropped, unparsed,
-  for up to ``LINGER_SECONDS``. uvicorn is told to use it by name
-  (``threadline.asgi:http_protocol``) or, in process, by the class.
-- ``RawSocketMiddleware``/``RawSocket``: live frames framed once and written straight
-  to the transport of uvicorn's sans-I/O WebSocket protocol, skipping per subscriber
-  the ASGI send chain (Starlette, uvicorn's send, websockets' framing). Phoenix's
-  "fastlane" is the precedent. A socket that is not open or pushes back is written
-  through ASGI as usual, so back-pressure and the close handshake stay uvicorn's;
-  ``FAST_PATHS=off`` leaves the middleware out and every frame goes through ASGI.
-
-Every private name used below is listed in ``_REQUIRED`` and checked at import: a
-uvicorn release that drops one fails start-up with one line saying which name and
-which version, instead of a crash on the first request.
+Every private name used is listed in ``_REQUIRED`` and checked at import, so a uvicorn
+release that drops one fails start-up in one line instead of the first request.
 """
 
 from __future__ import annotations
@@ -166,9 +154,8 @@ def protocol_class(header_timeout_seconds: float) -> type[asyncio.Protocol]:
 
         def handle_websocket_upgrade(self) -> None:
             super().handle_websocket_upgrade()
-            # The socket is the WebSocket protocol's now. The parser calls back into
-            # this object's methods: let it go, so that both are freed at once rather
-            # than left to the cyclic GC (a socket's worth of garbage per connect).
+            # The parser calls back into this object: let it go, so that both are
+            # freed at once rather than left to the cyclic GC.
             self.parser = None  # type: ignore[assignment]
 
         def on_message_begin(self) -> None:
@@ -195,18 +182,15 @@ def protocol_class(header_timeout_seconds: float) -> type[asyncio.Protocol]:
 
         def close_after_answer(self, cycle: Any) -> None:
             """Close once the answer is out; linger first if a request body is still coming."""
-            transport = self.transport
-            if (
-                transport.is_closing()
-                or self._lingering
-                or not cycle.more_body
-                or not transport.can_write_eof()
-            ):
-                transport.close()
-                return
-            self._linger()
+            if self.transport.is_closing() or self._lingering or not cycle.more_body:
+                self.transport.close()
+            else:
+                self._linger()
 
         def _linger(self) -> None:
+            if not self.transport.can_write_eof():
+                self.transport.close()
+                return
             self._lingering = True
             self.transport.write_eof()
             self.flow.resume_reading()
@@ -240,10 +224,7 @@ def protocol_class(header_timeout_seconds: float) -> type[asyncio.Protocol]:
                 self._lingering = True
                 return
             self.transport.write(answer)
-            if self.transport.can_write_eof():
-                self._linger()
-            else:
-                self.transport.close()
+            self._linger()
 
     return HeadLimitedProtocol
 
@@ -262,8 +243,7 @@ class _CycleTransport:
         self.write: Callable[[bytes], None] = protocol.transport.write
 
     def is_closing(self) -> bool:
-        closing: bool = self._protocol.transport.is_closing()
-        return closing
+        return self._protocol.transport.is_closing()  # type: ignore[no-any-return]
 
     def close(self) -> None:
         cycle = self._cycle()
@@ -298,11 +278,8 @@ class RawSocket:
         return True
 
     def forget_handshake(self) -> None:
-        """Let go of the upgrade request and response (headers and all, about 4 KB).
-
-        uvicorn keeps both for the connection's life, but reads them only until the
-        handshake is complete; an idle subscribed socket is mostly such leftovers.
-        """
+        """Let go of the upgrade request and response (about 4 KB), which uvicorn keeps
+        for the connection's life but reads only until the handshake is complete."""
         protocol = self._protocol
         if protocol.handshake_complete and hasattr(protocol, "response"):
             protocol.request = None
@@ -311,8 +288,7 @@ class RawSocket:
 
 def raw_socket(scope: Scope) -> RawSocket | None:
     """The connection's ``RawSocket``, if the middleware gave it one."""
-    raw: RawSocket | None = scope.get(SCOPE_KEY)
-    return raw
+    return scope.get(SCOPE_KEY)
 
 
 class RawSocketMiddleware:

@@ -1,9 +1,6 @@
-"""The browser client's routes: the page at ``/``, its static files, its configuration,
-and (development only) the endpoint that signs a picked user in.
-
-The page is static (``web/``): no build step, no third-party script in development.
-In Clerk mode the only off-server script is Clerk's own, from the frontend API that
-the publishable key names; the Content-Security-Policy says exactly that.
+"""The browser client's routes: the static page at ``/`` (``web/``, no build step), its
+files and configuration, and (development only) the endpoint that signs a picked user in.
+In Clerk mode the only off-server script is Clerk's own, as the CSP says.
 """
 
 from __future__ import annotations
@@ -12,6 +9,7 @@ import base64
 import binascii
 import json
 import time
+from functools import partial
 from pathlib import Path
 
 from starlette.requests import Request
@@ -102,12 +100,7 @@ def web_routes(settings: Settings) -> list[BaseRoute]:
     ]
     if dev_secret is not None:
         # Present only while development tokens are on: never in production or Clerk mode.
-        secret = dev_secret
-
-        async def dev_token(request: Request) -> Response:
-            return await _dev_token(request, secret)
-
-        routes.append(Route("/dev/token", dev_token, methods=["POST"]))
+        routes.append(Route("/dev/token", partial(_dev_token, secret=dev_secret), methods=["POST"]))
     return routes
 
 
@@ -120,7 +113,7 @@ async def _dev_token(request: Request, secret: str) -> Response:
     try:
         payload = json.loads(body)
     except ValueError:
-        return _refuse(400, "BAD_USER_INPUT", 'send JSON: {"username": "alice"}')
+        payload = None
     username = payload.get("username") if isinstance(payload, dict) else None
     if not isinstance(username, str):
         return _refuse(400, "BAD_USER_INPUT", 'send JSON: {"username": "alice"}')

@@ -1,13 +1,10 @@
-"""Both WebSocket subprotocols held to the contract at their edges.
+"""Both WebSocket subprotocols held to the contract at their edges, where strawberry
+lets some client mistakes crash the socket or refuses with codes of its own.
 
-strawberry's handlers leave a few client mistakes to crash the socket (1006 and a
-traceback) and answer some refusals with codes of their own. Here, for
-graphql-transport-ws and the legacy graphql-ws alike: a refused connection
-closes once, with the refusal's code (4403 by default, 4429 over the connection
-limit); a message that is not a well-formed operation closes with 4400; an
-operation past the per-connection ceiling gets a RATE_LIMITED error and the
-connection stays. The legacy protocol gets graphql-transport-ws's connection_init
-deadline (4408) too: strawberry applies it to graphql-transport-ws only.
+For graphql-transport-ws and the legacy graphql-ws alike: a refused connection closes
+once, with the refusal's code (4403, 4429); a malformed operation message closes with
+4400; an operation past the per-connection ceiling gets a RATE_LIMITED error. The
+legacy protocol gets the connection_init deadline (4408) too.
 """
 
 from __future__ import annotations
@@ -29,14 +26,10 @@ from strawberry.http.exceptions import (
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
 )
-from strawberry.subscriptions.protocols.graphql_transport_ws.types import ErrorMessage
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
-from strawberry.subscriptions.protocols.graphql_ws.types import (
-    ErrorMessage as LegacyErrorMessage,
-)
 from strawberry.types.unset import UnsetType
 
-from threadline.errors import RateLimited
+from threadline.errors import DomainError, RateLimited
 from threadline.schema.context import Context
 from threadline.schema.errors import shape_error
 
@@ -62,16 +55,18 @@ def _refusal(exc: ConnectionRejectionError) -> tuple[int, str]:
     return CLOSE_REFUSED, "Forbidden"
 
 
-def malformed(message: Any, *, operation: bool) -> str | None:
-    """Why ``message`` is not a well-formed operation message (None if it is).
-
-    ``operation``: a subscribe/start, whose payload must be a GraphQL request;
-    otherwise only the id is checked (complete/stop).
-    """
+def malformed(message: Any, start: str, stop: str) -> str | None:
+    """Why ``message`` is not well-formed (None if it is): an object with a type; for the
+    ``start`` and ``stop`` of an operation an id; for ``start`` a GraphQL request."""
+    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+        return "A message must be an object with a type"
+    kind = message["type"]
+    if kind != start and kind != stop:
+        return None
     op_id = message.get("id")
     if not isinstance(op_id, str) or not op_id:
         return "The operation id must be a non-empty string"
-    if not operation:
+    if kind == stop:
         return None
     payload = message.get("payload")
     if not isinstance(payload, dict):
@@ -84,13 +79,19 @@ def malformed(message: Any, *, operation: bool) -> str | None:
     return None
 
 
-def limit_reached(
+def over_the_limit(
     limit: int | None, acknowledged: bool, operation_id: object, running: Collection[object]
-) -> int | None:
-    """The connection's ceiling when a new operation (an id not running yet) would pass it."""
-    if acknowledged and operation_id not in running and limit is not None:
-        return limit if len(running) >= limit else None
-    return None
+) -> GraphQLFormattedError | None:
+    """The coded error when a new operation (an id not running yet) would pass the
+    connection's ceiling (strawberry's own refusal carries no code)."""
+    if not acknowledged or operation_id in running or limit is None or len(running) < limit:
+        return None
+    return formatted(RateLimited(f"At most {limit} operations at once on one connection", 1))
+
+
+def formatted(error: DomainError) -> GraphQLFormattedError:
+    """A domain error as a coded GraphQL error."""
+    return shape_error(GraphQLError(error.message, original_error=error)).formatted
 
 
 def connection_ack(ack: object) -> dict[str, Any]:
@@ -100,39 +101,26 @@ def connection_ack(ack: object) -> dict[str, Any]:
     return {"type": "connection_ack", "payload": ack}
 
 
-def over_the_limit(limit: int) -> GraphQLFormattedError:
-    """The coded error for an operation past the connection's ceiling."""
-    refusal = RateLimited(f"At most {limit} operations at once on one connection", retry_after=1)
-    return shape_error(GraphQLError(refusal.message, original_error=refusal)).formatted
-
-
 class TransportProtocol(BaseGraphQLTransportWSHandler[Context, None]):
     """graphql-transport-ws (the graphql-ws library, Apollo Client 3+, urql)."""
 
     async def handle_message(self, message: Any) -> None:
-        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
-            await self.handle_invalid_message("A message must be an object with a type")
+        reason = malformed(message, "subscribe", "complete")
+        if reason is not None:
+            await self.handle_invalid_message(reason)
             return
-        kind = message["type"]
-        if kind in ("subscribe", "complete"):
-            reason = malformed(message, operation=kind == "subscribe")
-            if reason is not None:
-                await self.handle_invalid_message(reason)
-                return
-        await super().handle_message(message)  # type: ignore[arg-type]
+        await super().handle_message(message)
 
     async def send_message(self, message: Any) -> None:
-        # The server's own close (shutdown's 1001, a 44xx) can come between an
-        # operation's end and its `complete`: starlette then refuses the send with a
-        # RuntimeError of its own, which strawberry does not expect (a worker
-        # traceback). The message has nowhere to go; the socket's end cleans up.
+        # The server's own close (1001, a 44xx) can come between an operation's end and
+        # its `complete`: starlette then refuses the send with an error strawberry does
+        # not expect. The message has nowhere to go; the socket's end cleans up.
         with suppress(ClosedForSending, WebSocketDisconnected):
             await super().send_message(message)
 
     def forget_id(self, id: str) -> None:
-        # strawberry's deletes, and raises when the client's `complete` for the same
-        # id was handled a moment before the operation's own last message (a worker
-        # traceback in the browser tests): forgotten either way.
+        # strawberry's raises when the client's `complete` for the id came a moment
+        # before the operation's own last message.
         self.operations.pop(id, None)
 
     async def handle_connection_init(self, message: Any) -> None:
@@ -159,20 +147,14 @@ class TransportProtocol(BaseGraphQLTransportWSHandler[Context, None]):
         self.connection_acknowledged = True
 
     async def handle_subscribe(self, message: Any) -> None:
-        limit = limit_reached(
+        error = over_the_limit(
             self.max_subscriptions_per_connection,
             self.connection_acknowledged,
             message["id"],
             self.operations,
         )
-        if limit is not None:
-            # strawberry's own refusal here carries no code.
-            error: ErrorMessage = {
-                "id": message["id"],
-                "type": "error",
-                "payload": [over_the_limit(limit)],
-            }
-            await self.send_message(error)
+        if error is not None:
+            await self.send_message({"id": message["id"], "type": "error", "payload": [error]})
             return
         await super().handle_subscribe(message)
 
@@ -200,13 +182,11 @@ class LegacyProtocol(BaseGraphQLWSHandler[Context, None]):
         except WebSocketDisconnected:
             pass
         finally:
-            deadline.cancel()
-            with suppress(BaseException):
-                await deadline
-            if self.keep_alive_task:
-                self.keep_alive_task.cancel()
-                with suppress(BaseException):
-                    await self.keep_alive_task
+            for task in (deadline, self.keep_alive_task):
+                if task is not None:
+                    task.cancel()
+                    with suppress(BaseException):
+                        await task
             await self.cleanup()
 
     async def _close_without_init(self) -> None:
@@ -216,16 +196,11 @@ class LegacyProtocol(BaseGraphQLWSHandler[Context, None]):
                 await self.websocket.close(CLOSE_INIT_TIMEOUT, "Connection initialisation timeout")
 
     async def handle_message(self, message: Any) -> None:
-        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
-            await self.websocket.close(CLOSE_BAD_MESSAGE, "A message must be an object with a type")
+        reason = malformed(message, "start", "stop")
+        if reason is not None:
+            await self.websocket.close(CLOSE_BAD_MESSAGE, reason)
             return
-        kind = message["type"]
-        if kind in ("start", "stop"):
-            reason = malformed(message, operation=kind == "start")
-            if reason is not None:
-                await self.websocket.close(CLOSE_BAD_MESSAGE, reason)
-                return
-        await super().handle_message(message)  # type: ignore[arg-type]
+        await super().handle_message(message)
 
     async def handle_connection_init(self, message: Any) -> None:
         # strawberry's, except that a refusal closes with 4403 (or its own code), not 1011.
@@ -248,18 +223,13 @@ class LegacyProtocol(BaseGraphQLWSHandler[Context, None]):
             self.keep_alive_task = asyncio.create_task(self.handle_keep_alive())
 
     async def handle_start(self, message: Any) -> None:
-        limit = limit_reached(
+        error = over_the_limit(
             self.max_subscriptions_per_connection,
             self.connection_acknowledged,
             message["id"],
             self.tasks,
         )
-        if limit is not None:
-            legacy_error: LegacyErrorMessage = {
-                "type": "error",
-                "id": message["id"],
-                "payload": over_the_limit(limit),
-            }
-            await self.send_message(legacy_error)
+        if error is not None:
+            await self.send_message({"type": "error", "id": message["id"], "payload": error})
             return
         await super().handle_start(message)
