@@ -1,12 +1,8 @@
-"""Relay-style page requests and opaque, stable cursors.
+"""Relay-style page requests and opaque, stable cursors (an item's position key, encoded).
 
-A cursor is the position key of an item (for messages its seq), encoded so that
-clients treat it as opaque. A page holds at most 100 items.
-
-Cursors come back from clients, so decoding one trusts nothing: its size and
-nesting are bounded, and each part of its key is checked for type and range by
-the ``*_key`` readers here before it reaches a query. Whatever is wrong with a
-cursor is one ``BadInput("Invalid cursor")``.
+Cursors come back from clients, so decoding one trusts nothing: its size and nesting
+are bounded, and the ``*_key`` readers check each part's type and range before it
+reaches a query. Whatever is wrong with a cursor is one ``BadInput("Invalid cursor")``.
 """
 
 from __future__ import annotations
@@ -98,9 +94,11 @@ def int_key(key: list[Any] | None) -> int | None:
     """A key of one position (a seq, an offset): an integer from 0 to ``MAX_POSITION``."""
     if key is None:
         return None
-    if len(key) != 1:
+    # bool is an int to Python, and a larger number overflows the column.
+    value = key[0] if len(key) == 1 else None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_POSITION:
         raise BadInput("Invalid cursor")
-    return _position(key[0])
+    return value
 
 
 def time_id_key(key: list[Any]) -> tuple[datetime, uuid.UUID]:
@@ -122,13 +120,6 @@ def id_key(key: list[Any]) -> uuid.UUID:
     if len(key) != 1:
         raise BadInput("Invalid cursor")
     return _id(key[0])
-
-
-def _position(value: object) -> int:
-    # bool is an int to Python, and a larger number overflows the column.
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_POSITION:
-        raise BadInput("Invalid cursor")
-    return value
 
 
 def _id(value: object) -> uuid.UUID:
@@ -161,14 +152,9 @@ class Page(Generic[T]):
     has_previous: bool
 
 
-def make_page(
-    rows: list[T], request: PageRequest, key: Any, *, fetched_one_more: bool = True
-) -> Page[T]:
-    """Trim the probe row and orient the page; ``rows`` come in query order.
-
-    Forwards queries read ascending and backwards ones descending, each asking
-    for one row more than the page to learn whether there is another page.
-    """
+def make_page(rows: list[T], request: PageRequest, key: Any) -> Page[T]:
+    """Trim the probe row and orient the page. ``rows`` come in query order (backwards
+    pages descending), one more than the page to learn whether there is another."""
     size = request.size
     extra = len(rows) > size
     rows = rows[:size]
