@@ -91,11 +91,6 @@ async def _new_thread(
     return thread
 
 
-def _direct_key(a: uuid.UUID, b: uuid.UUID) -> str:
-    low, high = sorted((str(a), str(b)))
-    return f"{low}:{high}"
-
-
 async def create_direct_thread(uow: UnitOfWork, actor: User, user_id: str) -> Thread:
     """The one direct thread of two users; concurrent calls get the same thread, and a
     caller who had left it rejoins it."""
@@ -105,7 +100,7 @@ async def create_direct_thread(uow: UnitOfWork, actor: User, user_id: str) -> Th
     other = (await _live_users(uow.session, [other_id])).get(other_id)
     if other is None:
         raise NotFound("User not found")
-    key = _direct_key(actor.id, other_id)
+    key = ":".join(sorted((str(actor.id), str(other_id))))
     existing = await uow.session.scalar(select(Thread).where(Thread.direct_key == key))
     if existing is not None and existing.deleted_at is None:
         return await _rejoin(uow, actor, existing)
@@ -173,20 +168,15 @@ async def update_thread(
     if changed:
         thread.updated_at = utcnow()
         await uow.session.flush()
-        await append_event(
-            uow, thread.id, EventKind.THREAD_UPDATED, _thread_payload(thread), actor.id
-        )
+        payload = {
+            "id": str(thread.id),
+            "title": thread.title,
+            "description": thread.description,
+            "updated_at": thread.updated_at.isoformat(),
+        }
+        await append_event(uow, thread.id, EventKind.THREAD_UPDATED, payload, actor.id)
         await uow.session.refresh(thread, ["last_seq"])
     return thread
-
-
-def _thread_payload(thread: Thread) -> dict[str, object]:
-    return {
-        "id": str(thread.id),
-        "title": thread.title,
-        "description": thread.description,
-        "updated_at": thread.updated_at.isoformat(),
-    }
 
 
 async def delete_thread(uow: UnitOfWork, actor: User, thread_id: str) -> uuid.UUID:
