@@ -63,7 +63,13 @@ async def user_for_identity(uow: UnitOfWork, identity: Identity) -> User:
     if user.deleted_at is not None:
         raise Unauthenticated("this account has been deleted")
     if user.clerk_updated_at is None:
-        _fill_in_from_token(user, identity)
+        # Until a webhook has spoken, the token's claims fill gaps but never overwrite.
+        if user.username is None and identity.username is not None:
+            user.username = _clip(identity.username, _NAME_LENGTH)
+        if user.image_url is None and identity.image_url is not None:
+            user.image_url = _clip(identity.image_url, _URL_LENGTH)
+        if user.display_name == PLACEHOLDER_NAME and (identity.name or identity.username):
+            user.display_name = _display_name(identity.name, identity.username)
     return user
 
 
@@ -199,16 +205,6 @@ async def _insert(
             raise
         return found
     return row
-
-
-def _fill_in_from_token(user: User, identity: Identity) -> None:
-    # Until a webhook has spoken, the token's claims fill gaps but never overwrite.
-    if user.username is None and identity.username is not None:
-        user.username = _clip(identity.username, _NAME_LENGTH)
-    if user.image_url is None and identity.image_url is not None:
-        user.image_url = _clip(identity.image_url, _URL_LENGTH)
-    if user.display_name == PLACEHOLDER_NAME and (identity.name or identity.username):
-        user.display_name = _display_name(identity.name, identity.username)
 
 
 def _apply_profile(user: User, data: Mapping[str, Any]) -> None:
