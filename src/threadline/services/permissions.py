@@ -45,9 +45,7 @@ def effective_thread_role(
     """The stronger of the caller's thread role and what their system role grants."""
     inherited = _INHERITED.get(system_role)
     candidates = [r for r in (participant_role, inherited) if r is not None]
-    if not candidates:
-        return None
-    return max(candidates, key=_THREAD_RANK.__getitem__)
+    return max(candidates, key=_THREAD_RANK.__getitem__, default=None)
 
 
 def _may_post(system_role: SystemRole, participant_role: ThreadRole | None) -> bool:
