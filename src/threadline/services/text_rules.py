@@ -112,12 +112,8 @@ def clean_title(raw: str) -> str:
 
 def clean_description(raw: str | None) -> str | None:
     """A thread description: up to 2000 characters, lines kept; empty means none."""
-    if raw is None:
-        return None
-    text = _clean(raw)
-    if not text:
-        return None
-    return _check_length(text, "Description", MAX_DESCRIPTION_CHARS)
+    text = _clean(raw or "")
+    return _check_length(text, "Description", MAX_DESCRIPTION_CHARS) if text else None
 
 
 def clean_display_name(raw: str) -> str:
