@@ -232,9 +232,7 @@ def _display_name(name: str | None, username: str | None) -> str:
 
 
 def _role(metadata: object) -> SystemRole | None:
-    if not isinstance(metadata, Mapping):
-        return None
-    value = metadata.get("role")
+    value = metadata.get("role") if isinstance(metadata, Mapping) else None
     if not isinstance(value, str):
         return None
     try:
