@@ -231,9 +231,8 @@ async def _write_message(
 
     now = utcnow()
     seq = await allocate_seq(session, thread_id, message_at=now)
-    message_id = uuid.uuid4()
     values = {
-        "id": message_id,
+        "id": uuid.uuid4(),
         "thread_id": thread_id,
         "seq": seq,
         "author_id": actor.id,
@@ -257,11 +256,10 @@ async def _write_message(
         claimed = await session.execute(
             update(Attachment)
             .where(Attachment.id.in_(attachment_uuids), Attachment.message_id.is_(None))
-            .values(message_id=message_id)
+            .values(message_id=message.id)
         )
-        # The clean-up may have swept an unused upload since the check above (it
-        # locks what it deletes, so this update waited for it): refuse the whole
-        # message rather than store it without the file.
+        # The clean-up may have swept an unused upload since the check above (this
+        # update waited for its lock): refuse the message rather than lose the file.
         if claimed.rowcount != len(attachment_uuids):  # type: ignore[attr-defined]
             raise NotFound("Attachment not found (unused uploads expire after 24 hours)")
     await append_event(
