@@ -156,16 +156,12 @@ async def update_thread(
 ) -> Thread:
     access = await access_thread(uow.session, actor, thread_id, ThreadRole.ADMIN)
     thread = access.thread
-    changed = False
+    before = (thread.title, thread.description)
     if title is not None:
-        clean = clean_title(title)
-        changed |= clean != thread.title
-        thread.title = clean
+        thread.title = clean_title(title)
     if set_description:
-        clean_desc = clean_description(description)
-        changed |= clean_desc != thread.description
-        thread.description = clean_desc
-    if changed:
+        thread.description = clean_description(description)
+    if (thread.title, thread.description) != before:
         thread.updated_at = utcnow()
         await uow.session.flush()
         payload = {
