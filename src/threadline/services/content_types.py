@@ -77,10 +77,9 @@ OLE_STREAMS = {
 # Text that browsers render as documents: refused even when puremagic names it.
 MARKUP = {"text/html", "text/xml", "text/xsl", "text/x-sgml"}
 ZIP_MAGIC = b"PK\x03\x04"
-# Office documents have tens to a few thousand parts. zipfile builds an object per
-# central-directory entry (~500 bytes each) before we can look at a name, so a zip
-# of a few hundred thousand empty entries costs hundreds of MiB: both are checked
-# from the End Of Central Directory record first (APPNOTE.TXT 4.3.12-4.3.16).
+# Office documents have at most a few thousand parts, but zipfile builds ~500 bytes per
+# central-directory entry before we see a name: a zip of a few hundred thousand empty
+# entries costs hundreds of MiB. Both bounds are checked first (APPNOTE.TXT 4.3.12-16).
 MAX_ZIP_ENTRIES = 5000
 MAX_CENTRAL_DIRECTORY_BYTES = 2 * 1024 * 1024
 _EOCD = struct.Struct("<4s4H2LH")  # signature .. comment length: 22 bytes
