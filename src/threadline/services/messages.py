@@ -60,9 +60,8 @@ from threadline.services.text_rules import (
 
 MAX_ATTACHMENTS = 10
 REACTION_USERS_SHOWN = 20
-# Every list a message or thread shows is bounded here, and the query cost model
-# counts each at this bound (schema/query_cost.py), so a cheap-looking document
-# cannot fan out into millions of objects.
+# Every list a message or thread shows is bounded here, and the query cost model counts
+# each at its bound (schema/query_cost.py): no cheap-looking document fans out.
 MAX_PINNED = 50  # per thread; pinning one more is a CONFLICT (Slack allows 100)
 EDITS_SHOWN = 50  # Message.edits: the newest ones; older stay stored
 MAX_MENTIONS = 50  # distinct users one message may mention
