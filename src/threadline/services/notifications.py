@@ -1,8 +1,7 @@
 """Notifications: who is told about mentions, replies, reactions and being added.
 
 Nobody is notified of their own action, a muted thread notifies no one, and only
-someone who may read the thread now is told about its messages (a removed
-participant is not: ``permissions.readers``).
+someone who may read the thread now is told about its messages (``permissions.readers``).
 """
 
 from __future__ import annotations

@@ -1,14 +1,9 @@
-"""Plain messages on PostgreSQL, stored by one statement for many concurrent sends.
-
-A plain message has no parent, attachments or mentions: the common send. Sends
-that arrive while a batch is being stored go together in the next (``batching``),
-so under load a send costs a share of one round trip and one commit. The statement
-is storage's (``models.sends``); the rights it checks are ``permissions.posting_rights``.
+"""Plain messages (no parent, attachments or mentions) on PostgreSQL, stored by one
+statement (``models.sends``) for the sends that arrive while a batch is being stored.
 
 A send answered None (a thread gone, a sender who may not post, a clientId that
 exists already, which stores nothing of its batch so no seq is skipped) takes the
-general path, which says why or returns the first message. Input is validated
-before a send joins a batch (``messages.send_message``).
+general path, which says why or returns the first message.
 """
 
 from __future__ import annotations
