@@ -8,7 +8,6 @@ reaches a query. Whatever is wrong with a cursor is one ``BadInput("Invalid curs
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import uuid
 from collections.abc import Callable
@@ -50,7 +49,7 @@ def decode_cursor(cursor: str) -> list[Any]:
         value = json.loads(base64.urlsafe_b64decode(padded.encode()))
     # ValueError covers bad base64, UTF-8 and JSON (and a lone surrogate that
     # .encode() refuses); RecursionError a key nested thousands deep.
-    except (ValueError, binascii.Error, RecursionError):
+    except (ValueError, RecursionError):
         raise BadInput("Invalid cursor") from None
     if not isinstance(value, list):
         raise BadInput("Invalid cursor")
@@ -168,7 +167,5 @@ def make_page(rows: list[T], request: PageRequest, key: Any) -> Page[T]:
 
 def only(page: Page[T], keep: Callable[[T], bool]) -> Page[T]:
     """The page without the items ``keep`` refuses (their cursors go with them)."""
-    kept = [
-        (item, cursor) for item, cursor in zip(page.items, page.cursors, strict=True) if keep(item)
-    ]
+    kept = [(i, c) for i, c in zip(page.items, page.cursors, strict=True) if keep(i)]
     return Page([i for i, _ in kept], [c for _, c in kept], page.has_next, page.has_previous)
