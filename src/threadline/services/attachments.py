@@ -124,11 +124,11 @@ async def downloadable_by(
 
 
 async def unreachable(
-    session: AsyncSession, *, now: datetime | None = None, limit: int = 500
+    session: AsyncSession, *, now: datetime, limit: int
 ) -> Sequence[tuple[uuid.UUID, str]]:
     """(id, storage key) of attachments to delete: unused for UNUSED_LIFETIME, or of a
     deleted message or thread. Locked on PostgreSQL, so a concurrent send waits."""
-    cutoff = (now or utcnow()) - UNUSED_LIFETIME
+    cutoff = now - UNUSED_LIFETIME
     # Correlated: each attachment looks up its own message and thread by primary key,
     # instead of the statement listing every deleted message of the deployment.
     message_deleted = (

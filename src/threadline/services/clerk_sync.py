@@ -169,14 +169,9 @@ async def is_session_ended(session: AsyncSession, clerk_session_id: str) -> bool
     return bool(await _ENDED.scalars(session, clerk_session_id=clerk_session_id))
 
 
-async def prune_webhook_deliveries(
-    uow: UnitOfWork,
-    older_than: timedelta = WEBHOOK_RETENTION,
-    *,
-    now: datetime | None = None,
-) -> int:
-    """Forget delivered Svix ids older than ``older_than``; returns how many."""
-    cutoff = (now or utcnow()) - older_than
+async def prune_webhook_deliveries(uow: UnitOfWork, *, now: datetime) -> int:
+    """Forget delivered Svix ids older than WEBHOOK_RETENTION; returns how many."""
+    cutoff = now - WEBHOOK_RETENTION
     result = await uow.session.execute(
         delete(WebhookDelivery).where(WebhookDelivery.received_at < cutoff)
     )
