@@ -1,10 +1,7 @@
 """Attachments: who may upload, what is accepted, and what is downloadable.
 
-An upload is copied into storage while it is counted (over ``max_bytes`` it is
-cut off and deleted), its type is decided from the bytes (``content_types``),
-and only then is the row written; whatever step refuses it, nothing is kept.
-Attachments that nothing may reach any more (unused for a day, or of a deleted
-message or thread) are found here and removed by the retention sweep.
+Those that nothing may reach any more (unused for a day, or of a deleted message
+or thread) are found here and removed by the retention sweep.
 """
 
 from __future__ import annotations
@@ -56,8 +53,8 @@ async def upload_attachment(
 ) -> Attachment:
     """Store a file for a later sendMessage in ``thread_id``; the actor must be a participant.
 
-    PAYLOAD_TOO_LARGE past ``max_bytes``, BAD_USER_INPUT for a refused type; in
-    every refusal the stored bytes are deleted and no row is written.
+    Copied while counted, its type then decided from the bytes: PAYLOAD_TOO_LARGE past
+    ``max_bytes``, BAD_USER_INPUT for a refused type, and in every refusal nothing kept.
     """
     try:
         stored = await storage.save(_chunks(source), max_bytes=max_bytes)
@@ -100,19 +97,14 @@ async def _chunks(source: UploadSource) -> AsyncIterator[bytes]:
 async def downloadable(session: AsyncSession, attachment_id: uuid.UUID) -> Attachment | None:
     """The attachment if it may still be served: not of a deleted message or thread."""
     row = await session.get(Attachment, attachment_id)
-    if row is None:
-        return None
-    thread_deleted = await session.scalar(
+    if row is None or await session.scalar(
         select(Thread.deleted_at).where(Thread.id == row.thread_id)
-    )
-    if thread_deleted is not None:
+    ):
         return None
-    if row.message_id is not None:
-        message_deleted = await session.scalar(
-            select(Message.deleted_at).where(Message.id == row.message_id)
-        )
-        if message_deleted is not None:
-            return None
+    if row.message_id is not None and await session.scalar(
+        select(Message.deleted_at).where(Message.id == row.message_id)
+    ):
+        return None
     return row
 
 
@@ -132,11 +124,11 @@ async def downloadable_by(
 
 
 async def unreachable(
-    session: AsyncSession, *, now: datetime | None = None, limit: int = 500
+    session: AsyncSession, *, now: datetime, limit: int
 ) -> Sequence[tuple[uuid.UUID, str]]:
     """(id, storage key) of attachments to delete: unused for UNUSED_LIFETIME, or of a
     deleted message or thread. Locked on PostgreSQL, so a concurrent send waits."""
-    cutoff = (now or utcnow()) - UNUSED_LIFETIME
+    cutoff = now - UNUSED_LIFETIME
     # Correlated: each attachment looks up its own message and thread by primary key,
     # instead of the statement listing every deleted message of the deployment.
     message_deleted = (

@@ -1,18 +1,17 @@
 """Clerk as the source of identity: users from tokens and webhooks, ended sessions.
 
-Clerk owns who a user is (id, username, name, picture); the local ``User`` row keeps
-what the app adds. These functions apply what Clerk says to that row, inside the
-caller's unit of work, and tolerate Clerk's retries, reordering and concurrency.
+Clerk owns who a user is (id, username, name, picture); these functions apply it
+to the local ``User`` row and tolerate Clerk's retries, reordering and concurrency.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import bindparam, delete, select, update
+from sqlalchemy import ColumnElement, bindparam, delete, select, update
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -33,6 +32,7 @@ _URL_LENGTH = 2048
 _REASON_LENGTH = 32
 # 9999-12-31T23:59:59.999Z in milliseconds: also well inside a 64-bit column.
 _MAX_MILLIS = 253_402_300_799_999
+_Row = TypeVar("_Row")
 
 
 @dataclass(frozen=True)
@@ -48,36 +48,36 @@ class Identity:
 
 
 async def user_for_identity(uow: UnitOfWork, identity: Identity) -> User:
-    """The user a verified token speaks for, created on first sight.
-
-    Clerk does not promise that ``user.created`` arrives, or arrives first, so a valid
-    token is enough to create the user. A deleted user is refused.
-    """
+    """The user a verified token speaks for, created on first sight (Clerk does not
+    promise that ``user.created`` arrives first). A deleted user is refused."""
     user = await _user_by_clerk_id(uow.session, identity.clerk_id)
     if user is None:
-        user = await _insert_user(
-            uow.session,
-            User(
-                clerk_id=identity.clerk_id,
-                username=_clip(identity.username, _NAME_LENGTH),
-                display_name=_display_name(identity.name, identity.username),
-                image_url=_clip(identity.image_url, _URL_LENGTH),
-                preferences={},
-            ),
+        new = User(
+            clerk_id=identity.clerk_id,
+            username=_clip(identity.username, _NAME_LENGTH),
+            display_name=_display_name(identity.name, identity.username),
+            image_url=_clip(identity.image_url, _URL_LENGTH),
+            preferences={},
         )
+        user = await _insert_user(uow.session, new)
     if user.deleted_at is not None:
         raise Unauthenticated("this account has been deleted")
     if user.clerk_updated_at is None:
-        _fill_in_from_token(user, identity)
+        # Until a webhook has spoken, the token's claims fill gaps but never overwrite.
+        if user.username is None and identity.username is not None:
+            user.username = _clip(identity.username, _NAME_LENGTH)
+        if user.image_url is None and identity.image_url is not None:
+            user.image_url = _clip(identity.image_url, _URL_LENGTH)
+        if user.display_name == PLACEHOLDER_NAME and (identity.name or identity.username):
+            user.display_name = _display_name(identity.name, identity.username)
     return user
 
 
 async def apply_user_event(uow: UnitOfWork, data: Mapping[str, Any]) -> bool:
     """Upsert the user of a ``user.created`` or ``user.updated`` event; whether it did.
 
-    Svix retries and does not keep order, so the event is applied only when its
-    ``updated_at`` is newer than the last one applied; a late one is not applied
-    (False). Neither is any event for a deleted user, whom it must not bring back.
+    Svix retries and does not keep order: only an ``updated_at`` newer than the last
+    one applied is applied, and nothing for a deleted user, whom it must not bring back.
     """
     clerk_id = _clerk_id(data)
     updated_at = _millis(data.get("updated_at"))  # refused before anything is written
@@ -104,12 +104,9 @@ async def apply_user_event(uow: UnitOfWork, data: Mapping[str, Any]) -> bool:
 
 
 async def delete_user(uow: UnitOfWork, data: Mapping[str, Any]) -> User | None:
-    """Soft-delete and anonymise the user of a ``user.deleted`` event; the user, if it did.
-
-    Their messages keep pointing at the row and show no author; their sessions are
-    closed. For a user never seen, a deleted row is still written, so that a late
-    ``user.created`` or a still-valid token cannot create them; None is returned, as
-    for a user already deleted: no user of ours was deleted by this event.
+    """Soft-delete and anonymise the user of a ``user.deleted`` event, closing their
+    sessions; the user, if this event deleted one. For a user never seen, a deleted
+    row is still written, so that a late ``user.created`` or token cannot create them.
     """
     clerk_id = _clerk_id(data)
     now = utcnow()
@@ -124,11 +121,7 @@ async def delete_user(uow: UnitOfWork, data: Mapping[str, Any]) -> User | None:
     if deleted_now:
         user.deleted_at = now
         _anonymise(user)
-    await uow.session.execute(
-        update(Session)
-        .where(Session.user_id == user.id, Session.disconnected_at.is_(None))
-        .values(disconnected_at=now)
-    )
+    await _close_sessions(uow, Session.user_id == user.id, now)
     await uow.session.flush()
     return user if deleted_now else None
 
@@ -136,38 +129,31 @@ async def delete_user(uow: UnitOfWork, data: Mapping[str, Any]) -> User | None:
 async def end_clerk_session(
     uow: UnitOfWork, data: Mapping[str, Any], reason: str
 ) -> EndedClerkSession:
-    """Record that a Clerk session ended, and close its open WebSocket sessions.
-
-    Idempotent: a second event for the same session keeps the first record.
-    """
+    """Record that a Clerk session ended (a second event keeps the first record), and
+    close its open WebSocket sessions."""
     clerk_session_id = _clerk_id(data)
     user_id = _text(data.get("user_id"))
     now = utcnow()
     ended = await uow.session.get(EndedClerkSession, clerk_session_id)
     if ended is None:
-        ended = EndedClerkSession(
+        new = EndedClerkSession(
             clerk_session_id=clerk_session_id,
             clerk_user_id=_clip(user_id, _NAME_LENGTH),
             reason=reason[:_REASON_LENGTH],
             ended_at=now,
         )
-        try:
-            async with uow.session.begin_nested():
-                uow.session.add(ended)
-        except IntegrityError:
-            # Another event for this session (ended, then removed) committed first.
-            ended = await uow.session.get(EndedClerkSession, clerk_session_id)
-            if ended is None:
-                raise
-    await uow.session.execute(
-        update(Session)
-        .where(
-            Session.clerk_session_id == clerk_session_id,
-            Session.disconnected_at.is_(None),
+        # Another event for this session (ended, then removed) may commit first.
+        ended = await _insert(
+            uow.session, new, lambda: uow.session.get(EndedClerkSession, clerk_session_id)
         )
-        .values(disconnected_at=now)
-    )
+    await _close_sessions(uow, Session.clerk_session_id == clerk_session_id, now)
     return ended
+
+
+async def _close_sessions(uow: UnitOfWork, which: ColumnElement[bool], now: datetime) -> None:
+    await uow.session.execute(
+        update(Session).where(which, Session.disconnected_at.is_(None)).values(disconnected_at=now)
+    )
 
 
 # Asked at every connect and first request of a session token.
@@ -183,14 +169,9 @@ async def is_session_ended(session: AsyncSession, clerk_session_id: str) -> bool
     return bool(await _ENDED.scalars(session, clerk_session_id=clerk_session_id))
 
 
-async def prune_webhook_deliveries(
-    uow: UnitOfWork,
-    older_than: timedelta = WEBHOOK_RETENTION,
-    *,
-    now: datetime | None = None,
-) -> int:
-    """Forget delivered Svix ids older than ``older_than``; returns how many."""
-    cutoff = (now or utcnow()) - older_than
+async def prune_webhook_deliveries(uow: UnitOfWork, *, now: datetime) -> int:
+    """Forget delivered Svix ids older than WEBHOOK_RETENTION; returns how many."""
+    cutoff = now - WEBHOOK_RETENTION
     result = await uow.session.execute(
         delete(WebhookDelivery).where(WebhookDelivery.received_at < cutoff)
     )
@@ -202,30 +183,23 @@ async def _user_by_clerk_id(session: AsyncSession, clerk_id: str) -> User | None
 
 
 async def _insert_user(session: AsyncSession, user: User) -> User:
-    """Insert ``user``, or return the row a concurrent first request inserted meanwhile.
+    return await _insert(session, user, lambda: _user_by_clerk_id(session, user.clerk_id))
 
-    The savepoint keeps the caller's transaction usable after the unique key refuses
-    the second insert.
-    """
+
+async def _insert(
+    session: AsyncSession, row: _Row, existing: Callable[[], Awaitable[_Row | None]]
+) -> _Row:
+    """Insert ``row``, or return the ``existing`` one a concurrent request inserted
+    meanwhile: the savepoint keeps the transaction usable after the unique key refuses."""
     try:
         async with session.begin_nested():
-            session.add(user)
+            session.add(row)
     except IntegrityError:
-        existing = await _user_by_clerk_id(session, user.clerk_id)
-        if existing is None:
+        found = await existing()
+        if found is None:
             raise
-        return existing
-    return user
-
-
-def _fill_in_from_token(user: User, identity: Identity) -> None:
-    # Until a webhook has spoken, the token's claims fill gaps but never overwrite.
-    if user.username is None and identity.username is not None:
-        user.username = _clip(identity.username, _NAME_LENGTH)
-    if user.image_url is None and identity.image_url is not None:
-        user.image_url = _clip(identity.image_url, _URL_LENGTH)
-    if user.display_name == PLACEHOLDER_NAME and (identity.name or identity.username):
-        user.display_name = _display_name(identity.name, identity.username)
+        return found
+    return row
 
 
 def _apply_profile(user: User, data: Mapping[str, Any]) -> None:
@@ -253,9 +227,7 @@ def _display_name(name: str | None, username: str | None) -> str:
 
 
 def _role(metadata: object) -> SystemRole | None:
-    if not isinstance(metadata, Mapping):
-        return None
-    value = metadata.get("role")
+    value = metadata.get("role") if isinstance(metadata, Mapping) else None
     if not isinstance(value, str):
         return None
     try:
@@ -267,9 +239,7 @@ def _role(metadata: object) -> SystemRole | None:
 def _clerk_id(data: Mapping[str, Any]) -> str:
     # An id is refused, not cleaned: a cleaned id would be another user's.
     value = data.get("id")
-    if not isinstance(value, str):
-        raise BadInput("the event's data has no valid id")
-    value = value.strip()
+    value = value.strip() if isinstance(value, str) else ""
     if not value or len(value) > _NAME_LENGTH or has_unstorable_chars(value):
         raise BadInput("the event's data has no valid id")
     return value

@@ -1,12 +1,7 @@
-"""What an uploaded file is, decided from its bytes alone.
+"""What an uploaded file is, decided from its bytes alone (never the client's type or name).
 
-The client's content type and file extension are ignored: puremagic reads the
-signature, zip containers are opened to tell office documents from other
-archives, OLE files are told apart by their stream names, Pillow reads image
-sizes, and text is text when its first bytes decode as UTF-8 and do not look
-like markup. Only the contract's kinds are accepted: images, video, audio, PDF,
-plain text and common office documents. Everything else, notably executables,
-HTML and SVG, is refused.
+Only images, video, audio, PDF, plain text and common office documents are accepted;
+everything else, notably executables, HTML and SVG, is refused.
 """
 
 from __future__ import annotations
@@ -26,18 +21,9 @@ from threadline.models import AttachmentKind
 HEAD_BYTES = 64 * 1024
 MAX_FILENAME = 200
 
-IMAGES = {
-    "image/png",
-    "image/jpeg",
-    "image/gif",
-    "image/webp",
-    "image/bmp",
-    "image/avif",
-    "image/heic",
-    "image/heif",
-}
 # Formats phones send that Pillow may not read without a plugin: kept without a size.
 IMAGES_WITHOUT_SIZE = {"image/avif", "image/heic", "image/heif"}
+IMAGES = {"image/png", "image/jpeg", "image/gif", "image/webp", "image/bmp"} | IMAGES_WITHOUT_SIZE
 VIDEO = {
     "video/mp4",
     "video/webm",
@@ -68,7 +54,6 @@ ALIASES = {
     "audio/m4a": "audio/mp4",
     "audio/mp3": "audio/mpeg",
     "video/x-m4v": "video/mp4",
-    "video/x-msvideo": "video/x-msvideo",
 }
 PDF = "application/pdf"
 TEXT = "text/plain"
@@ -92,10 +77,9 @@ OLE_STREAMS = {
 # Text that browsers render as documents: refused even when puremagic names it.
 MARKUP = {"text/html", "text/xml", "text/xsl", "text/x-sgml"}
 ZIP_MAGIC = b"PK\x03\x04"
-# Office documents have tens to a few thousand parts. zipfile builds an object per
-# central-directory entry (~500 bytes each) before we can look at a name, so a zip
-# of a few hundred thousand empty entries costs hundreds of MiB: both are checked
-# from the End Of Central Directory record first (APPNOTE.TXT 4.3.12-4.3.16).
+# Office documents have at most a few thousand parts, but zipfile builds ~500 bytes per
+# central-directory entry before we see a name: a zip of a few hundred thousand empty
+# entries costs hundreds of MiB. Both bounds are checked first (APPNOTE.TXT 4.3.12-16).
 MAX_ZIP_ENTRIES = 5000
 MAX_CENTRAL_DIRECTORY_BYTES = 2 * 1024 * 1024
 _EOCD = struct.Struct("<4s4H2LH")  # signature .. comment length: 22 bytes
@@ -119,9 +103,7 @@ class Detected:
 
 def detect(file: BinaryIO) -> Detected:
     """The content type, kind and image size of a seekable file; BadInput if refused.
-
-    Blocking (it reads the file): run it in a worker thread.
-    """
+    Blocking: run it in a worker thread."""
     file.seek(0)
     head = file.read(HEAD_BYTES)
     if not head:
@@ -147,10 +129,8 @@ def detect(file: BinaryIO) -> Detected:
 
 
 def _signature(head: bytes) -> str | None:
-    """puremagic's best guess, or None when no signature matches (maybe text).
-
-    A match with no MIME type (an ELF binary, for one) is still a match: refused.
-    """
+    """puremagic's best guess, or None when no signature matches (maybe text); a match
+    with no MIME type (an ELF binary, for one) is still a match: refused."""
     try:
         matches = puremagic.magic_string(head)
     except (puremagic.PureError, ValueError):
@@ -180,16 +160,15 @@ def _office_zip(file: BinaryIO) -> str:
                     if any(name.startswith(prefix) for name in names):
                         return content_type
     except Exception:  # any parser failure on untrusted bytes (zipfile raises many kinds)
-        raise BadInput("The file is a damaged or unsupported archive") from None
+        raise _damaged() from None
     raise _refused("a zip archive")
 
 
 def _check_central_directory(file: BinaryIO) -> None:
     """BadInput unless the central directory is small and lists few entries.
 
-    Read where zipfile will read it: the EOCD record in the last 22 + 65,535 bytes
-    (ZIP64: the record its locator points past), then the directory just before
-    them, whose entries are counted by walking their headers, so that an EOCD that
+    Read where zipfile will read it (the EOCD record, or ZIP64's, then the directory
+    before it), its entries counted by walking their headers: an EOCD that
     understates the count changes nothing.
     """
     size = file.seek(0, 2)
@@ -200,27 +179,27 @@ def _check_central_directory(file: BinaryIO) -> None:
     while at >= 0 and at + _EOCD.size > len(tail):
         at = tail.rfind(_EOCD_SIGNATURE, 0, at)
     if at < 0:
-        raise BadInput("The file is a damaged or unsupported archive")
+        raise _damaged()
     _, _, _, _, entries, directory_bytes, _, _ = _EOCD.unpack_from(tail, at)
     directory_end = tail_start + at
     if entries == 0xFFFF or directory_bytes == 0xFFFFFFFF:
         locator_at = directory_end - _ZIP64_LOCATOR.size
         record_at = locator_at - _ZIP64_EOCD.size
         if record_at < 0:
-            raise BadInput("The file is a damaged or unsupported archive")
+            raise _damaged()
         file.seek(record_at)
         record = file.read(_ZIP64_EOCD.size + _ZIP64_LOCATOR.size)
         if (
             record[: len(_ZIP64_EOCD_SIGNATURE)] != _ZIP64_EOCD_SIGNATURE
             or record[_ZIP64_EOCD.size :][:4] != _ZIP64_LOCATOR_SIGNATURE
         ):
-            raise BadInput("The file is a damaged or unsupported archive")
+            raise _damaged()
         entries, directory_bytes = _ZIP64_EOCD.unpack_from(record)[7:9]
         directory_end = record_at
     if entries > MAX_ZIP_ENTRIES or directory_bytes > MAX_CENTRAL_DIRECTORY_BYTES:
         raise _too_many_entries()
     if directory_bytes > directory_end:
-        raise BadInput("The file is a damaged or unsupported archive")
+        raise _damaged()
     file.seek(directory_end - directory_bytes)
     directory = file.read(directory_bytes)
     offset = counted = 0
@@ -232,6 +211,10 @@ def _check_central_directory(file: BinaryIO) -> None:
         if counted > MAX_ZIP_ENTRIES:
             raise _too_many_entries()
         offset += _CENTRAL_HEADER.size + header[12] + header[13] + header[14]
+
+
+def _damaged() -> BadInput:
+    return BadInput("The file is a damaged or unsupported archive")
 
 
 def _too_many_entries() -> BadInput:

@@ -1,9 +1,8 @@
 """The thread event log: seq allocation, appending events, replay, and outgoing events.
 
-Every change clients must not miss appends one ``ThreadEvent`` row with the
-thread's next seq in the same transaction as the change; the row is queued on
-the unit of work and published only after commit. Ephemeral activity (typing,
-receipts) and per-user events are queued the same way but never stored.
+Every change clients must not miss appends one ``ThreadEvent`` row with the thread's
+next seq in the change's transaction, published after commit. Ephemeral activity
+(typing, receipts) and per-user events are published the same way but never stored.
 """
 
 from __future__ import annotations
@@ -97,8 +96,6 @@ def message_from_payload(data: dict[str, Any]) -> Message:
     def when(value: str | None) -> datetime | None:
         return datetime.fromisoformat(value) if value else None
 
-    created = when(data["created_at"])
-    assert created is not None
     return Message(
         id=uuid.UUID(data["id"]),
         thread_id=uuid.UUID(data["thread_id"]),
@@ -109,7 +106,7 @@ def message_from_payload(data: dict[str, Any]) -> Message:
         parent_id=uuid.UUID(data["parent_id"]) if data.get("parent_id") else None,
         mention_ids=list(data.get("mention_ids") or []),
         pinned=bool(data.get("pinned")),
-        created_at=created,
+        created_at=datetime.fromisoformat(data["created_at"]),
         edited_at=when(data.get("edited_at")),
         deleted_at=when(data.get("deleted_at")),
     )
@@ -118,11 +115,8 @@ def message_from_payload(data: dict[str, Any]) -> Message:
 async def allocate_seq(
     session: AsyncSession, thread_id: uuid.UUID, *, message_at: datetime | None = None
 ) -> int:
-    """Bump the thread's last_seq and return it.
-
-    The UPDATE takes the thread row's lock until commit, so concurrent writers in
-    one thread queue here: no two get the same seq and a rollback leaves no gap.
-    """
+    """Bump the thread's last_seq and return it. The UPDATE locks the thread row until
+    commit: no two writers get the same seq and a rollback leaves no gap."""
     values: dict[str, Any] = {"last_seq": Thread.last_seq + 1}
     if message_at is not None:
         values.update(last_message_at=message_at, last_activity_at=message_at)
@@ -156,12 +150,6 @@ async def append_event(
     return event
 
 
-def logged(row: ThreadEvent) -> LoggedEvent:
-    return LoggedEvent(
-        row.thread_id, row.seq, EventKind(row.kind), dict(row.payload), row.actor_id, row.at
-    )
-
-
 # Every new subscription replays from here (a reconnect, from its afterSeq).
 _EVENTS_AFTER = Query(
     select(ThreadEvent)
@@ -176,4 +164,7 @@ async def events_after(
 ) -> list[LoggedEvent]:
     """Stored events with seq > after_seq, in order: what a resuming client missed."""
     rows = await _EVENTS_AFTER.scalars(session, thread_id=thread_id, after=after_seq, size=limit)
-    return [logged(r) for r in rows]
+    return [
+        LoggedEvent(r.thread_id, r.seq, EventKind(r.kind), dict(r.payload), r.actor_id, r.at)
+        for r in rows
+    ]

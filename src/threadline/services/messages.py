@@ -1,10 +1,7 @@
 """Messages: sending (idempotent by clientId), replies, edits, deletion, pins, reactions.
 
-The public functions validate and authorize; the writes record the thread event
-in the same transaction. ``sendMessage`` is the hot path: on PostgreSQL a plain
-message is stored by a statement shared with concurrent sends (``plain_sends``);
-the general path uses Core statements and one UPDATE that both locks the thread
-row and hands out the seq.
+Each write records its thread event in the same transaction. On PostgreSQL a plain
+message is stored by a statement shared with concurrent sends (``plain_sends``).
 """
 
 from __future__ import annotations
@@ -63,9 +60,8 @@ from threadline.services.text_rules import (
 
 MAX_ATTACHMENTS = 10
 REACTION_USERS_SHOWN = 20
-# Every list a message or thread shows is bounded here, and the query cost model
-# counts each at this bound (schema/query_cost.py), so a cheap-looking document
-# cannot fan out into millions of objects.
+# Every list a message or thread shows is bounded here, and the query cost model counts
+# each at its bound (schema/query_cost.py): no cheap-looking document fans out.
 MAX_PINNED = 50  # per thread; pinning one more is a CONFLICT (Slack allows 100)
 EDITS_SHOWN = 50  # Message.edits: the newest ones; older stay stored
 MAX_MENTIONS = 50  # distinct users one message may mention
@@ -87,18 +83,6 @@ class ReactionGroup:
 
 def mention_uuids(message: Message) -> list[uuid.UUID]:
     return [uuid.UUID(m) for m in (message.mention_ids or [])[:MAX_MENTIONS]]
-
-
-async def _by_client_id(
-    session: AsyncSession, thread_id: uuid.UUID, author_id: uuid.UUID, client_id: str
-) -> Message | None:
-    return await session.scalar(
-        select(Message).where(
-            Message.thread_id == thread_id,
-            Message.author_id == author_id,
-            Message.client_id == client_id,
-        )
-    )
 
 
 async def _mentions(
@@ -135,10 +119,8 @@ async def send_message(
 ) -> Message:
     """Store a message, or return the first one sent with the same clientId.
 
-    The sender must be able to see the thread with at least MEMBER; the check is
-    made inside the write, so a participant removed meanwhile cannot slip through.
-
-    A concurrent retry that loses the race on the clientId key rolls back (its
+    Access is checked inside the write, so a participant removed meanwhile cannot
+    slip through. A retry that loses the race on the clientId key rolls back (its
     seq with it, so no gap) and runs again, finding the winner's message.
     """
     tid = parse_id(thread_id, "Thread")
@@ -152,16 +134,9 @@ async def send_message(
         try:
             async with db.transaction("send_message") as uow:
                 access = await access_thread(uow.session, actor, tid, ThreadRole.MEMBER)
-                message, _created = await _write_message(
-                    uow,
-                    actor,
-                    access,
-                    body,
-                    parent_id=parent_id,
-                    client_id=client_id,
-                    attachment_ids=attachment_ids,
+                return await _write_message(
+                    uow, actor, access, body, parent_id, client_id, attachment_ids
                 )
-            return message
         except _DuplicateClientId:
             continue
     raise Conflict("clientId is being used by a concurrent send; retry")
@@ -170,10 +145,8 @@ async def send_message(
 async def _send_plain(
     db: Database, actor: User, thread_id: uuid.UUID, body: str, client_id: str | None
 ) -> Message | None:
-    """The hot path: a message without parent, attachments or mentions (see plain_sends).
-
-    None when it stored nothing or the message needs the general path.
-    """
+    """A message without parent, attachments or mentions (see plain_sends); None when
+    it stored nothing or the message needs the general path."""
     text = clean_body(body, has_attachments=False)
     if mentioned_usernames(text):  # mentions notify: the general path handles them
         return None
@@ -196,7 +169,7 @@ async def _send_plain(
     payload = message_payload(message)
     del payload["seq"]  # the statement fills it in
     granted, roles = posting_rights(actor.system_role)
-    seq = await plain_sends(db).store(
+    seq = await plain_sends(db).submit(
         PlainSend(
             id=message.id,
             thread_id=thread_id,
@@ -224,18 +197,22 @@ async def _write_message(
     actor: User,
     access: ThreadAccess,
     body: str,
-    *,
     parent_id: str | None,
     client_id: str | None,
     attachment_ids: Sequence[str],
-) -> tuple[Message, bool]:
-    """Precondition: the actor may post in the thread (``access``). Writes one message."""
+) -> Message:
     session = uow.session
     thread_id = access.thread.id
     if client_id is not None:
-        existing = await _by_client_id(session, thread_id, actor.id, client_id)
+        existing = await session.scalar(
+            select(Message).where(
+                Message.thread_id == thread_id,
+                Message.author_id == actor.id,
+                Message.client_id == client_id,
+            )
+        )
         if existing is not None:
-            return existing, False
+            return existing
     attachment_uuids = list(dict.fromkeys(parse_id(a, "Attachment") for a in attachment_ids))
     if len(attachment_uuids) > MAX_ATTACHMENTS:
         raise BadInput(f"At most {MAX_ATTACHMENTS} attachments per message")
@@ -253,9 +230,8 @@ async def _write_message(
 
     now = utcnow()
     seq = await allocate_seq(session, thread_id, message_at=now)
-    message_id = uuid.uuid4()
     values = {
-        "id": message_id,
+        "id": uuid.uuid4(),
         "thread_id": thread_id,
         "seq": seq,
         "author_id": actor.id,
@@ -274,18 +250,15 @@ async def _write_message(
     inserted = (await session.execute(statement.returning(Message.id))).first()
     if inserted is None:
         raise _DuplicateClientId
-    message = Message(**values)
-    message.edited_at = None
-    message.deleted_at = None
+    message = Message(**values, edited_at=None, deleted_at=None)
     if attachment_uuids:
         claimed = await session.execute(
             update(Attachment)
             .where(Attachment.id.in_(attachment_uuids), Attachment.message_id.is_(None))
-            .values(message_id=message_id)
+            .values(message_id=message.id)
         )
-        # The clean-up may have swept an unused upload since the check above (it
-        # locks what it deletes, so this update waited for it): refuse the whole
-        # message rather than store it without the file.
+        # The clean-up may have swept an unused upload since the check above (this
+        # update waited for its lock): refuse the message rather than lose the file.
         if claimed.rowcount != len(attachment_uuids):  # type: ignore[attr-defined]
             raise NotFound("Attachment not found (unused uploads expire after 24 hours)")
     await append_event(
@@ -298,7 +271,7 @@ async def _write_message(
         at=now,
     )
     await notifications.notify_message(uow, actor, message, parent, mentioned)
-    return message, True
+    return message
 
 
 async def _check_attachments(
@@ -455,34 +428,26 @@ async def _reaction_changed(
     uow: UnitOfWork, actor: User, message: Message, emoji: str, *, added: bool
 ) -> None:
     groups = (await reaction_groups(uow.session, [message.id])).get(message.id, [])
+    reactions = [
+        {
+            "emoji": g.emoji,
+            "count": g.count,
+            "first_user_ids": [str(u) for u in g.first_user_ids],
+            "user_ids": [str(u) for u in g.user_ids],
+        }
+        for g in groups
+    ]
     await append_event(
         uow,
         message.thread_id,
         EventKind.REACTION_CHANGED,
-        {
-            "message_id": str(message.id),
-            "emoji": emoji,
-            "added": added,
-            "reactions": [
-                {
-                    "emoji": g.emoji,
-                    "count": g.count,
-                    "first_user_ids": [str(u) for u in g.first_user_ids],
-                    "user_ids": [str(u) for u in g.user_ids],
-                }
-                for g in groups
-            ],
-        },
+        {"message_id": str(message.id), "emoji": emoji, "added": added, "reactions": reactions},
         actor.id,
     )
 
 
-# ---------------------------------------------------------------- reading
-
-
-# Pages by seq of a thread's messages or of a message's replies. Every shape
-# (which cursors are given, which direction) is a statement built once, with the
-# thread, parent, cursors and size as parameters.
+# Pages by seq of a thread's messages or a message's replies: each shape (cursors,
+# direction) is a statement built once, at import (see models.queries).
 _SEQ_PAGE_BASES = {
     "thread": select(Message).where(Message.thread_id == bindparam("thread_id")),
     "replies": select(Message).where(
@@ -502,7 +467,6 @@ def _seq_page(base: str, after: bool, before: bool, backwards: bool) -> Query:
     return Query(query.order_by(order).limit(bindparam("size")))
 
 
-# Built at import: each shape is compiled once (see models.queries).
 for _shape in itertools.product(_SEQ_PAGE_BASES, *[(False, True)] * 3):
     _seq_page(*_shape)
 
@@ -512,11 +476,8 @@ async def _page_by_seq(
 ) -> Page[Message]:
     after, before = int_key(request.after_key()), int_key(request.before_key())
     query = _seq_page(base, after is not None, before is not None, request.backwards)
-    values = {**params, "size": request.size + 1}
-    if after is not None:
-        values["after"] = after
-    if before is not None:
-        values["before"] = before
+    # A shape without a cursor has no parameter for it: the None is ignored.
+    values = {**params, "size": request.size + 1, "after": after, "before": before}
     rows: list[Message] = await query.scalars(session, **values)
     return make_page(rows, request, lambda m: [m.seq])
 
@@ -539,8 +500,7 @@ async def get_message(session: AsyncSession, message_id: uuid.UUID) -> Message:
     return message
 
 
-# The batch reads a page makes are built once: SQLAlchemy then skips building the
-# statement and its cache key on every request; the ids are one expanding parameter.
+# The batch reads a page makes, built once: no statement or cache key per request.
 _MESSAGES_BY_IDS = Query(select(Message).where(Message.id.in_(bindparam("ids", expanding=True))))
 _REPLY_COUNTS = Query(
     select(Message.parent_id, func.count())
@@ -595,11 +555,8 @@ async def reply_counts(session: AsyncSession, ids: Sequence[uuid.UUID]) -> dict[
 async def reaction_groups(
     session: AsyncSession, ids: Sequence[uuid.UUID]
 ) -> dict[uuid.UUID, list[ReactionGroup]]:
-    """Reactions grouped by emoji in order of first use.
-
-    Only ids: the few people who react on a page are loaded once, by the caller,
-    not once per reaction row.
-    """
+    """Reactions grouped by emoji in order of first use; user ids only (the caller
+    loads the few people who react on a page once, not once per reaction row)."""
     grouped: dict[uuid.UUID, dict[str, ReactionGroup]] = defaultdict(dict)
     rows = await _REACTIONS.tuples(session, ids=list(set(ids)))
     for message_id, emoji, user_id in rows:
@@ -626,9 +583,8 @@ async def attachments_of(
     return _grouped(rows, lambda attachment: cast(uuid.UUID, attachment.message_id))
 
 
-# Each thread's newest live message: its (thread, seq) index walked backwards,
-# stopping at the first live one, however long the thread is. Built once: the
-# alias and its adapted columns cost more to build than the query takes to run.
+# Each thread's newest live message: its (thread, seq) index walked backwards to the
+# first live one. Built once: the alias costs more to build than the query to run.
 _CANDIDATE = aliased(Message)
 _NEWEST_ID = (
     select(_CANDIDATE.id)

@@ -1,8 +1,7 @@
 """Notifications: who is told about mentions, replies, reactions and being added.
 
 Nobody is notified of their own action, a muted thread notifies no one, and only
-someone who may read the thread now is told about its messages (a removed
-participant is not: ``permissions.readers``).
+someone who may read the thread now is told about its messages (``permissions.readers``).
 """
 
 from __future__ import annotations
@@ -15,14 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from threadline.db import UnitOfWork
 from threadline.errors import BadInput
-from threadline.models import (
-    Message,
-    Notification,
-    NotificationKind,
-    Thread,
-    User,
-    utcnow,
-)
+from threadline.models import Message, Notification, NotificationKind, Thread, User, utcnow
 from threadline.services.events import UserEvent
 from threadline.services.pagination import Page, PageRequest, make_page, time_id_key
 from threadline.services.permissions import parse_id, readers
@@ -75,10 +67,8 @@ async def notify_message(
     parent: Message | None,
     mentioned: Sequence[tuple[uuid.UUID, bool]],
 ) -> None:
-    """MENTION for each mentioned participant, REPLY for the parent's author (once each).
-
-    ``mentioned`` holds participants only (``messages._mentions``).
-    """
+    """MENTION for each mentioned participant (``messages._mentions``), REPLY for the
+    parent's author (once each)."""
     told: set[uuid.UUID] = {actor.id}
     for user_id, muted in mentioned:
         if user_id not in told and not muted:
@@ -120,13 +110,8 @@ async def notifications_of(
             (Notification.created_at < at)
             | ((Notification.created_at == at) & (Notification.id < nid))
         )
-    rows = list(
-        await session.scalars(
-            query.order_by(Notification.created_at.desc(), Notification.id.desc()).limit(
-                request.size + 1
-            )
-        )
-    )
+    query = query.order_by(Notification.created_at.desc(), Notification.id.desc())
+    rows = list(await session.scalars(query.limit(request.size + 1)))
     unread = await session.scalar(
         select(func.count())
         .select_from(Notification)

@@ -1,18 +1,13 @@
-"""Relay-style page requests and opaque, stable cursors.
+"""Relay-style page requests and opaque, stable cursors (an item's position key, encoded).
 
-A cursor is the position key of an item (for messages its seq), encoded so that
-clients treat it as opaque. A page holds at most 100 items.
-
-Cursors come back from clients, so decoding one trusts nothing: its size and
-nesting are bounded, and each part of its key is checked for type and range by
-the ``*_key`` readers here before it reaches a query. Whatever is wrong with a
-cursor is one ``BadInput("Invalid cursor")``.
+Cursors come back from clients, so decoding one trusts nothing: its size and nesting
+are bounded, and the ``*_key`` readers check each part's type and range before it
+reaches a query. Whatever is wrong with a cursor is one ``BadInput("Invalid cursor")``.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import uuid
 from collections.abc import Callable
@@ -54,7 +49,7 @@ def decode_cursor(cursor: str) -> list[Any]:
         value = json.loads(base64.urlsafe_b64decode(padded.encode()))
     # ValueError covers bad base64, UTF-8 and JSON (and a lone surrogate that
     # .encode() refuses); RecursionError a key nested thousands deep.
-    except (ValueError, binascii.Error, RecursionError):
+    except (ValueError, RecursionError):
         raise BadInput("Invalid cursor") from None
     if not isinstance(value, list):
         raise BadInput("Invalid cursor")
@@ -98,9 +93,11 @@ def int_key(key: list[Any] | None) -> int | None:
     """A key of one position (a seq, an offset): an integer from 0 to ``MAX_POSITION``."""
     if key is None:
         return None
-    if len(key) != 1:
+    # bool is an int to Python, and a larger number overflows the column.
+    value = key[0] if len(key) == 1 else None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_POSITION:
         raise BadInput("Invalid cursor")
-    return _position(key[0])
+    return value
 
 
 def time_id_key(key: list[Any]) -> tuple[datetime, uuid.UUID]:
@@ -122,13 +119,6 @@ def id_key(key: list[Any]) -> uuid.UUID:
     if len(key) != 1:
         raise BadInput("Invalid cursor")
     return _id(key[0])
-
-
-def _position(value: object) -> int:
-    # bool is an int to Python, and a larger number overflows the column.
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_POSITION:
-        raise BadInput("Invalid cursor")
-    return value
 
 
 def _id(value: object) -> uuid.UUID:
@@ -161,14 +151,9 @@ class Page(Generic[T]):
     has_previous: bool
 
 
-def make_page(
-    rows: list[T], request: PageRequest, key: Any, *, fetched_one_more: bool = True
-) -> Page[T]:
-    """Trim the probe row and orient the page; ``rows`` come in query order.
-
-    Forwards queries read ascending and backwards ones descending, each asking
-    for one row more than the page to learn whether there is another page.
-    """
+def make_page(rows: list[T], request: PageRequest, key: Any) -> Page[T]:
+    """Trim the probe row and orient the page. ``rows`` come in query order (backwards
+    pages descending), one more than the page to learn whether there is another."""
     size = request.size
     extra = len(rows) > size
     rows = rows[:size]
@@ -182,7 +167,5 @@ def make_page(
 
 def only(page: Page[T], keep: Callable[[T], bool]) -> Page[T]:
     """The page without the items ``keep`` refuses (their cursors go with them)."""
-    kept = [
-        (item, cursor) for item, cursor in zip(page.items, page.cursors, strict=True) if keep(item)
-    ]
+    kept = [(i, c) for i, c in zip(page.items, page.cursors, strict=True) if keep(i)]
     return Page([i for i, _ in kept], [c for _, c in kept], page.has_next, page.has_previous)

@@ -1,11 +1,9 @@
 """Who may do what: role order, inherited system roles, and fetch-and-authorize.
 
-``grant`` is the one rule that decides whether a caller sees a thread, and every
-path to a thread's content reads through it at the moment it reads: one thread
-with ``access_thread`` (the thread, or one NotFound for "missing" and "not
-yours" alike, so that ids of other people's threads leak nothing), many at once
-with ``visible_threads`` (the GraphQL layer's loaders), the users who may read a
-thread with ``readers`` (who may be notified).
+``grant`` is the one rule that decides whether a caller sees a thread; every path
+to a thread's content reads through it: ``access_thread`` (one NotFound for
+"missing" and "not yours" alike, so ids leak nothing), ``visible_threads`` (many
+at once) and ``readers`` (who may be notified).
 """
 
 from __future__ import annotations
@@ -20,7 +18,15 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from threadline.errors import Forbidden, NotFound
-from threadline.models import Message, SystemRole, Thread, ThreadParticipant, ThreadRole, User
+from threadline.models import (
+    Attachment,
+    Message,
+    SystemRole,
+    Thread,
+    ThreadParticipant,
+    ThreadRole,
+    User,
+)
 from threadline.models.queries import Query
 
 _THREAD_RANK = {ThreadRole.MEMBER: 1, ThreadRole.ADMIN: 2, ThreadRole.OWNER: 3}
@@ -33,37 +39,31 @@ def thread_role_at_least(role: ThreadRole, minimum: ThreadRole) -> bool:
     return _THREAD_RANK[role] >= _THREAD_RANK[minimum]
 
 
-def system_role_at_least(role: SystemRole, minimum: SystemRole) -> bool:
-    return _SYSTEM_RANK[role] >= _SYSTEM_RANK[minimum]
-
-
 def effective_thread_role(
     system_role: SystemRole, participant_role: ThreadRole | None
 ) -> ThreadRole | None:
     """The stronger of the caller's thread role and what their system role grants."""
     inherited = _INHERITED.get(system_role)
     candidates = [r for r in (participant_role, inherited) if r is not None]
-    if not candidates:
-        return None
-    return max(candidates, key=_THREAD_RANK.__getitem__)
+    return max(candidates, key=_THREAD_RANK.__getitem__, default=None)
 
 
-def may_post(system_role: SystemRole, participant_role: ThreadRole | None) -> bool:
-    """Whether a caller may send in a live thread: at least MEMBER there."""
+def _may_post(system_role: SystemRole, participant_role: ThreadRole | None) -> bool:
     role = effective_thread_role(system_role, participant_role)
     return role is not None and thread_role_at_least(role, ThreadRole.MEMBER)
 
 
 @functools.cache  # three system roles; asked on every plain send
 def posting_rights(system_role: SystemRole) -> tuple[bool, frozenset[ThreadRole]]:
-    """``may_post`` as data that a batched statement checks under its lock: whether a
-    sender of this system role may post with no participant row, and with which
-    participant roles (``models.sends``)."""
-    return may_post(system_role, None), frozenset(r for r in ThreadRole if may_post(system_role, r))
+    """Who may send in a live thread (at least MEMBER there), as data that a batched
+    statement checks under its lock (``models.sends``): whether a sender of this
+    system role may post with no participant row, and with which participant roles."""
+    rights = frozenset(r for r in ThreadRole if _may_post(system_role, r))
+    return _may_post(system_role, None), rights
 
 
 def require_system_role(actor: User, minimum: SystemRole) -> None:
-    if not system_role_at_least(actor.system_role, minimum):
+    if _SYSTEM_RANK[actor.system_role] < _SYSTEM_RANK[minimum]:
         raise Forbidden(f"This needs the system role {minimum.value} or higher")
 
 
@@ -91,8 +91,8 @@ def grant(
     actor: User, thread: Thread, participant: ThreadParticipant | None
 ) -> ThreadAccess | None:
     """The rule: what ``actor`` may do in ``thread`` given their participant row, or
-    None when they may not see it at all (deleted, or neither participant nor a
-    system ADMIN/OWNER). A removed participant has no row, so sees nothing."""
+    None when they may not see it (deleted, or neither participant nor a system
+    ADMIN/OWNER). A removed participant has no row, so sees nothing."""
     if thread.deleted_at is not None:
         return None
     role = effective_thread_role(
@@ -125,11 +125,8 @@ async def access_thread(
     *,
     for_update: bool = False,
 ) -> ThreadAccess:
-    """Fetch a thread the actor may see with at least ``at_least``, or raise.
-
-    NotFound when the thread is missing, deleted or not the actor's; Forbidden
-    when the actor sees it but lacks the role.
-    """
+    """The thread if the actor may see it (else NotFound) with at least ``at_least``
+    (else Forbidden)."""
     tid = parse_id(thread_id, "Thread")
     found: Sequence[Any] | None
     if for_update:
@@ -149,12 +146,8 @@ async def access_thread(
 async def visible_threads(
     session: AsyncSession, actor: User, thread_ids: Iterable[uuid.UUID]
 ) -> dict[uuid.UUID, ThreadAccess]:
-    """The actor's access to each of these threads that they may see, in one read.
-
-    What ``access_thread`` decides for one thread, for many: the same statement
-    (an id list instead of one id) and the same rule (``grant``). A thread the
-    actor may not see is simply absent.
-    """
+    """``access_thread`` for many threads in one read; those the actor may not see
+    are absent."""
     ids = list(set(thread_ids))
     if not ids:
         return {}
@@ -166,11 +159,8 @@ async def visible_threads(
 async def readers(
     session: AsyncSession, thread_id: uuid.UUID, user_ids: Iterable[uuid.UUID]
 ) -> dict[uuid.UUID, ThreadParticipant | None]:
-    """Which of these (live) users may read the thread now, with their participant row.
-
-    For whoever acts on their behalf without them asking (notifications): the
-    same rule as ``grant``, so a removed participant is told nothing more.
-    """
+    """Which of these live users may read the thread now (``grant``), with their
+    participant row: who may be notified."""
     ids = list(set(user_ids))
     thread = await session.get(Thread, thread_id)
     if not ids or thread is None:
@@ -203,11 +193,7 @@ async def access_message(
     message = await session.get(Message, mid, with_for_update=for_update)
     if message is None:
         raise NotFound("Message not found")
-    try:
-        access = await access_thread(session, actor, message.thread_id, at_least)
-    except NotFound:
-        raise NotFound("Message not found") from None
-    return message, access
+    return message, await _access_via(session, actor, message.thread_id, at_least, "Message")
 
 
 async def access_attachment(
@@ -216,13 +202,18 @@ async def access_attachment(
     attachment_id: str | uuid.UUID,
     at_least: ThreadRole = ThreadRole.MEMBER,
 ) -> ThreadAccess:
-    from threadline.models import Attachment
-
     aid = parse_id(attachment_id, "Attachment")
     thread_id = await session.scalar(select(Attachment.thread_id).where(Attachment.id == aid))
     if thread_id is None:
         raise NotFound("Attachment not found")
+    return await _access_via(session, actor, thread_id, at_least, "Attachment")
+
+
+async def _access_via(
+    session: AsyncSession, actor: User, thread_id: uuid.UUID, at_least: ThreadRole, what: str
+) -> ThreadAccess:
+    """Access to the thread of a message or attachment: a miss is the item's."""
     try:
         return await access_thread(session, actor, thread_id, at_least)
     except NotFound:
-        raise NotFound("Attachment not found") from None
+        raise NotFound(f"{what} not found") from None

@@ -1,8 +1,7 @@
 """Read and delivery receipts: markers that only move forward, unread counts, status.
 
-A message's status is what its author sees: READ when every other participant
-has read past it, DELIVERED when every other participant has had it pushed or
-fetched, else SENT.
+A message's status, as its author sees it: READ when every other participant has
+read past it, DELIVERED when every other one has had it pushed or fetched, else SENT.
 """
 
 from __future__ import annotations
@@ -49,7 +48,6 @@ def readers(message: Message, markers: Sequence[Marker]) -> list[uuid.UUID]:
     return sorted(m.user_id for m in markers if m.user_id != author and m.last_read_seq >= seq)
 
 
-# Built once (a page reads it every time): no statement or cache key to rebuild.
 _MARKERS = Query(
     select(
         ThreadParticipant.thread_id,
@@ -99,16 +97,9 @@ async def unread_counts(
     return {r[0]: int(r[1]) for r in rows if r[1]}
 
 
-def _receipt(participant: ThreadParticipant) -> ActivityEvent:
-    return ActivityEvent(
-        participant.thread_id,
-        "receipt",
-        participant.user_id,
-        {
-            "last_read_seq": participant.last_read_seq,
-            "last_delivered_seq": participant.last_delivered_seq,
-        },
-    )
+def _receipt(thread_id: uuid.UUID, user_id: uuid.UUID, read: int, delivered: int) -> ActivityEvent:
+    data = {"last_read_seq": read, "last_delivered_seq": delivered}
+    return ActivityEvent(thread_id, "receipt", user_id, data)
 
 
 async def mark_read(uow: UnitOfWork, actor: User, access: ThreadAccess, seq: int) -> None:
@@ -124,7 +115,7 @@ async def mark_read(uow: UnitOfWork, actor: User, access: ThreadAccess, seq: int
     participant.last_read_seq = target
     participant.last_delivered_seq = max(participant.last_delivered_seq, target)
     await uow.session.flush()
-    uow.emit(_receipt(participant))
+    uow.emit(_receipt(participant.thread_id, actor.id, target, participant.last_delivered_seq))
 
 
 async def mark_delivered(db: Database, user_id: uuid.UUID, thread_id: uuid.UUID, seq: int) -> None:
@@ -143,11 +134,4 @@ async def mark_delivered_many(
     async with db.transaction("mark_delivered") as uow:
         for statement in statements:
             for thread_id, user_id, read, delivered in await uow.session.execute(statement):
-                uow.emit(
-                    ActivityEvent(
-                        thread_id,
-                        "receipt",
-                        user_id,
-                        {"last_read_seq": int(read), "last_delivered_seq": int(delivered)},
-                    )
-                )
+                uow.emit(_receipt(thread_id, user_id, int(read), int(delivered)))

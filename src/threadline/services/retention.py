@@ -1,10 +1,7 @@
-"""The periodic clean-up: what no one can reach any more, and records past their retention.
+"""The periodic clean-up: unreachable attachments, and records past their retention.
 
-Deletes attachments (files, then rows) that no message used within a day or
-whose message or thread was deleted, processed Svix ids older than seven days,
-and WebSocket session records and ended Clerk sessions older than thirty days.
-Each batch runs in a transaction that first takes one deployment-wide lock, so
-when several processes serve one deployment exactly one sweeps at a time.
+Each batch's transaction first takes one deployment-wide lock, so when several
+processes serve one deployment exactly one sweeps at a time.
 """
 
 from __future__ import annotations
@@ -18,7 +15,7 @@ from typing import Any, cast
 from sqlalchemy import delete
 from sqlalchemy.engine import CursorResult
 
-from threadline.db import Database, UnitOfWork, try_transaction_lock
+from threadline.db import Database, try_transaction_lock
 from threadline.models import EndedClerkSession, Session, utcnow
 from threadline.services import attachments, clerk_sync
 from threadline.uploads.storage import Storage
@@ -67,19 +64,15 @@ async def sweep(db: Database, storage: Storage, *, now: datetime | None = None) 
             report.skipped = True
             return report
         report.webhook_deliveries = await clerk_sync.prune_webhook_deliveries(uow, now=now)
-        report.sessions, report.ended_clerk_sessions = await _prune_sessions(uow, now)
+        cutoff = now - SESSION_RETENTION
+        # A live socket touches last_seen_at every minute; a row silent for a month is
+        # closed, or was left open by a process that died.
+        sessions = await uow.session.execute(delete(Session).where(Session.last_seen_at < cutoff))
+        ended = await uow.session.execute(
+            delete(EndedClerkSession).where(EndedClerkSession.ended_at < cutoff)
+        )
+        report.sessions, report.ended_clerk_sessions = _count(sessions), _count(ended)
     return report
-
-
-async def _prune_sessions(uow: UnitOfWork, now: datetime) -> tuple[int, int]:
-    cutoff = now - SESSION_RETENTION
-    # A live socket touches last_seen_at every minute; a row silent for a month is
-    # closed, or was left open by a process that died.
-    sessions = await uow.session.execute(delete(Session).where(Session.last_seen_at < cutoff))
-    ended = await uow.session.execute(
-        delete(EndedClerkSession).where(EndedClerkSession.ended_at < cutoff)
-    )
-    return _count(sessions), _count(ended)
 
 
 def _count(result: Any) -> int:
@@ -94,8 +87,6 @@ async def sweep_forever(
         await asyncio.sleep(interval)
         try:
             report = await sweep(db, storage)
-        except asyncio.CancelledError:
-            raise
         except Exception:
             log.warning("the retention sweep failed; retrying next interval", exc_info=True)
             continue

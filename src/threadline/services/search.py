@@ -1,8 +1,6 @@
-"""Full-text search over messages in the caller's threads, and the substring match
-that user and thread searches share.
-
-How each database matches and ranks is storage's (``models.message.full_text_match``).
-Deleted messages never match.
+"""Full-text search over messages in the caller's threads (how each database matches
+and ranks is ``models.message.full_text_match``), and the substring match that user
+and thread searches share.
 """
 
 from __future__ import annotations
@@ -48,10 +46,7 @@ async def search_messages(
         raise BadInput(f"`query` must be 1 to {MAX_QUERY} characters")
     if request.backwards:
         raise BadInput("Search pages forwards only: use `first` and `after`")
-    offset = 0
-    after = request.after_key()
-    if after is not None:
-        offset = int_key(after) or 0
+    offset = int_key(request.after_key()) or 0
     mine = select(ThreadParticipant.thread_id).where(ThreadParticipant.user_id == viewer.id)
     live_threads = select(Thread.id).where(Thread.deleted_at.is_(None))
     found = full_text_match(session, text_query)

@@ -60,11 +60,7 @@ async def open_session(
 
 async def touch_sessions(db: Database, session_ids: Sequence[uuid.UUID]) -> None:
     """Mark live connections as seen now."""
-    now = utcnow()
-    for start in range(0, len(session_ids), _CHUNK):
-        await _TOUCH.run(
-            db, "touch_sessions", ids=list(session_ids[start : start + _CHUNK]), now=now
-        )
+    await _run_chunked(_TOUCH, db, "touch_sessions", session_ids)
 
 
 async def close_session(db: Database, session_id: uuid.UUID) -> None:
@@ -73,8 +69,12 @@ async def close_session(db: Database, session_id: uuid.UUID) -> None:
 
 async def close_sessions(db: Database, session_ids: Sequence[uuid.UUID]) -> None:
     """Mark connections as gone now (those still open)."""
+    await _run_chunked(_CLOSE, db, "close_session", session_ids)
+
+
+async def _run_chunked(
+    write: Write, db: Database, name: str, session_ids: Sequence[uuid.UUID]
+) -> None:
     now = utcnow()
     for start in range(0, len(session_ids), _CHUNK):
-        await _CLOSE.run(
-            db, "close_session", ids=list(session_ids[start : start + _CHUNK]), now=now
-        )
+        await write.run(db, name, ids=list(session_ids[start : start + _CHUNK]), now=now)

@@ -1,8 +1,7 @@
 """Rules for text that users type: bodies, titles, descriptions, names, emoji, mentions.
 
-Each rule is a pure function that returns the cleaned value or raises ``BadInput``;
-services call them before they store anything, so every path (GraphQL, CLI, seed)
-stores text that was cleaned the same way.
+Each returns the cleaned value or raises ``BadInput``; services call them before
+storing anything, so every path (GraphQL, CLI, seed) cleans text the same way.
 """
 
 from __future__ import annotations
@@ -22,31 +21,21 @@ MAX_DISPLAY_NAME_CHARS: Final = 100
 MAX_DISTINCT_REACTIONS: Final = 20
 MAX_CLIENT_ID_CHARS: Final = 255
 
-# Every line break spelling becomes "\n": browsers submit textareas with CRLF, and
-# NEL (a C1 control) or U+2028/U+2029 would otherwise be dropped or kept as odd
-# separators, merging or splitting lines differently on each client.
+# Every line break spelling becomes "\n": browsers submit CRLF, and NEL or U+2028/9
+# would otherwise split or merge lines differently on each client.
 _LINE_BREAKS: Final = re.compile("\r\n|[\r\x85\u2028\u2029]")
 
-# Explicit bidi embeddings, overrides and isolates (LRE, RLE, PDF, LRO, RLO, LRI,
-# RLI, FSI, PDI) reorder everything after them, so a message can display as
-# something other than what it contains ("Trojan Source", CVE-2021-42574: a file
-# named "invoice\u202efdp.exe" shows as "invoiceexe.pdf"), and an unterminated one
-# leaks into the client's surrounding UI. Keyboards do not type them; clients are
-# expected to lay each message out with dir="auto". The implicit marks LRM, RLM
-# and ALM stay: they only settle the direction of neutral characters next to them,
-# which mixed Hebrew/Arabic and Latin text needs.
+# Explicit bidi embeddings, overrides and isolates reorder everything after them, so
+# a message can display as other than it is ("Trojan Source", CVE-2021-42574) and an
+# unterminated one leaks into the client's UI. The implicit marks LRM, RLM and ALM
+# stay: mixed Hebrew/Arabic and Latin text needs them.
 _BIDI_CONTROLS: Final = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
-# U+FEFF is a byte-order mark that pasted text drags along; as a zero-width
-# no-break space it is deprecated in favour of U+2060.
-_ALSO_REMOVED: Final = _BIDI_CONTROLS | {"\ufeff"}
-
-_KEPT_CONTROLS: Final = frozenset("\n\t")
-
-# All of category Cc (U+0000-U+001F, U+007F-U+009F) but the kept tab and newline,
-# all of Cs (surrogates), and the above: one pass of the regex engine.
+# All of Cc but tab and newline (PostgreSQL refuses NUL), lone surrogates (JSON
+# "\ud800" escapes; no UTF-8 encoder writes them), bidi controls, and U+FEFF, a
+# byte-order mark that pasted text drags along: one pass of the regex engine.
 _INVISIBLE_CONTROLS: Final = re.compile(
-    "[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff" + "".join(sorted(_ALSO_REMOVED)) + "]"
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff" + "".join(sorted(_BIDI_CONTROLS | {"\ufeff"})) + "]"
 )
 
 # Trimmed at both ends besides whitespace: invisible characters that mean nothing
@@ -59,33 +48,19 @@ _TRIM: Final = re.compile(rf"^[\s{_EDGE_INVISIBLES}]+|[\s{_EDGE_INVISIBLES}]+$")
 # fields (titles, names) so a pasted multi-line value still reads as one line.
 _LINE_WHITESPACE: Final = re.compile(r"[ \t\n]*[\t\n][ \t\n]*")
 
-# A mention is "@" plus a Clerk username (letters, digits, "_", "-", "."). The "@"
-# must not follow a username character, "@" or "/", which would make it part of an
-# e-mail address ("a@b.com") or a URL path ("https://host/@alice"); the username
-# must not be followed by "@" ("@alice@example.com" is an address). The possessive
-# "*+" stops the engine from backtracking to a shorter name that dodges that check.
+# "@" plus a Clerk username, neither after a username character, "@" or "/" (an e-mail
+# address, a URL path) nor followed by "@" ("@alice@example.com"). The possessive "*+"
+# stops the engine from backtracking to a shorter name that dodges that check.
 _MENTION: Final = re.compile(r"(?<![\w.@/-])@(\w[\w.-]*+)(?!@)")
+
+# What no text column can hold or no encoder can write: C0/C1 controls and lone surrogates.
+_UNSTORABLE: Final = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+# What no JSON document can hold: PostgreSQL's jsonb refuses \u0000.
+_UNENCODABLE: Final = re.compile("[\x00\ud800-\udfff]")
 
 
 def _remove_invisible_controls(text: str) -> str:
-    """Drop C0/C1 controls except newline and tab, bidi controls, BOMs, lone surrogates.
-
-    Lone surrogates (category Cs) can arrive through JSON "\\ud800" escapes; they
-    cannot be encoded as UTF-8, so the database would refuse the whole message.
-    NUL (a Cc) is also refused by PostgreSQL text columns.
-    """
     return _INVISIBLE_CONTROLS.sub("", text)
-
-
-# What no text column can hold or no encoder can write: NUL and the other C0/C1
-# controls, and lone surrogates (JSON's "\\ud800" escapes decode to them; UTF-8,
-# asyncpg's encoder and sqlite3 refuse them).
-_UNSTORABLE: Final = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
-
-
-# The part of that no JSON document can hold anywhere: PostgreSQL's jsonb refuses
-# \u0000, and no encoder writes a lone surrogate.
-_UNENCODABLE: Final = re.compile("[\x00\ud800-\udfff]")
 
 
 def has_unencodable_chars(text: str) -> bool:
@@ -94,7 +69,7 @@ def has_unencodable_chars(text: str) -> bool:
 
 
 def has_unstorable_chars(text: str) -> bool:
-    """Whether ``text`` holds a control character or a lone surrogate (see ``_UNSTORABLE``)."""
+    """Whether ``text`` holds a control character or a lone surrogate."""
     return _UNSTORABLE.search(text) is not None
 
 
@@ -137,12 +112,8 @@ def clean_title(raw: str) -> str:
 
 def clean_description(raw: str | None) -> str | None:
     """A thread description: up to 2000 characters, lines kept; empty means none."""
-    if raw is None:
-        return None
-    text = _clean(raw)
-    if not text:
-        return None
-    return _check_length(text, "Description", MAX_DESCRIPTION_CHARS)
+    text = _clean(raw or "")
+    return _check_length(text, "Description", MAX_DESCRIPTION_CHARS) if text else None
 
 
 def clean_display_name(raw: str) -> str:
@@ -153,9 +124,7 @@ def clean_display_name(raw: str) -> str:
 def check_client_id(raw: str) -> str:
     """A sendMessage ``clientId``: an opaque key, trimmed, 1 to 255 characters.
 
-    Refused rather than cleaned: removing a character would turn it into another
-    client's key. Controls (NUL included) and lone surrogates are refused, because
-    PostgreSQL and the driver's encoder would fail the statement that stores it.
+    Refused rather than cleaned: removing a character would make it another key.
     """
     text = raw.strip()
     if not text or len(text) > MAX_CLIENT_ID_CHARS:
@@ -171,22 +140,14 @@ def clean_search(raw: str | None) -> str:
 
 
 def clean_external_text(raw: str) -> str:
-    """Text from another system (Clerk's names, token claims), cleaned like user text.
-
-    No length rule: the caller clips to its column. May return "".
-    """
+    """Text from another system (Clerk's names, token claims), cleaned like user text;
+    no length rule (the caller clips to its column), may be ""."""
     return _clean(raw)
 
 
 def check_emoji(raw: str) -> str:
-    """One emoji for a reaction, returned in its fully-qualified form.
-
-    Valid means one of the emoji (including sequences: ZWJ families, skin tones,
-    flags, keycaps) that Unicode recommends for general interchange, as listed
-    by the ``emoji`` package; skin-tone and hair components alone are refused.
-    Unqualified spellings such as "❤" (no U+FE0F) are returned fully qualified
-    ("❤️"), so that both count as the same reaction on a message.
-    """
+    """One emoji for a reaction (as the ``emoji`` package lists them, sequences included;
+    components alone refused), fully qualified so that "❤" and "❤️" are one reaction."""
     candidate = _clean(raw)
     data = emoji.EMOJI_DATA.get(candidate)
     if data is None or data["status"] == emoji.STATUS["component"]:
@@ -198,11 +159,7 @@ def check_emoji(raw: str) -> str:
 
 
 def mentioned_usernames(body: str) -> list[str]:
-    """The usernames ``@mentioned`` in a body, as written, once each, in order.
-
-    Whether a name belongs to a user in the thread, and how case is matched, is
-    for the caller to decide.
-    """
+    """The usernames ``@mentioned`` in a body, as written, once each, in order."""
     seen: dict[str, None] = {}
     for match in _MENTION.finditer(body):
         # A full stop after a name ends the sentence, not the name.

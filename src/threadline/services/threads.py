@@ -1,8 +1,7 @@
 """Threads and participants: creating, updating, membership and roles.
 
 Role rules that no directive expresses live here: nobody grants a role above
-their own, the last OWNER can neither leave nor be demoted or removed, and a
-direct thread's members can only leave it (never remove each other).
+their own, a thread keeps an OWNER, and a direct thread's members can only leave it.
 """
 
 from __future__ import annotations
@@ -66,19 +65,15 @@ async def create_thread(
     if missing:
         raise NotFound("User not found", userId=str(missing[0]))
     roles = {actor.id: ThreadRole.OWNER} | dict.fromkeys(users, ThreadRole.MEMBER)
-    thread = await _new_thread(
+    return await _new_thread(
         uow, actor, roles, title=clean, description=clean_description(description)
     )
-    for user_id, role in roles.items():
-        uow.emit(_membership(user_id, thread.id, role))
-    await notifications.notify_added(uow, actor, thread, list(users))
-    return thread
 
 
 async def _new_thread(
     uow: UnitOfWork, actor: User, roles: dict[uuid.UUID, ThreadRole], **fields: Any
 ) -> Thread:
-    """A thread the actor creates now, stored with its participants and their roles."""
+    """A thread the actor creates now, stored with its participants, who are told."""
     now = utcnow()
     thread = Thread(
         created_by_id=actor.id, created_at=now, updated_at=now, last_activity_at=now, **fields
@@ -90,27 +85,22 @@ async def _new_thread(
         for user_id, role in roles.items()
     )
     await uow.session.flush()
+    for user_id, role in roles.items():
+        uow.emit(_membership(user_id, thread.id, role))
+    await notifications.notify_added(uow, actor, thread, list(roles))
     return thread
 
 
-def _direct_key(a: uuid.UUID, b: uuid.UUID) -> str:
-    low, high = sorted((str(a), str(b)))
-    return f"{low}:{high}"
-
-
 async def create_direct_thread(uow: UnitOfWork, actor: User, user_id: str) -> Thread:
-    """The one direct thread of two users; concurrent calls get the same thread.
-
-    A caller who had left it rejoins it (``_rejoin``) rather than getting it back
-    without being in it.
-    """
+    """The one direct thread of two users; concurrent calls get the same thread, and a
+    caller who had left it rejoins it."""
     other_id = parse_id(user_id, "User")
     if other_id == actor.id:
         raise BadInput("A direct thread needs another user")
     other = (await _live_users(uow.session, [other_id])).get(other_id)
     if other is None:
         raise NotFound("User not found")
-    key = _direct_key(actor.id, other_id)
+    key = ":".join(sorted((str(actor.id), str(other_id))))
     existing = await uow.session.scalar(select(Thread).where(Thread.direct_key == key))
     if existing is not None and existing.deleted_at is None:
         return await _rejoin(uow, actor, existing)
@@ -133,42 +123,24 @@ async def create_direct_thread(uow: UnitOfWork, actor: User, user_id: str) -> Th
         if winner is None:
             raise
         return winner
-    uow.emit(_membership(actor.id, thread.id, ThreadRole.OWNER))
-    uow.emit(_membership(other_id, thread.id, ThreadRole.OWNER))
-    await notifications.notify_added(uow, actor, thread, [other_id])
     return thread
 
 
 async def _rejoin(uow: UnitOfWork, actor: User, thread: Thread) -> Thread:
     """The existing direct thread, with the caller in it again if they had left it.
 
-    The contract returns the existing direct thread, and the pair has only the one:
-    so calling it again is a rejoin, recorded like any participant change (the other
-    user sees it), as a fresh participant (OWNER, as at creation; markers at 0) who
-    sees the conversation's history, theirs as much as the other's. Until then
-    they see nothing of it, messages sent meanwhile included. The other user, if
-    they left, is not pulled back in.
+    The pair has only the one thread, so asking again is a rejoin, recorded like any
+    participant change, as a fresh OWNER (markers at 0) who sees the whole history.
+    The other user, if they left, is not pulled back in.
     """
     locked = await uow.session.scalar(
         select(Thread).where(Thread.id == thread.id).with_for_update()
     )
     if locked is None or locked.deleted_at is not None:
         raise NotFound("Thread not found")
-    if await _participant(uow.session, locked.id, actor.id) is not None:
+    if await uow.session.get(ThreadParticipant, (locked.id, actor.id)) is not None:
         return locked
-    uow.session.add(
-        ThreadParticipant(
-            thread_id=locked.id,
-            user_id=actor.id,
-            role=ThreadRole.OWNER.value,
-            joined_at=utcnow(),
-            last_read_seq=0,
-            last_delivered_seq=0,
-            muted=False,
-        )
-    )
-    await uow.session.flush()
-    await _participant_changed(uow, actor, locked, actor.id, ThreadRole.OWNER)
+    await _join(uow, actor, locked, actor.id, ThreadRole.OWNER)
     await uow.session.refresh(locked, ["last_seq"])
     return locked
 
@@ -184,32 +156,23 @@ async def update_thread(
 ) -> Thread:
     access = await access_thread(uow.session, actor, thread_id, ThreadRole.ADMIN)
     thread = access.thread
-    changed = False
+    before = (thread.title, thread.description)
     if title is not None:
-        clean = clean_title(title)
-        changed |= clean != thread.title
-        thread.title = clean
+        thread.title = clean_title(title)
     if set_description:
-        clean_desc = clean_description(description)
-        changed |= clean_desc != thread.description
-        thread.description = clean_desc
-    if changed:
+        thread.description = clean_description(description)
+    if (thread.title, thread.description) != before:
         thread.updated_at = utcnow()
         await uow.session.flush()
-        await append_event(
-            uow, thread.id, EventKind.THREAD_UPDATED, _thread_payload(thread), actor.id
-        )
+        payload = {
+            "id": str(thread.id),
+            "title": thread.title,
+            "description": thread.description,
+            "updated_at": thread.updated_at.isoformat(),
+        }
+        await append_event(uow, thread.id, EventKind.THREAD_UPDATED, payload, actor.id)
         await uow.session.refresh(thread, ["last_seq"])
     return thread
-
-
-def _thread_payload(thread: Thread) -> dict[str, object]:
-    return {
-        "id": str(thread.id),
-        "title": thread.title,
-        "description": thread.description,
-        "updated_at": thread.updated_at.isoformat(),
-    }
 
 
 async def delete_thread(uow: UnitOfWork, actor: User, thread_id: str) -> uuid.UUID:
@@ -231,30 +194,10 @@ async def participant_ids(session: AsyncSession, thread_id: uuid.UUID) -> list[u
     return list(rows)
 
 
-async def _participant(
-    session: AsyncSession, thread_id: uuid.UUID, user_id: uuid.UUID
-) -> ThreadParticipant | None:
-    return await session.get(ThreadParticipant, (thread_id, user_id))
-
-
-async def _owner_count(session: AsyncSession, thread_id: uuid.UUID) -> int:
-    return int(
-        await session.scalar(
-            select(func.count())
-            .select_from(ThreadParticipant)
-            .where(
-                ThreadParticipant.thread_id == thread_id,
-                ThreadParticipant.role == ThreadRole.OWNER.value,
-            )
-        )
-        or 0
-    )
-
-
 async def _existing_participant(
     session: AsyncSession, thread_id: uuid.UUID, user_id: uuid.UUID
 ) -> ThreadParticipant:
-    participant = await _participant(session, thread_id, user_id)
+    participant = await session.get(ThreadParticipant, (thread_id, user_id))
     if participant is None:
         raise NotFound("Participant not found")
     return participant
@@ -264,10 +207,17 @@ async def _keep_an_owner(
     session: AsyncSession, participant: ThreadParticipant, change: str
 ) -> None:
     """A thread always has an OWNER: its last one may not leave, be removed or step down."""
-    if (
-        participant.thread_role is ThreadRole.OWNER
-        and await _owner_count(session, participant.thread_id) <= 1
-    ):
+    if participant.thread_role is not ThreadRole.OWNER:
+        return
+    owners = await session.scalar(
+        select(func.count())
+        .select_from(ThreadParticipant)
+        .where(
+            ThreadParticipant.thread_id == participant.thread_id,
+            ThreadParticipant.role == ThreadRole.OWNER.value,
+        )
+    )
+    if (owners or 0) <= 1:
         raise Conflict(f"The last OWNER cannot {change}: make someone else OWNER first")
 
 
@@ -282,6 +232,25 @@ async def _participant_changed(
         actor.id,
     )
     uow.emit(_membership(user_id, thread.id, role))
+
+
+async def _join(
+    uow: UnitOfWork, actor: User, thread: Thread, user_id: uuid.UUID, role: ThreadRole
+) -> ThreadParticipant:
+    """A fresh participant (markers at 0), announced like any participant change."""
+    participant = ThreadParticipant(
+        thread_id=thread.id,
+        user_id=user_id,
+        role=role.value,
+        joined_at=utcnow(),
+        last_read_seq=0,
+        last_delivered_seq=0,
+        muted=False,
+    )
+    uow.session.add(participant)
+    await uow.session.flush()
+    await _participant_changed(uow, actor, thread, user_id, role)
+    return participant
 
 
 def _no_grant_above(access: ThreadAccess, role: ThreadRole) -> None:
@@ -299,20 +268,9 @@ async def add_participant(
     uid = parse_id(user_id, "User")
     if not (await _live_users(uow.session, [uid])):
         raise NotFound("User not found")
-    if await _participant(uow.session, access.thread.id, uid) is not None:
+    if await uow.session.get(ThreadParticipant, (access.thread.id, uid)) is not None:
         raise Conflict("Already a participant: use setParticipantRole to change the role")
-    participant = ThreadParticipant(
-        thread_id=access.thread.id,
-        user_id=uid,
-        role=role.value,
-        joined_at=utcnow(),
-        last_read_seq=0,
-        last_delivered_seq=0,
-        muted=False,
-    )
-    uow.session.add(participant)
-    await uow.session.flush()
-    await _participant_changed(uow, actor, access.thread, uid, role)
+    participant = await _join(uow, actor, access.thread, uid, role)
     await notifications.notify_added(uow, actor, access.thread, [uid])
     return participant
 
@@ -325,8 +283,7 @@ async def remove_participant(
     participant = await _existing_participant(uow.session, access.thread.id, uid)
     if uid != actor.id:
         if access.thread.is_direct:
-            # createDirectThread lets someone who left come back: a removal it would
-            # undo is no removal, so the only way out of a direct thread is leaving.
+            # createDirectThread lets someone who left come back, which would undo a removal.
             raise Conflict("A direct thread's members can only leave it")
         _no_grant_above(access, participant.thread_role)
     await _drop(uow, actor, access.thread, participant)
@@ -375,8 +332,7 @@ async def mute_thread(uow: UnitOfWork, actor: User, thread_id: str, muted: bool)
     return access.thread
 
 
-# The thread list's statement in each shape (a search, a cursor), built once with
-# the viewer, search pattern, cursor and size as parameters (see models.queries).
+# The thread list's statement in each shape (a search, a cursor), built once.
 _THREADS_BASE = (
     select(Thread, ThreadParticipant)
     .join(ThreadParticipant, ThreadParticipant.thread_id == Thread.id)

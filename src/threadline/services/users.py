@@ -19,11 +19,7 @@ from threadline.services.events import SystemRoleChanged
 from threadline.services.pagination import Page, PageRequest, make_page, text_id_key
 from threadline.services.permissions import parse_id, require_system_role
 from threadline.services.search import contains_text
-from threadline.services.text_rules import (
-    clean_display_name,
-    clean_search,
-    has_unencodable_chars,
-)
+from threadline.services.text_rules import clean_display_name, clean_search, has_unencodable_chars
 
 DEV_CLERK_PREFIX = "dev_"
 MAX_PREFERENCES_BYTES = 16_384
@@ -105,12 +101,9 @@ async def update_me(
 
 
 def _check_json(value: object, what: str, depth: int) -> None:
-    """Refuse what the databases or the JSON encoder cannot keep, before it is stored.
-
-    Variables may arrive through the standard library's parser, which takes NaN,
-    lone surrogate escapes and numbers of any size; nesting is bounded so that
-    neither the encoder nor this walk runs out of stack.
-    """
+    """Refuse what the databases or the JSON encoder cannot keep (the standard library's
+    parser takes NaN, lone surrogates and huge numbers); nesting is bounded so that
+    neither the encoder nor this walk runs out of stack."""
     if depth > MAX_PREFERENCES_DEPTH:
         raise BadInput(f"{what} is nested more than {MAX_PREFERENCES_DEPTH} deep")
     if value is None or isinstance(value, bool):
@@ -143,30 +136,27 @@ async def set_user_role(
     if user.deleted_at is not None:
         raise NotFound("User not found")
     if user.id == actor.id and role is not SystemRole.OWNER:
-        await _ensure_another_owner(uow.session, user.id)
+        others = await uow.session.scalar(
+            select(func.count())
+            .select_from(User)
+            .where(
+                User.role == SystemRole.OWNER.value, User.id != user.id, User.deleted_at.is_(None)
+            )
+        )
+        if not others:
+            raise Conflict("The last system OWNER cannot step down")
     change_role(uow, user, role)
     await uow.session.flush()
     return user
 
 
 def change_role(uow: UnitOfWork, user: User, role: SystemRole) -> None:
-    """Every change of a system role goes through here (setUserRole, the CLI, Clerk's
-    ``public_metadata.role``): after commit, every process closes the user's sockets,
-    whose streams were authorized with the old role."""
+    """Every change of a system role goes through here: after commit, every process
+    closes the user's sockets, whose streams were authorized with the old role."""
     if user.role == role.value:
         return
     user.role = role.value
     uow.emit(SystemRoleChanged(user.id))
-
-
-async def _ensure_another_owner(session: AsyncSession, user_id: uuid.UUID) -> None:
-    others = await session.scalar(
-        select(func.count())
-        .select_from(User)
-        .where(User.role == SystemRole.OWNER.value, User.id != user_id, User.deleted_at.is_(None))
-    )
-    if not others:
-        raise Conflict("The last system OWNER cannot step down")
 
 
 async def set_role_by_username(uow: UnitOfWork, username: str, role: SystemRole) -> User:
@@ -195,13 +185,11 @@ async def ensure_dev_user(uow: UnitOfWork, username: str) -> User:
     return user
 
 
-async def sessions_of(
-    session: AsyncSession, actor: User, limit: int = SESSIONS_SHOWN
-) -> list[Session]:
+async def sessions_of(session: AsyncSession, actor: User) -> list[Session]:
     rows = await session.scalars(
         select(Session)
         .where(Session.user_id == actor.id)
         .order_by(Session.connected_at.desc())
-        .limit(limit)
+        .limit(SESSIONS_SHOWN)
     )
     return list(rows)
