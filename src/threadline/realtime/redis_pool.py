@@ -118,6 +118,11 @@ class Backoff:
         self._skip_until = 0.0
         self._warned_at: float | None = None
 
+    @property
+    def down(self) -> bool:
+        """Whether an outage was warned about and has not ended yet."""
+        return self._warned_at is not None
+
     def skipping(self) -> bool:
         return time.monotonic() < self._skip_until
 
@@ -134,7 +139,7 @@ class Backoff:
 
     def answered(self) -> bool:
         """Note a success; True when it ends an outage (the caller says so)."""
-        was_down = self._warned_at is not None
+        was_down = self.down
         self._warned_at = None
         self._skip_until = 0.0  # it answered: no reason to skip it any longer
         return was_down
