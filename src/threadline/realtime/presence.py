@@ -207,13 +207,16 @@ class PresenceTracker:
     async def renew_many(self, leases: Sequence[tuple[uuid.UUID, str]]) -> None:
         """Start or extend connections' leases (user id, connection id); announce each
         user who had no live lease before (newly connected, or back after a lapse).
-
-        One Redis round trip per RENEW_BATCH leases: the maintenance beat renews
-        every connection of the process every few seconds. Never fails for want of
-        Redis: the leases are kept here and written by the next renewal.
+        Never fails for want of Redis: the leases are kept here for the next renewal.
         """
         now = time.time()
-        came_back = self._renew_in_memory(leases, now)
+        came_back = []  # (user id, away) of each user who had no live lease before
+        for user_id, connection_id in leases:
+            held = self._leases.setdefault(user_id, {})
+            if not any(e > now for e in held.values()):
+                came_back.append((user_id, user_id in self._away))
+            held[connection_id] = now + self.lease_seconds
+            self._seen[user_id] = now
         if self._redis is not None:
             redis = self._usable()
             if redis is None:
@@ -227,19 +230,6 @@ class PresenceTracker:
         for user_id, away in came_back:
             status = PresenceStatus.AWAY if away else PresenceStatus.ONLINE
             await self._publish(user_id, PresenceState(status, _ts(now)))
-
-    def _renew_in_memory(
-        self, leases: Sequence[tuple[uuid.UUID, str]], now: float
-    ) -> list[tuple[uuid.UUID, bool]]:
-        """(user id, away) of each user who had no live lease before."""
-        came_back = []
-        for user_id, connection_id in leases:
-            held = self._leases.setdefault(user_id, {})
-            if not any(e > now for e in held.values()):
-                came_back.append((user_id, user_id in self._away))
-            held[connection_id] = now + self.lease_seconds
-            self._seen[user_id] = now
-        return came_back
 
     async def _renew_in_redis(
         self, redis: CommandClient[Any], leases: Sequence[tuple[uuid.UUID, str]], now: float
@@ -276,9 +266,7 @@ class PresenceTracker:
 
     async def release(self, user_id: uuid.UUID, connection_id: str) -> None:
         """End a connection's lease; announce OFFLINE when it was the user's last.
-
-        Never fails for want of Redis: its lease there then runs out by itself.
-        """
+        Never fails for want of Redis: the release is written once it is back."""
         now = time.time()
         held = self._leases.get(user_id, {})
         held.pop(connection_id, None)
@@ -309,8 +297,7 @@ class PresenceTracker:
             await self._publish(user_id, PresenceState(PresenceStatus.OFFLINE, _ts(now)))
 
     async def _release_missed(self, redis: CommandClient[Any]) -> None:
-        """The releases Redis missed while it was down, now; OFFLINE for users left
-        with no lease."""
+        """The releases Redis missed while it was down; OFFLINE for users left with none."""
         missed, self._unreleased = self._unreleased, {}
         now = time.time()
         users = list(missed)
@@ -449,59 +436,43 @@ class PresenceTracker:
     async def get_many(
         self, users: Sequence[tuple[uuid.UUID, datetime | None]]
     ) -> list[PresenceState]:
-        """The state of each (user id, last seen as stored), in order.
-
-        With Redis, one round trip for the lot (per READ_BATCH users): a page of
-        users reads its presence in one pipeline, not three commands per user.
-        With Redis unreachable, as far as this process knows (its own sockets), so
-        that a page that shows presence still answers.
-        """
+        """The state of each (user id, last seen as stored), in order. With Redis
+        unreachable, as far as this process knows (its own sockets)."""
         now = time.time()
         redis = self._usable() if self._redis is not None else None
         if redis is not None:
-            found: list[tuple[int, bool, float | None]] = []
+            found: list[PresenceState] = []
             try:
+                # One pipeline per READ_BATCH users (no MULTI: reads only; no MGET,
+                # which a cluster pipeline refuses).
                 for start in range(0, len(users), READ_BATCH):
                     batch = users[start : start + READ_BATCH]
-                    found.extend(await self._read_in_redis(redis, batch, now))
+                    async with redis.pipeline(transaction=False) as pipe:
+                        for user_id, _ in batch:
+                            leases, seen_key, away_key = _user_keys(self._prefix, user_id)
+                            pipe.zcount(leases, now, "+inf")
+                            pipe.exists(away_key)
+                            pipe.get(seen_key)
+                        replies = await pipe.execute()
+                    found += [
+                        _state(int(n), bool(a), float(s) if s else None, stored_seen, now)
+                        for (_, stored_seen), n, a, s in zip(
+                            batch, replies[::3], replies[1::3], replies[2::3], strict=True
+                        )
+                    ]
             except REDIS_ERRORS as exc:
                 self._failed(exc)
                 PRESENCE_UNAVAILABLE.inc()
             else:
-                return [
-                    _state(*state, stored_seen, now)
-                    for (_, stored_seen), state in zip(users, found, strict=True)
-                ]
+                return found
         return [
             _state(self._live_here(u, now), u in self._away, self._seen.get(u), stored_seen, now)
             for u, stored_seen in users
         ]
 
-    async def _read_in_redis(
-        self,
-        redis: CommandClient[Any],
-        users: Sequence[tuple[uuid.UUID, datetime | None]],
-        now: float,
-    ) -> list[tuple[int, bool, float | None]]:
-        """(live leases, away, last seen) per user, in one pipeline (no MULTI: reads only;
-        no MGET, which a cluster pipeline refuses)."""
-        async with redis.pipeline(transaction=False) as pipe:
-            for user_id, _ in users:
-                leases, seen_key, away_key = _user_keys(self._prefix, user_id)
-                pipe.zcount(leases, now, "+inf")
-                pipe.exists(away_key)
-                pipe.get(seen_key)
-            replies = await pipe.execute()
-        return [
-            (int(n), bool(a), float(s) if s else None)
-            for n, a, s in zip(replies[::3], replies[1::3], replies[2::3], strict=True)
-        ]
-
     async def set_status(self, user_id: uuid.UUID, status: PresenceStatus) -> PresenceState:
         """AWAY or ONLINE by the user's choice; OFFLINE hides nothing but clears AWAY.
-
-        With Redis unreachable: SERVICE_UNAVAILABLE, and nothing changes.
-        """
+        With Redis unreachable: SERVICE_UNAVAILABLE, and nothing changes."""
         away = status is PresenceStatus.AWAY
         if self._redis is not None:
             redis = self._usable()

@@ -1,12 +1,8 @@
 """Who wrote lately: the users whose reads go to the primary, not the read replica.
 
-A client that has just changed something must see it in its next read, and a hot
-standby may not have replayed the change yet. So for READ_AFTER_WRITE_SECONDS
-after a user's write their query operations read the primary. The mark is kept in
-this process and, with ``REDIS_URL``, in Redis (a key per user that expires with
-the window), because the client's next request may reach another process. When
-Redis cannot answer, a user counts as a recent writer: reading the primary is
-always correct, only less spread out.
+A client must see its own change in its next read, which a hot standby may not
+have replayed yet. The mark is kept here and in Redis (the next request may reach
+another process); when Redis cannot answer, everyone reads the primary.
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
 """Where Redis is and how to talk to it: one server or a cluster, and bounded pools.
 
-redis-py's default pool raises "Too many connections" past 100 checked-out
-connections; when 2000 sockets close at once, each releasing its presence
-lease, that fails most of the releases. A blocking pool queues them instead.
+Blocking pools: redis-py's default one raises past 100 checked-out connections,
+which fails most presence releases when 2000 sockets close at once.
 """
 
 from __future__ import annotations
@@ -42,8 +41,7 @@ CommandClient = Redis
 @dataclass(frozen=True)
 class RedisTarget:
     """A deployment's Redis: its URL (any node, for a cluster), whether it is a
-    Redis Cluster (REDIS_CLUSTER), and the prefix of every key and channel name
-    (REDIS_PREFIX: deployments or test runs sharing one Redis keep apart by it)."""
+    cluster, and the prefix that keeps deployments sharing one Redis apart."""
 
     url: str
     cluster: bool = False
@@ -108,9 +106,9 @@ async def close_client(client: CommandClient[Any]) -> None:
 
 
 class Backoff:
-    """After a failed Redis call, skip Redis for ``skip_seconds`` (an outage costs one
-    failed attempt per interval, not one per call), and say when to warn: once per
-    outage, and again every ``warn_every`` seconds while it lasts when that is set."""
+    """After a failed Redis call, skip Redis for ``skip_seconds`` (one failed attempt
+    per interval, not one per call), and say when to warn: once per outage, and
+    every ``warn_every`` seconds while it lasts when that is set."""
 
     def __init__(self, skip_seconds: float, *, warn_every: float | None = None) -> None:
         self.skip_seconds = skip_seconds
