@@ -25,9 +25,8 @@ from threadline.realtime.redis_pool import REDIS_ERRORS, RedisTarget, close_clie
 
 logger = logging.getLogger(__name__)
 
-# The reader hands this many messages to the broker before it lets other tasks
-# run: one socket read can hold thousands of small messages, and subscribers
-# must get a turn to drain their queues before the next batch lands on them.
+# Messages the reader hands on before it yields: one socket read can hold thousands,
+# and subscribers must drain their queues before the next batch lands on them.
 _READ_BATCH: Final = 64
 CONNECT_TIMEOUT: Final = 1.0
 PUBLISH_TIMEOUT: Final = 1.0
@@ -86,9 +85,8 @@ class RedisBackend:
 
     def __init__(self, target: RedisTarget) -> None:
         self._target = target
-        # Pub/sub ignores database numbers: a deployment on database N gets its
-        # channels under "dbN:" so that it hears no other deployment (or test run)
-        # sharing the server. Database 0 keeps plain names, as before.
+        # Pub/sub ignores database numbers: channels of database N > 0 get a "dbN:"
+        # prefix, so that deployments (or test runs) sharing a server keep apart.
         self._namespace = target.prefix + channel_namespace(target.url)
         self._events: asyncio.Queue[Published] = asyncio.Queue(maxsize=MAX_PENDING)
         self._started = False
@@ -176,12 +174,9 @@ class RedisBackend:
             await self._link.unsubscribe(channel)
 
     async def publish(self, channel: str, message: str) -> None:
-        """Publish once Redis has taken the message.
-
-        Publishes made while a batch is on its way go out together in the next
-        pipeline: under load a round trip carries many of them, and each costs a
-        fraction of a command of its own. Order is kept: one batch at a time.
-        """
+        """Publish once Redis has taken the message. Publishes made while a batch
+        is on its way go out together in the next pipeline (one batch at a time,
+        so order is kept): under load a round trip carries many of them."""
         if self._publisher is None:
             raise BrokerUnavailable("the Redis backend is not connected")
         taken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -369,9 +364,8 @@ class SubscriberConnection:
                 )
             commands = self._commands(self._subscribe, self.channels)
             commands.append(("PING", self._ready_token))
-            # The channel snapshot and this write happen with no await between
-            # them, and from here on subscribe() writes on this connection too,
-            # so no channel falls between the two.
+            # No await between the channel snapshot and this write, and subscribe()
+            # writes on this connection from here on: no channel falls between.
             self._connection = connection
             self._pong_pending, self._saw_data = True, False
             await self._send(connection, commands)
@@ -417,7 +411,6 @@ class SubscriberConnection:
             if type(reply) is list:
                 kind = reply[0]
                 if kind == kind_message:
-                    # RESP2 without decode_responses: channel and payload are bytes.
                     # "replace": a stray non-UTF-8 publish must not cost everyone a
                     # reconnection; our own messages are always valid text.
                     channel, payload = cast(bytes, reply[1])[cut:], cast(bytes, reply[2])
@@ -497,9 +490,8 @@ class SubscriberConnection:
         options: dict[str, Any] = dict(parse_url(self.url))
         connection_class = options.pop("connection_class", Connection)
         options.update(
-            # RESP2 keeps pub/sub replies plain lists; bytes avoid decoding channel
-            # names we only compare. Reads block (the keepalive bounds them) and
-            # connection attempts are bounded; retries are the session loop's job.
+            # RESP2 keeps pub/sub replies plain lists of bytes. Reads block (the
+            # keepalive bounds them); retries are the session loop's job.
             protocol=2,
             decode_responses=False,
             socket_timeout=None,

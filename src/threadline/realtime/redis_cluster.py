@@ -50,7 +50,7 @@ class SlotMap:
 
     @property
     def masters(self) -> set[tuple[str, int]]:
-        return {(str(host), int(port)) for _, _, (host, port) in self._rows}
+        return {master for _, _, master in self._rows}
 
     def master_of(self, name: str) -> tuple[str, int] | None:
         """The (host, port) of the master serving a channel or key; None if unserved."""
@@ -58,8 +58,7 @@ class SlotMap:
         i = bisect.bisect_right(self._starts, slot) - 1
         if i < 0 or self._rows[i][1] < slot:
             return None
-        host, port = self._rows[i][2]
-        return str(host), int(port)
+        return self._rows[i][2]
 
 
 class ClusterBackend(RedisBackend):

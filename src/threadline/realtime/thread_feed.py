@@ -91,21 +91,18 @@ class ThreadFeed:
                         return
                 try:
                     async for item in subscriber:
-                        if item is RECONNECTED:
-                            source = fill()
-                        else:
+                        if item is not RECONNECTED:
                             event = self.decoded(str(item))
                             if event.seq <= last:
                                 continue
-                            if event.seq != last + 1:
-                                source = fill()
-                            else:
+                            if event.seq == last + 1:
                                 last = event.seq
                                 yield event
                                 if ends_subscription(event, viewer_id):
                                     return
                                 continue
-                        async for filled in source:
+                        # A reconnection, or a gap: what was missed is in the log.
+                        async for filled in fill():
                             yield filled
                             if ends_subscription(filled, viewer_id):
                                 return
