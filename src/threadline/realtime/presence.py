@@ -36,7 +36,8 @@ from threadline.realtime.redis_pool import (
     RedisTarget,
     as_target,
     close_client,
-    fail_fast_client,
+    command_client,
+    fail_fast,
 )
 from threadline.services.states import PresenceStatus
 
@@ -132,7 +133,7 @@ class PresenceTracker:
         beat: Beat = Beat(),
     ) -> None:
         target = as_target(redis)
-        self._redis = fail_fast_client(target, beat.command_timeout) if target else None
+        self._redis = command_client(target, **fail_fast(beat.command_timeout)) if target else None
         self.beat = beat
         self._prefix = target.prefix if target else ""
         self._publisher = publisher

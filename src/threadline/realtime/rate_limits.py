@@ -19,8 +19,6 @@ from limits.aio.storage import MemoryStorage, RedisClusterStorage, RedisStorage,
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.errors import StorageError
 from redis.asyncio import ConnectionPool
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from threadline.config import Settings
 from threadline.errors import RateLimited
@@ -29,6 +27,7 @@ from threadline.realtime.redis_pool import (
     Backoff,
     RedisTarget,
     as_target,
+    fail_fast,
     redis_pool,
 )
 
@@ -70,9 +69,6 @@ _REFUSALS: Final[Mapping[Action, str]] = MappingProxyType(
 # Redis answers in well under a millisecond; a limiter that waited longer would
 # slow every mutation more than it protects anything.
 _REDIS_TIMEOUT_SECONDS: Final = 0.5
-# One immediate retry survives a pooled connection that a Redis restart closed;
-# redis-py's default backoff would hold a request for seconds while Redis is down.
-_REDIS_RETRIES: Final = 1
 # After a failure Redis is skipped this long: one timeout per interval, not per call.
 _SKIP_REDIS_AFTER_FAILURE_SECONDS: Final = 1.0
 # While Redis stays down, one warning (with a count) per interval, not one per call.
@@ -105,11 +101,7 @@ class RateLimiter:
         self._pool: ConnectionPool[Any] | None = None
         self._storage: Storage
         target = as_target(redis)
-        timeouts: dict[str, Any] = {
-            "socket_connect_timeout": _REDIS_TIMEOUT_SECONDS,
-            "socket_timeout": _REDIS_TIMEOUT_SECONDS,
-            "retry": Retry(NoBackoff(), _REDIS_RETRIES),
-        }
+        timeouts = fail_fast(_REDIS_TIMEOUT_SECONDS, _REDIS_TIMEOUT_SECONDS)
         if target is None:
             self._storage = MemoryStorage()
         elif target.cluster:

@@ -11,9 +11,6 @@ import logging
 import uuid
 from typing import Any, Final
 
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-
 from threadline.realtime.caches import TTLCache
 from threadline.realtime.redis_pool import (
     REDIS_ERRORS,
@@ -22,6 +19,7 @@ from threadline.realtime.redis_pool import (
     RedisTarget,
     close_client,
     command_client,
+    fail_fast,
 )
 
 log = logging.getLogger(__name__)
@@ -44,10 +42,7 @@ class RecentWriters:
         if redis is not None:
             self._prefix = redis.key(KEY_PREFIX)
             self._redis = command_client(
-                redis,
-                socket_connect_timeout=_REDIS_TIMEOUT_SECONDS,
-                socket_timeout=_REDIS_TIMEOUT_SECONDS,
-                retry=Retry(NoBackoff(), 1),
+                redis, **fail_fast(_REDIS_TIMEOUT_SECONDS, _REDIS_TIMEOUT_SECONDS)
             )
         self._backoff = Backoff(_SKIP_REDIS_SECONDS)
 

@@ -85,16 +85,17 @@ def command_client(target: RedisTarget, **options: Any) -> CommandClient[Any]:
     return Redis(connection_pool=redis_pool(target.url, **options))
 
 
-def fail_fast_client(
-    target: RedisTarget, command_timeout: float = COMMAND_TIMEOUT_SECONDS
-) -> CommandClient[Any]:
-    """A command client that gives up quickly when Redis is unreachable."""
-    return command_client(
-        target,
-        socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
-        socket_timeout=command_timeout,
-        retry=Retry(NoBackoff(), 1),
-    )
+def fail_fast(
+    command_timeout: float = COMMAND_TIMEOUT_SECONDS,
+    connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
+) -> dict[str, Any]:
+    """Client options that give up quickly when Redis is unreachable (redis-py's
+    default retries with backoff would hold a request for seconds)."""
+    return {
+        "socket_connect_timeout": connect_timeout,
+        "socket_timeout": command_timeout,
+        "retry": Retry(NoBackoff(), 1),
+    }
 
 
 async def close_client(client: CommandClient[Any]) -> None:

@@ -21,7 +21,8 @@ from threadline.realtime.redis_pool import (
     RedisTarget,
     as_target,
     close_client,
-    fail_fast_client,
+    command_client,
+    fail_fast,
 )
 from threadline.services.events import ActivityEvent
 
@@ -35,7 +36,7 @@ _UNREACHABLE = (*REDIS_ERRORS, BrokerError)
 class TypingTracker:
     def __init__(self, redis: str | RedisTarget | None, publisher: Publisher) -> None:
         target = as_target(redis)
-        self._redis = fail_fast_client(target) if target else None
+        self._redis = command_client(target, **fail_fast()) if target else None
         self._prefix = target.prefix if target else ""
         self._publisher = publisher
         # Redis shares the times between processes: wall clock there.
