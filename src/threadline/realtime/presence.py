@@ -15,6 +15,7 @@ the next renewal, reads answer from this process's connections, and only AWAY
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -136,6 +137,7 @@ class PresenceTracker:
         self._redis = command_client(target, **fail_fast(beat.command_timeout)) if target else None
         self.beat = beat
         self._prefix = target.prefix if target else ""
+        self._processes_key = self._prefix + PROCESSES_KEY
         self._publisher = publisher
         self.lease_seconds = LEASE_SECONDS
         self.process_id = uuid.uuid4().hex
@@ -163,17 +165,11 @@ class PresenceTracker:
     async def aclose(self) -> None:
         if self._redis is not None:
             # A clean stop leaves nothing for the other processes to reap.
-            try:
+            with contextlib.suppress(*REDIS_ERRORS):
                 await self._redis.srem(self._processes_key, self.process_id)
                 await self._redis.delete(self._heartbeat_key(self.process_id))
                 await self._redis.delete(self._held_key(self.process_id))
-            except REDIS_ERRORS:
-                pass
             await close_client(self._redis)
-
-    @property
-    def _processes_key(self) -> str:
-        return self._prefix + PROCESSES_KEY
 
     def _heartbeat_key(self, process_id: str) -> str:
         return f"{self._prefix}presence:process:{process_id}"

@@ -113,12 +113,10 @@ class RedisBackend:
         )
         await self._start_subscribers()
         links = self._links()
-        try:
+        with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(2 * CONNECT_TIMEOUT):
                 for link in links:
                     await link.first_attempt.wait()
-        except TimeoutError:
-            pass
         if not links or not all(link.ready.is_set() for link in links):
             logger.warning(
                 "Redis is not reachable yet (%s); retrying in the background",
