@@ -337,12 +337,8 @@ class Broker:
         """The subscribers of the channels a reconnection restored (None: all)."""
         if names is None:
             return self._subscribers
-        found: set[Subscriber] = set()
-        for name in names:
-            channel = self._channels.get(name)
-            if channel is not None:
-                found |= channel.subscribers
-        return found
+        channels = [self._channels.get(name) for name in names]
+        return set().union(*(channel.subscribers for channel in channels if channel is not None))
 
     # -- health ------------------------------------------------------------------
 

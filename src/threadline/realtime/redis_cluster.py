@@ -184,8 +184,7 @@ class ClusterBackend(RedisBackend):
         slots = await self._read_slots()
         self._slots, self._slots_error = slots, None
         for master in slots.masters - self._shards.keys():
-            host, port = master
-            self._shards[master] = self._new_link(self._node_url(host, port))
+            self._shards[master] = self._new_link(self._node_url(*master))
         await self._reassign()
         for master in self._shards.keys() - slots.masters:
             link = self._shards[master]
