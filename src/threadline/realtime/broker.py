@@ -178,6 +178,9 @@ class MemoryBackend:
     async def next_published(self) -> Published:
         return await self._published.get()
 
+    def health(self) -> dict[str, Any]:
+        return {"backend": "memory", "connected": True, "reconnects": 0, "last_error": None}
+
 
 class Broker:
     """Publish strings to channels and subscribe to them, in one process (no
@@ -353,11 +356,7 @@ class Broker:
     def health(self) -> dict[str, Any]:
         """For ``/readyz``: backend, connected, reconnects, last_error, and the
         local channel and subscriber counts."""
-        backend = self._backend
-        if isinstance(backend, RedisBackend):
-            report = backend.health()
-        else:
-            report = {"backend": "memory", "connected": True, "reconnects": 0, "last_error": None}
+        report = self._backend.health()
         failure = self._listener_failure
         if failure is not None:
             report["last_error"] = failure
