@@ -1,18 +1,10 @@
 """The app's one pub/sub object: a backend (Redis, or in-memory) and bounded fan-out.
 
-Owns the local subscribers of every channel (one backend subscription per
-channel however many of them share it), their bounded queues, and what a
-subscriber is told when it falls behind (``SubscriberOverflow``), when Redis has
-come back (``RECONNECTED``: catch up from the event log) and when the broker
-shuts down (``BrokerClosed``). Messages are opaque strings: nothing is parsed here.
-
-No broadcaster: its public API (``Broadcast.subscribe``) gives each subscriber an
-unbounded queue filled with ``await queue.put``, has no way to tell every
-subscriber that the connection came back (the cue to fill gaps from the log),
-lets a second subscriber of a channel return before the first one's SUBSCRIBE is
-confirmed, and reports a crashed listener only on ``disconnect``. Carrying bounded
-queues and gap fill over it would take its private listener; what it would still
-give us (a listener loop, an in-memory backend) is the dozen lines below.
+Subscribers get bounded queues, ``SubscriberOverflow`` when they fall behind,
+``RECONNECTED`` when Redis is back (catch up from the event log) and
+``BrokerClosed`` at shutdown. Not ``broadcaster``: its unbounded queues, missing
+reconnect signal and unconfirmed second subscribers would need its private
+listener to fix. Messages are opaque strings: nothing is parsed here.
 """
 
 from __future__ import annotations
@@ -23,7 +15,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from enum import Enum
-from typing import Any, Final, Protocol, final
+from typing import Any, Final, final
 
 from threadline.realtime.redis_backend import (
     BrokerError,
@@ -60,12 +52,8 @@ class BrokerClosed(BrokerError):
 
 @final
 class Reconnected:
-    """Yielded by a subscriber after the broker's Redis connection came back.
-
-    Messages published while Redis was unreachable are lost to pub/sub: on
-    this marker a subscriber refetches what it missed from the event log.
-    There is one instance, ``RECONNECTED``.
-    """
+    """Yielded after Redis came back: what was published meanwhile is lost to
+    pub/sub, so the subscriber refetches it from the event log. One instance."""
 
     __slots__ = ()
 
@@ -166,17 +154,6 @@ class _Channel:
         self.ready = asyncio.Event()
 
 
-class Backend(Protocol):
-    """Where messages cross processes: ``RedisBackend``, or ``MemoryBackend`` in one process."""
-
-    async def connect(self) -> None: ...
-    async def disconnect(self) -> None: ...
-    async def subscribe(self, channel: str) -> None: ...
-    async def unsubscribe(self, channel: str) -> None: ...
-    async def publish(self, channel: str, message: str) -> None: ...
-    async def next_published(self) -> Published: ...
-
-
 class MemoryBackend:
     """One process: a publish is queued and handed on by the listener, as Redis would."""
 
@@ -201,13 +178,8 @@ class MemoryBackend:
     async def next_published(self) -> Published:
         return await self._published.get()
 
-
-def _backend(target: RedisTarget | None) -> Backend:
-    if target is None:
-        return MemoryBackend()
-    if target.cluster:
-        return ClusterBackend(target)
-    return RedisBackend(target.url, prefix=target.prefix)
+    def health(self) -> dict[str, Any]:
+        return {"backend": "memory", "connected": True, "reconnects": 0, "last_error": None}
 
 
 class Broker:
@@ -223,7 +195,10 @@ class Broker:
     def __init__(self, redis: str | RedisTarget | None, *, queue_limit: int = 1000) -> None:
         if queue_limit < 1:
             raise ValueError("queue_limit must be at least 1")
-        self._backend: Backend = _backend(as_target(redis))
+        target = as_target(redis)
+        self._backend: MemoryBackend | RedisBackend = MemoryBackend()
+        if target is not None:
+            self._backend = (ClusterBackend if target.cluster else RedisBackend)(target)
         self._listener: asyncio.Task[None] | None = None
         self._queue_limit = queue_limit
         self._channels: dict[str, _Channel] = {}
@@ -365,12 +340,8 @@ class Broker:
         """The subscribers of the channels a reconnection restored (None: all)."""
         if names is None:
             return self._subscribers
-        found: set[Subscriber] = set()
-        for name in names:
-            channel = self._channels.get(name)
-            if channel is not None:
-                found |= channel.subscribers
-        return found
+        channels = [self._channels.get(name) for name in names]
+        return set().union(*(channel.subscribers for channel in channels if channel is not None))
 
     # -- health ------------------------------------------------------------------
 
@@ -385,11 +356,7 @@ class Broker:
     def health(self) -> dict[str, Any]:
         """For ``/readyz``: backend, connected, reconnects, last_error, and the
         local channel and subscriber counts."""
-        backend = self._backend
-        if isinstance(backend, RedisBackend):
-            report = backend.health()
-        else:
-            report = {"backend": "memory", "connected": True, "reconnects": 0, "last_error": None}
+        report = self._backend.health()
         failure = self._listener_failure
         if failure is not None:
             report["last_error"] = failure

@@ -1,9 +1,7 @@
 """Channel names and wire encoding of what crosses processes through the broker.
 
-One channel per thread for its logged events, one per thread for ephemeral
-activity, one per user for things addressed to them, one per user for
-presence, and one for ending sessions. A message in a thread is one publish,
-whatever the number of members.
+Per thread: logged events and ephemeral activity; per user: things addressed to
+them and presence; one channel for ending sessions.
 """
 
 from __future__ import annotations

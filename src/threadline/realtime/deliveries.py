@@ -1,9 +1,8 @@
 """Delivered markers moved by pushes, coalesced: one write per user and thread per second.
 
-A busy thread pushes many events to each subscriber; writing a row per push
-would cost more than the push. The newest pushed seq per (user, thread) is kept
-here and flushed in the background. Sources that keep their own positions (the
-live fan-out, which would otherwise report every write) are asked at each flush.
+Writing a row per push would cost more than the push. The newest pushed seq per
+(user, thread) is flushed in the background; sources that keep their own
+positions (the live fan-out) are asked at each flush.
 """
 
 from __future__ import annotations
@@ -23,9 +22,8 @@ STOP_SECONDS = 5.0
 
 
 class DeliveryTracker:
-    def __init__(self, db: Database, interval: float = FLUSH_SECONDS) -> None:
+    def __init__(self, db: Database) -> None:
         self._db = db
-        self._interval = interval
         self._pending: dict[tuple[uuid.UUID, uuid.UUID], int] = {}
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
@@ -57,7 +55,7 @@ class DeliveryTracker:
     async def _run(self) -> None:
         while not self._stopping.is_set():
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._interval):
+                async with asyncio.timeout(FLUSH_SECONDS):
                     await self._stopping.wait()
             try:
                 await self.flush()

@@ -1,15 +1,10 @@
 """Live fan-out of broadcast threadEvents subscriptions, without a task wake-up per socket.
 
-Local subscribers of the same operation and variables on one thread form a
-group. The group has one broker subscription and one pump: it follows the
-thread's events in seq order (gap fills and broker reconnects included, see
-``ThreadFeed.ordered``), renders each event once (``FrameSource``: the GraphQL
-layer's rendering of one operation), and offers the frame to every
-member. A member that is caught up, and whose socket takes the frame without
-waiting, gets it written right there by the pump. A member that is still
-replaying from the log, or whose socket pushed back, gets the frame queued
-(bounded) and its own task writes it. So a busy thread costs one write per
-subscriber per event and nothing else.
+Subscribers of the same operation and variables on one thread form a group with
+one broker subscription and one pump, which renders each event once and writes
+it straight to every caught-up member whose socket takes it without waiting.
+Members still replaying, or whose socket pushed back, get it queued (bounded)
+for their own task. A busy thread costs one write per subscriber per event.
 """
 
 from __future__ import annotations
@@ -85,9 +80,8 @@ class Resume:
 def start(coro: Coroutine[Any, Any, Any]) -> Resume | None:
     """Run ``coro`` until it first waits: None if it finished without waiting.
 
-    A socket write normally completes without waiting (the transport buffers
-    it); only a peer that stopped reading makes it wait. The caller then hands
-    the returned ``Resume`` to a task of that subscriber, so that one slow
+    A socket write normally completes at once; one that waits (the peer stopped
+    reading) is handed as a ``Resume`` to that subscriber's task, so that one slow
     socket never holds up the others.
     """
     try:
@@ -128,10 +122,7 @@ class Member:
         self, event: LoggedEvent, payload: str, stops: object, frames: dict[str, bytes]
     ) -> bool:
         """Take the group's next event: True when it was written to the socket now.
-
-        ``stops`` is ``who_stops(event)`` and ``frames`` the event's frame bytes by
-        operation-id prefix, both worked out once for all members.
-        """
+        ``stops`` (``who_stops(event)``) and ``frames`` are shared by all members."""
         seq = event.seq
         if self.finished or seq <= self.last:
             return False
@@ -162,11 +153,8 @@ class Member:
         return True
 
     def _send(self, payload: str, frames: dict[str, bytes]) -> Resume | None:
-        """Hand one frame to the socket: as ready-made bytes when it takes them now,
-        else through ASGI (then a ``Resume`` if that write has to wait).
-
-        ``frames`` caches the bytes by operation-id prefix for one event.
-        """
+        """Hand one frame to the socket: as ready-made bytes (cached in ``frames`` by
+        operation-id prefix) when it takes them now, else through ASGI."""
         sink = self.sink
         if sink.raw is not None:
             frame = frames.get(sink.prefix)
@@ -205,11 +193,8 @@ class Member:
 
     async def run(self) -> None:
         """Catch up from the log, then write whatever the pump could not, until the end.
-
         Raises CONFLICT with ``afterSeq`` when the subscriber falls too far behind or
-        stops reading; returns after an event that ends it (removed, deleted). Either
-        way it leaves the group.
-        """
+        stops reading; returns after an event that ends it (removed, deleted)."""
         try:
             while True:
                 if self.pending is not None:
@@ -258,7 +243,7 @@ class Member:
         for event in events:
             if self.finished:
                 break
-            await self._write(event, await self.group.render(event))
+            await self._write(event, await self.group.source.render(event))
         return True
 
     async def _write(self, event: LoggedEvent, payload: str) -> None:
@@ -314,16 +299,13 @@ class Group:
     def begin(self) -> None:
         self._task = asyncio.create_task(self._pump(), name=f"fanout {self.thread_id}")
 
-    async def render(self, event: LoggedEvent) -> str:
-        return await self.source.render(event)
-
     async def _pump(self) -> None:
         try:
             events = self.hub.feed.ordered(
                 self.thread_id, _NOBODY, self.position, refill_when_behind=True
             )
             async for event in events:
-                payload = await self.render(event)
+                payload = await self.source.render(event)
                 self.position = event.seq
                 stops = who_stops(event)
                 frames: dict[str, bytes] = {}
@@ -387,10 +369,8 @@ class Fanout:
     ) -> Member:
         """A member that will send this subscription every event after ``after``.
 
-        ``newest`` is the thread's last seq as read before this call: a new group
-        follows the thread from there, and the member replays what it asked for
-        before that from the log itself. The pump may write to it at once; its
-        ``run`` does the rest.
+        A new group follows the thread from ``newest`` (its last seq, read before
+        this call); the member's ``run`` replays the rest from the log.
         """
         key = (thread_id, *source.key)
         group = self._groups.get(key)

@@ -1,27 +1,21 @@
 """Presence: ONLINE while a user has a live connection anywhere, AWAY on request.
 
 Each connection holds a lease that its keep-alive renews; a user is ONLINE while
-any lease is unexpired. With Redis the leases live there (one sorted set per
-user), so every process gives the same answer; without it, in this process.
+any lease is unexpired. With Redis the leases live there, so every process gives
+the same answer. A process killed with -9 cannot release its leases, so each one
+keeps a short heartbeat key and a hash of its leases: the first process to see
+another's heartbeat lapse reaps its leases (only once it has itself beaten for a
+whole TTL, so that an outage that silenced everyone is not taken for deaths).
 
-A process killed with -9 cannot release its leases. Each process therefore
-keeps a heartbeat key of a few seconds and a hash of the leases it holds; every
-process checks the others' heartbeats each second, and the first to see one
-lapse removes that process's leases and announces OFFLINE for each of its users
-left with none; a process only does so once it has itself beaten for a whole
-TTL, so an outage that silenced every process is not taken for their deaths.
-A process that finds itself removed (a long stall, or a Redis that restarted
-empty) writes its leases back at once.
-
-With Redis unreachable nothing here fails a connection: leases are kept in this
-process and written on the next renewal, reads answer from what this process
-knows (its own connections), and only the user's explicit writes (AWAY) are
-refused with SERVICE_UNAVAILABLE.
+With Redis unreachable no connection fails: leases are kept here and written on
+the next renewal, reads answer from this process's connections, and only AWAY
+(an explicit write) is refused with SERVICE_UNAVAILABLE.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -43,7 +37,8 @@ from threadline.realtime.redis_pool import (
     RedisTarget,
     as_target,
     close_client,
-    fail_fast_client,
+    command_client,
+    fail_fast,
 )
 from threadline.services.states import PresenceStatus
 
@@ -80,7 +75,7 @@ SKIP_REDIS_SECONDS = 1.0
 WARN_INTERVAL_SECONDS = 60.0
 
 PROCESSES_KEY: Final = "presence:processes"
-_REDIS_ERRORS: Final = REDIS_ERRORS
+_UNAVAILABLE: Final = "Presence cannot be changed right now; try again shortly"
 
 # A user's keys carry their id as a hash tag ({...}): on a Redis Cluster they share
 # one slot, so that one script can read and write them together. A script, not
@@ -122,23 +117,29 @@ def _ts(value: float | None) -> datetime | None:
     return datetime.fromtimestamp(value, UTC) if value else None
 
 
+def _state(
+    live: int, away: bool, seen: float | None, stored_seen: datetime | None, now: float
+) -> PresenceState:
+    if not live:
+        return PresenceState(PresenceStatus.OFFLINE, _ts(seen) or stored_seen)
+    return PresenceState(PresenceStatus.AWAY if away else PresenceStatus.ONLINE, _ts(now))
+
+
 class PresenceTracker:
     def __init__(
         self,
         redis: str | RedisTarget | None,
         publisher: Publisher,
         *,
-        clock: Callable[[], float] = time.time,
-        lease_seconds: float = LEASE_SECONDS,
         beat: Beat = Beat(),
     ) -> None:
         target = as_target(redis)
-        self._redis = fail_fast_client(target, beat.command_timeout) if target else None
+        self._redis = command_client(target, **fail_fast(beat.command_timeout)) if target else None
         self.beat = beat
         self._prefix = target.prefix if target else ""
+        self._processes_key = self._prefix + PROCESSES_KEY
         self._publisher = publisher
-        self._clock = clock
-        self.lease_seconds = lease_seconds
+        self.lease_seconds = LEASE_SECONDS
         self.process_id = uuid.uuid4().hex
         # This process's own connections (with Redis: a copy of what it wrote there),
         # the AWAY users and last-seen times it knows: the whole state without Redis,
@@ -164,17 +165,11 @@ class PresenceTracker:
     async def aclose(self) -> None:
         if self._redis is not None:
             # A clean stop leaves nothing for the other processes to reap.
-            try:
+            with contextlib.suppress(*REDIS_ERRORS):
                 await self._redis.srem(self._processes_key, self.process_id)
                 await self._redis.delete(self._heartbeat_key(self.process_id))
                 await self._redis.delete(self._held_key(self.process_id))
-            except _REDIS_ERRORS:
-                pass
             await close_client(self._redis)
-
-    @property
-    def _processes_key(self) -> str:
-        return self._prefix + PROCESSES_KEY
 
     def _heartbeat_key(self, process_id: str) -> str:
         return f"{self._prefix}presence:process:{process_id}"
@@ -209,39 +204,29 @@ class PresenceTracker:
     async def renew_many(self, leases: Sequence[tuple[uuid.UUID, str]]) -> None:
         """Start or extend connections' leases (user id, connection id); announce each
         user who had no live lease before (newly connected, or back after a lapse).
-
-        One Redis round trip per RENEW_BATCH leases: the maintenance beat renews
-        every connection of the process every few seconds. Never fails for want of
-        Redis: the leases are kept here and written by the next renewal.
+        Never fails for want of Redis: the leases are kept here for the next renewal.
         """
-        now = self._clock()
-        came_back = self._renew_in_memory(leases, now)
-        if self._redis is not None:
-            redis = self._usable()
-            if redis is None:
-                return
-            try:
-                came_back = await self._renew_in_redis(redis, leases, now)
-            except _REDIS_ERRORS as exc:
-                self._failed(exc)
-                return
-            self._recovered()
-        for user_id, away in came_back:
-            status = PresenceStatus.AWAY if away else PresenceStatus.ONLINE
-            await self._publish(user_id, PresenceState(status, _ts(now)))
-
-    def _renew_in_memory(
-        self, leases: Sequence[tuple[uuid.UUID, str]], now: float
-    ) -> list[tuple[uuid.UUID, bool]]:
-        """(user id, away) of each user who had no live lease before."""
-        came_back = []
+        now = time.time()
+        came_back = []  # (user id, away) of each user who had no live lease before
         for user_id, connection_id in leases:
             held = self._leases.setdefault(user_id, {})
             if not any(e > now for e in held.values()):
                 came_back.append((user_id, user_id in self._away))
             held[connection_id] = now + self.lease_seconds
             self._seen[user_id] = now
-        return came_back
+        if self._redis is not None:
+            redis = self._usable()
+            if redis is None:
+                return
+            try:
+                came_back = await self._renew_in_redis(redis, leases, now)
+            except REDIS_ERRORS as exc:
+                self._failed(exc)
+                return
+            self._recovered()
+        for user_id, away in came_back:
+            status = PresenceStatus.AWAY if away else PresenceStatus.ONLINE
+            await self._publish(user_id, PresenceState(status, _ts(now)))
 
     async def _renew_in_redis(
         self, redis: CommandClient[Any], leases: Sequence[tuple[uuid.UUID, str]], now: float
@@ -278,10 +263,8 @@ class PresenceTracker:
 
     async def release(self, user_id: uuid.UUID, connection_id: str) -> None:
         """End a connection's lease; announce OFFLINE when it was the user's last.
-
-        Never fails for want of Redis: its lease there then runs out by itself.
-        """
-        now = self._clock()
+        Never fails for want of Redis: the release is written once it is back."""
+        now = time.time()
         held = self._leases.get(user_id, {})
         held.pop(connection_id, None)
         if not held:
@@ -303,7 +286,7 @@ class PresenceTracker:
                     self._release_script(pipe, user_id, [connection_id], now, seen=True)
                     pipe.hdel(self._held_key(self.process_id), connection_id)
                     live, _ = await pipe.execute()
-            except _REDIS_ERRORS as exc:
+            except REDIS_ERRORS as exc:
                 self._failed(exc)
                 self._unreleased.setdefault(user_id, set()).add(connection_id)
                 return
@@ -311,10 +294,9 @@ class PresenceTracker:
             await self._publish(user_id, PresenceState(PresenceStatus.OFFLINE, _ts(now)))
 
     async def _release_missed(self, redis: CommandClient[Any]) -> None:
-        """The releases Redis missed while it was down, now; OFFLINE for users left
-        with no lease."""
+        """The releases Redis missed while it was down; OFFLINE for users left with none."""
         missed, self._unreleased = self._unreleased, {}
-        now = self._clock()
+        now = time.time()
         users = list(missed)
         try:
             async with redis.pipeline(transaction=False) as pipe:
@@ -360,7 +342,7 @@ class PresenceTracker:
                 if this is not None and this.cancelling():
                     # The Redis client turned our cancellation into an error of its own.
                     raise asyncio.CancelledError from exc
-                if isinstance(exc, _REDIS_ERRORS):
+                if isinstance(exc, REDIS_ERRORS):
                     self._failed(exc)
                 else:
                     log.warning("presence heartbeat failed; retrying", exc_info=True)
@@ -406,7 +388,7 @@ class PresenceTracker:
                 await self.reap(other)
 
     async def _restore(self) -> None:
-        now = self._clock()
+        now = time.time()
         leases = [(u, c) for u, held in self._leases.items() for c, e in held.items() if e > now]
         if leases:
             await self.renew_many(leases)
@@ -422,7 +404,7 @@ class PresenceTracker:
             connection_id = connection.decode() if isinstance(connection, bytes) else connection
             raw_user = user.decode() if isinstance(user, bytes) else user
             by_user.setdefault(uuid.UUID(raw_user), []).append(connection_id)
-        now = self._clock()
+        now = time.time()
         gone: list[uuid.UUID] = []
         for start in range(0, len(by_user), RENEW_BATCH):
             users = list(by_user)[start : start + RENEW_BATCH]
@@ -451,95 +433,63 @@ class PresenceTracker:
     async def get_many(
         self, users: Sequence[tuple[uuid.UUID, datetime | None]]
     ) -> list[PresenceState]:
-        """The state of each (user id, last seen as stored), in order.
-
-        With Redis, one round trip for the lot (per READ_BATCH users): a page of
-        users reads its presence in one pipeline, not three commands per user.
-        With Redis unreachable, as far as this process knows (its own sockets), so
-        that a page that shows presence still answers.
-        """
-        now = self._clock()
+        """The state of each (user id, last seen as stored), in order. With Redis
+        unreachable, as far as this process knows (its own sockets)."""
+        now = time.time()
         redis = self._usable() if self._redis is not None else None
         if redis is not None:
-            found: list[tuple[int, bool, float | None]] = []
+            found: list[PresenceState] = []
             try:
+                # One pipeline per READ_BATCH users (no MULTI: reads only; no MGET,
+                # which a cluster pipeline refuses).
                 for start in range(0, len(users), READ_BATCH):
                     batch = users[start : start + READ_BATCH]
-                    found.extend(await self._read_in_redis(redis, batch, now))
-            except _REDIS_ERRORS as exc:
+                    async with redis.pipeline(transaction=False) as pipe:
+                        for user_id, _ in batch:
+                            leases, seen_key, away_key = _user_keys(self._prefix, user_id)
+                            pipe.zcount(leases, now, "+inf")
+                            pipe.exists(away_key)
+                            pipe.get(seen_key)
+                        replies = await pipe.execute()
+                    found += [
+                        _state(int(n), bool(a), float(s) if s else None, stored_seen, now)
+                        for (_, stored_seen), n, a, s in zip(
+                            batch, replies[::3], replies[1::3], replies[2::3], strict=True
+                        )
+                    ]
+            except REDIS_ERRORS as exc:
                 self._failed(exc)
                 PRESENCE_UNAVAILABLE.inc()
             else:
-                return [
-                    PresenceState(PresenceStatus.OFFLINE, _ts(seen) or stored_seen)
-                    if not live
-                    else PresenceState(
-                        PresenceStatus.AWAY if away else PresenceStatus.ONLINE, _ts(now)
-                    )
-                    for (_, stored_seen), (live, away, seen) in zip(users, found, strict=True)
-                ]
-        return [self._state_here(user_id, stored_seen, now) for user_id, stored_seen in users]
-
-    async def _read_in_redis(
-        self,
-        redis: CommandClient[Any],
-        users: Sequence[tuple[uuid.UUID, datetime | None]],
-        now: float,
-    ) -> list[tuple[int, bool, float | None]]:
-        """(live leases, away, last seen) per user, in one pipeline (no MULTI: reads only;
-        no MGET, which a cluster pipeline refuses)."""
-        async with redis.pipeline(transaction=False) as pipe:
-            for user_id, _ in users:
-                leases, seen_key, away_key = _user_keys(self._prefix, user_id)
-                pipe.zcount(leases, now, "+inf")
-                pipe.exists(away_key)
-                pipe.get(seen_key)
-            replies = await pipe.execute()
+                return found
         return [
-            (int(n), bool(a), float(s) if s else None)
-            for n, a, s in zip(replies[::3], replies[1::3], replies[2::3], strict=True)
+            _state(self._live_here(u, now), u in self._away, self._seen.get(u), stored_seen, now)
+            for u, stored_seen in users
         ]
-
-    def _state_here(
-        self, user_id: uuid.UUID, stored_seen: datetime | None, now: float
-    ) -> PresenceState:
-        if not self._live_here(user_id, now):
-            return PresenceState(
-                PresenceStatus.OFFLINE, _ts(self._seen.get(user_id)) or stored_seen
-            )
-        status = PresenceStatus.AWAY if user_id in self._away else PresenceStatus.ONLINE
-        return PresenceState(status, _ts(now))
 
     async def set_status(self, user_id: uuid.UUID, status: PresenceStatus) -> PresenceState:
         """AWAY or ONLINE by the user's choice; OFFLINE hides nothing but clears AWAY.
-
-        With Redis unreachable: SERVICE_UNAVAILABLE, and nothing changes.
-        """
+        With Redis unreachable: SERVICE_UNAVAILABLE, and nothing changes."""
         away = status is PresenceStatus.AWAY
         if self._redis is not None:
             redis = self._usable()
             if redis is None:
-                raise ServiceUnavailable("Presence cannot be changed right now; try again shortly")
+                raise ServiceUnavailable(_UNAVAILABLE)
             try:
                 away_key = _user_keys(self._prefix, user_id)[2]
                 if away:
                     await redis.set(away_key, 1)
                 else:
                     await redis.delete(away_key)
-            except _REDIS_ERRORS as exc:
+            except REDIS_ERRORS as exc:
                 self._failed(exc)
-                raise ServiceUnavailable(
-                    "Presence cannot be changed right now; try again shortly"
-                ) from None
+                raise ServiceUnavailable(_UNAVAILABLE) from None
         if away:
             self._away.add(user_id)
         else:
             self._away.discard(user_id)
-        await self._announce(user_id)
-        return await self.get(user_id)
-
-    async def _announce(self, user_id: uuid.UUID) -> None:
         await self._publish(user_id, await self.get(user_id))
+        return await self.get(user_id)
 
     async def _publish(self, user_id: uuid.UUID, state: PresenceState) -> None:
         message = orjson.dumps(

@@ -1,9 +1,5 @@
-"""Per-user rate limits as moving windows, shared by all processes through Redis.
-
-Owns the actions and the bookkeeping of their windows (how many calls each may
-make per window is a setting, ``RATE_LIMIT_<ACTION>``): in process memory
-without ``REDIS_URL``, in Redis with it. Callers say which action a user takes;
-over the limit they get ``RateLimited``.
+"""Per-user rate limits as moving windows: in process memory without ``REDIS_URL``,
+shared by all processes through Redis with it. Over the limit: ``RateLimited``.
 """
 
 from __future__ import annotations
@@ -23,12 +19,17 @@ from limits.aio.storage import MemoryStorage, RedisClusterStorage, RedisStorage,
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.errors import StorageError
 from redis.asyncio import ConnectionPool
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from threadline.config import Settings
 from threadline.errors import RateLimited
-from threadline.realtime.redis_pool import REDIS_ERRORS, RedisTarget, as_target, redis_pool
+from threadline.realtime.redis_pool import (
+    REDIS_ERRORS,
+    Backoff,
+    RedisTarget,
+    as_target,
+    fail_fast,
+    redis_pool,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -65,33 +66,23 @@ _REFUSALS: Final[Mapping[Action, str]] = MappingProxyType(
     }
 )
 
-# Redis answers in well under a millisecond on a working deployment; a limiter
-# that waited longer would slow every mutation more than it protects anything.
+# Redis answers in well under a millisecond; a limiter that waited longer would
+# slow every mutation more than it protects anything.
 _REDIS_TIMEOUT_SECONDS: Final = 0.5
-# One immediate retry survives a pooled connection that Redis closed (a restart);
-# redis-py's default of three retries with exponential backoff would hold a
-# request for seconds while Redis is down.
-_REDIS_RETRIES: Final = 1
-# After Redis fails, calls skip it for this long, so an unreachable Redis costs one
-# timeout per interval rather than one per call.
+# After a failure Redis is skipped this long: one timeout per interval, not per call.
 _SKIP_REDIS_AFTER_FAILURE_SECONDS: Final = 1.0
-# While Redis stays down, one warning per interval (with a count) instead of one
-# per call, which would flood the log exactly when operators need to read it.
+# While Redis stays down, one warning (with a count) per interval, not one per call.
 _WARN_INTERVAL_SECONDS: Final = 60.0
 
 _STORAGE_ERRORS: Final = (StorageError, *REDIS_ERRORS)
 
 
 class RateLimiter:
-    """Moving-window limits per action and user key.
+    """Moving-window limits per action and user key. ``limits`` overrides some or
+    all of ``DEFAULT_LIMITS`` with strings such as ``"20/2 seconds"``.
 
-    Without ``redis_url`` the windows live in this process (one-process
-    deployments, tests); with it they live in Redis, so every process counts
-    against the same windows. ``limits`` overrides some or all of
-    ``DEFAULT_LIMITS`` with strings such as ``"20/2 seconds"`` (the runtime passes
-    the settings' windows). If Redis cannot be
-    reached the limiter lets calls through and logs a warning: limits protect the
-    service, and refusing everything would be the outage they exist to prevent.
+    If Redis cannot be reached the limiter lets calls through and logs a warning:
+    refusing everything would be the outage that limits exist to prevent.
     """
 
     def __init__(
@@ -110,18 +101,15 @@ class RateLimiter:
         self._pool: ConnectionPool[Any] | None = None
         self._storage: Storage
         target = as_target(redis)
-        timeouts: dict[str, Any] = {
-            "socket_connect_timeout": _REDIS_TIMEOUT_SECONDS,
-            "socket_timeout": _REDIS_TIMEOUT_SECONDS,
-            "retry": Retry(NoBackoff(), _REDIS_RETRIES),
-        }
+        timeouts = fail_fast(_REDIS_TIMEOUT_SECONDS, _REDIS_TIMEOUT_SECONDS)
         if target is None:
             self._storage = MemoryStorage()
         elif target.cluster:
             # Each window is one key, its script's only one: any slot will do.
-            # limits builds this cluster client itself, from the node's address.
+            # limits builds this cluster client itself, from the node's credentials
+            # and address.
             self._storage = RedisClusterStorage(
-                "async+redis+cluster://" + _address(target.url),
+                "async+redis+cluster://" + urlsplit(target.url).netloc,
                 wrap_exceptions=True,
                 implementation="redispy",
                 key_prefix=target.key(key_prefix),
@@ -141,15 +129,16 @@ class RateLimiter:
                 **options,
             )
         self._strategy = MovingWindowRateLimiter(self._storage)
-        self._skip_storage_until = 0.0
-        self._last_warning_at: float | None = None
+        self._backoff = Backoff(
+            _SKIP_REDIS_AFTER_FAILURE_SECONDS, warn_every=_WARN_INTERVAL_SECONDS
+        )
         self._unchecked_since_warning = 0
 
     async def hit(self, action: Action, key: str) -> None:
         """Count one ``action`` by ``key`` (a user id); raise ``RateLimited`` if over."""
         if not self._enabled:
             return
-        if time.monotonic() < self._skip_storage_until:
+        if self._backoff.skipping():
             self._unchecked_since_warning += 1
             return
         item = self._items[action]
@@ -189,15 +178,12 @@ class RateLimiter:
             await asyncio.gather(self._storage.timer, return_exceptions=True)
 
     def _note_storage_failed(self, exc: BaseException) -> None:
-        now = time.monotonic()
-        self._skip_storage_until = now + _SKIP_REDIS_AFTER_FAILURE_SECONDS
         self._unchecked_since_warning += 1
+        was_down = self._backoff.down
+        if not self._backoff.failed():
+            return
         cause = exc.storage_error if isinstance(exc, StorageError) else exc
-        if self._last_warning_at is None:
-            logger.warning(
-                "Rate limit storage unreachable (%s); letting calls through unchecked", cause
-            )
-        elif now - self._last_warning_at >= _WARN_INTERVAL_SECONDS:
+        if was_down:
             logger.warning(
                 "Rate limit storage still unreachable (%s); %d calls let through unchecked "
                 "since the last warning",
@@ -205,22 +191,16 @@ class RateLimiter:
                 self._unchecked_since_warning,
             )
         else:
-            return
-        self._last_warning_at = now
+            logger.warning(
+                "Rate limit storage unreachable (%s); letting calls through unchecked", cause
+            )
         self._unchecked_since_warning = 0
 
     def _note_storage_ok(self) -> None:
-        if self._last_warning_at is None:
-            return
-        logger.info(
-            "Rate limit storage reachable again; %d calls went through unchecked "
-            "since the last warning",
-            self._unchecked_since_warning,
-        )
-        self._last_warning_at = None
-        self._unchecked_since_warning = 0
-
-
-def _address(url: str) -> str:
-    """The credentials and host:port of a Redis URL, as limits' cluster URI takes them."""
-    return urlsplit(url).netloc
+        if self._backoff.answered():
+            logger.info(
+                "Rate limit storage reachable again; %d calls went through unchecked "
+                "since the last warning",
+                self._unchecked_since_warning,
+            )
+            self._unchecked_since_warning = 0

@@ -1,12 +1,8 @@
 """Who wrote lately: the users whose reads go to the primary, not the read replica.
 
-A client that has just changed something must see it in its next read, and a hot
-standby may not have replayed the change yet. So for READ_AFTER_WRITE_SECONDS
-after a user's write their query operations read the primary. The mark is kept in
-this process and, with ``REDIS_URL``, in Redis (a key per user that expires with
-the window), because the client's next request may reach another process. When
-Redis cannot answer, a user counts as a recent writer: reading the primary is
-always correct, only less spread out.
+A client must see its own change in its next read, which a hot standby may not
+have replayed yet. The mark is kept here and in Redis (the next request may reach
+another process); when Redis cannot answer, everyone reads the primary.
 """
 
 from __future__ import annotations
@@ -14,9 +10,6 @@ from __future__ import annotations
 import logging
 import uuid
 from typing import Any, Final
-
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from threadline.realtime.caches import TTLCache
 from threadline.realtime.redis_pool import (
@@ -26,6 +19,7 @@ from threadline.realtime.redis_pool import (
     RedisTarget,
     close_client,
     command_client,
+    fail_fast,
 )
 
 log = logging.getLogger(__name__)
@@ -48,10 +42,7 @@ class RecentWriters:
         if redis is not None:
             self._prefix = redis.key(KEY_PREFIX)
             self._redis = command_client(
-                redis,
-                socket_connect_timeout=_REDIS_TIMEOUT_SECONDS,
-                socket_timeout=_REDIS_TIMEOUT_SECONDS,
-                retry=Retry(NoBackoff(), 1),
+                redis, **fail_fast(_REDIS_TIMEOUT_SECONDS, _REDIS_TIMEOUT_SECONDS)
             )
         self._backoff = Backoff(_SKIP_REDIS_SECONDS)
 

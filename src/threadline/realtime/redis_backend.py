@@ -1,10 +1,6 @@
-"""The Redis side of live fan-out: one resilient SUBSCRIBE connection per process
-(per shard, on a Redis Cluster: ``redis_cluster``).
-
-Owns the subscriber connection (subscribed to every channel that has a local
-subscriber, re-subscribed after Redis comes back, with capped backoff), the
+"""The Redis side of live fan-out for ``broker.Broker``: one resilient SUBSCRIBE
+connection per process (per shard on a Redis Cluster: ``redis_cluster``), a
 publishing client with bounded timeouts, and the health that ``/readyz`` reports.
-It implements ``broker.Backend``; ``broker.Broker`` is its only caller.
 """
 
 from __future__ import annotations
@@ -16,7 +12,7 @@ import logging
 import os
 import random
 from collections.abc import Callable, Iterable
-from typing import Any, Final, NamedTuple, cast
+from typing import Any, Final, cast
 
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection, Connection, parse_url
@@ -25,21 +21,26 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
 from threadline.metrics import BROKER_RECONNECTS
-from threadline.realtime.redis_pool import REDIS_ERRORS, close_client, redis_pool
+from threadline.realtime.redis_pool import REDIS_ERRORS, RedisTarget, close_client, command_client
 
 logger = logging.getLogger(__name__)
 
-# The reader hands this many messages to the broker before it lets other tasks
-# run: one socket read can hold thousands of small messages, and subscribers
-# must get a turn to drain their queues before the next batch lands on them.
+# Messages the reader hands on before it yields: one socket read can hold thousands,
+# and subscribers must drain their queues before the next batch lands on them.
 _READ_BATCH: Final = 64
+CONNECT_TIMEOUT: Final = 1.0
+PUBLISH_TIMEOUT: Final = 1.0
+SUBSCRIBE_TIMEOUT: Final = 2.0
+PING_INTERVAL: Final = 5.0
+BACKOFF_INITIAL: Final = 0.1
+BACKOFF_MAX: Final = 2.0
+# Bounded so that a stalled event loop pushes back on the socket (Redis then
+# buffers, and drops us past its limit) instead of on our memory.
+MAX_PENDING: Final = 10_000
 
 
 class BrokerError(Exception):
-    """Base of the broker's own errors, so a caller can catch them all at once.
-
-    Its subclasses are named for what happened, like the domain errors in
-    ``threadline.errors``, hence their N818 exemptions."""
+    """Base of the broker's own errors, so a caller can catch them all at once."""
 
 
 class BrokerUnavailable(BrokerError):
@@ -58,10 +59,8 @@ class Published:
 
 
 class ConnectionRestored(Published):
-    """A backend signal, not a message: a subscriber connection has just been
-    established and its channels are subscribed again. Whatever was published on
-    them while there was no connection is lost to pub/sub. ``channels``: the
-    channels concerned (one shard's, on a cluster), or None for every channel."""
+    """A backend signal, not a message: a subscriber connection is back, and what
+    was published on ``channels`` (None: every channel) meanwhile is lost to pub/sub."""
 
     __slots__ = ("channels",)
 
@@ -75,46 +74,21 @@ CONNECTION_RESTORED: Final = ConnectionRestored()
 
 class RedisBackend:
     """Redis pub/sub with no first-subscribe race, automatic reconnection and
-    bounded timeouts.
-
-    ``subscribe`` returns once Redis has acknowledged the SUBSCRIBE (or at once
-    while disconnected: the next connection subscribes the channel and sends
-    ``CONNECTION_RESTORED``, which tells subscribers to catch up).
-
-    One server: one subscriber connection. ``ClusterBackend`` (``redis_cluster``)
-    keeps one per shard and publishes with SPUBLISH through the cluster client.
+    bounded timeouts. ``subscribe`` returns once Redis has acknowledged the
+    SUBSCRIBE (or at once while disconnected: the next connection subscribes the
+    channel and sends ``CONNECTION_RESTORED``, which tells subscribers to catch up).
     """
 
     # The publish command and whether subscriptions are sharded (SSUBSCRIBE).
     publish_command: str = "PUBLISH"
     sharded: bool = False
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        prefix: str = "",
-        connect_timeout: float = 1.0,
-        publish_timeout: float = 1.0,
-        subscribe_timeout: float = 2.0,
-        ping_interval: float = 5.0,
-        backoff_initial: float = 0.1,
-        backoff_max: float = 2.0,
-        max_pending: int = 10_000,
-    ) -> None:
-        self._url = url
-        # Pub/sub ignores database numbers: a deployment on database N gets its
-        # channels under "dbN:" so that it hears no other deployment (or test run)
-        # sharing the server. Database 0 keeps plain names, as before.
-        self._namespace = prefix + channel_namespace(url)
-        self._connect_timeout = connect_timeout
-        self._publish_timeout = publish_timeout
-        self._timings = _Timings(
-            connect_timeout, subscribe_timeout, ping_interval, backoff_initial, backoff_max
-        )
-        # Bounded so that a stalled event loop pushes back on the socket (Redis
-        # then buffers, and drops us past its limit) instead of on our memory.
-        self._events: asyncio.Queue[Published] = asyncio.Queue(maxsize=max_pending)
+    def __init__(self, target: RedisTarget) -> None:
+        self._target = target
+        # Pub/sub ignores database numbers: channels of database N > 0 get a "dbN:"
+        # prefix, so that deployments (or test runs) sharing a server keep apart.
+        self._namespace = target.prefix + channel_namespace(target.url)
+        self._events: asyncio.Queue[Published] = asyncio.Queue(maxsize=MAX_PENDING)
         self._started = False
         self._link: SubscriberConnection | None = None
         self._publisher: Redis[bytes] | None = None
@@ -125,51 +99,36 @@ class RedisBackend:
 
     async def connect(self) -> None:
         """Start the connection loop(s) and wait briefly for the first connection.
-
-        Does not raise when Redis is unreachable: the process keeps serving,
-        ``health()`` says what is wrong, and the loop keeps trying.
-        """
+        With Redis unreachable the process keeps serving and the loop keeps trying."""
         if self._started:
             return
         self._started = True
-        self._publisher = self._open_publisher()
+        self._publisher = command_client(
+            self._target,
+            socket_connect_timeout=CONNECT_TIMEOUT,
+            socket_timeout=PUBLISH_TIMEOUT,
+            # redis-py retries with backoff of its own by default; a publish must
+            # fail fast instead, so the caller can log it and move on.
+            retry=Retry(NoBackoff(), 0),
+        )
         await self._start_subscribers()
         links = self._links()
-        try:
-            async with asyncio.timeout(2 * self._connect_timeout):
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(2 * CONNECT_TIMEOUT):
                 for link in links:
                     await link.first_attempt.wait()
-        except TimeoutError:
-            pass
         if not links or not all(link.ready.is_set() for link in links):
             logger.warning(
                 "Redis is not reachable yet (%s); retrying in the background",
                 self.health()["last_error"],
             )
 
-    def _open_publisher(self) -> Redis[bytes]:
-        return Redis(
-            connection_pool=redis_pool(
-                self._url,
-                socket_connect_timeout=self._connect_timeout,
-                socket_timeout=self._publish_timeout,
-                # redis-py retries with backoff of its own by default; a publish must
-                # fail fast instead, so the caller can log it and move on.
-                retry=Retry(NoBackoff(), 0),
-            )
-        )
-
     async def _start_subscribers(self) -> None:
-        self._link = self._new_link(self._url)
+        self._link = self._new_link(self._target.url)
 
     def _new_link(self, url: str) -> SubscriberConnection:
         link = SubscriberConnection(
-            url,
-            self._events,
-            self._namespace,
-            self._timings,
-            sharded=self.sharded,
-            on_trouble=self._trouble,
+            url, self._events, self._namespace, sharded=self.sharded, on_trouble=self._trouble
         )
         link.start()
         return link
@@ -213,12 +172,9 @@ class RedisBackend:
             await self._link.unsubscribe(channel)
 
     async def publish(self, channel: str, message: str) -> None:
-        """Publish once Redis has taken the message.
-
-        Publishes made while a batch is on its way go out together in the next
-        pipeline: under load a round trip carries many of them, and each costs a
-        fraction of a command of its own. Order is kept: one batch at a time.
-        """
+        """Publish once Redis has taken the message. Publishes made while a batch
+        is on its way go out together in the next pipeline (one batch at a time,
+        so order is kept): under load a round trip carries many of them."""
         if self._publisher is None:
             raise BrokerUnavailable("the Redis backend is not connected")
         taken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -227,7 +183,7 @@ class RedisBackend:
             self._flusher = asyncio.create_task(self._flush(), name="threadline-redis-publish")
         try:
             # A timeout cancels `taken`; the flusher then skips its answer.
-            async with asyncio.timeout(self._publish_timeout):
+            async with asyncio.timeout(PUBLISH_TIMEOUT):
                 await taken
         except TimeoutError:
             raise BrokerUnavailable(
@@ -248,7 +204,7 @@ class RedisBackend:
         try:
             if publisher is None:
                 raise BrokerUnavailable("the Redis backend is not connected")
-            async with asyncio.timeout(self._publish_timeout):
+            async with asyncio.timeout(PUBLISH_TIMEOUT):
                 pipe = publisher.pipeline(transaction=False)
                 namespace, command = self._namespace, self.publish_command
                 for channel, message, _ in batch:
@@ -272,22 +228,13 @@ class RedisBackend:
         return await self._events.get()
 
 
-class _Timings(NamedTuple):
-    connect: float
-    subscribe: float
-    ping_interval: float
-    backoff_initial: float
-    backoff_max: float
-
-
 class SubscriberConnection:
     """One subscriber connection to one Redis server (or cluster shard), kept up
-    forever: subscribed to its channels, re-subscribed after a reconnection (then
-    ``ConnectionRestored`` goes into the events queue), with capped backoff.
+    forever with capped backoff, re-subscribed after a reconnection (then
+    ``ConnectionRestored`` goes into the events queue).
 
-    ``sharded``: SSUBSCRIBE, one channel per command (a cluster refuses channels of
-    several slots in one), and ``on_trouble`` is told when the shard no longer
-    serves a channel (a MOVED answer, or Redis unsubscribing it after a reshard)
+    ``sharded``: SSUBSCRIBE, one channel per command (a cluster refuses several
+    slots in one). ``on_trouble`` is told when the shard no longer serves a channel
     or the connection failed (a failover may have moved its slots).
     """
 
@@ -296,10 +243,9 @@ class SubscriberConnection:
         url: str,
         events: asyncio.Queue[Published],
         namespace: str,
-        timings: _Timings,
         *,
-        sharded: bool = False,
-        on_trouble: Callable[[], None] | None = None,
+        sharded: bool,
+        on_trouble: Callable[[], None],
     ) -> None:
         self.url = url
         self.channels: set[str] = set()
@@ -310,7 +256,6 @@ class SubscriberConnection:
         self._events = events
         self._namespace = namespace
         self._namespace_bytes = len(namespace.encode())
-        self._timings = timings
         self._sharded = sharded
         self._on_trouble = on_trouble
         # Sharded pub/sub's commands and message kind are the plain ones with an S.
@@ -357,7 +302,7 @@ class SubscriberConnection:
             await self._send(
                 connection, [*self._commands(self._subscribe, channels), ("PING", token)]
             )
-            async with asyncio.timeout(self._timings.subscribe):
+            async with asyncio.timeout(SUBSCRIBE_TIMEOUT):
                 await answered
         except (RedisError, OSError) as exc:
             # The reader sees the same failure and reconnects; the reconnection
@@ -383,8 +328,7 @@ class SubscriberConnection:
     async def _run(self) -> None:
         """Keep one subscriber connection up, forever, with capped jittered backoff."""
         loop = asyncio.get_running_loop()
-        timings = self._timings
-        delay = timings.backoff_initial
+        delay = BACKOFF_INITIAL
         while True:
             started = loop.time()
             try:
@@ -395,16 +339,16 @@ class SubscriberConnection:
                 logger.exception("Redis subscriber connection failed unexpectedly")
                 self._note_failure(exc)
             # A connection that lived a while was not part of a flapping streak.
-            if loop.time() - started > timings.backoff_max:
-                delay = timings.backoff_initial
+            if loop.time() - started > BACKOFF_MAX:
+                delay = BACKOFF_INITIAL
             await asyncio.sleep(delay / 2 + random.uniform(0, delay / 2))
-            delay = min(delay * 2, timings.backoff_max)
+            delay = min(delay * 2, BACKOFF_MAX)
 
     async def _session(self) -> None:
         """One connection, from connect to failure (this returns only by raising)."""
         connection = self._new_connection()
         try:
-            async with asyncio.timeout(self._timings.connect):
+            async with asyncio.timeout(CONNECT_TIMEOUT):
                 await connection.connect()
             self._ready_token, _ = self._new_barrier()
             # Only channels subscribed while there was no connection can have
@@ -418,9 +362,8 @@ class SubscriberConnection:
                 )
             commands = self._commands(self._subscribe, self.channels)
             commands.append(("PING", self._ready_token))
-            # The channel snapshot and this write happen with no await between
-            # them, and from here on subscribe() writes on this connection too,
-            # so no channel falls between the two.
+            # No await between the channel snapshot and this write, and subscribe()
+            # writes on this connection from here on: no channel falls between.
             self._connection = connection
             self._pong_pending, self._saw_data = True, False
             await self._send(connection, commands)
@@ -466,7 +409,6 @@ class SubscriberConnection:
             if type(reply) is list:
                 kind = reply[0]
                 if kind == kind_message:
-                    # RESP2 without decode_responses: channel and payload are bytes.
                     # "replace": a stray non-UTF-8 publish must not cost everyone a
                     # reconnection; our own messages are always valid text.
                     channel, payload = cast(bytes, reply[1])[cut:], cast(bytes, reply[2])
@@ -495,8 +437,7 @@ class SubscriberConnection:
 
     def _trouble(self, exc: BaseException) -> None:
         logger.info("Redis shard %s: %s", self.url, _describe(exc))
-        if self._on_trouble is not None:
-            self._on_trouble()
+        self._on_trouble()
 
     async def _on_pong(self, payload: bytes) -> None:
         self._pong_pending = False
@@ -523,7 +464,7 @@ class SubscriberConnection:
     async def _keepalive(self, connection: AbstractConnection) -> None:
         """Fail the session when Redis stops answering: a dead peer that sent no
         reset (a network partition) would otherwise leave the reader waiting forever."""
-        interval = self._timings.ping_interval
+        interval = PING_INTERVAL
         while True:
             await asyncio.sleep(interval)
             if self._pong_pending and not self._saw_data:
@@ -538,7 +479,7 @@ class SubscriberConnection:
         # the reader's back; the session loop alone decides when to reconnect.
         if not connection.is_connected:
             raise ConnectionError("the Redis subscriber connection is closed")
-        async with asyncio.timeout(self._timings.connect):
+        async with asyncio.timeout(CONNECT_TIMEOUT):
             await connection.send_packed_command(
                 connection.pack_commands(commands), check_health=False
             )
@@ -547,13 +488,12 @@ class SubscriberConnection:
         options: dict[str, Any] = dict(parse_url(self.url))
         connection_class = options.pop("connection_class", Connection)
         options.update(
-            # RESP2 keeps pub/sub replies plain lists; bytes avoid decoding channel
-            # names we only compare. Reads block (the keepalive bounds them) and
-            # connection attempts are bounded; retries are the session loop's job.
+            # RESP2 keeps pub/sub replies plain lists of bytes. Reads block (the
+            # keepalive bounds them); retries are the session loop's job.
             protocol=2,
             decode_responses=False,
             socket_timeout=None,
-            socket_connect_timeout=self._timings.connect,
+            socket_connect_timeout=CONNECT_TIMEOUT,
             health_check_interval=0,
             retry=Retry(NoBackoff(), 0),
             # Named after the process, so that CLIENT LIST shows whose it is.
@@ -570,8 +510,7 @@ class SubscriberConnection:
     def _note_failure(self, exc: BaseException) -> None:
         self.last_error = _describe(exc)
         self.first_attempt.set()
-        if self._on_trouble is not None:
-            self._on_trouble()  # its slots may have moved (a failover)
+        self._on_trouble()  # its slots may have moved (a failover)
         # One warning per outage; the retries that follow it would only be noise.
         if self._outage_logged:
             logger.debug("Redis subscriber connection attempt failed: %s", self.last_error)

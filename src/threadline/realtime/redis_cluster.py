@@ -1,15 +1,10 @@
 """Live fan-out over a Redis Cluster with sharded pub/sub (REDIS_CLUSTER=on).
 
-An event costs one SPUBLISH on the shard that owns its channel's slot, not a
-broadcast to every node. Each process holds one sharded subscriber connection per
-shard master (``SubscriberConnection``), subscribed to the channels of the slots
-that master serves. The slot map comes from CLUSTER SLOTS; it is read again when a
-shard says a channel is not its own (MOVED), when Redis unsubscribes a channel
-itself (its slot moved: a reshard), and when a shard's connection fails (a
-failover may have given its slots to another node). Channels whose owner changed
-move to the new owner's connection, and their subscribers are told to fill the
-gap from the event log (``ConnectionRestored`` for those channels), as after any
-reconnection.
+An event costs one SPUBLISH on its channel's shard, not a broadcast to every
+node. One SSUBSCRIBE connection per shard master; the slot map (CLUSTER SLOTS)
+is read again when a shard reports trouble (MOVED, a reshard's unsubscribe, a
+failed connection). Channels that changed owner move connection, and their
+subscribers fill the gap from the event log, as after any reconnection.
 """
 
 from __future__ import annotations
@@ -26,16 +21,12 @@ from redis.backoff import NoBackoff
 from redis.crc import key_slot
 
 from threadline.realtime.redis_backend import (
+    CONNECT_TIMEOUT,
     ConnectionRestored,
     RedisBackend,
     SubscriberConnection,
 )
-from threadline.realtime.redis_pool import (
-    REDIS_ERRORS,
-    CommandClient,
-    RedisTarget,
-    command_client,
-)
+from threadline.realtime.redis_pool import REDIS_ERRORS, RedisTarget
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +50,7 @@ class SlotMap:
 
     @property
     def masters(self) -> set[tuple[str, int]]:
-        return {(str(host), int(port)) for _, _, (host, port) in self._rows}
+        return {master for _, _, master in self._rows}
 
     def master_of(self, name: str) -> tuple[str, int] | None:
         """The (host, port) of the master serving a channel or key; None if unserved."""
@@ -67,8 +58,7 @@ class SlotMap:
         i = bisect.bisect_right(self._starts, slot) - 1
         if i < 0 or self._rows[i][1] < slot:
             return None
-        host, port = self._rows[i][2]
-        return str(host), int(port)
+        return self._rows[i][2]
 
 
 class ClusterBackend(RedisBackend):
@@ -78,9 +68,8 @@ class ClusterBackend(RedisBackend):
     publish_command = "SPUBLISH"
     sharded = True
 
-    def __init__(self, target: RedisTarget, **options: Any) -> None:
-        super().__init__(target.url, prefix=target.prefix, **options)
-        self._target = target
+    def __init__(self, target: RedisTarget) -> None:
+        super().__init__(target)
         self._shards: dict[tuple[str, int], SubscriberConnection] = {}
         # Every channel wanted, and the shard connection each is subscribed on.
         self._wanted: set[str] = set()
@@ -89,14 +78,6 @@ class ClusterBackend(RedisBackend):
         self._slots_error: str | None = None
         self._stale = asyncio.Event()
         self._topology: asyncio.Task[None] | None = None
-
-    def _open_publisher(self) -> CommandClient[bytes]:
-        return command_client(
-            self._target,
-            socket_connect_timeout=self._connect_timeout,
-            socket_timeout=self._publish_timeout,
-            retry=Retry(NoBackoff(), 0),
-        )
 
     async def _start_subscribers(self) -> None:
         try:
@@ -187,7 +168,7 @@ class ClusterBackend(RedisBackend):
         seeds = [self._target.url, *(self._node_url(*master) for master in self._shards)]
         for url in dict.fromkeys(seeds):
             try:
-                async with asyncio.timeout(self._connect_timeout):
+                async with asyncio.timeout(CONNECT_TIMEOUT):
                     async with Redis.from_url(url, retry=Retry(NoBackoff(), 0)) as node:
                         ask: Any = node.execute_command  # untyped in types-redis
                         reply = await ask("CLUSTER SLOTS")
@@ -203,8 +184,7 @@ class ClusterBackend(RedisBackend):
         slots = await self._read_slots()
         self._slots, self._slots_error = slots, None
         for master in slots.masters - self._shards.keys():
-            host, port = master
-            self._shards[master] = self._new_link(self._node_url(host, port))
+            self._shards[master] = self._new_link(self._node_url(*master))
         await self._reassign()
         for master in self._shards.keys() - slots.masters:
             link = self._shards[master]

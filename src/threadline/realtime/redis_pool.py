@@ -1,8 +1,7 @@
 """Where Redis is and how to talk to it: one server or a cluster, and bounded pools.
 
-redis-py's default pool raises "Too many connections" past 100 checked-out
-connections; when 2000 sockets close at once, each releasing its presence
-lease, that fails most of the releases. A blocking pool queues them instead.
+Blocking pools: redis-py's default one raises past 100 checked-out connections,
+which fails most presence releases when 2000 sockets close at once.
 """
 
 from __future__ import annotations
@@ -42,8 +41,7 @@ CommandClient = Redis
 @dataclass(frozen=True)
 class RedisTarget:
     """A deployment's Redis: its URL (any node, for a cluster), whether it is a
-    Redis Cluster (REDIS_CLUSTER), and the prefix of every key and channel name
-    (REDIS_PREFIX: deployments or test runs sharing one Redis keep apart by it)."""
+    cluster, and the prefix that keeps deployments sharing one Redis apart."""
 
     url: str
     cluster: bool = False
@@ -87,16 +85,17 @@ def command_client(target: RedisTarget, **options: Any) -> CommandClient[Any]:
     return Redis(connection_pool=redis_pool(target.url, **options))
 
 
-def fail_fast_client(
-    target: RedisTarget, command_timeout: float = COMMAND_TIMEOUT_SECONDS
-) -> CommandClient[Any]:
-    """A command client that gives up quickly when Redis is unreachable."""
-    return command_client(
-        target,
-        socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
-        socket_timeout=command_timeout,
-        retry=Retry(NoBackoff(), 1),
-    )
+def fail_fast(
+    command_timeout: float = COMMAND_TIMEOUT_SECONDS,
+    connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
+) -> dict[str, Any]:
+    """Client options that give up quickly when Redis is unreachable (redis-py's
+    default retries with backoff would hold a request for seconds)."""
+    return {
+        "socket_connect_timeout": connect_timeout,
+        "socket_timeout": command_timeout,
+        "retry": Retry(NoBackoff(), 1),
+    }
 
 
 async def close_client(client: CommandClient[Any]) -> None:
@@ -108,15 +107,20 @@ async def close_client(client: CommandClient[Any]) -> None:
 
 
 class Backoff:
-    """After a failed Redis call, skip Redis for ``skip_seconds`` (an outage costs one
-    failed attempt per interval, not one per call), and say when to warn: once per
-    outage, and again every ``warn_every`` seconds while it lasts when that is set."""
+    """After a failed Redis call, skip Redis for ``skip_seconds`` (one failed attempt
+    per interval, not one per call), and say when to warn: once per outage, and
+    every ``warn_every`` seconds while it lasts when that is set."""
 
     def __init__(self, skip_seconds: float, *, warn_every: float | None = None) -> None:
         self.skip_seconds = skip_seconds
         self.warn_every = warn_every
         self._skip_until = 0.0
         self._warned_at: float | None = None
+
+    @property
+    def down(self) -> bool:
+        """Whether an outage was warned about and has not ended yet."""
+        return self._warned_at is not None
 
     def skipping(self) -> bool:
         return time.monotonic() < self._skip_until
@@ -134,7 +138,7 @@ class Backoff:
 
     def answered(self) -> bool:
         """Note a success; True when it ends an outage (the caller says so)."""
-        was_down = self._warned_at is not None
+        was_down = self.down
         self._warned_at = None
         self._skip_until = 0.0  # it answered: no reason to skip it any longer
         return was_down

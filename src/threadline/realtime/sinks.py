@@ -44,18 +44,14 @@ class Operation(Protocol):
 
 
 class DirectSink:
-    """Where a graphql-transport-ws operation's frames go when written directly.
-
-    ``send_text`` writes one frame through ASGI; it may wait when the peer stops
-    reading, and the caller bounds that wait. ``raw``, when the server allows it,
-    takes ready-made frame bytes without waiting. ``closed`` is true once the client
-    completed the operation (its task is being cancelled).
+    """Where a graphql-transport-ws operation's frames go when written directly:
+    ``send_text`` through ASGI (it may wait; the caller bounds that), or ``raw``
+    ready-made bytes without waiting, when the server allows it.
 
     A resolver that writes its frames itself can ``detach``: its GraphQL stream then
-    ends without completing the operation, and the transport runs ``rest`` in the
-    operation's task instead, so that strawberry's and graphql-core's per-operation
-    state is freed while the subscription lives on. ``on_end`` callbacks run when
-    it finally ends.
+    ends and the transport runs ``rest`` in the operation's task instead, so that
+    strawberry's and graphql-core's per-operation state is freed while the
+    subscription lives on. ``on_end`` callbacks run when it finally ends.
     """
 
     __slots__ = ("_operation", "detached", "on_end", "prefix", "raw", "send_text")

@@ -1,10 +1,8 @@
 """A thread's logged events in seq order: replayed from the log, then live, gap-free.
 
-A reader subscribes to the thread's channel before reading the log, so that
-nothing committed in between is missed; a live event that arrives early (a gap)
-or a broker reconnect triggers a fill from the log. Duplicates are dropped by
-seq. Every subscriber of a thread hears the same published string: it is
-decoded once per process.
+The reader subscribes before reading the log, so nothing committed in between is
+missed; a gap or a broker reconnect triggers a fill from the log, and duplicates
+are dropped by seq.
 """
 
 from __future__ import annotations
@@ -49,6 +47,7 @@ class ThreadFeed:
         self._decoded: TTLCache[str, LoggedEvent] = TTLCache(10.0, 1024)
 
     def decoded(self, raw: str) -> LoggedEvent:
+        # Every subscriber of a thread hears the same string: decoded once per process.
         event = self._decoded.get(raw)
         if event is None:
             event = decode_logged(raw)
@@ -69,10 +68,9 @@ class ThreadFeed:
     ) -> AsyncGenerator[LoggedEvent, None]:
         """Every event after ``last`` in seq order, replayed then live, never twice.
 
-        A reader that falls more than the broker's queue behind gets CONFLICT with the
-        ``afterSeq`` to resume from; with ``refill_when_behind`` it subscribes again
-        and catches up from the log instead (the fan-out's pump, which must not cut
-        off every subscriber of a thread because it was briefly slow).
+        A reader that falls more than the broker's queue behind gets CONFLICT with
+        ``afterSeq``; with ``refill_when_behind`` (the fan-out's pump, which must not
+        cut off a whole thread's subscribers) it catches up from the log instead.
         """
         while True:
             async with self.broker.subscribe(thread_channel(thread_id)) as subscriber:
@@ -93,21 +91,18 @@ class ThreadFeed:
                         return
                 try:
                     async for item in subscriber:
-                        if item is RECONNECTED:
-                            source = fill()
-                        else:
+                        if item is not RECONNECTED:
                             event = self.decoded(str(item))
                             if event.seq <= last:
                                 continue
-                            if event.seq != last + 1:
-                                source = fill()
-                            else:
+                            if event.seq == last + 1:
                                 last = event.seq
                                 yield event
                                 if ends_subscription(event, viewer_id):
                                     return
                                 continue
-                        async for filled in source:
+                        # A reconnection, or a gap: what was missed is in the log.
+                        async for filled in fill():
                             yield filled
                             if ends_subscription(filled, viewer_id):
                                 return

@@ -1,10 +1,9 @@
 """Typing indicators: announced at once, expired 6 seconds after the last ``true``.
 
-A second ``true`` inside the window announces nothing new; the expiry sends
-``isTyping: false`` even when the client goes silent. The last ``true`` time is
-shared through Redis when configured, so a timer in one process never ends a
-typing spell that another process has extended. With Redis unreachable a
-``setTyping`` is SERVICE_UNAVAILABLE (nobody could be told) and changes nothing.
+The expiry sends ``isTyping: false`` even when the client goes silent. The last
+``true`` time is shared through Redis when configured, so a timer in one process
+never ends a typing spell that another process has extended. With Redis
+unreachable a ``setTyping`` is SERVICE_UNAVAILABLE (nobody could be told).
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable
 
 from threadline.errors import ServiceUnavailable
 from threadline.realtime.broker import BrokerError
@@ -23,7 +21,8 @@ from threadline.realtime.redis_pool import (
     RedisTarget,
     as_target,
     close_client,
-    fail_fast_client,
+    command_client,
+    fail_fast,
 )
 from threadline.services.events import ActivityEvent
 
@@ -35,20 +34,14 @@ _UNREACHABLE = (*REDIS_ERRORS, BrokerError)
 
 
 class TypingTracker:
-    def __init__(
-        self,
-        redis: str | RedisTarget | None,
-        publisher: Publisher,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        window: float = TYPING_SECONDS,
-    ) -> None:
+    def __init__(self, redis: str | RedisTarget | None, publisher: Publisher) -> None:
         target = as_target(redis)
-        self._redis = fail_fast_client(target) if target else None
+        self._redis = command_client(target, **fail_fast()) if target else None
         self._prefix = target.prefix if target else ""
         self._publisher = publisher
-        self._clock = clock if target is None else time.time
-        self.window = window
+        # Redis shares the times between processes: wall clock there.
+        self._clock = time.monotonic if target is None else time.time
+        self.window = TYPING_SECONDS
         self._last_true: dict[tuple[uuid.UUID, uuid.UUID], float] = {}
         self._timers: dict[tuple[uuid.UUID, uuid.UUID], asyncio.TimerHandle] = {}
 
@@ -80,27 +73,24 @@ class TypingTracker:
             self._last_true[key] = value
 
     async def set(self, thread_id: uuid.UUID, user_id: uuid.UUID, is_typing: bool) -> None:
+        key = (thread_id, user_id)
+        now = self._clock()
         try:
-            await self._set(thread_id, user_id, is_typing)
+            last = await self._get_last(key)
+            active = last is not None and now - last < self.window
+            if is_typing:
+                await self._set_last(key, now)
+                self._schedule(key, self.window)
+                if not active:
+                    await self._announce(thread_id, user_id, True)
+            elif active:
+                await self._set_last(key, None)
+                self._cancel(key)
+                await self._announce(thread_id, user_id, False)
         except _UNREACHABLE:
             raise ServiceUnavailable(
                 "Typing cannot be announced right now; try again shortly"
             ) from None
-
-    async def _set(self, thread_id: uuid.UUID, user_id: uuid.UUID, is_typing: bool) -> None:
-        key = (thread_id, user_id)
-        now = self._clock()
-        last = await self._get_last(key)
-        active = last is not None and now - last < self.window
-        if is_typing:
-            await self._set_last(key, now)
-            self._schedule(key, self.window)
-            if not active:
-                await self._announce(thread_id, user_id, True)
-        elif active:
-            await self._set_last(key, None)
-            self._cancel(key)
-            await self._announce(thread_id, user_id, False)
 
     def _cancel(self, key: tuple[uuid.UUID, uuid.UUID]) -> None:
         handle = self._timers.pop(key, None)
@@ -115,21 +105,18 @@ class TypingTracker:
     async def _expire(self, key: tuple[uuid.UUID, uuid.UUID]) -> None:
         self._timers.pop(key, None)
         try:
-            await self._expire_now(key)
+            last = await self._get_last(key)
+            if last is None:
+                return
+            remaining = self.window - (self._clock() - last)
+            if remaining > 0.05:  # extended elsewhere: wait for the new deadline
+                self._schedule(key, remaining)
+                return
+            await self._set_last(key, None)
+            await self._announce(key[0], key[1], False)
         except _UNREACHABLE as exc:
             # Its Redis key expires by itself; subscribers resubscribe after an outage.
             log.warning("typing expiry not announced: %s", exc)
-
-    async def _expire_now(self, key: tuple[uuid.UUID, uuid.UUID]) -> None:
-        last = await self._get_last(key)
-        if last is None:
-            return
-        remaining = self.window - (self._clock() - last)
-        if remaining > 0.05:  # extended elsewhere: wait for the new deadline
-            self._schedule(key, remaining)
-            return
-        await self._set_last(key, None)
-        await self._announce(key[0], key[1], False)
 
     async def _announce(self, thread_id: uuid.UUID, user_id: uuid.UUID, typing: bool) -> None:
         event = ActivityEvent(thread_id, "typing", user_id, {"is_typing": typing})
