@@ -146,7 +146,8 @@ async def _nothing_to_reset(connection: asyncpg.Connection) -> None:
 
 class ReadSession(AsyncSession):
     """A session that only reads: a statement that meets a lost connection runs once more
-    on a fresh one (safe: read sessions autocommit), then fails with SERVICE_UNAVAILABLE."""
+    on a fresh one (safe: on PostgreSQL read sessions autocommit), then fails with
+    SERVICE_UNAVAILABLE."""
 
     async def execute(self, *args: Any, **kwargs: Any) -> Any:  # also serves scalars()
         return await self._again_if_lost(super().execute, *args, **kwargs)

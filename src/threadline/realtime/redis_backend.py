@@ -161,7 +161,7 @@ class RedisBackend:
             "last_error": errors[0] if errors else None,
         }
 
-    # -- broker.Backend -----------------------------------------------------------
+    # -- what the broker calls ------------------------------------------------------
 
     async def subscribe(self, channel: str) -> None:
         if self._link is not None:

@@ -111,7 +111,7 @@ class ClusterBackend(RedisBackend):
             report["last_error"] = self._slots_error
         return report
 
-    # -- broker.Backend -----------------------------------------------------------
+    # -- what the broker calls ------------------------------------------------------
 
     async def subscribe(self, channel: str) -> None:
         self._wanted.add(channel)

@@ -85,6 +85,7 @@ async def _new_thread(
         for user_id, role in roles.items()
     )
     await uow.session.flush()
+    # Queued only now: a direct thread that lost its race failed the first flush above.
     for user_id, role in roles.items():
         uow.emit(_membership(user_id, thread.id, role))
     await notifications.notify_added(uow, actor, thread, list(roles))
