@@ -263,11 +263,12 @@ async def start_server(settings: Settings, **uvicorn_options: Any) -> Server:
 
 async def stop_server(server: Server) -> None:
     server.server.should_exit = True
-    try:
-        await asyncio.wait_for(server.task, 10)
-    except TimeoutError:
+    # asyncio.wait, not wait_for: a timeout must leave the task running for force_exit,
+    # which stops uvicorn waiting for connections (wait_for would cancel it mid-shutdown).
+    stopped, _ = await asyncio.wait({server.task}, timeout=10)
+    if not stopped:
         server.server.force_exit = True
-        await asyncio.wait_for(server.task, 5)
+    await asyncio.wait_for(server.task, 5)  # also raises what the server raised
 
 
 @pytest.fixture
