@@ -169,15 +169,9 @@ async def test_overriding_one_limit_keeps_the_other_defaults(make_limiter: MakeL
         await limiter.hit(Action.UPLOAD, "user_a")
     assert 59 <= raised.value.retry_after <= 60
 
-    started = time.monotonic()
     await hit_times(limiter, Action.SET_TYPING, "user_a", 2)
-    try:
+    with pytest.raises(RateLimited):
         await limiter.hit(Action.SET_TYPING, "user_a")
-    except RateLimited as refused:
-        assert refused.retry_after == 1
-    else:
-        # Let through only if the first hit had left the default's 1 s window.
-        assert time.monotonic() - started >= 1
 
 
 async def test_disabled_limiter_never_refuses(make_limiter: MakeLimiter) -> None:

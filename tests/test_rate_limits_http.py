@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 
 import httpx
@@ -26,14 +25,9 @@ async def test_the_21st_message_in_two_seconds_is_rate_limited(limited: Server) 
     async with httpx.AsyncClient(base_url=limited.base) as http:
         alice = Api(http, token_for("alice"), "alice")
         tid = await factories.thread(alice)
-        started = time.monotonic()
         # Together, so that a loaded machine still makes all 20 inside the 2 s window.
         await asyncio.gather(*(factories.send(alice, tid, f"m{i}") for i in range(20)))
         body = await alice.raw(factories.SEND, {"i": {"threadId": tid, "body": "one too many"}})
-        if "errors" not in body:
-            # Let through only if the first send had left the window.
-            assert time.monotonic() - started >= 2
-            return
         error = body["errors"][0]
         assert error["extensions"]["code"] == "RATE_LIMITED"
         assert 1 <= error["extensions"]["retryAfter"] <= 2
