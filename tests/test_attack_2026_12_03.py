@@ -1,0 +1,127 @@
+"""Attacks by a hostile but signed-in client that found a real defect (2026-12-03).
+
+Each test fails on the code it was written against and states the rule it breaks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+import websockets
+
+from tests import factories
+from tests.conftest import Clients, Server
+from tests.live import fanout_members, until
+from threadline.config import Settings
+from threadline.realtime.fanout import Member
+
+REMOVE = "mutation($t: ID!, $u: ID!) { removeParticipant(threadId: $t, userId: $u) }"
+SECRET = "secret after removal"
+# Twelve copies of the body per event (~48 KB frames): a reader that stops reading
+# fills the kernel's buffers after a few dozen events, and the server's socket pauses.
+BIG = (
+    "subscription($t: ID!) { threadEvents(threadId: $t) { seq __typename"
+    " ... on MessageCreated { "
+    + " ".join(f"b{i}: message {{ body }}" for i in range(12))
+    + " } } }"
+)
+
+
+@pytest.fixture(params=[True, False], ids=["fast-paths", "general-paths"])
+def settings(settings: Settings, request: pytest.FixtureRequest) -> Settings:
+    return settings.model_copy(update={"fast_paths": request.param})
+
+
+def _member_of(server: Server, viewer_id: str) -> Member | None:
+    for group in list(server.runtime.fanout._groups.values()):
+        for member in list(group.members):
+            if str(member.viewer_id) == viewer_id:
+                return member
+    return None
+
+
+def _uvicorn_protocol(send: Any) -> Any:
+    """The uvicorn protocol behind an ASGI ``send``, through the wrappers around it."""
+    seen: list[Any] = [send]
+    while seen:
+        found = seen.pop()
+        owner = getattr(found, "__self__", None)
+        if owner is not None and hasattr(owner, "writable"):
+            return owner
+        seen.extend(cell.cell_contents for cell in getattr(found, "__closure__", None) or ())
+    raise AssertionError(f"no uvicorn protocol behind {send!r}")
+
+
+def _socket_paused(member: Member) -> bool:
+    """Whether the server's side of the member's socket stopped taking writes (its
+    transport is over the high-water mark): the next frame written has to wait."""
+    sink = member.sink
+    if sink.raw is not None:
+        protocol = sink.raw._protocol
+    else:  # Starlette's WebSocket, whose send is uvicorn's protocol's
+        protocol = _uvicorn_protocol(sink.send_text.__self__._send)  # type: ignore[attr-defined]
+    return not protocol.writable.is_set()
+
+
+async def test_a_removal_whose_frame_has_to_wait_still_ends_the_removed_users_stream(
+    server: Server, clients: Clients
+) -> None:
+    """A participant removed from a thread gets the removal, then the end of their
+    threadEvents, and nothing sent after it: also when their socket was full at that
+    moment (a phone on a slow network), so the removal's frame had to wait."""
+    alice, carol = await clients.users("alice", "carol")
+    tid = await factories.thread(alice, carol)
+    conn = await websockets.connect(
+        server.ws_url,
+        subprotocols=["graphql-transport-ws"],  # type: ignore[list-item]
+        max_queue=1,  # stops reading from the socket while a message waits in its queue
+        compression=None,
+    )
+    try:
+        await conn.send(json.dumps({"type": "connection_init", "payload": {"token": carol.token}}))
+        assert json.loads(await conn.recv())["type"] == "connection_ack"
+        subscribe = {"query": BIG, "variables": {"t": tid}}
+        await conn.send(json.dumps({"id": "1", "type": "subscribe", "payload": subscribe}))
+        await until(fanout_members(server, 1))
+        member = _member_of(server, carol.id)
+        assert member is not None
+        # Carol's client reads nothing now: fill her socket until the server's side
+        # pauses, each frame taken whole so far (none waiting, none queued).
+        body = "x" * 4000
+        for _ in range(1000):
+            seq = (await factories.send(alice, tid, body))["seq"]
+            await until(lambda: not member.busy and member.last >= seq)  # noqa: B023
+            if _socket_paused(member):
+                break
+        else:
+            pytest.fail("carol's socket never filled up")
+        assert member.pending is None and not member.backlog
+        # The removal is the first frame that must wait for the socket; then a secret.
+        await alice.gql(REMOVE, {"t": tid, "u": carol.id})
+        await until(lambda: member.pending is not None or member.waiting_on_socket)
+        await factories.send(alice, tid, SECRET)
+        # Carol reads again: the frames held for her, the removal, then the end.
+        frames: list[dict[str, Any]] = []
+        while True:
+            try:
+                # The end follows the removal at once; a leak follows within the wait.
+                message = json.loads(await asyncio.wait_for(conn.recv(), 5))
+            except TimeoutError:
+                break
+            if message["type"] in ("ping", "pong"):
+                continue
+            frames.append(message)
+            if message["type"] in ("complete", "error"):
+                break
+    finally:
+        await conn.close()
+    kinds = [
+        m["payload"]["data"]["threadEvents"]["__typename"] for m in frames if m["type"] == "next"
+    ]
+    leaked = [m for m in frames if SECRET in json.dumps(m)]
+    assert not leaked, f"the removed user got what was sent after the removal: {leaked}"
+    assert kinds[-1] == "ParticipantChanged"
+    assert frames[-1]["type"] == "complete", "the removed user's stream did not end"
