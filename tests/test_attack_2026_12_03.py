@@ -14,8 +14,10 @@ import websockets
 
 from tests import factories
 from tests.conftest import Clients, Server
-from tests.live import fanout_members, until
+from tests.live import fanout_members, new_listener, until
+from tests.wsclient import GraphQLWS
 from threadline.config import Settings
+from threadline.realtime.channels import thread_channel
 from threadline.realtime.fanout import Member
 
 REMOVE = "mutation($t: ID!, $u: ID!) { removeParticipant(threadId: $t, userId: $u) }"
@@ -125,3 +127,42 @@ async def test_a_removal_whose_frame_has_to_wait_still_ends_the_removed_users_st
     assert not leaked, f"the removed user got what was sent after the removal: {leaked}"
     assert kinds[-1] == "ParticipantChanged"
     assert frames[-1]["type"] == "complete", "the removed user's stream did not end"
+
+
+LAST_SEQ = "query($t: ID!) { thread(threadId: $t) { lastSeq } }"
+EVENTS = """subscription($t: ID!, $after: Int) { threadEvents(threadId: $t, afterSeq: $after) {
+  seq __typename ... on MessageCreated { message { body %s } } } }"""
+
+
+async def test_an_after_seq_past_the_threads_last_event_does_not_outlive_a_removal(
+    server: Server, clients: Clients
+) -> None:
+    """afterSeq is the last seq the client saw, so never past the thread's lastSeq. A
+    participant who expects to be removed subscribes with afterSeq = lastSeq + 1: the
+    removal (that seq) is then skipped as if seen, and nothing ends the stream, which
+    goes on showing the thread's messages to someone no longer in it."""
+    alice, carol = await clients.users("alice", "carol")
+    tid = await factories.thread(alice, carol)
+    await factories.send(alice, tid, "before")
+    last = (await carol.gql(LAST_SEQ, {"t": tid}))["thread"]["lastSeq"]
+    ws = await GraphQLWS.connect(server.ws_url, carol.token)
+    try:
+        variables = {"t": tid, "after": last + 1}
+        # One selection rendered once for all subscribers, one rendered for carol.
+        broadcast = await ws.subscribe(EVENTS % "", variables)
+        await ws.until(fanout_members(server, 1))
+        ready = new_listener(server, thread_channel(tid))
+        own = await ws.subscribe(EVENTS % "reactions { reactedByMe }", variables)
+        await ws.until(ready)
+        await alice.gql(REMOVE, {"t": tid, "u": carol.id})
+        await factories.send(alice, tid, SECRET)
+        # Whatever carol gets until both operations have ended (refused or completed).
+        running, seen = {broadcast, own}, []
+        while running:
+            message = await ws.next()
+            seen.append(message)
+            assert SECRET not in json.dumps(message), f"the removed user got: {message}"
+            if message["type"] in ("error", "complete"):
+                running.discard(message["id"])
+    finally:
+        await ws.close()
