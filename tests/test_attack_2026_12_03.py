@@ -166,3 +166,49 @@ async def test_an_after_seq_past_the_threads_last_event_does_not_outlive_a_remov
                 running.discard(message["id"])
     finally:
         await ws.close()
+
+
+DELETE = "mutation($m: ID!) { deleteMessage(messageId: $m) { id } }"
+EDIT = 'mutation($m: ID!) { editMessage(messageId: $m, body: "second draft") { id } }'
+ADD = "mutation($t: ID!, $u: ID!) { addParticipant(threadId: $t, userId: $u) { role } }"
+REPLAY = """subscription($t: ID!) { threadEvents(threadId: $t, afterSeq: 0) {
+  seq __typename
+  ... on MessageCreated { message { body deletedAt edits { previousBody } } }
+  ... on MessageEdited { message { body deletedAt edits { previousBody } } }
+} }"""
+DELETED = "deleted password hunter2"
+
+
+async def test_a_deleted_messages_body_is_not_replayed_from_the_event_log(
+    server: Server, clients: Clients
+) -> None:
+    """A deleted message's body is gone ("Empty when the message is deleted"): a
+    participant added after the deletion who replays the thread's events with
+    afterSeq 0 must not read it back, nor its earlier versions, from the log."""
+    alice, dave = await clients.users("alice", "dave")
+    tid = await factories.thread(alice)
+    mistake = (await factories.send(alice, tid, DELETED))["id"]
+    await alice.gql(EDIT, {"m": mistake})
+    await alice.gql(DELETE, {"m": mistake})
+    await factories.send(alice, tid, "after the clean-up")
+    await alice.gql(ADD, {"t": tid, "u": dave.id})
+    last = (await dave.gql(LAST_SEQ, {"t": tid}))["thread"]["lastSeq"]
+    # What the thread shows now: the message, empty.
+    shown = await dave.gql(
+        "query($m: ID!) { message(messageId: $m) { body deletedAt edits { previousBody } } }",
+        {"m": mistake},
+    )
+    assert shown["message"]["body"] == "" and shown["message"]["deletedAt"] is not None
+    assert DELETED not in json.dumps(shown)
+    ws = await GraphQLWS.connect(server.ws_url, dave.token)
+    try:
+        await ws.subscribe(REPLAY, {"t": tid})
+        replayed = []
+        while not replayed or replayed[-1]["payload"]["data"]["threadEvents"]["seq"] < last:
+            message = await ws.next()
+            assert message["type"] == "next", message
+            replayed.append(message)
+    finally:
+        await ws.close()
+    leaked = [m["payload"]["data"]["threadEvents"] for m in replayed if DELETED in json.dumps(m)]
+    assert not leaked, f"the deleted message's text was replayed: {leaked}"
