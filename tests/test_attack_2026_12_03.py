@@ -41,7 +41,8 @@ def _member_of(server: Server, viewer_id: str) -> Member | None:
     for group in list(server.runtime.fanout._groups.values()):
         for member in list(group.members):
             if str(member.viewer_id) == viewer_id:
-                return member
+                found: Member = member
+                return found
     return None
 
 
@@ -62,7 +63,7 @@ def _socket_paused(member: Member) -> bool:
     transport is over the high-water mark): the next frame written has to wait."""
     sink = member.sink
     if sink.raw is not None:
-        protocol = sink.raw._protocol
+        protocol = sink.raw._protocol  # type: ignore[attr-defined]
     else:  # Starlette's WebSocket, whose send is uvicorn's protocol's
         protocol = _uvicorn_protocol(sink.send_text.__self__._send)  # type: ignore[attr-defined]
     return not protocol.writable.is_set()
@@ -203,7 +204,7 @@ async def test_a_deleted_messages_body_is_not_replayed_from_the_event_log(
     ws = await GraphQLWS.connect(server.ws_url, dave.token)
     try:
         await ws.subscribe(REPLAY, {"t": tid})
-        replayed = []
+        replayed: list[dict[str, Any]] = []
         while not replayed or replayed[-1]["payload"]["data"]["threadEvents"]["seq"] < last:
             message = await ws.next()
             assert message["type"] == "next", message
