@@ -91,6 +91,11 @@ def start(coro: Coroutine[Any, Any, Any]) -> Resume | None:
     return Resume(coro, waiting_on)
 
 
+def _ends(stops: object, viewer_id: uuid.UUID) -> bool:
+    """Whether an event whose ``who_stops`` is ``stops`` ends this viewer's subscription."""
+    return stops is not None and stops in (EVERYONE, viewer_id)
+
+
 @dataclass(eq=False, slots=True)
 class Member:
     """One subscription in a group: where its frames go and how far it got."""
@@ -147,6 +152,10 @@ class Member:
         if waiting is not None:
             self.busy = True
             self.pending = (waiting, seq)
+            # Its own task finishes the write; if this event ends the subscription
+            # (the viewer removed, the thread deleted), nothing may follow it.
+            if _ends(stops, self.viewer_id):
+                self.finished = True
             self.wake()
             return False
         self._sent(seq, stops)
@@ -166,7 +175,7 @@ class Member:
 
     def _sent(self, seq: int, stops: object) -> None:
         self.last = self.delivered = seq
-        if stops is not None and stops in (EVERYONE, self.viewer_id):
+        if _ends(stops, self.viewer_id):
             self.finish()
 
     def wake(self) -> None:

@@ -162,9 +162,60 @@ _EVENTS_AFTER = Query(
 async def events_after(
     session: AsyncSession, thread_id: uuid.UUID, after_seq: int, limit: int = 500
 ) -> list[LoggedEvent]:
-    """Stored events with seq > after_seq, in order: what a resuming client missed."""
+    """Stored events with seq > after_seq, in order: what a resuming client missed.
+
+    A message deleted since its events were logged shows in them as it is now: its
+    body, mentions and the rest are gone (the log keeps what was written then)."""
     rows = await _EVENTS_AFTER.scalars(session, thread_id=thread_id, after=after_seq, size=limit)
-    return [
+    events = [
         LoggedEvent(r.thread_id, r.seq, EventKind(r.kind), dict(r.payload), r.actor_id, r.at)
         for r in rows
     ]
+    carried = [m for e in events if (m := _message_in(e)) is not None]
+    if not carried:
+        return events
+    ids = list({uuid.UUID(m["id"]) for m in carried})
+    rows_deleted = await session.execute(_DELETED_AMONG, {"ids": ids})
+    deleted = {mid: at for mid, at in rows_deleted if at is not None}
+    return [_as_deleted(e, deleted) for e in events] if deleted else events
+
+
+_DELETED_AMONG = select(Message.id, Message.deleted_at).where(
+    Message.id.in_(bindparam("ids", expanding=True)), Message.deleted_at.is_not(None)
+)
+
+
+def _message_in(event: LoggedEvent) -> dict[str, Any] | None:
+    """The message payload an event carries (created, edited, pinned), if any."""
+    if event.kind in (EventKind.MESSAGE_CREATED, EventKind.MESSAGE_EDITED):
+        return event.payload
+    if event.kind is EventKind.MESSAGE_PINNED:
+        message: dict[str, Any] = event.payload["message"]
+        return message
+    return None
+
+
+def shows_deleted(event: LoggedEvent) -> bool:
+    """Whether the event carries its message as deleted (``events_after``): rendered
+    apart from the same event as it went out live, with the message still in it."""
+    message = _message_in(event)
+    return message is not None and message.get("deleted_at") is not None
+
+
+def _as_deleted(event: LoggedEvent, deleted: dict[uuid.UUID, datetime]) -> LoggedEvent:
+    message = _message_in(event)
+    when = deleted.get(uuid.UUID(message["id"])) if message is not None else None
+    if message is None or when is None:
+        return event
+    # What delete_message leaves of the message itself.
+    gone = {
+        **message,
+        "body": "",
+        "mention_ids": [],
+        "pinned": False,
+        "deleted_at": when.isoformat(),
+    }
+    payload = (
+        gone if event.kind is not EventKind.MESSAGE_PINNED else {**event.payload, "message": gone}
+    )
+    return LoggedEvent(event.thread_id, event.seq, event.kind, payload, event.actor_id, event.at)

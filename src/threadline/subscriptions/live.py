@@ -14,7 +14,7 @@ from strawberry import Info
 
 from threadline.realtime.sinks import DirectSink
 from threadline.runtime import Runtime
-from threadline.services.events import LoggedEvent
+from threadline.services.events import LoggedEvent, shows_deleted
 from threadline.subscriptions.broadcast import FrameRenderer, OperationTemplate
 from threadline.subscriptions.rendering import rendered
 
@@ -49,5 +49,7 @@ class BroadcastFrames:
     async def render(self, event: LoggedEvent) -> str:
         runtime = self._runtime
         return await self._frames.render(
-            self.template, (event.thread_id, event.seq), lambda: rendered(runtime, event)
+            self.template,
+            (event.thread_id, event.seq, shows_deleted(event)),
+            lambda: rendered(runtime, event),
         )

@@ -32,6 +32,10 @@ async def stream(
     runtime = ctx.runtime
     if after_seq is not None and after_seq < 0:
         raise BadInput("`afterSeq` must be 0 or more")
+    # It is the last seq the client saw. One past the thread's last would skip, as if
+    # seen, the events to come: among them the one that ends this subscription.
+    if after_seq is not None and after_seq > access.thread.last_seq:
+        raise BadInput("`afterSeq` is past the thread's last event", lastSeq=access.thread.last_seq)
     start = access.thread.last_seq if after_seq is None else after_seq
     await ctx.close()  # no session held open between events
     root = operation_root(info)

@@ -1,0 +1,215 @@
+"""Attacks by a hostile but signed-in client that found a real defect (2026-12-03).
+
+Each test fails on the code it was written against and states the rule it breaks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+import websockets
+
+from tests import factories
+from tests.conftest import Clients, Server
+from tests.live import fanout_members, new_listener, until
+from tests.wsclient import GraphQLWS
+from threadline.config import Settings
+from threadline.realtime.channels import thread_channel
+from threadline.realtime.fanout import Member
+
+REMOVE = "mutation($t: ID!, $u: ID!) { removeParticipant(threadId: $t, userId: $u) }"
+SECRET = "secret after removal"
+# Twelve copies of the body per event (~48 KB frames): a reader that stops reading
+# fills the kernel's buffers after a few dozen events, and the server's socket pauses.
+BIG = (
+    "subscription($t: ID!) { threadEvents(threadId: $t) { seq __typename"
+    " ... on MessageCreated { "
+    + " ".join(f"b{i}: message {{ body }}" for i in range(12))
+    + " } } }"
+)
+
+
+@pytest.fixture(params=[True, False], ids=["fast-paths", "general-paths"])
+def settings(settings: Settings, request: pytest.FixtureRequest) -> Settings:
+    return settings.model_copy(update={"fast_paths": request.param})
+
+
+def _member_of(server: Server, viewer_id: str) -> Member | None:
+    for group in list(server.runtime.fanout._groups.values()):
+        for member in list(group.members):
+            if str(member.viewer_id) == viewer_id:
+                found: Member = member
+                return found
+    return None
+
+
+def _uvicorn_protocol(send: Any) -> Any:
+    """The uvicorn protocol behind an ASGI ``send``, through the wrappers around it."""
+    seen: list[Any] = [send]
+    while seen:
+        found = seen.pop()
+        owner = getattr(found, "__self__", None)
+        if owner is not None and hasattr(owner, "writable"):
+            return owner
+        seen.extend(cell.cell_contents for cell in getattr(found, "__closure__", None) or ())
+    raise AssertionError(f"no uvicorn protocol behind {send!r}")
+
+
+def _socket_paused(member: Member) -> bool:
+    """Whether the server's side of the member's socket stopped taking writes (its
+    transport is over the high-water mark): the next frame written has to wait."""
+    sink = member.sink
+    if sink.raw is not None:
+        protocol = sink.raw._protocol  # type: ignore[attr-defined]
+    else:  # Starlette's WebSocket, whose send is uvicorn's protocol's
+        protocol = _uvicorn_protocol(sink.send_text.__self__._send)  # type: ignore[attr-defined]
+    return not protocol.writable.is_set()
+
+
+async def test_a_removal_whose_frame_has_to_wait_still_ends_the_removed_users_stream(
+    server: Server, clients: Clients
+) -> None:
+    """A participant removed from a thread gets the removal, then the end of their
+    threadEvents, and nothing sent after it: also when their socket was full at that
+    moment (a phone on a slow network), so the removal's frame had to wait."""
+    alice, carol = await clients.users("alice", "carol")
+    tid = await factories.thread(alice, carol)
+    conn = await websockets.connect(
+        server.ws_url,
+        subprotocols=["graphql-transport-ws"],  # type: ignore[list-item]
+        max_queue=1,  # stops reading from the socket while a message waits in its queue
+        compression=None,
+    )
+    try:
+        await conn.send(json.dumps({"type": "connection_init", "payload": {"token": carol.token}}))
+        assert json.loads(await conn.recv())["type"] == "connection_ack"
+        subscribe = {"query": BIG, "variables": {"t": tid}}
+        await conn.send(json.dumps({"id": "1", "type": "subscribe", "payload": subscribe}))
+        await until(fanout_members(server, 1))
+        member = _member_of(server, carol.id)
+        assert member is not None
+        # Carol's client reads nothing now: fill her socket until the server's side
+        # pauses, each frame taken whole so far (none waiting, none queued).
+        body = "x" * 4000
+        for _ in range(1000):
+            seq = (await factories.send(alice, tid, body))["seq"]
+            await until(lambda: not member.busy and member.last >= seq)  # noqa: B023
+            if _socket_paused(member):
+                break
+        else:
+            pytest.fail("carol's socket never filled up")
+        assert member.pending is None and not member.backlog
+        # The removal is the first frame that must wait for the socket; then a secret.
+        await alice.gql(REMOVE, {"t": tid, "u": carol.id})
+        await until(lambda: member.pending is not None or member.waiting_on_socket)
+        await factories.send(alice, tid, SECRET)
+        # Carol reads again: the frames held for her, the removal, then the end.
+        frames: list[dict[str, Any]] = []
+        while True:
+            try:
+                # The end follows the removal at once; a leak follows within the wait.
+                message = json.loads(await asyncio.wait_for(conn.recv(), 5))
+            except TimeoutError:
+                break
+            if message["type"] in ("ping", "pong"):
+                continue
+            frames.append(message)
+            if message["type"] in ("complete", "error"):
+                break
+    finally:
+        await conn.close()
+    kinds = [
+        m["payload"]["data"]["threadEvents"]["__typename"] for m in frames if m["type"] == "next"
+    ]
+    leaked = [m for m in frames if SECRET in json.dumps(m)]
+    assert not leaked, f"the removed user got what was sent after the removal: {leaked}"
+    assert kinds[-1] == "ParticipantChanged"
+    assert frames[-1]["type"] == "complete", "the removed user's stream did not end"
+
+
+LAST_SEQ = "query($t: ID!) { thread(threadId: $t) { lastSeq } }"
+EVENTS = """subscription($t: ID!, $after: Int) { threadEvents(threadId: $t, afterSeq: $after) {
+  seq __typename ... on MessageCreated { message { body %s } } } }"""
+
+
+async def test_an_after_seq_past_the_threads_last_event_does_not_outlive_a_removal(
+    server: Server, clients: Clients
+) -> None:
+    """afterSeq is the last seq the client saw, so never past the thread's lastSeq. A
+    participant who expects to be removed subscribes with afterSeq = lastSeq + 1: the
+    removal (that seq) is then skipped as if seen, and nothing ends the stream, which
+    goes on showing the thread's messages to someone no longer in it."""
+    alice, carol = await clients.users("alice", "carol")
+    tid = await factories.thread(alice, carol)
+    await factories.send(alice, tid, "before")
+    last = (await carol.gql(LAST_SEQ, {"t": tid}))["thread"]["lastSeq"]
+    ws = await GraphQLWS.connect(server.ws_url, carol.token)
+    try:
+        variables = {"t": tid, "after": last + 1}
+        # One selection rendered once for all subscribers, one rendered for carol.
+        broadcast = await ws.subscribe(EVENTS % "", variables)
+        await ws.until(fanout_members(server, 1))
+        ready = new_listener(server, thread_channel(tid))
+        own = await ws.subscribe(EVENTS % "reactions { reactedByMe }", variables)
+        await ws.until(ready)
+        await alice.gql(REMOVE, {"t": tid, "u": carol.id})
+        await factories.send(alice, tid, SECRET)
+        # Whatever carol gets until both operations have ended (refused or completed).
+        running, seen = {broadcast, own}, []
+        while running:
+            message = await ws.next()
+            seen.append(message)
+            assert SECRET not in json.dumps(message), f"the removed user got: {message}"
+            if message["type"] in ("error", "complete"):
+                running.discard(message["id"])
+    finally:
+        await ws.close()
+
+
+DELETE = "mutation($m: ID!) { deleteMessage(messageId: $m) { id } }"
+EDIT = 'mutation($m: ID!) { editMessage(messageId: $m, body: "second draft") { id } }'
+ADD = "mutation($t: ID!, $u: ID!) { addParticipant(threadId: $t, userId: $u) { role } }"
+REPLAY = """subscription($t: ID!) { threadEvents(threadId: $t, afterSeq: 0) {
+  seq __typename
+  ... on MessageCreated { message { body deletedAt edits { previousBody } } }
+  ... on MessageEdited { message { body deletedAt edits { previousBody } } }
+} }"""
+DELETED = "deleted password hunter2"
+
+
+async def test_a_deleted_messages_body_is_not_replayed_from_the_event_log(
+    server: Server, clients: Clients
+) -> None:
+    """A deleted message's body is gone ("Empty when the message is deleted"): a
+    participant added after the deletion who replays the thread's events with
+    afterSeq 0 must not read it back, nor its earlier versions, from the log."""
+    alice, dave = await clients.users("alice", "dave")
+    tid = await factories.thread(alice)
+    mistake = (await factories.send(alice, tid, DELETED))["id"]
+    await alice.gql(EDIT, {"m": mistake})
+    await alice.gql(DELETE, {"m": mistake})
+    await factories.send(alice, tid, "after the clean-up")
+    await alice.gql(ADD, {"t": tid, "u": dave.id})
+    last = (await dave.gql(LAST_SEQ, {"t": tid}))["thread"]["lastSeq"]
+    # What the thread shows now: the message, empty.
+    shown = await dave.gql(
+        "query($m: ID!) { message(messageId: $m) { body deletedAt edits { previousBody } } }",
+        {"m": mistake},
+    )
+    assert shown["message"]["body"] == "" and shown["message"]["deletedAt"] is not None
+    assert DELETED not in json.dumps(shown)
+    ws = await GraphQLWS.connect(server.ws_url, dave.token)
+    try:
+        await ws.subscribe(REPLAY, {"t": tid})
+        replayed: list[dict[str, Any]] = []
+        while not replayed or replayed[-1]["payload"]["data"]["threadEvents"]["seq"] < last:
+            message = await ws.next()
+            assert message["type"] == "next", message
+            replayed.append(message)
+    finally:
+        await ws.close()
+    leaked = [m["payload"]["data"]["threadEvents"] for m in replayed if DELETED in json.dumps(m)]
+    assert not leaked, f"the deleted message's text was replayed: {leaked}"
