@@ -169,6 +169,34 @@ async def test_an_after_seq_past_the_threads_last_event_does_not_outlive_a_remov
         await ws.close()
 
 
+async def test_an_after_seq_past_the_last_is_bad_input_naming_the_last_and_the_last_itself_resumes(
+    server: Server, clients: Clients
+) -> None:
+    alice = await clients.user("alice")
+    tid = await factories.thread(alice)
+    await factories.send(alice, tid, "one")
+    last = (await alice.gql(LAST_SEQ, {"t": tid}))["thread"]["lastSeq"]
+    ws = await GraphQLWS.connect(server.ws_url, alice.token)
+    try:
+        refused = await ws.subscribe(EVENTS % "", {"t": tid, "after": last + 1})
+        message = await ws.next()
+        # Refused as the source of events runs: a result with the error (graphql-ws
+        # `next`), then the operation's `complete`.
+        assert message["id"] == refused and message["type"] == "next", message
+        assert message["payload"]["data"] is None
+        extensions = message["payload"]["errors"][0]["extensions"]
+        assert extensions["code"] == "BAD_USER_INPUT" and extensions["lastSeq"] == last
+        assert await ws.next() == {"id": refused, "type": "complete"}
+        await ws.subscribe(EVENTS % "", {"t": tid, "after": last})
+        await ws.until(fanout_members(server, 1))
+        await factories.send(alice, tid, "two")
+        message = await ws.next()
+        event = message["payload"]["data"]["threadEvents"]
+        assert (event["seq"], event["message"]["body"]) == (last + 1, "two")
+    finally:
+        await ws.close()
+
+
 DELETE = "mutation($m: ID!) { deleteMessage(messageId: $m) { id } }"
 EDIT = 'mutation($m: ID!) { editMessage(messageId: $m, body: "second draft") { id } }'
 ADD = "mutation($t: ID!, $u: ID!) { addParticipant(threadId: $t, userId: $u) { role } }"
