@@ -11,6 +11,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,15 @@ from threadline.realtime.broker import (
     Subscriber,
     SubscriberOverflow,
 )
+from threadline.realtime.channels import (
+    activity_channel,
+    decode_activity,
+    decode_logged,
+    is_logged_event,
+    publish_all,
+)
 from threadline.realtime.redis_pool import RedisTarget
+from threadline.services.events import ActivityEvent, EventKind, LoggedEvent
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 # On the cluster row, "redis" is the shared Redis Cluster with sharded pub/sub.
@@ -533,3 +542,32 @@ async def test_a_subscription_answered_moved_is_made_on_the_slots_new_master(
     finally:
         await broker.disconnect()
         await cluster.stop()
+
+
+# -- what goes on which channel -------------------------------------------------
+
+
+async def test_a_removal_reaches_the_activity_channel_too_before_later_typing(
+    make_broker: MakeBroker,
+) -> None:
+    """threadActivity reads typing from the thread's activity channel and removals from
+    its event channel; on a Redis Cluster the two can be on different shards, read over
+    different connections, so typing published after a removal could come first. A
+    removal is published on the activity channel too; other logged events are not."""
+    broker = make_broker()
+    await broker.connect()
+    thread, removed, typist = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    now = datetime.now(UTC)
+
+    def logged(seq: int, kind: EventKind, payload: dict[str, object]) -> LoggedEvent:
+        return LoggedEvent(thread, seq, kind, payload, typist, now)
+
+    removal = logged(7, EventKind.PARTICIPANT_CHANGED, {"user_id": str(removed), "role": None})
+    renamed = logged(8, EventKind.THREAD_UPDATED, {"title": "t"})
+    typing = ActivityEvent(thread, "typing", typist, {"is_typing": True})
+    async with broker.subscribe(activity_channel(thread)) as subscriber:
+        await publish_all(broker, [removal, renamed, typing])
+        first, second = await receive_count(subscriber, 2)
+    assert isinstance(first, str) and is_logged_event(first)
+    assert decode_logged(first) == removal
+    assert isinstance(second, str) and decode_activity(second) == typing

@@ -20,6 +20,7 @@ from threadline.services.events import (
     LoggedEvent,
     SystemRoleChanged,
     UserEvent,
+    who_stops,
 )
 
 SESSIONS_CHANNEL = "sessions"
@@ -110,15 +111,25 @@ def encode_sessions_signal(
     ).decode()
 
 
-def route(event: object) -> tuple[str, str]:
+def routes(event: object) -> list[tuple[str, str]]:
+    """Where an event is published, and as what."""
     if isinstance(event, LoggedEvent):
-        return thread_channel(event.thread_id), encode_logged(event)
+        message = encode_logged(event)
+        # threadActivity hears typing on the activity channel. On a Redis Cluster that
+        # may be another shard, read over another connection than the thread's: an
+        # event that ends subscriptions goes on both, so that no typing published after
+        # it reaches the activity stream first. (Its readers also take it from the
+        # thread's channel, which is all that processes of an older version send.)
+        channels = [thread_channel(event.thread_id)]
+        if who_stops(event) is not None:
+            channels.append(activity_channel(event.thread_id))
+        return [(channel, message) for channel in channels]
     if isinstance(event, ActivityEvent):
-        return activity_channel(event.thread_id), encode_activity(event)
+        return [(activity_channel(event.thread_id), encode_activity(event))]
     if isinstance(event, UserEvent):
-        return user_channel(event.user_id), encode_user_event(event)
+        return [(user_channel(event.user_id), encode_user_event(event))]
     if isinstance(event, SystemRoleChanged):
-        return SESSIONS_CHANNEL, encode_sessions_signal(reauthorize=[str(event.user_id)])
+        return [(SESSIONS_CHANNEL, encode_sessions_signal(reauthorize=[str(event.user_id)]))]
     raise TypeError(f"cannot publish {type(event).__name__}")
 
 
@@ -126,9 +137,9 @@ async def publish_all(broker: Publisher, events: Sequence[object]) -> None:
     """Publish committed events in order; the first failure is raised after trying all."""
     failure: Exception | None = None
     for event in events:
-        channel, message = route(event)
         try:
-            await broker.publish(channel, message)
+            for channel, message in routes(event):
+                await broker.publish(channel, message)
             EVENTS_PUBLISHED.inc()
         except Exception as exc:  # the log has logged events; subscribers fill gaps
             failure = failure or exc

@@ -21,8 +21,8 @@ from threadline.errors import Conflict
 from threadline.metrics import EVENTS_DELIVERED
 from threadline.realtime.deliveries import DeliveryTracker
 from threadline.realtime.sinks import DirectSink, text_frame
-from threadline.realtime.thread_feed import EVERYONE, ThreadFeed, ends_subscription, who_stops
-from threadline.services.events import LoggedEvent
+from threadline.realtime.thread_feed import ThreadFeed
+from threadline.services.events import LoggedEvent, ends_subscription, stops_viewer, who_stops
 
 log = logging.getLogger(__name__)
 
@@ -91,11 +91,6 @@ def start(coro: Coroutine[Any, Any, Any]) -> Resume | None:
     return Resume(coro, waiting_on)
 
 
-def _ends(stops: object, viewer_id: uuid.UUID) -> bool:
-    """Whether an event whose ``who_stops`` is ``stops`` ends this viewer's subscription."""
-    return stops is not None and stops in (EVERYONE, viewer_id)
-
-
 @dataclass(eq=False, slots=True)
 class Member:
     """One subscription in a group: where its frames go and how far it got."""
@@ -154,7 +149,7 @@ class Member:
             self.pending = (waiting, seq)
             # Its own task finishes the write; if this event ends the subscription
             # (the viewer removed, the thread deleted), nothing may follow it.
-            if _ends(stops, self.viewer_id):
+            if stops_viewer(stops, self.viewer_id):
                 self.finished = True
             self.wake()
             return False
@@ -175,7 +170,7 @@ class Member:
 
     def _sent(self, seq: int, stops: object) -> None:
         self.last = self.delivered = seq
-        if _ends(stops, self.viewer_id):
+        if stops_viewer(stops, self.viewer_id):
             self.finish()
 
     def wake(self) -> None:

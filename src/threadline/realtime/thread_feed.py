@@ -10,34 +10,17 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Final, Literal
 
 from threadline.db import Database
 from threadline.errors import Conflict
 from threadline.realtime.broker import RECONNECTED, Broker, SubscriberOverflow
 from threadline.realtime.caches import TTLCache
 from threadline.realtime.channels import decode_logged, thread_channel
-from threadline.services.events import EventKind, LoggedEvent, events_after
+from threadline.services.events import LoggedEvent, ends_subscription, events_after
 
 log = logging.getLogger(__name__)
 
 REPLAY_BATCH = 500
-EVERYONE: Final = "everyone"
-
-
-def who_stops(event: LoggedEvent) -> uuid.UUID | Literal["everyone"] | None:
-    """Whose subscriptions end after this event: nobody, one removed user, or everyone."""
-    if event.kind is EventKind.THREAD_DELETED:
-        return EVERYONE
-    if event.kind is EventKind.PARTICIPANT_CHANGED and event.payload.get("role") is None:
-        return uuid.UUID(event.payload["user_id"])
-    return None
-
-
-def ends_subscription(event: LoggedEvent, viewer_id: uuid.UUID) -> bool:
-    """After this event the viewer may no longer follow the thread."""
-    stops = who_stops(event)
-    return stops is not None and stops in (EVERYONE, viewer_id)
 
 
 class ThreadFeed:

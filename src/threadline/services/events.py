@@ -11,7 +11,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Final, Literal
 
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -70,6 +70,29 @@ class SystemRoleChanged:
     and each stream is checked anew when the client reconnects."""
 
     user_id: uuid.UUID
+
+
+EVERYONE: Final = "everyone"
+
+
+def who_stops(event: LoggedEvent) -> uuid.UUID | Literal["everyone"] | None:
+    """Whose subscriptions to the thread end after this event: nobody, one removed
+    user, or everyone."""
+    if event.kind is EventKind.THREAD_DELETED:
+        return EVERYONE
+    if event.kind is EventKind.PARTICIPANT_CHANGED and event.payload.get("role") is None:
+        return uuid.UUID(event.payload["user_id"])
+    return None
+
+
+def stops_viewer(stops: object, viewer_id: uuid.UUID) -> bool:
+    """Whether an event whose ``who_stops`` is ``stops`` ends this viewer's subscription."""
+    return stops is not None and stops in (EVERYONE, viewer_id)
+
+
+def ends_subscription(event: LoggedEvent, viewer_id: uuid.UUID) -> bool:
+    """After this event the viewer may no longer follow the thread."""
+    return stops_viewer(who_stops(event), viewer_id)
 
 
 def message_payload(message: Message) -> dict[str, Any]:

@@ -21,10 +21,10 @@ from threadline.realtime.channels import (
     is_logged_event,
     thread_channel,
 )
-from threadline.realtime.thread_feed import ends_subscription
 from threadline.runtime import Runtime
 from threadline.schema.context import Context
 from threadline.schema.events import ReceiptChanged, TypingChanged
+from threadline.services.events import ends_subscription
 from threadline.services.permissions import access_thread, parse_id
 
 
