@@ -1,0 +1,81 @@
+"""Attacks by a hostile but signed-in client that found a real defect (2026-12-03, b).
+
+Each test fails on the code it was written against and states the rule it breaks.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from tests import factories
+from tests.conftest import Api, Clients, Server
+from tests.live import fanout_members
+from tests.wsclient import GraphQLWS
+from threadline.config import Settings
+
+
+@pytest.fixture(params=[True, False], ids=["fast-paths", "general-paths"])
+def settings(settings: Settings, request: pytest.FixtureRequest) -> Settings:
+    return settings.model_copy(update={"fast_paths": request.param})
+
+
+LAST_SEQ = "query($t: ID!) { thread(threadId: $t) { lastSeq } }"
+DELETE = "mutation($m: ID!) { deleteMessage(messageId: $m) { id } }"
+ADD = "mutation($t: ID!, $u: ID!) { addParticipant(threadId: $t, userId: $u) { role } }"
+SECRET = "deleted password hunter2"
+# A selection that reads nothing of the viewer: rendered once per process and event.
+WITH_PARENT = """subscription($t: ID!, $after: Int) { threadEvents(threadId: $t, afterSeq: $after) {
+  seq __typename ... on MessageCreated { message { body parent { body deletedAt } } } } }"""
+
+
+async def _events(ws: GraphQLWS, through: int) -> list[dict[str, Any]]:
+    """threadEvents results up to seq ``through``."""
+    seen: list[dict[str, Any]] = []
+    while not seen or seen[-1]["seq"] < through:
+        message = await ws.next()
+        assert message["type"] == "next" and message["payload"].get("data"), message
+        seen.append(message["payload"]["data"]["threadEvents"])
+    return seen
+
+
+async def _last_seq(api: Api, tid: str) -> int:
+    return int((await api.gql(LAST_SEQ, {"t": tid}))["thread"]["lastSeq"])
+
+
+async def test_a_replayed_reply_does_not_show_its_deleted_parents_text(
+    server: Server, clients: Clients
+) -> None:
+    """A deleted message's body is gone for everyone. A reply's MessageCreated replayed
+    after the parent was deleted shows the parent as it is now (deleted, empty): also
+    when the same selection rendered that event live, with the parent, moments before."""
+    alice, carol, dave = await clients.users("alice", "carol", "dave")
+    tid = await factories.thread(alice, carol)
+    watcher = await GraphQLWS.connect(server.ws_url, carol.token)
+    try:
+        await watcher.subscribe(WITH_PARENT, {"t": tid})
+        await watcher.until(fanout_members(server, 1))
+        parent = await factories.send(alice, tid, SECRET)
+        reply = await factories.send(alice, tid, "a reply", parentId=parent["id"])
+        live = await _events(watcher, reply["seq"])
+        assert live[-1]["message"]["parent"]["body"] == SECRET  # it was there, live
+    finally:
+        await watcher.close()
+    await alice.gql(DELETE, {"m": parent["id"]})
+    await alice.gql(ADD, {"t": tid, "u": dave.id})
+    last = await _last_seq(dave, tid)
+    shown = await dave.gql(
+        "query($m: ID!) { message(messageId: $m) { parent { body deletedAt } } }",
+        {"m": reply["id"]},
+    )
+    assert shown["message"]["parent"]["body"] == ""
+    ws = await GraphQLWS.connect(server.ws_url, dave.token)
+    try:
+        await ws.subscribe(WITH_PARENT, {"t": tid, "after": 0})
+        replayed = await _events(ws, last)
+    finally:
+        await ws.close()
+    leaked = [e for e in replayed if SECRET in json.dumps(e)]
+    assert not leaked, f"the deleted parent's text was replayed: {leaked}"
