@@ -5,16 +5,21 @@ Each test fails on the code it was written against and states the rule it breaks
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import itertools
 import json
-from typing import Any
+from typing import Any, cast
 
 import pytest
+import redis.asyncio
 
 from tests import factories
-from tests.conftest import Api, Clients, Server
-from tests.live import fanout_members
+from tests.conftest import CLUSTER, Api, Clients, Server
+from tests.live import fanout_members, new_listener
 from tests.wsclient import GraphQLWS
 from threadline.config import Settings
+from threadline.realtime.channels import activity_channel, thread_channel
 
 
 @pytest.fixture(params=[True, False], ids=["fast-paths", "general-paths"])
@@ -79,3 +84,69 @@ async def test_a_replayed_reply_does_not_show_its_deleted_parents_text(
         await ws.close()
     leaked = [e for e in replayed if SECRET in json.dumps(e)]
     assert not leaked, f"the deleted parent's text was replayed: {leaked}"
+
+
+REMOVE = "mutation($t: ID!, $u: ID!) { removeParticipant(threadId: $t, userId: $u) }"
+TYPING = "mutation($t: ID!) { setTyping(threadId: $t, isTyping: true) }"
+ACTIVITY = """subscription($t: ID!) { threadActivity(threadId: $t) {
+  __typename ... on TypingChanged { isTyping user { username } } } }"""
+
+
+@pytest.mark.skipif(not CLUSTER, reason="sharded pub/sub: the cluster row")
+async def test_a_removed_users_thread_activity_gets_no_typing_sent_after_the_removal(
+    server: Server, clients: Clients, settings: Settings
+) -> None:
+    """A participant removed from a thread may no longer follow it: their
+    threadActivity ends at the removal and shows nothing that happened after it. On a
+    Redis Cluster the thread's activity and its logged events are published on two
+    channels that may live on two shards, read over two connections: when the events'
+    shard is the busier one, typing sent after the removal overtakes it."""
+    alice, carol = await clients.users("alice", "carol")
+    backend = server.runtime.broker._backend
+    prefix = settings.redis_prefix
+
+    def master(channel: str) -> tuple[str, int]:
+        found = backend._slots.master_of(prefix + channel)
+        assert found is not None
+        return cast(tuple[str, int], found)
+
+    for _ in range(50):  # a thread whose two channels are on two shards
+        tid = await factories.thread(alice, carol)
+        if master(thread_channel(tid)) != master(activity_channel(tid)):
+            break
+    else:
+        pytest.fail("no thread with its two channels on two shards")
+    shard = master(thread_channel(tid))
+    # Other traffic this process hears on the events' shard (other threads' events).
+    busy = next(f"busy:{i}" for i in itertools.count() if master(f"busy:{i}") == shard)
+    ws = await GraphQLWS.connect(server.ws_url, carol.token)
+    node = redis.asyncio.Redis(host=shard[0], port=shard[1])
+    try:
+        async with server.runtime.broker.subscribe(busy) as other:
+            drain = asyncio.create_task(_drain(other))
+            ready = new_listener(server, activity_channel(tid))
+            await ws.subscribe(ACTIVITY, {"t": tid})
+            await ws.until(ready)
+            pipe = node.pipeline(transaction=False)
+            for i in range(20000):
+                pipe.execute_command("SPUBLISH", prefix + busy, f"other traffic {i}")
+            await pipe.execute()
+            await alice.gql(REMOVE, {"t": tid, "u": carol.id})
+            await alice.gql(TYPING, {"t": tid})
+            got = []
+            while True:
+                message = await ws.next()
+                if message["type"] != "next":
+                    break
+                got.append(message["payload"])
+            drain.cancel()
+    finally:
+        await node.aclose()
+        await ws.close()
+    assert not got, f"the removed user's threadActivity went on after the removal: {got}"
+
+
+async def _drain(subscriber: Any) -> None:
+    with contextlib.suppress(Exception):
+        async for _ in subscriber:
+            pass
