@@ -150,3 +150,37 @@ async def _drain(subscriber: Any) -> None:
     with contextlib.suppress(Exception):
         async for _ in subscriber:
             pass
+
+
+REACT = 'mutation($m: ID!) { addReaction(messageId: $m, emoji: "👍") { id } }'
+REACTIONS = """subscription($t: ID!) { threadEvents(threadId: $t, afterSeq: 0) {
+  seq __typename ... on ReactionChanged { messageId reactions { emoji count users { username } } }
+} }"""
+
+
+async def test_a_deleted_messages_reactions_are_not_replayed_from_the_event_log(
+    server: Server, clients: Clients
+) -> None:
+    """A deleted message shows no reactions (Message.reactions is empty once it is
+    deleted, as its body). A participant added after the deletion who replays the
+    thread must not read from the log who reacted to it, as the previous round's fix
+    already does for the message's body and edits."""
+    alice, bob, dave = await clients.users("alice", "bob", "dave")
+    tid = await factories.thread(alice, bob)
+    mistake = (await factories.send(alice, tid, "regrettable"))["id"]
+    await bob.gql(REACT, {"m": mistake})
+    await alice.gql(DELETE, {"m": mistake})
+    await alice.gql(ADD, {"t": tid, "u": dave.id})
+    shown = await dave.gql(
+        "query($m: ID!) { message(messageId: $m) { reactions { count } } }", {"m": mistake}
+    )
+    assert shown["message"]["reactions"] == []
+    last = await _last_seq(dave, tid)
+    ws = await GraphQLWS.connect(server.ws_url, dave.token)
+    try:
+        await ws.subscribe(REACTIONS, {"t": tid})
+        replayed = await _events(ws, last)
+    finally:
+        await ws.close()
+    changed = [e for e in replayed if e["__typename"] == "ReactionChanged"]
+    assert changed and all(e["reactions"] == [] for e in changed), changed
