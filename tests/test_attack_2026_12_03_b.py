@@ -184,3 +184,47 @@ async def test_a_deleted_messages_reactions_are_not_replayed_from_the_event_log(
         await ws.close()
     changed = [e for e in replayed if e["__typename"] == "ReactionChanged"]
     assert changed and all(e["reactions"] == [] for e in changed), changed
+
+
+async def test_a_removal_whose_publish_was_lost_still_ends_the_removed_users_thread_activity(
+    server: Server, clients: Clients, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Events are published after commit, and a publish may fail (Redis briefly out of
+    reach for the writer, or the writer's process dies between commit and publish):
+    "subscribers fill the gap from the log". threadEvents does, at the next event.
+    threadActivity hears the thread's events only to end at a removal, and does not
+    notice a gap: a removal whose publish was lost never ends it, and the removed user
+    goes on seeing who types and reads in the thread, whatever comes next."""
+    alice, carol = await clients.users("alice", "carol")
+    tid = await factories.thread(alice, carol)
+    broker = server.runtime.broker
+    publish = broker.publish
+
+    async def losing_the_removal(channel: str, message: str) -> None:
+        if channel == thread_channel(tid) and '"k":"ParticipantChanged"' in message:
+            raise ConnectionError("the publish of the removal was lost")
+        await publish(channel, message)
+
+    ws = await GraphQLWS.connect(server.ws_url, carol.token)
+    try:
+        ready = new_listener(server, activity_channel(tid))
+        await ws.subscribe(ACTIVITY, {"t": tid})
+        await ws.until(ready)
+        monkeypatch.setattr(broker, "publish", losing_the_removal)
+        await alice.gql(REMOVE, {"t": tid, "u": carol.id})
+        monkeypatch.setattr(broker, "publish", publish)
+        # The thread goes on: its next event shows a gap where the removal was.
+        await factories.send(alice, tid, "after the removal")
+        await alice.gql(TYPING, {"t": tid})
+        got = []
+        while True:
+            try:
+                message = await ws.next(timeout=3)
+            except TimeoutError:
+                break
+            if message["type"] != "next":
+                break
+            got.append(message["payload"])
+    finally:
+        await ws.close()
+    assert not got, f"the removed user's threadActivity went on after the removal: {got}"
