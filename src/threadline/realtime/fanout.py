@@ -38,8 +38,11 @@ class FrameSource(Protocol):
     @property
     def key(self) -> tuple[Hashable, ...]: ...
 
-    async def render(self, event: LoggedEvent) -> str:
-        """The operation's JSON payload for this event."""
+    async def render(self, event: LoggedEvent, horizon: int) -> str:
+        """The operation's JSON payload for this event, rendered after every event of
+        the thread up to ``horizon`` (>= its seq) was committed: a frame shows the
+        messages it nests (a reply's parent, the thread's last message) as they were
+        then, so it is only shared with readers that know of no later event."""
         ...
 
 
@@ -244,10 +247,12 @@ class Member:
         events = await self.group.hub.feed.from_log(self.group.thread_id, self.last)
         if not events:
             return False
+        # Read after the batch was committed: a message deleted up to its end shows so.
+        horizon = events[-1].seq
         for event in events:
             if self.finished:
                 break
-            await self._write(event, await self.group.source.render(event))
+            await self._write(event, await self.group.source.render(event, horizon))
         return True
 
     async def _write(self, event: LoggedEvent, payload: str) -> None:
@@ -309,7 +314,7 @@ class Group:
                 self.thread_id, _NOBODY, self.position, refill_when_behind=True
             )
             async for event in events:
-                payload = await self.source.render(event)
+                payload = await self.source.render(event, event.seq)
                 self.position = event.seq
                 stops = who_stops(event)
                 frames: dict[str, bytes] = {}

@@ -188,16 +188,16 @@ async def events_after(
     """Stored events with seq > after_seq, in order: what a resuming client missed.
 
     A message deleted since its events were logged shows in them as it is now: its
-    body, mentions and the rest are gone (the log keeps what was written then)."""
+    body, mentions, reactions and the rest are gone (the log keeps what was written
+    then)."""
     rows = await _EVENTS_AFTER.scalars(session, thread_id=thread_id, after=after_seq, size=limit)
     events = [
         LoggedEvent(r.thread_id, r.seq, EventKind(r.kind), dict(r.payload), r.actor_id, r.at)
         for r in rows
     ]
-    carried = [m for e in events if (m := _message_in(e)) is not None]
-    if not carried:
+    ids = list({mid for e in events if (mid := _message_id(e)) is not None})
+    if not ids:
         return events
-    ids = list({uuid.UUID(m["id"]) for m in carried})
     rows_deleted = await session.execute(_DELETED_AMONG, {"ids": ids})
     deleted = {mid: at for mid, at in rows_deleted if at is not None}
     return [_as_deleted(e, deleted) for e in events] if deleted else events
@@ -218,18 +218,40 @@ def _message_in(event: LoggedEvent) -> dict[str, Any] | None:
     return None
 
 
+def _message_id(event: LoggedEvent) -> uuid.UUID | None:
+    """The id of the message whose content the event shows (its reactions count)."""
+    if event.kind is EventKind.REACTION_CHANGED:
+        return uuid.UUID(event.payload["message_id"])
+    message = _message_in(event)
+    return uuid.UUID(message["id"]) if message is not None else None
+
+
+# Set on a ReactionChanged whose message was deleted since (its reactions emptied).
+_OF_DELETED = "of_deleted"
+
+
 def shows_deleted(event: LoggedEvent) -> bool:
     """Whether the event carries its message as deleted (``events_after``): rendered
     apart from the same event as it went out live, with the message still in it."""
+    if event.kind is EventKind.REACTION_CHANGED:
+        return bool(event.payload.get(_OF_DELETED))
     message = _message_in(event)
     return message is not None and message.get("deleted_at") is not None
 
 
 def _as_deleted(event: LoggedEvent, deleted: dict[uuid.UUID, datetime]) -> LoggedEvent:
-    message = _message_in(event)
-    when = deleted.get(uuid.UUID(message["id"])) if message is not None else None
-    if message is None or when is None:
+    mid = _message_id(event)
+    if mid is None or mid not in deleted:
         return event
+    if event.kind is EventKind.REACTION_CHANGED:
+        # What Message.reactions shows of a deleted message: none.
+        payload = {**event.payload, "reactions": [], _OF_DELETED: True}
+        return LoggedEvent(
+            event.thread_id, event.seq, event.kind, payload, event.actor_id, event.at
+        )
+    message = _message_in(event)
+    assert message is not None
+    when = deleted[mid]
     # What delete_message leaves of the message itself.
     gone = {
         **message,

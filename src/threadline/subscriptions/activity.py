@@ -1,7 +1,8 @@
 """threadActivity: typing and receipts of a thread, live only (never stored).
 
 It also hears the thread's logged events: on one that ends threadEvents (the viewer
-removed, the thread deleted), and after a broker reconnect that may have lost one,
+removed, the thread deleted), after a gap in their seqs (an event whose publish was
+lost, which may be that one) and after a broker reconnect that may have lost one,
 the viewer's access is checked again and the stream ends once it is gone.
 """
 
@@ -28,13 +29,14 @@ from threadline.services.events import ends_subscription
 from threadline.services.permissions import access_thread, parse_id
 
 
-async def _may_follow(runtime: Runtime, viewer: User, thread_id: uuid.UUID) -> bool:
+async def _followed_to(runtime: Runtime, viewer: User, thread_id: uuid.UUID) -> int | None:
+    """The thread's last seq if the viewer may follow it now; None once they may not."""
     async with runtime.db.reading() as session:
         try:
-            await access_thread(session, viewer, thread_id)
+            access = await access_thread(session, viewer, thread_id)
         except NotFound:
-            return False
-    return True
+            return None
+    return access.thread.last_seq
 
 
 async def stream(info: Info, thread_id: str) -> AsyncIterator[TypingChanged | ReceiptChanged]:
@@ -46,21 +48,27 @@ async def stream(info: Info, thread_id: str) -> AsyncIterator[TypingChanged | Re
     channels = (activity_channel(tid), thread_channel(tid))
     async with runtime.broker.subscribe_many(channels) as subscriber:
         # A removal between @threadRole's check and the subscription was not heard.
-        if not await _may_follow(runtime, viewer, tid):
+        # Every event after ``heard`` is heard from here on, unless its publish is lost.
+        heard = await _followed_to(runtime, viewer, tid)
+        if heard is None:
             return
         async for item in subscriber:
             if item is RECONNECTED:
                 # Ephemeral: nothing to catch up on, except a removal meanwhile.
-                if not await _may_follow(runtime, viewer, tid):
+                if (heard := await _followed_to(runtime, viewer, tid)) is None:
                     return
                 continue
             raw = str(item)
             if is_logged_event(raw):
                 logged = runtime.feed.decoded(raw)
-                if ends_subscription(logged, viewer.id) and not await _may_follow(
-                    runtime, viewer, tid
-                ):
-                    return
+                # A gap: an event not heard (its publish failed, or it is still on
+                # its way from another process) may be this viewer's removal.
+                if ends_subscription(logged, viewer.id) or logged.seq > heard + 1:
+                    checked = await _followed_to(runtime, viewer, tid)
+                    if checked is None:
+                        return
+                    heard = max(heard, checked)
+                heard = max(heard, logged.seq)
                 continue
             event = decode_activity(raw)
             await ctx.renew()

@@ -46,10 +46,13 @@ class BroadcastFrames:
         self._frames = frames
         self._runtime = runtime
 
-    async def render(self, event: LoggedEvent) -> str:
+    async def render(self, event: LoggedEvent, horizon: int) -> str:
         runtime = self._runtime
+        # By the horizon too: a frame rendered live shows the messages it nests (a
+        # reply's parent) as they were then; one of them deleted since must not come
+        # back in the same event replayed from the log (whose horizon is later).
         return await self._frames.render(
             self.template,
-            (event.thread_id, event.seq, shows_deleted(event)),
+            (event.thread_id, event.seq, shows_deleted(event), horizon),
             lambda: rendered(runtime, event),
         )

@@ -1,0 +1,230 @@
+"""Attacks by a hostile but signed-in client that found a real defect (2026-12-03, b).
+
+Each test fails on the code it was written against and states the rule it breaks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+from typing import Any, cast
+
+import pytest
+import redis.asyncio
+
+from tests import factories
+from tests.conftest import CLUSTER, Api, Clients, Server
+from tests.live import fanout_members, new_listener
+from tests.wsclient import GraphQLWS
+from threadline.config import Settings
+from threadline.realtime.channels import activity_channel, thread_channel
+
+
+@pytest.fixture(params=[True, False], ids=["fast-paths", "general-paths"])
+def settings(settings: Settings, request: pytest.FixtureRequest) -> Settings:
+    return settings.model_copy(update={"fast_paths": request.param})
+
+
+LAST_SEQ = "query($t: ID!) { thread(threadId: $t) { lastSeq } }"
+DELETE = "mutation($m: ID!) { deleteMessage(messageId: $m) { id } }"
+ADD = "mutation($t: ID!, $u: ID!) { addParticipant(threadId: $t, userId: $u) { role } }"
+SECRET = "deleted password hunter2"
+# A selection that reads nothing of the viewer: rendered once per process and event.
+WITH_PARENT = """subscription($t: ID!, $after: Int) { threadEvents(threadId: $t, afterSeq: $after) {
+  seq __typename ... on MessageCreated { message { body parent { body deletedAt } } } } }"""
+
+
+async def _events(ws: GraphQLWS, through: int) -> list[dict[str, Any]]:
+    """threadEvents results up to seq ``through``."""
+    seen: list[dict[str, Any]] = []
+    while not seen or seen[-1]["seq"] < through:
+        message = await ws.next()
+        assert message["type"] == "next" and message["payload"].get("data"), message
+        seen.append(message["payload"]["data"]["threadEvents"])
+    return seen
+
+
+async def _last_seq(api: Api, tid: str) -> int:
+    return int((await api.gql(LAST_SEQ, {"t": tid}))["thread"]["lastSeq"])
+
+
+async def test_a_replayed_reply_does_not_show_its_deleted_parents_text(
+    server: Server, clients: Clients
+) -> None:
+    """A deleted message's body is gone for everyone. A reply's MessageCreated replayed
+    after the parent was deleted shows the parent as it is now (deleted, empty): also
+    when the same selection rendered that event live, with the parent, moments before."""
+    alice, carol, dave = await clients.users("alice", "carol", "dave")
+    tid = await factories.thread(alice, carol)
+    watcher = await GraphQLWS.connect(server.ws_url, carol.token)
+    try:
+        await watcher.subscribe(WITH_PARENT, {"t": tid})
+        await watcher.until(fanout_members(server, 1))
+        parent = await factories.send(alice, tid, SECRET)
+        reply = await factories.send(alice, tid, "a reply", parentId=parent["id"])
+        live = await _events(watcher, reply["seq"])
+        assert live[-1]["message"]["parent"]["body"] == SECRET  # it was there, live
+    finally:
+        await watcher.close()
+    await alice.gql(DELETE, {"m": parent["id"]})
+    await alice.gql(ADD, {"t": tid, "u": dave.id})
+    last = await _last_seq(dave, tid)
+    shown = await dave.gql(
+        "query($m: ID!) { message(messageId: $m) { parent { body deletedAt } } }",
+        {"m": reply["id"]},
+    )
+    assert shown["message"]["parent"]["body"] == ""
+    ws = await GraphQLWS.connect(server.ws_url, dave.token)
+    try:
+        await ws.subscribe(WITH_PARENT, {"t": tid, "after": 0})
+        replayed = await _events(ws, last)
+    finally:
+        await ws.close()
+    leaked = [e for e in replayed if SECRET in json.dumps(e)]
+    assert not leaked, f"the deleted parent's text was replayed: {leaked}"
+
+
+REMOVE = "mutation($t: ID!, $u: ID!) { removeParticipant(threadId: $t, userId: $u) }"
+TYPING = "mutation($t: ID!) { setTyping(threadId: $t, isTyping: true) }"
+ACTIVITY = """subscription($t: ID!) { threadActivity(threadId: $t) {
+  __typename ... on TypingChanged { isTyping user { username } } } }"""
+
+
+@pytest.mark.skipif(not CLUSTER, reason="sharded pub/sub: the cluster row")
+async def test_a_removed_users_thread_activity_gets_no_typing_sent_after_the_removal(
+    server: Server, clients: Clients, settings: Settings
+) -> None:
+    """A participant removed from a thread may no longer follow it: their
+    threadActivity ends at the removal and shows nothing that happened after it. On a
+    Redis Cluster the thread's activity and its logged events are published on two
+    channels that may live on two shards, read over two connections: when the events'
+    shard is the busier one, typing sent after the removal overtakes it."""
+    alice, carol = await clients.users("alice", "carol")
+    backend = server.runtime.broker._backend
+    prefix = settings.redis_prefix
+
+    def master(channel: str) -> tuple[str, int]:
+        found = backend._slots.master_of(prefix + channel)
+        assert found is not None
+        return cast(tuple[str, int], found)
+
+    for _ in range(50):  # a thread whose two channels are on two shards
+        tid = await factories.thread(alice, carol)
+        if master(thread_channel(tid)) != master(activity_channel(tid)):
+            break
+    else:
+        pytest.fail("no thread with its two channels on two shards")
+    shard = master(thread_channel(tid))
+    # Other traffic this process hears on the events' shard (other threads' events).
+    busy = next(f"busy:{i}" for i in itertools.count() if master(f"busy:{i}") == shard)
+    ws = await GraphQLWS.connect(server.ws_url, carol.token)
+    node = redis.asyncio.Redis(host=shard[0], port=shard[1])
+    try:
+        async with server.runtime.broker.subscribe(busy) as other:
+            drain = asyncio.create_task(_drain(other))
+            ready = new_listener(server, activity_channel(tid))
+            await ws.subscribe(ACTIVITY, {"t": tid})
+            await ws.until(ready)
+            pipe = node.pipeline(transaction=False)
+            for i in range(20000):
+                pipe.execute_command("SPUBLISH", prefix + busy, f"other traffic {i}")
+            await pipe.execute()
+            await alice.gql(REMOVE, {"t": tid, "u": carol.id})
+            await alice.gql(TYPING, {"t": tid})
+            got = []
+            while True:
+                message = await ws.next()
+                if message["type"] != "next":
+                    break
+                got.append(message["payload"])
+            drain.cancel()
+    finally:
+        await node.aclose()
+        await ws.close()
+    assert not got, f"the removed user's threadActivity went on after the removal: {got}"
+
+
+async def _drain(subscriber: Any) -> None:
+    with contextlib.suppress(Exception):
+        async for _ in subscriber:
+            pass
+
+
+REACT = 'mutation($m: ID!) { addReaction(messageId: $m, emoji: "👍") { id } }'
+REACTIONS = """subscription($t: ID!) { threadEvents(threadId: $t, afterSeq: 0) {
+  seq __typename ... on ReactionChanged { messageId reactions { emoji count users { username } } }
+} }"""
+
+
+async def test_a_deleted_messages_reactions_are_not_replayed_from_the_event_log(
+    server: Server, clients: Clients
+) -> None:
+    """A deleted message shows no reactions (Message.reactions is empty once it is
+    deleted, as its body). A participant added after the deletion who replays the
+    thread must not read from the log who reacted to it, as the previous round's fix
+    already does for the message's body and edits."""
+    alice, bob, dave = await clients.users("alice", "bob", "dave")
+    tid = await factories.thread(alice, bob)
+    mistake = (await factories.send(alice, tid, "regrettable"))["id"]
+    await bob.gql(REACT, {"m": mistake})
+    await alice.gql(DELETE, {"m": mistake})
+    await alice.gql(ADD, {"t": tid, "u": dave.id})
+    shown = await dave.gql(
+        "query($m: ID!) { message(messageId: $m) { reactions { count } } }", {"m": mistake}
+    )
+    assert shown["message"]["reactions"] == []
+    last = await _last_seq(dave, tid)
+    ws = await GraphQLWS.connect(server.ws_url, dave.token)
+    try:
+        await ws.subscribe(REACTIONS, {"t": tid})
+        replayed = await _events(ws, last)
+    finally:
+        await ws.close()
+    changed = [e for e in replayed if e["__typename"] == "ReactionChanged"]
+    assert changed and all(e["reactions"] == [] for e in changed), changed
+
+
+async def test_a_removal_whose_publish_was_lost_still_ends_the_removed_users_thread_activity(
+    server: Server, clients: Clients, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Events are published after commit, and a publish may fail (Redis briefly out of
+    reach for the writer, or the writer's process dies between commit and publish):
+    "subscribers fill the gap from the log". threadEvents does, at the next event.
+    threadActivity hears the thread's events only to end at a removal, and does not
+    notice a gap: a removal whose publish was lost never ends it, and the removed user
+    goes on seeing who types and reads in the thread, whatever comes next."""
+    alice, carol = await clients.users("alice", "carol")
+    tid = await factories.thread(alice, carol)
+    broker = server.runtime.broker
+    publish = broker.publish
+
+    async def losing_the_removal(channel: str, message: str) -> None:
+        if channel == thread_channel(tid) and '"k":"ParticipantChanged"' in message:
+            raise ConnectionError("the publish of the removal was lost")
+        await publish(channel, message)
+
+    ws = await GraphQLWS.connect(server.ws_url, carol.token)
+    try:
+        ready = new_listener(server, activity_channel(tid))
+        await ws.subscribe(ACTIVITY, {"t": tid})
+        await ws.until(ready)
+        monkeypatch.setattr(broker, "publish", losing_the_removal)
+        await alice.gql(REMOVE, {"t": tid, "u": carol.id})
+        monkeypatch.setattr(broker, "publish", publish)
+        # The thread goes on: its next event shows a gap where the removal was.
+        await factories.send(alice, tid, "after the removal")
+        await alice.gql(TYPING, {"t": tid})
+        got = []
+        while True:
+            try:
+                message = await ws.next(timeout=3)
+            except TimeoutError:
+                break
+            if message["type"] != "next":
+                break
+            got.append(message["payload"])
+    finally:
+        await ws.close()
+    assert not got, f"the removed user's threadActivity went on after the removal: {got}"
