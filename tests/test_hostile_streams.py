@@ -1,4 +1,5 @@
-"""Attacks by a hostile but signed-in client that found a real defect (2026-12-03).
+"""Live streams against a hostile but signed-in client: what a removed participant
+keeps receiving, and what a replay hands back (defects found by an attack, 2026-12-03).
 
 Each test fails on the code it was written against and states the rule it breaks.
 """

@@ -1,4 +1,5 @@
-"""Attacks by a hostile but signed-in client that found a real defect (2026-12-03, b).
+"""Replays and threadActivity against a hostile but signed-in client: deleted content
+and removals (defects found by a second attack, 2026-12-03).
 
 Each test fails on the code it was written against and states the rule it breaks.
 """
