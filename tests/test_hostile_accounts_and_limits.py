@@ -1,0 +1,93 @@
+"""A hostile client against accounts, authentication and per-client limits.
+
+Each test is one attack that once worked: what a signed-in (or anonymous) client could
+do to another user's privacy, to the server's bookkeeping of who is connected, or to
+its memory and CPU.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from typing import Any
+
+import pytest
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+from tests.conftest import Clients, Server
+from tests.live import until
+
+LEGACY = "graphql-ws"
+TRANSPORT = "graphql-transport-ws"
+
+
+async def _receive(conn: ClientConnection, timeout: float = 10) -> dict[str, Any]:
+    while True:
+        raw = await asyncio.wait_for(conn.recv(), timeout)
+        message: dict[str, Any] = json.loads(raw)
+        if message["type"] == "ka":
+            continue
+        if message["type"] == "ping":
+            await conn.send(json.dumps({"type": "pong"}))
+            continue
+        return message
+
+
+async def _init(conn: ClientConnection, token: str) -> dict[str, Any]:
+    init = {"type": "connection_init", "payload": {"authorization": f"Bearer {token}"}}
+    await conn.send(json.dumps(init))
+    return await _receive(conn)
+
+
+@pytest.mark.any_backend
+async def test_a_second_legacy_connection_init_leaves_no_session_open_after_the_socket_closes(
+    server: Server, clients: Clients
+) -> None:
+    """graphql-transport-ws closes a socket that sends connection_init twice (4429);
+    the legacy protocol acknowledged every one, opening a session row and a presence
+    lease each time, and the socket's end closed only the last: the others stayed
+    "connected" in mySessions (and kept the user ONLINE) after the socket was gone."""
+    alice = await clients.user("alice")
+    assert alice.token is not None
+    graphql = server.app.state.graphql
+    conn = await websockets.connect(server.ws_url, subprotocols=[LEGACY])  # type: ignore[list-item]
+    assert (await _init(conn, alice.token))["type"] == "connection_ack"
+    await conn.send(json.dumps({"type": "connection_init", "payload": {"token": alice.token}}))
+    # Acknowledged again, or refused with a close: either way the socket then ends.
+    with contextlib.suppress(websockets.ConnectionClosed):
+        await _receive(conn)
+    await conn.close()
+    await until(lambda: not graphql.connections)
+    sessions = (await alice.gql("{ mySessions { id disconnectedAt } }"))["mySessions"]
+    assert sessions, "the socket opened no session at all"
+    assert [s for s in sessions if s["disconnectedAt"] is None] == []
+
+
+def fanned_fragments(levels: int) -> str:
+    """A document of ~10 tokens a level whose fragments, spelled out, are 2**levels
+    spreads: each fragment spreads the next one twice."""
+    fragments = " ".join(
+        f"fragment F{i} on User {{ ...F{i + 1} ...F{i + 1} }}" for i in range(levels)
+    )
+    return f"{{ me {{ ...F0 }} }} {fragments} fragment F{levels} on User {{ id }}"
+
+
+async def test_fragments_that_fan_out_are_checked_in_linear_time(
+    server: Server, clients: Clients
+) -> None:
+    """The depth and alias limits followed every fragment spread anew, on the event
+    loop: 21 levels (about 220 tokens, well under MAX_TOKENS) took seconds, each
+    further level doubled it, and 40 levels stopped the process for good. Anyone could
+    send it, signed in or not: the limits run before any field is authorised."""
+    anonymous = clients.anonymous
+    started = time.monotonic()
+    body = await anonymous.raw(fanned_fragments(21))
+    elapsed = time.monotonic() - started
+    # Valid (it selects only `me { id }`), so it runs and is refused for want of a token.
+    assert body["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED", body
+    assert elapsed < 2.0, f"validating 220 tokens took {elapsed:.1f}s"
+    alice = await clients.user("alice")
+    assert (await alice.gql(fanned_fragments(21)))["me"]["id"] == alice.id
