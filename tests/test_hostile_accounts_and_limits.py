@@ -13,6 +13,7 @@ import json
 import time
 from typing import Any
 
+import httpx
 import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection
@@ -98,3 +99,49 @@ async def test_fragments_that_fan_out_are_checked_in_linear_time(
     assert elapsed < 2.0, f"validating 220 tokens took {elapsed:.1f}s"
     alice = await clients.user("alice")
     assert (await alice.gql(fanned_fragments(21)))["me"]["id"] == alice.id
+
+
+async def _refusal_code(server: Server, token: str) -> int | None:
+    """The close code a graphql-transport-ws connection_init with ``token`` gets."""
+    async with websockets.connect(server.ws_url, subprotocols=[TRANSPORT]) as conn:  # type: ignore[list-item]
+        await conn.send(json.dumps({"type": "connection_init", "payload": {"token": token}}))
+        with pytest.raises(websockets.ConnectionClosed):
+            while True:
+                await asyncio.wait_for(conn.recv(), 10)
+    return conn.close_code
+
+
+@pytest.mark.parametrize("ending", ["session.ended", "user.deleted"])
+async def test_a_connection_init_for_an_ended_session_or_deleted_user_closes_with_4401(
+    server: Server, http: httpx.AsyncClient, clients: Clients, ending: str
+) -> None:
+    """CONTRACT.md: 4401 when the Clerk session ended or the user was deleted (the
+    graphql-ws client stops: the user signs in again); 4403 only for a token missing,
+    bad or expired (the client reconnects with a fresh one). A still-valid token of an
+    ended session or deleted user, at connection_init, was answered 4403: the client
+    retried for ever with tokens the server will never take."""
+    from tests.test_clerk_webhooks import (
+        clerk_id,
+        deleted_event,
+        deliver,
+        session_event,
+        token_with_session,
+        user_event,
+    )
+
+    user_id = clerk_id()
+    await deliver(server, http, user_event(user_id))
+    token = token_with_session(user_id, "ada", "sess_gone")
+    assert await _init_answer(server, token) == "connection_ack"
+    event = (
+        session_event("sess_gone", user_id) if ending == "session.ended" else deleted_event(user_id)
+    )
+    assert (await deliver(server, http, event)).status_code == 200
+    assert await _refusal_code(server, token) == 4401
+    # A bad token is still 4403.
+    assert await _refusal_code(server, "not-a-token") == 4403
+
+
+async def _init_answer(server: Server, token: str) -> str:
+    async with websockets.connect(server.ws_url, subprotocols=[TRANSPORT]) as conn:  # type: ignore[list-item]
+        return str((await _init(conn, token))["type"])
