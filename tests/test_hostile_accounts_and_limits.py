@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import time
+import uuid
 from typing import Any
 
 import httpx
@@ -145,3 +146,32 @@ async def test_a_connection_init_for_an_ended_session_or_deleted_user_closes_wit
 async def _init_answer(server: Server, token: str) -> str:
     async with websockets.connect(server.ws_url, subprotocols=[TRANSPORT]) as conn:  # type: ignore[list-item]
         return str((await _init(conn, token))["type"])
+
+
+SET_ROLE = "mutation($u: ID!, $r: SystemRole!) { setUserRole(userId: $u, role: $r) { role } }"
+
+
+async def test_two_owners_stepping_down_at_once_leave_one_owner(
+    server: Server, clients: Clients
+) -> None:
+    """CONTRACT.md: the last OWNER cannot be demoted. Each OWNER's step-down counted
+    the other OWNERs before either committed: both saw one, both stepped down, and the
+    deployment was left with no OWNER (only the command line can make one again)."""
+    from threadline.models import SystemRole
+    from threadline.services import users
+
+    alice, bob = await clients.users("alice", "bob")
+    # A race: tried several times, each from two OWNERs again.
+    for _ in range(10):
+        for api in (alice, bob):
+            async with server.runtime.db.transaction("test_make_owner") as uow:
+                await users.set_role_by_username(uow, str(api.username), SystemRole.OWNER)
+        server.runtime.forget_viewers(user_ids={uuid.UUID(alice.id), uuid.UUID(bob.id)})
+        answers = await asyncio.gather(
+            alice.raw(SET_ROLE, {"u": alice.id, "r": "MEMBER"}),
+            bob.raw(SET_ROLE, {"u": bob.id, "r": "MEMBER"}),
+        )
+        roles = [(await api.gql("{ me { role } }"))["me"]["role"] for api in (alice, bob)]
+        assert "OWNER" in roles, answers
+        refused = [a for a in answers if a.get("errors")]
+        assert [a["errors"][0]["extensions"]["code"] for a in refused] == ["CONFLICT"], answers
