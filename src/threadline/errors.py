@@ -36,6 +36,11 @@ class Unauthenticated(DomainError):
     code = ErrorCode.UNAUTHENTICATED
 
 
+class SignedOut(Unauthenticated):
+    """A valid token whose Clerk session ended or whose user was deleted: no fresh
+    token of it will do (a WebSocket closes with 4401, not 4403)."""
+
+
 class Forbidden(DomainError):
     code = ErrorCode.FORBIDDEN
 

@@ -29,7 +29,13 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import Ope
 from strawberry.types import ExecutionResult
 from strawberry.types.unset import UNSET, UnsetType
 
-from threadline.errors import DomainError, RateLimited, ServiceUnavailable, Unauthenticated
+from threadline.errors import (
+    DomainError,
+    RateLimited,
+    ServiceUnavailable,
+    SignedOut,
+    Unauthenticated,
+)
 from threadline.metrics import WEBSOCKET_CONNECTIONS
 from threadline.realtime.channels import SESSIONS_CHANNEL, encode_sessions_signal
 from threadline.realtime.rate_limits import Action
@@ -301,6 +307,8 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
         forgotten = self.runtime.viewers_forgotten
         try:
             identity, user = await self.runtime.authenticate(token)
+        except SignedOut as exc:  # no fresh token will do: the client must not retry
+            raise RefusedConnection(CLOSE_SESSION_ENDED, exc.message) from None
         except Unauthenticated as exc:
             raise ConnectionRejectionError({"message": exc.message}) from None
         try:
@@ -330,7 +338,9 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
             # the viewer it was authorized with may be older than the change.
             try:
                 identity, user = await self.runtime.authenticate(token)
-            except Unauthenticated as exc:  # the run's end closes the session row
+            except SignedOut as exc:  # the run's end closes the session row
+                raise RefusedConnection(CLOSE_SESSION_ENDED, exc.message) from None
+            except Unauthenticated as exc:
                 raise ConnectionRejectionError({"message": exc.message}) from None
             context.set_viewer(identity, user)
         # Never fails for want of Redis: the lease is then written on the next beat.

@@ -12,7 +12,7 @@ from functools import partial
 from threadline.auth.tokens import TokenVerifier
 from threadline.config import Settings
 from threadline.db import Database, make_engine
-from threadline.errors import Unauthenticated
+from threadline.errors import SignedOut
 from threadline.models import Attachment, User
 from threadline.realtime.broker import Broker
 from threadline.realtime.caches import TTLCache
@@ -130,10 +130,10 @@ class Runtime:
             if identity.session_id and await clerk_sync.is_session_ended(
                 session, identity.session_id
             ):
-                raise Unauthenticated("This session has ended: sign in again")
+                raise SignedOut("This session has ended: sign in again")
             user = await users.user_by_clerk_id(session, identity.clerk_id)
         if user is not None and user.deleted_at is not None:
-            raise Unauthenticated("This user was deleted")
+            raise SignedOut("This user was deleted")
         if user is None or _wants_profile(user, identity):
             async with self.db.transaction("user_for_identity") as uow:
                 user = await clerk_sync.user_for_identity(uow, identity)

@@ -203,7 +203,13 @@ class LegacyProtocol(BaseGraphQLWSHandler[Context, None]):
         await super().handle_message(message)
 
     async def handle_connection_init(self, message: Any) -> None:
-        # strawberry's, except that a refusal closes with 4403 (or its own code), not 1011.
+        # strawberry's, except that a refusal closes with 4403 (or its own code), not 1011,
+        # and a second connection_init closes the socket, as in graphql-transport-ws:
+        # each one would open another session row and presence lease, and the socket's
+        # end closes only the last.
+        if self.connection_init_received:
+            await self.websocket.close(4429, "Too many initialisation requests")
+            return
         self.connection_init_received = True  # before the token check, which may be slow
         payload = message.get("payload")
         if payload is not None and not isinstance(payload, dict):

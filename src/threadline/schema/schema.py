@@ -12,7 +12,6 @@ from typing import Any, NamedTuple
 
 import strawberry
 from graphql import GraphQLError, NoSchemaIntrospectionCustomRule
-from strawberry.extensions import MaxAliasesLimiter, QueryDepthLimiter
 from strawberry.schema.config import StrawberryConfig
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 from strawberry.types import ExecutionResult
@@ -20,6 +19,7 @@ from strawberry.types.graphql import OperationType
 
 from threadline.config import Settings
 from threadline.realtime.caches import TTLCache
+from threadline.schema.document_limits import alias_limit, depth_limit
 from threadline.schema.documents import Documents
 from threadline.schema.engine import lean_resolvers
 from threadline.schema.engine.internals import freed_promptly, graphql_schema, memo_per_event
@@ -118,8 +118,9 @@ def build_schema(
     # The depth and alias rules are classes made by these limiters; they are made once
     # per schema so that the document cache (keyed by the rules too) hits across requests.
     rules = [
-        *QueryDepthLimiter(max_depth=settings.max_query_depth).validation_rules,
-        *MaxAliasesLimiter(max_alias_count=settings.max_aliases).validation_rules,
+        # Ours, not strawberry's limiters: theirs walk each fragment once per spread.
+        depth_limit(settings.max_query_depth),
+        alias_limit(settings.max_aliases),
         # Production refuses introspection: one more validation rule, cached like the rest.
         *([NoSchemaIntrospectionCustomRule] if production else []),
     ]

@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from threadline.db import UnitOfWork
-from threadline.errors import BadInput, Unauthenticated
+from threadline.errors import BadInput, SignedOut
 from threadline.models import EndedClerkSession, Session, SystemRole, User, WebhookDelivery, utcnow
 from threadline.models.queries import Query
 from threadline.services import users
@@ -61,7 +61,7 @@ async def user_for_identity(uow: UnitOfWork, identity: Identity) -> User:
         )
         user = await _insert_user(uow.session, new)
     if user.deleted_at is not None:
-        raise Unauthenticated("this account has been deleted")
+        raise SignedOut("this account has been deleted")
     if user.clerk_updated_at is None:
         # Until a webhook has spoken, the token's claims fill gaps but never overwrite.
         if user.username is None and identity.username is not None:

@@ -8,11 +8,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
-from sqlalchemy import bindparam, func, or_, select
+from sqlalchemy import bindparam, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from threadline.db import UnitOfWork
-from threadline.errors import BadInput, Conflict, NotFound
+from threadline.errors import BadInput, Conflict, Forbidden, NotFound
 from threadline.models import Session, SystemRole, User
 from threadline.models.queries import Query
 from threadline.services.events import SystemRoleChanged
@@ -132,19 +132,26 @@ async def set_user_role(
     uow: UnitOfWork, actor: User, user_id: str | uuid.UUID, role: SystemRole
 ) -> User:
     require_system_role(actor, SystemRole.OWNER)
+    owners: set[uuid.UUID] | None = None
+    if role is not SystemRole.OWNER:
+        # A demotion locks the OWNER rows first, so that concurrent ones are decided
+        # one after the other: two OWNERs stepping down (or demoting each other) at
+        # once each counted the other and left the deployment with none.
+        owners = set(
+            await uow.session.scalars(
+                select(User.id)
+                .where(User.role == SystemRole.OWNER.value, User.deleted_at.is_(None))
+                .order_by(User.id)
+                .with_for_update()
+            )
+        )
+        if actor.id not in owners:  # demoted meanwhile
+            raise Forbidden(f"This needs the system role {SystemRole.OWNER.value} or higher")
     user = await get_user(uow.session, user_id)
     if user.deleted_at is not None:
         raise NotFound("User not found")
-    if user.id == actor.id and role is not SystemRole.OWNER:
-        others = await uow.session.scalar(
-            select(func.count())
-            .select_from(User)
-            .where(
-                User.role == SystemRole.OWNER.value, User.id != user.id, User.deleted_at.is_(None)
-            )
-        )
-        if not others:
-            raise Conflict("The last system OWNER cannot step down")
+    if owners is not None and owners == {user.id}:
+        raise Conflict("The last system OWNER cannot step down")
     change_role(uow, user, role)
     await uow.session.flush()
     return user
