@@ -102,6 +102,39 @@ async def test_fragments_that_fan_out_are_checked_in_linear_time(
     assert (await alice.gql(fanned_fragments(21)))["me"]["id"] == alice.id
 
 
+async def test_one_field_repeated_over_50_times_in_one_place_is_refused_before_validation(
+    clients: Clients,
+) -> None:
+    """graphql-core checks that fields of one response key can merge by comparing them
+    in pairs: ~4,800 tokens repeating `me { __typename }` took 0.4-1.4 s of event loop
+    each, signed out. Over 50 of one key in one selection set (the fields fragments
+    bring counted) is refused before that check runs."""
+    anonymous = clients.anonymous
+    body = await anonymous.raw("{ " + " ".join(["me { __typename }"] * 1200) + " }")
+    assert "'me' is selected over 50 times" in body["errors"][0]["message"], body
+    fragments = " ".join(f"fragment F{i} on Query {{ me {{ id }} }}" for i in range(60))
+    spreads = " ".join(f"...F{i}" for i in range(60))
+    body = await anonymous.raw(f"{{ {spreads} }} {fragments}")
+    assert "'me' is selected over 50 times" in body["errors"][0]["message"], body
+    # What clients send: a key in a few fragments, a fragment spread more than once.
+    alice = await clients.user("alice")
+    fragments = " ".join(f"fragment F{i} on User {{ id }}" for i in range(50))
+    spreads = " ".join(f"...F{i} ...F{i}" for i in range(50))
+    assert (await alice.gql(f"{{ me {{ {spreads} }} }} {fragments}"))["me"]["id"] == alice.id
+
+
+async def test_a_long_chain_of_fragments_is_refused_cleanly(clients: Clients) -> None:
+    """Each link of the chain adds no depth, and the depth limit followed it link by
+    link into Python's recursion limit. Now it stops following (graphql-core's own
+    validation then gives up on the chain: a clean BAD_USER_INPUT, not an internal
+    error), and the next request is answered."""
+    alice = await clients.user("alice")
+    chain = " ".join(f"fragment F{i} on User {{ ...F{i + 1} }}" for i in range(600))
+    body = await alice.raw(f"{{ me {{ ...F0 }} }} {chain} fragment F600 on User {{ id }}")
+    assert body["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT", body
+    assert (await alice.gql("{ me { id } }"))["me"]["id"] == alice.id
+
+
 async def _refusal_code(server: Server, token: str) -> int | None:
     """The close code a graphql-transport-ws connection_init with ``token`` gets."""
     async with websockets.connect(server.ws_url, subprotocols=[TRANSPORT]) as conn:  # type: ignore[list-item]

@@ -1,4 +1,5 @@
-"""The depth and alias limits (MAX_QUERY_DEPTH, MAX_ALIASES) as validation rules.
+"""The depth and alias limits (MAX_QUERY_DEPTH, MAX_ALIASES) as validation rules, and
+a cap on one response key repeated in a selection set, checked before validation.
 
 strawberry's ``QueryDepthLimiter`` and ``MaxAliasesLimiter`` follow every fragment
 spread anew: a document whose fragments each spread the next one twice is 2**n walks,
@@ -11,10 +12,12 @@ fields not counted); an alias counts once per place its fragment is spread into.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from graphql import (
+    DocumentNode,
     FieldNode,
     FragmentDefinitionNode,
     FragmentSpreadNode,
@@ -25,6 +28,10 @@ from graphql import (
     ValidationContext,
     ValidationRule,
 )
+
+# Deeper than any valid document (MAX_QUERY_DEPTH): the walks stop there, within
+# Python's recursion limit, and validation refuses what is below.
+_DEEPEST = 100
 
 
 class _OverLimit(Exception):
@@ -82,7 +89,9 @@ class _Measure:
         if known is not None:
             return known
         fragment = self.fragments.get(name)
-        if fragment is None or name in self.open:
+        # A cycle (validation refuses it), or a chain of fragments too long to follow
+        # within Python's recursion limit (each link adds no depth).
+        if fragment is None or name in self.open or len(self.open) > _DEEPEST:
             return 0
         self.open.add(name)
         try:
@@ -139,3 +148,76 @@ def alias_limit(max_aliases: int) -> type[ValidationRule]:
                 context.report_error(GraphQLError(message))
 
     return AliasLimit
+
+
+# graphql-core's check that fields of one response key can merge compares them in
+# pairs: ~4,800 tokens repeating `me { __typename }` took 0.4-1.4 s of event loop,
+# signed out. Client documents repeat a key a few times (fragments sharing `id`).
+MAX_REPEATS = 50
+
+
+def repeats_over(document: DocumentNode, limit: int = MAX_REPEATS) -> str | None:
+    """The first response key selected more than ``limit`` times in one selection set
+    (with the fields its fragments bring, each fragment once however often it is
+    spread there, as graphql-core compares them), or None."""
+    fragments = {
+        d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)
+    }
+    known: dict[str, Counter[str]] = {}
+    open_: set[str] = set()
+
+    def keys(selection_set: SelectionSetNode | None, level: int) -> Counter[str]:
+        counts: Counter[str] = Counter()
+        if level > _DEEPEST:  # refused by the depth limit, or a chain of fragments
+            return counts
+
+        def add(key: str, times: int) -> None:
+            counts[key] += times
+            if counts[key] > limit:
+                raise _Repeated(key)
+
+        spread: set[str] = set()
+        for selection in selection_set.selections if selection_set else ():
+            if isinstance(selection, FieldNode):
+                add((selection.alias or selection.name).value, 1)
+                keys(selection.selection_set, level + 1)  # a selection set of its own
+                continue
+            if isinstance(selection, InlineFragmentNode):
+                brought = keys(selection.selection_set, level + 1)
+            elif isinstance(selection, FragmentSpreadNode):
+                # graphql-core compares a fragment spread twice in one place once.
+                if selection.name.value in spread:
+                    continue
+                spread.add(selection.name.value)
+                brought = fragment(selection.name.value, level + 1)
+            for key, times in brought.items():
+                add(key, times)
+        return counts
+
+    def fragment(name: str, level: int) -> Counter[str]:
+        if name not in known:
+            definition = fragments.get(name)
+            if definition is None or name in open_:  # validation says what is wrong
+                return Counter()
+            open_.add(name)
+            try:
+                known[name] = keys(definition.selection_set, level)
+            finally:
+                open_.discard(name)
+        return known[name]
+
+    try:
+        for definition in document.definitions:
+            if isinstance(definition, OperationDefinitionNode):
+                keys(definition.selection_set, 0)
+            elif isinstance(definition, FragmentDefinitionNode):
+                fragment(definition.name.value, 0)
+    except _Repeated as repeated:
+        return repeated.key
+    return None
+
+
+class _Repeated(Exception):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key

@@ -30,6 +30,7 @@ from strawberry.types import ExecutionContext
 
 from threadline.errors import QueryTooCostly
 from threadline.realtime.caches import TTLCache
+from threadline.schema.document_limits import MAX_REPEATS, repeats_over
 from threadline.schema.engine.internals import graphql_schema
 from threadline.schema.query_cost import CostModel
 
@@ -154,11 +155,16 @@ class Documents:
                 return None
             # What strawberry validates with (graphql-core's rules, ours, strawberry's
             # own two), with graphql-core's knob for suggestions, which it does not pass.
-            errors = validate(
-                schema,
-                document,
-                (*rules, MaybeNullValidationRule, OneOfInputValidationRule),
-                hide_suggestions=self.hide_suggestions,
+            repeated = repeats_over(document)
+            errors = (
+                [GraphQLError(f"'{repeated}' is selected over {MAX_REPEATS} times in one place")]
+                if repeated is not None
+                else validate(
+                    schema,
+                    document,
+                    (*rules, MaybeNullValidationRule, OneOfInputValidationRule),
+                    hide_suggestions=self.hide_suggestions,
+                )
             )
             entry = KnownDocument(document, errors)
             self.cache.put(key, entry)
