@@ -37,6 +37,7 @@ from threadline.errors import (
     Unauthenticated,
 )
 from threadline.metrics import WEBSOCKET_CONNECTIONS
+from threadline.models import User
 from threadline.realtime.channels import SESSIONS_CHANNEL, encode_sessions_signal
 from threadline.realtime.rate_limits import Action
 from threadline.realtime.sinks import DirectSink
@@ -47,6 +48,7 @@ from threadline.schema.engine.internals import StreamHook
 from threadline.schema.errors import shape_error
 from threadline.schema.schema import Roots, ThreadlineSchema
 from threadline.services import sessions
+from threadline.services.clerk_sync import Identity
 from threadline.subscriptions.broadcast import FrameRenderer
 from threadline.subscriptions.live import OperationRoot
 from threadline.subscriptions.root import Subscription
@@ -305,12 +307,7 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
         if token is None:
             raise ConnectionRejectionError({"message": "Sign in: send a token in connection_init"})
         forgotten = self.runtime.viewers_forgotten
-        try:
-            identity, user = await self.runtime.authenticate(token)
-        except SignedOut as exc:  # no fresh token will do: the client must not retry
-            raise RefusedConnection(CLOSE_SESSION_ENDED, exc.message) from None
-        except Unauthenticated as exc:
-            raise ConnectionRejectionError({"message": exc.message}) from None
+        identity, user = await self._authenticated(token)
         try:
             await self.runtime.rate_limiter.hit(Action.WS_CONNECT, str(user.id))
         except RateLimited:
@@ -336,16 +333,22 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
         if self.runtime.viewers_forgotten != forgotten:
             # A role change signalled before this socket was listed did not close it:
             # the viewer it was authorized with may be older than the change.
-            try:
-                identity, user = await self.runtime.authenticate(token)
-            except SignedOut as exc:  # the run's end closes the session row
-                raise RefusedConnection(CLOSE_SESSION_ENDED, exc.message) from None
-            except Unauthenticated as exc:
-                raise ConnectionRejectionError({"message": exc.message}) from None
+            # A refusal here leaves the session row to the run's end, which closes it.
+            identity, user = await self._authenticated(token)
             context.set_viewer(identity, user)
         # Never fails for want of Redis: the lease is then written on the next beat.
         await self.runtime.presence.renew(user.id, state.connection_id)
         return None
+
+    async def _authenticated(self, token: str) -> tuple[Identity, User]:
+        """The token's viewer, or the refusal a graphql-ws client acts on: 4401 when no
+        fresh token will do (the session ended, the user was deleted), else 4403."""
+        try:
+            return await self.runtime.authenticate(token)
+        except SignedOut as exc:
+            raise RefusedConnection(CLOSE_SESSION_ENDED, exc.message) from None
+        except Unauthenticated as exc:
+            raise ConnectionRejectionError({"message": exc.message}) from None
 
     async def maintain_connections(self) -> None:
         """Runs for the process's lifetime: each beat, close sockets whose token is stale;
