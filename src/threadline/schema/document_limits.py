@@ -13,8 +13,9 @@ fields not counted); an alias counts once per place its fragment is spread into.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from graphql import (
     DocumentNode,
@@ -29,26 +30,37 @@ from graphql import (
     ValidationRule,
 )
 
-# Deeper than any valid document (MAX_QUERY_DEPTH): the walks stop there, within
-# Python's recursion limit, and validation refuses what is below.
+# A chain of fragments longer than this (each link adds no depth) is not followed
+# further, within Python's recursion limit; validation refuses what is below.
 _DEEPEST = 100
+# graphql-core's check that fields of one response key can merge compares them in
+# pairs: ~4,800 tokens repeating `me { __typename }` took 0.4-1.4 s of event loop,
+# signed out. Client documents repeat a key a few times (fragments sharing `id`).
+MAX_REPEATS = 50
+
+T = TypeVar("T")
 
 
 class _OverLimit(Exception):
     """The document is over the limit: nothing more needs measuring."""
 
+    def __init__(self, what: str = "") -> None:
+        super().__init__(what)
+        self.what = what
+
 
 @dataclass(slots=True)
 class _Measure:
-    """Depth and alias count of selection sets, each fragment measured once.
+    """Depth, alias count or repeated response keys of selection sets, each fragment
+    measured once (one instance serves one of the three).
 
-    Both stop at the first sign of being over ``limit`` (a depth past it exists
-    wherever the fragment is spread), so every stored measure is at most ``limit``.
+    Each stops at the first sign of being over ``limit`` (a depth past it exists
+    wherever the fragment is spread), so every stored measure is within ``limit``.
     """
 
     fragments: Mapping[str, FragmentDefinitionNode]
     limit: int
-    known: dict[str, int] = field(default_factory=dict)
+    known: dict[str, Any] = field(default_factory=dict)
     # Fragments being measured: a spread of one of them (a cycle, which validation
     # refuses anyway) adds nothing, as in strawberry's walk.
     open: set[str] = field(default_factory=set)
@@ -65,7 +77,7 @@ class _Measure:
             elif isinstance(selection, InlineFragmentNode):
                 deepest = max(deepest, self.depth(selection.selection_set, level))
             elif isinstance(selection, FragmentSpreadNode):
-                below = self._fragment(selection.name.value, self.depth)
+                below = self.fragment(selection.name.value, self.depth, 0)
                 if level + below > self.limit:
                     raise _OverLimit
                 deepest = max(deepest, below)
@@ -79,20 +91,51 @@ class _Measure:
             elif isinstance(selection, InlineFragmentNode):
                 count += self.aliases(selection.selection_set)
             elif isinstance(selection, FragmentSpreadNode):
-                count += self._fragment(selection.name.value, self.aliases)
+                count += self.fragment(selection.name.value, self.aliases, 0)
             if count > self.limit:
                 raise _OverLimit
         return count
 
-    def _fragment(self, name: str, measure: Callable[[SelectionSetNode | None, int], int]) -> int:
-        known = self.known.get(name)
-        if known is not None:
+    def repeats(self, selection_set: SelectionSetNode | None, _level: int = 0) -> Counter[str]:
+        """How often each response key is selected in ``selection_set``, with the fields
+        its fragments bring: each fragment once however often it is spread there, as
+        graphql-core compares them. Over ``limit`` raises with the key."""
+        counts: Counter[str] = Counter()
+
+        def add(key: str, times: int) -> None:
+            counts[key] += times
+            if counts[key] > self.limit:
+                raise _OverLimit(key)
+
+        spread: set[str] = set()
+        for selection in selection_set.selections if selection_set else ():
+            if isinstance(selection, FieldNode):
+                add((selection.alias or selection.name).value, 1)
+                self.repeats(selection.selection_set)  # a selection set of its own
+                continue
+            if isinstance(selection, InlineFragmentNode):
+                brought = self.repeats(selection.selection_set)
+            elif isinstance(selection, FragmentSpreadNode):
+                if selection.name.value in spread:
+                    continue
+                spread.add(selection.name.value)
+                brought = self.fragment(selection.name.value, self.repeats, Counter())
+            for key, times in brought.items():
+                add(key, times)
+        return counts
+
+    def fragment(
+        self, name: str, measure: Callable[[SelectionSetNode | None, int], T], nothing: T
+    ) -> T:
+        """The fragment's measure, taken once; ``nothing`` for what is not followed."""
+        if name in self.known:
+            known: T = self.known[name]
             return known
         fragment = self.fragments.get(name)
         # A cycle (validation refuses it), or a chain of fragments too long to follow
         # within Python's recursion limit (each link adds no depth).
         if fragment is None or name in self.open or len(self.open) > _DEEPEST:
-            return 0
+            return nothing
         self.open.add(name)
         try:
             found = self.known[name] = measure(fragment.selection_set, 0)
@@ -102,9 +145,9 @@ class _Measure:
 
 
 def _parts(
-    context: ValidationContext,
-) -> tuple[dict[str, FragmentDefinitionNode], list[OperationDefinitionNode]]:
-    definitions = context.document.definitions
+    document: DocumentNode,
+) -> tuple[dict[str, FragmentDefinitionNode], Sequence[OperationDefinitionNode]]:
+    definitions = document.definitions
     fragments = {d.name.value: d for d in definitions if isinstance(d, FragmentDefinitionNode)}
     operations = [d for d in definitions if isinstance(d, OperationDefinitionNode)]
     return fragments, operations
@@ -116,7 +159,7 @@ def depth_limit(max_depth: int) -> type[ValidationRule]:
     class DepthLimit(ValidationRule):
         def __init__(self, context: ValidationContext) -> None:
             super().__init__(context)
-            fragments, operations = _parts(context)
+            fragments, operations = _parts(context.document)
             measure = _Measure(fragments, max_depth)
             for operation in operations:
                 try:
@@ -135,7 +178,7 @@ def alias_limit(max_aliases: int) -> type[ValidationRule]:
     class AliasLimit(ValidationRule):
         def __init__(self, context: ValidationContext) -> None:
             super().__init__(context)
-            fragments, operations = _parts(context)
+            fragments, operations = _parts(context.document)
             measure = _Measure(fragments, max_aliases)
             total = 0
             try:
@@ -150,74 +193,17 @@ def alias_limit(max_aliases: int) -> type[ValidationRule]:
     return AliasLimit
 
 
-# graphql-core's check that fields of one response key can merge compares them in
-# pairs: ~4,800 tokens repeating `me { __typename }` took 0.4-1.4 s of event loop,
-# signed out. Client documents repeat a key a few times (fragments sharing `id`).
-MAX_REPEATS = 50
-
-
 def repeats_over(document: DocumentNode, limit: int = MAX_REPEATS) -> str | None:
     """The first response key selected more than ``limit`` times in one selection set
-    (with the fields its fragments bring, each fragment once however often it is
-    spread there, as graphql-core compares them), or None."""
-    fragments = {
-        d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)
-    }
-    known: dict[str, Counter[str]] = {}
-    open_: set[str] = set()
-
-    def keys(selection_set: SelectionSetNode | None, level: int) -> Counter[str]:
-        counts: Counter[str] = Counter()
-        if level > _DEEPEST:  # refused by the depth limit, or a chain of fragments
-            return counts
-
-        def add(key: str, times: int) -> None:
-            counts[key] += times
-            if counts[key] > limit:
-                raise _Repeated(key)
-
-        spread: set[str] = set()
-        for selection in selection_set.selections if selection_set else ():
-            if isinstance(selection, FieldNode):
-                add((selection.alias or selection.name).value, 1)
-                keys(selection.selection_set, level + 1)  # a selection set of its own
-                continue
-            if isinstance(selection, InlineFragmentNode):
-                brought = keys(selection.selection_set, level + 1)
-            elif isinstance(selection, FragmentSpreadNode):
-                # graphql-core compares a fragment spread twice in one place once.
-                if selection.name.value in spread:
-                    continue
-                spread.add(selection.name.value)
-                brought = fragment(selection.name.value, level + 1)
-            for key, times in brought.items():
-                add(key, times)
-        return counts
-
-    def fragment(name: str, level: int) -> Counter[str]:
-        if name not in known:
-            definition = fragments.get(name)
-            if definition is None or name in open_:  # validation says what is wrong
-                return Counter()
-            open_.add(name)
-            try:
-                known[name] = keys(definition.selection_set, level)
-            finally:
-                open_.discard(name)
-        return known[name]
-
+    of the document's operations or fragments (``_Measure.repeats``), or None."""
+    fragments, operations = _parts(document)
+    measure = _Measure(fragments, limit)
     try:
-        for definition in document.definitions:
-            if isinstance(definition, OperationDefinitionNode):
-                keys(definition.selection_set, 0)
-            elif isinstance(definition, FragmentDefinitionNode):
-                fragment(definition.name.value, 0)
-    except _Repeated as repeated:
-        return repeated.key
+        for operation in operations:
+            measure.repeats(operation.selection_set)
+        nothing: Counter[str] = Counter()
+        for name in fragments:
+            measure.fragment(name, measure.repeats, nothing)
+    except _OverLimit as over:
+        return over.what
     return None
-
-
-class _Repeated(Exception):
-    def __init__(self, key: str) -> None:
-        super().__init__(key)
-        self.key = key
