@@ -21,27 +21,16 @@ from websockets.asyncio.client import ClientConnection
 
 from tests.conftest import Clients, Server
 from tests.live import until
+from tests.test_ws_protocol import receive
 
 LEGACY = "graphql-ws"
 TRANSPORT = "graphql-transport-ws"
 
 
-async def _receive(conn: ClientConnection, timeout: float = 10) -> dict[str, Any]:
-    while True:
-        raw = await asyncio.wait_for(conn.recv(), timeout)
-        message: dict[str, Any] = json.loads(raw)
-        if message["type"] == "ka":
-            continue
-        if message["type"] == "ping":
-            await conn.send(json.dumps({"type": "pong"}))
-            continue
-        return message
-
-
 async def _init(conn: ClientConnection, token: str) -> dict[str, Any]:
     init = {"type": "connection_init", "payload": {"authorization": f"Bearer {token}"}}
     await conn.send(json.dumps(init))
-    return await _receive(conn)
+    return await receive(conn)
 
 
 @pytest.mark.any_backend
@@ -60,7 +49,7 @@ async def test_a_second_legacy_connection_init_leaves_no_session_open_after_the_
     await conn.send(json.dumps({"type": "connection_init", "payload": {"token": alice.token}}))
     # Acknowledged again, or refused with a close: either way the socket then ends.
     with contextlib.suppress(websockets.ConnectionClosed):
-        await _receive(conn)
+        await receive(conn)
     await conn.close()
     await until(lambda: not graphql.connections)
     # The socket's end closes its session row just after it leaves `connections`:
