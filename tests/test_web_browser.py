@@ -271,6 +271,27 @@ async def test_the_first_load_requests_nothing_off_the_server_and_under_60_kb_of
     assert len(sizes) >= 8 and total < 60_000, sizes
 
 
+async def test_a_thread_list_item_is_updated_in_place_so_a_click_during_an_update_counts(
+    server: Server, browser: Any, clients: Clients
+) -> None:
+    """The list was rebuilt on every update: a message arriving between mousedown and
+    mouseup replaced the button under the pointer, and the click was lost (seen in CI:
+    bob's click on the thread opened nothing)."""
+    alice, bob_api = await clients.users("alice", "bob")
+    tid = await factories.thread(alice, bob_api, title="Kept")
+    bob = await sign_in(browser, server.base, "bob")
+    button = bob.page.locator(".thread-list button", has_text="Kept")
+    await expect(button).to_be_visible()
+    handle = await button.element_handle()
+    await factories.send(alice, tid, "news")
+    await expect(button).to_contain_text("alice: news")
+    await expect(button.locator(".badge")).to_have_text("1")
+    assert await handle.evaluate("b => b.isConnected"), "the button was replaced"
+    await button.click()
+    await expect(bob.page.locator(".thread-header h2")).to_have_text("Kept")
+    await expect(button.locator(".badge")).to_have_count(0)
+
+
 # Seeding 1000 messages over HTTP is slow on a busy machine.
 @pytest.mark.timeout(300)
 async def test_a_thread_of_50_renders_fast_and_1000_messages_scroll_in_under_50_mb_of_heap(

@@ -8,6 +8,9 @@ export class ThreadList {
 		this.root = root;
 		this.app = app;
 		this.threads = new Map();
+		// One <li> per thread, kept across renders and updated in place: a list rebuilt
+		// under the pointer (a message arriving between mousedown and mouseup) lost the click.
+		this.items = new Map();
 		this.list = el("ul", { class: "thread-list", "aria-label": "Threads" });
 		this.root.replaceChildren(
 			el("header", {},
@@ -41,32 +44,50 @@ export class ThreadList {
 
 	remove(threadId) {
 		this.threads.delete(threadId);
+		this.items.delete(threadId);
 		this.render();
 	}
 
 	render() {
 		const recent = (t) => t.lastMessageAt ?? t.updatedAt;
 		const sorted = [...this.threads.values()].sort((a, b) => recent(b).localeCompare(recent(a)));
+		const items = sorted.map((t) => this.item(t));
+		if (!items.length) items.push(el("li", { class: "placeholder" }, "No threads yet: start one."));
+		const shown = [...this.list.children];
+		if (items.length === shown.length && items.every((li, i) => li === shown[i])) return;
 		const focused = document.activeElement?.closest?.(".thread-list li")?.dataset.id;
-		this.list.replaceChildren(...sorted.map((t) => this.item(t)));
+		this.list.replaceChildren(...items);
 		if (focused) this.list.querySelector(`[data-id="${focused}"] button`)?.focus();
-		if (!sorted.length) this.list.append(el("li", { class: "placeholder" }, "No threads yet: start one."));
 	}
 
 	item(thread) {
+		let li = this.items.get(thread.id);
+		if (!li) {
+			li = el("li", { dataset: { id: thread.id } },
+				btn({ onclick: () => this.app.openThread(thread.id) },
+					el("span", { class: "title" }), el("time"), el("span", { class: "preview" })));
+			li.badge = el("span", { class: "badge" });
+			this.items.set(thread.id, li);
+		}
 		const last = thread.lastMessage;
 		const preview = !last ? "No messages yet" : last.deletedAt ? "Message deleted"
 			: `${last.author?.displayName ?? "Someone"}: ${last.body || (last.attachments.length ? "📎 attachment" : "")}`;
 		const unread = thread.unreadCount > 0 && thread.id !== this.app.activeId;
-		return el("li", { dataset: { id: thread.id } },
-			btn({ class: `thread${unread ? " unread" : ""}`,
-				"aria-current": thread.id === this.app.activeId ? "true" : null,
-				onclick: () => this.app.openThread(thread.id),
-			},
-			el("span", { class: "title" }, thread.isDirect ? `@ ${thread.title}` : `# ${thread.title}`),
-			el("time", { datetime: thread.lastMessageAt ?? "" }, shortTime(thread.lastMessageAt)),
-			el("span", { class: "preview" }, preview),
-			unread ? el("span", { class: "badge", "aria-label": `${thread.unreadCount} unread` }, String(thread.unreadCount)) : null));
+		const button = li.firstChild;
+		const [title, time, text] = button.children;
+		button.className = `thread${unread ? " unread" : ""}`;
+		if (thread.id === this.app.activeId) button.setAttribute("aria-current", "true");
+		else button.removeAttribute("aria-current");
+		title.textContent = thread.isDirect ? `@ ${thread.title}` : `# ${thread.title}`;
+		time.setAttribute("datetime", thread.lastMessageAt ?? "");
+		time.textContent = shortTime(thread.lastMessageAt);
+		text.textContent = preview;
+		if (unread) {
+			li.badge.setAttribute("aria-label", `${thread.unreadCount} unread`);
+			li.badge.textContent = String(thread.unreadCount);
+			if (!li.badge.isConnected) button.append(li.badge);
+		} else li.badge.remove();
+		return li;
 	}
 
 	/** A <dialog> to create a thread (title, people) or a direct conversation (one person). */
