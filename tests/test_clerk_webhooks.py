@@ -24,7 +24,9 @@ from tests import factories
 from tests.conftest import DEV_SECRET, Api, Clients, Server, start_server, stop_server
 from threadline.auth.tokens import mint_dev_token
 from threadline.config import Settings
-from threadline.models import User, WebhookDelivery
+from threadline.errors import Conflict
+from threadline.models import SystemRole, User, WebhookDelivery
+from threadline.services import users
 
 URL = "/webhooks/clerk"
 FIND = """
@@ -266,6 +268,36 @@ async def test_an_unknown_role_in_public_metadata_leaves_the_user_a_member(
     found = await found_by_clerk_id(viewer, user_id)
     assert found is not None
     assert found["role"] == "MEMBER"
+
+
+async def test_clerk_cannot_demote_the_last_owner_but_its_profile_still_applies(
+    server: Server, http: httpx.AsyncClient, clients: Clients
+) -> None:
+    """CONTRACT.md: the last OWNER cannot be demoted. A ``user.updated`` that drops
+    the only OWNER's role is answered 200 (Svix would retry a refusal for days): the
+    new name applies, the role stays until another OWNER exists, and then applies."""
+    viewer = await clients.user("viewer")
+    owner, other = clerk_id(), clerk_id()
+    t1 = T0 + 1000
+    await deliver(server, http, user_event(owner, public_metadata={"role": "owner"}))
+    demote = user_event(owner, event_type="user.updated", updated_at=t1, first_name="Ada K")
+    demote["data"]["public_metadata"] = {"role": "member"}
+    assert (await deliver(server, http, demote)).json() == {"status": "applied"}
+    found = await found_by_clerk_id(viewer, owner)
+    assert found is not None
+    assert (found["role"], found["displayName"]) == ("OWNER", "Ada K Lovelace")
+
+    await deliver(server, http, user_event(other, public_metadata={"role": "owner"}))
+    demote["data"]["updated_at"] = t1 + 1000
+    assert (await deliver(server, http, demote)).json() == {"status": "applied"}
+    found = await found_by_clerk_id(viewer, owner)
+    assert found is not None and found["role"] == "MEMBER"
+    # The one OWNER left is the last one now.
+    async with server.runtime.db.transaction("test_demote") as uow:
+        user = await uow.session.scalar(select(User).where(User.clerk_id == other))
+        assert user is not None
+        with pytest.raises(Conflict, match="last system OWNER"):
+            await users.change_role(uow, user, SystemRole.ADMIN)
 
 
 async def test_a_user_created_by_webhook_signs_in_as_the_same_user(

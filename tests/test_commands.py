@@ -81,6 +81,12 @@ async def test_users_set_role_makes_an_owner_and_refuses_unknown_users_and_roles
     assert nobody.stderr.startswith("threadline: ")
     bad_role = threadline("users", "set-role", "alice", "king", database_url=url, tmp_path=tmp_path)
     assert bad_role.returncode == 2 and "invalid choice" in bad_role.stderr
+    # CONTRACT.md: the last OWNER cannot be demoted, from the shell either.
+    last = threadline("users", "set-role", "alice", "member", database_url=url, tmp_path=tmp_path)
+    assert last.returncode == 1 and "Traceback" not in last.stderr
+    assert last.stderr == "threadline: The last system OWNER cannot step down\n"
+    me = await Api(http, made.stdout.strip(), "alice").gql("{ me { role } }")
+    assert me["me"]["role"] == "OWNER"
 
 
 def test_a_bad_username_for_a_token_is_a_message_not_a_traceback(

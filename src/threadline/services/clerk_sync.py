@@ -6,6 +6,7 @@ to the local ``User`` row and tolerate Clerk's retries, reordering and concurren
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -17,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from threadline.db import UnitOfWork
-from threadline.errors import BadInput, SignedOut
+from threadline.errors import BadInput, Conflict, SignedOut
 from threadline.models import EndedClerkSession, Session, SystemRole, User, WebhookDelivery, utcnow
 from threadline.models.queries import Query
 from threadline.services import users
@@ -33,6 +34,7 @@ _REASON_LENGTH = 32
 # 9999-12-31T23:59:59.999Z in milliseconds: also well inside a 64-bit column.
 _MAX_MILLIS = 253_402_300_799_999
 _Row = TypeVar("_Row")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,13 @@ async def apply_user_event(uow: UnitOfWork, data: Mapping[str, Any]) -> bool:
     _apply_profile(user, data)
     role = _role(data.get("public_metadata"))
     if role is not None:
-        users.change_role(uow, user, role)
+        try:
+            await users.change_role(uow, user, role)
+        except Conflict:
+            # The profile still applies; the role waits until another OWNER exists.
+            log.warning(
+                "Clerk user %s stays OWNER: the last system OWNER cannot step down", user.id
+            )
     await uow.session.flush()
     return True
 

@@ -132,38 +132,40 @@ async def set_user_role(
     uow: UnitOfWork, actor: User, user_id: str | uuid.UUID, role: SystemRole
 ) -> User:
     require_system_role(actor, SystemRole.OWNER)
-    owners: set[uuid.UUID] | None = None
-    if role is not SystemRole.OWNER:
-        # A demotion locks the OWNER rows first, so that concurrent ones are decided
-        # one after the other: two OWNERs stepping down (or demoting each other) at
-        # once each counted the other and left the deployment with none.
-        owners = set(
-            await uow.session.scalars(
-                select(User.id)
-                .where(User.role == SystemRole.OWNER.value, User.deleted_at.is_(None))
-                .order_by(User.id)
-                .with_for_update()
-            )
-        )
-        if actor.id not in owners:  # demoted meanwhile
-            raise Forbidden(f"This needs the system role {SystemRole.OWNER.value} or higher")
+    if actor.id not in await _owners(uow):  # demoted meanwhile
+        raise Forbidden(f"This needs the system role {SystemRole.OWNER.value} or higher")
     user = await get_user(uow.session, user_id)
     if user.deleted_at is not None:
         raise NotFound("User not found")
-    if owners is not None and owners == {user.id}:
-        raise Conflict("The last system OWNER cannot step down")
-    change_role(uow, user, role)
+    await change_role(uow, user, role)
     await uow.session.flush()
     return user
 
 
-def change_role(uow: UnitOfWork, user: User, role: SystemRole) -> None:
-    """Every change of a system role goes through here: after commit, every process
+async def change_role(uow: UnitOfWork, user: User, role: SystemRole) -> None:
+    """Every change of a system role goes through here, from the API, the command line
+    and Clerk's webhooks alike: the last OWNER stays one, and after commit every process
     closes the user's sockets, whose streams were authorized with the old role."""
     if user.role == role.value:
         return
+    if user.role == SystemRole.OWNER.value and await _owners(uow) == {user.id}:
+        raise Conflict("The last system OWNER cannot step down")
     user.role = role.value
     uow.emit(SystemRoleChanged(user.id))
+
+
+async def _owners(uow: UnitOfWork) -> set[uuid.UUID]:
+    # Locked, so that concurrent role changes are decided one after the other: two
+    # OWNERs stepping down (or demoting each other) at once each counted the other and
+    # left the deployment with none.
+    return set(
+        await uow.session.scalars(
+            select(User.id)
+            .where(User.role == SystemRole.OWNER.value, User.deleted_at.is_(None))
+            .order_by(User.id)
+            .with_for_update()
+        )
+    )
 
 
 async def set_role_by_username(uow: UnitOfWork, username: str, role: SystemRole) -> User:
@@ -173,7 +175,7 @@ async def set_role_by_username(uow: UnitOfWork, username: str, role: SystemRole)
     )
     if user is None:
         raise NotFound(f"No user named {username!r}")
-    change_role(uow, user, role)
+    await change_role(uow, user, role)
     await uow.session.flush()
     return user
 
