@@ -1,9 +1,9 @@
 """threadActivity: typing and receipts of a thread, live only (never stored).
 
 It also hears the thread's logged events: on one that ends threadEvents (the viewer
-removed, the thread deleted), after a gap in their seqs (an event whose publish was
-lost, which may be that one) and after a broker reconnect that may have lost one,
-the viewer's access is checked again and the stream ends once it is gone.
+removed, the thread deleted), before showing anything while their seqs have a gap (an
+event whose publish was lost may be that one) and after a broker reconnect that may
+have lost one, the viewer's access is checked again and the stream ends once it is gone.
 """
 
 from __future__ import annotations
@@ -52,24 +52,38 @@ async def stream(info: Info, thread_id: str) -> AsyncIterator[TypingChanged | Re
         heard = await _followed_to(runtime, viewer, tid)
         if heard is None:
             return
+        early: set[int] = set()  # seqs heard before one below them
         async for item in subscriber:
             if item is RECONNECTED:
                 # Ephemeral: nothing to catch up on, except a removal meanwhile.
                 if (heard := await _followed_to(runtime, viewer, tid)) is None:
                     return
+                early.clear()
                 continue
             raw = str(item)
             if is_logged_event(raw):
                 logged = runtime.feed.decoded(raw)
-                # A gap: an event not heard (its publish failed, or it is still on
-                # its way from another process) may be this viewer's removal.
-                if ends_subscription(logged, viewer.id) or logged.seq > heard + 1:
-                    checked = await _followed_to(runtime, viewer, tid)
-                    if checked is None:
-                        return
-                    heard = max(heard, checked)
-                heard = max(heard, logged.seq)
+                if logged.seq <= heard or logged.seq in early:
+                    continue  # heard already: a removal comes on both channels
+                if (
+                    ends_subscription(logged, viewer.id)
+                    and await _followed_to(runtime, viewer, tid) is None
+                ):
+                    return
+                early.add(logged.seq)
+                while heard + 1 in early:
+                    heard += 1
+                    early.remove(heard)
                 continue
+            if early:
+                # A gap still open when there is something to show: the event not
+                # heard (its publish was lost, or it is still on its way from another
+                # process) may be this viewer's removal. One that is only late closes
+                # the gap first and costs no read.
+                if (checked := await _followed_to(runtime, viewer, tid)) is None:
+                    return
+                heard = max(heard, checked, *early)
+                early.clear()
             event = decode_activity(raw)
             await ctx.renew()
             if event.kind == "typing":
