@@ -63,10 +63,6 @@ async def touch_sessions(db: Database, session_ids: Sequence[uuid.UUID]) -> None
     await _run_chunked(_TOUCH, db, "touch_sessions", session_ids)
 
 
-async def close_session(db: Database, session_id: uuid.UUID) -> None:
-    await close_sessions(db, [session_id])
-
-
 async def close_sessions(db: Database, session_ids: Sequence[uuid.UUID]) -> None:
     """Mark connections as gone now (those still open)."""
     await _run_chunked(_CLOSE, db, "close_session", session_ids)
