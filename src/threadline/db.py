@@ -190,10 +190,6 @@ class SharedReadSession(ReadSession):
         async with self._turn:
             return await super()._again_if_lost(call, *args, **kwargs)
 
-    async def refresh(self, *args: Any, **kwargs: Any) -> None:
-        async with self._turn:
-            await super().refresh(*args, **kwargs)
-
 
 async def driver_fetch(session: AsyncSession, sql: str, *args: Any) -> list[asyncpg.Record]:
     """One PostgreSQL statement on the session's own asyncpg connection (and transaction):
