@@ -158,7 +158,7 @@ async def append_event(
     *,
     seq: int | None = None,
     at: datetime | None = None,
-) -> LoggedEvent:
+) -> None:
     """Append one event (allocating its seq unless the caller did) and queue it."""
     if seq is None:
         seq = await allocate_seq(uow.session, thread_id)
@@ -168,9 +168,7 @@ async def append_event(
             thread_id=thread_id, seq=seq, kind=kind.value, payload=payload, actor_id=actor_id, at=at
         )
     )
-    event = LoggedEvent(thread_id, seq, kind, payload, actor_id, at)
-    uow.emit(event)
-    return event
+    uow.emit(LoggedEvent(thread_id, seq, kind, payload, actor_id, at))
 
 
 # Every new subscription replays from here (a reconnect, from its afterSeq).
