@@ -125,13 +125,12 @@ async def mark_read(
     uow: UnitOfWork, viewer: User, ids: Sequence[str] | None, everything: bool
 ) -> int:
     """Mark the viewer's notifications read; returns how many changed."""
-    if not everything and not ids:
-        raise BadInput("Give `ids` or `all: true`")
     statement = update(Notification).where(
         Notification.user_id == viewer.id, Notification.read_at.is_(None)
     )
     if not everything:
-        assert ids is not None
+        if not ids:
+            raise BadInput("Give `ids` or `all: true`")
         if len(ids) > MAX_IDS:
             raise BadInput(f"At most {MAX_IDS} ids at once")
         statement = statement.where(Notification.id.in_([parse_id(i, "Notification") for i in ids]))
