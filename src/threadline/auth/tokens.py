@@ -205,11 +205,12 @@ class TokenVerifier:
 
     def _identity(self, claims: Mapping[str, Any]) -> Identity:
         now = self._clock()
-        expires = _time_claim(claims, "exp", required=True)
-        assert expires is not None
+        expires = _time_claim(claims, "exp")
+        if expires is None:
+            raise Unauthenticated("token has no exp claim")
         if now >= expires + LEEWAY_SECONDS:
             raise Unauthenticated("token has expired")
-        not_before = _time_claim(claims, "nbf", required=False)
+        not_before = _time_claim(claims, "nbf")
         if not_before is not None and not_before > now + LEEWAY_SECONDS:
             raise Unauthenticated("token is not valid yet")
         subject = claims.get("sub")
@@ -263,11 +264,9 @@ def _decode(token: str, key: Any, algorithm: str, kind: str) -> dict[str, Any]:
     return claims
 
 
-def _time_claim(claims: Mapping[str, Any], name: str, *, required: bool) -> float | None:
+def _time_claim(claims: Mapping[str, Any], name: str) -> float | None:
     value = claims.get(name)
     if value is None:
-        if required:
-            raise Unauthenticated(f"token has no {name} claim")
         return None
     # bool is an int, and JSON as Python reads it allows NaN and Infinity.
     if isinstance(value, bool) or not isinstance(value, int | float):
