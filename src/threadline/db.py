@@ -269,7 +269,6 @@ class Database:
         replica: AsyncEngine | None = None,
     ) -> None:
         self.engine = engine
-        self.is_sqlite = engine.dialect.name == "sqlite"
         self.is_postgres = engine.dialect.name == "postgresql"
         # The driver's fast paths: reads (models.queries) and the group-commit send.
         self.fast_paths = fast_paths and self.is_postgres
@@ -298,7 +297,7 @@ class Database:
         )
         self._replica_rests_until = 0.0
         self.publish = publish
-        self._write_lock = asyncio.Lock() if self.is_sqlite else None
+        self._write_lock = asyncio.Lock() if engine.dialect.name == "sqlite" else None
         self._driver_pool: asyncpg.Pool | None = None
         self._driver_pool_opening = asyncio.Lock()
 
