@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import asyncpg
-from sqlalchemy import event, func, select
+from sqlalchemy import ColumnElement, event, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, DisconnectionError
@@ -222,6 +222,11 @@ def dialect_insert(session: AsyncSession, table: type[Any]) -> postgresql.Insert
 
 def is_postgres(session: AsyncSession) -> bool:
     return dialect_of(session).name == "postgresql"
+
+
+async def count_rows(session: AsyncSession, table: type[Any], *where: ColumnElement[bool]) -> int:
+    """How many rows of ``table`` match every condition of ``where``."""
+    return int(await session.scalar(select(func.count()).select_from(table).where(*where)) or 0)
 
 
 class UnitOfWork:

@@ -9,10 +9,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Sequence
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from threadline.db import UnitOfWork
+from threadline.db import UnitOfWork, count_rows
 from threadline.errors import BadInput
 from threadline.models import Message, Notification, NotificationKind, Thread, User, utcnow
 from threadline.services.events import UserEvent
@@ -112,13 +112,11 @@ async def notifications_of(
         )
     query = query.order_by(Notification.created_at.desc(), Notification.id.desc())
     rows = list(await session.scalars(query.limit(request.size + 1)))
-    unread = await session.scalar(
-        select(func.count())
-        .select_from(Notification)
-        .where(Notification.user_id == viewer.id, Notification.read_at.is_(None))
+    unread = await count_rows(
+        session, Notification, Notification.user_id == viewer.id, Notification.read_at.is_(None)
     )
     page = make_page(rows, request, lambda n: [n.created_at.isoformat(), str(n.id)])
-    return page, int(unread or 0)
+    return page, unread
 
 
 async def mark_read(
