@@ -33,6 +33,7 @@ from threadline.models import (
     utcnow,
 )
 from threadline.models.queries import Query
+from threadline.models.sends import PlainSend
 from threadline.services import notifications
 from threadline.services.events import (
     EventKind,
@@ -49,7 +50,7 @@ from threadline.services.permissions import (
     parse_id,
     posting_rights,
 )
-from threadline.services.plain_sends import PlainSend, plain_sends
+from threadline.services.plain_sends import plain_sends
 from threadline.services.text_rules import (
     MAX_DISTINCT_REACTIONS,
     check_client_id,
