@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 CLERK_ALGORITHM = "RS256"
 DEV_ALGORITHM = "HS256"
+DEV_TOKEN_SECONDS = 86400
 LEEWAY_SECONDS = 5.0
 # The caller picks the kid, so an unknown one must not become a way to hammer Clerk.
 JWKS_REFETCH_SECONDS = 30.0
@@ -299,7 +300,7 @@ def mint_dev_token(
     clerk_id: str,
     username: str,
     *,
-    ttl_seconds: int = 86400,
+    ttl_seconds: int = DEV_TOKEN_SECONDS,
     now: float | None = None,
 ) -> str:
     """An HS256 development token for ``clerk_id``, valid for ``ttl_seconds``."""
