@@ -98,12 +98,10 @@ async def notify_reaction(uow: UnitOfWork, actor: User, message: Message) -> Non
 async def notifications_of(
     session: AsyncSession, viewer: User, unread_only: bool, request: PageRequest
 ) -> tuple[Page[Notification], int]:
-    if request.backwards:
-        raise BadInput("Notifications page forwards only: use `first` and `after`")
+    after = request.forwards_key("Notifications page")
     query = select(Notification).where(Notification.user_id == viewer.id)
     if unread_only:
         query = query.where(Notification.read_at.is_(None))
-    after = request.after_key()
     if after is not None:
         at, nid = time_id_key(after)
         query = query.where(

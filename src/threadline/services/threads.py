@@ -364,13 +364,11 @@ async def threads_of(
 ) -> Page[ThreadAccess]:
     """The actor's threads, most recently active first, with the actor's access to each
     (read in the same statement, so the page's fields need no check of their own)."""
-    if request.backwards:
-        raise BadInput("Threads page forwards only: use `first` and `after`")
+    after = request.forwards_key("Threads page")
     params: dict[str, Any] = {"user_id": actor.id, "size": request.size + 1}
     search = clean_search(search)
     if search:
         params["pattern"] = contains_pattern(search)
-    after = request.after_key()
     if after is not None:
         params["at"], params["after_id"] = time_id_key(after)
     query = _threads_page(bool(search), after is not None)
@@ -384,10 +382,8 @@ async def threads_of(
 async def participants_page(
     session: AsyncSession, thread_id: uuid.UUID, request: PageRequest
 ) -> tuple[Page[ThreadParticipant], int]:
-    if request.backwards:
-        raise BadInput("Participants page forwards only: use `first` and `after`")
+    after = request.forwards_key("Participants page")
     query = select(ThreadParticipant).where(ThreadParticipant.thread_id == thread_id)
-    after = request.after_key()
     if after is not None:
         query = query.where(ThreadParticipant.user_id > id_key(after))
     rows = list(
