@@ -156,9 +156,7 @@ def create_app(settings: Settings) -> Starlette:
         middleware=middleware,
         lifespan=lifespan,
     )
-    app.state.settings = settings
     app.state.runtime = runtime
-    app.state.db = runtime.db
     app.state.on_sessions_ended = graphql.end_sessions
     app.state.graphql = graphql
     return app

@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import asyncpg
-from sqlalchemy import event, func, select
+from sqlalchemy import ColumnElement, event, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, DisconnectionError
@@ -190,10 +190,6 @@ class SharedReadSession(ReadSession):
         async with self._turn:
             return await super()._again_if_lost(call, *args, **kwargs)
 
-    async def refresh(self, *args: Any, **kwargs: Any) -> None:
-        async with self._turn:
-            await super().refresh(*args, **kwargs)
-
 
 async def driver_fetch(session: AsyncSession, sql: str, *args: Any) -> list[asyncpg.Record]:
     """One PostgreSQL statement on the session's own asyncpg connection (and transaction):
@@ -226,6 +222,11 @@ def dialect_insert(session: AsyncSession, table: type[Any]) -> postgresql.Insert
 
 def is_postgres(session: AsyncSession) -> bool:
     return dialect_of(session).name == "postgresql"
+
+
+async def count_rows(session: AsyncSession, table: type[Any], *where: ColumnElement[bool]) -> int:
+    """How many rows of ``table`` match every condition of ``where``."""
+    return int(await session.scalar(select(func.count()).select_from(table).where(*where)) or 0)
 
 
 class UnitOfWork:
@@ -273,7 +274,6 @@ class Database:
         replica: AsyncEngine | None = None,
     ) -> None:
         self.engine = engine
-        self.is_sqlite = engine.dialect.name == "sqlite"
         self.is_postgres = engine.dialect.name == "postgresql"
         # The driver's fast paths: reads (models.queries) and the group-commit send.
         self.fast_paths = fast_paths and self.is_postgres
@@ -302,7 +302,7 @@ class Database:
         )
         self._replica_rests_until = 0.0
         self.publish = publish
-        self._write_lock = asyncio.Lock() if self.is_sqlite else None
+        self._write_lock = asyncio.Lock() if engine.dialect.name == "sqlite" else None
         self._driver_pool: asyncpg.Pool | None = None
         self._driver_pool_opening = asyncio.Lock()
 

@@ -409,7 +409,7 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
         # The session row first, on its own: it must close whatever presence does.
         try:
             if state.session_id is not None:
-                await sessions.close_session(self.runtime.db, state.session_id)
+                await sessions.close_sessions(self.runtime.db, [state.session_id])
         except Exception:
             log.warning("closing a connection's session failed", exc_info=True)
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import time
 
@@ -13,15 +14,12 @@ TRANSACTION_SECONDS = Histogram(
     ["name"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
-_TRANSACTION_TIMERS: dict[str, Histogram] = {}
 
 
+@functools.cache
 def transaction_seconds(name: str) -> Histogram:
     """TRANSACTION_SECONDS's child for ``name``, bound once (``.labels()`` takes a lock)."""
-    child = _TRANSACTION_TIMERS.get(name)
-    if child is None:
-        child = _TRANSACTION_TIMERS[name] = TRANSACTION_SECONDS.labels(name)
-    return child
+    return TRANSACTION_SECONDS.labels(name)
 
 
 BATCH_ITEMS = Histogram(

@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Collection, Sequence
 from functools import partial
 
-from threadline.auth.tokens import TokenVerifier
+from threadline.auth.tokens import LEEWAY_SECONDS, TokenVerifier
 from threadline.config import Settings
 from threadline.db import Database, make_engine
 from threadline.errors import SignedOut
@@ -38,7 +38,6 @@ VIEWER_CACHE_SIZE = 10_000
 # A verified token is trusted again without a signature check for this long
 # (never past its expiry plus the leeway the verifier allows).
 VERIFIED_TOKEN_SECONDS = 30.0
-TOKEN_LEEWAY = 5.0
 # Users rendered into events are shared across subscribers for this long.
 USER_CACHE_SECONDS = 2.0
 
@@ -107,7 +106,7 @@ class Runtime:
     async def authenticate(self, token: str) -> tuple[Identity, User]:
         """The verified identity behind a bearer token and its local user."""
         identity = self._verified.get(token)
-        if identity is None or identity.expires_at.timestamp() + TOKEN_LEEWAY < time.time():
+        if identity is None or identity.expires_at.timestamp() + LEEWAY_SECONDS < time.time():
             identity = await self.verifier.verify(token)
             # The same token string always verifies to the same claims: the
             # signature check (pure CPU) is done once, until the token expires.

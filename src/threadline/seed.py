@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from threadline.config import Settings
 from threadline.db import Database, make_engine
-from threadline.models import Thread, User
 from threadline.services import messages, threads
 from threadline.services.pagination import PageRequest
 from threadline.services.users import ensure_dev_user
@@ -17,20 +16,16 @@ DEMO_USERS = ("alice", "bob", "carol")
 GENERAL = "General"
 
 
-async def _general_of(db: Database, alice: User) -> Thread | None:
-    """The "General" thread an earlier seed made for alice, if there is one."""
-    async with db.reading() as session:
-        page = await threads.threads_of(session, alice, GENERAL, PageRequest(first=100))
-    return next((a.thread for a in page.items if a.thread.title == GENERAL), None)
-
-
 async def seed(settings: Settings) -> str:
     db = Database(make_engine(settings.database_url, pooled=settings.pooled))
     try:
         async with db.transaction("seed_users") as uow:
             people = [await ensure_dev_user(uow, name) for name in DEMO_USERS]
         alice, bob, carol = people
-        general = await _general_of(db, alice)
+        async with db.reading() as session:
+            page = await threads.threads_of(session, alice, GENERAL, PageRequest(first=100))
+        # The "General" thread an earlier seed made for alice, if there is one.
+        general = next((a.thread for a in page.items if a.thread.title == GENERAL), None)
         async with db.transaction("seed_threads") as uow:
             if general is None:
                 general = await threads.create_thread(

@@ -17,14 +17,13 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from threadline.auth.tokens import mint_dev_token
+from threadline.auth.tokens import DEV_TOKEN_SECONDS, mint_dev_token
 from threadline.config import Settings
 from threadline.errors import BadInput
 from threadline.runtime import Runtime
 from threadline.services.users import ensure_dev_user
 
 WEB_DIR = Path(__file__).parent / "web"
-DEV_TOKEN_SECONDS = 86400
 # A username is at most 64 characters; anything much larger is not a picker's request.
 MAX_DEV_TOKEN_BODY = 1024
 
@@ -122,9 +121,7 @@ async def _dev_token(request: Request, secret: str) -> Response:
             user = await ensure_dev_user(uow, username)
     except BadInput as error:
         return _refuse(400, "BAD_USER_INPUT", error.message)
-    token = mint_dev_token(
-        secret, user.clerk_id, user.username or username, ttl_seconds=DEV_TOKEN_SECONDS
-    )
+    token = mint_dev_token(secret, user.clerk_id, user.username or username)
     return JSONResponse(
         {"token": token, "expiresAt": int(time.time()) + DEV_TOKEN_SECONDS},
         headers={"cache-control": "no-store"},

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,8 +27,6 @@ from threadline.services.text_rules import has_unstorable_chars
 
 log = logging.getLogger(__name__)
 
-SessionsEndedHook = Callable[[list[str], list[str]], Awaitable[None]]
-
 # Clerk's events are a few kilobytes; anything near this is not from Clerk.
 MAX_BODY_BYTES = 1_048_576
 SVIX_HEADERS = ("svix-id", "svix-timestamp", "svix-signature")
@@ -44,7 +42,7 @@ class _Applied:
 
 
 async def clerk_webhook(request: Request) -> Response:
-    settings: Settings = request.app.state.settings
+    settings: Settings = request.app.state.runtime.settings
     if settings.clerk_webhook_secret is None:
         return _answer("not_configured", 503, "webhooks are off: set CLERK_WEBHOOK_SECRET")
     try:
@@ -72,7 +70,7 @@ async def clerk_webhook(request: Request) -> Response:
     if len(svix_id) > 255:
         return _answer("malformed", 400, "svix-id is too long")
 
-    db: Database = request.app.state.db
+    db: Database = request.app.state.runtime.db
     try:
         applied = await _apply_once(db, svix_id, event_type, data)
     except BadInput as error:
@@ -124,11 +122,8 @@ async def _apply(uow: UnitOfWork, event_type: str, data: Mapping[str, Any]) -> _
 
 
 async def _sessions_ended(request: Request, applied: _Applied) -> None:
-    hook: SessionsEndedHook | None = getattr(request.app.state, "on_sessions_ended", None)
-    if hook is None:
-        return
     try:
-        await hook(applied.ended_sessions, applied.deleted_users)
+        await request.app.state.on_sessions_ended(applied.ended_sessions, applied.deleted_users)
     except Exception:
         # The change is committed: a 5xx would only make Svix redeliver an event that
         # is now a duplicate, so the failure is logged and the delivery acknowledged.

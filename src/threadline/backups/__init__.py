@@ -202,8 +202,6 @@ STAGING_PREFIX = ".restore-"
 
 
 def _upload_dir_has_files(folder: Path) -> bool:
-    if not folder.exists():
-        return False
     return any(
         path.is_file()
         for path in folder.rglob("*")

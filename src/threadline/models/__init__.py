@@ -7,7 +7,6 @@ from threadline.models.base import (
     NotificationKind,
     SystemRole,
     ThreadRole,
-    new_id,
     utcnow,
 )
 from threadline.models.event import ThreadEvent
@@ -36,6 +35,5 @@ __all__ = [
     "ThreadRole",
     "User",
     "WebhookDelivery",
-    "new_id",
     "utcnow",
 ]

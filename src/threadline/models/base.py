@@ -56,10 +56,6 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def new_id() -> uuid.UUID:
-    return uuid.uuid4()
-
-
 class UTCDateTime(TypeDecorator[datetime]):
     """Timestamps stored in UTC and handed back aware (SQLite's naive values are UTC)."""
 
@@ -105,4 +101,4 @@ def _column_keys(cls: type[Base]) -> frozenset[str]:
 
 
 def id_column() -> Mapped[uuid.UUID]:
-    return mapped_column(Uuid(), primary_key=True, default=new_id)
+    return mapped_column(Uuid(), primary_key=True, default=uuid.uuid4)

@@ -722,7 +722,7 @@ async def _delivered(info: Info, thread_id: uuid.UUID, rows: list[models.Message
     newest = max(m.seq for m in rows)
     if mine is not None and mine.last_delivered_seq < newest:
         db, user_id = ctx.runtime.db, mine.user_id
-        ctx.after_close(lambda: receipts.mark_delivered(db, user_id, thread_id, newest))
+        ctx.after_close(lambda: receipts.mark_delivered_many(db, {(user_id, thread_id): newest}))
 
 
 def read_by(

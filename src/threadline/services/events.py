@@ -8,7 +8,7 @@ next seq in the change's transaction, published after commit. Ephemeral activity
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Final, Literal
@@ -158,7 +158,7 @@ async def append_event(
     *,
     seq: int | None = None,
     at: datetime | None = None,
-) -> LoggedEvent:
+) -> None:
     """Append one event (allocating its seq unless the caller did) and queue it."""
     if seq is None:
         seq = await allocate_seq(uow.session, thread_id)
@@ -168,9 +168,7 @@ async def append_event(
             thread_id=thread_id, seq=seq, kind=kind.value, payload=payload, actor_id=actor_id, at=at
         )
     )
-    event = LoggedEvent(thread_id, seq, kind, payload, actor_id, at)
-    uow.emit(event)
-    return event
+    uow.emit(LoggedEvent(thread_id, seq, kind, payload, actor_id, at))
 
 
 # Every new subscription replays from here (a reconnect, from its afterSeq).
@@ -245,22 +243,17 @@ def _as_deleted(event: LoggedEvent, deleted: dict[uuid.UUID, datetime]) -> Logge
         return event
     if event.kind is EventKind.REACTION_CHANGED:
         # What Message.reactions shows of a deleted message: none.
-        payload = {**event.payload, "reactions": [], _OF_DELETED: True}
-        return LoggedEvent(
-            event.thread_id, event.seq, event.kind, payload, event.actor_id, event.at
-        )
+        return replace(event, payload={**event.payload, "reactions": [], _OF_DELETED: True})
     message = _message_in(event)
     assert message is not None
-    when = deleted[mid]
     # What delete_message leaves of the message itself.
     gone = {
         **message,
         "body": "",
         "mention_ids": [],
         "pinned": False,
-        "deleted_at": when.isoformat(),
+        "deleted_at": deleted[mid].isoformat(),
     }
-    payload = (
-        gone if event.kind is not EventKind.MESSAGE_PINNED else {**event.payload, "message": gone}
-    )
-    return LoggedEvent(event.thread_id, event.seq, event.kind, payload, event.actor_id, event.at)
+    if event.kind is EventKind.MESSAGE_PINNED:
+        return replace(event, payload={**event.payload, "message": gone})
+    return replace(event, payload=gone)

@@ -19,7 +19,7 @@ from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
-from threadline.db import Database, UnitOfWork, dialect_insert
+from threadline.db import Database, UnitOfWork, count_rows, dialect_insert
 from threadline.errors import BadInput, Conflict, Forbidden, NotFound
 from threadline.models import (
     Attachment,
@@ -33,6 +33,7 @@ from threadline.models import (
     utcnow,
 )
 from threadline.models.queries import Query
+from threadline.models.sends import PlainSend
 from threadline.services import notifications
 from threadline.services.events import (
     EventKind,
@@ -49,7 +50,7 @@ from threadline.services.permissions import (
     parse_id,
     posting_rights,
 )
-from threadline.services.plain_sends import PlainSend, plain_sends
+from threadline.services.plain_sends import plain_sends
 from threadline.services.text_rules import (
     MAX_DISTINCT_REACTIONS,
     check_client_id,
@@ -293,12 +294,8 @@ async def edit_message(uow: UnitOfWork, actor: User, message_id: str, body: str)
         raise Forbidden("Only the author may edit a message")
     if message.deleted_at is not None:
         raise Conflict("A deleted message cannot be edited")
-    has_attachments = bool(
-        await uow.session.scalar(
-            select(func.count()).select_from(Attachment).where(Attachment.message_id == message.id)
-        )
-    )
-    text = clean_body(body, has_attachments=has_attachments)
+    attached = await count_rows(uow.session, Attachment, Attachment.message_id == message.id)
+    text = clean_body(body, has_attachments=attached > 0)
     if text == message.body:
         return message
     now = utcnow()
@@ -347,12 +344,10 @@ async def pin_message(uow: UnitOfWork, actor: User, message_id: str, pinned: boo
     # The seq's UPDATE locks the thread row first: concurrent pins count one at a time.
     seq = await allocate_seq(uow.session, message.thread_id)
     if pinned:
-        count = await uow.session.scalar(
-            select(func.count())
-            .select_from(Message)
-            .where(Message.thread_id == message.thread_id, Message.pinned.is_(True))
+        count = await count_rows(
+            uow.session, Message, Message.thread_id == message.thread_id, Message.pinned.is_(True)
         )
-        if (count or 0) >= MAX_PINNED:
+        if count >= MAX_PINNED:
             raise Conflict(
                 f"A thread has at most {MAX_PINNED} pinned messages: unpin one first",
                 maxPinned=MAX_PINNED,

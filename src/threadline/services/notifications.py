@@ -9,10 +9,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Sequence
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from threadline.db import UnitOfWork
+from threadline.db import UnitOfWork, count_rows
 from threadline.errors import BadInput
 from threadline.models import Message, Notification, NotificationKind, Thread, User, utcnow
 from threadline.services.events import UserEvent
@@ -98,12 +98,10 @@ async def notify_reaction(uow: UnitOfWork, actor: User, message: Message) -> Non
 async def notifications_of(
     session: AsyncSession, viewer: User, unread_only: bool, request: PageRequest
 ) -> tuple[Page[Notification], int]:
-    if request.backwards:
-        raise BadInput("Notifications page forwards only: use `first` and `after`")
+    after = request.forwards_key("Notifications page")
     query = select(Notification).where(Notification.user_id == viewer.id)
     if unread_only:
         query = query.where(Notification.read_at.is_(None))
-    after = request.after_key()
     if after is not None:
         at, nid = time_id_key(after)
         query = query.where(
@@ -112,26 +110,23 @@ async def notifications_of(
         )
     query = query.order_by(Notification.created_at.desc(), Notification.id.desc())
     rows = list(await session.scalars(query.limit(request.size + 1)))
-    unread = await session.scalar(
-        select(func.count())
-        .select_from(Notification)
-        .where(Notification.user_id == viewer.id, Notification.read_at.is_(None))
+    unread = await count_rows(
+        session, Notification, Notification.user_id == viewer.id, Notification.read_at.is_(None)
     )
     page = make_page(rows, request, lambda n: [n.created_at.isoformat(), str(n.id)])
-    return page, int(unread or 0)
+    return page, unread
 
 
 async def mark_read(
     uow: UnitOfWork, viewer: User, ids: Sequence[str] | None, everything: bool
 ) -> int:
     """Mark the viewer's notifications read; returns how many changed."""
-    if not everything and not ids:
-        raise BadInput("Give `ids` or `all: true`")
     statement = update(Notification).where(
         Notification.user_id == viewer.id, Notification.read_at.is_(None)
     )
     if not everything:
-        assert ids is not None
+        if not ids:
+            raise BadInput("Give `ids` or `all: true`")
         if len(ids) > MAX_IDS:
             raise BadInput(f"At most {MAX_IDS} ids at once")
         statement = statement.where(Notification.id.in_([parse_id(i, "Notification") for i in ids]))

@@ -85,6 +85,12 @@ class PageRequest:
     def after_key(self) -> list[Any] | None:
         return decode_cursor(self.after) if self.after else None
 
+    def forwards_key(self, pages: str) -> list[Any] | None:
+        """``after_key`` of a list that pages forwards only; BadInput for ``last``/``before``."""
+        if self.backwards:
+            raise BadInput(f"{pages} forwards only: use `first` and `after`")
+        return self.after_key()
+
     def before_key(self) -> list[Any] | None:
         return decode_cursor(self.before) if self.before else None
 

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import functools
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -109,7 +108,7 @@ _ACCESS_BASE = select(Thread, ThreadParticipant).outerjoin(
 )
 _ACCESS_WHERE = _ACCESS_BASE.where(Thread.id == bindparam("thread_id"), Thread.deleted_at.is_(None))
 _ACCESS = Query(_ACCESS_WHERE)
-_ACCESS_FOR_UPDATE = _ACCESS_WHERE.with_for_update(of=Thread)
+_ACCESS_FOR_UPDATE = Query(_ACCESS_WHERE.with_for_update(of=Thread))
 _ACCESS_MANY = Query(
     _ACCESS_BASE.where(
         Thread.id.in_(bindparam("thread_ids", expanding=True)), Thread.deleted_at.is_(None)
@@ -127,15 +126,9 @@ async def access_thread(
 ) -> ThreadAccess:
     """The thread if the actor may see it (else NotFound) with at least ``at_least``
     (else Forbidden)."""
-    tid = parse_id(thread_id, "Thread")
-    found: Sequence[Any] | None
-    if for_update:
-        params = {"thread_id": tid, "user_id": actor.id}
-        found = (await session.execute(_ACCESS_FOR_UPDATE, params)).first()
-    else:
-        rows = await _ACCESS.tuples(session, thread_id=tid, user_id=actor.id)
-        found = rows[0] if rows else None
-    access = grant(actor, found[0], found[1]) if found is not None else None
+    query = _ACCESS_FOR_UPDATE if for_update else _ACCESS
+    rows = await query.tuples(session, thread_id=parse_id(thread_id, "Thread"), user_id=actor.id)
+    access = grant(actor, *rows[0]) if rows else None
     if access is None:
         raise NotFound("Thread not found")
     if not access.at_least(at_least):

@@ -18,8 +18,6 @@ from threadline.db import Database
 from threadline.models.sends import PlainSend, store_plain_sends
 from threadline.services.events import EventKind
 
-__all__ = ["PlainSend", "plain_sends"]
-
 # One statement's rows; a larger queue is stored by several statements in turn.
 MAX_BATCH = 100
 

@@ -118,11 +118,6 @@ async def mark_read(uow: UnitOfWork, actor: User, access: ThreadAccess, seq: int
     uow.emit(_receipt(participant.thread_id, actor.id, target, participant.last_delivered_seq))
 
 
-async def mark_delivered(db: Database, user_id: uuid.UUID, thread_id: uuid.UUID, seq: int) -> None:
-    """Move one delivered marker forward; a no-op write when it is there already."""
-    await mark_delivered_many(db, {(user_id, thread_id): seq})
-
-
 async def mark_delivered_many(
     db: Database, markers: Mapping[tuple[uuid.UUID, uuid.UUID], int]
 ) -> None:

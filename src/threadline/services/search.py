@@ -44,9 +44,7 @@ async def search_messages(
     text_query = clean_search(query)
     if not text_query or len(text_query) > MAX_QUERY:
         raise BadInput(f"`query` must be 1 to {MAX_QUERY} characters")
-    if request.backwards:
-        raise BadInput("Search pages forwards only: use `first` and `after`")
-    offset = int_key(request.after_key()) or 0
+    offset = int_key(request.forwards_key("Search pages")) or 0
     mine = select(ThreadParticipant.thread_id).where(ThreadParticipant.user_id == viewer.id)
     live_threads = select(Thread.id).where(Thread.deleted_at.is_(None))
     found = full_text_match(session, text_query)

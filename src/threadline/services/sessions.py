@@ -13,7 +13,6 @@ from sqlalchemy import bindparam, insert, update
 
 from threadline.db import Database
 from threadline.models import Session, User, utcnow
-from threadline.models.base import new_id
 from threadline.models.queries import Write
 
 _OPEN = Write(
@@ -45,7 +44,7 @@ _CHUNK = 1000
 async def open_session(
     db: Database, user: User, clerk_session_id: str | None, user_agent: str | None
 ) -> uuid.UUID:
-    session_id = new_id()
+    session_id = uuid.uuid4()
     await _OPEN.run(
         db,
         "open_session",
@@ -61,10 +60,6 @@ async def open_session(
 async def touch_sessions(db: Database, session_ids: Sequence[uuid.UUID]) -> None:
     """Mark live connections as seen now."""
     await _run_chunked(_TOUCH, db, "touch_sessions", session_ids)
-
-
-async def close_session(db: Database, session_id: uuid.UUID) -> None:
-    await close_sessions(db, [session_id])
 
 
 async def close_sessions(db: Database, session_ids: Sequence[uuid.UUID]) -> None:

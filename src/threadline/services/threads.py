@@ -12,11 +12,11 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import bindparam, func, or_, select
+from sqlalchemy import bindparam, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from threadline.db import UnitOfWork
+from threadline.db import UnitOfWork, count_rows
 from threadline.errors import BadInput, Conflict, Forbidden, NotFound
 from threadline.models import Thread, ThreadParticipant, ThreadRole, User, utcnow
 from threadline.models.queries import Query
@@ -210,15 +210,13 @@ async def _keep_an_owner(
     """A thread always has an OWNER: its last one may not leave, be removed or step down."""
     if participant.thread_role is not ThreadRole.OWNER:
         return
-    owners = await session.scalar(
-        select(func.count())
-        .select_from(ThreadParticipant)
-        .where(
-            ThreadParticipant.thread_id == participant.thread_id,
-            ThreadParticipant.role == ThreadRole.OWNER.value,
-        )
+    owners = await count_rows(
+        session,
+        ThreadParticipant,
+        ThreadParticipant.thread_id == participant.thread_id,
+        ThreadParticipant.role == ThreadRole.OWNER.value,
     )
-    if (owners or 0) <= 1:
+    if owners <= 1:
         raise Conflict(f"The last OWNER cannot {change}: make someone else OWNER first")
 
 
@@ -366,13 +364,11 @@ async def threads_of(
 ) -> Page[ThreadAccess]:
     """The actor's threads, most recently active first, with the actor's access to each
     (read in the same statement, so the page's fields need no check of their own)."""
-    if request.backwards:
-        raise BadInput("Threads page forwards only: use `first` and `after`")
+    after = request.forwards_key("Threads page")
     params: dict[str, Any] = {"user_id": actor.id, "size": request.size + 1}
     search = clean_search(search)
     if search:
         params["pattern"] = contains_pattern(search)
-    after = request.after_key()
     if after is not None:
         params["at"], params["after_id"] = time_id_key(after)
     query = _threads_page(bool(search), after is not None)
@@ -386,21 +382,15 @@ async def threads_of(
 async def participants_page(
     session: AsyncSession, thread_id: uuid.UUID, request: PageRequest
 ) -> tuple[Page[ThreadParticipant], int]:
-    if request.backwards:
-        raise BadInput("Participants page forwards only: use `first` and `after`")
+    after = request.forwards_key("Participants page")
     query = select(ThreadParticipant).where(ThreadParticipant.thread_id == thread_id)
-    after = request.after_key()
     if after is not None:
         query = query.where(ThreadParticipant.user_id > id_key(after))
     rows = list(
         await session.scalars(query.order_by(ThreadParticipant.user_id).limit(request.size + 1))
     )
-    total = await session.scalar(
-        select(func.count())
-        .select_from(ThreadParticipant)
-        .where(ThreadParticipant.thread_id == thread_id)
-    )
-    return make_page(rows, request, lambda p: [str(p.user_id)]), int(total or 0)
+    total = await count_rows(session, ThreadParticipant, ThreadParticipant.thread_id == thread_id)
+    return make_page(rows, request, lambda p: [str(p.user_id)]), total
 
 
 _THREADS_BY_IDS = Query(select(Thread).where(Thread.id.in_(bindparam("ids", expanding=True))))
