@@ -40,6 +40,12 @@ class SweepReport:
     # Another process held the lock: it does the work this time.
     skipped: bool = False
 
+    @property
+    def removed(self) -> int:
+        return (
+            self.attachments + self.webhook_deliveries + self.sessions + self.ended_clerk_sessions
+        )
+
 
 async def sweep(db: Database, storage: Storage, *, now: datetime | None = None) -> SweepReport:
     """One clean-up pass; safe to run in every process (only the lock holder works)."""
@@ -90,7 +96,5 @@ async def sweep_forever(
         except Exception:
             log.warning("the retention sweep failed; retrying next interval", exc_info=True)
             continue
-        if not report.skipped and (
-            report.attachments or report.webhook_deliveries or report.sessions
-        ):
+        if report.removed:
             log.info("retention sweep: %s", report)

@@ -57,15 +57,13 @@ async def search_users(
     session: AsyncSession, search: str | None, request: PageRequest
 ) -> Page[User]:
     """Live users whose username or display name contains ``search``, by name."""
-    if request.backwards:
-        raise BadInput("Users page forwards only: use `first` and `after`")
+    after = request.forwards_key("Users page")
     query = select(User).where(User.deleted_at.is_(None))
     search = clean_search(search)
     if search:
         query = query.where(
             or_(contains_text(User.username, search), contains_text(User.display_name, search))
         )
-    after = request.after_key()
     if after is not None:
         name, uid = text_id_key(after)
         query = query.where(
