@@ -108,20 +108,18 @@ async def _node(info: Info, raw_id: str) -> Node | None:
 class UserMutations:
     @strawberry.mutation(extensions=[authenticated()])
     async def update_me(self, info: Info, input: UpdateMeInput) -> UserType:
-        async with op.writing(info, "update_me") as (uow, viewer):
-            user = await users.update_me(
-                uow,
-                viewer,
-                display_name=input.display_name if input.display_name else None,
-                preferences=input.preferences,
-                set_preferences=input.preferences is not strawberry.UNSET,
-            )
+        user = await op.write(
+            info,
+            users.update_me,
+            display_name=input.display_name if input.display_name else None,
+            preferences=input.preferences,
+            set_preferences=input.preferences is not strawberry.UNSET,
+        )
         return UserType.of(user)
 
     @strawberry.mutation(extensions=[has_role(SystemRole.OWNER)])
     async def set_user_role(self, info: Info, user_id: ID, role: SystemRole) -> UserType:
-        async with op.writing(info, "set_user_role") as (uow, viewer):
-            user = await users.set_user_role(uow, viewer, user_id, role)
+        user = await op.write(info, users.set_user_role, user_id, role)
         # The process's caches would show the old role for a few seconds: drop it now.
         op.context(info).runtime.forget_viewers(clerk_user_ids=[user.clerk_id])
         return UserType.of(user)
