@@ -10,7 +10,7 @@ from threadline.schema.connections import connection, page_args
 from threadline.schema.directives import authenticated, thread_role
 from threadline.schema.enums import ThreadRole
 from threadline.schema.inputs import CreateThreadInput, UpdateThreadInput
-from threadline.schema.types import ParticipantType, ThreadConnection, ThreadEdge, ThreadType
+from threadline.schema.types import ParticipantType, ThreadConnection, ThreadType
 from threadline.services import threads
 
 
@@ -40,7 +40,7 @@ class ThreadQueries:
         for a in page.items:
             access.setdefault(a.thread.id, a)
         return connection(
-            ThreadConnection, page, ThreadEdge, lambda a: ThreadType.of(access[a.thread.id].thread)
+            ThreadConnection, page, lambda a: ThreadType.of(access[a.thread.id].thread)
         )
 
 

@@ -23,7 +23,6 @@ from threadline.schema.types import (
     SessionType,
     ThreadType,
     UserConnection,
-    UserEdge,
     UserType,
 )
 from threadline.services import attachments, users
@@ -55,7 +54,7 @@ class UserQueries:
         after: str | None = None,
     ) -> UserConnection:
         page = await users.search_users(await op.session(info), search, page_args(first, after))
-        return connection(UserConnection, page, UserEdge, UserType.of)
+        return connection(UserConnection, page, UserType.of)
 
     @strawberry.field(extensions=[authenticated()])
     async def node(self, info: Info, id: ID) -> Node | None:
