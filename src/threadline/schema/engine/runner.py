@@ -106,7 +106,7 @@ class OperationRunner:
     def plan(
         self, query: str | None, variables: dict[str, Any] | None, operation_name: str | None
     ) -> Plan:
-        known = self.documents.known(query, self.graphql_schema) if query else None
+        known = self.documents.known(query) if query else None
         if known is None:
             return UNKNOWN
         cached: Plan | None = known.plans.get(operation_name)
@@ -117,7 +117,7 @@ class OperationRunner:
             if operation_name is None:  # several operations, none named
                 return Plan(known, refusal=GraphQLError(NAME_REQUIRED))
             return UNKNOWN
-        refusal = self.documents.over_cost(known, operation, variables, self.graphql_schema)
+        refusal = self.documents.over_cost(known, operation, variables)
         plan = Plan(known, operation, refusal)
         if refusal is None and not known.page_variables:  # () once over_cost has looked
             known.plans[operation_name] = plan
