@@ -58,49 +58,45 @@ class UserQueries:
 
     @strawberry.field(extensions=[authenticated()])
     async def node(self, info: Info, id: ID) -> Node | None:
-        return await _node(info, id)
+        """Any object by id, if the viewer may see it; ids are UUIDs, unique across tables."""
+        try:
+            node_id = parse_id(id)
+        except NotFound:
+            return None
+        viewer = await op.viewer(info)
+        session = await op.session(info)
+        loaders = op.context(info).loaders
+        user = await loaders.user.load(node_id)
+        if user is not None:
+            return UserType.of(user)
+        with suppress(NotFound):
+            return ThreadType.of((await access_thread(session, viewer, node_id)).thread)
+        message = await loaders.message.load(node_id)
+        if message is not None:
+            try:
+                await access_thread(session, viewer, message.thread_id)
+                return MessageType.of(message)
+            except NotFound:
+                return None
+        with suppress(NotFound):
+            await access_attachment(session, viewer, node_id)
+            # Of a deleted message or thread: gone for everyone, whatever the access.
+            attachment = await attachments.downloadable(session, node_id)
+            return AttachmentType.of(attachment) if attachment is not None else None
+        from threadline.services import notifications
+
+        notification = await notifications.get_notification(session, viewer, node_id)
+        if notification is not None:
+            return NotificationType.of(notification)
+        for row in await users.sessions_of(session, viewer):
+            if row.id == node_id:
+                return SessionType.of(row)
+        return None
 
     @strawberry.field(extensions=[authenticated()])
     async def my_sessions(self, info: Info) -> list[SessionType]:
         rows = await users.sessions_of(await op.session(info), await op.viewer(info))
         return [SessionType.of(r) for r in rows]
-
-
-async def _node(info: Info, raw_id: str) -> Node | None:
-    """Any object by id, if the viewer may see it; ids are UUIDs, unique across tables."""
-    try:
-        node_id = parse_id(raw_id)
-    except NotFound:
-        return None
-    viewer = await op.viewer(info)
-    session = await op.session(info)
-    loaders = op.context(info).loaders
-    user = await loaders.user.load(node_id)
-    if user is not None:
-        return UserType.of(user)
-    with suppress(NotFound):
-        return ThreadType.of((await access_thread(session, viewer, node_id)).thread)
-    message = await loaders.message.load(node_id)
-    if message is not None:
-        try:
-            await access_thread(session, viewer, message.thread_id)
-            return MessageType.of(message)
-        except NotFound:
-            return None
-    with suppress(NotFound):
-        await access_attachment(session, viewer, node_id)
-        # Of a deleted message or thread: gone for everyone, whatever the access.
-        attachment = await attachments.downloadable(session, node_id)
-        return AttachmentType.of(attachment) if attachment is not None else None
-    from threadline.services import notifications
-
-    notification = await notifications.get_notification(session, viewer, node_id)
-    if notification is not None:
-        return NotificationType.of(notification)
-    for row in await users.sessions_of(session, viewer):
-        if row.id == node_id:
-            return SessionType.of(row)
-    return None
 
 
 @strawberry.type
