@@ -114,11 +114,7 @@ class Documents:
         if cost <= self.max_cost:
             return None
         refusal = QueryTooCostly(cost, self.max_cost)
-        return GraphQLError(
-            refusal.message,
-            original_error=refusal,
-            extensions={**refusal.extensions, "code": refusal.code.value},
-        )
+        return GraphQLError(refusal.message, original_error=refusal)  # shaped by the runner
 
     def prepare(self, context: ExecutionContext) -> None:
         """Before strawberry parses: the token limit, our rules, and a known document
