@@ -362,8 +362,6 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
             upkeep = beat % UPKEEP_EVERY == 0
             try:
                 await self._maintain(part, renew=upkeep, touch_sessions=upkeep)
-            except asyncio.CancelledError:
-                raise
             except Exception:
                 log.warning("connection maintenance failed; retrying next beat", exc_info=True)
 
@@ -466,8 +464,6 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
                             data = orjson.loads(item)
                             await self._close_sessions(data["sessions"], data["users"])
                             await self._reauthorize(data.get("reauthorize", []))
-            except asyncio.CancelledError:
-                raise
             except Exception:
                 log.warning("ended-sessions listener restarting", exc_info=True)
                 await asyncio.sleep(1)

@@ -8,7 +8,7 @@ the view unchanged, with the body already read replayed.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from starlette.types import Message, Receive, Scope, Send
 from strawberry.exceptions import MissingQueryError
@@ -16,6 +16,7 @@ from strawberry.http import GraphQLRequestData
 from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 
 from threadline.graphql_app import origin_of
+from threadline.http_limits import respond
 from threadline.schema.engine.internals import handle_errors
 
 if TYPE_CHECKING:
@@ -87,16 +88,16 @@ class GraphQLPost:
             )
         # The view's plain-text 400s, worded as it words them.
         except CannotGetOperationTypeError as exc:
-            await _respond(send, 400, exc.as_http_error_reason().encode(), _TEXT_HEADERS)
+            await respond(send, 400, exc.as_http_error_reason().encode(), _TEXT_HEADERS)
         except InvalidOperationTypeError as exc:
-            await _respond(send, 400, exc.as_http_error_reason("POST").encode(), _TEXT_HEADERS)
+            await respond(send, 400, exc.as_http_error_reason("POST").encode(), _TEXT_HEADERS)
         except MissingQueryError:
-            await _respond(send, 400, b"No GraphQL query found in the request", _TEXT_HEADERS)
+            await respond(send, 400, b"No GraphQL query found in the request", _TEXT_HEADERS)
         else:
             response = await view.process_result(None, result)  # type: ignore[arg-type]
             if result.errors:
                 handle_errors(view, result.errors, response)
-            await _respond(send, 200, view.encode_json_bytes(response), JSON_HEADERS)
+            await respond(send, 200, view.encode_json_bytes(response), JSON_HEADERS)
 
 
 async def _read_body(receive: Receive) -> bytes | None:
@@ -117,14 +118,3 @@ def _replay(body: bytes, receive: Receive) -> Receive:
         return first.pop() if first else await receive()
 
     return again
-
-
-async def _respond(send: Send, status: int, body: bytes, headers: list[Any]) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [*headers, (b"content-length", str(len(body)).encode())],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})

@@ -217,16 +217,18 @@ class _Body:
         else:
             body = message.encode()
             content_type = b"text/plain; charset=utf-8"
-        await self._send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", content_type),
-                    (b"content-length", str(len(body)).encode()),
-                    # What the client still sends is not read: close the connection.
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await self._send({"type": "http.response.body", "body": body})
+        # What the client still sends is not read: close the connection.
+        headers = [(b"content-type", content_type), (b"connection", b"close")]
+        await respond(self._send, status, body, headers)
+
+
+async def respond(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    """A whole answer: ``headers`` and the body's length, then the body."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*headers, (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

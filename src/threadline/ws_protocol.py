@@ -80,11 +80,14 @@ def malformed(message: Any, start: str, stop: str) -> str | None:
 
 
 def over_the_limit(
-    limit: int | None, acknowledged: bool, operation_id: object, running: Collection[object]
+    handler: TransportProtocol | LegacyProtocol, operation_id: object, running: Collection[object]
 ) -> GraphQLFormattedError | None:
     """The coded error when a new operation (an id not running yet) would pass the
     connection's ceiling (strawberry's own refusal carries no code)."""
-    if not acknowledged or operation_id in running or limit is None or len(running) < limit:
+    limit = handler.max_subscriptions_per_connection
+    if not handler.connection_acknowledged or operation_id in running:
+        return None
+    if limit is None or len(running) < limit:
         return None
     return formatted(RateLimited(f"At most {limit} operations at once on one connection", 1))
 
@@ -147,12 +150,7 @@ class TransportProtocol(BaseGraphQLTransportWSHandler[Context, None]):
         self.connection_acknowledged = True
 
     async def handle_subscribe(self, message: Any) -> None:
-        error = over_the_limit(
-            self.max_subscriptions_per_connection,
-            self.connection_acknowledged,
-            message["id"],
-            self.operations,
-        )
+        error = over_the_limit(self, message["id"], self.operations)
         if error is not None:
             await self.send_message({"id": message["id"], "type": "error", "payload": [error]})
             return
@@ -229,12 +227,7 @@ class LegacyProtocol(BaseGraphQLWSHandler[Context, None]):
             self.keep_alive_task = asyncio.create_task(self.handle_keep_alive())
 
     async def handle_start(self, message: Any) -> None:
-        error = over_the_limit(
-            self.max_subscriptions_per_connection,
-            self.connection_acknowledged,
-            message["id"],
-            self.tasks,
-        )
+        error = over_the_limit(self, message["id"], self.tasks)
         if error is not None:
             await self.send_message({"type": "error", "id": message["id"], "payload": error})
             return

@@ -96,39 +96,29 @@ class MessageMutations:
         extensions=[thread_role(ThreadRole.MEMBER)],
     )
     async def edit_message(self, info: Info, message_id: ID, body: str) -> MessageType:
-        async with op.writing(info, "edit_message") as (uow, viewer):
-            row = await messages.edit_message(uow, viewer, message_id, body)
-        return MessageType.of(row)
+        return MessageType.of(await op.write(info, messages.edit_message, message_id, body))
 
     @strawberry.mutation(
         description="The author, or a thread ADMIN (moderation), may delete.",
         extensions=[thread_role(ThreadRole.MEMBER)],
     )
     async def delete_message(self, info: Info, message_id: ID) -> MessageType:
-        async with op.writing(info, "delete_message") as (uow, viewer):
-            row = await messages.delete_message(uow, viewer, message_id)
-        return MessageType.of(row)
+        return MessageType.of(await op.write(info, messages.delete_message, message_id))
 
     @strawberry.mutation(extensions=[thread_role(ThreadRole.ADMIN)])
     async def pin_message(self, info: Info, message_id: ID, pinned: bool) -> MessageType:
-        async with op.writing(info, "pin_message") as (uow, viewer):
-            row = await messages.pin_message(uow, viewer, message_id, pinned)
-        return MessageType.of(row)
+        return MessageType.of(await op.write(info, messages.pin_message, message_id, pinned))
 
     @strawberry.mutation(
         description="Adding the same emoji twice is a no-op.",
         extensions=[thread_role(ThreadRole.MEMBER)],
     )
     async def add_reaction(self, info: Info, message_id: ID, emoji: str) -> MessageType:
-        async with op.writing(info, "add_reaction") as (uow, viewer):
-            row = await messages.add_reaction(uow, viewer, message_id, emoji)
-        return MessageType.of(row)
+        return MessageType.of(await op.write(info, messages.add_reaction, message_id, emoji))
 
     @strawberry.mutation(extensions=[thread_role(ThreadRole.MEMBER)])
     async def remove_reaction(self, info: Info, message_id: ID, emoji: str) -> MessageType:
-        async with op.writing(info, "remove_reaction") as (uow, viewer):
-            row = await messages.remove_reaction(uow, viewer, message_id, emoji)
-        return MessageType.of(row)
+        return MessageType.of(await op.write(info, messages.remove_reaction, message_id, emoji))
 
     @strawberry.mutation(
         description="Upload a file to attach to a later sendMessage.",
@@ -157,8 +147,7 @@ class MessageMutations:
     )
     async def mark_read(self, info: Info, thread_id: ID, seq: int) -> ThreadType:
         access = op.checked_access(info, thread_id)
-        async with op.writing(info, "mark_read") as (uow, viewer):
-            await receipts.mark_read(uow, viewer, access, seq)
+        await op.write(info, receipts.mark_read, access, seq)
         return ThreadType.of(access.thread)
 
     @strawberry.mutation(

@@ -8,7 +8,7 @@ from strawberry import ID, Info
 from threadline.resolvers import operations as op
 from threadline.schema.connections import connection, page_args
 from threadline.schema.directives import authenticated
-from threadline.schema.types import NotificationConnection, NotificationEdge, NotificationType
+from threadline.schema.types import NotificationConnection, NotificationType
 from threadline.services import notifications
 
 
@@ -28,9 +28,7 @@ class NotificationQueries:
             bool(unread_only),
             page_args(first, after),
         )
-        return connection(
-            NotificationConnection, page, NotificationEdge, NotificationType.of, unread_count=unread
-        )
+        return connection(NotificationConnection, page, NotificationType.of, unread_count=unread)
 
 
 @strawberry.type

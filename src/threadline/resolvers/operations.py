@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 from strawberry import Info
@@ -17,6 +17,7 @@ from threadline.services.pagination import Page, only
 from threadline.services.permissions import ThreadAccess, parse_id
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 if TYPE_CHECKING:
     from threadline.schema.context import Context
@@ -77,3 +78,14 @@ async def writing(
     """One named, rate-limited transaction."""
     async with acting(info, action) as (ctx, user), ctx.runtime.db.transaction(name) as uow:
         yield uow, user
+
+
+async def write(
+    info: Info,
+    service: Callable[Concatenate[UnitOfWork, User, P], Awaitable[T]],
+    *args: P.args,
+    **kwargs: P.kwargs,
+) -> T:
+    """``service(uow, viewer, ...)`` as ``writing`` does it, the transaction named after it."""
+    async with writing(info, service.__name__) as (uow, viewer):
+        return await service(uow, viewer, *args, **kwargs)

@@ -10,7 +10,7 @@ from threadline.schema.connections import connection, page_args
 from threadline.schema.directives import authenticated, thread_role
 from threadline.schema.enums import ThreadRole
 from threadline.schema.inputs import CreateThreadInput, UpdateThreadInput
-from threadline.schema.types import ParticipantType, ThreadConnection, ThreadEdge, ThreadType
+from threadline.schema.types import ParticipantType, ThreadConnection, ThreadType
 from threadline.services import threads
 
 
@@ -40,7 +40,7 @@ class ThreadQueries:
         for a in page.items:
             access.setdefault(a.thread.id, a)
         return connection(
-            ThreadConnection, page, ThreadEdge, lambda a: ThreadType.of(access[a.thread.id].thread)
+            ThreadConnection, page, lambda a: ThreadType.of(access[a.thread.id].thread)
         )
 
 
@@ -48,10 +48,9 @@ class ThreadQueries:
 class ThreadMutations:
     @strawberry.mutation(extensions=[authenticated()])
     async def create_thread(self, info: Info, input: CreateThreadInput) -> ThreadType:
-        async with op.writing(info, "create_thread") as (uow, viewer):
-            thread = await threads.create_thread(
-                uow, viewer, input.title, input.description, input.participant_ids or []
-            )
+        thread = await op.write(
+            info, threads.create_thread, input.title, input.description, input.participant_ids or []
+        )
         return ThreadType.of(thread)
 
     @strawberry.mutation(
@@ -59,64 +58,52 @@ class ThreadMutations:
         extensions=[authenticated()],
     )
     async def create_direct_thread(self, info: Info, user_id: ID) -> ThreadType:
-        async with op.writing(info, "create_direct_thread") as (uow, viewer):
-            thread = await threads.create_direct_thread(uow, viewer, user_id)
-        return ThreadType.of(thread)
+        return ThreadType.of(await op.write(info, threads.create_direct_thread, user_id))
 
     @strawberry.mutation(extensions=[thread_role(ThreadRole.ADMIN)])
     async def update_thread(
         self, info: Info, thread_id: ID, input: UpdateThreadInput
     ) -> ThreadType:
         set_description = input.description is not strawberry.UNSET
-        async with op.writing(info, "update_thread") as (uow, viewer):
-            thread = await threads.update_thread(
-                uow,
-                viewer,
-                thread_id,
-                title=input.title if input.title is not strawberry.UNSET else None,
-                description=input.description if set_description else None,
-                set_description=set_description,
-            )
+        thread = await op.write(
+            info,
+            threads.update_thread,
+            thread_id,
+            title=input.title if input.title is not strawberry.UNSET else None,
+            description=input.description if set_description else None,
+            set_description=set_description,
+        )
         return ThreadType.of(thread)
 
     @strawberry.mutation(extensions=[thread_role(ThreadRole.OWNER)])
     async def delete_thread(self, info: Info, thread_id: ID) -> ID:
-        async with op.writing(info, "delete_thread") as (uow, viewer):
-            deleted = await threads.delete_thread(uow, viewer, thread_id)
-        return ID(str(deleted))
+        return ID(str(await op.write(info, threads.delete_thread, thread_id)))
 
     @strawberry.mutation(extensions=[thread_role(ThreadRole.ADMIN)])
     async def add_participant(
         self, info: Info, thread_id: ID, user_id: ID, role: ThreadRole | None = ThreadRole.MEMBER
     ) -> ParticipantType:
-        async with op.writing(info, "add_participant") as (uow, viewer):
-            row = await threads.add_participant(
-                uow, viewer, thread_id, user_id, role or ThreadRole.MEMBER
-            )
+        row = await op.write(
+            info, threads.add_participant, thread_id, user_id, role or ThreadRole.MEMBER
+        )
         return ParticipantType.of(row)
 
     @strawberry.mutation(extensions=[thread_role(ThreadRole.ADMIN)])
     async def remove_participant(self, info: Info, thread_id: ID, user_id: ID) -> ID:
-        async with op.writing(info, "remove_participant") as (uow, viewer):
-            removed = await threads.remove_participant(uow, viewer, thread_id, user_id)
-        return ID(str(removed))
+        return ID(str(await op.write(info, threads.remove_participant, thread_id, user_id)))
 
     @strawberry.mutation(extensions=[thread_role(ThreadRole.OWNER)])
     async def set_participant_role(
         self, info: Info, thread_id: ID, user_id: ID, role: ThreadRole
     ) -> ParticipantType:
-        async with op.writing(info, "set_participant_role") as (uow, viewer):
-            row = await threads.set_participant_role(uow, viewer, thread_id, user_id, role)
-        return ParticipantType.of(row)
+        return ParticipantType.of(
+            await op.write(info, threads.set_participant_role, thread_id, user_id, role)
+        )
 
     @strawberry.mutation(extensions=[thread_role(ThreadRole.MEMBER)])
     async def leave_thread(self, info: Info, thread_id: ID) -> ID:
-        async with op.writing(info, "leave_thread") as (uow, viewer):
-            left = await threads.leave_thread(uow, viewer, thread_id)
-        return ID(str(left))
+        return ID(str(await op.write(info, threads.leave_thread, thread_id)))
 
     @strawberry.mutation(extensions=[thread_role(ThreadRole.MEMBER)])
     async def mute_thread(self, info: Info, thread_id: ID, muted: bool) -> ThreadType:
-        async with op.writing(info, "mute_thread") as (uow, viewer):
-            thread = await threads.mute_thread(uow, viewer, thread_id, muted)
-        return ThreadType.of(thread)
+        return ThreadType.of(await op.write(info, threads.mute_thread, thread_id, muted))

@@ -23,7 +23,6 @@ from threadline.schema.types import (
     SessionType,
     ThreadType,
     UserConnection,
-    UserEdge,
     UserType,
 )
 from threadline.services import attachments, users
@@ -55,11 +54,44 @@ class UserQueries:
         after: str | None = None,
     ) -> UserConnection:
         page = await users.search_users(await op.session(info), search, page_args(first, after))
-        return connection(UserConnection, page, UserEdge, UserType.of)
+        return connection(UserConnection, page, UserType.of)
 
     @strawberry.field(extensions=[authenticated()])
     async def node(self, info: Info, id: ID) -> Node | None:
-        return await _node(info, id)
+        """Any object by id, if the viewer may see it; ids are UUIDs, unique across tables."""
+        try:
+            node_id = parse_id(id)
+        except NotFound:
+            return None
+        viewer = await op.viewer(info)
+        session = await op.session(info)
+        loaders = op.context(info).loaders
+        user = await loaders.user.load(node_id)
+        if user is not None:
+            return UserType.of(user)
+        with suppress(NotFound):
+            return ThreadType.of((await access_thread(session, viewer, node_id)).thread)
+        message = await loaders.message.load(node_id)
+        if message is not None:
+            try:
+                await access_thread(session, viewer, message.thread_id)
+                return MessageType.of(message)
+            except NotFound:
+                return None
+        with suppress(NotFound):
+            await access_attachment(session, viewer, node_id)
+            # Of a deleted message or thread: gone for everyone, whatever the access.
+            attachment = await attachments.downloadable(session, node_id)
+            return AttachmentType.of(attachment) if attachment is not None else None
+        from threadline.services import notifications
+
+        notification = await notifications.get_notification(session, viewer, node_id)
+        if notification is not None:
+            return NotificationType.of(notification)
+        for row in await users.sessions_of(session, viewer):
+            if row.id == node_id:
+                return SessionType.of(row)
+        return None
 
     @strawberry.field(extensions=[authenticated()])
     async def my_sessions(self, info: Info) -> list[SessionType]:
@@ -67,61 +99,22 @@ class UserQueries:
         return [SessionType.of(r) for r in rows]
 
 
-async def _node(info: Info, raw_id: str) -> Node | None:
-    """Any object by id, if the viewer may see it; ids are UUIDs, unique across tables."""
-    try:
-        node_id = parse_id(raw_id)
-    except NotFound:
-        return None
-    viewer = await op.viewer(info)
-    session = await op.session(info)
-    loaders = op.context(info).loaders
-    user = await loaders.user.load(node_id)
-    if user is not None:
-        return UserType.of(user)
-    with suppress(NotFound):
-        return ThreadType.of((await access_thread(session, viewer, node_id)).thread)
-    message = await loaders.message.load(node_id)
-    if message is not None:
-        try:
-            await access_thread(session, viewer, message.thread_id)
-            return MessageType.of(message)
-        except NotFound:
-            return None
-    with suppress(NotFound):
-        await access_attachment(session, viewer, node_id)
-        # Of a deleted message or thread: gone for everyone, whatever the access.
-        attachment = await attachments.downloadable(session, node_id)
-        return AttachmentType.of(attachment) if attachment is not None else None
-    from threadline.services import notifications
-
-    notification = await notifications.get_notification(session, viewer, node_id)
-    if notification is not None:
-        return NotificationType.of(notification)
-    for row in await users.sessions_of(session, viewer):
-        if row.id == node_id:
-            return SessionType.of(row)
-    return None
-
-
 @strawberry.type
 class UserMutations:
     @strawberry.mutation(extensions=[authenticated()])
     async def update_me(self, info: Info, input: UpdateMeInput) -> UserType:
-        async with op.writing(info, "update_me") as (uow, viewer):
-            user = await users.update_me(
-                uow,
-                viewer,
-                display_name=input.display_name if input.display_name else None,
-                preferences=input.preferences,
-                set_preferences=input.preferences is not strawberry.UNSET,
-            )
+        user = await op.write(
+            info,
+            users.update_me,
+            display_name=input.display_name if input.display_name else None,
+            preferences=input.preferences,
+            set_preferences=input.preferences is not strawberry.UNSET,
+        )
         return UserType.of(user)
 
     @strawberry.mutation(extensions=[has_role(SystemRole.OWNER)])
     async def set_user_role(self, info: Info, user_id: ID, role: SystemRole) -> UserType:
-        async with op.writing(info, "set_user_role") as (uow, viewer):
-            user = await users.set_user_role(uow, viewer, user_id, role)
+        user = await op.write(info, users.set_user_role, user_id, role)
         # The process's caches would show the old role for a few seconds: drop it now.
         op.context(info).runtime.forget_viewers(clerk_user_ids=[user.clerk_id])
         return UserType.of(user)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import strawberry
 
 from threadline.services.pagination import Page, PageRequest
 
 C = TypeVar("C")
+N = TypeVar("N")
 R = TypeVar("R")
 
 
@@ -21,24 +22,31 @@ class PageInfo:
     end_cursor: str | None
 
 
+# Named after their node's type: Connection[UserType] is UserConnection, of UserEdges.
+@strawberry.type
+class Edge(Generic[N]):
+    cursor: str
+    node: N
+
+
+@strawberry.type
+class Connection(Generic[N]):
+    edges: list[Edge[N]]
+    page_info: PageInfo
+
+
 def page_args(
     first: int | None, after: str | None, last: int | None = None, before: str | None = None
 ) -> PageRequest:
     return PageRequest(first=first, after=after, last=last, before=before)
 
 
-def connection(
-    kind: Callable[..., C],
-    page: Page[R],
-    edge: Callable[..., Any],
-    node: Callable[[R], Any],
-    **more: Any,
-) -> C:
+def connection(kind: Callable[..., C], page: Page[R], node: Callable[[R], Any], **more: Any) -> C:
     """A Relay connection of a page: an edge (cursor, node) per item, and its PageInfo."""
     cursors = page.cursors
     return kind(
         edges=[
-            edge(cursor=c, node=node(item)) for c, item in zip(cursors, page.items, strict=True)
+            Edge(cursor=c, node=node(item)) for c, item in zip(cursors, page.items, strict=True)
         ],
         page_info=PageInfo(
             has_next_page=page.has_next,

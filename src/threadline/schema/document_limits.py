@@ -42,11 +42,7 @@ T = TypeVar("T")
 
 
 class _OverLimit(Exception):
-    """The document is over the limit: nothing more needs measuring."""
-
-    def __init__(self, what: str = "") -> None:
-        super().__init__(what)
-        self.what = what
+    """The document is over the limit: nothing more needs measuring (the repeated key, if any)."""
 
 
 @dataclass(slots=True)
@@ -205,5 +201,5 @@ def repeats_over(document: DocumentNode, limit: int = MAX_REPEATS) -> str | None
         for name in fragments:
             measure.fragment(name, measure.repeats, nothing)
     except _OverLimit as over:
-        return over.what
+        return str(over)
     return None

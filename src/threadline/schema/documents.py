@@ -31,7 +31,6 @@ from strawberry.types import ExecutionContext
 from threadline.errors import QueryTooCostly
 from threadline.realtime.caches import TTLCache
 from threadline.schema.document_limits import MAX_REPEATS, repeats_over
-from threadline.schema.engine.internals import graphql_schema
 from threadline.schema.query_cost import CostModel
 
 # Costs kept per document (distinct operation names and page-size values).
@@ -60,6 +59,7 @@ class Documents:
 
     def __init__(
         self,
+        schema: GraphQLSchema,
         cache: DocumentCache,
         *,
         rules: Sequence[type[ASTValidationRule]],
@@ -67,39 +67,32 @@ class Documents:
         max_cost: int,
         hide_suggestions: bool = False,
     ) -> None:
+        self.schema = schema
         self.cache = cache
         self.rules = tuple(rules)
         self.max_tokens = max_tokens
         self.max_cost = max_cost
-        self._cost_model: CostModel | None = None
+        self.cost_model = CostModel(schema)  # the schema's field multipliers, read once
         self.hide_suggestions = hide_suggestions
         # The rules strawberry's execution context starts with, then ours: what
         # prepare() validates with, so known() shares its cache entries.
         self._default_rules = (*specified_rules, *self.rules)
 
-    def known(self, query: str, schema: GraphQLSchema) -> KnownDocument | None:
+    def known(self, query: str) -> KnownDocument | None:
         """A text that parses and is valid (cached), or None."""
-        entry = self._entry(query, self._default_rules, schema)
+        entry = self._entry(query, self._default_rules)
         return entry if entry is not None and not entry.errors else None
-
-    def cost_model(self, schema: GraphQLSchema) -> CostModel:
-        """The schema's field multipliers, read once (by build_schema, at start-up)."""
-        model = self._cost_model
-        if model is None or model.schema is not schema:
-            model = self._cost_model = CostModel(schema)
-        return model
 
     def over_cost(
         self,
         entry: KnownDocument,
         operation: OperationDefinitionNode,
         variables: Mapping[str, Any] | None,
-        schema: GraphQLSchema,
     ) -> GraphQLError | None:
         """QUERY_TOO_COSTLY for an operation whose estimated cost is over the limit."""
         pages = entry.page_variables
         if pages is None:
-            pages = self.cost_model(schema).page_variables(entry.document.definitions)
+            pages = self.cost_model.page_variables(entry.document.definitions)
             entry.page_variables = pages
         name = operation.name.value if operation.name else None
         if pages:
@@ -109,24 +102,19 @@ class Documents:
             key = (name,)
         cost = entry.costs.get(key)
         if cost is None:
-            model = self.cost_model(schema)
             fragments = {
                 d.name.value: d
                 for d in entry.document.definitions
                 if isinstance(d, FragmentDefinitionNode)
             }
-            cost = model.cost(operation, fragments, variables)
+            cost = self.cost_model.cost(operation, fragments, variables)
             if len(entry.costs) >= COSTS_PER_DOCUMENT:
                 entry.costs.clear()
             entry.costs[key] = cost
         if cost <= self.max_cost:
             return None
         refusal = QueryTooCostly(cost, self.max_cost)
-        return GraphQLError(
-            refusal.message,
-            original_error=refusal,
-            extensions={**refusal.extensions, "code": refusal.code.value},
-        )
+        return GraphQLError(refusal.message, original_error=refusal)  # shaped by the runner
 
     def prepare(self, context: ExecutionContext) -> None:
         """Before strawberry parses: the token limit, our rules, and a known document
@@ -135,7 +123,7 @@ class Documents:
         context.validation_rules = (*context.validation_rules, *self.rules)
         if context.graphql_document is not None or not context.query:
             return
-        entry = self._entry(context.query, context.validation_rules, graphql_schema(context.schema))
+        entry = self._entry(context.query, context.validation_rules)
         if entry is None:
             return  # strawberry parses it again and reports the error
         context.graphql_document = entry.document
@@ -143,7 +131,7 @@ class Documents:
         context.pre_execution_errors = list(entry.errors)
 
     def _entry(
-        self, query: str, rules: tuple[type[ASTValidationRule], ...], schema: GraphQLSchema
+        self, query: str, rules: tuple[type[ASTValidationRule], ...]
     ) -> KnownDocument | None:
         """The document and its validation errors, cached; None for a text that does not parse."""
         key = (query, rules)
@@ -160,7 +148,7 @@ class Documents:
                 [GraphQLError(f"'{repeated}' is selected over {MAX_REPEATS} times in one place")]
                 if repeated is not None
                 else validate(
-                    schema,
+                    self.schema,
                     document,
                     (*rules, MaybeNullValidationRule, OneOfInputValidationRule),
                     hide_suggestions=self.hide_suggestions,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from typing import Any
+from typing import TypeVar
 
 from graphql import ExecutionResult as GraphQLExecutionResult
 from graphql.error import GraphQLError
@@ -20,6 +20,7 @@ from threadline.errors import DomainError, ErrorCode
 from threadline.metrics import GRAPHQL_ERRORS
 
 log = logging.getLogger("threadline.graphql")
+R = TypeVar("R")
 
 
 def shape_error(error: GraphQLError) -> GraphQLError:
@@ -59,7 +60,8 @@ def shape_error(error: GraphQLError) -> GraphQLError:
     )
 
 
-def shape_result(result: Any) -> None:
-    """Give every error of an execution result its code (OperationScope calls this)."""
+def shape_result(result: R) -> R:
+    """Give every error of an execution result its code (the runner's, on every engine)."""
     if isinstance(result, (GraphQLExecutionResult, ExecutionResult)) and result.errors:
         result.errors = [shape_error(e) for e in result.errors]
+    return result

@@ -96,8 +96,9 @@ class Loaders:
 
     @cached_property
     def presence(self) -> DataLoader[tuple[K, datetime | None], PresenceState]:
-        # By (user id, last seen as stored): a page's presence in one Redis round trip.
-        return DataLoader(self._presence)
+        # By (user id, last seen as stored): a page's presence in one Redis round trip;
+        # without Redis, as far as this process knows (the rest of the page stands).
+        return DataLoader(self._context.runtime.presence.get_many)
 
     @staticmethod
     async def preload(loader: DataLoader[K, Any], keys: Iterable[K]) -> None:
@@ -172,10 +173,6 @@ class Loaders:
         shown = {uid for found in groups.values() for g in found for uid in g.first_user_ids}
         await self.preload(self.user, sorted(shown))
         return [groups.get(k, []) for k in keys]
-
-    async def _presence(self, keys: list[tuple[K, datetime | None]]) -> list[PresenceState]:
-        # Without Redis, as far as this process knows; the rest of the page stands.
-        return await self._context.runtime.presence.get_many(keys)
 
     async def _unread(self, keys: list[K]) -> list[int]:
         viewer = await self._context.viewer()

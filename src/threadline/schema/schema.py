@@ -124,24 +124,25 @@ def build_schema(
         # Production refuses introspection: one more validation rule, cached like the rest.
         *([NoSchemaIntrospectionCustomRule] if production else []),
     ]
-    documents = Documents(
-        TTLCache(math.inf, DOCUMENT_CACHE_SIZE),
-        rules=rules,
-        max_tokens=settings.max_tokens,
-        max_cost=settings.max_query_cost,
-        hide_suggestions=production,
-    )
     schema = ThreadlineSchema(
         query=roots.query,
         mutation=roots.mutation,
         subscription=roots.subscription,
         types=[*EVENT_TYPES, AttachmentType, NotificationType, SessionType],
+        # Called per operation, once ``documents`` (which needs the schema) is made below.
         extensions=[lambda: CachedDocuments(documents)],
         config=StrawberryConfig(auto_camel_case=True, scalar_map={datetime: DateTime}),
         execution_context_class=_execution_class(production, fast=settings.fast_paths),
     )
     if settings.fast_paths:
         lean_resolvers.install(schema)
+    documents = Documents(
+        graphql_schema(schema),
+        TTLCache(math.inf, DOCUMENT_CACHE_SIZE),
+        rules=rules,
+        max_tokens=settings.max_tokens,
+        max_cost=settings.max_query_cost,
+        hide_suggestions=production,
+    )
     schema.runner = OperationRunner(schema, documents, fast=settings.fast_paths)
-    documents.cost_model(graphql_schema(schema))
     return schema

@@ -18,7 +18,7 @@ from strawberry.scalars import JSON
 
 from threadline import models
 from threadline.errors import BadInput, NotFound
-from threadline.schema.connections import PageInfo, connection, page_args
+from threadline.schema.connections import Connection, Edge, PageInfo, connection, page_args
 from threadline.schema.enums import (
     AttachmentKind,
     MessageStatus,
@@ -137,16 +137,7 @@ class UserType(Node):
         return JSON(self.row.preferences or {})
 
 
-@strawberry.type(name="UserEdge")
-class UserEdge:
-    cursor: str
-    node: UserType
-
-
-@strawberry.type(name="UserConnection")
-class UserConnection:
-    edges: list[UserEdge]
-    page_info: PageInfo
+UserConnection = Connection[UserType]
 
 
 @strawberry.type(name="ThreadParticipant")
@@ -172,10 +163,9 @@ class ParticipantType:
         return await load_existing_user(info, self.row.user_id)
 
 
-@strawberry.type(name="ParticipantEdge")
-class ParticipantEdge:
-    cursor: str
-    node: ParticipantType
+@strawberry.type(name="ParticipantEdge")  # not the default ThreadParticipantEdge
+class ParticipantEdge(Edge[ParticipantType]):
+    pass
 
 
 @strawberry.type(name="ParticipantConnection")
@@ -264,9 +254,7 @@ class ThreadType(Node):
         page, total = await thread_service.participants_page(
             await _ctx(info).session(), thread.id, page_args(first, after)
         )
-        return connection(
-            ParticipantConnection, page, ParticipantEdge, ParticipantType.of, total_count=total
-        )
+        return connection(ParticipantConnection, page, ParticipantType.of, total_count=total)
 
     # Acts for the viewer: fetching a page moves their delivered marker.
     @strawberry.field(metadata=READS_VIEWER)
@@ -290,16 +278,7 @@ class ThreadType(Node):
         return [MessageType.of(r) for r in rows]
 
 
-@strawberry.type(name="ThreadEdge")
-class ThreadEdge:
-    cursor: str
-    node: ThreadType
-
-
-@strawberry.type(name="ThreadConnection")
-class ThreadConnection:
-    edges: list[ThreadEdge]
-    page_info: PageInfo
+ThreadConnection = Connection[ThreadType]
 
 
 @strawberry.type(name="MessageEdit")
@@ -551,16 +530,7 @@ class MessageType(Node):
         return read_by(info, self.row, first, after)  # type: ignore[return-value]
 
 
-@strawberry.type(name="MessageEdge")
-class MessageEdge:
-    cursor: str
-    node: MessageType
-
-
-@strawberry.type(name="MessageConnection")
-class MessageConnection:
-    edges: list[MessageEdge]
-    page_info: PageInfo
+MessageConnection = Connection[MessageType]
 
 
 @strawberry.type(name="Notification")
@@ -603,16 +573,8 @@ class NotificationType(Node):
         return await _readable_message(info, self.row.message_id)
 
 
-@strawberry.type(name="NotificationEdge")
-class NotificationEdge:
-    cursor: str
-    node: NotificationType
-
-
 @strawberry.type(name="NotificationConnection")
-class NotificationConnection:
-    edges: list[NotificationEdge]
-    page_info: PageInfo
+class NotificationConnection(Connection[NotificationType]):
     unread_count: int
 
 
@@ -649,7 +611,7 @@ async def message_connection(info: Info, page: Page[models.Message]) -> MessageC
     # A reply's parent is usually on the same page: known rows cost no query.
     _ctx(info).loaders.message.prime_many({m.id: m for m in page.items})
     await _prefetch(info, page.items)
-    return connection(MessageConnection, page, MessageEdge, MessageType.of)
+    return connection(MessageConnection, page, MessageType.of)
 
 
 async def _prefetch(info: Info, rows: list[models.Message]) -> None:
@@ -744,7 +706,7 @@ def read_by(
             users = [r for r in rows if r is not None]
             page = Page(users, [id_cursor(u.id) for u in users], has_next, start > 0)
             node = partial(user_type, loaders.user_types)
-            return connection(UserConnection, page, UserEdge, node)
+            return connection(UserConnection, page, node)
 
         return many_now_or_later(loaders.user, chosen, users_page)
 

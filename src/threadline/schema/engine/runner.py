@@ -106,7 +106,7 @@ class OperationRunner:
     def plan(
         self, query: str | None, variables: dict[str, Any] | None, operation_name: str | None
     ) -> Plan:
-        known = self.documents.known(query, self.graphql_schema) if query else None
+        known = self.documents.known(query) if query else None
         if known is None:
             return UNKNOWN
         cached: Plan | None = known.plans.get(operation_name)
@@ -117,7 +117,7 @@ class OperationRunner:
             if operation_name is None:  # several operations, none named
                 return Plan(known, refusal=GraphQLError(NAME_REQUIRED))
             return UNKNOWN
-        refusal = self.documents.over_cost(known, operation, variables, self.graphql_schema)
+        refusal = self.documents.over_cost(known, operation, variables)
         plan = Plan(known, operation, refusal)
         if refusal is None and not known.page_variables:  # () once over_cost has looked
             known.plans[operation_name] = plan
@@ -145,7 +145,7 @@ class OperationRunner:
                 if isawaitable(result):
                     result = await result
                 return self._direct_answer(result)
-            return self._finish(await _strawberry(strawberry_execute, request, own))
+            return shape_result(await _strawberry(strawberry_execute, request, own))
         finally:
             if own is not None:
                 await own.close()
@@ -171,7 +171,7 @@ class OperationRunner:
             source = await _strawberry(strawberry_stream, request, own)
             try:
                 async for result in source:
-                    yield self._finish(result)
+                    yield shape_result(result)
             finally:
                 await source.aclose()
         finally:
@@ -223,16 +223,7 @@ class OperationRunner:
 
     def _direct_answer(self, result: Any) -> ExecutionResult:
         assert isinstance(result, GraphQLExecutionResult)  # no incremental delivery here
-        answer = ExecutionResult(data=result.data, errors=result.errors)
-        return self._finish(answer) if answer.errors else answer
-
-    def _finish(self, result: _Result) -> _Result:
-        """Errors shaped (a code each), then the schema's process_errors, on every engine."""
-        errors = getattr(result, "errors", None)
-        if errors:
-            shape_result(result)
-            self.schema.process_errors(getattr(result, "errors", errors))
-        return result
+        return shape_result(ExecutionResult(data=result.data, errors=result.errors))
 
     def frame_executor(
         self, schema: Any, document: Any, variables: dict[str, Any], context: Any
@@ -256,7 +247,7 @@ class OperationRunner:
         finally:
             await context.close()
         assert isinstance(result, GraphQLExecutionResult)
-        self._finish(result)
+        shape_result(result)
         payload: dict[str, Any] = {"data": result.data}
         if result.errors:
             payload["errors"] = [e.formatted for e in result.errors]
