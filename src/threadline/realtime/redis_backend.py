@@ -445,21 +445,18 @@ class SubscriberConnection:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
         if payload == self._ready_token and not self.ready.is_set():
-            self._on_ready()
+            self.ready.set()
+            self.first_attempt.set()
+            self._outage_logged = False
+            if self._ever_ready:
+                self.reconnects += 1
+                BROKER_RECONNECTS.inc()
+                logger.info("Redis subscriber reconnected (%d channels)", len(self.channels))
+            self._ever_ready = True
             if self._announce is not None:
                 # Queued by the reader itself so that it comes before any message
                 # read after the re-subscription took effect.
                 await self._events.put(self._announce)
-
-    def _on_ready(self) -> None:
-        self.ready.set()
-        self.first_attempt.set()
-        self._outage_logged = False
-        if self._ever_ready:
-            self.reconnects += 1
-            BROKER_RECONNECTS.inc()
-            logger.info("Redis subscriber reconnected (%d channels)", len(self.channels))
-        self._ever_ready = True
 
     async def _keepalive(self, connection: AbstractConnection) -> None:
         """Fail the session when Redis stops answering: a dead peer that sent no
