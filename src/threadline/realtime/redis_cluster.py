@@ -217,7 +217,7 @@ class ClusterBackend(RedisBackend):
         if moved:
             logger.info("Redis Cluster: %d channels moved shard", sum(map(len, moved.values())))
         if changed:
-            await self._events.put(ConnectionRestored(frozenset(changed)))
+            await self._events.put(ConnectionRestored(channels=frozenset(changed)))
 
     def _node_url(self, host: str, port: int) -> str:
         """The URL of one node: the configured URL's scheme and credentials, its address."""
