@@ -226,10 +226,9 @@ class Broker:
 
     async def disconnect(self) -> None:
         """Stop: every live subscriber's iteration raises ``BrokerClosed``."""
-        if self._state != "connected":
-            self._state = "closed"
+        state, self._state = self._state, "closed"
+        if state != "connected":
             return
-        self._state = "closed"
         for subscriber in self._subscribers:
             subscriber._finish(_End.CLOSED)
         task, self._listener = self._listener, None
@@ -245,16 +244,6 @@ class Broker:
         next_published, deliver = self._backend.next_published, self._deliver
         while True:
             deliver(await next_published())
-
-    @property
-    def _listener_failure(self) -> str | None:
-        """Why the listener stopped, if it did: the broker is then deaf."""
-        task = self._listener
-        if task is None or not task.done():
-            return None
-        if task.cancelled():
-            return "listener cancelled"
-        return f"listener crashed: {task.exception()!r}"
 
     # -- publish and subscribe ---------------------------------------------------
 
@@ -357,8 +346,14 @@ class Broker:
         """For ``/readyz``: backend, connected, reconnects, last_error, and the
         local channel and subscriber counts."""
         report = self._backend.health()
-        failure = self._listener_failure
-        if failure is not None:
+        # A listener that stopped leaves the broker deaf.
+        task, failure = self._listener, None
+        if task is not None and task.done():
+            failure = (
+                "listener cancelled"
+                if task.cancelled()
+                else f"listener crashed: {task.exception()!r}"
+            )
             report["last_error"] = failure
         report["connected"] = (
             bool(report["connected"]) and self._state == "connected" and failure is None

@@ -147,17 +147,17 @@ class Member:
             self.fail(exc)
             return False
         self.last = seq
-        if waiting is not None:
+        if waiting is None:
+            self.delivered = seq
+        else:  # its own task finishes the write
             self.busy = True
             self.pending = (waiting, seq)
-            # Its own task finishes the write; if this event ends the subscription
-            # (the viewer removed, the thread deleted), nothing may follow it.
-            if stops_viewer(stops, self.viewer_id):
-                self.finished = True
             self.wake()
-            return False
-        self._sent(seq, stops)
-        return True
+        # An event that ends the subscription (the viewer removed, the thread deleted)
+        # is its last, also while its write waits: nothing may follow it.
+        if stops_viewer(stops, self.viewer_id):
+            self.finish()
+        return waiting is None
 
     def _send(self, payload: str, frames: dict[str, bytes]) -> Resume | None:
         """Hand one frame to the socket: as ready-made bytes (cached in ``frames`` by
@@ -170,11 +170,6 @@ class Member:
             if sink.raw.try_write(frame):
                 return None
         return start(sink.send_text(sink.frame(payload)))
-
-    def _sent(self, seq: int, stops: object) -> None:
-        self.last = self.delivered = seq
-        if stops_viewer(stops, self.viewer_id):
-            self.finish()
 
     def wake(self) -> None:
         if self._wake is not None and not self._wake.done():
@@ -303,10 +298,9 @@ class Group:
         self.position = position
         self.members: set[Member] = set()
         self.backlog_limit = hub.backlog_limit
-        self._task: asyncio.Task[None] | None = None
-
-    def begin(self) -> None:
-        self._task = asyncio.create_task(self._pump(), name=f"fanout {self.thread_id}")
+        self._task: asyncio.Task[None] | None = asyncio.create_task(
+            self._pump(), name=f"fanout {self.thread_id}"
+        )
 
     async def _pump(self) -> None:
         try:
@@ -327,19 +321,16 @@ class Group:
             raise
         except Exception as exc:  # the broker closed, or rendering failed
             log.info("fan-out of thread %s stopped: %r", self.thread_id, exc)
-            self._fail_all(exc)
+            for member in list(self.members):
+                error = member._resume_error("was cut off")
+                error.__cause__ = exc
+                member.fail(error)
         finally:
             # Ended normally only after ThreadDeleted, which ends each member as it
             # writes it (some may still be catching up to it).
             self.hub.forget(self)
             # The ended task keeps this frame (its exception's traceback): no cycle back.
             self._task = None
-
-    def _fail_all(self, cause: Exception) -> None:
-        for member in list(self.members):
-            error = member._resume_error("was cut off")
-            error.__cause__ = cause
-            member.fail(error)
 
     def leave(self, member: Member) -> None:
         self.members.discard(member)
@@ -385,7 +376,6 @@ class Fanout:
         group = self._groups.get(key)
         if group is None:
             group = self._groups[key] = Group(self, key, thread_id, source, newest)
-            group.begin()
         member = Member(group, viewer_id, sink, after)
         group.members.add(member)
         return member

@@ -12,6 +12,7 @@ import logging
 import os
 import random
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, Final, cast
 
 from redis.asyncio import Redis
@@ -48,25 +49,20 @@ class BrokerUnavailable(BrokerError):
     event log in the database still has it, and subscribers fill gaps from there."""
 
 
+@dataclass(slots=True, eq=False)
 class Published:
     """One message heard on a channel, as a backend hands it to the broker."""
 
-    __slots__ = ("channel", "message")
-
-    def __init__(self, channel: str, message: str) -> None:
-        self.channel = channel
-        self.message = message
+    channel: str = ""
+    message: str = ""
 
 
+@dataclass(slots=True, eq=False)
 class ConnectionRestored(Published):
     """A backend signal, not a message: a subscriber connection is back, and what
     was published on ``channels`` (None: every channel) meanwhile is lost to pub/sub."""
 
-    __slots__ = ("channels",)
-
-    def __init__(self, channels: frozenset[str] | None = None) -> None:
-        super().__init__(channel="", message="")
-        self.channels = channels
+    channels: frozenset[str] | None = None
 
 
 CONNECTION_RESTORED: Final = ConnectionRestored()
@@ -356,7 +352,7 @@ class SubscriberConnection:
             self._announce = None
             if self.channels:
                 self._announce = (
-                    ConnectionRestored(frozenset(self.channels))
+                    ConnectionRestored(channels=frozenset(self.channels))
                     if self._sharded
                     else CONNECTION_RESTORED
                 )
@@ -445,21 +441,18 @@ class SubscriberConnection:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
         if payload == self._ready_token and not self.ready.is_set():
-            self._on_ready()
+            self.ready.set()
+            self.first_attempt.set()
+            self._outage_logged = False
+            if self._ever_ready:
+                self.reconnects += 1
+                BROKER_RECONNECTS.inc()
+                logger.info("Redis subscriber reconnected (%d channels)", len(self.channels))
+            self._ever_ready = True
             if self._announce is not None:
                 # Queued by the reader itself so that it comes before any message
                 # read after the re-subscription took effect.
                 await self._events.put(self._announce)
-
-    def _on_ready(self) -> None:
-        self.ready.set()
-        self.first_attempt.set()
-        self._outage_logged = False
-        if self._ever_ready:
-            self.reconnects += 1
-            BROKER_RECONNECTS.inc()
-            logger.info("Redis subscriber reconnected (%d channels)", len(self.channels))
-        self._ever_ready = True
 
     async def _keepalive(self, connection: AbstractConnection) -> None:
         """Fail the session when Redis stops answering: a dead peer that sent no

@@ -85,7 +85,6 @@ class ClusterBackend(RedisBackend):
         except REDIS_ERRORS as exc:
             self._slots_error = f"no slot map: {exc}"
             logger.warning("Redis Cluster slot map unavailable: %s; retrying", exc)
-        if self._slots is None:
             self._stale.set()
         self._topology = asyncio.create_task(self._follow(), name="threadline-redis-slots")
 
@@ -106,7 +105,6 @@ class ClusterBackend(RedisBackend):
         report = super().health()
         report["backend"] = "redis-cluster"
         report["shards"] = len(self._shards)
-        report["connected"] = report["connected"] and self._slots is not None
         if self._slots is None:
             report["last_error"] = self._slots_error
         return report
@@ -217,7 +215,7 @@ class ClusterBackend(RedisBackend):
         if moved:
             logger.info("Redis Cluster: %d channels moved shard", sum(map(len, moved.values())))
         if changed:
-            await self._events.put(ConnectionRestored(frozenset(changed)))
+            await self._events.put(ConnectionRestored(channels=frozenset(changed)))
 
     def _node_url(self, host: str, port: int) -> str:
         """The URL of one node: the configured URL's scheme and credentials, its address."""

@@ -48,8 +48,8 @@ class DirectSink:
     ``send_text`` through ASGI (it may wait; the caller bounds that), or ``raw``
     ready-made bytes without waiting, when the server allows it.
 
-    A resolver that writes its frames itself can ``detach``: its GraphQL stream then
-    ends and the transport runs ``rest`` in the operation's task instead, so that
+    A resolver that writes its frames itself can set ``detached``: its GraphQL stream
+    then ends and the transport runs that in the operation's task instead, so that
     strawberry's and graphql-core's per-operation state is freed while the
     subscription lives on. ``on_end`` callbacks run when it finally ends.
     """
@@ -68,9 +68,6 @@ class DirectSink:
         self.prefix = '{"id":' + orjson.dumps(operation.id).decode() + ',"type":"next","payload":'
         self.detached: Callable[[], Coroutine[Any, Any, None]] | None = None
         self.on_end: list[Callable[[], None]] = []
-
-    def detach(self, rest: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        self.detached = rest
 
     @property
     def closed(self) -> bool:

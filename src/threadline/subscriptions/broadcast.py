@@ -11,21 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from graphql import (
-    DocumentNode,
-    FieldNode,
-    FragmentSpreadNode,
-    InlineFragmentNode,
-    SelectionSetNode,
-    Undefined,
-    VariableNode,
-    Visitor,
-    visit,
-)
+from graphql import DocumentNode, FieldNode, Undefined, VariableNode, Visitor, visit
 from graphql.execution import Executor
 from strawberry import Info
 
@@ -35,33 +27,9 @@ from threadline.schema.engine.runner import OperationRunner
 from threadline.schema.viewer_fields import viewer_field_names
 
 
-def _names(
-    selection: SelectionSetNode | None, fragments: dict[str, Any], seen: set[str]
-) -> set[str]:
-    names: set[str] = set()
-    if selection is None:
-        return names
-    for node in selection.selections:
-        if isinstance(node, FieldNode):
-            names.add(node.name.value)
-            names |= _names(node.selection_set, fragments, seen)
-        elif isinstance(node, InlineFragmentNode):
-            names |= _names(node.selection_set, fragments, seen)
-        elif isinstance(node, FragmentSpreadNode) and node.name.value not in seen:
-            seen.add(node.name.value)
-            fragment = fragments.get(node.name.value)
-            if fragment is not None:
-                names |= _names(fragment.selection_set, fragments, seen)
-    return names
-
-
 def viewer_independent(info: Info) -> bool:
-    raw = raw_info(info)
-    fields = set()
-    for node in raw.field_nodes:
-        fields |= _names(node.selection_set, raw.fragments, set())
     # The fields marked READS_VIEWER where they are declared (schema/viewer_fields.py).
-    return not (fields & viewer_field_names(info.schema))
+    return not (_selected(info).fields & viewer_field_names(info.schema))
 
 
 def _inputs(info: Info) -> dict[str, Any]:
@@ -88,40 +56,50 @@ class _Same:
         return isinstance(other, _Same) and other.obj is self.obj
 
 
-class _VariableUses(Visitor):
-    """Counts how often each variable is used in the selection sets visited."""
+class _Uses(Visitor):
+    """The fields named and the uses of each variable in the selection sets visited."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.uses: dict[str, int] = {}
+        self.fields: set[str] = set()
+        self.variables: Counter[str] = Counter()
+
+    def enter_field(self, node: FieldNode, *_: Any) -> None:
+        self.fields.add(node.name.value)
 
     def enter_variable(self, node: VariableNode, *_: Any) -> None:
-        self.uses[node.name.value] = self.uses.get(node.name.value, 0) + 1
+        self.variables[node.name.value] += 1
+
+
+@dataclass(frozen=True, slots=True)
+class _Selection:
+    fields: frozenset[str]
+    # Variables that only say where the stream starts (the root field's ``afterSeq``).
+    # They do not change a frame, so subscribers that differ only in them share one
+    # rendering (clients resuming from different points are the usual case).
+    start_only: frozenset[str]
 
 
 # By the operation's node: the cached document's nodes are the same objects for
 # every subscriber that sent that text.
-_START_ONLY: dict[_Same, frozenset[str]] = {}
-_START_ONLY_SIZE = 512
+_SELECTIONS: dict[_Same, _Selection] = {}
+_SELECTIONS_SIZE = 512
 
 
-def _start_only_variables(info: Info) -> frozenset[str]:
-    """Variables that only say where the stream starts (the root field's ``afterSeq``).
-
-    They do not change a frame, so subscribers that differ only in them share one
-    rendering (clients resuming from different points are the usual case). Worked
-    out once per document: a walk of the whole operation, at every subscribe.
-    """
+def _selected(info: Info) -> _Selection:
+    """What the operation selects, worked out once per document rather than walked at
+    every subscribe. A fragment only another operation of the document spreads counts
+    too: that errs towards rendering per subscriber, and towards sharing less."""
     raw = raw_info(info)
     operation = _Same(raw.operation)
-    known = _START_ONLY.get(operation)
+    known = _SELECTIONS.get(operation)
     if known is not None:
         return known
-    if len(_START_ONLY) >= _START_ONLY_SIZE:
-        _START_ONLY.clear()
-    counter = _VariableUses()
+    if len(_SELECTIONS) >= _SELECTIONS_SIZE:
+        _SELECTIONS.clear()
+    uses = _Uses()
     for definition in (raw.operation, *raw.fragments.values()):
-        visit(definition.selection_set, counter)
+        visit(definition.selection_set, uses)
     start_only = set()
     for field_node in raw.field_nodes:
         for argument in field_node.arguments or ():
@@ -129,10 +107,10 @@ def _start_only_variables(info: Info) -> frozenset[str]:
             if (
                 argument.name.value == "afterSeq"
                 and isinstance(value, VariableNode)
-                and counter.uses.get(value.name.value) == 1
+                and uses.variables[value.name.value] == 1
             ):
                 start_only.add(value.name.value)
-    found = _START_ONLY[operation] = frozenset(start_only)
+    found = _SELECTIONS[operation] = _Selection(frozenset(uses.fields), frozenset(start_only))
     return found
 
 
@@ -150,7 +128,7 @@ class OperationTemplate:
         self.schema = raw.schema
         self.document = DocumentNode(definitions=(raw.operation, *raw.fragments.values()))
         self.variables = _inputs(info)
-        skip = _start_only_variables(info)
+        skip = _selected(info).start_only
         rendered_by = {k: v for k, v in self.variables.items() if k not in skip}
         # Decoded: orjson's bytes keep their whole write buffer (about 4 KB), and this
         # key lives as long as the subscription.

@@ -47,10 +47,9 @@ async def stream(info: Info, user_ids: Sequence[str]) -> AsyncIterator[PresenceC
         for change in await current(ids):
             yield change
         async for item in subscriber:
-            if item is RECONNECTED:
-                for change in await current(list(people)):
-                    yield change
-                continue
-            data = orjson.loads(str(item))
-            for change in await current([uuid.UUID(data["u"])]):
+            # After a reconnection, everyone's: a change may have been missed meanwhile.
+            changed = (
+                list(people) if item is RECONNECTED else [uuid.UUID(orjson.loads(str(item))["u"])]
+            )
+            for change in await current(changed):
                 yield change

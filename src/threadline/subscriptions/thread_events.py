@@ -46,7 +46,7 @@ async def stream(
         member = runtime.fanout.join(
             frames, tid, viewer.id, start, access.thread.last_seq, root.sink
         )
-        root.sink.detach(member.run)
+        root.sink.detached = member.run
         return
     # aclosing: the broker subscription ends with the stream, also when a send fails.
     async with aclosing(runtime.feed.ordered(tid, viewer.id, start)) as events:
