@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import BACKEND, start_server, stop_server
+from tests.conftest import BACKEND, ON_POSTGRES, start_server, stop_server
 from tests.deployment import closed_port, variant
 from threadline.config import Settings
 
@@ -28,7 +28,7 @@ async def test_readyz_is_503_naming_the_database_when_it_is_down(
 ) -> None:
     caplog.set_level(logging.WARNING, logger="threadline.app")
     port = closed_port()
-    if BACKEND == "postgres":
+    if ON_POSTGRES:
         url = f"postgresql+asyncpg://postgres:hunter2@127.0.0.1:{port}/nowhere"
     else:
         url = f"sqlite+aiosqlite:///{tmp_path / 'missing-folder' / 'threadline.db'}"
@@ -42,7 +42,7 @@ async def test_readyz_is_503_naming_the_database_when_it_is_down(
     assert response.status_code == 503
     body = response.json()
     assert body == {"status": "unavailable", "database": "down"} | (
-        {"redis": "ok"} if BACKEND == "postgres" else {}
+        {"redis": "ok"} if ON_POSTGRES else {}
     )
     assert alive.status_code == 200  # liveness is not readiness
     # The operator finds the cause in the log, with no password in it.

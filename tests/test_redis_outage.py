@@ -157,7 +157,10 @@ async def test_redis_killed_mid_session_loses_no_send_and_no_socket(settings: Se
     )
     await asyncio.sleep(0.3)
     server = await start_server(
-        settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{port}/0"})
+        # One plain Redis, on the cluster row too (its own test kills a master).
+        settings.model_copy(
+            update={"redis_url": f"redis://127.0.0.1:{port}/0", "redis_cluster": False}
+        )
     )
     try:
         async with httpx.AsyncClient(base_url=server.base, timeout=30) as http:
