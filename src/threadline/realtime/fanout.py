@@ -317,8 +317,6 @@ class Group:
                     written += member.offer(event, payload, stops, frames)
                 if written:
                     EVENTS_DELIVERED.inc(written)
-        except asyncio.CancelledError:
-            raise
         except Exception as exc:  # the broker closed, or rendering failed
             log.info("fan-out of thread %s stopped: %r", self.thread_id, exc)
             for member in list(self.members):

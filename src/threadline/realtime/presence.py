@@ -336,8 +336,6 @@ class PresenceTracker:
         while True:
             try:
                 await self._heartbeat(self._redis)
-            except asyncio.CancelledError:
-                raise
             except Exception as exc:
                 if this is not None and this.cancelling():
                     # The Redis client turned our cancellation into an error of its own.
