@@ -1,0 +1,110 @@
+"""The web page and the attachment downloads against a hostile signed-in user or a
+hostile site: what they can make another user's browser do (defects found by an
+attack, 2026-12-03).
+
+Each test fails on the code it was written against and states the rule it breaks.
+Held in the same attack (no test here): every piece of user text the page renders
+(bodies, names, titles, file names, edit history, typing, "seen by", reactions,
+pinned messages) stays text; downloads carry nosniff, a sandboxing CSP, no-referrer
+and a percent-encoded file name; the development token endpoint is absent in
+production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from tests import factories
+from tests.conftest import Clients, Server
+from tests.test_web_browser import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    async_playwright,
+    open_thread,
+    sign_in,
+)
+from tests.uploads import upload
+
+pytestmark = [pytest.mark.slow, pytest.mark.any_backend]
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    async with async_playwright() as driver:
+        launched = await driver.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield launched
+        await launched.close()
+
+
+async def test_another_site_cannot_frame_the_chat_page(server: Server, browser: Any) -> None:
+    """The chat page refuses to be framed by another site (CSP frame-ancestors, and
+    X-Frame-Options for older browsers): a framed page can be overlaid with the hostile
+    site's own decoys, so that the user's clicks land on our buttons (clickjacking).
+
+    Evidence: a page served from http://localhost:<port> (another site than
+    127.0.0.1) with <iframe src="http://127.0.0.1:<port>/"> shows our page inside it;
+    the page's CSP has no frame-ancestors and there is no X-Frame-Options."""
+    framed = f'<h1>Win a prize</h1><iframe src="{server.base}/"></iframe>'.encode()
+
+    async def hostile_site(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        head = f"HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: {len(framed)}"
+        writer.write(f"{head}\r\nconnection: close\r\n\r\n".encode() + framed)
+        await writer.drain()
+        writer.close()
+
+    hostile = await asyncio.start_server(hostile_site, "127.0.0.1", 0)
+    try:
+        page = await (await browser.new_context()).new_page()
+        await page.goto(f"http://localhost:{hostile.sockets[0].getsockname()[1]}/")
+        frame = page.frames[1]
+        await frame.wait_for_load_state()
+        shown = await frame.evaluate("document.body ? document.body.innerText : ''")
+    finally:
+        hostile.close()
+    assert "Skip to the conversation" not in shown, "our page rendered inside another site"
+    response = await page.request.get(f"{server.base}/")
+    assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
+    assert response.headers.get("x-frame-options") == "DENY"
+
+
+# Each accepted as plain text (the first byte is no "<"), yet a page or a program once
+# saved under its name: a browser opens .html/.svg from the disk as a page and runs
+# its script, Windows runs .hta (mshta) and .js (Windows Script Host) on a double click.
+HOSTILE_NAMES = ["invite.html", "logo.svg", "update.hta", "setup.js"]
+
+
+async def test_a_file_accepted_as_plain_text_is_never_saved_under_a_name_that_runs_it(
+    server: Server, browser: Any, clients: Clients
+) -> None:
+    """A file accepted as plain text reaches the other user's disk under a name that
+    says text. The contract refuses HTML, SVG with script and executables; a file that
+    the server took for plain text and that the receiver's machine opens as a page or
+    runs as a program (by its name) is one of those all the same.
+
+    Evidence: Eve uploads "Hello\\n<script>...</script>" as invite.html, logo.svg,
+    update.hta and setup.js: each is accepted as text/plain and keeps its name, and
+    when the victim clicks it in the page Chromium saves it as invite.html, logo.svg,
+    update.hta, setup.js (Content-Disposition carries the name as given)."""
+    victim = await sign_in(browser, server.base, "victim")
+    eve, victim_api = await clients.users("eve", "victim")
+    tid = await factories.thread(eve, victim_api, title="Files")
+    hostile = b"Hello\n<script>document.title = 'ran in ' + location.href</script>\n"
+    ids = []
+    for name in HOSTILE_NAMES:
+        attachment = await upload(eve, tid, name, hostile)
+        assert attachment["contentType"] == "text/plain"
+        ids.append(attachment["id"])
+    await factories.send(eve, tid, "the files", attachmentIds=ids)
+    await open_thread(victim, "Files")
+    saved = []
+    for link in await victim.page.locator(".thread-main a.file").all():
+        async with victim.page.expect_download() as started:
+            await link.click()
+        saved.append((await started.value).suggested_filename)
+    assert len(saved) == len(HOSTILE_NAMES)
+    assert all(name.endswith(".txt") for name in saved), saved
