@@ -72,32 +72,40 @@ async def test_another_site_cannot_frame_the_chat_page(server: Server, browser: 
     assert response.headers.get("x-frame-options") == "DENY"
 
 
-# Each accepted as plain text (the first byte is no "<"), yet a page or a program once
-# saved under its name: a browser opens .html/.svg from the disk as a page and runs
-# its script, Windows runs .hta (mshta) and .js (Windows Script Host) on a double click.
-HOSTILE_NAMES = ["invite.html", "logo.svg", "update.hta", "setup.js"]
+SCRIPT = b"<script>document.title = 'ran in ' + location.href</script>\n"
+# Each accepted (plain text whose first byte is no "<", a PDF by its magic bytes), yet a
+# page or a program once saved under its name: a browser opens .html/.svg from the disk
+# as a page and runs its script, Windows runs .hta (mshta) and .js (Windows Script
+# Host) on a double click.
+HOSTILE_FILES = [
+    ("invite.html", b"Hello\n" + SCRIPT, "text/plain", ".txt"),
+    ("logo.svg", b"Hello\n" + SCRIPT, "text/plain", ".txt"),
+    ("update.hta", b"Hello\n" + SCRIPT, "text/plain", ".txt"),
+    ("setup.js", b"Hello\n" + SCRIPT, "text/plain", ".txt"),
+    ("report.html", b"%PDF-1.4\n" + SCRIPT, "application/pdf", ".pdf"),
+]
 
 
-async def test_a_file_accepted_as_plain_text_is_never_saved_under_a_name_that_runs_it(
+async def test_an_accepted_file_is_never_saved_under_a_name_that_runs_it(
     server: Server, browser: Any, clients: Clients
 ) -> None:
-    """A file accepted as plain text reaches the other user's disk under a name that
-    says text. The contract refuses HTML, SVG with script and executables; a file that
-    the server took for plain text and that the receiver's machine opens as a page or
-    runs as a program (by its name) is one of those all the same.
+    """An accepted file reaches the other user's disk under a name that says what its
+    bytes are. The contract refuses HTML, SVG with script and executables; a file the
+    server took for plain text or a PDF, and that the receiver's machine opens as a
+    page or runs as a program (by its name), is one of those all the same.
 
     Evidence: Eve uploads "Hello\\n<script>...</script>" as invite.html, logo.svg,
-    update.hta and setup.js: each is accepted as text/plain and keeps its name, and
-    when the victim clicks it in the page Chromium saves it as invite.html, logo.svg,
-    update.hta, setup.js (Content-Disposition carries the name as given)."""
+    update.hta and setup.js, and "%PDF-1.4\\n<script>...</script>" as report.html:
+    each is accepted (text/plain, application/pdf) and keeps its name, and when the
+    victim clicks it in the page Chromium saves it under that name (Content-Disposition
+    carries the name as given)."""
     victim = await sign_in(browser, server.base, "victim")
     eve, victim_api = await clients.users("eve", "victim")
     tid = await factories.thread(eve, victim_api, title="Files")
-    hostile = b"Hello\n<script>document.title = 'ran in ' + location.href</script>\n"
     ids = []
-    for name in HOSTILE_NAMES:
-        attachment = await upload(eve, tid, name, hostile)
-        assert attachment["contentType"] == "text/plain"
+    for name, data, content_type, _ in HOSTILE_FILES:
+        attachment = await upload(eve, tid, name, data)
+        assert attachment["contentType"] == content_type
         ids.append(attachment["id"])
     await factories.send(eve, tid, "the files", attachmentIds=ids)
     await open_thread(victim, "Files")
@@ -106,5 +114,5 @@ async def test_a_file_accepted_as_plain_text_is_never_saved_under_a_name_that_ru
         async with victim.page.expect_download() as started:
             await link.click()
         saved.append((await started.value).suggested_filename)
-    assert len(saved) == len(HOSTILE_NAMES)
-    assert all(name.endswith(".txt") for name in saved), saved
+    wanted = [f"{name}{suffix}" for name, _, _, suffix in HOSTILE_FILES]
+    assert sorted(saved) == sorted(wanted)
