@@ -13,10 +13,12 @@ production.
 from __future__ import annotations
 
 import asyncio
+import io
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from PIL import Image
 
 from tests import factories
 from tests.conftest import Clients, Server
@@ -27,7 +29,7 @@ from tests.test_web_browser import (
     open_thread,
     sign_in,
 )
-from tests.uploads import upload
+from tests.uploads import upload, upload_error
 
 pytestmark = [pytest.mark.slow, pytest.mark.any_backend]
 
@@ -116,3 +118,19 @@ async def test_an_accepted_file_is_never_saved_under_a_name_that_runs_it(
         saved.append((await started.value).suggested_filename)
     wanted = [f"{name}{suffix}" for name, _, _, suffix in HOSTILE_FILES]
     assert sorted(saved) == sorted(wanted)
+
+
+async def test_an_image_that_decodes_to_hundreds_of_megabytes_is_refused(clients: Clients) -> None:
+    """An accepted image is one the receivers' browsers can show: not one past Pillow's
+    own decompression-bomb limit (Image.MAX_IMAGE_PIXELS, 89,478,485 pixels, 358 MB
+    once decoded), which the server reads the size with and only warns about.
+
+    Evidence: a 12000 x 12000 one-bit PNG of 17.5 KB (144 million pixels) is accepted
+    as an IMAGE; opening the thread it was sent in grew headless Chromium's memory by
+    520 MB. Ten of them fit in one message (175 KB) and ask each reader's tab for 5 GB."""
+    eve = await clients.user("eve")
+    tid = await factories.thread(eve)
+    bomb = io.BytesIO()
+    Image.new("1", (12000, 12000)).save(bomb, "PNG")
+    assert len(bomb.getvalue()) < 20_000
+    assert await upload_error(eve, tid, "bomb.png", bomb.getvalue()) == "BAD_USER_INPUT"
