@@ -20,6 +20,9 @@ from threadline.models import AttachmentKind
 
 HEAD_BYTES = 64 * 1024
 MAX_FILENAME = 200
+# Pillow's own decompression-bomb limit (it warns past it, refuses past twice it):
+# 358 MB once decoded, in every reader's browser.
+MAX_IMAGE_PIXELS = 89_478_485
 
 # Formats phones send that Pillow may not read without a plugin: kept without a size.
 IMAGES_WITHOUT_SIZE = {"image/avif", "image/heic", "image/heif"}
@@ -325,12 +328,19 @@ def _image_size(file: BinaryIO, content_type: str) -> tuple[int | None, int | No
         with Image.open(file) as image:
             width, height = image.size
     except Exception as exc:  # any parser failure on untrusted bytes
+        if isinstance(exc, Image.DecompressionBombError):
+            raise _too_many_pixels() from None
         if content_type in IMAGES_WITHOUT_SIZE:
             return None, None
-        if isinstance(exc, Image.DecompressionBombError):
-            raise BadInput("The image has too many pixels") from None
         raise BadInput("The file is not a readable image") from None
+    # Pillow only warns up to twice its limit; every reader's browser decodes it all.
+    if width * height > MAX_IMAGE_PIXELS:
+        raise _too_many_pixels()
     return int(width), int(height)
+
+
+def _too_many_pixels() -> BadInput:
+    return BadInput(f"The image has too many pixels (at most {MAX_IMAGE_PIXELS})")
 
 
 def _refused(what: str) -> BadInput:
