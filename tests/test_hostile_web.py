@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import io
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import pytest
 from PIL import Image
+from sqlalchemy import update
 
 from tests import factories
 from tests.conftest import Clients, Server
@@ -30,6 +33,7 @@ from tests.test_web_browser import (
     sign_in,
 )
 from tests.uploads import upload, upload_error
+from threadline.models import Attachment
 
 pytestmark = [pytest.mark.slow, pytest.mark.any_backend]
 
@@ -118,6 +122,34 @@ async def test_an_accepted_file_is_never_saved_under_a_name_that_runs_it(
         saved.append((await started.value).suggested_filename)
     wanted = [f"{name}{suffix}" for name, _, _, suffix in HOSTILE_FILES]
     assert sorted(saved) == sorted(wanted)
+
+
+async def test_a_file_stored_before_names_were_checked_is_saved_under_a_safe_name(
+    server: Server, clients: Clients
+) -> None:
+    """The download names the file by what its bytes are also for a row stored under its
+    client's name (uploaded before the server checked names): a text file stored as
+    invite.html is served as invite.html.txt.
+
+    Evidence: the download's Content-Disposition carries the stored name as it is."""
+    eve, victim = await clients.users("eve", "victim")
+    tid = await factories.thread(eve, victim)
+    attachment = await upload(eve, tid, "notes.txt", b"Hello\n" + SCRIPT)
+    async with server.runtime.db.transaction("test_legacy_name") as uow:
+        await uow.session.execute(
+            update(Attachment)
+            .where(Attachment.id == uuid.UUID(attachment["id"]))
+            .values(filename="invite.html")
+        )
+    await factories.send(eve, tid, "notes", attachmentIds=[attachment["id"]])
+    query = "query($t: ID!) { thread(threadId: $t) { messages(last: 1) { edges { node {"
+    query += " attachments { url } } } } } }"
+    data = await victim.gql(query, {"t": tid})
+    url = data["thread"]["messages"]["edges"][0]["node"]["attachments"][0]["url"]
+    async with httpx.AsyncClient() as browser_like:
+        response = await browser_like.get(url)
+    assert response.status_code == 200
+    assert response.headers["content-disposition"].endswith("''invite.html.txt")
 
 
 # Pillow warns while it reads the size; the upload is refused all the same.
