@@ -16,6 +16,7 @@ from threadline.services.content_types import (
     WORD,
     detect,
     display_name,
+    safe_filename,
 )
 
 
@@ -120,6 +121,24 @@ def test_text_cut_in_the_middle_of_a_character_is_still_text() -> None:
 )
 def test_file_names_are_reduced_to_a_safe_display_name(raw: str | None, shown: str) -> None:
     assert display_name(raw) == shown
+
+
+@pytest.mark.parametrize(
+    ("raw", "content_type", "saved"),
+    [
+        ("notes.txt", "text/plain", "notes.txt"),
+        ("invite.html", "text/plain", "invite.html.txt"),
+        ("invite.html::$DATA", "text/plain", "invite.html::$DATA.txt"),
+        ("report.html", "application/pdf", "report.html.pdf"),
+        ("IMG_1.JPG", "image/jpeg", "IMG_1.JPG"),
+        ("IMG_1.JPG", "image/png", "IMG_1.JPG.png"),
+        ("README", "text/plain", "README"),
+    ],
+)
+def test_a_name_gets_the_extension_of_what_its_bytes_are(
+    raw: str, content_type: str, saved: str
+) -> None:
+    assert safe_filename(raw, content_type) == saved
 
 
 def test_long_names_keep_their_extension() -> None:

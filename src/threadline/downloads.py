@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 
 from threadline.runtime import Runtime
-from threadline.services import attachments
+from threadline.services import attachments, content_types
 
 INLINE_PREFIXES = ("image/", "video/", "audio/")
 # The file is data, never a document: no scripts, no plugins, no framing.
@@ -51,10 +51,12 @@ async def download(request: Request) -> Response:
     content_type = row.content_type
     if content_type.startswith("text/"):
         content_type += "; charset=utf-8"
+    name = content_types.safe_filename(row.filename, row.content_type)
     disposition = "inline" if row.content_type.startswith(INLINE_PREFIXES) else "attachment"
     headers = {
         "content-type": content_type,
-        "content-disposition": f"{disposition}; filename*=UTF-8''{quote(row.filename, safe='')}",
+        # Checked again: a row stored before names were checked keeps its client's name.
+        "content-disposition": f"{disposition}; filename*=UTF-8''{quote(name, safe='')}",
         "x-content-type-options": "nosniff",
         "content-security-policy": CONTENT_SECURITY_POLICY,
         "cache-control": f"private, max-age={left}",

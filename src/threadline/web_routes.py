@@ -69,7 +69,9 @@ def content_security_policy(config: dict[str, object]) -> str:
     return (
         f"default-src 'self'; script-src {script}; connect-src {connect}; "
         f"img-src {img} data: blob:; style-src 'self' 'unsafe-inline'; "
-        f"frame-src {frame}; worker-src 'self' blob:; object-src 'none'; base-uri 'none'"
+        f"frame-src {frame}; worker-src 'self' blob:; object-src 'none'; base-uri 'none'; "
+        # No site may frame the page and overlay its buttons (clickjacking).
+        "frame-ancestors 'none'"
     )
 
 
@@ -82,6 +84,7 @@ def web_routes(settings: Settings) -> list[BaseRoute]:
     headers = {
         "content-security-policy": content_security_policy(config),
         "x-content-type-options": "nosniff",
+        "x-frame-options": "DENY",  # frame-ancestors, for browsers without CSP 2
         "referrer-policy": "same-origin",
         "cache-control": "no-cache",
     }

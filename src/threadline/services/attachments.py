@@ -70,7 +70,7 @@ async def upload_attachment(
                 id=uuid.uuid4(),
                 thread_id=access.thread.id,
                 uploaded_by_id=actor.id,
-                filename=content_types.display_name(source.filename),
+                filename=content_types.safe_filename(source.filename, detected.content_type),
                 content_type=detected.content_type,
                 size=stored.size,
                 kind=detected.kind.value,

@@ -20,6 +20,9 @@ from threadline.models import AttachmentKind
 
 HEAD_BYTES = 64 * 1024
 MAX_FILENAME = 200
+# Pillow's own decompression-bomb limit (it warns past it, refuses past twice it):
+# 358 MB once decoded, in every reader's browser.
+MAX_IMAGE_PIXELS = 89_478_485
 
 # Formats phones send that Pillow may not read without a plugin: kept without a size.
 IMAGES_WITHOUT_SIZE = {"image/avif", "image/heic", "image/heif"}
@@ -76,6 +79,63 @@ OLE_STREAMS = {
 }
 # Text that browsers render as documents: refused even when puremagic names it.
 MARKUP = {"text/html", "text/xml", "text/xsl", "text/x-sgml"}
+# The names each accepted type may be saved under (lower case, the first one added to a
+# name that has another): the receiver's machine opens a saved file by its name, so a
+# text file named invite.html opens as a page and one named setup.js runs (Windows).
+EXTENSIONS: dict[str, tuple[str, ...]] = {
+    "image/png": ("png", "apng"),
+    "image/jpeg": ("jpg", "jpeg", "jpe", "jfif"),
+    "image/gif": ("gif",),
+    "image/webp": ("webp",),
+    "image/bmp": ("bmp", "dib"),
+    "image/avif": ("avif",),
+    "image/heic": ("heic", "heif", "hif"),
+    "image/heif": ("heif", "heic", "hif"),
+    "video/mp4": ("mp4", "m4v", "m4a", "mov", "3gp"),
+    "video/webm": ("webm", "mkv"),
+    "video/quicktime": ("mov", "qt", "mp4", "m4v"),
+    "video/x-matroska": ("mkv", "mka", "webm"),
+    "video/3gpp": ("3gp", "3gpp", "3g2", "mp4"),
+    "video/x-msvideo": ("avi",),
+    "audio/mpeg": ("mp3", "mpga", "mp2"),
+    "audio/ogg": ("ogg", "oga", "ogv", "opus", "spx"),
+    "audio/wav": ("wav", "wave"),
+    "audio/flac": ("flac",),
+    "audio/aac": ("aac", "adts", "m4a"),
+    "audio/mp4": ("m4a", "m4b", "mp4", "aac"),
+    "audio/webm": ("weba", "webm"),
+    PDF: ("pdf",),
+    TEXT: (
+        "txt",
+        "text",
+        "log",
+        "md",
+        "markdown",
+        "csv",
+        "tsv",
+        "json",
+        "yaml",
+        "yml",
+        "toml",
+        "ini",
+        "cfg",
+        "conf",
+        "rst",
+        "srt",
+        "vtt",
+        "diff",
+        "patch",
+    ),
+    WORD: ("docx",),
+    EXCEL: ("xlsx",),
+    POWERPOINT: ("pptx",),
+    "application/vnd.oasis.opendocument.text": ("odt",),
+    "application/vnd.oasis.opendocument.spreadsheet": ("ods",),
+    "application/vnd.oasis.opendocument.presentation": ("odp",),
+    "application/msword": ("doc",),
+    "application/vnd.ms-excel": ("xls",),
+    "application/vnd.ms-powerpoint": ("ppt",),
+}
 ZIP_MAGIC = b"PK\x03\x04"
 # Office documents have at most a few thousand parts, but zipfile builds ~500 bytes per
 # central-directory entry before we see a name: a zip of a few hundred thousand empty
@@ -268,12 +328,19 @@ def _image_size(file: BinaryIO, content_type: str) -> tuple[int | None, int | No
         with Image.open(file) as image:
             width, height = image.size
     except Exception as exc:  # any parser failure on untrusted bytes
+        if isinstance(exc, Image.DecompressionBombError):
+            raise _too_many_pixels() from None
         if content_type in IMAGES_WITHOUT_SIZE:
             return None, None
-        if isinstance(exc, Image.DecompressionBombError):
-            raise BadInput("The image has too many pixels") from None
         raise BadInput("The file is not a readable image") from None
+    # Pillow only warns up to twice its limit; every reader's browser decodes it all.
+    if width * height > MAX_IMAGE_PIXELS:
+        raise _too_many_pixels()
     return int(width), int(height)
+
+
+def _too_many_pixels() -> BadInput:
+    return BadInput(f"The image has too many pixels (at most {MAX_IMAGE_PIXELS})")
 
 
 def _refused(what: str) -> BadInput:
@@ -299,3 +366,15 @@ def display_name(raw: str | None, fallback: str = "file") -> str:
         else:
             name = name[:MAX_FILENAME]
     return name
+
+
+def safe_filename(raw: str | None, content_type: str) -> str:
+    """display_name(raw), with the type's own extension added when the name has another
+    one (EXTENSIONS): saved, the file opens as what its bytes are, never as a page or
+    a program. A name without an extension is kept."""
+    name = display_name(raw)
+    _, dot, extension = name.rpartition(".")
+    allowed = EXTENSIONS.get(content_type)
+    if not dot or allowed is None or extension.lower() in allowed:
+        return name
+    return display_name(f"{name}.{allowed[0]}")
