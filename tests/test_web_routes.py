@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FRONTEND_API = "clerk.example.com"
 PUBLISHABLE_KEY = "pk_test_" + base64.b64encode(f"{FRONTEND_API}$".encode()).decode().rstrip("=")
 JS_BUDGET_BYTES = 60_000
+JSON = {"content-type": "application/json"}
 
 
 def public_pem() -> str:
@@ -119,15 +120,34 @@ async def test_a_development_token_signs_a_new_user_in(http: httpx.AsyncClient) 
 async def test_a_bad_development_sign_in_is_bad_user_input(
     http: httpx.AsyncClient, body: bytes
 ) -> None:
-    response = await http.post("/dev/token", content=body)
+    response = await http.post("/dev/token", content=body, headers=JSON)
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "BAD_USER_INPUT"
+
+
+@pytest.mark.parametrize(
+    "content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data", None]
+)
+async def test_another_sites_page_cannot_make_development_users(
+    http: httpx.AsyncClient, content_type: str | None
+) -> None:
+    """A cross-site page may POST a form or a plain-text fetch without asking first (a
+    CORS simple request): it cannot read the token, but it made a user each time."""
+    body = b'{"username": "made_by_another_site"}'
+    headers = {"content-type": content_type} if content_type else {}
+    response = await http.post("/dev/token", content=body, headers=headers)
+    assert response.status_code == 415
+    assert response.json()["error"]["code"] == "BAD_USER_INPUT"
+    viewer = (await http.post("/dev/token", json={"username": "viewer"})).json()["token"]
+    found = await Api(http, viewer).gql('{ users(search: "made_by") { edges { node { id } } } }')
+    assert found["users"]["edges"] == []
 
 
 async def test_a_huge_development_sign_in_is_refused_before_it_is_parsed(
     http: httpx.AsyncClient,
 ) -> None:
-    response = await http.post("/dev/token", content=b'{"username": "' + b"a" * 5000 + b'"}')
+    body = b'{"username": "' + b"a" * 5000 + b'"}'
+    response = await http.post("/dev/token", content=body, headers=JSON)
     assert response.status_code == 413
 
 

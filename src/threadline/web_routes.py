@@ -109,6 +109,10 @@ def web_routes(settings: Settings) -> list[BaseRoute]:
 async def _dev_token(request: Request, secret: str) -> Response:
     """A development token for ``{"username": ...}``; the user is created on first use."""
     runtime: Runtime = request.app.state.runtime
+    # Another site's page may send a form or a plain-text fetch here, not JSON without
+    # the browser asking this server first: it cannot make users.
+    if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+        return _refuse(415, "BAD_USER_INPUT", "send content-type: application/json")
     body = await request.body()
     if len(body) > MAX_DEV_TOKEN_BODY:
         return _refuse(413, "PAYLOAD_TOO_LARGE", "the request body is too large")
