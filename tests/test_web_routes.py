@@ -75,6 +75,10 @@ async def test_the_page_and_its_modules_are_served_from_our_own_origin(
         assert "https://" not in module.text or path.name == "auth.js", path.name
     assert (await http.get("/web/style.css")).status_code == 200
     assert (await http.get("/favicon.ico")).status_code == 200
+    # The page's file is the page too, not its template without the page's headers.
+    template = await http.get("/web/index.html")
+    assert template.text == page.text
+    assert template.headers["content-security-policy"] == csp and "frame-ancestors" in csp
 
 
 def test_the_pages_javascript_totals_under_60_kb_unminified() -> None:

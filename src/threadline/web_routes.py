@@ -98,6 +98,8 @@ def web_routes(settings: Settings) -> list[BaseRoute]:
     routes: list[BaseRoute] = [
         Route("/", index, methods=["GET", "HEAD"]),
         Route("/favicon.ico", favicon, methods=["GET", "HEAD"]),
+        # The page's template is not a static file: the page, with its headers.
+        Route("/web/index.html", index, methods=["GET", "HEAD"]),
         Mount("/web", StaticFiles(directory=WEB_DIR), name="web"),
     ]
     if dev_secret is not None:
