@@ -9,7 +9,6 @@ user is lost meanwhile.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
@@ -72,8 +71,9 @@ class _ThreadWatch:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # Not suppress(CancelledError): that would also swallow a cancellation of
+            # the caller arriving meanwhile, and the stream would go on.
+            await asyncio.wait([self._task])
             self._task = None
         if self._cm is not None:
             await self._cm.__aexit__(None, None, None)
@@ -119,8 +119,7 @@ async def stream(info: Info) -> AsyncIterator[ViewerEvent]:
                     yield ThreadActivityForViewer(thread=ThreadType.of(thread))
         finally:
             own.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await own
+            await asyncio.wait([own])
             await watch.stop()
 
 
