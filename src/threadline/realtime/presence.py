@@ -486,8 +486,9 @@ class PresenceTracker:
             self._away.add(user_id)
         else:
             self._away.discard(user_id)
-        await self._publish(user_id, await self.get(user_id))
-        return await self.get(user_id)
+        state = await self.get(user_id)
+        await self._publish(user_id, state)
+        return state
 
     async def _publish(self, user_id: uuid.UUID, state: PresenceState) -> None:
         message = orjson.dumps(
