@@ -1,0 +1,134 @@
+"""Hostile and damaged inputs to what an operator runs: restore, backup, migrate, settings.
+
+Each test names the rule it holds the code to; the commands run as an operator runs
+them (a process of their own) on real databases and real files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
+
+from tests import factories
+from tests.conftest import BACKEND, PG_BASE, Clients, Server, _pg_admin, stop_server
+from tests.deployment import closed_port, threadline
+from tests.test_backups import populate
+from threadline.backups import BackupError, create_backup, database_of, restore_backup
+from threadline.backups.manifest import MANIFEST
+from threadline.config import ConfigError, Settings, load_settings
+from threadline.migrate import upgrade_to_head_async
+
+
+def said(stderr: str) -> list[str]:
+    """The command's own lines: not the INFO lines alembic logs as it loads."""
+    return [line for line in stderr.splitlines() if " INFO " not in line]
+
+
+@pytest.fixture
+async def migrated_database_url(tmp_path: Path) -> AsyncIterator[str]:
+    """A database of its own, migrated to head and empty."""
+    if BACKEND == "postgres":
+        name = f"tl_hostile_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+        await _pg_admin(f"CREATE DATABASE {name}")
+        url = f"{PG_BASE}/{name}"
+        await upgrade_to_head_async(url)
+        yield url
+        await _pg_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    else:
+        (tmp_path / "data").mkdir()
+        url = f"sqlite+aiosqlite:///{tmp_path / 'data' / 'hostile.db'}"
+        await upgrade_to_head_async(url)
+        yield url
+
+
+async def test_a_forced_restore_that_fails_keeps_the_data_that_was_there(
+    server: Server, settings: Settings, clients: Clients, tmp_path: Path
+) -> None:
+    """Rule (restore_backup's docstring, the brief): a failed restore must not lose the
+    data that was there. Evidence: on PostgreSQL, `restore --force` of a backup whose
+    manifest lies about a row count ran pg_restore (committed, replacing every table),
+    then failed the count check and exited 1 with "restore failed: restored row counts
+    ... differ", leaving the backup's rows in place of the deployment's: the users and
+    messages written since the backup were gone, though the operator was told the restore
+    failed. (SQLite restores into a scratch file and is untouched.)"""
+    alice, thread_id = await populate(server, settings, clients)
+    folder, _ = await create_backup(settings, tmp_path / "backups")
+    await factories.send(alice, thread_id, "written after the backup")
+    await clients.users("dora")  # a user the backup does not have
+    await stop_server(server)
+    before = (await database_of(settings).facts()).counts
+    body: dict[str, Any] = json.loads((folder / MANIFEST).read_text())
+    body["counts"]["messages"] += 7  # the checksums hold; the restored rows will not match
+    (folder / MANIFEST).write_text(json.dumps(body))
+
+    with pytest.raises(BackupError, match=r"row counts .* differ"):
+        await restore_backup(settings, folder, force=True)
+    assert (await database_of(settings).facts()).counts == before
+
+
+async def test_a_backup_is_readable_by_its_owner_alone(settings: Settings, tmp_path: Path) -> None:
+    """Rule: a backup holds every message, e-mail address and file of the deployment; it
+    must not be readable by other accounts on the machine. Evidence: under the usual umask
+    022 the backup folder was drwxr-xr-x and database.sqlite / database.dump -rw-r--r--."""
+    folder, _ = await create_backup(settings, tmp_path / "backups")
+    assert stat.S_IMODE(folder.stat().st_mode) & 0o077 == 0, oct(folder.stat().st_mode)
+
+
+async def test_migrate_on_a_database_ahead_of_the_code_is_one_line(
+    migrated_database_url: str, tmp_path: Path
+) -> None:
+    """Rule (README: errors are one line and a non-zero exit): `threadline migrate` on a
+    database migrated by a newer threadline must say so. Evidence: a 104-line traceback
+    ending in alembic's "CommandError: Can't locate revision identified by 'ffffffffffff'"."""
+    engine = create_async_engine(migrated_database_url, poolclass=NullPool)
+    async with engine.begin() as connection:
+        await connection.execute(text("UPDATE alembic_version SET version_num = 'ffffffffffff'"))
+    await engine.dispose()
+    done = threadline("migrate", database_url=migrated_database_url, tmp_path=tmp_path)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    (line,) = said(done.stderr)
+    assert line.startswith("threadline: ") and "ffffffffffff" in line
+
+
+@pytest.mark.parametrize("command", ["migrate", "seed"])
+def test_an_unreachable_database_is_one_line_without_the_password(
+    command: str, tmp_path: Path
+) -> None:
+    """Rule: an unreachable database is a one-line error and a non-zero exit, without the
+    password. Evidence: `threadline migrate` and `threadline seed` printed a traceback of
+    some 140 lines ending in ConnectionRefusedError."""
+    url = f"postgresql+asyncpg://tl:hunter2@127.0.0.1:{closed_port()}/threadline"
+    done = threadline(command, database_url=url, tmp_path=tmp_path)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr and "hunter2" not in done.stderr
+    (line,) = said(done.stderr)
+    assert line.startswith("threadline: ")
+
+
+@pytest.mark.parametrize(
+    "url", ["garbage", "mysql://tl:hunter2@db/threadline", "postgresql+asyncpg://tl:hunter2@h:x/d"]
+)
+def test_a_malformed_database_url_is_a_configuration_error(url: str, tmp_path: Path) -> None:
+    """Rule (config.py: refuse configurations that cannot be right, one line): DATABASE_URL
+    that is not a URL, or not PostgreSQL or SQLite, is a configuration error (exit 2).
+    Evidence: `DATABASE_URL=garbage threadline migrate` printed sqlalchemy's ArgumentError
+    traceback; a mysql:// URL a ModuleNotFoundError traceback for MySQLdb."""
+    with pytest.raises(ConfigError, match="DATABASE_URL") as raised:
+        load_settings(database_url=url, _env_file=None)
+    assert "hunter2" not in str(raised.value)
+    done = threadline("migrate", database_url=url, tmp_path=tmp_path)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr and "hunter2" not in done.stderr
+    (line,) = said(done.stderr)
+    assert line.startswith("threadline: ") and "DATABASE_URL" in line
