@@ -6,7 +6,8 @@ import argparse
 import asyncio
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn
 
@@ -35,6 +36,41 @@ def _settings() -> Settings:
         _fail(str(exc), 2)
 
 
+@contextmanager
+def _database_errors(settings: Settings, doing: str) -> Iterator[None]:
+    """A database that cannot be reached or used is one line and exit 1, not a traceback;
+    the password is never in it (a driver might echo the URL)."""
+    from alembic.util import CommandError
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from threadline.errors import DomainError
+
+    def scrubbed(message: str) -> str:
+        for url in (settings.database_url, settings.database_direct_url):
+            password = make_url(url).password if url else None
+            if password:
+                message = message.replace(str(password), "***")
+        return " ".join(message.split())
+
+    try:
+        yield
+    except DomainError as exc:
+        _fail(exc.message, 1)
+    except CommandError as exc:
+        # Alembic: e.g. a revision in the database that this threadline does not ship.
+        _fail(
+            f"{doing}: {scrubbed(str(exc))} (the database is at a revision this threadline "
+            "does not know: was it migrated by a newer version?)",
+            1,
+        )
+    except OSError as exc:
+        _fail(f"{doing}: cannot reach the database: {scrubbed(exc.strerror or str(exc))}", 1)
+    except SQLAlchemyError as exc:
+        detail = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        _fail(f"{doing}: the database: {scrubbed(detail)}", 1)
+
+
 def _migrate(settings: Settings) -> None:
     from threadline.migrate import upgrade_to_head
 
@@ -45,7 +81,8 @@ def _migrate(settings: Settings) -> None:
         url = settings.direct_database_url
     except ConfigError as exc:
         _fail(str(exc), 2)
-    upgrade_to_head(url)
+    with _database_errors(settings, "migrate"):
+        upgrade_to_head(url)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -161,7 +198,8 @@ def cmd_seed(args: argparse.Namespace) -> int:
     settings = _settings()
     if settings.is_sqlite:
         _migrate(settings)
-    print(asyncio.run(seed(settings)))
+    with _database_errors(settings, "seed"):
+        print(asyncio.run(seed(settings)))
     return 0
 
 
