@@ -242,6 +242,11 @@ class Settings(BaseSettings):
 
     def check(self) -> None:
         """Refuse configurations that cannot be right; raises ConfigError with one line."""
+        _check_database_urls(
+            DATABASE_URL=self.database_url,
+            DATABASE_READ_URL=self.database_read_url,
+            DATABASE_DIRECT_URL=self.database_direct_url,
+        )
         if self.database_read_url is not None and (
             self.is_sqlite or not self.database_read_url.startswith("postgresql")
         ):
@@ -311,6 +316,33 @@ class Settings(BaseSettings):
         with os.fdopen(fd, "w") as handle:
             handle.write(secret)
         return secret
+
+
+# The async drivers the app is written for (db.py speaks to asyncpg directly).
+DATABASE_DRIVERS = ("postgresql+asyncpg", "sqlite+aiosqlite")
+
+
+def _check_database_urls(**urls: str | None) -> None:
+    """Each URL set parses, and DATABASE_URL names a driver of ours; the messages never
+    repeat a URL (it may hold a password)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    for name, url in urls.items():
+        if url is None:
+            continue
+        try:
+            driver = make_url(url).drivername
+        except (ArgumentError, ValueError):
+            raise ConfigError(
+                f"{name} is not a database URL (e.g. postgresql+asyncpg://user:password@host"
+                "/name or sqlite+aiosqlite:///./threadline.db)"
+            ) from None
+        if name == "DATABASE_URL" and driver not in DATABASE_DRIVERS:
+            raise ConfigError(
+                f"DATABASE_URL must be postgresql+asyncpg://... or sqlite+aiosqlite:///..."
+                f" (it names {driver!r})"
+            )
 
 
 def load_settings(**overrides: object) -> Settings:
