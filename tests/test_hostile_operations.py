@@ -132,3 +132,38 @@ def test_a_malformed_database_url_is_a_configuration_error(url: str, tmp_path: P
     assert "Traceback" not in done.stderr and "hunter2" not in done.stderr
     (line,) = said(done.stderr)
     assert line.startswith("threadline: ") and "DATABASE_URL" in line
+
+
+async def test_a_restore_into_an_upload_folder_that_cannot_be_made_is_one_line(
+    settings: Settings, migrated_database_url: str, tmp_path: Path
+) -> None:
+    """Rule: `threadline restore` says what is wrong in one line (README: errors are one
+    line). Evidence: with UPLOAD_DIR below a regular file, restore printed a traceback
+    ending in "NotADirectoryError: [Errno 20] Not a directory: 'afile/uploads'"."""
+    folder, _ = await create_backup(settings, tmp_path / "backups")
+    (tmp_path / "afile").write_bytes(b"keep me")
+    done = threadline(
+        "restore",
+        str(folder),
+        database_url=migrated_database_url,
+        tmp_path=tmp_path,
+        UPLOAD_DIR=str(tmp_path / "afile" / "uploads"),
+    )
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    (line,) = said(done.stderr)
+    assert line.startswith("threadline: restore failed: ") and "afile" in line
+    assert (tmp_path / "afile").read_bytes() == b"keep me"
+
+
+def test_migrate_of_a_sqlite_file_below_a_regular_file_is_one_line(tmp_path: Path) -> None:
+    """Rule: one line and a non-zero exit. Evidence: `DATABASE_URL=sqlite+aiosqlite:///
+    ./afile/db.sqlite threadline migrate`, afile a regular file, printed a traceback ending
+    in "FileExistsError: [Errno 17] File exists: 'afile'"."""
+    (tmp_path / "afile").write_bytes(b"keep me")
+    url = f"sqlite+aiosqlite:///{tmp_path / 'afile' / 'db.sqlite'}"
+    done = threadline("migrate", database_url=url, tmp_path=tmp_path)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    (line,) = said(done.stderr)
+    assert line.startswith("threadline: migrate: ") and "afile" in line
