@@ -29,6 +29,12 @@ def _fail(message: str, code: int) -> NoReturn:
     raise SystemExit(code)
 
 
+def _os_error(exc: OSError) -> str:
+    """An operating system error in one line: the path and what is wrong with it."""
+    reason = exc.strerror or str(exc)
+    return f"{exc.filename}: {reason}" if exc.filename is not None else reason
+
+
 def _settings() -> Settings:
     try:
         return load_settings()
@@ -65,6 +71,8 @@ def _database_errors(settings: Settings, doing: str) -> Iterator[None]:
             1,
         )
     except OSError as exc:
+        if exc.filename is not None:  # a folder or file of ours, e.g. SQLite's
+            _fail(f"{doing}: {_os_error(exc)}", 1)
         _fail(f"{doing}: cannot reach the database: {scrubbed(exc.strerror or str(exc))}", 1)
     except SQLAlchemyError as exc:
         detail = str(getattr(exc, "orig", None) or exc).splitlines()[0]
@@ -74,14 +82,14 @@ def _database_errors(settings: Settings, doing: str) -> Iterator[None]:
 def _migrate(settings: Settings) -> None:
     from threadline.migrate import upgrade_to_head
 
-    if settings.sqlite_path is not None:
-        settings.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
     try:
         # Past any pooler: a migration is one long transaction of DDL.
         url = settings.direct_database_url
     except ConfigError as exc:
         _fail(str(exc), 2)
     with _database_errors(settings, "migrate"):
+        if settings.sqlite_path is not None:
+            settings.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
         upgrade_to_head(url)
 
 
@@ -213,6 +221,8 @@ def cmd_backup(args: argparse.Namespace) -> int:
         _fail(f"backup: {exc}", 2)  # a wrong argument, like the other usage errors
     except BackupError as exc:
         _fail(f"backup failed: {exc}", 1)
+    except OSError as exc:  # the disk is full, a folder cannot be read...
+        _fail(f"backup failed: {_os_error(exc)}", 1)
     print(
         f"wrote {path}: database {manifest.database_bytes} bytes, {len(manifest.files)} files "
         f"({manifest.file_bytes} bytes) in {manifest.seconds:.2f} s"
@@ -227,6 +237,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
         manifest = asyncio.run(restore_backup(_settings(), args.backup, force=args.force))
     except BackupError as exc:
         _fail(f"restore failed: {exc}", 1)
+    except OSError as exc:  # the disk is full, the upload folder cannot be made...
+        _fail(f"restore failed: {_os_error(exc)}", 1)
     print(
         f"restored {args.backup} (made {manifest.created_at}): "
         f"{manifest.counts.get('messages', 0)} messages, {len(manifest.files)} files"
