@@ -14,14 +14,23 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 from tests import factories
-from tests.conftest import BACKEND, PG_BASE, Clients, Server, _pg_admin, stop_server
-from tests.deployment import closed_port, threadline
+from tests.conftest import (
+    BACKEND,
+    PG_BASE,
+    Clients,
+    Server,
+    _pg_admin,
+    start_server,
+    stop_server,
+)
+from tests.deployment import closed_port, threadline, variant
 from tests.test_backups import populate
 from threadline.backups import BackupError, create_backup, database_of, restore_backup
 from threadline.backups.manifest import MANIFEST
@@ -32,6 +41,19 @@ from threadline.migrate import upgrade_to_head_async
 def said(stderr: str) -> list[str]:
     """The command's own lines: not the INFO lines alembic logs as it loads."""
     return [line for line in stderr.splitlines() if " INFO " not in line]
+
+
+@pytest.fixture
+async def unmigrated_database_url(tmp_path: Path) -> AsyncIterator[str]:
+    """A database of its own that no migration has touched."""
+    if BACKEND == "postgres":
+        name = f"tl_bare_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+        await _pg_admin(f"CREATE DATABASE {name}")
+        yield f"{PG_BASE}/{name}"
+        await _pg_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    else:
+        (tmp_path / "bare").mkdir()
+        yield f"sqlite+aiosqlite:///{tmp_path / 'bare' / 'bare.db'}"
 
 
 @pytest.fixture
@@ -167,3 +189,42 @@ def test_migrate_of_a_sqlite_file_below_a_regular_file_is_one_line(tmp_path: Pat
     assert "Traceback" not in done.stderr
     (line,) = said(done.stderr)
     assert line.startswith("threadline: migrate: ") and "afile" in line
+
+
+async def test_readyz_is_503_on_a_database_that_was_never_migrated(
+    settings: Settings, unmigrated_database_url: str
+) -> None:
+    """Rule (README: /readyz is what a load balancer routes by): a server whose database
+    has none of the tables it needs is not ready. Evidence: `threadline serve` on a new
+    PostgreSQL database (serve migrates only SQLite; `migrate` not run yet) answered
+    /readyz 200 {"status":"ok","database":"ok"}, while every query failed with
+    'relation "users" does not exist'."""
+    running = await start_server(variant(settings, database_url=unmigrated_database_url))
+    try:
+        async with httpx.AsyncClient(base_url=running.base) as http:
+            response = await http.get("/readyz")
+    finally:
+        await stop_server(running)
+    assert response.status_code == 503
+    assert response.json()["database"] == "down"
+
+
+def test_set_role_on_a_database_that_was_never_migrated_is_one_line(
+    unmigrated_database_url: str, tmp_path: Path
+) -> None:
+    """Rule: one line and exit 1 (test_commands: "a message, not a traceback"). Evidence:
+    `threadline users set-role alice owner` (and `threadline token` on PostgreSQL) on a
+    database `migrate` has not run on printed sqlalchemy's ProgrammingError traceback
+    ('relation "users" does not exist')."""
+    done = threadline(
+        "users",
+        "set-role",
+        "alice",
+        "owner",
+        database_url=unmigrated_database_url,
+        tmp_path=tmp_path,
+    )
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    (line,) = said(done.stderr)
+    assert line.startswith("threadline: ")
