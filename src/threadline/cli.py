@@ -46,7 +46,6 @@ def _settings() -> Settings:
 def _database_errors(settings: Settings, doing: str) -> Iterator[None]:
     """A database that cannot be reached or used is one line and exit 1, not a traceback;
     the password is never in it (a driver might echo the URL)."""
-    from alembic.util import CommandError
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import SQLAlchemyError
 
@@ -63,13 +62,6 @@ def _database_errors(settings: Settings, doing: str) -> Iterator[None]:
         yield
     except DomainError as exc:
         _fail(exc.message, 1)
-    except CommandError as exc:
-        # Alembic: e.g. a revision in the database that this threadline does not ship.
-        _fail(
-            f"{doing}: {scrubbed(str(exc))} (the database is at a revision this threadline "
-            "does not know: was it migrated by a newer version?)",
-            1,
-        )
     except OSError as exc:
         if exc.filename is not None:  # a folder or file of ours, e.g. SQLite's
             _fail(f"{doing}: {_os_error(exc)}", 1)
@@ -77,6 +69,17 @@ def _database_errors(settings: Settings, doing: str) -> Iterator[None]:
     except SQLAlchemyError as exc:
         detail = str(getattr(exc, "orig", None) or exc).splitlines()[0]
         _fail(f"{doing}: the database: {scrubbed(detail)}", 1)
+    except Exception as exc:
+        # Alembic's (imported only by commands that migrate: importing it logs):
+        # e.g. a revision in the database that this threadline does not ship.
+        alembic_util = sys.modules.get("alembic.util")
+        if alembic_util is None or not isinstance(exc, alembic_util.CommandError):
+            raise
+        _fail(
+            f"{doing}: {scrubbed(str(exc))} (the database is at a revision this threadline "
+            "does not know: was it migrated by a newer version?)",
+            1,
+        )
 
 
 def _migrate(settings: Settings) -> None:
@@ -137,13 +140,10 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def _run_work(settings: Settings, name: str, work: object, *, publish: bool = False) -> object:
-    """``work(uow)`` in one transaction; a DomainError exits 1 with its message."""
-    from threadline.errors import DomainError
-
-    try:
+    """``work(uow)`` in one transaction; a DomainError, or a database that cannot be
+    reached or is not migrated, exits 1 with one line."""
+    with _database_errors(settings, name.removeprefix("cli_").replace("_", "-")):
         return asyncio.run(_with_db(settings, name, work, publish=publish))
-    except DomainError as exc:
-        _fail(exc.message, 1)
 
 
 async def _with_db(settings: Settings, name: str, work: object, *, publish: bool) -> object:
