@@ -9,6 +9,7 @@ from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -254,6 +255,8 @@ class Settings(BaseSettings):
                 "DATABASE_READ_URL needs PostgreSQL for both it and DATABASE_URL "
                 "(postgresql+asyncpg://...): a replica is a hot standby of the primary"
             )
+        if self.redis_url is not None:
+            _check_redis_url(self.redis_url)
         if self.redis_cluster and not self.redis_url:
             raise ConfigError("REDIS_CLUSTER=on needs REDIS_URL (any node of the cluster)")
         if self.is_sqlite and (self.pooled or self.database_direct_url is not None):
@@ -343,6 +346,22 @@ def _check_database_urls(**urls: str | None) -> None:
                 f"DATABASE_URL must be postgresql+asyncpg://... or sqlite+aiosqlite:///..."
                 f" (it names {driver!r})"
             )
+
+
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def _check_redis_url(url: str) -> None:
+    """REDIS_URL is one redis-py can use; the message never repeats it (a password)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - a port that is not a number raises here
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in REDIS_SCHEMES:
+        raise ConfigError(
+            "REDIS_URL must be a redis://, rediss:// or unix:// URL (e.g. redis://redis:6379/0)"
+        )
 
 
 def load_settings(**overrides: object) -> Settings:
