@@ -252,3 +252,30 @@ def test_a_malformed_redis_url_is_a_configuration_error(url: str, tmp_path: Path
     assert "Traceback" not in done.stderr and "hunter2" not in done.stderr
     (line,) = said(done.stderr)
     assert line.startswith("threadline: ") and "REDIS_URL" in line
+
+
+@pytest.mark.parametrize("content", ["", "\n", "short"])
+def test_a_kept_secret_file_that_is_empty_or_damaged_is_refused(
+    content: str, tmp_path: Path
+) -> None:
+    """Rule (config.py: the kept secret is "a random secret"; CONTRACT: signed attachment
+    URLs cannot be forged): a kept secret file that is empty or damaged must not become the
+    key. Evidence: `_kept_secret` creates the file (O_EXCL), then writes it: a crash or a
+    full disk in between leaves it empty, and a process starting at that moment reads it
+    empty too. With an empty .threadline-signing-secret beside the SQLite file, every
+    attachment URL was signed with HMAC key "" (anyone can sign); with an empty
+    .threadline-dev-secret, `threadline token` printed PyJWT's traceback "InvalidKeyError:
+    HMAC key must not be empty"."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / ".threadline-signing-secret").write_text(content)
+    (folder / ".threadline-dev-secret").write_text(content)
+    url = f"sqlite+aiosqlite:///{folder / 'db.sqlite'}"
+    settings = load_settings(database_url=url, _env_file=None)
+    with pytest.raises(ConfigError, match="threadline-signing-secret"):
+        settings.resolve_signing_secret()
+    done = threadline("token", "alice", database_url=url, tmp_path=tmp_path, DEV_AUTH_SECRET="")
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    (line,) = said(done.stderr)
+    assert line.startswith("threadline: ") and ".threadline-dev-secret" in line
