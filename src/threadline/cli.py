@@ -176,7 +176,10 @@ def cmd_token(args: argparse.Namespace) -> int:
     from threadline.services.users import ensure_dev_user
 
     settings = _settings()
-    secret = settings.resolve_dev_secret()
+    try:
+        secret = settings.resolve_dev_secret()
+    except ConfigError as exc:
+        _fail(str(exc), 2)
     if secret is None:
         _fail("development tokens are off (Clerk keys are set, or production)", 2)
     if settings.is_sqlite:

@@ -307,18 +307,39 @@ class Settings(BaseSettings):
         folder = self.sqlite_path.parent if self.sqlite_path else Path(".")
         path = folder / filename
         if path.exists():
-            return path.read_text().strip()
+            return _read_kept_secret(path)
         folder.mkdir(parents=True, exist_ok=True)
         secret = secrets.token_urlsafe(48)
+        # Written whole under a name of its own, private from the start, then linked to
+        # the real name: no process ever reads it half-written (or empty, should this one
+        # die or the disk fill), and when several start at once the first link wins.
+        temporary = folder / f"{filename}.{secrets.token_hex(8)}"
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            # Created exclusively and private from the start: when several processes
-            # start at once, the first one's secret is everyone's.
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secret)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.link(temporary, path)
         except FileExistsError:
-            return path.read_text().strip()
-        with os.fdopen(fd, "w") as handle:
-            handle.write(secret)
+            return _read_kept_secret(path)
+        finally:
+            temporary.unlink(missing_ok=True)
         return secret
+
+
+# The kept secrets are token_urlsafe(48): 64 characters. Fewer is a damaged file.
+KEPT_SECRET_MIN_LENGTH = 32
+
+
+def _read_kept_secret(path: Path) -> str:
+    secret = path.read_text().strip()
+    if len(secret) < KEPT_SECRET_MIN_LENGTH:
+        raise ConfigError(
+            f"{path} is empty or damaged (under {KEPT_SECRET_MIN_LENGTH} characters): delete "
+            "it for a new secret (what the old one signed stops working) or set the variable"
+        )
+    return secret
 
 
 # The async drivers the app is written for (db.py speaks to asyncpg directly).
