@@ -279,3 +279,15 @@ def test_a_kept_secret_file_that_is_empty_or_damaged_is_refused(
     assert "Traceback" not in done.stderr
     (line,) = said(done.stderr)
     assert line.startswith("threadline: ") and ".threadline-dev-secret" in line
+
+
+@pytest.mark.parametrize("ttl", ["0", "-5"])
+def test_a_token_lifetime_that_is_not_positive_is_refused(ttl: str, tmp_path: Path) -> None:
+    """Rule (the brief's: a bad value is a clear error and a non-zero exit, not silently
+    used): `threadline token --ttl` is a lifetime in seconds. Evidence: `--ttl=0` and
+    `--ttl=-5` exited 0 and printed a token already expired (exp <= iat), which every
+    request then refuses as expired."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'data' / 'db.sqlite'}"
+    done = threadline("token", "alice", f"--ttl={ttl}", database_url=url, tmp_path=tmp_path)
+    assert done.returncode == 2
+    assert done.stdout == "" and "--ttl" in done.stderr
