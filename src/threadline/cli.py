@@ -249,6 +249,17 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    """An argument that must be a whole number above zero (argparse names it on error)."""
+    try:
+        number = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {number}")
+    return number
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="threadline", description="Threadline chat backend")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -280,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     token = sub.add_parser("token", help="print a development token for USERNAME (created if new)")
     token.add_argument("username")
-    token.add_argument("--ttl", type=int, default=86400, help="lifetime in seconds")
+    token.add_argument("--ttl", type=_positive, default=86400, help="lifetime in seconds")
     token.set_defaults(func=cmd_token)
 
     users = sub.add_parser("users", help="manage users")
