@@ -31,7 +31,7 @@ from tests.conftest import (
     stop_server,
 )
 from tests.deployment import closed_port, threadline, variant
-from tests.test_backups import populate
+from tests.test_backups import populate, settings_for
 from threadline.backups import BackupError, create_backup, database_of, restore_backup
 from threadline.backups.manifest import MANIFEST
 from threadline.config import ConfigError, Settings, load_settings
@@ -291,3 +291,27 @@ def test_a_token_lifetime_that_is_not_positive_is_refused(ttl: str, tmp_path: Pa
     done = threadline("token", "alice", f"--ttl={ttl}", database_url=url, tmp_path=tmp_path)
     assert done.returncode == 2
     assert done.stdout == "" and "--ttl" in done.stderr
+
+
+@pytest.mark.parametrize("database_file", ["outside", 5])
+async def test_a_manifest_naming_a_database_file_outside_its_folder_is_refused(
+    database_file: object, settings: Settings, migrated_database_url: str, tmp_path: Path
+) -> None:
+    """Rule (manifest.py: a backup is one folder holding the database, the files and the
+    manifest): a restore reads the backup's own folder, and a damaged manifest is a
+    BackupError. Evidence: a manifest whose database_file was "../../elsewhere/
+    database.sqlite" was restored from that file outside the folder (exit 0), and one
+    whose database_file was 5 ended in "TypeError: unsupported operand type(s) for /"."""
+    folder, manifest = await create_backup(settings, tmp_path / "backups")
+    body: dict[str, Any] = json.loads((folder / MANIFEST).read_text())
+    if database_file == "outside":
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        (folder / manifest.database_file).rename(elsewhere / manifest.database_file)
+        body["database_file"] = f"../../elsewhere/{manifest.database_file}"
+    else:
+        body["database_file"] = database_file
+    (folder / MANIFEST).write_text(json.dumps(body))
+    target = settings_for(migrated_database_url, tmp_path / "restored-uploads", None)
+    with pytest.raises(BackupError, match="damaged"):
+        await restore_backup(target, folder)
