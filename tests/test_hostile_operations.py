@@ -315,3 +315,28 @@ async def test_a_manifest_naming_a_database_file_outside_its_folder_is_refused(
     target = settings_for(migrated_database_url, tmp_path / "restored-uploads", None)
     with pytest.raises(BackupError, match="damaged"):
         await restore_backup(target, folder)
+
+
+async def test_seed_refuses_a_production_deployment(
+    migrated_database_url: str, tmp_path: Path
+) -> None:
+    """Rule (README: seed is demo data "for a first look"; production refuses development
+    auth): `threadline seed` must not put demo users and messages into a production
+    database. Evidence: with THREADLINE_ENV=production (and its Clerk keys and signing
+    secret) it exited 0 with "seeded users alice, bob, carol; 2 threads; 5 messages",
+    taking the usernames alice, bob and carol from the deployment's real users."""
+    done = threadline(
+        "seed",
+        database_url=migrated_database_url,
+        tmp_path=tmp_path,
+        THREADLINE_ENV="production",
+        DEV_AUTH_SECRET="",
+        CLERK_JWKS_URL="https://clerk.example.com/.well-known/jwks.json",
+        ATTACHMENT_SIGNING_SECRET="s" * 40,
+    )
+    assert done.returncode == 2, done.stdout
+    assert "Traceback" not in done.stderr
+    (line,) = said(done.stderr)
+    assert line.startswith("threadline: ") and "production" in line
+    facts = await database_of(settings_for(migrated_database_url, tmp_path, None)).facts()
+    assert facts.counts["users"] == 0
