@@ -207,6 +207,8 @@ def cmd_seed(args: argparse.Namespace) -> int:
     from threadline.seed import seed
 
     settings = _settings()
+    if settings.is_production:
+        _fail("seed adds demo users and messages: refused with THREADLINE_ENV=production", 2)
     if settings.is_sqlite:
         _migrate(settings)
     with _database_errors(settings, "seed"):
