@@ -40,13 +40,20 @@ async def healthz(request: Request) -> Response:
 async def readyz(request: Request) -> Response:
     # Anyone may ask, so the answer is only "ok" or "down" per dependency; what went
     # wrong (hosts, ports, driver messages) goes to the server log.
+    from threadline.migrate import schema_problem  # alembic: loaded on first use
+
     runtime: Runtime = request.app.state.runtime
     checks = {"database": "ok"}
     try:
-        await runtime.db.ping()
+        # A round trip that also says whether the schema is one this code can use.
+        problem = schema_problem(await runtime.db.schema_revision())
     except Exception as exc:
         checks["database"] = "down"
         log.warning("readiness: the database is down: %s", _without_credentials(exc))
+    else:
+        if problem is not None:
+            checks["database"] = "down"
+            log.warning("readiness: %s", problem)
     if runtime.settings.redis_url:
         checks["redis"] = "ok" if runtime.broker.is_healthy else "down"
         if checks["redis"] == "down":

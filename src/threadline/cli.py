@@ -6,7 +6,8 @@ import argparse
 import asyncio
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn
 
@@ -28,6 +29,12 @@ def _fail(message: str, code: int) -> NoReturn:
     raise SystemExit(code)
 
 
+def _os_error(exc: OSError) -> str:
+    """An operating system error in one line: the path and what is wrong with it."""
+    reason = exc.strerror or str(exc)
+    return f"{exc.filename}: {reason}" if exc.filename is not None else reason
+
+
 def _settings() -> Settings:
     try:
         return load_settings()
@@ -35,17 +42,58 @@ def _settings() -> Settings:
         _fail(str(exc), 2)
 
 
+@contextmanager
+def _database_errors(settings: Settings, doing: str) -> Iterator[None]:
+    """A database that cannot be reached or used is one line and exit 1, not a traceback;
+    the password is never in it (a driver might echo the URL)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from threadline.errors import DomainError
+
+    def scrubbed(message: str) -> str:
+        for url in (settings.database_url, settings.database_direct_url):
+            password = make_url(url).password if url else None
+            if password:
+                message = message.replace(str(password), "***")
+        return " ".join(message.split())
+
+    try:
+        yield
+    except DomainError as exc:
+        _fail(exc.message, 1)
+    except OSError as exc:
+        if exc.filename is not None:  # a folder or file of ours, e.g. SQLite's
+            _fail(f"{doing}: {_os_error(exc)}", 1)
+        _fail(f"{doing}: cannot reach the database: {scrubbed(exc.strerror or str(exc))}", 1)
+    except SQLAlchemyError as exc:
+        detail = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        _fail(f"{doing}: the database: {scrubbed(detail)}", 1)
+    except Exception as exc:
+        # Alembic's (imported only by commands that migrate: importing it logs):
+        # e.g. a revision in the database that this threadline does not ship.
+        alembic_util = sys.modules.get("alembic.util")
+        if alembic_util is None or not isinstance(exc, alembic_util.CommandError):
+            raise
+        _fail(
+            f"{doing}: {scrubbed(str(exc))} (the database is at a revision this threadline "
+            "does not know: was it migrated by a newer version?)",
+            1,
+        )
+
+
 def _migrate(settings: Settings) -> None:
     from threadline.migrate import upgrade_to_head
 
-    if settings.sqlite_path is not None:
-        settings.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
     try:
         # Past any pooler: a migration is one long transaction of DDL.
         url = settings.direct_database_url
     except ConfigError as exc:
         _fail(str(exc), 2)
-    upgrade_to_head(url)
+    with _database_errors(settings, "migrate"):
+        if settings.sqlite_path is not None:
+            settings.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+        upgrade_to_head(url)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -92,13 +140,10 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def _run_work(settings: Settings, name: str, work: object, *, publish: bool = False) -> object:
-    """``work(uow)`` in one transaction; a DomainError exits 1 with its message."""
-    from threadline.errors import DomainError
-
-    try:
+    """``work(uow)`` in one transaction; a DomainError, or a database that cannot be
+    reached or is not migrated, exits 1 with one line."""
+    with _database_errors(settings, name.removeprefix("cli_").replace("_", "-")):
         return asyncio.run(_with_db(settings, name, work, publish=publish))
-    except DomainError as exc:
-        _fail(exc.message, 1)
 
 
 async def _with_db(settings: Settings, name: str, work: object, *, publish: bool) -> object:
@@ -131,7 +176,10 @@ def cmd_token(args: argparse.Namespace) -> int:
     from threadline.services.users import ensure_dev_user
 
     settings = _settings()
-    secret = settings.resolve_dev_secret()
+    try:
+        secret = settings.resolve_dev_secret()
+    except ConfigError as exc:
+        _fail(str(exc), 2)
     if secret is None:
         _fail("development tokens are off (Clerk keys are set, or production)", 2)
     if settings.is_sqlite:
@@ -159,9 +207,12 @@ def cmd_seed(args: argparse.Namespace) -> int:
     from threadline.seed import seed
 
     settings = _settings()
+    if settings.is_production:
+        _fail("seed adds demo users and messages: refused with THREADLINE_ENV=production", 2)
     if settings.is_sqlite:
         _migrate(settings)
-    print(asyncio.run(seed(settings)))
+    with _database_errors(settings, "seed"):
+        print(asyncio.run(seed(settings)))
     return 0
 
 
@@ -175,6 +226,8 @@ def cmd_backup(args: argparse.Namespace) -> int:
         _fail(f"backup: {exc}", 2)  # a wrong argument, like the other usage errors
     except BackupError as exc:
         _fail(f"backup failed: {exc}", 1)
+    except OSError as exc:  # the disk is full, a folder cannot be read...
+        _fail(f"backup failed: {_os_error(exc)}", 1)
     print(
         f"wrote {path}: database {manifest.database_bytes} bytes, {len(manifest.files)} files "
         f"({manifest.file_bytes} bytes) in {manifest.seconds:.2f} s"
@@ -189,11 +242,24 @@ def cmd_restore(args: argparse.Namespace) -> int:
         manifest = asyncio.run(restore_backup(_settings(), args.backup, force=args.force))
     except BackupError as exc:
         _fail(f"restore failed: {exc}", 1)
+    except OSError as exc:  # the disk is full, the upload folder cannot be made...
+        _fail(f"restore failed: {_os_error(exc)}", 1)
     print(
         f"restored {args.backup} (made {manifest.created_at}): "
         f"{manifest.counts.get('messages', 0)} messages, {len(manifest.files)} files"
     )
     return 0
+
+
+def _positive(text: str) -> int:
+    """An argument that must be a whole number above zero (argparse names it on error)."""
+    try:
+        number = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {number}")
+    return number
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -227,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     token = sub.add_parser("token", help="print a development token for USERNAME (created if new)")
     token.add_argument("username")
-    token.add_argument("--ttl", type=int, default=86400, help="lifetime in seconds")
+    token.add_argument("--ttl", type=_positive, default=86400, help="lifetime in seconds")
     token.set_defaults(func=cmd_token)
 
     users = sub.add_parser("users", help="manage users")

@@ -9,6 +9,7 @@ from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -242,6 +243,11 @@ class Settings(BaseSettings):
 
     def check(self) -> None:
         """Refuse configurations that cannot be right; raises ConfigError with one line."""
+        _check_database_urls(
+            DATABASE_URL=self.database_url,
+            DATABASE_READ_URL=self.database_read_url,
+            DATABASE_DIRECT_URL=self.database_direct_url,
+        )
         if self.database_read_url is not None and (
             self.is_sqlite or not self.database_read_url.startswith("postgresql")
         ):
@@ -249,6 +255,8 @@ class Settings(BaseSettings):
                 "DATABASE_READ_URL needs PostgreSQL for both it and DATABASE_URL "
                 "(postgresql+asyncpg://...): a replica is a hot standby of the primary"
             )
+        if self.redis_url is not None:
+            _check_redis_url(self.redis_url)
         if self.redis_cluster and not self.redis_url:
             raise ConfigError("REDIS_CLUSTER=on needs REDIS_URL (any node of the cluster)")
         if self.is_sqlite and (self.pooled or self.database_direct_url is not None):
@@ -299,18 +307,82 @@ class Settings(BaseSettings):
         folder = self.sqlite_path.parent if self.sqlite_path else Path(".")
         path = folder / filename
         if path.exists():
-            return path.read_text().strip()
+            return _read_kept_secret(path)
         folder.mkdir(parents=True, exist_ok=True)
         secret = secrets.token_urlsafe(48)
+        # Written whole under a name of its own, private from the start, then linked to
+        # the real name: no process ever reads it half-written (or empty, should this one
+        # die or the disk fill), and when several start at once the first link wins.
+        temporary = folder / f"{filename}.{secrets.token_hex(8)}"
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            # Created exclusively and private from the start: when several processes
-            # start at once, the first one's secret is everyone's.
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secret)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.link(temporary, path)
         except FileExistsError:
-            return path.read_text().strip()
-        with os.fdopen(fd, "w") as handle:
-            handle.write(secret)
+            return _read_kept_secret(path)
+        finally:
+            temporary.unlink(missing_ok=True)
         return secret
+
+
+# The kept secrets are token_urlsafe(48): 64 characters. Fewer is a damaged file.
+KEPT_SECRET_MIN_LENGTH = 32
+
+
+def _read_kept_secret(path: Path) -> str:
+    secret = path.read_text().strip()
+    if len(secret) < KEPT_SECRET_MIN_LENGTH:
+        raise ConfigError(
+            f"{path} is empty or damaged (under {KEPT_SECRET_MIN_LENGTH} characters): delete "
+            "it for a new secret (what the old one signed stops working) or set the variable"
+        )
+    return secret
+
+
+# The async drivers the app is written for (db.py speaks to asyncpg directly).
+DATABASE_DRIVERS = ("postgresql+asyncpg", "sqlite+aiosqlite")
+
+
+def _check_database_urls(**urls: str | None) -> None:
+    """Each URL set parses, and DATABASE_URL names a driver of ours; the messages never
+    repeat a URL (it may hold a password)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    for name, url in urls.items():
+        if url is None:
+            continue
+        try:
+            driver = make_url(url).drivername
+        except (ArgumentError, ValueError):
+            raise ConfigError(
+                f"{name} is not a database URL (e.g. postgresql+asyncpg://user:password@host"
+                "/name or sqlite+aiosqlite:///./threadline.db)"
+            ) from None
+        if name == "DATABASE_URL" and driver not in DATABASE_DRIVERS:
+            raise ConfigError(
+                f"DATABASE_URL must be postgresql+asyncpg://... or sqlite+aiosqlite:///..."
+                f" (it names {driver!r})"
+            )
+
+
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def _check_redis_url(url: str) -> None:
+    """REDIS_URL is one redis-py can use; the message never repeats it (a password)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - a port that is not a number raises here
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in REDIS_SCHEMES:
+        raise ConfigError(
+            "REDIS_URL must be a redis://, rediss:// or unix:// URL (e.g. redis://redis:6379/0)"
+        )
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -403,6 +403,15 @@ class Database:
         async with self.engine.connect() as conn:
             await conn.exec_driver_sql("SELECT 1")
 
+    async def schema_revision(self) -> str | None:
+        """The database's Alembic revision (None: never migrated); a round trip, like ping."""
+        from alembic.runtime.migration import MigrationContext
+
+        async with self.engine.connect() as conn:
+            return await conn.run_sync(
+                lambda sync: MigrationContext.configure(sync).get_current_revision()
+            )
+
     async def dispose(self) -> None:
         pool, self._driver_pool = self._driver_pool, None
         if pool is not None:

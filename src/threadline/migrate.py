@@ -6,6 +6,7 @@ The revisions ship in ``threadline/migrations``; the repository's ``alembic.ini`
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -96,6 +97,30 @@ async def upgrade_to_head_async(database_url: str) -> None:
 def head_revision() -> str | None:
     """The newest revision the package ships."""
     return ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head()
+
+
+@functools.cache
+def _shipped() -> tuple[str | None, frozenset[str]]:
+    script = ScriptDirectory(str(MIGRATIONS_DIR))
+    return script.get_current_head(), frozenset(r.revision for r in script.walk_revisions())
+
+
+def schema_problem(revision: str | None) -> str | None:
+    """Why a database at ``revision`` cannot serve this code, or None if it can.
+
+    Never migrated, or at an older revision that this code ships, it lacks tables or
+    columns the code uses. A revision this code does not know is a newer one (a rolling
+    upgrade migrates before it replaces the old servers): that is served.
+    """
+    head, known = _shipped()
+    if revision is None:
+        return "the database was never migrated: run `threadline migrate`"
+    if revision != head and revision in known:
+        return (
+            f"the database is at revision {revision}, older than this threadline's {head}: "
+            "run `threadline migrate`"
+        )
+    return None
 
 
 async def current_revision_async(database_url: str) -> str | None:

@@ -96,7 +96,8 @@ def _start(parent: Path) -> Path:
         name = f"{PREFIX}{stamp}-{number}"
     work = parent / f"{name}.partial"
     try:
-        work.mkdir()
+        # The owner's alone: a backup holds every message, address and file.
+        work.mkdir(mode=0o700)
     except OSError as exc:
         raise BackupError(f"cannot write in {parent}: {exc.strerror or exc}") from exc
     return work

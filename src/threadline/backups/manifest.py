@@ -22,6 +22,8 @@ PREFIX = "threadline-backup-"
 MANIFEST = "manifest.json"
 UPLOADS = "uploads"
 CHUNK = 1 << 20
+# What the database is saved as (PostgreSQL, SQLite), always at the top of the folder.
+DATABASE_FILES = ("database.dump", "database.sqlite")
 
 
 class BackupError(Exception):
@@ -84,9 +86,18 @@ class Manifest:
             files = {key: StoredFile(**entry) for key, entry in body.pop("files").items()}
             body.pop("format")
             body.pop("format_version")
-            return cls(files=files, **body)
+            manifest = cls(files=files, **body)
         except (KeyError, TypeError, AttributeError) as exc:
             raise BackupError(f"{folder}/{MANIFEST} is damaged: {exc}") from exc
+        # The database file is in the folder: a bare name of one of ours, nothing else.
+        if manifest.database_file not in DATABASE_FILES or not isinstance(
+            manifest.database_bytes, int
+        ):
+            raise BackupError(
+                f"{folder}/{MANIFEST} is damaged: database_file must be one of "
+                f"{', '.join(DATABASE_FILES)} with its size in bytes"
+            )
+        return manifest
 
 
 def is_backup(folder: Path) -> bool:

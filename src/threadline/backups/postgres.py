@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -107,6 +108,18 @@ def scrub(message: str, database_url: str) -> str:
     return message.replace(str(password), "***") if password else message
 
 
+# pg_restore's options, for a backup and for the dump a forced restore keeps aside.
+RESTORE_OPTIONS = (
+    "--single-transaction",
+    "--exit-on-error",
+    "--clean",
+    "--if-exists",
+    # The backup may come from a deployment with other role names.
+    "--no-owner",
+    "--no-privileges",
+)
+
+
 class PostgresDatabase:
     backend = "postgresql"
     file_name = "database.dump"
@@ -179,29 +192,39 @@ class PostgresDatabase:
 
     async def restore(self, source: Path, finish: Callable[[str], Awaitable[None]]) -> None:
         """pg_restore in one transaction (objects of the dump that exist are replaced),
-        then ``finish``; if that fails, a database that was empty is made empty again.
+        then ``finish``; if that fails, the database is put back as it was: an empty one
+        is made empty again, one with data (a forced restore) gets its own dump back.
         """
         tool = find_tool("pg_restore", await self._on_connection(self._server_major))
         before = await self.facts()
-        await self._run(
-            tool,
-            "--single-transaction",
-            "--exit-on-error",
-            "--clean",
-            "--if-exists",
-            # The backup may come from a deployment with other role names.
-            "--no-owner",
-            "--no-privileges",
-            str(source),
-        )
+        aside = Path(tempfile.mkdtemp(prefix="threadline-restore-"))  # private: 0700
+        kept = False
         try:
-            await finish(self.database_url)
-        except BaseException:
-            # A forced restore has replaced the old tables already; an empty target
-            # gets back to empty, so that a retry needs no --force.
-            if not any(before.counts.values()):
-                await self._drop_restored(migrated=before.revision is not None)
-            raise
+            saved = None
+            if any(before.counts.values()):
+                # pg_restore commits: what a forced restore replaces is kept aside first.
+                saved = aside / self.file_name
+                await self.dump(saved)
+            await self._run(tool, *RESTORE_OPTIONS, str(source))
+            try:
+                await finish(self.database_url)
+            except BaseException:
+                if saved is None:  # empty before: empty again, so a retry needs no --force
+                    await self._drop_restored(migrated=before.revision is not None)
+                    raise
+                try:
+                    await self._drop_restored(migrated=False)
+                    await self._run(tool, *RESTORE_OPTIONS, str(saved))
+                except BackupError as exc:
+                    kept = True
+                    raise BackupError(
+                        f"the restore failed and the database's previous contents could not "
+                        f"be put back ({exc}); they are kept in {saved} (pg_restore it)"
+                    ) from exc
+                raise
+        finally:
+            if not kept:
+                shutil.rmtree(aside, ignore_errors=True)
 
     async def _drop_restored(self, *, migrated: bool) -> None:
         async def drop(connection: AsyncConnection) -> None:
