@@ -49,8 +49,8 @@ from threadline.backups import (
     restore_backup,
 )
 from threadline.backups.manifest import MANIFEST, PREFIX
-from threadline.backups.postgres import find_tool, libpq_target, scrub
-from threadline.config import Settings
+from threadline.backups.postgres import find_tool, libpq_target
+from threadline.config import Settings, without_passwords
 from threadline.models import Attachment
 
 EDIT = "mutation($m: ID!, $b: String!) { editMessage(messageId: $m, body: $b) { id } }"
@@ -491,4 +491,6 @@ def test_pg_tools_get_a_libpq_url_without_the_password_and_the_password_apart() 
     libpq, environment = libpq_target(url)
     assert libpq == "postgresql://threadline@db.internal:6432/chat?sslmode=require"
     assert environment["PGPASSWORD"] == "s3cr@t"
-    assert scrub("FATAL: password s3cr@t rejected", url) == "FATAL: password *** rejected"
+    assert (
+        without_passwords("FATAL: password s3cr@t rejected", url) == "FATAL: password *** rejected"
+    )

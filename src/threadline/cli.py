@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn
 
-from threadline.config import ConfigError, Settings, load_settings
+from threadline.config import ConfigError, Settings, load_settings, without_passwords
 from threadline.models import SystemRole
 
 # uvicorn's sans-I/O WebSocket protocol: a connection costs no task of its own (the
@@ -46,17 +46,13 @@ def _settings() -> Settings:
 def _database_errors(settings: Settings, doing: str) -> Iterator[None]:
     """A database that cannot be reached or used is one line and exit 1, not a traceback;
     the password is never in it (a driver might echo the URL)."""
-    from sqlalchemy.engine import make_url
     from sqlalchemy.exc import SQLAlchemyError
 
     from threadline.errors import DomainError
 
     def scrubbed(message: str) -> str:
-        for url in (settings.database_url, settings.database_direct_url):
-            password = make_url(url).password if url else None
-            if password:
-                message = message.replace(str(password), "***")
-        return " ".join(message.split())
+        urls = (settings.database_url, settings.database_direct_url)
+        return " ".join(without_passwords(message, *urls).split())
 
     try:
         yield

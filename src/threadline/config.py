@@ -342,6 +342,18 @@ def _read_kept_secret(path: Path) -> str:
     return secret
 
 
+def without_passwords(message: str, *urls: str | None) -> str:
+    """``message`` with the password of each database URL taken out, should a driver or a
+    client tool ever echo one."""
+    from sqlalchemy.engine import make_url
+
+    for url in urls:
+        password = make_url(url).password if url else None
+        if password:
+            message = message.replace(str(password), "***")
+    return message
+
+
 # The async drivers the app is written for (db.py speaks to asyncpg directly).
 DATABASE_DRIVERS = ("postgresql+asyncpg", "sqlite+aiosqlite")
 

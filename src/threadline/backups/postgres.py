@@ -25,6 +25,7 @@ from sqlalchemy.pool import NullPool
 
 from threadline.backups.manifest import BackupError
 from threadline.backups.rows import Facts, holds_rows, read_facts
+from threadline.config import without_passwords
 from threadline.migrate import upgrade_to_head_async
 from threadline.models import Base
 
@@ -102,12 +103,6 @@ def find_tool(
     return min(usable)[1]
 
 
-def scrub(message: str, database_url: str) -> str:
-    """A tool's message with the password taken out, should it ever echo one."""
-    password = make_url(database_url).password
-    return message.replace(str(password), "***") if password else message
-
-
 # pg_restore's options, for a backup and for the dump a forced restore keeps aside.
 RESTORE_OPTIONS = (
     "--single-transaction",
@@ -141,7 +136,7 @@ class PostgresDatabase:
             raise BackupError(f"cannot reach PostgreSQL: {exc.strerror or exc}") from exc
         except SQLAlchemyError as exc:
             # The driver's own message, without SQLAlchemy's statement and link.
-            detail = scrub(str(getattr(exc, "orig", None) or exc), self.database_url)
+            detail = without_passwords(str(getattr(exc, "orig", None) or exc), self.database_url)
             raise BackupError(f"PostgreSQL: {detail}") from exc
         finally:
             await engine.dispose()
@@ -161,7 +156,10 @@ class PostgresDatabase:
         _, stderr = await process.communicate()
         if process.returncode != 0:
             lines = stderr.decode(errors="replace").strip().splitlines()[-3:]
-            detail = scrub(" / ".join(lines), self.database_url) or f"exit {process.returncode}"
+            detail = (
+                without_passwords(" / ".join(lines), self.database_url)
+                or f"exit {process.returncode}"
+            )
             raise BackupError(f"{Path(tool).name} failed: {detail}")
 
     async def _server_major(self, connection: AsyncConnection) -> int:
