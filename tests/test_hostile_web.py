@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import io
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -23,27 +22,16 @@ import pytest
 from PIL import Image
 from sqlalchemy import update
 
-from tests import factories
+from tests import factories, test_web_browser
 from tests.conftest import Clients, Server
-from tests.test_web_browser import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
-    async_playwright,
-    open_thread,
-    sign_in,
-)
+from tests.test_web_browser import open_thread, sign_in
 from tests.uploads import upload, upload_error
 from threadline.models import Attachment
 
 pytestmark = [pytest.mark.slow, pytest.mark.any_backend]
 
 
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
-    async with async_playwright() as driver:
-        launched = await driver.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield launched
-        await launched.close()
+browser = test_web_browser.browser  # the browser tests' fixture
 
 
 async def test_another_site_cannot_frame_the_chat_page(server: Server, browser: Any) -> None:
