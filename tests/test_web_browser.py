@@ -106,8 +106,16 @@ class Person:
         return path
 
 
-async def sign_in(browser: Any, base: str, name: str, viewport: dict[str, int] = DESKTOP) -> Person:
+async def sign_in(
+    browser: Any,
+    base: str,
+    name: str,
+    viewport: dict[str, int] = DESKTOP,
+    route_socket: Any = None,
+) -> Person:
     context = await browser.new_context(viewport=viewport, base_url=base)
+    if route_socket is not None:
+        await context.route_web_socket("**/graphql", route_socket)
     page = await context.new_page()
     page.set_default_timeout(20_000)
     person = Person(name, page)
@@ -576,6 +584,28 @@ async def test_in_production_the_page_signs_in_with_clerk_whose_script_is_the_on
         ]
     finally:
         await stop_server(running)
+
+
+async def test_a_thread_started_before_the_page_listens_shows_once_it_does(
+    server: Server, browser: Any, clients: Clients
+) -> None:
+    # The socket is refused until the thread exists: the list was fetched without it,
+    # and the event was published before the page subscribed. The resync fetches again.
+    away = True
+
+    async def route(ws: Any) -> None:
+        if away:
+            await ws.close()
+        else:
+            ws.connect_to_server()
+
+    alice_api, bob_api = await clients.users("alice", "bob")
+    bob = await sign_in(browser, server.base, "bob", route_socket=route)
+    await expect(bob.page.locator(".thread-list")).to_contain_text("No threads yet")
+    await factories.thread(alice_api, bob_api, title="Early")
+    away = False
+    await expect(bob.page.locator(".thread-list button", has_text="Early")).to_be_visible()
+    assert bob.errors == []
 
 
 # ---------------------------------------------------------------- a restarted server

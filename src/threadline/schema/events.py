@@ -5,6 +5,7 @@ Thread events are built from the logged payload: rendering one costs no message 
 
 from __future__ import annotations
 
+import enum
 import uuid
 from datetime import datetime
 from typing import Annotated
@@ -161,6 +162,35 @@ ViewerEvent = Annotated[
     strawberry.union(
         "ViewerEvent",
         description="Everything addressed to the signed-in user, across all of their threads.",
+    ),
+]
+
+
+@strawberry.enum(name="ViewerResyncReason")
+class ViewerResyncReason(enum.Enum):
+    STARTED = "STARTED"
+    RECONNECTED = "RECONNECTED"
+
+
+@strawberry.type(
+    name="ViewerResync",
+    description=(
+        "Fetch the thread list now: every change after this arrives as an event. Sent "
+        "first, once the stream is listening (STARTED), and again when events may have "
+        "been missed because the server lost its event bus for a while (RECONNECTED)."
+    ),
+)
+class ViewerResync:
+    reason: ViewerResyncReason
+
+
+# A union of its own, not a member added to ViewerEvent: a client generated from the
+# contract's union never meets a type it does not know.
+ViewerSyncEvent = Annotated[
+    ThreadActivityForViewer | NotificationCreated | ThreadMembershipChanged | ViewerResync,
+    strawberry.union(
+        "ViewerSyncEvent",
+        description="A viewerEvents event, or a ViewerResync.",
     ),
 ]
 

@@ -14,7 +14,13 @@ from threadline.realtime.broker import BrokerClosed
 from threadline.schema.context import ConnectionState, Context
 from threadline.schema.directives import authenticated, thread_role
 from threadline.schema.enums import ThreadRole
-from threadline.schema.events import PresenceChanged, ThreadActivity, ThreadEventType, ViewerEvent
+from threadline.schema.events import (
+    PresenceChanged,
+    ThreadActivity,
+    ThreadEventType,
+    ViewerEvent,
+    ViewerSyncEvent,
+)
 from threadline.subscriptions import activity, presence, thread_events, viewer
 from threadline.subscriptions.live import operation_root
 
@@ -136,4 +142,16 @@ class Subscription:
 
     @strawberry.subscription(extensions=[authenticated()])
     async def viewer_events(self, info: Info) -> AsyncIterator[ViewerEvent]:
-        return _Counted(info, viewer.stream(info))
+        # Without resync the stream yields no ViewerResync.
+        return _Counted(info, viewer.stream(info))  # type: ignore[arg-type]
+
+    @strawberry.subscription(
+        description=(
+            "viewerEvents, led by a ViewerResync once it is listening and again whenever "
+            "events may have been missed: a client that fetches its thread list at each "
+            "ViewerResync misses no thread."
+        ),
+        extensions=[authenticated()],
+    )
+    async def viewer_events_with_resync(self, info: Info) -> AsyncIterator[ViewerSyncEvent]:
+        return _Counted(info, viewer.stream(info, resync=True))

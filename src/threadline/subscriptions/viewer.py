@@ -27,6 +27,8 @@ from threadline.schema.events import (
     ThreadActivityForViewer,
     ThreadMembershipChanged,
     ViewerEvent,
+    ViewerResync,
+    ViewerResyncReason,
 )
 from threadline.schema.types import NotificationType, ThreadType
 from threadline.services import notifications, threads
@@ -36,12 +38,22 @@ MAX_THREADS = 100  # a viewer follows their most recently active threads live
 QUEUE_LIMIT = 1000
 
 
-async def _pump(subscriber: Subscriber, queue: asyncio.Queue[Any]) -> None:
-    """Into the one bounded queue the stream reads."""
+class _Inbox(asyncio.Queue[Any]):
+    """The one bounded queue the stream reads. Each subscription gets its own
+    ``RECONNECTED`` marker; one waiting to be read stands for the others."""
+
+    marker_waiting = False
+
+
+async def _pump(subscriber: Subscriber, queue: _Inbox) -> None:
     try:
         async for item in subscriber:
             if queue.qsize() >= QUEUE_LIMIT:
                 raise Conflict("viewerEvents fell too far behind: subscribe again")
+            if item is RECONNECTED:
+                if queue.marker_waiting:
+                    continue
+                queue.marker_waiting = True
             queue.put_nowait(item)
     except Exception as exc:  # handed to the reader, which raises it
         queue.put_nowait(exc)
@@ -50,7 +62,7 @@ async def _pump(subscriber: Subscriber, queue: asyncio.Queue[Any]) -> None:
 class _ThreadWatch:
     """The current subscription to the viewer's thread channels, swappable."""
 
-    def __init__(self, runtime: Runtime, queue: asyncio.Queue[Any]) -> None:
+    def __init__(self, runtime: Runtime, queue: _Inbox) -> None:
         self.runtime = runtime
         self.queue = queue
         self.thread_ids: set[uuid.UUID] = set()
@@ -58,44 +70,64 @@ class _ThreadWatch:
         self._task: asyncio.Task[None] | None = None
 
     async def follow(self, viewer: Any) -> None:
-        await self.stop()
         async with self.runtime.db.reading() as session:
             page = await threads.threads_of(session, viewer, None, PageRequest(first=MAX_THREADS))
+        old = self._cm, self._task
+        self._cm = self._task = None
+        # The new subscription is live before the old one goes: a thread in both
+        # misses nothing meanwhile (an event seen twice only renders the thread twice).
         self.thread_ids = {a.thread.id for a in page.items}
-        if not self.thread_ids:
-            return
-        self._cm = self.runtime.broker.subscribe_many([thread_channel(t) for t in self.thread_ids])
-        subscriber = await self._cm.__aenter__()
-        self._task = asyncio.create_task(_pump(subscriber, self.queue))
+        try:
+            if self.thread_ids:
+                cm = self.runtime.broker.subscribe_many(
+                    [thread_channel(t) for t in self.thread_ids]
+                )
+                subscriber = await cm.__aenter__()
+                self._cm, self._task = cm, asyncio.create_task(_pump(subscriber, self.queue))
+        finally:
+            await self._stop(*old)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        old = self._cm, self._task
+        self._cm = self._task = None
+        await self._stop(*old)
+
+    @staticmethod
+    async def _stop(
+        cm: AbstractAsyncContextManager[Subscriber] | None, task: asyncio.Task[None] | None
+    ) -> None:
+        if task is not None:
+            task.cancel()
             # Not suppress(CancelledError): that would also swallow a cancellation of
             # the caller arriving meanwhile, and the stream would go on.
-            await asyncio.wait([self._task])
-            self._task = None
-        if self._cm is not None:
-            await self._cm.__aexit__(None, None, None)
-            self._cm = None
+            await asyncio.wait([task])
+        if cm is not None:
+            await cm.__aexit__(None, None, None)
 
 
-async def stream(info: Info) -> AsyncIterator[ViewerEvent]:
+async def stream(info: Info, *, resync: bool = False) -> AsyncIterator[ViewerEvent | ViewerResync]:
+    """With ``resync``, a ViewerResync first, once both subscriptions are live (a list
+    fetched after it misses nothing), and again after each reconnection of the broker."""
     ctx: Context = info.context
     viewer = await ctx.viewer()
     runtime = ctx.runtime
-    queue: asyncio.Queue[Any] = asyncio.Queue()
+    queue = _Inbox()
     watch = _ThreadWatch(runtime, queue)
     await ctx.close()
     async with runtime.broker.subscribe(user_channel(viewer.id)) as mine:
         own = asyncio.create_task(_pump(mine, queue))
         try:
             await watch.follow(viewer)
+            if resync:
+                yield ViewerResync(reason=ViewerResyncReason.STARTED)
             while True:
                 item = await queue.get()
                 if isinstance(item, Exception):
                     raise item
                 if item is RECONNECTED:
+                    queue.marker_waiting = False
+                    if resync:
+                        yield ViewerResync(reason=ViewerResyncReason.RECONNECTED)
                     continue
                 raw = str(item)
                 await ctx.renew()

@@ -47,19 +47,18 @@ async function main() {
 	app.threads = new ThreadList($("threads"), app);
 	app.view = new ThreadView($("thread"), app);
 
-	let connectedBefore = false;
 	app.live.addEventListener("status", ({ detail }) => {
 		$("banner").hidden = detail.connected;
 		$("banner").textContent = detail.connected ? "" : "Connection lost. Reconnecting…";
 		document.body.classList.toggle("offline", !detail.connected);
 		app.metrics.connected = detail.connected;
-		// viewerEvents has no replay: after a reconnect the list is fetched again.
-		if (detail.connected && connectedBefore) app.threads.load().catch(() => {});
-		if (detail.connected) connectedBefore = true;
 	});
 	app.live.addEventListener("signedout", () => session.signOut());
 	app.live.subscribe(Q.VIEWER_EVENTS, {}, {
-		next: ({ viewerEvents: event }) => {
+		next: ({ viewerEventsWithResync: event }) => {
+			// The events have no replay: the list is fetched again once the stream listens
+			// (on every (re)subscribe), and after the server may have missed some.
+			if (event.__typename === "ViewerResync") return app.threads.load().catch(() => {});
 			if (event.__typename !== "ThreadMembershipChanged" || event.role) return event.thread && app.threads.upsert(event.thread);
 			app.threads.remove(event.threadId); // left, removed, or the thread was deleted
 			if (app.activeId === event.threadId) {
@@ -70,7 +69,7 @@ async function main() {
 		},
 	});
 	app.live.start();
-	await app.threads.load();
+	await app.threads.load(); // shown before the socket is up; the first resync fetches again
 	const wanted = /^#\/t\/(.+)$/.exec(location.hash)?.[1];
 	if (wanted && app.threads.threads.has(wanted)) app.openThread(wanted);
 }

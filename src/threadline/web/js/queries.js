@@ -88,8 +88,9 @@ export const PRESENCE = `subscription Presence($ids: [ID!]!) {
 }`;
 
 export const VIEWER_EVENTS = `subscription Viewer {
-	viewerEvents {
+	viewerEventsWithResync {
 		__typename
+		... on ViewerResync { reason }
 		... on ThreadActivityForViewer { thread { ...ThreadItem } }
 		... on ThreadMembershipChanged { threadId role thread { ...ThreadItem } }
 	}

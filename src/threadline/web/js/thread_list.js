@@ -20,7 +20,34 @@ export class ThreadList {
 			this.list);
 	}
 
-	async load() {
+	/** Fetches the list again. One fetch at a time: asked for meanwhile, it runs once
+	 * more after. Events that come in while it runs are applied again on top of it. */
+	load() {
+		if (this.loading) {
+			this.again = true;
+			return this.loading;
+		}
+		this.loading = (async () => {
+			try {
+				do {
+					this.again = false;
+					this.during = [];
+					const threads = await this.fetch();
+					const during = this.during;
+					this.during = null;
+					this.threads = threads;
+					for (const [change, arg] of during) this[change](arg);
+					this.render();
+				} while (this.again);
+			} finally {
+				this.loading = null;
+				this.during = null;
+			}
+		})();
+		return this.loading;
+	}
+
+	async fetch() {
 		const threads = new Map();
 		let after = null;
 		do {
@@ -28,13 +55,15 @@ export class ThreadList {
 			data.threads.edges.forEach(({ node }) => threads.set(node.id, node));
 			after = data.threads.pageInfo.hasNextPage ? data.threads.pageInfo.endCursor : null;
 		} while (after && threads.size < 200);
-		this.threads = threads;
-		this.render();
+		return threads;
 	}
 
-	/** A thread as the server sent it now; markers only move forward, so an older copy loses. */
+	/** A thread as the server sent it now. A copy of an older seq loses, and markers only
+	 * move forward: events and fetches answer in any order. */
 	upsert(thread) {
+		this.during?.push(["upsert", thread]);
 		const known = this.threads.get(thread.id);
+		if (known && thread.lastSeq < known.lastSeq) return;
 		if (known && thread.lastReadSeq < known.lastReadSeq) {
 			thread = { ...thread, lastReadSeq: known.lastReadSeq, unreadCount: thread.lastSeq > known.lastReadSeq ? thread.unreadCount : 0 };
 		}
@@ -43,6 +72,7 @@ export class ThreadList {
 	}
 
 	remove(threadId) {
+		this.during?.push(["remove", threadId]);
 		this.threads.delete(threadId);
 		this.items.delete(threadId);
 		this.render();

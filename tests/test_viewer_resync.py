@@ -1,0 +1,101 @@
+"""viewerEventsWithResync: a client that fetches its thread list at each ViewerResync
+misses no thread, whether the change came while its subscription was starting or
+while Redis was down."""
+
+from __future__ import annotations
+
+import shutil
+from typing import Any
+
+import httpx
+import pytest
+
+from tests import factories
+from tests.conftest import Api, Clients, Server, free_port, start_server, stop_server, token_for
+from tests.test_broker import RedisServer
+from tests.wsclient import GraphQLWS
+from threadline.config import Settings
+
+RESYNC = """
+subscription { viewerEventsWithResync {
+  __typename
+  ... on ViewerResync { reason }
+  ... on ThreadActivityForViewer { thread { id lastMessage { body } } }
+  ... on ThreadMembershipChanged { threadId role }
+} }
+"""
+THREADS = "{ threads(first: 50) { edges { node { id } } } }"
+
+
+async def event(ws: GraphQLWS, timeout: float = 10) -> dict[str, Any]:
+    message = await ws.next(timeout)
+    assert message["type"] == "next", message
+    assert not message["payload"].get("errors"), message
+    result: dict[str, Any] = message["payload"]["data"]["viewerEventsWithResync"]
+    return result
+
+
+async def test_a_thread_started_right_after_the_first_resync_is_delivered(
+    server: Server, clients: Clients
+) -> None:
+    alice, bob = await clients.users("alice", "bob")
+    ws = await GraphQLWS.connect(server.ws_url, bob.token)
+    await ws.subscribe(RESYNC)
+    # No waiting for the server to listen: the resync says it does.
+    assert await event(ws) == {"__typename": "ViewerResync", "reason": "STARTED"}
+    tid = await factories.thread(alice, bob, title="Right away")
+    got = await event(ws)
+    assert (got["__typename"], got["threadId"], got["role"]) == (
+        "ThreadMembershipChanged",
+        tid,
+        "MEMBER",
+    )
+    await ws.close()
+
+
+@pytest.mark.redis_only
+async def test_after_a_redis_restart_one_resync_comes_and_the_list_has_what_was_missed(
+    settings: Settings,
+) -> None:
+    executable = shutil.which("redis-server")
+    if executable is None:
+        pytest.skip("redis-server is not installed")
+    redis = RedisServer(executable, free_port())
+    redis.start()
+    # One plain Redis of the test's own, on the cluster row too.
+    server = await start_server(
+        settings.model_copy(update={"redis_url": redis.url, "redis_cluster": False})
+    )
+    try:
+        async with httpx.AsyncClient(base_url=server.base, timeout=30) as http:
+            alice, bob = Api(http, token_for("alice")), Api(http, token_for("bob"))
+            alice.id = (await alice.gql("{ me { id } }"))["me"]["id"]
+            bob.id = (await bob.gql("{ me { id } }"))["me"]["id"]
+            # Bob is in one thread already: the stream then has two subscriptions
+            # (his own channel and his threads'), each told of the reconnection.
+            known = await factories.thread(alice, bob, title="Known")
+            assert bob.token is not None
+            ws = await GraphQLWS.connect(server.ws_url, bob.token)
+            await ws.subscribe(RESYNC)
+            assert (await event(ws))["reason"] == "STARTED"
+
+            redis.kill()
+            # Committed, but its publish is lost: Redis is down.
+            missed = await factories.thread(alice, bob, title="Missed")
+            redis.start()
+
+            assert await event(ws, timeout=30) == {
+                "__typename": "ViewerResync",
+                "reason": "RECONNECTED",
+            }
+            listed = await bob.gql(THREADS)
+            assert {e["node"]["id"] for e in listed["threads"]["edges"]} == {known, missed}
+            # One resync for both subscriptions: the next event is the new message.
+            await factories.send(alice, known, "back")
+            got = await event(ws)
+            assert got["__typename"] == "ThreadActivityForViewer", got
+            assert got["thread"]["lastMessage"]["body"] == "back"
+            await ws.close()
+    finally:
+        await stop_server(server)
+        redis.kill()
