@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -461,6 +462,23 @@ async def test_user_deleted_anonymises_the_user_keeps_their_messages_and_refuses
     assert await found_by_clerk_id(bob, user_id) is None
     # Within the viewer cache's lifetime: the webhook must have cleared it.
     assert await ada.error(ME) == "UNAUTHENTICATED"
+
+
+async def test_deleting_the_last_owner_in_clerk_is_applied_and_says_how_to_make_one(
+    server: Server, http: httpx.AsyncClient, clients: Clients, caplog: pytest.LogCaptureFixture
+) -> None:
+    first, second = clerk_id(), clerk_id()
+    await deliver(server, http, user_event(first, public_metadata={"role": "owner"}))
+    await deliver(server, http, user_event(second, public_metadata={"role": "owner"}))
+    with caplog.at_level(logging.WARNING, logger="threadline.services.clerk_sync"):
+        assert (await deliver(server, http, deleted_event(first))).status_code == 200
+        assert "last system OWNER" not in caplog.text
+        assert (await deliver(server, http, deleted_event(second))).status_code == 200
+    warnings = [r.getMessage() for r in caplog.records if "last system OWNER" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "threadline users set-role USERNAME owner" in warnings[0]
+    viewer = await clients.user("viewer")
+    assert await found_by_clerk_id(viewer, second) is None
 
 
 async def test_a_user_created_event_after_user_deleted_does_not_bring_the_user_back(

@@ -586,24 +586,30 @@ async def test_in_production_the_page_signs_in_with_clerk_whose_script_is_the_on
         await stop_server(running)
 
 
+@dataclass
+class SocketGate:
+    """Routes the page's WebSocket: refused while away, to the server otherwise."""
+
+    away: bool
+
+    async def route(self, ws: Any) -> None:
+        if self.away:
+            await ws.close()
+        else:
+            ws.connect_to_server()
+
+
 async def test_a_thread_started_before_the_page_listens_shows_once_it_does(
     server: Server, browser: Any, clients: Clients
 ) -> None:
     # The socket is refused until the thread exists: the list was fetched without it,
     # and the event was published before the page subscribed. The resync fetches again.
-    away = True
-
-    async def route(ws: Any) -> None:
-        if away:
-            await ws.close()
-        else:
-            ws.connect_to_server()
-
+    gate = SocketGate(away=True)
     alice_api, bob_api = await clients.users("alice", "bob")
-    bob = await sign_in(browser, server.base, "bob", route_socket=route)
+    bob = await sign_in(browser, server.base, "bob", route_socket=gate.route)
     await expect(bob.page.locator(".thread-list")).to_contain_text("No threads yet")
     await factories.thread(alice_api, bob_api, title="Early")
-    away = False
+    gate.away = False
     await expect(bob.page.locator(".thread-list button", has_text="Early")).to_be_visible()
     assert bob.errors == []
 
@@ -663,21 +669,14 @@ async def test_the_page_reconnects_after_a_server_restart_and_loses_no_message(
 
             # While the server is down and back up, Bob's page stays away (its
             # WebSocket is refused), and Alice sends: the page must resume from afterSeq.
-            away = True
-
-            async def route(ws: Any) -> None:
-                if away:
-                    await ws.close()
-                else:
-                    ws.connect_to_server()
-
-            await bob.page.context.route_web_socket("**/graphql", route)
+            gate = SocketGate(away=True)
+            await bob.page.context.route_web_socket("**/graphql", gate.route)
             await stop(proc)
             await expect(bob.page.locator("#banner")).to_have_text("Connection lost. Reconnecting…")
             await bob.shot(shots, "reconnecting")
             proc = await spawn(settings, redis_url, port)
             await factories.send(alice, tid, "sent while you were away")
-            away = False
+            gate.away = False
             await expect(bob.message("sent while you were away")).to_be_visible(timeout=30_000)
             await expect(bob.page.locator("#banner")).to_be_hidden()
             await factories.send(alice, tid, "and live again")

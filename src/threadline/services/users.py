@@ -130,7 +130,7 @@ async def set_user_role(
     uow: UnitOfWork, actor: User, user_id: str | uuid.UUID, role: SystemRole
 ) -> User:
     require_system_role(actor, SystemRole.OWNER)
-    if actor.id not in await _owners(uow):  # demoted meanwhile
+    if actor.id not in await owner_ids(uow):  # demoted meanwhile
         raise Forbidden(f"This needs the system role {SystemRole.OWNER.value} or higher")
     user = await get_user(uow.session, user_id)
     if user.deleted_at is not None:
@@ -146,13 +146,13 @@ async def change_role(uow: UnitOfWork, user: User, role: SystemRole) -> None:
     closes the user's sockets, whose streams were authorized with the old role."""
     if user.role == role.value:
         return
-    if user.role == SystemRole.OWNER.value and await _owners(uow) == {user.id}:
+    if user.role == SystemRole.OWNER.value and await owner_ids(uow) == {user.id}:
         raise Conflict("The last system OWNER cannot step down")
     user.role = role.value
     uow.emit(SystemRoleChanged(user.id))
 
 
-async def _owners(uow: UnitOfWork) -> set[uuid.UUID]:
+async def owner_ids(uow: UnitOfWork) -> set[uuid.UUID]:
     # Locked, so that concurrent role changes are decided one after the other: two
     # OWNERs stepping down (or demoting each other) at once each counted the other and
     # left the deployment with none.
