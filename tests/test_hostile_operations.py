@@ -33,7 +33,7 @@ from tests.conftest import (
 from tests.deployment import closed_port, threadline, variant
 from tests.test_backups import populate, settings_for
 from threadline.backups import BackupError, create_backup, database_of, restore_backup
-from threadline.backups.manifest import MANIFEST
+from threadline.backups.manifest import MANIFEST, UPLOADS
 from threadline.config import ConfigError, Settings, load_settings
 from threadline.migrate import upgrade_to_head_async
 
@@ -340,3 +340,49 @@ async def test_seed_refuses_a_production_deployment(
     assert line.startswith("threadline: ") and "production" in line
     facts = await database_of(settings_for(migrated_database_url, tmp_path, None)).facts()
     assert facts.counts["users"] == 0
+
+
+async def test_a_backup_copied_in_with_a_later_date_does_not_prune_the_one_just_made(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Rule (`backup --keep N`: keep the newest N): the backup just made is one of them.
+    Evidence: beside a backup whose manifest said 2999 (copied from a machine whose clock
+    was ahead), `create_backup(keep=1)` deleted the backup it had just made, returned its
+    path anyway, and kept the copied one."""
+    parent = tmp_path / "backups"
+    copied, _ = await create_backup(settings, parent)
+    body: dict[str, Any] = json.loads((copied / MANIFEST).read_text())
+    body["created_at"] = "2999-01-01T00:00:00+00:00"
+    (copied / MANIFEST).write_text(json.dumps(body))
+    made, _ = await create_backup(settings, parent, keep=1)
+    assert made.is_dir()
+    assert [path.name for path in parent.iterdir()] == [made.name]
+
+
+@pytest.mark.parametrize("prefix", [".restore-0123/", ".hidden/", "../"])
+async def test_a_manifest_key_with_a_dot_name_is_refused(
+    prefix: str,
+    server: Server,
+    settings: Settings,
+    clients: Clients,
+    migrated_database_url: str,
+    tmp_path: Path,
+) -> None:
+    """Rule (storage keys are the server's own `xx/<hex>`; restores stage under
+    `.restore-*` in the upload folder, which the next restore deletes as stale): a key
+    with a dot name is damage. Evidence: a key `.restore-0123/...` was restored (exit 0)
+    into a folder the next restore removed, losing the file."""
+    await populate(server, settings, clients)
+    folder, _ = await create_backup(settings, tmp_path / "backups")
+    body: dict[str, Any] = json.loads((folder / MANIFEST).read_text())
+    key = next(iter(body["files"]))
+    moved = prefix + key
+    if not prefix.startswith(".."):
+        target_file = folder / UPLOADS / moved
+        target_file.parent.mkdir(parents=True)
+        (folder / UPLOADS / key).rename(target_file)
+    body["files"][moved] = body["files"].pop(key)
+    (folder / MANIFEST).write_text(json.dumps(body))
+    target = settings_for(migrated_database_url, tmp_path / "restored-uploads", None)
+    with pytest.raises(BackupError, match="not a plain relative path"):
+        await restore_backup(target, folder)

@@ -122,7 +122,7 @@ def _finish(work: Path, manifest: Manifest, keep: int) -> Path:
     manifest.write(work)
     final = work.with_name(work.name.removesuffix(".partial"))
     os.replace(work, final)
-    prune_backups(work.parent, keep)
+    prune_backups(work.parent, keep, made=final)
     return final
 
 
@@ -171,10 +171,14 @@ async def create_backup(
     return final, manifest
 
 
-def prune_backups(parent: Path, keep: int) -> list[Path]:
-    """Delete all but the newest ``keep`` backups in ``parent``; only folders we made."""
-    ours = [path for path in parent.iterdir() if is_backup(path)]
+def prune_backups(parent: Path, keep: int, *, made: Path | None = None) -> list[Path]:
+    """Delete all but the newest ``keep`` backups in ``parent``; only folders we made.
+    The one just ``made`` is kept whatever the others' manifests say their dates are
+    (a backup copied in from a machine whose clock was ahead would otherwise win)."""
+    ours = [path for path in parent.iterdir() if is_backup(path) and path != made]
     ours.sort(key=lambda path: (Manifest.read(path).created_at, path.name))
+    if made is not None:
+        keep -= 1
     removed = ours[:-keep] if keep > 0 else ours
     for path in removed:
         remove_tree(path)

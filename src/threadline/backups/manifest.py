@@ -111,9 +111,10 @@ def is_backup(folder: Path) -> bool:
 
 
 def key_path(root: Path, key: str) -> Path:
-    """Where a storage key lives under a root; a key that would leave the root is refused."""
+    """Where a storage key lives under a root. A key that would leave the root is refused,
+    and so is a dot name: ours never have one, and restores stage under ``.restore-``."""
     parts = PurePosixPath(key).parts
-    if not key or PurePosixPath(key).is_absolute() or any(p in ("..", ".", "") for p in parts):
+    if not key or PurePosixPath(key).is_absolute() or any(p[:1] in (".", "") for p in parts):
         raise BackupError(f"attachment storage key {key!r} is not a plain relative path")
     return root.joinpath(*parts)
 
