@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import io
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
@@ -24,7 +26,7 @@ from sqlalchemy import update
 
 from tests import factories, test_web_browser
 from tests.conftest import Clients, Server
-from tests.test_web_browser import open_thread, sign_in
+from tests.test_web_browser import expect, open_thread, sign_in
 from tests.uploads import upload, upload_error
 from threadline.models import Attachment
 
@@ -32,6 +34,24 @@ pytestmark = [pytest.mark.slow, pytest.mark.any_backend]
 
 
 browser = test_web_browser.browser  # the browser tests' fixture
+
+
+@asynccontextmanager
+async def hostile_site(body: bytes) -> AsyncIterator[str]:
+    """Another site than the server's (localhost, not 127.0.0.1) serving one page."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        head = f"HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: {len(body)}"
+        writer.write(f"{head}\r\nconnection: close\r\n\r\n".encode() + body)
+        await writer.drain()
+        writer.close()
+
+    site = await asyncio.start_server(answer, "127.0.0.1", 0)
+    try:
+        yield f"http://localhost:{site.sockets[0].getsockname()[1]}/"
+    finally:
+        site.close()
 
 
 async def test_another_site_cannot_frame_the_chat_page(server: Server, browser: Any) -> None:
@@ -43,27 +63,40 @@ async def test_another_site_cannot_frame_the_chat_page(server: Server, browser: 
     127.0.0.1) with <iframe src="http://127.0.0.1:<port>/"> shows our page inside it;
     the page's CSP has no frame-ancestors and there is no X-Frame-Options."""
     framed = f'<h1>Win a prize</h1><iframe src="{server.base}/"></iframe>'.encode()
-
-    async def hostile_site(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        head = f"HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: {len(framed)}"
-        writer.write(f"{head}\r\nconnection: close\r\n\r\n".encode() + framed)
-        await writer.drain()
-        writer.close()
-
-    hostile = await asyncio.start_server(hostile_site, "127.0.0.1", 0)
-    try:
+    async with hostile_site(framed) as url:
         page = await (await browser.new_context()).new_page()
-        await page.goto(f"http://localhost:{hostile.sockets[0].getsockname()[1]}/")
+        await page.goto(url)
         frame = page.frames[1]
         await frame.wait_for_load_state()
         shown = await frame.evaluate("document.body ? document.body.innerText : ''")
-    finally:
-        hostile.close()
     assert "Skip to the conversation" not in shown, "our page rendered inside another site"
     response = await page.request.get(f"{server.base}/")
     assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
     assert response.headers.get("x-frame-options") == "DENY"
+
+
+async def test_a_site_that_opens_the_chat_page_keeps_no_handle_on_it(
+    server: Server, browser: Any
+) -> None:
+    """The chat page is in a browsing context group of its own (Cross-Origin-Opener-
+    Policy): a site that opened it must not be able to navigate it later, say to a
+    look-alike sign-in page once the user has looked away (reverse tabnabbing), nor
+    probe it (count its frames, see when it closes).
+
+    Evidence: a page on http://localhost:<port> that ran `w = window.open(<our page>)`
+    still had a live handle once our page had loaded (`w.closed` false, `w.length`
+    readable); it could set `w.location`."""
+    async with hostile_site(b"<h1>Read the release notes</h1>") as url:
+        page = await (await browser.new_context()).new_page()
+        await page.goto(url)
+        async with page.context.expect_page() as opened:
+            await page.evaluate(f"window.chat = window.open({server.base + '/'!r})")
+        chat = await opened.value
+        await chat.wait_for_load_state()
+        await expect(chat.get_by_text("Skip to the conversation")).to_be_attached()
+        assert await page.evaluate("window.chat.closed") is True
+    response = await page.request.get(f"{server.base}/")
+    assert response.headers.get("cross-origin-opener-policy") == "same-origin-allow-popups"
 
 
 SCRIPT = b"<script>document.title = 'ran in ' + location.href</script>\n"

@@ -85,6 +85,9 @@ def web_routes(settings: Settings) -> list[BaseRoute]:
         "content-security-policy": content_security_policy(config),
         "x-content-type-options": "nosniff",
         "x-frame-options": "DENY",  # frame-ancestors, for browsers without CSP 2
+        # A site that opened the page keeps no handle on it; windows the page opens
+        # (Clerk's sign-in pop-ups) keep theirs.
+        "cross-origin-opener-policy": "same-origin-allow-popups",
         "referrer-policy": "same-origin",
         "cache-control": "no-cache",
     }
