@@ -16,7 +16,7 @@ from tests.conftest import Api
 UPLOAD = """
 mutation($t: ID!, $file: Upload!) {
   uploadAttachment(threadId: $t, file: $file) {
-    id filename contentType size kind width height url message { id } uploadedBy { id }
+    id filename contentType size kind width height url previewUrl message { id } uploadedBy { id }
   }
 }
 """

@@ -18,7 +18,7 @@ from starlette.routing import Route, WebSocketRoute
 
 from threadline.auth.webhooks import clerk_webhook
 from threadline.config import Settings
-from threadline.downloads import download
+from threadline.downloads import download, preview
 from threadline.gc_pacing import Pacer
 from threadline.graphql_app import CSRF_HEADERS, ROOTS, ThreadlineGraphQL
 from threadline.graphql_post import GraphQLPost
@@ -155,6 +155,7 @@ def create_app(settings: Settings) -> Starlette:
             WebSocketRoute("/graphql", graphql),
             Route("/webhooks/clerk", clerk_webhook, methods=["POST"]),
             Route("/attachments/{attachment_id}/{filename}", download, methods=["GET", "HEAD"]),
+            Route("/previews/{attachment_id}", preview, methods=["GET", "HEAD"]),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             *([Route("/metrics", metrics)] if settings.metrics_on_app else []),

@@ -1,4 +1,5 @@
-"""GET and HEAD /attachments/{id}/{filename}?exp=..&sig=..&u=..: signed downloads.
+"""GET and HEAD /attachments/{id}/{filename}?exp=..&sig=..&u=..: signed downloads,
+and /previews/{id}?exp=..&sig=..&u=.. for an image's preview.
 
 Signature and expiry first (403), then the viewer the URL names must still see the
 attachment's thread (404). The file streams with headers that stop a browser running
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from pathlib import PurePosixPath
 from typing import Final, Literal
 from urllib.parse import quote
 
@@ -17,8 +19,10 @@ from starlette.responses import PlainTextResponse, Response, StreamingResponse
 
 from threadline.runtime import Runtime
 from threadline.services import attachments, content_types
+from threadline.uploads.signing import PREVIEW
 
 INLINE_PREFIXES = ("image/", "video/", "audio/")
+PREVIEW_TYPE = "image/webp"
 # The file is data, never a document: no scripts, no plugins, no framing.
 CONTENT_SECURITY_POLICY = "default-src 'none'; sandbox; frame-ancestors 'none'"
 UNSATISFIABLE: Final = "unsatisfiable"
@@ -28,13 +32,21 @@ _RANGE = re.compile(r"bytes=([0-9]{0,18})-([0-9]{0,18})")
 
 
 async def download(request: Request) -> Response:
+    return await _serve(request, preview=False)
+
+
+async def preview(request: Request) -> Response:
+    return await _serve(request, preview=True)
+
+
+async def _serve(request: Request, *, preview: bool) -> Response:
     runtime: Runtime = request.app.state.runtime
     attachment_id = request.path_params["attachment_id"]
-    filename = request.path_params["filename"]
+    signed = PREVIEW if preview else request.path_params["filename"]
     query = request.query_params
     viewer = query.get("u", "")
     left = runtime.url_signer.check(
-        attachment_id, filename, query.get("exp", ""), query.get("sig", ""), viewer
+        attachment_id, signed, query.get("exp", ""), query.get("sig", ""), viewer
     )
     if left is None:
         return PlainTextResponse("This link is invalid or has expired", status_code=403)
@@ -44,15 +56,18 @@ async def download(request: Request) -> Response:
         return PlainTextResponse("Not found", status_code=404)
     async with runtime.db.reading() as session:
         row = await attachments.downloadable_by(session, aid, viewer_id)
-    size = await runtime.storage.size(row.storage_key) if row is not None else None
-    if row is None or size is None:
+    key = None if row is None else row.preview_key if preview else row.storage_key
+    size = await runtime.storage.size(key) if key is not None else None
+    if row is None or key is None or size is None:
         return PlainTextResponse("Not found", status_code=404)
 
-    content_type = row.content_type
+    content_type = PREVIEW_TYPE if preview else row.content_type
     if content_type.startswith("text/"):
         content_type += "; charset=utf-8"
     name = content_types.safe_filename(row.filename, row.content_type)
-    disposition = "inline" if row.content_type.startswith(INLINE_PREFIXES) else "attachment"
+    if preview:
+        name = f"{PurePosixPath(name).stem}.webp"
+    disposition = "inline" if content_type.startswith(INLINE_PREFIXES) else "attachment"
     headers = {
         "content-type": content_type,
         # Checked again: a row stored before names were checked keeps its client's name.
@@ -78,7 +93,7 @@ async def download(request: Request) -> Response:
     if request.method == "HEAD":
         return Response(status_code=status, headers=headers)
     return StreamingResponse(
-        runtime.storage.read(row.storage_key, start, end), status_code=status, headers=headers
+        runtime.storage.read(key, start, end), status_code=status, headers=headers
     )
 
 

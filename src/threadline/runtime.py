@@ -156,10 +156,18 @@ class Runtime:
 
     # -- attachments
 
-    def attachment_url(self, row: Attachment, request_origin: str | None, viewer: uuid.UUID) -> str:
-        """The viewer's signed download URL, on PUBLIC_URL or else the request's own origin."""
+    def attachment_url(
+        self,
+        row: Attachment,
+        request_origin: str | None,
+        viewer: uuid.UUID,
+        *,
+        preview: bool = False,
+    ) -> str:
+        """The viewer's signed download URL (of the file or its preview), on PUBLIC_URL
+        or else the request's own origin."""
         origin = self.settings.public_url or request_origin or ""
-        return self.url_signer.url(row.id, row.filename, origin, viewer)
+        return self.url_signer.url(row.id, row.filename, origin, viewer, preview=preview)
 
 
 def _wants_profile(user: User, identity: Identity) -> bool:

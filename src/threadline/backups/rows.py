@@ -42,11 +42,17 @@ async def read_facts(connection: AsyncConnection) -> Facts:
     if "alembic_version" in present:
         version = text("SELECT version_num FROM alembic_version")
         revision = (await connection.execute(version)).scalar()
-    keys: list[str] = []
+    keys: set[str] = set()
     if Attachment.__tablename__ in present:
-        named = select(Attachment.storage_key).distinct().order_by(Attachment.storage_key)
-        keys = list((await connection.execute(named)).scalars())
-    return Facts(revision, await count_rows(connection), keys)
+        # A database of an older revision has no preview column.
+        columns = await connection.run_sync(
+            lambda sync: {c["name"] for c in inspect(sync).get_columns(Attachment.__tablename__)}
+        )
+        for column in (Attachment.storage_key, Attachment.preview_key):
+            if column.key in columns:
+                named = select(column).where(column.is_not(None)).distinct()
+                keys.update(key for key in (await connection.execute(named)).scalars() if key)
+    return Facts(revision, await count_rows(connection), sorted(keys))
 
 
 async def holds_rows(connection: AsyncConnection) -> bool:

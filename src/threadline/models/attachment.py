@@ -29,6 +29,8 @@ class Attachment(Base):
     width: Mapped[int | None] = mapped_column(Integer)
     height: Mapped[int | None] = mapped_column(Integer)
     storage_key: Mapped[str] = mapped_column(String(255))
+    # A small WebP of a large image, for inline display; None for anything else.
+    preview_key: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     # Unused uploads are swept after 24 hours.

@@ -30,7 +30,7 @@ from threadline.schema.enums import (
 from threadline.schema.resolving import many_now_or_later, now_or_later, selected_under, settled
 from threadline.schema.viewer_fields import READS_VIEWER
 from threadline.services import messages as message_service
-from threadline.services import receipts
+from threadline.services import previews, receipts
 from threadline.services import threads as thread_service
 from threadline.services.pagination import Page, PageRequest, id_cursor
 from threadline.services.permissions import effective_thread_role
@@ -391,6 +391,21 @@ class AttachmentType(Node):
     async def url(self, info: Info) -> str:
         ctx = _ctx(info)
         return ctx.runtime.attachment_url(self.row, ctx.origin, (await ctx.viewer()).id)
+
+    @strawberry.field(
+        description=(
+            f"A signed, expiring URL of a WebP at most {previews.PREVIEW_SIDE} pixels on its "
+            "longer side, to show inline; null when the image is that small already, or is "
+            "no image."
+        ),
+        metadata=READS_VIEWER,
+    )
+    async def preview_url(self, info: Info) -> str | None:
+        if self.row.preview_key is None:
+            return None
+        ctx = _ctx(info)
+        viewer = (await ctx.viewer()).id
+        return ctx.runtime.attachment_url(self.row, ctx.origin, viewer, preview=True)
 
     @strawberry.field
     async def uploaded_by(self, info: Info) -> UserType | None:

@@ -19,10 +19,18 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from threadline.db import Database
 from threadline.errors import NotFound, PayloadTooLarge
-from threadline.models import Attachment, Message, Thread, ThreadRole, User, utcnow
-from threadline.services import content_types
+from threadline.models import (
+    Attachment,
+    AttachmentKind,
+    Message,
+    Thread,
+    ThreadRole,
+    User,
+    utcnow,
+)
+from threadline.services import content_types, previews
 from threadline.services.permissions import access_attachment, access_thread
-from threadline.uploads.storage import CHUNK_BYTES, Storage, TooLarge
+from threadline.uploads.storage import CHUNK_BYTES, Storage, StoredFile, TooLarge
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +70,13 @@ async def upload_attachment(
         raise PayloadTooLarge(
             f"The file is larger than {max_bytes} bytes", maxBytes=max_bytes
         ) from None
+    preview: StoredFile | None = None
     try:
         detected = await asyncio.to_thread(content_types.detect, source.file)
+        if detected.kind is AttachmentKind.IMAGE:
+            rendered = await previews.render(source.file)
+            if rendered is not None:
+                preview = await storage.save(_one(rendered), max_bytes=len(rendered))
         async with db.transaction("upload_attachment") as uow:
             access = await access_thread(uow.session, actor, thread_id, ThreadRole.MEMBER)
             row = Attachment(
@@ -77,15 +90,22 @@ async def upload_attachment(
                 width=detected.width,
                 height=detected.height,
                 storage_key=stored.key,
+                preview_key=preview.key if preview is not None else None,
                 created_at=utcnow(),
             )
             uow.session.add(row)
     except BaseException:
-        # Shielded: a cancelled request must not leave its file behind either.
-        with contextlib.suppress(Exception):
-            await asyncio.shield(storage.delete(stored.key))
+        # Shielded: a cancelled request must not leave its files behind either.
+        for key in (stored.key, preview.key if preview is not None else None):
+            if key is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(storage.delete(key))
         raise
     return row
+
+
+async def _one(data: bytes) -> AsyncIterator[bytes]:
+    yield data
 
 
 async def _chunks(source: UploadSource) -> AsyncIterator[bytes]:
@@ -125,8 +145,8 @@ async def downloadable_by(
 
 async def unreachable(
     session: AsyncSession, *, now: datetime, limit: int
-) -> Sequence[tuple[uuid.UUID, str]]:
-    """(id, storage key) of attachments to delete: unused for UNUSED_LIFETIME, or of a
+) -> Sequence[tuple[uuid.UUID, list[str]]]:
+    """(id, storage keys) of attachments to delete: unused for UNUSED_LIFETIME, or of a
     deleted message or thread. Locked on PostgreSQL, so a concurrent send waits."""
     cutoff = now - UNUSED_LIFETIME
     # Correlated: each attachment looks up its own message and thread by primary key,
@@ -142,7 +162,7 @@ async def unreachable(
         .exists()
     )
     statement = (
-        select(Attachment.id, Attachment.storage_key)
+        select(Attachment.id, Attachment.storage_key, Attachment.preview_key)
         .where(
             or_(
                 (Attachment.message_id.is_(None)) & (Attachment.created_at < cutoff),
@@ -153,7 +173,10 @@ async def unreachable(
         .limit(limit)
         .with_for_update(of=Attachment, skip_locked=True)  # SQLite has no row locks: ignored
     )
-    return [(row.id, row.storage_key) for row in await session.execute(statement)]
+    return [
+        (row.id, [key for key in (row.storage_key, row.preview_key) if key])
+        for row in await session.execute(statement)
+    ]
 
 
 async def forget(session: AsyncSession, ids: Sequence[uuid.UUID]) -> None:

@@ -59,8 +59,9 @@ async def sweep(db: Database, storage: Storage, *, now: datetime | None = None) 
             doomed = await attachments.unreachable(uow.session, now=now, limit=SWEEP_BATCH)
             # Files first: if the commit then fails, the rows stay unreachable and the
             # next pass deletes them; the other order could leave files no row names.
-            for _, key in doomed:
-                await storage.delete(key)
+            for _, keys in doomed:
+                for key in keys:
+                    await storage.delete(key)
             await attachments.forget(uow.session, [aid for aid, _ in doomed])
         report.attachments += len(doomed)
         if len(doomed) < SWEEP_BATCH:

@@ -19,6 +19,8 @@ from urllib.parse import quote, urlencode
 # The one spelling expiry() produces: ASCII digits, no sign, no leading zero. str.isdigit()
 # would also take other scripts' digits ("١٢"), another spelling of the same signed URL.
 _EXPIRES = re.compile(r"[1-9][0-9]{0,11}")
+# Signed in place of a file name for a preview's URL: no file name has a newline.
+PREVIEW = "\npreview"
 
 
 class UrlSigner:
@@ -42,13 +44,26 @@ class UrlSigner:
         digest = hmac.new(self._key, message, hashlib.sha256).digest()
         return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
-    def url(self, attachment_id: uuid.UUID, filename: str, origin: str, viewer: uuid.UUID) -> str:
+    def url(
+        self,
+        attachment_id: uuid.UUID,
+        filename: str,
+        origin: str,
+        viewer: uuid.UUID,
+        *,
+        preview: bool = False,
+    ) -> str:
+        """The file's URL, or with ``preview`` its preview's (signed as PREVIEW)."""
         expires = self.expiry()
-        signature = self.signature(attachment_id, filename, expires, str(viewer))
+        signed = PREVIEW if preview else filename
+        signature = self.signature(attachment_id, signed, expires, str(viewer))
         query = urlencode({"exp": expires, "sig": signature, "u": str(viewer)})
-        return (
-            f"{origin.rstrip('/')}/attachments/{attachment_id}/{quote(filename, safe='')}?{query}"
+        path = (
+            f"previews/{attachment_id}"
+            if preview
+            else (f"attachments/{attachment_id}/{quote(filename, safe='')}")
         )
+        return f"{origin.rstrip('/')}/{path}?{query}"
 
     def check(
         self, attachment_id: str, filename: str, expires: str, signature: str, viewer: str

@@ -6,7 +6,7 @@ const MESSAGE = `fragment Msg on Message {
 	parent { id }
 	author { ${USER} }
 	reactions { emoji count reactedByMe users { id displayName } }
-	attachments { id filename contentType size kind url width height }
+	attachments { id filename contentType size kind url previewUrl width height }
 }`;
 const THREAD_ITEM = `fragment ThreadItem on Thread {
 	id title isDirect lastMessageAt updatedAt lastSeq unreadCount lastReadSeq myRole

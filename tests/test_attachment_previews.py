@@ -1,0 +1,142 @@
+"""Previews of large images: made at upload, served like the file (signed, for one
+viewer, whose access is checked at each read), backed up, restored and swept with it."""
+
+from __future__ import annotations
+
+import io
+from datetime import timedelta
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+from PIL import Image
+
+from tests import factories, test_backups
+from tests.conftest import Clients, Server
+from tests.uploads import image, stored_files, upload
+from threadline.backups import create_backup, restore_backup
+from threadline.config import Settings
+from threadline.models import utcnow
+from threadline.services import retention
+from threadline.services.previews import PREVIEW_SIDE
+
+EXIF_ORIENTATION = 0x0112
+
+empty_target = test_backups.empty_target  # a never-migrated database, no upload folder
+
+
+def local(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.path}?{parts.query}"
+
+
+def decoded(body: bytes) -> tuple[str | None, tuple[int, int]]:
+    with Image.open(io.BytesIO(body)) as shown:
+        return shown.format, shown.size
+
+
+async def test_a_large_image_gets_a_webp_preview_and_keeps_its_file(
+    server: Server, http: httpx.AsyncClient, clients: Clients
+) -> None:
+    alice, bob = await clients.users("alice", "bob")
+    tid = await factories.thread(alice, bob)
+    original = image(size=(3000, 1500))
+    large = await upload(alice, tid, "wide.png", original)
+    small = await upload(alice, tid, "small.png", image(size=(640, 480)))
+    assert small["previewUrl"] is None
+    assert (large["width"], large["height"]) == (3000, 1500)
+
+    await factories.send(alice, tid, "look", attachmentIds=[large["id"]])
+    page = await bob.gql(
+        "query($t: ID!) { thread(threadId: $t) { messages(last: 1) { edges { node {"
+        " attachments { url previewUrl } } } } } }",
+        {"t": tid},
+    )
+    seen = page["thread"]["messages"]["edges"][0]["node"]["attachments"][0]
+    shown = await http.get(local(seen["previewUrl"]))
+    assert shown.status_code == 200, shown.text
+    assert shown.headers["content-type"] == "image/webp"
+    assert shown.headers["x-content-type-options"] == "nosniff"
+    assert "sandbox" in shown.headers["content-security-policy"]
+    assert shown.headers["content-disposition"] == "inline; filename*=UTF-8''wide.webp"
+    assert decoded(shown.content) == ("WEBP", (PREVIEW_SIDE, PREVIEW_SIDE // 2))
+    head = await http.head(local(seen["previewUrl"]))
+    assert head.headers["content-length"] == str(len(shown.content))
+    whole = await http.get(local(seen["url"]))
+    assert (whole.headers["content-type"], whole.content) == ("image/png", original)
+
+
+async def test_a_preview_turns_a_photo_as_its_exif_orientation_says(
+    http: httpx.AsyncClient, clients: Clients
+) -> None:
+    alice = await clients.user("alice")
+    tid = await factories.thread(alice)
+    out = io.BytesIO()
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = 6  # shown turned 90° clockwise
+    Image.new("RGB", (2000, 1000), (10, 120, 200)).save(out, "JPEG", exif=exif)
+    photo = await upload(alice, tid, "photo.jpg", out.getvalue())
+    shown = await http.get(local(photo["previewUrl"]))
+    assert decoded(shown.content) == ("WEBP", (PREVIEW_SIDE // 2, PREVIEW_SIDE))
+
+
+async def test_a_preview_url_is_for_its_viewer_and_its_thread_only(
+    server: Server, http: httpx.AsyncClient, clients: Clients
+) -> None:
+    alice, bob = await clients.users("alice", "bob")
+    tid = await factories.thread(alice, bob)
+    large = await upload(alice, tid, "wide.png", image(size=(2600, 1300)))
+    await factories.send(alice, tid, "look", attachmentIds=[large["id"]])
+    url = local(large["previewUrl"])
+    assert (await http.get(url)).status_code == 200
+
+    # Its signature covers the preview alone, and the file's the file alone.
+    file_path = urlsplit(large["url"]).path
+    assert (await http.get(f"{file_path}?{urlsplit(url).query}")).status_code == 403
+    preview_path = urlsplit(url).path
+    assert (await http.get(f"{preview_path}?{urlsplit(large['url']).query}")).status_code == 403
+    assert (await http.get(url.replace("sig=", "sig=x"))).status_code == 403
+    assert (await http.get(url.replace(f"u={alice.id}", f"u={bob.id}"))).status_code == 403
+
+    # Checked at read time: a URL minted before Alice left no longer serves her.
+    await alice.gql(
+        "mutation($t: ID!, $u: ID!) { setParticipantRole(threadId: $t, userId: $u, role: OWNER)"
+        " { role } }",
+        {"t": tid, "u": bob.id},
+    )
+    await alice.gql("mutation($t: ID!) { leaveThread(threadId: $t) }", {"t": tid})
+    assert (await http.get(url)).status_code == 404
+
+
+async def test_a_preview_goes_with_its_file_when_swept(
+    server: Server, clients: Clients, settings: Settings
+) -> None:
+    alice = await clients.user("alice")
+    tid = await factories.thread(alice)
+    await upload(alice, tid, "wide.png", image(size=(2600, 1300)))
+    assert len(stored_files(settings.upload_dir)) == 2  # the file and its preview
+    runtime = server.runtime
+    report = await retention.sweep(runtime.db, runtime.storage, now=utcnow() + timedelta(hours=25))
+    assert report.attachments == 1
+    assert stored_files(settings.upload_dir) == []
+
+
+async def test_a_restored_backup_serves_the_preview(
+    server: Server,
+    http: httpx.AsyncClient,
+    clients: Clients,
+    settings: Settings,
+    empty_target: Settings,
+    tmp_path: Path,
+) -> None:
+    alice = await clients.user("alice")
+    tid = await factories.thread(alice)
+    large = await upload(alice, tid, "wide.png", image(size=(2600, 1300)))
+    await factories.send(alice, tid, "look", attachmentIds=[large["id"]])
+    before = (await http.get(local(large["previewUrl"]))).content
+    folder, manifest = await create_backup(settings, tmp_path / "backups")
+    assert len(manifest.files) == 2
+    await restore_backup(empty_target, folder)
+    restored = sorted(path.read_bytes() for path in stored_files(empty_target.upload_dir))
+    assert restored == sorted(path.read_bytes() for path in stored_files(settings.upload_dir))
+    assert before in restored
