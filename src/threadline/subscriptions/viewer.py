@@ -96,13 +96,16 @@ class _ThreadWatch:
     async def _stop(
         cm: AbstractAsyncContextManager[Subscriber] | None, task: asyncio.Task[None] | None
     ) -> None:
-        if task is not None:
-            task.cancel()
-            # Not suppress(CancelledError): that would also swallow a cancellation of
-            # the caller arriving meanwhile, and the stream would go on.
-            await asyncio.wait([task])
-        if cm is not None:
-            await cm.__aexit__(None, None, None)
+        try:
+            if task is not None:
+                task.cancel()
+                # Not suppress(CancelledError): that would also swallow a cancellation of
+                # the caller arriving meanwhile, and the stream would go on.
+                await asyncio.wait([task])
+        finally:
+            # Even so cancelled: nothing else holds this subscription any more.
+            if cm is not None:
+                await cm.__aexit__(None, None, None)
 
 
 async def stream(info: Info, *, resync: bool = False) -> AsyncIterator[ViewerEvent | ViewerResync]:
