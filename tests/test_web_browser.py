@@ -614,6 +614,45 @@ async def test_a_thread_started_before_the_page_listens_shows_once_it_does(
     assert bob.errors == []
 
 
+async def test_a_read_marker_answered_before_a_removal_does_not_bring_the_thread_back(
+    server: Server, browser: Any, clients: Clients
+) -> None:
+    # Bob's read marker is taken while he is a member, but its answer reaches the page
+    # only after the removal event: the list must not show the thread again.
+    alice_api, bob_api = await clients.users("alice", "bob")
+    tid = await factories.thread(alice_api, bob_api, title="Temp")
+    await factories.send(alice_api, tid, "read me")
+    bob = await sign_in(browser, server.base, "bob")
+    answered: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    release = asyncio.Event()
+
+    async def hold_read_marker(route: Any) -> None:
+        if "MarkRead" not in (route.request.post_data or ""):
+            await route.continue_()
+            return
+        response = await route.fetch()
+        if not answered.done():
+            answered.set_result(None)
+        await release.wait()
+        await route.fulfill(response=response)
+
+    await bob.page.route("**/graphql", hold_read_marker)
+    await open_thread(bob, "Temp")
+    await answered
+    await alice_api.gql(
+        "mutation($t: ID!, $u: ID!) { removeParticipant(threadId: $t, userId: $u) }",
+        {"t": tid, "u": bob_api.id},
+    )
+    await expect(bob.page.locator("#thread")).to_have_text("You are no longer in that thread.")
+    await expect(bob.page.locator(".thread-list button", has_text="Temp")).to_have_count(0)
+    served = bob.page.wait_for_event("requestfinished", lambda r: "MarkRead" in (r.post_data or ""))
+    release.set()
+    await served
+    await bob.page.evaluate("() => new Promise((done) => setTimeout(done, 200))")
+    await expect(bob.page.locator(".thread-list button", has_text="Temp")).to_have_count(0)
+    assert bob.errors == []
+
+
 # ---------------------------------------------------------------- a restarted server
 
 

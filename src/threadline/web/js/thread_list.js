@@ -62,6 +62,17 @@ export class ThreadList {
 	 * move forward: events and fetches answer in any order. */
 	upsert(thread) {
 		this.during?.push(["upsert", thread]);
+		this.apply(thread);
+	}
+
+	/** A copy in the answer to one of our own calls (a read marker): it may have been
+	 * taken before a removal the list has applied since, so it adds no thread. */
+	refresh(thread) {
+		this.during?.push(["refresh", thread]);
+		if (this.threads.has(thread.id)) this.apply(thread);
+	}
+
+	apply(thread) {
 		const known = this.threads.get(thread.id);
 		if (known && thread.lastSeq < known.lastSeq) return;
 		if (known && thread.lastReadSeq < known.lastReadSeq) {
