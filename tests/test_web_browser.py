@@ -112,10 +112,13 @@ async def sign_in(
     name: str,
     viewport: dict[str, int] = DESKTOP,
     route_socket: Any = None,
+    route_http: Any = None,
 ) -> Person:
     context = await browser.new_context(viewport=viewport, base_url=base)
     if route_socket is not None:
         await context.route_web_socket("**/graphql", route_socket)
+    if route_http is not None:
+        await context.route("**/graphql", route_http)
     page = await context.new_page()
     page.set_default_timeout(20_000)
     person = Person(name, page)
@@ -610,6 +613,33 @@ async def test_a_thread_started_before_the_page_listens_shows_once_it_does(
     await expect(bob.page.locator(".thread-list")).to_contain_text("No threads yet")
     await factories.thread(alice_api, bob_api, title="Early")
     gate.away = False
+    await expect(bob.page.locator(".thread-list button", has_text="Early")).to_be_visible()
+    assert bob.errors == []
+
+
+async def test_a_resync_asked_for_during_a_fetch_that_fails_still_fetches(
+    server: Server, browser: Any, clients: Clients
+) -> None:
+    # The page's first fetch of the list is still out when its stream says it listens;
+    # that fetch then fails. The fetch the resync asked for must still be made.
+    gate = SocketGate(away=True)
+    held: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+    async def hold_first_list(route: Any) -> None:
+        if "query Threads" in (route.request.post_data or "") and not held.done():
+            held.set_result(route)
+            return
+        await route.continue_()
+
+    alice_api, bob_api = await clients.users("alice", "bob")
+    bob = await sign_in(
+        browser, server.base, "bob", route_socket=gate.route, route_http=hold_first_list
+    )
+    first = await held
+    await factories.thread(alice_api, bob_api, title="Early")
+    gate.away = False
+    await bob.page.wait_for_function("() => window.threadline.threads?.again === true")
+    await first.abort()
     await expect(bob.page.locator(".thread-list button", has_text="Early")).to_be_visible()
     assert bob.errors == []
 

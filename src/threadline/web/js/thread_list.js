@@ -32,7 +32,13 @@ export class ThreadList {
 				do {
 					this.again = false;
 					this.during = [];
-					const threads = await this.fetch();
+					let threads;
+					try {
+						threads = await this.fetch();
+					} catch (error) {
+						if (this.again) continue; // the fetch asked for meanwhile is still owed
+						throw error;
+					}
 					const during = this.during;
 					this.during = null;
 					this.threads = threads;
