@@ -132,3 +132,34 @@ async def test_a_stream_stopped_while_it_swaps_its_thread_watch_leaves_no_subscr
     assert runtime.broker.health()["subscribers"] == before - 1
     assert not runtime.broker.listeners(thread_channel(uuid.UUID(first)))
     assert not runtime.broker.listeners(thread_channel(uuid.UUID(second)))
+
+
+async def test_what_the_old_thread_watch_heard_before_a_swap_is_not_lost(
+    server: Server, clients: Clients
+) -> None:
+    # A membership change swaps the watch while messages keep coming: one delivered
+    # to the old subscription but not yet handed on must still reach the stream.
+    alice, bob = await clients.users("alice", "bob")
+    busy = uuid.UUID(await factories.thread(alice, bob, title="Busy"))
+    runtime = server.runtime
+    async with runtime.db.reading() as session:
+        viewer = await session.get(User, uuid.UUID(bob.id))
+    inbox = _Inbox()
+    watch = _ThreadWatch(runtime, inbox)
+    await watch.follow(viewer)
+    sent = [f"m{i}" for i in range(300)]
+
+    async def publish() -> None:
+        for message in sent:
+            await runtime.broker.publish(thread_channel(busy), message)
+            await asyncio.sleep(0)
+
+    publisher = asyncio.create_task(publish())
+    while not publisher.done():
+        await watch.follow(viewer)
+    await asyncio.sleep(0.1)
+    heard = set()
+    while not inbox.empty():
+        heard.add(inbox.get_nowait())
+    await watch.stop()
+    assert [m for m in sent if m not in heard] == []
