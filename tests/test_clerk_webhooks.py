@@ -481,6 +481,23 @@ async def test_deleting_the_last_owner_in_clerk_is_applied_and_says_how_to_make_
     assert await found_by_clerk_id(viewer, second) is None
 
 
+async def test_owners_deleted_in_clerk_at_once_are_all_applied_and_the_last_one_says_so(
+    server: Server, http: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Each deletion checks for another OWNER: the checks must take their locks in one
+    # order, or two of them wait on each other (PostgreSQL then fails one).
+    owners = [clerk_id() for _ in range(6)]
+    for owner in owners:
+        await deliver(server, http, user_event(owner, public_metadata={"role": "owner"}))
+    with caplog.at_level(logging.WARNING, logger="threadline.services.clerk_sync"):
+        responses = await asyncio.gather(
+            *(deliver(server, http, deleted_event(owner)) for owner in owners)
+        )
+    assert [r.status_code for r in responses] == [200] * len(owners)
+    warnings = [r for r in caplog.records if "last system OWNER" in r.getMessage()]
+    assert len(warnings) == 1
+
+
 async def test_a_user_created_event_after_user_deleted_does_not_bring_the_user_back(
     server: Server, http: httpx.AsyncClient, clients: Clients
 ) -> None:

@@ -4,7 +4,9 @@ while Redis was down."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
+import uuid
 from typing import Any
 
 import httpx
@@ -15,6 +17,9 @@ from tests.conftest import Api, Clients, Server, free_port, start_server, stop_s
 from tests.test_broker import RedisServer
 from tests.wsclient import GraphQLWS
 from threadline.config import Settings
+from threadline.models import User
+from threadline.realtime.channels import thread_channel
+from threadline.subscriptions.viewer import _Inbox, _ThreadWatch
 
 RESYNC = """
 subscription { viewerEventsWithResync {
@@ -99,3 +104,62 @@ async def test_after_a_redis_restart_one_resync_comes_and_the_list_has_what_was_
     finally:
         await stop_server(server)
         redis.kill()
+
+
+async def test_a_stream_stopped_while_it_swaps_its_thread_watch_leaves_no_subscription(
+    server: Server, clients: Clients
+) -> None:
+    # The stream swaps its watch on each membership change; a client that unsubscribes
+    # (or drops) just then stops it while it lets the old subscription go.
+    alice, bob = await clients.users("alice", "bob")
+    first = await factories.thread(alice, bob, title="First")
+    runtime = server.runtime
+    async with runtime.db.reading() as session:
+        viewer = await session.get(User, uuid.UUID(bob.id))
+    watch = _ThreadWatch(runtime, _Inbox())
+    await watch.follow(viewer)
+    before = runtime.broker.health()["subscribers"]
+    old_pump = watch._task
+    assert old_pump is not None
+    second = await factories.thread(alice, bob, title="Second")
+    swap = asyncio.create_task(watch.follow(viewer))
+    # Stopped the moment the old pump has ended: the swap still has the old
+    # subscription to leave.
+    old_pump.add_done_callback(lambda _: swap.cancel())
+    await asyncio.wait([swap])
+    assert swap.cancelled()
+    await watch.stop()  # what the stream does on its way out
+    assert runtime.broker.health()["subscribers"] == before - 1
+    assert not runtime.broker.listeners(thread_channel(uuid.UUID(first)))
+    assert not runtime.broker.listeners(thread_channel(uuid.UUID(second)))
+
+
+async def test_what_the_old_thread_watch_heard_before_a_swap_is_not_lost(
+    server: Server, clients: Clients
+) -> None:
+    # A membership change swaps the watch while messages keep coming: one delivered
+    # to the old subscription but not yet handed on must still reach the stream.
+    alice, bob = await clients.users("alice", "bob")
+    busy = uuid.UUID(await factories.thread(alice, bob, title="Busy"))
+    runtime = server.runtime
+    async with runtime.db.reading() as session:
+        viewer = await session.get(User, uuid.UUID(bob.id))
+    inbox = _Inbox()
+    watch = _ThreadWatch(runtime, inbox)
+    await watch.follow(viewer)
+    sent = [f"m{i}" for i in range(300)]
+
+    async def publish() -> None:
+        for message in sent:
+            await runtime.broker.publish(thread_channel(busy), message)
+            await asyncio.sleep(0)
+
+    publisher = asyncio.create_task(publish())
+    while not publisher.done():
+        await watch.follow(viewer)
+    await asyncio.sleep(0.1)
+    heard = set()
+    while not inbox.empty():
+        heard.add(inbox.get_nowait())
+    await watch.stop()
+    assert [m for m in sent if m not in heard] == []

@@ -113,10 +113,13 @@ async def sign_in(
     name: str,
     viewport: dict[str, int] = DESKTOP,
     route_socket: Any = None,
+    route_http: Any = None,
 ) -> Person:
     context = await browser.new_context(viewport=viewport, base_url=base)
     if route_socket is not None:
         await context.route_web_socket("**/graphql", route_socket)
+    if route_http is not None:
+        await context.route("**/graphql", route_http)
     page = await context.new_page()
     page.set_default_timeout(20_000)
     person = Person(name, page)
@@ -621,6 +624,72 @@ async def test_a_thread_started_before_the_page_listens_shows_once_it_does(
     await factories.thread(alice_api, bob_api, title="Early")
     gate.away = False
     await expect(bob.page.locator(".thread-list button", has_text="Early")).to_be_visible()
+    assert bob.errors == []
+
+
+async def test_a_resync_asked_for_during_a_fetch_that_fails_still_fetches(
+    server: Server, browser: Any, clients: Clients
+) -> None:
+    # The page's first fetch of the list is still out when its stream says it listens;
+    # that fetch then fails. The fetch the resync asked for must still be made.
+    gate = SocketGate(away=True)
+    held: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+    async def hold_first_list(route: Any) -> None:
+        if "query Threads" in (route.request.post_data or "") and not held.done():
+            held.set_result(route)
+            return
+        await route.continue_()
+
+    alice_api, bob_api = await clients.users("alice", "bob")
+    bob = await sign_in(
+        browser, server.base, "bob", route_socket=gate.route, route_http=hold_first_list
+    )
+    first = await held
+    await factories.thread(alice_api, bob_api, title="Early")
+    gate.away = False
+    await bob.page.wait_for_function("() => window.threadline.threads?.again === true")
+    await first.abort()
+    await expect(bob.page.locator(".thread-list button", has_text="Early")).to_be_visible()
+    assert bob.errors == []
+
+
+async def test_a_read_marker_answered_before_a_removal_does_not_bring_the_thread_back(
+    server: Server, browser: Any, clients: Clients
+) -> None:
+    # Bob's read marker is taken while he is a member, but its answer reaches the page
+    # only after the removal event: the list must not show the thread again.
+    alice_api, bob_api = await clients.users("alice", "bob")
+    tid = await factories.thread(alice_api, bob_api, title="Temp")
+    await factories.send(alice_api, tid, "read me")
+    bob = await sign_in(browser, server.base, "bob")
+    answered: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    release = asyncio.Event()
+
+    async def hold_read_marker(route: Any) -> None:
+        if "MarkRead" not in (route.request.post_data or ""):
+            await route.continue_()
+            return
+        response = await route.fetch()
+        if not answered.done():
+            answered.set_result(None)
+        await release.wait()
+        await route.fulfill(response=response)
+
+    await bob.page.route("**/graphql", hold_read_marker)
+    await open_thread(bob, "Temp")
+    await answered
+    await alice_api.gql(
+        "mutation($t: ID!, $u: ID!) { removeParticipant(threadId: $t, userId: $u) }",
+        {"t": tid, "u": bob_api.id},
+    )
+    await expect(bob.page.locator("#thread")).to_have_text("You are no longer in that thread.")
+    await expect(bob.page.locator(".thread-list button", has_text="Temp")).to_have_count(0)
+    served = bob.page.wait_for_event("requestfinished", lambda r: "MarkRead" in (r.post_data or ""))
+    release.set()
+    await served
+    await bob.page.evaluate("() => new Promise((done) => setTimeout(done, 200))")
+    await expect(bob.page.locator(".thread-list button", has_text="Temp")).to_have_count(0)
     assert bob.errors == []
 
 

@@ -94,6 +94,15 @@ class Subscriber:
         """How many messages wait to be read."""
         return len(self._buffer)
 
+    def take_pending(self) -> list[str | Reconnected]:
+        """What was delivered and not read yet, taken without waiting (nothing once
+        iteration would raise or stop)."""
+        if self._end is not None:
+            return []
+        items = list(self._buffer)
+        self._buffer.clear()
+        return items
+
     def __aiter__(self) -> AsyncIterator[str | Reconnected]:
         return self
 

@@ -127,18 +127,17 @@ async def delete_user(uow: UnitOfWork, data: Mapping[str, Any]) -> User | None:
             return None
     deleted_now = user.deleted_at is None
     if deleted_now:
+        # Clerk has deleted them already: refusing would only make Svix retry. The
+        # shell makes an OWNER again, as it made the first one. The OWNERs are locked
+        # before this row is written: in the one order every role change takes them.
+        if user.role == SystemRole.OWNER.value and await users.owner_ids(uow) == {user.id}:
+            log.warning(
+                "Clerk deleted user %s, the last system OWNER: there is none now; "
+                "make one with `threadline users set-role USERNAME owner`",
+                user.id,
+            )
         user.deleted_at = now
         _anonymise(user)
-        # Clerk has deleted them already: refusing would only make Svix retry. The
-        # shell makes an OWNER again, as it made the first one.
-        if user.role == SystemRole.OWNER.value:
-            await uow.session.flush()
-            if not await users.owner_ids(uow):
-                log.warning(
-                    "Clerk deleted user %s, the last system OWNER: there is none now; "
-                    "make one with `threadline users set-role USERNAME owner`",
-                    user.id,
-                )
     await _close_sessions(uow, Session.user_id == user.id, now)
     await uow.session.flush()
     return user if deleted_now else None

@@ -17,7 +17,7 @@ from typing import Any
 from strawberry import ID, Info
 
 from threadline.errors import Conflict
-from threadline.realtime.broker import RECONNECTED, Subscriber
+from threadline.realtime.broker import RECONNECTED, Reconnected, Subscriber
 from threadline.realtime.channels import decode_user_event, thread_channel, user_channel
 from threadline.runtime import Runtime
 from threadline.schema.context import Context
@@ -48,15 +48,19 @@ class _Inbox(asyncio.Queue[Any]):
 async def _pump(subscriber: Subscriber, queue: _Inbox) -> None:
     try:
         async for item in subscriber:
-            if queue.qsize() >= QUEUE_LIMIT:
-                raise Conflict("viewerEvents fell too far behind: subscribe again")
-            if item is RECONNECTED:
-                if queue.marker_waiting:
-                    continue
-                queue.marker_waiting = True
-            queue.put_nowait(item)
+            _hand_on(item, queue)
     except Exception as exc:  # handed to the reader, which raises it
         queue.put_nowait(exc)
+
+
+def _hand_on(item: str | Reconnected, queue: _Inbox) -> None:
+    if queue.qsize() >= QUEUE_LIMIT:
+        raise Conflict("viewerEvents fell too far behind: subscribe again")
+    if item is RECONNECTED:
+        if queue.marker_waiting:
+            return
+        queue.marker_waiting = True
+    queue.put_nowait(item)
 
 
 class _ThreadWatch:
@@ -67,13 +71,14 @@ class _ThreadWatch:
         self.queue = queue
         self.thread_ids: set[uuid.UUID] = set()
         self._cm: AbstractAsyncContextManager[Subscriber] | None = None
+        self._subscriber: Subscriber | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def follow(self, viewer: Any) -> None:
         async with self.runtime.db.reading() as session:
             page = await threads.threads_of(session, viewer, None, PageRequest(first=MAX_THREADS))
-        old = self._cm, self._task
-        self._cm = self._task = None
+        old = self._cm, self._task, self._subscriber
+        self._cm = self._task = self._subscriber = None
         # The new subscription is live before the old one goes: a thread in both
         # misses nothing meanwhile (an event seen twice only renders the thread twice).
         self.thread_ids = {a.thread.id for a in page.items}
@@ -83,26 +88,39 @@ class _ThreadWatch:
                     [thread_channel(t) for t in self.thread_ids]
                 )
                 subscriber = await cm.__aenter__()
-                self._cm, self._task = cm, asyncio.create_task(_pump(subscriber, self.queue))
+                self._cm, self._subscriber = cm, subscriber
+                self._task = asyncio.create_task(_pump(subscriber, self.queue))
         finally:
             await self._stop(*old)
 
     async def stop(self) -> None:
         old = self._cm, self._task
-        self._cm = self._task = None
+        self._cm = self._task = self._subscriber = None
         await self._stop(*old)
 
-    @staticmethod
     async def _stop(
-        cm: AbstractAsyncContextManager[Subscriber] | None, task: asyncio.Task[None] | None
+        self,
+        cm: AbstractAsyncContextManager[Subscriber] | None,
+        task: asyncio.Task[None] | None,
+        subscriber: Subscriber | None = None,
     ) -> None:
-        if task is not None:
-            task.cancel()
-            # Not suppress(CancelledError): that would also swallow a cancellation of
-            # the caller arriving meanwhile, and the stream would go on.
-            await asyncio.wait([task])
-        if cm is not None:
-            await cm.__aexit__(None, None, None)
+        try:
+            if task is not None:
+                task.cancel()
+                # Not suppress(CancelledError): that would also swallow a cancellation of
+                # the caller arriving meanwhile, and the stream would go on.
+                await asyncio.wait([task])
+            if subscriber is not None:
+                # Heard before the new subscription joined, not handed on by the pump.
+                try:
+                    for item in subscriber.take_pending():
+                        _hand_on(item, self.queue)
+                except Conflict as exc:
+                    self.queue.put_nowait(exc)
+        finally:
+            # Even so cancelled: nothing else holds this subscription any more.
+            if cm is not None:
+                await cm.__aexit__(None, None, None)
 
 
 async def stream(info: Info, *, resync: bool = False) -> AsyncIterator[ViewerEvent | ViewerResync]:

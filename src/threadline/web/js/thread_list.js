@@ -32,11 +32,13 @@ export class ThreadList {
 				do {
 					this.again = false;
 					this.during = [];
-					const threads = await this.fetch();
+					// Failed, it still owes a fetch asked for meanwhile.
+					const threads = await this.fetch().catch((e) => { if (!this.again) throw e; });
+					if (!threads) continue;
 					const during = this.during;
 					this.during = null;
 					this.threads = threads;
-					for (const [change, arg] of during) this[change](arg);
+					for (const [change, ...args] of during) this[change](...args);
 					this.render();
 				} while (this.again);
 			} finally {
@@ -59,10 +61,12 @@ export class ThreadList {
 	}
 
 	/** A thread as the server sent it now. A copy of an older seq loses, and markers only
-	 * move forward: events and fetches answer in any order. */
-	upsert(thread) {
-		this.during?.push(["upsert", thread]);
+	 * move forward: events and fetches answer in any order. A read marker's answer
+	 * (`listed`) may predate a removal: it adds no thread. */
+	upsert(thread, listed) {
+		this.during?.push(["upsert", thread, listed]);
 		const known = this.threads.get(thread.id);
+		if (listed && !known) return;
 		if (known && thread.lastSeq < known.lastSeq) return;
 		if (known && thread.lastReadSeq < known.lastReadSeq) {
 			thread = { ...thread, lastReadSeq: known.lastReadSeq, unreadCount: thread.lastSeq > known.lastReadSeq ? thread.unreadCount : 0 };

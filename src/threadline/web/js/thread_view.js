@@ -308,7 +308,7 @@ export class ThreadView {
 		if (seq <= this.readSeq) return;
 		this.readSeq = seq;
 		const data = await this.app.api.request(Q.MARK_READ, { t: this.threadId, s: seq }).catch(() => null);
-		if (data) this.app.threads.upsert(data.markRead);
+		if (data) this.app.threads.upsert(data.markRead, true);
 	}
 
 	// -- sending
