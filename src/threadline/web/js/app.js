@@ -56,8 +56,7 @@ async function main() {
 	app.live.addEventListener("signedout", () => session.signOut());
 	app.live.subscribe(Q.VIEWER_EVENTS, {}, {
 		next: ({ viewerEventsWithResync: event }) => {
-			// The events have no replay: the list is fetched again once the stream listens
-			// (on every (re)subscribe), and after the server may have missed some.
+			// No replay: the list is fetched once the stream listens, and after a gap.
 			if (event.__typename === "ViewerResync") return app.threads.load().catch(() => {});
 			if (event.__typename !== "ThreadMembershipChanged" || event.role) return event.thread && app.threads.upsert(event.thread);
 			app.threads.remove(event.threadId); // left, removed, or the thread was deleted

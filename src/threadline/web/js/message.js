@@ -16,7 +16,7 @@ function attachmentView(attachment) {
 	if (attachment.kind === "IMAGE") {
 		return el("a", { href: attachment.url, target: "_blank", rel: "noopener", class: "image" },
 			el("img", {
-				// The preview: a browser decodes every pixel of what it shows.
+				// Small: a browser decodes every pixel it shows.
 				src: attachment.previewUrl ?? attachment.url, alt: attachment.filename, loading: "lazy", decoding: "async",
 				width: attachment.width ?? undefined, height: attachment.height ?? undefined,
 			}));

@@ -1,12 +1,12 @@
 // Every GraphQL document the page sends, in one place: the reference for front-end teams.
 
-const USER = "id username displayName imageUrl";
+const USER = "id username displayName";
 const MESSAGE = `fragment Msg on Message {
 	id seq body clientId createdAt editedAt deletedAt pinned replyCount
 	parent { id }
 	author { ${USER} }
 	reactions { emoji count reactedByMe users { id displayName } }
-	attachments { id filename contentType size kind url previewUrl width height }
+	attachments { id filename size kind url previewUrl width height }
 }`;
 const THREAD_ITEM = `fragment ThreadItem on Thread {
 	id title isDirect lastMessageAt updatedAt lastSeq unreadCount lastReadSeq myRole
@@ -21,7 +21,7 @@ export const THREADS = `query Threads($after: String) {
 
 export const THREAD = `query Thread($t: ID!) {
 	thread(threadId: $t) {
-		id title description isDirect lastSeq lastReadSeq myRole
+		id title isDirect lastSeq lastReadSeq myRole
 		participants(first: 100) {
 			edges { node { role lastReadSeq user { ${USER} presence { status } } } }
 		}
