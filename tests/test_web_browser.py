@@ -540,6 +540,74 @@ async def test_a_subscription_dropped_for_falling_behind_resumes_from_the_last_e
     assert await page.evaluate("() => window.seen") == [{"seq": 7}]
 
 
+async def test_a_subscription_the_server_ends_is_resumed_after_a_pause_and_a_refusal_is_not(
+    server: Server, browser: Any
+) -> None:
+    """live.js against a scripted server. A stream that failed on the server (an internal
+    error, a lost database) ends with `complete`: the page used to drop it for good, so
+    its thread list or open thread stopped updating until a reload. It is subscribed
+    again after a pause, with fresh variables; one the page gave up meanwhile is not;
+    an `error` (a refusal, e.g. FORBIDDEN) goes to the sink and is not retried."""
+    page = await (await browser.new_context()).new_page()
+    sent: list[dict[str, Any]] = []
+
+    def scripted_server(ws: Any) -> None:
+        def on_message(raw: str | bytes) -> None:
+            message = json.loads(raw)
+            sent.append(message)
+            if message["type"] == "connection_init":
+                ws.send(json.dumps({"type": "connection_ack"}))
+            elif message["type"] == "subscribe" and message["id"] in ("1", "2"):
+                failed = {"message": "boom", "extensions": {"code": "INTERNAL_SERVER_ERROR"}}
+                ws.send(
+                    json.dumps(
+                        {
+                            "id": message["id"],
+                            "type": "next",
+                            "payload": {"data": None, "errors": [failed]},
+                        }
+                    )
+                )
+                ws.send(json.dumps({"id": message["id"], "type": "complete"}))
+            elif message["type"] == "subscribe" and message["id"] == "3":
+                refused = {"message": "no", "extensions": {"code": "FORBIDDEN"}}
+                ws.send(json.dumps({"id": "3", "type": "error", "payload": [refused]}))
+
+        ws.on_message(on_message)
+
+    await page.route_web_socket("**/graphql", scripted_server)
+    await page.goto(server.base + "/")
+    await page.evaluate(
+        """async () => {
+            const { Live } = await import("/web/js/live.js");
+            const live = new Live(`ws://${location.host}/graphql`, async () => ({ token: "t" }));
+            window.seen = [];
+            let round = 0;
+            const next = (data, errors) => window.seen.push([data, errors[0].extensions.code]);
+            live.subscribe("subscription { a }", () => ({ round: round++ }), {
+                next, error: (errors) => { window.refused = errors[0].extensions.code; },
+            });
+            window.off = live.subscribe("subscription { b }", {}, { next });
+            live.start();
+        }"""
+    )
+    await page.wait_for_function("() => window.seen.length === 2")
+    await page.evaluate("() => window.off()")  # b is given up during its pause
+    await page.wait_for_function("() => window.refused === 'FORBIDDEN'")
+    await asyncio.sleep(3.5)  # longer than the longest pause: b, or a again, would be back
+    subscribes = [
+        (m["id"], m["payload"]["query"], m["payload"]["variables"])
+        for m in sent
+        if m["type"] == "subscribe"
+    ]
+    assert subscribes[:2] == [
+        ("1", "subscription { a }", {"round": 0}),
+        ("2", "subscription { b }", {}),
+    ]
+    assert subscribes[2:] == [("3", "subscription { a }", {"round": 1})]
+    assert await page.evaluate("() => window.seen") == [[None, "INTERNAL_SERVER_ERROR"]] * 2
+
+
 async def test_a_token_the_server_refuses_sends_the_page_back_to_sign_in(
     server: Server, browser: Any
 ) -> None:

@@ -55,8 +55,10 @@ async function main() {
 	});
 	app.live.addEventListener("signedout", () => session.signOut());
 	app.live.subscribe(Q.VIEWER_EVENTS, {}, {
-		next: ({ viewerEventsWithResync: event }) => {
-			// No replay: the list is fetched once the stream listens, and after a gap.
+		next: (data) => {
+			const event = data?.viewerEventsWithResync; // null: the stream failed
+			if (!event) return;
+			// No replay: the list is fetched once the stream listens, and after a gap (resyncs).
 			if (event.__typename === "ViewerResync") return app.threads.load().catch(() => {});
 			if (event.__typename !== "ThreadMembershipChanged" || event.role) return event.thread && app.threads.upsert(event.thread);
 			app.threads.remove(event.threadId); // left, removed, or the thread was deleted
@@ -68,7 +70,7 @@ async function main() {
 		},
 	});
 	app.live.start();
-	await app.threads.load(); // shown before the socket is up; the first resync fetches again
+	await app.threads.load(); // shown before the socket is up
 	const wanted = /^#\/t\/(.+)$/.exec(location.hash)?.[1];
 	if (wanted && app.threads.threads.has(wanted)) app.openThread(wanted);
 }

@@ -37,6 +37,7 @@ export class Live extends EventTarget {
 		this.start_(subscription);
 		return () => {
 			const { id } = subscription;
+			subscription.off = true;
 			if (this.subscriptions.delete(id) && this.ready) this.socket.send(JSON.stringify({ id, type: "complete" }));
 		};
 	}
@@ -47,7 +48,7 @@ export class Live extends EventTarget {
 		if (this.ready) this.send(subscription.id);
 	}
 
-	/** CONFLICT: the server dropped a subscriber that fell behind; it resumes by subscribing again. */
+	/** CONFLICT: dropped for falling behind; it subscribes again at once. */
 	fellBehind(id, errors) {
 		const subscription = this.subscriptions.get(id);
 		if (!subscription || !errors?.some((e) => e.extensions?.code === "CONFLICT")) return false;
@@ -99,12 +100,13 @@ export class Live extends EventTarget {
 				case "error":
 				case "complete": {
 					const subscription = this.subscriptions.get(message.id);
-					const resume = this.fellBehind(message.id, message.payload) || subscription?.resume;
+					if (!subscription) break;
+					const behind = this.fellBehind(message.id, message.payload) || subscription.resume;
+					subscription.resume = false;
 					this.subscriptions.delete(message.id);
-					if (resume) {
-						subscription.resume = false;
-						this.start_(subscription); // a new id: the old one may still be winding down
-					} else if (message.type === "error") subscription?.sink.error?.(message.payload);
+					if (message.type === "error" && !behind) subscription.sink.error?.(message.payload);
+					// Ended by the server, still wanted: again (a new id), paused unless it fell behind.
+					else setTimeout(() => subscription.off || this.start_(subscription), behind ? 0 : 1000 + Math.random() * 2000);
 					break;
 				}
 			}
@@ -115,7 +117,7 @@ export class Live extends EventTarget {
 			const wasReady = this.ready;
 			this.ready = false;
 			if (wasReady) this.setStatus(false);
-			// 4401: the session ended or the user was deleted; signing in again is the only way on.
+			// 4401: the session ended or the user was deleted: only signing in again helps.
 			if (event.code === 4401) {
 				this.stopped = true;
 				this.dispatchEvent(new CustomEvent("signedout"));

@@ -8,8 +8,8 @@ export class ThreadList {
 		this.root = root;
 		this.app = app;
 		this.threads = new Map();
-		// One <li> per thread, kept across renders and updated in place: a list rebuilt
-		// under the pointer (a message arriving between mousedown and mouseup) lost the click.
+		// One <li> per thread, updated in place: a list rebuilt under the pointer (a message
+		// arriving between mousedown and mouseup) lost the click.
 		this.items = new Map();
 		this.list = el("ul", { class: "thread-list", "aria-label": "Threads" });
 		this.root.replaceChildren(
@@ -20,8 +20,8 @@ export class ThreadList {
 			this.list);
 	}
 
-	/** Fetches the list again. One fetch at a time: asked for meanwhile, it runs once
-	 * more after. Events that come in while it runs are applied again on top of it. */
+	/** Fetches the list, one fetch at a time (asked for meanwhile: once more after);
+	 * events that come in meanwhile are applied again on top. */
 	load() {
 		if (this.loading) {
 			this.again = true;
@@ -60,9 +60,8 @@ export class ThreadList {
 		return threads;
 	}
 
-	/** A thread as the server sent it now. A copy of an older seq loses, and markers only
-	 * move forward: events and fetches answer in any order. A read marker's answer
-	 * (`listed`) may predate a removal: it adds no thread. */
+	/** A thread as the server sent it now: an older seq loses, markers only move forward.
+	 * A read marker's answer (`listed`) may predate a removal: it adds no thread. */
 	upsert(thread, listed) {
 		this.during?.push(["upsert", thread, listed]);
 		const known = this.threads.get(thread.id);

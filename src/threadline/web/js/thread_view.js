@@ -222,7 +222,7 @@ export class ThreadView {
 		this.markRead();
 	}
 
-	/** A message from the server (a response or an event): add it, or update it in place. */
+	/** A message from the server (response or event): add it, or update it in place. */
 	upsert(message) {
 		const known = this.messages.get(message.id);
 		this.messages.set(message.id, message);

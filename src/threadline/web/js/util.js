@@ -18,7 +18,7 @@ export function el(tag, attrs = {}, ...children) {
 /** A <button type="button">: el("button") would submit the form it sits in. */
 export const btn = (attrs, ...children) => el("button", { type: "button", ...attrs }, ...children);
 
-/** A random id usable in insecure contexts too (crypto.randomUUID needs https or localhost). */
+/** A random id, in insecure contexts too (crypto.randomUUID needs https or localhost). */
 export function randomId() {
 	const bytes = crypto.getRandomValues(new Uint8Array(16));
 	return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
