@@ -11,7 +11,7 @@ import io
 import json
 import os
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -491,12 +491,12 @@ async def test_direct_messages_mentions_pins_deletion_unreacting_and_presence(
     assert alice.errors == []
 
 
-async def test_a_subscription_dropped_for_falling_behind_resumes_from_the_last_event_seen(
-    server: Server, browser: Any
-) -> None:
-    """live.js against a scripted server: CONFLICT then complete, as the server does for a
-    subscriber that fell too far behind, makes the client subscribe again with fresh
-    variables under a new id."""
+async def scripted_live(
+    browser: Any, base: str, answer: Callable[[Any, dict[str, Any]], None], setup: str
+) -> tuple[Any, list[dict[str, Any]]]:
+    """A page running live.js against a scripted server, which acks and passes each
+    subscribe to `answer(ws, message)`. `setup` runs with `live` (not yet started) in
+    scope and `window.seen = []`. Returns the page and every message the page sent."""
     page = await (await browser.new_context()).new_page()
     sent: list[dict[str, Any]] = []
 
@@ -506,34 +506,60 @@ async def test_a_subscription_dropped_for_falling_behind_resumes_from_the_last_e
             sent.append(message)
             if message["type"] == "connection_init":
                 ws.send(json.dumps({"type": "connection_ack"}))
-            elif message["type"] == "subscribe" and message["id"] == "1":
-                behind = {"message": "fell behind", "extensions": {"code": "CONFLICT"}}
-                ws.send(json.dumps({"id": "1", "type": "next", "payload": {"data": {"seq": 7}}}))
-                ws.send(json.dumps({"id": "1", "type": "next", "payload": {"errors": [behind]}}))
-                ws.send(json.dumps({"id": "1", "type": "complete"}))
+            elif message["type"] == "subscribe":
+                answer(ws, message)
 
         ws.on_message(on_message)
 
     await page.route_web_socket("**/graphql", scripted_server)
-    await page.goto(server.base + "/")
+    await page.goto(base + "/")
     await page.evaluate(
         """async () => {
             const { Live } = await import("/web/js/live.js");
             const live = new Live(`ws://${location.host}/graphql`, async () => ({ token: "t" }));
-            window.seen = [];
-            let afterSeq = 0;
+            window.seen = [];"""
+        + setup
+        + "live.start(); }"
+    )
+    return page, sent
+
+
+def subscribes(sent: list[dict[str, Any]]) -> list[tuple[str, str, Any]]:
+    return [
+        (m["id"], m["payload"]["query"], m["payload"]["variables"])
+        for m in sent
+        if m["type"] == "subscribe"
+    ]
+
+
+async def test_a_subscription_dropped_for_falling_behind_resumes_from_the_last_event_seen(
+    server: Server, browser: Any
+) -> None:
+    """live.js against a scripted server: CONFLICT then complete, as the server does for a
+    subscriber that fell too far behind, makes the client subscribe again with fresh
+    variables under a new id."""
+
+    def answer(ws: Any, message: dict[str, Any]) -> None:
+        if message["id"] == "1":
+            behind = {"message": "fell behind", "extensions": {"code": "CONFLICT"}}
+            ws.send(json.dumps({"id": "1", "type": "next", "payload": {"data": {"seq": 7}}}))
+            ws.send(json.dumps({"id": "1", "type": "next", "payload": {"errors": [behind]}}))
+            ws.send(json.dumps({"id": "1", "type": "complete"}))
+
+    page, sent = await scripted_live(
+        browser,
+        server.base,
+        answer,
+        """let afterSeq = 0;
             live.subscribe("subscription { x }", () => ({ afterSeq }), {
                 next: (data) => { window.seen.push(data); afterSeq = data.seq; },
-            });
-            live.start();
-        }"""
+            });""",
     )
     for _ in range(100):
-        if sum(m["type"] == "subscribe" for m in sent) >= 2:
+        if len(subscribes(sent)) >= 2:
             break
         await asyncio.sleep(0.05)
-    subscribes = [m for m in sent if m["type"] == "subscribe"]
-    assert [(m["id"], m["payload"]["variables"]) for m in subscribes] == [
+    assert [(id_, variables) for id_, _, variables in subscribes(sent)] == [
         ("1", {"afterSeq": 0}),
         ("2", {"afterSeq": 7}),
     ]
@@ -548,63 +574,38 @@ async def test_a_subscription_the_server_ends_is_resumed_after_a_pause_and_a_ref
     its thread list or open thread stopped updating until a reload. It is subscribed
     again after a pause, with fresh variables; one the page gave up meanwhile is not;
     an `error` (a refusal, e.g. FORBIDDEN) goes to the sink and is not retried."""
-    page = await (await browser.new_context()).new_page()
-    sent: list[dict[str, Any]] = []
 
-    def scripted_server(ws: Any) -> None:
-        def on_message(raw: str | bytes) -> None:
-            message = json.loads(raw)
-            sent.append(message)
-            if message["type"] == "connection_init":
-                ws.send(json.dumps({"type": "connection_ack"}))
-            elif message["type"] == "subscribe" and message["id"] in ("1", "2"):
-                failed = {"message": "boom", "extensions": {"code": "INTERNAL_SERVER_ERROR"}}
-                ws.send(
-                    json.dumps(
-                        {
-                            "id": message["id"],
-                            "type": "next",
-                            "payload": {"data": None, "errors": [failed]},
-                        }
-                    )
-                )
-                ws.send(json.dumps({"id": message["id"], "type": "complete"}))
-            elif message["type"] == "subscribe" and message["id"] == "3":
-                refused = {"message": "no", "extensions": {"code": "FORBIDDEN"}}
-                ws.send(json.dumps({"id": "3", "type": "error", "payload": [refused]}))
+    def answer(ws: Any, message: dict[str, Any]) -> None:
+        id_ = message["id"]
+        if id_ in ("1", "2"):
+            failed = {"message": "boom", "extensions": {"code": "INTERNAL_SERVER_ERROR"}}
+            payload = {"data": None, "errors": [failed]}
+            ws.send(json.dumps({"id": id_, "type": "next", "payload": payload}))
+            ws.send(json.dumps({"id": id_, "type": "complete"}))
+        elif id_ == "3":
+            refused = {"message": "no", "extensions": {"code": "FORBIDDEN"}}
+            ws.send(json.dumps({"id": "3", "type": "error", "payload": [refused]}))
 
-        ws.on_message(on_message)
-
-    await page.route_web_socket("**/graphql", scripted_server)
-    await page.goto(server.base + "/")
-    await page.evaluate(
-        """async () => {
-            const { Live } = await import("/web/js/live.js");
-            const live = new Live(`ws://${location.host}/graphql`, async () => ({ token: "t" }));
-            window.seen = [];
-            let round = 0;
+    page, sent = await scripted_live(
+        browser,
+        server.base,
+        answer,
+        """let round = 0;
             const next = (data, errors) => window.seen.push([data, errors[0].extensions.code]);
             live.subscribe("subscription { a }", () => ({ round: round++ }), {
                 next, error: (errors) => { window.refused = errors[0].extensions.code; },
             });
-            window.off = live.subscribe("subscription { b }", {}, { next });
-            live.start();
-        }"""
+            window.off = live.subscribe("subscription { b }", {}, { next });""",
     )
     await page.wait_for_function("() => window.seen.length === 2")
     await page.evaluate("() => window.off()")  # b is given up during its pause
     await page.wait_for_function("() => window.refused === 'FORBIDDEN'")
     await asyncio.sleep(3.5)  # longer than the longest pause: b, or a again, would be back
-    subscribes = [
-        (m["id"], m["payload"]["query"], m["payload"]["variables"])
-        for m in sent
-        if m["type"] == "subscribe"
-    ]
-    assert subscribes[:2] == [
+    assert subscribes(sent) == [
         ("1", "subscription { a }", {"round": 0}),
         ("2", "subscription { b }", {}),
+        ("3", "subscription { a }", {"round": 1}),
     ]
-    assert subscribes[2:] == [("3", "subscription { a }", {"round": 1})]
     assert await page.evaluate("() => window.seen") == [[None, "INTERNAL_SERVER_ERROR"]] * 2
 
 
