@@ -140,3 +140,17 @@ async def test_a_restored_backup_serves_the_preview(
     restored = sorted(path.read_bytes() for path in stored_files(empty_target.upload_dir))
     assert restored == sorted(path.read_bytes() for path in stored_files(settings.upload_dir))
     assert before in restored
+
+
+async def test_a_preview_url_opens_no_file_under_the_download_route(
+    http: httpx.AsyncClient, clients: Clients
+) -> None:
+    # A preview's signature covers the name "\npreview": the download route, whose name
+    # comes from the path, must not take it as the file's (the original, EXIF and all).
+    alice = await clients.user("alice")
+    tid = await factories.thread(alice)
+    large = await upload(alice, tid, "wide.png", image(size=(2600, 1300)))
+    parts = urlsplit(large["previewUrl"])
+    attachment_id = parts.path.rsplit("/", 1)[-1]
+    confused = await http.get(f"/attachments/{attachment_id}/%0Apreview?{parts.query}")
+    assert confused.status_code == 403, confused.headers
