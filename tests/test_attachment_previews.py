@@ -3,15 +3,18 @@ viewer, whose access is checked at each read), backed up, restored and swept wit
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import subprocess
 import sys
+import threading
 from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
+import pytest
 from PIL import Image, ImageCms, ImageStat
 
 from tests import factories, test_backups
@@ -20,7 +23,7 @@ from tests.uploads import image, stored_files, upload
 from threadline.backups import create_backup, restore_backup
 from threadline.config import Settings
 from threadline.models import utcnow
-from threadline.services import retention
+from threadline.services import previews, retention
 from threadline.services.previews import PREVIEW_SIDE
 
 EXIF_ORIENTATION = 0x0112
@@ -251,3 +254,26 @@ def test_a_render_holds_the_decoded_image_once() -> None:
         [sys.executable, "-c", HELD_ONCE], env=env, capture_output=True, text=True, timeout=120
     )
     assert ran.stdout.strip() == "True", ran.stderr
+
+
+async def test_an_upload_waits_for_a_busy_renderer_a_bounded_time(
+    http: httpx.AsyncClient, clients: Clients, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The one render thread is busy (other uploads' renders queue there, seconds each).
+    monkeypatch.setattr(previews, "RENDER_WAIT_SECONDS", 1.0)
+    alice = await clients.user("alice")
+    tid = await factories.thread(alice)
+    release = threading.Event()
+    previews._RENDERER.submit(release.wait, 60)
+    try:
+        # An image too small for a preview never queues for one.
+        small = await asyncio.wait_for(upload(alice, tid, "small.png", image(size=(640, 480))), 5)
+        assert small["previewUrl"] is None
+        # A large one waits a bounded time, then stands without a preview.
+        large = await asyncio.wait_for(upload(alice, tid, "wide.png", image(size=(2600, 1300))), 5)
+        assert large["previewUrl"] is None
+    finally:
+        release.set()
+    # The queue is free again: the next one gets its preview.
+    again = await upload(alice, tid, "wide.png", image(size=(2600, 1300)))
+    assert again["previewUrl"] is not None

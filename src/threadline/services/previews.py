@@ -25,10 +25,27 @@ QUALITY = 80
 _RENDERER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="threadline-preview")
 
 
+# An upload waits this long for its preview at most: renders queue for the one thread,
+# seconds each, and a queue that uploads fill faster than it drains never ends.
+RENDER_WAIT_SECONDS = 15.0
+
+
+def wanted(width: int | None, height: int | None) -> bool:
+    """Whether an image of this size (None: unknown) gets a preview."""
+    return max(width or 0, height or 0) > PREVIEW_SIDE
+
+
 async def render(file: BinaryIO) -> bytes | None:
-    """The preview of an accepted image, or None when it is small enough to be its own
-    or cannot be decoded, or is animated (the upload stands: clients then show the file)."""
-    return await asyncio.get_running_loop().run_in_executor(_RENDERER, _render, file)
+    """The preview of an accepted image, or None when it is small enough to be its own,
+    cannot be decoded, is animated, or the renderer stayed busy for RENDER_WAIT_SECONDS
+    (the upload stands: clients then show the file)."""
+    job = asyncio.get_running_loop().run_in_executor(_RENDERER, _render, file)
+    try:
+        # A timeout cancels a queued render; a running one ends by itself, its result unused.
+        return await asyncio.wait_for(job, RENDER_WAIT_SECONDS)
+    except TimeoutError:
+        log.warning("no preview: the renderer was busy for %.0f s", RENDER_WAIT_SECONDS)
+        return None
 
 
 def _render(file: BinaryIO) -> bytes | None:
