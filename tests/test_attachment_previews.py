@@ -3,21 +3,27 @@ viewer, whose access is checked at each read), backed up, restored and swept wit
 
 from __future__ import annotations
 
+import asyncio
 import io
+import os
+import subprocess
+import sys
+import threading
 from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
-from PIL import Image
+import pytest
+from PIL import Image, ImageCms, ImageStat
 
 from tests import factories, test_backups
-from tests.conftest import Clients, Server
+from tests.conftest import Api, Clients, Server
 from tests.uploads import image, stored_files, upload
 from threadline.backups import create_backup, restore_backup
 from threadline.config import Settings
 from threadline.models import utcnow
-from threadline.services import retention
+from threadline.services import previews, retention
 from threadline.services.previews import PREVIEW_SIDE
 
 EXIF_ORIENTATION = 0x0112
@@ -140,3 +146,134 @@ async def test_a_restored_backup_serves_the_preview(
     restored = sorted(path.read_bytes() for path in stored_files(empty_target.upload_dir))
     assert restored == sorted(path.read_bytes() for path in stored_files(settings.upload_dir))
     assert before in restored
+
+
+async def test_a_preview_url_opens_no_file_under_the_download_route(
+    http: httpx.AsyncClient, clients: Clients
+) -> None:
+    # A preview's signature covers the name "\npreview": the download route, whose name
+    # comes from the path, must not take it as the file's (the original, EXIF and all).
+    alice = await clients.user("alice")
+    tid = await factories.thread(alice)
+    large = await upload(alice, tid, "wide.png", image(size=(2600, 1300)))
+    parts = urlsplit(large["previewUrl"])
+    attachment_id = parts.path.rsplit("/", 1)[-1]
+    confused = await http.get(f"/attachments/{attachment_id}/%0Apreview?{parts.query}")
+    assert confused.status_code == 403, confused.headers
+
+
+def png(picture: Image.Image, **params: object) -> bytes:
+    out = io.BytesIO()
+    picture.save(out, "PNG", **params)
+    return out.getvalue()
+
+
+async def preview_of(api: Api, http: httpx.AsyncClient, name: str, data: bytes) -> Image.Image:
+    tid = await factories.thread(api)
+    uploaded = await upload(api, tid, name, data)
+    assert uploaded["previewUrl"] is not None
+    shown = await http.get(local(uploaded["previewUrl"]))
+    assert shown.status_code == 200, shown.text
+    picture = Image.open(io.BytesIO(shown.content))
+    picture.load()
+    return picture
+
+
+async def test_a_preview_keeps_the_look_of_grey_palette_and_transparent_images(
+    http: httpx.AsyncClient, clients: Clients
+) -> None:
+    alice = await clients.user("alice")
+    size = (2600, 1300)
+    # 16-bit grey, black to white: converting it clipped every value past 255 (near white).
+    ramp = Image.linear_gradient("L").rotate(90).resize(size).convert("I")
+    grey = await preview_of(
+        alice, http, "scan.png", png(ramp.point(lambda v: v * 257).convert("I;16"))
+    )
+    assert 117 < ImageStat.Stat(grey.convert("L")).mean[0] < 137
+
+    # Black and white one-pixel stripes in a palette: resized by nearest pixel, the
+    # preview was stripes again; averaged, it is grey.
+    stripes = Image.frombytes("P", size, bytes([0, 1]) * (size[0] * size[1] // 2))
+    stripes.putpalette([0, 0, 0, 255, 255, 255])
+    flat = await preview_of(alice, http, "stripes.png", png(stripes))
+    assert ImageStat.Stat(flat.convert("L")).stddev[0] < 30
+
+    # An RGB image whose one colour is declared transparent (tRNS): still see-through.
+    clear = await preview_of(
+        alice, http, "clear.png", png(Image.new("RGB", size, (255, 0, 0)), transparency=(255, 0, 0))
+    )
+    assert clear.mode == "RGBA"
+    assert clear.getchannel("A").getextrema() == (0, 0)
+
+
+async def test_a_preview_keeps_the_colour_profile(
+    http: httpx.AsyncClient, clients: Clients
+) -> None:
+    alice = await clients.user("alice")
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    photo = Image.new("RGB", (2600, 1300), (0, 200, 0))
+    out = io.BytesIO()
+    photo.save(out, "JPEG", icc_profile=profile)
+    shown = await preview_of(alice, http, "p3.jpg", out.getvalue())
+    assert shown.info.get("icc_profile") == profile
+
+
+async def test_an_animated_image_gets_no_still_preview(
+    http: httpx.AsyncClient, clients: Clients
+) -> None:
+    alice = await clients.user("alice")
+    tid = await factories.thread(alice)
+    frames = [Image.new("RGB", (1400, 700), (shade * 60, 0, 0)) for shade in range(4)]
+    for fmt, name in (("GIF", "anim.gif"), ("PNG", "anim.png"), ("WEBP", "anim.webp")):
+        out = io.BytesIO()
+        frames[0].save(out, fmt, save_all=True, append_images=frames[1:], duration=50)
+        uploaded = await upload(alice, tid, name, out.getvalue())
+        # Clients show the file itself, which moves.
+        assert uploaded["previewUrl"] is None, name
+
+
+# Address space allowed past what the interpreter holds, for a 6000x6000 RGB PNG (144 MB
+# decoded): a render holding it once takes about 200 MB, twice (as it did, turning the
+# whole image before shrinking it) more than 320 MB.
+HELD_ONCE = f"""
+import io, resource
+from PIL import Image
+from threadline.services.previews import _render
+out = io.BytesIO()
+Image.new("RGB", (6000, 6000), (10, 20, 30)).save(out, "PNG")
+status = open("/proc/self/status").read()
+used = int(status.split("VmSize:")[1].split()[0]) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (used + {256 * 2**20},) * 2)
+print(_render(out) is not None)
+"""
+
+
+def test_a_render_holds_the_decoded_image_once() -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    ran = subprocess.run(
+        [sys.executable, "-c", HELD_ONCE], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert ran.stdout.strip() == "True", ran.stderr
+
+
+async def test_an_upload_waits_for_a_busy_renderer_a_bounded_time(
+    http: httpx.AsyncClient, clients: Clients, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The one render thread is busy (other uploads' renders queue there, seconds each).
+    monkeypatch.setattr(previews, "RENDER_WAIT_SECONDS", 1.0)
+    alice = await clients.user("alice")
+    tid = await factories.thread(alice)
+    release = threading.Event()
+    previews._RENDERER.submit(release.wait, 60)
+    try:
+        # An image too small for a preview never queues for one.
+        small = await asyncio.wait_for(upload(alice, tid, "small.png", image(size=(640, 480))), 5)
+        assert small["previewUrl"] is None
+        # A large one waits a bounded time, then stands without a preview.
+        large = await asyncio.wait_for(upload(alice, tid, "wide.png", image(size=(2600, 1300))), 5)
+        assert large["previewUrl"] is None
+    finally:
+        release.set()
+    # The queue is free again: the next one gets its preview.
+    again = await upload(alice, tid, "wide.png", image(size=(2600, 1300)))
+    assert again["previewUrl"] is not None

@@ -3,7 +3,9 @@ refused, and that a refusal keeps nothing on disk or in the database."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import httpx
@@ -24,6 +26,7 @@ from tests.uploads import (
     upload_error,
 )
 from threadline.config import Settings
+from threadline.uploads.storage import LocalStorage
 
 
 async def _count_rows(server: Server) -> int:
@@ -283,3 +286,24 @@ async def test_an_upload_mapped_onto_another_argument_is_refused(clients: Client
     # The same class of input over JSON: a value the ID scalar cannot take.
     assert await alice.error(UPLOAD, {"t": {"not": "an id"}, "file": None}) == "BAD_USER_INPUT"
     assert tid
+
+
+async def test_a_cancelled_save_leaves_no_file(tmp_path: Path) -> None:
+    # Cancelled while a thread closes or renames it (a request that ends mid-upload): the
+    # thread's call runs all the same, and a whole file no row names was never swept.
+    storage = LocalStorage(tmp_path)
+    for attempt in range(300):
+        consumed = asyncio.Event()
+
+        async def chunks() -> AsyncIterator[bytes]:
+            yield b"x" * 100
+            consumed.set()  # noqa: B023 - this attempt's, awaited before the next
+
+        task = asyncio.create_task(storage.save(chunks(), max_bytes=1000))
+        await consumed.wait()
+        for _ in range(attempt % 15):
+            await asyncio.sleep(0)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await storage.delete((await task).key)  # done before the cancel: the caller's
+    assert stored_files(tmp_path) == []

@@ -19,7 +19,6 @@ from starlette.responses import PlainTextResponse, Response, StreamingResponse
 
 from threadline.runtime import Runtime
 from threadline.services import attachments, content_types
-from threadline.uploads.signing import PREVIEW
 
 INLINE_PREFIXES = ("image/", "video/", "audio/")
 PREVIEW_TYPE = "image/webp"
@@ -42,7 +41,7 @@ async def preview(request: Request) -> Response:
 async def _serve(request: Request, *, preview: bool) -> Response:
     runtime: Runtime = request.app.state.runtime
     attachment_id = request.path_params["attachment_id"]
-    signed = PREVIEW if preview else request.path_params["filename"]
+    signed = None if preview else request.path_params["filename"]
     query = request.query_params
     viewer = query.get("u", "")
     left = runtime.url_signer.check(

@@ -73,7 +73,9 @@ async def upload_attachment(
     preview: StoredFile | None = None
     try:
         detected = await asyncio.to_thread(content_types.detect, source.file)
-        if detected.kind is AttachmentKind.IMAGE:
+        if detected.kind is AttachmentKind.IMAGE and previews.wanted(
+            detected.width, detected.height
+        ):
             rendered = await previews.render(source.file)
             if rendered is not None:
                 preview = await storage.save(_one(rendered), max_bytes=len(rendered))

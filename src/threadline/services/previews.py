@@ -19,34 +19,73 @@ log = logging.getLogger(__name__)
 
 PREVIEW_SIDE = 1280
 QUALITY = 80
-# Decoding a large PNG holds the whole image in memory (up to about 360 MB): one at a
-# time per process, in a thread of its own so that file I/O elsewhere never waits on it.
+# Decoding a large PNG holds the whole image in memory (up to about 360 MB, twice that
+# while an RGBA one is resized: ~750 MB at the pixel limit): one at a time per process,
+# in a thread of its own so that file I/O elsewhere never waits on it.
 _RENDERER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="threadline-preview")
 
 
+# An upload waits this long for its preview at most: renders queue for the one thread,
+# seconds each, and a queue that uploads fill faster than it drains never ends.
+RENDER_WAIT_SECONDS = 15.0
+
+
+def wanted(width: int | None, height: int | None) -> bool:
+    """Whether an image of this size (None: unknown) gets a preview."""
+    return max(width or 0, height or 0) > PREVIEW_SIDE
+
+
 async def render(file: BinaryIO) -> bytes | None:
-    """The preview of an accepted image, or None when it is small enough to be its own
-    or cannot be decoded (the upload stands: clients then show the file)."""
-    return await asyncio.get_running_loop().run_in_executor(_RENDERER, _render, file)
+    """The preview of an accepted image, or None when it is small enough to be its own,
+    cannot be decoded, is animated, or the renderer stayed busy for RENDER_WAIT_SECONDS
+    (the upload stands: clients then show the file)."""
+    job = asyncio.get_running_loop().run_in_executor(_RENDERER, _render, file)
+    try:
+        # A timeout cancels a queued render; a running one ends by itself, its result unused.
+        return await asyncio.wait_for(job, RENDER_WAIT_SECONDS)
+    except TimeoutError:
+        log.warning("no preview: the renderer was busy for %.0f s", RENDER_WAIT_SECONDS)
+        return None
 
 
 def _render(file: BinaryIO) -> bytes | None:
     file.seek(0)
     try:
         with Image.open(file) as image:
-            if max(image.size) <= PREVIEW_SIDE:
+            # An animation's preview would be its first frame: clients show the file.
+            if max(image.size) <= PREVIEW_SIDE or getattr(image, "is_animated", False):
                 return None
             # JPEG decodes at a reduced scale; other formats decode whole.
             image.draft("RGB", (PREVIEW_SIDE, PREVIEW_SIDE))
-            # Browsers turn a photo by its EXIF orientation: so must its preview.
-            shown = ImageOps.exif_transpose(image)
+            icc = image.info.get("icc_profile")
+            shown = _resizable(image)
+            if shown is not image:
+                image.close()  # the decoded original: hundreds of MB at the pixel limit
             shown.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE), Image.Resampling.LANCZOS)
+            # Browsers turn a photo by its EXIF orientation: so must its preview (turned
+            # once small: turning first copied the whole decoded image).
+            shown = ImageOps.exif_transpose(shown)
             if shown.mode not in ("RGB", "RGBA"):
-                has_alpha = shown.mode in ("LA", "PA") or "transparency" in shown.info
-                shown = shown.convert("RGBA" if has_alpha else "RGB")
+                shown = shown.convert("RGB")
             out = io.BytesIO()
-            shown.save(out, "WEBP", quality=QUALITY)
+            # The colours as the file's profile says (a wide-gamut photo's preview would be
+            # dull without it); a CMYK or grey profile does not describe the RGB preview.
+            rgb_profile = isinstance(icc, bytes) and icc[16:20] == b"RGB "
+            shown.save(out, "WEBP", quality=QUALITY, icc_profile=icc if rgb_profile else None)
     except Exception:  # any decoder failure on untrusted bytes
         log.info("no preview: the image could not be decoded", exc_info=True)
         return None
     return out.getvalue()
+
+
+def _resizable(image: Image.Image) -> Image.Image:
+    """``image`` in a mode that resizes faithfully: a palette resizes by nearest pixel
+    (text turns ragged), 16-bit grey converts by clipping at 255 (near white), and a
+    transparent colour blurs into its neighbours (the transparency is lost)."""
+    if image.mode.startswith("I"):
+        return image.point(lambda value: value / 256).convert("L")
+    if "transparency" in image.info or image.mode in ("PA", "LA", "La", "RGBa"):
+        return image if image.mode == "RGBA" else image.convert("RGBA")
+    if image.mode in ("P", "1"):
+        return image.convert("RGB")
+    return image

@@ -66,9 +66,14 @@ class UrlSigner:
         return f"{origin.rstrip('/')}/{path}?{query}"
 
     def check(
-        self, attachment_id: str, filename: str, expires: str, signature: str, viewer: str
+        self, attachment_id: str, filename: str | None, expires: str, signature: str, viewer: str
     ) -> int | None:
-        """Seconds the URL has left when signature and expiry hold, else None."""
+        """Seconds the URL has left when signature and expiry hold, else None.
+        ``filename`` is the path's (None: the preview's URL)."""
+        if filename is None:
+            filename = PREVIEW
+        elif "\n" in filename:
+            return None  # "\npreview" from a path would take a preview's signature
         if _EXPIRES.fullmatch(expires) is None:
             return None
         left = int(expires) - int(self.clock())

@@ -62,9 +62,9 @@ class LocalStorage:
         final = self._path(key)
         partial = final.with_name(final.name + ".partial")
         await asyncio.to_thread(final.parent.mkdir, parents=True, exist_ok=True)
-        handle = await asyncio.to_thread(partial.open, "xb")
         size = 0
         try:
+            handle = await asyncio.to_thread(partial.open, "xb")
             try:
                 async for chunk in chunks:
                     size += len(chunk)
@@ -75,9 +75,12 @@ class LocalStorage:
                 await asyncio.to_thread(handle.close)
             await asyncio.to_thread(os.replace, partial, final)
         except BaseException:
-            # Not awaited in a thread: this must also run when the task is cancelled.
-            with contextlib.suppress(OSError):
-                partial.unlink(missing_ok=True)
+            # Not awaited in a thread: this must also run when the task is cancelled. A
+            # cancelled thread call may have run all the same: the open, or the rename
+            # (a whole file no row names, never swept).
+            for path in (partial, final):
+                with contextlib.suppress(OSError):
+                    path.unlink(missing_ok=True)
             raise
         return StoredFile(key, size)
 
