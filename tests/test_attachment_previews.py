@@ -18,7 +18,7 @@ import pytest
 from PIL import Image, ImageCms, ImageStat
 
 from tests import factories, test_backups
-from tests.conftest import Api, Clients, Server
+from tests.conftest import Api, Clients, Server, start_server, stop_server, token_for
 from tests.uploads import image, stored_files, upload
 from threadline.backups import create_backup, restore_backup
 from threadline.config import Settings
@@ -277,3 +277,18 @@ async def test_an_upload_waits_for_a_busy_renderer_a_bounded_time(
     # The queue is free again: the next one gets its preview.
     again = await upload(alice, tid, "wide.png", image(size=(2600, 1300)))
     assert again["previewUrl"] is not None
+
+
+async def test_with_previews_off_a_large_image_gets_none(settings: Settings) -> None:
+    """IMAGE_PREVIEWS=off, for a deployment without the memory a render may take."""
+    running = await start_server(settings.model_copy(update={"image_previews": False}))
+    try:
+        async with httpx.AsyncClient(base_url=running.base, timeout=30) as http:
+            alice = Api(http, token_for("alice"))
+            alice.id = (await alice.gql("{ me { id } }"))["me"]["id"]
+            tid = await factories.thread(alice)
+            large = await upload(alice, tid, "wide.png", image(size=(2600, 1300)))
+        assert large["previewUrl"] is None
+        assert len(stored_files(settings.upload_dir)) == 1
+    finally:
+        await stop_server(running)

@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     dev_auth_secret: SecretStr | None = None
     upload_dir: Path = Path("./uploads")
     max_upload_bytes: int = Field(default=26_214_400, gt=0)
+    # off: no image previews rendered (a render of a hostile PNG at the pixel limit
+    # peaks at about 750 MB; a small container may not have that to spare).
+    image_previews: bool = True
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     rate_limits: bool = True
     # off: every fast path off (driver reads, the group-commit send, raw socket frames,
@@ -129,7 +132,7 @@ class Settings(BaseSettings):
             raise ValueError("REDIS_PREFIX may not contain braces or whitespace")
         return value
 
-    @field_validator("rate_limits", "fast_paths", "redis_cluster", mode="before")
+    @field_validator("rate_limits", "fast_paths", "redis_cluster", "image_previews", mode="before")
     @classmethod
     def _on_off(cls, value: object) -> object:
         if isinstance(value, str) and value.strip().lower() in {"on", "off"}:

@@ -138,6 +138,7 @@ class MessageMutations:
                 thread_id,
                 upload,
                 max_bytes=ctx.runtime.settings.max_upload_bytes,
+                render_preview=ctx.runtime.settings.image_previews,
             )
         return AttachmentType.of(row)
 

@@ -58,6 +58,7 @@ async def upload_attachment(
     source: UploadSource,
     *,
     max_bytes: int,
+    render_preview: bool = True,
 ) -> Attachment:
     """Store a file for a later sendMessage in ``thread_id``; the actor must be a participant.
 
@@ -73,8 +74,10 @@ async def upload_attachment(
     preview: StoredFile | None = None
     try:
         detected = await asyncio.to_thread(content_types.detect, source.file)
-        if detected.kind is AttachmentKind.IMAGE and previews.wanted(
-            detected.width, detected.height
+        if (
+            render_preview
+            and detected.kind is AttachmentKind.IMAGE
+            and previews.wanted(detected.width, detected.height)
         ):
             rendered = await previews.render(source.file)
             if rendered is not None:
