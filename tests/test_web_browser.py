@@ -321,16 +321,9 @@ async def test_a_thread_of_50_renders_fast_and_1000_messages_scroll_in_under_50_
     await factories.thread(alice, bob, title="Other")
     reader = await sign_in(browser, server.base, "bob")
     rendered = "() => window.threadline.metrics.threadRenderMs"
-    renders: list[float] = []
-    # The best of three opens: on a shared 2-core machine one paint can wait on
-    # another process's burst, which says nothing of the page.
-    for _ in range(3):
-        await open_thread(reader, "Other")
-        await reader.page.wait_for_function(rendered)
-        await reader.page.evaluate("() => { window.threadline.metrics.threadRenderMs = null; }")
-        await open_thread(reader, "Long")
-        renders.append(await (await reader.page.wait_for_function(rendered)).json_value())
-    render_ms = min(renders)
+    unset = "() => { window.threadline.metrics.threadRenderMs = null; }"
+    await open_thread(reader, "Long")
+    renders: list[float] = [await (await reader.page.wait_for_function(rendered)).json_value()]
     assert await reader.page.locator(".thread-main .msg").count() == 50
 
     scroller = reader.page.locator(".scroller")
@@ -353,6 +346,16 @@ async def test_a_thread_of_50_renders_fast_and_1000_messages_scroll_in_under_50_
     heap = await cdp.send("Runtime.getHeapUsage")
     dom = await cdp.send("Memory.getDOMCounters")
     await reader.shot(shots, "thousand-messages")
+
+    # The best of three opens: on a shared 2-core machine one paint can wait on
+    # another process's burst, which says nothing of the page.
+    for _ in range(2):
+        for title in ("Other", "Long"):
+            await reader.page.evaluate(unset)
+            await open_thread(reader, title)
+            shown = await (await reader.page.wait_for_function(rendered)).json_value()
+        renders.append(shown)
+    render_ms = min(renders)
     mb = 1024 * 1024
     print(
         f"first render of a 50-message thread: {render_ms:.1f} ms after its data arrived "
