@@ -94,6 +94,24 @@ async def _pg_admin(sql: str) -> None:
         await engine.dispose()
 
 
+@contextlib.asynccontextmanager
+async def own_database(tmp_path: Path, label: str, *, folder: bool = True) -> AsyncIterator[str]:
+    """The URL of an empty database of the test's own, never migrated: on PostgreSQL
+    created here and dropped after; on SQLite a file under ``tmp_path/label``, whose
+    folder exists unless ``folder`` is False (for tests of who makes it)."""
+    if BACKEND == "postgres":
+        name = f"tl_{label}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+        await _pg_admin(f"CREATE DATABASE {name}")
+        try:
+            yield f"{PG_BASE}/{name}"
+        finally:
+            await _pg_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    else:
+        if folder:
+            (tmp_path / label).mkdir()
+        yield f"sqlite+aiosqlite:///{tmp_path / label / f'{label}.db'}"
+
+
 @pytest.fixture(scope="session")
 def migrated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The migrated template: a PostgreSQL database, or a SQLite file to copy."""

@@ -28,13 +28,12 @@ from tests import factories
 from tests.conftest import (
     BACKEND,
     DEV_SECRET,
-    PG_BASE,
     Api,
     Clients,
     Server,
-    _pg_admin,
     database_environment,
     database_settings,
+    own_database,
     start_server,
     stop_server,
 )
@@ -86,14 +85,9 @@ def settings_for(database_url: str, upload_dir: Path, redis_url: str | None) -> 
 @pytest.fixture
 async def empty_target(tmp_path: Path, settings: Settings) -> AsyncIterator[Settings]:
     """Settings of an empty deployment: a database never migrated, an absent upload folder."""
-    if BACKEND == "postgres":
-        name = f"tl_restore_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-        await _pg_admin(f"CREATE DATABASE {name}")
-        yield settings_for(f"{PG_BASE}/{name}", tmp_path / "restored-uploads", settings.redis_url)
-        await _pg_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    else:
-        url = f"sqlite+aiosqlite:///{tmp_path / 'restored.db'}"
-        yield settings_for(url, tmp_path / "restored-uploads", None)
+    async with own_database(tmp_path, "restore") as url:
+        redis_url = settings.redis_url if BACKEND == "postgres" else None
+        yield settings_for(url, tmp_path / "restored-uploads", redis_url)
 
 
 async def add_attachment(

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import BACKEND, PG_BASE, Api, _pg_admin, database_settings, token_for
+from tests.conftest import (
+    Api,
+    database_settings,
+    own_database,
+    token_for,
+)
 from tests.deployment import threadline
 from threadline.config import Settings
 from threadline.migrate import current_revision_async, head_revision
@@ -42,14 +45,9 @@ async def test_seeding_twice_adds_no_duplicate_demo_data(
 
 @pytest.fixture
 async def fresh_database_url(tmp_path: Path) -> AsyncIterator[str]:
-    """A database nothing has touched."""
-    if BACKEND == "postgres":
-        name = f"tl_fresh_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-        await _pg_admin(f"CREATE DATABASE {name}")
-        yield f"{PG_BASE}/{name}"
-        await _pg_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    else:
-        yield f"sqlite+aiosqlite:///{tmp_path / 'data' / 'fresh.db'}"
+    """A database nothing has touched (on SQLite, not even its folder: migrate makes it)."""
+    async with own_database(tmp_path, "fresh", folder=False) as url:
+        yield url
 
 
 async def test_migrate_brings_a_fresh_database_to_the_newest_revision_and_can_run_again(

@@ -7,14 +7,11 @@ them (a process of their own) on real databases and real files.
 from __future__ import annotations
 
 import json
-import os
 import stat
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -22,16 +19,14 @@ from sqlalchemy.pool import NullPool
 
 from tests import factories
 from tests.conftest import (
-    BACKEND,
-    PG_BASE,
     Clients,
     Server,
-    _pg_admin,
-    start_server,
+    own_database,
     stop_server,
 )
 from tests.deployment import closed_port, threadline, variant
 from tests.test_backups import populate, settings_for
+from tests.test_readiness import answers
 from threadline.backups import BackupError, create_backup, database_of, restore_backup
 from threadline.backups.manifest import MANIFEST, UPLOADS
 from threadline.config import ConfigError, Settings, load_settings
@@ -46,29 +41,14 @@ def said(stderr: str) -> list[str]:
 @pytest.fixture
 async def unmigrated_database_url(tmp_path: Path) -> AsyncIterator[str]:
     """A database of its own that no migration has touched."""
-    if BACKEND == "postgres":
-        name = f"tl_bare_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-        await _pg_admin(f"CREATE DATABASE {name}")
-        yield f"{PG_BASE}/{name}"
-        await _pg_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    else:
-        (tmp_path / "bare").mkdir()
-        yield f"sqlite+aiosqlite:///{tmp_path / 'bare' / 'bare.db'}"
+    async with own_database(tmp_path, "bare") as url:
+        yield url
 
 
 @pytest.fixture
 async def migrated_database_url(tmp_path: Path) -> AsyncIterator[str]:
     """A database of its own, migrated to head and empty."""
-    if BACKEND == "postgres":
-        name = f"tl_hostile_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-        await _pg_admin(f"CREATE DATABASE {name}")
-        url = f"{PG_BASE}/{name}"
-        await upgrade_to_head_async(url)
-        yield url
-        await _pg_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    else:
-        (tmp_path / "data").mkdir()
-        url = f"sqlite+aiosqlite:///{tmp_path / 'data' / 'hostile.db'}"
+    async with own_database(tmp_path, "hostile") as url:
         await upgrade_to_head_async(url)
         yield url
 
@@ -199,12 +179,7 @@ async def test_readyz_is_503_on_a_database_that_was_never_migrated(
     PostgreSQL database (serve migrates only SQLite; `migrate` not run yet) answered
     /readyz 200 {"status":"ok","database":"ok"}, while every query failed with
     'relation "users" does not exist'."""
-    running = await start_server(variant(settings, database_url=unmigrated_database_url))
-    try:
-        async with httpx.AsyncClient(base_url=running.base) as http:
-            response = await http.get("/readyz")
-    finally:
-        await stop_server(running)
+    [response] = await answers(variant(settings, database_url=unmigrated_database_url), "/readyz")
     assert response.status_code == 503
     assert response.json()["database"] == "down"
 

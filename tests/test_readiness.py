@@ -14,6 +14,16 @@ from tests.deployment import closed_port, variant
 from threadline.config import Settings
 
 
+async def answers(settings: Settings, *paths: str) -> list[httpx.Response]:
+    """What a server of these settings, started and stopped here, answers at each path."""
+    running = await start_server(settings)
+    try:
+        async with httpx.AsyncClient(base_url=running.base) as http:
+            return [await http.get(path) for path in paths]
+    finally:
+        await stop_server(running)
+
+
 async def test_readyz_is_200_while_the_database_and_redis_answer(http: httpx.AsyncClient) -> None:
     response = await http.get("/readyz")
     assert response.status_code == 200
@@ -32,13 +42,7 @@ async def test_readyz_is_503_naming_the_database_when_it_is_down(
         url = f"postgresql+asyncpg://postgres:hunter2@127.0.0.1:{port}/nowhere"
     else:
         url = f"sqlite+aiosqlite:///{tmp_path / 'missing-folder' / 'threadline.db'}"
-    running = await start_server(variant(settings, database_url=url))
-    try:
-        async with httpx.AsyncClient(base_url=running.base) as http:
-            response = await http.get("/readyz")
-            alive = await http.get("/healthz")
-    finally:
-        await stop_server(running)
+    response, alive = await answers(variant(settings, database_url=url), "/readyz", "/healthz")
     assert response.status_code == 503
     body = response.json()
     assert body == {"status": "unavailable", "database": "down"} | (
@@ -57,14 +61,9 @@ async def test_readyz_is_503_naming_redis_when_it_is_down(
 ) -> None:
     caplog.set_level(logging.WARNING, logger="threadline.app")
     port = closed_port()
-    running = await start_server(
-        variant(settings, redis_url=f"redis://:hunter2@127.0.0.1:{port}/0")
+    [response] = await answers(
+        variant(settings, redis_url=f"redis://:hunter2@127.0.0.1:{port}/0"), "/readyz"
     )
-    try:
-        async with httpx.AsyncClient(base_url=running.base) as http:
-            response = await http.get("/readyz")
-    finally:
-        await stop_server(running)
     assert response.status_code == 503
     body = response.json()
     assert body == {"status": "unavailable", "database": "ok", "redis": "down"}
