@@ -101,10 +101,10 @@ async def upload_attachment(
             uow.session.add(row)
     except BaseException:
         # Shielded: a cancelled request must not leave its files behind either.
-        for key in (stored.key, preview.key if preview is not None else None):
-            if key is not None:
+        for saved in (stored, preview):
+            if saved is not None:
                 with contextlib.suppress(Exception):
-                    await asyncio.shield(storage.delete(key))
+                    await asyncio.shield(storage.delete(saved.key))
         raise
     return row
 

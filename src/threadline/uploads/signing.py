@@ -61,7 +61,7 @@ class UrlSigner:
         path = (
             f"previews/{attachment_id}"
             if preview
-            else (f"attachments/{attachment_id}/{quote(filename, safe='')}")
+            else f"attachments/{attachment_id}/{quote(filename, safe='')}"
         )
         return f"{origin.rstrip('/')}/{path}?{query}"
 
