@@ -27,6 +27,7 @@ from threadline.metrics import watch_gc_pauses
 from threadline.runtime import Runtime
 from threadline.schema.schema import build_schema
 from threadline.services import retention
+from threadline.strict_transport import StrictTransport
 from threadline.uvicorn_seam import RawSocketMiddleware
 from threadline.web_routes import web_routes
 
@@ -147,6 +148,9 @@ def create_app(settings: Settings) -> Starlette:
             body_min_bytes_per_second=settings.http_body_min_bytes_per_second,
         )
     )
+    if settings.hsts_seconds:
+        # Outermost: the limits' 413 and 408 carry it too.
+        middleware.insert(0, Middleware(StrictTransport, seconds=settings.hsts_seconds))
     app = Starlette(
         routes=[
             # JSON operations run on the POST endpoint; it hands the rest to the view.

@@ -85,6 +85,8 @@ class Settings(BaseSettings):
     fast_paths: bool = True
     ws_reauth_seconds: int = Field(default=900, ge=0)
     public_url: str | None = None
+    # Strict-Transport-Security max-age on answers to HTTPS requests; 0: not sent.
+    hsts_seconds: int = Field(default=0, ge=0)
     max_request_bytes: int = Field(default=1_048_576, gt=0)
     attachment_url_seconds: int = Field(default=3600, gt=0)
     # The HMAC key of signed attachment URLs; required in production.
