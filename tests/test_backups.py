@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -488,3 +489,20 @@ def test_pg_tools_get_a_libpq_url_without_the_password_and_the_password_apart() 
     assert (
         without_passwords("FATAL: password s3cr@t rejected", url) == "FATAL: password *** rejected"
     )
+
+
+async def test_a_restore_that_would_not_fit_on_the_disk_is_refused_before_anything_is_copied(
+    server: Server, settings: Settings, clients: Clients, empty_target: Settings, tmp_path: Path
+) -> None:
+    await populate(server, settings, clients)
+    folder, manifest = await create_backup(settings, tmp_path / "backups")
+    # One file grown, sparsely, past the free space: its size is what the check reads.
+    key = sorted(manifest.files)[-1]
+    huge = shutil.disk_usage(tmp_path).free + 2**30
+    os.truncate(folder / "uploads" / key, huge)
+    body: dict[str, Any] = json.loads((folder / MANIFEST).read_text())
+    body["files"][key]["bytes"] = huge
+    (folder / MANIFEST).write_text(json.dumps(body))
+    with pytest.raises(BackupError, match=r"needs [\d,]+ MiB on the filesystem of .* MiB is free"):
+        await restore_backup(empty_target, folder)
+    await assert_untouched(empty_target)

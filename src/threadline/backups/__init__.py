@@ -10,6 +10,7 @@ import asyncio
 import importlib.metadata
 import logging
 import os
+import shutil
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -241,6 +242,38 @@ def _check_backup(folder: Path, manifest: Manifest) -> None:
             raise BackupError(f"the backup's copy of attachment file {key!r} is missing or damaged")
 
 
+# Left free after a restore: a disk filled to its last byte fails the server's next write.
+ROOM_MARGIN_BYTES = 64 * 1024 * 1024
+
+
+def _check_room(
+    upload_dir: Path, manifest: Manifest, database: SqliteDatabase | PostgresDatabase
+) -> None:
+    """Refuse, before anything is copied, a restore whose files (and a SQLite database's
+    scratch copy) do not fit beside what is there: one that fills the disk fails midway.
+    A PostgreSQL server's own disk is out of sight from here."""
+    wanted = [(upload_dir, sum(entry.bytes for entry in manifest.files.values()))]
+    if isinstance(database, SqliteDatabase):
+        wanted.append((database.path.parent, manifest.database_bytes))
+    needs: dict[int, tuple[Path, int]] = {}  # per filesystem: a folder on it, bytes
+    for folder, size in wanted:
+        existing = next(path for path in (folder, *folder.parents) if path.exists())
+        on_device, before = needs.get(existing.stat().st_dev, (existing, 0))
+        needs[existing.stat().st_dev] = (on_device, before + size)
+    for existing, size in needs.values():
+        free = shutil.disk_usage(existing).free
+        if size + ROOM_MARGIN_BYTES > free:
+            raise BackupError(
+                f"the restore needs {_mib(size + ROOM_MARGIN_BYTES)} MiB on the filesystem of "
+                f"{existing} (the backup's files, with {_mib(ROOM_MARGIN_BYTES)} MiB to spare) "
+                f"and {_mib(free)} MiB is free: make room, then restore again"
+            )
+
+
+def _mib(size: int) -> str:
+    return f"{size / 1024 / 1024:,.0f}"
+
+
 def _stage_files(folder: Path, manifest: Manifest, upload_dir: Path) -> Path:
     """The backup's files copied and checked into a staging folder; the target is untouched."""
     upload_dir.mkdir(parents=True, exist_ok=True)
@@ -283,6 +316,7 @@ async def restore_backup(settings: Settings, path: Path, *, force: bool = False)
             f"the backup is of a {manifest.backend} database; DATABASE_URL is {database.backend}"
         )
     _known_revision(manifest.schema_revision)
+    await asyncio.to_thread(_check_room, settings.upload_dir, manifest, database)
     await asyncio.to_thread(_check_backup, folder, manifest)
     if not force:
         if await database.holds_rows():
