@@ -765,6 +765,37 @@ async def test_a_read_marker_answered_before_a_removal_does_not_bring_the_thread
     assert bob.errors == []
 
 
+async def test_a_thread_open_while_its_reader_was_removed_offline_closes_on_reconnect(
+    server: Server, browser: Any, clients: Clients
+) -> None:
+    # No live event tells an offline page: its thread's stream is refused on reconnect.
+    sockets: list[Any] = []
+    gate = SocketGate(away=False)
+
+    async def route(ws: Any) -> None:
+        sockets.append(ws)
+        await gate.route(ws)
+
+    alice_api, bob_api = await clients.users("alice", "bob")
+    tid = await factories.thread(alice_api, bob_api, title="Temp")
+    await factories.send(alice_api, tid, "still here?")
+    bob = await sign_in(browser, server.base, "bob", route_socket=route)
+    await open_thread(bob, "Temp")
+    await expect(bob.message("still here?")).to_be_visible()
+    gate.away = True
+    await sockets[-1].close()
+    await expect(bob.page.locator("#banner")).to_have_text("Connection lost. Reconnecting…")
+    await alice_api.gql(
+        "mutation($t: ID!, $u: ID!) { removeParticipant(threadId: $t, userId: $u) }",
+        {"t": tid, "u": bob_api.id},
+    )
+    gate.away = False
+    await expect(bob.page.locator("#banner")).to_be_hidden()
+    await expect(bob.page.locator("#thread")).to_have_text("You are no longer in that thread.")
+    await expect(bob.page.locator(".thread-list button", has_text="Temp")).to_have_count(0)
+    assert bob.errors == []
+
+
 # ---------------------------------------------------------------- a restarted server
 
 

@@ -20,9 +20,18 @@ app.openThread = (threadId) => {
 	app.view.open(threadId);
 };
 
+// Left, removed or deleted: said live, or by a refusal of its stream on a reconnect.
+app.gone = (id) => {
+	app.threads.remove(id);
+	if (app.activeId !== id) return;
+	app.activeId = null;
+	app.view.close();
+	$("thread").replaceChildren(el("p", { class: "placeholder" }, "You are no longer in that thread."));
+};
+
 app.showList = () => {
 	document.body.classList.remove("show-thread");
-	$("threads").querySelector("[aria-current] , button.thread")?.focus();
+	$("threads").querySelector("[aria-current], button.thread")?.focus();
 };
 
 async function main() {
@@ -61,12 +70,7 @@ async function main() {
 			// No replay: the list is fetched once the stream listens, and after a gap (resyncs).
 			if (event.__typename === "ViewerResync") return app.threads.load().catch(() => {});
 			if (event.__typename !== "ThreadMembershipChanged" || event.role) return event.thread && app.threads.upsert(event.thread);
-			app.threads.remove(event.threadId); // left, removed, or the thread was deleted
-			if (app.activeId === event.threadId) {
-				app.activeId = null;
-				app.view.close();
-				$("thread").replaceChildren(el("p", { class: "placeholder" }, "You are no longer in that thread."));
-			}
+			app.gone(event.threadId);
 		},
 	});
 	app.live.start();

@@ -82,6 +82,10 @@ export class Composer {
 		this.focus();
 	}
 
+	get uploading() {
+		return this.uploads.some((u) => !u.attachment && !u.error);
+	}
+
 	async submit() {
 		const body = this.input.value.trim();
 		if (this.editing) {
@@ -90,7 +94,7 @@ export class Composer {
 			this.cancelEdit();
 			return;
 		}
-		if (this.uploads.some((u) => !u.attachment && !u.error)) return; // still uploading
+		if (this.uploading) return;
 		const ids = this.uploads.filter((u) => u.attachment).map((u) => u.attachment.id);
 		if (!body && !ids.length) return;
 		this.input.value = "";
@@ -109,7 +113,7 @@ export class Composer {
 		const remove = btn({ "aria-label": `Remove ${file.name}`, onclick: () => {
 			this.uploads = this.uploads.filter((u) => u !== entry);
 			chip.remove();
-			this.sendButton.disabled = this.uploads.some((u) => !u.attachment && !u.error);
+			this.sendButton.disabled = this.uploading;
 		} }, "×");
 		const chip = el("li", { class: "upload" }, `${file.name} (${fileSize(file.size)}) `, progress, remove);
 		this.uploads.push(entry);
@@ -122,7 +126,7 @@ export class Composer {
 			entry.error = error;
 			progress.replaceWith(el("span", { class: "error", role: "alert" }, ` not uploaded: ${error.message}`));
 		}
-		this.sendButton.disabled = this.uploads.some((u) => !u.attachment && !u.error);
+		this.sendButton.disabled = this.uploading;
 	}
 
 	// -- mentions

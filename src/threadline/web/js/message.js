@@ -45,7 +45,7 @@ function emojiPicker(message, ctx) {
 	return picker;
 }
 
-/** ctx: {me, role, usernames, inPanel, presenceOf, toggleReaction, openReplies, startEdit, remove, pin, showHistory, retry}. */
+/** ctx: as ThreadView.context(inPanel) makes it. */
 export function renderMessage(message, ctx) {
 	const mine = message.author?.id === ctx.me.id;
 	const deleted = Boolean(message.deletedAt);

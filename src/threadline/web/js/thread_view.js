@@ -7,6 +7,7 @@ import * as Q from "./queries.js";
 import { announce, btn, debounce, el, randomId } from "./util.js";
 
 const TYPING_SHOWN_MS = 7000;
+const olderCursor = ({ pageInfo: p }) => (p.hasPreviousPage ? p.startCursor : null);
 
 export class ThreadView {
 	constructor(root, app) {
@@ -40,7 +41,7 @@ export class ThreadView {
 		requestAnimationFrame(() => requestAnimationFrame(() => {
 			this.app.metrics.threadRenderMs = performance.now() - started;
 		}));
-		const sink = (handler) => ({ next: (d) => d && handler(d), error: (e) => announce(e?.[0]?.message ?? "live updates stopped") });
+		const sink = (handler) => ({ next: (d) => d && handler(d), error: (e) => /^(FORBIDDEN|NOT_FOUND)$/.test(e?.[0]?.extensions?.code) ? this.app.gone(threadId) : announce(e?.[0]?.message ?? "live updates stopped") });
 		const live = this.app.live;
 		this.unsubscribe = [
 			live.subscribe(Q.THREAD_EVENTS, () => ({ t: threadId, after: this.lastSeq }), sink((d) => this.onEvent(d.threadEvents))),
@@ -73,7 +74,7 @@ export class ThreadView {
 		this.typing = new Map();
 		this.people = new Map(thread.participants.edges.map(({ node }) => [node.user.id, { ...node, status: node.user.presence.status }]));
 		const page = thread.messages;
-		this.olderCursor = page.pageInfo.hasPreviousPage ? page.pageInfo.startCursor : null;
+		this.olderCursor = olderCursor(page);
 		thread.pinnedMessages.forEach((m) => this.messages.set(m.id, m));
 		this.title = el("h2", { id: "thread-title" }, thread.title);
 		this.pinButton = btn({ class: "pinned-toggle", "aria-expanded": "false", "aria-controls": "pinned", onclick: () => this.togglePinned() });
@@ -172,7 +173,7 @@ export class ThreadView {
 			const data = await this.app.api.request(Q.OLDER, { t: threadId, before: this.olderCursor });
 			if (this.threadId !== threadId) return;
 			const page = data.messages;
-			this.olderCursor = page.pageInfo.hasPreviousPage ? page.pageInfo.startCursor : null;
+			this.olderCursor = olderCursor(page);
 			this.scroller.setAttribute("aria-busy", "true");
 			const height = this.scroller.scrollHeight;
 			this.list.prepend(...this.renderMany(page.edges.map((e) => e.node)));
