@@ -25,7 +25,7 @@ from threadline.schema.types import (
     UserConnection,
     UserType,
 )
-from threadline.services import attachments, users
+from threadline.services import attachments, notifications, users
 from threadline.services.pagination import PageRequest
 from threadline.services.permissions import access_attachment, access_thread, parse_id
 
@@ -84,8 +84,6 @@ class UserQueries:
             # Of a deleted message or thread: gone for everyone, whatever the access.
             attachment = await attachments.downloadable(session, node_id)
             return AttachmentType.of(attachment) if attachment is not None else None
-        from threadline.services import notifications
-
         notification = await notifications.get_notification(session, viewer, node_id)
         if notification is not None:
             return NotificationType.of(notification)
