@@ -140,9 +140,10 @@ class _Measure:
         return found
 
 
-def _parts(
+def parts(
     document: DocumentNode,
 ) -> tuple[dict[str, FragmentDefinitionNode], Sequence[OperationDefinitionNode]]:
+    """A document's fragments by name, and its operations."""
     definitions = document.definitions
     fragments = {d.name.value: d for d in definitions if isinstance(d, FragmentDefinitionNode)}
     operations = [d for d in definitions if isinstance(d, OperationDefinitionNode)]
@@ -155,7 +156,7 @@ def depth_limit(max_depth: int) -> type[ValidationRule]:
     class DepthLimit(ValidationRule):
         def __init__(self, context: ValidationContext) -> None:
             super().__init__(context)
-            fragments, operations = _parts(context.document)
+            fragments, operations = parts(context.document)
             measure = _Measure(fragments, max_depth)
             for operation in operations:
                 try:
@@ -174,7 +175,7 @@ def alias_limit(max_aliases: int) -> type[ValidationRule]:
     class AliasLimit(ValidationRule):
         def __init__(self, context: ValidationContext) -> None:
             super().__init__(context)
-            fragments, operations = _parts(context.document)
+            fragments, operations = parts(context.document)
             measure = _Measure(fragments, max_aliases)
             total = 0
             try:
@@ -192,7 +193,7 @@ def alias_limit(max_aliases: int) -> type[ValidationRule]:
 def repeats_over(document: DocumentNode, limit: int = MAX_REPEATS) -> str | None:
     """The first response key selected more than ``limit`` times in one selection set
     of the document's operations or fragments (``_Measure.repeats``), or None."""
-    fragments, operations = _parts(document)
+    fragments, operations = parts(document)
     measure = _Measure(fragments, limit)
     try:
         for operation in operations:
