@@ -216,8 +216,7 @@ class ThreadType(Node):
     async def last_message(self, info: Info) -> MessageType | None:
         if await readable_thread(info, self.row.id) is None:
             return None
-        row = await _ctx(info).loaders.last_message.load(self.row.id)
-        return MessageType.of(row) if row is not None else None
+        return _message_or_none(await _ctx(info).loaders.last_message.load(self.row.id))
 
     @strawberry.field(
         description="The signed-in user's effective role (system roles inherited).",
