@@ -75,15 +75,13 @@ class BodyLimits:
                 multipart = value[: len(_MULTIPART)].lower() == _MULTIPART
         declared: int | None = None
         if not chunked:
-            if length is None and scope.get("http_version", "1.1") in ("1.1", "1.0"):
-                # HTTP/1: no length and no chunking means no body (HTTP/2 may stream one).
-                await self.app(scope, receive, send)
-                return
             try:
                 declared = None if length is None else int(length)
             except ValueError:  # the server's parser lets such a header through: count instead
                 declared = None
-            if declared == 0:
+            # HTTP/1: no length and no chunking means no body (HTTP/2 may stream one).
+            http1 = scope.get("http_version", "1.1") in ("1.1", "1.0")
+            if declared == 0 or (length is None and http1):
                 await self.app(scope, receive, send)
                 return
         body = _Body(self, scope, receive, send, multipart)

@@ -13,7 +13,6 @@ from strawberry.file_uploads import Upload
 from threadline.errors import BadInput
 from threadline.realtime.rate_limits import Action
 from threadline.resolvers import operations as op
-from threadline.schema.connections import page_args
 from threadline.schema.directives import authenticated, thread_role
 from threadline.schema.enums import ThreadRole
 from threadline.schema.inputs import SendMessageInput
@@ -26,6 +25,7 @@ from threadline.schema.types import (
     thread_messages,
 )
 from threadline.services import attachments, messages, receipts, search
+from threadline.services.pagination import PageRequest
 from threadline.services.permissions import parse_id
 
 
@@ -42,7 +42,7 @@ class MessageQueries:
         before: str | None = None,
     ) -> MessageConnection:
         thread = op.checked_access(info, thread_id).thread
-        return await thread_messages(info, thread, page_args(first, after, last, before))
+        return await thread_messages(info, thread, PageRequest(first, after, last, before))
 
     @strawberry.field(extensions=[thread_role(ThreadRole.MEMBER)])
     async def message(self, info: Info, message_id: ID) -> MessageType:
@@ -66,7 +66,7 @@ class MessageQueries:
             await op.viewer(info),
             query,
             parse_id(thread_id, "Thread") if thread_id is not None else None,
-            page_args(first, after),
+            PageRequest(first, after),
         )
         return await message_connection(
             info, await op.visible_now(info, page, lambda m: m.thread_id)

@@ -6,10 +6,11 @@ import strawberry
 from strawberry import ID, Info
 
 from threadline.resolvers import operations as op
-from threadline.schema.connections import connection, page_args
+from threadline.schema.connections import connection
 from threadline.schema.directives import authenticated
 from threadline.schema.types import NotificationConnection, NotificationType
 from threadline.services import notifications
+from threadline.services.pagination import PageRequest
 
 
 @strawberry.type
@@ -26,7 +27,7 @@ class NotificationQueries:
             await op.session(info),
             await op.viewer(info),
             bool(unread_only),
-            page_args(first, after),
+            PageRequest(first, after),
         )
         return connection(NotificationConnection, page, NotificationType.of, unread_count=unread)
 

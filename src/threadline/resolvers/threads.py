@@ -6,12 +6,13 @@ import strawberry
 from strawberry import ID, Info
 
 from threadline.resolvers import operations as op
-from threadline.schema.connections import connection, page_args
+from threadline.schema.connections import connection
 from threadline.schema.directives import authenticated, thread_role
 from threadline.schema.enums import ThreadRole
 from threadline.schema.inputs import CreateThreadInput, UpdateThreadInput
 from threadline.schema.types import ParticipantType, ThreadConnection, ThreadType
 from threadline.services import threads
+from threadline.services.pagination import PageRequest
 
 
 @strawberry.type
@@ -32,7 +33,7 @@ class ThreadQueries:
         search: str | None = None,
     ) -> ThreadConnection:
         page = await threads.threads_of(
-            await op.session(info), await op.viewer(info), search, page_args(first, after)
+            await op.session(info), await op.viewer(info), search, PageRequest(first, after)
         )
         page = await op.visible_now(info, page, lambda a: a.thread.id)
         # What the primary decided stands (visible_now); otherwise the page's own.

@@ -10,7 +10,7 @@ from strawberry import ID, Info
 from threadline.errors import NotFound
 from threadline.realtime.rate_limits import Action
 from threadline.resolvers import operations as op
-from threadline.schema.connections import connection, page_args
+from threadline.schema.connections import connection
 from threadline.schema.directives import authenticated, has_role
 from threadline.schema.enums import PresenceStatus, SystemRole
 from threadline.schema.inputs import UpdateMeInput
@@ -25,7 +25,8 @@ from threadline.schema.types import (
     UserConnection,
     UserType,
 )
-from threadline.services import attachments, users
+from threadline.services import attachments, notifications, users
+from threadline.services.pagination import PageRequest
 from threadline.services.permissions import access_attachment, access_thread, parse_id
 
 
@@ -53,7 +54,7 @@ class UserQueries:
         first: int | None = None,
         after: str | None = None,
     ) -> UserConnection:
-        page = await users.search_users(await op.session(info), search, page_args(first, after))
+        page = await users.search_users(await op.session(info), search, PageRequest(first, after))
         return connection(UserConnection, page, UserType.of)
 
     @strawberry.field(extensions=[authenticated()])
@@ -83,8 +84,6 @@ class UserQueries:
             # Of a deleted message or thread: gone for everyone, whatever the access.
             attachment = await attachments.downloadable(session, node_id)
             return AttachmentType.of(attachment) if attachment is not None else None
-        from threadline.services import notifications
-
         notification = await notifications.get_notification(session, viewer, node_id)
         if notification is not None:
             return NotificationType.of(notification)

@@ -7,7 +7,7 @@ from typing import Any, Generic, TypeVar
 
 import strawberry
 
-from threadline.services.pagination import Page, PageRequest
+from threadline.services.pagination import Page
 
 C = TypeVar("C")
 N = TypeVar("N")
@@ -33,12 +33,6 @@ class Edge(Generic[N]):
 class Connection(Generic[N]):
     edges: list[Edge[N]]
     page_info: PageInfo
-
-
-def page_args(
-    first: int | None, after: str | None, last: int | None = None, before: str | None = None
-) -> PageRequest:
-    return PageRequest(first=first, after=after, last=last, before=before)
 
 
 def connection(kind: Callable[..., C], page: Page[R], node: Callable[[R], Any], **more: Any) -> C:

@@ -79,7 +79,7 @@ class _Measure:
                 deepest = max(deepest, below)
         return deepest
 
-    def aliases(self, selection_set: SelectionSetNode | None, _level: int = 0) -> int:
+    def aliases(self, selection_set: SelectionSetNode | None) -> int:
         count = 0
         for selection in selection_set.selections if selection_set else ():
             if isinstance(selection, FieldNode):
@@ -92,7 +92,7 @@ class _Measure:
                 raise _OverLimit
         return count
 
-    def repeats(self, selection_set: SelectionSetNode | None, _level: int = 0) -> Counter[str]:
+    def repeats(self, selection_set: SelectionSetNode | None) -> Counter[str]:
         """How often each response key is selected in ``selection_set``, with the fields
         its fragments bring: each fragment once however often it is spread there, as
         graphql-core compares them. Over ``limit`` raises with the key."""
@@ -120,9 +120,7 @@ class _Measure:
                 add(key, times)
         return counts
 
-    def fragment(
-        self, name: str, measure: Callable[[SelectionSetNode | None, int], T], nothing: T
-    ) -> T:
+    def fragment(self, name: str, measure: Callable[[SelectionSetNode | None], T], nothing: T) -> T:
         """The fragment's measure, taken once; ``nothing`` for what is not followed."""
         if name in self.known:
             known: T = self.known[name]
@@ -134,15 +132,16 @@ class _Measure:
             return nothing
         self.open.add(name)
         try:
-            found = self.known[name] = measure(fragment.selection_set, 0)
+            found = self.known[name] = measure(fragment.selection_set)
         finally:
             self.open.discard(name)
         return found
 
 
-def _parts(
+def parts(
     document: DocumentNode,
 ) -> tuple[dict[str, FragmentDefinitionNode], Sequence[OperationDefinitionNode]]:
+    """A document's fragments by name, and its operations."""
     definitions = document.definitions
     fragments = {d.name.value: d for d in definitions if isinstance(d, FragmentDefinitionNode)}
     operations = [d for d in definitions if isinstance(d, OperationDefinitionNode)]
@@ -155,7 +154,7 @@ def depth_limit(max_depth: int) -> type[ValidationRule]:
     class DepthLimit(ValidationRule):
         def __init__(self, context: ValidationContext) -> None:
             super().__init__(context)
-            fragments, operations = _parts(context.document)
+            fragments, operations = parts(context.document)
             measure = _Measure(fragments, max_depth)
             for operation in operations:
                 try:
@@ -174,7 +173,7 @@ def alias_limit(max_aliases: int) -> type[ValidationRule]:
     class AliasLimit(ValidationRule):
         def __init__(self, context: ValidationContext) -> None:
             super().__init__(context)
-            fragments, operations = _parts(context.document)
+            fragments, operations = parts(context.document)
             measure = _Measure(fragments, max_aliases)
             total = 0
             try:
@@ -189,11 +188,11 @@ def alias_limit(max_aliases: int) -> type[ValidationRule]:
     return AliasLimit
 
 
-def repeats_over(document: DocumentNode, limit: int = MAX_REPEATS) -> str | None:
-    """The first response key selected more than ``limit`` times in one selection set
+def repeats_over(document: DocumentNode) -> str | None:
+    """The first response key selected more than MAX_REPEATS times in one selection set
     of the document's operations or fragments (``_Measure.repeats``), or None."""
-    fragments, operations = _parts(document)
-    measure = _Measure(fragments, limit)
+    fragments, operations = parts(document)
+    measure = _Measure(fragments, MAX_REPEATS)
     try:
         for operation in operations:
             measure.repeats(operation.selection_set)

@@ -16,7 +16,6 @@ from typing import Any
 from graphql import (
     ASTValidationRule,
     DocumentNode,
-    FragmentDefinitionNode,
     GraphQLError,
     GraphQLSchema,
     OperationDefinitionNode,
@@ -30,7 +29,7 @@ from strawberry.types import ExecutionContext
 
 from threadline.errors import QueryTooCostly
 from threadline.realtime.caches import TTLCache
-from threadline.schema.document_limits import MAX_REPEATS, repeats_over
+from threadline.schema.document_limits import MAX_REPEATS, parts, repeats_over
 from threadline.schema.query_cost import CostModel
 
 # Costs kept per document (distinct operation names and page-size values).
@@ -102,12 +101,7 @@ class Documents:
             key = (name,)
         cost = entry.costs.get(key)
         if cost is None:
-            fragments = {
-                d.name.value: d
-                for d in entry.document.definitions
-                if isinstance(d, FragmentDefinitionNode)
-            }
-            cost = self.cost_model.cost(operation, fragments, variables)
+            cost = self.cost_model.cost(operation, parts(entry.document)[0], variables)
             if len(entry.costs) >= COSTS_PER_DOCUMENT:
                 entry.costs.clear()
             entry.costs[key] = cost

@@ -18,7 +18,7 @@ from strawberry.scalars import JSON
 
 from threadline import models
 from threadline.errors import BadInput, NotFound
-from threadline.schema.connections import Connection, Edge, PageInfo, connection, page_args
+from threadline.schema.connections import Connection, Edge, PageInfo, connection
 from threadline.schema.enums import (
     AttachmentKind,
     MessageStatus,
@@ -216,8 +216,7 @@ class ThreadType(Node):
     async def last_message(self, info: Info) -> MessageType | None:
         if await readable_thread(info, self.row.id) is None:
             return None
-        row = await _ctx(info).loaders.last_message.load(self.row.id)
-        return MessageType.of(row) if row is not None else None
+        return _message_or_none(await _ctx(info).loaders.last_message.load(self.row.id))
 
     @strawberry.field(
         description="The signed-in user's effective role (system roles inherited).",
@@ -252,7 +251,7 @@ class ThreadType(Node):
     ) -> ParticipantConnection:
         thread = await _thread_or_not_found(info, self.row.id)
         page, total = await thread_service.participants_page(
-            await _ctx(info).session(), thread.id, page_args(first, after)
+            await _ctx(info).session(), thread.id, PageRequest(first, after)
         )
         return connection(ParticipantConnection, page, ParticipantType.of, total_count=total)
 
@@ -267,7 +266,7 @@ class ThreadType(Node):
         before: str | None = None,
     ) -> MessageConnection:
         thread = await _thread_or_not_found(info, self.row.id)
-        return await thread_messages(info, thread, page_args(first, after, last, before))
+        return await thread_messages(info, thread, PageRequest(first, after, last, before))
 
     @strawberry.field(
         description=f"At most {message_service.MAX_PINNED}, most recently pinned first."
@@ -490,7 +489,7 @@ class MessageType(Node):
         before: str | None = None,
     ) -> MessageConnection:
         await _thread_or_not_found(info, self.row.thread_id)
-        request = page_args(first, after, last, before)
+        request = PageRequest(first, after, last, before)
         page = await message_service.replies(await _ctx(info).session(), self.row, request)
         return await message_connection(info, page)
 
@@ -669,7 +668,7 @@ async def _prefetch(info: Info, rows: list[models.Message]) -> None:
         # (strawberry gives literal arguments as written: an Int arrives as text)
         first, after = read_by.arguments.get("first"), read_by.arguments.get("after")
         try:
-            size = page_args(int(str(first)) if str(first).isdigit() else None, None).size
+            size = PageRequest(int(str(first)) if str(first).isdigit() else None).size
         except BadInput:  # the field itself will say so
             return
         if after is not None:
@@ -705,7 +704,7 @@ async def _delivered(info: Info, thread_id: uuid.UUID, rows: list[models.Message
 def read_by(
     info: Info, message: models.Message, first: int | None, after: str | None
 ) -> UserConnection | Awaitable[UserConnection]:
-    request = page_args(first, after)
+    request = PageRequest(first, after)
     loaders = _ctx(info).loaders
 
     def page_of(markers: list[receipts.Marker]) -> object:

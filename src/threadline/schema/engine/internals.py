@@ -151,8 +151,7 @@ def _weak_helpers(executor: Executor[Any]) -> GraphQLResolveInfoHelpers:
 
 def graphql_schema(schema: strawberry.Schema) -> GraphQLSchema:
     """graphql-core's schema under strawberry's."""
-    core: GraphQLSchema = schema._schema
-    return core
+    return schema._schema
 
 
 def raw_info(info: Info[Any, Any]) -> GraphQLResolveInfo[Any]:
