@@ -399,12 +399,8 @@ class Database:
             # a cancelled reset is a traceback in SQLAlchemy's log and a lost connection.
             await asyncio.shield(session.close())
 
-    async def ping(self) -> None:
-        async with self.engine.connect() as conn:
-            await conn.exec_driver_sql("SELECT 1")
-
     async def schema_revision(self) -> str | None:
-        """The database's Alembic revision (None: never migrated); a round trip, like ping."""
+        """The database's Alembic revision (None: never migrated); a round trip."""
         from alembic.runtime.migration import MigrationContext
 
         async with self.engine.connect() as conn:
