@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager, nullcontext
 from typing import Any, TypeVar
 
 import asyncpg
@@ -229,6 +229,21 @@ async def count_rows(session: AsyncSession, table: type[Any], *where: ColumnElem
     return int(await session.scalar(select(func.count()).select_from(table).where(*where)) or 0)
 
 
+@contextmanager
+def _timed_write(name: str) -> Iterator[None]:
+    """Times a named write; a lost connection is SERVICE_UNAVAILABLE, never retried here:
+    a write whose connection died may have committed."""
+    started = time.perf_counter()
+    try:
+        yield
+    except Exception as exc:
+        if connection_lost(exc):
+            raise ServiceUnavailable(WRITE_LOST) from exc
+        raise
+    finally:
+        transaction_seconds(name).observe(time.perf_counter() - started)
+
+
 class UnitOfWork:
     """One named transaction and the events it will publish once committed."""
 
@@ -322,22 +337,14 @@ class Database:
     @asynccontextmanager
     async def transaction(self, name: str) -> AsyncIterator[UnitOfWork]:
         """Run one unit of work; commit on success, then publish what it emitted."""
-        started = time.perf_counter()
-        if self._write_lock is not None:
-            await self._write_lock.acquire()
-        try:
-            async with self.sessions() as session, session.begin():
+        with _timed_write(name):
+            async with (
+                self._write_lock or nullcontext(),
+                self.sessions() as session,
+                session.begin(),
+            ):
                 uow = UnitOfWork(name, session)
                 yield uow
-        except Exception as exc:
-            # Never retried here: a write whose connection died may have committed.
-            if connection_lost(exc):
-                raise ServiceUnavailable(WRITE_LOST) from exc
-            raise
-        finally:
-            if self._write_lock is not None:
-                self._write_lock.release()
-            transaction_seconds(name).observe(time.perf_counter() - started)
         if uow.events:
             await self.publish_committed(name, uow.events)
 
@@ -358,19 +365,11 @@ class Database:
         """
         if not self.is_postgres:
             raise RuntimeError("driver_connection is for PostgreSQL only")
-        started = time.perf_counter()
-        pool = self._driver_pool or await self._open_driver_pool()
-        try:
+        with _timed_write(name):
+            pool = self._driver_pool or await self._open_driver_pool()
             # asyncpg replaces a connection the server closed when it is acquired.
             async with pool.acquire() as conn:
                 yield conn
-        except Exception as exc:
-            # Never retried here: a statement whose connection died may have committed.
-            if connection_lost(exc):
-                raise ServiceUnavailable(WRITE_LOST) from exc
-            raise
-        finally:
-            transaction_seconds(name).observe(time.perf_counter() - started)
 
     async def _open_driver_pool(self) -> asyncpg.Pool:
         async with self._driver_pool_opening:
