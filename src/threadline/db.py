@@ -11,12 +11,12 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager, nullcontext
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import asyncpg
 from sqlalchemy import ColumnElement, event, func, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import CursorResult, Dialect, Result
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -227,6 +227,11 @@ def is_postgres(session: AsyncSession) -> bool:
 async def count_rows(session: AsyncSession, table: type[Any], *where: ColumnElement[bool]) -> int:
     """How many rows of ``table`` match every condition of ``where``."""
     return int(await session.scalar(select(func.count()).select_from(table).where(*where)) or 0)
+
+
+def rowcount(result: Result[Any]) -> int:
+    """Rows an UPDATE or DELETE matched (AsyncSession.execute is typed as a plain Result)."""
+    return int(cast("CursorResult[Any]", result).rowcount)
 
 
 @contextmanager

@@ -10,14 +10,13 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 from sqlalchemy import ColumnElement, bindparam, delete, select, update
-from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from threadline.db import UnitOfWork
+from threadline.db import UnitOfWork, rowcount
 from threadline.errors import BadInput, Conflict, SignedOut
 from threadline.models import EndedClerkSession, Session, SystemRole, User, WebhookDelivery, utcnow
 from threadline.models.queries import Query
@@ -192,7 +191,7 @@ async def prune_webhook_deliveries(uow: UnitOfWork, *, now: datetime) -> int:
     result = await uow.session.execute(
         delete(WebhookDelivery).where(WebhookDelivery.received_at < cutoff)
     )
-    return cast("CursorResult[Any]", result).rowcount
+    return rowcount(result)
 
 
 async def _insert_user(session: AsyncSession, user: User) -> User:
