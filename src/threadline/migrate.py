@@ -73,18 +73,17 @@ def alembic_config(database_url: str) -> Config:
     return config
 
 
-def _refuse_inside_running_loop(name: str) -> None:
+def upgrade_to_head(database_url: str) -> None:
+    """Migrate the database to the newest revision; call it where no event loop runs."""
     # env.py drives the async engine with asyncio.run(), which a running loop forbids.
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return
-    raise RuntimeError(f"{name}() blocks; inside an event loop, await {name}_async() instead")
-
-
-def upgrade_to_head(database_url: str) -> None:
-    """Migrate the database to the newest revision; call it where no event loop runs."""
-    _refuse_inside_running_loop("upgrade_to_head")
+        pass
+    else:
+        raise RuntimeError(
+            "upgrade_to_head() blocks; inside an event loop, await upgrade_to_head_async() instead"
+        )
     with _ALEMBIC_COMMAND_LOCK:
         command.upgrade(alembic_config(database_url), "head")
 
@@ -133,9 +132,3 @@ async def current_revision_async(database_url: str) -> str | None:
             )
     finally:
         await engine.dispose()
-
-
-def current_revision(database_url: str) -> str | None:
-    """The revision the database is at, or None; call it where no event loop runs."""
-    _refuse_inside_running_loop("current_revision")
-    return asyncio.run(current_revision_async(database_url))
