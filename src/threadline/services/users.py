@@ -82,9 +82,7 @@ async def update_me(
     preferences: Any = None,
     set_preferences: bool = False,
 ) -> User:
-    user = await uow.session.get(User, actor.id)
-    if user is None:
-        raise NotFound("User not found")
+    user = await get_user(uow.session, actor.id)
     if display_name is not None:
         user.display_name = clean_display_name(display_name)
     if set_preferences:
