@@ -93,15 +93,20 @@ async def upgrade_to_head_async(database_url: str) -> None:
     await asyncio.to_thread(upgrade_to_head, database_url)
 
 
-def head_revision() -> str | None:
-    """The newest revision the package ships."""
-    return ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head()
-
-
 @functools.cache
 def _shipped() -> tuple[str | None, frozenset[str]]:
     script = ScriptDirectory(str(MIGRATIONS_DIR))
     return script.get_current_head(), frozenset(r.revision for r in script.walk_revisions())
+
+
+def head_revision() -> str | None:
+    """The newest revision the package ships."""
+    return _shipped()[0]
+
+
+def is_shipped(revision: str) -> bool:
+    """Whether the package ships ``revision`` (one it does not is a newer version's)."""
+    return revision in _shipped()[1]
 
 
 def schema_problem(revision: str | None) -> str | None:
