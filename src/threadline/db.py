@@ -225,7 +225,6 @@ def is_postgres(session: AsyncSession) -> bool:
 
 
 async def count_rows(session: AsyncSession, table: type[Any], *where: ColumnElement[bool]) -> int:
-    """How many rows of ``table`` match every condition of ``where``."""
     return int(await session.scalar(select(func.count()).select_from(table).where(*where)) or 0)
 
 
