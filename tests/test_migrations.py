@@ -28,7 +28,6 @@ from sqlalchemy.pool import NullPool
 
 from threadline.migrate import (
     alembic_config,
-    current_revision,
     current_revision_async,
     head_revision,
     include_name,
@@ -193,7 +192,7 @@ async def test_schema_comparison_notices_a_missing_index(sqlite_url: str) -> Non
 def test_upgrade_to_head_runs_where_no_event_loop_runs(sqlite_url: str) -> None:
     upgrade_to_head(sqlite_url)
 
-    assert current_revision(sqlite_url) == head_revision()
+    assert asyncio.run(current_revision_async(sqlite_url)) == head_revision()
 
 
 async def test_upgrade_to_head_inside_a_running_loop_points_to_the_async_variant(

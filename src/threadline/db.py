@@ -9,14 +9,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager, nullcontext
+from typing import Any, TypeVar, cast
 
 import asyncpg
 from sqlalchemy import ColumnElement, event, func, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import CursorResult, Dialect, Result
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -225,8 +225,27 @@ def is_postgres(session: AsyncSession) -> bool:
 
 
 async def count_rows(session: AsyncSession, table: type[Any], *where: ColumnElement[bool]) -> int:
-    """How many rows of ``table`` match every condition of ``where``."""
     return int(await session.scalar(select(func.count()).select_from(table).where(*where)) or 0)
+
+
+def rowcount(result: Result[Any]) -> int:
+    """Rows an UPDATE or DELETE matched (AsyncSession.execute is typed as a plain Result)."""
+    return int(cast("CursorResult[Any]", result).rowcount)
+
+
+@contextmanager
+def _timed_write(name: str) -> Iterator[None]:
+    """Times a named write; a lost connection is SERVICE_UNAVAILABLE, never retried here:
+    a write whose connection died may have committed."""
+    started = time.perf_counter()
+    try:
+        yield
+    except Exception as exc:
+        if connection_lost(exc):
+            raise ServiceUnavailable(WRITE_LOST) from exc
+        raise
+    finally:
+        transaction_seconds(name).observe(time.perf_counter() - started)
 
 
 class UnitOfWork:
@@ -322,22 +341,14 @@ class Database:
     @asynccontextmanager
     async def transaction(self, name: str) -> AsyncIterator[UnitOfWork]:
         """Run one unit of work; commit on success, then publish what it emitted."""
-        started = time.perf_counter()
-        if self._write_lock is not None:
-            await self._write_lock.acquire()
-        try:
-            async with self.sessions() as session, session.begin():
+        with _timed_write(name):
+            async with (
+                self._write_lock or nullcontext(),
+                self.sessions() as session,
+                session.begin(),
+            ):
                 uow = UnitOfWork(name, session)
                 yield uow
-        except Exception as exc:
-            # Never retried here: a write whose connection died may have committed.
-            if connection_lost(exc):
-                raise ServiceUnavailable(WRITE_LOST) from exc
-            raise
-        finally:
-            if self._write_lock is not None:
-                self._write_lock.release()
-            transaction_seconds(name).observe(time.perf_counter() - started)
         if uow.events:
             await self.publish_committed(name, uow.events)
 
@@ -358,19 +369,11 @@ class Database:
         """
         if not self.is_postgres:
             raise RuntimeError("driver_connection is for PostgreSQL only")
-        started = time.perf_counter()
-        pool = self._driver_pool or await self._open_driver_pool()
-        try:
+        with _timed_write(name):
+            pool = self._driver_pool or await self._open_driver_pool()
             # asyncpg replaces a connection the server closed when it is acquired.
             async with pool.acquire() as conn:
                 yield conn
-        except Exception as exc:
-            # Never retried here: a statement whose connection died may have committed.
-            if connection_lost(exc):
-                raise ServiceUnavailable(WRITE_LOST) from exc
-            raise
-        finally:
-            transaction_seconds(name).observe(time.perf_counter() - started)
 
     async def _open_driver_pool(self) -> asyncpg.Pool:
         async with self._driver_pool_opening:
@@ -399,12 +402,8 @@ class Database:
             # a cancelled reset is a traceback in SQLAlchemy's log and a lost connection.
             await asyncio.shield(session.close())
 
-    async def ping(self) -> None:
-        async with self.engine.connect() as conn:
-            await conn.exec_driver_sql("SELECT 1")
-
     async def schema_revision(self) -> str | None:
-        """The database's Alembic revision (None: never migrated); a round trip, like ping."""
+        """The database's Alembic revision (None: never migrated); a round trip."""
         from alembic.runtime.migration import MigrationContext
 
         async with self.engine.connect() as conn:

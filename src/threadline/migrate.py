@@ -73,18 +73,17 @@ def alembic_config(database_url: str) -> Config:
     return config
 
 
-def _refuse_inside_running_loop(name: str) -> None:
+def upgrade_to_head(database_url: str) -> None:
+    """Migrate the database to the newest revision; call it where no event loop runs."""
     # env.py drives the async engine with asyncio.run(), which a running loop forbids.
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return
-    raise RuntimeError(f"{name}() blocks; inside an event loop, await {name}_async() instead")
-
-
-def upgrade_to_head(database_url: str) -> None:
-    """Migrate the database to the newest revision; call it where no event loop runs."""
-    _refuse_inside_running_loop("upgrade_to_head")
+        pass
+    else:
+        raise RuntimeError(
+            "upgrade_to_head() blocks; inside an event loop, await upgrade_to_head_async() instead"
+        )
     with _ALEMBIC_COMMAND_LOCK:
         command.upgrade(alembic_config(database_url), "head")
 
@@ -94,15 +93,20 @@ async def upgrade_to_head_async(database_url: str) -> None:
     await asyncio.to_thread(upgrade_to_head, database_url)
 
 
-def head_revision() -> str | None:
-    """The newest revision the package ships."""
-    return ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head()
-
-
 @functools.cache
 def _shipped() -> tuple[str | None, frozenset[str]]:
     script = ScriptDirectory(str(MIGRATIONS_DIR))
     return script.get_current_head(), frozenset(r.revision for r in script.walk_revisions())
+
+
+def head_revision() -> str | None:
+    """The newest revision the package ships."""
+    return _shipped()[0]
+
+
+def is_shipped(revision: str) -> bool:
+    """Whether the package ships ``revision`` (one it does not is a newer version's)."""
+    return revision in _shipped()[1]
 
 
 def schema_problem(revision: str | None) -> str | None:
@@ -133,9 +137,3 @@ async def current_revision_async(database_url: str) -> str | None:
             )
     finally:
         await engine.dispose()
-
-
-def current_revision(database_url: str) -> str | None:
-    """The revision the database is at, or None; call it where no event loop runs."""
-    _refuse_inside_running_loop("current_revision")
-    return asyncio.run(current_revision_async(database_url))

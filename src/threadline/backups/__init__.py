@@ -17,8 +17,6 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from alembic.script import ScriptDirectory
-from alembic.util import CommandError
 from sqlalchemy.engine import make_url
 
 from threadline.backups.manifest import (
@@ -37,7 +35,7 @@ from threadline.backups.manifest import (
 from threadline.backups.postgres import PostgresDatabase
 from threadline.backups.sqlite import SqliteDatabase
 from threadline.config import ConfigError, Settings
-from threadline.migrate import MIGRATIONS_DIR, head_revision, upgrade_to_head_async
+from threadline.migrate import head_revision, is_shipped, upgrade_to_head_async
 
 __all__ = [
     "BackupError",
@@ -187,20 +185,6 @@ def prune_backups(parent: Path, keep: int, *, made: Path | None = None) -> list[
     return removed
 
 
-def _known_revision(revision: str | None) -> None:
-    if revision is None:
-        return
-    try:
-        known = ScriptDirectory(str(MIGRATIONS_DIR)).get_revision(revision)
-    except CommandError:
-        known = None
-    if known is None:
-        raise BackupError(
-            f"the backup's schema revision {revision} is unknown to this threadline "
-            "(made by a newer version?): restore it with that version or newer"
-        )
-
-
 # Restored files are staged here, inside the upload folder: one filesystem, so moving
 # them into place is a rename (beside it would be another volume under compose, where
 # the upload folder is a mount point and its parent is not writable by the app).
@@ -315,7 +299,12 @@ async def restore_backup(settings: Settings, path: Path, *, force: bool = False)
         raise BackupError(
             f"the backup is of a {manifest.backend} database; DATABASE_URL is {database.backend}"
         )
-    _known_revision(manifest.schema_revision)
+    revision = manifest.schema_revision
+    if revision is not None and not is_shipped(revision):
+        raise BackupError(
+            f"the backup's schema revision {revision} is unknown to this threadline "
+            "(made by a newer version?): restore it with that version or newer"
+        )
     await asyncio.to_thread(_check_room, settings.upload_dir, manifest, database)
     await asyncio.to_thread(_check_backup, folder, manifest)
     if not force:

@@ -10,14 +10,13 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 from sqlalchemy import ColumnElement, bindparam, delete, select, update
-from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from threadline.db import UnitOfWork
+from threadline.db import UnitOfWork, rowcount
 from threadline.errors import BadInput, Conflict, SignedOut
 from threadline.models import EndedClerkSession, Session, SystemRole, User, WebhookDelivery, utcnow
 from threadline.models.queries import Query
@@ -52,7 +51,7 @@ class Identity:
 async def user_for_identity(uow: UnitOfWork, identity: Identity) -> User:
     """The user a verified token speaks for, created on first sight (Clerk does not
     promise that ``user.created`` arrives first). A deleted user is refused."""
-    user = await _user_by_clerk_id(uow.session, identity.clerk_id)
+    user = await users.user_by_clerk_id(uow.session, identity.clerk_id)
     if user is None:
         new = User(
             clerk_id=identity.clerk_id,
@@ -83,7 +82,7 @@ async def apply_user_event(uow: UnitOfWork, data: Mapping[str, Any]) -> bool:
     """
     clerk_id = _clerk_id(data)
     updated_at = _millis(data.get("updated_at"))  # refused before anything is written
-    user = await _user_by_clerk_id(uow.session, clerk_id)
+    user = await users.user_by_clerk_id(uow.session, clerk_id)
     if user is None:
         created = User(clerk_id=clerk_id, preferences={})
         _apply_profile(created, data)
@@ -118,7 +117,7 @@ async def delete_user(uow: UnitOfWork, data: Mapping[str, Any]) -> User | None:
     """
     clerk_id = _clerk_id(data)
     now = utcnow()
-    user = await _user_by_clerk_id(uow.session, clerk_id)
+    user = await users.user_by_clerk_id(uow.session, clerk_id)
     if user is None:
         tombstone = User(clerk_id=clerk_id, preferences={}, deleted_at=now)
         _anonymise(tombstone)
@@ -192,15 +191,11 @@ async def prune_webhook_deliveries(uow: UnitOfWork, *, now: datetime) -> int:
     result = await uow.session.execute(
         delete(WebhookDelivery).where(WebhookDelivery.received_at < cutoff)
     )
-    return cast("CursorResult[Any]", result).rowcount
-
-
-async def _user_by_clerk_id(session: AsyncSession, clerk_id: str) -> User | None:
-    return await session.scalar(select(User).where(User.clerk_id == clerk_id))
+    return rowcount(result)
 
 
 async def _insert_user(session: AsyncSession, user: User) -> User:
-    return await _insert(session, user, lambda: _user_by_clerk_id(session, user.clerk_id))
+    return await _insert(session, user, lambda: users.user_by_clerk_id(session, user.clerk_id))
 
 
 async def _insert(

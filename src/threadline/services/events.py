@@ -91,7 +91,6 @@ def stops_viewer(stops: object, viewer_id: uuid.UUID) -> bool:
 
 
 def ends_subscription(event: LoggedEvent, viewer_id: uuid.UUID) -> bool:
-    """After this event the viewer may no longer follow the thread."""
     return stops_viewer(who_stops(event), viewer_id)
 
 

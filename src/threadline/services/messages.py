@@ -19,7 +19,7 @@ from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
-from threadline.db import Database, UnitOfWork, count_rows, dialect_insert
+from threadline.db import Database, UnitOfWork, count_rows, dialect_insert, rowcount
 from threadline.errors import BadInput, Conflict, Forbidden, NotFound
 from threadline.models import (
     Attachment,
@@ -260,7 +260,7 @@ async def _write_message(
         )
         # The clean-up may have swept an unused upload since the check above (this
         # update waited for its lock): refuse the message rather than lose the file.
-        if claimed.rowcount != len(attachment_uuids):  # type: ignore[attr-defined]
+        if rowcount(claimed) != len(attachment_uuids):
             raise NotFound("Attachment not found (unused uploads expire after 24 hours)")
     await append_event(
         uow,

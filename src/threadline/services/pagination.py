@@ -121,7 +121,6 @@ def text_id_key(key: list[Any]) -> tuple[str, uuid.UUID]:
 
 
 def id_key(key: list[Any]) -> uuid.UUID:
-    """A key of one id."""
     if len(key) != 1:
         raise BadInput("Invalid cursor")
     return _id(key[0])

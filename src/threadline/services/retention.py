@@ -10,12 +10,10 @@ import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, cast
 
 from sqlalchemy import delete
-from sqlalchemy.engine import CursorResult
 
-from threadline.db import Database, try_transaction_lock
+from threadline.db import Database, rowcount, try_transaction_lock
 from threadline.models import EndedClerkSession, Session, utcnow
 from threadline.services import attachments, clerk_sync
 from threadline.uploads.storage import Storage
@@ -78,12 +76,8 @@ async def sweep(db: Database, storage: Storage, *, now: datetime | None = None) 
         ended = await uow.session.execute(
             delete(EndedClerkSession).where(EndedClerkSession.ended_at < cutoff)
         )
-        report.sessions, report.ended_clerk_sessions = _count(sessions), _count(ended)
+        report.sessions, report.ended_clerk_sessions = rowcount(sessions), rowcount(ended)
     return report
-
-
-def _count(result: Any) -> int:
-    return int(cast("CursorResult[Any]", result).rowcount)
 
 
 async def sweep_forever(

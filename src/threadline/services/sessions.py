@@ -58,7 +58,6 @@ async def open_session(
 
 
 async def touch_sessions(db: Database, session_ids: Sequence[uuid.UUID]) -> None:
-    """Mark live connections as seen now."""
     await _run_chunked(_TOUCH, db, "touch_sessions", session_ids)
 
 

@@ -183,16 +183,10 @@ async def delete_thread(uow: UnitOfWork, actor: User, thread_id: str) -> uuid.UU
     thread.direct_key = None
     await uow.session.flush()
     await append_event(uow, thread.id, EventKind.THREAD_DELETED, {"id": str(thread.id)}, actor.id)
-    for user_id in await participant_ids(uow.session, thread.id):
+    members = select(ThreadParticipant.user_id).where(ThreadParticipant.thread_id == thread.id)
+    for user_id in await uow.session.scalars(members):
         uow.emit(_membership(user_id, thread.id, None))
     return thread.id
-
-
-async def participant_ids(session: AsyncSession, thread_id: uuid.UUID) -> list[uuid.UUID]:
-    rows = await session.scalars(
-        select(ThreadParticipant.user_id).where(ThreadParticipant.thread_id == thread_id)
-    )
-    return list(rows)
 
 
 async def _existing_participant(

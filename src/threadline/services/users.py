@@ -82,9 +82,7 @@ async def update_me(
     preferences: Any = None,
     set_preferences: bool = False,
 ) -> User:
-    user = await uow.session.get(User, actor.id)
-    if user is None:
-        raise NotFound("User not found")
+    user = await get_user(uow.session, actor.id)
     if display_name is not None:
         user.display_name = clean_display_name(display_name)
     if set_preferences:
@@ -184,7 +182,7 @@ async def ensure_dev_user(uow: UnitOfWork, username: str) -> User:
     if not name or len(name) > 64 or not all(c.isalnum() or c in "_-." for c in name):
         raise BadInput("A username is 1 to 64 letters, digits, '_', '-' or '.'")
     clerk_id = DEV_CLERK_PREFIX + name
-    user = await uow.session.scalar(select(User).where(User.clerk_id == clerk_id))
+    user = await user_by_clerk_id(uow.session, clerk_id)
     if user is None:
         user = User(clerk_id=clerk_id, username=name, display_name=name)
         uow.session.add(user)
