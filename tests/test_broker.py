@@ -571,3 +571,33 @@ async def test_a_removal_reaches_the_activity_channel_too_before_later_typing(
     assert isinstance(first, str) and is_logged_event(first)
     assert decode_logged(first) == removal
     assert isinstance(second, str) and decode_activity(second) == typing
+
+
+def test_streams_still_subscribed_when_the_loop_shuts_down_close_without_an_error() -> None:
+    # shutdown_asyncgens closes every open generator at once, in no set order: a
+    # subscription block that was itself a generator could close before the stream
+    # holding it, and the stream's close then failed. Twenty streams make the order
+    # that failed near certain.
+    errors: list[str] = []
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_exception_handler(
+            lambda _, context: errors.append(context["message"])
+        )
+        broker = Broker(None)
+        await broker.connect()
+
+        async def stream(n: int) -> AsyncIterator[Subscriber]:
+            async with broker.subscribe_many([f"a{n}", f"b{n}"]) as subscriber:
+                yield subscriber
+
+        for n in range(20):
+            left_open.append(stream(n))
+            await anext(left_open[-1])
+        left.append(broker)
+
+    left_open: list[AsyncIterator[Subscriber]] = []
+    left: list[Broker] = []
+    asyncio.run(main())
+    assert errors == []
+    assert left[0].health()["subscribers"] == 0

@@ -13,7 +13,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from enum import Enum
 from typing import Any, Final, final
 
@@ -191,6 +191,30 @@ class MemoryBackend:
         return {"backend": "memory", "connected": True, "reconnects": 0, "last_error": None}
 
 
+@final
+class _Subscription(AbstractAsyncContextManager[Subscriber]):
+    """``subscribe_many``'s block. A class, not an ``@asynccontextmanager`` generator: a
+    stream still open when the loop shuts down is closed by ``shutdown_asyncgens`` along
+    with every other generator, in no set order, and a generator block closed before the
+    stream holding it made the stream's close fail ("generator didn't stop after athrow()")."""
+
+    __slots__ = ("_broker", "_names", "_subscriber")
+
+    def __init__(self, broker: Broker, names: tuple[str, ...]) -> None:
+        self._broker = broker
+        self._names = names
+        self._subscriber: Subscriber | None = None
+
+    async def __aenter__(self) -> Subscriber:
+        self._subscriber = await self._broker._enter(self._names)
+        return self._subscriber
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        subscriber, self._subscriber = self._subscriber, None
+        if subscriber is not None:
+            await self._broker._exit(subscriber)
+
+
 class Broker:
     """Publish strings to channels and subscribe to them, in one process (no
     ``redis_url``) or across processes through Redis.
@@ -264,14 +288,16 @@ class Broker:
     def subscribe(self, channel: str) -> AbstractAsyncContextManager[Subscriber]:
         return self.subscribe_many((channel,))
 
-    @asynccontextmanager
-    async def subscribe_many(self, channels: Iterable[str]) -> AsyncIterator[Subscriber]:
+    def subscribe_many(self, channels: Iterable[str]) -> AbstractAsyncContextManager[Subscriber]:
         """One subscriber for several channels: it gets messages from all of
         them, interleaved in arrival order, and one ``RECONNECTED`` marker per
         reconnection."""
         names = tuple(dict.fromkeys(channels))
         if not names:
             raise ValueError("subscribe to at least one channel")
+        return _Subscription(self, names)
+
+    async def _enter(self, names: tuple[str, ...]) -> Subscriber:
         if self._state != "connected":
             raise BrokerClosed("the broker is not connected")
         subscriber = Subscriber(names, self._queue_limit)
@@ -279,11 +305,15 @@ class Broker:
         try:
             for name in names:
                 await self._join(name, subscriber)
-            yield subscriber
-        finally:
-            subscriber._finish(_End.LEFT)
-            self._subscribers.discard(subscriber)
-            await self._leave(names, subscriber)
+        except BaseException:
+            await self._exit(subscriber)
+            raise
+        return subscriber
+
+    async def _exit(self, subscriber: Subscriber) -> None:
+        subscriber._finish(_End.LEFT)
+        self._subscribers.discard(subscriber)
+        await self._leave(subscriber.channels, subscriber)
 
     async def _join(self, name: str, subscriber: Subscriber) -> None:
         channel = self._channels.get(name)
