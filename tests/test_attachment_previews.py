@@ -19,7 +19,7 @@ from PIL import Image, ImageCms, ImageStat
 
 from tests import factories, test_backups
 from tests.conftest import Api, Clients, Server, start_server, stop_server, token_for
-from tests.uploads import image, stored_files, upload
+from tests.uploads import image, oriented, stored_files, upload
 from threadline.backups import create_backup, restore_backup
 from threadline.config import Settings
 from threadline.models import utcnow
@@ -84,6 +84,26 @@ async def test_a_preview_turns_a_photo_as_its_exif_orientation_says(
     photo = await upload(alice, tid, "photo.jpg", out.getvalue())
     shown = await http.get(local(photo["previewUrl"]))
     assert decoded(shown.content) == ("WEBP", (PREVIEW_SIDE // 2, PREVIEW_SIDE))
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+async def test_a_small_image_with_an_exif_orientation_gets_a_turned_preview(
+    http: httpx.AsyncClient, clients: Clients, fmt: str
+) -> None:
+    # Chromium 156 shows a WebP (and a PNG whose eXIf chunk follows its pixels) as
+    # stored, on its side; a small image had no preview, so clients showed the file.
+    alice = await clients.user("alice")
+    tid = await factories.thread(alice)
+    photo = await upload(alice, tid, f"photo.{fmt.lower()}", oriented(fmt, (600, 300), 6))
+    assert (photo["width"], photo["height"]) == (600, 300)  # the stored pixels
+    assert photo["previewUrl"] is not None
+    shown = await http.get(local(photo["previewUrl"]))
+    assert decoded(shown.content) == ("WEBP", (300, 600))  # turned, never enlarged
+    with Image.open(io.BytesIO(shown.content)) as preview:
+        assert preview.getexif().get(EXIF_ORIENTATION, 1) == 1  # never turned twice
+    # Shown as stored: its own preview.
+    upright = await upload(alice, tid, f"upright.{fmt.lower()}", oriented(fmt, (600, 300), 1))
+    assert upright["previewUrl"] is None
 
 
 async def test_a_preview_url_is_for_its_viewer_and_its_thread_only(

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from PIL import Image
+from PIL import ExifTags, Image
 
 from tests.conftest import Api
 
@@ -69,6 +69,15 @@ async def upload_error(api: Api, thread_id: str, filename: str, data: bytes, **k
 def image(fmt: str = "PNG", size: tuple[int, int] = (7, 5)) -> bytes:
     out = io.BytesIO()
     Image.new("RGB", size, (200, 30, 30)).save(out, fmt)
+    return out.getvalue()
+
+
+def oriented(fmt: str, size: tuple[int, int], orientation: int) -> bytes:
+    """An image whose EXIF orientation is ``orientation`` (6: shown turned 90° clockwise)."""
+    out = io.BytesIO()
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = orientation
+    Image.new("RGB", size, (10, 120, 200)).save(out, fmt, exif=exif)
     return out.getvalue()
 
 

@@ -77,7 +77,7 @@ async def upload_attachment(
         if (
             render_preview
             and detected.kind is AttachmentKind.IMAGE
-            and previews.wanted(detected.width, detected.height)
+            and previews.wanted(detected.width, detected.height, detected.orientation)
         ):
             rendered = await previews.render(source.file)
             if rendered is not None:

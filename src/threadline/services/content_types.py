@@ -14,6 +14,7 @@ from typing import BinaryIO
 
 import puremagic
 from PIL import Image
+from PIL.ExifTags import Base
 
 from threadline.errors import BadInput
 from threadline.models import AttachmentKind
@@ -159,6 +160,7 @@ class Detected:
     kind: AttachmentKind
     width: int | None = None
     height: int | None = None
+    orientation: int = 1  # EXIF: 1 shows the pixels as stored, 2 to 8 turn or mirror them
 
 
 def detect(file: BinaryIO) -> Detected:
@@ -177,8 +179,7 @@ def detect(file: BinaryIO) -> Detected:
         # puremagic has no signature for text, but names some by their first bytes.
         return Detected(_plain_text(head), AttachmentKind.DOCUMENT)
     if found in IMAGES:
-        width, height = _image_size(file, found)
-        return Detected(found, AttachmentKind.IMAGE, width, height)
+        return _image(file, found)
     if found in VIDEO:
         return Detected(found, AttachmentKind.VIDEO)
     if found in AUDIO:
@@ -322,21 +323,34 @@ def _utf8_prefix(head: bytes) -> bool:
     return False
 
 
-def _image_size(file: BinaryIO, content_type: str) -> tuple[int | None, int | None]:
+def _image(file: BinaryIO, content_type: str) -> Detected:
     file.seek(0)
     try:
         with Image.open(file) as image:
             width, height = image.size
+            orientation = _orientation(image)
     except Exception as exc:  # any parser failure on untrusted bytes
         if isinstance(exc, Image.DecompressionBombError):
             raise _too_many_pixels() from None
         if content_type in IMAGES_WITHOUT_SIZE:
-            return None, None
+            return Detected(content_type, AttachmentKind.IMAGE)
         raise BadInput("The file is not a readable image") from None
     # Pillow only warns up to twice its limit; every reader's browser decodes it all.
     if width * height > MAX_IMAGE_PIXELS:
         raise _too_many_pixels()
-    return int(width), int(height)
+    return Detected(content_type, AttachmentKind.IMAGE, int(width), int(height), orientation)
+
+
+def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation, read without decoding the pixels: a PNG's eXIf chunk after
+    its image data is not seen (Pillow decodes the whole image to reach it)."""
+    if image.format == "PNG" and "exif" not in image.info:
+        return 1
+    try:
+        value = image.getexif().get(Base.Orientation, 1)
+    except Exception:  # a damaged EXIF block: the picture is shown as stored
+        return 1
+    return value if isinstance(value, int) else 1
 
 
 def _too_many_pixels() -> BadInput:
