@@ -9,8 +9,10 @@ import os
 import subprocess
 import sys
 import threading
+import uuid
 from datetime import timedelta
 from pathlib import Path
+from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
 import httpx
@@ -22,7 +24,7 @@ from tests.conftest import Api, Clients, Server, start_server, stop_server, toke
 from tests.uploads import image, oriented, stored_files, upload
 from threadline.backups import create_backup, restore_backup
 from threadline.config import Settings
-from threadline.models import utcnow
+from threadline.models import Attachment, utcnow
 from threadline.services import previews, retention
 from threadline.services.previews import PREVIEW_SIDE
 
@@ -106,13 +108,19 @@ async def test_a_small_image_with_an_exif_orientation_gets_a_turned_preview(
     assert upright["previewUrl"] is None
 
 
-async def test_a_preview_url_is_for_its_viewer_and_its_thread_only(
-    server: Server, http: httpx.AsyncClient, clients: Clients
-) -> None:
+async def sent_large_image(clients: Clients) -> tuple[Api, Api, str, dict[str, Any]]:
+    """Alice, Bob, their thread and the 2,600-pixel image Alice sent there."""
     alice, bob = await clients.users("alice", "bob")
     tid = await factories.thread(alice, bob)
     large = await upload(alice, tid, "wide.png", image(size=(2600, 1300)))
     await factories.send(alice, tid, "look", attachmentIds=[large["id"]])
+    return alice, bob, tid, large
+
+
+async def test_a_preview_url_is_for_its_viewer_and_its_thread_only(
+    server: Server, http: httpx.AsyncClient, clients: Clients
+) -> None:
+    alice, bob, tid, large = await sent_large_image(clients)
     url = local(large["previewUrl"])
     assert (await http.get(url)).status_code == 200
 
@@ -312,3 +320,125 @@ async def test_with_previews_off_a_large_image_gets_none(settings: Settings) -> 
         assert len(stored_files(settings.upload_dir)) == 1
     finally:
         await stop_server(running)
+
+
+async def preview_key(server: Server, attachment_id: str) -> str | None:
+    async with server.runtime.db.reading() as session:
+        row = await session.get(Attachment, uuid.UUID(attachment_id))
+    assert row is not None
+    return row.preview_key
+
+
+async def lose_preview(server: Server, settings: Settings, uploaded: dict[str, Any]) -> str:
+    """Delete the preview's file, as a restored old backup or a lost disk would."""
+    key = await preview_key(server, uploaded["id"])
+    assert key is not None
+    (settings.upload_dir / key).unlink()
+    return key
+
+
+async def preview_urls(api: Api, thread_id: str) -> list[str | None]:
+    page = await api.gql(
+        "query($t: ID!) { thread(threadId: $t) { messages(last: 5) { edges { node {"
+        " attachments { previewUrl } } } } } }",
+        {"t": thread_id},
+    )
+    edges = page["thread"]["messages"]["edges"]
+    return [a["previewUrl"] for edge in edges for a in edge["node"]["attachments"]]
+
+
+# What the preview route answers with; cache-control counts down to the URL's expiry.
+SAME_HEADERS = (
+    "content-type",
+    "content-disposition",
+    "x-content-type-options",
+    "content-security-policy",
+    "referrer-policy",
+    "accept-ranges",
+    "content-length",
+)
+
+
+async def test_a_lost_preview_is_made_again_once_for_its_concurrent_readers_when_it_can_be(
+    server: Server,
+    http: httpx.AsyncClient,
+    clients: Clients,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _, bob, tid, large = await sent_large_image(clients)
+    url = local(large["previewUrl"])
+    before = await http.get(url)
+    lost = await lose_preview(server, settings, large)
+    # Counted, and still rendered: concurrent readers must not render it twice.
+    renders: list[int] = []
+    render = previews._render
+
+    def counted(file: BinaryIO) -> bytes | None:
+        renders.append(1)
+        return render(file)
+
+    monkeypatch.setattr(previews, "_render", counted)
+    # Checked first, as ever: a forged URL makes nothing.
+    assert (await http.get(url.replace("sig=", "sig=x"))).status_code == 403
+    assert renders == []
+
+    # The one render thread is busy: a bounded wait, then "later", nothing forgotten.
+    monkeypatch.setattr(previews, "RENDER_WAIT_SECONDS", 1.0)
+    release = threading.Event()
+    previews._RENDERER.submit(release.wait, 60)
+    try:
+        busy = await asyncio.wait_for(http.get(url), 5)
+    finally:
+        release.set()
+    assert (busy.status_code, busy.headers["retry-after"]) == (503, "5")
+    assert await preview_key(server, large["id"]) == lost
+    assert renders == []
+
+    [bob_url] = await preview_urls(bob, tid)
+    assert bob_url is not None
+    answers = await asyncio.gather(
+        *(http.get(url) for _ in range(4)), http.head(url), http.get(local(bob_url))
+    )
+    assert [answer.status_code for answer in answers] == [200] * 6, answers[0].text
+    assert renders == [1]
+    for answer in answers:
+        assert [answer.headers[name] for name in SAME_HEADERS] == [
+            before.headers[name] for name in SAME_HEADERS
+        ]
+        assert answer.headers["cache-control"].startswith("private, max-age=")
+    assert all(answer.content == before.content for answer in answers if answer.content)
+
+    # Stored under a new key, nothing else left behind, and served from there on.
+    remade = await preview_key(server, large["id"])
+    assert remade not in (None, lost)
+    assert len(stored_files(settings.upload_dir)) == 2
+    assert (await http.get(url)).status_code == 200
+    assert renders == [1]
+
+
+async def test_a_lost_preview_that_cannot_be_made_again_is_forgotten(
+    server: Server, http: httpx.AsyncClient, clients: Clients, settings: Settings
+) -> None:
+    alice = await clients.user("alice")
+    tid = await factories.thread(alice)
+    gone = await upload(alice, tid, "gone.png", image(size=(2600, 1300)))
+    damaged = await upload(alice, tid, "damaged.png", image(size=(2600, 1300)))
+    await factories.send(alice, tid, "look", attachmentIds=[gone["id"], damaged["id"]])
+    async with server.runtime.db.reading() as session:
+        rows = [await session.get(Attachment, uuid.UUID(a["id"])) for a in (gone, damaged)]
+    for row in rows:
+        assert row is not None and row.preview_key is not None
+        (settings.upload_dir / row.preview_key).unlink()
+    (settings.upload_dir / rows[0].storage_key).unlink()  # its file is gone too
+    # Still a PNG by its first bytes, no longer decodable.
+    file = settings.upload_dir / rows[1].storage_key
+    file.write_bytes(file.read_bytes()[:100])
+
+    for attachment in (gone, damaged):
+        answer = await http.get(local(attachment["previewUrl"]))
+        assert answer.status_code == 404, answer.text
+        assert await preview_key(server, attachment["id"]) is None
+        assert (await http.get(local(attachment["previewUrl"]))).status_code == 404
+    # Clients are told so: they show the file (or its own error) instead.
+    assert await preview_urls(alice, tid) == [None, None]

@@ -41,17 +41,21 @@ def wanted(width: int | None, height: int | None, orientation: int = 1) -> bool:
     return max(width or 0, height or 0) > PREVIEW_SIDE or orientation in TURNED
 
 
+class RendererBusy(Exception):
+    """The render thread stayed busy for RENDER_WAIT_SECONDS: try again later."""
+
+
 async def render(file: BinaryIO) -> bytes | None:
     """The preview of an accepted image, or None when the image is small and shown as
-    stored (it is its own preview), cannot be decoded, is animated, or the renderer
-    stayed busy for RENDER_WAIT_SECONDS (the upload stands: clients then show the file)."""
+    stored (it is its own preview), cannot be decoded, or is animated (clients then show
+    the file). RendererBusy when the renderer stayed busy for RENDER_WAIT_SECONDS."""
     job = asyncio.get_running_loop().run_in_executor(_RENDERER, _render, file)
     try:
         # A timeout cancels a queued render; a running one ends by itself, its result unused.
         return await asyncio.wait_for(job, RENDER_WAIT_SECONDS)
     except TimeoutError:
         log.warning("no preview: the renderer was busy for %.0f s", RENDER_WAIT_SECONDS)
-        return None
+        raise RendererBusy from None
 
 
 def _render(file: BinaryIO) -> bytes | None:
