@@ -21,7 +21,7 @@ from PIL import Image, ImageCms, ImageStat
 
 from tests import factories, test_backups
 from tests.conftest import Api, Clients, Server, start_server, stop_server, token_for
-from tests.uploads import image, oriented, stored_files, upload
+from tests.uploads import image, many_scans_jpeg, oriented, stored_files, upload, upload_error
 from threadline.backups import create_backup, restore_backup
 from threadline.config import Settings
 from threadline.models import Attachment, utcnow
@@ -258,6 +258,24 @@ async def test_an_animated_image_gets_no_still_preview(
         uploaded = await upload(alice, tid, name, out.getvalue())
         # Clients show the file itself, which moves.
         assert uploaded["previewUrl"] is None, name
+
+
+async def test_a_jpeg_of_hundreds_of_empty_scans_is_refused_before_any_decoder_sees_it(
+    http: httpx.AsyncClient, clients: Clients, settings: Settings
+) -> None:
+    # 400 scans in 107 KB, each a pass over 16 megapixels: the upload held the one
+    # render thread 7 s (10 s alone; Chromium took 13 s to show the file), and at the
+    # pixel limit 1,000 of them in 656 KB held it for minutes.
+    alice = await clients.user("alice")
+    tid = await factories.thread(alice)
+    slow = many_scans_jpeg((4000, 4000), 400)
+    assert await upload_error(alice, tid, "slow.jpg", slow) == "BAD_USER_INPUT"
+    assert stored_files(settings.upload_dir) == []
+    # An ordinary progressive photo (Pillow's 10 scans) still gets its preview.
+    out = io.BytesIO()
+    Image.new("RGB", (2600, 1300), (0, 120, 60)).save(out, "JPEG", progressive=True)
+    photo = await upload(alice, tid, "photo.jpg", out.getvalue())
+    assert photo["previewUrl"] is not None
 
 
 # Address space allowed past what the interpreter holds, for a 6000x6000 RGB PNG (144 MB

@@ -6,6 +6,7 @@ everything else, notably executables, HTML and SVG, is refused.
 
 from __future__ import annotations
 
+import re
 import struct
 import unicodedata
 import zipfile
@@ -80,6 +81,21 @@ OLE_STREAMS = {
 }
 # Text that browsers render as documents: refused even when puremagic names it.
 MARKUP = {"text/html", "text/xml", "text/xsl", "text/x-sgml"}
+# Each scan of a progressive JPEG is a pass of the decoder over every block of the image
+# (in Pillow's libjpeg and in every reader's browser), and a scan of empty blocks is a few
+# bytes: 400 such scans in a 107 KB file kept Pillow busy 10 s and Chromium 13 s (16
+# megapixels), 1,000 at the pixel limit Pillow 125 s. Encoders write at most 18
+# (libjpeg's progression for CMYK; 10 for colour). Segments are bounded too: each is a
+# step of the count.
+MAX_JPEG_SCANS = 32
+MAX_JPEG_SEGMENTS = 2000
+_JPEG_WINDOW = 64 * 1024
+# 0xFF not followed by a stuffed 0x00 (scan data), TEM or a restart marker RST0-7
+# (in scan data too): a marker, maybe after more 0xFF fill bytes.
+_JPEG_MARKER = re.compile(rb"\xff[^\x00\x01\xd0-\xd7]")
+_JPEG_FILL = re.compile(rb"\xff*")
+_JPEG_NO_LENGTH = frozenset({0x00, 0x01, *range(0xD0, 0xD8)})
+_SOS, _EOI = 0xDA, 0xD9
 # The names each accepted type may be saved under (lower case, the first one added to a
 # name that has another): the receiver's machine opens a saved file by its name, so a
 # text file named invite.html opens as a page and one named setup.js runs (Windows).
@@ -178,6 +194,8 @@ def detect(file: BinaryIO) -> Detected:
     if found is None or (found.startswith("text/") and found not in MARKUP):
         # puremagic has no signature for text, but names some by their first bytes.
         return Detected(_plain_text(head), AttachmentKind.DOCUMENT)
+    if found == "image/jpeg":
+        _check_jpeg_scans(file)
     if found in IMAGES:
         return _image(file, found)
     if found in VIDEO:
@@ -351,6 +369,46 @@ def _orientation(image: Image.Image) -> int:
     except Exception:  # a damaged EXIF block: the picture is shown as stored
         return 1
     return value if isinstance(value, int) else 1
+
+
+def _check_jpeg_scans(file: BinaryIO) -> None:
+    """BadInput past MAX_JPEG_SCANS scans before the end marker, counted as libjpeg
+    reads them: each segment skipped by its length, scan data up to the next marker.
+    Bytes inside a segment (an EXIF thumbnail, an ICC profile) or after the end (a
+    phone's motion-photo video) are never taken for scans. Blocking."""
+    window, start = b"", 2  # ``window`` holds the file's bytes from ``start``, past SOI
+    at = start  # where the next marker is looked for
+    scans = segments = 0
+    while True:
+        found = _JPEG_MARKER.search(window, at - start)
+        # The marker's code follows any fill bytes; its length, two bytes, follows that.
+        fill = _JPEG_FILL.match(window, found.start()) if found else None
+        code_at = fill.end() if fill else len(window)
+        if code_at + 3 > len(window):
+            # Read on from the last 0xFF (more fill, a code or a length may follow);
+            # no further bytes: the file ends.
+            end = start + len(window)
+            resume = start + code_at - 1 if found else max(at, end - 1)
+            file.seek(resume)
+            window, start = file.read(_JPEG_WINDOW), resume
+            if start + len(window) <= end:
+                return
+            continue
+        code = window[code_at]
+        if code in _JPEG_NO_LENGTH:
+            at = start + code_at + 1
+            continue
+        if code == _EOI:
+            return
+        segments += 1
+        scans += code == _SOS
+        if scans > MAX_JPEG_SCANS or segments > MAX_JPEG_SEGMENTS:
+            raise BadInput(
+                f"The JPEG has more than {MAX_JPEG_SCANS} scans (or {MAX_JPEG_SEGMENTS} "
+                "segments): each scan is a pass over the whole image for every reader. "
+                "Save it again as an ordinary JPEG"
+            )
+        at = start + code_at + 1 + int.from_bytes(window[code_at + 1 : code_at + 3], "big")
 
 
 def _too_many_pixels() -> BadInput:
