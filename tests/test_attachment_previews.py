@@ -9,8 +9,10 @@ import os
 import subprocess
 import sys
 import threading
+import uuid
 from datetime import timedelta
 from pathlib import Path
+from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
 import httpx
@@ -19,10 +21,10 @@ from PIL import Image, ImageCms, ImageStat
 
 from tests import factories, test_backups
 from tests.conftest import Api, Clients, Server, start_server, stop_server, token_for
-from tests.uploads import image, stored_files, upload
+from tests.uploads import image, many_scans_jpeg, oriented, stored_files, upload, upload_error
 from threadline.backups import create_backup, restore_backup
 from threadline.config import Settings
-from threadline.models import utcnow
+from threadline.models import Attachment, utcnow
 from threadline.services import previews, retention
 from threadline.services.previews import PREVIEW_SIDE
 
@@ -86,13 +88,39 @@ async def test_a_preview_turns_a_photo_as_its_exif_orientation_says(
     assert decoded(shown.content) == ("WEBP", (PREVIEW_SIDE // 2, PREVIEW_SIDE))
 
 
-async def test_a_preview_url_is_for_its_viewer_and_its_thread_only(
-    server: Server, http: httpx.AsyncClient, clients: Clients
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+async def test_a_small_image_with_an_exif_orientation_gets_a_turned_preview(
+    http: httpx.AsyncClient, clients: Clients, fmt: str
 ) -> None:
+    # Chromium 156 shows a WebP (and a PNG whose eXIf chunk follows its pixels) as
+    # stored, on its side; a small image had no preview, so clients showed the file.
+    alice = await clients.user("alice")
+    tid = await factories.thread(alice)
+    photo = await upload(alice, tid, f"photo.{fmt.lower()}", oriented(fmt, (600, 300), 6))
+    assert (photo["width"], photo["height"]) == (600, 300)  # the stored pixels
+    assert photo["previewUrl"] is not None
+    shown = await http.get(local(photo["previewUrl"]))
+    assert decoded(shown.content) == ("WEBP", (300, 600))  # turned, never enlarged
+    with Image.open(io.BytesIO(shown.content)) as preview:
+        assert preview.getexif().get(EXIF_ORIENTATION, 1) == 1  # never turned twice
+    # Shown as stored: its own preview.
+    upright = await upload(alice, tid, f"upright.{fmt.lower()}", oriented(fmt, (600, 300), 1))
+    assert upright["previewUrl"] is None
+
+
+async def sent_large_image(clients: Clients) -> tuple[Api, Api, str, dict[str, Any]]:
+    """Alice, Bob, their thread and the 2,600-pixel image Alice sent there."""
     alice, bob = await clients.users("alice", "bob")
     tid = await factories.thread(alice, bob)
     large = await upload(alice, tid, "wide.png", image(size=(2600, 1300)))
     await factories.send(alice, tid, "look", attachmentIds=[large["id"]])
+    return alice, bob, tid, large
+
+
+async def test_a_preview_url_is_for_its_viewer_and_its_thread_only(
+    server: Server, http: httpx.AsyncClient, clients: Clients
+) -> None:
+    alice, bob, tid, large = await sent_large_image(clients)
     url = local(large["previewUrl"])
     assert (await http.get(url)).status_code == 200
 
@@ -232,6 +260,24 @@ async def test_an_animated_image_gets_no_still_preview(
         assert uploaded["previewUrl"] is None, name
 
 
+async def test_a_jpeg_of_hundreds_of_empty_scans_is_refused_before_any_decoder_sees_it(
+    http: httpx.AsyncClient, clients: Clients, settings: Settings
+) -> None:
+    # 400 scans in 107 KB, each a pass over 16 megapixels: the upload held the one
+    # render thread 7 s (10 s alone; Chromium took 13 s to show the file), and at the
+    # pixel limit 1,000 of them in 656 KB held it for minutes.
+    alice = await clients.user("alice")
+    tid = await factories.thread(alice)
+    slow = many_scans_jpeg((4000, 4000), 400)
+    assert await upload_error(alice, tid, "slow.jpg", slow) == "BAD_USER_INPUT"
+    assert stored_files(settings.upload_dir) == []
+    # An ordinary progressive photo (Pillow's 10 scans) still gets its preview.
+    out = io.BytesIO()
+    Image.new("RGB", (2600, 1300), (0, 120, 60)).save(out, "JPEG", progressive=True)
+    photo = await upload(alice, tid, "photo.jpg", out.getvalue())
+    assert photo["previewUrl"] is not None
+
+
 # Address space allowed past what the interpreter holds, for a 6000x6000 RGB PNG (144 MB
 # decoded): a render holding it once takes about 200 MB, twice (as it did, turning the
 # whole image before shrinking it) more than 320 MB.
@@ -292,3 +338,125 @@ async def test_with_previews_off_a_large_image_gets_none(settings: Settings) -> 
         assert len(stored_files(settings.upload_dir)) == 1
     finally:
         await stop_server(running)
+
+
+async def preview_key(server: Server, attachment_id: str) -> str | None:
+    async with server.runtime.db.reading() as session:
+        row = await session.get(Attachment, uuid.UUID(attachment_id))
+    assert row is not None
+    return row.preview_key
+
+
+async def lose_preview(server: Server, settings: Settings, uploaded: dict[str, Any]) -> str:
+    """Delete the preview's file, as a restored old backup or a lost disk would."""
+    key = await preview_key(server, uploaded["id"])
+    assert key is not None
+    (settings.upload_dir / key).unlink()
+    return key
+
+
+async def preview_urls(api: Api, thread_id: str) -> list[str | None]:
+    page = await api.gql(
+        "query($t: ID!) { thread(threadId: $t) { messages(last: 5) { edges { node {"
+        " attachments { previewUrl } } } } } }",
+        {"t": thread_id},
+    )
+    edges = page["thread"]["messages"]["edges"]
+    return [a["previewUrl"] for edge in edges for a in edge["node"]["attachments"]]
+
+
+# What the preview route answers with; cache-control counts down to the URL's expiry.
+SAME_HEADERS = (
+    "content-type",
+    "content-disposition",
+    "x-content-type-options",
+    "content-security-policy",
+    "referrer-policy",
+    "accept-ranges",
+    "content-length",
+)
+
+
+async def test_a_lost_preview_is_made_again_once_for_its_concurrent_readers_when_it_can_be(
+    server: Server,
+    http: httpx.AsyncClient,
+    clients: Clients,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _, bob, tid, large = await sent_large_image(clients)
+    url = local(large["previewUrl"])
+    before = await http.get(url)
+    lost = await lose_preview(server, settings, large)
+    # Counted, and still rendered: concurrent readers must not render it twice.
+    renders: list[int] = []
+    render = previews._render
+
+    def counted(file: BinaryIO) -> bytes | None:
+        renders.append(1)
+        return render(file)
+
+    monkeypatch.setattr(previews, "_render", counted)
+    # Checked first, as ever: a forged URL makes nothing.
+    assert (await http.get(url.replace("sig=", "sig=x"))).status_code == 403
+    assert renders == []
+
+    # The one render thread is busy: a bounded wait, then "later", nothing forgotten.
+    monkeypatch.setattr(previews, "RENDER_WAIT_SECONDS", 1.0)
+    release = threading.Event()
+    previews._RENDERER.submit(release.wait, 60)
+    try:
+        busy = await asyncio.wait_for(http.get(url), 5)
+    finally:
+        release.set()
+    assert (busy.status_code, busy.headers["retry-after"]) == (503, "5")
+    assert await preview_key(server, large["id"]) == lost
+    assert renders == []
+
+    [bob_url] = await preview_urls(bob, tid)
+    assert bob_url is not None
+    answers = await asyncio.gather(
+        *(http.get(url) for _ in range(4)), http.head(url), http.get(local(bob_url))
+    )
+    assert [answer.status_code for answer in answers] == [200] * 6, answers[0].text
+    assert renders == [1]
+    for answer in answers:
+        assert [answer.headers[name] for name in SAME_HEADERS] == [
+            before.headers[name] for name in SAME_HEADERS
+        ]
+        assert answer.headers["cache-control"].startswith("private, max-age=")
+    assert all(answer.content == before.content for answer in answers if answer.content)
+
+    # Stored under a new key, nothing else left behind, and served from there on.
+    remade = await preview_key(server, large["id"])
+    assert remade not in (None, lost)
+    assert len(stored_files(settings.upload_dir)) == 2
+    assert (await http.get(url)).status_code == 200
+    assert renders == [1]
+
+
+async def test_a_lost_preview_that_cannot_be_made_again_is_forgotten(
+    server: Server, http: httpx.AsyncClient, clients: Clients, settings: Settings
+) -> None:
+    alice = await clients.user("alice")
+    tid = await factories.thread(alice)
+    gone = await upload(alice, tid, "gone.png", image(size=(2600, 1300)))
+    damaged = await upload(alice, tid, "damaged.png", image(size=(2600, 1300)))
+    await factories.send(alice, tid, "look", attachmentIds=[gone["id"], damaged["id"]])
+    async with server.runtime.db.reading() as session:
+        rows = [await session.get(Attachment, uuid.UUID(a["id"])) for a in (gone, damaged)]
+    for row in rows:
+        assert row is not None and row.preview_key is not None
+        (settings.upload_dir / row.preview_key).unlink()
+    (settings.upload_dir / rows[0].storage_key).unlink()  # its file is gone too
+    # Still a PNG by its first bytes, no longer decodable.
+    file = settings.upload_dir / rows[1].storage_key
+    file.write_bytes(file.read_bytes()[:100])
+
+    for attachment in (gone, damaged):
+        answer = await http.get(local(attachment["previewUrl"]))
+        assert answer.status_code == 404, answer.text
+        assert await preview_key(server, attachment["id"]) is None
+        assert (await http.get(local(attachment["previewUrl"]))).status_code == 404
+    # Clients are told so: they show the file (or its own error) instead.
+    assert await preview_urls(alice, tid) == [None, None]

@@ -8,10 +8,21 @@ import zipfile
 
 import pytest
 
-from tests.uploads import docx, elf, image, many_entries_docx, mp4_header, pdf, plain_zip
+from tests.uploads import (
+    docx,
+    elf,
+    image,
+    many_entries_docx,
+    many_scans_jpeg,
+    mp4_header,
+    pdf,
+    plain_zip,
+)
 from threadline.errors import BadInput
 from threadline.models import AttachmentKind
 from threadline.services.content_types import (
+    MAX_JPEG_SCANS,
+    MAX_JPEG_SEGMENTS,
     MAX_ZIP_ENTRIES,
     WORD,
     detect,
@@ -190,3 +201,32 @@ def test_a_zip_without_an_end_record_is_bad_input() -> None:
     data = docx()
     with pytest.raises(BadInput, match="damaged"):
         detect(io.BytesIO(data[: data.rfind(b"PK\x05\x06")]))
+
+
+# Pillow's progressive colour JPEG has 10 scans of its own.
+AT_THE_LIMIT = many_scans_jpeg((64, 64), MAX_JPEG_SCANS - 10)
+PAST_THE_LIMIT = many_scans_jpeg((64, 64), MAX_JPEG_SCANS - 9)
+
+
+def test_a_jpeg_of_more_scans_than_an_encoder_writes_is_refused() -> None:
+    assert detect(io.BytesIO(AT_THE_LIMIT)).content_type == "image/jpeg"
+    with pytest.raises(BadInput, match="scans"):
+        detect(io.BytesIO(PAST_THE_LIMIT))
+    # Fill bytes before a marker (a decoder skips any number) hide no scan, even
+    # where they run past what is read at once.
+    padded = PAST_THE_LIMIT.replace(b"\xff\xda", b"\xff" * 70_000 + b"\xff\xda")
+    with pytest.raises(BadInput, match="scans"):
+        detect(io.BytesIO(padded))
+
+
+def test_only_a_jpeg_s_own_scans_count() -> None:
+    # The bytes of a scan marker inside a segment (an application's data) and after
+    # the end (a phone's motion-photo video) are no scans: a decoder never reads them.
+    inside = b"\xff\xe5" + (2 + 60_000).to_bytes(2, "big") + b"\xff\xda" * 30_000
+    after = b"\xff\xda\x00\x08" * 1000
+    photo = AT_THE_LIMIT[:2] + inside + AT_THE_LIMIT[2:] + after
+    assert detect(io.BytesIO(photo)).content_type == "image/jpeg"
+    # Empty comments, each a step for the counter (and for Pillow): a bound of their own.
+    comments = b"\xff\xfe\x00\x02" * (MAX_JPEG_SEGMENTS + 1)
+    with pytest.raises(BadInput, match="segments"):
+        detect(io.BytesIO(AT_THE_LIMIT[:2] + comments + AT_THE_LIMIT[2:]))

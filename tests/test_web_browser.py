@@ -36,7 +36,7 @@ from tests.conftest import (
 from tests.processes import spawn_serve
 from tests.test_clerk_tokens_http import clerk_token
 from tests.test_web_routes import FRONTEND_API, PUBLISHABLE_KEY
-from tests.uploads import upload
+from tests.uploads import oriented, upload
 from threadline.config import Environment, Settings
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -916,6 +916,23 @@ async def test_an_uploaded_image_shows_as_a_preview_for_the_other_user(
     await expect(bob.message("Here it is").locator("a.image")).to_have_attribute("href", source)
     await bob.shot(shots, "two-users-chatting")
     await alice.shot(shots, "two-users-chatting-alice")
+
+
+async def test_a_small_photo_with_an_exif_orientation_shows_upright(
+    server: Server, browser: Any, clients: Clients
+) -> None:
+    # Chromium shows a WebP as stored, ignoring its EXIF orientation: the page shows
+    # the photo's preview, turned, instead of the file on its side.
+    alice_api, bob_api = await clients.users("alice", "bob")
+    tid = await factories.thread(alice_api, bob_api, title="Photos")
+    sent = await upload(alice_api, tid, "portrait.webp", oriented("WEBP", (600, 300), 6))
+    await factories.send(alice_api, tid, "Standing up", attachmentIds=[sent["id"]])
+    bob = await sign_in(browser, server.base, "bob")
+    await open_thread(bob, "Photos")
+    shown = bob.message("Standing up").locator("img[alt='portrait.webp']")
+    await expect(shown).to_be_visible()
+    size = "(img) => img.decode().then(() => [img.naturalWidth, img.naturalHeight])"
+    assert await shown.evaluate(size) == [300, 600]
 
 
 async def test_a_large_image_shows_as_its_small_preview_and_links_to_the_file(

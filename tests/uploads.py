@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from PIL import Image
+from PIL import ExifTags, Image
 
 from tests.conftest import Api
 
@@ -70,6 +70,34 @@ def image(fmt: str = "PNG", size: tuple[int, int] = (7, 5)) -> bytes:
     out = io.BytesIO()
     Image.new("RGB", size, (200, 30, 30)).save(out, fmt)
     return out.getvalue()
+
+
+def oriented(fmt: str, size: tuple[int, int], orientation: int) -> bytes:
+    """An image whose EXIF orientation is ``orientation`` (6: shown turned 90° clockwise)."""
+    out = io.BytesIO()
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = orientation
+    Image.new("RGB", size, (10, 120, 200)).save(out, fmt, exif=exif)
+    return out.getvalue()
+
+
+def many_scans_jpeg(size: tuple[int, int], scans: int) -> bytes:
+    """A progressive colour JPEG (Pillow's 10 scans) and ``scans`` more that each make
+    the decoder visit every block of the image and change nothing: each is one AC
+    code after another, each code a run of 32,767 empty blocks, a few bytes a scan."""
+    out = io.BytesIO()
+    Image.new("RGB", size, (128, 128, 128)).save(out, "JPEG", progressive=True)
+    picture = out.getvalue()
+    # AC table 1: one code, the bit 0, for 0xE0 (a run of 2**14 + the next 14 bits).
+    table = b"\xff\xc4\x00\x14\x11\x01" + bytes(15) + b"\xe0"
+    # Component 1 (Y), DC table 0 and AC table 1; coefficients 1-63, refining bit 0.
+    header = b"\xff\xda\x00\x08\x01\x01\x01\x01\x3f\x10"
+    blocks = -(-size[0] // 8) * -(-size[1] // 8)
+    bits = "0" + "1" * 14
+    bits *= -(-blocks // 32767)
+    bits += "1" * (-len(bits) % 8)
+    data = int(bits, 2).to_bytes(len(bits) // 8, "big").replace(b"\xff", b"\xff\x00")
+    return picture[:-2] + table + (header + data) * scans + picture[-2:]
 
 
 def pdf() -> bytes:

@@ -4,6 +4,8 @@ and /previews/{id}?exp=..&sig=..&u=.. for an image's preview.
 Signature and expiry first (403), then the viewer the URL names must still see the
 attachment's thread (404). The file streams with headers that stop a browser running
 it, cached privately until the URL expires; one byte range is honoured (for seeking).
+A preview whose file is gone is made again from the file (503 while the renderer is
+busy; 404, the preview forgotten, when the file is gone too or no longer decodes).
 """
 
 from __future__ import annotations
@@ -18,13 +20,15 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 
 from threadline.runtime import Runtime
-from threadline.services import attachments, content_types
+from threadline.services import attachments, content_types, previews
 
 INLINE_PREFIXES = ("image/", "video/", "audio/")
 PREVIEW_TYPE = "image/webp"
 # The file is data, never a document: no scripts, no plugins, no framing.
 CONTENT_SECURITY_POLICY = "default-src 'none'; sandbox; frame-ancestors 'none'"
 UNSATISFIABLE: Final = "unsatisfiable"
+# A missing preview whose render waited too long for the render thread: soon, again.
+RETRY_PREVIEW_SECONDS = 5
 # ASCII digits only (a str pattern's \d takes any script's digits) and at most 18 of
 # them, so int() never meets a huge string; anything else is ignored (RFC 9110).
 _RANGE = re.compile(r"bytes=([0-9]{0,18})-([0-9]{0,18})")
@@ -57,6 +61,17 @@ async def _serve(request: Request, *, preview: bool) -> Response:
         row = await attachments.downloadable_by(session, aid, viewer_id)
     key = None if row is None else row.preview_key if preview else row.storage_key
     size = await runtime.storage.size(key) if key is not None else None
+    if preview and row is not None and key is not None and size is None:
+        # The preview's file is gone (an old backup restored, a lost disk): made again.
+        try:
+            remade = await runtime.preview_repairs.remake(row)
+        except previews.RendererBusy:
+            return PlainTextResponse(
+                "The preview is being made: try again shortly",
+                status_code=503,
+                headers={"retry-after": str(RETRY_PREVIEW_SECONDS)},
+            )
+        key, size = (remade.key, remade.size) if remade is not None else (None, None)
     if row is None or key is None or size is None:
         return PlainTextResponse("Not found", status_code=404)
 

@@ -25,7 +25,7 @@ from threadline.realtime.recent_writers import RecentWriters
 from threadline.realtime.redis_pool import settings_target
 from threadline.realtime.thread_feed import ThreadFeed
 from threadline.realtime.typing import TypingTracker
-from threadline.services import clerk_sync, users
+from threadline.services import attachments, clerk_sync, users
 from threadline.services.clerk_sync import Identity
 from threadline.uploads.signing import UrlSigner
 from threadline.uploads.storage import LocalStorage, Storage
@@ -83,6 +83,7 @@ class Runtime:
         # How many times forget_viewers ran: a viewer read before a change differs.
         self.viewers_forgotten = 0
         self.storage: Storage = LocalStorage(settings.upload_dir)
+        self.preview_repairs = attachments.PreviewRepairs(self.db, self.storage)
         self.url_signer = UrlSigner(
             settings.resolve_signing_secret(), settings.attachment_url_seconds
         )

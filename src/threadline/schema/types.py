@@ -394,8 +394,8 @@ class AttachmentType(Node):
     @strawberry.field(
         description=(
             f"A signed, expiring URL of a WebP at most {previews.PREVIEW_SIDE} pixels on its "
-            "longer side, to show inline; null when the image is that small already, or is "
-            "no image."
+            "longer side, turned as the image's EXIF orientation says, to show inline; null "
+            "when the image is that small already and shown as stored, or is no image."
         ),
         metadata=READS_VIEWER,
     )

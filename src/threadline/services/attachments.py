@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime, timedelta
-from typing import BinaryIO, Protocol
+from functools import partial
+from typing import Any, BinaryIO, Protocol, cast
 
-from sqlalchemy import delete, or_, select
+from sqlalchemy import CursorResult, delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from threadline.db import Database
@@ -77,9 +79,11 @@ async def upload_attachment(
         if (
             render_preview
             and detected.kind is AttachmentKind.IMAGE
-            and previews.wanted(detected.width, detected.height)
+            and previews.wanted(detected.width, detected.height, detected.orientation)
         ):
-            rendered = await previews.render(source.file)
+            rendered = None
+            with contextlib.suppress(previews.RendererBusy):  # the upload stands without
+                rendered = await previews.render(source.file)
             if rendered is not None:
                 preview = await storage.save(_one(rendered), max_bytes=len(rendered))
         async with db.transaction("upload_attachment") as uow:
@@ -107,6 +111,79 @@ async def upload_attachment(
                     await asyncio.shield(storage.delete(saved.key))
         raise
     return row
+
+
+class PreviewRepairs:
+    """Previews made again from their files when the preview's file is gone (a restored
+    old backup, a lost disk), through the same one-at-a-time renderer. One render per
+    attachment at a time in this process: concurrent readers of it share the result.
+    (Two processes may each render it once; the row keeps one, the other is deleted.)"""
+
+    def __init__(self, db: Database, storage: Storage) -> None:
+        self.db = db
+        self.storage = storage
+        self._running: dict[uuid.UUID, asyncio.Task[StoredFile | None]] = {}
+
+    async def remake(self, row: Attachment) -> StoredFile | None:
+        """The preview of ``row``, whose ``preview_key`` names a missing file, stored
+        again; None when it cannot be (the file is gone too, or no longer decodes): the
+        row then forgets its preview, so previewUrl is null. RendererBusy when the
+        renderer stayed busy: nothing changes, a later read tries again."""
+        task = self._running.get(row.id)
+        if task is None:
+            task = asyncio.create_task(self._remake(row))
+            self._running[row.id] = task
+            task.add_done_callback(partial(self._done, row.id))
+        # Shielded: a reader that goes away does not cancel the others' render.
+        return await asyncio.shield(task)
+
+    def _done(self, attachment_id: uuid.UUID, task: asyncio.Task[StoredFile | None]) -> None:
+        self._running.pop(attachment_id, None)
+        if not task.cancelled():
+            task.exception()  # retrieved: every reader may have gone away
+
+    async def _remake(self, row: Attachment) -> StoredFile | None:
+        rendered = None
+        file = await asyncio.to_thread(tempfile.TemporaryFile)
+        try:
+            try:
+                async for chunk in self.storage.read(row.storage_key):
+                    await asyncio.to_thread(file.write, chunk)
+            except OSError:
+                pass  # the file is gone too
+            else:
+                rendered = await previews.render(file)
+        finally:
+            file.close()
+        remade = None
+        if rendered is not None:
+            remade = await self.storage.save(_one(rendered), max_bytes=len(rendered))
+        else:
+            log.warning("attachment %s: its preview is gone and cannot be made again", row.id)
+        try:
+            async with self.db.transaction("remake_preview") as uow:
+                # Only if nothing changed it meanwhile (another process, the sweep).
+                changed = await uow.session.execute(
+                    update(Attachment)
+                    .where(Attachment.id == row.id, Attachment.preview_key == row.preview_key)
+                    .values(preview_key=remade.key if remade is not None else None)
+                )
+        except BaseException:
+            if remade is not None:
+                await asyncio.shield(self.storage.delete(remade.key))
+            raise
+        if cast("CursorResult[Any]", changed).rowcount == 1:
+            if row.preview_key is not None:  # gone, or unreadable for a moment: no orphan
+                await self.storage.delete(row.preview_key)
+            return remade
+        if remade is not None:
+            await self.storage.delete(remade.key)
+        async with self.db.reading() as session:
+            key = await session.scalar(
+                select(Attachment.preview_key).where(Attachment.id == row.id)
+            )
+        size = await self.storage.size(key) if key is not None else None
+        return StoredFile(key, size) if key is not None and size is not None else None
 
 
 async def _one(data: bytes) -> AsyncIterator[bytes]:

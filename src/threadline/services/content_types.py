@@ -6,6 +6,7 @@ everything else, notably executables, HTML and SVG, is refused.
 
 from __future__ import annotations
 
+import re
 import struct
 import unicodedata
 import zipfile
@@ -14,6 +15,7 @@ from typing import BinaryIO
 
 import puremagic
 from PIL import Image
+from PIL.ExifTags import Base
 
 from threadline.errors import BadInput
 from threadline.models import AttachmentKind
@@ -79,6 +81,21 @@ OLE_STREAMS = {
 }
 # Text that browsers render as documents: refused even when puremagic names it.
 MARKUP = {"text/html", "text/xml", "text/xsl", "text/x-sgml"}
+# Each scan of a progressive JPEG is a pass of the decoder over every block of the image
+# (in Pillow's libjpeg and in every reader's browser), and a scan of empty blocks is a few
+# bytes: 400 such scans in a 107 KB file kept Pillow busy 10 s and Chromium 13 s (16
+# megapixels), 1,000 at the pixel limit Pillow 125 s. Encoders write at most 18
+# (libjpeg's progression for CMYK; 10 for colour). Segments are bounded too: each is a
+# step of the count.
+MAX_JPEG_SCANS = 32
+MAX_JPEG_SEGMENTS = 2000
+_JPEG_WINDOW = 64 * 1024
+# 0xFF not followed by a stuffed 0x00 (scan data), TEM or a restart marker RST0-7
+# (in scan data too): a marker, maybe after more 0xFF fill bytes.
+_JPEG_MARKER = re.compile(rb"\xff[^\x00\x01\xd0-\xd7]")
+_JPEG_FILL = re.compile(rb"\xff*")
+_JPEG_NO_LENGTH = frozenset({0x00, 0x01, *range(0xD0, 0xD8)})
+_SOS, _EOI = 0xDA, 0xD9
 # The names each accepted type may be saved under (lower case, the first one added to a
 # name that has another): the receiver's machine opens a saved file by its name, so a
 # text file named invite.html opens as a page and one named setup.js runs (Windows).
@@ -159,6 +176,7 @@ class Detected:
     kind: AttachmentKind
     width: int | None = None
     height: int | None = None
+    orientation: int = 1  # EXIF: 1 shows the pixels as stored, 2 to 8 turn or mirror them
 
 
 def detect(file: BinaryIO) -> Detected:
@@ -176,9 +194,10 @@ def detect(file: BinaryIO) -> Detected:
     if found is None or (found.startswith("text/") and found not in MARKUP):
         # puremagic has no signature for text, but names some by their first bytes.
         return Detected(_plain_text(head), AttachmentKind.DOCUMENT)
+    if found == "image/jpeg":
+        _check_jpeg_scans(file)
     if found in IMAGES:
-        width, height = _image_size(file, found)
-        return Detected(found, AttachmentKind.IMAGE, width, height)
+        return _image(file, found)
     if found in VIDEO:
         return Detected(found, AttachmentKind.VIDEO)
     if found in AUDIO:
@@ -322,21 +341,74 @@ def _utf8_prefix(head: bytes) -> bool:
     return False
 
 
-def _image_size(file: BinaryIO, content_type: str) -> tuple[int | None, int | None]:
+def _image(file: BinaryIO, content_type: str) -> Detected:
     file.seek(0)
     try:
         with Image.open(file) as image:
             width, height = image.size
+            orientation = _orientation(image)
     except Exception as exc:  # any parser failure on untrusted bytes
         if isinstance(exc, Image.DecompressionBombError):
             raise _too_many_pixels() from None
         if content_type in IMAGES_WITHOUT_SIZE:
-            return None, None
+            return Detected(content_type, AttachmentKind.IMAGE)
         raise BadInput("The file is not a readable image") from None
     # Pillow only warns up to twice its limit; every reader's browser decodes it all.
     if width * height > MAX_IMAGE_PIXELS:
         raise _too_many_pixels()
-    return int(width), int(height)
+    return Detected(content_type, AttachmentKind.IMAGE, int(width), int(height), orientation)
+
+
+def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation, read without decoding the pixels: a PNG's eXIf chunk after
+    its image data is not seen (Pillow decodes the whole image to reach it)."""
+    if image.format == "PNG" and "exif" not in image.info:
+        return 1
+    try:
+        value = image.getexif().get(Base.Orientation, 1)
+    except Exception:  # a damaged EXIF block: the picture is shown as stored
+        return 1
+    return value if isinstance(value, int) else 1
+
+
+def _check_jpeg_scans(file: BinaryIO) -> None:
+    """BadInput past MAX_JPEG_SCANS scans before the end marker, counted as libjpeg
+    reads them: each segment skipped by its length, scan data up to the next marker.
+    Bytes inside a segment (an EXIF thumbnail, an ICC profile) or after the end (a
+    phone's motion-photo video) are never taken for scans. Blocking."""
+    window, start = b"", 2  # ``window`` holds the file's bytes from ``start``, past SOI
+    at = start  # where the next marker is looked for
+    scans = segments = 0
+    while True:
+        found = _JPEG_MARKER.search(window, at - start)
+        # The marker's code follows any fill bytes; its length, two bytes, follows that.
+        fill = _JPEG_FILL.match(window, found.start()) if found else None
+        code_at = fill.end() if fill else len(window)
+        if code_at + 3 > len(window):
+            # Read on from the last 0xFF (more fill, a code or a length may follow);
+            # no further bytes: the file ends.
+            end = start + len(window)
+            resume = start + code_at - 1 if found else max(at, end - 1)
+            file.seek(resume)
+            window, start = file.read(_JPEG_WINDOW), resume
+            if start + len(window) <= end:
+                return
+            continue
+        code = window[code_at]
+        if code in _JPEG_NO_LENGTH:
+            at = start + code_at + 1
+            continue
+        if code == _EOI:
+            return
+        segments += 1
+        scans += code == _SOS
+        if scans > MAX_JPEG_SCANS or segments > MAX_JPEG_SEGMENTS:
+            raise BadInput(
+                f"The JPEG has more than {MAX_JPEG_SCANS} scans (or {MAX_JPEG_SEGMENTS} "
+                "segments): each scan is a pass over the whole image for every reader. "
+                "Save it again as an ordinary JPEG"
+            )
+        at = start + code_at + 1 + int.from_bytes(window[code_at + 1 : code_at + 3], "big")
 
 
 def _too_many_pixels() -> BadInput:

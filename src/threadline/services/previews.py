@@ -1,8 +1,11 @@
-"""Previews of large images: a WebP at most PREVIEW_SIDE pixels on its longer side.
+"""Previews of large or turned images: a WebP at most PREVIEW_SIDE pixels on its longer
+side, turned as the image's EXIF orientation says.
 
 A browser decodes every pixel of an image it shows, however small it draws it: an
 accepted image of 89 million pixels costs each reader about 360 MB, and a thread of
-them gigabytes. Clients show the preview inline and open the file itself on demand.
+them gigabytes. And a browser may show a photo on its side: Chromium turns a JPEG by its
+EXIF orientation, but a WebP as stored. Clients show the preview inline and open the
+file itself on demand.
 """
 
 from __future__ import annotations
@@ -14,11 +17,14 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO
 
 from PIL import Image, ImageOps
+from PIL.ExifTags import Base
 
 log = logging.getLogger(__name__)
 
 PREVIEW_SIDE = 1280
 QUALITY = 80
+# The EXIF orientations that turn or mirror the stored pixels (1 shows them as stored).
+TURNED = range(2, 9)
 # Decoding a large PNG holds the whole image in memory (up to about 360 MB, twice that
 # while an RGBA one is resized: ~750 MB at the pixel limit): one at a time per process,
 # in a thread of its own so that file I/O elsewhere never waits on it.
@@ -30,22 +36,26 @@ _RENDERER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="threadline-pre
 RENDER_WAIT_SECONDS = 15.0
 
 
-def wanted(width: int | None, height: int | None) -> bool:
-    """Whether an image of this size (None: unknown) gets a preview."""
-    return max(width or 0, height or 0) > PREVIEW_SIDE
+def wanted(width: int | None, height: int | None, orientation: int = 1) -> bool:
+    """Whether an image of this size (None: unknown) and EXIF orientation gets a preview."""
+    return max(width or 0, height or 0) > PREVIEW_SIDE or orientation in TURNED
+
+
+class RendererBusy(Exception):
+    """The render thread stayed busy for RENDER_WAIT_SECONDS: try again later."""
 
 
 async def render(file: BinaryIO) -> bytes | None:
-    """The preview of an accepted image, or None when it is small enough to be its own,
-    cannot be decoded, is animated, or the renderer stayed busy for RENDER_WAIT_SECONDS
-    (the upload stands: clients then show the file)."""
+    """The preview of an accepted image, or None when the image is small and shown as
+    stored (it is its own preview), cannot be decoded, or is animated (clients then show
+    the file). RendererBusy when the renderer stayed busy for RENDER_WAIT_SECONDS."""
     job = asyncio.get_running_loop().run_in_executor(_RENDERER, _render, file)
     try:
         # A timeout cancels a queued render; a running one ends by itself, its result unused.
         return await asyncio.wait_for(job, RENDER_WAIT_SECONDS)
     except TimeoutError:
         log.warning("no preview: the renderer was busy for %.0f s", RENDER_WAIT_SECONDS)
-        return None
+        raise RendererBusy from None
 
 
 def _render(file: BinaryIO) -> bytes | None:
@@ -53,7 +63,8 @@ def _render(file: BinaryIO) -> bytes | None:
     try:
         with Image.open(file) as image:
             # An animation's preview would be its first frame: clients show the file.
-            if max(image.size) <= PREVIEW_SIDE or getattr(image, "is_animated", False):
+            orientation = image.getexif().get(Base.Orientation, 1)
+            if not wanted(*image.size, orientation) or getattr(image, "is_animated", False):
                 return None
             # JPEG decodes at a reduced scale; other formats decode whole.
             image.draft("RGB", (PREVIEW_SIDE, PREVIEW_SIDE))
