@@ -57,6 +57,11 @@ PRESENCE_UNAVAILABLE = Counter(
     "threadline_presence_unavailable_total",
     "Presence reads answered OFFLINE because Redis failed.",
 )
+PREVIEW_RENDERS = Counter(
+    "threadline_preview_renders_total",
+    "Image preview renders: made, none (small, animated or undecodable), busy (waited out).",
+    ["outcome"],
+)
 HTTP_REQUESTS_CUT_OFF = Counter(
     "threadline_http_requests_cut_off_total",
     "Requests answered before they were read in full: too large (413, 431) or too slow (408).",

@@ -19,6 +19,8 @@ from typing import BinaryIO
 from PIL import Image, ImageOps
 from PIL.ExifTags import Base
 
+from threadline.metrics import PREVIEW_RENDERS
+
 log = logging.getLogger(__name__)
 
 PREVIEW_SIDE = 1280
@@ -52,10 +54,13 @@ async def render(file: BinaryIO) -> bytes | None:
     job = asyncio.get_running_loop().run_in_executor(_RENDERER, _render, file)
     try:
         # A timeout cancels a queued render; a running one ends by itself, its result unused.
-        return await asyncio.wait_for(job, RENDER_WAIT_SECONDS)
+        preview = await asyncio.wait_for(job, RENDER_WAIT_SECONDS)
     except TimeoutError:
+        PREVIEW_RENDERS.labels("busy").inc()
         log.warning("no preview: the renderer was busy for %.0f s", RENDER_WAIT_SECONDS)
         raise RendererBusy from None
+    PREVIEW_RENDERS.labels("none" if preview is None else "made").inc()
+    return preview
 
 
 def _render(file: BinaryIO) -> bytes | None:
