@@ -12,7 +12,8 @@ import httpx
 import pytest
 
 from tests import factories
-from tests.conftest import Api, Clients, Server, start_server, stop_server
+from tests.conftest import ON_POSTGRES, Api, Clients, Server, start_server, stop_server
+from tests.deployment import closed_port, variant
 from tests.uploads import image, upload
 from threadline.config import Settings
 
@@ -249,3 +250,25 @@ async def test_urls_are_built_on_public_url_when_it_is_set(public: Server) -> No
         tid = await factories.thread(alice)
         got = await upload(alice, tid, "a.png", image())
     assert got["url"].startswith(f"https://chat.example.com/attachments/{got['id']}/a.png?exp=")
+
+
+@pytest.mark.skipif(not ON_POSTGRES, reason="a database server that is down: PostgreSQL's case")
+async def test_a_download_while_the_database_is_down_is_503_with_retry_after(
+    settings: Settings,
+) -> None:
+    """Rule: a dependency that is down is SERVICE_UNAVAILABLE, not a crash (uploads
+    already are). Evidence: a signed download or preview URL, asked while the database
+    was unreachable, answered 500 and the server logged a ServiceUnavailable traceback."""
+    url = f"postgresql+asyncpg://postgres@127.0.0.1:{closed_port()}/nowhere"
+    running = await start_server(variant(settings, database_url=url))
+    try:
+        signer = running.app.state.runtime.url_signer
+        links = [
+            signer.url(uuid.uuid4(), "a.pdf", running.base, uuid.uuid4(), preview=preview)
+            for preview in (False, True)
+        ]
+        async with httpx.AsyncClient(timeout=30) as http:
+            answers = [await http.get(link) for link in links]
+    finally:
+        await stop_server(running)
+    assert [(a.status_code, a.headers.get("retry-after")) for a in answers] == [(503, "1")] * 2

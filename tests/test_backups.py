@@ -506,3 +506,33 @@ async def test_a_restore_that_would_not_fit_on_the_disk_is_refused_before_anythi
     with pytest.raises(BackupError, match=r"needs [\d,]+ MiB on the filesystem of .* MiB is free"):
         await restore_backup(empty_target, folder)
     await assert_untouched(empty_target)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("file", "300000"), ("file", 10**400), ("file", -1), ("database", 10**400)],
+    ids=["file-size-text", "file-size-huge", "file-size-negative", "database-size-huge"],
+)
+async def test_a_manifest_whose_sizes_are_not_sizes_is_damaged_and_changes_nothing(
+    server: Server,
+    settings: Settings,
+    clients: Clients,
+    empty_target: Settings,
+    tmp_path: Path,
+    field: str,
+    value: object,
+) -> None:
+    """Rule: bad input gets a clear BackupError and changes nothing. Evidence: the free
+    space check summed the manifest's sizes as they came, so a size written as text
+    raised TypeError, and one past a float's range OverflowError, not a BackupError."""
+    await populate(server, settings, clients)
+    folder, manifest = await create_backup(settings, tmp_path / "backups")
+    body: dict[str, Any] = json.loads((folder / MANIFEST).read_text())
+    if field == "file":
+        body["files"][sorted(manifest.files)[0]]["bytes"] = value
+    else:
+        body["database_bytes"] = value
+    (folder / MANIFEST).write_text(json.dumps(body))
+    with pytest.raises(BackupError, match="is damaged"):
+        await restore_backup(empty_target, folder)
+    await assert_untouched(empty_target)

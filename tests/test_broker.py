@@ -293,6 +293,27 @@ async def test_publish_and_subscribe_need_a_connected_broker(
         await broker.publish(channel("x"), "late")
 
 
+async def test_a_subscribe_block_is_entered_once(
+    make_broker: MakeBroker, channel: Callable[[str], str]
+) -> None:
+    """Evidence: the block, a class since it stopped being a generator, took a second
+    entry while the first was open; the second subscriber replaced the first, whose
+    leaving was then never done (health counted it, Redis kept the channel)."""
+    broker = make_broker()
+    await broker.connect()
+    block = broker.subscribe(channel("x"))
+    async with block:
+        with pytest.raises(RuntimeError, match="entered once"):
+            async with block:
+                pass
+    with pytest.raises(RuntimeError, match="entered once"):
+        async with block:
+            pass
+    assert broker.health()["subscribers"] == broker.health()["channels"] == 0
+    if broker.health()["backend"] != "memory":
+        assert await redis_subscriber_count(channel("x")) == 0
+
+
 async def test_disconnecting_the_broker_ends_live_subscribers_with_broker_closed(
     make_broker: MakeBroker, channel: Callable[[str], str]
 ) -> None:

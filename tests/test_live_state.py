@@ -63,6 +63,27 @@ async def test_presence_shows_online_away_and_offline(server: Server, clients: C
     await watcher.close()
 
 
+async def test_presence_of_no_known_user_waits_quietly_instead_of_failing(
+    server: Server, clients: Clients
+) -> None:
+    """Rule: a stream of the given users' changes; with none of them a user there is
+    nothing to show yet, which is no error. Evidence: presence(userIds: []), or only ids
+    of deleted users, answered INTERNAL_SERVER_ERROR and the server logged a traceback
+    ("subscribe to at least one channel")."""
+    alice, bob = await clients.user("alice"), await clients.user("bob")
+    watcher = await GraphQLWS.connect(server.ws_url, alice.token)
+    quiet = [await watcher.subscribe(PRESENCE, {"u": ids}) for ids in ([], [str(uuid.uuid4())])]
+    # Answered in turn after them: whatever the first two sent is read before.
+    for _ in range(2):
+        asked = await watcher.subscribe(PRESENCE, {"u": [bob.id]})
+        message = await watcher.next()
+        assert message["id"] == asked, message
+        assert message["payload"]["data"]["presence"]["user"]["username"] == "bob"
+    for op_id in quiet:  # still running: a client ends them as any other
+        await watcher.conn.send(json.dumps({"id": op_id, "type": "complete"}))
+    await watcher.close()
+
+
 async def test_viewer_events_follow_threads_notifications_and_membership(
     server: Server, clients: Clients
 ) -> None:

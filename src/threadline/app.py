@@ -148,9 +148,6 @@ def create_app(settings: Settings) -> Starlette:
             body_min_bytes_per_second=settings.http_body_min_bytes_per_second,
         )
     )
-    if settings.hsts_seconds:
-        # Outermost: the limits' 413 and 408 carry it too.
-        middleware.insert(0, Middleware(StrictTransport, seconds=settings.hsts_seconds))
     app = Starlette(
         routes=[
             # JSON operations run on the POST endpoint; it hands the rest to the view.
@@ -168,6 +165,10 @@ def create_app(settings: Settings) -> Starlette:
         middleware=middleware,
         lifespan=lifespan,
     )
+    if settings.hsts_seconds:
+        # Around Starlette's own outermost middleware too, which sends the 500s; the
+        # limits' 413 and 408 carry it as well.
+        app.middleware_stack = StrictTransport(app.build_middleware_stack(), settings.hsts_seconds)
     app.state.runtime = runtime
     app.state.on_sessions_ended = graphql.end_sessions
     app.state.graphql = graphql

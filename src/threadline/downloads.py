@@ -2,10 +2,11 @@
 and /previews/{id}?exp=..&sig=..&u=.. for an image's preview.
 
 Signature and expiry first (403), then the viewer the URL names must still see the
-attachment's thread (404). The file streams with headers that stop a browser running
-it, cached privately until the URL expires; one byte range is honoured (for seeking).
-A preview whose file is gone is made again from the file (503 while the renderer is
-busy; 404, the preview forgotten, when the file is gone too or no longer decodes).
+attachment's thread (404; 503 while the database is down). The file streams with
+headers that stop a browser running it, cached privately until the URL expires; one
+byte range is honoured (for seeking). A preview whose file is gone is made again from
+the file (503 while the renderer is busy; 404, the preview forgotten, when the file is
+gone too or no longer decodes).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from urllib.parse import quote
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 
+from threadline.errors import ServiceUnavailable
 from threadline.runtime import Runtime
 from threadline.services import attachments, content_types, previews
 
@@ -57,8 +59,14 @@ async def _serve(request: Request, *, preview: bool) -> Response:
         aid, viewer_id = uuid.UUID(attachment_id), uuid.UUID(viewer)
     except ValueError:
         return PlainTextResponse("Not found", status_code=404)
-    async with runtime.db.reading() as session:
-        row = await attachments.downloadable_by(session, aid, viewer_id)
+    try:
+        async with runtime.db.reading() as session:
+            row = await attachments.downloadable_by(session, aid, viewer_id)
+    except ServiceUnavailable as exc:
+        # What GraphQL says as SERVICE_UNAVAILABLE: try again shortly, not a crash (500).
+        return PlainTextResponse(
+            exc.message, status_code=503, headers={"retry-after": str(exc.retry_after)}
+        )
     key = None if row is None else row.preview_key if preview else row.storage_key
     size = await runtime.storage.size(key) if key is not None else None
     if preview and row is not None and key is not None and size is None:

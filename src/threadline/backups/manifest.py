@@ -90,14 +90,24 @@ class Manifest:
         except (KeyError, TypeError, AttributeError) as exc:
             raise BackupError(f"{folder}/{MANIFEST} is damaged: {exc}") from exc
         # The database file is in the folder: a bare name of one of ours, nothing else.
-        if manifest.database_file not in DATABASE_FILES or not isinstance(
-            manifest.database_bytes, int
-        ):
+        if manifest.database_file not in DATABASE_FILES or not _is_size(manifest.database_bytes):
             raise BackupError(
                 f"{folder}/{MANIFEST} is damaged: database_file must be one of "
                 f"{', '.join(DATABASE_FILES)} with its size in bytes"
             )
+        # Summed and compared before any file is read: a size that is not one (text, a
+        # negative, past what a file can be) would fail there with no backup error.
+        for key, entry in manifest.files.items():
+            if not _is_size(entry.bytes):
+                raise BackupError(
+                    f"{folder}/{MANIFEST} is damaged: file {key!r} has no size in bytes"
+                )
         return manifest
+
+
+def _is_size(value: object) -> bool:
+    # No bool (an int to Python) and at most what a file's signed 64-bit size can be.
+    return type(value) is int and 0 <= value < 2**63
 
 
 def is_backup(folder: Path) -> bool:

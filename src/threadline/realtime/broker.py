@@ -206,7 +206,12 @@ class _Subscription(AbstractAsyncContextManager[Subscriber]):
         self._subscriber: Subscriber | None = None
 
     async def __aenter__(self) -> Subscriber:
-        self._subscriber = await self._broker._enter(self._names)
+        # Once, as the generator was: a second entry would replace the first subscriber,
+        # which would then never leave.
+        names, self._names = self._names, ()
+        if not names:
+            raise RuntimeError("a subscribe block is entered once")
+        self._subscriber = await self._broker._enter(names)
         return self._subscriber
 
     async def __aexit__(self, *exc_info: object) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Sequence
 
@@ -43,6 +44,10 @@ async def stream(info: Info, user_ids: Sequence[str]) -> AsyncIterator[PresenceC
         ]
 
     channels = [presence_channel(u) for u in ids if u in people]
+    if not channels:
+        # No ids, or only those of users deleted since: nothing to show and nothing
+        # will change. Held open as any other: an ended stream, clients subscribe again.
+        await asyncio.Event().wait()
     async with runtime.broker.subscribe_many(channels) as subscriber:
         for change in await current(ids):
             yield change
