@@ -263,6 +263,11 @@ class PromptServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config) -> None:
         super().__init__(config)
         self.exit_requested = asyncio.Event()
+        self.listening = asyncio.Event()
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        self.listening.set()
 
     async def main_loop(self) -> None:
         counter = 0
@@ -321,13 +326,13 @@ async def start_server(settings: Settings, **uvicorn_options: Any) -> Server:
     )
     server = PromptServer(config)
     task = asyncio.create_task(server.serve())
-    for _ in range(200):
-        if server.started:
-            break
+    # Woken by the start itself: polling for it cost half a poll interval a test.
+    listening = asyncio.create_task(server.listening.wait())
+    await asyncio.wait({task, listening}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+    if not server.started:
+        listening.cancel()
         if task.done():
             task.result()
-        await asyncio.sleep(0.02)
-    else:
         raise RuntimeError("test server did not start")
     return Server(f"http://127.0.0.1:{port}", app, server, task)
 
