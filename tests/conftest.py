@@ -27,6 +27,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+import pytest_asyncio
 import uvicorn
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -348,13 +349,6 @@ async def stop_server(server: Server) -> None:
     await asyncio.wait_for(server.task, 5)  # also raises what the server raised
 
 
-@pytest.fixture
-async def server(settings: Settings) -> AsyncIterator[Server]:
-    running = await start_server(settings)
-    yield running
-    await stop_server(running)
-
-
 class GraphQLError(AssertionError):
     def __init__(self, errors: list[dict[str, Any]]) -> None:
         super().__init__(errors)
@@ -421,15 +415,30 @@ class Clients:
 TLS = httpx.create_ssl_context()
 
 
-@pytest.fixture
-async def http(server: Server) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=server.base, timeout=30, verify=TLS) as client:
-        yield client
+def serving(loop_scope: str = "function") -> tuple[Any, Any, Any]:
+    """The ``server``, ``http`` and ``clients`` fixtures, one server per test, run in the
+    event loop of ``loop_scope``: a module whose tests run in the module's loop (the
+    browser tests, which share one Chromium) takes copies for that loop."""
+
+    @pytest_asyncio.fixture(name="server", loop_scope=loop_scope)
+    async def server(settings: Settings) -> AsyncIterator[Server]:
+        running = await start_server(settings)
+        yield running
+        await stop_server(running)
+
+    @pytest_asyncio.fixture(name="http", loop_scope=loop_scope)
+    async def http(server: Server) -> AsyncIterator[httpx.AsyncClient]:
+        async with httpx.AsyncClient(base_url=server.base, timeout=30, verify=TLS) as client:
+            yield client
+
+    @pytest_asyncio.fixture(name="clients", loop_scope=loop_scope)
+    async def clients(http: httpx.AsyncClient) -> Clients:
+        return Clients(http)
+
+    return server, http, clients
 
 
-@pytest.fixture
-async def clients(http: httpx.AsyncClient) -> Clients:
-    return Clients(http)
+server, http, clients = serving()
 
 
 class ServerErrors(logging.Handler):

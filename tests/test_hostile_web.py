@@ -33,7 +33,10 @@ from threadline.models import Attachment
 pytestmark = [pytest.mark.slow, pytest.mark.any_backend]
 
 
-browser = test_web_browser.browser  # the browser tests' fixture
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    async with test_web_browser.chromium() as launched:
+        yield launched
 
 
 @asynccontextmanager
