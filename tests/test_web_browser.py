@@ -12,7 +12,6 @@ import json
 import os
 import re
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,20 +83,12 @@ def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-@asynccontextmanager
-async def chromium() -> AsyncIterator[Any]:
-    async with async_playwright() as driver:
-        launched = await driver.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield launched
-        finally:
-            await launched.close()
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def module_chromium() -> AsyncIterator[Any]:
-    async with chromium() as launched:
+    async with async_playwright() as driver:
+        launched = await driver.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield launched
+        await launched.close()
 
 
 @pytest_asyncio.fixture(loop_scope="module")
