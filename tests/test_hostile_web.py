@@ -25,15 +25,15 @@ from PIL import Image
 from sqlalchemy import update
 
 from tests import factories, test_web_browser
-from tests.conftest import Clients, Server
+from tests.conftest import Clients, Server, serving
 from tests.test_web_browser import expect, open_thread, sign_in
 from tests.uploads import upload, upload_error
 from threadline.models import Attachment
 
-pytestmark = [pytest.mark.slow, pytest.mark.any_backend]
-
-
-browser = test_web_browser.browser  # the browser tests' fixture
+# As in the browser tests: the module's event loop and one Chromium for its tests.
+pytestmark = [pytest.mark.slow, pytest.mark.any_backend, pytest.mark.asyncio(loop_scope="module")]
+server, http, clients = serving("module")
+module_chromium, browser = test_web_browser.module_chromium, test_web_browser.browser
 
 
 @asynccontextmanager

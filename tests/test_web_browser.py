@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+import pytest_asyncio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from pydantic import SecretStr
@@ -30,6 +31,7 @@ from tests.conftest import (
     Server,
     database_environment,
     free_port,
+    serving,
     start_server,
     stop_server,
 )
@@ -65,8 +67,11 @@ CHROMIUM_ARGS = [
 DESKTOP = {"width": 1200, "height": 760}
 PHONE = {"width": 390, "height": 844}
 expect.set_options(timeout=20_000)
-# The web client in Chromium: the SQLite row of the test command skips it.
-pytestmark = [pytest.mark.slow, pytest.mark.any_backend]
+# The web client in Chromium: the SQLite row of the test command skips it. The tests
+# run in the module's event loop, where one Chromium serves them all (starting
+# Playwright's driver and Chromium took about a second a test).
+pytestmark = [pytest.mark.slow, pytest.mark.any_backend, pytest.mark.asyncio(loop_scope="module")]
+server, http, clients = serving("module")
 
 
 @pytest.fixture(scope="session")
@@ -78,12 +83,21 @@ def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def module_chromium() -> AsyncIterator[Any]:
     async with async_playwright() as driver:
         launched = await driver.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield launched
         await launched.close()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def browser(module_chromium: Any) -> AsyncIterator[Any]:
+    """The module's Chromium; the contexts (users) a test opened are closed after it,
+    so that no test sees another's pages, storage or sockets."""
+    yield module_chromium
+    for context in module_chromium.contexts:
+        await context.close()
 
 
 @dataclass
