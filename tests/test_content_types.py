@@ -9,6 +9,7 @@ import zipfile
 import pytest
 
 from tests.uploads import (
+    DOCX_PARTS,
     docx,
     elf,
     image,
@@ -169,6 +170,20 @@ def test_an_archive_that_the_zip_reader_cannot_open_is_bad_input() -> None:
         data[field : field + 2] = (99).to_bytes(2, "little")
     with pytest.raises(BadInput):
         detect(io.BytesIO(bytes(data)))
+
+
+def test_the_many_entries_docx_of_these_tests_is_what_zipfile_writes_and_reads() -> None:
+    # The helper packs zipfile's records itself, for speed: the same bytes as zipfile's
+    # writer, and over 65,535 entries a ZIP64 archive that zipfile reads back whole.
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        for name, data in [*DOCX_PARTS.items(), ("word/0", b"")]:
+            archive.writestr(zipfile.ZipInfo(name), data)
+    assert many_entries_docx(3) == out.getvalue()
+    with zipfile.ZipFile(io.BytesIO(many_entries_docx(65_537))) as archive:
+        names = archive.namelist()
+        assert archive.read("word/document.xml") == DOCX_PARTS["word/document.xml"]
+    assert len(names) == 65_537 and names[-1] == f"word/{65_534:x}"
 
 
 def test_a_zip64_archive_of_many_entries_is_refused_before_zipfile_reads_it() -> None:

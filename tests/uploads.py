@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import struct
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -120,18 +121,45 @@ def docx() -> bytes:
     return out.getvalue()
 
 
-def many_entries_docx(entries: int) -> bytes:
-    """A .docx-looking zip of ``entries`` empty parts: a huge central directory.
+DOCX_PARTS = {"[Content_Types].xml": b"<Types/>", "word/document.xml": b"<w:document/>"}
 
-    Over 65,535 entries Python writes the ZIP64 end records.
+
+def many_entries_docx(entries: int) -> bytes:
+    """A .docx-looking zip of ``entries`` parts (the two of DOCX_PARTS, the others empty):
+    a huge central directory, with the ZIP64 end records over 65,535 entries.
+
+    The records are the ones zipfile writes for ``writestr(ZipInfo(name), data)`` (stored,
+    dated 1980-01-01), packed here at once: zipfile took 3 s for 250,000 entries.
     """
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as archive:
-        archive.writestr("[Content_Types].xml", "<Types/>")
-        archive.writestr("word/document.xml", "<w:document/>")
-        for i in range(entries - 2):
-            archive.writestr(zipfile.ZipInfo(f"word/{i:x}"), b"")
-    return out.getvalue()
+    parts = [*DOCX_PARTS.items(), *((f"word/{i:x}", b"") for i in range(entries - 2))]
+    local: list[bytes] = []
+    central: list[bytes] = []
+    offset = 0
+    for name, data in parts:
+        encoded, crc, size = name.encode(), zipfile.crc32(data), len(data)
+        header = struct.pack(
+            "<4s2B4HL2L2H", b"PK\x03\x04", 20, 0, 0, 0, 0, 33, crc, size, size, len(encoded), 0
+        )
+        local += [header, encoded, data]
+        central += [
+            struct.pack(
+                "<4s4B4HL2L5H2L",
+                *(b"PK\x01\x02", 20, 3, 20, 0, 0, 0, 0, 33, crc, size, size, len(encoded)),
+                *(0, 0, 0, 0, 0o600 << 16, offset),  # external attributes: rw-------
+            ),
+            encoded,
+        ]
+        offset += len(header) + len(encoded) + size
+    directory = b"".join(central)
+    count, end = len(parts), b""
+    if count > 0xFFFF:
+        end = struct.pack(
+            "<4sQ2H2L4Q", b"PK\x06\x06", 44, 45, 45, 0, 0, count, count, len(directory), offset
+        )
+        end += struct.pack("<4sLQL", b"PK\x06\x07", 0, offset + len(directory), 1)
+        count = 0xFFFF
+    end += struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, count, count, len(directory), offset, 0)
+    return b"".join(local) + directory + end
 
 
 def plain_zip() -> bytes:
