@@ -14,12 +14,12 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime, timedelta
 from functools import partial
-from typing import Any, BinaryIO, Protocol, cast
+from typing import BinaryIO, Protocol
 
-from sqlalchemy import CursorResult, delete, or_, select, update
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from threadline.db import Database
+from threadline.db import Database, rowcount
 from threadline.errors import NotFound, PayloadTooLarge
 from threadline.models import (
     Attachment,
@@ -172,7 +172,7 @@ class PreviewRepairs:
             if remade is not None:
                 await asyncio.shield(self.storage.delete(remade.key))
             raise
-        if cast("CursorResult[Any]", changed).rowcount == 1:
+        if rowcount(changed) == 1:
             if row.preview_key is not None:  # gone, or unreadable for a moment: no orphan
                 await self.storage.delete(row.preview_key)
             return remade
