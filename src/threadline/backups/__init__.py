@@ -242,8 +242,9 @@ def _check_room(
     needs: dict[int, tuple[Path, int]] = {}  # per filesystem: a folder on it, bytes
     for folder, size in wanted:
         existing = next(path for path in (folder, *folder.parents) if path.exists())
-        on_device, before = needs.get(existing.stat().st_dev, (existing, 0))
-        needs[existing.stat().st_dev] = (on_device, before + size)
+        device = existing.stat().st_dev
+        on_device, before = needs.get(device, (existing, 0))
+        needs[device] = (on_device, before + size)
     for existing, size in needs.values():
         free = shutil.disk_usage(existing).free
         if size + ROOM_MARGIN_BYTES > free:
