@@ -16,7 +16,7 @@ WORKDIR /build
 # The locked runtime dependencies first (exact versions, hash-checked), in a layer that
 # stays cached until the lock changes; then the package itself, resolving nothing again.
 COPY requirements-runtime.lock ./
-RUN pip install --require-hashes -r requirements-runtime.lock
+RUN pip install --require-hashes --no-deps -r requirements-runtime.lock
 COPY pyproject.toml README.md ./
 COPY src ./src
 # A regular (not editable) install: the image does not need the source tree afterwards.

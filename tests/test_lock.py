@@ -176,6 +176,6 @@ def test_what_the_locked_packages_require_is_locked_too() -> None:
         problems += [f"{name}: {problem}" for problem in _unsatisfied(needed, lock)]
         queue += [(canonicalize_name(r.name), frozenset(r.extras)) for r in needed]
     assert not problems, (
-        "the environment or requirements.lock is off (pip install -r requirements.lock, "
+        "the environment or requirements.lock is off (pip install --no-deps -r requirements.lock, "
         "or scripts/lock after a pyproject.toml change):\n  " + "\n  ".join(sorted(problems))
     )
