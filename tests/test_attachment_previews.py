@@ -98,7 +98,8 @@ async def test_a_small_image_with_an_exif_orientation_gets_a_turned_preview(
     alice = await clients.user("alice")
     tid = await factories.thread(alice)
     photo = await upload(alice, tid, f"photo.{fmt.lower()}", oriented(fmt, (600, 300), 6))
-    assert (photo["width"], photo["height"]) == (600, 300)  # the stored pixels
+    # The size as shown, so a client's placeholder has the shape of what replaces it.
+    assert (photo["width"], photo["height"]) == (300, 600)
     assert photo["previewUrl"] is not None
     shown = await http.get(local(photo["previewUrl"]))
     assert decoded(shown.content) == ("WEBP", (300, 600))  # turned, never enlarged
@@ -107,6 +108,9 @@ async def test_a_small_image_with_an_exif_orientation_gets_a_turned_preview(
     # Shown as stored: its own preview.
     upright = await upload(alice, tid, f"upright.{fmt.lower()}", oriented(fmt, (600, 300), 1))
     assert upright["previewUrl"] is None
+    # Upside down: turned, the same shape.
+    flipped = await upload(alice, tid, f"flipped.{fmt.lower()}", oriented(fmt, (600, 300), 3))
+    assert (flipped["width"], flipped["height"]) == (600, 300)
 
 
 async def sent_large_image(clients: Clients) -> tuple[Api, Api, str, dict[str, Any]]:

@@ -356,6 +356,9 @@ def _edits(rows: list[models.MessageEdit]) -> list[MessageEditType]:
     ]
 
 
+SHOWN_SIZE = "Of an image, in pixels as shown: turned as its EXIF orientation says."
+
+
 @strawberry.type(name="Attachment")
 class AttachmentType(Node):
     row: Private[models.Attachment]
@@ -366,8 +369,8 @@ class AttachmentType(Node):
     )
     size: int
     kind: AttachmentKind
-    width: int | None
-    height: int | None
+    width: int | None = strawberry.field(description=SHOWN_SIZE)
+    height: int | None = strawberry.field(description=SHOWN_SIZE)
     created_at: datetime
 
     @classmethod

@@ -179,6 +179,10 @@ class Detected:
     orientation: int = 1  # EXIF: 1 shows the pixels as stored, 2 to 8 turn or mirror them
 
 
+# The EXIF orientations shown a quarter turn from the stored pixels.
+SIDEWAYS = range(5, 9)
+
+
 def detect(file: BinaryIO) -> Detected:
     """The content type, kind and image size of a seekable file; BadInput if refused.
     Blocking: run it in a worker thread."""
@@ -356,6 +360,8 @@ def _image(file: BinaryIO, content_type: str) -> Detected:
     # Pillow only warns up to twice its limit; every reader's browser decodes it all.
     if width * height > MAX_IMAGE_PIXELS:
         raise _too_many_pixels()
+    if orientation in SIDEWAYS:  # the size as shown: a client's placeholder takes its shape
+        width, height = height, width
     return Detected(content_type, AttachmentKind.IMAGE, int(width), int(height), orientation)
 
 
