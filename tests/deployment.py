@@ -1,8 +1,10 @@
 """Helpers of the tests for operators: settings as the environment would give them,
-a port nobody listens on, and the command as an operator runs it."""
+a port nobody listens on, a server that can be cut off, and the command as an
+operator runs it."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -25,6 +27,41 @@ def closed_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+class Outage:
+    """A TCP forwarder to a server that a test can cut: every connection through it
+    closed, new ones refused, as a database host that goes down looks to the app."""
+
+    def __init__(self, port: int) -> None:
+        self.target = port
+        self.streams: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> int:
+        self.listener = await asyncio.start_server(self._forward, "127.0.0.1", 0)
+        return int(self.listener.sockets[0].getsockname()[1])
+
+    async def cut(self) -> None:
+        self.listener.close()
+        for stream in self.streams:
+            stream.close()
+        await self.listener.wait_closed()
+
+    async def _forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        far_reader, far_writer = await asyncio.open_connection("127.0.0.1", self.target)
+        self.streams += [writer, far_writer]
+        await asyncio.gather(_pipe(reader, far_writer), _pipe(far_reader, writer))
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except OSError:
+        pass
+    finally:
+        writer.close()
 
 
 def threadline(

@@ -15,13 +15,17 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import asyncpg
 import httpx
 import pytest
 from PIL import Image, ImageCms, ImageStat
 from prometheus_client import REGISTRY
+from sqlalchemy.engine import make_url
 
 from tests import factories, test_backups
-from tests.conftest import Api, Clients, Server, start_server, stop_server, token_for
+from tests.conftest import ON_POSTGRES, Api, Clients, Server, start_server, stop_server, token_for
+from tests.deployment import Outage, variant
+from tests.live import until
 from tests.uploads import image, many_scans_jpeg, oriented, stored_files, upload, upload_error
 from threadline.backups import create_backup, restore_backup
 from threadline.config import Settings
@@ -462,3 +466,42 @@ async def test_a_lost_preview_that_cannot_be_made_again_is_forgotten(
         assert (await http.get(local(attachment["previewUrl"]))).status_code == 404
     # Clients are told so: they show the file (or its own error) instead.
     assert await preview_urls(alice, tid) == [None, None]
+
+
+@pytest.mark.skipif(not ON_POSTGRES, reason="a database server that goes down: PostgreSQL's case")
+async def test_a_lost_preview_whose_database_goes_down_mid_repair_is_503_and_leaves_nothing(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Evidence: a read was answered 503 while the database was down, but a repair
+    whose write then met a down database answered 500 with a traceback."""
+    url = make_url(settings.database_url)
+    outage = Outage(url.port or 5432)
+    through = url.set(port=await outage.start()).render_as_string(hide_password=False)
+    running = await start_server(variant(settings, database_url=through))
+    try:
+        async with httpx.AsyncClient(base_url=running.base, timeout=30) as http:
+            _, _, _, large = await sent_large_image(Clients(http))
+            lost = await lose_preview(running, settings, large)
+            monkeypatch.setattr(previews, "RENDER_WAIT_SECONDS", 30.0)
+            release = threading.Event()
+            previews._RENDERER.submit(release.wait, 60)  # the repair waits, its read done
+            try:
+                answer = asyncio.create_task(http.get(local(large["previewUrl"])))
+                await until(lambda: bool(running.runtime.preview_repairs._running))
+                await outage.cut()
+            finally:
+                release.set()
+            down = await asyncio.wait_for(answer, 30)
+    finally:
+        await stop_server(running)
+    assert (down.status_code, down.headers.get("retry-after")) == (503, "1"), down.text
+    # Nothing changed: the row still names the lost file, and no new file is left.
+    assert len(stored_files(settings.upload_dir)) == 1
+    direct = await asyncpg.connect(url.set(drivername="postgresql").render_as_string(False))
+    try:
+        kept = await direct.fetchval(
+            "SELECT preview_key FROM attachments WHERE id = $1", uuid.UUID(large["id"])
+        )
+    finally:
+        await direct.close()
+    assert kept == lost

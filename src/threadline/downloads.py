@@ -62,24 +62,17 @@ async def _serve(request: Request, *, preview: bool) -> Response:
     try:
         async with runtime.db.reading() as session:
             row = await attachments.downloadable_by(session, aid, viewer_id)
+        key = None if row is None else row.preview_key if preview else row.storage_key
+        size = await runtime.storage.size(key) if key is not None else None
+        if preview and row is not None and key is not None and size is None:
+            # The preview's file is gone (an old backup restored, a lost disk): made again.
+            remade = await runtime.preview_repairs.remake(row)
+            key, size = (remade.key, remade.size) if remade is not None else (None, None)
     except ServiceUnavailable as exc:
         # What GraphQL says as SERVICE_UNAVAILABLE: try again shortly, not a crash (500).
-        return PlainTextResponse(
-            exc.message, status_code=503, headers={"retry-after": str(exc.retry_after)}
-        )
-    key = None if row is None else row.preview_key if preview else row.storage_key
-    size = await runtime.storage.size(key) if key is not None else None
-    if preview and row is not None and key is not None and size is None:
-        # The preview's file is gone (an old backup restored, a lost disk): made again.
-        try:
-            remade = await runtime.preview_repairs.remake(row)
-        except previews.RendererBusy:
-            return PlainTextResponse(
-                "The preview is being made: try again shortly",
-                status_code=503,
-                headers={"retry-after": str(RETRY_PREVIEW_SECONDS)},
-            )
-        key, size = (remade.key, remade.size) if remade is not None else (None, None)
+        return _later(exc.message, exc.retry_after)
+    except previews.RendererBusy:
+        return _later("The preview is being made: try again shortly", RETRY_PREVIEW_SECONDS)
     if row is None or key is None or size is None:
         return PlainTextResponse("Not found", status_code=404)
 
@@ -117,6 +110,10 @@ async def _serve(request: Request, *, preview: bool) -> Response:
     return StreamingResponse(
         runtime.storage.read(key, start, end), status_code=status, headers=headers
     )
+
+
+def _later(message: str, seconds: int) -> Response:
+    return PlainTextResponse(message, status_code=503, headers={"retry-after": str(seconds)})
 
 
 def _byte_range(header: str | None, size: int) -> tuple[int, int] | Literal["unsatisfiable"] | None:
