@@ -126,3 +126,15 @@ async def test_thirty_people_reacting_at_once_all_count(clients: Clients) -> Non
     assert [r.get("errors") for r in results] == [None] * 30
     groups = await reactions(people[0], message["id"])
     assert [(g["emoji"], g["count"]) for g in groups] == [("🔥", 30)]
+
+
+async def test_a_thumbs_up_with_a_stray_variation_selector_is_the_same_reaction(
+    clients: Clients,
+) -> None:
+    alice, bob = await clients.users("alice", "bob")
+    thread_id = await factories.thread(alice, bob)
+    message = await factories.send(alice, thread_id)
+    await alice.gql(ADD, {"m": message["id"], "e": "👍"})
+    await bob.gql(ADD, {"m": message["id"], "e": "👍\ufe0f"})  # as some emoji pickers send it
+    assert [(g["emoji"], g["count"]) for g in await reactions(bob, message["id"])] == [("👍", 2)]
+
