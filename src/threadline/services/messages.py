@@ -148,7 +148,10 @@ async def _send_plain(
 ) -> Message | None:
     """A message without parent, attachments or mentions (see plain_sends); None when
     it stored nothing or the message needs the general path."""
-    text = clean_body(body, has_attachments=False)
+    try:
+        text = clean_body(body, has_attachments=False)
+    except BadInput:  # the general path checks access and the clientId before the body
+        return None
     if mentioned_usernames(text):  # mentions notify: the general path handles them
         return None
     now = utcnow()
