@@ -63,6 +63,20 @@ async def test_presence_shows_online_away_and_offline(server: Server, clients: C
     await watcher.close()
 
 
+async def test_presence_takes_at_most_200_users(server: Server, clients: Clients) -> None:
+    alice, bob = await clients.users("alice", "bob")
+    ws = await GraphQLWS.connect(server.ws_url, alice.token)
+    strangers = [str(uuid.uuid4()) for _ in range(200)]
+    await ws.subscribe(PRESENCE, {"u": [bob.id, *strangers]})
+    refused = (await ws.next())["payload"]
+    assert (refused["data"], refused["errors"][0]["extensions"]["code"]) == (None, "BAD_USER_INPUT")
+    assert (await ws.next())["type"] == "complete"
+    # 200, a repeated id counted once: bob's state comes first.
+    await ws.subscribe(PRESENCE, {"u": [bob.id, bob.id, *strangers[:199]]})
+    assert (await data(ws, "presence"))["user"]["username"] == "bob"
+    await ws.close()
+
+
 async def test_presence_of_no_known_user_waits_quietly_instead_of_failing(
     server: Server, clients: Clients
 ) -> None:

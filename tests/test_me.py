@@ -73,3 +73,13 @@ async def test_users_search_finds_by_username_and_display_name(clients: Clients)
     await clients.user("bob")
     found = await alice.gql('{ users(search: "bo") { edges { node { username } } } }')
     assert [e["node"]["username"] for e in found["users"]["edges"]] == ["bob"]
+
+
+async def test_users_search_ignores_case_beyond_ascii(clients: Clients) -> None:
+    alice, emile = await clients.users("alice", "emile")
+    await emile.gql('mutation { updateMe(input: {displayName: "Émile Zola"}) { id } }')
+    for search in ("Émile", "émile", "ÉMILE"):
+        found = await alice.gql(
+            "query($s: String) { users(search: $s) { edges { node { id } } } }", {"s": search}
+        )
+        assert [e["node"]["id"] for e in found["users"]["edges"]] == [emile.id], search

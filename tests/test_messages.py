@@ -147,6 +147,36 @@ async def test_twenty_concurrent_sends_with_one_client_id_store_one_message(
     assert seqs(await history(alice, thread_id)) == [before + 1]
 
 
+async def test_a_client_id_is_one_authors_key_in_one_thread(clients: Clients) -> None:
+    alice, bob = await clients.users("alice", "bob")
+    first_thread = await factories.thread(alice, bob)
+    second_thread = await factories.thread(alice, bob)
+    sent = await factories.send(alice, first_thread, "from alice", clientId="k")
+    by_bob = await factories.send(bob, first_thread, "from bob", clientId="k")
+    elsewhere = await factories.send(alice, second_thread, "elsewhere", clientId="k")
+    # A reply takes the general path: the same rule there.
+    reply = await factories.send(bob, second_thread, "re", clientId="k", parentId=elsewhere["id"])
+    assert len({sent["id"], by_bob["id"], elsewhere["id"], reply["id"]}) == 4
+    assert [m["body"] for m in (by_bob, elsewhere, reply)] == ["from bob", "elsewhere", "re"]
+    assert await factories.send(alice, first_thread, "from alice", clientId="k") == sent
+    assert await last_seq(alice, first_thread) == 2
+
+
+async def test_a_resend_with_a_used_client_id_returns_the_first_message_whatever_its_body(
+    clients: Clients,
+) -> None:
+    alice, eve = await clients.users("alice", "eve")
+    thread_id = await factories.thread(alice)
+    sent = await factories.send(alice, thread_id, "hello", clientId="k")
+    for body in ("hello again", "", " \x00 ", "x" * 4001):
+        assert await factories.send(alice, thread_id, body, clientId="k") == sent
+    assert await last_seq(alice, thread_id) == 1
+    # Whoever may not see the thread learns only that, whatever the body.
+    for body in ("", "x" * 4001):
+        variables = {"i": {"threadId": thread_id, "body": body}}
+        assert await eve.error(factories.SEND, variables) == "NOT_FOUND"
+
+
 async def test_fifty_concurrent_senders_get_seqs_without_gaps_or_duplicates(
     clients: Clients,
 ) -> None:

@@ -162,3 +162,17 @@ async def test_someone_elses_notification_cannot_be_marked_read(clients: Clients
 async def test_mark_notifications_read_needs_ids_or_all(clients: Clients) -> None:
     alice = await clients.user("alice")
     assert await alice.error(MARK, {}) == "BAD_USER_INPUT"
+
+
+async def test_an_edit_that_mentions_someone_new_notifies_them_once(clients: Clients) -> None:
+    alice, bob, carol = await clients.users("alice", "bob", "carol")
+    thread_id = await factories.thread(alice, bob, carol)
+    sent = await factories.send(alice, thread_id, "hi @bob")
+    edit = "mutation($m: ID!, $b: String!) { editMessage(messageId: $m, body: $b) { id } }"
+    await alice.gql(edit, {"m": sent["id"], "b": "hi @bob and @carol"})
+    await alice.gql(edit, {"m": sent["id"], "b": "hi @bob and @carol!"})
+    mentioned = (await alice.gql(MENTIONS, {"m": sent["id"]}))["message"]["mentions"]
+    assert sorted(m["username"] for m in mentioned) == ["bob", "carol"]
+    # Newest first; bob, mentioned from the start, is not told again.
+    assert kinds(await inbox(carol)) == ["MENTION", "ADDED_TO_THREAD"]
+    assert kinds(await inbox(bob)) == ["MENTION", "ADDED_TO_THREAD"]

@@ -126,3 +126,38 @@ async def test_thirty_people_reacting_at_once_all_count(clients: Clients) -> Non
     assert [r.get("errors") for r in results] == [None] * 30
     groups = await reactions(people[0], message["id"])
     assert [(g["emoji"], g["count"]) for g in groups] == [("🔥", 30)]
+
+
+async def test_a_thumbs_up_with_a_stray_variation_selector_is_the_same_reaction(
+    clients: Clients,
+) -> None:
+    alice, bob = await clients.users("alice", "bob")
+    thread_id = await factories.thread(alice, bob)
+    message = await factories.send(alice, thread_id)
+    await alice.gql(ADD, {"m": message["id"], "e": "👍"})
+    await bob.gql(ADD, {"m": message["id"], "e": "👍\ufe0f"})  # as some emoji pickers send it
+    assert [(g["emoji"], g["count"]) for g in await reactions(bob, message["id"])] == [("👍", 2)]
+
+
+async def test_distinct_emoji_racing_past_twenty_stop_at_twenty(clients: Clients) -> None:
+    people = await clients.users(*(f"racer{i:02}" for i in range(25)))
+    thread_id = await factories.thread(people[0], *people[1:])
+    message = await factories.send(people[0], thread_id)
+    distinct = [chr(0x1F600 + i) for i in range(25)]
+    results = await asyncio.gather(
+        *(p.raw(ADD, {"m": message["id"], "e": e}) for p, e in zip(people, distinct, strict=True))
+    )
+    refused = [r["errors"][0]["extensions"]["code"] for r in results if r.get("errors")]
+    assert refused == ["BAD_USER_INPUT"] * 5
+    assert len(await reactions(people[0], message["id"])) == 20
+
+
+async def test_a_reaction_group_lists_its_first_twenty_users(clients: Clients) -> None:
+    people = await clients.users(*(f"fan{i:02}" for i in range(21)))
+    thread_id = await factories.thread(people[0], *people[1:])
+    message = await factories.send(people[0], thread_id)
+    for person in people:
+        await person.gql(ADD, {"m": message["id"], "e": "🔥"})
+    (group,) = await reactions(people[0], message["id"])
+    assert group["count"] == 21
+    assert [u["id"] for u in group["users"]] == [p.id for p in people[:20]]

@@ -105,3 +105,32 @@ async def test_forty_participants_fetching_at_once_all_get_the_message_delivered
     results = await asyncio.gather(*(p.raw(FETCH, {"t": thread_id}) for p in people[1:]))
     assert [r.get("errors") for r in results] == [None] * 39
     assert await status(author, sent["id"]) == ("DELIVERED", [])
+
+
+async def test_fetching_an_older_page_leaves_the_delivered_marker_where_it_was(
+    clients: Clients,
+) -> None:
+    alice, bob = await clients.users("alice", "bob")
+    thread_id = await factories.thread(alice, bob)
+    for body in ("one", "two", "three"):
+        await factories.send(alice, thread_id, body)
+    markers = """query($t: ID!) { thread(threadId: $t) { participants {
+      edges { node { user { id } lastDeliveredSeq } } } } }"""
+
+    async def bobs_delivered() -> int:
+        edges = (await alice.gql(markers, {"t": thread_id}))["thread"]["participants"]["edges"]
+        return int(
+            next(e["node"]["lastDeliveredSeq"] for e in edges if e["node"]["user"]["id"] == bob.id)
+        )
+
+    await bob.gql(FETCH, {"t": thread_id})
+    for _ in range(100):  # the marker is written just after the answer
+        if await bobs_delivered() == 3:
+            break
+        await asyncio.sleep(0.05)
+    await bob.gql(
+        "query($t: ID!) { messages(threadId: $t, first: 1) { edges { node { id } } } }",
+        {"t": thread_id},
+    )
+    await asyncio.sleep(0.5)
+    assert await bobs_delivered() == 3

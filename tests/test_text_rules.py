@@ -186,6 +186,11 @@ def test_clean_display_name_refuses(raw: str) -> None:
         pytest.param("👁\u200d🗨", "👁️\u200d🗨️", id="minimally qualified ZWJ sequence"),
         pytest.param("\U0001fae9", "\U0001fae9", id="recent emoji (Unicode 16)"),
         pytest.param("👍\u202e", "👍", id="controls cleaned before the check"),
+        pytest.param("👍\ufe0f", "👍", id="redundant VS16 after an emoji-presentation emoji"),
+        pytest.param("👍🏽\ufe0f", "👍🏽", id="redundant VS16 after a skin tone"),
+        pytest.param("🇫🇷\ufe0f", "🇫🇷", id="redundant VS16 after a flag"),
+        pytest.param("❤\ufe0e", "❤️", id="text presentation selector is the same emoji"),
+        pytest.param("☺\ufe0e", "☺️", id="text-default emoji with VS15"),
     ],
 )
 def test_check_emoji_accepts_one_emoji(raw: str, expected: str) -> None:
@@ -210,6 +215,9 @@ def test_check_emoji_accepts_one_emoji(raw: str, expected: str) -> None:
         pytest.param("🏽", id="skin tone modifier alone"),
         pytest.param("🦰", id="hair component alone"),
         pytest.param("🇫", id="lone regional indicator"),
+        pytest.param("1\ufe0f", id="digit with VS16 (not a keycap)"),
+        pytest.param("a\ufe0f", id="letter with VS16"),
+        pytest.param("\ufe0f", id="variation selector alone"),
     ],
 )
 def test_check_emoji_refuses(raw: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import pytest
 import websockets
@@ -119,6 +120,29 @@ async def test_typing_is_announced_and_expires_by_itself(server: Server, clients
     assert (first["isTyping"], first["user"]["username"]) == (True, "alice")
     second = (await ws.next(timeout=8))["payload"]["data"]["threadActivity"]
     assert second["isTyping"] is False
+    await ws.close()
+
+
+async def test_typing_expires_six_seconds_after_the_last_true_not_the_first(
+    server: Server, clients: Clients
+) -> None:
+    alice, bob = await clients.users("alice", "bob")
+    tid = await factories.thread(alice, bob)
+    assert server.runtime.typing.window == 6.0
+    server.runtime.typing.window = 2.0  # shortened for the test, as above
+    ws = await GraphQLWS.connect(server.ws_url, bob.token)
+    ready = new_listener(server, activity_channel(tid))
+    await ws.subscribe(ACTIVITY, {"t": tid})
+    await ws.until(ready)
+    typing = "mutation($t: ID!) { setTyping(threadId: $t, isTyping: true) }"
+    await alice.gql(typing, {"t": tid})
+    assert (await ws.next())["payload"]["data"]["threadActivity"]["isTyping"] is True
+    await asyncio.sleep(1.5)
+    extended = time.monotonic()
+    await alice.gql(typing, {"t": tid})  # 1.5 s in: the window starts again from here
+    stopped = (await ws.next(timeout=8))["payload"]["data"]["threadActivity"]
+    assert stopped["isTyping"] is False
+    assert time.monotonic() - extended >= 1.9
     await ws.close()
 
 

@@ -45,3 +45,19 @@ async def test_threads_search_pages_without_overlap(clients: Clients) -> None:
             break
         after = data["threads"]["pageInfo"]["endCursor"]
     assert sorted(seen) == [f"Standup {n}" for n in range(5)]
+
+
+async def test_threads_search_ignores_case_beyond_ascii(clients: Clients) -> None:
+    alice = await clients.user("alice")
+    for title in ("Équipe Été", "Straße", "ΣΟΦΙΑ notes"):
+        await factories.thread(alice, title=title)
+
+    async def titles(search: str) -> set[str]:
+        data = await alice.gql(THREADS, {"s": search, "first": 50})
+        return {e["node"]["title"] for e in data["threads"]["edges"]}
+
+    assert await titles("Équipe") == {"Équipe Été"}
+    assert await titles("équipe été") == {"Équipe Été"}
+    assert await titles("ÉTÉ") == {"Équipe Été"}
+    assert await titles("straße") == {"Straße"}
+    assert await titles("σοφια") == {"ΣΟΦΙΑ notes"}

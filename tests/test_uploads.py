@@ -307,3 +307,16 @@ async def test_a_cancelled_save_leaves_no_file(tmp_path: Path) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await storage.delete((await task).key)  # done before the cancel: the caller's
     assert stored_files(tmp_path) == []
+
+
+async def test_only_a_message_with_attachments_may_be_edited_to_an_empty_body(
+    clients: Clients,
+) -> None:
+    alice = await clients.user("alice")
+    tid = await factories.thread(alice)
+    a = await upload(alice, tid, "a.png", image())
+    with_file = await factories.send(alice, tid, "look", attachmentIds=[a["id"]])
+    plain = await factories.send(alice, tid, "just text")
+    edit = "mutation($m: ID!, $b: String!) { editMessage(messageId: $m, body: $b) { body } }"
+    assert (await alice.gql(edit, {"m": with_file["id"], "b": " \n"}))["editMessage"]["body"] == ""
+    assert await alice.error(edit, {"m": plain["id"], "b": " \n"}) == "BAD_USER_INPUT"

@@ -148,7 +148,10 @@ async def _send_plain(
 ) -> Message | None:
     """A message without parent, attachments or mentions (see plain_sends); None when
     it stored nothing or the message needs the general path."""
-    text = clean_body(body, has_attachments=False)
+    try:
+        text = clean_body(body, has_attachments=False)
+    except BadInput:  # the general path checks access and the clientId before the body
+        return None
     if mentioned_usernames(text):  # mentions notify: the general path handles them
         return None
     now = utcnow()
@@ -307,8 +310,11 @@ async def edit_message(uow: UnitOfWork, actor: User, message_id: str, body: str)
     message.body = text
     message.edited_at = now
     mentioned = await _mentions(uow.session, message.thread_id, text)
-    message.mention_ids = [str(uid) for uid, _ in mentioned]
+    before, message.mention_ids = set(message.mention_ids or []), [str(u) for u, _ in mentioned]
     await uow.session.flush()
+    # Those the edit mentions first are told, as a send tells them; the others were already.
+    fresh = [(uid, muted) for uid, muted in mentioned if str(uid) not in before]
+    await notifications.notify_message(uow, actor, message, None, fresh)
     await append_event(
         uow, message.thread_id, EventKind.MESSAGE_EDITED, message_payload(message), actor.id
     )

@@ -149,7 +149,11 @@ def check_emoji(raw: str) -> str:
     """One emoji for a reaction (as the ``emoji`` package lists them, sequences included;
     components alone refused), fully qualified so that "❤" and "❤️" are one reaction."""
     candidate = _clean(raw)
-    data = emoji.EMOJI_DATA.get(candidate)
+    # A variation selector the tables do not list ("👍\ufe0f" from some pickers, "❤\ufe0e")
+    # still names that one emoji.
+    data = emoji.EMOJI_DATA.get(candidate) or emoji.EMOJI_DATA.get(
+        candidate.replace("\ufe0e", "").replace("\ufe0f", "")
+    )
     if data is None or data["status"] == emoji.STATUS["component"]:
         raise BadInput(f"Not a single emoji: {raw!r}.")
     canonical = emoji.emojize(data["en"], language="en")
