@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -325,3 +326,49 @@ async def test_a_restore_killed_while_pg_restore_runs(
     code, said = await run(again, target, tmp_path)
     assert code == 0, said
     await assert_restored(target, manifest)
+
+
+SYNCED = re.compile(r"f(?:data)?sync\(\d+<([^>]*)>\) = 0")
+RENAMED = re.compile(r'rename(?:at2?)?\((?:\S+, )?"([^"]+)", (?:\S+, )?"([^"]+)"')
+PARTIAL_FILE = re.compile(r"/(?!threadline-backup-)[^/]*\.partial$")  # not the folder
+
+
+async def traced(args: list[str], deployment: Settings, cwd: Path) -> list[str]:
+    """The command run to its end under strace: its fsyncs and renames, in order."""
+    trace = cwd / "trace"
+    calls = "trace=fsync,fdatasync,rename,renameat,renameat2"
+    strace = ["strace", "-f", "--seccomp-bpf", "-qq", "-y", "-s", "4096", "-e", calls]
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [*strace, "-o", str(trace), sys.executable, "-m", "threadline", *args],
+        env=environment(deployment), cwd=cwd, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    return trace.read_text().splitlines()
+
+
+@pytest.mark.skipif(not shutil.which("strace"), reason="needs strace")
+async def test_a_file_that_backup_or_restore_names_as_done_is_on_disk_first(
+    server: Server, settings: Settings, clients: Clients, target: Settings, tmp_path: Path
+) -> None:
+    """A power cut after a rename keeps the rename but maybe not the data written before
+    it: a backup whose manifest names files of zeros, the older ones pruned; attachments
+    moved into place empty. Every ``X.partial`` renamed to ``X`` was fsynced first."""
+    await populate(server, settings, clients)
+    parent = tmp_path / "backups"
+    await create_backup(settings, parent)
+    lines = await traced(["backup", str(parent), "--keep", "1"], settings, tmp_path)
+    (folder,) = whole_backups(parent)
+    lines += await traced(["restore", str(folder)], target, tmp_path)
+    manifest = Manifest.read(folder)
+    synced: set[str] = set()
+    published: list[str] = []
+    for line in lines:
+        if found := SYNCED.search(line):
+            synced.add(found[1])
+        elif (found := RENAMED.search(line)) and PARTIAL_FILE.search(found[1]):
+            assert found[1] in synced, f"{found[1]} renamed before it was on disk"
+            published.append(found[2])
+            if found[2].endswith(f"/{MANIFEST}"):  # the database file (pg_dump's, SQLite's) too
+                assert str(Path(found[2]).with_name(manifest.database_file)) in synced
+    assert len(published) == 2 * len(manifest.files) + 1  # backed up, staged; the manifest
