@@ -20,6 +20,7 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 
 from threadline.backups.manifest import (
+    MANIFEST,
     PREFIX,
     UPLOADS,
     BackupError,
@@ -180,6 +181,8 @@ def prune_backups(parent: Path, keep: int, *, made: Path | None = None) -> list[
         keep -= 1
     removed = ours[:-keep] if keep > 0 else ours
     for path in removed:
+        # The manifest first: a deletion cut short leaves no folder that looks whole.
+        (path / MANIFEST).unlink(missing_ok=True)
         remove_tree(path)
         log.info("backup: removed %s (keeping the newest %d)", path, keep)
     return removed
@@ -262,8 +265,6 @@ def _mib(size: int) -> str:
 def _stage_files(folder: Path, manifest: Manifest, upload_dir: Path) -> Path:
     """The backup's files copied and checked into a staging folder; the target is untouched."""
     upload_dir.mkdir(parents=True, exist_ok=True)
-    for stale in upload_dir.glob(f"{STAGING_PREFIX}*"):
-        remove_tree(stale)  # left by a restore that was killed
     staging = upload_dir / f"{STAGING_PREFIX}{uuid.uuid4().hex}"
     staging.mkdir()
     try:
@@ -322,6 +323,9 @@ async def restore_backup(settings: Settings, path: Path, *, force: bool = False)
         try:
             await database.restore(folder / manifest.database_file, _finisher(manifest))
             await asyncio.to_thread(_move_into_place, staging, manifest, settings.upload_dir)
+            # Done: a killed restore's staging folders, which marked it unfinished, go too.
+            for left in settings.upload_dir.glob(f"{STAGING_PREFIX}*"):
+                await asyncio.to_thread(remove_tree, left)
         finally:
             await asyncio.to_thread(remove_tree, staging)
     except BaseException:

@@ -12,7 +12,7 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import IO, Any
 
 FORMAT = "threadline-backup"
 # Version 2 adds the database file's checksum; version 1 manifests are still read.
@@ -63,7 +63,9 @@ class Manifest:
     def write(self, folder: Path) -> None:
         body = {"format": FORMAT, "format_version": FORMAT_VERSION, **asdict(self)}
         temporary = folder / (MANIFEST + ".partial")
-        temporary.write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
+        with temporary.open("w") as writer:
+            writer.write(json.dumps(body, indent=2, sort_keys=True) + "\n")
+            _on_disk(writer)
         os.replace(temporary, folder / MANIFEST)
 
     @classmethod
@@ -140,8 +142,16 @@ def copy_file(source: Path, target: Path) -> StoredFile:
             digest.update(chunk)
             writer.write(chunk)
             size += len(chunk)
+        _on_disk(writer)
     os.replace(temporary, target)
     return StoredFile(bytes=size, sha256=digest.hexdigest())
+
+
+def _on_disk(writer: IO[Any]) -> None:
+    """The file's data on disk before a rename names it done: after a power cut the
+    rename may survive where unsynced data would not (a file of zeros, or empty)."""
+    writer.flush()
+    os.fsync(writer.fileno())
 
 
 def file_sha256(path: Path) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import glob
+import logging
 import os
 import re
 import shutil
@@ -30,6 +31,7 @@ from threadline.migrate import upgrade_to_head_async
 from threadline.models import Base
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 # Where distributions put each major version's client tools, besides PATH.
 TOOL_FOLDERS = (
@@ -203,6 +205,8 @@ class PostgresDatabase:
                 # pg_restore commits: what a forced restore replaces is kept aside first.
                 saved = aside / self.file_name
                 await self.dump(saved)
+                # Left there if the restore is killed: the one copy of what it replaces.
+                log.info("restore: the database's contents are kept in %s until it is done", saved)
             await self._run(tool, *RESTORE_OPTIONS, str(source))
             try:
                 await finish(self.database_url)

@@ -7,6 +7,7 @@ writes; the facts (revision, counts, file keys) are then read from the copy itse
 from __future__ import annotations
 
 import asyncio
+import glob
 import os
 import sqlite3
 import uuid
@@ -86,6 +87,8 @@ class SqliteDatabase:
         """Copy the backup into a scratch file, ``finish`` it there, then rename it over
         the database file: until the rename the target is untouched, whatever fails."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        for left in self.path.parent.glob(f"{glob.escape(self.path.name)}.restore-*"):
+            left.unlink()  # a killed restore's scratch copy
         scratch = self.path.with_name(f"{self.path.name}.restore-{uuid.uuid4().hex}")
         try:
             await asyncio.to_thread(_copy, source, scratch)
