@@ -1,0 +1,83 @@
+"""Messaging features attacked as a hostile or unlucky user would: writes racing a
+removal, receipt pages across a departure, notification floods, mentions added by edits."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import pytest
+
+from tests import factories
+from tests.conftest import ON_POSTGRES, Clients
+
+REMOVE = "mutation($t: ID!, $u: ID!) { removeParticipant(threadId: $t, userId: $u) }"
+SET_ROLE = """
+mutation($t: ID!, $u: ID!, $r: ThreadRole!) {
+  setParticipantRole(threadId: $t, userId: $u, role: $r) { role }
+}
+"""
+REACT = "mutation($m: ID!, $e: String!) { addReaction(messageId: $m, emoji: $e) { id } }"
+SEND = "mutation($i: SendMessageInput!) { sendMessage(input: $i) { id } }"
+PARTICIPANTS = "query($t: ID!) { thread(threadId: $t) { participants { totalCount } } }"
+
+
+@contextlib.asynccontextmanager
+async def locked_thread(
+    database_url: str, thread_id: str
+) -> AsyncIterator[Callable[[int], Awaitable[None]]]:
+    """Hold the thread's row lock, as a slow writer would; yields a wait for that many
+    statements blocked behind it. The lock goes when the block ends."""
+    conn = await asyncpg.connect(database_url.replace("+asyncpg", "", 1))
+    blocked = (
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )
+
+    async def waiting(count: int) -> None:
+        deadline = time.monotonic() + 10
+        # Statistics read in a transaction stay as first read unless cleared.
+        while await conn.fetchval(blocked) < count:
+            await conn.execute("SELECT pg_stat_clear_snapshot()")
+            assert time.monotonic() < deadline, f"fewer than {count} writers blocked"
+            await asyncio.sleep(0.02)
+
+    try:
+        async with conn.transaction():
+            await conn.execute("SELECT 1 FROM threads WHERE id = $1 FOR UPDATE", thread_id)
+            yield waiting
+    finally:
+        await conn.close()
+
+
+@pytest.mark.skipif(not ON_POSTGRES, reason="row locks: SQLite runs one write at a time")
+@pytest.mark.parametrize("write", ["react", "reply", "plain send", "remove someone"])
+async def test_a_write_that_waited_behind_the_writers_removal_is_refused(
+    clients: Clients, database_url: str, write: str
+) -> None:
+    alice, bob, carol = await clients.users("alice", "bob", "carol")
+    thread_id = await factories.thread(alice, bob, carol)
+    await alice.gql(SET_ROLE, {"t": thread_id, "u": bob.id, "r": "ADMIN"})
+    parent = await factories.send(alice, thread_id, "hi")
+    writes: dict[str, tuple[str, dict[str, Any]]] = {
+        "react": (REACT, {"m": parent["id"], "e": "👍"}),
+        "reply": (SEND, {"i": {"threadId": thread_id, "body": "re", "parentId": parent["id"]}}),
+        "plain send": (SEND, {"i": {"threadId": thread_id, "body": "still here?"}}),
+        "remove someone": (REMOVE, {"t": thread_id, "u": carol.id}),
+    }
+    async with locked_thread(database_url, thread_id) as waiting:
+        removal = asyncio.create_task(alice.raw(REMOVE, {"t": thread_id, "u": bob.id}))
+        await waiting(1)
+        # bob's write starts while his removal waits, and runs after it commits.
+        late = asyncio.create_task(bob.raw(*writes[write]))
+        await waiting(2)
+    assert "errors" not in await removal
+    answer = await late
+    assert answer.get("errors"), f"bob, removed, still did it: {answer}"
+    assert answer["errors"][0]["extensions"]["code"] == "NOT_FOUND"
+    remaining = await alice.gql(PARTICIPANTS, {"t": thread_id})
+    assert remaining["thread"]["participants"]["totalCount"] == 2
