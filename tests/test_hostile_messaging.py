@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -81,3 +82,36 @@ async def test_a_write_that_waited_behind_the_writers_removal_is_refused(
     assert answer["errors"][0]["extensions"]["code"] == "NOT_FOUND"
     remaining = await alice.gql(PARTICIPANTS, {"t": thread_id})
     assert remaining["thread"]["participants"]["totalCount"] == 2
+
+
+READ_BY = """
+query($m: ID!, $after: String) {
+  message(messageId: $m) {
+    readBy(first: 2, after: $after) {
+      edges { node { id } }
+      pageInfo { hasNextPage endCursor }
+    }
+  }
+}
+"""
+MARK_READ = "mutation($t: ID!, $s: Int!) { markRead(threadId: $t, seq: $s) { lastReadSeq } }"
+
+
+async def test_read_by_pages_on_after_the_reader_whose_cursor_it_holds_left(
+    clients: Clients,
+) -> None:
+    alice, *readers = await clients.users("alice", "r1", "r2", "r3", "r4", "r5")
+    thread_id = await factories.thread(alice, *readers)
+    message = await factories.send(alice, thread_id, "minutes attached")
+    for reader in readers:
+        await reader.gql(MARK_READ, {"t": thread_id, "s": 99})
+    first = (await alice.gql(READ_BY, {"m": message["id"]}))["message"]["readBy"]
+    shown = [e["node"]["id"] for e in first["edges"]]
+    # The reader the cursor points at leaves before the next page is asked for.
+    await alice.gql(REMOVE, {"t": thread_id, "u": shown[-1]})
+    rest = await alice.gql(READ_BY, {"m": message["id"], "after": first["pageInfo"]["endCursor"]})
+    page = rest["message"]["readBy"]
+    assert [e["node"]["id"] for e in page["edges"]] == sorted(
+        {r.id for r in readers} - set(shown), key=uuid.UUID
+    )[:2]
+    assert page["pageInfo"]["hasNextPage"] is True
