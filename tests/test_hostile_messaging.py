@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 
 from tests import factories
-from tests.conftest import ON_POSTGRES, Clients
+from tests.conftest import ON_POSTGRES, Api, Clients
 
 REMOVE = "mutation($t: ID!, $u: ID!) { removeParticipant(threadId: $t, userId: $u) }"
 SET_ROLE = """
@@ -115,3 +115,38 @@ async def test_read_by_pages_on_after_the_reader_whose_cursor_it_holds_left(
         {r.id for r in readers} - set(shown), key=uuid.UUID
     )[:2]
     assert page["pageInfo"]["hasNextPage"] is True
+
+
+NOTIFICATIONS = "{ notifications(first: 50) { edges { node { kind message { id } } } } }"
+UNREACT = "mutation($m: ID!, $e: String!) { removeReaction(messageId: $m, emoji: $e) { id } }"
+EDIT = "mutation($m: ID!, $b: String!) { editMessage(messageId: $m, body: $b) { id } }"
+
+
+async def notified(api: Api, kind: str) -> list[str]:
+    """The message ids of the caller's notifications of that kind."""
+    edges = (await api.gql(NOTIFICATIONS))["notifications"]["edges"]
+    return [e["node"]["message"]["id"] for e in edges if e["node"]["kind"] == kind]
+
+
+async def test_reacting_again_and_again_to_one_message_notifies_its_author_once(
+    clients: Clients,
+) -> None:
+    alice, bob = await clients.users("alice", "bob")
+    thread_id = await factories.thread(alice, bob)
+    message = await factories.send(alice, thread_id, "shipped")
+    for _ in range(3):  # a thumb taken back and given again
+        await bob.gql(REACT, {"m": message["id"], "e": "👍"})
+        await bob.gql(UNREACT, {"m": message["id"], "e": "👍"})
+    await bob.gql(REACT, {"m": message["id"], "e": "🎉"})
+    assert await notified(alice, "REACTION") == [message["id"]]
+
+
+async def test_a_mention_added_by_an_edit_notifies_once(clients: Clients) -> None:
+    alice, bob = await clients.users("alice", "bob")
+    thread_id = await factories.thread(alice, bob)
+    message = await factories.send(alice, thread_id, "who reviews this?")
+    await alice.gql(EDIT, {"m": message["id"], "b": "who reviews this? @bob"})
+    assert await notified(bob, "MENTION") == [message["id"]]
+    await alice.gql(EDIT, {"m": message["id"], "b": "who reviews this?"})
+    await alice.gql(EDIT, {"m": message["id"], "b": "@bob, you review this"})
+    assert await notified(bob, "MENTION") == [message["id"]]

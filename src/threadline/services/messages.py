@@ -312,6 +312,7 @@ async def edit_message(uow: UnitOfWork, actor: User, message_id: str, body: str)
     await append_event(
         uow, message.thread_id, EventKind.MESSAGE_EDITED, message_payload(message), actor.id
     )
+    await notifications.notify_edit(uow, actor, message, mentioned)
     return message
 
 
