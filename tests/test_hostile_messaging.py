@@ -150,3 +150,25 @@ async def test_a_mention_added_by_an_edit_notifies_once(clients: Clients) -> Non
     await alice.gql(EDIT, {"m": message["id"], "b": "who reviews this?"})
     await alice.gql(EDIT, {"m": message["id"], "b": "@bob, you review this"})
     assert await notified(bob, "MENTION") == [message["id"]]
+
+
+SEARCH = "query($q: String!) { searchMessages(query: $q) { edges { node { body } } } }"
+
+
+@pytest.mark.parametrize(
+    ("query", "found"),
+    [
+        ("-release", ["release notes ready"]),  # a flag's name, not "all but release"
+        ("notes or lunch", []),  # every word must match, "or" included
+        ('"ready notes"', ["release notes ready"]),  # quotes are no phrase
+    ],
+)
+async def test_search_takes_operators_as_words_on_every_database(
+    clients: Clients, query: str, found: list[str]
+) -> None:
+    alice = await clients.user("alice")
+    thread_id = await factories.thread(alice)
+    await factories.send(alice, thread_id, "release notes ready")
+    await factories.send(alice, thread_id, "lunch at noon")
+    edges = (await alice.gql(SEARCH, {"q": query}))["searchMessages"]["edges"]
+    assert [e["node"]["body"] for e in edges] == found
