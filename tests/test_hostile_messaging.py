@@ -14,7 +14,8 @@ import asyncpg
 import pytest
 
 from tests import factories
-from tests.conftest import ON_POSTGRES, Api, Clients
+from tests.conftest import DEV_SECRET, ON_POSTGRES, Api, Clients
+from threadline.auth.tokens import mint_dev_token
 
 REMOVE = "mutation($t: ID!, $u: ID!) { removeParticipant(threadId: $t, userId: $u) }"
 SET_ROLE = """
@@ -172,3 +173,23 @@ async def test_search_takes_operators_as_words_on_every_database(
     await factories.send(alice, thread_id, "lunch at noon")
     edges = (await alice.gql(SEARCH, {"q": query}))["searchMessages"]["edges"]
     assert [e["node"]["body"] for e in edges] == found
+
+
+THREADS = "query($s: String) { threads(search: $s) { edges { node { title } } } }"
+USERS = "query($s: String) { users(search: $s) { edges { node { displayName } } } }"
+RENAME = "mutation($n: String!) { updateMe(input: {displayName: $n}) { id } }"
+
+
+@pytest.mark.parametrize("typed", ["équipe", "ÉQUIPE", "Équipe"])
+async def test_thread_and_user_searches_ignore_the_case_of_accented_letters(
+    clients: Clients, typed: str
+) -> None:
+    alice, bob = await clients.users("alice", "bob")
+    # Someone with no username, whose null the lowering must let through.
+    await Api(clients.http, mint_dev_token(DEV_SECRET, "dev_nameless", "")).gql("{ me { id } }")
+    await factories.thread(alice, bob, title="Équipe Ünïcode")
+    await bob.gql(RENAME, {"n": "Bob de l'Équipe"})
+    threads = (await alice.gql(THREADS, {"s": typed}))["threads"]["edges"]
+    assert [e["node"]["title"] for e in threads] == ["Équipe Ünïcode"]
+    users = (await alice.gql(USERS, {"s": typed}))["users"]["edges"]
+    assert [e["node"]["displayName"] for e in users] == ["Bob de l'Équipe"]
