@@ -42,9 +42,11 @@ async def _told(
     if not users:
         return set()
     query = select(Notification.user_id).where(
+        Notification.user_id.in_(users),
+        # None is older than its message: the (user, created_at) index reads no further.
+        Notification.created_at >= message.created_at,
         Notification.message_id == message.id,
         Notification.kind == kind.value,
-        Notification.user_id.in_(users),
     )
     if actor_id is not None:
         query = query.where(Notification.actor_id == actor_id)
