@@ -29,11 +29,11 @@ PARTICIPANTS = "query($t: ID!) { thread(threadId: $t) { participants { totalCoun
 
 
 @contextlib.asynccontextmanager
-async def locked_thread(
-    database_url: str, thread_id: str
+async def holding(
+    database_url: str, lock: str, *args: str
 ) -> AsyncIterator[Callable[[int], Awaitable[None]]]:
-    """Hold the thread's row lock, as a slow writer would; yields a wait for that many
-    statements blocked behind it. The lock goes when the block ends."""
+    """Run ``lock`` in a transaction held open, as a slow writer would; yields a wait for
+    that many statements blocked behind it. The transaction rolls back when the block ends."""
     conn = await asyncpg.connect(database_url.replace("+asyncpg", "", 1))
     blocked = (
         "SELECT count(*) FROM pg_stat_activity"
@@ -49,11 +49,14 @@ async def locked_thread(
             await asyncio.sleep(0.02)
 
     try:
-        async with conn.transaction():
-            await conn.execute("SELECT 1 FROM threads WHERE id = $1 FOR UPDATE", thread_id)
-            yield waiting
+        await conn.execute("BEGIN")
+        await conn.execute(lock, *args)
+        yield waiting
     finally:
-        await conn.close()
+        await conn.close()  # rolled back
+
+
+LOCK_THREAD = "SELECT 1 FROM threads WHERE id = $1 FOR UPDATE"
 
 
 @pytest.mark.skipif(not ON_POSTGRES, reason="row locks: SQLite runs one write at a time")
@@ -71,7 +74,7 @@ async def test_a_write_that_waited_behind_the_writers_removal_is_refused(
         "plain send": (SEND, {"i": {"threadId": thread_id, "body": "still here?"}}),
         "remove someone": (REMOVE, {"t": thread_id, "u": carol.id}),
     }
-    async with locked_thread(database_url, thread_id) as waiting:
+    async with holding(database_url, LOCK_THREAD, thread_id) as waiting:
         removal = asyncio.create_task(alice.raw(REMOVE, {"t": thread_id, "u": bob.id}))
         await waiting(1)
         # bob's write starts while his removal waits, and runs after it commits.
@@ -83,6 +86,34 @@ async def test_a_write_that_waited_behind_the_writers_removal_is_refused(
     assert answer["errors"][0]["extensions"]["code"] == "NOT_FOUND"
     remaining = await alice.gql(PARTICIPANTS, {"t": thread_id})
     assert remaining["thread"]["participants"]["totalCount"] == 2
+
+
+MUTE = "mutation($t: ID!) { muteThread(threadId: $t, muted: true) { muted } }"
+
+
+@pytest.mark.skipif(not ON_POSTGRES, reason="row locks: SQLite runs one write at a time")
+async def test_muting_a_thread_while_being_removed_from_it_is_not_found(
+    clients: Clients, database_url: str
+) -> None:
+    alice, bob = await clients.users("alice", "bob")
+    thread_id = await factories.thread(alice, bob)
+    last = await alice.gql("query($t: ID!) { thread(threadId: $t) { lastSeq } }", {"t": thread_id})
+    # The event the removal will log, taken first (its foreign key unchecked, so that the
+    # thread stays unlocked): the removal waits with bob's row deleted, uncommitted.
+    taken = (
+        "SET session_replication_role = replica; INSERT INTO thread_events"
+        f" (thread_id, seq, kind, payload, at) VALUES ('{thread_id}',"
+        f" {last['thread']['lastSeq'] + 1}, 'Taken', '{{}}', now())"
+    )
+    async with holding(database_url, taken) as waiting:
+        removal = asyncio.create_task(alice.raw(REMOVE, {"t": thread_id, "u": bob.id}))
+        await waiting(1)
+        mute = asyncio.create_task(bob.raw(MUTE, {"t": thread_id}))
+        await waiting(2)
+    assert "errors" not in await removal
+    answer = await mute
+    assert answer.get("errors"), answer
+    assert answer["errors"][0]["extensions"]["code"] == "NOT_FOUND"
 
 
 READ_BY = """

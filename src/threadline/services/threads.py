@@ -317,7 +317,8 @@ async def set_participant_role(
 
 
 async def mute_thread(uow: UnitOfWork, actor: User, thread_id: str, muted: bool) -> Thread:
-    access = await access_thread(uow.session, actor, thread_id, ThreadRole.MEMBER)
+    # Locked as a removal locks it: the row to update cannot vanish under the UPDATE.
+    access = await access_thread(uow.session, actor, thread_id, ThreadRole.MEMBER, for_update=True)
     if access.participant is None:
         raise Conflict("Only participants can mute a thread")
     access.participant.muted = muted
