@@ -88,6 +88,29 @@ async def test_a_write_that_waited_behind_the_writers_removal_is_refused(
     assert remaining["thread"]["participants"]["totalCount"] == 2
 
 
+DELETE_THREAD = "mutation($t: ID!) { deleteThread(threadId: $t) }"
+RENAME_THREAD = 'mutation($t: ID!) { updateThread(threadId: $t, input: {title: "Late"}) { id } }'
+
+
+@pytest.mark.skipif(not ON_POSTGRES, reason="row locks: SQLite runs one write at a time")
+@pytest.mark.parametrize("change", [RENAME_THREAD, DELETE_THREAD], ids=["rename", "delete"])
+async def test_a_thread_change_that_waited_behind_its_deletion_is_not_found(
+    clients: Clients, database_url: str, change: str
+) -> None:
+    alice, bob = await clients.users("alice", "bob")
+    thread_id = await factories.thread(alice, bob)
+    await alice.gql(SET_ROLE, {"t": thread_id, "u": bob.id, "r": "OWNER"})
+    async with holding(database_url, LOCK_THREAD, thread_id) as waiting:
+        deletion = asyncio.create_task(alice.raw(DELETE_THREAD, {"t": thread_id}))
+        await waiting(1)
+        late = asyncio.create_task(bob.raw(change, {"t": thread_id}))
+        await waiting(2)
+    assert "errors" not in await deletion
+    answer = await late
+    assert answer.get("errors"), f"changed after its deletion: {answer}"
+    assert answer["errors"][0]["extensions"]["code"] == "NOT_FOUND"
+
+
 MUTE = "mutation($t: ID!) { muteThread(threadId: $t, muted: true) { muted } }"
 
 

@@ -155,7 +155,7 @@ async def update_thread(
     description: str | None = None,
     set_description: bool = False,
 ) -> Thread:
-    access = await access_thread(uow.session, actor, thread_id, ThreadRole.ADMIN)
+    access = await access_thread(uow.session, actor, thread_id, ThreadRole.ADMIN, for_update=True)
     thread = access.thread
     before = (thread.title, thread.description)
     if title is not None:
@@ -177,7 +177,7 @@ async def update_thread(
 
 
 async def delete_thread(uow: UnitOfWork, actor: User, thread_id: str) -> uuid.UUID:
-    access = await access_thread(uow.session, actor, thread_id, ThreadRole.OWNER)
+    access = await access_thread(uow.session, actor, thread_id, ThreadRole.OWNER, for_update=True)
     thread = access.thread
     thread.deleted_at = utcnow()
     thread.direct_key = None
