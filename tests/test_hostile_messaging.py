@@ -88,6 +88,25 @@ async def test_a_write_that_waited_behind_the_writers_removal_is_refused(
     assert remaining["thread"]["participants"]["totalCount"] == 2
 
 
+@pytest.mark.skipif(not ON_POSTGRES, reason="row locks: SQLite runs one write at a time")
+async def test_a_mention_sent_while_its_user_is_removed_neither_mentions_nor_notifies_them(
+    clients: Clients, database_url: str
+) -> None:
+    alice, bob, carol = await clients.users("alice", "bob", "carol")
+    thread_id = await factories.thread(alice, bob, carol)
+    async with holding(database_url, LOCK_THREAD, thread_id) as waiting:
+        removal = asyncio.create_task(alice.raw(REMOVE, {"t": thread_id, "u": bob.id}))
+        await waiting(1)
+        mention = asyncio.create_task(factories.send(carol, thread_id, "@bob can you look?"))
+        await waiting(2)
+    assert "errors" not in await removal
+    sent = await mention
+    mentions = await carol.gql(MENTIONS, {"m": sent["id"]})
+    assert mentions["message"]["mentions"] == []
+    assert await notified(bob, "MENTION") == []
+
+
+MENTIONS = "query($m: ID!) { message(messageId: $m) { mentions { id } } }"
 DELETE_THREAD = "mutation($t: ID!) { deleteThread(threadId: $t) }"
 RENAME_THREAD = 'mutation($t: ID!) { updateThread(threadId: $t, input: {title: "Late"}) { id } }'
 
