@@ -65,6 +65,13 @@ def _sqlite_pragmas(dbapi_connection: Any, connection_record: ConnectionPoolEntr
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+    # SQLite's lower() folds ASCII only: "Équipe" stayed unlike the "équipe" that
+    # searches lower in Python (services.search), as PostgreSQL's lower() does.
+    dbapi_connection.create_function("lower", 1, _lower, deterministic=True)
+
+
+def _lower(value: object) -> object:
+    return value.lower() if isinstance(value, str) else value  # NULL stays NULL
 
 
 # Lost connections (failover, pg_terminate_backend, a restart), as asyncpg reports them.

@@ -92,11 +92,12 @@ _WORD = re.compile(r"\w+")
 def full_text_match(session: AsyncSession, query: str) -> tuple[Select[Message], Any] | None:
     """Messages matching ``query``, and their rank (higher first); None: no words.
 
-    PostgreSQL: the generated tsvector column against ``websearch_to_tsquery``;
+    PostgreSQL: the generated tsvector column against ``plainto_tsquery`` (every word,
+    no operators: ``-word`` or ``or`` mean what they do on SQLite);
     SQLite: the FTS5 table the migration keeps in step with messages (bm25 rank).
     """
     if session.get_bind().dialect.name == "postgresql":
-        tsquery = func.websearch_to_tsquery(literal_column("'english'"), query)
+        tsquery = func.plainto_tsquery(literal_column("'english'"), query)
         vector: Any = column("search_vector")
         return select(Message).where(vector.op("@@")(tsquery)), func.ts_rank_cd(vector, tsquery)
     # Each word quoted, so that FTS5 syntax in user input is inert (\w matches no quote).

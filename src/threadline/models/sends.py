@@ -1,10 +1,11 @@
 """The group-commit statement: many plain messages stored by one PostgreSQL statement.
 
 It locks its threads in id order (so two batches never wait on each other in a
-circle), keeps the rows whose sender may post (checked against the rights each row
-carries, from ``permissions.posting_rights``, and a live thread, as
-``permissions.grant`` does), numbers each thread's new messages from the seq it
-found, and writes the messages, their events and the threads' seq, all or nothing.
+circle), then its senders' participant rows, keeps the rows whose sender may post
+(checked against the rights each row carries, from ``permissions.posting_rights``,
+and a live thread, as ``permissions.grant`` does), numbers each thread's new messages
+from the seq it found, and writes the messages, their events and the threads' seq,
+all or nothing.
 """
 
 from __future__ import annotations
@@ -67,11 +68,25 @@ _locked = (
     .with_for_update()
     .cte("locked")
 )
+# The senders' participant rows, locked once their threads are (the join waits for
+# those): the lock skips a row that a removal committed meanwhile deleted, which the
+# statement's snapshot, taken before the wait, still shows.
+_member = (
+    sa.select(ThreadParticipant.thread_id, ThreadParticipant.user_id, ThreadParticipant.role)
+    .join(_locked, _locked.c.id == ThreadParticipant.thread_id)
+    .where(
+        sa.tuple_(ThreadParticipant.thread_id, ThreadParticipant.user_id).in_(
+            sa.select(_input.c.thread_id, _input.c.author_id)
+        )
+    )
+    .with_for_update(read=True, key_share=True, of=ThreadParticipant)
+    .cte("member")
+)
 _roles = sa.func.string_to_array(_input.c.roles, sa.literal_column("','"))
 _may_post = _input.c.granted | sa.exists().where(
-    ThreadParticipant.thread_id == _input.c.thread_id,
-    ThreadParticipant.user_id == _input.c.author_id,
-    ThreadParticipant.role == sa.any_(_roles),
+    _member.c.thread_id == _input.c.thread_id,
+    _member.c.user_id == _input.c.author_id,
+    _member.c.role == sa.any_(_roles),
 )
 _order = sa.func.row_number().over(partition_by=_input.c.thread_id, order_by=_input.c.n)
 _allowed = (

@@ -6,6 +6,7 @@ Each wraps a storage row; fields that fan out go through the operation's DataLoa
 from __future__ import annotations
 
 import asyncio
+import bisect
 import uuid
 from collections.abc import Awaitable
 from datetime import datetime
@@ -32,7 +33,7 @@ from threadline.schema.viewer_fields import READS_VIEWER
 from threadline.services import messages as message_service
 from threadline.services import previews, receipts
 from threadline.services import threads as thread_service
-from threadline.services.pagination import Page, PageRequest, id_cursor
+from threadline.services.pagination import Page, PageRequest, id_cursor, id_key
 from threadline.services.permissions import effective_thread_role
 
 if TYPE_CHECKING:
@@ -712,10 +713,9 @@ def read_by(
 
     def page_of(markers: list[receipts.Marker]) -> object:
         ids = receipts.readers(message, markers)
-        start = 0
-        if request.after:
-            key = request.after_key()
-            start = next((i + 1 for i, uid in enumerate(ids) if [str(uid)] == key), len(ids))
+        after = request.after_key()
+        # After the cursor's place in the sorted ids, not its item: that reader may have left.
+        start = bisect.bisect_right(ids, id_key(after)) if after is not None else 0
         chosen = ids[start : start + request.size]
         has_next = start + request.size < len(ids)
 

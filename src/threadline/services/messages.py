@@ -134,7 +134,7 @@ async def send_message(
     for _ in range(3):
         try:
             async with db.transaction("send_message") as uow:
-                access = await access_thread(uow.session, actor, tid, ThreadRole.MEMBER)
+                access = await access_thread(uow.session, actor, tid, for_update=True)
                 return await _write_message(
                     uow, actor, access, body, parent_id, client_id, attachment_ids
                 )
@@ -318,6 +318,7 @@ async def edit_message(uow: UnitOfWork, actor: User, message_id: str, body: str)
     await append_event(
         uow, message.thread_id, EventKind.MESSAGE_EDITED, message_payload(message), actor.id
     )
+    await notifications.notify_edit(uow, actor, message, mentioned)
     return message
 
 

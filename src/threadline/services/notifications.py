@@ -30,6 +30,29 @@ async def _reachable(
     return {uid for uid, mine in found.items() if mine is None or not mine.muted}
 
 
+async def _told(
+    session: AsyncSession,
+    kind: NotificationKind,
+    message: Message,
+    users: Sequence[uuid.UUID],
+    actor_id: uuid.UUID | None = None,
+) -> set[uuid.UUID]:
+    """Those of ``users`` told of ``message`` by a notification of ``kind`` already (by
+    ``actor_id``, if given)."""
+    if not users:
+        return set()
+    query = select(Notification.user_id).where(
+        Notification.user_id.in_(users),
+        # None is older than its message: the (user, created_at) index reads no further.
+        Notification.created_at >= message.created_at,
+        Notification.message_id == message.id,
+        Notification.kind == kind.value,
+    )
+    if actor_id is not None:
+        query = query.where(Notification.actor_id == actor_id)
+    return set(await session.scalars(query))
+
+
 def _create(
     uow: UnitOfWork,
     user_id: uuid.UUID,
@@ -85,11 +108,23 @@ async def notify_message(
         await uow.session.flush()
 
 
+async def notify_edit(
+    uow: UnitOfWork, actor: User, message: Message, mentioned: Sequence[tuple[uuid.UUID, bool]]
+) -> None:
+    """MENTION for each participant an edited body mentions who was not told of it yet."""
+    told = await _told(uow.session, NotificationKind.MENTION, message, [u for u, _ in mentioned])
+    await notify_message(uow, actor, message, None, [m for m in mentioned if m[0] not in told])
+
+
 async def notify_reaction(uow: UnitOfWork, actor: User, message: Message) -> None:
+    """REACTION for the author, once per reactor and message: a reaction taken back and
+    given again, or another emoji, tells them nothing new."""
     author = message.author_id
     if author is None or author == actor.id:
         return
     if not await _reachable(uow.session, message.thread_id, [author]):
+        return
+    if await _told(uow.session, NotificationKind.REACTION, message, [author], actor.id):
         return
     _create(uow, author, NotificationKind.REACTION, actor, message.thread_id, message.id)
     await uow.session.flush()

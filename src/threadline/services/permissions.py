@@ -106,9 +106,10 @@ _ACCESS_BASE = select(Thread, ThreadParticipant).outerjoin(
     (ThreadParticipant.thread_id == Thread.id)
     & (ThreadParticipant.user_id == bindparam("user_id")),
 )
-_ACCESS_WHERE = _ACCESS_BASE.where(Thread.id == bindparam("thread_id"), Thread.deleted_at.is_(None))
-_ACCESS = Query(_ACCESS_WHERE)
-_ACCESS_FOR_UPDATE = Query(_ACCESS_WHERE.with_for_update(of=Thread))
+_ACCESS = Query(
+    _ACCESS_BASE.where(Thread.id == bindparam("thread_id"), Thread.deleted_at.is_(None))
+)
+_LOCK = select(Thread.id).where(Thread.id == bindparam("thread_id")).with_for_update()
 _ACCESS_MANY = Query(
     _ACCESS_BASE.where(
         Thread.id.in_(bindparam("thread_ids", expanding=True)), Thread.deleted_at.is_(None)
@@ -126,8 +127,13 @@ async def access_thread(
 ) -> ThreadAccess:
     """The thread if the actor may see it (else NotFound) with at least ``at_least``
     (else Forbidden)."""
-    query = _ACCESS_FOR_UPDATE if for_update else _ACCESS
-    rows = await query.tuples(session, thread_id=parse_id(thread_id, "Thread"), user_id=actor.id)
+    tid = parse_id(thread_id, "Thread")
+    if for_update:
+        # Locked, then read: a locking join that waited for the lock returns the
+        # participant row as it was before the wait (READ COMMITTED re-reads only the
+        # locked row), and a writer removed or demoted meanwhile would keep its rights.
+        await session.execute(_LOCK, {"thread_id": tid})
+    rows = await _ACCESS.tuples(session, thread_id=tid, user_id=actor.id)
     access = grant(actor, *rows[0]) if rows else None
     if access is None:
         raise NotFound("Thread not found")
@@ -186,7 +192,8 @@ async def access_message(
     message = await session.get(Message, mid, with_for_update=for_update)
     if message is None:
         raise NotFound("Message not found")
-    return message, await _access_via(session, actor, message.thread_id, at_least, "Message")
+    access = await _access_via(session, actor, message.thread_id, at_least, "Message", for_update)
+    return message, access
 
 
 async def access_attachment(
@@ -203,10 +210,15 @@ async def access_attachment(
 
 
 async def _access_via(
-    session: AsyncSession, actor: User, thread_id: uuid.UUID, at_least: ThreadRole, what: str
+    session: AsyncSession,
+    actor: User,
+    thread_id: uuid.UUID,
+    at_least: ThreadRole,
+    what: str,
+    for_update: bool = False,
 ) -> ThreadAccess:
     """Access to the thread of a message or attachment: a miss is the item's."""
     try:
-        return await access_thread(session, actor, thread_id, at_least)
+        return await access_thread(session, actor, thread_id, at_least, for_update=for_update)
     except NotFound:
         raise NotFound(f"{what} not found") from None

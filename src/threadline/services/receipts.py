@@ -104,8 +104,10 @@ def _receipt(thread_id: uuid.UUID, user_id: uuid.UUID, read: int, delivered: int
 
 async def mark_read(uow: UnitOfWork, actor: User, access: ThreadAccess, seq: int) -> None:
     """Move the actor's read marker forward to ``seq`` (clamped to the thread's last)."""
+    # FOR NO KEY UPDATE: the KEY SHARE lock a plain send takes on its sender's row
+    # (models.sends) and this one need not wait for each other.
     participant = await uow.session.get(
-        ThreadParticipant, (access.thread.id, actor.id), with_for_update=True
+        ThreadParticipant, (access.thread.id, actor.id), with_for_update={"key_share": True}
     )
     if participant is None:
         return  # a system admin looking in keeps no markers

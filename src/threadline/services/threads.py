@@ -155,7 +155,7 @@ async def update_thread(
     description: str | None = None,
     set_description: bool = False,
 ) -> Thread:
-    access = await access_thread(uow.session, actor, thread_id, ThreadRole.ADMIN)
+    access = await access_thread(uow.session, actor, thread_id, ThreadRole.ADMIN, for_update=True)
     thread = access.thread
     before = (thread.title, thread.description)
     if title is not None:
@@ -177,7 +177,7 @@ async def update_thread(
 
 
 async def delete_thread(uow: UnitOfWork, actor: User, thread_id: str) -> uuid.UUID:
-    access = await access_thread(uow.session, actor, thread_id, ThreadRole.OWNER)
+    access = await access_thread(uow.session, actor, thread_id, ThreadRole.OWNER, for_update=True)
     thread = access.thread
     thread.deleted_at = utcnow()
     thread.direct_key = None
@@ -317,7 +317,8 @@ async def set_participant_role(
 
 
 async def mute_thread(uow: UnitOfWork, actor: User, thread_id: str, muted: bool) -> Thread:
-    access = await access_thread(uow.session, actor, thread_id, ThreadRole.MEMBER)
+    # Locked as a removal locks it: the row to update cannot vanish under the UPDATE.
+    access = await access_thread(uow.session, actor, thread_id, ThreadRole.MEMBER, for_update=True)
     if access.participant is None:
         raise Conflict("Only participants can mute a thread")
     access.participant.muted = muted

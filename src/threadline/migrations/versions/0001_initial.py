@@ -13,7 +13,7 @@ Search is outside the models (env.py says why) and differs by database:
 - PostgreSQL: ``messages.search_vector``, generated from ``to_tsvector('english', body)``,
   with a GIN index. The ``english`` configuration stems ("running" finds "run") and
   drops stop words; queries must use the same one, e.g.
-  ``search_vector @@ websearch_to_tsquery('english', :q)``.
+  ``search_vector @@ plainto_tsquery('english', :q)``.
 - SQLite: ``messages_fts``, an FTS5 index over ``messages.body`` with the porter
   stemmer, external content (the text stays in ``messages``) keyed by the implicit
   ``messages.rowid``, since the UUID primary key cannot be an FTS5 rowid. Triggers
