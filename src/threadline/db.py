@@ -52,13 +52,7 @@ async def _publish_nothing(events: Sequence[Any]) -> None:
     return None
 
 
-def _unicode_lower(value: object) -> object:
-    return value.lower() if isinstance(value, str) else value
-
-
 def _sqlite_pragmas(dbapi_connection: Any, connection_record: ConnectionPoolEntry) -> None:
-    # SQLite's own lower() folds ASCII only: searches and mentions ignore case as on PostgreSQL.
-    dbapi_connection.create_function("lower", 1, _unicode_lower, deterministic=True)
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=10000")

@@ -310,11 +310,8 @@ async def edit_message(uow: UnitOfWork, actor: User, message_id: str, body: str)
     message.body = text
     message.edited_at = now
     mentioned = await _mentions(uow.session, message.thread_id, text)
-    before, message.mention_ids = set(message.mention_ids or []), [str(u) for u, _ in mentioned]
+    message.mention_ids = [str(uid) for uid, _ in mentioned]
     await uow.session.flush()
-    # Those the edit mentions first are told, as a send tells them; the others were already.
-    fresh = [(uid, muted) for uid, muted in mentioned if str(uid) not in before]
-    await notifications.notify_message(uow, actor, message, None, fresh)
     await append_event(
         uow, message.thread_id, EventKind.MESSAGE_EDITED, message_payload(message), actor.id
     )
