@@ -30,21 +30,24 @@ def closed_port() -> int:
 
 
 class Outage:
-    """A TCP forwarder to a server that a test can cut: every connection through it
-    closed, new ones refused, as a database host that goes down looks to the app."""
+    """A TCP forwarder on a port of its own to a local server, which a test cuts (every
+    connection through it closed, new ones refused, as a host that goes down looks to
+    the app) and may bring back on the same port."""
 
-    def __init__(self, port: int) -> None:
-        self.target = port
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.port = closed_port()
         self.streams: list[asyncio.StreamWriter] = []
 
     async def start(self) -> int:
-        self.listener = await asyncio.start_server(self._forward, "127.0.0.1", 0)
-        return int(self.listener.sockets[0].getsockname()[1])
+        self.listener = await asyncio.start_server(self._forward, "127.0.0.1", self.port)
+        return self.port
 
     async def cut(self) -> None:
         self.listener.close()
         for stream in self.streams:
             stream.close()
+        self.streams.clear()
         await self.listener.wait_closed()
 
     async def _forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -14,6 +13,7 @@ import redis.asyncio
 from limits import parse
 
 from tests.conftest import CLUSTER, REDIS_CLUSTER_URL, delete_cluster_keys
+from tests.deployment import Outage, closed_port
 from threadline.config import Settings
 from threadline.errors import ErrorCode, RateLimited
 from threadline.realtime.rate_limits import (
@@ -73,14 +73,6 @@ async def delete_redis_keys(prefix: str) -> None:
     async with redis.asyncio.Redis.from_url(REDIS_URL) as client:
         async for key in client.scan_iter(match=f"{prefix}:*"):
             await client.delete(key)
-
-
-def closed_port() -> int:
-    """A local TCP port that nothing listens on."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
 
 
 async def hit_times(limiter: RateLimiter, action: Action, key: str, times: int) -> None:
@@ -231,51 +223,12 @@ async def test_redis_down_lets_calls_through_and_warns_once(
     assert "unreachable" in warnings[0].getMessage()
 
 
-class RedisHop:
-    """A TCP hop in front of the test Redis, which a test takes down and brings back."""
-
-    def __init__(self) -> None:
-        self.port = closed_port()
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    async def up(self) -> None:
-        self._server = await asyncio.start_server(self._forward, "127.0.0.1", self.port)
-
-    async def down(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
-        for writer in self._writers:
-            writer.close()
-        self._writers.clear()
-
-    async def _forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", 6379)
-        self._writers |= {writer, upstream_writer}
-        await asyncio.gather(
-            self._pipe(reader, upstream_writer), self._pipe(upstream_reader, writer)
-        )
-
-    @staticmethod
-    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        except OSError:
-            pass
-        finally:
-            writer.close()
-
-
 @pytest.mark.redis_only
 async def test_limits_resume_counting_when_redis_comes_back(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    hop = RedisHop()
-    await hop.up()
+    hop = Outage(6379)
+    await hop.start()
     prefix = f"test:ratelimit:{uuid.uuid4().hex}"
     limiter = RateLimiter(
         f"redis://127.0.0.1:{hop.port}/0",
@@ -286,11 +239,11 @@ async def test_limits_resume_counting_when_redis_comes_back(
     try:
         await hit_times(limiter, Action.MUTATION, "user_a", 2)
 
-        await hop.down()
+        await hop.cut()
         await hit_times(limiter, Action.MUTATION, "user_a", 5)
         assert not await limiter.healthy()
 
-        await hop.up()
+        await hop.start()
         # After a failure the limiter leaves Redis alone for a second.
         await asyncio.sleep(1.05)
         assert await limiter.healthy()
@@ -299,7 +252,7 @@ async def test_limits_resume_counting_when_redis_comes_back(
             await limiter.hit(Action.MUTATION, "user_a")
     finally:
         await limiter.aclose()
-        await hop.down()
+        await hop.cut()
         await delete_redis_keys(prefix)
     messages = [record.getMessage() for record in caplog.records]
     assert any("unreachable" in message for message in messages)
