@@ -965,3 +965,74 @@ async def test_a_large_image_shows_as_its_small_preview_and_links_to_the_file(
     assert "/previews/" in (await shown.get_attribute("src") or "")
     link = await bob.message("From the top").locator("a.image").get_attribute("href")
     assert link is not None and "/attachments/" in link and "panorama.png" in link
+
+
+# ---------------------------------------------------------------- as users use it
+
+OVERFLOWING = """() => [document.documentElement, ...document.querySelectorAll('.thread-pane *')]
+  .filter((e) => !e.matches('.visually-hidden'))
+  .filter((e) => e.getBoundingClientRect().right > innerWidth + 1
+                 || e.scrollWidth > e.clientWidth + 1 && getComputedStyle(e).overflowX !== 'hidden')
+  .map((e) => e.tagName + '.' + e.className)"""
+
+
+async def test_a_long_unbroken_title_link_and_file_name_stay_inside_the_screen(
+    server: Server, browser: Any, clients: Clients
+) -> None:
+    # A 150-letter title pushed the page sideways (the composer half off screen); a long
+    # link in the pinned list and a long file name ran out of their panes.
+    alice_api, bob_api = await clients.users("alice", "bob")
+    tid = await factories.thread(alice_api, bob_api, title="T" + "x" * 149)
+    link = await factories.send(alice_api, tid, "https://example.com/" + "a" * 300)
+    await alice_api.gql(
+        "mutation($m: ID!) { pinMessage(messageId: $m, pinned: true) { id } }", {"m": link["id"]}
+    )
+    sent = await upload(alice_api, tid, "report-" + "q" * 120 + ".pdf", b"%PDF-1.4")
+    await factories.send(alice_api, tid, "the report", attachmentIds=[sent["id"]])
+    for viewport in (DESKTOP, PHONE):
+        bob = await sign_in(browser, server.base, "bob", viewport=viewport)
+        await bob.page.locator(".thread-list button").click()
+        await expect(bob.message("the report").locator("a.file")).to_be_visible()
+        await bob.page.get_by_role("button", name="1 pinned messages").click()
+        assert await bob.page.evaluate(OVERFLOWING) == [], viewport
+        await expect(bob.page.get_by_role("button", name="Send")).to_be_in_viewport()
+
+
+async def test_a_right_to_left_message_reads_right_to_left(
+    server: Server, browser: Any, clients: Clients
+) -> None:
+    # Shown left to right, "שלום לכולם!" had its "!" at the right, after the last word
+    # as a Hebrew reader sees it; the text box did the same to what one typed.
+    alice_api, bob_api = await clients.users("alice", "bob")
+    tid = await factories.thread(alice_api, bob_api, title="Hebrew")
+    await factories.send(alice_api, tid, "שלום לכולם!")
+    bob = await sign_in(browser, server.base, "bob")
+    await open_thread(bob, "Hebrew")
+    body = bob.message("שלום").locator(".body")
+    where = """(p) => { const x = (i) => { const r = document.createRange();
+        r.setStart(p.firstChild, i); r.setEnd(p.firstChild, i + 1);
+        return r.getBoundingClientRect().x; };
+      const right = p.getBoundingClientRect().right;
+      return { first: x(0), bang: x(p.textContent.length - 1), right }; }"""
+    spots = await body.evaluate(where)
+    assert spots["bang"] < spots["first"], spots
+    assert spots["right"] - spots["first"] < 40, spots  # it starts at the right edge
+    box = bob.composer("Message Hebrew")
+    assert await box.evaluate("(t) => getComputedStyle(t).unicodeBidi") == "plaintext"
+
+
+async def test_the_pinned_list_closes_when_its_last_message_is_unpinned(
+    server: Server, browser: Any, clients: Clients
+) -> None:
+    # It stayed open as an empty grey strip, with no button left to close it.
+    alice_api, bob_api = await clients.users("alice", "bob")
+    tid = await factories.thread(alice_api, bob_api, title="Pins")
+    note = await factories.send(alice_api, tid, "remember this")
+    pin = "mutation($m: ID!, $p: Boolean!) { pinMessage(messageId: $m, pinned: $p) { id } }"
+    await alice_api.gql(pin, {"m": note["id"], "p": True})
+    bob = await sign_in(browser, server.base, "bob")
+    await open_thread(bob, "Pins")
+    await bob.page.get_by_role("button", name="1 pinned messages").click()
+    await expect(bob.page.locator("#pinned")).to_contain_text("remember this")
+    await alice_api.gql(pin, {"m": note["id"], "p": False})
+    await expect(bob.page.locator("#pinned")).to_be_hidden()
