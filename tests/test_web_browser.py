@@ -1036,3 +1036,45 @@ async def test_the_pinned_list_closes_when_its_last_message_is_unpinned(
     await expect(bob.page.locator("#pinned")).to_contain_text("remember this")
     await alice_api.gql(pin, {"m": note["id"], "p": False})
     await expect(bob.page.locator("#pinned")).to_be_hidden()
+
+
+async def scrolled_up_reader(clients: Clients, browser: Any, base: str) -> tuple[Person, str]:
+    """Bob, in a thread too long for the screen, scrolled up to read its start."""
+    alice_api, bob_api = await clients.users("alice", "bob")
+    tid = await factories.thread(alice_api, bob_api, title="Story")
+    lines = "\n".join(["a line of the story"] * 6)
+    await asyncio.gather(*(factories.send(alice_api, tid, f"part {i}\n{lines}") for i in range(8)))
+    bob = await sign_in(browser, base, "bob")
+    await open_thread(bob, "Story")
+    await expect(bob.page.locator(".thread-main .msg")).to_have_count(8)
+    await bob.page.locator(".scroller").evaluate("(s) => { s.scrollTop = 0; }")
+    return bob, tid
+
+
+async def test_replying_in_the_side_panel_keeps_ones_place_in_the_history(
+    server: Server, browser: Any, clients: Clients
+) -> None:
+    # Sending a reply scrolled the history behind the panel to its bottom.
+    bob, _ = await scrolled_up_reader(clients, browser, server.base)
+    first = bob.page.locator(".thread-main .msg").first
+    await first.hover()
+    await first.get_by_role("button", name="Reply").click()
+    await bob.composer("Reply").fill("a reply to the first part")
+    await bob.composer("Reply").press("Enter")
+    await expect(first.locator(".reply-count")).to_have_text("1 reply")
+    assert await bob.page.locator(".scroller").evaluate("(s) => s.scrollTop") == 0
+
+
+async def test_a_message_sent_from_ones_other_tab_does_not_scroll_this_one(
+    server: Server, browser: Any, clients: Clients
+) -> None:
+    # Bob reading back in one tab was thrown to the bottom when he wrote from another.
+    bob, tid = await scrolled_up_reader(clients, browser, server.base)
+    await factories.send(await clients.user("bob"), tid, "written in the other tab")
+    await expect(bob.message("written in the other tab")).to_be_attached()
+    assert await bob.page.locator(".scroller").evaluate("(s) => s.scrollTop") == 0
+    # What he sends here still takes him to it.
+    await bob.composer("Message Story").fill("and from this one")
+    await bob.composer("Message Story").press("Enter")
+    await expect(bob.message("and from this one")).not_to_have_class(re.compile(r"\bpending\b"))
+    await expect(bob.message("and from this one")).to_be_in_viewport()

@@ -155,9 +155,9 @@ export class ThreadView {
 		return this.scroller.scrollHeight - this.scroller.scrollTop - this.scroller.clientHeight < 80;
 	}
 
-	/** Insert in seq order, before pending sends; keep the view pinned to the bottom. */
+	/** Insert in seq order, before pending sends; a view at the bottom stays there. */
 	place(list, node, seq, scroll) {
-		const stick = scroll && (this.atBottom() || node.classList.contains("mine"));
+		const stick = scroll && this.atBottom();
 		let after = list.lastElementChild;
 		while (after && (after.classList.contains("pending") || Number(after.dataset.seq) > seq)) after = after.previousElementSibling;
 		if (after) after.after(node);
@@ -338,9 +338,9 @@ export class ThreadView {
 			reactions: [], attachments: [], replyCount: 0,
 		};
 		this.pending.set(clientId, message);
-		const list = parentId ? this.panelList : this.list;
-		list.append(this.render(message, Boolean(parentId)));
-		this.scroller.scrollTop = this.scroller.scrollHeight;
+		const node = this.render(message, Boolean(parentId));
+		(parentId ? this.panelList : this.list).append(node);
+		node.scrollIntoView(false); // its own pane: a reply keeps the history's place
 		this.deliver(message);
 	}
 
