@@ -81,7 +81,7 @@ export class ThreadView {
 		this.pinnedPanel = el("section", { id: "pinned", class: "pinned", hidden: true, "aria-label": "Pinned messages" });
 		this.sentinel = el("div", { class: "sentinel", "aria-hidden": "true" });
 		this.list = el("div", { class: "messages" });
-		this.scroller = el("div", { class: "scroller", role: "log", "aria-labelledby": "thread-title", "aria-busy": "true", tabindex: "0",
+		this.scroller = el("div", { class: "scroller", role: "log", "aria-labelledby": "thread-title", tabindex: "0",
 			onkeydown: (e) => this.onLogKey(e) }, this.sentinel, this.list);
 		this.typingLine = el("p", { class: "typing", "aria-live": "polite" });
 		this.composer = new Composer(this.composerContext(null, `Message ${thread.title}`));
@@ -99,7 +99,6 @@ export class ThreadView {
 		this.renderPinned();
 		this.updateSeen();
 		this.scroller.scrollTop = this.scroller.scrollHeight;
-		this.scroller.setAttribute("aria-busy", "false");
 		this.olderObserver.observe(this.sentinel);
 		this.composer.focus();
 	}
@@ -174,11 +173,9 @@ export class ThreadView {
 			if (this.threadId !== threadId) return;
 			const page = data.messages;
 			this.olderCursor = olderCursor(page);
-			this.scroller.setAttribute("aria-busy", "true");
 			const height = this.scroller.scrollHeight;
 			this.list.prepend(...this.renderMany(page.edges.map((e) => e.node)));
 			this.scroller.scrollTop += this.scroller.scrollHeight - height; // keep what the reader sees in place
-			this.scroller.setAttribute("aria-busy", "false");
 		} catch (error) {
 			announce(`Older messages did not load: ${error.message}`);
 		} finally {
