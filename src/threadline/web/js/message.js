@@ -29,7 +29,7 @@ function reactionChip(message, group, ctx) {
 	const who = group.users.map((u) => u.displayName).join(", ");
 	return btn({ class: "reaction", "aria-pressed": String(group.reactedByMe),
 		title: who, "aria-label": `${group.emoji} ${group.count}: ${who}`,
-		onclick: () => ctx.toggleReaction(message, group.emoji, !group.reactedByMe),
+		onclick: () => ctx.toggleReaction(message, group.emoji, (group.reactedByMe = !group.reactedByMe)),
 	}, `${group.emoji} ${group.count}`);
 }
 

@@ -14,6 +14,7 @@ export class ThreadView {
 		this.root = root;
 		this.app = app;
 		this.unsubscribe = [];
+		this.queue = Promise.resolve();
 		this.readObserver = new IntersectionObserver((entries) => this.onSeen(entries), { threshold: 0.5 });
 		this.olderObserver = new IntersectionObserver((entries) => entries.some((e) => e.isIntersecting) && this.loadOlder(), { rootMargin: "600px 0px 0px 0px" });
 		this.markRead = debounce(() => this.sendReadMarker(), 300);
@@ -359,13 +360,10 @@ export class ThreadView {
 		for (const message of this.pending?.values() ?? []) if (message.failed && message.network) this.deliver(message);
 	}
 
-	async mutate(query, variables) {
-		try {
-			const data = await this.app.api.request(query, variables);
-			this.upsert(Object.values(data)[0]);
-		} catch (error) {
-			announce(error.message);
-		}
+	/** One at a time, in order: a reaction clicked twice is added, then taken back. */
+	mutate(query, variables) {
+		this.queue = this.queue.then(() => this.app.api.request(query, variables))
+			.then((data) => this.upsert(Object.values(data)[0])).catch((error) => announce(error.message));
 	}
 
 	// -- panels: edit history, pinned messages, replies
