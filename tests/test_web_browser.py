@@ -1104,3 +1104,32 @@ async def test_a_reaction_clicked_twice_quickly_ends_as_it_began(
     page = await bob_api.gql(query, {"t": tid})
     assert page["messages"]["edges"][0]["node"]["reactions"] == [{"count": 1}]
     await expect(chip).to_have_text("🎉 1")
+
+
+async def test_editing_shows_the_whole_message_and_gives_back_the_draft(
+    server: Server, browser: Any, clients: Clients
+) -> None:
+    # The box stayed one line high for a four-line message, and what one had been
+    # typing was gone after the edit.
+    alice_api, bob_api = await clients.users("alice", "bob")
+    tid = await factories.thread(alice_api, bob_api, title="Notes")
+    await factories.send(bob_api, tid, "one\ntwo\nthree\nfour")
+    bob = await sign_in(browser, server.base, "bob")
+    await open_thread(bob, "Notes")
+    box = bob.composer("Message Notes")
+    one_line = await box.evaluate("(t) => t.clientHeight")
+    await box.fill("half a thought")
+    mine = bob.message("three")
+    await mine.hover()
+    await mine.get_by_role("button", name="Edit", exact=True).click()
+    await expect(box).to_have_value("one\ntwo\nthree\nfour")
+    assert await box.evaluate("(t) => t.scrollHeight <= t.clientHeight + 2")
+    await box.press("Escape")
+    await expect(box).to_have_value("half a thought")
+    assert await box.evaluate("(t) => t.clientHeight") <= one_line  # one line again
+    await mine.hover()
+    await mine.get_by_role("button", name="Edit", exact=True).click()
+    await box.fill("one\ntwo")
+    await box.press("Enter")
+    await expect(box).to_have_value("half a thought")
+    await expect(bob.message("(edited)")).to_contain_text("one\ntwo")

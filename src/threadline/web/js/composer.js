@@ -21,7 +21,7 @@ export class Composer {
 		});
 		this.mentions = el("ul", { id: `mentions-${id}`, class: "mentions", role: "listbox", hidden: true, "aria-label": "Mention someone" });
 		this.editNote = el("p", { class: "edit-note", hidden: true },
-			"Editing your message (Escape cancels). ", btn({ onclick: () => this.cancelEdit() }, "Cancel"));
+			"Editing your message (Escape cancels). ", btn({ onclick: () => this.edit(null) }, "Cancel"));
 		this.chips = el("ul", { class: "uploads", "aria-label": "Attachments" });
 		this.file = el("input", { type: "file", id: `file-${id}`, multiple: true, class: "visually-hidden",
 			onchange: () => { [...this.file.files].forEach((f) => this.upload(f)); this.file.value = ""; } });
@@ -48,10 +48,10 @@ export class Composer {
 			const message = this.ctx.lastOwnMessage();
 			if (message) {
 				event.preventDefault();
-				this.startEdit(message);
+				this.edit(message);
 			}
 		} else if (event.key === "Escape" && this.editing) {
-			this.cancelEdit();
+			this.edit(null);
 		}
 	}
 
@@ -66,19 +66,14 @@ export class Composer {
 		this.updateMentions();
 	}
 
-	startEdit(message) {
+	/** Edit `message` (null: stop editing); what one was typing comes back after. */
+	edit(message) {
+		if (!this.editing) this.draft = this.input.value;
 		this.editing = message;
-		this.input.value = message.body;
-		this.editNote.hidden = false;
-		this.sendButton.textContent = "Save";
-		this.focus();
-	}
-
-	cancelEdit() {
-		this.editing = null;
-		this.input.value = "";
-		this.editNote.hidden = true;
-		this.sendButton.textContent = "Send";
+		this.input.value = message ? message.body : this.draft;
+		this.editNote.hidden = !message;
+		this.sendButton.textContent = message ? "Save" : "Send";
+		this.onInput(); // as high as the text
 		this.focus();
 	}
 
@@ -91,7 +86,7 @@ export class Composer {
 		if (this.editing) {
 			const message = this.editing;
 			if (body && body !== message.body) this.ctx.edit(message, body);
-			this.cancelEdit();
+			this.edit(null);
 			return;
 		}
 		if (this.uploading) return;

@@ -1,11 +1,12 @@
 // Every GraphQL document the page sends, in one place: the reference for front-end teams.
 
 const USER = "id username displayName";
+const REACTIONS = "reactions { emoji count reactedByMe users { id displayName } }";
 const MESSAGE = `fragment Msg on Message {
 	id seq body clientId createdAt editedAt deletedAt pinned replyCount
 	parent { id }
 	author { ${USER} }
-	reactions { emoji count reactedByMe users { id displayName } }
+	${REACTIONS}
 	attachments { id filename size kind url previewUrl width height }
 }`;
 const THREAD_ITEM = `fragment ThreadItem on Thread {
@@ -68,7 +69,7 @@ export const THREAD_EVENTS = `subscription Events($t: ID!, $after: Int) {
 		... on MessageCreated { message { ...Msg } }
 		... on MessageEdited { message { ...Msg } }
 		... on MessageDeleted { messageId }
-		... on ReactionChanged { messageId reactions { emoji count reactedByMe users { id displayName } } }
+		... on ReactionChanged { messageId ${REACTIONS} }
 		... on MessagePinned { pinned message { ...Msg } }
 		... on ParticipantChanged { role user { ${USER} presence { status } } }
 		... on ThreadUpdated { thread { title description } }

@@ -113,7 +113,7 @@ export class ThreadView {
 			presenceOf: (id) => this.people.get(id)?.status ?? "OFFLINE",
 			toggleReaction: (m, emoji, add) => this.mutate(add ? Q.REACT : Q.UNREACT, { m: m.id, e: emoji }),
 			openReplies: (m) => this.openReplies(m),
-			startEdit: (m) => (inPanel ? this.panelComposer : this.composer).startEdit(m),
+			startEdit: (m) => (inPanel ? this.panelComposer : this.composer).edit(m),
 			remove: (m) => confirm("Delete this message?") && this.mutate(Q.DELETE, { m: m.id }),
 			pin: (m, pinned) => this.mutate(Q.PIN, { m: m.id, p: pinned }),
 			showHistory: (m, button) => this.toggleHistory(m, button),
