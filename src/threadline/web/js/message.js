@@ -1,8 +1,8 @@
 // One message as an element: author, body with mentions, "edited" mark and its history,
 // attachments, reactions, reply count, and the actions its viewer may take.
-import { btn, el, fileSize, fullTime, shortTime } from "./util.js";
+import { btn, el, fileSize, fullTime, shortTime, toggle } from "./util.js";
 
-export const QUICK_EMOJI = ["👍", "❤️", "😂", "🎉", "😮", "😢", "🚀", "👀"];
+const QUICK_EMOJI = ["👍", "❤️", "😂", "🎉", "😮", "😢", "🚀", "👀"];
 const ADMIN_ROLES = new Set(["ADMIN", "OWNER"]);
 
 /** Text with @mentions highlighted; never HTML (bodies are plain text). */
@@ -53,7 +53,7 @@ export function renderMessage(message, ctx) {
 	const picker = deleted ? null : emojiPicker(message, ctx);
 	const actions = deleted ? null : el("div", { class: "actions", role: "toolbar", "aria-label": "Message actions" },
 		btn({ "aria-label": "Add reaction", "aria-expanded": "false",
-			onclick: (e) => { picker.hidden = !picker.hidden; e.currentTarget.setAttribute("aria-expanded", String(!picker.hidden)); if (!picker.hidden) picker.firstChild.focus(); } }, "☺"),
+			onclick: (e) => { toggle(picker, e.currentTarget); if (!picker.hidden) picker.firstChild.focus(); } }, "☺"),
 		ctx.inPanel ? null : btn({ onclick: () => ctx.openReplies(message) }, "Reply"),
 		mine ? btn({ onclick: () => ctx.startEdit(message) }, "Edit") : null,
 		mine || admin ? btn({ onclick: () => ctx.remove(message) }, "Delete") : null,

@@ -9,6 +9,7 @@ const MESSAGE = `fragment Msg on Message {
 	${REACTIONS}
 	attachments { id filename size kind url previewUrl width height }
 }`;
+const MESSAGE_PAGE = "pageInfo { hasPreviousPage startCursor } edges { node { ...Msg } }";
 const THREAD_ITEM = `fragment ThreadItem on Thread {
 	id title isDirect lastMessageAt updatedAt lastSeq unreadCount lastReadSeq myRole
 	lastMessage { id body deletedAt attachments { id } author { id displayName } }
@@ -27,13 +28,13 @@ export const THREAD = `query Thread($t: ID!) {
 			edges { node { role lastReadSeq user { ${USER} presence { status } } } }
 		}
 		pinnedMessages { ...Msg }
-		messages(last: 50) { pageInfo { hasPreviousPage startCursor } edges { node { ...Msg } } }
+		messages(last: 50) { ${MESSAGE_PAGE} }
 	}
 } ${MESSAGE}`;
 
 export const OLDER = `query Older($t: ID!, $before: String) {
 	messages(threadId: $t, last: 50, before: $before) {
-		pageInfo { hasPreviousPage startCursor } edges { node { ...Msg } }
+		${MESSAGE_PAGE}
 	}
 } ${MESSAGE}`;
 

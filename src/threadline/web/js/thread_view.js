@@ -4,7 +4,7 @@ import { NetworkError } from "./api.js";
 import { Composer } from "./composer.js";
 import { historyList, renderMessage } from "./message.js";
 import * as Q from "./queries.js";
-import { announce, btn, debounce, el, randomId } from "./util.js";
+import { announce, btn, debounce, el, randomId, toggle } from "./util.js";
 
 const TYPING_SHOWN_MS = 7000;
 const olderCursor = ({ pageInfo: p }) => (p.hasPreviousPage ? p.startCursor : null);
@@ -76,9 +76,9 @@ export class ThreadView {
 		this.people = new Map(thread.participants.edges.map(({ node }) => [node.user.id, { ...node, status: node.user.presence.status }]));
 		const page = thread.messages;
 		this.olderCursor = olderCursor(page);
-		thread.pinnedMessages.forEach((m) => this.messages.set(m.id, m));
+		this.remember(thread.pinnedMessages);
 		this.title = el("h2", { id: "thread-title" }, thread.title);
-		this.pinButton = btn({ class: "pinned-toggle", "aria-expanded": "false", "aria-controls": "pinned", onclick: () => this.togglePinned() });
+		this.pinButton = btn({ class: "pinned-toggle", "aria-expanded": "false", "aria-controls": "pinned", onclick: () => toggle(this.pinnedPanel, this.pinButton) });
 		this.pinnedPanel = el("section", { id: "pinned", class: "pinned", hidden: true, "aria-label": "Pinned messages" });
 		this.sentinel = el("div", { class: "sentinel", "aria-hidden": "true" });
 		this.list = el("div", { class: "messages" });
@@ -127,10 +127,14 @@ export class ThreadView {
 		return node;
 	}
 
+	remember(messages) {
+		messages.forEach((m) => this.messages.set(m.id, m));
+	}
+
 	/** Top-level messages as elements (replies live in the side panel). */
 	renderMany(messages) {
 		const ctx = this.context(false);
-		messages.forEach((m) => this.messages.set(m.id, m));
+		this.remember(messages);
 		return messages.filter((m) => !m.parent).map((m) => this.render(m, false, ctx));
 	}
 
@@ -200,8 +204,7 @@ export class ThreadView {
 				this.upsert(event.message);
 				break;
 			case "MessageDeleted": {
-				const parent = this.messages.get(known?.parent?.id);
-				if (parent) this.upsert({ ...parent, replyCount: parent.replyCount - 1 });
+				this.countReply(known?.parent?.id, -1);
 				if (known) this.upsert({ ...known, deletedAt: new Date().toISOString(), body: "", attachments: [], reactions: [] });
 				break;
 			}
@@ -234,14 +237,18 @@ export class ThreadView {
 		if (known) this.rerender(message);
 		else if (!parentId) this.place(this.list, this.render(message), message.seq, true);
 		else {
-			const parent = this.messages.get(parentId);
-			if (parent) this.upsert({ ...parent, replyCount: parent.replyCount + 1 });
+			this.countReply(parentId, 1);
 			if (this.panelParent === parentId) this.place(this.panelList, this.render(message, true), message.seq, false);
 		}
 		const author = message.author?.id;
 		if (!known && this.typing.delete(author)) this.renderTyping(); // their message ends their typing
 		if (!known && author === this.app.me.id) this.updateSeen();
 		this.renderPinned();
+	}
+
+	countReply(parentId, step) {
+		const parent = this.messages.get(parentId);
+		if (parent) this.upsert({ ...parent, replyCount: parent.replyCount + step });
 	}
 
 	onActivity(activity) {
@@ -264,8 +271,7 @@ export class ThreadView {
 
 	renderTyping() {
 		const names = [...this.typing.values()].map((t) => t.name);
-		this.typingLine.textContent = !names.length ? "" : names.length === 1
-			? `${names[0]} is typing…` : `${names.slice(0, -1).join(", ")} and ${names.at(-1)} are typing…`;
+		this.typingLine.textContent = names.length ? `${new Intl.ListFormat("en").format(names)} ${names[1] ? "are" : "is"} typing…` : "";
 	}
 
 	setPresence({ user, presence }) {
@@ -386,11 +392,6 @@ export class ThreadView {
 			btn({ onclick: () => this.jumpTo(m) }, `${m.author?.displayName ?? "?"}: ${m.body}`)))));
 	}
 
-	togglePinned() {
-		this.pinnedPanel.hidden = !this.pinnedPanel.hidden;
-		this.pinButton.setAttribute("aria-expanded", String(!this.pinnedPanel.hidden));
-	}
-
 	jumpTo(message) {
 		if (message.parent) return this.openReplies(this.messages.get(message.parent.id) ?? message.parent);
 		const node = document.getElementById(`m-${message.id}`);
@@ -408,7 +409,7 @@ export class ThreadView {
 		const data = await this.app.api.request(Q.REPLIES, { m: parent.id }).catch((e) => announce(e.message));
 		if (!data || this.panelParent !== parent.id) return;
 		const { replies, ...root } = data.message;
-		[root, ...replies.edges.map((e) => e.node)].forEach((m) => this.messages.set(m.id, m));
+		this.remember([root, ...replies.edges.map((e) => e.node)]);
 		this.panelList.replaceChildren(this.render(root, true), el("hr"), ...replies.edges.map((e) => this.render(e.node, true)));
 		this.panelComposer.focus();
 	}
