@@ -1133,3 +1133,17 @@ async def test_editing_shows_the_whole_message_and_gives_back_the_draft(
     await box.press("Enter")
     await expect(box).to_have_value("half a thought")
     await expect(bob.message("(edited)")).to_contain_text("one\ntwo")
+
+
+async def test_a_mention_before_a_full_stop_or_in_capitals_is_highlighted(
+    server: Server, browser: Any, clients: Clients
+) -> None:
+    # The server notifies bob for "@bob." and "@Bob"; the page highlighted neither.
+    alice_api, bob_api = await clients.users("alice", "bob")
+    tid = await factories.thread(alice_api, bob_api, title="Ask")
+    await factories.send(alice_api, tid, "Ask @bob. Or @Bob, or @bob")
+    bob = await sign_in(browser, server.base, "bob")
+    await open_thread(bob, "Ask")
+    mentions = bob.message("Ask").locator(".mention")
+    await expect(mentions).to_have_text(["@bob", "@Bob", "@bob"])
+    await expect(bob.message("Ask").locator(".body")).to_have_text("Ask @bob. Or @Bob, or @bob")

@@ -5,11 +5,12 @@ import { btn, el, fileSize, fullTime, shortTime, toggle } from "./util.js";
 const QUICK_EMOJI = ["👍", "❤️", "😂", "🎉", "😮", "😢", "🚀", "👀"];
 const ADMIN_ROLES = new Set(["ADMIN", "OWNER"]);
 
-/** Text with @mentions highlighted; never HTML (bodies are plain text). */
+/** Text with @mentions highlighted as the server reads them (any case, no final full stop);
+ * never HTML (bodies are plain text). */
 function bodyWithMentions(body, usernames) {
-	const parts = body.split(/(@[A-Za-z0-9_.-]+)/g);
+	const parts = body.split(/(@[\w.-]*[\w-])/g);
 	return parts.map((part, i) =>
-		i % 2 && usernames.has(part.slice(1)) ? el("span", { class: "mention" }, part) : part);
+		i % 2 && usernames.has(part.slice(1).toLowerCase()) ? el("span", { class: "mention" }, part) : part);
 }
 
 function attachmentView(attachment) {
