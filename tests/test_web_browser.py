@@ -1147,3 +1147,19 @@ async def test_a_mention_before_a_full_stop_or_in_capitals_is_highlighted(
     mentions = bob.message("Ask").locator(".mention")
     await expect(mentions).to_have_text(["@bob", "@Bob", "@bob"])
     await expect(bob.message("Ask").locator(".body")).to_have_text("Ask @bob. Or @Bob, or @bob")
+
+
+async def test_reading_a_thread_in_one_tab_clears_its_unread_badge_in_the_other(
+    server: Server, browser: Any, clients: Clients
+) -> None:
+    # Bob's other tab (or device) kept the badge of a thread he had read in this one.
+    alice_api, bob_api = await clients.users("alice", "bob")
+    tid = await factories.thread(alice_api, bob_api, title="News")
+    await factories.send(alice_api, tid, "unread news")
+    here = await sign_in(browser, server.base, "bob")
+    there = await sign_in(browser, server.base, "bob")
+    badge = there.page.locator(".thread-list li", has_text="News").locator(".badge")
+    await expect(badge).to_have_text("1")
+    await open_thread(here, "News")
+    await expect(badge).to_have_count(0)
+    assert here.errors == there.errors == []
