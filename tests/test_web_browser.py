@@ -1149,6 +1149,24 @@ async def test_a_mention_before_a_full_stop_or_in_capitals_is_highlighted(
     await expect(bob.message("Ask").locator(".body")).to_have_text("Ask @bob. Or @Bob, or @bob")
 
 
+async def test_a_thread_renamed_while_open_is_renamed_in_its_message_box_too(
+    server: Server, browser: Any, clients: Clients
+) -> None:
+    alice_api, bob_api = await clients.users("alice", "bob")
+    tid = await factories.thread(alice_api, bob_api, title="Draft plan")
+    bob = await sign_in(browser, server.base, "bob")
+    await open_thread(bob, "Draft plan")
+    await alice_api.gql(
+        "mutation($t: ID!, $i: UpdateThreadInput!)"
+        " { updateThread(threadId: $t, input: $i) { id } }",
+        {"t": tid, "i": {"title": "Final plan"}},
+    )
+    await expect(bob.page.locator(".thread-header h2")).to_have_text("Final plan")
+    await expect(bob.composer("Message Final plan")).to_have_attribute(
+        "placeholder", "Message Final plan"
+    )
+
+
 async def test_reading_a_thread_in_one_tab_clears_its_unread_badge_in_the_other(
     server: Server, browser: Any, clients: Clients
 ) -> None:

@@ -14,7 +14,7 @@ export class Composer {
 		this.lastTyping = 0;
 		const id = randomId();
 		this.input = el("textarea", {
-			id: `composer-${id}`, rows: 1, placeholder: ctx.label, autocomplete: "off",
+			rows: 1, placeholder: ctx.label, "aria-label": ctx.label, autocomplete: "off",
 			"aria-autocomplete": "list", "aria-controls": `mentions-${id}`,
 			onkeydown: (e) => this.onKey(e), oninput: () => this.onInput(),
 			onblur: () => setTimeout(() => this.closeMentions(), 150),
@@ -31,7 +31,6 @@ export class Composer {
 			el("div", { class: "row" },
 				el("label", { for: this.file.id, class: "attach", title: "Attach files" }, "📎", el("span", { class: "visually-hidden" }, "Attach files")),
 				this.file,
-				el("label", { for: this.input.id, class: "visually-hidden" }, ctx.label),
 				this.input, this.sendButton));
 	}
 
@@ -84,8 +83,7 @@ export class Composer {
 	async submit() {
 		const body = this.input.value.trim();
 		if (this.editing) {
-			const message = this.editing;
-			if (body && body !== message.body) this.ctx.edit(message, body);
+			if (body && body !== this.editing.body) this.ctx.edit(this.editing, body);
 			this.edit(null);
 			return;
 		}
@@ -128,7 +126,7 @@ export class Composer {
 
 	mentionQuery() {
 		const before = this.input.value.slice(0, this.input.selectionStart);
-		const match = /(?:^|\s)@([A-Za-z0-9_.-]*)$/.exec(before);
+		const match = /(?:^|\s)@([\w.-]*)$/.exec(before);
 		return match ? match[1].toLowerCase() : null;
 	}
 
@@ -174,7 +172,7 @@ export class Composer {
 
 	pickMention(username) {
 		const caret = this.input.selectionStart;
-		const before = this.input.value.slice(0, caret).replace(/@([A-Za-z0-9_.-]*)$/, `@${username} `);
+		const before = this.input.value.slice(0, caret).replace(/@([\w.-]*)$/, `@${username} `);
 		this.input.value = before + this.input.value.slice(caret);
 		this.input.selectionStart = this.input.selectionEnd = before.length;
 		this.closeMentions();

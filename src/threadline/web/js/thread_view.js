@@ -219,6 +219,7 @@ export class ThreadView {
 				break;
 			case "ThreadUpdated":
 				this.title.textContent = event.thread.title;
+				this.composer.input.placeholder = this.composer.input.ariaLabel = `Message ${event.thread.title}`;
 				break;
 		}
 		this.markRead();
