@@ -125,6 +125,27 @@ async def test_viewer_events_follow_threads_notifications_and_membership(
     await ws.close()
 
 
+async def test_a_read_marker_moved_elsewhere_reaches_the_readers_viewer_events(
+    server: Server, clients: Clients
+) -> None:
+    # The reader's other tabs and devices show the new unread count.
+    alice, bob = await clients.user("alice"), await clients.user("bob")
+    tid = await factories.thread(alice, bob)
+    sent = await factories.send(alice, tid, "read me")
+    ws = await GraphQLWS.connect(server.ws_url, bob.token)
+    ready = new_listener(server, user_channel(bob.id))
+    await ws.subscribe(VIEWER)
+    await ws.until(ready)
+    await bob.gql(
+        "mutation($t: ID!, $s: Int!) { markRead(threadId: $t, seq: $s) { id } }",
+        {"t": tid, "s": sent["seq"]},
+    )
+    event = await data(ws, "viewerEvents")
+    assert event["__typename"] == "ThreadActivityForViewer"
+    assert (event["thread"]["id"], event["thread"]["unreadCount"]) == (tid, 0)
+    await ws.close()
+
+
 async def test_receipts_are_announced_when_markers_move(server: Server, clients: Clients) -> None:
     alice, bob = await clients.user("alice"), await clients.user("bob")
     tid = await factories.thread(alice, bob)

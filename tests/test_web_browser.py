@@ -965,3 +965,219 @@ async def test_a_large_image_shows_as_its_small_preview_and_links_to_the_file(
     assert "/previews/" in (await shown.get_attribute("src") or "")
     link = await bob.message("From the top").locator("a.image").get_attribute("href")
     assert link is not None and "/attachments/" in link and "panorama.png" in link
+
+
+# ---------------------------------------------------------------- as users use it
+
+OVERFLOWING = """() => [document.documentElement, ...document.querySelectorAll('.thread-pane *')]
+  .filter((e) => !e.matches('.visually-hidden'))
+  .filter((e) => e.getBoundingClientRect().right > innerWidth + 1
+                 || e.scrollWidth > e.clientWidth + 1 && getComputedStyle(e).overflowX !== 'hidden')
+  .map((e) => e.tagName + '.' + e.className)"""
+
+
+async def test_a_long_unbroken_title_link_and_file_name_stay_inside_the_screen(
+    server: Server, browser: Any, clients: Clients
+) -> None:
+    # A 150-letter title pushed the page sideways (the composer half off screen); a long
+    # link in the pinned list and a long file name ran out of their panes.
+    alice_api, bob_api = await clients.users("alice", "bob")
+    tid = await factories.thread(alice_api, bob_api, title="T" + "x" * 149)
+    link = await factories.send(alice_api, tid, "https://example.com/" + "a" * 300)
+    await alice_api.gql(
+        "mutation($m: ID!) { pinMessage(messageId: $m, pinned: true) { id } }", {"m": link["id"]}
+    )
+    sent = await upload(alice_api, tid, "report-" + "q" * 120 + ".pdf", b"%PDF-1.4")
+    await factories.send(alice_api, tid, "the report", attachmentIds=[sent["id"]])
+    for viewport in (DESKTOP, PHONE):
+        bob = await sign_in(browser, server.base, "bob", viewport=viewport)
+        await bob.page.locator(".thread-list button").click()
+        await expect(bob.message("the report").locator("a.file")).to_be_visible()
+        await bob.page.get_by_role("button", name="1 pinned messages").click()
+        assert await bob.page.evaluate(OVERFLOWING) == [], viewport
+        await expect(bob.page.get_by_role("button", name="Send")).to_be_in_viewport()
+
+
+async def test_a_right_to_left_message_reads_right_to_left(
+    server: Server, browser: Any, clients: Clients
+) -> None:
+    # Shown left to right, "שלום לכולם!" had its "!" at the right, after the last word
+    # as a Hebrew reader sees it; the text box did the same to what one typed.
+    alice_api, bob_api = await clients.users("alice", "bob")
+    tid = await factories.thread(alice_api, bob_api, title="Hebrew")
+    await factories.send(alice_api, tid, "שלום לכולם!")
+    bob = await sign_in(browser, server.base, "bob")
+    await open_thread(bob, "Hebrew")
+    body = bob.message("שלום").locator(".body")
+    where = """(p) => { const x = (i) => { const r = document.createRange();
+        r.setStart(p.firstChild, i); r.setEnd(p.firstChild, i + 1);
+        return r.getBoundingClientRect().x; };
+      const right = p.getBoundingClientRect().right;
+      return { first: x(0), bang: x(p.textContent.length - 1), right }; }"""
+    spots = await body.evaluate(where)
+    assert spots["bang"] < spots["first"], spots
+    assert spots["right"] - spots["first"] < 40, spots  # it starts at the right edge
+    box = bob.composer("Message Hebrew")
+    assert await box.evaluate("(t) => getComputedStyle(t).unicodeBidi") == "plaintext"
+
+
+async def test_the_pinned_list_closes_when_its_last_message_is_unpinned(
+    server: Server, browser: Any, clients: Clients
+) -> None:
+    # It stayed open as an empty grey strip, with no button left to close it.
+    alice_api, bob_api = await clients.users("alice", "bob")
+    tid = await factories.thread(alice_api, bob_api, title="Pins")
+    note = await factories.send(alice_api, tid, "remember this")
+    pin = "mutation($m: ID!, $p: Boolean!) { pinMessage(messageId: $m, pinned: $p) { id } }"
+    await alice_api.gql(pin, {"m": note["id"], "p": True})
+    bob = await sign_in(browser, server.base, "bob")
+    await open_thread(bob, "Pins")
+    await bob.page.get_by_role("button", name="1 pinned messages").click()
+    await expect(bob.page.locator("#pinned")).to_contain_text("remember this")
+    await alice_api.gql(pin, {"m": note["id"], "p": False})
+    await expect(bob.page.locator("#pinned")).to_be_hidden()
+
+
+async def scrolled_up_reader(clients: Clients, browser: Any, base: str) -> tuple[Person, str]:
+    """Bob, in a thread too long for the screen, scrolled up to read its start."""
+    alice_api, bob_api = await clients.users("alice", "bob")
+    tid = await factories.thread(alice_api, bob_api, title="Story")
+    lines = "\n".join(["a line of the story"] * 6)
+    await asyncio.gather(*(factories.send(alice_api, tid, f"part {i}\n{lines}") for i in range(8)))
+    bob = await sign_in(browser, base, "bob")
+    await open_thread(bob, "Story")
+    await expect(bob.page.locator(".thread-main .msg")).to_have_count(8)
+    await bob.page.locator(".scroller").evaluate("(s) => { s.scrollTop = 0; }")
+    return bob, tid
+
+
+async def test_replying_in_the_side_panel_keeps_ones_place_in_the_history(
+    server: Server, browser: Any, clients: Clients
+) -> None:
+    # Sending a reply scrolled the history behind the panel to its bottom.
+    bob, _ = await scrolled_up_reader(clients, browser, server.base)
+    first = bob.page.locator(".thread-main .msg").first
+    await first.hover()
+    await first.get_by_role("button", name="Reply").click()
+    await bob.composer("Reply").fill("a reply to the first part")
+    await bob.composer("Reply").press("Enter")
+    await expect(first.locator(".reply-count")).to_have_text("1 reply")
+    assert await bob.page.locator(".scroller").evaluate("(s) => s.scrollTop") == 0
+
+
+async def test_a_message_sent_from_ones_other_tab_does_not_scroll_this_one(
+    server: Server, browser: Any, clients: Clients
+) -> None:
+    # Bob reading back in one tab was thrown to the bottom when he wrote from another.
+    bob, tid = await scrolled_up_reader(clients, browser, server.base)
+    await factories.send(await clients.user("bob"), tid, "written in the other tab")
+    await expect(bob.message("written in the other tab")).to_be_attached()
+    assert await bob.page.locator(".scroller").evaluate("(s) => s.scrollTop") == 0
+    # What he sends here still takes him to it.
+    await bob.composer("Message Story").fill("and from this one")
+    await bob.composer("Message Story").press("Enter")
+    await expect(bob.message("and from this one")).not_to_have_class(re.compile(r"\bpending\b"))
+    await expect(bob.message("and from this one")).to_be_in_viewport()
+
+
+async def test_a_reaction_clicked_twice_quickly_ends_as_it_began(
+    server: Server, browser: Any, clients: Clients
+) -> None:
+    # The second click read the state before the first one's answer: both added.
+    alice_api, bob_api = await clients.users("alice", "bob")
+    tid = await factories.thread(alice_api, bob_api, title="Votes")
+    vote = await factories.send(alice_api, tid, "pizza?")
+    await alice_api.gql(
+        'mutation($m: ID!) { addReaction(messageId: $m, emoji: "🎉") { id } }', {"m": vote["id"]}
+    )
+    bob = await sign_in(browser, server.base, "bob")
+    await open_thread(bob, "Votes")
+    chip = bob.message("pizza?").locator(".reaction")
+    await expect(chip).to_have_text("🎉 1")
+    await chip.dblclick()
+    await expect(chip).to_have_attribute("aria-pressed", "false")
+    await bob.page.wait_for_load_state("networkidle")
+    query = (
+        "query($t: ID!) { messages(threadId: $t, last: 1)"
+        " { edges { node { reactions { count } } } } }"
+    )
+    page = await bob_api.gql(query, {"t": tid})
+    assert page["messages"]["edges"][0]["node"]["reactions"] == [{"count": 1}]
+    await expect(chip).to_have_text("🎉 1")
+
+
+async def test_editing_shows_the_whole_message_and_gives_back_the_draft(
+    server: Server, browser: Any, clients: Clients
+) -> None:
+    # The box stayed one line high for a four-line message, and what one had been
+    # typing was gone after the edit.
+    alice_api, bob_api = await clients.users("alice", "bob")
+    tid = await factories.thread(alice_api, bob_api, title="Notes")
+    await factories.send(bob_api, tid, "one\ntwo\nthree\nfour")
+    bob = await sign_in(browser, server.base, "bob")
+    await open_thread(bob, "Notes")
+    box = bob.composer("Message Notes")
+    one_line = await box.evaluate("(t) => t.clientHeight")
+    await box.fill("half a thought")
+    mine = bob.message("three")
+    await mine.hover()
+    await mine.get_by_role("button", name="Edit", exact=True).click()
+    await expect(box).to_have_value("one\ntwo\nthree\nfour")
+    assert await box.evaluate("(t) => t.scrollHeight <= t.clientHeight + 2")
+    await box.press("Escape")
+    await expect(box).to_have_value("half a thought")
+    assert await box.evaluate("(t) => t.clientHeight") <= one_line  # one line again
+    await mine.hover()
+    await mine.get_by_role("button", name="Edit", exact=True).click()
+    await box.fill("one\ntwo")
+    await box.press("Enter")
+    await expect(box).to_have_value("half a thought")
+    await expect(bob.message("(edited)")).to_contain_text("one\ntwo")
+
+
+async def test_a_mention_before_a_full_stop_or_in_capitals_is_highlighted(
+    server: Server, browser: Any, clients: Clients
+) -> None:
+    # The server notifies bob for "@bob." and "@Bob"; the page highlighted neither.
+    alice_api, bob_api = await clients.users("alice", "bob")
+    tid = await factories.thread(alice_api, bob_api, title="Ask")
+    await factories.send(alice_api, tid, "Ask @bob. Or @Bob, or @bob")
+    bob = await sign_in(browser, server.base, "bob")
+    await open_thread(bob, "Ask")
+    mentions = bob.message("Ask").locator(".mention")
+    await expect(mentions).to_have_text(["@bob", "@Bob", "@bob"])
+    await expect(bob.message("Ask").locator(".body")).to_have_text("Ask @bob. Or @Bob, or @bob")
+
+
+async def test_a_thread_renamed_while_open_is_renamed_in_its_message_box_too(
+    server: Server, browser: Any, clients: Clients
+) -> None:
+    alice_api, bob_api = await clients.users("alice", "bob")
+    tid = await factories.thread(alice_api, bob_api, title="Draft plan")
+    bob = await sign_in(browser, server.base, "bob")
+    await open_thread(bob, "Draft plan")
+    await alice_api.gql(
+        "mutation($t: ID!, $i: UpdateThreadInput!)"
+        " { updateThread(threadId: $t, input: $i) { id } }",
+        {"t": tid, "i": {"title": "Final plan"}},
+    )
+    await expect(bob.page.locator(".thread-header h2")).to_have_text("Final plan")
+    await expect(bob.composer("Message Final plan")).to_have_attribute(
+        "placeholder", "Message Final plan"
+    )
+
+
+async def test_reading_a_thread_in_one_tab_clears_its_unread_badge_in_the_other(
+    server: Server, browser: Any, clients: Clients
+) -> None:
+    # Bob's other tab (or device) kept the badge of a thread he had read in this one.
+    alice_api, bob_api = await clients.users("alice", "bob")
+    tid = await factories.thread(alice_api, bob_api, title="News")
+    await factories.send(alice_api, tid, "unread news")
+    here = await sign_in(browser, server.base, "bob")
+    there = await sign_in(browser, server.base, "bob")
+    badge = there.page.locator(".thread-list li", has_text="News").locator(".badge")
+    await expect(badge).to_have_text("1")
+    await open_thread(here, "News")
+    await expect(badge).to_have_count(0)
+    assert here.errors == there.errors == []

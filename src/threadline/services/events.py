@@ -56,10 +56,11 @@ class ActivityEvent:
 
 @dataclass(frozen=True)
 class UserEvent:
-    """Something addressed to one user: a notification or a membership change."""
+    """Something addressed to one user: a notification, a membership change, or their
+    read marker moved (their other tabs and devices update their unread counts)."""
 
     user_id: uuid.UUID
-    kind: str  # "notification" | "membership"
+    kind: str  # "notification" | "membership" | "read"
     data: dict[str, Any] = field(default_factory=dict)
 
 

@@ -18,7 +18,7 @@ from threadline.db import Database, UnitOfWork
 from threadline.models import Message, ThreadParticipant, User
 from threadline.models.queries import Query
 from threadline.models.thread import move_delivered
-from threadline.services.events import ActivityEvent
+from threadline.services.events import ActivityEvent, UserEvent
 from threadline.services.permissions import ThreadAccess
 from threadline.services.states import MessageStatus
 
@@ -118,6 +118,7 @@ async def mark_read(uow: UnitOfWork, actor: User, access: ThreadAccess, seq: int
     participant.last_delivered_seq = max(participant.last_delivered_seq, target)
     await uow.session.flush()
     uow.emit(_receipt(participant.thread_id, actor.id, target, participant.last_delivered_seq))
+    uow.emit(UserEvent(actor.id, "read", {"thread_id": str(participant.thread_id)}))
 
 
 async def mark_delivered_many(

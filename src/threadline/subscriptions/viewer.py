@@ -155,6 +155,10 @@ async def stream(info: Info, *, resync: bool = False) -> AsyncIterator[ViewerEve
                         created = await _notification(ctx, uuid.UUID(event.data["notification_id"]))
                         if created is not None:
                             yield created
+                    elif event.kind == "read":  # read elsewhere: the new unreadCount
+                        thread = await ctx.loaders.thread.load(uuid.UUID(event.data["thread_id"]))
+                        if thread is not None:
+                            yield ThreadActivityForViewer(thread=ThreadType.of(thread))
                     else:
                         await watch.follow(viewer)
                         yield await _membership(ctx, event.data)

@@ -14,14 +14,14 @@ export class Composer {
 		this.lastTyping = 0;
 		const id = randomId();
 		this.input = el("textarea", {
-			id: `composer-${id}`, rows: 1, placeholder: ctx.label, autocomplete: "off",
+			rows: 1, placeholder: ctx.label, "aria-label": ctx.label, autocomplete: "off",
 			"aria-autocomplete": "list", "aria-controls": `mentions-${id}`,
 			onkeydown: (e) => this.onKey(e), oninput: () => this.onInput(),
 			onblur: () => setTimeout(() => this.closeMentions(), 150),
 		});
 		this.mentions = el("ul", { id: `mentions-${id}`, class: "mentions", role: "listbox", hidden: true, "aria-label": "Mention someone" });
 		this.editNote = el("p", { class: "edit-note", hidden: true },
-			"Editing your message (Escape cancels). ", btn({ onclick: () => this.cancelEdit() }, "Cancel"));
+			"Editing your message (Escape cancels). ", btn({ onclick: () => this.edit(null) }, "Cancel"));
 		this.chips = el("ul", { class: "uploads", "aria-label": "Attachments" });
 		this.file = el("input", { type: "file", id: `file-${id}`, multiple: true, class: "visually-hidden",
 			onchange: () => { [...this.file.files].forEach((f) => this.upload(f)); this.file.value = ""; } });
@@ -31,7 +31,6 @@ export class Composer {
 			el("div", { class: "row" },
 				el("label", { for: this.file.id, class: "attach", title: "Attach files" }, "📎", el("span", { class: "visually-hidden" }, "Attach files")),
 				this.file,
-				el("label", { for: this.input.id, class: "visually-hidden" }, ctx.label),
 				this.input, this.sendButton));
 	}
 
@@ -48,10 +47,10 @@ export class Composer {
 			const message = this.ctx.lastOwnMessage();
 			if (message) {
 				event.preventDefault();
-				this.startEdit(message);
+				this.edit(message);
 			}
 		} else if (event.key === "Escape" && this.editing) {
-			this.cancelEdit();
+			this.edit(null);
 		}
 	}
 
@@ -66,19 +65,14 @@ export class Composer {
 		this.updateMentions();
 	}
 
-	startEdit(message) {
+	/** Edit `message` (null: stop editing); what one was typing comes back after. */
+	edit(message) {
+		if (!this.editing) this.draft = this.input.value;
 		this.editing = message;
-		this.input.value = message.body;
-		this.editNote.hidden = false;
-		this.sendButton.textContent = "Save";
-		this.focus();
-	}
-
-	cancelEdit() {
-		this.editing = null;
-		this.input.value = "";
-		this.editNote.hidden = true;
-		this.sendButton.textContent = "Send";
+		this.input.value = message ? message.body : this.draft;
+		this.editNote.hidden = !message;
+		this.sendButton.textContent = message ? "Save" : "Send";
+		this.onInput(); // as high as the text
 		this.focus();
 	}
 
@@ -89,9 +83,8 @@ export class Composer {
 	async submit() {
 		const body = this.input.value.trim();
 		if (this.editing) {
-			const message = this.editing;
-			if (body && body !== message.body) this.ctx.edit(message, body);
-			this.cancelEdit();
+			if (body && body !== this.editing.body) this.ctx.edit(this.editing, body);
+			this.edit(null);
 			return;
 		}
 		if (this.uploading) return;
@@ -133,7 +126,7 @@ export class Composer {
 
 	mentionQuery() {
 		const before = this.input.value.slice(0, this.input.selectionStart);
-		const match = /(?:^|\s)@([A-Za-z0-9_.-]*)$/.exec(before);
+		const match = /(?:^|\s)@([\w.-]*)$/.exec(before);
 		return match ? match[1].toLowerCase() : null;
 	}
 
@@ -179,7 +172,7 @@ export class Composer {
 
 	pickMention(username) {
 		const caret = this.input.selectionStart;
-		const before = this.input.value.slice(0, caret).replace(/@([A-Za-z0-9_.-]*)$/, `@${username} `);
+		const before = this.input.value.slice(0, caret).replace(/@([\w.-]*)$/, `@${username} `);
 		this.input.value = before + this.input.value.slice(caret);
 		this.input.selectionStart = this.input.selectionEnd = before.length;
 		this.closeMentions();

@@ -1,15 +1,16 @@
 // One message as an element: author, body with mentions, "edited" mark and its history,
 // attachments, reactions, reply count, and the actions its viewer may take.
-import { btn, el, fileSize, fullTime, shortTime } from "./util.js";
+import { btn, el, fileSize, fullTime, shortTime, toggle } from "./util.js";
 
-export const QUICK_EMOJI = ["👍", "❤️", "😂", "🎉", "😮", "😢", "🚀", "👀"];
+const QUICK_EMOJI = ["👍", "❤️", "😂", "🎉", "😮", "😢", "🚀", "👀"];
 const ADMIN_ROLES = new Set(["ADMIN", "OWNER"]);
 
-/** Text with @mentions highlighted; never HTML (bodies are plain text). */
+/** Text with @mentions highlighted as the server reads them (any case, no final full stop);
+ * never HTML (bodies are plain text). */
 function bodyWithMentions(body, usernames) {
-	const parts = body.split(/(@[A-Za-z0-9_.-]+)/g);
+	const parts = body.split(/(@[\w.-]*[\w-])/g);
 	return parts.map((part, i) =>
-		i % 2 && usernames.has(part.slice(1)) ? el("span", { class: "mention" }, part) : part);
+		i % 2 && usernames.has(part.slice(1).toLowerCase()) ? el("span", { class: "mention" }, part) : part);
 }
 
 function attachmentView(attachment) {
@@ -29,7 +30,7 @@ function reactionChip(message, group, ctx) {
 	const who = group.users.map((u) => u.displayName).join(", ");
 	return btn({ class: "reaction", "aria-pressed": String(group.reactedByMe),
 		title: who, "aria-label": `${group.emoji} ${group.count}: ${who}`,
-		onclick: () => ctx.toggleReaction(message, group.emoji, !group.reactedByMe),
+		onclick: () => ctx.toggleReaction(message, group.emoji, (group.reactedByMe = !group.reactedByMe)),
 	}, `${group.emoji} ${group.count}`);
 }
 
@@ -53,7 +54,7 @@ export function renderMessage(message, ctx) {
 	const picker = deleted ? null : emojiPicker(message, ctx);
 	const actions = deleted ? null : el("div", { class: "actions", role: "toolbar", "aria-label": "Message actions" },
 		btn({ "aria-label": "Add reaction", "aria-expanded": "false",
-			onclick: (e) => { picker.hidden = !picker.hidden; e.currentTarget.setAttribute("aria-expanded", String(!picker.hidden)); if (!picker.hidden) picker.firstChild.focus(); } }, "☺"),
+			onclick: (e) => { toggle(picker, e.currentTarget); if (!picker.hidden) picker.firstChild.focus(); } }, "☺"),
 		ctx.inPanel ? null : btn({ onclick: () => ctx.openReplies(message) }, "Reply"),
 		mine ? btn({ onclick: () => ctx.startEdit(message) }, "Edit") : null,
 		mine || admin ? btn({ onclick: () => ctx.remove(message) }, "Delete") : null,

@@ -1,13 +1,15 @@
 // Every GraphQL document the page sends, in one place: the reference for front-end teams.
 
 const USER = "id username displayName";
+const REACTIONS = "reactions { emoji count reactedByMe users { id displayName } }";
 const MESSAGE = `fragment Msg on Message {
 	id seq body clientId createdAt editedAt deletedAt pinned replyCount
 	parent { id }
 	author { ${USER} }
-	reactions { emoji count reactedByMe users { id displayName } }
+	${REACTIONS}
 	attachments { id filename size kind url previewUrl width height }
 }`;
+const MESSAGE_PAGE = "pageInfo { hasPreviousPage startCursor } edges { node { ...Msg } }";
 const THREAD_ITEM = `fragment ThreadItem on Thread {
 	id title isDirect lastMessageAt updatedAt lastSeq unreadCount lastReadSeq myRole
 	lastMessage { id body deletedAt attachments { id } author { id displayName } }
@@ -26,13 +28,13 @@ export const THREAD = `query Thread($t: ID!) {
 			edges { node { role lastReadSeq user { ${USER} presence { status } } } }
 		}
 		pinnedMessages { ...Msg }
-		messages(last: 50) { pageInfo { hasPreviousPage startCursor } edges { node { ...Msg } } }
+		messages(last: 50) { ${MESSAGE_PAGE} }
 	}
 } ${MESSAGE}`;
 
 export const OLDER = `query Older($t: ID!, $before: String) {
 	messages(threadId: $t, last: 50, before: $before) {
-		pageInfo { hasPreviousPage startCursor } edges { node { ...Msg } }
+		${MESSAGE_PAGE}
 	}
 } ${MESSAGE}`;
 
@@ -68,7 +70,7 @@ export const THREAD_EVENTS = `subscription Events($t: ID!, $after: Int) {
 		... on MessageCreated { message { ...Msg } }
 		... on MessageEdited { message { ...Msg } }
 		... on MessageDeleted { messageId }
-		... on ReactionChanged { messageId reactions { emoji count reactedByMe users { id displayName } } }
+		... on ReactionChanged { messageId ${REACTIONS} }
 		... on MessagePinned { pinned message { ...Msg } }
 		... on ParticipantChanged { role user { ${USER} presence { status } } }
 		... on ThreadUpdated { thread { title description } }

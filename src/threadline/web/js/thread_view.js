@@ -4,7 +4,7 @@ import { NetworkError } from "./api.js";
 import { Composer } from "./composer.js";
 import { historyList, renderMessage } from "./message.js";
 import * as Q from "./queries.js";
-import { announce, btn, debounce, el, randomId } from "./util.js";
+import { announce, btn, debounce, el, randomId, toggle } from "./util.js";
 
 const TYPING_SHOWN_MS = 7000;
 const olderCursor = ({ pageInfo: p }) => (p.hasPreviousPage ? p.startCursor : null);
@@ -14,6 +14,7 @@ export class ThreadView {
 		this.root = root;
 		this.app = app;
 		this.unsubscribe = [];
+		this.queue = Promise.resolve();
 		this.readObserver = new IntersectionObserver((entries) => this.onSeen(entries), { threshold: 0.5 });
 		this.olderObserver = new IntersectionObserver((entries) => entries.some((e) => e.isIntersecting) && this.loadOlder(), { rootMargin: "600px 0px 0px 0px" });
 		this.markRead = debounce(() => this.sendReadMarker(), 300);
@@ -75,13 +76,13 @@ export class ThreadView {
 		this.people = new Map(thread.participants.edges.map(({ node }) => [node.user.id, { ...node, status: node.user.presence.status }]));
 		const page = thread.messages;
 		this.olderCursor = olderCursor(page);
-		thread.pinnedMessages.forEach((m) => this.messages.set(m.id, m));
+		this.remember(thread.pinnedMessages);
 		this.title = el("h2", { id: "thread-title" }, thread.title);
-		this.pinButton = btn({ class: "pinned-toggle", "aria-expanded": "false", "aria-controls": "pinned", onclick: () => this.togglePinned() });
+		this.pinButton = btn({ class: "pinned-toggle", "aria-expanded": "false", "aria-controls": "pinned", onclick: () => toggle(this.pinnedPanel, this.pinButton) });
 		this.pinnedPanel = el("section", { id: "pinned", class: "pinned", hidden: true, "aria-label": "Pinned messages" });
 		this.sentinel = el("div", { class: "sentinel", "aria-hidden": "true" });
 		this.list = el("div", { class: "messages" });
-		this.scroller = el("div", { class: "scroller", role: "log", "aria-labelledby": "thread-title", "aria-busy": "true", tabindex: "0",
+		this.scroller = el("div", { class: "scroller", role: "log", "aria-labelledby": "thread-title", tabindex: "0",
 			onkeydown: (e) => this.onLogKey(e) }, this.sentinel, this.list);
 		this.typingLine = el("p", { class: "typing", "aria-live": "polite" });
 		this.composer = new Composer(this.composerContext(null, `Message ${thread.title}`));
@@ -99,7 +100,6 @@ export class ThreadView {
 		this.renderPinned();
 		this.updateSeen();
 		this.scroller.scrollTop = this.scroller.scrollHeight;
-		this.scroller.setAttribute("aria-busy", "false");
 		this.olderObserver.observe(this.sentinel);
 		this.composer.focus();
 	}
@@ -109,11 +109,11 @@ export class ThreadView {
 	context(inPanel) {
 		return {
 			me: this.app.me, role: this.thread.myRole, inPanel,
-			usernames: new Set([...this.people.values()].map((p) => p.user.username)),
+			usernames: new Set([...this.people.values()].map((p) => p.user.username?.toLowerCase())),
 			presenceOf: (id) => this.people.get(id)?.status ?? "OFFLINE",
 			toggleReaction: (m, emoji, add) => this.mutate(add ? Q.REACT : Q.UNREACT, { m: m.id, e: emoji }),
 			openReplies: (m) => this.openReplies(m),
-			startEdit: (m) => (inPanel ? this.panelComposer : this.composer).startEdit(m),
+			startEdit: (m) => (inPanel ? this.panelComposer : this.composer).edit(m),
 			remove: (m) => confirm("Delete this message?") && this.mutate(Q.DELETE, { m: m.id }),
 			pin: (m, pinned) => this.mutate(Q.PIN, { m: m.id, p: pinned }),
 			showHistory: (m, button) => this.toggleHistory(m, button),
@@ -127,10 +127,14 @@ export class ThreadView {
 		return node;
 	}
 
+	remember(messages) {
+		messages.forEach((m) => this.messages.set(m.id, m));
+	}
+
 	/** Top-level messages as elements (replies live in the side panel). */
 	renderMany(messages) {
 		const ctx = this.context(false);
-		messages.forEach((m) => this.messages.set(m.id, m));
+		this.remember(messages);
 		return messages.filter((m) => !m.parent).map((m) => this.render(m, false, ctx));
 	}
 
@@ -155,9 +159,9 @@ export class ThreadView {
 		return this.scroller.scrollHeight - this.scroller.scrollTop - this.scroller.clientHeight < 80;
 	}
 
-	/** Insert in seq order, before pending sends; keep the view pinned to the bottom. */
+	/** Insert in seq order, before pending sends; a view at the bottom stays there. */
 	place(list, node, seq, scroll) {
-		const stick = scroll && (this.atBottom() || node.classList.contains("mine"));
+		const stick = scroll && this.atBottom();
 		let after = list.lastElementChild;
 		while (after && (after.classList.contains("pending") || Number(after.dataset.seq) > seq)) after = after.previousElementSibling;
 		if (after) after.after(node);
@@ -174,11 +178,9 @@ export class ThreadView {
 			if (this.threadId !== threadId) return;
 			const page = data.messages;
 			this.olderCursor = olderCursor(page);
-			this.scroller.setAttribute("aria-busy", "true");
 			const height = this.scroller.scrollHeight;
 			this.list.prepend(...this.renderMany(page.edges.map((e) => e.node)));
 			this.scroller.scrollTop += this.scroller.scrollHeight - height; // keep what the reader sees in place
-			this.scroller.setAttribute("aria-busy", "false");
 		} catch (error) {
 			announce(`Older messages did not load: ${error.message}`);
 		} finally {
@@ -202,8 +204,7 @@ export class ThreadView {
 				this.upsert(event.message);
 				break;
 			case "MessageDeleted": {
-				const parent = this.messages.get(known?.parent?.id);
-				if (parent) this.upsert({ ...parent, replyCount: parent.replyCount - 1 });
+				this.countReply(known?.parent?.id, -1);
 				if (known) this.upsert({ ...known, deletedAt: new Date().toISOString(), body: "", attachments: [], reactions: [] });
 				break;
 			}
@@ -218,6 +219,7 @@ export class ThreadView {
 				break;
 			case "ThreadUpdated":
 				this.title.textContent = event.thread.title;
+				this.composer.input.placeholder = this.composer.input.ariaLabel = `Message ${event.thread.title}`;
 				break;
 		}
 		this.markRead();
@@ -236,14 +238,18 @@ export class ThreadView {
 		if (known) this.rerender(message);
 		else if (!parentId) this.place(this.list, this.render(message), message.seq, true);
 		else {
-			const parent = this.messages.get(parentId);
-			if (parent) this.upsert({ ...parent, replyCount: parent.replyCount + 1 });
+			this.countReply(parentId, 1);
 			if (this.panelParent === parentId) this.place(this.panelList, this.render(message, true), message.seq, false);
 		}
 		const author = message.author?.id;
 		if (!known && this.typing.delete(author)) this.renderTyping(); // their message ends their typing
 		if (!known && author === this.app.me.id) this.updateSeen();
 		this.renderPinned();
+	}
+
+	countReply(parentId, step) {
+		const parent = this.messages.get(parentId);
+		if (parent) this.upsert({ ...parent, replyCount: parent.replyCount + step });
 	}
 
 	onActivity(activity) {
@@ -266,8 +272,7 @@ export class ThreadView {
 
 	renderTyping() {
 		const names = [...this.typing.values()].map((t) => t.name);
-		this.typingLine.textContent = !names.length ? "" : names.length === 1
-			? `${names[0]} is typing…` : `${names.slice(0, -1).join(", ")} and ${names.at(-1)} are typing…`;
+		this.typingLine.textContent = names.length ? `${new Intl.ListFormat("en").format(names)} ${names[1] ? "are" : "is"} typing…` : "";
 	}
 
 	setPresence({ user, presence }) {
@@ -338,9 +343,9 @@ export class ThreadView {
 			reactions: [], attachments: [], replyCount: 0,
 		};
 		this.pending.set(clientId, message);
-		const list = parentId ? this.panelList : this.list;
-		list.append(this.render(message, Boolean(parentId)));
-		this.scroller.scrollTop = this.scroller.scrollHeight;
+		const node = this.render(message, Boolean(parentId));
+		(parentId ? this.panelList : this.list).append(node);
+		node.scrollIntoView(false); // its own pane: a reply keeps the history's place
 		this.deliver(message);
 	}
 
@@ -362,13 +367,10 @@ export class ThreadView {
 		for (const message of this.pending?.values() ?? []) if (message.failed && message.network) this.deliver(message);
 	}
 
-	async mutate(query, variables) {
-		try {
-			const data = await this.app.api.request(query, variables);
-			this.upsert(Object.values(data)[0]);
-		} catch (error) {
-			announce(error.message);
-		}
+	/** One at a time, in order: a reaction clicked twice is added, then taken back. */
+	mutate(query, variables) {
+		this.queue = this.queue.then(() => this.app.api.request(query, variables))
+			.then((data) => this.upsert(Object.values(data)[0])).catch((error) => announce(error.message));
 	}
 
 	// -- panels: edit history, pinned messages, replies
@@ -391,11 +393,6 @@ export class ThreadView {
 			btn({ onclick: () => this.jumpTo(m) }, `${m.author?.displayName ?? "?"}: ${m.body}`)))));
 	}
 
-	togglePinned() {
-		this.pinnedPanel.hidden = !this.pinnedPanel.hidden;
-		this.pinButton.setAttribute("aria-expanded", String(!this.pinnedPanel.hidden));
-	}
-
 	jumpTo(message) {
 		if (message.parent) return this.openReplies(this.messages.get(message.parent.id) ?? message.parent);
 		const node = document.getElementById(`m-${message.id}`);
@@ -413,7 +410,7 @@ export class ThreadView {
 		const data = await this.app.api.request(Q.REPLIES, { m: parent.id }).catch((e) => announce(e.message));
 		if (!data || this.panelParent !== parent.id) return;
 		const { replies, ...root } = data.message;
-		[root, ...replies.edges.map((e) => e.node)].forEach((m) => this.messages.set(m.id, m));
+		this.remember([root, ...replies.edges.map((e) => e.node)]);
 		this.panelList.replaceChildren(this.render(root, true), el("hr"), ...replies.edges.map((e) => this.render(e.node, true)));
 		this.panelComposer.focus();
 	}

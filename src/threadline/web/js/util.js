@@ -46,6 +46,12 @@ export function fileSize(bytes) {
 	return `${(bytes / 1024 / 1024).toFixed(1)} MB`;
 }
 
+/** Show or hide `panel`, and say so on the button that controls it. */
+export function toggle(panel, button) {
+	panel.hidden = !panel.hidden;
+	button.setAttribute("aria-expanded", String(!panel.hidden));
+}
+
 /** Announce a short status to screen readers (and show it briefly). */
 export function announce(text) {
 	const region = document.getElementById("status");
