@@ -266,3 +266,32 @@ async def test_thread_and_user_searches_ignore_the_case_of_accented_letters(
     assert [e["node"]["title"] for e in threads] == ["Équipe Ünïcode"]
     users = (await alice.gql(USERS, {"s": typed}))["users"]["edges"]
     assert [e["node"]["displayName"] for e in users] == ["Bob de l'Équipe"]
+
+
+DELETE_MESSAGE = "mutation($m: ID!) { deleteMessage(messageId: $m) { id } }"
+PIN = "mutation($m: ID!) { pinMessage(messageId: $m, pinned: true) { id } }"
+
+
+@pytest.mark.skipif(not ON_POSTGRES, reason="row locks: SQLite runs one write at a time")
+@pytest.mark.parametrize("change", ["edit", "react", "delete", "pin"])
+async def test_a_reply_and_a_change_to_its_parent_at_once_both_succeed(
+    clients: Clients, database_url: str, change: str
+) -> None:
+    alice, bob = await clients.users("alice", "bob")
+    thread_id = await factories.thread(alice, bob)
+    parent = await factories.send(alice, thread_id, "hi")
+    changes: dict[str, tuple[str, dict[str, Any]]] = {
+        "edit": (EDIT, {"m": parent["id"], "b": "hi all"}),
+        "react": (REACT, {"m": parent["id"], "e": "👍"}),
+        "delete": (DELETE_MESSAGE, {"m": parent["id"]}),
+        "pin": (PIN, {"m": parent["id"]}),
+    }
+    reply = {"i": {"threadId": thread_id, "body": "re", "parentId": parent["id"]}}
+    async with holding(database_url, LOCK_THREAD, thread_id) as waiting:
+        # The reply takes the thread's lock first, then its parent's key (a foreign key).
+        replied = asyncio.create_task(bob.raw(SEND, reply))
+        await waiting(1)
+        changed = asyncio.create_task(alice.raw(*changes[change]))
+        await waiting(2)
+    answers = await asyncio.gather(replied, changed)
+    assert [a.get("errors") for a in answers] == [None, None]

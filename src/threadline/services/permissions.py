@@ -189,7 +189,10 @@ async def access_message(
 ) -> tuple[Message, ThreadAccess]:
     """The message and the actor's access to its thread; NotFound for both misses."""
     mid = parse_id(message_id, "Message")
-    message = await session.get(Message, mid, with_for_update=for_update)
+    # FOR NO KEY UPDATE (no write changes a message's key): a reply, which holds the
+    # thread's lock, takes KEY SHARE on its parent and must not wait for this one.
+    lock = {"key_share": True} if for_update else None
+    message = await session.get(Message, mid, with_for_update=lock)
     if message is None:
         raise NotFound("Message not found")
     access = await _access_via(session, actor, message.thread_id, at_least, "Message", for_update)
