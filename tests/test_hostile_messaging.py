@@ -226,6 +226,18 @@ async def test_a_mention_added_by_an_edit_notifies_once(clients: Clients) -> Non
     assert await notified(bob, "MENTION") == [message["id"]]
 
 
+async def test_an_edit_that_keeps_a_mention_tells_no_one(clients: Clients) -> None:
+    alice, bob = await clients.users("alice", "bob")
+    thread_id = await factories.thread(alice, bob)
+    await bob.gql(MUTE, {"t": thread_id})
+    message = await factories.send(alice, thread_id, "@bob see the draft")
+    await bob.gql(
+        "mutation($t: ID!) { muteThread(threadId: $t, muted: false) { muted } }", {"t": thread_id}
+    )
+    await alice.gql(EDIT, {"m": message["id"], "b": "@bob see the new draft"})
+    assert await notified(bob, "MENTION") == []
+
+
 SEARCH = "query($q: String!) { searchMessages(query: $q) { edges { node { body } } } }"
 
 
