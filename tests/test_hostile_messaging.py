@@ -15,6 +15,7 @@ import pytest
 
 from tests import factories
 from tests.conftest import DEV_SECRET, ON_POSTGRES, Api, Clients
+from tests.uploads import image, upload
 from threadline.auth.tokens import mint_dev_token
 
 REMOVE = "mutation($t: ID!, $u: ID!) { removeParticipant(threadId: $t, userId: $u) }"
@@ -156,6 +157,24 @@ async def test_muting_a_thread_while_being_removed_from_it_is_not_found(
     answer = await mute
     assert answer.get("errors"), answer
     assert answer["errors"][0]["extensions"]["code"] == "NOT_FOUND"
+
+
+@pytest.mark.skipif(not ON_POSTGRES, reason="row locks: SQLite runs one write at a time")
+async def test_an_upload_does_not_wait_for_a_write_that_holds_its_threads_lock(
+    clients: Clients, database_url: str
+) -> None:
+    alice, bob = await clients.users("alice", "bob")
+    thread_id = await factories.thread(alice, bob)
+    parent = await factories.send(alice, thread_id, "hi")
+    reply = {"i": {"threadId": thread_id, "body": "re", "parentId": parent["id"]}}
+    lock_parent = "SELECT 1 FROM messages WHERE id = $1 FOR UPDATE"
+    async with holding(database_url, lock_parent, parent["id"]) as waiting:
+        # The reply holds the thread's lock while it waits for its parent's.
+        replied = asyncio.create_task(bob.raw(SEND, reply))
+        await waiting(1)
+        # The upload's row names the thread (a foreign key): it needs the thread's key kept.
+        await asyncio.wait_for(upload(alice, thread_id, "dot.png", image()), 5)
+    assert "errors" not in await replied
 
 
 READ_BY = """

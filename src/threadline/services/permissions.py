@@ -109,7 +109,8 @@ _ACCESS_BASE = select(Thread, ThreadParticipant).outerjoin(
 _ACCESS = Query(
     _ACCESS_BASE.where(Thread.id == bindparam("thread_id"), Thread.deleted_at.is_(None))
 )
-_LOCK = select(Thread.id).where(Thread.id == bindparam("thread_id")).with_for_update()
+# FOR NO KEY UPDATE: rows that name the thread (an upload's) need only its key kept.
+_LOCK = select(Thread.id).where(Thread.id == bindparam("thread_id")).with_for_update(key_share=True)
 # FOR NO KEY UPDATE (no write changes a message's key): a reply, which holds the thread's
 # lock, takes KEY SHARE on its parent (a foreign key) and must not wait for this one.
 _LOCK_MESSAGE = (
