@@ -168,7 +168,8 @@ async def test_a_backup_killed_at_any_step_leaves_no_backup_that_looks_whole_and
 
     partial = [path for path in parent.iterdir() if path.name.endswith(".partial")]
     if step == "prune":  # mid-way: the new backup renamed, the old one partly deleted
-        assert not partial and good.exists() and len(list(parent.iterdir())) == 2
+        assert [path.name for path in partial] == [f"{good.name}.partial"]
+        assert len(list(parent.iterdir())) == 2  # the rest, whole: no other leftover
     else:  # mid-way: the new one unfinished, its manifest written only at the last step
         assert len(partial) == 1 and (partial[0] / MANIFEST).exists() == (step == "folder")
     kept = whole_backups(parent)

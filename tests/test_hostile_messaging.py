@@ -15,6 +15,7 @@ import pytest
 
 from tests import factories
 from tests.conftest import DEV_SECRET, ON_POSTGRES, Api, Clients
+from tests.uploads import image, upload
 from threadline.auth.tokens import mint_dev_token
 
 REMOVE = "mutation($t: ID!, $u: ID!) { removeParticipant(threadId: $t, userId: $u) }"
@@ -158,6 +159,24 @@ async def test_muting_a_thread_while_being_removed_from_it_is_not_found(
     assert answer["errors"][0]["extensions"]["code"] == "NOT_FOUND"
 
 
+@pytest.mark.skipif(not ON_POSTGRES, reason="row locks: SQLite runs one write at a time")
+async def test_an_upload_does_not_wait_for_a_write_that_holds_its_threads_lock(
+    clients: Clients, database_url: str
+) -> None:
+    alice, bob = await clients.users("alice", "bob")
+    thread_id = await factories.thread(alice, bob)
+    parent = await factories.send(alice, thread_id, "hi")
+    reply = {"i": {"threadId": thread_id, "body": "re", "parentId": parent["id"]}}
+    lock_parent = "SELECT 1 FROM messages WHERE id = $1 FOR UPDATE"
+    async with holding(database_url, lock_parent, parent["id"]) as waiting:
+        # The reply holds the thread's lock while it waits for its parent's.
+        replied = asyncio.create_task(bob.raw(SEND, reply))
+        await waiting(1)
+        # The upload's row names the thread (a foreign key): it needs the thread's key kept.
+        await asyncio.wait_for(upload(alice, thread_id, "dot.png", image()), 5)
+    assert "errors" not in await replied
+
+
 READ_BY = """
 query($m: ID!, $after: String) {
   message(messageId: $m) {
@@ -226,6 +245,18 @@ async def test_a_mention_added_by_an_edit_notifies_once(clients: Clients) -> Non
     assert await notified(bob, "MENTION") == [message["id"]]
 
 
+async def test_an_edit_that_keeps_a_mention_tells_no_one(clients: Clients) -> None:
+    alice, bob = await clients.users("alice", "bob")
+    thread_id = await factories.thread(alice, bob)
+    await bob.gql(MUTE, {"t": thread_id})
+    message = await factories.send(alice, thread_id, "@bob see the draft")
+    await bob.gql(
+        "mutation($t: ID!) { muteThread(threadId: $t, muted: false) { muted } }", {"t": thread_id}
+    )
+    await alice.gql(EDIT, {"m": message["id"], "b": "@bob see the new draft"})
+    assert await notified(bob, "MENTION") == []
+
+
 SEARCH = "query($q: String!) { searchMessages(query: $q) { edges { node { body } } } }"
 
 
@@ -266,3 +297,32 @@ async def test_thread_and_user_searches_ignore_the_case_of_accented_letters(
     assert [e["node"]["title"] for e in threads] == ["Équipe Ünïcode"]
     users = (await alice.gql(USERS, {"s": typed}))["users"]["edges"]
     assert [e["node"]["displayName"] for e in users] == ["Bob de l'Équipe"]
+
+
+DELETE_MESSAGE = "mutation($m: ID!) { deleteMessage(messageId: $m) { id } }"
+PIN = "mutation($m: ID!) { pinMessage(messageId: $m, pinned: true) { id } }"
+
+
+@pytest.mark.skipif(not ON_POSTGRES, reason="row locks: SQLite runs one write at a time")
+@pytest.mark.parametrize("change", ["edit", "react", "delete", "pin"])
+async def test_a_reply_and_a_change_to_its_parent_at_once_both_succeed(
+    clients: Clients, database_url: str, change: str
+) -> None:
+    alice, bob = await clients.users("alice", "bob")
+    thread_id = await factories.thread(alice, bob)
+    parent = await factories.send(alice, thread_id, "hi")
+    changes: dict[str, tuple[str, dict[str, Any]]] = {
+        "edit": (EDIT, {"m": parent["id"], "b": "hi all"}),
+        "react": (REACT, {"m": parent["id"], "e": "👍"}),
+        "delete": (DELETE_MESSAGE, {"m": parent["id"]}),
+        "pin": (PIN, {"m": parent["id"]}),
+    }
+    reply = {"i": {"threadId": thread_id, "body": "re", "parentId": parent["id"]}}
+    async with holding(database_url, LOCK_THREAD, thread_id) as waiting:
+        # The reply takes the thread's lock first, then its parent's key (a foreign key).
+        replied = asyncio.create_task(bob.raw(SEND, reply))
+        await waiting(1)
+        changed = asyncio.create_task(alice.raw(*changes[change]))
+        await waiting(2)
+    answers = await asyncio.gather(replied, changed)
+    assert [a.get("errors") for a in answers] == [None, None]

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import event
 
 from tests import factories
-from tests.conftest import Api, Clients, Server
+from tests.conftest import ON_POSTGRES, Api, Clients, Server
 
 MAX_STATEMENTS = 12
 
@@ -187,3 +187,32 @@ async def test_a_page_answers_the_same_through_fragments_and_message_by_message(
     assert any(e["node"]["reactions"] for e in plain)
     assert any(e["node"]["readBy"]["edges"] for e in plain)
     assert any(e["node"]["parent"] for e in plain)
+
+
+# A connection's first use of some types asks the server about them, once.
+_INTROSPECTION = (
+    "WITH RECURSIVE typeinfo_tree",
+    "SELECT current_setting('jit')",
+    "SELECT set_config",
+)
+
+
+async def test_an_edit_and_a_reaction_cost_a_fixed_few_statements(
+    server: Server, clients: Clients
+) -> None:
+    alice, bob = await clients.users("alice", "bob")
+    thread_id = await factories.thread(alice, bob)
+    message = (await factories.send(alice, thread_id, "first"))["id"]
+    await bob.gql(REACT, {"m": message, "e": "👍"})  # its author told, once
+    counts = []
+    for api, query, variables in [
+        (alice, EDIT, {"m": message, "b": "first, edited"}),
+        (bob, REACT, {"m": message, "e": "🎉"}),
+    ]:
+        await api.gql("{ me { id } }")  # the viewer cache warm, as on a busy server
+        with statements_of(server) as seen:
+            await api.gql(query, variables)
+        counts.append(len([s for s in seen if not s.startswith(_INTROSPECTION)]))
+    # One statement locks the message and its thread; access is then read afresh (a
+    # removal that committed meanwhile counts). SQLite shows no BEGIN or COMMIT.
+    assert counts == ([11, 14] if ON_POSTGRES else [9, 12])

@@ -181,9 +181,11 @@ def prune_backups(parent: Path, keep: int, *, made: Path | None = None) -> list[
         keep -= 1
     removed = ours[:-keep] if keep > 0 else ours
     for path in removed:
-        # The manifest first: a deletion cut short leaves no folder that looks whole.
-        (path / MANIFEST).unlink(missing_ok=True)
-        remove_tree(path)
+        # A .partial folder first, then no manifest: a deletion cut short leaves what the
+        # README says to delete, never a folder that looks whole (nor one no run prunes).
+        doomed = path.rename(path.with_name(f"{path.name}.partial"))
+        (doomed / MANIFEST).unlink(missing_ok=True)
+        remove_tree(doomed)
         log.info("backup: removed %s (keeping the newest %d)", path, keep)
     return removed
 

@@ -310,12 +310,14 @@ async def edit_message(uow: UnitOfWork, actor: User, message_id: str, body: str)
     message.body = text
     message.edited_at = now
     mentioned = await _mentions(uow.session, message.thread_id, text)
+    # Only a mention the edit adds may notify: one the message kept was dealt with.
+    added = [m for m in mentioned if str(m[0]) not in (message.mention_ids or [])]
     message.mention_ids = [str(uid) for uid, _ in mentioned]
     await uow.session.flush()
     await append_event(
         uow, message.thread_id, EventKind.MESSAGE_EDITED, message_payload(message), actor.id
     )
-    await notifications.notify_edit(uow, actor, message, mentioned)
+    await notifications.notify_edit(uow, actor, message, added)
     return message
 
 

@@ -111,7 +111,7 @@ async def notify_message(
 async def notify_edit(
     uow: UnitOfWork, actor: User, message: Message, mentioned: Sequence[tuple[uuid.UUID, bool]]
 ) -> None:
-    """MENTION for each participant an edited body mentions who was not told of it yet."""
+    """MENTION for each participant an edit added a mention of who was not told of it yet."""
     told = await _told(uow.session, NotificationKind.MENTION, message, [u for u, _ in mentioned])
     await notify_message(uow, actor, message, None, [m for m in mentioned if m[0] not in told])
 

@@ -109,7 +109,17 @@ _ACCESS_BASE = select(Thread, ThreadParticipant).outerjoin(
 _ACCESS = Query(
     _ACCESS_BASE.where(Thread.id == bindparam("thread_id"), Thread.deleted_at.is_(None))
 )
-_LOCK = select(Thread.id).where(Thread.id == bindparam("thread_id")).with_for_update()
+# FOR NO KEY UPDATE: rows that name the thread (an upload's) need only its key kept.
+_LOCK = select(Thread.id).where(Thread.id == bindparam("thread_id")).with_for_update(key_share=True)
+# FOR NO KEY UPDATE (no write changes a message's key): a reply, which holds the thread's
+# lock, takes KEY SHARE on its parent (a foreign key) and must not wait for this one.
+_LOCK_MESSAGE = (
+    select(Message)
+    .join(Thread, Thread.id == Message.thread_id)
+    .where(Message.id == bindparam("message_id"))
+    .with_for_update(key_share=True, of=[Message, Thread])
+    .execution_options(populate_existing=True)
+)
 _ACCESS_MANY = Query(
     _ACCESS_BASE.where(
         Thread.id.in_(bindparam("thread_ids", expanding=True)), Thread.deleted_at.is_(None)
@@ -189,11 +199,13 @@ async def access_message(
 ) -> tuple[Message, ThreadAccess]:
     """The message and the actor's access to its thread; NotFound for both misses."""
     mid = parse_id(message_id, "Message")
-    message = await session.get(Message, mid, with_for_update=for_update)
+    if for_update:  # the message and its thread locked at once; access then read afresh
+        message = await session.scalar(_LOCK_MESSAGE, {"message_id": mid})
+    else:
+        message = await session.get(Message, mid)
     if message is None:
         raise NotFound("Message not found")
-    access = await _access_via(session, actor, message.thread_id, at_least, "Message", for_update)
-    return message, access
+    return message, await _access_via(session, actor, message.thread_id, at_least, "Message")
 
 
 async def access_attachment(
@@ -210,15 +222,10 @@ async def access_attachment(
 
 
 async def _access_via(
-    session: AsyncSession,
-    actor: User,
-    thread_id: uuid.UUID,
-    at_least: ThreadRole,
-    what: str,
-    for_update: bool = False,
+    session: AsyncSession, actor: User, thread_id: uuid.UUID, at_least: ThreadRole, what: str
 ) -> ThreadAccess:
     """Access to the thread of a message or attachment: a miss is the item's."""
     try:
-        return await access_thread(session, actor, thread_id, at_least, for_update=for_update)
+        return await access_thread(session, actor, thread_id, at_least)
     except NotFound:
         raise NotFound(f"{what} not found") from None
