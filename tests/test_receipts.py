@@ -3,10 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any
 
+import pytest
+from sqlalchemy import make_url, select, text
+
 from tests import factories
-from tests.conftest import Api, Clients
+from tests.conftest import BACKEND, Api, Clients, Server
+from tests.deployment import Outage
+from threadline.config import Settings
+from threadline.db import Database, make_engine
+from threadline.errors import ServiceUnavailable
+from threadline.models import ThreadParticipant
+from threadline.realtime.deliveries import DeliveryTracker
+from threadline.services.receipts import mark_delivered_many
+
+Key = tuple[uuid.UUID, uuid.UUID]
 
 MARK_READ = "mutation($t: ID!, $s: Int!) { markRead(threadId: $t, seq: $s) { id lastReadSeq } }"
 THREAD = "query($t: ID!) { thread(threadId: $t) { lastSeq lastReadSeq unreadCount } }"
@@ -134,3 +147,78 @@ async def test_fetching_an_older_page_leaves_the_delivered_marker_where_it_was(
     )
     await asyncio.sleep(0.5)
     assert await bobs_delivered() == 3
+
+
+async def delivered_markers(db: Database, thread_ids: list[uuid.UUID]) -> dict[Key, int]:
+    async with db.reading() as session:
+        rows = await session.execute(
+            select(
+                ThreadParticipant.user_id,
+                ThreadParticipant.thread_id,
+                ThreadParticipant.last_delivered_seq,
+            ).where(ThreadParticipant.thread_id.in_(thread_ids))
+        )
+    return {(user_id, thread_id): seq for user_id, thread_id, seq in rows}
+
+
+async def test_flushes_of_the_same_markers_at_once_never_deadlock(
+    server: Server, clients: Clients
+) -> None:
+    """Two processes flush the same (user, thread) markers in opposite orders, held
+    up by a row in the middle: each flush locks its rows in key order, so neither
+    holds a row the other waits for."""
+    if BACKEND != "postgres":
+        pytest.skip("SQLite has one writer at a time")
+    people = await clients.users(*(f"reader{n}" for n in range(6)))
+    thread_ids = [uuid.UUID(await factories.thread(*people, title=f"T{n}")) for n in range(3)]
+    keys = [(uuid.UUID(p.id), t) for t in thread_ids for p in people]
+    db = server.runtime.db
+    async with db.transaction("test_analyze") as uow:  # plans as on a real table
+        await uow.session.execute(text("ANALYZE thread_participants"))
+    middle = keys[len(keys) // 2]
+    async with db.sessions() as holder, holder.begin():
+        await holder.get(ThreadParticipant, middle[::-1], with_for_update=True)
+        flushes = [
+            asyncio.create_task(mark_delivered_many(db, dict.fromkeys(order, 1)))
+            for order in (keys, keys[::-1])
+        ]
+        for _ in range(200):
+            async with db.reading() as session:  # a transaction sees one snapshot of this
+                waiting = await session.scalar(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity"
+                        " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                    )
+                )
+            if waiting >= 2:
+                break
+            await asyncio.sleep(0.02)
+        assert waiting >= 2
+    await asyncio.gather(*flushes)
+    assert set((await delivered_markers(db, thread_ids)).values()) == {1}
+
+
+async def test_markers_a_failed_flush_could_not_write_are_written_by_the_next(
+    settings: Settings, clients: Clients
+) -> None:
+    alice, bob = await clients.users("alice", "bob")
+    thread_id = uuid.UUID(await factories.thread(alice, bob))
+    key = (uuid.UUID(bob.id), thread_id)
+    url = make_url(settings.database_url)
+    if url.get_backend_name() == "sqlite":
+        pytest.skip("a file database cannot be cut off")
+    outage = Outage(url.port or 5432)
+    forwarded = url.set(port=await outage.start()).render_as_string(hide_password=False)
+    db = Database(make_engine(forwarded, pooled=settings.pooled))
+    tracker = DeliveryTracker(db)
+    try:
+        await outage.cut()
+        tracker.delivered(*key, 7)
+        with pytest.raises(ServiceUnavailable):
+            await tracker.flush()
+        await outage.start()
+        tracker.delivered(*key, 5)  # an older push meanwhile keeps the newer marker
+        await tracker.flush()
+        assert (await delivered_markers(db, [thread_id]))[key] == 7
+    finally:
+        await db.dispose()

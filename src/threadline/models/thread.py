@@ -15,6 +15,8 @@ from sqlalchemy import (
     Text,
     Uuid,
     column,
+    select,
+    tuple_,
     update,
     values,
 )
@@ -84,7 +86,20 @@ def move_delivered(
         column("seq", Integer()),
         name="wanted",
     ).data(rows)
-    return [_move_delivered(wanted.c.thread_id, wanted.c.user_id, wanted.c.seq)]
+    # The rows are locked in key order first: two processes' flushes name the same
+    # rows, and an UPDATE locks them in whatever order its join yields, so two of
+    # them could each hold a row the other waits for (a deadlock).
+    key = (ThreadParticipant.thread_id, ThreadParticipant.user_id)
+    locked = (
+        select(*key, wanted.c.seq)
+        .join(wanted, tuple_(*key) == tuple_(wanted.c.thread_id, wanted.c.user_id))
+        .where(ThreadParticipant.last_delivered_seq < wanted.c.seq)
+        .order_by(*key)
+        .with_for_update(key_share=True, of=ThreadParticipant)
+        .cte("locked")
+        .prefix_with("MATERIALIZED")
+    )
+    return [_move_delivered(locked.c.thread_id, locked.c.user_id, locked.c.seq)]
 
 
 def _move_delivered(

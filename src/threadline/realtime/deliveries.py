@@ -67,4 +67,10 @@ class DeliveryTracker:
             for user_id, thread_id, seq in source():
                 self.delivered(user_id, thread_id, seq)
         pending, self._pending = self._pending, {}
-        await mark_delivered_many(self._db, pending)
+        try:
+            await mark_delivered_many(self._db, pending)
+        except BaseException:
+            # Kept for the next flush (a marker only moves forward, so merging is safe).
+            for (user_id, thread_id), seq in pending.items():
+                self.delivered(user_id, thread_id, seq)
+            raise
