@@ -270,6 +270,33 @@ async def test_the_group_commit_statement_lets_post_exactly_whom_access_thread_l
     assert not any(allowed for (_, _, deleted), allowed in outcomes.items() if deleted)
 
 
+@pytest.mark.skipif(BACKEND != "postgres", reason="the group-commit statement is PostgreSQL's")
+async def test_the_group_commit_statement_does_not_wait_for_a_row_that_names_the_thread(
+    server: Server, clients: Clients
+) -> None:
+    """A row being added under a thread (an upload, a participant) holds a KEY SHARE
+    lock on the thread until it commits; the statement's FOR NO KEY UPDATE lets a
+    send through meanwhile, as the general path's lock does."""
+    alice, carol = await clients.users("alice", "carol")
+    thread_id = uuid.UUID(await factories.thread(alice))
+    db = server.runtime.db
+    async with db.reading() as session:
+        sender = await session.get(User, uuid.UUID(alice.id))
+    assert sender is not None
+    granted, roles = posting_rights(sender.system_role)
+    send = PlainSend(
+        uuid.uuid4(), thread_id, sender.id, "hi", None, datetime.now(UTC),
+        granted, frozenset(roles), "{}",
+    )  # fmt: skip
+    async with db.sessions() as holder, holder.begin():
+        holder.add(ThreadParticipant(thread_id=thread_id, user_id=uuid.UUID(carol.id)))
+        await holder.flush()
+        stored = await asyncio.wait_for(
+            store_plain_sends(db, [send], EventKind.MESSAGE_CREATED.value), 5
+        )
+    assert stored == {0: 1}
+
+
 async def test_with_fast_paths_off_sends_and_reads_go_the_general_way(
     server: Server, clients: Clients
 ) -> None:

@@ -65,7 +65,9 @@ _locked = (
     sa.select(Thread.id, Thread.last_seq)
     .where(Thread.id.in_(sa.select(_input.c.thread_id)), Thread.deleted_at.is_(None))
     .order_by(Thread.id)
-    .with_for_update()
+    # NO KEY UPDATE, as the general path's lock: a row being added under the thread
+    # (an upload, a participant) holds KEY SHARE on it, which this need not wait for.
+    .with_for_update(key_share=True)
     .cte("locked")
 )
 # The senders' participant rows, locked once their threads are (the join waits for
