@@ -222,3 +222,20 @@ async def test_markers_a_failed_flush_could_not_write_are_written_by_the_next(
         assert (await delivered_markers(db, [thread_id]))[key] == 7
     finally:
         await db.dispose()
+
+
+async def test_a_flush_of_more_markers_than_one_statement_takes_writes_them_all(
+    server: Server, clients: Clients
+) -> None:
+    """A busy process (or one that kept its markers through an outage) flushes more
+    markers than one statement's parameters can carry: written in several statements
+    of one transaction, not failed for ever."""
+    alice, bob = await clients.users("alice", "bob")
+    thread_id = uuid.UUID(await factories.thread(alice, bob))
+    key = (uuid.UUID(bob.id), thread_id)
+    tracker = DeliveryTracker(server.runtime.db)
+    for _ in range(12_000):  # 3 parameters each: past PostgreSQL's 32,767
+        tracker.delivered(uuid.uuid4(), thread_id, 3)  # left since, say
+    tracker.delivered(*key, 2)
+    await tracker.flush()
+    assert (await delivered_markers(server.runtime.db, [thread_id]))[key] == 2
