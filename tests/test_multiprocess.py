@@ -23,6 +23,7 @@ import jwt
 import pytest
 import redis.asyncio
 import websockets
+from sqlalchemy import make_url
 from svix.webhooks import Webhook
 
 from tests import factories
@@ -32,17 +33,22 @@ from tests.conftest import (
     ON_POSTGRES,
     SIGNING_SECRET,
     Api,
+    Clients,
+    Server,
     database_environment,
     free_port,
     redis_environment,
     token_for,
 )
-from tests.deployment import threadline
+from tests.deployment import Outage, threadline
+from tests.live import new_listener
 from tests.processes import spawn_serve
 from tests.redis_cluster import OwnCluster, master_of
+from tests.test_access_matrix import ACTIVITY, REMOVE, TYPING
 from tests.test_thread_events import EVENTS
 from tests.wsclient import GraphQLWS
 from threadline.config import Settings
+from threadline.realtime.channels import activity_channel
 
 pytestmark = pytest.mark.skipif(not ON_POSTGRES, reason="needs PostgreSQL and Redis")
 
@@ -367,3 +373,34 @@ async def test_each_process_holds_one_sharded_subscription_connection_per_shard(
         print(f"{len(threads)} threads on {len(masters)} shards: one subscriber connection each")
         for ws in sockets:
             await ws.close()
+
+
+async def test_a_removal_whose_publish_was_lost_still_hides_the_threads_activity(
+    server: Server, clients: Clients, settings: Settings
+) -> None:
+    """Process A removes bob while its Redis connection is cut: the removal is logged,
+    its publish lost. Bob's threadActivity on another process must not go on showing
+    the thread's typing to someone who may no longer read it."""
+    alice, bob, carol = await clients.users("alice", "bob", "carol")
+    tid = await factories.thread(alice, bob, carol)
+    url = make_url(str(settings.redis_url))
+    outage = Outage(url.port or 6379)
+    a = await spawn(settings, url.set(port=await outage.start()).render_as_string(False))
+    try:
+        ws = await GraphQLWS.connect(server.ws_url, bob.token)
+        ready = new_listener(server, activity_channel(tid))
+        await ws.subscribe(ACTIVITY, {"t": tid})
+        await ws.until(ready)
+        await carol.gql(TYPING, {"t": tid})
+        assert (await ws.next())["payload"]["data"]["threadActivity"]["isTyping"] is True
+        await outage.cut()
+        async with httpx.AsyncClient(base_url=a.base, timeout=30) as http:
+            on_a = Api(http, alice.token, "alice")
+            await on_a.gql(REMOVE, {"t": tid, "u": bob.id})
+        await alice.gql(TYPING, {"t": tid})  # through the test's server: published
+        with contextlib.suppress(TimeoutError):
+            message = await ws.next(timeout=3)
+            assert message["type"] == "complete", message
+        await ws.close()
+    finally:
+        await stop(a)

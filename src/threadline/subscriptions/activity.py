@@ -75,7 +75,10 @@ async def stream(info: Info, thread_id: str) -> AsyncIterator[TypingChanged | Re
                     heard += 1
                     early.remove(heard)
                 continue
-            if early:
+            event = decode_activity(raw)
+            # The activity names a logged seq its sender knew of: one not heard yet is
+            # a gap too (a removal whose publish was lost, with nothing logged since).
+            if early or int(event.data.get("seq", 0)) > heard:
                 # A gap still open when there is something to show: the event not
                 # heard (its publish was lost, or it is still on its way from another
                 # process) may be this viewer's removal. One that is only late closes
@@ -84,7 +87,6 @@ async def stream(info: Info, thread_id: str) -> AsyncIterator[TypingChanged | Re
                     return
                 heard = max(heard, checked, *early)
                 early.clear()
-            event = decode_activity(raw)
             await ctx.renew()
             if event.kind == "typing":
                 yield TypingChanged(
