@@ -10,13 +10,15 @@ import pytest
 from sqlalchemy import make_url, select, text
 
 from tests import factories
-from tests.conftest import BACKEND, Api, Clients, Server
+from tests.conftest import BACKEND, Api, Clients, Server, ServerErrors
 from tests.deployment import Outage
 from threadline.config import Settings
 from threadline.db import Database, make_engine
 from threadline.errors import ServiceUnavailable
 from threadline.models import ThreadParticipant
+from threadline.realtime.broker import BrokerClosed
 from threadline.realtime.deliveries import DeliveryTracker
+from threadline.runtime import Runtime
 from threadline.services.receipts import mark_delivered_many
 
 Key = tuple[uuid.UUID, uuid.UUID]
@@ -239,3 +241,26 @@ async def test_a_flush_of_more_markers_than_one_statement_takes_writes_them_all(
     tracker.delivered(*key, 2)
     await tracker.flush()
     assert (await delivered_markers(server.runtime.db, [thread_id]))[key] == 2
+
+
+@pytest.mark.expect_server_errors
+async def test_a_stop_with_postgresql_cut_off_still_stops_everything_else(
+    settings: Settings, clients: Clients, server_errors: ServerErrors
+) -> None:
+    """The last flush at shutdown fails with PostgreSQL unreachable: logged, and the
+    rest of the stop (presence, broker, pools) still runs."""
+    alice, bob = await clients.users("alice", "bob")
+    thread_id = uuid.UUID(await factories.thread(alice, bob))
+    url = make_url(settings.database_url)
+    if url.get_backend_name() == "sqlite":
+        pytest.skip("a file database cannot be cut off")
+    outage = Outage(url.port or 5432)
+    forwarded = url.set(port=await outage.start()).render_as_string(hide_password=False)
+    runtime = Runtime(settings.model_copy(update={"database_url": forwarded}))
+    await runtime.start()
+    runtime.deliveries.delivered(uuid.UUID(bob.id), thread_id, 1)
+    await outage.cut()
+    await runtime.stop()
+    with pytest.raises(BrokerClosed):
+        await runtime.broker.publish("anything", "{}")
+    assert "last flush of delivered markers failed" in server_errors.text()
