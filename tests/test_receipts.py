@@ -12,11 +12,14 @@ from sqlalchemy import make_url, select, text
 from tests import factories
 from tests.conftest import BACKEND, Api, Clients, Server, ServerErrors
 from tests.deployment import Outage
+from tests.live import new_listener
+from tests.wsclient import GraphQLWS
 from threadline.config import Settings
 from threadline.db import Database, make_engine
 from threadline.errors import ServiceUnavailable
 from threadline.models import ThreadParticipant
 from threadline.realtime.broker import BrokerClosed
+from threadline.realtime.channels import activity_channel
 from threadline.realtime.deliveries import DeliveryTracker
 from threadline.runtime import Runtime
 from threadline.services.receipts import mark_delivered_many
@@ -264,3 +267,32 @@ async def test_a_stop_with_postgresql_cut_off_still_stops_everything_else(
     with pytest.raises(BrokerClosed):
         await runtime.broker.publish("anything", "{}")
     assert "last flush of delivered markers failed" in server_errors.text()
+
+
+RECEIPTS = """subscription($t: ID!) { threadActivity(threadId: $t) {
+  ... on ReceiptChanged { user { username } lastReadSeq } } }"""
+
+
+async def test_a_participant_removed_and_added_again_shows_their_new_markers_from_zero(
+    server: Server, clients: Clients
+) -> None:
+    """Receipts only move forward as shown, but a participant added again starts a
+    new marker: theirs are shown again from the start."""
+    alice, bob, carol = await clients.users("alice", "bob", "carol")
+    thread_id = await factories.thread(alice, bob, carol)
+    for body in ("one", "two"):
+        await factories.send(alice, thread_id, body)
+    ws = await GraphQLWS.connect(server.ws_url, bob.token)
+    ready = new_listener(server, activity_channel(thread_id))
+    await ws.subscribe(RECEIPTS, {"t": thread_id})
+    await ws.until(ready)
+    await carol.gql(MARK_READ, {"t": thread_id, "s": 2})
+    assert (await ws.next())["payload"]["data"]["threadActivity"]["lastReadSeq"] == 2
+    remove = "mutation($t: ID!, $u: ID!) { removeParticipant(threadId: $t, userId: $u) }"
+    await alice.gql(remove, {"t": thread_id, "u": carol.id})
+    add = "mutation($t: ID!, $u: ID!) { addParticipant(threadId: $t, userId: $u) { role } }"
+    await alice.gql(add, {"t": thread_id, "u": carol.id})
+    await carol.gql(MARK_READ, {"t": thread_id, "s": 1})
+    again = (await ws.next())["payload"]["data"]["threadActivity"]
+    assert again == {"user": {"username": "carol"}, "lastReadSeq": 1}
+    await ws.close()
