@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,6 +24,7 @@ import jwt
 import pytest
 import redis.asyncio
 import websockets
+from sqlalchemy import make_url
 from svix.webhooks import Webhook
 
 from tests import factories
@@ -32,17 +34,23 @@ from tests.conftest import (
     ON_POSTGRES,
     SIGNING_SECRET,
     Api,
+    Clients,
+    Server,
     database_environment,
     free_port,
     redis_environment,
     token_for,
 )
-from tests.deployment import threadline
+from tests.deployment import Outage, threadline
+from tests.live import new_listener
 from tests.processes import spawn_serve
 from tests.redis_cluster import OwnCluster, master_of
+from tests.test_access_matrix import ACTIVITY, REMOVE, TYPING
 from tests.test_thread_events import EVENTS
 from tests.wsclient import GraphQLWS
 from threadline.config import Settings
+from threadline.models import ThreadParticipant
+from threadline.realtime.channels import activity_channel
 
 pytestmark = pytest.mark.skipif(not ON_POSTGRES, reason="needs PostgreSQL and Redis")
 
@@ -367,3 +375,123 @@ async def test_each_process_holds_one_sharded_subscription_connection_per_shard(
         print(f"{len(threads)} threads on {len(masters)} shards: one subscriber connection each")
         for ws in sockets:
             await ws.close()
+
+
+async def test_a_removal_whose_publish_was_lost_still_hides_the_threads_activity(
+    server: Server, clients: Clients, settings: Settings
+) -> None:
+    """Process A removes bob while its Redis connection is cut: the removal is logged,
+    its publish lost. Bob's threadActivity on another process must not go on showing
+    the thread's typing to someone who may no longer read it."""
+    if CLUSTER:
+        pytest.skip("one Redis to put a forwarder in front of")
+    alice, bob, carol = await clients.users("alice", "bob", "carol")
+    tid = await factories.thread(alice, bob, carol)
+    url = make_url(str(settings.redis_url))
+    outage = Outage(url.port or 6379)
+    a = await spawn(settings, url.set(port=await outage.start()).render_as_string(False))
+    try:
+        ws = await GraphQLWS.connect(server.ws_url, bob.token)
+        ready = new_listener(server, activity_channel(tid))
+        await ws.subscribe(ACTIVITY, {"t": tid})
+        await ws.until(ready)
+        await carol.gql(TYPING, {"t": tid})
+        assert (await ws.next())["payload"]["data"]["threadActivity"]["isTyping"] is True
+        await outage.cut()
+        async with httpx.AsyncClient(base_url=a.base, timeout=30) as http:
+            on_a = Api(http, alice.token, "alice")
+            await on_a.gql(REMOVE, {"t": tid, "u": bob.id})
+        await alice.gql(TYPING, {"t": tid})  # through the test's server: published
+        with contextlib.suppress(TimeoutError):
+            message = await ws.next(timeout=3)
+            assert message["type"] == "complete", message
+        await ws.close()
+    finally:
+        await stop(a)
+
+
+class Gate:
+    """A TCP forwarder to a local server whose traffic towards the server a test holds
+    back and lets go: what a process sends meanwhile arrives late, in order."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.open = asyncio.Event()
+        self.open.set()
+
+    async def start(self) -> int:
+        self.listener = await asyncio.start_server(self._forward, "127.0.0.1", 0)
+        return int(self.listener.sockets[0].getsockname()[1])
+
+    async def _forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        far_reader, far_writer = await asyncio.open_connection("127.0.0.1", self.target)
+        await asyncio.gather(
+            self._pipe(reader, far_writer, self.open), self._pipe(far_reader, writer)
+        )
+
+    @staticmethod
+    async def _pipe(
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        gate: asyncio.Event | None = None,
+    ) -> None:
+        with contextlib.suppress(OSError):
+            while data := await reader.read(65536):
+                if gate is not None:
+                    await gate.wait()
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+
+RECEIPTS = """subscription($t: ID!) { threadActivity(threadId: $t) {
+  ... on ReceiptChanged { user { username } lastReadSeq lastDeliveredSeq } } }"""
+READ = "mutation($t: ID!, $s: Int!) { markRead(threadId: $t, seq: $s) { id } }"
+FETCH = "query($t: ID!) { thread(threadId: $t) { messages(last: 5) { edges { node { id } } } } }"
+
+
+async def test_a_receipt_that_arrives_late_never_shows_a_marker_moving_back(
+    server: Server, clients: Clients, settings: Settings
+) -> None:
+    """Process B writes carol's delivered marker (read still 0), and its receipt is held
+    up on the way to Redis; carol then reads through the test's server. Bob, watching,
+    must not see her read marker go from 2 back to 0 when B's receipt comes in."""
+    if CLUSTER:
+        pytest.skip("one Redis to put a forwarder in front of")
+    alice, bob, carol = await clients.users("alice", "bob", "carol")
+    tid = await factories.thread(alice, bob, carol)
+    for body in ("one", "two"):
+        await factories.send(alice, tid, body)
+    url = make_url(str(settings.redis_url))
+    gate = Gate(url.port or 6379)
+    b = await spawn(settings, url.set(port=await gate.start()).render_as_string(False))
+    try:
+        ws = await GraphQLWS.connect(server.ws_url, bob.token)
+        ready = new_listener(server, activity_channel(tid))
+        await ws.subscribe(RECEIPTS, {"t": tid})
+        await ws.until(ready)
+        async with httpx.AsyncClient(base_url=b.base, timeout=30) as http:
+            gate.open.clear()
+            # Answered once its receipt is published: after the gate opens.
+            fetch = asyncio.create_task(Api(http, carol.token, "carol").gql(FETCH, {"t": tid}))
+            for _ in range(200):
+                if await delivered(server, tid, carol.id) == 2:
+                    break
+                await asyncio.sleep(0.05)
+            await carol.gql(READ, {"t": tid, "s": 2})
+            first = (await ws.next())["payload"]["data"]["threadActivity"]
+            assert first == {"user": {"username": "carol"}, "lastReadSeq": 2, "lastDeliveredSeq": 2}
+            gate.open.set()
+            await fetch
+        with contextlib.suppress(TimeoutError):
+            late = (await ws.next(timeout=3))["payload"]["data"]["threadActivity"]
+            assert late["lastReadSeq"] >= 2, late
+        await ws.close()
+    finally:
+        await stop(b)
+
+
+async def delivered(server: Server, thread_id: str, user_id: str) -> int:
+    async with server.runtime.db.reading() as session:
+        row = await session.get(ThreadParticipant, (uuid.UUID(thread_id), uuid.UUID(user_id)))
+    return row.last_delivered_seq if row is not None else -1

@@ -10,13 +10,18 @@ import pytest
 from sqlalchemy import make_url, select, text
 
 from tests import factories
-from tests.conftest import BACKEND, Api, Clients, Server
+from tests.conftest import BACKEND, Api, Clients, Server, ServerErrors
 from tests.deployment import Outage
+from tests.live import new_listener
+from tests.wsclient import GraphQLWS
 from threadline.config import Settings
 from threadline.db import Database, make_engine
 from threadline.errors import ServiceUnavailable
 from threadline.models import ThreadParticipant
+from threadline.realtime.broker import BrokerClosed
+from threadline.realtime.channels import activity_channel
 from threadline.realtime.deliveries import DeliveryTracker
+from threadline.runtime import Runtime
 from threadline.services.receipts import mark_delivered_many
 
 Key = tuple[uuid.UUID, uuid.UUID]
@@ -222,3 +227,72 @@ async def test_markers_a_failed_flush_could_not_write_are_written_by_the_next(
         assert (await delivered_markers(db, [thread_id]))[key] == 7
     finally:
         await db.dispose()
+
+
+async def test_a_flush_of_more_markers_than_one_statement_takes_writes_them_all(
+    server: Server, clients: Clients
+) -> None:
+    """A busy process (or one that kept its markers through an outage) flushes more
+    markers than one statement's parameters can carry: written in several statements
+    of one transaction, not failed for ever."""
+    alice, bob = await clients.users("alice", "bob")
+    thread_id = uuid.UUID(await factories.thread(alice, bob))
+    key = (uuid.UUID(bob.id), thread_id)
+    tracker = DeliveryTracker(server.runtime.db)
+    for _ in range(12_000):  # 3 parameters each: past PostgreSQL's 32,767
+        tracker.delivered(uuid.uuid4(), thread_id, 3)  # left since, say
+    tracker.delivered(*key, 2)
+    await tracker.flush()
+    assert (await delivered_markers(server.runtime.db, [thread_id]))[key] == 2
+
+
+@pytest.mark.expect_server_errors
+async def test_a_stop_with_postgresql_cut_off_still_stops_everything_else(
+    settings: Settings, clients: Clients, server_errors: ServerErrors
+) -> None:
+    """The last flush at shutdown fails with PostgreSQL unreachable: logged, and the
+    rest of the stop (presence, broker, pools) still runs."""
+    alice, bob = await clients.users("alice", "bob")
+    thread_id = uuid.UUID(await factories.thread(alice, bob))
+    url = make_url(settings.database_url)
+    if url.get_backend_name() == "sqlite":
+        pytest.skip("a file database cannot be cut off")
+    outage = Outage(url.port or 5432)
+    forwarded = url.set(port=await outage.start()).render_as_string(hide_password=False)
+    runtime = Runtime(settings.model_copy(update={"database_url": forwarded}))
+    await runtime.start()
+    runtime.deliveries.delivered(uuid.UUID(bob.id), thread_id, 1)
+    await outage.cut()
+    await runtime.stop()
+    with pytest.raises(BrokerClosed):
+        await runtime.broker.publish("anything", "{}")
+    assert "last flush of delivered markers failed" in server_errors.text()
+
+
+RECEIPTS = """subscription($t: ID!) { threadActivity(threadId: $t) {
+  ... on ReceiptChanged { user { username } lastReadSeq } } }"""
+
+
+async def test_a_participant_removed_and_added_again_shows_their_new_markers_from_zero(
+    server: Server, clients: Clients
+) -> None:
+    """Receipts only move forward as shown, but a participant added again starts a
+    new marker: theirs are shown again from the start."""
+    alice, bob, carol = await clients.users("alice", "bob", "carol")
+    thread_id = await factories.thread(alice, bob, carol)
+    for body in ("one", "two"):
+        await factories.send(alice, thread_id, body)
+    ws = await GraphQLWS.connect(server.ws_url, bob.token)
+    ready = new_listener(server, activity_channel(thread_id))
+    await ws.subscribe(RECEIPTS, {"t": thread_id})
+    await ws.until(ready)
+    await carol.gql(MARK_READ, {"t": thread_id, "s": 2})
+    assert (await ws.next())["payload"]["data"]["threadActivity"]["lastReadSeq"] == 2
+    remove = "mutation($t: ID!, $u: ID!) { removeParticipant(threadId: $t, userId: $u) }"
+    await alice.gql(remove, {"t": thread_id, "u": carol.id})
+    add = "mutation($t: ID!, $u: ID!) { addParticipant(threadId: $t, userId: $u) { role } }"
+    await alice.gql(add, {"t": thread_id, "u": carol.id})
+    await carol.gql(MARK_READ, {"t": thread_id, "s": 1})
+    again = (await ws.next())["payload"]["data"]["threadActivity"]
+    assert again == {"user": {"username": "carol"}, "lastReadSeq": 1}
+    await ws.close()

@@ -76,10 +76,20 @@ def move_delivered(
     engine: AsyncEngine, rows: list[tuple[uuid.UUID, uuid.UUID, int]]
 ) -> list[ReturningUpdate[uuid.UUID, uuid.UUID, int, int]]:
     """UPDATEs moving each (thread, user)'s delivered marker forward to seq, returning
-    the rows that moved: one set-based UPDATE, or on SQLite, which cannot name the
-    columns of a VALUES list, one per marker (it has one writer at a time anyway)."""
+    the rows that moved: set-based UPDATEs of up to 1,000 rows each, or on SQLite,
+    which cannot name the columns of a VALUES list, one per marker (it has one writer
+    at a time anyway)."""
     if engine.dialect.name == "sqlite":
         return [_move_delivered(t, u, s) for t, u, s in rows]
+    # Sorted, then cut into statements of at most 1,000 rows (3 parameters each; a
+    # statement takes 32,767): each locks keys above the ones before it locked.
+    rows = sorted(rows)
+    return [_move_many(rows[n : n + 1000]) for n in range(0, len(rows), 1000)]
+
+
+def _move_many(
+    rows: list[tuple[uuid.UUID, uuid.UUID, int]],
+) -> ReturningUpdate[uuid.UUID, uuid.UUID, int, int]:
     wanted = values(
         column("thread_id", Uuid()),
         column("user_id", Uuid()),
@@ -99,7 +109,7 @@ def move_delivered(
         .cte("locked")
         .prefix_with("MATERIALIZED")
     )
-    return [_move_delivered(locked.c.thread_id, locked.c.user_id, locked.c.seq)]
+    return _move_delivered(locked.c.thread_id, locked.c.user_id, locked.c.seq)
 
 
 def _move_delivered(

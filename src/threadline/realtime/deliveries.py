@@ -50,7 +50,10 @@ class DeliveryTracker:
             await asyncio.wait({self._task}, timeout=STOP_SECONDS)
             if not self._task.done():
                 self._task.cancel()
-        await self.flush()
+        try:
+            await self.flush()
+        except Exception:  # the rest of the shutdown (presence, broker, pools) still runs
+            log.exception("the last flush of delivered markers failed")
 
     async def _run(self) -> None:
         while not self._stopping.is_set():

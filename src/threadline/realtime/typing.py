@@ -72,7 +72,10 @@ class TypingTracker:
         else:
             self._last_true[key] = value
 
-    async def set(self, thread_id: uuid.UUID, user_id: uuid.UUID, is_typing: bool) -> None:
+    async def set(
+        self, thread_id: uuid.UUID, user_id: uuid.UUID, is_typing: bool, seq: int = 0
+    ) -> None:
+        """``seq``: the thread's last seq as the caller's access check read it."""
         key = (thread_id, user_id)
         now = self._clock()
         try:
@@ -82,11 +85,11 @@ class TypingTracker:
                 await self._set_last(key, now)
                 self._schedule(key, self.window)
                 if not active:
-                    await self._announce(thread_id, user_id, True)
+                    await self._announce(thread_id, user_id, True, seq)
             elif active:
                 await self._set_last(key, None)
                 self._cancel(key)
-                await self._announce(thread_id, user_id, False)
+                await self._announce(thread_id, user_id, False, seq)
         except _UNREACHABLE:
             raise ServiceUnavailable(
                 "Typing cannot be announced right now; try again shortly"
@@ -118,6 +121,8 @@ class TypingTracker:
             # Its Redis key expires by itself; subscribers resubscribe after an outage.
             log.warning("typing expiry not announced: %s", exc)
 
-    async def _announce(self, thread_id: uuid.UUID, user_id: uuid.UUID, typing: bool) -> None:
-        event = ActivityEvent(thread_id, "typing", user_id, {"is_typing": typing})
+    async def _announce(
+        self, thread_id: uuid.UUID, user_id: uuid.UUID, typing: bool, seq: int = 0
+    ) -> None:
+        event = ActivityEvent(thread_id, "typing", user_id, {"is_typing": typing, "seq": seq})
         await self._publisher.publish(activity_channel(thread_id), encode_activity(event))

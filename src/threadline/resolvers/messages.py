@@ -158,5 +158,6 @@ class MessageMutations:
     async def set_typing(self, info: Info, thread_id: ID, is_typing: bool) -> bool:
         viewer = await op.limit(info, Action.SET_TYPING)
         access = op.checked_access(info, thread_id)
-        await op.context(info).runtime.typing.set(access.thread.id, viewer.id, is_typing)
+        typing = op.context(info).runtime.typing
+        await typing.set(access.thread.id, viewer.id, is_typing, access.thread.last_seq)
         return True

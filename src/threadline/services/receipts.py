@@ -97,8 +97,11 @@ async def unread_counts(
     return {r[0]: int(r[1]) for r in rows if r[1]}
 
 
-def _receipt(thread_id: uuid.UUID, user_id: uuid.UUID, read: int, delivered: int) -> ActivityEvent:
-    data = {"last_read_seq": read, "last_delivered_seq": delivered}
+def _receipt(
+    thread_id: uuid.UUID, user_id: uuid.UUID, read: int, delivered: int, seq: int
+) -> ActivityEvent:
+    """``seq``: a logged seq of the thread, to be heard before the receipt is shown."""
+    data = {"last_read_seq": read, "last_delivered_seq": delivered, "seq": seq}
     return ActivityEvent(thread_id, "receipt", user_id, data)
 
 
@@ -117,7 +120,9 @@ async def mark_read(uow: UnitOfWork, actor: User, access: ThreadAccess, seq: int
     participant.last_read_seq = target
     participant.last_delivered_seq = max(participant.last_delivered_seq, target)
     await uow.session.flush()
-    uow.emit(_receipt(participant.thread_id, actor.id, target, participant.last_delivered_seq))
+    delivered = participant.last_delivered_seq
+    last = access.thread.last_seq
+    uow.emit(_receipt(participant.thread_id, actor.id, target, delivered, last))
     uow.emit(UserEvent(actor.id, "read", {"thread_id": str(participant.thread_id)}))
 
 
@@ -132,4 +137,5 @@ async def mark_delivered_many(
     async with db.transaction("mark_delivered") as uow:
         for statement in statements:
             for thread_id, user_id, read, delivered in await uow.session.execute(statement):
-                uow.emit(_receipt(thread_id, user_id, int(read), int(delivered)))
+                delivered = int(delivered)
+                uow.emit(_receipt(thread_id, user_id, int(read), delivered, delivered))

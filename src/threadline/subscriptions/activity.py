@@ -25,7 +25,7 @@ from threadline.realtime.channels import (
 from threadline.runtime import Runtime
 from threadline.schema.context import Context
 from threadline.schema.events import ReceiptChanged, TypingChanged
-from threadline.services.events import ends_subscription
+from threadline.services.events import EventKind, ends_subscription
 from threadline.services.permissions import access_thread, parse_id
 
 
@@ -53,6 +53,9 @@ async def stream(info: Info, thread_id: str) -> AsyncIterator[TypingChanged | Re
         if heard is None:
             return
         early: set[int] = set()  # seqs heard before one below them
+        # Each user's markers as shown: receipts from several writers (processes) may
+        # arrive out of order, and a marker only moves forward.
+        shown: dict[uuid.UUID, tuple[int, int]] = {}
         async for item in subscriber:
             if item is RECONNECTED:
                 # Ephemeral: nothing to catch up on, except a removal meanwhile.
@@ -63,6 +66,8 @@ async def stream(info: Info, thread_id: str) -> AsyncIterator[TypingChanged | Re
             raw = str(item)
             if is_logged_event(raw):
                 logged = runtime.feed.decoded(raw)
+                if logged.kind is EventKind.PARTICIPANT_CHANGED:  # re-added: from 0 again
+                    shown.pop(uuid.UUID(str(logged.payload["user_id"])), None)
                 if logged.seq <= heard or logged.seq in early:
                     continue  # heard already: a removal comes on both channels
                 if (
@@ -75,7 +80,10 @@ async def stream(info: Info, thread_id: str) -> AsyncIterator[TypingChanged | Re
                     heard += 1
                     early.remove(heard)
                 continue
-            if early:
+            event = decode_activity(raw)
+            # The activity names a logged seq its sender knew of: one not heard yet is
+            # a gap too (a removal whose publish was lost, with nothing logged since).
+            if early or int(event.data.get("seq", 0)) > heard:
                 # A gap still open when there is something to show: the event not
                 # heard (its publish was lost, or it is still on its way from another
                 # process) may be this viewer's removal. One that is only late closes
@@ -84,7 +92,6 @@ async def stream(info: Info, thread_id: str) -> AsyncIterator[TypingChanged | Re
                     return
                 heard = max(heard, checked, *early)
                 early.clear()
-            event = decode_activity(raw)
             await ctx.renew()
             if event.kind == "typing":
                 yield TypingChanged(
@@ -93,9 +100,15 @@ async def stream(info: Info, thread_id: str) -> AsyncIterator[TypingChanged | Re
                     is_typing=bool(event.data.get("is_typing")),
                 )
             else:
+                before = shown.get(event.user_id, (0, 0))
+                read = max(before[0], int(event.data["last_read_seq"]))
+                delivered = max(before[1], int(event.data["last_delivered_seq"]))
+                if (read, delivered) == before:
+                    continue  # an older receipt, late: nothing new
+                shown[event.user_id] = (read, delivered)
                 yield ReceiptChanged(
                     user_id=event.user_id,
                     thread_id=ID(str(event.thread_id)),
-                    last_read_seq=int(event.data["last_read_seq"]),
-                    last_delivered_seq=int(event.data["last_delivered_seq"]),
+                    last_read_seq=read,
+                    last_delivered_seq=delivered,
                 )
