@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import asyncpg
@@ -119,11 +119,13 @@ async def kill(process: asyncio.subprocess.Process, *, group: bool = True) -> No
     await process.wait()
 
 
-async def run(args: list[str], deployment: Settings, cwd: Path) -> tuple[int, str]:
-    """The command to its end (at most 60 s): its exit code and what it said on stderr
-    besides the INFO lines that alembic logs as it loads."""
+async def run(
+    args: list[str], deployment: Settings, cwd: Path, module: str = "threadline"
+) -> tuple[int, str]:
+    """The command (``python -m module``) to its end (at most 60 s): its exit code and what
+    it said on stderr besides the INFO lines that alembic logs as it loads."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "threadline", *args, env=environment(deployment), cwd=cwd,
+        sys.executable, "-m", module, *args, env=environment(deployment), cwd=cwd,
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
     )  # fmt: skip
     try:
@@ -195,10 +197,36 @@ def restore_step(step: str, deployment: Settings) -> str:
     return r"os.rename \('[^']*/\.restore-[0-9a-f]+/[^.']+',"
 
 
-async def refused_to_serve(deployment: Settings, cwd: Path) -> str:
-    code, said = await run(["serve", "--port", str(closed_port())], deployment, cwd)
-    assert code == 1 and len(said.splitlines()) == 1 and "Traceback" not in said, said
+# The Dockerfile's command, and the ASGI app as a bare uvicorn (or gunicorn's worker) loads it.
+SERVE = ("threadline", "serve")
+UVICORN = ("uvicorn", "threadline.asgi:app")
+
+
+async def refused_to_serve(deployment: Settings, cwd: Path, command: Sequence[str] = SERVE) -> str:
+    """What serving said as it refused: one line, exit 3 (a worker that cannot start)."""
+    module, *args = command
+    code, said = await run([*args, "--port", str(closed_port())], deployment, cwd, module)
+    assert code == 3 and len(said.splitlines()) == 1 and "Traceback" not in said, (code, said)
     return said
+
+
+async def test_every_way_of_serving_refuses_a_half_restored_deployment(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """The check is the app's own: uvicorn serving threadline.asgi:app refuses with the same
+    line as `threadline serve` while a killed restore's staging folder is left, and serves
+    once it is gone."""
+    left = settings.upload_dir / ".restore-0123abcd"
+    left.mkdir(parents=True)
+    for command in (UVICORN, SERVE):
+        said = await refused_to_serve(settings, tmp_path, command)
+        assert said == (
+            f"threadline: a restore did not finish ({left} is left): run `threadline restore` again"
+        )
+    left.rmdir()
+    serving = await spawn_serve(closed_port(), environment(settings), UVICORN)
+    serving.kill()
+    await serving.wait()
 
 
 @pytest.mark.parametrize("forced", [False, True], ids=["empty", "forced"])

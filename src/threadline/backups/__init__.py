@@ -37,6 +37,7 @@ from threadline.backups.postgres import PostgresDatabase
 from threadline.backups.sqlite import SqliteDatabase
 from threadline.config import ConfigError, Settings
 from threadline.migrate import head_revision, is_shipped, upgrade_to_head_async
+from threadline.uploads.storage import STAGING_PREFIX
 
 __all__ = [
     "BackupError",
@@ -190,10 +191,9 @@ def prune_backups(parent: Path, keep: int, *, made: Path | None = None) -> list[
     return removed
 
 
-# Restored files are staged here, inside the upload folder: one filesystem, so moving
-# them into place is a rename (beside it would be another volume under compose, where
-# the upload folder is a mount point and its parent is not writable by the app).
-STAGING_PREFIX = ".restore-"
+# Restored files are staged under STAGING_PREFIX inside the upload folder: one filesystem,
+# so moving them into place is a rename (beside it would be another volume under compose,
+# where the upload folder is a mount point and its parent is not writable by the app).
 
 
 def _upload_dir_has_files(folder: Path) -> bool:
