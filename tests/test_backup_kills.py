@@ -362,18 +362,51 @@ RENAMED = re.compile(r'rename(?:at2?)?\((?:\S+, )?"([^"]+)", (?:\S+, )?"([^"]+)"
 PARTIAL_FILE = re.compile(r"/(?!threadline-backup-)[^/]*\.partial$")  # not the folder
 
 
-async def traced(args: list[str], deployment: Settings, cwd: Path) -> list[str]:
-    """The command run to its end under strace: its fsyncs and renames, in order."""
+MADE = re.compile(r'mkdir(?:at)?\((?:\S+, )?"([^"]+)", \S+\) = 0')
+# Steps that give something up: a removal, pg_restore (replacing the database) started.
+GIVES_UP = re.compile(r'(?:unlink(?:at)?|rmdir)\(.*\) = 0|execve\("[^"]*/pg_restore"')
+
+
+async def traced(args: list[str], deployment: Settings, cwd: Path, **extra: str) -> list[str]:
+    """The command run to its end under strace: its fsyncs, renames, new folders,
+    removals and programs started, in order."""
     trace = cwd / "trace"
-    calls = "trace=fsync,fdatasync,rename,renameat,renameat2"
+    calls = (
+        "trace=fsync,fdatasync,rename,renameat,renameat2,mkdir,mkdirat,unlink,unlinkat,rmdir,execve"
+    )
     strace = ["strace", "-f", "--seccomp-bpf", "-qq", "-y", "-s", "4096", "-e", calls]
     done = await asyncio.to_thread(
         subprocess.run,
         [*strace, "-o", str(trace), sys.executable, "-m", "threadline", *args],
-        env=environment(deployment), cwd=cwd, capture_output=True, text=True, timeout=120,
+        env=environment(deployment, **extra), cwd=cwd, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
-    return trace.read_text().splitlines()
+    return [*trace.read_text().splitlines(), "(the end)"]
+
+
+def assert_names_on_disk_before_relied_on(lines: list[str], root: Path) -> None:
+    """A power cut may keep a later step yet lose a rename or a new folder whose own folder
+    was not fsynced: each one under ``root`` (but a new ``.partial`` working folder) must
+    have its folder fsynced after it and before the next step that relies on it: one that
+    gives something up, a backup folder's rename (to its final name; to ``.partial`` to be
+    pruned), the restored SQLite file renamed over the database, the command's end."""
+    pending: dict[str, str] = {}  # folder: the first of its names not on disk yet
+    for line in lines:
+        if found := SYNCED.search(line):
+            pending.pop(found[1], None)
+            continue
+        renamed = RENAMED.search(line)
+        relied_on = renamed and (
+            Path(renamed[2]).name.startswith(PREFIX) or ".restore-" in Path(renamed[1]).name
+        )
+        if relied_on or GIVES_UP.search(line) or line == "(the end)":
+            assert not pending, f"before {line!r}, not on disk: {pending}"
+        made = MADE.search(line)
+        new = (
+            renamed[2] if renamed else made[1] if made and not made[1].endswith(".partial") else ""
+        )
+        if new and Path(new).is_relative_to(root):
+            pending.setdefault(str(Path(new).parent), line)
 
 
 @pytest.mark.skipif(not shutil.which("strace"), reason="needs strace")
@@ -382,13 +415,20 @@ async def test_a_file_that_backup_or_restore_names_as_done_is_on_disk_first(
 ) -> None:
     """A power cut after a rename keeps the rename but maybe not the data written before
     it: a backup whose manifest names files of zeros, the older ones pruned; attachments
-    moved into place empty. Every ``X.partial`` renamed to ``X`` was fsynced first."""
+    moved into place empty. Every ``X.partial`` renamed to ``X`` was fsynced first, and
+    every name that a later step relies on had its folder fsynced in between."""
     await populate(server, settings, clients)
     parent = tmp_path / "backups"
     await create_backup(settings, parent)
     lines = await traced(["backup", str(parent), "--keep", "1"], settings, tmp_path)
     (folder,) = whole_backups(parent)
     lines += await traced(["restore", str(folder)], target, tmp_path)
+    # Forced: PostgreSQL's database dumped aside first, its only copy once pg_restore commits.
+    (tmp_path / "tmp").mkdir()
+    forced = await traced(
+        ["restore", str(folder), "--force"], target, tmp_path, TMPDIR=str(tmp_path / "tmp")
+    )
+    assert_names_on_disk_before_relied_on([*lines, *forced], tmp_path)
     manifest = Manifest.read(folder)
     synced: set[str] = set()
     published: list[str] = []

@@ -29,6 +29,7 @@ from threadline.backups.manifest import (
     StoredFile,
     copy_file,
     file_sha256,
+    folders_on_disk,
     is_backup,
     key_path,
     remove_tree,
@@ -121,8 +122,11 @@ def _copy_files(
 
 def _finish(work: Path, manifest: Manifest, keep: int) -> Path:
     manifest.write(work)
+    # Every name in the folder on disk before it takes its final name; that name before older go.
+    folders_on_disk(work.rglob("*"), work)
     final = work.with_name(work.name.removesuffix(".partial"))
     os.replace(work, final)
+    folders_on_disk([final], work.parent)
     prune_backups(work.parent, keep, made=final)
     return final
 
@@ -185,6 +189,7 @@ def prune_backups(parent: Path, keep: int, *, made: Path | None = None) -> list[
         # A .partial folder first, then no manifest: a deletion cut short leaves what the
         # README says to delete, never a folder that looks whole (nor one no run prunes).
         doomed = path.rename(path.with_name(f"{path.name}.partial"))
+        folders_on_disk([doomed], parent)
         (doomed / MANIFEST).unlink(missing_ok=True)
         remove_tree(doomed)
         log.info("backup: removed %s (keeping the newest %d)", path, keep)
@@ -266,6 +271,7 @@ def _mib(size: int) -> str:
 
 def _stage_files(folder: Path, manifest: Manifest, upload_dir: Path) -> Path:
     """The backup's files copied and checked into a staging folder; the target is untouched."""
+    existing = next(path for path in (upload_dir, *upload_dir.parents) if path.exists())
     upload_dir.mkdir(parents=True, exist_ok=True)
     staging = upload_dir / f"{STAGING_PREFIX}{uuid.uuid4().hex}"
     staging.mkdir()
@@ -276,6 +282,8 @@ def _stage_files(folder: Path, manifest: Manifest, upload_dir: Path) -> Path:
                 raise BackupError(
                     f"attachment file {key!r} in the backup does not match its checksum"
                 )
+        # The staging folder, which marks the restore unfinished, on disk before the target changes.
+        folders_on_disk([staging, *staging.rglob("*")], existing)
     except BaseException:
         remove_tree(staging)
         raise
@@ -287,6 +295,8 @@ def _move_into_place(staging: Path, manifest: Manifest, upload_dir: Path) -> Non
         target = key_path(upload_dir, key)
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(key_path(staging, key), target)
+    # In place on disk before the staging folder goes.
+    folders_on_disk([key_path(upload_dir, key) for key in manifest.files], upload_dir)
 
 
 async def restore_backup(settings: Settings, path: Path, *, force: bool = False) -> Manifest:

@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -152,6 +153,17 @@ def _on_disk(writer: IO[Any]) -> None:
     rename may survive where unsynced data would not (a file of zeros, or empty)."""
     writer.flush()
     os.fsync(writer.fileno())
+
+
+def folders_on_disk(paths: Iterable[Path], root: Path) -> None:
+    """fsync the folders that hold ``paths``, up to and with ``root``: after a power cut a
+    rename or a new name is kept only if its folder was on disk, as data before a rename."""
+    for folder in {up for path in paths for up in path.parents if up.is_relative_to(root)}:
+        descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
 
 
 def file_sha256(path: Path) -> str:
