@@ -177,11 +177,41 @@ async def test_a_backup_killed_at_any_step_leaves_no_backup_that_looks_whole_and
     kept = whole_backups(parent)
     assert kept and (step == "prune" or good in kept)
 
-    # The next run makes a whole backup, and only then prunes the older ones.
+    # The next run makes a whole backup, and only then prunes the older ones; what the
+    # killed one left is gone.
     code, said = await run(args, settings, tmp_path)
     assert code == 0, said
     (newest,) = whole_backups(parent)
     assert newest.name.startswith(PREFIX) and newest != good
+    assert list(parent.iterdir()) == [newest]
+
+
+async def test_a_backup_removes_what_killed_ones_left_never_a_running_ones_folder(
+    server: Server, settings: Settings, clients: Clients, tmp_path: Path
+) -> None:
+    """The next backup removes a killed one's ``.partial`` folder, whose lock the kernel
+    let go; one that another process, paused mid-copy, is writing keeps its folder while
+    a second run prunes, and finishes when it goes on."""
+    await populate(server, settings, clients)
+    parent = tmp_path / "backups"
+    args = ["backup", str(parent), "--keep", "1"]
+    paused = await start(args, settings, tmp_path, BACKUP_STEPS["files"])
+    try:
+        (running,) = parent.iterdir()
+        await kill(await start(args, settings, tmp_path, BACKUP_STEPS["files"]))
+        (killed,) = set(parent.iterdir()) - {running}
+        code, said = await run(args, settings, tmp_path)
+        assert code == 0, said
+        assert not killed.exists() and process_state(paused.pid) == "T"
+        (done,) = whole_backups(parent)
+        assert set(parent.iterdir()) == {running, done}
+        os.killpg(paused.pid, signal.SIGCONT)
+        assert await asyncio.wait_for(paused.wait(), 60) == 0
+    finally:
+        if paused.returncode is None:
+            await kill(paused)
+    # It pruned the other run's backup (--keep 1), its own whole under its final name.
+    assert whole_backups(parent) == list(parent.iterdir()) == [running.with_suffix("")]
 
 
 def restore_step(step: str, deployment: Settings) -> str:

@@ -7,6 +7,7 @@ and writes the manifest last; ``restore_backup`` brings a backup into an empty d
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import importlib.metadata
 import logging
 import os
@@ -14,6 +15,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from contextlib import suppress
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -83,26 +85,51 @@ def _version() -> str:
         return "unknown"
 
 
-def _start(parent: Path) -> Path:
-    """A new ``<name>.partial`` folder under ``parent``, named by the time."""
+def _lock(folder: Path, flags: int = fcntl.LOCK_EX) -> int:
+    """A descriptor of ``folder`` holding its flock (BlockingIOError if another holds it,
+    with LOCK_NB); the kernel lets go when it is closed or its process ends, even by SIGKILL."""
+    descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(descriptor, flags)
+    except BaseException:
+        os.close(descriptor)
+        raise
+    return descriptor
+
+
+def _start(parent: Path) -> tuple[Path, int]:
+    """A new ``<name>.partial`` folder under ``parent``, named by the time, and its lock,
+    held until the backup is done; first, the ``.partial`` folders no process holds go:
+    left by a backup or a prune that was killed."""
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError) as exc:
         raise NotAFolder(f"{parent} is not a folder (it or a folder above it is a file)") from exc
     except OSError as exc:
         raise BackupError(f"cannot create {parent}: {exc.strerror or exc}") from exc
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    name, number = f"{PREFIX}{stamp}", 1
-    while (parent / name).exists() or (parent / f"{name}.partial").exists():
-        number += 1
-        name = f"{PREFIX}{stamp}-{number}"
-    work = parent / f"{name}.partial"
+    # Held while a folder is made and locked: no run sees one unlocked before its lock.
+    guard = _lock(parent)
     try:
-        # The owner's alone: a backup holds every message, address and file.
-        work.mkdir(mode=0o700)
-    except OSError as exc:
-        raise BackupError(f"cannot write in {parent}: {exc.strerror or exc}") from exc
-    return work
+        for left in parent.glob(f"{PREFIX}*.partial"):
+            with suppress(OSError):  # locked by a running backup, or not a folder, or gone
+                held = _lock(left, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                remove_tree(left)
+                os.close(held)
+                log.info("backup: removed %s, left by a backup or prune cut short", left)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        name, number = f"{PREFIX}{stamp}", 1
+        while (parent / name).exists() or (parent / f"{name}.partial").exists():
+            number += 1
+            name = f"{PREFIX}{stamp}-{number}"
+        work = parent / f"{name}.partial"
+        try:
+            # The owner's alone: a backup holds every message, address and file.
+            work.mkdir(mode=0o700)
+        except OSError as exc:
+            raise BackupError(f"cannot write in {parent}: {exc.strerror or exc}") from exc
+        return work, _lock(work)
+    finally:
+        os.close(guard)
 
 
 def _copy_files(
@@ -144,7 +171,7 @@ async def create_backup(
     database = database_of(settings)
     started = time.monotonic()
     # File work runs in a thread: a server in this process keeps serving meanwhile.
-    work = await asyncio.to_thread(_start, parent)
+    work, held = await asyncio.to_thread(_start, parent)
     try:
         facts = await database.dump(work / database.file_name)
         dump_sha256 = await asyncio.to_thread(file_sha256, work / database.file_name)
@@ -173,6 +200,8 @@ async def create_backup(
     except BaseException:
         remove_tree(work)
         raise
+    finally:
+        os.close(held)  # the folder is whole or gone
     return final, manifest
 
 
@@ -187,7 +216,7 @@ def prune_backups(parent: Path, keep: int, *, made: Path | None = None) -> list[
     removed = ours[:-keep] if keep > 0 else ours
     for path in removed:
         # A .partial folder first, then no manifest: a deletion cut short leaves what the
-        # README says to delete, never a folder that looks whole (nor one no run prunes).
+        # next run deletes, never a folder that looks whole (nor one no run prunes).
         doomed = path.rename(path.with_name(f"{path.name}.partial"))
         folders_on_disk([doomed], parent)
         (doomed / MANIFEST).unlink(missing_ok=True)

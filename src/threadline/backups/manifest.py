@@ -114,7 +114,8 @@ def _is_size(value: object) -> bool:
 
 
 def is_backup(folder: Path) -> bool:
-    if not (folder.is_dir() and folder.name.startswith(PREFIX)):
+    # Not a .partial one, manifest or not: a running backup's, which no prune may take.
+    if not (folder.is_dir() and folder.name.startswith(PREFIX)) or folder.suffix == ".partial":
         return False
     try:
         Manifest.read(folder)
