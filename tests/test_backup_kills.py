@@ -214,6 +214,43 @@ async def test_a_backup_removes_what_killed_ones_left_never_a_running_ones_folde
     assert whole_backups(parent) == list(parent.iterdir()) == [running.with_suffix("")]
 
 
+def waits_for_a_lock(pid: int) -> bool:
+    """Whether the process is blocked on a flock (/proc/locks marks waiters with ->)."""
+    return any(
+        line.split()[1:3] == ["->", "FLOCK"] and line.split()[5] == str(pid)
+        for line in Path("/proc/locks").read_text().splitlines()
+    )
+
+
+async def test_a_backup_never_removes_a_folder_made_and_not_yet_locked(
+    server: Server, settings: Settings, clients: Clients, tmp_path: Path
+) -> None:
+    """Between a backup's mkdir of its folder and its lock on it, its lock on the backups
+    folder keeps other runs out: one paused there makes another wait, not remove it."""
+    await populate(server, settings, clients)
+    parent, logs = tmp_path / "backups", tmp_path / "second"
+    logs.mkdir()
+    args = ["backup", str(parent)]
+    first = await start(args, settings, tmp_path, r"open \('[^']*\.partial', None")
+    second = None
+    try:
+        (made,) = parent.iterdir()
+        second = await start(args, settings, logs)
+        deadline = time.monotonic() + 60
+        while not waits_for_a_lock(second.pid):
+            assert second.returncode is None and time.monotonic() < deadline, made.exists()
+            await asyncio.sleep(0.01)
+        assert made.exists() and process_state(first.pid) == "T"
+        os.killpg(first.pid, signal.SIGCONT)
+        assert await asyncio.wait_for(first.wait(), 60) == 0
+        assert await asyncio.wait_for(second.wait(), 60) == 0
+    finally:
+        for process in (first, second):
+            if process is not None and process.returncode is None:
+                await kill(process)
+    assert len(whole_backups(parent)) == len(list(parent.iterdir())) == 2
+
+
 def restore_step(step: str, deployment: Settings) -> str:
     if step == "staging":  # a backup's file being copied into the staging folder
         return r"os.rename /\.restore-[0-9a-f]+/[^']*\.partial'"
