@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
+from collections.abc import Sequence
 
 import httpx
 
@@ -13,12 +14,14 @@ import httpx
 START_SECONDS = 60.0
 
 
-async def spawn_serve(port: int, env: dict[str, str]) -> asyncio.subprocess.Process:
-    """Starts `threadline serve` on ``port`` and returns once /healthz answers 200."""
+async def spawn_serve(
+    port: int, env: dict[str, str], command: Sequence[str] = ("threadline", "serve")
+) -> asyncio.subprocess.Process:
+    """Starts `threadline serve` (or ``python -m`` another ``command``, such as uvicorn's)
+    on ``port`` and returns once /healthz answers 200."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "threadline", "serve", "--port", str(port), "--log-level", "warning",
-        env=env,
-    )  # fmt: skip
+        sys.executable, "-m", *command, "--port", str(port), "--log-level", "warning", env=env
+    )
     loop = asyncio.get_running_loop()
     deadline = loop.time() + START_SECONDS
     async with httpx.AsyncClient() as http:

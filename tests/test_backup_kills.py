@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import asyncpg
@@ -119,11 +119,13 @@ async def kill(process: asyncio.subprocess.Process, *, group: bool = True) -> No
     await process.wait()
 
 
-async def run(args: list[str], deployment: Settings, cwd: Path) -> tuple[int, str]:
-    """The command to its end (at most 60 s): its exit code and what it said on stderr
-    besides the INFO lines that alembic logs as it loads."""
+async def run(
+    args: list[str], deployment: Settings, cwd: Path, module: str = "threadline"
+) -> tuple[int, str]:
+    """The command (``python -m module``) to its end (at most 60 s): its exit code and what
+    it said on stderr besides the INFO lines that alembic logs as it loads."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "threadline", *args, env=environment(deployment), cwd=cwd,
+        sys.executable, "-m", module, *args, env=environment(deployment), cwd=cwd,
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
     )  # fmt: skip
     try:
@@ -175,11 +177,78 @@ async def test_a_backup_killed_at_any_step_leaves_no_backup_that_looks_whole_and
     kept = whole_backups(parent)
     assert kept and (step == "prune" or good in kept)
 
-    # The next run makes a whole backup, and only then prunes the older ones.
+    # The next run makes a whole backup, and only then prunes the older ones; what the
+    # killed one left is gone.
     code, said = await run(args, settings, tmp_path)
     assert code == 0, said
     (newest,) = whole_backups(parent)
     assert newest.name.startswith(PREFIX) and newest != good
+    assert list(parent.iterdir()) == [newest]
+
+
+async def test_a_backup_removes_what_killed_ones_left_never_a_running_ones_folder(
+    server: Server, settings: Settings, clients: Clients, tmp_path: Path
+) -> None:
+    """The next backup removes a killed one's ``.partial`` folder, whose lock the kernel
+    let go; one that another process, paused mid-copy, is writing keeps its folder while
+    a second run prunes, and finishes when it goes on."""
+    await populate(server, settings, clients)
+    parent = tmp_path / "backups"
+    args = ["backup", str(parent), "--keep", "1"]
+    paused = await start(args, settings, tmp_path, BACKUP_STEPS["files"])
+    try:
+        (running,) = parent.iterdir()
+        await kill(await start(args, settings, tmp_path, BACKUP_STEPS["files"]))
+        (killed,) = set(parent.iterdir()) - {running}
+        code, said = await run(args, settings, tmp_path)
+        assert code == 0, said
+        assert not killed.exists() and process_state(paused.pid) == "T"
+        (done,) = whole_backups(parent)
+        assert set(parent.iterdir()) == {running, done}
+        os.killpg(paused.pid, signal.SIGCONT)
+        assert await asyncio.wait_for(paused.wait(), 60) == 0
+    finally:
+        if paused.returncode is None:
+            await kill(paused)
+    # It pruned the other run's backup (--keep 1), its own whole under its final name.
+    assert whole_backups(parent) == list(parent.iterdir()) == [running.with_suffix("")]
+
+
+def waits_for_a_lock(pid: int) -> bool:
+    """Whether the process is blocked on a flock (/proc/locks marks waiters with ->)."""
+    return any(
+        line.split()[1:3] == ["->", "FLOCK"] and line.split()[5] == str(pid)
+        for line in Path("/proc/locks").read_text().splitlines()
+    )
+
+
+async def test_a_backup_never_removes_a_folder_made_and_not_yet_locked(
+    server: Server, settings: Settings, clients: Clients, tmp_path: Path
+) -> None:
+    """Between a backup's mkdir of its folder and its lock on it, its lock on the backups
+    folder keeps other runs out: one paused there makes another wait, not remove it."""
+    await populate(server, settings, clients)
+    parent, logs = tmp_path / "backups", tmp_path / "second"
+    logs.mkdir()
+    args = ["backup", str(parent)]
+    first = await start(args, settings, tmp_path, r"open \('[^']*\.partial', None")
+    second = None
+    try:
+        (made,) = parent.iterdir()
+        second = await start(args, settings, logs)
+        deadline = time.monotonic() + 60
+        while not waits_for_a_lock(second.pid):
+            assert second.returncode is None and time.monotonic() < deadline, made.exists()
+            await asyncio.sleep(0.01)
+        assert made.exists() and process_state(first.pid) == "T"
+        os.killpg(first.pid, signal.SIGCONT)
+        assert await asyncio.wait_for(first.wait(), 60) == 0
+        assert await asyncio.wait_for(second.wait(), 60) == 0
+    finally:
+        for process in (first, second):
+            if process is not None and process.returncode is None:
+                await kill(process)
+    assert len(whole_backups(parent)) == len(list(parent.iterdir())) == 2
 
 
 def restore_step(step: str, deployment: Settings) -> str:
@@ -195,10 +264,36 @@ def restore_step(step: str, deployment: Settings) -> str:
     return r"os.rename \('[^']*/\.restore-[0-9a-f]+/[^.']+',"
 
 
-async def refused_to_serve(deployment: Settings, cwd: Path) -> str:
-    code, said = await run(["serve", "--port", str(closed_port())], deployment, cwd)
-    assert code == 1 and len(said.splitlines()) == 1 and "Traceback" not in said, said
+# The Dockerfile's command, and the ASGI app as a bare uvicorn (or gunicorn's worker) loads it.
+SERVE = ("threadline", "serve")
+UVICORN = ("uvicorn", "threadline.asgi:app")
+
+
+async def refused_to_serve(deployment: Settings, cwd: Path, command: Sequence[str] = SERVE) -> str:
+    """What serving said as it refused: one line, exit 3 (a worker that cannot start)."""
+    module, *args = command
+    code, said = await run([*args, "--port", str(closed_port())], deployment, cwd, module)
+    assert code == 3 and len(said.splitlines()) == 1 and "Traceback" not in said, (code, said)
     return said
+
+
+async def test_every_way_of_serving_refuses_a_half_restored_deployment(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """The check is the app's own: uvicorn serving threadline.asgi:app refuses with the same
+    line as `threadline serve` while a killed restore's staging folder is left, and serves
+    once it is gone."""
+    left = settings.upload_dir / ".restore-0123abcd"
+    left.mkdir(parents=True)
+    for command in (UVICORN, SERVE):
+        said = await refused_to_serve(settings, tmp_path, command)
+        assert said == (
+            f"threadline: a restore did not finish ({left} is left): run `threadline restore` again"
+        )
+    left.rmdir()
+    serving = await spawn_serve(closed_port(), environment(settings), UVICORN)
+    serving.kill()
+    await serving.wait()
 
 
 @pytest.mark.parametrize("forced", [False, True], ids=["empty", "forced"])
@@ -334,18 +429,51 @@ RENAMED = re.compile(r'rename(?:at2?)?\((?:\S+, )?"([^"]+)", (?:\S+, )?"([^"]+)"
 PARTIAL_FILE = re.compile(r"/(?!threadline-backup-)[^/]*\.partial$")  # not the folder
 
 
-async def traced(args: list[str], deployment: Settings, cwd: Path) -> list[str]:
-    """The command run to its end under strace: its fsyncs and renames, in order."""
+MADE = re.compile(r'mkdir(?:at)?\((?:\S+, )?"([^"]+)", \S+\) = 0')
+# Steps that give something up: a removal, pg_restore (replacing the database) started.
+GIVES_UP = re.compile(r'(?:unlink(?:at)?|rmdir)\(.*\) = 0|execve\("[^"]*/pg_restore"')
+
+
+async def traced(args: list[str], deployment: Settings, cwd: Path, **extra: str) -> list[str]:
+    """The command run to its end under strace: its fsyncs, renames, new folders,
+    removals and programs started, in order."""
     trace = cwd / "trace"
-    calls = "trace=fsync,fdatasync,rename,renameat,renameat2"
+    calls = (
+        "trace=fsync,fdatasync,rename,renameat,renameat2,mkdir,mkdirat,unlink,unlinkat,rmdir,execve"
+    )
     strace = ["strace", "-f", "--seccomp-bpf", "-qq", "-y", "-s", "4096", "-e", calls]
     done = await asyncio.to_thread(
         subprocess.run,
         [*strace, "-o", str(trace), sys.executable, "-m", "threadline", *args],
-        env=environment(deployment), cwd=cwd, capture_output=True, text=True, timeout=120,
+        env=environment(deployment, **extra), cwd=cwd, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
-    return trace.read_text().splitlines()
+    return [*trace.read_text().splitlines(), "(the end)"]
+
+
+def assert_names_on_disk_before_relied_on(lines: list[str], root: Path) -> None:
+    """A power cut may keep a later step yet lose a rename or a new folder whose own folder
+    was not fsynced: each one under ``root`` (but a new ``.partial`` working folder) must
+    have its folder fsynced after it and before the next step that relies on it: one that
+    gives something up, a backup folder's rename (to its final name; to ``.partial`` to be
+    pruned), the restored SQLite file renamed over the database, the command's end."""
+    pending: dict[str, str] = {}  # folder: the first of its names not on disk yet
+    for line in lines:
+        if found := SYNCED.search(line):
+            pending.pop(found[1], None)
+            continue
+        renamed = RENAMED.search(line)
+        relied_on = renamed and (
+            Path(renamed[2]).name.startswith(PREFIX) or ".restore-" in Path(renamed[1]).name
+        )
+        if relied_on or GIVES_UP.search(line) or line == "(the end)":
+            assert not pending, f"before {line!r}, not on disk: {pending}"
+        made = MADE.search(line)
+        new = (
+            renamed[2] if renamed else made[1] if made and not made[1].endswith(".partial") else ""
+        )
+        if new and Path(new).is_relative_to(root):
+            pending.setdefault(str(Path(new).parent), line)
 
 
 @pytest.mark.skipif(not shutil.which("strace"), reason="needs strace")
@@ -354,13 +482,20 @@ async def test_a_file_that_backup_or_restore_names_as_done_is_on_disk_first(
 ) -> None:
     """A power cut after a rename keeps the rename but maybe not the data written before
     it: a backup whose manifest names files of zeros, the older ones pruned; attachments
-    moved into place empty. Every ``X.partial`` renamed to ``X`` was fsynced first."""
+    moved into place empty. Every ``X.partial`` renamed to ``X`` was fsynced first, and
+    every name that a later step relies on had its folder fsynced in between."""
     await populate(server, settings, clients)
     parent = tmp_path / "backups"
     await create_backup(settings, parent)
     lines = await traced(["backup", str(parent), "--keep", "1"], settings, tmp_path)
     (folder,) = whole_backups(parent)
     lines += await traced(["restore", str(folder)], target, tmp_path)
+    # Forced: PostgreSQL's database dumped aside first, its only copy once pg_restore commits.
+    (tmp_path / "tmp").mkdir()
+    forced = await traced(
+        ["restore", str(folder), "--force"], target, tmp_path, TMPDIR=str(tmp_path / "tmp")
+    )
+    assert_names_on_disk_before_relied_on([*lines, *forced], tmp_path)
     manifest = Manifest.read(folder)
     synced: set[str] = set()
     published: list[str] = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -28,6 +29,7 @@ from threadline.runtime import Runtime
 from threadline.schema.schema import build_schema
 from threadline.services import retention
 from threadline.strict_transport import StrictTransport
+from threadline.uploads.storage import unfinished_restore
 from threadline.uvicorn_seam import RawSocketMiddleware
 from threadline.web_routes import web_routes
 
@@ -99,6 +101,11 @@ async def metrics_listener(settings: Settings) -> AsyncIterator[None]:
 
 def create_app(settings: Settings) -> Starlette:
     settings.check()
+    # Here, so that every way of serving refuses (threadline serve, uvicorn, gunicorn): one
+    # line and exit 3, which their supervisors take for a worker that cannot start, not restart.
+    if problem := unfinished_restore(settings.upload_dir):
+        print(f"threadline: {problem}", file=sys.stderr)
+        raise SystemExit(3)
     runtime = Runtime(settings)
     schema = build_schema(ROOTS, settings)
     graphql = ThreadlineGraphQL(schema, runtime)

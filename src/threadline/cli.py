@@ -97,12 +97,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from uvicorn.config import LOGGING_CONFIG
 
     from threadline.access_log import log_config
-    from threadline.backups import STAGING_PREFIX
 
     settings = _settings()
-    # A restore's staging folder outlives it only if it was killed: half restored, maybe.
-    if left := next(settings.upload_dir.glob(f"{STAGING_PREFIX}*"), None):
-        _fail(f"a restore did not finish ({left} is left): run `threadline restore` again", 1)
     if settings.is_sqlite:
         # The embedded default migrates itself; PostgreSQL deployments run `migrate`.
         _migrate(settings)

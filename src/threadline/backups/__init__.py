@@ -7,6 +7,7 @@ and writes the manifest last; ``restore_backup`` brings a backup into an empty d
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import importlib.metadata
 import logging
 import os
@@ -14,6 +15,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from contextlib import suppress
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -29,6 +31,7 @@ from threadline.backups.manifest import (
     StoredFile,
     copy_file,
     file_sha256,
+    folders_on_disk,
     is_backup,
     key_path,
     remove_tree,
@@ -37,6 +40,7 @@ from threadline.backups.postgres import PostgresDatabase
 from threadline.backups.sqlite import SqliteDatabase
 from threadline.config import ConfigError, Settings
 from threadline.migrate import head_revision, is_shipped, upgrade_to_head_async
+from threadline.uploads.storage import STAGING_PREFIX
 
 __all__ = [
     "BackupError",
@@ -81,26 +85,51 @@ def _version() -> str:
         return "unknown"
 
 
-def _start(parent: Path) -> Path:
-    """A new ``<name>.partial`` folder under ``parent``, named by the time."""
+def _lock(folder: Path, flags: int = fcntl.LOCK_EX) -> int:
+    """A descriptor of ``folder`` holding its flock (BlockingIOError if another holds it,
+    with LOCK_NB); the kernel lets go when it is closed or its process ends, even by SIGKILL."""
+    descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(descriptor, flags)
+    except BaseException:
+        os.close(descriptor)
+        raise
+    return descriptor
+
+
+def _start(parent: Path) -> tuple[Path, int]:
+    """A new ``<name>.partial`` folder under ``parent``, named by the time, and its lock,
+    held until the backup is done; first, the ``.partial`` folders no process holds go:
+    left by a backup or a prune that was killed."""
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError) as exc:
         raise NotAFolder(f"{parent} is not a folder (it or a folder above it is a file)") from exc
     except OSError as exc:
         raise BackupError(f"cannot create {parent}: {exc.strerror or exc}") from exc
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    name, number = f"{PREFIX}{stamp}", 1
-    while (parent / name).exists() or (parent / f"{name}.partial").exists():
-        number += 1
-        name = f"{PREFIX}{stamp}-{number}"
-    work = parent / f"{name}.partial"
+    # Held while a folder is made and locked: no run sees one unlocked before its lock.
+    guard = _lock(parent)
     try:
-        # The owner's alone: a backup holds every message, address and file.
-        work.mkdir(mode=0o700)
-    except OSError as exc:
-        raise BackupError(f"cannot write in {parent}: {exc.strerror or exc}") from exc
-    return work
+        for left in parent.glob(f"{PREFIX}*.partial"):
+            with suppress(OSError):  # locked by a running backup, or not a folder, or gone
+                held = _lock(left, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                remove_tree(left)
+                os.close(held)
+                log.info("backup: removed %s, left by a backup or prune cut short", left)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        name, number = f"{PREFIX}{stamp}", 1
+        while (parent / name).exists() or (parent / f"{name}.partial").exists():
+            number += 1
+            name = f"{PREFIX}{stamp}-{number}"
+        work = parent / f"{name}.partial"
+        try:
+            # The owner's alone: a backup holds every message, address and file.
+            work.mkdir(mode=0o700)
+        except OSError as exc:
+            raise BackupError(f"cannot write in {parent}: {exc.strerror or exc}") from exc
+        return work, _lock(work)
+    finally:
+        os.close(guard)
 
 
 def _copy_files(
@@ -120,8 +149,11 @@ def _copy_files(
 
 def _finish(work: Path, manifest: Manifest, keep: int) -> Path:
     manifest.write(work)
+    # Every name in the folder on disk before it takes its final name; that name before older go.
+    folders_on_disk(work.rglob("*"), work)
     final = work.with_name(work.name.removesuffix(".partial"))
     os.replace(work, final)
+    folders_on_disk([final], work.parent)
     prune_backups(work.parent, keep, made=final)
     return final
 
@@ -139,7 +171,7 @@ async def create_backup(
     database = database_of(settings)
     started = time.monotonic()
     # File work runs in a thread: a server in this process keeps serving meanwhile.
-    work = await asyncio.to_thread(_start, parent)
+    work, held = await asyncio.to_thread(_start, parent)
     try:
         facts = await database.dump(work / database.file_name)
         dump_sha256 = await asyncio.to_thread(file_sha256, work / database.file_name)
@@ -168,6 +200,8 @@ async def create_backup(
     except BaseException:
         remove_tree(work)
         raise
+    finally:
+        os.close(held)  # the folder is whole or gone
     return final, manifest
 
 
@@ -182,18 +216,18 @@ def prune_backups(parent: Path, keep: int, *, made: Path | None = None) -> list[
     removed = ours[:-keep] if keep > 0 else ours
     for path in removed:
         # A .partial folder first, then no manifest: a deletion cut short leaves what the
-        # README says to delete, never a folder that looks whole (nor one no run prunes).
+        # next run deletes, never a folder that looks whole (nor one no run prunes).
         doomed = path.rename(path.with_name(f"{path.name}.partial"))
+        folders_on_disk([doomed], parent)
         (doomed / MANIFEST).unlink(missing_ok=True)
         remove_tree(doomed)
         log.info("backup: removed %s (keeping the newest %d)", path, keep)
     return removed
 
 
-# Restored files are staged here, inside the upload folder: one filesystem, so moving
-# them into place is a rename (beside it would be another volume under compose, where
-# the upload folder is a mount point and its parent is not writable by the app).
-STAGING_PREFIX = ".restore-"
+# Restored files are staged under STAGING_PREFIX inside the upload folder: one filesystem,
+# so moving them into place is a rename (beside it would be another volume under compose,
+# where the upload folder is a mount point and its parent is not writable by the app).
 
 
 def _upload_dir_has_files(folder: Path) -> bool:
@@ -266,6 +300,7 @@ def _mib(size: int) -> str:
 
 def _stage_files(folder: Path, manifest: Manifest, upload_dir: Path) -> Path:
     """The backup's files copied and checked into a staging folder; the target is untouched."""
+    existing = next(path for path in (upload_dir, *upload_dir.parents) if path.exists())
     upload_dir.mkdir(parents=True, exist_ok=True)
     staging = upload_dir / f"{STAGING_PREFIX}{uuid.uuid4().hex}"
     staging.mkdir()
@@ -276,6 +311,8 @@ def _stage_files(folder: Path, manifest: Manifest, upload_dir: Path) -> Path:
                 raise BackupError(
                     f"attachment file {key!r} in the backup does not match its checksum"
                 )
+        # The staging folder, which marks the restore unfinished, on disk before the target changes.
+        folders_on_disk([staging, *staging.rglob("*")], existing)
     except BaseException:
         remove_tree(staging)
         raise
@@ -287,6 +324,8 @@ def _move_into_place(staging: Path, manifest: Manifest, upload_dir: Path) -> Non
         target = key_path(upload_dir, key)
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(key_path(staging, key), target)
+    # In place on disk before the staging folder goes.
+    folders_on_disk([key_path(upload_dir, key) for key in manifest.files], upload_dir)
 
 
 async def restore_backup(settings: Settings, path: Path, *, force: bool = False) -> Manifest:

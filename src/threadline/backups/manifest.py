@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -113,7 +114,8 @@ def _is_size(value: object) -> bool:
 
 
 def is_backup(folder: Path) -> bool:
-    if not (folder.is_dir() and folder.name.startswith(PREFIX)):
+    # Not a .partial one, manifest or not: a running backup's, which no prune may take.
+    if not (folder.is_dir() and folder.name.startswith(PREFIX)) or folder.suffix == ".partial":
         return False
     try:
         Manifest.read(folder)
@@ -152,6 +154,17 @@ def _on_disk(writer: IO[Any]) -> None:
     rename may survive where unsynced data would not (a file of zeros, or empty)."""
     writer.flush()
     os.fsync(writer.fileno())
+
+
+def folders_on_disk(paths: Iterable[Path], root: Path) -> None:
+    """fsync the folders that hold ``paths``, up to and with ``root``: after a power cut a
+    rename or a new name is kept only if its folder was on disk, as data before a rename."""
+    for folder in {up for path in paths for up in path.parents if up.is_relative_to(root)}:
+        descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
 
 
 def file_sha256(path: Path) -> str:

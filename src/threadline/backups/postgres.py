@@ -24,7 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from threadline.backups.manifest import BackupError
+from threadline.backups.manifest import BackupError, folders_on_disk
 from threadline.backups.rows import Facts, holds_rows, read_facts
 from threadline.config import without_passwords
 from threadline.migrate import upgrade_to_head_async
@@ -205,6 +205,7 @@ class PostgresDatabase:
                 # pg_restore commits: what a forced restore replaces is kept aside first.
                 saved = aside / self.file_name
                 await self.dump(saved)
+                folders_on_disk([saved], aside.parent)  # pg_dump syncs the file, not its folder
                 # Left there if the restore is killed: the one copy of what it replaces.
                 log.info("restore: the database's contents are kept in %s until it is done", saved)
             await self._run(tool, *RESTORE_OPTIONS, str(source))

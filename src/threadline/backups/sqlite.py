@@ -20,7 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from threadline.backups.manifest import BackupError
+from threadline.backups.manifest import BackupError, folders_on_disk
 from threadline.backups.rows import Facts, holds_rows, read_facts
 
 T = TypeVar("T")
@@ -46,6 +46,7 @@ def _replace(scratch: Path, target: Path) -> None:
         with closing(sqlite3.connect(target, timeout=BUSY_TIMEOUT_SECONDS)) as old:
             old.execute("PRAGMA journal_mode=DELETE")
     os.replace(scratch, target)
+    folders_on_disk([target], target.parent)  # before the staging folder goes
 
 
 async def _on_file(path: Path, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:

@@ -17,6 +17,16 @@ from typing import Protocol
 
 # Big enough that a 25 MiB file is a few hundred thread hops, small enough to hold.
 CHUNK_BYTES = 256 * 1024
+# A restore stages its files in a folder of this prefix inside the upload folder
+# (threadline.backups); one outlives its restore only if the restore was killed.
+STAGING_PREFIX = ".restore-"
+
+
+def unfinished_restore(upload_dir: Path) -> str | None:
+    """Why no server may start on this upload folder: a restore cut short, half done maybe."""
+    if left := next(upload_dir.glob(f"{STAGING_PREFIX}*"), None):
+        return f"a restore did not finish ({left} is left): run `threadline restore` again"
+    return None
 
 
 class TooLarge(Exception):
