@@ -285,7 +285,8 @@ async def test_every_way_of_serving_refuses_a_half_restored_deployment(
     once it is gone."""
     left = settings.upload_dir / ".restore-0123abcd"
     left.mkdir(parents=True)
-    for command in (UVICORN, SERVE):
+    # With --workers, uvicorn's supervisor exits 0 when a worker cannot start: serve says first.
+    for command in (UVICORN, SERVE, (*SERVE, "--workers", "2")):
         said = await refused_to_serve(settings, tmp_path, command)
         assert said == (
             f"threadline: a restore did not finish ({left} is left): run `threadline restore` again"

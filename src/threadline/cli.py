@@ -97,8 +97,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from uvicorn.config import LOGGING_CONFIG
 
     from threadline.access_log import log_config
+    from threadline.uploads.storage import unfinished_restore
 
     settings = _settings()
+    # The app refuses too (bare uvicorn); here as well, before migrating, and so that
+    # --workers, whose supervisor exits 0 when a worker cannot start, exits 3.
+    if problem := unfinished_restore(settings.upload_dir):
+        _fail(problem, 3)
     if settings.is_sqlite:
         # The embedded default migrates itself; PostgreSQL deployments run `migrate`.
         _migrate(settings)
