@@ -87,6 +87,9 @@ def test_migrate_and_app_share_one_image() -> None:
     assert app.get("build") == migrate.get("build")
     assert migrate["command"] == ["threadline", "migrate"]
     assert _environment(migrate)["DATABASE_URL"] == _environment(app)["DATABASE_URL"]
+    # Revisions may read attachment files (0003 reads image headers), never write them.
+    assert _environment(migrate)["UPLOAD_DIR"] == _environment(app)["UPLOAD_DIR"]
+    assert f"uploads:{_environment(app)['UPLOAD_DIR']}:ro" in migrate["volumes"]
 
 
 def test_app_starts_after_a_successful_migration_and_healthy_redis() -> None:

@@ -21,11 +21,12 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import delete, insert, inspect, text, update
+from sqlalchemy import delete, insert, inspect, select, text, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
+from tests.uploads import oriented
 from threadline.migrate import (
     alembic_config,
     current_revision_async,
@@ -35,7 +36,7 @@ from threadline.migrate import (
     upgrade_to_head,
     upgrade_to_head_async,
 )
-from threadline.models import Base, Message, Thread
+from threadline.models import Attachment, Base, Message, Thread
 
 # Parametrized over both dialects itself: the SQLite row of the test command skips it.
 pytestmark = pytest.mark.any_backend
@@ -324,3 +325,48 @@ async def test_concurrent_upgrades_from_separate_processes_take_turns(
     assert failures == []
     assert await current_revision_async(empty_database_url) == head_revision()
     assert await schema_differences(empty_database_url) == []
+
+
+# --- data migrations ---
+
+
+async def test_images_stored_with_their_unturned_size_get_the_size_as_shown_once(
+    empty_database_url: str, tmp_path: Path
+) -> None:
+    """0003: a quarter-turned photo (EXIF orientation 6) stored before ac4ecf7 kept its
+    pixels' 600 x 300; it is shown 300 x 600. A row stored since, an upright image and a
+    row whose file is gone keep theirs, and a second run swaps nothing back."""
+    url, uploads = empty_database_url, tmp_path / "uploads"
+    await upgrade_to_head_async(url)
+    files = {"aa/old": oriented("JPEG", (600, 300), 6), "bb/new": oriented("JPEG", (600, 300), 6)}
+    files["cc/upright"] = oriented("JPEG", (600, 300), 1)
+    for key, data in files.items():
+        (uploads / key).parent.mkdir(parents=True)
+        (uploads / key).write_bytes(data)
+    rows = {"aa/old": (600, 300), "bb/new": (300, 600), "cc/upright": (600, 300)}
+    rows["dd/missing"] = (600, 300)
+    async with engine_for(url) as engine, engine.begin() as connection:
+        thread_id = uuid.uuid4()
+        await connection.execute(insert(Thread).values(id=thread_id, title="Photos"))
+        for key, (width, height) in rows.items():
+            await connection.execute(
+                insert(Attachment).values(
+                    thread_id=thread_id,
+                    filename="p",
+                    content_type="image/jpeg",
+                    size=1,
+                    kind="IMAGE",
+                    width=width,
+                    height=height,
+                    storage_key=key,
+                )
+            )
+    shown = {**rows, "aa/old": (300, 600)}
+    for _ in range(2):
+        await asyncio.to_thread(command.downgrade, alembic_config(url), "0002")
+        await upgrade_to_head_async(url, uploads)
+        async with engine_for(url) as engine, engine.connect() as connection:
+            stored = await connection.execute(
+                select(Attachment.storage_key, Attachment.width, Attachment.height)
+            )
+            assert {key: (width, height) for key, width, height in stored} == shown

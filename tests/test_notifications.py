@@ -56,6 +56,19 @@ async def test_a_mention_of_a_participant_fills_mentions_and_notifies_them(
     assert (await inbox(carol))["edges"] == []
 
 
+async def test_a_mention_right_after_han_letters_fills_mentions_and_notifies(
+    clients: Clients,
+) -> None:
+    # Chinese and Japanese put no space before a name; a Latin letter there is an address.
+    alice, bob, carol = await clients.users("alice", "bob", "carol")
+    thread_id = await factories.thread(alice, bob, carol)
+    sent = await factories.send(alice, thread_id, "谢谢@bob, mail me@carol.example")
+    mentioned = (await alice.gql(MENTIONS, {"m": sent["id"]}))["message"]["mentions"]
+    assert mentioned == [{"id": bob.id, "username": "bob"}]
+    assert kinds(await inbox(bob)) == ["MENTION", "ADDED_TO_THREAD"]
+    assert kinds(await inbox(carol)) == ["ADDED_TO_THREAD"]
+
+
 async def test_a_reply_notifies_the_parent_author(clients: Clients) -> None:
     alice, bob = await clients.user("alice"), await clients.user("bob")
     thread_id = await factories.thread(alice, bob)

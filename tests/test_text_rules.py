@@ -251,6 +251,12 @@ def test_at_most_twenty_distinct_reactions() -> None:
         pytest.param("@@alice", [], id="double @"),
         pytest.param("line\n@alice\t@bob", ["alice", "bob"], id="after newline and tab"),
         pytest.param("@Zo\u00eb", ["Zo\u00eb"], id="non-ASCII letters"),
+        pytest.param("谢谢@bob", ["bob"], id="after Han"),
+        pytest.param("コーヒー@bob、ありがとう@carol", ["bob", "carol"], id="after kana"),
+        pytest.param("ขอบคุณ@bob", ["bob"], id="after Thai"),
+        pytest.param("\U00020b9f@bob", ["bob"], id="after Han beyond the BMP"),
+        pytest.param("caf\u00e9@bob me@bob.com a_@bob 1@bob", [], id="after Latin, _ or a digit"),
+        pytest.param("мой@bob 안녕@bob", [], id="after Cyrillic or Hangul (spaced scripts)"),
     ],
 )
 def test_mentioned_usernames(body: str, expected: list[str]) -> None:

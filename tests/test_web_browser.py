@@ -1149,6 +1149,19 @@ async def test_a_mention_before_a_full_stop_or_in_capitals_is_highlighted(
     await expect(bob.message("Ask").locator(".body")).to_have_text("Ask @bob. Or @Bob, or @bob")
 
 
+async def test_the_page_highlights_the_mentions_the_server_found(
+    server: Server, browser: Any, clients: Clients
+) -> None:
+    # The page had its own rule: it highlighted a participant's name glued to Latin
+    # letters (an address, no mention), unlike the server.
+    alice_api, bob_api = await clients.users("alice", "bob")
+    tid = await factories.thread(alice_api, bob_api, title="Thanks")
+    await factories.send(alice_api, tid, "谢谢@bob! Write to me@alice or @alice@example.com")
+    bob = await sign_in(browser, server.base, "bob")
+    await open_thread(bob, "Thanks")
+    await expect(bob.message("谢谢").locator(".mention")).to_have_text(["@bob"])
+
+
 async def test_a_thread_renamed_while_open_is_renamed_in_its_message_box_too(
     server: Server, browser: Any, clients: Clients
 ) -> None:

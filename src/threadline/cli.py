@@ -89,7 +89,7 @@ def _migrate(settings: Settings) -> None:
     with _database_errors(settings, "migrate"):
         if settings.sqlite_path is not None:
             settings.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
-        upgrade_to_head(url)
+        upgrade_to_head(url, settings.upload_dir)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

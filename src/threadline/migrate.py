@@ -63,9 +63,10 @@ def include_object(
     return True
 
 
-def alembic_config(database_url: str) -> Config:
-    """An Alembic configuration for the packaged migrations against one database."""
-    config = Config()
+def alembic_config(database_url: str, upload_dir: Path | None = None) -> Config:
+    """An Alembic configuration for the packaged migrations against one database, whose
+    attachment files are under ``upload_dir`` (None: no files to read)."""
+    config = Config(attributes={"upload_dir": upload_dir})
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.set_main_option("path_separator", "os")
     # The value goes through configparser interpolation: a literal % must be doubled.
@@ -73,7 +74,7 @@ def alembic_config(database_url: str) -> Config:
     return config
 
 
-def upgrade_to_head(database_url: str) -> None:
+def upgrade_to_head(database_url: str, upload_dir: Path | None = None) -> None:
     """Migrate the database to the newest revision; call it where no event loop runs."""
     # env.py drives the async engine with asyncio.run(), which a running loop forbids.
     try:
@@ -85,12 +86,12 @@ def upgrade_to_head(database_url: str) -> None:
             "upgrade_to_head() blocks; inside an event loop, await upgrade_to_head_async() instead"
         )
     with _ALEMBIC_COMMAND_LOCK:
-        command.upgrade(alembic_config(database_url), "head")
+        command.upgrade(alembic_config(database_url, upload_dir), "head")
 
 
-async def upgrade_to_head_async(database_url: str) -> None:
+async def upgrade_to_head_async(database_url: str, upload_dir: Path | None = None) -> None:
     """``upgrade_to_head`` for async code, in a worker thread."""
-    await asyncio.to_thread(upgrade_to_head, database_url)
+    await asyncio.to_thread(upgrade_to_head, database_url, upload_dir)
 
 
 @functools.cache

@@ -362,7 +362,7 @@ async def restore_backup(settings: Settings, path: Path, *, force: bool = False)
     try:
         staging = await asyncio.to_thread(_stage_files, folder, manifest, settings.upload_dir)
         try:
-            await database.restore(folder / manifest.database_file, _finisher(manifest))
+            await database.restore(folder / manifest.database_file, _finisher(manifest, staging))
             await asyncio.to_thread(_move_into_place, staging, manifest, settings.upload_dir)
             # Done: a killed restore's staging folders, which marked it unfinished, go too.
             for left in settings.upload_dir.glob(f"{STAGING_PREFIX}*"):
@@ -376,12 +376,13 @@ async def restore_backup(settings: Settings, path: Path, *, force: bool = False)
     return manifest
 
 
-def _finisher(manifest: Manifest) -> Callable[[str], Awaitable[None]]:
-    """What runs on the restored database (SQLite: its scratch copy) before the restore is done."""
+def _finisher(manifest: Manifest, files: Path) -> Callable[[str], Awaitable[None]]:
+    """What runs on the restored database (SQLite: its scratch copy) before the restore is
+    done; ``files``: its attachment files, staged."""
 
     async def finish(database_url: str) -> None:
         if manifest.schema_revision != head_revision():
-            await upgrade_to_head_async(database_url)
+            await upgrade_to_head_async(database_url, files)
             return
         # Same schema: the restored rows must be exactly the backed-up ones.
         counts = (await database_at(database_url).facts()).counts

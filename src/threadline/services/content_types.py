@@ -201,7 +201,7 @@ def detect(file: BinaryIO) -> Detected:
     if found == "image/jpeg":
         _check_jpeg_scans(file)
     if found in IMAGES:
-        return _image(file, found)
+        return read_image(file, found)
     if found in VIDEO:
         return Detected(found, AttachmentKind.VIDEO)
     if found in AUDIO:
@@ -345,7 +345,8 @@ def _utf8_prefix(head: bytes) -> bool:
     return False
 
 
-def _image(file: BinaryIO, content_type: str) -> Detected:
+def read_image(file: BinaryIO, content_type: str) -> Detected:
+    """An image's size as shown and orientation, from its header; BadInput if unreadable."""
     file.seek(0)
     try:
         with Image.open(file) as image:

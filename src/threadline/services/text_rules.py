@@ -48,10 +48,19 @@ _TRIM: Final = re.compile(rf"^[\s{_EDGE_INVISIBLES}]+|[\s{_EDGE_INVISIBLES}]+$")
 # fields (titles, names) so a pasted multi-line value still reads as one line.
 _LINE_WHITESPACE: Final = re.compile(r"[ \t\n]*[\t\n][ \t\n]*")
 
-# "@" plus a Clerk username, neither after a username character, "@" or "/" (an e-mail
-# address, a URL path) nor followed by "@" ("@alice@example.com"). The possessive "*+"
-# stops the engine from backtracking to a shorter name that dodges that check.
-_MENTION: Final = re.compile(r"(?<![\w.@/-])@(\w[\w.-]*+)(?!@)")
+# Letters of the scripts written without spaces between words (Han, kana, Thai, Lao,
+# Myanmar, Khmer): "谢谢@bob" is a word, then a mention.
+_SPACELESS: Final = (
+    "\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u2e80-\u2fdf\u3005-\u3007\u3021-\u3029"
+    "\u3031-\u3035\u3038-\u303c\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff"
+    "\uf900-\ufaff\uff66-\uff9f\U00020000-\U0003ffff"
+)
+
+# "@" plus a Clerk username, neither after a username character (but a letter above),
+# "@" or "/" (an e-mail address, a URL path) nor followed by "@" ("@alice@example.com").
+# The possessive "*+" stops the engine from backtracking to a shorter name that dodges
+# that check.
+_MENTION: Final = re.compile(rf"(?<![^\W{_SPACELESS}])(?<![.@/-])@(\w[\w.-]*+)(?!@)")
 
 # What no text column can hold or no encoder can write: C0/C1 controls and lone surrogates.
 _UNSTORABLE: Final = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")

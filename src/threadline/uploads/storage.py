@@ -60,8 +60,9 @@ class LocalStorage:
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
 
-    def _path(self, key: str) -> Path:
-        # Keys come from save(); anything else (a tampered row) must not escape root.
+    def path(self, key: str) -> Path:
+        """Where ``key`` lives. Keys come from save(); anything else (a tampered row) must
+        not escape root: ValueError."""
         if not key or "/" not in key or ".." in key or key.startswith("/"):
             raise ValueError("not a storage key")
         return self.root / key
@@ -69,7 +70,7 @@ class LocalStorage:
     async def save(self, chunks: AsyncIterator[bytes], *, max_bytes: int) -> StoredFile:
         name = secrets.token_hex(16)
         key = f"{name[:2]}/{name}"
-        final = self._path(key)
+        final = self.path(key)
         partial = final.with_name(final.name + ".partial")
         await asyncio.to_thread(final.parent.mkdir, parents=True, exist_ok=True)
         size = 0
@@ -96,13 +97,13 @@ class LocalStorage:
 
     async def size(self, key: str) -> int | None:
         try:
-            stat = await asyncio.to_thread(self._path(key).stat)
+            stat = await asyncio.to_thread(self.path(key).stat)
         except (OSError, ValueError):
             return None
         return stat.st_size
 
     async def read(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
-        handle = await asyncio.to_thread(self._path(key).open, "rb")
+        handle = await asyncio.to_thread(self.path(key).open, "rb")
         try:
             await asyncio.to_thread(handle.seek, start)
             left = math.inf if end is None else max(0, end - start)
@@ -117,7 +118,7 @@ class LocalStorage:
 
     async def delete(self, key: str) -> None:
         try:
-            path = self._path(key)
+            path = self.path(key)
         except ValueError:
             return
         await asyncio.to_thread(path.unlink, missing_ok=True)

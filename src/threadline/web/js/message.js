@@ -5,12 +5,12 @@ import { btn, el, fileSize, fullTime, shortTime, toggle } from "./util.js";
 const QUICK_EMOJI = ["👍", "❤️", "😂", "🎉", "😮", "😢", "🚀", "👀"];
 const ADMIN_ROLES = new Set(["ADMIN", "OWNER"]);
 
-/** Text with @mentions highlighted as the server reads them (any case, no final full stop);
+/** The body, the @mentions the server found highlighted (any case, no final full stop);
  * never HTML (bodies are plain text). */
-function bodyWithMentions(body, usernames) {
-	const parts = body.split(/(@[\w.-]*[\w-])/g);
-	return parts.map((part, i) =>
-		i % 2 && usernames.has(part.slice(1).toLowerCase()) ? el("span", { class: "mention" }, part) : part);
+function bodyWithMentions({ body, mentions }) {
+	const names = new Set(mentions?.map((u) => u.username?.toLowerCase()));
+	return body.split(/(@[\p{L}\p{N}_.-]*[\p{L}\p{N}_-])/u).map((part, i) =>
+		i % 2 && names.has(part.slice(1).toLowerCase()) ? el("span", { class: "mention" }, part) : part);
 }
 
 function attachmentView(attachment) {
@@ -75,7 +75,7 @@ export function renderMessage(message, ctx) {
 		message.editedAt && !deleted ? btn({ class: "edited", "aria-expanded": "false", title: `Edited ${fullTime(message.editedAt)}`,
 			onclick: (e) => ctx.showHistory(message, e.currentTarget),
 		}, "(edited)") : null),
-	el("p", { class: "body" }, deleted ? "This message was deleted." : bodyWithMentions(message.body, ctx.usernames)),
+	el("p", { class: "body" }, deleted ? "This message was deleted." : bodyWithMentions(message)),
 	message.attachments.length && !deleted ? el("div", { class: "attachments" }, message.attachments.map(attachmentView)) : null,
 	message.reactions.length && !deleted ? el("div", { class: "reactions" }, message.reactions.map((g) => reactionChip(message, g, ctx))) : null,
 	message.replyCount && !ctx.inPanel ? btn({ class: "reply-count", onclick: () => ctx.openReplies(message) },

@@ -8,6 +8,7 @@ const MESSAGE = `fragment Msg on Message {
 	author { ${USER} }
 	${REACTIONS}
 	attachments { id filename size kind url previewUrl width height }
+	mentions { username }
 }`;
 const MESSAGE_PAGE = "pageInfo { hasPreviousPage startCursor } edges { node { ...Msg } }";
 const THREAD_ITEM = `fragment ThreadItem on Thread {

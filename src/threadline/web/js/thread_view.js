@@ -109,7 +109,6 @@ export class ThreadView {
 	context(inPanel) {
 		return {
 			me: this.app.me, role: this.thread.myRole, inPanel,
-			usernames: new Set([...this.people.values()].map((p) => p.user.username?.toLowerCase())),
 			presenceOf: (id) => this.people.get(id)?.status ?? "OFFLINE",
 			toggleReaction: (m, emoji, add) => this.mutate(add ? Q.REACT : Q.UNREACT, { m: m.id, e: emoji }),
 			openReplies: (m) => this.openReplies(m),

@@ -1,0 +1,83 @@
+"""Image attachments stored before their size was the size as shown get that size.
+
+Revision ID: 0003
+Revises: 0002
+Create Date: 2026-12-04
+
+Before commit ac4ecf7, an image whose EXIF orientation turns it a quarter (5 to 8) kept
+its pixels' width and height; since, they are swapped. No column says which rows are
+older, so each image row that is not square is opened again, its pixels not decoded, from the
+upload directory the migrating command was given (none: nothing is read), and takes the
+size as shown only while it holds that size swapped: a row stored since, or fixed by an
+earlier run, is left alone. A missing or unreadable file leaves its row as it was.
+"""
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import sqlalchemy as sa
+from alembic import op
+
+from threadline.errors import BadInput
+from threadline.services.content_types import SIDEWAYS, read_image
+from threadline.uploads.storage import LocalStorage
+
+revision: str = "0003"
+down_revision: str | Sequence[str] | None = "0002"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+BATCH = 500  # rows in memory at a time
+attachments = sa.table(
+    "attachments",
+    sa.column("id", sa.Uuid()),
+    sa.column("kind", sa.String()),
+    sa.column("content_type", sa.String()),
+    sa.column("width", sa.Integer()),
+    sa.column("height", sa.Integer()),
+    sa.column("storage_key", sa.String()),
+)
+
+
+def upgrade() -> None:
+    config = op.get_context().config
+    upload_dir: Path | None = config.attributes.get("upload_dir") if config else None
+    if upload_dir is None:
+        return
+    storage, bind, c, unread = LocalStorage(upload_dir), op.get_bind(), attachments.c, 0
+    query = (
+        sa.select(attachments)
+        .where(c.kind == "IMAGE", c.width != c.height)
+        .order_by(c.id)
+        .limit(BATCH)
+    )
+    rows = bind.execute(query).all()
+    while rows:
+        for row in rows:
+            try:
+                with storage.path(row.storage_key).open("rb") as file:
+                    shown = read_image(file, row.content_type)
+            except (OSError, ValueError, BadInput):
+                unread += 1
+                continue
+            if shown.orientation in SIDEWAYS and (row.width, row.height) == (
+                shown.height,
+                shown.width,
+            ):
+                bind.execute(
+                    sa.update(attachments)
+                    .where(c.id == row.id)
+                    .values(width=shown.width, height=shown.height)
+                )
+        rows = bind.execute(query.where(c.id > rows[-1].id)).all()
+    if unread:
+        logging.getLogger(__name__).warning(
+            "%d image(s) not found or unreadable under %s: their sizes are as they were",
+            unread,
+            upload_dir,
+        )
+
+
+def downgrade() -> None:
+    pass  # the sizes as shown are right for the code of 0002 as well
