@@ -89,29 +89,33 @@ class Reaction(Base):
 _WORD = re.compile(r"\w+")
 
 
-def full_text_match(session: AsyncSession, query: str) -> tuple[Select[Message], Any] | None:
-    """Messages matching ``query``, and their rank (higher first); None: no words.
+def full_text_match(session: AsyncSession, query: str) -> tuple[Select[Message, float], Any] | None:
+    """Messages matching ``query`` with their rank (higher first), and the rank's
+    expression; None: no words.
 
+    The rank depends on the message and the query alone, not on the rest of the corpus,
+    so that an unchanged message keeps its place (and its cursor) while others come and go.
     PostgreSQL: the generated tsvector column against ``plainto_tsquery`` (every word,
-    no operators: ``-word`` or ``or`` mean what they do on SQLite);
-    SQLite: the FTS5 table the migration keeps in step with messages (bm25 rank).
+    no operators: ``-word`` or ``or`` mean what they do on SQLite), ranked by ts_rank_cd;
+    SQLite: the FTS5 table the migration keeps in step with messages, ranked by the
+    density of matched words (not bm25, whose statistics change with every insert).
     """
     if session.get_bind().dialect.name == "postgresql":
         tsquery = func.plainto_tsquery(literal_column("'english'"), query)
         vector: Any = column("search_vector")
-        return select(Message).where(vector.op("@@")(tsquery)), func.ts_rank_cd(vector, tsquery)
+        rank = func.ts_rank_cd(vector, tsquery, type_=Float)
+        return select(Message, rank).where(vector.op("@@")(tsquery)), rank
     # Each word quoted, so that FTS5 syntax in user input is inert (\w matches no quote).
     fts = " ".join(f'"{word}"' for word in _WORD.findall(query))
     if not fts:
         return None
+    # highlight() adds one character before each matched word: length grows by the hits.
+    density = "length(highlight(messages_fts, 0, ' ', '')) * 1.0 / length(body)"
     matches = (
-        select(
-            literal_column("rowid").label("rid"),
-            literal_column("bm25(messages_fts)", Float).label("score"),
-        )
+        select(literal_column("rowid").label("rid"), literal_column(density, Float).label("rank"))
         .select_from(text("messages_fts"))
         .where(text("messages_fts MATCH :q").bindparams(q=fts))
         .subquery()
     )
-    statement = select(Message).join(matches, literal_column("messages.rowid") == matches.c.rid)
-    return statement, -matches.c.score
+    on = literal_column("messages.rowid") == matches.c.rid
+    return select(Message, matches.c.rank).join(matches, on), matches.c.rank
