@@ -87,6 +87,21 @@ class Reaction(Base):
 
 
 _WORD = re.compile(r"\w+")
+# PostgreSQL's english stop words (tsearch_data/english.stop): left out of its
+# tsvectors and queries, and so out of SQLite's queries too.
+_STOP_WORDS = frozenset(
+    "i me my myself we our ours ourselves you your"  # noqa: SIM905 - a list of 127 lines
+    " yours yourself yourselves he him his himself she her hers herself it its itself they"
+    " them their theirs themselves what which who whom this that these those am is are was"
+    " were be been being have has had having do does did doing a an the and but if or"
+    " because as until while of at by for with about against between into through during"
+    " before after above below to from up down in out on off over under again further then"
+    " once here there when where why how all any both each few more most other some such no"
+    " nor not only own same so than too very s t can will just don should now".split()
+)
+# PostgreSQL indexes "e-mail" as "e-mail", "e" and "mail", but a query for "e-mail"
+# needed all three; apart, its words match as on SQLite (numbers: "-19" is a number).
+_HYPHEN = re.compile(r"(?<=[^\W\d_])-(?=[^\W\d_])")
 
 
 def full_text_match(session: AsyncSession, query: str) -> tuple[Select[Message, float], Any] | None:
@@ -101,12 +116,13 @@ def full_text_match(session: AsyncSession, query: str) -> tuple[Select[Message, 
     density of matched words (not bm25, whose statistics change with every insert).
     """
     if session.get_bind().dialect.name == "postgresql":
-        tsquery = func.plainto_tsquery(literal_column("'english'"), query)
+        tsquery = func.plainto_tsquery(literal_column("'english'"), _HYPHEN.sub(" ", query))
         vector: Any = column("search_vector")
         rank = func.ts_rank_cd(vector, tsquery, type_=Float)
         return select(Message, rank).where(vector.op("@@")(tsquery)), rank
     # Each word quoted, so that FTS5 syntax in user input is inert (\w matches no quote).
-    fts = " ".join(f'"{word}"' for word in _WORD.findall(query))
+    words = [w for w in _WORD.findall(query) if w.lower() not in _STOP_WORDS]
+    fts = " ".join(f'"{word}"' for word in words)
     if not fts:
         return None
     # highlight() adds one character before each matched word: length grows by the hits.
