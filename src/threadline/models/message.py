@@ -115,16 +115,16 @@ def full_text_match(session: AsyncSession, query: str) -> tuple[Select[Message, 
     SQLite: the FTS5 table the migration keeps in step with messages, ranked by the
     density of matched words (not bm25, whose statistics change with every insert).
     """
+    words = [w for w in _WORD.findall(query) if w.lower() not in _STOP_WORDS]
+    if not words:  # PostgreSQL would find nothing too (and say so in a NOTICE)
+        return None
     if session.get_bind().dialect.name == "postgresql":
         tsquery = func.plainto_tsquery(literal_column("'english'"), _HYPHEN.sub(" ", query))
         vector: Any = column("search_vector")
         rank = func.ts_rank_cd(vector, tsquery, type_=Float)
         return select(Message, rank).where(vector.op("@@")(tsquery)), rank
     # Each word quoted, so that FTS5 syntax in user input is inert (\w matches no quote).
-    words = [w for w in _WORD.findall(query) if w.lower() not in _STOP_WORDS]
     fts = " ".join(f'"{word}"' for word in words)
-    if not fts:
-        return None
     # highlight() adds one character before each matched word: length grows by the hits.
     density = "length(highlight(messages_fts, 0, ' ', '')) * 1.0 / length(body)"
     matches = (
