@@ -255,6 +255,21 @@ BAD_NAME_KEYS = [
     key_cursor("name"),
 ]
 
+# Cursors of (rank, time, id): search's.
+AT = "2026-01-01T00:00:00+00:00"
+BAD_RANK_KEYS = [
+    key_cursor(1, AT, SOME_ID),
+    key_cursor(True, AT, SOME_ID),
+    key_cursor("0.5", AT, SOME_ID),
+    cursor(f'[NaN,"{AT}","{SOME_ID}"]'.encode()),
+    cursor(f'[-Infinity,"{AT}","{SOME_ID}"]'.encode()),
+    cursor(f'[1e999,"{AT}","{SOME_ID}"]'.encode()),
+    key_cursor(0.5, "2026-01-01T00:00:00", SOME_ID),
+    key_cursor(0.5, AT, "not-a-uuid"),
+    key_cursor(0.5, AT),
+    key_cursor(AT, SOME_ID),
+]
+
 PAGES = {
     "messages after": (
         "query($t: ID!, $c: String) { messages(threadId: $t, after: $c) { edges { cursor } } }",
@@ -277,7 +292,7 @@ PAGES = {
     "search": (
         'query($t: ID!, $c: String) { searchMessages(query: "hello", threadId: $t, after: $c)'
         " { edges { cursor } } }",
-        BAD_CURSORS + BAD_POSITIONS,
+        BAD_CURSORS + BAD_POSITIONS + BAD_RANK_KEYS,
     ),
     "threads": (
         "query($c: String) { threads(after: $c) { edges { cursor } } }",

@@ -1,7 +1,7 @@
 """Full-text search over messages: ranking, stemming, and only the caller's live messages.
 
-PostgreSQL ranks with ts_rank_cd over an english tsvector, SQLite with FTS5's
-bm25 over a porter-stemmed index; the cases here are ones both agree on.
+PostgreSQL ranks with ts_rank_cd over an english tsvector, SQLite by the density of
+matched words in a porter-stemmed FTS5 index; the cases here are ones both agree on.
 """
 
 from __future__ import annotations
@@ -124,3 +124,43 @@ async def test_search_pages_without_overlap(clients: Clients) -> None:
 async def test_an_empty_query_is_bad_input(clients: Clients) -> None:
     alice = await clients.user("alice")
     assert await alice.error(SEARCH, {"q": "   "}) == "BAD_USER_INPUT"
+
+
+async def test_pages_stay_whole_while_messages_come_and_go(clients: Clients) -> None:
+    """Following cursors shows every matching message left unchanged exactly once, though
+    messages ranking above and below arrive and one already shown is deleted meanwhile."""
+    alice = await clients.user("alice")
+    thread_id = await factories.thread(alice)
+    old = [await factories.send(alice, thread_id, f"deploy deploy {'x' * i}") for i in range(1, 8)]
+    page = (await alice.gql(SEARCH, {"q": "deploy", "first": 3}))["searchMessages"]
+    seen = [e["node"]["id"] for e in page["edges"]]
+    above = ["deploy deploy deploy", "deploy deploy deploy!"]
+    below = ["we may deploy on a later day, or not", "someone said deploy once, long ago"]
+    for body in above + below:
+        await factories.send(alice, thread_id, body)
+    await alice.gql(DELETE, {"m": seen[0]})
+    while page["pageInfo"]["hasNextPage"]:
+        after = page["pageInfo"]["endCursor"]
+        page = (await alice.gql(SEARCH, {"q": "deploy", "first": 3, "after": after}))[
+            "searchMessages"
+        ]
+        seen += [e["node"]["id"] for e in page["edges"]]
+    assert len(seen) == len(set(seen)), "a message shown twice"
+    assert {m["id"] for m in old} <= set(seen), "a message skipped"
+
+
+async def test_stop_words_hyphens_and_accents_match_alike_on_both_databases(
+    clients: Clients,
+) -> None:
+    """Stop words are left out of a query, a hyphen between letters separates words, and
+    an accent is part of its letter, as PostgreSQL's english configuration has them."""
+    alice = await clients.user("alice")
+    thread_id = await factories.thread(alice)
+    for body in ("the e-mail is late", "mail it, e first", "email me", "café au lait", "cafe"):
+        await factories.send(alice, thread_id, body)
+    assert await search(alice, "the") == []
+    assert await search(alice, "to be or not to be") == []
+    assert await search(alice, "the email") == ["email me"]
+    assert sorted(await search(alice, "e-mail")) == ["mail it, e first", "the e-mail is late"]
+    assert await search(alice, "Café") == ["café au lait"]
+    assert await search(alice, "cafe") == ["cafe"]

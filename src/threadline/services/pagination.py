@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -111,6 +112,15 @@ def time_id_key(key: list[Any]) -> tuple[datetime, uuid.UUID]:
     if len(key) != 2:
         raise BadInput("Invalid cursor")
     return _time(key[0]), _id(key[1])
+
+
+def rank_time_id_key(key: list[Any]) -> tuple[float, datetime, uuid.UUID]:
+    """A key of (rank, time, id): search results by relevance. Ranks are floats and
+    finite (JSON reads ``NaN`` and ``Infinity`` too)."""
+    rank = key[0] if len(key) == 3 else None
+    if not isinstance(rank, float) or not math.isfinite(rank):
+        raise BadInput("Invalid cursor")
+    return rank, *time_id_key(key[1:])
 
 
 def text_id_key(key: list[Any]) -> tuple[str, uuid.UUID]:
