@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import uuid
+from datetime import timedelta
 from typing import Any
 
+from sqlalchemy import update
+
 from tests import factories
-from tests.conftest import Api, Clients
+from tests.conftest import Api, Clients, Server
+from threadline.models import Message, Notification
 
 NOTIFICATIONS = """
 query($unreadOnly: Boolean) {
@@ -18,6 +23,7 @@ query($unreadOnly: Boolean) {
 MARK = "mutation($ids: [ID!], $all: Boolean) { markNotificationsRead(ids: $ids, all: $all) }"
 MENTIONS = "query($m: ID!) { message(messageId: $m) { mentions { id username } } }"
 REACT = "mutation($m: ID!, $e: String!) { addReaction(messageId: $m, emoji: $e) { id } }"
+UNREACT = "mutation($m: ID!, $e: String!) { removeReaction(messageId: $m, emoji: $e) { id } }"
 MUTE = "mutation($t: ID!) { muteThread(threadId: $t, muted: true) { muted } }"
 ADD = "mutation($t: ID!, $u: ID!) { addParticipant(threadId: $t, userId: $u) { role } }"
 
@@ -189,3 +195,25 @@ async def test_an_edit_that_mentions_someone_new_notifies_them_once(clients: Cli
     # Newest first; bob, mentioned from the start, is not told again.
     assert kinds(await inbox(carol)) == ["MENTION", "ADDED_TO_THREAD"]
     assert kinds(await inbox(bob)) == ["MENTION", "ADDED_TO_THREAD"]
+
+
+async def test_a_reaction_again_from_a_process_whose_clock_was_behind_notifies_once(
+    server: Server, clients: Clients
+) -> None:
+    """Each process stamps with its own clock: the first REACTION written by one that
+    was behind the message's still counts when the reaction comes again."""
+    alice, bob = await clients.users("alice", "bob")
+    thread_id = await factories.thread(alice, bob)
+    sent = await factories.send(alice, thread_id)
+    await bob.gql(REACT, {"m": sent["id"], "e": "👍"})
+    async with server.runtime.db.transaction("test_skew") as uow:
+        message = await uow.session.get(Message, uuid.UUID(sent["id"]))
+        assert message is not None
+        await uow.session.execute(
+            update(Notification)
+            .where(Notification.message_id == message.id)
+            .values(created_at=message.created_at - timedelta(seconds=30))
+        )
+    await bob.gql(UNREACT, {"m": sent["id"], "e": "👍"})
+    await bob.gql(REACT, {"m": sent["id"], "e": "👍"})
+    assert kinds(await inbox(alice)) == ["REACTION"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
+from datetime import timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -20,6 +21,9 @@ from threadline.services.pagination import Page, PageRequest, make_page, time_id
 from threadline.services.permissions import parse_id, readers
 
 MAX_IDS = 500
+
+
+CLOCK_SKEW = timedelta(hours=1)
 
 
 async def _reachable(
@@ -43,8 +47,9 @@ async def _told(
         return set()
     query = select(Notification.user_id).where(
         Notification.user_id.in_(users),
-        # None is older than its message: the (user, created_at) index reads no further.
-        Notification.created_at >= message.created_at,
+        # None is older than its message (give or take the skew between the clocks of the
+        # processes that stamped them): the (user, created_at) index reads no further.
+        Notification.created_at >= message.created_at - CLOCK_SKEW,
         Notification.message_id == message.id,
         Notification.kind == kind.value,
     )
