@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -18,6 +20,7 @@ from threadline.config import Settings
 from threadline.db import Database, make_engine
 from threadline.errors import ServiceUnavailable
 from threadline.models import ThreadParticipant
+from threadline.realtime import deliveries
 from threadline.realtime.broker import BrokerClosed
 from threadline.realtime.channels import activity_channel
 from threadline.realtime.deliveries import DeliveryTracker
@@ -166,6 +169,25 @@ async def delivered_markers(db: Database, thread_ids: list[uuid.UUID]) -> dict[K
     return {(user_id, thread_id): seq for user_id, thread_id, seq in rows}
 
 
+async def lock_waits(db: Database, until: Callable[[list[datetime]], bool]) -> list[datetime]:
+    """Waits until the statements of this database that wait on a lock (their start
+    times) are as wanted."""
+    for _ in range(250):
+        async with db.reading() as session:  # a transaction sees one snapshot of this
+            waiting = list(
+                await session.scalars(
+                    text(
+                        "SELECT query_start FROM pg_stat_activity"
+                        " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                    )
+                )
+            )
+        if until(waiting):
+            return waiting
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{len(waiting)} statements waiting on a lock")
+
+
 async def test_flushes_of_the_same_markers_at_once_never_deadlock(
     server: Server, clients: Clients
 ) -> None:
@@ -187,18 +209,7 @@ async def test_flushes_of_the_same_markers_at_once_never_deadlock(
             asyncio.create_task(mark_delivered_many(db, dict.fromkeys(order, 1)))
             for order in (keys, keys[::-1])
         ]
-        for _ in range(200):
-            async with db.reading() as session:  # a transaction sees one snapshot of this
-                waiting = await session.scalar(
-                    text(
-                        "SELECT count(*) FROM pg_stat_activity"
-                        " WHERE datname = current_database() AND wait_event_type = 'Lock'"
-                    )
-                )
-            if waiting >= 2:
-                break
-            await asyncio.sleep(0.02)
-        assert waiting >= 2
+        await lock_waits(db, lambda waiting: len(waiting) >= 2)
     await asyncio.gather(*flushes)
     assert set((await delivered_markers(db, thread_ids)).values()) == {1}
 
@@ -296,3 +307,27 @@ async def test_a_participant_removed_and_added_again_shows_their_new_markers_fro
     again = (await ws.next())["payload"]["data"]["threadActivity"]
     assert again == {"user": {"username": "carol"}, "lastReadSeq": 1}
     await ws.close()
+
+
+async def test_a_flush_cut_short_by_the_stop_leaves_its_markers_to_the_last_flush(
+    server: Server, clients: Clients, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The background flush, stuck behind a lock when the server stops, is cancelled;
+    the markers it held go to the stop's own flush, not nowhere."""
+    if BACKEND != "postgres":
+        pytest.skip("SQLite has one writer at a time")
+    monkeypatch.setattr(deliveries, "STOP_SECONDS", 0.5)  # the wait before the cancel
+    alice, bob = await clients.users("alice", "bob")
+    thread_id = uuid.UUID(await factories.thread(alice, bob))
+    key = (uuid.UUID(bob.id), thread_id)
+    db = server.runtime.db
+    tracker = DeliveryTracker(db)
+    async with db.sessions() as holder, holder.begin():
+        await holder.get(ThreadParticipant, key[::-1], with_for_update=True)
+        tracker.delivered(*key, 7)
+        tracker.start()
+        stuck = await lock_waits(db, lambda waiting: len(waiting) == 1)  # the background flush
+        stopping = asyncio.create_task(tracker.stop())
+        await lock_waits(db, lambda waiting: waiting != stuck)  # cancelled
+    await stopping
+    assert (await delivered_markers(db, [thread_id]))[key] == 7

@@ -19,6 +19,7 @@ from threadline.services.receipts import mark_delivered_many
 log = logging.getLogger(__name__)
 FLUSH_SECONDS = 1.0
 STOP_SECONDS = 5.0
+LAST_FLUSH_SECONDS = 10.0  # a stop never hangs on a database that does not answer
 
 
 class DeliveryTracker:
@@ -50,8 +51,11 @@ class DeliveryTracker:
             await asyncio.wait({self._task}, timeout=STOP_SECONDS)
             if not self._task.done():
                 self._task.cancel()
+                # Until the cancelled flush has put its markers back for the last one.
+                await asyncio.wait({self._task}, timeout=STOP_SECONDS)
         try:
-            await self.flush()
+            async with asyncio.timeout(LAST_FLUSH_SECONDS):
+                await self.flush()
         except Exception:  # the rest of the shutdown (presence, broker, pools) still runs
             log.exception("the last flush of delivered markers failed")
 
