@@ -275,6 +275,20 @@ async def test_old_backups_are_pruned_and_folders_of_others_are_left_alone(
     assert prune_backups(parent, 1) == [made[1]]
 
 
+async def test_a_backup_refuses_a_half_restored_deployment_and_prunes_nothing(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """A killed restore's files are still staged: a backup meanwhile (the compose service,
+    cron) would list them as missing, and its pruning would drop the backups holding them."""
+    parent = tmp_path / "backups"
+    kept, _ = await create_backup(settings, parent, keep=1)
+    left = settings.upload_dir / ".restore-0123abcd"
+    left.mkdir(parents=True)
+    with pytest.raises(BackupError, match=r"a restore did not finish .* is left"):
+        await create_backup(settings, parent, keep=1)
+    assert [p.name for p in parent.iterdir()] == [kept.name]
+
+
 async def test_restore_refuses_a_backup_of_an_unknown_schema_or_with_a_damaged_file(
     server: Server, settings: Settings, clients: Clients, empty_target: Settings, tmp_path: Path
 ) -> None:

@@ -370,3 +370,32 @@ async def test_images_stored_with_their_unturned_size_get_the_size_as_shown_once
                 select(Attachment.storage_key, Attachment.width, Attachment.height)
             )
             assert {key: (width, height) for key, width, height in stored} == shown
+
+
+async def test_image_sizes_wait_for_an_upload_folder_that_is_not_there(
+    empty_database_url: str, tmp_path: Path
+) -> None:
+    """0003 given an upload folder that does not exist (migrate run without the volume,
+    a relative UPLOAD_DIR from another folder) refuses: done without the files, it would
+    never run again. Run with the folder, it turns the old row."""
+    url, uploads = empty_database_url, tmp_path / "uploads"
+    await upgrade_to_head_async(url)
+    await asyncio.to_thread(command.downgrade, alembic_config(url), "0002")
+    (uploads / "aa").mkdir(parents=True)
+    (uploads / "aa/old").write_bytes(oriented("JPEG", (600, 300), 6))
+    async with engine_for(url) as engine, engine.begin() as connection:
+        thread_id = uuid.uuid4()
+        await connection.execute(insert(Thread).values(id=thread_id, title="Photos"))
+        old = {"filename": "p", "content_type": "image/jpeg", "size": 1, "kind": "IMAGE"}
+        await connection.execute(
+            insert(Attachment).values(
+                thread_id=thread_id, width=600, height=300, storage_key="aa/old", **old
+            )
+        )
+    with pytest.raises(FileNotFoundError, match="revision 0003 reads"):
+        await upgrade_to_head_async(url, tmp_path / "not-mounted")
+    assert await current_revision_async(url) == "0002"
+    await upgrade_to_head_async(url, uploads)
+    async with engine_for(url) as engine, engine.connect() as connection:
+        stored = await connection.execute(select(Attachment.width, Attachment.height))
+        assert stored.one() == (300, 600)

@@ -40,7 +40,7 @@ from threadline.backups.postgres import PostgresDatabase
 from threadline.backups.sqlite import SqliteDatabase
 from threadline.config import ConfigError, Settings
 from threadline.migrate import head_revision, is_shipped, upgrade_to_head_async
-from threadline.uploads.storage import STAGING_PREFIX
+from threadline.uploads.storage import STAGING_PREFIX, unfinished_restore
 
 __all__ = [
     "BackupError",
@@ -168,6 +168,10 @@ async def create_backup(
     """
     if keep < 1:
         raise BackupError("--keep must be at least 1")
+    # A killed restore's staged files would be listed as missing, and the prune would
+    # drop the backups that hold them.
+    if problem := unfinished_restore(settings.upload_dir):
+        raise BackupError(problem)
     database = database_of(settings)
     started = time.monotonic()
     # File work runs in a thread: a server in this process keeps serving meanwhile.

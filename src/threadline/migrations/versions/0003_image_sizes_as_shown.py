@@ -9,9 +9,11 @@ its pixels' width and height; since, they are swapped. No column says which rows
 older, so each image row that is not square is opened again, its pixels not decoded, from the
 upload directory the migrating command was given (none: nothing is read), and takes the
 size as shown only while it holds that size swapped: a row stored since, or fixed by an
-earlier run, is left alone. A missing or unreadable file leaves its row as it was.
+earlier run, is left alone. A missing or unreadable file leaves its row as it was; a
+missing upload directory stops the migration (rows to read, nowhere to read them).
 """
 
+import errno
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -53,6 +55,10 @@ def upgrade() -> None:
         .limit(BATCH)
     )
     rows = bind.execute(query).all()
+    if rows and not upload_dir.is_dir():
+        # Done without the files, this revision would never run again: refused until it is there.
+        reason = "no such folder: revision 0003 reads image files there (set UPLOAD_DIR)"
+        raise FileNotFoundError(errno.ENOENT, reason, str(upload_dir))
     while rows:
         for row in rows:
             try:
