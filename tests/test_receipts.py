@@ -22,9 +22,10 @@ from threadline.errors import ServiceUnavailable
 from threadline.models import ThreadParticipant
 from threadline.realtime import deliveries
 from threadline.realtime.broker import BrokerClosed
-from threadline.realtime.channels import activity_channel
+from threadline.realtime.channels import activity_channel, encode_activity
 from threadline.realtime.deliveries import DeliveryTracker
 from threadline.runtime import Runtime
+from threadline.services.events import ActivityEvent
 from threadline.services.receipts import mark_delivered_many
 
 Key = tuple[uuid.UUID, uuid.UUID]
@@ -331,3 +332,35 @@ async def test_a_flush_cut_short_by_the_stop_leaves_its_markers_to_the_last_flus
         await lock_waits(db, lambda waiting: waiting != stuck)  # cancelled
     await stopping
     assert (await delivered_markers(db, [thread_id]))[key] == 7
+
+
+async def test_a_receipt_late_from_before_a_role_change_does_not_show_a_marker_moving_back(
+    server: Server, clients: Clients
+) -> None:
+    """A role change is no new marker: an older receipt that reaches Redis after it (from
+    another process) still shows nothing."""
+    alice, bob, carol = await clients.users("alice", "bob", "carol")
+    thread_id = await factories.thread(alice, bob, carol)
+    for body in ("one", "two", "three"):
+        await factories.send(alice, thread_id, body)
+    ws = await GraphQLWS.connect(server.ws_url, bob.token)
+    ready = new_listener(server, activity_channel(thread_id))
+    await ws.subscribe(RECEIPTS, {"t": thread_id})
+    await ws.until(ready)
+    await carol.gql(MARK_READ, {"t": thread_id, "s": 2})
+    assert (await ws.next())["payload"]["data"]["threadActivity"]["lastReadSeq"] == 2
+    role = (
+        "mutation($t: ID!, $u: ID!) { setParticipantRole(threadId: $t, userId: $u, role: ADMIN) {"
+    )
+    await alice.gql(role + " role } }", {"t": thread_id, "u": carol.id})
+    # Typing names the thread's last seq: once it shows, the stream has had the role change.
+    typing = "mutation($t: ID!) { setTyping(threadId: $t, isTyping: true) }"
+    await alice.gql(typing, {"t": thread_id})
+    assert (await ws.next())["payload"]["data"]["threadActivity"] == {}
+    late = {"last_read_seq": 1, "last_delivered_seq": 1, "seq": 1}
+    receipt = ActivityEvent(uuid.UUID(thread_id), "receipt", uuid.UUID(carol.id), late)
+    await server.runtime.broker.publish(activity_channel(thread_id), encode_activity(receipt))
+    await carol.gql(MARK_READ, {"t": thread_id, "s": 3})
+    shown = (await ws.next())["payload"]["data"]["threadActivity"]
+    assert shown == {"user": {"username": "carol"}, "lastReadSeq": 3}
+    await ws.close()

@@ -66,7 +66,8 @@ async def stream(info: Info, thread_id: str) -> AsyncIterator[TypingChanged | Re
             raw = str(item)
             if is_logged_event(raw):
                 logged = runtime.feed.decoded(raw)
-                if logged.kind is EventKind.PARTICIPANT_CHANGED:  # re-added: from 0 again
+                # Removed: added again, they start from 0 (a role change keeps the markers).
+                if logged.kind is EventKind.PARTICIPANT_CHANGED and logged.payload["role"] is None:
                     shown.pop(uuid.UUID(str(logged.payload["user_id"])), None)
                 if logged.seq <= heard or logged.seq in early:
                     continue  # heard already: a removal comes on both channels
