@@ -18,8 +18,11 @@ from threadline.services.receipts import mark_delivered_many
 
 log = logging.getLogger(__name__)
 FLUSH_SECONDS = 1.0
+# At most 9 s in all, with a database that does not answer: inside the 10 s that
+# Docker and Kubernetes give a process between SIGTERM and SIGKILL by default.
 STOP_SECONDS = 5.0
-LAST_FLUSH_SECONDS = 10.0  # a stop never hangs on a database that does not answer
+CANCEL_SECONDS = 1.0
+LAST_FLUSH_SECONDS = 3.0
 
 
 class DeliveryTracker:
@@ -52,7 +55,7 @@ class DeliveryTracker:
             if not self._task.done():
                 self._task.cancel()
                 # Until the cancelled flush has put its markers back for the last one.
-                await asyncio.wait({self._task}, timeout=STOP_SECONDS)
+                await asyncio.wait({self._task}, timeout=CANCEL_SECONDS)
         try:
             async with asyncio.timeout(LAST_FLUSH_SECONDS):
                 await self.flush()
