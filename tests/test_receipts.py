@@ -285,21 +285,30 @@ RECEIPTS = """subscription($t: ID!) { threadActivity(threadId: $t) {
   ... on ReceiptChanged { user { username } lastReadSeq } } }"""
 
 
-async def test_a_participant_removed_and_added_again_shows_their_new_markers_from_zero(
-    server: Server, clients: Clients
-) -> None:
-    """Receipts only move forward as shown, but a participant added again starts a
-    new marker: theirs are shown again from the start."""
+async def carol_read_to_2_as_bob_watches(
+    server: Server, clients: Clients, messages: int
+) -> tuple[Api, Api, str, GraphQLWS]:
+    """alice's thread of ``messages`` with bob and carol; bob watches its receipts and
+    has seen carol's read marker at 2."""
     alice, bob, carol = await clients.users("alice", "bob", "carol")
     thread_id = await factories.thread(alice, bob, carol)
-    for body in ("one", "two"):
-        await factories.send(alice, thread_id, body)
+    for n in range(messages):
+        await factories.send(alice, thread_id, f"message {n}")
     ws = await GraphQLWS.connect(server.ws_url, bob.token)
     ready = new_listener(server, activity_channel(thread_id))
     await ws.subscribe(RECEIPTS, {"t": thread_id})
     await ws.until(ready)
     await carol.gql(MARK_READ, {"t": thread_id, "s": 2})
     assert (await ws.next())["payload"]["data"]["threadActivity"]["lastReadSeq"] == 2
+    return alice, carol, thread_id, ws
+
+
+async def test_a_participant_removed_and_added_again_shows_their_new_markers_from_zero(
+    server: Server, clients: Clients
+) -> None:
+    """Receipts only move forward as shown, but a participant added again starts a
+    new marker: theirs are shown again from the start."""
+    alice, carol, thread_id, ws = await carol_read_to_2_as_bob_watches(server, clients, 2)
     remove = "mutation($t: ID!, $u: ID!) { removeParticipant(threadId: $t, userId: $u) }"
     await alice.gql(remove, {"t": thread_id, "u": carol.id})
     add = "mutation($t: ID!, $u: ID!) { addParticipant(threadId: $t, userId: $u) { role } }"
@@ -339,16 +348,7 @@ async def test_a_receipt_late_from_before_a_role_change_does_not_show_a_marker_m
 ) -> None:
     """A role change is no new marker: an older receipt that reaches Redis after it (from
     another process) still shows nothing."""
-    alice, bob, carol = await clients.users("alice", "bob", "carol")
-    thread_id = await factories.thread(alice, bob, carol)
-    for body in ("one", "two", "three"):
-        await factories.send(alice, thread_id, body)
-    ws = await GraphQLWS.connect(server.ws_url, bob.token)
-    ready = new_listener(server, activity_channel(thread_id))
-    await ws.subscribe(RECEIPTS, {"t": thread_id})
-    await ws.until(ready)
-    await carol.gql(MARK_READ, {"t": thread_id, "s": 2})
-    assert (await ws.next())["payload"]["data"]["threadActivity"]["lastReadSeq"] == 2
+    alice, carol, thread_id, ws = await carol_read_to_2_as_bob_watches(server, clients, 3)
     role = (
         "mutation($t: ID!, $u: ID!) { setParticipantRole(threadId: $t, userId: $u, role: ADMIN) {"
     )
