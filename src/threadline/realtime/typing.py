@@ -73,7 +73,7 @@ class TypingTracker:
             self._last_true[key] = value
 
     async def set(
-        self, thread_id: uuid.UUID, user_id: uuid.UUID, is_typing: bool, seq: int = 0
+        self, thread_id: uuid.UUID, user_id: uuid.UUID, is_typing: bool, seq: int
     ) -> None:
         """``seq``: the thread's last seq as the caller's access check read it."""
         key = (thread_id, user_id)

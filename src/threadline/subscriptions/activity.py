@@ -25,7 +25,7 @@ from threadline.realtime.channels import (
 from threadline.runtime import Runtime
 from threadline.schema.context import Context
 from threadline.schema.events import ReceiptChanged, TypingChanged
-from threadline.services.events import EventKind, ends_subscription
+from threadline.services.events import ends_subscription, who_stops
 from threadline.services.permissions import access_thread, parse_id
 
 
@@ -67,8 +67,8 @@ async def stream(info: Info, thread_id: str) -> AsyncIterator[TypingChanged | Re
             if is_logged_event(raw):
                 logged = runtime.feed.decoded(raw)
                 # Removed: added again, they start from 0 (a role change keeps the markers).
-                if logged.kind is EventKind.PARTICIPANT_CHANGED and logged.payload["role"] is None:
-                    shown.pop(uuid.UUID(str(logged.payload["user_id"])), None)
+                if isinstance(removed := who_stops(logged), uuid.UUID):
+                    shown.pop(removed, None)
                 if logged.seq <= heard or logged.seq in early:
                     continue  # heard already: a removal comes on both channels
                 if (
