@@ -11,6 +11,8 @@ import asyncio
 from collections.abc import Callable
 
 from tests.conftest import Server
+from tests.wsclient import GraphQLWS
+from threadline.realtime.channels import activity_channel
 
 
 def new_listener(server: Server, channel: str) -> Callable[[], bool]:
@@ -49,3 +51,11 @@ async def until(ready: Callable[[], bool], timeout: float = 10) -> None:
     while not ready():
         assert loop.time() < deadline, f"not ready within {timeout}s"
         await asyncio.sleep(0.01)
+
+
+async def watch_activity(server: Server, ws: GraphQLWS, query: str, thread_id: str) -> None:
+    """Subscribe ``ws`` to the thread's ``threadActivity`` (``query`` takes ``$t``), and
+    return once its subscriber listens: typing and receipts from then on reach it."""
+    ready = new_listener(server, activity_channel(thread_id))
+    await ws.subscribe(query, {"t": thread_id})
+    await ws.until(ready)

@@ -30,7 +30,7 @@ import pytest
 
 from tests import factories
 from tests.conftest import Api, Clients, Server
-from tests.live import new_listener
+from tests.live import new_listener, watch_activity
 from tests.wsclient import GraphQLWS
 from threadline.errors import NotFound
 from threadline.models import SystemRole, User
@@ -666,9 +666,7 @@ async def test_thread_activity_ends_when_the_viewer_is_removed(
     alice, bob = await clients.users("alice", "bob")
     tid = await factories.thread(alice, bob)
     ws = await GraphQLWS.connect(server.ws_url, bob.token)
-    ready = new_listener(server, activity_channel(tid))
-    await ws.subscribe(ACTIVITY, {"t": tid})
-    await ws.until(ready)
+    await watch_activity(server, ws, ACTIVITY, tid)
     await alice.gql(TYPING, {"t": tid})
     assert (await ws.next())["payload"]["data"]["threadActivity"]["isTyping"] is True
     await alice.gql(REMOVE, {"t": tid, "u": bob.id})
@@ -688,9 +686,7 @@ async def test_thread_activity_of_a_removed_system_admin_goes_on(
     await promote(server, erin, SystemRole.ADMIN)
     tid = await factories.thread(alice, erin)
     ws = await GraphQLWS.connect(server.ws_url, erin.token)
-    ready = new_listener(server, activity_channel(tid))
-    await ws.subscribe(ACTIVITY, {"t": tid})
-    await ws.until(ready)
+    await watch_activity(server, ws, ACTIVITY, tid)
     await alice.gql(REMOVE, {"t": tid, "u": erin.id})
     await alice.gql(TYPING, {"t": tid})
     event = (await ws.next())["payload"]["data"]["threadActivity"]

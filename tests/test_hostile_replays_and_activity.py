@@ -17,7 +17,7 @@ import redis.asyncio
 
 from tests import factories
 from tests.conftest import CLUSTER, Api, Clients, Server
-from tests.live import fanout_members, new_listener
+from tests.live import fanout_members, watch_activity
 from tests.wsclient import GraphQLWS
 from threadline.config import Settings
 from threadline.realtime.channels import activity_channel, thread_channel
@@ -129,9 +129,7 @@ async def test_a_removed_users_thread_activity_gets_no_typing_sent_after_the_rem
     try:
         async with server.runtime.broker.subscribe(busy) as other:
             drain = asyncio.create_task(_drain(other))
-            ready = new_listener(server, activity_channel(tid))
-            await ws.subscribe(ACTIVITY, {"t": tid})
-            await ws.until(ready)
+            await watch_activity(server, ws, ACTIVITY, tid)
             pipe = node.pipeline(transaction=False)
             for i in range(20000):
                 pipe.execute_command("SPUBLISH", prefix + busy, f"other traffic {i}")
@@ -213,9 +211,7 @@ async def test_a_removal_whose_publish_was_lost_still_ends_the_removed_users_thr
 
     ws = await GraphQLWS.connect(server.ws_url, carol.token)
     try:
-        ready = new_listener(server, activity_channel(tid))
-        await ws.subscribe(ACTIVITY, {"t": tid})
-        await ws.until(ready)
+        await watch_activity(server, ws, ACTIVITY, tid)
         monkeypatch.setattr(broker, "publish", losing_the_removal)
         await alice.gql(REMOVE, {"t": tid, "u": carol.id})
         monkeypatch.setattr(broker, "publish", publish)
@@ -268,9 +264,7 @@ async def test_an_event_that_is_only_late_costs_thread_activity_no_access_read(
 
     ws = await GraphQLWS.connect(server.ws_url, carol.token)
     try:
-        ready = new_listener(server, activity_channel(tid))
-        await ws.subscribe(ACTIVITY, {"t": tid})
-        await ws.until(ready)
+        await watch_activity(server, ws, ACTIVITY, tid)
         monkeypatch.setattr(activity, "_followed_to", counted)
         monkeypatch.setattr(broker, "publish", first_one_late)
         first = asyncio.create_task(factories.send(alice, tid, "one"))

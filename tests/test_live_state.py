@@ -14,12 +14,12 @@ import websockets
 
 from tests import factories
 from tests.conftest import DEV_SECRET, Clients, Server, start_server, stop_server
-from tests.live import listening, new_listener
+from tests.live import listening, new_listener, watch_activity
 from tests.wsclient import GraphQLWS
 from threadline.auth.tokens import mint_dev_token
 from threadline.config import Settings
 from threadline.graphql_app import BEAT_TICKS
-from threadline.realtime.channels import activity_channel, thread_channel, user_channel
+from threadline.realtime.channels import thread_channel, user_channel
 from threadline.services import sessions
 
 PRESENCE = """
@@ -151,9 +151,7 @@ async def test_receipts_are_announced_when_markers_move(server: Server, clients:
     tid = await factories.thread(alice, bob)
     sent = await factories.send(alice, tid, "read me")
     ws = await GraphQLWS.connect(server.ws_url, alice.token)
-    ready = new_listener(server, activity_channel(tid))
-    await ws.subscribe(ACTIVITY, {"t": tid})
-    await ws.until(ready)
+    await watch_activity(server, ws, ACTIVITY, tid)
     await bob.gql(
         "mutation($t: ID!, $s: Int!) { markRead(threadId: $t, seq: $s) { id } }",
         {"t": tid, "s": sent["seq"]},

@@ -42,7 +42,7 @@ from tests.conftest import (
     token_for,
 )
 from tests.deployment import Outage, threadline
-from tests.live import new_listener
+from tests.live import watch_activity
 from tests.processes import spawn_serve
 from tests.redis_cluster import OwnCluster, master_of
 from tests.test_access_matrix import ACTIVITY, REMOVE, TYPING
@@ -50,7 +50,6 @@ from tests.test_thread_events import EVENTS
 from tests.wsclient import GraphQLWS
 from threadline.config import Settings
 from threadline.models import ThreadParticipant
-from threadline.realtime.channels import activity_channel
 
 pytestmark = pytest.mark.skipif(not ON_POSTGRES, reason="needs PostgreSQL and Redis")
 
@@ -392,9 +391,7 @@ async def test_a_removal_whose_publish_was_lost_still_hides_the_threads_activity
     a = await spawn(settings, url.set(port=await outage.start()).render_as_string(False))
     try:
         ws = await GraphQLWS.connect(server.ws_url, bob.token)
-        ready = new_listener(server, activity_channel(tid))
-        await ws.subscribe(ACTIVITY, {"t": tid})
-        await ws.until(ready)
+        await watch_activity(server, ws, ACTIVITY, tid)
         await carol.gql(TYPING, {"t": tid})
         assert (await ws.next())["payload"]["data"]["threadActivity"]["isTyping"] is True
         await outage.cut()
@@ -467,9 +464,7 @@ async def test_a_receipt_that_arrives_late_never_shows_a_marker_moving_back(
     b = await spawn(settings, url.set(port=await gate.start()).render_as_string(False))
     try:
         ws = await GraphQLWS.connect(server.ws_url, bob.token)
-        ready = new_listener(server, activity_channel(tid))
-        await ws.subscribe(RECEIPTS, {"t": tid})
-        await ws.until(ready)
+        await watch_activity(server, ws, RECEIPTS, tid)
         async with httpx.AsyncClient(base_url=b.base, timeout=30) as http:
             gate.open.clear()
             # Answered once its receipt is published: after the gate opens.

@@ -14,7 +14,7 @@ from sqlalchemy import make_url, select, text
 from tests import factories
 from tests.conftest import BACKEND, Api, Clients, Server, ServerErrors
 from tests.deployment import Outage
-from tests.live import new_listener
+from tests.live import watch_activity
 from tests.wsclient import GraphQLWS
 from threadline.config import Settings
 from threadline.db import Database, make_engine
@@ -295,9 +295,7 @@ async def carol_read_to_2_as_bob_watches(
     for n in range(messages):
         await factories.send(alice, thread_id, f"message {n}")
     ws = await GraphQLWS.connect(server.ws_url, bob.token)
-    ready = new_listener(server, activity_channel(thread_id))
-    await ws.subscribe(RECEIPTS, {"t": thread_id})
-    await ws.until(ready)
+    await watch_activity(server, ws, RECEIPTS, thread_id)
     await carol.gql(MARK_READ, {"t": thread_id, "s": 2})
     assert (await ws.next())["payload"]["data"]["threadActivity"]["lastReadSeq"] == 2
     return alice, carol, thread_id, ws

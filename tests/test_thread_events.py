@@ -11,9 +11,8 @@ import websockets
 
 from tests import factories
 from tests.conftest import Clients, Server
-from tests.live import new_listener
+from tests.live import watch_activity
 from tests.wsclient import GraphQLWS
-from threadline.realtime.channels import activity_channel
 
 EVENTS = """
 subscription($t: ID!, $after: Int) {
@@ -110,9 +109,7 @@ async def test_typing_is_announced_and_expires_by_itself(server: Server, clients
     # lands inside it on a loaded machine.
     server.runtime.typing.window = 2.0
     ws = await GraphQLWS.connect(server.ws_url, bob.token)
-    ready = new_listener(server, activity_channel(tid))
-    await ws.subscribe(ACTIVITY, {"t": tid})
-    await ws.until(ready)
+    await watch_activity(server, ws, ACTIVITY, tid)
     typing = "mutation($t: ID!) { setTyping(threadId: $t, isTyping: true) }"
     await alice.gql(typing, {"t": tid})
     await alice.gql(typing, {"t": tid})  # inside the window: nothing new
@@ -131,9 +128,7 @@ async def test_typing_expires_six_seconds_after_the_last_true_not_the_first(
     assert server.runtime.typing.window == 6.0
     server.runtime.typing.window = 2.0  # shortened for the test, as above
     ws = await GraphQLWS.connect(server.ws_url, bob.token)
-    ready = new_listener(server, activity_channel(tid))
-    await ws.subscribe(ACTIVITY, {"t": tid})
-    await ws.until(ready)
+    await watch_activity(server, ws, ACTIVITY, tid)
     typing = "mutation($t: ID!) { setTyping(threadId: $t, isTyping: true) }"
     await alice.gql(typing, {"t": tid})
     assert (await ws.next())["payload"]["data"]["threadActivity"]["isTyping"] is True
