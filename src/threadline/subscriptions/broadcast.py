@@ -103,17 +103,15 @@ def _selected(info: Info) -> _Selection:
     uses = _Uses()
     for definition in (raw.operation, *raw.fragments.values()):
         visit(definition.selection_set, uses)
-    start_only = set()
-    for field_node in raw.field_nodes:
-        for argument in field_node.arguments or ():
-            value = argument.value
-            if (
-                argument.name.value == "afterSeq"
-                and isinstance(value, VariableNode)
-                and uses.variables[value.name.value] == 1
-            ):
-                start_only.add(value.name.value)
-    found = _SELECTIONS[operation] = _Selection(frozenset(uses.fields), frozenset(start_only))
+    start_only = frozenset(
+        argument.value.name.value
+        for field_node in raw.field_nodes
+        for argument in field_node.arguments or ()
+        if argument.name.value == "afterSeq"
+        and isinstance(argument.value, VariableNode)
+        and uses.variables[argument.value.name.value] == 1
+    )
+    found = _SELECTIONS[operation] = _Selection(frozenset(uses.fields), start_only)
     return found
 
 
