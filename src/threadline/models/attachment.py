@@ -5,23 +5,19 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String
+from sqlalchemy import BigInteger, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from threadline.models.base import Base, id_column, utcnow
+from threadline.models.base import Base, id_column, id_reference, utcnow
 
 
 class Attachment(Base):
     __tablename__ = "attachments"
 
     id: Mapped[uuid.UUID] = id_column()
-    thread_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("threads.id", ondelete="CASCADE"))
-    uploaded_by_id: Mapped[uuid.UUID | None] = mapped_column(
-        ForeignKey("users.id", ondelete="SET NULL")
-    )
-    message_id: Mapped[uuid.UUID | None] = mapped_column(
-        ForeignKey("messages.id", ondelete="CASCADE"), index=True
-    )
+    thread_id: Mapped[uuid.UUID] = id_reference("threads", "CASCADE")
+    uploaded_by_id: Mapped[uuid.UUID | None] = id_reference("users", "SET NULL")
+    message_id: Mapped[uuid.UUID | None] = id_reference("messages", "CASCADE", index=True)
     filename: Mapped[str] = mapped_column(String(255))
     content_type: Mapped[str] = mapped_column(String(255))
     size: Mapped[int] = mapped_column(BigInteger)

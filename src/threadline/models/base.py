@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Self
 
-from sqlalchemy import JSON, DateTime, MetaData, String, TypeDecorator, Uuid
+from sqlalchemy import JSON, DateTime, ForeignKey, MetaData, String, TypeDecorator, Uuid
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -102,3 +102,7 @@ def _column_keys(cls: type[Base]) -> frozenset[str]:
 
 def id_column() -> Mapped[uuid.UUID]:
     return mapped_column(Uuid(), primary_key=True, default=uuid.uuid4)
+
+
+def id_reference(table: str, ondelete: str, **options: Any) -> Mapped[Any]:
+    return mapped_column(ForeignKey(f"{table}.id", ondelete=ondelete), **options)

@@ -11,7 +11,6 @@ from sqlalchemy import (
     JSON,
     Boolean,
     Float,
-    ForeignKey,
     Index,
     Integer,
     Select,
@@ -27,22 +26,20 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
-from threadline.models.base import Base, id_column, utcnow
+from threadline.models.base import Base, id_column, id_reference, utcnow
 
 
 class Message(Base):
     __tablename__ = "messages"
 
     id: Mapped[uuid.UUID] = id_column()
-    thread_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("threads.id", ondelete="CASCADE"))
+    thread_id: Mapped[uuid.UUID] = id_reference("threads", "CASCADE")
     # The seq of the MessageCreated event: the message's place in the thread's log.
     seq: Mapped[int] = mapped_column(Integer)
-    author_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    author_id: Mapped[uuid.UUID | None] = id_reference("users", "SET NULL")
     body: Mapped[str] = mapped_column(Text)
     client_id: Mapped[str | None] = mapped_column(String(255))
-    parent_id: Mapped[uuid.UUID | None] = mapped_column(
-        ForeignKey("messages.id", ondelete="SET NULL"), index=True
-    )
+    parent_id: Mapped[uuid.UUID | None] = id_reference("messages", "SET NULL", index=True)
     # Ids (as strings) of the participants mentioned; resolved through the user loader.
     mention_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
     pinned: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -61,13 +58,9 @@ class MessageEdit(Base):
     __tablename__ = "message_edits"
 
     id: Mapped[uuid.UUID] = id_column()
-    message_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("messages.id", ondelete="CASCADE"), index=True
-    )
+    message_id: Mapped[uuid.UUID] = id_reference("messages", "CASCADE", index=True)
     previous_body: Mapped[str] = mapped_column(Text)
-    edited_by_id: Mapped[uuid.UUID | None] = mapped_column(
-        ForeignKey("users.id", ondelete="SET NULL")
-    )
+    edited_by_id: Mapped[uuid.UUID | None] = id_reference("users", "SET NULL")
     edited_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -75,8 +68,8 @@ class Reaction(Base):
     __tablename__ = "reactions"
 
     id: Mapped[uuid.UUID] = id_column()
-    message_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))
-    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    message_id: Mapped[uuid.UUID] = id_reference("messages", "CASCADE")
+    user_id: Mapped[uuid.UUID] = id_reference("users", "CASCADE")
     emoji: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 

@@ -5,25 +5,21 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Index, String
+from sqlalchemy import Index, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from threadline.models.base import Base, id_column, utcnow
+from threadline.models.base import Base, id_column, id_reference, utcnow
 
 
 class Notification(Base):
     __tablename__ = "notifications"
 
     id: Mapped[uuid.UUID] = id_column()
-    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    user_id: Mapped[uuid.UUID] = id_reference("users", "CASCADE")
     kind: Mapped[str] = mapped_column(String(32))
-    actor_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
-    thread_id: Mapped[uuid.UUID | None] = mapped_column(
-        ForeignKey("threads.id", ondelete="CASCADE")
-    )
-    message_id: Mapped[uuid.UUID | None] = mapped_column(
-        ForeignKey("messages.id", ondelete="CASCADE")
-    )
+    actor_id: Mapped[uuid.UUID | None] = id_reference("users", "SET NULL")
+    thread_id: Mapped[uuid.UUID | None] = id_reference("threads", "CASCADE")
+    message_id: Mapped[uuid.UUID | None] = id_reference("messages", "CASCADE")
     read_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 

@@ -103,27 +103,16 @@ class Query:
 
     async def tuples(self, session: AsyncSession, **params: Any) -> list[tuple[Any, ...]]:
         """Every row as a tuple (an entity as its instance, or None if outer-joined away)."""
-        if self._by_driver(session):
-            return await self._driver_rows(session, params)
+        # Instances built from driver rows are in no session: only for sessions that
+        # never write back (an operation's read session).
+        if session.info.get(DRIVER_ENTITIES if self._entities else DRIVER_ROWS):
+            records = await driver_fetch(session, self.sql, *self.driver.args(params))
+            return self._build(records, dialect_of(session))
         return [tuple(row) for row in await session.execute(self.statement, params)]
 
     async def scalars(self, session: AsyncSession, **params: Any) -> list[Any]:
         """The first column (or entity) of every row."""
-        if self._by_driver(session):
-            return [row[0] for row in await self._driver_rows(session, params)]
-        return list(await session.scalars(self.statement, params))
-
-    def _by_driver(self, session: AsyncSession) -> bool:
-        # Instances built from driver rows are in no session: only for sessions that
-        # never write back (an operation's read session).
-        return bool(session.info.get(DRIVER_ENTITIES if self._entities else DRIVER_ROWS))
-
-    async def _driver_rows(
-        self, session: AsyncSession, params: Mapping[str, Any]
-    ) -> list[tuple[Any, ...]]:
-        args = self.driver.args(params)
-        records = await driver_fetch(session, self.sql, *args)
-        return self._build(records, dialect_of(session))
+        return [row[0] for row in await self.tuples(session, **params)]
 
     def _build(self, records: Sequence[Sequence[Any]], dialect: Dialect) -> list[tuple[Any, ...]]:
         processors = self._results.get(dialect.name)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Index, String
+from sqlalchemy import Index, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from threadline.models.base import Base, id_column, utcnow
+from threadline.models.base import Base, id_column, id_reference, utcnow
 
 
 class Session(Base):
@@ -17,7 +17,7 @@ class Session(Base):
     __tablename__ = "sessions"
 
     id: Mapped[uuid.UUID] = id_column()
-    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    user_id: Mapped[uuid.UUID] = id_reference("users", "CASCADE")
     clerk_session_id: Mapped[str | None] = mapped_column(String(255), index=True)
     user_agent: Mapped[str | None] = mapped_column(String(512))
     connected_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -8,7 +8,6 @@ from typing import Any
 
 from sqlalchemy import (
     Boolean,
-    ForeignKey,
     Index,
     Integer,
     String,
@@ -24,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.sql.dml import ReturningUpdate
 
-from threadline.models.base import Base, RoleColumn, ThreadRole, id_column, utcnow
+from threadline.models.base import Base, RoleColumn, ThreadRole, id_column, id_reference, utcnow
 
 
 class Thread(Base):
@@ -37,9 +36,7 @@ class Thread(Base):
     # "smaller-id:larger-id" for direct threads: the unique key that makes
     # createDirectThread return one thread even under concurrent calls.
     direct_key: Mapped[str | None] = mapped_column(String(80), unique=True)
-    created_by_id: Mapped[uuid.UUID | None] = mapped_column(
-        ForeignKey("users.id", ondelete="SET NULL")
-    )
+    created_by_id: Mapped[uuid.UUID | None] = id_reference("users", "SET NULL")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_message_at: Mapped[datetime | None]
@@ -53,12 +50,8 @@ class Thread(Base):
 class ThreadParticipant(Base):
     __tablename__ = "thread_participants"
 
-    thread_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("threads.id", ondelete="CASCADE"), primary_key=True
-    )
-    user_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
-    )
+    thread_id: Mapped[uuid.UUID] = id_reference("threads", "CASCADE", primary_key=True)
+    user_id: Mapped[uuid.UUID] = id_reference("users", "CASCADE", primary_key=True)
     role: Mapped[str] = mapped_column(RoleColumn, default=ThreadRole.MEMBER.value)
     joined_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_read_seq: Mapped[int] = mapped_column(Integer, default=0)

@@ -22,9 +22,12 @@ from graphql.execution import Executor
 from strawberry import Info
 
 from threadline.realtime.caches import TTLCache
+from threadline.runtime import Runtime
 from threadline.schema.engine.internals import raw_info
 from threadline.schema.engine.runner import OperationRunner
 from threadline.schema.viewer_fields import viewer_field_names
+from threadline.services.events import LoggedEvent, shows_deleted
+from threadline.subscriptions.rendering import rendered
 
 
 def viewer_independent(info: Info) -> bool:
@@ -100,30 +103,28 @@ def _selected(info: Info) -> _Selection:
     uses = _Uses()
     for definition in (raw.operation, *raw.fragments.values()):
         visit(definition.selection_set, uses)
-    start_only = set()
-    for field_node in raw.field_nodes:
-        for argument in field_node.arguments or ():
-            value = argument.value
-            if (
-                argument.name.value == "afterSeq"
-                and isinstance(value, VariableNode)
-                and uses.variables[value.name.value] == 1
-            ):
-                start_only.add(value.name.value)
-    found = _SELECTIONS[operation] = _Selection(frozenset(uses.fields), frozenset(start_only))
+    start_only = frozenset(
+        argument.value.name.value
+        for field_node in raw.field_nodes
+        for argument in field_node.arguments or ()
+        if argument.name.value == "afterSeq"
+        and isinstance(argument.value, VariableNode)
+        and uses.variables[argument.value.name.value] == 1
+    )
+    found = _SELECTIONS[operation] = _Selection(frozenset(uses.fields), start_only)
     return found
 
 
-class OperationTemplate:
-    """What a broadcast subscription's frames depend on: its operation and variables.
+class BroadcastFrames:
+    """A broadcast operation's frames, as the fan-out asks for them (``FrameSource``).
 
-    Taken from the first subscriber's ``info`` without keeping its context (and so
-    its socket) alive; two subscriptions with equal keys render alike.
+    Its operation and variables are taken from the first subscriber's ``info`` without
+    keeping its context (and so its socket) alive; two with equal keys render alike.
     """
 
-    __slots__ = ("document", "key", "schema", "variables")
+    __slots__ = ("_frames", "_runtime", "document", "key", "schema", "variables")
 
-    def __init__(self, info: Info) -> None:
+    def __init__(self, info: Info, frames: FrameRenderer, runtime: Runtime) -> None:
         raw = raw_info(info)
         self.schema = raw.schema
         self.document = DocumentNode(definitions=(raw.operation, *raw.fragments.values()))
@@ -134,6 +135,18 @@ class OperationTemplate:
         # key lives as long as the subscription.
         encoded = orjson.dumps(rendered_by, option=orjson.OPT_SORT_KEYS, default=str).decode()
         self.key: tuple[Any, ...] = (_Same(raw.operation), encoded)
+        self._frames = frames
+        self._runtime = runtime
+
+    async def render(self, event: LoggedEvent, horizon: int) -> str:
+        # By the horizon too: a frame rendered live shows the messages it nests (a
+        # reply's parent) as they were then; one of them deleted since must not come
+        # back in the same event replayed from the log (whose horizon is later).
+        return await self._frames.render(
+            self,
+            (event.thread_id, event.seq, shows_deleted(event), horizon),
+            lambda: rendered(self._runtime, event),
+        )
 
 
 class FrameRenderer:
@@ -146,7 +159,7 @@ class FrameRenderer:
         self._executors: TTLCache[tuple[Any, ...], Executor[Any]] = TTLCache(300.0, 512)
         self._rendering: dict[tuple[Any, ...], asyncio.Future[str]] = {}
 
-    def _executor(self, template: OperationTemplate) -> Executor[Any]:
+    def _executor(self, template: BroadcastFrames) -> Executor[Any]:
         executor = self._executors.get(template.key)
         if executor is None:
             executor = self._runner.frame_executor(
@@ -157,7 +170,7 @@ class FrameRenderer:
 
     async def render(
         self,
-        template: OperationTemplate,
+        template: BroadcastFrames,
         event_key: tuple[Any, ...],
         make_event: Callable[[], Awaitable[Any]],
     ) -> str:

@@ -11,7 +11,6 @@ from typing import Any
 
 from strawberry import ID
 
-from threadline.models import Thread
 from threadline.runtime import Runtime
 from threadline.schema.enums import ThreadRole
 from threadline.schema.events import (
@@ -43,7 +42,8 @@ def _groups(raw: list[dict[str, Any]]) -> list[ReactionGroup]:
     ]
 
 
-def render(event: LoggedEvent, thread: Thread | None = None) -> ThreadEventType:
+async def rendered(runtime: Runtime, event: LoggedEvent) -> ThreadEventType:
+    """The GraphQL object of a logged event (a ThreadUpdated reads the thread as it is now)."""
     common: dict[str, Any] = {
         "actor_id": event.actor_id,
         "thread_id": ID(str(event.thread_id)),
@@ -77,15 +77,7 @@ def render(event: LoggedEvent, thread: Thread | None = None) -> ThreadEventType:
             role=ThreadRole(p["role"]) if p.get("role") else None,
         )
     if kind is EventKind.THREAD_UPDATED:
-        assert thread is not None
-        return ThreadUpdated(**common, thread=ThreadType.of(thread))
-    return ThreadDeleted(**common)
-
-
-async def rendered(runtime: Runtime, event: LoggedEvent) -> ThreadEventType:
-    """The GraphQL object of a logged event (a ThreadUpdated reads the thread as it is now)."""
-    thread = None
-    if event.kind is EventKind.THREAD_UPDATED:
         async with runtime.db.reading() as session:
             thread = await get_thread(session, event.thread_id)
-    return render(event, thread)
+        return ThreadUpdated(**common, thread=ThreadType.of(thread))
+    return ThreadDeleted(**common)

@@ -17,8 +17,8 @@ from threadline.metrics import EVENTS_DELIVERED
 from threadline.schema.context import Context
 from threadline.schema.events import ThreadEventType
 from threadline.services.permissions import parse_id
-from threadline.subscriptions.broadcast import OperationTemplate, viewer_independent
-from threadline.subscriptions.live import BroadcastFrames, operation_root
+from threadline.subscriptions.broadcast import BroadcastFrames, viewer_independent
+from threadline.subscriptions.live import operation_root
 from threadline.subscriptions.rendering import rendered
 
 
@@ -42,7 +42,7 @@ async def stream(
     if root is not None and viewer_independent(info):
         # The fan-out renders and writes this operation's frames from now on: the
         # subscription detaches from this stream, which ends here without a frame.
-        frames = BroadcastFrames(OperationTemplate(info), root.frames, runtime)
+        frames = BroadcastFrames(info, root.frames, runtime)
         member = runtime.fanout.join(
             frames, tid, viewer.id, start, access.thread.last_seq, root.sink
         )

@@ -152,9 +152,10 @@ async def stream(info: Info, *, resync: bool = False) -> AsyncIterator[ViewerEve
                 if raw.startswith('{"u"'):
                     event = decode_user_event(raw)
                     if event.kind == "notification":
-                        created = await _notification(ctx, uuid.UUID(event.data["notification_id"]))
-                        if created is not None:
-                            yield created
+                        nid = uuid.UUID(event.data["notification_id"])
+                        row = await notifications.get_notification(await ctx.session(), viewer, nid)
+                        if row is not None:
+                            yield NotificationCreated(notification=NotificationType.of(row))
                     elif event.kind == "read":  # read elsewhere: the new unreadCount
                         thread = await ctx.loaders.thread.load(uuid.UUID(event.data["thread_id"]))
                         if thread is not None:
@@ -175,12 +176,6 @@ async def stream(info: Info, *, resync: bool = False) -> AsyncIterator[ViewerEve
             own.cancel()
             await asyncio.wait([own])
             await watch.stop()
-
-
-async def _notification(ctx: Context, notification_id: uuid.UUID) -> NotificationCreated | None:
-    viewer = await ctx.viewer()
-    row = await notifications.get_notification(await ctx.session(), viewer, notification_id)
-    return NotificationCreated(notification=NotificationType.of(row)) if row else None
 
 
 async def _membership(ctx: Context, data: dict[str, object]) -> ThreadMembershipChanged:
