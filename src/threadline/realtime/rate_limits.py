@@ -69,10 +69,6 @@ _REFUSALS: Final[Mapping[Action, str]] = MappingProxyType(
 # Redis answers in well under a millisecond; a limiter that waited longer would
 # slow every mutation more than it protects anything.
 _REDIS_TIMEOUT_SECONDS: Final = 0.5
-# After a failure Redis is skipped this long: one timeout per interval, not per call.
-_SKIP_REDIS_AFTER_FAILURE_SECONDS: Final = 1.0
-# While Redis stays down, one warning (with a count) per interval, not one per call.
-_WARN_INTERVAL_SECONDS: Final = 60.0
 
 _STORAGE_ERRORS: Final = (StorageError, *REDIS_ERRORS)
 
@@ -129,9 +125,8 @@ class RateLimiter:
                 **options,
             )
         self._strategy = MovingWindowRateLimiter(self._storage)
-        self._backoff = Backoff(
-            _SKIP_REDIS_AFTER_FAILURE_SECONDS, warn_every=_WARN_INTERVAL_SECONDS
-        )
+        # While Redis stays down, one warning (with a count) a minute.
+        self._backoff = Backoff(warn_every=60.0)
         self._unchecked_since_warning = 0
 
     async def hit(self, action: Action, key: str) -> None:

@@ -28,8 +28,6 @@ KEY_PREFIX: Final = "threadline:wrote:"
 # Asked once per query operation: Redis answers in well under a millisecond, and a
 # request must not wait long for a hint whose safe default (the primary) is at hand.
 _REDIS_TIMEOUT_SECONDS: Final = 0.5
-# After a failure, Redis is skipped (everyone reads the primary) for this long.
-_SKIP_REDIS_SECONDS: Final = 1.0
 _LOCAL_SIZE: Final = 100_000
 
 
@@ -44,7 +42,7 @@ class RecentWriters:
             self._redis = command_client(
                 redis, **fail_fast(_REDIS_TIMEOUT_SECONDS, _REDIS_TIMEOUT_SECONDS)
             )
-        self._backoff = Backoff(_SKIP_REDIS_SECONDS)
+        self._backoff = Backoff()
 
     async def wrote(self, user_id: uuid.UUID) -> None:
         """Mark ``user_id`` as having just written (after the commit, before the answer)."""
