@@ -83,13 +83,16 @@ class RedisBackend:
         self._target = target
         # Pub/sub ignores database numbers: channels of database N > 0 get a "dbN:"
         # prefix, so that deployments (or test runs) sharing a server keep apart.
-        self._namespace = target.prefix + channel_namespace(target.url)
+        database = int(parse_url(target.url).get("db") or 0)
+        self._namespace = target.prefix + (f"db{database}:" if database else "")
         self._events: asyncio.Queue[Published] = asyncio.Queue(maxsize=MAX_PENDING)
         self._started = False
         self._link: SubscriberConnection | None = None
         self._publisher: Redis[bytes] | None = None
         self._outbox: list[tuple[str, Any, asyncio.Future[None]]] = []
         self._flusher: asyncio.Task[None] | None = None
+        # Set when a shard reports trouble: a cluster then reads its slot map again.
+        self._stale = asyncio.Event()
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -124,13 +127,10 @@ class RedisBackend:
 
     def _new_link(self, url: str) -> SubscriberConnection:
         link = SubscriberConnection(
-            url, self._events, self._namespace, sharded=self.sharded, on_trouble=self._trouble
+            url, self._events, self._namespace, sharded=self.sharded, on_trouble=self._stale.set
         )
         link.start()
         return link
-
-    def _trouble(self) -> None:
-        """A shard reported trouble (sharded subscriptions only): one server has none."""
 
     def _links(self) -> list[SubscriberConnection]:
         return [self._link] if self._link is not None else []
@@ -419,7 +419,10 @@ class SubscriberConnection:
                         await asyncio.sleep(0)
                 elif kind == b"pong":
                     await self._on_pong(cast(bytes, reply[1]))
-                elif kind == b"sunsubscribe" and self._still_wanted(cast(bytes, reply[1])):
+                elif (
+                    kind == b"sunsubscribe"
+                    and cast(bytes, reply[1])[cut:].decode(errors="replace") in self.channels
+                ):
                     # Redis unsubscribed us itself: the channel's slot moved away.
                     self._trouble(ConnectionError("channel unsubscribed by a reshard"))
                 # Other (un)subscribe acknowledgements need no handling: the PING
@@ -427,9 +430,6 @@ class SubscriberConnection:
             elif isinstance(reply, bytes):
                 # PING outside subscribed mode (no channel yet) answers plainly.
                 await self._on_pong(reply)
-
-    def _still_wanted(self, wire_name: bytes) -> bool:
-        return wire_name[self._namespace_bytes :].decode(errors="replace") in self.channels
 
     def _trouble(self, exc: BaseException) -> None:
         logger.info("Redis shard %s: %s", self.url, _describe(exc))
@@ -510,12 +510,6 @@ class SubscriberConnection:
         else:
             self._outage_logged = True
             logger.warning("Redis subscriber connection failed: %s", self.last_error)
-
-
-def channel_namespace(url: str) -> str:
-    """The prefix of every channel name for a Redis URL: "dbN:" for database N > 0."""
-    database = int(parse_url(url).get("db") or 0)
-    return f"db{database}:" if database else ""
 
 
 def _describe(exc: BaseException) -> str:

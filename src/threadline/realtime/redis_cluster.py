@@ -76,7 +76,6 @@ class ClusterBackend(RedisBackend):
         self._assigned: dict[str, SubscriberConnection] = {}
         self._slots: SlotMap | None = None
         self._slots_error: str | None = None
-        self._stale = asyncio.Event()
         self._topology: asyncio.Task[None] | None = None
 
     async def _start_subscribers(self) -> None:
@@ -134,9 +133,6 @@ class ClusterBackend(RedisBackend):
             return None
         master = self._slots.master_of(self._namespace + channel)
         return None if master is None else self._shards.get(master)
-
-    def _trouble(self) -> None:
-        self._stale.set()
 
     async def _follow(self) -> None:
         """Read the slot map again whenever a shard reports trouble."""
