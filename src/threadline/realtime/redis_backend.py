@@ -87,7 +87,8 @@ class RedisBackend:
         self._namespace = target.prefix + (f"db{database}:" if database else "")
         self._events: asyncio.Queue[Published] = asyncio.Queue(maxsize=MAX_PENDING)
         self._started = False
-        self._link: SubscriberConnection | None = None
+        # The subscriber connections: one, keyed None; a cluster's, by master address.
+        self._shards: dict[Any, SubscriberConnection] = {}
         self._publisher: Redis[bytes] | None = None
         self._outbox: list[tuple[str, Any, asyncio.Future[None]]] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -111,7 +112,7 @@ class RedisBackend:
             retry=Retry(NoBackoff(), 0),
         )
         await self._start_subscribers()
-        links = self._links()
+        links = list(self._shards.values())
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(2 * CONNECT_TIMEOUT):
                 for link in links:
@@ -123,7 +124,7 @@ class RedisBackend:
             )
 
     async def _start_subscribers(self) -> None:
-        self._link = self._new_link(self._target.url)
+        self._shards[None] = self._new_link(self._target.url)
 
     def _new_link(self, url: str) -> SubscriberConnection:
         link = SubscriberConnection(
@@ -131,9 +132,6 @@ class RedisBackend:
         )
         link.start()
         return link
-
-    def _links(self) -> list[SubscriberConnection]:
-        return [self._link] if self._link is not None else []
 
     async def disconnect(self) -> None:
         self._started = False
@@ -143,12 +141,12 @@ class RedisBackend:
             await close_client(publisher)
 
     async def _stop_subscribers(self) -> None:
-        link, self._link = self._link, None
-        if link is not None:
+        shards, self._shards = self._shards, {}
+        for link in shards.values():
             await link.stop()
 
     def health(self) -> dict[str, Any]:
-        links = self._links()
+        links = self._shards.values()
         errors = [link.last_error for link in links if link.last_error]
         return {
             "backend": "redis",
@@ -160,12 +158,12 @@ class RedisBackend:
     # -- what the broker calls ------------------------------------------------------
 
     async def subscribe(self, channel: str) -> None:
-        if self._link is not None:
-            await self._link.subscribe(channel)
+        if (link := self._shards.get(None)) is not None:
+            await link.subscribe(channel)
 
     async def unsubscribe(self, channel: str) -> None:
-        if self._link is not None:
-            await self._link.unsubscribe(channel)
+        if (link := self._shards.get(None)) is not None:
+            await link.unsubscribe(channel)
 
     async def publish(self, channel: str, message: str) -> None:
         """Publish once Redis has taken the message. Publishes made while a batch

@@ -70,7 +70,6 @@ class ClusterBackend(RedisBackend):
 
     def __init__(self, target: RedisTarget) -> None:
         super().__init__(target)
-        self._shards: dict[tuple[str, int], SubscriberConnection] = {}
         # Every channel wanted, and the shard connection each is subscribed on.
         self._wanted: set[str] = set()
         self._assigned: dict[str, SubscriberConnection] = {}
@@ -87,18 +86,13 @@ class ClusterBackend(RedisBackend):
             self._stale.set()
         self._topology = asyncio.create_task(self._follow(), name="threadline-redis-slots")
 
-    def _links(self) -> list[SubscriberConnection]:
-        return list(self._shards.values())
-
     async def _stop_subscribers(self) -> None:
         topology, self._topology = self._topology, None
         if topology is not None:
             topology.cancel()
             await asyncio.wait([topology])
-        shards, self._shards = self._shards, {}
         self._assigned.clear()
-        for link in shards.values():
-            await link.stop()
+        await super()._stop_subscribers()
 
     def health(self) -> dict[str, Any]:
         report = super().health()
