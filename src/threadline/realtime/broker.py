@@ -221,8 +221,6 @@ class Broker:
         """How far behind a subscriber may fall before it is dropped."""
         return self._queue_limit
 
-    # -- lifecycle ---------------------------------------------------------------
-
     async def connect(self) -> None:
         """Connect the backend and start delivering. With Redis unreachable this
         returns after a short wait; ``health()`` then says so and the backend
@@ -255,8 +253,6 @@ class Broker:
         next_published, deliver = self._backend.next_published, self._deliver
         while True:
             deliver(await next_published())
-
-    # -- publish and subscribe ---------------------------------------------------
 
     async def publish(self, channel: str, message: str) -> None:
         if self._state != "connected":
@@ -345,8 +341,6 @@ class Broker:
             return self._subscribers
         channels = [self._channels.get(name) for name in names]
         return set().union(*(channel.subscribers for channel in channels if channel is not None))
-
-    # -- health ------------------------------------------------------------------
 
     def listeners(self, channel: str) -> frozenset[Subscriber]:
         """The local subscribers of ``channel`` whose backend subscription is

@@ -119,8 +119,6 @@ class Member:
     def __post_init__(self) -> None:
         self.delivered = self.reported = self.last
 
-    # -- called by the pump (never awaits)
-
     def offer(
         self, event: LoggedEvent, payload: str, stops: object, frames: dict[str, bytes]
     ) -> bool:
@@ -190,8 +188,6 @@ class Member:
             return None
         self.reported = self.delivered
         return self.delivered
-
-    # -- the member's own task
 
     async def run(self) -> None:
         """Catch up from the log, then write whatever the pump could not, until the end.

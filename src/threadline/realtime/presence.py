@@ -168,8 +168,6 @@ class PresenceTracker:
         """A process's leases: connection id -> user id."""
         return f"{self._prefix}presence:process:{process_id}:leases"
 
-    # -- Redis health
-
     def _usable(self) -> CommandClient[Any] | None:
         """The Redis client, unless it failed a moment ago."""
         if self._redis is None or self._backoff.skipping():
@@ -184,8 +182,6 @@ class PresenceTracker:
     def _recovered(self) -> None:
         if self._backoff.answered():
             log.info("presence: Redis reachable again")
-
-    # -- leases
 
     async def renew(self, user_id: uuid.UUID, connection_id: str) -> None:
         """Start or extend a connection's lease; announce when the user comes online."""
@@ -315,8 +311,6 @@ class PresenceTracker:
                 del leases[conn]
         return len(leases)
 
-    # -- dead processes
-
     async def keep_alive(self) -> None:
         """Runs for the process's lifetime (with Redis): this process's heartbeat, and
         the leases of processes whose heartbeat lapsed, removed with OFFLINE announced."""
@@ -412,8 +406,6 @@ class PresenceTracker:
             await self._publish(user_id, PresenceState(PresenceStatus.OFFLINE, _ts(now)))
         if held and self.on_reaped is not None:
             await self.on_reaped([c for ids in by_user.values() for c in ids])
-
-    # -- state
 
     async def get(self, user_id: uuid.UUID, stored_seen: datetime | None = None) -> PresenceState:
         return (await self.get_many([(user_id, stored_seen)]))[0]

@@ -108,7 +108,7 @@ class RateLimiter:
                 "async+redis+cluster://" + urlsplit(target.url).netloc,
                 wrap_exceptions=True,
                 implementation="redispy",
-                key_prefix=target.key(key_prefix),
+                key_prefix=target.prefix + key_prefix,
                 require_full_coverage=False,
                 **timeouts,
             )
@@ -121,7 +121,7 @@ class RateLimiter:
                 "async+redis://",
                 wrap_exceptions=True,
                 implementation="redispy",
-                key_prefix=target.key(key_prefix),
+                key_prefix=target.prefix + key_prefix,
                 **options,
             )
         self._strategy = MovingWindowRateLimiter(self._storage)

@@ -95,8 +95,6 @@ class RedisBackend:
         # Set when a shard reports trouble: a cluster then reads its slot map again.
         self._stale = asyncio.Event()
 
-    # -- lifecycle ---------------------------------------------------------------
-
     async def connect(self) -> None:
         """Start the connection loop(s) and wait briefly for the first connection.
         With Redis unreachable the process keeps serving and the loop keeps trying."""
@@ -154,8 +152,6 @@ class RedisBackend:
             "reconnects": sum(link.reconnects for link in links),
             "last_error": errors[0] if errors else None,
         }
-
-    # -- what the broker calls ------------------------------------------------------
 
     async def subscribe(self, channel: str) -> None:
         if (link := self._shards.get(None)) is not None:
@@ -316,8 +312,6 @@ class SubscriberConnection:
             # A broken connection has dropped every subscription anyway, and the
             # next one subscribes only the channels still wanted.
             logger.debug("UNSUBSCRIBE %s not sent: %s", channel, _describe(exc))
-
-    # -- the connection loop -----------------------------------------------------
 
     async def _run(self) -> None:
         """Keep one subscriber connection up, forever, with capped jittered backoff."""

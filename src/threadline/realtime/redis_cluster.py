@@ -102,8 +102,6 @@ class ClusterBackend(RedisBackend):
             report["last_error"] = self._slots_error
         return report
 
-    # -- what the broker calls ------------------------------------------------------
-
     async def subscribe(self, channel: str) -> None:
         self._wanted.add(channel)
         link = self._owner(channel)
@@ -119,8 +117,6 @@ class ClusterBackend(RedisBackend):
         link = self._assigned.pop(channel, None)
         if link is not None:
             await link.unsubscribe(channel)
-
-    # -- the slot map -------------------------------------------------------------
 
     def _owner(self, channel: str) -> SubscriberConnection | None:
         if self._slots is None:

@@ -47,9 +47,6 @@ class RedisTarget:
     cluster: bool = False
     prefix: str = ""
 
-    def key(self, name: str) -> str:
-        return self.prefix + name
-
 
 def settings_target(settings: Settings) -> RedisTarget | None:
     """The deployment's Redis from REDIS_URL, REDIS_CLUSTER and REDIS_PREFIX."""
