@@ -130,7 +130,7 @@ class Member:
         if self.busy or seq != self.last + 1:
             if self.backlog is None:
                 self.backlog = deque()
-            elif len(self.backlog) >= self.group.backlog_limit:
+            elif len(self.backlog) >= self.group.hub.backlog_limit:
                 self.backlog = None  # the client refetches with afterSeq: drop the memory now
                 self.fail(self._resume_error("fell too far behind"))
                 return False
@@ -293,7 +293,6 @@ class Group:
         # The newest seq the pump has offered to the members.
         self.position = position
         self.members: set[Member] = set()
-        self.backlog_limit = hub.backlog_limit
         self._task: asyncio.Task[None] | None = asyncio.create_task(
             self._pump(), name=f"fanout {self.thread_id}"
         )

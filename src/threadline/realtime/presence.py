@@ -70,7 +70,6 @@ _UNAVAILABLE: Final = "Presence cannot be changed right now; try again shortly"
 # A user's keys carry their id as a hash tag ({...}): on a Redis Cluster they share
 # one slot, so that one script can read and write them together. A script, not
 # MULTI: a cluster runs one per key slot, and a batch of users spans many slots.
-#
 # KEYS: leases, seen, away. ARGV: now, connection id, lease expiry, key lifetime.
 # Returns the live leases before this one and whether the user is AWAY: the
 # count-then-add is atomic against other processes.
