@@ -325,7 +325,12 @@ class Broker:
 
     def _deliver(self, event: Published) -> None:
         if type(event) is ConnectionRestored:
-            for subscriber in self._restored(event.channels):
+            # The subscribers of the channels the reconnection restored (None: all).
+            restored = self._subscribers
+            if event.channels is not None:
+                found = [self._channels.get(name) for name in event.channels]
+                restored = set().union(*(c.subscribers for c in found if c is not None))
+            for subscriber in restored:
                 subscriber._push(RECONNECTED)
             return
         channel = self._channels.get(event.channel)
@@ -334,13 +339,6 @@ class Broker:
         message = event.message
         for subscriber in channel.subscribers:
             subscriber._push(message)
-
-    def _restored(self, names: frozenset[str] | None) -> set[Subscriber]:
-        """The subscribers of the channels a reconnection restored (None: all)."""
-        if names is None:
-            return self._subscribers
-        channels = [self._channels.get(name) for name in names]
-        return set().union(*(channel.subscribers for channel in channels if channel is not None))
 
     def listeners(self, channel: str) -> frozenset[Subscriber]:
         """The local subscribers of ``channel`` whose backend subscription is

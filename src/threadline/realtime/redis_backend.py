@@ -65,14 +65,11 @@ class ConnectionRestored(Published):
     channels: frozenset[str] | None = None
 
 
-CONNECTION_RESTORED: Final = ConnectionRestored()
-
-
 class RedisBackend:
     """Redis pub/sub with no first-subscribe race, automatic reconnection and
     bounded timeouts. ``subscribe`` returns once Redis has acknowledged the
     SUBSCRIBE (or at once while disconnected: the next connection subscribes the
-    channel and sends ``CONNECTION_RESTORED``, which tells subscribers to catch up).
+    channel and sends ``ConnectionRestored``, which tells subscribers to catch up).
     """
 
     # The publish command and whether subscriptions are sharded (SSUBSCRIBE).
@@ -343,10 +340,8 @@ class SubscriberConnection:
             # missed messages: with none, the restored connection is not news.
             self._announce = None
             if self.channels:
-                self._announce = (
-                    ConnectionRestored(channels=frozenset(self.channels))
-                    if self._sharded
-                    else CONNECTION_RESTORED
+                self._announce = ConnectionRestored(
+                    channels=frozenset(self.channels) if self._sharded else None
                 )
             commands = self._commands(self._subscribe, self.channels)
             commands.append(("PING", self._ready_token))
