@@ -14,29 +14,13 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from contextlib import AbstractAsyncContextManager
-from enum import Enum
 from typing import Any, Final, final
 
-from threadline.realtime.redis_backend import (
-    BrokerError,
-    BrokerUnavailable,
-    ConnectionRestored,
-    Published,
-    RedisBackend,
-)
+from threadline.realtime.redis_backend import BrokerError as BrokerError
+from threadline.realtime.redis_backend import BrokerUnavailable as BrokerUnavailable
+from threadline.realtime.redis_backend import ConnectionRestored, Published, RedisBackend
 from threadline.realtime.redis_cluster import ClusterBackend
 from threadline.realtime.redis_pool import RedisTarget, as_target
-
-__all__ = [
-    "RECONNECTED",
-    "Broker",
-    "BrokerClosed",
-    "BrokerError",
-    "BrokerUnavailable",
-    "Reconnected",
-    "Subscriber",
-    "SubscriberOverflow",
-]
 
 logger = logging.getLogger(__name__)
 
@@ -64,12 +48,6 @@ class Reconnected:
 RECONNECTED: Final = Reconnected()
 
 
-class _End(Enum):
-    OVERFLOW = "overflow"
-    CLOSED = "closed"
-    LEFT = "left"
-
-
 @final
 class Subscriber:
     """What ``Broker.subscribe`` yields: iterate it for messages (published
@@ -80,18 +58,19 @@ class Subscriber:
     disconnects, and stops when the ``subscribe`` block is left.
     """
 
-    __slots__ = ("_buffer", "_end", "_limit", "_waiter", "channels")
+    __slots__ = ("_buffer", "_end", "_limit", "_waiter", "_why", "channels")
 
     def __init__(self, channels: tuple[str, ...], limit: int) -> None:
         self.channels = channels
         self._limit = limit
         self._buffer: deque[str | Reconnected] = deque()
         self._waiter: asyncio.Future[None] | None = None
-        self._end: _End | None = None
+        # What iteration raises once the subscription ended, and its message.
+        self._end: type[BaseException] | None = None
+        self._why = ""
 
     @property
     def pending(self) -> int:
-        """How many messages wait to be read."""
         return len(self._buffer)
 
     def take_pending(self) -> list[str | Reconnected]:
@@ -109,7 +88,7 @@ class Subscriber:
     async def __anext__(self) -> str | Reconnected:
         while True:
             if self._end is not None:
-                raise self._end_error()
+                raise self._end(self._why)
             if self._buffer:
                 return self._buffer.popleft()
             if self._waiter is not None:
@@ -127,29 +106,23 @@ class Subscriber:
             return
         if len(self._buffer) >= self._limit:
             self._buffer.clear()  # the subscriber refetches; drop the memory now
-            self._finish(_End.OVERFLOW)
+            self._finish(
+                SubscriberOverflow,
+                f"subscriber of {', '.join(self.channels)} fell more than "
+                f"{self._limit} messages behind",
+            )
             return
         self._buffer.append(item)
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def _finish(self, end: _End) -> None:
+    def _finish(self, end: type[BaseException], why: str = "") -> None:
         if self._end is None:
-            self._end = end
+            self._end, self._why = end, why
             waiter = self._waiter
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
-
-    def _end_error(self) -> BaseException:
-        if self._end is _End.OVERFLOW:
-            return SubscriberOverflow(
-                f"subscriber of {', '.join(self.channels)} fell more than "
-                f"{self._limit} messages behind"
-            )
-        if self._end is _End.CLOSED:
-            return BrokerClosed("the broker disconnected")
-        return StopAsyncIteration()
 
 
 class _Channel:
@@ -248,8 +221,6 @@ class Broker:
         """How far behind a subscriber may fall before it is dropped."""
         return self._queue_limit
 
-    # -- lifecycle ---------------------------------------------------------------
-
     async def connect(self) -> None:
         """Connect the backend and start delivering. With Redis unreachable this
         returns after a short wait; ``health()`` then says so and the backend
@@ -268,7 +239,7 @@ class Broker:
         if state != "connected":
             return
         for subscriber in self._subscribers:
-            subscriber._finish(_End.CLOSED)
+            subscriber._finish(BrokerClosed, "the broker disconnected")
         task, self._listener = self._listener, None
         if task is not None:
             task.cancel()
@@ -282,8 +253,6 @@ class Broker:
         next_published, deliver = self._backend.next_published, self._deliver
         while True:
             deliver(await next_published())
-
-    # -- publish and subscribe ---------------------------------------------------
 
     async def publish(self, channel: str, message: str) -> None:
         if self._state != "connected":
@@ -315,11 +284,6 @@ class Broker:
             raise
         return subscriber
 
-    async def _exit(self, subscriber: Subscriber) -> None:
-        subscriber._finish(_End.LEFT)
-        self._subscribers.discard(subscriber)
-        await self._leave(subscriber.channels, subscriber)
-
     async def _join(self, name: str, subscriber: Subscriber) -> None:
         channel = self._channels.get(name)
         if channel is not None:
@@ -333,15 +297,17 @@ class Broker:
         finally:
             channel.ready.set()
 
-    async def _leave(self, names: tuple[str, ...], subscriber: Subscriber) -> None:
-        for name in names:
+    async def _exit(self, subscriber: Subscriber) -> None:
+        subscriber._finish(StopAsyncIteration)
+        self._subscribers.discard(subscriber)
+        for name in subscriber.channels:
             channel = self._channels.get(name)
             if channel is not None:
                 channel.subscribers.discard(subscriber)
         if self._state != "connected":
             return
         cancelled = False
-        for name in names:
+        for name in subscriber.channels:
             channel = self._channels.get(name)
             if channel is None or channel.subscribers:
                 continue
@@ -359,7 +325,12 @@ class Broker:
 
     def _deliver(self, event: Published) -> None:
         if type(event) is ConnectionRestored:
-            for subscriber in self._restored(event.channels):
+            # The subscribers of the channels the reconnection restored (None: all).
+            restored = self._subscribers
+            if event.channels is not None:
+                found = [self._channels.get(name) for name in event.channels]
+                restored = set().union(*(c.subscribers for c in found if c is not None))
+            for subscriber in restored:
                 subscriber._push(RECONNECTED)
             return
         channel = self._channels.get(event.channel)
@@ -368,15 +339,6 @@ class Broker:
         message = event.message
         for subscriber in channel.subscribers:
             subscriber._push(message)
-
-    def _restored(self, names: frozenset[str] | None) -> set[Subscriber]:
-        """The subscribers of the channels a reconnection restored (None: all)."""
-        if names is None:
-            return self._subscribers
-        channels = [self._channels.get(name) for name in names]
-        return set().union(*(channel.subscribers for channel in channels if channel is not None))
-
-    # -- health ------------------------------------------------------------------
 
     def listeners(self, channel: str) -> frozenset[Subscriber]:
         """The local subscribers of ``channel`` whose backend subscription is

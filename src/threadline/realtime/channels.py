@@ -115,11 +115,10 @@ def routes(event: object) -> list[tuple[str, str]]:
     """Where an event is published, and as what."""
     if isinstance(event, LoggedEvent):
         message = encode_logged(event)
-        # threadActivity hears typing on the activity channel. On a Redis Cluster that
-        # may be another shard, read over another connection than the thread's: an
-        # event that ends subscriptions goes on both, so that no typing published after
-        # it reaches the activity stream first. (Its readers also take it from the
-        # thread's channel, which is all that processes of an older version send.)
+        # On a Redis Cluster the activity channel (typing) may be read over another
+        # shard's connection: an event that ends subscriptions goes on both, so that no
+        # later typing overtakes it. Readers also take it from the thread's channel, the
+        # only one older versions send it on.
         channels = [thread_channel(event.thread_id)]
         if who_stops(event) is not None:
             channels.append(activity_channel(event.thread_id))

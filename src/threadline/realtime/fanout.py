@@ -119,8 +119,6 @@ class Member:
     def __post_init__(self) -> None:
         self.delivered = self.reported = self.last
 
-    # -- called by the pump (never awaits)
-
     def offer(
         self, event: LoggedEvent, payload: str, stops: object, frames: dict[str, bytes]
     ) -> bool:
@@ -132,7 +130,7 @@ class Member:
         if self.busy or seq != self.last + 1:
             if self.backlog is None:
                 self.backlog = deque()
-            elif len(self.backlog) >= self.group.backlog_limit:
+            elif len(self.backlog) >= self.group.hub.backlog_limit:
                 self.backlog = None  # the client refetches with afterSeq: drop the memory now
                 self.fail(self._resume_error("fell too far behind"))
                 return False
@@ -190,8 +188,6 @@ class Member:
             return None
         self.reported = self.delivered
         return self.delivered
-
-    # -- the member's own task
 
     async def run(self) -> None:
         """Catch up from the log, then write whatever the pump could not, until the end.
@@ -297,7 +293,6 @@ class Group:
         # The newest seq the pump has offered to the members.
         self.position = position
         self.members: set[Member] = set()
-        self.backlog_limit = hub.backlog_limit
         self._task: asyncio.Task[None] | None = asyncio.create_task(
             self._pump(), name=f"fanout {self.thread_id}"
         )

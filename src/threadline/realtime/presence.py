@@ -45,42 +45,31 @@ from threadline.services.states import PresenceStatus
 log = logging.getLogger(__name__)
 
 # A lease outlives its connection only when nothing released it: its process died
-# (reaped within PROCESS_TTL_SECONDS instead) or every process of the deployment
+# (reaped within a heartbeat TTL instead) or every process of the deployment
 # stopped at once. Long, so that renewing 10,000 of them costs little.
 LEASE_SECONDS = 180.0
-# Leases renewed per Redis pipeline by renew_many.
+# Leases renewed or reaped, and users read, per Redis pipeline.
 RENEW_BATCH = 500
-# Users whose presence get_many reads per Redis pipeline.
 READ_BATCH = 1000
-# A process renews its heartbeat this often; one silent for PROCESS_TTL_SECONDS is
-# dead. Four missed beats: a busy event loop is not mistaken for a dead process.
-HEARTBEAT_SECONDS = 1.0
-PROCESS_TTL_SECONDS = 4.0
 
 
 @dataclass(frozen=True)
 class Beat:
     """A tracker's heartbeat timing (tests run the same ratios faster)."""
 
-    every: float = HEARTBEAT_SECONDS
-    ttl: float = PROCESS_TTL_SECONDS
+    # A process beats this often; one silent for ``ttl`` is dead. Four missed beats:
+    # a busy event loop is not mistaken for a dead process.
+    every: float = 1.0
+    ttl: float = 4.0
     # How long one Redis command may take before the call counts as failed.
     command_timeout: float = COMMAND_TIMEOUT_SECONDS
 
 
-# After Redis fails, reads skip it for this long: an outage costs one failed
-# attempt per interval, not one per presence field.
-SKIP_REDIS_SECONDS = 1.0
-# While Redis stays down, one warning per interval instead of one per call.
-WARN_INTERVAL_SECONDS = 60.0
-
-PROCESSES_KEY: Final = "presence:processes"
 _UNAVAILABLE: Final = "Presence cannot be changed right now; try again shortly"
 
 # A user's keys carry their id as a hash tag ({...}): on a Redis Cluster they share
 # one slot, so that one script can read and write them together. A script, not
 # MULTI: a cluster runs one per key slot, and a batch of users spans many slots.
-#
 # KEYS: leases, seen, away. ARGV: now, connection id, lease expiry, key lifetime.
 # Returns the live leases before this one and whether the user is AWAY: the
 # count-then-add is atomic against other processes.
@@ -137,7 +126,7 @@ class PresenceTracker:
         self._redis = command_client(target, **fail_fast(beat.command_timeout)) if target else None
         self.beat = beat
         self._prefix = target.prefix if target else ""
-        self._processes_key = self._prefix + PROCESSES_KEY
+        self._processes_key = self._prefix + "presence:processes"
         self._publisher = publisher
         self.lease_seconds = LEASE_SECONDS
         self.process_id = uuid.uuid4().hex
@@ -153,7 +142,7 @@ class PresenceTracker:
         # Set when Redis fails: the next heartbeat that reaches it writes every lease
         # of this process back (one opened meanwhile would wait for its renewal).
         self._restore_due = False
-        self._backoff = Backoff(SKIP_REDIS_SECONDS, warn_every=WARN_INTERVAL_SECONDS)
+        self._backoff = Backoff(warn_every=60.0)
         # Monotonic times of the last heartbeat that reached Redis, and of the first of
         # the unbroken run it ends (see _heartbeat).
         self._last_beat: float | None = None
@@ -178,8 +167,6 @@ class PresenceTracker:
         """A process's leases: connection id -> user id."""
         return f"{self._prefix}presence:process:{process_id}:leases"
 
-    # -- Redis health
-
     def _usable(self) -> CommandClient[Any] | None:
         """The Redis client, unless it failed a moment ago."""
         if self._redis is None or self._backoff.skipping():
@@ -194,8 +181,6 @@ class PresenceTracker:
     def _recovered(self) -> None:
         if self._backoff.answered():
             log.info("presence: Redis reachable again")
-
-    # -- leases
 
     async def renew(self, user_id: uuid.UUID, connection_id: str) -> None:
         """Start or extend a connection's lease; announce when the user comes online."""
@@ -325,8 +310,6 @@ class PresenceTracker:
                 del leases[conn]
         return len(leases)
 
-    # -- dead processes
-
     async def keep_alive(self) -> None:
         """Runs for the process's lifetime (with Redis): this process's heartbeat, and
         the leases of processes whose heartbeat lapsed, removed with OFFLINE announced."""
@@ -423,8 +406,6 @@ class PresenceTracker:
         if held and self.on_reaped is not None:
             await self.on_reaped([c for ids in by_user.values() for c in ids])
 
-    # -- state
-
     async def get(self, user_id: uuid.UUID, stored_seen: datetime | None = None) -> PresenceState:
         return (await self.get_many([(user_id, stored_seen)]))[0]
 
@@ -434,7 +415,7 @@ class PresenceTracker:
         """The state of each (user id, last seen as stored), in order. With Redis
         unreachable, as far as this process knows (its own sockets)."""
         now = time.time()
-        redis = self._usable() if self._redis is not None else None
+        redis = self._usable()
         if redis is not None:
             found: list[PresenceState] = []
             try:

@@ -69,10 +69,6 @@ _REFUSALS: Final[Mapping[Action, str]] = MappingProxyType(
 # Redis answers in well under a millisecond; a limiter that waited longer would
 # slow every mutation more than it protects anything.
 _REDIS_TIMEOUT_SECONDS: Final = 0.5
-# After a failure Redis is skipped this long: one timeout per interval, not per call.
-_SKIP_REDIS_AFTER_FAILURE_SECONDS: Final = 1.0
-# While Redis stays down, one warning (with a count) per interval, not one per call.
-_WARN_INTERVAL_SECONDS: Final = 60.0
 
 _STORAGE_ERRORS: Final = (StorageError, *REDIS_ERRORS)
 
@@ -104,34 +100,31 @@ class RateLimiter:
         timeouts = fail_fast(_REDIS_TIMEOUT_SECONDS, _REDIS_TIMEOUT_SECONDS)
         if target is None:
             self._storage = MemoryStorage()
-        elif target.cluster:
-            # Each window is one key, its script's only one: any slot will do.
-            # limits builds this cluster client itself, from the node's credentials
-            # and address.
-            self._storage = RedisClusterStorage(
-                "async+redis+cluster://" + urlsplit(target.url).netloc,
-                wrap_exceptions=True,
-                implementation="redispy",
-                key_prefix=target.key(key_prefix),
-                require_full_coverage=False,
-                **timeouts,
-            )
         else:
-            self._pool = redis_pool(target.url, **timeouts)
-            # The connections come from our pool (timeouts, retries, closed by us);
-            # the URI only selects the redis-py bridge rather than coredis.
-            options: dict[str, Any] = {"connection_pool": self._pool}
-            self._storage = RedisStorage(
-                "async+redis://",
-                wrap_exceptions=True,
-                implementation="redispy",
-                key_prefix=target.key(key_prefix),
-                **options,
-            )
+            options: dict[str, Any] = {
+                "wrap_exceptions": True,
+                "implementation": "redispy",
+                "key_prefix": target.prefix + key_prefix,
+            }
+            if target.cluster:
+                # Each window is one key, its script's only one: any slot will do.
+                # limits builds this cluster client itself, from the node's credentials
+                # and address.
+                self._storage = RedisClusterStorage(
+                    "async+redis+cluster://" + urlsplit(target.url).netloc,
+                    require_full_coverage=False,
+                    **timeouts,
+                    **options,
+                )
+            else:
+                # The connections come from our pool (timeouts, retries, closed by us);
+                # the URI only selects the redis-py bridge rather than coredis.
+                self._pool = redis_pool(target.url, **timeouts)
+                options["connection_pool"] = self._pool
+                self._storage = RedisStorage("async+redis://", **options)
         self._strategy = MovingWindowRateLimiter(self._storage)
-        self._backoff = Backoff(
-            _SKIP_REDIS_AFTER_FAILURE_SECONDS, warn_every=_WARN_INTERVAL_SECONDS
-        )
+        # While Redis stays down, one warning (with a count) a minute.
+        self._backoff = Backoff(warn_every=60.0)
         self._unchecked_since_warning = 0
 
     async def hit(self, action: Action, key: str) -> None:

@@ -24,27 +24,22 @@ from threadline.realtime.redis_pool import (
 
 log = logging.getLogger(__name__)
 
-KEY_PREFIX: Final = "threadline:wrote:"
 # Asked once per query operation: Redis answers in well under a millisecond, and a
 # request must not wait long for a hint whose safe default (the primary) is at hand.
 _REDIS_TIMEOUT_SECONDS: Final = 0.5
-# After a failure, Redis is skipped (everyone reads the primary) for this long.
-_SKIP_REDIS_SECONDS: Final = 1.0
-_LOCAL_SIZE: Final = 100_000
 
 
 class RecentWriters:
     def __init__(self, redis: RedisTarget | None, seconds: float) -> None:
         self.seconds = seconds
-        self._local: TTLCache[uuid.UUID, bool] = TTLCache(seconds, _LOCAL_SIZE)
+        self._local: TTLCache[uuid.UUID, bool] = TTLCache(seconds, 100_000)
         self._redis: CommandClient[Any] | None = None
-        self._prefix = KEY_PREFIX
+        self._prefix = (redis.prefix if redis else "") + "threadline:wrote:"
         if redis is not None:
-            self._prefix = redis.key(KEY_PREFIX)
             self._redis = command_client(
                 redis, **fail_fast(_REDIS_TIMEOUT_SECONDS, _REDIS_TIMEOUT_SECONDS)
             )
-        self._backoff = Backoff(_SKIP_REDIS_SECONDS)
+        self._backoff = Backoff()
 
     async def wrote(self, user_id: uuid.UUID) -> None:
         """Mark ``user_id`` as having just written (after the commit, before the answer)."""

@@ -65,14 +65,11 @@ class ConnectionRestored(Published):
     channels: frozenset[str] | None = None
 
 
-CONNECTION_RESTORED: Final = ConnectionRestored()
-
-
 class RedisBackend:
     """Redis pub/sub with no first-subscribe race, automatic reconnection and
     bounded timeouts. ``subscribe`` returns once Redis has acknowledged the
     SUBSCRIBE (or at once while disconnected: the next connection subscribes the
-    channel and sends ``CONNECTION_RESTORED``, which tells subscribers to catch up).
+    channel and sends ``ConnectionRestored``, which tells subscribers to catch up).
     """
 
     # The publish command and whether subscriptions are sharded (SSUBSCRIBE).
@@ -83,15 +80,17 @@ class RedisBackend:
         self._target = target
         # Pub/sub ignores database numbers: channels of database N > 0 get a "dbN:"
         # prefix, so that deployments (or test runs) sharing a server keep apart.
-        self._namespace = target.prefix + channel_namespace(target.url)
+        database = int(parse_url(target.url).get("db") or 0)
+        self._namespace = target.prefix + (f"db{database}:" if database else "")
         self._events: asyncio.Queue[Published] = asyncio.Queue(maxsize=MAX_PENDING)
         self._started = False
-        self._link: SubscriberConnection | None = None
+        # The subscriber connections: one, keyed None; a cluster's, by master address.
+        self._shards: dict[Any, SubscriberConnection] = {}
         self._publisher: Redis[bytes] | None = None
         self._outbox: list[tuple[str, Any, asyncio.Future[None]]] = []
         self._flusher: asyncio.Task[None] | None = None
-
-    # -- lifecycle ---------------------------------------------------------------
+        # Set when a shard reports trouble: a cluster then reads its slot map again.
+        self._stale = asyncio.Event()
 
     async def connect(self) -> None:
         """Start the connection loop(s) and wait briefly for the first connection.
@@ -108,7 +107,7 @@ class RedisBackend:
             retry=Retry(NoBackoff(), 0),
         )
         await self._start_subscribers()
-        links = self._links()
+        links = list(self._shards.values())
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(2 * CONNECT_TIMEOUT):
                 for link in links:
@@ -120,20 +119,14 @@ class RedisBackend:
             )
 
     async def _start_subscribers(self) -> None:
-        self._link = self._new_link(self._target.url)
+        self._shards[None] = self._new_link(self._target.url)
 
     def _new_link(self, url: str) -> SubscriberConnection:
         link = SubscriberConnection(
-            url, self._events, self._namespace, sharded=self.sharded, on_trouble=self._trouble
+            url, self._events, self._namespace, sharded=self.sharded, on_trouble=self._stale.set
         )
         link.start()
         return link
-
-    def _trouble(self) -> None:
-        """A shard reported trouble (sharded subscriptions only): one server has none."""
-
-    def _links(self) -> list[SubscriberConnection]:
-        return [self._link] if self._link is not None else []
 
     async def disconnect(self) -> None:
         self._started = False
@@ -143,12 +136,12 @@ class RedisBackend:
             await close_client(publisher)
 
     async def _stop_subscribers(self) -> None:
-        link, self._link = self._link, None
-        if link is not None:
+        shards, self._shards = self._shards, {}
+        for link in shards.values():
             await link.stop()
 
     def health(self) -> dict[str, Any]:
-        links = self._links()
+        links = self._shards.values()
         errors = [link.last_error for link in links if link.last_error]
         return {
             "backend": "redis",
@@ -157,15 +150,13 @@ class RedisBackend:
             "last_error": errors[0] if errors else None,
         }
 
-    # -- what the broker calls ------------------------------------------------------
-
     async def subscribe(self, channel: str) -> None:
-        if self._link is not None:
-            await self._link.subscribe(channel)
+        if (link := self._shards.get(None)) is not None:
+            await link.subscribe(channel)
 
     async def unsubscribe(self, channel: str) -> None:
-        if self._link is not None:
-            await self._link.unsubscribe(channel)
+        if (link := self._shards.get(None)) is not None:
+            await link.unsubscribe(channel)
 
     async def publish(self, channel: str, message: str) -> None:
         """Publish once Redis has taken the message. Publishes made while a batch
@@ -319,8 +310,6 @@ class SubscriberConnection:
             # next one subscribes only the channels still wanted.
             logger.debug("UNSUBSCRIBE %s not sent: %s", channel, _describe(exc))
 
-    # -- the connection loop -----------------------------------------------------
-
     async def _run(self) -> None:
         """Keep one subscriber connection up, forever, with capped jittered backoff."""
         loop = asyncio.get_running_loop()
@@ -351,10 +340,8 @@ class SubscriberConnection:
             # missed messages: with none, the restored connection is not news.
             self._announce = None
             if self.channels:
-                self._announce = (
-                    ConnectionRestored(channels=frozenset(self.channels))
-                    if self._sharded
-                    else CONNECTION_RESTORED
+                self._announce = ConnectionRestored(
+                    channels=frozenset(self.channels) if self._sharded else None
                 )
             commands = self._commands(self._subscribe, self.channels)
             commands.append(("PING", self._ready_token))
@@ -419,7 +406,10 @@ class SubscriberConnection:
                         await asyncio.sleep(0)
                 elif kind == b"pong":
                     await self._on_pong(cast(bytes, reply[1]))
-                elif kind == b"sunsubscribe" and self._still_wanted(cast(bytes, reply[1])):
+                elif (
+                    kind == b"sunsubscribe"
+                    and cast(bytes, reply[1])[cut:].decode(errors="replace") in self.channels
+                ):
                     # Redis unsubscribed us itself: the channel's slot moved away.
                     self._trouble(ConnectionError("channel unsubscribed by a reshard"))
                 # Other (un)subscribe acknowledgements need no handling: the PING
@@ -427,9 +417,6 @@ class SubscriberConnection:
             elif isinstance(reply, bytes):
                 # PING outside subscribed mode (no channel yet) answers plainly.
                 await self._on_pong(reply)
-
-    def _still_wanted(self, wire_name: bytes) -> bool:
-        return wire_name[self._namespace_bytes :].decode(errors="replace") in self.channels
 
     def _trouble(self, exc: BaseException) -> None:
         logger.info("Redis shard %s: %s", self.url, _describe(exc))
@@ -510,12 +497,6 @@ class SubscriberConnection:
         else:
             self._outage_logged = True
             logger.warning("Redis subscriber connection failed: %s", self.last_error)
-
-
-def channel_namespace(url: str) -> str:
-    """The prefix of every channel name for a Redis URL: "dbN:" for database N > 0."""
-    database = int(parse_url(url).get("db") or 0)
-    return f"db{database}:" if database else ""
 
 
 def _describe(exc: BaseException) -> str:

@@ -70,13 +70,11 @@ class ClusterBackend(RedisBackend):
 
     def __init__(self, target: RedisTarget) -> None:
         super().__init__(target)
-        self._shards: dict[tuple[str, int], SubscriberConnection] = {}
         # Every channel wanted, and the shard connection each is subscribed on.
         self._wanted: set[str] = set()
         self._assigned: dict[str, SubscriberConnection] = {}
         self._slots: SlotMap | None = None
         self._slots_error: str | None = None
-        self._stale = asyncio.Event()
         self._topology: asyncio.Task[None] | None = None
 
     async def _start_subscribers(self) -> None:
@@ -88,18 +86,13 @@ class ClusterBackend(RedisBackend):
             self._stale.set()
         self._topology = asyncio.create_task(self._follow(), name="threadline-redis-slots")
 
-    def _links(self) -> list[SubscriberConnection]:
-        return list(self._shards.values())
-
     async def _stop_subscribers(self) -> None:
         topology, self._topology = self._topology, None
         if topology is not None:
             topology.cancel()
             await asyncio.wait([topology])
-        shards, self._shards = self._shards, {}
         self._assigned.clear()
-        for link in shards.values():
-            await link.stop()
+        await super()._stop_subscribers()
 
     def health(self) -> dict[str, Any]:
         report = super().health()
@@ -108,8 +101,6 @@ class ClusterBackend(RedisBackend):
         if self._slots is None:
             report["last_error"] = self._slots_error
         return report
-
-    # -- what the broker calls ------------------------------------------------------
 
     async def subscribe(self, channel: str) -> None:
         self._wanted.add(channel)
@@ -127,16 +118,11 @@ class ClusterBackend(RedisBackend):
         if link is not None:
             await link.unsubscribe(channel)
 
-    # -- the slot map -------------------------------------------------------------
-
     def _owner(self, channel: str) -> SubscriberConnection | None:
         if self._slots is None:
             return None
         master = self._slots.master_of(self._namespace + channel)
         return None if master is None else self._shards.get(master)
-
-    def _trouble(self) -> None:
-        self._stale.set()
 
     async def _follow(self) -> None:
         """Read the slot map again whenever a shard reports trouble."""

@@ -47,9 +47,6 @@ class RedisTarget:
     cluster: bool = False
     prefix: str = ""
 
-    def key(self, name: str) -> str:
-        return self.prefix + name
-
 
 def settings_target(settings: Settings) -> RedisTarget | None:
     """The deployment's Redis from REDIS_URL, REDIS_CLUSTER and REDIS_PREFIX."""
@@ -107,12 +104,11 @@ async def close_client(client: CommandClient[Any]) -> None:
 
 
 class Backoff:
-    """After a failed Redis call, skip Redis for ``skip_seconds`` (one failed attempt
-    per interval, not one per call), and say when to warn: once per outage, and
-    every ``warn_every`` seconds while it lasts when that is set."""
+    """After a failed Redis call, skip Redis for a second (an outage costs one failed
+    attempt per interval, not one per call), and say when to warn: once per outage,
+    and every ``warn_every`` seconds while it lasts when that is set."""
 
-    def __init__(self, skip_seconds: float, *, warn_every: float | None = None) -> None:
-        self.skip_seconds = skip_seconds
+    def __init__(self, *, warn_every: float | None = None) -> None:
         self.warn_every = warn_every
         self._skip_until = 0.0
         self._warned_at: float | None = None
@@ -128,7 +124,7 @@ class Backoff:
     def failed(self) -> bool:
         """Note a failure; True when the caller should warn now."""
         now = time.monotonic()
-        self._skip_until = now + self.skip_seconds
+        self._skip_until = now + 1.0
         due = self._warned_at is None or (
             self.warn_every is not None and now - self._warned_at >= self.warn_every
         )
