@@ -10,6 +10,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping
+from contextlib import suppress
 from datetime import UTC, datetime
 from typing import Any
 
@@ -92,9 +93,8 @@ class _JwksKeys:
         )
 
     def _may_fetch(self) -> bool:
-        return self._attempted_at is None or self._clock() - self._attempted_at >= (
-            JWKS_REFETCH_SECONDS
-        )
+        attempted = self._attempted_at
+        return attempted is None or self._clock() - attempted >= JWKS_REFETCH_SECONDS
 
     async def _refresh(self) -> None:
         self._attempted_at = self._clock()
@@ -120,12 +120,9 @@ def _rs256_keys(document: object) -> dict[str, Any]:
         kid = entry.get("kid")
         if not isinstance(kid, str) or entry.get("use", "sig") != "sig":
             continue
-        if entry.get("alg", CLERK_ALGORITHM) != CLERK_ALGORITHM:
-            continue
-        try:
-            keys[kid] = jwt.PyJWK(entry, CLERK_ALGORITHM).key
-        except jwt.PyJWTError:
-            continue
+        if entry.get("alg", CLERK_ALGORITHM) == CLERK_ALGORITHM:
+            with suppress(jwt.PyJWTError):
+                keys[kid] = jwt.PyJWK(entry, CLERK_ALGORITHM).key
     if not keys:
         raise ValueError("the JWKS lists no RS256 signing key")
     return keys
@@ -225,7 +222,18 @@ class TokenVerifier:
         elif not _plausible_id(session_id):
             raise Unauthenticated("token's session (sid) is not a session id")
         if self._clerk:
-            self._check_clerk_claims(claims)
+            if self._issuer is not None and claims.get("iss") != self._issuer:
+                raise Unauthenticated("token was issued by another issuer")
+            if self._parties:
+                party = claims.get("azp")
+                if party is None:
+                    raise Unauthenticated("token names no authorized party (azp)")
+                # A list or object is no party (and cannot be looked up in a set).
+                if not isinstance(party, str) or party not in self._parties:
+                    raise Unauthenticated("token was issued for another authorized party")
+            # A pending session has sign-in tasks left: it must not act as the user yet.
+            if claims.get("sts") == "pending":
+                raise Unauthenticated("session is pending: finish signing in first")
         return Identity(
             clerk_id=subject,
             session_id=session_id,
@@ -234,20 +242,6 @@ class TokenVerifier:
             name=_text_claim(claims, "name"),
             image_url=_text_claim(claims, "image_url"),
         )
-
-    def _check_clerk_claims(self, claims: Mapping[str, Any]) -> None:
-        if self._issuer is not None and claims.get("iss") != self._issuer:
-            raise Unauthenticated("token was issued by another issuer")
-        if self._parties:
-            party = claims.get("azp")
-            if party is None:
-                raise Unauthenticated("token names no authorized party (azp)")
-            # A list or object is no party (and cannot be looked up in a set).
-            if not isinstance(party, str) or party not in self._parties:
-                raise Unauthenticated("token was issued for another authorized party")
-        # A pending session has sign-in tasks left: it must not act as the user yet.
-        if claims.get("sts") == "pending":
-            raise Unauthenticated("session is pending: finish signing in first")
 
 
 def _decode(token: str, key: Any, algorithm: str, kind: str) -> dict[str, Any]:
@@ -280,11 +274,8 @@ def _time_claim(claims: Mapping[str, Any], name: str) -> float | None:
 def _plausible_id(value: str) -> bool:
     """An id as Clerk (or ``threadline token``) makes them: bounded, one printable word;
     ids become columns, keys and log fields, where a NUL or kilobytes would fail."""
-    return (
-        len(value) <= MAX_ID_LENGTH
-        and value.isprintable()
-        and not any(character.isspace() for character in value)
-    )
+    # isprintable() refuses every whitespace character but the space.
+    return len(value) <= MAX_ID_LENGTH and value.isprintable() and " " not in value
 
 
 def _text_claim(claims: Mapping[str, Any], name: str) -> str | None:
@@ -303,7 +294,6 @@ def mint_dev_token(
     ttl_seconds: int = DEV_TOKEN_SECONDS,
     now: float | None = None,
 ) -> str:
-    """An HS256 development token for ``clerk_id``, valid for ``ttl_seconds``."""
     issued_at = int(time.time() if now is None else now)
     claims = {
         "sub": clerk_id,

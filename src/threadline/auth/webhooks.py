@@ -82,7 +82,12 @@ async def clerk_webhook(request: Request) -> Response:
 
     log.info("Clerk webhook %s (%s): %s", svix_id, event_type, applied.outcome)
     if applied.ended_sessions or applied.deleted_users:
-        await _sessions_ended(request, applied)
+        try:
+            await request.app.state.on_sessions_ended(applied.ended_sessions, applied.deleted_users)
+        except Exception:
+            # The change is committed: a 5xx would only make Svix redeliver an event that
+            # is now a duplicate, so the failure is logged and the delivery acknowledged.
+            log.exception("closing the sockets of ended Clerk sessions failed")
     return _answer(applied.outcome, 200, applied.outcome)
 
 
@@ -121,15 +126,6 @@ async def _apply(uow: UnitOfWork, event_type: str, data: Mapping[str, Any]) -> _
     return _Applied("ignored")
 
 
-async def _sessions_ended(request: Request, applied: _Applied) -> None:
-    try:
-        await request.app.state.on_sessions_ended(applied.ended_sessions, applied.deleted_users)
-    except Exception:
-        # The change is committed: a 5xx would only make Svix redeliver an event that
-        # is now a duplicate, so the failure is logged and the delivery acknowledged.
-        log.exception("closing the sockets of ended Clerk sessions failed")
-
-
 async def _read_body(request: Request) -> bytes | None:
     chunks: list[bytes] = []
     size = 0
@@ -150,12 +146,10 @@ def _parse_event(body: bytes) -> tuple[str, Mapping[str, Any]] | None:
     if not isinstance(event, dict):
         return None
     event_type, data = event.get("type"), event.get("data")
-    if not isinstance(event_type, str) or not event_type or not isinstance(data, dict):
-        return None
     # The type is stored with the delivery's id, even when unknown.
-    if has_unstorable_chars(event_type):
+    if not isinstance(event_type, str) or not event_type or has_unstorable_chars(event_type):
         return None
-    return event_type, data
+    return (event_type, data) if isinstance(data, dict) else None
 
 
 def _answer(outcome: str, status: int, message: str) -> Response:

@@ -8,18 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import functools
 import importlib.metadata
 import logging
 import os
 import shutil
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from datetime import UTC, datetime
 from pathlib import Path
-
-from sqlalchemy.engine import make_url
 
 from threadline.backups.manifest import (
     MANIFEST,
@@ -37,6 +35,7 @@ from threadline.backups.manifest import (
     remove_tree,
 )
 from threadline.backups.postgres import PostgresDatabase
+from threadline.backups.rows import Engine
 from threadline.backups.sqlite import SqliteDatabase
 from threadline.config import ConfigError, Settings
 from threadline.migrate import head_revision, is_shipped, upgrade_to_head_async
@@ -53,8 +52,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEFAULT_KEEP = 7
-
 
 def database_of(settings: Settings) -> SqliteDatabase | PostgresDatabase:
     if settings.is_sqlite:
@@ -68,14 +65,6 @@ def database_of(settings: Settings) -> SqliteDatabase | PostgresDatabase:
         except ConfigError as exc:
             raise BackupError(str(exc)) from None
     raise BackupError("DATABASE_URL is neither PostgreSQL nor SQLite")
-
-
-def database_at(database_url: str) -> SqliteDatabase | PostgresDatabase:
-    """The engine class for a URL (a restore's scratch copy has no Settings of its own)."""
-    url = make_url(database_url)
-    if url.get_backend_name() == "sqlite" and url.database:
-        return SqliteDatabase(Path(url.database))
-    return PostgresDatabase(database_url)
 
 
 def _version() -> str:
@@ -139,9 +128,8 @@ def _copy_files(
     files: dict[str, StoredFile] = {}
     missing: list[str] = []
     for key in keys:
-        source = key_path(upload_dir, key)
         try:
-            files[key] = copy_file(source, key_path(work / UPLOADS, key))
+            files[key] = copy_file(key_path(upload_dir, key), key_path(work / UPLOADS, key))
         except FileNotFoundError:
             missing.append(key)
     return files, missing
@@ -159,7 +147,7 @@ def _finish(work: Path, manifest: Manifest, keep: int) -> Path:
 
 
 async def create_backup(
-    settings: Settings, parent: Path, *, keep: int = DEFAULT_KEEP
+    settings: Settings, parent: Path, *, keep: int = 7
 ) -> tuple[Path, Manifest]:
     """Write one backup folder under ``parent``, then prune to the newest ``keep``.
 
@@ -177,8 +165,9 @@ async def create_backup(
     # File work runs in a thread: a server in this process keeps serving meanwhile.
     work, held = await asyncio.to_thread(_start, parent)
     try:
-        facts = await database.dump(work / database.file_name)
-        dump_sha256 = await asyncio.to_thread(file_sha256, work / database.file_name)
+        dump = work / database.file_name
+        facts = await database.dump(dump)
+        dump_sha256 = await asyncio.to_thread(file_sha256, dump)
         files, missing = await asyncio.to_thread(
             _copy_files, settings.upload_dir, work, facts.storage_keys
         )
@@ -191,15 +180,15 @@ async def create_backup(
         manifest = Manifest(
             backend=database.backend,
             database_file=database.file_name,
-            database_bytes=(work / database.file_name).stat().st_size,
+            database_bytes=dump.stat().st_size,
             database_sha256=dump_sha256,
             schema_revision=facts.revision,
             threadline_version=_version(),
             counts=facts.counts,
             files=files,
             missing_files=missing,
+            seconds=round(time.monotonic() - started, 3),
         )
-        manifest.seconds = round(time.monotonic() - started, 3)
         final = await asyncio.to_thread(_finish, work, manifest, keep)
     except BaseException:
         remove_tree(work)
@@ -270,7 +259,8 @@ def _check_backup(folder: Path, manifest: Manifest) -> None:
 
 
 # Left free after a restore: a disk filled to its last byte fails the server's next write.
-ROOM_MARGIN_BYTES = 64 * 1024 * 1024
+MIB = 1024 * 1024
+ROOM_MARGIN_BYTES = 64 * MIB
 
 
 def _check_room(
@@ -279,7 +269,7 @@ def _check_room(
     """Refuse, before anything is copied, a restore whose files (and a SQLite database's
     scratch copy) do not fit beside what is there: one that fills the disk fails midway.
     A PostgreSQL server's own disk is out of sight from here."""
-    wanted = [(upload_dir, sum(entry.bytes for entry in manifest.files.values()))]
+    wanted = [(upload_dir, manifest.file_bytes)]
     if isinstance(database, SqliteDatabase):
         wanted.append((database.path.parent, manifest.database_bytes))
     needs: dict[int, tuple[Path, int]] = {}  # per filesystem: a folder on it, bytes
@@ -292,14 +282,10 @@ def _check_room(
         free = shutil.disk_usage(existing).free
         if size + ROOM_MARGIN_BYTES > free:
             raise BackupError(
-                f"the restore needs {_mib(size + ROOM_MARGIN_BYTES)} MiB on the filesystem of "
-                f"{existing} (the backup's files, with {_mib(ROOM_MARGIN_BYTES)} MiB to spare) "
-                f"and {_mib(free)} MiB is free: make room, then restore again"
+                f"the restore needs {(size + ROOM_MARGIN_BYTES) / MIB:,.0f} MiB on the filesystem "
+                f"of {existing} (the backup's files, with {ROOM_MARGIN_BYTES / MIB:,.0f} MiB to "
+                f"spare) and {free / MIB:,.0f} MiB is free: make room, then restore again"
             )
-
-
-def _mib(size: int) -> str:
-    return f"{size / 1024 / 1024:,.0f}"
 
 
 def _stage_files(folder: Path, manifest: Manifest, upload_dir: Path) -> Path:
@@ -366,7 +352,8 @@ async def restore_backup(settings: Settings, path: Path, *, force: bool = False)
     try:
         staging = await asyncio.to_thread(_stage_files, folder, manifest, settings.upload_dir)
         try:
-            await database.restore(folder / manifest.database_file, _finisher(manifest, staging))
+            finish = functools.partial(_finish_restore, manifest, staging)
+            await database.restore(folder / manifest.database_file, finish)
             await asyncio.to_thread(_move_into_place, staging, manifest, settings.upload_dir)
             # Done: a killed restore's staging folders, which marked it unfinished, go too.
             for left in settings.upload_dir.glob(f"{STAGING_PREFIX}*"):
@@ -380,17 +367,13 @@ async def restore_backup(settings: Settings, path: Path, *, force: bool = False)
     return manifest
 
 
-def _finisher(manifest: Manifest, files: Path) -> Callable[[str], Awaitable[None]]:
+async def _finish_restore(manifest: Manifest, files: Path, database: Engine) -> None:
     """What runs on the restored database (SQLite: its scratch copy) before the restore is
     done; ``files``: its attachment files, staged."""
-
-    async def finish(database_url: str) -> None:
-        if manifest.schema_revision != head_revision():
-            await upgrade_to_head_async(database_url, files)
-            return
-        # Same schema: the restored rows must be exactly the backed-up ones.
-        counts = (await database_at(database_url).facts()).counts
-        if counts != manifest.counts:
-            raise BackupError(f"restored row counts {counts} differ from the backup's")
-
-    return finish
+    if manifest.schema_revision != head_revision():
+        await upgrade_to_head_async(database.database_url, files)
+        return
+    # Same schema: the restored rows must be exactly the backed-up ones.
+    counts = (await database.facts()).counts
+    if counts != manifest.counts:
+        raise BackupError(f"restored row counts {counts} differ from the backup's")

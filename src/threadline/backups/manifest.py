@@ -87,8 +87,7 @@ class Manifest:
             )
         try:
             files = {key: StoredFile(**entry) for key, entry in body.pop("files").items()}
-            body.pop("format")
-            body.pop("format_version")
+            del body["format"], body["format_version"]
             manifest = cls(files=files, **body)
         except (KeyError, TypeError, AttributeError) as exc:
             raise BackupError(f"{folder}/{MANIFEST} is damaged: {exc}") from exc

@@ -15,22 +15,18 @@ import subprocess
 import tempfile
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
 from urllib.parse import quote, urlencode
 
 from sqlalchemy import text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
-from sqlalchemy.pool import NullPool
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from threadline.backups.manifest import BackupError, folders_on_disk
-from threadline.backups.rows import Facts, holds_rows, read_facts
+from threadline.backups.rows import Engine, Facts, read_facts
 from threadline.config import without_passwords
 from threadline.migrate import upgrade_to_head_async
 from threadline.models import Base
 
-T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 # Where distributions put each major version's client tools, besides PATH.
@@ -117,31 +113,13 @@ RESTORE_OPTIONS = (
 )
 
 
-class PostgresDatabase:
+class PostgresDatabase(Engine):
     backend = "postgresql"
     file_name = "database.dump"
+    label = "PostgreSQL"
 
     def __init__(self, database_url: str) -> None:
         self.database_url = database_url
-
-    async def _on_connection(
-        self, work: Callable[[AsyncConnection], Awaitable[T]], **options: object
-    ) -> T:
-        engine = create_async_engine(self.database_url, poolclass=NullPool)
-        try:
-            async with engine.connect() as connection:
-                if options:
-                    connection = await connection.execution_options(**options)
-                async with connection.begin():
-                    return await work(connection)
-        except OSError as exc:
-            raise BackupError(f"cannot reach PostgreSQL: {exc.strerror or exc}") from exc
-        except SQLAlchemyError as exc:
-            # The driver's own message, without SQLAlchemy's statement and link.
-            detail = without_passwords(str(getattr(exc, "orig", None) or exc), self.database_url)
-            raise BackupError(f"PostgreSQL: {detail}") from exc
-        finally:
-            await engine.dispose()
 
     async def _run(self, tool: str, *arguments: str) -> None:
         """Run a client tool on this database, the password in its environment."""
@@ -184,13 +162,7 @@ class PostgresDatabase:
             in_snapshot, isolation_level="REPEATABLE READ", postgresql_readonly=True
         )
 
-    async def holds_rows(self) -> bool:
-        return await self._on_connection(holds_rows)
-
-    async def facts(self) -> Facts:
-        return await self._on_connection(read_facts)
-
-    async def restore(self, source: Path, finish: Callable[[str], Awaitable[None]]) -> None:
+    async def restore(self, source: Path, finish: Callable[[Engine], Awaitable[None]]) -> None:
         """pg_restore in one transaction (objects of the dump that exist are replaced),
         then ``finish``; if that fails, the database is put back as it was: an empty one
         is made empty again, one with data (a forced restore) gets its own dump back.
@@ -210,7 +182,7 @@ class PostgresDatabase:
                 log.info("restore: the database's contents are kept in %s until it is done", saved)
             await self._run(tool, *RESTORE_OPTIONS, str(source))
             try:
-                await finish(self.database_url)
+                await finish(self)
             except BaseException:
                 if saved is None:  # empty before: empty again, so a retry needs no --force
                     await self._drop_restored(migrated=before.revision is not None)

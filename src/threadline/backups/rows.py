@@ -1,4 +1,5 @@
-"""What a backup reads from the database it copies: revision, row counts, file keys.
+"""What a backup reads from the database it copies (revision, row counts, file keys), and
+``Engine``, what PostgreSQL's and SQLite's backups share: a connection for one piece of work.
 
 One set of statements for both engines, run on a connection that sees exactly the
 copied state (PostgreSQL: the exported snapshot; SQLite: the finished copy).
@@ -6,12 +7,20 @@ copied state (PostgreSQL: the exported snapshot; SQLite: the finished copy).
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from sqlalchemy import func, inspect, select, table, text
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
+from sqlalchemy.pool import NullPool
 
+from threadline.backups.manifest import BackupError
+from threadline.config import without_passwords
 from threadline.models import Attachment, Base
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -55,6 +64,34 @@ async def read_facts(connection: AsyncConnection) -> Facts:
     return Facts(revision, await count_rows(connection), sorted(keys))
 
 
-async def holds_rows(connection: AsyncConnection) -> bool:
-    """Whether any table of ours has a row (a migrated, unused database has none)."""
-    return any((await count_rows(connection)).values())
+class Engine:
+    backend: str
+    file_name: str  # what the database is saved as in a backup folder
+    database_url: str
+    label: str  # how messages name the database
+
+    async def _on_connection(
+        self, work: Callable[[AsyncConnection], Awaitable[T]], **options: object
+    ) -> T:
+        engine = create_async_engine(self.database_url, poolclass=NullPool)
+        try:
+            async with engine.connect() as connection:
+                if options:
+                    connection = await connection.execution_options(**options)
+                async with connection.begin():
+                    return await work(connection)
+        except OSError as exc:
+            raise BackupError(f"cannot reach {self.label}: {exc.strerror or exc}") from exc
+        except SQLAlchemyError as exc:
+            # The driver's own message, without SQLAlchemy's statement and link.
+            detail = without_passwords(str(getattr(exc, "orig", None) or exc), self.database_url)
+            raise BackupError(f"{self.label}: {detail}") from exc
+        finally:
+            await engine.dispose()
+
+    async def holds_rows(self) -> bool:
+        """Whether any table of ours has a row (a migrated, unused database has none)."""
+        return any((await self._on_connection(count_rows)).values())
+
+    async def facts(self) -> Facts:
+        return await self._on_connection(read_facts)

@@ -14,16 +14,10 @@ import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import closing
 from pathlib import Path
-from typing import TypeVar
-
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
-from sqlalchemy.pool import NullPool
 
 from threadline.backups.manifest import BackupError, folders_on_disk
-from threadline.backups.rows import Facts, holds_rows, read_facts
+from threadline.backups.rows import Engine, Facts
 
-T = TypeVar("T")
 # A writer holding the database longer than this makes the backup fail, not hang.
 BUSY_TIMEOUT_SECONDS = 30.0
 
@@ -49,23 +43,14 @@ def _replace(scratch: Path, target: Path) -> None:
     folders_on_disk([target], target.parent)  # before the staging folder goes
 
 
-async def _on_file(path: Path, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
-    engine = create_async_engine(f"sqlite+aiosqlite:///{path}", poolclass=NullPool)
-    try:
-        async with engine.connect() as connection:
-            return await work(connection)
-    except SQLAlchemyError as exc:
-        raise BackupError(f"SQLite {path}: {getattr(exc, 'orig', None) or exc}") from exc
-    finally:
-        await engine.dispose()
-
-
-class SqliteDatabase:
+class SqliteDatabase(Engine):
     backend = "sqlite"
     file_name = "database.sqlite"
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.database_url = f"sqlite+aiosqlite:///{path}"
+        self.label = f"SQLite {path}"
 
     async def dump(self, target: Path) -> Facts:
         if not self.path.is_file():
@@ -74,17 +59,12 @@ class SqliteDatabase:
             await asyncio.to_thread(_copy, self.path, target)
         except sqlite3.Error as exc:
             raise BackupError(f"SQLite backup of {self.path} failed: {exc}") from exc
-        return await _on_file(target, read_facts)
+        return await SqliteDatabase(target).facts()
 
     async def holds_rows(self) -> bool:
-        if not self.path.exists() or self.path.stat().st_size == 0:
-            return False
-        return await _on_file(self.path, holds_rows)
+        return self.path.exists() and self.path.stat().st_size > 0 and await super().holds_rows()
 
-    async def facts(self) -> Facts:
-        return await _on_file(self.path, read_facts)
-
-    async def restore(self, source: Path, finish: Callable[[str], Awaitable[None]]) -> None:
+    async def restore(self, source: Path, finish: Callable[[Engine], Awaitable[None]]) -> None:
         """Copy the backup into a scratch file, ``finish`` it there, then rename it over
         the database file: until the rename the target is untouched, whatever fails."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -93,7 +73,7 @@ class SqliteDatabase:
         scratch = self.path.with_name(f"{self.path.name}.restore-{uuid.uuid4().hex}")
         try:
             await asyncio.to_thread(_copy, source, scratch)
-            await finish(f"sqlite+aiosqlite:///{scratch}")
+            await finish(SqliteDatabase(scratch))
             await asyncio.to_thread(_replace, scratch, self.path)
         except sqlite3.Error as exc:
             raise BackupError(f"SQLite restore into {self.path} failed: {exc}") from exc

@@ -54,15 +54,13 @@ class UrlSigner:
         preview: bool = False,
     ) -> str:
         """The file's URL, or with ``preview`` its preview's (signed as PREVIEW)."""
+        if preview:
+            signed, path = PREVIEW, f"previews/{attachment_id}"
+        else:
+            signed, path = filename, f"attachments/{attachment_id}/{quote(filename, safe='')}"
         expires = self.expiry()
-        signed = PREVIEW if preview else filename
         signature = self.signature(attachment_id, signed, expires, str(viewer))
         query = urlencode({"exp": expires, "sig": signature, "u": str(viewer)})
-        path = (
-            f"previews/{attachment_id}"
-            if preview
-            else f"attachments/{attachment_id}/{quote(filename, safe='')}"
-        )
         return f"{origin.rstrip('/')}/{path}?{query}"
 
     def check(
