@@ -38,8 +38,6 @@ COSTS_PER_DOCUMENT = 64
 
 @dataclass(slots=True)
 class KnownDocument:
-    """A parsed document, its validation errors, and the costs computed for it."""
-
     document: DocumentNode
     errors: list[GraphQLError]
     page_variables: tuple[str, ...] | None = None

@@ -44,11 +44,9 @@ def _ctx(info: Info) -> Context:
     return info.context  # type: ignore[no-any-return]
 
 
-# Every field that leads into a thread's content reads it through these, when it reads:
+# Every field that leads into a thread's content reads it through this, when it reads:
 # the thread loader answers only threads the viewer may read now (permissions.grant),
 # whichever object the path started from.
-
-
 async def readable_thread(info: Info, thread_id: uuid.UUID) -> models.Thread | None:
     ctx = _ctx(info)
     known = ctx.access.get(thread_id)  # checked in this operation already: no wait
@@ -64,7 +62,9 @@ async def _thread_or_not_found(info: Info, thread_id: uuid.UUID) -> models.Threa
     return thread
 
 
-async def _readable_message(info: Info, message_id: uuid.UUID) -> MessageType | None:
+async def _readable_message(info: Info, message_id: uuid.UUID | None) -> MessageType | None:
+    if message_id is None:
+        return None
     row = await _ctx(info).loaders.message.load(message_id)
     if row is None or await readable_thread(info, row.thread_id) is None:
         return None
@@ -331,7 +331,6 @@ def _live_user(built: dict[uuid.UUID, UserType], row: models.User | None) -> Use
 def _users(
     built: dict[uuid.UUID, UserType], rows: list[models.User | None], *, live: bool = False
 ) -> list[UserType]:
-    """The users found, less the deleted ones when ``live``."""
     return [user_type(built, r) for r in rows if r is not None and not (live and r.deleted_at)]
 
 
@@ -411,8 +410,6 @@ class AttachmentType(Node):
 
     @strawberry.field(description="Null until a message uses it.")
     async def message(self, info: Info) -> MessageType | None:
-        if self.row.message_id is None:
-            return None
         return await _readable_message(info, self.row.message_id)
 
 
@@ -600,8 +597,6 @@ class NotificationType(Node):
 
     @strawberry.field
     async def message(self, info: Info) -> MessageType | None:
-        if self.row.message_id is None:
-            return None
         return await _readable_message(info, self.row.message_id)
 
 
@@ -637,8 +632,6 @@ class SessionType(Node):
 
 
 # Pages a type's field answers (the root queries reuse the message pages).
-
-
 async def message_connection(info: Info, page: Page[models.Message]) -> MessageConnection:
     # A reply's parent is usually on the same page: known rows cost no query.
     _ctx(info).loaders.message.prime_many({m.id: m for m in page.items})
