@@ -129,6 +129,7 @@ class OperationRunner:
         """One operation with one answer (HTTP: JSON POST, GET, multipart)."""
         plan = self.plan(request.query, request.variable_values, request.operation_name)
         own = _own(request.context_value)
+        allowed = request.allowed_operation_types
         try:
             if plan.refusal is not None:
                 return _refused(plan.refusal)
@@ -136,10 +137,9 @@ class OperationRunner:
                 kind = plan.operation.operation
                 if kind is OperationType.SUBSCRIPTION:
                     return _refused(GraphQLError(OVER_HTTP))  # a clear BAD_USER_INPUT
-                allowed = request.allowed_operation_types
                 if allowed is not None and ALLOWED[kind] not in allowed:
                     raise InvalidOperationTypeError(ALLOWED[kind])  # the view's 400
-            if self._engine(plan, request.allowed_operation_types, own) == DIRECT:
+            if self._engine(plan, allowed, own) == DIRECT:
                 # Awaited here, not in a coroutine of its own: each layer of
                 # coroutines is crossed again at every wake-up (each database reply).
                 result = self._direct(plan, request, own)
