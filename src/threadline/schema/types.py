@@ -662,13 +662,12 @@ async def _prefetch(info: Info, rows: list[models.Message]) -> None:
         jobs.append(preload(loaders.message, {m.parent_id for m in rows if m.parent_id}))
     if "replyCount" in wanted:
         jobs.append(preload(loaders.reply_count, [m.id for m in rows]))
-    for name, loader in (
-        ("attachments", loaders.attachments),
-        ("edits", loaders.edits),
-        ("reactions", loaders.reactions),
-    ):
-        if name in wanted:
-            jobs.append(preload(loader, live))
+    if "attachments" in wanted:
+        jobs.append(preload(loaders.attachments, live))
+    if "edits" in wanted:
+        jobs.append(preload(loaders.edits, live))
+    if "reactions" in wanted:
+        jobs.append(preload(loaders.reactions, live))
     thread_ids = list({m.thread_id for m in rows})
     if "status" in wanted or "readBy" in wanted:
         jobs.append(preload(loaders.markers, thread_ids))
