@@ -36,7 +36,6 @@ class Connection(Generic[N]):
 
 
 def connection(kind: Callable[..., C], page: Page[R], node: Callable[[R], Any], **more: Any) -> C:
-    """A Relay connection of a page: an edge (cursor, node) per item, and its PageInfo."""
     cursors = page.cursors
     return kind(
         edges=[

@@ -149,8 +149,6 @@ def parts(
 
 
 def depth_limit(max_depth: int) -> type[ValidationRule]:
-    """A rule refusing an operation whose depth is over ``max_depth``."""
-
     class DepthLimit(ValidationRule):
         def __init__(self, context: ValidationContext) -> None:
             super().__init__(context)
@@ -168,8 +166,6 @@ def depth_limit(max_depth: int) -> type[ValidationRule]:
 
 
 def alias_limit(max_aliases: int) -> type[ValidationRule]:
-    """A rule refusing a document with more than ``max_aliases`` aliases in its operations."""
-
     class AliasLimit(ValidationRule):
         def __init__(self, context: ValidationContext) -> None:
             super().__init__(context)

@@ -38,8 +38,6 @@ COSTS_PER_DOCUMENT = 64
 
 @dataclass(slots=True)
 class KnownDocument:
-    """A parsed document, its validation errors, and the costs computed for it."""
-
     document: DocumentNode
     errors: list[GraphQLError]
     page_variables: tuple[str, ...] | None = None
@@ -49,17 +47,14 @@ class KnownDocument:
     plans: dict[str | None, Any] = field(default_factory=dict)
 
 
-# (operation text, validation rules) -> the document and what is known of it
-DocumentCache = TTLCache[tuple[str, Any], KnownDocument]
-
-
 class Documents:
     """The limits every operation gets, and the cache that spares re-parsing."""
 
     def __init__(
         self,
         schema: GraphQLSchema,
-        cache: DocumentCache,
+        # (operation text, validation rules) -> the document and what is known of it
+        cache: TTLCache[tuple[str, Any], KnownDocument],
         *,
         rules: Sequence[type[ASTValidationRule]],
         max_tokens: int,

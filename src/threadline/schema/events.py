@@ -26,6 +26,11 @@ from threadline.schema.types import (
 )
 
 
+# The user of an event that names one (``self``, not ``root``: lean_resolvers call it directly).
+async def _user(self: ParticipantChanged | TypingChanged | ReceiptChanged, info: Info) -> UserType:
+    return await load_existing_user(info, self.user_id)
+
+
 @strawberry.interface(
     name="ThreadEvent",
     description="Something that happened in a thread and is kept in its event log.",
@@ -78,10 +83,7 @@ class ParticipantChanged(ThreadEventType):
     role: ThreadRole | None = strawberry.field(
         description="Null when the user left or was removed."
     )
-
-    @strawberry.field
-    async def user(self, info: Info) -> UserType:
-        return await load_existing_user(info, self.user_id)
+    user: UserType = strawberry.field(resolver=_user)
 
 
 @strawberry.type(name="ThreadUpdated")
@@ -99,10 +101,7 @@ class TypingChanged:
     user_id: Private[uuid.UUID]
     thread_id: ID
     is_typing: bool
-
-    @strawberry.field
-    async def user(self, info: Info) -> UserType:
-        return await load_existing_user(info, self.user_id)
+    user: UserType = strawberry.field(resolver=_user)
 
 
 @strawberry.type(name="ReceiptChanged")
@@ -111,10 +110,7 @@ class ReceiptChanged:
     thread_id: ID
     last_read_seq: int
     last_delivered_seq: int
-
-    @strawberry.field
-    async def user(self, info: Info) -> UserType:
-        return await load_existing_user(info, self.user_id)
+    user: UserType = strawberry.field(resolver=_user)
 
 
 ThreadActivity = Annotated[

@@ -38,7 +38,6 @@ class Loaders:
         self.user_types: dict[K, Any] = {}
 
     def drop(self) -> None:
-        """Let go of every loader (the operation is over): no cycle is left behind."""
         context = self._context
         self.__dict__.clear()
         self._context = context

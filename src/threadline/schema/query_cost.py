@@ -126,22 +126,15 @@ class CostModel:
         root = self.schema.get_root_type(operation.operation)
         if root is None:
             return 0
-        values = _variable_values(operation, variables)
+        # The variables' values as the operation will see them: given, else their defaults.
+        values: dict[str, Any] = {}
+        for definition in operation.variable_definitions or ():
+            name = definition.variable.name.value
+            if variables is not None and name in variables:
+                values[name] = variables[name]
+            elif definition.default_value is not None:
+                values[name] = value_from_ast_untyped(definition.default_value)
         return _Walk(self, fragments, values).selections(root, [operation.selection_set], 1)
-
-
-def _variable_values(
-    operation: OperationDefinitionNode, variables: Mapping[str, Any] | None
-) -> dict[str, Any]:
-    """The variables' values as the operation will see them: given, else their defaults."""
-    values: dict[str, Any] = {}
-    for definition in operation.variable_definitions or ():
-        name = definition.variable.name.value
-        if variables is not None and name in variables:
-            values[name] = variables[name]
-        elif definition.default_value is not None:
-            values[name] = value_from_ast_untyped(definition.default_value)
-    return values
 
 
 @dataclass(slots=True)

@@ -99,16 +99,6 @@ class QuietExecutionContext(StrawberryGraphQLCoreExecutionContext):
         return super().build(*args, **kwargs)
 
 
-def _execution_class(production: bool, *, fast: bool) -> type[Any]:
-    """strawberry's executor, quiet in production, whose subscription events do not
-    accumulate; with the fast paths, also without a reference cycle per subscription."""
-    strawberry_class = (
-        QuietExecutionContext if production else StrawberryGraphQLCoreExecutionContext
-    )
-    chosen = memo_per_event(strawberry_class)
-    return freed_promptly(chosen) if fast else chosen
-
-
 def build_schema(
     roots: Roots, settings: Settings | None = None, *, production: bool | None = None
 ) -> ThreadlineSchema:
@@ -124,6 +114,11 @@ def build_schema(
         # Production refuses introspection: one more validation rule, cached like the rest.
         *([NoSchemaIntrospectionCustomRule] if production else []),
     ]
+    # strawberry's executor, quiet in production, whose subscription events do not
+    # accumulate; with the fast paths, also without a reference cycle per subscription.
+    executor = memo_per_event(
+        QuietExecutionContext if production else StrawberryGraphQLCoreExecutionContext
+    )
     schema = ThreadlineSchema(
         query=roots.query,
         mutation=roots.mutation,
@@ -132,7 +127,7 @@ def build_schema(
         # Called per operation, once ``documents`` (which needs the schema) is made below.
         extensions=[lambda: CachedDocuments(documents)],
         config=StrawberryConfig(auto_camel_case=True, scalar_map={datetime: DateTime}),
-        execution_context_class=_execution_class(production, fast=settings.fast_paths),
+        execution_context_class=freed_promptly(executor) if settings.fast_paths else executor,
     )
     if settings.fast_paths:
         lean_resolvers.install(schema)

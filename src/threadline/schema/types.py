@@ -44,11 +44,9 @@ def _ctx(info: Info) -> Context:
     return info.context  # type: ignore[no-any-return]
 
 
-# Every field that leads into a thread's content reads it through these, when it reads:
+# Every field that leads into a thread's content reads it through this, when it reads:
 # the thread loader answers only threads the viewer may read now (permissions.grant),
 # whichever object the path started from.
-
-
 async def readable_thread(info: Info, thread_id: uuid.UUID) -> models.Thread | None:
     ctx = _ctx(info)
     known = ctx.access.get(thread_id)  # checked in this operation already: no wait
@@ -64,7 +62,9 @@ async def _thread_or_not_found(info: Info, thread_id: uuid.UUID) -> models.Threa
     return thread
 
 
-async def _readable_message(info: Info, message_id: uuid.UUID) -> MessageType | None:
+async def _readable_message(info: Info, message_id: uuid.UUID | None) -> MessageType | None:
+    if message_id is None:
+        return None
     row = await _ctx(info).loaders.message.load(message_id)
     if row is None or await readable_thread(info, row.thread_id) is None:
         return None
@@ -308,7 +308,7 @@ class ReactionGroupType:
     def users(self, info: Info) -> list[UserType]:
         loaders = _ctx(info).loaders
         return many_now_or_later(  # type: ignore[return-value]
-            loaders.user, self.group.first_user_ids, partial(_known_users, loaders.user_types)
+            loaders.user, self.group.first_user_ids, partial(_users, loaders.user_types)
         )
 
 
@@ -328,16 +328,10 @@ def _live_user(built: dict[uuid.UUID, UserType], row: models.User | None) -> Use
     return user_type(built, row) if row is not None and row.deleted_at is None else None
 
 
-def _known_users(
-    built: dict[uuid.UUID, UserType], rows: list[models.User | None]
+def _users(
+    built: dict[uuid.UUID, UserType], rows: list[models.User | None], *, live: bool = False
 ) -> list[UserType]:
-    return [user_type(built, r) for r in rows if r is not None]
-
-
-def _present_users(
-    built: dict[uuid.UUID, UserType], rows: list[models.User | None]
-) -> list[UserType]:
-    return [user_type(built, r) for r in rows if r is not None and r.deleted_at is None]
+    return [user_type(built, r) for r in rows if r is not None and not (live and r.deleted_at)]
 
 
 def _message_or_none(row: models.Message | None) -> MessageType | None:
@@ -416,8 +410,6 @@ class AttachmentType(Node):
 
     @strawberry.field(description="Null until a message uses it.")
     async def message(self, info: Info) -> MessageType | None:
-        if self.row.message_id is None:
-            return None
         return await _readable_message(info, self.row.message_id)
 
 
@@ -529,7 +521,7 @@ class MessageType(Node):
         ids = message_service.mention_uuids(self.row)
         loaders = _ctx(info).loaders
         return many_now_or_later(  # type: ignore[return-value]
-            loaders.user, ids, partial(_present_users, loaders.user_types)
+            loaders.user, ids, partial(_users, loaders.user_types, live=True)
         )
 
     @strawberry.field
@@ -545,7 +537,26 @@ class MessageType(Node):
     def read_by(
         self, info: Info, first: int | None = None, after: str | None = None
     ) -> UserConnection:
-        return read_by(info, self.row, first, after)  # type: ignore[return-value]
+        request = PageRequest(first, after)
+        loaders = _ctx(info).loaders
+        message = self.row
+
+        def page_of(markers: list[receipts.Marker]) -> object:
+            ids = receipts.readers(message, markers)
+            after = request.after_key()
+            # After the cursor's place in the sorted ids, not its item: that reader may have left.
+            start = bisect.bisect_right(ids, id_key(after)) if after is not None else 0
+            chosen = ids[start : start + request.size]
+            has_next = start + request.size < len(ids)
+
+            def users_page(rows: list[models.User | None]) -> UserConnection:
+                users = [r for r in rows if r is not None]
+                page = Page(users, [id_cursor(u.id) for u in users], has_next, start > 0)
+                return connection(UserConnection, page, partial(user_type, loaders.user_types))
+
+            return many_now_or_later(loaders.user, chosen, users_page)
+
+        return settled(now_or_later(loaders.markers, message.thread_id, page_of))  # type: ignore[no-any-return]
 
 
 MessageConnection = Connection[MessageType]
@@ -586,8 +597,6 @@ class NotificationType(Node):
 
     @strawberry.field
     async def message(self, info: Info) -> MessageType | None:
-        if self.row.message_id is None:
-            return None
         return await _readable_message(info, self.row.message_id)
 
 
@@ -623,8 +632,6 @@ class SessionType(Node):
 
 
 # Pages a type's field answers (the root queries reuse the message pages).
-
-
 async def message_connection(info: Info, page: Page[models.Message]) -> MessageConnection:
     # A reply's parent is usually on the same page: known rows cost no query.
     _ctx(info).loaders.message.prime_many({m.id: m for m in page.items})
@@ -655,13 +662,12 @@ async def _prefetch(info: Info, rows: list[models.Message]) -> None:
         jobs.append(preload(loaders.message, {m.parent_id for m in rows if m.parent_id}))
     if "replyCount" in wanted:
         jobs.append(preload(loaders.reply_count, [m.id for m in rows]))
-    for name, loader in (
-        ("attachments", loaders.attachments),
-        ("edits", loaders.edits),
-        ("reactions", loaders.reactions),
-    ):
-        if name in wanted:
-            jobs.append(preload(loader, live))
+    if "attachments" in wanted:
+        jobs.append(preload(loaders.attachments, live))
+    if "edits" in wanted:
+        jobs.append(preload(loaders.edits, live))
+    if "reactions" in wanted:
+        jobs.append(preload(loaders.reactions, live))
     thread_ids = list({m.thread_id for m in rows})
     if "status" in wanted or "readBy" in wanted:
         jobs.append(preload(loaders.markers, thread_ids))
@@ -688,43 +694,12 @@ async def _prefetch(info: Info, rows: list[models.Message]) -> None:
 async def thread_messages(
     info: Info, thread: models.Thread, request: PageRequest
 ) -> MessageConnection:
-    page = await message_service.thread_messages(await _ctx(info).session(), thread.id, request)
-    await _delivered(info, thread.id, page.items)
-    return await message_connection(info, page)
-
-
-async def _delivered(info: Info, thread_id: uuid.UUID, rows: list[models.Message]) -> None:
-    """Fetching messages delivers them: move the viewer's marker if it is behind."""
-    if not rows:
-        return
     ctx = _ctx(info)
-    mine = await ctx.loaders.my_participation.load(thread_id)
-    newest = max(m.seq for m in rows)
-    if mine is not None and mine.last_delivered_seq < newest:
-        db, user_id = ctx.runtime.db, mine.user_id
-        ctx.after_close(lambda: receipts.mark_delivered_many(db, {(user_id, thread_id): newest}))
-
-
-def read_by(
-    info: Info, message: models.Message, first: int | None, after: str | None
-) -> UserConnection | Awaitable[UserConnection]:
-    request = PageRequest(first, after)
-    loaders = _ctx(info).loaders
-
-    def page_of(markers: list[receipts.Marker]) -> object:
-        ids = receipts.readers(message, markers)
-        after = request.after_key()
-        # After the cursor's place in the sorted ids, not its item: that reader may have left.
-        start = bisect.bisect_right(ids, id_key(after)) if after is not None else 0
-        chosen = ids[start : start + request.size]
-        has_next = start + request.size < len(ids)
-
-        def users_page(rows: list[models.User | None]) -> UserConnection:
-            users = [r for r in rows if r is not None]
-            page = Page(users, [id_cursor(u.id) for u in users], has_next, start > 0)
-            node = partial(user_type, loaders.user_types)
-            return connection(UserConnection, page, node)
-
-        return many_now_or_later(loaders.user, chosen, users_page)
-
-    return settled(now_or_later(loaders.markers, message.thread_id, page_of))  # type: ignore[no-any-return]
+    page = await message_service.thread_messages(await ctx.session(), thread.id, request)
+    if page.items:  # fetching messages delivers them: move the viewer's marker if it is behind
+        mine = await ctx.loaders.my_participation.load(thread.id)
+        newest = max(m.seq for m in page.items)
+        if mine is not None and mine.last_delivered_seq < newest:
+            db, key = ctx.runtime.db, (mine.user_id, thread.id)
+            ctx.after_close(lambda: receipts.mark_delivered_many(db, {key: newest}))
+    return await message_connection(info, page)

@@ -44,44 +44,29 @@ def _require(package: str, holder: object, name: str, found: bool | None = None)
         )
 
 
-def _source_mentions(function: Callable[..., Any], text: str) -> bool:
-    """Whether ``function`` (or a function defined in it) uses the name ``text``."""
+def _require_use(package: str, function: Callable[..., Any], name: str) -> None:
+    """Fail at import unless ``function`` (or a function defined in it) uses ``name``."""
     codes = [function.__code__]
     while codes:
         code = codes.pop()
-        if text in code.co_names:
-            return True
+        if name in code.co_names:
+            return
         codes.extend(c for c in code.co_consts if isinstance(c, CodeType))
-    return False
+    _require(package, function, name, False)
 
 
 _STRAWBERRY, _CORE = "strawberry-graphql", "graphql-core"
 _INFO_FIELDS = {f.name for f in dataclasses.fields(Info)}
 _require(_STRAWBERRY, Info, "_raw_info", "_raw_info" in _INFO_FIELDS)
 _require(_STRAWBERRY, Info, "_field", "_field" in _INFO_FIELDS)
-_require(
-    _STRAWBERRY,
-    strawberry.Schema.__init__,
-    "_schema",
-    _source_mentions(strawberry.Schema.__init__, "_schema"),
-)
-_require(
-    _STRAWBERRY,
-    GraphQLCoreConverter,
-    "_is_default (on default resolvers)",
-    _source_mentions(GraphQLCoreConverter.from_resolver, "_is_default"),
-)
+_require_use(_STRAWBERRY, strawberry.Schema.__init__, "_schema")
+_require_use(_STRAWBERRY, GraphQLCoreConverter.from_resolver, "_is_default")  # default resolvers
 _require(_STRAWBERRY, BaseGraphQLTransportWSHandler, "_send_result_stream")
 _require(_STRAWBERRY, AsyncBaseHTTPView, "_handle_errors")
 _require(_CORE, Executor, "execute_field")
 _require(_CORE, Executor, "middleware_manager", "middleware_manager" in Executor.__annotations__)
-_require(
-    _CORE,
-    Executor,
-    "_relevant_sub_fields",
-    _source_mentions(Executor.__init__, "_relevant_sub_fields")
-    and _source_mentions(Executor.collect_subfields, "_relevant_sub_fields"),
-)
+_require_use(_CORE, Executor.__init__, "_relevant_sub_fields")
+_require_use(_CORE, Executor.collect_subfields, "_relevant_sub_fields")
 
 
 def lean_executor(strawberry_class: type[Executor[Any]]) -> type[Executor[Any]]:

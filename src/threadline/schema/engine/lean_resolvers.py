@@ -11,7 +11,7 @@ schemas with exception handlers) keeps strawberry's resolver.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import MISSING
 from typing import Any
 
@@ -173,6 +173,19 @@ def lean_resolver(
     return resolve_checked
 
 
+def strawberry_fields(
+    schema: strawberry.Schema,
+) -> Iterator[tuple[GraphQLObjectType, str, GraphQLField, StrawberryField]]:
+    """Every field of the schema's object types (not introspection's) that strawberry made."""
+    for graphql_type in graphql_schema(schema).type_map.values():
+        if not isinstance(graphql_type, GraphQLObjectType) or graphql_type.name.startswith("__"):
+            continue
+        for name, graphql_field in graphql_type.fields.items():
+            field = (graphql_field.extensions or {}).get(BACKREF)
+            if isinstance(field, StrawberryField):
+                yield graphql_type, name, graphql_field, field
+
+
 def install(schema: strawberry.Schema) -> int:
     """Give every field that fits a lean resolver; returns how many fields got one.
 
@@ -181,17 +194,11 @@ def install(schema: strawberry.Schema) -> int:
     count = 0
     if schema.exception_handlers:
         return count
-    for graphql_type in graphql_schema(schema).type_map.values():
-        if not isinstance(graphql_type, GraphQLObjectType) or graphql_type.name.startswith("__"):
-            continue
+    for graphql_type, _, graphql_field, field in strawberry_fields(schema):
         if graphql_type.name == "Subscription":
             continue
-        for graphql_field in graphql_type.fields.values():
-            field = (graphql_field.extensions or {}).get(BACKREF)
-            if not isinstance(field, StrawberryField):
-                continue
-            resolve = lean_resolver(graphql_field, field, schema.config)
-            if resolve is not None:
-                graphql_field.resolve = resolve
-                count += 1
+        resolve = lean_resolver(graphql_field, field, schema.config)
+        if resolve is not None:
+            graphql_field.resolve = resolve
+            count += 1
     return count

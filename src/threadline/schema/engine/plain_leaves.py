@@ -20,10 +20,9 @@ from graphql import (
 )
 from graphql.execution.executor import Executor
 from graphql.pyutils import Undefined
-from strawberry.types.field import StrawberryField
 
-from threadline.schema.engine.internals import graphql_schema, is_default_resolver
-from threadline.schema.engine.lean_resolvers import BACKREF
+from threadline.schema.engine.internals import is_default_resolver
+from threadline.schema.engine.lean_resolvers import strawberry_fields
 
 
 class Leaf(NamedTuple):
@@ -37,22 +36,13 @@ def plain_leaves(schema: strawberry.Schema) -> dict[str, dict[str, Leaf]]:
     if schema.config.default_resolver is not getattr:
         return {}
     out: dict[str, dict[str, Leaf]] = {}
-    for graphql_type in graphql_schema(schema).type_map.values():
-        if not isinstance(graphql_type, GraphQLObjectType) or graphql_type.name.startswith("__"):
+    for graphql_type, name, graphql_field, field in strawberry_fields(schema):
+        if not is_default_resolver(graphql_field.resolve) or graphql_field.args:
             continue
-        for name, graphql_field in graphql_type.fields.items():
-            field = (graphql_field.extensions or {}).get(BACKREF)
-            resolve = graphql_field.resolve
-            if not isinstance(field, StrawberryField) or not is_default_resolver(resolve):
-                continue
-            if graphql_field.args:
-                continue
-            nullable = not isinstance(graphql_field.type, GraphQLNonNull)
-            kind = get_nullable_type(graphql_field.type)
-            if isinstance(kind, GraphQLScalarType | GraphQLEnumType):
-                out.setdefault(graphql_type.name, {})[name] = Leaf(
-                    field.python_name, kind, nullable
-                )
+        nullable = not isinstance(graphql_field.type, GraphQLNonNull)
+        kind = get_nullable_type(graphql_field.type)
+        if isinstance(kind, GraphQLScalarType | GraphQLEnumType):
+            out.setdefault(graphql_type.name, {})[name] = Leaf(field.python_name, kind, nullable)
     return out
 
 

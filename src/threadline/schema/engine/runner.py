@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from inspect import isawaitable
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple
 
 import orjson
 from graphql import ExecutionResult as GraphQLExecutionResult
@@ -44,7 +44,6 @@ from threadline.schema.errors import shape_error, shape_result
 NAME_REQUIRED = "Must provide operation name if query contains multiple operations."
 OVER_HTTP = "Subscriptions are served over WebSocket (graphql-transport-ws), not HTTP"
 DIRECT, STRAWBERRY = "direct", "strawberry"
-_Result = TypeVar("_Result")
 # graphql-core's kinds as strawberry names what a transport allows.
 ALLOWED = {kind: Allowed(kind.value) for kind in OperationType}
 
@@ -74,15 +73,16 @@ UNKNOWN = Plan(None)
 
 
 class Request(NamedTuple):
-    """One operation as strawberry's entry points (``execute``, ``stream``) take it."""
+    """One operation as strawberry's entry points (``execute``, ``stream``) take it: the
+    fields are their keywords."""
 
     query: str | None
-    variables: dict[str, Any] | None
-    context: Any
+    variable_values: dict[str, Any] | None
+    context_value: Any
     root_value: Any
     operation_name: str | None
-    allowed: Iterable[Allowed] | None
-    extensions: dict[str, Any] | None
+    allowed_operation_types: Iterable[Allowed] | None
+    operation_extensions: dict[str, Any] | None
 
 
 class OperationRunner:
@@ -127,8 +127,9 @@ class OperationRunner:
         self, strawberry_execute: Callable[..., Awaitable[ExecutionResult]], request: Request
     ) -> ExecutionResult:
         """One operation with one answer (HTTP: JSON POST, GET, multipart)."""
-        plan = self.plan(request.query, request.variables, request.operation_name)
-        own = _own(request.context)
+        plan = self.plan(request.query, request.variable_values, request.operation_name)
+        own = _own(request.context_value)
+        allowed = request.allowed_operation_types
         try:
             if plan.refusal is not None:
                 return _refused(plan.refusal)
@@ -136,16 +137,18 @@ class OperationRunner:
                 kind = plan.operation.operation
                 if kind is OperationType.SUBSCRIPTION:
                     return _refused(GraphQLError(OVER_HTTP))  # a clear BAD_USER_INPUT
-                if request.allowed is not None and ALLOWED[kind] not in request.allowed:
+                if allowed is not None and ALLOWED[kind] not in allowed:
                     raise InvalidOperationTypeError(ALLOWED[kind])  # the view's 400
-            if self._engine(plan, request.allowed, own) == DIRECT:
+            if self._engine(plan, allowed, own) == DIRECT:
                 # Awaited here, not in a coroutine of its own: each layer of
                 # coroutines is crossed again at every wake-up (each database reply).
                 result = self._direct(plan, request, own)
                 if isawaitable(result):
                     result = await result
                 return self._direct_answer(result)
-            return shape_result(await _strawberry(strawberry_execute, request, own))
+            return shape_result(
+                await strawberry_execute(**request._replace(context_value=own)._asdict())
+            )
         finally:
             if own is not None:
                 await own.close()
@@ -156,19 +159,19 @@ class OperationRunner:
         request: Request,
     ) -> AsyncGenerator[Any, None]:
         """One operation with a stream of answers (both WebSocket subprotocols)."""
-        plan = self.plan(request.query, request.variables, request.operation_name)
-        own = _own(request.context)
+        plan = self.plan(request.query, request.variable_values, request.operation_name)
+        own = _own(request.context_value)
         try:
             if plan.refusal is not None:
                 yield PreExecutionError(data=None, errors=[shape_error(plan.refusal)])
                 return
-            if self._engine(plan, request.allowed, own) == DIRECT:
+            if self._engine(plan, request.allowed_operation_types, own) == DIRECT:
                 result = self._direct(plan, request, own)
                 if isawaitable(result):
                     result = await result
                 yield self._direct_answer(result)
                 return
-            source = await _strawberry(strawberry_stream, request, own)
+            source = await strawberry_stream(**request._replace(context_value=own)._asdict())
             try:
                 async for result in source:
                     yield shape_result(result)
@@ -206,19 +209,21 @@ class OperationRunner:
     ) -> AwaitableOrValue[GraphQLExecutionResult]:
         """graphql-core's execution of a planned operation (or an awaitable of it)."""
         assert plan.known is not None
+        # strawberry's executor hands them to resolvers. Only when sent: graphql-core
+        # passes unknown keywords down three calls, each matching them slowly.
+        extensions = request.operation_extensions
+        custom: dict[str, Any] = {"operation_extensions": extensions} if extensions else {}
         return execute(
             self.graphql_schema,
             plan.known.document,
             root_value=request.root_value,
             context_value=context,
-            variable_values=request.variables,
+            variable_values=request.variable_values,
             operation_name=request.operation_name,
             is_awaitable=optimized_is_awaitable,  # type: ignore[arg-type]
             executor_class=self.executor_class,
             hide_suggestions=self.documents.hide_suggestions,
-            # strawberry's executor hands them to resolvers. Only when sent: graphql-core
-            # passes unknown keywords down three calls, each matching them slowly.
-            **_custom_args(request.extensions),
+            **custom,
         )
 
     def _direct_answer(self, result: Any) -> ExecutionResult:
@@ -254,30 +259,11 @@ class OperationRunner:
         return orjson.dumps(payload).decode()
 
 
-def _strawberry(
-    call: Callable[..., Awaitable[_Result]], request: Request, context: Context | None
-) -> Awaitable[_Result]:
-    """Strawberry's own entry point (``execute`` or ``stream``) for one operation."""
-    return call(
-        request.query,
-        variable_values=request.variables,
-        context_value=context,
-        root_value=request.root_value,
-        operation_name=request.operation_name,
-        allowed_operation_types=request.allowed,
-        operation_extensions=request.extensions,
-    )
-
-
 def _own(context: Any) -> Context | None:
     """The operation's own context: a socket's operations share one, each forks it."""
     if not isinstance(context, Context):
         return None
     return context.fork() if context.connection is not None else context
-
-
-def _custom_args(extensions: dict[str, Any] | None) -> dict[str, Any]:
-    return {"operation_extensions": extensions} if extensions else {}
 
 
 def _refused(refusal: GraphQLError) -> ExecutionResult:
