@@ -8,10 +8,17 @@ import secrets
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./threadline.db"
@@ -50,54 +57,105 @@ def parse_window(text: str) -> tuple[int, int]:
     return int(match.group(1)), int(match.group(2))
 
 
+def _window(text: str) -> str:
+    count, seconds = parse_window(text)
+    return f"{count}/{seconds}"
+
+
+def _comma_list(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+def _on_off(value: object) -> object:
+    if isinstance(value, str) and value.strip().lower() in {"on", "off"}:
+        return value.strip().lower() == "on"
+    return value
+
+
+def _blank_is_unset(value: object) -> object:
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+def _key_prefix(value: str) -> str:
+    # Braces would make a hash tag of the prefix: every key in one cluster slot.
+    if re.search(r"[{}\s]", value):
+        raise ValueError("REDIS_PREFIX may not contain braces or whitespace")
+    return value
+
+
+def _metrics_target(value: object) -> object:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        return value
+    target = value.strip().lower()
+    if target in {"app", "on", "off"}:
+        return "app" if target == "on" else target
+    host, _, port = target.rpartition(":")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("METRICS must be app, off, or [host:]port (a port of its own)")
+    return f"{host or '0.0.0.0'}:{int(port)}"
+
+
+T = TypeVar("T")
+BlankIsNone = Annotated[T | None, BeforeValidator(_blank_is_unset)]
+OnOff = Annotated[bool, BeforeValidator(_on_off)]
+CommaList = Annotated[list[str], NoDecode, BeforeValidator(_comma_list)]
+Window = Annotated[str, AfterValidator(_window)]
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
 
     database_url: str = DEFAULT_DATABASE_URL
     # A hot standby of DATABASE_URL: query operations read content from it (db.Database);
     # a user who wrote within READ_AFTER_WRITE_SECONDS reads the primary instead.
-    database_read_url: str | None = None
+    database_read_url: BlankIsNone[str] = None
     read_after_write_seconds: float = Field(default=5.0, ge=0)
     database_pooler: DatabasePooler = DatabasePooler.NONE
     # PostgreSQL itself, past the pooler: migrations, backups and restores need a session.
-    database_direct_url: str | None = None
-    redis_url: str | None = None
+    database_direct_url: BlankIsNone[str] = None
+    redis_url: BlankIsNone[str] = None
     # on: REDIS_URL names a node of a Redis Cluster (sharded pub/sub, slot-routed commands).
-    redis_cluster: bool = False
+    redis_cluster: OnOff = False
     # Before every Redis key and channel name: deployments sharing one Redis keep apart.
-    redis_prefix: str = ""
+    redis_prefix: Annotated[str, AfterValidator(_key_prefix)] = ""
     threadline_env: Environment = Environment.DEVELOPMENT
-    clerk_jwks_url: str | None = None
-    clerk_jwt_key: SecretStr | None = None
-    clerk_issuer: str | None = None
-    clerk_authorized_parties: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    clerk_webhook_secret: SecretStr | None = None
-    dev_auth_secret: SecretStr | None = None
+    clerk_jwks_url: BlankIsNone[str] = None
+    clerk_jwt_key: BlankIsNone[SecretStr] = None
+    clerk_issuer: BlankIsNone[str] = None
+    clerk_authorized_parties: CommaList = Field(default_factory=list)
+    clerk_webhook_secret: BlankIsNone[SecretStr] = None
+    dev_auth_secret: BlankIsNone[SecretStr] = None
     upload_dir: Path = Path("./uploads")
     max_upload_bytes: int = Field(default=26_214_400, gt=0)
     # off: no image previews rendered (a render of a hostile PNG at the pixel limit
     # peaks at about 750 MB; a small container may not have that to spare).
-    image_previews: bool = True
-    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    rate_limits: bool = True
+    image_previews: OnOff = True
+    cors_origins: CommaList = Field(default_factory=list)
+    rate_limits: OnOff = True
     # off: every fast path off (driver reads, the group-commit send, raw socket frames,
     # direct execution); the answers are the same, only slower.
-    fast_paths: bool = True
+    fast_paths: OnOff = True
     ws_reauth_seconds: int = Field(default=900, ge=0)
-    public_url: str | None = None
+    public_url: BlankIsNone[str] = None
     # Strict-Transport-Security max-age on answers to HTTPS requests; 0: not sent.
     hsts_seconds: int = Field(default=0, ge=0)
     max_request_bytes: int = Field(default=1_048_576, gt=0)
     attachment_url_seconds: int = Field(default=3600, gt=0)
     # The HMAC key of signed attachment URLs; required in production.
-    attachment_signing_secret: SecretStr | None = None
+    attachment_signing_secret: BlankIsNone[SecretStr] = None
     max_query_cost: int = Field(default=50_000, gt=0)
     # The contract's limits; the defaults are CONTRACT.md's, here and nowhere else.
-    rate_limit_send_message: str = "20/2"
-    rate_limit_set_typing: str = "2/1"
-    rate_limit_upload: str = "10/60"
-    rate_limit_mutation: str = "30/1"
-    rate_limit_ws_connect: str = "10/60"
+    rate_limit_send_message: Window = "20/2"
+    rate_limit_set_typing: Window = "2/1"
+    rate_limit_upload: Window = "10/60"
+    rate_limit_mutation: Window = "30/1"
+    rate_limit_ws_connect: Window = "10/60"
     max_subscriptions_per_connection: int = Field(default=100, gt=0)
     max_query_depth: int = Field(default=12, gt=0)
     max_aliases: int = Field(default=15, ge=0)
@@ -109,54 +167,9 @@ class Settings(BaseSettings):
     http_body_min_bytes_per_second: int = Field(default=8192, ge=0)
     # /metrics: "app" (on the main port), "off", or "[host:]port" (a listener of its own).
     # Unset: on the app in development, off in production (it names routes and counts).
-    metrics: str | None = None
+    metrics: Annotated[str | None, BeforeValidator(_metrics_target)] = None
     # Clerk's publishable key (pk_live_... / pk_test_...): how the web page signs in.
-    clerk_publishable_key: str | None = None
-
-    @field_validator("clerk_authorized_parties", "cors_origins", mode="before")
-    @classmethod
-    def _comma_list(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
-
-    @field_validator(*(f"rate_limit_{action}" for action in RATE_LIMITED_ACTIONS))
-    @classmethod
-    def _window(cls, value: str) -> str:
-        count, seconds = parse_window(value)
-        return f"{count}/{seconds}"
-
-    @field_validator("redis_prefix")
-    @classmethod
-    def _key_prefix(cls, value: str) -> str:
-        # Braces would make a hash tag of the prefix: every key in one cluster slot.
-        if re.search(r"[{}\s]", value):
-            raise ValueError("REDIS_PREFIX may not contain braces or whitespace")
-        return value
-
-    @field_validator("rate_limits", "fast_paths", "redis_cluster", "image_previews", mode="before")
-    @classmethod
-    def _on_off(cls, value: object) -> object:
-        if isinstance(value, str) and value.strip().lower() in {"on", "off"}:
-            return value.strip().lower() == "on"
-        return value
-
-    @field_validator("metrics", mode="before")
-    @classmethod
-    def _metrics_target(cls, value: object) -> object:
-        if value is None or (isinstance(value, str) and not value.strip()):
-            return None
-        if isinstance(value, int) and not isinstance(value, bool):
-            value = str(value)
-        if not isinstance(value, str):
-            return value
-        target = value.strip().lower()
-        if target in {"app", "on", "off"}:
-            return "app" if target == "on" else target
-        host, _, port = target.rpartition(":")
-        if not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError("METRICS must be app, off, or [host:]port (a port of its own)")
-        return f"{host or '0.0.0.0'}:{int(port)}"
+    clerk_publishable_key: BlankIsNone[str] = None
 
     @field_validator("database_pooler", mode="before")
     @classmethod
@@ -164,24 +177,6 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return value.strip().lower() or DatabasePooler.NONE
         return value
-
-    @field_validator(
-        "redis_url",
-        "database_read_url",
-        "clerk_jwks_url",
-        "clerk_issuer",
-        "public_url",
-        "database_direct_url",
-        "clerk_publishable_key",
-        "clerk_jwt_key",
-        "clerk_webhook_secret",
-        "dev_auth_secret",
-        "attachment_signing_secret",
-        mode="before",
-    )
-    @classmethod
-    def _blank_is_unset(cls, value: object) -> object:
-        return None if isinstance(value, str) and not value.strip() else value
 
     def rate_limit_windows(self) -> dict[str, tuple[int, int]]:
         """(calls, seconds) per rate-limited action name."""
