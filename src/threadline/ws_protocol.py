@@ -1,11 +1,5 @@
 """Both WebSocket subprotocols held to the contract at their edges, where strawberry
-lets some client mistakes crash the socket or refuses with codes of its own.
-
-For graphql-transport-ws and the legacy graphql-ws alike: a refused connection closes
-once, with the refusal's code (4403, 4429); a malformed operation message closes with
-4400; an operation past the per-connection ceiling gets a RATE_LIMITED error. The
-legacy protocol gets the connection_init deadline (4408) too.
-"""
+lets some client mistakes crash the socket or refuses with codes of its own."""
 
 from __future__ import annotations
 
@@ -47,12 +41,6 @@ class RefusedConnection(ConnectionRejectionError):
         super().__init__({"message": reason})
         self.code = code
         self.reason = reason
-
-
-def _refusal(exc: ConnectionRejectionError) -> tuple[int, str]:
-    if isinstance(exc, RefusedConnection):
-        return exc.code, exc.reason
-    return CLOSE_REFUSED, "Forbidden"
 
 
 def malformed(message: Any, start: str, stop: str) -> str | None:
@@ -97,11 +85,25 @@ def formatted(error: DomainError) -> GraphQLFormattedError:
     return shape_error(GraphQLError(error.message, original_error=error)).formatted
 
 
-def connection_ack(ack: object) -> dict[str, Any]:
-    """Both subprotocols' acknowledgement, with the payload ``on_ws_connect`` gave, if any."""
-    if isinstance(ack, UnsetType) or ack is None:
-        return {"type": "connection_ack"}
-    return {"type": "connection_ack", "payload": ack}
+async def acknowledged(handler: TransportProtocol | LegacyProtocol, payload: Any) -> bool:
+    """Both subprotocols' answer to connection_init: the acknowledgement (with the payload
+    ``on_ws_connect`` gave, if any), or a close with the refusal's code."""
+    handler.context.connection_params = payload
+    try:
+        ack = await handler.view.on_ws_connect(handler.context)
+    except ConnectionRejectionError as exc:
+        if isinstance(handler, LegacyProtocol):
+            await handler.send_message({"type": "connection_error", "payload": exc.payload})
+        refusal = exc if isinstance(exc, RefusedConnection) else None
+        code, reason = (refusal.code, refusal.reason) if refusal else (CLOSE_REFUSED, "Forbidden")
+        await handler.websocket.close(code, reason)
+        return False
+    message: dict[str, object] = {"type": "connection_ack"}
+    if not isinstance(ack, UnsetType) and ack is not None:
+        message["payload"] = ack
+    await handler.send_message(message)  # type: ignore[arg-type]
+    handler.connection_acknowledged = True
+    return True
 
 
 class TransportProtocol(BaseGraphQLTransportWSHandler[Context, None]):
@@ -140,14 +142,7 @@ class TransportProtocol(BaseGraphQLTransportWSHandler[Context, None]):
             await self.websocket.close(code=4429, reason="Too many initialisation requests")
             return
         self.connection_init_received = True
-        self.context.connection_params = payload
-        try:
-            ack = await self.view.on_ws_connect(self.context)
-        except ConnectionRejectionError as exc:
-            await self.websocket.close(*_refusal(exc))
-            return
-        await self.send_message(connection_ack(ack))
-        self.connection_acknowledged = True
+        await acknowledged(self, payload)
 
     async def handle_subscribe(self, message: Any) -> None:
         error = over_the_limit(self, message["id"], self.operations)
@@ -214,16 +209,7 @@ class LegacyProtocol(BaseGraphQLWSHandler[Context, None]):
             await self.send_message({"type": "connection_error"})
             await self.websocket.close(CLOSE_BAD_MESSAGE, "Invalid payload")
             return
-        self.context.connection_params = payload
-        try:
-            ack = await self.view.on_ws_connect(self.context)
-        except ConnectionRejectionError as exc:
-            await self.send_message({"type": "connection_error", "payload": exc.payload})
-            await self.websocket.close(*_refusal(exc))
-            return
-        await self.send_message(connection_ack(ack))  # type: ignore[arg-type]
-        self.connection_acknowledged = True
-        if self.keep_alive:
+        if await acknowledged(self, payload) and self.keep_alive:
             self.keep_alive_task = asyncio.create_task(self.handle_keep_alive())
 
     async def handle_start(self, message: Any) -> None:
