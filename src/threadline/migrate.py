@@ -13,11 +13,12 @@ from typing import TYPE_CHECKING
 
 from alembic import command
 from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Column
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
+
+from threadline.db import Database
 
 if TYPE_CHECKING:
     from alembic.runtime.environment import NameFilterParentNames, NameFilterType
@@ -130,11 +131,8 @@ def schema_problem(revision: str | None) -> str | None:
 
 async def current_revision_async(database_url: str) -> str | None:
     """The revision the database is at, or None if it has never been migrated."""
-    engine = create_async_engine(database_url, poolclass=NullPool)
+    db = Database(create_async_engine(database_url, poolclass=NullPool))
     try:
-        async with engine.connect() as connection:
-            return await connection.run_sync(
-                lambda sync: MigrationContext.configure(sync).get_current_revision()
-            )
+        return await db.schema_revision()
     finally:
-        await engine.dispose()
+        await db.dispose()
