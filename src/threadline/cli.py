@@ -30,7 +30,6 @@ def _fail(message: str, code: int) -> NoReturn:
 
 
 def _os_error(exc: OSError) -> str:
-    """An operating system error in one line: the path and what is wrong with it."""
     reason = exc.strerror or str(exc)
     return f"{exc.filename}: {reason}" if exc.filename is not None else reason
 
@@ -44,8 +43,8 @@ def _settings() -> Settings:
 
 @contextmanager
 def _database_errors(settings: Settings, doing: str) -> Iterator[None]:
-    """A database that cannot be reached or used is one line and exit 1, not a traceback;
-    the password is never in it (a driver might echo the URL)."""
+    """A bad setting (exit 2) or a database that cannot be reached or used (exit 1) is one
+    line, not a traceback; the password is never in it (a driver might echo the URL)."""
     from sqlalchemy.exc import SQLAlchemyError
 
     from threadline.errors import DomainError
@@ -56,6 +55,8 @@ def _database_errors(settings: Settings, doing: str) -> Iterator[None]:
 
     try:
         yield
+    except ConfigError as exc:
+        _fail(str(exc), 2)
     except DomainError as exc:
         _fail(exc.message, 1)
     except OSError as exc:
@@ -81,15 +82,11 @@ def _database_errors(settings: Settings, doing: str) -> Iterator[None]:
 def _migrate(settings: Settings) -> None:
     from threadline.migrate import upgrade_to_head
 
-    try:
-        # Past any pooler: a migration is one long transaction of DDL.
-        url = settings.direct_database_url
-    except ConfigError as exc:
-        _fail(str(exc), 2)
     with _database_errors(settings, "migrate"):
         if settings.sqlite_path is not None:
             settings.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
-        upgrade_to_head(url, settings.upload_dir)
+        # Past any pooler: a migration is one long transaction of DDL.
+        upgrade_to_head(settings.direct_database_url, settings.upload_dir)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -141,8 +138,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def _run_work(settings: Settings, name: str, work: object, *, publish: bool = False) -> object:
-    """``work(uow)`` in one transaction; a DomainError, or a database that cannot be
-    reached or is not migrated, exits 1 with one line."""
+    """``work(uow)`` in one transaction, its failures one line (see _database_errors)."""
     with _database_errors(settings, name.removeprefix("cli_").replace("_", "-")):
         return asyncio.run(_with_db(settings, name, work, publish=publish))
 
