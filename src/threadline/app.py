@@ -46,17 +46,14 @@ async def readyz(request: Request) -> Response:
     from threadline.migrate import schema_problem  # alembic: loaded on first use
 
     runtime: Runtime = request.app.state.runtime
-    checks = {"database": "ok"}
     try:
         # A round trip that also says whether the schema is one this code can use.
         problem = schema_problem(await runtime.db.schema_revision())
     except Exception as exc:
-        checks["database"] = "down"
-        log.warning("readiness: the database is down: %s", _without_credentials(exc))
-    else:
-        if problem is not None:
-            checks["database"] = "down"
-            log.warning("readiness: %s", problem)
+        problem = f"the database is down: {_without_credentials(exc)}"
+    checks = {"database": "ok" if problem is None else "down"}
+    if problem is not None:
+        log.warning("readiness: %s", problem)
     if runtime.settings.redis_url:
         checks["redis"] = "ok" if runtime.broker.is_healthy else "down"
         if checks["redis"] == "down":

@@ -149,11 +149,9 @@ class Runtime:
         self._viewers.discard(
             lambda key, user: key[0] in clerk_user_ids or key[1] in sessions or user.id in user_ids
         )
-        if clerk_user_ids:
+        if clerk_user_ids or user_ids:
             gone = set(clerk_user_ids)
-            self.user_cache.discard(lambda _, user: user.clerk_id in gone)
-        if user_ids:
-            self.user_cache.discard(lambda user_id, _: user_id in user_ids)
+            self.user_cache.discard(lambda uid, user: user.clerk_id in gone or uid in user_ids)
 
     # -- attachments
 
