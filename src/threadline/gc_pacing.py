@@ -4,12 +4,9 @@ long-lived connections.
 CPython counts allocations minus deallocations; a server replacing closed connections
 barely moves that count while the young generation fills, and the collection that
 finally runs stalls every coroutine (0.25-0.5 s at 10,000 connections, bench.rooms).
-
-So the clock paces the collector: the youngest generation every fraction of a second;
-every few seconds the middle one, freezing what survives. A full pass (about 0.3 ms per
-open socket) runs only when the heap has grown a quarter over its low point and ten
-minutes have passed, or at once when it has doubled: growth is how uncollected frozen
-cycles show. CPython's thresholds stay on as a backstop for bursts that do not yield.
+So the clock paces the collector, freezing what survives; a full pass (about 0.3 ms per
+open socket) runs only when the heap grows, which is how uncollected frozen cycles show.
+CPython's thresholds stay on as a backstop for bursts that do not yield.
 """
 
 import asyncio

@@ -207,10 +207,8 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
     def decode_json(self, data: str | bytes) -> object:
         # orjson is several times faster; what it refuses and the standard library
         # takes (lone surrogate escapes, NaN) is read the standard way.
-        try:
+        with contextlib.suppress(orjson.JSONDecodeError):
             return orjson.loads(data)
-        except orjson.JSONDecodeError:
-            pass
         try:
             return json.loads(data)
         # The view answers a JSONDecodeError with 400: so too a body nested past the
@@ -246,18 +244,12 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
         return await super().process_result(request, result)
 
     async def get_context(self, request: Request | WebSocket, response: Any) -> Context:
+        user_agent, origin = request.headers.get("user-agent"), origin_of(request.scope)
         if isinstance(request, WebSocket):
             return Context(
-                runtime=self.runtime,
-                user_agent=request.headers.get("user-agent"),
-                origin=origin_of(request.scope),
-                connection=request,
+                runtime=self.runtime, user_agent=user_agent, origin=origin, connection=request
             )
-        return self.http_context(
-            request.headers.get("authorization"),
-            request.headers.get("user-agent"),
-            origin_of(request.scope),
-        )
+        return self.http_context(request.headers.get("authorization"), user_agent, origin)
 
     def http_context(
         self, authorization: str | None, user_agent: str | None, origin: str | None = None

@@ -1,11 +1,5 @@
-"""Request bodies bounded and timed as they stream in, on every route, before anything buffers them.
-
-A declared ``Content-Length`` over the limit is refused before a byte is read; otherwise
-the chunk that crosses it is answered 413 and never reaches the app. The limit is
-``MAX_REQUEST_BYTES``, or for ``multipart/form-data`` (uploads) ``MAX_UPLOAD_BYTES`` plus
-an allowance. A body that pauses longer than ``HTTP_BODY_TIMEOUT_SECONDS``, or arrives
-slower than ``HTTP_BODY_MIN_BYTES_PER_SECOND`` beyond that, is answered 408; only time
-spent waiting for the client counts. One sweep, not a timer per request, cuts them off.
+"""Request bodies bounded (413) and timed (408) as they stream in, on every route, before
+anything buffers them; only time spent waiting for the client counts.
 
 Answers close the connection; on /graphql and for multipart bodies they are GraphQL-shaped
 (``extensions.code``). After a cut-off the app reads a disconnect, and what it sends or

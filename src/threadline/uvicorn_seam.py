@@ -1,18 +1,13 @@
-"""The one module that reaches into uvicorn's internals, and checks at import that they are there.
+"""The one module that reaches into uvicorn's internals, and checks at import (``_REQUIRED``)
+that they are there: a uvicorn that drops one fails start-up in one line, not a request.
 
 - ``protocol_class``: uvicorn's httptools protocol, which holds a slow request head for
-  ever and keeps a head of any size, with a deadline (``HTTP_HEADER_TIMEOUT_SECONDS``)
-  and a size limit (``MAX_HEAD_BYTES``): 408 or 431 and close. And a lingering close:
-  an answer that closes while a body is still coming (413, 408) shuts the write side
-  and drops what arrives for ``LINGER_SECONDS``, since an immediate close resets the
-  connection and clients that send before they read (httpx, requests) lose the answer.
+  ever and keeps a head of any size, with a deadline and a size limit (408 or 431), and
+  a lingering close: an immediate close while a body is still coming resets the
+  connection, and clients that send before they read (httpx, requests) lose the answer.
 - ``RawSocketMiddleware``/``RawSocket``: live frames written straight to the transport
   of uvicorn's sans-I/O WebSocket protocol, skipping the ASGI send chain per subscriber
-  (Phoenix's "fastlane"). A socket that is not open or pushes back is written through
-  ASGI; ``FAST_PATHS=off`` leaves the middleware out.
-
-Every private name used is listed in ``_REQUIRED`` and checked at import, so a uvicorn
-release that drops one fails start-up in one line instead of the first request.
+  (Phoenix's "fastlane"); ``FAST_PATHS=off`` leaves the middleware out.
 """
 
 from __future__ import annotations
