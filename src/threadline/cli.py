@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import NoReturn
 
@@ -118,7 +119,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # Paths without their query strings: a signed download URL is a credential.
         log_config=log_config(LOGGING_CONFIG),
         ws=args.ws,
-        # uvicorn's httptools protocol with a deadline and a size limit on request heads.
         http="threadline.asgi:http_protocol",
         ws_per_message_deflate=args.ws_per_message_deflate,
         # A WebSocket message is a request too: bounded like a body (uvicorn's default is 16 MiB).
@@ -153,12 +153,10 @@ async def _with_db(settings: Settings, name: str, work: object, *, publish: bool
     # closes the user's sockets there); without it there is no channel to them.
     redis = settings_target(settings)
     broker = Broker(redis) if publish and redis else None
-    engine = make_engine(settings.database_url, pooled=settings.pooled)
-    if broker is None:
-        db = Database(engine)
-    else:
+    db = Database(make_engine(settings.database_url, pooled=settings.pooled))
+    if broker is not None:
         await broker.connect()
-        db = Database(engine, publish=lambda e: publish_all(broker, e))
+        db.publish = partial(publish_all, broker)
     try:
         async with db.transaction(name) as uow:
             return await work(uow)  # type: ignore[operator]

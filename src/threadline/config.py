@@ -21,10 +21,6 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./threadline.db"
-DEV_SECRET_FILENAME = ".threadline-dev-secret"  # noqa: S105 - a file name, not a secret
-SIGNING_SECRET_FILENAME = ".threadline-signing-secret"  # noqa: S105 - a file name, not a secret
-
 
 class Environment(StrEnum):
     DEVELOPMENT = "development"
@@ -111,7 +107,7 @@ Window = Annotated[str, AfterValidator(_window)]
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
 
-    database_url: str = DEFAULT_DATABASE_URL
+    database_url: str = "sqlite+aiosqlite:///./threadline.db"
     # A hot standby of DATABASE_URL: query operations read content from it (db.Database);
     # a user who wrote within READ_AFTER_WRITE_SECONDS reads the primary instead.
     database_read_url: BlankIsNone[str] = None
@@ -291,7 +287,7 @@ class Settings(BaseSettings):
             return None
         if self.dev_auth_secret is not None:
             return self.dev_auth_secret.get_secret_value()
-        return self._kept_secret(DEV_SECRET_FILENAME)
+        return self._kept_secret(".threadline-dev-secret")
 
     def resolve_signing_secret(self) -> str:
         """The HMAC key of attachment URLs; kept like the development token secret."""
@@ -299,7 +295,7 @@ class Settings(BaseSettings):
             return self.attachment_signing_secret.get_secret_value()
         if self.is_production:
             raise ConfigError("THREADLINE_ENV=production needs ATTACHMENT_SIGNING_SECRET")
-        return self._kept_secret(SIGNING_SECRET_FILENAME)
+        return self._kept_secret(".threadline-signing-secret")
 
     def _kept_secret(self, filename: str) -> str:
         """A random secret kept beside the SQLite file (or in the working directory), so that
@@ -354,10 +350,6 @@ def without_passwords(message: str, *urls: str | None) -> str:
     return message
 
 
-# The async drivers the app is written for (db.py speaks to asyncpg directly).
-DATABASE_DRIVERS = ("postgresql+asyncpg", "sqlite+aiosqlite")
-
-
 def _check_database_urls(**urls: str | None) -> None:
     """Each URL set parses, and DATABASE_URL names a driver of ours; the messages never
     repeat a URL (it may hold a password)."""
@@ -374,14 +366,12 @@ def _check_database_urls(**urls: str | None) -> None:
                 f"{name} is not a database URL (e.g. postgresql+asyncpg://user:password@host"
                 "/name or sqlite+aiosqlite:///./threadline.db)"
             ) from None
-        if name == "DATABASE_URL" and driver not in DATABASE_DRIVERS:
+        # The async drivers the app is written for (db.py speaks to asyncpg directly).
+        if name == "DATABASE_URL" and driver not in ("postgresql+asyncpg", "sqlite+aiosqlite"):
             raise ConfigError(
                 f"DATABASE_URL must be postgresql+asyncpg://... or sqlite+aiosqlite:///..."
                 f" (it names {driver!r})"
             )
-
-
-REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
 def _check_redis_url(url: str) -> None:
@@ -391,7 +381,7 @@ def _check_redis_url(url: str) -> None:
         parts.port  # noqa: B018 - a port that is not a number raises here
     except ValueError:
         parts = None
-    if parts is None or parts.scheme not in REDIS_SCHEMES:
+    if parts is None or parts.scheme not in ("redis", "rediss", "unix"):
         raise ConfigError(
             "REDIS_URL must be a redis://, rediss:// or unix:// URL (e.g. redis://redis:6379/0)"
         )

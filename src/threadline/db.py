@@ -334,7 +334,6 @@ class Database:
 
     @property
     def replica_usable(self) -> bool:
-        """A replica is configured and not resting after a failure."""
         return self.replica_sessions is not None and time.monotonic() >= self._replica_rests_until
 
     def _replica_lost(self) -> None:

@@ -58,7 +58,6 @@ from threadline.ws_protocol import LegacyProtocol, RefusedConnection, TransportP
 
 log = logging.getLogger(__name__)
 
-# The API's root types: resolvers/ answer queries and mutations, subscriptions/ the rest.
 ROOTS = Roots(Query, Mutation, Subscription)
 
 # Either header, non-empty, lets a multipart (upload) request through: see parse_multipart.

@@ -27,7 +27,6 @@ MULTIPART_ALLOWANCE_BYTES = 64 * 1024
 _DISCONNECT: Message = {"type": "http.disconnect"}
 _MULTIPART = b"multipart/form-data"
 _TOO_SLOW = "The request body arrived too slowly"
-_GRAPHQL_PATH = "/graphql"
 
 
 class BodyLimits:
@@ -201,7 +200,7 @@ class _Body:
         if self.responded:  # too late to answer: the app finishes on a disconnect
             return
         scope = self.scope
-        if self.multipart or scope["path"] == scope.get("root_path", "") + _GRAPHQL_PATH:
+        if self.multipart or scope["path"] == scope.get("root_path", "") + "/graphql":
             code = ErrorCode.PAYLOAD_TOO_LARGE if status == 413 else ErrorCode.BAD_USER_INPUT
             error = {"message": message, "extensions": {"code": code.value, **extensions}}
             body = orjson.dumps({"errors": [error]})

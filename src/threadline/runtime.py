@@ -34,7 +34,6 @@ log = logging.getLogger(__name__)
 
 # A signed-in user is looked up at most this often per token session, per process.
 VIEWER_CACHE_SECONDS = 5.0
-VIEWER_CACHE_SIZE = 10_000
 # A verified token is trusted again without a signature check for this long
 # (never past its expiry plus the leeway the verifier allows).
 VERIFIED_TOKEN_SECONDS = 30.0
@@ -78,7 +77,7 @@ class Runtime:
         self.fanout = Fanout(self.feed, self.deliveries, self.broker.queue_limit)
         self._verified: TTLCache[str, Identity] = TTLCache(VERIFIED_TOKEN_SECONDS, 20_000)
         self._viewers: TTLCache[tuple[str, str | None], User] = TTLCache(
-            VIEWER_CACHE_SECONDS, VIEWER_CACHE_SIZE
+            VIEWER_CACHE_SECONDS, 10_000
         )
         # How many times forget_viewers ran: a viewer read before a change differs.
         self.viewers_forgotten = 0
