@@ -41,8 +41,7 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    # Anyone may ask, so the answer is only "ok" or "down" per dependency; what went
-    # wrong (hosts, ports, driver messages) goes to the server log.
+    # Anyone may ask: what went wrong (hosts, driver messages) goes to the log only.
     from threadline.migrate import schema_problem  # alembic: loaded on first use
 
     runtime: Runtime = request.app.state.runtime
@@ -98,8 +97,7 @@ async def metrics_listener(settings: Settings) -> AsyncIterator[None]:
 
 def create_app(settings: Settings) -> Starlette:
     settings.check()
-    # Here, so that every way of serving refuses (threadline serve, uvicorn, gunicorn): one
-    # line and exit 3, which their supervisors take for a worker that cannot start, not restart.
+    # Here, so that every way of serving refuses: exit 3, which supervisors do not restart.
     if problem := unfinished_restore(settings.upload_dir):
         print(f"threadline: {problem}", file=sys.stderr)
         raise SystemExit(3)
@@ -141,8 +139,7 @@ def create_app(settings: Settings) -> Starlette:
                 allow_credentials=True,
             )
         )
-    # Inside CORS only, so that browsers can read its 413 and 408 answers; before
-    # every route.
+    # Inside CORS only, so that browsers can read its 413 and 408 answers.
     middleware.append(
         Middleware(
             BodyLimits,
@@ -170,8 +167,7 @@ def create_app(settings: Settings) -> Starlette:
         lifespan=lifespan,
     )
     if settings.hsts_seconds:
-        # Around Starlette's own outermost middleware too, which sends the 500s; the
-        # limits' 413 and 408 carry it as well.
+        # Around Starlette's outermost middleware too, which sends the 500s.
         app.middleware_stack = StrictTransport(app.build_middleware_stack(), settings.hsts_seconds)
     app.state.runtime = runtime
     app.state.on_sessions_ended = graphql.end_sessions

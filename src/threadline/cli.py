@@ -15,13 +15,11 @@ from typing import NoReturn
 from threadline.config import ConfigError, Settings, load_settings, without_passwords
 from threadline.models import SystemRole
 
-# uvicorn's sans-I/O WebSocket protocol: a connection costs no task of its own (the
-# legacy one keeps three), keep-alive pings are timers, and a frame is written to
-# the transport at once unless the peer stopped reading.
+# uvicorn's sans-I/O WebSocket protocol: no task per connection (the legacy one keeps
+# three), and a frame is written at once unless the peer stopped reading.
 WEBSOCKET_IMPLEMENTATION = "websockets-sansio"
-# uvicorn's WebSocket ping frames, the only keep-alive of a graphql-transport-ws
-# socket: idle proxies see traffic, and a peer that does not answer in time
-# (a dead network path) is closed, ending its presence lease and session row.
+# The only keep-alive of a graphql-transport-ws socket: idle proxies see traffic, and a
+# dead peer is closed, ending its presence lease and session row.
 WS_PING_SECONDS = 20.0
 
 
@@ -113,8 +111,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=args.port,
         workers=args.workers,
         log_level=args.log_level,
-        # uvicorn formats each access line (client address, quoted path) before
-        # the logger drops it: off unless the level would show it.
+        # uvicorn formats each access line before the logger drops it: off unless shown.
         access_log=args.log_level.lower() in ("trace", "debug", "info"),
         # Paths without their query strings: a signed download URL is a credential.
         log_config=log_config(LOGGING_CONFIG),
@@ -149,8 +146,7 @@ async def _with_db(settings: Settings, name: str, work: object, *, publish: bool
     from threadline.realtime.channels import publish_all
     from threadline.realtime.redis_pool import settings_target
 
-    # With Redis, what the work emits reaches the running servers (a role change
-    # closes the user's sockets there); without it there is no channel to them.
+    # With Redis, what the work emits reaches the running servers (a role change closes sockets).
     redis = settings_target(settings)
     broker = Broker(redis) if publish and redis else None
     db = Database(make_engine(settings.database_url, pooled=settings.pooled))

@@ -156,8 +156,7 @@ class Settings(BaseSettings):
     max_query_depth: int = Field(default=12, gt=0)
     max_aliases: int = Field(default=15, ge=0)
     max_tokens: int = Field(default=5000, gt=0)
-    # Slow clients (http_limits, uvicorn_seam): a request head must be complete within
-    # this long; a body may pause this long, and beyond that must average the rate.
+    # Slow clients (http_limits, uvicorn_seam): a head's deadline, a body's pause and rate.
     http_header_timeout_seconds: float = Field(default=10.0, gt=0)
     http_body_timeout_seconds: float = Field(default=10.0, gt=0)
     http_body_min_bytes_per_second: int = Field(default=8192, ge=0)
@@ -306,9 +305,8 @@ class Settings(BaseSettings):
             return _read_kept_secret(path)
         folder.mkdir(parents=True, exist_ok=True)
         secret = secrets.token_urlsafe(48)
-        # Written whole under a name of its own, private from the start, then linked to
-        # the real name: no process ever reads it half-written (or empty, should this one
-        # die or the disk fill), and when several start at once the first link wins.
+        # Written whole under a private name of its own, then linked: no process reads it
+        # half-written, and when several start at once the first link wins.
         temporary = folder / f"{filename}.{secrets.token_hex(8)}"
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:

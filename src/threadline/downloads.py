@@ -24,8 +24,7 @@ CONTENT_SECURITY_POLICY = "default-src 'none'; sandbox; frame-ancestors 'none'"
 UNSATISFIABLE: Final = "unsatisfiable"
 # A missing preview whose render waited too long for the render thread: soon, again.
 RETRY_PREVIEW_SECONDS = 5
-# ASCII digits only (a str pattern's \d takes any script's digits) and at most 18 of
-# them, so int() never meets a huge string; anything else is ignored (RFC 9110).
+# ASCII digits (\d takes any script's), at most 18: int() never meets a huge string.
 _RANGE = re.compile(r"bytes=([0-9]{0,18})-([0-9]{0,18})")
 
 

@@ -1,9 +1,6 @@
 """Request bodies bounded (413) and timed (408) as they stream in, on every route, before
-anything buffers them; only time spent waiting for the client counts.
-
-Answers close the connection; on /graphql and for multipart bodies they are GraphQL-shaped
-(``extensions.code``). After a cut-off the app reads a disconnect, and what it sends or
-raises is dropped.
+anything buffers them; only time spent waiting for the client counts. After a cut-off the
+app reads a disconnect, and what it sends or raises is dropped.
 """
 
 from __future__ import annotations
@@ -21,8 +18,7 @@ from threadline.metrics import HTTP_REQUESTS_CUT_OFF
 
 log = logging.getLogger(__name__)
 
-# Room for a multipart form's boundaries, part headers and its small JSON parts
-# (operations, map) beside the file itself.
+# Room for a multipart form's boundaries, part headers and JSON parts beside the file.
 MULTIPART_ALLOWANCE_BYTES = 64 * 1024
 _DISCONNECT: Message = {"type": "http.disconnect"}
 _MULTIPART = b"multipart/form-data"
@@ -49,8 +45,7 @@ class BodyLimits:
         # Bodies whose app is waiting for the client's next bytes -> deadline (time.monotonic).
         self._waiting: dict[_Body, float] = {}
         self._sweep: asyncio.TimerHandle | None = None
-        # Cut-offs are this late at most; a timer per receive cost more than the request's
-        # JSON decoding (about 5-10 us).
+        # Cut-offs are this late at most; a timer per receive cost more than JSON decoding.
         self._sweep_every = min(1.0, body_timeout_seconds / 4)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

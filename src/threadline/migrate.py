@@ -1,7 +1,4 @@
-"""Running the package's own Alembic migrations, and what schema comparison must ignore.
-
-The revisions ship in ``threadline/migrations``; the repository's ``alembic.ini`` points there too.
-"""
+"""Running the package's own Alembic migrations, and what schema comparison must ignore."""
 
 from __future__ import annotations
 
@@ -26,13 +23,11 @@ if TYPE_CHECKING:
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
-# Alembic keeps the running migration in module globals (alembic.context, alembic.op),
-# so two commands in one process at once would act on each other's connections.
-# Between processes, env.py locks the database itself.
+# Alembic keeps the running migration in module globals: two commands at once in one
+# process would act on each other's connections (env.py locks between processes).
 _ALEMBIC_COMMAND_LOCK = threading.Lock()
 
-# Full-text search objects that the revisions create by hand, outside the models:
-# a generated tsvector column and its GIN index on PostgreSQL, an FTS5 table on SQLite.
+# Full-text search objects that the revisions create by hand, outside the models.
 SEARCH_VECTOR_COLUMN = "search_vector"
 SEARCH_VECTOR_INDEX = "ix_messages_search_vector"
 SEARCH_FTS_TABLE = "messages_fts"
@@ -112,12 +107,8 @@ def is_shipped(revision: str) -> bool:
 
 
 def schema_problem(revision: str | None) -> str | None:
-    """Why a database at ``revision`` cannot serve this code, or None if it can.
-
-    Never migrated, or at an older revision that this code ships, it lacks tables or
-    columns the code uses. A revision this code does not know is a newer one (a rolling
-    upgrade migrates before it replaces the old servers): that is served.
-    """
+    """Why a database at ``revision`` cannot serve this code, or None if it can. A revision
+    this code does not know is a newer one (a rolling upgrade migrates first): served."""
     head, known = _shipped()
     if revision is None:
         return "the database was never migrated: run `threadline migrate`"

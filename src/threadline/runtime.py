@@ -34,8 +34,7 @@ log = logging.getLogger(__name__)
 
 # A signed-in user is looked up at most this often per token session, per process.
 VIEWER_CACHE_SECONDS = 5.0
-# A verified token is trusted again without a signature check for this long
-# (never past its expiry plus the leeway the verifier allows).
+# A verified token is trusted again without a signature check for this long (not past expiry).
 VERIFIED_TOKEN_SECONDS = 30.0
 # Users rendered into events are shared across subscribers for this long.
 USER_CACHE_SECONDS = 2.0
@@ -56,8 +55,7 @@ class Runtime:
                 else None
             ),
         )
-        # Whose reads stay on the primary for a while after a write (with a replica only:
-        # without one nobody asks, so a write marks nothing).
+        # Whose reads stay on the primary after a write (without a replica, nobody asks).
         self.recent_writers = RecentWriters(
             redis if settings.database_read_url else None,
             settings.read_after_write_seconds if settings.database_read_url else 0.0,
@@ -108,8 +106,7 @@ class Runtime:
         identity = self._verified.get(token)
         if identity is None or identity.expires_at.timestamp() + LEEWAY_SECONDS < time.time():
             identity = await self.verifier.verify(token)
-            # The same token string always verifies to the same claims: the
-            # signature check (pure CPU) is done once, until the token expires.
+            # The same token always verifies to the same claims: check it once (pure CPU).
             self._verified.put(token, identity)
         key = (identity.clerk_id, identity.session_id)
         cached = self._viewers.get(key)
@@ -118,8 +115,7 @@ class Runtime:
         forgotten = self.viewers_forgotten
         user = await self._load_viewer(identity)
         if forgotten != self.viewers_forgotten:
-            # Forgotten while it loaded (a role changed, committed before the signal):
-            # what was read may predate it; read again, after the signal.
+            # Forgotten while it loaded (a role changed): what was read may predate it.
             return identity, await self._load_viewer(identity)
         self._viewers.put(key, user)
         return identity, user

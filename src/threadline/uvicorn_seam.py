@@ -149,8 +149,7 @@ def protocol_class(header_timeout_seconds: float) -> type[asyncio.Protocol]:
 
         def handle_websocket_upgrade(self) -> None:
             super().handle_websocket_upgrade()
-            # The parser calls back into this object: let it go, so that both are
-            # freed at once rather than left to the cyclic GC.
+            # The parser calls back into this object: let it go, or both wait for the GC.
             self.parser = None  # type: ignore[assignment]
 
         def on_message_begin(self) -> None:
@@ -213,8 +212,7 @@ def protocol_class(header_timeout_seconds: float) -> type[asyncio.Protocol]:
             self._disarm()
             cycle = self.cycle
             if cycle is not None and not cycle.response_complete:
-                # A pipelined head, while a response is under way: no answer of ours in
-                # the middle of that one; read no more, and close after it.
+                # A pipelined head during a response: read no more, close after that one.
                 cycle.keep_alive = False
                 self._lingering = True
                 return
@@ -231,8 +229,7 @@ class _CycleTransport:
 
     def __init__(self, protocol: Any, cycle: Any) -> None:
         self._protocol = protocol
-        # Weak: the cycle holds this as its transport, and a cycle of references
-        # would leave every finished request to the garbage collector.
+        # Weak: the cycle holds this, and a reference cycle would wait for the GC.
         self._cycle = weakref.ref(cycle)
         # The transport's own method: no frame of ours per write.
         self.write: Callable[[bytes], None] = protocol.transport.write
@@ -296,12 +293,10 @@ class RawSocketMiddleware:
         if scope["type"] == "websocket" and WebSocketsSansIOProtocol is not None:
             protocol = getattr(send, "__self__", None)
             if isinstance(protocol, WebSocketsSansIOProtocol):
-                # Set in place, as Starlette sets its own keys: a copy of the scope
-                # would live as long as the connection beside the original.
+                # In place: a copy of the scope would live as long as the connection.
                 scope[SCOPE_KEY] = RawSocket(protocol)
         try:
             await self.app(scope, receive, send)
         finally:
-            # The protocol holds the scope: without this, protocol -> scope -> RawSocket
-            # -> protocol is a cycle, and the connection's objects wait for the collector.
+            # Else protocol -> scope -> RawSocket -> protocol is a cycle that waits for the GC.
             scope.pop(SCOPE_KEY, None)

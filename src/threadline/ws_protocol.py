@@ -117,15 +117,13 @@ class TransportProtocol(BaseGraphQLTransportWSHandler[Context, None]):
         await super().handle_message(message)
 
     async def send_message(self, message: Any) -> None:
-        # The server's own close (1001, a 44xx) can come between an operation's end and
-        # its `complete`: starlette then refuses the send with an error strawberry does
-        # not expect. The message has nowhere to go; the socket's end cleans up.
+        # The server's own close can come between an operation's end and its `complete`:
+        # starlette then refuses the send with an error strawberry does not expect.
         with suppress(ClosedForSending, WebSocketDisconnected):
             await super().send_message(message)
 
     def forget_id(self, id: str) -> None:
-        # strawberry's raises when the client's `complete` for the id came a moment
-        # before the operation's own last message.
+        # strawberry's raises when the client's `complete` came just before the last message.
         self.operations.pop(id, None)
 
     async def handle_connection_init(self, message: Any) -> None:
@@ -158,9 +156,8 @@ class LegacyProtocol(BaseGraphQLWSHandler[Context, None]):
     connection_init_received = False
 
     async def handle(self) -> None:
-        # strawberry's, except that a socket that sends no connection_init in time is
-        # closed (else an idle socket is held for ever) and a frame that is not JSON
-        # text closes with 4400 (strawberry skips it), as in graphql-transport-ws.
+        # strawberry's, except that a socket without connection_init in time closes (else
+        # it is held for ever) and a frame that is not JSON text closes with 4400.
         deadline = asyncio.create_task(self._close_without_init())
         try:
             try:
@@ -197,9 +194,8 @@ class LegacyProtocol(BaseGraphQLWSHandler[Context, None]):
 
     async def handle_connection_init(self, message: Any) -> None:
         # strawberry's, except that a refusal closes with 4403 (or its own code), not 1011,
-        # and a second connection_init closes the socket, as in graphql-transport-ws:
-        # each one would open another session row and presence lease, and the socket's
-        # end closes only the last.
+        # and a second connection_init closes the socket: each would open another session
+        # row and lease, and the socket's end closes only the last.
         if self.connection_init_received:
             await self.websocket.close(4429, "Too many initialisation requests")
             return
