@@ -73,14 +73,8 @@ _REQUIRED: dict[type | None, tuple[str, ...]] = {
 
 def _has(cls: type, name: str) -> bool:
     """A class attribute, or an instance attribute that one of its methods assigns."""
-    if hasattr(cls, name):
-        return True
-    for klass in cls.__mro__:
-        for member in vars(klass).values():
-            code = getattr(member, "__code__", None)
-            if code is not None and name in code.co_names:
-                return True
-    return False
+    codes = (getattr(member, "__code__", None) for k in cls.__mro__ for member in vars(k).values())
+    return hasattr(cls, name) or any(code and name in code.co_names for code in codes)
 
 
 def check(required: dict[type | None, tuple[str, ...]] = _REQUIRED) -> None:
