@@ -66,10 +66,9 @@ async def readyz(request: Request) -> Response:
 
 def _without_credentials(detail: object) -> str:
     """A failure's description for the log, with any user:password@ of a URL masked."""
-    text = (
-        f"{type(detail).__name__}: {detail}" if isinstance(detail, BaseException) else str(detail)
-    )
-    return re.sub(r"://[^/@\s]*@", "://***@", text)
+    if isinstance(detail, BaseException):
+        detail = f"{type(detail).__name__}: {detail}"
+    return re.sub(r"://[^/@\s]*@", "://***@", str(detail))
 
 
 async def metrics(request: Request) -> Response:

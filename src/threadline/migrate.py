@@ -86,7 +86,6 @@ def upgrade_to_head(database_url: str, upload_dir: Path | None = None) -> None:
 
 
 async def upgrade_to_head_async(database_url: str, upload_dir: Path | None = None) -> None:
-    """``upgrade_to_head`` for async code, in a worker thread."""
     await asyncio.to_thread(upgrade_to_head, database_url, upload_dir)
 
 
@@ -97,7 +96,6 @@ def _shipped() -> tuple[str | None, frozenset[str]]:
 
 
 def head_revision() -> str | None:
-    """The newest revision the package ships."""
     return _shipped()[0]
 
 

@@ -81,7 +81,6 @@ def over_the_limit(
 
 
 def formatted(error: DomainError) -> GraphQLFormattedError:
-    """A domain error as a coded GraphQL error."""
     return shape_error(GraphQLError(error.message, original_error=error)).formatted
 
 
