@@ -41,22 +41,18 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    # Anyone may ask, so the answer is only "ok" or "down" per dependency; what went
-    # wrong (hosts, ports, driver messages) goes to the server log.
+    # Anyone may ask: what went wrong (hosts, driver messages) goes to the log only.
     from threadline.migrate import schema_problem  # alembic: loaded on first use
 
     runtime: Runtime = request.app.state.runtime
-    checks = {"database": "ok"}
     try:
         # A round trip that also says whether the schema is one this code can use.
         problem = schema_problem(await runtime.db.schema_revision())
     except Exception as exc:
-        checks["database"] = "down"
-        log.warning("readiness: the database is down: %s", _without_credentials(exc))
-    else:
-        if problem is not None:
-            checks["database"] = "down"
-            log.warning("readiness: %s", problem)
+        problem = f"the database is down: {_without_credentials(exc)}"
+    checks = {"database": "ok" if problem is None else "down"}
+    if problem is not None:
+        log.warning("readiness: %s", problem)
     if runtime.settings.redis_url:
         checks["redis"] = "ok" if runtime.broker.is_healthy else "down"
         if checks["redis"] == "down":
@@ -70,10 +66,9 @@ async def readyz(request: Request) -> Response:
 
 def _without_credentials(detail: object) -> str:
     """A failure's description for the log, with any user:password@ of a URL masked."""
-    text = (
-        f"{type(detail).__name__}: {detail}" if isinstance(detail, BaseException) else str(detail)
-    )
-    return re.sub(r"://[^/@\s]*@", "://***@", text)
+    if isinstance(detail, BaseException):
+        detail = f"{type(detail).__name__}: {detail}"
+    return re.sub(r"://[^/@\s]*@", "://***@", str(detail))
 
 
 async def metrics(request: Request) -> Response:
@@ -101,8 +96,7 @@ async def metrics_listener(settings: Settings) -> AsyncIterator[None]:
 
 def create_app(settings: Settings) -> Starlette:
     settings.check()
-    # Here, so that every way of serving refuses (threadline serve, uvicorn, gunicorn): one
-    # line and exit 3, which their supervisors take for a worker that cannot start, not restart.
+    # Here, so that every way of serving refuses: exit 3, which supervisors do not restart.
     if problem := unfinished_restore(settings.upload_dir):
         print(f"threadline: {problem}", file=sys.stderr)
         raise SystemExit(3)
@@ -144,8 +138,7 @@ def create_app(settings: Settings) -> Starlette:
                 allow_credentials=True,
             )
         )
-    # Inside CORS only, so that browsers can read its 413 and 408 answers; before
-    # every route.
+    # Inside CORS only, so that browsers can read its 413 and 408 answers.
     middleware.append(
         Middleware(
             BodyLimits,
@@ -173,8 +166,7 @@ def create_app(settings: Settings) -> Starlette:
         lifespan=lifespan,
     )
     if settings.hsts_seconds:
-        # Around Starlette's own outermost middleware too, which sends the 500s; the
-        # limits' 413 and 408 carry it as well.
+        # Around Starlette's outermost middleware too, which sends the 500s.
         app.middleware_stack = StrictTransport(app.build_middleware_stack(), settings.hsts_seconds)
     app.state.runtime = runtime
     app.state.on_sessions_ended = graphql.end_sessions

@@ -1,9 +1,7 @@
 """Group work that arrives while earlier work is on its way: one round trip for many.
 
-An item submitted while no batch runs goes at once, alone; items submitted meanwhile
-go together in the next batch. When a batch fails each item is run again alone, so
-only an item that cannot be done fails: ``run`` must leave nothing behind when it
-raises (one statement, or one transaction).
+When a batch fails each item is run again alone, so only an item that cannot be done
+fails: ``run`` must leave nothing behind when it raises (one statement or transaction).
 """
 
 from __future__ import annotations
@@ -71,8 +69,7 @@ class Batcher(Generic[T, R]):
                 if not future.done():
                     future.set_exception(exc)
                 return
-            # Which item failed it is unknown: each goes again on its own (at once,
-            # side by side), and only the one that fails alone gets an error.
+            # Which item failed is unknown: each goes again alone, side by side.
             log.warning(
                 "%s: a batch of %d failed (%s); running its items one by one",
                 self._name,

@@ -8,19 +8,18 @@ import logging
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import NoReturn
 
 from threadline.config import ConfigError, Settings, load_settings, without_passwords
 from threadline.models import SystemRole
 
-# uvicorn's sans-I/O WebSocket protocol: a connection costs no task of its own (the
-# legacy one keeps three), keep-alive pings are timers, and a frame is written to
-# the transport at once unless the peer stopped reading.
+# uvicorn's sans-I/O WebSocket protocol: no task per connection (the legacy one keeps
+# three), and a frame is written at once unless the peer stopped reading.
 WEBSOCKET_IMPLEMENTATION = "websockets-sansio"
-# uvicorn's WebSocket ping frames, the only keep-alive of a graphql-transport-ws
-# socket: idle proxies see traffic, and a peer that does not answer in time
-# (a dead network path) is closed, ending its presence lease and session row.
+# The only keep-alive of a graphql-transport-ws socket: idle proxies see traffic, and a
+# dead peer is closed, ending its presence lease and session row.
 WS_PING_SECONDS = 20.0
 
 
@@ -30,7 +29,6 @@ def _fail(message: str, code: int) -> NoReturn:
 
 
 def _os_error(exc: OSError) -> str:
-    """An operating system error in one line: the path and what is wrong with it."""
     reason = exc.strerror or str(exc)
     return f"{exc.filename}: {reason}" if exc.filename is not None else reason
 
@@ -44,8 +42,8 @@ def _settings() -> Settings:
 
 @contextmanager
 def _database_errors(settings: Settings, doing: str) -> Iterator[None]:
-    """A database that cannot be reached or used is one line and exit 1, not a traceback;
-    the password is never in it (a driver might echo the URL)."""
+    """A bad setting (exit 2) or a database that cannot be reached or used (exit 1) is one
+    line, not a traceback; the password is never in it (a driver might echo the URL)."""
     from sqlalchemy.exc import SQLAlchemyError
 
     from threadline.errors import DomainError
@@ -56,6 +54,8 @@ def _database_errors(settings: Settings, doing: str) -> Iterator[None]:
 
     try:
         yield
+    except ConfigError as exc:
+        _fail(str(exc), 2)
     except DomainError as exc:
         _fail(exc.message, 1)
     except OSError as exc:
@@ -81,15 +81,11 @@ def _database_errors(settings: Settings, doing: str) -> Iterator[None]:
 def _migrate(settings: Settings) -> None:
     from threadline.migrate import upgrade_to_head
 
-    try:
-        # Past any pooler: a migration is one long transaction of DDL.
-        url = settings.direct_database_url
-    except ConfigError as exc:
-        _fail(str(exc), 2)
     with _database_errors(settings, "migrate"):
         if settings.sqlite_path is not None:
             settings.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
-        upgrade_to_head(url, settings.upload_dir)
+        # Past any pooler: a migration is one long transaction of DDL.
+        upgrade_to_head(settings.direct_database_url, settings.upload_dir)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -115,13 +111,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=args.port,
         workers=args.workers,
         log_level=args.log_level,
-        # uvicorn formats each access line (client address, quoted path) before
-        # the logger drops it: off unless the level would show it.
+        # uvicorn formats each access line before the logger drops it: off unless shown.
         access_log=args.log_level.lower() in ("trace", "debug", "info"),
         # Paths without their query strings: a signed download URL is a credential.
         log_config=log_config(LOGGING_CONFIG),
         ws=args.ws,
-        # uvicorn's httptools protocol with a deadline and a size limit on request heads.
         http="threadline.asgi:http_protocol",
         ws_per_message_deflate=args.ws_per_message_deflate,
         # A WebSocket message is a request too: bounded like a body (uvicorn's default is 16 MiB).
@@ -141,8 +135,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def _run_work(settings: Settings, name: str, work: object, *, publish: bool = False) -> object:
-    """``work(uow)`` in one transaction; a DomainError, or a database that cannot be
-    reached or is not migrated, exits 1 with one line."""
+    """``work(uow)`` in one transaction, its failures one line (see _database_errors)."""
     with _database_errors(settings, name.removeprefix("cli_").replace("_", "-")):
         return asyncio.run(_with_db(settings, name, work, publish=publish))
 
@@ -153,16 +146,13 @@ async def _with_db(settings: Settings, name: str, work: object, *, publish: bool
     from threadline.realtime.channels import publish_all
     from threadline.realtime.redis_pool import settings_target
 
-    # With Redis, what the work emits reaches the running servers (a role change
-    # closes the user's sockets there); without it there is no channel to them.
+    # With Redis, what the work emits reaches the running servers (a role change closes sockets).
     redis = settings_target(settings)
     broker = Broker(redis) if publish and redis else None
-    engine = make_engine(settings.database_url, pooled=settings.pooled)
-    if broker is None:
-        db = Database(engine)
-    else:
+    db = Database(make_engine(settings.database_url, pooled=settings.pooled))
+    if broker is not None:
         await broker.connect()
-        db = Database(engine, publish=lambda e: publish_all(broker, e))
+        db.publish = partial(publish_all, broker)
     try:
         async with db.transaction(name) as uow:
             return await work(uow)  # type: ignore[operator]

@@ -8,15 +8,18 @@ import secrets
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-
-DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./threadline.db"
-DEV_SECRET_FILENAME = ".threadline-dev-secret"  # noqa: S105 - a file name, not a secret
-SIGNING_SECRET_FILENAME = ".threadline-signing-secret"  # noqa: S105 - a file name, not a secret
 
 
 class Environment(StrEnum):
@@ -50,113 +53,118 @@ def parse_window(text: str) -> tuple[int, int]:
     return int(match.group(1)), int(match.group(2))
 
 
+def _window(text: str) -> str:
+    count, seconds = parse_window(text)
+    return f"{count}/{seconds}"
+
+
+def _comma_list(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+def _on_off(value: object) -> object:
+    if isinstance(value, str) and value.strip().lower() in {"on", "off"}:
+        return value.strip().lower() == "on"
+    return value
+
+
+def _blank_is_unset(value: object) -> object:
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+def _key_prefix(value: str) -> str:
+    # Braces would make a hash tag of the prefix: every key in one cluster slot.
+    if re.search(r"[{}\s]", value):
+        raise ValueError("REDIS_PREFIX may not contain braces or whitespace")
+    return value
+
+
+def _metrics_target(value: object) -> object:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        return value
+    target = value.strip().lower()
+    if target in {"app", "on", "off"}:
+        return "app" if target == "on" else target
+    host, _, port = target.rpartition(":")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("METRICS must be app, off, or [host:]port (a port of its own)")
+    return f"{host or '0.0.0.0'}:{int(port)}"
+
+
+T = TypeVar("T")
+BlankIsNone = Annotated[T | None, BeforeValidator(_blank_is_unset)]
+OnOff = Annotated[bool, BeforeValidator(_on_off)]
+CommaList = Annotated[list[str], NoDecode, BeforeValidator(_comma_list)]
+Window = Annotated[str, AfterValidator(_window)]
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
 
-    database_url: str = DEFAULT_DATABASE_URL
+    database_url: str = "sqlite+aiosqlite:///./threadline.db"
     # A hot standby of DATABASE_URL: query operations read content from it (db.Database);
     # a user who wrote within READ_AFTER_WRITE_SECONDS reads the primary instead.
-    database_read_url: str | None = None
+    database_read_url: BlankIsNone[str] = None
     read_after_write_seconds: float = Field(default=5.0, ge=0)
     database_pooler: DatabasePooler = DatabasePooler.NONE
     # PostgreSQL itself, past the pooler: migrations, backups and restores need a session.
-    database_direct_url: str | None = None
-    redis_url: str | None = None
+    database_direct_url: BlankIsNone[str] = None
+    redis_url: BlankIsNone[str] = None
     # on: REDIS_URL names a node of a Redis Cluster (sharded pub/sub, slot-routed commands).
-    redis_cluster: bool = False
+    redis_cluster: OnOff = False
     # Before every Redis key and channel name: deployments sharing one Redis keep apart.
-    redis_prefix: str = ""
+    redis_prefix: Annotated[str, AfterValidator(_key_prefix)] = ""
     threadline_env: Environment = Environment.DEVELOPMENT
-    clerk_jwks_url: str | None = None
-    clerk_jwt_key: SecretStr | None = None
-    clerk_issuer: str | None = None
-    clerk_authorized_parties: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    clerk_webhook_secret: SecretStr | None = None
-    dev_auth_secret: SecretStr | None = None
+    clerk_jwks_url: BlankIsNone[str] = None
+    clerk_jwt_key: BlankIsNone[SecretStr] = None
+    clerk_issuer: BlankIsNone[str] = None
+    clerk_authorized_parties: CommaList = Field(default_factory=list)
+    clerk_webhook_secret: BlankIsNone[SecretStr] = None
+    dev_auth_secret: BlankIsNone[SecretStr] = None
     upload_dir: Path = Path("./uploads")
     max_upload_bytes: int = Field(default=26_214_400, gt=0)
     # off: no image previews rendered (a render of a hostile PNG at the pixel limit
     # peaks at about 750 MB; a small container may not have that to spare).
-    image_previews: bool = True
-    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    rate_limits: bool = True
+    image_previews: OnOff = True
+    cors_origins: CommaList = Field(default_factory=list)
+    rate_limits: OnOff = True
     # off: every fast path off (driver reads, the group-commit send, raw socket frames,
     # direct execution); the answers are the same, only slower.
-    fast_paths: bool = True
+    fast_paths: OnOff = True
     ws_reauth_seconds: int = Field(default=900, ge=0)
-    public_url: str | None = None
+    public_url: BlankIsNone[str] = None
     # Strict-Transport-Security max-age on answers to HTTPS requests; 0: not sent.
     hsts_seconds: int = Field(default=0, ge=0)
     max_request_bytes: int = Field(default=1_048_576, gt=0)
     attachment_url_seconds: int = Field(default=3600, gt=0)
     # The HMAC key of signed attachment URLs; required in production.
-    attachment_signing_secret: SecretStr | None = None
+    attachment_signing_secret: BlankIsNone[SecretStr] = None
     max_query_cost: int = Field(default=50_000, gt=0)
     # The contract's limits; the defaults are CONTRACT.md's, here and nowhere else.
-    rate_limit_send_message: str = "20/2"
-    rate_limit_set_typing: str = "2/1"
-    rate_limit_upload: str = "10/60"
-    rate_limit_mutation: str = "30/1"
-    rate_limit_ws_connect: str = "10/60"
+    rate_limit_send_message: Window = "20/2"
+    rate_limit_set_typing: Window = "2/1"
+    rate_limit_upload: Window = "10/60"
+    rate_limit_mutation: Window = "30/1"
+    rate_limit_ws_connect: Window = "10/60"
     max_subscriptions_per_connection: int = Field(default=100, gt=0)
     max_query_depth: int = Field(default=12, gt=0)
     max_aliases: int = Field(default=15, ge=0)
     max_tokens: int = Field(default=5000, gt=0)
-    # Slow clients (http_limits, uvicorn_seam): a request head must be complete within
-    # this long; a body may pause this long, and beyond that must average the rate.
+    # Slow clients (http_limits, uvicorn_seam): a head's deadline, a body's pause and rate.
     http_header_timeout_seconds: float = Field(default=10.0, gt=0)
     http_body_timeout_seconds: float = Field(default=10.0, gt=0)
     http_body_min_bytes_per_second: int = Field(default=8192, ge=0)
     # /metrics: "app" (on the main port), "off", or "[host:]port" (a listener of its own).
     # Unset: on the app in development, off in production (it names routes and counts).
-    metrics: str | None = None
+    metrics: Annotated[str | None, BeforeValidator(_metrics_target)] = None
     # Clerk's publishable key (pk_live_... / pk_test_...): how the web page signs in.
-    clerk_publishable_key: str | None = None
-
-    @field_validator("clerk_authorized_parties", "cors_origins", mode="before")
-    @classmethod
-    def _comma_list(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
-
-    @field_validator(*(f"rate_limit_{action}" for action in RATE_LIMITED_ACTIONS))
-    @classmethod
-    def _window(cls, value: str) -> str:
-        count, seconds = parse_window(value)
-        return f"{count}/{seconds}"
-
-    @field_validator("redis_prefix")
-    @classmethod
-    def _key_prefix(cls, value: str) -> str:
-        # Braces would make a hash tag of the prefix: every key in one cluster slot.
-        if re.search(r"[{}\s]", value):
-            raise ValueError("REDIS_PREFIX may not contain braces or whitespace")
-        return value
-
-    @field_validator("rate_limits", "fast_paths", "redis_cluster", "image_previews", mode="before")
-    @classmethod
-    def _on_off(cls, value: object) -> object:
-        if isinstance(value, str) and value.strip().lower() in {"on", "off"}:
-            return value.strip().lower() == "on"
-        return value
-
-    @field_validator("metrics", mode="before")
-    @classmethod
-    def _metrics_target(cls, value: object) -> object:
-        if value is None or (isinstance(value, str) and not value.strip()):
-            return None
-        if isinstance(value, int) and not isinstance(value, bool):
-            value = str(value)
-        if not isinstance(value, str):
-            return value
-        target = value.strip().lower()
-        if target in {"app", "on", "off"}:
-            return "app" if target == "on" else target
-        host, _, port = target.rpartition(":")
-        if not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError("METRICS must be app, off, or [host:]port (a port of its own)")
-        return f"{host or '0.0.0.0'}:{int(port)}"
+    clerk_publishable_key: BlankIsNone[str] = None
 
     @field_validator("database_pooler", mode="before")
     @classmethod
@@ -164,24 +172,6 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return value.strip().lower() or DatabasePooler.NONE
         return value
-
-    @field_validator(
-        "redis_url",
-        "database_read_url",
-        "clerk_jwks_url",
-        "clerk_issuer",
-        "public_url",
-        "database_direct_url",
-        "clerk_publishable_key",
-        "clerk_jwt_key",
-        "clerk_webhook_secret",
-        "dev_auth_secret",
-        "attachment_signing_secret",
-        mode="before",
-    )
-    @classmethod
-    def _blank_is_unset(cls, value: object) -> object:
-        return None if isinstance(value, str) and not value.strip() else value
 
     def rate_limit_windows(self) -> dict[str, tuple[int, int]]:
         """(calls, seconds) per rate-limited action name."""
@@ -296,7 +286,7 @@ class Settings(BaseSettings):
             return None
         if self.dev_auth_secret is not None:
             return self.dev_auth_secret.get_secret_value()
-        return self._kept_secret(DEV_SECRET_FILENAME)
+        return self._kept_secret(".threadline-dev-secret")
 
     def resolve_signing_secret(self) -> str:
         """The HMAC key of attachment URLs; kept like the development token secret."""
@@ -304,7 +294,7 @@ class Settings(BaseSettings):
             return self.attachment_signing_secret.get_secret_value()
         if self.is_production:
             raise ConfigError("THREADLINE_ENV=production needs ATTACHMENT_SIGNING_SECRET")
-        return self._kept_secret(SIGNING_SECRET_FILENAME)
+        return self._kept_secret(".threadline-signing-secret")
 
     def _kept_secret(self, filename: str) -> str:
         """A random secret kept beside the SQLite file (or in the working directory), so that
@@ -315,9 +305,8 @@ class Settings(BaseSettings):
             return _read_kept_secret(path)
         folder.mkdir(parents=True, exist_ok=True)
         secret = secrets.token_urlsafe(48)
-        # Written whole under a name of its own, private from the start, then linked to
-        # the real name: no process ever reads it half-written (or empty, should this one
-        # die or the disk fill), and when several start at once the first link wins.
+        # Written whole under a private name of its own, then linked: no process reads it
+        # half-written, and when several start at once the first link wins.
         temporary = folder / f"{filename}.{secrets.token_hex(8)}"
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -359,10 +348,6 @@ def without_passwords(message: str, *urls: str | None) -> str:
     return message
 
 
-# The async drivers the app is written for (db.py speaks to asyncpg directly).
-DATABASE_DRIVERS = ("postgresql+asyncpg", "sqlite+aiosqlite")
-
-
 def _check_database_urls(**urls: str | None) -> None:
     """Each URL set parses, and DATABASE_URL names a driver of ours; the messages never
     repeat a URL (it may hold a password)."""
@@ -379,14 +364,12 @@ def _check_database_urls(**urls: str | None) -> None:
                 f"{name} is not a database URL (e.g. postgresql+asyncpg://user:password@host"
                 "/name or sqlite+aiosqlite:///./threadline.db)"
             ) from None
-        if name == "DATABASE_URL" and driver not in DATABASE_DRIVERS:
+        # The async drivers the app is written for (db.py speaks to asyncpg directly).
+        if name == "DATABASE_URL" and driver not in ("postgresql+asyncpg", "sqlite+aiosqlite"):
             raise ConfigError(
                 f"DATABASE_URL must be postgresql+asyncpg://... or sqlite+aiosqlite:///..."
                 f" (it names {driver!r})"
             )
-
-
-REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
 def _check_redis_url(url: str) -> None:
@@ -396,7 +379,7 @@ def _check_redis_url(url: str) -> None:
         parts.port  # noqa: B018 - a port that is not a number raises here
     except ValueError:
         parts = None
-    if parts is None or parts.scheme not in REDIS_SCHEMES:
+    if parts is None or parts.scheme not in ("redis", "rediss", "unix"):
         raise ConfigError(
             "REDIS_URL must be a redis://, rediss:// or unix:// URL (e.g. redis://redis:6379/0)"
         )

@@ -1,7 +1,5 @@
-"""Storage plumbing: the engine, sessions, and named units of work with an outbox.
-
-A unit of work is one named transaction whose events are published only after it
-commits. SQLite's write transactions queue on a lock rather than fail as "locked".
+"""Storage plumbing: the engine, sessions, and named transactions whose events are
+published only after commit. SQLite's writes queue on a lock rather than fail as "locked".
 """
 
 from __future__ import annotations
@@ -34,8 +32,7 @@ log = logging.getLogger(__name__)
 Publish = Callable[[Sequence[Any]], Awaitable[None]]
 
 SERVER_SETTINGS = {"application_name": "threadline", "timezone": "UTC"}
-# Hot single statements (sendMessage) use their own asyncpg pool, beside the
-# engine's 20 + 10. Idle ones stay open: closing them would cost a timer per use.
+# Hot single statements' own asyncpg pool; idle ones stay open (closing costs a timer per use).
 DRIVER_POOL_SIZE = 10
 # Session.info keys (PostgreSQL, FAST_PATHS on): reads of plain columns, or of entities too
 # (read sessions: never written back), may go through the driver (models.queries).
@@ -43,8 +40,7 @@ DRIVER_ROWS = "threadline.driver_rows"
 DRIVER_ENTITIES = "threadline.driver_entities"
 # Session.info key: what to call when a read session gives up on a lost connection.
 ON_LOST = "threadline.on_lost"
-# A read replica that a query could not reach (twice) is left alone this long: queries
-# read the primary meanwhile, so a replica outage costs one failed query per process.
+# A replica a query could not reach is left alone this long: one failed query per process.
 REPLICA_REST_SECONDS = 5.0
 
 
@@ -59,8 +55,7 @@ def _sqlite_pragmas(dbapi_connection: Any, connection_record: ConnectionPoolEntr
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
-    # SQLite's lower() folds ASCII only: "Équipe" stayed unlike the "équipe" that
-    # searches lower in Python (services.search), as PostgreSQL's lower() does.
+    # SQLite's lower() folds ASCII only, unlike Python's (services.search) and PostgreSQL's.
     dbapi_connection.create_function("lower", 1, _lower, deterministic=True)
 
 
@@ -75,9 +70,7 @@ _SERVER_GONE = (
     asyncpg.CrashShutdownError,
     asyncpg.CannotConnectNowError,
 )
-# asyncpg's InterfaceError for a closed connection: "connection is closed", "the
-# underlying connection is closed", and a pool's connection closed while held
-# ("connection has been released back to the pool": the pool let it go on close).
+# asyncpg's InterfaceError for a closed connection, also a pool's closed while held.
 _CLOSED_WORDS = ("closed", "released back to the pool")
 WRITE_LOST = (
     "The database connection was lost; the change may not have been saved. "
@@ -114,8 +107,7 @@ def _replace_closed(dbapi_connection: Any, *_: Any) -> None:
         raise DisconnectionError("the server closed this pooled connection")
 
 
-# Behind PgBouncer in transaction mode no prepared statement may outlive its transaction:
-# with both caches off asyncpg prepares each unnamed and binds it before its Sync.
+# Behind PgBouncer in transaction mode no prepared statement may outlive its transaction.
 POOLED_CONNECT_ARGS = {"statement_cache_size": 0, "prepared_statement_cache_size": 0}
 # An execution option of our own on the engine: Database's driver pool follows it.
 POOLED = "threadline.pooled"
@@ -129,12 +121,10 @@ def make_engine(database_url: str, *, pooled: bool = False) -> AsyncEngine:
         return engine
     engine = create_async_engine(
         database_url,
-        # Connections past pool_size close when returned: keep the usual concurrency
-        # inside pool_size, or it reconnects (TLS, auth, codec set-up) over and over.
+        # Connections past pool_size close when returned: reconnecting (TLS, auth) costs.
         pool_size=20,
         max_overflow=10,
-        # No pre-ping (see _replace_closed); connections the server closed are
-        # replaced at checkout, and recycled before servers time them out.
+        # No pre-ping (see _replace_closed); recycled before servers time them out.
         pool_recycle=1800,
         connect_args={
             "server_settings": SERVER_SETTINGS,
@@ -269,10 +259,8 @@ class UnitOfWork:
 
 
 async def try_transaction_lock(uow: UnitOfWork, key: int) -> bool:
-    """Whether this transaction won the deployment-wide lock ``key`` (held until it ends).
-
-    Transaction-level, which works behind PgBouncer; SQLite's writes are serialised anyway.
-    """
+    """Whether this transaction won the deployment-wide lock ``key`` (held until it ends:
+    that works behind PgBouncer). SQLite's writes are serialised anyway."""
     if not is_postgres(uow.session):
         return True
     won = await uow.session.scalar(select(func.pg_try_advisory_xact_lock(key)))
@@ -305,17 +293,15 @@ class Database:
         self.fast_paths = fast_paths and self.is_postgres
         self.pooled = bool(engine.sync_engine.get_execution_options().get(POOLED))
         reads: dict[str, Any] = {DRIVER_ROWS: self.fast_paths, DRIVER_ENTITIES: self.fast_paths}
-        # Under READ COMMITTED every statement takes its own snapshot anyway, so a
-        # read session in autocommit sees the same rows and saves BEGIN and ROLLBACK.
+        # Under READ COMMITTED each statement has its own snapshot: autocommit saves BEGIN.
         read_engine = (
             engine.execution_options(isolation_level="AUTOCOMMIT") if self.is_postgres else engine
         )
         self.sessions = _sessionmaker(engine, AsyncSession, {DRIVER_ROWS: self.fast_paths})
         self.read_sessions = _sessionmaker(read_engine, ReadSession, reads)
         self.shared_sessions = _sessionmaker(read_engine, SharedReadSession, reads)
-        # A hot standby (DATABASE_READ_URL): for an operation's content reads, never for
-        # writes or access decisions (schema.context). Driver reads use the session's
-        # connection, so it needs no asyncpg pool (that serves the group-commit send).
+        # A hot standby: for content reads, never for writes or access decisions
+        # (schema.context). Driver reads use the session's connection: no asyncpg pool.
         self.replica = replica
         self.replica_sessions = (
             _sessionmaker(
@@ -334,7 +320,6 @@ class Database:
 
     @property
     def replica_usable(self) -> bool:
-        """A replica is configured and not resting after a failure."""
         return self.replica_sessions is not None and time.monotonic() >= self._replica_rests_until
 
     def _replica_lost(self) -> None:
@@ -369,11 +354,8 @@ class Database:
 
     @asynccontextmanager
     async def driver_connection(self, name: str) -> AsyncIterator[asyncpg.Connection]:
-        """A pooled asyncpg connection for one self-contained PostgreSQL statement.
-
-        A hot write then costs one round trip and none of the ORM's work; the pool is
-        asyncpg's own, as a checkout from SQLAlchemy's costs more than the statement.
-        """
+        """A pooled asyncpg connection for one self-contained PostgreSQL statement: a hot
+        write without the ORM's work, or a SQLAlchemy checkout's, which costs more."""
         if not self.is_postgres:
             raise RuntimeError("driver_connection is for PostgreSQL only")
         with _timed_write(name):
@@ -405,8 +387,7 @@ class Database:
         try:
             yield session
         finally:
-            # Given back even when the operation is cancelled (its client went away):
-            # a cancelled reset is a traceback in SQLAlchemy's log and a lost connection.
+            # Even when cancelled: a cancelled reset is a logged traceback and a lost connection.
             await asyncio.shield(session.close())
 
     async def schema_revision(self) -> str | None:

@@ -1,18 +1,11 @@
-"""GET and HEAD /attachments/{id}/{filename}?exp=..&sig=..&u=..: signed downloads,
-and /previews/{id}?exp=..&sig=..&u=.. for an image's preview.
-
-Signature and expiry first (403), then the viewer the URL names must still see the
-attachment's thread (404; 503 while the database is down). The file streams with
-headers that stop a browser running it, cached privately until the URL expires; one
-byte range is honoured (for seeking). A preview whose file is gone is made again from
-the file (503 while the renderer is busy; 404, the preview forgotten, when the file is
-gone too or no longer decodes).
-"""
+"""Signed downloads: GET and HEAD /attachments/{id}/{filename} and /previews/{id}
+(?exp=..&sig=..&u=..), for a viewer who still sees the attachment's thread."""
 
 from __future__ import annotations
 
 import re
 import uuid
+from functools import partial
 from pathlib import PurePosixPath
 from typing import Final, Literal
 from urllib.parse import quote
@@ -31,17 +24,8 @@ CONTENT_SECURITY_POLICY = "default-src 'none'; sandbox; frame-ancestors 'none'"
 UNSATISFIABLE: Final = "unsatisfiable"
 # A missing preview whose render waited too long for the render thread: soon, again.
 RETRY_PREVIEW_SECONDS = 5
-# ASCII digits only (a str pattern's \d takes any script's digits) and at most 18 of
-# them, so int() never meets a huge string; anything else is ignored (RFC 9110).
+# ASCII digits (\d takes any script's), at most 18: int() never meets a huge string.
 _RANGE = re.compile(r"bytes=([0-9]{0,18})-([0-9]{0,18})")
-
-
-async def download(request: Request) -> Response:
-    return await _serve(request, preview=False)
-
-
-async def preview(request: Request) -> Response:
-    return await _serve(request, preview=True)
 
 
 async def _serve(request: Request, *, preview: bool) -> Response:
@@ -110,6 +94,10 @@ async def _serve(request: Request, *, preview: bool) -> Response:
     return StreamingResponse(
         runtime.storage.read(key, start, end), status_code=status, headers=headers
     )
+
+
+download = partial(_serve, preview=False)
+preview = partial(_serve, preview=True)
 
 
 def _later(message: str, seconds: int) -> Response:

@@ -4,12 +4,9 @@ long-lived connections.
 CPython counts allocations minus deallocations; a server replacing closed connections
 barely moves that count while the young generation fills, and the collection that
 finally runs stalls every coroutine (0.25-0.5 s at 10,000 connections, bench.rooms).
-
-So the clock paces the collector: the youngest generation every fraction of a second;
-every few seconds the middle one, freezing what survives. A full pass (about 0.3 ms per
-open socket) runs only when the heap has grown a quarter over its low point and ten
-minutes have passed, or at once when it has doubled: growth is how uncollected frozen
-cycles show. CPython's thresholds stay on as a backstop for bursts that do not yield.
+So the clock paces the collector, freezing what survives; a full pass (about 0.3 ms per
+open socket) runs only when the heap grows, which is how uncollected frozen cycles show.
+CPython's thresholds stay on as a backstop for bursts that do not yield.
 """
 
 import asyncio
@@ -19,13 +16,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-# Request garbage dies by reference counting; few of a request's objects are in
-# cycles, so automatic young collections can be rare.
+# Few of a request's objects are in cycles: automatic young collections can be rare.
 BACKSTOP_THRESHOLDS = (20_000, 20, 20)
 
 _running = False
-# A process settles once: an app started again in it (tests start hundreds)
-# must not walk the whole heap each time.
+# A process settles once: an app started again in it (tests) must not walk the heap again.
 _settled = False
 
 
@@ -33,9 +28,8 @@ _settled = False
 class Pacer:
     young_every: float = 0.25
     middle_every: float = 2.0
-    # Growth (in pymalloc blocks, which sys.getallocatedblocks counts in well
-    # under a millisecond) over the low point that calls for a full pass once
-    # full_every has passed since the last, and the growth that calls for one now.
+    # Heap growth over the low point (in pymalloc blocks, counted in well under a ms)
+    # that calls for a full pass once full_every has passed, and the one that calls now.
     full_growth: float = 0.25
     full_every: float = 600.0
     urgent_growth: float = 1.0
@@ -46,8 +40,7 @@ class Pacer:
     _low: int = field(default=0, init=False)
 
     def settle(self, now: float) -> None:
-        """Collect everything once and freeze it: what start-up built lives as long as
-        the process."""
+        """Collect and freeze everything: what start-up built lives as long as the process."""
         self._full_pass(now)
         self._last_middle = now
 

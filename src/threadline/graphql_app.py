@@ -58,7 +58,6 @@ from threadline.ws_protocol import LegacyProtocol, RefusedConnection, TransportP
 
 log = logging.getLogger(__name__)
 
-# The API's root types: resolvers/ answer queries and mutations, subscriptions/ the rest.
 ROOTS = Roots(Query, Mutation, Subscription)
 
 # Either header, non-empty, lets a multipart (upload) request through: see parse_multipart.
@@ -66,17 +65,13 @@ CSRF_HEADERS = ("apollo-require-preflight", "x-apollo-operation-name")
 CLOSE_SESSION_ENDED = 4401
 CLOSE_REFUSED = 4403
 CLOSE_TOO_MANY = 4429
-# The maintenance beat: each socket's token is checked once a beat; its presence
-# lease is renewed (and its session row touched) every UPKEEP_EVERY beats.
+# Each socket's token is checked once a beat (see maintain_connections).
 BEAT_SECONDS = 8.0
-# Leases last presence.LEASE_SECONDS (three minutes): renewing every 64 s survives
-# two missed renewals. A dead process's leases go sooner, by its lapsed heartbeat.
+# Leases last three minutes (presence.LEASE_SECONDS): renewing every 64 s survives two misses.
 UPKEEP_EVERY = 8
-# A beat's work is spread over this many ticks, each socket in one of them: at
-# 10,000 sockets one burst a beat stalled the event loop (bench.rooms' p99).
+# At 10,000 sockets one burst a beat stalled the event loop (bench.rooms' p99): spread it.
 BEAT_TICKS = 8
-# The legacy graphql-ws protocol's "ka" messages. graphql-transport-ws sockets get
-# uvicorn's WebSocket pings instead (cli.WS_PING_SECONDS), which also find dead peers.
+# graphql-transport-ws sockets get uvicorn's pings instead (cli.WS_PING_SECONDS).
 LEGACY_KEEP_ALIVE_SECONDS = 15.0
 
 
@@ -132,8 +127,7 @@ class TransportWSHandler(TransportProtocol, StreamHook):
         if self.roots is None:
             self.roots = {}
         self.roots[operation] = root
-        # strawberry reads root_value as it starts the operation, before its first
-        # await: each operation gets its own, though the attribute is the socket's.
+        # strawberry reads it before its first await: each operation gets its own.
         self.root_value = root  # type: ignore[assignment]
         try:
             await super().run_operation(operation)
@@ -141,8 +135,7 @@ class TransportWSHandler(TransportProtocol, StreamHook):
             self.before_stream(operation)
 
     def before_stream(self, operation: Operation[Context, None]) -> OperationRoot | None:
-        # Runs as results start (the execution has its root value by now) and at the
-        # operation's end: an idle subscription keeps no more than its fan-out member.
+        # Runs as results start and at the end: an idle subscription keeps only its fan-out member.
         root = self.roots.pop(operation, None) if self.roots is not None else None
         if not self.roots:
             self.roots = None
@@ -156,8 +149,7 @@ class TransportWSHandler(TransportProtocol, StreamHook):
         sink = kept.sink if isinstance(kept, OperationRoot) else None
         if sink is None or sink.detached is None:
             return
-        # The resolver detached: close the finished GraphQL stream now, which frees
-        # its execution state, and run the subscription on in this task.
+        # The resolver detached: free the GraphQL stream's state, run the rest in this task.
         await result_source.aclose()
         rest, sink.detached = sink.detached, None
         try:
@@ -205,29 +197,23 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
         self._ticks: list[dict[object, Context]] = [{} for _ in range(BEAT_TICKS)]
 
     def decode_json(self, data: str | bytes) -> object:
-        # orjson is several times faster; what it refuses and the standard library
-        # takes (lone surrogate escapes, NaN) is read the standard way.
-        try:
+        # orjson is several times faster; it refuses lone surrogate escapes and NaN.
+        with contextlib.suppress(orjson.JSONDecodeError):
             return orjson.loads(data)
-        except orjson.JSONDecodeError:
-            pass
         try:
             return json.loads(data)
-        # The view answers a JSONDecodeError with 400: so too a body nested past the
-        # parser's depth (RecursionError) or not UTF-8 (UnicodeDecodeError).
+        # The view answers a JSONDecodeError with 400: so too a body too deep or not UTF-8.
         except json.JSONDecodeError:
             raise
         except (ValueError, RecursionError) as error:
             raise json.JSONDecodeError(f"unreadable JSON ({type(error).__name__})", "", 0) from None
 
     def encode_json(self, data: object) -> str:
-        # Text, not bytes: strawberry sends bytes as binary WebSocket frames, which
-        # graphql-ws clients do not read.
+        # Text: strawberry sends bytes as binary frames, which graphql-ws clients do not read.
         return self.encode_json_bytes(data).decode()
 
     def encode_json_bytes(self, data: object) -> bytes:
-        # orjson is several times faster; what it cannot write (a lone surrogate
-        # quoted in an error message) the standard library escapes.
+        # orjson is several times faster; it cannot write a lone surrogate (in an error).
         try:
             return orjson.dumps(data)
         except orjson.JSONEncodeError:
@@ -236,8 +222,7 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
     async def process_result(
         self, request: Request, result: ExecutionResult
     ) -> GraphQLHTTPResponse:
-        # Errors raised before the operation starts (syntax, token limit) skip the
-        # extensions; they get their code here.
+        # Errors raised before the operation starts (syntax, token limit) skip the extensions.
         if result.errors:
             result.errors = [
                 e if e.extensions and "code" in e.extensions else shape_error(e)
@@ -246,18 +231,12 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
         return await super().process_result(request, result)
 
     async def get_context(self, request: Request | WebSocket, response: Any) -> Context:
+        user_agent, origin = request.headers.get("user-agent"), origin_of(request.scope)
         if isinstance(request, WebSocket):
             return Context(
-                runtime=self.runtime,
-                user_agent=request.headers.get("user-agent"),
-                origin=origin_of(request.scope),
-                connection=request,
+                runtime=self.runtime, user_agent=user_agent, origin=origin, connection=request
             )
-        return self.http_context(
-            request.headers.get("authorization"),
-            request.headers.get("user-agent"),
-            origin_of(request.scope),
-        )
+        return self.http_context(request.headers.get("authorization"), user_agent, origin)
 
     def http_context(
         self, authorization: str | None, user_agent: str | None, origin: str | None = None
@@ -267,9 +246,8 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
         )
 
     async def parse_multipart(self, request: AsyncHTTPRequestAdapter) -> dict[str, str]:
-        # A multipart form is a "simple" request that browsers send cross-site without
-        # a preflight; a custom header forces one (CORS then decides), as Apollo Server.
-        # Checked before the body is parsed, so a refused upload is never buffered.
+        # Browsers send a multipart form cross-site without a preflight; a custom header
+        # forces one (CORS decides), as in Apollo Server. Checked before the body is read.
         if not any(request.headers.get(name, "").strip() for name in CSRF_HEADERS):
             raise HTTPException(
                 400,
@@ -321,19 +299,16 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
         session_id = await sessions.open_session(
             self.runtime.db, user, identity.session_id, context.user_agent
         )
-        # The presence lease is named after the session row, so that a process that
-        # reaps a dead one's leases can close its rows too (_close_reaped_sessions).
+        # Named after the session row, so that reaping the lease closes it (_close_reaped_sessions).
         state = ConnectionState(session_id.hex, session_id)
         context.state = state
-        # Registered before anything else can fail: whatever happens next, the
-        # socket's end (run's finally) finds it and closes the session row.
+        # Registered before anything else can fail: run's finally closes the session row.
         self.connections[context.connection] = context
         self._ticks[_tick_of(state.connection_id)][context.connection] = context
         WEBSOCKET_CONNECTIONS.set(len(self.connections))
         if self.runtime.viewers_forgotten != forgotten:
             # A role change signalled before this socket was listed did not close it:
             # the viewer it was authorized with may be older than the change.
-            # A refusal here leaves the session row to the run's end, which closes it.
             identity, user = await self._authenticated(token)
             context.set_viewer(identity, user)
         # Never fails for want of Redis: the lease is then written on the next beat.
@@ -437,8 +412,7 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
             return Response(body, media_type="application/json", headers={"connection": "close"})
         finally:
             if isinstance(request, Request):
-                # An upload's spooled files go when its request ends (a file may fill
-                # several variables, so no single use may close it).
+                # An upload's spooled files go now: a file may fill several variables.
                 await request.close()
             if isinstance(request, WebSocket):
                 await self._disconnected(request)
@@ -483,9 +457,8 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
         await self._close_where(ended, CLOSE_SESSION_ENDED, "Session ended")
 
     async def _reauthorize(self, user_ids: list[str]) -> None:
-        """Close these users' live sockets with 4403: their role changed, and what a
-        socket runs (its viewer, its streams' access) was decided with the old one.
-        The client reconnects with a fresh token, and every stream is checked anew."""
+        """Close these users' live sockets with 4403: their role changed, and what a socket
+        runs was decided with the old one; on reconnecting every stream is checked anew."""
         if not user_ids:
             return
         ids = {uuid.UUID(user_id) for user_id in user_ids}

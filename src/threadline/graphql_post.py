@@ -1,9 +1,8 @@
-"""POST /graphql, the route nearly every client's requests take.
+"""POST /graphql: a JSON operation that wants one JSON answer runs here, with the view's
+context, runner and encoding; anything else goes to the view, its body replayed.
 
 Strawberry's view builds a Request, an adapter, a sub-response and a Response for each
-request: over a third of a small request's CPU. A JSON operation that wants one JSON
-answer is run here with the view's context, runner and encoding; anything else goes to
-the view unchanged, with the body already read replayed.
+request: over a third of a small request's CPU.
 """
 
 from __future__ import annotations

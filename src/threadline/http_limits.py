@@ -1,15 +1,6 @@
-"""Request bodies bounded and timed as they stream in, on every route, before anything buffers them.
-
-A declared ``Content-Length`` over the limit is refused before a byte is read; otherwise
-the chunk that crosses it is answered 413 and never reaches the app. The limit is
-``MAX_REQUEST_BYTES``, or for ``multipart/form-data`` (uploads) ``MAX_UPLOAD_BYTES`` plus
-an allowance. A body that pauses longer than ``HTTP_BODY_TIMEOUT_SECONDS``, or arrives
-slower than ``HTTP_BODY_MIN_BYTES_PER_SECOND`` beyond that, is answered 408; only time
-spent waiting for the client counts. One sweep, not a timer per request, cuts them off.
-
-Answers close the connection; on /graphql and for multipart bodies they are GraphQL-shaped
-(``extensions.code``). After a cut-off the app reads a disconnect, and what it sends or
-raises is dropped.
+"""Request bodies bounded (413) and timed (408) as they stream in, on every route, before
+anything buffers them; only time spent waiting for the client counts. After a cut-off the
+app reads a disconnect, and what it sends or raises is dropped.
 """
 
 from __future__ import annotations
@@ -27,13 +18,11 @@ from threadline.metrics import HTTP_REQUESTS_CUT_OFF
 
 log = logging.getLogger(__name__)
 
-# Room for a multipart form's boundaries, part headers and its small JSON parts
-# (operations, map) beside the file itself.
+# Room for a multipart form's boundaries, part headers and JSON parts beside the file.
 MULTIPART_ALLOWANCE_BYTES = 64 * 1024
 _DISCONNECT: Message = {"type": "http.disconnect"}
 _MULTIPART = b"multipart/form-data"
 _TOO_SLOW = "The request body arrived too slowly"
-_GRAPHQL_PATH = "/graphql"
 
 
 class BodyLimits:
@@ -56,8 +45,7 @@ class BodyLimits:
         # Bodies whose app is waiting for the client's next bytes -> deadline (time.monotonic).
         self._waiting: dict[_Body, float] = {}
         self._sweep: asyncio.TimerHandle | None = None
-        # Cut-offs are this late at most; a timer per receive cost more than the request's
-        # JSON decoding (about 5-10 us).
+        # Cut-offs are this late at most; a timer per receive cost more than JSON decoding.
         self._sweep_every = min(1.0, body_timeout_seconds / 4)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -207,7 +195,7 @@ class _Body:
         if self.responded:  # too late to answer: the app finishes on a disconnect
             return
         scope = self.scope
-        if self.multipart or scope["path"] == scope.get("root_path", "") + _GRAPHQL_PATH:
+        if self.multipart or scope["path"] == scope.get("root_path", "") + "/graphql":
             code = ErrorCode.PAYLOAD_TOO_LARGE if status == 413 else ErrorCode.BAD_USER_INPUT
             error = {"message": message, "extensions": {"code": code.value, **extensions}}
             body = orjson.dumps({"errors": [error]})

@@ -1,7 +1,4 @@
-"""Running the package's own Alembic migrations, and what schema comparison must ignore.
-
-The revisions ship in ``threadline/migrations``; the repository's ``alembic.ini`` points there too.
-"""
+"""Running the package's own Alembic migrations, and what schema comparison must ignore."""
 
 from __future__ import annotations
 
@@ -13,11 +10,12 @@ from typing import TYPE_CHECKING
 
 from alembic import command
 from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Column
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
+
+from threadline.db import Database
 
 if TYPE_CHECKING:
     from alembic.runtime.environment import NameFilterParentNames, NameFilterType
@@ -25,13 +23,11 @@ if TYPE_CHECKING:
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
-# Alembic keeps the running migration in module globals (alembic.context, alembic.op),
-# so two commands in one process at once would act on each other's connections.
-# Between processes, env.py locks the database itself.
+# Alembic keeps the running migration in module globals: two commands at once in one
+# process would act on each other's connections (env.py locks between processes).
 _ALEMBIC_COMMAND_LOCK = threading.Lock()
 
-# Full-text search objects that the revisions create by hand, outside the models:
-# a generated tsvector column and its GIN index on PostgreSQL, an FTS5 table on SQLite.
+# Full-text search objects that the revisions create by hand, outside the models.
 SEARCH_VECTOR_COLUMN = "search_vector"
 SEARCH_VECTOR_INDEX = "ix_messages_search_vector"
 SEARCH_FTS_TABLE = "messages_fts"
@@ -90,7 +86,6 @@ def upgrade_to_head(database_url: str, upload_dir: Path | None = None) -> None:
 
 
 async def upgrade_to_head_async(database_url: str, upload_dir: Path | None = None) -> None:
-    """``upgrade_to_head`` for async code, in a worker thread."""
     await asyncio.to_thread(upgrade_to_head, database_url, upload_dir)
 
 
@@ -101,7 +96,6 @@ def _shipped() -> tuple[str | None, frozenset[str]]:
 
 
 def head_revision() -> str | None:
-    """The newest revision the package ships."""
     return _shipped()[0]
 
 
@@ -111,12 +105,8 @@ def is_shipped(revision: str) -> bool:
 
 
 def schema_problem(revision: str | None) -> str | None:
-    """Why a database at ``revision`` cannot serve this code, or None if it can.
-
-    Never migrated, or at an older revision that this code ships, it lacks tables or
-    columns the code uses. A revision this code does not know is a newer one (a rolling
-    upgrade migrates before it replaces the old servers): that is served.
-    """
+    """Why a database at ``revision`` cannot serve this code, or None if it can. A revision
+    this code does not know is a newer one (a rolling upgrade migrates first): served."""
     head, known = _shipped()
     if revision is None:
         return "the database was never migrated: run `threadline migrate`"
@@ -130,11 +120,8 @@ def schema_problem(revision: str | None) -> str | None:
 
 async def current_revision_async(database_url: str) -> str | None:
     """The revision the database is at, or None if it has never been migrated."""
-    engine = create_async_engine(database_url, poolclass=NullPool)
+    db = Database(create_async_engine(database_url, poolclass=NullPool))
     try:
-        async with engine.connect() as connection:
-            return await connection.run_sync(
-                lambda sync: MigrationContext.configure(sync).get_current_revision()
-            )
+        return await db.schema_revision()
     finally:
-        await engine.dispose()
+        await db.dispose()

@@ -34,9 +34,7 @@ log = logging.getLogger(__name__)
 
 # A signed-in user is looked up at most this often per token session, per process.
 VIEWER_CACHE_SECONDS = 5.0
-VIEWER_CACHE_SIZE = 10_000
-# A verified token is trusted again without a signature check for this long
-# (never past its expiry plus the leeway the verifier allows).
+# A verified token is trusted again without a signature check for this long (not past expiry).
 VERIFIED_TOKEN_SECONDS = 30.0
 # Users rendered into events are shared across subscribers for this long.
 USER_CACHE_SECONDS = 2.0
@@ -57,8 +55,7 @@ class Runtime:
                 else None
             ),
         )
-        # Whose reads stay on the primary for a while after a write (with a replica only:
-        # without one nobody asks, so a write marks nothing).
+        # Whose reads stay on the primary after a write (without a replica, nobody asks).
         self.recent_writers = RecentWriters(
             redis if settings.database_read_url else None,
             settings.read_after_write_seconds if settings.database_read_url else 0.0,
@@ -78,7 +75,7 @@ class Runtime:
         self.fanout = Fanout(self.feed, self.deliveries, self.broker.queue_limit)
         self._verified: TTLCache[str, Identity] = TTLCache(VERIFIED_TOKEN_SECONDS, 20_000)
         self._viewers: TTLCache[tuple[str, str | None], User] = TTLCache(
-            VIEWER_CACHE_SECONDS, VIEWER_CACHE_SIZE
+            VIEWER_CACHE_SECONDS, 10_000
         )
         # How many times forget_viewers ran: a viewer read before a change differs.
         self.viewers_forgotten = 0
@@ -109,8 +106,7 @@ class Runtime:
         identity = self._verified.get(token)
         if identity is None or identity.expires_at.timestamp() + LEEWAY_SECONDS < time.time():
             identity = await self.verifier.verify(token)
-            # The same token string always verifies to the same claims: the
-            # signature check (pure CPU) is done once, until the token expires.
+            # The same token always verifies to the same claims: check it once (pure CPU).
             self._verified.put(token, identity)
         key = (identity.clerk_id, identity.session_id)
         cached = self._viewers.get(key)
@@ -119,8 +115,7 @@ class Runtime:
         forgotten = self.viewers_forgotten
         user = await self._load_viewer(identity)
         if forgotten != self.viewers_forgotten:
-            # Forgotten while it loaded (a role changed, committed before the signal):
-            # what was read may predate it; read again, after the signal.
+            # Forgotten while it loaded (a role changed): what was read may predate it.
             return identity, await self._load_viewer(identity)
         self._viewers.put(key, user)
         return identity, user
@@ -149,11 +144,9 @@ class Runtime:
         self._viewers.discard(
             lambda key, user: key[0] in clerk_user_ids or key[1] in sessions or user.id in user_ids
         )
-        if clerk_user_ids:
+        if clerk_user_ids or user_ids:
             gone = set(clerk_user_ids)
-            self.user_cache.discard(lambda _, user: user.clerk_id in gone)
-        if user_ids:
-            self.user_cache.discard(lambda user_id, _: user_id in user_ids)
+            self.user_cache.discard(lambda uid, user: user.clerk_id in gone or uid in user_ids)
 
     # -- attachments
 

@@ -1,7 +1,5 @@
-"""Demo data for a first look: a few users, two threads and some messages.
-
-Seeding again adds nothing: the users and the direct thread are found again, the
-"General" thread is alice's existing one, and the messages carry client ids.
+"""Demo data for a first look: a few users, two threads and some messages. Seeding again
+adds nothing: users and threads are found again, and the messages carry client ids.
 """
 
 from __future__ import annotations

@@ -1,9 +1,6 @@
-"""Strict-Transport-Security on answers to HTTPS requests, when HSTS_SECONDS is set.
-
-Opt-in, as in Django: a browser that has seen the header refuses plain HTTP to the host
-for that long, so it is for whoever runs TLS to turn on. Answers to plain-HTTP requests
-never carry it (browsers ignore it there, RFC 6797 section 8.1). Behind a proxy, the
-scheme is the proxy's X-Forwarded-Proto (uvicorn's proxy_headers, from trusted addresses).
+"""Strict-Transport-Security on answers to HTTPS requests (browsers ignore it on plain HTTP,
+RFC 6797 8.1), opt-in with HSTS_SECONDS: a browser that has seen it refuses plain HTTP to
+the host for that long. Behind a proxy the scheme is its X-Forwarded-Proto (proxy_headers).
 """
 
 from __future__ import annotations

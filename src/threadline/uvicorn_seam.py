@@ -1,18 +1,13 @@
-"""The one module that reaches into uvicorn's internals, and checks at import that they are there.
+"""The one module that reaches into uvicorn's internals, and checks at import (``_REQUIRED``)
+that they are there: a uvicorn that drops one fails start-up in one line, not a request.
 
 - ``protocol_class``: uvicorn's httptools protocol, which holds a slow request head for
-  ever and keeps a head of any size, with a deadline (``HTTP_HEADER_TIMEOUT_SECONDS``)
-  and a size limit (``MAX_HEAD_BYTES``): 408 or 431 and close. And a lingering close:
-  an answer that closes while a body is still coming (413, 408) shuts the write side
-  and drops what arrives for ``LINGER_SECONDS``, since an immediate close resets the
-  connection and clients that send before they read (httpx, requests) lose the answer.
+  ever and keeps a head of any size, with a deadline and a size limit (408 or 431), and
+  a lingering close: an immediate close while a body is still coming resets the
+  connection, and clients that send before they read (httpx, requests) lose the answer.
 - ``RawSocketMiddleware``/``RawSocket``: live frames written straight to the transport
   of uvicorn's sans-I/O WebSocket protocol, skipping the ASGI send chain per subscriber
-  (Phoenix's "fastlane"). A socket that is not open or pushes back is written through
-  ASGI; ``FAST_PATHS=off`` leaves the middleware out.
-
-Every private name used is listed in ``_REQUIRED`` and checked at import, so a uvicorn
-release that drops one fails start-up in one line instead of the first request.
+  (Phoenix's "fastlane"); ``FAST_PATHS=off`` leaves the middleware out.
 """
 
 from __future__ import annotations
@@ -78,14 +73,8 @@ _REQUIRED: dict[type | None, tuple[str, ...]] = {
 
 def _has(cls: type, name: str) -> bool:
     """A class attribute, or an instance attribute that one of its methods assigns."""
-    if hasattr(cls, name):
-        return True
-    for klass in cls.__mro__:
-        for member in vars(klass).values():
-            code = getattr(member, "__code__", None)
-            if code is not None and name in code.co_names:
-                return True
-    return False
+    codes = (getattr(member, "__code__", None) for k in cls.__mro__ for member in vars(k).values())
+    return hasattr(cls, name) or any(code and name in code.co_names for code in codes)
 
 
 def check(required: dict[type | None, tuple[str, ...]] = _REQUIRED) -> None:
@@ -154,8 +143,7 @@ def protocol_class(header_timeout_seconds: float) -> type[asyncio.Protocol]:
 
         def handle_websocket_upgrade(self) -> None:
             super().handle_websocket_upgrade()
-            # The parser calls back into this object: let it go, so that both are
-            # freed at once rather than left to the cyclic GC.
+            # The parser calls back into this object: let it go, or both wait for the GC.
             self.parser = None  # type: ignore[assignment]
 
         def on_message_begin(self) -> None:
@@ -218,8 +206,7 @@ def protocol_class(header_timeout_seconds: float) -> type[asyncio.Protocol]:
             self._disarm()
             cycle = self.cycle
             if cycle is not None and not cycle.response_complete:
-                # A pipelined head, while a response is under way: no answer of ours in
-                # the middle of that one; read no more, and close after it.
+                # A pipelined head during a response: read no more, close after that one.
                 cycle.keep_alive = False
                 self._lingering = True
                 return
@@ -236,8 +223,7 @@ class _CycleTransport:
 
     def __init__(self, protocol: Any, cycle: Any) -> None:
         self._protocol = protocol
-        # Weak: the cycle holds this as its transport, and a cycle of references
-        # would leave every finished request to the garbage collector.
+        # Weak: the cycle holds this, and a reference cycle would wait for the GC.
         self._cycle = weakref.ref(cycle)
         # The transport's own method: no frame of ours per write.
         self.write: Callable[[bytes], None] = protocol.transport.write
@@ -301,12 +287,10 @@ class RawSocketMiddleware:
         if scope["type"] == "websocket" and WebSocketsSansIOProtocol is not None:
             protocol = getattr(send, "__self__", None)
             if isinstance(protocol, WebSocketsSansIOProtocol):
-                # Set in place, as Starlette sets its own keys: a copy of the scope
-                # would live as long as the connection beside the original.
+                # In place: a copy of the scope would live as long as the connection.
                 scope[SCOPE_KEY] = RawSocket(protocol)
         try:
             await self.app(scope, receive, send)
         finally:
-            # The protocol holds the scope: without this, protocol -> scope -> RawSocket
-            # -> protocol is a cycle, and the connection's objects wait for the collector.
+            # Else protocol -> scope -> RawSocket -> protocol is a cycle that waits for the GC.
             scope.pop(SCOPE_KEY, None)

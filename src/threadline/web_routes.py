@@ -1,6 +1,5 @@
 """The browser client's routes: the static page at ``/`` (``web/``, no build step), its
 files and configuration, and (development only) the endpoint that signs a picked user in.
-In Clerk mode the only off-server script is Clerk's own, as the CSP says.
 """
 
 from __future__ import annotations
@@ -85,8 +84,7 @@ def web_routes(settings: Settings) -> list[BaseRoute]:
         "content-security-policy": content_security_policy(config),
         "x-content-type-options": "nosniff",
         "x-frame-options": "DENY",  # frame-ancestors, for browsers without CSP 2
-        # A site that opened the page keeps no handle on it; windows the page opens
-        # (Clerk's sign-in pop-ups) keep theirs.
+        # An opener keeps no handle on the page; its pop-ups (Clerk's sign-in) keep theirs.
         "cross-origin-opener-policy": "same-origin-allow-popups",
         "referrer-policy": "same-origin",
         "cache-control": "no-cache",
@@ -114,8 +112,7 @@ def web_routes(settings: Settings) -> list[BaseRoute]:
 async def _dev_token(request: Request, secret: str) -> Response:
     """A development token for ``{"username": ...}``; the user is created on first use."""
     runtime: Runtime = request.app.state.runtime
-    # Another site's page may send a form or a plain-text fetch here, not JSON without
-    # the browser asking this server first: it cannot make users.
+    # Another site's page cannot send JSON without a preflight: it cannot make users.
     if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
         return _refuse(415, "BAD_USER_INPUT", "send content-type: application/json")
     body = await request.body()

@@ -1,11 +1,5 @@
 """Both WebSocket subprotocols held to the contract at their edges, where strawberry
-lets some client mistakes crash the socket or refuses with codes of its own.
-
-For graphql-transport-ws and the legacy graphql-ws alike: a refused connection closes
-once, with the refusal's code (4403, 4429); a malformed operation message closes with
-4400; an operation past the per-connection ceiling gets a RATE_LIMITED error. The
-legacy protocol gets the connection_init deadline (4408) too.
-"""
+lets some client mistakes crash the socket or refuses with codes of its own."""
 
 from __future__ import annotations
 
@@ -49,12 +43,6 @@ class RefusedConnection(ConnectionRejectionError):
         self.reason = reason
 
 
-def _refusal(exc: ConnectionRejectionError) -> tuple[int, str]:
-    if isinstance(exc, RefusedConnection):
-        return exc.code, exc.reason
-    return CLOSE_REFUSED, "Forbidden"
-
-
 def malformed(message: Any, start: str, stop: str) -> str | None:
     """Why ``message`` is not well-formed (None if it is): an object with a type; for the
     ``start`` and ``stop`` of an operation an id; for ``start`` a GraphQL request."""
@@ -93,15 +81,28 @@ def over_the_limit(
 
 
 def formatted(error: DomainError) -> GraphQLFormattedError:
-    """A domain error as a coded GraphQL error."""
     return shape_error(GraphQLError(error.message, original_error=error)).formatted
 
 
-def connection_ack(ack: object) -> dict[str, Any]:
-    """Both subprotocols' acknowledgement, with the payload ``on_ws_connect`` gave, if any."""
-    if isinstance(ack, UnsetType) or ack is None:
-        return {"type": "connection_ack"}
-    return {"type": "connection_ack", "payload": ack}
+async def acknowledged(handler: TransportProtocol | LegacyProtocol, payload: Any) -> bool:
+    """Both subprotocols' answer to connection_init: the acknowledgement (with the payload
+    ``on_ws_connect`` gave, if any), or a close with the refusal's code."""
+    handler.context.connection_params = payload
+    try:
+        ack = await handler.view.on_ws_connect(handler.context)
+    except ConnectionRejectionError as exc:
+        if isinstance(handler, LegacyProtocol):
+            await handler.send_message({"type": "connection_error", "payload": exc.payload})
+        refusal = exc if isinstance(exc, RefusedConnection) else None
+        code, reason = (refusal.code, refusal.reason) if refusal else (CLOSE_REFUSED, "Forbidden")
+        await handler.websocket.close(code, reason)
+        return False
+    message: dict[str, object] = {"type": "connection_ack"}
+    if not isinstance(ack, UnsetType) and ack is not None:
+        message["payload"] = ack
+    await handler.send_message(message)  # type: ignore[arg-type]
+    handler.connection_acknowledged = True
+    return True
 
 
 class TransportProtocol(BaseGraphQLTransportWSHandler[Context, None]):
@@ -115,15 +116,13 @@ class TransportProtocol(BaseGraphQLTransportWSHandler[Context, None]):
         await super().handle_message(message)
 
     async def send_message(self, message: Any) -> None:
-        # The server's own close (1001, a 44xx) can come between an operation's end and
-        # its `complete`: starlette then refuses the send with an error strawberry does
-        # not expect. The message has nowhere to go; the socket's end cleans up.
+        # The server's own close can come between an operation's end and its `complete`:
+        # starlette then refuses the send with an error strawberry does not expect.
         with suppress(ClosedForSending, WebSocketDisconnected):
             await super().send_message(message)
 
     def forget_id(self, id: str) -> None:
-        # strawberry's raises when the client's `complete` for the id came a moment
-        # before the operation's own last message.
+        # strawberry's raises when the client's `complete` came just before the last message.
         self.operations.pop(id, None)
 
     async def handle_connection_init(self, message: Any) -> None:
@@ -140,14 +139,7 @@ class TransportProtocol(BaseGraphQLTransportWSHandler[Context, None]):
             await self.websocket.close(code=4429, reason="Too many initialisation requests")
             return
         self.connection_init_received = True
-        self.context.connection_params = payload
-        try:
-            ack = await self.view.on_ws_connect(self.context)
-        except ConnectionRejectionError as exc:
-            await self.websocket.close(*_refusal(exc))
-            return
-        await self.send_message(connection_ack(ack))
-        self.connection_acknowledged = True
+        await acknowledged(self, payload)
 
     async def handle_subscribe(self, message: Any) -> None:
         error = over_the_limit(self, message["id"], self.operations)
@@ -163,9 +155,8 @@ class LegacyProtocol(BaseGraphQLWSHandler[Context, None]):
     connection_init_received = False
 
     async def handle(self) -> None:
-        # strawberry's, except that a socket that sends no connection_init in time is
-        # closed (else an idle socket is held for ever) and a frame that is not JSON
-        # text closes with 4400 (strawberry skips it), as in graphql-transport-ws.
+        # strawberry's, except that a socket without connection_init in time closes (else
+        # it is held for ever) and a frame that is not JSON text closes with 4400.
         deadline = asyncio.create_task(self._close_without_init())
         try:
             try:
@@ -202,9 +193,8 @@ class LegacyProtocol(BaseGraphQLWSHandler[Context, None]):
 
     async def handle_connection_init(self, message: Any) -> None:
         # strawberry's, except that a refusal closes with 4403 (or its own code), not 1011,
-        # and a second connection_init closes the socket, as in graphql-transport-ws:
-        # each one would open another session row and presence lease, and the socket's
-        # end closes only the last.
+        # and a second connection_init closes the socket: each would open another session
+        # row and lease, and the socket's end closes only the last.
         if self.connection_init_received:
             await self.websocket.close(4429, "Too many initialisation requests")
             return
@@ -214,16 +204,7 @@ class LegacyProtocol(BaseGraphQLWSHandler[Context, None]):
             await self.send_message({"type": "connection_error"})
             await self.websocket.close(CLOSE_BAD_MESSAGE, "Invalid payload")
             return
-        self.context.connection_params = payload
-        try:
-            ack = await self.view.on_ws_connect(self.context)
-        except ConnectionRejectionError as exc:
-            await self.send_message({"type": "connection_error", "payload": exc.payload})
-            await self.websocket.close(*_refusal(exc))
-            return
-        await self.send_message(connection_ack(ack))  # type: ignore[arg-type]
-        self.connection_acknowledged = True
-        if self.keep_alive:
+        if await acknowledged(self, payload) and self.keep_alive:
             self.keep_alive_task = asyncio.create_task(self.handle_keep_alive())
 
     async def handle_start(self, message: Any) -> None:
