@@ -1,8 +1,6 @@
-"""Notifications: who is told about mentions, replies, reactions and being added.
-
-Nobody is notified of their own action, a muted thread notifies no one, and only
-someone who may read the thread now is told about its messages (``permissions.readers``).
-"""
+"""Notifications: who is told about mentions, replies, reactions and being added. Nobody
+is notified of their own action, a muted thread notifies no one, and only someone who
+may read the thread now is told about its messages (``permissions.readers``)."""
 
 from __future__ import annotations
 
@@ -21,8 +19,6 @@ from threadline.services.pagination import Page, PageRequest, make_page, time_id
 from threadline.services.permissions import parse_id, readers
 
 MAX_IDS = 500
-
-
 CLOCK_SKEW = timedelta(hours=1)
 
 
