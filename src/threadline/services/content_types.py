@@ -1,8 +1,6 @@
 """What an uploaded file is, decided from its bytes alone (never the client's type or name).
-
 Only images, video, audio, PDF, plain text and common office documents are accepted;
-everything else, notably executables, HTML and SVG, is refused.
-"""
+everything else, notably executables, HTML and SVG, is refused."""
 
 from __future__ import annotations
 
@@ -231,12 +229,9 @@ def _office_zip(file: BinaryIO) -> str:
 
 
 def _check_central_directory(file: BinaryIO) -> None:
-    """BadInput unless the central directory is small and lists few entries.
-
-    Read where zipfile will read it (the EOCD record, or ZIP64's, then the directory
-    before it), its entries counted by walking their headers: an EOCD that
-    understates the count changes nothing.
-    """
+    """BadInput unless the central directory is small and lists few entries, read where
+    zipfile will read it (the EOCD record, or ZIP64's, then the directory before it), its
+    entries counted by walking their headers: an EOCD that understates them changes nothing."""
     size = file.seek(0, 2)
     tail_start = max(0, size - _EOCD.size - 0xFFFF)
     file.seek(tail_start)

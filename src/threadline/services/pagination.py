@@ -1,9 +1,7 @@
 """Relay-style page requests and opaque, stable cursors (an item's position key, encoded).
-
-Cursors come back from clients, so decoding one trusts nothing: its size and nesting
-are bounded, and the ``*_key`` readers check each part's type and range before it
-reaches a query. Whatever is wrong with a cursor is one ``BadInput("Invalid cursor")``.
-"""
+Cursors come back from clients, so decoding one trusts nothing: its size and nesting are
+bounded, and the ``*_key`` readers check each part's type and range before it reaches a
+query. Whatever is wrong with a cursor is one ``BadInput("Invalid cursor")``."""
 
 from __future__ import annotations
 

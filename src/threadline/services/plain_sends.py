@@ -1,10 +1,8 @@
 """Plain messages (no parent, attachments or mentions) on PostgreSQL, stored by one
 statement (``models.sends``) for the sends that arrive while a batch is being stored.
-
-A send answered None (a thread gone, a sender who may not post, a clientId that
-exists already, which stores nothing of its batch so no seq is skipped) takes the
-general path, which says why or returns the first message.
-"""
+A send answered None (a thread gone, a sender who may not post, a clientId that exists
+already, which stores nothing of its batch so no seq is skipped) takes the general path,
+which says why or returns the first message."""
 
 from __future__ import annotations
 
