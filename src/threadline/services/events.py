@@ -6,7 +6,7 @@ receipts) and per-user events are published the same way but never stored."""
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Final, Literal, cast
@@ -49,7 +49,7 @@ class ActivityEvent:
     thread_id: uuid.UUID
     kind: str  # "typing" | "receipt"
     user_id: uuid.UUID
-    data: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ class UserEvent:
 
     user_id: uuid.UUID
     kind: str  # "notification" | "membership" | "read"
-    data: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any]
 
 
 @dataclass(frozen=True)
