@@ -183,10 +183,8 @@ async def is_session_ended(session: AsyncSession, clerk_session_id: str) -> bool
 async def prune_webhook_deliveries(uow: UnitOfWork, *, now: datetime) -> int:
     """Forget delivered Svix ids older than WEBHOOK_RETENTION; returns how many."""
     cutoff = now - WEBHOOK_RETENTION
-    result = await uow.session.execute(
-        delete(WebhookDelivery).where(WebhookDelivery.received_at < cutoff)
-    )
-    return rowcount(result)
+    old = delete(WebhookDelivery).where(WebhookDelivery.received_at < cutoff)
+    return rowcount(await uow.session.execute(old))
 
 
 async def _insert_user(session: AsyncSession, user: User) -> User:
