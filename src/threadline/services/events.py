@@ -86,7 +86,7 @@ def who_stops(event: LoggedEvent) -> uuid.UUID | Literal["everyone"] | None:
 
 def stops_viewer(stops: object, viewer_id: uuid.UUID) -> bool:
     """Whether an event whose ``who_stops`` is ``stops`` ends this viewer's subscription."""
-    return stops is not None and stops in (EVERYONE, viewer_id)
+    return stops in (EVERYONE, viewer_id)
 
 
 def ends_subscription(event: LoggedEvent, viewer_id: uuid.UUID) -> bool:
