@@ -1,8 +1,6 @@
-"""Attachments: who may upload, what is accepted, and what is downloadable.
-
-Those that nothing may reach any more (unused for a day, or of a deleted message
-or thread) are found here and removed by the retention sweep.
-"""
+"""Attachments: who may upload, what is accepted, and what is downloadable. Those that
+nothing may reach any more (unused for a day, or of a deleted message or thread) are
+found here and removed by the retention sweep."""
 
 from __future__ import annotations
 
@@ -62,11 +60,9 @@ async def upload_attachment(
     max_bytes: int,
     render_preview: bool = True,
 ) -> Attachment:
-    """Store a file for a later sendMessage in ``thread_id``; the actor must be a participant.
-
-    Copied while counted, its type then decided from the bytes: PAYLOAD_TOO_LARGE past
-    ``max_bytes``, BAD_USER_INPUT for a refused type, and in every refusal nothing kept.
-    """
+    """Store a file for a later sendMessage in ``thread_id`` (the actor a participant),
+    copied while counted, its type then decided from the bytes: PAYLOAD_TOO_LARGE past
+    ``max_bytes``, BAD_USER_INPUT for a refused type, and in every refusal nothing kept."""
     try:
         stored = await storage.save(_chunks(source), max_bytes=max_bytes)
     except TooLarge:

@@ -1,8 +1,6 @@
 """Clerk as the source of identity: users from tokens and webhooks, ended sessions.
-
-Clerk owns who a user is (id, username, name, picture); these functions apply it
-to the local ``User`` row and tolerate Clerk's retries, reordering and concurrency.
-"""
+Clerk owns who a user is (id, username, name, picture); these functions apply it to the
+local ``User`` row and tolerate Clerk's retries, reordering and concurrency."""
 
 from __future__ import annotations
 
@@ -76,10 +74,8 @@ async def user_for_identity(uow: UnitOfWork, identity: Identity) -> User:
 
 async def apply_user_event(uow: UnitOfWork, data: Mapping[str, Any]) -> bool:
     """Upsert the user of a ``user.created`` or ``user.updated`` event; whether it did.
-
-    Svix retries and does not keep order: only an ``updated_at`` newer than the last
-    one applied is applied, and nothing for a deleted user, whom it must not bring back.
-    """
+    Svix retries and does not keep order: only an ``updated_at`` newer than the last one
+    applied is applied, and nothing for a deleted user, whom it must not bring back."""
     clerk_id = _clerk_id(data)
     updated_at = _millis(data.get("updated_at"))  # refused before anything is written
     user = await users.user_by_clerk_id(uow.session, clerk_id)
@@ -112,9 +108,8 @@ async def apply_user_event(uow: UnitOfWork, data: Mapping[str, Any]) -> bool:
 
 async def delete_user(uow: UnitOfWork, data: Mapping[str, Any]) -> User | None:
     """Soft-delete and anonymise the user of a ``user.deleted`` event, closing their
-    sessions; the user, if this event deleted one. For a user never seen, a deleted
-    row is still written, so that a late ``user.created`` or token cannot create them.
-    """
+    sessions; the user, if this event deleted one. For a user never seen, a deleted row
+    is still written, so that a late ``user.created`` or token cannot create them."""
     clerk_id = _clerk_id(data)
     now = utcnow()
     user = await users.user_by_clerk_id(uow.session, clerk_id)
@@ -188,10 +183,8 @@ async def is_session_ended(session: AsyncSession, clerk_session_id: str) -> bool
 async def prune_webhook_deliveries(uow: UnitOfWork, *, now: datetime) -> int:
     """Forget delivered Svix ids older than WEBHOOK_RETENTION; returns how many."""
     cutoff = now - WEBHOOK_RETENTION
-    result = await uow.session.execute(
-        delete(WebhookDelivery).where(WebhookDelivery.received_at < cutoff)
-    )
-    return rowcount(result)
+    old = delete(WebhookDelivery).where(WebhookDelivery.received_at < cutoff)
+    return rowcount(await uow.session.execute(old))
 
 
 async def _insert_user(session: AsyncSession, user: User) -> User:
@@ -268,9 +261,7 @@ def _millis(value: object) -> int | None:
 
 def _text(value: object) -> str | None:
     # Clerk's JSON may carry NUL or lone surrogates, which no column takes.
-    if isinstance(value, str):
-        return clean_external_text(value) or None
-    return None
+    return (clean_external_text(value) or None) if isinstance(value, str) else None
 
 
 def _clip(value: str | None, length: int) -> str | None:

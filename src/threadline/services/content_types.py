@@ -1,8 +1,6 @@
 """What an uploaded file is, decided from its bytes alone (never the client's type or name).
-
 Only images, video, audio, PDF, plain text and common office documents are accepted;
-everything else, notably executables, HTML and SVG, is refused.
-"""
+everything else, notably executables, HTML and SVG, is refused."""
 
 from __future__ import annotations
 
@@ -28,23 +26,11 @@ MAX_IMAGE_PIXELS = 89_478_485
 
 # Formats phones send that Pillow may not read without a plugin: kept without a size.
 IMAGES_WITHOUT_SIZE = {"image/avif", "image/heic", "image/heif"}
-IMAGES = {"image/png", "image/jpeg", "image/gif", "image/webp", "image/bmp"} | IMAGES_WITHOUT_SIZE
-VIDEO = {
-    "video/mp4",
-    "video/webm",
-    "video/quicktime",
-    "video/x-matroska",
-    "video/3gpp",
-    "video/x-msvideo",
-}
-AUDIO = {
-    "audio/mpeg",
-    "audio/ogg",
-    "audio/wav",
-    "audio/flac",
-    "audio/aac",
-    "audio/mp4",
-    "audio/webm",
+# The kind of an accepted media type (a key of EXTENSIONS), by its top-level type.
+MEDIA_KINDS = {
+    "image": AttachmentKind.IMAGE,
+    "video": AttachmentKind.VIDEO,
+    "audio": AttachmentKind.AUDIO,
 }
 # puremagic's names for the same formats, spelled as browsers expect them.
 ALIASES = {
@@ -67,11 +53,7 @@ EXCEL = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 POWERPOINT = "application/vnd.openxmlformats-officedocument.presentationml.presentation"
 # Office Open XML: the part folder inside the zip says which application wrote it.
 OOXML_PARTS = {"word/": WORD, "xl/": EXCEL, "ppt/": POWERPOINT}
-ODF_TYPES = {
-    "application/vnd.oasis.opendocument.text",
-    "application/vnd.oasis.opendocument.spreadsheet",
-    "application/vnd.oasis.opendocument.presentation",
-}
+ODF = "application/vnd.oasis.opendocument."  # the types' common prefix
 # Legacy binary Office files (OLE): the name of the main stream, as UTF-16LE.
 OLE_STREAMS = {
     "WordDocument": "application/msword",
@@ -146,9 +128,9 @@ EXTENSIONS: dict[str, tuple[str, ...]] = {
     WORD: ("docx",),
     EXCEL: ("xlsx",),
     POWERPOINT: ("pptx",),
-    "application/vnd.oasis.opendocument.text": ("odt",),
-    "application/vnd.oasis.opendocument.spreadsheet": ("ods",),
-    "application/vnd.oasis.opendocument.presentation": ("odp",),
+    f"{ODF}text": ("odt",),
+    f"{ODF}spreadsheet": ("ods",),
+    f"{ODF}presentation": ("odp",),
     "application/msword": ("doc",),
     "application/vnd.ms-excel": ("xls",),
     "application/vnd.ms-powerpoint": ("ppt",),
@@ -200,12 +182,11 @@ def detect(file: BinaryIO) -> Detected:
         return Detected(_plain_text(head), AttachmentKind.DOCUMENT)
     if found == "image/jpeg":
         _check_jpeg_scans(file)
-    if found in IMAGES:
+    kind = MEDIA_KINDS.get(found.partition("/")[0]) if found in EXTENSIONS else None
+    if kind is AttachmentKind.IMAGE:
         return read_image(file, found)
-    if found in VIDEO:
-        return Detected(found, AttachmentKind.VIDEO)
-    if found in AUDIO:
-        return Detected(found, AttachmentKind.AUDIO)
+    if kind is not None:
+        return Detected(found, kind)
     if found == PDF:
         return Detected(found, AttachmentKind.DOCUMENT)
     raise _refused(found)
@@ -236,7 +217,7 @@ def _office_zip(file: BinaryIO) -> str:
                 # A bounded read: the entry may be a decompression bomb.
                 with archive.open("mimetype") as entry:
                     declared = entry.read(100).decode("ascii", "replace").strip()
-                if declared in ODF_TYPES:
+                if declared.startswith(ODF) and declared in EXTENSIONS:
                     return declared
             if "[Content_Types].xml" in names:
                 for prefix, content_type in OOXML_PARTS.items():
@@ -248,12 +229,9 @@ def _office_zip(file: BinaryIO) -> str:
 
 
 def _check_central_directory(file: BinaryIO) -> None:
-    """BadInput unless the central directory is small and lists few entries.
-
-    Read where zipfile will read it (the EOCD record, or ZIP64's, then the directory
-    before it), its entries counted by walking their headers: an EOCD that
-    understates the count changes nothing.
-    """
+    """BadInput unless the central directory is small and lists few entries, read where
+    zipfile will read it (the EOCD record, or ZIP64's, then the directory before it), its
+    entries counted by walking their headers: an EOCD that understates them changes nothing."""
     size = file.seek(0, 2)
     tail_start = max(0, size - _EOCD.size - 0xFFFF)
     file.seek(tail_start)

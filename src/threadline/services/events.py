@@ -1,17 +1,15 @@
 """The thread event log: seq allocation, appending events, replay, and outgoing events.
-
-Every change clients must not miss appends one ``ThreadEvent`` row with the thread's
-next seq in the change's transaction, published after commit. Ephemeral activity
-(typing, receipts) and per-user events are published the same way but never stored.
-"""
+Every change clients must not miss appends one ``ThreadEvent`` row with the thread's next
+seq in the change's transaction, published after commit; ephemeral activity (typing,
+receipts) and per-user events are published the same way but never stored."""
 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, cast
 
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -51,7 +49,7 @@ class ActivityEvent:
     thread_id: uuid.UUID
     kind: str  # "typing" | "receipt"
     user_id: uuid.UUID
-    data: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -61,7 +59,7 @@ class UserEvent:
 
     user_id: uuid.UUID
     kind: str  # "notification" | "membership" | "read"
-    data: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -88,7 +86,7 @@ def who_stops(event: LoggedEvent) -> uuid.UUID | Literal["everyone"] | None:
 
 def stops_viewer(stops: object, viewer_id: uuid.UUID) -> bool:
     """Whether an event whose ``who_stops`` is ``stops`` ends this viewer's subscription."""
-    return stops is not None and stops in (EVERYONE, viewer_id)
+    return stops in (EVERYONE, viewer_id)
 
 
 def ends_subscription(event: LoggedEvent, viewer_id: uuid.UUID) -> bool:
@@ -183,11 +181,9 @@ _EVENTS_AFTER = Query(
 async def events_after(
     session: AsyncSession, thread_id: uuid.UUID, after_seq: int, limit: int = 500
 ) -> list[LoggedEvent]:
-    """Stored events with seq > after_seq, in order: what a resuming client missed.
-
-    A message deleted since its events were logged shows in them as it is now: its
-    body, mentions, reactions and the rest are gone (the log keeps what was written
-    then)."""
+    """Stored events with seq > after_seq, in order: what a resuming client missed. A
+    message deleted since shows in them as it is now, its body, mentions and reactions
+    gone (the log keeps what was written then)."""
     rows = await _EVENTS_AFTER.scalars(session, thread_id=thread_id, after=after_seq, size=limit)
     events = [
         LoggedEvent(r.thread_id, r.seq, EventKind(r.kind), dict(r.payload), r.actor_id, r.at)
@@ -211,8 +207,7 @@ def _message_in(event: LoggedEvent) -> dict[str, Any] | None:
     if event.kind in (EventKind.MESSAGE_CREATED, EventKind.MESSAGE_EDITED):
         return event.payload
     if event.kind is EventKind.MESSAGE_PINNED:
-        message: dict[str, Any] = event.payload["message"]
-        return message
+        return cast(dict[str, Any], event.payload["message"])
     return None
 
 

@@ -1,8 +1,6 @@
 """Messages: sending (idempotent by clientId), replies, edits, deletion, pins, reactions.
-
-Each write records its thread event in the same transaction. On PostgreSQL a plain
-message is stored by a statement shared with concurrent sends (``plain_sends``).
-"""
+Each write records its thread event in the same transaction; on PostgreSQL a plain
+message is stored by a statement shared with concurrent sends (``plain_sends``)."""
 
 from __future__ import annotations
 
@@ -118,12 +116,10 @@ async def send_message(
     client_id: str | None = None,
     attachment_ids: Sequence[str] = (),
 ) -> Message:
-    """Store a message, or return the first one sent with the same clientId.
-
-    Access is checked inside the write, so a participant removed meanwhile cannot
-    slip through. A retry that loses the race on the clientId key rolls back (its
-    seq with it, so no gap) and runs again, finding the winner's message.
-    """
+    """Store a message, or return the first one sent with the same clientId. Access is
+    checked inside the write, so a participant removed meanwhile cannot slip through; a
+    retry that loses the clientId race rolls back (its seq too: no gap) and finds the
+    winner's message."""
     tid = parse_id(thread_id, "Thread")
     if client_id is not None:  # checked once, for either path, before anything is batched
         client_id = check_client_id(client_id)
@@ -449,17 +445,11 @@ async def _reaction_changed(
 
 # Pages by seq of a thread's messages or a message's replies: each shape (cursors,
 # direction) is a statement built once, at import (see models.queries).
-_SEQ_PAGE_BASES = {
-    "thread": select(Message).where(Message.thread_id == bindparam("thread_id")),
-    "replies": select(Message).where(
-        Message.thread_id == bindparam("thread_id"), Message.parent_id == bindparam("parent_id")
-    ),
-}
-
-
 @functools.cache
-def _seq_page(base: str, after: bool, before: bool, backwards: bool) -> Query:
-    query = _SEQ_PAGE_BASES[base]
+def _seq_page(replies: bool, after: bool, before: bool, backwards: bool) -> Query:
+    query = select(Message).where(Message.thread_id == bindparam("thread_id"))
+    if replies:
+        query = query.where(Message.parent_id == bindparam("parent_id"))
     if after:
         query = query.where(Message.seq > bindparam("after"))
     if before:
@@ -468,15 +458,16 @@ def _seq_page(base: str, after: bool, before: bool, backwards: bool) -> Query:
     return Query(query.order_by(order).limit(bindparam("size")))
 
 
-for _shape in itertools.product(_SEQ_PAGE_BASES, *[(False, True)] * 3):
+for _shape in itertools.product((False, True), repeat=4):
     _seq_page(*_shape)
 
 
 async def _page_by_seq(
-    session: AsyncSession, base: str, params: dict[str, Any], request: PageRequest
+    session: AsyncSession, params: dict[str, Any], request: PageRequest
 ) -> Page[Message]:
     after, before = int_key(request.after_key()), int_key(request.before_key())
-    query = _seq_page(base, after is not None, before is not None, request.backwards)
+    replies = "parent_id" in params
+    query = _seq_page(replies, after is not None, before is not None, request.backwards)
     # A shape without a cursor has no parameter for it: the None is ignored.
     values = {**params, "size": request.size + 1, "after": after, "before": before}
     rows: list[Message] = await query.scalars(session, **values)
@@ -486,12 +477,12 @@ async def _page_by_seq(
 async def thread_messages(
     session: AsyncSession, thread_id: uuid.UUID, request: PageRequest
 ) -> Page[Message]:
-    return await _page_by_seq(session, "thread", {"thread_id": thread_id}, request)
+    return await _page_by_seq(session, {"thread_id": thread_id}, request)
 
 
 async def replies(session: AsyncSession, parent: Message, request: PageRequest) -> Page[Message]:
     params = {"thread_id": parent.thread_id, "parent_id": parent.id}
-    return await _page_by_seq(session, "replies", params, request)
+    return await _page_by_seq(session, params, request)
 
 
 async def get_message(session: AsyncSession, message_id: uuid.UUID) -> Message:
@@ -605,7 +596,6 @@ _LAST_MESSAGES = Query(
 async def last_messages(
     session: AsyncSession, thread_ids: Sequence[uuid.UUID]
 ) -> dict[uuid.UUID, Message]:
-    """The newest live message of each thread, in one query."""
     rows = await _LAST_MESSAGES.scalars(session, ids=list(set(thread_ids)))
     return {m.thread_id: m for m in rows}
 

@@ -1,8 +1,6 @@
-"""Notifications: who is told about mentions, replies, reactions and being added.
-
-Nobody is notified of their own action, a muted thread notifies no one, and only
-someone who may read the thread now is told about its messages (``permissions.readers``).
-"""
+"""Notifications: who is told about mentions, replies, reactions and being added. Nobody
+is notified of their own action, a muted thread notifies no one, and only someone who
+may read the thread now is told about its messages (``permissions.readers``)."""
 
 from __future__ import annotations
 
@@ -10,7 +8,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from datetime import timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from threadline.db import UnitOfWork, count_rows
@@ -21,8 +19,6 @@ from threadline.services.pagination import Page, PageRequest, make_page, time_id
 from threadline.services.permissions import parse_id, readers
 
 MAX_IDS = 500
-
-
 CLOCK_SKEW = timedelta(hours=1)
 
 
@@ -143,11 +139,7 @@ async def notifications_of(
     if unread_only:
         query = query.where(Notification.read_at.is_(None))
     if after is not None:
-        at, nid = time_id_key(after)
-        query = query.where(
-            (Notification.created_at < at)
-            | ((Notification.created_at == at) & (Notification.id < nid))
-        )
+        query = query.where(tuple_(Notification.created_at, Notification.id) < time_id_key(after))
     query = query.order_by(Notification.created_at.desc(), Notification.id.desc())
     rows = list(await session.scalars(query.limit(request.size + 1)))
     unread = await count_rows(

@@ -1,9 +1,7 @@
 """Relay-style page requests and opaque, stable cursors (an item's position key, encoded).
-
-Cursors come back from clients, so decoding one trusts nothing: its size and nesting
-are bounded, and the ``*_key`` readers check each part's type and range before it
-reaches a query. Whatever is wrong with a cursor is one ``BadInput("Invalid cursor")``.
-"""
+Cursors come back from clients, so decoding one trusts nothing: its size and nesting are
+bounded, and the ``*_key`` readers check each part's type and range before it reaches a
+query. Whatever is wrong with a cursor is one ``BadInput("Invalid cursor")``."""
 
 from __future__ import annotations
 
@@ -111,7 +109,7 @@ def time_id_key(key: list[Any]) -> tuple[datetime, uuid.UUID]:
     """A key of (timezone-aware ISO time, id): newest-first lists of threads, notifications."""
     if len(key) != 2:
         raise BadInput("Invalid cursor")
-    return _time(key[0]), _id(key[1])
+    return _parsed(key[0], _utc), _parsed(key[1], uuid.UUID)
 
 
 def rank_time_id_key(key: list[Any]) -> tuple[float, datetime, uuid.UUID]:
@@ -127,33 +125,28 @@ def text_id_key(key: list[Any]) -> tuple[str, uuid.UUID]:
     """A key of (text, id): lists ordered by a name."""
     if len(key) != 2 or not isinstance(key[0], str) or has_unencodable_chars(key[0]):
         raise BadInput("Invalid cursor")
-    return key[0], _id(key[1])
+    return key[0], _parsed(key[1], uuid.UUID)
 
 
 def id_key(key: list[Any]) -> uuid.UUID:
     if len(key) != 1:
         raise BadInput("Invalid cursor")
-    return _id(key[0])
+    return _parsed(key[0], uuid.UUID)
 
 
-def _id(value: object) -> uuid.UUID:
+def _utc(text: str) -> datetime:
+    parsed = datetime.fromisoformat(text)
+    if parsed.tzinfo is None:  # a naive time has no place on the time line
+        raise ValueError(text)
+    # Moving an extreme time (year 1 or 9999) to UTC can leave the calendar.
+    return parsed.astimezone(UTC)
+
+
+def _parsed(value: object, parse: Callable[[str], T]) -> T:
     if not isinstance(value, str):
         raise BadInput("Invalid cursor")
     try:
-        return uuid.UUID(value)
-    except ValueError:
-        raise BadInput("Invalid cursor") from None
-
-
-def _time(value: object) -> datetime:
-    if not isinstance(value, str):
-        raise BadInput("Invalid cursor")
-    try:
-        parsed = datetime.fromisoformat(value)
-        if parsed.tzinfo is None:  # a naive time has no place on the time line
-            raise ValueError(value)
-        # Moving an extreme time (year 1 or 9999) to UTC can leave the calendar.
-        return parsed.astimezone(UTC)
+        return parse(value)
     except (ValueError, OverflowError):
         raise BadInput("Invalid cursor") from None
 

@@ -1,10 +1,7 @@
 """Who may do what: role order, inherited system roles, and fetch-and-authorize.
-
-``grant`` is the one rule that decides whether a caller sees a thread; every path
-to a thread's content reads through it: ``access_thread`` (one NotFound for
-"missing" and "not yours" alike, so ids leak nothing), ``visible_threads`` (many
-at once) and ``readers`` (who may be notified).
-"""
+``grant`` is the one rule that decides whether a caller sees a thread; every path to a
+thread's content reads through it: ``access_thread`` (one NotFound for "missing" and "not
+yours" alike, so ids leak nothing), ``visible_threads`` and ``readers`` (who is told)."""
 
 from __future__ import annotations
 

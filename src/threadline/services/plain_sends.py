@@ -1,10 +1,8 @@
 """Plain messages (no parent, attachments or mentions) on PostgreSQL, stored by one
 statement (``models.sends``) for the sends that arrive while a batch is being stored.
-
-A send answered None (a thread gone, a sender who may not post, a clientId that
-exists already, which stores nothing of its batch so no seq is skipped) takes the
-general path, which says why or returns the first message.
-"""
+A send answered None (a thread gone, a sender who may not post, a clientId that exists
+already, which stores nothing of its batch so no seq is skipped) takes the general path,
+which says why or returns the first message."""
 
 from __future__ import annotations
 
@@ -27,15 +25,13 @@ async def _store(db: Database, sends: Sequence[PlainSend]) -> list[int | None]:
     answers: list[int | None] = [None] * len(sends)
     # Two sends with one clientId: the first goes in this batch, the second
     # takes the general path and finds the first.
-    seen: set[tuple[uuid.UUID, uuid.UUID, str]] = set()
-    rows: list[int] = []
+    first: dict[tuple[uuid.UUID, uuid.UUID, str] | int, int] = {}
     for index, send in enumerate(sends):
-        if send.client_id is not None:
-            key = (send.thread_id, send.author_id, send.client_id)
-            if key in seen:
-                continue
-            seen.add(key)
-        rows.append(index)
+        if send.client_id is None:
+            first[index] = index
+        else:
+            first.setdefault((send.thread_id, send.author_id, send.client_id), index)
+    rows = list(first.values())
     batch = [sends[i] for i in rows]
     stored = await store_plain_sends(db, batch, EventKind.MESSAGE_CREATED.value)
     for position, seq in stored.items():

@@ -1,12 +1,8 @@
 """Previews of large or turned images: a WebP at most PREVIEW_SIDE pixels on its longer
-side, turned as the image's EXIF orientation says.
-
-A browser decodes every pixel of an image it shows, however small it draws it: an
-accepted image of 89 million pixels costs each reader about 360 MB, and a thread of
-them gigabytes. And a browser may show a photo on its side: Chromium turns a JPEG by its
-EXIF orientation, but a WebP as stored. Clients show the preview inline and open the
-file itself on demand.
-"""
+side, turned as its EXIF orientation says, shown inline (the file opens on demand).
+A browser decodes every pixel of an image it shows, however small: an accepted image
+of 89 million pixels costs each reader about 360 MB. And Chromium turns a JPEG by its
+EXIF orientation, but a WebP as stored."""
 
 from __future__ import annotations
 
@@ -31,8 +27,6 @@ TURNED = range(2, 9)
 # while an RGBA one is resized: ~750 MB at the pixel limit): one at a time per process,
 # in a thread of its own so that file I/O elsewhere never waits on it.
 _RENDERER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="threadline-preview")
-
-
 # An upload waits this long for its preview at most: renders queue for the one thread,
 # seconds each, and a queue that uploads fill faster than it drains never ends.
 RENDER_WAIT_SECONDS = 15.0

@@ -1,8 +1,6 @@
 """Read and delivery receipts: markers that only move forward, unread counts, status.
-
-A message's status, as its author sees it: READ when every other participant has
-read past it, DELIVERED when every other one has had it pushed or fetched, else SENT.
-"""
+A message's status, as its author sees it: READ when every other participant has read
+past it, DELIVERED when every other one has had it pushed or fetched, else SENT."""
 
 from __future__ import annotations
 

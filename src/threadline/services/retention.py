@@ -1,8 +1,6 @@
 """The periodic clean-up: unreachable attachments, and records past their retention.
-
 Each batch's transaction first takes one deployment-wide lock, so when several
-processes serve one deployment exactly one sweeps at a time.
-"""
+processes serve one deployment exactly one sweeps at a time."""
 
 from __future__ import annotations
 

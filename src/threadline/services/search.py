@@ -1,7 +1,6 @@
-"""Full-text search over messages in the caller's threads (how each database matches
-and ranks is ``models.message.full_text_match``), and the substring match that user
-and thread searches share.
-"""
+"""Full-text search over messages in the caller's threads (how each database matches and
+ranks is ``models.message.full_text_match``), and the substring match that user and
+thread searches share."""
 
 from __future__ import annotations
 

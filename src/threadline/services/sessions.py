@@ -1,8 +1,6 @@
 """WebSocket session records: opened at connect, touched while alive, closed at the end.
-
-Each is one statement standing alone, run on the driver where it can be (a socket
-opens and closes these at its connection rate: 10 a second on a busy process).
-"""
+Each is one statement standing alone, run on the driver where it can be (a socket opens
+and closes these at its connection rate: 10 a second on a busy process)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,6 @@
 """Rules for text that users type: bodies, titles, descriptions, names, emoji, mentions.
-
-Each returns the cleaned value or raises ``BadInput``; services call them before
-storing anything, so every path (GraphQL, CLI, seed) cleans text the same way.
-"""
+Each returns the cleaned value or raises ``BadInput``; services call them before storing
+anything, so every path (GraphQL, CLI, seed) cleans text the same way."""
 
 from __future__ import annotations
 
@@ -131,10 +129,8 @@ def clean_display_name(raw: str) -> str:
 
 
 def check_client_id(raw: str) -> str:
-    """A sendMessage ``clientId``: an opaque key, trimmed, 1 to 255 characters.
-
-    Refused rather than cleaned: removing a character would make it another key.
-    """
+    """A sendMessage ``clientId``: an opaque key, trimmed, 1 to 255 characters; refused
+    rather than cleaned, since removing a character would make it another key."""
     text = raw.strip()
     if not text or len(text) > MAX_CLIENT_ID_CHARS:
         raise BadInput(f"`clientId` must be 1 to {MAX_CLIENT_ID_CHARS} characters")

@@ -1,8 +1,6 @@
-"""Threads and participants: creating, updating, membership and roles.
-
-Role rules that no directive expresses live here: nobody grants a role above
-their own, a thread keeps an OWNER, and a direct thread's members can only leave it.
-"""
+"""Threads and participants: creating, updating, membership and roles. Role rules that
+no directive expresses live here: nobody grants a role above their own, a thread keeps
+an OWNER, and a direct thread's members can only leave it."""
 
 from __future__ import annotations
 
@@ -128,12 +126,9 @@ async def create_direct_thread(uow: UnitOfWork, actor: User, user_id: str) -> Th
 
 
 async def _rejoin(uow: UnitOfWork, actor: User, thread: Thread) -> Thread:
-    """The existing direct thread, with the caller in it again if they had left it.
-
-    The pair has only the one thread, so asking again is a rejoin, recorded like any
-    participant change, as a fresh OWNER (markers at 0) who sees the whole history.
-    The other user, if they left, is not pulled back in.
-    """
+    """The existing direct thread, with the caller in it again if they had left it: the
+    pair's only thread, so asking again rejoins it as a fresh OWNER (markers at 0) who
+    sees the whole history. The other user, if they left, is not pulled back in."""
     locked = await uow.session.scalar(
         select(Thread).where(Thread.id == thread.id).with_for_update()
     )
@@ -189,13 +184,16 @@ async def delete_thread(uow: UnitOfWork, actor: User, thread_id: str) -> uuid.UU
     return thread.id
 
 
-async def _existing_participant(
-    session: AsyncSession, thread_id: uuid.UUID, user_id: uuid.UUID
-) -> ThreadParticipant:
-    participant = await session.get(ThreadParticipant, (thread_id, user_id))
+async def _participant_of(
+    uow: UnitOfWork, actor: User, thread_id: str, user_id: str, at_least: ThreadRole
+) -> tuple[ThreadAccess, ThreadParticipant]:
+    """A thread the actor may change with ``at_least``, locked, and one participant of it."""
+    access = await access_thread(uow.session, actor, thread_id, at_least, for_update=True)
+    key = (access.thread.id, parse_id(user_id, "User"))
+    participant = await uow.session.get(ThreadParticipant, key)
     if participant is None:
         raise NotFound("Participant not found")
-    return participant
+    return access, participant
 
 
 async def _keep_an_owner(
@@ -271,9 +269,8 @@ async def add_participant(
 async def remove_participant(
     uow: UnitOfWork, actor: User, thread_id: str, user_id: str
 ) -> uuid.UUID:
-    access = await access_thread(uow.session, actor, thread_id, ThreadRole.ADMIN, for_update=True)
-    uid = parse_id(user_id, "User")
-    participant = await _existing_participant(uow.session, access.thread.id, uid)
+    access, participant = await _participant_of(uow, actor, thread_id, user_id, ThreadRole.ADMIN)
+    uid = participant.user_id
     if uid != actor.id:
         if access.thread.is_direct:
             # createDirectThread lets someone who left come back, which would undo a removal.
@@ -304,15 +301,13 @@ async def leave_thread(uow: UnitOfWork, actor: User, thread_id: str) -> uuid.UUI
 async def set_participant_role(
     uow: UnitOfWork, actor: User, thread_id: str, user_id: str, role: ThreadRole
 ) -> ThreadParticipant:
-    access = await access_thread(uow.session, actor, thread_id, ThreadRole.OWNER, for_update=True)
-    uid = parse_id(user_id, "User")
-    participant = await _existing_participant(uow.session, access.thread.id, uid)
+    access, participant = await _participant_of(uow, actor, thread_id, user_id, ThreadRole.OWNER)
     if participant.thread_role is role:
         return participant
     await _keep_an_owner(uow.session, participant, "be demoted")
     participant.role = role.value
     await uow.session.flush()
-    await _participant_changed(uow, actor, access.thread, uid, role)
+    await _participant_changed(uow, actor, access.thread, participant.user_id, role)
     return participant
 
 

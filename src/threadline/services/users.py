@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
-from sqlalchemy import bindparam, or_, select
+from sqlalchemy import bindparam, or_, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from threadline.db import UnitOfWork
@@ -65,10 +65,7 @@ async def search_users(
             or_(contains_text(User.username, search), contains_text(User.display_name, search))
         )
     if after is not None:
-        name, uid = text_id_key(after)
-        query = query.where(
-            or_(User.display_name > name, (User.display_name == name) & (User.id > uid))
-        )
+        query = query.where(tuple_(User.display_name, User.id) > text_id_key(after))
     query = query.order_by(User.display_name, User.id).limit(request.size + 1)
     rows = list(await session.scalars(query))
     return make_page(rows, request, lambda u: [u.display_name, str(u.id)])
