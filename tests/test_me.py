@@ -83,3 +83,29 @@ async def test_users_search_ignores_case_beyond_ascii(clients: Clients) -> None:
             "query($s: String) { users(search: $s) { edges { node { id } } } }", {"s": search}
         )
         assert [e["node"]["id"] for e in found["users"]["edges"]] == [emile.id], search
+
+
+async def test_users_with_the_same_display_name_page_once_each_in_order(
+    clients: Clients,
+) -> None:
+    """Pages of users go by (displayName, id): people named alike come once each, in the
+    order one long page gives, whatever the page size."""
+    everyone = await clients.users("ann", "bea", "cid", "dot", "eve")
+    for api in everyone:
+        await api.gql(
+            'mutation { updateMe(input: {displayName: "Sam Lee"}) { id } }',
+        )
+    page_of = 'query($n: Int, $c: String) { users(search: "sam", first: $n, after: $c) '
+    page_of += "{ edges { cursor node { id } } pageInfo { hasNextPage } } }"
+    whole = (await everyone[0].gql(page_of, {"n": 50}))["users"]["edges"]
+    assert sorted(e["node"]["id"] for e in whole) == sorted(api.id for api in everyone)
+    for size in (1, 2):
+        seen: list[str] = []
+        after = None
+        while True:
+            page = (await everyone[0].gql(page_of, {"n": size, "c": after}))["users"]
+            seen += [e["node"]["id"] for e in page["edges"]]
+            if not page["pageInfo"]["hasNextPage"]:
+                break
+            after = page["edges"][-1]["cursor"]
+        assert seen == [e["node"]["id"] for e in whole]

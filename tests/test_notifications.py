@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import update
@@ -217,3 +217,32 @@ async def test_a_reaction_again_from_a_process_whose_clock_was_behind_notifies_o
     await bob.gql(UNREACT, {"m": sent["id"], "e": "👍"})
     await bob.gql(REACT, {"m": sent["id"], "e": "👍"})
     assert kinds(await inbox(alice)) == ["REACTION"]
+
+
+async def test_notifications_stamped_alike_page_once_each_in_order(
+    server: Server, clients: Clients
+) -> None:
+    """Pages go by (time, id): notifications with one time come once each, in the order
+    one long page gives, whatever the page size."""
+    alice, bob = await clients.users("alice", "bob")
+    thread_id = await factories.thread(alice, bob)
+    for n in range(5):
+        await factories.send(alice, thread_id, f"@bob number {n}")
+    async with server.runtime.db.transaction("test_ties") as uow:
+        await uow.session.execute(
+            update(Notification).values(created_at=datetime(2026, 1, 1, tzinfo=UTC))
+        )
+    page_of = "query($n: Int, $c: String) { notifications(first: $n, after: $c) "
+    page_of += "{ edges { cursor node { id } } pageInfo { hasNextPage } } }"
+    whole = (await bob.gql(page_of, {"n": 50}))["notifications"]["edges"]
+    assert len(whole) == 6  # added to the thread, then five mentions
+    for size in (1, 2, 4):
+        seen: list[str] = []
+        after = None
+        while True:
+            page = (await bob.gql(page_of, {"n": size, "c": after}))["notifications"]
+            seen += [e["node"]["id"] for e in page["edges"]]
+            if not page["pageInfo"]["hasNextPage"]:
+                break
+            after = page["edges"][-1]["cursor"]
+        assert seen == [e["node"]["id"] for e in whole]
