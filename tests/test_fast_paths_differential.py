@@ -12,7 +12,10 @@ other. Nothing is normalised: the two servers read the same rows.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import sys
 from importlib.metadata import version
 from typing import Any
 
@@ -611,3 +614,37 @@ async def test_a_missing_private_name_is_named_with_its_library_version() -> Non
     message = str(raised.value)
     assert "\n" not in message
     assert f"graphql-core {version('graphql-core')} lacks Executor.gone_in_this_version" in message
+
+
+@pytest.mark.parametrize(
+    ("patch", "named"),
+    [
+        (
+            "from graphql.execution import Executor\n"
+            "Executor.collect_subfields = lambda self, *args: None\n",
+            f"graphql-core {version('graphql-core')} lacks Executor._relevant_sub_fields,",
+        ),
+        (
+            "from strawberry.schema.schema_converter import GraphQLCoreConverter\n"
+            "GraphQLCoreConverter.from_resolver = lambda self, *args: None\n",
+            f"strawberry-graphql {version('strawberry-graphql')} lacks "
+            "GraphQLCoreConverter._is_default",
+        ),
+    ],
+    ids=["used-by-a-method", "used-inside-a-method"],
+)
+async def test_a_private_name_a_method_stops_using_is_named_on_its_class(
+    patch: str, named: str
+) -> None:
+    # At import, in a process of its own: the check runs once, as a server starts.
+    checking = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        patch + "import threadline.schema.engine.internals\n",
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    _, stderr = await asyncio.wait_for(checking.communicate(), 120)
+    assert checking.returncode != 0
+    assert "LibraryChanged" in stderr.decode()
+    assert named in stderr.decode()

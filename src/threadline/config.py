@@ -306,7 +306,8 @@ class Settings(BaseSettings):
         folder.mkdir(parents=True, exist_ok=True)
         secret = secrets.token_urlsafe(48)
         # Written whole under a private name of its own, then linked: no process reads it
-        # half-written, and when several start at once the first link wins.
+        # half-written (or empty, should this one die or the disk fill), and when several
+        # start at once the first link wins.
         temporary = folder / f"{filename}.{secrets.token_hex(8)}"
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:

@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 Publish = Callable[[Sequence[Any]], Awaitable[None]]
 
 SERVER_SETTINGS = {"application_name": "threadline", "timezone": "UTC"}
-# Hot single statements' own asyncpg pool; idle ones stay open (closing costs a timer per use).
+# Hot single statements' own asyncpg pool, beside the engine's 20 + 10 connections; idle
+# ones stay open (closing costs a timer per use).
 DRIVER_POOL_SIZE = 10
 # Session.info keys (PostgreSQL, FAST_PATHS on): reads of plain columns, or of entities too
 # (read sessions: never written back), may go through the driver (models.queries).
@@ -107,7 +108,8 @@ def _replace_closed(dbapi_connection: Any, *_: Any) -> None:
         raise DisconnectionError("the server closed this pooled connection")
 
 
-# Behind PgBouncer in transaction mode no prepared statement may outlive its transaction.
+# Behind PgBouncer in transaction mode no prepared statement may outlive its transaction:
+# with both caches off asyncpg prepares each unnamed and binds it before its Sync.
 POOLED_CONNECT_ARGS = {"statement_cache_size": 0, "prepared_statement_cache_size": 0}
 # An execution option of our own on the engine: Database's driver pool follows it.
 POOLED = "threadline.pooled"

@@ -135,7 +135,8 @@ class TransportWSHandler(TransportProtocol, StreamHook):
             self.before_stream(operation)
 
     def before_stream(self, operation: Operation[Context, None]) -> OperationRoot | None:
-        # Runs as results start and at the end: an idle subscription keeps only its fan-out member.
+        # Runs as results start (the execution has its root value by now) and at the end:
+        # an idle subscription keeps only its fan-out member.
         root = self.roots.pop(operation, None) if self.roots is not None else None
         if not self.roots:
             self.roots = None

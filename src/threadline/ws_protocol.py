@@ -117,7 +117,8 @@ class TransportProtocol(BaseGraphQLTransportWSHandler[Context, None]):
 
     async def send_message(self, message: Any) -> None:
         # The server's own close can come between an operation's end and its `complete`:
-        # starlette then refuses the send with an error strawberry does not expect.
+        # starlette then refuses the send with an error strawberry does not expect. The
+        # message has nowhere to go; the socket's end cleans up.
         with suppress(ClosedForSending, WebSocketDisconnected):
             await super().send_message(message)
 

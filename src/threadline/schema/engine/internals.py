@@ -44,15 +44,18 @@ def _require(package: str, holder: object, name: str, found: bool | None = None)
         )
 
 
-def _require_use(package: str, function: Callable[..., Any], name: str) -> None:
-    """Fail at import unless ``function`` (or a function defined in it) uses ``name``."""
-    codes = [function.__code__]
-    while codes:
-        code = codes.pop()
-        if name in code.co_names:
-            return
-        codes.extend(c for c in code.co_consts if isinstance(c, CodeType))
-    _require(package, function, name, False)
+def _require_use(package: str, holder: Any, name: str, *users: Callable[..., Any]) -> None:
+    """Fail at import unless each of ``users`` (by default ``holder``, a function), or a
+    function defined in it, uses ``name``; the message names ``holder.name``."""
+    for function in users or (holder,):
+        codes = [function.__code__]
+        while codes:
+            code = codes.pop()
+            if name in code.co_names:
+                break
+            codes.extend(c for c in code.co_consts if isinstance(c, CodeType))
+        else:
+            _require(package, holder, name, False)
 
 
 _STRAWBERRY, _CORE = "strawberry-graphql", "graphql-core"
@@ -60,13 +63,13 @@ _INFO_FIELDS = {f.name for f in dataclasses.fields(Info)}
 _require(_STRAWBERRY, Info, "_raw_info", "_raw_info" in _INFO_FIELDS)
 _require(_STRAWBERRY, Info, "_field", "_field" in _INFO_FIELDS)
 _require_use(_STRAWBERRY, strawberry.Schema.__init__, "_schema")
-_require_use(_STRAWBERRY, GraphQLCoreConverter.from_resolver, "_is_default")  # default resolvers
+# On default resolvers, set by from_resolver.
+_require_use(_STRAWBERRY, GraphQLCoreConverter, "_is_default", GraphQLCoreConverter.from_resolver)
 _require(_STRAWBERRY, BaseGraphQLTransportWSHandler, "_send_result_stream")
 _require(_STRAWBERRY, AsyncBaseHTTPView, "_handle_errors")
 _require(_CORE, Executor, "execute_field")
 _require(_CORE, Executor, "middleware_manager", "middleware_manager" in Executor.__annotations__)
-_require_use(_CORE, Executor.__init__, "_relevant_sub_fields")
-_require_use(_CORE, Executor.collect_subfields, "_relevant_sub_fields")
+_require_use(_CORE, Executor, "_relevant_sub_fields", Executor.__init__, Executor.collect_subfields)
 
 
 def lean_executor(strawberry_class: type[Executor[Any]]) -> type[Executor[Any]]:
