@@ -1,5 +1,10 @@
 """Both WebSocket subprotocols held to the contract at their edges, where strawberry
-lets some client mistakes crash the socket or refuses with codes of its own."""
+lets some client mistakes crash the socket or refuses with codes of its own.
+
+Both close a refused connection once, with the refusal's code (4403, 4429), and a
+malformed operation message with 4400; an operation past the per-connection ceiling gets
+RATE_LIMITED. The legacy graphql-ws gets the connection_init deadline (4408) too.
+"""
 
 from __future__ import annotations
 
