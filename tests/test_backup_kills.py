@@ -251,6 +251,55 @@ async def test_a_backup_never_removes_a_folder_made_and_not_yet_locked(
     assert len(whole_backups(parent)) == len(list(parent.iterdir())) == 2
 
 
+# Where the first of two backups into one folder (--keep 1) is paused while the second runs.
+CONCURRENT_STEPS = {
+    "before its rename": BACKUP_STEPS["folder"],
+    # Its folder renamed to its final name (the backups folder then fsynced), not yet pruning.
+    "after its rename": "open#2 /backups', None",
+    # Pruning: the older backup about to be renamed to .partial for deletion.
+    "in its prune": r"os.rename \('[^']*/threadline-backup-[^/'.]*',",
+}
+
+
+@pytest.mark.parametrize("step", list(CONCURRENT_STEPS))
+async def test_two_backups_at_once_never_lose_the_newest_nor_fail(
+    step: str, server: Server, settings: Settings, clients: Clients, tmp_path: Path
+) -> None:
+    """Two cron hosts, or cron and a manual run, back up into one folder with --keep 1:
+    each prune keeping its own backup and deleting the other's would leave none; two
+    pruning at once would rename the same folder, and one fail after its backup was made."""
+    await populate(server, settings, clients)
+    parent, logs = tmp_path / "backups", tmp_path / "second"
+    logs.mkdir()
+    old, _ = await create_backup(settings, parent)
+    args = ["backup", str(parent), "--keep", "1"]
+    first = await start(args, settings, tmp_path, CONCURRENT_STEPS[step])
+    second = None
+    try:
+        (paused,) = set(parent.iterdir()) - {old}
+        assert paused.name.endswith(".partial") == (step == "before its rename")
+        mine = paused.with_suffix("")
+        second = await start(args, settings, logs)
+        deadline = time.monotonic() + 60
+        # It runs to its end, or waits for the paused one's lock on the backups folder.
+        while second.returncode is None and not waits_for_a_lock(second.pid):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        os.killpg(first.pid, signal.SIGCONT)
+        assert await asyncio.wait_for(first.wait(), 60) == 0, (tmp_path / "stderr").read_text()
+        assert await asyncio.wait_for(second.wait(), 60) == 0, (logs / "stderr").read_text()
+    finally:
+        for process in (first, second):
+            if process is not None and process.returncode is None:
+                await kill(process)
+    kept = whole_backups(parent)
+    assert kept == sorted(parent.iterdir())  # no leftover
+    theirs = set(kept) - {old, mine}
+    assert len(theirs) == 1, f"the newest backup, the second run's, is gone: {kept}"
+    # The first one's is kept by its own prune; the second one's, newer, prunes it if it saw it.
+    assert (mine in kept) == (step == "before its rename"), kept
+
+
 def restore_step(step: str, deployment: Settings) -> str:
     if step == "staging":  # a backup's file being copied into the staging folder
         return r"os.rename /\.restore-[0-9a-f]+/[^']*\.partial'"

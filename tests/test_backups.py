@@ -275,6 +275,20 @@ async def test_old_backups_are_pruned_and_folders_of_others_are_left_alone(
     assert prune_backups(parent, 1) == [made[1]]
 
 
+async def test_a_backup_dated_ahead_is_kept_and_so_is_each_one_just_made(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """A backup copied in from a machine whose clock was ahead is newer than any made here:
+    no prune drops it, nor the backup it just made (one past --keep); the older ones go."""
+    parent = tmp_path / "backups"
+    ahead, manifest = await create_backup(settings, parent)
+    manifest.created_at = "2099-01-01T00:00:00+00:00"
+    manifest.write(ahead)
+    await create_backup(settings, parent, keep=1)
+    made, _ = await create_backup(settings, parent, keep=1)
+    assert sorted(parent.iterdir()) == sorted([ahead, made])
+
+
 async def test_a_backup_refuses_a_half_restored_deployment_and_prunes_nothing(
     settings: Settings, tmp_path: Path
 ) -> None:

@@ -201,21 +201,31 @@ async def create_backup(
 def prune_backups(parent: Path, keep: int, *, made: Path | None = None) -> list[Path]:
     """Delete all but the newest ``keep`` backups in ``parent``; only folders we made.
     The one just ``made`` is kept whatever the others' manifests say their dates are
-    (a backup copied in from a machine whose clock was ahead would otherwise win)."""
-    ours = [path for path in parent.iterdir() if is_backup(path) and path != made]
-    ours.sort(key=lambda path: (Manifest.read(path).created_at, path.name))
-    if made is not None:
-        keep -= 1
-    removed = ours[:-keep] if keep > 0 else ours
-    for path in removed:
-        # A .partial folder first, then no manifest: a deletion cut short leaves what the
-        # next run deletes, never a folder that looks whole (nor one no run prunes).
-        doomed = path.rename(path.with_name(f"{path.name}.partial"))
-        folders_on_disk([doomed], parent)
-        (doomed / MANIFEST).unlink(missing_ok=True)
-        remove_tree(doomed)
-        log.info("backup: removed %s (keeping the newest %d)", path, keep)
-    return removed
+    (a backup copied in from a machine whose clock was ahead would otherwise win), and so
+    is any newer than it: a concurrent run's, whose own prune drops this one in its turn."""
+    # One prune at a time: two at once would rename the same folder, and one fail.
+    guard = _lock(parent)
+    try:
+        ours = [path for path in parent.iterdir() if is_backup(path)]
+        ours.sort(key=lambda path: (Manifest.read(path).created_at, path.name))
+        cut = len(ours) - keep
+        if made in ours:
+            cut = min(cut, ours.index(made))
+        removed = ours[: max(cut, 0)]
+        for path in removed:
+            # A .partial folder first, then no manifest: a deletion cut short leaves what the
+            # next run deletes, never a folder that looks whole (nor one no run prunes).
+            doomed = path.rename(path.with_name(f"{path.name}.partial"))
+            folders_on_disk([doomed], parent)
+            (doomed / MANIFEST).unlink(missing_ok=True)
+            remove_tree(doomed)
+            if doomed.exists():
+                log.warning("backup: could not remove all of %s; the next run retries", doomed)
+            else:
+                log.info("backup: removed %s (keeping the newest %d)", path, keep)
+        return removed
+    finally:
+        os.close(guard)
 
 
 # Restored files are staged under STAGING_PREFIX inside the upload folder: one filesystem,
