@@ -7,6 +7,7 @@ PostgreSQL database ``tl_mig_*`` dropped afterwards) and migrates it through
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import os
 import secrets
@@ -28,6 +29,7 @@ from sqlalchemy.pool import NullPool
 
 from tests.uploads import oriented
 from threadline.migrate import (
+    MIGRATIONS_DIR,
     alembic_config,
     current_revision_async,
     head_revision,
@@ -185,6 +187,23 @@ async def test_schema_comparison_notices_a_missing_index(sqlite_url: str) -> Non
     assert [(kind, index.name) for kind, index in differences] == [
         ("add_index", "ix_users_username")
     ]
+
+
+def test_no_revision_imports_the_application() -> None:
+    # A revision must do on a new deployment what it did on the old ones: application
+    # code it imported may have changed since (relative imports count as ours).
+    found = []
+    for path in sorted((MIGRATIONS_DIR / "versions").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = ["." * node.level + (node.module or "")]
+            else:
+                continue
+            ours = [n for n in names if n.startswith(".") or n.split(".")[0] == "threadline"]
+            found += [f"{path.name}:{node.lineno}: {name}" for name in ours]
+    assert found == []
 
 
 # --- calling the migrations with and without an event loop ---

@@ -75,6 +75,25 @@ async def test_a_mention_right_after_han_letters_fills_mentions_and_notifies(
     assert kinds(await inbox(carol)) == ["ADDED_TO_THREAD"]
 
 
+async def test_a_mention_running_into_han_or_kana_names_the_longest_participant(
+    clients: Clients,
+) -> None:
+    # "@bob谢谢" is "@bob thanks": no space ends the name, so the longest name in the
+    # thread that the mention starts with is the one meant (张三, not 张).
+    alice, bob, zhang, zhang_san, carol = await clients.users("alice", "bob", "张", "张三", "carol")
+    thread_id = await factories.thread(alice, bob, zhang, zhang_san, carol)
+    sent = await factories.send(alice, thread_id, "@bob谢谢！@张三さん和@carol你们好")
+    mentioned = (await alice.gql(MENTIONS, {"m": sent["id"]}))["message"]["mentions"]
+    assert mentioned == [
+        {"id": bob.id, "username": "bob"},
+        {"id": zhang_san.id, "username": "张三"},
+        {"id": carol.id, "username": "carol"},
+    ]
+    for mentioned_user in (bob, zhang_san, carol):
+        assert kinds(await inbox(mentioned_user)) == ["MENTION", "ADDED_TO_THREAD"]
+    assert kinds(await inbox(zhang)) == ["ADDED_TO_THREAD"]
+
+
 async def test_a_reply_notifies_the_parent_author(clients: Clients) -> None:
     alice, bob = await clients.user("alice"), await clients.user("bob")
     thread_id = await factories.thread(alice, bob)

@@ -17,6 +17,7 @@ from threadline.services.text_rules import (
     clean_title,
     has_unstorable_chars,
     mentioned_usernames,
+    name_readings,
 )
 
 
@@ -257,10 +258,35 @@ def test_at_most_twenty_distinct_reactions() -> None:
         pytest.param("\U00020b9f@bob", ["bob"], id="after Han beyond the BMP"),
         pytest.param("caf\u00e9@bob me@bob.com a_@bob 1@bob", [], id="after Latin, _ or a digit"),
         pytest.param("мой@bob 안녕@bob", [], id="after Cyrillic or Hangul (spaced scripts)"),
+        pytest.param("@bob和@carol", ["bob和", "carol"], id="@ after Han starts a mention"),
     ],
 )
 def test_mentioned_usernames(body: str, expected: list[str]) -> None:
     assert mentioned_usernames(body) == expected
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        pytest.param("@bob谢谢", [["bob谢谢", "bob谢", "bob"]], id="Han after a name"),
+        pytest.param("@bobさん", [["bobさん", "bobさ", "bob"]], id="kana after a name"),
+        pytest.param("谢谢@bob谢谢", [["bob谢谢", "bob谢", "bob"]], id="Han on both sides"),
+        # U+0E31, a vowel sign, is no word character: the name read stops before it.
+        pytest.param("@bobครับ", [["bobคร", "bobค", "bob"]], id="Thai after a name"),
+        pytest.param("@张三さん", [["张三さん", "张三さ", "张三", "张"]], id="a Han name"),
+        pytest.param("@bob.谢谢", [["bob.谢谢", "bob.谢", "bob"]], id="full stop, then Han"),
+        pytest.param("@bobby @Zo\u00eb", [["bobby"], ["Zo\u00eb"]], id="no spaceless letter"),
+        pytest.param(
+            "@" + "谢" * 300,
+            [["谢" * 300, *("谢" * n for n in range(255, 0, -1))]],
+            id="no reading longer than a username",
+        ),
+    ],
+)
+def test_a_mention_running_into_a_spaceless_script_may_end_before_any_letter_of_it(
+    body: str, expected: list[list[str]]
+) -> None:
+    assert [name_readings(name) for name in mentioned_usernames(body)] == expected
 
 
 def test_invisible_controls_are_exactly_the_categories_the_rule_names() -> None:

@@ -55,6 +55,7 @@ from threadline.services.text_rules import (
     check_emoji,
     clean_body,
     mentioned_usernames,
+    name_readings,
 )
 
 MAX_ATTACHMENTS = 10
@@ -87,23 +88,30 @@ def mention_uuids(message: Message) -> list[uuid.UUID]:
 async def _mentions(
     session: AsyncSession, thread_id: uuid.UUID, body: str
 ) -> list[tuple[uuid.UUID, bool]]:
-    """(user id, muted) of participants the body @-mentions."""
-    names = {n.lower() for n in mentioned_usernames(body)}
-    if not names:
+    """(user id, muted) of participants the body @-mentions, in order; of the names a
+    mention may be ("@bob谢谢": bob谢谢, bob谢, bob), the longest a participant has."""
+    readings = [[n.lower() for n in name_readings(name)] for name in mentioned_usernames(body)]
+    if not readings:
         return []
+    username = func.lower(User.username)
     rows = await session.execute(
-        select(User.id, ThreadParticipant.muted)
+        select(username, User.id, ThreadParticipant.muted)
         .join(ThreadParticipant, ThreadParticipant.user_id == User.id)
         .where(
             ThreadParticipant.thread_id == thread_id,
-            func.lower(User.username).in_(names),
+            username.in_({n for names in readings for n in names}),
             User.deleted_at.is_(None),
         )
     )
-    found = [(r[0], bool(r[1])) for r in rows]
+    named: dict[str, list[tuple[uuid.UUID, bool]]] = {}
+    for name, user_id, muted in rows:
+        named.setdefault(name, []).append((user_id, bool(muted)))
+    found: dict[uuid.UUID, bool] = {}
+    for names in readings:
+        found.update(next((named[n] for n in names if n in named), []))
     if len(found) > MAX_MENTIONS:
         raise BadInput(f"A message may mention at most {MAX_MENTIONS} people")
-    return found
+    return list(found.items())
 
 
 async def send_message(

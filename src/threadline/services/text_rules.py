@@ -55,10 +55,14 @@ _SPACELESS: Final = (
 )
 
 # "@" plus a Clerk username, neither after a username character (but a letter above),
-# "@" or "/" (an e-mail address, a URL path) nor followed by "@" ("@alice@example.com").
-# The possessive "*+" stops the engine from backtracking to a shorter name that dodges
-# that check.
-_MENTION: Final = re.compile(rf"(?<![^\W{_SPACELESS}])(?<![.@/-])@(\w[\w.-]*+)(?!@)")
+# "@" or "/" (an e-mail address, a URL path) nor followed by "@" ("@alice@example.com";
+# but "@bob和@carol": "@" after those letters starts a mention). The possessive "*+" stops
+# the engine from backtracking to a shorter name that dodges that check.
+_MENTION: Final = re.compile(
+    rf"(?<![^\W{_SPACELESS}])(?<![.@/-])@(\w[\w.-]*+)(?!(?<![{_SPACELESS}])@)"
+)
+_SPACELESS_LETTER: Final = re.compile(f"[{_SPACELESS}]")
+_USERNAME_CHARS: Final = 255  # users.username: no longer reading can name anyone
 
 # What no text column can hold or no encoder can write: C0/C1 controls and lone surrogates.
 _UNSTORABLE: Final = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
@@ -176,3 +180,11 @@ def mentioned_usernames(body: str) -> list[str]:
         if name:
             seen.setdefault(name, None)
     return list(seen)
+
+
+def name_readings(name: str) -> list[str]:
+    """The usernames a mentioned name may be, longest first: one that runs into a spaceless
+    script ("bob谢谢", "张三さん") may end before any letter of it, and only the thread's
+    participants can tell where."""
+    cuts = range(min(len(name) - 1, _USERNAME_CHARS), 0, -1)
+    return [name, *(name[:i].rstrip(".") for i in cuts if _SPACELESS_LETTER.match(name, i))]

@@ -20,10 +20,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 from alembic import op
-
-from threadline.errors import BadInput
-from threadline.services.content_types import SIDEWAYS, read_image
-from threadline.uploads.storage import LocalStorage
+from PIL import Image
 
 revision: str = "0003"
 down_revision: str | Sequence[str] | None = "0002"
@@ -31,15 +28,30 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 BATCH = 500  # rows in memory at a time
+SIDEWAYS = range(5, 9)  # EXIF orientations that turn the picture a quarter
 attachments = sa.table(
     "attachments",
     sa.column("id", sa.Uuid()),
     sa.column("kind", sa.String()),
-    sa.column("content_type", sa.String()),
     sa.column("width", sa.Integer()),
     sa.column("height", sa.Integer()),
     sa.column("storage_key", sa.String()),
 )
+
+
+def _pixels_and_orientation(root: Path, key: str) -> tuple[int, int, int]:
+    """Width, height and EXIF orientation as the application read them at 0003 (copied,
+    not imported: a revision must run the same however that code changes later)."""
+    if not key or "/" not in key or ".." in key or key.startswith("/"):
+        raise ValueError("not a storage key")  # a tampered row must not escape root
+    with (root / key).open("rb") as file, Image.open(file) as image:
+        if image.format == "PNG" and "exif" not in image.info:
+            return (*image.size, 1)
+        try:
+            orientation = image.getexif().get(0x0112, 1)  # the Orientation tag
+        except Exception:  # a damaged EXIF block: the picture is shown as stored
+            orientation = 1
+        return (*image.size, orientation if isinstance(orientation, int) else 1)
 
 
 def upgrade() -> None:
@@ -47,7 +59,7 @@ def upgrade() -> None:
     upload_dir: Path | None = config.attributes.get("upload_dir") if config else None
     if upload_dir is None:
         return
-    storage, bind, c, unread = LocalStorage(upload_dir), op.get_bind(), attachments.c, 0
+    root, bind, c, unread = upload_dir.resolve(), op.get_bind(), attachments.c, 0
     query = (
         sa.select(attachments)
         .where(c.kind == "IMAGE", c.width != c.height)
@@ -62,19 +74,14 @@ def upgrade() -> None:
     while rows:
         for row in rows:
             try:
-                with storage.path(row.storage_key).open("rb") as file:
-                    shown = read_image(file, row.content_type)
-            except (OSError, ValueError, BadInput):
+                width, height, orientation = _pixels_and_orientation(root, row.storage_key)
+            except Exception:  # any parser failure on stored bytes
                 unread += 1
                 continue
-            if shown.orientation in SIDEWAYS and (row.width, row.height) == (
-                shown.height,
-                shown.width,
-            ):
+            # Still its pixels' size: the size as shown is that swapped.
+            if orientation in SIDEWAYS and (row.width, row.height) == (width, height):
                 bind.execute(
-                    sa.update(attachments)
-                    .where(c.id == row.id)
-                    .values(width=shown.width, height=shown.height)
+                    sa.update(attachments).where(c.id == row.id).values(width=height, height=width)
                 )
         rows = bind.execute(query.where(c.id > rows[-1].id)).all()
     if unread:
