@@ -278,3 +278,87 @@ async def test_an_event_that_is_only_late_costs_thread_activity_no_access_read(
         await ws.close()
     assert message["payload"]["data"]["threadActivity"]["isTyping"] is True, message
     assert checks == 0
+
+
+async def test_a_typing_expiry_after_a_removal_whose_publish_was_lost_is_not_shown(
+    server: Server, clients: Clients, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A typing spell that started before the viewer's removal expires after it. The
+    expiry named no seq, so threadActivity saw no gap where the lost removal was and
+    showed the removed user that alice stopped typing."""
+    alice, carol = await clients.users("alice", "carol")
+    tid = await factories.thread(alice, carol)
+    broker = server.runtime.broker
+    publish = broker.publish
+    server.runtime.typing.window = 1.0  # shortened for the test
+
+    async def losing_the_removal(channel: str, message: str) -> None:
+        if '"k":"ParticipantChanged"' in message:
+            raise ConnectionError("the publish of the removal was lost")
+        await publish(channel, message)
+
+    ws = await GraphQLWS.connect(server.ws_url, carol.token)
+    try:
+        await watch_activity(server, ws, ACTIVITY, tid)
+        await alice.gql(TYPING, {"t": tid})
+        shown = (await ws.next())["payload"]["data"]["threadActivity"]
+        assert shown == {
+            "__typename": "TypingChanged",
+            "isTyping": True,
+            "user": {"username": "alice"},
+        }
+        monkeypatch.setattr(broker, "publish", losing_the_removal)
+        await alice.gql(REMOVE, {"t": tid, "u": carol.id})
+        monkeypatch.setattr(broker, "publish", publish)
+        got = []
+        while True:  # the expiry comes a second after the ``true``
+            try:
+                message = await ws.next(timeout=3)
+            except TimeoutError:
+                break
+            if message["type"] != "next":
+                break
+            got.append(message["payload"])
+    finally:
+        await ws.close()
+    assert not got, f"the removed user's threadActivity went on after the removal: {got}"
+
+
+async def test_a_delivery_receipt_after_a_removal_whose_publish_was_lost_is_not_shown(
+    server: Server, clients: Clients, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bob fetching messages sent before carol's removal moves his delivered marker
+    after it. The receipt named the seq delivered, which carol's threadActivity had
+    heard: no gap where the lost removal was, and carol saw bob's marker move."""
+    alice, bob, carol = await clients.users("alice", "bob", "carol")
+    tid = await factories.thread(alice, bob, carol)
+    await factories.send(alice, tid, "before the removal")
+    broker = server.runtime.broker
+    publish = broker.publish
+
+    async def losing_the_removal(channel: str, message: str) -> None:
+        if '"k":"ParticipantChanged"' in message:
+            raise ConnectionError("the publish of the removal was lost")
+        await publish(channel, message)
+
+    ws = await GraphQLWS.connect(server.ws_url, carol.token)
+    try:
+        await watch_activity(server, ws, ACTIVITY, tid)
+        monkeypatch.setattr(broker, "publish", losing_the_removal)
+        await alice.gql(REMOVE, {"t": tid, "u": carol.id})
+        monkeypatch.setattr(broker, "publish", publish)
+        await bob.gql(
+            "query($t: ID!) { messages(threadId: $t, last: 10) { edges { cursor } } }", {"t": tid}
+        )
+        got = []
+        while True:
+            try:
+                message = await ws.next(timeout=3)
+            except TimeoutError:
+                break
+            if message["type"] != "next":
+                break
+            got.append(message["payload"])
+    finally:
+        await ws.close()
+    assert not got, f"the removed user's threadActivity went on after the removal: {got}"

@@ -362,3 +362,45 @@ async def test_a_receipt_late_from_before_a_role_change_does_not_show_a_marker_m
     shown = (await ws.next())["payload"]["data"]["threadActivity"]
     assert shown == {"user": {"username": "carol"}, "lastReadSeq": 3}
     await ws.close()
+
+
+async def test_a_receipt_late_from_before_a_removal_does_not_show_as_the_added_again_users_markers(
+    server: Server, clients: Clients
+) -> None:
+    """Removed and added again, carol's markers start from 0. A receipt of hers made
+    before the removal that reaches Redis after it (from another process) showed her
+    old marker again as if it were her new one."""
+    alice, carol, thread_id, ws = await carol_read_to_2_as_bob_watches(server, clients, 3)
+    made_at = (await thread_state(alice, thread_id))["lastSeq"]
+    remove = "mutation($t: ID!, $u: ID!) { removeParticipant(threadId: $t, userId: $u) }"
+    await alice.gql(remove, {"t": thread_id, "u": carol.id})
+    add = "mutation($t: ID!, $u: ID!) { addParticipant(threadId: $t, userId: $u) { role } }"
+    await alice.gql(add, {"t": thread_id, "u": carol.id})
+    # Typing names the thread's last seq: once it shows, the stream has had the removal.
+    typing = "mutation($t: ID!) { setTyping(threadId: $t, isTyping: true) }"
+    await alice.gql(typing, {"t": thread_id})
+    assert (await ws.next())["payload"]["data"]["threadActivity"] == {}
+    late = {"last_read_seq": 3, "last_delivered_seq": 3, "seq": made_at}
+    receipt = ActivityEvent(uuid.UUID(thread_id), "receipt", uuid.UUID(carol.id), late)
+    await server.runtime.broker.publish(activity_channel(thread_id), encode_activity(receipt))
+    await carol.gql(MARK_READ, {"t": thread_id, "s": 1})
+    shown = (await ws.next())["payload"]["data"]["threadActivity"]
+    assert shown == {"user": {"username": "carol"}, "lastReadSeq": 1}
+    await ws.close()
+
+
+async def test_messages_from_before_a_removal_delivered_after_it_show_the_added_again_users_marker(
+    server: Server, clients: Clients
+) -> None:
+    """A delivery receipt names its thread's last seq, not the seq delivered: carol,
+    added again, fetching messages from before her removal moves her new marker, and
+    the stream (which drops her receipts made before the removal) shows it."""
+    alice, carol, thread_id, ws = await carol_read_to_2_as_bob_watches(server, clients, 3)
+    remove = "mutation($t: ID!, $u: ID!) { removeParticipant(threadId: $t, userId: $u) }"
+    await alice.gql(remove, {"t": thread_id, "u": carol.id})
+    add = "mutation($t: ID!, $u: ID!) { addParticipant(threadId: $t, userId: $u) { role } }"
+    await alice.gql(add, {"t": thread_id, "u": carol.id})
+    await carol.gql(FETCH, {"t": thread_id})
+    shown = (await ws.next())["payload"]["data"]["threadActivity"]
+    assert shown == {"user": {"username": "carol"}, "lastReadSeq": 0}
+    await ws.close()

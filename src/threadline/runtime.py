@@ -67,7 +67,7 @@ class Runtime:
             limits=windows_as_limits(settings.rate_limit_windows()),
         )
         self.presence = PresenceTracker(redis, self.broker)
-        self.typing = TypingTracker(redis, self.broker)
+        self.typing = TypingTracker(redis, self.broker, self.db)
         self.user_cache: TTLCache[uuid.UUID, User] = TTLCache(USER_CACHE_SECONDS, 50_000)
         self.deliveries = DeliveryTracker(self.db)
         # Live delivery: each thread's events in order, and their fan-out to local sockets.

@@ -67,11 +67,11 @@ class ThreadParticipant(Base):
 
 def move_delivered(
     engine: AsyncEngine, rows: list[tuple[uuid.UUID, uuid.UUID, int]]
-) -> list[ReturningUpdate[uuid.UUID, uuid.UUID, int, int]]:
+) -> list[ReturningUpdate[uuid.UUID, uuid.UUID, int, int, int]]:
     """UPDATEs moving each (thread, user)'s delivered marker forward to seq, returning
-    the rows that moved: set-based UPDATEs of up to 1,000 rows each, or on SQLite,
-    which cannot name the columns of a VALUES list, one per marker (it has one writer
-    at a time anyway)."""
+    the rows that moved and their thread's last seq: set-based UPDATEs of up to 1,000
+    rows each, or on SQLite, which cannot name the columns of a VALUES list, one per
+    marker (it has one writer at a time anyway)."""
     if engine.dialect.name == "sqlite":
         return [_move_delivered(t, u, s) for t, u, s in rows]
     # Sorted, then cut into statements of at most 1,000 rows (3 parameters each; a
@@ -82,7 +82,7 @@ def move_delivered(
 
 def _move_many(
     rows: list[tuple[uuid.UUID, uuid.UUID, int]],
-) -> ReturningUpdate[uuid.UUID, uuid.UUID, int, int]:
+) -> ReturningUpdate[uuid.UUID, uuid.UUID, int, int, int]:
     wanted = values(
         column("thread_id", Uuid()),
         column("user_id", Uuid()),
@@ -107,7 +107,7 @@ def _move_many(
 
 def _move_delivered(
     thread_id: Any, user_id: Any, seq: Any
-) -> ReturningUpdate[uuid.UUID, uuid.UUID, int, int]:
+) -> ReturningUpdate[uuid.UUID, uuid.UUID, int, int, int]:
     """Values, or the columns of a VALUES list."""
     return (
         update(ThreadParticipant)
@@ -122,5 +122,8 @@ def _move_delivered(
             ThreadParticipant.user_id,
             ThreadParticipant.last_read_seq,
             ThreadParticipant.last_delivered_seq,
+            select(Thread.last_seq)
+            .where(Thread.id == ThreadParticipant.thread_id)
+            .scalar_subquery(),
         )
     )

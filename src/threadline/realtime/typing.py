@@ -13,7 +13,12 @@ import logging
 import time
 import uuid
 
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+
+from threadline.db import Database
 from threadline.errors import ServiceUnavailable
+from threadline.models import Thread
 from threadline.realtime.broker import BrokerError
 from threadline.realtime.channels import Publisher, activity_channel, encode_activity
 from threadline.realtime.redis_pool import (
@@ -34,11 +39,12 @@ _UNREACHABLE = (*REDIS_ERRORS, BrokerError)
 
 
 class TypingTracker:
-    def __init__(self, redis: str | RedisTarget | None, publisher: Publisher) -> None:
+    def __init__(self, redis: str | RedisTarget | None, publisher: Publisher, db: Database) -> None:
         target = as_target(redis)
         self._redis = command_client(target, **fail_fast()) if target else None
         self._prefix = target.prefix if target else ""
         self._publisher = publisher
+        self._db = db
         # Redis shares the times between processes: wall clock there.
         self._clock = time.monotonic if target is None else time.time
         self.window = TYPING_SECONDS
@@ -116,13 +122,17 @@ class TypingTracker:
                 self._schedule(key, remaining)
                 return
             await self._set_last(key, None)
-            await self._announce(key[0], key[1], False)
-        except _UNREACHABLE as exc:
+            # The thread's last seq now, as set() names the one its access check read: a
+            # viewer removed since the last ``true`` (its publish lost) is checked again.
+            async with self._db.reading() as session:
+                seq = await session.scalar(select(Thread.last_seq).where(Thread.id == key[0]))
+            await self._announce(key[0], key[1], False, seq or 0)
+        except (*_UNREACHABLE, SQLAlchemyError, OSError) as exc:
             # Its Redis key expires by itself; subscribers resubscribe after an outage.
             log.warning("typing expiry not announced: %s", exc)
 
     async def _announce(
-        self, thread_id: uuid.UUID, user_id: uuid.UUID, typing: bool, seq: int = 0
+        self, thread_id: uuid.UUID, user_id: uuid.UUID, typing: bool, seq: int
     ) -> None:
         event = ActivityEvent(thread_id, "typing", user_id, {"is_typing": typing, "seq": seq})
         await self._publisher.publish(activity_channel(thread_id), encode_activity(event))

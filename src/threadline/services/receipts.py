@@ -134,6 +134,5 @@ async def mark_delivered_many(
     statements = move_delivered(db.engine, rows)
     async with db.transaction("mark_delivered") as uow:
         for statement in statements:
-            for thread_id, user_id, read, delivered in await uow.session.execute(statement):
-                delivered = int(delivered)
-                uow.emit(_receipt(thread_id, user_id, int(read), delivered, delivered))
+            for thread_id, user_id, read, delivered, last in await uow.session.execute(statement):
+                uow.emit(_receipt(thread_id, user_id, int(read), int(delivered), int(last)))

@@ -53,9 +53,10 @@ async def stream(info: Info, thread_id: str) -> AsyncIterator[TypingChanged | Re
         if heard is None:
             return
         early: set[int] = set()  # seqs heard before one below them
-        # Each user's markers as shown: receipts from several writers (processes) may
-        # arrive out of order, and a marker only moves forward.
-        shown: dict[uuid.UUID, tuple[int, int]] = {}
+        # Each user's markers as shown, and the seq of their removal heard: receipts
+        # from several writers (processes) may arrive out of order, and a marker only
+        # moves forward.
+        shown: dict[uuid.UUID, tuple[int, int, int]] = {}
         async for item in subscriber:
             if item is RECONNECTED:
                 # Ephemeral: nothing to catch up on, except a removal meanwhile.
@@ -68,7 +69,7 @@ async def stream(info: Info, thread_id: str) -> AsyncIterator[TypingChanged | Re
                 logged = runtime.feed.decoded(raw)
                 # Removed: added again, they start from 0 (a role change keeps the markers).
                 if isinstance(removed := who_stops(logged), uuid.UUID):
-                    shown.pop(removed, None)
+                    shown[removed] = (0, 0, logged.seq)
                 if logged.seq <= heard or logged.seq in early:
                     continue  # heard already: a removal comes on both channels
                 if (
@@ -101,12 +102,14 @@ async def stream(info: Info, thread_id: str) -> AsyncIterator[TypingChanged | Re
                     is_typing=bool(event.data.get("is_typing")),
                 )
             else:
-                before = shown.get(event.user_id, (0, 0))
+                before = shown.get(event.user_id, (0, 0, 0))
+                if int(event.data["seq"]) < before[2]:
+                    continue  # made before their removal, late: of markers since reset
                 read = max(before[0], int(event.data["last_read_seq"]))
                 delivered = max(before[1], int(event.data["last_delivered_seq"]))
-                if (read, delivered) == before:
+                if (read, delivered) == before[:2]:
                     continue  # an older receipt, late: nothing new
-                shown[event.user_id] = (read, delivered)
+                shown[event.user_id] = (read, delivered, before[2])
                 yield ReceiptChanged(
                     user_id=event.user_id,
                     thread_id=ID(str(event.thread_id)),
