@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -287,6 +287,33 @@ async def test_a_backup_dated_ahead_is_kept_and_so_is_each_one_just_made(
     await create_backup(settings, parent, keep=1)
     made, _ = await create_backup(settings, parent, keep=1)
     assert sorted(parent.iterdir()) == sorted([ahead, made])
+
+
+def chattr(flag: str, paths: Iterable[Path]) -> int:
+    return subprocess.run(["chattr", flag, *map(str, paths)], capture_output=True).returncode
+
+
+async def test_a_folder_a_prune_or_a_start_cannot_wholly_delete_is_not_logged_as_removed(
+    settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """shutil.rmtree is told to ignore errors: what it could not delete must not read as
+    gone in the log (an immutable file stands for a read-only mount or a busy NFS file)."""
+    parent = tmp_path / "backups"
+    old, _ = await create_backup(settings, parent)
+    stuck = [old / "stuck", parent / f"{PREFIX}killed.partial" / "stuck"]
+    stuck[1].parent.mkdir()
+    for path in stuck:
+        path.write_text("x")
+    if chattr("+i", stuck):
+        pytest.skip("chattr +i is not available on this filesystem")
+    try:
+        with caplog.at_level("INFO", logger="threadline.backups"):
+            await create_backup(settings, parent, keep=1)
+    finally:
+        assert chattr("-i", parent.rglob("stuck")) == 0
+    said = [r.getMessage() for r in caplog.records]
+    assert not [line for line in said if "removed" in line], said
+    assert len([line for line in said if "could not remove all" in line]) == 2, said
 
 
 async def test_a_backup_refuses_a_half_restored_deployment_and_prunes_nothing(

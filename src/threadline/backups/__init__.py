@@ -86,6 +86,14 @@ def _lock(folder: Path, flags: int = fcntl.LOCK_EX) -> int:
     return descriptor
 
 
+def _remove(folder: Path, message: str, *args: object) -> None:
+    remove_tree(folder)  # which stops at nothing it cannot delete
+    if folder.exists():
+        log.warning("backup: could not remove all of %s; the next run retries", folder)
+    else:
+        log.info(message, *args)
+
+
 def _start(parent: Path) -> tuple[Path, int]:
     """A new ``<name>.partial`` folder under ``parent``, named by the time, and its lock,
     held until the backup is done; first, the ``.partial`` folders no process holds go:
@@ -102,9 +110,8 @@ def _start(parent: Path) -> tuple[Path, int]:
         for left in parent.glob(f"{PREFIX}*.partial"):
             with suppress(OSError):  # locked by a running backup, or not a folder, or gone
                 held = _lock(left, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                remove_tree(left)
+                _remove(left, "backup: removed %s, left by a backup or prune cut short", left)
                 os.close(held)
-                log.info("backup: removed %s, left by a backup or prune cut short", left)
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         name, number = f"{PREFIX}{stamp}", 1
         while (parent / name).exists() or (parent / f"{name}.partial").exists():
@@ -218,11 +225,7 @@ def prune_backups(parent: Path, keep: int, *, made: Path | None = None) -> list[
             doomed = path.rename(path.with_name(f"{path.name}.partial"))
             folders_on_disk([doomed], parent)
             (doomed / MANIFEST).unlink(missing_ok=True)
-            remove_tree(doomed)
-            if doomed.exists():
-                log.warning("backup: could not remove all of %s; the next run retries", doomed)
-            else:
-                log.info("backup: removed %s (keeping the newest %d)", path, keep)
+            _remove(doomed, "backup: removed %s (keeping the newest %d)", path, keep)
         return removed
     finally:
         os.close(guard)
