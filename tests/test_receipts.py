@@ -3,30 +3,37 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 import pytest
+import websockets
 from sqlalchemy import make_url, select, text
+from starlette.websockets import WebSocketState
+from websockets.asyncio.client import ClientConnection
 
 from tests import factories
 from tests.conftest import BACKEND, Api, Clients, Server, ServerErrors
 from tests.deployment import Outage
-from tests.live import watch_activity
-from tests.wsclient import GraphQLWS
+from tests.live import new_listener, until, watch_activity
+from tests.test_role_changes_live import SET_ROLE, make_owner
+from tests.wsclient import GraphQLWS, close_draining
 from threadline.config import Settings
 from threadline.db import Database, make_engine
 from threadline.errors import ServiceUnavailable
 from threadline.models import ThreadParticipant
 from threadline.realtime import deliveries
 from threadline.realtime.broker import BrokerClosed
-from threadline.realtime.channels import activity_channel, encode_activity
+from threadline.realtime.channels import activity_channel, encode_activity, thread_channel
 from threadline.realtime.deliveries import DeliveryTracker
 from threadline.runtime import Runtime
+from threadline.schema.context import Context
 from threadline.services.events import ActivityEvent
 from threadline.services.receipts import mark_delivered_many
+from threadline.uvicorn_seam import raw_socket
 
 Key = tuple[uuid.UUID, uuid.UUID]
 
@@ -404,3 +411,160 @@ async def test_messages_from_before_a_removal_delivered_after_it_show_the_added_
     shown = (await ws.next())["payload"]["data"]["threadActivity"]
     assert shown == {"user": {"username": "carol"}, "lastReadSeq": 0}
     await ws.close()
+
+
+# Reads the viewer (reactedByMe): served per subscriber (the general path), not by the
+# fan-out. Twelve copies of the body (~48 KB frames): a client that stops reading soon
+# fills its socket, and the server's next write has to wait.
+PER_VIEWER = (
+    "subscription($t: ID!, $a: Int) { threadEvents(threadId: $t, afterSeq: $a) { seq"
+    " ... on MessageCreated { message { reactions { reactedByMe } } "
+    + " ".join(f"b{i}: message {{ body }}" for i in range(12))
+    + " } } }"
+)
+SMALL_PER_VIEWER = """subscription($t: ID!) { threadEvents(threadId: $t) {
+  seq ... on MessageCreated { message { body reactions { reactedByMe } } } } }"""
+BIG_BODY = "x" * 4000
+TRANSPORT, LEGACY = "graphql-transport-ws", "graphql-ws"
+
+
+async def delivered_to(server: Server, user: Api, thread_id: str, flush: bool = True) -> int:
+    """``user``'s delivered marker in ``thread_id`` as stored (after a flush, if asked)."""
+    if flush:
+        await server.runtime.deliveries.flush()
+    markers = await delivered_markers(server.runtime.db, [uuid.UUID(thread_id)])
+    return markers[uuid.UUID(user.id), uuid.UUID(thread_id)]
+
+
+async def not_reading(server: Server, user: Api) -> tuple[ClientConnection, Any, Context]:
+    """``user``'s graphql-transport-ws socket that stops reading after a message (its
+    queue holds one), with the server's uvicorn protocol and context for it."""
+    conn = await websockets.connect(
+        server.ws_url,
+        subprotocols=[TRANSPORT],  # type: ignore[list-item]
+        max_queue=1,
+        compression=None,
+    )
+    await conn.send(json.dumps({"type": "connection_init", "payload": {"token": user.token}}))
+    assert json.loads(await conn.recv())["type"] == "connection_ack"
+    for websocket, context in server.app.state.graphql.connections.items():
+        viewer = context.viewer_or_none
+        if viewer is not None and str(viewer.id) == user.id:
+            uvicorn = raw_socket(websocket.scope)._protocol  # type: ignore[union-attr]
+            return conn, uvicorn, context
+    raise AssertionError(f"no socket of {user.username}")
+
+
+async def test_a_frame_still_waiting_for_the_socket_is_not_marked_delivered(
+    server: Server, clients: Clients
+) -> None:
+    """bob's client stops reading while his per-viewer stream replays: the server's
+    writes soon wait, and he ends the subscription while one does. His delivered
+    marker (alice sees DELIVERED by it) stops at the last frame he got, not at the
+    one that was never written. (graphql-transport-ws only: strawberry's legacy
+    handler closes the stream before it cancels the write, which can then finish.)"""
+    alice, bob = await clients.users("alice", "bob")
+    tid = await factories.thread(alice, bob)
+    for _ in range(150):  # about 7 MB of frames: more than the socket buffers take
+        await factories.send(alice, tid, BIG_BODY)
+    conn, uvicorn, _ = await not_reading(server, bob)
+    try:
+        query = {"query": PER_VIEWER, "variables": {"t": tid, "a": 0}}
+        await conn.send(json.dumps({"id": "1", "type": "subscribe", "payload": query}))
+        # The operation ends while its stream waits on a write, not on a read: a
+        # cancelled read on SQLite loses its connection with a logged traceback.
+        await until(lambda: bool(uvicorn.writable._waiters))
+        await conn.send(json.dumps({"id": "1", "type": "complete"}))
+        # Then a query: its answer comes after every frame written.
+        ask = {"query": "{ me { id } }"}
+        await conn.send(json.dumps({"id": "2", "type": "subscribe", "payload": ask}))
+        received = []
+        while True:
+            message = json.loads(await asyncio.wait_for(conn.recv(), 10))
+            if message.get("id") == "2":
+                break
+            if message["type"] == "next":
+                received.append(message["payload"]["data"]["threadEvents"]["seq"])
+    finally:
+        await close_draining(conn)
+    assert received == list(range(1, len(received) + 1))
+    assert 0 < len(received) < 150, "the socket filled up before the replay ended"
+    assert await delivered_to(server, bob, tid) == received[-1]
+
+
+async def test_a_result_refused_by_a_socket_the_server_closed_ends_the_stream_undelivered(
+    server: Server, clients: Clients
+) -> None:
+    """bob's socket is full when the server closes it (his role changed): the close
+    waits behind the frames, and a new event's frame is refused at once. That event is
+    not marked delivered, and his stream ends instead of marking every later one."""
+    alice, bob = await clients.users("alice", "bob")
+    await make_owner(server, alice)
+    tid = await factories.thread(alice, bob)
+    conn, uvicorn, context = await not_reading(server, bob)
+    try:
+        ready = new_listener(server, thread_channel(tid))
+        query = {"query": PER_VIEWER, "variables": {"t": tid}}
+        await conn.send(json.dumps({"id": "1", "type": "subscribe", "payload": query}))
+        await until(ready)
+        # One event at a time until the server's side of the socket pauses: each frame
+        # written whole and marked, none waiting.
+        written = 0
+        for _ in range(300):
+            written = (await factories.send(alice, tid, BIG_BODY))["seq"]
+            for _ in range(500):
+                if await delivered_to(server, bob, tid) >= written:
+                    break
+                await asyncio.sleep(0.01)
+            if not uvicorn.writable.is_set():
+                break
+        else:
+            pytest.fail("bob's socket never filled up")
+        await alice.gql(SET_ROLE, {"u": bob.id, "r": "ADMIN"})
+        websocket = context.connection
+        await until(lambda: websocket.application_state is WebSocketState.DISCONNECTED)
+        assert context.state.subscriptions == 1
+        never = (await factories.send(alice, tid, "never sent"))["seq"]
+        for _ in range(500):
+            if not context.state.subscriptions or await delivered_to(server, bob, tid) == never:
+                break
+            await asyncio.sleep(0.02)
+        assert await delivered_to(server, bob, tid) == written
+        assert context.state.subscriptions == 0
+    finally:
+        await close_draining(conn)
+
+
+@pytest.mark.parametrize("protocol", [TRANSPORT, LEGACY])
+async def test_the_last_event_pushed_is_marked_delivered_without_waiting_for_another(
+    server: Server, clients: Clients, protocol: str
+) -> None:
+    """The general path marks an event once its frame is written: the last one too,
+    with no later event to move the stream on."""
+    alice, bob = await clients.users("alice", "bob")
+    tid = await factories.thread(alice, bob)
+    conn = await websockets.connect(server.ws_url, subprotocols=[protocol])  # type: ignore[list-item]
+    try:
+        init = {"type": "connection_init", "payload": {"token": bob.token}}
+        await conn.send(json.dumps(init))
+        assert json.loads(await asyncio.wait_for(conn.recv(), 10))["type"] == "connection_ack"
+        ready = new_listener(server, thread_channel(tid))
+        query = {"query": SMALL_PER_VIEWER, "variables": {"t": tid}}
+        start = "subscribe" if protocol == TRANSPORT else "start"
+        await conn.send(json.dumps({"id": "1", "type": start, "payload": query}))
+        await until(ready)
+        sent = await factories.send(alice, tid, "only one")
+        while True:
+            message = json.loads(await asyncio.wait_for(conn.recv(), 10))
+            if message["type"] in ("next", "data"):
+                break
+        assert message["payload"]["data"]["threadEvents"]["seq"] == sent["seq"]
+        # No later event: the background flush (each second) writes it.
+        for _ in range(100):
+            if await delivered_to(server, bob, tid, flush=False) == sent["seq"]:
+                break
+            await asyncio.sleep(0.05)
+        assert await delivered_to(server, bob, tid, flush=False) == sent["seq"]
+        assert await status(alice, sent["id"]) == ("DELIVERED", [])
+    finally:
+        await close_draining(conn)

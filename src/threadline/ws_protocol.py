@@ -123,9 +123,13 @@ class TransportProtocol(BaseGraphQLTransportWSHandler[Context, None]):
     async def send_message(self, message: Any) -> None:
         # The server's own close can come between an operation's end and its `complete`:
         # starlette then refuses the send with an error strawberry does not expect. The
-        # message has nowhere to go; the socket's end cleans up.
-        with suppress(ClosedForSending, WebSocketDisconnected):
+        # message has nowhere to go; the socket's end cleans up. A result that did not go
+        # out ends its stream (StreamHook): resumed, the stream would count it delivered.
+        try:
             await super().send_message(message)
+        except (ClosedForSending, WebSocketDisconnected):
+            if message["type"] == "next":
+                raise WebSocketDisconnected from None
 
     def forget_id(self, id: str) -> None:
         # strawberry's raises when the client's `complete` came just before the last message.

@@ -52,6 +52,8 @@ async def stream(
     async with aclosing(runtime.feed.ordered(tid, viewer.id, start)) as events:
         async for event in events:
             await ctx.renew()
+            yield await rendered(runtime, event)
+            # Both subprotocols ask for the next result only once this one's frame is
+            # written; a send that failed closes the stream here instead (ws_protocol).
             runtime.deliveries.delivered(viewer.id, tid, event.seq)
             EVENTS_DELIVERED.inc()
-            yield await rendered(runtime, event)
