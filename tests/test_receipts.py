@@ -535,6 +535,41 @@ async def test_a_result_refused_by_a_socket_the_server_closed_ends_the_stream_un
         await close_draining(conn)
 
 
+async def test_a_socket_that_stopped_reading_holds_up_no_other_sockets_close(
+    server: Server, clients: Clients
+) -> None:
+    """Closing bob's full socket waits until it drains, or until uvicorn's keep-alive
+    gives up on it: carol's role change, heard just after his, still closes hers at once."""
+    alice, bob, carol = await clients.users("alice", "bob", "carol")
+    await make_owner(server, alice)
+    tid = await factories.thread(alice, bob, carol)
+    conn, uvicorn, context = await not_reading(server, bob)
+    other = await websockets.connect(server.ws_url, subprotocols=[TRANSPORT])  # type: ignore[list-item]
+    try:
+        await other.send(json.dumps({"type": "connection_init", "payload": {"token": carol.token}}))
+        assert json.loads(await other.recv())["type"] == "connection_ack"
+        ready = new_listener(server, thread_channel(tid))
+        query = {"query": PER_VIEWER, "variables": {"t": tid}}
+        await conn.send(json.dumps({"id": "1", "type": "subscribe", "payload": query}))
+        await until(ready)
+        for _ in range(300):
+            await factories.send(alice, tid, BIG_BODY)
+            if not uvicorn.writable.is_set():
+                break
+        else:
+            pytest.fail("bob's socket never filled up")
+        await alice.gql(SET_ROLE, {"u": bob.id, "r": "ADMIN"})
+        websocket = context.connection
+        await until(lambda: websocket.application_state is WebSocketState.DISCONNECTED)
+        assert not uvicorn.writable.is_set(), "bob's close is waiting for his socket"
+        await alice.gql(SET_ROLE, {"u": carol.id, "r": "ADMIN"})
+        await asyncio.wait_for(other.wait_closed(), 5)
+        assert other.close_code == 4403
+    finally:
+        await other.close()
+        await close_draining(conn)
+
+
 @pytest.mark.parametrize("protocol", [TRANSPORT, LEGACY])
 async def test_the_last_event_pushed_is_marked_delivered_without_waiting_for_another(
     server: Server, clients: Clients, protocol: str

@@ -196,6 +196,7 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
         # Live sockets by their WebSocket, and the same split over the beat's ticks.
         self.connections: dict[object, Context] = {}
         self._ticks: list[dict[object, Context]] = [{} for _ in range(BEAT_TICKS)]
+        self._closing: set[asyncio.Task[None]] = set()
 
     def decode_json(self, data: str | bytes) -> object:
         # orjson is several times faster; it refuses lone surrogate escapes and NaN.
@@ -427,7 +428,7 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
             await self.runtime.broker.publish(SESSIONS_CHANNEL, message)
         except Exception:
             log.warning("could not broadcast ended sessions; closing local ones", exc_info=True)
-            await self._close_sessions(clerk_session_ids, clerk_user_ids)
+            self._close_sessions(clerk_session_ids, clerk_user_ids)
 
     async def listen_for_ended_sessions(self) -> None:
         """Runs for the process's lifetime: closes local sockets of sessions ended anywhere."""
@@ -437,15 +438,13 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
                     async for item in subscriber:
                         if isinstance(item, str):
                             data = orjson.loads(item)
-                            await self._close_sessions(data["sessions"], data["users"])
-                            await self._reauthorize(data.get("reauthorize", []))
+                            self._close_sessions(data["sessions"], data["users"])
+                            self._reauthorize(data.get("reauthorize", []))
             except Exception:
                 log.warning("ended-sessions listener restarting", exc_info=True)
                 await asyncio.sleep(1)
 
-    async def _close_sessions(
-        self, clerk_session_ids: list[str], clerk_user_ids: list[str]
-    ) -> None:
+    def _close_sessions(self, clerk_session_ids: list[str], clerk_user_ids: list[str]) -> None:
         """Close the live sockets of ended Clerk sessions and deleted users (4401)."""
         self.runtime.forget_viewers(clerk_user_ids, clerk_session_ids)
 
@@ -455,24 +454,28 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
                 identity.session_id in clerk_session_ids or identity.clerk_id in clerk_user_ids
             )
 
-        await self._close_where(ended, CLOSE_SESSION_ENDED, "Session ended")
+        self._close_where(ended, CLOSE_SESSION_ENDED, "Session ended")
 
-    async def _reauthorize(self, user_ids: list[str]) -> None:
+    def _reauthorize(self, user_ids: list[str]) -> None:
         """Close these users' live sockets with 4403: their role changed, and what a socket
         runs was decided with the old one; on reconnecting every stream is checked anew."""
         if not user_ids:
             return
         ids = {uuid.UUID(user_id) for user_id in user_ids}
         self.runtime.forget_viewers(user_ids=ids)
-        await self._close_where(
+        self._close_where(
             lambda c: c.viewer_or_none is not None and c.viewer_or_none.id in ids,
             CLOSE_REFUSED,
             "Your role changed: reconnect",
         )
 
-    async def _close_where(self, doomed: Callable[[Context], bool], code: int, reason: str) -> None:
-        sockets = [c for c in list(self.connections.values()) if doomed(c)]
-        await asyncio.gather(*(self._close(c, code, reason) for c in sockets))
+    def _close_where(self, doomed: Callable[[Context], bool], code: int, reason: str) -> None:
+        # Not awaited: a close waits until its socket drains (a client that stopped reading
+        # holds it until the keep-alive gives up), and would hold up every other close.
+        for context in [c for c in list(self.connections.values()) if doomed(c)]:
+            task = asyncio.create_task(self._close(context, code, reason))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     async def _close(self, context: Context, code: int, reason: str) -> None:
         try:
@@ -481,4 +484,5 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
             log.debug("socket already closed", exc_info=True)
 
     async def close_connections(self) -> None:
-        await self._close_where(lambda _: True, 1001, "Server shutting down")
+        self._close_where(lambda _: True, 1001, "Server shutting down")
+        await asyncio.gather(*self._closing)
