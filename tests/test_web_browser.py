@@ -1169,6 +1169,21 @@ async def test_the_page_highlights_the_mentions_the_server_found(
     await expect(bob.message("谢谢").locator(".mention")).to_have_text(["@bob"])
 
 
+async def test_a_mention_glued_to_han_or_kana_is_highlighted_up_to_the_name(
+    server: Server, browser: Any, clients: Clients
+) -> None:
+    # The server reads "@bob谢谢" as bob ("@bob thanks"); the page looked for "bob谢谢". A name
+    # may end before "ー" too (a kana mark of no script of its own).
+    alice_api, bob_api, zhang_api = await clients.users("alice", "bob", "张三")
+    tid = await factories.thread(alice_api, bob_api, zhang_api, title="Thanks")
+    body = "@bob谢谢！@bobby @张三さん、@张三ーさん"
+    await factories.send(alice_api, tid, body)
+    bob = await sign_in(browser, server.base, "bob")
+    await open_thread(bob, "Thanks")
+    await expect(bob.message("谢谢").locator(".mention")).to_have_text(["@bob", "@张三", "@张三"])
+    await expect(bob.message("谢谢").locator(".body")).to_have_text(body)
+
+
 async def test_a_thread_renamed_while_open_is_renamed_in_its_message_box_too(
     server: Server, browser: Any, clients: Clients
 ) -> None:

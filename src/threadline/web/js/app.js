@@ -39,9 +39,8 @@ async function main() {
 	const session = await signIn(config, $("signin"));
 	app.api = new Api(session.getToken);
 	app.api.onUnauthenticated = () => session.signOut();
-	const scheme = location.protocol === "https:" ? "wss" : "ws";
 	// A function: every reconnect asks for a fresh token.
-	app.live = new Live(`${scheme}://${location.host}/graphql`, async () => ({ authorization: `Bearer ${await session.getToken()}` }));
+	app.live = new Live(`${location.origin.replace(/^http/, "ws")}/graphql`, async () => ({ authorization: `Bearer ${await session.getToken()}` }));
 	try {
 		app.me = (await app.api.request(Q.ME)).me;
 	} catch (error) {

@@ -10,7 +10,7 @@ export class Composer {
 	constructor(ctx) {
 		this.ctx = ctx;
 		this.editing = null;
-		this.uploads = []; // {id, file, attachment, error}
+		this.uploads = []; // {file, attachment, error}
 		this.lastTyping = 0;
 		const id = randomId();
 		this.input = el("textarea", {
@@ -80,7 +80,7 @@ export class Composer {
 		return this.uploads.some((u) => !u.attachment && !u.error);
 	}
 
-	async submit() {
+	submit() {
 		const body = this.input.value.trim();
 		if (this.editing) {
 			if (body && body !== this.editing.body) this.ctx.edit(this.editing, body);
@@ -142,22 +142,22 @@ export class Composer {
 			onmousedown: (e) => { e.preventDefault(); this.pickMention(user.username); },
 		}, `${user.displayName} `, el("small", {}, `@${user.username}`))));
 		this.mentions.hidden = false;
-		this.input.setAttribute("aria-expanded", "true");
+		this.input.ariaExpanded = "true";
 		this.input.setAttribute("aria-activedescendant", `${this.mentions.id}-0`);
 	}
 
 	closeMentions() {
 		this.mentions.hidden = true;
-		this.input.setAttribute("aria-expanded", "false");
+		this.input.ariaExpanded = "false";
 		this.input.removeAttribute("aria-activedescendant");
 	}
 
 	mentionKey(event) {
 		const options = [...this.mentions.children];
-		let index = options.findIndex((o) => o.getAttribute("aria-selected") === "true");
+		let index = options.findIndex((o) => o.ariaSelected === "true");
 		if (event.key === "ArrowDown" || event.key === "ArrowUp") {
 			index = (index + (event.key === "ArrowDown" ? 1 : options.length - 1)) % options.length;
-			options.forEach((o, i) => o.setAttribute("aria-selected", String(i === index)));
+			options.forEach((o, i) => (o.ariaSelected = String(i === index)));
 			this.input.setAttribute("aria-activedescendant", options[index].id);
 		} else if (event.key === "Enter" || event.key === "Tab") {
 			this.pickMention(options[index].dataset.username);

@@ -63,7 +63,7 @@ export class Live extends EventTarget {
 	}
 
 	setStatus(connected) {
-		this.dispatchEvent(new CustomEvent("status", { detail: { connected, attempt: this.attempt } }));
+		this.dispatchEvent(new CustomEvent("status", { detail: { connected } }));
 	}
 
 	async connect() {

@@ -5,12 +5,18 @@ import { btn, el, fileSize, fullTime, shortTime, toggle } from "./util.js";
 const QUICK_EMOJI = ["👍", "❤️", "😂", "🎉", "😮", "😢", "🚀", "👀"];
 const ADMIN_ROLES = new Set(["ADMIN", "OWNER"]);
 
+// A name may end before a letter of these scripts (text_rules._SPACELESS): "@bob谢谢" may be bob.
+const NAME_END = /^\.*([\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u2e80-\u2fdf\u3005-\u3007\u3021-\u3029\u3031-\u3035\u3038-\u303c\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f\u{20000}-\u{3ffff}]|$)/u;
+
 /** The body, the @mentions the server found highlighted (any case, no final full stop);
  * never HTML (bodies are plain text). */
 function bodyWithMentions({ body, mentions }) {
 	const names = new Set(mentions?.map((u) => u.username?.toLowerCase()));
-	return body.split(/(@[\p{L}\p{N}_.-]*[\p{L}\p{N}_-])/u).map((part, i) =>
-		i % 2 && names.has(part.slice(1).toLowerCase()) ? el("span", { class: "mention" }, part) : part);
+	return body.split(/(@[\p{L}\p{N}_.-]*[\p{L}\p{N}_-])/u).flatMap((part, i) => {
+		let end = i % 2 ? Math.min(part.length, 256) : 0; // usernames: 255 at most
+		while (end > 1 && !(NAME_END.test(part.slice(end)) && names.has(part.slice(1, end).toLowerCase()))) end--;
+		return end > 1 ? [el("span", { class: "mention" }, part.slice(0, end)), part.slice(end)] : part;
+	});
 }
 
 function attachmentView(attachment) {

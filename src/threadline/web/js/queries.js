@@ -24,9 +24,9 @@ export const THREADS = `query Threads($after: String) {
 
 export const THREAD = `query Thread($t: ID!) {
 	thread(threadId: $t) {
-		id title isDirect lastSeq lastReadSeq myRole
+		title lastSeq lastReadSeq myRole
 		participants(first: 100) {
-			edges { node { role lastReadSeq user { ${USER} presence { status } } } }
+			edges { node { lastReadSeq user { ${USER} presence { status } } } }
 		}
 		pinnedMessages { ...Msg }
 		messages(last: 50) { ${MESSAGE_PAGE} }
@@ -44,7 +44,7 @@ export const REPLIES = `query Replies($m: ID!) {
 } ${MESSAGE}`;
 
 export const EDITS = `query Edits($m: ID!) {
-	message(messageId: $m) { id body edits { id previousBody editedAt editedBy { displayName } } }
+	message(messageId: $m) { edits { previousBody editedAt } }
 }`;
 
 export const USERS = `query Users($s: String) {
@@ -62,7 +62,7 @@ export const TYPING = `mutation Typing($t: ID!, $on: Boolean!) { setTyping(threa
 export const CREATE_THREAD = `mutation CreateThread($i: CreateThreadInput!) { createThread(input: $i) { ...ThreadItem } } ${THREAD_ITEM}`;
 export const CREATE_DIRECT = `mutation Direct($u: ID!) { createDirectThread(userId: $u) { ...ThreadItem } } ${THREAD_ITEM}`;
 export const UPLOAD = `mutation Upload($threadId: ID!, $file: Upload!) {
-	uploadAttachment(threadId: $threadId, file: $file) { id filename contentType size kind url width height }
+	uploadAttachment(threadId: $threadId, file: $file) { id }
 }`;
 
 export const THREAD_EVENTS = `subscription Events($t: ID!, $after: Int) {
@@ -74,7 +74,7 @@ export const THREAD_EVENTS = `subscription Events($t: ID!, $after: Int) {
 		... on ReactionChanged { messageId ${REACTIONS} }
 		... on MessagePinned { pinned message { ...Msg } }
 		... on ParticipantChanged { role user { ${USER} presence { status } } }
-		... on ThreadUpdated { thread { title description } }
+		... on ThreadUpdated { thread { title } }
 	}
 } ${MESSAGE}`;
 
@@ -93,7 +93,6 @@ export const PRESENCE = `subscription Presence($ids: [ID!]!) {
 export const VIEWER_EVENTS = `subscription Viewer {
 	viewerEventsWithResync {
 		__typename
-		... on ViewerResync { reason }
 		... on ThreadActivityForViewer { thread { ...ThreadItem } }
 		... on ThreadMembershipChanged { threadId role thread { ...ThreadItem } }
 	}

@@ -53,9 +53,9 @@ export class ThreadList {
 		const threads = new Map();
 		let after = null;
 		do {
-			const data = await this.app.api.request(Q.THREADS, { after });
-			data.threads.edges.forEach(({ node }) => threads.set(node.id, node));
-			after = data.threads.pageInfo.hasNextPage ? data.threads.pageInfo.endCursor : null;
+			const { edges, pageInfo } = (await this.app.api.request(Q.THREADS, { after })).threads;
+			edges.forEach(({ node }) => threads.set(node.id, node));
+			after = pageInfo.hasNextPage ? pageInfo.endCursor : null;
 		} while (after && threads.size < 200);
 		return threads;
 	}
@@ -109,14 +109,13 @@ export class ThreadList {
 		const button = li.firstChild;
 		const [title, time, text] = button.children;
 		button.className = `thread${unread ? " unread" : ""}`;
-		if (thread.id === this.app.activeId) button.setAttribute("aria-current", "true");
-		else button.removeAttribute("aria-current");
+		button.ariaCurrent = thread.id === this.app.activeId ? "true" : null;
 		title.textContent = thread.isDirect ? `@ ${thread.title}` : `# ${thread.title}`;
-		time.setAttribute("datetime", thread.lastMessageAt ?? "");
+		time.dateTime = thread.lastMessageAt ?? "";
 		time.textContent = shortTime(thread.lastMessageAt);
 		text.textContent = preview;
 		if (unread) {
-			li.badge.setAttribute("aria-label", `${thread.unreadCount} unread`);
+			li.badge.ariaLabel = `${thread.unreadCount} unread`;
 			li.badge.textContent = String(thread.unreadCount);
 			if (!li.badge.isConnected) button.append(li.badge);
 		} else li.badge.remove();

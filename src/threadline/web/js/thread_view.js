@@ -7,7 +7,6 @@ import * as Q from "./queries.js";
 import { announce, btn, debounce, el, randomId, toggle } from "./util.js";
 
 const TYPING_SHOWN_MS = 7000;
-const olderCursor = ({ pageInfo: p }) => (p.hasPreviousPage ? p.startCursor : null);
 
 export class ThreadView {
 	constructor(root, app) {
@@ -74,8 +73,6 @@ export class ThreadView {
 		this.pending = new Map();
 		this.typing = new Map();
 		this.people = new Map(thread.participants.edges.map(({ node }) => [node.user.id, { ...node, status: node.user.presence.status }]));
-		const page = thread.messages;
-		this.olderCursor = olderCursor(page);
 		this.remember(thread.pinnedMessages);
 		this.title = el("h2", { id: "thread-title" }, thread.title);
 		this.pinButton = btn({ class: "pinned-toggle", "aria-expanded": "false", "aria-controls": "pinned", onclick: () => toggle(this.pinnedPanel, this.pinButton) });
@@ -95,7 +92,7 @@ export class ThreadView {
 					this.title, this.peopleList, this.pinButton),
 				this.pinnedPanel, this.scroller, this.typingLine, this.composer.element),
 			this.replies);
-		this.list.append(...this.renderMany(page.edges.map((e) => e.node)));
+		this.list.append(...this.renderPage(thread.messages));
 		this.renderPeople();
 		this.renderPinned();
 		this.updateSeen();
@@ -130,9 +127,12 @@ export class ThreadView {
 		messages.forEach((m) => this.messages.set(m.id, m));
 	}
 
-	/** Top-level messages as elements (replies live in the side panel). */
-	renderMany(messages) {
+	/** A page's top-level messages as elements (replies live in the side panel); the
+	 * cursor for the page above it. */
+	renderPage({ edges, pageInfo: p }) {
 		const ctx = this.context(false);
+		const messages = edges.map((e) => e.node);
+		this.olderCursor = p.hasPreviousPage ? p.startCursor : null;
 		this.remember(messages);
 		return messages.filter((m) => !m.parent).map((m) => this.render(m, false, ctx));
 	}
@@ -175,10 +175,8 @@ export class ThreadView {
 		try {
 			const data = await this.app.api.request(Q.OLDER, { t: threadId, before: this.olderCursor });
 			if (this.threadId !== threadId) return;
-			const page = data.messages;
-			this.olderCursor = olderCursor(page);
 			const height = this.scroller.scrollHeight;
-			this.list.prepend(...this.renderMany(page.edges.map((e) => e.node)));
+			this.list.prepend(...this.renderPage(data.messages));
 			this.scroller.scrollTop += this.scroller.scrollHeight - height; // keep what the reader sees in place
 		} catch (error) {
 			announce(`Older messages did not load: ${error.message}`);
@@ -202,16 +200,15 @@ export class ThreadView {
 			case "MessagePinned":
 				this.upsert(event.message);
 				break;
-			case "MessageDeleted": {
+			case "MessageDeleted":
 				this.countReply(known?.parent?.id, -1);
 				if (known) this.upsert({ ...known, deletedAt: new Date().toISOString(), body: "", attachments: [], reactions: [] });
 				break;
-			}
 			case "ReactionChanged":
 				if (known) this.upsert({ ...known, reactions: event.reactions });
 				break;
 			case "ParticipantChanged":
-				if (event.role) this.people.set(event.user.id, { user: event.user, role: event.role, lastReadSeq: 0, status: event.user.presence.status });
+				if (event.role) this.people.set(event.user.id, { user: event.user, lastReadSeq: 0, status: event.user.presence.status });
 				else this.people.delete(event.user.id);
 				this.renderPeople();
 				this.watchPresence(); // the new set of people
@@ -357,7 +354,8 @@ export class ThreadView {
 			const data = await this.app.api.request(Q.SEND, { i: input });
 			if (this.threadId === message.threadId) this.upsert(data.sendMessage);
 		} catch (error) {
-			Object.assign(message, { failed: true, error: error instanceof NetworkError ? "" : error.message, network: error instanceof NetworkError });
+			const network = error instanceof NetworkError;
+			Object.assign(message, { failed: true, error: network ? "" : error.message, network });
 			if (this.pending.has(message.clientId)) this.rerender(message);
 		}
 	}
@@ -377,7 +375,7 @@ export class ThreadView {
 	async toggleHistory(message, button) {
 		const article = button.closest(".msg");
 		const open = article.querySelector(".history");
-		button.setAttribute("aria-expanded", String(!open));
+		button.ariaExpanded = String(!open);
 		if (open) return open.remove();
 		const data = await this.app.api.request(Q.EDITS, { m: message.id }).catch((e) => announce(e.message));
 		if (data) button.parentElement.after(historyList(data.message.edits));
@@ -387,7 +385,7 @@ export class ThreadView {
 		const pinned = [...this.messages.values()].filter((m) => m.pinned && !m.deletedAt);
 		this.pinButton.textContent = `📌 ${pinned.length}`;
 		this.pinButton.hidden = !pinned.length;
-		this.pinButton.setAttribute("aria-label", `${pinned.length} pinned messages`);
+		this.pinButton.ariaLabel = `${pinned.length} pinned messages`;
 		this.pinnedPanel.replaceChildren(el("ul", {}, pinned.map((m) => el("li", {},
 			btn({ onclick: () => this.jumpTo(m) }, `${m.author?.displayName ?? "?"}: ${m.body}`)))));
 	}

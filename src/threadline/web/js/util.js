@@ -4,14 +4,14 @@
 export function el(tag, attrs = {}, ...children) {
 	const node = document.createElement(tag);
 	for (const [key, value] of Object.entries(attrs)) {
-		if (value === undefined || value === null || value === false) continue;
+		if (value == null || value === false) continue;
 		if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
 		else if (key === "class") node.className = value;
 		else if (key === "dataset") Object.assign(node.dataset, value);
 		else if (key in node && typeof value !== "string") node[key] = value;
 		else node.setAttribute(key, value === true ? "" : value);
 	}
-	node.append(...children.flat().filter((c) => c !== null && c !== undefined && c !== false));
+	node.append(...children.flat().filter((c) => c != null && c !== false));
 	return node;
 }
 
@@ -49,7 +49,7 @@ export function fileSize(bytes) {
 /** Show or hide `panel`, and say so on the button that controls it. */
 export function toggle(panel, button) {
 	panel.hidden = !panel.hidden;
-	button.setAttribute("aria-expanded", String(!panel.hidden));
+	button.ariaExpanded = String(!panel.hidden);
 }
 
 /** Announce a short status to screen readers (and show it briefly). */
