@@ -1169,6 +1169,30 @@ async def test_the_page_highlights_the_mentions_the_server_found(
     await expect(bob.message("谢谢").locator(".mention")).to_have_text(["@bob"])
 
 
+async def test_a_participants_role_change_keeps_them_in_seen_by(
+    server: Server, browser: Any, clients: Clients
+) -> None:
+    # The page took ParticipantChanged with a role for a new participant: bob, made
+    # ADMIN, had read nothing, and "Seen by" left him out until his next read.
+    alice_api, bob_api, carol_api = await clients.users("alice", "bob", "carol")
+    tid = await factories.thread(alice_api, bob_api, carol_api, title="Roles")
+    sent = await factories.send(alice_api, tid, "read me")
+    read = "mutation($t: ID!, $s: Int!) { markRead(threadId: $t, seq: $s) { id } }"
+    await bob_api.gql(read, {"t": tid, "s": sent["seq"]})
+    alice = await sign_in(browser, server.base, "alice")
+    await open_thread(alice, "Roles")
+    await expect(alice.message("read me").locator(".seen")).to_have_text("Seen by bob")
+    role = "mutation($t: ID!, $u: ID!, $r: ThreadRole!) {"
+    role += " setParticipantRole(threadId: $t, userId: $u, role: $r) { role } }"
+    await alice_api.gql(role, {"t": tid, "u": bob_api.id, "r": "ADMIN"})
+    await factories.send(carol_api, tid, "after the change")  # its event comes after it
+    await expect(alice.message("after the change")).to_be_visible()
+    await carol_api.gql(read, {"t": tid, "s": sent["seq"]})  # "Seen by" drawn again
+    await expect(alice.message("read me").locator(".seen")).to_have_text(
+        re.compile("Seen by (bob, carol|carol, bob)")
+    )
+
+
 async def test_a_mention_glued_to_han_or_kana_is_highlighted_up_to_the_name(
     server: Server, browser: Any, clients: Clients
 ) -> None:

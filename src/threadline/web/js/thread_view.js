@@ -208,7 +208,8 @@ export class ThreadView {
 				if (known) this.upsert({ ...known, reactions: event.reactions });
 				break;
 			case "ParticipantChanged":
-				if (event.role) this.people.set(event.user.id, { user: event.user, lastReadSeq: 0, status: event.user.presence.status });
+				// A role change keeps the marker; one added (again) starts from 0.
+				if (event.role) this.people.set(event.user.id, { lastReadSeq: 0, ...this.people.get(event.user.id), user: event.user, status: event.user.presence.status });
 				else this.people.delete(event.user.id);
 				this.renderPeople();
 				this.watchPresence(); // the new set of people
