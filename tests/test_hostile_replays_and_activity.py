@@ -14,9 +14,10 @@ from typing import Any, cast
 
 import pytest
 import redis.asyncio
+from sqlalchemy import make_url
 
 from tests import factories
-from tests.conftest import CLUSTER, Api, Clients, Server
+from tests.conftest import BACKEND, CLUSTER, Api, Clients, Server, _pg_admin
 from tests.live import fanout_members, watch_activity
 from tests.wsclient import GraphQLWS
 from threadline.config import Settings
@@ -362,3 +363,39 @@ async def test_a_delivery_receipt_after_a_removal_whose_publish_was_lost_is_not_
     finally:
         await ws.close()
     assert not got, f"the removed user's threadActivity went on after the removal: {got}"
+
+
+@pytest.mark.skipif(BACKEND != "postgres", reason="PostgreSQL refuses connections")
+@pytest.mark.expect_server_errors  # connection upkeep meanwhile logs its failures
+async def test_a_typing_expiry_is_announced_while_the_database_is_unreachable(
+    server: Server, clients: Clients, settings: Settings
+) -> None:
+    """The expiry reads the thread's last seq: with the database refusing connections
+    then, nobody was told that alice stopped typing (the contract's isTyping: false
+    after 6 seconds), and a refused connection killed the expiry's task unlogged."""
+    alice, carol = await clients.users("alice", "carol")
+    tid = await factories.thread(alice, carol)
+    server.runtime.typing.window = 1.0  # shortened for the test
+    name = make_url(settings.database_url).database
+    ws = await GraphQLWS.connect(server.ws_url, carol.token)
+    try:
+        await watch_activity(
+            server,
+            ws,
+            "subscription($t: ID!) { threadActivity(threadId: $t) {"
+            " ... on TypingChanged { isTyping } } }",
+            tid,
+        )
+        await alice.gql(TYPING, {"t": tid})
+        assert (await ws.next())["payload"]["data"]["threadActivity"] == {"isTyping": True}
+        await _pg_admin(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false")
+        try:
+            await _pg_admin(
+                f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+            )
+            message = await ws.next(timeout=5)
+        finally:
+            await _pg_admin(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
+    finally:
+        await ws.close()
+    assert message["payload"]["data"]["threadActivity"] == {"isTyping": False}, message
