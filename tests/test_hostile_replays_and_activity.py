@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import uuid
 from typing import Any, cast
 
 import pytest
@@ -18,10 +19,13 @@ from sqlalchemy import make_url
 
 from tests import factories
 from tests.conftest import BACKEND, CLUSTER, Api, Clients, Server, _pg_admin
+from tests.deployment import Outage
 from tests.live import fanout_members, watch_activity
 from tests.wsclient import GraphQLWS
 from threadline.config import Settings
+from threadline.db import Database, make_engine
 from threadline.realtime.channels import activity_channel, thread_channel
+from threadline.realtime.typing import TypingTracker
 
 
 @pytest.fixture(params=[True, False], ids=["fast-paths", "general-paths"])
@@ -92,6 +96,9 @@ REMOVE = "mutation($t: ID!, $u: ID!) { removeParticipant(threadId: $t, userId: $
 TYPING = "mutation($t: ID!) { setTyping(threadId: $t, isTyping: true) }"
 ACTIVITY = """subscription($t: ID!) { threadActivity(threadId: $t) {
   __typename ... on TypingChanged { isTyping user { username } } } }"""
+# Reads nothing: shown with the database unreachable.
+TYPING_ONLY = """subscription($t: ID!) { threadActivity(threadId: $t) {
+  ... on TypingChanged { isTyping } } }"""
 
 
 @pytest.mark.skipif(not CLUSTER, reason="sharded pub/sub: the cluster row")
@@ -382,8 +389,7 @@ async def test_a_typing_expiry_is_announced_while_the_database_is_unreachable(
         await watch_activity(
             server,
             ws,
-            "subscription($t: ID!) { threadActivity(threadId: $t) {"
-            " ... on TypingChanged { isTyping } } }",
+            TYPING_ONLY,
             tid,
         )
         await alice.gql(TYPING, {"t": tid})
@@ -398,4 +404,32 @@ async def test_a_typing_expiry_is_announced_while_the_database_is_unreachable(
             await _pg_admin(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
     finally:
         await ws.close()
+    assert message["payload"]["data"]["threadActivity"] == {"isTyping": False}, message
+
+
+@pytest.mark.skipif(BACKEND != "postgres", reason="a file database cannot be cut off")
+async def test_a_typing_expiry_is_announced_with_the_database_host_down(
+    server: Server, clients: Clients, settings: Settings
+) -> None:
+    """A host that is down refuses connections: the read raised SERVICE_UNAVAILABLE,
+    which the expiry did not catch (its task died, nothing announced)."""
+    alice, carol = await clients.users("alice", "carol")
+    tid = await factories.thread(alice, carol)
+    url = make_url(settings.database_url)
+    outage = Outage(url.port or 5432)
+    forwarded = url.set(port=await outage.start()).render_as_string(hide_password=False)
+    db = Database(make_engine(forwarded, pooled=settings.pooled))
+    typing = TypingTracker(None, server.runtime.broker, db)
+    typing.window = 0.5
+    ws = await GraphQLWS.connect(server.ws_url, carol.token)
+    try:
+        await watch_activity(server, ws, TYPING_ONLY, tid)
+        await outage.cut()
+        await typing.set(uuid.UUID(tid), uuid.UUID(alice.id), True, 0)
+        assert (await ws.next())["payload"]["data"]["threadActivity"] == {"isTyping": True}
+        message = await ws.next(timeout=5)
+    finally:
+        await ws.close()
+        await typing.aclose()
+        await db.dispose()
     assert message["payload"]["data"]["threadActivity"] == {"isTyping": False}, message
