@@ -125,7 +125,7 @@ class TypingTracker:
             # The thread's last seq now, as set() names the one its access check read: a
             # viewer removed since the last ``true`` (its publish lost) is checked again.
             # The database unreachable, it is announced anyway: no indicator stays on.
-            seq = 0
+            seq: int | None = 0
             try:
                 async with self._db.reading() as session:
                     seq = await session.scalar(select(Thread.last_seq).where(Thread.id == key[0]))
