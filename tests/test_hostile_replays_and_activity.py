@@ -10,17 +10,22 @@ import asyncio
 import contextlib
 import itertools
 import json
+import uuid
 from typing import Any, cast
 
 import pytest
 import redis.asyncio
+from sqlalchemy import make_url
 
 from tests import factories
-from tests.conftest import CLUSTER, Api, Clients, Server
+from tests.conftest import BACKEND, CLUSTER, Api, Clients, Server, _pg_admin
+from tests.deployment import Outage
 from tests.live import fanout_members, watch_activity
 from tests.wsclient import GraphQLWS
 from threadline.config import Settings
+from threadline.db import Database, make_engine
 from threadline.realtime.channels import activity_channel, thread_channel
+from threadline.realtime.typing import TypingTracker
 
 
 @pytest.fixture(params=[True, False], ids=["fast-paths", "general-paths"])
@@ -91,6 +96,9 @@ REMOVE = "mutation($t: ID!, $u: ID!) { removeParticipant(threadId: $t, userId: $
 TYPING = "mutation($t: ID!) { setTyping(threadId: $t, isTyping: true) }"
 ACTIVITY = """subscription($t: ID!) { threadActivity(threadId: $t) {
   __typename ... on TypingChanged { isTyping user { username } } } }"""
+# Reads nothing: shown with the database unreachable.
+TYPING_ONLY = """subscription($t: ID!) { threadActivity(threadId: $t) {
+  ... on TypingChanged { isTyping } } }"""
 
 
 @pytest.mark.skipif(not CLUSTER, reason="sharded pub/sub: the cluster row")
@@ -362,3 +370,66 @@ async def test_a_delivery_receipt_after_a_removal_whose_publish_was_lost_is_not_
     finally:
         await ws.close()
     assert not got, f"the removed user's threadActivity went on after the removal: {got}"
+
+
+@pytest.mark.skipif(BACKEND != "postgres", reason="PostgreSQL refuses connections")
+@pytest.mark.expect_server_errors  # connection upkeep meanwhile logs its failures
+async def test_a_typing_expiry_is_announced_while_the_database_is_unreachable(
+    server: Server, clients: Clients, settings: Settings
+) -> None:
+    """The expiry reads the thread's last seq: with the database refusing connections
+    then, nobody was told that alice stopped typing (the contract's isTyping: false
+    after 6 seconds), and a refused connection killed the expiry's task unlogged."""
+    alice, carol = await clients.users("alice", "carol")
+    tid = await factories.thread(alice, carol)
+    server.runtime.typing.window = 1.0  # shortened for the test
+    name = make_url(settings.database_url).database
+    ws = await GraphQLWS.connect(server.ws_url, carol.token)
+    try:
+        await watch_activity(
+            server,
+            ws,
+            TYPING_ONLY,
+            tid,
+        )
+        await alice.gql(TYPING, {"t": tid})
+        assert (await ws.next())["payload"]["data"]["threadActivity"] == {"isTyping": True}
+        await _pg_admin(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false")
+        try:
+            await _pg_admin(
+                f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+            )
+            message = await ws.next(timeout=5)
+        finally:
+            await _pg_admin(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
+    finally:
+        await ws.close()
+    assert message["payload"]["data"]["threadActivity"] == {"isTyping": False}, message
+
+
+@pytest.mark.skipif(BACKEND != "postgres", reason="a file database cannot be cut off")
+async def test_a_typing_expiry_is_announced_with_the_database_host_down(
+    server: Server, clients: Clients, settings: Settings
+) -> None:
+    """A host that is down refuses connections: the read raised SERVICE_UNAVAILABLE,
+    which the expiry did not catch (its task died, nothing announced)."""
+    alice, carol = await clients.users("alice", "carol")
+    tid = await factories.thread(alice, carol)
+    url = make_url(settings.database_url)
+    outage = Outage(url.port or 5432)
+    forwarded = url.set(port=await outage.start()).render_as_string(hide_password=False)
+    db = Database(make_engine(forwarded, pooled=settings.pooled))
+    typing = TypingTracker(None, server.runtime.broker, db)
+    typing.window = 0.5
+    ws = await GraphQLWS.connect(server.ws_url, carol.token)
+    try:
+        await watch_activity(server, ws, TYPING_ONLY, tid)
+        await outage.cut()
+        await typing.set(uuid.UUID(tid), uuid.UUID(alice.id), True, 0)
+        assert (await ws.next())["payload"]["data"]["threadActivity"] == {"isTyping": True}
+        message = await ws.next(timeout=5)
+    finally:
+        await ws.close()
+        await typing.aclose()
+        await db.dispose()
+    assert message["payload"]["data"]["threadActivity"] == {"isTyping": False}, message

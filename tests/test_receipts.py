@@ -603,3 +603,39 @@ async def test_the_last_event_pushed_is_marked_delivered_without_waiting_for_ano
         assert await status(alice, sent["id"]) == ("DELIVERED", [])
     finally:
         await close_draining(conn)
+
+
+async def test_a_removals_second_copy_heard_late_does_not_reset_markers_shown_since(
+    server: Server, clients: Clients, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A removal goes on the thread's and the activity channel, which a Redis Cluster may
+    deliver over two shards' connections: the copy heard last reset carol's markers a
+    second time, after her new ones showed, and a late receipt of hers from before her
+    read showed her read marker moving back."""
+    broker = server.runtime.broker
+    publish, copies = broker.publish, []
+
+    async def recording(channel: str, message: str) -> None:
+        if '"k":"ParticipantChanged"' in message:
+            copies.append((channel, message))
+        await publish(channel, message)
+
+    monkeypatch.setattr(broker, "publish", recording)
+    alice, carol, thread_id, ws = await carol_read_to_2_as_bob_watches(server, clients, 4)
+    remove = "mutation($t: ID!, $u: ID!) { removeParticipant(threadId: $t, userId: $u) }"
+    await alice.gql(remove, {"t": thread_id, "u": carol.id})
+    (removal,) = {message for _, message in copies}
+    add = "mutation($t: ID!, $u: ID!) { addParticipant(threadId: $t, userId: $u) { role } }"
+    await alice.gql(add, {"t": thread_id, "u": carol.id})
+    made_at = (await thread_state(alice, thread_id))["lastSeq"]
+    await carol.gql(MARK_READ, {"t": thread_id, "s": 3})
+    shown = (await ws.next())["payload"]["data"]["threadActivity"]
+    assert shown == {"user": {"username": "carol"}, "lastReadSeq": 3}
+    await publish(thread_channel(thread_id), removal)  # the copy heard late
+    late = {"last_read_seq": 1, "last_delivered_seq": 3, "seq": made_at}
+    receipt = ActivityEvent(uuid.UUID(thread_id), "receipt", uuid.UUID(carol.id), late)
+    await publish(activity_channel(thread_id), encode_activity(receipt))
+    await carol.gql(MARK_READ, {"t": thread_id, "s": 4})
+    shown = (await ws.next())["payload"]["data"]["threadActivity"]
+    await ws.close()
+    assert shown == {"user": {"username": "carol"}, "lastReadSeq": 4}

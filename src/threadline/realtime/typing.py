@@ -124,10 +124,15 @@ class TypingTracker:
             await self._set_last(key, None)
             # The thread's last seq now, as set() names the one its access check read: a
             # viewer removed since the last ``true`` (its publish lost) is checked again.
-            async with self._db.reading() as session:
-                seq = await session.scalar(select(Thread.last_seq).where(Thread.id == key[0]))
+            # The database unreachable, it is announced anyway: no indicator stays on.
+            seq: int | None = 0
+            try:
+                async with self._db.reading() as session:
+                    seq = await session.scalar(select(Thread.last_seq).where(Thread.id == key[0]))
+            except (SQLAlchemyError, OSError, ServiceUnavailable) as exc:
+                log.warning("typing expiry announced without the thread's last seq: %s", exc)
             await self._announce(key[0], key[1], False, seq or 0)
-        except (*_UNREACHABLE, SQLAlchemyError, OSError) as exc:
+        except _UNREACHABLE as exc:
             # Its Redis key expires by itself; subscribers resubscribe after an outage.
             log.warning("typing expiry not announced: %s", exc)
 

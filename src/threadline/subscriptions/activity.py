@@ -68,7 +68,9 @@ async def stream(info: Info, thread_id: str) -> AsyncIterator[TypingChanged | Re
             if is_logged_event(raw):
                 logged = runtime.feed.decoded(raw)
                 # Removed: added again, they start from 0 (a role change keeps the markers).
-                if isinstance(removed := who_stops(logged), uuid.UUID):
+                # Once per removal: its second copy (on a Cluster, another shard's) may be late.
+                removed = who_stops(logged)
+                if isinstance(removed, uuid.UUID) and logged.seq > shown.get(removed, (0,) * 3)[2]:
                     shown[removed] = (0, 0, logged.seq)
                 if logged.seq <= heard or logged.seq in early:
                     continue  # heard already: a removal comes on both channels
