@@ -316,6 +316,23 @@ async def test_a_folder_a_prune_or_a_start_cannot_wholly_delete_is_not_logged_as
     assert len([line for line in said if "could not remove all" in line]) == 2, said
 
 
+async def test_backups_dated_ahead_count_among_the_newest_and_keep_converges(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Three backups dated ahead and --keep 2: each run leaves the newest two (both dated
+    ahead) and the one it made, not every one dated ahead beside it."""
+    parent = tmp_path / "backups"
+    ahead = []
+    for year in (2097, 2098, 2099):
+        folder, manifest = await create_backup(settings, parent)
+        manifest.created_at = f"{year}-01-01T00:00:00+00:00"
+        manifest.write(folder)
+        ahead.append(folder)
+    for _ in range(3):
+        made, _ = await create_backup(settings, parent, keep=2)
+        assert sorted(parent.iterdir()) == sorted([made, *ahead[1:]])
+
+
 async def test_a_backup_refuses_a_half_restored_deployment_and_prunes_nothing(
     settings: Settings, tmp_path: Path
 ) -> None:

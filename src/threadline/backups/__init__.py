@@ -209,16 +209,21 @@ def prune_backups(parent: Path, keep: int, *, made: Path | None = None) -> list[
     """Delete all but the newest ``keep`` backups in ``parent``; only folders we made.
     The one just ``made`` is kept whatever the others' manifests say their dates are
     (a backup copied in from a machine whose clock was ahead would otherwise win), and so
-    is any newer than it: a concurrent run's, whose own prune drops this one in its turn."""
+    is any newer than it that is not dated ahead of the clock: a concurrent run's, whose
+    own prune drops this one in its turn. So at most one past ``keep`` stays."""
     # One prune at a time: two at once would rename the same folder, and one fail.
     guard = _lock(parent)
     try:
-        ours = [path for path in parent.iterdir() if is_backup(path)]
-        ours.sort(key=lambda path: (Manifest.read(path).created_at, path.name))
-        cut = len(ours) - keep
+        dates = {
+            path: Manifest.read(path).created_at for path in parent.iterdir() if is_backup(path)
+        }
+        ours = sorted(dates, key=lambda path: (dates[path], path.name))
+        removed = ours[: max(len(ours) - keep, 0)]
         if made in ours:
-            cut = min(cut, ours.index(made))
-        removed = ours[: max(cut, 0)]
+            now, after = datetime.now(UTC).isoformat(), ours.index(made)
+            removed = [
+                p for i, p in enumerate(removed) if i < after or (i > after and dates[p] > now)
+            ]
         for path in removed:
             # A .partial folder first, then no manifest: a deletion cut short leaves what the
             # next run deletes, never a folder that looks whole (nor one no run prunes).
