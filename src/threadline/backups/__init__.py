@@ -207,10 +207,10 @@ async def create_backup(
 
 def prune_backups(parent: Path, keep: int, *, made: Path | None = None) -> list[Path]:
     """Delete all but the newest ``keep`` backups in ``parent``; only folders we made.
-    The one just ``made`` is kept whatever the others' manifests say their dates are
-    (a backup copied in from a machine whose clock was ahead would otherwise win), and so
-    is any newer than it that is not dated ahead of the clock: a concurrent run's, whose
-    own prune drops this one in its turn. So at most one past ``keep`` stays."""
+    The one just ``made`` is one of them whatever the others' manifests say their dates
+    are (a backup copied in from a machine whose clock was ahead would otherwise win); so
+    is any newer than it not dated ahead of the clock: a concurrent run's, whose own
+    prune drops this one in its turn."""
     # One prune at a time: two at once would rename the same folder, and one fail.
     guard = _lock(parent)
     try:
@@ -218,12 +218,10 @@ def prune_backups(parent: Path, keep: int, *, made: Path | None = None) -> list[
             path: Manifest.read(path).created_at for path in parent.iterdir() if is_backup(path)
         }
         ours = sorted(dates, key=lambda path: (dates[path], path.name))
-        removed = ours[: max(len(ours) - keep, 0)]
-        if made in ours:
-            now, after = datetime.now(UTC).isoformat(), ours.index(made)
-            removed = [
-                p for i, p in enumerate(removed) if i < after or (i > after and dates[p] > now)
-            ]
+        after, spare = (ours.index(made), keep - 1) if made in ours else (len(ours), keep)
+        now = datetime.now(UTC).isoformat()
+        others = [p for i, p in enumerate(ours) if i < after or (i > after and dates[p] > now)]
+        removed = others[: max(len(others) - spare, 0)]
         for path in removed:
             # A .partial folder first, then no manifest: a deletion cut short leaves what the
             # next run deletes, never a folder that looks whole (nor one no run prunes).
