@@ -7,11 +7,14 @@ import json
 
 import pytest
 import websockets
+from starlette.websockets import WebSocketState
 from websockets.frames import Frame, Opcode
 
 from tests import factories
-from tests.conftest import Clients, Server
-from tests.live import fanout_members, new_listener
+from tests.conftest import Clients, Server, ServerErrors
+from tests.live import fanout_members, new_listener, until
+from tests.test_receipts import BIG_BODY, delivered_to, not_reading
+from tests.test_role_changes_live import SET_ROLE, make_owner
 from tests.wsclient import GraphQLWS, close_draining
 from threadline.realtime import fanout
 from threadline.realtime.channels import thread_channel
@@ -249,3 +252,42 @@ async def test_a_pump_that_falls_behind_catches_up_from_the_log_without_cutting_
     assert server.runtime.fanout.stats()["members"] == 2
     for ws in sockets:
         await ws.close()
+
+
+async def test_a_frame_a_socket_the_server_closed_refuses_ends_the_member_without_a_traceback(
+    server: Server, clients: Clients, server_errors: ServerErrors
+) -> None:
+    """bob's socket is full when his role change closes it: starlette refuses the next
+    event's frame. That ends his fan-out member (its slot, its place in the group), the
+    event is not marked delivered, and nothing is logged as an error."""
+    alice, bob = await clients.users("alice", "bob")
+    await make_owner(server, alice)
+    tid = await factories.thread(alice, bob)
+    conn, uvicorn, context = await not_reading(server, bob)
+    try:
+        shared = (  # reads nothing of the viewer: the fan-out serves it
+            "subscription($t: ID!) { threadEvents(threadId: $t) { seq ... on MessageCreated { "
+            + " ".join(f"b{i}: message {{ body }}" for i in range(12))
+            + " } } }"
+        )
+        query = {"query": shared, "variables": {"t": tid}}
+        await conn.send(json.dumps({"id": "1", "type": "subscribe", "payload": query}))
+        await until(fanout_members(server, 1))
+        written = 0
+        for _ in range(300):  # one at a time, each written whole, until the socket is full
+            written = (await factories.send(alice, tid, BIG_BODY))["seq"]
+            await until(lambda: server.runtime.fanout.stats()["waiting"] == 0)
+            if not uvicorn.writable.is_set():
+                break
+        else:
+            pytest.fail("bob's socket never filled up")
+        await alice.gql(SET_ROLE, {"u": bob.id, "r": "ADMIN"})
+        websocket = context.connection
+        await until(lambda: websocket.application_state is WebSocketState.DISCONNECTED)
+        await factories.send(alice, tid, "never sent")
+        await until(lambda: context.state.subscriptions == 0)
+        assert server.runtime.fanout.stats()["members"] == 0
+        assert await delivered_to(server, bob, tid) == written
+    finally:
+        await close_draining(conn)
+    assert not server_errors.records, server_errors.text()

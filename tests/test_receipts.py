@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import uuid
 from collections.abc import Callable
 from datetime import datetime
+from select import POLLOUT, poll
 from typing import Any
 
 import pytest
@@ -14,6 +16,7 @@ import websockets
 from sqlalchemy import make_url, select, text
 from starlette.websockets import WebSocketState
 from websockets.asyncio.client import ClientConnection
+from websockets.frames import Frame, Opcode
 
 from tests import factories
 from tests.conftest import BACKEND, Api, Clients, Server, ServerErrors
@@ -490,6 +493,74 @@ async def test_a_frame_still_waiting_for_the_socket_is_not_marked_delivered(
     assert received == list(range(1, len(received) + 1))
     assert 0 < len(received) < 150, "the socket filled up before the replay ended"
     assert await delivered_to(server, bob, tid) == received[-1]
+
+
+class StopsAsTheServerCanWrite(ClientConnection):
+    """A client that sends ``stop`` (``then``: a masked frame) from within the read
+    that lets the server's socket take data again: the server then hears the stop and
+    can write, in one turn of the loop."""
+
+    then: bytes | None = None
+    server_fd = -1
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.then is None:
+            return
+        poller = poll()
+        poller.register(self.server_fd, POLLOUT)
+        if poller.poll(0):
+            self.transport.write(self.then)
+            self.then = None
+
+
+async def test_a_legacy_stop_while_a_frame_waits_ends_the_operation_with_complete(
+    server: Server, clients: Clients, server_errors: ServerErrors
+) -> None:
+    """graphql-ws: bob stops his subscription while the server's write to him waits,
+    and the write completes as the stop is handled. strawberry's handler closed the
+    stream first and cancelled its task after: the task, resumed by its write, asked
+    the closing stream for more, died ("asynchronous generator is already running",
+    logged as never retrieved) and sent no `complete`."""
+    alice, bob = await clients.users("alice", "bob")
+    tid = await factories.thread(alice, bob)
+    conn = await websockets.connect(
+        server.ws_url,
+        subprotocols=[LEGACY],  # type: ignore[list-item]
+        max_queue=1,
+        compression=None,
+        create_connection=StopsAsTheServerCanWrite,
+    )
+    assert isinstance(conn, StopsAsTheServerCanWrite)
+    await conn.send(json.dumps({"type": "connection_init", "payload": {"token": bob.token}}))
+    assert json.loads(await conn.recv())["type"] == "connection_ack"
+    context = next(c for c in server.app.state.graphql.connections.values() if c.token == bob.token)
+    uvicorn = raw_socket(context.connection.scope)._protocol  # type: ignore[union-attr]
+    try:
+        ready = new_listener(server, thread_channel(tid))
+        query = {"query": PER_VIEWER, "variables": {"t": tid}}
+        await conn.send(json.dumps({"id": "1", "type": "start", "payload": query}))
+        await until(ready)
+        for _ in range(300):
+            await factories.send(alice, tid, BIG_BODY)
+            if uvicorn.writable._waiters:
+                break
+        else:
+            pytest.fail("bob's socket never filled up")
+        conn.server_fd = uvicorn.transport.get_extra_info("socket").fileno()
+        stop = json.dumps({"id": "1", "type": "stop"}).encode()
+        conn.then = Frame(Opcode.TEXT, stop).serialize(mask=True)
+        while True:
+            message = json.loads(await asyncio.wait_for(conn.recv(), 5))
+            if message["type"] not in ("data", "ka"):
+                break
+        assert conn.then is None, "the stop went out as the server could write again"
+        assert message == {"type": "complete", "id": "1"}
+        assert context.state.subscriptions == 0
+    finally:
+        await close_draining(conn)
+    gc.collect()  # a task's exception nobody retrieved is logged as the task goes
+    assert not server_errors.records, server_errors.text()
 
 
 async def test_a_result_refused_by_a_socket_the_server_closed_ends_the_stream_undelivered(

@@ -20,7 +20,7 @@ from cross_web import AsyncHTTPRequestAdapter, HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Scope
-from starlette.websockets import WebSocket
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.http import GraphQLHTTPResponse
@@ -159,6 +159,8 @@ class TransportWSHandler(TransportProtocol, StreamHook):
             await operation.send_operation_message(
                 {"id": operation.id, "type": "error", "payload": [formatted(exc)]}
             )
+        except (WebSocketDisconnected, WebSocketDisconnect):
+            pass  # a frame the closed socket refused: the end, as on the general path
         finally:
             for release in sink.on_end:
                 release()

@@ -217,6 +217,19 @@ class LegacyProtocol(BaseGraphQLWSHandler[Context, None]):
         if await acknowledged(self, payload) and self.keep_alive:
             self.keep_alive_task = asyncio.create_task(self.handle_keep_alive())
 
+    async def cleanup_operation(self, operation_id: str) -> None:
+        # strawberry's closes the stream, then cancels its task: a send that completes
+        # while the close waits resumes the closing stream, and the task dies unseen
+        # ("already running") without its `complete`. Here the task ends first.
+        source = self.subscriptions.pop(operation_id, None)
+        task = self.tasks.pop(operation_id, None)
+        if task is not None:
+            task.cancel()
+            with suppress(BaseException):
+                await task
+        if source is not None:
+            await source.aclose()
+
     async def handle_start(self, message: Any) -> None:
         error = over_the_limit(self, message["id"], self.tasks)
         if error is not None:
