@@ -13,7 +13,7 @@ from websockets.frames import Frame, Opcode
 from tests import factories
 from tests.conftest import Clients, Server, ServerErrors
 from tests.live import fanout_members, new_listener, until
-from tests.test_receipts import BIG_BODY, delivered_to, not_reading
+from tests.test_receipts import delivered_to, fill_socket, not_reading
 from tests.test_role_changes_live import SET_ROLE, make_owner
 from tests.wsclient import GraphQLWS, close_draining
 from threadline.realtime import fanout
@@ -273,14 +273,12 @@ async def test_a_frame_a_socket_the_server_closed_refuses_ends_the_member_withou
         query = {"query": shared, "variables": {"t": tid}}
         await conn.send(json.dumps({"id": "1", "type": "subscribe", "payload": query}))
         await until(fanout_members(server, 1))
-        written = 0
-        for _ in range(300):  # one at a time, each written whole, until the socket is full
-            written = (await factories.send(alice, tid, BIG_BODY))["seq"]
-            await until(lambda: server.runtime.fanout.stats()["waiting"] == 0)
-            if not uvicorn.writable.is_set():
-                break
-        else:
-            pytest.fail("bob's socket never filled up")
+        written = await fill_socket(  # each written whole
+            alice,
+            tid,
+            uvicorn,
+            lambda _: until(lambda: server.runtime.fanout.stats()["waiting"] == 0),
+        )
         await alice.gql(SET_ROLE, {"u": bob.id, "r": "ADMIN"})
         websocket = context.connection
         await until(lambda: websocket.application_state is WebSocketState.DISCONNECTED)

@@ -11,6 +11,7 @@ import contextlib
 import itertools
 import json
 import uuid
+from collections.abc import Iterator
 from typing import Any, cast
 
 import pytest
@@ -197,6 +198,38 @@ async def test_a_deleted_messages_reactions_are_not_replayed_from_the_event_log(
     assert changed and all(e["reactions"] == [] for e in changed), changed
 
 
+@contextlib.contextmanager
+def removals_lost(server: Server, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Inside, the publish of a removal fails on every channel it goes to, as when Redis
+    is out of reach for the writer."""
+    broker = server.runtime.broker
+    publish = broker.publish
+
+    async def losing_the_removal(channel: str, message: str) -> None:
+        if '"k":"ParticipantChanged"' in message:
+            raise ConnectionError("the publish of the removal was lost")
+        await publish(channel, message)
+
+    monkeypatch.setattr(broker, "publish", losing_the_removal)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(broker, "publish", publish)
+
+
+async def shown_until_quiet(ws: GraphQLWS) -> list[Any]:
+    """The payloads a stream shows until it ends or is quiet for 3 seconds."""
+    got = []
+    while True:
+        try:
+            message = await ws.next(timeout=3)
+        except TimeoutError:
+            return got
+        if message["type"] != "next":
+            return got
+        got.append(message["payload"])
+
+
 async def test_a_removal_whose_publish_was_lost_still_ends_the_removed_users_thread_activity(
     server: Server, clients: Clients, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -208,33 +241,15 @@ async def test_a_removal_whose_publish_was_lost_still_ends_the_removed_users_thr
     goes on seeing who types and reads in the thread, whatever comes next."""
     alice, carol = await clients.users("alice", "carol")
     tid = await factories.thread(alice, carol)
-    broker = server.runtime.broker
-    publish = broker.publish
-
-    async def losing_the_removal(channel: str, message: str) -> None:
-        # Lost on every channel it goes to, as when Redis is out of reach.
-        if '"k":"ParticipantChanged"' in message:
-            raise ConnectionError("the publish of the removal was lost")
-        await publish(channel, message)
-
     ws = await GraphQLWS.connect(server.ws_url, carol.token)
     try:
         await watch_activity(server, ws, ACTIVITY, tid)
-        monkeypatch.setattr(broker, "publish", losing_the_removal)
-        await alice.gql(REMOVE, {"t": tid, "u": carol.id})
-        monkeypatch.setattr(broker, "publish", publish)
+        with removals_lost(server, monkeypatch):
+            await alice.gql(REMOVE, {"t": tid, "u": carol.id})
         # The thread goes on: its next event shows a gap where the removal was.
         await factories.send(alice, tid, "after the removal")
         await alice.gql(TYPING, {"t": tid})
-        got = []
-        while True:
-            try:
-                message = await ws.next(timeout=3)
-            except TimeoutError:
-                break
-            if message["type"] != "next":
-                break
-            got.append(message["payload"])
+        got = await shown_until_quiet(ws)
     finally:
         await ws.close()
     assert not got, f"the removed user's threadActivity went on after the removal: {got}"
@@ -296,15 +311,7 @@ async def test_a_typing_expiry_after_a_removal_whose_publish_was_lost_is_not_sho
     showed the removed user that alice stopped typing."""
     alice, carol = await clients.users("alice", "carol")
     tid = await factories.thread(alice, carol)
-    broker = server.runtime.broker
-    publish = broker.publish
     server.runtime.typing.window = 1.0  # shortened for the test
-
-    async def losing_the_removal(channel: str, message: str) -> None:
-        if '"k":"ParticipantChanged"' in message:
-            raise ConnectionError("the publish of the removal was lost")
-        await publish(channel, message)
-
     ws = await GraphQLWS.connect(server.ws_url, carol.token)
     try:
         await watch_activity(server, ws, ACTIVITY, tid)
@@ -315,18 +322,9 @@ async def test_a_typing_expiry_after_a_removal_whose_publish_was_lost_is_not_sho
             "isTyping": True,
             "user": {"username": "alice"},
         }
-        monkeypatch.setattr(broker, "publish", losing_the_removal)
-        await alice.gql(REMOVE, {"t": tid, "u": carol.id})
-        monkeypatch.setattr(broker, "publish", publish)
-        got = []
-        while True:  # the expiry comes a second after the ``true``
-            try:
-                message = await ws.next(timeout=3)
-            except TimeoutError:
-                break
-            if message["type"] != "next":
-                break
-            got.append(message["payload"])
+        with removals_lost(server, monkeypatch):
+            await alice.gql(REMOVE, {"t": tid, "u": carol.id})
+        got = await shown_until_quiet(ws)  # the expiry comes a second after the ``true``
     finally:
         await ws.close()
     assert not got, f"the removed user's threadActivity went on after the removal: {got}"
@@ -341,32 +339,15 @@ async def test_a_delivery_receipt_after_a_removal_whose_publish_was_lost_is_not_
     alice, bob, carol = await clients.users("alice", "bob", "carol")
     tid = await factories.thread(alice, bob, carol)
     await factories.send(alice, tid, "before the removal")
-    broker = server.runtime.broker
-    publish = broker.publish
-
-    async def losing_the_removal(channel: str, message: str) -> None:
-        if '"k":"ParticipantChanged"' in message:
-            raise ConnectionError("the publish of the removal was lost")
-        await publish(channel, message)
-
     ws = await GraphQLWS.connect(server.ws_url, carol.token)
     try:
         await watch_activity(server, ws, ACTIVITY, tid)
-        monkeypatch.setattr(broker, "publish", losing_the_removal)
-        await alice.gql(REMOVE, {"t": tid, "u": carol.id})
-        monkeypatch.setattr(broker, "publish", publish)
+        with removals_lost(server, monkeypatch):
+            await alice.gql(REMOVE, {"t": tid, "u": carol.id})
         await bob.gql(
             "query($t: ID!) { messages(threadId: $t, last: 10) { edges { cursor } } }", {"t": tid}
         )
-        got = []
-        while True:
-            try:
-                message = await ws.next(timeout=3)
-            except TimeoutError:
-                break
-            if message["type"] != "next":
-                break
-            got.append(message["payload"])
+        got = await shown_until_quiet(ws)
     finally:
         await ws.close()
     assert not got, f"the removed user's threadActivity went on after the removal: {got}"

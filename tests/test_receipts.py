@@ -6,7 +6,7 @@ import asyncio
 import gc
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from select import POLLOUT, poll
 from typing import Any
@@ -351,6 +351,27 @@ async def test_a_flush_cut_short_by_the_stop_leaves_its_markers_to_the_last_flus
     assert (await delivered_markers(db, [thread_id]))[key] == 7
 
 
+async def shown_after_a_late_receipt(
+    server: Server,
+    alice: Api,
+    carol: Api,
+    thread_id: str,
+    ws: GraphQLWS,
+    late: dict[str, int],
+    read: int,
+) -> Any:
+    """What bob's threadActivity shows once carol reads to ``read``, after a receipt of
+    hers with the ``late`` markers (made before what alice just did) is published."""
+    # Typing names the thread's last seq: once it shows, the stream has had alice's change.
+    typing = "mutation($t: ID!) { setTyping(threadId: $t, isTyping: true) }"
+    await alice.gql(typing, {"t": thread_id})
+    assert (await ws.next())["payload"]["data"]["threadActivity"] == {}
+    receipt = ActivityEvent(uuid.UUID(thread_id), "receipt", uuid.UUID(carol.id), late)
+    await server.runtime.broker.publish(activity_channel(thread_id), encode_activity(receipt))
+    await carol.gql(MARK_READ, {"t": thread_id, "s": read})
+    return (await ws.next())["payload"]["data"]["threadActivity"]
+
+
 async def test_a_receipt_late_from_before_a_role_change_does_not_show_a_marker_moving_back(
     server: Server, clients: Clients
 ) -> None:
@@ -361,15 +382,8 @@ async def test_a_receipt_late_from_before_a_role_change_does_not_show_a_marker_m
         "mutation($t: ID!, $u: ID!) { setParticipantRole(threadId: $t, userId: $u, role: ADMIN) {"
     )
     await alice.gql(role + " role } }", {"t": thread_id, "u": carol.id})
-    # Typing names the thread's last seq: once it shows, the stream has had the role change.
-    typing = "mutation($t: ID!) { setTyping(threadId: $t, isTyping: true) }"
-    await alice.gql(typing, {"t": thread_id})
-    assert (await ws.next())["payload"]["data"]["threadActivity"] == {}
     late = {"last_read_seq": 1, "last_delivered_seq": 1, "seq": 1}
-    receipt = ActivityEvent(uuid.UUID(thread_id), "receipt", uuid.UUID(carol.id), late)
-    await server.runtime.broker.publish(activity_channel(thread_id), encode_activity(receipt))
-    await carol.gql(MARK_READ, {"t": thread_id, "s": 3})
-    shown = (await ws.next())["payload"]["data"]["threadActivity"]
+    shown = await shown_after_a_late_receipt(server, alice, carol, thread_id, ws, late, 3)
     assert shown == {"user": {"username": "carol"}, "lastReadSeq": 3}
     await ws.close()
 
@@ -386,15 +400,8 @@ async def test_a_receipt_late_from_before_a_removal_does_not_show_as_the_added_a
     await alice.gql(remove, {"t": thread_id, "u": carol.id})
     add = "mutation($t: ID!, $u: ID!) { addParticipant(threadId: $t, userId: $u) { role } }"
     await alice.gql(add, {"t": thread_id, "u": carol.id})
-    # Typing names the thread's last seq: once it shows, the stream has had the removal.
-    typing = "mutation($t: ID!) { setTyping(threadId: $t, isTyping: true) }"
-    await alice.gql(typing, {"t": thread_id})
-    assert (await ws.next())["payload"]["data"]["threadActivity"] == {}
     late = {"last_read_seq": 3, "last_delivered_seq": 3, "seq": made_at}
-    receipt = ActivityEvent(uuid.UUID(thread_id), "receipt", uuid.UUID(carol.id), late)
-    await server.runtime.broker.publish(activity_channel(thread_id), encode_activity(receipt))
-    await carol.gql(MARK_READ, {"t": thread_id, "s": 1})
-    shown = (await ws.next())["payload"]["data"]["threadActivity"]
+    shown = await shown_after_a_late_receipt(server, alice, carol, thread_id, ws, late, 1)
     assert shown == {"user": {"username": "carol"}, "lastReadSeq": 1}
     await ws.close()
 
@@ -456,6 +463,19 @@ async def not_reading(server: Server, user: Api) -> tuple[ClientConnection, Any,
             uvicorn = raw_socket(websocket.scope)._protocol  # type: ignore[union-attr]
             return conn, uvicorn, context
     raise AssertionError(f"no socket of {user.username}")
+
+
+async def fill_socket(
+    alice: Api, tid: str, uvicorn: Any, settled: Callable[[int], Awaitable[object]]
+) -> int:
+    """Big messages one at a time, each ``settled`` before the next, until the server's
+    side of bob's socket (``uvicorn``, its protocol) stops taking data; the last seq."""
+    for _ in range(300):
+        written = (await factories.send(alice, tid, BIG_BODY))["seq"]
+        await settled(written)
+        if not uvicorn.writable.is_set():
+            return written
+    pytest.fail("bob's socket never filled up")
 
 
 async def test_a_frame_still_waiting_for_the_socket_is_not_marked_delivered(
@@ -578,19 +598,14 @@ async def test_a_result_refused_by_a_socket_the_server_closed_ends_the_stream_un
         query = {"query": PER_VIEWER, "variables": {"t": tid}}
         await conn.send(json.dumps({"id": "1", "type": "subscribe", "payload": query}))
         await until(ready)
-        # One event at a time until the server's side of the socket pauses: each frame
-        # written whole and marked, none waiting.
-        written = 0
-        for _ in range(300):
-            written = (await factories.send(alice, tid, BIG_BODY))["seq"]
+
+        async def marked(seq: int) -> None:  # each frame written whole and marked
             for _ in range(500):
-                if await delivered_to(server, bob, tid) >= written:
-                    break
+                if await delivered_to(server, bob, tid) >= seq:
+                    return
                 await asyncio.sleep(0.01)
-            if not uvicorn.writable.is_set():
-                break
-        else:
-            pytest.fail("bob's socket never filled up")
+
+        written = await fill_socket(alice, tid, uvicorn, marked)
         await alice.gql(SET_ROLE, {"u": bob.id, "r": "ADMIN"})
         websocket = context.connection
         await until(lambda: websocket.application_state is WebSocketState.DISCONNECTED)
@@ -623,12 +638,7 @@ async def test_a_socket_that_stopped_reading_holds_up_no_other_sockets_close(
         query = {"query": PER_VIEWER, "variables": {"t": tid}}
         await conn.send(json.dumps({"id": "1", "type": "subscribe", "payload": query}))
         await until(ready)
-        for _ in range(300):
-            await factories.send(alice, tid, BIG_BODY)
-            if not uvicorn.writable.is_set():
-                break
-        else:
-            pytest.fail("bob's socket never filled up")
+        await fill_socket(alice, tid, uvicorn, lambda _: asyncio.sleep(0))
         await alice.gql(SET_ROLE, {"u": bob.id, "r": "ADMIN"})
         websocket = context.connection
         await until(lambda: websocket.application_state is WebSocketState.DISCONNECTED)
