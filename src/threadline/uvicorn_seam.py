@@ -5,6 +5,7 @@ that they are there: a uvicorn that drops one fails start-up in one line, not a 
   ever and keeps a head of any size, with a deadline and a size limit (408 or 431), and
   a lingering close: an immediate close while a body is still coming resets the
   connection, and clients that send before they read (httpx, requests) lose the answer.
+  Its WebSocket upgrades get a transport whose close ends in an abort (``_AbortingTransport``).
 - ``RawSocketMiddleware``/``RawSocket``: live frames written straight to the transport
   of uvicorn's sans-I/O WebSocket protocol, skipping the ASGI send chain per subscriber
   (Phoenix's "fastlane"); ``FAST_PATHS=off`` leaves the middleware out.
@@ -145,6 +146,11 @@ def protocol_class(header_timeout_seconds: float) -> type[asyncio.Protocol]:
             super().handle_websocket_upgrade()
             # The parser calls back into this object: let it go, or both wait for the GC.
             self.parser = None  # type: ignore[assignment]
+            websocket = self.transport.get_protocol()  # uvicorn's, set by the upgrade
+            if WebSocketsSansIOProtocol is not None and isinstance(
+                websocket, WebSocketsSansIOProtocol
+            ):
+                websocket.transport = _AbortingTransport(websocket.transport)  # type: ignore[assignment]
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
@@ -235,6 +241,32 @@ class _CycleTransport:
         cycle = self._cycle()
         if cycle is not None:  # it is: the cycle is the one closing
             self._protocol.close_after_answer(cycle)
+
+
+class _AbortingTransport:
+    """What uvicorn's sans-I/O WebSocket protocol uses of its transport, with a close that
+    ends in an abort: asyncio's close waits until the write buffer drains, which a peer
+    that stopped reading (its kernel still answering) never lets happen, and uvicorn only
+    closes (after a close frame, a keep-alive timeout, at shutdown). The connection was
+    then never lost: its context, streams and buffers stayed, and shutdown waited."""
+
+    __slots__ = ("_transport", "pause_reading", "resume_reading", "write")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        # The transport's own methods: no frame of ours per write or message.
+        self.write, self.pause_reading = transport.write, transport.pause_reading
+        self.resume_reading = transport.resume_reading
+
+    def close(self) -> None:
+        transport = self._transport
+        if not transport.is_closing():
+            transport.close()
+            # A reading peer takes the rest well within it; after connection_lost, a no-op.
+            asyncio.get_running_loop().call_later(LINGER_SECONDS, transport.abort)
+
+    def __getattr__(self, name: str) -> Any:  # is_closing, get_extra_info
+        return getattr(self._transport, name)
 
 
 # -- live frames straight to the WebSocket transport
