@@ -22,6 +22,7 @@ from tests import factories
 from tests.conftest import BACKEND, Api, Clients, Server, ServerErrors
 from tests.deployment import Outage
 from tests.live import new_listener, until, watch_activity
+from tests.test_hostile_streams import _uvicorn_protocol
 from tests.test_role_changes_live import SET_ROLE, make_owner
 from tests.wsclient import GraphQLWS, close_draining
 from threadline.config import Settings
@@ -446,6 +447,12 @@ async def delivered_to(server: Server, user: Api, thread_id: str, flush: bool = 
     return markers[uuid.UUID(user.id), uuid.UUID(thread_id)]
 
 
+def uvicorn_of(websocket: Any) -> Any:
+    """The uvicorn protocol of a server-side WebSocket (with FAST_PATHS=off, no RawSocket)."""
+    raw = raw_socket(websocket.scope)
+    return raw._protocol if raw else _uvicorn_protocol(websocket._send)  # type: ignore[attr-defined]
+
+
 async def not_reading(server: Server, user: Api) -> tuple[ClientConnection, Any, Context]:
     """``user``'s graphql-transport-ws socket that stops reading after a message (its
     queue holds one), with the server's uvicorn protocol and context for it."""
@@ -460,8 +467,7 @@ async def not_reading(server: Server, user: Api) -> tuple[ClientConnection, Any,
     for websocket, context in server.app.state.graphql.connections.items():
         viewer = context.viewer_or_none
         if viewer is not None and str(viewer.id) == user.id:
-            uvicorn = raw_socket(websocket.scope)._protocol  # type: ignore[union-attr]
-            return conn, uvicorn, context
+            return conn, uvicorn_of(websocket), context
     raise AssertionError(f"no socket of {user.username}")
 
 
@@ -555,7 +561,7 @@ async def test_a_legacy_stop_while_a_frame_waits_ends_the_operation_with_complet
     await conn.send(json.dumps({"type": "connection_init", "payload": {"token": bob.token}}))
     assert json.loads(await conn.recv())["type"] == "connection_ack"
     context = next(c for c in server.app.state.graphql.connections.values() if c.token == bob.token)
-    uvicorn = raw_socket(context.connection.scope)._protocol  # type: ignore[union-attr]
+    uvicorn = uvicorn_of(context.connection)
     try:
         ready = new_listener(server, thread_channel(tid))
         query = {"query": PER_VIEWER, "variables": {"t": tid}}
