@@ -13,12 +13,10 @@ import logging
 import time
 import uuid
 
-from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from threadline.db import Database
 from threadline.errors import ServiceUnavailable
-from threadline.models import Thread
 from threadline.realtime.broker import BrokerError
 from threadline.realtime.channels import Publisher, activity_channel, encode_activity
 from threadline.realtime.redis_pool import (
@@ -29,7 +27,7 @@ from threadline.realtime.redis_pool import (
     command_client,
     fail_fast,
 )
-from threadline.services.events import ActivityEvent
+from threadline.services.events import ActivityEvent, last_seq
 
 log = logging.getLogger(__name__)
 
@@ -125,13 +123,13 @@ class TypingTracker:
             # The thread's last seq now, as set() names the one its access check read: a
             # viewer removed since the last ``true`` (its publish lost) is checked again.
             # The database unreachable, it is announced anyway: no indicator stays on.
-            seq: int | None = 0
+            seq = 0
             try:
                 async with self._db.reading() as session:
-                    seq = await session.scalar(select(Thread.last_seq).where(Thread.id == key[0]))
+                    seq = await last_seq(session, key[0])
             except (SQLAlchemyError, OSError, ServiceUnavailable) as exc:
                 log.warning("typing expiry announced without the thread's last seq: %s", exc)
-            await self._announce(key[0], key[1], False, seq or 0)
+            await self._announce(key[0], key[1], False, seq)
         except _UNREACHABLE as exc:
             # Its Redis key expires by itself; subscribers resubscribe after an outage.
             log.warning("typing expiry not announced: %s", exc)

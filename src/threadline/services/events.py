@@ -133,6 +133,11 @@ def message_from_payload(data: dict[str, Any]) -> Message:
     )
 
 
+async def last_seq(session: AsyncSession, thread_id: uuid.UUID) -> int:
+    """The thread's last seq as committed now; 0 for a thread that is gone."""
+    return await session.scalar(select(Thread.last_seq).where(Thread.id == thread_id)) or 0
+
+
 async def allocate_seq(
     session: AsyncSession, thread_id: uuid.UUID, *, message_at: datetime | None = None
 ) -> int:

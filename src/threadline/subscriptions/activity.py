@@ -70,7 +70,7 @@ async def stream(info: Info, thread_id: str) -> AsyncIterator[TypingChanged | Re
                 # Removed: added again, they start from 0 (a role change keeps the markers).
                 # Once per removal: its second copy (on a Cluster, another shard's) may be late.
                 removed = who_stops(logged)
-                if isinstance(removed, uuid.UUID) and logged.seq > shown.get(removed, (0,) * 3)[2]:
+                if isinstance(removed, uuid.UUID) and logged.seq > shown.get(removed, (0, 0, 0))[2]:
                     shown[removed] = (0, 0, logged.seq)
                 if logged.seq <= heard or logged.seq in early:
                     continue  # heard already: a removal comes on both channels
