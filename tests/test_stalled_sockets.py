@@ -194,3 +194,23 @@ async def test_a_server_stopping_does_not_wait_for_a_client_that_does_not_read(
         assert asyncio.get_running_loop().time() - stopping < 5
     finally:
         client.close()
+
+
+async def test_a_client_that_does_not_read_closing_as_the_server_stops(
+    server: Server, clients: Clients
+) -> None:
+    """bob's client closes while the server's writes to it are still buffered: uvicorn
+    answers his close frame and closes, but the connection is lost only once the answer
+    is out. A stop meanwhile had uvicorn's shutdown send a close frame of its own on it:
+    websockets raised InvalidState ("connection is closing") out of Server.shutdown,
+    which stopped half way (other sockets not closed, the app's shutdown not run)."""
+    client, protocol, _, _, _ = await stalled(server, clients)
+    try:
+        await client.fill(protocol, paused=False)
+        client.conn.send_close(1000)
+        await client.flush()
+        await until(protocol.transport.is_closing)  # answered, into the full buffer
+        await stop_server(server)
+        assert protocol.disconnected
+    finally:
+        client.close()

@@ -75,3 +75,21 @@ async def test_live_frames_go_to_the_raw_socket_only_with_fast_paths_on(either: 
     assert seqs == [1, 2, 3]
     assert stats["members"] == 1
     assert stats["raw"] == (1 if either.runtime.settings.fast_paths else 0)
+
+
+async def test_clients_closing_as_the_server_stops_leave_its_shutdown_whole(
+    settings: Settings,
+) -> None:
+    """Seen in a full run, at a fixture's teardown: a close frame read in the loop turn
+    before uvicorn's shutdown is answered and its transport closed, but the connection
+    is lost a turn later; shutdown sent a close frame of its own on it, and websockets'
+    InvalidState came out of Server.shutdown (the app's lifespan shutdown not run)."""
+    server = await start_server(settings)
+    async with httpx.AsyncClient(base_url=server.base, timeout=30) as http:
+        bob = await Clients(http).user("bob")
+    sockets = [await GraphQLWS.connect(server.ws_url, bob.token) for _ in range(8)]
+    server.server.should_exit = True
+    server.server.exit_requested.set()
+    closing = [asyncio.create_task(ws.close()) for ws in sockets]
+    await stop_server(server)
+    await asyncio.gather(*closing)

@@ -5,7 +5,7 @@ that they are there: a uvicorn that drops one fails start-up in one line, not a 
   ever and keeps a head of any size, with a deadline and a size limit (408 or 431), and
   a lingering close: an immediate close while a body is still coming resets the
   connection, and clients that send before they read (httpx, requests) lose the answer.
-  Its WebSocket upgrades get a transport whose close ends in an abort (``_AbortingTransport``).
+  Its WebSocket upgrades get a close that aborts and a shutdown that spares closing ones.
 - ``RawSocketMiddleware``/``RawSocket``: live frames written straight to the transport
   of uvicorn's sans-I/O WebSocket protocol, skipping the ASGI send chain per subscriber
   (Phoenix's "fastlane"); ``FAST_PATHS=off`` leaves the middleware out.
@@ -22,14 +22,10 @@ import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.protocol import State
 
 from threadline.metrics import HTTP_REQUESTS_CUT_OFF
-
-try:
-    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
-except ImportError:  # a uvicorn without it: ASGI sends only
-    WebSocketsSansIOProtocol = None  # type: ignore[assignment, misc]
 
 # The uvicorn these were written against and checked with.
 WRITTEN_FOR = "0.54"
@@ -39,16 +35,13 @@ MAX_HEAD_BYTES = 64 * 1024
 # Apache lingers 2 s; on a LAN that drains hundreds of megabytes.
 LINGER_SECONDS = 2.0
 
-# Class -> the names of its methods and instance attributes that this module uses.
-_REQUIRED: dict[type | None, tuple[str, ...]] = {
+# Class -> the names this module uses of it (asyncio.Protocol's need no check: always there).
+_REQUIRED: dict[type, tuple[str, ...]] = {
     HttpToolsProtocol: (
-        "connection_made",
-        "connection_lost",
-        "data_received",
-        "eof_received",
         "on_headers_complete",
         "on_message_begin",
         "handle_websocket_upgrade",
+        "ws_protocol_class",
         "parser",
         "cycle",
         "transport",
@@ -58,6 +51,7 @@ _REQUIRED: dict[type | None, tuple[str, ...]] = {
     RequestResponseCycle: ("transport", "more_body", "response_complete", "keep_alive"),
     FlowControl: ("resume_reading",),
     WebSocketsSansIOProtocol: (
+        "shutdown",
         # ``send.__self__``: the ASGI send is this bound method of the protocol.
         "send",
         "close_sent",
@@ -78,11 +72,9 @@ def _has(cls: type, name: str) -> bool:
     return hasattr(cls, name) or any(code and name in code.co_names for code in codes)
 
 
-def check(required: dict[type | None, tuple[str, ...]] = _REQUIRED) -> None:
+def check(required: dict[type, tuple[str, ...]] = _REQUIRED) -> None:
     """Raise ImportError, in one line, for the first private name uvicorn no longer has."""
     for cls, names in required.items():
-        if cls is None:
-            continue
         for name in names:
             if not _has(cls, name):
                 raise ImportError(
@@ -119,6 +111,8 @@ def protocol_class(header_timeout_seconds: float) -> type[asyncio.Protocol]:
             self._head_bytes = 0
             self._head_timer: asyncio.TimerHandle | None = None
             self._lingering = False
+            if self.ws_protocol_class is WebSocketsSansIOProtocol:  # else --ws is another one
+                self.ws_protocol_class = _WebSocketProtocol
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -146,11 +140,6 @@ def protocol_class(header_timeout_seconds: float) -> type[asyncio.Protocol]:
             super().handle_websocket_upgrade()
             # The parser calls back into this object: let it go, or both wait for the GC.
             self.parser = None  # type: ignore[assignment]
-            websocket = self.transport.get_protocol()  # uvicorn's, set by the upgrade
-            if WebSocketsSansIOProtocol is not None and isinstance(
-                websocket, WebSocketsSansIOProtocol
-            ):
-                websocket.transport = _AbortingTransport(websocket.transport)  # type: ignore[assignment]
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
@@ -269,6 +258,16 @@ class _AbortingTransport:
         return getattr(self._transport, name)
 
 
+class _WebSocketProtocol(WebSocketsSansIOProtocol):
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(_AbortingTransport(transport))  # type: ignore[arg-type]
+
+    def shutdown(self) -> None:
+        # An answered client close is on its way out: a close frame on top raises InvalidState.
+        if not self.transport.is_closing():
+            super().shutdown()
+
+
 # -- live frames straight to the WebSocket transport
 
 SCOPE_KEY = "threadline.raw_socket"
@@ -316,7 +315,7 @@ class RawSocketMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "websocket" and WebSocketsSansIOProtocol is not None:
+        if scope["type"] == "websocket":
             protocol = getattr(send, "__self__", None)
             if isinstance(protocol, WebSocketsSansIOProtocol):
                 # In place: a copy of the scope would live as long as the connection.
