@@ -73,6 +73,7 @@ _AFTER_MARKER = (
     .where(
         Message.thread_id == ThreadParticipant.thread_id,
         Message.seq > ThreadParticipant.last_read_seq,
+        Message.seq > ThreadParticipant.joined_seq,  # history from before they joined
         Message.deleted_at.is_(None),
         (Message.author_id != bindparam("user_id")) | Message.author_id.is_(None),
     )
@@ -90,7 +91,7 @@ _UNREAD = Query(
 async def unread_counts(
     session: AsyncSession, viewer: User, thread_ids: Sequence[uuid.UUID]
 ) -> dict[uuid.UUID, int]:
-    """Messages after the viewer's read marker, not their own, not deleted."""
+    """Messages after the viewer's read marker and their joining, not their own, not deleted."""
     rows = await _UNREAD.tuples(session, user_id=viewer.id, ids=list(set(thread_ids)))
     return {r[0]: int(r[1]) for r in rows if r[1]}
 
