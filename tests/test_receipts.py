@@ -40,7 +40,9 @@ from threadline.realtime.channels import (
 from threadline.realtime.deliveries import DeliveryTracker
 from threadline.runtime import Runtime
 from threadline.schema.context import Context
+from threadline.services import receipts, users
 from threadline.services.events import ActivityEvent
+from threadline.services.permissions import access_thread
 from threadline.services.receipts import mark_delivered_many
 from threadline.uvicorn_seam import raw_socket
 
@@ -796,3 +798,27 @@ async def test_a_direct_thread_rejoined_counts_as_unread_only_what_came_after(
     assert (await bob.gql(direct, {"u": alice.id}))["createDirectThread"]["unreadCount"] == 0
     await factories.send(alice, thread_id, "welcome back")
     assert await unread_everywhere(bob, thread_id) == (1, 1)
+
+
+async def test_a_mark_read_checked_before_a_removal_leaves_the_membership_added_since_alone(
+    server: Server, clients: Clients
+) -> None:
+    """markRead checks access (@threadRole), then writes in a transaction of its own. Carol
+    removed and added again between the two had her new membership's marker moved by a
+    markRead of her old one, in readBy, while live receipts, which drop what was made
+    before a removal, went on showing her at 0."""
+    alice, bob, carol = await clients.users("alice", "bob", "carol")
+    thread_id = await factories.thread(alice, bob, carol)
+    sent = [await factories.send(alice, thread_id, f"m{n}") for n in range(3)]
+    db = server.runtime.db
+    async with db.reading() as session:  # the check, as @threadRole makes it
+        reader = await users.get_user(session, carol.id)
+        checked = await access_thread(session, reader, thread_id)
+    await alice.gql(REMOVE, {"t": thread_id, "u": carol.id})
+    await alice.gql(ADD, {"t": thread_id, "u": carol.id})
+    async with db.transaction("mark_read") as uow:  # the write, as the resolver makes it
+        await receipts.mark_read(uow, reader, checked, sent[1]["seq"])
+    assert (await thread_state(carol, thread_id))["lastReadSeq"] == 0
+    assert await status(alice, sent[0]["id"]) == ("SENT", [])
+    await carol.gql(MARK_READ, {"t": thread_id, "s": sent[1]["seq"]})  # checked anew: moves
+    assert (await thread_state(carol, thread_id))["lastReadSeq"] == sent[1]["seq"]

@@ -111,8 +111,11 @@ async def mark_read(uow: UnitOfWork, actor: User, access: ThreadAccess, seq: int
     participant = await uow.session.get(
         ThreadParticipant, (access.thread.id, actor.id), with_for_update={"key_share": True}
     )
-    if participant is None:
-        return  # a system admin looking in keeps no markers
+    checked = access.participant
+    # None: a system admin looking in keeps no markers. Another join than the one checked:
+    # removed and added again since, the new membership's markers are not this read's.
+    if participant is None or checked is None or participant.joined_seq != checked.joined_seq:
+        return
     target = min(max(seq, 0), access.thread.last_seq)
     if target <= participant.last_read_seq:
         return

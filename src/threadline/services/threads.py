@@ -229,11 +229,8 @@ async def _join(
 ) -> ThreadParticipant:
     """A fresh participant (markers at 0, the history before now not unread: ``thread``
     is locked and current), announced like any participant change."""
-    participant = ThreadParticipant(
-        thread_id=thread.id,
-        user_id=user_id,
-        role=role.value,
-        joined_seq=thread.last_seq,  # the other columns' defaults: a fresh row
+    participant = ThreadParticipant(  # the other columns' defaults: a fresh row
+        thread_id=thread.id, user_id=user_id, role=role.value, joined_seq=thread.last_seq
     )
     uow.session.add(participant)
     await uow.session.flush()
