@@ -21,7 +21,7 @@ from websockets.frames import Frame, Opcode
 from tests import factories
 from tests.conftest import BACKEND, Api, Clients, Server, ServerErrors
 from tests.deployment import Outage
-from tests.live import new_listener, until, watch_activity
+from tests.live import listening, new_listener, until, watch_activity
 from tests.test_hostile_streams import _uvicorn_protocol
 from tests.test_role_changes_live import SET_ROLE, make_owner
 from tests.wsclient import GraphQLWS, close_draining
@@ -31,11 +31,18 @@ from threadline.errors import ServiceUnavailable
 from threadline.models import ThreadParticipant
 from threadline.realtime import deliveries
 from threadline.realtime.broker import BrokerClosed
-from threadline.realtime.channels import activity_channel, encode_activity, thread_channel
+from threadline.realtime.channels import (
+    activity_channel,
+    encode_activity,
+    thread_channel,
+    user_channel,
+)
 from threadline.realtime.deliveries import DeliveryTracker
 from threadline.runtime import Runtime
 from threadline.schema.context import Context
+from threadline.services import receipts, users
 from threadline.services.events import ActivityEvent
+from threadline.services.permissions import access_thread
 from threadline.services.receipts import mark_delivered_many
 from threadline.uvicorn_seam import raw_socket
 
@@ -726,3 +733,92 @@ async def test_a_removals_second_copy_heard_late_does_not_reset_markers_shown_si
     shown = (await ws.next())["payload"]["data"]["threadActivity"]
     await ws.close()
     assert shown == {"user": {"username": "carol"}, "lastReadSeq": 4}
+
+
+LISTED = "query { threads(first: 50) { edges { node { id unreadCount } } } }"
+VIEWER_THREADS = """subscription { viewerEvents {
+  ... on ThreadActivityForViewer { thread { lastSeq unreadCount } }
+  ... on ThreadMembershipChanged { role } } }"""
+ADD = "mutation($t: ID!, $u: ID!) { addParticipant(threadId: $t, userId: $u) { role } }"
+REMOVE = "mutation($t: ID!, $u: ID!) { removeParticipant(threadId: $t, userId: $u) }"
+
+
+async def unread_everywhere(api: Api, thread_id: str) -> tuple[int, int]:
+    """The viewer's unreadCount of the thread, asked for itself and in their thread list."""
+    alone = (await thread_state(api, thread_id))["unreadCount"]
+    listed = (await api.gql(LISTED))["threads"]["edges"]
+    return alone, next(e["node"]["unreadCount"] for e in listed if e["node"]["id"] == thread_id)
+
+
+async def test_history_from_before_a_participant_joined_is_not_unread_and_not_read_by_them(
+    server: Server, clients: Clients
+) -> None:
+    """Added to a thread of many messages, carol saw them all as unread (a badge of
+    thousands); an add after a removal the same. Now nothing before her join counts,
+    and her read marker, and so readBy of the old messages, stays hers to move."""
+    alice, bob, carol = await clients.users("alice", "bob", "carol")
+    thread_id = await factories.thread(alice, bob)
+    old = [await factories.send(alice, thread_id, f"before {n}") for n in range(6)]
+    await bob.gql(MARK_READ, {"t": thread_id, "s": old[-1]["seq"]})
+    ws = await GraphQLWS.connect(server.ws_url, carol.token)
+    ready = new_listener(server, user_channel(carol.id))
+    await ws.subscribe(VIEWER_THREADS)
+    await ws.until(ready)
+
+    async def viewer_event() -> Any:
+        return (await ws.next())["payload"]["data"]["viewerEvents"]
+
+    for round in range(2):
+        await alice.gql(ADD, {"t": thread_id, "u": carol.id})
+        assert await unread_everywhere(carol, thread_id) == (0, 0)
+        assert (await thread_state(carol, thread_id))["lastReadSeq"] == 0
+        assert (await status(alice, old[0]["id"]))[1] == [bob.id]  # not carol
+        while (await viewer_event()).get("role") != "MEMBER":
+            pass  # the stream follows the thread from here
+        await ws.until(listening(server, thread_channel(thread_id)))
+        sent = await factories.send(alice, thread_id, f"after joining {round}")
+        while (shown := await viewer_event()).get("thread", {}).get("lastSeq") != sent["seq"]:
+            pass
+        assert shown["thread"]["unreadCount"] == 1
+        assert await unread_everywhere(carol, thread_id) == (1, 1)
+        await alice.gql(REMOVE, {"t": thread_id, "u": carol.id})
+        old.append(await factories.send(alice, thread_id, "while carol is away"))
+    await ws.close()
+
+
+async def test_a_direct_thread_rejoined_counts_as_unread_only_what_came_after(
+    clients: Clients,
+) -> None:
+    alice, bob = await clients.users("alice", "bob")
+    direct = "mutation($u: ID!) { createDirectThread(userId: $u) { id unreadCount } }"
+    thread_id = (await alice.gql(direct, {"u": bob.id}))["createDirectThread"]["id"]
+    await bob.gql("mutation($t: ID!) { leaveThread(threadId: $t) }", {"t": thread_id})
+    for n in range(3):
+        await factories.send(alice, thread_id, f"are you there? {n}")
+    assert (await bob.gql(direct, {"u": alice.id}))["createDirectThread"]["unreadCount"] == 0
+    await factories.send(alice, thread_id, "welcome back")
+    assert await unread_everywhere(bob, thread_id) == (1, 1)
+
+
+async def test_a_mark_read_checked_before_a_removal_leaves_the_membership_added_since_alone(
+    server: Server, clients: Clients
+) -> None:
+    """markRead checks access (@threadRole), then writes in a transaction of its own. Carol
+    removed and added again between the two had her new membership's marker moved by a
+    markRead of her old one, in readBy, while live receipts, which drop what was made
+    before a removal, went on showing her at 0."""
+    alice, bob, carol = await clients.users("alice", "bob", "carol")
+    thread_id = await factories.thread(alice, bob, carol)
+    sent = [await factories.send(alice, thread_id, f"m{n}") for n in range(3)]
+    db = server.runtime.db
+    async with db.reading() as session:  # the check, as @threadRole makes it
+        reader = await users.get_user(session, carol.id)
+        checked = await access_thread(session, reader, thread_id)
+    await alice.gql(REMOVE, {"t": thread_id, "u": carol.id})
+    await alice.gql(ADD, {"t": thread_id, "u": carol.id})
+    async with db.transaction("mark_read") as uow:  # the write, as the resolver makes it
+        await receipts.mark_read(uow, reader, checked, sent[1]["seq"])
+    assert (await thread_state(carol, thread_id))["lastReadSeq"] == 0
+    assert await status(alice, sent[0]["id"]) == ("SENT", [])
+    await carol.gql(MARK_READ, {"t": thread_id, "s": sent[1]["seq"]})  # checked anew: moves
+    assert (await thread_state(carol, thread_id))["lastReadSeq"] == sent[1]["seq"]

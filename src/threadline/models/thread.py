@@ -55,6 +55,8 @@ class ThreadParticipant(Base):
     role: Mapped[str] = mapped_column(RoleColumn, default=ThreadRole.MEMBER.value)
     joined_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_read_seq: Mapped[int] = mapped_column(Integer, default=0)
+    # The thread's last seq when this row was made: messages up to it are not unread.
+    joined_seq: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     last_delivered_seq: Mapped[int] = mapped_column(Integer, default=0)
     muted: Mapped[bool] = mapped_column(Boolean, default=False)
 

@@ -73,6 +73,7 @@ _AFTER_MARKER = (
     .where(
         Message.thread_id == ThreadParticipant.thread_id,
         Message.seq > ThreadParticipant.last_read_seq,
+        Message.seq > ThreadParticipant.joined_seq,  # history from before they joined
         Message.deleted_at.is_(None),
         (Message.author_id != bindparam("user_id")) | Message.author_id.is_(None),
     )
@@ -90,7 +91,7 @@ _UNREAD = Query(
 async def unread_counts(
     session: AsyncSession, viewer: User, thread_ids: Sequence[uuid.UUID]
 ) -> dict[uuid.UUID, int]:
-    """Messages after the viewer's read marker, not their own, not deleted."""
+    """Messages after the viewer's read marker and their joining, not their own, not deleted."""
     rows = await _UNREAD.tuples(session, user_id=viewer.id, ids=list(set(thread_ids)))
     return {r[0]: int(r[1]) for r in rows if r[1]}
 
@@ -110,8 +111,11 @@ async def mark_read(uow: UnitOfWork, actor: User, access: ThreadAccess, seq: int
     participant = await uow.session.get(
         ThreadParticipant, (access.thread.id, actor.id), with_for_update={"key_share": True}
     )
-    if participant is None:
-        return  # a system admin looking in keeps no markers
+    checked = access.participant
+    # None: a system admin looking in keeps no markers. Another join than the one checked:
+    # removed and added again since, the new membership's markers are not this read's.
+    if participant is None or checked is None or participant.joined_seq != checked.joined_seq:
+        return
     target = min(max(seq, 0), access.thread.last_seq)
     if target <= participant.last_read_seq:
         return

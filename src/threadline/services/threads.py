@@ -129,9 +129,8 @@ async def _rejoin(uow: UnitOfWork, actor: User, thread: Thread) -> Thread:
     """The existing direct thread, with the caller in it again if they had left it: the
     pair's only thread, so asking again rejoins it as a fresh OWNER (markers at 0) who
     sees the whole history. The other user, if they left, is not pulled back in."""
-    locked = await uow.session.scalar(
-        select(Thread).where(Thread.id == thread.id).with_for_update()
-    )
+    # Re-read: loaded above unlocked, its last_seq (where the rejoiner joins) may be old.
+    locked = await uow.session.get(Thread, thread.id, with_for_update=True, populate_existing=True)
     if locked is None or locked.deleted_at is not None:
         raise NotFound("Thread not found")
     if await uow.session.get(ThreadParticipant, (locked.id, actor.id)) is not None:
@@ -228,15 +227,10 @@ async def _participant_changed(
 async def _join(
     uow: UnitOfWork, actor: User, thread: Thread, user_id: uuid.UUID, role: ThreadRole
 ) -> ThreadParticipant:
-    """A fresh participant (markers at 0), announced like any participant change."""
-    participant = ThreadParticipant(
-        thread_id=thread.id,
-        user_id=user_id,
-        role=role.value,
-        joined_at=utcnow(),
-        last_read_seq=0,
-        last_delivered_seq=0,
-        muted=False,
+    """A fresh participant (markers at 0, the history before now not unread: ``thread``
+    is locked and current), announced like any participant change."""
+    participant = ThreadParticipant(  # the other columns' defaults: a fresh row
+        thread_id=thread.id, user_id=user_id, role=role.value, joined_seq=thread.last_seq
     )
     uow.session.add(participant)
     await uow.session.flush()
