@@ -754,8 +754,9 @@ async def test_history_from_before_a_participant_joined_is_not_unread_and_not_re
     server: Server, clients: Clients
 ) -> None:
     """Added to a thread of many messages, carol saw them all as unread (a badge of
-    thousands); an add after a removal the same. Now nothing before her join counts,
-    and her read marker, and so readBy of the old messages, stays hers to move."""
+    thousands), and alice saw her messages that bob had read turn back from READ; an add
+    after a removal the same. Now nothing before her join counts, and her read marker,
+    and so readBy of the old messages, stays hers to move."""
     alice, bob, carol = await clients.users("alice", "bob", "carol")
     thread_id = await factories.thread(alice, bob)
     old = [await factories.send(alice, thread_id, f"before {n}") for n in range(6)]
@@ -772,7 +773,8 @@ async def test_history_from_before_a_participant_joined_is_not_unread_and_not_re
         await alice.gql(ADD, {"t": thread_id, "u": carol.id})
         assert await unread_everywhere(carol, thread_id) == (0, 0)
         assert (await thread_state(carol, thread_id))["lastReadSeq"] == 0
-        assert (await status(alice, old[0]["id"]))[1] == [bob.id]  # not carol
+        # Not read by carol, and still READ: she was not there when it was sent.
+        assert await status(alice, old[0]["id"]) == ("READ", [bob.id])
         while (await viewer_event()).get("role") != "MEMBER":
             pass  # the stream follows the thread from here
         await ws.until(listening(server, thread_channel(thread_id)))

@@ -1,6 +1,7 @@
 """Read and delivery receipts: markers that only move forward, unread counts, status.
-A message's status, as its author sees it: READ when every other participant has read
-past it, DELIVERED when every other one has had it pushed or fetched, else SENT."""
+A message's status, as its author sees it: READ when every other participant who was in
+the thread when it was sent has read past it, DELIVERED when every one of them has had it
+pushed or fetched, else SENT."""
 
 from __future__ import annotations
 
@@ -26,11 +27,13 @@ class Marker:
     user_id: uuid.UUID
     last_read_seq: int
     last_delivered_seq: int
+    joined_seq: int
 
 
 def message_status(message: Message, markers: Sequence[Marker]) -> MessageStatus:
     author, seq = message.author_id, message.seq
-    others = [m for m in markers if m.user_id != author]
+    # Someone added later does not turn a message everyone had read back to unread.
+    others = [m for m in markers if m.user_id != author and m.joined_seq < seq]
     if not others:
         return MessageStatus.SENT
     if all(m.last_read_seq >= seq for m in others):
@@ -52,6 +55,7 @@ _MARKERS = Query(
         ThreadParticipant.user_id,
         ThreadParticipant.last_read_seq,
         ThreadParticipant.last_delivered_seq,
+        ThreadParticipant.joined_seq,
     ).where(ThreadParticipant.thread_id.in_(bindparam("ids", expanding=True)))
 )
 
@@ -61,8 +65,8 @@ async def markers_of(
 ) -> dict[uuid.UUID, list[Marker]]:
     rows = await _MARKERS.tuples(session, ids=list(set(thread_ids)))
     out: dict[uuid.UUID, list[Marker]] = defaultdict(list)
-    for thread_id, user_id, read, delivered in rows:
-        out[thread_id].append(Marker(user_id, read, delivered))
+    for thread_id, *marker in rows:
+        out[thread_id].append(Marker(*marker))
     return out
 
 
