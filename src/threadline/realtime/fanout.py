@@ -17,7 +17,7 @@ from collections.abc import Coroutine, Generator, Hashable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from threadline.errors import Conflict
+from threadline.errors import Conflict, NotFound
 from threadline.metrics import EVENTS_DELIVERED
 from threadline.realtime.deliveries import DeliveryTracker
 from threadline.realtime.sinks import DirectSink, text_frame
@@ -240,10 +240,16 @@ class Member:
             return False
         # Read after the batch was committed: a message deleted up to its end shows so.
         horizon = events[-1].seq
-        for event in events:
+        frames = [(event, await self.group.source.render(event, horizon)) for event in events]
+        first, viewer = events[0], self.viewer_id
+        if not ends_subscription(first, viewer) and await self.group.hub.feed.unable(
+            self.group.thread_id, first.seq, {viewer}
+        ):
+            raise NotFound("Thread not found")
+        for event, payload in frames:
             if self.finished:
                 break
-            await self._write(event, await self.group.source.render(event, horizon))
+            await self._write(event, payload)
         return True
 
     async def _write(self, event: LoggedEvent, payload: str) -> None:
@@ -306,10 +312,18 @@ class Group:
                 payload = await self.source.render(event, event.seq)
                 self.position = event.seq
                 stops = who_stops(event)
+                gone = await self.hub.feed.unable(
+                    self.thread_id,
+                    event.seq,
+                    {m.viewer_id for m in self.members if not stops_viewer(stops, m.viewer_id)},
+                )
                 frames: dict[str, bytes] = {}
                 written = 0
                 for member in list(self.members):
-                    written += member.offer(event, payload, stops, frames)
+                    if member.viewer_id in gone:
+                        member.fail(NotFound("Thread not found"))
+                    else:
+                        written += member.offer(event, payload, stops, frames)
                 if written:
                     EVENTS_DELIVERED.inc(written)
         except Exception as exc:  # the broker closed, or rendering failed

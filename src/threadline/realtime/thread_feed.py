@@ -16,7 +16,8 @@ from threadline.errors import Conflict
 from threadline.realtime.broker import RECONNECTED, Broker, SubscriberOverflow
 from threadline.realtime.caches import TTLCache
 from threadline.realtime.channels import decode_logged, thread_channel
-from threadline.services.events import LoggedEvent, ends_subscription, events_after
+from threadline.services.events import LoggedEvent, ends_subscription, events_after, last_seq
+from threadline.services.permissions import readers
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,17 @@ class ThreadFeed:
     async def from_log(self, thread_id: uuid.UUID, after: int) -> list[LoggedEvent]:
         async with self.db.reading() as session:
             return await events_after(session, thread_id, after, REPLAY_BATCH)
+
+    async def unable(
+        self, thread_id: uuid.UUID, seq: int, viewer_ids: set[uuid.UUID]
+    ) -> set[uuid.UUID]:
+        """Those of ``viewer_ids`` who may no longer read the thread (``readers``), if
+        anything was logged after ``seq``: what an event up to ``seq`` renders now may show
+        it (the thread's last message, a reaction, an edit), even past their removal."""
+        async with self.db.reading() as session:
+            if await last_seq(session, thread_id) <= seq:
+                return set()
+            return viewer_ids - (await readers(session, thread_id, viewer_ids)).keys()
 
     async def ordered(
         self,
