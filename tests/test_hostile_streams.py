@@ -299,9 +299,8 @@ async def test_a_replay_still_being_written_at_a_removal_shows_nothing_from_afte
         assert json.loads(await conn.recv())["type"] == "connection_ack"
         query = REPLAYED_NOW % f"{nested} {BODIES}"
         start = "subscribe" if subprotocol == "graphql-transport-ws" else "start"
-        await conn.send(
-            json.dumps({"id": "1", "type": start, "payload": {"query": query, "variables": {"t": tid}}})
-        )
+        payload = {"query": query, "variables": {"t": tid}}
+        await conn.send(json.dumps({"id": "1", "type": start, "payload": payload}))
         # The replay fills carol's socket long before it is through.
         await until(lambda: _paused(server, carol.id))
         await alice.gql(REMOVE, {"t": tid, "u": carol.id})
@@ -324,7 +323,8 @@ async def test_a_replay_still_being_written_at_a_removal_shows_nothing_from_afte
 
 
 LIVE_NOW = """subscription($t: ID!) { threadEvents(threadId: $t) { seq __typename
-  ... on MessageCreated { message { edits { previousBody } thread { lastMessage { body } } } } } }"""
+  ... on MessageCreated { message { edits { previousBody } thread { lastMessage { body } } } }
+} }"""
 
 
 @pytest.mark.skipif(not ON_POSTGRES, reason="holds a PostgreSQL table lock")

@@ -241,10 +241,7 @@ class Member:
         # Read after the batch was committed: a message deleted up to its end shows so.
         horizon = events[-1].seq
         frames = [(event, await self.group.source.render(event, horizon)) for event in events]
-        first, viewer = events[0], self.viewer_id
-        if not ends_subscription(first, viewer) and await self.group.hub.feed.unable(
-            self.group.thread_id, first.seq, {viewer}
-        ):
+        if await self.group.hub.feed.unable(events[0], [self.viewer_id]):
             raise NotFound("Thread not found")
         for event, payload in frames:
             if self.finished:
@@ -310,20 +307,15 @@ class Group:
             )
             async for event in events:
                 payload = await self.source.render(event, event.seq)
+                gone = await self.hub.feed.unable(event, [m.viewer_id for m in self.members])
+                for member in [m for m in self.members if m.viewer_id in gone]:
+                    member.fail(NotFound("Thread not found"))
                 self.position = event.seq
                 stops = who_stops(event)
-                gone = await self.hub.feed.unable(
-                    self.thread_id,
-                    event.seq,
-                    {m.viewer_id for m in self.members if not stops_viewer(stops, m.viewer_id)},
-                )
                 frames: dict[str, bytes] = {}
                 written = 0
                 for member in list(self.members):
-                    if member.viewer_id in gone:
-                        member.fail(NotFound("Thread not found"))
-                    else:
-                        written += member.offer(event, payload, stops, frames)
+                    written += member.offer(event, payload, stops, frames)
                 if written:
                     EVENTS_DELIVERED.inc(written)
         except Exception as exc:  # the broker closed, or rendering failed

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 
 from threadline.db import Database
 from threadline.errors import Conflict
@@ -42,16 +42,15 @@ class ThreadFeed:
         async with self.db.reading() as session:
             return await events_after(session, thread_id, after, REPLAY_BATCH)
 
-    async def unable(
-        self, thread_id: uuid.UUID, seq: int, viewer_ids: set[uuid.UUID]
-    ) -> set[uuid.UUID]:
-        """Those of ``viewer_ids`` who may no longer read the thread (``readers``), if
-        anything was logged after ``seq``: what an event up to ``seq`` renders now may show
-        it (the thread's last message, a reaction, an edit), even past their removal."""
+    async def unable(self, event: LoggedEvent, viewer_ids: Iterable[uuid.UUID]) -> set[uuid.UUID]:
+        """Those of ``viewer_ids`` who may no longer read the thread (``readers``) if it
+        moved on since ``event``: what that renders now may show what came after, past
+        their removal (the event that ends their subscription shows nothing of it)."""
+        ids = {v for v in viewer_ids if not ends_subscription(event, v)}
         async with self.db.reading() as session:
-            if await last_seq(session, thread_id) <= seq:
+            if not ids or await last_seq(session, event.thread_id) <= event.seq:
                 return set()
-            return viewer_ids - (await readers(session, thread_id, viewer_ids)).keys()
+            return ids - (await readers(session, event.thread_id, ids)).keys()
 
     async def ordered(
         self,

@@ -16,7 +16,6 @@ from threadline.errors import BadInput, NotFound
 from threadline.metrics import EVENTS_DELIVERED
 from threadline.schema.context import Context
 from threadline.schema.events import ThreadEventType
-from threadline.services.events import ends_subscription
 from threadline.services.permissions import parse_id
 from threadline.subscriptions.broadcast import BroadcastFrames, viewer_independent
 from threadline.subscriptions.live import operation_root
@@ -53,9 +52,7 @@ async def stream(
     async with aclosing(runtime.feed.ordered(tid, viewer.id, start)) as events:
         async for event in events:
             await ctx.renew()
-            if not ends_subscription(event, viewer.id) and await runtime.feed.unable(
-                tid, event.seq, {viewer.id}
-            ):
+            if await runtime.feed.unable(event, [viewer.id]):
                 raise NotFound("Thread not found")
             yield await rendered(runtime, event)
             # Both subprotocols ask for the next result only once this one's frame is
