@@ -273,12 +273,13 @@ async def test_a_frame_a_socket_the_server_closed_refuses_ends_the_member_withou
         query = {"query": shared, "variables": {"t": tid}}
         await conn.send(json.dumps({"id": "1", "type": "subscribe", "payload": query}))
         await until(fanout_members(server, 1))
-        written = await fill_socket(  # each written whole
-            alice,
-            tid,
-            uvicorn,
-            lambda _: until(lambda: server.runtime.fanout.stats()["waiting"] == 0),
-        )
+        fanout = server.runtime.fanout
+
+        def offered(seq: int) -> bool:  # to bob's member, and written whole
+            (member,) = [m for g in fanout._groups.values() for m in g.members]
+            return member.last >= seq and fanout.stats()["waiting"] == 0
+
+        written = await fill_socket(alice, tid, uvicorn, lambda seq: until(lambda: offered(seq)))
         await alice.gql(SET_ROLE, {"u": bob.id, "r": "ADMIN"})
         websocket = context.connection
         await until(lambda: websocket.application_state is WebSocketState.DISCONNECTED)

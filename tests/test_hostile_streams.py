@@ -10,11 +10,13 @@ import asyncio
 import json
 from typing import Any
 
+import asyncpg
 import pytest
 import websockets
+from sqlalchemy.engine import make_url
 
 from tests import factories
-from tests.conftest import Clients, Server
+from tests.conftest import ON_POSTGRES, Clients, Server
 from tests.live import fanout_members, new_listener, until
 from tests.wsclient import GraphQLWS
 from threadline.config import Settings
@@ -242,3 +244,120 @@ async def test_a_deleted_messages_body_is_not_replayed_from_the_event_log(
         await ws.close()
     leaked = [m["payload"]["data"]["threadEvents"] for m in replayed if DELETED in json.dumps(m)]
     assert not leaked, f"the deleted message's text was replayed: {leaked}"
+
+
+EDIT_TO = "mutation($m: ID!, $b: String!) { editMessage(messageId: $m, body: $b) { id } }"
+REACT = 'mutation($m: ID!) { addReaction(messageId: $m, emoji: "🤫") { id } }'
+# A replay that reads the thread as it is when each frame is rendered: a message's
+# edits and reactions, the thread's last message (where the viewer is checked per frame,
+# a thread no longer shown nulls the frame). Rendered once for every subscriber, or
+# (reading reactedByMe, or over the legacy subprotocol) for carol alone.
+REPLAYED_NOW = """subscription($t: ID!) { threadEvents(threadId: $t, afterSeq: 0) { seq __typename
+  ... on MessageCreated { message { edits { previousBody } reactions { emoji } %s } } } }"""
+BODIES = " ".join(f"b{i}: body" for i in range(12))
+
+
+def _paused(server: Server, user_id: str) -> bool:
+    """Whether the server's side of this user's socket stopped taking writes."""
+    for websocket, context in list(server.app.state.graphql.connections.items()):
+        viewer = context.viewer_or_none
+        if viewer is not None and str(viewer.id) == user_id:
+            return not _uvicorn_protocol(websocket._send).writable.is_set()
+    return False
+
+
+@pytest.mark.parametrize(
+    ("subprotocol", "nested"),
+    [
+        ("graphql-transport-ws", "thread { lastMessage { body } }"),
+        ("graphql-transport-ws", "reactions { reactedByMe }"),
+        ("graphql-ws", ""),
+    ],
+    ids=["broadcast", "per-viewer", "legacy"],
+)
+async def test_a_replay_still_being_written_at_a_removal_shows_nothing_from_after_it(
+    server: Server, clients: Clients, subprotocol: str, nested: str
+) -> None:
+    """A replay's frames are rendered as they are written, and what they nest (the
+    thread's last message, a message's edits and reactions) is read then: a participant
+    removed while their replay waited for a full socket got, in the frames of events
+    from before the removal, messages, edits and reactions made after it."""
+    alice, carol = await clients.users("alice", "carol")
+    tid = await factories.thread(alice, carol)
+    body = "x" * 4000
+    for _ in range(150):
+        last = (await factories.send(alice, tid, body))["id"]
+    conn = await websockets.connect(
+        server.ws_url,
+        subprotocols=[subprotocol],  # type: ignore[list-item]
+        max_queue=1,  # stops reading from the socket while a message waits in its queue
+        compression=None,
+    )
+    frames: list[dict[str, Any]] = []
+    try:
+        await conn.send(json.dumps({"type": "connection_init", "payload": {"token": carol.token}}))
+        assert json.loads(await conn.recv())["type"] == "connection_ack"
+        query = REPLAYED_NOW % f"{nested} {BODIES}"
+        start = "subscribe" if subprotocol == "graphql-transport-ws" else "start"
+        payload = {"query": query, "variables": {"t": tid}}
+        await conn.send(json.dumps({"id": "1", "type": start, "payload": payload}))
+        # The replay fills carol's socket long before it is through.
+        await until(lambda: _paused(server, carol.id))
+        await alice.gql(REMOVE, {"t": tid, "u": carol.id})
+        await alice.gql(EDIT_TO, {"m": last, "b": SECRET})
+        await alice.gql(EDIT_TO, {"m": last, "b": "edited again"})
+        await alice.gql(REACT, {"m": last})
+        await factories.send(alice, tid, SECRET)
+        while True:
+            message = json.loads(await asyncio.wait_for(conn.recv(), 10))
+            if message["type"] in ("ping", "pong", "ka"):
+                continue
+            frames.append(message)
+            if message["type"] in ("complete", "error"):
+                break
+    finally:
+        await conn.close()
+    leaked = [m for m in frames if SECRET in json.dumps(m) or "🤫" in json.dumps(m)]
+    assert not leaked, f"the removed user got what came after the removal: {leaked[0]}"
+    assert frames[-1]["type"] == "complete"
+
+
+LIVE_NOW = """subscription($t: ID!) { threadEvents(threadId: $t) { seq __typename
+  ... on MessageCreated { message { edits { previousBody } thread { lastMessage { body } } } }
+} }"""
+
+
+@pytest.mark.skipif(not ON_POSTGRES, reason="holds a PostgreSQL table lock")
+async def test_a_live_frame_rendered_after_a_removal_shows_nothing_from_after_it(
+    server: Server, clients: Clients, settings: Settings
+) -> None:
+    """The fan-out renders each event once for all subscribers when it comes: if that
+    is late (a slow read, a busy process), the thread may have moved on, past a
+    subscriber's removal, and the frame of an event from before it showed a message
+    sent after it."""
+    alice, carol = await clients.users("alice", "carol")
+    tid = await factories.thread(alice, carol)
+    ws = await GraphQLWS.connect(server.ws_url, carol.token)
+    url = make_url(settings.database_url).set(drivername="postgresql")
+    holder = await asyncpg.connect(url.render_as_string(hide_password=False))
+    try:
+        await ws.subscribe(LIVE_NOW, {"t": tid})
+        await ws.until(fanout_members(server, 1))
+        # The frame of the next message waits for its edits until the lock is let go.
+        locked = holder.transaction()
+        await locked.start()
+        await holder.execute("LOCK TABLE message_edits IN ACCESS EXCLUSIVE MODE")
+        await factories.send(alice, tid, "before")
+        await alice.gql(REMOVE, {"t": tid, "u": carol.id})
+        await factories.send(alice, tid, SECRET)
+        await locked.rollback()
+        seen = [await ws.next()]
+        while seen[-1]["type"] not in ("complete", "error"):
+            seen.append(await ws.next())
+    finally:
+        await holder.close()
+        await ws.close()
+    leaked = [m for m in seen if SECRET in json.dumps(m)]
+    assert not leaked, f"the removed user got what came after the removal: {leaked[0]}"
+    # The frame could not be shown as it was: the stream ends as a new one would.
+    assert seen[-1]["payload"][0]["extensions"]["code"] == "NOT_FOUND"

@@ -242,3 +242,28 @@ async def test_a_mutation_reads_its_answer_from_the_primary(replicated: Settings
             assert answer["addReaction"]["reactions"] == [{"emoji": "🎉", "count": 1}]
             later = await alice.gql(reactions, {"m": message["id"]})
             assert later["message"]["reactions"] == []  # the paused standby
+
+
+NODES = """query($t: ID!, $m: ID!) {
+  t: node(id: $t) { id ... on Thread { title } }
+  m: node(id: $m) { id ... on Message { body } }
+}"""
+
+
+async def test_node_refuses_a_removed_participant_while_the_replica_still_lists_them(
+    served: tuple[Server, Clients], replicated: Settings
+) -> None:
+    """node(id) decides access as every other path does: on the primary, where the
+    removal is written, not on the replica that has not replayed it yet."""
+    _, clients = served
+    alice, bob = await clients.users("alice", "bob")
+    tid = await factories.thread(alice, bob, title="Secret plans")
+    mid = (await factories.send(alice, tid, "the zebra plan"))["id"]
+    await replica.caught_up()
+    assert await bob.gql(NODES, {"t": tid, "m": mid}) == {
+        "t": {"id": tid, "title": "Secret plans"},
+        "m": {"id": mid, "body": "the zebra plan"},
+    }
+    async with replica.paused():
+        await alice.gql(REMOVE, {"t": tid, "u": bob.id})
+        assert await bob.gql(NODES, {"t": tid, "m": mid}) == {"t": None, "m": None}

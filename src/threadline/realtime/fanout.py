@@ -17,7 +17,7 @@ from collections.abc import Coroutine, Generator, Hashable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from threadline.errors import Conflict
+from threadline.errors import Conflict, NotFound
 from threadline.metrics import EVENTS_DELIVERED
 from threadline.realtime.deliveries import DeliveryTracker
 from threadline.realtime.sinks import DirectSink, text_frame
@@ -240,10 +240,13 @@ class Member:
             return False
         # Read after the batch was committed: a message deleted up to its end shows so.
         horizon = events[-1].seq
-        for event in events:
+        frames = [(event, await self.group.source.render(event, horizon)) for event in events]
+        if await self.group.hub.feed.unable(events[0], [self.viewer_id]):
+            raise NotFound("Thread not found")
+        for event, payload in frames:
             if self.finished:
                 break
-            await self._write(event, await self.group.source.render(event, horizon))
+            await self._write(event, payload)
         return True
 
     async def _write(self, event: LoggedEvent, payload: str) -> None:
@@ -304,6 +307,9 @@ class Group:
             )
             async for event in events:
                 payload = await self.source.render(event, event.seq)
+                gone = await self.hub.feed.unable(event, [m.viewer_id for m in self.members])
+                for member in [m for m in self.members if m.viewer_id in gone]:
+                    member.fail(NotFound("Thread not found"))
                 self.position = event.seq
                 stops = who_stops(event)
                 frames: dict[str, bytes] = {}

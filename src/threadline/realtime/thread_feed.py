@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 
 from threadline.db import Database
 from threadline.errors import Conflict
 from threadline.realtime.broker import RECONNECTED, Broker, SubscriberOverflow
 from threadline.realtime.caches import TTLCache
 from threadline.realtime.channels import decode_logged, thread_channel
-from threadline.services.events import LoggedEvent, ends_subscription, events_after
+from threadline.services.events import LoggedEvent, ends_subscription, events_after, last_seq
+from threadline.services.permissions import readers
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,16 @@ class ThreadFeed:
     async def from_log(self, thread_id: uuid.UUID, after: int) -> list[LoggedEvent]:
         async with self.db.reading() as session:
             return await events_after(session, thread_id, after, REPLAY_BATCH)
+
+    async def unable(self, event: LoggedEvent, viewer_ids: Iterable[uuid.UUID]) -> set[uuid.UUID]:
+        """Those of ``viewer_ids`` who may no longer read the thread (``readers``) if it
+        moved on since ``event``: what that renders now may show what came after, past
+        their removal (the event that ends their subscription shows nothing of it)."""
+        ids = {v for v in viewer_ids if not ends_subscription(event, v)}
+        async with self.db.reading() as session:
+            if not ids or await last_seq(session, event.thread_id) <= event.seq:
+                return set()
+            return ids - (await readers(session, event.thread_id, ids)).keys()
 
     async def ordered(
         self,

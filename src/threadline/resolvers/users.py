@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from contextlib import suppress
-
 import strawberry
 from strawberry import ID, Info
 
@@ -27,7 +25,7 @@ from threadline.schema.types import (
 )
 from threadline.services import attachments, notifications, users
 from threadline.services.pagination import PageRequest
-from threadline.services.permissions import access_attachment, access_thread, parse_id
+from threadline.services.permissions import parse_id
 
 
 @strawberry.type
@@ -70,20 +68,19 @@ class UserQueries:
         user = await loaders.user.load(node_id)
         if user is not None:
             return UserType.of(user)
-        with suppress(NotFound):
-            return ThreadType.of((await access_thread(session, viewer, node_id)).thread)
+        # The thread loader decides on the primary, as every path to a thread does.
+        thread = await loaders.thread.load(node_id)
+        if thread is not None:
+            return ThreadType.of(thread)
         message = await loaders.message.load(node_id)
         if message is not None:
-            try:
-                await access_thread(session, viewer, message.thread_id)
-                return MessageType.of(message)
-            except NotFound:
-                return None
-        with suppress(NotFound):
-            await access_attachment(session, viewer, node_id)
-            # Of a deleted message or thread: gone for everyone, whatever the access.
-            attachment = await attachments.downloadable(session, node_id)
-            return AttachmentType.of(attachment) if attachment is not None else None
+            shown = await loaders.thread.load(message.thread_id)
+            return MessageType.of(message) if shown is not None else None
+        # Of a deleted message or thread: gone for everyone, whatever the access.
+        attachment = await attachments.downloadable(session, node_id)
+        if attachment is not None:
+            shown = await loaders.thread.load(attachment.thread_id)
+            return AttachmentType.of(attachment) if shown is not None else None
         notification = await notifications.get_notification(session, viewer, node_id)
         if notification is not None:
             return NotificationType.of(notification)
