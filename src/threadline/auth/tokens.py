@@ -171,6 +171,9 @@ class TokenVerifier:
         if not isinstance(token, str) or not token.strip():
             raise Unauthenticated("no token was given")
         token = token.strip()
+        # A JWT is ASCII; PyJWT cannot even encode a lone surrogate from a JSON payload.
+        if not token.isascii():
+            raise Unauthenticated("token is malformed")
         if self._clerk:
             key = await self._clerk_key(token)
             claims = _decode(token, key, CLERK_ALGORITHM, "Clerk session tokens")
