@@ -244,7 +244,7 @@ class Settings(BaseSettings):
             DATABASE_DIRECT_URL=self.database_direct_url,
         )
         if self.database_read_url is not None and (
-            self.is_sqlite or not self.database_read_url.startswith("postgresql")
+            self.is_sqlite or not self.database_read_url.startswith("postgresql+asyncpg://")
         ):
             raise ConfigError(
                 "DATABASE_READ_URL needs PostgreSQL for both it and DATABASE_URL "
@@ -259,7 +259,7 @@ class Settings(BaseSettings):
                 "DATABASE_POOLER and DATABASE_DIRECT_URL are for PostgreSQL: DATABASE_URL is SQLite"
             )
         if self.database_direct_url is not None and not self.database_direct_url.startswith(
-            "postgresql"
+            "postgresql+asyncpg://"
         ):
             raise ConfigError("DATABASE_DIRECT_URL must be a postgresql+asyncpg:// URL")
         if self.is_production:
