@@ -205,12 +205,21 @@ def test_set_role_on_a_database_that_was_never_migrated_is_one_line(
     assert line.startswith("threadline: ")
 
 
-@pytest.mark.parametrize("url", ["garbage", "http://:hunter2@cache:6379/0"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "garbage",
+        "http://:hunter2@cache:6379/0",
+        "redis://:hunter2@cache:6379/0?socket_timeout=soon",
+    ],
+)
 def test_a_malformed_redis_url_is_a_configuration_error(url: str, tmp_path: Path) -> None:
     """Rule (config.py: refuse configurations that cannot be right, one line, exit 2):
     REDIS_URL must be a redis://, rediss:// or unix:// URL. Evidence: with REDIS_URL=garbage
     `threadline users set-role bob admin` printed a 38-line traceback ending in redis-py's
-    "ValueError: Redis URL must specify one of the following schemes"."""
+    "ValueError: Redis URL must specify one of the following schemes"; with an option
+    redis-py cannot read (socket_timeout=soon) the check passed and the command died with
+    redis-py's traceback ("Invalid value for 'socket_timeout' in connection URL")."""
     with pytest.raises(ConfigError, match="REDIS_URL") as raised:
         load_settings(redis_url=url, _env_file=None)
     assert "hunter2" not in str(raised.value)

@@ -9,7 +9,6 @@ from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, TypeVar
-from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -374,16 +373,17 @@ def _check_database_urls(**urls: str | None) -> None:
 
 
 def _check_redis_url(url: str) -> None:
-    """REDIS_URL is one redis-py can use; the message never repeats it (a password)."""
+    """REDIS_URL is one redis-py reads (scheme, port, options); the message never repeats
+    it or redis-py's (a password, or part of one)."""
+    from redis.asyncio.connection import parse_url
+
     try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - a port that is not a number raises here
+        parse_url(url)
     except ValueError:
-        parts = None
-    if parts is None or parts.scheme not in ("redis", "rediss", "unix"):
         raise ConfigError(
-            "REDIS_URL must be a redis://, rediss:// or unix:// URL (e.g. redis://redis:6379/0)"
-        )
+            "REDIS_URL must be a redis://, rediss:// or unix:// URL with a numeric port and"
+            " known options (e.g. redis://redis:6379/0)"
+        ) from None
 
 
 def load_settings(**overrides: object) -> Settings:
