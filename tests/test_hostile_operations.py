@@ -370,3 +370,25 @@ async def test_a_manifest_key_with_a_dot_name_is_refused(
     target = settings_for(migrated_database_url, tmp_path / "restored-uploads", None)
     with pytest.raises(BackupError, match="not a plain relative path"):
         await restore_backup(target, folder)
+
+
+async def test_a_manifest_nested_past_the_parsers_depth_is_a_damaged_backup(
+    settings: Settings, migrated_database_url: str, tmp_path: Path
+) -> None:
+    """Rule (README: errors are one line; a failed backup run must not be reported for a
+    good one). Evidence: a backup folder whose manifest.json was brackets nested 100,000
+    deep made `threadline restore` of it, and every later `threadline backup` into its
+    folder (the prune reads each manifest), die with a RecursionError traceback, exit 1,
+    though the new backup had been written."""
+    backups = tmp_path / "backups"
+    damaged = backups / "threadline-backup-20200101T000000Z"
+    damaged.mkdir(parents=True)
+    (damaged / MANIFEST).write_text("[" * 100_000 + "]" * 100_000)
+    done = threadline(
+        "restore", str(damaged), database_url=migrated_database_url, tmp_path=tmp_path
+    )
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    (line,) = said(done.stderr)
+    assert line.startswith("threadline: restore failed: ") and "not a threadline backup" in line
+    made = threadline("backup", str(backups), database_url=settings.database_url, tmp_path=tmp_path)
+    assert made.returncode == 0, made.stderr
