@@ -36,8 +36,8 @@ def _os_error(exc: OSError) -> str:
 
 @contextmanager
 def _database_errors(settings: Settings, doing: str) -> Iterator[None]:
-    """A bad setting (exit 2) or a database that cannot be reached or used (exit 1) is one
-    line, not a traceback; the password is never in it (a driver might echo the URL)."""
+    """A database that cannot be reached or used is one line and exit 1, not a traceback;
+    the password is never in it (a driver might echo the URL)."""
     from sqlalchemy.exc import SQLAlchemyError
 
     from threadline.errors import DomainError

@@ -213,9 +213,8 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
             raise json.JSONDecodeError(f"unreadable JSON ({type(error).__name__})", "", 0) from None
 
     def parse_json(self, data: str | bytes) -> Any:
-        parsed = super().parse_json(data)
         # strawberry reads fields off whatever a body decodes to: a bare null or 5 was a 500.
-        if not isinstance(parsed, dict | list):
+        if not isinstance(parsed := super().parse_json(data), dict | list):
             raise HTTPException(400, "A JSON body, `operations` or `map` must be an object")
         return parsed
 

@@ -171,8 +171,7 @@ class TokenVerifier:
         if not isinstance(token, str) or not token.strip():
             raise Unauthenticated("no token was given")
         token = token.strip()
-        # A JWT is ASCII; PyJWT cannot even encode a lone surrogate from a JSON payload.
-        if not token.isascii():
+        if not token.isascii():  # as a JWT is; PyJWT cannot even encode a lone surrogate
             raise Unauthenticated("token is malformed")
         if self._clerk:
             key = await self._clerk_key(token)
