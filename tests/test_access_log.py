@@ -69,6 +69,13 @@ async def test_serve_logs_request_paths_without_their_query_strings(
                 subprotocols=["graphql-transport-ws"],  # type: ignore[list-item]
             ):
                 pass
+            # Request targets in absolute and asterisk form: uvicorn logs them without the
+            # leading "/" (they were logged with their query strings).
+            for target in (
+                f"ws://127.0.0.1:{port}/graphql?token=ABSOLUTE-SECRET",
+                "*?t=STAR-SECRET",
+            ):
+                await upgrade_request(port, target)
         finally:
             proc.terminate()
             try:
@@ -81,5 +88,19 @@ async def test_serve_logs_request_paths_without_their_query_strings(
     assert f'"GET {attachment} HTTP/1.1" {download.status_code}' in logged, logged
     assert '"GET /healthz HTTP/1.1" 200' in logged, logged
     assert '"WebSocket /graphql" [accepted]' in logged, logged
+    assert '"WebSocket ws%3A//127.0.0.1' in logged and '"WebSocket %2A" 403' in logged, logged
     assert "SECRET" not in logged, logged
     assert "sig=" not in logged and "exp=" not in logged
+
+
+async def upgrade_request(port: int, target: str) -> None:
+    """A WebSocket upgrade for ``target`` exactly as given, its answer read."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    await reader.readuntil(b"\r\n\r\n")
+    writer.close()
+    await writer.wait_closed()

@@ -15,6 +15,7 @@ from tests.conftest import (
     token_for,
 )
 from tests.deployment import threadline
+from threadline.cli import build_parser
 from threadline.config import Settings
 from threadline.migrate import current_revision_async, head_revision
 
@@ -93,3 +94,36 @@ def test_a_bad_username_for_a_token_is_a_message_not_a_traceback(
     done = threadline("token", "no spaces", database_url=settings.database_url, tmp_path=tmp_path)
     assert done.returncode == 1
     assert "Traceback" not in done.stderr and "username" in done.stderr
+
+
+@pytest.mark.parametrize(
+    "argument",
+    [["--port", "99999"], ["--port", "0"], ["--workers", "0"], ["--log-level", "loud"]],
+)
+def test_serve_refuses_an_argument_it_cannot_use(
+    argument: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Rule: bad input gets a clear error. Evidence: `threadline serve --port 99999` served
+    on port 34463 (99999 modulo 65536) while logging "Uvicorn running on
+    http://127.0.0.1:99999"; `--log-level loud` died with uvicorn's KeyError traceback;
+    `--workers 0` ran one process as if nothing were wrong."""
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["serve", *argument])
+    assert exited.value.code == 2
+    assert f"argument {argument[0]}" in capsys.readouterr().err
+
+
+def test_a_setting_found_wrong_as_serve_builds_the_app_is_one_line(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Rule (README: errors are one line and a non-zero exit; config errors exit 2).
+    Evidence: `CLERK_JWT_KEY=garbage threadline serve` printed a 30-line traceback ending
+    in "ConfigError: CLERK_JWT_KEY is not a PEM public key" and exited 1 (the key is read
+    as the app is built, after the command's own check of the settings)."""
+    done = threadline(
+        "serve", database_url=settings.database_url, tmp_path=tmp_path, CLERK_JWT_KEY="garbage"
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last == "threadline: CLERK_JWT_KEY is not a PEM public key"

@@ -122,6 +122,21 @@ async def test_what_the_handler_leaves_to_strawberry(clients: Clients) -> None:
     assert get.json()["data"]["me"]["id"]
 
 
+@pytest.mark.parametrize("content_type", ["application/json", "application/json ; charset=utf-8"])
+@pytest.mark.parametrize("body", [b"null", b"5", b'"{ me { id } }"', b"true"])
+async def test_a_json_body_that_is_not_an_object_is_a_400(
+    clients: Clients, content_type: str, body: bytes
+) -> None:
+    """Rule: bad input gets a clear error, never a 500. Evidence: a JSON body of null, a
+    number, a string or a boolean was answered 500 Internal Server Error, strawberry's
+    view logging "AttributeError: 'NoneType' object has no attribute 'get'"."""
+    response = await clients.http.post(
+        "/graphql", content=body, headers={"content-type": content_type}
+    )
+    assert response.status_code == 400, response.text
+    assert "must be an object" in response.text
+
+
 async def test_a_json_content_type_with_parameters_is_still_json(clients: Clients) -> None:
     ann = await clients.user("ann")
     response = await clients.http.post(

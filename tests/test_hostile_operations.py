@@ -205,12 +205,21 @@ def test_set_role_on_a_database_that_was_never_migrated_is_one_line(
     assert line.startswith("threadline: ")
 
 
-@pytest.mark.parametrize("url", ["garbage", "http://:hunter2@cache:6379/0"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "garbage",
+        "http://:hunter2@cache:6379/0",
+        "redis://:hunter2@cache:6379/0?socket_timeout=soon",
+    ],
+)
 def test_a_malformed_redis_url_is_a_configuration_error(url: str, tmp_path: Path) -> None:
     """Rule (config.py: refuse configurations that cannot be right, one line, exit 2):
     REDIS_URL must be a redis://, rediss:// or unix:// URL. Evidence: with REDIS_URL=garbage
     `threadline users set-role bob admin` printed a 38-line traceback ending in redis-py's
-    "ValueError: Redis URL must specify one of the following schemes"."""
+    "ValueError: Redis URL must specify one of the following schemes"; with an option
+    redis-py cannot read (socket_timeout=soon) the check passed and the command died with
+    redis-py's traceback ("Invalid value for 'socket_timeout' in connection URL")."""
     with pytest.raises(ConfigError, match="REDIS_URL") as raised:
         load_settings(redis_url=url, _env_file=None)
     assert "hunter2" not in str(raised.value)
@@ -361,3 +370,25 @@ async def test_a_manifest_key_with_a_dot_name_is_refused(
     target = settings_for(migrated_database_url, tmp_path / "restored-uploads", None)
     with pytest.raises(BackupError, match="not a plain relative path"):
         await restore_backup(target, folder)
+
+
+async def test_a_manifest_nested_past_the_parsers_depth_is_a_damaged_backup(
+    settings: Settings, migrated_database_url: str, tmp_path: Path
+) -> None:
+    """Rule (README: errors are one line; a failed backup run must not be reported for a
+    good one). Evidence: a backup folder whose manifest.json was brackets nested 100,000
+    deep made `threadline restore` of it, and every later `threadline backup` into its
+    folder (the prune reads each manifest), die with a RecursionError traceback, exit 1,
+    though the new backup had been written."""
+    backups = tmp_path / "backups"
+    damaged = backups / "threadline-backup-20200101T000000Z"
+    damaged.mkdir(parents=True)
+    (damaged / MANIFEST).write_text("[" * 100_000 + "]" * 100_000)
+    done = threadline(
+        "restore", str(damaged), database_url=migrated_database_url, tmp_path=tmp_path
+    )
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    (line,) = said(done.stderr)
+    assert line.startswith("threadline: restore failed: ") and "not a threadline backup" in line
+    made = threadline("backup", str(backups), database_url=settings.database_url, tmp_path=tmp_path)
+    assert made.returncode == 0, made.stderr

@@ -101,3 +101,26 @@ def test_migrate_and_backup_behind_a_pooler_without_a_direct_url_say_so(
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("threadline:") and "DATABASE_DIRECT_URL" in last, done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("command", "variable"),
+    [(["serve"], "DATABASE_READ_URL"), (["migrate"], "DATABASE_DIRECT_URL")],
+)
+def test_a_replica_or_direct_url_without_the_async_driver_is_a_configuration_error(
+    tmp_path: Path, command: list[str], variable: str
+) -> None:
+    """Rule (config.py: refuse configurations that cannot be right, in one line; their
+    messages ask for postgresql+asyncpg://). Evidence: a plain postgresql:// URL, as
+    hosting providers print it, passed the check (it starts with "postgresql"); `serve`
+    and `migrate` then died with a traceback: "No module named 'psycopg'" (its default driver)."""
+    done = threadline(
+        *command,
+        database_url=DIRECT_URL,
+        tmp_path=tmp_path,
+        **{variable: "postgresql://threadline:hunter2@postgres.invalid:5432/threadline"},
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and "hunter2" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("threadline: ") and variable in last

@@ -87,6 +87,19 @@ async def test_a_refused_token_closes_with_4403_in_both_protocols(
     assert tracebacks(caplog) == []
 
 
+@pytest.mark.parametrize("protocol", [TRANSPORT, LEGACY])
+async def test_a_token_with_a_lone_surrogate_closes_with_4403(
+    server: Server, protocol: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Rule (CONTRACT: a bad token closes with 4403). Evidence: a lone surrogate in the
+    connection_init token (JSON allows the escape) made PyJWT raise UnicodeEncodeError: the
+    socket dropped with no close frame (1006) and "Exception in ASGI application" was logged."""
+    conn = await opened(server.ws_url, protocol)
+    await conn.send(json.dumps({"type": "connection_init", "payload": {"token": "a\ud800"}}))
+    assert await close_code(conn) == 4403
+    assert tracebacks(caplog) == []
+
+
 @pytest.fixture
 async def limited(settings: Settings) -> AsyncIterator[Server]:
     running = await start_server(settings.model_copy(update={"rate_limits": True}))

@@ -13,12 +13,11 @@ class WithoutQueryStrings(logging.Filter):
     """Cuts ``?...`` off every argument of a record that is a request path."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        # uvicorn passes the path as an argument ('%s - "%s %s HTTP/%s" %d'); the
-        # client address ("1.2.3.4:5") and the method never start with "/".
+        # uvicorn passes the target as an argument ('%s - "%s %s HTTP/%s" %d'), quoted but
+        # for its query, in any form ("/p?", "http://h/p?", "*?"); no other argument has a "?".
         if isinstance(record.args, tuple):
             record.args = tuple(
-                arg.partition("?")[0] if isinstance(arg, str) and arg.startswith("/") else arg
-                for arg in record.args
+                arg.partition("?")[0] if isinstance(arg, str) else arg for arg in record.args
             )
         return True
 

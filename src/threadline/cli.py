@@ -21,6 +21,7 @@ WEBSOCKET_IMPLEMENTATION = "websockets-sansio"
 # The only keep-alive of a graphql-transport-ws socket: idle proxies see traffic, and a
 # dead peer is closed, ending its presence lease and session row.
 WS_PING_SECONDS = 20.0
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -33,17 +34,10 @@ def _os_error(exc: OSError) -> str:
     return f"{exc.filename}: {reason}" if exc.filename is not None else reason
 
 
-def _settings() -> Settings:
-    try:
-        return load_settings()
-    except ConfigError as exc:
-        _fail(str(exc), 2)
-
-
 @contextmanager
 def _database_errors(settings: Settings, doing: str) -> Iterator[None]:
-    """A bad setting (exit 2) or a database that cannot be reached or used (exit 1) is one
-    line, not a traceback; the password is never in it (a driver might echo the URL)."""
+    """A database that cannot be reached or used is one line and exit 1, not a traceback;
+    the password is never in it (a driver might echo the URL)."""
     from sqlalchemy.exc import SQLAlchemyError
 
     from threadline.errors import DomainError
@@ -54,8 +48,6 @@ def _database_errors(settings: Settings, doing: str) -> Iterator[None]:
 
     try:
         yield
-    except ConfigError as exc:
-        _fail(str(exc), 2)
     except DomainError as exc:
         _fail(exc.message, 1)
     except OSError as exc:
@@ -95,7 +87,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from threadline.access_log import log_config
     from threadline.uploads.storage import unfinished_restore
 
-    settings = _settings()
+    settings = load_settings()
     # The app refuses too (bare uvicorn); here as well, before migrating, and so that
     # --workers, whose supervisor exits 0 when a worker cannot start, exits 3.
     if problem := unfinished_restore(settings.upload_dir):
@@ -129,7 +121,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    _migrate(_settings())
+    _migrate(load_settings())
     print("database is at the newest revision")
     return 0
 
@@ -166,11 +158,8 @@ def cmd_token(args: argparse.Namespace) -> int:
     from threadline.auth.tokens import mint_dev_token
     from threadline.services.users import ensure_dev_user
 
-    settings = _settings()
-    try:
-        secret = settings.resolve_dev_secret()
-    except ConfigError as exc:
-        _fail(str(exc), 2)
+    settings = load_settings()
+    secret = settings.resolve_dev_secret()
     if secret is None:
         _fail("development tokens are off (Clerk keys are set, or production)", 2)
     if settings.is_sqlite:
@@ -185,7 +174,7 @@ def cmd_set_role(args: argparse.Namespace) -> int:
 
     role = SystemRole(args.role.upper())
     _run_work(
-        _settings(),
+        load_settings(),
         "cli_set_role",
         lambda uow: set_role_by_username(uow, args.username, role),
         publish=True,
@@ -197,7 +186,7 @@ def cmd_set_role(args: argparse.Namespace) -> int:
 def cmd_seed(args: argparse.Namespace) -> int:
     from threadline.seed import seed
 
-    settings = _settings()
+    settings = load_settings()
     if settings.is_production:
         _fail("seed adds demo users and messages: refused with THREADLINE_ENV=production", 2)
     if settings.is_sqlite:
@@ -210,7 +199,7 @@ def cmd_seed(args: argparse.Namespace) -> int:
 def cmd_backup(args: argparse.Namespace) -> int:
     from threadline.backups import BackupError, NotAFolder, create_backup
 
-    settings = _settings()
+    settings = load_settings()
     try:
         path, manifest = asyncio.run(create_backup(settings, args.dir, keep=args.keep))
     except NotAFolder as exc:
@@ -230,7 +219,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     from threadline.backups import BackupError, restore_backup
 
     try:
-        manifest = asyncio.run(restore_backup(_settings(), args.backup, force=args.force))
+        manifest = asyncio.run(restore_backup(load_settings(), args.backup, force=args.force))
     except BackupError as exc:
         _fail(f"restore failed: {exc}", 1)
     except OSError as exc:  # the disk is full, the upload folder cannot be made...
@@ -242,14 +231,15 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive(text: str) -> int:
-    """An argument that must be a whole number above zero (argparse names it on error)."""
+def _positive(text: str, most: int | None = None) -> int:
+    """An argument that must be a whole number from 1 (to ``most``); argparse names it."""
     try:
         number = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {number}")
+    if number < 1 or (most is not None and number > most):
+        limit = f"from 1 to {most}" if most else "at least 1"
+        raise argparse.ArgumentTypeError(f"must be {limit}, not {number}")
     return number
 
 
@@ -261,9 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
         "serve", help="serve the API (migrates an embedded SQLite database first)"
     )
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--workers", type=int, default=1)
-    serve.add_argument("--log-level", default="info")
+    serve.add_argument("--port", type=partial(_positive, most=65535), default=8000)
+    serve.add_argument("--workers", type=_positive, default=1)
+    serve.add_argument("--log-level", type=str.lower, default="info", choices=LOG_LEVELS)
     serve.add_argument(
         "--ws-per-message-deflate",
         action=argparse.BooleanOptionalAction,
@@ -320,4 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:  # a setting found wrong on use: a kept secret, CLERK_JWT_KEY...
+        _fail(str(exc), 2)

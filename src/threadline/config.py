@@ -9,7 +9,6 @@ from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, TypeVar
-from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -244,7 +243,7 @@ class Settings(BaseSettings):
             DATABASE_DIRECT_URL=self.database_direct_url,
         )
         if self.database_read_url is not None and (
-            self.is_sqlite or not self.database_read_url.startswith("postgresql")
+            self.is_sqlite or not self.database_read_url.startswith("postgresql+asyncpg://")
         ):
             raise ConfigError(
                 "DATABASE_READ_URL needs PostgreSQL for both it and DATABASE_URL "
@@ -259,7 +258,7 @@ class Settings(BaseSettings):
                 "DATABASE_POOLER and DATABASE_DIRECT_URL are for PostgreSQL: DATABASE_URL is SQLite"
             )
         if self.database_direct_url is not None and not self.database_direct_url.startswith(
-            "postgresql"
+            "postgresql+asyncpg://"
         ):
             raise ConfigError("DATABASE_DIRECT_URL must be a postgresql+asyncpg:// URL")
         if self.is_production:
@@ -374,16 +373,17 @@ def _check_database_urls(**urls: str | None) -> None:
 
 
 def _check_redis_url(url: str) -> None:
-    """REDIS_URL is one redis-py can use; the message never repeats it (a password)."""
+    """REDIS_URL is one redis-py reads (scheme, port, options); the message never repeats
+    it or redis-py's (a password, or part of one)."""
+    from redis.asyncio.connection import parse_url
+
     try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - a port that is not a number raises here
+        parse_url(url)
     except ValueError:
-        parts = None
-    if parts is None or parts.scheme not in ("redis", "rediss", "unix"):
         raise ConfigError(
-            "REDIS_URL must be a redis://, rediss:// or unix:// URL (e.g. redis://redis:6379/0)"
-        )
+            "REDIS_URL must be a redis://, rediss:// or unix:// URL with a numeric port and"
+            " known options (e.g. redis://redis:6379/0)"
+        ) from None
 
 
 def load_settings(**overrides: object) -> Settings:

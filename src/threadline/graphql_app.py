@@ -212,6 +212,12 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
         except (ValueError, RecursionError) as error:
             raise json.JSONDecodeError(f"unreadable JSON ({type(error).__name__})", "", 0) from None
 
+    def parse_json(self, data: str | bytes) -> Any:
+        # strawberry reads fields off whatever a body decodes to: a bare null or 5 was a 500.
+        if not isinstance(parsed := super().parse_json(data), dict | list):
+            raise HTTPException(400, "A JSON body, `operations` or `map` must be an object")
+        return parsed
+
     def encode_json(self, data: object) -> str:
         # Text: strawberry sends bytes as binary frames, which graphql-ws clients do not read.
         return self.encode_json_bytes(data).decode()

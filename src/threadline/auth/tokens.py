@@ -171,6 +171,8 @@ class TokenVerifier:
         if not isinstance(token, str) or not token.strip():
             raise Unauthenticated("no token was given")
         token = token.strip()
+        if not token.isascii():  # as a JWT is; PyJWT cannot even encode a lone surrogate
+            raise Unauthenticated("token is malformed")
         if self._clerk:
             key = await self._clerk_key(token)
             claims = _decode(token, key, CLERK_ALGORITHM, "Clerk session tokens")

@@ -74,7 +74,7 @@ class Manifest:
         """The folder's manifest; BackupError if it is not a finished backup of ours."""
         try:
             body: dict[str, Any] = json.loads((folder / MANIFEST).read_text())
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:
             raise BackupError(
                 f"{folder} is not a threadline backup (no readable {MANIFEST})"
             ) from exc

@@ -25,8 +25,6 @@ def text_field(form: Mapping[str, Any], name: str) -> str:
 
 def place_files(operations: Any, files_map: Any, files: Mapping[str, Any]) -> Any:
     """``operations`` with each mapped file at its paths (in place), or MultipartError."""
-    if not isinstance(operations, dict | list):
-        raise MultipartError("The `operations` field must be a JSON object (or an array)")
     if not isinstance(files_map, dict):
         raise MultipartError(
             "The `map` field must be a JSON object from file field names to lists of paths"
