@@ -103,19 +103,22 @@ async def test_migrate_on_a_database_ahead_of_the_code_is_one_line(
     assert line.startswith("threadline: ") and "ffffffffffff" in line
 
 
-@pytest.mark.parametrize("command", ["migrate", "seed"])
+@pytest.mark.parametrize(
+    "command", [["migrate"], ["seed"], ["token", "alice"], ["users", "set-role", "alice", "admin"]]
+)
 def test_an_unreachable_database_is_one_line_without_the_password(
-    command: str, tmp_path: Path
+    command: list[str], tmp_path: Path
 ) -> None:
     """Rule: an unreachable database is a one-line error and a non-zero exit, without the
     password. Evidence: `threadline migrate` and `threadline seed` printed a traceback of
-    some 140 lines ending in ConnectionRefusedError."""
+    some 140 lines ending in ConnectionRefusedError; `token` and `users set-role` printed
+    the API's advice to clients ("Retry (sendMessage with the same clientId ...")."""
     url = f"postgresql+asyncpg://tl:hunter2@127.0.0.1:{closed_port()}/threadline"
-    done = threadline(command, database_url=url, tmp_path=tmp_path)
+    done = threadline(*command, database_url=url, tmp_path=tmp_path)
     assert done.returncode == 1
     assert "Traceback" not in done.stderr and "hunter2" not in done.stderr
     (line,) = said(done.stderr)
-    assert line.startswith("threadline: ")
+    assert line.startswith("threadline: ") and "database" in line and "clientId" not in line
 
 
 @pytest.mark.parametrize(

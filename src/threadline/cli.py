@@ -40,7 +40,7 @@ def _database_errors(settings: Settings, doing: str) -> Iterator[None]:
     the password is never in it (a driver might echo the URL)."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from threadline.errors import DomainError
+    from threadline.errors import DomainError, ServiceUnavailable
 
     def scrubbed(message: str) -> str:
         urls = (settings.database_url, settings.database_direct_url)
@@ -48,6 +48,9 @@ def _database_errors(settings: Settings, doing: str) -> Iterator[None]:
 
     try:
         yield
+    except ServiceUnavailable as exc:  # its message is the API's advice to clients
+        cause = getattr(exc.__cause__, "orig", None) or exc.__cause__ or exc
+        _fail(f"{doing}: cannot reach the database: {scrubbed(str(cause).splitlines()[0])}", 1)
     except DomainError as exc:
         _fail(exc.message, 1)
     except OSError as exc:
