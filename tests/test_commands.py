@@ -127,3 +127,22 @@ def test_a_setting_found_wrong_as_serve_builds_the_app_is_one_line(
     assert "Traceback" not in done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert last == "threadline: CLERK_JWT_KEY is not a PEM public key"
+
+
+def test_an_upload_folder_that_cannot_be_made_stops_serve_in_one_line(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Rule: bad configuration gets a clear error. Evidence: with UPLOAD_DIR below a regular
+    file, `threadline serve` started, /readyz said ok, and every upload was an
+    INTERNAL_SERVER_ERROR (NotADirectoryError)."""
+    (tmp_path / "a-file").write_text("")
+    done = threadline(
+        "serve",
+        database_url=settings.database_url,
+        tmp_path=tmp_path,
+        UPLOAD_DIR=str(tmp_path / "a-file" / "uploads"),
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("threadline: UPLOAD_DIR ") and "Not a directory" in last

@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
 from threadline.auth.webhooks import clerk_webhook
-from threadline.config import Settings
+from threadline.config import ConfigError, Settings
 from threadline.downloads import download, preview
 from threadline.gc_pacing import Pacer
 from threadline.graphql_app import CSRF_HEADERS, ROOTS, ThreadlineGraphQL
@@ -96,6 +96,10 @@ async def metrics_listener(settings: Settings) -> AsyncIterator[None]:
 
 def create_app(settings: Settings) -> Starlette:
     settings.check()
+    try:  # else the server looks ready and every upload fails
+        settings.upload_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"UPLOAD_DIR {settings.upload_dir}: {exc.strerror}") from None
     # Here, so that every way of serving refuses: exit 3, which supervisors do not restart.
     if problem := unfinished_restore(settings.upload_dir):
         print(f"threadline: {problem}", file=sys.stderr)
