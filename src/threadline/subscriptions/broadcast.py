@@ -180,10 +180,21 @@ class FrameRenderer:
         if cached is not None:
             return cached
         running = self._rendering.get(key)
-        if running is not None:
-            return await asyncio.shield(running)
-        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._rendering[key] = future
+        if running is None:
+            # A task of its own: a reader that goes meanwhile (its socket closed, its
+            # group's pump stopped) must not cancel the frame that others wait for.
+            running = self._rendering[key] = asyncio.ensure_future(
+                self._render(key, template, make_event)
+            )
+            running.add_done_callback(lambda done: done.cancelled() or done.exception())
+        return await asyncio.shield(running)
+
+    async def _render(
+        self,
+        key: tuple[Any, ...],
+        template: BroadcastFrames,
+        make_event: Callable[[], Awaitable[Any]],
+    ) -> str:
         try:
             executor = self._executor(template)
             event = await make_event()
@@ -193,11 +204,6 @@ class FrameRenderer:
             context.broadcast_thread = uuid.UUID(str(event.thread_id))
             text = await self._runner.render_frame(executor, event, context)
             self._frames.put(key, text)
-            future.set_result(text)
             return text
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: waiters re-raise it themselves
-            raise
         finally:
             del self._rendering[key]
