@@ -100,9 +100,7 @@ async def test_a_batch_stored_as_its_process_is_killed_reaches_subscribers_once_
         stored = dict(await check.fetch(STORED, uuid.UUID(tid)))
         assert retried == [stored[c] for c in ids]  # the first messages: no duplicates
         # Bob, live on B, sees what alice was told is sent.
-        seqs = [
-            (await ws.next(timeout=5))["payload"]["data"]["threadEvents"]["seq"] for _ in ids
-        ]
+        seqs = [(await ws.next(timeout=5))["payload"]["data"]["threadEvents"]["seq"] for _ in ids]
         assert seqs == [2, 3, 4, 5, 6]
         await ws.close()
     for conn in (check, holder_x, holder_t):
