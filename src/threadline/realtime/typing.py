@@ -98,8 +98,7 @@ class TypingTracker:
             ) from None
 
     def _cancel(self, key: tuple[uuid.UUID, uuid.UUID]) -> None:
-        handle = self._timers.pop(key, None)
-        if handle is not None:
+        if (handle := self._timers.pop(key, None)) is not None:
             handle.cancel()
 
     def _schedule(self, key: tuple[uuid.UUID, uuid.UUID], delay: float) -> None:

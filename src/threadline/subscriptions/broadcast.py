@@ -95,8 +95,7 @@ def _selected(info: Info) -> _Selection:
     too: that errs towards rendering per subscriber, and towards sharing less."""
     raw = raw_info(info)
     operation = _Same(raw.operation)
-    known = _SELECTIONS.get(operation)
-    if known is not None:
+    if (known := _SELECTIONS.get(operation)) is not None:
         return known
     if len(_SELECTIONS) >= _SELECTIONS_SIZE:
         _SELECTIONS.clear()
@@ -160,8 +159,7 @@ class FrameRenderer:
         self._rendering: dict[tuple[Any, ...], asyncio.Future[str]] = {}
 
     def _executor(self, template: BroadcastFrames) -> Executor[Any]:
-        executor = self._executors.get(template.key)
-        if executor is None:
+        if (executor := self._executors.get(template.key)) is None:
             executor = self._runner.frame_executor(
                 template.schema, template.document, template.variables, self._make_context()
             )
@@ -176,34 +174,27 @@ class FrameRenderer:
     ) -> str:
         """The JSON payload of this operation for this event, computed once."""
         key = (*template.key, *event_key)
-        cached = self._frames.get(key)
-        if cached is not None:
+        if (cached := self._frames.get(key)) is not None:
             return cached
+
+        async def frame() -> str:
+            try:
+                executor = self._executor(template)
+                event = await make_event()
+                context = self._make_context()
+                # Every subscriber of the frame was checked for this thread and leaves
+                # the group when removed: the frame may show that thread, and no other.
+                context.broadcast_thread = uuid.UUID(str(event.thread_id))
+                text = await self._runner.render_frame(executor, event, context)
+                self._frames.put(key, text)
+                return text
+            finally:
+                del self._rendering[key]
+
         running = self._rendering.get(key)
         if running is None:
             # A task of its own: a reader that goes meanwhile (its socket closed, its
             # group's pump stopped) must not cancel the frame that others wait for.
-            running = self._rendering[key] = asyncio.ensure_future(
-                self._render(key, template, make_event)
-            )
+            running = self._rendering[key] = asyncio.ensure_future(frame())
             running.add_done_callback(lambda done: done.cancelled() or done.exception())
         return await asyncio.shield(running)
-
-    async def _render(
-        self,
-        key: tuple[Any, ...],
-        template: BroadcastFrames,
-        make_event: Callable[[], Awaitable[Any]],
-    ) -> str:
-        try:
-            executor = self._executor(template)
-            event = await make_event()
-            context = self._make_context()
-            # Every subscriber of the frame was checked for this thread and leaves the
-            # group when removed: the frame may show that thread, and no other.
-            context.broadcast_thread = uuid.UUID(str(event.thread_id))
-            text = await self._runner.render_frame(executor, event, context)
-            self._frames.put(key, text)
-            return text
-        finally:
-            del self._rendering[key]
