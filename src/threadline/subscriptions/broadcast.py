@@ -176,25 +176,33 @@ class FrameRenderer:
         key = (*template.key, *event_key)
         if (cached := self._frames.get(key)) is not None:
             return cached
-
-        async def frame() -> str:
-            try:
-                executor = self._executor(template)
-                event = await make_event()
-                context = self._make_context()
-                # Every subscriber of the frame was checked for this thread and leaves
-                # the group when removed: the frame may show that thread, and no other.
-                context.broadcast_thread = uuid.UUID(str(event.thread_id))
-                text = await self._runner.render_frame(executor, event, context)
-                self._frames.put(key, text)
-                return text
-            finally:
-                del self._rendering[key]
-
         running = self._rendering.get(key)
-        if running is None:
-            # A task of its own: a reader that goes meanwhile (its socket closed, its
-            # group's pump stopped) must not cancel the frame that others wait for.
-            running = self._rendering[key] = asyncio.ensure_future(frame())
-            running.add_done_callback(lambda done: done.cancelled() or done.exception())
-        return await asyncio.shield(running)
+        if running is not None:
+            try:
+                return await asyncio.shield(running)
+            except asyncio.CancelledError:
+                this = asyncio.current_task()
+                # Its renderer was cancelled (its socket closed, its group's pump stopped):
+                # render it here instead, unless this reader was cancelled too.
+                if this is None or this.cancelling():
+                    raise
+            return await self.render(template, event_key, make_event)
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._rendering[key] = future
+        try:
+            executor = self._executor(template)
+            event = await make_event()
+            context = self._make_context()
+            # Every subscriber of the frame was checked for this thread and leaves the
+            # group when removed: the frame may show that thread, and no other.
+            context.broadcast_thread = uuid.UUID(str(event.thread_id))
+            text = await self._runner.render_frame(executor, event, context)
+            self._frames.put(key, text)
+            future.set_result(text)
+            return text
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiters re-raise it themselves
+            raise
+        finally:
+            del self._rendering[key]
