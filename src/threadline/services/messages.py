@@ -497,8 +497,7 @@ async def replies(session: AsyncSession, parent: Message, request: PageRequest) 
 
 
 async def get_message(session: AsyncSession, message_id: uuid.UUID) -> Message:
-    message = await session.get(Message, message_id)
-    if message is None:
+    if (message := await session.get(Message, message_id)) is None:
         raise NotFound("Message not found")
     return message
 

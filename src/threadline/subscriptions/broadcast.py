@@ -176,15 +176,13 @@ class FrameRenderer:
         key = (*template.key, *event_key)
         if (cached := self._frames.get(key)) is not None:
             return cached
-        running = self._rendering.get(key)
-        if running is not None:
+        if (running := self._rendering.get(key)) is not None:
             try:
                 return await asyncio.shield(running)
             except asyncio.CancelledError:
-                this = asyncio.current_task()
                 # Its renderer was cancelled (its socket closed, its group's pump stopped):
                 # render it here instead, unless this reader was cancelled too.
-                if this is None or this.cancelling():
+                if (this := asyncio.current_task()) is None or this.cancelling():
                     raise
             return await self.render(template, event_key, make_event)
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
