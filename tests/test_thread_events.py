@@ -64,6 +64,30 @@ async def test_resume_with_after_seq_delivers_exactly_what_was_missed(
     await ws.close()
 
 
+async def test_a_reader_that_goes_mid_replay_does_not_stop_another_replaying_beside_it(
+    server: Server, clients: Clients
+) -> None:
+    """Clients resuming after a restart replay the same events side by side, and share
+    each frame's rendering; one of them closing its socket mid-render must not end the
+    others' subscriptions without a word."""
+    alice, bob = await clients.users("alice", "bob")
+    tid = await factories.thread(alice, bob)
+    total = 150
+    await asyncio.gather(*(factories.send(alice, tid, f"m{i}") for i in range(total)))
+    leaving = await GraphQLWS.connect(server.ws_url, bob.token)
+    staying = await GraphQLWS.connect(server.ws_url, bob.token)
+    for ws in (leaving, staying):
+        await ws.subscribe(EVENTS, {"t": tid, "after": 0})
+    for _ in range(30):
+        await leaving.next()
+    await leaving.conn.close()  # mid-replay: its task is cancelled in a render
+    seqs = [(await staying.next(timeout=5))["payload"]["data"]["threadEvents"]["seq"]]
+    while seqs[-1] < total:
+        seqs.append((await staying.next(timeout=5))["payload"]["data"]["threadEvents"]["seq"])
+    assert seqs == list(range(1, total + 1))
+    await staying.close()
+
+
 async def test_a_removed_participant_stops_receiving(server: Server, clients: Clients) -> None:
     alice, bob = await clients.user("alice"), await clients.user("bob")
     tid = await factories.thread(alice, bob)

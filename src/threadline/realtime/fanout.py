@@ -162,8 +162,7 @@ class Member:
         operation-id prefix) when it takes them now, else through ASGI."""
         sink = self.sink
         if sink.raw is not None:
-            frame = frames.get(sink.prefix)
-            if frame is None:
+            if (frame := frames.get(sink.prefix)) is None:
                 frame = frames[sink.prefix] = text_frame(sink.frame(payload).encode())
             if sink.raw.try_write(frame):
                 return None
@@ -372,8 +371,7 @@ class Fanout:
         this call); the member's ``run`` replays the rest from the log.
         """
         key = (thread_id, *source.key)
-        group = self._groups.get(key)
-        if group is None:
+        if (group := self._groups.get(key)) is None:
             group = self._groups[key] = Group(self, key, thread_id, source, newest)
         member = Member(group, viewer_id, sink, after)
         group.members.add(member)

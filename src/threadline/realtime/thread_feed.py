@@ -32,8 +32,7 @@ class ThreadFeed:
 
     def decoded(self, raw: str) -> LoggedEvent:
         # Every subscriber of a thread hears the same string: decoded once per process.
-        event = self._decoded.get(raw)
-        if event is None:
+        if (event := self._decoded.get(raw)) is None:
             event = decode_logged(raw)
             self._decoded.put(raw, event)
         return event

@@ -67,10 +67,8 @@ class TypingTracker:
 
     async def _set_last(self, key: tuple[uuid.UUID, uuid.UUID], value: float | None) -> None:
         if self._redis is not None:
-            if value is None:
-                await self._redis.delete(self._key(*key))
-            else:
-                await self._redis.set(self._key(*key), value, ex=int(self.window * 2) + 1)
+            # Ended is 0, not deleted: a key a Redis restart lost (None) still expires.
+            await self._redis.set(self._key(*key), value or 0, ex=int(self.window * 2) + 1)
         elif value is None:
             self._last_true.pop(key, None)
         else:
@@ -100,8 +98,7 @@ class TypingTracker:
             ) from None
 
     def _cancel(self, key: tuple[uuid.UUID, uuid.UUID]) -> None:
-        handle = self._timers.pop(key, None)
-        if handle is not None:
+        if (handle := self._timers.pop(key, None)) is not None:
             handle.cancel()
 
     def _schedule(self, key: tuple[uuid.UUID, uuid.UUID], delay: float) -> None:
@@ -113,9 +110,9 @@ class TypingTracker:
         self._timers.pop(key, None)
         try:
             last = await self._get_last(key)
-            if last is None:
-                return
-            remaining = self.window - (self._clock() - last)
+            if last == 0 or (last is None and self._redis is None):
+                return  # ended already
+            remaining = self.window - (self._clock() - (last or 0))
             if remaining > 0.05:  # extended elsewhere: wait for the new deadline
                 self._schedule(key, remaining)
                 return

@@ -38,6 +38,7 @@ from threadline.services.events import (
     LoggedEvent,
     allocate_seq,
     append_event,
+    events_after,
     message_payload,
 )
 from threadline.services.pagination import Page, PageRequest, int_key, make_page
@@ -220,6 +221,8 @@ async def _write_message(
             )
         )
         if existing is not None:
+            # Its sender's process may have died before publishing it (readers drop repeats).
+            uow.events += await events_after(session, thread_id, existing.seq - 1, 1)
             return existing
     attachment_uuids = list(dict.fromkeys(parse_id(a, "Attachment") for a in attachment_ids))
     if len(attachment_uuids) > MAX_ATTACHMENTS:
@@ -494,8 +497,7 @@ async def replies(session: AsyncSession, parent: Message, request: PageRequest) 
 
 
 async def get_message(session: AsyncSession, message_id: uuid.UUID) -> Message:
-    message = await session.get(Message, message_id)
-    if message is None:
+    if (message := await session.get(Message, message_id)) is None:
         raise NotFound("Message not found")
     return message
 

@@ -95,8 +95,7 @@ def _selected(info: Info) -> _Selection:
     too: that errs towards rendering per subscriber, and towards sharing less."""
     raw = raw_info(info)
     operation = _Same(raw.operation)
-    known = _SELECTIONS.get(operation)
-    if known is not None:
+    if (known := _SELECTIONS.get(operation)) is not None:
         return known
     if len(_SELECTIONS) >= _SELECTIONS_SIZE:
         _SELECTIONS.clear()
@@ -160,8 +159,7 @@ class FrameRenderer:
         self._rendering: dict[tuple[Any, ...], asyncio.Future[str]] = {}
 
     def _executor(self, template: BroadcastFrames) -> Executor[Any]:
-        executor = self._executors.get(template.key)
-        if executor is None:
+        if (executor := self._executors.get(template.key)) is None:
             executor = self._runner.frame_executor(
                 template.schema, template.document, template.variables, self._make_context()
             )
@@ -176,12 +174,17 @@ class FrameRenderer:
     ) -> str:
         """The JSON payload of this operation for this event, computed once."""
         key = (*template.key, *event_key)
-        cached = self._frames.get(key)
-        if cached is not None:
+        if (cached := self._frames.get(key)) is not None:
             return cached
-        running = self._rendering.get(key)
-        if running is not None:
-            return await asyncio.shield(running)
+        if (running := self._rendering.get(key)) is not None:
+            try:
+                return await asyncio.shield(running)
+            except asyncio.CancelledError:
+                # Its renderer was cancelled (its socket closed, its group's pump stopped):
+                # render it here instead, unless this reader was cancelled too.
+                if (this := asyncio.current_task()) is None or this.cancelling():
+                    raise
+            return await self.render(template, event_key, make_event)
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._rendering[key] = future
         try:
