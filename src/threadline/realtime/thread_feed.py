@@ -53,8 +53,7 @@ class ThreadFeed:
             return ids - (await readers(session, event.thread_id, ids)).keys()
 
     async def check(self, event: LoggedEvent, viewer_id: uuid.UUID) -> None:
-        """NOT_FOUND if what was rendered of ``event`` just now may show the viewer what
-        came after their removal (``unable``)."""
+        """``unable`` for one viewer, as NOT_FOUND (a frame the stream does not send)."""
         if await self.unable(event, [viewer_id]):
             raise NotFound("Thread not found")
 

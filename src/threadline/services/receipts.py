@@ -1,7 +1,7 @@
 """Read and delivery receipts: markers that only move forward, unread counts, status.
 A message's status, as its author sees it: READ when every other participant who was in
-the thread when it was sent (or, if none was, who is in it now) has read past it,
-DELIVERED when every one of them has had it pushed or fetched, else SENT."""
+the thread when it was sent (if none was, who is now) has read past it, DELIVERED when
+every one of them has had it pushed or fetched, else SENT."""
 
 from __future__ import annotations
 
@@ -33,8 +33,7 @@ class Marker:
 def message_status(message: Message, markers: Sequence[Marker]) -> MessageStatus:
     author, seq = message.author_id, message.seq
     others = [m for m in markers if m.user_id != author]
-    # Someone added later does not turn a message everyone had read back to unread; those
-    # added to a thread nobody else was in when it was sent are who it is for.
+    # Those added since count only if nobody else was there: else READ turned back to SENT.
     others = [m for m in others if m.joined_seq < seq] or others
     if not others:
         return MessageStatus.SENT
