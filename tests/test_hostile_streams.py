@@ -17,7 +17,7 @@ from sqlalchemy.engine import make_url
 
 from tests import factories
 from tests.conftest import ON_POSTGRES, Clients, Server
-from tests.live import fanout_members, new_listener, until
+from tests.live import fanout_members, listening, new_listener, until
 from tests.wsclient import GraphQLWS
 from threadline.config import Settings
 from threadline.realtime.channels import thread_channel
@@ -317,7 +317,8 @@ async def test_a_replay_still_being_written_at_a_removal_shows_nothing_from_afte
                 break
     finally:
         await conn.close()
-    leaked = [m for m in frames if SECRET in json.dumps(m) or "🤫" in json.dumps(m)]
+    # As sent: json.dumps would escape the emoji, which then matched nothing.
+    leaked = [m for m in frames if SECRET in (s := json.dumps(m, ensure_ascii=False)) or "🤫" in s]
     assert not leaked, f"the removed user got what came after the removal: {leaked[0]}"
     assert frames[-1]["type"] == "complete"
 
@@ -361,3 +362,50 @@ async def test_a_live_frame_rendered_after_a_removal_shows_nothing_from_after_it
     assert not leaked, f"the removed user got what came after the removal: {leaked[0]}"
     # The frame could not be shown as it was: the stream ends as a new one would.
     assert seen[-1]["payload"][0]["extensions"]["code"] == "NOT_FOUND"
+
+
+PER_VIEWER_NOW = """subscription($t: ID!) { threadEvents(threadId: $t) { seq __typename
+  ... on MessageCreated { message { edits { previousBody } reactions { emoji reactedByMe } } }
+} }"""
+
+
+@pytest.mark.skipif(not ON_POSTGRES, reason="holds a PostgreSQL table lock")
+async def test_a_per_viewer_frame_rendered_after_a_removal_shows_nothing_from_after_it(
+    server: Server, clients: Clients, settings: Settings
+) -> None:
+    """A per-viewer stream (reactedByMe) checked carol's access before each event, but
+    its fields are read after that, when the frame is executed: a removal and a
+    reaction committed in between showed in the frame of a message from before it."""
+    alice, carol = await clients.users("alice", "carol")
+    tid = await factories.thread(alice, carol)
+    ws = await GraphQLWS.connect(server.ws_url, carol.token)
+    url = make_url(settings.database_url).set(drivername="postgresql")
+    holder = await asyncpg.connect(url.render_as_string(hide_password=False))
+    waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+    try:
+        await ws.subscribe(PER_VIEWER_NOW, {"t": tid})
+        await ws.until(listening(server, thread_channel(tid)))
+        assert server.runtime.fanout.stats()["members"] == 0  # executed per viewer
+        locked = holder.transaction()
+        await locked.start()
+        await holder.execute("LOCK TABLE message_edits IN ACCESS EXCLUSIVE MODE")
+        before = (await factories.send(alice, tid, "before"))["id"]
+        # carol's stream has checked her access and waits to read the message's edits.
+        for _ in range(500):
+            if await holder.fetchval(waiting):
+                break
+            await asyncio.sleep(0.01)
+        else:
+            pytest.fail("carol's frame never waited for the lock")
+        await alice.gql(REMOVE, {"t": tid, "u": carol.id})
+        await alice.gql(REACT, {"m": before})
+        await locked.rollback()
+        seen = [await ws.next()]
+        while seen[-1]["type"] not in ("complete", "error"):
+            seen.append(await ws.next())
+    finally:
+        await holder.close()
+        await ws.close()
+    leaked = [m for m in seen if "🤫" in json.dumps(m, ensure_ascii=False)]
+    assert not leaked, f"the removed user got what came after the removal: {leaked[0]}"
+    assert seen[0]["payload"]["errors"][0]["extensions"]["code"] == "NOT_FOUND"

@@ -824,3 +824,17 @@ async def test_a_mark_read_checked_before_a_removal_leaves_the_membership_added_
     assert await status(alice, sent[0]["id"]) == ("SENT", [])
     await carol.gql(MARK_READ, {"t": thread_id, "s": sent[1]["seq"]})  # checked anew: moves
     assert (await thread_state(carol, thread_id))["lastReadSeq"] == sent[1]["seq"]
+
+
+async def test_a_message_sent_before_anyone_else_joined_is_read_once_those_who_joined_read_it(
+    clients: Clients,
+) -> None:
+    """alice wrote in a thread of her own, then added bob, who read it: readBy named bob,
+    but its status stayed SENT for good, nobody having been there when it was sent."""
+    alice, bob = await clients.users("alice", "bob")
+    thread_id = await factories.thread(alice)
+    sent = await factories.send(alice, thread_id, "welcome, whoever comes")
+    await alice.gql(ADD, {"t": thread_id, "u": bob.id})
+    assert await status(alice, sent["id"]) == ("SENT", [])
+    await bob.gql(MARK_READ, {"t": thread_id, "s": sent["seq"]})
+    assert await status(alice, sent["id"]) == ("READ", [bob.id])

@@ -214,3 +214,21 @@ async def test_a_client_that_does_not_read_closing_as_the_server_stops(
         assert protocol.disconnected
     finally:
         client.close()
+
+
+async def test_a_client_that_does_not_read_and_half_closes_is_released(
+    server: Server, clients: Clients
+) -> None:
+    """bob's client stops reading, then shuts down its side for writing (a FIN, its
+    kernel still answering): asyncio closes the transport itself on the EOF, not through
+    the seam's aborting close, and that close waits for a write buffer that never
+    drains. The connection was never lost: no keep-alive (it skips a closing transport),
+    no close, and a graceful shutdown skipped it too and then waited for it."""
+    client, protocol, context, _, _ = await stalled(server, clients)
+    try:
+        await client.fill(protocol, paused=False)
+        client.sock.shutdown(socket.SHUT_WR)
+        await until(protocol.transport.is_closing)  # closed on the EOF, into the full buffer
+        await released(server, protocol, context, timeout=2 * KEEPALIVE + 2)
+    finally:
+        client.close()

@@ -262,6 +262,10 @@ class _WebSocketProtocol(WebSocketsSansIOProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(_AbortingTransport(transport))  # type: ignore[arg-type]
 
+    def eof_received(self) -> None:
+        # asyncio closes the transport after a FIN, and not through ours: abort it too.
+        self.transport.close()
+
     def shutdown(self) -> None:
         # An answered client close is on its way out: a close frame on top raises InvalidState.
         if not self.transport.is_closing():

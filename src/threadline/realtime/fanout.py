@@ -240,8 +240,7 @@ class Member:
         # Read after the batch was committed: a message deleted up to its end shows so.
         horizon = events[-1].seq
         frames = [(event, await self.group.source.render(event, horizon)) for event in events]
-        if await self.group.hub.feed.unable(events[0], [self.viewer_id]):
-            raise NotFound("Thread not found")
+        await self.group.hub.feed.check(events[0], self.viewer_id)
         for event, payload in frames:
             if self.finished:
                 break

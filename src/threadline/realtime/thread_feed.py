@@ -12,7 +12,7 @@ import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 
 from threadline.db import Database
-from threadline.errors import Conflict
+from threadline.errors import Conflict, NotFound
 from threadline.realtime.broker import RECONNECTED, Broker, SubscriberOverflow
 from threadline.realtime.caches import TTLCache
 from threadline.realtime.channels import decode_logged, thread_channel
@@ -50,6 +50,11 @@ class ThreadFeed:
             if not ids or await last_seq(session, event.thread_id) <= event.seq:
                 return set()
             return ids - (await readers(session, event.thread_id, ids)).keys()
+
+    async def check(self, event: LoggedEvent, viewer_id: uuid.UUID) -> None:
+        """``unable`` for one viewer, as NOT_FOUND (a frame the stream does not send)."""
+        if await self.unable(event, [viewer_id]):
+            raise NotFound("Thread not found")
 
     async def ordered(
         self,

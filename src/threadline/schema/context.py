@@ -63,6 +63,8 @@ class Context:
     # Set by the operation runner on a query: its content reads may go to the replica.
     replica_ok: bool = False
     _on_replica: bool | None = None
+    # Set by a stream for the value it yields: run once its frame is read, before it is sent.
+    after_render: Callable[[], Awaitable[None]] | None = None
     # Wrote for the viewer: their reads stay on the primary a while (marked in close).
     _wrote: bool = False
     _retired: list[AsyncSession] = field(default_factory=list)

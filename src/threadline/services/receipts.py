@@ -1,7 +1,7 @@
 """Read and delivery receipts: markers that only move forward, unread counts, status.
 A message's status, as its author sees it: READ when every other participant who was in
-the thread when it was sent has read past it, DELIVERED when every one of them has had it
-pushed or fetched, else SENT."""
+the thread when it was sent (if none was, who is now) has read past it, DELIVERED when
+every one of them has had it pushed or fetched, else SENT."""
 
 from __future__ import annotations
 
@@ -32,8 +32,9 @@ class Marker:
 
 def message_status(message: Message, markers: Sequence[Marker]) -> MessageStatus:
     author, seq = message.author_id, message.seq
-    # Someone added later does not turn a message everyone had read back to unread.
-    others = [m for m in markers if m.user_id != author and m.joined_seq < seq]
+    others = [m for m in markers if m.user_id != author]
+    # Those added since count only if nobody else was there: else READ turned back to SENT.
+    others = [m for m in others if m.joined_seq < seq] or others
     if not others:
         return MessageStatus.SENT
     if all(m.last_read_seq >= seq for m in others):

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import aclosing
+from functools import partial
 
 from strawberry import Info
 
-from threadline.errors import BadInput, NotFound
+from threadline.errors import BadInput
 from threadline.metrics import EVENTS_DELIVERED
 from threadline.schema.context import Context
 from threadline.schema.events import ThreadEventType
@@ -52,8 +53,8 @@ async def stream(
     async with aclosing(runtime.feed.ordered(tid, viewer.id, start)) as events:
         async for event in events:
             await ctx.renew()
-            if await runtime.feed.unable(event, [viewer.id]):
-                raise NotFound("Thread not found")
+            # Checked once the frame's fields are read: they show the thread as it is then.
+            ctx.after_render = partial(runtime.feed.check, event, viewer.id)
             yield await rendered(runtime, event)
             # Both subprotocols ask for the next result only once this one's frame is
             # written; a send that failed closes the stream here instead (ws_protocol).

@@ -33,6 +33,7 @@ from strawberry.types import ExecutionResult
 from strawberry.types.execution import PreExecutionError
 from strawberry.types.graphql import OperationType as Allowed
 
+from threadline.errors import DomainError
 from threadline.metrics import OPERATIONS_BY_KIND
 from threadline.schema.context import Context
 from threadline.schema.documents import Documents, KnownDocument
@@ -174,7 +175,11 @@ class OperationRunner:
             source = await strawberry_stream(**request._replace(context_value=own)._asdict())
             try:
                 async for result in source:
+                    if own is not None and own.after_render is not None:
+                        await own.after_render()
                     yield shape_result(result)
+            except DomainError as exc:  # after_render's: this frame is not sent, nor any after
+                yield _refused(GraphQLError(exc.message, original_error=exc))
             finally:
                 await source.aclose()
         finally:
