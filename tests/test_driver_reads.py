@@ -104,6 +104,7 @@ async def test_each_hot_query_compiled_for_the_driver_reads_what_the_orm_loads(
             "user_id": uuid.UUID(user.id),
             "size": size,
             "after": 1,
+            "kinds": ["MessageCreated", "ParticipantChanged", "ThreadDeleted"],
             "before": 5,
             "pattern": "%",
             "at": datetime.now(UTC),

@@ -16,8 +16,13 @@ from threadline.errors import Conflict, NotFound
 from threadline.realtime.broker import RECONNECTED, Broker, SubscriberOverflow
 from threadline.realtime.caches import TTLCache
 from threadline.realtime.channels import decode_logged, thread_channel
-from threadline.services.events import LoggedEvent, ends_subscription, events_after, last_seq
-from threadline.services.permissions import readers
+from threadline.services.events import (
+    LoggedEvent,
+    ends_subscription,
+    events_after,
+    stopped_after,
+    stops_viewer,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +47,15 @@ class ThreadFeed:
             return await events_after(session, thread_id, after, REPLAY_BATCH)
 
     async def unable(self, event: LoggedEvent, viewer_ids: Iterable[uuid.UUID]) -> set[uuid.UUID]:
-        """Those of ``viewer_ids`` who may no longer read the thread (``readers``) if it
-        moved on since ``event``: what that renders now may show what came after, past
-        their removal (the event that ends their subscription shows nothing of it)."""
-        ids = {v for v in viewer_ids if not ends_subscription(event, v)}
+        """Those of ``viewer_ids`` whose subscription an event after ``event`` ends (their
+        removal, the thread's deletion): what renders now may show what came after it.
+        Called once the frame is rendered; a thread's commits come in seq order, so each
+        such event the render could have read past is in the log by then, published or
+        not. Access lost outside the thread's log (a system role, a deleted user) closes
+        the user's sockets instead (graphql_app)."""
         async with self.db.reading() as session:
-            if not ids or await last_seq(session, event.thread_id) <= event.seq:
-                return set()
-            return ids - (await readers(session, event.thread_id, ids)).keys()
+            ended = await stopped_after(session, event.thread_id, event.seq)
+        return {v for v in viewer_ids if any(stops_viewer(stops, v) for stops in ended)}
 
     async def check(self, event: LoggedEvent, viewer_id: uuid.UUID) -> None:
         """``unable`` for one viewer, as NOT_FOUND (a frame the stream does not send)."""

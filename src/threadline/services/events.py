@@ -77,11 +77,36 @@ EVERYONE: Final = "everyone"
 def who_stops(event: LoggedEvent) -> uuid.UUID | Literal["everyone"] | None:
     """Whose subscriptions to the thread end after this event: nobody, one removed
     user, or everyone."""
-    if event.kind is EventKind.THREAD_DELETED:
+    return _who_stops(event.kind, event.payload)
+
+
+def _who_stops(kind: str, payload: dict[str, Any]) -> uuid.UUID | Literal["everyone"] | None:
+    if kind == EventKind.THREAD_DELETED:
         return EVERYONE
-    if event.kind is EventKind.PARTICIPANT_CHANGED and event.payload.get("role") is None:
-        return uuid.UUID(event.payload["user_id"])
+    if kind == EventKind.PARTICIPANT_CHANGED and payload.get("role") is None:
+        return uuid.UUID(payload["user_id"])
     return None
+
+
+_ENDINGS_AFTER = Query(
+    select(ThreadEvent.kind, ThreadEvent.payload).where(
+        ThreadEvent.thread_id == bindparam("thread_id"),
+        ThreadEvent.seq > bindparam("after"),
+        ThreadEvent.kind.in_(bindparam("kinds", expanding=True)),
+    )
+)
+_ENDINGS = [EventKind.PARTICIPANT_CHANGED.value, EventKind.THREAD_DELETED.value]
+
+
+async def stopped_after(
+    session: AsyncSession, thread_id: uuid.UUID, after_seq: int
+) -> list[uuid.UUID | Literal["everyone"]]:
+    """``who_stops`` of the events after ``after_seq`` committed by now that end anyone's
+    subscription (usually none: one range read of the log's key)."""
+    rows = await _ENDINGS_AFTER.tuples(
+        session, thread_id=thread_id, after=after_seq, kinds=_ENDINGS
+    )
+    return [stops for kind, payload in rows if (stops := _who_stops(kind, payload)) is not None]
 
 
 def stops_viewer(stops: object, viewer_id: uuid.UUID) -> bool:
