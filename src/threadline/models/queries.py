@@ -110,6 +110,16 @@ class Query:
             return self._build(records, dialect_of(session))
         return [tuple(row) for row in await session.execute(self.statement, params)]
 
+    async def pooled(self, db: Database, name: str, **params: Any) -> list[tuple[Any, ...]]:
+        """``tuples`` on a connection of its own: with the fast paths on, the driver's
+        pool (a third of a session's CPU, for a read made once per live event)."""
+        if db.fast_paths:
+            async with db.driver_connection(name) as conn:
+                records = await conn.fetch(self.sql, *self.driver.args(params))
+            return self._build(records, db.engine.dialect)
+        async with db.reading() as session:
+            return await self.tuples(session, **params)
+
     async def scalars(self, session: AsyncSession, **params: Any) -> list[Any]:
         """The first column (or entity) of every row."""
         return [row[0] for row in await self.tuples(session, **params)]

@@ -53,8 +53,7 @@ class ThreadFeed:
         such event the render could have read past is in the log by then, published or
         not. Access lost outside the thread's log (a system role, a deleted user) closes
         the user's sockets instead (graphql_app)."""
-        async with self.db.reading() as session:
-            ended = await stopped_after(session, event.thread_id, event.seq)
+        ended = await stopped_after(self.db, event.thread_id, event.seq)
         return {v for v in viewer_ids if any(stops_viewer(stops, v) for stops in ended)}
 
     async def check(self, event: LoggedEvent, viewer_id: uuid.UUID) -> None:

@@ -11,10 +11,11 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Final, Literal, cast
 
-from sqlalchemy import bindparam, insert, select, update
+import orjson
+from sqlalchemy import Text, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from threadline.db import UnitOfWork
+from threadline.db import Database, UnitOfWork
 from threadline.models import Message, Thread, ThreadEvent, utcnow
 from threadline.models.queries import Query
 
@@ -88,8 +89,9 @@ def _who_stops(kind: str, payload: dict[str, Any]) -> uuid.UUID | Literal["every
     return None
 
 
+# The payload as JSON text: the driver's own pool (Query.pooled) decodes no JSON.
 _ENDINGS_AFTER = Query(
-    select(ThreadEvent.kind, ThreadEvent.payload).where(
+    select(ThreadEvent.kind, ThreadEvent.payload.cast(Text)).where(
         ThreadEvent.thread_id == bindparam("thread_id"),
         ThreadEvent.seq > bindparam("after"),
         ThreadEvent.kind.in_(bindparam("kinds", expanding=True)),
@@ -99,14 +101,15 @@ _ENDINGS = [EventKind.PARTICIPANT_CHANGED.value, EventKind.THREAD_DELETED.value]
 
 
 async def stopped_after(
-    session: AsyncSession, thread_id: uuid.UUID, after_seq: int
+    db: Database, thread_id: uuid.UUID, after_seq: int
 ) -> list[uuid.UUID | Literal["everyone"]]:
     """``who_stops`` of the events after ``after_seq`` committed by now that end anyone's
     subscription (usually none: one range read of the log's key)."""
-    rows = await _ENDINGS_AFTER.tuples(
-        session, thread_id=thread_id, after=after_seq, kinds=_ENDINGS
+    rows = await _ENDINGS_AFTER.pooled(
+        db, "stopped_after", thread_id=thread_id, after=after_seq, kinds=_ENDINGS
     )
-    return [stops for kind, payload in rows if (stops := _who_stops(kind, payload)) is not None]
+    ended = (_who_stops(kind, orjson.loads(payload)) for kind, payload in rows)
+    return [stops for stops in ended if stops is not None]
 
 
 def stops_viewer(stops: object, viewer_id: uuid.UUID) -> bool:
