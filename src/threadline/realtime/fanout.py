@@ -13,9 +13,9 @@ import asyncio
 import logging
 import uuid
 from collections import deque
-from collections.abc import Coroutine, Generator, Hashable, Iterator
+from collections.abc import Coroutine, Generator, Hashable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from threadline.errors import Conflict, NotFound
 from threadline.metrics import EVENTS_DELIVERED
@@ -32,17 +32,27 @@ SEND_TIMEOUT_SECONDS = 10.0
 _NOBODY = uuid.UUID(int=0)
 
 
+class Frame(NamedTuple):
+    payload: str
+    # ``who_stops`` of the events after its own committed once it was rendered: it may
+    # show what came after them (none looked for if it read only its event).
+    ended: Sequence[uuid.UUID | str] = ()
+
+    def hides_from(self, viewer_id: uuid.UUID) -> bool:
+        return any(stops_viewer(stops, viewer_id) for stops in self.ended)
+
+
 class FrameSource(Protocol):
     """One operation's frames: the same ``key``, the same payload for an event."""
 
     @property
     def key(self) -> tuple[Hashable, ...]: ...
 
-    async def render(self, event: LoggedEvent, horizon: int) -> str:
-        """The operation's JSON payload for this event, rendered after every event of
-        the thread up to ``horizon`` (>= its seq) was committed: a frame shows the
-        messages it nests (a reply's parent, the thread's last message) as they were
-        then, so it is only shared with readers that know of no later event."""
+    async def render(self, event: LoggedEvent, horizon: int) -> Frame:
+        """The operation's frame for this event, rendered after every event of the
+        thread up to ``horizon`` (>= its seq) was committed: a frame shows the messages
+        it nests (a reply's parent, the thread's last message) as they were then, so it
+        is only shared with readers that know of no later event."""
         ...
 
 
@@ -240,11 +250,12 @@ class Member:
         # Read after the batch was committed: a message deleted up to its end shows so.
         horizon = events[-1].seq
         frames = [(event, await self.group.source.render(event, horizon)) for event in events]
-        await self.group.hub.feed.check(events[0], self.viewer_id)
-        for event, payload in frames:
+        if any(frame.hides_from(self.viewer_id) for _, frame in frames):
+            raise NotFound("Thread not found")
+        for event, frame in frames:
             if self.finished:
                 break
-            await self._write(event, payload)
+            await self._write(event, frame.payload)
         return True
 
     async def _write(self, event: LoggedEvent, payload: str) -> None:
@@ -304,10 +315,11 @@ class Group:
                 self.thread_id, _NOBODY, self.position, refill_when_behind=True
             )
             async for event in events:
-                payload = await self.source.render(event, event.seq)
-                gone = await self.hub.feed.unable(event, [m.viewer_id for m in self.members])
-                for member in [m for m in self.members if m.viewer_id in gone]:
-                    member.fail(NotFound("Thread not found"))
+                frame = await self.source.render(event, event.seq)
+                if frame.ended:
+                    for member in [m for m in self.members if frame.hides_from(m.viewer_id)]:
+                        member.fail(NotFound("Thread not found"))
+                payload = frame.payload
                 self.position = event.seq
                 stops = who_stops(event)
                 frames: dict[str, bytes] = {}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator
 
 from threadline.db import Database
 from threadline.errors import Conflict, NotFound
@@ -46,19 +46,15 @@ class ThreadFeed:
         async with self.db.reading() as session:
             return await events_after(session, thread_id, after, REPLAY_BATCH)
 
-    async def unable(self, event: LoggedEvent, viewer_ids: Iterable[uuid.UUID]) -> set[uuid.UUID]:
-        """Those of ``viewer_ids`` whose subscription an event after ``event`` ends (their
-        removal, the thread's deletion): what renders now may show what came after it.
-        Called once the frame is rendered; a thread's commits come in seq order, so each
-        such event the render could have read past is in the log by then, published or
-        not. Access lost outside the thread's log (a system role, a deleted user) closes
-        the user's sockets instead (graphql_app)."""
-        ended = await stopped_after(self.db, event.thread_id, event.seq)
-        return {v for v in viewer_ids if any(stops_viewer(stops, v) for stops in ended)}
-
     async def check(self, event: LoggedEvent, viewer_id: uuid.UUID) -> None:
-        """``unable`` for one viewer, as NOT_FOUND (a frame the stream does not send)."""
-        if await self.unable(event, [viewer_id]):
+        """NOT_FOUND if an event after ``event`` committed by now ends the viewer's
+        subscription (their removal, the thread's deletion): a frame rendered before this
+        call may show what came after it. A thread's removal and its logged event commit
+        together, so each one the render could have read past is in the log by then,
+        published or not. Access lost outside the log (a system role, a deleted user)
+        closes the user's sockets instead (graphql_app)."""
+        ended = await stopped_after(self.db, event.thread_id, event.seq)
+        if any(stops_viewer(stops, viewer_id) for stops in ended):
             raise NotFound("Thread not found")
 
     async def ordered(

@@ -65,6 +65,8 @@ class Context:
     _on_replica: bool | None = None
     # Set by a stream for the value it yields: run once its frame is read, before it is sent.
     after_render: Callable[[], Awaitable[None]] | None = None
+    # Whether it opened a database session: a frame that did not shows its event alone.
+    read_database: bool = False
     # Wrote for the viewer: their reads stay on the primary a while (marked in close).
     _wrote: bool = False
     _retired: list[AsyncSession] = field(default_factory=list)
@@ -99,6 +101,7 @@ class Context:
                 db = self.runtime.db
                 sessions = db.replica_sessions if replica else None
                 self._session = (sessions or db.shared_sessions)()
+                self.read_database = True
         return self._session
 
     async def on_replica(self) -> bool:

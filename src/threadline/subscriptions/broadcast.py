@@ -22,11 +22,12 @@ from graphql.execution import Executor
 from strawberry import Info
 
 from threadline.realtime.caches import TTLCache
+from threadline.realtime.fanout import Frame
 from threadline.runtime import Runtime
 from threadline.schema.engine.internals import raw_info
 from threadline.schema.engine.runner import OperationRunner
 from threadline.schema.viewer_fields import viewer_field_names
-from threadline.services.events import LoggedEvent, shows_deleted
+from threadline.services.events import EventKind, LoggedEvent, shows_deleted, stopped_after
 from threadline.subscriptions.rendering import rendered
 
 
@@ -137,15 +138,20 @@ class BroadcastFrames:
         self._frames = frames
         self._runtime = runtime
 
-    async def render(self, event: LoggedEvent, horizon: int) -> str:
+    async def render(self, event: LoggedEvent, horizon: int) -> Frame:
         # By the horizon too: a frame rendered live shows the messages it nests (a
         # reply's parent) as they were then; one of them deleted since must not come
         # back in the same event replayed from the log (whose horizon is later).
-        return await self._frames.render(
+        text, read = await self._frames.render(
             self,
             (event.thread_id, event.seq, shows_deleted(event), horizon),
             lambda: rendered(self._runtime, event),
         )
+        # What it read from the database (a ThreadUpdated reads its thread) is as it was
+        # when rendered, maybe past a removal: read the log now for who lost the thread.
+        if not read and event.kind is not EventKind.THREAD_UPDATED:
+            return Frame(text)
+        return Frame(text, await stopped_after(self._runtime.db, event.thread_id, event.seq))
 
 
 class FrameRenderer:
@@ -154,9 +160,10 @@ class FrameRenderer:
     def __init__(self, make_context: Callable[[], Any], runner: OperationRunner) -> None:
         self._make_context = make_context
         self._runner = runner
-        self._frames: TTLCache[tuple[Any, ...], str] = TTLCache(30.0, 4096)
+        # The payload, and whether rendering it read the database.
+        self._frames: TTLCache[tuple[Any, ...], tuple[str, bool]] = TTLCache(30.0, 4096)
         self._executors: TTLCache[tuple[Any, ...], Executor[Any]] = TTLCache(300.0, 512)
-        self._rendering: dict[tuple[Any, ...], asyncio.Future[str]] = {}
+        self._rendering: dict[tuple[Any, ...], asyncio.Future[tuple[str, bool]]] = {}
 
     def _executor(self, template: BroadcastFrames) -> Executor[Any]:
         if (executor := self._executors.get(template.key)) is None:
@@ -171,8 +178,9 @@ class FrameRenderer:
         template: BroadcastFrames,
         event_key: tuple[Any, ...],
         make_event: Callable[[], Awaitable[Any]],
-    ) -> str:
-        """The JSON payload of this operation for this event, computed once."""
+    ) -> tuple[str, bool]:
+        """The JSON payload of this operation for this event, computed once, and whether
+        computing it read the database."""
         key = (*template.key, *event_key)
         if (cached := self._frames.get(key)) is not None:
             return cached
@@ -185,7 +193,7 @@ class FrameRenderer:
                 if (this := asyncio.current_task()) is None or this.cancelling():
                     raise
             return await self.render(template, event_key, make_event)
-        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[tuple[str, bool]] = asyncio.get_running_loop().create_future()
         self._rendering[key] = future
         try:
             executor = self._executor(template)
@@ -194,10 +202,11 @@ class FrameRenderer:
             # Every subscriber of the frame was checked for this thread and leaves the
             # group when removed: the frame may show that thread, and no other.
             context.broadcast_thread = uuid.UUID(str(event.thread_id))
-            text = await self._runner.render_frame(executor, event, context)
-            self._frames.put(key, text)
-            future.set_result(text)
-            return text
+            frame = await self._runner.render_frame(executor, event, context)
+            done = frame, context.read_database
+            self._frames.put(key, done)
+            future.set_result(done)
+            return done
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # retrieved: waiters re-raise it themselves
