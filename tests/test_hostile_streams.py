@@ -409,3 +409,60 @@ async def test_a_per_viewer_frame_rendered_after_a_removal_shows_nothing_from_af
     leaked = [m for m in seen if "🤫" in json.dumps(m, ensure_ascii=False)]
     assert not leaked, f"the removed user got what came after the removal: {leaked[0]}"
     assert seen[0]["payload"]["errors"][0]["extensions"]["code"] == "NOT_FOUND"
+
+
+# Only what the event carries: rendering it reads nothing from the database.
+PAYLOAD_ONLY = (
+    "subscription($t: ID!) { threadEvents(threadId: $t, afterSeq: 0) { seq __typename"
+    " ... on MessageCreated { message { deletedAt " + BODIES + " } } } }"
+)
+
+
+async def test_a_replay_read_from_the_log_after_a_removal_does_not_show_a_deletion_made_after_it(
+    server: Server, clients: Clients
+) -> None:
+    """A replay reads its events from the log in batches, each message as it is then
+    (deleted since: empty, with its deletedAt). A participant removed while their replay
+    waited for a full socket got, in the next batch, the frame of a message from before
+    the removal showing its deletion, made after it: the shared frame read nothing else
+    from the database, so nobody looked for the removal."""
+    alice, carol = await clients.users("alice", "carol")
+    tid = await factories.thread(alice, carol)
+    body = "x" * 4000
+    # More than one replay batch (500 events): the last message is in the second.
+    for _ in range(505):
+        await factories.send(alice, tid, body)
+    later = (await factories.send(alice, tid, "deleted after the removal"))["id"]
+    conn = await websockets.connect(
+        server.ws_url,
+        subprotocols=["graphql-transport-ws"],  # type: ignore[list-item]
+        max_queue=1,  # stops reading from the socket while a message waits in its queue
+        compression=None,
+    )
+    frames: list[dict[str, Any]] = []
+    try:
+        await conn.send(json.dumps({"type": "connection_init", "payload": {"token": carol.token}}))
+        assert json.loads(await conn.recv())["type"] == "connection_ack"
+        payload = {"query": PAYLOAD_ONLY, "variables": {"t": tid}}
+        await conn.send(json.dumps({"id": "1", "type": "subscribe", "payload": payload}))
+        # The first batch fills carol's socket long before it is written.
+        await until(lambda: _paused(server, carol.id))
+        await alice.gql(REMOVE, {"t": tid, "u": carol.id})
+        await alice.gql(DELETE, {"m": later})
+        while True:
+            message = json.loads(await asyncio.wait_for(conn.recv(), 10))
+            if message["type"] in ("ping", "pong"):
+                continue
+            frames.append(message)
+            if message["type"] in ("complete", "error"):
+                break
+    finally:
+        await conn.close()
+    shown = [
+        event["seq"]
+        for m in frames
+        if m["type"] == "next"
+        and (event := m["payload"]["data"]["threadEvents"]).get("message", {}).get("deletedAt")
+    ]
+    assert not shown, f"the removed user saw a deletion made after the removal: seqs {shown}"
+    assert frames[-1]["type"] in ("complete", "error")

@@ -142,14 +142,13 @@ class BroadcastFrames:
         # By the horizon too: a frame rendered live shows the messages it nests (a
         # reply's parent) as they were then; one of them deleted since must not come
         # back in the same event replayed from the log (whose horizon is later).
-        text, read = await self._frames.render(
-            self,
-            (event.thread_id, event.seq, shows_deleted(event), horizon),
-            lambda: rendered(self._runtime, event),
-        )
-        # What it read from the database (a ThreadUpdated reads its thread) is as it was
-        # when rendered, maybe past a removal: read the log now for who lost the thread.
-        if not read and event.kind is not EventKind.THREAD_UPDATED:
+        deleted = shows_deleted(event)
+        key = (event.thread_id, event.seq, deleted, horizon)
+        text, read = await self._frames.render(self, key, lambda: rendered(self._runtime, event))
+        # What it read from the database (a ThreadUpdated its thread; a replayed event its
+        # message's deletion, events_after) is as it was then, maybe past a removal: read
+        # the log now for who lost the thread.
+        if not (read or deleted or event.kind is EventKind.THREAD_UPDATED):
             return Frame(text)
         return Frame(text, await stopped_after(self._runtime.db, event.thread_id, event.seq))
 
