@@ -6,11 +6,13 @@ import asyncio
 import json
 import os
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest
 import websockets
+from sqlalchemy import update
 
 from tests import factories
 from tests.conftest import DEV_SECRET, Clients, Server, start_server, stop_server
@@ -19,6 +21,7 @@ from tests.wsclient import GraphQLWS
 from threadline.auth.tokens import mint_dev_token
 from threadline.config import Settings
 from threadline.graphql_app import BEAT_TICKS
+from threadline.models import User
 from threadline.realtime.channels import thread_channel, user_channel
 from threadline.services import sessions
 
@@ -245,6 +248,39 @@ async def test_the_beat_touches_sessions_and_closes_sockets_whose_token_went_sta
         await stale.next(timeout=5)
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 4403
     await ws.close()
+
+
+@pytest.mark.parametrize(
+    ("change", "code"), [({"role": "MEMBER"}, 4403), ({"deleted_at": datetime.now(UTC)}, 4401)]
+)
+async def test_the_upkeep_closes_sockets_whose_user_changed_when_the_signal_was_lost(
+    server: Server, clients: Clients, change: dict[str, Any], code: int
+) -> None:
+    """Rule: a demoted or deleted user's sockets close on every process (CONTRACT: 4401 for
+    a deleted user; a role change reconnects). Evidence: the close is a signal through
+    Redis; with it lost (a failed publish, a listener reconnecting, `threadline users
+    set-role` run without REDIS_URL) a demoted ADMIN's socket went on streaming threads
+    they are not in until their token went stale. Here the database changes with no
+    signal at all, and the beat's upkeep closes the socket."""
+    admin = await clients.user("root_admin")
+
+    async def set_users(**values: Any) -> None:
+        async with server.runtime.db.engine.begin() as connection:
+            await connection.execute(
+                update(User).where(User.id == uuid.UUID(admin.id)).values(**values)
+            )
+
+    await set_users(role="ADMIN")
+    server.runtime.forget_viewers(user_ids={uuid.UUID(admin.id)})
+    ws = await GraphQLWS.connect(server.ws_url, admin.token)
+    assert (await admin.gql("{ me { role } }"))["me"]["role"] == "ADMIN"
+    await server.app.state.graphql._maintain(touch_sessions=True)  # unchanged: stays open
+    assert server.app.state.graphql.connections
+    await set_users(**change)
+    await server.app.state.graphql._maintain(touch_sessions=True)
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        await ws.next(timeout=5)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == code
 
 
 async def test_a_peer_that_stops_answering_pings_is_closed_and_goes_offline(

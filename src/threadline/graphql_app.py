@@ -47,7 +47,7 @@ from threadline.schema.context import ConnectionState, Context
 from threadline.schema.engine.internals import StreamHook
 from threadline.schema.errors import shape_error
 from threadline.schema.schema import Roots, ThreadlineSchema
-from threadline.services import sessions
+from threadline.services import sessions, users
 from threadline.services.clerk_sync import Identity
 from threadline.subscriptions.broadcast import FrameRenderer
 from threadline.subscriptions.live import OperationRoot
@@ -358,6 +358,7 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
         now = datetime.now(UTC)
         leases: list[tuple[uuid.UUID, str]] = []
         session_ids: list[uuid.UUID] = []
+        roles: dict[uuid.UUID, tuple[str, str]] = {}  # user -> (role, Clerk id) as connected
         sockets = self.connections if part is None else self._ticks[part]
         for context in list(sockets.values()):
             state, identity, user = context.state, context.identity, context.viewer_or_none
@@ -369,12 +370,21 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
                 state.tasks.append(asyncio.create_task(self._close(context, CLOSE_REFUSED, reason)))
                 continue
             leases.append((user.id, state.connection_id))
+            roles[user.id] = (user.role, identity.clerk_id)
             if state.session_id is not None:
                 session_ids.append(state.session_id)
         if renew:
             await runtime.presence.renew_many(leases)
         if touch_sessions and session_ids:
             await sessions.touch_sessions(runtime.db, session_ids)
+        if touch_sessions and roles:
+            # A role change or a deletion reaches sockets by a signal through Redis, which a
+            # failed publish, a reconnecting listener or a command run without REDIS_URL
+            # loses: each upkeep compares its sockets' users with the database too.
+            found = await users.standing(runtime.db, roles)
+            changed = {u: found.get(u) for u, (role, _) in roles.items() if found.get(u) != role}
+            self._reauthorize([str(u) for u, role in changed.items() if role is not None])
+            self._close_sessions([], [roles[u][1] for u, role in changed.items() if role is None])
 
     async def _disconnected(self, websocket: object) -> None:
         context = self.connections.pop(websocket, None)

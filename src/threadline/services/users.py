@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import orjson
 from sqlalchemy import bindparam, or_, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from threadline.db import UnitOfWork
+from threadline.db import Database, UnitOfWork
 from threadline.errors import BadInput, Conflict, Forbidden, NotFound
 from threadline.models import Session, SystemRole, User
 from threadline.models.queries import Query
@@ -38,6 +38,15 @@ async def get_user(session: AsyncSession, user_id: str | uuid.UUID) -> User:
 
 _USERS_BY_IDS = Query(select(User).where(User.id.in_(bindparam("ids", expanding=True))))
 _USER_BY_CLERK_ID = Query(select(User).where(User.clerk_id == bindparam("clerk_id")))
+_STANDING = Query(
+    select(User.id, User.role, User.deleted_at).where(User.id.in_(bindparam("ids", expanding=True)))
+)
+
+
+async def standing(db: Database, user_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, str | None]:
+    """Each user's system role now; None for a deleted user (missing: gone too)."""
+    rows = await _STANDING.pooled(db, "user_standing", ids=list(user_ids))
+    return {user_id: None if deleted else role for user_id, role, deleted in rows}
 
 
 async def users_by_ids(session: AsyncSession, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, User]:
