@@ -382,9 +382,11 @@ class ThreadlineGraphQL(GraphQL[Context, None]):
             # failed publish, a reconnecting listener or a command run without REDIS_URL
             # loses: each upkeep compares its sockets' users with the database too.
             found = await users.standing(runtime.db, roles)
-            changed = {u: found.get(u) for u, (role, _) in roles.items() if found.get(u) != role}
-            self._reauthorize([str(u) for u, role in changed.items() if role is not None])
-            self._close_sessions([], [roles[u][1] for u, role in changed.items() if role is None])
+            changed = {u: got for u, (role, _) in roles.items() if (got := found.get(u)) != role}
+            self._reauthorize([str(u) for u, got in changed.items() if got is not None])
+            if deleted := [roles[u][1] for u, got in changed.items() if got is None]:
+                # Only then: forgetting viewers makes each socket opening now authenticate again.
+                self._close_sessions([], deleted)
 
     async def _disconnected(self, websocket: object) -> None:
         context = self.connections.pop(websocket, None)

@@ -22,7 +22,13 @@ from threadline.metrics import EVENTS_DELIVERED
 from threadline.realtime.deliveries import DeliveryTracker
 from threadline.realtime.sinks import DirectSink, text_frame
 from threadline.realtime.thread_feed import ThreadFeed
-from threadline.services.events import LoggedEvent, ends_subscription, stops_viewer, who_stops
+from threadline.services.events import (
+    LoggedEvent,
+    ends_subscription,
+    stops_any,
+    stops_viewer,
+    who_stops,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +45,7 @@ class Frame(NamedTuple):
     ended: Sequence[uuid.UUID | str] = ()
 
     def hides_from(self, viewer_id: uuid.UUID) -> bool:
-        return any(stops_viewer(stops, viewer_id) for stops in self.ended)
+        return stops_any(self.ended, viewer_id)
 
 
 class FrameSource(Protocol):

@@ -21,7 +21,7 @@ from threadline.services.events import (
     ends_subscription,
     events_after,
     stopped_after,
-    stops_viewer,
+    stops_any,
 )
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ class ThreadFeed:
         published or not. Access lost outside the log (a system role, a deleted user)
         closes the user's sockets instead (graphql_app)."""
         ended = await stopped_after(self.db, event.thread_id, event.seq)
-        if any(stops_viewer(stops, viewer_id) for stops in ended):
+        if stops_any(ended, viewer_id):
             raise NotFound("Thread not found")
 
     async def ordered(

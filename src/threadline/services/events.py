@@ -6,6 +6,7 @@ receipts) and per-user events are published the same way but never stored."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
@@ -115,6 +116,11 @@ async def stopped_after(
 def stops_viewer(stops: object, viewer_id: uuid.UUID) -> bool:
     """Whether an event whose ``who_stops`` is ``stops`` ends this viewer's subscription."""
     return stops in (EVERYONE, viewer_id)
+
+
+def stops_any(ended: Iterable[object], viewer_id: uuid.UUID) -> bool:
+    """Whether one of these ``who_stops`` (``stopped_after``'s) ends this viewer's."""
+    return any(stops_viewer(stops, viewer_id) for stops in ended)
 
 
 def ends_subscription(event: LoggedEvent, viewer_id: uuid.UUID) -> bool:
