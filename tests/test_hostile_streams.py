@@ -72,6 +72,49 @@ def _socket_paused(member: Member) -> bool:
     return not protocol.writable.is_set()
 
 
+async def _stalling_subscriber(
+    server: Server,
+    token: str,
+    query: str,
+    variables: dict[str, Any],
+    subprotocol: str = "graphql-transport-ws",
+) -> Any:
+    """A client, signed in and subscribed to ``query``, that stops reading from its socket
+    while a message waits in its queue (a phone on a slow network)."""
+    conn = await websockets.connect(
+        server.ws_url,
+        subprotocols=[subprotocol],  # type: ignore[list-item]
+        max_queue=1,
+        compression=None,
+    )
+    try:
+        await conn.send(json.dumps({"type": "connection_init", "payload": {"token": token}}))
+        assert json.loads(await conn.recv())["type"] == "connection_ack"
+        start = "subscribe" if subprotocol == "graphql-transport-ws" else "start"
+        payload = {"query": query, "variables": variables}
+        await conn.send(json.dumps({"id": "1", "type": start, "payload": payload}))
+    except BaseException:
+        await conn.close()
+        raise
+    return conn
+
+
+async def _frames_to_the_end(conn: Any, quiet: float) -> list[dict[str, Any]]:
+    """What the subscription sends, keep-alives left out, up to its end (complete or
+    error) or until ``quiet`` seconds pass with nothing."""
+    frames: list[dict[str, Any]] = []
+    while True:
+        try:
+            message = json.loads(await asyncio.wait_for(conn.recv(), quiet))
+        except TimeoutError:
+            return frames
+        if message["type"] in ("ping", "pong", "ka"):
+            continue
+        frames.append(message)
+        if message["type"] in ("complete", "error"):
+            return frames
+
+
 async def test_a_removal_whose_frame_has_to_wait_still_ends_the_removed_users_stream(
     server: Server, clients: Clients
 ) -> None:
@@ -80,17 +123,8 @@ async def test_a_removal_whose_frame_has_to_wait_still_ends_the_removed_users_st
     moment (a phone on a slow network), so the removal's frame had to wait."""
     alice, carol = await clients.users("alice", "carol")
     tid = await factories.thread(alice, carol)
-    conn = await websockets.connect(
-        server.ws_url,
-        subprotocols=["graphql-transport-ws"],  # type: ignore[list-item]
-        max_queue=1,  # stops reading from the socket while a message waits in its queue
-        compression=None,
-    )
+    conn = await _stalling_subscriber(server, carol.token, BIG, {"t": tid})
     try:
-        await conn.send(json.dumps({"type": "connection_init", "payload": {"token": carol.token}}))
-        assert json.loads(await conn.recv())["type"] == "connection_ack"
-        subscribe = {"query": BIG, "variables": {"t": tid}}
-        await conn.send(json.dumps({"id": "1", "type": "subscribe", "payload": subscribe}))
         await until(fanout_members(server, 1))
         member = _member_of(server, carol.id)
         assert member is not None
@@ -109,19 +143,9 @@ async def test_a_removal_whose_frame_has_to_wait_still_ends_the_removed_users_st
         await alice.gql(REMOVE, {"t": tid, "u": carol.id})
         await until(lambda: member.pending is not None or member.waiting_on_socket)
         await factories.send(alice, tid, SECRET)
-        # Carol reads again: the frames held for her, the removal, then the end.
-        frames: list[dict[str, Any]] = []
-        while True:
-            try:
-                # The end follows the removal at once; a leak follows within the wait.
-                message = json.loads(await asyncio.wait_for(conn.recv(), 5))
-            except TimeoutError:
-                break
-            if message["type"] in ("ping", "pong"):
-                continue
-            frames.append(message)
-            if message["type"] in ("complete", "error"):
-                break
+        # Carol reads again: the frames held for her, the removal, then the end (at once;
+        # a leak would follow within the wait).
+        frames = await _frames_to_the_end(conn, quiet=5)
     finally:
         await conn.close()
     kinds = [
@@ -287,20 +311,9 @@ async def test_a_replay_still_being_written_at_a_removal_shows_nothing_from_afte
     body = "x" * 4000
     for _ in range(150):
         last = (await factories.send(alice, tid, body))["id"]
-    conn = await websockets.connect(
-        server.ws_url,
-        subprotocols=[subprotocol],  # type: ignore[list-item]
-        max_queue=1,  # stops reading from the socket while a message waits in its queue
-        compression=None,
-    )
-    frames: list[dict[str, Any]] = []
+    query = REPLAYED_NOW % f"{nested} {BODIES}"
+    conn = await _stalling_subscriber(server, carol.token, query, {"t": tid}, subprotocol)
     try:
-        await conn.send(json.dumps({"type": "connection_init", "payload": {"token": carol.token}}))
-        assert json.loads(await conn.recv())["type"] == "connection_ack"
-        query = REPLAYED_NOW % f"{nested} {BODIES}"
-        start = "subscribe" if subprotocol == "graphql-transport-ws" else "start"
-        payload = {"query": query, "variables": {"t": tid}}
-        await conn.send(json.dumps({"id": "1", "type": start, "payload": payload}))
         # The replay fills carol's socket long before it is through.
         await until(lambda: _paused(server, carol.id))
         await alice.gql(REMOVE, {"t": tid, "u": carol.id})
@@ -308,13 +321,7 @@ async def test_a_replay_still_being_written_at_a_removal_shows_nothing_from_afte
         await alice.gql(EDIT_TO, {"m": last, "b": "edited again"})
         await alice.gql(REACT, {"m": last})
         await factories.send(alice, tid, SECRET)
-        while True:
-            message = json.loads(await asyncio.wait_for(conn.recv(), 10))
-            if message["type"] in ("ping", "pong", "ka"):
-                continue
-            frames.append(message)
-            if message["type"] in ("complete", "error"):
-                break
+        frames = await _frames_to_the_end(conn, quiet=10)
     finally:
         await conn.close()
     # As sent: json.dumps would escape the emoji, which then matched nothing.
@@ -433,29 +440,13 @@ async def test_a_replay_read_from_the_log_after_a_removal_does_not_show_a_deleti
     for _ in range(505):
         await factories.send(alice, tid, body)
     later = (await factories.send(alice, tid, "deleted after the removal"))["id"]
-    conn = await websockets.connect(
-        server.ws_url,
-        subprotocols=["graphql-transport-ws"],  # type: ignore[list-item]
-        max_queue=1,  # stops reading from the socket while a message waits in its queue
-        compression=None,
-    )
-    frames: list[dict[str, Any]] = []
+    conn = await _stalling_subscriber(server, carol.token, PAYLOAD_ONLY, {"t": tid})
     try:
-        await conn.send(json.dumps({"type": "connection_init", "payload": {"token": carol.token}}))
-        assert json.loads(await conn.recv())["type"] == "connection_ack"
-        payload = {"query": PAYLOAD_ONLY, "variables": {"t": tid}}
-        await conn.send(json.dumps({"id": "1", "type": "subscribe", "payload": payload}))
         # The first batch fills carol's socket long before it is written.
         await until(lambda: _paused(server, carol.id))
         await alice.gql(REMOVE, {"t": tid, "u": carol.id})
         await alice.gql(DELETE, {"m": later})
-        while True:
-            message = json.loads(await asyncio.wait_for(conn.recv(), 10))
-            if message["type"] in ("ping", "pong"):
-                continue
-            frames.append(message)
-            if message["type"] in ("complete", "error"):
-                break
+        frames = await _frames_to_the_end(conn, quiet=10)
     finally:
         await conn.close()
     shown = [
